@@ -1,0 +1,288 @@
+#include "anvil/safetensors.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "anvil/error.hpp"
+
+// The file format stores little-endian IEEE floats; we copy bytes straight in and out.
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes a little-endian host");
+#endif
+static_assert(std::numeric_limits<float>::is_iec559 && std::numeric_limits<double>::is_iec559,
+              "safetensors I/O assumes IEEE 754 floats");
+
+namespace anvil {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
+constexpr const char* kMetadataKey = "__metadata__";
+
+// Names come from the file; keep error messages on one line whatever they contain.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& problem) {
+  throw InputError(printable(path) + ": " + problem);
+}
+
+[[noreturn]] void fail_tensor(const std::string& path, const std::string& name, const std::string& problem) {
+  fail(path, "tensor '" + printable(name) + "': " + problem);
+}
+
+uint64_t read_le64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+// A JSON value that must be a non-negative integer fitting in int64_t.
+// Returns false for anything else; `negative` tells the caller which message to give.
+bool get_count(const json& v, int64_t& out, bool& negative) {
+  negative = false;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
+    out = static_cast<int64_t>(u);
+    return true;
+  }
+  negative = v.is_number_integer();  // signed integers reach here only when negative
+  return false;
+}
+
+struct Entry {
+  std::string name;
+  bool f64 = false;
+  Shape shape;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+Entry parse_entry(const std::string& path, const std::string& name, const json& v, uint64_t data_bytes) {
+  Entry e;
+  e.name = name;
+  if (!v.is_object()) fail_tensor(path, name, "entry is not a JSON object");
+
+  const auto dtype = v.find("dtype");
+  if (dtype == v.end() || !dtype->is_string()) fail_tensor(path, name, "dtype is missing or not a string");
+  const std::string& dt = dtype->get_ref<const std::string&>();
+  if (dt == "F64") {
+    e.f64 = true;
+  } else if (dt != "F32") {
+    fail_tensor(path, name, "unsupported dtype '" + printable(dt) + "' (only F32 and F64 are supported)");
+  }
+  const uint64_t itemsize = e.f64 ? 8 : 4;
+
+  const auto shape = v.find("shape");
+  if (shape == v.end() || !shape->is_array()) fail_tensor(path, name, "shape is missing or not an array");
+  for (const json& d : *shape) {
+    int64_t dim = 0;
+    bool negative = false;
+    if (!get_count(d, dim, negative)) {
+      const std::string what = negative ? "a negative" : "a non-integer or too large";
+      fail_tensor(path, name, "shape has " + what + " dimension " + d.dump(-1, ' ', false, json::error_handler_t::replace));
+    }
+    e.shape.push_back(dim);
+  }
+
+  // Element count, refusing anything whose byte size would not fit in int64_t.
+  // A zero dimension makes the tensor empty however large the others are.
+  uint64_t n = 1;
+  bool empty = false;
+  for (int64_t d : e.shape) empty = empty || d == 0;
+  if (empty) {
+    n = 0;
+  } else {
+    const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / itemsize;
+    for (int64_t d : e.shape) {
+      if (n > limit / static_cast<uint64_t>(d)) fail_tensor(path, name, "shape " + to_string(e.shape) + " has too many elements");
+      n *= static_cast<uint64_t>(d);
+    }
+  }
+
+  const auto offsets = v.find("data_offsets");
+  int64_t begin = 0, end = 0;
+  bool negative = false;
+  if (offsets == v.end() || !offsets->is_array() || offsets->size() != 2 || !get_count((*offsets)[0], begin, negative) ||
+      !get_count((*offsets)[1], end, negative)) {
+    fail_tensor(path, name, "data_offsets must be an array of two non-negative integers");
+  }
+  e.begin = static_cast<uint64_t>(begin);
+  e.end = static_cast<uint64_t>(end);
+  const std::string range = "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "]";
+  if (e.begin > e.end) fail_tensor(path, name, range + ": begin is after end");
+  if (e.end > data_bytes) {
+    fail_tensor(path, name, range + " are out of range: the data region has " + std::to_string(data_bytes) + " bytes");
+  }
+  if (e.end - e.begin != n * itemsize) {
+    fail_tensor(path, name, range + " do not match shape " + to_string(e.shape) + " of " + dt + " (" +
+                                std::to_string(n * itemsize) + " bytes)");
+  }
+  return e;
+}
+
+std::map<std::string, std::string> parse_metadata(const std::string& path, const json& v) {
+  if (!v.is_object()) fail(path, "__metadata__ is not a JSON object");
+  std::map<std::string, std::string> out;
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    if (!it->is_string()) fail(path, "__metadata__ value for '" + printable(it.key()) + "' is not a string");
+    out[it.key()] = it->get<std::string>();
+  }
+  return out;
+}
+
+}  // namespace
+
+TensorFile read_safetensors(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  in.seekg(0, std::ios::end);
+  const std::streamoff size_signed = in.tellg();
+  if (size_signed < 0) fail(path, "cannot determine the file size");
+  const uint64_t file_bytes = static_cast<uint64_t>(size_signed);
+  in.seekg(0, std::ios::beg);
+
+  if (file_bytes < 8) {
+    fail(path, "file is too short (" + std::to_string(file_bytes) + " bytes) to hold the 8-byte header length");
+  }
+  unsigned char len_bytes[8];
+  if (!in.read(reinterpret_cast<char*>(len_bytes), 8)) fail(path, std::string("cannot read: ") + std::strerror(errno));
+  const uint64_t header_bytes = read_le64(len_bytes);
+  if (header_bytes > kMaxHeaderBytes) {
+    fail(path, "header length " + std::to_string(header_bytes) + " is larger than the " +
+                   std::to_string(kMaxHeaderBytes) + "-byte limit");
+  }
+  if (header_bytes > file_bytes - 8) {
+    fail(path, "header length " + std::to_string(header_bytes) + " runs past the end of the file (" +
+                   std::to_string(file_bytes) + " bytes)");
+  }
+  const uint64_t data_start = 8 + header_bytes;
+  const uint64_t data_bytes = file_bytes - data_start;
+
+  std::string header(static_cast<size_t>(header_bytes), '\0');
+  if (!in.read(header.data(), static_cast<std::streamsize>(header_bytes))) fail(path, "file truncated inside the header");
+  json root;
+  try {
+    root = json::parse(header);
+  } catch (const json::exception& e) {
+    fail(path, std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!root.is_object()) fail(path, "header is not a JSON object");
+
+  // Validate every entry before reading any data, so a bad file costs no large allocations.
+  TensorFile result;
+  std::vector<Entry> entries;
+  for (auto it = root.begin(); it != root.end(); ++it) {
+    if (it.key() == kMetadataKey) {
+      result.metadata = parse_metadata(path, it.value());
+    } else {
+      entries.push_back(parse_entry(path, it.key(), it.value(), data_bytes));
+    }
+  }
+
+  for (const Entry& e : entries) {
+    const size_t bytes = static_cast<size_t>(e.end - e.begin);
+    HostTensor t(e.shape);
+    in.seekg(static_cast<std::streamoff>(data_start + e.begin), std::ios::beg);
+    if (e.f64) {
+      std::vector<double> wide(t.data.size());
+      if (bytes && !in.read(reinterpret_cast<char*>(wide.data()), static_cast<std::streamsize>(bytes))) {
+        fail_tensor(path, e.name, "cannot read data (file truncated?)");
+      }
+      for (size_t i = 0; i < wide.size(); ++i) t.data[i] = static_cast<float>(wide[i]);
+    } else if (bytes && !in.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(bytes))) {
+      fail_tensor(path, e.name, "cannot read data (file truncated?)");
+    }
+    result.tensors.emplace(e.name, std::move(t));
+  }
+  return result;
+}
+
+void write_safetensors(const std::string& path, const TensorFile& file) {
+  // Build the header first: a bad tensor must not create any file.
+  json header = json::object();  // std::map-backed, so keys come out sorted
+  uint64_t offset = 0;
+  for (const auto& [name, t] : file.tensors) {  // sorted, so data follows the same order
+    if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
+    for (int64_t d : t.shape) {
+      if (d < 0) throw Error(path + ": tensor '" + printable(name) + "' has negative shape " + to_string(t.shape));
+    }
+    if (static_cast<int64_t>(t.data.size()) != numel(t.shape)) {
+      throw Error(path + ": tensor '" + printable(name) + "' has " + std::to_string(t.data.size()) +
+                  " values but shape " + to_string(t.shape));
+    }
+    const uint64_t bytes = t.data.size() * sizeof(float);
+    header[name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  if (!file.metadata.empty()) header[kMetadataKey] = file.metadata;
+
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const json::exception& e) {  // e.g. a name that is not valid UTF-8
+    throw Error(path + ": cannot encode the header: " + e.what());
+  }
+  text.append((8 - text.size() % 8) % 8, ' ');  // pad as the reference implementation does
+  unsigned char len_bytes[8];
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+
+  const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw Error(path + ": cannot write: " + std::strerror(errno));
+
+  bool ok = std::fwrite(len_bytes, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  for (auto it = file.tensors.begin(); ok && it != file.tensors.end(); ++it) {
+    const std::vector<float>& d = it->second.data;
+    ok = d.empty() || std::fwrite(d.data(), sizeof(float), d.size(), f) == d.size();  // empty data() may be null
+  }
+  // Flush to disk before the rename so a crash cannot leave a renamed but empty file.
+  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+  int err = ok ? 0 : errno;
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
+  }
+}
+
+const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
+                                 const Shape& expected) {
+  const auto it = file.tensors.find(name);
+  if (it == file.tensors.end()) fail(path, "no tensor named '" + printable(name) + "'");
+  if (it->second.shape != expected) {
+    fail(path, "tensor '" + printable(name) + "' has shape " + to_string(it->second.shape) + ", expected " +
+                   to_string(expected));
+  }
+  return it->second;
+}
+
+}  // namespace anvil

@@ -1,0 +1,368 @@
+// Tests for safetensors reading and writing. Files written byte by byte here
+// check the reader against the format itself, not just against our writer.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "anvil/safetensors.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using anvil::HostTensor;
+using anvil::TensorFile;
+
+// Little-endian bytes of an integer, built by shifting so the test does not rely on host byte order.
+std::string le_bytes(uint64_t v, int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i) s += static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+// A file in the exact format: 8-byte LE header length, the JSON header, the data.
+std::string make_file(const std::string& header, const std::string& data) {
+  return le_bytes(header.size(), 8) + header + data;
+}
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+class Safetensors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("anvil_safetensors_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::string write_raw(const std::string& name, const std::string& bytes) const {
+    const std::string p = path(name);
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p;
+  }
+
+  // Any leftover "<name>.tmp.<pid>" file in the test directory.
+  bool has_temp_files() const {
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      if (entry.path().filename().string().find(".tmp.") != std::string::npos) return true;
+    }
+    return false;
+  }
+
+  // Reads a malformed file and checks the InputError: one line, naming the file and the problem.
+  void expect_input_error(const std::string& bytes, const std::string& problem) const {
+    const std::string p = write_raw("bad.safetensors", bytes);
+    try {
+      anvil::read_safetensors(p);
+      ADD_FAILURE() << "no error for a file whose problem should be: " << problem;
+    } catch (const anvil::InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(problem), std::string::npos) << "expected '" << problem << "' in: " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(Safetensors, RoundTripsOddShapesBitExactly) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> dist(0.0f, 10.0f);
+  TensorFile file;
+  for (const anvil::Shape& shape : {anvil::Shape{}, anvil::Shape{7}, anvil::Shape{3, 1, 5}, anvil::Shape{2, 3, 4, 1},
+                                    anvil::Shape{0, 3}, anvil::Shape{1, 1, 1, 1, 13}}) {
+    HostTensor t(shape);
+    for (float& v : t.data) v = dist(rng);
+    file.tensors["t" + std::to_string(file.tensors.size()) + anvil::to_string(shape)] = t;
+  }
+  // Values that must survive as bits, not just compare equal.
+  file.tensors["specials"] = HostTensor({6}, {-0.0f, std::numeric_limits<float>::infinity(),
+                                              -std::numeric_limits<float>::infinity(),
+                                              std::numeric_limits<float>::quiet_NaN(),
+                                              std::numeric_limits<float>::denorm_min(), 3.4028235e38f});
+
+  const std::string p = path("round.safetensors");
+  anvil::write_safetensors(p, file);
+  const TensorFile back = anvil::read_safetensors(p);
+  ASSERT_EQ(back.tensors.size(), file.tensors.size());
+  for (const auto& [name, t] : file.tensors) {
+    const auto it = back.tensors.find(name);
+    ASSERT_NE(it, back.tensors.end()) << name;
+    EXPECT_EQ(it->second.shape, t.shape) << name;
+    EXPECT_TRUE(same_bits(it->second.data, t.data)) << name;
+  }
+  EXPECT_EQ(back.tensors.at("t0()").data.size(), 1u);  // a 0-d tensor holds one value
+  EXPECT_TRUE(back.metadata.empty());
+  EXPECT_FALSE(has_temp_files());
+}
+
+TEST_F(Safetensors, RoundTripsMetadata) {
+  TensorFile file;
+  file.tensors["w"] = HostTensor({2}, {1.0f, 2.0f});
+  file.metadata = {{"format", "pt"}, {"note", "tab\there, \"quotes\", ünïcode"}, {"empty", ""}};
+  const std::string p = path("meta.safetensors");
+  anvil::write_safetensors(p, file);
+  const TensorFile back = anvil::read_safetensors(p);
+  EXPECT_EQ(back.metadata, file.metadata);
+  EXPECT_TRUE(same_bits(back.tensors.at("w").data, file.tensors.at("w").data));
+
+  // No metadata: no "__metadata__" key at all.
+  file.metadata.clear();
+  anvil::write_safetensors(p, file);
+  EXPECT_EQ(read_bytes(p).find("__metadata__"), std::string::npos);
+}
+
+TEST_F(Safetensors, WriterFollowsTheFormat) {
+  TensorFile file;
+  file.tensors["zeta"] = HostTensor({1}, {1.0f});
+  file.tensors["alpha"] = HostTensor({2}, {2.0f, 3.0f});
+  file.tensors["mid"] = HostTensor({}, {4.0f});
+  file.metadata = {{"k", "v"}};
+  const std::string p = path("layout.safetensors");
+  anvil::write_safetensors(p, file);
+
+  const std::string bytes = read_bytes(p);
+  ASSERT_GE(bytes.size(), 8u);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  EXPECT_EQ(n % 8, 0u) << "header not padded to a multiple of 8";
+  ASSERT_EQ(bytes.size(), 8 + n + 4 * 4);
+  const std::string header = bytes.substr(8, n);
+  EXPECT_EQ(header.front(), '{');
+  const size_t close = header.find_last_of('}');
+  EXPECT_EQ(header.find_first_not_of(' ', close + 1), std::string::npos) << "padding must be spaces";
+
+  const auto j = nlohmann::json::parse(header);
+  EXPECT_EQ(j["__metadata__"], (nlohmann::json{{"k", "v"}}));
+  // Data laid out in sorted name order.
+  EXPECT_EQ(j["alpha"], (nlohmann::json{{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {0, 8}}}));
+  EXPECT_EQ(j["mid"]["shape"], nlohmann::json::array());
+  EXPECT_EQ(j["mid"]["data_offsets"], (nlohmann::json{8, 12}));
+  EXPECT_EQ(j["zeta"]["data_offsets"], (nlohmann::json{12, 16}));
+  // Keys appear in sorted order in the text itself.
+  EXPECT_LT(header.find("\"__metadata__\""), header.find("\"alpha\""));
+  EXPECT_LT(header.find("\"alpha\""), header.find("\"mid\""));
+  EXPECT_LT(header.find("\"mid\""), header.find("\"zeta\""));
+  // 2.0f, 3.0f, 4.0f, 1.0f as little-endian IEEE bytes.
+  EXPECT_EQ(bytes.substr(8 + n), le_bytes(0x40000000, 4) + le_bytes(0x40400000, 4) + le_bytes(0x40800000, 4) +
+                                      le_bytes(0x3f800000, 4));
+}
+
+TEST_F(Safetensors, ReadsHandWrittenF32File) {
+  // Unsorted keys, no padding, data not in key order, and an unused gap: all legal.
+  const std::string header =
+      R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
+      R"("__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[],"data_offsets":[12,16]},)"
+      R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[0,0]}})";
+  const std::string data = le_bytes(0xdeadbeef, 4) + le_bytes(0x3fc00000, 4) /* 1.5 */ +
+                           le_bytes(0xc0100000, 4) /* -2.25 */ + le_bytes(0x40400000, 4) /* 3 */;
+  const TensorFile f = anvil::read_safetensors(write_raw("hand.safetensors", make_file(header, data)));
+  ASSERT_EQ(f.tensors.size(), 3u);
+  EXPECT_EQ(f.tensors.at("w").shape, (anvil::Shape{2}));
+  EXPECT_EQ(f.tensors.at("w").data, (std::vector<float>{1.5f, -2.25f}));
+  EXPECT_EQ(f.tensors.at("b").shape, anvil::Shape{});
+  EXPECT_EQ(f.tensors.at("b").data, (std::vector<float>{3.0f}));
+  EXPECT_EQ(f.tensors.at("e").shape, (anvil::Shape{3, 0}));
+  EXPECT_TRUE(f.tensors.at("e").data.empty());
+  EXPECT_EQ(f.metadata, (std::map<std::string, std::string>{{"format", "pt"}}));
+}
+
+TEST_F(Safetensors, ReadsF64AsFloat32) {
+  const std::string header = R"({"d":{"dtype":"F64","shape":[2,2],"data_offsets":[0,32]}})";
+  const std::string data = le_bytes(0x3FB999999999999AULL, 8) /* 0.1 */ + le_bytes(0xC004000000000000ULL, 8) /* -2.5 */ +
+                           le_bytes(0x4202A05F20000000ULL, 8) /* 1e10 */ + le_bytes(0x3FD5555555555555ULL, 8) /* 1/3 */;
+  const TensorFile f = anvil::read_safetensors(write_raw("f64.safetensors", make_file(header, data)));
+  const HostTensor& d = f.tensors.at("d");
+  EXPECT_EQ(d.shape, (anvil::Shape{2, 2}));
+  ASSERT_EQ(d.data.size(), 4u);
+  EXPECT_EQ(d.data[0], 0.1f);
+  EXPECT_EQ(d.data[1], -2.5f);
+  EXPECT_EQ(d.data[2], 1e10f);
+  EXPECT_EQ(d.data[3], 1.0f / 3.0f);  // rounded, not truncated
+}
+
+TEST_F(Safetensors, RejectsBadFileFraming) {
+  expect_input_error("", "too short");
+  expect_input_error(std::string("\x05\x00\x00", 3), "too short");
+  // Header length larger than the file.
+  expect_input_error(le_bytes(100, 8) + "{}", "header length 100");
+  // Absurd header length.
+  expect_input_error(le_bytes(1ULL << 60, 8) + "{}", "limit");
+  expect_input_error(le_bytes(~0ULL, 8) + "{}", "limit");
+}
+
+TEST_F(Safetensors, RejectsBadHeaders) {
+  expect_input_error(make_file("{\"w\": ", ""), "not valid JSON");
+  expect_input_error(make_file("not json at all", ""), "not valid JSON");
+  expect_input_error(make_file("[1, 2]", ""), "not a JSON object");
+  expect_input_error(make_file(R"({"w": 3})", ""), "tensor 'w': entry is not a JSON object");
+  expect_input_error(make_file(R"({"w": {"shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')), "dtype");
+  expect_input_error(make_file(R"({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "dtype");
+  expect_input_error(make_file(R"({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "BF16");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})", std::string(4, '\0')), "shape");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": 1, "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "shape");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "negative dimension -1");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "non-integer");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "non-integer");
+  expect_input_error(make_file(R"({"__metadata__": ["a"]})", ""), "__metadata__");
+  expect_input_error(make_file(R"({"__metadata__": {"a": 1}})", ""), "__metadata__ value for 'a'");
+}
+
+TEST_F(Safetensors, RejectsBadOffsets) {
+  const std::string four(4, '\0');
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1]}})", four), "data_offsets");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0]}})", four), "data_offsets");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}})", four),
+                     "data_offsets");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}})", four),
+                     "data_offsets");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}})", four),
+                     "data_offsets");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [0], "data_offsets": [4, 0]}})", four),
+                     "begin is after end");
+  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", four),
+                     "out of range");
+  expect_input_error(
+      make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [18446744073709551612, 18446744073709551615]}})",
+                four),
+      "data_offsets");
+  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}})", std::string(16, '\0')),
+                     "tensor 'x': data_offsets [0, 12] do not match shape (2, 2) of F32 (16 bytes)");
+  expect_input_error(make_file(R"({"x": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}})", std::string(16, '\0')),
+                     "do not match shape (2) of F64 (16 bytes)");
+  // Element count overflow must be caught, not wrap around to a small size.
+  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", ""),
+                     "too many elements");
+  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", ""),
+                     "too many elements");
+}
+
+TEST_F(Safetensors, RejectsTruncatedFiles) {
+  TensorFile file;
+  file.tensors["a"] = HostTensor({4}, {1, 2, 3, 4});
+  file.tensors["b"] = HostTensor({2, 2}, {5, 6, 7, 8});
+  const std::string good_path = path("good.safetensors");
+  anvil::write_safetensors(good_path, file);
+  const std::string good = read_bytes(good_path);
+  expect_input_error(good.substr(0, good.size() - 1), "out of range");
+  expect_input_error(good.substr(0, 20), "header length");
+  expect_input_error(good.substr(0, 7), "too short");
+}
+
+TEST_F(Safetensors, MissingFileIsInputError) {
+  const std::string p = path("absent.safetensors");
+  try {
+    anvil::read_safetensors(p);
+    FAIL() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("absent.safetensors"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Safetensors, WriteIntoMissingDirectoryThrowsAndLeavesNothing) {
+  TensorFile file;
+  file.tensors["w"] = HostTensor({1}, {1.0f});
+  const std::string p = path("no/such/dir/out.safetensors");
+  try {
+    anvil::write_safetensors(p, file);
+    FAIL() << "no error";
+  } catch (const anvil::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(std::strerror(ENOENT)), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(path("no")));
+}
+
+TEST_F(Safetensors, FailedRenameRemovesTheTemporaryFile) {
+  // A directory in the way makes the final rename fail after the data was written.
+  const std::string p = path("blocked.safetensors");
+  fs::create_directory(p);
+  fs::create_directory(p + "/child");  // non-empty, so rename cannot replace it
+  TensorFile file;
+  file.tensors["w"] = HostTensor({3}, {1.0f, 2.0f, 3.0f});
+  EXPECT_THROW(anvil::write_safetensors(p, file), anvil::Error);
+  EXPECT_FALSE(has_temp_files());
+  EXPECT_TRUE(fs::is_directory(p));
+}
+
+TEST_F(Safetensors, ReplacesAnExistingFile) {
+  const std::string p = path("replace.safetensors");
+  TensorFile first;
+  first.tensors["old"] = HostTensor({100}, std::vector<float>(100, 1.0f));
+  anvil::write_safetensors(p, first);
+  TensorFile second;
+  second.tensors["new"] = HostTensor({2}, {7.0f, 8.0f});
+  anvil::write_safetensors(p, second);
+
+  const TensorFile back = anvil::read_safetensors(p);
+  ASSERT_EQ(back.tensors.size(), 1u);
+  EXPECT_EQ(back.tensors.at("new").data, (std::vector<float>{7.0f, 8.0f}));
+  EXPECT_FALSE(has_temp_files());
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
+}
+
+TEST_F(Safetensors, WriteRejectsInconsistentTensors) {
+  const std::string p = path("inconsistent.safetensors");
+  TensorFile file;
+  file.tensors["w"] = HostTensor({2, 3}, std::vector<float>(5));
+  EXPECT_THROW(anvil::write_safetensors(p, file), anvil::Error);
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(has_temp_files());
+
+  TensorFile clash;
+  clash.tensors["__metadata__"] = HostTensor({1}, {1.0f});
+  EXPECT_THROW(anvil::write_safetensors(p, clash), anvil::Error);
+  EXPECT_FALSE(fs::exists(p));
+}
+
+TEST_F(Safetensors, RequireTensorChecksNameAndShape) {
+  TensorFile file;
+  file.tensors["input"] = HostTensor({2, 3});
+  const HostTensor& t = anvil::require_tensor(file, "data.safetensors", "input", {2, 3});
+  EXPECT_EQ(&t, &file.tensors.at("input"));
+
+  try {
+    anvil::require_tensor(file, "data.safetensors", "input", {2, 4});
+    FAIL() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_STREQ(e.what(), "data.safetensors: tensor 'input' has shape (2, 3), expected (2, 4)");
+  }
+  try {
+    anvil::require_tensor(file, "data.safetensors", "label", {2});
+    FAIL() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_STREQ(e.what(), "data.safetensors: no tensor named 'label'");
+  }
+}
+
+}  // namespace
