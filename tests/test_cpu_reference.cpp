@@ -1,0 +1,861 @@
+// Tests of the CPU reference kernels (kernels/cpu/reference.hpp).
+//
+// Every backward is checked in float64 against central finite differences of
+// its forward, for L = sum(out * R) with a fixed random R. Forwards are checked
+// independently: conv against a naive formula and adjoint identities, pooling
+// and the loss against hand-made examples, SGD against a scalar re-statement of
+// torch.optim.SGD and hand-computed trajectories. Outputs are poisoned before
+// each call to show overwrite versus accumulate. Inputs are never all zero.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/reference.hpp"
+
+namespace {
+
+using anvil::SgdParams;
+using anvil::cpu::ConvGeometry;
+using anvil::cpu::Dims3;
+using anvil::cpu::PoolGeometry;
+namespace cpu = anvil::cpu;
+
+using VecD = std::vector<double>;
+using VecF = std::vector<float>;
+
+constexpr double kFdStep = 1e-6;
+constexpr double kFdRtol = 1e-6;
+constexpr float kPoison = 12345.f;
+
+int64_t vol(const Dims3& d) { return d[0] * d[1] * d[2]; }
+
+VecD random_vec(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  VecD v(static_cast<size_t>(n));
+  for (double& x : v) x = u(rng);
+  return v;
+}
+
+VecF to_float(const VecD& v) { return VecF(v.begin(), v.end()); }
+// The double image of float-rounded values, so float and double runs see the same inputs.
+VecD rounded(const VecD& v) {
+  VecD r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
+  return r;
+}
+
+double dot(const VecD& a, const VecD& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Central differences of loss() with respect to every element of x (perturbed in place).
+VecD numeric_grad(VecD& x, const std::function<double()>& loss, double h = kFdStep) {
+  VecD g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double orig = x[i];
+    x[i] = orig + h;
+    const double lp = loss();
+    x[i] = orig - h;
+    const double lm = loss();
+    x[i] = orig;
+    g[i] = (lp - lm) / (2 * h);
+  }
+  return g;
+}
+
+// |got - want| <= rtol * max(1, |want|) element-wise; reports the first few misses.
+template <class A, class B>
+void expect_all_near(const std::vector<A>& got, const std::vector<B>& want, double rtol, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int misses = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], w = want[i];
+    const double tol = rtol * std::max(1.0, std::abs(w));
+    if (!(std::abs(g - w) <= tol)) {
+      if (++misses <= 5) ADD_FAILURE() << what << ": element " << i << " got " << g << " want " << w;
+    }
+  }
+  EXPECT_EQ(misses, 0) << what << ": " << misses << " of " << got.size() << " elements differ";
+}
+
+// Checks that write(out) overwrites every element: identical, finite results
+// whether out starts as NaN or as a large poison value.
+template <class T> void expect_overwrites(size_t n, const std::function<void(T*)>& write, const std::string& what) {
+  std::vector<T> from_nan(n, std::numeric_limits<T>::quiet_NaN()), from_poison(n, static_cast<T>(kPoison));
+  write(from_nan.data());
+  write(from_poison.data());
+  int misses = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(from_nan[i]) || from_nan[i] != from_poison[i]) {
+      if (++misses <= 5)
+        ADD_FAILURE() << what << ": element " << i << " not overwritten (" << from_nan[i] << " vs " << from_poison[i]
+                      << ")";
+    }
+  }
+  EXPECT_EQ(misses, 0) << what;
+}
+
+// Checks accumulate semantics: write(out, false) overwrites a NaN buffer, and
+// write(out, true) on a non-zero buffer P gives P + (the overwritten result).
+template <class T>
+void expect_accumulates(size_t n, const std::function<void(T*, bool)>& write, double rtol, const std::string& what) {
+  expect_overwrites<T>(n, [&](T* out) { write(out, false); }, what + " (accumulate=false)");
+  std::vector<T> fresh(n, std::numeric_limits<T>::quiet_NaN());
+  write(fresh.data(), false);
+  const VecD base = random_vec(static_cast<int64_t>(n), 999);
+  std::vector<T> acc(n);
+  VecD want(n);
+  for (size_t i = 0; i < n; ++i) {
+    acc[i] = static_cast<T>(base[i] + 3.0);  // in [2, 4]: non-zero, and float keeps precision
+    want[i] = static_cast<double>(acc[i]) + static_cast<double>(fresh[i]);
+  }
+  write(acc.data(), true);
+  expect_all_near(acc, want, rtol, what + " (accumulate=true)");
+}
+
+// ---------------------------------------------------------------------------
+// Convolution
+
+struct ConvCase {
+  std::string name;
+  ConvGeometry g;
+};
+
+Dims3 conv_out(const Dims3& a, const Dims3& k, const Dims3& s, const Dims3& p, const Dims3& d) {
+  Dims3 b{};
+  for (int i = 0; i < 3; ++i) b[i] = (a[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1;
+  return b;
+}
+
+// A conv: A (input) of size a, B (output) derived.
+ConvCase conv_case(std::string name, int64_t n, int64_t ca, int64_t cb, Dims3 a, Dims3 k, Dims3 s, Dims3 p, Dims3 d) {
+  ConvGeometry g;
+  g.n = n, g.ca = ca, g.cb = cb, g.a = a, g.k = k, g.stride = s, g.pad = p, g.dilation = d;
+  g.b = conv_out(a, k, s, p, d);
+  return {std::move(name), g};
+}
+
+// A transposed conv: B (input) of size b, A (output) as torch's ConvTranspose with output_padding op.
+ConvCase transposed_case(std::string name, int64_t n, int64_t ca, int64_t cb, Dims3 b, Dims3 k, Dims3 s, Dims3 p,
+                         Dims3 d, Dims3 op) {
+  ConvGeometry g;
+  g.n = n, g.ca = ca, g.cb = cb, g.b = b, g.k = k, g.stride = s, g.pad = p, g.dilation = d;
+  for (int i = 0; i < 3; ++i) g.a[i] = (b[i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1 + op[i];
+  // The same relation must hold read forwards.
+  EXPECT_EQ(conv_out(g.a, k, s, p, d), b) << name;
+  return {std::move(name), g};
+}
+
+std::vector<ConvCase> conv_cases() {
+  return {
+      conv_case("3d_plain", 2, 3, 5, {3, 4, 5}, {2, 3, 2}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}),
+      conv_case("3d_stride_pad_dilation", 3, 1, 3, {5, 6, 7}, {3, 2, 3}, {2, 1, 3}, {1, 0, 1}, {1, 2, 1}),
+      conv_case("3d_kernel4_pad2", 2, 3, 1, {4, 5, 6}, {4, 4, 3}, {1, 2, 1}, {2, 2, 1}, {1, 1, 2}),
+      conv_case("3d_stride3_leaves_gaps", 2, 3, 3, {4, 5, 7}, {2, 2, 2}, {3, 3, 3}, {0, 0, 0}, {1, 1, 1}),
+      conv_case("2d_lifted", 2, 5, 3, {1, 7, 6}, {1, 4, 3}, {1, 2, 2}, {0, 2, 1}, {1, 1, 2}),
+      conv_case("2d_lifted_1x1", 3, 5, 1, {1, 3, 5}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}),
+      transposed_case("transposed_3d_k3_s2_outpad1", 2, 3, 5, {2, 3, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1},
+                      {1, 1, 1}, {1, 1, 1}),
+      transposed_case("transposed_2d_lifted_dilated", 3, 1, 3, {1, 3, 4}, {1, 3, 2}, {1, 2, 3}, {0, 1, 0},
+                      {1, 2, 1}, {0, 1, 2}),
+  };
+}
+
+// The reduced-size network's 3-D transposed conv: (2,16,4,8,8) -> (2,32,8,16,16).
+ConvGeometry reduced_transposed_geometry() {
+  return transposed_case("reduced_net", 2, 32, 16, {4, 8, 8}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1},
+                         {1, 1, 1})
+      .g;
+}
+
+struct ConvData {
+  VecD a, w, b;  // input, weight, and a random tensor shaped like the output
+};
+ConvData conv_data(const ConvGeometry& g, uint32_t seed) {
+  return {random_vec(g.n * g.ca * vol(g.a), seed), random_vec(g.cb * g.ca * vol(g.k), seed + 1),
+          random_vec(g.n * g.cb * vol(g.b), seed + 2)};
+}
+
+// Direct evaluation of the defining relation, loop by loop, with bounds checks.
+VecD naive_conv(const VecD& a, const VecD& w, const ConvGeometry& g) {
+  VecD b(static_cast<size_t>(g.n * g.cb * vol(g.b)), 0.0);
+  for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t cb = 0; cb < g.cb; ++cb)
+      for (int64_t od = 0; od < g.b[0]; ++od)
+        for (int64_t oh = 0; oh < g.b[1]; ++oh)
+          for (int64_t ow = 0; ow < g.b[2]; ++ow) {
+            double s = 0;
+            for (int64_t ca = 0; ca < g.ca; ++ca)
+              for (int64_t td = 0; td < g.k[0]; ++td)
+                for (int64_t th = 0; th < g.k[1]; ++th)
+                  for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+                    const int64_t id = od * g.stride[0] - g.pad[0] + td * g.dilation[0];
+                    const int64_t ih = oh * g.stride[1] - g.pad[1] + th * g.dilation[1];
+                    const int64_t iw = ow * g.stride[2] - g.pad[2] + tw * g.dilation[2];
+                    if (id < 0 || id >= g.a[0] || ih < 0 || ih >= g.a[1] || iw < 0 || iw >= g.a[2]) continue;
+                    s += a[(((n * g.ca + ca) * g.a[0] + id) * g.a[1] + ih) * g.a[2] + iw] *
+                         w[(((cb * g.ca + ca) * g.k[0] + td) * g.k[1] + th) * g.k[2] + tw];
+                  }
+            b[(((n * g.cb + cb) * g.b[0] + od) * g.b[1] + oh) * g.b[2] + ow] = s;
+          }
+  return b;
+}
+
+VecD conv_fwd(const VecD& a, const VecD& w, const ConvGeometry& g) {
+  VecD b(static_cast<size_t>(g.n * g.cb * vol(g.b)));
+  cpu::conv_forward(a.data(), w.data(), b.data(), g);
+  return b;
+}
+VecD conv_bwd_data(const VecD& db, const VecD& w, const ConvGeometry& g) {
+  VecD da(static_cast<size_t>(g.n * g.ca * vol(g.a)));
+  cpu::conv_backward_data(db.data(), w.data(), da.data(), g, false);
+  return da;
+}
+VecD conv_bwd_filter(const VecD& a, const VecD& db, const ConvGeometry& g) {
+  VecD dw(static_cast<size_t>(g.cb * g.ca * vol(g.k)));
+  cpu::conv_backward_filter(a.data(), db.data(), dw.data(), g);
+  return dw;
+}
+
+TEST(CpuReferenceConv, ForwardMatchesNaiveFormula) {
+  uint32_t seed = 10;
+  for (const ConvCase& c : conv_cases()) {
+    SCOPED_TRACE(c.name);
+    const ConvData d = conv_data(c.g, seed += 10);
+    expect_all_near(conv_fwd(d.a, d.w, c.g), naive_conv(d.a, d.w, c.g), 1e-12, "conv_forward vs naive");
+  }
+}
+
+TEST(CpuReferenceConv, BackwardDataIsAdjointOfForward) {
+  std::vector<ConvCase> cases = conv_cases();
+  cases.push_back({"reduced_net", reduced_transposed_geometry()});
+  uint32_t seed = 100;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const ConvData d = conv_data(c.g, seed += 10);
+    // <conv(a), b> == <a, conv^T(b)>
+    const double lhs = dot(conv_fwd(d.a, d.w, c.g), d.b);
+    const double rhs = dot(d.a, conv_bwd_data(d.b, d.w, c.g));
+    EXPECT_NEAR(lhs, rhs, 1e-10 * std::max(1.0, std::abs(lhs)));
+  }
+}
+
+TEST(CpuReferenceConv, BackwardFilterIsAdjointOfForwardInWeight) {
+  std::vector<ConvCase> cases = conv_cases();
+  cases.push_back({"reduced_net", reduced_transposed_geometry()});
+  uint32_t seed = 200;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const ConvData d = conv_data(c.g, seed += 10);
+    // <conv(a, w), b> == <w, dW(a, b)>
+    const double lhs = dot(conv_fwd(d.a, d.w, c.g), d.b);
+    const double rhs = dot(d.w, conv_bwd_filter(d.a, d.b, c.g));
+    EXPECT_NEAR(lhs, rhs, 1e-10 * std::max(1.0, std::abs(lhs)));
+  }
+}
+
+TEST(CpuReferenceConv, ConvGradientsMatchFiniteDifferences) {
+  uint32_t seed = 300;
+  for (const ConvCase& c : conv_cases()) {
+    SCOPED_TRACE(c.name);
+    ConvData d = conv_data(c.g, seed += 10);
+    const VecD& r = d.b;  // L = sum(conv(a, w) * r)
+    auto loss = [&] { return dot(conv_fwd(d.a, d.w, c.g), r); };
+    const VecD da = conv_bwd_data(r, d.w, c.g);
+    const VecD dw = conv_bwd_filter(d.a, r, c.g);
+    expect_all_near(da, numeric_grad(d.a, loss), kFdRtol, "dL/dA");
+    expect_all_near(dw, numeric_grad(d.w, loss), kFdRtol, "dL/dW");
+  }
+}
+
+// Used as a transposed conv, conv_backward_data is the forward; its gradients
+// are conv_forward (input) and conv_backward_filter with A and B swapped in role.
+TEST(CpuReferenceConv, TransposedConvGradientsMatchFiniteDifferences) {
+  uint32_t seed = 400;
+  for (const ConvCase& c : conv_cases()) {
+    SCOPED_TRACE(c.name);
+    ConvData d = conv_data(c.g, seed += 10);
+    VecD x = d.b;        // transposed-conv input, shaped like B
+    const VecD& r = d.a;  // L = sum(convT(x, w) * r), r shaped like A
+    auto loss = [&] { return dot(conv_bwd_data(x, d.w, c.g), r); };
+    const VecD dx = conv_fwd(r, d.w, c.g);
+    const VecD dw = conv_bwd_filter(r, x, c.g);
+    expect_all_near(dx, numeric_grad(x, loss), kFdRtol, "dL/dx");
+    expect_all_near(dw, numeric_grad(d.w, loss), kFdRtol, "dL/dW");
+  }
+}
+
+TEST(CpuReferenceConv, OutputsAreOverwrittenAndBackwardDataAccumulates) {
+  uint32_t seed = 500;
+  for (const ConvCase& c : conv_cases()) {
+    SCOPED_TRACE(c.name);
+    const ConvData d = conv_data(c.g, seed += 10);
+    const VecF a = to_float(d.a), w = to_float(d.w), b = to_float(d.b);
+    const ConvGeometry& g = c.g;
+    expect_overwrites<float>(b.size(), [&](float* out) { cpu::conv_forward(a.data(), w.data(), out, g); },
+                             "conv_forward");
+    expect_overwrites<float>(w.size(), [&](float* out) { cpu::conv_backward_filter(a.data(), b.data(), out, g); },
+                             "conv_backward_filter");
+    expect_accumulates<float>(
+        a.size(), [&](float* out, bool acc) { cpu::conv_backward_data(b.data(), w.data(), out, g, acc); }, 1e-6,
+        "conv_backward_data");
+    expect_accumulates<double>(
+        d.a.size(), [&](double* out, bool acc) { cpu::conv_backward_data(d.b.data(), d.w.data(), out, g, acc); },
+        1e-14, "conv_backward_data<double>");
+  }
+}
+
+TEST(CpuReferenceConv, BackwardDataWritesZeroWhereNoTapReaches) {
+  // Stride 3 with kernel 2: A positions w = 2, 5, 6 feed no output.
+  const ConvCase c = conv_cases()[3];
+  ASSERT_EQ(c.name, "3d_stride3_leaves_gaps");
+  const ConvData d = conv_data(c.g, 77);
+  const VecF w = to_float(d.w), b = to_float(d.b);
+  VecF da(d.a.size(), std::numeric_limits<float>::quiet_NaN());
+  cpu::conv_backward_data(b.data(), w.data(), da.data(), c.g, false);
+  for (size_t i = 0; i < da.size(); ++i) {
+    const int64_t iw = static_cast<int64_t>(i) % c.g.a[2];
+    const int64_t ih = (static_cast<int64_t>(i) / c.g.a[2]) % c.g.a[1];
+    const int64_t id = (static_cast<int64_t>(i) / (c.g.a[2] * c.g.a[1])) % c.g.a[0];
+    const bool reached = iw % 3 < 2 && iw < 5 && ih % 3 < 2 && ih < 5 && id % 3 < 2 && id < 2;
+    if (reached)
+      EXPECT_NE(da[i], 0.f) << i;
+    else
+      EXPECT_EQ(da[i], 0.f) << i;
+  }
+}
+
+TEST(CpuReferenceConv, FloatMatchesDouble) {
+  std::vector<ConvCase> cases = conv_cases();
+  cases.push_back({"reduced_net", reduced_transposed_geometry()});
+  uint32_t seed = 600;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    ConvData d = conv_data(c.g, seed += 10);
+    d.a = rounded(d.a), d.w = rounded(d.w), d.b = rounded(d.b);
+    const VecF a = to_float(d.a), w = to_float(d.w), b = to_float(d.b);
+    VecF bf(b.size()), af(a.size()), wf(w.size());
+    cpu::conv_forward(a.data(), w.data(), bf.data(), c.g);
+    cpu::conv_backward_data(b.data(), w.data(), af.data(), c.g, false);
+    cpu::conv_backward_filter(a.data(), b.data(), wf.data(), c.g);
+    expect_all_near(bf, conv_fwd(d.a, d.w, c.g), 1e-6, "conv_forward<float>");
+    expect_all_near(af, conv_bwd_data(d.b, d.w, c.g), 1e-6, "conv_backward_data<float>");
+    expect_all_near(wf, conv_bwd_filter(d.a, d.b, c.g), 1e-6, "conv_backward_filter<float>");
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Bias
+
+TEST(CpuReferenceBias, ForwardAddsPerChannel) {
+  const int64_t n = 2, c = 3, s = 5;
+  const VecD y0 = random_vec(n * c * s, 1), bias = random_vec(c, 2);
+  VecD y = y0;
+  cpu::bias_forward(y.data(), bias.data(), n, c, s);
+  for (int64_t i = 0; i < n * c * s; ++i) EXPECT_EQ(y[i], y0[i] + bias[(i / s) % c]) << i;
+}
+
+TEST(CpuReferenceBias, BackwardMatchesFiniteDifferences) {
+  struct Shape {
+    int64_t n, c, s;
+  };
+  uint32_t seed = 20;
+  for (const Shape sh : {Shape{2, 3, 60}, Shape{3, 5, 7}, Shape{1, 1, 9}, Shape{2, 5, 1}}) {
+    SCOPED_TRACE(std::to_string(sh.n) + "x" + std::to_string(sh.c) + "x" + std::to_string(sh.s));
+    const VecD y0 = random_vec(sh.n * sh.c * sh.s, seed++), r = random_vec(sh.n * sh.c * sh.s, seed++);
+    VecD bias = random_vec(sh.c, seed++);
+    auto loss = [&] {
+      VecD y = y0;
+      cpu::bias_forward(y.data(), bias.data(), sh.n, sh.c, sh.s);
+      return dot(y, r);
+    };
+    VecD db(bias.size());
+    cpu::bias_backward(r.data(), db.data(), sh.n, sh.c, sh.s);
+    expect_all_near(db, numeric_grad(bias, loss), kFdRtol, "dL/dbias");
+
+    const VecF rf = to_float(rounded(r));
+    expect_overwrites<float>(bias.size(), [&](float* out) { cpu::bias_backward(rf.data(), out, sh.n, sh.c, sh.s); },
+                             "bias_backward");
+    VecF dbf(bias.size());
+    cpu::bias_backward(rf.data(), dbf.data(), sh.n, sh.c, sh.s);
+    VecD dbd(bias.size());
+    const VecD rr = rounded(r);
+    cpu::bias_backward(rr.data(), dbd.data(), sh.n, sh.c, sh.s);
+    expect_all_near(dbf, dbd, 1e-6, "bias_backward<float>");
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Leaky ReLU
+
+TEST(CpuReferenceLeakyRelu, ZeroInputTakesSlopeBranchAsInPyTorch) {
+  const VecD x{0.0, -0.0, 1.5, -2.0, 1e-30, -1e-30};
+  const VecD dy{3.0, 3.0, 3.0, 3.0, 3.0, 3.0};
+  VecD y(x.size()), dx(x.size());
+  cpu::leaky_relu_forward(x.data(), y.data(), 6, 0.1);
+  cpu::leaky_relu_backward(x.data(), dy.data(), dx.data(), 6, 0.1, false);
+  const VecD want_y{0.0, 0.0, 1.5, -0.2, 1e-30, -1e-31};
+  const VecD want_dx{0.3, 0.3, 3.0, 0.3, 3.0, 0.3};
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_DOUBLE_EQ(y[i], want_y[i]) << i;
+    EXPECT_DOUBLE_EQ(dx[i], want_dx[i]) << i;
+  }
+  // relu (slope 0) passes no gradient at exactly 0.
+  VecD dx0(x.size());
+  cpu::leaky_relu_backward(x.data(), dy.data(), dx0.data(), 6, 0.0, false);
+  EXPECT_EQ(dx0[0], 0.0);
+  EXPECT_EQ(dx0[2], 3.0);
+}
+
+TEST(CpuReferenceLeakyRelu, BackwardMatchesFiniteDifferences) {
+  const int64_t count = 3 * 5 * 7;
+  uint32_t seed = 30;
+  for (double slope : {0.0, 0.01, 0.2, 1.5}) {
+    SCOPED_TRACE(slope);
+    VecD x = random_vec(count, seed++);
+    const VecD r = random_vec(count, seed++);
+    auto loss = [&] {
+      VecD y(x.size());
+      cpu::leaky_relu_forward(x.data(), y.data(), count, slope);
+      return dot(y, r);
+    };
+    VecD dx(x.size());
+    cpu::leaky_relu_backward(x.data(), r.data(), dx.data(), count, slope, false);
+    expect_all_near(dx, numeric_grad(x, loss), kFdRtol, "dL/dx");
+  }
+}
+
+TEST(CpuReferenceLeakyRelu, OverwriteAndAccumulate) {
+  const int64_t count = 37;
+  const VecF x = to_float(random_vec(count, 40)), dy = to_float(random_vec(count, 41));
+  expect_overwrites<float>(count, [&](float* out) { cpu::leaky_relu_forward(x.data(), out, count, 0.1f); },
+                           "leaky_relu_forward");
+  expect_accumulates<float>(
+      count, [&](float* out, bool acc) { cpu::leaky_relu_backward(x.data(), dy.data(), out, count, 0.1f, acc); },
+      1e-6, "leaky_relu_backward");
+}
+
+// ---------------------------------------------------------------------------
+// Channel scale
+
+TEST(CpuReferenceChannelScale, BackwardMatchesFiniteDifferences) {
+  struct Shape {
+    int64_t n, c, s;
+  };
+  uint32_t seed = 50;
+  for (const Shape sh : {Shape{2, 3, 60}, Shape{3, 5, 7}, Shape{1, 1, 9}}) {
+    SCOPED_TRACE(std::to_string(sh.n) + "x" + std::to_string(sh.c) + "x" + std::to_string(sh.s));
+    const int64_t count = sh.n * sh.c * sh.s;
+    VecD x = random_vec(count, seed++), m = random_vec(sh.c, seed++);
+    const VecD r = random_vec(count, seed++);
+    auto loss = [&] {
+      VecD y(x.size());
+      cpu::channel_scale_forward(x.data(), m.data(), y.data(), sh.n, sh.c, sh.s);
+      return dot(y, r);
+    };
+    VecD dx(x.size()), dm(m.size());
+    cpu::channel_scale_backward(x.data(), m.data(), r.data(), dx.data(), dm.data(), sh.n, sh.c, sh.s, false);
+    expect_all_near(dx, numeric_grad(x, loss), kFdRtol, "dL/dx");
+    expect_all_near(dm, numeric_grad(m, loss), kFdRtol, "dL/dm");
+
+    // Without dx only dm is produced, and it is the same.
+    VecD dm_only(m.size());
+    cpu::channel_scale_backward(x.data(), m.data(), r.data(), static_cast<double*>(nullptr), dm_only.data(), sh.n,
+                                sh.c, sh.s, false);
+    EXPECT_EQ(dm_only, dm);
+  }
+}
+
+TEST(CpuReferenceChannelScale, OverwriteAndAccumulateDxWhileDmIsOverwritten) {
+  const int64_t n = 2, c = 3, s = 11, count = n * c * s;
+  const VecD xd = rounded(random_vec(count, 60)), md = rounded(random_vec(c, 61)), dyd = rounded(random_vec(count, 62));
+  const VecF x = to_float(xd), m = to_float(md), dy = to_float(dyd);
+  expect_overwrites<float>(count, [&](float* out) { cpu::channel_scale_forward(x.data(), m.data(), out, n, c, s); },
+                           "channel_scale_forward");
+  VecF dm_scratch(c);
+  expect_accumulates<float>(
+      count,
+      [&](float* out, bool acc) {
+        cpu::channel_scale_backward(x.data(), m.data(), dy.data(), out, dm_scratch.data(), n, c, s, acc);
+      },
+      1e-6, "channel_scale_backward dx");
+  VecF dx_scratch(count, 1.f);
+  for (bool acc : {false, true})
+    expect_overwrites<float>(
+        c,
+        [&](float* out) {
+          cpu::channel_scale_backward(x.data(), m.data(), dy.data(), dx_scratch.data(), out, n, c, s, acc);
+        },
+        acc ? "channel_scale_backward dm (accumulate=true)" : "channel_scale_backward dm");
+  // float agrees with double
+  VecF yf(count), dxf(count), dmf(c);
+  VecD yd(count), dxd(count), dmd(c);
+  cpu::channel_scale_forward(x.data(), m.data(), yf.data(), n, c, s);
+  cpu::channel_scale_forward(xd.data(), md.data(), yd.data(), n, c, s);
+  cpu::channel_scale_backward(x.data(), m.data(), dy.data(), dxf.data(), dmf.data(), n, c, s, false);
+  cpu::channel_scale_backward(xd.data(), md.data(), dyd.data(), dxd.data(), dmd.data(), n, c, s, false);
+  expect_all_near(yf, yd, 1e-6, "channel_scale_forward<float>");
+  expect_all_near(dxf, dxd, 1e-6, "channel_scale_backward<float> dx");
+  expect_all_near(dmf, dmd, 1e-6, "channel_scale_backward<float> dm");
+}
+
+// ---------------------------------------------------------------------------
+// Add and gradient fan-out
+
+TEST(CpuReferenceAdd, GradientsViaCopyOrAccumulateMatchFiniteDifferences) {
+  const int64_t count = 3 * 4 * 5;
+  VecD a = random_vec(count, 70), b = random_vec(count, 71);
+  const VecD r = random_vec(count, 72);
+  auto loss = [&] {
+    VecD y(a.size());
+    cpu::add_forward(a.data(), b.data(), y.data(), count);
+    return dot(y, r);
+  };
+  // The add layer's backward fans dy out to both inputs; the second input
+  // already holds a gradient from elsewhere, which must be kept.
+  VecD da(count), db = random_vec(count, 73);
+  const VecD db_before = db;
+  cpu::copy_or_accumulate(r.data(), da.data(), count, false);
+  cpu::copy_or_accumulate(r.data(), db.data(), count, true);
+  for (int64_t i = 0; i < count; ++i) db[i] -= db_before[i];
+  expect_all_near(da, numeric_grad(a, loss), kFdRtol, "dL/da");
+  expect_all_near(db, numeric_grad(b, loss), kFdRtol, "dL/db");
+}
+
+TEST(CpuReferenceAdd, ForwardAndCopyOverwriteAndAccumulate) {
+  const int64_t count = 29;
+  const VecF a = to_float(random_vec(count, 80)), b = to_float(random_vec(count, 81));
+  expect_overwrites<float>(count, [&](float* out) { cpu::add_forward(a.data(), b.data(), out, count); },
+                           "add_forward");
+  VecF y(count);
+  cpu::add_forward(a.data(), b.data(), y.data(), count);
+  for (int64_t i = 0; i < count; ++i) EXPECT_EQ(y[i], a[i] + b[i]);
+  expect_accumulates<float>(
+      count, [&](float* out, bool acc) { cpu::copy_or_accumulate(a.data(), out, count, acc); }, 1e-7,
+      "copy_or_accumulate");
+}
+
+// ---------------------------------------------------------------------------
+// Pooling
+
+struct PoolCase {
+  std::string name;
+  PoolGeometry g;
+};
+
+PoolCase pool_case(std::string name, int64_t planes, Dims3 in, Dims3 k, Dims3 s, Dims3 p) {
+  PoolGeometry g;
+  g.planes = planes, g.in = in, g.k = k, g.stride = s, g.pad = p;
+  for (int i = 0; i < 3; ++i) g.out[i] = (in[i] + 2 * p[i] - k[i]) / s[i] + 1;
+  return {std::move(name), g};
+}
+
+std::vector<PoolCase> pool_cases() {
+  return {
+      pool_case("3d_overlapping_padded", 6, {3, 4, 5}, {2, 3, 2}, {1, 2, 1}, {1, 1, 0}),
+      pool_case("2d_lifted_padded", 5, {1, 7, 6}, {1, 3, 4}, {1, 2, 3}, {0, 1, 2}),
+      pool_case("3d_k2_s2", 3, {4, 4, 6}, {2, 2, 2}, {2, 2, 2}, {0, 0, 0}),
+      pool_case("3d_stride_beyond_kernel_gaps", 2, {3, 5, 7}, {1, 2, 2}, {2, 3, 3}, {0, 0, 0}),
+      pool_case("3d_k3_s2_p1", 2, {5, 5, 5}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+  };
+}
+
+VecD pool_fwd(bool max, const VecD& x, const PoolGeometry& g) {
+  VecD y(static_cast<size_t>(g.planes * vol(g.out)));
+  if (max)
+    cpu::max_pool_forward(x.data(), y.data(), g);
+  else
+    cpu::avg_pool_forward(x.data(), y.data(), g);
+  return y;
+}
+
+VecD pool_bwd(bool max, const VecD& x, const VecD& dy, const PoolGeometry& g) {
+  VecD dx(x.size());
+  if (max)
+    cpu::max_pool_backward(x.data(), dy.data(), dx.data(), g, false);
+  else
+    cpu::avg_pool_backward(dy.data(), dx.data(), g, false);
+  return dx;
+}
+
+TEST(CpuReferencePool, BackwardMatchesFiniteDifferences) {
+  uint32_t seed = 90;
+  for (bool max : {true, false})
+    for (const PoolCase& c : pool_cases()) {
+      SCOPED_TRACE(std::string(max ? "max " : "avg ") + c.name);
+      VecD x = random_vec(c.g.planes * vol(c.g.in), seed++);
+      const VecD r = random_vec(c.g.planes * vol(c.g.out), seed++);
+      auto loss = [&] { return dot(pool_fwd(max, x, c.g), r); };
+      expect_all_near(pool_bwd(max, x, r, c.g), numeric_grad(x, loss), kFdRtol, "dL/dx");
+    }
+}
+
+TEST(CpuReferencePool, OverwriteAndAccumulateAndFloatMatchesDouble) {
+  uint32_t seed = 150;
+  for (const PoolCase& c : pool_cases()) {
+    SCOPED_TRACE(c.name);
+    const PoolGeometry& g = c.g;
+    const VecD xd = rounded(random_vec(g.planes * vol(g.in), seed++));
+    const VecD dyd = rounded(random_vec(g.planes * vol(g.out), seed++));
+    const VecF x = to_float(xd), dy = to_float(dyd);
+    expect_overwrites<float>(dy.size(), [&](float* out) { cpu::max_pool_forward(x.data(), out, g); },
+                             "max_pool_forward");
+    expect_overwrites<float>(dy.size(), [&](float* out) { cpu::avg_pool_forward(x.data(), out, g); },
+                             "avg_pool_forward");
+    expect_accumulates<float>(
+        x.size(), [&](float* out, bool acc) { cpu::max_pool_backward(x.data(), dy.data(), out, g, acc); }, 1e-6,
+        "max_pool_backward");
+    expect_accumulates<float>(
+        x.size(), [&](float* out, bool acc) { cpu::avg_pool_backward(dy.data(), out, g, acc); }, 1e-6,
+        "avg_pool_backward");
+    for (bool max : {true, false}) {
+      VecF yf(dy.size()), dxf(x.size());
+      if (max) {
+        cpu::max_pool_forward(x.data(), yf.data(), g);
+        cpu::max_pool_backward(x.data(), dy.data(), dxf.data(), g, false);
+      } else {
+        cpu::avg_pool_forward(x.data(), yf.data(), g);
+        cpu::avg_pool_backward(dy.data(), dxf.data(), g, false);
+      }
+      expect_all_near(yf, pool_fwd(max, xd, g), 1e-6, max ? "max_pool_forward<float>" : "avg_pool_forward<float>");
+      expect_all_near(dxf, pool_bwd(max, xd, dyd, g), 1e-6,
+                      max ? "max_pool_backward<float>" : "avg_pool_backward<float>");
+    }
+  }
+}
+
+TEST(CpuReferencePool, MaxGradientGoesToFirstMaximumOnTies) {
+  {
+    // 2-D lifted, 2x4 plane, 2x2 windows at stride (1, 2).
+    PoolGeometry g;
+    g.in = {1, 2, 4}, g.k = {1, 2, 2}, g.stride = {1, 1, 2}, g.out = {1, 1, 2};
+    const VecD x{5, 5, 1, 7,  //
+                 5, 2, 7, 7};
+    const VecD dy{2, 3};
+    const VecD y = pool_fwd(true, x, g);
+    EXPECT_EQ(y, (VecD{5, 7}));
+    EXPECT_EQ(pool_bwd(true, x, dy, g), (VecD{2, 0, 0, 3, 0, 0, 0, 0}));
+  }
+  {
+    // Tie across depth: window order is d, then h, then w.
+    PoolGeometry g;
+    g.in = {2, 1, 2}, g.k = {2, 1, 2}, g.out = {1, 1, 1};
+    const VecD x{3, 4,  //
+                 4, 4};
+    EXPECT_EQ(pool_bwd(true, x, {1.5}, g), (VecD{0, 1.5, 0, 0}));
+  }
+  {
+    // Overlapping windows sharing a tied maximum both route to the first one.
+    PoolGeometry g;
+    g.in = {1, 1, 3}, g.k = {1, 1, 2}, g.out = {1, 1, 2};
+    const VecD x{1, 3, 3};
+    EXPECT_EQ(pool_bwd(true, x, {0.5, 0.25}, g), (VecD{0, 0.75, 0}));
+  }
+}
+
+TEST(CpuReferencePool, MaxPaddingActsAsMinusInfinityAndNanPropagates) {
+  PoolGeometry g;
+  g.in = {1, 2, 2}, g.k = {1, 3, 3}, g.pad = {0, 1, 1}, g.out = {1, 2, 2};
+  const VecD x{-3, -2, -4, -5};
+  EXPECT_EQ(pool_fwd(true, x, g), (VecD{-2, -2, -2, -2}));
+  EXPECT_EQ(pool_bwd(true, x, {1, 2, 3, 4}, g), (VecD{0, 10, 0, 0}));
+
+  PoolGeometry g1;
+  g1.in = {1, 1, 3}, g1.k = {1, 1, 3}, g1.out = {1, 1, 1};
+  const VecF xf{1.f, std::numeric_limits<float>::quiet_NaN(), 2.f};
+  VecF y(1), dx(3);
+  cpu::max_pool_forward(xf.data(), y.data(), g1);
+  const VecF dy{1.f};
+  cpu::max_pool_backward(xf.data(), dy.data(), dx.data(), g1, false);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(dx, (VecF{0.f, 1.f, 0.f}));
+}
+
+TEST(CpuReferencePool, AvgDivisorCountsPadding) {
+  {
+    // 3x3 windows with padding 1 over a 2x2 plane: each window holds all 4 values, divisor 9.
+    PoolGeometry g;
+    g.in = {1, 2, 2}, g.k = {1, 3, 3}, g.pad = {0, 1, 1}, g.out = {1, 2, 2};
+    const VecD y = pool_fwd(false, {1, 2, 3, 4}, g);
+    for (double v : y) EXPECT_DOUBLE_EQ(v, 10.0 / 9.0);
+    const VecD dx = pool_bwd(false, {1, 2, 3, 4}, {9, 18, 27, 36}, g);
+    for (double v : dx) EXPECT_DOUBLE_EQ(v, 10.0);
+  }
+  {
+    // 3-D, kernel 2, stride 2, padding 1 over 2x2x2: each window holds one value, divisor 8.
+    PoolGeometry g;
+    g.in = {2, 2, 2}, g.k = {2, 2, 2}, g.stride = {2, 2, 2}, g.pad = {1, 1, 1}, g.out = {2, 2, 2};
+    const VecD x{1, 2, 3, 4, 5, 6, 7, 8};
+    const VecD y = pool_fwd(false, x, g);
+    const VecD dx = pool_bwd(false, x, x, g);
+    for (size_t i = 0; i < x.size(); ++i) {
+      EXPECT_DOUBLE_EQ(y[i], x[i] / 8.0);
+      EXPECT_DOUBLE_EQ(dx[i], x[i] / 8.0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// MSE loss
+
+TEST(CpuReferenceMse, MatchesHandComputedExample) {
+  const VecD pred{1.0, 2.0, -1.0}, target{0.5, 2.5, 1.0};
+  VecD dpred(3);
+  // diff = (0.5, -0.5, -2): mean square = 4.5 / 3, dpred = 2 diff / 3
+  EXPECT_DOUBLE_EQ(cpu::mse_forward_backward(pred.data(), target.data(), dpred.data(), 3), 1.5);
+  EXPECT_DOUBLE_EQ(dpred[0], 1.0 / 3.0);
+  EXPECT_DOUBLE_EQ(dpred[1], -1.0 / 3.0);
+  EXPECT_DOUBLE_EQ(dpred[2], -4.0 / 3.0);
+
+  const VecF pf{1.f, 2.f, -1.f}, tf{0.5f, 2.5f, 1.f};
+  VecF df(3);
+  EXPECT_FLOAT_EQ(cpu::mse_forward_backward(pf.data(), tf.data(), df.data(), 3), 1.5f);
+  EXPECT_FLOAT_EQ(df[2], -4.f / 3.f);
+}
+
+TEST(CpuReferenceMse, GradientMatchesFiniteDifferences) {
+  for (int64_t count : {1, 7, 3 * 4 * 5}) {
+    SCOPED_TRACE(count);
+    VecD pred = random_vec(count, 200 + static_cast<uint32_t>(count));
+    const VecD target = random_vec(count, 300 + static_cast<uint32_t>(count));
+    auto loss = [&] {
+      return cpu::mse_forward_backward(pred.data(), target.data(), static_cast<double*>(nullptr), count);
+    };
+    VecD dpred(count);
+    const double l = cpu::mse_forward_backward(pred.data(), target.data(), dpred.data(), count);
+    EXPECT_DOUBLE_EQ(l, loss());
+    expect_all_near(dpred, numeric_grad(pred, loss), kFdRtol, "dL/dpred");
+
+    const VecF pf = to_float(pred), tf = to_float(target);
+    expect_overwrites<float>(
+        count, [&](float* out) { cpu::mse_forward_backward(pf.data(), tf.data(), out, count); }, "mse dpred");
+    const VecD pr = rounded(pred), tr = rounded(target);
+    const float lf = cpu::mse_forward_backward(pf.data(), tf.data(), static_cast<float*>(nullptr), count);
+    EXPECT_NEAR(lf, cpu::mse_forward_backward(pr.data(), tr.data(), static_cast<double*>(nullptr), count), 1e-6);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// SGD
+
+// torch.optim.SGD for one scalar, restated from the PyTorch documentation.
+struct ScalarSgd {
+  double param, buf = 0;
+  void step(double grad, const SgdParams& p, bool first) {
+    const double lr = p.lr, mom = p.momentum, damp = p.dampening, wd = p.weight_decay;
+    double g = grad;
+    if (wd != 0) g += wd * param;
+    if (mom != 0) {
+      buf = first ? g : mom * buf + (1 - damp) * g;
+      g = p.nesterov ? g + mom * buf : buf;
+    }
+    param -= lr * g;
+  }
+};
+
+SgdParams sgd(float lr, float momentum, float dampening, float weight_decay, bool nesterov) {
+  SgdParams p;
+  p.lr = lr, p.momentum = momentum, p.dampening = dampening, p.weight_decay = weight_decay, p.nesterov = nesterov;
+  return p;
+}
+
+template <class T>
+std::vector<T> run_sgd(const VecD& param0, const std::vector<VecD>& grads, const SgdParams& p,
+                       std::vector<T>* buf_out) {
+  std::vector<T> param(param0.begin(), param0.end()), buf(param0.size(), static_cast<T>(kPoison));
+  for (size_t s = 0; s < grads.size(); ++s) {
+    const std::vector<T> g(grads[s].begin(), grads[s].end());
+    cpu::sgd_step(param.data(), g.data(), buf.data(), static_cast<int64_t>(param.size()), p, s == 0);
+  }
+  if (buf_out) *buf_out = buf;
+  return param;
+}
+
+TEST(CpuReferenceSgd, ThreeStepsMatchTorchFormulaForAllOptionCombinations) {
+  const std::vector<SgdParams> configs{
+      sgd(0.1f, 0.f, 0.f, 0.f, false),   sgd(0.1f, 0.f, 0.f, 0.01f, false),  sgd(0.05f, 0.9f, 0.f, 0.f, false),
+      sgd(0.05f, 0.9f, 0.1f, 0.f, false), sgd(0.05f, 0.9f, 0.f, 0.f, true),  sgd(0.2f, 0.5f, 0.3f, 0.05f, false),
+      sgd(0.02f, 0.8f, 0.f, 0.02f, true), sgd(0.3f, 0.7f, 0.5f, 0.1f, false),
+  };
+  const int64_t count = 11;
+  const VecD param0 = rounded(random_vec(count, 500));
+  std::vector<VecD> grads;
+  for (uint32_t s = 0; s < 3; ++s) grads.push_back(rounded(random_vec(count, 501 + s)));
+  for (size_t ci = 0; ci < configs.size(); ++ci) {
+    const SgdParams& p = configs[ci];
+    SCOPED_TRACE("config " + std::to_string(ci));
+    VecD want(count), want_buf(count);
+    for (int64_t i = 0; i < count; ++i) {
+      ScalarSgd s{param0[i]};
+      for (size_t step = 0; step < grads.size(); ++step) s.step(grads[step][i], p, step == 0);
+      want[i] = s.param;
+      want_buf[i] = s.buf;
+    }
+    VecD buf_d;
+    VecF buf_f;
+    expect_all_near(run_sgd<double>(param0, grads, p, &buf_d), want, 1e-14, "sgd<double>");
+    expect_all_near(run_sgd<float>(param0, grads, p, &buf_f), want, 1e-6, "sgd<float>");
+    if (p.momentum != 0.f) {
+      expect_all_near(buf_d, want_buf, 1e-14, "momentum buffer<double>");
+      expect_all_near(buf_f, want_buf, 1e-6, "momentum buffer<float>");
+    }
+  }
+}
+
+TEST(CpuReferenceSgd, HandComputedTrajectories) {
+  struct Case {
+    const char* name;
+    SgdParams p;
+    double param0;
+    VecD grads, want;  // want: param after each step
+  };
+  const std::vector<Case> cases{
+      // buf = 1, 1.9, 2.71
+      {"momentum", sgd(0.1f, 0.9f, 0.f, 0.f, false), 1.0, {1, 1, 1}, {0.9, 0.71, 0.439}},
+      // buf = 1, 1.9, 2.71; step = g + 0.9 buf = 1.9, 2.71, 3.439
+      {"nesterov", sgd(0.1f, 0.9f, 0.f, 0.f, true), 1.0, {1, 1, 1}, {0.81, 0.539, 0.1951}},
+      // step = 0.5 + 0.1 p = 0.6, 0.57, 0.5415
+      {"weight_decay", sgd(0.5f, 0.f, 0.f, 0.1f, false), 1.0, {0.5, 0.5, 0.5}, {0.7, 0.415, 0.14425}},
+      // first step undamped: buf = 1, 0.5 + 0.5 * 2 = 1.5, 0.75 + 0.5 * 4 = 2.75
+      {"dampening", sgd(1.f, 0.5f, 0.5f, 0.f, false), 0.0, {1, 2, 4}, {-1, -2.5, -5.25}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    VecD param{c.param0}, buf{kPoison};
+    VecF pf{static_cast<float>(c.param0)}, bf{kPoison};
+    for (size_t s = 0; s < c.grads.size(); ++s) {
+      const VecD g{c.grads[s]};
+      const VecF gf{static_cast<float>(c.grads[s])};
+      cpu::sgd_step(param.data(), g.data(), buf.data(), 1, c.p, s == 0);
+      cpu::sgd_step(pf.data(), gf.data(), bf.data(), 1, c.p, s == 0);
+      // lr etc. are floats (0.1f != 0.1), hence the loose tolerance.
+      EXPECT_NEAR(param[0], c.want[s], 1e-6) << "step " << s;
+      EXPECT_NEAR(pf[0], c.want[s], 1e-6) << "step " << s;
+    }
+  }
+}
+
+TEST(CpuReferenceSgd, NoMomentumLeavesBufferUntouchedAndAcceptsNull) {
+  const SgdParams p = sgd(0.1f, 0.f, 0.f, 0.01f, false);
+  VecD param{0.5, -0.25}, buf{kPoison, kPoison};
+  const VecD grad{1.0, -2.0};
+  cpu::sgd_step(param.data(), grad.data(), buf.data(), 2, p, true);
+  EXPECT_EQ(buf, (VecD{kPoison, kPoison}));
+  VecD param2{0.5, -0.25};
+  cpu::sgd_step(param2.data(), grad.data(), static_cast<double*>(nullptr), 2, p, true);
+  EXPECT_EQ(param2, param);
+  EXPECT_NEAR(param[0], 0.5 - 0.1 * (1.0 + 0.01 * 0.5), 1e-7);  // lr is 0.1f
+}
+
+}  // namespace
