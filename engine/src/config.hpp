@@ -1,0 +1,50 @@
+// Reads one JSON object with typed accessors. Every problem becomes an
+// InputError naming the JSON path ("layers[2].stride: must be ..."); finish()
+// rejects keys nobody asked for, so typos never pass silently.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace anvil {
+
+class ConfigReader {
+ public:
+  ConfigReader(const nlohmann::json& object, std::string path);
+
+  const std::string& path() const { return path_; }
+  std::string key_path(const std::string& key) const;
+  bool has(const std::string& key) const;
+
+  std::string string(const std::string& key);
+  std::string string_or(const std::string& key, const std::string& fallback);
+  bool boolean_or(const std::string& key, bool fallback);
+  double number_or(const std::string& key, double fallback);
+  int64_t integer_or(const std::string& key, int64_t fallback, int64_t min_value);
+  // A shape: non-empty list of positive integers.
+  std::vector<int64_t> shape(const std::string& key);
+  // An int or a list of `dims` ints, each >= min_value. Missing key: fallback (already per-dim).
+  std::vector<int64_t> per_dim(const std::string& key, int dims, int64_t min_value);
+  std::vector<int64_t> per_dim_or(const std::string& key, int dims, int64_t min_value, std::vector<int64_t> fallback);
+  std::vector<std::string> string_list(const std::string& key);
+  const nlohmann::json& raw(const std::string& key);  // marks the key as used
+
+  void finish() const;  // unknown keys -> error
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+
+ private:
+  const nlohmann::json& get(const std::string& key);
+  int64_t to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value) const;
+
+  const nlohmann::json& object_;
+  std::string path_;
+  std::set<std::string> used_;
+};
+
+std::string describe_json_value(const nlohmann::json& v);  // "-1", "\"abc\"", "a list", ...
+
+}  // namespace anvil
