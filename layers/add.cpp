@@ -1,0 +1,56 @@
+// add: the element-wise sum of two or more inputs of one shape (a residual join).
+// Its backward hands dy to every input, accumulating where an input already
+// holds a gradient from another consumer.
+#include "engine/src/config.hpp"
+#include "engine/src/context.hpp"
+#include "kernels/cpu/reference.hpp"
+#include "kernels/cuda/activation.hpp"
+#include "layers/registry.hpp"
+
+namespace anvil {
+
+namespace {
+
+class Add : public Layer {
+ public:
+  explicit Add(const LayerInfo& info) : Layer(info.type, info.name, info.path) {}
+  int num_inputs() const override { return -1; }
+  bool backward_needs_inputs() const override { return false; }
+
+ protected:
+  Shape infer_shape(const std::vector<Shape>& inputs) override {
+    for (size_t i = 1; i < inputs.size(); ++i)
+      if (inputs[i] != inputs[0])
+        fail("inputs", "all inputs must have one shape, got " + to_string(inputs[0]) + " and " + to_string(inputs[i]));
+    return inputs[0];
+  }
+
+  void forward_cpu(const LayerArgs& args) override {
+    const int64_t n = numel(args.out.shape);
+    cpu::add_forward(args.in[0].data, args.in[1].data, args.out.data, n);
+    for (size_t i = 2; i < args.in.size(); ++i) cpu::copy_or_accumulate(args.in[i].data, args.out.data, n, true);
+  }
+  void backward_cpu(const LayerArgs& args) override {
+    for (size_t i = 0; i < args.din.size(); ++i)
+      if (args.din[i].data)
+        cpu::copy_or_accumulate(args.dout.data, args.din[i].data, numel(args.out.shape), args.din_accumulate[i]);
+  }
+  void forward_cuda(CudaContext& ctx, const LayerArgs& args) override {
+    const int64_t n = numel(args.out.shape);
+    cuda::add_forward(args.in[0].data, args.in[1].data, args.out.data, n, ctx.stream());
+    for (size_t i = 2; i < args.in.size(); ++i)
+      cuda::copy_or_accumulate(args.in[i].data, args.out.data, n, true, ctx.stream());
+  }
+  void backward_cuda(CudaContext& ctx, const LayerArgs& args) override {
+    for (size_t i = 0; i < args.din.size(); ++i)
+      if (args.din[i].data)
+        cuda::copy_or_accumulate(args.dout.data, args.din[i].data, numel(args.out.shape), args.din_accumulate[i],
+                                 ctx.stream());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> create_add(ConfigReader&, const LayerInfo& info) { return std::make_unique<Add>(info); }
+
+}  // namespace anvil

@@ -1,0 +1,56 @@
+#include "layers/layer.hpp"
+
+#include "anvil/error.hpp"
+
+namespace anvil {
+
+Layer::Layer(std::string type, std::string name, std::string path)
+    : type_(std::move(type)), name_(std::move(name)), path_(std::move(path)) {}
+
+void Layer::fail(const std::string& key, const std::string& message) const {
+  throw InputError(path_ + (key.empty() ? "" : "." + key) + ": " + message);
+}
+
+const Shape& Layer::setup(const std::vector<Shape>& inputs) {
+  const int want = num_inputs();
+  const int got = static_cast<int>(inputs.size());
+  if (want >= 0 && got != want)
+    fail("inputs", "'" + type_ + "' takes " + std::to_string(want) + " input(s), got " + std::to_string(got));
+  if (want < 0 && got < 2) fail("inputs", "'" + type_ + "' takes two or more inputs, got " + std::to_string(got));
+  input_shapes_ = inputs;
+  output_shape_ = infer_shape(inputs);
+  return output_shape_;
+}
+
+// Internal consistency: the executor must hand a layer exactly what setup() sized.
+void Layer::check_args(const LayerArgs& args, bool backward) const {
+  auto fail_internal = [&](const std::string& what) {
+    throw Error("internal error: layer '" + name_ + "' " + (backward ? "backward" : "forward") + ": " + what);
+  };
+  if (args.in.size() != input_shapes_.size()) fail_internal("wrong input count");
+  for (size_t i = 0; i < args.in.size(); ++i)
+    if (args.in[i].shape != input_shapes_[i]) fail_internal("input " + std::to_string(i) + " has shape " +
+                                                            to_string(args.in[i].shape) + ", expected " +
+                                                            to_string(input_shapes_[i]));
+  if (args.out.shape != output_shape_) fail_internal("output shape " + to_string(args.out.shape));
+  if (args.params.size() != param_specs().size()) fail_internal("wrong parameter count");
+  if (!backward) return;
+  if (args.dout.shape != output_shape_ || !args.dout.data) fail_internal("missing output gradient");
+  if (args.din.size() != input_shapes_.size() || args.din_accumulate.size() != input_shapes_.size())
+    fail_internal("wrong input-gradient count");
+  if (args.dparams.size() != args.params.size()) fail_internal("wrong parameter-gradient count");
+}
+
+void Layer::forward(Device device, CudaContext* ctx, const LayerArgs& args) {
+  check_args(args, false);
+  if (device == Device::Cpu) return forward_cpu(args);
+  forward_cuda(*ctx, args);
+}
+
+void Layer::backward(Device device, CudaContext* ctx, const LayerArgs& args) {
+  check_args(args, true);
+  if (device == Device::Cpu) return backward_cpu(args);
+  backward_cuda(*ctx, args);
+}
+
+}  // namespace anvil

@@ -1,0 +1,114 @@
+// The layer contract (after Caffe's layer.hpp and tiny-cuda-nn's object.h).
+//
+// A layer declares its input count and parameters once. setup() sizes its
+// output from its input shapes before anything runs. Layers never own their
+// weights: they report parameter shapes and are handed pointers into the
+// engine's slabs. The non-virtual forward()/backward() check the shapes they
+// are handed, then call the per-backend *_impl methods. Each layer's file pairs
+// its forward with its backward.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anvil/engine.hpp"
+#include "anvil/network.hpp"
+#include "anvil/tensor.hpp"
+
+namespace anvil {
+
+class CudaContext;
+
+struct ParamSpec {
+  enum class Init { Uniform, Normal };
+  std::string name;  // PyTorch state_dict name, e.g. "conv_transpose.weight"
+  Shape shape;
+  Init init = Init::Uniform;
+  double bound = 0;  // Uniform: U(-bound, bound)
+};
+
+struct TensorView {
+  float* data = nullptr;
+  Shape shape;
+};
+
+// Everything one forward or backward call touches; all pointers are in the arena.
+struct LayerArgs {
+  std::vector<TensorView> in;
+  TensorView out;
+  std::vector<float*> params;
+  // Backward only.
+  TensorView dout;
+  std::vector<TensorView> din;       // data == nullptr: that input needs no gradient
+  std::vector<bool> din_accumulate;  // add into din (gradient fan-out) instead of overwriting
+  std::vector<float*> dparams;
+  void* saved = nullptr;  // saved_bytes(), written by forward, read by backward
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+struct BuildSettings {
+  Precision precision = Precision::TF32;
+  bool deterministic = true;
+  size_t workspace_limit = size_t(256) << 20;
+};
+
+class Layer {
+ public:
+  Layer(std::string type, std::string name, std::string path);
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  const std::string& type() const { return type_; }
+  const std::string& name() const { return name_; }
+  const std::string& path() const { return path_; }  // JSON path, e.g. "layers[2]"
+
+  virtual int num_inputs() const { return 1; }  // -1: two or more
+  // Checks the input shapes (InputError naming the JSON path) and sizes the output.
+  const Shape& setup(const std::vector<Shape>& inputs);
+  const std::vector<Shape>& input_shapes() const { return input_shapes_; }
+  const Shape& output_shape() const { return output_shape_; }
+
+  virtual std::vector<ParamSpec> param_specs() const { return {}; }
+  virtual bool backward_needs_inputs() const { return true; }
+  virtual bool backward_needs_output() const { return false; }
+  virtual size_t saved_bytes() const { return 0; }
+
+  // Set by the engine before build: whether backward runs and the input gradient is wanted.
+  virtual void set_gradient_needs(bool backward, bool input_grad) { (void)backward, (void)input_grad; }
+
+  // CUDA build phase: descriptors and workspace sizes (called after setup),
+  // then the algorithm search once the arena exists.
+  virtual void build_cuda(CudaContext&, const BuildSettings&) {}
+  virtual size_t forward_workspace_bytes(Device) const { return 0; }
+  virtual size_t backward_workspace_bytes(Device) const { return 0; }
+  virtual void choose_algorithms(CudaContext&, const LayerArgs& forward, const LayerArgs& backward) {
+    (void)forward, (void)backward;
+  }
+  virtual std::string describe_cuda() const { return ""; }
+
+  void forward(Device device, CudaContext* ctx, const LayerArgs& args);
+  void backward(Device device, CudaContext* ctx, const LayerArgs& args);
+
+ protected:
+  virtual Shape infer_shape(const std::vector<Shape>& inputs) = 0;
+  virtual void forward_cpu(const LayerArgs& args) = 0;
+  virtual void backward_cpu(const LayerArgs& args) = 0;
+  virtual void forward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
+  virtual void backward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+  std::string param_name(const std::string& suffix) const { return suffix.empty() ? name_ : name_ + "." + suffix; }
+
+ private:
+  void check_args(const LayerArgs& args, bool backward) const;
+
+  std::string type_, name_, path_;
+  std::vector<Shape> input_shapes_;
+  Shape output_shape_;
+};
+
+}  // namespace anvil
