@@ -1,0 +1,95 @@
+// anvil's public API: load a network description, build an engine for a
+// device, run forward passes and SGD training steps.
+//
+//   anvil::Network net = anvil::Network::load("examples/kernelbench74.json");
+//   anvil::Engine engine(net, {});           // cuda if a GPU is present, else cpu
+//   engine.set_input(x);
+//   anvil::HostTensor y = engine.forward();
+//   engine.set_target(t);
+//   float loss = engine.train_step();
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anvil/network.hpp"
+#include "anvil/plan.hpp"
+#include "anvil/tensor.hpp"
+
+namespace anvil {
+
+enum class Device { Cpu, Cuda };
+const char* to_string(Device d);
+bool cuda_available();  // a CUDA device is present and usable
+
+enum class Mode { Forward, Train };  // what the memory plan must cover
+
+struct Options {
+  Device device = cuda_available() ? Device::Cuda : Device::Cpu;
+  Mode mode = Mode::Train;
+  bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
+  bool cuda_graph = true;       // capture the train step once and replay it
+  bool deterministic = true;    // only deterministic cuDNN algorithms
+  bool input_grad = false;      // also compute d(loss)/d(input), which nothing upstream needs
+  size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
+  bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
+};
+
+struct LayerTiming {
+  std::string layer;
+  double forward_ms = 0, backward_ms = 0;
+};
+
+class Engine {
+ public:
+  Engine(const Network& network, const Options& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Network& network() const;
+  const Options& options() const;
+  const MemoryPlan& plan() const;
+  std::string describe() const;  // layers as built: fusion groups, cuDNN algorithms, workspaces
+
+  // Inputs; shapes are checked (InputError on mismatch). Without them the
+  // seeded generator fills "input" and "target" at build time.
+  void set_input(const HostTensor& x);
+  void set_target(const HostTensor& t);
+
+  HostTensor forward();  // runs the forward pass and returns the output
+  float train_step();    // forward, loss, backward, SGD; returns the loss of this step
+  int64_t steps_done() const;
+
+  // Parameters by PyTorch state_dict name; load checks names and shapes.
+  std::map<std::string, HostTensor> parameters() const;
+  std::map<std::string, HostTensor> gradients() const;  // of the last train step
+  void load_parameters(const std::map<std::string, HostTensor>& params);
+  HostTensor input_gradient() const;  // needs Options::input_grad
+
+  // Benchmark hooks: run without reading anything back, and time each layer once.
+  void enqueue_forward();
+  void enqueue_train_step();
+  void synchronize();
+  std::vector<LayerTiming> profile_layers();
+  size_t device_bytes() const;  // the arena, the only allocation
+
+  // Device allocations, frees and host synchronisations so far (CUDA engines):
+  // a test proves with these that a train step does none of them.
+  struct DeviceCounters {
+    int64_t allocations = 0, frees = 0, synchronizations = 0;
+  };
+  DeviceCounters device_counters() const;
+  bool replaying_cuda_graph() const;  // the train step runs as one captured CUDA graph
+
+  struct Impl;
+
+ private:
+  void require_arena() const;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace anvil

@@ -1,0 +1,65 @@
+#include "engine/src/context.hpp"
+
+#include "anvil/engine.hpp"
+#include "anvil/error.hpp"
+
+namespace anvil {
+
+bool cuda_available() {
+  int count = 0;
+  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  cudaGetLastError();  // a missing driver leaves a sticky error; clear it
+  return ok;
+}
+
+CudaContext::CudaContext() {
+  if (!cuda_available()) throw Error("no CUDA device is available (use --device cpu)");
+  ANVIL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  ANVIL_CUDNN_CHECK(cudnnCreate(&cudnn_));
+  ANVIL_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
+  ANVIL_CUBLAS_CHECK(cublasCreate(&cublas_));
+  ANVIL_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+}
+
+CudaContext::~CudaContext() {
+  if (cublas_) cublasDestroy(cublas_);
+  if (cudnn_) cudnnDestroy(cudnn_);
+  if (stream_) ANVIL_CUDA_CHECK_PRINT(cudaStreamDestroy(stream_));
+}
+
+void* CudaContext::allocate(size_t bytes) {
+  void* ptr = nullptr;
+  const cudaError_t err = cudaMalloc(&ptr, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    throw Error("out of device memory: the arena needs " + std::to_string(bytes >> 20) + " MiB, " +
+                std::to_string(free_bytes >> 20) + " MiB free");
+  }
+  ANVIL_CUDA_CHECK(err);
+  ++counters_.allocations;
+  return ptr;
+}
+
+void CudaContext::release(void* ptr) {
+  if (!ptr) return;
+  ANVIL_CUDA_CHECK_PRINT(cudaFree(ptr));
+  ++counters_.frees;
+}
+
+void CudaContext::synchronize() {
+  ANVIL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ++counters_.synchronizations;
+}
+
+void CudaContext::copy_to_device(void* dst, const void* src, size_t bytes) {
+  ANVIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaContext::copy_to_host(void* dst, const void* src, size_t bytes) {
+  ANVIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+}
+
+}  // namespace anvil

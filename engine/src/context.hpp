@@ -1,0 +1,44 @@
+// The CUDA context: one stream, and the cuDNN and cuBLAS handles bound to it.
+// Every device allocation and host synchronisation goes through here and is
+// counted, so a test can prove that a train step allocates and syncs nothing.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "anvil/engine.hpp"
+
+namespace anvil {
+
+class CudaContext {
+ public:
+  CudaContext();
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cudnnHandle_t cudnn() const { return cudnn_; }
+  cublasHandle_t cublas() const { return cublas_; }
+
+  void* allocate(size_t bytes);  // throws Error naming the size on out-of-memory
+  void release(void* ptr);
+  void synchronize();
+  void copy_to_device(void* dst, const void* src, size_t bytes);    // async on the stream
+  void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronises
+
+  using Counters = Engine::DeviceCounters;
+  const Counters& counters() const { return counters_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cudnnHandle_t cudnn_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  Counters counters_;
+};
+
+}  // namespace anvil
