@@ -1,0 +1,238 @@
+// anvil: the command-line front end (after Caffe's tools/caffe.cpp and trtexec).
+//   anvil info  NET.json                       layers, shapes, parameters, fusion, memory plan
+//   anvil run   NET.json [--input X] [--output Y]   a forward pass
+//   anvil train NET.json --steps N [...]        SGD training with a progress display
+// Exit codes: 0 success, 2 bad input, 1 runtime failure.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+#include "anvil/engine.hpp"
+#include "anvil/error.hpp"
+#include "anvil/safetensors.hpp"
+
+namespace {
+
+using anvil::Device;
+
+std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+struct CommonFlags {
+  std::string network;
+  std::string device;  // "", "cpu" or "cuda"
+  bool no_fuse = false;
+  bool no_graph = false;
+};
+
+void add_common(CLI::App* cmd, CommonFlags& f) {
+  cmd->add_option("network", f.network, "network description (JSON)")->required();
+  cmd->add_option("--device", f.device, "cpu or cuda (default: cuda when a GPU is present)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
+}
+
+anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
+  anvil::Options o;
+  o.mode = mode;
+  o.fuse = !f.no_fuse;
+  o.cuda_graph = !f.no_graph;
+  if (f.device.empty()) {
+    const bool gpu = anvil::cuda_available();
+    o.device = gpu ? Device::Cuda : Device::Cpu;
+    std::cerr << "device: " << anvil::to_string(o.device) << (gpu ? " (a GPU is present)" : " (no GPU found)")
+              << "\n";
+  } else {
+    o.device = f.device == "cuda" ? Device::Cuda : Device::Cpu;
+    if (o.device == Device::Cuda && !anvil::cuda_available())
+      throw anvil::InputError("--device cuda: no CUDA device is available on this machine");
+  }
+  return o;
+}
+
+// Parameters by name from a safetensors file (a PyTorch state_dict or an anvil checkpoint).
+void load_weights(anvil::Engine& engine, const std::string& path) {
+  const anvil::TensorFile file = anvil::read_safetensors(path);
+  std::map<std::string, anvil::HostTensor> params;
+  for (const auto& entry : engine.parameters()) {
+    params[entry.first] = anvil::require_tensor(file, path, entry.first, entry.second.shape);
+  }
+  engine.load_parameters(params);
+  if (file.tensors.size() > params.size())
+    std::cerr << "weights: " << path << ": ignored " << file.tensors.size() - params.size()
+              << " tensor(s) that are not parameters of this network\n";
+}
+
+int cmd_info(const CommonFlags& f, const std::string& mode_name) {
+  const anvil::Network net = anvil::Network::load(f.network);
+  anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
+  // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
+  o.plan_only = o.device == Device::Cpu;
+  const anvil::Engine engine(net, o);
+
+  std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", net.name().c_str(),
+              net.source().c_str(), anvil::to_string(net.input_shape()).c_str(),
+              anvil::to_string(net.output_shape()).c_str(), anvil::to_string(net.precision()),
+              static_cast<unsigned long long>(net.seed()));
+  std::printf("\n%-22s %-18s %-22s %-24s %10s\n", "layer", "type", "inputs", "output shape", "params");
+  for (const auto& l : net.layers()) {
+    std::string inputs;
+    for (const auto& i : l.inputs) inputs += (inputs.empty() ? "" : ",") + i;
+    std::printf("%-22s %-18s %-22s %-24s %10lld\n", l.name.c_str(), l.type.c_str(), inputs.c_str(),
+                anvil::to_string(l.output_shape).c_str(), static_cast<long long>(l.param_count));
+  }
+  std::printf("total parameters: %lld\n", static_cast<long long>(net.parameter_count()));
+
+  std::printf("\nfusion (CUDA backend%s):\n", net.fuse() ? "" : ", turned off by \"fuse\": false");
+  const auto groups = net.fusion_groups();
+  if (groups.empty()) std::printf("  no fusable chains\n");
+  for (const auto& g : groups) {
+    std::string chain;
+    for (const auto& n : g) chain += (chain.empty() ? "" : " + ") + n;
+    std::printf("  merge %s -> one conv + fused epilogue kernel\n", chain.c_str());
+  }
+
+  const anvil::MemoryPlan& plan = engine.plan();
+  std::printf("\nmemory plan (%s, %s): %zu tensors over %zu steps\n", anvil::to_string(o.device),
+              mode_name.c_str(), plan.tensors.size(), plan.steps.size());
+  std::printf("  parameters, gradients, momentum: 3 slabs of %s\n", mib(plan.slab_bytes).c_str());
+  std::printf("  planned region: %s (most live at one step: %s; one buffer per tensor: %s)\n",
+              mib(plan.dynamic_bytes).c_str(), mib(plan.live_peak_bytes).c_str(), mib(plan.naive_bytes).c_str());
+  std::printf("  arena (one allocation): %s\n", mib(plan.arena_bytes()).c_str());
+  std::printf("\n%-44s %12s %12s %7s %7s\n", "tensor", "offset", "bytes", "first", "last");
+  for (const auto& t : plan.tensors)
+    std::printf("%-44s %12zu %12zu %7d %7d%s\n", t.name.c_str(), t.offset, t.bytes, t.first, t.last,
+                t.pinned ? "  pinned" : "");
+  if (o.device == Device::Cuda) std::printf("\nas built:\n%s", engine.describe().c_str());
+  return 0;
+}
+
+int cmd_run(const CommonFlags& f, const std::string& weights, const std::string& input, const std::string& output) {
+  const anvil::Network net = anvil::Network::load(f.network);
+  anvil::Engine engine(net, options_for(f, anvil::Mode::Forward));
+  if (!weights.empty()) load_weights(engine, weights);
+  if (!input.empty()) {
+    const anvil::TensorFile file = anvil::read_safetensors(input);
+    engine.set_input(anvil::require_tensor(file, input, "input", net.input_shape()));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const anvil::HostTensor y = engine.forward();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  double sum = 0, sq = 0;
+  for (float v : y.data) sum += v, sq += double(v) * v;
+  std::printf("output %s: mean %.6g, L2 norm %.6g (%.1f ms)\n", anvil::to_string(y.shape).c_str(),
+              sum / y.size(), std::sqrt(sq), ms);
+  if (!output.empty()) {
+    anvil::TensorFile out;
+    out.tensors["output"] = y;
+    out.metadata["network"] = net.name();
+    anvil::write_safetensors(output, out);
+    std::printf("wrote %s\n", output.c_str());
+  }
+  return 0;
+}
+
+struct TrainFlags {
+  int64_t steps = 0;
+  std::string weights, data, save, dump_grads;
+};
+
+int cmd_train(const CommonFlags& f, const TrainFlags& t) {
+  const anvil::Network net = anvil::Network::load(f.network);
+  anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
+  if (!t.weights.empty()) load_weights(engine, t.weights);
+  if (!t.data.empty()) {
+    const anvil::TensorFile file = anvil::read_safetensors(t.data);
+    engine.set_input(anvil::require_tensor(file, t.data, "input", net.input_shape()));
+    engine.set_target(anvil::require_tensor(file, t.data, "target", net.output_shape()));
+  }
+  std::printf("training %s on %s: %lld steps, input %s, %s arena\n", net.name().c_str(),
+              anvil::to_string(engine.options().device), static_cast<long long>(t.steps),
+              anvil::to_string(net.input_shape()).c_str(), mib(engine.device_bytes()).c_str());
+  const auto start = std::chrono::steady_clock::now();
+  float loss = 0;
+  for (int64_t step = 1; step <= t.steps; ++step) {
+    loss = engine.train_step();
+    if (!std::isfinite(loss)) throw anvil::Error("loss became " + std::to_string(loss) + " at step " + std::to_string(step));
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double rate = step / elapsed;
+    std::printf("step %lld/%lld  loss %.6f  %.2f steps/s  ETA %.1f s\n", static_cast<long long>(step),
+                static_cast<long long>(t.steps), loss, rate, (t.steps - step) / rate);
+    std::fflush(stdout);
+  }
+  if (!t.save.empty()) {
+    anvil::TensorFile out;
+    out.tensors = engine.parameters();
+    out.metadata["network"] = net.name();
+    out.metadata["steps"] = std::to_string(engine.steps_done());
+    anvil::write_safetensors(t.save, out);
+    std::printf("saved parameters to %s\n", t.save.c_str());
+  }
+  if (!t.dump_grads.empty()) {
+    anvil::TensorFile out;
+    out.tensors = engine.gradients();
+    out.metadata["network"] = net.name();
+    out.metadata["step"] = std::to_string(engine.steps_done());
+    anvil::write_safetensors(t.dump_grads, out);
+    std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()),
+                t.dump_grads.c_str());
+  }
+  std::printf("final loss %.6f\n", loss);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"anvil: train and run neural networks described in JSON, on cuDNN or the CPU reference"};
+  app.require_subcommand(1);
+
+  CommonFlags info_flags, run_flags, train_flags;
+  std::string info_mode = "train";
+  auto* info = app.add_subcommand("info", "print layers, shapes, parameters, fusion groups and the memory plan");
+  add_common(info, info_flags);
+  info->add_option("--mode", info_mode, "plan for train (default) or forward")->check(CLI::IsMember({"train", "forward"}));
+
+  std::string weights, input, output;
+  auto* run = app.add_subcommand("run", "run the forward pass");
+  add_common(run, run_flags);
+  run->add_option("--weights", weights, "parameters (safetensors, PyTorch names)");
+  run->add_option("--input", input, "safetensors file holding the tensor 'input' (default: seeded generator)");
+  run->add_option("--output", output, "write the tensor 'output' here (safetensors)");
+
+  TrainFlags train_opts;
+  auto* train = app.add_subcommand("train", "train with SGD, showing loss, steps/s and ETA");
+  add_common(train, train_flags);
+  train->add_option("--steps", train_opts.steps, "number of SGD steps")->required()->check(CLI::PositiveNumber);
+  train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
+  train->add_option("--data", train_opts.data, "safetensors file holding 'input' and 'target'");
+  train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
+  train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
+  train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    if (*info) return cmd_info(info_flags, info_mode);
+    if (*run) return cmd_run(run_flags, weights, input, output);
+    if (*train) return cmd_train(train_flags, train_opts);
+  } catch (const anvil::InputError& e) {
+    std::cerr << "anvil: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "anvil: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 1;
+}
