@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the build needs (only what is missing; nothing on machines that
+# already have it, such as the GPU machine, which has no network), then
+# configures and builds anvil into build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
+
+# Debian package -> a file it provides.
+declare -A needs=(
+  [cmake]=/usr/bin/cmake
+  [g++]=/usr/bin/g++
+  [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
+  [libcli11-dev]=/usr/include/CLI/CLI.hpp
+  [libgtest-dev]=/usr/include/gtest/gtest.h
+)
+missing=()
+for pkg in "${!needs[@]}"; do
+  [ -e "${needs[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing missing packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v nvcc >/dev/null || { echo "setup: nvcc not found: install the CUDA toolkit (with cuDNN)" >&2; exit 1; }
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build build -j "$(nproc)"
