@@ -1,0 +1,218 @@
+// The CUDA backend against PyTorch references and against the CPU reference.
+// Every test skips visibly without a GPU and fails instead when ANVIL_REQUIRE_GPU=1.
+#include <cstdint>
+
+#include "tests/gpu_test_util.hpp"
+#include "tests/parity.hpp"
+
+namespace anvil::testing {
+namespace {
+
+Options cuda_options() {
+  Options o;
+  o.device = Device::Cuda;
+  return o;
+}
+
+// ---- stored PyTorch cases, both precisions, fused and unfused ----
+
+struct GpuCase {
+  std::string name, precision;
+  bool fuse;
+};
+
+std::vector<GpuCase> gpu_cases() {
+  std::vector<GpuCase> out;
+  for (const auto& name : reference_cases())
+    for (const char* precision : {"fp32", "tf32"})
+      for (bool fuse : {true, false}) out.push_back({name, precision, fuse});
+  return out;
+}
+
+class GpuParity : public ::testing::TestWithParam<GpuCase> {};
+
+TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const GpuCase& c = GetParam();
+  const double tol = c.precision == "fp32" ? 1e-5 : 5e-3;
+  check_reference_case(c.name, cuda_options(), {{"precision", c.precision}, {"fuse", c.fuse}}, tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()),
+                         [](const auto& info) {
+                           return info.param.name + "_" + info.param.precision + (info.param.fuse ? "_fused" : "_unfused");
+                         });
+
+// ---- the full KernelBench size: inputs regenerated, reference subsampled ----
+
+class GpuFullSize : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuFullSize, HeadlineNetworkMatchesPyTorch) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const double tol = GetParam() == "fp32" ? 1e-5 : 5e-3;
+  const Network net = network_with(source_path("examples/kernelbench74.json"), {{"precision", GetParam()}});
+  const TensorFile ref = read_safetensors(data_path("kb74_full.safetensors"));
+  Options options = cuda_options();
+  options.input_grad = true;
+  Engine engine(net, options);  // parameters, input and target from the generator, as the reference
+  for (const auto& [pname, value] : engine.parameters())
+    EXPECT_TRUE(close("initial " + pname, value, ref.tensors.at(pname), 1e-6));
+
+  const HostTensor y = engine.forward();
+  const HostTensor& index = ref.tensors.at("output.index");
+  HostTensor sample(index.shape);
+  double norm2 = 0, sum = 0;
+  for (int64_t i = 0; i < index.size(); ++i) sample.data[i] = y.data[static_cast<int64_t>(index.data[i])];
+  for (float v : y.data) norm2 += double(v) * v, sum += v;
+  EXPECT_TRUE(close("output sample", sample, ref.tensors.at("output.sample"), tol));
+  EXPECT_NEAR(std::sqrt(norm2), ref.tensors.at("output.norm").data[0], tol * ref.tensors.at("output.norm").data[0]);
+  EXPECT_NEAR(sum, ref.tensors.at("output.sum").data[0], tol * std::fabs(ref.tensors.at("output.sum").data[0]));
+
+  const HostTensor& losses = ref.tensors.at("losses");
+  EXPECT_NEAR(engine.train_step(), losses.data[0], tol * losses.data[0]);
+  for (const auto& [pname, grad] : engine.gradients())
+    EXPECT_TRUE(close("grad." + pname, grad, ref.tensors.at("grad." + pname), tol));
+  double dx2 = 0;
+  for (float v : engine.input_gradient().data) dx2 += double(v) * v;
+  const float dx_norm = ref.tensors.at("grad.input.norm").data[0];
+  EXPECT_NEAR(std::sqrt(dx2), dx_norm, tol * dx_norm) << "input gradient norm";
+  for (int step = 1; step < 3; ++step)
+    EXPECT_NEAR(engine.train_step(), losses.data[step], tol * losses.data[step]) << "loss of step " << step + 1;
+  for (const auto& [pname, value] : engine.parameters())
+    EXPECT_TRUE(close("after3." + pname, value, ref.tensors.at("after3." + pname), tol));
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, GpuFullSize, ::testing::Values("fp32", "tf32"));
+
+// ---- GPU against the CPU reference on odd shapes, every layer, fused and unfused ----
+
+struct SmallNet {
+  std::string label, json;
+};
+
+std::string net_json(const std::string& name, const std::string& input, const std::string& layers) {
+  return R"({"name": ")" + name + R"(", "input": )" + input + R"(, "precision": "fp32", "seed": 17,
+    "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}, "layers": [)" + layers + "]}";
+}
+
+std::vector<SmallNet> small_nets() {
+  const std::string tail3 = R"({"type": "leaky_relu", "negative_slope": 0.2}, {"type": "channel_scale"},
+                              {"type": "leaky_relu", "negative_slope": 0.1},)";
+  return {
+      {"batch1_channel1_k2", net_json("a", "[1, 1, 3, 5, 4]", R"(
+        {"type": "conv_transpose3d", "in_channels": 1, "out_channels": 3, "kernel_size": 2, "stride": 2},)" + tail3 +
+                                                                 R"({"type": "max_pool3d", "kernel_size": 2})")},
+      {"k4_s3_op2_mixed_pool", net_json("b", "[2, 3, 3, 4, 5]", R"(
+        {"type": "conv_transpose3d", "in_channels": 3, "out_channels": 4, "kernel_size": 4, "stride": 3,
+         "padding": 1, "output_padding": 2},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": [2, 1, 2]})")},
+      {"two_d_to_one_channel", net_json("c", "[3, 5, 7, 9]", R"(
+        {"type": "conv_transpose2d", "in_channels": 5, "out_channels": 1, "kernel_size": 3, "stride": 2,
+         "padding": 1, "output_padding": 1},)" + tail3 + R"({"type": "max_pool2d", "kernel_size": 2})")},
+      {"conv_dilated_unfusable_pool", net_json("d", "[2, 2, 9, 8, 7]", R"(
+        {"type": "conv3d", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1,
+         "dilation": 2},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
+      {"relu_avgpool_conv_maxpool", net_json("e", "[2, 2, 4, 5, 6]", R"(
+        {"type": "conv_transpose3d", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "stride": 2},
+        {"type": "relu"}, {"type": "avg_pool3d", "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "conv3d", "in_channels": 3, "out_channels": 2, "kernel_size": 2, "bias": false},
+        {"type": "max_pool3d", "kernel_size": 3, "stride": 1})")},
+      {"residual_2d", net_json("f", "[2, 3, 11, 10]", R"(
+        {"type": "conv2d", "name": "stem", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "name": "act", "negative_slope": 0.2},
+        {"type": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 4, "padding": [2, 1], "stride": [1, 1],
+         "dilation": [1, 1]},
+        {"type": "avg_pool2d", "kernel_size": [2, 1], "stride": 1},
+        {"type": "add", "inputs": ["act", "avg_pool2d_3", "act"]},
+        {"type": "channel_scale"},
+        {"type": "max_pool2d", "kernel_size": 2, "stride": 1, "padding": 1})")},
+      {"window_64_no_bias", net_json("g", "[1, 2, 2, 2, 2]", R"(
+        {"type": "conv_transpose3d", "in_channels": 2, "out_channels": 5, "kernel_size": 3, "stride": 2,
+         "padding": 1, "output_padding": 1, "bias": false},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 4})")},
+  };
+}
+
+class GpuVsCpu : public ::testing::TestWithParam<SmallNet> {};
+
+TEST_P(GpuVsCpu, ForwardGradientsAndStepsMatchTheCpuReference) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::parse(GetParam().json, GetParam().label);
+  Options cpu;
+  cpu.device = Device::Cpu;
+  cpu.input_grad = true;
+  Engine reference(net, cpu);
+  const HostTensor y_ref = reference.forward();
+  std::vector<float> losses_ref;
+  for (int i = 0; i < 2; ++i) losses_ref.push_back(reference.train_step());
+  const auto grads_ref = reference.gradients();
+  const HostTensor dx_ref = reference.input_gradient();
+  const auto params_ref = reference.parameters();
+
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused" : "unfused");
+    Options gpu = cuda_options();
+    gpu.input_grad = true;
+    gpu.fuse = fuse;
+    Engine engine(net, gpu);
+    EXPECT_TRUE(close("output", engine.forward(), y_ref, 1e-5));
+    for (int i = 0; i < 2; ++i) EXPECT_NEAR(engine.train_step(), losses_ref[i], 1e-5 * losses_ref[i]) << "step " << i;
+    for (const auto& [pname, grad] : engine.gradients()) EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 1e-5));
+    EXPECT_TRUE(close("grad.input", engine.input_gradient(), dx_ref, 1e-5));
+    for (const auto& [pname, value] : engine.parameters()) EXPECT_TRUE(close(pname, value, params_ref.at(pname), 1e-5));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(OddShapes, GpuVsCpu, ::testing::ValuesIn(small_nets()),
+                         [](const auto& info) { return info.param.label; });
+
+// The fusion pass actually fires on the patterns meant for it.
+TEST(GpuFusion, HeadlinePatternIsFused) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::load(data_path("kb74_small.json"));
+  Engine fused(net, cuda_options());
+  EXPECT_NE(fused.describe().find("fused_conv_epilogue"), std::string::npos) << fused.describe();
+  Options unfused = cuda_options();
+  unfused.fuse = false;
+  EXPECT_EQ(Engine(net, unfused).describe().find("fused_conv_epilogue"), std::string::npos);
+}
+
+// ---- determinism and execution ----
+
+std::map<std::string, HostTensor> train_three_steps(const Network& net, const Options& options, std::vector<float>* losses) {
+  Engine engine(net, options);
+  for (int i = 0; i < 3; ++i) losses->push_back(engine.train_step());
+  return engine.parameters();
+}
+
+TEST(GpuDeterminism, RerunAndGraphReplayAreBitwiseIdentical) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::load(data_path("kb74_small.json"));
+  Options eager = cuda_options();
+  eager.cuda_graph = false;
+  std::vector<float> la, lb, lc;
+  const auto a = train_three_steps(net, cuda_options(), &la);
+  const auto b = train_three_steps(net, cuda_options(), &lb);
+  const auto c = train_three_steps(net, eager, &lc);
+  EXPECT_EQ(la, lb);
+  EXPECT_EQ(la, lc);
+  for (const auto& [name, value] : a) {
+    EXPECT_TRUE(bitwise_equal(value, b.at(name))) << "rerun differs: " << name;
+    EXPECT_TRUE(bitwise_equal(value, c.at(name))) << "graph replay differs from eager: " << name;
+  }
+}
+
+TEST(GpuExecution, TrainStepAllocatesAndSynchronisesNothing) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  Engine engine(Network::load(data_path("kb74_small.json")), cuda_options());
+  const auto before = engine.device_counters();
+  EXPECT_EQ(before.allocations, 1) << "the arena is the only allocation";
+  for (int i = 0; i < 4; ++i) engine.enqueue_train_step();
+  const auto after = engine.device_counters();
+  EXPECT_EQ(after.allocations, before.allocations);
+  EXPECT_EQ(after.frees, before.frees);
+  EXPECT_EQ(after.synchronizations, before.synchronizations);
+  EXPECT_TRUE(engine.replaying_cuda_graph());
+  engine.synchronize();
+}
+
+}  // namespace
+}  // namespace anvil::testing
