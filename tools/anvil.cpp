@@ -4,6 +4,7 @@
 //   anvil train NET.json --steps N [...]        SGD training with a progress display
 // Exit codes: 0 success, 2 bad input, 1 runtime failure.
 #include <CLI/CLI.hpp>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cmath>
@@ -37,6 +38,16 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_option("--device", f.device, "cpu or cuda (default: cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
+}
+
+// Fails before any work when an output file could not be written at the end.
+void check_output_path(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
 }
 
 anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
@@ -90,9 +101,9 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   }
   std::printf("total parameters: %lld\n", static_cast<long long>(net.parameter_count()));
 
-  std::printf("\nfusion (CUDA backend%s):\n", net.fuse() ? "" : ", turned off by \"fuse\": false");
-  const auto groups = net.fusion_groups();
-  if (groups.empty()) std::printf("  no fusable chains\n");
+  const auto groups = net.fuse() ? net.fusion_groups() : std::vector<std::vector<std::string>>{};
+  std::printf("\nfusion (CUDA backend)%s:\n", net.fuse() ? "" : ": turned off by \"fuse\": false");
+  if (net.fuse() && groups.empty()) std::printf("  no fusable chains\n");
   for (const auto& g : groups) {
     std::string chain;
     for (const auto& n : g) chain += (chain.empty() ? "" : " + ") + n;
@@ -115,6 +126,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
 }
 
 int cmd_run(const CommonFlags& f, const std::string& weights, const std::string& input, const std::string& output) {
+  check_output_path("--output", output);
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Forward));
   if (!weights.empty()) load_weights(engine, weights);
@@ -145,6 +157,9 @@ struct TrainFlags {
 };
 
 int cmd_train(const CommonFlags& f, const TrainFlags& t) {
+  if (t.steps < 1) throw anvil::InputError("--steps: must be a positive integer, got " + std::to_string(t.steps));
+  check_output_path("--save", t.save);
+  check_output_path("--dump-grads", t.dump_grads);
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
   if (!t.weights.empty()) load_weights(engine, t.weights);
@@ -210,7 +225,7 @@ int main(int argc, char** argv) {
   TrainFlags train_opts;
   auto* train = app.add_subcommand("train", "train with SGD, showing loss, steps/s and ETA");
   add_common(train, train_flags);
-  train->add_option("--steps", train_opts.steps, "number of SGD steps")->required()->check(CLI::PositiveNumber);
+  train->add_option("--steps", train_opts.steps, "number of SGD steps")->required();
   train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
   train->add_option("--data", train_opts.data, "safetensors file holding 'input' and 'target'");
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");

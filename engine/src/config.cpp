@@ -54,7 +54,9 @@ int64_t ConfigReader::to_integer(const nlohmann::json& v, const std::string& whe
                            : min_value == 0 ? "a non-negative integer"
                                             : "an integer >= " + std::to_string(min_value);
   if (!v.is_number_integer()) throw InputError(where + ": must be " + want + ", got " + describe_json_value(v));
-  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : v.get<int64_t>();
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    throw InputError(where + ": " + describe_json_value(v) + " is too large");
+  const int64_t x = v.get<int64_t>();
   if (x < min_value) throw InputError(where + ": must be " + want + ", got " + describe_json_value(v));
   return x;
 }

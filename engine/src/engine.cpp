@@ -454,6 +454,7 @@ std::map<std::string, HostTensor> Engine::parameters() const {
 }
 
 std::map<std::string, HostTensor> Engine::gradients() const {
+  require_arena();
   if (!impl_->training()) throw Error("gradients need an engine built for training (Mode::Train)");
   std::map<std::string, HostTensor> out;
   for (const auto& slot : impl_->params) {
@@ -486,6 +487,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
 }
 
 HostTensor Engine::input_gradient() const {
+  require_arena();
   if (!impl_->input_grad) throw Error("input_gradient needs Options::input_grad and a training engine");
   HostTensor t(impl_->graph->tensors[0].shape);
   impl_->download(t.data.data(), impl_->input_grad, t.data.size());

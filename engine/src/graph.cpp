@@ -55,9 +55,10 @@ std::vector<int> topological_order(const std::vector<std::vector<int>>& deps, co
         break;
       }
   }
+  // walk follows inputs (each layer's input is the next), so it reads "a <- b <- ... <- a".
   std::string cycle;
-  for (size_t k = seen[at]; k < walk.size(); ++k) cycle = parsed[walk[k]].layer->name() + (cycle.empty() ? "" : " <- " + cycle);
-  cycle += " <- " + parsed[at].layer->name();
+  for (size_t k = seen[at]; k < walk.size(); ++k) cycle += parsed[walk[k]].layer->name() + " <- ";
+  cycle += parsed[at].layer->name();
   throw InputError(parsed[at].path + ".inputs: the layers form a cycle: " + cycle);
 }
 
@@ -79,8 +80,9 @@ std::unique_ptr<Graph> Graph::build(const nlohmann::json& layers, const Shape& i
     info.name = cfg.string_or("name", info.type + "_" + std::to_string(i));
     if (info.name.empty() || info.name == "input")
       cfg.fail("name", "'" + info.name + "' is reserved; choose another name");
-    if (info.name.find_first_of("+ \t") != std::string::npos)
-      cfg.fail("name", "must not contain spaces or '+', got '" + info.name + "'");
+    // '.' separates a layer from its parameter ("conv.weight"), as in PyTorch's module names.
+    if (info.name.find_first_of(".+ \t") != std::string::npos)
+      cfg.fail("name", "must not contain '.', '+' or spaces, got '" + info.name + "'");
     if (index_of.count(info.name))
       cfg.fail("name", "duplicate name '" + info.name + "' (also layers[" + std::to_string(index_of[info.name]) + "])");
     std::vector<std::string> inputs;

@@ -33,7 +33,7 @@ SgdParams parse_optimizer(ConfigReader& top) {
   if (type != "sgd") opt.fail("type", "unknown optimizer '" + type + "' (known: sgd)");
   auto non_negative = [&](const std::string& key, double fallback) {
     const double v = opt.number_or(key, fallback);
-    if (v < 0) opt.fail(key, "must be >= 0, got " + std::to_string(v));
+    if (v < 0) opt.fail(key, "must be >= 0, got " + describe_json_value(opt.raw(key)));
     return static_cast<float>(v);
   };
   sgd.lr = non_negative("lr", 0.01);

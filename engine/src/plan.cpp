@@ -32,7 +32,8 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     return requests[a].first < requests[b].first;
   });
 
-  std::vector<PlannedTensor> placed;
+  std::vector<PlannedTensor> placed;   // in placement order
+  std::vector<size_t> placed_at(requests.size());
   for (size_t idx : order) {
     const TensorLifetime& r = requests[idx];
     std::vector<std::pair<size_t, size_t>> busy;  // [offset, end) of tensors alive at the same time
@@ -52,6 +53,7 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     static_cast<TensorLifetime&>(t) = r;
     t.offset = best != SIZE_MAX ? best : cursor;
     plan.dynamic_bytes = std::max(plan.dynamic_bytes, t.offset + t.bytes);
+    placed_at[idx] = placed.size();
     placed.push_back(t);
   }
   for (int step = 0; step < step_count; ++step) {
@@ -61,9 +63,7 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     plan.live_peak_bytes = std::max(plan.live_peak_bytes, live);
   }
   // Report in request order, which follows the schedule.
-  for (const auto& r : requests)
-    for (const auto& p : placed)
-      if (p.name == r.name) plan.tensors.push_back(p);
+  for (size_t i = 0; i < requests.size(); ++i) plan.tensors.push_back(placed[placed_at[i]]);
   return plan;
 }
 

@@ -1,0 +1,455 @@
+// Tests of the command-line tool (tools/anvil.cpp), run as a separate process.
+//
+// Exit codes: 0 success, 2 bad input (network, tensors, flags), 1 runtime
+// failure. Errors are one line on stderr. Numbers that training and the
+// forward pass produce are compared with the PyTorch references in
+// tests/data (see tests/data/README.md), never with anvil's own output.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "anvil/engine.hpp"
+#include "anvil/network.hpp"
+#include "anvil/safetensors.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CliResult {
+  int status = -1;  // exit code; -1 when the process did not exit normally
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
+                                    const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
+                                       << "\n  part: " << part;
+}
+
+const std::string kData = ANVIL_TEST_DATA_DIR;
+const std::string kSmall = kData + "/kb74_small.json";
+const std::string kSmallRef = kData + "/kb74_small.safetensors";
+const std::string kHeadline = std::string(ANVIL_SOURCE_DIR) + "/examples/kernelbench74.json";
+
+void expect_close(const anvil::HostTensor& got, const anvil::HostTensor& want, double rtol, const std::string& what) {
+  ASSERT_EQ(got.shape, want.shape) << what;
+  int misses = 0;
+  for (size_t i = 0; i < want.data.size() && misses < 5; ++i) {
+    const double tol = rtol * std::max(1.0, std::fabs(static_cast<double>(want.data[i])));
+    if (!(std::fabs(static_cast<double>(got.data[i]) - want.data[i]) <= tol)) {
+      ADD_FAILURE() << what << "[" << i << "]: got " << got.data[i] << ", want " << want.data[i];
+      ++misses;
+    }
+  }
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "anvil_cli_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory under " << ::testing::TempDir();
+    dir_ = pattern;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+  // Runs the CLI with `args` (already quoted where needed), capturing stdout and stderr separately.
+  CliResult run(const std::string& args) const {
+    const std::string err_file = path(".stderr");
+    const std::string command = quote(ANVIL_CLI_PATH) + " " + args + " 2>" + quote(err_file);
+    CliResult r;
+    std::FILE* pipe = ::popen(command.c_str(), "r");
+    if (!pipe) {
+      ADD_FAILURE() << "popen failed for " << command;
+      return r;
+    }
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.out.append(buf, n);
+    const int status = ::pclose(pipe);
+    r.status = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.err = read_text(err_file);
+    std::remove(err_file.c_str());
+    return r;
+  }
+
+  std::string write_file(const std::string& name, const std::string& text) const {
+    const std::string p = path(name);
+    std::ofstream out(p, std::ios::binary);
+    out << text;
+    return p;
+  }
+
+  std::string dir_;
+};
+
+std::string describe(const CliResult& r) {
+  return "exit " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
+}
+
+// ---------------------------------------------------------------- usage
+
+TEST_F(Cli, HelpExitsZero) {
+  const CliResult top = run("--help");
+  EXPECT_EQ(top.status, 0) << describe(top);
+  for (const char* sub : {"info", "run", "train"}) EXPECT_PRED_FORMAT2(Contains, top.out, sub);
+
+  const CliResult info = run("info --help");
+  EXPECT_EQ(info.status, 0) << describe(info);
+  for (const char* flag : {"--device", "--mode", "--no-fuse"}) EXPECT_PRED_FORMAT2(Contains, info.out, flag);
+
+  const CliResult train = run("train --help");
+  EXPECT_EQ(train.status, 0) << describe(train);
+  for (const char* flag : {"--steps", "--save", "--dump-grads", "--data", "--weights"})
+    EXPECT_PRED_FORMAT2(Contains, train.out, flag);
+}
+
+TEST_F(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(run("").status, 2);
+  EXPECT_EQ(run("frobnicate").status, 2);
+  EXPECT_EQ(run("info").status, 2);  // the network is required
+  EXPECT_EQ(run("info " + quote(kSmall) + " --bogus").status, 2);
+  EXPECT_EQ(run("info " + quote(kSmall) + " --device tpu").status, 2);
+  EXPECT_EQ(run("info " + quote(kSmall) + " --device cpu --mode backward").status, 2);
+  EXPECT_EQ(run("train " + quote(kSmall) + " --device cpu").status, 2);  // --steps is required
+}
+
+// ---------------------------------------------------------------- info
+
+TEST_F(Cli, InfoDescribesTheHeadlineNetwork) {
+  const CliResult r = run("info " + quote(kHeadline) + " --device cpu");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.err, "");
+  for (const char* layer : {"conv_transpose", "leaky_relu_1", "multiplier", "leaky_relu_3", "max_pool3d_4"})
+    EXPECT_PRED_FORMAT2(Contains, r.out, layer);
+  for (const char* word : {"fusion", "merge", "arena", "conv_transpose3d", "channel_scale"})
+    EXPECT_PRED_FORMAT2(Contains, r.out, word);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "merge conv_transpose + leaky_relu_1 + multiplier + leaky_relu_3 + max_pool3d_4");
+  EXPECT_PRED_FORMAT2(Contains, r.out, "output (16, 32, 16, 32, 32)");
+  EXPECT_PRED_FORMAT2(Contains, r.out, "total parameters: " + std::to_string(16 * 32 * 27 + 32 + 32));
+  // The plan lists the tensors of the training schedule.
+  for (const char* tensor : {"act.input", "grad.conv_transpose", "target", "loss"})
+    EXPECT_PRED_FORMAT2(Contains, r.out, tensor);
+}
+
+double arena_mib(const std::string& info_output) {
+  const std::string key = "arena (one allocation): ";
+  const size_t at = info_output.find(key);
+  if (at == std::string::npos) return -1;
+  return std::atof(info_output.c_str() + at + key.size());
+}
+
+TEST_F(Cli, InfoForwardPlanIsSmallerThanTrainPlan) {
+  const CliResult train = run("info " + quote(kHeadline) + " --device cpu");
+  const CliResult forward = run("info " + quote(kHeadline) + " --device cpu --mode forward");
+  ASSERT_EQ(train.status, 0) << describe(train);
+  ASSERT_EQ(forward.status, 0) << describe(forward);
+  const double t = arena_mib(train.out), f = arena_mib(forward.out);
+  ASSERT_GT(t, 0) << train.out;
+  ASSERT_GT(f, 0) << forward.out;
+  EXPECT_LT(f, t);
+  EXPECT_EQ(forward.out.find("grad."), std::string::npos) << "a forward plan has no gradients";
+  // The numbers agree with the library's plan.
+  anvil::Options o;
+  o.device = anvil::Device::Cpu;
+  o.plan_only = true;
+  const anvil::Engine engine(anvil::Network::load(kHeadline), o);
+  EXPECT_NEAR(t, static_cast<double>(engine.plan().arena_bytes()) / (1 << 20), 0.051);  // printed with one decimal
+}
+
+TEST_F(Cli, InfoWithFuseFalseSaysTheFusionIsOff) {
+  std::string text = read_text(kSmall);
+  const size_t brace = text.rfind('}');
+  ASSERT_NE(brace, std::string::npos);
+  text.insert(brace, ", \"fuse\": false\n");
+  const std::string p = write_file("nofuse.json", text);
+  const CliResult r = run("info " + quote(p) + " --device cpu");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "turned off by \"fuse\": false");
+}
+
+// ---------------------------------------------------------------- bad networks
+
+TEST_F(Cli, InvalidNetworkIsOneLineNamingFileAndJsonPath) {
+  const std::string p = write_file("bad.json", R"({"name": "bad", "input": [2, 4, 8, 8, 8], "layers": [
+    {"type": "relu"},
+    {"type": "max_pool3d", "kernel_size": 2, "stride": -1}]})");
+  const CliResult r = run("info " + quote(p) + " --device cpu");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": layers[1].stride: must be a positive integer, got -1\n");
+  // Every subcommand validates the same way.
+  const CliResult train = run("train " + quote(p) + " --device cpu --steps 1");
+  EXPECT_EQ(train.status, 2) << describe(train);
+  EXPECT_EQ(train.err, r.err);
+}
+
+TEST_F(Cli, JsonSyntaxErrorIsOneLineWithLineAndColumn) {
+  const std::string p = write_file("syntax.json", "{\n  \"name\": \"x\",\n  \"input\": [1, 2, 3, 4]\n  \"layers\": []\n}\n");
+  const CliResult r = run("run " + quote(p) + " --device cpu");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  ASSERT_EQ(lines_of(r.err).size(), 1u) << r.err;
+  EXPECT_PRED_FORMAT2(Contains, r.err, "anvil: error: " + p + ": invalid JSON: ");
+  EXPECT_PRED_FORMAT2(Contains, r.err, "line 4, column");
+}
+
+TEST_F(Cli, MissingNetworkFile) {
+  const std::string p = path("does_not_exist.json");
+  const CliResult r = run("info " + quote(p) + " --device cpu");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": cannot open the network file\n");
+}
+
+// ---------------------------------------------------------------- run
+
+TEST_F(Cli, RunWritesTheOutputTensor) {
+  const std::string out = path("out.safetensors");
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --output " + quote(out));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "wrote " + out);
+  const anvil::TensorFile file = anvil::read_safetensors(out);
+  const anvil::Network net = anvil::Network::load(kSmall);
+  ASSERT_EQ(file.tensors.count("output"), 1u);
+  EXPECT_EQ(file.tensors.at("output").shape, net.output_shape());
+  EXPECT_EQ(file.metadata.count("network") ? file.metadata.at("network") : "", "kb74_small");
+  // Without --input and --weights the generator fills input and parameters, as the reference did.
+  const anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
+  expect_close(file.tensors.at("output"), ref.tensors.at("output"), 1e-4, "output");
+}
+
+TEST_F(Cli, RunUsesTheGivenInput) {
+  // A zero input leaves only the bias: every output of channel c is
+  // leaky(leaky(bias[c]) * multiplier[c]) with slope 0.2, from the reference parameters.
+  const anvil::Network net = anvil::Network::load(kSmall);
+  anvil::TensorFile in;
+  in.tensors["input"] = anvil::HostTensor(net.input_shape());
+  const std::string input = path("zeros.safetensors");
+  anvil::write_safetensors(input, in);
+  const std::string out = path("out.safetensors");
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(input) + " --output " + quote(out));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const anvil::HostTensor y = anvil::read_safetensors(out).tensors.at("output");
+  const anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
+  const auto& bias = ref.tensors.at("conv_transpose.bias").data;
+  const auto& m = ref.tensors.at("multiplier").data;
+  auto leaky = [](double v) { return v > 0 ? v : 0.2 * v; };
+  ASSERT_EQ(y.shape, net.output_shape());
+  const int64_t channels = y.shape[1], per_channel = anvil::numel(y.shape) / (y.shape[0] * channels);
+  for (int64_t i = 0; i < y.size(); i += 7) {
+    const int64_t c = (i / per_channel) % channels;
+    const double want = leaky(leaky(bias[c]) * m[c]);
+    ASSERT_NEAR(y.data[i], want, 1e-5) << "element " << i << ", channel " << c;
+  }
+}
+
+TEST_F(Cli, RunInputOfTheWrongShapeNamesTensorAndShapes) {
+  anvil::TensorFile in;
+  in.tensors["input"] = anvil::HostTensor({2, 16, 4, 8, 7});
+  const std::string input = path("wrong.safetensors");
+  anvil::write_safetensors(input, in);
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(input));
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: " + input +
+                       ": tensor 'input' has shape (2, 16, 4, 8, 7), expected (2, 16, 4, 8, 8)\n");
+}
+
+TEST_F(Cli, RunInputFileWithoutAnInputTensor) {
+  anvil::TensorFile in;
+  in.tensors["x"] = anvil::HostTensor({2, 16, 4, 8, 8});
+  const std::string input = path("noinput.safetensors");
+  anvil::write_safetensors(input, in);
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(input));
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: " + input + ": no tensor named 'input'\n");
+}
+
+TEST_F(Cli, TruncatedSafetensorsIsBadInput) {
+  const anvil::Network net = anvil::Network::load(kSmall);
+  anvil::TensorFile in;
+  in.tensors["input"] = anvil::HostTensor(net.input_shape());
+  const std::string good = path("good.safetensors");
+  anvil::write_safetensors(good, in);
+  const auto size = fs::file_size(good);
+  for (const uintmax_t keep : {uintmax_t(4), uintmax_t(40), size / 2, size - 1}) {
+    SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(size) + " bytes");
+    const std::string bad = path("truncated.safetensors");
+    fs::copy_file(good, bad, fs::copy_options::overwrite_existing);
+    fs::resize_file(bad, keep);
+    const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(bad));
+    EXPECT_EQ(r.status, 2) << describe(r);
+    EXPECT_EQ(lines_of(r.err).size(), 1u) << r.err;
+    EXPECT_PRED_FORMAT2(Contains, r.err, "anvil: error: " + bad + ": ");
+    const CliResult w = run("run " + quote(kSmall) + " --device cpu --weights " + quote(bad));
+    EXPECT_EQ(w.status, 2) << describe(w);
+  }
+}
+
+TEST_F(Cli, WeightsMissingAParameter) {
+  anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
+  anvil::TensorFile weights;
+  weights.tensors["conv_transpose.weight"] = ref.tensors.at("conv_transpose.weight");
+  weights.tensors["conv_transpose.bias"] = ref.tensors.at("conv_transpose.bias");
+  const std::string p = path("partial.safetensors");
+  anvil::write_safetensors(p, weights);
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --weights " + quote(p));
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": no tensor named 'multiplier'\n");
+}
+
+// ---------------------------------------------------------------- train
+
+struct StepLine {
+  long step = 0, total = 0;
+  double loss = NAN;
+};
+
+std::vector<StepLine> step_lines(const std::string& out) {
+  std::vector<StepLine> steps;
+  for (const auto& line : lines_of(out)) {
+    StepLine s;
+    if (std::sscanf(line.c_str(), "step %ld/%ld loss %lf", &s.step, &s.total, &s.loss) == 3) steps.push_back(s);
+  }
+  return steps;
+}
+
+TEST_F(Cli, TrainSavesParametersAndGradients) {
+  const std::string params = path("params.safetensors"), grads = path("grads.safetensors");
+  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 3 --save " + quote(params) +
+                          " --dump-grads " + quote(grads));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
+
+  // One line per step, "step k/3  loss ...", with PyTorch's losses.
+  const auto steps = step_lines(r.out);
+  ASSERT_EQ(steps.size(), 3u) << r.out;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    EXPECT_EQ(steps[i].step, static_cast<long>(i + 1));
+    EXPECT_EQ(steps[i].total, 3);
+    const double want = ref.tensors.at("losses").data[i];
+    EXPECT_NEAR(steps[i].loss, want, 1e-4 * std::max(1.0, std::fabs(want))) << "step " << i + 1;
+  }
+  EXPECT_PRED_FORMAT2(Contains, r.out, "step 3/3  loss ");
+
+  const std::vector<std::pair<std::string, anvil::Shape>> expected = {
+      {"conv_transpose.weight", {16, 32, 3, 3, 3}}, {"conv_transpose.bias", {32}}, {"multiplier", {32, 1, 1, 1}}};
+  const anvil::TensorFile p = anvil::read_safetensors(params);
+  const anvil::TensorFile g = anvil::read_safetensors(grads);
+  EXPECT_EQ(p.tensors.size(), expected.size());
+  EXPECT_EQ(g.tensors.size(), expected.size());
+  for (const auto& [name, shape] : expected) {
+    ASSERT_EQ(p.tensors.count(name), 1u) << name;
+    ASSERT_EQ(g.tensors.count(name), 1u) << name;
+    EXPECT_EQ(p.tensors.at(name).shape, shape) << name;
+    EXPECT_EQ(g.tensors.at(name).shape, shape) << name;
+    // After three steps of torch.optim.SGD (lr 0.1, momentum 0.9) on the same input and target.
+    expect_close(p.tensors.at(name), ref.tensors.at("after3." + name), 1e-4, name);
+    double norm = 0;
+    for (float v : g.tensors.at(name).data) {
+      ASSERT_TRUE(std::isfinite(v)) << name;
+      norm += double(v) * v;
+    }
+    EXPECT_GT(norm, 0) << "gradient of " << name << " is all zero";
+  }
+  EXPECT_EQ(p.metadata.count("steps") ? p.metadata.at("steps") : "", "3");
+}
+
+TEST_F(Cli, DumpGradsAfterOneStepMatchesPyTorch) {
+  const std::string grads = path("grads.safetensors");
+  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 --dump-grads " + quote(grads));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
+  const anvil::TensorFile g = anvil::read_safetensors(grads);
+  for (const char* name : {"conv_transpose.weight", "conv_transpose.bias", "multiplier"}) {
+    ASSERT_EQ(g.tensors.count(name), 1u) << name;
+    expect_close(g.tensors.at(name), ref.tensors.at(std::string("grad.") + name), 1e-4, name);
+  }
+}
+
+TEST_F(Cli, TrainDataWithTheWrongTargetShape) {
+  const anvil::Network net = anvil::Network::load(kSmall);
+  anvil::TensorFile data;
+  data.tensors["input"] = anvil::HostTensor(net.input_shape());
+  data.tensors["target"] = anvil::HostTensor({2, 32, 4, 8});
+  const std::string p = path("data.safetensors");
+  anvil::write_safetensors(p, data);
+  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 --data " + quote(p));
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": tensor 'target' has shape (2, 32, 4, 8), expected (2, 32, 4, 8, 8)\n");
+}
+
+TEST_F(Cli, SaveIntoAMissingDirectoryFailsWithoutCreatingAnything) {
+  const std::string missing = path("no_such_dir");
+  const std::string target = missing + "/params.safetensors";
+  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 --save " + quote(target));
+  EXPECT_EQ(r.status, 2) << describe(r);  // refused before training starts
+  EXPECT_EQ(lines_of(r.err).size(), 1u) << r.err;
+  EXPECT_PRED_FORMAT2(Contains, r.err, "anvil: error: --save " + target + ": cannot write");
+  EXPECT_EQ(step_lines(r.out).size(), 0u);
+  EXPECT_FALSE(fs::exists(missing));
+  // Nothing else appeared next to it either (only the CLI's own stderr capture, already removed).
+  EXPECT_TRUE(fs::is_empty(dir_)) << "the temporary directory is not empty";
+}
+
+TEST_F(Cli, StepsMustBePositive) {
+  for (const char* steps : {"0", "-3", "abc", "1.5"}) {
+    const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps " + steps);
+    EXPECT_EQ(r.status, 2) << "--steps " << steps << "\n" << describe(r);
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << "--steps " << steps;
+  }
+}
+
+TEST_F(Cli, CudaWithoutAGpuIsBadInput) {
+  if (anvil::cuda_available()) GTEST_SKIP() << "a CUDA device is present, so --device cuda works here";
+  for (const char* sub : {"info", "run"}) {
+    const CliResult r = run(std::string(sub) + " " + quote(kSmall) + " --device cuda");
+    EXPECT_EQ(r.status, 2) << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: --device cuda: no CUDA device is available on this machine\n");
+  }
+  const CliResult t = run("train " + quote(kSmall) + " --device cuda --steps 1");
+  EXPECT_EQ(t.status, 2) << describe(t);
+  EXPECT_EQ(step_lines(t.out).size(), 0u);
+}
+
+TEST_F(Cli, DefaultDeviceIsAnnouncedOnStderr) {
+  const CliResult r = run("run " + quote(kSmall));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const std::string want = anvil::cuda_available() ? "device: cuda (a GPU is present)\n" : "device: cpu (no GPU found)\n";
+  EXPECT_EQ(r.err, want);
+}
+
+}  // namespace

@@ -1,0 +1,763 @@
+// Tests of network loading and validation (anvil::Network::parse).
+//
+// Every malformed description must be refused before anything is allocated,
+// with one InputError line "<file>: <json path>: <problem>". The expected
+// messages below are the documented format (docs/network-format.md); shapes
+// in the positive tests are worked out by hand from PyTorch's output-size
+// formulas, not copied from anvil's output.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "anvil/network.hpp"
+#include "engine/src/graph.hpp"
+
+namespace {
+
+using anvil::Network;
+using anvil::Shape;
+using Groups = std::vector<std::vector<std::string>>;
+
+// The message of the InputError that parsing `text` throws, or a marker saying what happened instead.
+std::string error_of(const std::string& text) {
+  try {
+    Network::parse(text, "bad.json");
+  } catch (const anvil::InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("<not an InputError> ") + e.what();
+  }
+  return "<no error>";
+}
+
+// A network around a "layers" list (JSON text) with a fixed input shape.
+std::string with_layers(const std::string& input, const std::string& layers, const std::string& extra = "") {
+  return R"({"name": "t", "input": )" + input + R"(, "layers": )" + layers + extra + "}";
+}
+const char* const kInput5d = "[2, 4, 8, 8, 8]";
+const char* const kInput4d = "[2, 4, 8, 8]";
+
+::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
+                                    const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
+                                       << "\n  part: " << part;
+}
+
+Network load_example(const std::string& relative) {
+  return Network::load(std::string(ANVIL_SOURCE_DIR) + "/" + relative);
+}
+
+std::map<std::string, Shape> param_shapes(const Network& net) {
+  std::map<std::string, Shape> out;
+  for (const auto& p : net.build_graph()->params()) out[p.name] = p.shape;
+  return out;
+}
+
+// A one-layer network whose layer has the given JSON body, on a 5-d input.
+std::string one_layer(const std::string& layer, const std::string& input = kInput5d) {
+  return with_layers(input, "[" + layer + "]");
+}
+
+// ---------------------------------------------------------------- the document
+
+TEST(NetworkParse, InvalidJsonSyntaxGivesLineAndColumn) {
+  const std::string text = "{\n  \"name\": \"t\",\n  \"input\": [1, 2, 3, 4],,\n  \"layers\": []\n}\n";
+  const std::string msg = error_of(text);
+  EXPECT_PRED_FORMAT2(Contains, msg, "bad.json: invalid JSON: ");
+  EXPECT_PRED_FORMAT2(Contains, msg, "line 3, column");
+  EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << "library prefix leaks into: " << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << "message must be one line: " << msg;
+}
+
+TEST(NetworkParse, EmptyTextIsInvalidJson) {
+  EXPECT_PRED_FORMAT2(Contains, error_of(""), "bad.json: invalid JSON: ");
+}
+
+TEST(NetworkParse, TopLevelMustBeAnObject) {
+  EXPECT_EQ(error_of("[1, 2]"), "bad.json: the network must be a JSON object, got a list");
+  EXPECT_EQ(error_of("42"), "bad.json: the network must be a JSON object, got 42");
+}
+
+TEST(NetworkParse, MissingRequiredTopLevelKeys) {
+  const std::string layers = R"([{"type": "relu"}])";
+  EXPECT_EQ(error_of(R"({"input": [1, 1, 4, 4], "layers": )" + layers + "}"), "bad.json: name: missing required field");
+  EXPECT_EQ(error_of(R"({"name": "t", "layers": )" + layers + "}"), "bad.json: input: missing required field");
+  EXPECT_EQ(error_of(R"({"name": "t", "input": [1, 1, 4, 4]})"), "bad.json: layers: missing required field");
+}
+
+TEST(NetworkParse, NameMustBeAString) {
+  EXPECT_EQ(error_of(R"({"name": 5, "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
+            "bad.json: name: must be a string, got 5");
+}
+
+TEST(NetworkParse, InputMustBeFourOrFiveDimensional) {
+  EXPECT_EQ(error_of(with_layers("[2, 4, 8]", R"([{"type": "relu"}])")),
+            "bad.json: input: must be (N, C, H, W) or (N, C, D, H, W), got (2, 4, 8)");
+  EXPECT_EQ(error_of(with_layers("[1, 2, 3, 4, 5, 6]", R"([{"type": "relu"}])")),
+            "bad.json: input: must be (N, C, H, W) or (N, C, D, H, W), got (1, 2, 3, 4, 5, 6)");
+}
+
+TEST(NetworkParse, InputMustHoldPositiveIntegers) {
+  EXPECT_EQ(error_of(with_layers("[2, 0, 8, 8]", R"([{"type": "relu"}])")),
+            "bad.json: input[1]: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(with_layers("[2, 4, 8.5, 8]", R"([{"type": "relu"}])")),
+            "bad.json: input[2]: must be a positive integer, got 8.5");
+  EXPECT_EQ(error_of(with_layers("[]", R"([{"type": "relu"}])")),
+            "bad.json: input: must be a non-empty list of positive integers, got a list");
+  EXPECT_EQ(error_of(with_layers("\"2x4x8x8\"", R"([{"type": "relu"}])")),
+            "bad.json: input: must be a non-empty list of positive integers, got \"2x4x8x8\"");
+}
+
+TEST(NetworkParse, UnknownTopLevelKey) {
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "epochs": 3)")),
+            "bad.json: epochs: unknown key");
+}
+
+TEST(NetworkParse, LayersMustBeANonEmptyListOfObjects) {
+  EXPECT_EQ(error_of(with_layers(kInput4d, "[]")), "bad.json: layers: must be a non-empty list of layers, got a list");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"({"type": "relu"})")),
+            "bad.json: layers: must be a non-empty list of layers, got an object");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}, 3])")), "bad.json: layers[1]: must be an object, got 3");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"name": "a"}])")), "bad.json: layers[0].type: missing required field");
+}
+
+TEST(NetworkParse, UnknownLayerTypeListsTheKnownTypes) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv4d"})")),
+            "bad.json: layers[0].type: unknown layer type 'conv4d' (known: add, avg_pool2d, avg_pool3d, "
+            "channel_scale, conv2d, conv3d, conv_transpose2d, conv_transpose3d, leaky_relu, max_pool2d, "
+            "max_pool3d, relu)");
+}
+
+TEST(NetworkParse, UnknownLayerKey) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "leaky_relu", "slope": 0.2})")), "bad.json: layers[0].slope: unknown key");
+  // relu has no slope to set; output_padding belongs to the transposed convolutions only.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "negative_slope": 0.1})")),
+            "bad.json: layers[0].negative_slope: unknown key");
+  EXPECT_EQ(error_of(one_layer(
+                R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "output_padding": 1})")),
+            "bad.json: layers[0].output_padding: unknown key");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 2, "ceil_mode": true})")),
+            "bad.json: layers[0].ceil_mode: unknown key");
+}
+
+TEST(NetworkParse, ErrorsNameTheLayerIndex) {
+  const std::string layers = R"([{"type": "relu"}, {"type": "relu"}, {"type": "max_pool3d", "kernel_size": 2,
+                                 "stride": -1}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)), "bad.json: layers[2].stride: must be a positive integer, got -1");
+}
+
+// ---------------------------------------------------------------- value types
+
+TEST(NetworkParse, StringWhereAnIntegerIsExpected) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 2, "stride": "2"})")),
+            "bad.json: layers[0].stride: must be a positive integer, got \"2\"");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": "4", "out_channels": 4, "kernel_size": 3})")),
+            "bad.json: layers[0].in_channels: must be a positive integer, got \"4\"");
+}
+
+TEST(NetworkParse, FloatWhereAnIntegerIsExpected) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 2.0})")),
+            "bad.json: layers[0].kernel_size: must be a positive integer, got 2.0");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": [2, 2.5, 2]})")),
+            "bad.json: layers[0].kernel_size[1]: must be a positive integer, got 2.5");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "seed": 1.5)")),
+            "bad.json: seed: must be a non-negative integer, got 1.5");
+}
+
+TEST(NetworkParse, PerDimListOfTheWrongLength) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": [2, 2]})")),
+            "bad.json: layers[0].kernel_size: must be an integer or a list of 3 integers, got a list of 2");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool2d", "kernel_size": [2, 2, 2]})", kInput4d)),
+            "bad.json: layers[0].kernel_size: must be an integer or a list of 2 integers, got a list of 3");
+  EXPECT_EQ(error_of(one_layer(
+                R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": []})")),
+            "bad.json: layers[0].padding: must be an integer or a list of 3 integers, got a list of 0");
+}
+
+TEST(NetworkParse, BoolWhereANumberIsExpectedAndViceVersa) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "leaky_relu", "negative_slope": true})")),
+            "bad.json: layers[0].negative_slope: must be a number, got true");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 2, "stride": true})")),
+            "bad.json: layers[0].stride: must be a positive integer, got true");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3,
+                                   "bias": 1})")),
+            "bad.json: layers[0].bias: must be true or false, got 1");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "fuse": "yes")")),
+            "bad.json: fuse: must be true or false, got \"yes\"");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "optimizer": {"lr": "0.1"})")),
+            "bad.json: optimizer.lr: must be a number, got \"0.1\"");
+}
+
+TEST(NetworkParse, NullAndObjectValuesAreDescribed) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": null})")),
+            "bad.json: layers[0].kernel_size: must be a positive integer, got null");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": {"d": 2}})")),
+            "bad.json: layers[0].kernel_size: must be a positive integer, got an object");
+}
+
+TEST(NetworkParse, NegativeAndZeroValues) {
+  const std::string conv = R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3)";
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": -1})")), "bad.json: layers[0].stride: must be a positive integer, got -1");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": 0})")), "bad.json: layers[0].stride: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "dilation": 0})")),
+            "bad.json: layers[0].dilation: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "padding": -1})")),
+            "bad.json: layers[0].padding: must be a non-negative integer, got -1");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "padding": [1, -1, 0]})")),
+            "bad.json: layers[0].padding[1]: must be a non-negative integer, got -1");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 0, "kernel_size": 3})")),
+            "bad.json: layers[0].out_channels: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 0})")),
+            "bad.json: layers[0].kernel_size: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "seed": -1)")),
+            "bad.json: seed: must be a non-negative integer, got -1");
+}
+
+TEST(NetworkParse, ConvolutionRequiresChannelsAndKernel) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "out_channels": 4, "kernel_size": 3})")),
+            "bad.json: layers[0].in_channels: missing required field");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "kernel_size": 3})")),
+            "bad.json: layers[0].out_channels: missing required field");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4})")),
+            "bad.json: layers[0].kernel_size: missing required field");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "avg_pool3d"})")), "bad.json: layers[0].kernel_size: missing required field");
+}
+
+// ---------------------------------------------------------------- geometry
+
+TEST(NetworkParse, OutputPaddingMustBeBelowStrideOrDilation) {
+  const std::string deconv = R"({"type": "conv_transpose3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3)";
+  EXPECT_EQ(error_of(one_layer(deconv + R"(, "stride": 2, "output_padding": 2})")),
+            "bad.json: layers[0].output_padding: must be smaller than the stride or the dilation, got 2 with "
+            "stride 2 and dilation 1");
+  EXPECT_EQ(error_of(one_layer(deconv + R"(, "output_padding": 1})")),
+            "bad.json: layers[0].output_padding: must be smaller than the stride or the dilation, got 1 with "
+            "stride 1 and dilation 1");
+  EXPECT_EQ(error_of(one_layer(deconv + R"(, "stride": [2, 1, 2], "output_padding": [1, 1, 1]})")),
+            "bad.json: layers[0].output_padding: must be smaller than the stride or the dilation, got 1 with "
+            "stride 1 and dilation 1");
+  // PyTorch accepts output_padding < max(stride, dilation): below the dilation is enough.
+  EXPECT_EQ(error_of(one_layer(deconv + R"(, "dilation": 2, "output_padding": 1})")), "<no error>");
+  EXPECT_EQ(error_of(one_layer(deconv + R"(, "stride": 2, "output_padding": 1})")), "<no error>");
+}
+
+TEST(NetworkParse, ConvKernelLargerThanThePaddedInput) {
+  // D = 2, H = W = 8: a 3-wide kernel without padding does not fit along D (spatial dim 0).
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3})",
+                               "[2, 4, 2, 8, 8]")),
+            "bad.json: layers[0].kernel_size: kernel (effective size 3) is larger than the padded input (2) along "
+            "spatial dim 0");
+  // Padding 1 makes it fit: 2 + 2*1 = 4 >= 3.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3,
+                                   "padding": 1})",
+                               "[2, 4, 2, 8, 8]")),
+            "<no error>");
+  // Dilation 4 stretches a 3-tap kernel to 9 > 8 along W.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": [1, 3],
+                                   "dilation": [1, 4]})",
+                               kInput4d)),
+            "bad.json: layers[0].kernel_size: kernel (effective size 9) is larger than the padded input (8) along "
+            "spatial dim 1");
+}
+
+TEST(NetworkParse, PoolKernelLargerThanThePaddedInput) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": [2, 2, 4]})", "[2, 4, 8, 8, 3]")),
+            "bad.json: layers[0].kernel_size: kernel (4) is larger than the padded input (3) along spatial dim 2");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "avg_pool2d", "kernel_size": 9})", kInput4d)),
+            "bad.json: layers[0].kernel_size: kernel (9) is larger than the padded input (8) along spatial dim 0");
+}
+
+TEST(NetworkParse, PoolPaddingAtMostHalfTheKernel) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 3, "padding": 2})")),
+            "bad.json: layers[0].padding: must be at most half the kernel size, got 2 with kernel 3");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "avg_pool3d", "kernel_size": [2, 4, 2], "padding": [1, 2, 2]})")),
+            "bad.json: layers[0].padding: must be at most half the kernel size, got 2 with kernel 2");
+  // Exactly half is allowed, as in PyTorch.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool3d", "kernel_size": 2, "padding": 1})")), "<no error>");
+}
+
+TEST(NetworkParse, ConvTransposePaddingThatLeavesNoOutput) {
+  // (1 - 1) * 1 - 2 * 1 + 1 + 0 = -1 along every spatial dim.
+  EXPECT_EQ(error_of(one_layer(
+                R"({"type": "conv_transpose3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1, "padding": 1})",
+                "[2, 4, 1, 1, 1]")),
+            "bad.json: layers[0].padding: leaves no output along spatial dim 0 (size -1)");
+}
+
+TEST(NetworkParse, InChannelsMustMatchTheIncomingTensor) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 3, "out_channels": 4, "kernel_size": 1})")),
+            "bad.json: layers[0].in_channels: 3 does not match the input's 4 channels (2, 4, 8, 8, 8)");
+  // The second conv sees the first one's 6 output channels, not the network input's 4.
+  const std::string layers = R"([
+    {"type": "conv3d", "in_channels": 4, "out_channels": 6, "kernel_size": 1},
+    {"type": "conv_transpose3d", "in_channels": 4, "out_channels": 2, "kernel_size": 1}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)),
+            "bad.json: layers[1].in_channels: 4 does not match the input's 6 channels (2, 6, 8, 8, 8)");
+}
+
+TEST(NetworkParse, LayerRankMustMatchTheInputRank) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1})",
+                               kInput4d)),
+            "bad.json: layers[0]: 'conv3d' needs a 5-d input (N, C, D, H, W), got (2, 4, 8, 8)");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv_transpose2d", "in_channels": 4, "out_channels": 4,
+                                   "kernel_size": 1})")),
+            "bad.json: layers[0]: 'conv_transpose2d' needs a 4-d input (N, C, H, W), got (2, 4, 8, 8, 8)");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool2d", "kernel_size": 2})")),
+            "bad.json: layers[0]: 'max_pool2d' needs a 4-d input, got (2, 4, 8, 8, 8)");
+}
+
+// ---------------------------------------------------------------- the DAG
+
+TEST(NetworkParse, AddNeedsTwoInputsOfOneShape) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "add"})")), "bad.json: layers[0].inputs: 'add' takes two or more inputs, got 1");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "add", "inputs": ["input"]})")),
+            "bad.json: layers[0].inputs: 'add' takes two or more inputs, got 1");
+  const std::string layers = R"([
+    {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 3, "kernel_size": 1},
+    {"type": "add", "inputs": ["input", "c"]}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)),
+            "bad.json: layers[1].inputs: all inputs must have one shape, got (2, 4, 8, 8, 8) and (2, 3, 8, 8, 8)");
+  // The same tensor twice is a valid add (x + x).
+  EXPECT_EQ(error_of(one_layer(R"({"type": "add", "inputs": ["input", "input"]})")), "<no error>");
+}
+
+TEST(NetworkParse, SingleInputLayersRefuseSeveralInputs) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "leaky_relu", "inputs": ["input", "input"]})")),
+            "bad.json: layers[0].inputs: 'leaky_relu' takes 1 input(s), got 2");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": []})")),
+            "bad.json: layers[0].inputs: must name at least one tensor");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": "input"})")),
+            "bad.json: layers[0].inputs: must be a list of names, got \"input\"");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": [0]})")), "bad.json: layers[0].inputs[0]: must be a name, got 0");
+}
+
+TEST(NetworkParse, DuplicateLayerNames) {
+  const std::string layers = R"([{"type": "relu", "name": "a"}, {"type": "relu", "name": "a"}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)), "bad.json: layers[1].name: duplicate name 'a' (also layers[0])");
+  // A default name ("<type>_<index>") collides with an explicit one just the same.
+  const std::string clash = R"([{"type": "relu", "name": "leaky_relu_1"}, {"type": "leaky_relu"}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, clash)),
+            "bad.json: layers[1].name: duplicate name 'leaky_relu_1' (also layers[0])");
+}
+
+TEST(NetworkParse, ReservedAndMalformedLayerNames) {
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "input"})")),
+            "bad.json: layers[0].name: 'input' is reserved; choose another name");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")),
+            "bad.json: layers[0].name: '' is reserved; choose another name");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a b"})")),
+            "bad.json: layers[0].name: must not contain '.', '+' or spaces, got 'a b'");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a+b"})")),
+            "bad.json: layers[0].name: must not contain '.', '+' or spaces, got 'a+b'");
+}
+
+TEST(NetworkParse, DanglingInputName) {
+  const std::string layers = R"([{"type": "relu", "name": "a"}, {"type": "relu", "inputs": ["nope"]}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)), "bad.json: layers[1].inputs[0]: no layer or input named 'nope'");
+}
+
+TEST(NetworkParse, CycleIsReportedWithItsLayers) {
+  const std::string layers = R"([{"type": "relu", "name": "a", "inputs": ["b"]},
+                                 {"type": "relu", "name": "b", "inputs": ["a"]}])";
+  const std::string msg = error_of(with_layers(kInput5d, layers));
+  EXPECT_PRED_FORMAT2(Contains, msg, "bad.json: layers[0].inputs: the layers form a cycle: ");
+  EXPECT_PRED_FORMAT2(Contains, msg, "a");
+  EXPECT_PRED_FORMAT2(Contains, msg, "b");
+  // A layer feeding itself.
+  EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "relu", "name": "self", "inputs": ["self"]}])")),
+            "bad.json: layers[0].inputs: the layers form a cycle: self <- self");
+}
+
+// "x <- y" reads "x takes its input from y": the cycle should read a <- b <- a,
+// each member once and the first repeated at the end.
+TEST(NetworkParse, CycleMessageFollowsTheInputs) {
+  const std::string two = R"([{"type": "relu", "name": "a", "inputs": ["b"]},
+                              {"type": "relu", "name": "b", "inputs": ["a"]}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, two)), "bad.json: layers[0].inputs: the layers form a cycle: a <- b <- a");
+  // a takes c, c takes b, b takes a.
+  const std::string three = R"([{"type": "relu", "name": "a", "inputs": ["c"]},
+                                {"type": "relu", "name": "b", "inputs": ["a"]},
+                                {"type": "relu", "name": "c", "inputs": ["b"]}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, three)),
+            "bad.json: layers[0].inputs: the layers form a cycle: a <- c <- b <- a");
+}
+
+TEST(NetworkParse, LayerWhoseOutputIsNeverUsed) {
+  const std::string layers = R"([{"type": "relu", "name": "a"}, {"type": "leaky_relu", "inputs": ["input"]}])";
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)),
+            "bad.json: layers[0]: the output of 'a' is never used (only the last layer's output feeds the loss)");
+}
+
+// Parameter names are "<layer>.weight", "<layer>.bias" and channel_scale's bare "<layer>": a layer named
+// "c.bias" would give a second parameter named "c.bias", and state_dict-style files could no longer tell
+// the two apart. Such a network must be refused.
+TEST(NetworkParse, ParameterNamesMustBeUnique) {
+  const std::string layers = R"([
+    {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 1},
+    {"type": "channel_scale", "name": "c.bias"}])";
+  const std::string msg = error_of(with_layers(kInput5d, layers));
+  EXPECT_PRED_FORMAT2(Contains, msg, "bad.json: layers[1]");
+  EXPECT_PRED_FORMAT2(Contains, msg, "c.bias");
+}
+
+// ---------------------------------------------------------------- top-level settings
+
+TEST(NetworkParse, BadOptimizer) {
+  auto opt = [](const std::string& o) {
+    return error_of(with_layers(kInput4d, R"([{"type": "relu"}])", ", \"optimizer\": " + o));
+  };
+  EXPECT_EQ(opt(R"({"type": "adam"})"), "bad.json: optimizer.type: unknown optimizer 'adam' (known: sgd)");
+  EXPECT_EQ(opt(R"({"lr": -0.1})"), "bad.json: optimizer.lr: must be >= 0, got -0.1");
+  EXPECT_EQ(opt(R"({"momentum": -0.5})"), "bad.json: optimizer.momentum: must be >= 0, got -0.5");
+  EXPECT_EQ(opt(R"({"weight_decay": -1})"), "bad.json: optimizer.weight_decay: must be >= 0, got -1");
+  EXPECT_EQ(opt(R"({"nesterov": true})"),
+            "bad.json: optimizer.nesterov: requires momentum > 0 and dampening 0, as in torch.optim.SGD");
+  EXPECT_EQ(opt(R"({"nesterov": true, "momentum": 0.9, "dampening": 0.1})"),
+            "bad.json: optimizer.nesterov: requires momentum > 0 and dampening 0, as in torch.optim.SGD");
+  EXPECT_EQ(opt(R"({"betas": [0.9, 0.99]})"), "bad.json: optimizer.betas: unknown key");
+  EXPECT_EQ(opt(R"("sgd")"), "bad.json: optimizer: must be an object, got \"sgd\"");
+  EXPECT_EQ(opt(R"({"nesterov": true, "momentum": 0.9})"), "<no error>");
+}
+
+TEST(NetworkParse, BadPrecisionAndLoss) {
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "precision": "fp16")")),
+            "bad.json: precision: must be \"tf32\" or \"fp32\", got \"fp16\"");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "loss": "l1")")),
+            "bad.json: loss: unknown loss 'l1' (known: mse)");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "loss": 1)")),
+            "bad.json: loss: must be a string, got 1");
+}
+
+TEST(NetworkParse, LoadNamesTheFileWhenItCannotBeOpened) {
+  const std::string path = std::string(ANVIL_SOURCE_DIR) + "/no/such/network.json";
+  try {
+    Network::load(path);
+    FAIL() << "loaded a missing file";
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": cannot open the network file");
+  }
+}
+
+TEST(NetworkParse, LoadPrefixesErrorsWithThePath) {
+  const std::string path = ::testing::TempDir() + "anvil_network_test_bad.json";
+  {
+    std::ofstream out(path);
+    out << R"({"name": "t", "input": [2, 4, 8, 8], "layers": [{"type": "max_pool2d", "kernel_size": 2, "stride": -1}]})";
+  }
+  try {
+    Network::load(path);
+    ADD_FAILURE() << "loaded a bad network";
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": layers[0].stride: must be a positive integer, got -1");
+  }
+  std::remove(path.c_str());
+}
+
+// ---------------------------------------------------------------- valid networks
+
+TEST(NetworkValid, HeadlineExampleShapesParametersAndFusion) {
+  const Network net = load_example("examples/kernelbench74.json");
+  EXPECT_EQ(net.name(), "kernelbench74");
+  EXPECT_EQ(net.input_shape(), (Shape{16, 16, 16, 32, 32}));
+  // ConvTranspose3d(16, 32, 3, stride 2, padding 1, output_padding 1): (n-1)*2 - 2 + 3 + 1 = 2n.
+  // MaxPool3d(2) halves it again.
+  EXPECT_EQ(net.output_shape(), (Shape{16, 32, 16, 32, 32}));
+  EXPECT_EQ(net.precision(), anvil::Precision::TF32);
+  EXPECT_EQ(net.seed(), 0u);
+  EXPECT_TRUE(net.fuse());
+  EXPECT_FLOAT_EQ(net.sgd().lr, 0.01f);
+  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.9f);
+  EXPECT_FLOAT_EQ(net.sgd().dampening, 0.f);
+  EXPECT_FLOAT_EQ(net.sgd().weight_decay, 0.f);
+  EXPECT_FALSE(net.sgd().nesterov);
+
+  const auto layers = net.layers();
+  ASSERT_EQ(layers.size(), 5u);
+  const std::vector<std::string> names = {"conv_transpose", "leaky_relu_1", "multiplier", "leaky_relu_3",
+                                          "max_pool3d_4"};
+  const std::vector<std::string> types = {"conv_transpose3d", "leaky_relu", "channel_scale", "leaky_relu",
+                                          "max_pool3d"};
+  const Shape full = {16, 32, 32, 64, 64};
+  const std::vector<Shape> shapes = {full, full, full, full, {16, 32, 16, 32, 32}};
+  const std::vector<int64_t> counts = {16 * 32 * 27 + 32, 0, 32, 0, 0};
+  for (size_t i = 0; i < layers.size(); ++i) {
+    EXPECT_EQ(layers[i].name, names[i]);
+    EXPECT_EQ(layers[i].type, types[i]);
+    EXPECT_EQ(layers[i].output_shape, shapes[i]) << names[i];
+    EXPECT_EQ(layers[i].param_count, counts[i]) << names[i];
+    ASSERT_EQ(layers[i].inputs.size(), 1u);
+    EXPECT_EQ(layers[i].inputs[0], i == 0 ? "input" : names[i - 1]);
+  }
+  EXPECT_EQ(net.parameter_count(), 16 * 32 * 27 + 32 + 32);
+
+  const auto params = param_shapes(net);
+  const std::map<std::string, Shape> expected = {{"conv_transpose.weight", {16, 32, 3, 3, 3}},
+                                                 {"conv_transpose.bias", {32}},
+                                                 {"multiplier", {32, 1, 1, 1}}};
+  EXPECT_EQ(params, expected);
+
+  EXPECT_EQ(net.fusion_groups(), (Groups{names}));
+}
+
+TEST(NetworkValid, InitialisationFollowsPyTorchDefaults) {
+  const Network net = load_example("examples/kernelbench74.json");
+  const auto params = net.build_graph()->params();
+  ASSERT_EQ(params.size(), 3u);
+  // ConvTranspose3d weight (in, out, k, k, k): fan_in = weight.size(1) * k^3 = 32 * 27.
+  const double bound = 1.0 / std::sqrt(32.0 * 27.0);
+  EXPECT_EQ(params[0].name, "conv_transpose.weight");
+  EXPECT_EQ(params[0].init, anvil::ParamSpec::Init::Uniform);
+  EXPECT_DOUBLE_EQ(params[0].bound, bound);
+  EXPECT_EQ(params[1].name, "conv_transpose.bias");
+  EXPECT_EQ(params[1].init, anvil::ParamSpec::Init::Uniform);
+  EXPECT_DOUBLE_EQ(params[1].bound, bound);
+  EXPECT_EQ(params[2].name, "multiplier");
+  EXPECT_EQ(params[2].init, anvil::ParamSpec::Init::Normal);
+
+  // Conv3d weight (out, in, k...): fan_in = in * prod(k).
+  const Network conv = Network::parse(
+      one_layer(R"({"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 6, "kernel_size": [1, 2, 3]})"),
+      "conv.json");
+  const auto cp = conv.build_graph()->params();
+  ASSERT_EQ(cp.size(), 2u);
+  EXPECT_EQ(cp[0].shape, (Shape{6, 4, 1, 2, 3}));
+  EXPECT_DOUBLE_EQ(cp[0].bound, 1.0 / std::sqrt(4.0 * 6.0));
+  EXPECT_EQ(cp[1].shape, (Shape{6}));
+}
+
+TEST(NetworkValid, DefaultsOfAMinimalNetwork) {
+  const Network net = Network::parse(with_layers(kInput4d, R"([{"type": "leaky_relu"}])"), "min.json");
+  EXPECT_EQ(net.source(), "min.json");
+  EXPECT_EQ(net.precision(), anvil::Precision::TF32);
+  EXPECT_EQ(net.seed(), 0u);
+  EXPECT_TRUE(net.fuse());
+  EXPECT_FLOAT_EQ(net.sgd().lr, 0.01f);  // anvil's default lr
+  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.f);
+  EXPECT_FALSE(net.sgd().nesterov);
+  EXPECT_EQ(net.output_shape(), (Shape{2, 4, 8, 8}));
+  EXPECT_EQ(net.parameter_count(), 0);
+  ASSERT_EQ(net.layers().size(), 1u);
+  EXPECT_EQ(net.layers()[0].name, "leaky_relu_0");
+  EXPECT_TRUE(net.fusion_groups().empty());
+}
+
+TEST(NetworkValid, TopLevelSettingsAreRead) {
+  const Network net = Network::parse(with_layers(kInput4d, R"([{"type": "relu"}])",
+                                                 R"(, "precision": "fp32", "seed": 42, "fuse": false, "loss": "mse",
+                                                    "optimizer": {"type": "sgd", "lr": 0.5, "momentum": 0.8,
+                                                    "dampening": 0.1, "weight_decay": 0.001})"),
+                                     "s.json");
+  EXPECT_EQ(net.precision(), anvil::Precision::FP32);
+  EXPECT_EQ(net.seed(), 42u);
+  EXPECT_FALSE(net.fuse());
+  EXPECT_FLOAT_EQ(net.sgd().lr, 0.5f);
+  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.8f);
+  EXPECT_FLOAT_EQ(net.sgd().dampening, 0.1f);
+  EXPECT_FLOAT_EQ(net.sgd().weight_decay, 0.001f);
+}
+
+TEST(NetworkValid, FuseFalseStillParses) {
+  const std::string text = R"({"name": "nofuse", "input": [2, 4, 4, 8, 8], "fuse": false, "layers": [
+    {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
+     "padding": 1, "output_padding": 1},
+    {"type": "leaky_relu", "negative_slope": 0.2},
+    {"type": "channel_scale", "name": "m"},
+    {"type": "leaky_relu", "negative_slope": 0.2},
+    {"type": "max_pool3d", "kernel_size": 2}]})";
+  const Network net = Network::parse(text, "nofuse.json");
+  EXPECT_FALSE(net.fuse());
+  EXPECT_EQ(net.output_shape(), (Shape{2, 8, 4, 8, 8}));
+  EXPECT_EQ(net.layers().size(), 5u);
+}
+
+TEST(NetworkValid, ResidualDagAddTakesTwoInputs) {
+  const Network net = Network::load(std::string(ANVIL_TEST_DATA_DIR) + "/residual_dag.json");
+  const auto layers = net.layers();
+  ASSERT_EQ(layers.size(), 7u);
+  const anvil::LayerSummary* sum = nullptr;
+  for (const auto& l : layers)
+    if (l.name == "sum") sum = &l;
+  ASSERT_NE(sum, nullptr);
+  EXPECT_EQ(sum->type, "add");
+  EXPECT_EQ(sum->inputs, (std::vector<std::string>{"act", "gain"}));
+  EXPECT_EQ(sum->output_shape, (Shape{2, 4, 6, 6, 5}));
+  // "act" feeds both the branch conv and the add; everything else follows the list order.
+  for (const auto& l : layers) {
+    if (l.name == "branch") {
+      EXPECT_EQ(l.inputs, (std::vector<std::string>{"act"}));
+    }
+  }
+  // up: ConvTranspose3d(k 2, s 2) doubles (6, 6, 5) to (12, 12, 10); MaxPool3d(3, 2, 1): (n + 2 - 3) / 2 + 1.
+  EXPECT_EQ(net.output_shape(), (Shape{2, 2, 6, 6, 5}));
+  EXPECT_EQ(layers.back().name, "max_pool3d_6");
+  EXPECT_TRUE(net.fusion_groups().empty());
+  const auto params = param_shapes(net);
+  const std::map<std::string, Shape> expected = {
+      {"stem.weight", {4, 3, 3, 3, 3}}, {"stem.bias", {4}},          {"branch.weight", {4, 4, 3, 3, 3}},
+      {"branch.bias", {4}},             {"gain", {4, 1, 1, 1}},      {"up.weight", {4, 2, 2, 2, 2}},
+      {"up.bias", {2}}};
+  EXPECT_EQ(params, expected);
+}
+
+TEST(NetworkValid, LayersMayBeListedOutOfOrder) {
+  // b is listed first but reads a; the last listed layer (b's consumer c) still feeds the loss.
+  const std::string layers = R"([{"type": "leaky_relu", "name": "b", "inputs": ["a"]},
+                                 {"type": "relu", "name": "a", "inputs": ["input"]},
+                                 {"type": "max_pool3d", "name": "c", "kernel_size": 2, "inputs": ["b"]}])";
+  const Network net = Network::parse(with_layers(kInput5d, layers), "order.json");
+  const auto l = net.layers();
+  ASSERT_EQ(l.size(), 3u);
+  EXPECT_EQ(l[0].name, "a");  // topological order
+  EXPECT_EQ(l[1].name, "b");
+  EXPECT_EQ(l[2].name, "c");
+  EXPECT_EQ(net.output_shape(), (Shape{2, 4, 4, 4, 4}));
+}
+
+TEST(NetworkValid, Variant2dShapes) {
+  const Network net = Network::load(std::string(ANVIL_TEST_DATA_DIR) + "/variant_2d.json");
+  EXPECT_EQ(net.input_shape(), (Shape{2, 4, 9, 7}));
+  const auto layers = net.layers();
+  ASSERT_EQ(layers.size(), 7u);
+  // ConvTranspose2d(4, 6, 3, s 2, p 1, op 1): (9-1)*2 - 2 + 3 + 1 = 18, (7-1)*2 - 2 + 3 + 1 = 14.
+  EXPECT_EQ(layers[0].output_shape, (Shape{2, 6, 18, 14}));
+  EXPECT_EQ(layers[4].output_shape, (Shape{2, 6, 9, 7}));
+  // Conv2d(6, 3, (3, 2), s (2, 1), p (1, 0), d (1, 2)): H (9 + 2 - 3) / 2 + 1 = 5, W (7 - 3) / 1 + 1 = 5.
+  EXPECT_EQ(layers[5].output_shape, (Shape{2, 3, 5, 5}));
+  // MaxPool2d(3, 2, 1): (5 + 2 - 3) / 2 + 1 = 3.
+  EXPECT_EQ(net.output_shape(), (Shape{2, 3, 3, 3}));
+  const auto params = param_shapes(net);
+  const std::map<std::string, Shape> expected = {{"conv_transpose.weight", {4, 6, 3, 3}},
+                                                 {"conv_transpose.bias", {6}},
+                                                 {"multiplier", {6, 1, 1}},
+                                                 {"head.weight", {3, 6, 3, 2}},
+                                                 {"head.bias", {3}}};
+  EXPECT_EQ(params, expected);
+  EXPECT_EQ(net.fusion_groups(),
+            (Groups{{"conv_transpose", "leaky_relu_1", "multiplier", "leaky_relu_3", "max_pool2d_4"}}));
+}
+
+TEST(NetworkValid, BiasFalseDropsTheBiasParameter) {
+  const Network net = Network::load(std::string(ANVIL_TEST_DATA_DIR) + "/stride1_nopad.json");
+  const auto params = param_shapes(net);
+  EXPECT_EQ(params.count("conv.weight"), 1u);
+  EXPECT_EQ(params.count("conv.bias"), 0u);
+  EXPECT_EQ(params.count("deconv.bias"), 1u);
+  // ConvTranspose3d(3, 4, 2): n + 1; Conv3d(k 3, p 1) keeps it; AvgPool3d(2, stride 1): n - 1.
+  EXPECT_EQ(net.output_shape(), (Shape{2, 5, 4, 5, 6}));
+  EXPECT_TRUE(net.sgd().nesterov);
+}
+
+// ---------------------------------------------------------------- fusion pattern
+
+// The headline chain on a small input, with the pool (and optionally more) replaced.
+std::string chain(const std::string& first_act, const std::string& pool, const std::string& extra_layers = "",
+                  const std::string& input = "[2, 4, 4, 8, 8]") {
+  return R"({"name": "f", "input": )" + input + R"(, "layers": [
+    {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
+     "padding": 1, "output_padding": 1},
+    )" + first_act + R"(,
+    {"type": "channel_scale", "name": "m"},
+    {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
+    )" + pool + extra_layers + "]}";
+}
+const char* const kLeaky = R"({"type": "leaky_relu", "name": "a1", "negative_slope": 0.2})";
+const Groups kFused = {{"up", "a1", "m", "a2", "p"}};
+
+Groups groups_of(const std::string& text) { return Network::parse(text, "fusion.json").fusion_groups(); }
+
+TEST(NetworkFusion, TheHeadlinePatternOnASmallInputIsOneGroup) {
+  EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 2})")), kFused);
+  // Explicit stride == kernel and per-dim kernels that tile (8, 16, 16) also fuse.
+  EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": [2, 4, 1],
+                                        "stride": [2, 4, 1]})")),
+            kFused);
+  // relu is a leaky_relu with slope 0.
+  EXPECT_EQ(groups_of(chain(R"({"type": "relu", "name": "a1"})", R"({"type": "max_pool3d", "name": "p",
+                                                                      "kernel_size": 2})")),
+            kFused);
+}
+
+TEST(NetworkFusion, PoolWithStrideOtherThanKernelBreaksThePattern) {
+  EXPECT_TRUE(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 2, "stride": 1})")).empty());
+}
+
+TEST(NetworkFusion, PaddedOrAveragePoolBreaksThePattern) {
+  EXPECT_TRUE(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 2, "padding": 1})")).empty());
+  EXPECT_TRUE(groups_of(chain(kLeaky, R"({"type": "avg_pool3d", "name": "p", "kernel_size": 2})")).empty());
+}
+
+TEST(NetworkFusion, PoolThatDoesNotTileTheConvOutputBreaksThePattern) {
+  // The conv output is (8, 16, 16); a 3-wide window leaves a remainder along every dim.
+  EXPECT_TRUE(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 3})")).empty());
+}
+
+TEST(NetworkFusion, PoolWindowOver256ElementsBreaksThePattern) {
+  // Input (2, 4, 8, 8, 8) -> conv output (16, 16, 16); 8^3 = 512 elements per window.
+  EXPECT_TRUE(
+      groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 8})", "", "[2, 4, 8, 8, 8]")).empty());
+  // 4^3 = 64 fuses on the same input.
+  EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 4})", "", "[2, 4, 8, 8, 8]")),
+            kFused);
+}
+
+TEST(NetworkFusion, IntermediateTensorUsedTwiceBreaksThePattern) {
+  // a1's output feeds both m and sum(a1, m): a1 no longer has a sole consumer.
+  const std::string text = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
+    {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
+     "padding": 1, "output_padding": 1},
+    {"type": "leaky_relu", "name": "a1", "negative_slope": 0.2},
+    {"type": "channel_scale", "name": "m"},
+    {"type": "add", "name": "sum", "inputs": ["a1", "m"]},
+    {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
+    {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
+  EXPECT_TRUE(groups_of(text).empty());
+  // The conv output read twice (by a1 and by a later add) breaks it as well.
+  const std::string twice = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
+    {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
+     "padding": 1, "output_padding": 1},
+    {"type": "leaky_relu", "name": "a1", "negative_slope": 0.2},
+    {"type": "channel_scale", "name": "m"},
+    {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
+    {"type": "add", "name": "sum", "inputs": ["a2", "up"]},
+    {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
+  EXPECT_TRUE(groups_of(twice).empty());
+}
+
+TEST(NetworkFusion, WrongLayerOrderBreaksThePattern) {
+  // conv -> scale -> leaky -> leaky -> pool is not the pattern.
+  const std::string text = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
+    {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
+     "padding": 1, "output_padding": 1},
+    {"type": "channel_scale", "name": "m"},
+    {"type": "leaky_relu", "name": "a1", "negative_slope": 0.2},
+    {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
+    {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
+  EXPECT_TRUE(groups_of(text).empty());
+}
+
+TEST(NetworkFusion, AnyConvolutionStartsTheChain) {
+  // A plain conv3d (not transposed) followed by the same epilogue is a group too.
+  const std::string text = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
+    {"type": "conv3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "padding": 1},
+    {"type": "leaky_relu", "name": "a1"},
+    {"type": "channel_scale", "name": "m"},
+    {"type": "leaky_relu", "name": "a2"},
+    {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
+  EXPECT_EQ(groups_of(text), kFused);
+}
+
+TEST(NetworkFusion, ChainInsideALargerNetworkIsFoundOnce) {
+  const std::string head = R"(, {"type": "conv3d", "name": "head", "in_channels": 8, "out_channels": 2,
+                                "kernel_size": 1})";
+  EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 2})", head)), kFused);
+}
+
+}  // namespace
