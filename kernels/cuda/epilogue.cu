@@ -1,0 +1,448 @@
+// The fused epilogue: + bias -> leaky(slope1) -> * m[c] -> leaky(slope2) ->
+// max pool (stride = kernel, no padding), forward and backward (see epilogue.hpp).
+//
+// Work split (both directions): each (n, c) plane's P pooled elements are cut
+// into chunks (2048 elements for windows of up to 8, fewer for larger ones);
+// block b covers chunk b % cpp of plane b / cpp, so a block never mixes planes
+// and hence never mixes channels.
+//
+// Fast paths, for kernels (2, 2, 2) and (1, 2, 2) with W % 4 == 0 and aligned
+// buffers: a thread handles two neighbouring pooled outputs along W, reading
+// each of the k0 * 2 input rows of their windows with one float4 (4 W values =
+// two windows), writing p and y_at_max as float2 and argmax as uchar2, and in
+// backward writing dY as float4. Every other case runs the general path: one
+// pooled element per thread (forward; scalar loads), any kernel up to 256
+// window elements; backward computes per pair and then writes dY row segment
+// by row segment with consecutive lanes on consecutive floats.
+//
+// Backward reduces dbias and dm without atomics: each thread accumulates, in
+// double, the pooled elements 2q and 2q+1 of the pairs q = first + tid + k *
+// kThreads of its block, in that order (both paths use the same order, so they
+// give the same bits); a fixed shuffle tree sums the block into
+// scratch[array][c][n * cpp + chunk]; a second kernel sums each channel's
+// n * cpp partials in a fixed order. Bitwise deterministic; the scratch size
+// depends on the geometry alone.
+#include "kernels/cuda/epilogue.hpp"
+
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+
+namespace anvil::cuda {
+namespace {
+
+using detail::kThreads;
+
+// Pooled elements per block: kChunk for windows of up to 8 elements, fewer
+// (at least kMinChunk) for larger windows so that a block's share of Y stays
+// about the same. Always even, so pairs never straddle blocks.
+constexpr uint32_t kChunk = 2048;
+constexpr uint32_t kMinChunk = 256;
+static_assert(kChunk % 2 == 0 && kMinChunk % 2 == 0, "chunks must be even");
+
+// The geometry as the kernels need it. Everything inside one plane fits in
+// 31 bits (checked on the host), so in-plane offsets are uint32_t.
+struct EpiDims {
+  int64_t c = 1;         // channels
+  int64_t cpp = 1;       // chunks (blocks) per plane
+  uint32_t chunk = kChunk;  // pooled elements per chunk (even, <= kChunk)
+  int64_t plane_in = 1;  // D * H * W
+  int64_t per = 1;       // partials per channel: n * cpp
+  uint32_t h = 1, w = 1;
+  uint32_t ph = 1, pw = 1, p = 1;  // pooled H, W, and pooled elements per plane
+  uint32_t k0 = 1, k1 = 1, k2 = 1;
+};
+
+// z3 of the chain for v = y + bias.
+__device__ __forceinline__ float epi_z3(float v, float s1, float mc, float s2) {
+  const float z1 = detail::leaky(v, s1);
+  const float z2 = z1 * mc;
+  return detail::leaky(z2, s2);
+}
+
+// Strictly greater keeps the first of tied maxima; a NaN always takes over,
+// as in PyTorch's max pooling and the CPU reference (so with several NaNs in a
+// window the argmax is the last of them).
+__device__ __forceinline__ bool epi_better(float z, float best) { return z > best || isnan(z); }
+
+// Backward of the chain at one pooled element: v = y_at_max, dpv = dp.
+__device__ __forceinline__ void epi_grad(float dpv, float v, float s1, float mc, float s2, float& dyv, float& dz2,
+                                         float& z1) {
+  z1 = detail::leaky(v, s1);
+  const float z2 = z1 * mc;
+  dz2 = z2 > 0.f ? dpv : s2 * dpv;
+  const float dz1 = dz2 * mc;
+  dyv = v > 0.f ? dz1 : s1 * dz1;
+}
+
+// ===========================================================================
+// Kernels
+// ===========================================================================
+
+// The block's plane and pooled range [e0, e1).
+struct BlockRange {
+  int64_t plane;
+  int64_t chunk;
+  uint32_t e0, e1;
+};
+
+__device__ __forceinline__ BlockRange block_range(const EpiDims& g) {
+  BlockRange r;
+  r.plane = int64_t(blockIdx.x) / g.cpp;
+  r.chunk = int64_t(blockIdx.x) - r.plane * g.cpp;
+  r.e0 = uint32_t(r.chunk) * g.chunk;
+  r.e1 = min(g.p, r.e0 + g.chunk);
+  return r;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    epi_forward_general(const float* __restrict__ y, const float* __restrict__ bias, const float* __restrict__ m,
+                        float s1, float s2, float* __restrict__ p, uint8_t* __restrict__ argmax,
+                        float* __restrict__ y_at_max, EpiDims g) {
+  const BlockRange r = block_range(g);
+  const int64_t ch = r.plane % g.c;
+  const bool has_bias = bias != nullptr;
+  const float b = has_bias ? __ldg(bias + ch) : 0.f;
+  const float mc = __ldg(m + ch);
+  const float* yp = y + r.plane * g.plane_in;
+  const int64_t out = r.plane * int64_t(g.p);
+  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    const uint32_t row = e / g.pw, pw = e - row * g.pw;
+    const uint32_t pd = row / g.ph, ph = row - pd * g.ph;
+    const float* win = yp + ((pd * g.k0) * g.h + ph * g.k1) * g.w + pw * g.k2;
+    float best = 0.f, best_v = 0.f;
+    uint32_t best_i = 0, idx = 0;
+    for (uint32_t kd = 0; kd < g.k0; ++kd) {
+      for (uint32_t kh = 0; kh < g.k1; ++kh) {
+        const float* src = win + (kd * g.h + kh) * g.w;
+        for (uint32_t kw = 0; kw < g.k2; ++kw, ++idx) {
+          float v = __ldg(src + kw);
+          if (has_bias) v = v + b;
+          const float z = epi_z3(v, s1, mc, s2);
+          if (idx == 0 || epi_better(z, best)) {
+            best = z;
+            best_v = v;
+            best_i = idx;
+          }
+        }
+      }
+    }
+    p[out + e] = best;
+    argmax[out + e] = uint8_t(best_i);
+    y_at_max[out + e] = best_v;
+  }
+}
+
+// k = (K0, 2, 2); W % 4 == 0; y 16-byte, p and y_at_max 8-byte, argmax 2-byte aligned.
+template <int K0>
+__global__ void __launch_bounds__(kThreads)
+    epi_forward_k22(const float* __restrict__ y, const float* __restrict__ bias, const float* __restrict__ m, float s1,
+                    float s2, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
+                    EpiDims g) {
+  const BlockRange r = block_range(g);
+  const int64_t ch = r.plane % g.c;
+  const bool has_bias = bias != nullptr;
+  const float b = has_bias ? __ldg(bias + ch) : 0.f;
+  const float mc = __ldg(m + ch);
+  const float* yp = y + r.plane * g.plane_in;
+  const int64_t out = r.plane * int64_t(g.p);
+  // P is even here (PW is), so e0 and e1 are even.
+  for (uint32_t q = r.e0 / 2 + threadIdx.x; q < r.e1 / 2; q += kThreads) {
+    const uint32_t e = 2 * q;
+    const uint32_t row = e / g.pw, pw = e - row * g.pw;  // pw even
+    const uint32_t pd = row / g.ph, ph = row - pd * g.ph;
+    const float* win = yp + ((pd * K0) * g.h + ph * 2) * g.w + 2 * pw;
+    float4 rows[K0 * 2];
+#pragma unroll
+    for (int kd = 0; kd < K0; ++kd) {
+#pragma unroll
+      for (int kh = 0; kh < 2; ++kh)
+        rows[kd * 2 + kh] = __ldcs(reinterpret_cast<const float4*>(win + (kd * g.h + kh) * g.w));
+    }
+    // Output 0 has the window elements .x (kw 0) and .y (kw 1) of each row,
+    // output 1 has .z and .w; row j = kd * 2 + kh has window index 2 j + kw.
+    float best0 = 0.f, v0 = 0.f, best1 = 0.f, v1 = 0.f;
+    uint32_t i0 = 0, i1 = 0;
+#pragma unroll
+    for (int j = 0; j < K0 * 2; ++j) {
+      float4 v = rows[j];
+      if (has_bias) v = make_float4(v.x + b, v.y + b, v.z + b, v.w + b);
+      const float za = epi_z3(v.x, s1, mc, s2), zb = epi_z3(v.y, s1, mc, s2);
+      const float zc = epi_z3(v.z, s1, mc, s2), zd = epi_z3(v.w, s1, mc, s2);
+      if (j == 0 || epi_better(za, best0)) {
+        best0 = za;
+        v0 = v.x;
+        i0 = 2 * j;
+      }
+      if (epi_better(zb, best0)) {
+        best0 = zb;
+        v0 = v.y;
+        i0 = 2 * j + 1;
+      }
+      if (j == 0 || epi_better(zc, best1)) {
+        best1 = zc;
+        v1 = v.z;
+        i1 = 2 * j;
+      }
+      if (epi_better(zd, best1)) {
+        best1 = zd;
+        v1 = v.w;
+        i1 = 2 * j + 1;
+      }
+    }
+    *reinterpret_cast<float2*>(p + out + e) = make_float2(best0, best1);
+    *reinterpret_cast<float2*>(y_at_max + out + e) = make_float2(v0, v1);
+    *reinterpret_cast<uchar2*>(argmax + out + e) = make_uchar2(uint8_t(i0), uint8_t(i1));
+  }
+}
+
+// Writes the block's dbias and dm partials. Every thread must call it.
+__device__ __forceinline__ void epi_write_partials(double acc_b, double acc_m, double* __restrict__ partials,
+                                                   const BlockRange& r, const EpiDims& g) {
+  const double tb = detail::block_sum(acc_b);
+  const double tm = detail::block_sum(acc_m);
+  if (threadIdx.x == 0 && partials != nullptr) {
+    const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
+    const int64_t j = nn * g.cpp + r.chunk;
+    partials[ch * g.per + j] = tb;
+    partials[(g.c + ch) * g.per + j] = tm;
+  }
+}
+
+// Two phases. 1: the chunk's pooled elements in pair order (as the fast
+// path, for the same reduction bits): the gradient at each argmax, its dbias
+// and dm terms, and the gradient and argmax staged in shared memory. 2: dY
+// written row segment by row segment, one warp per segment and lanes over
+// consecutive floats, so that the stores coalesce whatever the kernel.
+__global__ void __launch_bounds__(kThreads)
+    epi_backward_general(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
+                         const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
+                         float* __restrict__ dy, double* __restrict__ partials, EpiDims g) {
+  __shared__ float grad_s[kChunk];
+  __shared__ uint8_t argmax_s[kChunk];
+  const BlockRange r = block_range(g);
+  const float mc = __ldg(m + r.plane % g.c);
+  const int64_t out = r.plane * int64_t(g.p);
+  double acc_b = 0.0, acc_m = 0.0;
+  const uint32_t q1 = (r.e1 + 1) / 2;  // the last pair of an odd P has one element
+  for (uint32_t q = r.e0 / 2 + threadIdx.x; q < q1; q += kThreads) {
+    const uint32_t e_end = min(2 * q + 2, r.e1);
+    for (uint32_t e = 2 * q; e < e_end; ++e) {
+      float dyv, dz2, z1;
+      epi_grad(__ldg(dp + out + e), __ldg(y_at_max + out + e), s1, mc, s2, dyv, dz2, z1);
+      acc_b += double(dyv);
+      acc_m = fma(double(dz2), double(z1), acc_m);
+      grad_s[e - r.e0] = dyv;
+      argmax_s[e - r.e0] = __ldg(argmax + out + e);
+    }
+  }
+  __syncthreads();
+
+  // The chunk covers pooled rows row0..row1 (the first and last maybe in
+  // part); pooled row `row` and window offsets (kd, kh) give one contiguous
+  // run of dY, a segment: input row (pd k0 + kd, ph k1 + kh), columns
+  // [lo k2, hi k2). Warp w takes a contiguous range of the segments in
+  // (row, kd, kh) order, stepping through them without dividing.
+  float* dyp = dy + r.plane * g.plane_in;
+  const uint32_t row0 = r.e0 / g.pw, row1 = (r.e1 - 1) / g.pw;
+  const uint32_t k01 = g.k0 * g.k1;
+  const uint32_t segments = (row1 - row0 + 1) * k01;
+  constexpr uint32_t kWarps = kThreads / 32;
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t per_warp = (segments + kWarps - 1) / kWarps;
+  const uint32_t seg_begin = min(segments, warp * per_warp), seg_end = min(segments, seg_begin + per_warp);
+  if (seg_begin < seg_end) {
+    uint32_t row = row0 + seg_begin / k01;
+    const uint32_t t = seg_begin - (row - row0) * k01;
+    uint32_t kd = t / g.k1, kh = t - kd * g.k1;
+    uint32_t pd = row / g.ph, ph = row - pd * g.ph;
+    const uint32_t lane_pw = lane / g.k2, lane_kw = lane - lane_pw * g.k2;  // lane's offset, in windows and within one
+    const uint32_t step_pw = 32 / g.k2, step_kw = 32 - step_pw * g.k2;
+    for (uint32_t seg = seg_begin; seg < seg_end; ++seg) {
+      const uint32_t lo = row == row0 ? r.e0 - row * g.pw : 0;
+      const uint32_t hi = row == row1 ? r.e1 - row * g.pw : g.pw;
+      float* dst = dyp + ((pd * g.k0 + kd) * g.h + ph * g.k1 + kh) * g.w;
+      const uint32_t wbase = (kd * g.k1 + kh) * g.k2;  // window index of kw = 0
+      const uint32_t local0 = row * g.pw - r.e0;        // chunk-local index of pooled column 0 (mod 2^32)
+      uint32_t pw = lo + lane_pw, kw = lane_kw;
+      for (uint32_t f = lo * g.k2 + lane; f < hi * g.k2; f += 32) {
+        const uint32_t local = local0 + pw;
+        dst[f] = argmax_s[local] == wbase + kw ? grad_s[local] : 0.f;
+        pw += step_pw;
+        kw += step_kw;
+        if (kw >= g.k2) {
+          kw -= g.k2;
+          ++pw;
+        }
+      }
+      if (++kh == g.k1) {  // next segment: (row, kd, kh) + 1
+        kh = 0;
+        if (++kd == g.k0) {
+          kd = 0;
+          ++row;
+          if (++ph == g.ph) {
+            ph = 0;
+            ++pd;
+          }
+        }
+      }
+    }
+  }
+  epi_write_partials(acc_b, acc_m, partials, r, g);
+}
+
+// k = (K0, 2, 2); W % 4 == 0; dy 16-byte, dp and y_at_max 8-byte, argmax 2-byte aligned.
+template <int K0>
+__global__ void __launch_bounds__(kThreads)
+    epi_backward_k22(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
+                     const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
+                     float* __restrict__ dy, double* __restrict__ partials, EpiDims g) {
+  const BlockRange r = block_range(g);
+  const float mc = __ldg(m + r.plane % g.c);
+  float* dyp = dy + r.plane * g.plane_in;
+  const int64_t out = r.plane * int64_t(g.p);
+  double acc_b = 0.0, acc_m = 0.0;
+  for (uint32_t q = r.e0 / 2 + threadIdx.x; q < r.e1 / 2; q += kThreads) {
+    const uint32_t e = 2 * q;
+    const float2 dpv = __ldg(reinterpret_cast<const float2*>(dp + out + e));
+    const float2 yv = __ldg(reinterpret_cast<const float2*>(y_at_max + out + e));
+    const uchar2 a = __ldg(reinterpret_cast<const uchar2*>(argmax + out + e));
+    float dyv0, dz20, z10, dyv1, dz21, z11;
+    epi_grad(dpv.x, yv.x, s1, mc, s2, dyv0, dz20, z10);
+    epi_grad(dpv.y, yv.y, s1, mc, s2, dyv1, dz21, z11);
+    // Same order as the general path: element 2q, then 2q + 1.
+    acc_b += double(dyv0);
+    acc_m = fma(double(dz20), double(z10), acc_m);
+    acc_b += double(dyv1);
+    acc_m = fma(double(dz21), double(z11), acc_m);
+    const uint32_t row = e / g.pw, pw = e - row * g.pw;
+    const uint32_t pd = row / g.ph, ph = row - pd * g.ph;
+    float* win = dyp + ((pd * K0) * g.h + ph * 2) * g.w + 2 * pw;
+#pragma unroll
+    for (int kd = 0; kd < K0; ++kd) {
+#pragma unroll
+      for (int kh = 0; kh < 2; ++kh) {
+        const uint32_t w0 = 2 * (kd * 2 + kh);  // window index of kw = 0 in this row
+        const float4 o = make_float4(a.x == w0 ? dyv0 : 0.f, a.x == w0 + 1 ? dyv0 : 0.f, a.y == w0 ? dyv1 : 0.f,
+                                     a.y == w0 + 1 ? dyv1 : 0.f);
+        detail::store4(win + (kd * g.h + kh) * g.w, o);
+      }
+    }
+  }
+  epi_write_partials(acc_b, acc_m, partials, r, g);
+}
+
+// dbias[c] (array 0) and dm[c] (array 1) from the partials; a null output is skipped.
+__global__ void __launch_bounds__(kThreads)
+    epi_finalize(const double* __restrict__ partials, int64_t per, int64_t c, float* __restrict__ dbias,
+                 float* __restrict__ dm) {
+  float* out = blockIdx.y == 0 ? dbias : dm;
+  if (out == nullptr) return;
+  detail::finalize_channels(partials + int64_t(blockIdx.y) * c * per, per, c, out);
+}
+
+// ===========================================================================
+// Launchers
+// ===========================================================================
+
+EpiDims epi_dims(const char* op, const EpilogueGeometry& g) {
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  detail::require(g.n > 0 && g.c > 0, op, "n and c must be positive");
+  int64_t plane_in = 1, window = 1;
+  for (int i = 0; i < 3; ++i) {
+    detail::require(g.y[i] > 0 && g.k[i] > 0, op, "y dims and pool kernel must be positive");
+    detail::require(g.y[i] % g.k[i] == 0, op, "y dims must be divisible by the pool kernel");
+    detail::require(g.y[i] <= kMax31 && plane_in <= kMax31 / g.y[i], op, "a plane of y must have < 2^31 elements");
+    detail::require(g.k[i] <= 256, op, "pool window larger than 256 elements (argmax is uint8)");
+    plane_in *= g.y[i];
+    window *= g.k[i];
+  }
+  detail::require(window <= 256, op, "pool window larger than 256 elements (argmax is uint8)");
+  detail::require(g.n <= kMax31 && g.c <= kMax31 && g.n * g.c <= kMax31, op, "n * c must be < 2^31");
+  EpiDims d;
+  d.c = g.c;
+  d.plane_in = plane_in;
+  d.h = uint32_t(g.y[1]);
+  d.w = uint32_t(g.y[2]);
+  d.k0 = uint32_t(g.k[0]);
+  d.k1 = uint32_t(g.k[1]);
+  d.k2 = uint32_t(g.k[2]);
+  d.ph = uint32_t(g.y[1] / g.k[1]);
+  d.pw = uint32_t(g.y[2] / g.k[2]);
+  d.p = uint32_t(plane_in / window);
+  const uint32_t by_window = uint32_t(kChunk / detail::ceil_div(window, 8));
+  d.chunk = std::max(kMinChunk, by_window - by_window % 2);
+  d.cpp = detail::ceil_div(d.p, d.chunk);
+  d.per = g.n * d.cpp;
+  detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
+  return d;
+}
+
+// The (K0, 2, 2) fast path: which K0, or 0 where the general path must run.
+int fast_k0(const EpilogueGeometry& g) {
+  if (g.k[1] != 2 || g.k[2] != 2 || g.y[2] % 4 != 0) return 0;
+  if (g.k[0] == 1) return 1;
+  if (g.k[0] == 2) return 2;
+  return 0;
+}
+
+unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
+
+}  // namespace
+
+void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
+                            uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "fused_epilogue_forward";
+  detail::require(y != nullptr && m != nullptr && p != nullptr && argmax != nullptr && y_at_max != nullptr, op,
+                  "null pointer (only bias may be null)");
+  const EpiDims d = epi_dims(op, g);
+  const unsigned blocks = epi_blocks(g, d);
+  const int k0 = fast_k0(g);
+  const bool aligned = detail::aligned_to(y, 16) && detail::aligned_to(p, 8) && detail::aligned_to(y_at_max, 8) &&
+                       detail::aligned_to(argmax, 2);
+  if (k0 == 2 && aligned) {
+    epi_forward_k22<2><<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
+  } else if (k0 == 1 && aligned) {
+    epi_forward_k22<1><<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
+  } else {
+    epi_forward_general<<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
+  }
+  ANVIL_CHECK_LAUNCH();
+}
+
+size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g) {
+  const EpiDims d = epi_dims("fused_epilogue_backward_scratch_bytes", g);
+  return size_t(2 * g.c * d.per) * sizeof(double);
+}
+
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
+                             float slope1, float slope2, float* dy, float* dbias, float* dm, void* scratch,
+                             const EpilogueGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "fused_epilogue_backward";
+  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr && dy != nullptr, op,
+                  "null pointer (only dbias and dm may be null)");
+  const bool reduce = dbias != nullptr || dm != nullptr;
+  detail::require(!reduce || scratch != nullptr, op, "null scratch (size it with fused_epilogue_backward_scratch_bytes)");
+  detail::require(!reduce || detail::aligned_to(scratch, alignof(double)), op, "scratch must be 8-byte aligned");
+  const EpiDims d = epi_dims(op, g);
+  const unsigned blocks = epi_blocks(g, d);
+  auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  const int k0 = fast_k0(g);
+  const bool aligned = detail::aligned_to(dy, 16) && detail::aligned_to(dp, 8) && detail::aligned_to(y_at_max, 8) &&
+                       detail::aligned_to(argmax, 2);
+  if (k0 == 2 && aligned) {
+    epi_backward_k22<2><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
+  } else if (k0 == 1 && aligned) {
+    epi_backward_k22<1><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
+  } else {
+    epi_backward_general<<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
+  }
+  ANVIL_CHECK_LAUNCH();
+  if (reduce) {
+    epi_finalize<<<dim3(detail::finalize_blocks(g.c), 2), kThreads, 0, stream>>>(partials, d.per, g.c, dbias, dm);
+    ANVIL_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace anvil::cuda

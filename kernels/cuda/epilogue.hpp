@@ -1,0 +1,33 @@
+// The fused epilogue of the headline pattern:
+//   conv output Y -> + bias -> leaky(slope1) -> * m[c] -> leaky(slope2) -> max pool
+// with a pool whose stride equals its kernel, no padding, and Y's spatial
+// dims divisible by the kernel. Forward reads Y once and writes the pooled P
+// plus, per pooled element, what backward needs: the argmax's index inside
+// its window and y (bias included) there. Backward writes the whole dY (zeros
+// off the argmax) and reduces dbias and dm per channel in the same pass.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace anvil::cuda {
+
+struct EpilogueGeometry {
+  int64_t n = 1, c = 1;
+  std::array<int64_t, 3> y{1, 1, 1};  // conv output spatial dims (D, H, W); D = 1 in 2-D
+  std::array<int64_t, 3> k{1, 1, 1};  // pool kernel = stride; k[0] * k[1] * k[2] <= 256
+};
+
+void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
+                            uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream);
+
+size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g);
+// bias may be null (no dbias); dbias may be null when the conv has no bias.
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
+                             float slope1, float slope2, float* dy, float* dbias, float* dm, void* scratch,
+                             const EpilogueGeometry& g, cudaStream_t stream);
+
+}  // namespace anvil::cuda

@@ -1,0 +1,893 @@
+// The CUDA kernels (kernels/cuda) against the CPU reference (kernels/cpu).
+//
+// Inputs are fresh uniform [-1, 1] floats (never 0), sizes are odd and small
+// as well as large, and pointers are offset by whole floats to run the scalar
+// heads and tails and the non-vector paths. Outputs are poisoned with 0xFF
+// bytes (NaN) first, so an element left unwritten shows up; the poison around
+// each output range must survive (no stray writes). Pointwise results must be
+// within 1 ulp of the reference (they are expected to be exact); reductions
+// are compared with the reference run in double (relative error <= 1e-5) and
+// must be bitwise identical between runs and between aligned and offset
+// buffers.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "anvil/optimizer.hpp"
+#include "gpu_test_util.hpp"
+#include "kernels/cpu/reference.hpp"
+#include "kernels/cuda/activation.hpp"
+#include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/training.hpp"
+
+namespace {
+
+namespace cpu = anvil::cpu;
+namespace gpu = anvil::cuda;
+using gpu::EpilogueGeometry;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+void device_sync() {
+  ANVIL_CUDA_CHECK(cudaDeviceSynchronize());
+  ANVIL_CUDA_CHECK(cudaGetLastError());
+}
+
+// A device allocation of `count` T, freed on scope exit.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t count) : count_(std::max<size_t>(count, 1)) {
+    ANVIL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), count_ * sizeof(T)));
+  }
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) ANVIL_CUDA_CHECK_PRINT(cudaFree(ptr_));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+
+  // Every byte 0xFF: NaN for floats.
+  void poison() {
+    ANVIL_CUDA_CHECK(cudaMemset(ptr_, 0xFF, count_ * sizeof(T)));
+    device_sync();
+  }
+  void upload(const std::vector<T>& host, size_t offset = 0) {
+    if (offset + host.size() > count_) throw std::out_of_range("DeviceBuffer::upload");
+    device_sync();
+    ANVIL_CUDA_CHECK(cudaMemcpy(ptr_ + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download(size_t offset, size_t n) const {
+    if (offset + n > count_) throw std::out_of_range("DeviceBuffer::download");
+    device_sync();
+    std::vector<T> host(n);
+    ANVIL_CUDA_CHECK(cudaMemcpy(host.data(), ptr_ + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  std::vector<T> download_all() const { return download(0, count_); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_;
+};
+
+// Slack allocated around every range, so that offsets and stray writes fit.
+constexpr size_t kSlack = 8;
+
+std::vector<float> random_floats(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    do {
+      x = dist(rng);
+    } while (x == 0.f);
+  }
+  return v;
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// Distance in representable floats; 0 for equal values (+0 == -0), huge for NaN.
+int64_t ulp_distance(float a, float b) {
+  if (a == b) return 0;
+  if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<int64_t>::max();
+  auto key = [](float f) {
+    int32_t i;
+    std::memcpy(&i, &f, sizeof i);
+    return i < 0 ? int64_t(std::numeric_limits<int32_t>::min()) - i : int64_t(i);
+  };
+  return std::llabs(key(a) - key(b));
+}
+
+// got[i] within max_ulp of want[i] (or within abs_tol); reports the first few misses.
+void expect_ulp(const std::vector<float>& got, const std::vector<float>& want, int64_t max_ulp,
+                const std::string& what, float abs_tol = 0.f) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (ulp_distance(got[i], want[i]) <= max_ulp) continue;
+    if (std::fabs(got[i] - want[i]) <= abs_tol) continue;  // false for NaN
+    if (++bad <= 5) ADD_FAILURE() << what << ": [" << i << "] got " << got[i] << " want " << want[i];
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " elements off";
+}
+
+// |got - want| <= rel * |want| (+ a tiny absolute floor for exact zeros).
+void expect_rel(const std::vector<float>& got, const std::vector<double>& want, double rel, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - want[i]);
+    EXPECT_TRUE(err <= rel * std::fabs(want[i]) + 1e-12)
+        << what << ": [" << i << "] got " << got[i] << " want " << want[i] << " (rel err " << err / std::fabs(want[i])
+        << ")";
+  }
+}
+
+template <class T>
+void expect_bitwise(const std::vector<T>& a, const std::vector<T>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  EXPECT_TRUE(a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0)
+      << what << ": results differ bitwise";
+}
+
+// The poison (all bits set) outside [offset, offset + n) of a poisoned buffer is intact.
+template <class T>
+void expect_untouched(const DeviceBuffer<T>& buf, size_t offset, size_t n, const std::string& what) {
+  const std::vector<T> all = buf.download_all();
+  std::vector<unsigned char> poison(sizeof(T), 0xFF);
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i >= offset && i < offset + n) continue;
+    if (std::memcmp(&all[i], poison.data(), sizeof(T)) != 0) {
+      ADD_FAILURE() << what << ": element " << i << " outside [" << offset << ", " << offset + n << ") was written";
+      return;
+    }
+  }
+}
+
+std::string describe(std::initializer_list<std::pair<const char*, double>> fields) {
+  std::ostringstream s;
+  for (const auto& [k, v] : fields) s << k << "=" << v << " ";
+  return s.str();
+}
+
+// (input offset, output offset) in floats: aligned, equally misaligned (the
+// head/vector/tail split) and differently misaligned (all scalar).
+const std::vector<std::pair<size_t, size_t>> kOffsetPairs = {{0, 0}, {1, 1}, {3, 3}, {0, 1}, {2, 0}};
+
+const std::vector<int64_t> kCounts = {1, 2, 3, 4, 5, 7, 8, 33, 1001, 4099};
+
+struct ChannelDims {
+  int64_t n, c, spatial;
+};
+// spatial: small (one element per thread), odd, 5x9x11, 1x7x13, many planes per block, multiple of 4.
+const std::vector<ChannelDims> kChannelDims = {{1, 1, 1},   {1, 5, 3},   {3, 7, 7},     {3, 5, 63},
+                                               {1, 5, 495}, {3, 7, 91},  {3, 1, 64},    {1, 7, 1001},
+                                               {3, 5, 4096}, {2, 3, 12288}, {7, 1, 4099}, {1, 1, 100003}};
+
+// ---------------------------------------------------------------------------
+// Pointwise
+// ---------------------------------------------------------------------------
+
+TEST(CudaKernels, LeakyReluForward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(101);
+  for (int64_t count : kCounts) {
+    for (auto [ox, oy] : kOffsetPairs) {
+      for (float slope : {0.01f, 0.f, 0.2f}) {
+        const std::string what = describe({{"count", double(count)}, {"ox", double(ox)}, {"oy", double(oy)},
+                                           {"slope", slope}});
+        const std::vector<float> x = random_floats(count, rng);
+        std::vector<float> want(count);
+        cpu::leaky_relu_forward<float>(x.data(), want.data(), count, slope);
+        DeviceBuffer<float> dx(count + kSlack), dy(count + kSlack);
+        dx.upload(x, ox);
+        dy.poison();
+        gpu::leaky_relu_forward(dx.get() + ox, dy.get() + oy, count, slope, nullptr);
+        expect_ulp(dy.download(oy, count), want, 1, what);
+        expect_untouched(dy, oy, count, what);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, LeakyReluBackward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(102);
+  for (int64_t count : kCounts) {
+    for (auto [oi, oo] : kOffsetPairs) {
+      for (bool accumulate : {false, true}) {
+        for (float slope : {0.01f, 0.f}) {
+          const std::string what = describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)},
+                                             {"accumulate", accumulate}, {"slope", slope}});
+          const std::vector<float> x = random_floats(count, rng), dyv = random_floats(count, rng);
+          const std::vector<float> dx0 = random_floats(count, rng);
+          std::vector<float> want = dx0;
+          cpu::leaky_relu_backward<float>(x.data(), dyv.data(), want.data(), count, slope, accumulate);
+          DeviceBuffer<float> bx(count + kSlack), bdy(count + kSlack), bdx(count + kSlack);
+          bx.upload(x, oi);
+          bdy.upload(dyv, oi);
+          bdx.poison();
+          if (accumulate) bdx.upload(dx0, oo);
+          gpu::leaky_relu_backward(bx.get() + oi, bdy.get() + oi, bdx.get() + oo, count, slope, accumulate, nullptr);
+          expect_ulp(bdx.download(oo, count), want, 1, what);
+          expect_untouched(bdx, oo, count, what);
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, CopyOrAccumulate) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(103);
+  for (int64_t count : kCounts) {
+    for (auto [oi, oo] : kOffsetPairs) {
+      for (bool accumulate : {false, true}) {
+        const std::string what =
+            describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)}, {"accumulate", accumulate}});
+        const std::vector<float> src = random_floats(count, rng), dst0 = random_floats(count, rng);
+        std::vector<float> want = dst0;
+        cpu::copy_or_accumulate<float>(src.data(), want.data(), count, accumulate);
+        DeviceBuffer<float> bs(count + kSlack), bd(count + kSlack);
+        bs.upload(src, oi);
+        bd.poison();
+        if (accumulate) bd.upload(dst0, oo);
+        gpu::copy_or_accumulate(bs.get() + oi, bd.get() + oo, count, accumulate, nullptr);
+        expect_ulp(bd.download(oo, count), want, 1, what);
+        expect_untouched(bd, oo, count, what);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, AddForward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(104);
+  const std::vector<std::array<size_t, 3>> offsets = {{0, 0, 0}, {1, 1, 1}, {2, 2, 2}, {0, 1, 0}, {0, 0, 3}};
+  for (int64_t count : kCounts) {
+    for (const auto& o : offsets) {
+      const std::string what =
+          describe({{"count", double(count)}, {"oa", double(o[0])}, {"ob", double(o[1])}, {"oy", double(o[2])}});
+      const std::vector<float> a = random_floats(count, rng), b = random_floats(count, rng);
+      std::vector<float> want(count);
+      cpu::add_forward<float>(a.data(), b.data(), want.data(), count);
+      DeviceBuffer<float> ba(count + kSlack), bb(count + kSlack), by(count + kSlack);
+      ba.upload(a, o[0]);
+      bb.upload(b, o[1]);
+      by.poison();
+      gpu::add_forward(ba.get() + o[0], bb.get() + o[1], by.get() + o[2], count, nullptr);
+      expect_ulp(by.download(o[2], count), want, 1, what);
+      expect_untouched(by, o[2], count, what);
+    }
+  }
+}
+
+TEST(CudaKernels, PointwiseInPlace) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(105);
+  for (int64_t count : {int64_t(5), int64_t(1001), int64_t(65539)}) {
+    for (size_t off : {0, 1}) {
+      const std::string what = describe({{"count", double(count)}, {"off", double(off)}});
+      const std::vector<float> x = random_floats(count, rng), b = random_floats(count, rng);
+      std::vector<float> want(count);
+      cpu::leaky_relu_forward<float>(x.data(), want.data(), count, 0.1f);
+      DeviceBuffer<float> bx(count + kSlack), bb(count + kSlack);
+      bx.upload(x, off);
+      gpu::leaky_relu_forward(bx.get() + off, bx.get() + off, count, 0.1f, nullptr);
+      expect_ulp(bx.download(off, count), want, 1, what + "leaky in place");
+
+      std::vector<float> want_add(count);
+      cpu::add_forward<float>(want.data(), b.data(), want_add.data(), count);
+      bb.upload(b, off);
+      gpu::add_forward(bx.get() + off, bb.get() + off, bx.get() + off, count, nullptr);
+      expect_ulp(bx.download(off, count), want_add, 1, what + "add in place");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Per-channel
+// ---------------------------------------------------------------------------
+
+TEST(CudaKernels, BiasForward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(201);
+  for (const ChannelDims& d : kChannelDims) {
+    const int64_t count = d.n * d.c * d.spatial;
+    for (size_t off : {0, 1, 2}) {
+      const std::string what =
+          describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)}, {"off", double(off)}});
+      const std::vector<float> y = random_floats(count, rng), bias = random_floats(d.c, rng);
+      std::vector<float> want = y;
+      cpu::bias_forward<float>(want.data(), bias.data(), d.n, d.c, d.spatial);
+      DeviceBuffer<float> by(count + kSlack), bb(d.c);
+      by.poison();
+      by.upload(y, off);
+      bb.upload(bias);
+      gpu::bias_forward(by.get() + off, bb.get(), d.n, d.c, d.spatial, nullptr);
+      expect_ulp(by.download(off, count), want, 1, what);
+      expect_untouched(by, off, count, what);
+    }
+  }
+}
+
+TEST(CudaKernels, ChannelScaleForward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(202);
+  for (const ChannelDims& d : kChannelDims) {
+    const int64_t count = d.n * d.c * d.spatial;
+    for (auto [ox, oy] : kOffsetPairs) {
+      const std::string what = describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)},
+                                         {"ox", double(ox)}, {"oy", double(oy)}});
+      const std::vector<float> x = random_floats(count, rng), m = random_floats(d.c, rng);
+      std::vector<float> want(count);
+      cpu::channel_scale_forward<float>(x.data(), m.data(), want.data(), d.n, d.c, d.spatial);
+      DeviceBuffer<float> bx(count + kSlack), bm(d.c), by(count + kSlack);
+      bx.upload(x, ox);
+      bm.upload(m);
+      by.poison();
+      gpu::channel_scale_forward(bx.get() + ox, bm.get(), by.get() + oy, d.n, d.c, d.spatial, nullptr);
+      expect_ulp(by.download(oy, count), want, 1, what);
+      expect_untouched(by, oy, count, what);
+    }
+  }
+}
+
+// dbias for dy at offset off; the scratch and dbias are poisoned first.
+std::vector<float> run_bias_backward(const std::vector<float>& dy, const ChannelDims& d, size_t off) {
+  const int64_t count = d.n * d.c * d.spatial;
+  DeviceBuffer<float> bdy(count + kSlack), bdb(d.c + kSlack);
+  DeviceBuffer<unsigned char> scratch(gpu::channel_reduce_scratch_bytes(d.n, d.c, d.spatial));
+  bdy.upload(dy, off);
+  bdb.poison();
+  scratch.poison();
+  gpu::bias_backward(bdy.get() + off, bdb.get() + 1, d.n, d.c, d.spatial, scratch.get(), nullptr);
+  expect_untouched(bdb, 1, d.c, "dbias");
+  return bdb.download(1, d.c);
+}
+
+TEST(CudaKernels, BiasBackward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(203);
+  for (const ChannelDims& d : kChannelDims) {
+    const int64_t count = d.n * d.c * d.spatial;
+    const std::string what = describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)}});
+    const std::vector<float> dy = random_floats(count, rng);
+    std::vector<double> want(d.c);
+    cpu::bias_backward<double>(to_double(dy).data(), want.data(), d.n, d.c, d.spatial);
+    const std::vector<float> first = run_bias_backward(dy, d, 0);
+    expect_rel(first, want, 1e-5, what);
+    expect_bitwise(first, run_bias_backward(dy, d, 0), what + "second run");
+    expect_bitwise(first, run_bias_backward(dy, d, 1), what + "offset 1");
+    expect_bitwise(first, run_bias_backward(dy, d, 3), what + "offset 3");
+  }
+}
+
+struct ScaleBackwardResult {
+  std::vector<float> dx, dm;
+};
+
+ScaleBackwardResult run_channel_scale_backward(const std::vector<float>& x, const std::vector<float>& m,
+                                               const std::vector<float>& dy, const std::vector<float>& dx0,
+                                               const ChannelDims& d, size_t off_in, size_t off_dx, bool with_dx,
+                                               bool accumulate) {
+  const int64_t count = d.n * d.c * d.spatial;
+  DeviceBuffer<float> bx(count + kSlack), bm(d.c), bdy(count + kSlack), bdx(count + kSlack), bdm(d.c + kSlack);
+  DeviceBuffer<unsigned char> scratch(gpu::channel_reduce_scratch_bytes(d.n, d.c, d.spatial));
+  bx.upload(x, off_in);
+  bm.upload(m);
+  bdy.upload(dy, off_in);
+  bdx.poison();
+  if (accumulate) bdx.upload(dx0, off_dx);
+  bdm.poison();
+  scratch.poison();
+  gpu::channel_scale_backward(bx.get() + off_in, bm.get(), bdy.get() + off_in, with_dx ? bdx.get() + off_dx : nullptr,
+                              bdm.get() + 1, d.n, d.c, d.spatial, accumulate, scratch.get(), nullptr);
+  ScaleBackwardResult r;
+  r.dm = bdm.download(1, d.c);
+  expect_untouched(bdm, 1, d.c, "dm");
+  if (with_dx) {
+    r.dx = bdx.download(off_dx, count);
+    expect_untouched(bdx, off_dx, count, "dx");
+  } else {
+    expect_untouched(bdx, 0, 0, "dx (null: nothing written)");
+  }
+  return r;
+}
+
+TEST(CudaKernels, ChannelScaleBackward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(204);
+  for (const ChannelDims& d : kChannelDims) {
+    const int64_t count = d.n * d.c * d.spatial;
+    const std::vector<float> x = random_floats(count, rng), m = random_floats(d.c, rng);
+    const std::vector<float> dy = random_floats(count, rng), dx0 = random_floats(count, rng);
+    std::vector<double> want_dm(d.c);
+    cpu::channel_scale_backward<double>(to_double(x).data(), to_double(m).data(), to_double(dy).data(), nullptr,
+                                        want_dm.data(), d.n, d.c, d.spatial, false);
+    std::vector<float> first_dm;
+    for (bool with_dx : {false, true}) {
+      for (bool accumulate : {false, true}) {
+        if (!with_dx && accumulate) continue;
+        for (auto [oi, odx] : kOffsetPairs) {
+          const std::string what =
+              describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)}, {"dx", with_dx},
+                        {"accumulate", accumulate}, {"oin", double(oi)}, {"odx", double(odx)}});
+          const ScaleBackwardResult r = run_channel_scale_backward(x, m, dy, dx0, d, oi, odx, with_dx, accumulate);
+          expect_rel(r.dm, want_dm, 1e-5, what + "dm");
+          // Bitwise the same dm whatever the offsets and whether dx is written.
+          if (first_dm.empty()) {
+            first_dm = r.dm;
+            expect_bitwise(first_dm, run_channel_scale_backward(x, m, dy, dx0, d, oi, odx, with_dx, accumulate).dm,
+                           what + "dm second run");
+          } else {
+            expect_bitwise(first_dm, r.dm, what + "dm vs first run");
+          }
+          if (with_dx) {
+            std::vector<float> want_dx = dx0, dm_f(d.c);
+            cpu::channel_scale_backward<float>(x.data(), m.data(), dy.data(), want_dx.data(), dm_f.data(), d.n, d.c,
+                                               d.spatial, accumulate);
+            expect_ulp(r.dx, want_dx, 1, what + "dx");
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The fused epilogue
+// ---------------------------------------------------------------------------
+
+int64_t spatial_of(const EpilogueGeometry& g) { return g.y[0] * g.y[1] * g.y[2]; }
+int64_t window_of(const EpilogueGeometry& g) { return g.k[0] * g.k[1] * g.k[2]; }
+int64_t pooled_of(const EpilogueGeometry& g) { return spatial_of(g) / window_of(g); }
+
+cpu::PoolGeometry pool_geometry(const EpilogueGeometry& g) {
+  cpu::PoolGeometry p;
+  p.planes = g.n * g.c;
+  p.in = g.y;
+  p.k = g.k;
+  p.stride = g.k;
+  p.pad = {0, 0, 0};
+  for (int i = 0; i < 3; ++i) p.out[i] = g.y[i] / g.k[i];
+  return p;
+}
+
+// Flat index in y of window element w of pooled element e of plane.
+int64_t window_index(const EpilogueGeometry& g, int64_t plane, int64_t e, int64_t w) {
+  const int64_t ph_n = g.y[1] / g.k[1], pw_n = g.y[2] / g.k[2];
+  const int64_t pw = e % pw_n, ph = (e / pw_n) % ph_n, pd = e / (pw_n * ph_n);
+  const int64_t kw = w % g.k[2], kh = (w / g.k[2]) % g.k[1], kd = w / (g.k[2] * g.k[1]);
+  return ((plane * g.y[0] + pd * g.k[0] + kd) * g.y[1] + ph * g.k[1] + kh) * g.y[2] + pw * g.k[2] + kw;
+}
+
+struct EpiInputs {
+  std::vector<float> y, bias, m, dp;  // bias empty: no bias
+  float s1 = 0.01f, s2 = 0.01f;
+};
+
+// The CPU reference chain: bias, leaky, scale, leaky, max pool, and back.
+struct EpiReference {
+  std::vector<float> v, z3, p, dy;
+  std::vector<double> dbias, dm;  // exact sums (double) of the float chain's terms
+};
+
+EpiReference epi_reference(const EpiInputs& in, const EpilogueGeometry& g) {
+  const int64_t s = spatial_of(g), count = g.n * g.c * s, pooled = g.n * g.c * pooled_of(g);
+  const cpu::PoolGeometry pg = pool_geometry(g);
+  EpiReference r;
+  r.v = in.y;
+  if (!in.bias.empty()) cpu::bias_forward<float>(r.v.data(), in.bias.data(), g.n, g.c, s);
+  std::vector<float> z1(count), z2(count), dz3(count), dz2(count), dz1(count), dm_f(g.c);
+  r.z3.resize(count);
+  r.p.resize(pooled);
+  r.dy.resize(count);
+  cpu::leaky_relu_forward<float>(r.v.data(), z1.data(), count, in.s1);
+  cpu::channel_scale_forward<float>(z1.data(), in.m.data(), z2.data(), g.n, g.c, s);
+  cpu::leaky_relu_forward<float>(z2.data(), r.z3.data(), count, in.s2);
+  cpu::max_pool_forward<float>(r.z3.data(), r.p.data(), pg);
+  cpu::max_pool_backward<float>(r.z3.data(), in.dp.data(), dz3.data(), pg, false);
+  cpu::leaky_relu_backward<float>(z2.data(), dz3.data(), dz2.data(), count, in.s2, false);
+  cpu::channel_scale_backward<float>(z1.data(), in.m.data(), dz2.data(), dz1.data(), dm_f.data(), g.n, g.c, s, false);
+  cpu::leaky_relu_backward<float>(r.v.data(), dz1.data(), r.dy.data(), count, in.s1, false);
+  r.dbias.resize(g.c);
+  r.dm.resize(g.c);
+  cpu::bias_backward<double>(to_double(r.dy).data(), r.dbias.data(), g.n, g.c, s);
+  cpu::channel_scale_backward<double>(to_double(z1).data(), to_double(in.m).data(), to_double(dz2).data(), nullptr,
+                                      r.dm.data(), g.n, g.c, s, false);
+  return r;
+}
+
+struct EpiResult {
+  std::vector<float> p, y_at_max, dy, dbias, dm;
+  std::vector<uint8_t> argmax;
+};
+
+// Forward then backward on the GPU, every buffer offset by `off` elements
+// (off > 0 forces the general path); outputs and scratch poisoned first.
+EpiResult run_epilogue(const EpiInputs& in, const EpilogueGeometry& g, size_t off) {
+  const int64_t count = g.n * g.c * spatial_of(g), pooled = g.n * g.c * pooled_of(g);
+  const bool has_bias = !in.bias.empty();
+  DeviceBuffer<float> by(count + kSlack), bbias(g.c + kSlack), bm(g.c + kSlack), bp(pooled + kSlack),
+      byam(pooled + kSlack), bdp(pooled + kSlack), bdy(count + kSlack), bdbias(g.c + kSlack), bdm(g.c + kSlack);
+  DeviceBuffer<uint8_t> bam(pooled + kSlack);
+  DeviceBuffer<unsigned char> scratch(gpu::fused_epilogue_backward_scratch_bytes(g));
+  by.upload(in.y, off);
+  if (has_bias) bbias.upload(in.bias, off);
+  bm.upload(in.m, off);
+  bdp.upload(in.dp, off);
+  for (auto* b : {&bp, &byam, &bdy, &bdbias, &bdm}) b->poison();
+  bam.poison();
+  scratch.poison();
+  gpu::fused_epilogue_forward(by.get() + off, has_bias ? bbias.get() + off : nullptr, bm.get() + off, in.s1, in.s2,
+                              bp.get() + off, bam.get() + off, byam.get() + off, g, nullptr);
+  gpu::fused_epilogue_backward(bdp.get() + off, bam.get() + off, byam.get() + off, bm.get() + off, in.s1, in.s2,
+                               bdy.get() + off, has_bias ? bdbias.get() + off : nullptr, bdm.get() + off,
+                               scratch.get(), g, nullptr);
+  EpiResult r;
+  r.p = bp.download(off, pooled);
+  r.y_at_max = byam.download(off, pooled);
+  r.argmax = bam.download(off, pooled);
+  r.dy = bdy.download(off, count);
+  r.dm = bdm.download(off, g.c);
+  if (has_bias) r.dbias = bdbias.download(off, g.c);
+  expect_untouched(bp, off, pooled, "p");
+  expect_untouched(byam, off, pooled, "y_at_max");
+  expect_untouched(bam, off, pooled, "argmax");
+  expect_untouched(bdy, off, count, "dy");
+  expect_untouched(bdm, off, g.c, "dm");
+  expect_untouched(bdbias, off, has_bias ? g.c : 0, "dbias");
+  return r;
+}
+
+void check_epilogue(const EpiInputs& in, const EpilogueGeometry& g, const EpiResult& r, const std::string& what) {
+  const EpiReference ref = epi_reference(in, g);
+  const int64_t pooled_plane = pooled_of(g), window = window_of(g);
+  // p is the same float arithmetic as the reference: exact.
+  expect_ulp(r.p, ref.p, 0, what + "p");
+  // argmax: in the window, the first maximum of the reference z3, and y_at_max = v there.
+  int64_t bad = 0;
+  for (int64_t plane = 0; plane < g.n * g.c; ++plane) {
+    for (int64_t e = 0; e < pooled_plane; ++e) {
+      const int64_t o = plane * pooled_plane + e;
+      const int64_t a = r.argmax[o];
+      bool ok = a < window;
+      if (ok) {
+        const int64_t at = window_index(g, plane, e, a);
+        ok = ref.z3[at] == r.p[o] && bits(ref.v[at]) == bits(r.y_at_max[o]);
+        for (int64_t w = 0; ok && w < a; ++w) ok = ref.z3[window_index(g, plane, e, w)] < r.p[o];
+      }
+      if (!ok && ++bad <= 5) {
+        ADD_FAILURE() << what << "argmax/y_at_max wrong at pooled element " << o << " (argmax " << a << ")";
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << "argmax";
+  // dY: the reference chain's dv, exactly (zeros off the argmax, +0 == -0).
+  expect_ulp(r.dy, ref.dy, 0, what + "dy");
+  expect_rel(r.dm, ref.dm, 1e-5, what + "dm");
+  if (!in.bias.empty()) expect_rel(r.dbias, ref.dbias, 1e-5, what + "dbias");
+}
+
+void expect_same_epilogue(const EpiResult& a, const EpiResult& b, const std::string& what) {
+  expect_bitwise(a.p, b.p, what + "p");
+  expect_bitwise(a.argmax, b.argmax, what + "argmax");
+  expect_bitwise(a.y_at_max, b.y_at_max, what + "y_at_max");
+  expect_bitwise(a.dy, b.dy, what + "dy");
+  expect_bitwise(a.dbias, b.dbias, what + "dbias");
+  expect_bitwise(a.dm, b.dm, what + "dm");
+}
+
+EpilogueGeometry epi_geometry(int64_t n, int64_t c, std::array<int64_t, 3> y, std::array<int64_t, 3> k) {
+  EpilogueGeometry g;
+  g.n = n;
+  g.c = c;
+  g.y = y;
+  g.k = k;
+  return g;
+}
+
+std::string describe(const EpilogueGeometry& g) {
+  std::ostringstream s;
+  s << "n=" << g.n << " c=" << g.c << " y=" << g.y[0] << "x" << g.y[1] << "x" << g.y[2] << " k=" << g.k[0] << "x"
+    << g.k[1] << "x" << g.k[2] << " ";
+  return s.str();
+}
+
+const std::vector<EpilogueGeometry> kEpilogueGeometries = {
+    epi_geometry(1, 1, {2, 4, 8}, {2, 2, 2}),        // fast path (2, 2, 2)
+    epi_geometry(3, 5, {4, 6, 12}, {2, 2, 2}),       // fast path, odd pooled H
+    epi_geometry(3, 7, {2, 10, 10}, {2, 2, 2}),      // W % 4 != 0: general path
+    epi_geometry(1, 5, {1, 8, 16}, {1, 2, 2}),       // fast path (1, 2, 2), 2-D
+    epi_geometry(3, 1, {1, 14, 6}, {1, 2, 2}),       // general (1, 2, 2)
+    epi_geometry(1, 5, {4, 9, 12}, {2, 1, 3}),       //
+    epi_geometry(3, 5, {3, 9, 9}, {3, 3, 3}),        // odd pooled count per plane
+    epi_geometry(1, 7, {4, 8, 8}, {4, 4, 4}),        //
+    epi_geometry(3, 5, {5, 9, 11}, {5, 1, 11}),      // 5x9x11
+    epi_geometry(3, 5, {1, 7, 13}, {1, 7, 13}),      // 1x7x13, one pooled element per plane
+    epi_geometry(1, 1, {1, 1, 1}, {1, 1, 1}),        //
+    epi_geometry(3, 5, {4, 8, 11}, {2, 2, 1}),       // k2 = 1
+    epi_geometry(1, 3, {2, 3, 80}, {1, 3, 40}),      // k2 > 32 (a warp row shorter than a window row)
+    epi_geometry(1, 3, {4, 16, 16}, {4, 4, 16}),     // window of 256 (argmax up to 255)
+    epi_geometry(1, 3, {1, 45, 91}, {1, 1, 1}),      // odd P over two chunks
+    epi_geometry(2, 4, {16, 64, 64}, {2, 2, 2}),     // fast, several chunks per plane
+    epi_geometry(1, 2, {8, 64, 58}, {2, 2, 2}),      // general, several chunks per plane
+    epi_geometry(1, 2, {6, 96, 96}, {3, 3, 3}),      // general, smaller chunks for the larger window
+};
+
+TEST(CudaKernels, FusedEpilogue) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(301);
+  const std::vector<std::pair<float, float>> slopes = {{0.01f, 0.01f}, {0.2f, 0.05f}, {0.f, 0.f}};
+  for (const EpilogueGeometry& g : kEpilogueGeometries) {
+    for (bool with_bias : {true, false}) {
+      for (auto [s1, s2] : slopes) {
+        EpiInputs in;
+        in.y = random_floats(g.n * g.c * spatial_of(g), rng);
+        if (with_bias) in.bias = random_floats(g.c, rng);
+        in.m = random_floats(g.c, rng);
+        in.dp = random_floats(g.n * g.c * pooled_of(g), rng);
+        in.s1 = s1;
+        in.s2 = s2;
+        const std::string what =
+            describe(g) + describe({{"bias", with_bias}, {"slope1", s1}, {"slope2", s2}});
+        const EpiResult aligned = run_epilogue(in, g, 0);
+        check_epilogue(in, g, aligned, what + "aligned: ");
+        const EpiResult offset = run_epilogue(in, g, 1);
+        check_epilogue(in, g, offset, what + "offset: ");
+        // Deterministic, and the fast and general paths give the same bits.
+        expect_same_epilogue(aligned, run_epilogue(in, g, 0), what + "second run: ");
+        expect_same_epilogue(aligned, offset, what + "aligned vs offset: ");
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Loss and optimizer
+// ---------------------------------------------------------------------------
+
+struct MseResult {
+  std::vector<float> dpred;
+  float loss;
+};
+
+MseResult run_mse(const std::vector<float>& pred, const std::vector<float>& target, size_t op, size_t ot, size_t od) {
+  const int64_t count = int64_t(pred.size());
+  DeviceBuffer<float> bp(count + kSlack), bt(count + kSlack), bd(count + kSlack), bl(1);
+  DeviceBuffer<unsigned char> scratch(gpu::mse_scratch_bytes(count));
+  bp.upload(pred, op);
+  bt.upload(target, ot);
+  bd.poison();
+  bl.poison();
+  scratch.poison();
+  gpu::mse_forward_backward(bp.get() + op, bt.get() + ot, bd.get() + od, bl.get(), count, scratch.get(), nullptr);
+  MseResult r;
+  r.dpred = bd.download(od, count);
+  r.loss = bl.download(0, 1)[0];
+  expect_untouched(bd, od, count, "dpred");
+  return r;
+}
+
+TEST(CudaKernels, MseForwardBackward) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(401);
+  const std::vector<std::array<size_t, 3>> offsets = {{0, 0, 0}, {1, 1, 1}, {0, 1, 2}, {3, 0, 0}};
+  for (int64_t count : {int64_t(1), int64_t(3), int64_t(4), int64_t(5), int64_t(1001), int64_t(16384),
+                        int64_t(16385), int64_t(100003), int64_t((1 << 20) + 5)}) {
+    const std::vector<float> pred = random_floats(count, rng), target = random_floats(count, rng);
+    std::vector<float> want_d(count);
+    cpu::mse_forward_backward<float>(pred.data(), target.data(), want_d.data(), count);
+    std::vector<double> dd(count);
+    const double want_loss = cpu::mse_forward_backward<double>(to_double(pred).data(), to_double(target).data(),
+                                                               dd.data(), count);
+    float first_loss = 0.f;
+    for (size_t i = 0; i < offsets.size(); ++i) {
+      const auto& o = offsets[i];
+      const std::string what = describe({{"count", double(count)}, {"opred", double(o[0])},
+                                         {"otarget", double(o[1])}, {"odpred", double(o[2])}});
+      const MseResult r = run_mse(pred, target, o[0], o[1], o[2]);
+      expect_ulp(r.dpred, want_d, 1, what + "dpred");
+      expect_rel({r.loss}, {want_loss}, 1e-5, what + "loss");
+      if (i == 0) {
+        first_loss = r.loss;
+        EXPECT_EQ(bits(first_loss), bits(run_mse(pred, target, 0, 0, 0).loss)) << what << "loss second run";
+      } else {
+        EXPECT_EQ(bits(first_loss), bits(r.loss)) << what << "loss vs aligned run";
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, SgdStep) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(501);
+  std::vector<anvil::SgdParams> configs;
+  for (float momentum : {0.f, 0.9f}) {
+    for (float dampening : {0.f, 0.1f}) {
+      for (float wd : {0.f, 1e-2f}) {
+        for (bool nesterov : {false, true}) {
+          if (nesterov && (momentum == 0.f || dampening != 0.f)) continue;  // as torch requires
+          if (momentum == 0.f && dampening != 0.f) continue;
+          anvil::SgdParams p;
+          p.lr = 0.05f;
+          p.momentum = momentum;
+          p.dampening = dampening;
+          p.weight_decay = wd;
+          p.nesterov = nesterov;
+          configs.push_back(p);
+        }
+      }
+    }
+  }
+  const std::vector<std::array<size_t, 3>> offsets = {{0, 0, 0}, {1, 1, 1}, {0, 1, 2}};
+  for (int64_t count : {int64_t(1), int64_t(5), int64_t(1001), int64_t(4099)}) {
+    for (const anvil::SgdParams& p : configs) {
+      for (const auto& o : offsets) {
+        const std::string what =
+            describe({{"count", double(count)}, {"momentum", p.momentum}, {"dampening", p.dampening},
+                      {"wd", p.weight_decay}, {"nesterov", p.nesterov}, {"oparam", double(o[0])},
+                      {"ograd", double(o[1])}, {"obuf", double(o[2])}});
+        std::vector<float> param = random_floats(count, rng), buf(count, 0.f);
+        DeviceBuffer<float> bp(count + kSlack), bg(count + kSlack), bb(count + kSlack);
+        bp.poison();
+        bb.poison();  // the first step must not read the buffer
+        bp.upload(param, o[0]);
+        const bool momentum = p.momentum != 0.f;
+        for (int step = 0; step < 3; ++step) {
+          const std::vector<float> grad = random_floats(count, rng);
+          cpu::sgd_step<float>(param.data(), grad.data(), buf.data(), count, p, step == 0);
+          bg.upload(grad, o[1]);
+          gpu::sgd_step(bp.get() + o[0], bg.get() + o[1], momentum ? bb.get() + o[2] : nullptr, count, p, step == 0,
+                        nullptr);
+          // The CPU reference rounds like the kernel; the absolute slack only
+          // covers a reference built with fused multiply-adds.
+          expect_ulp(bp.download(o[0], count), param, 1, what + "param step " + std::to_string(step), 1e-6f);
+          if (momentum) expect_ulp(bb.download(o[2], count), buf, 1, what + "buf step " + std::to_string(step), 1e-6f);
+        }
+        expect_untouched(bp, o[0], count, what + "param");
+        expect_untouched(bb, o[2], momentum ? count : 0, what + "buf");
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Large tensors: the vector paths over many blocks, 64-bit counts of blocks
+// ---------------------------------------------------------------------------
+
+TEST(CudaKernels, LargeTensors) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(601);
+  const int64_t count = (int64_t(1) << 24) + 3;
+  const std::vector<float> a = random_floats(count, rng), b = random_floats(count, rng);
+  for (size_t off : {0, 1}) {
+    const std::string what = describe({{"count", double(count)}, {"off", double(off)}});
+    DeviceBuffer<float> ba(count + kSlack), bb(count + kSlack), by(count + kSlack);
+    ba.upload(a, off);
+    bb.upload(b, off);
+
+    std::vector<float> want(count);
+    cpu::leaky_relu_forward<float>(a.data(), want.data(), count, 0.01f);
+    by.poison();
+    gpu::leaky_relu_forward(ba.get() + off, by.get() + off, count, 0.01f, nullptr);
+    expect_ulp(by.download(off, count), want, 1, what + "leaky_relu_forward");
+    expect_untouched(by, off, count, what + "leaky_relu_forward");
+
+    cpu::add_forward<float>(a.data(), b.data(), want.data(), count);
+    by.poison();
+    gpu::add_forward(ba.get() + off, bb.get() + off, by.get() + off, count, nullptr);
+    expect_ulp(by.download(off, count), want, 1, what + "add_forward");
+
+    std::vector<float> acc = b;
+    cpu::leaky_relu_backward<float>(a.data(), b.data(), acc.data(), count, 0.1f, true);
+    by.upload(b, off);
+    gpu::leaky_relu_backward(ba.get() + off, bb.get() + off, by.get() + off, count, 0.1f, true, nullptr);
+    expect_ulp(by.download(off, count), acc, 1, what + "leaky_relu_backward accumulate");
+
+    // Per-channel: one channel of 2^24 + 3, and 3 x 7 x 798915 (not a multiple of 4).
+    for (const ChannelDims& d : {ChannelDims{1, 1, count}, ChannelDims{3, 7, 798915}}) {
+      const std::string cw = what + describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)}});
+      const int64_t cn = d.n * d.c * d.spatial;
+      const std::vector<float> head(a.begin(), a.begin() + cn), head_b(b.begin(), b.begin() + cn);
+      const std::vector<float> m = random_floats(d.c, rng);
+      std::vector<double> want_db(d.c), want_dm(d.c);
+      cpu::bias_backward<double>(to_double(head).data(), want_db.data(), d.n, d.c, d.spatial);
+      expect_rel(run_bias_backward(head, d, off), want_db, 1e-5, cw + "bias_backward");
+      cpu::channel_scale_backward<double>(to_double(head_b).data(), to_double(m).data(), to_double(head).data(),
+                                          nullptr, want_dm.data(), d.n, d.c, d.spatial, false);
+      const ScaleBackwardResult r = run_channel_scale_backward(head_b, m, head, {}, d, off, off, true, false);
+      expect_rel(r.dm, want_dm, 1e-5, cw + "channel_scale_backward dm");
+      std::vector<float> want_dx(cn), dm_f(d.c);
+      cpu::channel_scale_backward<float>(head_b.data(), m.data(), head.data(), want_dx.data(), dm_f.data(), d.n, d.c,
+                                         d.spatial, false);
+      expect_ulp(r.dx, want_dx, 1, cw + "channel_scale_backward dx");
+
+      std::vector<float> want_bias = head;
+      cpu::bias_forward<float>(want_bias.data(), m.data(), d.n, d.c, d.spatial);
+      DeviceBuffer<float> bm(d.c);
+      bm.upload(m);
+      by.upload(head, off);
+      gpu::bias_forward(by.get() + off, bm.get(), d.n, d.c, d.spatial, nullptr);
+      expect_ulp(by.download(off, cn), want_bias, 1, cw + "bias_forward");
+    }
+
+    std::vector<float> want_d(count);
+    std::vector<double> dd(count);
+    cpu::mse_forward_backward<float>(a.data(), b.data(), want_d.data(), count);
+    const double want_loss =
+        cpu::mse_forward_backward<double>(to_double(a).data(), to_double(b).data(), dd.data(), count);
+    const MseResult r = run_mse(a, b, off, off, off);
+    expect_ulp(r.dpred, want_d, 1, what + "mse dpred");
+    expect_rel({r.loss}, {want_loss}, 1e-5, what + "mse loss");
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Argument checks (no kernel runs)
+// ---------------------------------------------------------------------------
+
+TEST(CudaKernels, RejectsBadArguments) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  DeviceBuffer<float> f(4096);
+  DeviceBuffer<uint8_t> u(4096);
+  DeviceBuffer<unsigned char> scratch(1 << 16);
+  float* x = f.get();
+  EXPECT_THROW(gpu::leaky_relu_forward(nullptr, x, 8, 0.1f, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::leaky_relu_forward(x, x, 0, 0.1f, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::leaky_relu_backward(x, nullptr, x, 8, 0.1f, false, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::copy_or_accumulate(x, nullptr, 8, true, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_forward(x, x, x, -1, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::bias_forward(x, x, 0, 1, 8, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::bias_backward(x, x, 1, 1, 8, nullptr, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::channel_reduce_scratch_bytes(1, 0, 8), anvil::Error);
+  EXPECT_THROW(gpu::channel_scale_forward(x, nullptr, x, 1, 1, 8, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::channel_scale_backward(x, x, x, x, nullptr, 1, 1, 8, false, scratch.get(), nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::mse_forward_backward(x, x, x, x, 8, nullptr, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::mse_scratch_bytes(0), anvil::Error);
+  anvil::SgdParams momentum;
+  momentum.momentum = 0.9f;
+  EXPECT_THROW(gpu::sgd_step(x, x, nullptr, 8, momentum, true, nullptr), anvil::Error);
+
+  const EpilogueGeometry too_big = epi_geometry(1, 1, {8, 8, 8}, {8, 8, 8});  // window 512
+  const EpilogueGeometry not_divisible = epi_geometry(1, 1, {3, 4, 4}, {2, 2, 2});
+  const EpilogueGeometry zero_c = epi_geometry(1, 0, {2, 2, 2}, {2, 2, 2});
+  for (const EpilogueGeometry& g : {too_big, not_divisible, zero_c}) {
+    EXPECT_THROW(gpu::fused_epilogue_forward(x, nullptr, x, 0.1f, 0.1f, x, u.get(), x, g, nullptr), anvil::Error);
+    EXPECT_THROW(gpu::fused_epilogue_backward_scratch_bytes(g), anvil::Error);
+  }
+  const EpilogueGeometry ok = epi_geometry(1, 1, {2, 4, 4}, {2, 2, 2});
+  EXPECT_THROW(gpu::fused_epilogue_forward(x, nullptr, nullptr, 0.1f, 0.1f, x, u.get(), x, ok, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::fused_epilogue_backward(x, u.get(), x, x, 0.1f, 0.1f, x, x, x, nullptr, ok, nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::fused_epilogue_backward(x, nullptr, x, x, 0.1f, 0.1f, x, x, x, scratch.get(), ok, nullptr),
+               anvil::Error);
+  device_sync();  // nothing was launched, nothing failed
+}
+
+}  // namespace
