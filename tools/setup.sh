@@ -7,17 +7,23 @@ cd "$(dirname "$0")/.."
 
 [ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
 
-# Debian package -> a file it provides.
+# Debian package -> a command it provides, or a header under /usr/include or /usr/local/include.
 declare -A needs=(
-  [cmake]=/usr/bin/cmake
-  [g++]=/usr/bin/g++
-  [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
-  [libcli11-dev]=/usr/include/CLI/CLI.hpp
-  [libgtest-dev]=/usr/include/gtest/gtest.h
+  [cmake]=cmd:cmake
+  [g++]=cmd:g++
+  [nlohmann-json3-dev]=hdr:nlohmann/json.hpp
+  [libcli11-dev]=hdr:CLI/CLI.hpp
+  [libgtest-dev]=hdr:gtest/gtest.h
 )
+present() {
+  case "$1" in
+    cmd:*) command -v "${1#cmd:}" >/dev/null ;;
+    hdr:*) [ -e "/usr/include/${1#hdr:}" ] || [ -e "/usr/local/include/${1#hdr:}" ] ;;
+  esac
+}
 missing=()
 for pkg in "${!needs[@]}"; do
-  [ -e "${needs[$pkg]}" ] || missing+=("$pkg")
+  present "${needs[$pkg]}" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing missing packages: ${missing[*]}"
