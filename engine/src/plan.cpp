@@ -1,6 +1,7 @@
 #include "anvil/plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "anvil/error.hpp"
 
