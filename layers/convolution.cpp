@@ -192,7 +192,7 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   const Shape& y = output_shape();
   set_tensor_descriptor(c.a, transposed_ ? y : x);
   set_tensor_descriptor(c.b, transposed_ ? x : y);
-  const Shape& w = param_specs()[0].shape;
+  const Shape w = param_specs()[0].shape;  // a copy: param_specs() returns a temporary
   const std::vector<int> w_dims(w.begin(), w.end());
   ANVIL_CUDNN_CHECK(cudnnSetFilterNdDescriptor(c.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
                                                static_cast<int>(w_dims.size()), w_dims.data()));

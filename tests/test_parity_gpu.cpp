@@ -119,7 +119,7 @@ std::vector<SmallNet> small_nets() {
       {"residual_2d", net_json("f", "[2, 3, 11, 10]", R"(
         {"type": "conv2d", "name": "stem", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "leaky_relu", "name": "act", "negative_slope": 0.2},
-        {"type": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": 4, "padding": [2, 1], "stride": [1, 1],
+        {"type": "conv2d", "in_channels": 4, "out_channels": 4, "kernel_size": [4, 3], "padding": [2, 1], "stride": [1, 1],
          "dilation": [1, 1]},
         {"type": "avg_pool2d", "kernel_size": [2, 1], "stride": 1},
         {"type": "add", "inputs": ["act", "avg_pool2d_3", "act"]},
