@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <iostream>
 
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
@@ -33,13 +35,32 @@ bool eligible(const Perf& p, size_t ws_limit, const BuildSettings& s) {
          (s.precision == Precision::TF32 || p.mathType != CUDNN_TENSOR_OP_MATH);
 }
 
-// The workspace to plan for an op: the most any eligible algorithm wants.
+// The workspace to plan for an op: the most any eligible algorithm within the
+// limit wants; if none fits the limit, the smallest an eligible one needs (said on stderr).
 template <class Perf>
-size_t workspace_for(const Perf* perfs, int count, const BuildSettings& s) {
-  size_t most = 0;
+size_t workspace_for(const Perf* perfs, int count, const BuildSettings& s, const std::string& what) {
+  size_t most = 0, least = SIZE_MAX;
+  bool fits = false;
+  for (int i = 0; i < count; ++i) {
+    if (!eligible(perfs[i], SIZE_MAX, s)) continue;
+    least = std::min(least, perfs[i].memory);
+    if (perfs[i].memory <= s.workspace_limit) most = std::max(most, perfs[i].memory), fits = true;
+  }
+  if (fits || least == SIZE_MAX) return most;
+  std::cerr << "anvil: " << what << ": no " << (s.deterministic ? "deterministic " : "")
+            << "algorithm fits the workspace limit; using " << (least >> 20) << " MiB\n";
+  return least;
+}
+
+template <class Perf>
+std::string list_results(const Perf* perfs, int count) {
+  std::string s;
   for (int i = 0; i < count; ++i)
-    if (eligible(perfs[i], s.workspace_limit, s)) most = std::max(most, perfs[i].memory);
-  return most;
+    s += " [algo " + std::to_string(perfs[i].algo) + ": " + cudnnGetErrorString(perfs[i].status) + ", " +
+         std::to_string(perfs[i].memory >> 20) + " MiB, " +
+         (perfs[i].determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic") + ", math " +
+         std::to_string(perfs[i].mathType) + "]";
+  return s;
 }
 
 // Find...Ex results are sorted fastest first.
@@ -48,7 +69,7 @@ Perf fastest(const Perf* perfs, int count, size_t ws, const BuildSettings& s, co
   for (int i = 0; i < count; ++i)
     if (eligible(perfs[i], ws, s)) return perfs[i];
   throw Error(what + ": cuDNN offers no " + (s.deterministic ? "deterministic " : "") + "algorithm within " +
-              std::to_string(ws >> 20) + " MiB of workspace");
+              std::to_string(ws >> 20) + " MiB of workspace; it offered:" + list_results(perfs, count));
 }
 }  // namespace
 
@@ -223,19 +244,19 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), c.a, c.w, c.conv[kForward], c.b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p));
-    c.workspace[kForward] = workspace_for(p, n, settings);
+    c.workspace[kForward] = workspace_for(p, n, settings, path() + " " + kOpNames[kForward]);
   }
   if (c.used[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
-    c.workspace[kBackwardData] = workspace_for(p, n, settings);
+    c.workspace[kBackwardData] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardData]);
   }
   if (c.used[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
-    c.workspace[kBackwardFilter] = workspace_for(p, n, settings);
+    c.workspace[kBackwardFilter] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardFilter]);
   }
 }
 

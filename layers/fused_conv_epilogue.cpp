@@ -77,8 +77,10 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
                      conv_->cudnn_forward_workspace());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   const float* m = args.params.back();
+  // No saved buffer when nothing runs backward (inference).
   auto* argmax = static_cast<uint8_t*>(args.saved);
-  auto* y_at_max = reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(pooled_count()));
+  auto* y_at_max = args.saved ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(pooled_count()))
+                              : nullptr;
   cuda::fused_epilogue_forward(y, bias, m, slope1_, slope2_, args.out.data, argmax, y_at_max, epilogue_geometry(),
                                ctx.stream());
 }

@@ -13,8 +13,11 @@ inline const std::vector<std::string>& reference_cases() {
   return cases;
 }
 
+// input_grad_tol: the network-input gradient is a sum of terms far larger than
+// itself in some cases, so under TF32 (10-bit operands) its relative error is
+// larger than every other quantity's; callers pass the bound they justify.
 inline void check_reference_case(const std::string& name, const Options& base, const nlohmann::json& overrides,
-                                 double tol) {
+                                 double tol, double input_grad_tol) {
   const Network net = network_with(data_path(name + ".json"), overrides);
   const TensorFile ref = read_safetensors(data_path(name + ".safetensors"));
   Options options = base;
@@ -34,7 +37,7 @@ inline void check_reference_case(const std::string& name, const Options& base, c
   EXPECT_NEAR(loss, losses.data[0], tol * std::fabs(losses.data[0])) << "loss of step 1";
   for (const auto& [pname, grad] : engine.gradients())
     EXPECT_TRUE(close("grad." + pname, grad, ref.tensors.at("grad." + pname), tol));
-  EXPECT_TRUE(close("grad.input", engine.input_gradient(), ref.tensors.at("grad.input"), tol));
+  EXPECT_TRUE(close("grad.input", engine.input_gradient(), ref.tensors.at("grad.input"), input_grad_tol));
   for (int step = 1; step < 3; ++step) {
     const float l = engine.train_step();
     EXPECT_NEAR(l, losses.data[step], tol * std::fabs(losses.data[step])) << "loss of step " << step + 1;

@@ -10,7 +10,7 @@ class CpuParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(CpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
   Options options;
   options.device = Device::Cpu;
-  check_reference_case(GetParam(), options, nlohmann::json::object(), 1e-5);
+  check_reference_case(GetParam(), options, nlohmann::json::object(), 1e-5, 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(ReferenceCases, CpuParity, ::testing::ValuesIn(reference_cases()));

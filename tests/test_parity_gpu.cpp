@@ -35,7 +35,11 @@ TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const GpuCase& c = GetParam();
   const double tol = c.precision == "fp32" ? 1e-5 : 5e-3;
-  check_reference_case(c.name, cuda_options(), {{"precision", c.precision}, {"fuse", c.fuse}}, tol);
+  // Under TF32 the network-input gradient of kb74_small is a sum of terms ~100x its size; measured on the
+  // H100 its relative error is 1.6e-2 for anvil and for PyTorch's own TF32 conv (tools/bench_vs_torch.py
+  // prints both). Everything else, including every parameter gradient, stays within 5e-3.
+  const double input_grad_tol = c.precision == "fp32" ? 1e-5 : 2.5e-2;
+  check_reference_case(c.name, cuda_options(), {{"precision", c.precision}, {"fuse", c.fuse}}, tol, input_grad_tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()),
@@ -173,6 +177,17 @@ TEST(GpuFusion, HeadlinePatternIsFused) {
   Options unfused = cuda_options();
   unfused.fuse = false;
   EXPECT_EQ(Engine(net, unfused).describe().find("fused_conv_epilogue"), std::string::npos);
+}
+
+// Inference engines save nothing for backward; their output is the training engine's, bit for bit.
+TEST(GpuInference, ForwardOnlyEngineMatchesTrainingEngineBitwise) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  Options forward_only = cuda_options();
+  forward_only.mode = Mode::Forward;
+  Engine inference(net, forward_only), training(net, cuda_options());
+  EXPECT_LT(inference.device_bytes(), training.device_bytes());
+  EXPECT_TRUE(bitwise_equal(inference.forward(), training.forward()));
 }
 
 // ---- determinism and execution ----

@@ -348,8 +348,7 @@ TEST_F(Safetensors, WriteRejectsInconsistentTensors) {
 TEST_F(Safetensors, RequireTensorChecksNameAndShape) {
   TensorFile file;
   file.tensors["input"] = HostTensor({2, 3});
-  const HostTensor& t = anvil::require_tensor(file, "data.safetensors", "input", {2, 3});
-  EXPECT_EQ(&t, &file.tensors.at("input"));
+  EXPECT_EQ(&anvil::require_tensor(file, "data.safetensors", "input", {2, 3}), &file.tensors.at("input"));
 
   try {
     anvil::require_tensor(file, "data.safetensors", "input", {2, 4});

@@ -129,8 +129,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     p[out + e] = best;
-    argmax[out + e] = uint8_t(best_i);
-    y_at_max[out + e] = best_v;
+    if (argmax != nullptr) {  // null for inference: nothing is saved for backward
+      argmax[out + e] = uint8_t(best_i);
+      y_at_max[out + e] = best_v;
+    }
   }
 }
 
@@ -192,8 +194,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     *reinterpret_cast<float2*>(p + out + e) = make_float2(best0, best1);
-    *reinterpret_cast<float2*>(y_at_max + out + e) = make_float2(v0, v1);
-    *reinterpret_cast<uchar2*>(argmax + out + e) = make_uchar2(uint8_t(i0), uint8_t(i1));
+    if (argmax != nullptr) {
+      *reinterpret_cast<float2*>(y_at_max + out + e) = make_float2(v0, v1);
+      *reinterpret_cast<uchar2*>(argmax + out + e) = make_uchar2(uint8_t(i0), uint8_t(i1));
+    }
   }
 }
 
@@ -394,8 +398,8 @@ unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsign
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "fused_epilogue_forward";
-  detail::require(y != nullptr && m != nullptr && p != nullptr && argmax != nullptr && y_at_max != nullptr, op,
-                  "null pointer (only bias may be null)");
+  detail::require(y != nullptr && m != nullptr && p != nullptr, op, "null y, m or p");
+  detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
   const int k0 = fast_k0(g);

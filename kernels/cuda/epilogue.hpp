@@ -21,6 +21,7 @@ struct EpilogueGeometry {
   std::array<int64_t, 3> k{1, 1, 1};  // pool kernel = stride; k[0] * k[1] * k[2] <= 256
 };
 
+// argmax and y_at_max may both be null (inference: nothing saved for backward).
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream);
 
