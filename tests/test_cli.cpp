@@ -5,6 +5,8 @@
 // forward pass produce are compared with the PyTorch references in
 // tests/data (see tests/data/README.md), never with anvil's own output.
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -423,6 +425,33 @@ TEST_F(Cli, SaveIntoAMissingDirectoryFailsWithoutCreatingAnything) {
   EXPECT_FALSE(fs::exists(missing));
   // Nothing else appeared next to it either (only the CLI's own stderr capture, already removed).
   EXPECT_TRUE(fs::is_empty(dir_)) << "the temporary directory is not empty";
+}
+
+TEST_F(Cli, BenchReportsStatisticsLayersAndJson) {
+  const std::string json_path = path("bench.json");
+  const CliResult r =
+      run("bench " + quote(kSmall) + " --device cpu --mode train --iters 4 --warmup 1 --json " + quote(json_path));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "command: anvil bench");
+  EXPECT_PRED_FORMAT2(Contains, r.out, "4 iterations after 1 warm-up");
+  EXPECT_PRED_FORMAT2(Contains, r.out, "conv_transpose");
+  EXPECT_EQ(r.out.substr(r.out.size() - 7), "PASSED\n");
+  const nlohmann::json j = nlohmann::json::parse(read_text(json_path));
+  const auto& ms = j.at("ms");
+  EXPECT_LE(ms.at("min").get<double>(), ms.at("median").get<double>());
+  EXPECT_LE(ms.at("median").get<double>(), ms.at("max").get<double>());
+  EXPECT_GT(ms.at("min").get<double>(), 0.0);
+  EXPECT_EQ(j.at("iters"), 4);
+  EXPECT_EQ(j.at("layers").size(), 5u);  // unfused on the CPU
+  for (const auto& l : j.at("layers")) EXPECT_GT(l.at("backward_ms").get<double>(), 0.0) << l.dump();
+  EXPECT_EQ(j.at("result"), "PASSED");
+}
+
+TEST_F(Cli, BenchRejectsBadCounts) {
+  const CliResult r = run("bench " + quote(kSmall) + " --device cpu --iters 0");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: --iters: must be a positive integer, got 0\n");
+  EXPECT_PRED_FORMAT2(Contains, r.out, "FAILED");
 }
 
 TEST_F(Cli, StepsMustBePositive) {

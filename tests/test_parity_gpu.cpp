@@ -215,6 +215,19 @@ TEST(GpuDeterminism, RerunAndGraphReplayAreBitwiseIdentical) {
   }
 }
 
+// The captured forward+backward (what `anvil bench --mode fwdbwd` replays) leaves the
+// parameters alone and yields the gradients the train step then computes, bit for bit.
+TEST(GpuExecution, CapturedGradientsMatchTheTrainStep) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  Engine engine(Network::load(data_path("odd_sizes.json")), cuda_options());
+  const auto before = engine.parameters();
+  for (int i = 0; i < 3; ++i) engine.enqueue_gradients();  // captured after the first
+  const auto grads = engine.gradients();
+  for (const auto& [name, value] : engine.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
+  engine.train_step();
+  for (const auto& [name, value] : engine.gradients()) EXPECT_TRUE(bitwise_equal(value, grads.at(name))) << name;
+}
+
 TEST(GpuExecution, TrainStepAllocatesAndSynchronisesNothing) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   Engine engine(Network::load(data_path("kb74_small.json")), cuda_options());

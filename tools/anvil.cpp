@@ -2,11 +2,15 @@
 //   anvil info  NET.json                       layers, shapes, parameters, fusion, memory plan
 //   anvil run   NET.json [--input X] [--output Y]   a forward pass
 //   anvil train NET.json --steps N [...]        SGD training with a progress display
+//   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
 // Exit codes: 0 success, 2 bad input, 1 runtime failure.
 #include <CLI/CLI.hpp>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -203,6 +207,82 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   return 0;
 }
 
+
+struct BenchFlags {
+  std::string mode = "train", json;
+  int iters = 50, warmup = 10;
+};
+
+double percentile(std::vector<double> sorted, double q) {
+  const double pos = q * (sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (pos - lo) * (sorted[hi] - sorted[lo]);
+}
+
+// Times --iters repetitions after --warmup (left out), each with CUDA events on
+// the engine's stream; then each layer once for the breakdown.
+int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& command_line) {
+  if (b.iters < 1) throw anvil::InputError("--iters: must be a positive integer, got " + std::to_string(b.iters));
+  if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
+  check_output_path("--json", b.json);
+  const anvil::Network net = anvil::Network::load(f.network);
+  const bool forward = b.mode == "forward";
+  anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
+  const bool cuda = o.device == Device::Cuda;
+  const std::string gpu = cuda ? anvil::cuda_device_name() : "none";
+  const std::string cudnn = cuda ? anvil::cudnn_version() : "none";
+  std::printf("command: %s\n", command_line.c_str());
+  std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
+              anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
+              b.mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
+  const size_t used_before = cuda ? anvil::device_memory_used() : 0;
+  anvil::Engine engine(net, o);
+  const size_t used = cuda ? anvil::device_memory_used() - used_before : engine.device_bytes();
+
+  auto work = [&] {
+    if (forward) engine.enqueue_forward();
+    else if (b.mode == "fwdbwd") engine.enqueue_gradients();
+    else engine.enqueue_train_step();
+  };
+  for (int i = 0; i < b.warmup; ++i) work();
+  engine.synchronize();
+  std::vector<double> ms;
+  for (int i = 0; i < b.iters; ++i) ms.push_back(engine.time_ms(work));
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  double mean = 0;
+  for (double v : ms) mean += v / ms.size();
+  const double median = percentile(sorted, 0.5), p99 = percentile(sorted, 0.99);
+  const double batch = static_cast<double>(net.input_shape()[0]);
+  std::printf("%d iterations after %d warm-up: min %.4f  median %.4f  mean %.4f  p99 %.4f  max %.4f ms\n", b.iters,
+              b.warmup, sorted.front(), median, mean, p99, sorted.back());
+  std::printf("throughput: %.1f samples/s (batch %.0f)\n", batch / (median / 1e3), batch);
+  std::printf("arena %s; device memory used by the engine %s\n", mib(engine.device_bytes()).c_str(), mib(used).c_str());
+
+  const auto layers = engine.profile_layers();
+  std::printf("\n%-44s %12s %12s\n", "layer (each run once, eagerly)", "forward ms", "backward ms");
+  for (const auto& l : layers) std::printf("%-44s %12.4f %12.4f\n", l.layer.c_str(), l.forward_ms, l.backward_ms);
+
+  if (!b.json.empty()) {
+    nlohmann::json j = {{"command", command_line}, {"gpu", gpu}, {"cudnn_version", cudnn},
+                        {"precision", anvil::to_string(net.precision())}, {"device", anvil::to_string(o.device)},
+                        {"mode", b.mode}, {"iters", b.iters}, {"warmup", b.warmup}, {"cuda_graph", o.cuda_graph && cuda},
+                        {"fuse", o.fuse && net.fuse() && cuda}, {"batch", net.input_shape()[0]},
+                        {"ms", {{"min", sorted.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
+                                {"max", sorted.back()}}},
+                        {"samples_per_s", batch / (median / 1e3)}, {"arena_bytes", engine.device_bytes()},
+                        {"device_bytes_used", used}, {"result", "PASSED"}};
+    for (const auto& l : layers)
+      j["layers"].push_back({{"name", l.layer}, {"forward_ms", l.forward_ms}, {"backward_ms", l.backward_ms}});
+    const std::string tmp = b.json + ".tmp";
+    std::ofstream(tmp) << j.dump(2) << "\n";
+    if (std::rename(tmp.c_str(), b.json.c_str()) != 0) throw anvil::Error(b.json + ": cannot write");
+    std::printf("wrote %s\n", b.json.c_str());
+  }
+  std::printf("PASSED\n");
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -232,6 +312,19 @@ int main(int argc, char** argv) {
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
   train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
 
+  CommonFlags bench_flags;
+  BenchFlags bench_opts;
+  auto* bench = app.add_subcommand("bench", "time forward, fwd+bwd or train steps; per-layer breakdown; JSON export");
+  add_common(bench, bench_flags);
+  bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + SGD)")
+      ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
+  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)");
+  bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)");
+  bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
+  bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
+
+  std::string command_line = "anvil";
+  for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -242,11 +335,14 @@ int main(int argc, char** argv) {
     if (*info) return cmd_info(info_flags, info_mode);
     if (*run) return cmd_run(run_flags, weights, input, output);
     if (*train) return cmd_train(train_flags, train_opts);
+    if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
   } catch (const anvil::InputError& e) {
     std::cerr << "anvil: error: " << e.what() << "\n";
+    if (*bench) std::printf("FAILED\n");
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "anvil: error: " << e.what() << "\n";
+    if (*bench) std::printf("FAILED\n");
     return 1;
   }
   return 1;

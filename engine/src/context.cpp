@@ -12,6 +12,25 @@ bool cuda_available() {
   return ok;
 }
 
+std::string cuda_device_name() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  ANVIL_CUDA_CHECK(cudaGetDevice(&device));
+  ANVIL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+std::string cudnn_version() {
+  const size_t v = cudnnGetVersion();  // major * 10000 + minor * 100 + patch
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
+
+size_t device_memory_used() {
+  size_t free_bytes = 0, total = 0;
+  ANVIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  return total - free_bytes;
+}
+
 CudaContext::CudaContext() {
   if (!cuda_available()) throw Error("no CUDA device is available (use --device cpu)");
   ANVIL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));

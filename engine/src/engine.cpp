@@ -61,7 +61,9 @@ struct Engine::Impl {
   void* loss_scratch = nullptr;
   int64_t steps = 0;
 
-  cudaGraphExec_t step_graph = nullptr;
+  // One captured CUDA graph per kind of work, made on first use.
+  enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kWorkKinds = 3 };
+  cudaGraphExec_t graphs[kWorkKinds] = {nullptr, nullptr, nullptr};
   bool graph_failed = false;
 
   Impl(const Network& net, const Options& opts) : network(net), options(opts) {}
@@ -81,12 +83,15 @@ struct Engine::Impl {
   void download(float* dst, const float* src, size_t count) const;
 
   void run_forward();
-  void run_loss_backward_update();
-  void run_step_captured();
+  void run_loss_backward();
+  void run_sgd();
+  void run_work(Work work);
+  void enqueue(Work work);
 };
 
 Engine::Impl::~Impl() {
-  if (step_graph) cudaGraphExecDestroy(step_graph);
+  for (auto g : graphs)
+    if (g) cudaGraphExecDestroy(g);
   if (ctx)
     ctx->release(arena);
   else
@@ -313,13 +318,16 @@ void Engine::Impl::run_forward() {
   for (auto& run : runs) graph->nodes[run.node].layer->forward(options.device, ctx.get(), run.forward);
 }
 
-void Engine::Impl::run_loss_backward_update() {
+void Engine::Impl::run_loss_backward() {
   const int64_t count = output_count();
   if (cuda())
     cuda::mse_forward_backward(output, target, output_grad, loss, count, loss_scratch, ctx->stream());
   else
     *loss = cpu::mse_forward_backward(output, target, output_grad, count);
   for (int r : backward_order) graph->nodes[runs[r].node].layer->backward(options.device, ctx.get(), runs[r].backward);
+}
+
+void Engine::Impl::run_sgd() {
   auto* p = reinterpret_cast<float*>(params_slab);
   auto* g = reinterpret_cast<float*>(grads_slab);
   auto* m = reinterpret_cast<float*>(momentum_slab);
@@ -330,23 +338,31 @@ void Engine::Impl::run_loss_backward_update() {
     cpu::sgd_step(p, g, m, static_cast<int64_t>(slab_floats()), network.sgd(), first);
 }
 
-// The first step runs eagerly (it initialises the momentum); later steps replay
-// one captured CUDA graph of the whole step. If capture fails, say so once and run eagerly.
-void Engine::Impl::run_step_captured() {
-  if (!step_graph && !graph_failed && steps >= 1) {
+void Engine::Impl::run_work(Work work) {
+  run_forward();
+  if (work == kForward) return;
+  run_loss_backward();
+  if (work == kTrainStep) run_sgd();
+}
+
+// CUDA engines capture each kind of work once and replay it. The first train
+// step runs eagerly (it initialises the momentum), so the captured step is a
+// later one. If capture fails, say so once and run eagerly from then on.
+void Engine::Impl::enqueue(Work work) {
+  const bool capturable = cuda() && options.cuda_graph && !graph_failed && (work != kTrainStep || steps >= 1);
+  if (capturable && !graphs[work]) {
     cudaGraph_t captured = nullptr;
     ANVIL_CUDA_CHECK(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));
     std::string failure;
     try {
-      run_forward();
-      run_loss_backward_update();
+      run_work(work);
     } catch (const std::exception& e) {
       failure = e.what();
     }
     const cudaError_t end = cudaStreamEndCapture(ctx->stream(), &captured);
     if (failure.empty() && end == cudaSuccess) {
-      const cudaError_t inst = cudaGraphInstantiate(&step_graph, captured, 0);
-      if (inst != cudaSuccess) failure = cudaGetErrorString(inst), step_graph = nullptr;
+      const cudaError_t inst = cudaGraphInstantiate(&graphs[work], captured, 0);
+      if (inst != cudaSuccess) failure = cudaGetErrorString(inst), graphs[work] = nullptr;
     } else if (failure.empty()) {
       failure = cudaGetErrorString(end);
     }
@@ -354,15 +370,13 @@ void Engine::Impl::run_step_captured() {
     cudaGetLastError();
     if (!failure.empty()) {
       graph_failed = true;
-      std::cerr << "anvil: CUDA-graph capture failed (" << failure << "); running steps eagerly\n";
+      std::cerr << "anvil: CUDA-graph capture failed (" << failure << "); running eagerly\n";
     }
   }
-  if (step_graph) {
-    ANVIL_CUDA_CHECK(cudaGraphLaunch(step_graph, ctx->stream()));
-  } else {
-    run_forward();
-    run_loss_backward_update();
-  }
+  if (capturable && graphs[work])
+    ANVIL_CUDA_CHECK(cudaGraphLaunch(graphs[work], ctx->stream()));
+  else
+    run_work(work);
 }
 
 // ---- public API ----
@@ -383,7 +397,7 @@ const MemoryPlan& Engine::plan() const { return impl_->plan; }
 int64_t Engine::steps_done() const { return impl_->steps; }
 size_t Engine::device_bytes() const { return impl_->plan.arena_bytes(); }
 
-bool Engine::replaying_cuda_graph() const { return impl_->step_graph != nullptr; }
+bool Engine::replaying_cuda_graph() const { return impl_->graphs[Impl::kTrainStep] != nullptr; }
 
 Engine::DeviceCounters Engine::device_counters() const {
   if (!impl_->ctx) return {};
@@ -409,18 +423,19 @@ void Engine::set_target(const HostTensor& t) {
 
 void Engine::enqueue_forward() {
   require_arena();
-  impl_->run_forward();
+  impl_->enqueue(Impl::kForward);
+}
+
+void Engine::enqueue_gradients() {
+  require_arena();
+  if (!impl_->training()) throw Error("gradients need an engine built for training (Mode::Train)");
+  impl_->enqueue(Impl::kGradients);
 }
 
 void Engine::enqueue_train_step() {
   require_arena();
   if (!impl_->training()) throw Error("train_step needs an engine built for training (Mode::Train)");
-  if (impl_->cuda() && impl_->options.cuda_graph)
-    impl_->run_step_captured();
-  else {
-    impl_->run_forward();
-    impl_->run_loss_backward_update();
-  }
+  impl_->enqueue(Impl::kTrainStep);
   ++impl_->steps;
 }
 
@@ -511,39 +526,46 @@ std::string Engine::describe() const {
   return s.str();
 }
 
+double Engine::time_ms(const std::function<void()>& work) {
+  if (!impl_->cuda()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  cudaStream_t stream = impl_->ctx->stream();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
+  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = 0;
+  try {
+    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream));
+    work();
+    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream));
+    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
 std::vector<LayerTiming> Engine::profile_layers() {
   require_arena();
   Impl& m = *impl_;
   std::vector<LayerTiming> out;
-  auto time_ms = [&](const std::function<void()>& fn) {
-    if (m.cuda()) {
-      cudaEvent_t start, stop;
-      ANVIL_CUDA_CHECK(cudaEventCreate(&start));
-      ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
-      ANVIL_CUDA_CHECK(cudaEventRecord(start, m.ctx->stream()));
-      fn();
-      ANVIL_CUDA_CHECK(cudaEventRecord(stop, m.ctx->stream()));
-      ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      return static_cast<double>(ms);
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  };
   for (auto& run : m.runs) {
     Layer& layer = *m.graph->nodes[run.node].layer;
     out.push_back({layer.name(), time_ms([&] { layer.forward(m.options.device, m.ctx.get(), run.forward); }), 0});
   }
-  if (m.training()) {
+  if (m.training())
     for (int r : m.backward_order) {
       Layer& layer = *m.graph->nodes[m.runs[r].node].layer;
       out[r].backward_ms = time_ms([&] { layer.backward(m.options.device, m.ctx.get(), m.runs[r].backward); });
     }
-  }
   return out;
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,6 +25,9 @@ namespace anvil {
 enum class Device { Cpu, Cuda };
 const char* to_string(Device d);
 bool cuda_available();  // a CUDA device is present and usable
+std::string cuda_device_name();   // of the current device
+std::string cudnn_version();      // of the loaded cuDNN library, e.g. "9.14.0"
+size_t device_memory_used();      // bytes in use on the current device (all processes)
 
 enum class Mode { Forward, Train };  // what the memory plan must cover
 
@@ -72,9 +76,11 @@ class Engine {
 
   // Benchmark hooks: run without reading anything back, and time each layer once.
   void enqueue_forward();
+  void enqueue_gradients();  // forward, loss and backward, no update
   void enqueue_train_step();
   void synchronize();
-  std::vector<LayerTiming> profile_layers();
+  std::vector<LayerTiming> profile_layers();  // each layer once, eagerly
+  double time_ms(const std::function<void()>& work);  // CUDA events on the stream, or a host clock
   size_t device_bytes() const;  // the arena, the only allocation
 
   // Device allocations, frees and host synchronisations so far (CUDA engines):
