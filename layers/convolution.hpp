@@ -51,6 +51,13 @@ class Convolution : public Layer {
     needs_input_grad_ = input_grad;
   }
   const std::vector<int64_t>& kernel() const { return kernel_; }
+  const std::vector<int64_t>& stride() const { return stride_; }
+  const std::vector<int64_t>& padding() const { return padding_; }
+  const std::vector<int64_t>& output_padding() const { return output_padding_; }
+  const std::vector<int64_t>& dilation() const { return dilation_; }
+  int64_t in_channels() const { return in_channels_; }
+  int64_t out_channels() const { return out_channels_; }
+  bool needs_input_grad() const { return needs_backward_ && needs_input_grad_; }
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;

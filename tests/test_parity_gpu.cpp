@@ -14,18 +14,27 @@ Options cuda_options() {
   return o;
 }
 
+// The three ways a CUDA engine runs the headline pattern.
+const std::vector<std::string> kModes = {"phase_split", "dgrad", "unfused"};
+
+Options cuda_options(const std::string& mode) {
+  Options o = cuda_options();
+  o.fuse = mode != "unfused";
+  o.phase_split = mode == "phase_split";
+  return o;
+}
+
 // ---- stored PyTorch cases, both precisions, fused and unfused ----
 
 struct GpuCase {
-  std::string name, precision;
-  bool fuse;
+  std::string name, precision, mode;
 };
 
 std::vector<GpuCase> gpu_cases() {
   std::vector<GpuCase> out;
   for (const auto& name : reference_cases())
     for (const char* precision : {"fp32", "tf32"})
-      for (bool fuse : {true, false}) out.push_back({name, precision, fuse});
+      for (const auto& mode : kModes) out.push_back({name, precision, mode});
   return out;
 }
 
@@ -39,24 +48,25 @@ TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
   // H100 its relative error is 1.6e-2 for anvil and for PyTorch's own TF32 conv (tools/bench_vs_torch.py
   // prints both). Everything else, including every parameter gradient, stays within 5e-3.
   const double input_grad_tol = c.precision == "fp32" ? 1e-5 : 2.5e-2;
-  check_reference_case(c.name, cuda_options(), {{"precision", c.precision}, {"fuse", c.fuse}}, tol, input_grad_tol);
+  check_reference_case(c.name, cuda_options(c.mode), {{"precision", c.precision}}, tol, input_grad_tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()),
                          [](const auto& info) {
-                           return info.param.name + "_" + info.param.precision + (info.param.fuse ? "_fused" : "_unfused");
+                           return info.param.name + "_" + info.param.precision + "_" + info.param.mode;
                          });
 
 // ---- the full KernelBench size: inputs regenerated, reference subsampled ----
 
-class GpuFullSize : public ::testing::TestWithParam<std::string> {};
+class GpuFullSize : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(GpuFullSize, HeadlineNetworkMatchesPyTorch) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  const double tol = GetParam() == "fp32" ? 1e-5 : 5e-3;
-  const Network net = network_with(source_path("examples/kernelbench74.json"), {{"precision", GetParam()}});
+  const auto& [precision, mode] = GetParam();
+  const double tol = precision == "fp32" ? 1e-5 : 5e-3;
+  const Network net = network_with(source_path("examples/kernelbench74.json"), {{"precision", precision}});
   const TensorFile ref = read_safetensors(data_path("kb74_full.safetensors"));
-  Options options = cuda_options();
+  Options options = cuda_options(mode);
   options.input_grad = true;
   Engine engine(net, options);  // parameters, input and target from the generator, as the reference
   for (const auto& [pname, value] : engine.parameters())
@@ -86,7 +96,9 @@ TEST_P(GpuFullSize, HeadlineNetworkMatchesPyTorch) {
     EXPECT_TRUE(close("after3." + pname, value, ref.tensors.at("after3." + pname), tol));
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, GpuFullSize, ::testing::Values("fp32", "tf32"));
+INSTANTIATE_TEST_SUITE_P(PrecisionsAndModes, GpuFullSize,
+                         ::testing::Combine(::testing::Values("fp32", "tf32"), ::testing::Values("phase_split", "dgrad")),
+                         [](const auto& info) { return std::get<0>(info.param) + "_" + std::get<1>(info.param); });
 
 // ---- GPU against the CPU reference on odd shapes, every layer, fused and unfused ----
 
@@ -151,11 +163,10 @@ TEST_P(GpuVsCpu, ForwardGradientsAndStepsMatchTheCpuReference) {
   const HostTensor dx_ref = reference.input_gradient();
   const auto params_ref = reference.parameters();
 
-  for (bool fuse : {true, false}) {
-    SCOPED_TRACE(fuse ? "fused" : "unfused");
-    Options gpu = cuda_options();
+  for (const auto& mode : kModes) {
+    SCOPED_TRACE(mode);
+    Options gpu = cuda_options(mode);
     gpu.input_grad = true;
-    gpu.fuse = fuse;
     Engine engine(net, gpu);
     EXPECT_TRUE(close("output", engine.forward(), y_ref, 1e-5));
     for (int i = 0; i < 2; ++i) EXPECT_NEAR(engine.train_step(), losses_ref[i], 1e-5 * losses_ref[i]) << "step " << i;
@@ -169,14 +180,15 @@ INSTANTIATE_TEST_SUITE_P(OddShapes, GpuVsCpu, ::testing::ValuesIn(small_nets()),
                          [](const auto& info) { return info.param.label; });
 
 // The fusion pass actually fires on the patterns meant for it.
-TEST(GpuFusion, HeadlinePatternIsFused) {
+TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const Network net = Network::load(data_path("kb74_small.json"));
-  Engine fused(net, cuda_options());
-  EXPECT_NE(fused.describe().find("fused_conv_epilogue"), std::string::npos) << fused.describe();
-  Options unfused = cuda_options();
-  unfused.fuse = false;
-  EXPECT_EQ(Engine(net, unfused).describe().find("fused_conv_epilogue"), std::string::npos);
+  const std::string phase = Engine(net, cuda_options("phase_split")).describe();
+  EXPECT_NE(phase.find("fused_phase_conv_epilogue"), std::string::npos) << phase;
+  const std::string dgrad = Engine(net, cuda_options("dgrad")).describe();
+  EXPECT_NE(dgrad.find("[fused_conv_epilogue]"), std::string::npos) << dgrad;
+  const std::string unfused = Engine(net, cuda_options("unfused")).describe();
+  EXPECT_EQ(unfused.find("fused"), std::string::npos) << unfused;
 }
 
 // Inference engines save nothing for backward; their output is the training engine's, bit for bit.

@@ -34,6 +34,7 @@ struct CommonFlags {
   std::string network;
   std::string device;  // "", "cpu" or "cuda"
   bool no_fuse = false;
+  bool no_phase_split = false;
   bool no_graph = false;
 };
 
@@ -42,6 +43,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_option("--device", f.device, "cpu or cuda (default: cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
+  cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
 }
 
 // Fails before any work when an output file could not be written at the end.
@@ -58,6 +60,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   anvil::Options o;
   o.mode = mode;
   o.fuse = !f.no_fuse;
+  o.phase_split = !f.no_phase_split;
   o.cuda_graph = !f.no_graph;
   if (f.device.empty()) {
     const bool gpu = anvil::cuda_available();

@@ -101,7 +101,7 @@ Engine::Impl::~Impl() {
 void Engine::Impl::build() {
   if (cuda()) ctx = std::make_unique<CudaContext>();
   graph = network.build_graph();
-  if (cuda() && options.fuse && network.fuse()) graph->fuse();
+  if (cuda() && options.fuse && network.fuse()) graph->fuse(options.phase_split);
   graph->mark_gradients(training() && options.input_grad);
   if (!training())
     for (auto& node : graph->nodes) node.layer->set_gradient_needs(false, false);

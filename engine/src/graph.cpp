@@ -7,6 +7,7 @@
 #include "engine/src/config.hpp"
 #include "layers/convolution.hpp"
 #include "layers/fused_conv_epilogue.hpp"
+#include "layers/fused_phase_conv_epilogue.hpp"
 #include "layers/leaky_relu.hpp"
 #include "layers/pooling.hpp"
 #include "layers/registry.hpp"
@@ -176,7 +177,7 @@ std::vector<std::vector<int>> Graph::fusion_groups() const {
   return groups;
 }
 
-void Graph::fuse() {
+void Graph::fuse(bool phase_split) {
   for (const auto& chain : fusion_groups()) {
     GraphNode& first = nodes[chain[0]];
     GraphNode& last = nodes[chain[4]];
@@ -189,7 +190,12 @@ void Graph::fuse() {
     for (int n : chain) merged.push_back(n == chain[0] ? conv->name() : nodes[n].layer->name());
     std::string name;
     for (const auto& m : merged) name += (name.empty() ? "" : "+") + m;
-    auto fused = std::make_unique<FusedConvEpilogue>(std::move(conv), slope1, scale_name, slope2, kernel, name);
+    cuda::PhaseSplitGeometry phase;
+    std::unique_ptr<Layer> fused;
+    if (phase_split && FusedPhaseConvEpilogue::derive(*conv, kernel, phase))
+      fused = std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), slope1, scale_name, slope2, phase, name);
+    else
+      fused = std::make_unique<FusedConvEpilogue>(std::move(conv), slope1, scale_name, slope2, kernel, name);
     fused->setup({tensors[first.inputs[0]].shape});
     // The fused node takes the first node's place and produces the pool's output tensor.
     for (size_t k = 1; k < chain.size(); ++k) {

@@ -39,7 +39,8 @@ class Graph {
 
   // Chains of node indices that the fusion pass merges.
   std::vector<std::vector<int>> fusion_groups() const;
-  void fuse();
+  // Merges every group; a conv_transpose whose stride equals the pool kernel is phase-split if allowed.
+  void fuse(bool phase_split);
   // Marks tensors that need a gradient (everything downstream of a parameter;
   // the network input only when asked).
   void mark_gradients(bool input_grad);

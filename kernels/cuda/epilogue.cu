@@ -337,6 +337,68 @@ __global__ void __launch_bounds__(kThreads)
   epi_write_partials(acc_b, acc_m, partials, r, g);
 }
 
+// ---- the phase-split layout ----
+// Block ranges are as above (plane = n * c + ch); a window's elements are
+// `phases` planes of Yp apart. Consecutive threads take consecutive pooled
+// elements, so every load and store is coalesced.
+
+__device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims& g, uint32_t phases) {
+  const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
+  return (nn * phases * g.c + ch) * int64_t(g.p);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    phase_forward(const float* __restrict__ yp, const float* __restrict__ bias, const float* __restrict__ m, float s1,
+                  float s2, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
+                  EpiDims g, uint32_t phases) {
+  const BlockRange r = block_range(g);
+  const int64_t ch = r.plane % g.c;
+  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const float mc = __ldg(m + ch);
+  const float* base = yp + phase_base(r, g, phases);
+  const int64_t wstride = g.c * int64_t(g.p);
+  const int64_t out = r.plane * int64_t(g.p);
+  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    float best = 0.f, best_v = 0.f;
+    uint32_t best_i = 0;
+    for (uint32_t w = 0; w < phases; ++w) {
+      const float v = __ldcs(base + w * wstride + e) + b;
+      const float z = epi_z3(v, s1, mc, s2);
+      if (w == 0 || epi_better(z, best)) {
+        best = z;
+        best_v = v;
+        best_i = w;
+      }
+    }
+    p[out + e] = best;
+    if (argmax != nullptr) {
+      argmax[out + e] = uint8_t(best_i);
+      y_at_max[out + e] = best_v;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
+                   const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
+                   float* __restrict__ dyp, double* __restrict__ partials, EpiDims g, uint32_t phases) {
+  const BlockRange r = block_range(g);
+  const float mc = __ldg(m + r.plane % g.c);
+  float* base = dyp + phase_base(r, g, phases);
+  const int64_t wstride = g.c * int64_t(g.p);
+  const int64_t out = r.plane * int64_t(g.p);
+  double acc_b = 0.0, acc_m = 0.0;
+  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    float dyv, dz2, z1;
+    epi_grad(__ldg(dp + out + e), __ldg(y_at_max + out + e), s1, mc, s2, dyv, dz2, z1);
+    acc_b += double(dyv);
+    acc_m = fma(double(dz2), double(z1), acc_m);
+    const uint32_t a = __ldg(argmax + out + e);
+    for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
+  }
+  epi_write_partials(acc_b, acc_m, partials, r, g);
+}
+
 // dbias[c] (array 0) and dm[c] (array 1) from the partials; a null output is skipped.
 __global__ void __launch_bounds__(kThreads)
     epi_finalize(const double* __restrict__ partials, int64_t per, int64_t c, float* __restrict__ dbias,
@@ -393,7 +455,57 @@ int fast_k0(const EpilogueGeometry& g) {
 
 unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
 
+EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  detail::require(g.n > 0 && g.c > 0 && g.q > 0, op, "n, c and q must be positive");
+  detail::require(g.phases >= 1 && g.phases <= 256, op, "phases must be 1..256 (argmax is uint8)");
+  detail::require(g.q <= kMax31 && g.n * g.c <= kMax31, op, "a plane must have < 2^31 elements");
+  EpiDims d;
+  d.c = g.c;
+  d.p = uint32_t(g.q);
+  d.cpp = detail::ceil_div(d.p, kChunk);
+  d.per = g.n * d.cpp;
+  detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
+  return d;
+}
+
 }  // namespace
+
+void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
+                            uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "phase_epilogue_forward";
+  detail::require(yp != nullptr && m != nullptr && p != nullptr, op, "null yp, m or p");
+  detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
+  const EpiDims d = phase_dims(op, g);
+  phase_forward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(yp, bias, m, slope1, slope2, p, argmax,
+                                                                      y_at_max, d, uint32_t(g.phases));
+  ANVIL_CHECK_LAUNCH();
+}
+
+size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g) {
+  const EpiDims d = phase_dims("phase_epilogue_backward_scratch_bytes", g);
+  return size_t(2 * g.c * d.per) * sizeof(double);
+}
+
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
+                             float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
+                             const PhaseEpilogueGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "phase_epilogue_backward";
+  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr && dyp != nullptr, op,
+                  "null pointer (only dbias and dm may be null)");
+  const bool reduce = dbias != nullptr || dm != nullptr;
+  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
+                  "scratch must be given and 8-byte aligned");
+  const EpiDims d = phase_dims(op, g);
+  auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  phase_backward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dyp,
+                                                                       partials, d, uint32_t(g.phases));
+  ANVIL_CHECK_LAUNCH();
+  if (reduce) {
+    epi_finalize<<<dim3(detail::finalize_blocks(g.c), 2), kThreads, 0, stream>>>(partials, d.per, g.c, dbias, dm);
+    ANVIL_CHECK_LAUNCH();
+  }
+}
 
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {

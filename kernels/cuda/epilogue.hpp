@@ -32,3 +32,24 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
                              const EpilogueGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda
+
+namespace anvil::cuda {
+
+// The same epilogue over the phase-split layout of a stride-s transposed conv
+// whose pool kernel equals its stride: Yp is (n, phases * c, q) with channel
+// phase * c + ch, and pooled element e of plane (n, ch) takes its window from
+// the `phases` values Yp[n, w * c + ch, e] (window index w). dYp likewise.
+struct PhaseEpilogueGeometry {
+  int64_t n = 1, c = 1;
+  int64_t phases = 1;  // s0 * s1 * s2 <= 256
+  int64_t q = 1;       // pooled elements per plane (the phase grid)
+};
+
+void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
+                            uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream);
+size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g);
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
+                             float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
+                             const PhaseEpilogueGeometry& g, cudaStream_t stream);
+
+}  // namespace anvil::cuda

@@ -35,6 +35,7 @@ struct Options {
   Device device = cuda_available() ? Device::Cuda : Device::Cpu;
   Mode mode = Mode::Train;
   bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
+  bool phase_split = true;      // fused conv_transpose as one stride-1 conv over its output phases, where exact
   bool cuda_graph = true;       // capture the train step once and replay it
   bool deterministic = true;    // only deterministic cuDNN algorithms
   bool input_grad = false;      // also compute d(loss)/d(input), which nothing upstream needs

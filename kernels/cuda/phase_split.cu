@@ -1,0 +1,117 @@
+// Kernels for the phase-split transposed convolution (see phase_split.hpp).
+// All are small or plain copies: flat grid-stride loops over the output.
+#include "kernels/cuda/phase_split.hpp"
+
+#include "kernels/cuda/common.cuh"
+
+namespace anvil::cuda {
+namespace {
+
+using detail::kThreads;
+
+// ===========================================================================
+// Kernels
+// ===========================================================================
+
+__global__ void __launch_bounds__(kThreads)
+    pad_kernel(const float* __restrict__ x, float* __restrict__ x_pad, PhaseSplitGeometry g, int64_t total) {
+  const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
+                p2 = g.in[2] + g.front[2] + g.end[2];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t w = i % p2 - g.front[2], h = i / p2 % p1 - g.front[1], d = i / (p2 * p1) % p0 - g.front[0];
+    const int64_t plane = i / (p2 * p1 * p0);
+    const bool inside = d >= 0 && d < g.in[0] && h >= 0 && h < g.in[1] && w >= 0 && w < g.in[2];
+    x_pad[i] = inside ? __ldg(x + ((plane * g.in[0] + d) * g.in[1] + h) * g.in[2] + w) : 0.f;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    build_weight_kernel(const float* __restrict__ w, float* __restrict__ wp, PhaseSplitGeometry g, int64_t total) {
+  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t u = i % kpv, ci = i / kpv % g.cin, oc = i / (kpv * g.cin);
+    const int64_t co = oc % g.cout, r = oc / g.cout;
+    const int64_t r2 = r % g.s[2], r1 = r / g.s[2] % g.s[1], r0 = r / (g.s[2] * g.s[1]);
+    const int64_t u2 = u % g.kp[2], u1 = u / g.kp[2] % g.kp[1], u0 = u / (g.kp[2] * g.kp[1]);
+    const int t0 = g.tap[0][r0 * g.kp[0] + u0], t1 = g.tap[1][r1 * g.kp[1] + u1], t2 = g.tap[2][r2 * g.kp[2] + u2];
+    wp[i] = (t0 < 0 || t1 < 0 || t2 < 0)
+                ? 0.f
+                : __ldg(w + (((ci * g.cout + co) * g.k[0] + t0) * g.k[1] + t1) * g.k[2] + t2);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    fold_weight_kernel(const float* __restrict__ dwp, float* __restrict__ dw, PhaseSplitGeometry g, int64_t total) {
+  const int64_t kv = g.k[0] * g.k[1] * g.k[2];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i % kv, co = i / kv % g.cout, ci = i / (kv * g.cout);
+    const int64_t t2 = t % g.k[2], t1 = t / g.k[2] % g.k[1], t0 = t / (g.k[2] * g.k[1]);
+    const int64_t r = (g.phase_of[0][t0] * g.s[1] + g.phase_of[1][t1]) * g.s[2] + g.phase_of[2][t2];
+    const int64_t u = (g.combined_of[0][t0] * g.kp[1] + g.combined_of[1][t1]) * g.kp[2] + g.combined_of[2][t2];
+    dw[i] = __ldg(dwp + ((r * g.cout + co) * g.cin + ci) * (g.kp[0] * g.kp[1] * g.kp[2]) + u);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    crop_kernel(const float* __restrict__ dx_pad, float* __restrict__ dx, bool accumulate, PhaseSplitGeometry g,
+                int64_t total) {
+  const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
+                p2 = g.in[2] + g.front[2] + g.end[2];
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t w = i % g.in[2], h = i / g.in[2] % g.in[1], d = i / (g.in[2] * g.in[1]) % g.in[0];
+    const int64_t plane = i / (g.in[2] * g.in[1] * g.in[0]);
+    const float v = __ldg(dx_pad + ((plane * p0 + d + g.front[0]) * p1 + h + g.front[1]) * p2 + w + g.front[2]);
+    dx[i] = accumulate ? dx[i] + v : v;
+  }
+}
+
+// ===========================================================================
+// Launchers
+// ===========================================================================
+
+void check(const PhaseSplitGeometry& g, const char* op) {
+  detail::require(g.n > 0 && g.cin > 0 && g.cout > 0, op, "n, cin and cout must be positive");
+  for (int d = 0; d < 3; ++d) {
+    detail::require(g.in[d] > 0 && g.front[d] >= 0 && g.end[d] >= 0, op, "bad input size or padding");
+    detail::require(g.k[d] >= 1 && g.k[d] <= kMaxKernel, op, "kernel must be 1..16 per dim");
+    detail::require(g.s[d] >= 1 && g.kp[d] >= 1 && g.s[d] * g.kp[d] <= kMaxPhaseTaps, op, "too many phase taps");
+  }
+}
+
+}  // namespace
+
+void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream) {
+  check(g, "phase_pad_input");
+  detail::require(x != nullptr && x_pad != nullptr, "phase_pad_input", "null pointer");
+  int64_t total = g.n * g.cin;
+  for (int d = 0; d < 3; ++d) total *= g.in[d] + g.front[d] + g.end[d];
+  pad_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(x, x_pad, g, total);
+  ANVIL_CHECK_LAUNCH();
+}
+
+void phase_build_weight(const float* w, float* wp, const PhaseSplitGeometry& g, cudaStream_t stream) {
+  check(g, "phase_build_weight");
+  detail::require(w != nullptr && wp != nullptr, "phase_build_weight", "null pointer");
+  const int64_t total = g.s[0] * g.s[1] * g.s[2] * g.cout * g.cin * g.kp[0] * g.kp[1] * g.kp[2];
+  build_weight_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(w, wp, g, total);
+  ANVIL_CHECK_LAUNCH();
+}
+
+void phase_fold_weight_grad(const float* dwp, float* dw, const PhaseSplitGeometry& g, cudaStream_t stream) {
+  check(g, "phase_fold_weight_grad");
+  detail::require(dwp != nullptr && dw != nullptr, "phase_fold_weight_grad", "null pointer");
+  const int64_t total = g.cin * g.cout * g.k[0] * g.k[1] * g.k[2];
+  fold_weight_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(dwp, dw, g, total);
+  ANVIL_CHECK_LAUNCH();
+}
+
+void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, const PhaseSplitGeometry& g,
+                           cudaStream_t stream) {
+  check(g, "phase_crop_input_grad");
+  detail::require(dx_pad != nullptr && dx != nullptr, "phase_crop_input_grad", "null pointer");
+  const int64_t total = g.n * g.cin * g.in[0] * g.in[1] * g.in[2];
+  crop_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(dx_pad, dx, accumulate, g, total);
+  ANVIL_CHECK_LAUNCH();
+}
+
+}  // namespace anvil::cuda

@@ -1,0 +1,43 @@
+// Helpers of the phase-split transposed convolution. A stride-s transposed
+// conv is s^d stride-1 sub-convolutions, one per output phase; they run as ONE
+// cuDNN forward convolution with s^d times the output channels over the input
+// padded by (front, end). These kernels pad the input, build the combined
+// weight from PyTorch's (Cin, Cout, k...) weight, fold the combined weight's
+// gradient back, and crop the padded input gradient.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+
+namespace anvil::cuda {
+
+constexpr int kMaxPhaseTaps = 64;  // s * kp per dim
+constexpr int kMaxKernel = 16;     // original kernel per dim
+
+struct PhaseSplitGeometry {
+  int64_t n = 1, cin = 1, cout = 1;
+  std::array<int64_t, 3> in{1, 1, 1};     // x spatial
+  std::array<int64_t, 3> front{0, 0, 0};  // x_pad = x shifted by front, then zeros to in + front + end
+  std::array<int64_t, 3> end{0, 0, 0};
+  std::array<int64_t, 3> k{1, 1, 1};   // original kernel
+  std::array<int64_t, 3> kp{1, 1, 1};  // combined kernel
+  std::array<int64_t, 3> s{1, 1, 1};   // stride = phases per dim
+  // tap[d][r * kp[d] + u]: the original tap of phase r at combined tap u, or -1.
+  int8_t tap[3][kMaxPhaseTaps] = {};
+  // phase_of[d][t], tap_of[d][t]: where original tap t sits (each tap serves exactly one phase).
+  int8_t phase_of[3][kMaxKernel] = {}, combined_of[3][kMaxKernel] = {};
+};
+
+// x (n, cin, in) -> x_pad (n, cin, in + front + end)
+void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream);
+// w (cin, cout, k) -> wp (phases * cout, cin, kp); phase-major output channels.
+void phase_build_weight(const float* w, float* wp, const PhaseSplitGeometry& g, cudaStream_t stream);
+// dwp (phases * cout, cin, kp) -> dw (cin, cout, k); overwrites dw.
+void phase_fold_weight_grad(const float* dwp, float* dw, const PhaseSplitGeometry& g, cudaStream_t stream);
+// dx_pad -> dx (the unpadded window), overwriting or accumulating.
+void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, const PhaseSplitGeometry& g,
+                           cudaStream_t stream);
+
+}  // namespace anvil::cuda

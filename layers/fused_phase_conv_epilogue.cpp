@@ -1,0 +1,207 @@
+#include "layers/fused_phase_conv_epilogue.hpp"
+
+#include <climits>
+#include <nlohmann/json.hpp>
+
+#include "anvil/error.hpp"
+#include "engine/src/config.hpp"
+#include "engine/src/context.hpp"
+#include "layers/registry.hpp"
+
+namespace anvil {
+
+// Along one dim, output o = q * s + r (phase r) receives x[i] * w[t] where
+// o = i * s - p + t. With c = r + p = a * s + b, the taps of phase r are
+// t = b + j * s (t < k), reading x[q + a - j]. Offsets a - j over all phases
+// span [m0, m1]: a stride-1 kernel of kp = m1 - m0 + 1 taps over x padded by
+// -m0 in front and enough at the end for q = 0 .. out / s - 1.
+bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel,
+                                    cuda::PhaseSplitGeometry& g) {
+  if (!conv.transposed()) return false;
+  const Shape& x = conv.input_shapes()[0];
+  const Shape& y = conv.output_shape();
+  const int dims = static_cast<int>(conv.kernel().size());
+  g = cuda::PhaseSplitGeometry{};
+  g.n = x[0];
+  g.cin = conv.in_channels();
+  g.cout = conv.out_channels();
+  for (int d = 0; d < 3 - dims; ++d) g.tap[d][0] = 0;  // lifted dims: one phase, one tap
+  for (int i = 0; i < dims; ++i) {
+    const int d = 3 - dims + i;
+    const int64_t k = conv.kernel()[i], s = conv.stride()[i], p = conv.padding()[i];
+    const int64_t in = x[2 + i], out = y[2 + i];
+    if (conv.dilation()[i] != 1 || pool_kernel[i] != s || k > cuda::kMaxKernel || out % s != 0) return false;
+    std::vector<int64_t> a(s), b(s), taps(s);
+    int64_t m0 = INT64_MAX, m1 = INT64_MIN;
+    for (int64_t r = 0; r < s; ++r) {
+      a[r] = (r + p) / s;
+      b[r] = (r + p) % s;
+      taps[r] = b[r] < k ? (k - b[r] + s - 1) / s : 0;
+      if (taps[r] == 0) continue;
+      m0 = std::min(m0, a[r] - (taps[r] - 1));
+      m1 = std::max(m1, a[r]);
+    }
+    if (m0 == INT64_MAX || m0 > 0) return false;
+    const int64_t kp = m1 - m0 + 1, q = out / s;
+    if (s * kp > cuda::kMaxPhaseTaps) return false;
+    g.in[d] = in;
+    g.front[d] = -m0;
+    g.end[d] = q + kp - 1 - g.front[d] - in;
+    if (g.end[d] < 0) return false;
+    g.k[d] = k;
+    g.kp[d] = kp;
+    g.s[d] = s;
+    for (int64_t u = 0; u < s * kp; ++u) g.tap[d][u] = -1;
+    for (int64_t r = 0; r < s; ++r)
+      for (int64_t j = 0; j < taps[r]; ++j) {
+        const int64_t t = b[r] + j * s, u = a[r] - j - m0;
+        g.tap[d][r * kp + u] = static_cast<int8_t>(t);
+        g.phase_of[d][t] = static_cast<int8_t>(r);
+        g.combined_of[d][t] = static_cast<int8_t>(u);
+      }
+  }
+  return g.s[0] * g.s[1] * g.s[2] <= 256;
+}
+
+FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, float slope1, std::string scale_name,
+                                               float slope2, const cuda::PhaseSplitGeometry& g, std::string name)
+    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()),
+      conv_(std::move(conv)),
+      slope1_(slope1),
+      slope2_(slope2),
+      scale_name_(std::move(scale_name)),
+      g_(g) {
+  // The combined convolution is an ordinary conv layer over the padded input.
+  const int dims = static_cast<int>(conv_->kernel().size());
+  std::vector<int64_t> kp(g_.kp.end() - dims, g_.kp.end());
+  const nlohmann::json cfg = {{"in_channels", g_.cin}, {"out_channels", phases() * g_.cout}, {"kernel_size", kp},
+                              {"bias", false}};
+  ConfigReader reader(cfg, path());
+  phase_conv_ = std::make_unique<Convolution>(reader, LayerInfo{conv_->type(), this->name() + ".phase", path()}, dims,
+                                              false);
+  Shape x_pad = {g_.n, g_.cin};
+  for (int d = 3 - dims; d < 3; ++d) x_pad.push_back(g_.in[d] + g_.front[d] + g_.end[d]);
+  phase_conv_->setup({x_pad});
+}
+
+FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;
+
+std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const {
+  std::vector<ParamSpec> specs = conv_->param_specs();
+  const Shape& y = conv_->output_shape();
+  Shape m(y.size() - 1, 1);
+  m[0] = y[1];
+  specs.push_back({scale_name_, m, ParamSpec::Init::Normal, 0});
+  return specs;
+}
+
+Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
+  if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
+  Shape p = conv_->output_shape();
+  const int dims = static_cast<int>(p.size()) - 2;
+  for (int i = 0; i < dims; ++i) p[2 + i] /= g_.s[3 - dims + i];
+  return p;
+}
+
+void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) {
+  backward_ = backward;
+  input_grad_ = backward && input_grad;
+  phase_conv_->set_gradient_needs(backward, input_grad_);
+}
+
+cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
+  const Shape& p = output_shape();
+  return {p[0], p[1], phases(), numel(p) / (p[0] * p[1])};
+}
+
+// Saved for backward: argmax (bytes), y at the argmax, the padded input (for
+// dW) and the combined weight (for dx). Inference keeps the last two in the workspace.
+size_t FusedPhaseConvEpilogue::saved_bytes() const {
+  if (!backward_) return 0;
+  return align_up(numel(output_shape())) + pooled_bytes() + x_pad_bytes() + wp_bytes();
+}
+
+FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args) const {
+  char* base = backward_ ? static_cast<char*>(args.saved) + align_up(numel(output_shape())) + pooled_bytes()
+                         : static_cast<char*>(args.workspace) + yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
+  return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + x_pad_bytes())};
+}
+
+void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
+  phase_conv_->build_cuda(ctx, settings);
+}
+
+size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
+  if (device != Device::Cuda) return 0;
+  return yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace()) + (backward_ ? 0 : x_pad_bytes() + wp_bytes());
+}
+
+// dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
+size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
+  if (device != Device::Cuda) return 0;
+  return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
+         align_up(phase_conv_->cudnn_backward_workspace()) +
+         cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry());
+}
+
+void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
+  const Kept k = kept(forward);
+  char* fws = static_cast<char*>(forward.workspace);
+  LayerArgs f, b;
+  f.in = {{k.x_pad, phase_conv_->input_shapes()[0]}};
+  f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
+  f.params = {k.wp};
+  f.workspace = fws + yp_bytes();
+  if (backward_) {
+    char* bws = static_cast<char*>(backward.workspace);
+    b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
+    b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
+  }
+  phase_conv_->choose_algorithms(ctx, f, b);
+}
+
+void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
+  const Kept k = kept(args);
+  float* yp = static_cast<float*>(args.workspace);
+  cuda::phase_pad_input(args.in[0].data, k.x_pad, g_, ctx.stream());
+  cuda::phase_build_weight(args.params[0], k.wp, g_, ctx.stream());
+  phase_conv_->run_forward(ctx, k.x_pad, k.wp, yp, static_cast<char*>(args.workspace) + yp_bytes(),
+                           phase_conv_->cudnn_forward_workspace());
+  const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
+  auto* argmax = backward_ ? static_cast<uint8_t*>(args.saved) : nullptr;
+  auto* y_at_max = backward_ ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(numel(output_shape())))
+                             : nullptr;
+  cuda::phase_epilogue_forward(yp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax, y_at_max,
+                               epilogue_geometry(), ctx.stream());
+}
+
+void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
+  const Kept k = kept(args);
+  char* ws = static_cast<char*>(args.workspace);
+  float* dyp = reinterpret_cast<float*>(ws);
+  float* dwp = reinterpret_cast<float*>(ws + yp_bytes());
+  float* dx_pad = input_grad_ && args.din[0].data ? reinterpret_cast<float*>(ws + yp_bytes() + wp_bytes()) : nullptr;
+  char* cudnn_ws = ws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
+  const size_t cudnn_bytes = phase_conv_->cudnn_backward_workspace();
+  const auto* argmax = static_cast<const uint8_t*>(args.saved);
+  const auto* y_at_max =
+      reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
+  float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
+  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, dyp, dbias,
+                                args.dparams.back(), cudnn_ws + align_up(cudnn_bytes), epilogue_geometry(),
+                                ctx.stream());
+  phase_conv_->run_backward(ctx, k.x_pad, dyp, k.wp, dx_pad, false, dwp, cudnn_ws, cudnn_bytes);
+  cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
+  if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
+}
+
+// The fusion pass runs only for CUDA engines; reaching these is a bug in the engine.
+void FusedPhaseConvEpilogue::forward_cpu(const LayerArgs&) {
+  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
+}
+
+void FusedPhaseConvEpilogue::backward_cpu(const LayerArgs&) {
+  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
+}
+
+}  // namespace anvil

@@ -1,0 +1,67 @@
+// The fused headline pattern with the transposed convolution phase-split:
+// when a conv_transpose (dilation 1) is followed by the epilogue chain and a
+// max pool whose kernel equals the conv's stride, each pool window is exactly
+// the s^d output phases at one grid point. The conv then runs as ONE stride-1
+// cuDNN forward convolution with s^d * Cout channels (the combined weight is
+// rebuilt from PyTorch's weight each step), the epilogue reads the phases
+// directly, and backward turns dP into the phase-domain dY, whose cuDNN
+// filter gradient folds back to the PyTorch weight gradient. Exact: the same
+// sums as the transposed conv, in another order.
+#pragma once
+
+#include <memory>
+
+#include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/phase_split.hpp"
+#include "layers/convolution.hpp"
+
+namespace anvil {
+
+class FusedPhaseConvEpilogue : public Layer {
+ public:
+  // Fills g and returns true where the phase split applies to this conv_transpose + pool.
+  static bool derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel, cuda::PhaseSplitGeometry& g);
+
+  FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, float slope1, std::string scale_name, float slope2,
+                         const cuda::PhaseSplitGeometry& g, std::string name);
+  ~FusedPhaseConvEpilogue() override;
+
+  std::vector<ParamSpec> param_specs() const override;
+  size_t saved_bytes() const override;
+  void set_gradient_needs(bool backward, bool input_grad) override;
+  void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
+  size_t forward_workspace_bytes(Device device) const override;
+  size_t backward_workspace_bytes(Device device) const override;
+  void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
+  std::string describe_cuda() const override { return "phase-split: " + phase_conv_->describe_cuda(); }
+
+ protected:
+  Shape infer_shape(const std::vector<Shape>& inputs) override;
+  void forward_cpu(const LayerArgs& args) override;
+  void backward_cpu(const LayerArgs& args) override;
+  void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
+  void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
+
+ private:
+  // Sub-buffers of the saved region (backward runs) or of the forward workspace (inference).
+  struct Kept {
+    float* x_pad;
+    float* wp;
+  };
+  Kept kept(const LayerArgs& args) const;
+  cuda::PhaseEpilogueGeometry epilogue_geometry() const;
+  int64_t phases() const { return g_.s[0] * g_.s[1] * g_.s[2]; }
+  size_t pooled_bytes() const { return align_up(numel(output_shape()) * sizeof(float)); }
+  size_t yp_bytes() const { return align_up(numel(phase_conv_->output_shape()) * sizeof(float)); }
+  size_t x_pad_bytes() const { return align_up(numel(phase_conv_->input_shapes()[0]) * sizeof(float)); }
+  size_t wp_bytes() const { return align_up(numel(phase_conv_->param_specs()[0].shape) * sizeof(float)); }
+
+  std::unique_ptr<Convolution> conv_;        // the original layer: parameters and their PyTorch layout
+  std::unique_ptr<Convolution> phase_conv_;  // the stride-1 combined convolution
+  float slope1_, slope2_;
+  std::string scale_name_;
+  cuda::PhaseSplitGeometry g_;
+  bool backward_ = true, input_grad_ = true;
+};
+
+}  // namespace anvil

@@ -1,0 +1,135 @@
+// The phase-split derivation, checked on the CPU: the one stride-1 convolution
+// it describes (padded input, combined weight, s^d * Cout channels) must give
+// the transposed convolution's output, phase by phase. Runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <random>
+
+#include "engine/src/config.hpp"
+#include "kernels/cpu/reference.hpp"
+#include "layers/fused_phase_conv_epilogue.hpp"
+#include "layers/registry.hpp"
+
+namespace anvil {
+namespace {
+
+struct Geometry {
+  std::vector<int64_t> k, s, p, op, in;
+};
+
+std::unique_ptr<Convolution> conv_transpose(const Geometry& g, int64_t cin, int64_t cout, int64_t n) {
+  const int dims = static_cast<int>(g.k.size());
+  const nlohmann::json cfg = {{"in_channels", cin}, {"out_channels", cout}, {"kernel_size", g.k},
+                              {"stride", g.s},      {"padding", g.p},       {"output_padding", g.op}};
+  ConfigReader reader(cfg, "layers[0]");
+  auto conv = std::make_unique<Convolution>(reader, LayerInfo{"conv_transpose3d", "up", "layers[0]"}, dims, true);
+  Shape x = {n, cin};
+  x.insert(x.end(), g.in.begin(), g.in.end());
+  conv->setup({x});
+  return conv;
+}
+
+std::vector<float> random_vector(int64_t count, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> v(count);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+class PhaseSplitDerivation : public ::testing::TestWithParam<Geometry> {};
+
+TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvolution) {
+  const Geometry& geo = GetParam();
+  const int64_t n = 2, cin = 3, cout = 2;
+  auto conv = conv_transpose(geo, cin, cout, n);
+  cuda::PhaseSplitGeometry g;
+  ASSERT_TRUE(FusedPhaseConvEpilogue::derive(*conv, geo.s, g));
+
+  std::mt19937 rng(42);
+  const Shape& xs = conv->input_shapes()[0];
+  const Shape& ys = conv->output_shape();
+  const std::vector<float> x = random_vector(numel(xs), rng);
+  const std::vector<float> w = random_vector(numel(conv->param_specs()[0].shape), rng);
+  std::vector<float> y(numel(ys), NAN);
+  cpu::conv_backward_data(x.data(), w.data(), y.data(), conv->geometry(), false);
+
+  // Every original tap serves exactly one (phase, combined tap).
+  for (int d = 0; d < 3; ++d)
+    for (int64_t t = 0; t < g.k[d]; ++t)
+      EXPECT_EQ(g.tap[d][g.phase_of[d][t] * g.kp[d] + g.combined_of[d][t]], t) << "dim " << d << " tap " << t;
+
+  // The padded input and the combined weight, built here from the tables.
+  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+  const cpu::Dims3 pad = {g.in[0] + g.front[0] + g.end[0], g.in[1] + g.front[1] + g.end[1],
+                          g.in[2] + g.front[2] + g.end[2]};
+  std::vector<float> x_pad(n * cin * pad[0] * pad[1] * pad[2], 0.f);
+  for (int64_t pl = 0; pl < n * cin; ++pl)
+    for (int64_t d = 0; d < g.in[0]; ++d)
+      for (int64_t h = 0; h < g.in[1]; ++h)
+        for (int64_t v = 0; v < g.in[2]; ++v)
+          x_pad[((pl * pad[0] + d + g.front[0]) * pad[1] + h + g.front[1]) * pad[2] + v + g.front[2]] =
+              x[((pl * g.in[0] + d) * g.in[1] + h) * g.in[2] + v];
+  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2];
+  std::vector<float> wp(phases * cout * cin * kpv, 0.f);
+  for (int64_t r = 0; r < phases; ++r)
+    for (int64_t co = 0; co < cout; ++co)
+      for (int64_t ci = 0; ci < cin; ++ci)
+        for (int64_t u = 0; u < kpv; ++u) {
+          const int64_t rr[3] = {r / (g.s[1] * g.s[2]), r / g.s[2] % g.s[1], r % g.s[2]};
+          const int64_t uu[3] = {u / (g.kp[1] * g.kp[2]), u / g.kp[2] % g.kp[1], u % g.kp[2]};
+          int64_t t[3];
+          bool used = true;
+          for (int d = 0; d < 3; ++d) used = used && (t[d] = g.tap[d][rr[d] * g.kp[d] + uu[d]]) >= 0;
+          if (used)
+            wp[((r * cout + co) * cin + ci) * kpv + u] =
+                w[(((ci * cout + co) * g.k[0] + t[0]) * g.k[1] + t[1]) * g.k[2] + t[2]];
+        }
+  cpu::ConvGeometry pg;
+  pg.n = n;
+  pg.ca = cin;
+  pg.cb = phases * cout;
+  pg.a = pad;
+  pg.b = {pad[0] - g.kp[0] + 1, pad[1] - g.kp[1] + 1, pad[2] - g.kp[2] + 1};
+  pg.k = {g.kp[0], g.kp[1], g.kp[2]};
+  const cpu::Dims3 y3 = cpu::lift_dims({ys.begin() + 2, ys.end()}, 1);
+  for (int d = 0; d < 3; ++d) ASSERT_EQ(pg.b[d] * g.s[d], y3[d]) << "phase grid of dim " << d;
+  std::vector<float> yp(n * phases * cout * pg.b[0] * pg.b[1] * pg.b[2], NAN);
+  cpu::conv_forward(x_pad.data(), wp.data(), yp.data(), pg);
+
+  // y[n, co, q * s + r] == yp[n, r * cout + co, q]
+  double max_err = 0, max_ref = 0;
+  for (int64_t nn = 0; nn < n; ++nn)
+    for (int64_t co = 0; co < cout; ++co)
+      for (int64_t o0 = 0; o0 < y3[0]; ++o0)
+        for (int64_t o1 = 0; o1 < y3[1]; ++o1)
+          for (int64_t o2 = 0; o2 < y3[2]; ++o2) {
+            const int64_t r = ((o0 % g.s[0]) * g.s[1] + o1 % g.s[1]) * g.s[2] + o2 % g.s[2];
+            const int64_t q = ((o0 / g.s[0]) * pg.b[1] + o1 / g.s[1]) * pg.b[2] + o2 / g.s[2];
+            const float want = y[(((nn * cout + co) * y3[0] + o0) * y3[1] + o1) * y3[2] + o2];
+            const float got = yp[((nn * phases + r) * cout + co) * (pg.b[0] * pg.b[1] * pg.b[2]) + q];
+            max_err = std::max(max_err, std::fabs(double(got) - want));
+            max_ref = std::max(max_ref, std::fabs(double(want)));
+          }
+  EXPECT_LE(max_err, 1e-5 * max_ref) << "max |diff| " << max_err;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Geometries, PhaseSplitDerivation,
+    ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}},  // the headline layer
+                      Geometry{{3, 4, 3}, {2, 2, 1}, {1, 1, 0}, {1, 0, 0}, {3, 5, 4}},  // odd_sizes
+                      Geometry{{2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}, {2, 3, 4}},
+                      Geometry{{4, 5, 3}, {2, 3, 3}, {1, 2, 1}, {0, 2, 2}, {3, 3, 4}},
+                      Geometry{{3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}},                  // 2-D
+                      Geometry{{1, 2, 3}, {3, 2, 1}, {0, 0, 1}, {2, 0, 0}, {2, 3, 5}}));  // kernel < stride
+
+TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
+  cuda::PhaseSplitGeometry g;
+  auto conv = conv_transpose({{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}}, 3, 2, 1);
+  EXPECT_FALSE(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 1}, g)) << "pool kernel differs from the stride";
+  EXPECT_FALSE(FusedPhaseConvEpilogue::derive(*conv, {4, 4, 4}, g));
+}
+
+}  // namespace
+}  // namespace anvil
