@@ -161,6 +161,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
 struct TrainFlags {
   int64_t steps = 0;
   std::string weights, data, save, dump_grads;
+  bool input_grad = false;
 };
 
 int cmd_train(const CommonFlags& f, const TrainFlags& t) {
@@ -168,7 +169,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   check_output_path("--save", t.save);
   check_output_path("--dump-grads", t.dump_grads);
   const anvil::Network net = anvil::Network::load(f.network);
-  anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
+  anvil::Options o = options_for(f, anvil::Mode::Train);
+  o.input_grad = t.input_grad;
+  anvil::Engine engine(net, o);
   if (!t.weights.empty()) load_weights(engine, t.weights);
   if (!t.data.empty()) {
     const anvil::TensorFile file = anvil::read_safetensors(t.data);
@@ -200,6 +203,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (!t.dump_grads.empty()) {
     anvil::TensorFile out;
     out.tensors = engine.gradients();
+    if (t.input_grad) out.tensors["grad.input"] = engine.input_gradient();
     out.metadata["network"] = net.name();
     out.metadata["step"] = std::to_string(engine.steps_done());
     anvil::write_safetensors(t.dump_grads, out);
@@ -314,6 +318,7 @@ int main(int argc, char** argv) {
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
   train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
+  train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags bench_flags;
   BenchFlags bench_opts;
