@@ -63,11 +63,28 @@ std::string list_results(const Perf* perfs, int count) {
   return s;
 }
 
-// Find...Ex results are sorted fastest first.
 template <class Perf>
-Perf fastest(const Perf* perfs, int count, size_t ws, const BuildSettings& s, const std::string& what) {
-  for (int i = 0; i < count; ++i)
-    if (eligible(perfs[i], ws, s)) return perfs[i];
+std::vector<std::pair<int, cudnnMathType_t>> ranking_of(const Perf* perfs, int count) {
+  std::vector<std::pair<int, cudnnMathType_t>> out;
+  for (int i = 0; i < count; ++i) out.push_back({static_cast<int>(perfs[i].algo), perfs[i].mathType});
+  return out;
+}
+
+// Find...Ex results come sorted fastest first, and timings vary from run to run.
+// In deterministic mode the choice must not: take the heuristics' first
+// choice among those Find confirmed; otherwise the fastest.
+template <class Perf>
+Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
+            const std::vector<std::pair<int, cudnnMathType_t>>& ranking, const std::string& what) {
+  if (s.deterministic) {
+    for (const auto& [algo, math] : ranking)
+      for (int i = 0; i < count; ++i)
+        if (static_cast<int>(perfs[i].algo) == algo && perfs[i].mathType == math && eligible(perfs[i], ws, s))
+          return perfs[i];
+  } else {
+    for (int i = 0; i < count; ++i)
+      if (eligible(perfs[i], ws, s)) return perfs[i];
+  }
   throw Error(what + ": cuDNN offers no " + (s.deterministic ? "deterministic " : "") + "algorithm within " +
               std::to_string(ws >> 20) + " MiB of workspace; it offered:" + list_results(perfs, count));
 }
@@ -80,6 +97,8 @@ struct Convolution::Cudnn {
   bool used[kOpCount] = {false, false, false};
   size_t workspace[kOpCount] = {0, 0, 0};
   int algo[kOpCount] = {0, 0, 0};
+  // The heuristics' ranking (algorithm, math type) per op: a function of the shapes alone.
+  std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
   cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
   bool chosen = false;
   BuildSettings settings;
@@ -245,18 +264,21 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), c.a, c.w, c.conv[kForward], c.b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p));
     c.workspace[kForward] = workspace_for(p, n, settings, path() + " " + kOpNames[kForward]);
+    c.ranking[kForward] = ranking_of(p, n);
   }
   if (c.used[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
     c.workspace[kBackwardData] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardData]);
+    c.ranking[kBackwardData] = ranking_of(p, n);
   }
   if (c.used[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
     c.workspace[kBackwardFilter] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardFilter]);
+    c.ranking[kBackwardFilter] = ranking_of(p, n);
   }
 }
 
@@ -299,7 +321,8 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), c.a, a, c.w, w, c.conv[kForward], c.b, b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p,
                                                              ws_for(kForward), c.workspace[kForward]));
-    const auto best = fastest(p, n, c.workspace[kForward], c.settings, where + " " + kOpNames[kForward]);
+    const auto best =
+        choose(p, n, c.workspace[kForward], c.settings, c.ranking[kForward], where + " " + kOpNames[kForward]);
     c.algo[kForward] = best.algo;
     c.math[kForward] = best.mathType;
   }
@@ -308,7 +331,8 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
         ctx.cudnn(), c.w, w, c.b, b, c.conv[kBackwardData], c.a, a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p,
         ws_for(kBackwardData), c.workspace[kBackwardData]));
-    const auto best = fastest(p, n, c.workspace[kBackwardData], c.settings, where + " " + kOpNames[kBackwardData]);
+    const auto best =
+        choose(p, n, c.workspace[kBackwardData], c.settings, c.ranking[kBackwardData], where + " " + kOpNames[kBackwardData]);
     c.algo[kBackwardData] = best.algo;
     c.math[kBackwardData] = best.mathType;
   }
@@ -317,8 +341,8 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
         ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, bwd.dparams[0],
         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p, ws_for(kBackwardFilter), c.workspace[kBackwardFilter]));
-    const auto best =
-        fastest(p, n, c.workspace[kBackwardFilter], c.settings, where + " " + kOpNames[kBackwardFilter]);
+    const auto best = choose(p, n, c.workspace[kBackwardFilter], c.settings, c.ranking[kBackwardFilter],
+                             where + " " + kOpNames[kBackwardFilter]);
     c.algo[kBackwardFilter] = best.algo;
     c.math[kBackwardFilter] = best.mathType;
   }
