@@ -103,10 +103,18 @@ Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   return p;
 }
 
+// Without an input gradient, dY is never needed whole: the sparse kernel
+// computes dW from the argmax phases directly, and cuDNN runs forward only.
 void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) {
   backward_ = backward;
   input_grad_ = backward && input_grad;
-  phase_conv_->set_gradient_needs(backward, input_grad_);
+  sparse_ = backward && !input_grad_ && cuda::phase_sparse_weight_grad_supported(g_);
+  phase_conv_->set_gradient_needs(backward && !sparse_, input_grad_);
+}
+
+std::string FusedPhaseConvEpilogue::describe_cuda() const {
+  return std::string("phase-split") + (sparse_ ? ", sparse weight-gradient kernel" : "") + ": " +
+         phase_conv_->describe_cuda();
 }
 
 cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
@@ -139,6 +147,9 @@ size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
 // dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
 size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
   if (device != Device::Cuda) return 0;
+  if (sparse_)
+    return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) +
+           cuda::phase_sparse_weight_grad_scratch_bytes(g_);
   return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
          align_up(phase_conv_->cudnn_backward_workspace()) +
          cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry());
@@ -152,7 +163,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
   f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
   f.params = {k.wp};
   f.workspace = fws + yp_bytes();
-  if (backward_) {
+  if (backward_ && !sparse_) {
     char* bws = static_cast<char*>(backward.workspace);
     b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
     b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
@@ -178,6 +189,19 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
   char* ws = static_cast<char*>(args.workspace);
+  if (sparse_) {
+    const auto* argmax = static_cast<const uint8_t*>(args.saved);
+    const auto* y_at_max =
+        reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
+    const float* m = args.params.back();
+    float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
+    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, m, slope1_, slope2_, nullptr, dbias,
+                                  args.dparams.back(), ws, epilogue_geometry(), ctx.stream());
+    const size_t reduce_bytes = align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
+    cuda::phase_sparse_weight_grad({args.dout.data, argmax, y_at_max, m, slope1_, slope2_}, k.x_pad,
+                                   args.dparams[0], ws + reduce_bytes, g_, ctx.stream());
+    return;
+  }
   float* dyp = reinterpret_cast<float*>(ws);
   float* dwp = reinterpret_cast<float*>(ws + yp_bytes());
   float* dx_pad = input_grad_ && args.din[0].data ? reinterpret_cast<float*>(ws + yp_bytes() + wp_bytes()) : nullptr;

@@ -33,7 +33,7 @@ class FusedPhaseConvEpilogue : public Layer {
   size_t forward_workspace_bytes(Device device) const override;
   size_t backward_workspace_bytes(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
-  std::string describe_cuda() const override { return "phase-split: " + phase_conv_->describe_cuda(); }
+  std::string describe_cuda() const override;
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -62,6 +62,7 @@ class FusedPhaseConvEpilogue : public Layer {
   std::string scale_name_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
+  bool sparse_ = false;  // weight gradient by the sparse kernel: no dY, no cuDNN backward
 };
 
 }  // namespace anvil

@@ -10,6 +10,7 @@ class CpuParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(CpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
   Options options;
   options.device = Device::Cpu;
+  options.input_grad = true;
   check_reference_case(GetParam(), options, nlohmann::json::object(), 1e-5, 1e-5);
 }
 

@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(kThreads)
                    float* __restrict__ dyp, double* __restrict__ partials, EpiDims g, uint32_t phases) {
   const BlockRange r = block_range(g);
   const float mc = __ldg(m + r.plane % g.c);
-  float* base = dyp + phase_base(r, g, phases);
+  float* base = dyp != nullptr ? dyp + phase_base(r, g, phases) : nullptr;
   const int64_t wstride = g.c * int64_t(g.p);
   const int64_t out = r.plane * int64_t(g.p);
   double acc_b = 0.0, acc_m = 0.0;
@@ -394,7 +394,8 @@ __global__ void __launch_bounds__(kThreads)
     acc_b += double(dyv);
     acc_m = fma(double(dz2), double(z1), acc_m);
     const uint32_t a = __ldg(argmax + out + e);
-    for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
+    if (dyp != nullptr)  // null: only dbias and dm are wanted (the sparse weight gradient rebuilds dy)
+      for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
   }
   epi_write_partials(acc_b, acc_m, partials, r, g);
 }
@@ -491,8 +492,8 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
                              float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_backward";
-  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr && dyp != nullptr, op,
-                  "null pointer (only dbias and dm may be null)");
+  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr, op,
+                  "null pointer (only dyp, dbias and dm may be null)");
   const bool reduce = dbias != nullptr || dm != nullptr;
   detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
                   "scratch must be given and 8-byte aligned");

@@ -48,6 +48,7 @@ struct PhaseEpilogueGeometry {
 void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream);
 size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g);
+// dyp may be null: then only dbias and dm are reduced.
 void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
                              float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream);
