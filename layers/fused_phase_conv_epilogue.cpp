@@ -103,13 +103,9 @@ Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   return p;
 }
 
-// Without an input gradient, dY is never needed whole: the sparse kernel
-// computes dW from the argmax phases directly, and cuDNN runs forward only.
 void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) {
   backward_ = backward;
   input_grad_ = backward && input_grad;
-  sparse_ = backward && !input_grad_ && cuda::phase_sparse_weight_grad_supported(g_);
-  phase_conv_->set_gradient_needs(backward && !sparse_, input_grad_);
 }
 
 std::string FusedPhaseConvEpilogue::describe_cuda() const {
@@ -135,7 +131,15 @@ FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args)
   return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + x_pad_bytes())};
 }
 
+// Without an input gradient, dY is never needed whole, and in strict fp32 the
+// sparse kernel computes dW from the argmax phases directly: on the H100 it
+// takes 2.0 ms for the headline layer where cuDNN's deterministic FMA filter
+// gradient takes 8.8 ms (and needs dY plus 278 MiB of workspace). Under TF32
+// cuDNN's tensor-core algorithm (0.7 ms) wins, so it keeps the cuDNN path.
 void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
+  sparse_ = backward_ && !input_grad_ && settings.precision == Precision::FP32 &&
+            cuda::phase_sparse_weight_grad_supported(g_);
+  phase_conv_->set_gradient_needs(backward_ && !sparse_, input_grad_);
   phase_conv_->build_cuda(ctx, settings);
 }
 

@@ -16,7 +16,7 @@ Options cuda_options() {
 
 // The ways a CUDA engine runs the headline pattern. All compute the input
 // gradient except "phase_split_no_dx", which (like a network's first layer)
-// does not and so takes the sparse weight-gradient kernel where it applies.
+// does not and so, in strict fp32, takes the sparse weight-gradient kernel.
 const std::vector<std::string> kModes = {"phase_split", "phase_split_no_dx", "dgrad", "unfused"};
 
 Options cuda_options(const std::string& mode) {
@@ -189,8 +189,11 @@ TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   const Network net = Network::load(data_path("kb74_small.json"));
   const std::string phase = Engine(net, cuda_options("phase_split")).describe();
   EXPECT_NE(phase.find("fused_phase_conv_epilogue"), std::string::npos) << phase;
-  const std::string sparse = Engine(net, cuda_options("phase_split_no_dx")).describe();
+  const Network fp32 = network_with(data_path("kb74_small.json"), {{"precision", "fp32"}});
+  const std::string sparse = Engine(fp32, cuda_options("phase_split_no_dx")).describe();
   EXPECT_NE(sparse.find("sparse weight-gradient kernel"), std::string::npos) << sparse;
+  const std::string tf32 = Engine(net, cuda_options("phase_split_no_dx")).describe();
+  EXPECT_EQ(tf32.find("sparse weight-gradient kernel"), std::string::npos) << tf32;
   const std::string dgrad = Engine(net, cuda_options("dgrad")).describe();
   EXPECT_NE(dgrad.find("[fused_conv_epilogue]"), std::string::npos) << dgrad;
   const std::string unfused = Engine(net, cuda_options("unfused")).describe();
