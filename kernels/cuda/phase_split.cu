@@ -2,8 +2,6 @@
 // All are small or plain copies: flat grid-stride loops over the output.
 #include "kernels/cuda/phase_split.hpp"
 
-#include <algorithm>
-
 #include "kernels/cuda/common.cuh"
 
 namespace anvil::cuda {
@@ -68,102 +66,83 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 
-// The sparse weight gradient. Block (co, n, input-channel group) walks the
-// phase grid one depth slice qd at a time: it stages that slice's x tile for
-// its channels in shared memory, and dy and the argmax of the slice's items.
-// Thread (channel, combined tap u, item slice) then adds dy * x into its own
-// slot of each item's argmax phase (slots [phase][thread]: no sharing, fixed
-// order). Tile rows are padded so that a warp's 32 (channel, tap) lanes read 32
-// distinct banks for the headline geometry. The block's slices are summed in
-// order at the end, and a second kernel sums the blocks over n in order.
-struct SparseLayout {
-  int cig = 1;       // input channels per block
-  int groups = 1;    // blocks along the input channels
-  int group = 1;     // cig * kp taps: threads per item
-  int slices = 1;    // item slices per block
-  int threads = 1;   // group * slices
-  int wpad = 1, hpad = 1;  // tile row and plane strides, in floats
-  int tile = 1;      // cig * kp0 * hpad * wpad floats
-  int items = 1;     // phase-grid points per depth slice: Q1 * Q2
-  size_t smem = 0;
-};
+constexpr int kSparseChunk = 2048;  // (n, q) items per block of the sparse weight gradient
+constexpr int kSparseMaxThreads = 1024;
+constexpr int kSparseMaxSmemFloats = 12 * 1024;
 
+// Block (co, chunk): thread (ci, u) accumulates, for each item (n, q) of the
+// chunk in order, dy * x_pad[n, ci, q + u] into its slot of the item's argmax
+// phase. Slots live in shared memory indexed [phase][thread]: no thread
+// touches another's, so the sums are deterministic.
 __global__ void sparse_wgrad_kernel(SparseGradEpilogue e, const float* __restrict__ x_pad,
-                                    float* __restrict__ partials, PhaseSplitGeometry g, SparseLayout L) {
+                                    float* __restrict__ partials, PhaseSplitGeometry g, int64_t q_count,
+                                    int64_t chunks) {
   extern __shared__ float smem[];
-  const int phases = int(g.s[0] * g.s[1] * g.s[2]), T = L.threads, tid = threadIdx.x;
-  const int kp0 = int(g.kp[0]), kp1 = int(g.kp[1]), kp2 = int(g.kp[2]), kpv = kp0 * kp1 * kp2;
-  const int p0 = int(g.in[0] + g.front[0] + g.end[0]), p1 = int(g.in[1] + g.front[1] + g.end[1]),
-            p2 = int(g.in[2] + g.front[2] + g.end[2]);
-  const int q0 = p0 - kp0 + 1, q2 = p2 - kp2 + 1;
-  float* acc = smem;                    // [phases][T]
-  float* tile = acc + phases * T;       // [cig][kp0][hpad][wpad]
-  float* dy_s = tile + L.tile;          // [items]
-  auto* arg_s = reinterpret_cast<uint8_t*>(dy_s + L.items);
-  const int64_t co = blockIdx.x, n = blockIdx.y;
-  const int ci0 = int(blockIdx.z) * L.cig;
-  for (int i = tid; i < phases * T; i += T) acc[i] = 0.f;
+  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+  const int threads = blockDim.x;
+  float* acc = smem;                                    // [phases][threads]
+  float* dy_s = smem + phases * threads;                // [kSparseChunk]
+  auto* arg_s = reinterpret_cast<uint8_t*>(dy_s + kSparseChunk);  // [kSparseChunk]
+  const int64_t co = blockIdx.x, chunk = blockIdx.y;
+  for (int64_t i = threadIdx.x; i < phases * threads; i += threads) acc[i] = 0.f;
 
-  const int gi = tid % L.group, slice = tid / L.group;
-  const int cl = gi / kpv, u = gi - cl * kpv;
-  const int u0 = u / (kp1 * kp2), u1 = u / kp2 % kp1, u2 = u % kp2;
-  const bool active = ci0 + cl < g.cin;
-  const int tap_offset = ((cl * kp0 + u0) * L.hpad + u1) * L.wpad + u2;
-  const int per_slice = (L.items + L.slices - 1) / L.slices;
-  const int i0 = min(L.items, slice * per_slice), i1 = min(L.items, i0 + per_slice);
+  // Items are (n, q) flattened; the chunk is [first, last).
+  const int64_t first = chunk * kSparseChunk, last = min(first + kSparseChunk, g.n * q_count);
   const float mc = __ldg(e.m + co);
-  const int tile_elems = L.cig * kp0 * p1 * p2;
+  for (int64_t i = first + threadIdx.x; i < last; i += threads) {
+    const int64_t n = i / q_count, q = i - n * q_count;
+    const int64_t at = (n * g.cout + co) * q_count + q;
+    const float v = __ldg(e.y_at_max + at), dpv = __ldg(e.dp + at);
+    const float z1 = v > 0.f ? v : e.slope1 * v;
+    const float z2 = z1 * mc;
+    const float dz1 = (z2 > 0.f ? dpv : e.slope2 * dpv) * mc;
+    dy_s[i - first] = v > 0.f ? dz1 : e.slope1 * dz1;
+    arg_s[i - first] = __ldg(e.argmax + at);
+  }
+  __syncthreads();
 
-  for (int qd = 0; qd < q0; ++qd) {
-    __syncthreads();  // the previous slice's tile, dy and argmax are consumed
-    for (int i = tid; i < tile_elems; i += T) {
-      const int w = i % p2, h = i / p2 % p1, dd = i / (p2 * p1) % kp0, c = i / (p2 * p1 * kp0);
-      const int64_t ci = ci0 + c;
-      tile[((c * kp0 + dd) * L.hpad + h) * L.wpad + w] =
-          ci < g.cin ? __ldg(x_pad + (((n * g.cin + ci) * p0 + qd + dd) * p1 + h) * p2 + w) : 0.f;
-    }
-    const int64_t base = ((n * g.cout + co) * q0 + qd) * int64_t(L.items);
-    for (int i = tid; i < L.items; i += T) {
-      const float v = __ldg(e.y_at_max + base + i), dpv = __ldg(e.dp + base + i);
-      const float z2 = (v > 0.f ? v : e.slope1 * v) * mc;
-      const float dz1 = (z2 > 0.f ? dpv : e.slope2 * dpv) * mc;
-      dy_s[i] = v > 0.f ? dz1 : e.slope1 * dz1;
-      arg_s[i] = __ldg(e.argmax + base + i);
-    }
-    __syncthreads();
-    if (!active) continue;
-    int qh = i0 / q2, qw = i0 - qh * q2;
-    for (int i = i0; i < i1; ++i) {
-      acc[arg_s[i] * T + tid] += dy_s[i] * tile[tap_offset + qh * L.wpad + qw];
-      if (++qw == q2) qw = 0, ++qh;
+  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2];
+  const int64_t ci = threadIdx.x / kpv, u = threadIdx.x - ci * kpv;
+  const int64_t u0 = u / (g.kp[1] * g.kp[2]), u1 = u / g.kp[2] % g.kp[1], u2 = u % g.kp[2];
+  const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
+                p2 = g.in[2] + g.front[2] + g.end[2];
+  const int q0 = int(p0 - g.kp[0] + 1), q1 = int(p1 - g.kp[1] + 1), q2 = int(p2 - g.kp[2] + 1);
+  // Walk the chunk's items with counters rather than divisions.
+  int64_t n = first / q_count;
+  const int64_t q = first - n * q_count;
+  int qw = int(q % q2), qh = int(q / q2 % q1), qd = int(q / (int64_t(q2) * q1));
+  const float* xn = x_pad + (((n * g.cin + ci) * p0 + u0) * p1 + u1) * p2 + u2;
+  const int64_t image = g.cin * p0 * p1 * p2;
+  for (int64_t i = 0; i < last - first; ++i) {
+    const float x = __ldg(xn + (int64_t(qd) * p1 + qh) * p2 + qw);
+    acc[arg_s[i] * threads + threadIdx.x] += dy_s[i] * x;
+    if (++qw == q2) {
+      qw = 0;
+      if (++qh == q1) {
+        qh = 0;
+        if (++qd == q0) qd = 0, xn += image;
+      }
     }
   }
   __syncthreads();
-  float* out = partials + ((co * g.n + n) * L.groups + blockIdx.z) * int64_t(phases * L.group);
-  for (int o = tid; o < phases * L.group; o += T) {
-    const int r = o / L.group, k = o - r * L.group;
-    float sum = 0.f;
-    for (int sl = 0; sl < L.slices; ++sl) sum += acc[r * T + sl * L.group + k];
-    out[o] = sum;
-  }
+  float* out = partials + (co * chunks + chunk) * phases * threads;
+  for (int64_t i = threadIdx.x; i < phases * threads; i += threads) out[i] = acc[i];
 }
 
-// dw[ci, co, t] = sum over n, in order, of the block partial of (phase_of t, ci, combined_of t).
+// dw[ci, co, t] = sum over chunks, in order, of the partial of (phase_of t, ci, combined_of t).
 __global__ void __launch_bounds__(kThreads)
     sparse_wgrad_finish(const float* __restrict__ partials, float* __restrict__ dw, PhaseSplitGeometry g,
-                        SparseLayout L, int64_t total) {
+                        int64_t chunks, int64_t total) {
   const int64_t kv = g.k[0] * g.k[1] * g.k[2], kpv = g.kp[0] * g.kp[1] * g.kp[2];
-  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+  const int64_t phases = g.s[0] * g.s[1] * g.s[2], threads = g.cin * kpv;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i % kv, co = i / kv % g.cout, ci = i / (kv * g.cout);
     const int64_t t2 = t % g.k[2], t1 = t / g.k[2] % g.k[1], t0 = t / (g.k[2] * g.k[1]);
     const int64_t r = (g.phase_of[0][t0] * g.s[1] + g.phase_of[1][t1]) * g.s[2] + g.phase_of[2][t2];
     const int64_t u = (g.combined_of[0][t0] * g.kp[1] + g.combined_of[1][t1]) * g.kp[2] + g.combined_of[2][t2];
-    const int64_t block_stride = L.groups * phases * L.group;
-    const float* p = partials + (co * g.n * L.groups + ci / L.cig) * phases * L.group + r * L.group +
-                     (ci % L.cig) * kpv + u;
+    const float* p = partials + co * chunks * phases * threads + r * threads + ci * kpv + u;
     double sum = 0.0;
-    for (int64_t nn = 0; nn < g.n; ++nn) sum += p[nn * block_stride];
+    for (int64_t c = 0; c < chunks; ++c) sum += p[c * phases * threads];
     dw[i] = float(sum);
   }
 }
@@ -183,39 +162,29 @@ void check(const PhaseSplitGeometry& g, const char* op) {
   }
 }
 
-constexpr size_t kSparseMaxSmem = 160 * 1024;
+int64_t sparse_q_count(const PhaseSplitGeometry& g) {
+  int64_t q = 1;
+  for (int d = 0; d < 3; ++d) q *= g.in[d] + g.front[d] + g.end[d] - g.kp[d] + 1;
+  return q;
+}
 
-SparseLayout sparse_layout(const PhaseSplitGeometry& g) {
-  SparseLayout L;
-  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2], phases = g.s[0] * g.s[1] * g.s[2];
-  const int64_t p1 = g.in[1] + g.front[1] + g.end[1], p2 = g.in[2] + g.front[2] + g.end[2];
-  L.cig = int(std::max<int64_t>(1, std::min<int64_t>(g.cin, 32 / std::max<int64_t>(kpv, 1))));
-  L.groups = int(detail::ceil_div(g.cin, L.cig));
-  L.group = int(L.cig * kpv);
-  L.slices = int(std::max<int64_t>(1, 256 / L.group));
-  L.threads = L.group * L.slices;
-  // Rows padded to 2 mod 32 floats and planes to 4 mod 32: the headline's 4 x 8 lanes hit 32 banks.
-  L.wpad = int(p2 + (34 - p2 % 32) % 32);
-  L.hpad = int(p1);
-  while ((int64_t(L.hpad) * L.wpad) % 32 != 4 && L.hpad < p1 + 32) ++L.hpad;
-  L.tile = int(L.cig * g.kp[0] * L.hpad * L.wpad);
-  L.items = int((p1 - g.kp[1] + 1) * (p2 - g.kp[2] + 1));
-  L.smem = size_t(phases * L.threads + L.tile + L.items) * sizeof(float) + size_t(L.items);
-  return L;
+int64_t sparse_chunks(const PhaseSplitGeometry& g) { return detail::ceil_div(g.n * sparse_q_count(g), kSparseChunk); }
+
+int64_t sparse_threads(const PhaseSplitGeometry& g) { return g.cin * g.kp[0] * g.kp[1] * g.kp[2]; }
+
+size_t sparse_smem_bytes(const PhaseSplitGeometry& g) {
+  return size_t(g.s[0] * g.s[1] * g.s[2] * sparse_threads(g) + kSparseChunk) * sizeof(float) + kSparseChunk;
 }
 
 }  // namespace
 
 bool phase_sparse_weight_grad_supported(const PhaseSplitGeometry& g) {
-  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2];
-  if (kpv > 256 || g.s[0] * g.s[1] * g.s[2] > 256) return false;
-  const SparseLayout L = sparse_layout(g);
-  return L.threads <= 1024 && L.smem <= kSparseMaxSmem && g.n <= 65535 && L.groups <= 65535;
+  const int64_t threads = sparse_threads(g), phases = g.s[0] * g.s[1] * g.s[2];
+  return threads >= 32 && threads <= kSparseMaxThreads && phases * threads <= kSparseMaxSmemFloats;
 }
 
 size_t phase_sparse_weight_grad_scratch_bytes(const PhaseSplitGeometry& g) {
-  const SparseLayout L = sparse_layout(g);
-  return size_t(g.cout * g.n * L.groups * g.s[0] * g.s[1] * g.s[2] * L.group) * sizeof(float);
+  return size_t(g.cout * sparse_chunks(g) * g.s[0] * g.s[1] * g.s[2] * sparse_threads(g)) * sizeof(float);
 }
 
 void phase_sparse_weight_grad(const SparseGradEpilogue& e, const float* x_pad, float* dw, void* scratch,
@@ -224,16 +193,19 @@ void phase_sparse_weight_grad(const SparseGradEpilogue& e, const float* x_pad, f
   check(g, op);
   detail::require(phase_sparse_weight_grad_supported(g), op, "geometry not supported (check supported() first)");
   detail::require(e.dp && e.argmax && e.y_at_max && e.m && x_pad && dw && scratch, op, "null pointer");
-  const SparseLayout L = sparse_layout(g);
-  ANVIL_CUDA_CHECK(cudaFuncSetAttribute(sparse_wgrad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.smem)));
+  const int64_t chunks = sparse_chunks(g);
+  detail::require(chunks <= 65535, op, "too many chunks");
+  const size_t smem = sparse_smem_bytes(g);
+  ANVIL_CUDA_CHECK(cudaFuncSetAttribute(sparse_wgrad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   auto* partials = static_cast<float*>(scratch);
-  const dim3 grid(unsigned(g.cout), unsigned(g.n), unsigned(L.groups));
-  sparse_wgrad_kernel<<<grid, unsigned(L.threads), L.smem, stream>>>(e, x_pad, partials, g, L);
+  sparse_wgrad_kernel<<<dim3(unsigned(g.cout), unsigned(chunks)), unsigned(sparse_threads(g)), smem, stream>>>(
+      e, x_pad, partials, g, sparse_q_count(g), chunks);
   ANVIL_CHECK_LAUNCH();
   const int64_t total = g.cin * g.cout * g.k[0] * g.k[1] * g.k[2];
-  sparse_wgrad_finish<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(partials, dw, g, L, total);
+  sparse_wgrad_finish<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(partials, dw, g, chunks, total);
   ANVIL_CHECK_LAUNCH();
 }
+
 
 void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream) {
   check(g, "phase_pad_input");
