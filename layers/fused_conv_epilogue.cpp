@@ -14,14 +14,20 @@ FusedConvEpilogue::FusedConvEpilogue(std::unique_ptr<Convolution> conv, float sl
       scale_name_(std::move(scale_name)),
       pool_kernel_(std::move(pool_kernel)) {}
 
-std::vector<ParamSpec> FusedConvEpilogue::param_specs() const {
-  std::vector<ParamSpec> specs = conv_->param_specs();
-  const Shape& y = conv_->output_shape();
+std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::string& scale_name) {
+  std::vector<ParamSpec> specs = conv.param_specs();
+  const Shape& y = conv.output_shape();
   Shape m(y.size() - 1, 1);
   m[0] = y[1];
-  specs.push_back({scale_name_, m, ParamSpec::Init::Normal, 0});
+  specs.push_back({scale_name, m, ParamSpec::Init::Normal, 0});
   return specs;
 }
+
+void fused_layer_has_no_cpu_path(const Layer& layer) {
+  throw Error("internal error: fused layer '" + layer.name() + "' has no CPU path; the CPU backend runs unfused");
+}
+
+std::vector<ParamSpec> FusedConvEpilogue::param_specs() const { return fused_param_specs(*conv_, scale_name_); }
 
 Shape FusedConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -99,13 +105,7 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                       args.dparams[0], ws + y_bytes(), cudnn_ws);
 }
 
-// The fusion pass runs only for CUDA engines; reaching these is a bug in the engine.
-void FusedConvEpilogue::forward_cpu(const LayerArgs&) {
-  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
-}
-
-void FusedConvEpilogue::backward_cpu(const LayerArgs&) {
-  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
-}
+void FusedConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
+void FusedConvEpilogue::backward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
 
 }  // namespace anvil

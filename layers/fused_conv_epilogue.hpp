@@ -14,6 +14,12 @@
 
 namespace anvil {
 
+// Shared by both fused layers: the conv's parameters, then the multiplier of
+// shape (C, 1, 1[, 1]) named after the merged channel_scale layer.
+std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::string& scale_name);
+// The fusion pass runs only for CUDA engines; a fused layer on the CPU is an engine bug.
+[[noreturn]] void fused_layer_has_no_cpu_path(const Layer& layer);
+
 class FusedConvEpilogue : public Layer {
  public:
   // The conv must already be set up; slopes and pool kernel come from the merged layers.

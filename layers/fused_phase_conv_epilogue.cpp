@@ -1,5 +1,7 @@
 #include "layers/fused_phase_conv_epilogue.hpp"
 
+#include "layers/fused_conv_epilogue.hpp"
+
 #include <climits>
 #include <nlohmann/json.hpp>
 
@@ -86,14 +88,7 @@ FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv
 
 FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;
 
-std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const {
-  std::vector<ParamSpec> specs = conv_->param_specs();
-  const Shape& y = conv_->output_shape();
-  Shape m(y.size() - 1, 1);
-  m[0] = y[1];
-  specs.push_back({scale_name_, m, ParamSpec::Init::Normal, 0});
-  return specs;
-}
+std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const { return fused_param_specs(*conv_, scale_name_); }
 
 Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -223,13 +218,7 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }
 
-// The fusion pass runs only for CUDA engines; reaching these is a bug in the engine.
-void FusedPhaseConvEpilogue::forward_cpu(const LayerArgs&) {
-  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
-}
-
-void FusedPhaseConvEpilogue::backward_cpu(const LayerArgs&) {
-  throw Error("internal error: fused layer '" + name() + "' has no CPU path; the CPU backend runs unfused");
-}
+void FusedPhaseConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
+void FusedPhaseConvEpilogue::backward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
 
 }  // namespace anvil

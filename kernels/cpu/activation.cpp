@@ -3,17 +3,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/parallel.hpp"
 
-// Threads only for enough work: small calls (tests, tiny layers) would pay
-// more in thread wake-up than they save, badly so on a loaded 2-core machine.
-#if defined(_OPENMP)
-#define ANVIL_PRAGMA(x) _Pragma(#x)
-#define ANVIL_OMP_PARALLEL_FOR_IF(work) \
-  ANVIL_PRAGMA(omp parallel for schedule(static) if ((work) >= (int64_t{1} << 16)))
-#else
-#define ANVIL_OMP_PARALLEL_FOR_IF(work)
-#endif
 
 namespace anvil::cpu {
 

@@ -8,22 +8,11 @@
 #include <cstdint>
 #include <limits>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/parallel.hpp"
 
-// Threads only for enough work: small calls (tests, tiny layers) would pay
-// more in thread wake-up than they save, badly so on a loaded 2-core machine.
-#if defined(_OPENMP)
-#define ANVIL_PRAGMA(x) _Pragma(#x)
-#define ANVIL_OMP_PARALLEL_FOR_IF(work) \
-  ANVIL_PRAGMA(omp parallel for schedule(static) if ((work) >= (int64_t{1} << 16)))
-#else
-#define ANVIL_OMP_PARALLEL_FOR_IF(work)
-#endif
 
 namespace anvil::cpu {
 namespace {
-
-int64_t volume(const Dims3& d) { return d[0] * d[1] * d[2]; }
 
 // The in-bounds part [lo, hi) of the window of output o along one axis.
 struct Window {

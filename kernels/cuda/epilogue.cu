@@ -456,6 +456,19 @@ int fast_k0(const EpilogueGeometry& g) {
 
 unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
 
+// Checks the scratch where a reduction is wanted, and after the main kernel
+// sums the partials into dbias and dm.
+void require_scratch(const char* op, bool reduce, const void* scratch) {
+  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
+                  "scratch must be given (see the *_scratch_bytes functions) and 8-byte aligned");
+}
+
+void finalize_reduction(const double* partials, int64_t per, int64_t c, float* dbias, float* dm, cudaStream_t stream) {
+  if (dbias == nullptr && dm == nullptr) return;
+  epi_finalize<<<dim3(detail::finalize_blocks(c), 2), kThreads, 0, stream>>>(partials, per, c, dbias, dm);
+  ANVIL_CHECK_LAUNCH();
+}
+
 EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
   constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
   detail::require(g.n > 0 && g.c > 0 && g.q > 0, op, "n, c and q must be positive");
@@ -495,17 +508,13 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr, op,
                   "null pointer (only dyp, dbias and dm may be null)");
   const bool reduce = dbias != nullptr || dm != nullptr;
-  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
-                  "scratch must be given and 8-byte aligned");
+  require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
   phase_backward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dyp,
                                                                        partials, d, uint32_t(g.phases));
   ANVIL_CHECK_LAUNCH();
-  if (reduce) {
-    epi_finalize<<<dim3(detail::finalize_blocks(g.c), 2), kThreads, 0, stream>>>(partials, d.per, g.c, dbias, dm);
-    ANVIL_CHECK_LAUNCH();
-  }
+  finalize_reduction(partials, d.per, g.c, dbias, dm, stream);
 }
 
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
@@ -540,8 +549,7 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr && dy != nullptr, op,
                   "null pointer (only dbias and dm may be null)");
   const bool reduce = dbias != nullptr || dm != nullptr;
-  detail::require(!reduce || scratch != nullptr, op, "null scratch (size it with fused_epilogue_backward_scratch_bytes)");
-  detail::require(!reduce || detail::aligned_to(scratch, alignof(double)), op, "scratch must be 8-byte aligned");
+  require_scratch(op, reduce, scratch);
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
@@ -556,10 +564,7 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
     epi_backward_general<<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
   }
   ANVIL_CHECK_LAUNCH();
-  if (reduce) {
-    epi_finalize<<<dim3(detail::finalize_blocks(g.c), 2), kThreads, 0, stream>>>(partials, d.per, g.c, dbias, dm);
-    ANVIL_CHECK_LAUNCH();
-  }
+  finalize_reduction(partials, d.per, g.c, dbias, dm, stream);
 }
 
 }  // namespace anvil::cuda
