@@ -5,7 +5,7 @@
 # (examples/kernelbench74_cpu.json: batch 2, input 16x8x16x16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+tools/setup.sh anvil_cli
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   build/anvil train examples/kernelbench74.json --device cuda --steps 50
 else

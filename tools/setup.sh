@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs (only what is missing; nothing on machines that
 # already have it, such as the GPU machine, which has no network), then
-# configures and builds anvil into build/.
+# configures and builds anvil into build/: every target, or the ones named
+# (tools/setup.sh anvil_cli).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,4 +40,6 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 if [ ! -f build/CMakeCache.txt ]; then
   cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
-cmake --build build -j "$(nproc)"
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+cmake --build build -j "$(nproc)" "${targets[@]}"
