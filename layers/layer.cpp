@@ -19,6 +19,7 @@ const Shape& Layer::setup(const std::vector<Shape>& inputs) {
   if (want < 0 && got < 2) fail("inputs", "'" + type_ + "' takes two or more inputs, got " + std::to_string(got));
   input_shapes_ = inputs;
   output_shape_ = infer_shape(inputs);
+  param_count_ = param_specs().size();  // once: the checks on every call must not rebuild the list
   return output_shape_;
 }
 
@@ -33,7 +34,7 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
                                                             to_string(args.in[i].shape) + ", expected " +
                                                             to_string(input_shapes_[i]));
   if (args.out.shape != output_shape_) fail_internal("output shape " + to_string(args.out.shape));
-  if (args.params.size() != param_specs().size()) fail_internal("wrong parameter count");
+  if (args.params.size() != param_count_) fail_internal("wrong parameter count");
   if (!backward) return;
   if (args.dout.shape != output_shape_ || !args.dout.data) fail_internal("missing output gradient");
   if (args.din.size() != input_shapes_.size() || args.din_accumulate.size() != input_shapes_.size())

@@ -73,6 +73,7 @@ class Layer {
   const Shape& output_shape() const { return output_shape_; }
 
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
+  size_t param_count() const { return param_count_; }  // of param_specs(), fixed at setup
   virtual bool backward_needs_inputs() const { return true; }
   virtual bool backward_needs_output() const { return false; }
   virtual size_t saved_bytes() const { return 0; }
@@ -109,6 +110,7 @@ class Layer {
   std::string type_, name_, path_;
   std::vector<Shape> input_shapes_;
   Shape output_shape_;
+  size_t param_count_ = 0;
 };
 
 }  // namespace anvil

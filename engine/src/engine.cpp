@@ -226,7 +226,7 @@ void Engine::Impl::bind_arguments() {
     LayerArgs& f = run.forward;
     for (int t : node.inputs) f.in.push_back(view(t, "act."));
     f.out = view(node.output, "act.");
-    for (size_t k = 0; k < layer.param_specs().size(); ++k, ++param_index) {
+    for (size_t k = 0; k < layer.param_count(); ++k, ++param_index) {
       f.params.push_back(reinterpret_cast<float*>(params_slab + params[param_index].offset));
       run.backward.dparams.push_back(reinterpret_cast<float*>(grads_slab + params[param_index].offset));
     }
