@@ -102,6 +102,20 @@ struct Convolution::Cudnn {
   cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
   bool chosen = false;
   BuildSettings settings;
+
+  // From the heuristics' list: the workspace to plan and the ranking to choose by.
+  template <class Perf>
+  void plan(Op op, const Perf* perfs, int count, const std::string& where) {
+    workspace[op] = workspace_for(perfs, count, settings, where + " " + kOpNames[op]);
+    ranking[op] = ranking_of(perfs, count);
+  }
+  // From the Find...Ex results: the algorithm and math type to run.
+  template <class Perf>
+  void pick(Op op, const Perf* perfs, int count, const std::string& where) {
+    const Perf best = choose(perfs, count, workspace[op], settings, ranking[op], where + " " + kOpNames[op]);
+    algo[op] = static_cast<int>(best.algo);
+    math[op] = best.mathType;
+  }
 };
 
 Convolution::Convolution(ConfigReader& cfg, const LayerInfo& info, int dims, bool transposed)
@@ -263,22 +277,19 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), c.a, c.w, c.conv[kForward], c.b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p));
-    c.workspace[kForward] = workspace_for(p, n, settings, path() + " " + kOpNames[kForward]);
-    c.ranking[kForward] = ranking_of(p, n);
+    c.plan(kForward, p, n, path());
   }
   if (c.used[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
-    c.workspace[kBackwardData] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardData]);
-    c.ranking[kBackwardData] = ranking_of(p, n);
+    c.plan(kBackwardData, p, n, path());
   }
   if (c.used[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
-    c.workspace[kBackwardFilter] = workspace_for(p, n, settings, path() + " " + kOpNames[kBackwardFilter]);
-    c.ranking[kBackwardFilter] = ranking_of(p, n);
+    c.plan(kBackwardFilter, p, n, path());
   }
 }
 
@@ -321,30 +332,21 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), c.a, a, c.w, w, c.conv[kForward], c.b, b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p,
                                                              ws_for(kForward), c.workspace[kForward]));
-    const auto best =
-        choose(p, n, c.workspace[kForward], c.settings, c.ranking[kForward], where + " " + kOpNames[kForward]);
-    c.algo[kForward] = best.algo;
-    c.math[kForward] = best.mathType;
+    c.pick(kForward, p, n, where);
   }
   if (c.used[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
         ctx.cudnn(), c.w, w, c.b, b, c.conv[kBackwardData], c.a, a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p,
         ws_for(kBackwardData), c.workspace[kBackwardData]));
-    const auto best =
-        choose(p, n, c.workspace[kBackwardData], c.settings, c.ranking[kBackwardData], where + " " + kOpNames[kBackwardData]);
-    c.algo[kBackwardData] = best.algo;
-    c.math[kBackwardData] = best.mathType;
+    c.pick(kBackwardData, p, n, where);
   }
   if (c.used[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
         ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, bwd.dparams[0],
         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p, ws_for(kBackwardFilter), c.workspace[kBackwardFilter]));
-    const auto best = choose(p, n, c.workspace[kBackwardFilter], c.settings, c.ranking[kBackwardFilter],
-                             where + " " + kOpNames[kBackwardFilter]);
-    c.algo[kBackwardFilter] = best.algo;
-    c.math[kBackwardFilter] = best.mathType;
+    c.pick(kBackwardFilter, p, n, where);
   }
   for (int op = 0; op < kOpCount; ++op)
     if (c.used[op]) ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv[op], c.math[op]));
