@@ -25,7 +25,7 @@ inline void check_reference_case(const std::string& name, const Options& base, c
   // The engine's own initial parameters come from the generator that the reference used.
   const auto initial = engine.parameters();
   for (const auto& [pname, value] : initial) EXPECT_TRUE(close("initial " + pname, value, ref.tensors.at(pname), 1e-6));
-  engine.load_parameters(with_prefix(ref, "", initial));
+  engine.load_parameters(same_names(ref, initial));
   engine.set_input(ref.tensors.at("input"));
   engine.set_target(ref.tensors.at("target"));
 

@@ -69,11 +69,11 @@ inline bool bitwise_equal(const HostTensor& a, const HostTensor& b) {
   return a.shape == b.shape && std::memcmp(a.data.data(), b.data.data(), a.data.size() * sizeof(float)) == 0;
 }
 
-// Every parameter with the prefix (e.g. "grad.", "after3.") from a reference file.
-inline std::map<std::string, HostTensor> with_prefix(const TensorFile& file, const std::string& prefix,
-                                                     const std::map<std::string, HostTensor>& like) {
+// The tensors of `file` named like the entries of `like` (e.g. a network's parameters).
+inline std::map<std::string, HostTensor> same_names(const TensorFile& file,
+                                                    const std::map<std::string, HostTensor>& like) {
   std::map<std::string, HostTensor> out;
-  for (const auto& entry : like) out[entry.first] = file.tensors.at(prefix + entry.first);
+  for (const auto& entry : like) out[entry.first] = file.tensors.at(entry.first);
   return out;
 }
 

@@ -456,8 +456,14 @@ int fast_k0(const EpilogueGeometry& g) {
 
 unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
 
-// Checks the scratch where a reduction is wanted, and after the main kernel
-// sums the partials into dbias and dm.
+// Argument checks shared by both layouts' launchers, and the final pass that
+// sums the block partials into dbias and dm.
+void require_forward_args(const char* op, const float* y, const float* m, const float* p, const uint8_t* argmax,
+                          const float* y_at_max) {
+  detail::require(y != nullptr && m != nullptr && p != nullptr, op, "null y, m or p");
+  detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
+}
+
 void require_scratch(const char* op, bool reduce, const void* scratch) {
   detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
                   "scratch must be given (see the *_scratch_bytes functions) and 8-byte aligned");
@@ -488,8 +494,7 @@ EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
 void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_forward";
-  detail::require(yp != nullptr && m != nullptr && p != nullptr, op, "null yp, m or p");
-  detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
+  require_forward_args(op, yp, m, p, argmax, y_at_max);
   const EpiDims d = phase_dims(op, g);
   phase_forward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(yp, bias, m, slope1, slope2, p, argmax,
                                                                       y_at_max, d, uint32_t(g.phases));
@@ -520,8 +525,7 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "fused_epilogue_forward";
-  detail::require(y != nullptr && m != nullptr && p != nullptr, op, "null y, m or p");
-  detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
+  require_forward_args(op, y, m, p, argmax, y_at_max);
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
   const int k0 = fast_k0(g);
