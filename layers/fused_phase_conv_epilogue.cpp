@@ -104,8 +104,10 @@ void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) 
 }
 
 std::string FusedPhaseConvEpilogue::describe_cuda() const {
-  return std::string("phase-split") + (sparse_ ? ", sparse weight-gradient kernel" : "") + ": " +
-         phase_conv_->describe_cuda();
+  const char* weight_grad = weight_grad_ == WeightGrad::Mma              ? ", TF32 tensor-core weight gradient"
+                            : weight_grad_ == WeightGrad::MmaCompensated ? ", 3xTF32 tensor-core weight gradient"
+                                                                         : "";
+  return std::string("phase-split") + weight_grad + ": " + phase_conv_->describe_cuda();
 }
 
 cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
@@ -126,15 +128,17 @@ FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args)
   return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + x_pad_bytes())};
 }
 
-// Without an input gradient, dY is never needed whole, and in strict fp32 the
-// sparse kernel computes dW from the argmax phases directly: on the H100 it
-// takes 2.0 ms for the headline layer where cuDNN's deterministic FMA filter
-// gradient takes 8.8 ms (and needs dY plus 278 MiB of workspace). Under TF32
-// cuDNN's tensor-core algorithm (0.7 ms) wins, so it keeps the cuDNN path.
+// Without an input gradient, dY is never needed whole: the weight gradient is
+// the tensor-core kernel over dY at the argmax, one phase in `phases` of dY.
+// On the H100 it beats cuDNN's deterministic filter gradient of the combined
+// conv (bench/RESULTS.md) and needs neither dY (268 MB for the headline
+// layer) nor cuDNN's 278 MiB workspace. Strict fp32 takes its compensated
+// form, whose products are float32-accurate.
 void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
-  sparse_ = backward_ && !input_grad_ && settings.precision == Precision::FP32 &&
-            cuda::phase_sparse_weight_grad_supported(g_);
-  phase_conv_->set_gradient_needs(backward_ && !sparse_, input_grad_);
+  weight_grad_ = WeightGrad::Cudnn;
+  if (backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_))
+    weight_grad_ = settings.precision == Precision::FP32 ? WeightGrad::MmaCompensated : WeightGrad::Mma;
+  phase_conv_->set_gradient_needs(backward_ && !sparse(), input_grad_);
   phase_conv_->build_cuda(ctx, settings);
 }
 
@@ -143,12 +147,13 @@ size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
   return yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace()) + (backward_ ? 0 : x_pad_bytes() + wp_bytes());
 }
 
-// dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
+// Sparse: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the kernel's partials.
+// cuDNN: dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
 size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
   if (device != Device::Cuda) return 0;
-  if (sparse_)
-    return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) +
-           cuda::phase_sparse_weight_grad_scratch_bytes(g_);
+  if (sparse())
+    return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) + 2 * pooled_bytes() +
+           cuda::phase_mma_weight_grad_scratch_bytes(g_);
   return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
          align_up(phase_conv_->cudnn_backward_workspace()) +
          cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry());
@@ -162,7 +167,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
   f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
   f.params = {k.wp};
   f.workspace = fws + yp_bytes();
-  if (backward_ && !sparse_) {
+  if (backward_ && !sparse()) {
     char* bws = static_cast<char*>(backward.workspace);
     b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
     b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
@@ -188,17 +193,21 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
   char* ws = static_cast<char*>(args.workspace);
-  if (sparse_) {
+  if (sparse()) {
     const auto* argmax = static_cast<const uint8_t*>(args.saved);
     const auto* y_at_max =
         reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
-    const float* m = args.params.back();
-    float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, m, slope1_, slope2_, nullptr, dbias,
-                                  args.dparams.back(), ws, epilogue_geometry(), ctx.stream());
     const size_t reduce_bytes = align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
-    cuda::phase_sparse_weight_grad({args.dout.data, argmax, y_at_max, m, slope1_, slope2_}, k.x_pad,
-                                   args.dparams[0], ws + reduce_bytes, g_, ctx.stream());
+    cuda::PhaseGradOutputs out;
+    out.dy_tf32 = reinterpret_cast<uint32_t*>(ws + reduce_bytes);
+    if (weight_grad_ == WeightGrad::MmaCompensated)
+      out.dy_residual = reinterpret_cast<uint32_t*>(ws + reduce_bytes + pooled_bytes());
+    out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
+    out.dm = args.dparams.back();
+    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out, ws,
+                                  epilogue_geometry(), ctx.stream());
+    cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, k.x_pad, args.dparams[0],
+                                ws + reduce_bytes + 2 * pooled_bytes(), g_, ctx.stream());
     return;
   }
   float* dyp = reinterpret_cast<float*>(ws);
@@ -209,10 +218,12 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   const auto* argmax = static_cast<const uint8_t*>(args.saved);
   const auto* y_at_max =
       reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
-  float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, dyp, dbias,
-                                args.dparams.back(), cudnn_ws + align_up(cudnn_bytes), epilogue_geometry(),
-                                ctx.stream());
+  cuda::PhaseGradOutputs out;
+  out.dyp = dyp;
+  out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
+  out.dm = args.dparams.back();
+  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out,
+                                cudnn_ws + align_up(cudnn_bytes), epilogue_geometry(), ctx.stream());
   phase_conv_->run_backward(ctx, k.x_pad, dyp, k.wp, dx_pad, false, dwp, cudnn_ws, cudnn_bytes);
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());

@@ -3,10 +3,12 @@
 // max pool whose kernel equals the conv's stride, each pool window is exactly
 // the s^d output phases at one grid point. The conv then runs as ONE stride-1
 // cuDNN forward convolution with s^d * Cout channels (the combined weight is
-// rebuilt from PyTorch's weight each step), the epilogue reads the phases
-// directly, and backward turns dP into the phase-domain dY, whose cuDNN
-// filter gradient folds back to the PyTorch weight gradient. Exact: the same
-// sums as the transposed conv, in another order.
+// rebuilt from PyTorch's weight each step) and the epilogue reads the phases
+// directly. Backward turns dP into dY at each window's argmax; the weight
+// gradient is a tensor-core GEMM over that sparse dY, or, when the input
+// gradient is wanted (it needs the whole dY), cuDNN's filter gradient of the
+// combined conv. Both fold back to the PyTorch weight gradient. Exact: the
+// same sums as the transposed conv, in another order.
 #pragma once
 
 #include <memory>
@@ -62,7 +64,11 @@ class FusedPhaseConvEpilogue : public Layer {
   std::string scale_name_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
-  bool sparse_ = false;  // weight gradient by the sparse kernel: no dY, no cuDNN backward
+  // The weight gradient: cuDNN's filter gradient of the combined conv over the
+  // whole phase-domain dY, or the tensor-core kernel over dY at the argmax only.
+  enum class WeightGrad { Cudnn, Mma, MmaCompensated };
+  WeightGrad weight_grad_ = WeightGrad::Cudnn;
+  bool sparse() const { return weight_grad_ != WeightGrad::Cudnn; }
 };
 
 }  // namespace anvil

@@ -16,7 +16,7 @@ Options cuda_options() {
 
 // The ways a CUDA engine runs the headline pattern. All compute the input
 // gradient except "phase_split_no_dx", which (like a network's first layer)
-// does not and so, in strict fp32, takes the sparse weight-gradient kernel.
+// does not and so takes the tensor-core weight-gradient kernel over the sparse dY.
 const std::vector<std::string> kModes = {"phase_split", "phase_split_no_dx", "dgrad", "unfused"};
 
 Options cuda_options(const std::string& mode) {
@@ -145,6 +145,10 @@ std::vector<SmallNet> small_nets() {
         {"type": "add", "inputs": ["act", "avg_pool2d_3", "act"]},
         {"type": "channel_scale"},
         {"type": "max_pool2d", "kernel_size": 2, "stride": 1, "padding": 1})")},
+      // The tensor-core weight gradient with 3 M tiles, 2 N tiles and rows of two K steps (37 = 32 + 5).
+      {"weight_grad_many_tiles", net_json("h", "[2, 19, 3, 2, 37]", R"(
+        {"type": "conv_transpose3d", "in_channels": 19, "out_channels": 37, "kernel_size": 3, "stride": 2,
+         "padding": 1, "output_padding": 1},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
       {"window_64_no_bias", net_json("g", "[1, 2, 2, 2, 2]", R"(
         {"type": "conv_transpose3d", "in_channels": 2, "out_channels": 5, "kernel_size": 3, "stride": 2,
          "padding": 1, "output_padding": 1, "bias": false},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 4})")},
@@ -189,11 +193,12 @@ TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   const Network net = Network::load(data_path("kb74_small.json"));
   const std::string phase = Engine(net, cuda_options("phase_split")).describe();
   EXPECT_NE(phase.find("fused_phase_conv_epilogue"), std::string::npos) << phase;
+  EXPECT_EQ(phase.find("tensor-core weight gradient"), std::string::npos) << phase;  // dx needs the whole dY
   const Network fp32 = network_with(data_path("kb74_small.json"), {{"precision", "fp32"}});
-  const std::string sparse = Engine(fp32, cuda_options("phase_split_no_dx")).describe();
-  EXPECT_NE(sparse.find("sparse weight-gradient kernel"), std::string::npos) << sparse;
+  const std::string compensated = Engine(fp32, cuda_options("phase_split_no_dx")).describe();
+  EXPECT_NE(compensated.find("3xTF32 tensor-core weight gradient"), std::string::npos) << compensated;
   const std::string tf32 = Engine(net, cuda_options("phase_split_no_dx")).describe();
-  EXPECT_EQ(tf32.find("sparse weight-gradient kernel"), std::string::npos) << tf32;
+  EXPECT_NE(tf32.find(", TF32 tensor-core weight gradient"), std::string::npos) << tf32;
   const std::string dgrad = Engine(net, cuda_options("dgrad")).describe();
   EXPECT_NE(dgrad.find("[fused_conv_epilogue]"), std::string::npos) << dgrad;
   const std::string unfused = Engine(net, cuda_options("unfused")).describe();

@@ -92,6 +92,16 @@ __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_ca
 __device__ __forceinline__ float4 ldg4(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
 __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 
+// TF32 keeps 10 of float32's 23 mantissa bits. tf32_bits rounds to nearest
+// (ties away) and clears the 13 dropped bits, which may then carry a tag: the
+// tensor cores ignore them.
+constexpr uint32_t kTf32DroppedBits = 0x1fffu;
+__device__ __forceinline__ uint32_t tf32_bits(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r & ~kTf32DroppedBits;
+}
+
 // y = x > 0 ? x : slope * x, as the CPU reference writes it.
 __device__ __forceinline__ float leaky(float x, float slope) { return x > 0.f ? x : slope * x; }
 

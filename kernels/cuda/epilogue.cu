@@ -381,7 +381,8 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
                    const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
-                   float* __restrict__ dyp, double* __restrict__ partials, EpiDims g, uint32_t phases) {
+                   float* __restrict__ dyp, uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
+                   double* __restrict__ partials, EpiDims g, uint32_t phases) {
   const BlockRange r = block_range(g);
   const float mc = __ldg(m + r.plane % g.c);
   float* base = dyp != nullptr ? dyp + phase_base(r, g, phases) : nullptr;
@@ -394,7 +395,12 @@ __global__ void __launch_bounds__(kThreads)
     acc_b += double(dyv);
     acc_m = fma(double(dz2), double(z1), acc_m);
     const uint32_t a = __ldg(argmax + out + e);
-    if (dyp != nullptr)  // null: only dbias and dm are wanted (the sparse weight gradient rebuilds dy)
+    if (dy_tf32 != nullptr) {
+      const uint32_t big = detail::tf32_bits(dyv);
+      dy_tf32[out + e] = big | a;
+      if (dy_residual != nullptr) dy_residual[out + e] = detail::tf32_bits(dyv - __uint_as_float(big));
+    }
+    if (dyp != nullptr)
       for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
   }
   epi_write_partials(acc_b, acc_m, partials, r, g);
@@ -507,17 +513,21 @@ size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g) {
 }
 
 void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
+                             float slope1, float slope2, const PhaseGradOutputs& out, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_backward";
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr, op,
-                  "null pointer (only dyp, dbias and dm may be null)");
+                  "null pointer (only the outputs may be null)");
+  detail::require(out.dy_residual == nullptr || out.dy_tf32 != nullptr, op, "a residual needs dy_tf32");
+  float* dbias = out.dbias;
+  float* dm = out.dm;
   const bool reduce = dbias != nullptr || dm != nullptr;
   require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  phase_backward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dyp,
-                                                                       partials, d, uint32_t(g.phases));
+  phase_backward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, out.dyp,
+                                                                       out.dy_tf32, out.dy_residual, partials, d,
+                                                                       uint32_t(g.phases));
   ANVIL_CHECK_LAUNCH();
   finalize_reduction(partials, d.per, g.c, dbias, dm, stream);
 }

@@ -48,9 +48,19 @@ struct PhaseEpilogueGeometry {
 void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
                             uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream);
 size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g);
-// dyp may be null: then only dbias and dm are reduced.
+// What the phase epilogue's backward writes; every output may be null.
+struct PhaseGradOutputs {
+  float* dyp = nullptr;  // the whole phase-domain dY
+  // dY at each pooled element's argmax (n, c, q), all a sparse weight gradient
+  // needs: as TF32 bits with the argmax in the 13 low bits TF32 drops, and the
+  // TF32-rounded remainder dY - that value.
+  uint32_t* dy_tf32 = nullptr;
+  uint32_t* dy_residual = nullptr;
+  float* dbias = nullptr;
+  float* dm = nullptr;
+};
 void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, float* dyp, float* dbias, float* dm, void* scratch,
+                             float slope1, float slope2, const PhaseGradOutputs& out, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda

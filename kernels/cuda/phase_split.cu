@@ -66,87 +66,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 
-constexpr int kSparseChunk = 2048;  // (n, q) items per block of the sparse weight gradient
-constexpr int kSparseMaxThreads = 1024;
-constexpr int kSparseMaxSmemFloats = 12 * 1024;
-
-// Block (co, chunk): thread (ci, u) accumulates, for each item (n, q) of the
-// chunk in order, dy * x_pad[n, ci, q + u] into its slot of the item's argmax
-// phase. Slots live in shared memory indexed [phase][thread]: no thread
-// touches another's, so the sums are deterministic.
-__global__ void sparse_wgrad_kernel(SparseGradEpilogue e, const float* __restrict__ x_pad,
-                                    float* __restrict__ partials, PhaseSplitGeometry g, int64_t q_count,
-                                    int64_t chunks) {
-  extern __shared__ float smem[];
-  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
-  const int threads = blockDim.x;
-  float* acc = smem;                                    // [phases][threads]
-  float* dy_s = smem + phases * threads;                // [kSparseChunk]
-  auto* arg_s = reinterpret_cast<uint8_t*>(dy_s + kSparseChunk);  // [kSparseChunk]
-  const int64_t co = blockIdx.x, chunk = blockIdx.y;
-  for (int64_t i = threadIdx.x; i < phases * threads; i += threads) acc[i] = 0.f;
-
-  // Items are (n, q) flattened; the chunk is [first, last).
-  const int64_t first = chunk * kSparseChunk, last = min(first + kSparseChunk, g.n * q_count);
-  const float mc = __ldg(e.m + co);
-  for (int64_t i = first + threadIdx.x; i < last; i += threads) {
-    const int64_t n = i / q_count, q = i - n * q_count;
-    const int64_t at = (n * g.cout + co) * q_count + q;
-    const float v = __ldg(e.y_at_max + at), dpv = __ldg(e.dp + at);
-    const float z1 = v > 0.f ? v : e.slope1 * v;
-    const float z2 = z1 * mc;
-    const float dz1 = (z2 > 0.f ? dpv : e.slope2 * dpv) * mc;
-    dy_s[i - first] = v > 0.f ? dz1 : e.slope1 * dz1;
-    arg_s[i - first] = __ldg(e.argmax + at);
-  }
-  __syncthreads();
-
-  const int64_t kpv = g.kp[0] * g.kp[1] * g.kp[2];
-  const int64_t ci = threadIdx.x / kpv, u = threadIdx.x - ci * kpv;
-  const int64_t u0 = u / (g.kp[1] * g.kp[2]), u1 = u / g.kp[2] % g.kp[1], u2 = u % g.kp[2];
-  const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
-                p2 = g.in[2] + g.front[2] + g.end[2];
-  const int q0 = int(p0 - g.kp[0] + 1), q1 = int(p1 - g.kp[1] + 1), q2 = int(p2 - g.kp[2] + 1);
-  // Walk the chunk's items with counters rather than divisions.
-  int64_t n = first / q_count;
-  const int64_t q = first - n * q_count;
-  int qw = int(q % q2), qh = int(q / q2 % q1), qd = int(q / (int64_t(q2) * q1));
-  const float* xn = x_pad + (((n * g.cin + ci) * p0 + u0) * p1 + u1) * p2 + u2;
-  const int64_t image = g.cin * p0 * p1 * p2;
-  for (int64_t i = 0; i < last - first; ++i) {
-    const float x = __ldg(xn + (int64_t(qd) * p1 + qh) * p2 + qw);
-    acc[arg_s[i] * threads + threadIdx.x] += dy_s[i] * x;
-    if (++qw == q2) {
-      qw = 0;
-      if (++qh == q1) {
-        qh = 0;
-        if (++qd == q0) qd = 0, xn += image;
-      }
-    }
-  }
-  __syncthreads();
-  float* out = partials + (co * chunks + chunk) * phases * threads;
-  for (int64_t i = threadIdx.x; i < phases * threads; i += threads) out[i] = acc[i];
-}
-
-// dw[ci, co, t] = sum over chunks, in order, of the partial of (phase_of t, ci, combined_of t).
-__global__ void __launch_bounds__(kThreads)
-    sparse_wgrad_finish(const float* __restrict__ partials, float* __restrict__ dw, PhaseSplitGeometry g,
-                        int64_t chunks, int64_t total) {
-  const int64_t kv = g.k[0] * g.k[1] * g.k[2], kpv = g.kp[0] * g.kp[1] * g.kp[2];
-  const int64_t phases = g.s[0] * g.s[1] * g.s[2], threads = g.cin * kpv;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i % kv, co = i / kv % g.cout, ci = i / (kv * g.cout);
-    const int64_t t2 = t % g.k[2], t1 = t / g.k[2] % g.k[1], t0 = t / (g.k[2] * g.k[1]);
-    const int64_t r = (g.phase_of[0][t0] * g.s[1] + g.phase_of[1][t1]) * g.s[2] + g.phase_of[2][t2];
-    const int64_t u = (g.combined_of[0][t0] * g.kp[1] + g.combined_of[1][t1]) * g.kp[2] + g.combined_of[2][t2];
-    const float* p = partials + co * chunks * phases * threads + r * threads + ci * kpv + u;
-    double sum = 0.0;
-    for (int64_t c = 0; c < chunks; ++c) sum += p[c * phases * threads];
-    dw[i] = float(sum);
-  }
-}
-
 // ===========================================================================
 // Launchers
 // ===========================================================================
@@ -162,50 +81,7 @@ void check(const PhaseSplitGeometry& g, const char* op) {
   }
 }
 
-int64_t sparse_q_count(const PhaseSplitGeometry& g) {
-  int64_t q = 1;
-  for (int d = 0; d < 3; ++d) q *= g.in[d] + g.front[d] + g.end[d] - g.kp[d] + 1;
-  return q;
-}
-
-int64_t sparse_chunks(const PhaseSplitGeometry& g) { return detail::ceil_div(g.n * sparse_q_count(g), kSparseChunk); }
-
-int64_t sparse_threads(const PhaseSplitGeometry& g) { return g.cin * g.kp[0] * g.kp[1] * g.kp[2]; }
-
-size_t sparse_smem_bytes(const PhaseSplitGeometry& g) {
-  return size_t(g.s[0] * g.s[1] * g.s[2] * sparse_threads(g) + kSparseChunk) * sizeof(float) + kSparseChunk;
-}
-
 }  // namespace
-
-bool phase_sparse_weight_grad_supported(const PhaseSplitGeometry& g) {
-  const int64_t threads = sparse_threads(g), phases = g.s[0] * g.s[1] * g.s[2];
-  return threads >= 32 && threads <= kSparseMaxThreads && phases * threads <= kSparseMaxSmemFloats;
-}
-
-size_t phase_sparse_weight_grad_scratch_bytes(const PhaseSplitGeometry& g) {
-  return size_t(g.cout * sparse_chunks(g) * g.s[0] * g.s[1] * g.s[2] * sparse_threads(g)) * sizeof(float);
-}
-
-void phase_sparse_weight_grad(const SparseGradEpilogue& e, const float* x_pad, float* dw, void* scratch,
-                              const PhaseSplitGeometry& g, cudaStream_t stream) {
-  constexpr const char* op = "phase_sparse_weight_grad";
-  check(g, op);
-  detail::require(phase_sparse_weight_grad_supported(g), op, "geometry not supported (check supported() first)");
-  detail::require(e.dp && e.argmax && e.y_at_max && e.m && x_pad && dw && scratch, op, "null pointer");
-  const int64_t chunks = sparse_chunks(g);
-  detail::require(chunks <= 65535, op, "too many chunks");
-  const size_t smem = sparse_smem_bytes(g);
-  ANVIL_CUDA_CHECK(cudaFuncSetAttribute(sparse_wgrad_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  auto* partials = static_cast<float*>(scratch);
-  sparse_wgrad_kernel<<<dim3(unsigned(g.cout), unsigned(chunks)), unsigned(sparse_threads(g)), smem, stream>>>(
-      e, x_pad, partials, g, sparse_q_count(g), chunks);
-  ANVIL_CHECK_LAUNCH();
-  const int64_t total = g.cin * g.cout * g.k[0] * g.k[1] * g.k[2];
-  sparse_wgrad_finish<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(partials, dw, g, chunks, total);
-  ANVIL_CHECK_LAUNCH();
-}
-
 
 void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream) {
   check(g, "phase_pad_input");

@@ -40,28 +40,18 @@ void phase_fold_weight_grad(const float* dwp, float* dw, const PhaseSplitGeometr
 void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, const PhaseSplitGeometry& g,
                            cudaStream_t stream);
 
-}  // namespace anvil::cuda
-
-namespace anvil::cuda {
-
 // The weight gradient of the phase-split conv when dY comes from a max pool
-// whose windows are the phases: each (n, co, q) has exactly one non-zero phase
-// (its argmax), so dW[ci, co, t] = sum over the (n, q) whose argmax is t's
-// phase of dy * x_pad[n, ci, q + t's combined offset]. dy is rebuilt from dP
-// and the saved y at the argmax, as the epilogue's backward does. No dY is
-// materialised; sums are in a fixed order (block partials, then a final pass).
-struct SparseGradEpilogue {
-  const float* dp;
-  const uint8_t* argmax;
-  const float* y_at_max;
-  const float* m;
-  float slope1, slope2;
-};
-
-// Whether the sparse kernel handles this geometry (block of cin * kp threads, phases * threads floats of shared memory).
-bool phase_sparse_weight_grad_supported(const PhaseSplitGeometry& g);
-size_t phase_sparse_weight_grad_scratch_bytes(const PhaseSplitGeometry& g);
-void phase_sparse_weight_grad(const SparseGradEpilogue& e, const float* x_pad, float* dw, void* scratch,
-                              const PhaseSplitGeometry& g, cudaStream_t stream);
+// whose windows are the phases: each (n, co, q) has one non-zero phase, its
+// argmax. A TF32 tensor-core GEMM (M = phases * cout, N = cin * kpv,
+// K = n * q) builds its A tiles from dY at the argmax alone, so no dY tensor
+// is ever materialised; the sum is deterministic. dy_tf32 and
+// dy_residual are per pooled element (n, cout, q), as the phase epilogue's
+// backward writes them (PhaseGradOutputs). With dy_residual the kernel also
+// splits x into TF32 value and residual and runs 3 MMAs per product, which
+// makes every product float32-accurate ("compensated"); without, it is TF32.
+bool phase_mma_weight_grad_supported(const PhaseSplitGeometry& g);
+size_t phase_mma_weight_grad_scratch_bytes(const PhaseSplitGeometry& g);
+void phase_mma_weight_grad(const uint32_t* dy_tf32, const uint32_t* dy_residual, const float* x_pad, float* dw,
+                           void* scratch, const PhaseSplitGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda
