@@ -133,7 +133,8 @@ TEST_F(Cli, HelpExitsZero) {
 
   const CliResult info = run("info --help");
   EXPECT_EQ(info.status, 0) << describe(info);
-  for (const char* flag : {"--device", "--mode", "--no-fuse"}) EXPECT_PRED_FORMAT2(Contains, info.out, flag);
+  for (const char* flag : {"--device", "--mode", "--no-fuse", "--nondeterministic"})
+    EXPECT_PRED_FORMAT2(Contains, info.out, flag);
 
   const CliResult train = run("train --help");
   EXPECT_EQ(train.status, 0) << describe(train);

@@ -54,6 +54,17 @@ TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
   check_reference_case(c.name, cuda_options(c.mode), {{"precision", c.precision}}, tol, input_grad_tol);
 }
 
+// Non-deterministic mode may take any cuDNN algorithm (the fastest Find measured): still the same results.
+TEST(GpuNondeterministic, FastestAlgorithmsMatchPyTorch) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  for (const auto& mode : {"phase_split", "dgrad", "unfused"}) {
+    SCOPED_TRACE(mode);
+    Options o = cuda_options(mode);
+    o.deterministic = false;
+    check_reference_case("kb74_small", o, {{"precision", "fp32"}}, 1e-5, 1e-5);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()),
                          [](const auto& info) {
                            return info.param.name + "_" + info.param.precision + "_" + info.param.mode;

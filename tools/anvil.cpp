@@ -36,6 +36,7 @@ struct CommonFlags {
   bool no_fuse = false;
   bool no_phase_split = false;
   bool no_graph = false;
+  bool nondeterministic = false;
 };
 
 void add_common(CLI::App* cmd, CommonFlags& f) {
@@ -44,6 +45,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
+  cmd->add_flag("--nondeterministic", f.nondeterministic,
+                "allow non-deterministic cuDNN algorithms and take the fastest measured");
 }
 
 // Fails before any work when an output file could not be written at the end.
@@ -62,6 +65,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   o.fuse = !f.no_fuse;
   o.phase_split = !f.no_phase_split;
   o.cuda_graph = !f.no_graph;
+  o.deterministic = !f.nondeterministic;
   if (f.device.empty()) {
     const bool gpu = anvil::cuda_available();
     o.device = gpu ? Device::Cuda : Device::Cpu;

@@ -13,15 +13,23 @@ using detail::kThreads;
 // Kernels
 // ===========================================================================
 
+// One warp per row of x_pad (plane, d, h), lanes along w: one division per
+// row, and coalesced loads and stores.
 __global__ void __launch_bounds__(kThreads)
-    pad_kernel(const float* __restrict__ x, float* __restrict__ x_pad, PhaseSplitGeometry g, int64_t total) {
+    pad_kernel(const float* __restrict__ x, float* __restrict__ x_pad, PhaseSplitGeometry g, int64_t rows) {
   const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
                 p2 = g.in[2] + g.front[2] + g.end[2];
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t w = i % p2 - g.front[2], h = i / p2 % p1 - g.front[1], d = i / (p2 * p1) % p0 - g.front[0];
-    const int64_t plane = i / (p2 * p1 * p0);
-    const bool inside = d >= 0 && d < g.in[0] && h >= 0 && h < g.in[1] && w >= 0 && w < g.in[2];
-    x_pad[i] = inside ? __ldg(x + ((plane * g.in[0] + d) * g.in[1] + h) * g.in[2] + w) : 0.f;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; row < rows; row += warps) {
+    const int64_t h = row % p1 - g.front[1], d = row / p1 % p0 - g.front[0], plane = row / (p1 * p0);
+    const bool row_inside = d >= 0 && d < g.in[0] && h >= 0 && h < g.in[1];
+    const int64_t src = ((plane * g.in[0] + d) * g.in[1] + h) * g.in[2] - g.front[2];
+    float* dst = x_pad + row * p2;
+    for (int64_t w = lane; w < p2; w += 32) {
+      const bool inside = row_inside && w >= g.front[2] && w < g.front[2] + g.in[2];
+      dst[w] = inside ? __ldg(x + src + w) : 0.f;
+    }
   }
 }
 
@@ -86,9 +94,8 @@ void check(const PhaseSplitGeometry& g, const char* op) {
 void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream) {
   check(g, "phase_pad_input");
   detail::require(x != nullptr && x_pad != nullptr, "phase_pad_input", "null pointer");
-  int64_t total = g.n * g.cin;
-  for (int d = 0; d < 3; ++d) total *= g.in[d] + g.front[d] + g.end[d];
-  pad_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(x, x_pad, g, total);
+  const int64_t rows = g.n * g.cin * (g.in[0] + g.front[0] + g.end[0]) * (g.in[1] + g.front[1] + g.end[1]);
+  pad_kernel<<<detail::grid_stride_blocks(rows * 32), kThreads, 0, stream>>>(x, x_pad, g, rows);
   ANVIL_CHECK_LAUNCH();
 }
 

@@ -265,20 +265,25 @@ struct Partials {
   int64_t splits;
 };
 
-// dw[ci, co, t] = sum over splits, in order, of the partial of (phase_of t, co, ci * kpv + combined_of t).
+// dw[ci, co, t] = the sum over splits of the partial of (phase_of t, co,
+// ci * kpv + combined_of t): one warp per output, lane l taking splits
+// l, l + 32, ..., then a fixed-order warp sum (deterministic).
 __global__ void __launch_bounds__(kBlockThreads)
     sum_partials_kernel(const float* __restrict__ partials, Partials layout, float* __restrict__ dw,
                         PhaseSplitGeometry g, int64_t total) {
   const int64_t kv = g.k[0] * g.k[1] * g.k[2], kpv = g.kp[0] * g.kp[1] * g.kp[2];
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; i < total; i += warps) {
     const int64_t t = i % kv, co = i / kv % g.cout, ci = i / (kv * g.cout);
     const int64_t t2 = t % g.k[2], t1 = t / g.k[2] % g.k[1], t0 = t / (g.k[2] * g.k[1]);
     const int64_t r = (g.phase_of[0][t0] * g.s[1] + g.phase_of[1][t1]) * g.s[2] + g.phase_of[2][t2];
     const int64_t u = (g.combined_of[0][t0] * g.kp[1] + g.combined_of[1][t1]) * g.kp[2] + g.combined_of[2][t2];
     const float* p = partials + r * layout.phase + co * layout.channel + ci * kpv + u;
     double sum = 0.0;
-    for (int64_t c = 0; c < layout.splits; ++c) sum += p[c * layout.split];
-    dw[i] = float(sum);
+    for (int64_t c = lane; c < layout.splits; c += 32) sum += p[c * layout.split];
+    sum = detail::warp_sum(sum);
+    if (lane == 0) dw[i] = float(sum);
   }
 }
 
@@ -350,8 +355,8 @@ void phase_mma_weight_grad(const uint32_t* dy_tf32, const uint32_t* dy_residual,
   ANVIL_CHECK_LAUNCH();
   const Partials layout{int64_t(g.cout) * d.n_total, d.n_total, int64_t(d.m_total) * d.n_total, splits};
   const int64_t total = g.cin * g.cout * g.k[0] * g.k[1] * g.k[2];
-  sum_partials_kernel<<<detail::grid_stride_blocks(total), kBlockThreads, 0, stream>>>(partials, layout, dw, g,
-                                                                                        total);
+  sum_partials_kernel<<<detail::grid_stride_blocks(total * 32), kBlockThreads, 0, stream>>>(partials, layout, dw, g,
+                                                                                             total);
   ANVIL_CHECK_LAUNCH();
 }
 
