@@ -104,10 +104,10 @@ void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) 
 }
 
 std::string FusedPhaseConvEpilogue::describe_cuda() const {
-  const char* weight_grad = weight_grad_ == WeightGrad::Mma              ? ", TF32 tensor-core weight gradient"
-                            : weight_grad_ == WeightGrad::MmaCompensated ? ", 3xTF32 tensor-core weight gradient"
-                                                                         : "";
-  return std::string("phase-split") + weight_grad + ": " + phase_conv_->describe_cuda();
+  if (!own_kernels_) return "phase-split: " + phase_conv_->describe_cuda();
+  const std::string math = compensated_ ? "3xTF32" : "TF32";
+  return "phase-split, " + math + " tensor-core conv fused with the epilogue" +
+         (backward_ ? ", " + math + " tensor-core weight gradient" : "");
 }
 
 cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
@@ -124,34 +124,40 @@ size_t FusedPhaseConvEpilogue::saved_bytes() const {
 
 FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args) const {
   char* base = backward_ ? static_cast<char*>(args.saved) + align_up(numel(output_shape())) + pooled_bytes()
-                         : static_cast<char*>(args.workspace) + yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
+                         : static_cast<char*>(args.workspace) + cudnn_forward_bytes();
   return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + x_pad_bytes())};
 }
 
-// Without an input gradient, dY is never needed whole: the weight gradient is
-// the tensor-core kernel over dY at the argmax, one phase in `phases` of dY.
-// On the H100 it beats cuDNN's deterministic filter gradient of the combined
-// conv (bench/RESULTS.md) and needs neither dY (268 MB for the headline
-// layer) nor cuDNN's 278 MiB workspace. Strict fp32 takes its compensated
-// form, whose products are float32-accurate.
+// Without an input gradient dY is never needed whole, and anvil's own
+// tensor-core kernels replace cuDNN: the forward conv fused with the epilogue
+// (Y, 268 MB for the headline layer, is never written) and the weight gradient
+// over dY at the argmax (no dY, no cuDNN filter workspace). On the H100 both
+// beat cuDNN's deterministic algorithms (bench/RESULTS.md). Strict fp32 takes
+// their compensated (3xTF32) form, whose products are float32-accurate.
 void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
-  weight_grad_ = WeightGrad::Cudnn;
-  if (backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_))
-    weight_grad_ = settings.precision == Precision::FP32 ? WeightGrad::MmaCompensated : WeightGrad::Mma;
-  phase_conv_->set_gradient_needs(backward_ && !sparse(), input_grad_);
+  own_kernels_ = !input_grad_ && cuda::phase_fused_forward_supported(g_) &&
+                 (!backward_ || cuda::phase_mma_weight_grad_supported(g_));
+  compensated_ = settings.precision == Precision::FP32;
+  if (own_kernels_) return;
+  phase_conv_->set_gradient_needs(backward_, input_grad_);
   phase_conv_->build_cuda(ctx, settings);
 }
 
+// cuDNN: Yp and cuDNN's workspace. Inference also keeps x_pad and wp here.
 size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
   if (device != Device::Cuda) return 0;
-  return yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace()) + (backward_ ? 0 : x_pad_bytes() + wp_bytes());
+  return cudnn_forward_bytes() + (backward_ ? 0 : x_pad_bytes() + wp_bytes());
 }
 
-// Sparse: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the kernel's partials.
+size_t FusedPhaseConvEpilogue::cudnn_forward_bytes() const {
+  return own_kernels_ ? 0 : yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
+}
+
+// Own kernels: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the kernel's partials.
 // cuDNN: dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
 size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
   if (device != Device::Cuda) return 0;
-  if (sparse())
+  if (own_kernels_)
     return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) + 2 * pooled_bytes() +
            cuda::phase_mma_weight_grad_scratch_bytes(g_);
   return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
@@ -160,6 +166,7 @@ size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
 }
 
 void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
+  if (own_kernels_) return;
   const Kept k = kept(forward);
   char* fws = static_cast<char*>(forward.workspace);
   LayerArgs f, b;
@@ -167,7 +174,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
   f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
   f.params = {k.wp};
   f.workspace = fws + yp_bytes();
-  if (backward_ && !sparse()) {
+  if (backward_) {
     char* bws = static_cast<char*>(backward.workspace);
     b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
     b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
@@ -177,15 +184,20 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
 
 void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
-  float* yp = static_cast<float*>(args.workspace);
   cuda::phase_pad_input(args.in[0].data, k.x_pad, g_, ctx.stream());
   cuda::phase_build_weight(args.params[0], k.wp, g_, ctx.stream());
-  phase_conv_->run_forward(ctx, k.x_pad, k.wp, yp, static_cast<char*>(args.workspace) + yp_bytes(),
-                           phase_conv_->cudnn_forward_workspace());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = backward_ ? static_cast<uint8_t*>(args.saved) : nullptr;
   auto* y_at_max = backward_ ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(numel(output_shape())))
                              : nullptr;
+  if (own_kernels_) {
+    cuda::phase_fused_forward(k.x_pad, k.wp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax,
+                              y_at_max, compensated_, g_, ctx.stream());
+    return;
+  }
+  float* yp = static_cast<float*>(args.workspace);
+  phase_conv_->run_forward(ctx, k.x_pad, k.wp, yp, static_cast<char*>(args.workspace) + yp_bytes(),
+                           phase_conv_->cudnn_forward_workspace());
   cuda::phase_epilogue_forward(yp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax, y_at_max,
                                epilogue_geometry(), ctx.stream());
 }
@@ -193,14 +205,14 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
   char* ws = static_cast<char*>(args.workspace);
-  if (sparse()) {
+  if (own_kernels_) {
     const auto* argmax = static_cast<const uint8_t*>(args.saved);
     const auto* y_at_max =
         reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
     const size_t reduce_bytes = align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
     cuda::PhaseGradOutputs out;
     out.dy_tf32 = reinterpret_cast<uint32_t*>(ws + reduce_bytes);
-    if (weight_grad_ == WeightGrad::MmaCompensated)
+    if (compensated_)
       out.dy_residual = reinterpret_cast<uint32_t*>(ws + reduce_bytes + pooled_bytes());
     out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
     out.dm = args.dparams.back();

@@ -2,13 +2,13 @@
 // when a conv_transpose (dilation 1) is followed by the epilogue chain and a
 // max pool whose kernel equals the conv's stride, each pool window is exactly
 // the s^d output phases at one grid point. The conv then runs as ONE stride-1
-// cuDNN forward convolution with s^d * Cout channels (the combined weight is
-// rebuilt from PyTorch's weight each step) and the epilogue reads the phases
-// directly. Backward turns dP into dY at each window's argmax; the weight
-// gradient is a tensor-core GEMM over that sparse dY, or, when the input
-// gradient is wanted (it needs the whole dY), cuDNN's filter gradient of the
-// combined conv. Both fold back to the PyTorch weight gradient. Exact: the
-// same sums as the transposed conv, in another order.
+// stride-1 forward convolution with s^d * Cout channels (the combined weight
+// is rebuilt from PyTorch's weight each step) and the epilogue reads the
+// phases directly. Without an input gradient, anvil's tensor-core kernels run
+// it: the conv fused with the epilogue, and a weight gradient built from dY
+// at each window's argmax. With one (it needs the whole dY), cuDNN runs the
+// conv and its backward. Exact: the same sums as the transposed conv, in
+// another order.
 #pragma once
 
 #include <memory>
@@ -57,6 +57,7 @@ class FusedPhaseConvEpilogue : public Layer {
   size_t yp_bytes() const { return align_up(numel(phase_conv_->output_shape()) * sizeof(float)); }
   size_t x_pad_bytes() const { return align_up(numel(phase_conv_->input_shapes()[0]) * sizeof(float)); }
   size_t wp_bytes() const { return align_up(numel(phase_conv_->param_specs()[0].shape) * sizeof(float)); }
+  size_t cudnn_forward_bytes() const;  // Yp and cuDNN's forward workspace (none with own kernels)
 
   std::unique_ptr<Convolution> conv_;        // the original layer: parameters and their PyTorch layout
   std::unique_ptr<Convolution> phase_conv_;  // the stride-1 combined convolution
@@ -64,11 +65,10 @@ class FusedPhaseConvEpilogue : public Layer {
   std::string scale_name_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
-  // The weight gradient: cuDNN's filter gradient of the combined conv over the
-  // whole phase-domain dY, or the tensor-core kernel over dY at the argmax only.
-  enum class WeightGrad { Cudnn, Mma, MmaCompensated };
-  WeightGrad weight_grad_ = WeightGrad::Cudnn;
-  bool sparse() const { return weight_grad_ != WeightGrad::Cudnn; }
+  // anvil's tensor-core kernels (conv fused with the epilogue; weight gradient
+  // over dY at the argmax) instead of the cuDNN conv, its Yp and dYp.
+  bool own_kernels_ = false;
+  bool compensated_ = false;  // strict fp32: their 3xTF32 form
 };
 
 }  // namespace anvil

@@ -18,6 +18,7 @@
 // cores' accumulator truncates, so each step's products are summed apart and
 // added to the running sums with ordinary float32 adds.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/phase_split.hpp"
 
 namespace anvil::cuda {
@@ -31,6 +32,7 @@ constexpr int kRowPitch = 40;  // = 8 mod 32: the 4 x rows x 5 offsets of a B fr
 constexpr int kStepsPerSplit = 64;
 constexpr int kBlockThreads = 256;
 static_assert(kBlockThreads == detail::kThreads, "one block size for all anvil kernels");
+static_assert(kStep == StepCursor::kStep, "a K step is one step of the phase grid");
 using detail::kTf32DroppedBits;
 
 struct MmaDims {
@@ -42,25 +44,6 @@ struct MmaDims {
   int64_t steps;       // K steps in all
 };
 
-__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// 4-byte asynchronous copy; zero-fills the destination when !valid.
-__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 // One stage of shared memory: dY words [cout][kDyPitch] (then their residuals
 // when compensated), then x [channels][rows][kRowPitch].
 __host__ __device__ inline int dy_words(const MmaDims& d) { return d.cout * kDyPitch; }
@@ -68,30 +51,6 @@ __host__ __device__ inline int x_words(const MmaDims& d) { return d.stage_channe
 __host__ __device__ inline int stage_words(const MmaDims& d, bool compensated) {
   return dy_words(d) * (compensated ? 2 : 1) + x_words(d);
 }
-
-// Where K step s starts: its first dY element (channel 0) and its first x
-// element (channel 0, row 0). Steps advance with counters, not divisions.
-struct StepCursor {
-  int w0 = 0, qh = 0, qd = 0, image = 0;
-  __device__ void seek(int64_t s, const MmaDims& d) {
-    w0 = int(s % d.steps_per_row) * kStep;
-    const int64_t row = s / d.steps_per_row;
-    qh = int(row % d.q1);
-    qd = int(row / d.q1 % d.q0);
-    image = int(row / (int64_t(d.q1) * d.q0));
-  }
-  __device__ void next(const MmaDims& d) {
-    if ((w0 += kStep) < d.q2) return;
-    w0 = 0;
-    if (++qh < d.q1) return;
-    qh = 0;
-    if (++qd < d.q0) return;
-    qd = 0;
-    ++image;
-  }
-  __device__ int dy_index(const MmaDims& d) const { return (image * d.cout * d.q0 + qd) * d.q1 * d.q2 + qh * d.q2 + w0; }
-  __device__ int x_index(const MmaDims& d) const { return ((image * d.cin * d.x0 + qd) * d.x1 + qh) * d.x2 + w0; }
-};
 
 // Issues the copies of one K step into `stage`. row_off[r]: the x offset of
 // staged row r (channel, x row) from the step's x start, or -1 past cin.
@@ -169,7 +128,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
   const int64_t first = int64_t(blockIdx.x) * kStepsPerSplit;
   const int count = int(min(int64_t(kStepsPerSplit), d.steps - first));
   StepCursor next;  // the next step to stage
-  next.seek(first, d);
+  next.seek(int(first), d);
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     if (i < count) {

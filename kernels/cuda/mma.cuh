@@ -1,0 +1,63 @@
+// Shared pieces of anvil's tensor-core kernels: the m16n8k8 TF32 MMA,
+// cp.async copies, and the walk over the phase grid in steps of 32 positions
+// along its innermost dim.
+#pragma once
+
+#include <cstdint>
+
+namespace anvil::cuda {
+
+// Fragments (g = lane / 4, t = lane % 4): a = A(g, t), A(g+8, t), A(g, t+4),
+// A(g+8, t+4); b = B(t, g), B(t+4, g); c = C(g, 2t), C(g, 2t+1), C(g+8, 2t), C(g+8, 2t+1).
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 4-byte asynchronous copy; zero-fills the destination when !valid.
+__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// Where step s of the phase grid starts: (image, qd, qh, w0), w0 a multiple
+// of kStep. Dims needs q0, q1, q2, steps_per_row, cout, cin and x0, x1, x2
+// (the padded input's spatial dims). dy_index is the step's first element of
+// a (n, cout, q) tensor at channel 0, x_index of x_pad at channel 0. Steps
+// advance with counters, not divisions.
+struct StepCursor {
+  static constexpr int kStep = 32;  // positions per step
+  int w0 = 0, qh = 0, qd = 0, image = 0;
+  template <class Dims>
+  __device__ void seek(int s, const Dims& d) {  // int: callers keep the step count below 2^31
+    w0 = s % d.steps_per_row * kStep;
+    const int row = s / d.steps_per_row;
+    qh = row % d.q1;
+    qd = row / d.q1 % d.q0;
+    image = row / (d.q1 * d.q0);
+  }
+  template <class Dims>
+  __device__ void next(const Dims& d) {
+    if ((w0 += kStep) < d.q2) return;
+    w0 = 0;
+    if (++qh < d.q1) return;
+    qh = 0;
+    if (++qd < d.q0) return;
+    qd = 0;
+    ++image;
+  }
+  template <class Dims>
+  __device__ int dy_index(const Dims& d) const { return (image * d.cout * d.q0 + qd) * d.q1 * d.q2 + qh * d.q2 + w0; }
+  template <class Dims>
+  __device__ int x_index(const Dims& d) const { return ((image * d.cin * d.x0 + qd) * d.x1 + qh) * d.x2 + w0; }
+};
+
+}  // namespace anvil::cuda
