@@ -184,7 +184,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
 
 void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
-  cuda::phase_pad_input(args.in[0].data, k.x_pad, g_, ctx.stream());
+  cuda::phase_pad_input(args.in[0].data, k.x_pad, own_kernels_ && !compensated_, g_, ctx.stream());
   cuda::phase_build_weight(args.params[0], k.wp, g_, ctx.stream());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = backward_ ? static_cast<uint8_t*>(args.saved) : nullptr;

@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kBlock, 1)
 
   for (int i = threadIdx.x; i < w_words(d); i += kBlock) {
     const int n = i / d.w_pitch, k = i % d.w_pitch;
-    ws[i] = n < d.n_total && k < d.k_total ? __ldg(wp + n * d.k_total + k) : 0.f;
+    const float v = n < d.n_total && k < d.k_total ? __ldg(wp + n * d.k_total + k) : 0.f;
+    ws[i] = kCompensated ? v : __uint_as_float(detail::tf32_bits(v));  // TF32: round once, here
   }
   for (int k = threadIdx.x; k < d.k_pad; k += kBlock) {
     const int ci = k / d.kpv, u = k % d.kpv;
@@ -117,6 +118,7 @@ __global__ void __launch_bounds__(kBlock, 1)
 
     float acc[2][4][4] = {};
     float part[2][4][4];
+#pragma unroll 4
     for (int ks = 0; ks < d.k_pad / 8; ++ks) {
       if (kCompensated && ks % 4 == 0)
 #pragma unroll
@@ -134,7 +136,7 @@ __global__ void __launch_bounds__(kBlock, 1)
         const float v[4] = {xw[o0 + pos], xw[o0 + pos + 8], xw[o1 + pos], xw[o1 + pos + 8]};
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          a[i][r] = detail::tf32_bits(v[r]);
+          a[i][r] = kCompensated ? detail::tf32_bits(v[r]) : __float_as_uint(v[r]);  // TF32: x_pad is rounded
           if (kCompensated) as[i][r] = detail::tf32_bits(v[r] - __uint_as_float(a[i][r]));
         }
       }
@@ -144,7 +146,7 @@ __global__ void __launch_bounds__(kBlock, 1)
         const float v[2] = {wrow[0], wrow[4]};
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          b[j][h] = detail::tf32_bits(v[h]);
+          b[j][h] = kCompensated ? detail::tf32_bits(v[h]) : __float_as_uint(v[h]);
           if (kCompensated) bs[j][h] = detail::tf32_bits(v[h] - __uint_as_float(b[j][h]));
         }
       }

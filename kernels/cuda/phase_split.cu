@@ -16,7 +16,8 @@ using detail::kThreads;
 // One warp per row of x_pad (plane, d, h), lanes along w: one division per
 // row, and coalesced loads and stores.
 __global__ void __launch_bounds__(kThreads)
-    pad_kernel(const float* __restrict__ x, float* __restrict__ x_pad, PhaseSplitGeometry g, int64_t rows) {
+    pad_kernel(const float* __restrict__ x, float* __restrict__ x_pad, bool round_tf32, PhaseSplitGeometry g,
+               int64_t rows) {
   const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
                 p2 = g.in[2] + g.front[2] + g.end[2];
   const int lane = threadIdx.x % 32;
@@ -28,7 +29,8 @@ __global__ void __launch_bounds__(kThreads)
     float* dst = x_pad + row * p2;
     for (int64_t w = lane; w < p2; w += 32) {
       const bool inside = row_inside && w >= g.front[2] && w < g.front[2] + g.in[2];
-      dst[w] = inside ? __ldg(x + src + w) : 0.f;
+      const float v = inside ? __ldg(x + src + w) : 0.f;
+      dst[w] = round_tf32 ? __uint_as_float(detail::tf32_bits(v)) : v;
     }
   }
 }
@@ -91,11 +93,12 @@ void check(const PhaseSplitGeometry& g, const char* op) {
 
 }  // namespace
 
-void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream) {
+void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g,
+                     cudaStream_t stream) {
   check(g, "phase_pad_input");
   detail::require(x != nullptr && x_pad != nullptr, "phase_pad_input", "null pointer");
   const int64_t rows = g.n * g.cin * (g.in[0] + g.front[0] + g.end[0]) * (g.in[1] + g.front[1] + g.end[1]);
-  pad_kernel<<<detail::grid_stride_blocks(rows * 32), kThreads, 0, stream>>>(x, x_pad, g, rows);
+  pad_kernel<<<detail::grid_stride_blocks(rows * 32), kThreads, 0, stream>>>(x, x_pad, round_tf32, g, rows);
   ANVIL_CHECK_LAUNCH();
 }
 

@@ -30,8 +30,10 @@ struct PhaseSplitGeometry {
   int8_t phase_of[3][kMaxKernel] = {}, combined_of[3][kMaxKernel] = {};
 };
 
-// x (n, cin, in) -> x_pad (n, cin, in + front + end)
-void phase_pad_input(const float* x, float* x_pad, const PhaseSplitGeometry& g, cudaStream_t stream);
+// x (n, cin, in) -> x_pad (n, cin, in + front + end); round_tf32 rounds each
+// value to the nearest TF32 (for the TF32 kernels, which then skip it).
+void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g,
+                     cudaStream_t stream);
 // w (cin, cout, k) -> wp (phases * cout, cin, kp); phase-major output channels.
 void phase_build_weight(const float* w, float* wp, const PhaseSplitGeometry& g, cudaStream_t stream);
 // dwp (phases * cout, cin, kp) -> dw (cin, cout, k); overwrites dw.
@@ -48,13 +50,15 @@ void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, cons
 // dy_residual are per pooled element (n, cout, q), as the phase epilogue's
 // backward writes them (PhaseGradOutputs). With dy_residual the kernel also
 // splits x into TF32 value and residual and runs 3 MMAs per product, which
-// makes every product float32-accurate ("compensated"); without, it is TF32.
+// makes every product float32-accurate ("compensated"); without, it is TF32
+// and takes x_pad as already rounded to TF32 (phase_pad_input's round_tf32).
 // The phase-split conv fused with the epilogue (epilogue.hpp) in one TF32
 // tensor-core kernel: an implicit GEMM whose tiles hold every phase of their
 // positions (phases * cout <= 256, cin * kpv <= 128), so the max over phases
 // happens in shared memory and Y is never written. x_pad and wp as the cuDNN
 // path's; p, argmax and y_at_max as phase_epilogue_forward's (the last two may
-// be null together). compensated: 3xTF32, float32-accurate products.
+// be null together). compensated: 3xTF32, float32-accurate products;
+// otherwise TF32, with x_pad already rounded to TF32 (as for the weight gradient).
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g);
 void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const float* m, float slope1,
                          float slope2, float* p, uint8_t* argmax, float* y_at_max, bool compensated,

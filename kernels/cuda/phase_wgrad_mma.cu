@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const float v = b_off[j] >= 0 ? xs[b_off[j] + k + 4 * h] : 0.f;
-          b[j][h] = detail::tf32_bits(v);
+          b[j][h] = kCompensated ? detail::tf32_bits(v) : __float_as_uint(v);  // TF32: x_pad is rounded
           if (kCompensated) bs[j][h] = detail::tf32_bits(v - __uint_as_float(b[j][h]));
         }
 #pragma unroll
