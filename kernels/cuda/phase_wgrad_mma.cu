@@ -179,8 +179,9 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
         for (int r = 0; r < 4; ++r) {
           const int h = r % 2, off = a_off[2 * i + h] + k + (r / 2) * 4;
           const uint32_t word = dys[off];
+          // The tensor cores read TF32 and drop the 13 low bits: the tag needs no masking.
           const bool hit = (word & kTf32DroppedBits) == a_phase[2 * i + h];
-          a[r] = hit ? word & ~kTf32DroppedBits : 0u;
+          a[r] = hit ? word : 0u;
           if (kCompensated) as[r] = hit ? dys_small[off] : 0u;
         }
 #pragma unroll
