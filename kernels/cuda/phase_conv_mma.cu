@@ -5,10 +5,12 @@
 //   <= 256), k = ci * kpv + u (<= 128), X[q, k] = x_pad[image, ci, q + u].
 // A block stays resident (one per SM: the combined weight fills most of its
 // shared memory) and takes tiles of two 32-position steps of the grid in turn.
-// 16 warps each compute 32 positions x 32 columns with m16n8k8 TF32 MMAs; the
-// tile's Y goes to shared memory, where each (position, co) takes the max of
-// the epilogue chain over its phases. Y never reaches global memory. The next
-// tile's x is copied (cp.async) while the epilogue runs.
+// Columns are laid out n = phase * cout8 + co (cout8: cout rounded up to 8),
+// so an 8-column MMA tile is one phase of 8 channels. Each warp computes 16
+// positions x 8 channels x every phase (m16n8k8 TF32 MMAs), so every thread
+// holds all phases of its 4 (position, channel) outputs and the epilogue's max
+// over phases runs in registers: Y never leaves them. x is double-buffered:
+// the next tile's is copied (cp.async) while this one computes.
 //
 // Compensated: both operands are split into TF32 value and residual and each
 // product takes 3 MMAs; the products of every 32 k are summed apart and added
@@ -23,25 +25,24 @@ namespace anvil::cuda {
 namespace {
 
 constexpr int kBlock = 512;  // 16 warps: enough to hide latency at one block per SM
-constexpr int kCols = 256;   // every output channel of every phase
+constexpr int kCols = 256;   // every output channel of every phase (phases * cout8)
+constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
 constexpr int kMaxK = 128;
 constexpr int kSegs = 2;                   // grid steps per tile
-constexpr int kPositions = kSegs * 32;     // positions per tile
 constexpr int kXPitch = 48;                // = 16 mod 32: two x rows 16 banks apart
-constexpr int kYPitch = kCols + 1;         // = 1 mod 32: lanes over positions hit 32 banks
 constexpr size_t kMaxSmem = 227 * 1024;    // the H100's opt-in limit per block
 
 struct FwdDims {
   int cout, cin, kpv, kp1, kp2, rows;
   int x0, x1, x2;
   int q0, q1, q2, steps_per_row;
-  int phases, n_total, k_total, k_pad, w_pitch;
+  int phases, cout8, k_total, k_pad, w_pitch;
   int seg_words;  // one step's x rows and a zero row
   int64_t steps;
 };
 
-// Shared memory, in 4-byte words: the weight [kCols][w_pitch], x [kSegs][seg_words],
-// k -> x offset [k_pad], Y [kPositions][kYPitch], staged row -> x offset [cin * rows].
+// Shared memory, in 4-byte words: the weight [kCols][w_pitch], x [2 buffers][kSegs][seg_words],
+// k -> x offset [k_pad], staged row -> x offset [cin * rows].
 __host__ __device__ inline int w_words(const FwdDims& d) { return kCols * d.w_pitch; }
 __host__ __device__ inline int x_words(const FwdDims& d) { return kSegs * d.seg_words; }
 
@@ -82,9 +83,8 @@ __global__ void __launch_bounds__(kBlock, 1)
   extern __shared__ float smem_f[];
   float* ws = smem_f;
   float* xs = ws + w_words(d);
-  int* koff = reinterpret_cast<int*>(xs + x_words(d));
-  float* ys = reinterpret_cast<float*>(koff + d.k_pad);
-  int* row_off = reinterpret_cast<int*>(ys + kPositions * kYPitch);
+  int* koff = reinterpret_cast<int*>(xs + 2 * x_words(d));
+  int* row_off = koff + d.k_pad;
   for (int r = threadIdx.x; r < d.cin * d.rows; r += kBlock) {
     const int ci = r / d.rows, u0 = r % d.rows / d.kp1, u1 = r % d.kp1;
     row_off[r] = ((ci * d.x0 + u0) * d.x1 + u1) * d.x2;
@@ -92,8 +92,9 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
 
   for (int i = threadIdx.x; i < w_words(d); i += kBlock) {
-    const int n = i / d.w_pitch, k = i % d.w_pitch;
-    const float v = n < d.n_total && k < d.k_total ? __ldg(wp + n * d.k_total + k) : 0.f;
+    const int n = i / d.w_pitch, k = i % d.w_pitch, ph = n / d.cout8, co = n % d.cout8;
+    const bool real = ph < d.phases && co < d.cout && k < d.k_total;
+    const float v = real ? __ldg(wp + (ph * d.cout + co) * d.k_total + k) : 0.f;
     ws[i] = kCompensated ? v : __uint_as_float(detail::tf32_bits(v));  // TF32: round once, here
   }
   for (int k = threadIdx.x; k < d.k_pad; k += kBlock) {
@@ -101,116 +102,101 @@ __global__ void __launch_bounds__(kBlock, 1)
     const int u0 = u / (d.kp1 * d.kp2), u1 = u / d.kp2 % d.kp1, u2 = u % d.kp2;
     koff[k] = k < d.k_total ? (ci * d.rows + u0 * d.kp1 + u1) * kXPitch + u2 : d.cin * d.rows * kXPitch;
   }
-  for (int s = 0; s < kSegs; ++s)  // the zero row that padded k reads
+  for (int s = 0; s < 2 * kSegs; ++s)  // the zero rows that padded k reads
     for (int w = threadIdx.x; w < kXPitch; w += kBlock) xs[s * d.seg_words + d.cin * d.rows * kXPitch + w] = 0.f;
 
-  const int seg = warp / 8, wn = (warp % 8) * 32;  // this warp's step and first column
-  const float* xw = xs + seg * d.seg_words;
+  const int mt = warp % 4, seg = mt / 2;  // this warp's 16 positions: (mt % 2) * 16 on in step seg
+  const int pos0 = mt % 2 * 16;
+  const int xw_off = seg * d.seg_words + pos0;
+  const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
   const int64_t q_count = int64_t(d.q0) * d.q1 * d.q2;
   __syncthreads();  // row_off
   Tile tile(blockIdx.x, d);
   stage_tile(tile, xs, row_off, x_pad, d);
   copy_async_commit();
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    copy_async_wait<0>();
-    __syncthreads();  // x (and, the first time, the weight) in; the last tile's epilogue done
-
-    float acc[2][4][4] = {};
-    float part[2][4][4];
+  for (int t = blockIdx.x, buf = 0; t < tiles; t += gridDim.x, buf ^= 1) {
+    const Tile next(t + gridDim.x, d);  // its x is copied into the other buffer during this tile
+    if (t + int(gridDim.x) < tiles) stage_tile(next, xs + (buf ^ 1) * x_words(d), row_off, x_pad, d);
+    copy_async_commit();
+    copy_async_wait<1>();
+    __syncthreads();  // this tile's x in; on the first tile, the weight and tables too
+    const float* xw = xs + buf * x_words(d) + xw_off;
+    for (int g = warp / 4; g < groups; g += kBlock / 32 / 4) {
+      float acc[kMaxPhases][4] = {};
+      float part[kMaxPhases][4];
 #pragma unroll 4
-    for (int ks = 0; ks < d.k_pad / 8; ++ks) {
-      if (kCompensated && ks % 4 == 0)
+      for (int ks = 0; ks < d.k_pad / 8; ++ks) {
+        if (kCompensated && ks % 4 == 0)
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < kMaxPhases; ++j)
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) part[i][j][r] = 0.f;
-      const int k = ks * 8 + tig;
-      const int o0 = koff[k], o1 = koff[k + 4];
-      uint32_t a[2][4], as[2][4], b[4][2], bs[4][2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int pos = i * 16 + grp;
-        const float v[4] = {xw[o0 + pos], xw[o0 + pos + 8], xw[o1 + pos], xw[o1 + pos + 8]};
+            for (int r = 0; r < 4; ++r) part[j][r] = 0.f;
+        const int k = ks * 8 + tig;
+        const int o0 = koff[k], o1 = koff[k + 4];
+        uint32_t a[4], as[4];
+        const float va[4] = {xw[o0 + grp], xw[o0 + grp + 8], xw[o1 + grp], xw[o1 + grp + 8]};
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          a[i][r] = kCompensated ? detail::tf32_bits(v[r]) : __float_as_uint(v[r]);  // TF32: x_pad is rounded
-          if (kCompensated) as[i][r] = detail::tf32_bits(v[r] - __uint_as_float(a[i][r]));
+          a[r] = kCompensated ? detail::tf32_bits(va[r]) : __float_as_uint(va[r]);  // TF32: x_pad is rounded
+          if (kCompensated) as[r] = detail::tf32_bits(va[r] - __uint_as_float(a[r]));
         }
-      }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float* wrow = ws + (wn + j * 8 + grp) * d.w_pitch + k;
-        const float v[2] = {wrow[0], wrow[4]};
+        for (int j = 0; j < kMaxPhases; ++j) {
+          if (j >= d.phases) break;
+          const float* wrow = ws + (j * d.cout8 + g * 8 + grp) * d.w_pitch + k;
+          const float vb[2] = {wrow[0], wrow[4]};
+          uint32_t b[2], bs[2];
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          b[j][h] = kCompensated ? detail::tf32_bits(v[h]) : __float_as_uint(v[h]);
-          if (kCompensated) bs[j][h] = detail::tf32_bits(v[h] - __uint_as_float(b[j][h]));
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
+          for (int h = 0; h < 2; ++h) {
+            b[h] = kCompensated ? detail::tf32_bits(vb[h]) : __float_as_uint(vb[h]);
+            if (kCompensated) bs[h] = detail::tf32_bits(vb[h] - __uint_as_float(b[h]));
+          }
           if (kCompensated) {
-            mma_tf32(part[i][j], a[i], bs[j]);
-            mma_tf32(part[i][j], as[i], b[j]);
-            mma_tf32(part[i][j], a[i], b[j]);
+            mma_tf32(part[j], a, bs);
+            mma_tf32(part[j], as, b);
+            mma_tf32(part[j], a, b);
           } else {
-            mma_tf32(acc[i][j], a[i], b[j]);
+            mma_tf32(acc[j], a, b);
           }
         }
-      if (kCompensated && (ks % 4 == 3 || ks == d.k_pad / 8 - 1))
+        if (kCompensated && (ks % 4 == 3 || ks == d.k_pad / 8 - 1))
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
+          for (int j = 0; j < kMaxPhases; ++j)
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] += part[i][j][r];
-    }
-    __syncthreads();  // every warp is done with x: copy the next tile's during the epilogue
-    const Tile next(t + gridDim.x, d);
-    if (t + int(gridDim.x) < tiles) stage_tile(next, xs, row_off, x_pad, d);
-    copy_async_commit();
+            for (int r = 0; r < 4; ++r) acc[j][r] += part[j][r];
+      }
 
-    // Accumulator (i, j, r) is Y at position i*16 + grp + 8 (r/2), column wn + j*8 + 2 tig + r % 2.
+      // The epilogue: accumulator (j, r) is phase j at position pos0 + grp + 8 (r / 2), channel g*8 + 2 tig + r % 2.
+      const StepCursor& at = tile.at[seg];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+      for (int r = 0; r < 4; ++r) {
+        const int pos = pos0 + grp + 8 * (r / 2), co = g * 8 + 2 * tig + r % 2;
+        if (!tile.valid[seg] || at.w0 + pos >= d.q2 || co >= d.cout) continue;
+        const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f, mc = __ldg(m + co);
+        float best = 0.f, best_v = 0.f;
+        uint32_t best_i = 0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-          ys[(seg * 32 + i * 16 + grp + 8 * (r / 2)) * kYPitch + wn + j * 8 + 2 * tig + r % 2] = acc[i][j][r];
-    __syncthreads();
-
-    // The epilogue: lanes over positions, warps over (step, co).
-    for (int item = warp; item < kSegs * d.cout; item += kBlock / 32) {
-      const int s = item / d.cout, co = item % d.cout;
-      const StepCursor& at = tile.at[s];
-      if (!tile.valid[s] || at.w0 + lane >= d.q2) continue;
-      const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f, mc = __ldg(m + co);
-      const float* yrow = ys + (s * 32 + lane) * kYPitch + co;
-      float best = 0.f, best_v = 0.f;
-      uint32_t best_i = 0;
-      for (int ph = 0; ph < d.phases; ++ph) {
-        const float v = yrow[ph * d.cout] + b0;
-        const float z = epi_z3(v, s1, mc, s2);
-        if (ph == 0 || epi_better(z, best)) {
-          best = z;
-          best_v = v;
-          best_i = uint32_t(ph);
+        for (int j = 0; j < kMaxPhases; ++j) {
+          if (j >= d.phases) break;
+          const float v = acc[j][r] + b0;
+          const float z = epi_z3(v, s1, mc, s2);
+          if (j == 0 || epi_better(z, best)) {
+            best = z;
+            best_v = v;
+            best_i = uint32_t(j);
+          }
+        }
+        const int64_t out = (int64_t(at.image) * d.cout + co) * q_count +
+                            (int64_t(at.qd) * d.q1 + at.qh) * d.q2 + at.w0 + pos;
+        p[out] = best;
+        if (argmax != nullptr) {
+          argmax[out] = uint8_t(best_i);
+          y_at_max[out] = best_v;
         }
       }
-      const int64_t out = (int64_t(at.image) * d.cout + co) * q_count +
-                          (int64_t(at.qd) * d.q1 + at.qh) * d.q2 + at.w0 + lane;
-      p[out] = best;
-      if (argmax != nullptr) {
-        argmax[out] = uint8_t(best_i);
-        y_at_max[out] = best_v;
-      }
     }
+    __syncthreads();  // every warp is done with this buffer before the next tile refills it
     tile = next;
   }
   copy_async_wait<0>();
@@ -232,7 +218,7 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
   d.q2 = int(d.x2 - g.kp[2] + 1);
   d.steps_per_row = int(detail::ceil_div(d.q2, StepCursor::kStep));
   d.phases = int(g.s[0] * g.s[1] * g.s[2]);
-  d.n_total = d.phases * d.cout;
+  d.cout8 = int(detail::ceil_div(d.cout, 8) * 8);
   d.k_total = d.cin * d.kpv;
   d.k_pad = int(detail::ceil_div(d.k_total, 8) * 8);
   d.w_pitch = int(detail::ceil_div(d.k_pad, 32) * 32 + 4);  // = 4 mod 32: B fragments hit 32 banks
@@ -242,15 +228,15 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
 }
 
 size_t fwd_smem_bytes(const FwdDims& d) {
-  return (size_t(w_words(d)) + x_words(d) + d.k_pad + size_t(kPositions) * kYPitch + size_t(d.cin) * d.rows) *
-         sizeof(float);
+  return (size_t(w_words(d)) + 2 * size_t(x_words(d)) + d.k_pad + size_t(d.cin) * d.rows) * sizeof(float);
 }
 
 }  // namespace
 
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
   const int64_t phases = g.s[0] * g.s[1] * g.s[2];
-  if (phases * g.cout > kCols || phases > 256 || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
+  const int64_t cout8 = detail::ceil_div(g.cout, 8) * 8;
+  if (phases > kMaxPhases || phases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
   if (g.kp[2] > kXPitch - 32 + 1) return false;
   int64_t x_pad = g.n * g.cin, pooled = g.n * g.cout;
   for (int i = 0; i < 3; ++i) {
