@@ -2,7 +2,11 @@
 //
 // As an implicit GEMM: Y[q, n] = sum over k of X[q, k] * W[n, k], with
 //   q = (image, position) of the phase grid, n = phase * cout + co (all of them,
-//   <= 256), k = ci * kpv + u (<= 128), X[q, k] = x_pad[image, ci, q + u].
+//   <= 256), k = u * cin + ci (<= 128), X[q, k] = x_pad[image, ci, q + u].
+// With k tap-major, a K step of 8 spans one or two taps u, and the 3xTF32 form
+// skips a phase whose combined weight is structurally zero there (its
+// sub-convolution has no such tap: 37 of 64 (phase, tap) pairs for the
+// headline layer).
 // A block stays resident (one per SM: the combined weight fills most of its
 // shared memory) and takes tiles of two 32-position steps of the grid in turn.
 // Columns are laid out n = phase * cout8 + co (cout8: cout rounded up to 8),
@@ -29,7 +33,7 @@ constexpr int kCols = 256;   // every output channel of every phase (phases * co
 constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
 constexpr int kMaxK = 128;
 constexpr int kSegs = 2;                   // grid steps per tile
-constexpr int kXPitch = 48;                // = 16 mod 32: two x rows 16 banks apart
+constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
 constexpr size_t kMaxSmem = 227 * 1024;    // the H100's opt-in limit per block
 
 struct FwdDims {
@@ -39,6 +43,7 @@ struct FwdDims {
   int phases, cout8, k_total, k_pad, w_pitch;
   int seg_words;  // one step's x rows and a zero row
   int64_t steps;
+  uint32_t live[kMaxK / 8];  // per K step: bit j set when phase j has a real tap in it
 };
 
 // Shared memory, in 4-byte words: the weight [kCols][w_pitch], x [2 buffers][kSegs][seg_words],
@@ -59,7 +64,7 @@ struct Tile {
 };
 
 // Issues the copies of a tile's x rows. row_off[r]: the offset of staged row
-// r (channel, x row) from a step's x start.
+// r (x row, channel) from a step's x start.
 __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const int* row_off,
                                            const float* __restrict__ x_pad, const FwdDims& d) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row_len = 32 + d.kp2 - 1;
@@ -85,8 +90,8 @@ __global__ void __launch_bounds__(kBlock, 1)
   float* xs = ws + w_words(d);
   int* koff = reinterpret_cast<int*>(xs + 2 * x_words(d));
   int* row_off = koff + d.k_pad;
-  for (int r = threadIdx.x; r < d.cin * d.rows; r += kBlock) {
-    const int ci = r / d.rows, u0 = r % d.rows / d.kp1, u1 = r % d.kp1;
+  for (int r = threadIdx.x; r < d.cin * d.rows; r += kBlock) {  // staged rows are (x row, channel)
+    const int ci = r % d.cin, u0 = r / d.cin / d.kp1, u1 = r / d.cin % d.kp1;
     row_off[r] = ((ci * d.x0 + u0) * d.x1 + u1) * d.x2;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
@@ -94,13 +99,14 @@ __global__ void __launch_bounds__(kBlock, 1)
   for (int i = threadIdx.x; i < w_words(d); i += kBlock) {
     const int n = i / d.w_pitch, k = i % d.w_pitch, ph = n / d.cout8, co = n % d.cout8;
     const bool real = ph < d.phases && co < d.cout && k < d.k_total;
-    const float v = real ? __ldg(wp + (ph * d.cout + co) * d.k_total + k) : 0.f;
+    const int u = k / d.cin, ci = k % d.cin;  // wp is (phases * cout, cin, kpv)
+    const float v = real ? __ldg(wp + ((ph * d.cout + co) * d.cin + ci) * d.kpv + u) : 0.f;
     ws[i] = kCompensated ? v : __uint_as_float(detail::tf32_bits(v));  // TF32: round once, here
   }
   for (int k = threadIdx.x; k < d.k_pad; k += kBlock) {
-    const int ci = k / d.kpv, u = k % d.kpv;
+    const int u = k / d.cin, ci = k % d.cin;
     const int u0 = u / (d.kp1 * d.kp2), u1 = u / d.kp2 % d.kp1, u2 = u % d.kp2;
-    koff[k] = k < d.k_total ? (ci * d.rows + u0 * d.kp1 + u1) * kXPitch + u2 : d.cin * d.rows * kXPitch;
+    koff[k] = k < d.k_total ? ((u0 * d.kp1 + u1) * d.cin + ci) * kXPitch + u2 : d.cin * d.rows * kXPitch;
   }
   for (int s = 0; s < 2 * kSegs; ++s)  // the zero rows that padded k reads
     for (int w = threadIdx.x; w < kXPitch; w += kBlock) xs[s * d.seg_words + d.cin * d.rows * kXPitch + w] = 0.f;
@@ -141,9 +147,13 @@ __global__ void __launch_bounds__(kBlock, 1)
           a[r] = kCompensated ? detail::tf32_bits(va[r]) : __float_as_uint(va[r]);  // TF32: x_pad is rounded
           if (kCompensated) as[r] = detail::tf32_bits(va[r] - __uint_as_float(a[r]));
         }
+        const uint32_t live = d.live[ks];
 #pragma unroll
         for (int j = 0; j < kMaxPhases; ++j) {
           if (j >= d.phases) break;
+          // A structural zero of the combined weight. Skipped in 3xTF32 only: in
+          // TF32 the branches cost more than the MMAs they save (H100, RESULTS.md).
+          if (kCompensated && !(live >> j & 1u)) continue;
           const float* wrow = ws + (j * d.cout8 + g * 8 + grp) * d.w_pitch + k;
           const float vb[2] = {wrow[0], wrow[4]};
           uint32_t b[2], bs[2];
@@ -224,6 +234,15 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
   d.w_pitch = int(detail::ceil_div(d.k_pad, 32) * 32 + 4);  // = 4 mod 32: B fragments hit 32 banks
   d.seg_words = (d.cin * d.rows + 1) * kXPitch;
   d.steps = g.n * d.q0 * d.q1 * d.steps_per_row;
+  for (int k = 0; k < d.k_total; ++k) {
+    const int u = k / d.cin, uk[3] = {u / (d.kp1 * d.kp2), u / d.kp2 % d.kp1, u % d.kp2};
+    for (int j = 0; j < d.phases; ++j) {
+      const int64_t r[3] = {j / (g.s[1] * g.s[2]), j / g.s[2] % g.s[1], j % g.s[2]};
+      bool real = true;
+      for (int i = 0; i < 3; ++i) real = real && g.tap[i][r[i] * g.kp[i] + uk[i]] >= 0;
+      if (real) d.live[k / 8] |= 1u << j;
+    }
+  }
   return d;
 }
 
