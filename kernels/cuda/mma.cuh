@@ -17,6 +17,16 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Four 8x8 matrices of 16-bit elements = four 8-row x 4-word tiles: lane l
+// gives the address of row l % 8 of tile l / 8 (16-byte aligned), and r[i]
+// is word l % 4 of row l / 4 of tile i, which is a TF32 fragment's layout.
+__device__ __forceinline__ void load_matrix_x4(uint32_t (&r)[4], const void* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
 // 4-byte asynchronous copy; zero-fills the destination when !valid.
 __device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));

@@ -149,25 +149,34 @@ __global__ void __launch_bounds__(kBlock, 1)
         }
         const uint32_t live = d.live[ks];
 #pragma unroll
-        for (int j = 0; j < kMaxPhases; ++j) {
+        for (int j = 0; j < kMaxPhases; j += 2) {
           if (j >= d.phases) break;
-          // A structural zero of the combined weight. Skipped in 3xTF32 only: in
-          // TF32 the branches cost more than the MMAs they save (H100, RESULTS.md).
-          if (kCompensated && !(live >> j & 1u)) continue;
-          const float* wrow = ws + (j * d.cout8 + g * 8 + grp) * d.w_pitch + k;
-          const float vb[2] = {wrow[0], wrow[4]};
-          uint32_t b[2], bs[2];
+          // One ldmatrix.x4 fetches the B fragments of phases j and j + 1 (rows
+          // of the weight; a phase past the last reads row 0, unused).
+          const int jj = j + lane / 16, row = jj < d.phases ? jj * d.cout8 + g * 8 + lane % 8 : 0;
+          uint32_t bb[4];
+          load_matrix_x4(bb, ws + row * d.w_pitch + ks * 8 + lane / 8 % 2 * 4);
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            b[h] = kCompensated ? detail::tf32_bits(vb[h]) : __float_as_uint(vb[h]);
-            if (kCompensated) bs[h] = detail::tf32_bits(vb[h] - __uint_as_float(b[h]));
-          }
-          if (kCompensated) {
-            mma_tf32(part[j], a, bs);
-            mma_tf32(part[j], as, b);
-            mma_tf32(part[j], a, b);
-          } else {
-            mma_tf32(acc[j], a, b);
+          for (int jh = 0; jh < 2; ++jh) {
+            const int ph = j + jh;
+            // A structural zero of the combined weight. Skipped in 3xTF32 only: in
+            // TF32 the branches cost more than the MMAs they save (H100, RESULTS.md).
+            if (ph >= d.phases || (kCompensated && !(live >> ph & 1u))) continue;
+            uint32_t b[2] = {bb[2 * jh], bb[2 * jh + 1]}, bs[2];
+            if (kCompensated)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const float v = __uint_as_float(b[h]);
+                b[h] = detail::tf32_bits(v);
+                bs[h] = detail::tf32_bits(v - __uint_as_float(b[h]));
+              }
+            if (kCompensated) {
+              mma_tf32(part[ph], a, bs);
+              mma_tf32(part[ph], as, b);
+              mma_tf32(part[ph], a, b);
+            } else {
+              mma_tf32(acc[ph], a, b);
+            }
           }
         }
         if (kCompensated && (ks % 4 == 3 || ks == d.k_pad / 8 - 1))

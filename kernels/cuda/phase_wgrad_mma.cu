@@ -27,7 +27,7 @@ namespace {
 constexpr int kTile = 128;     // block tile, M and N
 constexpr int kStep = 32;      // positions per K step
 constexpr int kStages = 3;     // K steps in flight
-constexpr int kDyPitch = 36;   // = 4 mod 32: the 8 rows x 4 columns of an A fragment hit 32 banks
+constexpr int kDyPitch = 36;   // 144 bytes = 16 mod 128: the 8 rows of an ldmatrix tile hit distinct banks
 constexpr int kRowPitch = 40;  // = 8 mod 32: the 4 x rows x 5 offsets of a B fragment hit distinct banks
 constexpr int kStepsPerSplit = 64;
 constexpr int kBlockThreads = 256;
@@ -98,14 +98,20 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
   const int wm = m0 + (warp / 4) * 64, wn = n0 + (warp % 4) * 32;
 
-  // This thread's A rows (tile i, half h at 2 i + h): the dY row offset and the phase it takes.
-  int a_off[8];
+  // A fragments come by ldmatrix: row_of[i] is the dY row (and half) this lane
+  // addresses for MMA tile i. a_phase[2 i + h]: the phase of this thread's row
+  // grp + 8 h of tile i, which its fragment words must carry as their tag.
+  int row_of[4];
   uint32_t a_phase[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int m = wm + (i / 2) * 16 + (i % 2) * 8 + grp;
-    a_off[i] = m < d.m_total ? (m % d.cout) * kDyPitch : 0;
-    a_phase[i] = m < d.m_total ? uint32_t(m / d.cout) : 0xffffffffu;  // never matches a tag
+  for (int i = 0; i < 4; ++i) {
+    const int m = wm + i * 16 + lane % 16;
+    row_of[i] = (m < d.m_total ? m % d.cout * kDyPitch : 0) + lane / 16 * 4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int mh = wm + i * 16 + h * 8 + grp;
+      a_phase[2 * i + h] = mh < d.m_total ? uint32_t(mh / d.cout) : 0xffffffffu;  // never matches a tag
+    }
   }
   // Its B columns: the x offset of (ci, u), or -1 past the last column.
   int b_off[4];
@@ -175,14 +181,14 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
       for (int i = 0; i < 4; ++i) {
         // Fragment order: (row grp, col k), (row grp+8, col k), (row grp, col k+4), (row grp+8, col k+4).
         uint32_t a[4], as[4];
+        load_matrix_x4(a, dys + row_of[i] + ks * 8);
+        if (kCompensated) load_matrix_x4(as, dys_small + row_of[i] + ks * 8);
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
-          const int h = r % 2, off = a_off[2 * i + h] + k + (r / 2) * 4;
-          const uint32_t word = dys[off];
           // The tensor cores read TF32 and drop the 13 low bits: the tag needs no masking.
-          const bool hit = (word & kTf32DroppedBits) == a_phase[2 * i + h];
-          a[r] = hit ? word : 0u;
-          if (kCompensated) as[r] = hit ? dys_small[off] : 0u;
+          const bool hit = (a[r] & kTf32DroppedBits) == a_phase[2 * i + r % 2];
+          a[r] = hit ? a[r] : 0u;
+          if (kCompensated) as[r] = hit ? as[r] : 0u;
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
