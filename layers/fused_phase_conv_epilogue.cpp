@@ -104,10 +104,11 @@ void FusedPhaseConvEpilogue::set_gradient_needs(bool backward, bool input_grad) 
 }
 
 std::string FusedPhaseConvEpilogue::describe_cuda() const {
-  if (!own_kernels_) return "phase-split: " + phase_conv_->describe_cuda();
   const std::string math = compensated_ ? "3xTF32" : "TF32";
-  return "phase-split, " + math + " tensor-core conv fused with the epilogue" +
-         (backward_ ? ", " + math + " tensor-core weight gradient" : "");
+  std::string s = "phase-split";
+  if (fused_forward_) s += ", " + math + " tensor-core conv fused with the epilogue";
+  if (mma_weight_grad_) s += ", " + math + " tensor-core weight gradient";
+  return fused_forward_ ? s : s + ": " + phase_conv_->describe_cuda();
 }
 
 cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
@@ -129,17 +130,19 @@ FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args)
 }
 
 // Without an input gradient dY is never needed whole, and anvil's own
-// tensor-core kernels replace cuDNN: the forward conv fused with the epilogue
-// (Y, 268 MB for the headline layer, is never written) and the weight gradient
-// over dY at the argmax (no dY, no cuDNN filter workspace). On the H100 both
-// beat cuDNN's deterministic algorithms (bench/RESULTS.md). Strict fp32 takes
-// their compensated (3xTF32) form, whose products are float32-accurate.
+// tensor-core kernels replace cuDNN where the shapes fit them: the weight
+// gradient over dY at the argmax (no dY, no cuDNN filter workspace) and the
+// forward conv fused with the epilogue (Y, 268 MB for the headline layer, is
+// never written). The fused forward needs the first when training: cuDNN's
+// filter gradient would plan its algorithms around the cuDNN forward. On the
+// H100 both beat cuDNN's deterministic algorithms (bench/RESULTS.md). Strict
+// fp32 takes their compensated (3xTF32) form, whose products are float32-accurate.
 void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
-  own_kernels_ = !input_grad_ && cuda::phase_fused_forward_supported(g_) &&
-                 (!backward_ || cuda::phase_mma_weight_grad_supported(g_));
+  mma_weight_grad_ = backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_);
+  fused_forward_ = !input_grad_ && (!backward_ || mma_weight_grad_) && cuda::phase_fused_forward_supported(g_);
   compensated_ = settings.precision == Precision::FP32;
-  if (own_kernels_) return;
-  phase_conv_->set_gradient_needs(backward_, input_grad_);
+  if (fused_forward_) return;
+  phase_conv_->set_gradient_needs(backward_ && !mma_weight_grad_, input_grad_);
   phase_conv_->build_cuda(ctx, settings);
 }
 
@@ -150,14 +153,14 @@ size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
 }
 
 size_t FusedPhaseConvEpilogue::cudnn_forward_bytes() const {
-  return own_kernels_ ? 0 : yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
+  return fused_forward_ ? 0 : yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
 }
 
-// Own kernels: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the kernel's partials.
-// cuDNN: dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
+// Tensor-core weight gradient: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the
+// kernel's partials. cuDNN: dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
 size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
   if (device != Device::Cuda) return 0;
-  if (own_kernels_)
+  if (mma_weight_grad_)
     return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) + 2 * pooled_bytes() +
            cuda::phase_mma_weight_grad_scratch_bytes(g_);
   return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
@@ -166,7 +169,7 @@ size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
 }
 
 void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
-  if (own_kernels_) return;
+  if (fused_forward_) return;
   const Kept k = kept(forward);
   char* fws = static_cast<char*>(forward.workspace);
   LayerArgs f, b;
@@ -174,7 +177,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
   f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
   f.params = {k.wp};
   f.workspace = fws + yp_bytes();
-  if (backward_) {
+  if (backward_ && !mma_weight_grad_) {
     char* bws = static_cast<char*>(backward.workspace);
     b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
     b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
@@ -184,13 +187,15 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
 
 void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
-  cuda::phase_pad_input(args.in[0].data, k.x_pad, own_kernels_ && !compensated_, g_, ctx.stream());
+  // The TF32 kernels take x rounded once, here; a TF32 cuDNN conv rounds it anyway.
+  const bool round_tf32 = !compensated_ && (fused_forward_ || mma_weight_grad_);
+  cuda::phase_pad_input(args.in[0].data, k.x_pad, round_tf32, g_, ctx.stream());
   cuda::phase_build_weight(args.params[0], k.wp, g_, ctx.stream());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = backward_ ? static_cast<uint8_t*>(args.saved) : nullptr;
   auto* y_at_max = backward_ ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(numel(output_shape())))
                              : nullptr;
-  if (own_kernels_) {
+  if (fused_forward_) {
     cuda::phase_fused_forward(k.x_pad, k.wp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax,
                               y_at_max, compensated_, g_, ctx.stream());
     return;
@@ -205,7 +210,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
   char* ws = static_cast<char*>(args.workspace);
-  if (own_kernels_) {
+  if (mma_weight_grad_) {
     const auto* argmax = static_cast<const uint8_t*>(args.saved);
     const auto* y_at_max =
         reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));

@@ -57,7 +57,7 @@ class FusedPhaseConvEpilogue : public Layer {
   size_t yp_bytes() const { return align_up(numel(phase_conv_->output_shape()) * sizeof(float)); }
   size_t x_pad_bytes() const { return align_up(numel(phase_conv_->input_shapes()[0]) * sizeof(float)); }
   size_t wp_bytes() const { return align_up(numel(phase_conv_->param_specs()[0].shape) * sizeof(float)); }
-  size_t cudnn_forward_bytes() const;  // Yp and cuDNN's forward workspace (none with own kernels)
+  size_t cudnn_forward_bytes() const;  // Yp and cuDNN's forward workspace (none with the fused forward)
 
   std::unique_ptr<Convolution> conv_;        // the original layer: parameters and their PyTorch layout
   std::unique_ptr<Convolution> phase_conv_;  // the stride-1 combined convolution
@@ -65,9 +65,10 @@ class FusedPhaseConvEpilogue : public Layer {
   std::string scale_name_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
-  // anvil's tensor-core kernels (conv fused with the epilogue; weight gradient
-  // over dY at the argmax) instead of the cuDNN conv, its Yp and dYp.
-  bool own_kernels_ = false;
+  // anvil's tensor-core kernels instead of cuDNN: the conv fused with the
+  // epilogue (no Yp), and the weight gradient over dY at the argmax (no dYp).
+  bool fused_forward_ = false;
+  bool mma_weight_grad_ = false;
   bool compensated_ = false;  // strict fp32: their 3xTF32 form
 };
 

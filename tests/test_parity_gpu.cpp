@@ -210,6 +210,7 @@ TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   EXPECT_NE(compensated.find("3xTF32 tensor-core weight gradient"), std::string::npos) << compensated;
   const std::string tf32 = Engine(net, cuda_options("phase_split_no_dx")).describe();
   EXPECT_NE(tf32.find(", TF32 tensor-core weight gradient"), std::string::npos) << tf32;
+  EXPECT_NE(tf32.find("TF32 tensor-core conv fused with the epilogue"), std::string::npos) << tf32;
   const std::string dgrad = Engine(net, cuda_options("dgrad")).describe();
   EXPECT_NE(dgrad.find("[fused_conv_epilogue]"), std::string::npos) << dgrad;
   const std::string unfused = Engine(net, cuda_options("unfused")).describe();
