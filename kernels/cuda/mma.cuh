@@ -5,7 +5,39 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/phase_split.hpp"
+
 namespace anvil::cuda {
+
+constexpr int kGridStep = 32;  // positions per step of the phase grid, along its innermost dim
+
+// The phase grid of a phase-split conv as the tensor-core kernels walk it.
+struct PhaseGridDims {
+  int cout, cin, kpv, kp1, kp2, rows;  // kpv: combined taps; rows: x rows per channel (kp0 * kp1)
+  int x0, x1, x2;                      // x_pad spatial dims
+  int q0, q1, q2, steps_per_row;       // the phase grid
+  int64_t steps;                       // steps in all (images included)
+};
+
+inline PhaseGridDims phase_grid_dims(const PhaseSplitGeometry& g) {
+  PhaseGridDims d{};
+  d.cout = int(g.cout);
+  d.cin = int(g.cin);
+  d.kpv = int(g.kp[0] * g.kp[1] * g.kp[2]);
+  d.kp1 = int(g.kp[1]);
+  d.kp2 = int(g.kp[2]);
+  d.rows = int(g.kp[0] * g.kp[1]);
+  d.x0 = int(g.in[0] + g.front[0] + g.end[0]);
+  d.x1 = int(g.in[1] + g.front[1] + g.end[1]);
+  d.x2 = int(g.in[2] + g.front[2] + g.end[2]);
+  d.q0 = int(d.x0 - g.kp[0] + 1);
+  d.q1 = int(d.x1 - g.kp[1] + 1);
+  d.q2 = int(d.x2 - g.kp[2] + 1);
+  d.steps_per_row = int(detail::ceil_div(d.q2, kGridStep));
+  d.steps = g.n * d.q0 * d.q1 * d.steps_per_row;
+  return d;
+}
 
 // Fragments (g = lane / 4, t = lane % 4): a = A(g, t), A(g+8, t), A(g, t+4),
 // A(g+8, t+4); b = B(t, g), B(t+4, g); c = C(g, 2t), C(g, 2t+1), C(g+8, 2t), C(g+8, 2t+1).
@@ -39,12 +71,11 @@ __device__ __forceinline__ void copy_async_wait() {
 }
 
 // Where step s of the phase grid starts: (image, qd, qh, w0), w0 a multiple
-// of kStep. Dims needs q0, q1, q2, steps_per_row, cout, cin and x0, x1, x2
-// (the padded input's spatial dims). dy_index is the step's first element of
+// of kStep (Dims: a PhaseGridDims). dy_index is the step's first element of
 // a (n, cout, q) tensor at channel 0, x_index of x_pad at channel 0. Steps
 // advance with counters, not divisions.
 struct StepCursor {
-  static constexpr int kStep = 32;  // positions per step
+  static constexpr int kStep = kGridStep;
   int w0 = 0, qh = 0, qd = 0, image = 0;
   template <class Dims>
   __device__ void seek(int s, const Dims& d) {  // int: callers keep the step count below 2^31

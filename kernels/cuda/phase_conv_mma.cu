@@ -36,13 +36,9 @@ constexpr int kSegs = 2;                   // grid steps per tile
 constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
 constexpr size_t kMaxSmem = 227 * 1024;    // the H100's opt-in limit per block
 
-struct FwdDims {
-  int cout, cin, kpv, kp1, kp2, rows;
-  int x0, x1, x2;
-  int q0, q1, q2, steps_per_row;
+struct FwdDims : PhaseGridDims {
   int phases, cout8, k_total, k_pad, w_pitch;
   int seg_words;  // one step's x rows and a zero row
-  int64_t steps;
   uint32_t live[kMaxK / 8];  // per K step: bit j set when phase j has a real tap in it
 };
 
@@ -223,26 +219,13 @@ __global__ void __launch_bounds__(kBlock, 1)
 
 FwdDims fwd_dims(const PhaseSplitGeometry& g) {
   FwdDims d{};
-  d.cout = int(g.cout);
-  d.cin = int(g.cin);
-  d.kpv = int(g.kp[0] * g.kp[1] * g.kp[2]);
-  d.kp1 = int(g.kp[1]);
-  d.kp2 = int(g.kp[2]);
-  d.rows = int(g.kp[0] * g.kp[1]);
-  d.x0 = int(g.in[0] + g.front[0] + g.end[0]);
-  d.x1 = int(g.in[1] + g.front[1] + g.end[1]);
-  d.x2 = int(g.in[2] + g.front[2] + g.end[2]);
-  d.q0 = int(d.x0 - g.kp[0] + 1);
-  d.q1 = int(d.x1 - g.kp[1] + 1);
-  d.q2 = int(d.x2 - g.kp[2] + 1);
-  d.steps_per_row = int(detail::ceil_div(d.q2, StepCursor::kStep));
+  static_cast<PhaseGridDims&>(d) = phase_grid_dims(g);
   d.phases = int(g.s[0] * g.s[1] * g.s[2]);
   d.cout8 = int(detail::ceil_div(d.cout, 8) * 8);
   d.k_total = d.cin * d.kpv;
   d.k_pad = int(detail::ceil_div(d.k_total, 8) * 8);
   d.w_pitch = int(detail::ceil_div(d.k_pad, 32) * 32 + 4);  // = 4 mod 32: B fragments hit 32 banks
   d.seg_words = (d.cin * d.rows + 1) * kXPitch;
-  d.steps = g.n * d.q0 * d.q1 * d.steps_per_row;
   for (int k = 0; k < d.k_total; ++k) {
     const int u = k / d.cin, uk[3] = {u / (d.kp1 * d.kp2), u / d.kp2 % d.kp1, u % d.kp2};
     for (int j = 0; j < d.phases; ++j) {

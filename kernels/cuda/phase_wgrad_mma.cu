@@ -35,13 +35,9 @@ static_assert(kBlockThreads == detail::kThreads, "one block size for all anvil k
 static_assert(kStep == StepCursor::kStep, "a K step is one step of the phase grid");
 using detail::kTf32DroppedBits;
 
-struct MmaDims {
-  int cout, cin, kpv, kp1, kp2, rows;  // rows: x rows per channel (kp0 * kp1)
-  int x0, x1, x2;                      // x_pad spatial dims
-  int q0, q1, q2, steps_per_row;       // phase grid
+struct MmaDims : PhaseGridDims {
   int m_total, n_total;
   int stage_channels;  // input channels staged per N tile
-  int64_t steps;       // K steps in all
 };
 
 // One stage of shared memory: dY words [cout][kDyPitch] (then their residuals
@@ -123,13 +119,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
     b_off[j] = n < d.n_total ? ((ci - ci_lo) * d.rows + u0 * d.kp1 + u1) * kRowPitch + u2 : -1;
   }
 
-  float acc[4][4][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  float acc[4][4][4] = {};
 
   const int64_t first = int64_t(blockIdx.x) * kStepsPerSplit;
   const int count = int(min(int64_t(kStepsPerSplit), d.steps - first));
@@ -156,15 +146,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
     const uint32_t* dys = smem + step % kStages * words;
     const uint32_t* dys_small = dys + dy_words(d);
     const float* xs = reinterpret_cast<const float*>(dys + dy_words(d) * (kCompensated ? 2 : 1));
-    float part[4][4][4];
-    if (kCompensated) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) part[i][j][r] = 0.f;
-    }
+    float part[4][4][4] = {};  // this step's 3xTF32 products (compensated)
 #pragma unroll
     for (int ks = 0; ks < kStep / 8; ++ks) {
       const int k = ks * 8 + tig;
@@ -255,24 +237,11 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 MmaDims mma_dims(const PhaseSplitGeometry& g) {
   MmaDims d{};
-  d.cout = int(g.cout);
-  d.cin = int(g.cin);
-  d.kpv = int(g.kp[0] * g.kp[1] * g.kp[2]);
-  d.kp1 = int(g.kp[1]);
-  d.kp2 = int(g.kp[2]);
-  d.rows = int(g.kp[0] * g.kp[1]);
-  d.x0 = int(g.in[0] + g.front[0] + g.end[0]);
-  d.x1 = int(g.in[1] + g.front[1] + g.end[1]);
-  d.x2 = int(g.in[2] + g.front[2] + g.end[2]);
-  d.q0 = int(d.x0 - g.kp[0] + 1);
-  d.q1 = int(d.x1 - g.kp[1] + 1);
-  d.q2 = int(d.x2 - g.kp[2] + 1);
-  d.steps_per_row = int(detail::ceil_div(d.q2, kStep));
+  static_cast<PhaseGridDims&>(d) = phase_grid_dims(g);
   d.m_total = int(g.s[0] * g.s[1] * g.s[2] * g.cout);
   d.n_total = int(g.cin) * d.kpv;
   // An N tile spans columns [n0, n0 + 128): at most 127 / kpv + 2 channels.
   d.stage_channels = int(std::min<int64_t>(g.cin, (kTile - 1) / d.kpv + 2));
-  d.steps = g.n * d.q0 * d.q1 * d.steps_per_row;
   return d;
 }
 
