@@ -5,10 +5,16 @@
 
 #include <gtest/gtest.h>
 
+#include <cuda_runtime.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <vector>
 
 #include "anvil/engine.hpp"
+#include "anvil/error.hpp"
 
 #define ANVIL_REQUIRE_GPU_OR_SKIP()                                                           \
   do {                                                                                        \
@@ -18,3 +24,52 @@
       GTEST_SKIP() << "no CUDA device: GPU test skipped";                                     \
     }                                                                                         \
   } while (0)
+
+namespace anvil::testing {
+
+inline void device_sync() {
+  ANVIL_CUDA_CHECK(cudaDeviceSynchronize());
+  ANVIL_CUDA_CHECK(cudaGetLastError());
+}
+
+// A device allocation of `count` T, freed on scope exit.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t count) : count_(std::max<size_t>(count, 1)) {
+    ANVIL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), count_ * sizeof(T)));
+  }
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) ANVIL_CUDA_CHECK_PRINT(cudaFree(ptr_));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+
+  // Every byte 0xFF: NaN for floats.
+  void poison() {
+    ANVIL_CUDA_CHECK(cudaMemset(ptr_, 0xFF, count_ * sizeof(T)));
+    device_sync();
+  }
+  void upload(const std::vector<T>& host, size_t offset = 0) {
+    if (offset + host.size() > count_) throw std::out_of_range("DeviceBuffer::upload");
+    device_sync();
+    ANVIL_CUDA_CHECK(cudaMemcpy(ptr_ + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download(size_t offset, size_t n) const {
+    if (offset + n > count_) throw std::out_of_range("DeviceBuffer::download");
+    device_sync();
+    std::vector<T> host(n);
+    ANVIL_CUDA_CHECK(cudaMemcpy(host.data(), ptr_ + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  std::vector<T> download_all() const { return download(0, count_); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_;
+};
+
+}  // namespace anvil::testing

@@ -43,50 +43,8 @@ using gpu::EpilogueGeometry;
 // Helpers
 // ---------------------------------------------------------------------------
 
-void device_sync() {
-  ANVIL_CUDA_CHECK(cudaDeviceSynchronize());
-  ANVIL_CUDA_CHECK(cudaGetLastError());
-}
-
-// A device allocation of `count` T, freed on scope exit.
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t count) : count_(std::max<size_t>(count, 1)) {
-    ANVIL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), count_ * sizeof(T)));
-  }
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) ANVIL_CUDA_CHECK_PRINT(cudaFree(ptr_));
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  T* get() const { return ptr_; }
-  size_t size() const { return count_; }
-
-  // Every byte 0xFF: NaN for floats.
-  void poison() {
-    ANVIL_CUDA_CHECK(cudaMemset(ptr_, 0xFF, count_ * sizeof(T)));
-    device_sync();
-  }
-  void upload(const std::vector<T>& host, size_t offset = 0) {
-    if (offset + host.size() > count_) throw std::out_of_range("DeviceBuffer::upload");
-    device_sync();
-    ANVIL_CUDA_CHECK(cudaMemcpy(ptr_ + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download(size_t offset, size_t n) const {
-    if (offset + n > count_) throw std::out_of_range("DeviceBuffer::download");
-    device_sync();
-    std::vector<T> host(n);
-    ANVIL_CUDA_CHECK(cudaMemcpy(host.data(), ptr_ + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-  std::vector<T> download_all() const { return download(0, count_); }
-
- private:
-  T* ptr_ = nullptr;
-  size_t count_;
-};
+using anvil::testing::device_sync;
+using anvil::testing::DeviceBuffer;
 
 // Slack allocated around every range, so that offsets and stray writes fit.
 constexpr size_t kSlack = 8;
