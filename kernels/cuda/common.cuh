@@ -31,8 +31,9 @@ inline void require(bool ok, const char* op, const char* what) {
 inline uintptr_t address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 inline bool aligned_to(const void* p, uintptr_t bytes) { return (address(p) & (bytes - 1)) == 0; }
 
-// The number of multiprocessors of the current device, cached per device.
-inline int sm_count() {
+// A device attribute of the current device, cached per device.
+template <cudaDeviceAttr kAttr>
+int device_attribute() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices];  // zero-initialised (static storage)
   int dev = 0;
@@ -41,12 +42,16 @@ inline int sm_count() {
     const int cached = cache[dev].load(std::memory_order_relaxed);
     if (cached > 0) return cached;
   }
-  int count = 0;
-  ANVIL_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-  if (count < 1) count = 1;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(count, std::memory_order_relaxed);
-  return count;
+  int value = 0;
+  ANVIL_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, dev));
+  if (value < 1) value = 1;
+  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(value, std::memory_order_relaxed);
+  return value;
 }
+
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
+// The most shared memory one block may opt in to (227 KiB on the H100).
+inline size_t max_block_smem() { return size_t(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>()); }
 
 // Blocks for a grid-stride loop over `work` items, one item per thread per
 // iteration: enough blocks to fill the device several times over, no more.

@@ -34,7 +34,6 @@ constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
 constexpr int kMaxK = 128;
 constexpr int kSegs = 2;                   // grid steps per tile
 constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
-constexpr size_t kMaxSmem = 227 * 1024;    // the H100's opt-in limit per block
 
 struct FwdDims : PhaseGridDims {
   int phases, cout8, k_total, k_pad, w_pitch;
@@ -255,7 +254,7 @@ bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
     pooled *= g.in[i] + g.front[i] + g.end[i] - g.kp[i] + 1;
   }
   if (x_pad >= (int64_t(1) << 31) || pooled >= (int64_t(1) << 31)) return false;  // int indices and steps
-  return fwd_smem_bytes(fwd_dims(g)) <= kMaxSmem;
+  return fwd_smem_bytes(fwd_dims(g)) <= detail::max_block_smem();
 }
 
 void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const float* m, float slope1,

@@ -262,7 +262,7 @@ bool phase_mma_weight_grad_supported(const PhaseSplitGeometry& g) {
   int64_t pooled = g.n * g.cout;  // dY at the argmax: (n, cout, q)
   for (int i = 0; i < 3; ++i) pooled *= g.in[i] + g.front[i] + g.end[i] - g.kp[i] + 1;
   if (x_pad >= (int64_t(1) << 31) || pooled >= (int64_t(1) << 31)) return false;  // int indices
-  return mma_smem_bytes(mma_dims(g), true) <= 160 * 1024;
+  return mma_smem_bytes(mma_dims(g), true) <= detail::max_block_smem();
 }
 
 size_t phase_mma_weight_grad_scratch_bytes(const PhaseSplitGeometry& g) {
