@@ -207,41 +207,36 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
                                epilogue_geometry(), ctx.stream());
 }
 
+// The epilogue's backward gives dbias, dm and dY: at the argmax only for the
+// tensor-core weight gradient, whole (dYp) for cuDNN's. Workspaces as
+// backward_workspace_bytes lays them out.
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const Kept k = kept(args);
   char* ws = static_cast<char*>(args.workspace);
-  if (mma_weight_grad_) {
-    const auto* argmax = static_cast<const uint8_t*>(args.saved);
-    const auto* y_at_max =
-        reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
-    const size_t reduce_bytes = align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
-    cuda::PhaseGradOutputs out;
-    out.dy_tf32 = reinterpret_cast<uint32_t*>(ws + reduce_bytes);
-    if (compensated_)
-      out.dy_residual = reinterpret_cast<uint32_t*>(ws + reduce_bytes + pooled_bytes());
-    out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-    out.dm = args.dparams.back();
-    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out, ws,
-                                  epilogue_geometry(), ctx.stream());
-    cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, k.x_pad, args.dparams[0],
-                                ws + reduce_bytes + 2 * pooled_bytes(), g_, ctx.stream());
-    return;
-  }
-  float* dyp = reinterpret_cast<float*>(ws);
-  float* dwp = reinterpret_cast<float*>(ws + yp_bytes());
-  float* dx_pad = input_grad_ && args.din[0].data ? reinterpret_cast<float*>(ws + yp_bytes() + wp_bytes()) : nullptr;
-  char* cudnn_ws = ws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
-  const size_t cudnn_bytes = phase_conv_->cudnn_backward_workspace();
   const auto* argmax = static_cast<const uint8_t*>(args.saved);
   const auto* y_at_max =
       reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
   cuda::PhaseGradOutputs out;
-  out.dyp = dyp;
   out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
   out.dm = args.dparams.back();
+  if (mma_weight_grad_) {
+    char* dy = ws + align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
+    out.dy_tf32 = reinterpret_cast<uint32_t*>(dy);
+    if (compensated_) out.dy_residual = reinterpret_cast<uint32_t*>(dy + pooled_bytes());
+    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out, ws,
+                                  epilogue_geometry(), ctx.stream());
+    cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, k.x_pad, args.dparams[0], dy + 2 * pooled_bytes(), g_,
+                                ctx.stream());
+    return;
+  }
+  out.dyp = reinterpret_cast<float*>(ws);
+  float* dwp = reinterpret_cast<float*>(ws + yp_bytes());
+  float* dx_pad = input_grad_ && args.din[0].data ? reinterpret_cast<float*>(ws + yp_bytes() + wp_bytes()) : nullptr;
+  char* cudnn_ws = ws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
+  const size_t cudnn_bytes = phase_conv_->cudnn_backward_workspace();
   cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out,
                                 cudnn_ws + align_up(cudnn_bytes), epilogue_geometry(), ctx.stream());
-  phase_conv_->run_backward(ctx, k.x_pad, dyp, k.wp, dx_pad, false, dwp, cudnn_ws, cudnn_bytes);
+  phase_conv_->run_backward(ctx, k.x_pad, out.dyp, k.wp, dx_pad, false, dwp, cudnn_ws, cudnn_bytes);
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }

@@ -1,7 +1,7 @@
 // The fused headline pattern with the transposed convolution phase-split:
 // when a conv_transpose (dilation 1) is followed by the epilogue chain and a
 // max pool whose kernel equals the conv's stride, each pool window is exactly
-// the s^d output phases at one grid point. The conv then runs as ONE stride-1
+// the s^d output phases at one grid point. The conv then runs as ONE
 // stride-1 forward convolution with s^d * Cout channels (the combined weight
 // is rebuilt from PyTorch's weight each step) and the epilogue reads the
 // phases directly. Without an input gradient, anvil's tensor-core kernels run

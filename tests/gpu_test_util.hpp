@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -71,5 +72,17 @@ class DeviceBuffer {
   T* ptr_ = nullptr;
   size_t count_;
 };
+
+// Fresh uniform [-1, 1] floats, never 0.
+inline std::vector<float> random_floats(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    do {
+      x = dist(rng);
+    } while (x == 0.f);
+  }
+  return v;
+}
 
 }  // namespace anvil::testing

@@ -45,20 +45,11 @@ using gpu::EpilogueGeometry;
 
 using anvil::testing::device_sync;
 using anvil::testing::DeviceBuffer;
+using anvil::testing::random_floats;
 
 // Slack allocated around every range, so that offsets and stray writes fit.
 constexpr size_t kSlack = 8;
 
-std::vector<float> random_floats(size_t n, std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (float& x : v) {
-    do {
-      x = dist(rng);
-    } while (x == 0.f);
-  }
-  return v;
-}
 
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 

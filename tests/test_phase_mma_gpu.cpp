@@ -2,7 +2,7 @@
 // computed here from the same operands: the fused forward (conv + epilogue)
 // and the weight gradient over dY at the argmax, in TF32 and 3xTF32, on the
 // headline geometry and odd ones (partial K steps, three-tap phases, 2-D,
-// several M and N tiles). Inputs are fresh uniform [-1, 1] floats,
+// several M and N tiles). Inputs are fresh uniform [-1, 1] floats (never 0),
 // outputs are poisoned (NaN) first. In TF32 the reference uses the operands
 // rounded to TF32 exactly as the kernels take them, so both forms must reach
 // float32 accuracy: what is checked is the GEMM, not TF32 rounding.
@@ -97,15 +97,12 @@ TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   const bool compensated = std::get<1>(GetParam());
   ASSERT_TRUE(cuda::phase_mma_weight_grad_supported(g_));
   std::mt19937 rng(11);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  std::vector<float> x(numel(conv_->input_shapes()[0]));
-  for (auto& v : x) v = u(rng);
+  const std::vector<float> x = random_floats(numel(conv_->input_shapes()[0]), rng);
+  const std::vector<float> dy = random_floats(g_.n * g_.cout * q_count_, rng);
   const int64_t pooled = g_.n * g_.cout * q_count_;
-  std::vector<float> dy(pooled);
   std::vector<uint8_t> argmax(pooled);
   std::vector<uint32_t> dy_tf32(pooled), residual(pooled);
   for (int64_t i = 0; i < pooled; ++i) {
-    dy[i] = u(rng);
     argmax[i] = static_cast<uint8_t>(rng() % phases_);
     const float big = tf32(dy[i]), small = tf32(dy[i] - big);
     std::memcpy(&dy_tf32[i], &big, 4);
@@ -154,11 +151,9 @@ TEST_P(PhaseMmaForward, MatchesFloat64) {
   const bool compensated = std::get<1>(GetParam());
   ASSERT_TRUE(cuda::phase_fused_forward_supported(g_));
   std::mt19937 rng(12);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  std::vector<float> x(numel(conv_->input_shapes()[0])), w(numel(conv_->param_specs()[0].shape));
-  std::vector<float> bias(g_.cout), m(g_.cout);
-  for (auto* v : {&x, &w, &bias, &m})
-    for (auto& e : *v) e = u(rng);
+  const std::vector<float> x = random_floats(numel(conv_->input_shapes()[0]), rng);
+  const std::vector<float> w = random_floats(numel(conv_->param_specs()[0].shape), rng);
+  const std::vector<float> bias = random_floats(g_.cout, rng), m = random_floats(g_.cout, rng);
   const float s1 = 0.2f, s2 = 0.1f;
   const int64_t nx_pad = g_.n * g_.cin * xp_[0] * xp_[1] * xp_[2], nwp = phases_ * g_.cout * g_.cin * kpv_;
   const int64_t pooled = g_.n * g_.cout * q_count_;

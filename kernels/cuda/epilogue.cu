@@ -498,9 +498,7 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr, op,
                   "null pointer (only the outputs may be null)");
   detail::require(out.dy_residual == nullptr || out.dy_tf32 != nullptr, op, "a residual needs dy_tf32");
-  float* dbias = out.dbias;
-  float* dm = out.dm;
-  const bool reduce = dbias != nullptr || dm != nullptr;
+  const bool reduce = out.dbias != nullptr || out.dm != nullptr;
   require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
@@ -508,7 +506,7 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
                                                                        out.dy_tf32, out.dy_residual, partials, d,
                                                                        uint32_t(g.phases));
   ANVIL_CHECK_LAUNCH();
-  finalize_reduction(partials, d.per, g.c, dbias, dm, stream);
+  finalize_reduction(partials, d.per, g.c, out.dbias, out.dm, stream);
 }
 
 void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,

@@ -1,16 +1,16 @@
 // The phase-split conv and the fused epilogue in one kernel (see phase_split.hpp).
 //
 // As an implicit GEMM: Y[q, n] = sum over k of X[q, k] * W[n, k], with
-//   q = (image, position) of the phase grid, n = phase * cout + co (all of them,
-//   <= 256), k = u * cin + ci (<= 128), X[q, k] = x_pad[image, ci, q + u].
+//   q = (image, position) of the phase grid, n = phase * cout8 + co (every
+//   phase and channel, <= 256; cout8 is cout rounded up to 8), k = u * cin + ci
+//   (<= 128), X[q, k] = x_pad[image, ci, q + u].
 // With k tap-major, a K step of 8 spans one or two taps u, and the 3xTF32 form
 // skips a phase whose combined weight is structurally zero there (its
 // sub-convolution has no such tap: 37 of 64 (phase, tap) pairs for the
 // headline layer).
 // A block stays resident (one per SM: the combined weight fills most of its
 // shared memory) and takes tiles of two 32-position steps of the grid in turn.
-// Columns are laid out n = phase * cout8 + co (cout8: cout rounded up to 8),
-// so an 8-column MMA tile is one phase of 8 channels. Each warp computes 16
+// An 8-column MMA tile is thus one phase of 8 channels. Each warp computes 16
 // positions x 8 channels x every phase (m16n8k8 TF32 MMAs), so every thread
 // holds all phases of its 4 (position, channel) outputs and the epilogue's max
 // over phases runs in registers: Y never leaves them. x is double-buffered:
@@ -62,7 +62,7 @@ struct Tile {
 // r (x row, channel) from a step's x start.
 __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const int* row_off,
                                            const float* __restrict__ x_pad, const FwdDims& d) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row_len = 32 + d.kp2 - 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row_len = kGridStep + d.kp2 - 1;
   for (int s = 0; s < kSegs; ++s) {
     const StepCursor& at = tile.at[s];
     const int x0 = tile.valid[s] ? at.x_index(d) : 0;
