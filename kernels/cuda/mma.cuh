@@ -70,6 +70,16 @@ __device__ __forceinline__ void copy_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// A count of steps as digits of the grid's mixed radix, for StepCursor::advance.
+struct StepStride {
+  int w0, qh, qd, image;
+};
+inline StepStride step_stride(int64_t steps, const PhaseGridDims& d) {
+  const int64_t rows = steps / d.steps_per_row;
+  return {int(steps % d.steps_per_row) * kGridStep, int(rows % d.q1), int(rows / d.q1 % d.q0),
+          int(rows / (int64_t(d.q1) * d.q0))};
+}
+
 // Where step s of the phase grid starts: (image, qd, qh, w0), w0 a multiple
 // of kStep (Dims: a PhaseGridDims). dy_index is the step's first element of
 // a (n, cout, q) tensor at channel 0, x_index of x_pad at channel 0. Steps
@@ -94,6 +104,20 @@ struct StepCursor {
     if (++qd < d.q0) return;
     qd = 0;
     ++image;
+  }
+  // Moves on by a stride: digit-wise adds with one carry each (every digit stays below its radix).
+  template <class Dims>
+  __device__ void advance(const StepStride& by, const Dims& d) {
+    w0 += by.w0;
+    const int carry_h = w0 >= d.q2;
+    w0 -= carry_h * d.steps_per_row * kStep;
+    qh += by.qh + carry_h;
+    const int carry_d = qh >= d.q1;
+    qh -= carry_d * d.q1;
+    qd += by.qd + carry_d;
+    const int carry_i = qd >= d.q0;
+    qd -= carry_i * d.q0;
+    image += by.image + carry_i;
   }
   template <class Dims>
   __device__ int dy_index(const Dims& d) const { return (image * d.cout * d.q0 + qd) * d.q1 * d.q2 + qh * d.q2 + w0; }

@@ -29,8 +29,8 @@ namespace anvil::cuda {
 namespace {
 
 constexpr int kBlock = 512;  // 16 warps: enough to hide latency at one block per SM
-constexpr int kCols = 256;   // every output channel of every phase (phases * cout8)
-constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
+constexpr int kCols = 256;   // every output channel of every phase (kernel phases * cout8)
+constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase (a power of two, see kernel_phases)
 constexpr int kMaxK = 128;
 constexpr int kSegs = 2;                   // grid steps per tile
 constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
@@ -38,6 +38,7 @@ constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 posit
 struct FwdDims : PhaseGridDims {
   int phases, cout8, k_total, k_pad, w_pitch;
   int seg_words;  // one step's x rows and a zero row
+  StepStride tile_stride;  // gridDim.x tiles
   uint32_t live[kMaxK / 8];  // per K step: bit j set when phase j has a real tap in it
 };
 
@@ -46,15 +47,27 @@ struct FwdDims : PhaseGridDims {
 __host__ __device__ inline int w_words(const FwdDims& d) { return kCols * d.w_pitch; }
 __host__ __device__ inline int x_words(const FwdDims& d) { return kSegs * d.seg_words; }
 
-// Tile t's two steps, and whether each exists.
+// A tile's two steps, and whether each exists. The first tile is sought
+// (divisions); later ones advance by the grid's stride of tiles.
 struct Tile {
   StepCursor at[kSegs];
   bool valid[kSegs];
-  __device__ Tile(int t, const FwdDims& d) {
-    for (int s = 0; s < kSegs; ++s) {
-      valid[s] = t * kSegs + s < d.steps;
-      if (valid[s]) at[s].seek(t * kSegs + s, d);
+  __device__ void seek(int t, const FwdDims& d) {
+    at[0].seek(t * kSegs, d);
+    set(t, d);
+  }
+  __device__ void advance(int t, const FwdDims& d) {
+    at[0].advance(d.tile_stride, d);
+    set(t, d);
+  }
+
+ private:
+  __device__ void set(int t, const FwdDims& d) {
+    for (int s = 1; s < kSegs; ++s) {
+      at[s] = at[s - 1];
+      at[s].next(d);
     }
+    for (int s = 0; s < kSegs; ++s) valid[s] = t * kSegs + s < d.steps;
   }
 };
 
@@ -74,7 +87,7 @@ __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const in
   }
 }
 
-template <bool kCompensated>
+template <bool kCompensated, int kPhases>
 __global__ void __launch_bounds__(kBlock, 1)
     fused_forward_kernel(const float* __restrict__ x_pad, const float* __restrict__ wp,
                          const float* __restrict__ bias, const float* __restrict__ m, float s1, float s2,
@@ -108,35 +121,47 @@ __global__ void __launch_bounds__(kBlock, 1)
 
   const int mt = warp % 4, seg = mt / 2;  // this warp's 16 positions: (mt % 2) * 16 on in step seg
   const int pos0 = mt % 2 * 16;
-  const int xw_off = seg * d.seg_words + pos0;
+  const int xw_off = seg * d.seg_words + pos0 + grp;
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
   const int64_t q_count = int64_t(d.q0) * d.q1 * d.q2;
   __syncthreads();  // row_off
-  Tile tile(blockIdx.x, d);
+  Tile tile;
+  tile.seek(blockIdx.x, d);
   stage_tile(tile, xs, row_off, x_pad, d);
   copy_async_commit();
   for (int t = blockIdx.x, buf = 0; t < tiles; t += gridDim.x, buf ^= 1) {
-    const Tile next(t + gridDim.x, d);  // its x is copied into the other buffer during this tile
+    Tile next = tile;  // its x is copied into the other buffer during this tile
+    next.advance(t + gridDim.x, d);
     if (t + int(gridDim.x) < tiles) stage_tile(next, xs + (buf ^ 1) * x_words(d), row_off, x_pad, d);
     copy_async_commit();
     copy_async_wait<1>();
     __syncthreads();  // this tile's x in; on the first tile, the weight and tables too
     const float* xw = xs + buf * x_words(d) + xw_off;
     for (int g = warp / 4; g < groups; g += kBlock / 32 / 4) {
-      float acc[kMaxPhases][4] = {};
-      float part[kMaxPhases][4];
+      // This lane's ldmatrix row of the weight for each pair of phases (2 jp,
+      // 2 jp + 1); a phase past the last reads row 0, unused.
+      constexpr int kPairs = (kPhases + 1) / 2;
+      const float* wrow[kPairs];
+#pragma unroll
+      for (int jp = 0; jp < kPairs; ++jp) {
+        const int j = 2 * jp + lane / 16, row = j < kPhases ? j * d.cout8 + g * 8 + lane % 8 : 0;
+        wrow[jp] = ws + row * d.w_pitch + lane / 8 % 2 * 4;
+      }
+      float acc[kPhases][4] = {};
+      float part[kPhases][4];
 #pragma unroll 4
       for (int ks = 0; ks < d.k_pad / 8; ++ks) {
         if (kCompensated && ks % 4 == 0)
 #pragma unroll
-          for (int j = 0; j < kMaxPhases; ++j)
+          for (int j = 0; j < kPhases; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) part[j][r] = 0.f;
         const int k = ks * 8 + tig;
-        const int o0 = koff[k], o1 = koff[k + 4];
+        const float* x0 = xw + koff[k];
+        const float* x1 = xw + koff[k + 4];
         uint32_t a[4], as[4];
-        const float va[4] = {xw[o0 + grp], xw[o0 + grp + 8], xw[o1 + grp], xw[o1 + grp + 8]};
+        const float va[4] = {x0[0], x0[8], x1[0], x1[8]};
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           a[r] = kCompensated ? detail::tf32_bits(va[r]) : __float_as_uint(va[r]);  // TF32: x_pad is rounded
@@ -144,19 +169,15 @@ __global__ void __launch_bounds__(kBlock, 1)
         }
         const uint32_t live = d.live[ks];
 #pragma unroll
-        for (int j = 0; j < kMaxPhases; j += 2) {
-          if (j >= d.phases) break;
-          // One ldmatrix.x4 fetches the B fragments of phases j and j + 1 (rows
-          // of the weight; a phase past the last reads row 0, unused).
-          const int jj = j + lane / 16, row = jj < d.phases ? jj * d.cout8 + g * 8 + lane % 8 : 0;
-          uint32_t bb[4];
-          load_matrix_x4(bb, ws + row * d.w_pitch + ks * 8 + lane / 8 % 2 * 4);
+        for (int jp = 0; jp < kPairs; ++jp) {
+          uint32_t bb[4];  // the B fragments of phases 2 jp and 2 jp + 1
+          load_matrix_x4(bb, wrow[jp] + ks * 8);
 #pragma unroll
           for (int jh = 0; jh < 2; ++jh) {
-            const int ph = j + jh;
+            const int ph = 2 * jp + jh;
             // A structural zero of the combined weight. Skipped in 3xTF32 only: in
             // TF32 the branches cost more than the MMAs they save (H100, RESULTS.md).
-            if (ph >= d.phases || (kCompensated && !(live >> ph & 1u))) continue;
+            if (ph >= kPhases || (kCompensated && !(live >> ph & 1u))) continue;
             uint32_t b[2] = {bb[2 * jh], bb[2 * jh + 1]}, bs[2];
             if (kCompensated)
 #pragma unroll
@@ -176,23 +197,31 @@ __global__ void __launch_bounds__(kBlock, 1)
         }
         if (kCompensated && (ks % 4 == 3 || ks == d.k_pad / 8 - 1))
 #pragma unroll
-          for (int j = 0; j < kMaxPhases; ++j)
+          for (int j = 0; j < kPhases; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[j][r] += part[j][r];
       }
 
       // The epilogue: accumulator (j, r) is phase j at position pos0 + grp + 8 (r / 2), channel g*8 + 2 tig + r % 2.
-      const StepCursor& at = tile.at[seg];
+      StepCursor at = tile.at[0];  // tile.at[seg], picked by compile-time indices: a runtime one puts the tile on the stack
+      bool valid = tile.valid[0];
+#pragma unroll
+      for (int s = 1; s < kSegs; ++s)
+        if (s == seg) {
+          at = tile.at[s];
+          valid = tile.valid[s];
+        }
+      const int64_t out0 = (int64_t(at.image) * d.cout * d.q0 + at.qd) * d.q1 * d.q2 + at.qh * d.q2 + at.w0;
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int pos = pos0 + grp + 8 * (r / 2), co = g * 8 + 2 * tig + r % 2;
-        if (!tile.valid[seg] || at.w0 + pos >= d.q2 || co >= d.cout) continue;
+        if (!valid || at.w0 + pos >= d.q2 || co >= d.cout) continue;
         const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f, mc = __ldg(m + co);
         float best = 0.f, best_v = 0.f;
         uint32_t best_i = 0;
 #pragma unroll
-        for (int j = 0; j < kMaxPhases; ++j) {
-          if (j >= d.phases) break;
+        for (int j = 0; j < kPhases; ++j) {
+          if (j >= d.phases) break;  // a phase that pads kPhases
           const float v = acc[j][r] + b0;
           const float z = epi_z3(v, s1, mc, s2);
           if (j == 0 || epi_better(z, best)) {
@@ -201,8 +230,7 @@ __global__ void __launch_bounds__(kBlock, 1)
             best_i = uint32_t(j);
           }
         }
-        const int64_t out = (int64_t(at.image) * d.cout + co) * q_count +
-                            (int64_t(at.qd) * d.q1 + at.qh) * d.q2 + at.w0 + pos;
+        const int64_t out = out0 + co * q_count + pos;
         p[out] = best;
         if (argmax != nullptr) {
           argmax[out] = uint8_t(best_i);
@@ -237,6 +265,24 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
   return d;
 }
 
+// The kernel's phase count: compile-time, so the accumulators stay in
+// registers; a count between powers of two runs padded (zero weight rows).
+int64_t kernel_phases(int64_t phases) {
+  int64_t k = 1;
+  while (k < phases) k *= 2;
+  return k;
+}
+
+template <bool kCompensated>
+auto fused_forward_kernel_for(int64_t phases) {
+  switch (kernel_phases(phases)) {
+    case 1: return fused_forward_kernel<kCompensated, 1>;
+    case 2: return fused_forward_kernel<kCompensated, 2>;
+    case 4: return fused_forward_kernel<kCompensated, 4>;
+    default: return fused_forward_kernel<kCompensated, 8>;
+  }
+}
+
 size_t fwd_smem_bytes(const FwdDims& d) {
   return (size_t(w_words(d)) + 2 * size_t(x_words(d)) + d.k_pad + size_t(d.cin) * d.rows) * sizeof(float);
 }
@@ -244,9 +290,9 @@ size_t fwd_smem_bytes(const FwdDims& d) {
 }  // namespace
 
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
-  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+  const int64_t kphases = kernel_phases(g.s[0] * g.s[1] * g.s[2]);
   const int64_t cout8 = detail::ceil_div(g.cout, 8) * 8;
-  if (phases > kMaxPhases || phases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
+  if (kphases > kMaxPhases || kphases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
   if (g.kp[2] > kXPitch - 32 + 1) return false;
   int64_t x_pad = g.n * g.cin, pooled = g.n * g.cout;
   for (int i = 0; i < 3; ++i) {
@@ -264,11 +310,12 @@ void phase_fused_forward(const float* x_pad, const float* wp, const float* bias,
   detail::require(phase_fused_forward_supported(g), op, "geometry not supported (check supported() first)");
   detail::require(x_pad && wp && m && p, op, "null pointer (only bias, argmax and y_at_max may be null)");
   detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max go together");
-  const FwdDims d = fwd_dims(g);
+  FwdDims d = fwd_dims(g);
   const size_t smem = fwd_smem_bytes(d);
   const int64_t tiles = detail::ceil_div(d.steps, kSegs);
   const unsigned blocks = unsigned(std::min<int64_t>(tiles, detail::sm_count()));
-  const auto kernel = compensated ? fused_forward_kernel<true> : fused_forward_kernel<false>;
+  d.tile_stride = step_stride(int64_t(blocks) * kSegs, d);
+  const auto kernel = compensated ? fused_forward_kernel_for<true>(d.phases) : fused_forward_kernel_for<false>(d.phases);
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, m, slope1, slope2, p, argmax, y_at_max, d);
   ANVIL_CHECK_LAUNCH();
