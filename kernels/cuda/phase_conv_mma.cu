@@ -125,6 +125,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
   const int64_t q_count = int64_t(d.q0) * d.q1 * d.q2;
+  const bool monotone = s1 > 0.f && s2 > 0.f;  // both leaky steps strictly rising
   __syncthreads();  // row_off
   Tile tile;
   tile.seek(blockIdx.x, d);
@@ -219,15 +220,34 @@ __global__ void __launch_bounds__(kBlock, 1)
         const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f, mc = __ldg(m + co);
         float best = 0.f, best_v = 0.f;
         uint32_t best_i = 0;
+        if (monotone && mc != 0.f && isfinite(mc) && isfinite(b0)) {
+          // The chain is monotone in the accumulator here (rising for m > 0,
+          // falling for m < 0), so the window's max is the chain of its max
+          // (min) accumulator: one compare per phase. (Distinct accumulators
+          // that round to one z pick the larger; a NaN wins as below.)
+          const float sign = mc > 0.f ? 1.f : -1.f;
+          float key = acc[0][r] * sign;
 #pragma unroll
-        for (int j = 0; j < kPhases; ++j) {
-          if (j >= d.phases) break;  // a phase that pads kPhases
-          const float v = acc[j][r] + b0;
-          const float z = epi_z3(v, s1, mc, s2);
-          if (j == 0 || epi_better(z, best)) {
-            best = z;
-            best_v = v;
-            best_i = uint32_t(j);
+          for (int j = 1; j < kPhases; ++j) {
+            if (j >= d.phases) break;  // a phase that pads kPhases
+            if (epi_better(acc[j][r] * sign, key)) {
+              key = acc[j][r] * sign;
+              best_i = uint32_t(j);
+            }
+          }
+          best_v = key * sign + b0;
+          best = epi_z3(best_v, s1, mc, s2);
+        } else {
+#pragma unroll
+          for (int j = 0; j < kPhases; ++j) {
+            if (j >= d.phases) break;
+            const float v = acc[j][r] + b0;
+            const float z = epi_z3(v, s1, mc, s2);
+            if (j == 0 || epi_better(z, best)) {
+              best = z;
+              best_v = v;
+              best_i = uint32_t(j);
+            }
           }
         }
         const int64_t out = out0 + co * q_count + pos;
