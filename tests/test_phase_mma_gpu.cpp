@@ -2,7 +2,8 @@
 // computed here from the same operands: the fused forward (conv + epilogue)
 // and the weight gradient over dY at the argmax, in TF32 and 3xTF32, on the
 // headline geometry and odd ones (partial K steps, three-tap phases, 2-D,
-// several M and N tiles). Inputs are fresh uniform [-1, 1] floats (never 0),
+// several M and N tiles, an odd phase count), the forward with
+// and without a monotone chain. Inputs are fresh uniform [-1, 1] floats (never 0),
 // outputs are poisoned (NaN) first. In TF32 the reference uses the operands
 // rounded to TF32 exactly as the kernels take them, so both forms must reach
 // float32 accuracy: what is checked is the GEMM, not TF32 rounding.
@@ -90,7 +91,10 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
 };
 
 class PhaseMmaWeightGrad : public PhaseMma {};
-class PhaseMmaForward : public PhaseMma {};
+class PhaseMmaForward : public PhaseMma {
+ protected:
+  void check(float s1, float s2);
+};
 
 TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
@@ -146,15 +150,15 @@ TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   EXPECT_LE(rel_l2(dw, want), 1e-5) << (compensated ? "3xTF32" : "TF32");
 }
 
-TEST_P(PhaseMmaForward, MatchesFloat64) {
-  ANVIL_REQUIRE_GPU_OR_SKIP();
+void PhaseMmaForward::check(float s1, float s2) {
   const bool compensated = std::get<1>(GetParam());
   ASSERT_TRUE(cuda::phase_fused_forward_supported(g_));
   std::mt19937 rng(12);
   const std::vector<float> x = random_floats(numel(conv_->input_shapes()[0]), rng);
   const std::vector<float> w = random_floats(numel(conv_->param_specs()[0].shape), rng);
-  const std::vector<float> bias = random_floats(g_.cout, rng), m = random_floats(g_.cout, rng);
-  const float s1 = 0.2f, s2 = 0.1f;
+  const std::vector<float> bias = random_floats(g_.cout, rng);
+  std::vector<float> m = random_floats(g_.cout, rng);  // both signs
+  m[0] = 0.f;  // every phase ties in channel 0
   const int64_t nx_pad = g_.n * g_.cin * xp_[0] * xp_[1] * xp_[2], nwp = phases_ * g_.cout * g_.cin * kpv_;
   const int64_t pooled = g_.n * g_.cout * q_count_;
   DeviceBuffer<float> d_x(x.size()), d_w(w.size()), d_b(bias.size()), d_m(m.size()), d_x_pad(nx_pad), d_wp(nwp);
@@ -213,9 +217,23 @@ TEST_P(PhaseMmaForward, MatchesFloat64) {
   EXPECT_EQ(argmax_wrong, 0) << "of " << argmax_checked;
 }
 
+// Positive slopes: the chain is monotone (but for channel 0) and the kernel compares accumulators.
+TEST_P(PhaseMmaForward, MatchesFloat64) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  check(0.2f, 0.1f);
+}
+
+// A negative slope breaks monotonicity: the chain runs per phase.
+TEST_P(PhaseMmaForward, MatchesFloat64NonMonotoneChain) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  check(-0.3f, 0.1f);
+}
+
 const Case kHeadline{"headline_layer", 2, 16, 32, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 5, 33}};
 const Case kThreeTaps{"k4_s2_three_taps", 1, 4, 7, {4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {3, 4, 5}};
 const Case kTwoD{"two_d", 3, 5, 3, {3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}};
+// 3 phases: an odd count, so the forward's last ldmatrix pair is half used.
+const Case kThreePhases{"three_phases", 2, 6, 9, {5, 3}, {3, 1}, {1, 1}, {0, 0}, {4, 35}};
 // 8 phases x 37 channels: three M tiles and two N tiles for the weight gradient; too wide for the fused forward.
 const Case kManyTiles{"odd_channels_many_tiles", 2, 19, 37, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 2, 37}};
 
@@ -224,11 +242,11 @@ std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, bool>>& in
 }
 
 INSTANTIATE_TEST_SUITE_P(Geometries, PhaseMmaWeightGrad,
-                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD, kManyTiles),
+                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD, kThreePhases, kManyTiles),
                                             ::testing::Bool()),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Geometries, PhaseMmaForward,
-                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD), ::testing::Bool()),
+                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD, kThreePhases), ::testing::Bool()),
                          case_name);
 
 }  // namespace
