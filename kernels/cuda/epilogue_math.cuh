@@ -16,7 +16,7 @@ __device__ __forceinline__ float epi_z3(float v, float s1, float mc, float s2) {
 // Strictly greater keeps the first of tied maxima; a NaN always takes over,
 // as in PyTorch's max pooling and the CPU reference (so with several NaNs in a
 // window the argmax is the last of them).
-__device__ __forceinline__ bool epi_better(float z, float best) { return z > best || isnan(z); }
+__device__ __forceinline__ bool epi_better(float z, float best) { return (z > best) | isnan(z); }  // | : no branch
 
 // Backward of the chain at one pooled element: v = y_at_max, dpv = dp.
 __device__ __forceinline__ void epi_grad(float dpv, float v, float s1, float mc, float s2, float& dyv, float& dz2,

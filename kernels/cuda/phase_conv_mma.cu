@@ -20,6 +20,8 @@
 // product takes 3 MMAs; the products of every 32 k are summed apart and added
 // in float32 (the tensor cores' accumulator truncates), as in the weight
 // gradient's kernel.
+#include <utility>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_math.cuh"
 #include "kernels/cuda/mma.cuh"
@@ -29,8 +31,8 @@ namespace anvil::cuda {
 namespace {
 
 constexpr int kBlock = 512;  // 16 warps: enough to hide latency at one block per SM
-constexpr int kCols = 256;   // every output channel of every phase (kernel phases * cout8)
-constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase (a power of two, see kernel_phases)
+constexpr int kCols = 256;   // every output channel of every phase (phases * cout8)
+constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
 constexpr int kMaxK = 128;
 constexpr int kSegs = 2;                   // grid steps per tile
 constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
@@ -43,7 +45,7 @@ struct FwdDims : PhaseGridDims {
 };
 
 // Shared memory, in 4-byte words: the weight [kCols][w_pitch], x [2 buffers][kSegs][seg_words],
-// k -> x offset [k_pad], staged row -> x offset [cin * rows].
+// k -> x byte offset [k_pad], staged row -> x_pad offset [cin * rows].
 __host__ __device__ inline int w_words(const FwdDims& d) { return kCols * d.w_pitch; }
 __host__ __device__ inline int x_words(const FwdDims& d) { return kSegs * d.seg_words; }
 
@@ -75,15 +77,18 @@ struct Tile {
 // r (x row, channel) from a step's x start.
 __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const int* row_off,
                                            const float* __restrict__ x_pad, const FwdDims& d) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, row_len = kGridStep + d.kp2 - 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool second = lane + 32 < kGridStep + d.kp2 - 1;  // a row is 32 + kp2 - 1 <= kXPitch floats
   for (int s = 0; s < kSegs; ++s) {
     const StepCursor& at = tile.at[s];
-    const int x0 = tile.valid[s] ? at.x_index(d) : 0;
-    for (int r = warp; r < d.cin * d.rows; r += kBlock / 32)
-      for (int w = lane; w < row_len; w += 32) {
-        const bool ok = tile.valid[s] && at.w0 + w < d.x2;
-        copy_async(xs + s * d.seg_words + r * kXPitch + w, x_pad + (ok ? x0 + row_off[r] + w : 0), ok);
-      }
+    const float* src = x_pad + (tile.valid[s] ? at.x_index(d) : 0);
+    const int in_row = tile.valid[s] ? d.x2 - at.w0 : 0;  // x_pad's floats from w0 on: later ones are zero
+    float* dst = xs + s * d.seg_words + lane;
+    for (int r = warp; r < d.cin * d.rows; r += kBlock / 32) {
+      const float* row = src + row_off[r] + lane;
+      copy_async(dst + r * kXPitch, lane < in_row ? row : x_pad, lane < in_row);
+      if (second) copy_async(dst + r * kXPitch + 32, lane + 32 < in_row ? row + 32 : x_pad, lane + 32 < in_row);
+    }
   }
 }
 
@@ -96,7 +101,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   extern __shared__ float smem_f[];
   float* ws = smem_f;
   float* xs = ws + w_words(d);
-  int* koff = reinterpret_cast<int*>(xs + 2 * x_words(d));
+  int* koff = reinterpret_cast<int*>(xs + 2 * x_words(d));  // k -> byte offset in a tile's x (one add per use)
   int* row_off = koff + d.k_pad;
   for (int r = threadIdx.x; r < d.cin * d.rows; r += kBlock) {  // staged rows are (x row, channel)
     const int ci = r % d.cin, u0 = r / d.cin / d.kp1, u1 = r / d.cin % d.kp1;
@@ -104,17 +109,33 @@ __global__ void __launch_bounds__(kBlock, 1)
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
 
-  for (int i = threadIdx.x; i < w_words(d); i += kBlock) {
-    const int n = i / d.w_pitch, k = i % d.w_pitch, ph = n / d.cout8, co = n % d.cout8;
-    const bool real = ph < d.phases && co < d.cout && k < d.k_total;
-    const int u = k / d.cin, ci = k % d.cin;  // wp is (phases * cout, cin, kpv)
-    const float v = real ? __ldg(wp + ((ph * d.cout + co) * d.cin + ci) * d.kpv + u) : 0.f;
-    ws[i] = kCompensated ? v : __uint_as_float(detail::tf32_bits(v));  // TF32: round once, here
+  // The weight: row n = (phase, channel), column k = u * cin + ci, from wp
+  // (phases * cout, cin, kpv). Lanes take columns, whose source offsets they
+  // work out once (a division per element cost more than the rest of the fill).
+  constexpr int kLaneCols = (kMaxK + 4 + 31) / 32;  // w_pitch <= kMaxK + 4
+  int src_of[kLaneCols];
+#pragma unroll
+  for (int i = 0; i < kLaneCols; ++i) {
+    const int k = lane + 32 * i;
+    src_of[i] = k < d.k_total ? k % d.cin * d.kpv + k / d.cin : -1;
+  }
+  for (int n = warp; n < kCols; n += kBlock / 32) {
+    const int ph = n / d.cout8, co = n % d.cout8;
+    const bool real = ph < d.phases && co < d.cout;
+    const float* src = wp + (real ? (ph * d.cout + co) * d.cin * d.kpv : 0);
+#pragma unroll
+    for (int i = 0; i < kLaneCols; ++i) {
+      const int k = lane + 32 * i;
+      if (k >= d.w_pitch) break;
+      const float v = real && src_of[i] >= 0 ? __ldg(src + src_of[i]) : 0.f;
+      ws[n * d.w_pitch + k] = kCompensated ? v : __uint_as_float(detail::tf32_bits(v));  // TF32: round once, here
+    }
   }
   for (int k = threadIdx.x; k < d.k_pad; k += kBlock) {
     const int u = k / d.cin, ci = k % d.cin;
     const int u0 = u / (d.kp1 * d.kp2), u1 = u / d.kp2 % d.kp1, u2 = u % d.kp2;
-    koff[k] = k < d.k_total ? ((u0 * d.kp1 + u1) * d.cin + ci) * kXPitch + u2 : d.cin * d.rows * kXPitch;
+    const int word = k < d.k_total ? ((u0 * d.kp1 + u1) * d.cin + ci) * kXPitch + u2 : d.cin * d.rows * kXPitch;
+    koff[k] = word * int(sizeof(float));
   }
   for (int s = 0; s < 2 * kSegs; ++s)  // the zero rows that padded k reads
     for (int w = threadIdx.x; w < kXPitch; w += kBlock) xs[s * d.seg_words + d.cin * d.rows * kXPitch + w] = 0.f;
@@ -124,7 +145,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int xw_off = seg * d.seg_words + pos0 + grp;
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
-  const int64_t q_count = int64_t(d.q0) * d.q1 * d.q2;
+  const int q_count = d.q0 * d.q1 * d.q2;  // int indices: supported() keeps the output below 2^31
   const bool monotone = s1 > 0.f && s2 > 0.f;  // both leaky steps strictly rising
   __syncthreads();  // row_off
   Tile tile;
@@ -139,6 +160,15 @@ __global__ void __launch_bounds__(kBlock, 1)
     copy_async_wait<1>();
     __syncthreads();  // this tile's x in; on the first tile, the weight and tables too
     const float* xw = xs + buf * x_words(d) + xw_off;
+    StepCursor at = tile.at[0];  // tile.at[seg], picked by compile-time indices: a runtime one puts the tile on the stack
+    bool valid = tile.valid[0];
+#pragma unroll
+    for (int s = 1; s < kSegs; ++s)
+      if (s == seg) {
+        at = tile.at[s];
+        valid = tile.valid[s];
+      }
+    const int out0 = valid ? (at.image * d.cout * d.q0 + at.qd) * d.q1 * d.q2 + at.qh * d.q2 + at.w0 : 0;
     for (int g = warp / 4; g < groups; g += kBlock / 32 / 4) {
       // This lane's ldmatrix row of the weight for each pair of phases (2 jp,
       // 2 jp + 1); a phase past the last reads row 0, unused.
@@ -159,8 +189,8 @@ __global__ void __launch_bounds__(kBlock, 1)
 #pragma unroll
             for (int r = 0; r < 4; ++r) part[j][r] = 0.f;
         const int k = ks * 8 + tig;
-        const float* x0 = xw + koff[k];
-        const float* x1 = xw + koff[k + 4];
+        const float* x0 = reinterpret_cast<const float*>(reinterpret_cast<const char*>(xw) + koff[k]);
+        const float* x1 = reinterpret_cast<const float*>(reinterpret_cast<const char*>(xw) + koff[k + 4]);
         uint32_t a[4], as[4];
         const float va[4] = {x0[0], x0[8], x1[0], x1[8]};
 #pragma unroll
@@ -204,15 +234,6 @@ __global__ void __launch_bounds__(kBlock, 1)
       }
 
       // The epilogue: accumulator (j, r) is phase j at position pos0 + grp + 8 (r / 2), channel g*8 + 2 tig + r % 2.
-      StepCursor at = tile.at[0];  // tile.at[seg], picked by compile-time indices: a runtime one puts the tile on the stack
-      bool valid = tile.valid[0];
-#pragma unroll
-      for (int s = 1; s < kSegs; ++s)
-        if (s == seg) {
-          at = tile.at[s];
-          valid = tile.valid[s];
-        }
-      const int64_t out0 = (int64_t(at.image) * d.cout * d.q0 + at.qd) * d.q1 * d.q2 + at.qh * d.q2 + at.w0;
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int pos = pos0 + grp + 8 * (r / 2), co = g * 8 + 2 * tig + r % 2;
@@ -229,18 +250,16 @@ __global__ void __launch_bounds__(kBlock, 1)
           float key = acc[0][r] * sign;
 #pragma unroll
           for (int j = 1; j < kPhases; ++j) {
-            if (j >= d.phases) break;  // a phase that pads kPhases
-            if (epi_better(acc[j][r] * sign, key)) {
-              key = acc[j][r] * sign;
-              best_i = uint32_t(j);
-            }
+            const float kj = acc[j][r] * sign;
+            const bool take = epi_better(kj, key);
+            key = take ? kj : key;
+            best_i = take ? uint32_t(j) : best_i;
           }
           best_v = key * sign + b0;
           best = epi_z3(best_v, s1, mc, s2);
         } else {
 #pragma unroll
           for (int j = 0; j < kPhases; ++j) {
-            if (j >= d.phases) break;
             const float v = acc[j][r] + b0;
             const float z = epi_z3(v, s1, mc, s2);
             if (j == 0 || epi_better(z, best)) {
@@ -250,7 +269,7 @@ __global__ void __launch_bounds__(kBlock, 1)
             }
           }
         }
-        const int64_t out = out0 + co * q_count + pos;
+        const int out = out0 + co * q_count + pos;
         p[out] = best;
         if (argmax != nullptr) {
           argmax[out] = uint8_t(best_i);
@@ -285,22 +304,11 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
   return d;
 }
 
-// The kernel's phase count: compile-time, so the accumulators stay in
-// registers; a count between powers of two runs padded (zero weight rows).
-int64_t kernel_phases(int64_t phases) {
-  int64_t k = 1;
-  while (k < phases) k *= 2;
-  return k;
-}
-
-template <bool kCompensated>
-auto fused_forward_kernel_for(int64_t phases) {
-  switch (kernel_phases(phases)) {
-    case 1: return fused_forward_kernel<kCompensated, 1>;
-    case 2: return fused_forward_kernel<kCompensated, 2>;
-    case 4: return fused_forward_kernel<kCompensated, 4>;
-    default: return fused_forward_kernel<kCompensated, 8>;
-  }
+// The kernel for a phase count (compile-time, so the accumulators stay in registers).
+template <bool kCompensated, int... kPhases>
+auto fused_forward_kernel_for(int phases, std::integer_sequence<int, kPhases...>) {
+  constexpr decltype(&fused_forward_kernel<kCompensated, 1>) kernels[] = {fused_forward_kernel<kCompensated, kPhases + 1>...};
+  return kernels[phases - 1];
 }
 
 size_t fwd_smem_bytes(const FwdDims& d) {
@@ -310,9 +318,9 @@ size_t fwd_smem_bytes(const FwdDims& d) {
 }  // namespace
 
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
-  const int64_t kphases = kernel_phases(g.s[0] * g.s[1] * g.s[2]);
+  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
   const int64_t cout8 = detail::ceil_div(g.cout, 8) * 8;
-  if (kphases > kMaxPhases || kphases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
+  if (phases > kMaxPhases || phases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
   if (g.kp[2] > kXPitch - 32 + 1) return false;
   int64_t x_pad = g.n * g.cin, pooled = g.n * g.cout;
   for (int i = 0; i < 3; ++i) {
@@ -335,7 +343,9 @@ void phase_fused_forward(const float* x_pad, const float* wp, const float* bias,
   const int64_t tiles = detail::ceil_div(d.steps, kSegs);
   const unsigned blocks = unsigned(std::min<int64_t>(tiles, detail::sm_count()));
   d.tile_stride = step_stride(int64_t(blocks) * kSegs, d);
-  const auto kernel = compensated ? fused_forward_kernel_for<true>(d.phases) : fused_forward_kernel_for<false>(d.phases);
+  constexpr auto kPhaseCounts = std::make_integer_sequence<int, kMaxPhases>();
+  const auto kernel = compensated ? fused_forward_kernel_for<true>(d.phases, kPhaseCounts)
+                                  : fused_forward_kernel_for<false>(d.phases, kPhaseCounts);
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, m, slope1, slope2, p, argmax, y_at_max, d);
   ANVIL_CHECK_LAUNCH();

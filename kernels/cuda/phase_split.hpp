@@ -44,8 +44,7 @@ void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, cons
 
 // The phase-split conv fused with the epilogue (epilogue.hpp) in one TF32
 // tensor-core kernel: an implicit GEMM in which each thread holds every phase
-// of its outputs (phases <= 8; phases rounded up to a power of two, times
-// cout rounded up to 8, <= 256;
+// of its outputs (phases <= 8, phases * cout rounded up to 8 <= 256,
 // cin * kpv <= 128), so the max over phases happens in registers and Y is
 // never written. x_pad and wp as the cuDNN path's; p, argmax and y_at_max as
 // phase_epilogue_forward's (the last two may be null together). compensated:
