@@ -41,9 +41,11 @@ struct MmaDims : PhaseGridDims {
 };
 
 // One stage of shared memory: dY words [cout][kDyPitch] (then their residuals
-// when compensated), then x [channels][rows][kRowPitch].
+// when compensated), then x [channels][rows][kRowPitch] and a zero row, which
+// the columns past the last read.
 __host__ __device__ inline int dy_words(const MmaDims& d) { return d.cout * kDyPitch; }
-__host__ __device__ inline int x_words(const MmaDims& d) { return d.stage_channels * d.rows * kRowPitch; }
+__host__ __device__ inline int x_rows(const MmaDims& d) { return d.stage_channels * d.rows; }
+__host__ __device__ inline int x_words(const MmaDims& d) { return (x_rows(d) + 1) * kRowPitch; }
 __host__ __device__ inline int stage_words(const MmaDims& d, bool compensated) {
   return dy_words(d) * (compensated ? 2 : 1) + x_words(d);
 }
@@ -65,15 +67,15 @@ __device__ __forceinline__ void stage_step(const StepCursor& at, uint32_t* stage
     copy_async(stage + co * kDyPitch + lane, dy_tf32 + i, inside);
     if (kCompensated) copy_async(stage + dy_words(d) + co * kDyPitch + lane, dy_residual + i, inside);
   }
-  // x: rows (channel, row), lanes along w.
-  uint32_t* xs = stage + dy_words(d) * (kCompensated ? 2 : 1);
-  const int x0 = at.x_index(d);
-  const int row_len = kStep + d.kp2 - 1;
-  for (int r = warp; r < d.stage_channels * d.rows; r += kBlockThreads / 32) {
-    for (int w = lane; w < row_len; w += 32) {
-      const bool ok = row_off[r] >= 0 && at.w0 + w < d.x2;
-      copy_async(xs + r * kRowPitch + w, x_pad + (ok ? x0 + row_off[r] + w : 0), ok);
-    }
+  // x: rows (channel, row), lanes along w; a row is kStep + kp2 - 1 <= kRowPitch floats.
+  uint32_t* xs = stage + dy_words(d) * (kCompensated ? 2 : 1) + lane;
+  const float* x0 = x_pad + at.x_index(d) + lane;
+  const int in_row = d.x2 - at.w0;  // x_pad's floats from w0 on: later ones are zero
+  const bool second = lane + 32 < kStep + d.kp2 - 1;
+  for (int r = warp; r < x_rows(d); r += kBlockThreads / 32) {
+    const bool real = row_off[r] >= 0, ok0 = real && lane < in_row, ok1 = real && lane + 32 < in_row;
+    copy_async(xs + r * kRowPitch, ok0 ? x0 + row_off[r] : x_pad, ok0);
+    if (second) copy_async(xs + r * kRowPitch + 32, ok1 ? x0 + row_off[r] + 32 : x_pad, ok1);
   }
 }
 
@@ -86,10 +88,12 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
   const int ci_lo = n0 / d.kpv;
   const int words = stage_words(d, kCompensated);
   int* row_off = reinterpret_cast<int*>(smem + kStages * words);
-  for (int r = threadIdx.x; r < d.stage_channels * d.rows; r += kBlockThreads) {
+  for (int r = threadIdx.x; r < x_rows(d); r += kBlockThreads) {
     const int ci = ci_lo + r / d.rows, u0 = r % d.rows / d.kp1, u1 = r % d.kp1;
     row_off[r] = ci < d.cin ? ((ci * d.x0 + u0) * d.x1 + u1) * d.x2 : -1;
   }
+  for (int i = threadIdx.x; i < kStages * kRowPitch; i += kBlockThreads)  // the zero rows
+    smem[i / kRowPitch * words + dy_words(d) * (kCompensated ? 2 : 1) + x_rows(d) * kRowPitch + i % kRowPitch] = 0u;
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
   const int wm = m0 + (warp / 4) * 64, wn = n0 + (warp % 4) * 32;
@@ -109,14 +113,14 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
       a_phase[2 * i + h] = mh < d.m_total ? uint32_t(mh / d.cout) : 0xffffffffu;  // never matches a tag
     }
   }
-  // Its B columns: the x offset of (ci, u), or -1 past the last column.
+  // Its B columns: the x offset of (ci, u); past the last column, the zero row.
   int b_off[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int n = wn + j * 8 + grp;
     const int ci = n / d.kpv, u = n % d.kpv;
     const int u0 = u / (d.kp1 * d.kp2), u1 = u / d.kp2 % d.kp1, u2 = u % d.kp2;
-    b_off[j] = n < d.n_total ? ((ci - ci_lo) * d.rows + u0 * d.kp1 + u1) * kRowPitch + u2 : -1;
+    b_off[j] = n < d.n_total ? ((ci - ci_lo) * d.rows + u0 * d.kp1 + u1) * kRowPitch + u2 : x_rows(d) * kRowPitch;
   }
 
   float acc[4][4][4] = {};
@@ -155,7 +159,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const float v = b_off[j] >= 0 ? xs[b_off[j] + k + 4 * h] : 0.f;
+          const float v = xs[b_off[j] + k + 4 * h];
           b[j][h] = kCompensated ? detail::tf32_bits(v) : __float_as_uint(v);  // TF32: x_pad is rounded
           if (kCompensated) bs[j][h] = detail::tf32_bits(v - __uint_as_float(b[j][h]));
         }
@@ -168,7 +172,7 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           // The tensor cores read TF32 and drop the 13 low bits: the tag needs no masking.
-          const bool hit = (a[r] & kTf32DroppedBits) == a_phase[2 * i + r % 2];
+          const bool hit = ((a[r] ^ a_phase[2 * i + r % 2]) & kTf32DroppedBits) == 0;
           a[r] = hit ? a[r] : 0u;
           if (kCompensated) as[r] = hit ? as[r] : 0u;
         }
@@ -249,7 +253,7 @@ int64_t mma_splits(const MmaDims& d) { return detail::ceil_div(d.steps, kStepsPe
 
 // The stages, then the staged rows' x offsets.
 size_t mma_smem_bytes(const MmaDims& d, bool compensated) {
-  return (size_t(stage_words(d, compensated)) * kStages + size_t(d.stage_channels) * d.rows) * sizeof(uint32_t);
+  return (size_t(stage_words(d, compensated)) * kStages + size_t(x_rows(d))) * sizeof(uint32_t);
 }
 
 }  // namespace
