@@ -246,7 +246,8 @@ INSTANTIATE_TEST_SUITE_P(Geometries, PhaseMmaWeightGrad,
                                             ::testing::Bool()),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Geometries, PhaseMmaForward,
-                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD, kThreePhases), ::testing::Bool()),
+                         ::testing::Combine(::testing::Values(kHeadline, kThreeTaps, kTwoD, kThreePhases),
+                                            ::testing::Bool()),
                          case_name);
 
 }  // namespace

@@ -160,7 +160,8 @@ __global__ void __launch_bounds__(kBlock, 1)
     copy_async_wait<1>();
     __syncthreads();  // this tile's x in; on the first tile, the weight and tables too
     const float* xw = xs + buf * x_words(d) + xw_off;
-    StepCursor at = tile.at[0];  // tile.at[seg], picked by compile-time indices: a runtime one puts the tile on the stack
+    // tile.at[seg], picked by compile-time indices: a runtime one puts the tile on the stack.
+    StepCursor at = tile.at[0];
     bool valid = tile.valid[0];
 #pragma unroll
     for (int s = 1; s < kSegs; ++s)
@@ -307,7 +308,8 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
 // The kernel for a phase count (compile-time, so the accumulators stay in registers).
 template <bool kCompensated, int... kPhases>
 auto fused_forward_kernel_for(int phases, std::integer_sequence<int, kPhases...>) {
-  constexpr decltype(&fused_forward_kernel<kCompensated, 1>) kernels[] = {fused_forward_kernel<kCompensated, kPhases + 1>...};
+  constexpr decltype(&fused_forward_kernel<kCompensated, 1>) kernels[] = {
+      fused_forward_kernel<kCompensated, kPhases + 1>...};
   return kernels[phases - 1];
 }
 
