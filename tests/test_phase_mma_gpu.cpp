@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <tuple>
@@ -36,6 +37,7 @@ struct Case {
   int64_t n, cin, cout;
   std::vector<int64_t> k, s, p, op, in;
 };
+void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }  // gtest names a case by its label
 
 // TF32 round-to-nearest (ties away), as cvt.rna.tf32.f32.
 float tf32(float x) {
