@@ -2,11 +2,12 @@
 // computed here from the same operands: the fused forward (conv + epilogue)
 // and the weight gradient over dY at the argmax, in TF32 and 3xTF32, on the
 // headline geometry and odd ones (partial K steps, three-tap phases, 2-D,
-// several M and N tiles, an odd phase count), the forward with
-// and without a monotone chain. Inputs are fresh uniform [-1, 1] floats (never 0),
-// outputs are poisoned (NaN) first. In TF32 the reference uses the operands
-// rounded to TF32 exactly as the kernels take them, so both forms must reach
-// float32 accuracy: what is checked is the GEMM, not TF32 rounding.
+// several M and N tiles, an odd phase count), the forward with and without a
+// monotone chain, and the padded input both take. Inputs are fresh uniform
+// [-1, 1] floats (never 0), outputs are poisoned (NaN) first. In TF32 the
+// reference uses the operands rounded to TF32 exactly as the kernels take them,
+// so both forms must reach float32 accuracy: what is checked is the GEMM, not
+// TF32 rounding.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -86,6 +87,24 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
     return (((n * g_.cin + ci) * xp_[0] + a + u0) * xp_[1] + b + u1) * xp_[2] + c + u2;
   }
 
+  // The x_pad that both kernels take is x placed at the front padding, zeros
+  // around it, and under TF32 every value rounded: checked exactly.
+  void expect_padded(const std::vector<float>& x, const std::vector<float>& x_pad, bool rounded) const {
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < int64_t(x_pad.size()); ++i) {
+      int64_t rest = i, at[3];
+      for (int d = 2; d >= 0; --d) {
+        at[d] = rest % xp_[d] - g_.front[d];
+        rest /= xp_[d];
+      }
+      bool inside = true;
+      for (int d = 0; d < 3; ++d) inside = inside && at[d] >= 0 && at[d] < g_.in[d];
+      const float v = inside ? x[((rest * g_.in[0] + at[0]) * g_.in[1] + at[1]) * g_.in[2] + at[2]] : 0.f;
+      wrong += x_pad[i] != (rounded ? tf32(v) : v);
+    }
+    EXPECT_EQ(wrong, 0) << "of " << x_pad.size() << " x_pad values";
+  }
+
   std::unique_ptr<Convolution> conv_;
   cuda::PhaseSplitGeometry g_;
   int64_t phases_ = 1, kpv_ = 1, q_count_ = 1;
@@ -124,10 +143,12 @@ TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   d_dy.upload(dy_tf32);
   d_res.upload(residual);
   d_dw.poison();
+  d_x_pad.poison();
   cuda::phase_pad_input(d_x.get(), d_x_pad.get(), !compensated, g_, nullptr);
   cuda::phase_mma_weight_grad(d_dy.get(), compensated ? d_res.get() : nullptr, d_x_pad.get(), d_dw.get(),
                               scratch.get(), g_, nullptr);
   const std::vector<float> x_pad = d_x_pad.download_all(), dw = d_dw.download_all();
+  expect_padded(x, x_pad, !compensated);
 
   // dW[ci, co, t] = sum over (n, q) whose argmax is t's phase of dy * x_pad[n, ci, q + t's combined tap].
   const int64_t kv = g_.k[0] * g_.k[1] * g_.k[2];
@@ -172,6 +193,7 @@ void PhaseMmaForward::check(float s1, float s2) {
   d_m.upload(m);
   d_p.poison();
   d_y.poison();
+  d_x_pad.poison();
   cuda::phase_pad_input(d_x.get(), d_x_pad.get(), !compensated, g_, nullptr);
   cuda::phase_build_weight(d_w.get(), d_wp.get(), g_, nullptr);
   cuda::phase_fused_forward(d_x_pad.get(), d_wp.get(), d_b.get(), d_m.get(), s1, s2, d_p.get(), d_arg.get(),
@@ -179,6 +201,7 @@ void PhaseMmaForward::check(float s1, float s2) {
   const std::vector<float> x_pad = d_x_pad.download_all(), wp = d_wp.download_all();
   const std::vector<float> p = d_p.download_all(), y_at_max = d_y.download_all();
   const std::vector<uint8_t> arg = d_arg.download_all();
+  expect_padded(x, x_pad, !compensated);
 
   auto leaky = [](double v, double s) { return v > 0 ? v : s * v; };
   std::vector<double> want_p(pooled), want_y(pooled);
