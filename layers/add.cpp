@@ -1,8 +1,7 @@
 // add: the element-wise sum of two or more inputs of one shape (a residual join).
 // Its backward hands dy to every input, accumulating where an input already
 // holds a gradient from another consumer.
-#include "engine/src/config.hpp"
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "kernels/cuda/activation.hpp"
 #include "layers/registry.hpp"
@@ -13,7 +12,8 @@ namespace {
 
 class Add : public Layer {
  public:
-  explicit Add(const LayerInfo& info) : Layer(info.type, info.name, info.path) {}
+  explicit Add(const LayerSpec& spec) : Layer(spec.type, spec.name, spec.path) {}
+  OpKind kind() const override { return OpKind::Add; }
   int num_inputs() const override { return -1; }
   bool backward_needs_inputs() const override { return false; }
 
@@ -51,6 +51,6 @@ class Add : public Layer {
 
 }  // namespace
 
-std::unique_ptr<Layer> create_add(ConfigReader&, const LayerInfo& info) { return std::make_unique<Add>(info); }
+std::unique_ptr<Layer> create_add(const LayerSpec& spec, const AddSpec&) { return std::make_unique<Add>(spec); }
 
 }  // namespace anvil

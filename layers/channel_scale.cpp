@@ -1,8 +1,7 @@
 // channel_scale: a learnable per-channel multiplier m of shape (C, 1, 1, 1)
 // (or (C, 1, 1) in 2-D), initialised from N(0, 1) like the KernelBench model's
 // nn.Parameter(torch.randn(...)). Its parameter is named after the layer itself.
-#include "engine/src/config.hpp"
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "kernels/cuda/activation.hpp"
 #include "layers/registry.hpp"
@@ -13,7 +12,8 @@ namespace {
 
 class ChannelScale : public Layer {
  public:
-  explicit ChannelScale(const LayerInfo& info) : Layer(info.type, info.name, info.path) {}
+  explicit ChannelScale(const LayerSpec& spec) : Layer(spec.type, spec.name, spec.path) {}
+  OpKind kind() const override { return OpKind::ChannelScale; }
 
   std::vector<ParamSpec> param_specs() const override {
     const Shape& x = input_shapes()[0];
@@ -22,9 +22,10 @@ class ChannelScale : public Layer {
     return {{param_name(""), m, ParamSpec::Init::Normal, 0}};
   }
 
-  size_t backward_workspace_bytes(Device device) const override {
+  std::vector<BufferRequest> buffers(Device device) const override {
+    if (device != Device::Cuda) return {};
     const Shape& x = input_shapes()[0];
-    return device == Device::Cuda ? cuda::channel_reduce_scratch_bytes(x[0], x[1], spatial()) : 0;
+    return {{"reduce_scratch", cuda::channel_reduce_scratch_bytes(x[0], x[1], spatial()), BufferLife::Backward}};
   }
 
  protected:
@@ -49,7 +50,7 @@ class ChannelScale : public Layer {
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override {
     const Shape& x = args.in[0].shape;
     cuda::channel_scale_backward(args.in[0].data, args.params[0], args.dout.data, args.din[0].data, args.dparams[0],
-                                 x[0], x[1], spatial(), args.din_accumulate[0], args.workspace, ctx.stream());
+                                 x[0], x[1], spatial(), args.din_accumulate[0], args.buffers[0], ctx.stream());
   }
 
  private:
@@ -61,8 +62,8 @@ class ChannelScale : public Layer {
 
 }  // namespace
 
-std::unique_ptr<Layer> create_channel_scale(ConfigReader&, const LayerInfo& info) {
-  return std::make_unique<ChannelScale>(info);
+std::unique_ptr<Layer> create_channel_scale(const LayerSpec& spec, const ChannelScaleSpec&) {
+  return std::make_unique<ChannelScale>(spec);
 }
 
 }  // namespace anvil

@@ -5,8 +5,7 @@
 #include <cstdint>
 #include <iostream>
 
-#include "engine/src/config.hpp"
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/activation.hpp"
 #include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
@@ -118,65 +117,46 @@ struct Convolution::Cudnn {
   }
 };
 
-Convolution::Convolution(ConfigReader& cfg, const LayerInfo& info, int dims, bool transposed)
-    : Layer(info.type, info.name, info.path), dims_(dims), transposed_(transposed) {
-  in_channels_ = cfg.integer_or("in_channels", -1, 1);
-  if (in_channels_ < 0) cfg.fail("in_channels", "missing required field");
-  out_channels_ = cfg.integer_or("out_channels", -1, 1);
-  if (out_channels_ < 0) cfg.fail("out_channels", "missing required field");
-  kernel_ = cfg.per_dim("kernel_size", dims, 1);
-  stride_ = cfg.per_dim_or("stride", dims, 1, std::vector<int64_t>(dims, 1));
-  padding_ = cfg.per_dim_or("padding", dims, 0, std::vector<int64_t>(dims, 0));
-  dilation_ = cfg.per_dim_or("dilation", dims, 1, std::vector<int64_t>(dims, 1));
-  output_padding_ = std::vector<int64_t>(dims, 0);
-  if (transposed) {
-    output_padding_ = cfg.per_dim_or("output_padding", dims, 0, output_padding_);
-    for (int i = 0; i < dims; ++i)
-      if (output_padding_[i] >= stride_[i] && output_padding_[i] >= dilation_[i])
-        cfg.fail("output_padding", "must be smaller than the stride or the dilation, got " +
-                                       std::to_string(output_padding_[i]) + " with stride " +
-                                       std::to_string(stride_[i]) + " and dilation " + std::to_string(dilation_[i]));
-  }
-  bias_ = cfg.boolean_or("bias", true);
-}
+Convolution::Convolution(const LayerSpec& spec, const ConvSpec& conv)
+    : Layer(spec.type, spec.name, spec.path), spec_(conv) {}
 
 Convolution::~Convolution() = default;
 
 std::vector<ParamSpec> Convolution::param_specs() const {
   int64_t receptive = 1;
-  for (int64_t k : kernel_) receptive *= k;
+  for (int64_t k : spec_.kernel) receptive *= k;
   // PyTorch: fan_in = weight.size(1) * receptive field; bound 1/sqrt(fan_in) for weight and bias.
-  Shape w_shape = transposed_ ? Shape{in_channels_, out_channels_} : Shape{out_channels_, in_channels_};
+  Shape w_shape = spec_.transposed ? Shape{spec_.in_channels, spec_.out_channels} : Shape{spec_.out_channels, spec_.in_channels};
   const double bound = 1.0 / std::sqrt(static_cast<double>(w_shape[1] * receptive));
-  w_shape.insert(w_shape.end(), kernel_.begin(), kernel_.end());
+  w_shape.insert(w_shape.end(), spec_.kernel.begin(), spec_.kernel.end());
   std::vector<ParamSpec> specs = {{param_name("weight"), w_shape, ParamSpec::Init::Uniform, bound}};
-  if (bias_) specs.push_back({param_name("bias"), {out_channels_}, ParamSpec::Init::Uniform, bound});
+  if (spec_.bias) specs.push_back({param_name("bias"), {spec_.out_channels}, ParamSpec::Init::Uniform, bound});
   return specs;
 }
 
 Shape Convolution::infer_shape(const std::vector<Shape>& inputs) {
   const Shape& x = inputs[0];
-  if (static_cast<int>(x.size()) != dims_ + 2)
-    fail("", "'" + type() + "' needs a " + std::to_string(dims_ + 2) + "-d input (N, C, " +
-                 (dims_ == 3 ? "D, " : "") + "H, W), got " + to_string(x));
-  if (x[1] != in_channels_)
-    fail("in_channels", std::to_string(in_channels_) + " does not match the input's " + std::to_string(x[1]) +
+  if (static_cast<int>(x.size()) != spec_.dims + 2)
+    fail("", "'" + type() + "' needs a " + std::to_string(spec_.dims + 2) + "-d input (N, C, " +
+                 (spec_.dims == 3 ? "D, " : "") + "H, W), got " + to_string(x));
+  if (x[1] != spec_.in_channels)
+    fail("in_channels", std::to_string(spec_.in_channels) + " does not match the input's " + std::to_string(x[1]) +
                             " channels " + to_string(x));
-  Shape y = {x[0], out_channels_};
-  for (int i = 0; i < dims_; ++i) {
-    const int64_t in = x[2 + i], effective_k = dilation_[i] * (kernel_[i] - 1) + 1;
+  Shape y = {x[0], spec_.out_channels};
+  for (int i = 0; i < spec_.dims; ++i) {
+    const int64_t in = x[2 + i], effective_k = spec_.dilation[i] * (spec_.kernel[i] - 1) + 1;
     int64_t out;
-    if (transposed_) {
-      out = (in - 1) * stride_[i] - 2 * padding_[i] + effective_k + output_padding_[i];
+    if (spec_.transposed) {
+      out = (in - 1) * spec_.stride[i] - 2 * spec_.padding[i] + effective_k + spec_.output_padding[i];
       if (out < 1) fail("padding", "leaves no output along spatial dim " + std::to_string(i) + " (size " +
                                        std::to_string(out) + ")");
     } else {
-      const int64_t padded = in + 2 * padding_[i];
+      const int64_t padded = in + 2 * spec_.padding[i];
       if (effective_k > padded)
         fail("kernel_size", "kernel (effective size " + std::to_string(effective_k) +
                                 ") is larger than the padded input (" + std::to_string(padded) +
                                 ") along spatial dim " + std::to_string(i));
-      out = (padded - effective_k) / stride_[i] + 1;
+      out = (padded - effective_k) / spec_.stride[i] + 1;
     }
     y.push_back(out);
   }
@@ -188,14 +168,14 @@ cpu::ConvGeometry Convolution::geometry() const {
   const Shape& y = output_shape();
   cpu::ConvGeometry g;
   g.n = x[0];
-  g.ca = transposed_ ? out_channels_ : in_channels_;
-  g.cb = transposed_ ? in_channels_ : out_channels_;
-  g.a = cpu::lift_dims(spatial(transposed_ ? y : x), 1);
-  g.b = cpu::lift_dims(spatial(transposed_ ? x : y), 1);
-  g.k = cpu::lift_dims(kernel_, 1);
-  g.stride = cpu::lift_dims(stride_, 1);
-  g.pad = cpu::lift_dims(padding_, 0);
-  g.dilation = cpu::lift_dims(dilation_, 1);
+  g.ca = spec_.transposed ? spec_.out_channels : spec_.in_channels;
+  g.cb = spec_.transposed ? spec_.in_channels : spec_.out_channels;
+  g.a = cpu::lift_dims(spatial(spec_.transposed ? y : x), 1);
+  g.b = cpu::lift_dims(spatial(spec_.transposed ? x : y), 1);
+  g.k = cpu::lift_dims(spec_.kernel, 1);
+  g.stride = cpu::lift_dims(spec_.stride, 1);
+  g.pad = cpu::lift_dims(spec_.padding, 0);
+  g.dilation = cpu::lift_dims(spec_.dilation, 1);
   return g;
 }
 
@@ -205,19 +185,19 @@ void Convolution::forward_cpu(const LayerArgs& args) {
   const cpu::ConvGeometry g = geometry();
   const float* x = args.in[0].data;
   float* y = args.out.data;
-  if (transposed_)
+  if (spec_.transposed)
     cpu::conv_backward_data(x, args.params[0], y, g, false);
   else
     cpu::conv_forward(x, args.params[0], y, g);
   const Shape& ys = output_shape();
-  if (bias_) cpu::bias_forward(y, args.params[1], ys[0], ys[1], numel(ys) / (ys[0] * ys[1]));
+  if (spec_.bias) cpu::bias_forward(y, args.params[1], ys[0], ys[1], numel(ys) / (ys[0] * ys[1]));
 }
 
 void Convolution::backward_cpu(const LayerArgs& args) {
   const cpu::ConvGeometry g = geometry();
   const float *x = args.in[0].data, *dy = args.dout.data, *w = args.params[0];
   float* dx = args.din[0].data;
-  if (transposed_) {
+  if (spec_.transposed) {
     if (dx) {
       if (args.din_accumulate[0]) {
         std::vector<float> tmp(static_cast<size_t>(numel(args.din[0].shape)));
@@ -233,7 +213,7 @@ void Convolution::backward_cpu(const LayerArgs& args) {
     cpu::conv_backward_filter(x, dy, args.dparams[0], g);
   }
   const Shape& ys = output_shape();
-  if (bias_) cpu::bias_backward(dy, args.dparams[1], ys[0], ys[1], numel(ys) / (ys[0] * ys[1]));
+  if (spec_.bias) cpu::bias_backward(dy, args.dparams[1], ys[0], ys[1], numel(ys) / (ys[0] * ys[1]));
 }
 
 // ---- CUDA ----
@@ -244,32 +224,32 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   c.settings = settings;
   const Shape& x = input_shapes()[0];
   const Shape& y = output_shape();
-  set_tensor_descriptor(c.a, transposed_ ? y : x);
-  set_tensor_descriptor(c.b, transposed_ ? x : y);
+  set_tensor_descriptor(c.a, spec_.transposed ? y : x);
+  set_tensor_descriptor(c.b, spec_.transposed ? x : y);
   const Shape w = param_specs()[0].shape;  // a copy: param_specs() returns a temporary
   const std::vector<int> w_dims(w.begin(), w.end());
   ANVIL_CUDNN_CHECK(cudnnSetFilterNdDescriptor(c.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
                                                static_cast<int>(w_dims.size()), w_dims.data()));
-  const std::vector<int> pad(padding_.begin(), padding_.end()), stride(stride_.begin(), stride_.end()),
-      dil(dilation_.begin(), dilation_.end());
+  const std::vector<int> pad(spec_.padding.begin(), spec_.padding.end()), stride(spec_.stride.begin(), spec_.stride.end()),
+      dil(spec_.dilation.begin(), spec_.dilation.end());
   for (auto& conv : c.conv) {
-    ANVIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv, dims_, pad.data(), stride.data(), dil.data(),
+    ANVIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv, spec_.dims, pad.data(), stride.data(), dil.data(),
                                                       CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(
         conv, settings.precision == Precision::FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH));
   }
   // cuDNN must agree that conv(A) has B's shape (output_padding >= stride cannot be expressed).
-  std::vector<int> b_dims(dims_ + 2);
-  ANVIL_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(c.conv[0], c.a, c.w, dims_ + 2, b_dims.data()));
-  const Shape& b = transposed_ ? x : y;
+  std::vector<int> b_dims(spec_.dims + 2);
+  ANVIL_CUDNN_CHECK(cudnnGetConvolutionNdForwardOutputDim(c.conv[0], c.a, c.w, spec_.dims + 2, b_dims.data()));
+  const Shape& b = spec_.transposed ? x : y;
   if (!std::equal(b.begin(), b.end(), b_dims.begin()))
-    throw Error(path() + ": this geometry (output_padding " + join(output_padding_) +
+    throw Error(path() + ": this geometry (output_padding " + join(spec_.output_padding) +
                 ") is not supported by the CUDA backend; use --device cpu");
 
-  c.used[transposed_ ? kBackwardData : kForward] = true;
+  c.used[spec_.transposed ? kBackwardData : kForward] = true;
   if (needs_backward_) {
     c.used[kBackwardFilter] = true;
-    if (needs_input_grad_) c.used[transposed_ ? kForward : kBackwardData] = true;
+    if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
   // Plan each op's workspace from the heuristics' list (no memory needed yet).
   int n = 0;
@@ -294,39 +274,44 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
 }
 
 size_t Convolution::cudnn_forward_workspace() const {
-  return cudnn_ ? cudnn_->workspace[transposed_ ? kBackwardData : kForward] : 0;
+  return cudnn_ ? cudnn_->workspace[spec_.transposed ? kBackwardData : kForward] : 0;
 }
 
 size_t Convolution::cudnn_backward_workspace() const {
   if (!cudnn_ || !needs_backward_) return 0;
   size_t ws = cudnn_->workspace[kBackwardFilter];
-  if (needs_input_grad_) ws = std::max(ws, cudnn_->workspace[transposed_ ? kForward : kBackwardData]);
+  if (needs_input_grad_) ws = std::max(ws, cudnn_->workspace[spec_.transposed ? kForward : kBackwardData]);
   return ws;
 }
 
 size_t Convolution::bias_scratch_bytes() const {
   const Shape& y = output_shape();
-  return bias_ ? cuda::channel_reduce_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
+  return spec_.bias ? cuda::channel_reduce_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
 }
 
-size_t Convolution::forward_workspace_bytes(Device device) const {
-  return device == Device::Cuda ? cudnn_forward_workspace() : 0;
+std::vector<BufferRequest> Convolution::buffers(Device device) const {
+  if (device != Device::Cuda) return {};
+  return {{"cudnn_forward", cudnn_forward_workspace(), BufferLife::Forward},
+          {"cudnn_backward", cudnn_backward_workspace(), BufferLife::Backward},
+          {"bias_scratch", needs_backward_ ? bias_scratch_bytes() : 0, BufferLife::Backward}};
 }
 
-size_t Convolution::backward_workspace_bytes(Device device) const {
-  if (device != Device::Cuda) return 0;
-  return align_up(cudnn_backward_workspace()) + bias_scratch_bytes();
-}
+enum ConvBuffer { kCudnnForward, kCudnnBackward, kBiasScratch };
 
 void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, const LayerArgs& bwd) {
+  search_algorithms(ctx, fwd.in[0].data, fwd.out.data, fwd.params[0], bwd.dparams.empty() ? nullptr : bwd.dparams[0],
+                    fwd.buffers[kCudnnForward], bwd.buffers[kCudnnBackward]);
+}
+
+void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw,
+                                    void* forward_ws, void* backward_ws) {
   Cudnn& c = *cudnn_;
-  float* a = transposed_ ? fwd.out.data : fwd.in[0].data;
-  float* b = transposed_ ? fwd.in[0].data : fwd.out.data;
-  const float* w = fwd.params[0];
+  float* a = spec_.transposed ? y : x;
+  float* b = spec_.transposed ? x : y;
   const std::string where = path() + " (" + name() + ")";
   int n = 0;
   // Ops used in the backward pass search inside the backward workspace.
-  auto ws_for = [&](Op op) { return op == (transposed_ ? kBackwardData : kForward) ? fwd.workspace : bwd.workspace; };
+  auto ws_for = [&](Op op) { return op == (spec_.transposed ? kBackwardData : kForward) ? forward_ws : backward_ws; };
   if (c.used[kForward]) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), c.a, a, c.w, w, c.conv[kForward], c.b, b,
@@ -344,7 +329,7 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
   if (c.used[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-        ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, bwd.dparams[0],
+        ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, dw,
         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p, ws_for(kBackwardFilter), c.workspace[kBackwardFilter]));
     c.pick(kBackwardFilter, p, n, where);
   }
@@ -369,7 +354,7 @@ std::string Convolution::describe_cuda() const {
 void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes) {
   Cudnn& c = *cudnn_;
   const float one = 1.f, zero = 0.f;
-  if (transposed_) {
+  if (spec_.transposed) {
     ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
         ctx.cudnn(), &one, c.w, w, c.b, x, c.conv[kBackwardData],
         static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, &zero, c.a, y));
@@ -386,7 +371,7 @@ void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy
   const float one = 1.f, zero = 0.f;
   const float* beta = accumulate ? &one : &zero;
   const auto filter_algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]);
-  if (transposed_) {
+  if (spec_.transposed) {
     if (dx)
       ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, dy, c.w, w, c.conv[kForward],
                                                 static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws,
@@ -404,29 +389,26 @@ void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy
 }
 
 void Convolution::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.workspace, args.workspace_bytes);
+  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.buffers[kCudnnForward],
+              cudnn_forward_workspace());
   const Shape& y = output_shape();
-  if (bias_) cuda::bias_forward(args.out.data, args.params[1], y[0], y[1], numel(y) / (y[0] * y[1]), ctx.stream());
+  if (spec_.bias) cuda::bias_forward(args.out.data, args.params[1], y[0], y[1], numel(y) / (y[0] * y[1]), ctx.stream());
 }
 
 void Convolution::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const size_t cudnn_ws = cudnn_backward_workspace();
   run_backward(ctx, args.in[0].data, args.dout.data, args.params[0], args.din[0].data, args.din_accumulate[0],
-               args.dparams[0], args.workspace, cudnn_ws);
+               args.dparams[0], args.buffers[kCudnnBackward], cudnn_ws);
   const Shape& y = output_shape();
-  if (bias_)
+  if (spec_.bias)
     cuda::bias_backward(args.dout.data, args.dparams[1], y[0], y[1], numel(y) / (y[0] * y[1]),
-                        static_cast<char*>(args.workspace) + align_up(cudnn_ws), ctx.stream());
+                        args.buffers[kBiasScratch], ctx.stream());
 }
 
 // ---- creators ----
 
-std::unique_ptr<Layer> create_conv(ConfigReader& cfg, const LayerInfo& info, int dims) {
-  return std::make_unique<Convolution>(cfg, info, dims, false);
-}
-
-std::unique_ptr<Layer> create_conv_transpose(ConfigReader& cfg, const LayerInfo& info, int dims) {
-  return std::make_unique<Convolution>(cfg, info, dims, true);
+std::unique_ptr<Layer> create_convolution(const LayerSpec& spec, const ConvSpec& conv) {
+  return std::make_unique<Convolution>(spec, conv);
 }
 
 }  // namespace anvil

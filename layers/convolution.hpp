@@ -16,30 +16,34 @@
 #include <vector>
 
 #include "kernels/cpu/reference.hpp"
+#include "engine/src/spec/layer_spec.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {
 
-class ConfigReader;
-struct LayerInfo;
-
 class Convolution : public Layer {
  public:
-  Convolution(ConfigReader& cfg, const LayerInfo& info, int dims, bool transposed);
+  Convolution(const LayerSpec& spec, const ConvSpec& conv);
   ~Convolution() override;
+  OpKind kind() const override { return OpKind::Conv; }
 
   std::vector<ParamSpec> param_specs() const override;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
-  size_t forward_workspace_bytes(Device device) const override;
-  size_t backward_workspace_bytes(Device device) const override;
+  // cudnn_forward (Forward), cudnn_backward and bias_scratch (Backward).
+  std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
   std::string describe_cuda() const override;
 
-  // Bias-free pieces, reused by the fused layer. Workspace sizes are those of cuDNN alone.
-  bool has_bias() const { return bias_; }
-  bool transposed() const { return transposed_; }
+  // Bias-free pieces, reused by the fused layers. Workspace sizes are those of cuDNN alone.
+  const ConvSpec& spec() const { return spec_; }
+  bool has_bias() const { return spec_.bias; }
+  bool transposed() const { return spec_.transposed; }
   size_t cudnn_forward_workspace() const;
   size_t cudnn_backward_workspace() const;
+  // cuDNN's algorithm search, with these tensors and workspaces as its scratch
+  // (x and y as the layer's input and output; dw may be null without backward).
+  void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
+                         void* backward_ws);
   void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes);
   // dx may be null (no input gradient); dw is overwritten.
   void run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx, bool accumulate,
@@ -50,13 +54,7 @@ class Convolution : public Layer {
     needs_backward_ = backward;
     needs_input_grad_ = input_grad;
   }
-  const std::vector<int64_t>& kernel() const { return kernel_; }
-  const std::vector<int64_t>& stride() const { return stride_; }
-  const std::vector<int64_t>& padding() const { return padding_; }
-  const std::vector<int64_t>& output_padding() const { return output_padding_; }
-  const std::vector<int64_t>& dilation() const { return dilation_; }
-  int64_t in_channels() const { return in_channels_; }
-  int64_t out_channels() const { return out_channels_; }
+  bool needs_backward() const { return needs_backward_; }
   bool needs_input_grad() const { return needs_backward_ && needs_input_grad_; }
 
  protected:
@@ -70,11 +68,7 @@ class Convolution : public Layer {
   struct Cudnn;
   size_t bias_scratch_bytes() const;
 
-  int dims_;
-  bool transposed_;
-  int64_t in_channels_, out_channels_;
-  std::vector<int64_t> kernel_, stride_, padding_, output_padding_, dilation_;
-  bool bias_;
+  ConvSpec spec_;
   bool needs_backward_ = true, needs_input_grad_ = true;
   std::unique_ptr<Cudnn> cudnn_;
 };

@@ -1,18 +1,31 @@
 #include "layers/fused_conv_epilogue.hpp"
 
 #include "anvil/error.hpp"
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 
 namespace anvil {
 
-FusedConvEpilogue::FusedConvEpilogue(std::unique_ptr<Convolution> conv, float slope1, std::string scale_name,
-                                     float slope2, std::vector<int64_t> pool_kernel, std::string name)
-    : Layer("fused_conv_epilogue", std::move(name), conv->path()),
-      conv_(std::move(conv)),
-      slope1_(slope1),
-      slope2_(slope2),
-      scale_name_(std::move(scale_name)),
-      pool_kernel_(std::move(pool_kernel)) {}
+namespace {
+enum Buffer { kY, kCudnnForward, kArgmax, kYAtMax, kDy, kCudnnBackward, kReduceScratch };
+}  // namespace
+
+std::optional<EpilogueChain> epilogue_chain(const std::vector<const LayerSpec*>& pointwise) {
+  if (pointwise.size() != 3) return std::nullopt;
+  const auto* first = std::get_if<PointwiseSpec>(&pointwise[0]->params);
+  const auto* second = std::get_if<PointwiseSpec>(&pointwise[2]->params);
+  if (!first || !second || !std::holds_alternative<ChannelScaleSpec>(pointwise[1]->params)) return std::nullopt;
+  return EpilogueChain{first->slope, second->slope, pointwise[1]->name};
+}
+
+bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output) {
+  if (!pool.max || pool.stride != pool.kernel) return false;
+  int64_t window = 1;
+  for (size_t d = 0; d < pool.kernel.size(); ++d) {
+    if (pool.padding[d] != 0 || conv_output[2 + d] % pool.kernel[d] != 0) return false;
+    window *= pool.kernel[d];
+  }
+  return window <= 256;  // the argmax is one byte
+}
 
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::string& scale_name) {
   std::vector<ParamSpec> specs = conv.param_specs();
@@ -23,11 +36,23 @@ std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::str
   return specs;
 }
 
+std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs) {
+  auto conv = std::make_unique<Convolution>(*specs.conv, std::get<ConvSpec>(specs.conv->params));
+  conv->setup({specs.input});
+  return conv;
+}
+
 void fused_layer_has_no_cpu_path(const Layer& layer) {
   throw Error("internal error: fused layer '" + layer.name() + "' has no CPU path; the CPU backend runs unfused");
 }
 
-std::vector<ParamSpec> FusedConvEpilogue::param_specs() const { return fused_param_specs(*conv_, scale_name_); }
+FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs)
+    : Layer("fused_conv_epilogue", specs.name, specs.conv->path),
+      conv_(fused_chain_conv(specs)),
+      chain_(*epilogue_chain(specs.pointwise)),
+      pool_kernel_(std::get<PoolSpec>(specs.pool->params).kernel) {}
+
+std::vector<ParamSpec> FusedConvEpilogue::param_specs() const { return fused_param_specs(*conv_, chain_.scale_name); }
 
 Shape FusedConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -46,63 +71,53 @@ cuda::EpilogueGeometry FusedConvEpilogue::epilogue_geometry() const {
   return g;
 }
 
-size_t FusedConvEpilogue::y_bytes() const { return align_up(numel(conv_->output_shape()) * sizeof(float)); }
-
-// argmax bytes, then y at the argmax.
-size_t FusedConvEpilogue::saved_bytes() const {
-  return align_up(static_cast<size_t>(pooled_count())) + pooled_count() * sizeof(float);
-}
+size_t FusedConvEpilogue::y_bytes() const { return numel(conv_->output_shape()) * sizeof(float); }
 
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->build_cuda(ctx, settings);
 }
 
-size_t FusedConvEpilogue::forward_workspace_bytes(Device device) const {
-  if (device != Device::Cuda) return 0;
-  return y_bytes() + conv_->cudnn_forward_workspace();
-}
-
-size_t FusedConvEpilogue::backward_workspace_bytes(Device device) const {
-  if (device != Device::Cuda) return 0;
-  return y_bytes() + align_up(conv_->cudnn_backward_workspace()) +
-         cuda::fused_epilogue_backward_scratch_bytes(epilogue_geometry());
+// Saved for backward, per pooled element: the argmax inside its window (a byte) and y there.
+std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
+  if (device != Device::Cuda) return {};
+  const bool backward = conv_->needs_backward();
+  const size_t pooled = static_cast<size_t>(pooled_count());
+  return {{"y", y_bytes(), BufferLife::Forward},
+          {"cudnn_forward", conv_->cudnn_forward_workspace(), BufferLife::Forward},
+          {"argmax", backward ? pooled : 0, BufferLife::Saved},
+          {"y_at_max", backward ? pooled * sizeof(float) : 0, BufferLife::Saved},
+          {"dy", backward ? y_bytes() : 0, BufferLife::Backward},
+          {"cudnn_backward", conv_->cudnn_backward_workspace(), BufferLife::Backward},
+          {"reduce_scratch", backward ? cuda::fused_epilogue_backward_scratch_bytes(epilogue_geometry()) : 0,
+           BufferLife::Backward}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
-  // The conv searches with Y (in our workspace) as its output and the cuDNN part of each workspace.
-  LayerArgs f = forward, b = backward;
-  f.out = {static_cast<float*>(forward.workspace), conv_->output_shape()};
-  f.workspace = static_cast<char*>(forward.workspace) + y_bytes();
-  b.workspace = static_cast<char*>(backward.workspace) + y_bytes();
-  conv_->choose_algorithms(ctx, f, b);
+  // The conv searches with Y (our buffer) as its output.
+  conv_->search_algorithms(ctx, forward.in[0].data, forward.buffer<float>(kY), forward.params[0],
+                           backward.dparams.empty() ? nullptr : backward.dparams[0], forward.buffers[kCudnnForward],
+                           backward.buffers[kCudnnBackward]);
 }
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  float* y = static_cast<float*>(args.workspace);
-  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, static_cast<char*>(args.workspace) + y_bytes(),
+  float* y = args.buffer<float>(kY);
+  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kCudnnForward],
                      conv_->cudnn_forward_workspace());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
-  const float* m = args.params.back();
-  // No saved buffer when nothing runs backward (inference).
-  auto* argmax = static_cast<uint8_t*>(args.saved);
-  auto* y_at_max = args.saved ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(pooled_count()))
-                              : nullptr;
-  cuda::fused_epilogue_forward(y, bias, m, slope1_, slope2_, args.out.data, argmax, y_at_max, epilogue_geometry(),
+  // argmax and y_at_max are null when nothing runs backward (inference).
+  cuda::fused_epilogue_forward(y, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data,
+                               args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), epilogue_geometry(),
                                ctx.stream());
 }
 
 void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  char* ws = static_cast<char*>(args.workspace);
-  float* dy = reinterpret_cast<float*>(ws);
-  const size_t cudnn_ws = conv_->cudnn_backward_workspace();
-  void* scratch = ws + y_bytes() + align_up(cudnn_ws);
-  const auto* argmax = static_cast<const uint8_t*>(args.saved);
-  const auto* y_at_max = reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(pooled_count()));
+  float* dy = args.buffer<float>(kDy);
   float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-  cuda::fused_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, dy, dbias,
-                                args.dparams.back(), scratch, epilogue_geometry(), ctx.stream());
+  cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax),
+                                args.params.back(), chain_.slope1, chain_.slope2, dy, dbias, args.dparams.back(),
+                                args.buffers[kReduceScratch], epilogue_geometry(), ctx.stream());
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
-                      args.dparams[0], ws + y_bytes(), cudnn_ws);
+                      args.dparams[0], args.buffers[kCudnnBackward], conv_->cudnn_backward_workspace());
 }
 
 void FusedConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }

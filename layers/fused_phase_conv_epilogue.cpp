@@ -1,16 +1,18 @@
 #include "layers/fused_phase_conv_epilogue.hpp"
 
-#include "layers/fused_conv_epilogue.hpp"
-
 #include <climits>
-#include <nlohmann/json.hpp>
 
 #include "anvil/error.hpp"
-#include "engine/src/config.hpp"
-#include "engine/src/context.hpp"
-#include "layers/registry.hpp"
+#include "engine/src/cuda/context.hpp"
 
 namespace anvil {
+
+namespace {
+enum Buffer {
+  kArgmax, kYAtMax, kXPad, kWp, kYp, kCudnnForward,                                      // forward
+  kEpilogueScratch, kDyTf32, kDyResidual, kWgradScratch, kDyp, kDwp, kDxPad, kCudnnBackward  // backward
+};
+}  // namespace
 
 // Along one dim, output o = q * s + r (phase r) receives x[i] * w[t] where
 // o = i * s - p + t. With c = r + p = a * s + b, the taps of phase r are
@@ -20,19 +22,20 @@ namespace anvil {
 bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel,
                                     cuda::PhaseSplitGeometry& g) {
   if (!conv.transposed()) return false;
+  const ConvSpec& spec = conv.spec();
   const Shape& x = conv.input_shapes()[0];
   const Shape& y = conv.output_shape();
-  const int dims = static_cast<int>(conv.kernel().size());
+  const int dims = spec.dims;
   g = cuda::PhaseSplitGeometry{};
   g.n = x[0];
-  g.cin = conv.in_channels();
-  g.cout = conv.out_channels();
+  g.cin = spec.in_channels;
+  g.cout = spec.out_channels;
   for (int d = 0; d < 3 - dims; ++d) g.tap[d][0] = 0;  // lifted dims: one phase, one tap
   for (int i = 0; i < dims; ++i) {
     const int d = 3 - dims + i;
-    const int64_t k = conv.kernel()[i], s = conv.stride()[i], p = conv.padding()[i];
+    const int64_t k = spec.kernel[i], s = spec.stride[i], p = spec.padding[i];
     const int64_t in = x[2 + i], out = y[2 + i];
-    if (conv.dilation()[i] != 1 || pool_kernel[i] != s || k > cuda::kMaxKernel || out % s != 0) return false;
+    if (spec.dilation[i] != 1 || pool_kernel[i] != s || k > cuda::kMaxKernel || out % s != 0) return false;
     std::vector<int64_t> a(s), b(s), taps(s);
     int64_t m0 = INT64_MAX, m1 = INT64_MIN;
     for (int64_t r = 0; r < s; ++r) {
@@ -65,22 +68,30 @@ bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<i
   return g.s[0] * g.s[1] * g.s[2] <= 256;
 }
 
-FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, float slope1, std::string scale_name,
-                                               float slope2, const cuda::PhaseSplitGeometry& g, std::string name)
-    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()),
-      conv_(std::move(conv)),
-      slope1_(slope1),
-      slope2_(slope2),
-      scale_name_(std::move(scale_name)),
-      g_(g) {
-  // The combined convolution is an ordinary conv layer over the padded input.
-  const int dims = static_cast<int>(conv_->kernel().size());
-  std::vector<int64_t> kp(g_.kp.end() - dims, g_.kp.end());
-  const nlohmann::json cfg = {{"in_channels", g_.cin}, {"out_channels", phases() * g_.cout}, {"kernel_size", kp},
-                              {"bias", false}};
-  ConfigReader reader(cfg, path());
-  phase_conv_ = std::make_unique<Convolution>(reader, LayerInfo{conv_->type(), this->name() + ".phase", path()}, dims,
-                                              false);
+std::unique_ptr<Layer> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs) {
+  std::unique_ptr<Convolution> conv = fused_chain_conv(specs);
+  cuda::PhaseSplitGeometry g;
+  if (!derive(*conv, std::get<PoolSpec>(specs.pool->params).kernel, g)) return nullptr;
+  return std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), *epilogue_chain(specs.pointwise), g, specs.name);
+}
+
+FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const EpilogueChain& chain,
+                                               const cuda::PhaseSplitGeometry& g, std::string name)
+    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()), conv_(std::move(conv)), chain_(chain), g_(g) {
+  // The combined convolution is an ordinary stride-1 conv layer over the padded input.
+  const int dims = conv_->spec().dims;
+  ConvSpec combined;
+  combined.dims = dims;
+  combined.in_channels = g_.cin;
+  combined.out_channels = phases() * g_.cout;
+  combined.kernel.assign(g_.kp.end() - dims, g_.kp.end());
+  combined.stride.assign(dims, 1);
+  combined.padding.assign(dims, 0);
+  combined.output_padding.assign(dims, 0);
+  combined.dilation.assign(dims, 1);
+  combined.bias = false;
+  phase_conv_ = std::make_unique<Convolution>(LayerSpec{conv_->type(), this->name() + ".phase", path(), {}, combined},
+                                              combined);
   Shape x_pad = {g_.n, g_.cin};
   for (int d = 3 - dims; d < 3; ++d) x_pad.push_back(g_.in[d] + g_.front[d] + g_.end[d]);
   phase_conv_->setup({x_pad});
@@ -88,7 +99,7 @@ FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv
 
 FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;
 
-std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const { return fused_param_specs(*conv_, scale_name_); }
+std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const { return fused_param_specs(*conv_, chain_.scale_name); }
 
 Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -116,18 +127,6 @@ cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
   return {p[0], p[1], phases(), numel(p) / (p[0] * p[1])};
 }
 
-// Saved for backward: argmax (bytes), y at the argmax, the padded input (for
-// dW) and the combined weight (for dx). Inference keeps the last two in the workspace.
-size_t FusedPhaseConvEpilogue::saved_bytes() const {
-  if (!backward_) return 0;
-  return align_up(numel(output_shape())) + pooled_bytes() + x_pad_bytes() + wp_bytes();
-}
-
-FusedPhaseConvEpilogue::Kept FusedPhaseConvEpilogue::kept(const LayerArgs& args) const {
-  char* base = backward_ ? static_cast<char*>(args.saved) + align_up(numel(output_shape())) + pooled_bytes()
-                         : static_cast<char*>(args.workspace) + cudnn_forward_bytes();
-  return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + x_pad_bytes())};
-}
 
 // Without an input gradient dY is never needed whole, and anvil's own
 // tensor-core kernels replace cuDNN where the shapes fit them: the weight
@@ -146,97 +145,88 @@ void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& s
   phase_conv_->build_cuda(ctx, settings);
 }
 
-// cuDNN: Yp and cuDNN's workspace. Inference also keeps x_pad and wp here.
-size_t FusedPhaseConvEpilogue::forward_workspace_bytes(Device device) const {
-  if (device != Device::Cuda) return 0;
-  return cudnn_forward_bytes() + (backward_ ? 0 : x_pad_bytes() + wp_bytes());
-}
-
-size_t FusedPhaseConvEpilogue::cudnn_forward_bytes() const {
-  return fused_forward_ ? 0 : yp_bytes() + align_up(phase_conv_->cudnn_forward_workspace());
-}
-
-// Tensor-core weight gradient: the epilogue's reduction scratch, dY at the argmax (TF32 and residual), the
-// kernel's partials. cuDNN: dYp, dWp, dx_pad (when wanted), cuDNN, then the epilogue's reduction scratch.
-size_t FusedPhaseConvEpilogue::backward_workspace_bytes(Device device) const {
-  if (device != Device::Cuda) return 0;
-  if (mma_weight_grad_)
-    return align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())) + 2 * pooled_bytes() +
-           cuda::phase_mma_weight_grad_scratch_bytes(g_);
-  return yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0) +
-         align_up(phase_conv_->cudnn_backward_workspace()) +
-         cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry());
+// Saved for backward: the argmax (a byte per pooled element), y there, the
+// padded input (for dW) and the combined weight (for dx). Inference keeps the
+// last two only during the forward call. Backward: the tensor-core weight
+// gradient needs dY at the argmax (TF32, and its residual in 3xTF32) and its
+// partials; cuDNN's needs the whole dYp, dWp, dx_pad (when wanted) and its workspace.
+std::vector<BufferRequest> FusedPhaseConvEpilogue::buffers(Device device) const {
+  if (device != Device::Cuda) return {};
+  const BufferLife kept = backward_ ? BufferLife::Saved : BufferLife::Forward;
+  const size_t pooled = static_cast<size_t>(numel(output_shape()));
+  const bool cudnn_backward = backward_ && !mma_weight_grad_;
+  auto when = [](bool needed, size_t bytes) { return needed ? bytes : size_t{0}; };
+  return {
+      {"argmax", when(backward_, pooled), BufferLife::Saved},
+      {"y_at_max", when(backward_, pooled_bytes()), BufferLife::Saved},
+      {"x_pad", x_pad_bytes(), kept},
+      {"wp", wp_bytes(), kept},
+      {"yp", when(!fused_forward_, yp_bytes()), BufferLife::Forward},
+      {"cudnn_forward", when(!fused_forward_, phase_conv_->cudnn_forward_workspace()), BufferLife::Forward},
+      {"epilogue_scratch", when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())),
+       BufferLife::Backward},
+      {"dy_tf32", when(mma_weight_grad_, pooled_bytes()), BufferLife::Backward},
+      {"dy_residual", when(mma_weight_grad_ && compensated_, pooled_bytes()), BufferLife::Backward},
+      {"wgrad_scratch", when(mma_weight_grad_, cuda::phase_mma_weight_grad_scratch_bytes(g_)), BufferLife::Backward},
+      {"dyp", when(cudnn_backward, yp_bytes()), BufferLife::Backward},
+      {"dwp", when(cudnn_backward, wp_bytes()), BufferLife::Backward},
+      {"dx_pad", when(cudnn_backward && input_grad_, x_pad_bytes()), BufferLife::Backward},
+      {"cudnn_backward", when(cudnn_backward, phase_conv_->cudnn_backward_workspace()), BufferLife::Backward},
+  };
 }
 
 void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
   if (fused_forward_) return;
-  const Kept k = kept(forward);
-  char* fws = static_cast<char*>(forward.workspace);
-  LayerArgs f, b;
-  f.in = {{k.x_pad, phase_conv_->input_shapes()[0]}};
-  f.out = {reinterpret_cast<float*>(fws), phase_conv_->output_shape()};
-  f.params = {k.wp};
-  f.workspace = fws + yp_bytes();
-  if (backward_ && !mma_weight_grad_) {
-    char* bws = static_cast<char*>(backward.workspace);
-    b.dparams = {reinterpret_cast<float*>(bws + yp_bytes())};
-    b.workspace = bws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
-  }
-  phase_conv_->choose_algorithms(ctx, f, b);
+  phase_conv_->search_algorithms(ctx, forward.buffer<float>(kXPad), forward.buffer<float>(kYp),
+                                 forward.buffer<float>(kWp), backward.buffer<float>(kDwp),
+                                 forward.buffers[kCudnnForward], backward.buffers[kCudnnBackward]);
 }
 
 void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  const Kept k = kept(args);
+  float* x_pad = args.buffer<float>(kXPad);
+  float* wp = args.buffer<float>(kWp);
   // The TF32 kernels take x rounded once, here; a TF32 cuDNN conv rounds it anyway.
   const bool round_tf32 = !compensated_ && (fused_forward_ || mma_weight_grad_);
-  cuda::phase_pad_input(args.in[0].data, k.x_pad, round_tf32, g_, ctx.stream());
-  cuda::phase_build_weight(args.params[0], k.wp, g_, ctx.stream());
+  cuda::phase_pad_input(args.in[0].data, x_pad, round_tf32, g_, ctx.stream());
+  cuda::phase_build_weight(args.params[0], wp, g_, ctx.stream());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
-  auto* argmax = backward_ ? static_cast<uint8_t*>(args.saved) : nullptr;
-  auto* y_at_max = backward_ ? reinterpret_cast<float*>(static_cast<char*>(args.saved) + align_up(numel(output_shape())))
-                             : nullptr;
+  auto* argmax = args.buffer<uint8_t>(kArgmax);  // null in inference, as is y_at_max
+  auto* y_at_max = args.buffer<float>(kYAtMax);
   if (fused_forward_) {
-    cuda::phase_fused_forward(k.x_pad, k.wp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax,
-                              y_at_max, compensated_, g_, ctx.stream());
+    cuda::phase_fused_forward(x_pad, wp, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data,
+                              argmax, y_at_max, compensated_, g_, ctx.stream());
     return;
   }
-  float* yp = static_cast<float*>(args.workspace);
-  phase_conv_->run_forward(ctx, k.x_pad, k.wp, yp, static_cast<char*>(args.workspace) + yp_bytes(),
-                           phase_conv_->cudnn_forward_workspace());
-  cuda::phase_epilogue_forward(yp, bias, args.params.back(), slope1_, slope2_, args.out.data, argmax, y_at_max,
-                               epilogue_geometry(), ctx.stream());
+  float* yp = args.buffer<float>(kYp);
+  phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kCudnnForward], phase_conv_->cudnn_forward_workspace());
+  cuda::phase_epilogue_forward(yp, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data, argmax,
+                               y_at_max, epilogue_geometry(), ctx.stream());
 }
 
 // The epilogue's backward gives dbias, dm and dY: at the argmax only for the
-// tensor-core weight gradient, whole (dYp) for cuDNN's. Workspaces as
-// backward_workspace_bytes lays them out.
+// tensor-core weight gradient, whole (dYp) for cuDNN's.
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  const Kept k = kept(args);
-  char* ws = static_cast<char*>(args.workspace);
-  const auto* argmax = static_cast<const uint8_t*>(args.saved);
-  const auto* y_at_max =
-      reinterpret_cast<const float*>(static_cast<const char*>(args.saved) + align_up(numel(output_shape())));
+  const auto* argmax = args.buffer<const uint8_t>(kArgmax);
+  const auto* y_at_max = args.buffer<const float>(kYAtMax);
   cuda::PhaseGradOutputs out;
   out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
   out.dm = args.dparams.back();
   if (mma_weight_grad_) {
-    char* dy = ws + align_up(cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry()));
-    out.dy_tf32 = reinterpret_cast<uint32_t*>(dy);
-    if (compensated_) out.dy_residual = reinterpret_cast<uint32_t*>(dy + pooled_bytes());
-    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out, ws,
-                                  epilogue_geometry(), ctx.stream());
-    cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, k.x_pad, args.dparams[0], dy + 2 * pooled_bytes(), g_,
-                                ctx.stream());
+    out.dy_tf32 = args.buffer<uint32_t>(kDyTf32);
+    out.dy_residual = args.buffer<uint32_t>(kDyResidual);  // null unless compensated
+    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), chain_.slope1, chain_.slope2,
+                                  out, args.buffers[kEpilogueScratch], epilogue_geometry(), ctx.stream());
+    cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, args.buffer<float>(kXPad), args.dparams[0],
+                                args.buffers[kWgradScratch], g_, ctx.stream());
     return;
   }
-  out.dyp = reinterpret_cast<float*>(ws);
-  float* dwp = reinterpret_cast<float*>(ws + yp_bytes());
-  float* dx_pad = input_grad_ && args.din[0].data ? reinterpret_cast<float*>(ws + yp_bytes() + wp_bytes()) : nullptr;
-  char* cudnn_ws = ws + yp_bytes() + wp_bytes() + (input_grad_ ? x_pad_bytes() : 0);
-  const size_t cudnn_bytes = phase_conv_->cudnn_backward_workspace();
-  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), slope1_, slope2_, out,
-                                cudnn_ws + align_up(cudnn_bytes), epilogue_geometry(), ctx.stream());
-  phase_conv_->run_backward(ctx, k.x_pad, out.dyp, k.wp, dx_pad, false, dwp, cudnn_ws, cudnn_bytes);
+  out.dyp = args.buffer<float>(kDyp);
+  float* dwp = args.buffer<float>(kDwp);
+  float* dx_pad = args.din[0].data ? args.buffer<float>(kDxPad) : nullptr;
+  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), chain_.slope1, chain_.slope2,
+                                out, args.buffers[kEpilogueScratch], epilogue_geometry(), ctx.stream());
+  phase_conv_->run_backward(ctx, args.buffer<float>(kXPad), out.dyp, args.buffer<float>(kWp), dx_pad, false, dwp,
+                            args.buffers[kCudnnBackward], phase_conv_->cudnn_backward_workspace());
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }

@@ -16,6 +16,7 @@
 #include "kernels/cuda/epilogue.hpp"
 #include "kernels/cuda/phase_split.hpp"
 #include "layers/convolution.hpp"
+#include "layers/fused_conv_epilogue.hpp"
 
 namespace anvil {
 
@@ -23,17 +24,18 @@ class FusedPhaseConvEpilogue : public Layer {
  public:
   // Fills g and returns true where the phase split applies to this conv_transpose + pool.
   static bool derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel, cuda::PhaseSplitGeometry& g);
+  // The fused layer for this chain, or null where the phase split does not apply.
+  static std::unique_ptr<Layer> create(const FusedChainSpecs& specs);
 
-  FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, float slope1, std::string scale_name, float slope2,
+  FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const EpilogueChain& chain,
                          const cuda::PhaseSplitGeometry& g, std::string name);
   ~FusedPhaseConvEpilogue() override;
+  OpKind kind() const override { return OpKind::Fused; }
 
   std::vector<ParamSpec> param_specs() const override;
-  size_t saved_bytes() const override;
   void set_gradient_needs(bool backward, bool input_grad) override;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
-  size_t forward_workspace_bytes(Device device) const override;
-  size_t backward_workspace_bytes(Device device) const override;
+  std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
   std::string describe_cuda() const override;
 
@@ -45,24 +47,16 @@ class FusedPhaseConvEpilogue : public Layer {
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
  private:
-  // Sub-buffers of the saved region (backward runs) or of the forward workspace (inference).
-  struct Kept {
-    float* x_pad;
-    float* wp;
-  };
-  Kept kept(const LayerArgs& args) const;
   cuda::PhaseEpilogueGeometry epilogue_geometry() const;
   int64_t phases() const { return g_.s[0] * g_.s[1] * g_.s[2]; }
-  size_t pooled_bytes() const { return align_up(numel(output_shape()) * sizeof(float)); }
-  size_t yp_bytes() const { return align_up(numel(phase_conv_->output_shape()) * sizeof(float)); }
-  size_t x_pad_bytes() const { return align_up(numel(phase_conv_->input_shapes()[0]) * sizeof(float)); }
-  size_t wp_bytes() const { return align_up(numel(phase_conv_->param_specs()[0].shape) * sizeof(float)); }
-  size_t cudnn_forward_bytes() const;  // Yp and cuDNN's forward workspace (none with the fused forward)
+  size_t pooled_bytes() const { return numel(output_shape()) * sizeof(float); }
+  size_t yp_bytes() const { return numel(phase_conv_->output_shape()) * sizeof(float); }
+  size_t x_pad_bytes() const { return numel(phase_conv_->input_shapes()[0]) * sizeof(float); }
+  size_t wp_bytes() const { return numel(phase_conv_->param_specs()[0].shape) * sizeof(float); }
 
   std::unique_ptr<Convolution> conv_;        // the original layer: parameters and their PyTorch layout
   std::unique_ptr<Convolution> phase_conv_;  // the stride-1 combined convolution
-  float slope1_, slope2_;
-  std::string scale_name_;
+  EpilogueChain chain_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
   // anvil's tensor-core kernels instead of cuDNN: the conv fused with the

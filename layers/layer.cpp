@@ -1,6 +1,7 @@
 #include "layers/layer.hpp"
 
 #include "anvil/error.hpp"
+#include "engine/src/cuda/nvtx.hpp"
 
 namespace anvil {
 
@@ -20,6 +21,8 @@ const Shape& Layer::setup(const std::vector<Shape>& inputs) {
   input_shapes_ = inputs;
   output_shape_ = infer_shape(inputs);
   param_count_ = param_specs().size();  // once: the checks on every call must not rebuild the list
+  forward_range_ = "forward " + name_;
+  backward_range_ = "backward " + name_;
   return output_shape_;
 }
 
@@ -44,12 +47,14 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
 
 void Layer::forward(Device device, CudaContext* ctx, const LayerArgs& args) {
   check_args(args, false);
+  NvtxRange range(forward_range_.c_str());
   if (device == Device::Cpu) return forward_cpu(args);
   forward_cuda(*ctx, args);
 }
 
 void Layer::backward(Device device, CudaContext* ctx, const LayerArgs& args) {
   check_args(args, true);
+  NvtxRange range(backward_range_.c_str());
   if (device == Device::Cpu) return backward_cpu(args);
   backward_cuda(*ctx, args);
 }

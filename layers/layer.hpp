@@ -34,6 +34,23 @@ struct TensorView {
   Shape shape;
 };
 
+// What an op needs besides its inputs, outputs and parameters, declared by
+// the op and placed by the memory planner: a name, a size and a lifetime.
+enum class BufferLife {
+  Forward,   // scratch of the forward call
+  Backward,  // scratch of the backward call
+  Saved,     // written by forward, read by backward (scratch of forward when backward never runs)
+};
+
+struct BufferRequest {
+  std::string name;  // shown by `anvil info` as "<layer>.<name>"
+  size_t bytes = 0;  // 0: not needed in this configuration (its pointer is null)
+  BufferLife life = BufferLife::Forward;
+};
+
+// What kind of op a layer is, for the fusion rules (lower/fusion_rules.cpp).
+enum class OpKind { Conv, Pointwise, ChannelScale, Pool, Add, Fused };
+
 // Everything one forward or backward call touches; all pointers are in the arena.
 struct LayerArgs {
   std::vector<TensorView> in;
@@ -44,9 +61,11 @@ struct LayerArgs {
   std::vector<TensorView> din;       // data == nullptr: that input needs no gradient
   std::vector<bool> din_accumulate;  // add into din (gradient fan-out) instead of overwriting
   std::vector<float*> dparams;
-  void* saved = nullptr;  // saved_bytes(), written by forward, read by backward
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
+  // One pointer per buffers() entry, in declaration order; null where the
+  // buffer has no bytes or its lifetime is not scheduled (Backward in inference).
+  std::vector<void*> buffers;
+  template <class T>
+  T* buffer(size_t index) const { return static_cast<T*>(buffers[index]); }
 };
 
 struct BuildSettings {
@@ -66,6 +85,7 @@ class Layer {
   const std::string& name() const { return name_; }
   const std::string& path() const { return path_; }  // JSON path, e.g. "layers[2]"
 
+  virtual OpKind kind() const = 0;
   virtual int num_inputs() const { return 1; }  // -1: two or more
   // Checks the input shapes (InputError naming the JSON path) and sizes the output.
   const Shape& setup(const std::vector<Shape>& inputs);
@@ -76,7 +96,6 @@ class Layer {
   size_t param_count() const { return param_count_; }  // of param_specs(), fixed at setup
   virtual bool backward_needs_inputs() const { return true; }
   virtual bool backward_needs_output() const { return false; }
-  virtual size_t saved_bytes() const { return 0; }
 
   // Set by the engine before build: whether backward runs and the input gradient is wanted.
   virtual void set_gradient_needs(bool backward, bool input_grad) { (void)backward, (void)input_grad; }
@@ -84,8 +103,8 @@ class Layer {
   // CUDA build phase: descriptors and workspace sizes (called after setup),
   // then the algorithm search once the arena exists.
   virtual void build_cuda(CudaContext&, const BuildSettings&) {}
-  virtual size_t forward_workspace_bytes(Device) const { return 0; }
-  virtual size_t backward_workspace_bytes(Device) const { return 0; }
+  // The buffers this op needs on a device, fixed once built. Indices are the op's own.
+  virtual std::vector<BufferRequest> buffers(Device) const { return {}; }
   virtual void choose_algorithms(CudaContext&, const LayerArgs& forward, const LayerArgs& backward) {
     (void)forward, (void)backward;
   }
@@ -111,6 +130,7 @@ class Layer {
   std::vector<Shape> input_shapes_;
   Shape output_shape_;
   size_t param_count_ = 0;
+  std::string forward_range_, backward_range_;  // profiler range names, made once
 };
 
 }  // namespace anvil

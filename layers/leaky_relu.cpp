@@ -1,14 +1,14 @@
 #include "layers/leaky_relu.hpp"
 
-#include "engine/src/config.hpp"
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "kernels/cuda/activation.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {
 
-LeakyRelu::LeakyRelu(const LayerInfo& info, float slope) : Layer(info.type, info.name, info.path), slope_(slope) {}
+LeakyRelu::LeakyRelu(const LayerSpec& spec, const PointwiseSpec& pointwise)
+    : Layer(spec.type, spec.name, spec.path), slope_(pointwise.slope) {}
 
 void LeakyRelu::forward_cpu(const LayerArgs& args) {
   cpu::leaky_relu_forward(args.in[0].data, args.out.data, numel(args.out.shape), slope_);
@@ -30,9 +30,8 @@ void LeakyRelu::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                             args.din_accumulate[0], ctx.stream());
 }
 
-std::unique_ptr<Layer> create_leaky_relu(ConfigReader& cfg, const LayerInfo& info, bool plain_relu) {
-  const double slope = plain_relu ? 0.0 : cfg.number_or("negative_slope", 0.01);
-  return std::make_unique<LeakyRelu>(info, static_cast<float>(slope));
+std::unique_ptr<Layer> create_leaky_relu(const LayerSpec& spec, const PointwiseSpec& pointwise) {
+  return std::make_unique<LeakyRelu>(spec, pointwise);
 }
 
 }  // namespace anvil

@@ -1,15 +1,15 @@
 // leaky_relu (negative_slope, PyTorch's default 0.01) and relu (slope 0).
 #pragma once
 
+#include "engine/src/spec/layer_spec.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {
 
-struct LayerInfo;
-
 class LeakyRelu : public Layer {
  public:
-  LeakyRelu(const LayerInfo& info, float slope);
+  LeakyRelu(const LayerSpec& spec, const PointwiseSpec& pointwise);
+  OpKind kind() const override { return OpKind::Pointwise; }
   float slope() const { return slope_; }
 
  protected:

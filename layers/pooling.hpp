@@ -6,22 +6,18 @@
 #include <memory>
 
 #include "kernels/cpu/reference.hpp"
+#include "engine/src/spec/layer_spec.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {
 
-class ConfigReader;
-struct LayerInfo;
-
 class Pooling : public Layer {
  public:
-  Pooling(ConfigReader& cfg, const LayerInfo& info, int dims, bool max);
+  Pooling(const LayerSpec& spec, const PoolSpec& pool);
   ~Pooling() override;
+  OpKind kind() const override { return OpKind::Pool; }
 
-  bool is_max() const { return max_; }
-  const std::vector<int64_t>& kernel() const { return kernel_; }
-  const std::vector<int64_t>& stride() const { return stride_; }
-  const std::vector<int64_t>& padding() const { return padding_; }
+  const PoolSpec& spec() const { return spec_; }
 
   bool backward_needs_output() const override { return true; }
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
@@ -36,9 +32,7 @@ class Pooling : public Layer {
  private:
   cpu::PoolGeometry geometry() const;
 
-  int dims_;
-  bool max_;
-  std::vector<int64_t> kernel_, stride_, padding_;
+  PoolSpec spec_;
   struct Descriptors;  // created in build_cuda: a CPU engine never touches cuDNN
   std::unique_ptr<Descriptors> d_;
 };

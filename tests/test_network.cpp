@@ -17,7 +17,7 @@
 
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
-#include "engine/src/graph.hpp"
+#include "engine/src/lower/graph.hpp"
 
 namespace {
 

@@ -23,12 +23,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/src/config.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "kernels/cuda/phase_split.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
-#include "layers/registry.hpp"
+#include "tests/conv_transpose_fixture.hpp"
 
 namespace anvil::testing {
 namespace {
@@ -62,14 +61,7 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
  protected:
   void SetUp() override {
     const Case& c = std::get<0>(GetParam());
-    const int dims = static_cast<int>(c.k.size());
-    const nlohmann::json cfg = {{"in_channels", c.cin}, {"out_channels", c.cout}, {"kernel_size", c.k},
-                                {"stride", c.s},        {"padding", c.p},       {"output_padding", c.op}};
-    ConfigReader reader(cfg, "layers[0]");
-    conv_ = std::make_unique<Convolution>(reader, LayerInfo{"conv_transpose3d", "up", "layers[0]"}, dims, true);
-    Shape x = {c.n, c.cin};
-    x.insert(x.end(), c.in.begin(), c.in.end());
-    conv_->setup({x});
+    conv_ = testing::make_conv_transpose(c.k, c.s, c.p, c.op, c.in, c.cin, c.cout, c.n);
     ASSERT_TRUE(FusedPhaseConvEpilogue::derive(*conv_, c.s, g_));
     phases_ = g_.s[0] * g_.s[1] * g_.s[2];
     kpv_ = g_.kp[0] * g_.kp[1] * g_.kp[2];

@@ -7,10 +7,9 @@
 
 #include <random>
 
-#include "engine/src/config.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
-#include "layers/registry.hpp"
+#include "tests/conv_transpose_fixture.hpp"
 
 namespace anvil {
 namespace {
@@ -20,15 +19,7 @@ struct Geometry {
 };
 
 std::unique_ptr<Convolution> conv_transpose(const Geometry& g, int64_t cin, int64_t cout, int64_t n) {
-  const int dims = static_cast<int>(g.k.size());
-  const nlohmann::json cfg = {{"in_channels", cin}, {"out_channels", cout}, {"kernel_size", g.k},
-                              {"stride", g.s},      {"padding", g.p},       {"output_padding", g.op}};
-  ConfigReader reader(cfg, "layers[0]");
-  auto conv = std::make_unique<Convolution>(reader, LayerInfo{"conv_transpose3d", "up", "layers[0]"}, dims, true);
-  Shape x = {n, cin};
-  x.insert(x.end(), g.in.begin(), g.in.end());
-  conv->setup({x});
-  return conv;
+  return testing::make_conv_transpose(g.k, g.s, g.p, g.op, g.in, cin, cout, n);
 }
 
 std::vector<float> random_vector(int64_t count, std::mt19937& rng) {

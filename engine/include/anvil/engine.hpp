@@ -92,9 +92,8 @@ class Engine {
   DeviceCounters device_counters() const;
   bool replaying_cuda_graph() const;  // the train step runs as one captured CUDA graph
 
-  struct Impl;
-
  private:
+  struct Impl;  // defined inside the library
   void require_arena() const;
   std::unique_ptr<Impl> impl_;
 };

@@ -13,7 +13,8 @@
 
 namespace anvil {
 
-class Graph;  // engine-internal: named tensors, layers, topological order
+struct NetworkSpec;  // engine-internal: the parsed description
+class Graph;         // engine-internal: ops, tensors, topological order
 
 enum class Precision { TF32, FP32 };
 const char* to_string(Precision p);
@@ -30,29 +31,26 @@ class Network {
   static Network load(const std::string& path);
   static Network parse(const std::string& json_text, const std::string& source);
 
-  const std::string& name() const { return name_; }
-  const std::string& source() const { return source_; }
+  const std::string& name() const;
+  const std::string& source() const;
   const Shape& input_shape() const;
   const Shape& output_shape() const;
-  uint64_t seed() const { return seed_; }
-  Precision precision() const { return precision_; }
-  const SgdParams& sgd() const { return sgd_; }
-  bool fuse() const { return fuse_; }
+  uint64_t seed() const;
+  Precision precision() const;
+  const SgdParams& sgd() const;
+  bool fuse() const;
   std::vector<LayerSummary> layers() const;
   // Groups of layer names that the fusion pass merges into one kernel.
   std::vector<std::vector<std::string>> fusion_groups() const;
   int64_t parameter_count() const;
 
-  // A new graph with fresh layer objects, for an engine to own.
+  // Engine-internal: the parsed description, and a new graph of fresh ops built from it.
+  const NetworkSpec& spec() const { return *spec_; }
   std::unique_ptr<Graph> build_graph() const;
 
  private:
-  std::string name_, source_, text_;
-  uint64_t seed_ = 0;
-  Precision precision_ = Precision::TF32;
-  SgdParams sgd_;
-  bool fuse_ = true;
-  std::shared_ptr<const Graph> graph_;
+  std::shared_ptr<const NetworkSpec> spec_;
+  std::shared_ptr<const Graph> graph_;  // validated at parse; read by the accessors
 };
 
 }  // namespace anvil

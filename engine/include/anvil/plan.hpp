@@ -1,6 +1,6 @@
-// The memory plan: every activation, saved tensor, gradient and workspace of
-// the whole schedule (forward, loss, backward, SGD) gets an offset in ONE
-// arena. Tensors whose lifetimes overlap never share bytes; the rest reuse
+// The memory plan: every buffer of the whole schedule (activations,
+// gradients, the parameter, gradient and optimizer-state slabs, and each op's
+// declared saved tensors and workspaces) gets an offset in ONE arena. Tensors whose lifetimes overlap never share bytes; the rest reuse
 // memory (best fit, largest first), as ggml-alloc does.
 #pragma once
 
@@ -26,11 +26,11 @@ struct PlannedTensor : TensorLifetime {
 struct MemoryPlan {
   std::vector<std::string> steps;     // schedule step names, in order
   std::vector<PlannedTensor> tensors;
-  size_t slab_bytes = 0;     // each of the parameter, gradient and momentum slabs
-  size_t dynamic_bytes = 0;  // high-water of the planned region
+  size_t slab_bytes = 0;       // the parameter slab; the gradient and each optimizer-state slab match it
+  size_t dynamic_bytes = 0;    // high-water of the planned region: the arena
   size_t live_peak_bytes = 0;  // most bytes live at one step (a lower bound for dynamic_bytes)
-  size_t naive_bytes = 0;    // sum of all planned tensors, one buffer each
-  size_t arena_bytes() const { return 3 * slab_bytes + dynamic_bytes; }
+  size_t naive_bytes = 0;      // sum of all planned tensors, one buffer each
+  size_t arena_bytes() const { return dynamic_bytes; }
   const PlannedTensor& find(const std::string& name) const;  // throws Error if absent
 };
 

@@ -1,4 +1,4 @@
-#include "engine/src/context.hpp"
+#include "engine/src/cuda/context.hpp"
 
 #include "anvil/engine.hpp"
 #include "anvil/error.hpp"

@@ -1,55 +1,55 @@
-#include "engine/src/config.hpp"
+#include "engine/src/spec/json_reader.hpp"
 
 #include "anvil/error.hpp"
 
 namespace anvil {
 
-ConfigReader::ConfigReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
+JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
   if (!object_.is_object()) throw InputError(path_ + ": must be an object, got " + describe_json_value(object_));
 }
 
-std::string ConfigReader::key_path(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+std::string JsonReader::key_path(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
 
-bool ConfigReader::has(const std::string& key) const { return object_.contains(key); }
+bool JsonReader::has(const std::string& key) const { return object_.contains(key); }
 
-void ConfigReader::fail(const std::string& key, const std::string& message) const {
+void JsonReader::fail(const std::string& key, const std::string& message) const {
   const std::string where = key.empty() ? path_ : key_path(key);
   throw InputError((where.empty() ? "(top level)" : where) + ": " + message);
 }
 
-const nlohmann::json& ConfigReader::get(const std::string& key) {
+const nlohmann::json& JsonReader::get(const std::string& key) {
   if (!object_.contains(key)) fail(key, "missing required field");
   used_.insert(key);
   return object_.at(key);
 }
 
-const nlohmann::json& ConfigReader::raw(const std::string& key) { return get(key); }
+const nlohmann::json& JsonReader::raw(const std::string& key) { return get(key); }
 
-std::string ConfigReader::string(const std::string& key) {
+std::string JsonReader::string(const std::string& key) {
   const auto& v = get(key);
   if (!v.is_string()) fail(key, "must be a string, got " + describe_json_value(v));
   return v.get<std::string>();
 }
 
-std::string ConfigReader::string_or(const std::string& key, const std::string& fallback) {
+std::string JsonReader::string_or(const std::string& key, const std::string& fallback) {
   return has(key) ? string(key) : fallback;
 }
 
-bool ConfigReader::boolean_or(const std::string& key, bool fallback) {
+bool JsonReader::boolean_or(const std::string& key, bool fallback) {
   if (!has(key)) return fallback;
   const auto& v = get(key);
   if (!v.is_boolean()) fail(key, "must be true or false, got " + describe_json_value(v));
   return v.get<bool>();
 }
 
-double ConfigReader::number_or(const std::string& key, double fallback) {
+double JsonReader::number_or(const std::string& key, double fallback) {
   if (!has(key)) return fallback;
   const auto& v = get(key);
   if (!v.is_number()) fail(key, "must be a number, got " + describe_json_value(v));
   return v.get<double>();
 }
 
-int64_t ConfigReader::to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value) const {
+int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value) const {
   const std::string want = min_value == 1   ? "a positive integer"
                            : min_value == 0 ? "a non-negative integer"
                                             : "an integer >= " + std::to_string(min_value);
@@ -61,12 +61,12 @@ int64_t ConfigReader::to_integer(const nlohmann::json& v, const std::string& whe
   return x;
 }
 
-int64_t ConfigReader::integer_or(const std::string& key, int64_t fallback, int64_t min_value) {
+int64_t JsonReader::integer_or(const std::string& key, int64_t fallback, int64_t min_value) {
   if (!has(key)) return fallback;
   return to_integer(get(key), key_path(key), min_value);
 }
 
-std::vector<int64_t> ConfigReader::shape(const std::string& key) {
+std::vector<int64_t> JsonReader::shape(const std::string& key) {
   const auto& v = get(key);
   if (!v.is_array() || v.empty()) fail(key, "must be a non-empty list of positive integers, got " + describe_json_value(v));
   std::vector<int64_t> out;
@@ -74,7 +74,7 @@ std::vector<int64_t> ConfigReader::shape(const std::string& key) {
   return out;
 }
 
-std::vector<int64_t> ConfigReader::per_dim(const std::string& key, int dims, int64_t min_value) {
+std::vector<int64_t> JsonReader::per_dim(const std::string& key, int dims, int64_t min_value) {
   const auto& v = get(key);
   if (v.is_array()) {
     if (static_cast<int>(v.size()) != dims)
@@ -88,12 +88,12 @@ std::vector<int64_t> ConfigReader::per_dim(const std::string& key, int dims, int
   return std::vector<int64_t>(dims, to_integer(v, key_path(key), min_value));
 }
 
-std::vector<int64_t> ConfigReader::per_dim_or(const std::string& key, int dims, int64_t min_value,
+std::vector<int64_t> JsonReader::per_dim_or(const std::string& key, int dims, int64_t min_value,
                                               std::vector<int64_t> fallback) {
   return has(key) ? per_dim(key, dims, min_value) : fallback;
 }
 
-std::vector<std::string> ConfigReader::string_list(const std::string& key) {
+std::vector<std::string> JsonReader::string_list(const std::string& key) {
   const auto& v = get(key);
   if (!v.is_array()) fail(key, "must be a list of names, got " + describe_json_value(v));
   std::vector<std::string> out;
@@ -105,7 +105,7 @@ std::vector<std::string> ConfigReader::string_list(const std::string& key) {
   return out;
 }
 
-void ConfigReader::finish() const {
+void JsonReader::finish() const {
   for (const auto& item : object_.items())
     if (!used_.count(item.key())) throw InputError(key_path(item.key()) + ": unknown key");
 }

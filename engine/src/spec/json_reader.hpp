@@ -12,9 +12,9 @@
 
 namespace anvil {
 
-class ConfigReader {
+class JsonReader {
  public:
-  ConfigReader(const nlohmann::json& object, std::string path);
+  JsonReader(const nlohmann::json& object, std::string path);
 
   const std::string& path() const { return path_; }
   std::string key_path(const std::string& key) const;

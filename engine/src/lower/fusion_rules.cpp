@@ -1,0 +1,144 @@
+#include "engine/src/lower/fusion_rules.hpp"
+
+#include <algorithm>
+#include <functional>
+
+#include "anvil/error.hpp"
+#include "layers/fused_conv_epilogue.hpp"
+#include "layers/fused_phase_conv_epilogue.hpp"
+
+namespace anvil {
+
+namespace {
+
+enum class PoolTail { None, Optional, Required };
+
+struct FusionPattern {
+  OpKind head;
+  std::vector<OpKind> chain_kinds;  // the kinds the chain after the head may hold, in any order
+  PoolTail pool;
+};
+
+struct FusionRule {
+  std::string name;
+  FusionPattern pattern;
+  std::function<bool(const FusedChainSpecs&, const Shape& head_output)> applies;
+  std::function<std::unique_ptr<Layer>(const FusedChainSpecs&, const FusionSettings&)> create;
+};
+
+// The table. Today's rule: a convolution, its bias, the epilogue chain
+// leaky -> scale -> leaky, and a non-overlapping max pool, as one conv plus one
+// epilogue kernel (or, for a transposed conv whose stride is the pool kernel,
+// the phase-split form, whose tensor-core kernel never writes Y).
+const std::vector<FusionRule>& rules() {
+  static const std::vector<FusionRule> table = {
+      {"conv_epilogue_pool",
+       {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Required},
+       [](const FusedChainSpecs& s, const Shape& conv_output) {
+         return epilogue_chain(s.pointwise).has_value() &&
+                pool_tiles_output(std::get<PoolSpec>(s.pool->params), conv_output);
+       },
+       [](const FusedChainSpecs& s, const FusionSettings& settings) -> std::unique_ptr<Layer> {
+         if (settings.phase_split)
+           if (auto phase_split = FusedPhaseConvEpilogue::create(s)) return phase_split;
+         return std::make_unique<FusedConvEpilogue>(s);
+       }},
+  };
+  return table;
+}
+
+// The chain that rule's pattern matches from node `head`, or empty.
+std::vector<int> match_pattern(const Graph& g, const FusionPattern& p, int head) {
+  if (g.nodes[head].layer->kind() != p.head) return {};
+  std::vector<int> chain = {head};
+  auto allowed = [&](OpKind k) { return std::find(p.chain_kinds.begin(), p.chain_kinds.end(), k) != p.chain_kinds.end(); };
+  int next = g.sole_consumer(g.nodes[head].output);
+  while (next >= 0 && allowed(g.nodes[next].layer->kind())) {
+    chain.push_back(next);
+    next = g.sole_consumer(g.nodes[next].output);
+  }
+  const bool pool = next >= 0 && g.nodes[next].layer->kind() == OpKind::Pool;
+  if (pool && p.pool != PoolTail::None) chain.push_back(next);
+  if (!pool && p.pool == PoolTail::Required) return {};
+  return chain;
+}
+
+FusedChainSpecs chain_specs(const Graph& g, const std::vector<int>& nodes) {
+  FusedChainSpecs s;
+  s.conv = g.nodes[nodes[0]].spec;
+  for (size_t k = 1; k < nodes.size(); ++k) {
+    const GraphNode& node = g.nodes[nodes[k]];
+    if (node.layer->kind() == OpKind::Pool)
+      s.pool = node.spec;
+    else
+      s.pointwise.push_back(node.spec);
+  }
+  s.input = g.tensors[g.nodes[nodes[0]].inputs[0]].shape;
+  for (int n : nodes) s.name += (s.name.empty() ? "" : "+") + g.nodes[n].layer->name();
+  return s;
+}
+
+}  // namespace
+
+std::vector<FusionMatch> find_fusions(const Graph& g) {
+  std::vector<FusionMatch> matches;
+  std::vector<bool> taken(g.nodes.size(), false);
+  for (size_t head = 0; head < g.nodes.size(); ++head) {
+    if (taken[head] || !g.nodes[head].spec) continue;
+    for (const FusionRule& rule : rules()) {
+      const std::vector<int> nodes = match_pattern(g, rule.pattern, static_cast<int>(head));
+      if (nodes.size() < 2) continue;
+      if (std::any_of(nodes.begin(), nodes.end(), [&](int n) { return taken[n]; })) continue;
+      if (!rule.applies(chain_specs(g, nodes), g.tensors[g.nodes[head].output].shape)) continue;
+      for (int n : nodes) taken[n] = true;
+      matches.push_back({rule.name, nodes});
+      break;
+    }
+  }
+  return matches;
+}
+
+void apply_fusions(Graph& g, const FusionSettings& settings) {
+  for (const FusionMatch& match : find_fusions(g)) {
+    const FusionRule& rule = *std::find_if(rules().begin(), rules().end(), [&](const FusionRule& r) {
+      return r.name == match.rule;
+    });
+    const FusedChainSpecs specs = chain_specs(g, match.nodes);
+    std::unique_ptr<Layer> fused = rule.create(specs, settings);
+    GraphNode& first = g.nodes[match.nodes.front()];
+    const GraphNode& last = g.nodes[match.nodes.back()];
+    fused->setup({g.tensors[first.inputs[0]].shape});
+    if (fused->output_shape() != g.tensors[last.output].shape)
+      throw Error("internal error: fused op '" + fused->name() + "' changes the chain's output shape");
+    // The fused node takes the head's place and produces the chain's last tensor.
+    for (size_t k = 0; k + 1 < match.nodes.size(); ++k) {
+      GraphTensor& inner = g.tensors[g.nodes[match.nodes[k]].output];
+      inner.consumers.clear();
+      inner.source = TensorSource::FusedAway;
+    }
+    std::vector<std::string> merged;
+    for (int n : match.nodes) merged.push_back(g.nodes[n].layer->name());
+    const int out = last.output;
+    g.tensors[out].producer = match.nodes.front();
+    first.layer = std::move(fused);
+    first.spec = nullptr;
+    first.output = out;
+    first.merged = merged;
+    for (size_t k = 1; k < match.nodes.size(); ++k) g.nodes[match.nodes[k]].layer.reset();
+  }
+  // Drop the emptied nodes and renumber producers and consumers.
+  std::vector<int> new_index(g.nodes.size(), -1);
+  std::vector<GraphNode> kept;
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    if (g.nodes[i].layer) {
+      new_index[i] = static_cast<int>(kept.size());
+      kept.push_back(std::move(g.nodes[i]));
+    }
+  g.nodes = std::move(kept);
+  for (auto& t : g.tensors) {
+    if (t.source == TensorSource::Node) t.producer = new_index[t.producer];
+    for (int& c : t.consumers) c = new_index[c];
+  }
+}
+
+}  // namespace anvil

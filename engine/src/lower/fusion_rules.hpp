@@ -1,0 +1,29 @@
+// Fusion rules: each is a pattern over op kinds (a head op, a chain of ops of
+// allowed kinds, an optional pool), a predicate that asks the fused op whether
+// it can compute the matched chain, and a factory that builds it from the
+// specs it replaces. The first rule that matches a chain wins.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/src/lower/graph.hpp"
+
+namespace anvil {
+
+struct FusionSettings {
+  bool phase_split = true;  // let a transposed conv run as one stride-1 conv over its output phases
+};
+
+struct FusionMatch {
+  std::string rule;
+  std::vector<int> nodes;  // graph node indices in chain order: the head first
+};
+
+// The chains the rules would fuse, in graph order; no node is in two.
+std::vector<FusionMatch> find_fusions(const Graph& graph);
+// Replaces every matched chain by its fused op (CUDA engines only: the CPU backend runs unfused).
+void apply_fusions(Graph& graph, const FusionSettings& settings);
+
+}  // namespace anvil

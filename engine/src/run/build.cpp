@@ -1,0 +1,153 @@
+// Build: lower the network to ops (fusion rules on CUDA), build their
+// descriptors, schedule and plan every buffer, make the one allocation, bind
+// each op's arguments, choose cuDNN algorithms and initialise the parameters.
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+#include "anvil/error.hpp"
+#include "anvil/random.hpp"
+#include "engine/src/lower/fusion_rules.hpp"
+#include "engine/src/run/engine_impl.hpp"
+
+namespace anvil {
+
+Engine::Impl::~Impl() {
+  for (auto g : graphs)
+    if (g) cudaGraphExecDestroy(g);
+  if (ctx)
+    ctx->release(arena);
+  else
+    std::free(arena);
+}
+
+void Engine::Impl::build() {
+  if (cuda()) ctx = std::make_unique<CudaContext>();
+  graph = network.build_graph();
+  if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split});
+  graph->mark_gradients(training() && options.input_grad);
+  if (training()) {
+    if (!graph->tensors[graph->output].requires_grad)
+      throw InputError(network.source() + ": the network has no parameters, so there is nothing to train");
+    loss = create_loss(network.spec());
+    optimizer = create_optimizer(network.spec());
+  } else {
+    for (auto& node : graph->nodes) node.layer->set_gradient_needs(false, false);
+  }
+
+  BuildSettings settings;
+  settings.precision = network.precision();
+  settings.deterministic = options.deterministic;
+  settings.workspace_limit = options.workspace_limit;
+  if (cuda())
+    for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
+
+  schedule = make_schedule(*graph, options.device, loss.get(), optimizer.get());
+  plan = plan_memory(schedule.requests, static_cast<int>(schedule.steps.size()));
+  plan.steps = schedule.steps;
+  plan.slab_bytes = schedule.slab_bytes;
+  if (options.plan_only) return;
+  const size_t bytes = plan.arena_bytes();
+  if (cuda()) {
+    arena = static_cast<char*>(ctx->allocate(bytes));
+  } else {
+    arena = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
+    if (!arena) throw Error("out of host memory: the arena needs " + std::to_string(bytes >> 20) + " MiB");
+  }
+  bind();
+  if (cuda())
+    for (size_t i = 0; i < runs.size(); ++i)
+      graph->nodes[i].layer->choose_algorithms(*ctx, runs[i].forward, runs[i].backward);
+  initialise();
+}
+
+void Engine::Impl::bind() {
+  const Schedule& s = schedule;
+  auto view = [&](int request, int t) { return TensorView{reinterpret_cast<float*>(address(request)), graph->tensors[t].shape}; };
+  params = reinterpret_cast<float*>(address(s.param_slab));
+  grads = reinterpret_cast<float*>(address(s.grad_slab));
+  runs.assign(graph->nodes.size(), NodeRun{});
+  size_t param_index = 0;
+  for (size_t i = 0; i < graph->nodes.size(); ++i) {
+    const GraphNode& node = graph->nodes[i];
+    const NodeSchedule& ns = s.nodes[i];
+    NodeRun& run = runs[i];
+    run.runs_backward = ns.backward_step >= 0;
+    LayerArgs& f = run.forward;
+    for (int t : node.inputs) f.in.push_back(view(s.activation[t], t));
+    f.out = view(s.activation[node.output], node.output);
+    for (size_t k = 0; k < node.layer->param_count(); ++k, ++param_index) {
+      const size_t offset = s.params[param_index].offset / sizeof(float);
+      f.params.push_back(params + offset);
+      if (grads) run.backward.dparams.push_back(grads + offset);
+    }
+    for (int request : ns.buffers) f.buffers.push_back(address(request));
+    LayerArgs& b = run.backward;
+    b.buffers = f.buffers;
+    if (!run.runs_backward) continue;
+    b.in = f.in;
+    b.out = f.out;
+    b.params = f.params;
+    b.dout = view(s.gradient[node.output], node.output);
+  }
+  // Gradient fan-out: the first consumer in backward order writes, later ones accumulate.
+  std::set<int> written;
+  for (int n : s.backward_order)
+    for (int t : graph->nodes[n].inputs) {
+      const bool wanted = graph->tensors[t].requires_grad;
+      runs[n].backward.din.push_back(wanted ? view(s.gradient[t], t) : TensorView{nullptr, graph->tensors[t].shape});
+      runs[n].backward.din_accumulate.push_back(wanted && written.count(t));
+      if (wanted) written.insert(t);
+    }
+  input = reinterpret_cast<float*>(address(s.activation[0]));
+  output = reinterpret_cast<float*>(address(s.activation[graph->output]));
+  if (!training()) return;
+  target = reinterpret_cast<float*>(address(s.target));
+  loss_value = reinterpret_cast<float*>(address(s.loss));
+  output_grad = reinterpret_cast<float*>(address(s.gradient[graph->output]));
+  loss_scratch = address(s.loss_scratch);
+  input_grad = reinterpret_cast<float*>(address(s.gradient[0]));
+  optimizer_args.params = params;
+  optimizer_args.grads = grads;
+  optimizer_args.count = static_cast<int64_t>(slab_floats());
+  for (int request : s.optimizer_state) optimizer_args.state.push_back(reinterpret_cast<float*>(address(request)));
+}
+
+// The slabs start at zero (their padding must stay zero for the flat
+// updates); everything else is poisoned with NaN so a read of anything
+// unwritten shows. Parameters, input and target come from the seeded generator.
+void Engine::Impl::initialise() {
+  auto fill = [&](void* dst, int value, size_t bytes) {
+    if (cuda())
+      ANVIL_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, ctx->stream()));
+    else
+      std::memset(dst, value, bytes);
+  };
+  fill(arena, 0xFF, plan.arena_bytes());
+  std::vector<int> slabs = {schedule.param_slab, schedule.grad_slab};
+  slabs.insert(slabs.end(), schedule.optimizer_state.begin(), schedule.optimizer_state.end());
+  for (int slab : slabs)
+    if (slab != kNoBuffer) fill(address(slab), 0, schedule.slab_bytes);
+
+  std::vector<float> host(slab_floats(), 0.f);
+  for (const auto& slot : schedule.params) {
+    float* dst = host.data() + slot.offset / sizeof(float);
+    const uint64_t stream = random_stream(network.seed(), slot.spec.name);
+    if (slot.spec.init == ParamSpec::Init::Normal)
+      fill_normal(dst, numel(slot.spec.shape), stream);
+    else
+      fill_uniform(dst, numel(slot.spec.shape), stream, -slot.spec.bound, slot.spec.bound);
+  }
+  upload(params, host.data(), host.size());
+  HostTensor x(graph->tensors[0].shape);
+  fill_uniform(x.data.data(), x.size(), random_stream(network.seed(), "input"), 0.0, 1.0);
+  upload(input, x.data.data(), x.data.size());
+  if (training()) {
+    HostTensor t(graph->tensors[graph->output].shape);
+    fill_uniform(t.data.data(), t.size(), random_stream(network.seed(), "target"), 0.0, 1.0);
+    upload(target, t.data.data(), t.data.size());
+  }
+  if (cuda()) ctx->synchronize();
+}
+
+}  // namespace anvil

@@ -1,0 +1,115 @@
+// The public API of the engine; the work is in build.cpp, execute.cpp and parameter_io.cpp.
+#include <chrono>
+#include <sstream>
+
+#include "anvil/error.hpp"
+#include "engine/src/run/engine_impl.hpp"
+
+namespace anvil {
+
+const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
+
+
+Engine::Engine(const Network& network, const Options& options) : impl_(std::make_unique<Impl>(network, options)) {
+  impl_->build();
+}
+
+void Engine::require_arena() const {
+  if (!impl_->arena) throw Error("this engine was built with Options::plan_only and cannot run");
+}
+
+Engine::~Engine() = default;
+
+const Network& Engine::network() const { return impl_->network; }
+const Options& Engine::options() const { return impl_->options; }
+const MemoryPlan& Engine::plan() const { return impl_->plan; }
+int64_t Engine::steps_done() const { return impl_->steps; }
+size_t Engine::device_bytes() const { return impl_->plan.arena_bytes(); }
+
+bool Engine::replaying_cuda_graph() const { return impl_->graphs[Impl::kTrainStep] != nullptr; }
+
+Engine::DeviceCounters Engine::device_counters() const {
+  if (!impl_->ctx) return {};
+  return impl_->ctx->counters();
+}
+
+void Engine::enqueue_forward() {
+  require_arena();
+  impl_->enqueue(Impl::kForward);
+}
+
+void Engine::enqueue_gradients() {
+  require_arena();
+  if (!impl_->training()) throw Error("gradients need an engine built for training (Mode::Train)");
+  impl_->enqueue(Impl::kGradients);
+}
+
+void Engine::enqueue_train_step() {
+  require_arena();
+  if (!impl_->training()) throw Error("train_step needs an engine built for training (Mode::Train)");
+  impl_->enqueue(Impl::kTrainStep);
+  ++impl_->steps;
+}
+
+void Engine::synchronize() {
+  if (impl_->cuda()) impl_->ctx->synchronize();
+}
+
+std::string Engine::describe() const {
+  std::ostringstream s;
+  const Impl& m = *impl_;
+  s << "device " << to_string(m.options.device) << ", precision " << to_string(m.network.precision()) << ", "
+    << (m.options.mode == Mode::Train ? "train" : "forward") << " plan\n";
+  for (const auto& node : m.graph->nodes) {
+    s << "  " << node.layer->name() << " [" << node.layer->type() << "] -> " << to_string(node.layer->output_shape());
+    s << "\n";
+    const std::string algos = node.layer->describe_cuda();
+    if (!algos.empty()) s << "      cuDNN: " << algos << "\n";
+  }
+  return s.str();
+}
+
+double Engine::time_ms(const std::function<void()>& work) {
+  if (!impl_->cuda()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  cudaStream_t stream = impl_->ctx->stream();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
+  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = 0;
+  try {
+    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream));
+    work();
+    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream));
+    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
+std::vector<LayerTiming> Engine::profile_layers() {
+  require_arena();
+  Impl& m = *impl_;
+  std::vector<LayerTiming> out;
+  for (size_t i = 0; i < m.runs.size(); ++i) {
+    Layer& layer = *m.graph->nodes[i].layer;
+    out.push_back({layer.name(), time_ms([&] { layer.forward(m.options.device, m.ctx.get(), m.runs[i].forward); }), 0});
+  }
+  if (m.training())
+    for (int n : m.schedule.backward_order) {
+      Layer& layer = *m.graph->nodes[n].layer;
+      out[n].backward_ms = time_ms([&] { layer.backward(m.options.device, m.ctx.get(), m.runs[n].backward); });
+    }
+  return out;
+}
+
+}  // namespace anvil

@@ -1,0 +1,84 @@
+// The engine's state, shared by the files of the run stage:
+//   build.cpp         lower, build ops, schedule, plan, allocate, bind, initialise
+//   execute.cpp       forward, loss, backward, optimizer; CUDA-graph capture and replay
+//   parameter_io.cpp  inputs, targets, parameters and gradients in and out
+//   engine.cpp        the public API
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anvil/engine.hpp"
+#include "engine/src/cuda/context.hpp"
+#include "engine/src/lower/graph.hpp"
+#include "engine/src/plan/schedule.hpp"
+#include "engine/src/train/loss.hpp"
+#include "engine/src/train/optimizer.hpp"
+
+namespace anvil {
+
+// One scheduled op call with its arguments resolved to arena pointers.
+struct NodeRun {
+  LayerArgs forward, backward;
+  bool runs_backward = false;
+};
+
+struct Engine::Impl {
+  Network network;
+  Options options;
+  std::unique_ptr<Graph> graph;
+  std::unique_ptr<CudaContext> ctx;
+  std::unique_ptr<Loss> loss;            // training only
+  std::unique_ptr<Optimizer> optimizer;  // training only
+  Schedule schedule;
+  MemoryPlan plan;
+  std::vector<NodeRun> runs;  // per graph node, topological order
+
+  char* arena = nullptr;  // host or device
+  float* params = nullptr;
+  float* grads = nullptr;
+  OptimizerArgs optimizer_args;
+  float* input = nullptr;
+  float* target = nullptr;
+  float* output = nullptr;
+  float* output_grad = nullptr;
+  float* input_grad = nullptr;
+  float* loss_value = nullptr;
+  void* loss_scratch = nullptr;
+  int64_t steps = 0;
+
+  // One captured CUDA graph per kind of work, made on first use.
+  enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kWorkKinds = 3 };
+  cudaGraphExec_t graphs[kWorkKinds] = {nullptr, nullptr, nullptr};
+  bool graph_failed = false;
+
+  Impl(const Network& net, const Options& opts) : network(net), options(opts) {}
+  ~Impl();
+
+  bool cuda() const { return options.device == Device::Cuda; }
+  bool training() const { return options.mode == Mode::Train; }
+  int64_t output_count() const { return numel(graph->tensors[graph->output].shape); }
+  size_t slab_floats() const { return schedule.slab_bytes / sizeof(float); }
+  char* address(int request) const { return request == kNoBuffer ? nullptr : arena + plan.tensors[request].offset; }
+
+  // build.cpp
+  void build();
+  void bind();
+  void initialise();
+  // parameter_io.cpp
+  void upload(float* dst, const float* src, size_t count);
+  void download(float* dst, const float* src, size_t count) const;
+  std::map<std::string, HostTensor> read_slab(const float* slab) const;  // by parameter name
+  // execute.cpp
+  void run_forward();
+  void run_loss_backward();
+  void run_optimizer();
+  void run_work(Work work);
+  void enqueue(Work work);
+};
+
+}  // namespace anvil

@@ -1,0 +1,104 @@
+// Parameter I/O: inputs and targets in; outputs, parameters and gradients out,
+// by PyTorch state_dict name. Shapes are checked before anything is copied.
+#include <cstring>
+
+#include "anvil/error.hpp"
+#include "engine/src/run/engine_impl.hpp"
+
+namespace anvil {
+
+void Engine::Impl::upload(float* dst, const float* src, size_t count) {
+  if (cuda())
+    ctx->copy_to_device(dst, src, count * sizeof(float));
+  else
+    std::memcpy(dst, src, count * sizeof(float));
+}
+
+void Engine::Impl::download(float* dst, const float* src, size_t count) const {
+  if (cuda())
+    ctx->copy_to_host(dst, src, count * sizeof(float));
+  else
+    std::memcpy(dst, src, count * sizeof(float));
+}
+
+std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
+  std::map<std::string, HostTensor> out;
+  for (const auto& slot : schedule.params) {
+    HostTensor t(slot.spec.shape);
+    download(t.data.data(), slab + slot.offset / sizeof(float), t.data.size());
+    out[slot.spec.name] = std::move(t);
+  }
+  return out;
+}
+
+void Engine::set_input(const HostTensor& x) {
+  require_arena();
+  const Shape& want = impl_->graph->tensors[0].shape;
+  if (x.shape != want) throw InputError("input has shape " + to_string(x.shape) + ", the network expects " + to_string(want));
+  impl_->upload(impl_->input, x.data.data(), x.data.size());
+}
+
+void Engine::set_target(const HostTensor& t) {
+  require_arena();
+  if (!impl_->training()) throw Error("set_target needs an engine built for training (Mode::Train)");
+  const Shape& want = impl_->graph->tensors[impl_->graph->output].shape;
+  if (t.shape != want) throw InputError("target has shape " + to_string(t.shape) + ", the network output is " + to_string(want));
+  impl_->upload(impl_->target, t.data.data(), t.data.size());
+}
+
+HostTensor Engine::forward() {
+  enqueue_forward();
+  HostTensor y(impl_->graph->tensors[impl_->graph->output].shape);
+  impl_->download(y.data.data(), impl_->output, y.data.size());
+  return y;
+}
+
+float Engine::train_step() {
+  enqueue_train_step();
+  float value = 0;
+  impl_->download(&value, impl_->loss_value, 1);
+  return value;
+}
+
+std::map<std::string, HostTensor> Engine::parameters() const {
+  require_arena();
+  return impl_->read_slab(impl_->params);
+}
+
+std::map<std::string, HostTensor> Engine::gradients() const {
+  require_arena();
+  if (!impl_->training()) throw Error("gradients need an engine built for training (Mode::Train)");
+  return impl_->read_slab(impl_->grads);
+}
+
+void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
+  require_arena();
+  const auto& slots = impl_->schedule.params;
+  for (const auto& entry : given) {
+    bool known = false;
+    for (const auto& slot : slots) known = known || slot.spec.name == entry.first;
+    if (!known) throw InputError("unknown parameter '" + entry.first + "' (the network has no such parameter)");
+  }
+  for (const auto& slot : slots) {
+    const auto it = given.find(slot.spec.name);
+    if (it == given.end()) throw InputError("missing parameter '" + slot.spec.name + "'");
+    if (it->second.shape != slot.spec.shape)
+      throw InputError("parameter '" + slot.spec.name + "' has shape " + to_string(it->second.shape) + ", expected " +
+                       to_string(slot.spec.shape));
+  }
+  for (const auto& slot : slots) {
+    const HostTensor& t = given.at(slot.spec.name);
+    impl_->upload(impl_->params + slot.offset / sizeof(float), t.data.data(), t.data.size());
+  }
+  if (impl_->cuda()) impl_->ctx->synchronize();
+}
+
+HostTensor Engine::input_gradient() const {
+  require_arena();
+  if (!impl_->input_grad) throw Error("input_gradient needs Options::input_grad and a training engine");
+  HostTensor t(impl_->graph->tensors[0].shape);
+  impl_->download(t.data.data(), impl_->input_grad, t.data.size());
+  return t;
+}
+
+}  // namespace anvil

@@ -1,0 +1,93 @@
+#include "engine/src/spec/layer_spec.hpp"
+
+#include <functional>
+#include <map>
+
+#include "engine/src/spec/json_reader.hpp"
+
+namespace anvil {
+
+namespace {
+
+ConvSpec parse_conv(JsonReader& cfg, int dims, bool transposed) {
+  ConvSpec s;
+  s.dims = dims;
+  s.transposed = transposed;
+  s.in_channels = cfg.integer_or("in_channels", -1, 1);
+  if (s.in_channels < 0) cfg.fail("in_channels", "missing required field");
+  s.out_channels = cfg.integer_or("out_channels", -1, 1);
+  if (s.out_channels < 0) cfg.fail("out_channels", "missing required field");
+  s.kernel = cfg.per_dim("kernel_size", dims, 1);
+  s.stride = cfg.per_dim_or("stride", dims, 1, std::vector<int64_t>(dims, 1));
+  s.padding = cfg.per_dim_or("padding", dims, 0, std::vector<int64_t>(dims, 0));
+  s.dilation = cfg.per_dim_or("dilation", dims, 1, std::vector<int64_t>(dims, 1));
+  s.output_padding = std::vector<int64_t>(dims, 0);
+  if (transposed) {
+    s.output_padding = cfg.per_dim_or("output_padding", dims, 0, s.output_padding);
+    for (int i = 0; i < dims; ++i)
+      if (s.output_padding[i] >= s.stride[i] && s.output_padding[i] >= s.dilation[i])
+        cfg.fail("output_padding", "must be smaller than the stride or the dilation, got " +
+                                       std::to_string(s.output_padding[i]) + " with stride " +
+                                       std::to_string(s.stride[i]) + " and dilation " +
+                                       std::to_string(s.dilation[i]));
+  }
+  s.bias = cfg.boolean_or("bias", true);
+  return s;
+}
+
+PoolSpec parse_pool(JsonReader& cfg, int dims, bool max) {
+  PoolSpec s;
+  s.dims = dims;
+  s.max = max;
+  s.kernel = cfg.per_dim("kernel_size", dims, 1);
+  s.stride = cfg.per_dim_or("stride", dims, 1, s.kernel);  // PyTorch: stride defaults to the kernel
+  s.padding = cfg.per_dim_or("padding", dims, 0, std::vector<int64_t>(dims, 0));
+  for (int i = 0; i < dims; ++i)
+    if (2 * s.padding[i] > s.kernel[i])
+      cfg.fail("padding", "must be at most half the kernel size, got " + std::to_string(s.padding[i]) +
+                              " with kernel " + std::to_string(s.kernel[i]));
+  return s;
+}
+
+using Parser = std::function<LayerParams(JsonReader&)>;
+
+const std::map<std::string, Parser>& parsers() {
+  static const std::map<std::string, Parser> table = {
+      {"conv2d", [](JsonReader& c) { return parse_conv(c, 2, false); }},
+      {"conv3d", [](JsonReader& c) { return parse_conv(c, 3, false); }},
+      {"conv_transpose2d", [](JsonReader& c) { return parse_conv(c, 2, true); }},
+      {"conv_transpose3d", [](JsonReader& c) { return parse_conv(c, 3, true); }},
+      {"max_pool2d", [](JsonReader& c) { return parse_pool(c, 2, true); }},
+      {"max_pool3d", [](JsonReader& c) { return parse_pool(c, 3, true); }},
+      {"avg_pool2d", [](JsonReader& c) { return parse_pool(c, 2, false); }},
+      {"avg_pool3d", [](JsonReader& c) { return parse_pool(c, 3, false); }},
+      {"leaky_relu",
+       [](JsonReader& c) { return PointwiseSpec{static_cast<float>(c.number_or("negative_slope", 0.01))}; }},
+      {"relu", [](JsonReader&) { return PointwiseSpec{0.f}; }},
+      {"channel_scale", [](JsonReader&) { return ChannelScaleSpec{}; }},
+      {"add", [](JsonReader&) { return AddSpec{}; }},
+  };
+  return table;
+}
+
+}  // namespace
+
+std::vector<std::string> layer_types() {
+  std::vector<std::string> out;
+  for (const auto& entry : parsers()) out.push_back(entry.first);
+  return out;
+}
+
+LayerParams parse_layer_params(JsonReader& cfg, const std::string& type) {
+  const auto it = parsers().find(type);
+  if (it == parsers().end()) {
+    std::string known;
+    for (const auto& t : layer_types()) known += (known.empty() ? "" : ", ") + t;
+    cfg.fail("type", "unknown layer type '" + type + "' (known: " + known + ")");
+  }
+  LayerParams params = it->second(cfg);
+  cfg.finish();
+  return params;
+}
+
+}  // namespace anvil

@@ -1,0 +1,32 @@
+// The network description as plain typed structs: the JSON is read once, here,
+// and every later stage (lowering, planning, building, running) reads these.
+// Parsing checks every key and value; graph-level checks (inputs that exist,
+// cycles, shapes) follow in lower/graph.cpp, with errors naming the same paths.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "anvil/network.hpp"
+#include "anvil/tensor.hpp"
+#include "engine/src/spec/layer_spec.hpp"
+
+namespace anvil {
+
+struct NetworkSpec {
+  std::string name;
+  std::string source;  // the file (or label) the text came from, for messages
+  Shape input;
+  std::vector<LayerSpec> layers;  // in file order; the last one feeds the loss
+  std::string loss = "mse";
+  SgdParams sgd;
+  Precision precision = Precision::TF32;
+  uint64_t seed = 0;
+  bool fuse = true;
+};
+
+// Throws InputError "<source>: <json path>: <problem>".
+NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source);
+
+}  // namespace anvil
