@@ -1,6 +1,7 @@
 // The reference-case check shared by the CPU and GPU parity suites: forward
-// output, loss, every parameter gradient, the input gradient, the 3-step loss
-// trajectory and the parameters after 3 SGD steps, against PyTorch float64.
+// output, loss, every parameter gradient, the input gradient, the N-step loss
+// trajectory and the parameters after N optimizer steps, against PyTorch
+// float64. N is the reference file's metadata "steps" (3 where absent).
 #pragma once
 
 #include "tests/test_support.hpp"
@@ -38,12 +39,16 @@ inline void check_reference_case(const std::string& name, const Options& base, c
   if (base.input_grad) {  // checked wherever the engine computes it
     EXPECT_TRUE(close("grad.input", engine.input_gradient(), ref.tensors.at("grad.input"), input_grad_tol));
   }
-  for (int step = 1; step < 3; ++step) {
+  const auto steps_entry = ref.metadata.find("steps");
+  const int steps = steps_entry == ref.metadata.end() ? 3 : std::stoi(steps_entry->second);
+  ASSERT_EQ(losses.data.size(), size_t(steps)) << "losses of " << name;
+  for (int step = 1; step < steps; ++step) {
     const float l = engine.train_step();
     EXPECT_NEAR(l, losses.data[step], tol * std::fabs(losses.data[step])) << "loss of step " << step + 1;
   }
+  const std::string after = "after" + std::to_string(steps) + ".";
   for (const auto& [pname, value] : engine.parameters())
-    EXPECT_TRUE(close("after3." + pname, value, ref.tensors.at("after3." + pname), tol));
+    EXPECT_TRUE(close(after + pname, value, ref.tensors.at(after + pname), tol));
 }
 
 }  // namespace anvil::testing

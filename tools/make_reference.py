@@ -8,14 +8,21 @@ network description tests/data/<case>.json the script
   2. fills the input, the target and every parameter from the counter-based
      generator of engine/include/anvil/random.hpp (reimplemented below with
      64-bit integer arithmetic), with PyTorch's default distributions,
-  3. runs forward, the mse loss and backward, then 3 torch.optim.SGD steps,
+  3. runs forward, the loss (mse, l1 or smooth_l1, mean) and backward, then N
+     optimizer steps (torch.optim.SGD, Adam or AdamW, single-tensor path, with an
+     optional StepLR or warmup + cosine schedule); N is 3, or the case's entry
+     in CASE_STEPS,
   4. writes tests/data/<case>.safetensors (float32 storage).
 
 Tensors in a case file:
   input, target, <param>            the starting point
   output, loss [1]                  forward of the initial network
   grad.<param>, grad.input          gradients of that loss
-  after3.<param>, losses [3]        parameters after 3 SGD steps, loss of each step
+  after<N>.<param>, losses [N]      parameters after N steps, loss of each step
+  lrs [N]                           the lr of each step (only in cases that use a
+                                    loss other than mse, an optimizer other than
+                                    sgd, or an lr schedule; the older cases keep
+                                    their exact bytes)
 
 The full-size case (kb74_full.safetensors, examples/kernelbench74.json at its
 KernelBench size) stores no big tensors: the C++ side regenerates input and
@@ -48,10 +55,12 @@ import torch.nn.functional as F
 
 SCRIPT_NAME = "tools/make_reference.py"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CASES = ["kb74_small", "odd_sizes", "stride1_nopad", "variant_2d", "residual_dag"]
+DEFAULT_CASES = ["kb74_small", "odd_sizes", "stride1_nopad", "variant_2d", "residual_dag",
+                 "adam_step", "adamw_cosine", "sgd_step_schedule"]
 FULL_SOURCE = "examples/kernelbench74.json"
 FULL_CASE = "kb74_full"
-STEPS = 3
+STEPS = 3  # optimizer steps of a case not listed in CASE_STEPS
+CASE_STEPS = {"adam_step": 5, "adamw_cosine": 5, "sgd_step_schedule": 5}
 SAMPLE_COUNT = 4096
 
 # ---------------------------------------------------------------------------
@@ -277,9 +286,11 @@ class Network:
         self.name = desc["name"]
         self.input_shape = tuple(desc["input"])
         self.seed = int(desc.get("seed", 0))
-        if desc.get("loss", "mse") != "mse":
-            raise ValueError(f"loss {desc['loss']!r}: only 'mse' is supported")
-        self.optimizer = sgd_settings(desc.get("optimizer", {"type": "sgd", "lr": 0.01}))
+        self.loss = loss_settings(desc.get("loss", "mse"))
+        opt = desc.get("optimizer", {"type": "sgd", "lr": 0.01})
+        self.optimizer_type = opt.get("type", "sgd")
+        self.optimizer = optimizer_settings(opt)
+        self.schedule = schedule_settings(opt.get("lr_schedule"))
         self.layers = []
         previous = "input"
         for index, spec in enumerate(desc["layers"]):
@@ -325,16 +336,105 @@ class Network:
         return values[self.layers[-1].name]
 
 
-def sgd_settings(opt):
-    if opt.get("type", "sgd") != "sgd":
-        raise ValueError(f"optimizer {opt.get('type')!r}: only 'sgd' is supported")
-    return {
-        "lr": float(opt["lr"]),
-        "momentum": float(opt.get("momentum", 0.0)),
-        "dampening": float(opt.get("dampening", 0.0)),
-        "weight_decay": float(opt.get("weight_decay", 0.0)),
-        "nesterov": bool(opt.get("nesterov", False)),
-    }
+LOSS_FUNCTIONS = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+
+
+def loss_settings(spec):
+    """"mse" | "l1" | "smooth_l1", or {"type": ..., "beta": ...} (beta: smooth_l1 only, default 1)."""
+    spec = {"type": spec} if isinstance(spec, str) else dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in LOSS_FUNCTIONS:
+        raise ValueError(f"loss {kind!r}: expected one of {sorted(LOSS_FUNCTIONS)}")
+    settings = {"type": kind}
+    if kind == "smooth_l1":
+        settings["beta"] = float(spec.pop("beta", 1.0))
+    if spec:
+        raise ValueError(f"loss {kind}: unknown keys {sorted(spec)}")
+    return settings
+
+
+def compute_loss(settings, out, target):
+    extra = {"beta": settings["beta"]} if "beta" in settings else {}
+    return LOSS_FUNCTIONS[settings["type"]](out, target, **extra)
+
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def optimizer_settings(opt):
+    """The keyword arguments of the torch optimizer, with torch's defaults."""
+    kind = opt.get("type", "sgd")
+    if kind == "sgd":
+        return {
+            "lr": float(opt["lr"]),
+            "momentum": float(opt.get("momentum", 0.0)),
+            "dampening": float(opt.get("dampening", 0.0)),
+            "weight_decay": float(opt.get("weight_decay", 0.0)),
+            "nesterov": bool(opt.get("nesterov", False)),
+        }
+    if kind in ("adam", "adamw"):
+        beta1, beta2 = opt.get("betas", [0.9, 0.999])
+        return {
+            "lr": float(opt.get("lr", 1e-3)),
+            "betas": (float(beta1), float(beta2)),
+            "eps": float(opt.get("eps", 1e-8)),
+            "weight_decay": float(opt.get("weight_decay", 0.0 if kind == "adam" else 0.01)),
+        }
+    raise ValueError(f"optimizer {kind!r}: expected one of {sorted(OPTIMIZERS)}")
+
+
+def schedule_settings(spec):
+    """None (constant lr), {"type": "step", ...} or {"type": "cosine", ...}, with defaults filled in."""
+    if spec is None:
+        return None
+    kind = spec.get("type")
+    if kind == "step":
+        settings = {"type": "step", "step_size": int(spec.get("step_size", 1)), "gamma": float(spec.get("gamma", 0.1))}
+        if settings["step_size"] < 1:
+            raise ValueError("lr_schedule step: step_size must be >= 1")
+        return settings
+    if kind == "cosine":
+        settings = {"type": "cosine", "warmup_steps": int(spec.get("warmup_steps", 0)),
+                    "total_steps": int(spec["total_steps"]), "min_lr": float(spec.get("min_lr", 0.0))}
+        warmup = settings["warmup_steps"]
+        # LinearLR cannot express a 1-step warmup (total_iters would be 0).
+        if warmup == 1 or warmup < 0 or settings["total_steps"] - warmup < 1:
+            raise ValueError("lr_schedule cosine: need warmup_steps 0 or >= 2, and total_steps > warmup_steps")
+        return settings
+    raise ValueError(f"lr_schedule {kind!r}: expected 'step' or 'cosine'")
+
+
+def scheduled_lr(base_lr, schedule, t):
+    """The lr of 0-based step t: the twin of scheduled_lr in kernels/optimizer_math.hpp."""
+    if schedule is None:
+        return base_lr
+    if schedule["type"] == "step":
+        return base_lr * schedule["gamma"] ** (t // schedule["step_size"])
+    warmup, min_lr = schedule["warmup_steps"], schedule["min_lr"]
+    if t < warmup:
+        return base_lr * (t + 1) / warmup
+    period = schedule["total_steps"] - warmup
+    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * (t - warmup) / period)) / 2
+
+
+def make_scheduler(opt, schedule):
+    """The torch scheduler that scheduled_lr describes (None for a constant lr)."""
+    sched = torch.optim.lr_scheduler
+    if schedule is None:
+        return None
+    if schedule["type"] == "step":
+        return sched.StepLR(opt, step_size=schedule["step_size"], gamma=schedule["gamma"])
+    warmup = schedule["warmup_steps"]
+    cosine = sched.CosineAnnealingLR(opt, T_max=schedule["total_steps"] - warmup, eta_min=schedule["min_lr"])
+    if warmup == 0:
+        return cosine
+    linear = sched.LinearLR(opt, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return sched.SequentialLR(opt, [linear, cosine], milestones=[warmup])
+
+
+def uses_extensions(net):
+    """Whether the case needs more than mse and constant-lr SGD (then it stores lrs and their metadata)."""
+    return net.loss["type"] != "mse" or net.optimizer_type != "sgd" or net.schedule is not None
 
 
 # ---------------------------------------------------------------------------
@@ -345,8 +445,8 @@ def log(message):
     print(message, flush=True)
 
 
-def run_reference(net, progress=False):
-    """Initial forward/backward, then STEPS SGD steps. Returns a dict of float64 tensors."""
+def run_reference(net, steps, progress=False):
+    """Initial forward/backward, then `steps` optimizer steps. Returns a dict of float64 tensors."""
     t0 = time.time()
     x = uniform_tensor(net.seed, "input", net.input_shape, 0.0, 1.0)
     target = uniform_tensor(net.seed, "target", net.output_shape, 0.0, 1.0)
@@ -354,29 +454,43 @@ def run_reference(net, progress=False):
     if progress:
         log(f"  generated input {list(x.shape)} and target {list(target.shape)} in {time.time() - t0:.1f}s")
     params = {n: p.clone().requires_grad_(True) for n, p in init.items()}
-    opt = torch.optim.SGD(list(params.values()), foreach=False, **net.optimizer)
+    opt = OPTIMIZERS[net.optimizer_type](list(params.values()), foreach=False, **net.optimizer)
+    scheduler = make_scheduler(opt, net.schedule)
     result = {"input": x, "target": target}
     result.update(init)
-    losses = []
-    for step in range(STEPS):
+    losses, lrs = [], []
+    for step in range(steps):
         t = time.time()
         opt.zero_grad(set_to_none=True)
         first = step == 0
         xin = x.clone().requires_grad_(True) if first else x  # input grad only from step 1
         out = net.forward(xin, params)
-        loss = F.mse_loss(out, target)
+        loss = compute_loss(net.loss, out, target)
         loss.backward()
         losses.append(loss.item())
+        lrs.append(checked_lr(opt, net, step))
         if first:
             record_first_step(result, out.detach(), loss.detach(), xin.grad, params)
         del out, loss, xin
         opt.step()
+        if scheduler is not None:
+            scheduler.step()
         if progress:
-            log(f"  step {step + 1}/{STEPS}: loss {losses[-1]:.9g} ({time.time() - t:.1f}s)")
+            log(f"  step {step + 1}/{steps}: loss {losses[-1]:.9g} ({time.time() - t:.1f}s)")
     for n, p in params.items():
-        result["after3." + n] = p.detach().clone()
+        result[f"after{steps}." + n] = p.detach().clone()
     result["losses"] = torch.tensor(losses, dtype=torch.float64)
+    result["lrs"] = torch.tensor(lrs, dtype=torch.float64)
     return result
+
+
+def checked_lr(opt, net, step):
+    """The lr torch uses for this step; it must be scheduled_lr's (anvil's schedules are its closed forms)."""
+    lr = opt.param_groups[0]["lr"]
+    want = scheduled_lr(net.optimizer["lr"], net.schedule, step)
+    if abs(lr - want) > 1e-12 * abs(want) + 1e-15 * net.optimizer["lr"]:  # the floor: for a zero lr
+        raise AssertionError(f"step {step}: torch's lr {lr!r} but scheduled_lr gives {want!r} ({net.schedule})")
+    return lr
 
 
 def record_first_step(result, out, loss, grad_input, params):
@@ -387,7 +501,7 @@ def record_first_step(result, out, loss, grad_input, params):
         result["grad." + n] = p.grad.detach().clone()
 
 
-def metadata(net, case, source):
+def metadata(net, case, source, steps):
     meta = {
         "case": case,
         "source": source,
@@ -395,14 +509,30 @@ def metadata(net, case, source):
         "torch_version": torch.__version__,
         "dtype": "float64 computed, float32 stored",
         "script": SCRIPT_NAME,
-        "loss": "mse (mean)",
-        "steps": str(STEPS),
-        "optimizer": "sgd (torch.optim.SGD)",
+        "loss": f"{net.loss['type']} (mean)",
+        "steps": str(steps),
+        "optimizer": f"{net.optimizer_type} (torch.optim.{OPTIMIZERS[net.optimizer_type].__name__})",
         "generator": "engine/include/anvil/random.hpp",
     }
     for key, value in net.optimizer.items():
-        meta["optimizer." + key] = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+        meta["optimizer." + key] = metadata_value(value)
+    if "beta" in net.loss:
+        meta["loss.beta"] = repr(net.loss["beta"])
+    if net.schedule is not None:
+        meta["lr_schedule"] = {"step": "step (torch StepLR)",
+                               "cosine": "cosine (torch LinearLR warmup, then CosineAnnealingLR)"}[net.schedule["type"]]
+        for key, value in net.schedule.items():
+            if key != "type":
+                meta["lr_schedule." + key] = metadata_value(value)
     return meta
+
+
+def metadata_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(repr(v) for v in value) + "]"
+    return repr(value)
 
 
 # ---------------------------------------------------------------------------
@@ -455,17 +585,20 @@ def load_network(path):
 def make_case(case, data_dir, out_dir):
     source = os.path.join(data_dir, case + ".json")
     net = load_network(source)
+    steps = CASE_STEPS.get(case, STEPS)
     t = time.time()
-    result = run_reference(net)
+    result = run_reference(net, steps)
     names = [n for n, *_ in net.param_specs()]
     keys = ["input", "target", "output", "loss", "losses", "grad.input"]
-    keys += names + ["grad." + n for n in names] + ["after3." + n for n in names]
+    keys += names + ["grad." + n for n in names] + [f"after{steps}." + n for n in names]
+    if uses_extensions(net):
+        keys.append("lrs")
     tensors = {}
     f32(tensors, keys, result)
     losses = ", ".join(f"{v:.9g}" for v in result["losses"].tolist())
     log(f"{case}: output {list(net.output_shape)}, losses [{losses}] ({time.time() - t:.2f}s)")
     write_safetensors(os.path.join(out_dir, case + ".safetensors"), tensors,
-                      metadata(net, case, os.path.relpath(source, REPO_ROOT)))
+                      metadata(net, case, os.path.relpath(source, REPO_ROOT), steps))
 
 
 def sample_indices(seed, numel):
@@ -480,12 +613,12 @@ def make_full(out_dir):
     log(f"{FULL_CASE}: {FULL_SOURCE}, input {list(net.input_shape)}, output {list(net.output_shape)}, "
         f"float64 on {torch.get_num_threads()} threads")
     t = time.time()
-    result = run_reference(net, progress=True)
+    result = run_reference(net, STEPS, progress=True)
     out = result["output"].reshape(-1)
     index = sample_indices(net.seed, out.numel())
     names = [n for n, *_ in net.param_specs()]
     tensors = {}
-    f32(tensors, ["loss", "losses"] + names + ["grad." + n for n in names] + ["after3." + n for n in names],
+    f32(tensors, ["loss", "losses"] + names + ["grad." + n for n in names] + [f"after{STEPS}." + n for n in names],
         result)
     tensors["output.norm"] = (np.array([torch.linalg.vector_norm(out).item()], np.float32), "F32")
     tensors["output.sum"] = (np.array([out.sum().item()], np.float32), "F32")
@@ -493,7 +626,7 @@ def make_full(out_dir):
     tensors["output.sample"] = (to_numpy(out[torch.from_numpy(index)], np.float32), "F32")
     grad_norm = torch.linalg.vector_norm(result["grad.input"]).item()
     tensors["grad.input.norm"] = (np.array([grad_norm], np.float32), "F32")
-    meta = metadata(net, FULL_CASE, FULL_SOURCE)
+    meta = metadata(net, FULL_CASE, FULL_SOURCE, STEPS)
     meta["note"] = ("input, target and output are not stored: regenerate input and target with the "
                     "generator (streams 'input' and 'target', uniform [0,1)); output.index holds flat "
                     "indices as F64, the first 4096 of bits(stream(seed,'sample'), i) % numel")
@@ -507,7 +640,7 @@ def make_full(out_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=DEFAULT_CASES,
-                        help="case names in tests/data (default: all five); give none to skip them")
+                        help="case names in tests/data (default: all of DEFAULT_CASES); give none to skip them")
     parser.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "tests", "data"),
                         help="where to write the .safetensors files (default: tests/data)")
     parser.add_argument("--data-dir", default=os.path.join(REPO_ROOT, "tests", "data"),

@@ -1,0 +1,23 @@
+// CUDA losses (see kernels/loss_math.hpp for the math): mse, l1 and smooth_l1,
+// mean over the elements.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/loss_math.hpp"
+
+namespace anvil::cuda {
+
+size_t loss_scratch_bytes(int64_t count);
+
+// *loss (a device scalar) = the mean loss of pred against target; dpred, unless
+// null (evaluation only), = its gradient w.r.t. pred, bitwise as the CPU's.
+// dpred may be pred itself. scratch: loss_scratch_bytes(count), 8-byte aligned.
+// Bitwise deterministic; no host sync, no allocation.
+void loss_forward_backward(const LossParams& params, const float* pred, const float* target, float* dpred,
+                           float* loss, int64_t count, void* scratch, cudaStream_t stream);
+
+}  // namespace anvil::cuda
