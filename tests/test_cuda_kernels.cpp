@@ -26,12 +26,10 @@
 #include <vector>
 
 #include "anvil/error.hpp"
-#include "anvil/optimizer.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "kernels/cuda/activation.hpp"
 #include "kernels/cuda/epilogue.hpp"
-#include "kernels/cuda/training.hpp"
 
 namespace {
 
@@ -617,115 +615,6 @@ TEST(CudaKernels, FusedEpilogue) {
 }
 
 // ---------------------------------------------------------------------------
-// Loss and optimizer
-// ---------------------------------------------------------------------------
-
-struct MseResult {
-  std::vector<float> dpred;
-  float loss;
-};
-
-MseResult run_mse(const std::vector<float>& pred, const std::vector<float>& target, size_t op, size_t ot, size_t od) {
-  const int64_t count = int64_t(pred.size());
-  DeviceBuffer<float> bp(count + kSlack), bt(count + kSlack), bd(count + kSlack), bl(1);
-  DeviceBuffer<unsigned char> scratch(gpu::mse_scratch_bytes(count));
-  bp.upload(pred, op);
-  bt.upload(target, ot);
-  bd.poison();
-  bl.poison();
-  scratch.poison();
-  gpu::mse_forward_backward(bp.get() + op, bt.get() + ot, bd.get() + od, bl.get(), count, scratch.get(), nullptr);
-  MseResult r;
-  r.dpred = bd.download(od, count);
-  r.loss = bl.download(0, 1)[0];
-  expect_untouched(bd, od, count, "dpred");
-  return r;
-}
-
-TEST(CudaKernels, MseForwardBackward) {
-  ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(401);
-  const std::vector<std::array<size_t, 3>> offsets = {{0, 0, 0}, {1, 1, 1}, {0, 1, 2}, {3, 0, 0}};
-  for (int64_t count : {int64_t(1), int64_t(3), int64_t(4), int64_t(5), int64_t(1001), int64_t(16384),
-                        int64_t(16385), int64_t(100003), int64_t((1 << 20) + 5)}) {
-    const std::vector<float> pred = random_floats(count, rng), target = random_floats(count, rng);
-    std::vector<float> want_d(count);
-    cpu::mse_forward_backward<float>(pred.data(), target.data(), want_d.data(), count);
-    std::vector<double> dd(count);
-    const double want_loss = cpu::mse_forward_backward<double>(to_double(pred).data(), to_double(target).data(),
-                                                               dd.data(), count);
-    float first_loss = 0.f;
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      const auto& o = offsets[i];
-      const std::string what = describe({{"count", double(count)}, {"opred", double(o[0])},
-                                         {"otarget", double(o[1])}, {"odpred", double(o[2])}});
-      const MseResult r = run_mse(pred, target, o[0], o[1], o[2]);
-      expect_ulp(r.dpred, want_d, 1, what + "dpred");
-      expect_rel({r.loss}, {want_loss}, 1e-5, what + "loss");
-      if (i == 0) {
-        first_loss = r.loss;
-        EXPECT_EQ(bits(first_loss), bits(run_mse(pred, target, 0, 0, 0).loss)) << what << "loss second run";
-      } else {
-        EXPECT_EQ(bits(first_loss), bits(r.loss)) << what << "loss vs aligned run";
-      }
-    }
-  }
-}
-
-TEST(CudaKernels, SgdStep) {
-  ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(501);
-  std::vector<anvil::SgdParams> configs;
-  for (float momentum : {0.f, 0.9f}) {
-    for (float dampening : {0.f, 0.1f}) {
-      for (float wd : {0.f, 1e-2f}) {
-        for (bool nesterov : {false, true}) {
-          if (nesterov && (momentum == 0.f || dampening != 0.f)) continue;  // as torch requires
-          if (momentum == 0.f && dampening != 0.f) continue;
-          anvil::SgdParams p;
-          p.lr = 0.05f;
-          p.momentum = momentum;
-          p.dampening = dampening;
-          p.weight_decay = wd;
-          p.nesterov = nesterov;
-          configs.push_back(p);
-        }
-      }
-    }
-  }
-  const std::vector<std::array<size_t, 3>> offsets = {{0, 0, 0}, {1, 1, 1}, {0, 1, 2}};
-  for (int64_t count : {int64_t(1), int64_t(5), int64_t(1001), int64_t(4099)}) {
-    for (const anvil::SgdParams& p : configs) {
-      for (const auto& o : offsets) {
-        const std::string what =
-            describe({{"count", double(count)}, {"momentum", p.momentum}, {"dampening", p.dampening},
-                      {"wd", p.weight_decay}, {"nesterov", p.nesterov}, {"oparam", double(o[0])},
-                      {"ograd", double(o[1])}, {"obuf", double(o[2])}});
-        std::vector<float> param = random_floats(count, rng), buf(count, 0.f);
-        DeviceBuffer<float> bp(count + kSlack), bg(count + kSlack), bb(count + kSlack);
-        bp.poison();
-        bb.poison();  // the first step must not read the buffer
-        bp.upload(param, o[0]);
-        const bool momentum = p.momentum != 0.f;
-        for (int step = 0; step < 3; ++step) {
-          const std::vector<float> grad = random_floats(count, rng);
-          cpu::sgd_step<float>(param.data(), grad.data(), buf.data(), count, p, step == 0);
-          bg.upload(grad, o[1]);
-          gpu::sgd_step(bp.get() + o[0], bg.get() + o[1], momentum ? bb.get() + o[2] : nullptr, count, p, step == 0,
-                        nullptr);
-          // The CPU reference rounds like the kernel; the absolute slack only
-          // covers a reference built with fused multiply-adds.
-          expect_ulp(bp.download(o[0], count), param, 1, what + "param step " + std::to_string(step), 1e-6f);
-          if (momentum) expect_ulp(bb.download(o[2], count), buf, 1, what + "buf step " + std::to_string(step), 1e-6f);
-        }
-        expect_untouched(bp, o[0], count, what + "param");
-        expect_untouched(bb, o[2], momentum ? count : 0, what + "buf");
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Large tensors: the vector paths over many blocks, 64-bit counts of blocks
 // ---------------------------------------------------------------------------
 
@@ -784,15 +673,6 @@ TEST(CudaKernels, LargeTensors) {
       gpu::bias_forward(by.get() + off, bm.get(), d.n, d.c, d.spatial, nullptr);
       expect_ulp(by.download(off, cn), want_bias, 1, cw + "bias_forward");
     }
-
-    std::vector<float> want_d(count);
-    std::vector<double> dd(count);
-    cpu::mse_forward_backward<float>(a.data(), b.data(), want_d.data(), count);
-    const double want_loss =
-        cpu::mse_forward_backward<double>(to_double(a).data(), to_double(b).data(), dd.data(), count);
-    const MseResult r = run_mse(a, b, off, off, off);
-    expect_ulp(r.dpred, want_d, 1, what + "mse dpred");
-    expect_rel({r.loss}, {want_loss}, 1e-5, what + "mse loss");
   }
 }
 
@@ -817,11 +697,6 @@ TEST(CudaKernels, RejectsBadArguments) {
   EXPECT_THROW(gpu::channel_scale_forward(x, nullptr, x, 1, 1, 8, nullptr), anvil::Error);
   EXPECT_THROW(gpu::channel_scale_backward(x, x, x, x, nullptr, 1, 1, 8, false, scratch.get(), nullptr),
                anvil::Error);
-  EXPECT_THROW(gpu::mse_forward_backward(x, x, x, x, 8, nullptr, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::mse_scratch_bytes(0), anvil::Error);
-  anvil::SgdParams momentum;
-  momentum.momentum = 0.9f;
-  EXPECT_THROW(gpu::sgd_step(x, x, nullptr, 8, momentum, true, nullptr), anvil::Error);
 
   const EpilogueGeometry too_big = epi_geometry(1, 1, {8, 8, 8}, {8, 8, 8});  // window 512
   const EpilogueGeometry not_divisible = epi_geometry(1, 1, {3, 4, 4}, {2, 2, 2});

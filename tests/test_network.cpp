@@ -414,7 +414,8 @@ TEST(NetworkParse, BadOptimizer) {
   auto opt = [](const std::string& o) {
     return error_of(with_layers(kInput4d, R"([{"type": "relu"}])", ", \"optimizer\": " + o));
   };
-  EXPECT_EQ(opt(R"({"type": "adam"})"), "bad.json: optimizer.type: unknown optimizer 'adam' (known: sgd)");
+  EXPECT_EQ(opt(R"({"type": "rmsprop"})"),
+            "bad.json: optimizer.type: unknown optimizer 'rmsprop' (known: adam, adamw, sgd)");
   EXPECT_EQ(opt(R"({"lr": -0.1})"), "bad.json: optimizer.lr: must be >= 0, got -0.1");
   EXPECT_EQ(opt(R"({"momentum": -0.5})"), "bad.json: optimizer.momentum: must be >= 0, got -0.5");
   EXPECT_EQ(opt(R"({"weight_decay": -1})"), "bad.json: optimizer.weight_decay: must be >= 0, got -1");
@@ -422,18 +423,69 @@ TEST(NetworkParse, BadOptimizer) {
             "bad.json: optimizer.nesterov: requires momentum > 0 and dampening 0, as in torch.optim.SGD");
   EXPECT_EQ(opt(R"({"nesterov": true, "momentum": 0.9, "dampening": 0.1})"),
             "bad.json: optimizer.nesterov: requires momentum > 0 and dampening 0, as in torch.optim.SGD");
-  EXPECT_EQ(opt(R"({"betas": [0.9, 0.99]})"), "bad.json: optimizer.betas: unknown key");
+  EXPECT_EQ(opt(R"({"betas": [0.9, 0.99]})"), "bad.json: optimizer.betas: unknown key");  // SGD has no betas
   EXPECT_EQ(opt(R"("sgd")"), "bad.json: optimizer: must be an object, got \"sgd\"");
   EXPECT_EQ(opt(R"({"nesterov": true, "momentum": 0.9})"), "<no error>");
+  // Adam and AdamW.
+  EXPECT_EQ(opt(R"({"type": "adam", "betas": [0.9]})"),
+            "bad.json: optimizer.betas: must be a list of two numbers, got a list");
+  EXPECT_EQ(opt(R"({"type": "adamw", "betas": [0.9, 1.0]})"), "bad.json: optimizer.betas[1]: must be in [0, 1), got 1.0");
+  EXPECT_EQ(opt(R"({"type": "adam", "eps": -1e-8})"), "bad.json: optimizer.eps: must be >= 0, got -1e-08");
+  EXPECT_EQ(opt(R"({"type": "adam", "amsgrad": true})"),
+            "bad.json: optimizer.amsgrad: is not supported (only amsgrad: false)");
+  EXPECT_EQ(opt(R"({"type": "adam", "momentum": 0.9})"), "bad.json: optimizer.momentum: unknown key");
+  // Schedules.
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "exponential"}})"),
+            "bad.json: optimizer.lr_schedule.type: unknown lr_schedule 'exponential' (known: cosine, step)");
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "step"}})"), "bad.json: optimizer.lr_schedule.step_size: missing required field");
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "step", "step_size": 2, "gamma": 0}})"),
+            "bad.json: optimizer.lr_schedule.gamma: must be > 0, got 0");
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "cosine", "warmup_steps": 5, "total_steps": 5}})"),
+            "bad.json: optimizer.lr_schedule.total_steps: must be larger than warmup_steps (5), got 5");
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "cosine", "total_steps": 5, "min": 0}})"),
+            "bad.json: optimizer.lr_schedule.min: unknown key");
+}
+
+TEST(NetworkParse, AdamDefaultsAreTorchs) {
+  auto spec_of = [](const std::string& o) {
+    return Network::parse(with_layers(kInput4d, R"([{"type": "conv2d", "in_channels": 4, "out_channels": 2,
+                                                    "kernel_size": 1}])", ", \"optimizer\": " + o), "t.json")
+        .spec()
+        .optimizer;
+  };
+  const auto adam = spec_of(R"({"type": "adam"})");
+  EXPECT_DOUBLE_EQ(adam.schedule.base_lr, 0.001);
+  EXPECT_FLOAT_EQ(adam.adam.beta1, 0.9f);
+  EXPECT_FLOAT_EQ(adam.adam.beta2, 0.999f);
+  EXPECT_FLOAT_EQ(adam.adam.eps, 1e-8f);
+  EXPECT_FLOAT_EQ(adam.adam.weight_decay, 0.f);
+  EXPECT_FALSE(adam.adam.decoupled_weight_decay);
+  const auto adamw = spec_of(R"({"type": "adamw", "lr": 0.01, "betas": [0.8, 0.9],
+                                 "lr_schedule": {"type": "cosine", "warmup_steps": 2, "total_steps": 10, "min_lr": 1e-4}})");
+  EXPECT_FLOAT_EQ(adamw.adam.weight_decay, 0.01f);
+  EXPECT_TRUE(adamw.adam.decoupled_weight_decay);
+  EXPECT_FLOAT_EQ(adamw.adam.beta1, 0.8f);
+  EXPECT_EQ(adamw.schedule.kind, anvil::LrSchedule::Kind::Cosine);
+  EXPECT_EQ(adamw.schedule.warmup_steps, 2);
+  EXPECT_EQ(adamw.schedule.total_steps, 10);
+  EXPECT_DOUBLE_EQ(adamw.schedule.min_lr, 1e-4);
+  EXPECT_DOUBLE_EQ(adamw.schedule.base_lr, 0.01);
 }
 
 TEST(NetworkParse, BadPrecisionAndLoss) {
   EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "precision": "fp16")")),
             "bad.json: precision: must be \"tf32\" or \"fp32\", got \"fp16\"");
-  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "loss": "l1")")),
-            "bad.json: loss: unknown loss 'l1' (known: mse)");
-  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}])", R"(, "loss": 1)")),
-            "bad.json: loss: must be a string, got 1");
+  auto loss = [](const std::string& l) {
+    return error_of(with_layers(kInput4d, R"([{"type": "relu"}])", ", \"loss\": " + l));
+  };
+  EXPECT_EQ(loss(R"("huber")"), "bad.json: loss: unknown loss 'huber' (known: l1, mse, smooth_l1)");
+  EXPECT_EQ(loss(R"({"type": "huber"})"), "bad.json: loss.type: unknown loss 'huber' (known: l1, mse, smooth_l1)");
+  EXPECT_EQ(loss("1"), "bad.json: loss: must be a loss name or an object with \"type\", got 1");
+  EXPECT_EQ(loss(R"({"type": "smooth_l1", "beta": -1})"), "bad.json: loss.beta: must be >= 0, got -1");
+  EXPECT_EQ(loss(R"({"type": "l1", "beta": 1})"), "bad.json: loss.beta: unknown key");
+  EXPECT_EQ(loss(R"({"beta": 1})"), "bad.json: loss.type: missing required field");
+  for (const char* ok : {R"("mse")", R"("l1")", R"("smooth_l1")", R"({"type": "smooth_l1", "beta": 0.5})"})
+    EXPECT_EQ(loss(ok), "<no error>") << ok;
 }
 
 TEST(NetworkParse, LoadNamesTheFileWhenItCannotBeOpened) {
@@ -473,11 +525,11 @@ TEST(NetworkValid, HeadlineExampleShapesParametersAndFusion) {
   EXPECT_EQ(net.precision(), anvil::Precision::TF32);
   EXPECT_EQ(net.seed(), 0u);
   EXPECT_TRUE(net.fuse());
-  EXPECT_FLOAT_EQ(net.sgd().lr, 0.01f);
-  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.9f);
-  EXPECT_FLOAT_EQ(net.sgd().dampening, 0.f);
-  EXPECT_FLOAT_EQ(net.sgd().weight_decay, 0.f);
-  EXPECT_FALSE(net.sgd().nesterov);
+  EXPECT_DOUBLE_EQ(net.spec().optimizer.schedule.base_lr, 0.01);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.momentum, 0.9f);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.dampening, 0.f);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.weight_decay, 0.f);
+  EXPECT_FALSE(net.spec().optimizer.sgd.nesterov);
 
   const auto layers = net.layers();
   ASSERT_EQ(layers.size(), 5u);
@@ -539,9 +591,9 @@ TEST(NetworkValid, DefaultsOfAMinimalNetwork) {
   EXPECT_EQ(net.precision(), anvil::Precision::TF32);
   EXPECT_EQ(net.seed(), 0u);
   EXPECT_TRUE(net.fuse());
-  EXPECT_FLOAT_EQ(net.sgd().lr, 0.01f);  // anvil's default lr
-  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.f);
-  EXPECT_FALSE(net.sgd().nesterov);
+  EXPECT_DOUBLE_EQ(net.spec().optimizer.schedule.base_lr, 0.01);  // anvil's default lr
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.momentum, 0.f);
+  EXPECT_FALSE(net.spec().optimizer.sgd.nesterov);
   EXPECT_EQ(net.output_shape(), (Shape{2, 4, 8, 8}));
   EXPECT_EQ(net.parameter_count(), 0);
   ASSERT_EQ(net.layers().size(), 1u);
@@ -558,10 +610,10 @@ TEST(NetworkValid, TopLevelSettingsAreRead) {
   EXPECT_EQ(net.precision(), anvil::Precision::FP32);
   EXPECT_EQ(net.seed(), 42u);
   EXPECT_FALSE(net.fuse());
-  EXPECT_FLOAT_EQ(net.sgd().lr, 0.5f);
-  EXPECT_FLOAT_EQ(net.sgd().momentum, 0.8f);
-  EXPECT_FLOAT_EQ(net.sgd().dampening, 0.1f);
-  EXPECT_FLOAT_EQ(net.sgd().weight_decay, 0.001f);
+  EXPECT_DOUBLE_EQ(net.spec().optimizer.schedule.base_lr, 0.5);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.momentum, 0.8f);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.dampening, 0.1f);
+  EXPECT_FLOAT_EQ(net.spec().optimizer.sgd.weight_decay, 0.001f);
 }
 
 TEST(NetworkValid, FuseFalseStillParses) {
@@ -652,7 +704,7 @@ TEST(NetworkValid, BiasFalseDropsTheBiasParameter) {
   EXPECT_EQ(params.count("deconv.bias"), 1u);
   // ConvTranspose3d(3, 4, 2): n + 1; Conv3d(k 3, p 1) keeps it; AvgPool3d(2, stride 1): n - 1.
   EXPECT_EQ(net.output_shape(), (Shape{2, 5, 4, 5, 6}));
-  EXPECT_TRUE(net.sgd().nesterov);
+  EXPECT_TRUE(net.spec().optimizer.sgd.nesterov);
 }
 
 // ---------------------------------------------------------------- fusion pattern

@@ -43,7 +43,7 @@ std::vector<GpuCase> gpu_cases() {
 
 class GpuParity : public ::testing::TestWithParam<GpuCase> {};
 
-TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndThreeSgdSteps) {
+TEST_P(GpuParity, MatchesPyTorchForwardGradientsAndOptimizerSteps) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const GpuCase& c = GetParam();
   const double tol = c.precision == "fp32" ? 1e-5 : 5e-3;

@@ -23,6 +23,7 @@
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
 #include "anvil/plan.hpp"
+#include "engine/src/spec/network_spec.hpp"
 #include "anvil/safetensors.hpp"
 
 namespace {
@@ -280,8 +281,8 @@ void check_schedule(const anvil::Network& net, const MemoryPlan& plan, anvil::Mo
 
   // The slabs: parameters always; gradients and SGD's momentum only when training (and momentum != 0).
   std::set<std::string> expected_names = {"act.input", "params"};
-  if (train) expected_names.insert("grads");
-  if (train && net.sgd().momentum != 0) expected_names.insert("optimizer.momentum");
+  if (train) expected_names.insert({"grads", "optimizer.step"});
+  if (train && net.spec().optimizer.sgd.momentum != 0) expected_names.insert("optimizer.momentum");
   for (const auto& l : layers) {
     expected_names.insert("act." + l.name);
     if (train) expected_names.insert("grad." + l.name);

@@ -39,7 +39,6 @@ const std::string& Network::name() const { return spec_->name; }
 const std::string& Network::source() const { return spec_->source; }
 uint64_t Network::seed() const { return spec_->seed; }
 Precision Network::precision() const { return spec_->precision; }
-const SgdParams& Network::sgd() const { return spec_->sgd; }
 bool Network::fuse() const { return spec_->fuse; }
 const Shape& Network::input_shape() const { return graph_->tensors[0].shape; }
 const Shape& Network::output_shape() const { return graph_->tensors[graph_->output].shape; }

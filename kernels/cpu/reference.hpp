@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "anvil/optimizer.hpp"
 
 namespace anvil::cpu {
 
@@ -73,13 +72,5 @@ template <class T> void avg_pool_backward(const T* dy, T* dx, const PoolGeometry
 // dst = src, or dst += src when accumulate (gradient fan-out, the add layer)
 template <class T> void copy_or_accumulate(const T* src, T* dst, int64_t count, bool accumulate);
 template <class T> void add_forward(const T* a, const T* b, T* y, int64_t count);
-
-// loss = mean((pred - target)^2); dpred = 2 (pred - target) / count. Returns the loss.
-template <class T> T mse_forward_backward(const T* pred, const T* target, T* dpred, int64_t count);
-
-// torch.optim.SGD, one step over a flat slab. first_step: the momentum buffer
-// is initialised to the gradient, as torch does on its first step.
-template <class T> void sgd_step(T* param, const T* grad, T* momentum_buf, int64_t count, const SgdParams& p,
-                                 bool first_step);
 
 }  // namespace anvil::cpu

@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "anvil/optimizer.hpp"
 #include "anvil/tensor.hpp"
 
 namespace anvil {
@@ -37,7 +36,6 @@ class Network {
   const Shape& output_shape() const;
   uint64_t seed() const;
   Precision precision() const;
-  const SgdParams& sgd() const;
   bool fuse() const;
   std::vector<LayerSummary> layers() const;
   // Groups of layer names that the fusion pass merges into one kernel.

@@ -4,6 +4,7 @@
 
 #include "engine/src/train/loss.hpp"
 #include "engine/src/train/optimizer.hpp"
+#include "kernels/optimizer_math.hpp"
 
 namespace anvil {
 
@@ -98,6 +99,7 @@ void schedule_slabs(const Graph& g, const Optimizer* optimizer, Schedule& s) {
   s.grad_slab = add(s, "grads", s.slab_bytes, 0, 0, true);
   for (const std::string& name : optimizer->state_names())
     s.optimizer_state.push_back(add(s, "optimizer." + name, s.slab_bytes, 0, 0, true));
+  s.step_state = add(s, "optimizer.step", sizeof(StepState), 0, 0, true);
 }
 
 }  // namespace

@@ -44,6 +44,7 @@ struct Schedule {
   size_t slab_bytes = 0;
   int param_slab = kNoBuffer, grad_slab = kNoBuffer;
   std::vector<int> optimizer_state;  // one slab each
+  int step_state = kNoBuffer;        // the optimizer's StepState
   int target = kNoBuffer, loss = kNoBuffer, loss_scratch = kNoBuffer;
 };
 

@@ -111,6 +111,7 @@ void Engine::Impl::bind() {
   optimizer_args.grads = grads;
   optimizer_args.count = static_cast<int64_t>(slab_floats());
   for (int request : s.optimizer_state) optimizer_args.state.push_back(reinterpret_cast<float*>(address(request)));
+  optimizer_args.step = reinterpret_cast<StepState*>(address(s.step_state));
 }
 
 // The slabs start at zero (their padding must stay zero for the flat
@@ -128,6 +129,7 @@ void Engine::Impl::initialise() {
   slabs.insert(slabs.end(), schedule.optimizer_state.begin(), schedule.optimizer_state.end());
   for (int slab : slabs)
     if (slab != kNoBuffer) fill(address(slab), 0, schedule.slab_bytes);
+  if (schedule.step_state != kNoBuffer) fill(address(schedule.step_state), 0, sizeof(StepState));  // step 0
 
   std::vector<float> host(slab_floats(), 0.f);
   for (const auto& slot : schedule.params) {

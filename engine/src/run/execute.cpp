@@ -24,7 +24,6 @@ void Engine::Impl::run_loss_backward() {
 
 void Engine::Impl::run_optimizer() {
   NvtxRange range("optimizer");
-  optimizer_args.first_step = steps == 0;
   optimizer->step(options.device, ctx.get(), optimizer_args);
 }
 
@@ -36,11 +35,11 @@ void Engine::Impl::run_work(Work work) {
   if (work == kTrainStep) run_optimizer();
 }
 
-// CUDA engines capture each kind of work once and replay it. The first train
-// step runs eagerly (it initialises the momentum), so the captured step is a
-// later one. If capture fails, say so once and run eagerly from then on.
+// CUDA engines capture each kind of work once, on first use, and replay it:
+// everything that changes from step to step lives in device memory. If
+// capture fails, say so once and run eagerly from then on.
 void Engine::Impl::enqueue(Work work) {
-  const bool capturable = cuda() && options.cuda_graph && !graph_failed && (work != kTrainStep || steps >= 1);
+  const bool capturable = cuda() && options.cuda_graph && !graph_failed;
   if (capturable && !graphs[work]) {
     cudaGraph_t captured = nullptr;
     ANVIL_CUDA_CHECK(cudaStreamBeginCapture(ctx->stream(), cudaStreamCaptureModeThreadLocal));

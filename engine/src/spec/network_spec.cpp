@@ -20,26 +20,110 @@ nlohmann::json parse_json(const std::string& text) {
   }
 }
 
-SgdParams parse_optimizer(JsonReader& top) {
-  SgdParams sgd;
-  if (!top.has("optimizer")) return sgd;
+// "loss": a name, or an object with "type" (and smooth_l1's "beta", as F.smooth_l1_loss).
+LossSpec parse_loss(JsonReader& top) {
+  LossSpec loss;
+  if (!top.has("loss")) return loss;
+  const nlohmann::json& value = top.raw("loss");
+  const bool object = value.is_object();
+  if (!object && !value.is_string())
+    top.fail("loss", "must be a loss name or an object with \"type\", got " + describe_json_value(value));
+  const nlohmann::json no_keys = nlohmann::json::object();  // a bare name has no further keys
+  JsonReader cfg(object ? value : no_keys, "loss");
+  loss.type = object ? cfg.string("type") : value.get<std::string>();
+  const std::string key = object ? "type" : "";
+  if (loss.type == "mse") {
+    loss.params.kind = LossKind::Mse;
+  } else if (loss.type == "l1") {
+    loss.params.kind = LossKind::L1;
+  } else if (loss.type == "smooth_l1") {
+    loss.params.kind = LossKind::SmoothL1;
+    const double beta = cfg.number_or("beta", 1.0);
+    if (!(beta >= 0)) cfg.fail("beta", "must be >= 0, got " + describe_json_value(cfg.raw("beta")));
+    loss.params.beta = static_cast<float>(beta);
+  } else {
+    cfg.fail(key, "unknown loss '" + loss.type + "' (known: l1, mse, smooth_l1)");
+  }
+  cfg.finish();
+  return loss;
+}
+
+// "lr_schedule": step (torch's StepLR) or cosine (a linear warmup, then CosineAnnealingLR).
+LrSchedule parse_schedule(JsonReader& opt, double lr) {
+  LrSchedule s;
+  s.base_lr = lr;
+  if (!opt.has("lr_schedule")) return s;
+  JsonReader cfg(opt.raw("lr_schedule"), "optimizer.lr_schedule");
+  const std::string type = cfg.string("type");
+  if (type == "step") {
+    s.kind = LrSchedule::Kind::Step;
+    s.step_size = cfg.integer_or("step_size", -1, 1);
+    if (s.step_size < 0) cfg.fail("step_size", "missing required field");
+    s.gamma = cfg.number_or("gamma", 0.1);
+    if (!(s.gamma > 0)) cfg.fail("gamma", "must be > 0, got " + describe_json_value(cfg.raw("gamma")));
+  } else if (type == "cosine") {
+    s.kind = LrSchedule::Kind::Cosine;
+    s.warmup_steps = cfg.integer_or("warmup_steps", 0, 0);
+    s.total_steps = cfg.integer_or("total_steps", -1, 1);
+    if (s.total_steps < 0) cfg.fail("total_steps", "missing required field");
+    if (s.total_steps <= s.warmup_steps)
+      cfg.fail("total_steps", "must be larger than warmup_steps (" + std::to_string(s.warmup_steps) + "), got " +
+                                  std::to_string(s.total_steps));
+    s.min_lr = cfg.number_or("min_lr", 0.0);
+    if (!(s.min_lr >= 0)) cfg.fail("min_lr", "must be >= 0, got " + describe_json_value(cfg.raw("min_lr")));
+  } else {
+    cfg.fail("type", "unknown lr_schedule '" + type + "' (known: cosine, step)");
+  }
+  cfg.finish();
+  return s;
+}
+
+OptimizerSpec parse_optimizer(JsonReader& top) {
+  OptimizerSpec spec;
+  spec.schedule.base_lr = 0.01;
+  if (!top.has("optimizer")) return spec;
   JsonReader opt(top.raw("optimizer"), "optimizer");
-  const std::string type = opt.string_or("type", "sgd");
-  if (type != "sgd") opt.fail("type", "unknown optimizer '" + type + "' (known: sgd)");
+  spec.type = opt.string_or("type", "sgd");
   auto non_negative = [&](const std::string& key, double fallback) {
     const double v = opt.number_or(key, fallback);
-    if (v < 0) opt.fail(key, "must be >= 0, got " + describe_json_value(opt.raw(key)));
-    return static_cast<float>(v);
+    if (!(v >= 0)) opt.fail(key, "must be >= 0, got " + describe_json_value(opt.raw(key)));
+    return v;
   };
-  sgd.lr = non_negative("lr", 0.01);
-  sgd.momentum = non_negative("momentum", 0);
-  sgd.dampening = static_cast<float>(opt.number_or("dampening", 0));
-  sgd.weight_decay = non_negative("weight_decay", 0);
-  sgd.nesterov = opt.boolean_or("nesterov", false);
-  if (sgd.nesterov && (sgd.momentum <= 0 || sgd.dampening != 0))
-    opt.fail("nesterov", "requires momentum > 0 and dampening 0, as in torch.optim.SGD");
+  if (spec.type == "sgd") {
+    spec.schedule = parse_schedule(opt, non_negative("lr", 0.01));
+    SgdHyper& h = spec.sgd;
+    h.momentum = static_cast<float>(non_negative("momentum", 0));
+    h.dampening = static_cast<float>(opt.number_or("dampening", 0));
+    h.weight_decay = static_cast<float>(non_negative("weight_decay", 0));
+    h.nesterov = opt.boolean_or("nesterov", false);
+    if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
+      opt.fail("nesterov", "requires momentum > 0 and dampening 0, as in torch.optim.SGD");
+  } else if (spec.type == "adam" || spec.type == "adamw") {
+    // torch.optim.Adam / AdamW defaults; AdamW's weight decay is decoupled (and defaults to 0.01).
+    AdamHyper& h = spec.adam;
+    h.decoupled_weight_decay = spec.type == "adamw";
+    spec.schedule = parse_schedule(opt, non_negative("lr", 0.001));
+    if (opt.has("betas")) {
+      const nlohmann::json& betas = opt.raw("betas");
+      if (!betas.is_array() || betas.size() != 2 || !betas[0].is_number() || !betas[1].is_number())
+        opt.fail("betas", "must be a list of two numbers, got " + describe_json_value(betas));
+      for (int i = 0; i < 2; ++i) {
+        const double b = betas[i].get<double>();
+        if (!(b >= 0 && b < 1))
+          throw InputError(opt.key_path("betas") + "[" + std::to_string(i) + "]: must be in [0, 1), got " +
+                           describe_json_value(betas[i]));
+      }
+      h.beta1 = betas[0].get<float>();
+      h.beta2 = betas[1].get<float>();
+    }
+    h.eps = static_cast<float>(non_negative("eps", 1e-8));
+    h.weight_decay = static_cast<float>(non_negative("weight_decay", h.decoupled_weight_decay ? 0.01 : 0.0));
+    if (opt.boolean_or("amsgrad", false)) opt.fail("amsgrad", "is not supported (only amsgrad: false)");
+  } else {
+    opt.fail("type", "unknown optimizer '" + spec.type + "' (known: adam, adamw, sgd)");
+  }
   opt.finish();
-  return sgd;
+  return spec;
 }
 
 // Names, inputs and type-specific keys of every layer; inputs are resolved later (lower/graph.cpp).
@@ -86,9 +170,8 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   spec.input = top.shape("input");
   if (spec.input.size() != 4 && spec.input.size() != 5)
     top.fail("input", "must be (N, C, H, W) or (N, C, D, H, W), got " + to_string(spec.input));
-  spec.loss = top.string_or("loss", "mse");
-  if (spec.loss != "mse") top.fail("loss", "unknown loss '" + spec.loss + "' (known: mse)");
-  spec.sgd = parse_optimizer(top);
+  spec.loss = parse_loss(top);
+  spec.optimizer = parse_optimizer(top);
   const std::string precision = top.string_or("precision", "tf32");
   if (precision != "tf32" && precision != "fp32")
     top.fail("precision", "must be \"tf32\" or \"fp32\", got \"" + precision + "\"");

@@ -11,16 +11,30 @@
 #include "anvil/network.hpp"
 #include "anvil/tensor.hpp"
 #include "engine/src/spec/layer_spec.hpp"
+#include "kernels/loss_math.hpp"
+#include "kernels/optimizer_math.hpp"
 
 namespace anvil {
+
+struct LossSpec {
+  std::string type = "mse";  // mse, l1 or smooth_l1
+  LossParams params;
+};
+
+struct OptimizerSpec {
+  std::string type = "sgd";  // sgd, adam or adamw
+  LrSchedule schedule;       // its base_lr is the optimizer's "lr"
+  SgdHyper sgd;
+  AdamHyper adam;
+};
 
 struct NetworkSpec {
   std::string name;
   std::string source;  // the file (or label) the text came from, for messages
   Shape input;
   std::vector<LayerSpec> layers;  // in file order; the last one feeds the loss
-  std::string loss = "mse";
-  SgdParams sgd;
+  LossSpec loss;
+  OptimizerSpec optimizer;
   Precision precision = Precision::TF32;
   uint64_t seed = 0;
   bool fuse = true;

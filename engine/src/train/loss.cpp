@@ -2,30 +2,39 @@
 
 #include "engine/src/cuda/context.hpp"
 #include "engine/src/spec/network_spec.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/training.hpp"
+#include "kernels/cpu/loss.hpp"
+#include "kernels/cuda/loss.hpp"
 
 namespace anvil {
 
 namespace {
 
-class MseLoss : public Loss {
+// mse, l1 and smooth_l1: the mean over the elements of one per-element loss
+// (kernels/loss_math.hpp), reduced deterministically.
+class ElementwiseLoss : public Loss {
  public:
-  std::string describe() const override { return "mse"; }
+  explicit ElementwiseLoss(const LossSpec& spec) : spec_(spec) {}
+  std::string describe() const override {
+    return spec_.params.kind == LossKind::SmoothL1 ? spec_.type + " (beta " + std::to_string(spec_.params.beta) + ")"
+                                                   : spec_.type;
+  }
   size_t scratch_bytes(Device device, int64_t count) const override {
-    return device == Device::Cuda ? cuda::mse_scratch_bytes(count) : 0;
+    return device == Device::Cuda ? cuda::loss_scratch_bytes(count) : 0;
   }
   void forward_backward(Device device, CudaContext* ctx, const float* pred, const float* target, float* dpred,
                         float* loss, int64_t count, void* scratch) const override {
     if (device == Device::Cuda)
-      cuda::mse_forward_backward(pred, target, dpred, loss, count, scratch, ctx->stream());
+      cuda::loss_forward_backward(spec_.params, pred, target, dpred, loss, count, scratch, ctx->stream());
     else
-      *loss = cpu::mse_forward_backward(pred, target, dpred, count);
+      *loss = cpu::loss_forward_backward(spec_.params, pred, target, dpred, count);
   }
+
+ private:
+  LossSpec spec_;
 };
 
 }  // namespace
 
-std::unique_ptr<Loss> create_loss(const NetworkSpec&) { return std::make_unique<MseLoss>(); }
+std::unique_ptr<Loss> create_loss(const NetworkSpec& spec) { return std::make_unique<ElementwiseLoss>(spec.loss); }
 
 }  // namespace anvil

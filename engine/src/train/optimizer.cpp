@@ -1,35 +1,89 @@
 #include "engine/src/train/optimizer.hpp"
 
+#include <functional>
+#include <map>
+
 #include "engine/src/cuda/context.hpp"
 #include "engine/src/spec/network_spec.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/training.hpp"
+#include "kernels/cpu/optimizer.hpp"
+#include "kernels/cuda/optimizer.hpp"
 
 namespace anvil {
 
 namespace {
 
+void begin(Device device, CudaContext* ctx, StepState* state, const LrSchedule& schedule, float beta1, float beta2) {
+  if (device == Device::Cuda)
+    cuda::begin_step(state, schedule, beta1, beta2, ctx->stream());
+  else
+    begin_step(*state, schedule, beta1, beta2);
+}
+
+std::string schedule_name(const LrSchedule& s) {
+  switch (s.kind) {
+    case LrSchedule::Kind::Step: return ", step schedule";
+    case LrSchedule::Kind::Cosine: return ", cosine schedule";
+    default: return "";
+  }
+}
+
+// torch.optim.SGD.
 class Sgd : public Optimizer {
  public:
-  explicit Sgd(const SgdParams& p) : p_(p) {}
-  std::string describe() const override { return "sgd"; }
+  explicit Sgd(const OptimizerSpec& spec) : schedule_(spec.schedule), h_(spec.sgd) {}
+  std::string describe() const override { return "sgd" + schedule_name(schedule_); }
   std::vector<std::string> state_names() const override {
-    return p_.momentum != 0 ? std::vector<std::string>{"momentum"} : std::vector<std::string>{};
+    return h_.momentum != 0 ? std::vector<std::string>{"momentum"} : std::vector<std::string>{};
   }
   void step(Device device, CudaContext* ctx, const OptimizerArgs& a) const override {
+    begin(device, ctx, a.step, schedule_, 0.f, 0.f);
     float* momentum = a.state.empty() ? nullptr : a.state[0];
     if (device == Device::Cuda)
-      cuda::sgd_step(a.params, a.grads, momentum, a.count, p_, a.first_step, ctx->stream());
+      cuda::sgd_update(a.params, a.grads, momentum, a.count, h_, a.step, ctx->stream());
     else
-      cpu::sgd_step(a.params, a.grads, momentum, a.count, p_, a.first_step);
+      cpu::sgd_update(a.params, a.grads, momentum, a.count, h_, *a.step);
   }
 
  private:
-  SgdParams p_;
+  LrSchedule schedule_;
+  SgdHyper h_;
 };
+
+// torch.optim.Adam, and AdamW (decoupled weight decay).
+class Adam : public Optimizer {
+ public:
+  explicit Adam(const OptimizerSpec& spec) : type_(spec.type), schedule_(spec.schedule), h_(spec.adam) {}
+  std::string describe() const override { return type_ + schedule_name(schedule_); }
+  std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
+  void step(Device device, CudaContext* ctx, const OptimizerArgs& a) const override {
+    begin(device, ctx, a.step, schedule_, h_.beta1, h_.beta2);
+    if (device == Device::Cuda)
+      cuda::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, a.step, ctx->stream());
+    else
+      cpu::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, *a.step);
+  }
+
+ private:
+  std::string type_;
+  LrSchedule schedule_;
+  AdamHyper h_;
+};
+
+using Creator = std::function<std::unique_ptr<Optimizer>(const OptimizerSpec&)>;
+
+const std::map<std::string, Creator>& registry() {
+  static const std::map<std::string, Creator> table = {
+      {"sgd", [](const OptimizerSpec& s) { return std::make_unique<Sgd>(s); }},
+      {"adam", [](const OptimizerSpec& s) { return std::make_unique<Adam>(s); }},
+      {"adamw", [](const OptimizerSpec& s) { return std::make_unique<Adam>(s); }},
+  };
+  return table;
+}
 
 }  // namespace
 
-std::unique_ptr<Optimizer> create_optimizer(const NetworkSpec& spec) { return std::make_unique<Sgd>(spec.sgd); }
+std::unique_ptr<Optimizer> create_optimizer(const NetworkSpec& spec) {
+  return registry().at(spec.optimizer.type)(spec.optimizer);
+}
 
 }  // namespace anvil
