@@ -168,7 +168,8 @@ LAYER_KEYS = {
     "conv_transpose3d": CONV_KEYS | {"output_padding"},
     "max_pool2d": POOL_KEYS, "max_pool3d": POOL_KEYS,
     "avg_pool2d": POOL_KEYS, "avg_pool3d": POOL_KEYS,
-    "leaky_relu": {"negative_slope"}, "relu": set(), "channel_scale": set(), "add": set(),
+    "leaky_relu": {"negative_slope"}, "relu": set(), "sigmoid": set(), "tanh": set(),
+    "channel_scale": set(), "add": set(),
 }
 COMMON_KEYS = {"type", "name", "inputs"}
 
@@ -239,6 +240,10 @@ def layer_forward(layer, xs, params):
         return F.leaky_relu(xs[0], layer.spec.get("negative_slope", 0.01))
     if t == "relu":
         return F.relu(xs[0])
+    if t == "sigmoid":
+        return torch.sigmoid(xs[0])
+    if t == "tanh":
+        return torch.tanh(xs[0])
     if t == "channel_scale":
         return xs[0] * params[layer.name]
     if t == "add":
