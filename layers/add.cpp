@@ -3,8 +3,8 @@
 // holds a gradient from another consumer.
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cuda/add.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {

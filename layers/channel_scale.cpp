@@ -3,8 +3,8 @@
 // nn.Parameter(torch.randn(...)). Its parameter is named after the layer itself.
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cuda/channel_scale.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {
@@ -24,7 +24,7 @@ class ChannelScale : public Layer {
 
   size_t backward_workspace_bytes(Device device) const override {
     const Shape& x = input_shapes()[0];
-    return device == Device::Cuda ? cuda::channel_reduce_scratch_bytes(x[0], x[1], spatial()) : 0;
+    return device == Device::Cuda ? cuda::channel_scale_backward_scratch_bytes(x[0], x[1], spatial()) : 0;
   }
 
  protected:

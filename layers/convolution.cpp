@@ -7,7 +7,10 @@
 
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cpu/conv.hpp"
+#include "kernels/cuda/bias.hpp"
 #include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
 
@@ -306,7 +309,7 @@ size_t Convolution::cudnn_backward_workspace() const {
 
 size_t Convolution::bias_scratch_bytes() const {
   const Shape& y = output_shape();
-  return bias_ ? cuda::channel_reduce_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
+  return bias_ ? cuda::bias_backward_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
 }
 
 size_t Convolution::forward_workspace_bytes(Device device) const {

@@ -15,7 +15,7 @@
 #include <memory>
 #include <vector>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {

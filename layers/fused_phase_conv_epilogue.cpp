@@ -8,6 +8,8 @@
 #include "anvil/error.hpp"
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
+#include "kernels/cuda/phase_conv_mma.hpp"
+#include "kernels/cuda/phase_wgrad_mma.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {

@@ -2,8 +2,8 @@
 
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/pointwise.hpp"
+#include "kernels/cuda/pointwise.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {
@@ -11,23 +11,24 @@ namespace anvil {
 LeakyRelu::LeakyRelu(const LayerInfo& info, float slope) : Layer(info.type, info.name, info.path), slope_(slope) {}
 
 void LeakyRelu::forward_cpu(const LayerArgs& args) {
-  cpu::leaky_relu_forward(args.in[0].data, args.out.data, numel(args.out.shape), slope_);
+  cpu::pointwise_forward(PointwiseOp::LeakyRelu, slope_, args.in[0].data, args.out.data, numel(args.out.shape));
 }
 
 void LeakyRelu::backward_cpu(const LayerArgs& args) {
   if (!args.din[0].data) return;
-  cpu::leaky_relu_backward(args.in[0].data, args.dout.data, args.din[0].data, numel(args.out.shape), slope_,
-                           args.din_accumulate[0]);
+  cpu::pointwise_backward(PointwiseOp::LeakyRelu, slope_, args.in[0].data, args.out.data, args.dout.data,
+                          args.din[0].data, numel(args.out.shape), args.din_accumulate[0]);
 }
 
 void LeakyRelu::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  cuda::leaky_relu_forward(args.in[0].data, args.out.data, numel(args.out.shape), slope_, ctx.stream());
+  cuda::pointwise_forward(PointwiseOp::LeakyRelu, slope_, args.in[0].data, args.out.data, numel(args.out.shape),
+                          ctx.stream());
 }
 
 void LeakyRelu::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (!args.din[0].data) return;
-  cuda::leaky_relu_backward(args.in[0].data, args.dout.data, args.din[0].data, numel(args.out.shape), slope_,
-                            args.din_accumulate[0], ctx.stream());
+  cuda::pointwise_backward(PointwiseOp::LeakyRelu, slope_, args.in[0].data, args.out.data, args.dout.data,
+                           args.din[0].data, numel(args.out.shape), args.din_accumulate[0], ctx.stream());
 }
 
 std::unique_ptr<Layer> create_leaky_relu(ConfigReader& cfg, const LayerInfo& info, bool plain_relu) {

@@ -2,6 +2,7 @@
 
 #include "engine/src/config.hpp"
 #include "engine/src/context.hpp"
+#include "kernels/cpu/pool.hpp"
 #include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
 

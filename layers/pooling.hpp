@@ -5,7 +5,7 @@
 
 #include <memory>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {

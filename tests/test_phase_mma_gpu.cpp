@@ -26,7 +26,9 @@
 #include "engine/src/config.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/phase_conv_mma.hpp"
 #include "kernels/cuda/phase_split.hpp"
+#include "kernels/cuda/phase_wgrad_mma.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
 #include "layers/registry.hpp"
 

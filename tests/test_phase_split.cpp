@@ -8,7 +8,7 @@
 #include <random>
 
 #include "engine/src/config.hpp"
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/conv.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
 #include "layers/registry.hpp"
 
