@@ -29,8 +29,8 @@ void pointwise_backward(PointwiseOp op, T param, const T* x, const T* y, const T
   });
 }
 
-#define ANVIL_INSTANTIATE_POINTWISE(T)                                              \
-  template void pointwise_forward<T>(PointwiseOp, T, const T*, T*, int64_t); \
+#define ANVIL_INSTANTIATE_POINTWISE(T)                                                                         \
+  template void pointwise_forward<T>(PointwiseOp, T, const T*, T*, int64_t);                                   \
   template void pointwise_backward<T>(PointwiseOp, T, const T*, const T*, const T*, T*, int64_t, bool);
 
 ANVIL_INSTANTIATE_POINTWISE(float)
