@@ -2,8 +2,8 @@
 // Its backward hands dy to every input, accumulating where an input already
 // holds a gradient from another consumer.
 #include "engine/src/cuda/context.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cuda/add.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {

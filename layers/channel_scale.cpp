@@ -2,8 +2,8 @@
 // (or (C, 1, 1) in 2-D), initialised from N(0, 1) like the KernelBench model's
 // nn.Parameter(torch.randn(...)). Its parameter is named after the layer itself.
 #include "engine/src/cuda/context.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cuda/channel_scale.hpp"
 #include "layers/registry.hpp"
 
 namespace anvil {
@@ -25,7 +25,7 @@ class ChannelScale : public Layer {
   std::vector<BufferRequest> buffers(Device device) const override {
     if (device != Device::Cuda) return {};
     const Shape& x = input_shapes()[0];
-    return {{"reduce_scratch", cuda::channel_reduce_scratch_bytes(x[0], x[1], spatial()), BufferLife::Backward}};
+    return {{"reduce_scratch", cuda::channel_scale_backward_scratch_bytes(x[0], x[1], spatial()), BufferLife::Backward}};
   }
 
  protected:

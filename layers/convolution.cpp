@@ -6,7 +6,10 @@
 #include <iostream>
 
 #include "engine/src/cuda/context.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cpu/conv.hpp"
+#include "kernels/cuda/bias.hpp"
 #include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
 
@@ -286,7 +289,7 @@ size_t Convolution::cudnn_backward_workspace() const {
 
 size_t Convolution::bias_scratch_bytes() const {
   const Shape& y = output_shape();
-  return spec_.bias ? cuda::channel_reduce_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
+  return spec_.bias ? cuda::bias_backward_scratch_bytes(y[0], y[1], numel(y) / (y[0] * y[1])) : 0;
 }
 
 std::vector<BufferRequest> Convolution::buffers(Device device) const {

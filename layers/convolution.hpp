@@ -15,8 +15,8 @@
 #include <memory>
 #include <vector>
 
-#include "kernels/cpu/reference.hpp"
 #include "engine/src/spec/layer_spec.hpp"
+#include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {

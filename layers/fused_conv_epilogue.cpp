@@ -14,7 +14,8 @@ std::optional<EpilogueChain> epilogue_chain(const std::vector<const LayerSpec*>&
   const auto* first = std::get_if<PointwiseSpec>(&pointwise[0]->params);
   const auto* second = std::get_if<PointwiseSpec>(&pointwise[2]->params);
   if (!first || !second || !std::holds_alternative<ChannelScaleSpec>(pointwise[1]->params)) return std::nullopt;
-  return EpilogueChain{first->slope, second->slope, pointwise[1]->name};
+  if (first->op != PointwiseOp::LeakyRelu || second->op != PointwiseOp::LeakyRelu) return std::nullopt;
+  return EpilogueChain{first->param, second->param, pointwise[1]->name};
 }
 
 bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output) {

@@ -4,6 +4,8 @@
 
 #include "anvil/error.hpp"
 #include "engine/src/cuda/context.hpp"
+#include "kernels/cuda/phase_conv_mma.hpp"
+#include "kernels/cuda/phase_wgrad_mma.hpp"
 
 namespace anvil {
 

@@ -1,6 +1,7 @@
 #include "layers/pooling.hpp"
 
 #include "engine/src/cuda/context.hpp"
+#include "kernels/cpu/pool.hpp"
 #include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
 

@@ -5,8 +5,8 @@
 
 #include <memory>
 
-#include "kernels/cpu/reference.hpp"
 #include "engine/src/spec/layer_spec.hpp"
+#include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {

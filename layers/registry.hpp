@@ -16,7 +16,7 @@ std::unique_ptr<Layer> create_layer(const LayerSpec& spec);
 // One creator per layer file.
 std::unique_ptr<Layer> create_convolution(const LayerSpec& spec, const ConvSpec& conv);
 std::unique_ptr<Layer> create_pooling(const LayerSpec& spec, const PoolSpec& pool);
-std::unique_ptr<Layer> create_leaky_relu(const LayerSpec& spec, const PointwiseSpec& pointwise);
+std::unique_ptr<Layer> create_pointwise(const LayerSpec& spec, const PointwiseSpec& pointwise);
 std::unique_ptr<Layer> create_channel_scale(const LayerSpec& spec, const ChannelScaleSpec&);
 std::unique_ptr<Layer> create_add(const LayerSpec& spec, const AddSpec&);
 

@@ -1,4 +1,4 @@
-// Tests of the CPU reference kernels (kernels/cpu/reference.hpp).
+// Tests of the CPU reference kernels (kernels/cpu).
 //
 // Every backward is checked in float64 against central finite differences of
 // its forward, for L = sum(out * R) with a fixed random R. Forwards are checked
@@ -18,10 +18,15 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cpu/conv.hpp"
+#include "kernels/cpu/pointwise.hpp"
+#include "kernels/cpu/pool.hpp"
 
 namespace {
 
+using anvil::PointwiseOp;
 using anvil::cpu::ConvGeometry;
 using anvil::cpu::Dims3;
 using anvil::cpu::PoolGeometry;
@@ -396,14 +401,144 @@ TEST(CpuReferenceBias, BackwardMatchesFiniteDifferences) {
 }
 
 // ---------------------------------------------------------------------------
-// Leaky ReLU
+// Pointwise activations: every op of ANVIL_POINTWISE_OPS, through one
+// parameterised suite. A new op needs only its formula in reference_forward.
+
+// The op's forward written directly with std:: functions, in double.
+double reference_forward(PointwiseOp op, double x, double param) {
+  switch (op) {
+    case PointwiseOp::LeakyRelu:
+      return x > 0 ? x : param * x;
+    case PointwiseOp::Sigmoid:
+      return 1.0 / (1.0 + std::exp(-x));
+    case PointwiseOp::Tanh:
+      return std::tanh(x);
+  }
+  ADD_FAILURE() << "no reference formula for " << anvil::pointwise_op_name(op);
+  return 0;
+}
+
+// Slopes for leaky_relu (relu is 0); the other ops ignore them.
+constexpr double kPointwiseParams[] = {0.0, 0.01, 0.2, 1.5};
+
+// Random values in [-scale, scale], none within 1e-3 of leaky_relu's kink at 0.
+VecD pointwise_inputs(int64_t n, uint32_t seed, double scale = 4.0) {
+  VecD x = random_vec(n, seed);
+  for (double& v : x) v = (v < 0 ? std::min(v, -1e-3) : std::max(v, 1e-3)) * scale;
+  return x;
+}
+
+template <class T> std::vector<T> pointwise_fwd(PointwiseOp op, T param, const std::vector<T>& x) {
+  std::vector<T> y(x.size());
+  cpu::pointwise_forward(op, param, x.data(), y.data(), static_cast<int64_t>(x.size()));
+  return y;
+}
+
+// dx for (x, y, dy), with the tensor the op does not read poisoned with NaN,
+// so that a wrong kBackwardUsesOutput shows.
+template <class T>
+std::vector<T> pointwise_bwd(PointwiseOp op, T param, const std::vector<T>& x, const std::vector<T>& y,
+                             const std::vector<T>& dy) {
+  const std::vector<T> nan(x.size(), std::numeric_limits<T>::quiet_NaN());
+  const bool uses_y = anvil::pointwise_backward_uses_output(op);
+  std::vector<T> dx(x.size());
+  cpu::pointwise_backward(op, param, uses_y ? nan.data() : x.data(), uses_y ? y.data() : nan.data(), dy.data(),
+                          dx.data(), static_cast<int64_t>(x.size()), false);
+  return dx;
+}
+
+class CpuReferencePointwise : public ::testing::TestWithParam<PointwiseOp> {};
+
+TEST_P(CpuReferencePointwise, ForwardMatchesFormula) {
+  const PointwiseOp op = GetParam();
+  const int64_t count = 1001;
+  const VecD x = rounded(pointwise_inputs(count, 31, 8.0));
+  for (double param : kPointwiseParams) {
+    SCOPED_TRACE(param);
+    VecD want(x.size());
+    for (size_t i = 0; i < x.size(); ++i) want[i] = reference_forward(op, x[i], param);
+    expect_all_near(pointwise_fwd(op, param, x), want, 1e-15, "forward<double>");
+    expect_all_near(pointwise_fwd(op, static_cast<float>(param), to_float(x)), want, 1e-6, "forward<float>");
+  }
+}
+
+TEST_P(CpuReferencePointwise, BackwardMatchesFiniteDifferences) {
+  const PointwiseOp op = GetParam();
+  const int64_t count = 3 * 5 * 7;
+  uint32_t seed = 32;
+  for (double param : kPointwiseParams) {
+    SCOPED_TRACE(param);
+    VecD x = pointwise_inputs(count, seed++);
+    const VecD r = random_vec(count, seed++);
+    auto loss = [&] { return dot(pointwise_fwd(op, param, x), r); };
+    const VecD dx = pointwise_bwd(op, param, x, pointwise_fwd(op, param, x), r);
+    expect_all_near(dx, numeric_grad(x, loss), kFdRtol, "dL/dx");
+  }
+}
+
+TEST_P(CpuReferencePointwise, FloatMatchesDouble) {
+  const PointwiseOp op = GetParam();
+  const int64_t count = 257;
+  const VecD x = rounded(pointwise_inputs(count, 33)), dy = rounded(random_vec(count, 34));
+  for (double param : kPointwiseParams) {
+    SCOPED_TRACE(param);
+    const float pf = static_cast<float>(param);
+    const VecF yf = pointwise_fwd(op, pf, to_float(x));
+    expect_all_near(pointwise_bwd(op, pf, to_float(x), yf, to_float(dy)),
+                    pointwise_bwd(op, param, x, pointwise_fwd(op, param, x), dy), 1e-6, "backward<float>");
+  }
+}
+
+TEST_P(CpuReferencePointwise, OverwriteAccumulateAndInPlace) {
+  const PointwiseOp op = GetParam();
+  const int64_t count = 37;
+  const VecF x = to_float(pointwise_inputs(count, 35)), dy = to_float(random_vec(count, 36));
+  const VecF y = pointwise_fwd(op, 0.1f, x);
+  expect_overwrites<float>(count, [&](float* out) { cpu::pointwise_forward(op, 0.1f, x.data(), out, count); },
+                           "pointwise_forward");
+  expect_accumulates<float>(
+      count,
+      [&](float* out, bool acc) { cpu::pointwise_backward(op, 0.1f, x.data(), y.data(), dy.data(), out, count, acc); },
+      1e-6, "pointwise_backward");
+  // In place: y over x, dx over dy.
+  VecF io = x;
+  cpu::pointwise_forward(op, 0.1f, io.data(), io.data(), count);
+  EXPECT_EQ(io, y);
+  io = dy;
+  cpu::pointwise_backward(op, 0.1f, x.data(), y.data(), io.data(), io.data(), count, false);
+  EXPECT_EQ(io, pointwise_bwd(op, 0.1f, x, y, dy));
+}
+
+TEST_P(CpuReferencePointwise, ExtremeInputsGiveFiniteResults) {
+  const PointwiseOp op = GetParam();
+  const VecD x{-1e4, -104.0, -100.0, -89.0, 89.0, 100.0, 1e4};
+  const VecD dy(x.size(), 1.0);
+  for (double v : pointwise_bwd(op, 0.1, x, pointwise_fwd(op, 0.1, x), dy)) EXPECT_TRUE(std::isfinite(v)) << v;
+  const VecF xf = to_float(x), dyf = to_float(dy), yf = pointwise_fwd(op, 0.1f, xf);
+  for (float v : yf) EXPECT_TRUE(std::isfinite(v)) << v;
+  for (float v : pointwise_bwd(op, 0.1f, xf, yf, dyf)) EXPECT_TRUE(std::isfinite(v)) << v;
+}
+
+TEST_P(CpuReferencePointwise, NameRoundTrips) {
+  const PointwiseOp op = GetParam();
+  EXPECT_EQ(anvil::pointwise_op_from_name(anvil::pointwise_op_name(op)), op);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllOps, CpuReferencePointwise, ::testing::ValuesIn(anvil::kAllPointwiseOps),
+                         [](const ::testing::TestParamInfo<PointwiseOp>& info) {
+                           return std::string(anvil::pointwise_op_name(info.param));
+                         });
+
+TEST(CpuReferencePointwiseNames, UnknownNameHasNoOp) {
+  EXPECT_FALSE(anvil::pointwise_op_from_name("relu").has_value());  // leaky_relu with slope 0, not an op of its own
+  EXPECT_FALSE(anvil::pointwise_op_from_name("").has_value());
+}
 
 TEST(CpuReferenceLeakyRelu, ZeroInputTakesSlopeBranchAsInPyTorch) {
   const VecD x{0.0, -0.0, 1.5, -2.0, 1e-30, -1e-30};
   const VecD dy{3.0, 3.0, 3.0, 3.0, 3.0, 3.0};
-  VecD y(x.size()), dx(x.size());
-  cpu::leaky_relu_forward(x.data(), y.data(), 6, 0.1);
-  cpu::leaky_relu_backward(x.data(), dy.data(), dx.data(), 6, 0.1, false);
+  const VecD y = pointwise_fwd(PointwiseOp::LeakyRelu, 0.1, x);
+  const VecD dx = pointwise_bwd(PointwiseOp::LeakyRelu, 0.1, x, y, dy);
   const VecD want_y{0.0, 0.0, 1.5, -0.2, 1e-30, -1e-31};
   const VecD want_dx{0.3, 0.3, 3.0, 0.3, 3.0, 0.3};
   for (size_t i = 0; i < x.size(); ++i) {
@@ -411,38 +546,19 @@ TEST(CpuReferenceLeakyRelu, ZeroInputTakesSlopeBranchAsInPyTorch) {
     EXPECT_DOUBLE_EQ(dx[i], want_dx[i]) << i;
   }
   // relu (slope 0) passes no gradient at exactly 0.
-  VecD dx0(x.size());
-  cpu::leaky_relu_backward(x.data(), dy.data(), dx0.data(), 6, 0.0, false);
+  const VecD dx0 = pointwise_bwd(PointwiseOp::LeakyRelu, 0.0, x, y, dy);
   EXPECT_EQ(dx0[0], 0.0);
   EXPECT_EQ(dx0[2], 3.0);
 }
 
-TEST(CpuReferenceLeakyRelu, BackwardMatchesFiniteDifferences) {
-  const int64_t count = 3 * 5 * 7;
-  uint32_t seed = 30;
-  for (double slope : {0.0, 0.01, 0.2, 1.5}) {
-    SCOPED_TRACE(slope);
-    VecD x = random_vec(count, seed++);
-    const VecD r = random_vec(count, seed++);
-    auto loss = [&] {
-      VecD y(x.size());
-      cpu::leaky_relu_forward(x.data(), y.data(), count, slope);
-      return dot(y, r);
-    };
-    VecD dx(x.size());
-    cpu::leaky_relu_backward(x.data(), r.data(), dx.data(), count, slope, false);
-    expect_all_near(dx, numeric_grad(x, loss), kFdRtol, "dL/dx");
-  }
-}
-
-TEST(CpuReferenceLeakyRelu, OverwriteAndAccumulate) {
-  const int64_t count = 37;
-  const VecF x = to_float(random_vec(count, 40)), dy = to_float(random_vec(count, 41));
-  expect_overwrites<float>(count, [&](float* out) { cpu::leaky_relu_forward(x.data(), out, count, 0.1f); },
-                           "leaky_relu_forward");
-  expect_accumulates<float>(
-      count, [&](float* out, bool acc) { cpu::leaky_relu_backward(x.data(), dy.data(), out, count, 0.1f, acc); },
-      1e-6, "leaky_relu_backward");
+TEST(CpuReferenceSigmoid, SaturatesWithoutOverflow) {
+  const VecF y = pointwise_fwd(PointwiseOp::Sigmoid, 0.f, VecF{-100.f, 100.f});
+  EXPECT_EQ(y[1], 1.f);
+  EXPECT_GT(y[0], 0.f);  // exp(-100) is a float denormal: still resolved
+  EXPECT_NEAR(y[0], std::exp(-100.0), 2e-45);
+  const VecD yd = pointwise_fwd(PointwiseOp::Sigmoid, 0.0, VecD{-100.0, 100.0});
+  EXPECT_NEAR(yd[0], std::exp(-100.0), 1e-15 * std::exp(-100.0));
+  EXPECT_EQ(yd[1], 1.0);
 }
 
 // ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 // heads and tails and the non-vector paths. Outputs are poisoned with 0xFF
 // bytes (NaN) first, so an element left unwritten shows up; the poison around
 // each output range must survive (no stray writes). Pointwise results must be
-// within 1 ulp of the reference (they are expected to be exact); reductions
+// within 1 ulp of the reference (they are expected to be exact), except the
+// activations' forward, where expf / tanhf differ between the libraries; reductions
 // are compared with the reference run in double (relative error <= 1e-5) and
 // must be bitwise identical between runs and between aligned and offset
 // buffers.
@@ -21,20 +22,28 @@
 #include <limits>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "anvil/error.hpp"
 #include "gpu_test_util.hpp"
-#include "kernels/cpu/reference.hpp"
-#include "kernels/cuda/activation.hpp"
+#include "kernels/cpu/add.hpp"
+#include "kernels/cpu/channel.hpp"
+#include "kernels/cpu/pointwise.hpp"
+#include "kernels/cpu/pool.hpp"
+#include "kernels/cuda/add.hpp"
+#include "kernels/cuda/bias.hpp"
+#include "kernels/cuda/channel_scale.hpp"
 #include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/pointwise.hpp"
 
 namespace {
 
 namespace cpu = anvil::cpu;
 namespace gpu = anvil::cuda;
+using anvil::PointwiseOp;
 using gpu::EpilogueGeometry;
 
 // ---------------------------------------------------------------------------
@@ -138,47 +147,66 @@ const std::vector<ChannelDims> kChannelDims = {{1, 1, 1},   {1, 5, 3},   {3, 7, 
 // Pointwise
 // ---------------------------------------------------------------------------
 
-TEST(CudaKernels, LeakyReluForward) {
+// Every op of ANVIL_POINTWISE_OPS. Backward takes y from the CPU forward, so
+// it must match the CPU to 1 ulp (pointwise.cu rounds like the CPU); forward
+// differs by the two libraries' expf / tanhf (each within 2 ulp).
+class CudaPointwise : public ::testing::TestWithParam<PointwiseOp> {};
+
+constexpr int64_t kPointwiseForwardUlp = 4;
+
+// Inputs over [-8, 8]: the activations' saturated ranges too.
+std::vector<float> pointwise_inputs(size_t n, std::mt19937& rng) {
+  std::vector<float> x = random_floats(n, rng);
+  for (float& v : x) v *= 8.f;
+  return x;
+}
+
+TEST_P(CudaPointwise, Forward) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
+  const PointwiseOp op = GetParam();
   std::mt19937 rng(101);
   for (int64_t count : kCounts) {
     for (auto [ox, oy] : kOffsetPairs) {
-      for (float slope : {0.01f, 0.f, 0.2f}) {
+      for (float param : {0.01f, 0.f, 0.2f}) {
         const std::string what = describe({{"count", double(count)}, {"ox", double(ox)}, {"oy", double(oy)},
-                                           {"slope", slope}});
-        const std::vector<float> x = random_floats(count, rng);
+                                           {"param", param}});
+        const std::vector<float> x = pointwise_inputs(count, rng);
         std::vector<float> want(count);
-        cpu::leaky_relu_forward<float>(x.data(), want.data(), count, slope);
-        DeviceBuffer<float> dx(count + kSlack), dy(count + kSlack);
-        dx.upload(x, ox);
-        dy.poison();
-        gpu::leaky_relu_forward(dx.get() + ox, dy.get() + oy, count, slope, nullptr);
-        expect_ulp(dy.download(oy, count), want, 1, what);
-        expect_untouched(dy, oy, count, what);
+        cpu::pointwise_forward<float>(op, param, x.data(), want.data(), count);
+        DeviceBuffer<float> bx(count + kSlack), by(count + kSlack);
+        bx.upload(x, ox);
+        by.poison();
+        gpu::pointwise_forward(op, param, bx.get() + ox, by.get() + oy, count, nullptr);
+        expect_ulp(by.download(oy, count), want, kPointwiseForwardUlp, what);
+        expect_untouched(by, oy, count, what);
       }
     }
   }
 }
 
-TEST(CudaKernels, LeakyReluBackward) {
+TEST_P(CudaPointwise, Backward) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
+  const PointwiseOp op = GetParam();
   std::mt19937 rng(102);
   for (int64_t count : kCounts) {
     for (auto [oi, oo] : kOffsetPairs) {
       for (bool accumulate : {false, true}) {
-        for (float slope : {0.01f, 0.f}) {
+        for (float param : {0.01f, 0.f}) {
           const std::string what = describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)},
-                                             {"accumulate", accumulate}, {"slope", slope}});
-          const std::vector<float> x = random_floats(count, rng), dyv = random_floats(count, rng);
+                                             {"accumulate", accumulate}, {"param", param}});
+          const std::vector<float> x = pointwise_inputs(count, rng), dyv = random_floats(count, rng);
           const std::vector<float> dx0 = random_floats(count, rng);
-          std::vector<float> want = dx0;
-          cpu::leaky_relu_backward<float>(x.data(), dyv.data(), want.data(), count, slope, accumulate);
-          DeviceBuffer<float> bx(count + kSlack), bdy(count + kSlack), bdx(count + kSlack);
+          std::vector<float> y(count), want = dx0;
+          cpu::pointwise_forward<float>(op, param, x.data(), y.data(), count);
+          cpu::pointwise_backward<float>(op, param, x.data(), y.data(), dyv.data(), want.data(), count, accumulate);
+          DeviceBuffer<float> bx(count + kSlack), by(count + kSlack), bdy(count + kSlack), bdx(count + kSlack);
           bx.upload(x, oi);
+          by.upload(y, oi);
           bdy.upload(dyv, oi);
           bdx.poison();
           if (accumulate) bdx.upload(dx0, oo);
-          gpu::leaky_relu_backward(bx.get() + oi, bdy.get() + oi, bdx.get() + oo, count, slope, accumulate, nullptr);
+          gpu::pointwise_backward(op, param, bx.get() + oi, by.get() + oi, bdy.get() + oi, bdx.get() + oo, count,
+                                  accumulate, nullptr);
           expect_ulp(bdx.download(oo, count), want, 1, what);
           expect_untouched(bdx, oo, count, what);
         }
@@ -186,6 +214,39 @@ TEST(CudaKernels, LeakyReluBackward) {
     }
   }
 }
+
+// y over x, dx over dy; and the tensor the op's backward does not read is null.
+TEST_P(CudaPointwise, InPlace) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const PointwiseOp op = GetParam();
+  const bool uses_y = anvil::pointwise_backward_uses_output(op);
+  std::mt19937 rng(105);
+  for (int64_t count : {int64_t(5), int64_t(1001), int64_t(65539)}) {
+    for (size_t off : {0, 1}) {
+      const std::string what = describe({{"count", double(count)}, {"off", double(off)}});
+      const std::vector<float> x = pointwise_inputs(count, rng), dyv = random_floats(count, rng);
+      std::vector<float> y(count), dx(count);
+      cpu::pointwise_forward<float>(op, 0.1f, x.data(), y.data(), count);
+      cpu::pointwise_backward<float>(op, 0.1f, x.data(), y.data(), dyv.data(), dx.data(), count, false);
+      DeviceBuffer<float> bio(count + kSlack), bsaved(count + kSlack);
+      bio.upload(x, off);
+      gpu::pointwise_forward(op, 0.1f, bio.get() + off, bio.get() + off, count, nullptr);
+      expect_ulp(bio.download(off, count), y, kPointwiseForwardUlp, what + "forward in place");
+
+      bsaved.upload(uses_y ? y : x, off);
+      bio.upload(dyv, off);
+      float* saved = bsaved.get() + off;
+      gpu::pointwise_backward(op, 0.1f, uses_y ? nullptr : saved, uses_y ? saved : nullptr, bio.get() + off,
+                              bio.get() + off, count, false, nullptr);
+      expect_ulp(bio.download(off, count), dx, 1, what + "backward in place");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllOps, CudaPointwise, ::testing::ValuesIn(anvil::kAllPointwiseOps),
+                         [](const ::testing::TestParamInfo<PointwiseOp>& info) {
+                           return std::string(anvil::pointwise_op_name(info.param));
+                         });
 
 TEST(CudaKernels, CopyOrAccumulate) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
@@ -232,25 +293,20 @@ TEST(CudaKernels, AddForward) {
   }
 }
 
-TEST(CudaKernels, PointwiseInPlace) {
+TEST(CudaKernels, AddInPlace) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(105);
   for (int64_t count : {int64_t(5), int64_t(1001), int64_t(65539)}) {
     for (size_t off : {0, 1}) {
       const std::string what = describe({{"count", double(count)}, {"off", double(off)}});
-      const std::vector<float> x = random_floats(count, rng), b = random_floats(count, rng);
+      const std::vector<float> a = random_floats(count, rng), b = random_floats(count, rng);
       std::vector<float> want(count);
-      cpu::leaky_relu_forward<float>(x.data(), want.data(), count, 0.1f);
-      DeviceBuffer<float> bx(count + kSlack), bb(count + kSlack);
-      bx.upload(x, off);
-      gpu::leaky_relu_forward(bx.get() + off, bx.get() + off, count, 0.1f, nullptr);
-      expect_ulp(bx.download(off, count), want, 1, what + "leaky in place");
-
-      std::vector<float> want_add(count);
-      cpu::add_forward<float>(want.data(), b.data(), want_add.data(), count);
+      cpu::add_forward<float>(a.data(), b.data(), want.data(), count);
+      DeviceBuffer<float> ba(count + kSlack), bb(count + kSlack);
+      ba.upload(a, off);
       bb.upload(b, off);
-      gpu::add_forward(bx.get() + off, bb.get() + off, bx.get() + off, count, nullptr);
-      expect_ulp(bx.download(off, count), want_add, 1, what + "add in place");
+      gpu::add_forward(ba.get() + off, bb.get() + off, ba.get() + off, count, nullptr);
+      expect_ulp(ba.download(off, count), want, 1, what + "add in place");
     }
   }
 }
@@ -307,7 +363,7 @@ TEST(CudaKernels, ChannelScaleForward) {
 std::vector<float> run_bias_backward(const std::vector<float>& dy, const ChannelDims& d, size_t off) {
   const int64_t count = d.n * d.c * d.spatial;
   DeviceBuffer<float> bdy(count + kSlack), bdb(d.c + kSlack);
-  DeviceBuffer<unsigned char> scratch(gpu::channel_reduce_scratch_bytes(d.n, d.c, d.spatial));
+  DeviceBuffer<unsigned char> scratch(gpu::bias_backward_scratch_bytes(d.n, d.c, d.spatial));
   bdy.upload(dy, off);
   bdb.poison();
   scratch.poison();
@@ -343,7 +399,7 @@ ScaleBackwardResult run_channel_scale_backward(const std::vector<float>& x, cons
                                                bool accumulate) {
   const int64_t count = d.n * d.c * d.spatial;
   DeviceBuffer<float> bx(count + kSlack), bm(d.c), bdy(count + kSlack), bdx(count + kSlack), bdm(d.c + kSlack);
-  DeviceBuffer<unsigned char> scratch(gpu::channel_reduce_scratch_bytes(d.n, d.c, d.spatial));
+  DeviceBuffer<unsigned char> scratch(gpu::channel_scale_backward_scratch_bytes(d.n, d.c, d.spatial));
   bx.upload(x, off_in);
   bm.upload(m);
   bdy.upload(dy, off_in);
@@ -453,14 +509,16 @@ EpiReference epi_reference(const EpiInputs& in, const EpilogueGeometry& g) {
   r.z3.resize(count);
   r.p.resize(pooled);
   r.dy.resize(count);
-  cpu::leaky_relu_forward<float>(r.v.data(), z1.data(), count, in.s1);
+  cpu::pointwise_forward<float>(PointwiseOp::LeakyRelu, in.s1, r.v.data(), z1.data(), count);
   cpu::channel_scale_forward<float>(z1.data(), in.m.data(), z2.data(), g.n, g.c, s);
-  cpu::leaky_relu_forward<float>(z2.data(), r.z3.data(), count, in.s2);
+  cpu::pointwise_forward<float>(PointwiseOp::LeakyRelu, in.s2, z2.data(), r.z3.data(), count);
   cpu::max_pool_forward<float>(r.z3.data(), r.p.data(), pg);
   cpu::max_pool_backward<float>(r.z3.data(), in.dp.data(), dz3.data(), pg, false);
-  cpu::leaky_relu_backward<float>(z2.data(), dz3.data(), dz2.data(), count, in.s2, false);
+  cpu::pointwise_backward<float>(PointwiseOp::LeakyRelu, in.s2, z2.data(), nullptr, dz3.data(), dz2.data(), count,
+                                 false);
   cpu::channel_scale_backward<float>(z1.data(), in.m.data(), dz2.data(), dz1.data(), dm_f.data(), g.n, g.c, s, false);
-  cpu::leaky_relu_backward<float>(r.v.data(), dz1.data(), r.dy.data(), count, in.s1, false);
+  cpu::pointwise_backward<float>(PointwiseOp::LeakyRelu, in.s1, r.v.data(), nullptr, dz1.data(), r.dy.data(), count,
+                                 false);
   r.dbias.resize(g.c);
   r.dm.resize(g.c);
   cpu::bias_backward<double>(to_double(r.dy).data(), r.dbias.data(), g.n, g.c, s);
@@ -629,23 +687,30 @@ TEST(CudaKernels, LargeTensors) {
     ba.upload(a, off);
     bb.upload(b, off);
 
-    std::vector<float> want(count);
-    cpu::leaky_relu_forward<float>(a.data(), want.data(), count, 0.01f);
-    by.poison();
-    gpu::leaky_relu_forward(ba.get() + off, by.get() + off, count, 0.01f, nullptr);
-    expect_ulp(by.download(off, count), want, 1, what + "leaky_relu_forward");
-    expect_untouched(by, off, count, what + "leaky_relu_forward");
+    std::vector<float> want(count), y(count);
+    for (PointwiseOp op : anvil::kAllPointwiseOps) {
+      const std::string ow = what + anvil::pointwise_op_name(op) + " ";
+      cpu::pointwise_forward<float>(op, 0.01f, a.data(), y.data(), count);
+      by.poison();
+      gpu::pointwise_forward(op, 0.01f, ba.get() + off, by.get() + off, count, nullptr);
+      expect_ulp(by.download(off, count), y, kPointwiseForwardUlp, ow + "pointwise_forward");
+      expect_untouched(by, off, count, ow + "pointwise_forward");
+
+      // dy = b; x = a and y = op(a) agree, whichever of them the op reads.
+      std::vector<float> acc = b;
+      cpu::pointwise_backward<float>(op, 0.01f, a.data(), y.data(), b.data(), acc.data(), count, true);
+      DeviceBuffer<float> bsaved(count + kSlack);
+      bsaved.upload(y, off);
+      by.upload(b, off);
+      gpu::pointwise_backward(op, 0.01f, ba.get() + off, bsaved.get() + off, bb.get() + off, by.get() + off, count,
+                              true, nullptr);
+      expect_ulp(by.download(off, count), acc, 1, ow + "pointwise_backward accumulate");
+    }
 
     cpu::add_forward<float>(a.data(), b.data(), want.data(), count);
     by.poison();
     gpu::add_forward(ba.get() + off, bb.get() + off, by.get() + off, count, nullptr);
     expect_ulp(by.download(off, count), want, 1, what + "add_forward");
-
-    std::vector<float> acc = b;
-    cpu::leaky_relu_backward<float>(a.data(), b.data(), acc.data(), count, 0.1f, true);
-    by.upload(b, off);
-    gpu::leaky_relu_backward(ba.get() + off, bb.get() + off, by.get() + off, count, 0.1f, true, nullptr);
-    expect_ulp(by.download(off, count), acc, 1, what + "leaky_relu_backward accumulate");
 
     // Per-channel: one channel of 2^24 + 3, and 3 x 7 x 798915 (not a multiple of 4).
     for (const ChannelDims& d : {ChannelDims{1, 1, count}, ChannelDims{3, 7, 798915}}) {
@@ -686,14 +751,22 @@ TEST(CudaKernels, RejectsBadArguments) {
   DeviceBuffer<uint8_t> u(4096);
   DeviceBuffer<unsigned char> scratch(1 << 16);
   float* x = f.get();
-  EXPECT_THROW(gpu::leaky_relu_forward(nullptr, x, 8, 0.1f, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::leaky_relu_forward(x, x, 0, 0.1f, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::leaky_relu_backward(x, nullptr, x, 8, 0.1f, false, nullptr), anvil::Error);
+  for (PointwiseOp op : anvil::kAllPointwiseOps) {
+    EXPECT_THROW(gpu::pointwise_forward(op, 0.1f, nullptr, x, 8, nullptr), anvil::Error);
+    EXPECT_THROW(gpu::pointwise_forward(op, 0.1f, x, x, 0, nullptr), anvil::Error);
+    EXPECT_THROW(gpu::pointwise_backward(op, 0.1f, x, x, nullptr, x, 8, false, nullptr), anvil::Error);
+    // the tensor the backward reads is missing
+    const bool uses_y = anvil::pointwise_backward_uses_output(op);
+    EXPECT_THROW(gpu::pointwise_backward(op, 0.1f, uses_y ? x : nullptr, uses_y ? nullptr : x, x, x, 8, false, nullptr),
+                 anvil::Error);
+  }
+  EXPECT_THROW(gpu::pointwise_forward(static_cast<PointwiseOp>(-1), 0.1f, x, x, 8, nullptr), std::invalid_argument);
   EXPECT_THROW(gpu::copy_or_accumulate(x, nullptr, 8, true, nullptr), anvil::Error);
   EXPECT_THROW(gpu::add_forward(x, x, x, -1, nullptr), anvil::Error);
   EXPECT_THROW(gpu::bias_forward(x, x, 0, 1, 8, nullptr), anvil::Error);
   EXPECT_THROW(gpu::bias_backward(x, x, 1, 1, 8, nullptr, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::channel_reduce_scratch_bytes(1, 0, 8), anvil::Error);
+  EXPECT_THROW(gpu::bias_backward_scratch_bytes(1, 0, 8), anvil::Error);
+  EXPECT_THROW(gpu::channel_scale_backward_scratch_bytes(1, 0, 8), anvil::Error);
   EXPECT_THROW(gpu::channel_scale_forward(x, nullptr, x, 1, 1, 8, nullptr), anvil::Error);
   EXPECT_THROW(gpu::channel_scale_backward(x, x, x, x, nullptr, 1, 1, 8, false, scratch.get(), nullptr),
                anvil::Error);

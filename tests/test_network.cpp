@@ -130,10 +130,17 @@ TEST(NetworkParse, LayersMustBeANonEmptyListOfObjects) {
 }
 
 TEST(NetworkParse, UnknownLayerTypeListsTheKnownTypes) {
-  EXPECT_EQ(error_of(one_layer(R"({"type": "conv4d"})")),
-            "bad.json: layers[0].type: unknown layer type 'conv4d' (known: add, avg_pool2d, avg_pool3d, "
-            "channel_scale, conv2d, conv3d, conv_transpose2d, conv_transpose3d, leaky_relu, max_pool2d, "
-            "max_pool3d, relu)");
+  const std::string msg = error_of(one_layer(R"({"type": "conv4d"})"));
+  EXPECT_EQ(msg.rfind("bad.json: layers[0].type: unknown layer type 'conv4d' (known: add, avg_pool2d, avg_pool3d, "
+                      "channel_scale, conv2d, conv3d, conv_transpose2d, conv_transpose3d, leaky_relu, ",
+                      0),
+            0u)
+      << msg;
+  // Sorted, and every activation of the pointwise family is a layer type of its own, plus relu.
+  for (const char* type : {"max_pool2d", "max_pool3d", "relu", "sigmoid", "tanh"})
+    EXPECT_PRED_FORMAT2(Contains, msg, std::string(type));
+  for (anvil::PointwiseOp op : anvil::kAllPointwiseOps)
+    EXPECT_PRED_FORMAT2(Contains, msg, std::string(" ") + anvil::pointwise_op_name(op));
 }
 
 TEST(NetworkParse, UnknownLayerKey) {

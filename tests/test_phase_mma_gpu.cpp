@@ -25,7 +25,9 @@
 
 #include "gpu_test_util.hpp"
 #include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/phase_conv_mma.hpp"
 #include "kernels/cuda/phase_split.hpp"
+#include "kernels/cuda/phase_wgrad_mma.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
 #include "tests/conv_transpose_fixture.hpp"
 

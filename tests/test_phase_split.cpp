@@ -7,7 +7,7 @@
 
 #include <random>
 
-#include "kernels/cpu/reference.hpp"
+#include "kernels/cpu/conv.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
 #include "tests/conv_transpose_fixture.hpp"
 

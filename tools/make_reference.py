@@ -56,7 +56,7 @@ import torch.nn.functional as F
 SCRIPT_NAME = "tools/make_reference.py"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CASES = ["kb74_small", "odd_sizes", "stride1_nopad", "variant_2d", "residual_dag",
-                 "adam_step", "adamw_cosine", "sgd_step_schedule"]
+                 "adam_step", "adamw_cosine", "sgd_step_schedule", "activations"]
 FULL_SOURCE = "examples/kernelbench74.json"
 FULL_CASE = "kb74_full"
 STEPS = 3  # optimizer steps of a case not listed in CASE_STEPS
@@ -177,7 +177,8 @@ LAYER_KEYS = {
     "conv_transpose3d": CONV_KEYS | {"output_padding"},
     "max_pool2d": POOL_KEYS, "max_pool3d": POOL_KEYS,
     "avg_pool2d": POOL_KEYS, "avg_pool3d": POOL_KEYS,
-    "leaky_relu": {"negative_slope"}, "relu": set(), "channel_scale": set(), "add": set(),
+    "leaky_relu": {"negative_slope"}, "relu": set(), "sigmoid": set(), "tanh": set(),
+    "channel_scale": set(), "add": set(),
 }
 COMMON_KEYS = {"type", "name", "inputs"}
 
@@ -248,6 +249,10 @@ def layer_forward(layer, xs, params):
         return F.leaky_relu(xs[0], layer.spec.get("negative_slope", 0.01))
     if t == "relu":
         return F.relu(xs[0])
+    if t == "sigmoid":
+        return torch.sigmoid(xs[0])
+    if t == "tanh":
+        return torch.tanh(xs[0])
     if t == "channel_scale":
         return xs[0] * params[layer.name]
     if t == "add":

@@ -3,13 +3,14 @@
 // evaluated three ways (forward, adjoint in A, adjoint in W). Every output
 // plane is owned by one thread and summed in a fixed order, so results are
 // deterministic whatever the thread count. Sums run in double.
+#include "kernels/cpu/conv.hpp"
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "kernels/cpu/parallel.hpp"
-
 
 namespace anvil::cpu {
 namespace {
@@ -137,33 +138,10 @@ template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, con
   }
 }
 
-template <class T> void bias_forward(T* y, const T* bias, int64_t n, int64_t c, int64_t spatial) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t ch = 0; ch < c; ++ch) {
-      T* yp = y + (i * c + ch) * spatial;
-      const T bv = bias[ch];
-      for (int64_t s = 0; s < spatial; ++s) yp[s] += bv;
-    }
-}
-
-template <class T> void bias_backward(const T* dy, T* dbias, int64_t n, int64_t c, int64_t spatial) {
-  ANVIL_OMP_PARALLEL_FOR_IF(n * c * spatial)
-  for (int64_t ch = 0; ch < c; ++ch) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* dp = dy + (i * c + ch) * spatial;
-      for (int64_t s = 0; s < spatial; ++s) sum += dp[s];
-    }
-    dbias[ch] = static_cast<T>(sum);
-  }
-}
-
 #define ANVIL_INSTANTIATE_CONV(T)                                                                              \
   template void conv_forward<T>(const T*, const T*, T*, const ConvGeometry&);                                  \
   template void conv_backward_data<T>(const T*, const T*, T*, const ConvGeometry&, bool);                      \
-  template void conv_backward_filter<T>(const T*, const T*, T*, const ConvGeometry&);                          \
-  template void bias_forward<T>(T*, const T*, int64_t, int64_t, int64_t);                                      \
-  template void bias_backward<T>(const T*, T*, int64_t, int64_t, int64_t);
+  template void conv_backward_filter<T>(const T*, const T*, T*, const ConvGeometry&);
 
 ANVIL_INSTANTIATE_CONV(float)
 ANVIL_INSTANTIATE_CONV(double)

@@ -5,8 +5,6 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/reference.hpp"
-
 #if defined(_OPENMP)
 #define ANVIL_PRAGMA(x) _Pragma(#x)
 #define ANVIL_OMP_PARALLEL_FOR_IF(work) \
@@ -14,9 +12,3 @@
 #else
 #define ANVIL_OMP_PARALLEL_FOR_IF(work)
 #endif
-
-namespace anvil::cpu {
-
-inline int64_t volume(const Dims3& d) { return d[0] * d[1] * d[2]; }
-
-}  // namespace anvil::cpu

@@ -2,6 +2,8 @@
 // PyTorch's conventions: max padding is -inf and the gradient goes to the first
 // maximum in window order (NaN wins, as torch propagates it); the average
 // divides by the full window volume (count_include_pad=True).
+#include "kernels/cpu/pool.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -9,7 +11,6 @@
 #include <limits>
 
 #include "kernels/cpu/parallel.hpp"
-
 
 namespace anvil::cpu {
 namespace {

@@ -107,9 +107,6 @@ __device__ __forceinline__ uint32_t tf32_bits(float x) {
   return r & ~kTf32DroppedBits;
 }
 
-// y = x > 0 ? x : slope * x, as the CPU reference writes it.
-__device__ __forceinline__ float leaky(float x, float slope) { return x > 0.f ? x : slope * x; }
-
 // Sum of v over a warp, into lane 0. Fixed shuffle order: deterministic.
 __device__ __forceinline__ double warp_sum(double v) {
 #pragma unroll

@@ -1,4 +1,4 @@
-// The phase-split conv and the fused epilogue in one kernel (see phase_split.hpp).
+// The phase-split conv and the fused epilogue in one kernel (see phase_conv_mma.hpp).
 //
 // As an implicit GEMM: Y[q, n] = sum over k of X[q, k] * W[n, k], with
 //   q = (image, position) of the phase grid, n = phase * cout8 + co (every
@@ -25,7 +25,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_math.cuh"
 #include "kernels/cuda/mma.cuh"
-#include "kernels/cuda/phase_split.hpp"
+#include "kernels/cuda/phase_conv_mma.hpp"
 
 namespace anvil::cuda {
 namespace {

@@ -42,32 +42,4 @@ void phase_fold_weight_grad(const float* dwp, float* dw, const PhaseSplitGeometr
 void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, const PhaseSplitGeometry& g,
                            cudaStream_t stream);
 
-// The phase-split conv fused with the epilogue (epilogue.hpp) in one TF32
-// tensor-core kernel: an implicit GEMM in which each thread holds every phase
-// of its outputs (phases <= 8, phases * cout rounded up to 8 <= 256,
-// cin * kpv <= 128), so the max over phases happens in registers and Y is
-// never written. x_pad and wp as the cuDNN path's; p, argmax and y_at_max as
-// phase_epilogue_forward's (the last two may be null together). compensated:
-// 3xTF32, float32-accurate products; otherwise TF32, with x_pad already
-// rounded to TF32 (phase_pad_input's round_tf32).
-bool phase_fused_forward_supported(const PhaseSplitGeometry& g);
-void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const float* m, float slope1,
-                         float slope2, float* p, uint8_t* argmax, float* y_at_max, bool compensated,
-                         const PhaseSplitGeometry& g, cudaStream_t stream);
-
-// The weight gradient of the phase-split conv when dY comes from a max pool
-// whose windows are the phases: each (n, co, q) has one non-zero phase, its
-// argmax. A TF32 tensor-core GEMM (M = phases * cout, N = cin * kpv,
-// K = n * q) builds its A tiles from dY at the argmax alone, so no dY tensor
-// is ever materialised; the sum is deterministic. dy_tf32 and
-// dy_residual are per pooled element (n, cout, q), as the phase epilogue's
-// backward writes them (PhaseGradOutputs). With dy_residual the kernel also
-// splits x into TF32 value and residual and runs 3 MMAs per product, which
-// makes every product float32-accurate ("compensated"); without, it is TF32
-// and takes x_pad as already rounded to TF32 (phase_pad_input's round_tf32).
-bool phase_mma_weight_grad_supported(const PhaseSplitGeometry& g);
-size_t phase_mma_weight_grad_scratch_bytes(const PhaseSplitGeometry& g);
-void phase_mma_weight_grad(const uint32_t* dy_tf32, const uint32_t* dy_residual, const float* x_pad, float* dw,
-                           void* scratch, const PhaseSplitGeometry& g, cudaStream_t stream);
-
 }  // namespace anvil::cuda

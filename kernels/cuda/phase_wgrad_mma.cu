@@ -1,4 +1,4 @@
-// The tensor-core weight gradient of the phase-split conv (see phase_split.hpp).
+// The tensor-core weight gradient of the phase-split conv (see phase_wgrad_mma.hpp).
 //
 // As a GEMM: dWp[m, n] = sum over positions k of A[m, k] * B[k, n], with
 //   m = phase * cout + co (the combined weight's output channel),
@@ -19,7 +19,7 @@
 // added to the running sums with ordinary float32 adds.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
-#include "kernels/cuda/phase_split.hpp"
+#include "kernels/cuda/phase_wgrad_mma.hpp"
 
 namespace anvil::cuda {
 namespace {

@@ -51,8 +51,19 @@ PoolSpec parse_pool(JsonReader& cfg, int dims, bool max) {
 
 using Parser = std::function<LayerParams(JsonReader&)>;
 
+// Every activation of kernels/pointwise_ops.hpp under its own name, and relu as leaky_relu with slope 0.
+void add_pointwise_parsers(std::map<std::string, Parser>& table) {
+  for (PointwiseOp op : kAllPointwiseOps)
+    table[pointwise_op_name(op)] = [op](JsonReader& c) {
+      const double slope = op == PointwiseOp::LeakyRelu ? c.number_or("negative_slope", 0.01) : 0.0;
+      return PointwiseSpec{op, static_cast<float>(slope)};
+    };
+  table["relu"] = [](JsonReader&) { return PointwiseSpec{PointwiseOp::LeakyRelu, 0.f}; };
+}
+
 const std::map<std::string, Parser>& parsers() {
-  static const std::map<std::string, Parser> table = {
+  static const std::map<std::string, Parser> table = [] {
+    std::map<std::string, Parser> t = {
       {"conv2d", [](JsonReader& c) { return parse_conv(c, 2, false); }},
       {"conv3d", [](JsonReader& c) { return parse_conv(c, 3, false); }},
       {"conv_transpose2d", [](JsonReader& c) { return parse_conv(c, 2, true); }},
@@ -61,12 +72,12 @@ const std::map<std::string, Parser>& parsers() {
       {"max_pool3d", [](JsonReader& c) { return parse_pool(c, 3, true); }},
       {"avg_pool2d", [](JsonReader& c) { return parse_pool(c, 2, false); }},
       {"avg_pool3d", [](JsonReader& c) { return parse_pool(c, 3, false); }},
-      {"leaky_relu",
-       [](JsonReader& c) { return PointwiseSpec{static_cast<float>(c.number_or("negative_slope", 0.01))}; }},
-      {"relu", [](JsonReader&) { return PointwiseSpec{0.f}; }},
       {"channel_scale", [](JsonReader&) { return ChannelScaleSpec{}; }},
       {"add", [](JsonReader&) { return AddSpec{}; }},
-  };
+    };
+    add_pointwise_parsers(t);
+    return t;
+  }();
   return table;
 }
 

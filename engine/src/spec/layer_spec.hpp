@@ -8,6 +8,8 @@
 #include <variant>
 #include <vector>
 
+#include "kernels/pointwise_ops.hpp"
+
 namespace anvil {
 
 // conv2d/3d and conv_transpose2d/3d. Per-dimension values hold one entry per spatial dim.
@@ -26,9 +28,10 @@ struct PoolSpec {
   std::vector<int64_t> kernel, stride, padding;
 };
 
-// leaky_relu and relu (slope 0).
+// An activation from kernels/pointwise_ops.hpp: leaky_relu (relu is slope 0), sigmoid, tanh, ...
 struct PointwiseSpec {
-  float slope = 0;
+  PointwiseOp op = PointwiseOp::LeakyRelu;
+  float param = 0;  // leaky_relu's negative_slope; unused by the others
 };
 
 struct ChannelScaleSpec {};

@@ -1,4 +1,6 @@
-// leaky_relu (negative_slope, PyTorch's default 0.01) and relu (slope 0).
+// The pointwise activations (leaky_relu, relu, sigmoid, tanh and whatever
+// kernels/pointwise_ops.hpp lists): one layer class over the functor family.
+// Backward reads the op's input or its output, whichever the functor needs.
 #pragma once
 
 #include "engine/src/spec/layer_spec.hpp"
@@ -6,11 +8,12 @@
 
 namespace anvil {
 
-class LeakyRelu : public Layer {
+class Pointwise : public Layer {
  public:
-  LeakyRelu(const LayerSpec& spec, const PointwiseSpec& pointwise);
+  Pointwise(const LayerSpec& spec, const PointwiseSpec& pointwise);
   OpKind kind() const override { return OpKind::Pointwise; }
-  float slope() const { return slope_; }
+  bool backward_needs_inputs() const override { return !uses_output_; }
+  bool backward_needs_output() const override { return uses_output_; }
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override { return inputs[0]; }
@@ -20,7 +23,8 @@ class LeakyRelu : public Layer {
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
  private:
-  float slope_;
+  PointwiseSpec spec_;
+  bool uses_output_;
 };
 
 }  // namespace anvil
