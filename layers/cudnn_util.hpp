@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 #include "anvil/tensor.hpp"
 
 namespace anvil {

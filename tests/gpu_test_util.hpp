@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "anvil/engine.hpp"
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 
 #define ANVIL_REQUIRE_GPU_OR_SKIP()                                                           \
   do {                                                                                        \

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "anvil/engine.hpp"
 #include "anvil/network.hpp"
 #include "anvil/safetensors.hpp"
+#include "anvil/version.hpp"
 
 namespace {
 
@@ -150,6 +152,26 @@ TEST_F(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("info " + quote(kSmall) + " --device tpu").status, 2);
   EXPECT_EQ(run("info " + quote(kSmall) + " --device cpu --mode backward").status, 2);
   EXPECT_EQ(run("train " + quote(kSmall) + " --device cpu").status, 2);  // --steps is required
+}
+
+TEST_F(Cli, VersionNamesTheVersionAndTheCommit) {
+  const CliResult r = run("--version");  // no subcommand needed
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const std::vector<std::string> lines = lines_of(r.out);
+  ASSERT_FALSE(lines.empty()) << describe(r);
+  const std::string prefix = std::string("anvil ") + ANVIL_VERSION_STRING + " (commit ";
+  ASSERT_EQ(lines[0].substr(0, prefix.size()), prefix) << r.out;
+  EXPECT_TRUE(std::regex_match(lines[0].substr(prefix.size()), std::regex(R"(([0-9a-f]{7,}(-dirty)?|unknown)\))")))
+      << lines[0];
+  EXPECT_STREQ(anvil::version(), ANVIL_VERSION_STRING);  // the library matches its header
+#if ANVIL_WITH_CUDA
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_TRUE(std::regex_match(lines[1], std::regex(R"(CUDA runtime \d+\.\d+ \(built with \d+\.\d+\), )"
+                                                    R"(cuDNN \d+\.\d+\.\d+ \(built with \d+\.\d+\.\d+\))")))
+      << lines[1];
+#else
+  EXPECT_EQ(lines.size(), 1u) << r.out;
+#endif
 }
 
 // ---------------------------------------------------------------- info

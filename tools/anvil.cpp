@@ -3,6 +3,7 @@
 //   anvil run   NET.json [--input X] [--output Y]   a forward pass
 //   anvil train NET.json --steps N [...]        SGD training with a progress display
 //   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
+//   anvil --version                             version, git commit, CUDA and cuDNN versions
 // Exit codes: 0 success, 2 bad input, 1 runtime failure.
 #include <CLI/CLI.hpp>
 #include <sys/stat.h>
@@ -19,6 +20,7 @@
 #include "anvil/engine.hpp"
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
+#include "anvil/version.hpp"
 
 namespace {
 
@@ -299,6 +301,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
 int main(int argc, char** argv) {
   CLI::App app{"anvil: train and run neural networks described in JSON, on cuDNN or the CPU reference"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", anvil::build_info);  // handled before the subcommand is required
 
   CommonFlags info_flags, run_flags, train_flags;
   std::string info_mode = "train";

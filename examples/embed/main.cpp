@@ -2,6 +2,7 @@
 // Usage: embed_example NET.json [steps]
 #include <anvil/engine.hpp>
 #include <anvil/error.hpp>
+#include <anvil/version.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s NET.json [steps]\n", argv[0]);
     return 2;
   }
+  std::printf("%s\n", anvil::build_info().c_str());
   try {
     const anvil::Network net = anvil::Network::load(argv[1]);
     anvil::Options options;  // cuda when a GPU is present, else the CPU reference backend

@@ -10,7 +10,7 @@
 #include <initializer_list>
 #include <string>
 
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 
 namespace anvil::cuda::detail {
 

@@ -1,7 +1,7 @@
 #include "engine/src/cuda/context.hpp"
 
 #include "anvil/engine.hpp"
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 
 namespace anvil {
 
@@ -36,12 +36,9 @@ CudaContext::CudaContext() {
   ANVIL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   ANVIL_CUDNN_CHECK(cudnnCreate(&cudnn_));
   ANVIL_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
-  ANVIL_CUBLAS_CHECK(cublasCreate(&cublas_));
-  ANVIL_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
 }
 
 CudaContext::~CudaContext() {
-  if (cublas_) cublasDestroy(cublas_);
   if (cudnn_) cudnnDestroy(cudnn_);
   if (stream_) ANVIL_CUDA_CHECK_PRINT(cudaStreamDestroy(stream_));
 }

@@ -1,9 +1,8 @@
-// The CUDA context: one stream, and the cuDNN and cuBLAS handles bound to it.
+// The CUDA context: one stream, and the cuDNN handle bound to it.
 // Every device allocation and host synchronisation goes through here and is
 // counted, so a test can prove that a train step allocates and syncs nothing.
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -23,7 +22,6 @@ class CudaContext {
 
   cudaStream_t stream() const { return stream_; }
   cudnnHandle_t cudnn() const { return cudnn_; }
-  cublasHandle_t cublas() const { return cublas_; }
 
   void* allocate(size_t bytes);  // throws Error naming the size on out-of-memory
   void release(void* ptr);
@@ -37,7 +35,6 @@ class CudaContext {
  private:
   cudaStream_t stream_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
-  cublasHandle_t cublas_ = nullptr;
   Counters counters_;
 };
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <set>
 
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 #include "anvil/random.hpp"
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/run/engine_impl.hpp"

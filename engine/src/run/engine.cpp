@@ -2,7 +2,7 @@
 #include <chrono>
 #include <sstream>
 
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 #include "engine/src/run/engine_impl.hpp"
 
 namespace anvil {

@@ -3,7 +3,7 @@
 // graph and replayed.
 #include <iostream>
 
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 #include "engine/src/cuda/nvtx.hpp"
 #include "engine/src/run/engine_impl.hpp"
 

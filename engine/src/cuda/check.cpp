@@ -1,12 +1,12 @@
-#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
 #include <cstdio>
+#include <string>
 
-namespace anvil::detail {
+namespace anvil::cuda_check {
 
 static std::string where(const char* call, const char* file, int line) {
   return std::string(file) + ":" + std::to_string(line) + ": " + call + ": ";
@@ -22,13 +22,9 @@ void throw_cudnn_error(int code, const char* call, const char* file, int line) {
   throw Error(where(call, file, line) + cudnnGetErrorString(static_cast<cudnnStatus_t>(code)));
 }
 
-void throw_cublas_error(int code, const char* call, const char* file, int line) {
-  throw Error(where(call, file, line) + cublasGetStatusString(static_cast<cublasStatus_t>(code)));
-}
-
 void print_cuda_error(int code, const char* call, const char* file, int line) {
   std::fprintf(stderr, "anvil: %s%s\n", where(call, file, line).c_str(),
                cudaGetErrorString(static_cast<cudaError_t>(code)));
 }
 
-}  // namespace anvil::detail
+}  // namespace anvil::cuda_check
