@@ -126,15 +126,15 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   const anvil::MemoryPlan& plan = engine.plan();
   std::printf("\nmemory plan (%s, %s): %zu tensors over %zu steps\n", anvil::to_string(o.device),
               mode_name.c_str(), plan.tensors.size(), plan.steps.size());
-  std::printf("  parameters, gradients, momentum: 3 slabs of %s\n", mib(plan.slab_bytes).c_str());
-  std::printf("  planned region: %s (most live at one step: %s; one buffer per tensor: %s)\n",
-              mib(plan.dynamic_bytes).c_str(), mib(plan.live_peak_bytes).c_str(), mib(plan.naive_bytes).c_str());
-  std::printf("  arena (one allocation): %s\n", mib(plan.arena_bytes()).c_str());
+  std::printf("  slabs (params, and in training grads and the optimizer state): %s each\n",
+              mib(plan.slab_bytes).c_str());
+  std::printf("  arena (one allocation): %s (most live at one step: %s; one buffer per tensor: %s)\n",
+              mib(plan.arena_bytes()).c_str(), mib(plan.live_peak_bytes).c_str(), mib(plan.naive_bytes).c_str());
   std::printf("\n%-44s %12s %12s %7s %7s\n", "tensor", "offset", "bytes", "first", "last");
   for (const auto& t : plan.tensors)
     std::printf("%-44s %12zu %12zu %7d %7d%s\n", t.name.c_str(), t.offset, t.bytes, t.first, t.last,
                 t.pinned ? "  pinned" : "");
-  if (o.device == Device::Cuda) std::printf("\nas built:\n%s", engine.describe().c_str());
+  std::printf("\nas built:\n%s", engine.describe().c_str());
   return 0;
 }
 

@@ -60,9 +60,10 @@ std::string Engine::describe() const {
   const Impl& m = *impl_;
   s << "device " << to_string(m.options.device) << ", precision " << to_string(m.network.precision()) << ", "
     << (m.options.mode == Mode::Train ? "train" : "forward") << " plan\n";
+  if (m.training()) s << "  loss " << m.loss->describe() << ", optimizer " << m.optimizer->describe() << "\n";
   for (const auto& node : m.graph->nodes) {
-    s << "  " << node.layer->name() << " [" << node.layer->type() << "] -> " << to_string(node.layer->output_shape());
-    s << "\n";
+    s << "  " << node.layer->name() << " [" << node.layer->type() << "] -> " << to_string(node.layer->output_shape())
+      << "\n";
     const std::string algos = node.layer->describe_cuda();
     if (!algos.empty()) s << "      cuDNN: " << algos << "\n";
   }

@@ -1,5 +1,7 @@
 #include "engine/src/train/loss.hpp"
 
+#include <sstream>
+
 #include "engine/src/cuda/context.hpp"
 #include "engine/src/spec/network_spec.hpp"
 #include "kernels/cpu/loss.hpp"
@@ -15,8 +17,10 @@ class ElementwiseLoss : public Loss {
  public:
   explicit ElementwiseLoss(const LossSpec& spec) : spec_(spec) {}
   std::string describe() const override {
-    return spec_.params.kind == LossKind::SmoothL1 ? spec_.type + " (beta " + std::to_string(spec_.params.beta) + ")"
-                                                   : spec_.type;
+    if (spec_.params.kind != LossKind::SmoothL1) return spec_.type;
+    std::ostringstream s;
+    s << spec_.type << " (beta " << spec_.params.beta << ")";
+    return s.str();
   }
   size_t scratch_bytes(Device device, int64_t count) const override {
     return device == Device::Cuda ? cuda::loss_scratch_bytes(count) : 0;
