@@ -132,6 +132,21 @@ TEST(LossCpu, FloatMatchesDouble) {
 // Schedules
 // ---------------------------------------------------------------------------
 
+// A partial batch padded to the full one: the loss of the valid prefix, bitwise, and no gradient beyond it.
+TEST(LossCpu, ValidCountMasksThePadding) {
+  std::mt19937 rng(17);
+  for (const LossParams& p : kLosses) {
+    const int64_t count = 35, valid = 21;
+    const std::vector<float> pred = random_floats(count, rng), target = random_floats(count, rng);
+    std::vector<float> prefix_d(valid), masked_d(count, NAN);
+    const float prefix = cpu::loss_forward_backward<float>(p, pred.data(), target.data(), prefix_d.data(), valid);
+    const float masked =
+        cpu::loss_forward_backward<float>(p, pred.data(), target.data(), masked_d.data(), count, valid);
+    EXPECT_EQ(masked, prefix) << describe(p);
+    for (int64_t i = 0; i < count; ++i) EXPECT_EQ(masked_d[i], i < valid ? prefix_d[i] : 0.f) << describe(p) << i;
+  }
+}
+
 TEST(LrSchedule, ConstantAndStep) {
   LrSchedule s;
   s.base_lr = 0.1;
@@ -435,6 +450,31 @@ TEST(LossOptimizerCuda, LossMatchesCpu) {
       }
     }
   }
+}
+
+TEST(LossOptimizerCuda, ValidCountMatchesCpu) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(37);
+  for (const LossParams& p : kLosses)
+    for (int64_t count : kGpuCounts) {
+      const int64_t valid = std::max<int64_t>(1, count / 3);
+      const std::vector<float> pred = random_floats(count, rng), target = random_floats(count, rng);
+      std::vector<float> want_d(count);
+      const float want =
+          cpu::loss_forward_backward<float>(p, pred.data(), target.data(), want_d.data(), count, valid);
+      const std::string what = describe(p) + "count " + std::to_string(count) + " valid " + std::to_string(valid);
+      DeviceBuffer<float> bp(count), bt(count), bd(count), bl(1);
+      DeviceBuffer<int64_t> bv(1);
+      DeviceBuffer<unsigned char> scratch(gpu::loss_scratch_bytes(count));
+      bp.upload(pred, 0);
+      bt.upload(target, 0);
+      bv.upload(std::vector<int64_t>{valid}, 0);
+      bd.poison();
+      bl.poison();
+      gpu::loss_forward_backward(p, bp.get(), bt.get(), bd.get(), bl.get(), count, scratch.get(), nullptr, bv.get());
+      expect_bitwise(bd.download(0, count), want_d, what + " dpred ");
+      EXPECT_NEAR(bl.download(0, 1)[0], want, 1e-6 * std::fabs(want)) << what;
+    }
 }
 
 StepState download_state(const DeviceBuffer<StepState>& state) { return state.download(0, 1)[0]; }
