@@ -43,6 +43,14 @@ struct Options {
   bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
 };
 
+// Where a training run stands. A checkpoint stores it with the parameters and
+// the optimizer state, so a resumed run continues exactly where it stopped.
+struct TrainPosition {
+  int64_t step = 0;            // optimizer steps taken
+  int64_t epoch = 0;           // the epoch the next step belongs to
+  int64_t batch_in_epoch = 0;  // the next step's batch within that epoch
+};
+
 struct LayerTiming {
   std::string layer;
   double forward_ms = 0, backward_ms = 0;
@@ -74,6 +82,13 @@ class Engine {
   std::map<std::string, HostTensor> gradients() const;  // of the last train step
   void load_parameters(const std::map<std::string, HostTensor>& params);
   HostTensor input_gradient() const;  // needs Options::input_grad
+
+  // Checkpoints: one safetensors file with the parameters (PyTorch names), the
+  // optimizer state ("optimizer.<state>.<parameter>"), the step count and the
+  // position, the network's hash and the anvil version, written atomically.
+  // Loading refuses a checkpoint of another network, or of another optimizer.
+  void save_checkpoint(const std::string& path, const TrainPosition& position) const;
+  TrainPosition load_checkpoint(const std::string& path);
 
   // Benchmark hooks: run without reading anything back, and time each layer once.
   void enqueue_forward();

@@ -70,9 +70,12 @@ struct Engine::Impl {
   void bind();
   void initialise();
   // parameter_io.cpp
+  void upload_bytes(void* dst, const void* src, size_t bytes);
+  void download_bytes(void* dst, const void* src, size_t bytes) const;  // synchronises on CUDA
   void upload(float* dst, const float* src, size_t count);
   void download(float* dst, const float* src, size_t count) const;
   std::map<std::string, HostTensor> read_slab(const float* slab) const;  // by parameter name
+  void write_slab(float* slab, const std::map<std::string, HostTensor>& tensors);  // every parameter, shapes checked
   // execute.cpp
   void run_forward();
   void run_loss_backward();

@@ -7,18 +7,24 @@
 
 namespace anvil {
 
-void Engine::Impl::upload(float* dst, const float* src, size_t count) {
+void Engine::Impl::upload_bytes(void* dst, const void* src, size_t bytes) {
   if (cuda())
-    ctx->copy_to_device(dst, src, count * sizeof(float));
+    ctx->copy_to_device(dst, src, bytes);
   else
-    std::memcpy(dst, src, count * sizeof(float));
+    std::memcpy(dst, src, bytes);
 }
 
-void Engine::Impl::download(float* dst, const float* src, size_t count) const {
+void Engine::Impl::download_bytes(void* dst, const void* src, size_t bytes) const {
   if (cuda())
-    ctx->copy_to_host(dst, src, count * sizeof(float));
+    ctx->copy_to_host(dst, src, bytes);
   else
-    std::memcpy(dst, src, count * sizeof(float));
+    std::memcpy(dst, src, bytes);
+}
+
+void Engine::Impl::upload(float* dst, const float* src, size_t count) { upload_bytes(dst, src, count * sizeof(float)); }
+
+void Engine::Impl::download(float* dst, const float* src, size_t count) const {
+  download_bytes(dst, src, count * sizeof(float));
 }
 
 std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
@@ -29,6 +35,13 @@ std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) con
     out[slot.spec.name] = std::move(t);
   }
   return out;
+}
+
+void Engine::Impl::write_slab(float* slab, const std::map<std::string, HostTensor>& tensors) {
+  for (const auto& slot : schedule.params) {
+    const HostTensor& t = tensors.at(slot.spec.name);
+    upload(slab + slot.offset / sizeof(float), t.data.data(), t.data.size());
+  }
 }
 
 void Engine::set_input(const HostTensor& x) {
@@ -86,10 +99,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
       throw InputError("parameter '" + slot.spec.name + "' has shape " + to_string(it->second.shape) + ", expected " +
                        to_string(slot.spec.shape));
   }
-  for (const auto& slot : slots) {
-    const HostTensor& t = given.at(slot.spec.name);
-    impl_->upload(impl_->params + slot.offset / sizeof(float), t.data.data(), t.data.size());
-  }
+  impl_->write_slab(impl_->params, given);
   if (impl_->cuda()) impl_->ctx->synchronize();
 }
 

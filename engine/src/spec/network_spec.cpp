@@ -3,6 +3,7 @@
 #include <map>
 
 #include "anvil/error.hpp"
+#include "anvil/random.hpp"
 #include "engine/src/spec/json_reader.hpp"
 
 namespace anvil {
@@ -180,6 +181,7 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   spec.fuse = top.boolean_or("fuse", true);
   spec.layers = parse_layers(top.raw("layers"));
   top.finish();
+  spec.hash = fnv1a64(doc.dump());  // nlohmann keeps object keys sorted: a canonical text
   return spec;
 }
 

@@ -1,0 +1,104 @@
+// Checkpoints: the parameters, the optimizer state and the step count in one
+// safetensors file, with the position of the run and the network's identity
+// in its metadata. Everything a step depends on is in it, so training N steps,
+// saving, loading and training N more gives the bits of 2N straight steps.
+#include <cstdio>
+
+#include "anvil/error.hpp"
+#include "anvil/safetensors.hpp"
+#include "anvil/version.hpp"
+#include "engine/src/run/engine_impl.hpp"
+#include "engine/src/spec/network_spec.hpp"
+
+namespace anvil {
+
+namespace {
+
+std::string hex(uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+int64_t metadata_integer(const TensorFile& file, const std::string& path, const std::string& key) {
+  const auto it = file.metadata.find(key);
+  if (it == file.metadata.end()) throw InputError(path + ": not an anvil checkpoint (no metadata '" + key + "')");
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(it->second, &used);
+    if (used == it->second.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw InputError(path + ": metadata '" + key + "' is not a non-negative integer: '" + it->second + "'");
+}
+
+}  // namespace
+
+void Engine::save_checkpoint(const std::string& path, const TrainPosition& position) const {
+  require_arena();
+  const Impl& m = *impl_;
+  if (!m.training()) throw Error("save_checkpoint needs an engine built for training (Mode::Train)");
+  TensorFile file;
+  file.tensors = m.read_slab(m.params);
+  const std::vector<std::string> states = m.optimizer->state_names();
+  for (size_t k = 0; k < states.size(); ++k)
+    for (auto& [name, tensor] : m.read_slab(m.optimizer_args.state[k]))
+      file.tensors["optimizer." + states[k] + "." + name] = std::move(tensor);
+  StepState state;
+  m.download_bytes(&state, m.optimizer_args.step, sizeof state);
+  const NetworkSpec& spec = m.network.spec();
+  file.metadata = {{"anvil.checkpoint", "1"},
+                   {"anvil.version", version()},
+                   {"network.name", spec.name},
+                   {"network.hash", hex(spec.hash)},
+                   {"optimizer", m.optimizer->describe()},
+                   {"optimizer.step", std::to_string(state.step)},
+                   {"step", std::to_string(position.step)},
+                   {"epoch", std::to_string(position.epoch)},
+                   {"batch_in_epoch", std::to_string(position.batch_in_epoch)},
+                   {"shuffle", "random_stream(seed " + std::to_string(spec.seed) + ", \"shuffle.<epoch>\")"}};
+  write_safetensors(path, file);
+}
+
+TrainPosition Engine::load_checkpoint(const std::string& path) {
+  require_arena();
+  Impl& m = *impl_;
+  if (!m.training()) throw Error("load_checkpoint needs an engine built for training (Mode::Train)");
+  const TensorFile file = read_safetensors(path);
+  const NetworkSpec& spec = m.network.spec();
+  const auto hash = file.metadata.find("network.hash");
+  if (file.metadata.count("anvil.checkpoint") == 0 || hash == file.metadata.end())
+    throw InputError(path + ": not an anvil checkpoint (use --weights for a file of parameters)");
+  if (hash->second != hex(spec.hash))
+    throw InputError(path + ": the checkpoint is of another network ('" + file.metadata.at("network.name") +
+                     "', hash " + hash->second + "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
+  const auto optimizer = file.metadata.find("optimizer");
+  if (optimizer == file.metadata.end() || optimizer->second != m.optimizer->describe())
+    throw InputError(path + ": the checkpoint's optimizer differs from this network's");
+  TrainPosition position;
+  position.step = metadata_integer(file, path, "step");
+  position.epoch = metadata_integer(file, path, "epoch");
+  position.batch_in_epoch = metadata_integer(file, path, "batch_in_epoch");
+  StepState state;
+  state.step = metadata_integer(file, path, "optimizer.step");
+
+  std::map<std::string, HostTensor> params;
+  for (const auto& slot : m.schedule.params)
+    params[slot.spec.name] = require_tensor(file, path, slot.spec.name, slot.spec.shape);
+  const std::vector<std::string> states = m.optimizer->state_names();
+  std::vector<std::map<std::string, HostTensor>> state_slabs(states.size());
+  for (size_t k = 0; k < states.size(); ++k)
+    for (const auto& slot : m.schedule.params) {
+      const std::string name = "optimizer." + states[k] + "." + slot.spec.name;
+      state_slabs[k][slot.spec.name] = require_tensor(file, path, name, slot.spec.shape);
+    }
+  // Everything is checked: now write.
+  m.write_slab(m.params, params);
+  for (size_t k = 0; k < states.size(); ++k) m.write_slab(m.optimizer_args.state[k], state_slabs[k]);
+  m.upload_bytes(m.optimizer_args.step, &state, sizeof state);
+  m.steps = position.step;
+  if (m.cuda()) m.ctx->synchronize();
+  return position;
+}
+
+}  // namespace anvil

@@ -1,0 +1,125 @@
+// Checkpoints: N steps, a checkpoint, a fresh engine that loads it and N more
+// steps give the bits of 2N straight steps, for every optimizer; a checkpoint
+// of another network or optimizer, or a plain weights file, is refused.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <unistd.h>
+
+#include "anvil/error.hpp"
+#include "tests/gpu_test_util.hpp"
+#include "tests/test_support.hpp"
+
+namespace anvil::testing {
+namespace {
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "/anvil_ckpt_" + std::to_string(::getpid()) + "_" + name;
+}
+
+Options cpu_options() {
+  Options o;
+  o.device = Device::Cpu;
+  return o;
+}
+
+struct ResumeCase {
+  std::string network;
+  Device device;
+};
+
+void expect_same_parameters(const Engine& a, const Engine& b) {
+  const auto pa = a.parameters(), pb = b.parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& [name, value] : pa) EXPECT_TRUE(bitwise_equal(value, pb.at(name))) << name;
+}
+
+class CheckpointResume : public ::testing::TestWithParam<ResumeCase> {};
+
+TEST_P(CheckpointResume, IsBitwiseEqualToStraightTraining) {
+  const ResumeCase& c = GetParam();
+  if (c.device == Device::Cuda) ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::load(data_path(c.network + ".json"));
+  Options options;
+  options.device = c.device;
+  constexpr int kHalf = 3;
+  Engine straight(net, options), first(net, options);
+  for (int i = 0; i < 2 * kHalf; ++i) straight.train_step();
+  for (int i = 0; i < kHalf; ++i) first.train_step();
+  const std::string path = temp_path(c.network + ".safetensors");
+  first.save_checkpoint(path, {kHalf, 0, kHalf});
+
+  Engine resumed(net, options);
+  const TrainPosition position = resumed.load_checkpoint(path);
+  EXPECT_EQ(position.step, kHalf);
+  EXPECT_EQ(position.batch_in_epoch, kHalf);
+  EXPECT_EQ(resumed.steps_done(), kHalf);
+  float last_straight = 0, last_resumed = 0;
+  for (int i = 0; i < kHalf; ++i) last_resumed = resumed.train_step();
+  last_straight = straight.train_step();  // one more for both, comparing the losses too
+  last_resumed = resumed.train_step();
+  EXPECT_EQ(last_resumed, last_straight);
+  expect_same_parameters(straight, resumed);
+  std::remove(path.c_str());
+}
+
+// SGD with momentum and a step schedule, Adam with a step schedule, AdamW with warmup and cosine,
+// and on the GPU the headline network's fused path (captured steps, tensor-core kernels).
+std::vector<ResumeCase> resume_cases() {
+  std::vector<ResumeCase> out;
+  for (const char* name : {"sgd_step_schedule", "adam_step", "adamw_cosine"})
+    for (Device d : {Device::Cpu, Device::Cuda}) out.push_back({name, d});
+  out.push_back({"kb74_small", Device::Cuda});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Optimizers, CheckpointResume, ::testing::ValuesIn(resume_cases()), [](const auto& info) {
+  return info.param.network + (info.param.device == Device::Cuda ? "_gpu" : "_cpu");
+});
+
+TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
+  const Network net = Network::load(data_path("adam_step.json"));
+  Engine engine(net, cpu_options());
+  engine.train_step();
+  const std::string path = temp_path("refuse.safetensors");
+  engine.save_checkpoint(path, {1, 0, 1});
+
+  // The same layers with another learning rate is another network: its hash differs.
+  const Network other = network_with(data_path("adam_step.json"), {{"optimizer", {{"type", "adam"}, {"lr", 0.5}}}});
+  Engine different(other, cpu_options());
+  try {
+    different.load_checkpoint(path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("the checkpoint is of another network"), std::string::npos) << e.what();
+  }
+  // A weights file (no checkpoint metadata) is not a checkpoint.
+  TensorFile weights;
+  weights.tensors = engine.parameters();
+  const std::string weights_path = temp_path("weights.safetensors");
+  write_safetensors(weights_path, weights);
+  try {
+    engine.load_checkpoint(weights_path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("not an anvil checkpoint"), std::string::npos) << e.what();
+  }
+  // A checkpoint missing a state tensor names it, and leaves the engine as it was.
+  TensorFile broken = read_safetensors(path);
+  broken.tensors.erase("optimizer.exp_avg_sq.head.weight");
+  write_safetensors(path, broken);
+  const auto before = engine.parameters();
+  try {
+    engine.load_checkpoint(path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.exp_avg_sq.head.weight"), std::string::npos) << e.what();
+  }
+  for (const auto& [name, value] : engine.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
+  std::remove(path.c_str());
+  std::remove(weights_path.c_str());
+}
+
+}  // namespace
+}  // namespace anvil::testing
