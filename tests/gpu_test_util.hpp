@@ -1,6 +1,5 @@
-// GPU tests skip visibly where there is no CUDA device. On the GPU machine
-// tools/gpu_check.sh sets ANVIL_REQUIRE_GPU=1, which turns a skip into a failure,
-// so a GPU test can never pass there by being skipped.
+// Device buffers and random data for the GPU tests (which skip visibly
+// without a GPU: tests/require_gpu.hpp).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -16,15 +15,8 @@
 
 #include "anvil/engine.hpp"
 #include "engine/src/cuda/check.hpp"
+#include "tests/require_gpu.hpp"
 
-#define ANVIL_REQUIRE_GPU_OR_SKIP()                                                           \
-  do {                                                                                        \
-    if (!::anvil::cuda_available()) {                                                         \
-      const char* require_ = std::getenv("ANVIL_REQUIRE_GPU");                                \
-      if (require_ && std::strcmp(require_, "1") == 0) FAIL() << "ANVIL_REQUIRE_GPU=1 but no CUDA device"; \
-      GTEST_SKIP() << "no CUDA device: GPU test skipped";                                     \
-    }                                                                                         \
-  } while (0)
 
 namespace anvil::testing {
 

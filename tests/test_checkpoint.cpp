@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "anvil/error.hpp"
-#include "tests/gpu_test_util.hpp"
+#include "tests/require_gpu.hpp"
 #include "tests/test_support.hpp"
 
 namespace anvil::testing {
