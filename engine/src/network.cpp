@@ -33,6 +33,20 @@ Network Network::parse(const std::string& json_text, const std::string& source) 
   return net;
 }
 
+Network Network::with_batch(int64_t batch) const {
+  if (batch < 1) throw InputError("batch size must be a positive integer, got " + std::to_string(batch));
+  auto spec = std::make_shared<NetworkSpec>(*spec_);
+  spec->input[0] = batch;
+  Network net;
+  try {
+    net.graph_ = Graph::build(spec);
+  } catch (const InputError& e) {
+    throw InputError(spec->source + ": at batch " + std::to_string(batch) + ": " + e.what());
+  }
+  net.spec_ = std::move(spec);
+  return net;
+}
+
 std::unique_ptr<Graph> Network::build_graph() const { return Graph::build(spec_); }
 
 const std::string& Network::name() const { return spec_->name; }

@@ -29,6 +29,8 @@ class Network {
  public:
   static Network load(const std::string& path);
   static Network parse(const std::string& json_text, const std::string& source);
+  // The same network at another batch size (InputError if its shapes do not allow it).
+  Network with_batch(int64_t batch) const;
 
   const std::string& name() const;
   const std::string& source() const;

@@ -181,7 +181,11 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   spec.fuse = top.boolean_or("fuse", true);
   spec.layers = parse_layers(top.raw("layers"));
   top.finish();
-  spec.hash = fnv1a64(doc.dump());  // nlohmann keeps object keys sorted: a canonical text
+  // nlohmann keeps object keys sorted, so the dump is canonical. The batch is
+  // left out: a run may change it (--batch), and checkpoints record it apart.
+  nlohmann::json identity = doc;
+  identity["input"][0] = 0;
+  spec.hash = fnv1a64(identity.dump());
   return spec;
 }
 

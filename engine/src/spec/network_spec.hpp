@@ -38,7 +38,7 @@ struct NetworkSpec {
   Precision precision = Precision::TF32;
   uint64_t seed = 0;
   bool fuse = true;
-  uint64_t hash = 0;  // of the parsed document (key order and whitespace aside): checkpoints name their network by it
+  uint64_t hash = 0;  // of the parsed document, batch size, key order and whitespace aside: a network's identity
 };
 
 // Throws InputError "<source>: <json path>: <problem>".
