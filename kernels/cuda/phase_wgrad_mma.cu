@@ -33,7 +33,6 @@ constexpr int kStepsPerSplit = 64;
 constexpr int kBlockThreads = 256;
 static_assert(kBlockThreads == detail::kThreads, "one block size for all anvil kernels");
 static_assert(kStep == StepCursor::kStep, "a K step is one step of the phase grid");
-using detail::kTf32DroppedBits;
 
 struct MmaDims : PhaseGridDims {
   int m_total, n_total;
