@@ -1,11 +1,14 @@
 #include "layers/fused_phase_conv_epilogue.hpp"
 
 #include <climits>
+#include <cstdio>
+#include <mutex>
 
 #include "anvil/error.hpp"
 #include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/phase_conv_mma.hpp"
 #include "kernels/cuda/phase_wgrad_mma.hpp"
+#include "kernels/cuda/tensor_cores.hpp"
 
 namespace anvil {
 
@@ -138,9 +141,19 @@ cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
 // filter gradient would plan its algorithms around the cuDNN forward. On the
 // H100 both beat cuDNN's deterministic algorithms (bench/RESULTS.md). Strict
 // fp32 takes their compensated (3xTF32) form, whose products are float32-accurate.
+// Before sm_80 cuDNN runs the phase-split conv.
 void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
-  mma_weight_grad_ = backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_);
-  fused_forward_ = !input_grad_ && (!backward_ || mma_weight_grad_) && cuda::phase_fused_forward_supported(g_);
+  const bool tensor_cores = cuda::tensor_core_kernels_available();
+  if (!tensor_cores) {
+    static std::once_flag told;
+    std::call_once(told, [] {
+      std::fprintf(stderr, "anvil: the tensor-core kernels need sm_80 or newer, in the device and in the build's "
+                   "CMAKE_CUDA_ARCHITECTURES (this device is sm_%d); using cuDNN\n", cuda::device_sm());
+    });
+  }
+  mma_weight_grad_ = tensor_cores && backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_);
+  fused_forward_ = tensor_cores && !input_grad_ && (!backward_ || mma_weight_grad_) &&
+                   cuda::phase_fused_forward_supported(g_);
   compensated_ = settings.precision == Precision::FP32;
   if (fused_forward_) return;
   phase_conv_->set_gradient_needs(backward_ && !mma_weight_grad_, input_grad_);

@@ -11,6 +11,16 @@
 #include <string>
 
 #include "engine/src/cuda/check.hpp"
+#include "kernels/tf32.hpp"
+
+// Device code for sm_80 or newer, which has the TF32 tensor-core MMA, cp.async
+// and cvt to TF32. 0 in the host pass and for older targets, where anvil's
+// tensor-core kernels compile to a trap (tensor_cores.hpp keeps callers away).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define ANVIL_HAS_TENSOR_CORES 1
+#else
+#define ANVIL_HAS_TENSOR_CORES 0
+#endif
 
 namespace anvil::cuda::detail {
 
@@ -99,12 +109,15 @@ __device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<f
 
 // TF32 keeps 10 of float32's 23 mantissa bits. tf32_bits rounds to nearest
 // (ties away) and clears the 13 dropped bits, which may then carry a tag: the
-// tensor cores ignore them.
-constexpr uint32_t kTf32DroppedBits = 0x1fffu;
+// tensor cores ignore them. Before sm_80 there is no cvt to TF32.
 __device__ __forceinline__ uint32_t tf32_bits(float x) {
+#if ANVIL_HAS_TENSOR_CORES
   uint32_t r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r & ~kTf32DroppedBits;
+#else
+  return tf32_round_bits(__float_as_uint(x));
+#endif
 }
 
 // Sum of v over a warp, into lane 0. Fixed shuffle order: deterministic.

@@ -26,6 +26,7 @@
 #include "kernels/cuda/epilogue_math.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/phase_conv_mma.hpp"
+#include "kernels/cuda/tensor_cores.hpp"
 
 namespace anvil::cuda {
 namespace {
@@ -49,6 +50,7 @@ struct FwdDims : PhaseGridDims {
 __host__ __device__ inline int w_words(const FwdDims& d) { return kCols * d.w_pitch; }
 __host__ __device__ inline int x_words(const FwdDims& d) { return kSegs * d.seg_words; }
 
+#if ANVIL_HAS_TENSOR_CORES  // the kernel's helpers: unused where its body is a trap
 // A tile's two steps, and whether each exists. The first tile is sought
 // (divisions); later ones advance by the grid's stride of tiles.
 struct Tile {
@@ -91,6 +93,7 @@ __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const in
     }
   }
 }
+#endif  // ANVIL_HAS_TENSOR_CORES
 
 template <bool kCompensated, int kPhases>
 __global__ void __launch_bounds__(kBlock, 1)
@@ -98,6 +101,7 @@ __global__ void __launch_bounds__(kBlock, 1)
                          const float* __restrict__ bias, const float* __restrict__ m, float s1, float s2,
                          float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
                          FwdDims d) {
+#if ANVIL_HAS_TENSOR_CORES
   extern __shared__ float smem_f[];
   float* ws = smem_f;
   float* xs = ws + w_words(d);
@@ -282,6 +286,9 @@ __global__ void __launch_bounds__(kBlock, 1)
     tile = next;
   }
   copy_async_wait<0>();
+#else
+  __trap();  // built for a target before sm_80: tensor_core_kernels_available() is false there
+#endif
 }
 
 FwdDims fwd_dims(const PhaseSplitGeometry& g) {
@@ -318,6 +325,27 @@ size_t fwd_smem_bytes(const FwdDims& d) {
 }
 
 }  // namespace
+
+int device_sm() {
+  int dev = 0, major = 0, minor = 0;
+  ANVIL_CUDA_CHECK(cudaGetDevice(&dev));
+  ANVIL_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  ANVIL_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major * 10 + minor;
+}
+
+// A build for older targets alone still runs on a newer device, JIT-compiled
+// from its PTX, so the device's sm is not enough: ptxVersion is the
+// architecture the code the device would run was compiled for.
+bool tensor_core_kernels_available() {
+  if (device_sm() < 80) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, fused_forward_kernel<false, 1>) != cudaSuccess) {
+    (void)cudaGetLastError();  // no code for this device: an answer, not an error to report later
+    return false;
+  }
+  return attr.ptxVersion >= 80;
+}
 
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
   const int64_t phases = g.s[0] * g.s[1] * g.s[2];

@@ -33,7 +33,6 @@ constexpr int kStepsPerSplit = 64;
 constexpr int kBlockThreads = 256;
 static_assert(kBlockThreads == detail::kThreads, "one block size for all anvil kernels");
 static_assert(kStep == StepCursor::kStep, "a K step is one step of the phase grid");
-using detail::kTf32DroppedBits;
 
 struct MmaDims : PhaseGridDims {
   int m_total, n_total;
@@ -83,6 +82,7 @@ template <bool kCompensated>
 __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
     mma_wgrad_kernel(const uint32_t* __restrict__ dy_tf32, const uint32_t* __restrict__ dy_residual,
                      const float* __restrict__ x_pad, float* __restrict__ partials, MmaDims d) {
+#if ANVIL_HAS_TENSOR_CORES
   extern __shared__ uint32_t smem[];
   const int m0 = blockIdx.y * kTile, n0 = blockIdx.z * kTile;
   const int ci_lo = n0 / d.kpv;
@@ -209,6 +209,9 @@ __global__ void __launch_bounds__(kBlockThreads, kCompensated ? 1 : 2)
         const int m = wm + i * 16 + grp + 8 * (r / 2), n = wn + j * 8 + 2 * tig + r % 2;
         if (m < d.m_total && n < d.n_total) out[int64_t(m) * d.n_total + n] = acc[i][j][r];
       }
+#else
+  __trap();  // built for a target before sm_80: tensor_core_kernels_available() is false there
+#endif
 }
 
 // Where a block's partial of (phase, co, column ci * kpv + u) lives.
