@@ -24,6 +24,15 @@ Tensors in a case file:
                                     sgd, or an lr schedule; the older cases keep
                                     their exact bytes)
 
+The dataset case (dataset_epochs) trains in shuffled minibatches for several
+epochs, as `anvil train --data` does: it writes a training and a validation
+dataset (dataset_epochs_train/_val.safetensors, `input` [S, ...] and `target`
+[S, ...]) and the reference dataset_epochs.safetensors: the initial parameters,
+the loss of every minibatch step, the validation loss after each epoch, the
+final parameters, the first two epochs' sample orders, and a keep-last run
+(a partial last batch). Its shuffle is epoch_order below, the twin of
+engine/include/anvil/dataset.hpp.
+
 The full-size case (kb74_full.safetensors, examples/kernelbench74.json at its
 KernelBench size) stores no big tensors: the C++ side regenerates input and
 target from the same generator. It holds the parameters, loss, losses, grads,
@@ -56,12 +65,13 @@ import torch.nn.functional as F
 SCRIPT_NAME = "tools/make_reference.py"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CASES = ["kb74_small", "odd_sizes", "stride1_nopad", "variant_2d", "residual_dag",
-                 "adam_step", "adamw_cosine", "sgd_step_schedule", "activations"]
+                 "adam_step", "adamw_cosine", "sgd_step_schedule", "activations", "dataset_epochs"]
 FULL_SOURCE = "examples/kernelbench74.json"
 FULL_CASE = "kb74_full"
 STEPS = 3  # optimizer steps of a case not listed in CASE_STEPS
 CASE_STEPS = {"adam_step": 5, "adamw_cosine": 5, "sgd_step_schedule": 5}
 SAMPLE_COUNT = 4096
+DATASET_CASE = "dataset_epochs"
 
 # ---------------------------------------------------------------------------
 # Counter-based generator (mirror of engine/include/anvil/random.hpp)
@@ -163,6 +173,36 @@ def check_generator():
         print(f"generator:   bits[{i}] = 0x{int(vector[i]):016x}  uniform01[{i}] = {float(uni[i])!r}")
     for i in range(2):
         print(f"generator:   normal[{i}] (same stream) = {float(nor[i])!r}")
+
+
+# ---------------------------------------------------------------------------
+# Shuffled minibatches (mirror of engine/include/anvil/dataset.hpp)
+# ---------------------------------------------------------------------------
+
+def epoch_order(count, seed, epoch, shuffle=True):
+    """The epoch's sample order: Fisher-Yates from the back with j = bits(i) % (i + 1)."""
+    order = list(range(count))
+    if shuffle:
+        stream = random_stream(seed, f"shuffle.{epoch}")
+        for i in range(count - 1, 0, -1):
+            j = bits_scalar(stream, i) % (i + 1)
+            order[i], order[j] = order[j], order[i]
+    return order
+
+
+def check_epoch_order():
+    """The twin must give the orders the C++ epoch_order gives (pinned in tests/test_dataset.cpp too)."""
+    from_cpp = {0: [2, 1, 9, 7, 6, 8, 0, 4, 3, 5], 1: [0, 7, 5, 2, 1, 3, 8, 6, 9, 4]}  # 10 samples, seed 5
+    for epoch, want in from_cpp.items():
+        got = epoch_order(10, 5, epoch)
+        assert got == want, f"epoch_order(10, 5, {epoch}) = {got}, the C++ side gives {want}"
+    assert epoch_order(10, 5, 0, shuffle=False) == list(range(10))
+
+
+def batch_slices(count, batch, keep_last):
+    """(start, stop) positions in the epoch's order of each batch: the twin of BatchPlan."""
+    return [(start, min(start + batch, count)) for start in range(0, count, batch)
+            if keep_last or start + batch <= count]
 
 
 # ---------------------------------------------------------------------------
@@ -606,6 +646,99 @@ def make_case(case, data_dir, out_dir):
                       metadata(net, case, os.path.relpath(source, REPO_ROOT), steps))
 
 
+# The dataset case: (samples, input stream, target stream) of each split, the
+# batch and epoch count of the main run and of the keep-last run.
+DATASET_SPLITS = {"train": (256, "dataset.input", "dataset.target"),
+                  "val": (64, "dataset.val_input", "dataset.val_target")}
+DATASET_EPOCHS = 3
+KEEP_LAST_BATCH, KEEP_LAST_EPOCHS = 48, 2
+SHUFFLE_RULE = ("epoch_order(S, seed, epoch): Fisher-Yates from the identity, i = S-1 down to 1, "
+                "j = bits(stream(seed, 'shuffle.<epoch>'), i) % (i + 1), swap (engine/include/anvil/dataset.hpp)")
+
+
+def dataset_split(net, split):
+    """input [S, sample shape] and target [S, output sample shape], uniform [0, 1) from the split's streams."""
+    count, input_stream, target_stream = DATASET_SPLITS[split]
+    x = uniform_tensor(net.seed, input_stream, (count,) + net.input_shape[1:], 0.0, 1.0)
+    target = uniform_tensor(net.seed, target_stream, (count,) + net.output_shape[1:], 0.0, 1.0)
+    return x, target
+
+
+def train_minibatches(net, init, train, batch, epochs, keep_last, val=None):
+    """One optimizer step per minibatch of each epoch's shuffled order. Returns the
+    loss of every step (before its update), the validation loss after each epoch
+    (the mean over all validation elements) and the final parameters."""
+    x, target = train
+    params = {n: p.clone().requires_grad_(True) for n, p in init.items()}
+    opt = OPTIMIZERS[net.optimizer_type](list(params.values()), foreach=False, **net.optimizer)
+    scheduler = make_scheduler(opt, net.schedule)
+    losses, val_losses = [], []
+    for epoch in range(epochs):
+        order = torch.tensor(epoch_order(x.shape[0], net.seed, epoch))
+        for start, stop in batch_slices(x.shape[0], batch, keep_last):
+            samples = order[start:stop]
+            opt.zero_grad(set_to_none=True)
+            loss = compute_loss(net.loss, net.forward(x[samples], params), target[samples])
+            loss.backward()
+            losses.append(loss.item())
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+        if val is not None:
+            with torch.no_grad():
+                val_losses.append(compute_loss(net.loss, net.forward(val[0], params), val[1]).item())
+    after = {n: p.detach().clone() for n, p in params.items()}
+    return torch.tensor(losses, dtype=torch.float64), torch.tensor(val_losses, dtype=torch.float64), after
+
+
+def make_dataset_case(case, data_dir, out_dir):
+    source = os.path.join(data_dir, case + ".json")
+    net = load_network(source)
+    batch = net.input_shape[0]
+    splits = {split: dataset_split(net, split) for split in DATASET_SPLITS}
+    for split, (x, target) in splits.items():
+        count, input_stream, target_stream = DATASET_SPLITS[split]
+        meta = {"case": case, "source": os.path.relpath(source, REPO_ROOT), "seed": str(net.seed),
+                "samples": str(count), "script": SCRIPT_NAME, "generator": "engine/include/anvil/random.hpp",
+                "input": f"uniform [0, 1) from stream(seed, '{input_stream}')",
+                "target": f"uniform [0, 1) from stream(seed, '{target_stream}')"}
+        write_safetensors(os.path.join(out_dir, f"{case}_{split}.safetensors"),
+                          {"input": (to_numpy(x, np.float32), "F32"), "target": (to_numpy(target, np.float32), "F32")},
+                          meta)
+
+    t = time.time()
+    train, val = splits["train"], splits["val"]
+    count = train[0].shape[0]
+    init = net.initial_params()
+    losses, val_losses, after = train_minibatches(net, init, train, batch, DATASET_EPOCHS, False, val)
+    keep_losses, _, keep_after = train_minibatches(net, init, train, KEEP_LAST_BATCH, KEEP_LAST_EPOCHS, True)
+    result = {"losses": losses, "val_losses": val_losses, "keep_last.losses": keep_losses}
+    result.update(init)
+    result.update({"after." + n: p for n, p in after.items()})
+    result.update({"keep_last.after." + n: p for n, p in keep_after.items()})
+    tensors = {}
+    f32(tensors, list(result), result)
+    for epoch in range(2):  # indices below 2^24 stay exact through the reader's float32
+        tensors[f"order.{epoch}"] = (np.array(epoch_order(count, net.seed, epoch), np.float64), "F64")
+
+    meta = metadata(net, case, os.path.relpath(source, REPO_ROOT), len(losses))
+    meta.update({
+        "batch": str(batch), "epochs": str(DATASET_EPOCHS), "shuffle": SHUFFLE_RULE,
+        "train_data": f"{case}_train.safetensors", "val_data": f"{case}_val.safetensors",
+        "losses": "the loss of each minibatch step before its update, epoch by epoch, batches in order "
+                  "(positions [b*batch, (b+1)*batch) of the epoch's order); the last partial batch is dropped",
+        "val_losses": "after each epoch, the loss over the whole validation set: the mean over all its elements "
+                      "(batch means weighted by element count when evaluated in batches)",
+        "order": "order.<epoch>: epoch_order(train samples, seed, epoch) as F64",
+        "keep_last": f"batch {KEEP_LAST_BATCH}, {KEEP_LAST_EPOCHS} epochs, the last partial batch kept "
+                     f"(its loss the mean over its own samples); fresh optimizer from the same initial parameters",
+        "keep_last.batch": str(KEEP_LAST_BATCH), "keep_last.epochs": str(KEEP_LAST_EPOCHS),
+    })
+    log(f"{case}: {len(losses)} steps, val_losses [{', '.join(f'{v:.9g}' for v in val_losses.tolist())}], "
+        f"keep_last {len(keep_losses)} steps ({time.time() - t:.2f}s)")
+    write_safetensors(os.path.join(out_dir, case + ".safetensors"), tensors, meta)
+
+
 def sample_indices(seed, numel):
     """The first SAMPLE_COUNT values of bits(stream(seed, "sample"), i) % numel."""
     bits = bits_np(random_stream(seed, "sample"), 0, SAMPLE_COUNT)
@@ -657,8 +790,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
     check_generator()
+    check_epoch_order()
     for case in args.cases:
-        make_case(case, args.data_dir, args.out_dir)
+        (make_dataset_case if case == DATASET_CASE else make_case)(case, args.data_dir, args.out_dir)
     if not args.no_full:
         make_full(args.out_dir)
     return 0

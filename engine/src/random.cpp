@@ -21,8 +21,6 @@ namespace anvil {
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 constexpr double kPi = 3.141592653589793;  // == Python's math.pi
-
-uint64_t bits(uint64_t stream, uint64_t index) { return splitmix64(stream + (index + 1) * kGolden); }
 }  // namespace
 
 uint64_t splitmix64(uint64_t x) {
@@ -43,9 +41,11 @@ uint64_t fnv1a64(const std::string& text) {
 
 uint64_t random_stream(uint64_t seed, const std::string& name) { return splitmix64(seed ^ fnv1a64(name)); }
 
+uint64_t random_bits(uint64_t stream, uint64_t index) { return splitmix64(stream + (index + 1) * kGolden); }
+
 float uniform01(uint64_t stream, uint64_t index) {
   // 24 bits fit a float's mantissa exactly, so the value never rounds up to 1.
-  return static_cast<float>(bits(stream, index) >> 40) * (1.0f / 16777216.0f);
+  return static_cast<float>(random_bits(stream, index) >> 40) * (1.0f / 16777216.0f);
 }
 
 void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi) {

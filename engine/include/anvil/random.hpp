@@ -16,6 +16,7 @@ namespace anvil {
 uint64_t splitmix64(uint64_t x);
 uint64_t fnv1a64(const std::string& text);
 uint64_t random_stream(uint64_t seed, const std::string& name);
+uint64_t random_bits(uint64_t stream, uint64_t index);  // bits(stream, i) above
 
 float uniform01(uint64_t stream, uint64_t index);
 void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi);
