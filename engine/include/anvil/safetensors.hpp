@@ -13,16 +13,22 @@
 namespace anvil {
 
 struct TensorFile {
-  std::map<std::string, HostTensor> tensors;       // F64 is converted to float32 on read
+  // F32 as stored; F16 and BF16 widened exactly; F64 rounded to the nearest float32.
+  std::map<std::string, HostTensor> tensors;
   std::map<std::string, std::string> metadata;
+  // Integer and bool tensors (e.g. BatchNorm's num_batches_tracked, I64): not float data, so not
+  // read, only listed, name -> dtype, so callers can report them.
+  std::map<std::string, std::string> skipped;
 };
 
-// Throws InputError naming the file and the problem.
+// Throws InputError naming the file and the problem, and naming the tensor for a dtype other than
+// the float and integer ones, and for an F64 value beyond float32's range (it would become Inf).
 TensorFile read_safetensors(const std::string& path);
-// Writes F32 tensors. Throws Error if the file cannot be written.
+// Writes F32 tensors (`skipped` is not written). Throws Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
 
-// Looks up a tensor and checks its shape; throws InputError naming file, tensor and shapes.
+// Looks up a tensor and checks its shape; throws InputError naming file, tensor and shapes (or the
+// dtype, for a tensor that was skipped).
 const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
                                  const Shape& expected);
 
