@@ -459,6 +459,59 @@ TEST_F(Safetensors, WriteRejectsInconsistentTensors) {
   EXPECT_FALSE(fs::exists(p));
 }
 
+// A file of weights: two parameters, an extra float tensor and a skipped integer one.
+TensorFile weights_file() {
+  TensorFile file;
+  file.tensors["conv.weight"] = HostTensor({2, 1}, {1.0f, 2.0f});
+  file.tensors["conv.bias"] = HostTensor({2}, {3.0f, 4.0f});
+  file.tensors["head.extra"] = HostTensor({1}, {5.0f});
+  file.skipped["bn.num_batches_tracked"] = "I64";
+  return file;
+}
+
+std::string selection_error(const TensorFile& file, const std::map<std::string, anvil::Shape>& shapes, bool strict) {
+  try {
+    anvil::select_parameters(file, "w.safetensors", shapes, strict);
+  } catch (const anvil::InputError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(SelectParameters, PicksParametersAndListsTheRest) {
+  const std::map<std::string, anvil::Shape> shapes = {{"conv.weight", {2, 1}}, {"conv.bias", {2}}};
+  const anvil::ParameterSelection s = anvil::select_parameters(weights_file(), "w.safetensors", shapes, false);
+  ASSERT_EQ(s.parameters.size(), 2u);
+  EXPECT_EQ(s.parameters.at("conv.weight").data, (std::vector<float>{1.0f, 2.0f}));
+  EXPECT_EQ(s.parameters.at("conv.bias").data, (std::vector<float>{3.0f, 4.0f}));
+  EXPECT_EQ(s.unused, (std::vector<std::string>{"bn.num_batches_tracked", "head.extra"}));
+  EXPECT_EQ(anvil::unused_tensors_message("w.safetensors", s.unused),
+            "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra");
+  EXPECT_EQ(anvil::unused_tensors_message("w.safetensors", {"x"}),
+            "w.safetensors: 1 tensor is not a parameter of this network: x");
+}
+
+TEST(SelectParameters, StrictRefusesUnusedTensors) {
+  const std::map<std::string, anvil::Shape> shapes = {{"conv.weight", {2, 1}}, {"conv.bias", {2}}};
+  EXPECT_EQ(selection_error(weights_file(), shapes, true),
+            "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra "
+            "(--strict)");
+  TensorFile exact = weights_file();
+  exact.tensors.erase("head.extra");
+  exact.skipped.clear();
+  EXPECT_EQ(anvil::select_parameters(exact, "w.safetensors", shapes, true).unused, std::vector<std::string>{});
+}
+
+TEST(SelectParameters, RefusesMissingWrongShapeAndIntegerParameters) {
+  EXPECT_EQ(selection_error(weights_file(), {{"conv.weight", {2, 1}}, {"fc.weight", {3}}}, false),
+            "w.safetensors: no tensor named 'fc.weight'");
+  EXPECT_EQ(selection_error(weights_file(), {{"conv.bias", {3}}}, false),
+            "w.safetensors: tensor 'conv.bias' has shape (2), expected (3)");
+  EXPECT_EQ(selection_error(weights_file(), {{"bn.num_batches_tracked", {}}}, false),
+            "w.safetensors: tensor 'bn.num_batches_tracked': dtype I64 cannot be loaded (only F16, BF16, F32 and F64 "
+            "can)");
+}
+
 TEST_F(Safetensors, RequireTensorChecksNameAndShape) {
   TensorFile file;
   file.tensors["input"] = HostTensor({2, 3});

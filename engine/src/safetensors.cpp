@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -376,6 +377,29 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
                    to_string(expected));
   }
   return it->second;
+}
+
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict) {
+  ParameterSelection selection;
+  for (const auto& [name, shape] : parameter_shapes) {
+    selection.parameters.emplace(name, require_tensor(file, path, name, shape));
+  }
+  for (const auto& entry : file.tensors)
+    if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
+  for (const auto& entry : file.skipped)
+    if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
+  std::sort(selection.unused.begin(), selection.unused.end());
+  if (strict && !selection.unused.empty()) throw InputError(unused_tensors_message(path, selection.unused) + " (--strict)");
+  return selection;
+}
+
+std::string unused_tensors_message(const std::string& path, const std::vector<std::string>& unused) {
+  std::string list;
+  for (const std::string& name : unused) list += (list.empty() ? "" : ", ") + printable(name);
+  const bool one = unused.size() == 1;
+  return printable(path) + ": " + std::to_string(unused.size()) +
+         (one ? " tensor is not a parameter" : " tensors are not parameters") + " of this network: " + list;
 }
 
 }  // namespace anvil

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "anvil/tensor.hpp"
 
@@ -31,5 +32,20 @@ void write_safetensors(const std::string& path, const TensorFile& file);
 // dtype, for a tensor that was skipped).
 const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
                                  const Shape& expected);
+
+// The parameters a network takes from a weights file (a PyTorch state_dict or an anvil checkpoint).
+struct ParameterSelection {
+  std::map<std::string, HostTensor> parameters;  // every expected parameter, by name
+  std::vector<std::string> unused;               // the file's other tensors, skipped ones included, sorted
+};
+
+// Picks the tensors named in `parameter_shapes` out of `file` (read from `path`). Throws InputError
+// naming the file and the tensor for a missing parameter, a wrong shape or a non-float dtype, and,
+// when `strict`, for unused tensors (unused_tensors_message + " (--strict)").
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict);
+
+// One line: "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra".
+std::string unused_tensors_message(const std::string& path, const std::vector<std::string>& unused);
 
 }  // namespace anvil
