@@ -361,9 +361,28 @@ TEST(NetworkParse, ReservedAndMalformedLayerNames) {
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")),
             "bad.json: layers[0].name: '' is reserved; choose another name");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a b"})")),
-            "bad.json: layers[0].name: must not contain '.', '+' or spaces, got 'a b'");
+            "bad.json: layers[0].name: must not contain '+' or whitespace, got 'a b'");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a\tb"})")),
+            "bad.json: layers[0].name: must not contain '+' or whitespace, got 'a\tb'");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a+b"})")),
-            "bad.json: layers[0].name: must not contain '.', '+' or spaces, got 'a+b'");
+            "bad.json: layers[0].name: must not contain '+' or whitespace, got 'a+b'");
+  for (const char* name : {".a", "a.", "a..b", "."})
+    EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(name) + "\"}")),
+              "bad.json: layers[0].name: must not start or end with '.' or contain '..', got '" + std::string(name) +
+                  "'");
+}
+
+// PyTorch names a nested module's parameters by its path: "block.conv" has "block.conv.weight".
+TEST(NetworkParse, DottedLayerNamesNameTheirParametersAsPyTorchDoes) {
+  const std::string layers = R"([
+    {"type": "conv2d", "name": "block.conv", "in_channels": 4, "out_channels": 3, "kernel_size": 1},
+    {"type": "channel_scale", "name": "block.gain"},
+    {"type": "relu", "name": "head.act"}])";
+  const Network net = Network::parse(with_layers(kInput4d, layers), "dots.json");
+  EXPECT_EQ(param_shapes(net), (std::map<std::string, Shape>{{"block.conv.weight", {3, 4, 1, 1}},
+                                                             {"block.conv.bias", {3}},
+                                                             {"block.gain", {3, 1, 1}}}));
+  EXPECT_EQ(net.layers().back().name, "head.act");
 }
 
 TEST(NetworkParse, DanglingInputName) {
@@ -410,9 +429,20 @@ TEST(NetworkParse, ParameterNamesMustBeUnique) {
   const std::string layers = R"([
     {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 1},
     {"type": "channel_scale", "name": "c.bias"}])";
-  const std::string msg = error_of(with_layers(kInput5d, layers));
-  EXPECT_PRED_FORMAT2(Contains, msg, "bad.json: layers[1]");
-  EXPECT_PRED_FORMAT2(Contains, msg, "c.bias");
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)), "bad.json: layers[1].name: 'c.bias' is also a parameter of layers[0] ('c')");
+}
+
+// A layer's output tensor and a parameter share one namespace too, whichever is listed first.
+TEST(NetworkParse, LayerNamesMustNotBeParameterNames) {
+  const std::string conv = R"({"type": "conv3d", "name": "conv", "in_channels": 4, "out_channels": 4, "kernel_size": 1})";
+  const std::string relu = R"({"type": "relu", "name": "conv.weight"})";
+  EXPECT_EQ(error_of(with_layers(kInput5d, "[" + conv + ", " + relu + "]")),
+            "bad.json: layers[1].name: 'conv.weight' is also a parameter of layers[0] ('conv')");
+  const std::string relu_first = R"({"type": "relu", "name": "conv.weight", "inputs": ["input"]})";
+  const std::string conv_after = R"({"type": "conv3d", "name": "conv", "in_channels": 4, "out_channels": 4,
+                                    "kernel_size": 1, "inputs": ["conv.weight"]})";
+  EXPECT_EQ(error_of(with_layers(kInput5d, "[" + relu_first + ", " + conv_after + "]")),
+            "bad.json: layers[1]: parameter 'conv.weight' is also the name of layers[0]");
 }
 
 // ---------------------------------------------------------------- top-level settings

@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -204,6 +206,118 @@ TEST_F(Safetensors, ReadsF64AsFloat32) {
   EXPECT_EQ(d.data[3], 1.0f / 3.0f);  // rounded, not truncated
 }
 
+// The float32 bit patterns of a tensor, to compare exactly (NaN payloads and -0 included).
+std::vector<uint32_t> bits_of(const HostTensor& t) {
+  std::vector<uint32_t> bits(t.data.size());
+  if (!bits.empty()) std::memcpy(bits.data(), t.data.data(), bits.size() * sizeof(uint32_t));
+  return bits;
+}
+
+// One tensor of `dtype` holding `elements` (each `itemsize` little-endian bytes), stored after `gap`
+// bytes so that its data is not aligned.
+std::string one_tensor_file(const std::string& dtype, int itemsize, const std::vector<uint64_t>& elements, int gap) {
+  std::string data(static_cast<size_t>(gap), '\xee');
+  for (uint64_t e : elements) data += le_bytes(e, itemsize);
+  const nlohmann::json header = {
+      {"t", {{"dtype", dtype}, {"shape", {elements.size()}}, {"data_offsets", {gap, data.size()}}}}};
+  return make_file(header.dump(), data);
+}
+
+TEST_F(Safetensors, ReadsF16Exactly) {
+  const std::vector<uint64_t> halves = {
+      0x3c00,  // 1.0
+      0xc100,  // -2.5
+      0x7bff,  // 65504, the largest half
+      0x0001,  // 2^-24, the smallest subnormal
+      0x83ff,  // -1023 * 2^-24, the largest subnormal, negative
+      0x0400,  // 2^-14, the smallest normal
+      0x8000,  // -0
+      0x7c00,  // Inf
+      0xfc00,  // -Inf
+      0x7e00,  // the quiet NaN
+      0x7c01,  // a signalling NaN: its payload moves up 13 bits
+  };
+  const TensorFile f = anvil::read_safetensors(write_raw("f16.safetensors", one_tensor_file("F16", 2, halves, 1)));
+  EXPECT_EQ(f.tensors.at("t").shape, (anvil::Shape{11}));
+  EXPECT_EQ(bits_of(f.tensors.at("t")),
+            (std::vector<uint32_t>{0x3f800000, 0xc0200000, 0x477fe000, 0x33800000, 0xb87fc000, 0x38800000, 0x80000000,
+                                   0x7f800000, 0xff800000, 0x7fc00000, 0x7f802000}));
+  EXPECT_EQ(f.tensors.at("t").data[4], -1023 * std::ldexp(1.0f, -24));
+}
+
+TEST_F(Safetensors, ReadsBF16Exactly) {
+  // bfloat16 is the upper half of a float32: 1, -5, 3.140625, -0.0078125, Inf, -Inf, a subnormal, NaN.
+  const std::vector<uint64_t> bf16 = {0x3f80, 0xc0a0, 0x4049, 0xbc00, 0x7f80, 0xff80, 0x0001, 0x7fc1};
+  const TensorFile f = anvil::read_safetensors(write_raw("bf16.safetensors", one_tensor_file("BF16", 2, bf16, 3)));
+  const HostTensor& t = f.tensors.at("t");
+  EXPECT_EQ(bits_of(t), (std::vector<uint32_t>{0x3f800000, 0xc0a00000, 0x40490000, 0xbc000000, 0x7f800000,
+                                               0xff800000, 0x00010000, 0x7fc10000}));
+  EXPECT_EQ(t.data[2], 3.140625f);
+  EXPECT_EQ(t.data[3], -0.0078125f);
+}
+
+TEST_F(Safetensors, RoundsF64ToNearestFloat) {
+  const std::vector<double> doubles = {
+      0.1,
+      1.0 + std::ldexp(1.0, -24),      // halfway between 1 and the next float: ties to even, 1
+      1.0 + 3 * std::ldexp(1.0, -24),  // halfway again: ties to even, 1 + 2^-22
+      -1.0 / 3.0,
+      0x1.fffffefp127,  // above FLT_MAX, but nearer to it than to Inf
+      1e-50,            // below half the smallest subnormal: 0
+      -std::numeric_limits<double>::infinity(),
+  };
+  std::vector<uint64_t> raw(doubles.size());
+  std::memcpy(raw.data(), doubles.data(), doubles.size() * sizeof(double));
+  const TensorFile f = anvil::read_safetensors(write_raw("f64.safetensors", one_tensor_file("F64", 8, raw, 5)));
+  const std::vector<float> expected = {0.1f,
+                                       1.0f,
+                                       1.0f + std::ldexp(1.0f, -22),
+                                       -1.0f / 3.0f,
+                                       std::numeric_limits<float>::max(),
+                                       0.0f,
+                                       -std::numeric_limits<float>::infinity()};
+  EXPECT_EQ(f.tensors.at("t").data, expected);
+}
+
+// A finite F64 value that would round to Inf is refused, naming the tensor, rather than silently becoming Inf.
+TEST_F(Safetensors, RefusesF64BeyondFloatRange) {
+  for (const double big : {0x1.ffffffp127, -1e300}) {
+    std::vector<uint64_t> raw(2);
+    const double values[2] = {1.0, big};
+    std::memcpy(raw.data(), values, sizeof values);
+    expect_input_error(one_tensor_file("F64", 8, raw, 0), "tensor 't': F64 value ");
+    expect_input_error(one_tensor_file("F64", 8, raw, 0), " at index 1 is beyond float32's range");
+  }
+}
+
+// Integer and bool tensors (BatchNorm's num_batches_tracked is I64) do not fail the file: they are listed.
+TEST_F(Safetensors, SkipsIntegerAndBoolTensors) {
+  const std::string header =
+      R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[8,16]},)"
+      R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[16,19]},)"
+      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[19,23]}})";
+  const std::string data = le_bytes(0x3f800000, 4) + le_bytes(0x40000000, 4) + le_bytes(7, 8) + std::string("\1\0\1", 3) +
+                           le_bytes(0xc0400000, 4);
+  const std::string p = write_raw("mixed.safetensors", make_file(header, data));
+  const TensorFile f = anvil::read_safetensors(p);
+  EXPECT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors.at("w").data, (std::vector<float>{1.0f, 2.0f}));
+  EXPECT_EQ(f.tensors.at("b").data, (std::vector<float>{-3.0f}));  // unaligned, after the bools
+  EXPECT_EQ(f.skipped, (std::map<std::string, std::string>{{"bn.num_batches_tracked", "I64"}, {"mask", "BOOL"}}));
+  try {
+    anvil::require_tensor(f, "mixed.safetensors", "bn.num_batches_tracked", {});
+    FAIL() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_STREQ(e.what(),
+                 "mixed.safetensors: tensor 'bn.num_batches_tracked': dtype I64 cannot be loaded (only F16, BF16, F32 "
+                 "and F64 can)");
+  }
+  // A skipped tensor's bounds are still checked.
+  expect_input_error(make_file(R"({"n":{"dtype":"I64","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')),
+                     "do not match shape (2) of I64 (16 bytes)");
+}
+
 TEST_F(Safetensors, RejectsBadFileFraming) {
   expect_input_error("", "too short");
   expect_input_error(std::string("\x05\x00\x00", 3), "too short");
@@ -222,8 +336,8 @@ TEST_F(Safetensors, RejectsBadHeaders) {
   expect_input_error(make_file(R"({"w": {"shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')), "dtype");
   expect_input_error(make_file(R"({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
                      "dtype");
-  expect_input_error(make_file(R"({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}})", std::string(4, '\0')),
-                     "BF16");
+  expect_input_error(make_file(R"({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+                     "tensor 'w': unsupported dtype 'F8_E4M3'");
   expect_input_error(make_file(R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})", std::string(4, '\0')), "shape");
   expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": 1, "data_offsets": [0, 4]}})", std::string(4, '\0')),
                      "shape");
@@ -343,6 +457,59 @@ TEST_F(Safetensors, WriteRejectsInconsistentTensors) {
   clash.tensors["__metadata__"] = HostTensor({1}, {1.0f});
   EXPECT_THROW(anvil::write_safetensors(p, clash), anvil::Error);
   EXPECT_FALSE(fs::exists(p));
+}
+
+// A file of weights: two parameters, an extra float tensor and a skipped integer one.
+TensorFile weights_file() {
+  TensorFile file;
+  file.tensors["conv.weight"] = HostTensor({2, 1}, {1.0f, 2.0f});
+  file.tensors["conv.bias"] = HostTensor({2}, {3.0f, 4.0f});
+  file.tensors["head.extra"] = HostTensor({1}, {5.0f});
+  file.skipped["bn.num_batches_tracked"] = "I64";
+  return file;
+}
+
+std::string selection_error(const TensorFile& file, const std::map<std::string, anvil::Shape>& shapes, bool strict) {
+  try {
+    anvil::select_parameters(file, "w.safetensors", shapes, strict);
+  } catch (const anvil::InputError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(SelectParameters, PicksParametersAndListsTheRest) {
+  const std::map<std::string, anvil::Shape> shapes = {{"conv.weight", {2, 1}}, {"conv.bias", {2}}};
+  const anvil::ParameterSelection s = anvil::select_parameters(weights_file(), "w.safetensors", shapes, false);
+  ASSERT_EQ(s.parameters.size(), 2u);
+  EXPECT_EQ(s.parameters.at("conv.weight").data, (std::vector<float>{1.0f, 2.0f}));
+  EXPECT_EQ(s.parameters.at("conv.bias").data, (std::vector<float>{3.0f, 4.0f}));
+  EXPECT_EQ(s.unused, (std::vector<std::string>{"bn.num_batches_tracked", "head.extra"}));
+  EXPECT_EQ(anvil::unused_tensors_message("w.safetensors", s.unused),
+            "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra");
+  EXPECT_EQ(anvil::unused_tensors_message("w.safetensors", {"x"}),
+            "w.safetensors: 1 tensor is not a parameter of this network: x");
+}
+
+TEST(SelectParameters, StrictRefusesUnusedTensors) {
+  const std::map<std::string, anvil::Shape> shapes = {{"conv.weight", {2, 1}}, {"conv.bias", {2}}};
+  EXPECT_EQ(selection_error(weights_file(), shapes, true),
+            "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra "
+            "(--strict)");
+  TensorFile exact = weights_file();
+  exact.tensors.erase("head.extra");
+  exact.skipped.clear();
+  EXPECT_EQ(anvil::select_parameters(exact, "w.safetensors", shapes, true).unused, std::vector<std::string>{});
+}
+
+TEST(SelectParameters, RefusesMissingWrongShapeAndIntegerParameters) {
+  EXPECT_EQ(selection_error(weights_file(), {{"conv.weight", {2, 1}}, {"fc.weight", {3}}}, false),
+            "w.safetensors: no tensor named 'fc.weight'");
+  EXPECT_EQ(selection_error(weights_file(), {{"conv.bias", {3}}}, false),
+            "w.safetensors: tensor 'conv.bias' has shape (2), expected (3)");
+  EXPECT_EQ(selection_error(weights_file(), {{"bn.num_batches_tracked", {}}}, false),
+            "w.safetensors: tensor 'bn.num_batches_tracked': dtype I64 cannot be loaded (only F16, BF16, F32 and F64 "
+            "can)");
 }
 
 TEST_F(Safetensors, RequireTensorChecksNameAndShape) {

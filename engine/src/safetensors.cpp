@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -12,7 +14,8 @@
 
 #include "anvil/error.hpp"
 
-// The file format stores little-endian IEEE floats; we copy bytes straight in and out.
+// The file format stores little-endian IEEE floats; we copy bytes straight in and out, and memcpy
+// other element types from the (possibly unaligned) bytes in host order.
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes a little-endian host");
 #endif
@@ -71,9 +74,33 @@ bool get_count(const json& v, int64_t& out, bool& negative) {
   return false;
 }
 
+// How the elements of a dtype become float32.
+enum class Conversion { None, F64, F16, BF16, Skip };
+
+struct Dtype {
+  const char* name;
+  uint64_t itemsize;
+  Conversion conversion;
+};
+
+// The dtypes the reader knows: floats become float32; integers and bools are listed in `skipped`.
+constexpr Dtype kDtypes[] = {
+    {"F32", 4, Conversion::None},  {"F64", 8, Conversion::F64},   {"F16", 2, Conversion::F16},
+    {"BF16", 2, Conversion::BF16}, {"BOOL", 1, Conversion::Skip}, {"U8", 1, Conversion::Skip},
+    {"I8", 1, Conversion::Skip},   {"U16", 2, Conversion::Skip},  {"I16", 2, Conversion::Skip},
+    {"U32", 4, Conversion::Skip},  {"I32", 4, Conversion::Skip},  {"U64", 8, Conversion::Skip},
+    {"I64", 8, Conversion::Skip},
+};
+
+const Dtype* find_dtype(const std::string& name) {
+  for (const Dtype& d : kDtypes)
+    if (name == d.name) return &d;
+  return nullptr;
+}
+
 struct Entry {
   std::string name;
-  bool f64 = false;
+  const Dtype* dtype = nullptr;
   Shape shape;
   uint64_t begin = 0;
   uint64_t end = 0;
@@ -87,12 +114,12 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   const auto dtype = v.find("dtype");
   if (dtype == v.end() || !dtype->is_string()) fail_tensor(path, name, "dtype is missing or not a string");
   const std::string& dt = dtype->get_ref<const std::string&>();
-  if (dt == "F64") {
-    e.f64 = true;
-  } else if (dt != "F32") {
-    fail_tensor(path, name, "unsupported dtype '" + printable(dt) + "' (only F32 and F64 are supported)");
+  e.dtype = find_dtype(dt);
+  if (!e.dtype) {
+    fail_tensor(path, name, "unsupported dtype '" + printable(dt) +
+                                "' (float tensors must be F16, BF16, F32 or F64; integer and bool tensors are skipped)");
   }
-  const uint64_t itemsize = e.f64 ? 8 : 4;
+  const uint64_t itemsize = e.dtype->itemsize;
 
   const auto shape = v.find("shape");
   if (shape == v.end() || !shape->is_array()) fail_tensor(path, name, "shape is missing or not an array");
@@ -140,6 +167,65 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
                                 std::to_string(n * itemsize) + " bytes)");
   }
   return e;
+}
+
+float float_from_bits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// IEEE binary16: 1 sign, 5 exponent (bias 15) and 10 fraction bits; every value is exact in float32.
+float float_from_f16(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t fraction = h & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: fraction * 2^-24
+    const float magnitude = std::ldexp(static_cast<float>(fraction), -24);
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 0x1f) return float_from_bits(sign | 0x7f800000u | fraction << 13);  // Inf, or NaN with its payload
+  return float_from_bits(sign | (exponent - 15 + 127) << 23 | fraction << 13);
+}
+
+// bfloat16 is the upper half of a float32.
+float float_from_bf16(uint16_t b) { return float_from_bits(static_cast<uint32_t>(b) << 16); }
+
+// FLT_MAX plus half its ulp: doubles of this magnitude or more round to Inf (a tie goes to the even Inf).
+constexpr double kFloatOverflowThreshold = 0x1.ffffffp127;
+
+template <typename Raw>
+Raw element_at(const std::vector<unsigned char>& bytes, size_t i) {
+  Raw value;
+  std::memcpy(&value, bytes.data() + i * sizeof(Raw), sizeof(Raw));
+  return value;
+}
+
+// Converts the raw elements of an F16, BF16 or F64 tensor. A finite F64 value beyond float32's
+// range is an error: it would silently become Inf.
+void convert_to_float(const std::string& path, const Entry& e, const std::vector<unsigned char>& bytes,
+                      std::vector<float>& out) {
+  const Conversion conversion = e.dtype->conversion;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (conversion == Conversion::F16) {
+      out[i] = float_from_f16(element_at<uint16_t>(bytes, i));
+    } else if (conversion == Conversion::BF16) {
+      out[i] = float_from_bf16(element_at<uint16_t>(bytes, i));
+    } else {
+      const double value = element_at<double>(bytes, i);
+      if (std::isfinite(value) && std::fabs(value) >= kFloatOverflowThreshold) {
+        char text[32];
+        std::snprintf(text, sizeof text, "%.17g", value);
+        fail_tensor(path, e.name, "F64 value " + std::string(text) + " at index " + std::to_string(i) +
+                                      " is beyond float32's range");
+      }
+      out[i] = static_cast<float>(value);  // rounds to nearest
+    }
+  }
+}
+
+bool read_exactly(std::ifstream& in, void* out, size_t bytes) {
+  return bytes == 0 || static_cast<bool>(in.read(static_cast<char*>(out), static_cast<std::streamsize>(bytes)));
 }
 
 std::map<std::string, std::string> parse_metadata(const std::string& path, const json& v) {
@@ -202,18 +288,22 @@ TensorFile read_safetensors(const std::string& path) {
   }
 
   for (const Entry& e : entries) {
+    if (e.dtype->conversion == Conversion::Skip) {
+      result.skipped.emplace(e.name, e.dtype->name);
+      continue;
+    }
     const size_t bytes = static_cast<size_t>(e.end - e.begin);
     HostTensor t(e.shape);
     in.seekg(static_cast<std::streamoff>(data_start + e.begin), std::ios::beg);
-    if (e.f64) {
-      std::vector<double> wide(t.data.size());
-      if (bytes && !in.read(reinterpret_cast<char*>(wide.data()), static_cast<std::streamsize>(bytes))) {
-        fail_tensor(path, e.name, "cannot read data (file truncated?)");
-      }
-      for (size_t i = 0; i < wide.size(); ++i) t.data[i] = static_cast<float>(wide[i]);
-    } else if (bytes && !in.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(bytes))) {
-      fail_tensor(path, e.name, "cannot read data (file truncated?)");
+    bool read = false;
+    if (e.dtype->conversion == Conversion::None) {
+      read = read_exactly(in, t.data.data(), bytes);
+    } else {
+      std::vector<unsigned char> raw(bytes);
+      read = read_exactly(in, raw.data(), bytes);
+      if (read) convert_to_float(path, e, raw, t.data);
     }
+    if (!read) fail_tensor(path, e.name, "cannot read data (file truncated?)");
     result.tensors.emplace(e.name, std::move(t));
   }
   return result;
@@ -277,12 +367,39 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
 const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
                                  const Shape& expected) {
   const auto it = file.tensors.find(name);
+  const auto skipped = file.skipped.find(name);
+  if (skipped != file.skipped.end()) {
+    fail_tensor(path, name, "dtype " + skipped->second + " cannot be loaded (only F16, BF16, F32 and F64 can)");
+  }
   if (it == file.tensors.end()) fail(path, "no tensor named '" + printable(name) + "'");
   if (it->second.shape != expected) {
     fail(path, "tensor '" + printable(name) + "' has shape " + to_string(it->second.shape) + ", expected " +
                    to_string(expected));
   }
   return it->second;
+}
+
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict) {
+  ParameterSelection selection;
+  for (const auto& [name, shape] : parameter_shapes) {
+    selection.parameters.emplace(name, require_tensor(file, path, name, shape));
+  }
+  for (const auto& entry : file.tensors)
+    if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
+  for (const auto& entry : file.skipped)
+    if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
+  std::sort(selection.unused.begin(), selection.unused.end());
+  if (strict && !selection.unused.empty()) throw InputError(unused_tensors_message(path, selection.unused) + " (--strict)");
+  return selection;
+}
+
+std::string unused_tensors_message(const std::string& path, const std::vector<std::string>& unused) {
+  std::string list;
+  for (const std::string& name : unused) list += (list.empty() ? "" : ", ") + printable(name);
+  const bool one = unused.size() == 1;
+  return printable(path) + ": " + std::to_string(unused.size()) +
+         (one ? " tensor is not a parameter" : " tensors are not parameters") + " of this network: " + list;
 }
 
 }  // namespace anvil

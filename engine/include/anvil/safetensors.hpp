@@ -7,23 +7,45 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "anvil/tensor.hpp"
 
 namespace anvil {
 
 struct TensorFile {
-  std::map<std::string, HostTensor> tensors;       // F64 is converted to float32 on read
+  // F32 as stored; F16 and BF16 widened exactly; F64 rounded to the nearest float32.
+  std::map<std::string, HostTensor> tensors;
   std::map<std::string, std::string> metadata;
+  // Integer and bool tensors (e.g. BatchNorm's num_batches_tracked, I64): not float data, so not
+  // read, only listed, name -> dtype, so callers can report them.
+  std::map<std::string, std::string> skipped;
 };
 
-// Throws InputError naming the file and the problem.
+// Throws InputError naming the file and the problem, and naming the tensor for a dtype other than
+// the float and integer ones, and for an F64 value beyond float32's range (it would become Inf).
 TensorFile read_safetensors(const std::string& path);
-// Writes F32 tensors. Throws Error if the file cannot be written.
+// Writes F32 tensors (`skipped` is not written). Throws Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
 
-// Looks up a tensor and checks its shape; throws InputError naming file, tensor and shapes.
+// Looks up a tensor and checks its shape; throws InputError naming file, tensor and shapes (or the
+// dtype, for a tensor that was skipped).
 const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
                                  const Shape& expected);
+
+// The parameters a network takes from a weights file (a PyTorch state_dict or an anvil checkpoint).
+struct ParameterSelection {
+  std::map<std::string, HostTensor> parameters;  // every expected parameter, by name
+  std::vector<std::string> unused;               // the file's other tensors, skipped ones included, sorted
+};
+
+// Picks the tensors named in `parameter_shapes` out of `file` (read from `path`). Throws InputError
+// naming the file and the tensor for a missing parameter, a wrong shape or a non-float dtype, and,
+// when `strict`, for unused tensors (unused_tensors_message + " (--strict)").
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict);
+
+// One line: "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra".
+std::string unused_tensors_message(const std::string& path, const std::vector<std::string>& unused);
 
 }  // namespace anvil

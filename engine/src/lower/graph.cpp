@@ -51,6 +51,32 @@ std::vector<int> topological_order(const std::vector<std::vector<int>>& deps, co
   throw InputError(layers[at].path + ".inputs: the layers form a cycle: " + cycle);
 }
 
+// Parameter names are the keys of weight files (PyTorch's state_dict names) and share one namespace
+// with the layers' output tensors, so each name belongs to one layer: a layer named "conv.weight" next
+// to a conv layer "conv" is refused. channel_scale's parameter takes its own layer's name, which is fine.
+void check_names_have_one_owner(const std::vector<LayerSpec>& layers, const std::vector<GraphNode>& nodes) {
+  std::vector<const Layer*> layer_at(layers.size());  // by list index; node.output is list index + 1
+  for (const GraphNode& node : nodes) layer_at[node.output - 1] = node.layer.get();
+  struct Owner {
+    size_t layer;
+    bool parameter;
+  };
+  std::map<std::string, Owner> owner_of;
+  auto claim = [&](const std::string& name, size_t i, bool parameter) {
+    const auto [it, fresh] = owner_of.emplace(name, Owner{i, parameter});
+    if (fresh || it->second.layer == i) return;
+    const Owner& other = it->second;
+    const LayerSpec& owner = layers[other.layer];
+    throw InputError(layers[i].path + (parameter ? ": parameter '" : ".name: '") + name + "' is also " +
+                     (other.parameter ? "a parameter of " + owner.path + " ('" + owner.name + "')"
+                                      : "the name of " + owner.path));
+  };
+  for (size_t i = 0; i < layers.size(); ++i) {
+    claim(layers[i].name, i, false);
+    for (const ParamSpec& p : layer_at[i]->param_specs()) claim(p.name, i, true);
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
@@ -97,6 +123,7 @@ std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
     for (int t : node.inputs) graph->tensors[t].consumers.push_back(index);
     graph->nodes.push_back(std::move(node));
   }
+  check_names_have_one_owner(layers, graph->nodes);
   graph->output = static_cast<int>(layers.size());  // the last listed layer feeds the loss
   for (size_t t = 0; t < graph->tensors.size(); ++t)
     if (graph->tensors[t].consumers.empty() && static_cast<int>(t) != graph->output)

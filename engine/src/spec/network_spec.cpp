@@ -141,9 +141,12 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     spec.name = cfg.string_or("name", spec.type + "_" + std::to_string(i));
     if (spec.name.empty() || spec.name == "input")
       cfg.fail("name", "'" + spec.name + "' is reserved; choose another name");
-    // '.' separates a layer from its parameter ("conv.weight"), as in PyTorch's module names.
-    if (spec.name.find_first_of(".+ \t") != std::string::npos)
-      cfg.fail("name", "must not contain '.', '+' or spaces, got '" + spec.name + "'");
+    // '+' joins the names of fused layers; whitespace would make messages and `anvil info` ambiguous.
+    if (spec.name.find_first_of("+ \t\n\r\f\v") != std::string::npos)
+      cfg.fail("name", "must not contain '+' or whitespace, got '" + spec.name + "'");
+    // Dots nest names as PyTorch's module paths do ("block.conv"), so each part between them is non-empty.
+    if (spec.name.front() == '.' || spec.name.back() == '.' || spec.name.find("..") != std::string::npos)
+      cfg.fail("name", "must not start or end with '.' or contain '..', got '" + spec.name + "'");
     if (index_of.count(spec.name))
       cfg.fail("name", "duplicate name '" + spec.name + "' (also layers[" + std::to_string(index_of[spec.name]) + "])");
     if (cfg.has("inputs")) {
