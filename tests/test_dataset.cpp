@@ -218,7 +218,7 @@ TEST_F(DatasetFile, RefusesAWrongDtype) {
   ASSERT_NE(dtype, std::string::npos);
   bytes.replace(dtype, 5, "\"I32\"");
   std::ofstream(path, std::ios::binary) << bytes;
-  expect_load_error(path, "tensor 'input': unsupported dtype 'I32' (only F32 and F64 are supported)");
+  expect_load_error(path, "tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
 }
 
 TEST_F(DatasetFile, RefusesATruncatedFile) {

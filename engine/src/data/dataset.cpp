@@ -17,6 +17,9 @@ namespace {
 // Takes the tensor `name` out of the file, checking that it is [S, expected sample shape...].
 HostTensor take_samples(TensorFile& file, const std::string& path, const std::string& name, const Shape& expected,
                         const std::string& network_role) {
+  const auto skipped = file.skipped.find(name);
+  if (skipped != file.skipped.end())
+    fail(path, "tensor '" + name + "' has dtype " + skipped->second + "; a dataset holds F16, BF16, F32 or F64 floats");
   const auto it = file.tensors.find(name);
   if (it == file.tensors.end()) fail(path, "no tensor named '" + name + "' (a dataset holds 'input' and 'target')");
   HostTensor tensor = std::move(it->second);
