@@ -8,17 +8,23 @@
 namespace anvil {
 
 void Engine::Impl::upload(float* dst, const float* src, size_t count) {
-  if (cuda())
-    ctx->copy_to_device(dst, src, count * sizeof(float));
-  else
-    std::memcpy(dst, src, count * sizeof(float));
+#if ANVIL_WITH_CUDA
+  if (cuda()) return ctx->copy_to_device(dst, src, count * sizeof(float));
+#endif
+  std::memcpy(dst, src, count * sizeof(float));
 }
 
 void Engine::Impl::download(float* dst, const float* src, size_t count) const {
-  if (cuda())
-    ctx->copy_to_host(dst, src, count * sizeof(float));
-  else
-    std::memcpy(dst, src, count * sizeof(float));
+#if ANVIL_WITH_CUDA
+  if (cuda()) return ctx->copy_to_host(dst, src, count * sizeof(float));
+#endif
+  std::memcpy(dst, src, count * sizeof(float));
+}
+
+void Engine::Impl::synchronize() {
+#if ANVIL_WITH_CUDA
+  if (cuda()) ctx->synchronize();
+#endif
 }
 
 std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
@@ -90,7 +96,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
     const HostTensor& t = given.at(slot.spec.name);
     impl_->upload(impl_->params + slot.offset / sizeof(float), t.data.data(), t.data.size());
   }
-  if (impl_->cuda()) impl_->ctx->synchronize();
+  impl_->synchronize();
 }
 
 HostTensor Engine::input_gradient() const {
