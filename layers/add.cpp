@@ -1,10 +1,13 @@
 // add: the element-wise sum of two or more inputs of one shape (a residual join).
 // Its backward hands dy to every input, accumulating where an input already
 // holds a gradient from another consumer.
-#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/add.hpp"
-#include "kernels/cuda/add.hpp"
 #include "layers/registry.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/context.hpp"
+#include "kernels/cuda/add.hpp"
+#endif
 
 namespace anvil {
 
@@ -35,6 +38,7 @@ class Add : public Layer {
       if (args.din[i].data)
         cpu::copy_or_accumulate(args.dout.data, args.din[i].data, numel(args.out.shape), args.din_accumulate[i]);
   }
+#if ANVIL_WITH_CUDA
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override {
     const int64_t n = numel(args.out.shape);
     cuda::add_forward(args.in[0].data, args.in[1].data, args.out.data, n, ctx.stream());
@@ -47,6 +51,7 @@ class Add : public Layer {
         cuda::copy_or_accumulate(args.dout.data, args.din[i].data, numel(args.out.shape), args.din_accumulate[i],
                                  ctx.stream());
   }
+#endif
 };
 
 }  // namespace

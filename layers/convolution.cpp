@@ -1,129 +1,30 @@
 #include "layers/convolution.hpp"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <iostream>
 
-#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/add.hpp"
 #include "kernels/cpu/channel.hpp"
 #include "kernels/cpu/conv.hpp"
+#include "layers/registry.hpp"
+
+#if ANVIL_WITH_CUDA
+#include <algorithm>
+#include <iostream>
+
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/bias.hpp"
 #include "layers/cudnn_util.hpp"
-#include "layers/registry.hpp"
+#endif
 
 namespace anvil {
 
 namespace {
-enum Op { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kOpCount = 3 };
-const char* const kOpNames[kOpCount] = {"ConvolutionForward", "ConvolutionBackwardData",
-                                        "ConvolutionBackwardFilter"};
-
-std::string join(const std::vector<int64_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
-
 std::vector<int64_t> spatial(const Shape& s) { return {s.begin() + 2, s.end()}; }
-
-// A cuDNN algorithm result is usable when it ran, fits the workspace, is
-// deterministic where asked and uses no TF32 under strict fp32.
-template <class Perf>
-bool eligible(const Perf& p, size_t ws_limit, const BuildSettings& s) {
-  return p.status == CUDNN_STATUS_SUCCESS && p.memory <= ws_limit &&
-         (!s.deterministic || p.determinism == CUDNN_DETERMINISTIC) &&
-         (s.precision == Precision::TF32 || p.mathType != CUDNN_TENSOR_OP_MATH);
-}
-
-// The workspace to plan for an op: the most any eligible algorithm within the
-// limit wants; if none fits the limit, the smallest an eligible one needs (said on stderr).
-template <class Perf>
-size_t workspace_for(const Perf* perfs, int count, const BuildSettings& s, const std::string& what) {
-  size_t most = 0, least = SIZE_MAX;
-  bool fits = false;
-  for (int i = 0; i < count; ++i) {
-    if (!eligible(perfs[i], SIZE_MAX, s)) continue;
-    least = std::min(least, perfs[i].memory);
-    if (perfs[i].memory <= s.workspace_limit) most = std::max(most, perfs[i].memory), fits = true;
-  }
-  if (fits || least == SIZE_MAX) return most;
-  std::cerr << "anvil: " << what << ": no " << (s.deterministic ? "deterministic " : "")
-            << "algorithm fits the workspace limit; using " << (least >> 20) << " MiB\n";
-  return least;
-}
-
-template <class Perf>
-std::string list_results(const Perf* perfs, int count) {
-  std::string s;
-  for (int i = 0; i < count; ++i)
-    s += " [algo " + std::to_string(perfs[i].algo) + ": " + cudnnGetErrorString(perfs[i].status) + ", " +
-         std::to_string(perfs[i].memory >> 20) + " MiB, " +
-         (perfs[i].determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic") + ", math " +
-         std::to_string(perfs[i].mathType) + "]";
-  return s;
-}
-
-template <class Perf>
-std::vector<std::pair<int, cudnnMathType_t>> ranking_of(const Perf* perfs, int count) {
-  std::vector<std::pair<int, cudnnMathType_t>> out;
-  for (int i = 0; i < count; ++i) out.push_back({static_cast<int>(perfs[i].algo), perfs[i].mathType});
-  return out;
-}
-
-// Find...Ex results come sorted fastest first, and timings vary from run to run.
-// In deterministic mode the choice must not: take the heuristics' first
-// choice among those Find confirmed; otherwise the fastest.
-template <class Perf>
-Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
-            const std::vector<std::pair<int, cudnnMathType_t>>& ranking, const std::string& what) {
-  if (s.deterministic) {
-    for (const auto& [algo, math] : ranking)
-      for (int i = 0; i < count; ++i)
-        if (static_cast<int>(perfs[i].algo) == algo && perfs[i].mathType == math && eligible(perfs[i], ws, s))
-          return perfs[i];
-  } else {
-    for (int i = 0; i < count; ++i)
-      if (eligible(perfs[i], ws, s)) return perfs[i];
-  }
-  throw Error(what + ": cuDNN offers no " + (s.deterministic ? "deterministic " : "") + "algorithm within " +
-              std::to_string(ws >> 20) + " MiB of workspace; it offered:" + list_results(perfs, count));
-}
 }  // namespace
-
-struct Convolution::Cudnn {
-  TensorDescriptor a, b;
-  FilterDescriptor w;
-  ConvolutionDescriptor conv[kOpCount];
-  bool used[kOpCount] = {false, false, false};
-  size_t workspace[kOpCount] = {0, 0, 0};
-  int algo[kOpCount] = {0, 0, 0};
-  // The heuristics' ranking (algorithm, math type) per op: a function of the shapes alone.
-  std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
-  cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
-  bool chosen = false;
-  BuildSettings settings;
-
-  // From the heuristics' list: the workspace to plan and the ranking to choose by.
-  template <class Perf>
-  void plan(Op op, const Perf* perfs, int count, const std::string& where) {
-    workspace[op] = workspace_for(perfs, count, settings, where + " " + kOpNames[op]);
-    ranking[op] = ranking_of(perfs, count);
-  }
-  // From the Find...Ex results: the algorithm and math type to run.
-  template <class Perf>
-  void pick(Op op, const Perf* perfs, int count, const std::string& where) {
-    const Perf best = choose(perfs, count, workspace[op], settings, ranking[op], where + " " + kOpNames[op]);
-    algo[op] = static_cast<int>(best.algo);
-    math[op] = best.mathType;
-  }
-};
 
 Convolution::Convolution(const LayerSpec& spec, const ConvSpec& conv)
     : Layer(spec.type, spec.name, spec.path), spec_(conv) {}
-
-Convolution::~Convolution() = default;
 
 std::vector<ParamSpec> Convolution::param_specs() const {
   int64_t receptive = 1;
@@ -219,7 +120,118 @@ void Convolution::backward_cpu(const LayerArgs& args) {
   if (spec_.bias) cpu::bias_backward(dy, args.dparams[1], ys[0], ys[1], numel(ys) / (ys[0] * ys[1]));
 }
 
+std::unique_ptr<Layer> create_convolution(const LayerSpec& spec, const ConvSpec& conv) {
+  return std::make_unique<Convolution>(spec, conv);
+}
+
+#if ANVIL_WITH_CUDA
+
 // ---- CUDA ----
+
+namespace {
+enum Op { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kOpCount = 3 };
+const char* const kOpNames[kOpCount] = {"ConvolutionForward", "ConvolutionBackwardData",
+                                        "ConvolutionBackwardFilter"};
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+// A cuDNN algorithm result is usable when it ran, fits the workspace, is
+// deterministic where asked and uses no TF32 under strict fp32.
+template <class Perf>
+bool eligible(const Perf& p, size_t ws_limit, const BuildSettings& s) {
+  return p.status == CUDNN_STATUS_SUCCESS && p.memory <= ws_limit &&
+         (!s.deterministic || p.determinism == CUDNN_DETERMINISTIC) &&
+         (s.precision == Precision::TF32 || p.mathType != CUDNN_TENSOR_OP_MATH);
+}
+
+// The workspace to plan for an op: the most any eligible algorithm within the
+// limit wants; if none fits the limit, the smallest an eligible one needs (said on stderr).
+template <class Perf>
+size_t workspace_for(const Perf* perfs, int count, const BuildSettings& s, const std::string& what) {
+  size_t most = 0, least = SIZE_MAX;
+  bool fits = false;
+  for (int i = 0; i < count; ++i) {
+    if (!eligible(perfs[i], SIZE_MAX, s)) continue;
+    least = std::min(least, perfs[i].memory);
+    if (perfs[i].memory <= s.workspace_limit) most = std::max(most, perfs[i].memory), fits = true;
+  }
+  if (fits || least == SIZE_MAX) return most;
+  std::cerr << "anvil: " << what << ": no " << (s.deterministic ? "deterministic " : "")
+            << "algorithm fits the workspace limit; using " << (least >> 20) << " MiB\n";
+  return least;
+}
+
+template <class Perf>
+std::string list_results(const Perf* perfs, int count) {
+  std::string s;
+  for (int i = 0; i < count; ++i)
+    s += " [algo " + std::to_string(perfs[i].algo) + ": " + cudnnGetErrorString(perfs[i].status) + ", " +
+         std::to_string(perfs[i].memory >> 20) + " MiB, " +
+         (perfs[i].determinism == CUDNN_DETERMINISTIC ? "deterministic" : "non-deterministic") + ", math " +
+         std::to_string(perfs[i].mathType) + "]";
+  return s;
+}
+
+template <class Perf>
+std::vector<std::pair<int, cudnnMathType_t>> ranking_of(const Perf* perfs, int count) {
+  std::vector<std::pair<int, cudnnMathType_t>> out;
+  for (int i = 0; i < count; ++i) out.push_back({static_cast<int>(perfs[i].algo), perfs[i].mathType});
+  return out;
+}
+
+// Find...Ex results come sorted fastest first, and timings vary from run to run.
+// In deterministic mode the choice must not: take the heuristics' first
+// choice among those Find confirmed; otherwise the fastest.
+template <class Perf>
+Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
+            const std::vector<std::pair<int, cudnnMathType_t>>& ranking, const std::string& what) {
+  if (s.deterministic) {
+    for (const auto& [algo, math] : ranking)
+      for (int i = 0; i < count; ++i)
+        if (static_cast<int>(perfs[i].algo) == algo && perfs[i].mathType == math && eligible(perfs[i], ws, s))
+          return perfs[i];
+  } else {
+    for (int i = 0; i < count; ++i)
+      if (eligible(perfs[i], ws, s)) return perfs[i];
+  }
+  throw Error(what + ": cuDNN offers no " + (s.deterministic ? "deterministic " : "") + "algorithm within " +
+              std::to_string(ws >> 20) + " MiB of workspace; it offered:" + list_results(perfs, count));
+}
+}  // namespace
+
+struct Convolution::Cudnn {
+  TensorDescriptor a, b;
+  FilterDescriptor w;
+  ConvolutionDescriptor conv[kOpCount];
+  bool used[kOpCount] = {false, false, false};
+  size_t workspace[kOpCount] = {0, 0, 0};
+  int algo[kOpCount] = {0, 0, 0};
+  // The heuristics' ranking (algorithm, math type) per op: a function of the shapes alone.
+  std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
+  cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
+  bool chosen = false;
+  BuildSettings settings;
+
+  // From the heuristics' list: the workspace to plan and the ranking to choose by.
+  template <class Perf>
+  void plan(Op op, const Perf* perfs, int count, const std::string& where) {
+    workspace[op] = workspace_for(perfs, count, settings, where + " " + kOpNames[op]);
+    ranking[op] = ranking_of(perfs, count);
+  }
+  // From the Find...Ex results: the algorithm and math type to run.
+  template <class Perf>
+  void pick(Op op, const Perf* perfs, int count, const std::string& where) {
+    const Perf best = choose(perfs, count, workspace[op], settings, ranking[op], where + " " + kOpNames[op]);
+    algo[op] = static_cast<int>(best.algo);
+    math[op] = best.mathType;
+  }
+};
+
+Convolution::~Convolution() = default;
 
 void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   cudnn_ = std::make_unique<Cudnn>();
@@ -408,10 +420,6 @@ void Convolution::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                         args.buffers[kBiasScratch], ctx.stream());
 }
 
-// ---- creators ----
-
-std::unique_ptr<Layer> create_convolution(const LayerSpec& spec, const ConvSpec& conv) {
-  return std::make_unique<Convolution>(spec, conv);
-}
+#endif  // ANVIL_WITH_CUDA
 
 }  // namespace anvil

@@ -24,30 +24,12 @@ namespace anvil {
 class Convolution : public Layer {
  public:
   Convolution(const LayerSpec& spec, const ConvSpec& conv);
-  ~Convolution() override;
   OpKind kind() const override { return OpKind::Conv; }
 
   std::vector<ParamSpec> param_specs() const override;
-  void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
-  // cudnn_forward (Forward), cudnn_backward and bias_scratch (Backward).
-  std::vector<BufferRequest> buffers(Device device) const override;
-  void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
-  std::string describe_cuda() const override;
-
-  // Bias-free pieces, reused by the fused layers. Workspace sizes are those of cuDNN alone.
   const ConvSpec& spec() const { return spec_; }
   bool has_bias() const { return spec_.bias; }
   bool transposed() const { return spec_.transposed; }
-  size_t cudnn_forward_workspace() const;
-  size_t cudnn_backward_workspace() const;
-  // cuDNN's algorithm search, with these tensors and workspaces as its scratch
-  // (x and y as the layer's input and output; dw may be null without backward).
-  void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
-                         void* backward_ws);
-  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes);
-  // dx may be null (no input gradient); dw is overwritten.
-  void run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx, bool accumulate,
-                    float* dw, void* ws, size_t ws_bytes);
   cpu::ConvGeometry geometry() const;
 
   void set_gradient_needs(bool backward, bool input_grad) override {
@@ -61,6 +43,33 @@ class Convolution : public Layer {
   Shape infer_shape(const std::vector<Shape>& inputs) override;
   void forward_cpu(const LayerArgs& args) override;
   void backward_cpu(const LayerArgs& args) override;
+
+ private:
+  ConvSpec spec_;
+  bool needs_backward_ = true, needs_input_grad_ = true;
+
+#if ANVIL_WITH_CUDA
+ public:
+  ~Convolution() override;
+  void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
+  // cudnn_forward (Forward), cudnn_backward and bias_scratch (Backward).
+  std::vector<BufferRequest> buffers(Device device) const override;
+  void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
+  std::string describe_cuda() const override;
+
+  // Bias-free pieces, reused by the fused layers. Workspace sizes are those of cuDNN alone.
+  size_t cudnn_forward_workspace() const;
+  size_t cudnn_backward_workspace() const;
+  // cuDNN's algorithm search, with these tensors and workspaces as its scratch
+  // (x and y as the layer's input and output; dw may be null without backward).
+  void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
+                         void* backward_ws);
+  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes);
+  // dx may be null (no input gradient); dw is overwritten.
+  void run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx, bool accumulate,
+                    float* dw, void* ws, size_t ws_bytes);
+
+ protected:
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
@@ -68,9 +77,8 @@ class Convolution : public Layer {
   struct Cudnn;
   size_t bias_scratch_bytes() const;
 
-  ConvSpec spec_;
-  bool needs_backward_ = true, needs_input_grad_ = true;
   std::unique_ptr<Cudnn> cudnn_;
+#endif
 };
 
 }  // namespace anvil

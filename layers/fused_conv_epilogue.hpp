@@ -10,19 +10,11 @@
 #include <memory>
 #include <optional>
 
+#include "engine/src/lower/fusion_rules.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "layers/convolution.hpp"
 
 namespace anvil {
-
-// What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.
-struct FusedChainSpecs {
-  const LayerSpec* conv = nullptr;
-  std::vector<const LayerSpec*> pointwise;  // pointwise and channel_scale layers after the conv
-  const LayerSpec* pool = nullptr;          // may be null
-  Shape input;                              // the conv's input shape
-  std::string name;                         // the merged names, joined by '+'
-};
 
 // The chain the epilogue kernels compute: leaky(slope1) -> * m[c] -> leaky(slope2).
 struct EpilogueChain {

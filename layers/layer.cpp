@@ -45,18 +45,23 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
   if (args.dparams.size() != args.params.size()) fail_internal("wrong parameter-gradient count");
 }
 
-void Layer::forward(Device device, CudaContext* ctx, const LayerArgs& args) {
+// Without CUDA every engine is a CPU engine (Engine refuses Device::Cuda).
+void Layer::forward([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, const LayerArgs& args) {
   check_args(args, false);
   NvtxRange range(forward_range_.c_str());
-  if (device == Device::Cpu) return forward_cpu(args);
-  forward_cuda(*ctx, args);
+#if ANVIL_WITH_CUDA
+  if (device == Device::Cuda) return forward_cuda(*ctx, args);
+#endif
+  forward_cpu(args);
 }
 
-void Layer::backward(Device device, CudaContext* ctx, const LayerArgs& args) {
+void Layer::backward([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, const LayerArgs& args) {
   check_args(args, true);
   NvtxRange range(backward_range_.c_str());
-  if (device == Device::Cpu) return backward_cpu(args);
-  backward_cuda(*ctx, args);
+#if ANVIL_WITH_CUDA
+  if (device == Device::Cuda) return backward_cuda(*ctx, args);
+#endif
+  backward_cpu(args);
 }
 
 }  // namespace anvil

@@ -100,25 +100,31 @@ class Layer {
   // Set by the engine before build: whether backward runs and the input gradient is wanted.
   virtual void set_gradient_needs(bool backward, bool input_grad) { (void)backward, (void)input_grad; }
 
+  // The buffers this op needs on a device, fixed once built. Indices are the op's own.
+  virtual std::vector<BufferRequest> buffers(Device) const { return {}; }
+  virtual std::string describe_cuda() const { return ""; }
+
+  // ctx is null on the CPU.
+  void forward(Device device, CudaContext* ctx, const LayerArgs& args);
+  void backward(Device device, CudaContext* ctx, const LayerArgs& args);
+
+#if ANVIL_WITH_CUDA
   // CUDA build phase: descriptors and workspace sizes (called after setup),
   // then the algorithm search once the arena exists.
   virtual void build_cuda(CudaContext&, const BuildSettings&) {}
-  // The buffers this op needs on a device, fixed once built. Indices are the op's own.
-  virtual std::vector<BufferRequest> buffers(Device) const { return {}; }
   virtual void choose_algorithms(CudaContext&, const LayerArgs& forward, const LayerArgs& backward) {
     (void)forward, (void)backward;
   }
-  virtual std::string describe_cuda() const { return ""; }
 
-  void forward(Device device, CudaContext* ctx, const LayerArgs& args);
-  void backward(Device device, CudaContext* ctx, const LayerArgs& args);
+ protected:
+  virtual void forward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
+  virtual void backward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
+#endif
 
  protected:
   virtual Shape infer_shape(const std::vector<Shape>& inputs) = 0;
   virtual void forward_cpu(const LayerArgs& args) = 0;
   virtual void backward_cpu(const LayerArgs& args) = 0;
-  virtual void forward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
-  virtual void backward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
 
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
   std::string param_name(const std::string& suffix) const { return suffix.empty() ? name_ : name_ + "." + suffix; }

@@ -1,9 +1,12 @@
 #include "layers/pointwise.hpp"
 
-#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/pointwise.hpp"
-#include "kernels/cuda/pointwise.hpp"
 #include "layers/registry.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/context.hpp"
+#include "kernels/cuda/pointwise.hpp"
+#endif
 
 namespace anvil {
 
@@ -20,6 +23,12 @@ void Pointwise::backward_cpu(const LayerArgs& args) {
                           numel(args.out.shape), args.din_accumulate[0]);
 }
 
+std::unique_ptr<Layer> create_pointwise(const LayerSpec& spec, const PointwiseSpec& pointwise) {
+  return std::make_unique<Pointwise>(spec, pointwise);
+}
+
+#if ANVIL_WITH_CUDA
+
 void Pointwise::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   cuda::pointwise_forward(spec_.op, spec_.param, args.in[0].data, args.out.data, numel(args.out.shape), ctx.stream());
 }
@@ -30,8 +39,6 @@ void Pointwise::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                            numel(args.out.shape), args.din_accumulate[0], ctx.stream());
 }
 
-std::unique_ptr<Layer> create_pointwise(const LayerSpec& spec, const PointwiseSpec& pointwise) {
-  return std::make_unique<Pointwise>(spec, pointwise);
-}
+#endif  // ANVIL_WITH_CUDA
 
 }  // namespace anvil

@@ -19,8 +19,10 @@ class Pointwise : public Layer {
   Shape infer_shape(const std::vector<Shape>& inputs) override { return inputs[0]; }
   void forward_cpu(const LayerArgs& args) override;
   void backward_cpu(const LayerArgs& args) override;
+#if ANVIL_WITH_CUDA
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
+#endif
 
  private:
   PointwiseSpec spec_;

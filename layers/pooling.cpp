@@ -1,21 +1,17 @@
 #include "layers/pooling.hpp"
 
-#include "engine/src/cuda/context.hpp"
 #include "kernels/cpu/pool.hpp"
-#include "layers/cudnn_util.hpp"
 #include "layers/registry.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/context.hpp"
+#include "layers/cudnn_util.hpp"
+#endif
 
 namespace anvil {
 
-struct Pooling::Descriptors {
-  TensorDescriptor x, y;
-  PoolingDescriptor pool;
-};
-
 Pooling::Pooling(const LayerSpec& spec, const PoolSpec& pool)
     : Layer(spec.type, spec.name, spec.path), spec_(pool) {}
-
-Pooling::~Pooling() = default;
 
 Shape Pooling::infer_shape(const std::vector<Shape>& inputs) {
   const Shape& x = inputs[0];
@@ -60,6 +56,19 @@ void Pooling::backward_cpu(const LayerArgs& args) {
     cpu::avg_pool_backward(args.dout.data, args.din[0].data, geometry(), args.din_accumulate[0]);
 }
 
+std::unique_ptr<Layer> create_pooling(const LayerSpec& spec, const PoolSpec& pool) {
+  return std::make_unique<Pooling>(spec, pool);
+}
+
+#if ANVIL_WITH_CUDA
+
+struct Pooling::Descriptors {
+  TensorDescriptor x, y;
+  PoolingDescriptor pool;
+};
+
+Pooling::~Pooling() = default;
+
 void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
   d_ = std::make_unique<Descriptors>();
   set_tensor_descriptor(d_->x, input_shapes()[0]);
@@ -85,8 +94,6 @@ void Pooling::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                                          args.din[0].data));
 }
 
-std::unique_ptr<Layer> create_pooling(const LayerSpec& spec, const PoolSpec& pool) {
-  return std::make_unique<Pooling>(spec, pool);
-}
+#endif  // ANVIL_WITH_CUDA
 
 }  // namespace anvil

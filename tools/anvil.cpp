@@ -75,7 +75,8 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
               << "\n";
   } else {
     o.device = f.device == "cuda" ? Device::Cuda : Device::Cpu;
-    if (o.device == Device::Cuda && !anvil::cuda_available())
+    // A build without CUDA leaves the refusal, and its reason, to the Engine.
+    if (o.device == Device::Cuda && ANVIL_WITH_CUDA && !anvil::cuda_available())
       throw anvil::InputError("--device cuda: no CUDA device is available on this machine");
   }
   return o;
@@ -115,8 +116,12 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   std::printf("total parameters: %lld\n", static_cast<long long>(net.parameter_count()));
 
   const auto groups = net.fuse() ? net.fusion_groups() : std::vector<std::vector<std::string>>{};
-  std::printf("\nfusion (CUDA backend)%s:\n", net.fuse() ? "" : ": turned off by \"fuse\": false");
-  if (net.fuse() && groups.empty()) std::printf("  no fusable chains\n");
+  // The fusion rules are CUDA-only: without CUDA, groups is empty.
+  const char* off = !net.fuse() ? ": turned off by \"fuse\": false"
+                    : !ANVIL_WITH_CUDA ? ": none, anvil was built without CUDA"
+                                       : "";
+  std::printf("\nfusion (CUDA backend)%s:\n", off);
+  if (!*off && groups.empty()) std::printf("  no fusable chains\n");
   for (const auto& g : groups) {
     std::string chain;
     for (const auto& n : g) chain += (chain.empty() ? "" : " + ") + n;

@@ -2,11 +2,12 @@
 # Installs what the build needs (only what is missing; nothing on machines that
 # already have it, such as the GPU machine, which has no network), then
 # configures and builds anvil into build/: every target, or the ones named
-# (tools/setup.sh anvil_cli).
+# (tools/setup.sh anvil_cli). ANVIL_BUILD_DIR names another build directory and
+# ANVIL_CMAKE_ARGS adds arguments to its first configure; a CPU-only build
+#   ANVIL_BUILD_DIR=build-cpu ANVIL_CMAKE_ARGS=-DANVIL_WITH_CUDA=OFF tools/setup.sh
+# needs no CUDA toolkit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
 
 # Debian package -> a command it provides, or a header under /usr/include or /usr/local/include.
 declare -A needs=(
@@ -33,13 +34,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-command -v nvcc >/dev/null || { echo "setup: nvcc not found: install the CUDA toolkit (with cuDNN)" >&2; exit 1; }
+build_dir="${ANVIL_BUILD_DIR:-build}"
+read -r -a cmake_args <<< "${ANVIL_CMAKE_ARGS:-}"
+if [[ " ${cmake_args[*]} " != *" -DANVIL_WITH_CUDA=OFF "* ]]; then
+  [ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
+  command -v nvcc >/dev/null || { echo "setup: nvcc not found: install the CUDA toolkit (with cuDNN)" >&2; exit 1; }
+fi
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
-if [ ! -f build/CMakeCache.txt ]; then
-  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+  cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "${cmake_args[@]}" >/dev/null
 fi
 targets=()
 for t in "$@"; do targets+=(--target "$t"); done
-cmake --build build -j "$(nproc)" "${targets[@]}"
+cmake --build "$build_dir" -j "$(nproc)" "${targets[@]}"

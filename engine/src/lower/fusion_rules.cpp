@@ -4,8 +4,11 @@
 #include <functional>
 
 #include "anvil/error.hpp"
+
+#if ANVIL_WITH_CUDA
 #include "layers/fused_conv_epilogue.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
+#endif
 
 namespace anvil {
 
@@ -29,9 +32,11 @@ struct FusionRule {
 // The table. Today's rule: a convolution, its bias, the epilogue chain
 // leaky -> scale -> leaky, and a non-overlapping max pool, as one conv plus one
 // epilogue kernel (or, for a transposed conv whose stride is the pool kernel,
-// the phase-split form, whose tensor-core kernel never writes Y).
+// the phase-split form, whose tensor-core kernel never writes Y). The fused ops
+// are CUDA-only, so a build without CUDA has no rules.
 const std::vector<FusionRule>& rules() {
   static const std::vector<FusionRule> table = {
+#if ANVIL_WITH_CUDA
       {"conv_epilogue_pool",
        {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Required},
        [](const FusedChainSpecs& s, const Shape& conv_output) {
@@ -43,6 +48,7 @@ const std::vector<FusionRule>& rules() {
            if (auto phase_split = FusedPhaseConvEpilogue::create(s)) return phase_split;
          return std::make_unique<FusedConvEpilogue>(s);
        }},
+#endif
   };
   return table;
 }

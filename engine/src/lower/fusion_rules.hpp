@@ -16,6 +16,15 @@ struct FusionSettings {
   bool phase_split = true;  // let a transposed conv run as one stride-1 conv over its output phases
 };
 
+// What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.
+struct FusedChainSpecs {
+  const LayerSpec* conv = nullptr;
+  std::vector<const LayerSpec*> pointwise;  // pointwise and channel_scale layers after the conv
+  const LayerSpec* pool = nullptr;          // may be null
+  Shape input;                              // the conv's input shape
+  std::string name;                         // the merged names, joined by '+'
+};
+
 struct FusionMatch {
   std::string rule;
   std::vector<int> nodes;  // graph node indices in chain order: the head first

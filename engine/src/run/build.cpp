@@ -5,24 +5,33 @@
 #include <cstring>
 #include <set>
 
-#include "engine/src/cuda/check.hpp"
+#include "anvil/error.hpp"
 #include "anvil/random.hpp"
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/run/engine_impl.hpp"
 
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/check.hpp"
+#endif
+
 namespace anvil {
 
 Engine::Impl::~Impl() {
+#if ANVIL_WITH_CUDA
   for (auto g : graphs)
     if (g) cudaGraphExecDestroy(g);
-  if (ctx)
+  if (ctx) {
     ctx->release(arena);
-  else
-    std::free(arena);
+    return;
+  }
+#endif
+  std::free(arena);
 }
 
 void Engine::Impl::build() {
+#if ANVIL_WITH_CUDA
   if (cuda()) ctx = std::make_unique<CudaContext>();
+#endif
   graph = network.build_graph();
   if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split});
   graph->mark_gradients(training() && options.input_grad);
@@ -35,30 +44,38 @@ void Engine::Impl::build() {
     for (auto& node : graph->nodes) node.layer->set_gradient_needs(false, false);
   }
 
-  BuildSettings settings;
-  settings.precision = network.precision();
-  settings.deterministic = options.deterministic;
-  settings.workspace_limit = options.workspace_limit;
-  if (cuda())
+#if ANVIL_WITH_CUDA
+  if (cuda()) {
+    BuildSettings settings;
+    settings.precision = network.precision();
+    settings.deterministic = options.deterministic;
+    settings.workspace_limit = options.workspace_limit;
     for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
+  }
+#endif
 
   schedule = make_schedule(*graph, options.device, loss.get(), optimizer.get());
   plan = plan_memory(schedule.requests, static_cast<int>(schedule.steps.size()));
   plan.steps = schedule.steps;
   plan.slab_bytes = schedule.slab_bytes;
   if (options.plan_only) return;
-  const size_t bytes = plan.arena_bytes();
-  if (cuda()) {
-    arena = static_cast<char*>(ctx->allocate(bytes));
-  } else {
-    arena = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
-    if (!arena) throw Error("out of host memory: the arena needs " + std::to_string(bytes >> 20) + " MiB");
-  }
+  arena = allocate_arena(plan.arena_bytes());
   bind();
+#if ANVIL_WITH_CUDA
   if (cuda())
     for (size_t i = 0; i < runs.size(); ++i)
       graph->nodes[i].layer->choose_algorithms(*ctx, runs[i].forward, runs[i].backward);
+#endif
   initialise();
+}
+
+char* Engine::Impl::allocate_arena(size_t bytes) {
+#if ANVIL_WITH_CUDA
+  if (cuda()) return static_cast<char*>(ctx->allocate(bytes));
+#endif
+  char* host = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
+  if (!host) throw Error("out of host memory: the arena needs " + std::to_string(bytes >> 20) + " MiB");
+  return host;
 }
 
 void Engine::Impl::bind() {
@@ -119,10 +136,13 @@ void Engine::Impl::bind() {
 // unwritten shows. Parameters, input and target come from the seeded generator.
 void Engine::Impl::initialise() {
   auto fill = [&](void* dst, int value, size_t bytes) {
-    if (cuda())
+#if ANVIL_WITH_CUDA
+    if (cuda()) {
       ANVIL_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, ctx->stream()));
-    else
-      std::memset(dst, value, bytes);
+      return;
+    }
+#endif
+    std::memset(dst, value, bytes);
   };
   fill(arena, 0xFF, plan.arena_bytes());
   std::vector<int> slabs = {schedule.param_slab, schedule.grad_slab};
@@ -149,7 +169,7 @@ void Engine::Impl::initialise() {
     fill_uniform(t.data.data(), t.size(), random_stream(network.seed(), "target"), 0.0, 1.0);
     upload(target, t.data.data(), t.data.size());
   }
-  if (cuda()) ctx->synchronize();
+  synchronize();
 }
 
 }  // namespace anvil

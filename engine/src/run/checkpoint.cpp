@@ -101,7 +101,7 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   for (size_t k = 0; k < states.size(); ++k) m.write_slab(m.optimizer_args.state[k], state_slabs[k]);
   m.upload_bytes(m.optimizer_args.step, &state, sizeof state);
   m.steps = position.step;
-  if (m.cuda()) m.ctx->synchronize();
+  m.synchronize();
   return position;
 }
 

@@ -2,15 +2,60 @@
 #include <chrono>
 #include <sstream>
 
-#include "engine/src/cuda/check.hpp"
+#include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/check.hpp"
+#endif
 
 namespace anvil {
 
 const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
 
+#if ANVIL_WITH_CUDA
+namespace {
+// CUDA events on the stream around the work.
+double time_on_stream(cudaStream_t stream, const std::function<void()>& work) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
+  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = 0;
+  try {
+    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream));
+    work();
+    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream));
+    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+}  // namespace
+#else
+// A build without CUDA (ANVIL_WITH_CUDA=OFF): no device to ask about, and no
+// CUDA engine. Asking for one is bad input (exit code 2 in the CLI).
+namespace {
+[[noreturn]] void refuse_cuda() {
+  throw InputError("anvil was built without CUDA (ANVIL_WITH_CUDA=OFF); use --device cpu");
+}
+}  // namespace
+
+bool cuda_available() { return false; }
+std::string cuda_device_name() { refuse_cuda(); }
+std::string cudnn_version() { refuse_cuda(); }
+size_t device_memory_used() { refuse_cuda(); }
+#endif
 
 Engine::Engine(const Network& network, const Options& options) : impl_(std::make_unique<Impl>(network, options)) {
+#if !ANVIL_WITH_CUDA
+  if (options.device == Device::Cuda) refuse_cuda();
+#endif
   impl_->build();
 }
 
@@ -26,11 +71,19 @@ const MemoryPlan& Engine::plan() const { return impl_->plan; }
 int64_t Engine::steps_done() const { return impl_->steps; }
 size_t Engine::device_bytes() const { return impl_->plan.arena_bytes(); }
 
-bool Engine::replaying_cuda_graph() const { return impl_->graphs[Impl::kTrainStep] != nullptr; }
+bool Engine::replaying_cuda_graph() const {
+#if ANVIL_WITH_CUDA
+  return impl_->graphs[Impl::kTrainStep] != nullptr;
+#else
+  return false;
+#endif
+}
 
 Engine::DeviceCounters Engine::device_counters() const {
-  if (!impl_->ctx) return {};
-  return impl_->ctx->counters();
+#if ANVIL_WITH_CUDA
+  if (impl_->ctx) return impl_->ctx->counters();
+#endif
+  return {};
 }
 
 void Engine::enqueue_forward() {
@@ -51,9 +104,7 @@ void Engine::enqueue_train_step() {
   ++impl_->steps;
 }
 
-void Engine::synchronize() {
-  if (impl_->cuda()) impl_->ctx->synchronize();
-}
+void Engine::synchronize() { impl_->synchronize(); }
 
 std::string Engine::describe() const {
   std::ostringstream s;
@@ -71,30 +122,12 @@ std::string Engine::describe() const {
 }
 
 double Engine::time_ms(const std::function<void()>& work) {
-  if (!impl_->cuda()) {
-    const auto t0 = std::chrono::steady_clock::now();
-    work();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  }
-  cudaStream_t stream = impl_->ctx->stream();
-  cudaEvent_t start = nullptr, stop = nullptr;
-  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
-  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
-  float ms = 0;
-  try {
-    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream));
-    work();
-    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream));
-    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
-    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  } catch (...) {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    throw;
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms;
+#if ANVIL_WITH_CUDA
+  if (impl_->cuda()) return time_on_stream(impl_->ctx->stream(), work);
+#endif
+  const auto t0 = std::chrono::steady_clock::now();
+  work();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 std::vector<LayerTiming> Engine::profile_layers() {
@@ -103,12 +136,12 @@ std::vector<LayerTiming> Engine::profile_layers() {
   std::vector<LayerTiming> out;
   for (size_t i = 0; i < m.runs.size(); ++i) {
     Layer& layer = *m.graph->nodes[i].layer;
-    out.push_back({layer.name(), time_ms([&] { layer.forward(m.options.device, m.ctx.get(), m.runs[i].forward); }), 0});
+    out.push_back({layer.name(), time_ms([&] { layer.forward(m.options.device, m.cuda_context(), m.runs[i].forward); }), 0});
   }
   if (m.training())
     for (int n : m.schedule.backward_order) {
       Layer& layer = *m.graph->nodes[n].layer;
-      out[n].backward_ms = time_ms([&] { layer.backward(m.options.device, m.ctx.get(), m.runs[n].backward); });
+      out[n].backward_ms = time_ms([&] { layer.backward(m.options.device, m.cuda_context(), m.runs[n].backward); });
     }
   return out;
 }

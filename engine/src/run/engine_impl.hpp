@@ -5,19 +5,22 @@
 //   engine.cpp        the public API
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "anvil/engine.hpp"
-#include "engine/src/cuda/context.hpp"
 #include "engine/src/lower/graph.hpp"
 #include "engine/src/plan/schedule.hpp"
 #include "engine/src/train/loss.hpp"
 #include "engine/src/train/optimizer.hpp"
+
+#if ANVIL_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "engine/src/cuda/context.hpp"
+#endif
 
 namespace anvil {
 
@@ -31,7 +34,6 @@ struct Engine::Impl {
   Network network;
   Options options;
   std::unique_ptr<Graph> graph;
-  std::unique_ptr<CudaContext> ctx;
   std::unique_ptr<Loss> loss;            // training only
   std::unique_ptr<Optimizer> optimizer;  // training only
   Schedule schedule;
@@ -51,10 +53,18 @@ struct Engine::Impl {
   void* loss_scratch = nullptr;
   int64_t steps = 0;
 
-  // One captured CUDA graph per kind of work, made on first use.
   enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kWorkKinds = 3 };
+
+#if ANVIL_WITH_CUDA
+  std::unique_ptr<CudaContext> ctx;  // CUDA engines only
+  // One captured CUDA graph per kind of work, made on first use.
   cudaGraphExec_t graphs[kWorkKinds] = {nullptr, nullptr, nullptr};
   bool graph_failed = false;
+  CudaContext* cuda_context() const { return ctx.get(); }
+  void capture(Work work);  // execute.cpp
+#else
+  CudaContext* cuda_context() const { return nullptr; }
+#endif
 
   Impl(const Network& net, const Options& opts) : network(net), options(opts) {}
   ~Impl();
@@ -67,6 +77,7 @@ struct Engine::Impl {
 
   // build.cpp
   void build();
+  char* allocate_arena(size_t bytes);
   void bind();
   void initialise();
   // parameter_io.cpp
@@ -74,6 +85,7 @@ struct Engine::Impl {
   void download_bytes(void* dst, const void* src, size_t bytes) const;  // synchronises on CUDA
   void upload(float* dst, const float* src, size_t count);
   void download(float* dst, const float* src, size_t count) const;
+  void synchronize();  // waits for the CUDA stream; nothing on the CPU
   std::map<std::string, HostTensor> read_slab(const float* slab) const;  // by parameter name
   void write_slab(float* slab, const std::map<std::string, HostTensor>& tensors);  // every parameter, shapes checked
   // execute.cpp

@@ -8,23 +8,29 @@
 namespace anvil {
 
 void Engine::Impl::upload_bytes(void* dst, const void* src, size_t bytes) {
-  if (cuda())
-    ctx->copy_to_device(dst, src, bytes);
-  else
-    std::memcpy(dst, src, bytes);
+#if ANVIL_WITH_CUDA
+  if (cuda()) return ctx->copy_to_device(dst, src, bytes);
+#endif
+  std::memcpy(dst, src, bytes);
 }
 
 void Engine::Impl::download_bytes(void* dst, const void* src, size_t bytes) const {
-  if (cuda())
-    ctx->copy_to_host(dst, src, bytes);
-  else
-    std::memcpy(dst, src, bytes);
+#if ANVIL_WITH_CUDA
+  if (cuda()) return ctx->copy_to_host(dst, src, bytes);
+#endif
+  std::memcpy(dst, src, bytes);
 }
 
 void Engine::Impl::upload(float* dst, const float* src, size_t count) { upload_bytes(dst, src, count * sizeof(float)); }
 
 void Engine::Impl::download(float* dst, const float* src, size_t count) const {
   download_bytes(dst, src, count * sizeof(float));
+}
+
+void Engine::Impl::synchronize() {
+#if ANVIL_WITH_CUDA
+  if (cuda()) ctx->synchronize();
+#endif
 }
 
 std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
@@ -100,7 +106,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
                        to_string(slot.spec.shape));
   }
   impl_->write_slab(impl_->params, given);
-  if (impl_->cuda()) impl_->ctx->synchronize();
+  impl_->synchronize();
 }
 
 HostTensor Engine::input_gradient() const {

@@ -2,10 +2,13 @@
 
 #include <sstream>
 
-#include "engine/src/cuda/context.hpp"
 #include "engine/src/spec/network_spec.hpp"
 #include "kernels/cpu/loss.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/loss.hpp"
+#endif
 
 namespace anvil {
 
@@ -22,15 +25,21 @@ class ElementwiseLoss : public Loss {
     s << spec_.type << " (beta " << spec_.params.beta << ")";
     return s.str();
   }
-  size_t scratch_bytes(Device device, int64_t count) const override {
-    return device == Device::Cuda ? cuda::loss_scratch_bytes(count) : 0;
+  // Without CUDA every engine is a CPU engine, which needs no scratch.
+  size_t scratch_bytes([[maybe_unused]] Device device, [[maybe_unused]] int64_t count) const override {
+#if ANVIL_WITH_CUDA
+    if (device == Device::Cuda) return cuda::loss_scratch_bytes(count);
+#endif
+    return 0;
   }
-  void forward_backward(Device device, CudaContext* ctx, const float* pred, const float* target, float* dpred,
-                        float* loss, int64_t count, void* scratch) const override {
+  void forward_backward([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, const float* pred,
+                        const float* target, float* dpred, float* loss, int64_t count,
+                        [[maybe_unused]] void* scratch) const override {
+#if ANVIL_WITH_CUDA
     if (device == Device::Cuda)
-      cuda::loss_forward_backward(spec_.params, pred, target, dpred, loss, count, scratch, ctx->stream());
-    else
-      *loss = cpu::loss_forward_backward(spec_.params, pred, target, dpred, count);
+      return cuda::loss_forward_backward(spec_.params, pred, target, dpred, loss, count, scratch, ctx->stream());
+#endif
+    *loss = cpu::loss_forward_backward(spec_.params, pred, target, dpred, count);
   }
 
  private:

@@ -3,20 +3,25 @@
 #include <functional>
 #include <map>
 
-#include "engine/src/cuda/context.hpp"
 #include "engine/src/spec/network_spec.hpp"
 #include "kernels/cpu/optimizer.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/optimizer.hpp"
+#endif
 
 namespace anvil {
 
 namespace {
 
-void begin(Device device, CudaContext* ctx, StepState* state, const LrSchedule& schedule, float beta1, float beta2) {
-  if (device == Device::Cuda)
-    cuda::begin_step(state, schedule, beta1, beta2, ctx->stream());
-  else
-    begin_step(*state, schedule, beta1, beta2);
+// Without CUDA every engine is a CPU engine (Engine refuses Device::Cuda).
+void begin([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, StepState* state,
+           const LrSchedule& schedule, float beta1, float beta2) {
+#if ANVIL_WITH_CUDA
+  if (device == Device::Cuda) return cuda::begin_step(state, schedule, beta1, beta2, ctx->stream());
+#endif
+  begin_step(*state, schedule, beta1, beta2);
 }
 
 std::string schedule_name(const LrSchedule& s) {
@@ -38,10 +43,10 @@ class Sgd : public Optimizer {
   void step(Device device, CudaContext* ctx, const OptimizerArgs& a) const override {
     begin(device, ctx, a.step, schedule_, 0.f, 0.f);
     float* momentum = a.state.empty() ? nullptr : a.state[0];
-    if (device == Device::Cuda)
-      cuda::sgd_update(a.params, a.grads, momentum, a.count, h_, a.step, ctx->stream());
-    else
-      cpu::sgd_update(a.params, a.grads, momentum, a.count, h_, *a.step);
+#if ANVIL_WITH_CUDA
+    if (device == Device::Cuda) return cuda::sgd_update(a.params, a.grads, momentum, a.count, h_, a.step, ctx->stream());
+#endif
+    cpu::sgd_update(a.params, a.grads, momentum, a.count, h_, *a.step);
   }
 
  private:
@@ -57,10 +62,11 @@ class Adam : public Optimizer {
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void step(Device device, CudaContext* ctx, const OptimizerArgs& a) const override {
     begin(device, ctx, a.step, schedule_, h_.beta1, h_.beta2);
+#if ANVIL_WITH_CUDA
     if (device == Device::Cuda)
-      cuda::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, a.step, ctx->stream());
-    else
-      cpu::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, *a.step);
+      return cuda::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, a.step, ctx->stream());
+#endif
+    cpu::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, *a.step);
   }
 
  private:
