@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/dataset.hpp"
 #include "anvil/network.hpp"
 #include "anvil/plan.hpp"
 #include "anvil/tensor.hpp"
@@ -51,6 +52,15 @@ struct TrainPosition {
   int64_t batch_in_epoch = 0;  // the next step's batch within that epoch
 };
 
+// How an engine takes its minibatches from a dataset.
+struct DataOptions {
+  bool shuffle = true;     // each epoch in epoch_order(seed of the network, epoch)
+  bool keep_last = false;  // run the last partial batch (padded; the loss averages its real samples only)
+  // CUDA: the most device memory the dataset may take to live on the device; 0: half of the free memory.
+  // A dataset over it stays in host memory and each batch is copied before its step.
+  size_t device_budget = 0;
+};
+
 struct LayerTiming {
   std::string layer;
   double forward_ms = 0, backward_ms = 0;
@@ -74,7 +84,19 @@ class Engine {
   void set_target(const HostTensor& t);
 
   HostTensor forward();  // runs the forward pass and returns the output
-  float train_step();    // forward, loss, backward, SGD; returns the loss of this step
+  float train_step();    // forward, loss, backward, optimizer; returns the loss of this step
+
+  // Training from a dataset (anvil/dataset.hpp), which must outlive the engine:
+  // after attach_data and start_epoch, each train step takes the epoch's next
+  // batch itself (on CUDA, gathered on the device inside the captured step when
+  // the dataset fits the budget). The dataset's sample shapes must be the network's.
+  void attach_data(const Dataset& data, const DataOptions& options);
+  int64_t batches_per_epoch() const;  // of the attached dataset
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
+  bool data_on_device() const;  // the attached dataset lives on the device
+  // The mean loss over every element of a dataset (forward and loss only; all
+  // samples, the last partial batch included). Parameters are not changed.
+  float evaluate(const Dataset& data);
   int64_t steps_done() const;
 
   // Parameters by PyTorch state_dict name; load checks names and shapes.

@@ -116,6 +116,7 @@ Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Op
     const int loss_step = static_cast<int>(g.nodes.size()) + 1;
     s.target = add(s, "target", count * sizeof(float), 0, 0, true);
     s.loss = add(s, "loss", sizeof(float), 0, 0, true);
+    s.valid_elements = add(s, "loss.valid_elements", sizeof(int64_t), 0, 0, true);
     if (const size_t bytes = loss->scratch_bytes(device, count))
       s.loss_scratch = add(s, "loss.scratch", bytes, loss_step, loss_step, false);
   }

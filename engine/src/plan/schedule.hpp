@@ -46,6 +46,7 @@ struct Schedule {
   std::vector<int> optimizer_state;  // one slab each
   int step_state = kNoBuffer;        // the optimizer's StepState
   int target = kNoBuffer, loss = kNoBuffer, loss_scratch = kNoBuffer;
+  int valid_elements = kNoBuffer;  // the real target elements of a batch fed from a dataset (int64)
 };
 
 // loss and optimizer are null for a forward-only engine.

@@ -17,6 +17,8 @@
 namespace anvil {
 
 Engine::Impl::~Impl() {
+  train_feed.reset();  // the feeds free through the context
+  eval_feed.reset();
 #if ANVIL_WITH_CUDA
   for (auto g : graphs)
     if (g) cudaGraphExecDestroy(g);
@@ -123,6 +125,7 @@ void Engine::Impl::bind() {
   loss_value = reinterpret_cast<float*>(address(s.loss));
   output_grad = reinterpret_cast<float*>(address(s.gradient[graph->output]));
   loss_scratch = address(s.loss_scratch);
+  valid_elements = reinterpret_cast<int64_t*>(address(s.valid_elements));
   input_grad = reinterpret_cast<float*>(address(s.gradient[0]));
   optimizer_args.params = params;
   optimizer_args.grads = grads;

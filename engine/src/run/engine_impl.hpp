@@ -13,6 +13,7 @@
 #include "anvil/engine.hpp"
 #include "engine/src/lower/graph.hpp"
 #include "engine/src/plan/schedule.hpp"
+#include "engine/src/run/data_feed.hpp"
 #include "engine/src/train/loss.hpp"
 #include "engine/src/train/optimizer.hpp"
 
@@ -51,14 +52,18 @@ struct Engine::Impl {
   float* input_grad = nullptr;
   float* loss_value = nullptr;
   void* loss_scratch = nullptr;
+  int64_t* valid_elements = nullptr;
   int64_t steps = 0;
+  // Where train steps and evaluations take their batches from, when a dataset is attached.
+  DataOptions data_options;
+  std::unique_ptr<DataFeed> train_feed, eval_feed;
 
-  enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kWorkKinds = 3 };
+  enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kEvaluate = 3, kWorkKinds = 4 };
 
 #if ANVIL_WITH_CUDA
   std::unique_ptr<CudaContext> ctx;  // CUDA engines only
   // One captured CUDA graph per kind of work, made on first use.
-  cudaGraphExec_t graphs[kWorkKinds] = {nullptr, nullptr, nullptr};
+  cudaGraphExec_t graphs[kWorkKinds] = {};
   bool graph_failed = false;
   CudaContext* cuda_context() const { return ctx.get(); }
   void capture(Work work);  // execute.cpp
@@ -90,10 +95,13 @@ struct Engine::Impl {
   void write_slab(float* slab, const std::map<std::string, HostTensor>& tensors);  // every parameter, shapes checked
   // execute.cpp
   void run_forward();
-  void run_loss_backward();
+  void run_loss(bool backward, bool fed);  // fed: the batch came from a dataset (a partial one is padded)
+  void run_backward();
   void run_optimizer();
   void run_work(Work work);
   void enqueue(Work work);
+  DataFeed* feed_of(Work work) const;  // the dataset a work takes its batch from, if any
+  void forget_graph(Work work);        // after what a captured graph reads has changed
 };
 
 }  // namespace anvil

@@ -16,12 +16,13 @@ void Engine::Impl::run_forward() {
   for (size_t i = 0; i < runs.size(); ++i) graph->nodes[i].layer->forward(options.device, cuda_context(), runs[i].forward);
 }
 
-void Engine::Impl::run_loss_backward() {
-  {
-    NvtxRange range("loss");
-    loss->forward_backward(options.device, cuda_context(), output, target, output_grad, loss_value, output_count(),
-                           loss_scratch);
-  }
+void Engine::Impl::run_loss(bool backward, bool fed) {
+  NvtxRange range("loss");
+  loss->forward_backward(options.device, cuda_context(), output, target, backward ? output_grad : nullptr, loss_value,
+                         output_count(), fed ? valid_elements : nullptr, loss_scratch);
+}
+
+void Engine::Impl::run_backward() {
   for (int n : schedule.backward_order) graph->nodes[n].layer->backward(options.device, cuda_context(), runs[n].backward);
 }
 
@@ -30,17 +31,28 @@ void Engine::Impl::run_optimizer() {
   optimizer->step(options.device, cuda_context(), optimizer_args);
 }
 
+DataFeed* Engine::Impl::feed_of(Work work) const {
+  if (work == kEvaluate) return eval_feed.get();
+  return work == kForward ? nullptr : train_feed.get();
+}
+
 void Engine::Impl::run_work(Work work) {
-  NvtxRange range(work == kForward ? "forward" : work == kGradients ? "gradients" : "train step");
+  static const char* const kNames[kWorkKinds] = {"forward", "gradients", "train step", "evaluate"};
+  NvtxRange range(kNames[work]);
+  DataFeed* feed = feed_of(work);
+  if (feed) feed->in_step({input, target, valid_elements});
   run_forward();
   if (work == kForward) return;
-  run_loss_backward();
+  run_loss(work != kEvaluate, feed != nullptr);
+  if (work == kEvaluate) return;
+  run_backward();
   if (work == kTrainStep) run_optimizer();
 }
 
 // CUDA engines capture each kind of work once, on first use, and replay it:
 // everything that changes from step to step lives in device memory.
 void Engine::Impl::enqueue(Work work) {
+  if (DataFeed* feed = feed_of(work)) feed->before_step({input, target, valid_elements});
 #if ANVIL_WITH_CUDA
   if (cuda() && options.cuda_graph && !graph_failed) {
     if (!graphs[work]) capture(work);
@@ -51,6 +63,13 @@ void Engine::Impl::enqueue(Work work) {
   }
 #endif
   run_work(work);
+}
+
+void Engine::Impl::forget_graph([[maybe_unused]] Work work) {
+#if ANVIL_WITH_CUDA
+  if (graphs[work]) ANVIL_CUDA_CHECK(cudaGraphExecDestroy(graphs[work]));
+  graphs[work] = nullptr;
+#endif
 }
 
 #if ANVIL_WITH_CUDA

@@ -33,13 +33,14 @@ class ElementwiseLoss : public Loss {
     return 0;
   }
   void forward_backward([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, const float* pred,
-                        const float* target, float* dpred, float* loss, int64_t count,
+                        const float* target, float* dpred, float* loss, int64_t count, const int64_t* valid_elements,
                         [[maybe_unused]] void* scratch) const override {
 #if ANVIL_WITH_CUDA
     if (device == Device::Cuda)
-      return cuda::loss_forward_backward(spec_.params, pred, target, dpred, loss, count, scratch, ctx->stream());
+      return cuda::loss_forward_backward(spec_.params, pred, target, dpred, loss, count, scratch, ctx->stream(),
+                                         valid_elements);
 #endif
-    *loss = cpu::loss_forward_backward(spec_.params, pred, target, dpred, count);
+    *loss = cpu::loss_forward_backward(spec_.params, pred, target, dpred, count, valid_elements ? *valid_elements : -1);
   }
 
  private:

@@ -23,8 +23,10 @@ class Loss {
   // Scratch one call needs on this device (planned at the loss step).
   virtual size_t scratch_bytes(Device device, int64_t count) const = 0;
   // *loss = the mean loss; dpred = d(loss)/d(pred), overwritten.
+  // valid_elements (null: all count) points where the device reads it (device memory on CUDA):
+  // only that many leading elements count, the rest get a zero gradient (a padded partial batch).
   virtual void forward_backward(Device device, CudaContext* ctx, const float* pred, const float* target, float* dpred,
-                                float* loss, int64_t count, void* scratch) const = 0;
+                                float* loss, int64_t count, const int64_t* valid_elements, void* scratch) const = 0;
 };
 
 std::unique_ptr<Loss> create_loss(const NetworkSpec& spec);

@@ -1,0 +1,89 @@
+// The engine's dataset API: attaching training data, epochs, evaluation.
+#include "anvil/error.hpp"
+#include "engine/src/run/engine_impl.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "engine/src/cuda/check.hpp"
+#endif
+
+namespace anvil {
+
+namespace {
+
+void check_shapes(const Dataset& data, const Network& net) {
+  const Shape sample(net.input_shape().begin() + 1, net.input_shape().end());
+  const Shape target(net.output_shape().begin() + 1, net.output_shape().end());
+  if (data.sample_shape() != sample || data.target_sample_shape() != target)
+    throw InputError(data.path() + ": samples " + to_string(data.sample_shape()) + " -> " +
+                     to_string(data.target_sample_shape()) + ", the network takes " + to_string(sample) + " -> " +
+                     to_string(target));
+}
+
+size_t device_budget([[maybe_unused]] const DataOptions& options, [[maybe_unused]] bool cuda) {
+#if ANVIL_WITH_CUDA
+  if (cuda && options.device_budget == 0) {
+    size_t free_bytes = 0, total = 0;
+    ANVIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return free_bytes / 2;
+  }
+#endif
+  return options.device_budget;
+}
+
+}  // namespace
+
+void Engine::attach_data(const Dataset& data, const DataOptions& options) {
+  require_arena();
+  Impl& m = *impl_;
+  if (!m.training()) throw Error("attach_data needs an engine built for training (Mode::Train)");
+  check_shapes(data, m.network);
+  const BatchPlan plan = data.batch_plan(m.network.input_shape()[0], options.keep_last);
+  m.train_feed.reset();
+  m.train_feed = std::make_unique<DataFeed>(data, plan, m.options.device, m.cuda_context(),
+                                            device_budget(options, m.cuda()));
+  m.data_options = options;
+  m.forget_graph(Impl::kTrainStep);  // the captured steps did not gather
+  m.forget_graph(Impl::kGradients);
+  start_epoch(0);
+}
+
+int64_t Engine::batches_per_epoch() const {
+  if (!impl_->train_feed) throw Error("batches_per_epoch needs attach_data first");
+  return impl_->train_feed->plan().batches_per_epoch();
+}
+
+void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
+  Impl& m = *impl_;
+  if (!m.train_feed) throw Error("start_epoch needs attach_data first");
+  const Dataset& data = m.train_feed->data();
+  m.train_feed->start_epoch(epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle), first_batch);
+}
+
+bool Engine::data_on_device() const { return impl_->train_feed && impl_->train_feed->on_device(); }
+
+float Engine::evaluate(const Dataset& data) {
+  require_arena();
+  Impl& m = *impl_;
+  if (!m.training()) throw Error("evaluate needs an engine built for training (Mode::Train): it runs the loss");
+  check_shapes(data, m.network);
+  if (!m.eval_feed || &m.eval_feed->data() != &data) {
+    m.eval_feed.reset();
+    m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
+                                             m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda()));
+    m.forget_graph(Impl::kEvaluate);
+  }
+  DataFeed& feed = *m.eval_feed;
+  feed.start_epoch(epoch_order(data.size(), 0, 0, false), 0);
+  // Each batch's mean, weighted by its real elements: the mean over all of them.
+  double sum = 0;
+  const int64_t per_sample = data.floats_per_target();
+  for (int64_t b = 0; b < feed.plan().batches_per_epoch(); ++b) {
+    m.enqueue(Impl::kEvaluate);
+    float batch_loss = 0;
+    m.download(&batch_loss, m.loss_value, 1);
+    sum += double(batch_loss) * double(feed.plan().samples_in_batch(b) * per_sample);
+  }
+  return static_cast<float>(sum / double(data.size() * per_sample));
+}
+
+}  // namespace anvil

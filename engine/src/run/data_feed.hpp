@@ -1,0 +1,67 @@
+// Feeds an engine's input and target from a dataset, one minibatch per step.
+// Where the dataset fits the device budget it is uploaded once and the step
+// gathers its own batch (kernels/cuda/gather.hpp), so a captured step has no
+// host work and no host-to-device copy. Otherwise each batch is gathered on
+// the host into pinned memory and copied on the engine's stream before the
+// step. The CPU backend gathers on the host inside the step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "anvil/dataset.hpp"
+#include "anvil/engine.hpp"
+
+namespace anvil {
+
+class CudaContext;
+
+// Where one step's batch goes: the engine's input and target, and the count of
+// target elements that are real (the loss averages over those).
+struct FeedTargets {
+  float* input = nullptr;
+  float* target = nullptr;
+  int64_t* valid_elements = nullptr;
+};
+
+class DataFeed {
+ public:
+  // device_budget: the most device memory the dataset may take (CUDA).
+  DataFeed(const Dataset& data, const BatchPlan& plan, Device device, CudaContext* ctx, size_t device_budget);
+  ~DataFeed();
+  DataFeed(const DataFeed&) = delete;
+  DataFeed& operator=(const DataFeed&) = delete;
+
+  const Dataset& data() const { return data_; }
+  const BatchPlan& plan() const { return plan_; }
+  bool on_device() const { return resident_; }
+  // The epoch's sample order, from batch `first_batch` on (one copy per epoch on CUDA).
+  void start_epoch(const std::vector<int64_t>& order, int64_t first_batch);
+  int64_t next_batch() const { return next_batch_; }  // within the epoch, as the host counts
+
+  // Before a step, outside any captured graph: a feed that is not resident
+  // gathers the next batch in pinned memory and copies it on the stream.
+  void before_step(const FeedTargets& to);
+  // Inside the step: a resident feed (or the CPU) gathers the batch here.
+  void in_step(const FeedTargets& to);
+
+ private:
+  const Dataset& data_;
+  BatchPlan plan_;
+  Device device_;
+  CudaContext* ctx_;
+  bool resident_ = false;
+  int64_t next_batch_ = 0;
+  std::vector<int64_t> host_order_;
+  int64_t host_cursor_ = 0;  // the CPU's cursor (CUDA keeps its cursor on the device)
+  // CUDA: the dataset, the order and the cursor on the device (resident), or
+  // pinned staging for one batch (not resident).
+  float* device_inputs_ = nullptr;
+  float* device_targets_ = nullptr;
+  int64_t* device_order_ = nullptr;
+  int64_t* device_cursor_ = nullptr;
+  float* pinned_batch_ = nullptr;  // input rows, then target rows, then the valid count
+  size_t pinned_bytes_ = 0;
+};
+
+}  // namespace anvil
