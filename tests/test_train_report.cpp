@@ -158,6 +158,19 @@ TEST(TrainReport, InteractiveRedrawsOneLineCutToTheWidth) {
   EXPECT_EQ(text.substr(drawn.size(), 9), "\ntrained ") << text;
 }
 
+TEST(TrainReport, AnOpenLineIsEndedWhenTheReporterGoes) {
+  Capture out;
+  {
+    FakeClock t;
+    TrainReporter report(out.file(), true, nullptr, t.clock());
+    report.begin(10, 0, 1);
+    t.now = 1;
+    report.log(1, 0, 0.5, 0.01);
+    EXPECT_EQ(out.text().back(), 's');  // "... ETA 9.0s", and no newline yet
+  }
+  EXPECT_EQ(out.text().back(), '\n');
+}
+
 TEST(TrainReport, ALineTooWideLeavesTheLeastUsefulPartsOut) {
   Capture out;
   FakeClock t;

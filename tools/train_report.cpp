@@ -80,6 +80,15 @@ void MetricsWriter::write(const MetricsRecord& r) {
 TrainReporter::TrainReporter(std::FILE* out, bool interactive, MetricsWriter* metrics, Clock clock, int width)
     : out_(out), interactive_(interactive), metrics_(metrics), clock_(std::move(clock)), width_(width) {}
 
+TrainReporter::~TrainReporter() { end_line(); }
+
+void TrainReporter::end_line() {
+  if (!line_open_) return;
+  std::fputc('\n', out_);
+  std::fflush(out_);
+  line_open_ = false;
+}
+
 void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch) {
   total_steps_ = total_steps;
   steps_per_epoch_ = steps_per_epoch;
@@ -178,8 +187,7 @@ int TrainReporter::terminal_width() const {
 }
 
 void TrainReporter::end() {
-  if (line_open_) std::fputc('\n', out_);
-  line_open_ = false;
+  end_line();
   const double wall = clock_() - start_;
   std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step_), format_duration(wall).c_str());
   if (logs_ > 0)

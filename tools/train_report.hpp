@@ -83,6 +83,11 @@ class TrainReporter {
   // (TIOCGWINSZ) at every redraw, falling back to 80.
   TrainReporter(std::FILE* out, bool interactive, MetricsWriter* metrics = nullptr, Clock clock = steady_seconds,
                 int width = 0);
+  // Ends a progress line still open, so that an error thrown out of the train
+  // loop is printed on a line of its own.
+  ~TrainReporter();
+  TrainReporter(const TrainReporter&) = delete;
+  TrainReporter& operator=(const TrainReporter&) = delete;
 
   // steps_per_epoch <= 0 when the data has no epochs (the seeded generator):
   // the display then leaves the epoch out. batch: samples per step.
@@ -104,6 +109,7 @@ class TrainReporter {
   std::string progress_line(int64_t step, int64_t epoch, double loss, std::optional<double> steps_per_s,
                             size_t width) const;
   int terminal_width() const;
+  void end_line();
 
   std::FILE* out_;
   bool interactive_;
