@@ -8,11 +8,11 @@
 //   TrainReporter report(stdout, isatty(fileno(stdout)), metrics ? &writer : nullptr);
 //   report.begin(steps, steps_per_epoch, batch);
 //   for (step = 1..steps) {
-//     if (step == 1 || step % log_every == 0 || step == steps)
-//       report.log(step, epoch, engine.train_step(), lr);   // reads the loss back
-//     else
-//       engine.enqueue_train_step();                         // no sync
+//     const bool logged = step == 1 || step % log_every == 0 || step == steps;
+//     if (logged) loss = engine.train_step();  // reads the loss back: one sync
+//     else engine.enqueue_train_step();        // no sync
 //     if (validating) report.validation(step, val_loss);
+//     if (logged) report.log(step, epoch, loss, lr);
 //   }
 //   report.end();
 #pragma once
