@@ -9,18 +9,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian package -> a command it provides, or a header under /usr/include or /usr/local/include.
+# Debian package -> a command it provides, a header under /usr/include or
+# /usr/local/include, or a Python module (for tools/plot_metrics.py).
 declare -A needs=(
   [cmake]=cmd:cmake
   [g++]=cmd:g++
   [nlohmann-json3-dev]=hdr:nlohmann/json.hpp
   [libcli11-dev]=hdr:CLI/CLI.hpp
   [libgtest-dev]=hdr:gtest/gtest.h
+  [python3-matplotlib]=py:matplotlib
 )
 present() {
   case "$1" in
     cmd:*) command -v "${1#cmd:}" >/dev/null ;;
     hdr:*) [ -e "/usr/include/${1#hdr:}" ] || [ -e "/usr/local/include/${1#hdr:}" ] ;;
+    # The python3 on PATH (pyenv, a venv) or Debian's, which plot_metrics.py falls back to.
+    py:*) python3 -c "import ${1#py:}" 2>/dev/null || /usr/bin/python3 -c "import ${1#py:}" 2>/dev/null ;;
   esac
 }
 missing=()

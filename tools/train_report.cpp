@@ -1,0 +1,204 @@
+#include "tools/train_report.hpp"
+
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "anvil/error.hpp"
+
+namespace anvil::cli {
+
+namespace {
+
+std::string format(const char* fmt, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, value);
+  return buf;
+}
+
+// a / b, or nothing when b is not positive (the clock did not move, no rate yet).
+std::optional<double> ratio(double a, double b) {
+  if (!(b > 0)) return std::nullopt;
+  return a / b;
+}
+
+// The value, or "-" when it is not known.
+std::string format_or_dash(const char* fmt, std::optional<double> value) { return value ? format(fmt, *value) : "-"; }
+
+std::optional<double> times(std::optional<double> value, double factor) {
+  if (!value) return std::nullopt;
+  return *value * factor;
+}
+
+}  // namespace
+
+double steady_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "-";
+  if (seconds < 60) return format("%.1fs", seconds);
+  const long long s = std::llround(seconds);
+  char buf[64];
+  if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", s / 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm%02llds", s / 3600, s / 60 % 60, s % 60);
+  return buf;
+}
+
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path), out_(path, std::ios::app) {
+  if (!out_) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
+}
+
+void MetricsWriter::write(const MetricsRecord& r) {
+  nlohmann::ordered_json j;  // ordered: the keys read in the order documented
+  j["step"] = r.step;
+  j["epoch"] = r.epoch;
+  // JSON has no NaN: a non-finite value is null plus a flag saying why.
+  const bool loss_ok = std::isfinite(r.loss);
+  j["loss"] = loss_ok ? nlohmann::ordered_json(r.loss) : nullptr;
+  if (!loss_ok) j["loss_nonfinite"] = true;
+  const bool val_ok = r.val_loss && std::isfinite(*r.val_loss);
+  j["val_loss"] = val_ok ? nlohmann::ordered_json(*r.val_loss) : nullptr;
+  if (r.val_loss && !val_ok) j["val_loss_nonfinite"] = true;
+  j["val_step"] = r.val_step ? nlohmann::ordered_json(*r.val_step) : nullptr;
+  j["lr"] = r.lr;
+  j["elapsed_s"] = r.elapsed_s;
+  out_ << j.dump() << '\n' << std::flush;
+  if (!out_) throw Error(path_ + ": cannot write the metrics file: " + std::strerror(errno));
+}
+
+TrainReporter::TrainReporter(std::FILE* out, bool interactive, MetricsWriter* metrics, Clock clock, int width)
+    : out_(out), interactive_(interactive), metrics_(metrics), clock_(std::move(clock)), width_(width) {}
+
+TrainReporter::~TrainReporter() { end_line(); }
+
+void TrainReporter::end_line() {
+  if (!line_open_) return;
+  std::fputc('\n', out_);
+  std::fflush(out_);
+  line_open_ = false;
+}
+
+void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch) {
+  total_steps_ = total_steps;
+  steps_per_epoch_ = steps_per_epoch;
+  batch_ = batch;
+  start_ = last_time_ = clock_();
+}
+
+void TrainReporter::validation(int64_t step, double val_loss) {
+  val_loss_ = val_loss;
+  val_step_ = step;
+  if (std::isfinite(val_loss) && (!best_val_ || val_loss < *best_val_)) {
+    best_val_ = val_loss;
+    best_val_step_ = step;
+  }
+}
+
+void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std::optional<double> val_loss) {
+  if (val_loss) validation(step, *val_loss);
+  const double now = clock_();
+  const std::optional<double> steps_per_s = ratio(static_cast<double>(step - last_step_), now - last_time_);
+  last_step_ = step;
+  last_time_ = now;
+
+  ema_ = (1 - kSmoothing) * ema_ + kSmoothing * loss;
+  ++logs_;
+  smoothed_ = ema_ / (1 - std::pow(1 - kSmoothing, static_cast<double>(logs_)));
+  if (logs_ == 1) first_loss_ = loss;
+  last_loss_ = loss;
+
+  if (interactive_) {
+    // One column short of the width: writing the last column makes some
+    // terminals wrap, and the next "\r" would then redraw one line down.
+    const size_t cols = static_cast<size_t>(terminal_width() - 1);
+    std::fprintf(out_, "\r\x1b[2K%s", progress_line(step, epoch, loss, steps_per_s, cols).c_str());
+    line_open_ = true;
+  } else {
+    std::fprintf(out_, "%s\n", progress_line(step, epoch, loss, steps_per_s, std::string::npos).c_str());
+  }
+  std::fflush(out_);
+
+  if (metrics_) {
+    MetricsRecord r;
+    r.step = step;
+    r.epoch = epoch;
+    r.loss = loss;
+    r.lr = lr;
+    r.elapsed_s = now - start_;
+    if (val_loss_) {
+      r.val_loss = val_loss_;
+      r.val_step = val_step_;
+    }
+    metrics_->write(r);
+  }
+}
+
+std::string TrainReporter::progress_line(int64_t step, int64_t epoch, double loss,
+                                         std::optional<double> steps_per_s, size_t width) const {
+  struct Part {
+    std::string text;
+    int rank;  // the order in which parts are left out of a line too wide; 0: never
+  };
+  std::vector<Part> parts{{"step " + std::to_string(step) + "/" + std::to_string(total_steps_), 0}};
+  if (steps_per_epoch_ > 0) {
+    const int64_t epochs = (total_steps_ + steps_per_epoch_ - 1) / steps_per_epoch_;
+    parts.push_back({"epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), 4});
+  }
+  parts.push_back({"loss " + format("%.6g", loss), 2});
+  parts.push_back({"smoothed " + format("%.6g", smoothed_), 0});
+  if (val_loss_) parts.push_back({"val " + format("%.6g", *val_loss_), 5});
+  parts.push_back({format_or_dash("%.2f", steps_per_s) + " steps/s", 3});
+  parts.push_back({format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))) + " samples/s", 1});
+  const std::optional<double> eta =
+      step >= total_steps_ ? 0.0 : ratio(static_cast<double>(total_steps_ - step), steps_per_s.value_or(0));
+  parts.push_back({"ETA " + (eta ? format_duration(*eta) : "-"), 0});
+
+  const auto join = [&parts] {
+    std::string line;
+    for (const Part& p : parts) line += (line.empty() ? "" : "  ") + p.text;
+    return line;
+  };
+  std::string line = join();
+  for (int rank = 1; line.size() > width && rank <= 5; ++rank) {
+    parts.erase(std::remove_if(parts.begin(), parts.end(), [rank](const Part& p) { return p.rank == rank; }),
+                parts.end());
+    line = join();
+  }
+  if (line.size() > width) line.resize(width);
+  return line;
+}
+
+int TrainReporter::terminal_width() const {
+  if (width_ > 0) return width_;
+  winsize ws{};
+  if (ioctl(fileno(out_), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1) return ws.ws_col;
+  return 80;
+}
+
+void TrainReporter::end() {
+  end_line();
+  const double wall = clock_() - start_;
+  std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step_), format_duration(wall).c_str());
+  if (logs_ > 0)
+    std::fprintf(out_, "loss: first %.6g, last %.6g (smoothed %.6g)\n", first_loss_, last_loss_, smoothed_);
+  if (best_val_)
+    std::fprintf(out_, "best validation loss: %.6g at step %lld\n", *best_val_, static_cast<long long>(best_val_step_));
+  // Up to the last logged step: the steps after it were not timed.
+  const std::optional<double> steps_per_s = ratio(static_cast<double>(last_step_), last_time_ - start_);
+  std::fprintf(out_, "throughput: %s steps/s, %s samples/s\n", format_or_dash("%.2f", steps_per_s).c_str(),
+               format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))).c_str());
+  std::fflush(out_);
+}
+
+}  // namespace anvil::cli
