@@ -17,6 +17,8 @@
 #include "anvil/dataset.hpp"
 #include "anvil/error.hpp"
 #include "anvil/random.hpp"
+#include "anvil/trainer.hpp"
+#include "tests/require_gpu.hpp"
 #include "tests/test_support.hpp"
 
 namespace anvil::testing {
@@ -253,56 +255,39 @@ struct ReferenceRun {
   bool keep_last;
 };
 
-// The mse over every element of `val` (the mean over all elements, as the reference defines it),
-// evaluated in batches of the engine's batch size.
-double validation_loss(Engine& engine, const Dataset& val, int64_t batch_size) {
-  const BatchPlan plan = val.batch_plan(batch_size, false);
-  const std::vector<int64_t> order = epoch_order(val.size(), 0, 0, false);
-  double sum = 0;
-  int64_t count = 0;
-  for (int64_t b = 0; b < plan.batches_per_epoch(); ++b) {
-    const std::vector<int64_t> samples = plan.samples(order, b);
-    engine.set_input(val.input_batch(samples));
-    const HostTensor output = engine.forward();  // forward leaves the parameters alone
-    const HostTensor target = val.target_batch(samples);
-    for (int64_t i = 0; i < output.size(); ++i) {
-      const double d = double(output.data[i]) - target.data[i];
-      sum += d * d;
-    }
-    count += output.size();
-  }
-  return sum / double(count);
-}
-
-// Trains as `anvil train --data` will, from the reference's initial parameters, checking the loss of
-// every step, the validation loss after each epoch (when `val` is given) and the final parameters.
-void train_against_reference(const Network& net, const ReferenceRun& run, const Dataset* val) {
+// Trains as `anvil train --data` does (anvil::Trainer: the engine gathers its own batches) from the
+// reference's initial parameters, checking the loss of every step, the validation loss after each
+// epoch (when `val` is given) and the final parameters.
+void train_against_reference(const Network& net, const ReferenceRun& run, const Dataset* val,
+                             Device device = Device::Cpu) {
   const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"),
                                       without_batch(net.input_shape()), without_batch(net.output_shape()));
   Options options;
-  options.device = Device::Cpu;
+  options.device = device;
   Engine engine(net, options);
   engine.load_parameters(same_names(run.file, engine.parameters()));
+  DataOptions data;
+  data.keep_last = run.keep_last;
+  TrainOptions o;
+  o.epochs = run.epochs;
+  o.log_every = 1;
+  o.val_every = train.batch_plan(run.batch_size, run.keep_last).batches_per_epoch();  // after each epoch
+  Trainer trainer(engine, train, val, o, data);
 
-  const BatchPlan plan = train.batch_plan(run.batch_size, run.keep_last);
   const std::vector<float>& losses = run.file.tensors.at(run.prefix + "losses").data;
-  ASSERT_EQ(int64_t(losses.size()), run.epochs * plan.batches_per_epoch());
-  const float* want_loss = losses.data();
-  for (int64_t epoch = 0; epoch < run.epochs; ++epoch) {
-    const std::vector<int64_t> order = epoch_order(train.size(), net.seed(), epoch, true);
-    for (int64_t b = 0; b < plan.batches_per_epoch(); ++b, ++want_loss) {
-      const std::vector<int64_t> samples = plan.samples(order, b);
-      engine.set_input(train.input_batch(samples));
-      engine.set_target(train.target_batch(samples));
-      EXPECT_NEAR(engine.train_step(), *want_loss, 1e-5 * std::fabs(*want_loss))
-          << "epoch " << epoch << " batch " << b;
-    }
-    if (val != nullptr) {
-      const float want = run.file.tensors.at("val_losses").data.at(epoch);
-      EXPECT_NEAR(validation_loss(engine, *val, run.batch_size), want, 1e-5 * want)
-          << "validation after epoch " << epoch;
-    }
-  }
+  ASSERT_EQ(int64_t(losses.size()), trainer.total_steps());
+  int64_t validations = 0;
+  Trainer::Callbacks callbacks;
+  callbacks.on_log = [&](const TrainProgress& p) {
+    const float want = losses.at(size_t(p.step - 1));
+    EXPECT_NEAR(p.loss, want, 1e-5 * std::fabs(want)) << "step " << p.step;
+  };
+  callbacks.on_validation = [&](int64_t step, float val_loss) {
+    const float want = run.file.tensors.at("val_losses").data.at(size_t(validations++));
+    EXPECT_NEAR(val_loss, want, 1e-5 * want) << "validation at step " << step;
+  };
+  trainer.run(callbacks);
+  EXPECT_EQ(validations, val ? run.epochs : 0);
   for (const auto& [name, value] : engine.parameters()) {
     EXPECT_TRUE(close(run.prefix + "after." + name, value, run.file.tensors.at(run.prefix + "after." + name), 1e-5));
   }
@@ -318,7 +303,6 @@ TEST(DatasetTraining, ThreeShuffledEpochsWithValidationMatchPyTorch) {
 }
 
 TEST(DatasetTraining, KeepLastWithAPartialBatchMatchesPyTorch) {
-  GTEST_SKIP() << "needs the engine's partial-batch support";
   const TensorFile ref = read_safetensors(data_path("dataset_epochs.safetensors"));
   const int64_t batch = std::stoll(ref.metadata.at("keep_last.batch"));
   Shape input = Network::load(data_path("dataset_epochs.json")).input_shape();
@@ -326,6 +310,31 @@ TEST(DatasetTraining, KeepLastWithAPartialBatchMatchesPyTorch) {
   const Network net = network_with(data_path("dataset_epochs.json"), {{"input", input}});
   train_against_reference(net, {ref, "keep_last.", batch, std::stoll(ref.metadata.at("keep_last.epochs")), true},
                           nullptr);
+}
+
+}  // namespace
+}  // namespace anvil::testing
+
+namespace anvil::testing {
+namespace {
+
+// The same runs on the GPU: the dataset on the device, each step gathering its own batch inside the
+// captured CUDA graph (fp32 precision, so the tolerance is float's).
+TEST(DatasetTrainingGpu, EpochsWithValidationAndAPartialBatchMatchPyTorch) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const TensorFile ref = read_safetensors(data_path("dataset_epochs.safetensors"));
+  const Network net = network_with(data_path("dataset_epochs.json"), {{"precision", "fp32"}});
+  const Dataset val = Dataset::load(data_path("dataset_epochs_val.safetensors"), without_batch(net.input_shape()),
+                                    without_batch(net.output_shape()));
+  train_against_reference(net, {ref, "", net.input_shape()[0], std::stoll(ref.metadata.at("epochs")), false}, &val,
+                          Device::Cuda);
+  const int64_t batch = std::stoll(ref.metadata.at("keep_last.batch"));
+  Shape input = net.input_shape();
+  input[0] = batch;
+  const Network partial =
+      network_with(data_path("dataset_epochs.json"), {{"input", input}, {"precision", "fp32"}});
+  train_against_reference(partial, {ref, "keep_last.", batch, std::stoll(ref.metadata.at("keep_last.epochs")), true},
+                          nullptr, Device::Cuda);
 }
 
 }  // namespace

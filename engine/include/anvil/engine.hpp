@@ -98,6 +98,8 @@ class Engine {
   // samples, the last partial batch included). Parameters are not changed.
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
+  float last_loss() const;      // of the last train step or evaluated batch (a host sync on CUDA)
+  float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
 
   // Parameters by PyTorch state_dict name; load checks names and shapes.
   std::map<std::string, HostTensor> parameters() const;

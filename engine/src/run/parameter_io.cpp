@@ -74,9 +74,23 @@ HostTensor Engine::forward() {
 
 float Engine::train_step() {
   enqueue_train_step();
+  return last_loss();
+}
+
+float Engine::last_loss() const {
+  require_arena();
+  if (!impl_->training()) throw Error("last_loss needs an engine built for training (Mode::Train)");
   float value = 0;
   impl_->download(&value, impl_->loss_value, 1);
   return value;
+}
+
+float Engine::learning_rate() const {
+  require_arena();
+  if (!impl_->training()) throw Error("learning_rate needs an engine built for training (Mode::Train)");
+  StepState state;
+  impl_->download_bytes(&state, impl_->optimizer_args.step, sizeof state);
+  return state.lr;
 }
 
 std::map<std::string, HostTensor> Engine::parameters() const {

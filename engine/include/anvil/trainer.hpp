@@ -1,0 +1,73 @@
+// The training loop of `anvil train`, for embedding programs too: epochs (or
+// a step count) over a dataset attached to an engine, validation, checkpoints
+// and a callback on logged steps. The loss is read back only on logged steps,
+// so the other steps cost the host nothing but their launch.
+//
+//   anvil::Dataset train = anvil::Dataset::load("train.safetensors", sample, target);
+//   anvil::TrainOptions o;
+//   o.epochs = 3;
+//   anvil::Trainer trainer(engine, train, /*validation=*/nullptr, o, anvil::DataOptions{});
+//   trainer.run({[](const anvil::TrainProgress& p) { std::printf("%lld %g\n", (long long)p.step, p.loss); }});
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "anvil/dataset.hpp"
+#include "anvil/engine.hpp"
+
+namespace anvil {
+
+struct TrainOptions {
+  int64_t epochs = 0;     // train this many epochs, or
+  int64_t steps = 0;      // this many steps (one of the two, > 0)
+  int64_t log_every = 10;  // the loss is read back (one host sync) every N steps, on the first and on the last
+  int64_t val_every = 0;   // with a validation set: every N steps (0: never) and at the end
+  std::string checkpoint;  // written every checkpoint_every steps (0: never) and by save_checkpoint()
+  int64_t checkpoint_every = 0;
+};
+
+struct TrainProgress {
+  int64_t step = 0, total_steps = 0;
+  int64_t epoch = 0;  // of the step just taken
+  float loss = 0;     // of the step just taken
+  float lr = 0;       // the learning rate it used
+};
+
+class Trainer {
+ public:
+  struct Callbacks {
+    std::function<void(const TrainProgress&)> on_log;               // logged steps
+    std::function<void(int64_t step, float val_loss)> on_validation;  // after each validation
+    std::function<void(int64_t step)> on_checkpoint;                 // after each checkpoint written
+  };
+
+  // The engine must be a training engine; the datasets must outlive the trainer.
+  Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
+          const DataOptions& data);
+
+  // Continues from a checkpoint: parameters, optimizer state, step and position.
+  void resume(const std::string& checkpoint);
+  // Runs to the end, or until *stop is set (the step in progress completes first).
+  // Throws anvil::Error when a logged loss is not finite.
+  void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
+  void save_checkpoint(const std::string& path) const;
+
+  const TrainPosition& position() const { return position_; }
+  int64_t total_steps() const { return total_steps_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  bool finished() const { return position_.step >= total_steps_; }
+
+ private:
+  void validate(const Callbacks& callbacks);
+
+  Engine& engine_;
+  const Dataset* validation_;
+  TrainOptions options_;
+  TrainPosition position_;
+  int64_t steps_per_epoch_ = 0, total_steps_ = 0;
+};
+
+}  // namespace anvil
