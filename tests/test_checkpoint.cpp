@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "anvil/error.hpp"
+#include "anvil/trainer.hpp"
 #include "tests/require_gpu.hpp"
 #include "tests/test_support.hpp"
 
@@ -119,6 +120,50 @@ TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   for (const auto& [name, value] : engine.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
   std::remove(path.c_str());
   std::remove(weights_path.c_str());
+}
+
+}  // namespace
+}  // namespace anvil::testing
+
+namespace anvil::testing {
+namespace {
+
+// Across epochs and shuffles: 11 steps (into the second epoch of 8), a checkpoint, a fresh engine resumed
+// from it for 5 more steps, against 16 straight steps.
+void resume_across_epochs(Device device) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  const Shape sample(net.input_shape().begin() + 1, net.input_shape().end());
+  const Shape target(net.output_shape().begin() + 1, net.output_shape().end());
+  const Dataset data = Dataset::load(data_path("dataset_epochs_train.safetensors"), sample, target);
+  Options options;
+  options.device = device;
+  auto run = [&](Engine& engine, int64_t steps, const std::string& resume_from) {
+    TrainOptions o;
+    o.steps = steps;
+    Trainer trainer(engine, data, nullptr, o, DataOptions{});
+    if (!resume_from.empty()) trainer.resume(resume_from);
+    trainer.run({});
+    return trainer.position();
+  };
+  Engine straight(net, options), first(net, options), resumed(net, options);
+  run(straight, 16, "");
+  const TrainPosition at = run(first, 11, "");
+  EXPECT_EQ(at.epoch, 1);
+  EXPECT_EQ(at.batch_in_epoch, 3);
+  const std::string path = temp_path(std::string("epochs_") + to_string(device) + ".safetensors");
+  first.save_checkpoint(path, at);
+  const TrainPosition end = run(resumed, 16, path);
+  EXPECT_EQ(end.step, 16);
+  EXPECT_EQ(end.epoch, 2);
+  expect_same_parameters(straight, resumed);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointResumeAcrossEpochs, CpuIsBitwiseEqualToStraightTraining) { resume_across_epochs(Device::Cpu); }
+
+TEST(CheckpointResumeAcrossEpochs, GpuIsBitwiseEqualToStraightTraining) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  resume_across_epochs(Device::Cuda);
 }
 
 }  // namespace
