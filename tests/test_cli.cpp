@@ -377,12 +377,12 @@ std::vector<StepLine> step_lines(const std::string& out) {
 
 TEST_F(Cli, TrainSavesParametersAndGradients) {
   const std::string params = path("params.safetensors"), grads = path("grads.safetensors");
-  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 3 --save " + quote(params) +
+  const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 3 --log-every 1 --save " + quote(params) +
                           " --dump-grads " + quote(grads));
   ASSERT_EQ(r.status, 0) << describe(r);
   const anvil::TensorFile ref = anvil::read_safetensors(kSmallRef);
 
-  // One line per step, "step k/3  loss ...", with PyTorch's losses.
+  // Not a terminal, --log-every 1: one line per step, "step k/3  loss ...", with PyTorch's losses.
   const auto steps = step_lines(r.out);
   ASSERT_EQ(steps.size(), 3u) << r.out;
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -437,7 +437,7 @@ TEST_F(Cli, TrainDataWithTheWrongTargetShape) {
   anvil::write_safetensors(p, data);
   const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 --data " + quote(p));
   EXPECT_EQ(r.status, 2) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: " + p + ": tensor 'target' has shape (2, 32, 4, 8), expected (2, 32, 4, 8, 8)\n");
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": tensor 'target' has sample shape (32, 4, 8), the network outputs (32, 4, 8, 8)\n");
 }
 
 TEST_F(Cli, SaveIntoAMissingDirectoryFailsWithoutCreatingAnything) {

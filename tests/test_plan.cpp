@@ -281,7 +281,7 @@ void check_schedule(const anvil::Network& net, const MemoryPlan& plan, anvil::Mo
 
   // The slabs: parameters always; gradients and SGD's momentum only when training (and momentum != 0).
   std::set<std::string> expected_names = {"act.input", "params"};
-  if (train) expected_names.insert({"grads", "optimizer.step"});
+  if (train) expected_names.insert({"grads", "optimizer.step", "loss.valid_elements"});
   if (train && net.spec().optimizer.sgd.momentum != 0) expected_names.insert("optimizer.momentum");
   for (const auto& l : layers) {
     expected_names.insert("act." + l.name);

@@ -1,12 +1,18 @@
 // anvil: the command-line front end (after Caffe's tools/caffe.cpp and trtexec).
 //   anvil info  NET.json                       layers, shapes, parameters, fusion, memory plan
 //   anvil run   NET.json [--input X] [--output Y]   a forward pass
-//   anvil train NET.json --steps N [...]        SGD training with a progress display
+//   anvil train NET.json --epochs E --data D [...]   training with a progress display
+//   anvil eval  NET.json --data D [--weights W]  the mean loss over a dataset
 //   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
 //   anvil --version                             version, git commit, CUDA and cuDNN versions
 // Exit codes: 0 success, 2 bad input, 1 runtime failure.
 #include <CLI/CLI.hpp>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <optional>
 
 #include <algorithm>
 #include <chrono>
@@ -17,7 +23,10 @@
 #include <iostream>
 #include <string>
 
+#include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
+#include "anvil/trainer.hpp"
+#include "tools/train_report.hpp"
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
 #include "anvil/version.hpp"
@@ -83,16 +92,25 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
 }
 
 // Parameters by name from a safetensors file (a PyTorch state_dict or an anvil checkpoint).
-void load_weights(anvil::Engine& engine, const std::string& path) {
-  const anvil::TensorFile file = anvil::read_safetensors(path);
-  std::map<std::string, anvil::HostTensor> params;
-  for (const auto& entry : engine.parameters()) {
-    params[entry.first] = anvil::require_tensor(file, path, entry.first, entry.second.shape);
-  }
-  engine.load_parameters(params);
-  if (file.tensors.size() > params.size())
-    std::cerr << "weights: " << path << ": ignored " << file.tensors.size() - params.size()
-              << " tensor(s) that are not parameters of this network\n";
+// Tensors the network does not use are listed and ignored, or refused with --strict.
+void load_weights(anvil::Engine& engine, const std::string& path, bool strict) {
+  std::map<std::string, anvil::Shape> shapes;
+  for (const auto& [name, t] : engine.parameters()) shapes[name] = t.shape;
+  const anvil::ParameterSelection w = anvil::select_parameters(anvil::read_safetensors(path), path, shapes, strict);
+  engine.load_parameters(w.parameters);
+  if (!w.unused.empty()) std::cerr << "weights: " << anvil::unused_tensors_message(path, w.unused) << " (ignored)\n";
+}
+
+anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
+
+anvil::Dataset load_dataset(const std::string& path, const anvil::Network& net) {
+  return anvil::Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
+}
+
+// The network at --batch, when given.
+anvil::Network load_network(const std::string& path, int64_t batch) {
+  const anvil::Network net = anvil::Network::load(path);
+  return batch > 0 ? net.with_batch(batch) : net;
 }
 
 int cmd_info(const CommonFlags& f, const std::string& mode_name) {
@@ -147,7 +165,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
   check_output_path("--output", output);
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Forward));
-  if (!weights.empty()) load_weights(engine, weights);
+  if (!weights.empty()) load_weights(engine, weights, false);
   if (!input.empty()) {
     const anvil::TensorFile file = anvil::read_safetensors(input);
     engine.set_input(anvil::require_tensor(file, input, "input", net.input_shape()));
@@ -170,61 +188,150 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
 }
 
 struct TrainFlags {
-  int64_t steps = 0;
-  std::string weights, data, save, dump_grads;
-  bool input_grad = false;
+  int64_t steps = 0, epochs = 0, batch = 0, log_every = 10, val_every = 0, checkpoint_every = 0;
+  double data_budget_mib = 0;
+  std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
+  bool input_grad = false, no_shuffle = false, keep_last = false, strict = false;
 };
 
+// SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when asked for).
+std::atomic<bool> stop_requested{false};
+volatile std::sig_atomic_t stop_signal = 0;
+
+extern "C" void request_stop(int signal) {
+  stop_signal = signal;
+  stop_requested.store(true);
+}
+
+void check_positive(const char* flag, int64_t value) {
+  if (value < 1) throw anvil::InputError(std::string(flag) + ": must be a positive integer, got " + std::to_string(value));
+}
+
+void write_parameters(const std::string& path, anvil::Engine& engine, const anvil::Network& net) {
+  anvil::TensorFile out;
+  out.tensors = engine.parameters();
+  out.metadata["network"] = net.name();
+  out.metadata["steps"] = std::to_string(engine.steps_done());
+  anvil::write_safetensors(path, out);
+  std::printf("saved parameters to %s\n", path.c_str());
+}
+
+void write_gradients(const std::string& path, anvil::Engine& engine, const anvil::Network& net, bool input_grad) {
+  anvil::TensorFile out;
+  out.tensors = engine.gradients();
+  if (input_grad) out.tensors["grad.input"] = engine.input_gradient();
+  out.metadata["network"] = net.name();
+  out.metadata["step"] = std::to_string(engine.steps_done());
+  anvil::write_safetensors(path, out);
+  std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()), path.c_str());
+}
+
 int cmd_train(const CommonFlags& f, const TrainFlags& t) {
-  if (t.steps < 1) throw anvil::InputError("--steps: must be a positive integer, got " + std::to_string(t.steps));
-  check_output_path("--save", t.save);
-  check_output_path("--dump-grads", t.dump_grads);
-  const anvil::Network net = anvil::Network::load(f.network);
+  if ((t.steps > 0) == (t.epochs > 0)) throw anvil::InputError("give --steps N or --epochs E (one of them)");
+  if (t.steps != 0) check_positive("--steps", t.steps);
+  if (t.epochs != 0) check_positive("--epochs", t.epochs);
+  if (t.batch != 0) check_positive("--batch", t.batch);
+  check_positive("--log-every", t.log_every);
+  if (t.val_every < 0) throw anvil::InputError("--val-every: must be >= 0, got " + std::to_string(t.val_every));
+  if (t.checkpoint_every < 0)
+    throw anvil::InputError("--checkpoint-every: must be >= 0, got " + std::to_string(t.checkpoint_every));
+  if (t.checkpoint_every > 0 && t.checkpoint.empty()) throw anvil::InputError("--checkpoint-every needs --checkpoint");
+  if (t.data.empty() && (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || t.checkpoint_every > 0 || t.keep_last))
+    throw anvil::InputError("--epochs, --val, --resume, --checkpoint-every and --keep-last need --data");
+  if (!(t.data_budget_mib >= 0)) throw anvil::InputError("--data-budget: must be >= 0 MiB");
+  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--save", t.save},
+                                   {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
+                                   {"--metrics", t.metrics}})
+    check_output_path(flag, path);
+
+  const anvil::Network net = load_network(f.network, t.batch);
   anvil::Options o = options_for(f, anvil::Mode::Train);
   o.input_grad = t.input_grad;
   anvil::Engine engine(net, o);
-  if (!t.weights.empty()) load_weights(engine, t.weights);
+  if (!t.weights.empty()) load_weights(engine, t.weights, t.strict);
+  std::optional<anvil::cli::MetricsWriter> metrics;
+  if (!t.metrics.empty()) metrics.emplace(t.metrics);
+
+  // The data: a dataset of minibatches, or (without --data) one batch from the seeded generator.
+  std::optional<anvil::Dataset> train_data, val_data;
+  std::optional<anvil::Trainer> trainer;
   if (!t.data.empty()) {
-    const anvil::TensorFile file = anvil::read_safetensors(t.data);
-    engine.set_input(anvil::require_tensor(file, t.data, "input", net.input_shape()));
-    engine.set_target(anvil::require_tensor(file, t.data, "target", net.output_shape()));
+    train_data.emplace(load_dataset(t.data, net));
+    if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
+    anvil::TrainOptions to;
+    to.steps = t.steps;
+    to.epochs = t.epochs;
+    to.log_every = t.log_every;
+    to.val_every = t.val_every;
+    to.checkpoint = t.checkpoint;
+    to.checkpoint_every = t.checkpoint_every;
+    anvil::DataOptions data;
+    data.shuffle = !t.no_shuffle;
+    data.keep_last = t.keep_last;
+    data.device_budget = static_cast<size_t>(t.data_budget_mib * (1 << 20));
+    trainer.emplace(engine, *train_data, val_data ? &*val_data : nullptr, to, data);
+    if (!t.resume.empty()) trainer->resume(t.resume);
   }
-  std::printf("training %s on %s: %lld steps, input %s, %s arena\n", net.name().c_str(),
-              anvil::to_string(engine.options().device), static_cast<long long>(t.steps),
-              anvil::to_string(net.input_shape()).c_str(), mib(engine.device_bytes()).c_str());
-  const auto start = std::chrono::steady_clock::now();
-  float loss = 0;
-  for (int64_t step = 1; step <= t.steps; ++step) {
-    loss = engine.train_step();
-    if (!std::isfinite(loss)) throw anvil::Error("loss became " + std::to_string(loss) + " at step " + std::to_string(step));
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double rate = step / elapsed;
-    std::printf("step %lld/%lld  loss %.6f  %.2f steps/s  ETA %.1f s\n", static_cast<long long>(step),
-                static_cast<long long>(t.steps), loss, rate, (t.steps - step) / rate);
-    std::fflush(stdout);
+  const int64_t total = trainer ? trainer->total_steps() : t.steps;
+  std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
+              anvil::to_string(engine.options().device), static_cast<long long>(total),
+              trainer ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
+              static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str(),
+              trainer ? (engine.data_on_device() ? ", data on the device" : ", data in host memory") : "");
+  if (trainer && trainer->position().step > 0)
+    std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
+                static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
+                static_cast<long long>(trainer->position().batch_in_epoch));
+  std::fflush(stdout);
+
+  anvil::cli::TrainReporter report(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
+  report.begin(total, trainer ? trainer->steps_per_epoch() : 0, net.input_shape()[0]);
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  if (trainer) {
+    anvil::Trainer::Callbacks callbacks;
+    callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, p.epoch, p.loss, p.lr); };
+    callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
+    trainer->run(callbacks, &stop_requested);
+  } else {
+    for (int64_t step = 1; step <= t.steps && !stop_requested.load(); ++step) {
+      engine.enqueue_train_step();
+      if (step == 1 || step % t.log_every == 0 || step == t.steps) {
+        const float loss = engine.last_loss();
+        if (!std::isfinite(loss)) throw anvil::Error("step " + std::to_string(step) + ": the loss became " + std::to_string(loss));
+        report.log(step, 0, loss, engine.learning_rate());
+      }
+    }
   }
-  if (!t.save.empty()) {
-    anvil::TensorFile out;
-    out.tensors = engine.parameters();
-    out.metadata["network"] = net.name();
-    out.metadata["steps"] = std::to_string(engine.steps_done());
-    anvil::write_safetensors(t.save, out);
-    std::printf("saved parameters to %s\n", t.save.c_str());
+  report.end();
+  if (stop_requested.load()) {
+    const int code = 128 + static_cast<int>(stop_signal);
+    if (trainer && !t.checkpoint.empty()) {
+      trainer->save_checkpoint(t.checkpoint);
+      std::printf("stopped by signal %d: checkpoint of step %lld written to %s\n", static_cast<int>(stop_signal),
+                  static_cast<long long>(trainer->position().step), t.checkpoint.c_str());
+    } else {
+      std::printf("stopped by signal %d at step %lld\n", static_cast<int>(stop_signal),
+                  static_cast<long long>(engine.steps_done()));
+    }
+    return code;
   }
-  if (!t.dump_grads.empty()) {
-    anvil::TensorFile out;
-    out.tensors = engine.gradients();
-    if (t.input_grad) out.tensors["grad.input"] = engine.input_gradient();
-    out.metadata["network"] = net.name();
-    out.metadata["step"] = std::to_string(engine.steps_done());
-    anvil::write_safetensors(t.dump_grads, out);
-    std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()),
-                t.dump_grads.c_str());
-  }
-  std::printf("final loss %.6f\n", loss);
+  if (trainer && !t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
+  if (!t.save.empty()) write_parameters(t.save, engine, net);
+  if (!t.dump_grads.empty()) write_gradients(t.dump_grads, engine, net, t.input_grad);
   return 0;
 }
 
+int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch, bool strict) {
+  if (batch != 0) check_positive("--batch", batch);
+  const anvil::Network net = load_network(f.network, batch);
+  anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
+  if (!weights.empty()) load_weights(engine, weights, strict);
+  const anvil::Dataset dataset = load_dataset(data, net);
+  const float loss = engine.evaluate(dataset);
+  std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()), data.c_str());
+  return 0;
+}
 
 struct BenchFlags {
   std::string mode = "train", json;
@@ -322,15 +429,44 @@ int main(int argc, char** argv) {
   run->add_option("--output", output, "write the tensor 'output' here (safetensors)");
 
   TrainFlags train_opts;
-  auto* train = app.add_subcommand("train", "train with SGD, showing loss, steps/s and ETA");
+  auto* train = app.add_subcommand("train", "train over a dataset or a generated batch, with a progress display");
   add_common(train, train_flags);
-  train->add_option("--steps", train_opts.steps, "number of SGD steps")->required();
+  train->add_option("--steps", train_opts.steps, "number of optimizer steps (or --epochs)");
+  train->add_option("--epochs", train_opts.epochs, "passes over --data (or --steps)");
+  train->add_option("--data", train_opts.data,
+                    "dataset: safetensors with 'input' [S, sample...] and 'target' [S, output...] (default: one "
+                    "generated batch)");
+  train->add_option("--val", train_opts.val, "validation dataset: its mean loss every --val-every steps and at the end");
+  train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)");
+  train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)");
+  train->add_flag("--no-shuffle", train_opts.no_shuffle, "take each epoch in file order (default: a seeded shuffle)");
+  train->add_flag("--keep-last", train_opts.keep_last,
+                  "also train on the last partial batch of each epoch (default: it is dropped)");
+  train->add_option("--data-budget", train_opts.data_budget_mib,
+                    "MiB of device memory the dataset may take (default: half the free memory)");
   train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
-  train->add_option("--data", train_opts.data, "safetensors file holding 'input' and 'target'");
+  train->add_flag("--strict", train_opts.strict, "refuse weights files with tensors the network does not use");
+  train->add_option("--checkpoint", train_opts.checkpoint,
+                    "checkpoint file, written at the end, every --checkpoint-every steps and on SIGINT/SIGTERM");
+  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps");
+  train->add_option("--resume", train_opts.resume, "continue from a checkpoint of this network");
+  train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)");
+  train->add_option("--metrics", train_opts.metrics, "append one JSON line per logged step to this file");
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
   train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
+
+  CommonFlags eval_flags;
+  std::string eval_weights, eval_data;
+  int64_t eval_batch = 0;
+  bool eval_strict = false;
+  auto* eval = app.add_subcommand("eval", "the mean loss over a dataset");
+  add_common(eval, eval_flags);
+  eval->add_option("--data", eval_data, "dataset (safetensors with 'input' and 'target')")->required();
+  eval->add_option("--weights", eval_weights, "parameters (safetensors, PyTorch names)");
+  eval->add_option("--batch", eval_batch, "batch size (default: the network's)");
+  eval->add_flag("--strict", eval_strict, "refuse weights files with tensors the network does not use");
 
   CommonFlags bench_flags;
   BenchFlags bench_opts;
@@ -355,6 +491,7 @@ int main(int argc, char** argv) {
     if (*info) return cmd_info(info_flags, info_mode);
     if (*run) return cmd_run(run_flags, weights, input, output);
     if (*train) return cmd_train(train_flags, train_opts);
+    if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval_strict);
     if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
   } catch (const anvil::InputError& e) {
     std::cerr << "anvil: error: " << e.what() << "\n";

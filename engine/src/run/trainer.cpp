@@ -49,14 +49,19 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       if (position_.step < total_steps_) engine_.start_epoch(position_.epoch);
     }
     const bool last = position_.step == total_steps_;
-    if (position_.step == 1 || position_.step % options_.log_every == 0 || last) {
-      const float loss = engine_.last_loss();
-      if (!std::isfinite(loss))
-        throw Error("step " + std::to_string(position_.step) + ": the loss became " + std::to_string(loss));
-      if (callbacks.on_log) callbacks.on_log({position_.step, total_steps_, epoch, loss, engine_.learning_rate()});
+    const bool logged = position_.step == 1 || position_.step % options_.log_every == 0 || last;
+    // The loss is read before a validation overwrites it; the validation is reported first, so the
+    // step's log line carries it.
+    TrainProgress progress{position_.step, total_steps_, epoch, 0.f, 0.f};
+    if (logged) {
+      progress.loss = engine_.last_loss();
+      progress.lr = engine_.learning_rate();
+      if (!std::isfinite(progress.loss))
+        throw Error("step " + std::to_string(position_.step) + ": the loss became " + std::to_string(progress.loss));
     }
     if (validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
       validate(callbacks);
+    if (logged && callbacks.on_log) callbacks.on_log(progress);
     if (options_.checkpoint_every > 0 && position_.step % options_.checkpoint_every == 0) {
       save_checkpoint(options_.checkpoint);
       if (callbacks.on_checkpoint) callbacks.on_checkpoint(position_.step);
