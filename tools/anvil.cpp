@@ -103,6 +103,19 @@ void load_weights(anvil::Engine& engine, const std::string& path, bool strict) {
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
 
+// --data-budget in MiB: negative (the flag's default) leaves the engine's default, half the free device memory.
+std::optional<size_t> data_budget(double mib) {
+  if (std::isnan(mib) || mib > 1e12) throw anvil::InputError("--data-budget: must be a number of MiB, got " + std::to_string(mib));
+  if (mib < 0) return std::nullopt;
+  return static_cast<size_t>(mib * (1 << 20));
+}
+
+const char* where_the_data_is(const anvil::Engine& engine) {
+  if (engine.options().device == Device::Cpu) return "in host memory (the CPU backend)";
+  return engine.data_on_device() ? "on the device: each step gathers its batch inside the captured graph"
+                                 : "in host memory: each batch is gathered there and copied before its step";
+}
+
 anvil::Dataset load_dataset(const std::string& path, const anvil::Network& net) {
   return anvil::Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
 }
@@ -189,7 +202,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
 
 struct TrainFlags {
   int64_t steps = 0, epochs = 0, batch = 0, log_every = 10, val_every = 0, checkpoint_every = 0;
-  double data_budget_mib = 0;
+  double data_budget_mib = -1;  // negative: the default (half the free device memory)
   std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
   bool input_grad = false, no_shuffle = false, keep_last = false, strict = false;
 };
@@ -238,7 +251,6 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (t.checkpoint_every > 0 && t.checkpoint.empty()) throw anvil::InputError("--checkpoint-every needs --checkpoint");
   if (t.data.empty() && (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || t.checkpoint_every > 0 || t.keep_last))
     throw anvil::InputError("--epochs, --val, --resume, --checkpoint-every and --keep-last need --data");
-  if (!(t.data_budget_mib >= 0)) throw anvil::InputError("--data-budget: must be >= 0 MiB");
   for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--save", t.save},
                                    {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
                                    {"--metrics", t.metrics}})
@@ -268,16 +280,17 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     anvil::DataOptions data;
     data.shuffle = !t.no_shuffle;
     data.keep_last = t.keep_last;
-    data.device_budget = static_cast<size_t>(t.data_budget_mib * (1 << 20));
+    data.device_budget = data_budget(t.data_budget_mib);
     trainer.emplace(engine, *train_data, val_data ? &*val_data : nullptr, to, data);
     if (!t.resume.empty()) trainer->resume(t.resume);
   }
   const int64_t total = trainer ? trainer->total_steps() : t.steps;
-  std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
+  std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena\n", net.name().c_str(),
               anvil::to_string(engine.options().device), static_cast<long long>(total),
               trainer ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
-              static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str(),
-              trainer ? (engine.data_on_device() ? ", data on the device" : ", data in host memory") : "");
+              static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str());
+  if (trainer) std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
+                           where_the_data_is(engine));
   if (trainer && trainer->position().step > 0)
     std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
                 static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
@@ -334,8 +347,9 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
 }
 
 struct BenchFlags {
-  std::string mode = "train", json;
+  std::string mode = "train", json, data;
   int iters = 50, warmup = 10;
+  double data_budget_mib = -1;  // negative: the default (half the free device memory)
 };
 
 double percentile(std::vector<double> sorted, double q) {
@@ -361,19 +375,37 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
               anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
               b.mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
+  if (!b.data.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
   const size_t used_before = cuda ? anvil::device_memory_used() : 0;
   anvil::Engine engine(net, o);
+  // With --data, each step takes its minibatch from the dataset, as `anvil train --data` does.
+  std::optional<anvil::Dataset> data;
+  if (!b.data.empty()) {
+    data.emplace(load_dataset(b.data, net));
+    anvil::DataOptions options;
+    options.device_budget = data_budget(b.data_budget_mib);
+    engine.attach_data(*data, options);
+    std::printf("data: %s, %lld samples, %s\n", b.data.c_str(), static_cast<long long>(data->size()),
+                where_the_data_is(engine));
+  }
   const size_t used = cuda ? anvil::device_memory_used() - used_before : engine.device_bytes();
 
+  int64_t epoch = 0, batch_in_epoch = 0;
+  auto next_epoch_if_done = [&] {  // outside the timed work: one upload of the order per epoch
+    if (data && batch_in_epoch == engine.batches_per_epoch()) engine.start_epoch(++epoch), batch_in_epoch = 0;
+  };
   auto work = [&] {
     if (forward) engine.enqueue_forward();
     else if (b.mode == "fwdbwd") engine.enqueue_gradients();
-    else engine.enqueue_train_step();
+    else engine.enqueue_train_step(), ++batch_in_epoch;
   };
-  for (int i = 0; i < b.warmup; ++i) work();
+  for (int i = 0; i < b.warmup; ++i) next_epoch_if_done(), work();
   engine.synchronize();
   std::vector<double> ms;
-  for (int i = 0; i < b.iters; ++i) ms.push_back(engine.time_ms(work));
+  for (int i = 0; i < b.iters; ++i) {
+    next_epoch_if_done();
+    ms.push_back(engine.time_ms(work));
+  }
   std::vector<double> sorted = ms;
   std::sort(sorted.begin(), sorted.end());
   double mean = 0;
@@ -397,7 +429,8 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
                         {"ms", {{"min", sorted.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
                                 {"max", sorted.back()}}},
                         {"samples_per_s", batch / (median / 1e3)}, {"arena_bytes", engine.device_bytes()},
-                        {"device_bytes_used", used}, {"result", "PASSED"}};
+                        {"device_bytes_used", used}, {"data", b.data},
+                        {"data_on_device", engine.data_on_device()}, {"result", "PASSED"}};
     for (const auto& l : layers)
       j["layers"].push_back({{"name", l.layer}, {"forward_ms", l.forward_ms}, {"backward_ms", l.backward_ms}});
     const std::string tmp = b.json + ".tmp";
@@ -478,6 +511,9 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)");
   bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
   bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
+  bench->add_option("--data", bench_opts.data, "train steps take their batches from this dataset (--mode train)");
+  bench->add_option("--data-budget", bench_opts.data_budget_mib,
+                    "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)");
 
   std::string command_line = "anvil";
   for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];

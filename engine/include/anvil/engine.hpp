@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,9 +57,9 @@ struct TrainPosition {
 struct DataOptions {
   bool shuffle = true;     // each epoch in epoch_order(seed of the network, epoch)
   bool keep_last = false;  // run the last partial batch (padded; the loss averages its real samples only)
-  // CUDA: the most device memory the dataset may take to live on the device; 0: half of the free memory.
-  // A dataset over it stays in host memory and each batch is copied before its step.
-  size_t device_budget = 0;
+  // CUDA: the most device memory the dataset may take to live on the device (none: half of the free
+  // memory). A dataset over it stays in pinned host memory and each batch is copied before its step.
+  std::optional<size_t> device_budget;
 };
 
 struct LayerTiming {

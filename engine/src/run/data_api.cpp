@@ -19,15 +19,16 @@ void check_shapes(const Dataset& data, const Network& net) {
                      to_string(target));
 }
 
-size_t device_budget([[maybe_unused]] const DataOptions& options, [[maybe_unused]] bool cuda) {
+size_t device_budget(const DataOptions& options, [[maybe_unused]] bool cuda) {
+  if (options.device_budget) return *options.device_budget;
 #if ANVIL_WITH_CUDA
-  if (cuda && options.device_budget == 0) {
+  if (cuda) {
     size_t free_bytes = 0, total = 0;
     ANVIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
     return free_bytes / 2;
   }
 #endif
-  return options.device_budget;
+  return 0;
 }
 
 }  // namespace
