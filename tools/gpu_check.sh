@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine in one go: build, every test with GPU tests required
-# (a skip fails), compute-sanitizer memcheck on the GPU tests, then benchmarks.
+# (a skip fails), compute-sanitizer memcheck on the GPU tests, then the dataset
+# benchmark (tools/bench_data.sh). tools/bench_vs_torch.py is the separate
+# comparison with PyTorch.
 # Prints a short summary last. Logs go to $OUT (or /tmp/anvil-gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,14 @@ else
   mc_rc=0
 fi
 
-if [ -x tools/bench_gpu.sh ]; then tools/bench_gpu.sh "$out" 2>&1 | tail -40; fi
+# What training from a dataset costs: resident on the device against host memory (tools/bench_data.sh).
+if tools/bench_data.sh "$out" >"$out/bench_data.out" 2>&1; then
+  tail -3 "$out/bench_data.out"
+  summary+=("data: $(tail -2 "$out/bench_data.out" | tr -s ' ' | paste -sd ';')")
+else
+  tail -5 "$out/bench_data.out"
+  summary+=("data: tools/bench_data.sh FAILED")
+fi
 
 echo
 echo "SUMMARY"
