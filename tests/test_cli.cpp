@@ -94,9 +94,10 @@ class Cli : public ::testing::Test {
   std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
   // Runs the CLI with `args` (already quoted where needed), capturing stdout and stderr separately.
-  CliResult run(const std::string& args) const {
+  // env: assignments for the child, e.g. "CUDA_VISIBLE_DEVICES=" (no GPU visible to it).
+  CliResult run(const std::string& args, const std::string& env = "") const {
     const std::string err_file = path(".stderr");
-    const std::string command = quote(ANVIL_CLI_PATH) + " " + args + " 2>" + quote(err_file);
+    const std::string command = env + " " + quote(ANVIL_CLI_PATH) + " " + args + " 2>" + quote(err_file);
     CliResult r;
     std::FILE* pipe = ::popen(command.c_str(), "r");
     if (!pipe) {
@@ -488,15 +489,16 @@ TEST_F(Cli, StepsMustBePositive) {
   }
 }
 
+// The child sees no GPU (CUDA_VISIBLE_DEVICES empty), so this runs on the GPU machine too.
 TEST_F(Cli, CudaWithoutAGpuIsBadInput) {
-  if (anvil::cuda_available()) GTEST_SKIP() << "a CUDA device is present, so --device cuda works here";
+  const std::string no_gpu = "CUDA_VISIBLE_DEVICES=";
   for (const char* sub : {"info", "run"}) {
-    const CliResult r = run(std::string(sub) + " " + quote(kSmall) + " --device cuda");
+    const CliResult r = run(std::string(sub) + " " + quote(kSmall) + " --device cuda", no_gpu);
     EXPECT_EQ(r.status, 2) << describe(r);
     EXPECT_EQ(r.err, ANVIL_WITH_CUDA ? "anvil: error: --device cuda: no CUDA device is available on this machine\n"
                                      : "anvil: error: anvil was built without CUDA (ANVIL_WITH_CUDA=OFF); use --device cpu\n");
   }
-  const CliResult t = run("train " + quote(kSmall) + " --device cuda --steps 1");
+  const CliResult t = run("train " + quote(kSmall) + " --device cuda --steps 1", no_gpu);
   EXPECT_EQ(t.status, 2) << describe(t);
   EXPECT_EQ(step_lines(t.out).size(), 0u);
 }
