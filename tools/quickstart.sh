@@ -12,10 +12,10 @@ out=build/quickstart
 mkdir -p "$out"
 rm -f "$out/metrics.jsonl"  # --metrics appends: start this run's file afresh
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  build/anvil train examples/kernelbench74.json --device cuda --steps 50 --metrics "$out/metrics.jsonl"
+  build/anvil train examples/kernelbench74.json --device cuda --steps 50 --log-every 1 --metrics "$out/metrics.jsonl"
 else
   echo "quickstart: no GPU found: training the reduced-size network on the CPU reference backend"
-  build/anvil train examples/kernelbench74_cpu.json --device cpu --steps 50 --metrics "$out/metrics.jsonl"
+  build/anvil train examples/kernelbench74_cpu.json --device cpu --steps 50 --log-every 1 --metrics "$out/metrics.jsonl"
 fi
 python3 tools/plot_metrics.py "$out/metrics.jsonl" -o "$out/loss.png" >/dev/null
 echo "quickstart: metrics in $out/metrics.jsonl, loss and learning-rate plot in $(pwd)/$out/loss.png"
