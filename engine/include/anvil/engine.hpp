@@ -32,6 +32,7 @@ std::string cudnn_version();      // of the loaded cuDNN library, e.g. "9.14.0"
 size_t device_memory_used();      // bytes in use on the current device (all processes)
 
 enum class Mode { Forward, Train };  // what the memory plan must cover
+enum class Memory { Host, Device };   // where a caller's buffer lives (Device: CUDA engines only)
 
 struct Options {
   Device device = cuda_available() ? Device::Cuda : Device::Cpu;
@@ -83,8 +84,15 @@ class Engine {
   // seeded generator fills "input" and "target" at build time.
   void set_input(const HostTensor& x);
   void set_target(const HostTensor& t);
+  // The same from a caller's buffer of `shape`, in host or (CUDA) device memory; a device
+  // buffer is copied on the engine's stream, so it may be reused once the next step is enqueued.
+  void set_input(const float* data, const Shape& shape, Memory where = Memory::Host);
+  void set_target(const float* data, const Shape& shape, Memory where = Memory::Host);
 
   HostTensor forward();  // runs the forward pass and returns the output
+  // Runs the forward pass into a caller's buffer of `count` floats (the output's size), with no
+  // allocation: a host buffer is filled when this returns; a device buffer once synchronize() returns.
+  void forward_into(float* out, size_t count, Memory where = Memory::Host);
   float train_step();    // forward, loss, backward, optimizer; returns the loss of this step
 
   // Training from a dataset (anvil/dataset.hpp), which must outlive the engine:

@@ -73,6 +73,10 @@ void CudaContext::copy_to_device(void* dst, const void* src, size_t bytes) {
   ANVIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
 }
 
+void CudaContext::copy_on_device(void* dst, const void* src, size_t bytes) {
+  ANVIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaContext::copy_to_host(void* dst, const void* src, size_t bytes) {
   ANVIL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   synchronize();

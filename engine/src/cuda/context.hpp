@@ -28,6 +28,7 @@ class CudaContext {
   void synchronize();
   void copy_to_device(void* dst, const void* src, size_t bytes);    // async on the stream
   void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronises
+  void copy_on_device(void* dst, const void* src, size_t bytes);    // device to device, async on the stream
 
   using Counters = Engine::DeviceCounters;
   const Counters& counters() const { return counters_; }

@@ -50,25 +50,61 @@ void Engine::Impl::write_slab(float* slab, const std::map<std::string, HostTenso
   }
 }
 
-void Engine::set_input(const HostTensor& x) {
-  require_arena();
-  const Shape& want = impl_->graph->tensors[0].shape;
-  if (x.shape != want) throw InputError("input has shape " + to_string(x.shape) + ", the network expects " + to_string(want));
-  impl_->upload(impl_->input, x.data.data(), x.data.size());
+namespace {
+
+void check_buffer(const char* what, const float* data, const Shape& shape, const Shape& want, Memory where,
+                  bool cuda) {
+  if (shape != want)
+    throw InputError(std::string(what) + " has shape " + to_string(shape) + ", the network " +
+                     (std::string(what) == "target" ? "outputs " : "expects ") + to_string(want));
+  if (data == nullptr) throw InputError(std::string(what) + ": null buffer");
+  if (where == Memory::Device && !cuda) throw InputError(std::string(what) + ": a device buffer needs a CUDA engine");
 }
 
-void Engine::set_target(const HostTensor& t) {
+}  // namespace
+
+void Engine::Impl::copy_in(float* dst, const float* src, size_t count, Memory where) {
+#if ANVIL_WITH_CUDA
+  if (where == Memory::Device) return ctx->copy_on_device(dst, src, count * sizeof(float));
+#endif
+  (void)where;
+  upload(dst, src, count);
+}
+
+void Engine::set_input(const float* data, const Shape& shape, Memory where) {
+  require_arena();
+  check_buffer("input", data, shape, impl_->graph->tensors[0].shape, where, impl_->cuda());
+  impl_->copy_in(impl_->input, data, static_cast<size_t>(numel(shape)), where);
+}
+
+void Engine::set_target(const float* data, const Shape& shape, Memory where) {
   require_arena();
   if (!impl_->training()) throw Error("set_target needs an engine built for training (Mode::Train)");
-  const Shape& want = impl_->graph->tensors[impl_->graph->output].shape;
-  if (t.shape != want) throw InputError("target has shape " + to_string(t.shape) + ", the network output is " + to_string(want));
-  impl_->upload(impl_->target, t.data.data(), t.data.size());
+  check_buffer("target", data, shape, impl_->graph->tensors[impl_->graph->output].shape, where, impl_->cuda());
+  impl_->copy_in(impl_->target, data, static_cast<size_t>(numel(shape)), where);
+}
+
+void Engine::set_input(const HostTensor& x) { set_input(x.data.data(), x.shape); }
+
+void Engine::set_target(const HostTensor& t) { set_target(t.data.data(), t.shape); }
+
+void Engine::forward_into(float* out, size_t count, Memory where) {
+  const auto want = static_cast<size_t>(impl_->output_count());
+  if (count != want)
+    throw InputError("forward_into: the buffer holds " + std::to_string(count) + " floats, the output has " +
+                     std::to_string(want));
+  if (out == nullptr) throw InputError("forward_into: null buffer");
+  if (where == Memory::Device && !impl_->cuda()) throw InputError("forward_into: a device buffer needs a CUDA engine");
+  enqueue_forward();
+#if ANVIL_WITH_CUDA
+  if (where == Memory::Device) return impl_->ctx->copy_on_device(out, impl_->output, count * sizeof(float));
+#endif
+  impl_->download(out, impl_->output, count);
 }
 
 HostTensor Engine::forward() {
-  enqueue_forward();
   HostTensor y(impl_->graph->tensors[impl_->graph->output].shape);
-  impl_->download(y.data.data(), impl_->output, y.data.size());
+  forward_into(y.data.data(), y.data.size());
   return y;
 }
 
