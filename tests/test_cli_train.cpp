@@ -823,4 +823,53 @@ TEST_F(CliTrain, AnExtraTensorInTheWeightsIsListedOrWithStrictRefused) {
   EXPECT_EQ(eval({"--data", kVal, "--weights", w, "--strict"}).status, 0);
 }
 
+// ------------------------------------------------------------------ known CLI bugs
+// Each reproduces a bug found while writing these tests (tools/anvil.cpp is not changed
+// here); enable it with the fix.
+
+// `--batch 0` is taken as "the network's batch" (cmd_train and cmd_eval check the value only
+// when it is not 0), so it trains and evaluates at batch 32 and exits 0.
+TEST_F(CliTrain, DISABLED_BatchZeroIsBadInput) {
+  expect_bad_input(train({"--data", kTrain, "--batch", "0", "--epochs", "1"}),
+                   "--batch: must be a positive integer, got 0");
+  expect_bad_input(eval({"--data", kTrain, "--batch", "0"}), "--batch: must be a positive integer, got 0");
+}
+
+// The display counts epochs from 0 ("step 1/16  epoch 0/2" ... "step 16/16  epoch 1/2"):
+// the Trainer's TrainProgress::epoch is 0-based and the CLI passes it to TrainReporter::log,
+// whose display (and tests/test_train_report.cpp, tests/helpers/train_report_demo.cpp)
+// counts from 1 ("epoch 1/10" for the first epoch).
+TEST_F(CliTrain, DISABLED_TheEpochShownCountsFromOne) {
+  const Finished r = train({"--data", kTrain, "--epochs", "2", "--log-every", "8"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const std::vector<std::string> lines = lines_of(r.out);
+  ASSERT_GE(lines.size(), 4u) << r.out;
+  EXPECT_TRUE(starts_with(lines[1], "step 1/16  epoch 1/2  ")) << lines[1];
+  EXPECT_TRUE(starts_with(lines[2], "step 8/16  epoch 1/2  ")) << lines[2];
+  EXPECT_TRUE(starts_with(lines[3], "step 16/16  epoch 2/2  ")) << lines[3];
+}
+
+// A resumed run reports the steps of the run it resumed as its own: resumed at step 600
+// and trained to 610, it prints "trained 610 steps", and its first steps/s and the summary's
+// throughput divide all 610 steps by the resumed run's time (TrainReporter::begin starts
+// last_step_ at 0, not at the resumed step).
+TEST_F(CliTrain, DISABLED_AResumedRunCountsOnlyItsOwnSteps) {
+  const std::string c = path("c.safetensors");
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "600", "--log-every", "600", "--checkpoint", c}).status, 0);
+  const Finished r = train({"--data", kTrain, "--steps", "610", "--log-every", "5", "--resume", c});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "\ntrained 10 steps in ");
+}
+
+// --checkpoint without --data is accepted and ignored: exit 0 and no file (the check that
+// refuses --epochs, --val, --resume, --checkpoint-every and --keep-last without --data
+// leaves --checkpoint out). Either refusing it, as here, or writing the file would do.
+TEST_F(CliTrain, DISABLED_CheckpointWithoutDataIsBadInput) {
+  const std::string c = path("c.safetensors");
+  const Finished r = train({"--steps", "3", "--checkpoint", c});
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.err, "--checkpoint");
+  EXPECT_FALSE(fs::exists(c));
+}
+
 }  // namespace
