@@ -1,0 +1,875 @@
+// Tests of `anvil train` over a dataset and of `anvil eval` (tools/anvil.cpp),
+// run as separate processes on the CPU: what they print on a terminal and on a
+// pipe, the metrics file, checkpoints and resume, signals, bad datasets and
+// flags, the evaluated loss against one computed here, and --strict.
+//
+// Every run uses tests/data/dataset_epochs.json (batch 32, input (2, 6, 6),
+// output (3, 3, 3)) and its datasets: 256 training samples (8 steps an epoch)
+// and 64 validation samples, or small files written here.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "anvil/dataset.hpp"
+#include "anvil/engine.hpp"
+#include "anvil/error.hpp"
+#include "anvil/network.hpp"
+#include "anvil/safetensors.hpp"
+#include "tests/terminal_run.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using anvil::HostTensor;
+using anvil::Shape;
+using anvil::TensorFile;
+
+const std::string kCli = ANVIL_CLI_PATH;
+const std::string kData = ANVIL_TEST_DATA_DIR;
+const std::string kNet = kData + "/dataset_epochs.json";
+const std::string kTrain = kData + "/dataset_epochs_train.safetensors";
+const std::string kVal = kData + "/dataset_epochs_val.safetensors";
+
+// ------------------------------------------------------------------ processes
+
+struct Finished {
+  int status = -1;  // exit code; -1 when the process did not exit normally
+  int signal = 0;   // the signal that ended it, if one did
+  bool timed_out = false;
+  std::string out, err;
+};
+
+// A child process with stdout and stderr on two pipes. The destructor kills
+// (SIGKILL) and reaps a child still running, so a failed test leaves nothing behind.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& argv) {
+    int out[2], err[2];
+    if (::pipe(out) != 0 || ::pipe(err) != 0) return;
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    std::fflush(nullptr);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(out[1], STDOUT_FILENO);
+      ::dup2(err[1], STDERR_FILENO);
+      for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
+      ::execv(args[0], args.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    ::close(err[1]);
+    out_fd_ = out[0];
+    err_fd_ = err[0];
+    if (pid_ < 0) close_pipes();
+  }
+  ~Child() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    close_pipes();
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  const std::string& out() const { return out_; }
+
+  // Reads until stdout contains `part` (true), or the pipes close or the time is up (false).
+  bool wait_for_output(const std::string& part, double timeout_s) {
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
+    while (out_.find(part) == std::string::npos) {
+      if (!pump(deadline)) return out_.find(part) != std::string::npos;
+    }
+    return true;
+  }
+
+  void send(int sig) const { ::kill(pid_, sig); }
+
+  // Reads to the end and reaps the child; SIGKILLs it when it runs past the time.
+  Finished finish(double timeout_s) {
+    Finished r;
+    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
+    while (pump(deadline)) {
+    }
+    if (out_fd_ >= 0 || err_fd_ >= 0) {  // the time is up
+      r.timed_out = true;
+      ::kill(pid_, SIGKILL);
+      while (pump(clock::now() + std::chrono::seconds(5))) {
+      }
+    }
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+    if (WIFEXITED(status)) r.status = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+    r.out = out_;
+    r.err = err_;
+    close_pipes();
+    return r;
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+
+  // One poll over the open pipes; false when both are closed or the deadline has passed.
+  bool pump(clock::time_point deadline) {
+    if (out_fd_ < 0 && err_fd_ < 0) return false;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
+    if (left <= 0) return false;
+    pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
+    const int ready = ::poll(fds, 2, static_cast<int>(left));
+    if (ready < 0 && errno == EINTR) return true;
+    if (ready <= 0) return ready == 0;  // 0: the deadline check above ends it
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      int& fd = i == 0 ? out_fd_ : err_fd_;
+      if (n <= 0) {
+        ::close(fd);
+        fd = -1;
+        continue;
+      }
+      (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  }
+  void close_pipes() {
+    for (int* fd : {&out_fd_, &err_fd_})
+      if (*fd >= 0) {
+        ::close(*fd);
+        *fd = -1;
+      }
+  }
+
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int out_fd_ = -1, err_fd_ = -1;
+  std::string out_, err_;
+};
+
+std::string describe(const Finished& r) {
+  return "exit " + std::to_string(r.status) + (r.signal ? " (signal " + std::to_string(r.signal) + ")" : "") +
+         (r.timed_out ? " (timed out)" : "") + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
+}
+
+// ------------------------------------------------------------------ text
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  std::istringstream in(text);
+  for (std::string part; std::getline(in, part, sep);) parts.push_back(part);
+  return parts;
+}
+
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+  for (size_t at = 0; (at = text.find(from, at)) != std::string::npos; at += to.size()) text.replace(at, from.size(), to);
+  return text;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
+                                    const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
+                                       << "\n  part: " << part;
+}
+
+// The number after `key ` in a line of fields ("loss 0.123  smoothed ..."), or NaN.
+double field(const std::string& line, const std::string& key) {
+  std::smatch m;
+  if (!std::regex_search(line, m, std::regex("(^|  )" + key + " ([^ ]+)"))) return std::nan("");
+  return std::strtod(m[2].str().c_str(), nullptr);
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+bool close_rel(double got, double want, double rtol) {
+  return std::fabs(got - want) <= rtol * std::max(std::fabs(want), 1e-30);
+}
+
+// ------------------------------------------------------------------ fixture
+
+class CliTrain : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "anvil_cli_train_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory";
+    dir_ = pattern;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  std::string path(const std::string& name) const { return dir_ + "/" + name; }
+
+  // `anvil ARGS...` to the end (60 s at most: a hang is a failure, not a stuck test run).
+  static Finished run(const std::vector<std::string>& args, double timeout_s = 60) {
+    std::vector<std::string> argv{kCli};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Child child(argv);
+    if (!child.started()) {
+      ADD_FAILURE() << "cannot start " << kCli;
+      return {};
+    }
+    return child.finish(timeout_s);
+  }
+
+  // `anvil train NET --device cpu ARGS...`
+  static Finished train(const std::vector<std::string>& args, const std::string& net = kNet) {
+    std::vector<std::string> a{"train", net, "--device", "cpu"};
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a);
+  }
+  static Finished eval(const std::vector<std::string>& args, const std::string& net = kNet) {
+    std::vector<std::string> a{"eval", net, "--device", "cpu"};
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a);
+  }
+
+  // A dataset of these shapes (values from a fixed generator), leaving out 'target' when asked.
+  std::string write_dataset(const std::string& name, const Shape& input, const Shape& target,
+                            bool with_target = true) const {
+    std::mt19937 gen(7);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    TensorFile file;
+    HostTensor x(input), y(target);
+    for (float& v : x.data) v = u(gen);
+    for (float& v : y.data) v = u(gen);
+    file.tensors["input"] = x;
+    if (with_target) file.tensors["target"] = y;
+    const std::string p = path(name);
+    anvil::write_safetensors(p, file);
+    return p;
+  }
+
+  // dataset_epochs.json with `edit` applied, written into the temporary directory.
+  std::string network_with(const std::string& name, const std::function<void(nlohmann::json&)>& edit) const {
+    nlohmann::json j = nlohmann::json::parse(read_bytes(kNet));
+    edit(j);
+    const std::string p = path(name);
+    write_bytes(p, j.dump(2));
+    return p;
+  }
+
+  // The parameters after `steps` steps over the training set.
+  std::string trained_weights(const std::string& name, int steps) const {
+    const std::string p = path(name);
+    const Finished r = train({"--data", kTrain, "--steps", std::to_string(steps), "--save", p});
+    EXPECT_EQ(r.status, 0) << describe(r);
+    return p;
+  }
+
+  // Exit 2 with exactly one line on stderr, "anvil: error: <message>", and nothing on stdout.
+  static void expect_bad_input(const Finished& r, const std::string& message) {
+    EXPECT_EQ(r.status, 2) << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << describe(r);
+    EXPECT_EQ(r.out, "") << describe(r);
+  }
+
+  std::string dir_;
+};
+
+// ------------------------------------------------------------------ 1. terminal and pipe
+
+// On a pseudo-terminal the progress is one line redrawn in place: "\r", erase-line, the
+// fields, and no newline until the summary.
+TEST_F(CliTrain, OnATerminalRedrawsOneLineThenTheSummary) {
+  const anvil::testing::ChildOutput r = anvil::testing::run_child(
+      {kCli, "train", kNet, "--device", "cpu", "--data", kTrain, "--epochs", "1", "--log-every", "2"},
+      /*terminal=*/true, /*columns=*/200, /*timeout_s=*/60);
+  ASSERT_FALSE(r.timed_out) << r.out;
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string text = replace_all(r.out, "\r\n", "\n");  // the terminal's own translation
+  const std::vector<std::string> lines = lines_of(text);
+  ASSERT_EQ(lines.size(), 5u) << text;  // the header, the progress line, three summary lines
+  EXPECT_TRUE(starts_with(lines[0], "training dataset_epochs on cpu: 8 steps (8 per epoch), batch 32, ")) << lines[0];
+
+  const std::vector<std::string> draws = split(lines[1], '\r');
+  ASSERT_EQ(draws.size(), 6u) << lines[1];  // "" then the logged steps 1, 2, 4, 6, 8
+  EXPECT_EQ(draws[0], "");
+  const char* steps[] = {"step 1/8  ", "step 2/8  ", "step 4/8  ", "step 6/8  ", "step 8/8  "};
+  for (size_t i = 1; i < draws.size(); ++i) {
+    EXPECT_TRUE(starts_with(draws[i], std::string("\x1b[2K") + steps[i - 1])) << draws[i];
+    EXPECT_LE(draws[i].size() - 4, 199u) << draws[i];
+    EXPECT_PRED_FORMAT2(Contains, draws[i], "  smoothed ");
+    EXPECT_PRED_FORMAT2(Contains, draws[i], "  ETA ");
+  }
+  EXPECT_PRED_FORMAT2(Contains, draws.back(), "ETA 0.0s");
+  EXPECT_TRUE(starts_with(lines[2], "trained 8 steps in ")) << lines[2];
+  EXPECT_TRUE(starts_with(lines[3], "loss: first ")) << lines[3];
+  EXPECT_TRUE(starts_with(lines[4], "throughput: ")) << lines[4];
+  EXPECT_EQ(text.find("best validation"), std::string::npos) << text;  // no --val
+}
+
+// On a pipe every logged step is one plain line, then the summary; with --val the last
+// line carries the validation loss and the summary its best.
+TEST_F(CliTrain, OnAPipePrintsOnePlainLinePerLoggedStepThenTheSummary) {
+  const Finished r = train({"--data", kTrain, "--val", kVal, "--epochs", "1", "--log-every", "2"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_EQ(r.err, "");
+  EXPECT_EQ(r.out.find('\r'), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find('\x1b'), std::string::npos) << r.out;
+  const std::vector<std::string> lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 1u + 5u + 4u) << r.out;
+  EXPECT_TRUE(starts_with(lines[0], "training dataset_epochs on cpu: 8 steps (8 per epoch), batch 32, ")) << lines[0];
+  EXPECT_PRED_FORMAT2(Contains, lines[0], "data in host memory");
+  const int steps[] = {1, 2, 4, 6, 8};
+  for (int i = 0; i < 5; ++i) {
+    const std::string& line = lines[1 + i];
+    EXPECT_TRUE(starts_with(line, "step " + std::to_string(steps[i]) + "/8  epoch ")) << line;
+    EXPECT_GT(field(line, "loss"), 0) << line;
+    EXPECT_PRED_FORMAT2(Contains, line, " steps/s  ");
+    EXPECT_PRED_FORMAT2(Contains, line, " samples/s  ETA ");
+    // Validation only at the end (no --val-every): only the last line shows it.
+    EXPECT_EQ(line.find("  val ") != std::string::npos, i == 4) << line;
+  }
+  EXPECT_TRUE(starts_with(lines[6], "trained 8 steps in ")) << lines[6];
+  // The summary's first and last loss are those of the first and last logged lines.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_match(lines[7], m, std::regex("loss: first ([^,]+), last ([^ ]+) \\(smoothed [^)]+\\)")))
+      << lines[7];
+  EXPECT_EQ(std::stod(m[1]), field(lines[1], "loss"));
+  EXPECT_EQ(std::stod(m[2]), field(lines[5], "loss"));
+  ASSERT_TRUE(std::regex_match(lines[8], m, std::regex("best validation loss: ([^ ]+) at step 8"))) << lines[8];
+  EXPECT_EQ(std::stod(m[1]), field(lines[5], "val"));
+  EXPECT_TRUE(std::regex_match(lines[9], std::regex("throughput: [0-9.]+ steps/s, [0-9.]+ samples/s"))) << lines[9];
+}
+
+// ------------------------------------------------------------------ 2. metrics
+
+TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) {
+  // StepLR every 3 steps, halving: step k (1-based) uses 0.1 * 0.5^floor((k - 1) / 3).
+  const std::string net = network_with("scheduled.json", [](nlohmann::json& j) {
+    j["optimizer"]["lr_schedule"] = {{"type", "step"}, {"step_size", 3}, {"gamma", 0.5}};
+  });
+  const std::string metrics = path("metrics.jsonl"), params = path("params.safetensors");
+  const Finished r = train({"--data", kTrain, "--val", kVal, "--val-every", "5", "--epochs", "2", "--log-every", "3",
+                            "--metrics", metrics, "--save", params},
+                           net);
+  ASSERT_EQ(r.status, 0) << describe(r);
+
+  const std::vector<std::string> lines = lines_of(read_bytes(metrics));
+  // 16 steps, logged at 1, every 3 and the last; validated at 5, 10, 15 and the end.
+  const std::vector<int64_t> logged{1, 3, 6, 9, 12, 15, 16};
+  const std::vector<int64_t> val_step{-1, -1, 5, 5, 10, 15, 16};  // the latest validation; -1: none yet
+  ASSERT_EQ(lines.size(), logged.size()) << read_bytes(metrics);
+  const std::set<std::string> keys{"step", "epoch", "loss", "val_loss", "val_step", "lr", "elapsed_s"};
+  std::vector<nlohmann::json> records;
+  double elapsed = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    nlohmann::json j;
+    ASSERT_NO_THROW(j = nlohmann::json::parse(lines[i])) << lines[i];
+    records.push_back(j);
+    std::set<std::string> got;
+    for (auto it = j.begin(); it != j.end(); ++it) got.insert(it.key());
+    EXPECT_EQ(got, keys) << lines[i];
+    EXPECT_EQ(j.at("step").get<int64_t>(), logged[i]) << lines[i];
+    const int64_t step = logged[i];
+    ASSERT_TRUE(j.at("loss").is_number()) << lines[i];
+    EXPECT_GT(j.at("loss").get<double>(), 0) << lines[i];
+    const double want_lr = static_cast<float>(0.1 * std::pow(0.5, static_cast<double>((step - 1) / 3)));
+    EXPECT_TRUE(close_rel(j.at("lr").get<double>(), want_lr, 1e-6)) << lines[i] << "\n  want lr " << want_lr;
+    if (val_step[i] < 0) {
+      EXPECT_TRUE(j.at("val_loss").is_null()) << lines[i];
+      EXPECT_TRUE(j.at("val_step").is_null()) << lines[i];
+    } else {
+      ASSERT_TRUE(j.at("val_loss").is_number()) << lines[i];
+      EXPECT_GT(j.at("val_loss").get<double>(), 0) << lines[i];
+      EXPECT_EQ(j.at("val_step"), val_step[i]) << lines[i];
+    }
+    ASSERT_TRUE(j.at("elapsed_s").is_number()) << lines[i];
+    EXPECT_GE(j.at("elapsed_s").get<double>(), elapsed) << lines[i];
+    elapsed = j.at("elapsed_s").get<double>();
+    ASSERT_TRUE(j.at("epoch").is_number_integer()) << lines[i];
+  }
+  // The epoch is the same numbering throughout: one more in the second epoch (steps 9..16).
+  const int64_t first_epoch = records[0].at("epoch").get<int64_t>();
+  for (size_t i = 0; i < records.size(); ++i)
+    EXPECT_EQ(records[i].at("epoch").get<int64_t>(), first_epoch + (logged[i] - 1) / 8) << lines[i];
+  // Validations 15 and 16 differ (one more step), and the last is what eval says of the saved parameters.
+  EXPECT_NE(records[5].at("val_loss"), records[6].at("val_loss"));
+  const Finished e = eval({"--data", kVal, "--weights", params}, net);
+  ASSERT_EQ(e.status, 0) << describe(e);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(e.out, m, std::regex("^mean loss ([^ ]+) over 64 samples of "))) << e.out;
+  EXPECT_TRUE(close_rel(std::stod(m[1]), records[6].at("val_loss").get<double>(), 1e-6))
+      << e.out << lines.back();
+
+  // A second run appends to the same file and leaves the first run's lines as they were.
+  const std::string before = read_bytes(metrics);
+  const Finished again = train({"--data", kTrain, "--steps", "2", "--log-every", "3", "--metrics", metrics}, net);
+  ASSERT_EQ(again.status, 0) << describe(again);
+  const std::string after = read_bytes(metrics);
+  ASSERT_TRUE(starts_with(after, before)) << after;
+  const std::vector<std::string> added = lines_of(after.substr(before.size()));
+  ASSERT_EQ(added.size(), 2u) << after;  // steps 1 and 2 (the last)
+  for (size_t i = 0; i < added.size(); ++i) {
+    const nlohmann::json j = nlohmann::json::parse(added[i]);
+    EXPECT_EQ(j.at("step"), static_cast<int64_t>(i + 1)) << added[i];
+    EXPECT_TRUE(j.at("val_loss").is_null()) << added[i];  // no --val
+    EXPECT_TRUE(close_rel(j.at("lr").get<double>(), 0.1, 1e-6)) << added[i];
+  }
+}
+
+// ------------------------------------------------------------------ 3. checkpoints and resume
+
+TEST_F(CliTrain, ACheckpointAndAResumeGiveTheBitsOfStraightTraining) {
+  const std::string a = path("a.safetensors"), b = path("b.safetensors"), c = path("c.safetensors");
+  const Finished straight = train({"--data", kTrain, "--epochs", "2", "--save", a});
+  ASSERT_EQ(straight.status, 0) << describe(straight);
+
+  const Finished first = train({"--data", kTrain, "--steps", "11", "--checkpoint", c});
+  ASSERT_EQ(first.status, 0) << describe(first);
+  const TensorFile checkpoint = anvil::read_safetensors(c);
+  EXPECT_EQ(checkpoint.metadata.at("anvil.checkpoint"), "1");
+  EXPECT_EQ(checkpoint.metadata.at("step"), "11");
+  EXPECT_EQ(checkpoint.metadata.at("epoch"), "1");
+  EXPECT_EQ(checkpoint.metadata.at("batch_in_epoch"), "3");
+  EXPECT_EQ(checkpoint.metadata.at("network.name"), "dataset_epochs");
+
+  const Finished resumed = train({"--data", kTrain, "--epochs", "2", "--resume", c, "--save", b});
+  ASSERT_EQ(resumed.status, 0) << describe(resumed);
+  EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + c + " at step 11 (epoch 1, batch 3)\n");
+  EXPECT_PRED_FORMAT2(Contains, resumed.out, "step 16/16  ");
+
+  const TensorFile fa = anvil::read_safetensors(a), fb = anvil::read_safetensors(b);
+  ASSERT_EQ(fa.tensors.size(), fb.tensors.size());
+  ASSERT_FALSE(fa.tensors.empty());
+  for (const auto& [name, t] : fa.tensors) {
+    ASSERT_EQ(fb.tensors.count(name), 1u) << name;
+    const HostTensor& u = fb.tensors.at(name);
+    ASSERT_EQ(t.shape, u.shape) << name;
+    EXPECT_EQ(std::memcmp(t.data.data(), u.data.data(), t.data.size() * sizeof(float)), 0)
+        << name << " differs between 16 straight steps and 11 + 5 resumed";
+  }
+  EXPECT_EQ(fa.metadata.at("steps"), "16");
+  EXPECT_EQ(fb.metadata.at("steps"), "16");
+}
+
+TEST_F(CliTrain, ResumeRefusesACheckpointOfAnotherNetworkBatchOrAWeightsFile) {
+  const std::string other = network_with("other.json", [](nlohmann::json& j) {
+    j["name"] = "other";
+    j["layers"][1]["negative_slope"] = 0.3;
+  });
+  const std::string c = path("other.ckpt.safetensors");
+  const Finished w = train({"--data", kTrain, "--steps", "2", "--checkpoint", c}, other);
+  ASSERT_EQ(w.status, 0) << describe(w);
+
+  const Finished r = train({"--data", kTrain, "--epochs", "1", "--resume", c});
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_TRUE(starts_with(r.err, "anvil: error: " + c + ": the checkpoint is of another network ('other', hash "))
+      << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.err, "; this one is 'dataset_epochs', hash ");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.out, "");
+
+  // A checkpoint of this network at another batch size.
+  const std::string mine = path("mine.ckpt.safetensors");
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "1", "--checkpoint", mine}).status, 0);
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--batch", "16", "--resume", mine}),
+                   mine + ": the checkpoint was written at batch 32, this run's batch is 16");
+
+  // A file of parameters is not a checkpoint.
+  const std::string params = trained_weights("params.safetensors", 1);
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--resume", params}),
+                   params + ": not an anvil checkpoint (use --weights for a file of parameters)");
+}
+
+// ------------------------------------------------------------------ 4. signals
+
+class CliSignals : public CliTrain {
+ protected:
+  // A long run (800000 steps) with a checkpoint, started in the background.
+  std::vector<std::string> long_run(const std::string& checkpoint, const std::vector<std::string>& extra = {}) const {
+    std::vector<std::string> argv{kCli,     "train", kNet,          "--device", "cpu",       "--data", kTrain,
+                                  "--epochs", "100000", "--log-every", "1000",  "--checkpoint", checkpoint};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  }
+
+  // SIGINT or SIGTERM once it has logged step 1 (the handlers are installed by then): it
+  // finishes the step, writes the checkpoint and exits 128 + the signal.
+  void stop_with(int sig) {
+    const std::string sub = path("run" + std::to_string(sig));
+    fs::create_directories(sub);
+    const std::string c = sub + "/c.safetensors";
+    Child child(long_run(c));
+    ASSERT_TRUE(child.started());
+    ASSERT_TRUE(child.wait_for_output("\nstep 1/800000  ", 30)) << child.out();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // some steps past the first
+    child.send(sig);
+    const Finished r = child.finish(30);
+    ASSERT_FALSE(r.timed_out) << describe(r);
+    EXPECT_EQ(r.status, 128 + sig) << describe(r);
+    EXPECT_EQ(r.signal, 0) << describe(r);
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.out, m,
+                                  std::regex("stopped by signal " + std::to_string(sig) +
+                                             ": checkpoint of step ([0-9]+) written to ")))
+        << describe(r);
+    EXPECT_PRED_FORMAT2(Contains, r.out, "written to " + c + "\n");
+    const int64_t step = std::stoll(m[1]);
+    EXPECT_GE(step, 1);  // step 1 was logged before the signal
+    // The summary was printed before it stopped.
+    EXPECT_PRED_FORMAT2(Contains, r.out, "\ntrained ");
+
+    TensorFile file;
+    ASSERT_NO_THROW(file = anvil::read_safetensors(c));
+    EXPECT_EQ(file.metadata.at("anvil.checkpoint"), "1");
+    EXPECT_EQ(file.metadata.at("step"), std::to_string(step));
+    // Nothing but the checkpoint next to it (no temporary file).
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(sub)) names.push_back(e.path().filename().string());
+    EXPECT_EQ(names, std::vector<std::string>{"c.safetensors"});
+
+    // It resumes: one more epoch from where it stopped.
+    const Finished resumed = train({"--data", kTrain, "--epochs", std::to_string(step / 8 + 1), "--resume", c});
+    EXPECT_EQ(resumed.status, 0) << describe(resumed);
+    EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + c + " at step " + std::to_string(step) + " ");
+  }
+};
+
+TEST_F(CliSignals, SigintWritesTheCheckpointAndExits130) { stop_with(SIGINT); }
+
+TEST_F(CliSignals, SigtermWritesTheCheckpointAndExits143) { stop_with(SIGTERM); }
+
+// SIGKILL at random moments of runs that write the checkpoint after every step: the
+// file is either not there yet or a complete checkpoint, never a torn one (written to a
+// temporary file and renamed). A killed writer may leave its temporary file behind.
+TEST_F(CliSignals, SigkillNeverLeavesATornCheckpoint) {
+  const unsigned seed = std::random_device{}();
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> delay_ms(0, 200);
+  const int runs = 20;
+  int with_checkpoint = 0, with_temporary = 0;
+  const auto start = std::chrono::steady_clock::now();
+  for (int run = 0; run < runs; ++run) {
+    const std::string sub = path("kill" + std::to_string(run));
+    fs::create_directories(sub);
+    const std::string c = sub + "/c.safetensors";
+    const int delay = delay_ms(gen);
+    {
+      Child child(long_run(c, {"--checkpoint-every", "1"}));
+      ASSERT_TRUE(child.started());
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+      child.send(SIGKILL);
+      const Finished r = child.finish(30);
+      ASSERT_FALSE(r.timed_out) << describe(r);
+      ASSERT_EQ(r.signal, SIGKILL) << "run " << run << " ended before the kill: " << describe(r);
+    }
+    for (const auto& e : fs::directory_iterator(sub))
+      if (e.path().filename() != "c.safetensors") ++with_temporary;
+    if (!fs::exists(c)) continue;
+    ++with_checkpoint;
+    TensorFile file;
+    ASSERT_NO_THROW(file = anvil::read_safetensors(c)) << "run " << run << ", killed after " << delay << " ms";
+    ASSERT_EQ(file.metadata.count("step"), 1u) << "run " << run;
+    EXPECT_GT(std::stoll(file.metadata.at("step")), 0) << "run " << run;
+    EXPECT_EQ(file.metadata.at("anvil.checkpoint"), "1");
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("[ info     ] SIGKILL (seed %u): %d of %d runs had a checkpoint, %d temporary files left, %.1f s\n",
+              seed, with_checkpoint, runs, with_temporary, seconds);
+  RecordProperty("runs_with_checkpoint", with_checkpoint);
+}
+
+// ------------------------------------------------------------------ 5. bad datasets and flags
+
+// dataset_epochs: input (2, 6, 6), output (3, 3, 3), batch 32.
+TEST_F(CliTrain, ADatasetWithAnotherSampleShapeIsOneLineNamingFileAndTensor) {
+  const std::string d = write_dataset("shape.safetensors", {64, 2, 5, 5}, {64, 3, 3, 3});
+  expect_bad_input(train({"--data", d, "--epochs", "1"}),
+                   d + ": tensor 'input' has sample shape (2, 5, 5), the network takes (2, 6, 6)");
+  const std::string t = write_dataset("target.safetensors", {64, 2, 6, 6}, {64, 3, 2, 2});
+  expect_bad_input(train({"--data", t, "--epochs", "1"}),
+                   t + ": tensor 'target' has sample shape (3, 2, 2), the network outputs (3, 3, 3)");
+  // The validation set and eval's dataset are checked the same way, and named.
+  expect_bad_input(train({"--data", kTrain, "--val", d, "--epochs", "1"}),
+                   d + ": tensor 'input' has sample shape (2, 5, 5), the network takes (2, 6, 6)");
+  expect_bad_input(eval({"--data", t}),
+                   t + ": tensor 'target' has sample shape (3, 2, 2), the network outputs (3, 3, 3)");
+}
+
+TEST_F(CliTrain, ADatasetWithDifferentSampleCountsIsBadInput) {
+  const std::string d = write_dataset("counts.safetensors", {64, 2, 6, 6}, {60, 3, 3, 3});
+  expect_bad_input(train({"--data", d, "--epochs", "1"}), d + ": tensor 'input' holds 64 samples and 'target' 60");
+  expect_bad_input(eval({"--data", d}), d + ": tensor 'input' holds 64 samples and 'target' 60");
+}
+
+TEST_F(CliTrain, ADatasetSmallerThanOneBatchIsBadInputUnlessTheLastBatchIsKept) {
+  const std::string d = write_dataset("small.safetensors", {20, 2, 6, 6}, {20, 3, 3, 3});
+  expect_bad_input(train({"--data", d, "--epochs", "1"}), d + ": tensor 'input': fewer samples (20) than one batch (32)");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--batch", "257"}),
+                   kTrain + ": tensor 'input': fewer samples (256) than one batch (257)");
+  const Finished kept = train({"--data", d, "--epochs", "2", "--keep-last"});
+  EXPECT_EQ(kept.status, 0) << describe(kept);
+  EXPECT_PRED_FORMAT2(Contains, kept.out, ": 2 steps (1 per epoch), batch 32, ");
+}
+
+TEST_F(CliTrain, ADatasetWithAnIntegerInputIsBadInputNamingTheDtype) {
+  // write_safetensors writes F32 only: relabel 'input' (the header's first entry, keys sorted) as
+  // I32, the same width, so every offset stays valid.
+  const std::string d = write_dataset("i32.safetensors", {64, 2, 6, 6}, {64, 3, 3, 3});
+  std::string bytes = read_bytes(d);
+  const size_t at = bytes.find("\"F32\"");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_LT(at, bytes.find("\"target\""));
+  bytes.replace(at, 5, "\"I32\"");
+  write_bytes(d, bytes);
+  expect_bad_input(train({"--data", d, "--epochs", "1"}),
+                   d + ": tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
+  expect_bad_input(eval({"--data", d}), d + ": tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
+}
+
+TEST_F(CliTrain, ATruncatedDatasetIsBadInputNamingTheTensor) {
+  const std::string d = write_dataset("cut.safetensors", {64, 2, 6, 6}, {64, 3, 3, 3});
+  fs::resize_file(d, fs::file_size(d) - 8);  // 'target' comes last
+  const Finished r = train({"--data", d, "--epochs", "1"});
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_TRUE(starts_with(r.err, "anvil: error: " + d + ": tensor 'target': ")) << r.err;
+  EXPECT_PRED_FORMAT2(Contains, r.err, "out of range");
+}
+
+TEST_F(CliTrain, ADatasetWithoutATargetIsBadInput) {
+  const std::string d = write_dataset("no_target.safetensors", {64, 2, 6, 6}, {64, 3, 3, 3}, /*with_target=*/false);
+  expect_bad_input(train({"--data", d, "--epochs", "1"}),
+                   d + ": no tensor named 'target' (a dataset holds 'input' and 'target')");
+  expect_bad_input(eval({"--data", d}), d + ": no tensor named 'target' (a dataset holds 'input' and 'target')");
+}
+
+TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
+  const std::string save = path("never.safetensors");
+  expect_bad_input(train({"--epochs", "1", "--save", save}),
+                   "--epochs, --val, --resume, --checkpoint-every and --keep-last need --data");
+  expect_bad_input(train({"--data", kTrain, "--steps", "5", "--epochs", "1", "--save", save}),
+                   "give --steps N or --epochs E (one of them)");
+  expect_bad_input(train({"--data", kTrain, "--batch", "-1", "--epochs", "1", "--save", save}),
+                   "--batch: must be a positive integer, got -1");  // --batch 0: see DISABLED_BatchZeroIsBadInput
+  expect_bad_input(train({"--data", kTrain, "--log-every", "0", "--epochs", "1", "--save", save}),
+                   "--log-every: must be a positive integer, got 0");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--checkpoint-every", "2", "--save", save}),
+                   "--checkpoint-every needs --checkpoint");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--val-every", "-1", "--save", save}),
+                   "--val-every: must be >= 0, got -1");
+  EXPECT_FALSE(fs::exists(save));
+}
+
+// ------------------------------------------------------------------ 6. eval
+
+// The mean squared error over every element of a dataset, from forward() of a CPU engine
+// with these parameters (the network's seeded ones when empty), in double.
+double mse_over(const std::string& data_path, const std::map<std::string, HostTensor>& params) {
+  const anvil::Network net = anvil::Network::load(kNet);
+  anvil::Options o;
+  o.device = anvil::Device::Cpu;
+  o.mode = anvil::Mode::Forward;
+  anvil::Engine engine(net, o);
+  if (!params.empty()) engine.load_parameters(params);
+  const anvil::Dataset data = anvil::Dataset::load(data_path, {2, 6, 6}, {3, 3, 3});
+  const int64_t batch = net.input_shape()[0];
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t first = 0; first < data.size(); first += batch) {
+    // A last partial batch is padded with sample 0; only its real samples count.
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < batch; ++i) rows.push_back(first + i < data.size() ? first + i : 0);
+    const int64_t real = std::min(batch, data.size() - first);
+    engine.set_input(data.input_batch(rows));
+    const HostTensor y = engine.forward();
+    const HostTensor t = data.target_batch(rows);
+    const int64_t n = real * data.floats_per_target();
+    for (int64_t k = 0; k < n; ++k) {
+      const double d = static_cast<double>(y.data[k]) - t.data[k];
+      sum += d * d;
+    }
+    count += n;
+  }
+  return sum / static_cast<double>(count);
+}
+
+// "mean loss X over S samples of D": X.
+double eval_loss(const Finished& r, int64_t samples, const std::string& data) {
+  std::smatch m;
+  const std::string want = " over " + std::to_string(samples) + " samples of " + data + "\n";
+  if (!std::regex_match(r.out, m, std::regex("mean loss ([^ ]+)( over .*\n)")) || m[2] != want) {
+    ADD_FAILURE() << "not 'mean loss X" << want << "': " << describe(r);
+    return std::nan("");
+  }
+  return std::stod(m[1]);
+}
+
+TEST_F(CliTrain, EvalPrintsTheMeanSquaredErrorOverTheWholeDataset) {
+  const std::string w = trained_weights("w.safetensors", 3);
+  const std::map<std::string, HostTensor> params = anvil::read_safetensors(w).tensors;
+  const double train_mse = mse_over(kTrain, params), val_mse = mse_over(kVal, params);
+  const double init_mse = mse_over(kVal, {});
+
+  const Finished t = eval({"--data", kTrain, "--weights", w});
+  ASSERT_EQ(t.status, 0) << describe(t);
+  EXPECT_EQ(t.err, "");
+  const double got_train = eval_loss(t, 256, kTrain);
+  EXPECT_TRUE(close_rel(got_train, train_mse, 1e-6)) << got_train << " vs " << train_mse;
+
+  const Finished v = eval({"--data", kVal, "--weights", w});
+  ASSERT_EQ(v.status, 0) << describe(v);
+  const double got_val = eval_loss(v, 64, kVal);
+  EXPECT_TRUE(close_rel(got_val, val_mse, 1e-6)) << got_val << " vs " << val_mse;
+
+  // Without --weights: the network's seeded parameters.
+  const Finished i = eval({"--data", kVal});
+  ASSERT_EQ(i.status, 0) << describe(i);
+  const double got_init = eval_loss(i, 64, kVal);
+  EXPECT_TRUE(close_rel(got_init, init_mse, 1e-6)) << got_init << " vs " << init_mse;
+  EXPECT_NE(got_init, got_val);  // the weights were used
+
+  // At a batch that does not divide the dataset (256 = 5 x 48 + 16) every sample counts once.
+  const Finished p = eval({"--data", kTrain, "--weights", w, "--batch", "48"});
+  ASSERT_EQ(p.status, 0) << describe(p);
+  const double got_partial = eval_loss(p, 256, kTrain);
+  EXPECT_TRUE(close_rel(got_partial, train_mse, 1e-6)) << got_partial << " vs " << train_mse;
+
+  // The library's own evaluate() agrees.
+  anvil::Options o;
+  o.device = anvil::Device::Cpu;
+  anvil::Engine engine(anvil::Network::load(kNet), o);
+  engine.load_parameters(params);
+  const float lib = engine.evaluate(anvil::Dataset::load(kTrain, {2, 6, 6}, {3, 3, 3}));
+  EXPECT_TRUE(close_rel(lib, train_mse, 1e-6)) << lib << " vs " << train_mse;
+}
+
+TEST_F(CliTrain, EvalNeedsData) {
+  const Finished r = eval({});
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.err, "--data");
+}
+
+// ------------------------------------------------------------------ 7. --strict
+
+TEST_F(CliTrain, AnExtraTensorInTheWeightsIsListedOrWithStrictRefused) {
+  const std::string w = trained_weights("w.safetensors", 2);
+  TensorFile file = anvil::read_safetensors(w);
+  file.tensors["head.extra"] = HostTensor({2, 2}, {1, 2, 3, 4});
+  const std::string extra = path("extra.safetensors");
+  anvil::write_safetensors(extra, file);
+  const std::string listed = extra + ": 1 tensor is not a parameter of this network: head.extra";
+
+  const std::string saved = path("saved.safetensors");
+  const Finished loose = train({"--data", kTrain, "--steps", "1", "--weights", extra, "--save", saved});
+  EXPECT_EQ(loose.status, 0) << describe(loose);
+  EXPECT_EQ(loose.err, "weights: " + listed + " (ignored)\n") << describe(loose);
+  EXPECT_TRUE(fs::exists(saved));
+
+  const std::string never = path("never.safetensors");
+  expect_bad_input(train({"--data", kTrain, "--steps", "1", "--weights", extra, "--strict", "--save", never}),
+                   listed + " (--strict)");
+  EXPECT_FALSE(fs::exists(never));
+
+  // eval: the same line, and the parameters loaded are the file's.
+  const Finished e = eval({"--data", kVal, "--weights", extra});
+  EXPECT_EQ(e.status, 0) << describe(e);
+  EXPECT_EQ(e.err, "weights: " + listed + " (ignored)\n");
+  const Finished plain = eval({"--data", kVal, "--weights", w});
+  EXPECT_EQ(e.out.substr(0, e.out.find(" over ")), plain.out.substr(0, plain.out.find(" over ")));
+  expect_bad_input(eval({"--data", kVal, "--weights", extra, "--strict"}), listed + " (--strict)");
+  EXPECT_EQ(eval({"--data", kVal, "--weights", w, "--strict"}).status, 0);
+}
+
+// ------------------------------------------------------------------ known CLI bugs
+// Each reproduces a bug found while writing these tests (tools/anvil.cpp is not changed
+// here); enable it with the fix.
+
+// `--batch 0` is taken as "the network's batch" (cmd_train and cmd_eval check the value only
+// when it is not 0), so it trains and evaluates at batch 32 and exits 0.
+TEST_F(CliTrain, DISABLED_BatchZeroIsBadInput) {
+  expect_bad_input(train({"--data", kTrain, "--batch", "0", "--epochs", "1"}),
+                   "--batch: must be a positive integer, got 0");
+  expect_bad_input(eval({"--data", kTrain, "--batch", "0"}), "--batch: must be a positive integer, got 0");
+}
+
+// The display counts epochs from 0 ("step 1/16  epoch 0/2" ... "step 16/16  epoch 1/2"):
+// the Trainer's TrainProgress::epoch is 0-based and the CLI passes it to TrainReporter::log,
+// whose display (and tests/test_train_report.cpp, tests/helpers/train_report_demo.cpp)
+// counts from 1 ("epoch 1/10" for the first epoch).
+TEST_F(CliTrain, DISABLED_TheEpochShownCountsFromOne) {
+  const Finished r = train({"--data", kTrain, "--epochs", "2", "--log-every", "8"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const std::vector<std::string> lines = lines_of(r.out);
+  ASSERT_GE(lines.size(), 4u) << r.out;
+  EXPECT_TRUE(starts_with(lines[1], "step 1/16  epoch 1/2  ")) << lines[1];
+  EXPECT_TRUE(starts_with(lines[2], "step 8/16  epoch 1/2  ")) << lines[2];
+  EXPECT_TRUE(starts_with(lines[3], "step 16/16  epoch 2/2  ")) << lines[3];
+}
+
+// A resumed run reports the steps of the run it resumed as its own: resumed at step 600
+// and trained to 610, it prints "trained 610 steps", and its first steps/s and the summary's
+// throughput divide all 610 steps by the resumed run's time (TrainReporter::begin starts
+// last_step_ at 0, not at the resumed step).
+TEST_F(CliTrain, DISABLED_AResumedRunCountsOnlyItsOwnSteps) {
+  const std::string c = path("c.safetensors");
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "600", "--log-every", "600", "--checkpoint", c}).status, 0);
+  const Finished r = train({"--data", kTrain, "--steps", "610", "--log-every", "5", "--resume", c});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "\ntrained 10 steps in ");
+}
+
+// --checkpoint without --data is accepted and ignored: exit 0 and no file (the check that
+// refuses --epochs, --val, --resume, --checkpoint-every and --keep-last without --data
+// leaves --checkpoint out). Either refusing it, as here, or writing the file would do.
+TEST_F(CliTrain, DISABLED_CheckpointWithoutDataIsBadInput) {
+  const std::string c = path("c.safetensors");
+  const Finished r = train({"--steps", "3", "--checkpoint", c});
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.err, "--checkpoint");
+  EXPECT_FALSE(fs::exists(c));
+}
+
+}  // namespace
