@@ -120,7 +120,7 @@ anvil::Dataset load_dataset(const std::string& path, const anvil::Network& net) 
   return anvil::Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
 }
 
-// The network at --batch, when given.
+// The network at --batch, when given (0: not given; the flags are checked before).
 anvil::Network load_network(const std::string& path, int64_t batch) {
   const anvil::Network net = anvil::Network::load(path);
   return batch > 0 ? net.with_batch(batch) : net;
@@ -205,6 +205,7 @@ struct TrainFlags {
   double data_budget_mib = -1;  // negative: the default (half the free device memory)
   std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
   bool input_grad = false, no_shuffle = false, keep_last = false, strict = false;
+  bool steps_given = false, epochs_given = false, batch_given = false;  // set after parsing
 };
 
 // SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when asked for).
@@ -240,17 +241,19 @@ void write_gradients(const std::string& path, anvil::Engine& engine, const anvil
 }
 
 int cmd_train(const CommonFlags& f, const TrainFlags& t) {
-  if ((t.steps > 0) == (t.epochs > 0)) throw anvil::InputError("give --steps N or --epochs E (one of them)");
-  if (t.steps != 0) check_positive("--steps", t.steps);
-  if (t.epochs != 0) check_positive("--epochs", t.epochs);
-  if (t.batch != 0) check_positive("--batch", t.batch);
+  if (t.steps_given == t.epochs_given) throw anvil::InputError("give --steps N or --epochs E (one of them)");
+  if (t.steps_given) check_positive("--steps", t.steps);
+  if (t.epochs_given) check_positive("--epochs", t.epochs);
+  if (t.batch_given) check_positive("--batch", t.batch);
   check_positive("--log-every", t.log_every);
   if (t.val_every < 0) throw anvil::InputError("--val-every: must be >= 0, got " + std::to_string(t.val_every));
   if (t.checkpoint_every < 0)
     throw anvil::InputError("--checkpoint-every: must be >= 0, got " + std::to_string(t.checkpoint_every));
   if (t.checkpoint_every > 0 && t.checkpoint.empty()) throw anvil::InputError("--checkpoint-every needs --checkpoint");
-  if (t.data.empty() && (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || t.checkpoint_every > 0 || t.keep_last))
-    throw anvil::InputError("--epochs, --val, --resume, --checkpoint-every and --keep-last need --data");
+  if (t.data.empty() &&
+      (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || !t.checkpoint.empty() || t.keep_last || t.no_shuffle))
+    throw anvil::InputError("--epochs, --val, --resume, --checkpoint, --keep-last and --no-shuffle need --data");
+  if (t.val.empty() && t.val_every > 0) throw anvil::InputError("--val-every needs --val");
   for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--save", t.save},
                                    {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
                                    {"--metrics", t.metrics}})
@@ -282,7 +285,13 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     data.keep_last = t.keep_last;
     data.device_budget = data_budget(t.data_budget_mib);
     trainer.emplace(engine, *train_data, val_data ? &*val_data : nullptr, to, data);
-    if (!t.resume.empty()) trainer->resume(t.resume);
+    if (!t.resume.empty()) {
+      trainer->resume(t.resume);
+      if (trainer->finished())
+        throw anvil::InputError("--resume " + t.resume + ": the checkpoint is at step " +
+                                std::to_string(trainer->position().step) + ", nothing is left of " +
+                                std::to_string(trainer->total_steps()) + " steps");
+    }
   }
   const int64_t total = trainer ? trainer->total_steps() : t.steps;
   std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena\n", net.name().c_str(),
@@ -298,12 +307,14 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   std::fflush(stdout);
 
   anvil::cli::TrainReporter report(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
-  report.begin(total, trainer ? trainer->steps_per_epoch() : 0, net.input_shape()[0]);
+  report.begin(total, trainer ? trainer->steps_per_epoch() : 0, net.input_shape()[0],
+               trainer ? trainer->position().step : 0);
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
   if (trainer) {
     anvil::Trainer::Callbacks callbacks;
-    callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, p.epoch, p.loss, p.lr); };
+    // Epochs are shown and logged counting from 1.
+    callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, p.epoch + 1, p.loss, p.lr); };
     callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
     trainer->run(callbacks, &stop_requested);
   } else {
@@ -335,8 +346,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   return 0;
 }
 
-int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch, bool strict) {
-  if (batch != 0) check_positive("--batch", batch);
+int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch,
+             bool batch_given, bool strict) {
+  if (batch_given) check_positive("--batch", batch);
   const anvil::Network net = load_network(f.network, batch);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
   if (!weights.empty()) load_weights(engine, weights, strict);
@@ -526,8 +538,11 @@ int main(int argc, char** argv) {
   try {
     if (*info) return cmd_info(info_flags, info_mode);
     if (*run) return cmd_run(run_flags, weights, input, output);
+    train_opts.steps_given = train->count("--steps") > 0;
+    train_opts.epochs_given = train->count("--epochs") > 0;
+    train_opts.batch_given = train->count("--batch") > 0;
     if (*train) return cmd_train(train_flags, train_opts);
-    if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval_strict);
+    if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
     if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
   } catch (const anvil::InputError& e) {
     std::cerr << "anvil: error: " << e.what() << "\n";

@@ -89,7 +89,8 @@ void TrainReporter::end_line() {
   line_open_ = false;
 }
 
-void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch) {
+void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step) {
+  first_step_ = last_step_ = first_step;
   total_steps_ = total_steps;
   steps_per_epoch_ = steps_per_epoch;
   batch_ = batch;
@@ -189,13 +190,14 @@ int TrainReporter::terminal_width() const {
 void TrainReporter::end() {
   end_line();
   const double wall = clock_() - start_;
-  std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step_), format_duration(wall).c_str());
+  std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step_ - first_step_),
+               format_duration(wall).c_str());
   if (logs_ > 0)
     std::fprintf(out_, "loss: first %.6g, last %.6g (smoothed %.6g)\n", first_loss_, last_loss_, smoothed_);
   if (best_val_)
     std::fprintf(out_, "best validation loss: %.6g at step %lld\n", *best_val_, static_cast<long long>(best_val_step_));
   // Up to the last logged step: the steps after it were not timed.
-  const std::optional<double> steps_per_s = ratio(static_cast<double>(last_step_), last_time_ - start_);
+  const std::optional<double> steps_per_s = ratio(static_cast<double>(last_step_ - first_step_), last_time_ - start_);
   std::fprintf(out_, "throughput: %s steps/s, %s samples/s\n", format_or_dash("%.2f", steps_per_s).c_str(),
                format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))).c_str());
   std::fflush(out_);

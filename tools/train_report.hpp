@@ -91,7 +91,8 @@ class TrainReporter {
 
   // steps_per_epoch <= 0 when the data has no epochs (the seeded generator):
   // the display then leaves the epoch out. batch: samples per step.
-  void begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch);
+  // first_step: the steps a resumed run had already taken (its rates count only its own).
+  void begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step = 0);
   // A validation loss measured after `step`; shown from the next log() on.
   void validation(int64_t step, double val_loss);
   // A logged step; val_loss, when given, is validation(step, *val_loss) first.
@@ -119,6 +120,7 @@ class TrainReporter {
 
   int64_t total_steps_ = 0, steps_per_epoch_ = 0, batch_ = 1;
   double start_ = 0, last_time_ = 0;
+  int64_t first_step_ = 0;
   int64_t last_step_ = 0, logs_ = 0;
   double ema_ = 0, smoothed_ = 0, first_loss_ = 0, last_loss_ = 0;
   std::optional<double> val_loss_, best_val_;
