@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/temp_dir_test.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/network.hpp"
 #include "anvil/safetensors.hpp"
@@ -79,20 +80,8 @@ void expect_close(const anvil::HostTensor& got, const anvil::HostTensor& want, d
   }
 }
 
-class Cli : public ::testing::Test {
+class Cli : public anvil::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "anvil_cli_XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory under " << ::testing::TempDir();
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
   // Runs the CLI with `args` (already quoted where needed), capturing stdout and stderr separately.
   // env: assignments for the child, e.g. "CUDA_VISIBLE_DEVICES=" (no GPU visible to it).
   CliResult run(const std::string& args, const std::string& env = "") const {
@@ -120,7 +109,6 @@ class Cli : public ::testing::Test {
     return p;
   }
 
-  std::string dir_;
 };
 
 std::string describe(const CliResult& r) {

@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/temp_dir_test.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/error.hpp"
@@ -235,20 +236,8 @@ bool close_rel(double got, double want, double rtol) {
 
 // ------------------------------------------------------------------ fixture
 
-class CliTrain : public ::testing::Test {
+class CliTrain : public anvil::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "anvil_cli_train_XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory";
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
   // `anvil ARGS...` to the end (60 s at most: a hang is a failure, not a stuck test run).
   static Finished run(const std::vector<std::string>& args, double timeout_s = 60) {
     std::vector<std::string> argv{kCli};
@@ -313,7 +302,6 @@ class CliTrain : public ::testing::Test {
     EXPECT_EQ(r.out, "") << describe(r);
   }
 
-  std::string dir_;
 };
 
 // ------------------------------------------------------------------ 1. terminal and pipe

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/temp_dir_test.hpp"
 #include "anvil/error.hpp"
 #include "tests/terminal_run.hpp"
 #include "tools/train_report.hpp"
@@ -71,19 +72,8 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
                                        << "\n  part: " << part;
 }
 
-class MetricsFile : public ::testing::Test {
+class MetricsFile : public anvil::testing::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = ::testing::TempDir() + "anvil_metrics_XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory under " << ::testing::TempDir();
-    dir_ = pattern;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
   // Every line parsed; a line that does not parse fails the test.
   static std::vector<nlohmann::json> read_jsonl(const std::string& file) {
     std::vector<nlohmann::json> records;
@@ -100,7 +90,6 @@ class MetricsFile : public ::testing::Test {
     return records;
   }
 
-  std::string dir_;
 };
 
 TEST(TrainReport, PlainOutputIsOneLinePerLogWithEveryField) {
