@@ -1,0 +1,93 @@
+// The engine's buffer API: inputs and targets from a caller's host or device
+// buffer, the forward pass into a caller's buffer, and what it refuses.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "tests/require_gpu.hpp"
+#include "tests/test_support.hpp"
+
+#if ANVIL_WITH_CUDA
+#include "tests/gpu_test_util.hpp"
+#endif
+
+namespace anvil::testing {
+namespace {
+
+Options on(Device device) {
+  Options o;
+  o.device = device;
+  return o;
+}
+
+TEST(EngineBuffers, HostBuffersGiveWhatHostTensorsGive) {
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  const TensorFile ref = read_safetensors(data_path("odd_sizes.safetensors"));
+  const HostTensor& x = ref.tensors.at("input");
+  const HostTensor& t = ref.tensors.at("target");
+  Engine a(net, on(Device::Cpu)), b(net, on(Device::Cpu));
+  a.set_input(x);
+  a.set_target(t);
+  b.set_input(x.data.data(), x.shape);
+  b.set_target(t.data.data(), t.shape);
+  EXPECT_EQ(a.train_step(), b.train_step());
+  std::vector<float> out(static_cast<size_t>(numel(net.output_shape())), NAN);
+  b.forward_into(out.data(), out.size());
+  EXPECT_TRUE(bitwise_equal(HostTensor(net.output_shape(), out), a.forward()));
+}
+
+TEST(EngineBuffers, RefusesWrongShapesSizesAndDeviceBuffersOnTheCpu) {
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  Engine engine(net, on(Device::Cpu));
+  std::vector<float> buffer(static_cast<size_t>(numel(net.input_shape())) + 1, 1.f);
+  Shape wrong = net.input_shape();
+  wrong[0] += 1;
+  EXPECT_THROW(engine.set_input(buffer.data(), wrong), InputError);
+  EXPECT_THROW(engine.set_input(nullptr, net.input_shape()), InputError);
+  EXPECT_THROW(engine.set_input(buffer.data(), net.input_shape(), Memory::Device), InputError);
+  EXPECT_THROW(engine.forward_into(buffer.data(), buffer.size()), InputError);  // not the output's size
+}
+
+TEST(EngineBuffers, ANetworkWithoutParametersIsRefusedForTrainingWithOneLine) {
+  const Network net =
+      Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "relu"}]})", "relu.json");
+  try {
+    Engine engine(net, on(Device::Cpu));
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "relu.json: the network has no parameters, so there is nothing to train");
+  }
+  Options forward = on(Device::Cpu);
+  forward.mode = Mode::Forward;
+  EXPECT_NO_THROW(Engine(net, forward).forward());
+}
+
+#if ANVIL_WITH_CUDA
+// A device buffer is copied on the engine's stream: the same step as from the host.
+TEST(EngineBuffersGpu, DeviceBuffersGiveWhatHostBuffersGive) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  const TensorFile ref = read_safetensors(data_path("odd_sizes.safetensors"));
+  const HostTensor& x = ref.tensors.at("input");
+  const HostTensor& t = ref.tensors.at("target");
+  Engine a(net, on(Device::Cuda)), b(net, on(Device::Cuda));
+  a.set_input(x);
+  a.set_target(t);
+  DeviceBuffer<float> dx(x.data.size()), dt(t.data.size()), out(static_cast<size_t>(numel(net.output_shape())));
+  dx.upload(x.data);
+  dt.upload(t.data);
+  b.set_input(dx.get(), x.shape, Memory::Device);
+  b.set_target(dt.get(), t.shape, Memory::Device);
+  EXPECT_EQ(a.train_step(), b.train_step());
+  out.poison();
+  b.forward_into(out.get(), out.size(), Memory::Device);
+  b.synchronize();
+  EXPECT_TRUE(bitwise_equal(HostTensor(net.output_shape(), out.download_all()), a.forward()));
+}
+#endif
+
+}  // namespace
+}  // namespace anvil::testing
