@@ -30,6 +30,8 @@ struct ResumeCase {
   Device device;
 };
 
+void PrintTo(const ResumeCase& c, std::ostream* os) { *os << c.network << " on " << to_string(c.device); }
+
 void expect_same_parameters(const Engine& a, const Engine& b) {
   const auto pa = a.parameters(), pb = b.parameters();
   ASSERT_EQ(pa.size(), pb.size());
