@@ -104,7 +104,9 @@ class Engine {
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   bool data_on_device() const;  // the attached dataset lives on the device
   // The mean loss over every element of a dataset (forward and loss only; all
-  // samples, the last partial batch included). Parameters are not changed.
+  // samples, the last partial batch included). Parameters are not changed. The
+  // dataset stays uploaded for the next call, so it must outlive the engine or
+  // the next evaluate() of another dataset.
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
   float last_loss() const;      // of the last train step or evaluated batch (a host sync on CUDA)

@@ -67,7 +67,10 @@ float Engine::evaluate(const Dataset& data) {
   Impl& m = *impl_;
   if (!m.training()) throw Error("evaluate needs an engine built for training (Mode::Train): it runs the loss");
   check_shapes(data, m.network);
-  if (!m.eval_feed || &m.eval_feed->data() != &data) {
+  // The last evaluated dataset stays uploaded; another one (by address and contents' address) replaces it.
+  const bool same = m.eval_feed && &m.eval_feed->data() == &data &&
+                    m.eval_feed->data().inputs().data.data() == data.inputs().data.data();
+  if (!same) {
     m.eval_feed.reset();
     m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
                                              m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda()));
