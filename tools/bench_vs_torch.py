@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark anvil against PyTorch eager and torch.compile on the headline network.
+"""Benchmark anvil against PyTorch eager and torch.compile on the headline network (or a suite).
 
 One process, one GPU. The network is examples/kernelbench74.json (KernelBench
 level 2 problem 74): ConvTranspose3d -> leaky_relu -> x * multiplier ->
@@ -42,9 +42,22 @@ Steps, in order:
 Exit status: 0 when parity passed and every anvil run succeeded (missed
 performance targets are reported, not failures), 1 otherwise.
 
+With --suite [DIR] (default bench/suite) the same machinery runs on every
+network JSON of DIR instead: the PyTorch model is built from the JSON itself
+(JsonModel: make_reference.py's layers over nn.Parameters named as anvil names
+them; the loss and optimizer are the network's), parity (step 1 above, without
+the kb74_small figures) comes first for each network, a network out of bounds
+is not timed, and the timing is forward and train step in fp32 and tf32 of
+eager, torch.compile and anvil. It writes bench/SUITE.md (one row per network,
+precision and measure; rows where anvil is slower than torch.compile are marked
+BELOW 1.0x) and bench/suite_results.json. Exit status 1 when a network fails
+parity or an anvil run fails.
+
 Usage (from the repository root, on the GPU machine):
   python3 tools/bench_vs_torch.py [--anvil build/anvil] [--network examples/kernelbench74.json]
                                   [--iters 50] [--warmup 10] [--skip-compile] [--out bench/RESULTS.md]
+  python3 tools/bench_vs_torch.py --suite [bench/suite] [--iters 50] [--warmup 10] [--skip-compile]
+                                  [--out bench/SUITE.md]
 """
 
 import argparse
@@ -67,7 +80,7 @@ from safetensors.torch import load_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-from make_reference import load_network, uniform_tensor  # noqa: E402
+from make_reference import OPTIMIZERS, compute_loss, load_network, uniform_tensor  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32")
 MEASURES = ("forward", "fwdbwd", "train")
@@ -77,6 +90,8 @@ PARITY_BOUND = {"fp32": 1e-4, "tf32": 2e-2}
 HEADLINE_TYPES = ["conv_transpose3d", "leaky_relu", "channel_scale", "leaky_relu", "max_pool3d"]
 HEADLINE_PARAMS = {"conv_transpose.weight", "conv_transpose.bias", "multiplier"}
 SMALL_CASE = os.path.join(REPO_ROOT, "tests", "data", "kb74_small")
+SUITE_DIR = os.path.join(REPO_ROOT, "bench", "suite")
+SUITE_MEASURES = ("forward", "train")
 LOG_HEADING = "## Optimisation log"
 ANVIL_TIMEOUT_S = 300
 COPY_BYTES = 1 << 30
@@ -128,22 +143,70 @@ class KB74(nn.Module):
         return self.max_pool(x)
 
 
+class JsonModel(nn.Module):
+    """Any anvil network as an nn.Module: make_reference.py's Network.forward over nn.Parameters.
+
+    Each parameter sits where its anvil name puts it ("block.conv.weight" is the attribute
+    weight of the submodule conv of the submodule block; a channel_scale "gain" is an attribute
+    of the model), so state_dict names are anvil's parameter names.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        for name, shape, *_ in net.param_specs():
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.register_parameter(leaf, nn.Parameter(torch.empty(shape)))
+
+    def forward(self, x):
+        return self.net.forward(x, dict(self.named_parameters()))
+
+
 class Data:
     """Input, target and initial parameters from anvil's seeded generator (CPU, float32)."""
 
     def __init__(self, net):
-        names = {name for name, *_ in net.param_specs()}
-        if names != HEADLINE_PARAMS:
-            raise SystemExit(f"{net.name}: parameters {sorted(names)}, expected {sorted(HEADLINE_PARAMS)}")
         self.x = uniform_tensor(net.seed, "input", net.input_shape, 0.0, 1.0).float()
         self.target = uniform_tensor(net.seed, "target", net.output_shape, 0.0, 1.0).float()
         self.params = {name: p.float() for name, p in net.initial_params().items()}
 
 
-def build_model(net, data):
-    model = KB74(net)
-    model.load_state_dict(data.params, strict=True)
-    return model.cuda()
+class Case:
+    """One network to compare: its JSON file, the parsed network, its data and the PyTorch module to build."""
+
+    def __init__(self, path, module_class):
+        self.path = path
+        self.net = load_network(path)
+        self.module_class = module_class
+        self.data = Data(self.net)
+
+    def model(self):
+        """A fresh module on the GPU holding the initial parameters."""
+        model = self.module_class(self.net)
+        model.load_state_dict(self.data.params, strict=True)
+        return model.cuda()
+
+    def loss(self, out, target):
+        return compute_loss(self.net.loss, out, target)
+
+    def optimizer(self, model):
+        """The network's optimizer at its base lr (an lr_schedule is not applied to the timed steps)."""
+        return OPTIMIZERS[self.net.optimizer_type](model.parameters(), **self.net.optimizer)
+
+
+def headline_case(path):
+    """The headline network, as the KB74 module; refuses a file that is not the headline's shape."""
+    net = load_network(path)
+    names = {name for name, *_ in net.param_specs()}
+    if names != HEADLINE_PARAMS:
+        raise SystemExit(f"{net.name}: parameters {sorted(names)}, expected {sorted(HEADLINE_PARAMS)}")
+    KB74(net)  # checks the layer types before the data is generated
+    return Case(path, KB74)
 
 
 def release_memory():
@@ -235,12 +298,12 @@ def anvil_small_input_grad(anvil, precision, workdir):
 # 1. Parity
 # ---------------------------------------------------------------------------
 
-def torch_outputs(net, data, precision):
-    """PyTorch float32 on the GPU: the forward output and the gradients of the mse loss."""
+def torch_outputs(case, precision):
+    """PyTorch float32 on the GPU: the forward output and the gradients of the network's loss."""
     set_precision(precision)
-    model = build_model(net, data)
-    out = model(data.x.cuda())
-    F.mse_loss(out, data.target.cuda()).backward()
+    model = case.model()
+    out = model(case.data.x.cuda())
+    case.loss(out, case.data.target.cuda()).backward()
     grads = {name: p.grad.cpu() for name, p in model.named_parameters()}
     result = out.detach().cpu(), grads
     del model, out
@@ -248,12 +311,12 @@ def torch_outputs(net, data, precision):
     return result
 
 
-def parity_full(args, net, data, workdir):
+def parity_full(args, case, workdir):
     """Relative errors of anvil vs PyTorch float32 per precision; also returns whether all are in bounds."""
     errors, ok = {}, True
     for precision in PRECISIONS:
-        ref_out, ref_grads = torch_outputs(net, data, precision)
-        out, grads = anvil_outputs(args.anvil, args.network, precision, workdir)
+        ref_out, ref_grads = torch_outputs(case, precision)
+        out, grads = anvil_outputs(args.anvil, case.path, precision, workdir)
         errs = {"output": rel_err(out, ref_out)}
         for name, ref in ref_grads.items():
             if name not in grads:
@@ -332,8 +395,9 @@ def cuda_time(step, iters, warmup):
     return {"ms": summarize(ms), "peak_bytes": torch.cuda.max_memory_allocated(), "first_call_s": first_s}
 
 
-def make_step(measure, model, x, target, opt, compiled):
-    """One iteration of a measure as a closure; compiled wraps the forward (and loss) in torch.compile."""
+def make_step(measure, model, x, target, opt, compiled, loss_of):
+    """One iteration of a measure as a closure (loss_of(output, target) is the loss); compiled wraps the
+    forward (and loss) in torch.compile."""
     if measure == "forward":
         forward = torch.compile(model) if compiled else model
 
@@ -343,7 +407,7 @@ def make_step(measure, model, x, target, opt, compiled):
         return step
 
     def loss_fn():
-        return F.mse_loss(model(x), target)
+        return loss_of(model(x), target)
 
     loss = torch.compile(loss_fn) if compiled else loss_fn
 
@@ -355,16 +419,17 @@ def make_step(measure, model, x, target, opt, compiled):
     return step
 
 
-def time_torch(args, net, data, precision, measure, compiled):
+def time_torch(args, case, precision, measure, compiled):
     """Times one PyTorch configuration from a clean device; compile errors are recorded, not raised."""
     set_precision(precision)
     release_memory()
     baseline = torch.cuda.memory_allocated()
-    model = build_model(net, data)
-    x, target = data.x.cuda(), data.target.cuda()
-    opt = torch.optim.SGD(model.parameters(), **net.optimizer)
+    model = case.model()
+    x, target = case.data.x.cuda(), case.data.target.cuda()
+    opt = case.optimizer(model)
     try:
-        result = cuda_time(make_step(measure, model, x, target, opt, compiled), args.iters, args.warmup)
+        step = make_step(measure, model, x, target, opt, compiled, case.loss)
+        result = cuda_time(step, args.iters, args.warmup)
         result["peak_bytes"] -= baseline
     except Exception as e:  # noqa: BLE001 -- torch.compile can fail in many ways; eager re-raises
         if not compiled:
@@ -377,10 +442,10 @@ def time_torch(args, net, data, precision, measure, compiled):
     return result
 
 
-def time_anvil(args, precision, measure, workdir):
+def time_anvil(args, net_path, precision, measure, workdir):
     """anvil bench's JSON for one configuration, or {"error": ...}."""
     release_memory()
-    cfg = network_copy(args.network, precision, workdir)
+    cfg = network_copy(net_path, precision, workdir)
     out = os.path.join(workdir, f"bench_{precision}_{measure}.json")
     cmd = [args.anvil, "bench", cfg, "--device", "cuda", "--mode", measure, "--iters", str(args.iters),
            "--warmup", str(args.warmup), "--json", out]
@@ -410,21 +475,21 @@ def describe_run(impl, precision, measure, result):
     log(line)
 
 
-def time_all(args, net, data, workdir):
+def time_all(args, case, workdir, measures=MEASURES):
     """timings[precision][measure][impl] -> result dict."""
     timings = {}
     for precision in PRECISIONS:
-        timings[precision] = {m: {} for m in MEASURES}
-        for measure in MEASURES:
+        timings[precision] = {m: {} for m in measures}
+        for measure in measures:
             runs = timings[precision][measure]
-            runs["eager"] = time_torch(args, net, data, precision, measure, compiled=False)
+            runs["eager"] = time_torch(args, case, precision, measure, compiled=False)
             describe_run("eager", precision, measure, runs["eager"])
             if args.skip_compile:
                 runs["compile"] = {"error": "skipped (--skip-compile)"}
             else:
-                runs["compile"] = time_torch(args, net, data, precision, measure, compiled=True)
+                runs["compile"] = time_torch(args, case, precision, measure, compiled=True)
                 describe_run("compile", precision, measure, runs["compile"])
-            runs["anvil"] = time_anvil(args, precision, measure, workdir)
+            runs["anvil"] = time_anvil(args, case.path, precision, measure, workdir)
             describe_run("anvil", precision, measure, runs["anvil"])
     return timings
 
@@ -691,6 +756,148 @@ def environment():
 
 
 # ---------------------------------------------------------------------------
+# The suite: every network of a directory, parity then forward and train step
+# ---------------------------------------------------------------------------
+
+def suite_paths(directory):
+    paths = sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".json"))
+    if not paths:
+        raise SystemExit(f"{shown(directory)}: no network JSON files")
+    return paths
+
+
+def run_suite_case(args, path, workdir):
+    """Parity, then (only when it passed) the timings of one network: its entry of the suite report."""
+    log(f"\n==== {shown(path)} ====")
+    case = load_case(path, JsonModel)
+    entry = {"network": shown(path), "name": case.net.name, "input": list(case.net.input_shape),
+             "output": list(case.net.output_shape)}
+    try:
+        entry["parity"], entry["parity_ok"] = parity_full(args, case, workdir)
+    except AnvilError as e:
+        log(f"  parity FAILED: {e}")
+        entry.update(parity={}, parity_ok=False, error=str(e).splitlines()[0])
+    if entry["parity_ok"]:
+        entry["timings"] = time_all(args, case, workdir, SUITE_MEASURES)
+    else:
+        log("  parity out of bounds or not run; this network is not timed")
+    del case
+    release_memory()
+    return entry
+
+
+def worst_parity(entry):
+    """'max rel L2 fp32 / tf32' of one network, or why there is none."""
+    if not entry["parity"]:
+        return f"not run: {entry.get('error', 'n/a')}".replace("|", "/")
+    worst = [max(entry["parity"][p].values()) for p in PRECISIONS]
+    verdict = "ok" if entry["parity_ok"] else "OUT OF BOUND"
+    return " / ".join(f"{w:.1e}" for w in worst) + f" ({verdict})"
+
+
+def suite_table(entries):
+    rows = ["| network | precision | measure | eager ms | compile ms | anvil ms | anvil vs eager "
+            "| anvil vs compile | below compile |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for entry in entries:
+        if "timings" not in entry:
+            rows.append(f"| {entry['name']} | | | | | | | | not timed: parity failed |")
+            continue
+        for precision in PRECISIONS:
+            for measure in SUITE_MEASURES:
+                runs = entry["timings"][precision][measure]
+                eager, comp, anvil = (median_ms(runs[i]) for i in IMPLS)
+                vs_compile = ratio(comp, anvil)
+                below = ("**BELOW 1.0x**" if vs_compile is not None and vs_compile < 1.0
+                         else "" if vs_compile is not None else "n/a")
+                cells = [entry["name"], precision, MEASURE_LABEL[measure], fmt(eager, ".3f"), fmt(comp, ".3f"),
+                         fmt(anvil, ".3f"), fmt(ratio(eager, anvil), ".2f", "x"), fmt(vs_compile, ".2f", "x"), below]
+                rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def suite_errors(entries):
+    """One line per run that failed (anvil or torch.compile), for the report."""
+    lines = []
+    for entry in entries:
+        for precision, by_measure in entry.get("timings", {}).items():
+            for measure, runs in by_measure.items():
+                for impl, r in runs.items():
+                    if "error" in r:
+                        lines.append(f"- {entry['name']} {precision} {MEASURE_LABEL[measure]} {impl}: "
+                                     f"{r['error'].splitlines()[0]}")
+    return lines
+
+
+def suite_report(env, args, entries):
+    lines = [
+        "# anvil vs PyTorch: the network suite",
+        "",
+        f"Written by `tools/bench_vs_torch.py --suite` on {env['date']} from `{shown(args.suite)}`"
+        + (" (described in its README.md)" if os.path.exists(os.path.join(args.suite, "README.md")) else "")
+        + f"; {args.iters} timed iterations after {args.warmup} warm-up iterations; medians.",
+        "",
+        f"- GPU: {env['gpu']}",
+        f"- PyTorch {env['torch']} (CUDA {env['cuda']}, cuDNN {env['cudnn']})",
+        "",
+        "## Parity",
+        "",
+        "Largest relative L2 error of the output and every parameter gradient (step 1) against PyTorch "
+        f"float32 on the GPU, fp32 / tf32; bounds {PARITY_BOUND['fp32']:.0e} / {PARITY_BOUND['tf32']:.0e}. "
+        "A network out of bounds is not timed.",
+        "",
+        "| network | file | input | output | max rel L2 fp32 / tf32 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {e['name']} | `{e['network']}` | {e['input']} | {e['output']} | {worst_parity(e)} |"
+              for e in entries]
+    lines += [
+        "",
+        "## Timing",
+        "",
+        "forward = inference (PyTorch under torch.no_grad); train step = zero_grad + forward + loss + backward "
+        "+ optimizer step. torch.compile is mode \"default\". Ratios are PyTorch median / anvil median; "
+        "**BELOW 1.0x** marks a row where anvil is slower than torch.compile.",
+        "",
+        suite_table(entries),
+        "",
+    ]
+    errors = suite_errors(entries)
+    if errors:
+        lines += ["### Runs that failed", ""] + errors + [""]
+    return "\n".join(lines)
+
+
+def main_suite(args, env):
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="anvil_suite_") as workdir:
+        for index, path in enumerate(suite_paths(args.suite)):
+            case_dir = os.path.join(workdir, str(index))
+            os.makedirs(case_dir)
+            entries.append(run_suite_case(args, path, case_dir))
+
+    text = suite_report(env, args, entries)
+    log("\n" + suite_table(entries))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(text)
+    raw_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "suite_results.json")
+    with open(raw_path, "w", encoding="utf-8") as f:
+        json.dump({"environment": env, "suite": shown(args.suite), "iters": args.iters, "warmup": args.warmup,
+                   "networks": entries}, f, indent=1)
+    log(f"\nwrote {shown(args.out)} and {shown(raw_path)}")
+
+    failed = [e["name"] for e in entries if not e["parity_ok"]]
+    failed += [f"{e['name']} {p} {m}" for e in entries for p, by_m in e.get("timings", {}).items()
+               for m, runs in by_m.items() if "error" in runs["anvil"]]
+    if failed:
+        log(f"FAILED: parity or anvil bench failed for {', '.join(failed)}")
+        return 1
+    log("PASSED")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -702,33 +909,37 @@ def parse_args(argv):
     parser.add_argument("--iters", type=int, default=50, help="timed iterations per configuration (default 50)")
     parser.add_argument("--warmup", type=int, default=10, help="warm-up iterations (default 10)")
     parser.add_argument("--skip-compile", action="store_true", help="leave torch.compile out")
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "RESULTS.md"),
-                        help="the Markdown report; results.json goes next to it")
+    parser.add_argument("--suite", nargs="?", const=SUITE_DIR, default=None, metavar="DIR",
+                        help=f"run every network JSON in DIR (default {shown(SUITE_DIR)}) instead of the "
+                             "headline network, and write bench/SUITE.md")
+    parser.add_argument("--out", default=None,
+                        help="the Markdown report (default bench/RESULTS.md, with results.json next to it; "
+                             "with --suite bench/SUITE.md, with suite_results.json next to it)")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.out is None:
+        args.out = os.path.join(REPO_ROOT, "bench", "SUITE.md" if args.suite else "RESULTS.md")
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if not torch.cuda.is_available():
-        log("FAILED: no CUDA device visible to PyTorch")
-        return 1
-    torch.backends.cudnn.benchmark = True
-    env = environment()
-    log(f"command: {env['command']}")
-    log(f"GPU {env['gpu']}, PyTorch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}")
-    net = load_network(args.network)
+def load_case(path, module_class):
     t0 = time.time()
-    data = Data(net)
+    case = headline_case(path) if module_class is KB74 else Case(path, module_class)
+    net = case.net
     log(f"network {net.name}: input {list(net.input_shape)}, output {list(net.output_shape)}, "
         f"seed {net.seed} (data generated in {time.time() - t0:.1f} s)")
+    return case
+
+
+def main_headline(args, env):
+    case = load_case(args.network, KB74)
+    net = case.net
 
     with tempfile.TemporaryDirectory(prefix="anvil_bench_") as workdir:
         log("\n== parity: anvil vs PyTorch float32 on the GPU ==")
         try:
-            parity, parity_ok = parity_full(args, net, data, workdir)
+            parity, parity_ok = parity_full(args, case, workdir)
         except AnvilError as e:
             log(f"FAILED: {e}")
             return 1
@@ -738,7 +949,7 @@ def main(argv=None):
             return 1
 
         log(f"\n== timing: {args.iters} iterations after {args.warmup} warm-up ==")
-        timings = time_all(args, net, data, workdir)
+        timings = time_all(args, case, workdir)
 
     log("\n== copy bandwidth and floors ==")
     floor = floors(net, copy_bandwidth())
@@ -762,6 +973,18 @@ def main(argv=None):
         return 1
     log("PASSED")
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        log("FAILED: no CUDA device visible to PyTorch")
+        return 1
+    torch.backends.cudnn.benchmark = True
+    env = environment()
+    log(f"command: {env['command']}")
+    log(f"GPU {env['gpu']}, PyTorch {env['torch']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}")
+    return main_suite(args, env) if args.suite else main_headline(args, env)
 
 
 if __name__ == "__main__":
