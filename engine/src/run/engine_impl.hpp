@@ -1,8 +1,11 @@
 // The engine's state, shared by the files of the run stage:
 //   build.cpp         lower, build ops, schedule, plan, allocate, bind, initialise
 //   execute.cpp       forward, loss, backward, optimizer; CUDA-graph capture and replay
-//   parameter_io.cpp  inputs, targets, parameters and gradients in and out
-//   engine.cpp        the public API
+//   parameter_io.cpp  inputs, targets, outputs, parameters and gradients in and out
+//   data_api.cpp      datasets: attach_data, start_epoch, evaluate (through data_feed.hpp)
+//   checkpoint.cpp    save_checkpoint, load_checkpoint
+//   engine.cpp        the rest of the public API
+// (trainer.cpp is the training loop over this API.)
 #pragma once
 
 #include <map>
