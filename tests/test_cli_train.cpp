@@ -699,6 +699,11 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
                    "--val-every: must be >= 0, got -1");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--val-every", "2", "--save", save}),
                    "--val-every needs --val");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "-5", "--save", save}),
+                   "--data-budget: must be a number of MiB from 0 to 1e12, got -5.000000");
+  // An output that is a directory is refused before any work, not after the training.
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--checkpoint", dir_, "--save", save}),
+                   "--checkpoint " + dir_ + ": cannot write: it is a directory");
   EXPECT_FALSE(fs::exists(save));
 }
 

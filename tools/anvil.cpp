@@ -68,6 +68,8 @@ void check_output_path(const std::string& flag, const std::string& path) {
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw anvil::InputError(flag + " " + path + ": cannot write: it is a directory");
 }
 
 anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
@@ -103,10 +105,11 @@ void load_weights(anvil::Engine& engine, const std::string& path, bool strict) {
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
 
-// --data-budget in MiB: negative (the flag's default) leaves the engine's default, half the free device memory.
-std::optional<size_t> data_budget(double mib) {
-  if (std::isnan(mib) || mib > 1e12) throw anvil::InputError("--data-budget: must be a number of MiB, got " + std::to_string(mib));
-  if (mib < 0) return std::nullopt;
+// --data-budget in MiB when given; otherwise the engine's default, half the free device memory.
+std::optional<size_t> data_budget(double mib, bool given) {
+  if (!given) return std::nullopt;
+  if (!(mib >= 0 && mib <= 1e12))
+    throw anvil::InputError("--data-budget: must be a number of MiB from 0 to 1e12, got " + std::to_string(mib));
   return static_cast<size_t>(mib * (1 << 20));
 }
 
@@ -202,10 +205,10 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
 
 struct TrainFlags {
   int64_t steps = 0, epochs = 0, batch = 0, log_every = 10, val_every = 0, checkpoint_every = 0;
-  double data_budget_mib = -1;  // negative: the default (half the free device memory)
+  double data_budget_mib = 0;
   std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
   bool input_grad = false, no_shuffle = false, keep_last = false, strict = false;
-  bool steps_given = false, epochs_given = false, batch_given = false;  // set after parsing
+  bool steps_given = false, epochs_given = false, batch_given = false, budget_given = false;  // set after parsing
 };
 
 // SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when asked for).
@@ -283,7 +286,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     anvil::DataOptions data;
     data.shuffle = !t.no_shuffle;
     data.keep_last = t.keep_last;
-    data.device_budget = data_budget(t.data_budget_mib);
+    data.device_budget = data_budget(t.data_budget_mib, t.budget_given);
     trainer.emplace(engine, *train_data, val_data ? &*val_data : nullptr, to, data);
     if (!t.resume.empty()) {
       trainer->resume(t.resume);
@@ -361,7 +364,8 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
 struct BenchFlags {
   std::string mode = "train", json, data;
   int iters = 50, warmup = 10;
-  double data_budget_mib = -1;  // negative: the default (half the free device memory)
+  double data_budget_mib = 0;
+  bool budget_given = false;  // set after parsing
 };
 
 double percentile(std::vector<double> sorted, double q) {
@@ -395,7 +399,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   if (!b.data.empty()) {
     data.emplace(load_dataset(b.data, net));
     anvil::DataOptions options;
-    options.device_budget = data_budget(b.data_budget_mib);
+    options.device_budget = data_budget(b.data_budget_mib, b.budget_given);
     engine.attach_data(*data, options);
     std::printf("data: %s, %lld samples, %s\n", b.data.c_str(), static_cast<long long>(data->size()),
                 where_the_data_is(engine));
@@ -541,6 +545,8 @@ int main(int argc, char** argv) {
     train_opts.steps_given = train->count("--steps") > 0;
     train_opts.epochs_given = train->count("--epochs") > 0;
     train_opts.batch_given = train->count("--batch") > 0;
+    train_opts.budget_given = train->count("--data-budget") > 0;
+    bench_opts.budget_given = bench->count("--data-budget") > 0;
     if (*train) return cmd_train(train_flags, train_opts);
     if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
     if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
