@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/contains.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/network.hpp"
@@ -28,6 +29,8 @@
 #include "anvil/version.hpp"
 
 namespace {
+
+using anvil::testing::Contains;
 
 namespace fs = std::filesystem;
 
@@ -54,13 +57,6 @@ std::vector<std::string> lines_of(const std::string& text) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
   return lines;
-}
-
-::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
-                                       << "\n  part: " << part;
 }
 
 const std::string kData = ANVIL_TEST_DATA_DIR;

@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/contains.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
@@ -44,6 +45,8 @@
 #include "tests/terminal_run.hpp"
 
 namespace {
+
+using anvil::testing::Contains;
 
 namespace fs = std::filesystem;
 using anvil::HostTensor;
@@ -206,13 +209,6 @@ std::string replace_all(std::string text, const std::string& from, const std::st
 }
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-
-::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
-                                       << "\n  part: " << part;
-}
 
 // The number after `key ` in a line of fields ("loss 0.123  smoothed ..."), or NaN.
 double field(const std::string& line, const std::string& key) {

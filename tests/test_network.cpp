@@ -15,11 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "tests/contains.hpp"
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
 #include "engine/src/lower/graph.hpp"
 
 namespace {
+
+using anvil::testing::Contains;
 
 using anvil::Network;
 using anvil::Shape;
@@ -43,13 +46,6 @@ std::string with_layers(const std::string& input, const std::string& layers, con
 }
 const char* const kInput5d = "[2, 4, 8, 8, 8]";
 const char* const kInput4d = "[2, 4, 8, 8]";
-
-::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
-                                       << "\n  part: " << part;
-}
 
 Network load_example(const std::string& relative) {
   return Network::load(std::string(ANVIL_SOURCE_DIR) + "/" + relative);

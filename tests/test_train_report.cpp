@@ -15,12 +15,15 @@
 #include <string>
 #include <vector>
 
+#include "tests/contains.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/error.hpp"
 #include "tests/terminal_run.hpp"
 #include "tools/train_report.hpp"
 
 namespace {
+
+using anvil::testing::Contains;
 
 namespace fs = std::filesystem;
 using anvil::cli::MetricsWriter;
@@ -63,13 +66,6 @@ std::vector<std::string> split(const std::string& text, char sep) {
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
   for (size_t at = 0; (at = s.find(from, at)) != std::string::npos; at += to.size()) s.replace(at, from.size(), to);
   return s;
-}
-
-::testing::AssertionResult Contains(const char* text_expr, const char* part_expr, const std::string& text,
-                                    const std::string& part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << text_expr << " does not contain " << part_expr << "\n  text: " << text
-                                       << "\n  part: " << part;
 }
 
 class MetricsFile : public anvil::testing::TempDirTest {

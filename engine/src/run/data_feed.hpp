@@ -37,7 +37,6 @@ class DataFeed {
   bool on_device() const { return resident_; }
   // The epoch's sample order, from batch `first_batch` on (one copy per epoch on CUDA).
   void start_epoch(const std::vector<int64_t>& order, int64_t first_batch);
-  int64_t next_batch() const { return next_batch_; }  // within the epoch, as the host counts
 
   // Before a step, outside any captured graph: a feed that is not resident
   // gathers the next batch in pinned memory and copies it on the stream.
@@ -51,7 +50,7 @@ class DataFeed {
   Device device_;
   CudaContext* ctx_;
   bool resident_ = false;
-  int64_t next_batch_ = 0;
+  int64_t next_batch_ = 0;  // within the epoch, as the host counts
   std::vector<int64_t> host_order_;
   int64_t host_cursor_ = 0;  // the CPU's cursor (CUDA keeps its cursor on the device)
   // CUDA: the dataset, the order and the cursor on the device (resident), or
