@@ -9,13 +9,38 @@ namespace {
 enum Buffer { kY, kCudnnForward, kArgmax, kYAtMax, kDy, kCudnnBackward, kReduceScratch };
 }  // namespace
 
-std::optional<EpilogueChain> epilogue_chain(const std::vector<const LayerSpec*>& pointwise) {
-  if (pointwise.size() != 3) return std::nullopt;
-  const auto* first = std::get_if<PointwiseSpec>(&pointwise[0]->params);
-  const auto* second = std::get_if<PointwiseSpec>(&pointwise[2]->params);
-  if (!first || !second || !std::holds_alternative<ChannelScaleSpec>(pointwise[1]->params)) return std::nullopt;
-  if (first->op != PointwiseOp::LeakyRelu || second->op != PointwiseOp::LeakyRelu) return std::nullopt;
-  return EpilogueChain{first->param, second->param, pointwise[1]->name};
+std::optional<FusedChain> fused_chain(const std::vector<const LayerSpec*>& pointwise) {
+  if (pointwise.size() > size_t(cuda::kMaxChainOps)) return std::nullopt;
+  FusedChain chain;
+  for (const LayerSpec* spec : pointwise) {
+    const int i = chain.ops.ops++;
+    if (const auto* act = std::get_if<PointwiseSpec>(&spec->params)) {
+      chain.ops.activation[i] = act->op;
+      chain.ops.param[i] = act->param;
+    } else if (std::holds_alternative<ChannelScaleSpec>(spec->params)) {
+      chain.ops.is_scale[i] = true;
+      chain.scale_names.push_back(spec->name);
+    } else {
+      return std::nullopt;
+    }
+  }
+  return chain;
+}
+
+cuda::EpilogueChain bind_chain(const FusedChain& chain, const std::vector<float*>& params, size_t first) {
+  cuda::EpilogueChain bound = chain.ops;
+  for (int i = 0; i < bound.ops; ++i)
+    if (bound.is_scale[i]) bound.scale[i] = params.at(first++);
+  return bound;
+}
+
+cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first,
+                             float* dbias) {
+  cuda::ChainGrads grads;
+  grads.dbias = dbias;
+  for (int i = 0; i < chain.ops.ops; ++i)
+    if (chain.ops.is_scale[i]) grads.dscale[i] = first < dparams.size() ? dparams[first++] : nullptr;
+  return grads;
 }
 
 bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output) {
@@ -28,12 +53,22 @@ bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output) {
   return window <= 256;  // the argmax is one byte
 }
 
-std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::string& scale_name) {
+bool fusable_pool(const PoolSpec& pool, const Shape& conv_output) {
+  if (pool_tiles_output(pool, conv_output)) return true;
+  int64_t window = 1;
+  for (size_t d = 0; d < pool.kernel.size(); ++d) {
+    if (pool.kernel[d] > 256 || pool.stride[d] > 256 || 2 * pool.padding[d] > pool.kernel[d]) return false;
+    window *= pool.kernel[d];
+  }
+  return !pool.max || window <= 255;  // chain_pool.hpp: the argmax is a byte, 255 marks padding only
+}
+
+std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
   std::vector<ParamSpec> specs = conv.param_specs();
   const Shape& y = conv.output_shape();
   Shape m(y.size() - 1, 1);
   m[0] = y[1];
-  specs.push_back({scale_name, m, ParamSpec::Init::Normal, 0});
+  for (const std::string& name : scale_names) specs.push_back({name, m, ParamSpec::Init::Normal, 0});
   return specs;
 }
 
@@ -50,47 +85,78 @@ void fused_layer_has_no_cpu_path(const Layer& layer) {
 FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs)
     : Layer("fused_conv_epilogue", specs.name, specs.conv->path),
       conv_(fused_chain_conv(specs)),
-      chain_(*epilogue_chain(specs.pointwise)),
-      pool_kernel_(std::get<PoolSpec>(specs.pool->params).kernel) {}
+      chain_(*fused_chain(specs.pointwise)) {
+  if (specs.pool) {
+    pool_ = std::get<PoolSpec>(specs.pool->params);
+    tiled_ = pool_tiles_output(*pool_, conv_->output_shape());
+  }
+}
 
-std::vector<ParamSpec> FusedConvEpilogue::param_specs() const { return fused_param_specs(*conv_, chain_.scale_name); }
+std::vector<ParamSpec> FusedConvEpilogue::param_specs() const {
+  return fused_param_specs(*conv_, chain_.scale_names);
+}
 
 Shape FusedConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
   Shape p = conv_->output_shape();
-  for (size_t i = 0; i < pool_kernel_.size(); ++i) p[2 + i] /= pool_kernel_[i];
+  const std::array<int64_t, 3> out = cuda::chain_pool_output(general_geometry());
+  const size_t dims = p.size() - 2;
+  for (size_t i = 0; i < dims; ++i) p[2 + i] = out[3 - dims + i];
   return p;
 }
 
-cuda::EpilogueGeometry FusedConvEpilogue::epilogue_geometry() const {
+cuda::EpilogueGeometry FusedConvEpilogue::tiled_geometry() const {
   const Shape& y = conv_->output_shape();
   cuda::EpilogueGeometry g;
   g.n = y[0];
   g.c = y[1];
   g.y = cpu::lift_dims({y.begin() + 2, y.end()}, 1);
-  g.k = cpu::lift_dims(pool_kernel_, 1);
+  g.k = cpu::lift_dims(pool_->kernel, 1);
+  return g;
+}
+
+cuda::ChainPoolGeometry FusedConvEpilogue::general_geometry() const {
+  const Shape& y = conv_->output_shape();
+  cuda::ChainPoolGeometry g;
+  g.n = y[0];
+  g.c = y[1];
+  g.y = cpu::lift_dims({y.begin() + 2, y.end()}, 1);
+  if (pool_) {
+    g.pool = pool_->max ? cuda::ChainPool::Max : cuda::ChainPool::Avg;
+    g.k = cpu::lift_dims(pool_->kernel, 1);
+    g.stride = cpu::lift_dims(pool_->stride, 1);
+    g.pad = cpu::lift_dims(pool_->padding, 0);
+  }
   return g;
 }
 
 size_t FusedConvEpilogue::y_bytes() const { return numel(conv_->output_shape()) * sizeof(float); }
 
+size_t FusedConvEpilogue::reduce_scratch_bytes() const {
+  return tiled_ ? cuda::fused_epilogue_backward_scratch_bytes(tiled_geometry(), chain_.ops)
+                : cuda::chain_pool_backward_scratch_bytes(general_geometry(), chain_.ops);
+}
+
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->build_cuda(ctx, settings);
 }
 
-// Saved for backward, per pooled element: the argmax inside its window (a byte) and y there.
+// Saved for backward: with a tiled max pool, per pooled element the argmax
+// inside its window (a byte) and y there; otherwise Y itself, and a max
+// pool's argmax.
 std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
-  const size_t pooled = static_cast<size_t>(pooled_count());
-  return {{"y", y_bytes(), BufferLife::Forward},
+  const size_t pooled = static_cast<size_t>(numel(output_shape()));
+  const bool keep_y = backward && !tiled_;
+  const bool argmax = backward && pool_ && pool_->max;
+  return {{"y", y_bytes(), keep_y ? BufferLife::Saved : BufferLife::Forward},
           {"cudnn_forward", conv_->cudnn_forward_workspace(), BufferLife::Forward},
-          {"argmax", backward ? pooled : 0, BufferLife::Saved},
-          {"y_at_max", backward ? pooled * sizeof(float) : 0, BufferLife::Saved},
+          {"argmax", argmax ? pooled : 0, BufferLife::Saved},
+          {"y_at_max", backward && tiled_ ? pooled * sizeof(float) : 0, BufferLife::Saved},
           {"dy", backward ? y_bytes() : 0, BufferLife::Backward},
           {"cudnn_backward", conv_->cudnn_backward_workspace(), BufferLife::Backward},
-          {"reduce_scratch", backward ? cuda::fused_epilogue_backward_scratch_bytes(epilogue_geometry()) : 0,
-           BufferLife::Backward}};
+          {"reduce_scratch", backward ? reduce_scratch_bytes() : 0, BufferLife::Backward}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
@@ -100,23 +166,39 @@ void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& for
                            backward.buffers[kCudnnBackward]);
 }
 
+std::string FusedConvEpilogue::describe_cuda() const {
+  const std::string pool = !pool_ ? "no pool" : tiled_ ? "a max pool that tiles Y" : pool_->max ? "a max pool" : "an average pool";
+  return conv_->describe_cuda() + "; one epilogue kernel: bias, " + std::to_string(chain_.ops.ops) +
+         "-op chain and " + pool;
+}
+
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* y = args.buffer<float>(kY);
   conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kCudnnForward],
                      conv_->cudnn_forward_workspace());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_param_count());
   // argmax and y_at_max are null when nothing runs backward (inference).
-  cuda::fused_epilogue_forward(y, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data,
-                               args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), epilogue_geometry(),
-                               ctx.stream());
+  if (tiled_)
+    cuda::fused_epilogue_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
+                                 args.buffer<float>(kYAtMax), tiled_geometry(), ctx.stream());
+  else
+    cuda::chain_pool_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax), general_geometry(),
+                             ctx.stream());
 }
 
 void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* dy = args.buffer<float>(kDy);
-  float* dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-  cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax),
-                                args.params.back(), chain_.slope1, chain_.slope2, dy, dbias, args.dparams.back(),
-                                args.buffers[kReduceScratch], epilogue_geometry(), ctx.stream());
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_param_count());
+  const cuda::ChainGrads grads =
+      chain_grads(chain_, args.dparams, conv_param_count(), conv_->has_bias() ? args.dparams[1] : nullptr);
+  if (tiled_)
+    cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), chain,
+                                  dy, grads, args.buffers[kReduceScratch], tiled_geometry(), ctx.stream());
+  else
+    cuda::chain_pool_backward(args.dout.data, args.buffer<float>(kY), conv_->has_bias() ? args.params[1] : nullptr,
+                              args.buffer<uint8_t>(kArgmax), chain, dy, grads, args.buffers[kReduceScratch],
+                              general_geometry(), ctx.stream());
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
                       args.dparams[0], args.buffers[kCudnnBackward], conv_->cudnn_backward_workspace());
 }

@@ -1,9 +1,11 @@
 // The fused conv epilogue, made by a fusion rule (lower/fusion_rules.cpp), never named in JSON:
-//   conv / conv_transpose (+bias) -> leaky_relu -> channel_scale -> leaky_relu -> max_pool
+//   conv / conv_transpose (+bias) -> a chain of activations and channel_scales -> a pool, or none
 // cuDNN computes the bias-free convolution into a buffer Y; one kernel then
-// adds the bias, applies the activations and pools, saving per pooled element
-// only the argmax and y there. Backward rebuilds dY from those in one kernel,
-// which also reduces dbias and dm, then cuDNN computes dW (and dx).
+// adds the bias, runs the chain and pools. For a max pool that tiles Y it
+// saves, per pooled element, only the argmax and y there (epilogue.hpp);
+// every other pool, and no pool, keeps Y for backward (chain_pool.hpp).
+// Backward rebuilds dY in one kernel, which also reduces dbias and the
+// multipliers' gradients, then cuDNN computes dW (and dx).
 // CUDA only: the CPU backend runs the layers unfused.
 #pragma once
 
@@ -11,24 +13,33 @@
 #include <optional>
 
 #include "engine/src/lower/fusion_rules.hpp"
+#include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "layers/convolution.hpp"
 
 namespace anvil {
 
-// The chain the epilogue kernels compute: leaky(slope1) -> * m[c] -> leaky(slope2).
-struct EpilogueChain {
-  float slope1 = 0, slope2 = 0;
-  std::string scale_name;  // the channel_scale layer: its parameter's name
+// The pointwise chain of a fused layer, as the fusion rule found it.
+struct FusedChain {
+  cuda::EpilogueChain ops;               // multiplier pointers are bound per call (bind_chain)
+  std::vector<std::string> scale_names;  // one per multiplier op, in chain order: its parameter's name
 };
-// The epilogue chain of these layers, if they are one (relu counts as leaky with slope 0).
-std::optional<EpilogueChain> epilogue_chain(const std::vector<const LayerSpec*>& pointwise);
-// A non-overlapping max pool that tiles the conv output exactly, windows of at most 256 elements.
-bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output);
+// The chain of these activation and channel_scale layers, if the kernels can run it (at most 8 ops).
+std::optional<FusedChain> fused_chain(const std::vector<const LayerSpec*>& pointwise);
+// The chain with its multipliers: params[first + j] is the j-th multiplier.
+cuda::EpilogueChain bind_chain(const FusedChain& chain, const std::vector<float*>& params, size_t first);
+// Where its backward writes: dparams[first + j] is the j-th multiplier's gradient (none when dparams is short).
+cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first,
+                             float* dbias);
 
-// Shared by both fused layers: the conv's parameters, then the multiplier of
-// shape (C, 1, 1[, 1]) named after the merged channel_scale layer.
-std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::string& scale_name);
+// A max pool that tiles the conv output exactly, windows of at most 256 elements.
+bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output);
+// Whether the fused kernels can run this pool after a conv with this output.
+bool fusable_pool(const PoolSpec& pool, const Shape& conv_output);
+
+// Shared by both fused layers: the conv's parameters, then one multiplier of
+// shape (C, 1, 1[, 1]) per channel_scale, named after it.
+std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names);
 // The conv of a fused chain, set up on its input.
 std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs);
 // The fusion rules run only for CUDA engines; a fused layer on the CPU is an engine bug.
@@ -44,7 +55,7 @@ class FusedConvEpilogue : public Layer {
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
-  std::string describe_cuda() const override { return conv_->describe_cuda(); }
+  std::string describe_cuda() const override;
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -54,13 +65,16 @@ class FusedConvEpilogue : public Layer {
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
  private:
-  cuda::EpilogueGeometry epilogue_geometry() const;
+  cuda::EpilogueGeometry tiled_geometry() const;
+  cuda::ChainPoolGeometry general_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
-  int64_t pooled_count() const { return numel(output_shape()); }
+  size_t conv_param_count() const { return conv_->param_specs().size(); }
+  size_t reduce_scratch_bytes() const;
 
   std::unique_ptr<Convolution> conv_;
-  EpilogueChain chain_;
-  std::vector<int64_t> pool_kernel_;
+  FusedChain chain_;
+  std::optional<PoolSpec> pool_;
+  bool tiled_ = false;  // a max pool that tiles Y: epilogue.hpp's kernels; else chain_pool.hpp's
 };
 
 }  // namespace anvil

@@ -24,9 +24,10 @@ enum Buffer {
 // t = b + j * s (t < k), reading x[q + a - j]. Offsets a - j over all phases
 // span [m0, m1]: a stride-1 kernel of kp = m1 - m0 + 1 taps over x padded by
 // -m0 in front and enough at the end for q = 0 .. out / s - 1.
-bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel,
-                                    cuda::PhaseSplitGeometry& g) {
-  if (!conv.transposed()) return false;
+std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& conv,
+                                                          const std::vector<int64_t>& pool_kernel,
+                                                          cuda::PhaseSplitGeometry& g) {
+  if (!conv.transposed()) return "not a transposed conv";
   const ConvSpec& spec = conv.spec();
   const Shape& x = conv.input_shapes()[0];
   const Shape& y = conv.output_shape();
@@ -40,7 +41,10 @@ bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<i
     const int d = 3 - dims + i;
     const int64_t k = spec.kernel[i], s = spec.stride[i], p = spec.padding[i];
     const int64_t in = x[2 + i], out = y[2 + i];
-    if (spec.dilation[i] != 1 || pool_kernel[i] != s || k > cuda::kMaxKernel || out % s != 0) return false;
+    if (spec.dilation[i] != 1) return "dilated";
+    if (pool_kernel[i] != s) return "the pool kernel differs from the stride";
+    if (k > cuda::kMaxKernel) return "kernel larger than " + std::to_string(cuda::kMaxKernel);
+    if (out % s != 0) return "the output is not a multiple of the stride";
     std::vector<int64_t> a(s), b(s), taps(s);
     int64_t m0 = INT64_MAX, m1 = INT64_MIN;
     for (int64_t r = 0; r < s; ++r) {
@@ -51,13 +55,13 @@ bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<i
       m0 = std::min(m0, a[r] - (taps[r] - 1));
       m1 = std::max(m1, a[r]);
     }
-    if (m0 == INT64_MAX || m0 > 0) return false;
+    if (m0 == INT64_MAX || m0 > 0) return "a phase without taps";
     const int64_t kp = m1 - m0 + 1, q = out / s;
-    if (s * kp > cuda::kMaxPhaseTaps) return false;
+    if (s * kp > cuda::kMaxPhaseTaps) return "too many taps per phase";
     g.in[d] = in;
     g.front[d] = -m0;
     g.end[d] = q + kp - 1 - g.front[d] - in;
-    if (g.end[d] < 0) return false;
+    if (g.end[d] < 0) return "the padding crops more than a phase";
     g.k[d] = k;
     g.kp[d] = kp;
     g.s[d] = s;
@@ -70,17 +74,29 @@ bool FusedPhaseConvEpilogue::derive(const Convolution& conv, const std::vector<i
         g.combined_of[d][t] = static_cast<int8_t>(u);
       }
   }
-  return g.s[0] * g.s[1] * g.s[2] <= 256;
+  if (g.s[0] * g.s[1] * g.s[2] > 256) return "more than 256 phases";
+  return std::nullopt;
 }
 
-std::unique_ptr<Layer> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs) {
+std::unique_ptr<Layer> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs, std::string& why_not) {
   std::unique_ptr<Convolution> conv = fused_chain_conv(specs);
+  if (!conv->transposed()) {
+    why_not = "not a transposed conv";
+    return nullptr;
+  }
+  if (!specs.pool || !pool_tiles_output(std::get<PoolSpec>(specs.pool->params), conv->output_shape())) {
+    why_not = "no max pool that tiles the output";
+    return nullptr;
+  }
   cuda::PhaseSplitGeometry g;
-  if (!derive(*conv, std::get<PoolSpec>(specs.pool->params).kernel, g)) return nullptr;
-  return std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), *epilogue_chain(specs.pointwise), g, specs.name);
+  if (auto why = derive(*conv, std::get<PoolSpec>(specs.pool->params).kernel, g)) {
+    why_not = *why;
+    return nullptr;
+  }
+  return std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), *fused_chain(specs.pointwise), g, specs.name);
 }
 
-FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const EpilogueChain& chain,
+FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const FusedChain& chain,
                                                const cuda::PhaseSplitGeometry& g, std::string name)
     : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()), conv_(std::move(conv)), chain_(chain), g_(g) {
   // The combined convolution is an ordinary stride-1 conv layer over the padded input.
@@ -104,7 +120,9 @@ FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv
 
 FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;
 
-std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const { return fused_param_specs(*conv_, chain_.scale_name); }
+std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const {
+  return fused_param_specs(*conv_, chain_.scale_names);
+}
 
 Shape FusedPhaseConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -178,7 +196,7 @@ std::vector<BufferRequest> FusedPhaseConvEpilogue::buffers(Device device) const 
       {"wp", wp_bytes(), kept},
       {"yp", when(!fused_forward_, yp_bytes()), BufferLife::Forward},
       {"cudnn_forward", when(!fused_forward_, phase_conv_->cudnn_forward_workspace()), BufferLife::Forward},
-      {"epilogue_scratch", when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry())),
+      {"epilogue_scratch", when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry(), chain_.ops)),
        BufferLife::Backward},
       {"dy_tf32", when(mma_weight_grad_, pooled_bytes()), BufferLife::Backward},
       {"dy_residual", when(mma_weight_grad_ && compensated_, pooled_bytes()), BufferLife::Backward},
@@ -207,30 +225,31 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = args.buffer<uint8_t>(kArgmax);  // null in inference, as is y_at_max
   auto* y_at_max = args.buffer<float>(kYAtMax);
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_->param_specs().size());
   if (fused_forward_) {
-    cuda::phase_fused_forward(x_pad, wp, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data,
-                              argmax, y_at_max, compensated_, g_, ctx.stream());
+    cuda::phase_fused_forward(x_pad, wp, bias, chain, args.out.data, argmax, y_at_max, compensated_, g_,
+                              ctx.stream());
     return;
   }
   float* yp = args.buffer<float>(kYp);
   phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kCudnnForward], phase_conv_->cudnn_forward_workspace());
-  cuda::phase_epilogue_forward(yp, bias, args.params.back(), chain_.slope1, chain_.slope2, args.out.data, argmax,
-                               y_at_max, epilogue_geometry(), ctx.stream());
+  cuda::phase_epilogue_forward(yp, bias, chain, args.out.data, argmax, y_at_max, epilogue_geometry(), ctx.stream());
 }
 
-// The epilogue's backward gives dbias, dm and dY: at the argmax only for the
+// The epilogue's backward gives dbias, the multipliers' gradients and dY: at the argmax only for the
 // tensor-core weight gradient, whole (dYp) for cuDNN's.
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const auto* argmax = args.buffer<const uint8_t>(kArgmax);
   const auto* y_at_max = args.buffer<const float>(kYAtMax);
+  const size_t first_scale = conv_->param_specs().size();
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, first_scale);
   cuda::PhaseGradOutputs out;
-  out.dbias = conv_->has_bias() ? args.dparams[1] : nullptr;
-  out.dm = args.dparams.back();
+  out.grads = chain_grads(chain_, args.dparams, first_scale, conv_->has_bias() ? args.dparams[1] : nullptr);
   if (mma_weight_grad_) {
     out.dy_tf32 = args.buffer<uint32_t>(kDyTf32);
     out.dy_residual = args.buffer<uint32_t>(kDyResidual);  // null unless compensated
-    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), chain_.slope1, chain_.slope2,
-                                  out, args.buffers[kEpilogueScratch], epilogue_geometry(), ctx.stream());
+    cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, chain, out, args.buffers[kEpilogueScratch],
+                                  epilogue_geometry(), ctx.stream());
     cuda::phase_mma_weight_grad(out.dy_tf32, out.dy_residual, args.buffer<float>(kXPad), args.dparams[0],
                                 args.buffers[kWgradScratch], g_, ctx.stream());
     return;
@@ -238,8 +257,8 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   out.dyp = args.buffer<float>(kDyp);
   float* dwp = args.buffer<float>(kDwp);
   float* dx_pad = args.din[0].data ? args.buffer<float>(kDxPad) : nullptr;
-  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, args.params.back(), chain_.slope1, chain_.slope2,
-                                out, args.buffers[kEpilogueScratch], epilogue_geometry(), ctx.stream());
+  cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, chain, out, args.buffers[kEpilogueScratch],
+                                epilogue_geometry(), ctx.stream());
   phase_conv_->run_backward(ctx, args.buffer<float>(kXPad), out.dyp, args.buffer<float>(kWp), dx_pad, false, dwp,
                             args.buffers[kCudnnBackward], phase_conv_->cudnn_backward_workspace());
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());

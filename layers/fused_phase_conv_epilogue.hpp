@@ -1,6 +1,6 @@
-// The fused headline pattern with the transposed convolution phase-split:
-// when a conv_transpose (dilation 1) is followed by the epilogue chain and a
-// max pool whose kernel equals the conv's stride, each pool window is exactly
+// A fused conv epilogue with the transposed convolution phase-split: when a
+// conv_transpose (dilation 1) is followed by a pointwise chain and a max pool
+// whose kernel equals the conv's stride and tiles its output, each pool window is exactly
 // the s^d output phases at one grid point. The conv then runs as ONE
 // stride-1 forward convolution with s^d * Cout channels (the combined weight
 // is rebuilt from PyTorch's weight each step) and the epilogue reads the
@@ -22,12 +22,14 @@ namespace anvil {
 
 class FusedPhaseConvEpilogue : public Layer {
  public:
-  // Fills g and returns true where the phase split applies to this conv_transpose + pool.
-  static bool derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel, cuda::PhaseSplitGeometry& g);
-  // The fused layer for this chain, or null where the phase split does not apply.
-  static std::unique_ptr<Layer> create(const FusedChainSpecs& specs);
+  // Fills g where the phase split applies to this conv_transpose + pool; else
+  // returns why not.
+  static std::optional<std::string> derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel,
+                                           cuda::PhaseSplitGeometry& g);
+  // The fused layer for this chain, or null with why_not set where the phase split does not apply.
+  static std::unique_ptr<Layer> create(const FusedChainSpecs& specs, std::string& why_not);
 
-  FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const EpilogueChain& chain,
+  FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const FusedChain& chain,
                          const cuda::PhaseSplitGeometry& g, std::string name);
   ~FusedPhaseConvEpilogue() override;
   OpKind kind() const override { return OpKind::Fused; }
@@ -56,7 +58,7 @@ class FusedPhaseConvEpilogue : public Layer {
 
   std::unique_ptr<Convolution> conv_;        // the original layer: parameters and their PyTorch layout
   std::unique_ptr<Convolution> phase_conv_;  // the stride-1 combined convolution
-  EpilogueChain chain_;
+  FusedChain chain_;
   cuda::PhaseSplitGeometry g_;
   bool backward_ = true, input_grad_ = true;
   // anvil's tensor-core kernels instead of cuDNN: the conv fused with the

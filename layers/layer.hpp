@@ -71,6 +71,7 @@ struct LayerArgs {
 struct BuildSettings {
   Precision precision = Precision::TF32;
   bool deterministic = true;
+  bool autotune = false;  // cuDNN: the fastest measured algorithm instead of the heuristics' first
   size_t workspace_limit = size_t(256) << 20;
 };
 

@@ -163,6 +163,46 @@ std::vector<SmallNet> small_nets() {
       {"window_64_no_bias", net_json("g", "[1, 2, 2, 2, 2]", R"(
         {"type": "conv_transpose3d", "in_channels": 2, "out_channels": 5, "kernel_size": 3, "stride": 2,
          "padding": 1, "output_padding": 1, "bias": false},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 4})")},
+
+      // The general fusion rule: any chain, any pool or none.
+      {"relu_avgpool_batch1_channel1", net_json("i", "[1, 1, 5, 7, 9]", R"(
+        {"type": "conv3d", "in_channels": 1, "out_channels": 1, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool3d", "kernel_size": 2})")},
+      {"sigmoid_scale_tanh_avg_overlap_2d", net_json("j", "[2, 3, 9, 11]", R"(
+        {"type": "conv_transpose2d", "in_channels": 3, "out_channels": 4, "kernel_size": 4, "stride": 2,
+         "padding": 1},
+        {"type": "sigmoid"}, {"type": "channel_scale"}, {"type": "tanh"},
+        {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})")},
+      {"patchify_no_pool_3d", net_json("k", "[2, 3, 4, 6, 8]", R"(
+        {"type": "conv3d", "in_channels": 3, "out_channels": 5, "kernel_size": 2, "stride": 2},
+        {"type": "relu"}, {"type": "channel_scale"}, {"type": "relu"})")},
+      {"negative_and_steep_slopes_two_scales_overlap_max", net_json("l", "[2, 2, 5, 6, 7]", R"(
+        {"type": "conv3d", "in_channels": 2, "out_channels": 3, "kernel_size": [3, 2, 3], "stride": [1, 2, 1],
+         "padding": 1, "bias": false},
+        {"type": "leaky_relu", "negative_slope": -0.3}, {"type": "channel_scale"},
+        {"type": "leaky_relu", "negative_slope": 1.7}, {"type": "channel_scale"},
+        {"type": "max_pool3d", "kernel_size": 3, "stride": 2, "padding": 1})")},
+      {"stride1_conv_transpose_leaky_only_tiled_max", net_json("m", "[3, 2, 6, 5]", R"(
+        {"type": "conv_transpose2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "stride": 1,
+         "padding": 1},
+        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "max_pool2d", "kernel_size": [2, 1]})")},
+      // Phase split with chains other than the headline's: relu (slope 0, not
+      // monotone), a steep slope (monotone) and a smooth activation (per phase).
+      {"phase_split_relu_scale", net_json("n", "[2, 3, 3, 4, 5]", R"(
+        {"type": "conv_transpose3d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "stride": 2,
+         "padding": 1, "output_padding": 1},
+        {"type": "relu"}, {"type": "channel_scale"}, {"type": "max_pool3d", "kernel_size": 2})")},
+      {"phase_split_steep_leaky_sigmoid", net_json("o", "[2, 5, 7, 9]", R"(
+        {"type": "conv_transpose2d", "in_channels": 5, "out_channels": 3, "kernel_size": 4, "stride": 2,
+         "padding": 1},
+        {"type": "leaky_relu", "negative_slope": 1.5}, {"type": "channel_scale"}, {"type": "sigmoid"},
+        {"type": "max_pool2d", "kernel_size": 2})")},
+      // Nine ops: longer than a fused chain may be; runs unfused.
+      {"chain_of_nine_unfused", net_json("p", "[1, 2, 5, 6]", R"(
+        {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3},
+        {"type": "relu"}, {"type": "channel_scale"}, {"type": "tanh"}, {"type": "channel_scale"},
+        {"type": "leaky_relu", "negative_slope": 0.3}, {"type": "channel_scale"}, {"type": "sigmoid"},
+        {"type": "channel_scale"}, {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")},
   };
 }
 
@@ -215,6 +255,52 @@ TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   EXPECT_NE(dgrad.find("[fused_conv_epilogue]"), std::string::npos) << dgrad;
   const std::string unfused = Engine(net, cuda_options("unfused")).describe();
   EXPECT_EQ(unfused.find("fused"), std::string::npos) << unfused;
+}
+
+// The general rule fuses every conv + chain + optional pool, and says why a
+// chain did not take the phase split.
+TEST(GpuFusion, GeneralChainsAreFused) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  for (const SmallNet& net : small_nets()) {
+    SCOPED_TRACE(net.label);
+    const std::string text = Engine(Network::parse(net.json, net.label), cuda_options("phase_split")).describe();
+    if (net.label == "chain_of_nine_unfused") {
+      EXPECT_EQ(text.find("fused"), std::string::npos) << text;
+    } else if (net.label.rfind("phase_split", 0) == 0) {
+      EXPECT_NE(text.find("fused_phase_conv_epilogue"), std::string::npos) << text;
+    } else if (net.label == "relu_avgpool_batch1_channel1") {
+      EXPECT_NE(text.find("[fused_conv_epilogue]"), std::string::npos) << text;
+      EXPECT_NE(text.find("an average pool"), std::string::npos) << text;
+      EXPECT_NE(text.find("formulation: rule: cuDNN's conv, as the phase split does not apply (not a transposed conv)"),
+                std::string::npos)
+          << text;
+    } else if (net.label == "patchify_no_pool_3d") {
+      EXPECT_NE(text.find("3-op chain and no pool"), std::string::npos) << text;
+    }
+  }
+}
+
+// --autotune times both formulations of a phase-split chain and keeps the
+// faster; whichever it keeps, the results match the CPU reference.
+TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const SmallNet net = small_nets()[0];  // batch1_channel1_k2: phase split applies
+  const Network network = Network::parse(net.json, net.label);
+  Options tuned = cuda_options("phase_split");
+  tuned.autotune = true;
+  Engine engine(network, tuned);
+  const std::string text = engine.describe();
+  EXPECT_NE(text.find("formulation: autotuned"), std::string::npos) << text;
+  EXPECT_NE(text.find("fused_phase_conv_epilogue 0."), std::string::npos) << text;
+  EXPECT_NE(text.find("fused_conv_epilogue 0."), std::string::npos) << text;
+  Options cpu;
+  cpu.device = Device::Cpu;
+  Engine reference(network, cpu);
+  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 1e-5));
+  const float loss = engine.train_step();
+  EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
+  for (const auto& [pname, grad] : engine.gradients())
+    EXPECT_TRUE(close("grad." + pname, grad, reference.gradients().at(pname), 1e-5));
 }
 
 // Inference engines save nothing for backward; their output is the training engine's, bit for bit.

@@ -64,7 +64,7 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
   void SetUp() override {
     const Case& c = std::get<0>(GetParam());
     conv_ = testing::make_conv_transpose(c.k, c.s, c.p, c.op, c.in, c.cin, c.cout, c.n);
-    ASSERT_TRUE(FusedPhaseConvEpilogue::derive(*conv_, c.s, g_));
+    ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv_, c.s, g_), std::nullopt);
     phases_ = g_.s[0] * g_.s[1] * g_.s[2];
     kpv_ = g_.kp[0] * g_.kp[1] * g_.kp[2];
     for (int d = 0; d < 3; ++d) {
@@ -108,7 +108,7 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
 class PhaseMmaWeightGrad : public PhaseMma {};
 class PhaseMmaForward : public PhaseMma {
  protected:
-  void check(float s1, float s2);
+  void check(float s1, float s2, bool sigmoid_tail = false);
 };
 
 TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
@@ -167,7 +167,8 @@ TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   EXPECT_LE(rel_l2(dw, want), 1e-5) << (compensated ? "3xTF32" : "TF32");
 }
 
-void PhaseMmaForward::check(float s1, float s2) {
+// The chain leaky(s1) -> * m -> leaky(s2) [-> sigmoid].
+void PhaseMmaForward::check(float s1, float s2, bool sigmoid_tail) {
   const bool compensated = std::get<1>(GetParam());
   ASSERT_TRUE(cuda::phase_fused_forward_supported(g_));
   std::mt19937 rng(12);
@@ -190,8 +191,15 @@ void PhaseMmaForward::check(float s1, float s2) {
   d_x_pad.poison();
   cuda::phase_pad_input(d_x.get(), d_x_pad.get(), !compensated, g_, nullptr);
   cuda::phase_build_weight(d_w.get(), d_wp.get(), g_, nullptr);
-  cuda::phase_fused_forward(d_x_pad.get(), d_wp.get(), d_b.get(), d_m.get(), s1, s2, d_p.get(), d_arg.get(),
-                            d_y.get(), compensated, g_, nullptr);
+  cuda::EpilogueChain chain;
+  chain.ops = sigmoid_tail ? 4 : 3;
+  chain.param[0] = s1;
+  chain.is_scale[1] = true;
+  chain.scale[1] = d_m.get();
+  chain.param[2] = s2;
+  chain.activation[3] = PointwiseOp::Sigmoid;
+  cuda::phase_fused_forward(d_x_pad.get(), d_wp.get(), d_b.get(), chain, d_p.get(), d_arg.get(), d_y.get(),
+                            compensated, g_, nullptr);
   const std::vector<float> x_pad = d_x_pad.download_all(), wp = d_wp.download_all();
   const std::vector<float> p = d_p.download_all(), y_at_max = d_y.download_all();
   const std::vector<uint8_t> arg = d_arg.download_all();
@@ -212,7 +220,8 @@ void PhaseMmaForward::check(float s1, float s2) {
               const float wv = wp[((r * g_.cout + co) * g_.cin + ci) * kpv_ + ut];
               y += double(compensated ? wv : tf32(wv)) * x_pad[x_at(n, ci, q, ut)];
             }
-          const double z = leaky(leaky(y, s1) * m[co], s2);
+          const double z3 = leaky(leaky(y, s1) * m[co], s2);
+          const double z = sigmoid_tail ? 1 / (1 + std::exp(-z3)) : z3;
           if (z > best) {
             second = best;
             best = z;
@@ -246,6 +255,12 @@ TEST_P(PhaseMmaForward, MatchesFloat64) {
 TEST_P(PhaseMmaForward, MatchesFloat64NonMonotoneChain) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   check(-0.3f, 0.1f);
+}
+
+// A smooth activation at the end: not piecewise monotone, the chain runs per phase.
+TEST_P(PhaseMmaForward, MatchesFloat64SmoothChain) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  check(0.2f, 0.1f, true);
 }
 
 const Case kHeadline{"headline_layer", 2, 16, 32, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 5, 33}};

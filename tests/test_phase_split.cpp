@@ -36,7 +36,7 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
   const int64_t n = 2, cin = 3, cout = 2;
   auto conv = conv_transpose(geo, cin, cout, n);
   cuda::PhaseSplitGeometry g;
-  ASSERT_TRUE(FusedPhaseConvEpilogue::derive(*conv, geo.s, g));
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, g), std::nullopt);
 
   std::mt19937 rng(42);
   const Shape& xs = conv->input_shapes()[0];
@@ -118,8 +118,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
   cuda::PhaseSplitGeometry g;
   auto conv = conv_transpose({{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}}, 3, 2, 1);
-  EXPECT_FALSE(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 1}, g)) << "pool kernel differs from the stride";
-  EXPECT_FALSE(FusedPhaseConvEpilogue::derive(*conv, {4, 4, 4}, g));
+  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 1}, g), "the pool kernel differs from the stride");
+  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {4, 4, 4}, g), "the pool kernel differs from the stride");
 }
 
 }  // namespace

@@ -48,6 +48,7 @@ struct CommonFlags {
   bool no_phase_split = false;
   bool no_graph = false;
   bool nondeterministic = false;
+  bool autotune = false;
 };
 
 void add_common(CLI::App* cmd, CommonFlags& f) {
@@ -58,6 +59,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
+  cmd->add_flag("--autotune", f.autotune,
+                "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
 }
 
 // Fails before any work when an output file could not be written at the end.
@@ -79,6 +82,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   o.phase_split = !f.no_phase_split;
   o.cuda_graph = !f.no_graph;
   o.deterministic = !f.nondeterministic;
+  o.autotune = f.autotune;
   if (f.device.empty()) {
     const bool gpu = anvil::cuda_available();
     o.device = gpu ? Device::Cuda : Device::Cpu;

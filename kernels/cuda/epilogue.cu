@@ -1,5 +1,5 @@
-// The fused epilogue: + bias -> leaky(slope1) -> * m[c] -> leaky(slope2) ->
-// max pool (stride = kernel, no padding), forward and backward (see epilogue.hpp).
+// The fused epilogue: + bias -> the chain -> max pool (stride = kernel, no
+// padding), forward and backward (see epilogue.hpp).
 //
 // Work split (both directions): each (n, c) plane's P pooled elements are cut
 // into chunks (2048 elements for windows of up to 8, fewer for larger ones);
@@ -15,20 +15,20 @@
 // window elements; backward computes per pair and then writes dY row segment
 // by row segment with consecutive lanes on consecutive floats.
 //
-// Backward reduces dbias and dm without atomics: each thread accumulates, in
-// double, the pooled elements 2q and 2q+1 of the pairs q = first + tid + k *
-// kThreads of its block, in that order (both paths use the same order, so they
-// give the same bits); a fixed shuffle tree sums the block into
-// scratch[array][c][n * cpp + chunk]; a second kernel sums each channel's
-// n * cpp partials in a fixed order. Bitwise deterministic; the scratch size
-// depends on the geometry alone.
+// Backward reduces dbias and the multipliers' gradients without atomics:
+// each thread accumulates, in double, the pooled elements 2q and 2q+1 of the
+// pairs q = first + tid + k * kThreads of its block, in that order (both paths
+// use the same order, so they give the same bits); a fixed shuffle tree sums
+// the block into scratch[array][c][n * cpp + chunk]; a second kernel sums each
+// channel's n * cpp partials in a fixed order (epilogue_chain.cu). Bitwise
+// deterministic; the scratch size depends on the geometry and the chain alone.
 #include "kernels/cuda/epilogue.hpp"
 
 #include <cstdint>
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/epilogue_math.cuh"
+#include "kernels/cuda/epilogue_chain.cuh"
 
 namespace anvil::cuda {
 namespace {
@@ -75,15 +75,16 @@ __device__ __forceinline__ BlockRange block_range(const EpiDims& g) {
   return r;
 }
 
+template <class Chain>
 __global__ void __launch_bounds__(kThreads)
-    epi_forward_general(const float* __restrict__ y, const float* __restrict__ bias, const float* __restrict__ m,
-                        float s1, float s2, float* __restrict__ p, uint8_t* __restrict__ argmax,
-                        float* __restrict__ y_at_max, EpiDims g) {
+    epi_forward_general(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
+                        float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
+                        EpiDims g) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const bool has_bias = bias != nullptr;
   const float b = has_bias ? __ldg(bias + ch) : 0.f;
-  const float mc = __ldg(m + ch);
+  const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* yp = y + r.plane * g.plane_in;
   const int64_t out = r.plane * int64_t(g.p);
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kThreads)
         for (uint32_t kw = 0; kw < g.k2; ++kw, ++idx) {
           float v = __ldg(src + kw);
           if (has_bias) v = v + b;
-          const float z = epi_z3(v, s1, mc, s2);
+          const float z = Chain::forward(chain, cm, v);
           if (idx == 0 || epi_better(z, best)) {
             best = z;
             best_v = v;
@@ -116,16 +117,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // k = (K0, 2, 2); W % 4 == 0; y 16-byte, p and y_at_max 8-byte, argmax 2-byte aligned.
-template <int K0>
+template <class Chain, int K0>
 __global__ void __launch_bounds__(kThreads)
-    epi_forward_k22(const float* __restrict__ y, const float* __restrict__ bias, const float* __restrict__ m, float s1,
-                    float s2, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
-                    EpiDims g) {
+    epi_forward_k22(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
+                    float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const bool has_bias = bias != nullptr;
   const float b = has_bias ? __ldg(bias + ch) : 0.f;
-  const float mc = __ldg(m + ch);
+  const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* yp = y + r.plane * g.plane_in;
   const int64_t out = r.plane * int64_t(g.p);
   // P is even here (PW is), so e0 and e1 are even.
@@ -149,8 +149,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < K0 * 2; ++j) {
       float4 v = rows[j];
       if (has_bias) v = make_float4(v.x + b, v.y + b, v.z + b, v.w + b);
-      const float za = epi_z3(v.x, s1, mc, s2), zb = epi_z3(v.y, s1, mc, s2);
-      const float zc = epi_z3(v.z, s1, mc, s2), zd = epi_z3(v.w, s1, mc, s2);
+      const float za = Chain::forward(chain, cm, v.x), zb = Chain::forward(chain, cm, v.y);
+      const float zc = Chain::forward(chain, cm, v.z), zd = Chain::forward(chain, cm, v.w);
       if (j == 0 || epi_better(za, best0)) {
         best0 = za;
         v0 = v.x;
@@ -180,42 +180,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Writes the block's dbias and dm partials. Every thread must call it.
-__device__ __forceinline__ void epi_write_partials(double acc_b, double acc_m, double* __restrict__ partials,
-                                                   const BlockRange& r, const EpiDims& g) {
-  const double tb = detail::block_sum(acc_b);
-  const double tm = detail::block_sum(acc_m);
-  if (threadIdx.x == 0 && partials != nullptr) {
-    const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
-    const int64_t j = nn * g.cpp + r.chunk;
-    partials[ch * g.per + j] = tb;
-    partials[(g.c + ch) * g.per + j] = tm;
-  }
+// Writes the block's partial sums. Every thread must call it.
+__device__ __forceinline__ void epi_write_partials(const ChainSums& sums, const EpilogueChain& chain,
+                                                   double* __restrict__ partials, const BlockRange& r,
+                                                   const EpiDims& g) {
+  const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
+  write_chain_partials(sums, chain, partials, g.c, g.per, ch, nn * g.cpp + r.chunk);
 }
 
 // Two phases. 1: the chunk's pooled elements in pair order (as the fast
-// path, for the same reduction bits): the gradient at each argmax, its dbias
-// and dm terms, and the gradient and argmax staged in shared memory. 2: dY
+// path, for the same reduction bits): the gradient at each argmax, its terms
+// of the sums, and the gradient and argmax staged in shared memory. 2: dY
 // written row segment by row segment, one warp per segment and lanes over
 // consecutive floats, so that the stores coalesce whatever the kernel.
+template <class Chain>
 __global__ void __launch_bounds__(kThreads)
     epi_backward_general(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
-                         const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
-                         float* __restrict__ dy, double* __restrict__ partials, EpiDims g) {
+                         const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dy,
+                         double* __restrict__ partials, EpiDims g) {
   __shared__ float grad_s[kChunk];
   __shared__ uint8_t argmax_s[kChunk];
   const BlockRange r = block_range(g);
-  const float mc = __ldg(m + r.plane % g.c);
+  const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
   const int64_t out = r.plane * int64_t(g.p);
-  double acc_b = 0.0, acc_m = 0.0;
+  ChainSums sums;
   const uint32_t q1 = (r.e1 + 1) / 2;  // the last pair of an odd P has one element
   for (uint32_t q = r.e0 / 2 + threadIdx.x; q < q1; q += kThreads) {
     const uint32_t e_end = min(2 * q + 2, r.e1);
     for (uint32_t e = 2 * q; e < e_end; ++e) {
-      float dyv, dz2, z1;
-      epi_grad(__ldg(dp + out + e), __ldg(y_at_max + out + e), s1, mc, s2, dyv, dz2, z1);
-      acc_b += double(dyv);
-      acc_m = fma(double(dz2), double(z1), acc_m);
+      const float dyv = Chain::backward(chain, cm, __ldg(y_at_max + out + e), __ldg(dp + out + e), sums);
       grad_s[e - r.e0] = dyv;
       argmax_s[e - r.e0] = __ldg(argmax + out + e);
     }
@@ -272,33 +265,28 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  epi_write_partials(acc_b, acc_m, partials, r, g);
+  epi_write_partials(sums, chain, partials, r, g);
 }
 
 // k = (K0, 2, 2); W % 4 == 0; dy 16-byte, dp and y_at_max 8-byte, argmax 2-byte aligned.
-template <int K0>
+template <class Chain, int K0>
 __global__ void __launch_bounds__(kThreads)
     epi_backward_k22(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
-                     const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
-                     float* __restrict__ dy, double* __restrict__ partials, EpiDims g) {
+                     const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dy,
+                     double* __restrict__ partials, EpiDims g) {
   const BlockRange r = block_range(g);
-  const float mc = __ldg(m + r.plane % g.c);
+  const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
   float* dyp = dy + r.plane * g.plane_in;
   const int64_t out = r.plane * int64_t(g.p);
-  double acc_b = 0.0, acc_m = 0.0;
+  ChainSums sums;
   for (uint32_t q = r.e0 / 2 + threadIdx.x; q < r.e1 / 2; q += kThreads) {
     const uint32_t e = 2 * q;
     const float2 dpv = __ldg(reinterpret_cast<const float2*>(dp + out + e));
     const float2 yv = __ldg(reinterpret_cast<const float2*>(y_at_max + out + e));
     const uchar2 a = __ldg(reinterpret_cast<const uchar2*>(argmax + out + e));
-    float dyv0, dz20, z10, dyv1, dz21, z11;
-    epi_grad(dpv.x, yv.x, s1, mc, s2, dyv0, dz20, z10);
-    epi_grad(dpv.y, yv.y, s1, mc, s2, dyv1, dz21, z11);
     // Same order as the general path: element 2q, then 2q + 1.
-    acc_b += double(dyv0);
-    acc_m = fma(double(dz20), double(z10), acc_m);
-    acc_b += double(dyv1);
-    acc_m = fma(double(dz21), double(z11), acc_m);
+    const float dyv0 = Chain::backward(chain, cm, yv.x, dpv.x, sums);
+    const float dyv1 = Chain::backward(chain, cm, yv.y, dpv.y, sums);
     const uint32_t row = e / g.pw, pw = e - row * g.pw;
     const uint32_t pd = row / g.ph, ph = row - pd * g.ph;
     float* win = dyp + ((pd * K0) * g.h + ph * 2) * g.w + 2 * pw;
@@ -313,7 +301,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  epi_write_partials(acc_b, acc_m, partials, r, g);
+  epi_write_partials(sums, chain, partials, r, g);
 }
 
 // ---- the phase-split layout ----
@@ -326,14 +314,15 @@ __device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims
   return (nn * phases * g.c + ch) * int64_t(g.p);
 }
 
+template <class Chain>
 __global__ void __launch_bounds__(kThreads)
-    phase_forward(const float* __restrict__ yp, const float* __restrict__ bias, const float* __restrict__ m, float s1,
-                  float s2, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
-                  EpiDims g, uint32_t phases) {
+    phase_forward(const float* __restrict__ yp, const float* __restrict__ bias, const EpilogueChain chain,
+                  float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g,
+                  uint32_t phases) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
-  const float mc = __ldg(m + ch);
+  const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* base = yp + phase_base(r, g, phases);
   const int64_t wstride = g.c * int64_t(g.p);
   const int64_t out = r.plane * int64_t(g.p);
@@ -342,7 +331,7 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t best_i = 0;
     for (uint32_t w = 0; w < phases; ++w) {
       const float v = __ldcs(base + w * wstride + e) + b;
-      const float z = epi_z3(v, s1, mc, s2);
+      const float z = Chain::forward(chain, cm, v);
       if (w == 0 || epi_better(z, best)) {
         best = z;
         best_v = v;
@@ -357,22 +346,20 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <class Chain>
 __global__ void __launch_bounds__(kThreads)
     phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
-                   const float* __restrict__ y_at_max, const float* __restrict__ m, float s1, float s2,
-                   float* __restrict__ dyp, uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
+                   const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dyp,
+                   uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
                    double* __restrict__ partials, EpiDims g, uint32_t phases) {
   const BlockRange r = block_range(g);
-  const float mc = __ldg(m + r.plane % g.c);
+  const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
   float* base = dyp != nullptr ? dyp + phase_base(r, g, phases) : nullptr;
   const int64_t wstride = g.c * int64_t(g.p);
   const int64_t out = r.plane * int64_t(g.p);
-  double acc_b = 0.0, acc_m = 0.0;
+  ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
-    float dyv, dz2, z1;
-    epi_grad(__ldg(dp + out + e), __ldg(y_at_max + out + e), s1, mc, s2, dyv, dz2, z1);
-    acc_b += double(dyv);
-    acc_m = fma(double(dz2), double(z1), acc_m);
+    const float dyv = Chain::backward(chain, cm, __ldg(y_at_max + out + e), __ldg(dp + out + e), sums);
     const uint32_t a = __ldg(argmax + out + e);
     if (dy_tf32 != nullptr) {
       const uint32_t big = detail::tf32_bits(dyv);
@@ -382,16 +369,7 @@ __global__ void __launch_bounds__(kThreads)
     if (dyp != nullptr)
       for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
   }
-  epi_write_partials(acc_b, acc_m, partials, r, g);
-}
-
-// dbias[c] (array 0) and dm[c] (array 1) from the partials; a null output is skipped.
-__global__ void __launch_bounds__(kThreads)
-    epi_finalize(const double* __restrict__ partials, int64_t per, int64_t c, float* __restrict__ dbias,
-                 float* __restrict__ dm) {
-  float* out = blockIdx.y == 0 ? dbias : dm;
-  if (out == nullptr) return;
-  detail::finalize_channels(partials + int64_t(blockIdx.y) * c * per, per, c, out);
+  epi_write_partials(sums, chain, partials, r, g);
 }
 
 // ===========================================================================
@@ -441,23 +419,17 @@ int fast_k0(const EpilogueGeometry& g) {
 
 unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
 
-// Argument checks shared by both layouts' launchers, and the final pass that
-// sums the block partials into dbias and dm.
-void require_forward_args(const char* op, const float* y, const float* m, const float* p, const uint8_t* argmax,
-                          const float* y_at_max) {
-  detail::require(y != nullptr && m != nullptr && p != nullptr, op, "null y, m or p");
+// Argument checks shared by both layouts' launchers.
+void require_forward_args(const char* op, const float* y, const EpilogueChain& chain, const float* p,
+                          const uint8_t* argmax, const float* y_at_max) {
+  detail::require(y != nullptr && p != nullptr, op, "null y or p");
+  require_chain(op, chain);
   detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max are both given or both null");
 }
 
 void require_scratch(const char* op, bool reduce, const void* scratch) {
   detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
                   "scratch must be given (see the *_scratch_bytes functions) and 8-byte aligned");
-}
-
-void finalize_reduction(const double* partials, int64_t per, int64_t c, float* dbias, float* dm, cudaStream_t stream) {
-  if (dbias == nullptr && dm == nullptr) return;
-  epi_finalize<<<dim3(detail::finalize_blocks(c), 2), kThreads, 0, stream>>>(partials, per, c, dbias, dm);
-  ANVIL_CHECK_LAUNCH();
 }
 
 EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
@@ -476,70 +448,78 @@ EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
 
 }  // namespace
 
-void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
-                            uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream) {
+void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_forward";
-  require_forward_args(op, yp, m, p, argmax, y_at_max);
+  require_forward_args(op, yp, chain, p, argmax, y_at_max);
   const EpiDims d = phase_dims(op, g);
-  phase_forward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(yp, bias, m, slope1, slope2, p, argmax,
-                                                                      y_at_max, d, uint32_t(g.phases));
+  with_chain_policy(chain, [&](auto policy) {
+    phase_forward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
+        yp, bias, chain, p, argmax, y_at_max, d, uint32_t(g.phases));
+  });
   ANVIL_CHECK_LAUNCH();
 }
 
-size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g) {
+size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g, const EpilogueChain& chain) {
   const EpiDims d = phase_dims("phase_epilogue_backward_scratch_bytes", g);
-  return size_t(2 * g.c * d.per) * sizeof(double);
+  return chain_partials_bytes(chain, g.c, d.per);
 }
 
-void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, const PhaseGradOutputs& out, void* scratch,
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
+                             const EpilogueChain& chain, const PhaseGradOutputs& out, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_backward";
-  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr, op,
+  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr, op,
                   "null pointer (only the outputs may be null)");
+  require_chain(op, chain);
   detail::require(out.dy_residual == nullptr || out.dy_tf32 != nullptr, op, "a residual needs dy_tf32");
-  const bool reduce = out.dbias != nullptr || out.dm != nullptr;
+  const bool reduce = chain_grads_wanted(chain, out.grads);
   require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  phase_backward<<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, out.dyp,
-                                                                       out.dy_tf32, out.dy_residual, partials, d,
-                                                                       uint32_t(g.phases));
+  with_chain_policy(chain, [&](auto policy) {
+    phase_backward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
+        dp, argmax, y_at_max, chain, out.dyp, out.dy_tf32, out.dy_residual, partials, d, uint32_t(g.phases));
+  });
   ANVIL_CHECK_LAUNCH();
-  finalize_reduction(partials, d.per, g.c, out.dbias, out.dm, stream);
+  if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, out.grads, stream);
 }
 
-void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
-                            uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {
+void fused_epilogue_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "fused_epilogue_forward";
-  require_forward_args(op, y, m, p, argmax, y_at_max);
+  require_forward_args(op, y, chain, p, argmax, y_at_max);
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
   const int k0 = fast_k0(g);
   const bool aligned = detail::aligned_to(y, 16) && detail::aligned_to(p, 8) && detail::aligned_to(y_at_max, 8) &&
                        detail::aligned_to(argmax, 2);
-  if (k0 == 2 && aligned) {
-    epi_forward_k22<2><<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
-  } else if (k0 == 1 && aligned) {
-    epi_forward_k22<1><<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
-  } else {
-    epi_forward_general<<<blocks, kThreads, 0, stream>>>(y, bias, m, slope1, slope2, p, argmax, y_at_max, d);
-  }
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    if (k0 == 2 && aligned) {
+      epi_forward_k22<Chain, 2><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
+    } else if (k0 == 1 && aligned) {
+      epi_forward_k22<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
+    } else {
+      epi_forward_general<Chain><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
+    }
+  });
   ANVIL_CHECK_LAUNCH();
 }
 
-size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g) {
+size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g, const EpilogueChain& chain) {
   const EpiDims d = epi_dims("fused_epilogue_backward_scratch_bytes", g);
-  return size_t(2 * g.c * d.per) * sizeof(double);
+  return chain_partials_bytes(chain, g.c, d.per);
 }
 
-void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, float* dy, float* dbias, float* dm, void* scratch,
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
+                             const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
                              const EpilogueGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "fused_epilogue_backward";
-  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && m != nullptr && dy != nullptr, op,
-                  "null pointer (only dbias and dm may be null)");
-  const bool reduce = dbias != nullptr || dm != nullptr;
+  detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && dy != nullptr, op,
+                  "null pointer (only the gradients may be null)");
+  require_chain(op, chain);
+  const bool reduce = chain_grads_wanted(chain, grads);
   require_scratch(op, reduce, scratch);
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
@@ -547,15 +527,18 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   const int k0 = fast_k0(g);
   const bool aligned = detail::aligned_to(dy, 16) && detail::aligned_to(dp, 8) && detail::aligned_to(y_at_max, 8) &&
                        detail::aligned_to(argmax, 2);
-  if (k0 == 2 && aligned) {
-    epi_backward_k22<2><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
-  } else if (k0 == 1 && aligned) {
-    epi_backward_k22<1><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
-  } else {
-    epi_backward_general<<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, m, slope1, slope2, dy, partials, d);
-  }
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    if (k0 == 2 && aligned) {
+      epi_backward_k22<Chain, 2><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
+    } else if (k0 == 1 && aligned) {
+      epi_backward_k22<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
+    } else {
+      epi_backward_general<Chain><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
+    }
+  });
   ANVIL_CHECK_LAUNCH();
-  finalize_reduction(partials, d.per, g.c, dbias, dm, stream);
+  if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);
 }
 
 }  // namespace anvil::cuda

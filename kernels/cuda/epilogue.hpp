@@ -1,10 +1,12 @@
-// The fused epilogue of the headline pattern:
-//   conv output Y -> + bias -> leaky(slope1) -> * m[c] -> leaky(slope2) -> max pool
+// The fused epilogue of a conv followed by a pointwise chain and a max pool
+// that tiles its output:
+//   conv output Y -> + bias -> the chain (epilogue_chain.hpp) -> max pool
 // with a pool whose stride equals its kernel, no padding, and Y's spatial
 // dims divisible by the kernel. Forward reads Y once and writes the pooled P
 // plus, per pooled element, what backward needs: the argmax's index inside
 // its window and y (bias included) there. Backward writes the whole dY (zeros
-// off the argmax) and reduces dbias and dm per channel in the same pass.
+// off the argmax) and reduces dbias and the multipliers' gradients per channel
+// in the same pass. Other pools, and no pool, are chain_pool.hpp's.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,6 +14,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+
+#include "kernels/cuda/epilogue_chain.hpp"
 
 namespace anvil::cuda {
 
@@ -21,14 +25,13 @@ struct EpilogueGeometry {
   std::array<int64_t, 3> k{1, 1, 1};  // pool kernel = stride; k[0] * k[1] * k[2] <= 256
 };
 
-// argmax and y_at_max may both be null (inference: nothing saved for backward).
-void fused_epilogue_forward(const float* y, const float* bias, const float* m, float slope1, float slope2, float* p,
-                            uint8_t* argmax, float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream);
+// bias may be null; argmax and y_at_max may both be null (inference: nothing saved for backward).
+void fused_epilogue_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream);
 
-size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g);
-// bias may be null (no dbias); dbias may be null when the conv has no bias.
-void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, float* dy, float* dbias, float* dm, void* scratch,
+size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g, const EpilogueChain& chain);
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
+                             const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
                              const EpilogueGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda
@@ -45,9 +48,9 @@ struct PhaseEpilogueGeometry {
   int64_t q = 1;       // pooled elements per plane (the phase grid)
 };
 
-void phase_epilogue_forward(const float* yp, const float* bias, const float* m, float slope1, float slope2, float* p,
-                            uint8_t* argmax, float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream);
-size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g);
+void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            float* y_at_max, const PhaseEpilogueGeometry& g, cudaStream_t stream);
+size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g, const EpilogueChain& chain);
 // What the phase epilogue's backward writes; every output may be null.
 struct PhaseGradOutputs {
   float* dyp = nullptr;  // the whole phase-domain dY
@@ -56,11 +59,10 @@ struct PhaseGradOutputs {
   // TF32-rounded remainder dY - that value.
   uint32_t* dy_tf32 = nullptr;
   uint32_t* dy_residual = nullptr;
-  float* dbias = nullptr;
-  float* dm = nullptr;
+  ChainGrads grads;
 };
-void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const float* m,
-                             float slope1, float slope2, const PhaseGradOutputs& out, void* scratch,
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
+                             const EpilogueChain& chain, const PhaseGradOutputs& out, void* scratch,
                              const PhaseEpilogueGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda

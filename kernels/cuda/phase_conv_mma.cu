@@ -23,7 +23,7 @@
 #include <utility>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/epilogue_math.cuh"
+#include "kernels/cuda/epilogue_chain.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/phase_conv_mma.hpp"
 #include "kernels/cuda/tensor_cores.hpp"
@@ -95,10 +95,10 @@ __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const in
 }
 #endif  // ANVIL_HAS_TENSOR_CORES
 
-template <bool kCompensated, int kPhases>
+template <class Chain, bool kCompensated, int kPhases>
 __global__ void __launch_bounds__(kBlock, 1)
     fused_forward_kernel(const float* __restrict__ x_pad, const float* __restrict__ wp,
-                         const float* __restrict__ bias, const float* __restrict__ m, float s1, float s2,
+                         const float* __restrict__ bias, const EpilogueChain chain, bool monotone_chain,
                          float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
                          FwdDims d) {
 #if ANVIL_HAS_TENSOR_CORES
@@ -150,7 +150,6 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
   const int q_count = d.q0 * d.q1 * d.q2;  // int indices: supported() keeps the output below 2^31
-  const bool monotone = s1 > 0.f && s2 > 0.f;  // both leaky steps strictly rising
   __syncthreads();  // row_off
   Tile tile;
   tile.seek(blockIdx.x, d);
@@ -243,15 +242,20 @@ __global__ void __launch_bounds__(kBlock, 1)
       for (int r = 0; r < 4; ++r) {
         const int pos = pos0 + grp + 8 * (r / 2), co = g * 8 + 2 * tig + r % 2;
         if (!valid || at.w0 + pos >= d.q2 || co >= d.cout) continue;
-        const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f, mc = __ldg(m + co);
+        const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f;
+        const typename Chain::Channel cm = Chain::at(chain, co);
+        // Monotone here: the chain's activations are all rising and every
+        // multiplier of this channel is finite and non-zero.
+        float sign = 1.f;
+        const bool monotone = monotone_chain && isfinite(b0) && Chain::monotone(chain, cm, sign);
         float best = 0.f, best_v = 0.f;
         uint32_t best_i = 0;
-        if (monotone && mc != 0.f && isfinite(mc) && isfinite(b0)) {
-          // The chain is monotone in the accumulator here (rising for m > 0,
-          // falling for m < 0), so the window's max is the chain of its max
-          // (min) accumulator: one compare per phase. (Distinct accumulators
-          // that round to one z pick the larger; a NaN wins as below.)
-          const float sign = mc > 0.f ? 1.f : -1.f;
+        if (monotone) {
+          // The chain is monotone in the accumulator here (rising when the
+          // multipliers' product is positive, else falling), so the window's
+          // max is the chain of its max (min) accumulator: one compare per
+          // phase. (Distinct accumulators that round to one z pick the
+          // larger; a NaN wins as below.)
           float key = acc[0][r] * sign;
 #pragma unroll
           for (int j = 1; j < kPhases; ++j) {
@@ -261,12 +265,12 @@ __global__ void __launch_bounds__(kBlock, 1)
             best_i = take ? uint32_t(j) : best_i;
           }
           best_v = key * sign + b0;
-          best = epi_z3(best_v, s1, mc, s2);
+          best = Chain::forward(chain, cm, best_v);
         } else {
 #pragma unroll
           for (int j = 0; j < kPhases; ++j) {
             const float v = acc[j][r] + b0;
-            const float z = epi_z3(v, s1, mc, s2);
+            const float z = Chain::forward(chain, cm, v);
             if (j == 0 || epi_better(z, best)) {
               best = z;
               best_v = v;
@@ -313,10 +317,10 @@ FwdDims fwd_dims(const PhaseSplitGeometry& g) {
 }
 
 // The kernel for a phase count (compile-time, so the accumulators stay in registers).
-template <bool kCompensated, int... kPhases>
+template <class Chain, bool kCompensated, int... kPhases>
 auto fused_forward_kernel_for(int phases, std::integer_sequence<int, kPhases...>) {
-  constexpr decltype(&fused_forward_kernel<kCompensated, 1>) kernels[] = {
-      fused_forward_kernel<kCompensated, kPhases + 1>...};
+  constexpr decltype(&fused_forward_kernel<Chain, kCompensated, 1>) kernels[] = {
+      fused_forward_kernel<Chain, kCompensated, kPhases + 1>...};
   return kernels[phases - 1];
 }
 
@@ -340,7 +344,7 @@ int device_sm() {
 bool tensor_core_kernels_available() {
   if (device_sm() < 80) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, fused_forward_kernel<false, 1>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, fused_forward_kernel<ProgramChain, false, 1>) != cudaSuccess) {
     (void)cudaGetLastError();  // no code for this device: an answer, not an error to report later
     return false;
   }
@@ -361,23 +365,28 @@ bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
   return fwd_smem_bytes(fwd_dims(g)) <= detail::max_block_smem();
 }
 
-void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const float* m, float slope1,
-                         float slope2, float* p, uint8_t* argmax, float* y_at_max, bool compensated,
-                         const PhaseSplitGeometry& g, cudaStream_t stream) {
+void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const EpilogueChain& chain, float* p,
+                         uint8_t* argmax, float* y_at_max, bool compensated, const PhaseSplitGeometry& g,
+                         cudaStream_t stream) {
   constexpr const char* op = "phase_fused_forward";
   detail::require(phase_fused_forward_supported(g), op, "geometry not supported (check supported() first)");
-  detail::require(x_pad && wp && m && p, op, "null pointer (only bias, argmax and y_at_max may be null)");
+  detail::require(x_pad && wp && p, op, "null pointer (only bias, argmax and y_at_max may be null)");
+  require_chain(op, chain);
   detail::require((argmax == nullptr) == (y_at_max == nullptr), op, "argmax and y_at_max go together");
   FwdDims d = fwd_dims(g);
   const size_t smem = fwd_smem_bytes(d);
   const int64_t tiles = detail::ceil_div(d.steps, kSegs);
   const unsigned blocks = unsigned(std::min<int64_t>(tiles, detail::sm_count()));
   d.tile_stride = step_stride(int64_t(blocks) * kSegs, d);
-  constexpr auto kPhaseCounts = std::make_integer_sequence<int, kMaxPhases>();
-  const auto kernel = compensated ? fused_forward_kernel_for<true>(d.phases, kPhaseCounts)
-                                  : fused_forward_kernel_for<false>(d.phases, kPhaseCounts);
-  ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, m, slope1, slope2, p, argmax, y_at_max, d);
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    constexpr auto kPhaseCounts = std::make_integer_sequence<int, kMaxPhases>();
+    const auto kernel = compensated ? fused_forward_kernel_for<Chain, true>(d.phases, kPhaseCounts)
+                                    : fused_forward_kernel_for<Chain, false>(d.phases, kPhaseCounts);
+    ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, chain, chain_is_piecewise_monotone(chain), p, argmax,
+                                             y_at_max, d);
+  });
   ANVIL_CHECK_LAUNCH();
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/epilogue_chain.hpp"
 #include "kernels/cuda/phase_split.hpp"
 
 namespace anvil::cuda {
@@ -18,8 +19,8 @@ namespace anvil::cuda {
 // 3xTF32, float32-accurate products; otherwise TF32, with x_pad already
 // rounded to TF32 (phase_pad_input's round_tf32).
 bool phase_fused_forward_supported(const PhaseSplitGeometry& g);
-void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const float* m, float slope1,
-                         float slope2, float* p, uint8_t* argmax, float* y_at_max, bool compensated,
-                         const PhaseSplitGeometry& g, cudaStream_t stream);
+void phase_fused_forward(const float* x_pad, const float* wp, const float* bias, const EpilogueChain& chain, float* p,
+                         uint8_t* argmax, float* y_at_max, bool compensated, const PhaseSplitGeometry& g,
+                         cudaStream_t stream);
 
 }  // namespace anvil::cuda

@@ -82,4 +82,26 @@ void CudaContext::copy_to_host(void* dst, const void* src, size_t bytes) {
   synchronize();
 }
 
+double CudaContext::time_ms(const std::function<void()>& work) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
+  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
+  float ms = 0;
+  try {
+    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream_));
+    work();
+    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream_));
+    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
+    ++counters_.synchronizations;
+    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  } catch (...) {
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms;
+}
+
 }  // namespace anvil

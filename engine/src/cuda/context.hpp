@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "anvil/engine.hpp"
 
@@ -29,6 +30,7 @@ class CudaContext {
   void copy_to_device(void* dst, const void* src, size_t bytes);    // async on the stream
   void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronises
   void copy_on_device(void* dst, const void* src, size_t bytes);    // device to device, async on the stream
+  double time_ms(const std::function<void()>& work);  // CUDA events on the stream around the work; synchronises
 
   using Counters = Engine::DeviceCounters;
   const Counters& counters() const { return counters_; }

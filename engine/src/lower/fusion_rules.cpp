@@ -26,27 +26,33 @@ struct FusionRule {
   std::string name;
   FusionPattern pattern;
   std::function<bool(const FusedChainSpecs&, const Shape& head_output)> applies;
-  std::function<std::unique_ptr<Layer>(const FusedChainSpecs&, const FusionSettings&)> create;
+  std::function<FusionCandidates(const FusedChainSpecs&, const FusionSettings&)> create;
 };
 
-// The table. Today's rule: a convolution, its bias, the epilogue chain
-// leaky -> scale -> leaky, and a non-overlapping max pool, as one conv plus one
-// epilogue kernel (or, for a transposed conv whose stride is the pool kernel,
-// the phase-split form, whose tensor-core kernel never writes Y). The fused ops
-// are CUDA-only, so a build without CUDA has no rules.
+// The table. One rule: a convolution, its bias, any chain of activations and
+// channel_scales, and optionally a pool, as one conv plus one epilogue kernel.
+// The formulation rule: a transposed conv whose stride is the kernel of a max
+// pool that tiles its output runs phase-split (its tensor-core kernel never
+// writes Y); every other chain runs cuDNN's conv and the epilogue kernel. The
+// fused ops are CUDA-only, so a build without CUDA has no rules.
 const std::vector<FusionRule>& rules() {
   static const std::vector<FusionRule> table = {
 #if ANVIL_WITH_CUDA
-      {"conv_epilogue_pool",
-       {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Required},
+      {"conv_chain_pool",
+       {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
        [](const FusedChainSpecs& s, const Shape& conv_output) {
-         return epilogue_chain(s.pointwise).has_value() &&
-                pool_tiles_output(std::get<PoolSpec>(s.pool->params), conv_output);
+         return fused_chain(s.pointwise).has_value() &&
+                (!s.pool || fusable_pool(std::get<PoolSpec>(s.pool->params), conv_output));
        },
-       [](const FusedChainSpecs& s, const FusionSettings& settings) -> std::unique_ptr<Layer> {
+       [](const FusedChainSpecs& s, const FusionSettings& settings) {
+         FusionCandidates c;
+         std::string why_not = "turned off";
          if (settings.phase_split)
-           if (auto phase_split = FusedPhaseConvEpilogue::create(s)) return phase_split;
-         return std::make_unique<FusedConvEpilogue>(s);
+           if (auto phase_split = FusedPhaseConvEpilogue::create(s, why_not)) c.layers.push_back(std::move(phase_split));
+         c.why = c.layers.empty() ? "rule: cuDNN's conv, as the phase split does not apply (" + why_not + ")"
+                                  : "rule: the phase split, which applies";
+         c.layers.push_back(std::make_unique<FusedConvEpilogue>(s));
+         return c;
        }},
 #endif
   };
@@ -92,10 +98,15 @@ std::vector<FusionMatch> find_fusions(const Graph& g) {
   for (size_t head = 0; head < g.nodes.size(); ++head) {
     if (taken[head] || !g.nodes[head].spec) continue;
     for (const FusionRule& rule : rules()) {
-      const std::vector<int> nodes = match_pattern(g, rule.pattern, static_cast<int>(head));
+      std::vector<int> nodes = match_pattern(g, rule.pattern, static_cast<int>(head));
+      const Shape& head_output = g.tensors[g.nodes[head].output].shape;
+      // An optional pool the rule cannot take stays a layer of its own.
+      if (rule.pattern.pool == PoolTail::Optional && nodes.size() > 1 &&
+          g.nodes[nodes.back()].layer->kind() == OpKind::Pool && !rule.applies(chain_specs(g, nodes), head_output))
+        nodes.pop_back();
       if (nodes.size() < 2) continue;
       if (std::any_of(nodes.begin(), nodes.end(), [&](int n) { return taken[n]; })) continue;
-      if (!rule.applies(chain_specs(g, nodes), g.tensors[g.nodes[head].output].shape)) continue;
+      if (!rule.applies(chain_specs(g, nodes), head_output)) continue;
       for (int n : nodes) taken[n] = true;
       matches.push_back({rule.name, nodes});
       break;
@@ -110,12 +121,19 @@ void apply_fusions(Graph& g, const FusionSettings& settings) {
       return r.name == match.rule;
     });
     const FusedChainSpecs specs = chain_specs(g, match.nodes);
-    std::unique_ptr<Layer> fused = rule.create(specs, settings);
+    FusionCandidates made = rule.create(specs, settings);
+    std::vector<std::unique_ptr<Layer>>& candidates = made.layers;
     GraphNode& first = g.nodes[match.nodes.front()];
     const GraphNode& last = g.nodes[match.nodes.back()];
-    fused->setup({g.tensors[first.inputs[0]].shape});
-    if (fused->output_shape() != g.tensors[last.output].shape)
-      throw Error("internal error: fused op '" + fused->name() + "' changes the chain's output shape");
+    for (auto& candidate : candidates) {
+      candidate->setup({g.tensors[first.inputs[0]].shape});
+      if (candidate->output_shape() != g.tensors[last.output].shape)
+        throw Error("internal error: fused op '" + candidate->name() + "' changes the chain's output shape");
+    }
+    std::unique_ptr<Layer> fused = std::move(candidates.front());
+    if (settings.alternatives)
+      for (size_t k = 1; k < candidates.size(); ++k) first.alternatives.push_back(std::move(candidates[k]));
+    first.choice = made.why;
     // The fused node takes the head's place and produces the chain's last tensor.
     for (size_t k = 0; k + 1 < match.nodes.size(); ++k) {
       GraphTensor& inner = g.tensors[g.nodes[match.nodes[k]].output];

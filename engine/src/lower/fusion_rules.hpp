@@ -14,6 +14,7 @@ namespace anvil {
 
 struct FusionSettings {
   bool phase_split = true;  // let a transposed conv run as one stride-1 conv over its output phases
+  bool alternatives = false;  // keep the other formulations too (GraphNode::alternatives), for autotuning
 };
 
 // What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.
@@ -23,6 +24,12 @@ struct FusedChainSpecs {
   const LayerSpec* pool = nullptr;          // may be null
   Shape input;                              // the conv's input shape
   std::string name;                         // the merged names, joined by '+'
+};
+
+// A fused op's formulations, the default first, and why the formulation rule picked it.
+struct FusionCandidates {
+  std::vector<std::unique_ptr<Layer>> layers;
+  std::string why;
 };
 
 struct FusionMatch {

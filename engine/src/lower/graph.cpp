@@ -148,7 +148,9 @@ void Graph::mark_gradients(bool input_grad) {
   }
   for (const auto& node : nodes) {
     bool backward = tensors[node.output].requires_grad;
-    node.layer->set_gradient_needs(backward, backward && tensors[node.inputs[0]].requires_grad);
+    const bool input_grad = backward && tensors[node.inputs[0]].requires_grad;
+    node.layer->set_gradient_needs(backward, input_grad);
+    for (const auto& alternative : node.alternatives) alternative->set_gradient_needs(backward, input_grad);
   }
 }
 

@@ -35,6 +35,9 @@ struct GraphNode {
   std::vector<int> inputs;          // tensor indices
   int output = -1;
   std::vector<std::string> merged;  // original layer names, when fused
+  // Other formulations of a fused op, kept for autotuning (run/autotune.cpp).
+  std::vector<std::unique_ptr<Layer>> alternatives;
+  std::string choice;  // how the op's formulation was chosen, when there was a choice
 };
 
 class Graph {

@@ -12,6 +12,7 @@
 
 #if ANVIL_WITH_CUDA
 #include "engine/src/cuda/check.hpp"
+#include "engine/src/run/autotune.hpp"
 #endif
 
 namespace anvil {
@@ -35,7 +36,7 @@ void Engine::Impl::build() {
   if (cuda()) ctx = std::make_unique<CudaContext>();
 #endif
   graph = network.build_graph();
-  if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split});
+  if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune});
   graph->mark_gradients(training() && options.input_grad);
   if (training()) {
     if (!graph->tensors[graph->output].requires_grad)
@@ -43,7 +44,10 @@ void Engine::Impl::build() {
     loss = create_loss(network.spec());
     optimizer = create_optimizer(network.spec());
   } else {
-    for (auto& node : graph->nodes) node.layer->set_gradient_needs(false, false);
+    for (auto& node : graph->nodes) {
+      node.layer->set_gradient_needs(false, false);
+      for (auto& alternative : node.alternatives) alternative->set_gradient_needs(false, false);
+    }
   }
 
 #if ANVIL_WITH_CUDA
@@ -52,6 +56,8 @@ void Engine::Impl::build() {
     settings.precision = network.precision();
     settings.deterministic = options.deterministic;
     settings.workspace_limit = options.workspace_limit;
+    settings.autotune = options.autotune;
+    if (options.autotune) autotune_formulations(*graph, *ctx, settings, training());
     for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
   }
 #endif

@@ -14,29 +14,6 @@ namespace anvil {
 const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
 
 #if ANVIL_WITH_CUDA
-namespace {
-// CUDA events on the stream around the work.
-double time_on_stream(cudaStream_t stream, const std::function<void()>& work) {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  ANVIL_CUDA_CHECK(cudaEventCreate(&start));
-  ANVIL_CUDA_CHECK(cudaEventCreate(&stop));
-  float ms = 0;
-  try {
-    ANVIL_CUDA_CHECK(cudaEventRecord(start, stream));
-    work();
-    ANVIL_CUDA_CHECK(cudaEventRecord(stop, stream));
-    ANVIL_CUDA_CHECK(cudaEventSynchronize(stop));
-    ANVIL_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  } catch (...) {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    throw;
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms;
-}
-}  // namespace
 #else
 // A build without CUDA (ANVIL_WITH_CUDA=OFF): no device to ask about, and no
 // CUDA engine. Asking for one is bad input (exit code 2 in the CLI).
@@ -117,13 +94,14 @@ std::string Engine::describe() const {
       << "\n";
     const std::string algos = node.layer->describe_cuda();
     if (!algos.empty()) s << "      cuDNN: " << algos << "\n";
+    if (!node.choice.empty()) s << "      formulation: " << node.choice << "\n";
   }
   return s.str();
 }
 
 double Engine::time_ms(const std::function<void()>& work) {
 #if ANVIL_WITH_CUDA
-  if (impl_->cuda()) return time_on_stream(impl_->ctx->stream(), work);
+  if (impl_->cuda()) return impl_->ctx->time_ms(work);
 #endif
   const auto t0 = std::chrono::steady_clock::now();
   work();

@@ -1,0 +1,126 @@
+#include "engine/src/run/autotune.hpp"
+
+#if ANVIL_WITH_CUDA
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
+#include "engine/src/cuda/context.hpp"
+
+namespace anvil {
+
+namespace {
+
+constexpr int kTimedRuns = 3;
+
+// The scratch memory one op runs over: its input, output, parameters, their
+// gradients and its buffers, in one allocation, freed on scope exit.
+class OpScratch {
+ public:
+  OpScratch(CudaContext& ctx, const Layer& op, bool backward, bool input_grad) : ctx_(ctx) {
+    const Shape& x = op.input_shapes()[0];
+    const Shape& y = op.output_shape();
+    std::vector<size_t> sizes = {bytes_of(x), bytes_of(y), backward ? bytes_of(y) : 0, input_grad ? bytes_of(x) : 0};
+    for (const ParamSpec& p : op.param_specs()) sizes.push_back(bytes_of(p.shape));
+    for (const ParamSpec& p : op.param_specs()) sizes.push_back(backward ? bytes_of(p.shape) : 0);
+    for (const BufferRequest& b : op.buffers(Device::Cuda)) sizes.push_back(b.bytes);
+    std::vector<size_t> offsets;
+    size_t total = 0;
+    for (size_t s : sizes) {
+      offsets.push_back(total);
+      total += (s + 255) / 256 * 256;
+    }
+    base_ = static_cast<char*>(ctx.allocate(std::max<size_t>(total, 256)));
+    auto at = [&](size_t k) -> char* { return sizes[k] ? base_ + offsets[k] : nullptr; };
+    // Random inputs, parameters and output gradient: maxima and signs as in training.
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+    auto fill = [&](size_t k) {
+      std::vector<float> host(sizes[k] / sizeof(float));
+      for (float& v : host) v = uniform(rng);
+      ANVIL_CUDA_CHECK(cudaMemcpy(at(k), host.data(), sizes[k], cudaMemcpyHostToDevice));
+    };
+    const size_t params = op.param_specs().size();
+    fill(0);
+    if (backward) fill(2);
+    for (size_t k = 0; k < params; ++k) fill(4 + k);
+    auto view = [&](size_t k, const Shape& s) { return TensorView{reinterpret_cast<float*>(at(k)), s}; };
+    forward.in = {view(0, x)};
+    forward.out = view(1, y);
+    for (size_t k = 0; k < params; ++k) forward.params.push_back(reinterpret_cast<float*>(at(4 + k)));
+    for (size_t k = 4 + 2 * params; k < sizes.size(); ++k) forward.buffers.push_back(at(k));
+    this->backward = forward;
+    this->backward.dout = view(2, y);
+    this->backward.din = {view(3, x)};
+    this->backward.din_accumulate = {false};
+    if (backward)
+      for (size_t k = 0; k < params; ++k) this->backward.dparams.push_back(reinterpret_cast<float*>(at(4 + params + k)));
+  }
+  ~OpScratch() { ctx_.release(base_); }
+  OpScratch(const OpScratch&) = delete;
+  OpScratch& operator=(const OpScratch&) = delete;
+
+  LayerArgs forward, backward;
+
+ private:
+  static size_t bytes_of(const Shape& s) { return static_cast<size_t>(numel(s)) * sizeof(float); }
+  CudaContext& ctx_;
+  char* base_ = nullptr;
+};
+
+// Milliseconds per forward (+ backward) of the op alone, after one untimed run.
+double time_alone(Layer& op, CudaContext& ctx, const BuildSettings& settings, bool backward, bool input_grad) {
+  op.build_cuda(ctx, settings);
+  OpScratch scratch(ctx, op, backward, input_grad);
+  op.choose_algorithms(ctx, scratch.forward, scratch.backward);
+  auto run = [&] {
+    op.forward(Device::Cuda, &ctx, scratch.forward);
+    if (backward) op.backward(Device::Cuda, &ctx, scratch.backward);
+  };
+  run();
+  return ctx.time_ms([&] {
+           for (int i = 0; i < kTimedRuns; ++i) run();
+         }) /
+         kTimedRuns;
+}
+
+std::string format_ms(double ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f ms", ms);
+  return buf;
+}
+
+}  // namespace
+
+void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& settings, bool training) {
+  for (GraphNode& node : graph.nodes) {
+    if (node.alternatives.empty()) continue;
+    // The gradient needs, as Graph::mark_gradients set them (none without training).
+    const bool backward = training && graph.tensors[node.output].requires_grad;
+    const bool input_grad = backward && graph.tensors[node.inputs[0]].requires_grad;
+    std::vector<std::unique_ptr<Layer>> candidates;
+    candidates.push_back(std::move(node.layer));
+    for (auto& alternative : node.alternatives) candidates.push_back(std::move(alternative));
+    node.alternatives.clear();
+    size_t best = 0;
+    double best_ms = 0;
+    std::string times;
+    for (size_t k = 0; k < candidates.size(); ++k) {
+      const double ms = time_alone(*candidates[k], ctx, settings, backward, input_grad);
+      times += (k ? ", " : "") + candidates[k]->type() + " " + format_ms(ms);
+      if (k == 0 || ms < best_ms) {
+        best = k;
+        best_ms = ms;
+      }
+    }
+    node.layer = std::move(candidates[best]);
+    node.choice = "autotuned (the rule's pick was the first), " + std::string(backward ? "forward + backward" : "forward") + ": " + times;
+  }
+}
+
+}  // namespace anvil
+
+#endif  // ANVIL_WITH_CUDA

@@ -1,0 +1,326 @@
+// The general fused epilogue (see chain_pool.hpp).
+//
+// Work split: block b covers chunk b % cpp of plane b / cpp (plane = n * C +
+// channel), so a block never mixes channels; forward chunks are output
+// elements, backward chunks are Y elements. Without a pool and with planes of
+// a multiple of 4 floats and aligned buffers, a thread takes 4 neighbours as
+// one float4. Backward sums dbias and the multipliers' terms per thread in
+// double in a fixed order, a shuffle tree per block, then a fixed-order pass
+// over the blocks (epilogue_chain.cu): bitwise deterministic.
+#include "kernels/cuda/chain_pool.hpp"
+
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/epilogue_chain.cuh"
+
+namespace anvil::cuda {
+namespace {
+
+using detail::kThreads;
+
+constexpr uint32_t kChunk = 2048;  // elements per block: 8 per thread
+constexpr int kMaxWindow = 255;    // argmax is a byte; 255 marks a window of padding only
+
+// The geometry as the kernels need it: in-plane sizes fit 31 bits (checked on the host).
+struct PoolDims {
+  int64_t c = 1;
+  int64_t cpp = 1;  // chunks per plane
+  int64_t per = 1;  // partials per channel: n * cpp
+  uint32_t chunk = kChunk;
+  uint32_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
+  int32_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, pad[3] = {0, 0, 0};
+  uint32_t plane_in = 1, plane_out = 1;
+  float divisor = 1.f;  // the window's volume (average)
+};
+
+struct Chunk {
+  int64_t plane, chunk;
+  uint32_t e0, e1;
+};
+
+__device__ __forceinline__ Chunk chunk_of(const PoolDims& d, uint32_t plane_size) {
+  Chunk r;
+  r.plane = int64_t(blockIdx.x) / d.cpp;
+  r.chunk = int64_t(blockIdx.x) - r.plane * d.cpp;
+  r.e0 = uint32_t(r.chunk) * d.chunk;
+  r.e1 = min(plane_size, r.e0 + d.chunk);
+  return r;
+}
+
+// ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
+
+template <class Chain, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    chain_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
+                         float* __restrict__ p, PoolDims d) {
+  const Chunk r = chunk_of(d, d.plane_in);
+  const int64_t ch = r.plane % d.c;
+  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const int64_t base = r.plane * int64_t(d.plane_in);
+  for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
+    if constexpr (kVec == 4) {
+      const float4 v = __ldcs(reinterpret_cast<const float4*>(y + base + e));
+      detail::store4(p + base + e, make_float4(Chain::forward(chain, cm, v.x + b), Chain::forward(chain, cm, v.y + b),
+                                               Chain::forward(chain, cm, v.z + b), Chain::forward(chain, cm, v.w + b)));
+    } else {
+      p[base + e] = Chain::forward(chain, cm, __ldcs(y + base + e) + b);
+    }
+  }
+}
+
+template <class Chain, int kVec>
+__global__ void __launch_bounds__(kThreads)
+    chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
+                          const EpilogueChain chain, float* __restrict__ dy, double* __restrict__ partials,
+                          PoolDims d) {
+  const Chunk r = chunk_of(d, d.plane_in);
+  const int64_t ch = r.plane % d.c;
+  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const int64_t base = r.plane * int64_t(d.plane_in);
+  ChainSums sums;
+  for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
+    if constexpr (kVec == 4) {
+      const float4 v = __ldcs(reinterpret_cast<const float4*>(y + base + e));
+      const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
+      const float d0 = Chain::backward(chain, cm, v.x + b, g.x, sums);
+      const float d1 = Chain::backward(chain, cm, v.y + b, g.y, sums);
+      const float d2 = Chain::backward(chain, cm, v.z + b, g.z, sums);
+      const float d3 = Chain::backward(chain, cm, v.w + b, g.w, sums);
+      detail::store4(dy + base + e, make_float4(d0, d1, d2, d3));
+    } else {
+      dy[base + e] = Chain::backward(chain, cm, __ldcs(y + base + e) + b, __ldcs(dp + base + e), sums);
+    }
+  }
+  write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+}
+
+// ---- max and average pools ----
+
+// The in-bounds window [lo, hi) of output o along axis a, and its start (maybe negative).
+struct Span {
+  int32_t start, lo, hi;
+};
+__device__ __forceinline__ Span span(const PoolDims& d, int a, uint32_t o) {
+  Span s;
+  s.start = int32_t(o) * d.s[a] - d.pad[a];
+  s.lo = max(s.start, 0);
+  s.hi = min(s.start + d.k[a], int32_t(d.in[a]));
+  return s;
+}
+
+template <class Chain, bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
+                        float* __restrict__ p, uint8_t* __restrict__ argmax, PoolDims d) {
+  const Chunk r = chunk_of(d, d.plane_out);
+  const int64_t ch = r.plane % d.c;
+  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const float* yp = y + r.plane * int64_t(d.plane_in);
+  const int64_t out = r.plane * int64_t(d.plane_out);
+  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    const uint32_t ow = e % d.out[2], row = e / d.out[2], oh = row % d.out[1], od = row / d.out[1];
+    const Span sd = span(d, 0, od), sh = span(d, 1, oh), sw = span(d, 2, ow);
+    float best = -INFINITY;
+    int best_i = kMaxWindow;  // stays for a window of padding only
+    double sum = 0.0;
+    for (int32_t i0 = sd.lo; i0 < sd.hi; ++i0)
+      for (int32_t i1 = sh.lo; i1 < sh.hi; ++i1) {
+        const float* row_p = yp + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2];
+        const int wrow = ((i0 - sd.start) * d.k[1] + (i1 - sh.start)) * d.k[2] - sw.start;
+        for (int32_t i2 = sw.lo; i2 < sw.hi; ++i2) {
+          const float z = Chain::forward(chain, cm, __ldg(row_p + i2) + b);
+          if constexpr (kMax) {
+            if (best_i == kMaxWindow || epi_better(z, best)) {
+              best = z;
+              best_i = wrow + i2;
+            }
+          } else {
+            sum += double(z);
+          }
+        }
+      }
+    if constexpr (kMax) {
+      p[out + e] = best;
+      if (argmax != nullptr) argmax[out + e] = uint8_t(best_i);
+    } else {
+      p[out + e] = float(sum / double(d.divisor));
+    }
+  }
+}
+
+// The outputs whose windows hold input i along axis a: [lo, hi].
+__device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, int32_t& lo, int32_t& hi) {
+  const int32_t first = i + d.pad[a] - d.k[a] + 1;  // the lowest window start that still holds i
+  lo = first <= 0 ? 0 : (first + d.s[a] - 1) / d.s[a];
+  hi = min((i + d.pad[a]) / d.s[a], int32_t(d.out[a]) - 1);
+}
+
+template <class Chain, bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
+                         const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
+                         double* __restrict__ partials, PoolDims d) {
+  const Chunk r = chunk_of(d, d.plane_in);
+  const int64_t ch = r.plane % d.c;
+  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const int64_t in_base = r.plane * int64_t(d.plane_in), out_base = r.plane * int64_t(d.plane_out);
+  ChainSums sums;
+  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    const int32_t i2 = int32_t(e % d.in[2]), row = int32_t(e / d.in[2]);
+    const int32_t i1 = row % int32_t(d.in[1]), i0 = row / int32_t(d.in[1]);
+    int32_t lo0, hi0, lo1, hi1, lo2, hi2;
+    covering(d, 0, i0, lo0, hi0);
+    covering(d, 1, i1, lo1, hi1);
+    covering(d, 2, i2, lo2, hi2);
+    // Windows in ascending output order, as the CPU reference adds them.
+    float dz = 0.f;
+    for (int32_t o0 = lo0; o0 <= hi0; ++o0)
+      for (int32_t o1 = lo1; o1 <= hi1; ++o1)
+        for (int32_t o2 = lo2; o2 <= hi2; ++o2) {
+          const int64_t o = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2] + uint32_t(o2);
+          if constexpr (kMax) {
+            const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
+                          (i2 - (o2 * d.s[2] - d.pad[2]));
+            if (__ldg(argmax + o) == w) dz += __ldg(dp + o);
+          } else {
+            dz += __ldg(dp + o) / d.divisor;
+          }
+        }
+    dy[in_base + e] = Chain::backward(chain, cm, __ldg(y + in_base + e) + b, dz, sums);
+  }
+  write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+}
+
+// ---- host side ----
+
+PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  detail::require(g.n > 0 && g.c > 0 && g.n <= kMax31 && g.c <= kMax31 && g.n * g.c <= kMax31, op,
+                  "n and c must be positive, n * c < 2^31");
+  const std::array<int64_t, 3> out = chain_pool_output(g);
+  PoolDims d;
+  d.c = g.c;
+  int64_t plane_in = 1, plane_out = 1, window = 1;
+  for (int a = 0; a < 3; ++a) {
+    detail::require(g.y[a] > 0 && g.k[a] > 0 && g.stride[a] > 0 && g.pad[a] >= 0, op,
+                    "y dims, window and stride must be positive, padding non-negative");
+    detail::require(g.pad[a] * 2 <= g.k[a] && out[a] > 0, op, "the window must fit the padded input, pad <= k / 2");
+    detail::require(g.k[a] <= 256 && g.stride[a] <= 256 && g.y[a] <= kMax31, op, "window, stride or dims too large");
+    plane_in *= g.y[a];
+    plane_out *= out[a];
+    window *= g.k[a];
+    detail::require(plane_in <= kMax31, op, "a plane of y must have < 2^31 elements");
+    d.in[a] = uint32_t(g.y[a]);
+    d.out[a] = uint32_t(out[a]);
+    d.k[a] = int32_t(g.k[a]);
+    d.s[a] = int32_t(g.stride[a]);
+    d.pad[a] = int32_t(g.pad[a]);
+  }
+  detail::require(g.pool != ChainPool::Max || window <= kMaxWindow, op,
+                  "max pool window larger than 255 elements (argmax is a byte)");
+  detail::require(g.pool != ChainPool::None || window == 1, op, "no pool: the window must be 1");
+  d.plane_in = uint32_t(plane_in);
+  d.plane_out = uint32_t(plane_out);
+  d.divisor = float(window);
+  const bool by_input = backward || g.pool == ChainPool::None;
+  const uint32_t per_element = by_input ? 1 : uint32_t(detail::ceil_div(window, 8));
+  d.chunk = std::max<uint32_t>(256, kChunk / per_element / 4 * 4);
+  d.cpp = detail::ceil_div(by_input ? plane_in : plane_out, d.chunk);
+  d.per = g.n * d.cpp;
+  detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
+  return d;
+}
+
+unsigned blocks_of(const ChainPoolGeometry& g, const PoolDims& d) { return unsigned(g.n * g.c * d.cpp); }
+
+bool vec4_ok(const PoolDims& d, std::initializer_list<const void*> buffers) {
+  if (d.plane_in % 4 != 0) return false;
+  for (const void* b : buffers)
+    if (!detail::aligned_to(b, 16)) return false;
+  return true;
+}
+
+}  // namespace
+
+std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g) {
+  std::array<int64_t, 3> out{};
+  for (int a = 0; a < 3; ++a)
+    out[a] = g.stride[a] > 0 ? (g.y[a] + 2 * g.pad[a] - g.k[a]) / g.stride[a] + 1 : 0;
+  return out;
+}
+
+void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                        const ChainPoolGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "chain_pool_forward";
+  detail::require(y != nullptr && p != nullptr, op, "null y or p");
+  detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
+  require_chain(op, chain);
+  const PoolDims d = pool_dims(op, g, false);
+  const unsigned blocks = blocks_of(g, d);
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    switch (g.pool) {
+      case ChainPool::None:
+        if (vec4_ok(d, {y, p}))
+          chain_forward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, d);
+        else
+          chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, d);
+        break;
+      case ChainPool::Max:
+        pool_forward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, d);
+        break;
+      case ChainPool::Avg:
+        pool_forward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, nullptr, d);
+        break;
+    }
+  });
+  ANVIL_CHECK_LAUNCH();
+}
+
+size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const EpilogueChain& chain) {
+  const PoolDims d = pool_dims("chain_pool_backward_scratch_bytes", g, true);
+  return chain_partials_bytes(chain, g.c, d.per);
+}
+
+void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
+                         const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
+                         const ChainPoolGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "chain_pool_backward";
+  detail::require(dp != nullptr && y != nullptr && dy != nullptr, op, "null dp, y or dy");
+  detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
+  require_chain(op, chain);
+  const bool reduce = chain_grads_wanted(chain, grads);
+  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
+                  "scratch must be given (chain_pool_backward_scratch_bytes) and 8-byte aligned");
+  const PoolDims d = pool_dims(op, g, true);
+  const unsigned blocks = blocks_of(g, d);
+  auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    switch (g.pool) {
+      case ChainPool::None:
+        if (vec4_ok(d, {dp, y, dy}))
+          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, partials, d);
+        else
+          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, partials, d);
+        break;
+      case ChainPool::Max:
+        pool_backward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy, partials,
+                                                                           d);
+        break;
+      case ChainPool::Avg:
+        pool_backward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(dp, y, bias, nullptr, chain, dy, partials,
+                                                                            d);
+        break;
+    }
+  });
+  ANVIL_CHECK_LAUNCH();
+  if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);
+}
+
+}  // namespace anvil::cuda

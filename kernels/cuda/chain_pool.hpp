@@ -1,0 +1,48 @@
+// The general fused epilogue of a conv:
+//   conv output Y -> + bias -> the chain (epilogue_chain.hpp) -> a pool, or none
+// for every pool the tiled max of epilogue.hpp does not cover: max or
+// average, any window (max: up to 255 elements), stride and padding, with
+// PyTorch's semantics as in the CPU reference (max pads with -inf and routes
+// the gradient to the first maximum; average divides by the whole window,
+// count_include_pad). Forward reads Y once and writes the output P and, for
+// a max pool in training, each window's argmax. Backward reads Y again (the
+// caller keeps it), computes dY in one pass (each element gathers from the
+// windows that hold it) and reduces dbias and the multipliers' gradients per
+// channel, deterministically.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/epilogue_chain.hpp"
+
+namespace anvil::cuda {
+
+enum class ChainPool { None, Max, Avg };
+
+struct ChainPoolGeometry {
+  int64_t n = 1, c = 1;
+  std::array<int64_t, 3> y{1, 1, 1};  // conv output spatial dims (D, H, W); D = 1 in 2-D
+  ChainPool pool = ChainPool::None;
+  // The pool's window; 1, 1 and 0 along lifted dims and without a pool.
+  std::array<int64_t, 3> k{1, 1, 1}, stride{1, 1, 1}, pad{0, 0, 0};
+};
+
+// P's spatial dims: (y + 2 pad - k) / stride + 1 (Y's own without a pool).
+std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g);
+
+// bias may be null; argmax (one byte per output element) only with a max
+// pool, and null in inference.
+void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                        const ChainPoolGeometry& g, cudaStream_t stream);
+
+size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const EpilogueChain& chain);
+// dp is P's gradient; y, bias and argmax as forward had them.
+void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
+                         const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
+                         const ChainPoolGeometry& g, cudaStream_t stream);
+
+}  // namespace anvil::cuda

@@ -1,0 +1,171 @@
+// The epilogue chain's device math, shared by every kernel that runs it:
+//   v = y + bias -> the chain (epilogue_chain.hpp) -> a pool (or none),
+// and back, with the per-channel sums of dbias and each multiplier's gradient.
+#pragma once
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/epilogue_chain.hpp"
+
+namespace anvil::cuda {
+
+__device__ __forceinline__ float activation_forward(PointwiseOp op, float x, float param) {
+  switch (op) {
+#define ANVIL_CHAIN_FORWARD(Name) \
+  case PointwiseOp::Name:         \
+    return pointwise::Name::forward(x, param);
+    ANVIL_POINTWISE_OPS(ANVIL_CHAIN_FORWARD)
+#undef ANVIL_CHAIN_FORWARD
+  }
+  return x;
+}
+
+// dx for y = forward(x): both are at hand in the chain.
+__device__ __forceinline__ float activation_backward(PointwiseOp op, float x, float y, float dy, float param) {
+  switch (op) {
+#define ANVIL_CHAIN_BACKWARD(Name) \
+  case PointwiseOp::Name:          \
+    return pointwise::Name::backward(x, y, dy, param);
+    ANVIL_POINTWISE_OPS(ANVIL_CHAIN_BACKWARD)
+#undef ANVIL_CHAIN_BACKWARD
+  }
+  return dy;
+}
+
+// Strictly greater keeps the first of tied maxima; a NaN always takes over,
+// as in PyTorch's max pooling and the CPU reference (so with several NaNs in a
+// window the argmax is the last of them).
+__device__ __forceinline__ bool epi_better(float z, float best) { return (z > best) | isnan(z); }  // | : no branch
+
+// One thread's running sums of a block's share of the per-channel gradients,
+// in double: dbias, and per multiplier op the sum of (gradient at its output)
+// x (its input), each product exact in double.
+struct ChainSums {
+  double bias = 0.0;
+  double scale[kMaxChainOps] = {};
+};
+
+// How a kernel runs a chain: a policy, the kernels' template argument. Each has
+//   Channel                                the chain's per-channel values
+//   Channel at(chain, ch)                  read once per block (or output channel)
+//   float forward(chain, at, v)            the chain's output for v = y + bias
+//   float backward(chain, at, v, dz, sums) dv for the output gradient dz; adds to sums
+//   bool monotone(chain, at, sign)         where chain_is_piecewise_monotone holds: whether
+//                                          the chain is strictly monotone at this channel,
+//                                          rising (sign 1) or falling (-1)
+// Both give the same bits for the same chain: the ops in order, in float.
+
+// Any chain, read from the EpilogueChain at run time. The loops run to
+// kMaxChainOps with a guard, so every index is a compile-time constant and the
+// arrays stay in registers.
+struct ProgramChain {
+  struct Channel {
+    float mul[kMaxChainOps];  // each op's multiplier (1 for activations)
+  };
+
+  __device__ static Channel at(const EpilogueChain& c, int64_t ch) {
+    Channel m;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i) m.mul[i] = i < c.ops && c.is_scale[i] ? __ldg(c.scale[i] + ch) : 1.f;
+    return m;
+  }
+
+  __device__ static float op(const EpilogueChain& c, const Channel& m, int i, float v) {
+    return c.is_scale[i] ? v * m.mul[i] : activation_forward(c.activation[i], v, c.param[i]);
+  }
+
+  __device__ static float forward(const EpilogueChain& c, const Channel& m, float v) {
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i)
+      if (i < c.ops) v = op(c, m, i, v);
+    return v;
+  }
+
+  __device__ static float backward(const EpilogueChain& c, const Channel& m, float v, float dz, ChainSums& sums) {
+    float z[kMaxChainOps + 1];  // z[i]: op i's input
+    z[0] = v;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i) z[i + 1] = i < c.ops ? op(c, m, i, z[i]) : z[i];
+#pragma unroll
+    for (int i = kMaxChainOps - 1; i >= 0; --i) {
+      if (i >= c.ops) continue;
+      if (c.is_scale[i]) {
+        sums.scale[i] = fma(double(dz), double(z[i]), sums.scale[i]);
+        dz *= m.mul[i];
+      } else {
+        dz = activation_backward(c.activation[i], z[i], z[i + 1], dz, c.param[i]);
+      }
+    }
+    sums.bias += double(dz);
+    return dz;
+  }
+
+  __device__ static bool monotone(const EpilogueChain& c, const Channel& m, float& sign) {
+    bool ok = true;
+    sign = 1.f;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i)
+      if (i < c.ops && c.is_scale[i]) {
+        ok &= m.mul[i] != 0.f && isfinite(m.mul[i]);
+        sign = m.mul[i] > 0.f ? sign : -sign;
+      }
+    return ok;
+  }
+};
+
+// leaky_relu(param[0]) -> * scale[1] -> leaky_relu(param[2]) (relu is slope
+// 0): the headline's chain, inline. The hot kernels are issue-bound, and
+// the program's guards and dispatch cost them a third of their speed.
+struct LeakyScaleLeakyChain {
+  struct Channel {
+    float m;
+  };
+
+  __device__ static Channel at(const EpilogueChain& c, int64_t ch) { return {__ldg(c.scale[1] + ch)}; }
+
+  __device__ static float forward(const EpilogueChain& c, const Channel& m, float v) {
+    const float z1 = pointwise::LeakyRelu::forward(v, c.param[0]);
+    return pointwise::LeakyRelu::forward(z1 * m.m, c.param[2]);
+  }
+
+  __device__ static float backward(const EpilogueChain& c, const Channel& m, float v, float dz, ChainSums& sums) {
+    const float z1 = pointwise::LeakyRelu::forward(v, c.param[0]);
+    const float z2 = z1 * m.m;
+    const float dz2 = pointwise::LeakyRelu::backward(z2, 0.f, dz, c.param[2]);
+    sums.scale[1] = fma(double(dz2), double(z1), sums.scale[1]);
+    const float dv = pointwise::LeakyRelu::backward(v, 0.f, dz2 * m.m, c.param[0]);
+    sums.bias += double(dv);
+    return dv;
+  }
+
+  __device__ static bool monotone(const EpilogueChain&, const Channel& m, float& sign) {
+    sign = m.m > 0.f ? 1.f : -1.f;
+    return m.m != 0.f && isfinite(m.m);
+  }
+};
+
+// Runs launch(policy) with the policy that fits the chain.
+template <class Launch>
+void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
+  if (is_leaky_scale_leaky(c))
+    launch(LeakyScaleLeakyChain{});
+  else
+    launch(ProgramChain{});
+}
+
+// Writes the block's sums as the partials of slot j of channel ch: array 0
+// holds dbias, array 1 + i op i's multiplier, each (channels, per). Every
+// thread of the block must call it; partials may be null (nothing reduced).
+__device__ __forceinline__ void write_chain_partials(const ChainSums& sums, const EpilogueChain& c,
+                                                     double* __restrict__ partials, int64_t channels, int64_t per,
+                                                     int64_t ch, int64_t j) {
+  const double tb = detail::block_sum(sums.bias);
+  if (threadIdx.x == 0 && partials != nullptr) partials[ch * per + j] = tb;
+#pragma unroll
+  for (int i = 0; i < kMaxChainOps; ++i) {
+    if (i >= c.ops || !c.is_scale[i]) continue;  // uniform over the block
+    const double t = detail::block_sum(sums.scale[i]);
+    if (threadIdx.x == 0 && partials != nullptr) partials[((1 + i) * channels + ch) * per + j] = t;
+  }
+}
+
+}  // namespace anvil::cuda
