@@ -14,6 +14,7 @@
 
 #include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/bias.hpp"
+#include "layers/cudnn_graph_conv.hpp"
 #include "layers/cudnn_util.hpp"
 #endif
 
@@ -184,12 +185,12 @@ std::vector<std::pair<int, cudnnMathType_t>> ranking_of(const Perf* perfs, int c
 }
 
 // Find...Ex results come sorted fastest first, and timings vary from run to run.
-// In deterministic mode the choice must not: take the heuristics' first
-// choice among those Find confirmed; otherwise the fastest.
+// By default the choice must not: take the heuristics' first choice among
+// those Find confirmed. Autotuned or non-deterministic: the fastest.
 template <class Perf>
 Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
             const std::vector<std::pair<int, cudnnMathType_t>>& ranking, const std::string& what) {
-  if (s.deterministic) {
+  if (s.deterministic && !s.autotune) {
     for (const auto& [algo, math] : ranking)
       for (int i = 0; i < count; ++i)
         if (static_cast<int>(perfs[i].algo) == algo && perfs[i].mathType == math && eligible(perfs[i], ws, s))
@@ -204,6 +205,11 @@ Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
 }  // namespace
 
 struct Convolution::Cudnn {
+  // Each used op runs through cuDNN's graph API where it offers an eligible
+  // engine (graph[op]); otherwise through the legacy API below. The op that
+  // computes dx also has a plan that adds into it (gradient fan-out).
+  std::unique_ptr<CudnnGraphConv> graph[kOpCount];
+  std::unique_ptr<CudnnGraphConv> graph_accumulate;
   TensorDescriptor a, b;
   FilterDescriptor w;
   ConvolutionDescriptor conv[kOpCount];
@@ -266,21 +272,42 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
-  // Plan each op's workspace from the heuristics' list (no memory needed yet).
+  // The graph API first; each op it cannot run plans its legacy workspace
+  // from the heuristics' list (no memory needed yet).
+  ConvGraphGeometry geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
+                             spec_.padding, spec_.stride, spec_.dilation};
+  const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
+                                                CudnnGraphConv::Kind::BackwardFilter};
+  const int dx_op = spec_.transposed ? kForward : kBackwardData;
+  for (int op = 0; op < kOpCount; ++op) {
+    if (!c.used[op]) continue;
+    try {
+      c.graph[op] = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, 0.f, settings);
+      c.workspace[op] = c.graph[op]->workspace();
+      if (op == dx_op) {
+        c.graph_accumulate = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, 1.f, settings);
+        c.workspace[op] = std::max(c.workspace[op], c.graph_accumulate->workspace());
+      }
+    } catch (const Error& e) {
+      std::cerr << "anvil: " << path() << " " << kOpNames[op] << ": " << e.what() << "; using the legacy API\n";
+      c.graph[op].reset();
+      if (op == dx_op) c.graph_accumulate.reset();
+    }
+  }
   int n = 0;
-  if (c.used[kForward]) {
+  if (c.used[kForward] && !c.graph[kForward]) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx.cudnn(), c.a, c.w, c.conv[kForward], c.b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p));
     c.plan(kForward, p, n, path());
   }
-  if (c.used[kBackwardData]) {
+  if (c.used[kBackwardData] && !c.graph[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
         ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
     c.plan(kBackwardData, p, n, path());
   }
-  if (c.used[kBackwardFilter]) {
+  if (c.used[kBackwardFilter] && !c.graph[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
         ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
@@ -327,21 +354,29 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   int n = 0;
   // Ops used in the backward pass search inside the backward workspace.
   auto ws_for = [&](Op op) { return op == (spec_.transposed ? kBackwardData : kForward) ? forward_ws : backward_ws; };
-  if (c.used[kForward]) {
+  // Graph-API ops time their candidates only when autotuning.
+  void* const graph_w[kOpCount] = {const_cast<float*>(w), const_cast<float*>(w), dw};
+  for (int op = 0; op < kOpCount; ++op)
+    if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));
+  if (c.graph_accumulate) {
+    const int dx_op = spec_.transposed ? kForward : kBackwardData;
+    c.graph_accumulate->choose_fastest(ctx, a, b, graph_w[dx_op], ws_for(static_cast<Op>(dx_op)));
+  }
+  if (c.used[kForward] && !c.graph[kForward]) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), c.a, a, c.w, w, c.conv[kForward], c.b, b,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p,
                                                              ws_for(kForward), c.workspace[kForward]));
     c.pick(kForward, p, n, where);
   }
-  if (c.used[kBackwardData]) {
+  if (c.used[kBackwardData] && !c.graph[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
         ctx.cudnn(), c.w, w, c.b, b, c.conv[kBackwardData], c.a, a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p,
         ws_for(kBackwardData), c.workspace[kBackwardData]));
     c.pick(kBackwardData, p, n, where);
   }
-  if (c.used[kBackwardFilter]) {
+  if (c.used[kBackwardFilter] && !c.graph[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
         ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, dw,
@@ -358,6 +393,10 @@ std::string Convolution::describe_cuda() const {
   std::string s;
   for (int op = 0; op < kOpCount; ++op) {
     if (!cudnn_->used[op]) continue;
+    if (cudnn_->graph[op]) {
+      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe();
+      continue;
+    }
     const cudnnMathType_t m = cudnn_->math[op];
     s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " algo " + std::to_string(cudnn_->algo[op]) + " (" +
          (m == CUDNN_TENSOR_OP_MATH ? "tensor ops" : m == CUDNN_FMA_MATH ? "fma" : "default math") + ", ws " +
@@ -369,6 +408,12 @@ std::string Convolution::describe_cuda() const {
 void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes) {
   Cudnn& c = *cudnn_;
   const float one = 1.f, zero = 0.f;
+  const Op op = spec_.transposed ? kBackwardData : kForward;
+  if (c.graph[op]) {
+    // A is the input side: y of a transposed conv (computed here), else x.
+    c.graph[op]->run(ctx, spec_.transposed ? y : x, spec_.transposed ? x : y, w, ws);
+    return;
+  }
   if (spec_.transposed) {
     ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
         ctx.cudnn(), &one, c.w, w, c.b, x, c.conv[kBackwardData],
@@ -382,25 +427,49 @@ void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, 
 
 void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx,
                                bool accumulate, float* dw, void* ws, size_t ws_bytes) {
+  if (dx) run_input_grad(ctx, dy, w, dx, accumulate, ws, ws_bytes);
+  run_weight_grad(ctx, x, dy, dw, ws, ws_bytes);
+}
+
+// dx: a forward conv of dy for a transposed conv, else its backward data.
+void Convolution::run_input_grad(CudaContext& ctx, const float* dy, const float* w, float* dx, bool accumulate,
+                                 void* ws, size_t ws_bytes) {
   Cudnn& c = *cudnn_;
+  const Op op = spec_.transposed ? kForward : kBackwardData;
+  if (c.graph[op]) {
+    const CudnnGraphConv& plan = accumulate ? *c.graph_accumulate : *c.graph[op];
+    if (spec_.transposed)
+      plan.run(ctx, dy, dx, w, ws);  // dy is A, dx is B
+    else
+      plan.run(ctx, dx, dy, w, ws);  // dx is A, dy is B
+    return;
+  }
   const float one = 1.f, zero = 0.f;
   const float* beta = accumulate ? &one : &zero;
-  const auto filter_algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]);
-  if (spec_.transposed) {
-    if (dx)
-      ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, dy, c.w, w, c.conv[kForward],
-                                                static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws,
-                                                ws_bytes, beta, c.b, dx));
-    ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, c.a, dy, c.b, x, c.conv[kBackwardFilter],
-                                                     filter_algo, ws, ws_bytes, &zero, c.w, dw));
-  } else {
-    if (dx)
-      ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
-          ctx.cudnn(), &one, c.w, w, c.b, dy, c.conv[kBackwardData],
-          static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, beta, c.a, dx));
-    ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, c.a, x, c.b, dy, c.conv[kBackwardFilter],
-                                                     filter_algo, ws, ws_bytes, &zero, c.w, dw));
+  if (spec_.transposed)
+    ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, dy, c.w, w, c.conv[kForward],
+                                              static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws, ws_bytes,
+                                              beta, c.b, dx));
+  else
+    ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
+        ctx.cudnn(), &one, c.w, w, c.b, dy, c.conv[kBackwardData],
+        static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, beta, c.a, dx));
+}
+
+void Convolution::run_weight_grad(CudaContext& ctx, const float* x, const float* dy, float* dw, void* ws,
+                                  size_t ws_bytes) {
+  Cudnn& c = *cudnn_;
+  // A is the input side: dy for a transposed conv, else x.
+  const float* a = spec_.transposed ? dy : x;
+  const float* b = spec_.transposed ? x : dy;
+  if (c.graph[kBackwardFilter]) {
+    c.graph[kBackwardFilter]->run(ctx, a, b, dw, ws);
+    return;
   }
+  const float one = 1.f, zero = 0.f;
+  ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+      ctx.cudnn(), &one, c.a, a, c.b, b, c.conv[kBackwardFilter],
+      static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]), ws, ws_bytes, &zero, c.w, dw));
 }
 
 void Convolution::forward_cuda(CudaContext& ctx, const LayerArgs& args) {

@@ -60,7 +60,7 @@ class Convolution : public Layer {
   // Bias-free pieces, reused by the fused layers. Workspace sizes are those of cuDNN alone.
   size_t cudnn_forward_workspace() const;
   size_t cudnn_backward_workspace() const;
-  // cuDNN's algorithm search, with these tensors and workspaces as its scratch
+  // cuDNN's algorithm search (and with autotune the graph API's timing), with these tensors and workspaces as its scratch
   // (x and y as the layer's input and output; dw may be null without backward).
   void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
                          void* backward_ws);
@@ -76,6 +76,9 @@ class Convolution : public Layer {
  private:
   struct Cudnn;
   size_t bias_scratch_bytes() const;
+  void run_input_grad(CudaContext& ctx, const float* dy, const float* w, float* dx, bool accumulate, void* ws,
+                      size_t ws_bytes);
+  void run_weight_grad(CudaContext& ctx, const float* x, const float* dy, float* dw, void* ws, size_t ws_bytes);
 
   std::unique_ptr<Cudnn> cudnn_;
 #endif

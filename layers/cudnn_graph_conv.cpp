@@ -1,0 +1,281 @@
+#include "layers/cudnn_graph_conv.hpp"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "anvil/error.hpp"
+#include "engine/src/cuda/check.hpp"
+#include "engine/src/cuda/context.hpp"
+
+namespace anvil {
+
+namespace {
+
+constexpr int kMaxPlans = 8;           // the heuristics' first eligible engines kept as candidates
+constexpr int kTimedRuns = 3;          // per candidate, after one untimed run
+constexpr int64_t kAlignment = 16;     // every anvil buffer starts on at least 16 bytes
+enum Uid : int64_t { kA = 1, kB = 2, kW = 3 };
+
+// An owned backend descriptor.
+class Backend {
+ public:
+  explicit Backend(cudnnBackendDescriptorType_t type) { ANVIL_CUDNN_CHECK(cudnnBackendCreateDescriptor(type, &d_)); }
+  ~Backend() {
+    if (d_ != nullptr) cudnnBackendDestroyDescriptor(d_);
+  }
+  Backend(Backend&& other) noexcept : d_(other.d_) { other.d_ = nullptr; }
+  Backend& operator=(Backend&& other) noexcept {
+    std::swap(d_, other.d_);
+    return *this;
+  }
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  cudnnBackendDescriptor_t get() const { return d_; }
+  cudnnBackendDescriptor_t* address() { return &d_; }
+  void set(cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t count, const void* values) {
+    ANVIL_CUDNN_CHECK(cudnnBackendSetAttribute(d_, name, type, count, values));
+  }
+  void set(cudnnBackendAttributeName_t name, const Backend& other) {
+    cudnnBackendDescriptor_t d = other.get();
+    set(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &d);
+  }
+  void set(cudnnBackendAttributeName_t name, const std::vector<int64_t>& values) {
+    set(name, CUDNN_TYPE_INT64, static_cast<int64_t>(values.size()), values.data());
+  }
+  void finalize() { ANVIL_CUDNN_CHECK(cudnnBackendFinalize(d_)); }
+
+ private:
+  cudnnBackendDescriptor_t d_ = nullptr;
+};
+
+// The handle attributes are deprecated in cuDNN 9 in favour of device
+// properties, but remain the documented way to bind a graph and a plan to a
+// handle (and its stream) on every cuDNN 9 release.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+constexpr cudnnBackendAttributeName_t kGraphHandle = CUDNN_ATTR_OPERATIONGRAPH_HANDLE;
+constexpr cudnnBackendAttributeName_t kPlanHandle = CUDNN_ATTR_EXECUTION_PLAN_HANDLE;
+#pragma GCC diagnostic pop
+
+Backend tensor(int64_t uid, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> strides(dims.size());
+  int64_t stride = 1;
+  for (size_t i = dims.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= dims[i];
+  }
+  Backend t(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+  const cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
+  t.set(CUDNN_ATTR_TENSOR_DIMENSIONS, dims);
+  t.set(CUDNN_ATTR_TENSOR_STRIDES, strides);
+  t.set(CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+  t.set(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &kAlignment);
+  t.finalize();
+  return t;
+}
+
+Backend convolution(const ConvGraphGeometry& g) {
+  Backend c(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+  const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  const int64_t dims = static_cast<int64_t>(g.padding.size());
+  c.set(CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
+  c.set(CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+  c.set(CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &dims);
+  c.set(CUDNN_ATTR_CONVOLUTION_DILATIONS, g.dilation);
+  c.set(CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, g.stride);
+  c.set(CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, g.padding);
+  c.set(CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, g.padding);
+  c.finalize();
+  return c;
+}
+
+struct OpAttributes {
+  cudnnBackendDescriptorType_t type;
+  cudnnBackendAttributeName_t a, b, w, conv, alpha, beta;
+};
+
+OpAttributes attributes_of(CudnnGraphConv::Kind kind) {
+  switch (kind) {
+    case CudnnGraphConv::Kind::Forward:
+      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
+    case CudnnGraphConv::Kind::BackwardData:
+      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+    case CudnnGraphConv::Kind::BackwardFilter:
+      break;
+  }
+  return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
+}
+
+struct Plan {
+  Backend plan;
+  int64_t engine = -1;
+  size_t workspace = 0;
+  bool tensor_cores = false;
+};
+
+// Whether the engine of this config may run here, and its index and tensor-core use.
+bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& engine, bool& tensor_cores) {
+  Backend e(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  int64_t n = 0;
+  if (cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n,
+                               e.address()) != CUDNN_STATUS_SUCCESS)
+    return false;
+  cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+  int64_t count = 0;
+  if (cudnnBackendGetAttribute(e.get(), CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                               CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &count, notes) != CUDNN_STATUS_SUCCESS)
+    return false;
+  cudnnBackendGetAttribute(e.get(), CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &engine);
+  tensor_cores = false;
+  for (int64_t i = 0; i < count; ++i) {
+    switch (notes[i]) {
+      case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
+      case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+        return false;
+      case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC:
+        if (s.deterministic) return false;
+        break;
+      case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
+        if (s.precision == Precision::FP32) return false;  // TF32
+        tensor_cores = true;
+        break;
+      default:
+        break;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+struct CudnnGraphConv::Plans {
+  Backend graph{CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR};
+  std::vector<Plan> candidates;  // heuristics order; the chosen one first
+  bool autotune = false;
+  bool timed = false;
+};
+
+CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& g, float beta,
+                               const BuildSettings& settings)
+    : plans_(std::make_unique<Plans>()) {
+  const OpAttributes at = attributes_of(kind);
+  const Backend a = tensor(kA, g.a), b = tensor(kB, g.b), w = tensor(kW, g.w);
+  const Backend conv = convolution(g);
+  Backend op(at.type);
+  const float alpha = 1.f;
+  op.set(at.a, a);
+  op.set(at.b, b);
+  op.set(at.w, w);
+  op.set(at.conv, conv);
+  op.set(at.alpha, CUDNN_TYPE_FLOAT, 1, &alpha);
+  op.set(at.beta, CUDNN_TYPE_FLOAT, 1, &beta);
+  op.finalize();
+
+  cudnnHandle_t handle = ctx.cudnn();
+  Plans& p = *plans_;
+  p.autotune = settings.autotune;
+  p.graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, op);
+  p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
+  p.graph.finalize();
+
+  Backend heuristics(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+  heuristics.set(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, p.graph);
+  heuristics.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+  heuristics.finalize();
+  int64_t count = 0;
+  ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
+  std::vector<Backend> configs;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int64_t i = 0; i < count; ++i) {
+    configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    raw.push_back(configs.back().get());
+  }
+  ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &count, raw.data()));
+  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans); ++i) {
+    Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
+    if (!eligible(raw[i], settings, plan.engine, plan.tensor_cores)) continue;
+    plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
+    plan.plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &raw[i]);
+    if (cudnnBackendFinalize(plan.plan.get()) != CUDNN_STATUS_SUCCESS) continue;  // not for these shapes
+    int64_t bytes = 0, n = 0;
+    ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(plan.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                               CUDNN_TYPE_INT64, 1, &n, &bytes));
+    if (bytes < 0 || static_cast<size_t>(bytes) > settings.workspace_limit) continue;
+    plan.workspace = static_cast<size_t>(bytes);
+    p.candidates.push_back(std::move(plan));
+  }
+  if (p.candidates.empty())
+    throw Error("cuDNN's graph API offers no eligible engine for this convolution within " +
+                std::to_string(settings.workspace_limit >> 20) + " MiB of workspace");
+  if (settings.autotune) return;
+  // The rule: in tf32 the heuristics' first tensor-core engine (their very
+  // first is often an FMA one), else their first.
+  const auto tensor_core = std::find_if(p.candidates.begin(), p.candidates.end(),
+                                        [](const Plan& plan) { return plan.tensor_cores; });
+  std::swap(p.candidates.front(), tensor_core != p.candidates.end() ? *tensor_core : p.candidates.front());
+  p.candidates.erase(p.candidates.begin() + 1, p.candidates.end());
+}
+
+CudnnGraphConv::~CudnnGraphConv() = default;
+
+size_t CudnnGraphConv::workspace() const {
+  size_t most = 0;
+  for (const Plan& plan : plans_->candidates) most = std::max(most, plan.workspace);
+  return most;
+}
+
+void CudnnGraphConv::run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const {
+  Backend pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+  void* pointers[3] = {const_cast<void*>(a), const_cast<void*>(b), const_cast<void*>(w)};
+  const int64_t uids[3] = {kA, kB, kW};
+  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+  pack.finalize();
+  ANVIL_CUDNN_CHECK(cudnnBackendExecute(ctx.cudnn(), plans_->candidates.front().plan.get(), pack.get()));
+}
+
+void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace) {
+  Plans& p = *plans_;
+  if (!p.autotune || p.timed || p.candidates.size() < 2) return;
+  size_t best = 0;
+  double best_ms = 0;
+  for (size_t k = 0; k < p.candidates.size(); ++k) {
+    std::swap(p.candidates.front(), p.candidates[k]);  // run() runs the front one
+    run(ctx, a, b, w, workspace);
+    const double ms = ctx.time_ms([&] {
+      for (int i = 0; i < kTimedRuns; ++i) run(ctx, a, b, w, workspace);
+    });
+    std::swap(p.candidates.front(), p.candidates[k]);
+    if (k == 0 || ms < best_ms) {
+      best = k;
+      best_ms = ms;
+    }
+  }
+  std::swap(p.candidates.front(), p.candidates[best]);
+  p.timed = true;
+}
+
+std::string CudnnGraphConv::describe() const {
+  const Plan& plan = plans_->candidates.front();
+  return "graph engine " + std::to_string(plan.engine) + " (" + (plan.tensor_cores ? "tensor ops" : "fma") +
+         ", ws " + std::to_string(plan.workspace >> 10) + " KiB" +
+         (plans_->autotune ? ", fastest of " + std::to_string(plans_->candidates.size()) : "") + ")";
+}
+
+}  // namespace anvil

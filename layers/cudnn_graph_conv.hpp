@@ -1,0 +1,62 @@
+// One convolution op (forward, backward data or backward filter) through
+// cuDNN's graph (backend) API, the API PyTorch runs its convolutions through.
+// Its engines include runtime-compiled ones that the legacy
+// cudnnFind*Algorithm API never offers. Where the graph API has no eligible
+// engine, Convolution falls back to the legacy API for that op.
+//
+// The op is over three packed float tensors by role: A (the conv's input
+// side), B (its output side) and W, as the legacy descriptors in
+// convolution.cpp. Engines are filtered as the precision and determinism
+// ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
+// refuses non-deterministic ones, and none may down-convert its inputs.
+// Candidates are the heuristics' (mode A) first 8 eligible engines whose plan
+// builds and whose workspace fits. By default a fixed rule picks among them,
+// so every build makes the same choice: in tf32 the first tensor-core engine,
+// otherwise (or without one) the first. Autotune times them all and keeps the
+// fastest.
+#pragma once
+
+#include <cudnn.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/layer.hpp"
+
+namespace anvil {
+
+class CudaContext;
+
+struct ConvGraphGeometry {
+  std::vector<int64_t> a, b, w;  // dims of A, B and W
+  std::vector<int64_t> padding, stride, dilation;
+};
+
+class CudnnGraphConv {
+ public:
+  enum class Kind { Forward, BackwardData, BackwardFilter };
+
+  // Builds the op and the execution plans of its eligible engines whose
+  // workspace fits settings.workspace_limit; throws Error when there is none.
+  // beta 1 accumulates into the output.
+  CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& geometry, float beta,
+                 const BuildSettings& settings);
+  ~CudnnGraphConv();
+  CudnnGraphConv(const CudnnGraphConv&) = delete;
+  CudnnGraphConv& operator=(const CudnnGraphConv&) = delete;
+
+  // The workspace to plan: the chosen plan's, or with autotune the most any candidate needs.
+  size_t workspace() const;
+  // Autotune: runs every candidate on these buffers and keeps the fastest.
+  void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace);
+  // Runs the chosen plan on the context's stream.
+  void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const;
+  std::string describe() const;  // the chosen engine and its notes
+
+ private:
+  struct Plans;
+  std::unique_ptr<Plans> plans_;
+};
+
+}  // namespace anvil
