@@ -258,13 +258,14 @@ def network_copy(net_path, precision, workdir):
     return path
 
 
-def anvil_outputs(anvil, net_path, precision, workdir):
+def anvil_outputs(args, net_path, precision, workdir):
     """anvil's forward output and its step-1 gradients (by parameter name) at one precision."""
     cfg = network_copy(net_path, precision, workdir)
     y_path = os.path.join(workdir, f"output_{precision}.safetensors")
     g_path = os.path.join(workdir, f"grads_{precision}.safetensors")
-    run_anvil([anvil, "run", cfg, "--device", "cuda", "--output", y_path])
-    run_anvil([anvil, "train", cfg, "--device", "cuda", "--steps", "1", "--dump-grads", g_path])
+    run_anvil([args.anvil, "run", cfg, "--device", "cuda", "--output", y_path] + args.anvil_flags)
+    run_anvil([args.anvil, "train", cfg, "--device", "cuda", "--steps", "1", "--dump-grads", g_path] +
+              args.anvil_flags)
     return load_file(y_path)["output"], load_file(g_path)
 
 
@@ -316,7 +317,7 @@ def parity_full(args, case, workdir):
     errors, ok = {}, True
     for precision in PRECISIONS:
         ref_out, ref_grads = torch_outputs(case, precision)
-        out, grads = anvil_outputs(args.anvil, case.path, precision, workdir)
+        out, grads = anvil_outputs(args, case.path, precision, workdir)
         errs = {"output": rel_err(out, ref_out)}
         for name, ref in ref_grads.items():
             if name not in grads:
@@ -448,7 +449,7 @@ def time_anvil(args, net_path, precision, measure, workdir):
     cfg = network_copy(net_path, precision, workdir)
     out = os.path.join(workdir, f"bench_{precision}_{measure}.json")
     cmd = [args.anvil, "bench", cfg, "--device", "cuda", "--mode", measure, "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--json", out]
+           "--warmup", str(args.warmup), "--json", out] + args.anvil_flags
     try:
         run_anvil(cmd)
         with open(out, encoding="utf-8") as f:
@@ -915,7 +916,10 @@ def parse_args(argv):
     parser.add_argument("--out", default=None,
                         help="the Markdown report (default bench/RESULTS.md, with results.json next to it; "
                              "with --suite bench/SUITE.md, with suite_results.json next to it)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="run anvil with --autotune (as PyTorch runs with cudnn.benchmark)")
     args = parser.parse_args(argv)
+    args.anvil_flags = ["--autotune"] if args.autotune else []
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     if args.out is None:
