@@ -2,6 +2,7 @@
 
 #include "anvil/error.hpp"
 #include "engine/src/cuda/context.hpp"
+#include "layers/pooling.hpp"
 
 namespace anvil {
 
@@ -54,13 +55,7 @@ bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output) {
 }
 
 bool fusable_pool(const PoolSpec& pool, const Shape& conv_output) {
-  if (pool_tiles_output(pool, conv_output)) return true;
-  int64_t window = 1;
-  for (size_t d = 0; d < pool.kernel.size(); ++d) {
-    if (pool.kernel[d] > 256 || pool.stride[d] > 256 || 2 * pool.padding[d] > pool.kernel[d]) return false;
-    window *= pool.kernel[d];
-  }
-  return !pool.max || window <= 255;  // chain_pool.hpp: the argmax is a byte, 255 marks padding only
+  return pool_tiles_output(pool, conv_output) || Pooling::anvil_kernel_takes(pool);
 }
 
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
@@ -197,7 +192,7 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                                   dy, grads, args.buffers[kReduceScratch], tiled_geometry(), ctx.stream());
   else
     cuda::chain_pool_backward(args.dout.data, args.buffer<float>(kY), conv_->has_bias() ? args.params[1] : nullptr,
-                              args.buffer<uint8_t>(kArgmax), chain, dy, grads, args.buffers[kReduceScratch],
+                              args.buffer<uint8_t>(kArgmax), chain, dy, false, grads, args.buffers[kReduceScratch],
                               general_geometry(), ctx.stream());
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
                       args.dparams[0], args.buffers[kCudnnBackward], conv_->cudnn_backward_workspace());

@@ -10,8 +10,17 @@
 
 namespace anvil {
 
-Pooling::Pooling(const LayerSpec& spec, const PoolSpec& pool)
-    : Layer(spec.type, spec.name, spec.path), spec_(pool) {}
+Pooling::Pooling(const LayerSpec& spec, const PoolSpec& pool, Kernel kernel)
+    : Layer(spec.type, spec.name, spec.path), spec_(pool), kernel_(anvil_kernel_takes(pool) ? kernel : Kernel::Cudnn) {}
+
+bool Pooling::anvil_kernel_takes(const PoolSpec& pool) {
+  int64_t window = 1;
+  for (size_t d = 0; d < pool.kernel.size(); ++d) {
+    if (pool.kernel[d] > 256 || pool.stride[d] > 256 || 2 * pool.padding[d] > pool.kernel[d]) return false;
+    window *= pool.kernel[d];
+  }
+  return !pool.max || window <= 255;  // the argmax is a byte, 255 marks a window of padding only
+}
 
 Shape Pooling::infer_shape(const std::vector<Shape>& inputs) {
   const Shape& x = inputs[0];
@@ -69,7 +78,37 @@ struct Pooling::Descriptors {
 
 Pooling::~Pooling() = default;
 
+namespace {
+enum Buffer { kArgmax };
+}  // namespace
+
+cuda::ChainPoolGeometry Pooling::cuda_geometry() const {
+  const cpu::PoolGeometry p = geometry();
+  cuda::ChainPoolGeometry g;
+  const Shape& x = input_shapes()[0];
+  g.n = x[0];
+  g.c = x[1];
+  g.y = p.in;
+  g.pool = spec_.max ? cuda::ChainPool::Max : cuda::ChainPool::Avg;
+  g.k = p.k;
+  g.stride = p.stride;
+  g.pad = p.pad;
+  return g;
+}
+
+// anvil's max pool saves each window's argmax (a byte) for its backward.
+std::vector<BufferRequest> Pooling::buffers(Device device) const {
+  if (device != Device::Cuda || kernel_ == Kernel::Cudnn) return {};
+  const bool argmax = spec_.max && input_grad_;
+  return {{"argmax", argmax ? static_cast<size_t>(numel(output_shape())) : 0, BufferLife::Saved}};
+}
+
+std::string Pooling::describe_cuda() const {
+  return kernel_ == Kernel::Anvil ? "anvil's pool kernel" : "cuDNN's pooling";
+}
+
 void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
+  if (kernel_ == Kernel::Anvil) return;
   d_ = std::make_unique<Descriptors>();
   set_tensor_descriptor(d_->x, input_shapes()[0]);
   set_tensor_descriptor(d_->y, output_shape());
@@ -81,6 +120,11 @@ void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
 }
 
 void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
+  if (kernel_ == Kernel::Anvil) {
+    cuda::chain_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, args.out.data,
+                             args.buffer<uint8_t>(kArgmax), cuda_geometry(), ctx.stream());
+    return;
+  }
   const float one = 1.f, zero = 0.f;
   ANVIL_CUDNN_CHECK(cudnnPoolingForward(ctx.cudnn(), d_->pool, &one, d_->x, args.in[0].data, &zero, d_->y,
                                         args.out.data));
@@ -88,6 +132,11 @@ void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
 
 void Pooling::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (!args.din[0].data) return;
+  if (kernel_ == Kernel::Anvil) {
+    cuda::chain_pool_backward(args.dout.data, nullptr, nullptr, args.buffer<uint8_t>(kArgmax), cuda::EpilogueChain{},
+                              args.din[0].data, args.din_accumulate[0], {}, nullptr, cuda_geometry(), ctx.stream());
+    return;
+  }
   const float one = 1.f, zero = 0.f;
   ANVIL_CUDNN_CHECK(cudnnPoolingBackward(ctx.cudnn(), d_->pool, &one, d_->y, args.out.data, d_->y, args.dout.data,
                                          d_->x, args.in[0].data, args.din_accumulate[0] ? &one : &zero, d_->x,

@@ -862,7 +862,7 @@ ChainResult run_chain_pool(const ChainInputs& in, const gpu::ChainPoolGeometry& 
   uint8_t* argmax = max ? b.argmax.get() + off : nullptr;
   gpu::chain_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off, argmax, g, nullptr);
   gpu::chain_pool_backward(b.dp.get() + off, b.y.get() + off, b.bias_ptr(), argmax, b.chain, b.dy.get() + off,
-                           b.grads, b.scratch.get(), g, nullptr);
+                           false, b.grads, b.scratch.get(), g, nullptr);
   return b.result(max, false);
 }
 
@@ -888,6 +888,39 @@ TEST(CudaKernels, ChainPool) {
         check_chain(in, ref, run_chain_pool(in, g, 1), chain.exact, what + "offset: ");
         expect_same_chain(aligned, run_chain_pool(in, g, 0), what + "second run: ");
       }
+    }
+  }
+}
+
+// A plain pool (the pooling layer's kernels): empty chain, no bias, no y, and
+// the gradient added into what dx holds (gradient fan-out).
+TEST(CudaKernels, PlainPoolAccumulatesWithoutY) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(313);
+  for (const PoolCase& pc : kPoolCases) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    if (g.pool == gpu::ChainPool::None) continue;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    const auto out = gpu::chain_pool_output(g);
+    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2], count = g.n * g.c * s;
+    const cpu::PoolGeometry pg = pool_geometry(g);
+    const ChainInputs in = chain_inputs({}, false, g.n, g.c, s, pooled, rng);
+    const ChainReference ref = chain_reference(in, g.n, g.c, s, &pg, max);
+    const std::vector<float> dx0 = random_floats(count, rng);
+    for (size_t off : {size_t(0), size_t(1)}) {
+      ChainBuffers b(in, g.c, count, g.n * g.c * pooled, 0, off);
+      b.dy.upload(dx0, off);
+      uint8_t* argmax = max ? b.argmax.get() + off : nullptr;
+      gpu::chain_pool_forward(b.y.get() + off, nullptr, b.chain, b.p.get() + off, argmax, g, nullptr);
+      gpu::chain_pool_backward(b.dp.get() + off, nullptr, nullptr, argmax, b.chain, b.dy.get() + off, true, {},
+                               nullptr, g, nullptr);
+      const std::string what = pc.label + " off " + std::to_string(off) + ": ";
+      expect_ulp(b.p.download(off, b.pooled), ref.p, 0, what + "p");
+      // The gradient is summed in the reference's order, then added once: exact.
+      std::vector<float> want(count);
+      for (int64_t i = 0; i < count; ++i) want[i] = dx0[i] + ref.dy[i];
+      expect_ulp(b.dy.download(off, count), want, 0, what + "dx accumulated");
+      expect_untouched(b.dy, off, count, what + "dx");
     }
   }
 }
@@ -1022,9 +1055,13 @@ TEST(CudaKernels, RejectsBadArguments) {
   pool.k = {1, 2, 2};
   pool.stride = {1, 2, 2};
   EXPECT_THROW(gpu::chain_pool_forward(nullptr, nullptr, chain, x, u.get(), pool, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, nullptr, chain, x, grads, scratch.get(), pool, nullptr),
+  EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, nullptr, chain, x, false, grads, scratch.get(), pool, nullptr),
                anvil::Error);  // a max pool needs its argmax
-  EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, grads, nullptr, pool, nullptr),
+  EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, nullptr, pool, nullptr),
+               anvil::Error);  // no scratch for the sums
+  EXPECT_THROW(gpu::chain_pool_backward(x, nullptr, nullptr, u.get(), chain, x, false, {}, nullptr, pool, nullptr),
+               anvil::Error);  // y is needed for a chain
+  EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, nullptr, pool, nullptr),
                anvil::Error);  // no scratch for the sums
   gpu::ChainPoolGeometry bad = pool;
   bad.pad = {0, 2, 0};  // more than half the window

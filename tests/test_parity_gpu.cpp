@@ -1,5 +1,6 @@
 // The CUDA backend against PyTorch references and against the CPU reference.
 // Every test skips visibly without a GPU and fails instead when ANVIL_REQUIRE_GPU=1.
+#include <algorithm>
 #include <cstdint>
 
 #include "tests/gpu_test_util.hpp"
@@ -197,6 +198,15 @@ std::vector<SmallNet> small_nets() {
          "padding": 1},
         {"type": "leaky_relu", "negative_slope": 1.5}, {"type": "channel_scale"}, {"type": "sigmoid"},
         {"type": "max_pool2d", "kernel_size": 2})")},
+      // Pools outside a chain: anvil's kernels, their input gradient added to
+      // the add's (fan-out); an average and an overlapping padded max pool.
+      {"standalone_pools_fan_out", net_json("q", "[2, 3, 7, 9]", R"(
+        {"type": "conv2d", "name": "c", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "name": "a", "negative_slope": 0.1, "inputs": ["c"]},
+        {"type": "max_pool2d", "name": "p", "kernel_size": 3, "stride": 1, "padding": 1, "inputs": ["a"]},
+        {"type": "add", "name": "s", "inputs": ["a", "p"]},
+        {"type": "avg_pool2d", "name": "q", "kernel_size": [2, 3], "stride": [2, 1], "padding": [1, 1],
+         "inputs": ["s"]})")},
       // Nine ops: longer than a fused chain may be; runs unfused.
       {"chain_of_nine_unfused", net_json("p", "[1, 2, 5, 6]", R"(
         {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3},
@@ -276,6 +286,9 @@ TEST(GpuFusion, GeneralChainsAreFused) {
           << text;
     } else if (net.label == "patchify_no_pool_3d") {
       EXPECT_NE(text.find("3-op chain and no pool"), std::string::npos) << text;
+    } else if (net.label == "standalone_pools_fan_out") {
+      EXPECT_NE(text.find("p [max_pool2d]"), std::string::npos) << text;
+      EXPECT_NE(text.find("runs: anvil's pool kernel"), std::string::npos) << text;
     }
   }
 }
@@ -301,6 +314,30 @@ TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {
   EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
   for (const auto& [pname, grad] : engine.gradients())
     EXPECT_TRUE(close("grad." + pname, grad, reference.gradients().at(pname), 1e-5));
+}
+
+// --autotune times anvil's pool kernels against cuDNN's pooling; either way
+// the gradients match the CPU reference.
+TEST(GpuFusion, AutotuneTimesBothPoolKernels) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const auto nets = small_nets();
+  const auto it = std::find_if(nets.begin(), nets.end(), [](const SmallNet& n) { return n.label == "standalone_pools_fan_out"; });
+  ASSERT_NE(it, nets.end());
+  const Network network = Network::parse(it->json, it->label);
+  Options tuned = cuda_options("phase_split");
+  tuned.autotune = true;
+  tuned.input_grad = true;
+  Engine engine(network, tuned);
+  const std::string text = engine.describe();
+  EXPECT_NE(text.find("anvil's pool kernel 0."), std::string::npos) << text;
+  EXPECT_NE(text.find("cuDNN's pooling 0."), std::string::npos) << text;
+  Options cpu;
+  cpu.device = Device::Cpu;
+  cpu.input_grad = true;
+  Engine reference(network, cpu);
+  const float loss = engine.train_step();
+  EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
+  EXPECT_TRUE(close("grad.input", engine.input_gradient(), reference.input_gradient(), 1e-5));
 }
 
 // Inference engines save nothing for backward; their output is the training engine's, bit for bit.

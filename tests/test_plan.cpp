@@ -341,10 +341,6 @@ void check_schedule(const anvil::Network& net, const MemoryPlan& plan, anvil::Mo
       ASSERT_NE(grad, nullptr) << l.name;
       EXPECT_GE(grad->last, step_index(plan, "backward " + l.name)) << l.name;
       EXPECT_EQ(grad->bytes, act->bytes) << l.name;
-      // Pooling backward also reads its output.
-      if (l.type.find("pool") != std::string::npos) {
-        EXPECT_GE(act->last, step_index(plan, "backward " + l.name)) << l.name;
-      }
     }
   }
 }

@@ -73,8 +73,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
     chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
-                          const EpilogueChain chain, float* __restrict__ dy, double* __restrict__ partials,
-                          PoolDims d) {
+                          const EpilogueChain chain, float* __restrict__ dy, bool accumulate,
+                          double* __restrict__ partials, PoolDims d) {
   const Chunk r = chunk_of(d, d.plane_in);
   const int64_t ch = r.plane % d.c;
   const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
@@ -83,15 +83,19 @@ __global__ void __launch_bounds__(kThreads)
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = __ldcs(reinterpret_cast<const float4*>(y + base + e));
+      const float4 v = y != nullptr ? __ldcs(reinterpret_cast<const float4*>(y + base + e)) : float4{};
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
-      const float d0 = Chain::backward(chain, cm, v.x + b, g.x, sums);
-      const float d1 = Chain::backward(chain, cm, v.y + b, g.y, sums);
-      const float d2 = Chain::backward(chain, cm, v.z + b, g.z, sums);
-      const float d3 = Chain::backward(chain, cm, v.w + b, g.w, sums);
-      detail::store4(dy + base + e, make_float4(d0, d1, d2, d3));
+      float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
+                             Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
+      if (accumulate) {
+        const float4 old = detail::load4(dy + base + e);
+        o = make_float4(old.x + o.x, old.y + o.y, old.z + o.z, old.w + o.w);
+      }
+      detail::store4(dy + base + e, o);
     } else {
-      dy[base + e] = Chain::backward(chain, cm, __ldcs(y + base + e) + b, __ldcs(dp + base + e), sums);
+      const float v = y != nullptr ? __ldcs(y + base + e) : 0.f;
+      const float dv = Chain::backward(chain, cm, v + b, __ldcs(dp + base + e), sums);
+      dy[base + e] = accumulate ? dy[base + e] + dv : dv;
     }
   }
   write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
@@ -163,7 +167,7 @@ template <class Chain, bool kMax>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
-                         double* __restrict__ partials, PoolDims d) {
+                         bool accumulate, double* __restrict__ partials, PoolDims d) {
   const Chunk r = chunk_of(d, d.plane_in);
   const int64_t ch = r.plane % d.c;
   const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
@@ -191,7 +195,9 @@ __global__ void __launch_bounds__(kThreads)
             dz += __ldg(dp + o) / d.divisor;
           }
         }
-    dy[in_base + e] = Chain::backward(chain, cm, __ldg(y + in_base + e) + b, dz, sums);
+    const float v = y != nullptr ? __ldg(y + in_base + e) : 0.f;
+    const float dv = Chain::backward(chain, cm, v + b, dz, sums);
+    dy[in_base + e] = accumulate ? dy[in_base + e] + dv : dv;
   }
   write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
 }
@@ -241,7 +247,7 @@ unsigned blocks_of(const ChainPoolGeometry& g, const PoolDims& d) { return unsig
 bool vec4_ok(const PoolDims& d, std::initializer_list<const void*> buffers) {
   if (d.plane_in % 4 != 0) return false;
   for (const void* b : buffers)
-    if (!detail::aligned_to(b, 16)) return false;
+    if (b != nullptr && !detail::aligned_to(b, 16)) return false;  // null: not read
   return true;
 }
 
@@ -288,10 +294,11 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 }
 
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
-                         const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
-                         const ChainPoolGeometry& g, cudaStream_t stream) {
+                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                         void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "chain_pool_backward";
-  detail::require(dp != nullptr && y != nullptr && dy != nullptr, op, "null dp, y or dy");
+  detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
+  detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
   detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
   require_chain(op, chain);
   const bool reduce = chain_grads_wanted(chain, grads);
@@ -305,17 +312,19 @@ void chain_pool_backward(const float* dp, const float* y, const float* bias, con
     switch (g.pool) {
       case ChainPool::None:
         if (vec4_ok(d, {dp, y, dy}))
-          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, partials, d);
+          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, accumulate,
+                                                                           partials, d);
         else
-          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, partials, d);
+          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, accumulate,
+                                                                           partials, d);
         break;
       case ChainPool::Max:
-        pool_backward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy, partials,
-                                                                           d);
+        pool_backward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy,
+                                                                           accumulate, partials, d);
         break;
       case ChainPool::Avg:
-        pool_backward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(dp, y, bias, nullptr, chain, dy, partials,
-                                                                            d);
+        pool_backward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(dp, y, bias, nullptr, chain, dy,
+                                                                            accumulate, partials, d);
         break;
     }
   });

@@ -40,9 +40,10 @@ void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& 
                         const ChainPoolGeometry& g, cudaStream_t stream);
 
 size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const EpilogueChain& chain);
-// dp is P's gradient; y, bias and argmax as forward had them.
+// dp is P's gradient; y, bias and argmax as forward had them (y may be null
+// for an empty chain without bias: a plain pool). accumulate adds into dy.
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
-                         const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
-                         const ChainPoolGeometry& g, cudaStream_t stream);
+                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                         void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda

@@ -9,6 +9,7 @@
 #include "anvil/error.hpp"
 #include "engine/src/cuda/check.hpp"
 #include "engine/src/cuda/context.hpp"
+#include "layers/pooling.hpp"
 
 namespace anvil {
 
@@ -95,6 +96,16 @@ std::string format_ms(double ms) {
 
 }  // namespace
 
+void add_pool_alternatives(Graph& graph) {
+  for (GraphNode& node : graph.nodes) {
+    const auto* pool = dynamic_cast<const Pooling*>(node.layer.get());
+    if (pool == nullptr || pool->cuda_kernel() != Pooling::Kernel::Anvil) continue;
+    auto cudnn = std::make_unique<Pooling>(*node.spec, pool->spec(), Pooling::Kernel::Cudnn);
+    cudnn->setup(pool->input_shapes());
+    node.alternatives.push_back(std::move(cudnn));
+  }
+}
+
 void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& settings, bool training) {
   for (GraphNode& node : graph.nodes) {
     if (node.alternatives.empty()) continue;
@@ -108,16 +119,21 @@ void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& 
     size_t best = 0;
     double best_ms = 0;
     std::string times;
+    // Formulations of one type (a pool's kernels) are told apart by what they run.
+    const bool one_type = std::all_of(candidates.begin(), candidates.end(),
+                                      [&](const auto& c) { return c->type() == candidates[0]->type(); });
     for (size_t k = 0; k < candidates.size(); ++k) {
       const double ms = time_alone(*candidates[k], ctx, settings, backward, input_grad);
-      times += (k ? ", " : "") + candidates[k]->type() + " " + format_ms(ms);
+      times += (k ? ", " : "") + (one_type ? candidates[k]->describe_cuda() : candidates[k]->type()) + " " +
+               format_ms(ms);
       if (k == 0 || ms < best_ms) {
         best = k;
         best_ms = ms;
       }
     }
     node.layer = std::move(candidates[best]);
-    node.choice = "autotuned (the rule's pick was the first), " + std::string(backward ? "forward + backward" : "forward") + ": " + times;
+    node.choice = "autotuned (the rule's pick was the first), " +
+                  std::string(backward ? "forward + backward" : "forward") + ": " + times;
   }
 }
 

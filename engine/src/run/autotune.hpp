@@ -11,6 +11,9 @@ namespace anvil {
 
 class CudaContext;
 
+// Gives every pooling layer that runs anvil's kernels cuDNN's pooling as its alternative.
+void add_pool_alternatives(Graph& graph);
+
 // training: false for a forward-only engine, whose ops run no backward.
 void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& settings, bool training);
 

@@ -37,6 +37,9 @@ void Engine::Impl::build() {
 #endif
   graph = network.build_graph();
   if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune});
+#if ANVIL_WITH_CUDA
+  if (cuda() && options.autotune) add_pool_alternatives(*graph);
+#endif
   graph->mark_gradients(training() && options.input_grad);
   if (training()) {
     if (!graph->tensors[graph->output].requires_grad)

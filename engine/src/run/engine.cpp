@@ -93,7 +93,7 @@ std::string Engine::describe() const {
     s << "  " << node.layer->name() << " [" << node.layer->type() << "] -> " << to_string(node.layer->output_shape())
       << "\n";
     const std::string algos = node.layer->describe_cuda();
-    if (!algos.empty()) s << "      cuDNN: " << algos << "\n";
+    if (!algos.empty()) s << "      runs: " << algos << "\n";
     if (!node.choice.empty()) s << "      formulation: " << node.choice << "\n";
   }
   return s.str();
