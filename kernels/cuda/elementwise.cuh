@@ -27,14 +27,24 @@ template <bool kAccumulate, class F, class... In>
 __global__ void __launch_bounds__(kThreads) map_kernel(float* out, VecSplit split, F f, In... in) {
   const int64_t tid = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  for (int64_t v = tid; v < split.nvec; v += stride) {
-    const int64_t i = split.head + 4 * v;
+  // Two vectors per iteration, both loaded before either is stored: out may
+  // alias an input, so the compiler cannot hoist a load above a store itself,
+  // and one load in flight per input left the sum at 64% of copy bandwidth.
+  auto step = [&](int64_t i) {
     float4 r = map4(f, load4(in + i)...);
     if (kAccumulate) {
       const float4 o = load4(out + i);
       r = make_float4(o.x + r.x, o.y + r.y, o.z + r.z, o.w + r.w);
     }
-    store4(out + i, r);
+    return r;
+  };
+  for (int64_t v = tid; v < split.nvec; v += 2 * stride) {
+    const int64_t i0 = split.head + 4 * v, i1 = i0 + 4 * stride;
+    const bool second = v + stride < split.nvec;
+    const float4 r0 = step(i0);
+    const float4 r1 = second ? step(i1) : r0;
+    store4(out + i0, r0);
+    if (second) store4(out + i1, r1);
   }
   auto scalar = [&](int64_t i) {
     float r = f(in[i]...);
