@@ -443,13 +443,13 @@ def time_torch(args, case, precision, measure, compiled):
     return result
 
 
-def time_anvil(args, net_path, precision, measure, workdir):
-    """anvil bench's JSON for one configuration, or {"error": ...}."""
+def time_anvil(args, net_path, precision, measure, workdir, flags=None):
+    """anvil bench's JSON for one configuration, or {"error": ...}; flags default to args.anvil_flags."""
     release_memory()
     cfg = network_copy(net_path, precision, workdir)
     out = os.path.join(workdir, f"bench_{precision}_{measure}.json")
     cmd = [args.anvil, "bench", cfg, "--device", "cuda", "--mode", measure, "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--json", out] + args.anvil_flags
+           "--warmup", str(args.warmup), "--json", out] + (args.anvil_flags if flags is None else flags)
     try:
         run_anvil(cmd)
         with open(out, encoding="utf-8") as f:
@@ -492,6 +492,9 @@ def time_all(args, case, workdir, measures=MEASURES):
                 describe_run("compile", precision, measure, runs["compile"])
             runs["anvil"] = time_anvil(args, case.path, precision, measure, workdir)
             describe_run("anvil", precision, measure, runs["anvil"])
+            if args.anvil_flags and measures == SUITE_MEASURES:  # the suite also times the rule's choices
+                runs["anvil_rule"] = time_anvil(args, case.path, precision, measure, workdir, flags=[])
+                describe_run("anvil", precision, measure, runs["anvil_rule"])
     return timings
 
 
@@ -797,12 +800,15 @@ def worst_parity(entry):
 
 
 def suite_table(entries):
+    rule = any("anvil_rule" in runs for e in entries for by_m in e.get("timings", {}).values()
+               for runs in by_m.values())
+    rule_head = " anvil (rule) ms | rule vs compile |" if rule else ""
     rows = ["| network | precision | measure | eager ms | compile ms | anvil ms | anvil vs eager "
-            "| anvil vs compile | below compile |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+            "| anvil vs compile | below compile |" + rule_head,
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: | ---: |" if rule else "")]
     for entry in entries:
         if "timings" not in entry:
-            rows.append(f"| {entry['name']} | | | | | | | | not timed: parity failed |")
+            rows.append(f"| {entry['name']} | | | | | | | | not timed: parity failed |" + (" | |" if rule else ""))
             continue
         for precision in PRECISIONS:
             for measure in SUITE_MEASURES:
@@ -813,6 +819,9 @@ def suite_table(entries):
                          else "" if vs_compile is not None else "n/a")
                 cells = [entry["name"], precision, MEASURE_LABEL[measure], fmt(eager, ".3f"), fmt(comp, ".3f"),
                          fmt(anvil, ".3f"), fmt(ratio(eager, anvil), ".2f", "x"), fmt(vs_compile, ".2f", "x"), below]
+                if rule:
+                    rule_ms = median_ms(runs["anvil_rule"]) if "anvil_rule" in runs else None
+                    cells += [fmt(rule_ms, ".3f"), fmt(ratio(comp, rule_ms), ".2f", "x")]
                 rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -858,7 +867,9 @@ def suite_report(env, args, entries):
         "",
         "forward = inference (PyTorch under torch.no_grad); train step = zero_grad + forward + loss + backward "
         "+ optimizer step. torch.compile is mode \"default\". Ratios are PyTorch median / anvil median; "
-        "**BELOW 1.0x** marks a row where anvil is slower than torch.compile.",
+        "**BELOW 1.0x** marks a row where anvil is slower than torch.compile."
+        + (" anvil ran with `" + " ".join(args.anvil_flags) + "` (PyTorch runs with cudnn.benchmark); the last "
+           "two columns time anvil's default rule in the same run." if args.anvil_flags else ""),
         "",
         suite_table(entries),
         "",
