@@ -48,16 +48,30 @@ __device__ __forceinline__ Chunk chunk_of(const PoolDims& d, uint32_t plane_size
   return r;
 }
 
+// The block's chunk and what its channel runs: the bias and the chain's values.
+template <class Chain>
+struct BlockChannel {
+  Chunk r;
+  int64_t ch;
+  float b;
+  typename Chain::Channel cm;
+};
+
+template <class Chain>
+__device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, uint32_t plane_size,
+                                                             const float* bias, const EpilogueChain& chain) {
+  const Chunk r = chunk_of(d, plane_size);
+  const int64_t ch = r.plane % d.c;
+  return {r, ch, bias != nullptr ? __ldg(bias + ch) : 0.f, Chain::at(chain, ch)};
+}
+
 // ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
 
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
     chain_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
                          float* __restrict__ p, PoolDims d) {
-  const Chunk r = chunk_of(d, d.plane_in);
-  const int64_t ch = r.plane % d.c;
-  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
-  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
@@ -75,10 +89,7 @@ __global__ void __launch_bounds__(kThreads)
     chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                           const EpilogueChain chain, float* __restrict__ dy, bool accumulate,
                           double* __restrict__ partials, PoolDims d) {
-  const Chunk r = chunk_of(d, d.plane_in);
-  const int64_t ch = r.plane % d.c;
-  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
-  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
@@ -119,10 +130,7 @@ template <class Chain, bool kMax>
 __global__ void __launch_bounds__(kThreads)
     pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
                         float* __restrict__ p, uint8_t* __restrict__ argmax, PoolDims d) {
-  const Chunk r = chunk_of(d, d.plane_out);
-  const int64_t ch = r.plane % d.c;
-  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
-  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out, bias, chain);
   const float* yp = y + r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
@@ -168,10 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
-  const Chunk r = chunk_of(d, d.plane_in);
-  const int64_t ch = r.plane % d.c;
-  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
-  const typename Chain::Channel cm = Chain::at(chain, ch);
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in), out_base = r.plane * int64_t(d.plane_out);
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
