@@ -11,8 +11,8 @@ namespace anvil {
 
 namespace {
 
-constexpr int kMaxPlans = 8;           // the heuristics' first eligible engines kept as candidates
-constexpr int kTimedRuns = 3;          // per candidate, after one untimed run
+constexpr int kMaxPlans = 6;           // the heuristics' first eligible engines autotune times
+constexpr int kTimedRuns = 2;          // per candidate, after one untimed run
 constexpr int64_t kAlignment = 16;     // every anvil buffer starts on at least 16 bytes
 enum Uid : int64_t { kA = 1, kB = 2, kW = 3 };
 
@@ -206,7 +206,13 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   }
   ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                              CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &count, raw.data()));
-  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans); ++i) {
+  // The rule stops at its pick (building a plan can compile a kernel); a
+  // first engine without tensor cores is kept while tf32 looks further.
+  const bool tf32 = settings.precision == Precision::TF32;
+  auto rule_done = [&] {
+    return !settings.autotune && !p.candidates.empty() && (!tf32 || p.candidates.back().tensor_cores);
+  };
+  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans) && !rule_done(); ++i) {
     Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     if (!eligible(raw[i], settings, plan.engine, plan.tensor_cores)) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);

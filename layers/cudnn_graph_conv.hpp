@@ -9,7 +9,7 @@
 // convolution.cpp. Engines are filtered as the precision and determinism
 // ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
 // refuses non-deterministic ones, and none may down-convert its inputs.
-// Candidates are the heuristics' (mode A) first 8 eligible engines whose plan
+// Candidates are the heuristics' (mode A) first 6 eligible engines whose plan
 // builds and whose workspace fits. By default a fixed rule picks among them,
 // so every build makes the same choice: in tf32 the first tensor-core engine,
 // otherwise (or without one) the first. Autotune times them all and keeps the

@@ -6,7 +6,7 @@
 # separate comparison with PyTorch.
 # Knobs: CTEST_JOBS (default 1), MEMCHECK_TIMEOUT (s, default 240),
 # MEMCHECK_FILTER (a gtest filter, default every GPU test but the full-size
-# one), SKIP_BENCH_DATA=1. Prints a short summary last. Logs go to $OUT (or
+# one), PRECISION_CASES (tools/precision_report.py --cases), SKIP_BENCH_DATA=1. Prints a short summary last. Logs go to $OUT (or
 # /tmp/anvil-gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ else
 fi
 
 # How far each precision is from PyTorch's float64 (docs/network-format.md quotes it).
-if python3 tools/precision_report.py >"$out/precision.md" 2>&1; then
+if python3 tools/precision_report.py ${PRECISION_CASES:+--cases "$PRECISION_CASES"} >"$out/precision.md" 2>&1; then
   tail -2 "$out/precision.md"
   summary+=("precision: $(tail -2 "$out/precision.md" | sed 's/worst relative L2 error against float64, //' | paste -sd ';')")
 else
