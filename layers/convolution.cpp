@@ -205,9 +205,10 @@ Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
 }  // namespace
 
 struct Convolution::Cudnn {
-  // Each used op runs through cuDNN's graph API where it offers an eligible
-  // engine (graph[op]); otherwise through the legacy API below. The op that
-  // computes dx also has a plan that adds into it (gradient fan-out).
+  // With autotune, each used op runs through cuDNN's graph API where it
+  // offers an eligible engine (graph[op]); otherwise, and by default, through
+  // the legacy API below. The op that computes dx also has a plan that adds
+  // into it (gradient fan-out).
   std::unique_ptr<CudnnGraphConv> graph[kOpCount];
   std::unique_ptr<CudnnGraphConv> graph_accumulate;
   TensorDescriptor a, b;
@@ -272,15 +273,17 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
-  // The graph API first; each op it cannot run plans its legacy workspace
-  // from the heuristics' list (no memory needed yet).
+  // Autotuned: the graph API's engines first. By default the legacy API,
+  // whose rule measured as fast or faster on the suite (docs/performance.md).
+  // Each op on the legacy API plans its workspace from the heuristics' list
+  // (no memory needed yet).
   ConvGraphGeometry geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
                              spec_.padding, spec_.stride, spec_.dilation};
   const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
                                                 CudnnGraphConv::Kind::BackwardFilter};
   const int dx_op = spec_.transposed ? kForward : kBackwardData;
   for (int op = 0; op < kOpCount; ++op) {
-    if (!c.used[op]) continue;
+    if (!c.used[op] || !settings.autotune) continue;
     try {
       c.graph[op] = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, 0.f, settings);
       c.workspace[op] = c.graph[op]->workspace();
@@ -354,7 +357,7 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   int n = 0;
   // Ops used in the backward pass search inside the backward workspace.
   auto ws_for = [&](Op op) { return op == (spec_.transposed ? kBackwardData : kForward) ? forward_ws : backward_ws; };
-  // Graph-API ops time their candidates only when autotuning.
+  // Graph-API ops (autotune only) time their candidates.
   void* const graph_w[kOpCount] = {const_cast<float*>(w), const_cast<float*>(w), dw};
   for (int op = 0; op < kOpCount; ++op)
     if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));

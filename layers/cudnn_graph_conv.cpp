@@ -162,8 +162,7 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
 
 struct CudnnGraphConv::Plans {
   Backend graph{CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR};
-  std::vector<Plan> candidates;  // heuristics order; the chosen one first
-  bool autotune = false;
+  std::vector<Plan> candidates;  // heuristics order; after choose_fastest the fastest first
   bool timed = false;
 };
 
@@ -185,7 +184,6 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
 
   cudnnHandle_t handle = ctx.cudnn();
   Plans& p = *plans_;
-  p.autotune = settings.autotune;
   p.graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, op);
   p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
   p.graph.finalize();
@@ -206,13 +204,7 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   }
   ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                              CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &count, raw.data()));
-  // The rule stops at its pick (building a plan can compile a kernel); a
-  // first engine without tensor cores is kept while tf32 looks further.
-  const bool tf32 = settings.precision == Precision::TF32;
-  auto rule_done = [&] {
-    return !settings.autotune && !p.candidates.empty() && (!tf32 || p.candidates.back().tensor_cores);
-  };
-  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans) && !rule_done(); ++i) {
+  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans); ++i) {
     Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     if (!eligible(raw[i], settings, plan.engine, plan.tensor_cores)) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -228,13 +220,6 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   if (p.candidates.empty())
     throw Error("cuDNN's graph API offers no eligible engine for this convolution within " +
                 std::to_string(settings.workspace_limit >> 20) + " MiB of workspace");
-  if (settings.autotune) return;
-  // The rule: in tf32 the heuristics' first tensor-core engine (their very
-  // first is often an FMA one), else their first.
-  const auto tensor_core = std::find_if(p.candidates.begin(), p.candidates.end(),
-                                        [](const Plan& plan) { return plan.tensor_cores; });
-  std::swap(p.candidates.front(), tensor_core != p.candidates.end() ? *tensor_core : p.candidates.front());
-  p.candidates.erase(p.candidates.begin() + 1, p.candidates.end());
 }
 
 CudnnGraphConv::~CudnnGraphConv() = default;
@@ -258,7 +243,7 @@ void CudnnGraphConv::run(CudaContext& ctx, const void* a, const void* b, const v
 
 void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace) {
   Plans& p = *plans_;
-  if (!p.autotune || p.timed || p.candidates.size() < 2) return;
+  if (p.timed || p.candidates.size() < 2) return;
   size_t best = 0;
   double best_ms = 0;
   for (size_t k = 0; k < p.candidates.size(); ++k) {
@@ -280,8 +265,8 @@ void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w,
 std::string CudnnGraphConv::describe() const {
   const Plan& plan = plans_->candidates.front();
   return "graph engine " + std::to_string(plan.engine) + " (" + (plan.tensor_cores ? "tensor ops" : "fma") +
-         ", ws " + std::to_string(plan.workspace >> 10) + " KiB" +
-         (plans_->autotune ? ", fastest of " + std::to_string(plans_->candidates.size()) : "") + ")";
+         ", ws " + std::to_string(plan.workspace >> 10) + " KiB, fastest of " +
+         std::to_string(plans_->candidates.size()) + ")";
 }
 
 }  // namespace anvil

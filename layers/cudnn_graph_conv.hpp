@@ -1,6 +1,6 @@
 // One convolution op (forward, backward data or backward filter) through
-// cuDNN's graph (backend) API, the API PyTorch runs its convolutions through.
-// Its engines include runtime-compiled ones that the legacy
+// cuDNN's graph (backend) API, the API PyTorch runs its convolutions through,
+// for --autotune. Its engines include runtime-compiled ones that the legacy
 // cudnnFind*Algorithm API never offers. Where the graph API has no eligible
 // engine, Convolution falls back to the legacy API for that op.
 //
@@ -10,9 +10,7 @@
 // ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
 // refuses non-deterministic ones, and none may down-convert its inputs.
 // Candidates are the heuristics' (mode A) first 6 eligible engines whose plan
-// builds and whose workspace fits. By default a fixed rule picks among them,
-// so every build makes the same choice: in tf32 the first tensor-core engine,
-// otherwise (or without one) the first. Autotune times them all and keeps the
+// builds and whose workspace fits; choose_fastest times them and keeps the
 // fastest.
 #pragma once
 
@@ -46,9 +44,9 @@ class CudnnGraphConv {
   CudnnGraphConv(const CudnnGraphConv&) = delete;
   CudnnGraphConv& operator=(const CudnnGraphConv&) = delete;
 
-  // The workspace to plan: the chosen plan's, or with autotune the most any candidate needs.
+  // The workspace to plan: the most any candidate needs.
   size_t workspace() const;
-  // Autotune: runs every candidate on these buffers and keeps the fastest.
+  // Runs every candidate on these buffers and keeps the fastest (once).
   void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace);
   // Runs the chosen plan on the context's stream.
   void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const;

@@ -42,9 +42,10 @@ struct Options {
   bool cuda_graph = true;       // capture the train step once and replay it
   bool deterministic = true;    // only deterministic cuDNN algorithms
   // Time the candidates once at build and keep the fastest: each fused
-  // chain's formulation (phase split or cuDNN's) and each cuDNN algorithm
-  // (deterministic ones still, unless deterministic is off). Off: a fixed
-  // rule picks (docs/performance.md), the same choice every build.
+  // chain's formulation (phase split or cuDNN's), each pool's kernels and
+  // each conv's engines of cuDNN's graph API (deterministic ones still,
+  // unless deterministic is off). Off: fixed rules pick
+  // (docs/performance.md), the same choice every build.
   bool autotune = false;
   bool input_grad = false;      // also compute d(loss)/d(input), which nothing upstream needs
   size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
