@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
       dy[base + e] = accumulate ? dy[base + e] + dv : dv;
     }
   }
-  write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
 }
 
 // ---- max and average pools ----
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
     const float dv = Chain::backward(chain, cm, v + b, dz, sums);
     dy[in_base + e] = accumulate ? dy[in_base + e] + dv : dv;
   }
-  write_chain_partials(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
 }
 
 // ---- host side ----

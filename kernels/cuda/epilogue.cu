@@ -181,11 +181,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Writes the block's partial sums. Every thread must call it.
+template <class Chain>
 __device__ __forceinline__ void epi_write_partials(const ChainSums& sums, const EpilogueChain& chain,
                                                    double* __restrict__ partials, const BlockRange& r,
                                                    const EpiDims& g) {
   const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
-  write_chain_partials(sums, chain, partials, g.c, g.per, ch, nn * g.cpp + r.chunk);
+  write_chain_partials<Chain>(sums, chain, partials, g.c, g.per, ch, nn * g.cpp + r.chunk);
 }
 
 // Two phases. 1: the chunk's pooled elements in pair order (as the fast
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  epi_write_partials(sums, chain, partials, r, g);
+  epi_write_partials<Chain>(sums, chain, partials, r, g);
 }
 
 // k = (K0, 2, 2); W % 4 == 0; dy 16-byte, dp and y_at_max 8-byte, argmax 2-byte aligned.
@@ -301,7 +302,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  epi_write_partials(sums, chain, partials, r, g);
+  epi_write_partials<Chain>(sums, chain, partials, r, g);
 }
 
 // ---- the phase-split layout ----
@@ -369,7 +370,7 @@ __global__ void __launch_bounds__(kThreads)
     if (dyp != nullptr)
       for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
   }
-  epi_write_partials(sums, chain, partials, r, g);
+  epi_write_partials<Chain>(sums, chain, partials, r, g);
 }
 
 // ===========================================================================

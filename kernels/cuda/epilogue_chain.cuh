@@ -49,9 +49,11 @@ struct ChainSums {
 //   Channel at(chain, ch)                  read once per block (or output channel)
 //   float forward(chain, at, v)            the chain's output for v = y + bias
 //   float backward(chain, at, v, dz, sums) dv for the output gradient dz; adds to sums
-//   bool monotone(chain, at, sign)         where chain_is_piecewise_monotone holds: whether
-//                                          the chain is strictly monotone at this channel,
-//                                          rising (sign 1) or falling (-1)
+//   bool monotone(chain)                   every activation a leaky_relu of positive slope:
+//                                          then, at a channel whose multipliers are all
+//   bool monotone_at(chain, at)            finite and non-zero, the chain is strictly
+//   float monotone_sign(chain, at)         monotone in v, rising (1) or falling (-1)
+//   bool multiplier(chain, i)              whether op i is a multiplier (its sums are written)
 // Both give the same bits for the same chain: the ops in order, in float.
 
 // Any chain, read from the EpilogueChain at run time. The loops run to
@@ -99,16 +101,30 @@ struct ProgramChain {
     return dz;
   }
 
-  __device__ static bool monotone(const EpilogueChain& c, const Channel& m, float& sign) {
+  __device__ static bool multiplier(const EpilogueChain& c, int i) { return i < c.ops && c.is_scale[i]; }
+
+  __device__ static bool monotone(const EpilogueChain& c) {
     bool ok = true;
-    sign = 1.f;
 #pragma unroll
     for (int i = 0; i < kMaxChainOps; ++i)
-      if (i < c.ops && c.is_scale[i]) {
-        ok &= m.mul[i] != 0.f && isfinite(m.mul[i]);
-        sign = m.mul[i] > 0.f ? sign : -sign;
-      }
+      if (i < c.ops && !c.is_scale[i]) ok &= c.activation[i] == PointwiseOp::LeakyRelu && c.param[i] > 0.f;
     return ok;
+  }
+
+  __device__ static bool monotone_at(const EpilogueChain& c, const Channel& m) {
+    bool ok = true;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i)
+      if (i < c.ops && c.is_scale[i]) ok &= (m.mul[i] != 0.f) & bool(isfinite(m.mul[i]));
+    return ok;
+  }
+
+  __device__ static float monotone_sign(const EpilogueChain& c, const Channel& m) {
+    float sign = 1.f;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i)
+      if (i < c.ops && c.is_scale[i]) sign = m.mul[i] > 0.f ? sign : -sign;
+    return sign;
   }
 };
 
@@ -137,10 +153,10 @@ struct LeakyScaleLeakyChain {
     return dv;
   }
 
-  __device__ static bool monotone(const EpilogueChain&, const Channel& m, float& sign) {
-    sign = m.m > 0.f ? 1.f : -1.f;
-    return m.m != 0.f && isfinite(m.m);
-  }
+  __device__ static bool multiplier(const EpilogueChain&, int i) { return i == 1; }
+  __device__ static bool monotone(const EpilogueChain& c) { return c.param[0] > 0.f && c.param[2] > 0.f; }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) { return (m.m != 0.f) & bool(isfinite(m.m)); }
+  __device__ static float monotone_sign(const EpilogueChain&, const Channel& m) { return m.m > 0.f ? 1.f : -1.f; }
 };
 
 // Runs launch(policy) with the policy that fits the chain.
@@ -155,6 +171,7 @@ void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
 // Writes the block's sums as the partials of slot j of channel ch: array 0
 // holds dbias, array 1 + i op i's multiplier, each (channels, per). Every
 // thread of the block must call it; partials may be null (nothing reduced).
+template <class Chain>
 __device__ __forceinline__ void write_chain_partials(const ChainSums& sums, const EpilogueChain& c,
                                                      double* __restrict__ partials, int64_t channels, int64_t per,
                                                      int64_t ch, int64_t j) {
@@ -162,7 +179,7 @@ __device__ __forceinline__ void write_chain_partials(const ChainSums& sums, cons
   if (threadIdx.x == 0 && partials != nullptr) partials[ch * per + j] = tb;
 #pragma unroll
   for (int i = 0; i < kMaxChainOps; ++i) {
-    if (i >= c.ops || !c.is_scale[i]) continue;  // uniform over the block
+    if (!Chain::multiplier(c, i)) continue;  // uniform over the block
     const double t = detail::block_sum(sums.scale[i]);
     if (threadIdx.x == 0 && partials != nullptr) partials[((1 + i) * channels + ch) * per + j] = t;
   }

@@ -29,15 +29,6 @@ struct ChainGrads {
   float* dscale[kMaxChainOps] = {};  // op i's multiplier gradient (multipliers only)
 };
 
-// True when every op is a multiplier or a leaky_relu of positive slope: then
-// the chain is strictly monotone in v at every channel whose multipliers are
-// finite and non-zero (rising or falling with the sign of their product).
-inline bool chain_is_piecewise_monotone(const EpilogueChain& c) {
-  for (int i = 0; i < c.ops; ++i)
-    if (!c.is_scale[i] && !(c.activation[i] == PointwiseOp::LeakyRelu && c.param[i] > 0.f)) return false;
-  return true;
-}
-
 // Throws anvil::Error naming `op` unless the chain is well formed (0..kMaxChainOps
 // ops, a multiplier pointer for every multiplier op).
 void require_chain(const char* op, const EpilogueChain& c);

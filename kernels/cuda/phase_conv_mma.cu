@@ -98,8 +98,7 @@ __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const in
 template <class Chain, bool kCompensated, int kPhases>
 __global__ void __launch_bounds__(kBlock, 1)
     fused_forward_kernel(const float* __restrict__ x_pad, const float* __restrict__ wp,
-                         const float* __restrict__ bias, const EpilogueChain chain, bool monotone_chain,
-                         float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
+                         const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
                          FwdDims d) {
 #if ANVIL_HAS_TENSOR_CORES
   extern __shared__ float smem_f[];
@@ -150,6 +149,7 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
   const int q_count = d.q0 * d.q1 * d.q2;  // int indices: supported() keeps the output below 2^31
+  const bool monotone = Chain::monotone(chain);  // every activation strictly rising
   __syncthreads();  // row_off
   Tile tile;
   tile.seek(blockIdx.x, d);
@@ -244,18 +244,15 @@ __global__ void __launch_bounds__(kBlock, 1)
         if (!valid || at.w0 + pos >= d.q2 || co >= d.cout) continue;
         const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f;
         const typename Chain::Channel cm = Chain::at(chain, co);
-        // Monotone here: the chain's activations are all rising and every
-        // multiplier of this channel is finite and non-zero.
-        float sign = 1.f;
-        const bool monotone = monotone_chain && isfinite(b0) && Chain::monotone(chain, cm, sign);
         float best = 0.f, best_v = 0.f;
         uint32_t best_i = 0;
-        if (monotone) {
+        if (monotone && Chain::monotone_at(chain, cm) && isfinite(b0)) {
           // The chain is monotone in the accumulator here (rising when the
           // multipliers' product is positive, else falling), so the window's
           // max is the chain of its max (min) accumulator: one compare per
           // phase. (Distinct accumulators that round to one z pick the
           // larger; a NaN wins as below.)
+          const float sign = Chain::monotone_sign(chain, cm);
           float key = acc[0][r] * sign;
 #pragma unroll
           for (int j = 1; j < kPhases; ++j) {
@@ -384,8 +381,7 @@ void phase_fused_forward(const float* x_pad, const float* wp, const float* bias,
     const auto kernel = compensated ? fused_forward_kernel_for<Chain, true>(d.phases, kPhaseCounts)
                                     : fused_forward_kernel_for<Chain, false>(d.phases, kPhaseCounts);
     ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, chain, chain_is_piecewise_monotone(chain), p, argmax,
-                                             y_at_max, d);
+    kernel<<<blocks, kBlock, smem, stream>>>(x_pad, wp, bias, chain, p, argmax, y_at_max, d);
   });
   ANVIL_CHECK_LAUNCH();
 }
