@@ -10,9 +10,31 @@
 namespace anvil {
 
 // A runtime failure: a library call failed or the device ran out of memory.
+// Every message is one line: control bytes (a newline or a tab in a key or a
+// name from the user's file) are written as escapes.
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(one_line(what)) {}
+
+  static std::string one_line(const std::string& text) {
+    static const char* const kHex = "0123456789abcdef";
+    std::string out;
+    for (const char c : text) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte == '\n') {
+        out += "\\n";
+      } else if (byte == '\t') {
+        out += "\\t";
+      } else if (byte < 0x20 || byte == 0x7f) {
+        out += "\\x";
+        out += kHex[byte >> 4];
+        out += kHex[byte & 15];
+      } else {
+        out += c;
+      }
+    }
+    return out;
+  }
 };
 
 // The user's input is wrong: JSON, shapes, tensor files, command-line values.
