@@ -174,11 +174,11 @@ TEST_F(Safetensors, WriterFollowsTheFormat) {
 }
 
 TEST_F(Safetensors, ReadsHandWrittenF32File) {
-  // Unsorted keys, no padding, data not in key order, and an unused gap: all legal.
+  // Unsorted keys, no padding, data not in key order: all legal.
   const std::string header =
       R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
       R"("__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[],"data_offsets":[12,16]},)"
-      R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[0,0]}})";
+      R"("e":{"dtype":"F32","shape":[3,0],"data_offsets":[0,0]},"g":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})";
   const std::string data = le_bytes(0xdeadbeef, 4) + le_bytes(0x3fc00000, 4) /* 1.5 */ +
                            le_bytes(0xc0100000, 4) /* -2.25 */ + le_bytes(0x40400000, 4) /* 3 */;
   const TensorFile f = anvil::read_safetensors(write_raw("hand.safetensors", make_file(header, data)));
@@ -213,12 +213,13 @@ std::vector<uint32_t> bits_of(const HostTensor& t) {
   return bits;
 }
 
-// One tensor of `dtype` holding `elements` (each `itemsize` little-endian bytes), stored after `gap`
-// bytes so that its data is not aligned.
+// One tensor of `dtype` holding `elements` (each `itemsize` little-endian bytes), stored after a
+// `gap`-byte BOOL tensor so that its data is not aligned.
 std::string one_tensor_file(const std::string& dtype, int itemsize, const std::vector<uint64_t>& elements, int gap) {
-  std::string data(static_cast<size_t>(gap), '\xee');
+  std::string data(static_cast<size_t>(gap), '\x01');
   for (uint64_t e : elements) data += le_bytes(e, itemsize);
   const nlohmann::json header = {
+      {"gap", {{"dtype", "BOOL"}, {"shape", {gap}}, {"data_offsets", {0, gap}}}},
       {"t", {{"dtype", dtype}, {"shape", {elements.size()}}, {"data_offsets", {gap, data.size()}}}}};
   return make_file(header.dump(), data);
 }
@@ -378,6 +379,33 @@ TEST_F(Safetensors, RejectsBadOffsets) {
                      "too many elements");
   expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", ""),
                      "too many elements");
+}
+
+// As the reference implementation: the tensors' bytes tile the data exactly,
+// each key once, no byte-order mark, nothing but space padding after the JSON.
+TEST_F(Safetensors, RejectsWhatTheSpecForbids) {
+  const std::string eight(8, '\0');
+  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                   "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})", eight),
+                     "tensor 'b': data_offsets overlap another tensor's bytes");
+  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", eight),
+                     "tensor 'a': data_offsets leave a gap of 4 bytes before it");
+  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", eight),
+                     "bad.safetensors: 4 bytes after the last tensor's data");
+  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                                   "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", eight),
+                     "bad.safetensors: header: a: duplicate key");
+  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "dtype": "F16"}})",
+                               eight),
+                     "bad.safetensors: header: a.dtype: duplicate key");
+  const std::string ok = R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})";
+  expect_input_error(make_file("\xEF\xBB\xBF" + ok, eight), "header starts with a byte-order mark");
+  expect_input_error(make_file(ok + std::string(1, '\0'), eight), "header has bytes after its JSON object");
+  expect_input_error(make_file(ok + std::string(3, '\0'), eight), "header has bytes after its JSON object");
+  expect_input_error(make_file(ok + " x", eight), "header is not valid JSON");
+  // Whitespace padding (the writers' alignment) is allowed.
+  const TensorFile f = anvil::read_safetensors(write_raw("padded.safetensors", make_file(ok + "   \n", eight)));
+  EXPECT_EQ(f.tensors.at("a").data, (std::vector<float>{0.f, 0.f}));
 }
 
 TEST_F(Safetensors, RejectsTruncatedFiles) {

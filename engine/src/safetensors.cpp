@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "engine/src/spec/json_reader.hpp"
 
 // The file format stores little-endian IEEE floats; we copy bytes straight in and out, and memcpy
 // other element types from the (possibly unaligned) bytes in host order.
@@ -31,27 +32,12 @@ using json = nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 constexpr const char* kMetadataKey = "__metadata__";
 
-// Names come from the file; keep error messages on one line whatever they contain.
-std::string printable(const std::string& text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out;
-}
-
 [[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw InputError(printable(path) + ": " + problem);
+  throw InputError(path + ": " + problem);
 }
 
 [[noreturn]] void fail_tensor(const std::string& path, const std::string& name, const std::string& problem) {
-  fail(path, "tensor '" + printable(name) + "': " + problem);
+  fail(path, "tensor '" + name + "': " + problem);
 }
 
 uint64_t read_le64(const unsigned char* p) {
@@ -116,7 +102,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   const std::string& dt = dtype->get_ref<const std::string&>();
   e.dtype = find_dtype(dt);
   if (!e.dtype) {
-    fail_tensor(path, name, "unsupported dtype '" + printable(dt) +
+    fail_tensor(path, name, "unsupported dtype '" + dt +
                                 "' (float tensors must be F16, BF16, F32 or F64; integer and bool tensors are skipped)");
   }
   const uint64_t itemsize = e.dtype->itemsize;
@@ -167,6 +153,21 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
                                 std::to_string(n * itemsize) + " bytes)");
   }
   return e;
+}
+
+// The tensors' byte ranges must tile the data exactly, in any order: no
+// overlap, no gap, nothing after the last (the reference implementation's rule).
+void require_contiguous(const std::string& path, std::vector<Entry> entries, uint64_t data_bytes) {
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+  uint64_t covered = 0;
+  for (const Entry& e : entries) {
+    if (e.begin < covered) fail_tensor(path, e.name, "data_offsets overlap another tensor's bytes");
+    if (e.begin > covered)
+      fail_tensor(path, e.name, "data_offsets leave a gap of " + std::to_string(e.begin - covered) + " bytes before it");
+    covered = e.end;
+  }
+  if (covered != data_bytes) fail(path, std::to_string(data_bytes - covered) + " bytes after the last tensor's data");
 }
 
 float float_from_bits(uint32_t bits) {
@@ -232,7 +233,7 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
   if (!v.is_object()) fail(path, "__metadata__ is not a JSON object");
   std::map<std::string, std::string> out;
   for (auto it = v.begin(); it != v.end(); ++it) {
-    if (!it->is_string()) fail(path, "__metadata__ value for '" + printable(it.key()) + "' is not a string");
+    if (!it->is_string()) fail(path, "__metadata__ value for '" + it.key() + "' is not a string");
     out[it.key()] = it->get<std::string>();
   }
   return out;
@@ -268,13 +269,19 @@ TensorFile read_safetensors(const std::string& path) {
 
   std::string header(static_cast<size_t>(header_bytes), '\0');
   if (!in.read(header.data(), static_cast<std::streamsize>(header_bytes))) fail(path, "file truncated inside the header");
+  // As the reference implementation: UTF-8 JSON without a byte-order mark,
+  // followed by JSON whitespace at most (writers pad with spaces), each key once.
+  if (header.compare(0, 3, "\xEF\xBB\xBF") == 0) fail(path, "header starts with a byte-order mark");
   json root;
   try {
-    root = json::parse(header);
-  } catch (const json::exception& e) {
-    fail(path, std::string("header is not valid JSON: ") + e.what());
+    root = parse_json_document(header);
+  } catch (const InputError& e) {
+    const std::string why = e.what();
+    fail(path, why.rfind("invalid JSON: ", 0) == 0 ? "header is not valid JSON: " + why.substr(14) : "header: " + why);
   }
   if (!root.is_object()) fail(path, "header is not a JSON object");
+  if (header[header.find_last_not_of(" \t\n\r")] != '}')
+    fail(path, "header has bytes after its JSON object (only whitespace may follow)");
 
   // Validate every entry before reading any data, so a bad file costs no large allocations.
   TensorFile result;
@@ -287,6 +294,7 @@ TensorFile read_safetensors(const std::string& path) {
     }
   }
 
+  require_contiguous(path, entries, data_bytes);
   for (const Entry& e : entries) {
     if (e.dtype->conversion == Conversion::Skip) {
       result.skipped.emplace(e.name, e.dtype->name);
@@ -316,10 +324,10 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
   for (const auto& [name, t] : file.tensors) {  // sorted, so data follows the same order
     if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
     for (int64_t d : t.shape) {
-      if (d < 0) throw Error(path + ": tensor '" + printable(name) + "' has negative shape " + to_string(t.shape));
+      if (d < 0) throw Error(path + ": tensor '" + name + "' has negative shape " + to_string(t.shape));
     }
     if (static_cast<int64_t>(t.data.size()) != numel(t.shape)) {
-      throw Error(path + ": tensor '" + printable(name) + "' has " + std::to_string(t.data.size()) +
+      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) +
                   " values but shape " + to_string(t.shape));
     }
     const uint64_t bytes = t.data.size() * sizeof(float);
@@ -371,9 +379,9 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
   if (skipped != file.skipped.end()) {
     fail_tensor(path, name, "dtype " + skipped->second + " cannot be loaded (only F16, BF16, F32 and F64 can)");
   }
-  if (it == file.tensors.end()) fail(path, "no tensor named '" + printable(name) + "'");
+  if (it == file.tensors.end()) fail(path, "no tensor named '" + name + "'");
   if (it->second.shape != expected) {
-    fail(path, "tensor '" + printable(name) + "' has shape " + to_string(it->second.shape) + ", expected " +
+    fail(path, "tensor '" + name + "' has shape " + to_string(it->second.shape) + ", expected " +
                    to_string(expected));
   }
   return it->second;
@@ -394,12 +402,14 @@ ParameterSelection select_parameters(const TensorFile& file, const std::string& 
   return selection;
 }
 
+// A warning as well as an error: one line, as anvil::Error makes its messages.
 std::string unused_tensors_message(const std::string& path, const std::vector<std::string>& unused) {
   std::string list;
-  for (const std::string& name : unused) list += (list.empty() ? "" : ", ") + printable(name);
+  for (const std::string& name : unused) list += (list.empty() ? "" : ", ") + name;
   const bool one = unused.size() == 1;
-  return printable(path) + ": " + std::to_string(unused.size()) +
-         (one ? " tensor is not a parameter" : " tensors are not parameters") + " of this network: " + list;
+  return Error::one_line(path + ": " + std::to_string(unused.size()) +
+                         (one ? " tensor is not a parameter" : " tensors are not parameters") + " of this network: " +
+                         list);
 }
 
 }  // namespace anvil

@@ -1,8 +1,89 @@
 #include "engine/src/spec/json_reader.hpp"
 
+#include <functional>
+#include <set>
+#include <vector>
+
 #include "anvil/error.hpp"
 
 namespace anvil {
+
+namespace {
+
+// Where the parser is, as a JSON path ("layers[2].stride"): one frame per open
+// object (with its keys so far and the current one) or list (the current index).
+class JsonPathTracker {
+ public:
+  // nlohmann's parser callback: follows the document and refuses a key an object already has.
+  bool operator()(int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    switch (event) {
+      case Event::object_start:
+      case Event::array_start:
+        next_element();
+        frames_.push_back({event == Event::object_start, {}, {}, -1});
+        break;
+      case Event::object_end:
+      case Event::array_end:
+        frames_.pop_back();
+        break;
+      case Event::key: {
+        Frame& f = frames_.back();
+        f.key = parsed.get<std::string>();
+        if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
+        break;
+      }
+      case Event::value:
+        next_element();
+        break;
+    }
+    return true;
+  }
+
+  // The path of the current key or element; `unread`: the innermost list's
+  // next element, which the parser has not reached the end of.
+  std::string path(bool unread) const {
+    std::string p;
+    for (size_t i = 0; i < frames_.size(); ++i) {
+      const Frame& f = frames_[i];
+      if (f.object)
+        p += (p.empty() ? "" : ".") + f.key;
+      else
+        p += "[" + std::to_string(f.index + (unread && i + 1 == frames_.size() ? 1 : 0)) + "]";
+    }
+    return p.empty() ? "(top level)" : p;
+  }
+
+ private:
+  struct Frame {
+    bool object;
+    std::set<std::string> keys;
+    std::string key;
+    int64_t index;
+  };
+  void next_element() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+  }
+  std::vector<Frame> frames_;
+};
+
+}  // namespace
+
+nlohmann::json parse_json_document(const std::string& text) {
+  JsonPathTracker where;
+  try {
+    return nlohmann::json::parse(text, std::ref(where));
+  } catch (const nlohmann::json::parse_error& e) {
+    // nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ..."
+    std::string what = e.what();
+    const size_t cut = what.find("] ");
+    throw InputError("invalid JSON: " + (cut == std::string::npos ? what : what.substr(cut + 2)));
+  } catch (const nlohmann::json::out_of_range&) {
+    // A number beyond double's range ("1e400"): the parser stops at it.
+    throw InputError(where.path(true) + ": number out of range");
+  }
+}
+
 
 JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
   if (!object_.is_object()) throw InputError(path_ + ": must be an object, got " + describe_json_value(object_));

@@ -1,9 +1,6 @@
 #include "engine/src/spec/network_spec.hpp"
 
-#include <functional>
 #include <map>
-#include <set>
-#include <vector>
 
 #include "anvil/error.hpp"
 #include "anvil/random.hpp"
@@ -14,78 +11,6 @@ namespace anvil {
 namespace {
 
 const char* const kNameCharacters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.";
-
-// Where the parser is, as a JSON path ("layers[2].stride"): one frame per open
-// object (with its keys so far and the current one) or list (the current index).
-class JsonPathTracker {
- public:
-  // nlohmann's parser callback: follows the document and refuses a key an object already has.
-  bool operator()(int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using Event = nlohmann::json::parse_event_t;
-    switch (event) {
-      case Event::object_start:
-      case Event::array_start:
-        next_element();
-        frames_.push_back({event == Event::object_start, {}, {}, -1});
-        break;
-      case Event::object_end:
-      case Event::array_end:
-        frames_.pop_back();
-        break;
-      case Event::key: {
-        Frame& f = frames_.back();
-        f.key = parsed.get<std::string>();
-        if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
-        break;
-      }
-      case Event::value:
-        next_element();
-        break;
-    }
-    return true;
-  }
-
-  // The path of the current key or element; `unread`: the innermost list's
-  // next element, which the parser has not reached the end of.
-  std::string path(bool unread) const {
-    std::string p;
-    for (size_t i = 0; i < frames_.size(); ++i) {
-      const Frame& f = frames_[i];
-      if (f.object)
-        p += (p.empty() ? "" : ".") + f.key;
-      else
-        p += "[" + std::to_string(f.index + (unread && i + 1 == frames_.size() ? 1 : 0)) + "]";
-    }
-    return p.empty() ? "(top level)" : p;
-  }
-
- private:
-  struct Frame {
-    bool object;
-    std::set<std::string> keys;
-    std::string key;
-    int64_t index;
-  };
-  void next_element() {
-    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
-  }
-  std::vector<Frame> frames_;
-};
-
-nlohmann::json parse_json(const std::string& text) {
-  JsonPathTracker where;
-  try {
-    return nlohmann::json::parse(text, std::ref(where));
-  } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ..."
-    std::string what = e.what();
-    const size_t cut = what.find("] ");
-    throw InputError("invalid JSON: " + (cut == std::string::npos ? what : what.substr(cut + 2)));
-  } catch (const nlohmann::json::out_of_range&) {
-    // A number beyond double's range ("1e400"): the parser stops at it.
-    throw InputError(where.path(true) + ": number out of range");
-  }
-}
 
 // "loss": a name, or an object with "type" (and smooth_l1's "beta", as F.smooth_l1_loss).
 LossSpec parse_loss(JsonReader& top) {
@@ -234,7 +159,7 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
 NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source) {
   NetworkSpec spec;
   spec.source = source;
-  const nlohmann::json doc = parse_json(json_text);
+  const nlohmann::json doc = parse_json_document(json_text);
   if (!doc.is_object()) throw InputError("the network must be a JSON object, got " + describe_json_value(doc));
   JsonReader top(doc, "");
   spec.name = top.string("name");
