@@ -466,10 +466,32 @@ TEST_F(Cli, BenchRejectsBadCounts) {
 }
 
 TEST_F(Cli, StepsMustBePositive) {
-  for (const char* steps : {"0", "-3", "abc", "1.5"}) {
+  for (const char* steps : {"0", "-3", "abc", "1.5", "99999999999999999999"}) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps " + steps);
     EXPECT_EQ(r.status, 2) << "--steps " << steps << "\n" << describe(r);
     EXPECT_EQ(step_lines(r.out).size(), 0u) << "--steps " << steps;
+  }
+}
+
+// Numbers the conversion would clamp (CLI11 reads 2^64-ish as INT64_MAX, 1e999 as
+// infinity) are refused in one line naming the flag, before any work.
+TEST_F(Cli, NumbersOutOfRangeAreRefusedInOneLine) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train " + quote(kSmall) + " --device cpu --steps 99999999999999999999",
+       "anvil: error: --steps: 99999999999999999999 is out of range (at most 9007199254740992)\n"},
+      {"train " + quote(kSmall) + " --device cpu --steps 2 --log-every 9223372036854775808",
+       "anvil: error: --log-every: 9223372036854775808 is out of range (at most 9007199254740992)\n"},
+      {"train " + quote(kSmall) + " --device cpu --steps 1 --data-budget 1e999",
+       "anvil: error: --data-budget: 1e999 is out of range\n"},
+      {"bench " + quote(kSmall) + " --device cpu --iters 4294967296",
+       "anvil: error: --iters: 4294967296 is out of range (at most 2147483647)\n"},
+      {"eval " + quote(kSmall) + " --device cpu --data x --batch 2x", "anvil: error: --batch: 2x is not a whole number\n"},
+  };
+  for (const auto& [args, err] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, err) << args;
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << args;
   }
 }
 

@@ -15,7 +15,11 @@
 #include <optional>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <cmath>
@@ -61,6 +65,41 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
   cmd->add_flag("--autotune", f.autotune,
                 "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
+}
+
+// A whole number that fits `limit`, checked on the text before CLI11 converts
+// it (CLI11 turns "99999999999999999999" into INT64_MAX without a word).
+// Signs and the value's own bounds are the command's to check.
+constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps, epochs, batch: far beyond any run, exact in a double
+constexpr int64_t kMaxInt = INT32_MAX;              // iterations, stored as int
+
+CLI::Validator whole_number(int64_t limit) {
+  return CLI::Validator(
+      [limit](std::string& text) -> std::string {
+        int64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [last, ec] = std::from_chars(text.data(), end, value);
+        const bool parsed = ec == std::errc() && last == end;
+        if (ec == std::errc::result_out_of_range || (parsed && (value > limit || value < -limit)))
+          return text + " is out of range (at most " + std::to_string(limit) + ")";
+        if (!parsed) return text + " is not a whole number";
+        return "";
+      },
+      "INT");
+}
+
+// A finite number (CLI11 reads "1e999" as infinity).
+CLI::Validator finite_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double value = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != '\0') return text + " is not a number";
+        if (errno == ERANGE || !std::isfinite(value)) return text + " is out of range";
+        return "";
+      },
+      "NUMBER");
 }
 
 // Fails before any work when an output file could not be written at the end.
@@ -484,26 +523,32 @@ int main(int argc, char** argv) {
   TrainFlags train_opts;
   auto* train = app.add_subcommand("train", "train over a dataset or a generated batch, with a progress display");
   add_common(train, train_flags);
-  train->add_option("--steps", train_opts.steps, "number of optimizer steps (or --epochs)");
-  train->add_option("--epochs", train_opts.epochs, "passes over --data (or --steps)");
+  train->add_option("--steps", train_opts.steps, "number of optimizer steps (or --epochs)")
+      ->check(whole_number(kMaxCount));
+  train->add_option("--epochs", train_opts.epochs, "passes over --data (or --steps)")->check(whole_number(kMaxCount));
   train->add_option("--data", train_opts.data,
                     "dataset: safetensors with 'input' [S, sample...] and 'target' [S, output...] (default: one "
                     "generated batch)");
   train->add_option("--val", train_opts.val, "validation dataset: its mean loss every --val-every steps and at the end");
-  train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)");
-  train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)");
+  train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)")
+      ->check(whole_number(kMaxCount));
+  train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)")
+      ->check(whole_number(kMaxCount));
   train->add_flag("--no-shuffle", train_opts.no_shuffle, "take each epoch in file order (default: a seeded shuffle)");
   train->add_flag("--keep-last", train_opts.keep_last,
                   "also train on the last partial batch of each epoch (default: it is dropped)");
   train->add_option("--data-budget", train_opts.data_budget_mib,
-                    "MiB of device memory the dataset may take (default: half the free memory)");
+                    "MiB of device memory the dataset may take (default: half the free memory)")
+      ->check(finite_number());
   train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
   train->add_flag("--strict", train_opts.strict, "refuse weights files with tensors the network does not use");
   train->add_option("--checkpoint", train_opts.checkpoint,
                     "checkpoint file, written at the end, every --checkpoint-every steps and on SIGINT/SIGTERM");
-  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps");
+  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps")
+      ->check(whole_number(kMaxCount));
   train->add_option("--resume", train_opts.resume, "continue from a checkpoint of this network");
-  train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)");
+  train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)")
+      ->check(whole_number(kMaxCount));
   train->add_option("--metrics", train_opts.metrics, "append one JSON line per logged step to this file");
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
@@ -518,7 +563,7 @@ int main(int argc, char** argv) {
   add_common(eval, eval_flags);
   eval->add_option("--data", eval_data, "dataset (safetensors with 'input' and 'target')")->required();
   eval->add_option("--weights", eval_weights, "parameters (safetensors, PyTorch names)");
-  eval->add_option("--batch", eval_batch, "batch size (default: the network's)");
+  eval->add_option("--batch", eval_batch, "batch size (default: the network's)")->check(whole_number(kMaxCount));
   eval->add_flag("--strict", eval_strict, "refuse weights files with tensors the network does not use");
 
   CommonFlags bench_flags;
@@ -527,21 +572,24 @@ int main(int argc, char** argv) {
   add_common(bench, bench_flags);
   bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + SGD)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
-  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)");
-  bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)");
+  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->check(whole_number(kMaxInt));
+  bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)")
+      ->check(whole_number(kMaxInt));
   bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
   bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
   bench->add_option("--data", bench_opts.data, "train steps take their batches from this dataset (--mode train)");
   bench->add_option("--data-budget", bench_opts.data_budget_mib,
-                    "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)");
+                    "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
+      ->check(finite_number());
 
   std::string command_line = "anvil";
   for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";  // one line, as every error
+    return 2;
   }
   try {
     if (*info) return cmd_info(info_flags, info_mode);
