@@ -110,6 +110,36 @@ TEST(NetworkParse, ControlBytesInKeysAreEscaped) {
             "bad.json: x\\ny: unknown key");
 }
 
+// Sizes are checked once, at validation, so no size computed later can
+// overflow: dimensions and layer sizes at most 2^31 - 1, tensors at most 2^40
+// elements, each named by its path.
+TEST(NetworkParse, SizesBeyondTheLimitsAreRefusedWithTheirPath) {
+  const std::string relu = R"([{"type": "relu"}])";
+  EXPECT_EQ(error_of(with_layers("[9223372036854775807, 1, 4, 4]", relu)),
+            "bad.json: input[0]: must be at most 2147483647, got 9223372036854775807");
+  EXPECT_EQ(error_of(with_layers("[4294967296, 16, 4294967296, 8, 8]", relu)),
+            "bad.json: input[0]: must be at most 2147483647, got 4294967296");
+  EXPECT_EQ(error_of(with_layers("[2048, 1024, 1024, 1024]", relu)),
+            "bad.json: input: (2048, 1024, 1024, 1024) has more than 2^40 elements, the limit per tensor");
+  const std::string input = "[2, 1, 4, 4]";
+  EXPECT_EQ(error_of(with_layers(input, R"([{"type": "conv2d", "in_channels": 1, "out_channels": 4611686018427387904,
+                                            "kernel_size": 1}])")),
+            "bad.json: layers[0].out_channels: must be at most 2147483647, got 4611686018427387904");
+  EXPECT_EQ(error_of(with_layers(input, R"([{"type": "conv2d", "in_channels": 1, "out_channels": 1,
+                                            "kernel_size": [1, 3000000000]}])")),
+            "bad.json: layers[0].kernel_size[1]: must be at most 2147483647, got 3000000000");
+  // Within every per-value limit, the output still may not exceed 2^40 elements.
+  EXPECT_EQ(error_of(with_layers(input, R"([{"type": "conv_transpose2d", "in_channels": 1, "out_channels": 1,
+                                            "kernel_size": 3, "stride": 2147483647}])")),
+            "bad.json: layers[0]: the output (2, 1, 6442450944, 6442450944) has more than 2^40 elements, the "
+            "limit per tensor");
+  // And no parameter: a 1x1 conv of 2^31 - 1 channels to 2^31 - 1 has 2^62 weights.
+  EXPECT_EQ(error_of(with_layers("[1, 2147483647, 1, 1]", R"([{"type": "conv2d", "name": "c",
+                                   "in_channels": 2147483647, "out_channels": 2147483647, "kernel_size": 1}])")),
+            "bad.json: layers[0]: the parameter 'c.weight' (2147483647, 2147483647, 1, 1) has more than 2^40 "
+            "elements, the limit per tensor");
+}
+
 TEST(NetworkParse, EmptyTextIsInvalidJson) {
   EXPECT_PRED_FORMAT2(Contains, error_of(""), "bad.json: invalid JSON: ");
 }

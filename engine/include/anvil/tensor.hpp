@@ -12,6 +12,15 @@ using Shape = std::vector<int64_t>;
 int64_t numel(const Shape& shape);
 std::string to_string(const Shape& shape);  // "(16, 32, 8)"
 
+// The limits a network is validated against, so that no size computed from
+// it can overflow: every dimension, channel count, kernel, stride, padding
+// and dilation at most kMaxDimension; every tensor (activations and each
+// parameter) and the parameters together at most kMaxTensorElements.
+constexpr int64_t kMaxDimension = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxTensorElements = int64_t(1) << 40;
+// Whether shape has at most kMaxTensorElements elements (computed without overflow).
+bool within_element_limit(const Shape& shape);
+
 // A dense, row-major float32 tensor in host memory.
 struct HostTensor {
   Shape shape;

@@ -118,6 +118,14 @@ std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
     const int index = static_cast<int>(graph->nodes.size());
     GraphTensor& out = graph->tensors[i + 1];
     out.shape = node.layer->setup(shapes);
+    // Checked before the next layer computes from it, so no size overflows.
+    if (!within_element_limit(out.shape))
+      throw InputError(layers[i].path + ": the output " + to_string(out.shape) +
+                       " has more than 2^40 elements, the limit per tensor");
+    for (const ParamSpec& p : node.layer->param_specs())
+      if (!within_element_limit(p.shape))
+        throw InputError(layers[i].path + ": the parameter '" + p.name + "' " + to_string(p.shape) +
+                         " has more than 2^40 elements, the limit per tensor");
     out.source = TensorSource::Node;
     out.producer = index;
     for (int t : node.inputs) graph->tensors[t].consumers.push_back(index);

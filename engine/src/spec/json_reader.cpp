@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "anvil/tensor.hpp"
 
 namespace anvil {
 
@@ -130,7 +131,8 @@ double JsonReader::number_or(const std::string& key, double fallback) {
   return v.get<double>();
 }
 
-int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value) const {
+int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value,
+                               int64_t max_value) const {
   const std::string want = min_value == 1   ? "a positive integer"
                            : min_value == 0 ? "a non-negative integer"
                                             : "an integer >= " + std::to_string(min_value);
@@ -139,19 +141,21 @@ int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where
     throw InputError(where + ": " + describe_json_value(v) + " is too large");
   const int64_t x = v.get<int64_t>();
   if (x < min_value) throw InputError(where + ": must be " + want + ", got " + describe_json_value(v));
+  if (x > max_value) throw InputError(where + ": must be at most " + std::to_string(max_value) + ", got " + describe_json_value(v));
   return x;
 }
 
-int64_t JsonReader::integer_or(const std::string& key, int64_t fallback, int64_t min_value) {
+int64_t JsonReader::integer_or(const std::string& key, int64_t fallback, int64_t min_value, int64_t max_value) {
   if (!has(key)) return fallback;
-  return to_integer(get(key), key_path(key), min_value);
+  return to_integer(get(key), key_path(key), min_value, max_value);
 }
 
 std::vector<int64_t> JsonReader::shape(const std::string& key) {
   const auto& v = get(key);
   if (!v.is_array() || v.empty()) fail(key, "must be a non-empty list of positive integers, got " + describe_json_value(v));
   std::vector<int64_t> out;
-  for (size_t i = 0; i < v.size(); ++i) out.push_back(to_integer(v[i], key_path(key) + "[" + std::to_string(i) + "]", 1));
+  for (size_t i = 0; i < v.size(); ++i)
+    out.push_back(to_integer(v[i], key_path(key) + "[" + std::to_string(i) + "]", 1, kMaxDimension));
   return out;
 }
 
@@ -163,10 +167,10 @@ std::vector<int64_t> JsonReader::per_dim(const std::string& key, int dims, int64
                     std::to_string(v.size()));
     std::vector<int64_t> out;
     for (size_t i = 0; i < v.size(); ++i)
-      out.push_back(to_integer(v[i], key_path(key) + "[" + std::to_string(i) + "]", min_value));
+      out.push_back(to_integer(v[i], key_path(key) + "[" + std::to_string(i) + "]", min_value, kMaxDimension));
     return out;
   }
-  return std::vector<int64_t>(dims, to_integer(v, key_path(key), min_value));
+  return std::vector<int64_t>(dims, to_integer(v, key_path(key), min_value, kMaxDimension));
 }
 
 std::vector<int64_t> JsonReader::per_dim_or(const std::string& key, int dims, int64_t min_value,

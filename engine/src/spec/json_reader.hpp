@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "anvil/tensor.hpp"
+
 namespace anvil {
 
 class JsonReader {
@@ -24,10 +26,11 @@ class JsonReader {
   std::string string_or(const std::string& key, const std::string& fallback);
   bool boolean_or(const std::string& key, bool fallback);
   double number_or(const std::string& key, double fallback);
-  int64_t integer_or(const std::string& key, int64_t fallback, int64_t min_value);
-  // A shape: non-empty list of positive integers.
+  int64_t integer_or(const std::string& key, int64_t fallback, int64_t min_value, int64_t max_value = INT64_MAX);
+  // A shape: non-empty list of positive integers, each at most kMaxDimension.
   std::vector<int64_t> shape(const std::string& key);
-  // An int or a list of `dims` ints, each >= min_value. Missing key: fallback (already per-dim).
+  // An int or a list of `dims` ints, each >= min_value and at most kMaxDimension.
+  // Missing key: fallback (already per-dim).
   std::vector<int64_t> per_dim(const std::string& key, int dims, int64_t min_value);
   std::vector<int64_t> per_dim_or(const std::string& key, int dims, int64_t min_value, std::vector<int64_t> fallback);
   std::vector<std::string> string_list(const std::string& key);
@@ -38,7 +41,8 @@ class JsonReader {
 
  private:
   const nlohmann::json& get(const std::string& key);
-  int64_t to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value) const;
+  int64_t to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value,
+                     int64_t max_value = INT64_MAX) const;
 
   const nlohmann::json& object_;
   std::string path_;

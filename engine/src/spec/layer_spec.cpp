@@ -13,9 +13,9 @@ ConvSpec parse_conv(JsonReader& cfg, int dims, bool transposed) {
   ConvSpec s;
   s.dims = dims;
   s.transposed = transposed;
-  s.in_channels = cfg.integer_or("in_channels", -1, 1);
+  s.in_channels = cfg.integer_or("in_channels", -1, 1, kMaxDimension);
   if (s.in_channels < 0) cfg.fail("in_channels", "missing required field");
-  s.out_channels = cfg.integer_or("out_channels", -1, 1);
+  s.out_channels = cfg.integer_or("out_channels", -1, 1, kMaxDimension);
   if (s.out_channels < 0) cfg.fail("out_channels", "missing required field");
   s.kernel = cfg.per_dim("kernel_size", dims, 1);
   s.stride = cfg.per_dim_or("stride", dims, 1, std::vector<int64_t>(dims, 1));
