@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "anvil/dataset.hpp"
@@ -606,8 +607,16 @@ int main(int argc, char** argv) {
     std::cerr << "anvil: error: " << e.what() << "\n";
     if (*bench) std::printf("FAILED\n");
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "anvil: error: out of host memory\n";
+    if (*bench) std::printf("FAILED\n");
+    return 1;
   } catch (const std::exception& e) {
-    std::cerr << "anvil: error: " << e.what() << "\n";
+    std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";
+    if (*bench) std::printf("FAILED\n");
+    return 1;
+  } catch (...) {  // nothing may end the process without a message
+    std::cerr << "anvil: error: an unknown exception\n";
     if (*bench) std::printf("FAILED\n");
     return 1;
   }
