@@ -49,10 +49,12 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t planes = g.n * g.cb;
+  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(bv));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t n = p / g.cb, cb = p % g.cb;
-    std::vector<double> acc(static_cast<size_t>(bv), 0.0);
+    double* const acc = scratch.data() + thread_slot() * bv;
+    std::fill(acc, acc + bv, 0.0);
     for (int64_t ca = 0; ca < g.ca; ++ca) {
       const T* ap = a + (n * g.ca + ca) * av;
       const T* wp = w + (cb * g.ca + ca) * kv;
@@ -64,7 +66,7 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
             for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
               for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
                 const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
-                double* brow = acc.data() + (od * bH + oh) * bW;
+                double* brow = acc + (od * bH + oh) * bW;
                 for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) brow[ow] += wv * arow[ow * sW + tap.off[2]];
               }
           }
@@ -79,14 +81,14 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t planes = g.n * g.ca;
+  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(av));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t n = p / g.ca, ca = p % g.ca;
     T* dap = da + p * av;
     // Start from the existing gradient so accumulation rounds once.
-    std::vector<double> acc(static_cast<size_t>(av), 0.0);
-    if (accumulate)
-      for (int64_t i = 0; i < av; ++i) acc[i] = dap[i];
+    double* const acc = scratch.data() + thread_slot() * av;
+    for (int64_t i = 0; i < av; ++i) acc[i] = accumulate ? double(dap[i]) : 0.0;
     // Scatter each dB plane through each tap; this thread owns the whole dA plane.
     for (int64_t cb = 0; cb < g.cb; ++cb) {
       const T* bp = db + (n * g.cb + cb) * bv;
@@ -98,7 +100,7 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
             const Tap tap = make_tap(g, td, th, tw);
             for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
               for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
-                double* arow = acc.data() + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
+                double* arow = acc + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
                 const T* brow = bp + (od * bH + oh) * bW;
                 for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) arow[ow * sW + tap.off[2]] += wv * brow[ow];
               }

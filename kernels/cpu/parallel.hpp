@@ -6,9 +6,33 @@
 #include <cstdint>
 
 #if defined(_OPENMP)
+#include <omp.h>
 #define ANVIL_PRAGMA(x) _Pragma(#x)
 #define ANVIL_OMP_PARALLEL_FOR_IF(work) \
   ANVIL_PRAGMA(omp parallel for schedule(static) if ((work) >= (int64_t{1} << 16)))
 #else
 #define ANVIL_OMP_PARALLEL_FOR_IF(work)
 #endif
+
+namespace anvil::cpu {
+
+// No exception may leave an OpenMP region (it would end the process), so the
+// per-thread scratch a loop needs is allocated before it: thread_slot()
+// indexes a buffer of max_threads() slots.
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_slot() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace anvil::cpu
