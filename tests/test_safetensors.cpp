@@ -65,10 +65,10 @@ class Safetensors : public ::testing::Test {
     return p;
   }
 
-  // Any leftover "<name>.tmp.<pid>" file in the test directory.
+  // Any leftover temporary file of write_output_file in the test directory.
   bool has_temp_files() const {
     for (const auto& entry : fs::directory_iterator(dir_)) {
-      if (entry.path().filename().string().find(".tmp.") != std::string::npos) return true;
+      if (entry.path().filename().string().rfind(".anvil-", 0) == 0) return true;  // write_output_file's temporaries
     }
     return false;
   }
@@ -455,6 +455,24 @@ TEST_F(Safetensors, FailedRenameRemovesTheTemporaryFile) {
   EXPECT_THROW(anvil::write_safetensors(p, file), anvil::Error);
   EXPECT_FALSE(has_temp_files());
   EXPECT_TRUE(fs::is_directory(p));
+}
+
+// The writer keeps a file's permissions, and its short temporary name lets a
+// destination name use the whole of NAME_MAX.
+TEST_F(Safetensors, RewriteKeepsTheModeAndLongNamesWork) {
+  TensorFile file;
+  file.tensors["w"] = HostTensor({2}, {1.0f, 2.0f});
+  const std::string p = path("private.safetensors");
+  anvil::write_safetensors(p, file);
+  fs::permissions(p, fs::perms::owner_read | fs::perms::owner_write);
+  file.tensors["w"] = HostTensor({2}, {3.0f, 4.0f});
+  anvil::write_safetensors(p, file);
+  EXPECT_EQ(fs::status(p).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ(anvil::read_safetensors(p).tensors.at("w").data, (std::vector<float>{3.0f, 4.0f}));
+  const std::string long_name = path(std::string(255 - 12, 'n') + ".safetensors");  // 255 bytes
+  anvil::write_safetensors(long_name, file);
+  EXPECT_EQ(anvil::read_safetensors(long_name).tensors.at("w").data, (std::vector<float>{3.0f, 4.0f}));
+  EXPECT_FALSE(has_temp_files());
 }
 
 TEST_F(Safetensors, ReplacesAnExistingFile) {

@@ -33,6 +33,7 @@
 #include "anvil/trainer.hpp"
 #include "tools/train_report.hpp"
 #include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
 #include "anvil/safetensors.hpp"
 #include "anvil/version.hpp"
 
@@ -493,9 +494,8 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
                         {"data_on_device", engine.data_on_device()}, {"result", "PASSED"}};
     for (const auto& l : layers)
       j["layers"].push_back({{"name", l.layer}, {"forward_ms", l.forward_ms}, {"backward_ms", l.backward_ms}});
-    const std::string tmp = b.json + ".tmp";
-    std::ofstream(tmp) << j.dump(2) << "\n";
-    if (std::rename(tmp.c_str(), b.json.c_str()) != 0) throw anvil::Error(b.json + ": cannot write");
+    const std::string text = j.dump(2) + "\n";
+    anvil::write_output_file(b.json, [&](std::FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
     std::printf("wrote %s\n", b.json.c_str());
   }
   std::printf("PASSED\n");

@@ -1,7 +1,5 @@
 #include "anvil/safetensors.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
 #include "engine/src/spec/json_reader.hpp"
 
 // The file format stores little-endian IEEE floats; we copy bytes straight in and out, and memcpy
@@ -346,30 +345,14 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
   unsigned char len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(path + ": cannot write: " + std::strerror(errno));
-
-  bool ok = std::fwrite(len_bytes, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  for (auto it = file.tensors.begin(); ok && it != file.tensors.end(); ++it) {
-    const std::vector<float>& d = it->second.data;
-    ok = d.empty() || std::fwrite(d.data(), sizeof(float), d.size(), f) == d.size();  // empty data() may be null
-  }
-  // Flush to disk before the rename so a crash cannot leave a renamed but empty file.
-  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  int err = ok ? 0 : errno;
-  if (std::fclose(f) != 0 && ok) {
-    ok = false;
-    err = errno;
-  }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
-  }
+  write_output_file(path, [&](std::FILE* f) {
+    bool ok = std::fwrite(len_bytes, 1, 8, f) == 8 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    for (auto it = file.tensors.begin(); ok && it != file.tensors.end(); ++it) {
+      const std::vector<float>& d = it->second.data;
+      ok = d.empty() || std::fwrite(d.data(), sizeof(float), d.size(), f) == d.size();  // empty data() may be null
+    }
+    return ok;
+  });
 }
 
 const HostTensor& require_tensor(const TensorFile& file, const std::string& path, const std::string& name,
