@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -463,6 +464,41 @@ TEST_F(Cli, BenchRejectsBadCounts) {
   EXPECT_EQ(r.status, 2) << describe(r);
   EXPECT_EQ(r.err, "anvil: error: --iters: must be a positive integer, got 0\n");
   EXPECT_PRED_FORMAT2(Contains, r.out, "FAILED");
+}
+
+// Outputs are checked before any work: nothing an output names may be
+// destroyed by accident (a symlink, a FIFO, a device, an input, another output).
+TEST_F(Cli, OutputsThatWouldDestroySomethingAreRefusedFirst) {
+  const std::string dir = path("outs");
+  fs::create_directories(dir);
+  const std::string link = dir + "/link.safetensors", fifo = dir + "/fifo", copy = dir + "/net.json";
+  fs::create_symlink(dir + "/target.safetensors", link);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  fs::copy_file(kSmall, copy);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"run " + quote(kSmall) + " --device cpu --output " + quote(link),
+       "anvil: error: --output " + link + ": will not replace it: it is a symlink (--force replaces it)\n"},
+      {"run " + quote(kSmall) + " --device cpu --output " + quote(fifo),
+       "anvil: error: --output " + fifo + ": will not replace it: it is not a regular file (--force replaces it)\n"},
+      {"run " + quote(copy) + " --device cpu --output " + quote(dir + "/../outs/net.json"),
+       "anvil: error: --output " + dir + "/../outs/net.json: would overwrite the network file " + copy + "\n"},
+      {"train " + quote(kSmall) + " --device cpu --steps 1 --save " + quote(dir + "/s") + " --dump-grads " +
+           quote(dir + "/./s"),
+       "anvil: error: --dump-grads " + dir + "/./s: the same file as --save\n"},
+  };
+  for (const auto& [args, err] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, err) << args;
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << args;
+  }
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(fs::status(fifo).type(), fs::file_type::fifo);
+  // --force replaces the symlink itself (not its target) with the file.
+  const CliResult forced = run("run " + quote(kSmall) + " --device cpu --force --output " + quote(link));
+  EXPECT_EQ(forced.status, 0) << describe(forced);
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(link)));
+  EXPECT_FALSE(fs::exists(dir + "/target.safetensors"));
 }
 
 TEST_F(Cli, StepsMustBePositive) {

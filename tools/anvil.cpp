@@ -20,7 +20,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <cmath>
 #include <cstdio>
@@ -55,6 +57,7 @@ struct CommonFlags {
   bool no_graph = false;
   bool nondeterministic = false;
   bool autotune = false;
+  bool force = false;
 };
 
 void add_common(CLI::App* cmd, CommonFlags& f) {
@@ -65,6 +68,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
+  cmd->add_flag("--force", f.force, "replace an output that is a symlink, device or FIFO");
   cmd->add_flag("--autotune", f.autotune,
                 "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
 }
@@ -104,16 +108,46 @@ CLI::Validator finite_number() {
       "NUMBER");
 }
 
-// Fails before any work when an output file could not be written at the end.
-void check_output_path(const std::string& flag, const std::string& path) {
-  if (path.empty()) return;
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
-  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
-    throw anvil::InputError(flag + " " + path + ": cannot write: it is a directory");
+using NamedPaths = std::vector<std::pair<std::string, std::string>>;  // (flag, path); empty paths are skipped
+
+// The file a path names, for comparing two paths (symlinks and '..' resolved).
+std::string same_file_key(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
+// Fails before any work when an output could not be written at the end, or
+// would destroy something: every output must be a new name or a regular file
+// (a directory never; a symlink, device, FIFO or socket only with --force), no
+// two outputs may share a file, and no output may be an input (a checkpoint
+// may be resumed from and written again).
+void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool force) {
+  std::map<std::string, std::pair<std::string, std::string>> written;  // file -> (flag, path)
+  for (const auto& [flag, path] : outputs) {
+    if (path.empty()) continue;
+    const size_t slash = path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
+    if (lstat(path.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) throw anvil::InputError(flag + " " + path + ": cannot write: it is a directory");
+      const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : S_ISREG(st.st_mode) ? nullptr : "not a regular file";
+      if (kind != nullptr && !force)
+        throw anvil::InputError(flag + " " + path + ": will not replace it: it is " + kind + " (--force replaces it)");
+    }
+    const auto [it, fresh] = written.emplace(same_file_key(path), std::make_pair(flag, path));
+    if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);
+  }
+  for (const auto& [flag, path] : inputs) {
+    if (path.empty()) continue;
+    const auto it = written.find(same_file_key(path));
+    if (it == written.end()) continue;
+    const auto& [out_flag, out_path] = it->second;
+    if (!(flag == "--resume" && out_flag == "--checkpoint"))
+      throw anvil::InputError(out_flag + " " + out_path + ": would overwrite " + flag + " " + path);
+  }
 }
 
 anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
@@ -223,7 +257,8 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
 }
 
 int cmd_run(const CommonFlags& f, const std::string& weights, const std::string& input, const std::string& output) {
-  check_output_path("--output", output);
+  check_outputs({{"--output", output}}, {{"the network file", f.network}, {"--weights", weights}, {"--input", input}},
+                f.force);
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Forward));
   if (!weights.empty()) load_weights(engine, weights, false);
@@ -302,10 +337,11 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
       (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || !t.checkpoint.empty() || t.keep_last || t.no_shuffle))
     throw anvil::InputError("--epochs, --val, --resume, --checkpoint, --keep-last and --no-shuffle need --data");
   if (t.val.empty() && t.val_every > 0) throw anvil::InputError("--val-every needs --val");
-  for (const auto& [flag, path] : {std::pair<const char*, const std::string&>{"--save", t.save},
-                                   {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
-                                   {"--metrics", t.metrics}})
-    check_output_path(flag, path);
+  check_outputs({{"--save", t.save}, {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
+                 {"--metrics", t.metrics}},
+                {{"the network file", f.network}, {"--weights", t.weights}, {"--data", t.data}, {"--val", t.val},
+                 {"--resume", t.resume}},
+                f.force);
 
   const anvil::Network net = load_network(f.network, t.batch);
   anvil::Options o = options_for(f, anvil::Mode::Train);
@@ -425,7 +461,7 @@ double percentile(std::vector<double> sorted, double q) {
 int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& command_line) {
   if (b.iters < 1) throw anvil::InputError("--iters: must be a positive integer, got " + std::to_string(b.iters));
   if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
-  check_output_path("--json", b.json);
+  check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = anvil::Network::load(f.network);
   const bool forward = b.mode == "forward";
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
