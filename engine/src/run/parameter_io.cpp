@@ -11,14 +11,14 @@ void Engine::Impl::upload_bytes(void* dst, const void* src, size_t bytes) {
 #if ANVIL_WITH_CUDA
   if (cuda()) return ctx->copy_to_device(dst, src, bytes);
 #endif
-  std::memcpy(dst, src, bytes);
+  if (bytes > 0) std::memcpy(dst, src, bytes);  // an empty tensor's data may be null
 }
 
 void Engine::Impl::download_bytes(void* dst, const void* src, size_t bytes) const {
 #if ANVIL_WITH_CUDA
   if (cuda()) return ctx->copy_to_host(dst, src, bytes);
 #endif
-  std::memcpy(dst, src, bytes);
+  if (bytes > 0) std::memcpy(dst, src, bytes);  // an empty tensor's data may be null
 }
 
 void Engine::Impl::upload(float* dst, const float* src, size_t count) { upload_bytes(dst, src, count * sizeof(float)); }
