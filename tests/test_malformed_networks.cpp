@@ -1,0 +1,159 @@
+// A collection of malformed networks, one per way a network file can be
+// wrong: each must be refused with an InputError whose one-line message
+// starts with the file and the JSON path of the problem. Nothing may crash,
+// abort or throw anything else. (The exact wording of each rule is tested
+// beside the rule in test_network.cpp.)
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "anvil/network.hpp"
+
+namespace {
+
+struct Malformed {
+  std::string what;    // the mistake
+  std::string json;    // the whole file
+  std::string prefix;  // the message's start: "bad.json: <path>"
+};
+
+std::string net(const std::string& input, const std::string& layers, const std::string& extra = "") {
+  return R"({"name": "t", "input": )" + input + R"(, "layers": )" + layers + extra + "}";
+}
+std::string one(const std::string& layer, const std::string& input = "[2, 4, 8, 8, 8]") {
+  return net(input, "[" + layer + "]");
+}
+const std::string kConv3 = R"("type": "conv3d", "in_channels": 4, "out_channels": 2)";
+
+const std::vector<Malformed> kMalformed = {
+    // The document
+    {"empty file", "", "bad.json: invalid JSON"},
+    {"truncated", R"({"name": "t", "input": [1, 1, 4, 4])", "bad.json: invalid JSON"},
+    {"trailing comma", R"({"name": "t",})", "bad.json: invalid JSON"},
+    {"a list at the top", "[]", "bad.json: the network must be a JSON object"},
+    {"a number at the top", "7", "bad.json: the network must be a JSON object"},
+    {"a NUL byte", std::string("{\"name\": \"t\0\"}", 14), "bad.json: invalid JSON"},
+    {"a duplicate top-level key", R"({"name": "t", "name": "u"})", "bad.json: name: duplicate key"},
+    {"an unknown top-level key", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "epochs": 3)"), "bad.json: epochs"},
+    // Top-level values
+    {"no name", R"({"input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})", "bad.json: name"},
+    {"a numeric name", R"({"name": 1, "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})", "bad.json: name"},
+    {"no input", R"({"name": "t", "layers": [{"type": "relu"}]})", "bad.json: input"},
+    {"input not a list", net("7", R"([{"type": "relu"}])"), "bad.json: input"},
+    {"input of 3 dims", net("[2, 4, 8]", R"([{"type": "relu"}])"), "bad.json: input"},
+    {"input of 6 dims", net("[1, 1, 1, 1, 1, 1]", R"([{"type": "relu"}])"), "bad.json: input"},
+    {"a zero dimension", net("[2, 0, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
+    {"a negative dimension", net("[2, -4, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
+    {"a float dimension", net("[2, 4.5, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
+    {"a string dimension", net(R"([2, "4", 8, 8])", R"([{"type": "relu"}])"), "bad.json: input[1]"},
+    {"a dimension of 2^63 - 1", net("[2, 9223372036854775807, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
+    {"a dimension beyond int64", net("[2, 99999999999999999999, 8, 8]", R"([{"type": "relu"}])"),
+     "bad.json: input[1]"},
+    {"a dimension beyond double", net("[2, 4, 8, 1e400]", R"([{"type": "relu"}])"), "bad.json: input[3]"},
+    {"an input of 2^41 elements", net("[2048, 1024, 1024, 1024]", R"([{"type": "relu"}])"), "bad.json: input"},
+    {"no layers", R"({"name": "t", "input": [1, 1, 4, 4]})", "bad.json: layers"},
+    {"layers not a list", net("[1, 1, 4, 4]", R"({"type": "relu"})"), "bad.json: layers"},
+    {"empty layers", net("[1, 1, 4, 4]", "[]"), "bad.json: layers"},
+    {"a layer that is a string", net("[1, 1, 4, 4]", R"(["relu"])"), "bad.json: layers[0]"},
+    {"precision fp16", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "precision": "fp16")"),
+     "bad.json: precision"},
+    {"fuse as a string", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "fuse": "yes")"), "bad.json: fuse"},
+    {"a negative seed", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "seed": -1)"), "bad.json: seed"},
+    // Loss and optimizer
+    {"an unknown loss", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "loss": "hinge")"), "bad.json: loss"},
+    {"a loss of the wrong type", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "loss": 3)"), "bad.json: loss"},
+    {"an unknown optimizer", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "optimizer": {"type": "lbfgs"})"),
+     "bad.json: optimizer.type"},
+    {"lr as a string", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "optimizer": {"type": "sgd", "lr": "0.1"})"),
+     "bad.json: optimizer.lr"},
+    {"lr beyond double", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "optimizer": {"type": "sgd", "lr": 1e400})"),
+     "bad.json: optimizer.lr"},
+    {"lr given twice",
+     net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "optimizer": {"type": "sgd", "lr": 0.1, "lr": 1000})"),
+     "bad.json: optimizer.lr"},
+    {"an unknown optimizer key",
+     net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "optimizer": {"type": "sgd", "learning_rate": 0.1})"),
+     "bad.json: optimizer.learning_rate"},
+    // Layers
+    {"a layer without a type", one(R"({"name": "a"})"), "bad.json: layers[0].type"},
+    {"an unknown layer type", one(R"({"type": "conv4d"})"), "bad.json: layers[0].type"},
+    {"a layer type that is a number", one(R"({"type": 3})"), "bad.json: layers[0].type"},
+    {"an unknown layer key", one(R"({"type": "relu", "slope": 0.1})"), "bad.json: layers[0].slope"},
+    {"a layer key given twice", one(R"({"type": "relu", "type": "tanh"})"), "bad.json: layers[0].type"},
+    {"conv without in_channels", one(R"({"type": "conv3d", "out_channels": 2, "kernel_size": 3})"),
+     "bad.json: layers[0].in_channels"},
+    {"conv in_channels that do not match", one(R"({"type": "conv3d", "in_channels": 3, "out_channels": 2,
+                                                   "kernel_size": 3})"),
+     "bad.json: layers[0].in_channels"},
+    {"zero out_channels", one(R"({"type": "conv3d", "in_channels": 4, "out_channels": 0, "kernel_size": 3})"),
+     "bad.json: layers[0].out_channels"},
+    {"out_channels of 2^62", one(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4611686018427387904,
+                                    "kernel_size": 3})"),
+     "bad.json: layers[0].out_channels"},
+    {"a kernel list of the wrong length", one("{" + kConv3 + R"(, "kernel_size": [3, 3]})"),
+     "bad.json: layers[0].kernel_size"},
+    {"a zero kernel", one("{" + kConv3 + R"(, "kernel_size": 0})"), "bad.json: layers[0].kernel_size"},
+    {"a kernel beyond 2^31", one("{" + kConv3 + R"(, "kernel_size": [1, 1, 3000000000]})"),
+     "bad.json: layers[0].kernel_size[2]"},
+    {"a kernel larger than the input", one("{" + kConv3 + R"(, "kernel_size": 9})"), "bad.json: layers[0]"},
+    {"a zero stride", one("{" + kConv3 + R"(, "kernel_size": 3, "stride": 0})"), "bad.json: layers[0].stride"},
+    {"a negative padding", one("{" + kConv3 + R"(, "kernel_size": 3, "padding": -1})"), "bad.json: layers[0].padding"},
+    {"a zero dilation", one("{" + kConv3 + R"(, "kernel_size": 3, "dilation": 0})"), "bad.json: layers[0].dilation"},
+    {"output_padding on a plain conv", one("{" + kConv3 + R"(, "kernel_size": 3, "output_padding": 1})"),
+     "bad.json: layers[0].output_padding"},
+    {"bias as a number", one("{" + kConv3 + R"(, "kernel_size": 3, "bias": 1})"), "bad.json: layers[0].bias"},
+    {"a 2-D conv on a 5-D input", one(R"({"type": "conv2d", "in_channels": 4, "out_channels": 2, "kernel_size": 3})"),
+     "bad.json: layers[0]"},
+    {"an output of more than 2^40 elements",
+     one(R"({"type": "conv_transpose3d", "in_channels": 4, "out_channels": 2, "kernel_size": 3, "stride": 65536})"),
+     "bad.json: layers[0]"},
+    {"a pool kernel larger than the input", one(R"({"type": "max_pool3d", "kernel_size": 20})"), "bad.json: layers[0]"},
+    {"a pool without a kernel", one(R"({"type": "max_pool3d"})"), "bad.json: layers[0].kernel_size"},
+    {"leaky_relu slope as a string", one(R"({"type": "leaky_relu", "negative_slope": "0.1"})"),
+     "bad.json: layers[0].negative_slope"},
+    {"a slope beyond double", one(R"({"type": "leaky_relu", "negative_slope": -1e999})"),
+     "bad.json: layers[0].negative_slope"},
+    {"add of one input", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "add", "inputs": ["a"]}])"),
+     "bad.json: layers[1]"},
+    {"add of two shapes",
+     net("[2, 4, 8, 8, 8]", R"([{"type": "max_pool3d", "name": "p", "kernel_size": 2},
+                                 {"type": "add", "inputs": ["p", "input"]}])"),
+     "bad.json: layers[1]"},
+    // Names and inputs
+    {"a layer named input", one(R"({"type": "relu", "name": "input"})"), "bad.json: layers[0].name"},
+    {"an empty name", one(R"({"type": "relu", "name": ""})"), "bad.json: layers[0].name"},
+    {"a name with a newline", one(R"({"type": "relu", "name": "a\nb"})"), "bad.json: layers[0].name"},
+    {"a name with a plus", one(R"({"type": "relu", "name": "a+b"})"), "bad.json: layers[0].name"},
+    {"a name ending in a dot", one(R"({"type": "relu", "name": "a."})"), "bad.json: layers[0].name"},
+    {"two layers of one name", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "relu", "name": "a"}])"),
+     "bad.json: layers[1].name"},
+    {"an input nobody produces", one(R"({"type": "relu", "inputs": ["ghost"]})"), "bad.json: layers[0].inputs[0]"},
+    {"inputs as a string", one(R"({"type": "relu", "inputs": "input"})"), "bad.json: layers[0].inputs"},
+    {"an empty inputs list", one(R"({"type": "relu", "inputs": []})"), "bad.json: layers[0].inputs"},
+    {"a cycle", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a", "inputs": ["b"]},
+                                           {"type": "relu", "name": "b", "inputs": ["a"]}])"),
+     "bad.json: layers"},
+    {"a dangling branch", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "tanh", "inputs": ["input"]}])"),
+     "bad.json: layers"},
+};
+
+TEST(MalformedNetworks, EveryOneIsRefusedWithItsPathInOneLine) {
+  ASSERT_GE(kMalformed.size(), 60u);
+  for (const Malformed& m : kMalformed) {
+    SCOPED_TRACE(m.what);
+    try {
+      anvil::Network::parse(m.json, "bad.json");
+      ADD_FAILURE() << "accepted";
+    } catch (const anvil::InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(m.prefix, 0), 0u) << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not an InputError: " << e.what();
+    }
+  }
+}
+
+}  // namespace
