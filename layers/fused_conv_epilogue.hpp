@@ -68,7 +68,7 @@ class FusedConvEpilogue : public Layer {
   cuda::EpilogueGeometry tiled_geometry() const;
   cuda::ChainPoolGeometry general_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
-  size_t conv_param_count() const { return conv_->param_specs().size(); }
+  size_t conv_param_count() const { return conv_->param_count(); }
   size_t reduce_scratch_bytes() const;
 
   std::unique_ptr<Convolution> conv_;

@@ -225,7 +225,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = args.buffer<uint8_t>(kArgmax);  // null in inference, as is y_at_max
   auto* y_at_max = args.buffer<float>(kYAtMax);
-  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_->param_specs().size());
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_->param_count());
   if (fused_forward_) {
     cuda::phase_fused_forward(x_pad, wp, bias, chain, args.out.data, argmax, y_at_max, compensated_, g_,
                               ctx.stream());
@@ -241,7 +241,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
 void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const auto* argmax = args.buffer<const uint8_t>(kArgmax);
   const auto* y_at_max = args.buffer<const float>(kYAtMax);
-  const size_t first_scale = conv_->param_specs().size();
+  const size_t first_scale = conv_->param_count();
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, first_scale);
   cuda::PhaseGradOutputs out;
   out.grads = chain_grads(chain_, args.dparams, first_scale, conv_->has_bias() ? args.dparams[1] : nullptr);
