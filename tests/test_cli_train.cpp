@@ -515,6 +515,34 @@ TEST_F(CliTrain, ResumeRefusesACheckpointOfAnotherNetworkBatchOrAWeightsFile) {
                    params + ": not an anvil checkpoint (use --weights for a file of parameters)");
 }
 
+// A run that diverges to NaN or Inf (--check-finite, on by default) names the step and where it
+// starts, exits 3, leaves the checkpoint of the last good step and writes no --save. With
+// --no-check-finite, the logged loss still stops it (exit 1).
+TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
+  nlohmann::json doc = nlohmann::json::parse(std::ifstream(kNet));
+  doc["optimizer"] = {{"type", "sgd"}, {"lr", 1e9}};
+  const std::string net = path("diverging.json");
+  std::ofstream(net) << doc.dump();
+  const std::string ck = path("ck.safetensors"), saved = path("saved.safetensors");
+  std::ofstream(saved) << "an older file";
+
+  const Finished r = train({"--data", kTrain, "--steps", "40", "--log-every", "10", "--checkpoint", ck,
+                            "--checkpoint-every", "1", "--save", saved}, net);
+  EXPECT_EQ(r.status, 3) << describe(r);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_match(r.err, m, std::regex(R"(anvil: error: step (\d+): non-finite \w+ first appears in .+ \(.+\)\n)")))
+      << describe(r);
+  const int64_t bad = std::stoll(m[1]);
+  EXPECT_GT(bad, 1);
+  EXPECT_EQ(anvil::read_safetensors(ck).metadata.at("step"), std::to_string(bad - 1));
+  std::ifstream old(saved);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(old), {}), "an older file");
+
+  const Finished unchecked = train({"--steps", "40", "--log-every", "10", "--no-check-finite"}, net);
+  EXPECT_EQ(unchecked.status, 1) << describe(unchecked);
+  EXPECT_TRUE(starts_with(unchecked.err, "anvil: error: step 10: the loss became ")) << describe(unchecked);
+}
+
 // ------------------------------------------------------------------ 4. signals
 
 class CliSignals : public CliTrain {

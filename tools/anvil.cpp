@@ -5,7 +5,7 @@
 //   anvil eval  NET.json --data D [--weights W]  the mean loss over a dataset
 //   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
 //   anvil --version                             version, git commit, CUDA and cuDNN versions
-// Exit codes: 0 success, 2 bad input, 1 runtime failure.
+// Exit codes: 0 success, 2 bad input, 1 runtime failure, 3 training reached NaN or Inf.
 #include <CLI/CLI.hpp>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -287,7 +287,7 @@ struct TrainFlags {
   int64_t steps = 0, epochs = 0, batch = 0, log_every = 10, val_every = 0, checkpoint_every = 0;
   double data_budget_mib = 0;
   std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
-  bool input_grad = false, no_shuffle = false, keep_last = false, strict = false;
+  bool input_grad = false, no_shuffle = false, keep_last = false, strict = false, check_finite = true;
   bool steps_given = false, epochs_given = false, batch_given = false, budget_given = false;  // set after parsing
 };
 
@@ -346,24 +346,26 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   const anvil::Network net = load_network(f.network, t.batch);
   anvil::Options o = options_for(f, anvil::Mode::Train);
   o.input_grad = t.input_grad;
+  o.check_finite = t.check_finite;
   anvil::Engine engine(net, o);
   if (!t.weights.empty()) load_weights(engine, t.weights, t.strict);
   std::optional<anvil::cli::MetricsWriter> metrics;
   if (!t.metrics.empty()) metrics.emplace(t.metrics);
 
   // The data: a dataset of minibatches, or (without --data) one batch from the seeded generator.
+  anvil::TrainOptions to;
+  to.steps = t.steps;
+  to.epochs = t.epochs;
+  to.log_every = t.log_every;
+  to.val_every = t.val_every;
+  to.checkpoint = t.checkpoint;
+  to.checkpoint_every = t.checkpoint_every;
+  to.check_finite = t.check_finite;
   std::optional<anvil::Dataset> train_data, val_data;
   std::optional<anvil::Trainer> trainer;
   if (!t.data.empty()) {
     train_data.emplace(load_dataset(t.data, net));
     if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
-    anvil::TrainOptions to;
-    to.steps = t.steps;
-    to.epochs = t.epochs;
-    to.log_every = t.log_every;
-    to.val_every = t.val_every;
-    to.checkpoint = t.checkpoint;
-    to.checkpoint_every = t.checkpoint_every;
     anvil::DataOptions data;
     data.shuffle = !t.no_shuffle;
     data.keep_last = t.keep_last;
@@ -376,45 +378,36 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
                                 std::to_string(trainer->position().step) + ", nothing is left of " +
                                 std::to_string(trainer->total_steps()) + " steps");
     }
+  } else {
+    trainer.emplace(engine, to);
   }
-  const int64_t total = trainer ? trainer->total_steps() : t.steps;
+  const int64_t total = trainer->total_steps();
+  const bool epochs = trainer->steps_per_epoch() > 0;
   std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena\n", net.name().c_str(),
               anvil::to_string(engine.options().device), static_cast<long long>(total),
-              trainer ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
+              epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
               static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str());
-  if (trainer) std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
+  if (epochs) std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
                            where_the_data_is(engine));
-  if (trainer && trainer->position().step > 0)
+  if (trainer->position().step > 0)
     std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
                 static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
                 static_cast<long long>(trainer->position().batch_in_epoch));
   std::fflush(stdout);
 
   anvil::cli::TrainReporter report(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
-  report.begin(total, trainer ? trainer->steps_per_epoch() : 0, net.input_shape()[0],
-               trainer ? trainer->position().step : 0);
+  report.begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
-  if (trainer) {
-    anvil::Trainer::Callbacks callbacks;
-    // Epochs are shown and logged counting from 1.
-    callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, p.epoch + 1, p.loss, p.lr); };
-    callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
-    trainer->run(callbacks, &stop_requested);
-  } else {
-    for (int64_t step = 1; step <= t.steps && !stop_requested.load(); ++step) {
-      engine.enqueue_train_step();
-      if (step == 1 || step % t.log_every == 0 || step == t.steps) {
-        const float loss = engine.last_loss();
-        if (!std::isfinite(loss)) throw anvil::Error("step " + std::to_string(step) + ": the loss became " + std::to_string(loss));
-        report.log(step, 0, loss, engine.learning_rate());
-      }
-    }
-  }
+  anvil::Trainer::Callbacks callbacks;
+  // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
+  callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr); };
+  callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
+  trainer->run(callbacks, &stop_requested);
   report.end();
   if (stop_requested.load()) {
     const int code = 128 + static_cast<int>(stop_signal);
-    if (trainer && !t.checkpoint.empty()) {
+    if (!t.checkpoint.empty()) {
       trainer->save_checkpoint(t.checkpoint);
       std::printf("stopped by signal %d: checkpoint of step %lld written to %s\n", static_cast<int>(stop_signal),
                   static_cast<long long>(trainer->position().step), t.checkpoint.c_str());
@@ -424,8 +417,11 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     }
     return code;
   }
-  if (trainer && !t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
-  if (!t.save.empty()) write_parameters(t.save, engine, net);
+  if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
+  if (!t.save.empty()) {
+    trainer->check_finite();
+    write_parameters(t.save, engine, net);
+  }
   if (!t.dump_grads.empty()) write_gradients(t.dump_grads, engine, net, t.input_grad);
   return 0;
 }
@@ -590,6 +586,9 @@ int main(int argc, char** argv) {
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
   train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
+  train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
+                  "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
+                  "where it starts, exit 3 (default on)");
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags eval_flags;
@@ -643,6 +642,9 @@ int main(int argc, char** argv) {
     std::cerr << "anvil: error: " << e.what() << "\n";
     if (*bench) std::printf("FAILED\n");
     return 2;
+  } catch (const anvil::NonFiniteError& e) {
+    std::cerr << "anvil: error: " << e.what() << "\n";
+    return 3;
   } catch (const std::bad_alloc&) {
     std::cerr << "anvil: error: out of host memory\n";
     if (*bench) std::printf("FAILED\n");

@@ -50,6 +50,18 @@ struct Options {
   bool input_grad = false;      // also compute d(loss)/d(input), which nothing upstream needs
   size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
   bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
+  // Room to find where a non-finite value starts (keep_good_state, restore_good_state): a copy of
+  // the parameters and the optimizer state in the arena, one more slab each. Training engines only.
+  bool check_finite = false;
+};
+
+// Where a non-finite value (NaN or +-Inf) was found.
+struct NonFinite {
+  std::string kind;    // "input", "target", "output", "value" (of the loss), "gradient" or "parameter"
+  std::string tensor;  // the parameter, the tensor (named after the layer making it), "the batch" or "the loss"
+  std::string stage;   // "forward of conv", "backward of conv", "the loss", "the optimizer step"; empty when not traced
+  // "non-finite gradient first appears in conv.weight (backward of conv)"
+  std::string describe() const;
 };
 
 // Where a training run stands. A checkpoint stores it with the parameters and
@@ -117,6 +129,19 @@ class Engine {
   int64_t steps_done() const;
   float last_loss() const;      // of the last train step or evaluated batch (a host sync on CUDA)
   float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
+
+  // Non-finite values. find_non_finite looks at the last step's loss, then every gradient, then
+  // every parameter, and says where the first one is (no stage: it does not know which op made it).
+  std::optional<NonFinite> find_non_finite();
+  // With Options::check_finite: copy the parameters, the optimizer state and the step count aside,
+  // and go back to that copy. (Where the next batch comes from is the caller's: see start_epoch.)
+  void keep_good_state();
+  void restore_good_state();
+  // One train step run eagerly, op by op, checking the batch, each op's output, the loss, each
+  // gradient as it is made and the updated parameters; returns the first non-finite value with
+  // its stage, or nothing. Without a finding the step is taken, as enqueue_train_step() takes it;
+  // after one the state is a partial step's, so restore_good_state before training on.
+  std::optional<NonFinite> traced_train_step();
 
   // Parameters by PyTorch state_dict name; load checks names and shapes.
   std::map<std::string, HostTensor> parameters() const;

@@ -1,7 +1,7 @@
-// The two kinds of failure that reach the user: bad input (a malformed
-// network, a wrong shape, a bad file: exit code 2) and runtime failures (CUDA,
-// cuDNN, out of memory: exit code 1). Both are exceptions, never exit(), so
-// tests and embedding programs can catch them.
+// The kinds of failure that reach the user: bad input (a malformed network, a
+// wrong shape, a bad file: exit code 2), runtime failures (CUDA, cuDNN, out of
+// memory: exit code 1) and training that diverged to NaN or Inf (exit code 3).
+// All are exceptions, never exit(), so tests and embedding programs can catch them.
 #pragma once
 
 #include <stdexcept>
@@ -39,6 +39,13 @@ class Error : public std::runtime_error {
 
 // The user's input is wrong: JSON, shapes, tensor files, command-line values.
 class InputError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Training produced a NaN or an infinity; the message says at which step and where it first
+// appears (the CLI exits with code 3).
+class NonFiniteError : public Error {
  public:
   using Error::Error;
 };

@@ -27,6 +27,12 @@ struct TrainOptions {
   int64_t val_every = 0;   // with a validation set: every N steps (0: never) and at the end
   std::string checkpoint;  // written every checkpoint_every steps (0: never) and by save_checkpoint()
   int64_t checkpoint_every = 0;
+  // Look for NaN and Inf in the loss, the gradients and the parameters on every logged step and
+  // before every checkpoint. On a finding, go back to the last state that passed, replay the steps
+  // since op by op (Engine::traced_train_step) and throw NonFiniteError: "step 412: non-finite
+  // gradient first appears in conv.weight (backward of conv)". No checkpoint is written after the
+  // last good check. Needs an engine built with Options::check_finite.
+  bool check_finite = false;
 };
 
 struct TrainProgress {
@@ -47,13 +53,18 @@ class Trainer {
   // The engine must be a training engine; the datasets must outlive the trainer.
   Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
           const DataOptions& data);
+  // Trains on the engine's own input and target (set_input and set_target, or the seeded
+  // generator's) at every step: options.steps steps, no epochs.
+  Trainer(Engine& engine, const TrainOptions& options);
 
   // Continues from a checkpoint: parameters, optimizer state, step and position.
   void resume(const std::string& checkpoint);
   // Runs to the end, or until *stop is set (the step in progress completes first).
-  // Throws anvil::Error when a logged loss is not finite.
+  // Throws NonFiniteError (check_finite) or Error when a logged loss is not finite.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
-  void save_checkpoint(const std::string& path) const;
+  void save_checkpoint(const std::string& path);  // checks for non-finite values first, with check_finite
+  // With check_finite: throws NonFiniteError if the state holds a NaN or an infinity, else keeps it as good.
+  void check_finite();
 
   const TrainPosition& position() const { return position_; }
   int64_t total_steps() const { return total_steps_; }
@@ -62,11 +73,14 @@ class Trainer {
 
  private:
   void validate(const Callbacks& callbacks);
+  void advance();  // the position after a step
+  std::string locate_non_finite(const NonFinite& found);  // the replay from the good state
 
   Engine& engine_;
-  const Dataset* validation_;
+  const Dataset* validation_ = nullptr;
   TrainOptions options_;
   TrainPosition position_;
+  TrainPosition good_;  // where the last check that passed was made
   int64_t steps_per_epoch_ = 0, total_steps_ = 0;
 };
 

@@ -102,9 +102,19 @@ void schedule_slabs(const Graph& g, const Optimizer* optimizer, Schedule& s) {
   s.step_state = add(s, "optimizer.step", sizeof(StepState), 0, 0, true);
 }
 
+// The copy keep_good_state makes of everything an optimizer step changes.
+void schedule_good_state(Schedule& s) {
+  s.finite_flag = add(s, "finite.flag", sizeof(unsigned), 0, 0, true);
+  s.good_slabs.push_back(add(s, "good.params", s.slab_bytes, 0, 0, true));
+  for (size_t k = 0; k < s.optimizer_state.size(); ++k)
+    s.good_slabs.push_back(add(s, "good." + s.requests[s.optimizer_state[k]].name, s.slab_bytes, 0, 0, true));
+  s.good_step_state = add(s, "good.optimizer.step", sizeof(StepState), 0, 0, true);
+}
+
 }  // namespace
 
-Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Optimizer* optimizer) {
+Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Optimizer* optimizer,
+                       bool check_finite) {
   Schedule s;
   const bool training = optimizer != nullptr;
   schedule_steps(g, training, s);
@@ -119,6 +129,7 @@ Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Op
     s.valid_elements = add(s, "loss.valid_elements", sizeof(int64_t), 0, 0, true);
     if (const size_t bytes = loss->scratch_bytes(device, count))
       s.loss_scratch = add(s, "loss.scratch", bytes, loss_step, loss_step, false);
+    if (check_finite) schedule_good_state(s);
   }
   return s;
 }

@@ -47,9 +47,15 @@ struct Schedule {
   int step_state = kNoBuffer;        // the optimizer's StepState
   int target = kNoBuffer, loss = kNoBuffer, loss_scratch = kNoBuffer;
   int valid_elements = kNoBuffer;  // the real target elements of a batch fed from a dataset (int64)
+  // Options::check_finite: a flag the finite checks set, and the copy of the training state that
+  // keep_good_state makes (the parameter slab, then each optimizer-state slab; the StepState).
+  int finite_flag = kNoBuffer;
+  std::vector<int> good_slabs;
+  int good_step_state = kNoBuffer;
 };
 
 // loss and optimizer are null for a forward-only engine.
-Schedule make_schedule(const Graph& graph, Device device, const Loss* loss, const Optimizer* optimizer);
+Schedule make_schedule(const Graph& graph, Device device, const Loss* loss, const Optimizer* optimizer,
+                       bool check_finite);
 
 }  // namespace anvil

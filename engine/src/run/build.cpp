@@ -65,7 +65,7 @@ void Engine::Impl::build() {
   }
 #endif
 
-  schedule = make_schedule(*graph, options.device, loss.get(), optimizer.get());
+  schedule = make_schedule(*graph, options.device, loss.get(), optimizer.get(), options.check_finite);
   plan = plan_memory(schedule.requests, static_cast<int>(schedule.steps.size()));
   plan.steps = schedule.steps;
   plan.slab_bytes = schedule.slab_bytes;
@@ -141,6 +141,7 @@ void Engine::Impl::bind() {
   optimizer_args.count = static_cast<int64_t>(slab_floats());
   for (int request : s.optimizer_state) optimizer_args.state.push_back(reinterpret_cast<float*>(address(request)));
   optimizer_args.step = reinterpret_cast<StepState*>(address(s.step_state));
+  finite_flag = reinterpret_cast<unsigned*>(address(s.finite_flag));
 }
 
 // The slabs start at zero (their padding must stay zero for the flat

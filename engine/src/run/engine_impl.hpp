@@ -4,12 +4,14 @@
 //   parameter_io.cpp  inputs, targets, outputs, parameters and gradients in and out
 //   data_api.cpp      datasets: attach_data, start_epoch, evaluate (through data_feed.hpp)
 //   checkpoint.cpp    save_checkpoint, load_checkpoint
+//   finite_check.cpp  non-finite values: the checks, the good state, the traced step
 //   engine.cpp        the rest of the public API
 // (trainer.cpp is the training loop over this API.)
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,7 +58,9 @@ struct Engine::Impl {
   float* loss_value = nullptr;
   void* loss_scratch = nullptr;
   int64_t* valid_elements = nullptr;
+  unsigned* finite_flag = nullptr;  // Options::check_finite
   int64_t steps = 0;
+  std::optional<int64_t> good_steps;  // the step count keep_good_state saw
   // Where train steps and evaluations take their batches from, when a dataset is attached.
   DataOptions data_options;
   std::unique_ptr<DataFeed> train_feed, eval_feed;
@@ -106,6 +110,11 @@ struct Engine::Impl {
   void enqueue(Work work);
   DataFeed* feed_of(Work work) const;  // the dataset a work takes its batch from, if any
   void forget_graph(Work work);        // after what a captured graph reads has changed
+  // finite_check.cpp
+  bool finite(const float* data, int64_t count);  // a host sync on CUDA
+  std::optional<NonFinite> first_non_finite_parameter(const float* slab, const char* kind, const std::string& stage);
+  std::optional<NonFinite> traced_gradients(DataFeed* feed);
+  void copy_good_state(bool keep);  // the training state to its good copy, or back
 };
 
 }  // namespace anvil

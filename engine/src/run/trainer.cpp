@@ -6,54 +6,108 @@
 
 namespace anvil {
 
-Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
-                 const DataOptions& data)
-    : engine_(engine), validation_(validation), options_(options) {
-  if ((options.epochs > 0) == (options.steps > 0))
-    throw InputError("give the length of training as epochs or as steps (one of them, positive)");
+namespace {
+
+void check_options(const TrainOptions& options, const Engine& engine) {
   if (options.log_every < 1) throw InputError("log_every must be positive, got " + std::to_string(options.log_every));
   if (options.val_every < 0 || options.checkpoint_every < 0)
     throw InputError("val_every and checkpoint_every must not be negative");
   if (options.checkpoint_every > 0 && options.checkpoint.empty())
     throw InputError("checkpoint_every needs a checkpoint path");
+  if (options.check_finite && !engine.options().check_finite)
+    throw Error("TrainOptions::check_finite needs an engine built with Options::check_finite");
+}
+
+}  // namespace
+
+Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
+                 const DataOptions& data)
+    : engine_(engine), validation_(validation), options_(options) {
+  if ((options.epochs > 0) == (options.steps > 0))
+    throw InputError("give the length of training as epochs or as steps (one of them, positive)");
+  check_options(options, engine);
   engine_.attach_data(train, data);
   steps_per_epoch_ = engine_.batches_per_epoch();
   total_steps_ = options.epochs > 0 ? options.epochs * steps_per_epoch_ : options.steps;
 }
 
-void Trainer::resume(const std::string& checkpoint) {
-  const TrainPosition at = engine_.load_checkpoint(checkpoint);
-  if (at.batch_in_epoch >= steps_per_epoch_)
-    throw InputError(checkpoint + ": batch " + std::to_string(at.batch_in_epoch) + " of an epoch of " +
-                     std::to_string(steps_per_epoch_) + " (another dataset or batch size?)");
-  position_ = at;
-  engine_.start_epoch(position_.epoch, position_.batch_in_epoch);
+Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine), options_(options) {
+  if (options.steps < 1 || options.epochs != 0)
+    throw InputError("training on the engine's own batch needs a positive step count and no epochs");
+  check_options(options, engine);
+  total_steps_ = options.steps;
 }
 
-void Trainer::save_checkpoint(const std::string& path) const { engine_.save_checkpoint(path, position_); }
+void Trainer::resume(const std::string& checkpoint) {
+  const TrainPosition at = engine_.load_checkpoint(checkpoint);
+  if (steps_per_epoch_ > 0) {
+    if (at.batch_in_epoch >= steps_per_epoch_)
+      throw InputError(checkpoint + ": batch " + std::to_string(at.batch_in_epoch) + " of an epoch of " +
+                       std::to_string(steps_per_epoch_) + " (another dataset or batch size?)");
+    engine_.start_epoch(at.epoch, at.batch_in_epoch);
+  }
+  position_ = at;
+}
+
+void Trainer::save_checkpoint(const std::string& path) {
+  check_finite();
+  engine_.save_checkpoint(path, position_);
+}
 
 void Trainer::validate(const Callbacks& callbacks) {
   const float val = engine_.evaluate(*validation_);
   if (callbacks.on_validation) callbacks.on_validation(position_.step, val);
 }
 
+void Trainer::advance() {
+  ++position_.step;
+  if (steps_per_epoch_ == 0) return;  // the engine's own batch: no epochs
+  if (++position_.batch_in_epoch == steps_per_epoch_) {
+    ++position_.epoch;
+    position_.batch_in_epoch = 0;
+    if (position_.step < total_steps_) engine_.start_epoch(position_.epoch);
+  }
+}
+
+void Trainer::check_finite() {
+  if (!options_.check_finite) return;
+  if (const auto found = engine_.find_non_finite()) throw NonFiniteError(locate_non_finite(*found));
+  engine_.keep_good_state();
+  good_ = position_;
+}
+
+// Back to the good state, then the same steps again, op by op, until one shows where it starts.
+std::string Trainer::locate_non_finite(const NonFinite& found) {
+  const int64_t found_at = position_.step;
+  engine_.restore_good_state();
+  position_ = good_;
+  if (steps_per_epoch_ > 0) engine_.start_epoch(position_.epoch, position_.batch_in_epoch);
+  while (position_.step < found_at) {
+    const auto traced = engine_.traced_train_step();
+    advance();
+    if (traced) return "step " + std::to_string(position_.step) + ": " + traced->describe();
+  }
+  return "step " + std::to_string(found_at) + ": " + found.describe() + " (replaying from step " +
+         std::to_string(good_.step) + " op by op did not make it again)";
+}
+
 void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
+  if (options_.check_finite) {  // the starting state is the first good one (no loss yet to check)
+    engine_.keep_good_state();
+    good_ = position_;
+  }
   while (position_.step < total_steps_) {
     if (stop && stop->load()) return;
     const int64_t epoch = position_.epoch;
     engine_.enqueue_train_step();
-    ++position_.step;
-    if (++position_.batch_in_epoch == steps_per_epoch_) {
-      ++position_.epoch;
-      position_.batch_in_epoch = 0;
-      if (position_.step < total_steps_) engine_.start_epoch(position_.epoch);
-    }
+    advance();
     const bool last = position_.step == total_steps_;
     const bool logged = position_.step == 1 || position_.step % options_.log_every == 0 || last;
     // The loss is read before a validation overwrites it; the validation is reported first, so the
     // step's log line carries it.
     TrainProgress progress{position_.step, total_steps_, epoch, 0.f, 0.f};
     if (logged) {
+      check_finite();
       progress.loss = engine_.last_loss();
       progress.lr = engine_.learning_rate();
       if (!std::isfinite(progress.loss))

@@ -1,0 +1,198 @@
+// Non-finite values (Options::check_finite, TrainOptions::check_finite): the
+// replayed step and the place named must be the ones a check after every
+// single step finds; a traced step without a finding is an ordinary step, bit
+// for bit; the last good checkpoint survives; and misuse is an Error. On the
+// CPU, and on the GPU where there is one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <regex>
+#include <string>
+
+#include "anvil/engine.hpp"
+#include "anvil/error.hpp"
+#include "anvil/network.hpp"
+#include "anvil/safetensors.hpp"
+#include "anvil/trainer.hpp"
+#include "tests/require_gpu.hpp"
+#include "tests/temp_dir_test.hpp"
+#include "tests/test_support.hpp"
+
+namespace anvil {
+namespace {
+
+using testing::bitwise_equal;
+using testing::data_path;
+using testing::network_with;
+
+// dataset_epochs.json (conv, leaky_relu, channel_scale, avg_pool) with plain SGD at a learning
+// rate that makes it diverge within a few steps; in what part of the step depends on the rate.
+Network diverging(double lr) {
+  return network_with(data_path("dataset_epochs.json"), {{"optimizer", {{"type", "sgd"}, {"lr", lr}}}});
+}
+
+Options checked(Device device) {
+  Options o;
+  o.device = device;
+  o.check_finite = true;
+  return o;
+}
+
+// The step at which a check after every step first finds a NaN or an infinity.
+int64_t first_bad_step(const Network& net, Device device, int64_t max_steps) {
+  Engine engine(net, checked(device));
+  for (int64_t step = 1; step <= max_steps; ++step) {
+    engine.enqueue_train_step();
+    if (engine.find_non_finite()) return step;
+  }
+  return -1;
+}
+
+// What Trainer::run throws, or "" when it finishes.
+std::string run_message(Engine& engine, const TrainOptions& options) {
+  Trainer trainer(engine, options);
+  try {
+    trainer.run({});
+  } catch (const NonFiniteError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+class CheckFinite : public ::testing::TestWithParam<Device> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == Device::Cuda) ANVIL_REQUIRE_GPU_OR_SKIP();
+  }
+};
+
+// Checked only every 7th step, the trainer still names the step a check after every step finds,
+// and a place inside it.
+TEST_P(CheckFinite, TheReplayNamesTheStepWhereItStarts) {
+  for (const double lr : {1e12, 1e9, 1e4}) {
+    const Network net = diverging(lr);
+    const int64_t want = first_bad_step(net, GetParam(), 40);
+    ASSERT_GT(want, 1) << "lr " << lr << " should diverge after the first step";
+    Engine engine(net, checked(GetParam()));
+    TrainOptions o;
+    o.steps = 40;
+    o.log_every = 7;
+    o.check_finite = true;
+    const std::string message = run_message(engine, o);
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(message, m, std::regex(R"(step (\d+): non-finite (output|value|gradient|parameter) )"
+                                                       R"(first appears in .+ \(.+\))")))
+        << "lr " << lr << ": " << message;
+    EXPECT_EQ(std::stoll(m[1]), want) << message;
+  }
+}
+
+// A traced step that finds nothing is the step enqueue_train_step takes: the same parameters, bit for bit.
+TEST_P(CheckFinite, ATracedStepIsAnOrdinaryStep) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  Engine plain(net, checked(GetParam())), traced(net, checked(GetParam()));
+  for (int step = 0; step < 5; ++step) {
+    plain.enqueue_train_step();
+    ASSERT_FALSE(traced.traced_train_step()) << "step " << step + 1;
+  }
+  EXPECT_EQ(traced.steps_done(), 5);
+  const auto want = plain.parameters(), got = traced.parameters();
+  for (const auto& [name, value] : want) EXPECT_TRUE(bitwise_equal(got.at(name), value)) << name;
+}
+
+TEST_P(CheckFinite, AnInfiniteWeightIsNamedBeforeTheFirstStep) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  Engine engine(net, checked(GetParam()));
+  auto params = engine.parameters();
+  params.at("conv.weight").data[5] = std::numeric_limits<float>::infinity();
+  engine.load_parameters(params);
+  TrainOptions o;
+  o.steps = 3;
+  o.check_finite = true;
+  EXPECT_EQ(run_message(engine, o),
+            "step 1: non-finite parameter first appears in conv.weight (the parameters the step starts from)");
+}
+
+TEST_P(CheckFinite, ANaNInTheBatchIsNamed) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  for (const char* which : {"input", "target"}) {
+    Engine engine(net, checked(GetParam()));
+    const bool input = std::string(which) == "input";
+    HostTensor batch(input ? net.input_shape() : net.output_shape());
+    for (size_t i = 0; i < batch.data.size(); ++i) batch.data[i] = 0.25f + 0.001f * float(i % 97);
+    batch.data[batch.data.size() / 3] = std::nanf("");
+    input ? engine.set_input(batch) : engine.set_target(batch);
+    TrainOptions o;
+    o.steps = 2;
+    o.check_finite = true;
+    EXPECT_EQ(run_message(engine, o), std::string("step 1: non-finite ") + which + " first appears in the batch (the data)");
+  }
+}
+
+TEST_P(CheckFinite, AFiniteRunIsUntouched) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  Engine checked_engine(net, checked(GetParam()));
+  Options plain_options;
+  plain_options.device = GetParam();
+  Engine plain(net, plain_options);
+  TrainOptions o;
+  o.steps = 9;
+  o.log_every = 2;
+  o.check_finite = true;
+  EXPECT_EQ(run_message(checked_engine, o), "");
+  o.check_finite = false;
+  EXPECT_EQ(run_message(plain, o), "");
+  const auto want = plain.parameters(), got = checked_engine.parameters();
+  for (const auto& [name, value] : want) EXPECT_TRUE(bitwise_equal(got.at(name), value)) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, CheckFinite, ::testing::Values(Device::Cpu, Device::Cuda),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
+class CheckFiniteCheckpoint : public testing::TempDirTest {};
+
+// Checkpoints every step: the one left is the last good step's, and every value in it is finite.
+TEST_F(CheckFiniteCheckpoint, TheLastGoodCheckpointIsKept) {
+  const Network net = diverging(1e9);
+  const int64_t bad = first_bad_step(net, Device::Cpu, 40);
+  ASSERT_GT(bad, 1);
+  const Dataset data = Dataset::load(data_path("dataset_epochs_train.safetensors"), {2, 6, 6}, {3, 3, 3});
+  Engine engine(net, checked(Device::Cpu));
+  TrainOptions o;
+  o.steps = 40;
+  o.log_every = 100;
+  o.checkpoint = path("ck.safetensors");
+  o.checkpoint_every = 1;
+  o.check_finite = true;
+  DataOptions no_shuffle;
+  no_shuffle.shuffle = false;
+  Trainer trainer(engine, data, nullptr, o, no_shuffle);
+  EXPECT_THROW(trainer.run({}), NonFiniteError);
+  const TensorFile kept = read_safetensors(o.checkpoint);
+  EXPECT_EQ(kept.metadata.at("step"), std::to_string(bad - 1));
+  for (const auto& [name, tensor] : kept.tensors)
+    for (const float v : tensor.data) ASSERT_TRUE(std::isfinite(v)) << name;
+}
+
+TEST(CheckFiniteApi, MisuseIsAnError) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  Options unchecked;
+  unchecked.device = Device::Cpu;
+  Engine plain(net, unchecked);
+  EXPECT_THROW(plain.find_non_finite(), Error);
+  EXPECT_THROW(plain.keep_good_state(), Error);
+  EXPECT_THROW(plain.traced_train_step(), Error);
+  TrainOptions o;
+  o.steps = 1;
+  o.check_finite = true;
+  EXPECT_THROW(Trainer(plain, o), Error);
+  Engine engine(net, checked(Device::Cpu));
+  EXPECT_THROW(engine.restore_good_state(), Error);  // nothing kept yet
+  o.epochs = 2;
+  EXPECT_THROW(Trainer(engine, o), InputError);  // epochs need a dataset
+}
+
+}  // namespace
+}  // namespace anvil
