@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,34 @@ TEST(EngineBuffersGpu, DeviceBuffersGiveWhatHostBuffersGive) {
   EXPECT_TRUE(bitwise_equal(HostTensor(net.output_shape(), out.download_all()), a.forward()));
 }
 #endif
+
+}  // namespace
+}  // namespace anvil::testing
+
+namespace anvil::testing {
+namespace {
+
+// An arena larger than the memory there is refused before anything is allocated, with both figures
+// (on the host an allocation may succeed and the first write get the process killed).
+TEST(EngineMemory, AnArenaBeyondTheFreeMemoryIsRefusedWithBothFigures) {
+  const Network net = Network::parse(R"({"name": "huge", "input": [1, 1, 65536, 65536, 64],
+    "layers": [{"type": "conv3d", "name": "c", "in_channels": 1, "out_channels": 1, "kernel_size": 1}],
+    "loss": "mse", "optimizer": {"type": "sgd", "lr": 0.1}})", "huge.json");
+  for (const Device device : {Device::Cpu, Device::Cuda}) {
+    if (device == Device::Cuda && !cuda_available()) continue;  // the CPU case runs everywhere
+    Options o;
+    o.device = device;
+    const std::string where = device == Device::Cuda ? "device" : "host";
+    try {
+      Engine engine(net, o);
+      ADD_FAILURE() << "a 4 TiB arena was allocated on the " << where;
+    } catch (const Error& e) {
+      EXPECT_TRUE(std::regex_match(e.what(), std::regex("out of " + where + " memory: the arena needs 4096\\.0 GiB, the " +
+                                                         where + " has [0-9]+\\.[0-9] GiB free")))
+          << e.what();
+    }
+  }
+}
 
 }  // namespace
 }  // namespace anvil::testing

@@ -35,6 +35,7 @@ struct MemoryPlan {
 };
 
 size_t align_up(size_t bytes, size_t alignment = kArenaAlignment);
+std::string gib(size_t bytes);  // "37.2 GiB", for messages about memory
 // Pinned tensors are live over the whole schedule of step_count steps.
 MemoryPlan plan_memory(std::vector<TensorLifetime> tensors, int step_count);
 

@@ -1,6 +1,7 @@
 #include "engine/src/cuda/context.hpp"
 
 #include "anvil/engine.hpp"
+#include "anvil/plan.hpp"
 #include "engine/src/cuda/check.hpp"
 
 namespace anvil {
@@ -43,6 +44,12 @@ CudaContext::~CudaContext() {
   if (stream_) ANVIL_CUDA_CHECK_PRINT(cudaStreamDestroy(stream_));
 }
 
+size_t CudaContext::free_memory() const {
+  size_t free_bytes = 0, total = 0;
+  ANVIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  return free_bytes;
+}
+
 void* CudaContext::allocate(size_t bytes) {
   void* ptr = nullptr;
   const cudaError_t err = cudaMalloc(&ptr, bytes);
@@ -50,8 +57,7 @@ void* CudaContext::allocate(size_t bytes) {
     cudaGetLastError();
     size_t free_bytes = 0, total = 0;
     cudaMemGetInfo(&free_bytes, &total);
-    throw Error("out of device memory: the arena needs " + std::to_string(bytes >> 20) + " MiB, " +
-                std::to_string(free_bytes >> 20) + " MiB free");
+    throw Error("out of device memory: needs " + gib(bytes) + ", the device has " + gib(free_bytes) + " free");
   }
   ANVIL_CUDA_CHECK(err);
   ++counters_.allocations;

@@ -25,6 +25,7 @@ class CudaContext {
   cudnnHandle_t cudnn() const { return cudnn_; }
 
   void* allocate(size_t bytes);  // throws Error naming the size on out-of-memory
+  size_t free_memory() const;    // bytes free on the device now
   void release(void* ptr);
   void synchronize();
   void copy_to_device(void* dst, const void* src, size_t bytes);    // async on the stream

@@ -2,12 +2,19 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 
 #include "anvil/error.hpp"
 
 namespace anvil {
 
 size_t align_up(size_t bytes, size_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
+
+std::string gib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GiB", double(bytes) / double(size_t(1) << 30));
+  return text;
+}
 
 const PlannedTensor& MemoryPlan::find(const std::string& name) const {
   for (const auto& t : tensors)

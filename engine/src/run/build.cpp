@@ -1,7 +1,10 @@
 // Build: lower the network to ops (fusion rules on CUDA), build their
 // descriptors, schedule and plan every buffer, make the one allocation, bind
 // each op's arguments, choose cuDNN algorithms and initialise the parameters.
+#include <unistd.h>
+
 #include <cstdlib>
+#include <fstream>
 #include <cstring>
 #include <set>
 
@@ -80,12 +83,39 @@ void Engine::Impl::build() {
   initialise();
 }
 
+namespace {
+
+// Memory the host can give without swapping: MemAvailable (Linux), else the free pages.
+size_t host_available_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  unsigned long long kib = 0;
+  while (meminfo >> key >> kib)
+    if (key == "MemAvailable:") return size_t(kib) << 10;
+    else meminfo.ignore(64, '\n');
+  return size_t(::sysconf(_SC_AVPHYS_PAGES)) * size_t(::sysconf(_SC_PAGESIZE));
+}
+
+// Refused before anything is allocated: on the host, an allocation beyond the memory there may
+// succeed and then get the process killed when the arena is first written.
+void require_memory(size_t bytes, size_t available, const std::string& where) {
+  if (bytes > available)
+    throw Error("out of " + where + " memory: the arena needs " + gib(bytes) + ", the " + where + " has " +
+                gib(available) + " free");
+}
+
+}  // namespace
+
 char* Engine::Impl::allocate_arena(size_t bytes) {
 #if ANVIL_WITH_CUDA
-  if (cuda()) return static_cast<char*>(ctx->allocate(bytes));
+  if (cuda()) {
+    require_memory(bytes, ctx->free_memory(), "device");
+    return static_cast<char*>(ctx->allocate(bytes));
+  }
 #endif
+  require_memory(bytes, host_available_memory(), "host");
   char* host = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
-  if (!host) throw Error("out of host memory: the arena needs " + std::to_string(bytes >> 20) + " MiB");
+  if (!host) throw Error("out of host memory: the arena needs " + gib(bytes));
   return host;
 }
 

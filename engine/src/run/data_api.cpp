@@ -19,14 +19,10 @@ void check_shapes(const Dataset& data, const Network& net) {
                      to_string(target));
 }
 
-size_t device_budget(const DataOptions& options, [[maybe_unused]] bool cuda) {
+size_t device_budget(const DataOptions& options, [[maybe_unused]] CudaContext* ctx) {
   if (options.device_budget) return *options.device_budget;
 #if ANVIL_WITH_CUDA
-  if (cuda) {
-    size_t free_bytes = 0, total = 0;
-    ANVIL_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
-    return free_bytes / 2;
-  }
+  if (ctx) return ctx->free_memory() / 2;
 #endif
   return 0;
 }
@@ -41,7 +37,7 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
   const BatchPlan plan = data.batch_plan(m.network.input_shape()[0], options.keep_last);
   m.train_feed.reset();
   m.train_feed = std::make_unique<DataFeed>(data, plan, m.options.device, m.cuda_context(),
-                                            device_budget(options, m.cuda()));
+                                            device_budget(options, m.cuda_context()));
   m.data_options = options;
   m.forget_graph(Impl::kTrainStep);  // the captured steps did not gather
   m.forget_graph(Impl::kGradients);
@@ -73,7 +69,7 @@ float Engine::evaluate(const Dataset& data) {
   if (!same) {
     m.eval_feed.reset();
     m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
-                                             m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda()));
+                                             m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda_context()));
     m.forget_graph(Impl::kEvaluate);
   }
   DataFeed& feed = *m.eval_feed;
