@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine in one go: build, every test with GPU tests required
-# (a skip fails), compute-sanitizer memcheck on the GPU tests, each
+# (a skip fails), compute-sanitizer's memcheck on the GPU tests and racecheck,
+# initcheck and synccheck on anvil's kernels, each
 # precision's error against PyTorch float64 (tools/precision_report.py), then
 # the dataset benchmark (tools/bench_data.sh). tools/bench_vs_torch.py is the
 # separate comparison with PyTorch.
-# Knobs: CTEST_JOBS (default 1), MEMCHECK_TIMEOUT (s, default 240),
-# MEMCHECK_FILTER (a gtest filter, default every GPU test but the full-size
-# one), PRECISION_CASES (tools/precision_report.py --cases), SKIP_BENCH_DATA=1. Prints a short summary last. Logs go to $OUT (or
-# /tmp/anvil-gpu-check).
+# Knobs: CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
+# SANITIZER_TIMEOUT (s per tool, default 240), MEMCHECK_FILTER and
+# KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
+# --cases), SKIP_BENCH_DATA=1. Prints a short summary last. Logs go to $OUT
+# (or /tmp/anvil-gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/anvil-gpu-check}"
@@ -35,16 +37,31 @@ if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-1}" != 1 ]; then
   summary+=("tests rerun serially: $(grep -E 'tests passed' "$out/ctest_rerun.log" | tail -1)")
 fi
 
-# memcheck on the GPU tests (the full-size case is left to the plain run: too slow under the sanitizer)
+# compute-sanitizer. memcheck runs over the GPU tests, cuDNN's kernels included (the full-size
+# case is left to the plain run: too slow under the sanitizer). racecheck, initcheck and synccheck
+# check anvil's own kernels only (--kernel-name kns=5anvil: every kernel of anvil's namespace;
+# cuDNN's are left out, docs/reliability.md says why) over the kernel tests, on small shapes.
+sanitizer_rc=0
 if command -v compute-sanitizer >/dev/null; then
-  timeout "${MEMCHECK_TIMEOUT:-240}" compute-sanitizer --tool memcheck --error-exitcode 9 build/tests/anvil_tests \
-    --gtest_filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:-*GpuFullSize*}" >"$out/memcheck.log" 2>&1
-  mc_rc=$?
-  summary+=("memcheck: rc $mc_rc, $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1)")
-  grep -E "ERROR SUMMARY|FAILED|PASSED" "$out/memcheck.log" | tail -4
+  kernel_tests="CudaPointwise*:CudaKernels*:*PhaseMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:-*LargeTensors*"
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
+    if [ "$tool" = memcheck ]; then
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*cuda:-*GpuFullSize*}"
+      only=()
+    else
+      filter="${KERNEL_FILTER:-$kernel_tests}"
+      only=(--kernel-name kns=5anvil)
+    fi
+    timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${only[@]}" \
+      --error-exitcode 9 build/tests/anvil_tests --gtest_filter="$filter" >"$out/$tool.log" 2>&1
+    rc=$?
+    [ $rc -eq 124 ] && note="TIMED OUT" || note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)"
+    summary+=("$tool: rc $rc, $note; $(grep -cE '^\[       OK \]' "$out/$tool.log") tests passed")
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED  \]" "$out/$tool.log" | tail -3
+    [ $rc -ne 0 ] && sanitizer_rc=$rc
+  done
 else
-  summary+=("memcheck: compute-sanitizer not found")
-  mc_rc=0
+  summary+=("compute-sanitizer: not found")
 fi
 
 # How far each precision is from PyTorch's float64 (docs/network-format.md quotes it).
@@ -70,4 +87,4 @@ fi
 echo
 echo "SUMMARY"
 for line in "${summary[@]}"; do echo "  $line"; done
-[ $ctest_rc -eq 0 ] && [ $mc_rc -eq 0 ]
+[ $ctest_rc -eq 0 ] && [ $sanitizer_rc -eq 0 ]
