@@ -4,8 +4,11 @@
 
 #include <cudnn.h>
 
+#include <limits>
+#include <string>
 #include <vector>
 
+#include "anvil/error.hpp"
 #include "engine/src/cuda/check.hpp"
 #include "anvil/tensor.hpp"
 
@@ -33,8 +36,11 @@ using ConvolutionDescriptor =
 using PoolingDescriptor =
     CudnnDescriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor>;
 
-// A packed NC(D)HW float tensor.
+// A packed NC(D)HW float tensor. cuDNN's descriptors count in int: larger tensors are refused here.
 inline void set_tensor_descriptor(cudnnTensorDescriptor_t desc, const Shape& shape) {
+  if (numel(shape) > std::numeric_limits<int>::max())
+    throw Error("cuDNN takes tensors of at most 2^31 - 1 elements; " + to_string(shape) + " has " +
+                std::to_string(numel(shape)) + " (the CPU backend has no such limit)");
   std::vector<int> dims(shape.begin(), shape.end()), strides(shape.size());
   int stride = 1;
   for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
