@@ -1,13 +1,17 @@
 #include "anvil/output_file.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <exception>
+#include <mutex>
 
 #include "anvil/error.hpp"
 
@@ -28,38 +32,93 @@ mode_t new_file_mode() {
   return 0666 & ~mask;
 }
 
+// The temporary file being written, where a signal handler can find it without
+// allocating: one write at a time in a process (write_mutex), its name in a
+// fixed buffer, published by temp_is_live. Whoever clears the flag first (the
+// handler, or the writer on an error) removes the file, so it is removed once.
+std::mutex write_mutex;
+char live_temp[PATH_MAX];
+std::atomic<bool> temp_is_live{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "read in a signal handler");
+
+// SIGINT or SIGTERM during a write: remove the temporary file, then end the
+// process as the signal's default action would (128 + the signal, to a shell).
+// Only async-signal-safe calls.
+extern "C" void remove_temporary_and_reraise(int sig) {
+  if (temp_is_live.exchange(false)) ::unlink(live_temp);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);  // blocked until this handler returns, then ends the process
+}
+
+// For the duration of one write, SIGINT and SIGTERM whose action is the
+// default (ending the process, which would leave the temporary file) go
+// through remove_temporary_and_reraise. A program that handles or ignores
+// them keeps its own handling: the write then completes, or fails, as usual.
+class SignalCleanup {
+ public:
+  SignalCleanup() {
+    struct sigaction cleanup {};
+    cleanup.sa_handler = remove_temporary_and_reraise;
+    ::sigemptyset(&cleanup.sa_mask);
+    for (int sig : kSignals) ::sigaddset(&cleanup.sa_mask, sig);
+    for (int i = 0; i < 2; ++i) {
+      struct sigaction old {};
+      installed_[i] = ::sigaction(kSignals[i], nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+                      old.sa_handler == SIG_DFL && ::sigaction(kSignals[i], &cleanup, nullptr) == 0;
+    }
+  }
+  ~SignalCleanup() {
+    for (int i = 0; i < 2; ++i)
+      if (installed_[i]) ::signal(kSignals[i], SIG_DFL);
+  }
+  SignalCleanup(const SignalCleanup&) = delete;
+  SignalCleanup& operator=(const SignalCleanup&) = delete;
+
+ private:
+  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
+  bool installed_[2] = {false, false};
+};
+
 }  // namespace
 
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {
   const std::string dir = directory_of(path);
-  std::string tmp = dir + "/.anvil-XXXXXX";
-  std::vector<char> name(tmp.begin(), tmp.end());
-  name.push_back('\0');
-  const int fd = ::mkstemp(name.data());
+  const std::string pattern = dir + "/.anvil-XXXXXX";
+  const std::lock_guard<std::mutex> lock(write_mutex);
+  if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
+  std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
+  const SignalCleanup cleanup;
+  const int fd = ::mkstemp(live_temp);
   if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
-  tmp = name.data();
+  temp_is_live.store(true);  // from here on nothing throws before the temporary file is dealt with
   struct stat old {};
   const mode_t mode = ::stat(path.c_str(), &old) == 0 ? (old.st_mode & 07777) : new_file_mode();
   std::FILE* f = ::fdopen(fd, "wb");
   bool ok = f != nullptr && ::fchmod(fd, mode) == 0;
   int err = ok ? 0 : errno;
+  std::exception_ptr thrown;  // by write(): rethrown once the temporary file is gone
   if (ok) {
     errno = 0;
-    ok = write(f) && std::fflush(f) == 0 && ::fsync(fd) == 0;  // on disk before the rename
+    try {
+      ok = write(f) && std::fflush(f) == 0 && ::fsync(fd) == 0;  // on disk before the rename
+    } catch (...) {
+      ok = false;
+      thrown = std::current_exception();
+    }
     err = ok ? 0 : errno;
   }
   if (f != nullptr ? std::fclose(f) != 0 : ::close(fd) != 0) {
     if (ok) err = errno;
     ok = false;
   }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (ok && std::rename(live_temp, path.c_str()) != 0) {
     ok = false;
     err = errno;
   }
-  if (!ok) {
-    ::unlink(tmp.c_str());
-    throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
-  }
+  // A signal from here on finds the name gone (renamed) or not live (removed here).
+  if (temp_is_live.exchange(false) && !ok) ::unlink(live_temp);
+  if (thrown) std::rethrow_exception(thrown);
+  if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
   // The rename itself on disk: flush the directory (best effort: some file systems refuse).
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (dir_fd >= 0) {

@@ -6,6 +6,14 @@
 // over the destination, and the directory is flushed too. On any error the
 // temporary is removed, the destination is untouched, and anvil::Error names
 // the path and the reason (a full disk: "No space left on device").
+//
+// SIGINT or SIGTERM during a write, in a program that leaves them at their
+// default action, removes the temporary file and then ends the process as the
+// signal would (128 + the signal, to a shell): the handlers are installed for
+// the write only and the default restored after. A program with its own
+// handlers (or that ignores them) keeps them, and the write completes. Writes
+// in one process take turns. SIGKILL cannot be caught: it leaves the temporary
+// file (.anvil-XXXXXX), never a part of the destination.
 #pragma once
 
 #include <cstdio>
@@ -14,7 +22,8 @@
 
 namespace anvil {
 
-// write(file) writes the contents and returns false on a failed write.
+// write(file) writes the contents and returns false on a failed write; an
+// exception it throws comes out of write_output_file, the temporary removed.
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write);
 
 }  // namespace anvil

@@ -1,0 +1,140 @@
+// Tests of write_output_file (anvil/output_file.hpp), the one writer of whole
+// files: whatever goes wrong during a write (a failed write, an exception from
+// the caller's writer, SIGINT or SIGTERM), the destination keeps its old
+// contents and no temporary file remains.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
+#include "tests/temp_dir_test.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool put(std::FILE* f, const std::string& text) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); }
+
+class OutputFile : public anvil::testing::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    target_ = path("out.txt");
+    std::ofstream(target_, std::ios::binary) << kOld;
+  }
+
+  // Every name in the directory: only the destination may be there.
+  std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    for (const auto& e : fs::directory_iterator(dir_)) n.push_back(e.path().filename().string());
+    return n;
+  }
+
+  void expect_untouched() const {
+    EXPECT_EQ(read_bytes(target_), kOld);
+    EXPECT_EQ(names(), std::vector<std::string>{"out.txt"});
+  }
+
+  static constexpr const char* kOld = "the old contents\n";
+  std::string target_;
+};
+
+TEST_F(OutputFile, ReplacesTheFileAndLeavesNothingElse) {
+  anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new\n"); });
+  EXPECT_EQ(read_bytes(target_), "new\n");
+  EXPECT_EQ(names(), std::vector<std::string>{"out.txt"});
+}
+
+// A writer that fails partway (a full disk) is an error naming the file and the reason.
+TEST_F(OutputFile, AFailedWriteKeepsTheOldFile) {
+  try {
+    anvil::write_output_file(target_, [](std::FILE* f) {
+      put(f, "half of the new ");
+      errno = ENOSPC;
+      return false;
+    });
+    FAIL() << "no error";
+  } catch (const anvil::Error& e) {
+    EXPECT_EQ(std::string(e.what()), target_ + ": cannot write: No space left on device");
+  }
+  expect_untouched();
+}
+
+TEST_F(OutputFile, AnExceptionFromTheWriterComesOutAndKeepsTheOldFile) {
+  EXPECT_THROW(anvil::write_output_file(target_,
+                                        [](std::FILE* f) -> bool {
+                                          put(f, "half of the new ");
+                                          throw std::runtime_error("the caller's own failure");
+                                        }),
+               std::runtime_error);
+  expect_untouched();
+  // The writer is usable again (its lock and its signal state were released).
+  anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new\n"); });
+  EXPECT_EQ(read_bytes(target_), "new\n");
+}
+
+// SIGINT or SIGTERM in the middle of a write, with the default action: the
+// process ends by that signal (128 + it, to a shell), the temporary file removed.
+TEST_F(OutputFile, SigintOrSigtermDuringAWriteRemovesTheTemporaryAndEndsTheProcess) {
+  // The "fast" death test style: the child is a fork, writing into this test's directory.
+  GTEST_FLAG_SET(death_test_style, "fast");
+  for (int sig : {SIGINT, SIGTERM}) {
+    EXPECT_EXIT(anvil::write_output_file(target_,
+                                         [sig](std::FILE* f) {
+                                           put(f, "half of the new ");
+                                           std::fflush(f);
+                                           ::raise(sig);
+                                           return put(f, "contents\n");
+                                         }),
+                ::testing::KilledBySignal(sig), "")
+        << "signal " << sig;
+    expect_untouched();
+  }
+}
+
+// A program that handles or ignores SIGINT keeps its handling: the write
+// completes, and the disposition is the program's again afterwards. One that
+// leaves the default gets the default back.
+TEST_F(OutputFile, AProgramsOwnSignalHandlingIsKept) {
+  static volatile sig_atomic_t handled = 0;
+  struct sigaction own {}, saved {};
+  own.sa_handler = [](int) { handled = 1; };
+  sigemptyset(&own.sa_mask);
+  ASSERT_EQ(sigaction(SIGINT, nullptr, &saved), 0);
+  ASSERT_EQ(saved.sa_handler, SIG_DFL) << "the test runner must leave SIGINT at its default";
+  for (void (*handler)(int) : {own.sa_handler, SIG_IGN}) {
+    own.sa_handler = handler;
+    ASSERT_EQ(sigaction(SIGINT, &own, nullptr), 0);
+    handled = 0;
+    anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new ") && ::raise(SIGINT) == 0 && put(f, "file\n"); });
+    EXPECT_EQ(read_bytes(target_), "new file\n");
+    EXPECT_EQ(handled, handler == SIG_IGN ? 0 : 1);
+    struct sigaction after {};
+    ASSERT_EQ(sigaction(SIGINT, nullptr, &after), 0);
+    EXPECT_EQ(after.sa_handler, handler);
+  }
+  ASSERT_EQ(sigaction(SIGINT, &saved, nullptr), 0);
+  anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "again\n"); });
+  struct sigaction after {};
+  ASSERT_EQ(sigaction(SIGINT, nullptr, &after), 0);
+  EXPECT_EQ(after.sa_handler, SIG_DFL);
+  EXPECT_EQ(names(), std::vector<std::string>{"out.txt"});
+}
+
+}  // namespace
