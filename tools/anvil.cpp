@@ -5,8 +5,10 @@
 //   anvil eval  NET.json --data D [--weights W]  the mean loss over a dataset
 //   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
 //   anvil --version                             version, git commit, CUDA and cuDNN versions
-// Exit codes: 0 success, 2 bad input, 1 runtime failure, 3 training reached NaN or Inf.
+// Exit codes: 0 success, 2 bad input, 1 runtime failure, 3 training reached NaN or Inf,
+// 128 + the signal for SIGINT or SIGTERM.
 #include <CLI/CLI.hpp>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -300,6 +302,31 @@ extern "C" void request_stop(int signal) {
   stop_requested.store(true);
 }
 
+// request_stop for SIGINT and SIGTERM while training runs, unless they are
+// ignored (a background job of a script: Ctrl-C is not meant for it). The
+// previous handling comes back with restore(): a signal during the final
+// writes then ends the run at once, and the writer removes its temporary file.
+class StopOnSignals {
+ public:
+  StopOnSignals() {
+    struct sigaction stop {};
+    stop.sa_handler = request_stop;
+    stop.sa_flags = SA_RESTART;
+    sigemptyset(&stop.sa_mask);
+    for (int i = 0; i < 2; ++i) {
+      sigaction(kSignals[i], nullptr, &previous_[i]);
+      if (previous_[i].sa_handler != SIG_IGN) sigaction(kSignals[i], &stop, nullptr);
+    }
+  }
+  void restore() {
+    for (int i = 0; i < 2; ++i) sigaction(kSignals[i], &previous_[i], nullptr);
+  }
+
+ private:
+  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
+  struct sigaction previous_[2] = {};
+};
+
 void check_positive(const char* flag, int64_t value) {
   if (value < 1) throw anvil::InputError(std::string(flag) + ": must be a positive integer, got " + std::to_string(value));
 }
@@ -397,14 +424,14 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
 
   anvil::cli::TrainReporter report(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
   report.begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
-  std::signal(SIGINT, request_stop);
-  std::signal(SIGTERM, request_stop);
+  StopOnSignals stop_on_signals;
   anvil::Trainer::Callbacks callbacks;
   // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
   callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr); };
   callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
   trainer->run(callbacks, &stop_requested);
   report.end();
+  stop_on_signals.restore();
   if (stop_requested.load()) {
     const int code = 128 + static_cast<int>(stop_signal);
     if (!t.checkpoint.empty()) {
