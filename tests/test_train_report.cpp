@@ -338,6 +338,16 @@ TEST_F(MetricsFile, AFileThatCannotBeOpenedIsBadInputNamingIt) {
   }
 }
 
+TEST_F(MetricsFile, AFullDiskIsAnErrorNamingTheFileAndTheReason) {
+  MetricsWriter metrics("/dev/full");  // every write fails with ENOSPC
+  try {
+    metrics.write(anvil::cli::MetricsRecord{});
+    FAIL() << "no error";
+  } catch (const anvil::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "/dev/full: cannot write the metrics file: No space left on device");
+  }
+}
+
 // A program using the reporter the way `anvil train` does
 // (tests/helpers/train_report_demo.cpp): on a terminal it redraws one line in
 // place, cut to the terminal's width; on a pipe it prints plain lines.

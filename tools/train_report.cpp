@@ -1,6 +1,8 @@
 #include "tools/train_report.hpp"
 
+#include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,9 +57,12 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) : path_(path), out_(path, std::ios::app) {
-  if (!out_) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
+MetricsWriter::MetricsWriter(const std::string& path)
+    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
+  if (fd_ < 0) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
 }
+
+MetricsWriter::~MetricsWriter() { ::close(fd_); }
 
 void MetricsWriter::write(const MetricsRecord& r) {
   nlohmann::ordered_json j;  // ordered: the keys read in the order documented
@@ -73,8 +78,21 @@ void MetricsWriter::write(const MetricsRecord& r) {
   j["val_step"] = r.val_step ? nlohmann::ordered_json(*r.val_step) : nullptr;
   j["lr"] = r.lr;
   j["elapsed_s"] = r.elapsed_s;
-  out_ << j.dump() << '\n' << std::flush;
-  if (!out_) throw Error(path_ + ": cannot write the metrics file: " + std::strerror(errno));
+  const std::string line = j.dump() + '\n';
+  struct stat before {};
+  const bool sized = ::fstat(fd_, &before) == 0;
+  for (size_t done = 0; done < line.size();) {
+    const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);  // one call, unless the disk fills
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      // No part of a line may stay behind for a resumed run to append to.
+      const bool torn = done > 0 && !(sized && ::ftruncate(fd_, before.st_size) == 0);
+      throw Error(path_ + ": cannot write the metrics file: " + std::strerror(err) +
+                  (torn ? " (its last line is incomplete)" : ""));
+    }
+    done += static_cast<size_t>(n);
+  }
 }
 
 TrainReporter::TrainReporter(std::FILE* out, bool interactive, MetricsWriter* metrics, Clock clock, int width)

@@ -19,7 +19,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <optional>
 #include <string>
@@ -44,9 +43,12 @@ struct MetricsRecord {
   double elapsed_s = 0;
 };
 
-// Appends one JSON object per record to a .jsonl file, flushed per line so a
-// run that dies keeps what it logged, and opened in append mode so a resumed
-// run adds to the same file. Keys: step, epoch, loss, val_loss, val_step, lr,
+// Appends one JSON object per record to a .jsonl file, opened in append mode
+// so a resumed run adds to the same file. Each line is one write(2) of the
+// whole line, so a run that dies keeps what it logged, in whole lines; a write
+// that fails (a full disk) takes back the part of its line that got written
+// and throws anvil::Error naming the file and the reason. Lines are not
+// fsynced: a power failure may lose the last ones. Keys: step, epoch, loss, val_loss, val_step, lr,
 // elapsed_s. val_loss and val_step are null before the first validation. A
 // non-finite loss (or val_loss) is written as null with "loss_nonfinite": true
 // (or "val_loss_nonfinite": true), since JSON has no NaN or Infinity.
@@ -54,11 +56,14 @@ class MetricsWriter {
  public:
   // Throws anvil::InputError naming the file when it cannot be opened.
   explicit MetricsWriter(const std::string& path);
+  ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
   void write(const MetricsRecord& record);
 
  private:
   std::string path_;
-  std::ofstream out_;
+  int fd_ = -1;
 };
 
 // The progress display and the summary. Interactive output (a terminal)
