@@ -422,11 +422,9 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
 class CliSignals : public CliTrain {
  protected:
   // A long run (800000 steps) with a checkpoint, started in the background.
-  std::vector<std::string> long_run(const std::string& checkpoint, const std::vector<std::string>& extra = {}) const {
-    std::vector<std::string> argv{kCli,     "train", kNet,          "--device", "cpu",       "--data", kTrain,
-                                  "--epochs", "100000", "--log-every", "1000",  "--checkpoint", checkpoint};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return argv;
+  std::vector<std::string> long_run(const std::string& checkpoint) const {
+    return {kCli,       "train", kNet,   "--device",    "cpu", "--data", kTrain, "--epochs", "100000",
+            "--log-every", "1000", "--checkpoint", checkpoint};
   }
 
   // SIGINT or SIGTERM once it has logged step 1 (the handlers are installed by then): it
@@ -475,45 +473,7 @@ TEST_F(CliSignals, SigintWritesTheCheckpointAndExits130) { stop_with(SIGINT); }
 
 TEST_F(CliSignals, SigtermWritesTheCheckpointAndExits143) { stop_with(SIGTERM); }
 
-// SIGKILL at random moments of runs that write the checkpoint after every step: the
-// file is either not there yet or a complete checkpoint, never a torn one (written to a
-// temporary file and renamed). A killed writer may leave its temporary file behind.
-TEST_F(CliSignals, SigkillNeverLeavesATornCheckpoint) {
-  const unsigned seed = std::random_device{}();
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int> delay_ms(0, 200);
-  const int runs = 20;
-  int with_checkpoint = 0, with_temporary = 0;
-  const auto start = std::chrono::steady_clock::now();
-  for (int run = 0; run < runs; ++run) {
-    const std::string sub = path("kill" + std::to_string(run));
-    fs::create_directories(sub);
-    const std::string c = sub + "/c.safetensors";
-    const int delay = delay_ms(gen);
-    {
-      Child child(long_run(c, {"--checkpoint-every", "1"}));
-      ASSERT_TRUE(child.started());
-      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-      child.send(SIGKILL);
-      const Finished r = child.finish(30);
-      ASSERT_FALSE(r.timed_out) << describe(r);
-      ASSERT_EQ(r.signal, SIGKILL) << "run " << run << " ended before the kill: " << describe(r);
-    }
-    for (const auto& e : fs::directory_iterator(sub))
-      if (e.path().filename() != "c.safetensors") ++with_temporary;
-    if (!fs::exists(c)) continue;
-    ++with_checkpoint;
-    TensorFile file;
-    ASSERT_NO_THROW(file = anvil::read_safetensors(c)) << "run " << run << ", killed after " << delay << " ms";
-    ASSERT_EQ(file.metadata.count("step"), 1u) << "run " << run;
-    EXPECT_GT(std::stoll(file.metadata.at("step")), 0) << "run " << run;
-    EXPECT_EQ(file.metadata.at("anvil.checkpoint"), "1");
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("[ info     ] SIGKILL (seed %u): %d of %d runs had a checkpoint, %d temporary files left, %.1f s\n",
-              seed, with_checkpoint, runs, with_temporary, seconds);
-  RecordProperty("runs_with_checkpoint", with_checkpoint);
-}
+// SIGKILL and SIGINT at random moments of runs writing checkpoints: tests/test_cli_writes.cpp.
 
 // ------------------------------------------------------------------ 5. bad datasets and flags
 

@@ -1,0 +1,312 @@
+// What `anvil` leaves behind when it is killed, interrupted or runs out of
+// disk while it writes an output (tools/anvil.cpp, anvil/output_file.hpp):
+// the old complete file or the new complete one, never a part; no temporary
+// file (.anvil-XXXXXX) after an error, SIGINT or SIGTERM (SIGKILL cannot be
+// caught and may leave one); and a non-zero exit with one line naming the
+// path and the reason.
+//
+// The kill tests run `anvil train` many times and end each run at a random
+// moment from a seeded generator (ANVIL_KILL_SEED replaces the seed); the
+// moment decides only which outcome a run reaches, every outcome is checked.
+// A full disk is simulated with RLIMIT_FSIZE: a write past the limit fails
+// with EFBIG ("File too large"), as one on a full disk fails with ENOSPC.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "anvil/engine.hpp"
+#include "anvil/network.hpp"
+#include "anvil/safetensors.hpp"
+#include "tests/child_process.hpp"
+#include "tests/contains.hpp"
+#include "tests/temp_dir_test.hpp"
+
+namespace {
+
+using anvil::testing::Child;
+using anvil::testing::Contains;
+using anvil::testing::describe;
+using anvil::testing::Finished;
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+const std::string kCli = ANVIL_CLI_PATH;
+const std::string kData = ANVIL_TEST_DATA_DIR;
+const std::string kNet = kData + "/dataset_epochs.json";
+const std::string kTrain = kData + "/dataset_epochs_train.safetensors";
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+
+// The temporary files of anvil's writer in `dir`.
+std::vector<std::string> temporaries(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(".anvil-", 0) == 0) found.push_back(e.path().string());
+  return found;
+}
+
+double seconds_since(clock_type::time_point start) {
+  return std::chrono::duration<double>(clock_type::now() - start).count();
+}
+
+class CliWrites : public anvil::testing::TempDirTest {
+ protected:
+  // `anvil ARGS...` to the end (60 s at most), with in_child run before exec.
+  static Finished run(const std::vector<std::string>& args, const std::function<void()>& in_child = nullptr) {
+    std::vector<std::string> argv{kCli};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Child child(argv, in_child);
+    if (!child.started()) {
+      ADD_FAILURE() << "cannot start " << kCli;
+      return {};
+    }
+    return child.finish(60);
+  }
+};
+
+// ------------------------------------------------------------------ a full disk
+
+// The child may write files of at most `bytes` bytes; a write beyond fails with
+// EFBIG instead of raising SIGXFSZ.
+std::function<void()> file_size_limit(rlim_t bytes) {
+  return [bytes] {
+    const rlimit limit{bytes, bytes};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    ::signal(SIGXFSZ, SIG_IGN);
+  };
+}
+
+class CliFullDisk : public CliWrites {
+ protected:
+  // `args` (which write `out`) run once to make the old file, then again with
+  // room for `room(old size)` bytes a file: exit 1 with one line naming `out`
+  // and the reason, the old file byte for byte, and no temporary file.
+  Finished expect_old_file_kept(const std::vector<std::string>& args, const std::string& out,
+                                const std::function<rlim_t(rlim_t)>& room, const std::string& what) {
+    const Finished first = run(args);
+    EXPECT_EQ(first.status, 0) << describe(first);
+    const std::string old = read_bytes(out);
+    EXPECT_FALSE(old.empty());
+    const Finished r = run(args, file_size_limit(room(old.size())));
+    EXPECT_EQ(r.status, 1) << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + out + ": " + what + ": File too large\n") << describe(r);
+    EXPECT_EQ(read_bytes(out), old);
+    EXPECT_TRUE(temporaries(dir_).empty());
+    return r;
+  }
+
+  static rlim_t half(rlim_t size) { return size / 2; }
+};
+
+TEST_F(CliFullDisk, SaveKeepsTheOldParameters) {
+  const std::string out = path("params.safetensors");
+  const Finished r = expect_old_file_kept({"train", kNet, "--device", "cpu", "--steps", "2", "--save", out}, out, half,
+                                          "cannot write");
+  EXPECT_EQ(r.out.find("saved parameters"), std::string::npos) << r.out;
+}
+
+TEST_F(CliFullDisk, CheckpointKeepsTheOldCheckpoint) {
+  const std::string out = path("run.ckpt");
+  expect_old_file_kept({"train", kNet, "--device", "cpu", "--data", kTrain, "--steps", "2", "--checkpoint", out,
+                        "--checkpoint-every", "1"},
+                       out, half, "cannot write");
+}
+
+// It once replaced a good file with 0 bytes, then printed PASSED and exited 0.
+TEST_F(CliFullDisk, BenchJsonKeepsTheOldFileAndFails) {
+  const std::string out = path("bench.json");
+  const Finished r = expect_old_file_kept(
+      {"bench", kNet, "--device", "cpu", "--iters", "2", "--warmup", "0", "--json", out}, out, half, "cannot write");
+  EXPECT_EQ(r.out.find("PASSED"), std::string::npos) << r.out;
+  EXPECT_PRED_FORMAT2(Contains, r.out, "FAILED\n");
+}
+
+// The metrics file is appended to: a line that does not fit is taken back whole.
+TEST_F(CliFullDisk, MetricsKeepOnlyWholeLines) {
+  const std::string out = path("metrics.jsonl");
+  expect_old_file_kept({"train", kNet, "--device", "cpu", "--steps", "2", "--log-every", "1", "--metrics", out}, out,
+                       [](rlim_t size) { return size + 20; }, "cannot write the metrics file");
+}
+
+// ------------------------------------------------------------------ kills
+
+// Half a million parameters (2 MiB of safetensors; 4 MiB as a checkpoint, with
+// SGD's momentum) and little compute: writing is a good part of each run.
+const char* const kWideNet = R"({
+  "name": "wide",
+  "input": [1, 512, 1, 1],
+  "layers": [{"type": "conv2d", "name": "wide", "in_channels": 512, "out_channels": 1024, "kernel_size": 1}],
+  "loss": "mse",
+  "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9},
+  "seed": 3
+})";
+
+unsigned kill_seed(unsigned fallback) {
+  const char* env = std::getenv("ANVIL_KILL_SEED");
+  return env != nullptr ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : fallback;
+}
+
+class CliKills : public CliWrites {
+ protected:
+  static constexpr int kRuns = 50;
+
+  void SetUp() override {
+    CliWrites::SetUp();
+    net_ = path("wide.json");
+    write_bytes(net_, kWideNet);
+    anvil::TensorFile data;  // four samples: four steps an epoch
+    data.tensors["input"] = anvil::HostTensor({4, 512, 1, 1}, std::vector<float>(4 * 512, 0.5f));
+    data.tensors["target"] = anvil::HostTensor({4, 1024, 1, 1}, std::vector<float>(4 * 1024, 0.25f));
+    data_ = path("wide_data.safetensors");
+    anvil::write_safetensors(data_, data);
+    out_dir_ = path("out");
+    fs::create_directories(out_dir_);
+    anvil::Options o;
+    o.device = anvil::Device::Cpu;
+    o.mode = anvil::Mode::Train;
+    engine_.emplace(anvil::Network::load(net_), o);
+  }
+
+  // What a run may leave as its output besides the old file.
+  enum class Output { Parameters, Checkpoint };
+
+  // `runs` runs of `anvil ARGS` (writing `out`, which holds the old file
+  // `old` before each), each sent `sig` after a random delay: half of them
+  // anywhere in the run, half after training, while the outputs are written.
+  void kill_runs(const std::vector<std::string>& args, const std::string& out, Output kind, int sig, unsigned seed) {
+    const std::string old = read_bytes(out);
+    ASSERT_FALSE(old.empty());
+    std::vector<std::string> argv{kCli};
+    argv.insert(argv.end(), args.begin(), args.end());
+
+    // One run to the end, to spread the delays over: its length, and the time from
+    // the summary ("trained N steps", printed before the final writes) to its end.
+    double whole_s = 0, writes_s = 0;
+    {
+      const auto start = clock_type::now();
+      Child child(argv);
+      ASSERT_TRUE(child.wait_for_output("\ntrained ", 60)) << child.out();
+      const double trained_s = seconds_since(start);
+      const Finished r = child.finish(60);
+      ASSERT_EQ(r.status, 0) << describe(r);
+      whole_s = seconds_since(start);
+      writes_s = whole_s - trained_s;
+      expect_complete(out, kind);
+      write_bytes(out, old);
+    }
+
+    std::mt19937 gen(seed);
+    int finished_first = 0, temporary_at_signal = 0, temporary_left = 0, kept_old = 0, wrote_new = 0;
+    const auto start = clock_type::now();
+    for (int i = 0; i < kRuns; ++i) {
+      const bool during_writes = i % 2 == 1;
+      const double delay_s = std::uniform_real_distribution<double>(0, during_writes ? writes_s : whole_s)(gen);
+      SCOPED_TRACE("run " + std::to_string(i) + " (seed " + std::to_string(seed) + "): signal " + std::to_string(sig) +
+                   " " + std::to_string(delay_s) + " s after " + (during_writes ? "the summary" : "the start"));
+      Finished r;
+      {
+        Child child(argv);
+        ASSERT_TRUE(child.started());
+        if (during_writes) {
+          ASSERT_TRUE(child.wait_for_output("\ntrained ", 60)) << child.out();
+        }
+        std::this_thread::sleep_for(std::chrono::duration<double>(delay_s));
+        temporary_at_signal += !temporaries(out_dir_).empty();
+        child.send(sig);
+        r = child.finish(60);
+      }
+      ASSERT_FALSE(r.timed_out) << describe(r);
+      finished_first += r.status == 0;
+      // Ended by the signal, stopped by it after a step (130), or done before it came.
+      const bool stopped = sig == SIGINT && r.status == 128 + SIGINT;
+      ASSERT_TRUE(r.signal == sig || stopped || r.status == 0) << describe(r);
+
+      const std::vector<std::string> left = temporaries(out_dir_);
+      if (sig == SIGKILL) {
+        ASSERT_LE(left.size(), 1u);
+        temporary_left += static_cast<int>(left.size());
+        for (const std::string& t : left) fs::remove(t);
+      } else {
+        ASSERT_TRUE(left.empty()) << left.front();
+      }
+      // A run that finished, or that stopped and wrote its checkpoint, left the new file;
+      // one that stopped after a step never writes --save.
+      const bool must_be_new = r.status == 0 || (stopped && kind == Output::Checkpoint);
+      const bool must_be_old = stopped && kind == Output::Parameters;
+      if (read_bytes(out) == old) {
+        ASSERT_FALSE(must_be_new) << describe(r);
+        ++kept_old;
+      } else {
+        ASSERT_FALSE(must_be_old) << describe(r);
+        ASSERT_NO_FATAL_FAILURE(expect_complete(out, kind)) << describe(r);
+        ++wrote_new;
+        write_bytes(out, old);
+      }
+    }
+    std::printf("[ info     ] signal %d (seed %u), %d runs in %.1f s: %d kept the old file, %d left a new one "
+                "(%d had finished first); a temporary file was there at %d signals; %d were left\n",
+                sig, seed, kRuns, seconds_since(start), kept_old, wrote_new, finished_first, temporary_at_signal,
+                temporary_left);
+    RecordProperty("signalled_during_a_write", temporary_at_signal);
+  }
+
+  // `out` is a complete output: it reads back whole and holds what it should.
+  void expect_complete(const std::string& out, Output kind) {
+    if (kind == Output::Checkpoint) {
+      ASSERT_NO_THROW(engine_->load_checkpoint(out));
+      return;
+    }
+    anvil::TensorFile file;
+    ASSERT_NO_THROW(file = anvil::read_safetensors(out));
+    ASSERT_EQ(file.tensors.count("wide.weight"), 1u);
+    EXPECT_EQ(file.tensors.at("wide.weight").shape, (anvil::Shape{1024, 512, 1, 1}));
+    EXPECT_EQ(file.tensors.size(), 2u);
+    EXPECT_EQ(file.metadata.count("steps"), 1u);
+  }
+
+  void save_runs(int sig, unsigned seed) {
+    const std::string out = out_dir_ + "/params.safetensors";
+    anvil::TensorFile old;
+    old.tensors = engine_->parameters();
+    old.metadata["network"] = "an older file";
+    anvil::write_safetensors(out, old);
+    kill_runs({"train", net_, "--device", "cpu", "--steps", "3", "--save", out}, out, Output::Parameters, sig, seed);
+  }
+
+  void checkpoint_runs(int sig, unsigned seed) {
+    const std::string out = out_dir_ + "/run.ckpt";
+    engine_->save_checkpoint(out, anvil::TrainPosition{});
+    kill_runs({"train", net_, "--device", "cpu", "--data", data_, "--steps", "4", "--checkpoint", out,
+               "--checkpoint-every", "1"},
+              out, Output::Checkpoint, sig, seed);
+  }
+
+  std::string net_, data_, out_dir_;
+  std::optional<anvil::Engine> engine_;  // for loading the checkpoints written
+};
+
+TEST_F(CliKills, SigkillDuringSave) { save_runs(SIGKILL, kill_seed(1)); }
+TEST_F(CliKills, SigintDuringSave) { save_runs(SIGINT, kill_seed(2)); }
+TEST_F(CliKills, SigkillDuringCheckpoints) { checkpoint_runs(SIGKILL, kill_seed(3)); }
+TEST_F(CliKills, SigintDuringCheckpoints) { checkpoint_runs(SIGINT, kill_seed(4)); }
+
+}  // namespace
