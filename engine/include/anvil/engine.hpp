@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/communicator.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/network.hpp"
 #include "anvil/plan.hpp"
@@ -53,6 +54,11 @@ struct Options {
   // Room to find where a non-finite value starts (keep_good_state, restore_good_state): a copy of
   // the parameters and the optimizer state in the arena, one more slab each. Training engines only.
   bool check_finite = false;
+  // Data parallel (anvil/communicator.hpp, anvil/data_parallel.hpp): this engine is rank
+  // communicator->rank() of communicator->size(). Its network's batch is its share of the global
+  // batch; after backward it averages the gradients and the loss with the other ranks, and it
+  // takes its slice of each global batch (of a dataset, or of the seeded generator's).
+  Communicator* communicator = nullptr;
 };
 
 // Where a non-finite value (NaN or +-Inf) was found.
@@ -60,6 +66,7 @@ struct NonFinite {
   std::string kind;    // "input", "target", "output", "value" (of the loss), "gradient" or "parameter"
   std::string tensor;  // the parameter, the tensor (named after the layer making it), "the batch" or "the loss"
   std::string stage;   // "forward of conv", "backward of conv", "the loss", "the optimizer step"; empty when not traced
+  bool on_another_rank = false;  // data parallel: this rank's step was finite, another rank's was not
   // "non-finite gradient first appears in conv.weight (backward of conv)"
   std::string describe() const;
 };
@@ -139,8 +146,9 @@ class Engine {
   void restore_good_state();
   // One train step run eagerly, op by op, checking the batch, each op's output, the loss, each
   // gradient as it is made and the updated parameters; returns the first non-finite value with
-  // its stage, or nothing. Without a finding the step is taken, as enqueue_train_step() takes it;
-  // after one the state is a partial step's, so restore_good_state before training on.
+  // its stage, or nothing. The step is taken either way, as enqueue_train_step() takes it. With a
+  // communicator every rank must call it; a rank whose own step was finite gets on_another_rank
+  // when another's was not.
   std::optional<NonFinite> traced_train_step();
 
   // Parameters by PyTorch state_dict name; load checks names and shapes.

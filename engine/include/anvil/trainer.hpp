@@ -62,7 +62,8 @@ class Trainer {
   // Runs to the end, or until *stop is set (the step in progress completes first).
   // Throws NonFiniteError (check_finite) or Error when a logged loss is not finite.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
-  void save_checkpoint(const std::string& path);  // checks for non-finite values first, with check_finite
+  // Checks for non-finite values first (check_finite). Data parallel: every rank calls it, rank 0 writes.
+  void save_checkpoint(const std::string& path);
   // With check_finite: throws NonFiniteError if the state holds a NaN or an infinity, else keeps it as good.
   void check_finite();
 

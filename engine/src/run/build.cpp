@@ -204,14 +204,16 @@ void Engine::Impl::initialise() {
       fill_uniform(dst, numel(slot.spec.shape), stream, -slot.spec.bound, slot.spec.bound);
   }
   upload(params, host.data(), host.size());
-  HostTensor x(graph->tensors[0].shape);
-  fill_uniform(x.data.data(), x.size(), random_stream(network.seed(), "input"), 0.0, 1.0);
-  upload(input, x.data.data(), x.data.size());
-  if (training()) {
-    HostTensor t(graph->tensors[graph->output].shape);
-    fill_uniform(t.data.data(), t.size(), random_stream(network.seed(), "target"), 0.0, 1.0);
-    upload(target, t.data.data(), t.data.size());
-  }
+  // The seeded batch: a rank of a data-parallel run takes its rows of the global batch's.
+  auto seeded = [&](float* dst, Shape shape, const char* name) {
+    const size_t count = size_t(numel(shape));
+    shape[0] *= ranks();
+    HostTensor global(shape);
+    fill_uniform(global.data.data(), global.size(), random_stream(network.seed(), name), 0.0, 1.0);
+    upload(dst, global.data.data() + count * size_t(rank()), count);
+  };
+  seeded(input, graph->tensors[0].shape, "input");
+  if (training()) seeded(target, graph->tensors[graph->output].shape, "target");
   synchronize();
 }
 

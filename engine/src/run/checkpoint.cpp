@@ -51,7 +51,7 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
                    {"anvil.version", version()},
                    {"network.name", spec.name},
                    {"network.hash", hex(spec.hash)},
-                   {"batch", std::to_string(spec.input[0])},
+                   {"batch", std::to_string(m.global_batch())},
                    {"optimizer", m.optimizer->describe()},
                    {"optimizer.step", std::to_string(state.step)},
                    {"step", std::to_string(position.step)},
@@ -73,9 +73,9 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (hash->second != hex(spec.hash))
     throw InputError(path + ": the checkpoint is of another network ('" + file.metadata.at("network.name") +
                      "', hash " + hash->second + "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
-  if (metadata_integer(file, path, "batch") != spec.input[0])
+  if (metadata_integer(file, path, "batch") != m.global_batch())
     throw InputError(path + ": the checkpoint was written at batch " + file.metadata.at("batch") +
-                     ", this run's batch is " + std::to_string(spec.input[0]));
+                     ", this run's batch is " + std::to_string(m.global_batch()));
   const auto optimizer = file.metadata.find("optimizer");
   if (optimizer == file.metadata.end() || optimizer->second != m.optimizer->describe())
     throw InputError(path + ": the checkpoint's optimizer differs from this network's");

@@ -34,7 +34,14 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
   Impl& m = *impl_;
   if (!m.training()) throw Error("attach_data needs an engine built for training (Mode::Train)");
   check_shapes(data, m.network);
-  const BatchPlan plan = data.batch_plan(m.network.input_shape()[0], options.keep_last);
+  // Data parallel: batches of the global size, of which this rank takes its slice; its feed sees
+  // only its slices, as an epoch of batches of its own size.
+  const int64_t local = m.network.input_shape()[0];
+  if (m.ranks() > 1 && options.keep_last)
+    throw InputError("keep_last: a partial last batch cannot be split evenly across " + std::to_string(m.ranks()) +
+                     " ranks; leave it out (the default) to train data-parallel");
+  const BatchPlan global = data.batch_plan(m.global_batch(), options.keep_last);
+  const BatchPlan plan = m.ranks() == 1 ? global : BatchPlan(global.batches_per_epoch() * local, local, false);
   m.train_feed.reset();
   m.train_feed = std::make_unique<DataFeed>(data, plan, m.options.device, m.cuda_context(),
                                             device_budget(options, m.cuda_context()));
@@ -53,7 +60,17 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
   Impl& m = *impl_;
   if (!m.train_feed) throw Error("start_epoch needs attach_data first");
   const Dataset& data = m.train_feed->data();
-  m.train_feed->start_epoch(epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle), first_batch);
+  std::vector<int64_t> order = epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle);
+  if (m.ranks() > 1) {  // this rank's slice of each global batch, in batch order
+    const int64_t local = m.network.input_shape()[0], batches = m.train_feed->plan().batches_per_epoch();
+    std::vector<int64_t> slices;
+    for (int64_t b = 0; b < batches; ++b) {
+      const auto first = order.begin() + b * m.global_batch() + m.rank() * local;
+      slices.insert(slices.end(), first, first + local);
+    }
+    order = std::move(slices);
+  }
+  m.train_feed->start_epoch(order, first_batch);
 }
 
 bool Engine::data_on_device() const { return impl_->train_feed && impl_->train_feed->on_device(); }

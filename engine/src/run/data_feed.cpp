@@ -15,7 +15,7 @@ namespace anvil {
 
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, Device device, CudaContext* ctx, size_t device_budget)
     : data_(data), plan_(plan), device_(device), ctx_(ctx) {
-  host_order_.resize(static_cast<size_t>(data.size()));
+  host_order_.resize(static_cast<size_t>(plan.sample_count()));
 #if ANVIL_WITH_CUDA
   if (device_ != Device::Cuda) return;
   const size_t input_bytes = data.inputs().data.size() * sizeof(float);
@@ -78,11 +78,11 @@ void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
     float* in = pinned_batch_;
     float* target = pinned_batch_ + in_floats;
     auto* valid = reinterpret_cast<int64_t*>(target + target_floats);
-    cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), data_.size(),
+    cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), plan_.sample_count(),
                       next_batch_, rows, in);
-    cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), data_.size(),
+    cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), plan_.sample_count(),
                       next_batch_, rows, target);
-    *valid = cpu::valid_rows(data_.size(), next_batch_, rows) * data_.floats_per_target();
+    *valid = cpu::valid_rows(plan_.sample_count(), next_batch_, rows) * data_.floats_per_target();
     ctx_->copy_to_device(to.input, in, size_t(in_floats) * sizeof(float));
     ctx_->copy_to_device(to.target, target, size_t(target_floats) * sizeof(float));
     ctx_->copy_to_device(to.valid_elements, valid, sizeof(int64_t));
@@ -96,20 +96,20 @@ void DataFeed::in_step(const FeedTargets& to) {
 #if ANVIL_WITH_CUDA
   if (device_ == Device::Cuda) {
     if (!resident_) return;
-    cuda::gather_batch(device_inputs_, data_.floats_per_sample(), device_order_, data_.size(), device_cursor_, rows,
+    cuda::gather_batch(device_inputs_, data_.floats_per_sample(), device_order_, plan_.sample_count(), device_cursor_, rows,
                        to.input, ctx_->stream());
-    cuda::gather_batch(device_targets_, data_.floats_per_target(), device_order_, data_.size(), device_cursor_, rows,
+    cuda::gather_batch(device_targets_, data_.floats_per_target(), device_order_, plan_.sample_count(), device_cursor_, rows,
                        to.target, ctx_->stream());
-    cuda::finish_batch(device_cursor_, data_.size(), rows, data_.floats_per_target(), to.valid_elements,
+    cuda::finish_batch(device_cursor_, plan_.sample_count(), rows, data_.floats_per_target(), to.valid_elements,
                        ctx_->stream());
     return;
   }
 #endif
-  cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), data_.size(),
+  cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), plan_.sample_count(),
                     host_cursor_, rows, to.input);
-  cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), data_.size(),
+  cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), plan_.sample_count(),
                     host_cursor_, rows, to.target);
-  *to.valid_elements = cpu::valid_rows(data_.size(), host_cursor_, rows) * data_.floats_per_target();
+  *to.valid_elements = cpu::valid_rows(plan_.sample_count(), host_cursor_, rows) * data_.floats_per_target();
   ++host_cursor_;
 }
 

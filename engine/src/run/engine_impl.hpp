@@ -84,6 +84,10 @@ struct Engine::Impl {
   bool cuda() const { return options.device == Device::Cuda; }
   bool training() const { return options.mode == Mode::Train; }
   int64_t output_count() const { return numel(graph->tensors[graph->output].shape); }
+  int ranks() const { return options.communicator ? options.communicator->size() : 1; }
+  int rank() const { return options.communicator ? options.communicator->rank() : 0; }
+  int64_t global_batch() const { return network.input_shape()[0] * ranks(); }
+  void average_across_ranks();  // execute.cpp: the gradients and the loss
   size_t slab_floats() const { return schedule.slab_bytes / sizeof(float); }
   char* address(int request) const { return request == kNoBuffer ? nullptr : arena + plan.tensors[request].offset; }
 
@@ -115,6 +119,7 @@ struct Engine::Impl {
   std::optional<NonFinite> first_non_finite_parameter(const float* slab, const char* kind, const std::string& stage);
   std::optional<NonFinite> traced_gradients(DataFeed* feed);
   void copy_good_state(bool keep);  // the training state to its good copy, or back
+  bool any_rank(bool mine);
 };
 
 }  // namespace anvil

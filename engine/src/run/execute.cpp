@@ -26,6 +26,17 @@ void Engine::Impl::run_backward() {
   for (int n : schedule.backward_order) graph->nodes[n].layer->backward(options.device, cuda_context(), runs[n].backward);
 }
 
+void Engine::Impl::average_across_ranks() {
+  if (!options.communicator) return;
+  NvtxRange range("average across ranks");
+  void* stream = nullptr;
+#if ANVIL_WITH_CUDA
+  if (cuda()) stream = ctx->stream();
+#endif
+  options.communicator->average(grads, static_cast<int64_t>(slab_floats()), stream);
+  options.communicator->average(loss_value, 1, stream);
+}
+
 void Engine::Impl::run_optimizer() {
   NvtxRange range("optimizer");
   optimizer->step(options.device, cuda_context(), optimizer_args);
@@ -46,6 +57,7 @@ void Engine::Impl::run_work(Work work) {
   run_loss(work != kEvaluate, feed != nullptr);
   if (work == kEvaluate) return;
   run_backward();
+  average_across_ranks();
   if (work == kTrainStep) run_optimizer();
 }
 

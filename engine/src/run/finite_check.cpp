@@ -96,25 +96,31 @@ void Engine::restore_good_state() {
   m.synchronize();
 }
 
-// Forward, loss and backward of one step, op by op, each result checked as it is made.
+// Forward, loss and backward of one step, op by op, each result checked as it is made. The whole
+// step runs whatever is found (data-parallel ranks must all reach the same collectives); the first
+// finding is kept.
 std::optional<NonFinite> Engine::Impl::traced_gradients(DataFeed* feed) {
+  std::optional<NonFinite> found;
+  auto check = [&](const float* data, int64_t count, NonFinite what) {
+    if (!found && !finite(data, count)) found = std::move(what);
+  };
   if (feed) {
     feed->before_step({input, target, valid_elements});
     feed->in_step({input, target, valid_elements});
   }
-  if (auto found = first_non_finite_parameter(params, "parameter", "the parameters the step starts from")) return found;
+  found = first_non_finite_parameter(params, "parameter", "the parameters the step starts from");
   const int64_t target_count = output_count();
-  if (!finite(input, numel(graph->tensors[0].shape))) return NonFinite{"input", "the batch", "the data"};
-  if (!finite(target, target_count)) return NonFinite{"target", "the batch", "the data"};
+  check(input, numel(graph->tensors[0].shape), {"input", "the batch", "the data"});
+  check(target, target_count, {"target", "the batch", "the data"});
   for (size_t i = 0; i < runs.size(); ++i) {
     Layer& layer = *graph->nodes[i].layer;
     layer.forward(options.device, cuda_context(), runs[i].forward);
     const TensorView& out = runs[i].forward.out;
-    if (!finite(out.data, numel(out.shape))) return NonFinite{"output", layer.name(), "forward of " + layer.name()};
+    check(out.data, numel(out.shape), {"output", layer.name(), "forward of " + layer.name()});
   }
   run_loss(true, feed != nullptr);
-  if (!finite(loss_value, 1)) return NonFinite{"value", "the loss", "its outputs and targets are finite"};
-  if (!finite(output_grad, target_count)) return NonFinite{"gradient", "the output", "the loss"};
+  check(loss_value, 1, {"value", "the loss", "its outputs and targets are finite"});
+  check(output_grad, target_count, {"gradient", "the output", "the loss"});
   std::vector<size_t> first_param(graph->nodes.size() + 1, 0);  // each node's first parameter slot
   for (size_t i = 0; i < graph->nodes.size(); ++i) first_param[i + 1] = first_param[i] + graph->nodes[i].layer->param_count();
   for (int n : schedule.backward_order) {
@@ -123,14 +129,28 @@ std::optional<NonFinite> Engine::Impl::traced_gradients(DataFeed* feed) {
     layer.backward(options.device, cuda_context(), args);
     const std::string stage = "backward of " + layer.name();
     for (size_t k = 0; k < args.din.size(); ++k)
-      if (!finite(args.din[k].data, numel(args.din[k].shape)))
-        return NonFinite{"gradient", graph->tensors[graph->nodes[n].inputs[k]].name, stage};
+      check(args.din[k].data, numel(args.din[k].shape), {"gradient", graph->tensors[graph->nodes[n].inputs[k]].name, stage});
     for (size_t k = 0; k < args.dparams.size(); ++k) {
       const ParamSpec& spec = schedule.params[first_param[n] + k].spec;
-      if (!finite(args.dparams[k], numel(spec.shape))) return NonFinite{"gradient", spec.name, stage};
+      check(args.dparams[k], numel(spec.shape), {"gradient", spec.name, stage});
     }
   }
-  return std::nullopt;
+  return found;
+}
+
+// Data parallel: whether any rank found something (every rank must ask, at the same point).
+bool Engine::Impl::any_rank(bool mine) {
+  if (!options.communicator) return mine;
+  float flag = mine ? 1.f : 0.f;
+  auto* shared = reinterpret_cast<float*>(finite_flag);
+  upload(shared, &flag, 1);
+  void* stream = nullptr;
+#if ANVIL_WITH_CUDA
+  if (cuda()) stream = ctx->stream();
+#endif
+  options.communicator->average(shared, 1, stream);
+  download(&flag, shared, 1);
+  return flag > 0.f;
 }
 
 std::optional<NonFinite> Engine::traced_train_step() {
@@ -138,9 +158,12 @@ std::optional<NonFinite> Engine::traced_train_step() {
   Impl& m = *impl_;
   require_check_finite(*this, "traced_train_step");
   ++m.steps;
-  if (auto found = m.traced_gradients(m.feed_of(Impl::kTrainStep))) return found;
+  std::optional<NonFinite> found = m.traced_gradients(m.feed_of(Impl::kTrainStep));
+  m.average_across_ranks();
   m.run_optimizer();
-  return m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");
+  if (!found) found = m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");
+  if (m.any_rank(found.has_value()) && !found) found = NonFinite{"value", "another rank's step", "", true};
+  return found;
 }
 
 }  // namespace anvil

@@ -50,7 +50,9 @@ void Trainer::resume(const std::string& checkpoint) {
 }
 
 void Trainer::save_checkpoint(const std::string& path) {
-  check_finite();
+  check_finite();  // on every rank: a finding is replayed by all of them together
+  const Communicator* ranks = engine_.options().communicator;
+  if (ranks && ranks->rank() != 0) return;  // data parallel: the ranks are identical, rank 0 writes
   engine_.save_checkpoint(path, position_);
 }
 
@@ -85,7 +87,10 @@ std::string Trainer::locate_non_finite(const NonFinite& found) {
   while (position_.step < found_at) {
     const auto traced = engine_.traced_train_step();
     advance();
-    if (traced) return "step " + std::to_string(position_.step) + ": " + traced->describe();
+    if (!traced) continue;
+    const std::string at = "step " + std::to_string(position_.step) + ": ";
+    if (traced->on_another_rank) throw PeerFailure(at + "another rank's step was not finite");
+    return at + traced->describe();
   }
   return "step " + std::to_string(found_at) + ": " + found.describe() + " (replaying from step " +
          std::to_string(good_.step) + " op by op did not make it again)";

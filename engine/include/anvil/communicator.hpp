@@ -1,0 +1,57 @@
+// Collectives for data-parallel training: each rank (an engine) averages its
+// gradients with the others' after backward, so every rank applies the same
+// optimizer step. Two implementations:
+//   - NCCL, one communicator per GPU of this process (ncclCommInitAll), or one
+//     per process from a shared unique id (MPI);
+//   - in-process, K ranks on K threads of one process on the CPU backend, so
+//     the data-parallel logic is tested without GPUs.
+//
+//   auto comms = anvil::in_process_communicators(2);   // or nccl_communicators({0, 1})
+//   Options o; o.communicator = comms[rank].get();     // one engine per rank, each on its own thread
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "anvil/error.hpp"
+
+namespace anvil {
+
+// What a rank throws when it stops because another rank failed (run_data_parallel reports the
+// other rank's failure instead).
+class PeerFailure : public Error {
+ public:
+  using Error::Error;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string describe() const = 0;  // "nccl 2.28.9, 2 ranks" / "in-process, 4 ranks"
+
+  // Every rank calls this with its own buffer of `count` floats; each gets the mean over the ranks.
+  // A CUDA engine passes device memory and its stream (a cudaStream_t): the work is enqueued there,
+  // and may be captured in a CUDA graph. On the CPU (stream null) it is done when this returns.
+  virtual void average(float* data, int64_t count, void* stream) = 0;
+
+  // After a failure on one rank: the others, blocked in average(), fail too (PeerFailure or Error)
+  // instead of waiting for ever.
+  virtual void abort() = 0;
+};
+
+// K ranks in one process, for engines on the CPU backend, each rank on its own thread. The mean
+// is summed in rank order, so it is the same bits from run to run.
+std::vector<std::unique_ptr<Communicator>> in_process_communicators(int ranks);
+
+// Whether this build has NCCL (CMake found nccl.h and libnccl), and its version.
+bool nccl_available();
+std::string nccl_version();
+// One NCCL communicator per CUDA device of this process, ranks in the order given. Throws
+// anvil::InputError without NCCL, and anvil::Error naming the NCCL call when one fails.
+std::vector<std::unique_ptr<Communicator>> nccl_communicators(const std::vector<int>& devices);
+
+}  // namespace anvil

@@ -1,0 +1,34 @@
+// Data-parallel training in one process: one engine per rank, each on its own
+// thread (on CUDA its own GPU, stream and arena), averaging its gradients with
+// the others' after backward, so every rank takes the same optimizer step.
+//
+//   anvil::run_data_parallel(net, options, 2, {}, [&](anvil::Engine& engine, int rank) {
+//     anvil::Trainer trainer(engine, data, nullptr, train_options, anvil::DataOptions{});
+//     trainer.run(rank == 0 ? callbacks : anvil::Trainer::Callbacks{});
+//   });
+//
+// The network's batch is the global batch; rank r's engine runs batch / ranks and
+// takes the r-th slice of each global batch (of a dataset or of the seeded
+// generator's), so K ranks train as one engine at the global batch would, up to
+// the order of the gradient sums. docs/distributed.md has the rules.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "anvil/engine.hpp"
+#include "anvil/network.hpp"
+
+namespace anvil {
+
+using RankWork = std::function<void(Engine& engine, int rank)>;
+
+// `ranks` ranks: on CUDA (options.device) through NCCL on `gpus` (empty: devices 0 .. ranks-1),
+// on the CPU through the in-process communicator (gpus must be empty). InputError before any work
+// when the batch does not split evenly, a GPU does not exist or is given twice, or NCCL is missing.
+// An exception on one rank stops the others and is rethrown here (the first rank's, preferring a
+// rank's own failure to the PeerFailure it caused elsewhere).
+void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
+                       const RankWork& work);
+
+}  // namespace anvil

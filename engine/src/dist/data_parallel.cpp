@@ -1,0 +1,88 @@
+// The data-parallel driver: communicators, one thread and engine per rank,
+// and one failure reported for all of them.
+#include "anvil/data_parallel.hpp"
+
+#include <exception>
+#include <thread>
+
+#include "anvil/communicator.hpp"
+#include "anvil/error.hpp"
+
+#if ANVIL_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "engine/src/cuda/check.hpp"
+#endif
+
+namespace anvil {
+
+namespace {
+
+std::vector<std::unique_ptr<Communicator>> communicators(const Options& options, int ranks, std::vector<int>& gpus) {
+  if (options.device == Device::Cpu) {
+    if (!gpus.empty()) throw InputError("GPUs were given for a data-parallel run on the CPU");
+    return in_process_communicators(ranks);
+  }
+  if (gpus.empty())
+    for (int g = 0; g < ranks; ++g) gpus.push_back(g);
+  if (int(gpus.size()) != ranks)
+    throw InputError(std::to_string(gpus.size()) + " GPUs were given for " + std::to_string(ranks) + " ranks");
+  return nccl_communicators(gpus);
+}
+
+void use_device([[maybe_unused]] const std::vector<int>& gpus, [[maybe_unused]] int rank) {
+#if ANVIL_WITH_CUDA
+  if (!gpus.empty()) ANVIL_CUDA_CHECK(cudaSetDevice(gpus[size_t(rank)]));
+#endif
+}
+
+// The failure to report: a rank's own, before a PeerFailure it caused on another rank.
+std::exception_ptr first_cause(const std::vector<std::exception_ptr>& failures) {
+  std::exception_ptr peer;
+  for (const auto& failure : failures) {
+    if (!failure) continue;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const PeerFailure&) {
+      if (!peer) peer = failure;
+    } catch (...) {
+      return failure;
+    }
+  }
+  return peer;
+}
+
+}  // namespace
+
+void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
+                       const RankWork& work) {
+  if (ranks < 1) throw InputError("ranks must be at least 1, got " + std::to_string(ranks));
+  const int64_t batch = network.input_shape()[0];
+  if (batch % ranks != 0)
+    throw InputError("the batch of " + std::to_string(batch) + " does not split evenly across " +
+                     std::to_string(ranks) + " ranks");
+  const Network local = network.with_batch(batch / ranks);
+  std::vector<int> devices = gpus;
+  const std::vector<std::unique_ptr<Communicator>> comms = communicators(options, ranks, devices);
+
+  std::vector<std::exception_ptr> failures(static_cast<size_t>(ranks));
+  auto run_rank = [&](int rank) {
+    try {
+      use_device(devices, rank);
+      Options mine = options;
+      mine.communicator = comms[size_t(rank)].get();
+      Engine engine(local, mine);
+      work(engine, rank);
+    } catch (...) {
+      failures[size_t(rank)] = std::current_exception();
+      for (const auto& comm : comms) comm->abort();  // the others must not wait for this rank
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
+  run_rank(0);  // on the calling thread: a CUDA device and signal handling stay where the caller expects
+  for (auto& t : threads) t.join();
+  if (const std::exception_ptr failure = first_cause(failures)) std::rethrow_exception(failure);
+}
+
+}  // namespace anvil

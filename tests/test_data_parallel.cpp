@@ -1,0 +1,237 @@
+// Data-parallel training (anvil/data_parallel.hpp): on the CPU through the
+// in-process communicator, K = 2 and 4 ranks give the parameters of one engine
+// at the same global batch (up to the order of the gradient sums), the ranks
+// stay bitwise identical, and runs repeat bit for bit; checkpoints move
+// between rank counts; a failing rank stops the others. On a GPU, one rank
+// through NCCL is bitwise the plain engine.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "anvil/communicator.hpp"
+#include "anvil/data_parallel.hpp"
+#include "anvil/error.hpp"
+#include "anvil/safetensors.hpp"
+#include "anvil/trainer.hpp"
+#include "tests/require_gpu.hpp"
+#include "tests/temp_dir_test.hpp"
+#include "tests/test_support.hpp"
+
+namespace anvil {
+namespace {
+
+using testing::bitwise_equal;
+using testing::data_path;
+using Parameters = std::map<std::string, HostTensor>;
+
+const Network& network() {
+  static const Network net = Network::load(data_path("dataset_epochs.json"));  // batch 32
+  return net;
+}
+
+const Dataset& dataset() {
+  static const Dataset data = Dataset::load(data_path("dataset_epochs_train.safetensors"), {2, 6, 6}, {3, 3, 3});
+  return data;
+}
+
+Options on(Device device) {
+  Options o;
+  o.device = device;
+  return o;
+}
+
+TrainOptions steps(int64_t n) {
+  TrainOptions o;
+  o.steps = n;
+  o.log_every = 1;
+  return o;
+}
+
+// One engine at the global batch: the reference.
+Parameters train_alone(int64_t n, Device device = Device::Cpu, const std::string& resume = "",
+                       const std::string& checkpoint = "") {
+  Engine engine(network(), on(device));
+  TrainOptions o = steps(n);
+  o.checkpoint = checkpoint;
+  Trainer trainer(engine, dataset(), nullptr, o, DataOptions{});
+  if (!resume.empty()) trainer.resume(resume);
+  trainer.run({});
+  if (!checkpoint.empty()) trainer.save_checkpoint(checkpoint);
+  return engine.parameters();
+}
+
+// K ranks; returns each rank's parameters.
+std::vector<Parameters> train_ranks(int ranks, int64_t n, Device device = Device::Cpu, const std::string& resume = "",
+                                    const std::string& checkpoint = "") {
+  std::vector<Parameters> out(static_cast<size_t>(ranks));
+  run_data_parallel(network(), on(device), ranks, {}, [&](Engine& engine, int rank) {
+    TrainOptions o = steps(n);
+    o.checkpoint = checkpoint;
+    Trainer trainer(engine, dataset(), nullptr, o, DataOptions{});
+    if (!resume.empty()) trainer.resume(resume);
+    trainer.run({});
+    if (!checkpoint.empty()) trainer.save_checkpoint(checkpoint);
+    out[size_t(rank)] = engine.parameters();
+  });
+  return out;
+}
+
+void expect_close(const Parameters& got, const Parameters& want, double tol) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, value] : want) EXPECT_TRUE(testing::close(name, got.at(name), value, tol));
+}
+
+void expect_identical_ranks(const std::vector<Parameters>& ranks) {
+  for (size_t r = 1; r < ranks.size(); ++r)
+    for (const auto& [name, value] : ranks[0]) EXPECT_TRUE(bitwise_equal(ranks[r].at(name), value)) << name << " rank " << r;
+}
+
+TEST(DataParallelCpu, TwoAndFourRanksTrainAsOneEngineAtTheGlobalBatch) {
+  const Parameters alone = train_alone(5);
+  const Parameters start = Engine(network(), on(Device::Cpu)).parameters();
+  for (const int ranks : {2, 4}) {
+    const std::vector<Parameters> got = train_ranks(ranks, 5);
+    expect_identical_ranks(got);
+    expect_close(got[0], alone, 1e-5);
+    // Not vacuous: five steps moved the parameters far more than the tolerance.
+    EXPECT_FALSE(testing::close("conv.weight", got[0].at("conv.weight"), start.at("conv.weight"), 1e-3));
+  }
+}
+
+TEST(DataParallelCpu, RunsRepeatBitForBit) {
+  const std::vector<Parameters> first = train_ranks(4, 5), second = train_ranks(4, 5);
+  for (const auto& [name, value] : first[0]) EXPECT_TRUE(bitwise_equal(second[0].at(name), value)) << name;
+}
+
+// Without a dataset each rank takes its rows of the seeded generator's global batch.
+TEST(DataParallelCpu, TheSeededBatchIsSlicedToo) {
+  Engine alone(network(), on(Device::Cpu));
+  Trainer(alone, steps(4)).run({});
+  std::vector<Parameters> got(2);
+  run_data_parallel(network(), on(Device::Cpu), 2, {}, [&](Engine& engine, int rank) {
+    Trainer(engine, steps(4)).run({});
+    got[size_t(rank)] = engine.parameters();
+  });
+  expect_identical_ranks(got);
+  expect_close(got[0], alone.parameters(), 1e-5);
+}
+
+class DataParallelCheckpoint : public testing::TempDirTest {};
+
+// A checkpoint written by 2 ranks resumes on 1, and one written by 1 resumes on 4.
+TEST_F(DataParallelCheckpoint, ResumesOnAnyNumberOfRanks) {
+  const Parameters straight = train_alone(7);
+  const std::string two = path("two.safetensors"), one = path("one.safetensors");
+  train_ranks(2, 3, Device::Cpu, "", two);
+  EXPECT_EQ(read_safetensors(two).metadata.at("batch"), "32");  // the global batch
+  expect_close(train_alone(7, Device::Cpu, two), straight, 1e-5);
+  train_alone(4, Device::Cpu, "", one);
+  const std::vector<Parameters> resumed = train_ranks(4, 7, Device::Cpu, one);
+  expect_identical_ranks(resumed);
+  expect_close(resumed[0], straight, 1e-5);
+}
+
+TEST(DataParallelCpu, BadSetupsAreRefusedBeforeAnyWork) {
+  const auto nothing = [](Engine&, int) { ADD_FAILURE() << "a rank ran"; };
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 3, {}, nothing), InputError);  // 32 over 3
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 0, {}, nothing), InputError);
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {0, 1}, nothing), InputError);  // GPUs on the CPU
+  DataOptions keep_last;
+  keep_last.keep_last = true;
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {},
+                                 [&](Engine& engine, int) { Trainer(engine, dataset(), nullptr, steps(1), keep_last); }),
+               InputError);
+}
+
+// A rank that fails stops the others (which would wait in the all-reduce for ever), and its own
+// failure is what the caller sees.
+TEST(DataParallelCpu, AFailingRankStopsTheOthers) {
+  try {
+    run_data_parallel(network(), on(Device::Cpu), 4, {}, [&](Engine& engine, int rank) {
+      if (rank == 2) throw InputError("rank 2 gave up");
+      Trainer(engine, steps(50)).run({});
+    });
+    ADD_FAILURE() << "no exception";
+  } catch (const PeerFailure& e) {
+    ADD_FAILURE() << "the peer's failure was reported: " << e.what();
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "rank 2 gave up");
+  }
+}
+
+// A divergence is replayed by the ranks together and named as on one engine; only rank 0 writes
+// checkpoints.
+TEST(DataParallelCpu, ANonFiniteStepIsFoundByTheRanksTogether) {
+  const Network diverging = testing::network_with(data_path("dataset_epochs.json"),
+                                                  {{"optimizer", {{"type", "sgd"}, {"lr", 1e12}}}});
+  Options checked = on(Device::Cpu);
+  checked.check_finite = true;
+  TrainOptions o = steps(20);
+  o.log_every = 5;
+  o.check_finite = true;
+  std::string alone;
+  try {
+    Engine engine(diverging, checked);
+    Trainer(engine, dataset(), nullptr, o, DataOptions{}).run({});
+  } catch (const NonFiniteError& e) {
+    alone = e.what();
+  }
+  ASSERT_TRUE(std::regex_match(alone, std::regex("step [0-9]+: non-finite .*"))) << alone;
+  try {
+    run_data_parallel(diverging, checked, 2, {}, [&](Engine& engine, int) {
+      Trainer(engine, dataset(), nullptr, o, DataOptions{}).run({});
+    });
+    ADD_FAILURE() << "no exception";
+  } catch (const NonFiniteError& e) {
+    EXPECT_EQ(alone.substr(0, alone.find(':')), std::string(e.what()).substr(0, alone.find(':'))) << e.what();
+  }
+}
+
+TEST(DataParallelCpu, InProcessCommunicatorAveragesInRankOrder) {
+  auto comms = in_process_communicators(3);
+  EXPECT_EQ(comms[2]->rank(), 2);
+  EXPECT_EQ(comms[0]->size(), 3);
+  std::vector<std::vector<float>> buffers = {{1.f, 1e8f, -3.f}, {2.f, 1.f, 0.5f}, {4.f, -1e8f, 7.f}};
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r)
+    threads.emplace_back([&, r] { comms[size_t(r)]->average(buffers[size_t(r)].data(), 3, nullptr); });
+  for (auto& t : threads) t.join();
+  for (const auto& b : buffers) {
+    EXPECT_EQ(b[0], 7.f / 3.f);
+    EXPECT_EQ(b[1], 1.f / 3.f);  // summed in double: 1e8 + 1 - 1e8 keeps the 1
+    EXPECT_EQ(b[2], 4.5f / 3.f);
+  }
+}
+
+// One rank through NCCL is the plain engine, bit for bit, and the step, the all-reduce included,
+// is still one captured CUDA graph.
+TEST(DataParallelGpu, OneRankThroughNcclIsThePlainEngineBitwise) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  ASSERT_TRUE(nccl_available()) << "the CUDA build found no NCCL";
+  const Parameters alone = train_alone(5, Device::Cuda);
+  bool graph = false;
+  std::vector<Parameters> got(1);
+  run_data_parallel(network(), on(Device::Cuda), 1, {}, [&](Engine& engine, int) {
+    Trainer(engine, dataset(), nullptr, steps(5), DataOptions{}).run({});
+    graph = engine.replaying_cuda_graph();
+    got[0] = engine.parameters();
+  });
+  EXPECT_TRUE(graph);
+  for (const auto& [name, value] : alone) EXPECT_TRUE(bitwise_equal(got[0].at(name), value)) << name;
+}
+
+TEST(DataParallelGpu, MoreGpusThanExistOrTwiceTheSameAreRefused) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const auto nothing = [](Engine&, int) { ADD_FAILURE() << "a rank ran"; };
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cuda), 2, {0, 0}, nothing), InputError);
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cuda), 1, {4096}, nothing), InputError);
+}
+
+}  // namespace
+}  // namespace anvil
