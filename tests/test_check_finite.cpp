@@ -176,6 +176,18 @@ TEST_F(CheckFiniteCheckpoint, TheLastGoodCheckpointIsKept) {
     for (const float v : tensor.data) ASSERT_TRUE(std::isfinite(v)) << name;
 }
 
+// Before the first step the loss and the gradient slab hold nothing (the arena is poisoned with
+// NaN): a check then (a checkpoint on a signal before any step) looks at the parameters only.
+TEST(CheckFiniteApi, ACheckBeforeTheFirstStepLooksAtTheParametersOnly) {
+  Engine engine(Network::load(data_path("dataset_epochs.json")), checked(Device::Cpu));
+  EXPECT_FALSE(engine.find_non_finite());
+  TrainOptions o;
+  o.steps = 1;
+  o.check_finite = true;
+  Trainer trainer(engine, o);
+  EXPECT_NO_THROW(trainer.check_finite());
+}
+
 TEST(CheckFiniteApi, MisuseIsAnError) {
   const Network net = Network::load(data_path("dataset_epochs.json"));
   Options unchecked;

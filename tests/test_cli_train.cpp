@@ -417,23 +417,62 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   EXPECT_TRUE(starts_with(unchecked.err, "anvil: error: step 10: the loss became ")) << describe(unchecked);
 }
 
+// Data parallel from the CLI: --ranks K on the CPU trains as one engine at the global batch (rank 0
+// alone prints and writes), its checkpoint resumes without ranks, and bad rank or GPU settings are
+// one line and exit 2 before any work.
+TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
+  const std::string one = path("one.safetensors"), two = path("two.safetensors"), ck = path("ck.safetensors");
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "6", "--save", one}).status, 0);
+  const Finished r = train({"--data", kTrain, "--steps", "6", "--save", two, "--ranks", "2"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "on cpu, data parallel (in-process, 2 ranks): 6 steps (8 per epoch), batch 32, ");
+  EXPECT_EQ(lines_of(r.out).size(), lines_of(train({"--data", kTrain, "--steps", "6", "--save", one}).out).size())
+      << describe(r);
+  const TensorFile a = anvil::read_safetensors(one), b = anvil::read_safetensors(two);
+  for (const auto& [name, t] : a.tensors) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      diff += std::pow(double(t.data[i]) - b.tensors.at(name).data[i], 2);
+      norm += std::pow(double(t.data[i]), 2);
+    }
+    EXPECT_LE(std::sqrt(diff / norm), 1e-5) << name;
+  }
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "3", "--ranks", "4", "--checkpoint", ck}).status, 0);
+  const Finished resumed = train({"--data", kTrain, "--steps", "6", "--resume", ck});
+  EXPECT_EQ(resumed.status, 0) << describe(resumed);
+  EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + ck + " at step 3 (epoch 0, batch 3)\n");
+
+  expect_bad_input(train({"--steps", "2", "--ranks", "3"}),
+                   "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
+  expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
+  const Finished gpus = run({"train", kNet, "--device", "cuda", "--steps", "2", "--gpus", "4096"});
+  EXPECT_EQ(gpus.status, 2) << describe(gpus);
+  EXPECT_TRUE(starts_with(gpus.err, "anvil: error: --gpus: ")) << describe(gpus);
+  EXPECT_EQ(std::count(gpus.err.begin(), gpus.err.end(), '\n'), 1) << gpus.err;
+  expect_bad_input(run({"train", kNet, "--device", "cuda", "--steps", "2", "--gpus", "0,x"}),
+                   "--gpus: '0,x' is not a GPU count or a list of GPU ids such as 0,2");
+}
+
 // ------------------------------------------------------------------ 4. signals
 
 class CliSignals : public CliTrain {
  protected:
   // A long run (800000 steps) with a checkpoint, started in the background.
-  std::vector<std::string> long_run(const std::string& checkpoint) const {
-    return {kCli,       "train", kNet,   "--device",    "cpu", "--data", kTrain, "--epochs", "100000",
-            "--log-every", "1000", "--checkpoint", checkpoint};
+  std::vector<std::string> long_run(const std::string& checkpoint, const std::vector<std::string>& extra) const {
+    std::vector<std::string> args = {kCli,       "train", kNet,   "--device",    "cpu", "--data", kTrain, "--epochs", "100000",
+                                     "--log-every", "1000", "--checkpoint", checkpoint};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
   }
 
   // SIGINT or SIGTERM once it has logged step 1 (the handlers are installed by then): it
-  // finishes the step, writes the checkpoint and exits 128 + the signal.
-  void stop_with(int sig) {
+  // finishes the step (data-parallel ranks: the next logged step, together), writes the
+  // checkpoint and exits 128 + the signal.
+  void stop_with(int sig, const std::vector<std::string>& extra = {}) {
     const std::string sub = path("run" + std::to_string(sig));
     fs::create_directories(sub);
     const std::string c = sub + "/c.safetensors";
-    Child child(long_run(c));
+    Child child(long_run(c, extra));
     ASSERT_TRUE(child.started());
     ASSERT_TRUE(child.wait_for_output("\nstep 1/800000  ", 30)) << child.out();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // some steps past the first
@@ -472,6 +511,8 @@ class CliSignals : public CliTrain {
 TEST_F(CliSignals, SigintWritesTheCheckpointAndExits130) { stop_with(SIGINT); }
 
 TEST_F(CliSignals, SigtermWritesTheCheckpointAndExits143) { stop_with(SIGTERM); }
+
+TEST_F(CliSignals, DataParallelRanksStopTogether) { stop_with(SIGINT, {"--ranks", "2"}); }
 
 // SIGKILL and SIGINT at random moments of runs writing checkpoints: tests/test_cli_writes.cpp.
 

@@ -308,7 +308,9 @@ class CliKills : public CliWrites {
 
   void checkpoint_runs(int sig, unsigned seed) {
     const std::string out = out_dir_ + "/run.ckpt";
-    engine_->save_checkpoint(out, anvil::TrainPosition{});
+    // The old file must differ from any the runs write: a run stopped before its first step writes
+    // the initial parameters at position 0, so the old one says step 1.
+    engine_->save_checkpoint(out, anvil::TrainPosition{1, 0, 1});
     kill_runs({"train", net_, "--device", "cpu", "--data", data_, "--steps", "4", "--checkpoint", out,
                "--checkpoint-every", "1"},
               out, Output::Checkpoint, sig, seed);

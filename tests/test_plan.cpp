@@ -287,7 +287,7 @@ void check_schedule(const anvil::Network& net, const MemoryPlan& plan, anvil::Mo
     expected_names.insert("act." + l.name);
     if (train) expected_names.insert("grad." + l.name);
   }
-  if (train) expected_names.insert({"target", "loss"});
+  if (train) expected_names.insert({"target", "loss", "flag"});
   std::set<std::string> names;
   for (const auto& t : plan.tensors) {
     EXPECT_TRUE(names.insert(t.name).second) << "duplicate " << t.name;

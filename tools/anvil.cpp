@@ -30,8 +30,11 @@
 #include <cstdio>
 #include <iostream>
 #include <new>
+#include <sstream>
 #include <string>
+#include <vector>
 
+#include "anvil/data_parallel.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/trainer.hpp"
@@ -176,12 +179,12 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
 
 // Parameters by name from a safetensors file (a PyTorch state_dict or an anvil checkpoint).
 // Tensors the network does not use are listed and ignored, or refused with --strict.
-void load_weights(anvil::Engine& engine, const std::string& path, bool strict) {
+void load_weights(anvil::Engine& engine, const std::string& path, bool strict, bool report_unused = true) {
   std::map<std::string, anvil::Shape> shapes;
   for (const auto& [name, t] : engine.parameters()) shapes[name] = t.shape;
   const anvil::ParameterSelection w = anvil::select_parameters(anvil::read_safetensors(path), path, shapes, strict);
   engine.load_parameters(w.parameters);
-  if (!w.unused.empty()) std::cerr << "weights: " << anvil::unused_tensors_message(path, w.unused) << " (ignored)\n";
+  if (report_unused && !w.unused.empty()) std::cerr << "weights: " << anvil::unused_tensors_message(path, w.unused) << " (ignored)\n";
 }
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
@@ -290,6 +293,9 @@ struct TrainFlags {
   double data_budget_mib = 0;
   std::string weights, data, val, save, dump_grads, metrics, checkpoint, resume;
   bool input_grad = false, no_shuffle = false, keep_last = false, strict = false, check_finite = true;
+  std::string gpus;  // --gpus: a count or a list of ids
+  int ranks = 1;     // --ranks: in-process ranks on the CPU
+  bool ranks_given = false;
   bool steps_given = false, epochs_given = false, batch_given = false, budget_given = false;  // set after parsing
 };
 
@@ -350,6 +356,124 @@ void write_gradients(const std::string& path, anvil::Engine& engine, const anvil
   std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()), path.c_str());
 }
 
+// --gpus K (the first K GPUs) or --gpus 0,2 (those), checked before any work; --ranks K on the CPU.
+std::vector<int> parse_gpus(const std::string& text) {
+  std::vector<int> gpus;
+  const bool count = text.find(',') == std::string::npos;
+  std::stringstream items(text);
+  for (std::string item; std::getline(items, item, ',');) {
+    int value = -1;
+    const auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (item.empty() || error != std::errc() || end != item.data() + item.size() || value < 0 || value > 1 << 20)
+      throw anvil::InputError("--gpus: '" + text + "' is not a GPU count or a list of GPU ids such as 0,2");
+    if (std::find(gpus.begin(), gpus.end(), value) != gpus.end())
+      throw anvil::InputError("--gpus: GPU " + item + " is given twice");
+    gpus.push_back(value);
+  }
+  if (count) {
+    if (gpus.empty() || gpus[0] < 1) throw anvil::InputError("--gpus: give at least 1 GPU");
+    const int k = gpus[0];
+    gpus.clear();
+    for (int g = 0; g < k; ++g) gpus.push_back(g);
+  }
+  if (!anvil::nccl_available())
+    throw anvil::InputError("--gpus: this anvil was built without NCCL (CMake found no nccl.h and libnccl)");
+  const int present = anvil::cuda_device_count();
+  for (const int g : gpus)
+    if (g >= present)
+      throw anvil::InputError("--gpus: GPU " + std::to_string(g) + " does not exist (this machine has " +
+                              std::to_string(present) + ")");
+  return gpus;
+}
+
+// One rank's training (the only one without --gpus or --ranks): its engine, its trainer, and for
+// rank 0 the progress display, the metrics and the files. Returns the exit code.
+int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const TrainFlags& t,
+               const anvil::Dataset* train_data, const anvil::Dataset* val_data,
+               std::optional<anvil::cli::MetricsWriter>& metrics, StopOnSignals& stop_on_signals) {
+  const bool writer = rank == 0;
+  if (!t.weights.empty()) load_weights(engine, t.weights, t.strict, writer);
+  anvil::TrainOptions to;
+  to.steps = t.steps;
+  to.epochs = t.epochs;
+  to.log_every = t.log_every;
+  to.val_every = t.val_every;
+  to.checkpoint = t.checkpoint;
+  to.checkpoint_every = t.checkpoint_every;
+  to.check_finite = t.check_finite;
+  // The data: a dataset of minibatches, or (without --data) one batch from the seeded generator.
+  std::optional<anvil::Trainer> trainer;
+  if (train_data) {
+    anvil::DataOptions data;
+    data.shuffle = !t.no_shuffle;
+    data.keep_last = t.keep_last;
+    data.device_budget = data_budget(t.data_budget_mib, t.budget_given);
+    trainer.emplace(engine, *train_data, val_data, to, data);
+    if (!t.resume.empty()) {
+      trainer->resume(t.resume);
+      if (trainer->finished())
+        throw anvil::InputError("--resume " + t.resume + ": the checkpoint is at step " +
+                                std::to_string(trainer->position().step) + ", nothing is left of " +
+                                std::to_string(trainer->total_steps()) + " steps");
+    }
+  } else {
+    trainer.emplace(engine, to);
+  }
+  const int64_t total = trainer->total_steps();
+  const bool epochs = trainer->steps_per_epoch() > 0;
+  const anvil::Communicator* ranks = engine.options().communicator;
+  if (writer) {
+    std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
+                anvil::to_string(engine.options().device),
+                ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
+                epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
+                static_cast<long long>(net.input_shape()[0]),
+                mib(engine.device_bytes()).c_str(), ranks ? " per rank" : "");
+    if (epochs)
+      std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
+                  where_the_data_is(engine));
+    if (trainer->position().step > 0)
+      std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
+                  static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
+                  static_cast<long long>(trainer->position().batch_in_epoch));
+    std::fflush(stdout);
+  }
+
+  std::optional<anvil::cli::TrainReporter> report;
+  anvil::Trainer::Callbacks callbacks;
+  if (writer) {
+    report.emplace(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
+    report->begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
+    // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
+    callbacks.on_log = [&](const anvil::TrainProgress& p) { report->log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr); };
+    callbacks.on_validation = [&](int64_t step, float val) { report->validation(step, val); };
+  }
+  trainer->run(callbacks, &stop_requested);
+  if (writer) {
+    report->end();
+    stop_on_signals.restore();
+  }
+  if (stop_requested.load()) {
+    const int code = 128 + static_cast<int>(stop_signal);
+    if (!t.checkpoint.empty()) {
+      trainer->save_checkpoint(t.checkpoint);
+      if (writer)
+        std::printf("stopped by signal %d: checkpoint of step %lld written to %s\n", static_cast<int>(stop_signal),
+                    static_cast<long long>(trainer->position().step), t.checkpoint.c_str());
+    } else if (writer) {
+      std::printf("stopped by signal %d at step %lld\n", static_cast<int>(stop_signal),
+                  static_cast<long long>(engine.steps_done()));
+    }
+    return code;
+  }
+  if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
+  if (!t.save.empty()) trainer->check_finite();  // on every rank: a finding is replayed by all
+  if (!writer) return 0;
+  if (!t.save.empty()) write_parameters(t.save, engine, net);
+  if (!t.dump_grads.empty()) write_gradients(t.dump_grads, engine, net, t.input_grad);
+  return 0;
+}
+
 int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (t.steps_given == t.epochs_given) throw anvil::InputError("give --steps N or --epochs E (one of them)");
   if (t.steps_given) check_positive("--steps", t.steps);
@@ -369,88 +493,42 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
                 {{"the network file", f.network}, {"--weights", t.weights}, {"--data", t.data}, {"--val", t.val},
                  {"--resume", t.resume}},
                 f.force);
-
-  const anvil::Network net = load_network(f.network, t.batch);
   anvil::Options o = options_for(f, anvil::Mode::Train);
   o.input_grad = t.input_grad;
   o.check_finite = t.check_finite;
-  anvil::Engine engine(net, o);
-  if (!t.weights.empty()) load_weights(engine, t.weights, t.strict);
+  std::vector<int> gpus;
+  int ranks = t.ranks;
+  if (!t.gpus.empty()) {
+    if (o.device != Device::Cuda) throw anvil::InputError("--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
+    if (t.ranks_given) throw anvil::InputError("give --gpus or --ranks, not both");
+    gpus = parse_gpus(t.gpus);
+    ranks = static_cast<int>(gpus.size());
+  } else if (t.ranks_given && o.device != Device::Cpu) {
+    throw anvil::InputError("--ranks runs in-process ranks on the CPU (--device cpu); on GPUs use --gpus");
+  }
+  const anvil::Network net = load_network(f.network, t.batch);
+  if (net.input_shape()[0] % ranks != 0)
+    throw anvil::InputError("the batch of " + std::to_string(net.input_shape()[0]) + " does not split evenly across " +
+                            std::to_string(ranks) + " ranks (--batch sets the global batch)");
+
+  std::optional<anvil::Dataset> train_data, val_data;
+  if (!t.data.empty()) train_data.emplace(load_dataset(t.data, net));
+  if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
   std::optional<anvil::cli::MetricsWriter> metrics;
   if (!t.metrics.empty()) metrics.emplace(t.metrics);
-
-  // The data: a dataset of minibatches, or (without --data) one batch from the seeded generator.
-  anvil::TrainOptions to;
-  to.steps = t.steps;
-  to.epochs = t.epochs;
-  to.log_every = t.log_every;
-  to.val_every = t.val_every;
-  to.checkpoint = t.checkpoint;
-  to.checkpoint_every = t.checkpoint_every;
-  to.check_finite = t.check_finite;
-  std::optional<anvil::Dataset> train_data, val_data;
-  std::optional<anvil::Trainer> trainer;
-  if (!t.data.empty()) {
-    train_data.emplace(load_dataset(t.data, net));
-    if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
-    anvil::DataOptions data;
-    data.shuffle = !t.no_shuffle;
-    data.keep_last = t.keep_last;
-    data.device_budget = data_budget(t.data_budget_mib, t.budget_given);
-    trainer.emplace(engine, *train_data, val_data ? &*val_data : nullptr, to, data);
-    if (!t.resume.empty()) {
-      trainer->resume(t.resume);
-      if (trainer->finished())
-        throw anvil::InputError("--resume " + t.resume + ": the checkpoint is at step " +
-                                std::to_string(trainer->position().step) + ", nothing is left of " +
-                                std::to_string(trainer->total_steps()) + " steps");
-    }
-  } else {
-    trainer.emplace(engine, to);
-  }
-  const int64_t total = trainer->total_steps();
-  const bool epochs = trainer->steps_per_epoch() > 0;
-  std::printf("training %s on %s: %lld steps%s, batch %lld, %s arena\n", net.name().c_str(),
-              anvil::to_string(engine.options().device), static_cast<long long>(total),
-              epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
-              static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str());
-  if (epochs) std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
-                           where_the_data_is(engine));
-  if (trainer->position().step > 0)
-    std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
-                static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
-                static_cast<long long>(trainer->position().batch_in_epoch));
-  std::fflush(stdout);
-
-  anvil::cli::TrainReporter report(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
-  report.begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
   StopOnSignals stop_on_signals;
-  anvil::Trainer::Callbacks callbacks;
-  // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
-  callbacks.on_log = [&](const anvil::TrainProgress& p) { report.log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr); };
-  callbacks.on_validation = [&](int64_t step, float val) { report.validation(step, val); };
-  trainer->run(callbacks, &stop_requested);
-  report.end();
-  stop_on_signals.restore();
-  if (stop_requested.load()) {
-    const int code = 128 + static_cast<int>(stop_signal);
-    if (!t.checkpoint.empty()) {
-      trainer->save_checkpoint(t.checkpoint);
-      std::printf("stopped by signal %d: checkpoint of step %lld written to %s\n", static_cast<int>(stop_signal),
-                  static_cast<long long>(trainer->position().step), t.checkpoint.c_str());
-    } else {
-      std::printf("stopped by signal %d at step %lld\n", static_cast<int>(stop_signal),
-                  static_cast<long long>(engine.steps_done()));
-    }
-    return code;
+  const anvil::Dataset* train = train_data ? &*train_data : nullptr;
+  const anvil::Dataset* val = val_data ? &*val_data : nullptr;
+  if (gpus.empty() && !t.ranks_given) {
+    anvil::Engine engine(net, o);
+    return train_rank(engine, 0, net, t, train, val, metrics, stop_on_signals);
   }
-  if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
-  if (!t.save.empty()) {
-    trainer->check_finite();
-    write_parameters(t.save, engine, net);
-  }
-  if (!t.dump_grads.empty()) write_gradients(t.dump_grads, engine, net, t.input_grad);
-  return 0;
+  int code = 0;
+  anvil::run_data_parallel(net, o, ranks, gpus, [&](anvil::Engine& engine, int rank) {
+    const int rank_code = train_rank(engine, rank, net, t, train, val, metrics, stop_on_signals);
+    if (rank == 0) code = rank_code;
+  });
+  return code;
 }
 
 int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch,
@@ -613,6 +691,11 @@ int main(int argc, char** argv) {
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
   train->add_flag("--no-graph", train_flags.no_graph, "do not capture the step as a CUDA graph");
+  train->add_option("--gpus", train_opts.gpus,
+                    "data parallel over GPUs through NCCL: a count (the first K) or ids such as 0,2; the batch is "
+                    "the global one");
+  train->add_option("--ranks", train_opts.ranks, "data parallel on the CPU: K in-process ranks (--device cpu)")
+      ->check(whole_number(1024));
   train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
                   "where it starts, exit 3 (default on)");
@@ -661,6 +744,7 @@ int main(int argc, char** argv) {
     train_opts.epochs_given = train->count("--epochs") > 0;
     train_opts.batch_given = train->count("--batch") > 0;
     train_opts.budget_given = train->count("--data-budget") > 0;
+    train_opts.ranks_given = train->count("--ranks") > 0;
     bench_opts.budget_given = bench->count("--data-budget") > 0;
     if (*train) return cmd_train(train_flags, train_opts);
     if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);

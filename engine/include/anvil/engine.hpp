@@ -28,6 +28,7 @@ namespace anvil {
 enum class Device { Cpu, Cuda };
 const char* to_string(Device d);
 bool cuda_available();  // a CUDA device is present and usable
+int cuda_device_count();  // how many (0 without a driver, or in a build without CUDA)
 std::string cuda_device_name();   // of the current device
 std::string cudnn_version();      // of the loaded cuDNN library, e.g. "9.14.0"
 size_t device_memory_used();      // bytes in use on the current device (all processes)
@@ -137,8 +138,9 @@ class Engine {
   float last_loss() const;      // of the last train step or evaluated batch (a host sync on CUDA)
   float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
 
-  // Non-finite values. find_non_finite looks at the last step's loss, then every gradient, then
-  // every parameter, and says where the first one is (no stage: it does not know which op made it).
+  // Non-finite values. find_non_finite looks at the last step's loss, then every gradient (once a
+  // step has run), then every parameter, and says where the first one is (no stage: it does not
+  // know which op made it).
   std::optional<NonFinite> find_non_finite();
   // With Options::check_finite: copy the parameters, the optimizer state and the step count aside,
   // and go back to that copy. (Where the next batch comes from is the caller's: see start_epoch.)
@@ -150,6 +152,9 @@ class Engine {
   // communicator every rank must call it; a rank whose own step was finite gets on_another_rank
   // when another's was not.
   std::optional<NonFinite> traced_train_step();
+  // Data parallel: whether any rank passed true. A collective (every rank calls it at the same
+  // point) and a host sync; without a communicator it returns `mine`.
+  bool any_rank(bool mine);
 
   // Parameters by PyTorch state_dict name; load checks names and shapes.
   std::map<std::string, HostTensor> parameters() const;

@@ -6,12 +6,14 @@
 
 namespace anvil {
 
-bool cuda_available() {
+int cuda_device_count() {
   int count = 0;
-  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
   cudaGetLastError();  // a missing driver leaves a sticky error; clear it
-  return ok;
+  return count;
 }
+
+bool cuda_available() { return cuda_device_count() > 0; }
 
 std::string cuda_device_name() {
   int device = 0;

@@ -104,7 +104,6 @@ void schedule_slabs(const Graph& g, const Optimizer* optimizer, Schedule& s) {
 
 // The copy keep_good_state makes of everything an optimizer step changes.
 void schedule_good_state(Schedule& s) {
-  s.finite_flag = add(s, "finite.flag", sizeof(unsigned), 0, 0, true);
   s.good_slabs.push_back(add(s, "good.params", s.slab_bytes, 0, 0, true));
   for (size_t k = 0; k < s.optimizer_state.size(); ++k)
     s.good_slabs.push_back(add(s, "good." + s.requests[s.optimizer_state[k]].name, s.slab_bytes, 0, 0, true));
@@ -129,6 +128,7 @@ Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Op
     s.valid_elements = add(s, "loss.valid_elements", sizeof(int64_t), 0, 0, true);
     if (const size_t bytes = loss->scratch_bytes(device, count))
       s.loss_scratch = add(s, "loss.scratch", bytes, loss_step, loss_step, false);
+    s.flag = add(s, "flag", sizeof(float), 0, 0, true);
     if (check_finite) schedule_good_state(s);
   }
   return s;

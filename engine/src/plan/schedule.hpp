@@ -47,9 +47,9 @@ struct Schedule {
   int step_state = kNoBuffer;        // the optimizer's StepState
   int target = kNoBuffer, loss = kNoBuffer, loss_scratch = kNoBuffer;
   int valid_elements = kNoBuffer;  // the real target elements of a batch fed from a dataset (int64)
-  // Options::check_finite: a flag the finite checks set, and the copy of the training state that
-  // keep_good_state makes (the parameter slab, then each optimizer-state slab; the StepState).
-  int finite_flag = kNoBuffer;
+  int flag = kNoBuffer;  // one word: the finite checks' flag, the ranks' agreement
+  // Options::check_finite: the copy of the training state that keep_good_state makes (the
+  // parameter slab, then each optimizer-state slab; the StepState).
   std::vector<int> good_slabs;
   int good_step_state = kNoBuffer;
 };

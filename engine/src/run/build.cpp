@@ -171,7 +171,7 @@ void Engine::Impl::bind() {
   optimizer_args.count = static_cast<int64_t>(slab_floats());
   for (int request : s.optimizer_state) optimizer_args.state.push_back(reinterpret_cast<float*>(address(request)));
   optimizer_args.step = reinterpret_cast<StepState*>(address(s.step_state));
-  finite_flag = reinterpret_cast<unsigned*>(address(s.finite_flag));
+  flag = address(s.flag);
 }
 
 // The slabs start at zero (their padding must stay zero for the flat

@@ -24,6 +24,7 @@ namespace {
 }  // namespace
 
 bool cuda_available() { return false; }
+int cuda_device_count() { return 0; }
 std::string cuda_device_name() { refuse_cuda(); }
 std::string cudnn_version() { refuse_cuda(); }
 size_t device_memory_used() { refuse_cuda(); }

@@ -58,8 +58,9 @@ struct Engine::Impl {
   float* loss_value = nullptr;
   void* loss_scratch = nullptr;
   int64_t* valid_elements = nullptr;
-  unsigned* finite_flag = nullptr;  // Options::check_finite
+  void* flag = nullptr;  // one word of the arena: finite checks and rank agreement
   int64_t steps = 0;
+  bool gradients_made = false;  // a train step (or enqueue_gradients) has run since the build
   std::optional<int64_t> good_steps;  // the step count keep_good_state saw
   // Where train steps and evaluations take their batches from, when a dataset is attached.
   DataOptions data_options;

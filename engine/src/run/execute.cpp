@@ -57,6 +57,7 @@ void Engine::Impl::run_work(Work work) {
   run_loss(work != kEvaluate, feed != nullptr);
   if (work == kEvaluate) return;
   run_backward();
+  gradients_made = true;
   average_across_ranks();
   if (work == kTrainStep) run_optimizer();
 }

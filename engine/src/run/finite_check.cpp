@@ -26,11 +26,12 @@ bool Engine::Impl::finite(const float* data, int64_t count) {
   if (data == nullptr || count == 0) return true;
 #if ANVIL_WITH_CUDA
   if (cuda()) {
-    unsigned flag = 0;
-    ANVIL_CUDA_CHECK(cudaMemsetAsync(finite_flag, 0, sizeof flag, ctx->stream()));
-    cuda::flag_non_finite(data, count, finite_flag, ctx->stream());
-    download_bytes(&flag, finite_flag, sizeof flag);
-    return flag == 0;
+    auto* device_flag = static_cast<unsigned*>(flag);
+    ANVIL_CUDA_CHECK(cudaMemsetAsync(device_flag, 0, sizeof(unsigned), ctx->stream()));
+    cuda::flag_non_finite(data, count, device_flag, ctx->stream());
+    unsigned found = 0;
+    download_bytes(&found, device_flag, sizeof found);
+    return found == 0;
   }
 #endif
   return cpu::all_finite(data, count);
@@ -57,8 +58,10 @@ std::optional<NonFinite> Engine::find_non_finite() {
   require_arena();
   Impl& m = *impl_;
   require_check_finite(*this, "find_non_finite");
-  if (!m.finite(m.loss_value, 1)) return NonFinite{"value", "the loss", ""};
-  if (auto found = m.first_non_finite_parameter(m.grads, "gradient", "")) return found;
+  if (m.gradients_made) {  // before any step the loss and the gradients hold nothing yet
+    if (!m.finite(m.loss_value, 1)) return NonFinite{"value", "the loss", ""};
+    if (auto found = m.first_non_finite_parameter(m.grads, "gradient", "")) return found;
+  }
   return m.first_non_finite_parameter(m.params, "parameter", "");
 }
 
@@ -141,16 +144,21 @@ std::optional<NonFinite> Engine::Impl::traced_gradients(DataFeed* feed) {
 // Data parallel: whether any rank found something (every rank must ask, at the same point).
 bool Engine::Impl::any_rank(bool mine) {
   if (!options.communicator) return mine;
-  float flag = mine ? 1.f : 0.f;
-  auto* shared = reinterpret_cast<float*>(finite_flag);
-  upload(shared, &flag, 1);
+  float vote = mine ? 1.f : 0.f;
+  auto* shared = static_cast<float*>(flag);
+  upload(shared, &vote, 1);
   void* stream = nullptr;
 #if ANVIL_WITH_CUDA
   if (cuda()) stream = ctx->stream();
 #endif
   options.communicator->average(shared, 1, stream);
-  download(&flag, shared, 1);
-  return flag > 0.f;
+  download(&vote, shared, 1);
+  return vote > 0.f;
+}
+
+bool Engine::any_rank(bool mine) {
+  require_arena();
+  return impl_->any_rank(mine);
 }
 
 std::optional<NonFinite> Engine::traced_train_step() {
@@ -159,6 +167,7 @@ std::optional<NonFinite> Engine::traced_train_step() {
   require_check_finite(*this, "traced_train_step");
   ++m.steps;
   std::optional<NonFinite> found = m.traced_gradients(m.feed_of(Impl::kTrainStep));
+  m.gradients_made = true;
   m.average_across_ranks();
   m.run_optimizer();
   if (!found) found = m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");

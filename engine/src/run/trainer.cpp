@@ -96,13 +96,16 @@ std::string Trainer::locate_non_finite(const NonFinite& found) {
          std::to_string(good_.step) + " op by op did not make it again)";
 }
 
+// Data-parallel ranks agree to stop, on a logged step (a sync point already), so none is left
+// waiting in the next step's all-reduce; a single engine stops before any step.
 void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
+  const bool ranks = engine_.options().communicator != nullptr;
   if (options_.check_finite) {  // the starting state is the first good one (no loss yet to check)
     engine_.keep_good_state();
     good_ = position_;
   }
   while (position_.step < total_steps_) {
-    if (stop && stop->load()) return;
+    if (stop && !ranks && stop->load()) return;
     const int64_t epoch = position_.epoch;
     engine_.enqueue_train_step();
     advance();
@@ -125,6 +128,7 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       save_checkpoint(options_.checkpoint);
       if (callbacks.on_checkpoint) callbacks.on_checkpoint(position_.step);
     }
+    if (ranks && logged && engine_.any_rank(stop && stop->load())) return;
   }
 }
 
