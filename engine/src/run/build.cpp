@@ -171,6 +171,18 @@ void Engine::Impl::bind() {
   optimizer_args.count = static_cast<int64_t>(slab_floats());
   for (int request : s.optimizer_state) optimizer_args.state.push_back(reinterpret_cast<float*>(address(request)));
   optimizer_args.step = reinterpret_cast<StepState*>(address(s.step_state));
+  if (options.communicator) {  // data parallel: each node's gradients, a range of the slab
+    std::vector<GradientBuckets::Range> ranges(graph->nodes.size());
+    size_t slot = 0;
+    for (size_t i = 0; i < graph->nodes.size(); ++i)
+      for (size_t k = 0; k < graph->nodes[i].layer->param_count(); ++k, ++slot) {
+        const ParamSlot& p = s.params[slot];
+        float* end = grads + (p.offset + align_up(numel(p.spec.shape) * sizeof(float))) / sizeof(float);
+        if (k == 0) ranges[i].first = grads + p.offset / sizeof(float);
+        ranges[i].count = end - ranges[i].first;
+      }
+    buckets = std::make_unique<GradientBuckets>(*options.communicator, cuda_context(), s.backward_order, ranges);
+  }
   flag = address(s.flag);
 }
 

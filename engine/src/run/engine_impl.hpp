@@ -19,6 +19,7 @@
 #include "engine/src/lower/graph.hpp"
 #include "engine/src/plan/schedule.hpp"
 #include "engine/src/run/data_feed.hpp"
+#include "engine/src/run/gradient_buckets.hpp"
 #include "engine/src/train/loss.hpp"
 #include "engine/src/train/optimizer.hpp"
 
@@ -65,6 +66,7 @@ struct Engine::Impl {
   // Where train steps and evaluations take their batches from, when a dataset is attached.
   DataOptions data_options;
   std::unique_ptr<DataFeed> train_feed, eval_feed;
+  std::unique_ptr<GradientBuckets> buckets;  // data parallel: the gradient all-reduces
 
   enum Work { kForward = 0, kGradients = 1, kTrainStep = 2, kEvaluate = 3, kWorkKinds = 4 };
 
@@ -88,7 +90,7 @@ struct Engine::Impl {
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
   int64_t global_batch() const { return network.input_shape()[0] * ranks(); }
-  void average_across_ranks();  // execute.cpp: the gradients and the loss
+  void average_loss_across_ranks();  // execute.cpp (the gradients go in buckets during backward)
   size_t slab_floats() const { return schedule.slab_bytes / sizeof(float); }
   char* address(int request) const { return request == kNoBuffer ? nullptr : arena + plan.tensors[request].offset; }
 

@@ -23,17 +23,19 @@ void Engine::Impl::run_loss(bool backward, bool fed) {
 }
 
 void Engine::Impl::run_backward() {
-  for (int n : schedule.backward_order) graph->nodes[n].layer->backward(options.device, cuda_context(), runs[n].backward);
+  for (int n : schedule.backward_order) {
+    graph->nodes[n].layer->backward(options.device, cuda_context(), runs[n].backward);
+    if (buckets) buckets->after_backward_of(n);
+  }
+  if (buckets) buckets->join();
 }
 
-void Engine::Impl::average_across_ranks() {
+void Engine::Impl::average_loss_across_ranks() {
   if (!options.communicator) return;
-  NvtxRange range("average across ranks");
   void* stream = nullptr;
 #if ANVIL_WITH_CUDA
   if (cuda()) stream = ctx->stream();
 #endif
-  options.communicator->average(grads, static_cast<int64_t>(slab_floats()), stream);
   options.communicator->average(loss_value, 1, stream);
 }
 
@@ -58,7 +60,7 @@ void Engine::Impl::run_work(Work work) {
   if (work == kEvaluate) return;
   run_backward();
   gradients_made = true;
-  average_across_ranks();
+  average_loss_across_ranks();
   if (work == kTrainStep) run_optimizer();
 }
 

@@ -137,7 +137,9 @@ std::optional<NonFinite> Engine::Impl::traced_gradients(DataFeed* feed) {
       const ParamSpec& spec = schedule.params[first_param[n] + k].spec;
       check(args.dparams[k], numel(spec.shape), {"gradient", spec.name, stage});
     }
+    if (buckets) buckets->after_backward_of(n);
   }
+  if (buckets) buckets->join();
   return found;
 }
 
@@ -168,7 +170,7 @@ std::optional<NonFinite> Engine::traced_train_step() {
   ++m.steps;
   std::optional<NonFinite> found = m.traced_gradients(m.feed_of(Impl::kTrainStep));
   m.gradients_made = true;
-  m.average_across_ranks();
+  m.average_loss_across_ranks();
   m.run_optimizer();
   if (!found) found = m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");
   if (m.any_rank(found.has_value()) && !found) found = NonFinite{"value", "another rank's step", "", true};
