@@ -11,6 +11,11 @@ namespace anvil {
 
 namespace {
 
+// serde_json's nesting limit, which the reference safetensors reader inherits. No
+// network or tensor header comes near it, and without it a long run of '[' costs
+// a frame here and a value in the document per byte (gigabytes for a 100 MB header).
+constexpr size_t kMaxNesting = 128;
+
 // Where the parser is, as a JSON path ("layers[2].stride"): one frame per open
 // object (with its keys so far and the current one) or list (the current index).
 class JsonPathTracker {
@@ -21,6 +26,8 @@ class JsonPathTracker {
     switch (event) {
       case Event::object_start:
       case Event::array_start:
+        if (frames_.size() == kMaxNesting)
+          throw InputError("invalid JSON: nested more than " + std::to_string(kMaxNesting) + " levels deep");
         next_element();
         frames_.push_back({event == Event::object_start, {}, {}, -1});
         break;

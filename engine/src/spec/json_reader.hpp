@@ -51,9 +51,10 @@ class JsonReader {
 
 std::string describe_json_value(const nlohmann::json& v);  // "-1", "\"abc\"", "a list", ...
 
-// Parses a whole JSON document. InputError: "invalid JSON: <where and why>",
-// "<path>: duplicate key" for a key an object already has, "<path>: number
-// out of range" for a number beyond double's range.
+// Parses a whole JSON document. InputError: "invalid JSON: <where and why>"
+// (nesting deeper than 128 levels included), "<path>: duplicate key" for a key
+// an object already has, "<path>: number out of range" for a number beyond
+// double's range.
 nlohmann::json parse_json_document(const std::string& text);
 
 }  // namespace anvil
