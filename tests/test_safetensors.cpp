@@ -420,6 +420,35 @@ TEST_F(Safetensors, RejectsTruncatedFiles) {
   expect_input_error(good.substr(0, 7), "too short");
 }
 
+// The bytes a process has read with read() and its kin (/proc/self/io's rchar), or -1 without it.
+long long bytes_read_by_this_process() {
+  std::ifstream io("/proc/self/io");
+  std::string key;
+  long long value = -1;
+  while (io >> key >> value)
+    if (key == "rchar:") return value;
+  return -1;
+}
+
+// A large file is mapped, not read: reading it costs no read() of its data, and its values arrive intact.
+TEST_F(Safetensors, LargeFilesAreMappedNotRead) {
+  TensorFile file;
+  HostTensor big({8, 1 << 20});  // 32 MiB
+  for (size_t i = 0; i < big.data.size(); ++i) big.data[i] = static_cast<float>(i % 1000);
+  file.tensors["big"] = big;
+  file.tensors["small"] = HostTensor({3}, {1.0f, 2.0f, 3.0f});
+  const std::string p = path("big.safetensors");
+  anvil::write_safetensors(p, file);
+
+  const long long before = bytes_read_by_this_process();
+  if (before < 0) GTEST_SKIP() << "no /proc/self/io here";
+  const TensorFile back = anvil::read_safetensors(p);
+  const long long read = bytes_read_by_this_process() - before;
+  EXPECT_LT(read, 1 << 20) << "bytes read through read(): the file should be mapped";
+  EXPECT_TRUE(same_bits(back.tensors.at("big").data, big.data));
+  EXPECT_EQ(back.tensors.at("small").data, (std::vector<float>{1.0f, 2.0f, 3.0f}));
+}
+
 TEST_F(Safetensors, MissingFileIsInputError) {
   const std::string p = path("absent.safetensors");
   try {

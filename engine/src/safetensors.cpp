@@ -1,11 +1,15 @@
 #include "anvil/safetensors.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -195,16 +199,15 @@ float float_from_bf16(uint16_t b) { return float_from_bits(static_cast<uint32_t>
 constexpr double kFloatOverflowThreshold = 0x1.ffffffp127;
 
 template <typename Raw>
-Raw element_at(const std::vector<unsigned char>& bytes, size_t i) {
+Raw element_at(const unsigned char* bytes, size_t i) {
   Raw value;
-  std::memcpy(&value, bytes.data() + i * sizeof(Raw), sizeof(Raw));
+  std::memcpy(&value, bytes + i * sizeof(Raw), sizeof(Raw));
   return value;
 }
 
 // Converts the raw elements of an F16, BF16 or F64 tensor. A finite F64 value beyond float32's
 // range is an error: it would silently become Inf.
-void convert_to_float(const std::string& path, const Entry& e, const std::vector<unsigned char>& bytes,
-                      std::vector<float>& out) {
+void convert_to_float(const std::string& path, const Entry& e, const unsigned char* bytes, std::vector<float>& out) {
   const Conversion conversion = e.dtype->conversion;
   for (size_t i = 0; i < out.size(); ++i) {
     if (conversion == Conversion::F16) {
@@ -224,9 +227,50 @@ void convert_to_float(const std::string& path, const Entry& e, const std::vector
   }
 }
 
-bool read_exactly(std::ifstream& in, void* out, size_t bytes) {
-  return bytes == 0 || static_cast<bool>(in.read(static_cast<char*>(out), static_cast<std::streamsize>(bytes)));
-}
+// A whole regular file, mapped read-only, so that a large file is paged in as its tensors are
+// converted rather than read into a buffer first. The size comes from fstat before mapping and
+// every offset is checked against it. A file that another process truncates while it is mapped
+// can still raise SIGBUS when a page past its new end is touched; that is out of scope (anvil's
+// own writer replaces a file by renaming a new one over it, which leaves a mapped file intact).
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (map() refuses it).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+    try {
+      map(path, fd);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    ::close(fd);  // the mapping keeps the file
+  }
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const unsigned char* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  void map(const std::string& path, int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) fail(path, std::string("cannot stat: ") + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) fail(path, "cannot read: it is a directory");
+    if (!S_ISREG(st.st_mode)) fail(path, "cannot read: not a regular file");
+    size_ = static_cast<size_t>(st.st_size);
+    if (size_ == 0) return;  // mmap refuses a length of 0
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) throw Error(path + ": cannot map the file: " + std::strerror(errno));
+    data_ = static_cast<const unsigned char*>(p);
+  }
+
+  const unsigned char* data_ = nullptr;
+  size_t size_ = 0;
+};
 
 std::map<std::string, std::string> parse_metadata(const std::string& path, const json& v) {
   if (!v.is_object()) fail(path, "__metadata__ is not a JSON object");
@@ -241,20 +285,12 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
 }  // namespace
 
 TensorFile read_safetensors(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size_signed = in.tellg();
-  if (size_signed < 0) fail(path, "cannot determine the file size");
-  const uint64_t file_bytes = static_cast<uint64_t>(size_signed);
-  in.seekg(0, std::ios::beg);
-
+  const MappedFile file(path);
+  const uint64_t file_bytes = file.size();
   if (file_bytes < 8) {
     fail(path, "file is too short (" + std::to_string(file_bytes) + " bytes) to hold the 8-byte header length");
   }
-  unsigned char len_bytes[8];
-  if (!in.read(reinterpret_cast<char*>(len_bytes), 8)) fail(path, std::string("cannot read: ") + std::strerror(errno));
-  const uint64_t header_bytes = read_le64(len_bytes);
+  const uint64_t header_bytes = read_le64(file.data());
   if (header_bytes > kMaxHeaderBytes) {
     fail(path, "header length " + std::to_string(header_bytes) + " is larger than the " +
                    std::to_string(kMaxHeaderBytes) + "-byte limit");
@@ -266,8 +302,7 @@ TensorFile read_safetensors(const std::string& path) {
   const uint64_t data_start = 8 + header_bytes;
   const uint64_t data_bytes = file_bytes - data_start;
 
-  std::string header(static_cast<size_t>(header_bytes), '\0');
-  if (!in.read(header.data(), static_cast<std::streamsize>(header_bytes))) fail(path, "file truncated inside the header");
+  const std::string header(reinterpret_cast<const char*>(file.data()) + 8, static_cast<size_t>(header_bytes));
   // As the reference implementation: UTF-8 JSON without a byte-order mark,
   // followed by JSON whitespace at most (writers pad with spaces), each key once.
   if (header.compare(0, 3, "\xEF\xBB\xBF") == 0) fail(path, "header starts with a byte-order mark");
@@ -299,18 +334,14 @@ TensorFile read_safetensors(const std::string& path) {
       result.skipped.emplace(e.name, e.dtype->name);
       continue;
     }
-    const size_t bytes = static_cast<size_t>(e.end - e.begin);
+    // Within the mapping: require_contiguous checked every range against the file's size.
+    const unsigned char* bytes = file.data() + data_start + e.begin;
     HostTensor t(e.shape);
-    in.seekg(static_cast<std::streamoff>(data_start + e.begin), std::ios::beg);
-    bool read = false;
     if (e.dtype->conversion == Conversion::None) {
-      read = read_exactly(in, t.data.data(), bytes);
+      if (!t.data.empty()) std::memcpy(t.data.data(), bytes, static_cast<size_t>(e.end - e.begin));
     } else {
-      std::vector<unsigned char> raw(bytes);
-      read = read_exactly(in, raw.data(), bytes);
-      if (read) convert_to_float(path, e, raw, t.data);
+      convert_to_float(path, e, bytes, t.data);
     }
-    if (!read) fail_tensor(path, e.name, "cannot read data (file truncated?)");
     result.tensors.emplace(e.name, std::move(t));
   }
   return result;

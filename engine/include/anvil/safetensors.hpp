@@ -22,8 +22,10 @@ struct TensorFile {
   std::map<std::string, std::string> skipped;
 };
 
-// Throws InputError naming the file and the problem, and naming the tensor for a dtype other than
-// the float and integer ones, and for an F64 value beyond float32's range (it would become Inf).
+// Maps the file read-only and copies the tensors out of the mapping (a file truncated by another
+// process while it is read is out of scope: it can raise SIGBUS). Throws InputError naming the file
+// and the problem, and naming the tensor for a dtype other than the float and integer ones, and for
+// an F64 value beyond float32's range (it would become Inf); Error if the file cannot be mapped.
 TensorFile read_safetensors(const std::string& path);
 // Writes F32 tensors (`skipped` is not written). Throws Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
