@@ -73,7 +73,8 @@ class Dataset {
   // Shapes are per sample (no leading sample count). Every problem is an InputError
   // of one line naming the file and the tensor: a missing tensor, a dtype the reader
   // refuses, a truncated file, a tensor without a sample dimension, a sample shape
-  // that is not the network's, sample counts that differ, no samples at all.
+  // that is not the network's, sample counts that differ, no samples at all, a NaN or an
+  // infinity (naming its index and sample).
   static Dataset load(const std::string& path, const Shape& sample_shape, const Shape& target_sample_shape);
 
   const std::string& path() const { return path_; }

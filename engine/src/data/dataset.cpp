@@ -1,6 +1,7 @@
 #include "anvil/dataset.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <utility>
 
@@ -32,6 +33,18 @@ HostTensor take_samples(TensorFile& file, const std::string& path, const std::st
                    to_string(expected));
   }
   return tensor;
+}
+
+// A NaN or an infinity would silently poison every step that draws its sample, and the mean of an
+// evaluation: refused, naming the first one and its sample.
+void require_finite(const std::string& path, const std::string& name, const HostTensor& tensor,
+                    int64_t floats_per_row) {
+  const auto bad = std::find_if(tensor.data.begin(), tensor.data.end(), [](float v) { return !std::isfinite(v); });
+  if (bad == tensor.data.end()) return;
+  const int64_t index = bad - tensor.data.begin();
+  fail(path, "tensor '" + name + "' holds " + (std::isnan(*bad) ? "NaN" : *bad > 0 ? "Inf" : "-Inf") +
+                 " at index " + std::to_string(index) + " (sample " + std::to_string(index / floats_per_row) +
+                 "); a dataset must hold finite values");
 }
 
 // Sample `row` of a [S, ...] tensor.
@@ -121,6 +134,8 @@ Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const 
   if (inputs == 0) fail(path, "tensor 'input' holds no samples");
   data.floats_per_sample_ = numel(sample_shape);
   data.floats_per_target_ = numel(target_sample_shape);
+  require_finite(path, "input", data.inputs_, data.floats_per_sample_);
+  require_finite(path, "target", data.targets_, data.floats_per_target_);
   return data;
 }
 
