@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cli_run.hpp"
 #include "tests/contains.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/engine.hpp"
@@ -31,34 +32,14 @@
 
 namespace {
 
+using anvil::testing::CliResult;
 using anvil::testing::Contains;
+using anvil::testing::describe;
+using anvil::testing::lines_of;
+using anvil::testing::quote;
+using anvil::testing::read_text;
 
 namespace fs = std::filesystem;
-
-struct CliResult {
-  int status = -1;  // exit code; -1 when the process did not exit normally
-  std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
 
 const std::string kData = ANVIL_TEST_DATA_DIR;
 const std::string kSmall = kData + "/kb74_small.json";
@@ -82,21 +63,7 @@ class Cli : public anvil::testing::TempDirTest {
   // Runs the CLI with `args` (already quoted where needed), capturing stdout and stderr separately.
   // env: assignments for the child, e.g. "CUDA_VISIBLE_DEVICES=" (no GPU visible to it).
   CliResult run(const std::string& args, const std::string& env = "") const {
-    const std::string err_file = path(".stderr");
-    const std::string command = env + " " + quote(ANVIL_CLI_PATH) + " " + args + " 2>" + quote(err_file);
-    CliResult r;
-    std::FILE* pipe = ::popen(command.c_str(), "r");
-    if (!pipe) {
-      ADD_FAILURE() << "popen failed for " << command;
-      return r;
-    }
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) r.out.append(buf, n);
-    const int status = ::pclose(pipe);
-    r.status = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.err = read_text(err_file);
-    std::remove(err_file.c_str());
-    return r;
+    return anvil::testing::run_cli(args, path(".stderr"), env);
   }
 
   std::string write_file(const std::string& name, const std::string& text) const {
@@ -107,10 +74,6 @@ class Cli : public anvil::testing::TempDirTest {
   }
 
 };
-
-std::string describe(const CliResult& r) {
-  return "exit " + std::to_string(r.status) + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
-}
 
 // ---------------------------------------------------------------- usage
 
