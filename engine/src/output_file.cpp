@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -88,9 +89,17 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
   std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
   const SignalCleanup cleanup;
+  // The file and its registration as one step: a signal between the two would leave the file.
+  sigset_t signals, before;
+  ::sigemptyset(&signals);
+  ::sigaddset(&signals, SIGINT);
+  ::sigaddset(&signals, SIGTERM);
+  ::pthread_sigmask(SIG_BLOCK, &signals, &before);
   const int fd = ::mkstemp(live_temp);
-  if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
-  temp_is_live.store(true);  // from here on nothing throws before the temporary file is dealt with
+  const int mkstemp_errno = errno;
+  if (fd >= 0) temp_is_live.store(true);  // from here on nothing throws before the temporary file is dealt with
+  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // a signal that came meanwhile is handled now
+  if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(mkstemp_errno));
   struct stat old {};
   const mode_t mode = ::stat(path.c_str(), &old) == 0 ? (old.st_mode & 07777) : new_file_mode();
   std::FILE* f = ::fdopen(fd, "wb");
