@@ -47,7 +47,10 @@ if command -v compute-sanitizer >/dev/null; then
   kernel_tests="CudaPointwise*:CudaKernels*:*PhaseMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
   for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
     if [ "$tool" = memcheck ]; then
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*cuda:-*GpuFullSize*}"
+      # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
+      # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
+      # synccheck below do run it, on anvil's kernels).
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"
