@@ -891,8 +891,7 @@ def main_suite(args, env):
     text = suite_report(env, args, entries)
     log("\n" + suite_table(entries))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_results_md(args.out, text)  # keeps the hand-written analysis under the log heading
     raw_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "suite_results.json")
     with open(raw_path, "w", encoding="utf-8") as f:
         json.dump({"environment": env, "suite": shown(args.suite), "iters": args.iters, "warmup": args.warmup,
