@@ -53,16 +53,21 @@ TrainOptions steps(int64_t n) {
   return o;
 }
 
-// One engine at the global batch: the reference.
-Parameters train_alone(int64_t n, Device device = Device::Cpu, const std::string& resume = "",
-                       const std::string& checkpoint = "") {
-  Engine engine(network(), on(device));
+// n steps on the dataset (after resuming, when asked), then a checkpoint (when asked).
+void train_steps(Engine& engine, int64_t n, const std::string& resume, const std::string& checkpoint) {
   TrainOptions o = steps(n);
   o.checkpoint = checkpoint;
   Trainer trainer(engine, dataset(), nullptr, o, DataOptions{});
   if (!resume.empty()) trainer.resume(resume);
   trainer.run({});
   if (!checkpoint.empty()) trainer.save_checkpoint(checkpoint);
+}
+
+// One engine at the global batch: the reference.
+Parameters train_alone(int64_t n, Device device = Device::Cpu, const std::string& resume = "",
+                       const std::string& checkpoint = "") {
+  Engine engine(network(), on(device));
+  train_steps(engine, n, resume, checkpoint);
   return engine.parameters();
 }
 
@@ -71,12 +76,7 @@ std::vector<Parameters> train_ranks(int ranks, int64_t n, Device device = Device
                                     const std::string& checkpoint = "") {
   std::vector<Parameters> out(static_cast<size_t>(ranks));
   run_data_parallel(network(), on(device), ranks, {}, [&](Engine& engine, int rank) {
-    TrainOptions o = steps(n);
-    o.checkpoint = checkpoint;
-    Trainer trainer(engine, dataset(), nullptr, o, DataOptions{});
-    if (!resume.empty()) trainer.resume(resume);
-    trainer.run({});
-    if (!checkpoint.empty()) trainer.save_checkpoint(checkpoint);
+    train_steps(engine, n, resume, checkpoint);
     out[size_t(rank)] = engine.parameters();
   });
   return out;
