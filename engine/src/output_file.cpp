@@ -35,18 +35,25 @@ mode_t new_file_mode() {
 
 // The temporary file being written, where a signal handler can find it without
 // allocating: one write at a time in a process (write_mutex), its name in a
-// fixed buffer, published by temp_is_live. Whoever clears the flag first (the
-// handler, or the writer on an error) removes the file, so it is removed once.
+// fixed buffer, published by temp_state. Whoever takes the state from kLive
+// first (the handler, or the writer at the end) deals with the file, so it is
+// removed once. kCreating covers mkstemp: the writer's thread blocks the
+// signals meanwhile, and a handler on another thread (OpenMP's workers do not
+// block them) waits for the writer to publish the name.
+enum TempState : int { kIdle, kCreating, kLive };
 std::mutex write_mutex;
 char live_temp[PATH_MAX];
-std::atomic<bool> temp_is_live{false};
-static_assert(std::atomic<bool>::is_always_lock_free, "read in a signal handler");
+std::atomic<int> temp_state{kIdle};
+static_assert(std::atomic<int>::is_always_lock_free, "read in a signal handler");
 
 // SIGINT or SIGTERM during a write: remove the temporary file, then end the
 // process as the signal's default action would (128 + the signal, to a shell).
 // Only async-signal-safe calls.
 extern "C" void remove_temporary_and_reraise(int sig) {
-  if (temp_is_live.exchange(false)) ::unlink(live_temp);
+  int state;
+  while ((state = temp_state.load()) == kCreating) {  // the writer is on another thread, inside mkstemp
+  }
+  if (state == kLive && temp_state.exchange(kIdle) == kLive) ::unlink(live_temp);
   ::signal(sig, SIG_DFL);
   ::raise(sig);  // blocked until this handler returns, then ends the process
 }
@@ -95,9 +102,10 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   ::sigaddset(&signals, SIGINT);
   ::sigaddset(&signals, SIGTERM);
   ::pthread_sigmask(SIG_BLOCK, &signals, &before);
+  temp_state.store(kCreating);
   const int fd = ::mkstemp(live_temp);
   const int mkstemp_errno = errno;
-  if (fd >= 0) temp_is_live.store(true);  // from here on nothing throws before the temporary file is dealt with
+  temp_state.store(fd >= 0 ? kLive : kIdle);  // from here on nothing throws before the temporary file is dealt with
   ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // a signal that came meanwhile is handled now
   if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(mkstemp_errno));
   struct stat old {};
@@ -125,7 +133,7 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
     err = errno;
   }
   // A signal from here on finds the name gone (renamed) or not live (removed here).
-  if (temp_is_live.exchange(false) && !ok) ::unlink(live_temp);
+  if (temp_state.exchange(kIdle) == kLive && !ok) ::unlink(live_temp);
   if (thrown) std::rethrow_exception(thrown);
   if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
   // The rename itself on disk: flush the directory (best effort: some file systems refuse).
