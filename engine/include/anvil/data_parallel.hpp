@@ -28,6 +28,7 @@ using RankWork = std::function<void(Engine& engine, int rank)>;
 // when the batch does not split evenly, a GPU does not exist or is given twice, or NCCL is missing.
 // An exception on one rank stops the others and is rethrown here (the first rank's, preferring a
 // rank's own failure to the PeerFailure it caused elsewhere).
+// Rank 0 runs on the calling thread, which keeps rank 0's CUDA device current afterwards.
 void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
                        const RankWork& work);
 

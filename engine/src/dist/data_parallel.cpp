@@ -80,7 +80,7 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
   };
   std::vector<std::thread> threads;
   for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
-  run_rank(0);  // on the calling thread: a CUDA device and signal handling stay where the caller expects
+  run_rank(0);  // on the calling thread, which keeps rank 0's device current afterwards
   for (auto& t : threads) t.join();
   if (const std::exception_ptr failure = first_cause(failures)) std::rethrow_exception(failure);
 }
