@@ -28,11 +28,13 @@ Convolution::Convolution(const LayerSpec& spec, const ConvSpec& conv)
     : Layer(spec.type, spec.name, spec.path), spec_(conv) {}
 
 std::vector<ParamSpec> Convolution::param_specs() const {
-  int64_t receptive = 1;
-  for (int64_t k : spec_.kernel) receptive *= k;
-  // PyTorch: fan_in = weight.size(1) * receptive field; bound 1/sqrt(fan_in) for weight and bias.
+  // PyTorch: fan_in = weight.size(1) * receptive field; bound 1/sqrt(fan_in) for weight and bias. In
+  // double: the shape is checked against the size limits only once it is declared here.
+  double fan_in = 1;
+  for (int64_t k : spec_.kernel) fan_in *= static_cast<double>(k);
   Shape w_shape = spec_.transposed ? Shape{spec_.in_channels, spec_.out_channels} : Shape{spec_.out_channels, spec_.in_channels};
-  const double bound = 1.0 / std::sqrt(static_cast<double>(w_shape[1] * receptive));
+  fan_in *= static_cast<double>(w_shape[1]);
+  const double bound = 1.0 / std::sqrt(fan_in);
   w_shape.insert(w_shape.end(), spec_.kernel.begin(), spec_.kernel.end());
   std::vector<ParamSpec> specs = {{param_name("weight"), w_shape, ParamSpec::Init::Uniform, bound}};
   if (spec_.bias) specs.push_back({param_name("bias"), {spec_.out_channels}, ParamSpec::Init::Uniform, bound});

@@ -100,6 +100,11 @@ const std::vector<Malformed> kMalformed = {
     {"a kernel beyond 2^31", one("{" + kConv3 + R"(, "kernel_size": [1, 1, 3000000000]})"),
      "bad.json: layers[0].kernel_size[2]"},
     {"a kernel larger than the input", one("{" + kConv3 + R"(, "kernel_size": 9})"), "bad.json: layers[0]"},
+    // Found by fuzz_network (a long run): the weight's receptive field overflowed int64 before the
+    // shape limits were checked.
+    {"a transposed kernel whose receptive field overflows",
+     one(R"({"type": "conv_transpose3d", "in_channels": 4, "out_channels": 4, "kernel_size": 2666666})"),
+     "bad.json: layers[0]: the output"},
     {"a zero stride", one("{" + kConv3 + R"(, "kernel_size": 3, "stride": 0})"), "bad.json: layers[0].stride"},
     {"a negative padding", one("{" + kConv3 + R"(, "kernel_size": 3, "padding": -1})"), "bad.json: layers[0].padding"},
     {"a zero dilation", one("{" + kConv3 + R"(, "kernel_size": 3, "dilation": 0})"), "bad.json: layers[0].dilation"},
