@@ -90,7 +90,8 @@ struct Engine::Impl {
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
   int64_t global_batch() const { return network.input_shape()[0] * ranks(); }
-  void average_loss_across_ranks();  // execute.cpp (the gradients go in buckets during backward)
+  void average_across_ranks(float* data, int64_t count);  // execute.cpp, on the engine's stream
+  void average_loss_across_ranks();  // (the gradients go in buckets during backward)
   size_t slab_floats() const { return schedule.slab_bytes / sizeof(float); }
   char* address(int request) const { return request == kNoBuffer ? nullptr : arena + plan.tensors[request].offset; }
 

@@ -30,13 +30,16 @@ void Engine::Impl::run_backward() {
   if (buckets) buckets->join();
 }
 
-void Engine::Impl::average_loss_across_ranks() {
-  if (!options.communicator) return;
-  void* stream = nullptr;
+void Engine::Impl::average_across_ranks(float* data, int64_t count) {
+  void* stream = nullptr;  // the CPU's in-process communicator needs none
 #if ANVIL_WITH_CUDA
   if (cuda()) stream = ctx->stream();
 #endif
-  options.communicator->average(loss_value, 1, stream);
+  options.communicator->average(data, count, stream);
+}
+
+void Engine::Impl::average_loss_across_ranks() {
+  if (options.communicator) average_across_ranks(loss_value, 1);
 }
 
 void Engine::Impl::run_optimizer() {

@@ -149,11 +149,7 @@ bool Engine::Impl::any_rank(bool mine) {
   float vote = mine ? 1.f : 0.f;
   auto* shared = static_cast<float*>(flag);
   upload(shared, &vote, 1);
-  void* stream = nullptr;
-#if ANVIL_WITH_CUDA
-  if (cuda()) stream = ctx->stream();
-#endif
-  options.communicator->average(shared, 1, stream);
+  average_across_ranks(shared, 1);
   download(&vote, shared, 1);
   return vote > 0.f;
 }
