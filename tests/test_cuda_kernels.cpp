@@ -31,6 +31,7 @@
 #include "anvil/error.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cpu/add.hpp"
+#include "kernels/cpu/finite.hpp"
 #include "kernels/cpu/channel.hpp"
 #include "kernels/cpu/pointwise.hpp"
 #include "kernels/cpu/pool.hpp"
@@ -39,6 +40,7 @@
 #include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/channel_scale.hpp"
 #include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/finite.hpp"
 #include "kernels/cuda/pointwise.hpp"
 
 namespace {
@@ -269,6 +271,30 @@ TEST(CudaKernels, CopyOrAccumulate) {
         expect_ulp(bd.download(oo, count), want, 1, what);
         expect_untouched(bd, oo, count, what);
       }
+    }
+  }
+}
+
+// flag_non_finite against the CPU's all_finite: no non-finite value, a NaN anywhere, an infinity
+// at either end; the data misaligned, and NaN just outside it, which must not be read.
+TEST(CudaKernels, FlagNonFiniteMatchesTheCpu) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(211);
+  for (int64_t count : kCounts) {
+    for (int which = 0; which < 4; ++which) {
+      std::vector<float> x = random_floats(count, rng);
+      if (which == 1) x[size_t(rng() % uint64_t(count))] = std::nanf("");
+      if (which == 2) x.back() = std::numeric_limits<float>::infinity();
+      if (which == 3) x.front() = -std::numeric_limits<float>::infinity();
+      const std::string what = describe({{"count", double(count)}, {"case", double(which)}});
+      DeviceBuffer<float> bx(count + kSlack);
+      bx.poison();  // NaN around the data
+      bx.upload(x, 1);
+      DeviceBuffer<unsigned> flag(1);
+      flag.upload(std::vector<unsigned>{0u});
+      gpu::flag_non_finite(bx.get() + 1, count, flag.get(), nullptr);
+      EXPECT_EQ(flag.download(0, 1)[0] == 0u, cpu::all_finite(x.data(), count)) << what;
+      EXPECT_EQ(flag.download(0, 1)[0] == 0u, which == 0) << what;
     }
   }
 }
