@@ -14,6 +14,8 @@
 
 #include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/bias.hpp"
+#include "kernels/cuda/conv_wgrad_mma.hpp"
+#include "kernels/cuda/tensor_cores.hpp"
 #include "layers/cudnn_graph_conv.hpp"
 #include "layers/cudnn_util.hpp"
 #endif
@@ -222,6 +224,11 @@ struct Convolution::Cudnn {
   // The heuristics' ranking (algorithm, math type) per op: a function of the shapes alone.
   std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
   cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
+  // The filter gradient on anvil's tensor-core kernel (conv_wgrad_mma.hpp)
+  // instead of cuDNN, and how that was decided.
+  bool mma_weight_grad = false;
+  size_t mma_scratch = 0;
+  std::string weight_grad_choice;
   bool chosen = false;
   BuildSettings settings;
 
@@ -275,6 +282,15 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
+  // The filter gradient runs anvil's kernel wherever it applies: cuDNN's
+  // deterministic algorithms measured several times slower (bench/SUITE.md).
+  // Autotuned, cuDNN's is planned as well and the faster of the two kept.
+  if (needs_backward_ && cuda::tensor_core_kernels_available() && cuda::conv_mma_weight_grad_supported(geometry())) {
+    c.mma_weight_grad = true;
+    c.mma_scratch = cuda::conv_mma_weight_grad_scratch_bytes(geometry());
+    c.weight_grad_choice = "rule";
+    c.used[kBackwardFilter] = settings.autotune;
+  }
   // Autotuned: the graph API's engines first. By default the legacy API,
   // whose rule measured as fast or faster on the suite (docs/performance.md).
   // Each op on the legacy API plans its workspace from the heuristics' list
@@ -320,13 +336,13 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   }
 }
 
-size_t Convolution::cudnn_forward_workspace() const {
+size_t Convolution::forward_workspace() const {
   return cudnn_ ? cudnn_->workspace[spec_.transposed ? kBackwardData : kForward] : 0;
 }
 
-size_t Convolution::cudnn_backward_workspace() const {
+size_t Convolution::backward_workspace() const {
   if (!cudnn_ || !needs_backward_) return 0;
-  size_t ws = cudnn_->workspace[kBackwardFilter];
+  size_t ws = std::max(cudnn_->workspace[kBackwardFilter], cudnn_->mma_scratch);
   if (needs_input_grad_) ws = std::max(ws, cudnn_->workspace[spec_.transposed ? kForward : kBackwardData]);
   return ws;
 }
@@ -338,16 +354,16 @@ size_t Convolution::bias_scratch_bytes() const {
 
 std::vector<BufferRequest> Convolution::buffers(Device device) const {
   if (device != Device::Cuda) return {};
-  return {{"cudnn_forward", cudnn_forward_workspace(), BufferLife::Forward},
-          {"cudnn_backward", cudnn_backward_workspace(), BufferLife::Backward},
+  return {{"conv_forward", forward_workspace(), BufferLife::Forward},
+          {"conv_backward", backward_workspace(), BufferLife::Backward},
           {"bias_scratch", needs_backward_ ? bias_scratch_bytes() : 0, BufferLife::Backward}};
 }
 
-enum ConvBuffer { kCudnnForward, kCudnnBackward, kBiasScratch };
+enum ConvBuffer { kForwardWorkspace, kBackwardWorkspace, kBiasScratch };
 
 void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, const LayerArgs& bwd) {
   search_algorithms(ctx, fwd.in[0].data, fwd.out.data, fwd.params[0], bwd.dparams.empty() ? nullptr : bwd.dparams[0],
-                    fwd.buffers[kCudnnForward], bwd.buffers[kCudnnBackward]);
+                    fwd.buffers[kForwardWorkspace], bwd.buffers[kBackwardWorkspace]);
 }
 
 void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw,
@@ -390,14 +406,29 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   }
   for (int op = 0; op < kOpCount; ++op)
     if (c.used[op]) ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv[op], c.math[op]));
+  if (c.mma_weight_grad && c.used[kBackwardFilter]) {  // autotuned: each once after a warm-up, the faster stays
+    auto time = [&](bool mma) {
+      c.mma_weight_grad = mma;
+      weight_grad(ctx, a, b, dw, backward_ws);
+      return ctx.time_ms([&] { weight_grad(ctx, a, b, dw, backward_ws); });
+    };
+    const double mma_ms = time(true), cudnn_ms = time(false);
+    c.mma_weight_grad = mma_ms <= cudnn_ms;
+    char text[96];
+    std::snprintf(text, sizeof text, "autotuned: anvil %.3f ms, cuDNN %.3f ms", mma_ms, cudnn_ms);
+    c.weight_grad_choice = text;
+  }
   c.chosen = true;
 }
 
 std::string Convolution::describe_cuda() const {
   if (!cudnn_ || !cudnn_->chosen) return "";
   std::string s;
+  if (cudnn_->mma_weight_grad)
+    s = std::string(kOpNames[kBackwardFilter]) + " anvil tensor cores (" +
+        (cudnn_->settings.precision == Precision::FP32 ? "3xTF32" : "TF32") + ", " + cudnn_->weight_grad_choice + ")";
   for (int op = 0; op < kOpCount; ++op) {
-    if (!cudnn_->used[op]) continue;
+    if (!cudnn_->used[op] || (op == kBackwardFilter && cudnn_->mma_weight_grad)) continue;
     if (cudnn_->graph[op]) {
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe();
       continue;
@@ -433,7 +464,8 @@ void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, 
 void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx,
                                bool accumulate, float* dw, void* ws, size_t ws_bytes) {
   if (dx) run_input_grad(ctx, dy, w, dx, accumulate, ws, ws_bytes);
-  run_weight_grad(ctx, x, dy, dw, ws, ws_bytes);
+  // A is the input side: dy for a transposed conv, else x.
+  weight_grad(ctx, spec_.transposed ? dy : x, spec_.transposed ? x : dy, dw, ws);
 }
 
 // dx: a forward conv of dy for a transposed conv, else its backward data.
@@ -461,12 +493,12 @@ void Convolution::run_input_grad(CudaContext& ctx, const float* dy, const float*
         static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, beta, c.a, dx));
 }
 
-void Convolution::run_weight_grad(CudaContext& ctx, const float* x, const float* dy, float* dw, void* ws,
-                                  size_t ws_bytes) {
+void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws) {
   Cudnn& c = *cudnn_;
-  // A is the input side: dy for a transposed conv, else x.
-  const float* a = spec_.transposed ? dy : x;
-  const float* b = spec_.transposed ? x : dy;
+  if (c.mma_weight_grad) {
+    cuda::conv_mma_weight_grad(a, b, dw, ws, c.settings.precision == Precision::FP32, geometry(), ctx.stream());
+    return;
+  }
   if (c.graph[kBackwardFilter]) {
     c.graph[kBackwardFilter]->run(ctx, a, b, dw, ws);
     return;
@@ -474,20 +506,21 @@ void Convolution::run_weight_grad(CudaContext& ctx, const float* x, const float*
   const float one = 1.f, zero = 0.f;
   ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
       ctx.cudnn(), &one, c.a, a, c.b, b, c.conv[kBackwardFilter],
-      static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]), ws, ws_bytes, &zero, c.w, dw));
+      static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]), ws, c.workspace[kBackwardFilter], &zero,
+      c.w, dw));
 }
 
 void Convolution::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.buffers[kCudnnForward],
-              cudnn_forward_workspace());
+  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.buffers[kForwardWorkspace],
+              forward_workspace());
   const Shape& y = output_shape();
   if (spec_.bias) cuda::bias_forward(args.out.data, args.params[1], y[0], y[1], numel(y) / (y[0] * y[1]), ctx.stream());
 }
 
 void Convolution::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  const size_t cudnn_ws = cudnn_backward_workspace();
+  const size_t cudnn_ws = backward_workspace();
   run_backward(ctx, args.in[0].data, args.dout.data, args.params[0], args.din[0].data, args.din_accumulate[0],
-               args.dparams[0], args.buffers[kCudnnBackward], cudnn_ws);
+               args.dparams[0], args.buffers[kBackwardWorkspace], cudnn_ws);
   const Shape& y = output_shape();
   if (spec_.bias)
     cuda::bias_backward(args.dout.data, args.dparams[1], y[0], y[1], numel(y) / (y[0] * y[1]),

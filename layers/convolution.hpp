@@ -52,14 +52,15 @@ class Convolution : public Layer {
  public:
   ~Convolution() override;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
-  // cudnn_forward (Forward), cudnn_backward and bias_scratch (Backward).
+  // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
   std::string describe_cuda() const override;
 
-  // Bias-free pieces, reused by the fused layers. Workspace sizes are those of cuDNN alone.
-  size_t cudnn_forward_workspace() const;
-  size_t cudnn_backward_workspace() const;
+  // Bias-free pieces, reused by the fused layers. The workspaces are the
+  // conv's alone: cuDNN's, and the filter gradient's partials when anvil's kernel computes it.
+  size_t forward_workspace() const;
+  size_t backward_workspace() const;
   // cuDNN's algorithm search (and with autotune the graph API's timing), with these tensors and workspaces as its scratch
   // (x and y as the layer's input and output; dw may be null without backward).
   void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
@@ -78,7 +79,8 @@ class Convolution : public Layer {
   size_t bias_scratch_bytes() const;
   void run_input_grad(CudaContext& ctx, const float* dy, const float* w, float* dx, bool accumulate, void* ws,
                       size_t ws_bytes);
-  void run_weight_grad(CudaContext& ctx, const float* x, const float* dy, float* dw, void* ws, size_t ws_bytes);
+  // dW from the input side a and the output side b (see the table above); ws holds backward_workspace().
+  void weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws);
 
   std::unique_ptr<Cudnn> cudnn_;
 #endif

@@ -7,7 +7,7 @@
 namespace anvil {
 
 namespace {
-enum Buffer { kY, kCudnnForward, kArgmax, kYAtMax, kDy, kCudnnBackward, kReduceScratch };
+enum Buffer { kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch };
 }  // namespace
 
 std::optional<FusedChain> fused_chain(const std::vector<const LayerSpec*>& pointwise) {
@@ -146,19 +146,19 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   const bool keep_y = backward && !tiled_;
   const bool argmax = backward && pool_ && pool_->max;
   return {{"y", y_bytes(), keep_y ? BufferLife::Saved : BufferLife::Forward},
-          {"cudnn_forward", conv_->cudnn_forward_workspace(), BufferLife::Forward},
+          {"conv_forward", conv_->forward_workspace(), BufferLife::Forward},
           {"argmax", argmax ? pooled : 0, BufferLife::Saved},
           {"y_at_max", backward && tiled_ ? pooled * sizeof(float) : 0, BufferLife::Saved},
           {"dy", backward ? y_bytes() : 0, BufferLife::Backward},
-          {"cudnn_backward", conv_->cudnn_backward_workspace(), BufferLife::Backward},
+          {"conv_backward", conv_->backward_workspace(), BufferLife::Backward},
           {"reduce_scratch", backward ? reduce_scratch_bytes() : 0, BufferLife::Backward}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
   // The conv searches with Y (our buffer) as its output.
   conv_->search_algorithms(ctx, forward.in[0].data, forward.buffer<float>(kY), forward.params[0],
-                           backward.dparams.empty() ? nullptr : backward.dparams[0], forward.buffers[kCudnnForward],
-                           backward.buffers[kCudnnBackward]);
+                           backward.dparams.empty() ? nullptr : backward.dparams[0], forward.buffers[kConvForward],
+                           backward.buffers[kConvBackward]);
 }
 
 std::string FusedConvEpilogue::describe_cuda() const {
@@ -169,8 +169,8 @@ std::string FusedConvEpilogue::describe_cuda() const {
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* y = args.buffer<float>(kY);
-  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kCudnnForward],
-                     conv_->cudnn_forward_workspace());
+  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward],
+                     conv_->forward_workspace());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_param_count());
   // argmax and y_at_max are null when nothing runs backward (inference).
@@ -195,7 +195,7 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                               args.buffer<uint8_t>(kArgmax), chain, dy, false, grads, args.buffers[kReduceScratch],
                               general_geometry(), ctx.stream());
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
-                      args.dparams[0], args.buffers[kCudnnBackward], conv_->cudnn_backward_workspace());
+                      args.dparams[0], args.buffers[kConvBackward], conv_->backward_workspace());
 }
 
 void FusedConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }

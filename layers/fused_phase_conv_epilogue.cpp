@@ -14,8 +14,8 @@ namespace anvil {
 
 namespace {
 enum Buffer {
-  kArgmax, kYAtMax, kXPad, kWp, kYp, kCudnnForward,                                      // forward
-  kEpilogueScratch, kDyTf32, kDyResidual, kWgradScratch, kDyp, kDwp, kDxPad, kCudnnBackward  // backward
+  kArgmax, kYAtMax, kXPad, kWp, kYp, kConvForward,                                      // forward
+  kEpilogueScratch, kDyTf32, kDyResidual, kWgradScratch, kDyp, kDwp, kDxPad, kConvBackward  // backward
 };
 }  // namespace
 
@@ -182,12 +182,13 @@ void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& s
 // padded input (for dW) and the combined weight (for dx). Inference keeps the
 // last two only during the forward call. Backward: the tensor-core weight
 // gradient needs dY at the argmax (TF32, and its residual in 3xTF32) and its
-// partials; cuDNN's needs the whole dYp, dWp, dx_pad (when wanted) and its workspace.
+// partials; the dense backward (phase_conv_'s) needs the whole dYp, dWp, dx_pad
+// (when wanted) and its workspace.
 std::vector<BufferRequest> FusedPhaseConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const BufferLife kept = backward_ ? BufferLife::Saved : BufferLife::Forward;
   const size_t pooled = static_cast<size_t>(numel(output_shape()));
-  const bool cudnn_backward = backward_ && !mma_weight_grad_;
+  const bool dense_backward = backward_ && !mma_weight_grad_;
   auto when = [](bool needed, size_t bytes) { return needed ? bytes : size_t{0}; };
   return {
       {"argmax", when(backward_, pooled), BufferLife::Saved},
@@ -195,16 +196,16 @@ std::vector<BufferRequest> FusedPhaseConvEpilogue::buffers(Device device) const 
       {"x_pad", x_pad_bytes(), kept},
       {"wp", wp_bytes(), kept},
       {"yp", when(!fused_forward_, yp_bytes()), BufferLife::Forward},
-      {"cudnn_forward", when(!fused_forward_, phase_conv_->cudnn_forward_workspace()), BufferLife::Forward},
+      {"conv_forward", when(!fused_forward_, phase_conv_->forward_workspace()), BufferLife::Forward},
       {"epilogue_scratch", when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry(), chain_.ops)),
        BufferLife::Backward},
       {"dy_tf32", when(mma_weight_grad_, pooled_bytes()), BufferLife::Backward},
       {"dy_residual", when(mma_weight_grad_ && compensated_, pooled_bytes()), BufferLife::Backward},
       {"wgrad_scratch", when(mma_weight_grad_, cuda::phase_mma_weight_grad_scratch_bytes(g_)), BufferLife::Backward},
-      {"dyp", when(cudnn_backward, yp_bytes()), BufferLife::Backward},
-      {"dwp", when(cudnn_backward, wp_bytes()), BufferLife::Backward},
-      {"dx_pad", when(cudnn_backward && input_grad_, x_pad_bytes()), BufferLife::Backward},
-      {"cudnn_backward", when(cudnn_backward, phase_conv_->cudnn_backward_workspace()), BufferLife::Backward},
+      {"dyp", when(dense_backward, yp_bytes()), BufferLife::Backward},
+      {"dwp", when(dense_backward, wp_bytes()), BufferLife::Backward},
+      {"dx_pad", when(dense_backward && input_grad_, x_pad_bytes()), BufferLife::Backward},
+      {"conv_backward", when(dense_backward, phase_conv_->backward_workspace()), BufferLife::Backward},
   };
 }
 
@@ -212,7 +213,7 @@ void FusedPhaseConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs
   if (fused_forward_) return;
   phase_conv_->search_algorithms(ctx, forward.buffer<float>(kXPad), forward.buffer<float>(kYp),
                                  forward.buffer<float>(kWp), backward.buffer<float>(kDwp),
-                                 forward.buffers[kCudnnForward], backward.buffers[kCudnnBackward]);
+                                 forward.buffers[kConvForward], backward.buffers[kConvBackward]);
 }
 
 void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
@@ -232,7 +233,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
     return;
   }
   float* yp = args.buffer<float>(kYp);
-  phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kCudnnForward], phase_conv_->cudnn_forward_workspace());
+  phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kConvForward], phase_conv_->forward_workspace());
   cuda::phase_epilogue_forward(yp, bias, chain, args.out.data, argmax, y_at_max, epilogue_geometry(), ctx.stream());
 }
 
@@ -260,7 +261,7 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, chain, out, args.buffers[kEpilogueScratch],
                                 epilogue_geometry(), ctx.stream());
   phase_conv_->run_backward(ctx, args.buffer<float>(kXPad), out.dyp, args.buffer<float>(kWp), dx_pad, false, dwp,
-                            args.buffers[kCudnnBackward], phase_conv_->cudnn_backward_workspace());
+                            args.buffers[kConvBackward], phase_conv_->backward_workspace());
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }

@@ -446,7 +446,7 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
                    "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
   expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
   // With a GPU, --gpus itself is refused; without one (or without CUDA) --device cuda is, first.
-  for (const std::string& gpus : {"4096", "0,x"}) {
+  for (const char* gpus : {"4096", "0,x"}) {
     const Finished g = run({"train", kNet, "--device", "cuda", "--steps", "2", "--gpus", gpus});
     EXPECT_EQ(g.status, 2) << describe(g);
     EXPECT_EQ(std::count(g.err.begin(), g.err.end(), '\n'), 1) << g.err;
