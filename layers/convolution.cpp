@@ -225,10 +225,10 @@ struct Convolution::Cudnn {
   std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
   cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
   // The filter gradient on anvil's tensor-core kernel (conv_wgrad_mma.hpp)
-  // instead of cuDNN, and how that was decided.
-  bool mma_weight_grad = false;
-  size_t mma_scratch = 0;
-  std::string weight_grad_choice;
+  // instead of cuDNN: whether it can, whether it does, and how that was decided.
+  bool mma_candidate = false, mma = false;
+  std::string mma_choice;
+  size_t mma_scratch = 0;  // its partials
   bool chosen = false;
   BuildSettings settings;
 
@@ -282,15 +282,21 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
-  // The filter gradient runs anvil's kernel wherever it applies: cuDNN's
-  // deterministic algorithms measured several times slower (bench/SUITE.md).
-  // Autotuned, cuDNN's is planned as well and the faster of the two kept.
-  if (needs_backward_ && cuda::tensor_core_kernels_available() && cuda::conv_mma_weight_grad_supported(geometry())) {
-    c.mma_weight_grad = true;
-    c.mma_scratch = cuda::conv_mma_weight_grad_scratch_bytes(geometry());
-    c.weight_grad_choice = "rule";
-    c.used[kBackwardFilter] = settings.autotune;
+  // The filter gradient on anvil's tensor-core kernel where it applies, by
+  // rule: always under fp32 (cuDNN's deterministic FMA algorithms measured 3x
+  // to 11x slower), and under tf32 when W's rows (in_channels x taps of the A
+  // side) fit one 128-column tile of the kernel; wider ones went either way
+  // against cuDNN's TF32 algorithms (docs/performance.md). Autotuned, cuDNN's
+  // is planned as well and the faster kept (search_algorithms).
+  const cpu::ConvGeometry g = geometry();
+  c.mma_candidate = c.used[kBackwardFilter] && cuda::tensor_core_kernels_available() &&
+                    cuda::conv_mma_weight_grad_supported(g);
+  if (c.mma_candidate && !settings.autotune) {
+    c.mma = settings.precision == Precision::FP32 || g.ca * cpu::volume(g.k) <= 128;
+    c.used[kBackwardFilter] = !c.mma;
+    c.mma_choice = "rule";
   }
+  if (c.mma || (c.mma_candidate && settings.autotune)) c.mma_scratch = cuda::conv_mma_weight_grad_scratch_bytes(g);
   // Autotuned: the graph API's engines first. By default the legacy API,
   // whose rule measured as fast or faster on the suite (docs/performance.md).
   // Each op on the legacy API plans its workspace from the heuristics' list
@@ -406,17 +412,17 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   }
   for (int op = 0; op < kOpCount; ++op)
     if (c.used[op]) ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv[op], c.math[op]));
-  if (c.mma_weight_grad && c.used[kBackwardFilter]) {  // autotuned: each once after a warm-up, the faster stays
+  if (c.mma_candidate && c.settings.autotune) {  // each once after a warm-up; the faster stays
     auto time = [&](bool mma) {
-      c.mma_weight_grad = mma;
+      c.mma = mma;
       weight_grad(ctx, a, b, dw, backward_ws);
       return ctx.time_ms([&] { weight_grad(ctx, a, b, dw, backward_ws); });
     };
     const double mma_ms = time(true), cudnn_ms = time(false);
-    c.mma_weight_grad = mma_ms <= cudnn_ms;
+    c.mma = mma_ms <= cudnn_ms;
     char text[96];
     std::snprintf(text, sizeof text, "autotuned: anvil %.3f ms, cuDNN %.3f ms", mma_ms, cudnn_ms);
-    c.weight_grad_choice = text;
+    c.mma_choice = text;
   }
   c.chosen = true;
 }
@@ -424,78 +430,74 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
 std::string Convolution::describe_cuda() const {
   if (!cudnn_ || !cudnn_->chosen) return "";
   std::string s;
-  if (cudnn_->mma_weight_grad)
-    s = std::string(kOpNames[kBackwardFilter]) + " anvil tensor cores (" +
-        (cudnn_->settings.precision == Precision::FP32 ? "3xTF32" : "TF32") + ", " + cudnn_->weight_grad_choice + ")";
   for (int op = 0; op < kOpCount; ++op) {
-    if (!cudnn_->used[op] || (op == kBackwardFilter && cudnn_->mma_weight_grad)) continue;
+    const std::string choice = op == kBackwardFilter && !cudnn_->mma_choice.empty() ? ", " + cudnn_->mma_choice : "";
+    if (op == kBackwardFilter && cudnn_->mma) {
+      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " anvil tensor cores (" +
+           (cudnn_->settings.precision == Precision::FP32 ? "3xTF32" : "TF32") + choice + ")";
+      continue;
+    }
+    if (!cudnn_->used[op]) continue;
     if (cudnn_->graph[op]) {
-      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe();
+      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe() + choice;
       continue;
     }
     const cudnnMathType_t m = cudnn_->math[op];
     s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " algo " + std::to_string(cudnn_->algo[op]) + " (" +
          (m == CUDNN_TENSOR_OP_MATH ? "tensor ops" : m == CUDNN_FMA_MATH ? "fma" : "default math") + ", ws " +
-         std::to_string(cudnn_->workspace[op] >> 10) + " KiB)";
+         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + ")";
   }
   return s;
 }
 
-void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes) {
-  Cudnn& c = *cudnn_;
-  const float one = 1.f, zero = 0.f;
-  const Op op = spec_.transposed ? kBackwardData : kForward;
-  if (c.graph[op]) {
-    // A is the input side: y of a transposed conv (computed here), else x.
-    c.graph[op]->run(ctx, spec_.transposed ? y : x, spec_.transposed ? x : y, w, ws);
-    return;
-  }
-  if (spec_.transposed) {
-    ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
-        ctx.cudnn(), &one, c.w, w, c.b, x, c.conv[kBackwardData],
-        static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, &zero, c.a, y));
-  } else {
-    ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, x, c.w, w, c.conv[kForward],
-                                              static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws,
-                                              ws_bytes, &zero, c.b, y));
-  }
+void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws) {
+  if (spec_.transposed)
+    backward_data_relation(ctx, x, w, y, false, ws);  // y is A, x is B
+  else
+    forward_relation(ctx, x, w, y, false, ws);
 }
 
 void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx,
-                               bool accumulate, float* dw, void* ws, size_t ws_bytes) {
-  if (dx) run_input_grad(ctx, dy, w, dx, accumulate, ws, ws_bytes);
+                               bool accumulate, float* dw, void* ws) {
+  if (dx) {
+    if (spec_.transposed)
+      forward_relation(ctx, dy, w, dx, accumulate, ws);  // dy is A, dx is B
+    else
+      backward_data_relation(ctx, dy, w, dx, accumulate, ws);
+  }
   // A is the input side: dy for a transposed conv, else x.
   weight_grad(ctx, spec_.transposed ? dy : x, spec_.transposed ? x : dy, dw, ws);
 }
 
-// dx: a forward conv of dy for a transposed conv, else its backward data.
-void Convolution::run_input_grad(CudaContext& ctx, const float* dy, const float* w, float* dx, bool accumulate,
-                                 void* ws, size_t ws_bytes) {
+void Convolution::forward_relation(CudaContext& ctx, const float* a, const float* w, float* b, bool accumulate,
+                                   void* ws) {
   Cudnn& c = *cudnn_;
-  const Op op = spec_.transposed ? kForward : kBackwardData;
-  if (c.graph[op]) {
-    const CudnnGraphConv& plan = accumulate ? *c.graph_accumulate : *c.graph[op];
-    if (spec_.transposed)
-      plan.run(ctx, dy, dx, w, ws);  // dy is A, dx is B
-    else
-      plan.run(ctx, dx, dy, w, ws);  // dx is A, dy is B
+  if (c.graph[kForward]) {
+    (accumulate ? *c.graph_accumulate : *c.graph[kForward]).run(ctx, a, b, w, ws);
     return;
   }
   const float one = 1.f, zero = 0.f;
-  const float* beta = accumulate ? &one : &zero;
-  if (spec_.transposed)
-    ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, dy, c.w, w, c.conv[kForward],
-                                              static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws, ws_bytes,
-                                              beta, c.b, dx));
-  else
-    ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(
-        ctx.cudnn(), &one, c.w, w, c.b, dy, c.conv[kBackwardData],
-        static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws, ws_bytes, beta, c.a, dx));
+  ANVIL_CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn(), &one, c.a, a, c.w, w, c.conv[kForward],
+                                            static_cast<cudnnConvolutionFwdAlgo_t>(c.algo[kForward]), ws,
+                                            c.workspace[kForward], accumulate ? &one : &zero, c.b, b));
+}
+
+void Convolution::backward_data_relation(CudaContext& ctx, const float* b, const float* w, float* a, bool accumulate,
+                                         void* ws) {
+  Cudnn& c = *cudnn_;
+  if (c.graph[kBackwardData]) {
+    (accumulate ? *c.graph_accumulate : *c.graph[kBackwardData]).run(ctx, a, b, w, ws);
+    return;
+  }
+  const float one = 1.f, zero = 0.f;
+  ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, c.w, w, c.b, b, c.conv[kBackwardData],
+                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]),
+                                                 ws, c.workspace[kBackwardData], accumulate ? &one : &zero, c.a, a));
 }
 
 void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws) {
   Cudnn& c = *cudnn_;
-  if (c.mma_weight_grad) {
+  if (c.mma) {
     cuda::conv_mma_weight_grad(a, b, dw, ws, c.settings.precision == Precision::FP32, geometry(), ctx.stream());
     return;
   }
@@ -511,16 +513,14 @@ void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, 
 }
 
 void Convolution::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.buffers[kForwardWorkspace],
-              forward_workspace());
+  run_forward(ctx, args.in[0].data, args.params[0], args.out.data, args.buffers[kForwardWorkspace]);
   const Shape& y = output_shape();
   if (spec_.bias) cuda::bias_forward(args.out.data, args.params[1], y[0], y[1], numel(y) / (y[0] * y[1]), ctx.stream());
 }
 
 void Convolution::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  const size_t cudnn_ws = backward_workspace();
   run_backward(ctx, args.in[0].data, args.dout.data, args.params[0], args.din[0].data, args.din_accumulate[0],
-               args.dparams[0], args.buffers[kBackwardWorkspace], cudnn_ws);
+               args.dparams[0], args.buffers[kBackwardWorkspace]);
   const Shape& y = output_shape();
   if (spec_.bias)
     cuda::bias_backward(args.dout.data, args.dparams[1], y[0], y[1], numel(y) / (y[0] * y[1]),

@@ -61,14 +61,16 @@ class Convolution : public Layer {
   // conv's alone: cuDNN's, and the filter gradient's partials when anvil's kernel computes it.
   size_t forward_workspace() const;
   size_t backward_workspace() const;
-  // cuDNN's algorithm search (and with autotune the graph API's timing), with these tensors and workspaces as its scratch
-  // (x and y as the layer's input and output; dw may be null without backward).
+  // cuDNN's algorithm search (and with autotune the timing of the graph API's
+  // engines and of anvil's kernels), with these tensors and workspaces as its
+  // scratch (x and y as the layer's input and output; dw may be null without backward).
   void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
                          void* backward_ws);
-  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws, size_t ws_bytes);
-  // dx may be null (no input gradient); dw is overwritten.
+  // ws: forward_workspace() bytes for run_forward, backward_workspace() for
+  // run_backward. dx may be null (no input gradient); dw is overwritten.
+  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws);
   void run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx, bool accumulate,
-                    float* dw, void* ws, size_t ws_bytes);
+                    float* dw, void* ws);
 
  protected:
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
@@ -77,9 +79,9 @@ class Convolution : public Layer {
  private:
   struct Cudnn;
   size_t bias_scratch_bytes() const;
-  void run_input_grad(CudaContext& ctx, const float* dy, const float* w, float* dx, bool accumulate, void* ws,
-                      size_t ws_bytes);
-  // dW from the input side a and the output side b (see the table above); ws holds backward_workspace().
+  // The three relations of the table above, in its A and B; accumulate adds to the result's tensor.
+  void forward_relation(CudaContext& ctx, const float* a, const float* w, float* b, bool accumulate, void* ws);
+  void backward_data_relation(CudaContext& ctx, const float* b, const float* w, float* a, bool accumulate, void* ws);
   void weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws);
 
   std::unique_ptr<Cudnn> cudnn_;

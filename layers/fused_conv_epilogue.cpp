@@ -169,8 +169,7 @@ std::string FusedConvEpilogue::describe_cuda() const {
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* y = args.buffer<float>(kY);
-  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward],
-                     conv_->forward_workspace());
+  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_param_count());
   // argmax and y_at_max are null when nothing runs backward (inference).
@@ -195,7 +194,7 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
                               args.buffer<uint8_t>(kArgmax), chain, dy, false, grads, args.buffers[kReduceScratch],
                               general_geometry(), ctx.stream());
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
-                      args.dparams[0], args.buffers[kConvBackward], conv_->backward_workspace());
+                      args.dparams[0], args.buffers[kConvBackward]);
 }
 
 void FusedConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }

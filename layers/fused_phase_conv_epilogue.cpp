@@ -233,7 +233,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
     return;
   }
   float* yp = args.buffer<float>(kYp);
-  phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kConvForward], phase_conv_->forward_workspace());
+  phase_conv_->run_forward(ctx, x_pad, wp, yp, args.buffers[kConvForward]);
   cuda::phase_epilogue_forward(yp, bias, chain, args.out.data, argmax, y_at_max, epilogue_geometry(), ctx.stream());
 }
 
@@ -261,7 +261,7 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   cuda::phase_epilogue_backward(args.dout.data, argmax, y_at_max, chain, out, args.buffers[kEpilogueScratch],
                                 epilogue_geometry(), ctx.stream());
   phase_conv_->run_backward(ctx, args.buffer<float>(kXPad), out.dyp, args.buffer<float>(kWp), dx_pad, false, dwp,
-                            args.buffers[kConvBackward], phase_conv_->backward_workspace());
+                            args.buffers[kConvBackward]);
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }

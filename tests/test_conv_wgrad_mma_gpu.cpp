@@ -70,43 +70,56 @@ double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
   return std::sqrt(num / den);
 }
 
-class ConvWgradMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
+// The operands as the kernel multiplies them: rounded to TF32 unless compensated.
+std::vector<double> operand(const std::vector<float>& v, bool compensated) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = compensated ? double(v[i]) : double(tf32(v[i]));
+  return out;
+}
 
+// Float32 accuracy: in the relative L2 norm, and no single value far off.
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, bool compensated) {
+  EXPECT_LE(rel_l2(got, want), 1e-5) << (compensated ? "3xTF32" : "TF32");
+  int64_t far = 0;
+  for (size_t i = 0; i < want.size(); ++i) far += !(std::abs(got[i] - want[i]) <= 1e-4 * (1 + std::abs(want[i])));
+  EXPECT_EQ(far, 0) << "of " << want.size() << " values";
+}
+
+class ConvWgradMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
+ protected:
+  void SetUp() override {
+    ANVIL_REQUIRE_GPU_OR_SKIP();
+    if (!cuda::tensor_core_kernels_available()) GTEST_SKIP() << "needs sm_80 or newer";
+    g_ = geometry_of(std::get<0>(GetParam()));
+    compensated_ = std::get<1>(GetParam());
+    std::mt19937 rng(29);
+    a_ = random_floats(size_t(g_.n * g_.ca * cpu::volume(g_.a)), rng);
+    db_ = random_floats(size_t(g_.n * g_.cb * cpu::volume(g_.b)), rng);
+  }
+  cpu::ConvGeometry g_;
+  bool compensated_ = true;
+  std::vector<float> a_, db_;
+};
+
+// dW from A and dB, then again: bitwise the same.
 TEST_P(ConvWgradMma, MatchesFloat64AndRepeatsBitwise) {
-  ANVIL_REQUIRE_GPU_OR_SKIP();
-  if (!cuda::tensor_core_kernels_available()) GTEST_SKIP() << "needs sm_80 or newer";
-  const auto& [c, compensated] = GetParam();
-  const cpu::ConvGeometry g = geometry_of(c);
-  ASSERT_TRUE(cuda::conv_mma_weight_grad_supported(g));
-  std::mt19937 rng(29);
-  const std::vector<float> a = random_floats(size_t(g.n * g.ca * cpu::volume(g.a)), rng);
-  const std::vector<float> db = random_floats(size_t(g.n * g.cb * cpu::volume(g.b)), rng);
-  const size_t outputs = size_t(g.cb * g.ca * cpu::volume(g.k));
-  DeviceBuffer<float> d_a(a.size()), d_db(db.size()), d_dw(outputs);
-  DeviceBuffer<char> scratch(cuda::conv_mma_weight_grad_scratch_bytes(g));
-  d_a.upload(a);
-  d_db.upload(db);
+  ASSERT_TRUE(cuda::conv_mma_weight_grad_supported(g_));
+  DeviceBuffer<float> d_a(a_.size()), d_db(db_.size()), d_dw(size_t(g_.cb * g_.ca * cpu::volume(g_.k)));
+  DeviceBuffer<char> scratch(cuda::conv_mma_weight_grad_scratch_bytes(g_));
+  d_a.upload(a_);
+  d_db.upload(db_);
   d_dw.poison();
   scratch.poison();
-  cuda::conv_mma_weight_grad(d_a.get(), d_db.get(), d_dw.get(), scratch.get(), compensated, g, nullptr);
+  cuda::conv_mma_weight_grad(d_a.get(), d_db.get(), d_dw.get(), scratch.get(), compensated_, g_, nullptr);
   const std::vector<float> dw = d_dw.download_all();
-
-  auto as_double = [&](const std::vector<float>& v) {
-    std::vector<double> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = compensated ? double(v[i]) : double(tf32(v[i]));
-    return out;
-  };
-  const std::vector<double> a64 = as_double(a), db64 = as_double(db);
-  std::vector<double> want(outputs);
-  cpu::conv_backward_filter(a64.data(), db64.data(), want.data(), g);
-  EXPECT_LE(rel_l2(dw, want), 1e-5) << (compensated ? "3xTF32" : "TF32");
-  int64_t far = 0;  // no single output may be far off either
-  for (size_t i = 0; i < outputs; ++i) far += !(std::abs(dw[i] - want[i]) <= 1e-4 * (1 + std::abs(want[i])));
-  EXPECT_EQ(far, 0) << "of " << outputs << " outputs";
+  const std::vector<double> a64 = operand(a_, compensated_), db64 = operand(db_, compensated_);
+  std::vector<double> want(dw.size());
+  cpu::conv_backward_filter(a64.data(), db64.data(), want.data(), g_);
+  expect_close(dw, want, compensated_);
 
   d_dw.poison();
-  cuda::conv_mma_weight_grad(d_a.get(), d_db.get(), d_dw.get(), scratch.get(), compensated, g, nullptr);
-  EXPECT_EQ(std::memcmp(d_dw.download_all().data(), dw.data(), outputs * sizeof(float)), 0) << "a rerun differs";
+  cuda::conv_mma_weight_grad(d_a.get(), d_db.get(), d_dw.get(), scratch.get(), compensated_, g_, nullptr);
+  EXPECT_EQ(std::memcmp(d_dw.download_all().data(), dw.data(), dw.size() * sizeof(float)), 0) << "a rerun differs";
 }
 
 INSTANTIATE_TEST_SUITE_P(Geometries, ConvWgradMma, ::testing::Combine(::testing::ValuesIn(kCases), ::testing::Bool()),

@@ -17,36 +17,20 @@
 // cores' accumulator truncates, so each step's products are summed apart and
 // added to the running sums with ordinary float32 adds (as in
 // phase_wgrad_mma.cu).
-#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/conv_mma.cuh"
 #include "kernels/cuda/conv_wgrad_mma.hpp"
 #include "kernels/cuda/mma.cuh"
 
 namespace anvil::cuda {
 namespace {
 
-constexpr int kWarps = detail::kThreads / 32;
-constexpr int kStep = 32;    // positions per K step
-constexpr int kStages = 3;   // K steps in flight
-constexpr int kPitch = 36;   // words per staged row: a fragment's (row grp, word tig) reads hit 32 distinct banks
-constexpr int64_t kTargetBlocks = 1024;                // blocks the K split aims at
-constexpr int64_t kMaxPartials = int64_t(1) << 24;     // floats of block partials (64 MiB) at most
-constexpr int kOutside = 1 << 30;                      // a column past N: its gather is never inside A
+constexpr int kStep = kMmaStep, kStages = kMmaStages, kPitch = kRowWords;
+constexpr int64_t kTargetBlocks = 1024;             // blocks the K split aims at
+constexpr int64_t kMaxPartials = int64_t(1) << 24;  // floats of block partials (64 MiB) at most
 
-struct WgradDims {
-  int m, n, taps;  // GEMM rows (cb) and columns (ca * taps)
-  int ca, cb;
-  int a0, a1, a2, a_volume;
-  int b1, b2, b_volume;
-  int k1, k2;
-  int s0, s1, s2, p0, p1, p2, d0, d1, d2;
-  int positions, steps;  // K and its steps of kStep
-  int steps_per_split;
-};
-
-// A column's gather: its offset in A from a position's origin, and its tap
-// times the dilation per dim (for the bounds).
-struct alignas(16) Column {
-  int offset, d, h, w;
+// The GEMM's rows are cb and its columns W's (ca, t): d.cb x d.columns.
+struct WgradDims : ConvDims {
+  int steps, steps_per_split;  // K steps of kStep positions, in all and per block
 };
 
 // Issues the copies of K step `step` into `stage`: BM rows of G, then BN
@@ -57,31 +41,20 @@ __device__ __forceinline__ void stage_step(int step, uint32_t* stage, const Colu
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int k = step * kStep + lane;
   const bool in_k = k < d.positions;
-  const int image = in_k ? k / d.b_volume : 0, o = in_k ? k % d.b_volume : 0;
+  const Origin at = origin_of(in_k ? k : 0, d);
   // G: lanes along positions (contiguous in dB), warps along rows.
-  const float* g = db + (image * d.cb + m0) * d.b_volume + o;
+  const float* g = db + at.b_index + m0 * d.b_volume;
   for (int r = warp; r < BM; r += kWarps) {
-    const bool ok = in_k && m0 + r < d.m;
+    const bool ok = in_k && m0 + r < d.cb;
     copy_async(stage + r * kPitch + lane, ok ? g + r * d.b_volume : db, ok);
   }
-  // F: the position's origin in A, then one gathered value per column.
-  const int od = o / (d.b1 * d.b2), oh = o / d.b2 % d.b1, ow = o % d.b2;
-  const int id = od * d.s0 - d.p0, ih = oh * d.s1 - d.p1, iw = ow * d.s2 - d.p2;
-  const int origin = image * d.ca * d.a_volume + (id * d.a1 + ih) * d.a2 + iw;
+  // F: one gathered value per column.
   uint32_t* f = stage + BM * kPitch + lane;
   for (int c = warp; c < BN; c += kWarps) {
     const Column col = cols[c];
-    const bool ok = in_k && unsigned(id + col.d) < unsigned(d.a0) && unsigned(ih + col.h) < unsigned(d.a1) &&
-                    unsigned(iw + col.w) < unsigned(d.a2);
-    copy_async(f + c * kPitch, ok ? a + origin + col.offset : a, ok);
+    const bool ok = in_k && inside(at, col, d);
+    copy_async(f + c * kPitch, ok ? a + at.offset + col.offset : a, ok);
   }
-}
-
-// A staged float as the MMA takes it: TF32 value, and with kCompensated its residual.
-template <bool kCompensated>
-__device__ __forceinline__ void split(float v, uint32_t& big, uint32_t& small) {
-  big = detail::tf32_bits(v);
-  if (kCompensated) small = detail::tf32_bits(v - __uint_as_float(big));
 }
 
 template <int kWarpsM, int kFragsN, bool kCompensated>
@@ -94,12 +67,7 @@ __global__ void __launch_bounds__(detail::kThreads)
   extern __shared__ __align__(16) uint32_t smem[];
   Column* cols = reinterpret_cast<Column*>(smem + kStages * kStageWords);
   const int m0 = blockIdx.y * BM, n0 = blockIdx.z * BN;
-  for (int c = threadIdx.x; c < BN; c += detail::kThreads) {
-    const int n = n0 + c, ca = n / d.taps, t = n % d.taps;
-    const int td = t / (d.k1 * d.k2) * d.d0, th = t / d.k2 % d.k1 * d.d1, tw = t % d.k2 * d.d2;
-    cols[c] = n < d.n ? Column{ca * d.a_volume + (td * d.a1 + th) * d.a2 + tw, td, th, tw}
-                      : Column{0, kOutside, 0, 0};
-  }
+  for (int c = threadIdx.x; c < BN; c += detail::kThreads) cols[c] = column_of(n0 + c, d);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
   const int wm = warp % kWarpsM * 32, wn = warp / kWarpsM * 8 * kFragsN;  // the warp's sub-tile in the block's
@@ -132,11 +100,11 @@ __global__ void __launch_bounds__(detail::kThreads)
       for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
-          split<kCompensated>(gs[(wm + i * 16 + grp + 8 * (r % 2)) * kPitch + k + 4 * (r / 2)], ab[i][r], as[i][r]);
+          split_tf32<kCompensated>(gs[(wm + i * 16 + grp + 8 * (r % 2)) * kPitch + k + 4 * (r / 2)], ab[i][r], as[i][r]);
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) split<kCompensated>(fs[(wn + j * 8 + grp) * kPitch + k + 4 * h], bb[j][h], bs[j][h]);
+        for (int h = 0; h < 2; ++h) split_tf32<kCompensated>(fs[(wn + j * 8 + grp) * kPitch + k + 4 * h], bb[j][h], bs[j][h]);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -161,7 +129,7 @@ __global__ void __launch_bounds__(detail::kThreads)
   }
 
   // Accumulator (i, j, r) sits at row grp + 8 (r / 2), column 2 tig + r % 2 of MMA tile (i, j).
-  float* out = partials + int64_t(blockIdx.x) * d.m * d.n;
+  float* out = partials + int64_t(blockIdx.x) * d.cb * d.columns;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -169,7 +137,7 @@ __global__ void __launch_bounds__(detail::kThreads)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int m = m0 + wm + i * 16 + grp + 8 * (r / 2), n = n0 + wn + j * 8 + 2 * tig + r % 2;
-        if (m < d.m && n < d.n) out[int64_t(m) * d.n + n] = acc[i][j][r];
+        if (m < d.cb && n < d.columns) out[int64_t(m) * d.columns + n] = acc[i][j][r];
       }
 #else
   __trap();  // built for a target before sm_80: tensor_core_kernels_available() is false there
@@ -187,26 +155,20 @@ __global__ void __launch_bounds__(detail::kThreads)
   }
 }
 
-// The block tile: 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns.
-struct Tile {
-  int warps_m, frags_n;
-  int rows() const { return 32 * warps_m; }
-  int cols() const { return 8 * frags_n * (kWarps / warps_m); }
-};
-
-Tile tile_for(int64_t m, int64_t n) {
+// 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns.
+MmaTile tile_for(int64_t m, int64_t n) {
   if (m <= 32) return {1, n <= 64 ? 1 : 2};
   if (m <= 64) return {2, n <= 64 ? 2 : 4};
   return {4, 4};
 }
 
-size_t smem_bytes(const Tile& t) {
+size_t smem_bytes(const MmaTile& t) {
   return size_t(kStages) * (t.rows() + t.cols()) * kPitch * sizeof(uint32_t) + size_t(t.cols()) * sizeof(Column);
 }
 
 struct Plan {
   WgradDims d;
-  Tile tile;
+  MmaTile tile;
   int64_t row_blocks, col_blocks, splits;
 };
 
@@ -214,23 +176,12 @@ struct Plan {
 Plan plan_for(const cpu::ConvGeometry& g) {
   Plan p{};
   WgradDims& d = p.d;
-  d.taps = int(cpu::volume(g.k));
-  d.m = int(g.cb);
-  d.n = int(g.ca) * d.taps;
-  d.ca = int(g.ca);
-  d.cb = int(g.cb);
-  d.a0 = int(g.a[0]), d.a1 = int(g.a[1]), d.a2 = int(g.a[2]), d.a_volume = int(cpu::volume(g.a));
-  d.b1 = int(g.b[1]), d.b2 = int(g.b[2]), d.b_volume = int(cpu::volume(g.b));
-  d.k1 = int(g.k[1]), d.k2 = int(g.k[2]);
-  d.s0 = int(g.stride[0]), d.s1 = int(g.stride[1]), d.s2 = int(g.stride[2]);
-  d.p0 = int(g.pad[0]), d.p1 = int(g.pad[1]), d.p2 = int(g.pad[2]);
-  d.d0 = int(g.dilation[0]), d.d1 = int(g.dilation[1]), d.d2 = int(g.dilation[2]);
-  d.positions = int(g.n * cpu::volume(g.b));
+  static_cast<ConvDims&>(d) = conv_dims(g);
   d.steps = int(detail::ceil_div(d.positions, kStep));
-  p.tile = tile_for(d.m, d.n);
-  p.row_blocks = detail::ceil_div(d.m, p.tile.rows());
-  p.col_blocks = detail::ceil_div(d.n, p.tile.cols());
-  const int64_t outputs = int64_t(d.m) * d.n;
+  p.tile = tile_for(d.cb, d.columns);
+  p.row_blocks = detail::ceil_div(d.cb, p.tile.rows());
+  p.col_blocks = detail::ceil_div(d.columns, p.tile.cols());
+  const int64_t outputs = int64_t(d.cb) * d.columns;
   int64_t splits = std::max<int64_t>(1, detail::ceil_div(kTargetBlocks, p.row_blocks * p.col_blocks));
   splits = std::min({splits, std::max<int64_t>(1, kMaxPartials / outputs), int64_t(d.steps)});
   d.steps_per_split = int(detail::ceil_div(d.steps, splits));
@@ -251,24 +202,14 @@ void launch(const Plan& p, bool compensated, const float* a, const float* db, fl
 }  // namespace
 
 bool conv_mma_weight_grad_supported(const cpu::ConvGeometry& g) {
-  constexpr int64_t kIntLimit = int64_t(1) << 30;  // int indices, with room for kOutside and the bounds' sums
-  const int64_t a_elements = g.n * g.ca * cpu::volume(g.a), b_elements = g.n * g.cb * cpu::volume(g.b);
-  const int64_t outputs = g.cb * g.ca * cpu::volume(g.k);
-  if (a_elements >= kIntLimit || b_elements >= kIntLimit || outputs >= kIntLimit) return false;
-  // The furthest a gathered offset reaches from an image's start, before or past it.
-  int64_t reach = 0;
-  for (int i = 0; i < 3; ++i) {
-    const int64_t origin = std::max(g.pad[i], (g.b[i] - 1) * g.stride[i]) + (g.k[i] - 1) * g.dilation[i];
-    reach = reach * g.a[i] + origin;
-  }
-  if (reach + a_elements >= kIntLimit) return false;
+  if (!conv_indices_fit(g)) return false;
   const Plan p = plan_for(g);
   return p.row_blocks <= 65535 && p.col_blocks <= 65535 && smem_bytes(p.tile) <= detail::max_block_smem();
 }
 
 size_t conv_mma_weight_grad_scratch_bytes(const cpu::ConvGeometry& g) {
   const Plan p = plan_for(g);
-  return size_t(p.splits) * p.d.m * p.d.n * sizeof(float);
+  return size_t(p.splits) * p.d.cb * p.d.columns * sizeof(float);
 }
 
 void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scratch, bool compensated,
@@ -285,7 +226,7 @@ void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scra
     case 24: launch<2, 4>(p, compensated, a, db, partials, stream); break;
     default: launch<4, 4>(p, compensated, a, db, partials, stream); break;
   }
-  const int64_t outputs = int64_t(p.d.m) * p.d.n;
+  const int64_t outputs = int64_t(p.d.cb) * p.d.columns;
   sum_splits_kernel<<<detail::grid_stride_blocks(outputs), detail::kThreads, 0, stream>>>(partials, dw, outputs,
                                                                                             int(p.splits));
   ANVIL_CHECK_LAUNCH();
