@@ -35,6 +35,7 @@
 #include "tests/child_process.hpp"
 #include "tests/contains.hpp"
 #include "tests/temp_dir_test.hpp"
+#include "anvil/communicator.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/error.hpp"
@@ -452,6 +453,63 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
     EXPECT_EQ(std::count(g.err.begin(), g.err.end(), '\n'), 1) << g.err;
     EXPECT_TRUE(starts_with(g.err, anvil::cuda_available() ? "anvil: error: --gpus: " : "anvil: error: ")) << describe(g);
   }
+}
+
+// mpirun's absolute path (Child execs without a PATH search), or "" when there is none.
+std::string find_mpirun() {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string candidate = dir + "/mpirun";
+    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// One rank per process under mpirun, on the CPU backend (MPI_Allreduce): bitwise the in-process
+// ranks' result at the same global batch, one display and one metrics file (rank 0's), a
+// checkpoint that resumes in one process, and bad settings refused with one line and exit 2.
+TEST_F(CliTrain, MpiProcessesTrainAsInProcessRanks) {
+  const std::string mpirun = find_mpirun();
+  if (!anvil::mpi_available() || mpirun.empty())
+    GTEST_SKIP() << "needs MPI at build and mpirun on PATH (Debian: libopenmpi-dev, openmpi-bin)";
+  auto under_mpirun = [&](int processes, const std::vector<std::string>& args) {
+    std::vector<std::string> a{mpirun, "--oversubscribe", "-np", std::to_string(processes)};
+    if (::geteuid() == 0) a.push_back("--allow-run-as-root");  // Open MPI refuses root without it
+    a.insert(a.end(), {kCli, "train", kNet, "--device", "cpu"});
+    a.insert(a.end(), args.begin(), args.end());
+    Child child(a);
+    if (!child.started()) ADD_FAILURE() << "cannot start " << mpirun;
+    return child.finish(120);
+  };
+  const std::string mpi = path("mpi.safetensors"), ranks = path("ranks.safetensors"), ck = path("ck.safetensors");
+  const std::string metrics = path("metrics.jsonl"), single_metrics = path("single.jsonl");
+  const Finished r = under_mpirun(2, {"--data", kTrain, "--steps", "6", "--log-every", "2", "--save", mpi,
+                                      "--checkpoint", ck, "--metrics", metrics});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "on cpu, data parallel (MPI, 2 processes): 6 steps (8 per epoch), batch 32, ");
+  const Finished in_process = train({"--data", kTrain, "--steps", "6", "--log-every", "2", "--save", ranks,
+                                     "--ranks", "2", "--metrics", single_metrics});
+  ASSERT_EQ(in_process.status, 0) << describe(in_process);
+  // Rank 0 alone prints (mpirun gives the ranks a terminal, so the display differs from a pipe's).
+  for (const std::string once : {"training dataset_epochs on cpu", "\ntrained 6 steps in ", "saved parameters to "}) {
+    EXPECT_NE(r.out.find(once), std::string::npos) << once << "\n" << describe(r);
+    EXPECT_EQ(r.out.find(once), r.out.rfind(once)) << once << "\n" << describe(r);
+  }
+  EXPECT_EQ(read_bytes(mpi), read_bytes(ranks)) << "the saved parameters differ";
+  EXPECT_EQ(lines_of(read_bytes(metrics)).size(), lines_of(read_bytes(single_metrics)).size());
+
+  const Finished resumed = train({"--data", kTrain, "--steps", "8", "--resume", ck});
+  EXPECT_EQ(resumed.status, 0) << describe(resumed);
+  EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + ck + " at step 6 (epoch 0, batch 6)\n");
+
+  const Finished uneven = under_mpirun(3, {"--steps", "2"});
+  EXPECT_EQ(uneven.status, 2) << describe(uneven);
+  EXPECT_PRED_FORMAT2(Contains, uneven.err,
+                      "anvil: error: the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)\n");
+  const Finished both = under_mpirun(2, {"--steps", "2", "--ranks", "2"});
+  EXPECT_EQ(both.status, 2) << describe(both);
+  EXPECT_PRED_FORMAT2(Contains, both.err, "anvil: error: under mpirun every process is one rank");
 }
 
 // ------------------------------------------------------------------ 4. signals

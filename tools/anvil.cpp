@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/communicator.hpp"
 #include "anvil/data_parallel.hpp"
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
@@ -498,6 +499,13 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   o.check_finite = t.check_finite;
   std::vector<int> gpus;
   int ranks = t.ranks;
+  const int processes = anvil::launched_ranks();  // under mpirun: one rank per process
+  if (processes > 1) {
+    if (!t.gpus.empty() || t.ranks_given)
+      throw anvil::InputError("under mpirun every process is one rank (on its host's GPU local rank): give no "
+                              "--gpus or --ranks");
+    ranks = processes;
+  }
   if (!t.gpus.empty()) {
     if (o.device != Device::Cuda) throw anvil::InputError("--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
     if (t.ranks_given) throw anvil::InputError("give --gpus or --ranks, not both");
@@ -515,15 +523,23 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (!t.data.empty()) train_data.emplace(load_dataset(t.data, net));
   if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
   std::optional<anvil::cli::MetricsWriter> metrics;
-  if (!t.metrics.empty()) metrics.emplace(t.metrics);
+  const bool rank0 = processes == 1 || anvil::mpi_process().rank == 0;
+  if (!t.metrics.empty() && rank0) metrics.emplace(t.metrics);
   StopOnSignals stop_on_signals;
   const anvil::Dataset* train = train_data ? &*train_data : nullptr;
   const anvil::Dataset* val = val_data ? &*val_data : nullptr;
+  int code = 0;
+  if (processes > 1) {
+    anvil::run_mpi_rank(net, o, [&](anvil::Engine& engine, int rank) {
+      code = train_rank(engine, rank, net, t, train, val, metrics, stop_on_signals);
+    });
+    anvil::mpi_finalize();
+    return code;
+  }
   if (gpus.empty() && !t.ranks_given) {
     anvil::Engine engine(net, o);
     return train_rank(engine, 0, net, t, train, val, metrics, stop_on_signals);
   }
-  int code = 0;
   anvil::run_data_parallel(net, o, ranks, gpus, [&](anvil::Engine& engine, int rank) {
     const int rank_code = train_rank(engine, rank, net, t, train, val, metrics, stop_on_signals);
     if (rank == 0) code = rank_code;

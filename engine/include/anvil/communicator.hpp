@@ -2,9 +2,10 @@
 // gradients with the others' after backward, so every rank applies the same
 // optimizer step. Two implementations:
 //   - NCCL, one communicator per GPU of this process (ncclCommInitAll), or one
-//     per process from a shared unique id (MPI);
+//     per process from a shared unique id (sent by MPI under mpirun);
 //   - in-process, K ranks on K threads of one process on the CPU backend, so
-//     the data-parallel logic is tested without GPUs.
+//     the data-parallel logic is tested without GPUs;
+//   - MPI for the CPU backend, one rank per process under mpirun.
 //
 //   auto comms = anvil::in_process_communicators(2);   // or nccl_communicators({0, 1})
 //   Options o; o.communicator = comms[rank].get();     // one engine per rank, each on its own thread
@@ -53,5 +54,29 @@ std::string nccl_version();
 // One NCCL communicator per CUDA device of this process, ranks in the order given. Throws
 // anvil::InputError without NCCL, and anvil::Error naming the NCCL call when one fails.
 std::vector<std::unique_ptr<Communicator>> nccl_communicators(const std::vector<int>& devices);
+// NCCL across processes: rank 0 makes the unique id (nccl_unique_id) and sends it to the others by
+// any means; each then joins with its rank on its current CUDA device (ncclCommInitRank).
+std::string nccl_unique_id();
+std::unique_ptr<Communicator> nccl_communicator(const std::string& unique_id, int rank, int size);
+
+// One rank per process, started by mpirun (Open MPI, MPICH, or any launcher that sets PMI_SIZE).
+// launched_ranks(): the world size the launcher gave this process (1 when none did), read from
+// its environment before MPI starts.
+bool mpi_available();  // whether this build has MPI (CMake found it)
+int launched_ranks();
+struct MpiProcess {
+  int rank = 0, size = 1;
+  int local_rank = 0;  // among the processes on this host: the GPU it takes
+};
+// Starts MPI once (MPI_Init_thread, funneled) and returns this process's place; InputError
+// without MPI. mpi_finalize() ends MPI after a run that succeeded (after a failure the process
+// exits without it, and mpirun stops the other ranks).
+MpiProcess mpi_process();
+void mpi_finalize();
+// The CPU backend's communicator: MPI_Allreduce of the gradients widened to double, so the mean
+// is the in-process communicator's (exact double sums round the same in any order).
+std::unique_ptr<Communicator> mpi_communicator();
+// CUDA: NCCL from rank 0's unique id, sent with MPI_Bcast, on the current device.
+std::unique_ptr<Communicator> mpi_nccl_communicator();
 
 }  // namespace anvil

@@ -32,4 +32,11 @@ using RankWork = std::function<void(Engine& engine, int rank)>;
 void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
                        const RankWork& work);
 
+// One rank per process under mpirun (launched_ranks() > 1): this process is rank mpi_process().rank
+// of the world, with the same slicing of the global batch; on CUDA it takes the GPU of its rank on
+// its host (local_rank) and joins NCCL through MPI, on the CPU it averages over MPI. InputError
+// before any work when the batch does not split, the host has too few GPUs, or MPI or NCCL is
+// missing. A failure ends this process without waiting for the others (mpirun stops them).
+void run_mpi_rank(const Network& network, const Options& options, const RankWork& work);
+
 }  // namespace anvil

@@ -52,16 +52,21 @@ std::exception_ptr first_cause(const std::vector<std::exception_ptr>& failures) 
   return peer;
 }
 
-}  // namespace
-
-void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
-                       const RankWork& work) {
+// The network each of `ranks` ranks runs: its slice of the global batch.
+Network rank_network(const Network& network, int ranks) {
   if (ranks < 1) throw InputError("ranks must be at least 1, got " + std::to_string(ranks));
   const int64_t batch = network.input_shape()[0];
   if (batch % ranks != 0)
     throw InputError("the batch of " + std::to_string(batch) + " does not split evenly across " +
                      std::to_string(ranks) + " ranks");
-  const Network local = network.with_batch(batch / ranks);
+  return network.with_batch(batch / ranks);
+}
+
+}  // namespace
+
+void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
+                       const RankWork& work) {
+  const Network local = rank_network(network, ranks);
   std::vector<int> devices = gpus;
   const std::vector<std::unique_ptr<Communicator>> comms = communicators(options, ranks, devices);
 
@@ -83,6 +88,28 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
   run_rank(0);  // on the calling thread, which keeps rank 0's device current afterwards
   for (auto& t : threads) t.join();
   if (const std::exception_ptr failure = first_cause(failures)) std::rethrow_exception(failure);
+}
+
+void run_mpi_rank(const Network& network, const Options& options, const RankWork& work) {
+  if (!mpi_available()) mpi_process();  // says MPI is missing
+  if (options.device == Device::Cuda && !nccl_available()) nccl_communicators({});  // says NCCL is missing
+  const MpiProcess p = mpi_process();
+  const Network local = rank_network(network, p.size);
+  std::unique_ptr<Communicator> comm;
+  if (options.device == Device::Cpu) {
+    comm = mpi_communicator();
+  } else {
+    const int devices = cuda_device_count();
+    if (p.local_rank >= devices)
+      throw InputError("rank " + std::to_string(p.rank) + " is process " + std::to_string(p.local_rank + 1) +
+                       " on its host, which has " + std::to_string(devices) + " GPUs (one process per GPU)");
+    use_device({p.local_rank}, 0);
+    comm = mpi_nccl_communicator();
+  }
+  Options mine = options;
+  mine.communicator = comm.get();
+  Engine engine(local, mine);
+  work(engine, p.rank);
 }
 
 }  // namespace anvil

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <set>
 
 #include "engine/src/cuda/check.hpp"
@@ -80,14 +81,36 @@ std::vector<std::unique_ptr<Communicator>> nccl_communicators(const std::vector<
   return out;
 }
 
+std::string nccl_unique_id() {
+  ncclUniqueId id;
+  check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  return std::string(id.internal, sizeof id.internal);
+}
+
+std::unique_ptr<Communicator> nccl_communicator(const std::string& unique_id, int rank, int size) {
+  ncclUniqueId id;
+  if (unique_id.size() != sizeof id.internal) throw Error("NCCL: a unique id must be " + std::to_string(sizeof id.internal) + " bytes");
+  std::copy(unique_id.begin(), unique_id.end(), id.internal);
+  ::setenv("NCCL_NVLS_ENABLE", "0", 1);  // NVLink multicast stays off (docs/distributed.md)
+  ncclComm_t comm = nullptr;
+  check_nccl(ncclCommInitRank(&comm, size, id, rank), "ncclCommInitRank");
+  return std::make_unique<NcclCommunicator>(comm, rank, size);
+}
+
 #else  // built without NCCL
 
 bool nccl_available() { return false; }
 std::string nccl_version() { return "none"; }
 
-std::vector<std::unique_ptr<Communicator>> nccl_communicators(const std::vector<int>&) {
+namespace {
+[[noreturn]] void no_nccl() {
   throw InputError("this anvil was built without NCCL (CMake found no nccl.h and libnccl), so it cannot use several GPUs");
 }
+}  // namespace
+
+std::vector<std::unique_ptr<Communicator>> nccl_communicators(const std::vector<int>&) { no_nccl(); }
+std::string nccl_unique_id() { no_nccl(); }
+std::unique_ptr<Communicator> nccl_communicator(const std::string&, int, int) { no_nccl(); }
 
 #endif
 
