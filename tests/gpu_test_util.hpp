@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -15,6 +17,7 @@
 
 #include "anvil/engine.hpp"
 #include "engine/src/cuda/check.hpp"
+#include "kernels/tf32.hpp"
 #include "tests/require_gpu.hpp"
 
 
@@ -64,6 +67,25 @@ class DeviceBuffer {
   T* ptr_ = nullptr;
   size_t count_;
 };
+
+// x rounded to TF32 as the tensor-core kernels take it (cvt.rna.tf32.f32: nearest, ties away).
+inline float tf32(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits = tf32_round_bits(bits);
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// ||got - want|| / ||want||.
+inline double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / den);
+}
 
 // Fresh uniform [-1, 1] floats, never 0.
 inline std::vector<float> random_floats(size_t n, std::mt19937& rng) {

@@ -22,7 +22,6 @@
 #include "kernels/cpu/conv.hpp"
 #include "kernels/cuda/conv_wgrad_mma.hpp"
 #include "kernels/cuda/tensor_cores.hpp"
-#include "kernels/tf32.hpp"
 
 namespace anvil::testing {
 namespace {
@@ -52,23 +51,6 @@ const std::vector<Case> kCases = {
     {"kernel_beyond_input", 2, 3, 65, {1, 3, 3}, {1, 5, 5}, {1, 1, 1}, {0, 2, 2}, {1, 1, 1}},
     {"m64_n64_3d_dilated", 2, 4, 64, {7, 6, 8}, {2, 2, 4}, {1, 2, 1}, {1, 0, 3}, {3, 1, 2}},
 };
-
-float tf32(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, 4);
-  bits = tf32_round_bits(bits);
-  std::memcpy(&x, &bits, 4);
-  return x;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / den);
-}
 
 // The operands as the kernel multiplies them: rounded to TF32 unless compensated.
 std::vector<double> operand(const std::vector<float>& v, bool compensated) {

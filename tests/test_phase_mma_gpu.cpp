@@ -41,24 +41,6 @@ struct Case {
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }  // gtest names a case by its label
 
-// TF32 round-to-nearest (ties away), as cvt.rna.tf32.f32.
-float tf32(float x) {
-  uint32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  b = (b + 0x1000u) & ~0x1fffu;
-  std::memcpy(&x, &b, sizeof x);
-  return x;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    num += (got[i] - want[i]) * (got[i] - want[i]);
-    den += want[i] * want[i];
-  }
-  return std::sqrt(num / den);
-}
-
 class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
  protected:
   void SetUp() override {
