@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (tests/fuzz) with clang, AddressSanitizer and
-# UndefinedBehaviorSanitizer into build-fuzz/ (CPU only), then runs each for
+# UndefinedBehaviorSanitizer into build-fuzz/ (CPU only, no MPI), then runs each for
 # FUZZ_SECONDS (default 60) from a seed corpus of the stored networks, tensor
 # files and datasets. Any crash, sanitizer report or unexpected exception fails.
 # Usage: tools/fuzz.sh [SECONDS]
@@ -12,7 +12,7 @@ flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fr
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 [ -f build-fuzz/CMakeCache.txt ] || CC=clang CXX=clang++ cmake -S . -B build-fuzz "${generator[@]}" \
-  -DANVIL_WITH_CUDA=OFF -DANVIL_BUILD_TESTS=OFF -DANVIL_BUILD_FUZZERS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DANVIL_WITH_CUDA=OFF -DANVIL_WITH_MPI=OFF -DANVIL_BUILD_TESTS=OFF -DANVIL_BUILD_FUZZERS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS="$flags" >/dev/null
 cmake --build build-fuzz --target fuzz_network fuzz_safetensors fuzz_dataset
 for fuzzer in fuzz_network fuzz_safetensors fuzz_dataset; do
