@@ -91,7 +91,6 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
 }
 
 void run_mpi_rank(const Network& network, const Options& options, const RankWork& work) {
-  if (!mpi_available()) mpi_process();  // says MPI is missing
   if (options.device == Device::Cuda && !nccl_available()) nccl_communicators({});  // says NCCL is missing
   const MpiProcess p = mpi_process();
   const Network local = rank_network(network, p.size);
