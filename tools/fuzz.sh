@@ -17,7 +17,7 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 cmake --build build-fuzz --target fuzz_network fuzz_safetensors fuzz_dataset
 for fuzzer in fuzz_network fuzz_safetensors fuzz_dataset; do
   corpus="build-fuzz/corpus/$fuzzer"
-  mkdir -p "$corpus"
+  mkdir -p "$corpus" build-fuzz/artifacts
   max_len=65536
   case "$fuzzer" in
     fuzz_network) cp -n tests/data/*.json examples/*.json bench/suite/*.json "$corpus"/ ;;
@@ -28,6 +28,6 @@ for fuzzer in fuzz_network fuzz_safetensors fuzz_dataset; do
   esac
   echo "fuzz: $fuzzer for ${seconds} s"
   "build-fuzz/$fuzzer" -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 "$corpus" 2>&1 | tail -12
+    -artifact_prefix=build-fuzz/artifacts/ -print_final_stats=1 "$corpus" 2>&1 | tail -12
 done
 echo "fuzz: PASSED"
