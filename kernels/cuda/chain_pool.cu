@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
+#include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
 namespace {
@@ -22,7 +23,8 @@ using detail::kThreads;
 constexpr uint32_t kChunk = 2048;  // elements per block: 8 per thread
 constexpr int kMaxWindow = 255;    // argmax is a byte; 255 marks a window of padding only
 
-// The geometry as the kernels need it: in-plane sizes fit 31 bits (checked on the host).
+// The geometry as the kernels need it: in-plane sizes, plus a window and a
+// stride, fit 31 bits (checked on the host), so FastDiv is exact on them.
 struct PoolDims {
   int64_t c = 1;
   int64_t cpp = 1;  // chunks per plane
@@ -30,19 +32,26 @@ struct PoolDims {
   uint32_t chunk = kChunk;
   uint32_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
   int32_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, pad[3] = {0, 0, 0};
+  FastDiv in_h, in_w, out_h, out_w, stride[3];  // by in[1], in[2], out[1], out[2], s[a]
+  FastDiv chunks, channels;                      // by cpp and c
   uint32_t plane_in = 1, plane_out = 1;
-  float divisor = 1.f;  // the window's volume (average)
+  float divisor = 1.f;          // the window's volume (average)
+  float inverse_divisor = 1.f;  // exact where the volume is a power of two
 };
 
 struct Chunk {
   int64_t plane, chunk;
+  int64_t slot;  // the block's partial sums' index among its channel's: (plane / c) * cpp + chunk
   uint32_t e0, e1;
 };
 
+// Block indices fit 31 bits (checked on the host): FastDiv, not a 64-bit division's call.
 __device__ __forceinline__ Chunk chunk_of(const PoolDims& d, uint32_t plane_size) {
   Chunk r;
-  r.plane = int64_t(blockIdx.x) / d.cpp;
+  const uint32_t plane = d.chunks.div(blockIdx.x);
+  r.plane = plane;
   r.chunk = int64_t(blockIdx.x) - r.plane * d.cpp;
+  r.slot = int64_t(d.channels.div(plane)) * d.cpp + r.chunk;
   r.e0 = uint32_t(r.chunk) * d.chunk;
   r.e1 = min(plane_size, r.e0 + d.chunk);
   return r;
@@ -61,7 +70,7 @@ template <class Chain>
 __device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, uint32_t plane_size,
                                                              const float* bias, const EpilogueChain& chain) {
   const Chunk r = chunk_of(d, plane_size);
-  const int64_t ch = r.plane % d.c;
+  const int64_t ch = d.channels.mod(uint32_t(r.plane));
   return {r, ch, bias != nullptr ? __ldg(bias + ch) : 0.f, Chain::at(chain, ch)};
 }
 
@@ -109,23 +118,19 @@ __global__ void __launch_bounds__(kThreads)
       dy[base + e] = accumulate ? dy[base + e] + dv : dv;
     }
   }
-  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, r.slot);
 }
 
 // ---- max and average pools ----
 
-// The in-bounds window [lo, hi) of output o along axis a, and its start (maybe negative).
-struct Span {
-  int32_t start, lo, hi;
-};
-__device__ __forceinline__ Span span(const PoolDims& d, int a, uint32_t o) {
-  Span s;
-  s.start = int32_t(o) * d.s[a] - d.pad[a];
-  s.lo = max(s.start, 0);
-  s.hi = min(s.start + d.k[a], int32_t(d.in[a]));
-  return s;
-}
+// Pool kernels take kUnroll elements per thread at a time, kThreads apart,
+// and issue their loads together: one scalar load in flight per thread
+// leaves the kernels latency-bound at a fraction of the copy bandwidth.
+constexpr int kUnroll = 4;
 
+// Forward: the kUnroll outputs walk their windows in lockstep, offset by
+// offset in row-major order, skipping what lies in the padding: the order,
+// and so the bits, of a plain loop over each window.
 template <class Chain, bool kMax>
 __global__ void __launch_bounds__(kThreads)
     pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
@@ -133,33 +138,58 @@ __global__ void __launch_bounds__(kThreads)
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out, bias, chain);
   const float* yp = y + r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
-  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
-    const uint32_t ow = e % d.out[2], row = e / d.out[2], oh = row % d.out[1], od = row / d.out[1];
-    const Span sd = span(d, 0, od), sh = span(d, 1, oh), sw = span(d, 2, ow);
-    float best = -INFINITY;
-    int best_i = kMaxWindow;  // stays for a window of padding only
-    double sum = 0.0;
-    for (int32_t i0 = sd.lo; i0 < sd.hi; ++i0)
-      for (int32_t i1 = sh.lo; i1 < sh.hi; ++i1) {
-        const float* row_p = yp + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2];
-        const int wrow = ((i0 - sd.start) * d.k[1] + (i1 - sh.start)) * d.k[2] - sw.start;
-        for (int32_t i2 = sw.lo; i2 < sw.hi; ++i2) {
-          const float z = Chain::forward(chain, cm, __ldg(row_p + i2) + b);
-          if constexpr (kMax) {
-            if (best_i == kMaxWindow || epi_better(z, best)) {
-              best = z;
-              best_i = wrow + i2;
+  for (uint32_t e0 = r.e0 + threadIdx.x; e0 < r.e1; e0 += kThreads * kUnroll) {
+    int32_t start[kUnroll][3];  // each window's first element, maybe in the padding
+    float best[kUnroll];
+    int best_i[kUnroll];
+    double sum[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = min(e0 + u * kThreads, r.e1 - 1);  // past the chunk: a copy of its last, not stored
+      const uint32_t row = d.out_w.div(e), od = d.out_h.div(row);
+      const uint32_t o[3] = {od, row - od * d.out[1], e - row * d.out[2]};
+#pragma unroll
+      for (int a = 0; a < 3; ++a) start[u][a] = int32_t(o[a]) * d.s[a] - d.pad[a];
+      best[u] = -INFINITY;
+      best_i[u] = kMaxWindow;  // stays for a window of padding only
+      sum[u] = 0.0;
+    }
+    int w = 0;  // the offset's index in the window
+    for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
+      for (int32_t w1 = 0; w1 < d.k[1]; ++w1)
+        for (int32_t w2 = 0; w2 < d.k[2]; ++w2, ++w) {
+          float v[kUnroll];
+          bool inside[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1, i2 = start[u][2] + w2;
+            inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1] && uint32_t(i2) < d.in[2];
+            v[u] = inside[u] ? __ldg(yp + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + uint32_t(i2)) : 0.f;
+          }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            if (!inside[u]) continue;
+            const float z = Chain::forward(chain, cm, v[u] + b);
+            if constexpr (kMax) {
+              if (best_i[u] == kMaxWindow || epi_better(z, best[u])) {
+                best[u] = z;
+                best_i[u] = w;
+              }
+            } else {
+              sum[u] += double(z);
             }
-          } else {
-            sum += double(z);
           }
         }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = e0 + u * kThreads;
+      if (e >= r.e1) break;
+      if constexpr (kMax) {
+        p[out + e] = best[u];
+        if (argmax != nullptr) argmax[out + e] = uint8_t(best_i[u]);
+      } else {
+        p[out + e] = float(sum[u] / double(d.divisor));
       }
-    if constexpr (kMax) {
-      p[out + e] = best;
-      if (argmax != nullptr) argmax[out + e] = uint8_t(best_i);
-    } else {
-      p[out + e] = float(sum / double(d.divisor));
     }
   }
 }
@@ -167,11 +197,48 @@ __global__ void __launch_bounds__(kThreads)
 // The outputs whose windows hold input i along axis a: [lo, hi].
 __device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, int32_t& lo, int32_t& hi) {
   const int32_t first = i + d.pad[a] - d.k[a] + 1;  // the lowest window start that still holds i
-  lo = first <= 0 ? 0 : (first + d.s[a] - 1) / d.s[a];
-  hi = min((i + d.pad[a]) / d.s[a], int32_t(d.out[a]) - 1);
+  lo = first <= 0 ? 0 : int32_t(d.stride[a].div(uint32_t(first + d.s[a] - 1)));
+  hi = min(int32_t(d.stride[a].div(uint32_t(i + d.pad[a]))), int32_t(d.out[a]) - 1);
 }
 
-template <class Chain, bool kMax>
+// How a window passes its gradient back: to its argmax (max), or spread over
+// the window (average). An average window's volume of a power of two divides
+// exactly as a multiplication by its inverse; any other divides, which costs
+// a call to the division's slow path and leaves the kernel's loops unrolled
+// only once (the call's ABI halves its registers).
+enum class WindowMath { Max, AvgByScale, AvgByDivision };
+
+// The pool's gradient at element e of a Y plane: dP summed over the windows
+// that hold e, in ascending output order as the CPU reference adds them (max:
+// only where e is the window's argmax).
+template <WindowMath kMath>
+__device__ __forceinline__ float window_gradient(const PoolDims& d, const float* __restrict__ dp,
+                                                 const uint8_t* __restrict__ argmax, int64_t out_base, uint32_t e) {
+  const uint32_t row = d.in_w.div(e), plane_row = d.in_h.div(row);
+  const int32_t i2 = int32_t(e - row * d.in[2]), i1 = int32_t(row - plane_row * d.in[1]), i0 = int32_t(plane_row);
+  int32_t lo0, hi0, lo1, hi1, lo2, hi2;
+  covering(d, 0, i0, lo0, hi0);
+  covering(d, 1, i1, lo1, hi1);
+  covering(d, 2, i2, lo2, hi2);
+  float dz = 0.f;
+  for (int32_t o0 = lo0; o0 <= hi0; ++o0)
+    for (int32_t o1 = lo1; o1 <= hi1; ++o1)
+      for (int32_t o2 = lo2; o2 <= hi2; ++o2) {
+        const int64_t o = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2] + uint32_t(o2);
+        if constexpr (kMath == WindowMath::Max) {
+          const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
+                        (i2 - (o2 * d.s[2] - d.pad[2]));
+          if (__ldg(argmax + o) == w) dz += __ldg(dp + o);
+        } else if constexpr (kMath == WindowMath::AvgByScale) {
+          dz += __ldg(dp + o) * d.inverse_divisor;
+        } else {
+          dz += __ldg(dp + o) / d.divisor;
+        }
+      }
+  return dz;
+}
+
+template <class Chain, WindowMath kMath>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
@@ -179,32 +246,26 @@ __global__ void __launch_bounds__(kThreads)
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in), out_base = r.plane * int64_t(d.plane_out);
   ChainSums sums;
-  for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
-    const int32_t i2 = int32_t(e % d.in[2]), row = int32_t(e / d.in[2]);
-    const int32_t i1 = row % int32_t(d.in[1]), i0 = row / int32_t(d.in[1]);
-    int32_t lo0, hi0, lo1, hi1, lo2, hi2;
-    covering(d, 0, i0, lo0, hi0);
-    covering(d, 1, i1, lo1, hi1);
-    covering(d, 2, i2, lo2, hi2);
-    // Windows in ascending output order, as the CPU reference adds them.
-    float dz = 0.f;
-    for (int32_t o0 = lo0; o0 <= hi0; ++o0)
-      for (int32_t o1 = lo1; o1 <= hi1; ++o1)
-        for (int32_t o2 = lo2; o2 <= hi2; ++o2) {
-          const int64_t o = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2] + uint32_t(o2);
-          if constexpr (kMax) {
-            const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
-                          (i2 - (o2 * d.s[2] - d.pad[2]));
-            if (__ldg(argmax + o) == w) dz += __ldg(dp + o);
-          } else {
-            dz += __ldg(dp + o) / d.divisor;
-          }
-        }
-    const float v = y != nullptr ? __ldg(y + in_base + e) : 0.f;
-    const float dv = Chain::backward(chain, cm, v + b, dz, sums);
-    dy[in_base + e] = accumulate ? dy[in_base + e] + dv : dv;
+  for (uint32_t e0 = r.e0 + threadIdx.x; e0 < r.e1; e0 += kThreads * kUnroll) {
+    float v[kUnroll], dz[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = e0 + u * kThreads;
+      v[u] = y != nullptr && e < r.e1 ? __ldg(y + in_base + e) : 0.f;
+    }
+    constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kUnroll;
+#pragma unroll kUnrolled
+    for (int u = 0; u < kUnroll; ++u)  // past the chunk: computed, not stored
+      dz[u] = window_gradient<kMath>(d, dp, argmax, out_base, min(e0 + u * kThreads, r.e1 - 1));
+#pragma unroll kUnrolled
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = e0 + u * kThreads;
+      if (e >= r.e1) break;
+      const float dv = Chain::backward(chain, cm, v[u] + b, dz[u], sums);
+      dy[in_base + e] = accumulate ? dy[in_base + e] + dv : dv;
+    }
   }
-  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, (r.plane / d.c) * d.cpp + r.chunk);
+  write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, r.slot);
 }
 
 // ---- host side ----
@@ -221,7 +282,8 @@ PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
     detail::require(g.y[a] > 0 && g.k[a] > 0 && g.stride[a] > 0 && g.pad[a] >= 0, op,
                     "y dims, window and stride must be positive, padding non-negative");
     detail::require(g.pad[a] * 2 <= g.k[a] && out[a] > 0, op, "the window must fit the padded input, pad <= k / 2");
-    detail::require(g.k[a] <= 256 && g.stride[a] <= 256 && g.y[a] <= kMax31, op, "window, stride or dims too large");
+    detail::require(g.k[a] <= 256 && g.stride[a] <= 256 && g.y[a] <= kMax31 - 512, op,
+                    "window, stride or dims too large");
     plane_in *= g.y[a];
     plane_out *= out[a];
     window *= g.k[a];
@@ -235,16 +297,30 @@ PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
   detail::require(g.pool != ChainPool::Max || window <= kMaxWindow, op,
                   "max pool window larger than 255 elements (argmax is a byte)");
   detail::require(g.pool != ChainPool::None || window == 1, op, "no pool: the window must be 1");
+  d.in_h = FastDiv(d.in[1]);
+  d.in_w = FastDiv(d.in[2]);
+  d.out_h = FastDiv(d.out[1]);
+  d.out_w = FastDiv(d.out[2]);
+  for (int a = 0; a < 3; ++a) d.stride[a] = FastDiv(uint32_t(d.s[a]));
   d.plane_in = uint32_t(plane_in);
   d.plane_out = uint32_t(plane_out);
   d.divisor = float(window);
+  d.inverse_divisor = 1.f / d.divisor;
   const bool by_input = backward || g.pool == ChainPool::None;
   const uint32_t per_element = by_input ? 1 : uint32_t(detail::ceil_div(window, 8));
   d.chunk = std::max<uint32_t>(256, kChunk / per_element / 4 * 4);
   d.cpp = detail::ceil_div(by_input ? plane_in : plane_out, d.chunk);
   d.per = g.n * d.cpp;
   detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
+  d.chunks = FastDiv(uint32_t(d.cpp));
+  d.channels = FastDiv(uint32_t(g.c));
   return d;
+}
+
+// An average window's volume (at most 256^3, exact in a float) that is a power of two.
+bool power_of_two(float volume) {
+  const auto v = uint32_t(volume);
+  return (v & (v - 1)) == 0;
 }
 
 unsigned blocks_of(const ChainPoolGeometry& g, const PoolDims& d) { return unsigned(g.n * g.c * d.cpp); }
@@ -324,12 +400,16 @@ void chain_pool_backward(const float* dp, const float* y, const float* bias, con
                                                                            partials, d);
         break;
       case ChainPool::Max:
-        pool_backward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy,
-                                                                           accumulate, partials, d);
+        pool_backward_kernel<Chain, WindowMath::Max><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy,
+                                                                                      accumulate, partials, d);
         break;
       case ChainPool::Avg:
-        pool_backward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(dp, y, bias, nullptr, chain, dy,
-                                                                            accumulate, partials, d);
+        if (power_of_two(d.divisor))
+          pool_backward_kernel<Chain, WindowMath::AvgByScale><<<blocks, kThreads, 0, stream>>>(
+              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
+        else
+          pool_backward_kernel<Chain, WindowMath::AvgByDivision><<<blocks, kThreads, 0, stream>>>(
+              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
         break;
     }
   });
