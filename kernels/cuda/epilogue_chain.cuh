@@ -57,8 +57,9 @@ struct ChainSums {
 // Both give the same bits for the same chain: the ops in order, in float.
 
 // Any chain, read from the EpilogueChain at run time. The loops run to
-// kMaxChainOps with a guard, so every index is a compile-time constant and the
-// arrays stay in registers.
+// kMaxChainOps and leave at c.ops, so every index is a compile-time constant
+// and the arrays stay in registers, while the ops past c.ops are never
+// evaluated (a select in their place had every slot compute its op).
 struct ProgramChain {
   struct Channel {
     float mul[kMaxChainOps];  // each op's multiplier (1 for activations)
@@ -77,16 +78,21 @@ struct ProgramChain {
 
   __device__ static float forward(const EpilogueChain& c, const Channel& m, float v) {
 #pragma unroll
-    for (int i = 0; i < kMaxChainOps; ++i)
-      if (i < c.ops) v = op(c, m, i, v);
+    for (int i = 0; i < kMaxChainOps; ++i) {
+      if (i >= c.ops) break;
+      v = op(c, m, i, v);
+    }
     return v;
   }
 
   __device__ static float backward(const EpilogueChain& c, const Channel& m, float v, float dz, ChainSums& sums) {
-    float z[kMaxChainOps + 1];  // z[i]: op i's input
+    float z[kMaxChainOps + 1];  // z[i]: op i's input (read for i <= c.ops only)
     z[0] = v;
 #pragma unroll
-    for (int i = 0; i < kMaxChainOps; ++i) z[i + 1] = i < c.ops ? op(c, m, i, z[i]) : z[i];
+    for (int i = 0; i < kMaxChainOps; ++i) {
+      if (i >= c.ops) break;
+      z[i + 1] = op(c, m, i, z[i]);
+    }
 #pragma unroll
     for (int i = kMaxChainOps - 1; i >= 0; --i) {
       if (i >= c.ops) continue;
@@ -159,11 +165,35 @@ struct LeakyScaleLeakyChain {
   __device__ static float monotone_sign(const EpilogueChain&, const Channel& m) { return m.m > 0.f ? 1.f : -1.f; }
 };
 
+// One leaky_relu (relu is slope 0): conv -> relu, the commonest chain, inline.
+struct LeakyChain {
+  struct Channel {};
+
+  __device__ static Channel at(const EpilogueChain&, int64_t) { return {}; }
+
+  __device__ static float forward(const EpilogueChain& c, const Channel&, float v) {
+    return pointwise::LeakyRelu::forward(v, c.param[0]);
+  }
+
+  __device__ static float backward(const EpilogueChain& c, const Channel&, float v, float dz, ChainSums& sums) {
+    const float dv = pointwise::LeakyRelu::backward(v, 0.f, dz, c.param[0]);
+    sums.bias += double(dv);
+    return dv;
+  }
+
+  __device__ static bool multiplier(const EpilogueChain&, int) { return false; }
+  __device__ static bool monotone(const EpilogueChain& c) { return c.param[0] > 0.f; }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel&) { return true; }
+  __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
+};
+
 // Runs launch(policy) with the policy that fits the chain.
 template <class Launch>
 void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
   if (is_leaky_scale_leaky(c))
     launch(LeakyScaleLeakyChain{});
+  else if (is_leaky(c))
+    launch(LeakyChain{});
   else
     launch(ProgramChain{});
 }

@@ -41,6 +41,11 @@ inline bool is_leaky_scale_leaky(const EpilogueChain& c) {
          !c.is_scale[2] && c.activation[2] == PointwiseOp::LeakyRelu;
 }
 
+// One leaky_relu (or relu, slope 0): the other chain the kernels run inline.
+inline bool is_leaky(const EpilogueChain& c) {
+  return c.ops == 1 && !c.is_scale[0] && c.activation[0] == PointwiseOp::LeakyRelu;
+}
+
 // The partial sums a chain backward leaves for the final reduction: arrays
 // of (channels, per) doubles, one for dbias and one per op.
 size_t chain_partials_bytes(const EpilogueChain& c, int64_t channels, int64_t per);
