@@ -203,9 +203,9 @@ __device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, in
 
 // How a window passes its gradient back: to its argmax (max), or spread over
 // the window (average). An average window's volume of a power of two divides
-// exactly as a multiplication by its inverse; any other divides, which costs
-// a call to the division's slow path and leaves the kernel's loops unrolled
-// only once (the call's ABI halves its registers).
+// exactly as a multiplication by its inverse. Any other volume divides: the
+// division calls its slow path, and unrolled around that call the kernel
+// spilled (ptxas kept it to 32 registers), so that variant's loops stay rolled.
 enum class WindowMath { Max, AvgByScale, AvgByDivision };
 
 // The pool's gradient at element e of a Y plane: dP summed over the windows
