@@ -3,11 +3,13 @@
 // at the same global batch (up to the order of the gradient sums), the ranks
 // stay bitwise identical, and runs repeat bit for bit; checkpoints move
 // between rank counts; a failing rank stops the others. On a GPU, one rank
-// through NCCL is bitwise the plain engine.
+// through NCCL (from ncclCommInitAll, or from a unique id as under mpirun) is
+// bitwise the plain engine.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <regex>
 #include <string>
@@ -224,6 +226,25 @@ TEST(DataParallelGpu, OneRankThroughNcclIsThePlainEngineBitwise) {
   });
   EXPECT_TRUE(graph);
   for (const auto& [name, value] : alone) EXPECT_TRUE(bitwise_equal(got[0].at(name), value)) << name;
+}
+
+// What each `mpirun` process builds once MPI_Bcast has brought it rank 0's unique id
+// (mpi_nccl_communicator), with one rank: ncclCommInitRank from the id, bitwise the plain engine.
+// (The GPU machine has no MPI, so the broadcast itself is tested on the CPU path only.)
+TEST(DataParallelGpu, OneRankFromAUniqueIdIsThePlainEngineBitwise) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  ASSERT_TRUE(nccl_available()) << "the CUDA build found no NCCL";
+  const Parameters alone = train_alone(5, Device::Cuda);
+  EXPECT_THROW(nccl_communicator("not an id", 0, 1), Error);
+  EXPECT_THROW(nccl_communicator(nccl_unique_id(), 1, 1), Error);  // rank out of range: NCCL's error, named
+  const std::unique_ptr<Communicator> comm = nccl_communicator(nccl_unique_id(), 0, 1);
+  EXPECT_EQ(comm->rank(), 0);
+  EXPECT_EQ(comm->size(), 1);
+  Options options = on(Device::Cuda);
+  options.communicator = comm.get();
+  Engine engine(network(), options);
+  train_steps(engine, 5, "", "");
+  for (const auto& [name, value] : alone) EXPECT_TRUE(bitwise_equal(engine.parameters().at(name), value)) << name;
 }
 
 TEST(DataParallelGpu, MoreGpusThanExistOrTwiceTheSameAreRefused) {
