@@ -1093,6 +1093,12 @@ TEST(CudaKernels, RejectsBadArguments) {
   bad.pad = {0, 2, 0};  // more than half the window
   EXPECT_THROW(gpu::chain_pool_backward_scratch_bytes(bad, chain), anvil::Error);
   bad = pool;
+  bad.y = {1290, 1290, 1290};  // a plane of y under 2^31 elements, but p's (1291^3, padded) over
+  bad.k = {2, 2, 2};
+  bad.stride = {1, 1, 1};
+  bad.pad = {1, 1, 1};
+  EXPECT_THROW(gpu::chain_pool_backward_scratch_bytes(bad, chain), anvil::Error);
+  bad = pool;
   bad.k = {1, 16, 16};  // a max window of 256: the argmax byte has no room for "padding only"
   bad.y = {1, 16, 16};
   EXPECT_THROW(gpu::chain_pool_forward(x, nullptr, chain, x, u.get(), bad, nullptr), anvil::Error);

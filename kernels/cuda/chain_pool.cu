@@ -23,8 +23,9 @@ using detail::kThreads;
 constexpr uint32_t kChunk = 2048;  // elements per block: 8 per thread
 constexpr int kMaxWindow = 255;    // argmax is a byte; 255 marks a window of padding only
 
-// The geometry as the kernels need it: in-plane sizes, plus a window and a
-// stride, fit 31 bits (checked on the host), so FastDiv is exact on them.
+// The geometry as the kernels need it: the in-plane sizes of Y and P, plus a
+// window and a stride, fit 31 bits (checked on the host), so FastDiv is exact
+// on them.
 struct PoolDims {
   int64_t c = 1;
   int64_t cpp = 1;  // chunks per plane
@@ -230,7 +231,7 @@ __device__ __forceinline__ float window_gradient(const PoolDims& d, const float*
                         (i2 - (o2 * d.s[2] - d.pad[2]));
           if (__ldg(argmax + o) == w) dz += __ldg(dp + o);
         } else if constexpr (kMath == WindowMath::AvgByScale) {
-          dz += __ldg(dp + o) * d.inverse_divisor;
+          dz += __fmul_rn(__ldg(dp + o), d.inverse_divisor);  // never fused: an FMA would skip a subnormal's rounding
         } else {
           dz += __ldg(dp + o) / d.divisor;
         }
@@ -287,7 +288,7 @@ PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
     plane_in *= g.y[a];
     plane_out *= out[a];
     window *= g.k[a];
-    detail::require(plane_in <= kMax31, op, "a plane of y must have < 2^31 elements");
+    detail::require(plane_in <= kMax31 && plane_out <= kMax31, op, "a plane of y or p must have < 2^31 elements");
     d.in[a] = uint32_t(g.y[a]);
     d.out[a] = uint32_t(out[a]);
     d.k[a] = int32_t(g.k[a]);
