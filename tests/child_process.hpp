@@ -10,7 +10,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -143,6 +145,22 @@ class Child {
 inline std::string describe(const Finished& r) {
   return "exit " + std::to_string(r.status) + (r.signal ? " (signal " + std::to_string(r.signal) + ")" : "") +
          (r.timed_out ? " (timed out)" : "") + "\n--- stdout\n" + r.out + "--- stderr\n" + r.err;
+}
+
+// The start of a command line that runs `processes` copies of a program under mpirun, found on
+// PATH (Child execs without a PATH search); empty when there is no mpirun. --oversubscribe lets
+// a 2-core machine run more; Open MPI refuses root without --allow-run-as-root.
+inline std::vector<std::string> mpirun_argv(int processes) {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    const std::string mpirun = dir + "/mpirun";
+    if (dir.empty() || ::access(mpirun.c_str(), X_OK) != 0) continue;
+    std::vector<std::string> argv{mpirun, "--oversubscribe", "-np", std::to_string(processes)};
+    if (::geteuid() == 0) argv.push_back("--allow-run-as-root");
+    return argv;
+  }
+  return {};
 }
 
 }  // namespace anvil::testing

@@ -61,6 +61,7 @@ const std::string kVal = kData + "/dataset_epochs_val.safetensors";
 using anvil::testing::Child;
 using anvil::testing::Finished;
 using anvil::testing::describe;
+using anvil::testing::mpirun_argv;
 
 // ------------------------------------------------------------------ text
 
@@ -455,31 +456,18 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
   }
 }
 
-// mpirun's absolute path (Child execs without a PATH search), or "" when there is none.
-std::string find_mpirun() {
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');) {
-    const std::string candidate = dir + "/mpirun";
-    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
-}
-
 // One rank per process under mpirun, on the CPU backend (MPI_Allreduce): bitwise the in-process
 // ranks' result at the same global batch, one display and one metrics file (rank 0's), a
 // checkpoint that resumes in one process, and bad settings refused with one line and exit 2.
 TEST_F(CliTrain, MpiProcessesTrainAsInProcessRanks) {
-  const std::string mpirun = find_mpirun();
-  if (!anvil::mpi_available() || mpirun.empty())
+  if (!anvil::mpi_available() || mpirun_argv(1).empty())
     GTEST_SKIP() << "needs MPI at build and mpirun on PATH (Debian: libopenmpi-dev, openmpi-bin)";
   auto under_mpirun = [&](int processes, const std::vector<std::string>& args) {
-    std::vector<std::string> a{mpirun, "--oversubscribe", "-np", std::to_string(processes)};
-    if (::geteuid() == 0) a.push_back("--allow-run-as-root");  // Open MPI refuses root without it
+    std::vector<std::string> a = mpirun_argv(processes);
     a.insert(a.end(), {kCli, "train", kNet, "--device", "cpu"});
     a.insert(a.end(), args.begin(), args.end());
     Child child(a);
-    if (!child.started()) ADD_FAILURE() << "cannot start " << mpirun;
+    if (!child.started()) ADD_FAILURE() << "cannot start " << a[0];
     return child.finish(120);
   };
   const std::string mpi = path("mpi.safetensors"), ranks = path("ranks.safetensors"), ck = path("ck.safetensors");

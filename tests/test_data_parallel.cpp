@@ -4,7 +4,8 @@
 // stay bitwise identical, and runs repeat bit for bit; checkpoints move
 // between rank counts; a failing rank stops the others. On a GPU, one rank
 // through NCCL (from ncclCommInitAll, or from a unique id as under mpirun) is
-// bitwise the plain engine.
+// bitwise the plain engine. Under mpirun (CPU only), rank 0's NCCL unique id
+// reaches every process.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,8 @@
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +24,7 @@
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
 #include "anvil/trainer.hpp"
+#include "tests/child_process.hpp"
 #include "tests/require_gpu.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "tests/test_support.hpp"
@@ -226,6 +230,36 @@ TEST(DataParallelGpu, OneRankThroughNcclIsThePlainEngineBitwise) {
   });
   EXPECT_TRUE(graph);
   for (const auto& [name, value] : alone) EXPECT_TRUE(bitwise_equal(got[0].at(name), value)) << name;
+}
+
+// The half of the mpirun ranks' CUDA path that needs no GPU: rank 0's NCCL unique id reaches
+// every process intact (mpi_nccl_unique_id, MPI_Bcast). Three processes under mpirun each print
+// the id they hold (tests/helpers/mpi_nccl_id.cpp).
+TEST(DataParallelMpi, RankZerosNcclIdReachesEveryProcess) {
+  constexpr int kProcesses = 3;
+  std::vector<std::string> argv = testing::mpirun_argv(kProcesses);
+  if (!mpi_available() || !nccl_available() || argv.empty())
+    GTEST_SKIP() << "needs MPI and NCCL at build and mpirun on PATH (Debian: libopenmpi-dev, openmpi-bin)";
+  argv.push_back(ANVIL_MPI_NCCL_ID);
+  testing::Child child(argv);
+  ASSERT_TRUE(child.started()) << "cannot start " << argv[0];
+  const testing::Finished run = child.finish(120);
+  ASSERT_EQ(run.status, 0) << testing::describe(run);
+  const std::regex line("rank ([0-9]+) of ([0-9]+): ([0-9a-f]+)");
+  std::set<int> ranks;
+  std::set<std::string> ids;
+  std::istringstream out(run.out);
+  for (std::string text; std::getline(out, text);) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(text, m, line)) << text;
+    EXPECT_EQ(std::stoi(m[2].str()), kProcesses);
+    ranks.insert(std::stoi(m[1].str()));
+    ids.insert(m[3].str());
+  }
+  EXPECT_EQ(ranks, (std::set<int>{0, 1, 2})) << run.out;
+  ASSERT_EQ(ids.size(), 1u) << "the processes hold different ids:\n" << run.out;
+  EXPECT_EQ(ids.begin()->size(), 2 * 128u) << "NCCL's unique id is 128 bytes";
+  EXPECT_NE(ids.begin()->find_first_not_of('0'), std::string::npos) << "an id of zeros";
 }
 
 // What each `mpirun` process builds once MPI_Bcast has brought it rank 0's unique id

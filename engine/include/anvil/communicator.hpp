@@ -76,7 +76,10 @@ void mpi_finalize();
 // The CPU backend's communicator: MPI_Allreduce of the gradients widened to double, so the mean
 // is the in-process communicator's (exact double sums round the same in any order).
 std::unique_ptr<Communicator> mpi_communicator();
-// CUDA: NCCL from rank 0's unique id, sent with MPI_Bcast, on the current device.
+// NCCL's unique id as every process sees it: rank 0 makes it (nccl_unique_id), MPI_Bcast sends it
+// (no GPU needed). InputError without MPI or NCCL.
+std::string mpi_nccl_unique_id();
+// CUDA: NCCL from that id (nccl_communicator), on the current device.
 std::unique_ptr<Communicator> mpi_nccl_communicator();
 
 }  // namespace anvil

@@ -95,14 +95,20 @@ void mpi_finalize() {
 
 std::unique_ptr<Communicator> mpi_communicator() { return std::make_unique<MpiCommunicator>(mpi_process()); }
 
-std::unique_ptr<Communicator> mpi_nccl_communicator() {
+std::string mpi_nccl_unique_id() {
   const MpiProcess p = mpi_process();
+  if (!nccl_available()) nccl_unique_id();  // throws on every rank, saying why, before any waits in MPI_Bcast
   std::string id = p.rank == 0 ? nccl_unique_id() : std::string();
   int bytes = int(id.size());
   check_mpi(MPI_Bcast(&bytes, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
   id.resize(size_t(bytes));
   check_mpi(MPI_Bcast(id.data(), bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
-  return nccl_communicator(id, p.rank, p.size);
+  return id;
+}
+
+std::unique_ptr<Communicator> mpi_nccl_communicator() {
+  const MpiProcess p = mpi_process();
+  return nccl_communicator(mpi_nccl_unique_id(), p.rank, p.size);
 }
 
 #else  // built without MPI
@@ -117,6 +123,7 @@ bool mpi_available() { return false; }
 MpiProcess mpi_process() { no_mpi(); }
 void mpi_finalize() {}
 std::unique_ptr<Communicator> mpi_communicator() { no_mpi(); }
+std::string mpi_nccl_unique_id() { no_mpi(); }
 std::unique_ptr<Communicator> mpi_nccl_communicator() { no_mpi(); }
 
 #endif
