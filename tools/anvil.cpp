@@ -632,7 +632,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   std::printf("arena %s; device memory used by the engine %s\n", mib(engine.device_bytes()).c_str(), mib(used).c_str());
 
   const auto layers = engine.profile_layers();
-  std::printf("\n%-44s %12s %12s\n", "layer (each run once, eagerly)", "forward ms", "backward ms");
+  std::printf("\n%-44s %12s %12s\n", "layer (alone, median of 5 runs)", "forward ms", "backward ms");
   for (const auto& l : layers) std::printf("%-44s %12.4f %12.4f\n", l.layer.c_str(), l.forward_ms, l.backward_ms);
 
   if (!b.json.empty()) {

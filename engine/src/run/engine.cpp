@@ -1,4 +1,5 @@
 // The public API of the engine; the work is in build.cpp, execute.cpp and parameter_io.cpp.
+#include <algorithm>
 #include <chrono>
 #include <sstream>
 
@@ -112,15 +113,25 @@ double Engine::time_ms(const std::function<void()>& work) {
 std::vector<LayerTiming> Engine::profile_layers() {
   require_arena();
   Impl& m = *impl_;
+  // One untimed run, then the median of kRuns timed ones: a single run also timed the first
+  // launch's lazy set-up (cuDNN's, the driver's), which made small layers look slower.
+  constexpr int kRuns = 5;
+  auto layer_ms = [&](const std::function<void()>& work) {
+    work();
+    std::vector<double> ms;
+    for (int i = 0; i < kRuns; ++i) ms.push_back(time_ms(work));
+    std::nth_element(ms.begin(), ms.begin() + kRuns / 2, ms.end());
+    return ms[kRuns / 2];
+  };
   std::vector<LayerTiming> out;
   for (size_t i = 0; i < m.runs.size(); ++i) {
     Layer& layer = *m.graph->nodes[i].layer;
-    out.push_back({layer.name(), time_ms([&] { layer.forward(m.options.device, m.cuda_context(), m.runs[i].forward); }), 0});
+    out.push_back({layer.name(), layer_ms([&] { layer.forward(m.options.device, m.cuda_context(), m.runs[i].forward); }), 0});
   }
   if (m.training())
     for (int n : m.schedule.backward_order) {
       Layer& layer = *m.graph->nodes[n].layer;
-      out[n].backward_ms = time_ms([&] { layer.backward(m.options.device, m.cuda_context(), m.runs[n].backward); });
+      out[n].backward_ms = layer_ms([&] { layer.backward(m.options.device, m.cuda_context(), m.runs[n].backward); });
     }
   return out;
 }
