@@ -64,6 +64,17 @@ class MpiCommunicator : public Communicator {
   std::vector<double> wide_;
 };
 
+// Rank 0's NCCL unique id, in every process.
+std::string broadcast_nccl_id(const MpiProcess& p) {
+  if (!nccl_available()) nccl_unique_id();  // throws on every rank, saying why, before any waits in MPI_Bcast
+  std::string id = p.rank == 0 ? nccl_unique_id() : std::string();
+  int bytes = int(id.size());
+  check_mpi(MPI_Bcast(&bytes, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  id.resize(size_t(bytes));
+  check_mpi(MPI_Bcast(id.data(), bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+  return id;
+}
+
 }  // namespace
 
 bool mpi_available() { return true; }
@@ -95,20 +106,11 @@ void mpi_finalize() {
 
 std::unique_ptr<Communicator> mpi_communicator() { return std::make_unique<MpiCommunicator>(mpi_process()); }
 
-std::string mpi_nccl_unique_id() {
-  const MpiProcess p = mpi_process();
-  if (!nccl_available()) nccl_unique_id();  // throws on every rank, saying why, before any waits in MPI_Bcast
-  std::string id = p.rank == 0 ? nccl_unique_id() : std::string();
-  int bytes = int(id.size());
-  check_mpi(MPI_Bcast(&bytes, 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Bcast");
-  id.resize(size_t(bytes));
-  check_mpi(MPI_Bcast(id.data(), bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
-  return id;
-}
+std::string mpi_nccl_unique_id() { return broadcast_nccl_id(mpi_process()); }
 
 std::unique_ptr<Communicator> mpi_nccl_communicator() {
   const MpiProcess p = mpi_process();
-  return nccl_communicator(mpi_nccl_unique_id(), p.rank, p.size);
+  return nccl_communicator(broadcast_nccl_id(p), p.rank, p.size);
 }
 
 #else  // built without MPI
