@@ -11,7 +11,6 @@ namespace anvil {
 
 namespace {
 
-constexpr int kMaxPlans = 6;           // the heuristics' first eligible engines autotune times
 constexpr int kTimedRuns = 2;          // per candidate, after one untimed run
 constexpr int64_t kAlignment = 16;     // every anvil buffer starts on at least 16 bytes
 enum Uid : int64_t { kA = 1, kB = 2, kW = 3 };
@@ -158,6 +157,30 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
   return true;
 }
 
+// The engine configs the heuristics of this mode list for a finalized graph,
+// best first; none where the mode does not take this graph.
+std::vector<Backend> engine_configs(const Backend& graph, cudnnBackendHeurMode_t mode) {
+  Backend heuristics(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  heuristics.set(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph);
+  heuristics.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
+  int64_t count = 0;
+  if (cudnnBackendFinalize(heuristics.get()) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                               &count, nullptr) != CUDNN_STATUS_SUCCESS)
+    return {};
+  std::vector<Backend> configs;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int64_t i = 0; i < count; ++i) {
+    configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    raw.push_back(configs.back().get());
+  }
+  if (cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                               count, &count, raw.data()) != CUDNN_STATUS_SUCCESS)
+    return {};
+  configs.erase(configs.begin() + std::clamp<int64_t>(count, 0, static_cast<int64_t>(configs.size())), configs.end());
+  return configs;
+}
+
 }  // namespace
 
 struct CudnnGraphConv::Plans {
@@ -188,33 +211,25 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
   p.graph.finalize();
 
-  Backend heuristics(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-  const cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-  heuristics.set(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, p.graph);
-  heuristics.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode);
-  heuristics.finalize();
-  int64_t count = 0;
-  ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr));
-  std::vector<Backend> configs;
-  std::vector<cudnnBackendDescriptor_t> raw;
-  for (int64_t i = 0; i < count; ++i) {
-    configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    raw.push_back(configs.back().get());
-  }
-  ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &count, raw.data()));
-  for (int64_t i = 0; i < count && p.candidates.size() < size_t(kMaxPlans); ++i) {
+  // Every eligible engine of the two lists PyTorch's benchmark mode times too: the heuristics'
+  // ranking (mode A) and the fallback engines, each engine once (its first config that builds).
+  std::vector<Backend> configs = engine_configs(p.graph, CUDNN_HEUR_MODE_A);
+  for (Backend& config : engine_configs(p.graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(config));
+  std::vector<int64_t> seen;
+  for (Backend& config : configs) {
     Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
-    if (!eligible(raw[i], settings, plan.engine, plan.tensor_cores)) continue;
+    cudnnBackendDescriptor_t raw = config.get();
+    if (!eligible(raw, settings, plan.engine, plan.tensor_cores)) continue;
+    if (std::find(seen.begin(), seen.end(), plan.engine) != seen.end()) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
-    plan.plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &raw[i]);
+    plan.plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &raw);
     if (cudnnBackendFinalize(plan.plan.get()) != CUDNN_STATUS_SUCCESS) continue;  // not for these shapes
     int64_t bytes = 0, n = 0;
     ANVIL_CUDNN_CHECK(cudnnBackendGetAttribute(plan.plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
                                                CUDNN_TYPE_INT64, 1, &n, &bytes));
     if (bytes < 0 || static_cast<size_t>(bytes) > settings.workspace_limit) continue;
     plan.workspace = static_cast<size_t>(bytes);
+    seen.push_back(plan.engine);
     p.candidates.push_back(std::move(plan));
   }
   if (p.candidates.empty())

@@ -9,9 +9,9 @@
 // convolution.cpp. Engines are filtered as the precision and determinism
 // ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
 // refuses non-deterministic ones, and none may down-convert its inputs.
-// Candidates are the heuristics' (mode A) first 6 eligible engines whose plan
-// builds and whose workspace fits; choose_fastest times them and keeps the
-// fastest.
+// Candidates are every eligible engine that the heuristics (mode A) or the
+// fallback list name, whose plan builds and whose workspace fits;
+// choose_fastest times them all and keeps the fastest.
 #pragma once
 
 #include <cudnn.h>
