@@ -864,6 +864,10 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("max not tiling (odd y, k2)", 2, 3, {3, 7, 9}, gpu::ChainPool::Max, {2, 2, 2}, {2, 2, 2}),
     pool_case("max window 125", 1, 2, {9, 9, 9}, gpu::ChainPool::Max, {5, 5, 5}, {2, 2, 2}, {2, 2, 2}),
     pool_case("avg, several chunks", 1, 2, {1, 130, 98}, gpu::ChainPool::Avg, {1, 2, 2}, {1, 2, 2}),
+    // Rows of a multiple of 4: aligned, the backward takes 4 neighbours a thread.
+    pool_case("max 3 s2 p1, rows of 12", 2, 3, {3, 6, 12}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+    pool_case("avg 2-D k2x4 s1x2, rows of 16 (overlap)", 2, 3, {1, 9, 16}, gpu::ChainPool::Avg, {1, 2, 4}, {1, 1, 2}),
+    pool_case("max rows of 64, several chunks", 1, 2, {1, 70, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}),
 };
 
 cpu::PoolGeometry pool_geometry(const gpu::ChainPoolGeometry& g) {
@@ -911,8 +915,11 @@ TEST(CudaKernels, ChainPool) {
             chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
         const ChainResult aligned = run_chain_pool(in, g, 0);
         check_chain(in, ref, aligned, chain.exact, what + "aligned: ");
-        check_chain(in, ref, run_chain_pool(in, g, 1), chain.exact, what + "offset: ");
+        const ChainResult offset = run_chain_pool(in, g, 1);
+        check_chain(in, ref, offset, chain.exact, what + "offset: ");
         expect_same_chain(aligned, run_chain_pool(in, g, 0), what + "second run: ");
+        // Each element's gradient is summed in one order on every path (float4 rows, scalar).
+        expect_same(aligned.dy, offset.dy, what + "aligned vs offset: dy");
       }
     }
   }

@@ -209,61 +209,92 @@ __device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, in
 // spilled (ptxas kept it to 32 registers), so that variant's loops stay rolled.
 enum class WindowMath { Max, AvgByScale, AvgByDivision };
 
-// The pool's gradient at element e of a Y plane: dP summed over the windows
-// that hold e, in ascending output order as the CPU reference adds them (max:
-// only where e is the window's argmax).
-template <WindowMath kMath>
-__device__ __forceinline__ float window_gradient(const PoolDims& d, const float* __restrict__ dp,
-                                                 const uint8_t* __restrict__ argmax, int64_t out_base, uint32_t e) {
+// The pool's gradient at kN neighbours e .. e + kN - 1 along a row of a Y
+// plane: dP summed over the windows that hold each, in ascending output order
+// as the CPU reference adds them (max: only where the element is the window's
+// argmax). The neighbours share the row's divisions and windows along axes 0 and 1.
+template <WindowMath kMath, int kN>
+__device__ __forceinline__ void window_gradients(const PoolDims& d, const float* __restrict__ dp,
+                                                 const uint8_t* __restrict__ argmax, int64_t out_base, uint32_t e,
+                                                 float (&dz)[kN]) {
   const uint32_t row = d.in_w.div(e), plane_row = d.in_h.div(row);
   const int32_t i2 = int32_t(e - row * d.in[2]), i1 = int32_t(row - plane_row * d.in[1]), i0 = int32_t(plane_row);
-  int32_t lo0, hi0, lo1, hi1, lo2, hi2;
+  int32_t lo0, hi0, lo1, hi1, lo2[kN], hi2[kN];
   covering(d, 0, i0, lo0, hi0);
   covering(d, 1, i1, lo1, hi1);
-  covering(d, 2, i2, lo2, hi2);
-  float dz = 0.f;
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    covering(d, 2, i2 + j, lo2[j], hi2[j]);
+    dz[j] = 0.f;
+  }
   for (int32_t o0 = lo0; o0 <= hi0; ++o0)
-    for (int32_t o1 = lo1; o1 <= hi1; ++o1)
-      for (int32_t o2 = lo2; o2 <= hi2; ++o2) {
-        const int64_t o = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2] + uint32_t(o2);
-        if constexpr (kMath == WindowMath::Max) {
-          const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
-                        (i2 - (o2 * d.s[2] - d.pad[2]));
-          if (__ldg(argmax + o) == w) dz += __ldg(dp + o);
-        } else if constexpr (kMath == WindowMath::AvgByScale) {
-          dz += __fmul_rn(__ldg(dp + o), d.inverse_divisor);  // never fused: an FMA would skip a subnormal's rounding
-        } else {
-          dz += __ldg(dp + o) / d.divisor;
+    for (int32_t o1 = lo1; o1 <= hi1; ++o1) {
+      const int64_t out_row = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2];
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+        for (int32_t o2 = lo2[j]; o2 <= hi2[j]; ++o2) {
+          const int64_t o = out_row + uint32_t(o2);
+          if constexpr (kMath == WindowMath::Max) {
+            const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
+                          (i2 + j - (o2 * d.s[2] - d.pad[2]));
+            if (__ldg(argmax + o) == w) dz[j] += __ldg(dp + o);
+          } else if constexpr (kMath == WindowMath::AvgByScale) {
+            dz[j] += __fmul_rn(__ldg(dp + o), d.inverse_divisor);  // never fused: an FMA would skip a subnormal's rounding
+          } else {
+            dz[j] += __ldg(dp + o) / d.divisor;
+          }
         }
-      }
-  return dz;
+    }
 }
 
-template <class Chain, WindowMath kMath>
+// Y elements kVec at a time (kVec 4: rows of a multiple of 4 floats, 16-byte
+// aligned y and dy), kSlots groups per thread, kThreads * kVec apart, their
+// loads issued together.
+template <class Chain, WindowMath kMath, int kVec>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
+  constexpr int kSlots = kVec == 1 ? kUnroll : 2;  // groups of 4: 2 per thread cover a 2048-element chunk
+  constexpr uint32_t kStride = kThreads * kVec;
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in), out_base = r.plane * int64_t(d.plane_out);
   ChainSums sums;
-  for (uint32_t e0 = r.e0 + threadIdx.x; e0 < r.e1; e0 += kThreads * kUnroll) {
-    float v[kUnroll], dz[kUnroll];
+  for (uint32_t e0 = r.e0 + threadIdx.x * kVec; e0 < r.e1; e0 += kStride * kSlots) {
+    float v[kSlots][kVec], dz[kSlots][kVec];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t e = e0 + u * kThreads;
-      v[u] = y != nullptr && e < r.e1 ? __ldg(y + in_base + e) : 0.f;
+    for (int u = 0; u < kSlots; ++u) {
+      const uint32_t e = e0 + u * kStride;
+      if (y == nullptr || e >= r.e1) {
+        for (int j = 0; j < kVec; ++j) v[u][j] = 0.f;
+      } else if constexpr (kVec == 4) {
+        const float4 q = __ldg(reinterpret_cast<const float4*>(y + in_base + e));
+        v[u][0] = q.x, v[u][1] = q.y, v[u][2] = q.z, v[u][3] = q.w;
+      } else {
+        v[u][0] = __ldg(y + in_base + e);
+      }
     }
-    constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kUnroll;
+    constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kSlots;
 #pragma unroll kUnrolled
-    for (int u = 0; u < kUnroll; ++u)  // past the chunk: computed, not stored
-      dz[u] = window_gradient<kMath>(d, dp, argmax, out_base, min(e0 + u * kThreads, r.e1 - 1));
+    for (int u = 0; u < kSlots; ++u)  // past the chunk: computed, not stored
+      window_gradients<kMath>(d, dp, argmax, out_base, min(e0 + u * kStride, r.e1 - kVec), dz[u]);
 #pragma unroll kUnrolled
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t e = e0 + u * kThreads;
+    for (int u = 0; u < kSlots; ++u) {
+      const uint32_t e = e0 + u * kStride;
       if (e >= r.e1) break;
-      const float dv = Chain::backward(chain, cm, v[u] + b, dz[u], sums);
-      dy[in_base + e] = accumulate ? dy[in_base + e] + dv : dv;
+      float dv[kVec];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) dv[j] = Chain::backward(chain, cm, v[u][j] + b, dz[u][j], sums);
+      if constexpr (kVec == 4) {
+        float4 o = make_float4(dv[0], dv[1], dv[2], dv[3]);
+        if (accumulate) {
+          const float4 old = detail::load4(dy + in_base + e);
+          o = make_float4(old.x + o.x, old.y + o.y, old.z + o.z, old.w + o.w);
+        }
+        detail::store4(dy + in_base + e, o);
+      } else {
+        dy[in_base + e] = accumulate ? dy[in_base + e] + dv[0] : dv[0];
+      }
     }
   }
   write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, r.slot);
@@ -389,6 +420,7 @@ void chain_pool_backward(const float* dp, const float* y, const float* bias, con
   const PoolDims d = pool_dims(op, g, true);
   const unsigned blocks = blocks_of(g, d);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, dy});  // groups of 4 never cross a row
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     switch (g.pool) {
@@ -401,15 +433,22 @@ void chain_pool_backward(const float* dp, const float* y, const float* bias, con
                                                                            partials, d);
         break;
       case ChainPool::Max:
-        pool_backward_kernel<Chain, WindowMath::Max><<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy,
-                                                                                      accumulate, partials, d);
+        if (rows4)
+          pool_backward_kernel<Chain, WindowMath::Max, 4><<<blocks, kThreads, 0, stream>>>(
+              dp, y, bias, argmax, chain, dy, accumulate, partials, d);
+        else
+          pool_backward_kernel<Chain, WindowMath::Max, 1><<<blocks, kThreads, 0, stream>>>(
+              dp, y, bias, argmax, chain, dy, accumulate, partials, d);
         break;
       case ChainPool::Avg:
-        if (power_of_two(d.divisor))
-          pool_backward_kernel<Chain, WindowMath::AvgByScale><<<blocks, kThreads, 0, stream>>>(
+        if (power_of_two(d.divisor) && rows4)
+          pool_backward_kernel<Chain, WindowMath::AvgByScale, 4><<<blocks, kThreads, 0, stream>>>(
+              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
+        else if (power_of_two(d.divisor))
+          pool_backward_kernel<Chain, WindowMath::AvgByScale, 1><<<blocks, kThreads, 0, stream>>>(
               dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
         else
-          pool_backward_kernel<Chain, WindowMath::AvgByDivision><<<blocks, kThreads, 0, stream>>>(
+          pool_backward_kernel<Chain, WindowMath::AvgByDivision, 1><<<blocks, kThreads, 0, stream>>>(
               dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
         break;
     }
