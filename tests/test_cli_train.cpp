@@ -34,6 +34,7 @@
 
 #include "tests/child_process.hpp"
 #include "tests/contains.hpp"
+#include "tests/require_gpu.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/communicator.hpp"
 #include "anvil/dataset.hpp"
@@ -498,6 +499,26 @@ TEST_F(CliTrain, MpiProcessesTrainAsInProcessRanks) {
   const Finished both = under_mpirun(2, {"--steps", "2", "--ranks", "2"});
   EXPECT_EQ(both.status, 2) << describe(both);
   EXPECT_PRED_FORMAT2(Contains, both.err, "anvil: error: under mpirun every process is one rank");
+}
+
+// Under mpirun on GPUs each process takes the GPU of its local rank. One process more than the
+// host has GPUs: that rank refuses with one line naming the count, and the job ends rather than
+// leaving the others waiting in NCCL's setup. (Several processes through NCCL need a GPU each:
+// the 2-GPU run.)
+TEST_F(CliTrain, MpiProcessesBeyondTheHostsGpusAreRefused) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  if (!anvil::mpi_available() || !anvil::nccl_available() || mpirun_argv(1).empty())
+    GTEST_SKIP() << "needs MPI and NCCL at build and mpirun on PATH (Debian: libopenmpi-dev, openmpi-bin)";
+  const int gpus = anvil::cuda_device_count();
+  std::vector<std::string> a = mpirun_argv(gpus + 1);
+  a.insert(a.end(), {kCli, "train", kNet, "--device", "cuda", "--steps", "2", "--batch", std::to_string(4 * (gpus + 1))});
+  Child child(a);
+  ASSERT_TRUE(child.started()) << "cannot start " << a[0];
+  const Finished r = child.finish(120);
+  EXPECT_NE(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.err,
+                      "anvil: error: rank " + std::to_string(gpus) + " is process " + std::to_string(gpus + 1) +
+                          " on its host, which has " + std::to_string(gpus) + " GPUs (one process per GPU)\n");
 }
 
 // ------------------------------------------------------------------ 4. signals

@@ -264,7 +264,7 @@ TEST(DataParallelMpi, RankZerosNcclIdReachesEveryProcess) {
 
 // What each `mpirun` process builds once MPI_Bcast has brought it rank 0's unique id
 // (mpi_nccl_communicator), with one rank: ncclCommInitRank from the id, bitwise the plain engine.
-// (The GPU machine has no MPI, so the broadcast itself is tested on the CPU path only.)
+// (Two processes would need two GPUs: NCCL takes one GPU per rank.)
 TEST(DataParallelGpu, OneRankFromAUniqueIdIsThePlainEngineBitwise) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   ASSERT_TRUE(nccl_available()) << "the CUDA build found no NCCL";
