@@ -56,6 +56,10 @@ Shape Convolution::infer_shape(const std::vector<Shape>& inputs) {
     const int64_t in = x[2 + i], effective_k = spec_.dilation[i] * (spec_.kernel[i] - 1) + 1;
     int64_t out;
     if (spec_.transposed) {
+      // in <= 2^40 and stride < 2^31: the product could pass 64 bits, so it is bounded first.
+      if (in - 1 > kMaxTensorElements / spec_.stride[i])
+        fail("stride", "gives an output longer than 2^40 along spatial dim " + std::to_string(i) + " (input " +
+                           std::to_string(in) + ", stride " + std::to_string(spec_.stride[i]) + ")");
       out = (in - 1) * spec_.stride[i] - 2 * spec_.padding[i] + effective_k + spec_.output_padding[i];
       if (out < 1) fail("padding", "leaves no output along spatial dim " + std::to_string(i) + " (size " +
                                        std::to_string(out) + ")");

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <map>
 #include <regex>
 #include <string>
 #include <vector>
@@ -52,6 +53,32 @@ TEST(EngineBuffers, RefusesWrongShapesSizesAndDeviceBuffersOnTheCpu) {
   EXPECT_THROW(engine.set_input(nullptr, net.input_shape()), InputError);
   EXPECT_THROW(engine.set_input(buffer.data(), net.input_shape(), Memory::Device), InputError);
   EXPECT_THROW(engine.forward_into(buffer.data(), buffer.size()), InputError);  // not the output's size
+}
+
+// A HostTensor whose values do not fill its shape is refused, not read or written past its end.
+TEST(EngineBuffers, HostTensorsWhoseValuesDoNotFillTheirShapeAreRefused) {
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  Engine engine(net, on(Device::Cpu));
+  HostTensor short_input(net.input_shape());
+  short_input.data.pop_back();
+  EXPECT_THROW(engine.set_input(short_input), InputError);
+  HostTensor short_target(net.output_shape());
+  short_target.data.resize(1);
+  EXPECT_THROW(engine.set_target(short_target), InputError);
+  std::map<std::string, HostTensor> params = engine.parameters();
+  const std::map<std::string, HostTensor> before = params;
+  params.begin()->second.data.resize(params.begin()->second.data.size() * 1024 + 1, 1.f);
+  EXPECT_THROW(engine.load_parameters(params), InputError);
+  for (const auto& [name, value] : engine.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
+}
+
+TEST(HostTensor, HoldsShapeCountsWithoutOverflow) {
+  EXPECT_TRUE(holds_shape(HostTensor({2, 3}, std::vector<float>(6))));
+  EXPECT_FALSE(holds_shape(HostTensor({2, 3}, std::vector<float>(5))));
+  EXPECT_FALSE(holds_shape(HostTensor({2, -3}, std::vector<float>(6))));
+  EXPECT_TRUE(holds_shape(HostTensor({int64_t(1) << 40, int64_t(1) << 40, 0}, {})));  // empty, however large
+  EXPECT_FALSE(holds_shape(HostTensor({int64_t(1) << 40, int64_t(1) << 40, 4}, std::vector<float>(4))));
+  EXPECT_EQ(numel({int64_t(1) << 40, int64_t(1) << 40, 0}), 0);
 }
 
 TEST(EngineBuffers, ANetworkWithoutParametersIsRefusedForTrainingWithOneLine) {

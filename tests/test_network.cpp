@@ -6,9 +6,11 @@
 // in the positive tests are worked out by hand from PyTorch's output-size
 // formulas, not copied from anvil's output.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -133,6 +135,14 @@ TEST(NetworkParse, SizesBeyondTheLimitsAreRefusedWithTheirPath) {
                                             "kernel_size": 3, "stride": 2147483647}])")),
             "bad.json: layers[0]: the output (2, 1, 6442450944, 6442450944) has more than 2^40 elements, the "
             "limit per tensor");
+  // A transposed conv whose stride times its input passes 64 bits: refused before the product.
+  EXPECT_EQ(error_of(with_layers("[1, 1, 1, 1]", R"([
+      {"type": "conv_transpose2d", "name": "a", "in_channels": 1, "out_channels": 1, "kernel_size": [1, 131073],
+       "dilation": [1, 131072]},
+      {"type": "conv_transpose2d", "name": "b", "in_channels": 1, "out_channels": 1, "kernel_size": 1,
+       "stride": [1, 1073741824]}])")),
+            "bad.json: layers[1].stride: gives an output longer than 2^40 along spatial dim 1 (input 17179869185, "
+            "stride 1073741824)");
   // And no parameter: a 1x1 conv of 2^31 - 1 channels to 2^31 - 1 has 2^62 weights.
   EXPECT_EQ(error_of(with_layers("[1, 2147483647, 1, 1]", R"([{"type": "conv2d", "name": "c",
                                    "in_channels": 2147483647, "out_channels": 2147483647, "kernel_size": 1}])")),
@@ -598,6 +608,42 @@ TEST(NetworkParse, LoadNamesTheFileWhenItCannotBeOpened) {
     FAIL() << "loaded a missing file";
   } catch (const anvil::InputError& e) {
     EXPECT_EQ(std::string(e.what()), path + ": cannot open the network file");
+  }
+}
+
+// What is not a regular file is refused before it is opened: a FIFO would wait for a writer, and
+// /dev/zero would be read until memory runs out.
+TEST(NetworkParse, LoadRefusesWhatIsNotARegularFile) {
+  const std::string dir = ::testing::TempDir() + "anvil_network_test_dir";
+  const std::string fifo = ::testing::TempDir() + "anvil_network_test_fifo";
+  std::filesystem::create_directories(dir);
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {dir, dir + ": cannot read the network file: it is a directory"},
+      {fifo, fifo + ": cannot read the network file: not a regular file"},
+      {"/dev/zero", "/dev/zero: cannot read the network file: not a regular file"},
+  };
+  for (const auto& [path, want] : cases) {
+    try {
+      Network::load(path);
+      ADD_FAILURE() << "loaded " << path;
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+  }
+  std::remove(fifo.c_str());
+}
+
+// A batch set after parsing (the CLI's --batch, data-parallel slicing) meets the input's limit too.
+TEST(NetworkParse, ABatchThatTakesTheInputPastTheLimitIsRefused) {
+  const Network net = Network::parse(with_layers("[1, 1, 1048576, 1048576]", R"([{"type": "relu"}])"), "big.json");
+  try {
+    net.with_batch(16777216);
+    ADD_FAILURE() << "a batch of 2^24 inputs of 2^40 elements was accepted";
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "big.json: at batch 16777216: input: (16777216, 1, 1048576, 1048576) has more "
+                                     "than 2^40 elements, the limit per tensor");
   }
 }
 

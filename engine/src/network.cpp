@@ -1,5 +1,6 @@
 #include "anvil/network.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +14,15 @@ namespace anvil {
 const char* to_string(Precision p) { return p == Precision::FP32 ? "fp32" : "tf32"; }
 
 Network Network::load(const std::string& path) {
+  // Checked before opening: a FIFO would block the open, and /dev/zero never ends.
+  constexpr std::uintmax_t kMaxNetworkFileBytes = 100'000'000;
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(status)) throw InputError(path + ": cannot read the network file: it is a directory");
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
+    throw InputError(path + ": cannot read the network file: not a regular file");
+  if (std::filesystem::is_regular_file(status) && std::filesystem::file_size(path, ec) > kMaxNetworkFileBytes)
+    throw InputError(path + ": the network file is larger than 100 MB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path + ": cannot open the network file");
   std::stringstream text;

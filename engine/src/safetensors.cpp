@@ -353,13 +353,9 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
   uint64_t offset = 0;
   for (const auto& [name, t] : file.tensors) {  // sorted, so data follows the same order
     if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
-    for (int64_t d : t.shape) {
-      if (d < 0) throw Error(path + ": tensor '" + name + "' has negative shape " + to_string(t.shape));
-    }
-    if (static_cast<int64_t>(t.data.size()) != numel(t.shape)) {
-      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) +
-                  " values but shape " + to_string(t.shape));
-    }
+    if (!holds_shape(t))
+      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) + " values but shape " +
+                  to_string(t.shape));
     const uint64_t bytes = t.data.size() * sizeof(float);
     header[name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;

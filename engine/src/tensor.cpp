@@ -1,8 +1,12 @@
 #include "anvil/tensor.hpp"
 
+#include <algorithm>
+
 namespace anvil {
 
 int64_t numel(const Shape& shape) {
+  // A zero makes the count zero, whatever the other sizes (whose product may not fit 64 bits).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
@@ -16,6 +20,18 @@ bool within_element_limit(const Shape& shape) {
     n *= d;
   }
   return true;
+}
+
+bool holds_shape(const HostTensor& t) {
+  if (std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; })) return false;
+  const uint64_t count = t.data.size();
+  if (count == 0) return std::find(t.shape.begin(), t.shape.end(), 0) != t.shape.end();
+  uint64_t n = 1;  // stays <= count, so never overflows
+  for (int64_t d : t.shape) {
+    if (d == 0 || static_cast<uint64_t>(d) > count / n) return false;
+    n *= static_cast<uint64_t>(d);
+  }
+  return n == count;
 }
 
 std::string to_string(const Shape& shape) {

@@ -32,4 +32,8 @@ struct HostTensor {
   int64_t size() const { return static_cast<int64_t>(data.size()); }
 };
 
+// Whether t's values fill its shape exactly: no negative dimension, and as many
+// values as the dimensions' product (computed without overflow).
+bool holds_shape(const HostTensor& t);
+
 }  // namespace anvil

@@ -61,6 +61,11 @@ void check_buffer(const char* what, const float* data, const Shape& shape, const
   if (where == Memory::Device && !cuda) throw InputError(std::string(what) + ": a device buffer needs a CUDA engine");
 }
 
+void check_holds_shape(const std::string& what, const HostTensor& t) {
+  if (!holds_shape(t))
+    throw InputError(what + ": " + std::to_string(t.data.size()) + " values for shape " + to_string(t.shape));
+}
+
 }  // namespace
 
 void Engine::Impl::copy_in(float* dst, const float* src, size_t count, Memory where) {
@@ -84,9 +89,15 @@ void Engine::set_target(const float* data, const Shape& shape, Memory where) {
   impl_->copy_in(impl_->target, data, static_cast<size_t>(numel(shape)), where);
 }
 
-void Engine::set_input(const HostTensor& x) { set_input(x.data.data(), x.shape); }
+void Engine::set_input(const HostTensor& x) {
+  check_holds_shape("input", x);
+  set_input(x.data.data(), x.shape);
+}
 
-void Engine::set_target(const HostTensor& t) { set_target(t.data.data(), t.shape); }
+void Engine::set_target(const HostTensor& t) {
+  check_holds_shape("target", t);
+  set_target(t.data.data(), t.shape);
+}
 
 void Engine::forward_into(float* out, size_t count, Memory where) {
   const auto want = static_cast<size_t>(impl_->output_count());
@@ -154,6 +165,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
     if (it->second.shape != slot.spec.shape)
       throw InputError("parameter '" + slot.spec.name + "' has shape " + to_string(it->second.shape) + ", expected " +
                        to_string(slot.spec.shape));
+    check_holds_shape("parameter '" + slot.spec.name + "'", it->second);
   }
   impl_->write_slab(impl_->params, given);
   impl_->synchronize();
