@@ -124,6 +124,44 @@ TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   std::remove(weights_path.c_str());
 }
 
+// Forged metadata: counters past 2^53 (whose increments would overflow) and another network's
+// hash without a name are InputErrors that say so.
+TEST(Checkpoint, RefusesForgedCountersAndNamesAnUnnamedNetwork) {
+  const Network net = Network::load(data_path("adam_step.json"));
+  Engine engine(net, cpu_options());
+  engine.train_step();
+  const std::string path = temp_path("forged.safetensors");
+  engine.save_checkpoint(path, {1, 0, 1});
+  const TensorFile good = read_safetensors(path);
+  auto error_with = [&](const std::string& key, const std::string& value) -> std::string {
+    TensorFile forged = good;
+    forged.metadata[key] = value;
+    write_safetensors(path, forged);
+    try {
+      engine.load_checkpoint(path);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  for (const char* key : {"step", "epoch", "optimizer.step"})
+    EXPECT_EQ(error_with(key, "9223372036854775807"),
+              path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '9223372036854775807'");
+  TensorFile unnamed = good;
+  unnamed.metadata.erase("network.name");
+  unnamed.metadata["network.hash"] = "0123456789abcdef";
+  write_safetensors(path, unnamed);
+  try {
+    engine.load_checkpoint(path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("the checkpoint is of another network ('unnamed', hash 0123456789abcdef"),
+              std::string::npos)
+        << e.what();
+  }
+  std::remove(path.c_str());
+}
+
 }  // namespace
 }  // namespace anvil::testing
 

@@ -438,6 +438,8 @@ TEST_F(Cli, OutputsThatWouldDestroySomethingAreRefusedFirst) {
   fs::create_symlink(dir + "/target.safetensors", link);
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
   fs::copy_file(kSmall, copy);
+  const std::string hard = dir + "/hard.json";  // another name of the same file
+  fs::create_hard_link(copy, hard);
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"run " + quote(kSmall) + " --device cpu --output " + quote(link),
        "anvil: error: --output " + link + ": will not replace it: it is a symlink (--force replaces it)\n"},
@@ -445,6 +447,8 @@ TEST_F(Cli, OutputsThatWouldDestroySomethingAreRefusedFirst) {
        "anvil: error: --output " + fifo + ": will not replace it: it is not a regular file (--force replaces it)\n"},
       {"run " + quote(copy) + " --device cpu --output " + quote(dir + "/../outs/net.json"),
        "anvil: error: --output " + dir + "/../outs/net.json: would overwrite the network file " + copy + "\n"},
+      {"train " + quote(copy) + " --device cpu --steps 1 --metrics " + quote(hard),
+       "anvil: error: --metrics " + hard + ": would overwrite the network file " + copy + "\n"},
       {"train " + quote(kSmall) + " --device cpu --steps 1 --save " + quote(dir + "/s") + " --dump-grads " +
            quote(dir + "/./s"),
        "anvil: error: --dump-grads " + dir + "/./s: the same file as --save\n"},

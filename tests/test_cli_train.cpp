@@ -416,7 +416,7 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(old), {}), "an older file");
 
   const Finished unchecked = train({"--steps", "40", "--log-every", "10", "--no-check-finite"}, net);
-  EXPECT_EQ(unchecked.status, 1) << describe(unchecked);
+  EXPECT_EQ(unchecked.status, 3) << describe(unchecked);  // a non-finite loss, found without the replay
   EXPECT_TRUE(starts_with(unchecked.err, "anvil: error: step 10: the loss became ")) << describe(unchecked);
 }
 
@@ -445,6 +445,7 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
   EXPECT_EQ(resumed.status, 0) << describe(resumed);
   EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + ck + " at step 3 (epoch 0, batch 3)\n");
 
+  expect_bad_input(train({"--steps", "2", "--ranks", "0"}), "--ranks: must be a positive integer, got 0");
   expect_bad_input(train({"--steps", "2", "--ranks", "3"}),
                    "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
   expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
@@ -668,6 +669,9 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
                    "--val-every needs --val");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "-5", "--save", save}),
                    "--data-budget: must be a number of MiB from 0 to 1e12, got -5.000000");
+  // Epochs within the flag's limit whose steps are not (8 per epoch): refused, not wrapped.
+  expect_bad_input(train({"--data", kTrain, "--epochs", "9007199254740992", "--save", save}),
+                   "9007199254740992 epochs of 8 steps are more than 2^53 steps");
   // An output that is a directory is refused before any work, not after the training.
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--checkpoint", dir_, "--save", save}),
                    "--checkpoint " + dir_ + ": cannot write: it is a directory");

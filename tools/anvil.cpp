@@ -116,8 +116,11 @@ CLI::Validator finite_number() {
 
 using NamedPaths = std::vector<std::pair<std::string, std::string>>;  // (flag, path); empty paths are skipped
 
-// The file a path names, for comparing two paths (symlinks and '..' resolved).
+// The file a path names, for comparing two paths: an existing file by device and inode (hard
+// links and symlinks alike), a new name by its path with symlinks and '..' resolved.
 std::string same_file_key(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
   std::error_code ec;
   const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
   return ec ? path : p.lexically_normal().string();
@@ -481,6 +484,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (t.epochs_given) check_positive("--epochs", t.epochs);
   if (t.batch_given) check_positive("--batch", t.batch);
   check_positive("--log-every", t.log_every);
+  if (t.ranks_given) check_positive("--ranks", t.ranks);
   if (t.val_every < 0) throw anvil::InputError("--val-every: must be >= 0, got " + std::to_string(t.val_every));
   if (t.checkpoint_every < 0)
     throw anvil::InputError("--checkpoint-every: must be >= 0, got " + std::to_string(t.checkpoint_every));

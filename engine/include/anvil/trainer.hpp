@@ -20,6 +20,10 @@
 
 namespace anvil {
 
+// The most steps a run or a checkpoint may count: far beyond any run, exact in a double,
+// and far from the int64 counters' overflow.
+constexpr int64_t kMaxSteps = int64_t(1) << 53;
+
 struct TrainOptions {
   int64_t epochs = 0;     // train this many epochs, or
   int64_t steps = 0;      // this many steps (one of the two, > 0)

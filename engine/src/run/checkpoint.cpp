@@ -6,6 +6,7 @@
 
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
+#include "anvil/trainer.hpp"
 #include "anvil/version.hpp"
 #include "engine/src/run/engine_impl.hpp"
 #include "engine/src/spec/network_spec.hpp"
@@ -26,10 +27,10 @@ int64_t metadata_integer(const TensorFile& file, const std::string& path, const 
   try {
     size_t used = 0;
     const long long v = std::stoll(it->second, &used);
-    if (used == it->second.size() && v >= 0) return v;
+    if (used == it->second.size() && v >= 0 && v <= kMaxSteps) return v;
   } catch (const std::exception&) {
   }
-  throw InputError(path + ": metadata '" + key + "' is not a non-negative integer: '" + it->second + "'");
+  throw InputError(path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '" + it->second + "'");
 }
 
 }  // namespace
@@ -70,9 +71,12 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   const auto hash = file.metadata.find("network.hash");
   if (file.metadata.count("anvil.checkpoint") == 0 || hash == file.metadata.end())
     throw InputError(path + ": not an anvil checkpoint (use --weights for a file of parameters)");
-  if (hash->second != hex(spec.hash))
-    throw InputError(path + ": the checkpoint is of another network ('" + file.metadata.at("network.name") +
-                     "', hash " + hash->second + "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
+  if (hash->second != hex(spec.hash)) {
+    const auto name = file.metadata.find("network.name");
+    throw InputError(path + ": the checkpoint is of another network ('" +
+                     (name == file.metadata.end() ? std::string("unnamed") : name->second) + "', hash " +
+                     hash->second + "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
+  }
   if (metadata_integer(file, path, "batch") != m.global_batch())
     throw InputError(path + ": the checkpoint was written at batch " + file.metadata.at("batch") +
                      ", this run's batch is " + std::to_string(m.global_batch()));

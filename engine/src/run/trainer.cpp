@@ -9,6 +9,9 @@ namespace anvil {
 namespace {
 
 void check_options(const TrainOptions& options, const Engine& engine) {
+  if (options.steps < 0 || options.epochs < 0 || options.steps > kMaxSteps || options.epochs > kMaxSteps)
+    throw InputError("steps and epochs must be between 0 and 2^53, got " + std::to_string(options.steps) + " and " +
+                     std::to_string(options.epochs));
   if (options.log_every < 1) throw InputError("log_every must be positive, got " + std::to_string(options.log_every));
   if (options.val_every < 0 || options.checkpoint_every < 0)
     throw InputError("val_every and checkpoint_every must not be negative");
@@ -28,6 +31,9 @@ Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation
   check_options(options, engine);
   engine_.attach_data(train, data);
   steps_per_epoch_ = engine_.batches_per_epoch();
+  if (steps_per_epoch_ > 0 && options.epochs > kMaxSteps / steps_per_epoch_)
+    throw InputError(std::to_string(options.epochs) + " epochs of " + std::to_string(steps_per_epoch_) +
+                     " steps are more than 2^53 steps");
   total_steps_ = options.epochs > 0 ? options.epochs * steps_per_epoch_ : options.steps;
 }
 
@@ -119,7 +125,8 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       progress.loss = engine_.last_loss();
       progress.lr = engine_.learning_rate();
       if (!std::isfinite(progress.loss))
-        throw Error("step " + std::to_string(position_.step) + ": the loss became " + std::to_string(progress.loss));
+        throw NonFiniteError("step " + std::to_string(position_.step) + ": the loss became " +
+                             std::to_string(progress.loss));
     }
     if (validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
       validate(callbacks);
