@@ -102,7 +102,7 @@ std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
     }
   const std::vector<int> order = topological_order(deps, layers);
 
-  // The parser checks the file's input; a batch set later (Network::with_batch) is checked here.
+  // Here rather than in the parser, so that a batch set later (Network::with_batch) meets it too.
   if (!within_element_limit(spec->input))
     throw InputError("input: " + to_string(spec->input) + " has more than 2^40 elements, the limit per tensor");
   auto graph = std::make_unique<Graph>();

@@ -164,8 +164,6 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   JsonReader top(doc, "");
   spec.name = top.string("name");
   spec.input = top.shape("input");
-  if (!within_element_limit(spec.input))
-    top.fail("input", to_string(spec.input) + " has more than 2^40 elements, the limit per tensor");
   if (spec.input.size() != 4 && spec.input.size() != 5)
     top.fail("input", "must be (N, C, H, W) or (N, C, D, H, W), got " + to_string(spec.input));
   spec.loss = parse_loss(top);
