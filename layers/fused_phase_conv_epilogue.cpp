@@ -21,12 +21,16 @@ enum Buffer {
 
 // Along one dim, output o = q * s + r (phase r) receives x[i] * w[t] where
 // o = i * s - p + t. With c = r + p = a * s + b, the taps of phase r are
-// t = b + j * s (t < k), reading x[q + a - j]. Offsets a - j over all phases
-// span [m0, m1]: a stride-1 kernel of kp = m1 - m0 + 1 taps over x padded by
-// -m0 in front and enough at the end for q = 0 .. out / s - 1.
+// t = b + j * s (t < k), reading x[q + a - j]: offsets lo_r = a - taps_r + 1
+// .. a. Aligned phases share one window: the offsets over all phases span
+// [m0, m1], a stride-1 kernel of kp = m1 - m0 + 1 taps over x padded by -m0 in
+// front. Shifted phases each read the combined output at q + lo_r - m0, so kp
+// is only the most taps of a phase (k4 s2: 2 instead of 3; where it saves
+// none, the dim stays aligned). The end padding covers q = 0 .. out / s - 1
+// in both forms, so one padded input serves both.
 std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& conv,
                                                           const std::vector<int64_t>& pool_kernel,
-                                                          cuda::PhaseSplitGeometry& g) {
+                                                          cuda::PhaseSplitGeometry& g, bool shift_phases) {
   if (!conv.transposed()) return "not a transposed conv";
   const ConvSpec& spec = conv.spec();
   const Shape& x = conv.input_shapes()[0];
@@ -46,7 +50,7 @@ std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& con
     if (k > cuda::kMaxKernel) return "kernel larger than " + std::to_string(cuda::kMaxKernel);
     if (out % s != 0) return "the output is not a multiple of the stride";
     std::vector<int64_t> a(s), b(s), taps(s);
-    int64_t m0 = INT64_MAX, m1 = INT64_MIN;
+    int64_t m0 = INT64_MAX, m1 = INT64_MIN, most_taps = 0;
     for (int64_t r = 0; r < s; ++r) {
       a[r] = (r + p) / s;
       b[r] = (r + p) % s;
@@ -54,25 +58,35 @@ std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& con
       if (taps[r] == 0) continue;
       m0 = std::min(m0, a[r] - (taps[r] - 1));
       m1 = std::max(m1, a[r]);
+      most_taps = std::max(most_taps, taps[r]);
     }
     if (m0 == INT64_MAX || m0 > 0) return "a phase without taps";
-    const int64_t kp = m1 - m0 + 1, q = out / s;
-    if (s * kp > cuda::kMaxPhaseTaps) return "too many taps per phase";
+    const int64_t aligned_kp = m1 - m0 + 1, q = out / s;
+    if (s * aligned_kp > cuda::kMaxPhaseTaps) return "too many taps per phase";
+    const bool shifting_pays = most_taps < aligned_kp;
+    const bool shifted = shift_phases && shifting_pays;
+    int64_t reach = aligned_kp - 1;  // x_pad positions read past q, in either form
+    for (int64_t r = 0; r < s; ++r)
+      if (taps[r] > 0 && shifting_pays) reach = std::max(reach, a[r] - (taps[r] - 1) - m0 + most_taps - 1);
     g.in[d] = in;
     g.front[d] = -m0;
-    g.end[d] = q + kp - 1 - g.front[d] - in;
+    g.end[d] = q + reach - g.front[d] - in;
     if (g.end[d] < 0) return "the padding crops more than a phase";
     g.k[d] = k;
-    g.kp[d] = kp;
+    g.kp[d] = shifted ? most_taps : aligned_kp;
     g.s[d] = s;
-    for (int64_t u = 0; u < s * kp; ++u) g.tap[d][u] = -1;
-    for (int64_t r = 0; r < s; ++r)
+    g.q[d] = q;
+    for (int64_t u = 0; u < s * g.kp[d]; ++u) g.tap[d][u] = -1;
+    for (int64_t r = 0; r < s; ++r) {
+      const int64_t first = shifted ? a[r] - (taps[r] - 1) : m0;  // the x offset of combined tap 0
+      if (taps[r] > 0) g.shift[d][r] = static_cast<int8_t>(first - m0);
       for (int64_t j = 0; j < taps[r]; ++j) {
-        const int64_t t = b[r] + j * s, u = a[r] - j - m0;
-        g.tap[d][r * kp + u] = static_cast<int8_t>(t);
+        const int64_t t = b[r] + j * s, u = a[r] - j - first;
+        g.tap[d][r * g.kp[d] + u] = static_cast<int8_t>(t);
         g.phase_of[d][t] = static_cast<int8_t>(r);
         g.combined_of[d][t] = static_cast<int8_t>(u);
       }
+    }
   }
   if (g.s[0] * g.s[1] * g.s[2] > 256) return "more than 256 phases";
   return std::nullopt;
@@ -88,24 +102,32 @@ std::unique_ptr<Layer> FusedPhaseConvEpilogue::create(const FusedChainSpecs& spe
     why_not = "no max pool that tiles the output";
     return nullptr;
   }
-  cuda::PhaseSplitGeometry g;
-  if (auto why = derive(*conv, std::get<PoolSpec>(specs.pool->params).kernel, g)) {
+  const std::vector<int64_t>& pool_kernel = std::get<PoolSpec>(specs.pool->params).kernel;
+  cuda::PhaseSplitGeometry aligned, shifted;
+  if (auto why = derive(*conv, pool_kernel, aligned, false)) {
     why_not = *why;
     return nullptr;
   }
-  return std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), *fused_chain(specs.pointwise), g, specs.name);
+  derive(*conv, pool_kernel, shifted, true);  // applies where the aligned form does
+  return std::make_unique<FusedPhaseConvEpilogue>(std::move(conv), *fused_chain(specs.pointwise), aligned, shifted,
+                                                  specs.name);
 }
 
 FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const FusedChain& chain,
-                                               const cuda::PhaseSplitGeometry& g, std::string name)
-    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()), conv_(std::move(conv)), chain_(chain), g_(g) {
-  // The combined convolution is an ordinary stride-1 conv layer over the padded input.
+                                               const cuda::PhaseSplitGeometry& aligned,
+                                               const cuda::PhaseSplitGeometry& shifted, std::string name)
+    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()),
+      conv_(std::move(conv)),
+      chain_(chain),
+      g_(aligned),
+      shifted_g_(shifted) {
+  // cuDNN's combined convolution is an ordinary stride-1 conv layer over the padded input.
   const int dims = conv_->spec().dims;
   ConvSpec combined;
   combined.dims = dims;
   combined.in_channels = g_.cin;
   combined.out_channels = phases() * g_.cout;
-  combined.kernel.assign(g_.kp.end() - dims, g_.kp.end());
+  combined.kernel.assign(shifted_g_.kp.end() - dims, shifted_g_.kp.end());
   combined.stride.assign(dims, 1);
   combined.padding.assign(dims, 0);
   combined.output_padding.assign(dims, 0);
@@ -142,12 +164,33 @@ std::string FusedPhaseConvEpilogue::describe_cuda() const {
   std::string s = "phase-split";
   if (fused_forward_) s += ", " + math + " tensor-core conv fused with the epilogue";
   if (mma_weight_grad_) s += ", " + math + " tensor-core weight gradient";
-  return fused_forward_ ? s : s + ": " + phase_conv_->describe_cuda();
+  if (fused_forward_) return s;
+  auto taps = [](const cuda::PhaseSplitGeometry& g) { return std::to_string(g.kp[0] * g.kp[1] * g.kp[2]); };
+  if (!cuda::phases_aligned(shifted_g_)) s += ", phases shifted (" + taps(shifted_g_) + " combined taps, not " + taps(g_) + ")";
+  return s + ": " + phase_conv_->describe_cuda();
 }
 
+// Yp is cuDNN's combined output, with each phase at its shift.
 cuda::PhaseEpilogueGeometry FusedPhaseConvEpilogue::epilogue_geometry() const {
-  const Shape& p = output_shape();
-  return {p[0], p[1], phases(), numel(p) / (p[0] * p[1])};
+  const cuda::PhaseSplitGeometry& g = shifted_g_;
+  cuda::PhaseEpilogueGeometry e;
+  e.n = g.n;
+  e.c = g.cout;
+  e.phases = phases();
+  for (int d = 0; d < 3; ++d) {
+    e.q[d] = g.q[d];
+    e.z[d] = g.in[d] + g.front[d] + g.end[d] - g.kp[d] + 1;
+  }
+  for (int64_t r = 0; r < e.phases; ++r) {
+    const int64_t r0 = r / (g.s[1] * g.s[2]), r1 = r / g.s[2] % g.s[1], r2 = r % g.s[2];
+    e.offset[r] = (g.shift[0][r0] * e.z[1] + g.shift[1][r1]) * e.z[2] + g.shift[2][r2];
+  }
+  return e;
+}
+
+size_t FusedPhaseConvEpilogue::wp_bytes() const {
+  const cuda::PhaseSplitGeometry& g = forward_geometry();
+  return size_t(phases() * g.cout * g.cin * g.kp[0] * g.kp[1] * g.kp[2]) * sizeof(float);
 }
 
 
@@ -222,7 +265,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
   // The TF32 kernels take x rounded once, here; a TF32 cuDNN conv rounds it anyway.
   const bool round_tf32 = !compensated_ && (fused_forward_ || mma_weight_grad_);
   cuda::phase_pad_input(args.in[0].data, x_pad, round_tf32, g_, ctx.stream());
-  cuda::phase_build_weight(args.params[0], wp, g_, ctx.stream());
+  cuda::phase_build_weight(args.params[0], wp, forward_geometry(), ctx.stream());
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   auto* argmax = args.buffer<uint8_t>(kArgmax);  // null in inference, as is y_at_max
   auto* y_at_max = args.buffer<float>(kYAtMax);
@@ -262,7 +305,7 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
                                 epilogue_geometry(), ctx.stream());
   phase_conv_->run_backward(ctx, args.buffer<float>(kXPad), out.dyp, args.buffer<float>(kWp), dx_pad, false, dwp,
                             args.buffers[kConvBackward]);
-  cuda::phase_fold_weight_grad(dwp, args.dparams[0], g_, ctx.stream());
+  cuda::phase_fold_weight_grad(dwp, args.dparams[0], shifted_g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }
 

@@ -199,6 +199,13 @@ std::vector<SmallNet> small_nets() {
          "padding": 1},
         {"type": "leaky_relu", "negative_slope": 1.5}, {"type": "channel_scale"}, {"type": "sigmoid"},
         {"type": "max_pool2d", "kernel_size": 2})")},
+      // k4 s2 p1 in 3-D: cuDNN's conv over shifted phases (8 combined taps, not
+      // 27); 6 * 27 inputs per output are too many for the fused tensor-core
+      // forward, so without dx it pairs with the (aligned) tensor-core weight
+      // gradient over the same padded input.
+      {"phase_split_shifted_k4_3d", net_json("r", "[1, 6, 3, 4, 5]", R"(
+        {"type": "conv_transpose3d", "in_channels": 6, "out_channels": 3, "kernel_size": 4, "stride": 2,
+         "padding": 1},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
       // Pools outside a chain: anvil's kernels, their input gradient added to
       // the add's (fan-out); an average and an overlapping padded max pool.
       {"standalone_pools_fan_out", net_json("q", "[2, 3, 7, 9]", R"(
@@ -279,6 +286,14 @@ TEST(GpuFusion, GeneralChainsAreFused) {
       EXPECT_EQ(text.find("fused"), std::string::npos) << text;
     } else if (net.label.rfind("phase_split", 0) == 0) {
       EXPECT_NE(text.find("fused_phase_conv_epilogue"), std::string::npos) << text;
+      if (net.label == "phase_split_shifted_k4_3d") {
+        EXPECT_NE(text.find("phases shifted (8 combined taps, not 27)"), std::string::npos) << text;
+        const std::string no_dx =
+            Engine(Network::parse(net.json, net.label), cuda_options("phase_split_no_dx")).describe();
+        EXPECT_NE(no_dx.find("3xTF32 tensor-core weight gradient, phases shifted (8 combined taps, not 27)"),
+                  std::string::npos)
+            << no_dx;
+      }
     } else if (net.label == "relu_avgpool_batch1_channel1") {
       EXPECT_NE(text.find("[fused_conv_epilogue]"), std::string::npos) << text;
       EXPECT_NE(text.find("an average pool"), std::string::npos) << text;

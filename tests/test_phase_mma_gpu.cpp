@@ -46,12 +46,13 @@ class PhaseMma : public ::testing::TestWithParam<std::tuple<Case, bool>> {
   void SetUp() override {
     const Case& c = std::get<0>(GetParam());
     conv_ = testing::make_conv_transpose(c.k, c.s, c.p, c.op, c.in, c.cin, c.cout, c.n);
-    ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv_, c.s, g_), std::nullopt);
+    ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv_, c.s, g_, false), std::nullopt);
     phases_ = g_.s[0] * g_.s[1] * g_.s[2];
     kpv_ = g_.kp[0] * g_.kp[1] * g_.kp[2];
     for (int d = 0; d < 3; ++d) {
       xp_[d] = g_.in[d] + g_.front[d] + g_.end[d];
-      q_[d] = xp_[d] - g_.kp[d] + 1;
+      q_[d] = g_.q[d];
+      ASSERT_GE(xp_[d] - g_.kp[d] + 1, q_[d]) << "x_pad too short along dim " << d;
     }
     q_count_ = q_[0] * q_[1] * q_[2];
   }

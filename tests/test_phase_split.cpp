@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <random>
+#include <tuple>
 
 #include "kernels/cpu/conv.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
@@ -29,14 +30,24 @@ std::vector<float> random_vector(int64_t count, std::mt19937& rng) {
   return v;
 }
 
-class PhaseSplitDerivation : public ::testing::TestWithParam<Geometry> {};
+// Both forms: phases aligned (anvil's tensor-core kernels) and shifted (cuDNN's path).
+class PhaseSplitDerivation : public ::testing::TestWithParam<std::tuple<Geometry, bool>> {};
 
 TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvolution) {
-  const Geometry& geo = GetParam();
+  const auto& [geo, shifted] = GetParam();
   const int64_t n = 2, cin = 3, cout = 2;
   auto conv = conv_transpose(geo, cin, cout, n);
-  cuda::PhaseSplitGeometry g;
-  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, g), std::nullopt);
+  cuda::PhaseSplitGeometry g, aligned;
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, g, shifted), std::nullopt);
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, aligned, false), std::nullopt);
+  for (int d = 0; d < 3; ++d) {  // one padded input serves both forms
+    EXPECT_EQ(g.front[d], aligned.front[d]) << "dim " << d;
+    EXPECT_EQ(g.end[d], aligned.end[d]) << "dim " << d;
+    EXPECT_LE(g.kp[d], aligned.kp[d]) << "dim " << d;
+  }
+  if (!shifted) {
+    EXPECT_TRUE(cuda::phases_aligned(g));
+  }
 
   std::mt19937 rng(42);
   const Shape& xs = conv->input_shapes()[0];
@@ -85,19 +96,25 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
   pg.b = {pad[0] - g.kp[0] + 1, pad[1] - g.kp[1] + 1, pad[2] - g.kp[2] + 1};
   pg.k = {g.kp[0], g.kp[1], g.kp[2]};
   const cpu::Dims3 y3 = cpu::lift_dims({ys.begin() + 2, ys.end()}, 1);
-  for (int d = 0; d < 3; ++d) ASSERT_EQ(pg.b[d] * g.s[d], y3[d]) << "phase grid of dim " << d;
+  for (int d = 0; d < 3; ++d) {
+    ASSERT_EQ(g.q[d] * g.s[d], y3[d]) << "phase grid of dim " << d;
+    for (int64_t r = 0; r < g.s[d]; ++r)
+      ASSERT_LE(g.q[d] + g.shift[d][r], pg.b[d]) << "dim " << d << " phase " << r << " reads past the combined output";
+  }
   std::vector<float> yp(n * phases * cout * pg.b[0] * pg.b[1] * pg.b[2], NAN);
   cpu::conv_forward(x_pad.data(), wp.data(), yp.data(), pg);
 
-  // y[n, co, q * s + r] == yp[n, r * cout + co, q]
+  // y[n, co, q * s + r] == yp[n, r * cout + co, q + shift of r]
   double max_err = 0, max_ref = 0;
   for (int64_t nn = 0; nn < n; ++nn)
     for (int64_t co = 0; co < cout; ++co)
       for (int64_t o0 = 0; o0 < y3[0]; ++o0)
         for (int64_t o1 = 0; o1 < y3[1]; ++o1)
           for (int64_t o2 = 0; o2 < y3[2]; ++o2) {
-            const int64_t r = ((o0 % g.s[0]) * g.s[1] + o1 % g.s[1]) * g.s[2] + o2 % g.s[2];
-            const int64_t q = ((o0 / g.s[0]) * pg.b[1] + o1 / g.s[1]) * pg.b[2] + o2 / g.s[2];
+            const int64_t rr[3] = {o0 % g.s[0], o1 % g.s[1], o2 % g.s[2]};
+            const int64_t r = (rr[0] * g.s[1] + rr[1]) * g.s[2] + rr[2];
+            const int64_t q = ((o0 / g.s[0] + g.shift[0][rr[0]]) * pg.b[1] + o1 / g.s[1] + g.shift[1][rr[1]]) * pg.b[2] +
+                              o2 / g.s[2] + g.shift[2][rr[2]];
             const float want = y[(((nn * cout + co) * y3[0] + o0) * y3[1] + o1) * y3[2] + o2];
             const float got = yp[((nn * phases + r) * cout + co) * (pg.b[0] * pg.b[1] * pg.b[2]) + q];
             max_err = std::max(max_err, std::fabs(double(got) - want));
@@ -108,18 +125,40 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
 
 INSTANTIATE_TEST_SUITE_P(
     Geometries, PhaseSplitDerivation,
-    ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}},  // the headline layer
-                      Geometry{{3, 4, 3}, {2, 2, 1}, {1, 1, 0}, {1, 0, 0}, {3, 5, 4}},  // odd_sizes
-                      Geometry{{2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}, {2, 3, 4}},
-                      Geometry{{4, 5, 3}, {2, 3, 3}, {1, 2, 1}, {0, 2, 2}, {3, 3, 4}},
-                      Geometry{{3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}},                  // 2-D
-                      Geometry{{1, 2, 3}, {3, 2, 1}, {0, 0, 1}, {2, 0, 0}, {2, 3, 5}}));  // kernel < stride
+    ::testing::Combine(
+        ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}},  // the headline layer
+                          Geometry{{3, 4, 3}, {2, 2, 1}, {1, 1, 0}, {1, 0, 0}, {3, 5, 4}},  // odd_sizes
+                          Geometry{{2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}, {2, 3, 4}},
+                          Geometry{{4, 5, 3}, {2, 3, 3}, {1, 2, 1}, {0, 2, 2}, {3, 3, 4}},
+                          Geometry{{3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}},                  // 2-D
+                          Geometry{{1, 2, 3}, {3, 2, 1}, {0, 0, 1}, {2, 0, 0}, {2, 3, 5}},  // kernel < stride
+                          Geometry{{4, 6, 5}, {2, 2, 3}, {1, 3, 1}, {0, 0, 0}, {3, 2, 4}},  // shifts save taps
+                          Geometry{{2, 3}, {2, 3}, {1, 2}, {0, 1}, {4, 3}}),                  // one tap per phase
+        ::testing::Bool()));
 
 TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
   cuda::PhaseSplitGeometry g;
   auto conv = conv_transpose({{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {3, 4, 5}}, 3, 2, 1);
-  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 1}, g), "the pool kernel differs from the stride");
-  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {4, 4, 4}, g), "the pool kernel differs from the stride");
+  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 1}, g, false), "the pool kernel differs from the stride");
+  EXPECT_EQ(FusedPhaseConvEpilogue::derive(*conv, {4, 4, 4}, g, true), "the pool kernel differs from the stride");
+}
+
+// k4 s2 p1 (DCGAN's upsampling): each phase has 2 taps per dim, offsets -1..0
+// and 0..1. Aligned, the combined kernel spans 3; shifted, 2, and the second
+// phase reads one further on.
+TEST(PhaseSplitDerivation, ShiftedPhasesDropTheZeroTaps) {
+  auto conv = conv_transpose({{4, 4, 4}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {3, 4, 5}}, 3, 2, 1);
+  cuda::PhaseSplitGeometry aligned, shifted;
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 2}, aligned, false), std::nullopt);
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, {2, 2, 2}, shifted, true), std::nullopt);
+  for (int d = 0; d < 3; ++d) {
+    EXPECT_EQ(aligned.kp[d], 3);
+    EXPECT_EQ(shifted.kp[d], 2);
+    EXPECT_EQ(shifted.shift[d][0], 0);
+    EXPECT_EQ(shifted.shift[d][1], 1);
+    EXPECT_EQ(shifted.front[d], 1);
+  }
+  EXPECT_FALSE(cuda::phases_aligned(shifted));
 }
 
 }  // namespace

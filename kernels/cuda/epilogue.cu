@@ -29,6 +29,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
+#include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
 namespace {
@@ -307,31 +308,51 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- the phase-split layout ----
 // Block ranges are as above (plane = n * c + ch); a window's elements are
-// `phases` planes of Yp apart. Consecutive threads take consecutive pooled
-// elements, so every load and store is coalesced.
+// `phases` planes of Yp apart, each at its phase's offset. Consecutive threads
+// take consecutive pooled elements, so every load and store is coalesced.
 
-__device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims& g, uint32_t phases) {
+// Where pooled elements sit in a Yp plane. Passed as a __grid_constant__: the
+// per-phase offsets are indexed at run time without a local copy.
+struct PhaseLayout {
+  uint32_t phases = 1;
+  uint32_t zp = 1;          // elements per Yp plane
+  uint32_t z1 = 1, z2 = 1;  // Yp's H and W
+  bool dense = true;        // z == q and no offsets: element e is at e
+  FastDiv q1, q2;           // the pooled H and W
+  uint32_t offset[256] = {};
+};
+
+// Pooled element e's position in a Yp plane, before its phase's offset.
+__device__ __forceinline__ uint32_t yp_index(const PhaseLayout& l, uint32_t e) {
+  if (l.dense) return e;
+  const uint32_t row = l.q2.div(e), e2 = e - row * l.q2.divisor();
+  const uint32_t e0 = l.q1.div(row), e1 = row - e0 * l.q1.divisor();
+  return (e0 * l.z1 + e1) * l.z2 + e2;
+}
+
+__device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims& g, const PhaseLayout& l) {
   const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
-  return (nn * phases * g.c + ch) * int64_t(g.p);
+  return (nn * l.phases * g.c + ch) * int64_t(l.zp);
 }
 
 template <class Chain>
 __global__ void __launch_bounds__(kThreads)
     phase_forward(const float* __restrict__ yp, const float* __restrict__ bias, const EpilogueChain chain,
                   float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g,
-                  uint32_t phases) {
+                  const __grid_constant__ PhaseLayout l) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
   const typename Chain::Channel cm = Chain::at(chain, ch);
-  const float* base = yp + phase_base(r, g, phases);
-  const int64_t wstride = g.c * int64_t(g.p);
+  const float* base = yp + phase_base(r, g, l);
+  const int64_t wstride = g.c * int64_t(l.zp);
   const int64_t out = r.plane * int64_t(g.p);
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
+    const float* at = base + yp_index(l, e);
     float best = 0.f, best_v = 0.f;
     uint32_t best_i = 0;
-    for (uint32_t w = 0; w < phases; ++w) {
-      const float v = __ldcs(base + w * wstride + e) + b;
+    for (uint32_t w = 0; w < l.phases; ++w) {
+      const float v = __ldcs(at + w * wstride + l.offset[w]) + b;
       const float z = Chain::forward(chain, cm, v);
       if (w == 0 || epi_better(z, best)) {
         best = z;
@@ -352,11 +373,11 @@ __global__ void __launch_bounds__(kThreads)
     phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
                    const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dyp,
                    uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
-                   double* __restrict__ partials, EpiDims g, uint32_t phases) {
+                   double* __restrict__ partials, EpiDims g, const __grid_constant__ PhaseLayout l) {
   const BlockRange r = block_range(g);
   const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
-  float* base = dyp != nullptr ? dyp + phase_base(r, g, phases) : nullptr;
-  const int64_t wstride = g.c * int64_t(g.p);
+  float* base = dyp != nullptr ? dyp + phase_base(r, g, l) : nullptr;
+  const int64_t wstride = g.c * int64_t(l.zp);
   const int64_t out = r.plane * int64_t(g.p);
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
@@ -367,8 +388,10 @@ __global__ void __launch_bounds__(kThreads)
       dy_tf32[out + e] = big | a;
       if (dy_residual != nullptr) dy_residual[out + e] = detail::tf32_bits(dyv - __uint_as_float(big));
     }
-    if (dyp != nullptr)
-      for (uint32_t w = 0; w < phases; ++w) __stcs(base + w * wstride + e, w == a ? dyv : 0.f);
+    if (dyp != nullptr) {
+      float* at = base + yp_index(l, e);
+      for (uint32_t w = 0; w < l.phases; ++w) __stcs(at + w * wstride + l.offset[w], w == a ? dyv : 0.f);
+    }
   }
   epi_write_partials<Chain>(sums, chain, partials, r, g);
 }
@@ -435,16 +458,39 @@ void require_scratch(const char* op, bool reduce, const void* scratch) {
 
 EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
   constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
-  detail::require(g.n > 0 && g.c > 0 && g.q > 0, op, "n, c and q must be positive");
+  detail::require(g.n > 0 && g.c > 0, op, "n and c must be positive");
   detail::require(g.phases >= 1 && g.phases <= 256, op, "phases must be 1..256 (argmax is uint8)");
-  detail::require(g.q <= kMax31 && g.n * g.c <= kMax31, op, "a plane must have < 2^31 elements");
+  int64_t q = 1, z = 1;
+  for (int i = 0; i < 3; ++i) {
+    detail::require(g.q[i] > 0 && g.z[i] >= g.q[i], op, "q must be positive and z at least q");
+    detail::require(g.z[i] <= kMax31 && z <= kMax31 / g.z[i], op, "a Yp plane must have < 2^31 elements");
+    q *= g.q[i];
+    z *= g.z[i];
+  }
+  for (int64_t w = 0; w < g.phases; ++w)
+    detail::require(g.offset[w] >= 0 && g.offset[w] + (((g.q[0] - 1) * g.z[1] + g.q[1] - 1) * g.z[2] + g.q[2] - 1) < z,
+                    op, "a phase's offset puts its elements outside Yp");
+  detail::require(g.n * g.c <= kMax31, op, "n * c must be < 2^31");
   EpiDims d;
   d.c = g.c;
-  d.p = uint32_t(g.q);
+  d.p = uint32_t(q);
   d.cpp = detail::ceil_div(d.p, kChunk);
   d.per = g.n * d.cpp;
   detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
   return d;
+}
+
+PhaseLayout phase_layout(const PhaseEpilogueGeometry& g) {
+  PhaseLayout l;
+  l.phases = uint32_t(g.phases);
+  l.zp = uint32_t(g.z[0] * g.z[1] * g.z[2]);
+  l.z1 = uint32_t(g.z[1]);
+  l.z2 = uint32_t(g.z[2]);
+  l.dense = g.z == g.q;  // then every offset is 0 (phase_dims checks they fit)
+  l.q1 = FastDiv(uint32_t(g.q[1]));
+  l.q2 = FastDiv(uint32_t(g.q[2]));
+  for (int64_t w = 0; w < g.phases; ++w) l.offset[w] = uint32_t(g.offset[w]);
+  return l;
 }
 
 }  // namespace
@@ -456,7 +502,7 @@ void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueCh
   const EpiDims d = phase_dims(op, g);
   with_chain_policy(chain, [&](auto policy) {
     phase_forward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
-        yp, bias, chain, p, argmax, y_at_max, d, uint32_t(g.phases));
+        yp, bias, chain, p, argmax, y_at_max, d, phase_layout(g));
   });
   ANVIL_CHECK_LAUNCH();
 }
@@ -478,9 +524,12 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  const PhaseLayout layout = phase_layout(g);
+  if (out.dyp != nullptr && !layout.dense)  // the elements no phase reads
+    ANVIL_CUDA_CHECK(cudaMemsetAsync(out.dyp, 0, size_t(g.n * g.phases * g.c) * layout.zp * sizeof(float), stream));
   with_chain_policy(chain, [&](auto policy) {
     phase_backward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
-        dp, argmax, y_at_max, chain, out.dyp, out.dy_tf32, out.dy_residual, partials, d, uint32_t(g.phases));
+        dp, argmax, y_at_max, chain, out.dyp, out.dy_tf32, out.dy_residual, partials, d, layout);
   });
   ANVIL_CHECK_LAUNCH();
   if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, out.grads, stream);

@@ -39,13 +39,17 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
 namespace anvil::cuda {
 
 // The same epilogue over the phase-split layout of a stride-s transposed conv
-// whose pool kernel equals its stride: Yp is (n, phases * c, q) with channel
-// phase * c + ch, and pooled element e of plane (n, ch) takes its window from
-// the `phases` values Yp[n, w * c + ch, e] (window index w). dYp likewise.
+// whose pool kernel equals its stride: Yp is (n, phases * c, z) with channel
+// phase * c + ch, and pooled element e = (e0, e1, e2) of plane (n, ch) takes
+// its window from the `phases` values Yp[n, w * c + ch, (e0 * z1 + e1) * z2 +
+// e2 + offset[w]] (window index w). dYp likewise; where z exceeds q, the
+// elements no phase reads get zero gradient.
 struct PhaseEpilogueGeometry {
   int64_t n = 1, c = 1;
-  int64_t phases = 1;  // s0 * s1 * s2 <= 256
-  int64_t q = 1;       // pooled elements per plane (the phase grid)
+  int64_t phases = 1;                   // s0 * s1 * s2 <= 256
+  std::array<int64_t, 3> q{1, 1, 1};    // the phase grid: the pooled dims
+  std::array<int64_t, 3> z{1, 1, 1};    // Yp's spatial dims, >= q
+  std::array<int64_t, 256> offset{};    // phase w's element (0, 0, 0) in a Yp plane
 };
 
 void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,

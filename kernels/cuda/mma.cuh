@@ -31,9 +31,9 @@ inline PhaseGridDims phase_grid_dims(const PhaseSplitGeometry& g) {
   d.x0 = int(g.in[0] + g.front[0] + g.end[0]);
   d.x1 = int(g.in[1] + g.front[1] + g.end[1]);
   d.x2 = int(g.in[2] + g.front[2] + g.end[2]);
-  d.q0 = int(d.x0 - g.kp[0] + 1);
-  d.q1 = int(d.x1 - g.kp[1] + 1);
-  d.q2 = int(d.x2 - g.kp[2] + 1);
+  d.q0 = int(g.q[0]);  // x_pad may reach past q + kp - 1 (padded for the shifted form too)
+  d.q1 = int(g.q[1]);
+  d.q2 = int(g.q[2]);
   d.steps_per_row = int(detail::ceil_div(d.q2, kGridStep));
   d.steps = g.n * d.q0 * d.q1 * d.steps_per_row;
   return d;

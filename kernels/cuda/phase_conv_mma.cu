@@ -352,11 +352,11 @@ bool phase_fused_forward_supported(const PhaseSplitGeometry& g) {
   const int64_t phases = g.s[0] * g.s[1] * g.s[2];
   const int64_t cout8 = detail::ceil_div(g.cout, 8) * 8;
   if (phases > kMaxPhases || phases * cout8 > kCols || g.cin * g.kp[0] * g.kp[1] * g.kp[2] > kMaxK) return false;
-  if (g.kp[2] > kXPitch - 32 + 1) return false;
+  if (g.kp[2] > kXPitch - 32 + 1 || !phases_aligned(g)) return false;
   int64_t x_pad = g.n * g.cin, pooled = g.n * g.cout;
   for (int i = 0; i < 3; ++i) {
     x_pad *= g.in[i] + g.front[i] + g.end[i];
-    pooled *= g.in[i] + g.front[i] + g.end[i] - g.kp[i] + 1;
+    pooled *= g.q[i];
   }
   if (x_pad >= (int64_t(1) << 31) || pooled >= (int64_t(1) << 31)) return false;  // int indices and steps
   return fwd_smem_bytes(fwd_dims(g)) <= detail::max_block_smem();

@@ -87,8 +87,6 @@ __global__ void __launch_bounds__(kThreads)
 // Launchers
 // ===========================================================================
 
-void check(const PhaseSplitGeometry& g, const char* op);
-
 void check(const PhaseSplitGeometry& g, const char* op) {
   detail::require(g.n > 0 && g.cin > 0 && g.cout > 0, op, "n, cin and cout must be positive");
   for (int d = 0; d < 3; ++d) {

@@ -1,7 +1,7 @@
 // Helpers of the phase-split transposed convolution. A stride-s transposed
 // conv is s^d stride-1 sub-convolutions, one per output phase; they run as ONE
 // cuDNN forward convolution with s^d times the output channels over the input
-// padded by (front, end). These kernels pad the input, build the combined
+// padded by (front, end), each phase reading the combined output at its shift. These kernels pad the input, build the combined
 // weight from PyTorch's (Cin, Cout, k...) weight, fold the combined weight's
 // gradient back, and crop the padded input gradient.
 #pragma once
@@ -24,11 +24,24 @@ struct PhaseSplitGeometry {
   std::array<int64_t, 3> k{1, 1, 1};   // original kernel
   std::array<int64_t, 3> kp{1, 1, 1};  // combined kernel
   std::array<int64_t, 3> s{1, 1, 1};   // stride = phases per dim
+  std::array<int64_t, 3> q{1, 1, 1};   // the phase grid: outputs per phase (the pooled dims)
+  // shift[d][r]: phase r's output q sits at q + shift in the combined output, which spans
+  // in + front + end - kp + 1 >= q + max shift. All 0 where the phases are aligned, as anvil's
+  // tensor-core kernels need; shifted phases need fewer combined taps (cuDNN's path).
+  int8_t shift[3][kMaxPhaseTaps] = {};
   // tap[d][r * kp[d] + u]: the original tap of phase r at combined tap u, or -1.
   int8_t tap[3][kMaxPhaseTaps] = {};
   // phase_of[d][t], tap_of[d][t]: where original tap t sits (each tap serves exactly one phase).
   int8_t phase_of[3][kMaxKernel] = {}, combined_of[3][kMaxKernel] = {};
 };
+
+// Whether every phase reads the combined output at the same point (no shifts).
+inline bool phases_aligned(const PhaseSplitGeometry& g) {
+  for (int d = 0; d < 3; ++d)
+    for (int64_t r = 0; r < g.s[d]; ++r)
+      if (g.shift[d][r] != 0) return false;
+  return true;
+}
 
 // x (n, cin, in) -> x_pad (n, cin, in + front + end); round_tf32 rounds each
 // value to the nearest TF32 (for the TF32 kernels, which then skip it).

@@ -264,10 +264,11 @@ size_t mma_smem_bytes(const MmaDims& d, bool compensated) {
 bool phase_mma_weight_grad_supported(const PhaseSplitGeometry& g) {
   const int64_t phases = g.s[0] * g.s[1] * g.s[2];
   if (phases > 256 || g.kp[2] > kRowPitch - kStep + 1) return false;  // tags are 8 bits; x rows fit their pitch
+  if (!phases_aligned(g)) return false;
   int64_t x_pad = g.n * g.cin;
   for (int i = 0; i < 3; ++i) x_pad *= g.in[i] + g.front[i] + g.end[i];
   int64_t pooled = g.n * g.cout;  // dY at the argmax: (n, cout, q)
-  for (int i = 0; i < 3; ++i) pooled *= g.in[i] + g.front[i] + g.end[i] - g.kp[i] + 1;
+  for (int i = 0; i < 3; ++i) pooled *= g.q[i];
   if (x_pad >= (int64_t(1) << 31) || pooled >= (int64_t(1) << 31)) return false;  // int indices
   return mma_smem_bytes(mma_dims(g), true) <= detail::max_block_smem();
 }
