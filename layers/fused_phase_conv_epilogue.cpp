@@ -166,7 +166,8 @@ std::string FusedPhaseConvEpilogue::describe_cuda() const {
   if (mma_weight_grad_) s += ", " + math + " tensor-core weight gradient";
   if (fused_forward_) return s;
   auto taps = [](const cuda::PhaseSplitGeometry& g) { return std::to_string(g.kp[0] * g.kp[1] * g.kp[2]); };
-  if (!cuda::phases_aligned(shifted_g_)) s += ", phases shifted (" + taps(shifted_g_) + " combined taps, not " + taps(g_) + ")";
+  if (!cuda::phases_aligned(shifted_g_))
+    s += ", phases shifted (" + taps(shifted_g_) + " combined taps, not " + taps(g_) + ")";
   return s + ": " + phase_conv_->describe_cuda();
 }
 

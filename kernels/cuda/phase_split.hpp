@@ -1,9 +1,10 @@
 // Helpers of the phase-split transposed convolution. A stride-s transposed
 // conv is s^d stride-1 sub-convolutions, one per output phase; they run as ONE
 // cuDNN forward convolution with s^d times the output channels over the input
-// padded by (front, end), each phase reading the combined output at its shift. These kernels pad the input, build the combined
-// weight from PyTorch's (Cin, Cout, k...) weight, fold the combined weight's
-// gradient back, and crop the padded input gradient.
+// padded by (front, end), each phase reading the combined output at its
+// shift. These kernels pad the input, build the combined weight from
+// PyTorch's (Cin, Cout, k...) weight, fold the combined weight's gradient
+// back, and crop the padded input gradient.
 #pragma once
 
 #include <cuda_runtime.h>
