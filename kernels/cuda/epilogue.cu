@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
@@ -311,35 +312,41 @@ __global__ void __launch_bounds__(kThreads)
 // `phases` planes of Yp apart, each at its phase's offset. Consecutive threads
 // take consecutive pooled elements, so every load and store is coalesced.
 
-// Where pooled elements sit in a Yp plane. Passed as a __grid_constant__: the
-// per-phase offsets are indexed at run time without a local copy.
-struct PhaseLayout {
+// Where pooled elements sit in a Yp plane. Dense: Yp's planes are the pooled
+// grid and every phase starts at 0 (the aligned form), so the kernel's
+// parameters stay small. Shifted: Yp's planes are larger (z >= q) and each
+// phase starts at its own offset; passed as a __grid_constant__, so the
+// offsets are indexed at run time without a local copy.
+struct DenseLayout {
   uint32_t phases = 1;
-  uint32_t zp = 1;          // elements per Yp plane
-  uint32_t z1 = 1, z2 = 1;  // Yp's H and W
-  bool dense = true;        // z == q and no offsets: element e is at e
-  FastDiv q1, q2;           // the pooled H and W
-  uint32_t offset[256] = {};
+  uint32_t zp = 1;  // elements per Yp plane
+  __device__ __forceinline__ uint32_t index(uint32_t e) const { return e; }
+  __device__ __forceinline__ uint32_t offset(uint32_t) const { return 0; }
 };
 
-// Pooled element e's position in a Yp plane, before its phase's offset.
-__device__ __forceinline__ uint32_t yp_index(const PhaseLayout& l, uint32_t e) {
-  if (l.dense) return e;
-  const uint32_t row = l.q2.div(e), e2 = e - row * l.q2.divisor();
-  const uint32_t e0 = l.q1.div(row), e1 = row - e0 * l.q1.divisor();
-  return (e0 * l.z1 + e1) * l.z2 + e2;
-}
+struct ShiftedLayout : DenseLayout {
+  uint32_t z1 = 1, z2 = 1;  // Yp's H and W
+  FastDiv q1, q2;           // the pooled H and W
+  uint32_t offsets[256] = {};
+  // Pooled element e's position in a Yp plane, before its phase's offset.
+  __device__ __forceinline__ uint32_t index(uint32_t e) const {
+    const uint32_t row = q2.div(e), e2 = e - row * q2.divisor();
+    const uint32_t e0 = q1.div(row), e1 = row - e0 * q1.divisor();
+    return (e0 * z1 + e1) * z2 + e2;
+  }
+  __device__ __forceinline__ uint32_t offset(uint32_t w) const { return offsets[w]; }
+};
 
-__device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims& g, const PhaseLayout& l) {
+__device__ __forceinline__ int64_t phase_base(const BlockRange& r, const EpiDims& g, const DenseLayout& l) {
   const int64_t ch = r.plane % g.c, nn = r.plane / g.c;
   return (nn * l.phases * g.c + ch) * int64_t(l.zp);
 }
 
-template <class Chain>
+template <class Chain, class Layout>
 __global__ void __launch_bounds__(kThreads)
     phase_forward(const float* __restrict__ yp, const float* __restrict__ bias, const EpilogueChain chain,
                   float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g,
-                  const __grid_constant__ PhaseLayout l) {
+                  const __grid_constant__ Layout l) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
@@ -348,11 +355,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t wstride = g.c * int64_t(l.zp);
   const int64_t out = r.plane * int64_t(g.p);
   for (uint32_t e = r.e0 + threadIdx.x; e < r.e1; e += kThreads) {
-    const float* at = base + yp_index(l, e);
+    const float* at = base + l.index(e);
     float best = 0.f, best_v = 0.f;
     uint32_t best_i = 0;
     for (uint32_t w = 0; w < l.phases; ++w) {
-      const float v = __ldcs(at + w * wstride + l.offset[w]) + b;
+      const float v = __ldcs(at + w * wstride + l.offset(w)) + b;
       const float z = Chain::forward(chain, cm, v);
       if (w == 0 || epi_better(z, best)) {
         best = z;
@@ -368,12 +375,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <class Chain>
+template <class Chain, class Layout>
 __global__ void __launch_bounds__(kThreads)
     phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
                    const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dyp,
                    uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
-                   double* __restrict__ partials, EpiDims g, const __grid_constant__ PhaseLayout l) {
+                   double* __restrict__ partials, EpiDims g, const __grid_constant__ Layout l) {
   const BlockRange r = block_range(g);
   const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
   float* base = dyp != nullptr ? dyp + phase_base(r, g, l) : nullptr;
@@ -389,8 +396,8 @@ __global__ void __launch_bounds__(kThreads)
       if (dy_residual != nullptr) dy_residual[out + e] = detail::tf32_bits(dyv - __uint_as_float(big));
     }
     if (dyp != nullptr) {
-      float* at = base + yp_index(l, e);
-      for (uint32_t w = 0; w < l.phases; ++w) __stcs(at + w * wstride + l.offset[w], w == a ? dyv : 0.f);
+      float* at = base + l.index(e);
+      for (uint32_t w = 0; w < l.phases; ++w) __stcs(at + w * wstride + l.offset(w), w == a ? dyv : 0.f);
     }
   }
   epi_write_partials<Chain>(sums, chain, partials, r, g);
@@ -480,17 +487,23 @@ EpiDims phase_dims(const char* op, const PhaseEpilogueGeometry& g) {
   return d;
 }
 
-PhaseLayout phase_layout(const PhaseEpilogueGeometry& g) {
-  PhaseLayout l;
-  l.phases = uint32_t(g.phases);
-  l.zp = uint32_t(g.z[0] * g.z[1] * g.z[2]);
+bool phase_layout_dense(const PhaseEpilogueGeometry& g) { return g.z == g.q; }  // then every offset is 0
+
+// Launches `launch` with the layout's type: DenseLayout where it holds, else ShiftedLayout.
+template <class Launch>
+void with_phase_layout(const PhaseEpilogueGeometry& g, Launch&& launch) {
+  DenseLayout dense;
+  dense.phases = uint32_t(g.phases);
+  dense.zp = uint32_t(g.z[0] * g.z[1] * g.z[2]);
+  if (phase_layout_dense(g)) return launch(dense);
+  ShiftedLayout l;
+  static_cast<DenseLayout&>(l) = dense;
   l.z1 = uint32_t(g.z[1]);
   l.z2 = uint32_t(g.z[2]);
-  l.dense = g.z == g.q;  // then every offset is 0 (phase_dims checks they fit)
   l.q1 = FastDiv(uint32_t(g.q[1]));
   l.q2 = FastDiv(uint32_t(g.q[2]));
-  for (int64_t w = 0; w < g.phases; ++w) l.offset[w] = uint32_t(g.offset[w]);
-  return l;
+  for (int64_t w = 0; w < g.phases; ++w) l.offsets[w] = uint32_t(g.offset[w]);
+  launch(l);
 }
 
 }  // namespace
@@ -500,9 +513,11 @@ void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueCh
   constexpr const char* op = "phase_epilogue_forward";
   require_forward_args(op, yp, chain, p, argmax, y_at_max);
   const EpiDims d = phase_dims(op, g);
-  with_chain_policy(chain, [&](auto policy) {
-    phase_forward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
-        yp, bias, chain, p, argmax, y_at_max, d, phase_layout(g));
+  with_phase_layout(g, [&](const auto& layout) {
+    with_chain_policy(chain, [&](auto policy) {
+      phase_forward<decltype(policy), std::decay_t<decltype(layout)>>
+          <<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(yp, bias, chain, p, argmax, y_at_max, d, layout);
+    });
   });
   ANVIL_CHECK_LAUNCH();
 }
@@ -524,12 +539,16 @@ void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   require_scratch(op, reduce, scratch);
   const EpiDims d = phase_dims(op, g);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  const PhaseLayout layout = phase_layout(g);
-  if (out.dyp != nullptr && !layout.dense)  // the elements no phase reads
-    ANVIL_CUDA_CHECK(cudaMemsetAsync(out.dyp, 0, size_t(g.n * g.phases * g.c) * layout.zp * sizeof(float), stream));
-  with_chain_policy(chain, [&](auto policy) {
-    phase_backward<decltype(policy)><<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(
-        dp, argmax, y_at_max, chain, out.dyp, out.dy_tf32, out.dy_residual, partials, d, layout);
+  if (out.dyp != nullptr && !phase_layout_dense(g)) {  // the elements no phase reads
+    const size_t yp = size_t(g.n * g.phases * g.c) * size_t(g.z[0] * g.z[1] * g.z[2]);
+    ANVIL_CUDA_CHECK(cudaMemsetAsync(out.dyp, 0, yp * sizeof(float), stream));
+  }
+  with_phase_layout(g, [&](const auto& layout) {
+    with_chain_policy(chain, [&](auto policy) {
+      phase_backward<decltype(policy), std::decay_t<decltype(layout)>>
+          <<<unsigned(g.n * g.c * d.cpp), kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, out.dyp, out.dy_tf32,
+                                                                 out.dy_residual, partials, d, layout);
+    });
   });
   ANVIL_CHECK_LAUNCH();
   if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, out.grads, stream);
