@@ -92,7 +92,7 @@ std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& con
   return std::nullopt;
 }
 
-std::unique_ptr<Layer> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs, std::string& why_not) {
+std::unique_ptr<FusedPhaseConvEpilogue> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs, std::string& why_not) {
   std::unique_ptr<Convolution> conv = fused_chain_conv(specs);
   if (!conv->transposed()) {
     why_not = "not a transposed conv";
@@ -141,6 +141,8 @@ FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv
 }
 
 FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;
+
+bool FusedPhaseConvEpilogue::tensor_core_forward_fits() const { return cuda::phase_fused_forward_supported(g_); }
 
 std::vector<ParamSpec> FusedPhaseConvEpilogue::param_specs() const {
   return fused_param_specs(*conv_, chain_.scale_names);

@@ -29,7 +29,10 @@ class FusedPhaseConvEpilogue : public Layer {
   static std::optional<std::string> derive(const Convolution& conv, const std::vector<int64_t>& pool_kernel,
                                            cuda::PhaseSplitGeometry& g, bool shift_phases);
   // The fused layer for this chain, or null with why_not set where the phase split does not apply.
-  static std::unique_ptr<Layer> create(const FusedChainSpecs& specs, std::string& why_not);
+  static std::unique_ptr<FusedPhaseConvEpilogue> create(const FusedChainSpecs& specs, std::string& why_not);
+  // Whether anvil's tensor-core kernel can run the conv fused with the whole
+  // epilogue (the geometry's part; it runs where no input gradient is needed).
+  bool tensor_core_forward_fits() const;
 
   FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const FusedChain& chain,
                          const cuda::PhaseSplitGeometry& aligned, const cuda::PhaseSplitGeometry& shifted,

@@ -309,6 +309,38 @@ TEST(GpuFusion, GeneralChainsAreFused) {
   }
 }
 
+// Under tf32 a phase split whose tensor-core forward cannot take the chain
+// gives way to cuDNN's conv (the phase split stays the alternative autotune
+// times); strict fp32 keeps it. The k4 s2 net's 6 channels x 27 aligned taps
+// exceed the forward kernel's 128.
+TEST(GpuFusion, Tf32TakesCudnnWhereTheTensorCoreForwardDoesNotFit) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const auto nets = small_nets();
+  const SmallNet& net = *std::find_if(nets.begin(), nets.end(),
+                                      [](const SmallNet& n) { return n.label == "phase_split_shifted_k4_3d"; });
+  std::string tf32_json = net.json;
+  const std::string fp32_field = R"("precision": "fp32")";
+  ASSERT_NE(tf32_json.find(fp32_field), std::string::npos);
+  tf32_json.replace(tf32_json.find(fp32_field), fp32_field.size(), R"("precision": "tf32")");
+  const Network tf32 = Network::parse(tf32_json, net.label);
+  Engine engine(tf32, cuda_options("phase_split_no_dx"));
+  const std::string text = engine.describe();
+  EXPECT_NE(text.find("[fused_conv_epilogue]"), std::string::npos) << text;
+  EXPECT_NE(text.find("formulation: rule: cuDNN's conv, as under tf32 the phase split pays only where"),
+            std::string::npos)
+      << text;
+  const std::string fp32 = Engine(Network::parse(net.json, net.label), cuda_options("phase_split_no_dx")).describe();
+  EXPECT_NE(fp32.find("[fused_phase_conv_epilogue]"), std::string::npos) << fp32;
+  Options cpu;
+  cpu.device = Device::Cpu;
+  Engine reference(tf32, cpu);
+  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 5e-3));
+  const float loss_ref = reference.train_step();
+  EXPECT_NEAR(engine.train_step(), loss_ref, 5e-3 * loss_ref);
+  const auto grads_ref = reference.gradients();
+  for (const auto& [pname, grad] : engine.gradients()) EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 5e-3));
+}
+
 // --autotune times both formulations of a phase-split chain and keeps the
 // faster; whichever it keeps, the results match the CPU reference.
 TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {

@@ -15,6 +15,7 @@ namespace anvil {
 struct FusionSettings {
   bool phase_split = true;  // let a transposed conv run as one stride-1 conv over its output phases
   bool alternatives = false;  // keep the other formulations too (GraphNode::alternatives), for autotuning
+  Precision precision = Precision::TF32;  // the network's: the formulation rule depends on it
 };
 
 // What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.

@@ -39,7 +39,8 @@ void Engine::Impl::build() {
   if (cuda()) ctx = std::make_unique<CudaContext>();
 #endif
   graph = network.build_graph();
-  if (cuda() && options.fuse && network.fuse()) apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune});
+  if (cuda() && options.fuse && network.fuse())
+    apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune, network.precision()});
 #if ANVIL_WITH_CUDA
   if (cuda() && options.autotune) add_pool_alternatives(*graph);
 #endif
