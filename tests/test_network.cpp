@@ -532,6 +532,12 @@ TEST(NetworkParse, BadOptimizer) {
   EXPECT_EQ(opt(R"({"lr": -0.1})"), "bad.json: optimizer.lr: must be >= 0, got -0.1");
   EXPECT_EQ(opt(R"({"momentum": -0.5})"), "bad.json: optimizer.momentum: must be >= 0, got -0.5");
   EXPECT_EQ(opt(R"({"weight_decay": -1})"), "bad.json: optimizer.weight_decay: must be >= 0, got -1");
+  // Finite in double, but inf as the float it is computed with.
+  EXPECT_EQ(opt(R"({"lr": 1e300})"),
+            "bad.json: optimizer.lr: must be within float's range (magnitude at most 3.4e38), got 1e+300");
+  EXPECT_EQ(opt(R"({"dampening": -3.5e38})"),
+            "bad.json: optimizer.dampening: must be within float's range (magnitude at most 3.4e38), got -3.5e+38");
+  EXPECT_EQ(opt(R"({"momentum": 3.4e38})"), "<no error>");
   EXPECT_EQ(opt(R"({"nesterov": true})"),
             "bad.json: optimizer.nesterov: requires momentum > 0 and dampening 0, as in torch.optim.SGD");
   EXPECT_EQ(opt(R"({"nesterov": true, "momentum": 0.9, "dampening": 0.1})"),

@@ -1,6 +1,8 @@
 #include "engine/src/spec/json_reader.hpp"
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <set>
 #include <vector>
 
@@ -135,7 +137,11 @@ double JsonReader::number_or(const std::string& key, double fallback) {
   if (!has(key)) return fallback;
   const auto& v = get(key);
   if (!v.is_number()) fail(key, "must be a number, got " + describe_json_value(v));
-  return v.get<double>();
+  // Every number of the format is computed with in float: a larger one would become inf.
+  const double x = v.get<double>();
+  if (!(std::fabs(x) <= std::numeric_limits<float>::max()))
+    fail(key, "must be within float's range (magnitude at most 3.4e38), got " + describe_json_value(v));
+  return x;
 }
 
 int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where, int64_t min_value,

@@ -25,7 +25,7 @@ class JsonReader {
   std::string string(const std::string& key);
   std::string string_or(const std::string& key, const std::string& fallback);
   bool boolean_or(const std::string& key, bool fallback);
-  double number_or(const std::string& key, double fallback);
+  double number_or(const std::string& key, double fallback);  // within float's range
   int64_t integer_or(const std::string& key, int64_t fallback, int64_t min_value, int64_t max_value = INT64_MAX);
   // A shape: non-empty list of positive integers, each at most kMaxDimension.
   std::vector<int64_t> shape(const std::string& key);
