@@ -312,6 +312,51 @@ TEST(DatasetTraining, KeepLastWithAPartialBatchMatchesPyTorch) {
                           nullptr);
 }
 
+// The library's start_epoch refuses an epoch or a first batch outside the dataset's, in one line.
+TEST(DatasetTraining, StartEpochRefusesPositionsOutsideTheData) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"), without_batch(net.input_shape()),
+                                      without_batch(net.output_shape()));
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  auto message = [&](int64_t epoch, int64_t first_batch) -> std::string {
+    try {
+      engine.start_epoch(epoch, first_batch);
+    } catch (const InputError& e) {
+      return e.what();
+    } catch (const Error& e) {
+      return std::string("Error: ") + e.what();
+    }
+    return "<no error>";
+  };
+  EXPECT_EQ(message(0, 0), "Error: start_epoch needs attach_data first");
+  engine.attach_data(train, DataOptions{});
+  const int64_t batches = engine.batches_per_epoch();
+  ASSERT_GT(batches, 1);
+  const std::string range = "start_epoch: the first batch must be in 0.." + std::to_string(batches) +
+                            " (the batches of an epoch), got ";
+  EXPECT_EQ(message(0, -1), range + "-1");
+  EXPECT_EQ(message(3, batches + 1), range + std::to_string(batches + 1));
+  EXPECT_EQ(message(-1, 0), "start_epoch: the epoch must be >= 0, got -1");
+  // In range: the next step trains on the epoch's last batch.
+  EXPECT_EQ(message(2, batches - 1), "<no error>");
+  EXPECT_TRUE(std::isfinite(engine.train_step()));
+  // At the epoch's end, a step has no batch to take: it says so and changes nothing.
+  EXPECT_EQ(message(0, batches), "<no error>");
+  const auto before = engine.parameters();
+  try {
+    engine.train_step();
+    ADD_FAILURE() << "a step past the epoch's end trained";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "every batch of this epoch (" + std::to_string(batches) +
+                                         ") has been taken; call start_epoch for the next epoch");
+  }
+  for (const auto& [name, value] : engine.parameters()) EXPECT_EQ(value.data, before.at(name).data) << name;
+  EXPECT_EQ(message(1, 0), "<no error>");
+  EXPECT_TRUE(std::isfinite(engine.train_step()));
+}
+
 }  // namespace
 }  // namespace anvil::testing
 

@@ -127,6 +127,8 @@ class Engine {
   // the dataset fits the budget). The dataset's sample shapes must be the network's.
   void attach_data(const Dataset& data, const DataOptions& options);
   int64_t batches_per_epoch() const;  // of the attached dataset
+  // Epoch >= 0 (its shuffle), first_batch in 0..batches_per_epoch() (a resumed position); once
+  // the epoch's batches are taken, a train step throws until the next start_epoch.
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   bool data_on_device() const;  // the attached dataset lives on the device
   // The mean loss over every element of a dataset (forward and loss only; all

@@ -59,10 +59,15 @@ int64_t Engine::batches_per_epoch() const {
 void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
   Impl& m = *impl_;
   if (!m.train_feed) throw Error("start_epoch needs attach_data first");
+  const int64_t batches = m.train_feed->plan().batches_per_epoch();
+  if (epoch < 0) throw InputError("start_epoch: the epoch must be >= 0, got " + std::to_string(epoch));
+  if (first_batch < 0 || first_batch > batches)
+    throw InputError("start_epoch: the first batch must be in 0.." + std::to_string(batches) +
+                     " (the batches of an epoch), got " + std::to_string(first_batch));
   const Dataset& data = m.train_feed->data();
   std::vector<int64_t> order = epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle);
   if (m.ranks() > 1) {  // this rank's slice of each global batch, in batch order
-    const int64_t local = m.network.input_shape()[0], batches = m.train_feed->plan().batches_per_epoch();
+    const int64_t local = m.network.input_shape()[0];
     std::vector<int64_t> slices;
     for (int64_t b = 0; b < batches; ++b) {
       const auto first = order.begin() + b * m.global_batch() + m.rank() * local;

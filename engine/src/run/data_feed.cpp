@@ -68,7 +68,9 @@ void DataFeed::start_epoch(const std::vector<int64_t>& order, int64_t first_batc
 }
 
 void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
-  if (next_batch_ >= plan_.batches_per_epoch()) throw Error("internal error: the epoch has no batch left");
+  if (next_batch_ >= plan_.batches_per_epoch())  // nothing has run yet: the engine is as it was
+    throw Error("every batch of this epoch (" + std::to_string(plan_.batches_per_epoch()) +
+                ") has been taken; call start_epoch for the next epoch");
 #if ANVIL_WITH_CUDA
   if (device_ == Device::Cuda && !resident_) {
     // The previous batch's copy must be done before its staging is reused.
