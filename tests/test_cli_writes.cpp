@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 
 #include <chrono>
@@ -177,6 +178,20 @@ TEST_F(CliFullDisk, MetricsKeepOnlyWholeLines) {
   const std::string out = path("metrics.jsonl");
   expect_old_file_kept({"train", net_, "--device", "cpu", "--steps", "20", "--log-every", "1", "--metrics", out}, out,
                        [](rlim_t size) { return size + 20; }, "cannot write the metrics file");
+}
+
+// stdout on a full device: exit 1 and one line, not exit 0 with the report lost.
+TEST_F(CliFullDisk, StdoutOnAFullDeviceFails) {
+  const auto stdout_to_dev_full = [] {
+    const int fd = ::open("/dev/full", O_WRONLY);
+    if (fd >= 0) ::dup2(fd, STDOUT_FILENO);
+  };
+  const Finished r = run({"info", net_, "--device", "cpu"}, stdout_to_dev_full);
+  EXPECT_EQ(r.status, 1) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: No space left on device\n") << describe(r);
+  const Finished ok = run({"info", net_, "--device", "cpu"});
+  EXPECT_EQ(ok.status, 0) << describe(ok);
+  EXPECT_PRED_FORMAT2(Contains, ok.out, "total parameters");
 }
 
 // ------------------------------------------------------------------ kills

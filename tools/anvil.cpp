@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -658,6 +659,18 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   std::printf("PASSED\n");
   return 0;
 }
+
+// A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1.
+int with_stdout_checked(int rc) {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  const int error = errno;
+  if (flushed && !std::ferror(stdout)) return rc;
+  std::cerr << "anvil: error: writing the standard output failed"
+            << (!flushed && error != 0 ? std::string(": ") + std::strerror(error) : std::string()) << "\n";
+  return rc == 0 ? 1 : rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -757,37 +770,40 @@ int main(int argc, char** argv) {
     std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";  // one line, as every error
     return 2;
   }
-  try {
-    if (*info) return cmd_info(info_flags, info_mode);
-    if (*run) return cmd_run(run_flags, weights, input, output);
-    train_opts.steps_given = train->count("--steps") > 0;
-    train_opts.epochs_given = train->count("--epochs") > 0;
-    train_opts.batch_given = train->count("--batch") > 0;
-    train_opts.budget_given = train->count("--data-budget") > 0;
-    train_opts.ranks_given = train->count("--ranks") > 0;
-    bench_opts.budget_given = bench->count("--data-budget") > 0;
-    if (*train) return cmd_train(train_flags, train_opts);
-    if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
-    if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
-  } catch (const anvil::InputError& e) {
-    std::cerr << "anvil: error: " << e.what() << "\n";
-    if (*bench) std::printf("FAILED\n");
-    return 2;
-  } catch (const anvil::NonFiniteError& e) {
-    std::cerr << "anvil: error: " << e.what() << "\n";
-    return 3;
-  } catch (const std::bad_alloc&) {
-    std::cerr << "anvil: error: out of host memory\n";
-    if (*bench) std::printf("FAILED\n");
+  const int rc = [&]() -> int {
+    try {
+      if (*info) return cmd_info(info_flags, info_mode);
+      if (*run) return cmd_run(run_flags, weights, input, output);
+      train_opts.steps_given = train->count("--steps") > 0;
+      train_opts.epochs_given = train->count("--epochs") > 0;
+      train_opts.batch_given = train->count("--batch") > 0;
+      train_opts.budget_given = train->count("--data-budget") > 0;
+      train_opts.ranks_given = train->count("--ranks") > 0;
+      bench_opts.budget_given = bench->count("--data-budget") > 0;
+      if (*train) return cmd_train(train_flags, train_opts);
+      if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
+      if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
+    } catch (const anvil::InputError& e) {
+      std::cerr << "anvil: error: " << e.what() << "\n";
+      if (*bench) std::printf("FAILED\n");
+      return 2;
+    } catch (const anvil::NonFiniteError& e) {
+      std::cerr << "anvil: error: " << e.what() << "\n";
+      return 3;
+    } catch (const std::bad_alloc&) {
+      std::cerr << "anvil: error: out of host memory\n";
+      if (*bench) std::printf("FAILED\n");
+      return 1;
+    } catch (const std::exception& e) {
+      std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";
+      if (*bench) std::printf("FAILED\n");
+      return 1;
+    } catch (...) {  // nothing may end the process without a message
+      std::cerr << "anvil: error: an unknown exception\n";
+      if (*bench) std::printf("FAILED\n");
+      return 1;
+    }
     return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";
-    if (*bench) std::printf("FAILED\n");
-    return 1;
-  } catch (...) {  // nothing may end the process without a message
-    std::cerr << "anvil: error: an unknown exception\n";
-    if (*bench) std::printf("FAILED\n");
-    return 1;
-  }
-  return 1;
+  }();
+  return with_stdout_checked(rc);
 }
