@@ -672,6 +672,11 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
   // Epochs within the flag's limit whose steps are not (8 per epoch): refused, not wrapped.
   expect_bad_input(train({"--data", kTrain, "--epochs", "9007199254740992", "--save", save}),
                    "9007199254740992 epochs of 8 steps are more than 2^53 steps");
+  // An empty value would read as not given (no save, no checkpoint): every flag that takes one refuses it.
+  for (const char* flag : {"--save", "--checkpoint", "--metrics", "--dump-grads", "--weights", "--resume", "--val",
+                           "--gpus"})
+    expect_bad_input(train({"--data", kTrain, "--epochs", "1", flag, ""}), std::string(flag) + ": an empty value");
+  expect_bad_input(eval({"--data", ""}), "--data: an empty value");
   // An output that is a directory is refused before any work, not after the training.
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--checkpoint", dir_, "--save", save}),
                    "--checkpoint " + dir_ + ": cannot write: it is a directory");

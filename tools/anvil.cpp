@@ -761,6 +761,11 @@ int main(int argc, char** argv) {
                     "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
       ->check(finite_number());
 
+  // An empty value ("--save ''") would read as not given: refuse it where a value is taken.
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    for (CLI::Option* opt : sub->get_options([](CLI::Option* o) { return o->get_type_size_max() > 0; }))
+      opt->check(CLI::Validator([](std::string& text) { return text.empty() ? "an empty value" : ""; }, ""));
+
   std::string command_line = "anvil";
   for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];
   try {
