@@ -677,6 +677,10 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
                            "--gpus"})
     expect_bad_input(train({"--data", kTrain, "--epochs", "1", flag, ""}), std::string(flag) + ": an empty value");
   expect_bad_input(eval({"--data", ""}), "--data: an empty value");
+  // A file name longer than the file system takes: refused before any work, not at the final rename.
+  const std::string long_name = path(std::string(300, 'n') + ".safetensors");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--save", long_name}),
+                   "--save " + long_name + ": cannot write: File name too long");
   // An output that is a directory is refused before any work, not after the training.
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--checkpoint", dir_, "--save", save}),
                    "--checkpoint " + dir_ + ": cannot write: it is a directory");

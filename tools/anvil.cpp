@@ -141,11 +141,15 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
     struct stat st {};
     if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
       throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
+    if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
+      throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(errno));
     if (lstat(path.c_str(), &st) == 0) {
       if (S_ISDIR(st.st_mode)) throw anvil::InputError(flag + " " + path + ": cannot write: it is a directory");
       const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : S_ISREG(st.st_mode) ? nullptr : "not a regular file";
       if (kind != nullptr && !force)
         throw anvil::InputError(flag + " " + path + ": will not replace it: it is " + kind + " (--force replaces it)");
+    } else if (errno == ENAMETOOLONG) {  // the final rename would fail, after all the work
+      throw anvil::InputError(flag + " " + path + ": cannot write: " + std::strerror(ENAMETOOLONG));
     }
     const auto [it, fresh] = written.emplace(same_file_key(path), std::make_pair(flag, path));
     if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);
