@@ -19,6 +19,17 @@ struct Geometry {
   std::vector<int64_t> k, s, p, op, in;
 };
 
+// k3x3x3_s2x2x2_p1x1x1_op1x1x1_in3x4x5: test names and gtest's printout (stable, unlike the bytes).
+std::string label(const Geometry& g) {
+  auto dims = [](const std::vector<int64_t>& v) {
+    std::string text;
+    for (int64_t x : v) text += (text.empty() ? "" : "x") + std::to_string(x);
+    return text;
+  };
+  return "k" + dims(g.k) + "_s" + dims(g.s) + "_p" + dims(g.p) + "_op" + dims(g.op) + "_in" + dims(g.in);
+}
+void PrintTo(const Geometry& g, std::ostream* os) { *os << label(g); }
+
 std::unique_ptr<Convolution> conv_transpose(const Geometry& g, int64_t cin, int64_t cout, int64_t n) {
   return testing::make_conv_transpose(g.k, g.s, g.p, g.op, g.in, cin, cout, n);
 }
@@ -134,7 +145,10 @@ INSTANTIATE_TEST_SUITE_P(
                           Geometry{{1, 2, 3}, {3, 2, 1}, {0, 0, 1}, {2, 0, 0}, {2, 3, 5}},  // kernel < stride
                           Geometry{{4, 6, 5}, {2, 2, 3}, {1, 3, 1}, {0, 0, 0}, {3, 2, 4}},  // shifts save taps
                           Geometry{{2, 3}, {2, 3}, {1, 2}, {0, 1}, {4, 3}}),                  // one tap per phase
-        ::testing::Bool()));
+        ::testing::Bool()),
+    [](const auto& info) {
+      return label(std::get<0>(info.param)) + (std::get<1>(info.param) ? "_shifted" : "_aligned");
+    });
 
 TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
   cuda::PhaseSplitGeometry g;
