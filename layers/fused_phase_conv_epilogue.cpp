@@ -92,7 +92,8 @@ std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& con
   return std::nullopt;
 }
 
-std::unique_ptr<FusedPhaseConvEpilogue> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs, std::string& why_not) {
+std::unique_ptr<FusedPhaseConvEpilogue> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs,
+                                                                       std::string& why_not) {
   std::unique_ptr<Convolution> conv = fused_chain_conv(specs);
   if (!conv->transposed()) {
     why_not = "not a transposed conv";

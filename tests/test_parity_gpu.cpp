@@ -338,7 +338,8 @@ TEST(GpuFusion, Tf32TakesCudnnWhereTheTensorCoreForwardDoesNotFit) {
   const float loss_ref = reference.train_step();
   EXPECT_NEAR(engine.train_step(), loss_ref, 5e-3 * loss_ref);
   const auto grads_ref = reference.gradients();
-  for (const auto& [pname, grad] : engine.gradients()) EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 5e-3));
+  for (const auto& [pname, grad] : engine.gradients())
+    EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 5e-3));
 }
 
 // --autotune times both formulations of a phase-split chain and keeps the

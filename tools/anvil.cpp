@@ -790,7 +790,8 @@ int main(int argc, char** argv) {
       train_opts.ranks_given = train->count("--ranks") > 0;
       bench_opts.budget_given = bench->count("--data-budget") > 0;
       if (*train) return cmd_train(train_flags, train_opts);
-      if (*eval) return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
+      if (*eval)
+        return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
       if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
     } catch (const anvil::InputError& e) {
       std::cerr << "anvil: error: " << e.what() << "\n";

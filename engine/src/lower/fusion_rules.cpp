@@ -35,9 +35,9 @@ struct FusionRule {
 // pool that tiles its output runs phase-split (its tensor-core kernel never
 // writes Y), except under tf32 where that kernel cannot take the chain: there
 // cuDNN's tensor-op transposed conv measured 1.9x to 2.7x faster (layer forward
-// + backward, docs/performance.md). Every other chain runs cuDNN's conv and the epilogue
-// kernel. The
-// fused ops are CUDA-only, so a build without CUDA has no rules.
+// + backward, docs/performance.md). Every other chain runs cuDNN's conv and the
+// epilogue kernel. The fused ops are CUDA-only, so a build without CUDA has no
+// rules.
 const std::vector<FusionRule>& rules() {
   static const std::vector<FusionRule> table = {
 #if ANVIL_WITH_CUDA
