@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu/add.hpp"
 #include "kernels/cpu/channel.hpp"
 #include "kernels/cpu/conv.hpp"
 #include "layers/registry.hpp"
@@ -111,15 +110,7 @@ void Convolution::backward_cpu(const LayerArgs& args) {
   const float *x = args.in[0].data, *dy = args.dout.data, *w = args.params[0];
   float* dx = args.din[0].data;
   if (spec_.transposed) {
-    if (dx) {
-      if (args.din_accumulate[0]) {
-        std::vector<float> tmp(static_cast<size_t>(numel(args.din[0].shape)));
-        cpu::conv_forward(dy, w, tmp.data(), g);
-        cpu::copy_or_accumulate(tmp.data(), dx, static_cast<int64_t>(tmp.size()), true);
-      } else {
-        cpu::conv_forward(dy, w, dx, g);
-      }
-    }
+    if (dx) cpu::conv_forward(dy, w, dx, g, args.din_accumulate[0]);
     cpu::conv_backward_filter(dy, x, args.dparams[0], g);
   } else {
     if (dx) cpu::conv_backward_data(dy, w, dx, g, args.din_accumulate[0]);

@@ -300,7 +300,7 @@ TEST(CpuReferenceConv, TransposedConvGradientsMatchFiniteDifferences) {
   }
 }
 
-TEST(CpuReferenceConv, OutputsAreOverwrittenAndBackwardDataAccumulates) {
+TEST(CpuReferenceConv, OutputsAreOverwrittenAndForwardAndBackwardDataAccumulate) {
   uint32_t seed = 500;
   for (const ConvCase& c : conv_cases()) {
     SCOPED_TRACE(c.name);
@@ -314,6 +314,9 @@ TEST(CpuReferenceConv, OutputsAreOverwrittenAndBackwardDataAccumulates) {
     expect_accumulates<float>(
         a.size(), [&](float* out, bool acc) { cpu::conv_backward_data(b.data(), w.data(), out, g, acc); }, 1e-6,
         "conv_backward_data");
+    expect_accumulates<float>(
+        b.size(), [&](float* out, bool acc) { cpu::conv_forward(a.data(), w.data(), out, g, acc); }, 1e-6,
+        "conv_forward");
     expect_accumulates<double>(
         d.a.size(), [&](double* out, bool acc) { cpu::conv_backward_data(d.b.data(), d.w.data(), out, g, acc); },
         1e-14, "conv_backward_data<double>");

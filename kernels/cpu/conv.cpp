@@ -44,7 +44,7 @@ Tap make_tap(const ConvGeometry& g, int64_t td, int64_t th, int64_t tw) {
 
 }  // namespace
 
-template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g) {
+template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
@@ -53,8 +53,10 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
   for (int64_t p = 0; p < planes; ++p) {
     const int64_t n = p / g.cb, cb = p % g.cb;
+    T* bp = b + p * bv;
+    // Start from the existing output so accumulation rounds once.
     double* const acc = scratch.data() + thread_slot() * bv;
-    std::fill(acc, acc + bv, 0.0);
+    for (int64_t i = 0; i < bv; ++i) acc[i] = accumulate ? double(bp[i]) : 0.0;
     for (int64_t ca = 0; ca < g.ca; ++ca) {
       const T* ap = a + (n * g.ca + ca) * av;
       const T* wp = w + (cb * g.ca + ca) * kv;
@@ -71,7 +73,6 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
               }
           }
     }
-    T* bp = b + p * bv;
     for (int64_t i = 0; i < bv; ++i) bp[i] = static_cast<T>(acc[i]);
   }
 }
@@ -141,7 +142,7 @@ template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, con
 }
 
 #define ANVIL_INSTANTIATE_CONV(T)                                                                              \
-  template void conv_forward<T>(const T*, const T*, T*, const ConvGeometry&);                                  \
+  template void conv_forward<T>(const T*, const T*, T*, const ConvGeometry&, bool);                            \
   template void conv_backward_data<T>(const T*, const T*, T*, const ConvGeometry&, bool);                      \
   template void conv_backward_filter<T>(const T*, const T*, T*, const ConvGeometry&);
 

@@ -6,8 +6,8 @@
 
 namespace anvil::cpu {
 
-// B = conv(A, W). Overwrites B.
-template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g);
+// B = conv(A, W). Overwrites B unless accumulate (a transposed conv's dx, added to a fan-out's).
+template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate = false);
 // dA = conv^T(dB, W). Overwrites dA unless accumulate.
 template <class T> void conv_backward_data(const T* db, const T* w, T* da, const ConvGeometry& g, bool accumulate);
 // dW = sum over n, o of dB x A. Overwrites dW.
