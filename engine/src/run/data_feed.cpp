@@ -13,10 +13,13 @@
 
 namespace anvil {
 
-DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, Device device, CudaContext* ctx, size_t device_budget)
-    : data_(data), plan_(plan), device_(device), ctx_(ctx) {
+DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
+                   [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
+    : data_(data), plan_(plan) {
   host_order_.resize(static_cast<size_t>(plan.sample_count()));
 #if ANVIL_WITH_CUDA
+  device_ = device;
+  ctx_ = ctx;
   if (device_ != Device::Cuda) return;
   const size_t input_bytes = data.inputs().data.size() * sizeof(float);
   const size_t target_bytes = data.targets().data.size() * sizeof(float);
@@ -35,8 +38,6 @@ DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, Device device, Cu
     pinned_bytes_ = size_t(rows * (data.floats_per_sample() + data.floats_per_target())) * sizeof(float) + sizeof(int64_t);
     ANVIL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned_batch_), pinned_bytes_));
   }
-#else
-  (void)device_budget;
 #endif
 }
 

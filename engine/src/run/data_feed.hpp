@@ -48,13 +48,14 @@ class DataFeed {
  private:
   const Dataset& data_;
   BatchPlan plan_;
-  Device device_;
-  CudaContext* ctx_;
   bool resident_ = false;
   int64_t next_batch_ = 0;  // within the epoch, as the host counts
   std::vector<int64_t> host_order_;
   int64_t host_cursor_ = 0;  // the CPU's cursor (CUDA keeps its cursor on the device)
-  // CUDA: the dataset, the order and the cursor on the device (resident), or
+#if ANVIL_WITH_CUDA
+  Device device_ = Device::Cpu;
+  CudaContext* ctx_ = nullptr;
+  // The dataset, the order and the cursor on the device (resident), or
   // pinned staging for one batch (not resident).
   float* device_inputs_ = nullptr;
   float* device_targets_ = nullptr;
@@ -62,6 +63,7 @@ class DataFeed {
   int64_t* device_cursor_ = nullptr;
   float* pinned_batch_ = nullptr;  // input rows, then target rows, then the valid count
   size_t pinned_bytes_ = 0;
+#endif
 };
 
 }  // namespace anvil

@@ -11,9 +11,9 @@
 
 namespace anvil {
 
-GradientBuckets::GradientBuckets(Communicator& comm, CudaContext* ctx, const std::vector<int>& backward_order,
-                                 const std::vector<Range>& node_gradients)
-    : comm_(comm), ctx_(ctx) {
+GradientBuckets::GradientBuckets(Communicator& comm, [[maybe_unused]] CudaContext* ctx,
+                                 const std::vector<int>& backward_order, const std::vector<Range>& node_gradients)
+    : comm_(comm) {
   float* low = nullptr;  // the open bucket: [low, high), growing downwards as backward goes
   float* high = nullptr;
   for (size_t i = 0; i < backward_order.size(); ++i) {
@@ -32,6 +32,7 @@ GradientBuckets::GradientBuckets(Communicator& comm, CudaContext* ctx, const std
     }
   }
 #if ANVIL_WITH_CUDA
+  ctx_ = ctx;
   if (!ctx_) return;
   ANVIL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   ready_.resize(buckets_.size());

@@ -51,9 +51,9 @@ class GradientBuckets {
   void issue(const Bucket& bucket);
 
   Communicator& comm_;
-  CudaContext* ctx_;
   std::vector<Bucket> buckets_;
 #if ANVIL_WITH_CUDA
+  CudaContext* ctx_ = nullptr;
   cudaStream_t stream_ = nullptr;  // the all-reduces'
   std::vector<cudaEvent_t> ready_;  // per bucket: its gradients are made
   cudaEvent_t done_ = nullptr;      // the last all-reduce issued has finished
