@@ -1,14 +1,14 @@
 // A fused conv epilogue with the transposed convolution phase-split: when a
 // conv_transpose (dilation 1) is followed by a pointwise chain and a max pool
-// whose kernel equals the conv's stride and tiles its output, each pool window is exactly
-// the s^d output phases at one grid point. The conv then runs as ONE
-// stride-1 forward convolution with s^d * Cout channels (the combined weight
-// is rebuilt from PyTorch's weight each step) and the epilogue reads the
-// phases directly, each at its shift (k4 s2: 2 combined taps per dim, not 3). Without an input gradient, anvil's tensor-core kernels run
-// it: the conv fused with the epilogue, and a weight gradient built from dY
-// at each window's argmax. With one (it needs the whole dY), cuDNN runs the
-// conv and its backward. Exact: the same sums as the transposed conv, in
-// another order.
+// whose kernel equals the conv's stride and tiles its output, each pool window
+// is exactly the s^d output phases at one grid point. The conv then runs as
+// ONE stride-1 forward convolution with s^d * Cout channels (the combined
+// weight is rebuilt from PyTorch's weight each step) and the epilogue reads
+// the phases directly, each at its shift (k4 s2: 2 combined taps per dim, not
+// 3). Without an input gradient, anvil's tensor-core kernels run it: the conv
+// fused with the epilogue, and a weight gradient built from dY at each
+// window's argmax. With one (it needs the whole dY), cuDNN runs the conv and
+// its backward. Exact: the same sums as the transposed conv, in another order.
 #pragma once
 
 #include <memory>

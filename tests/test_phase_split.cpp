@@ -124,8 +124,9 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
           for (int64_t o2 = 0; o2 < y3[2]; ++o2) {
             const int64_t rr[3] = {o0 % g.s[0], o1 % g.s[1], o2 % g.s[2]};
             const int64_t r = (rr[0] * g.s[1] + rr[1]) * g.s[2] + rr[2];
-            const int64_t q = ((o0 / g.s[0] + g.shift[0][rr[0]]) * pg.b[1] + o1 / g.s[1] + g.shift[1][rr[1]]) * pg.b[2] +
-                              o2 / g.s[2] + g.shift[2][rr[2]];
+            const int64_t q0 = o0 / g.s[0] + g.shift[0][rr[0]], q1 = o1 / g.s[1] + g.shift[1][rr[1]],
+                          q2 = o2 / g.s[2] + g.shift[2][rr[2]];  // where phase r's output sits in Yp
+            const int64_t q = (q0 * pg.b[1] + q1) * pg.b[2] + q2;
             const float want = y[(((nn * cout + co) * y3[0] + o0) * y3[1] + o1) * y3[2] + o2];
             const float got = yp[((nn * phases + r) * cout + co) * (pg.b[0] * pg.b[1] * pg.b[2]) + q];
             max_err = std::max(max_err, std::fabs(double(got) - want));
