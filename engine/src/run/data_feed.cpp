@@ -54,8 +54,6 @@ DataFeed::~DataFeed() {
 
 void DataFeed::start_epoch(const std::vector<int64_t>& order, int64_t first_batch) {
   if (order.size() != host_order_.size()) throw Error("internal error: an epoch order of the wrong length");
-  if (first_batch < 0 || first_batch > plan_.batches_per_epoch())
-    throw Error("internal error: batch " + std::to_string(first_batch) + " is outside the epoch");
   host_order_ = order;
   next_batch_ = first_batch;
   host_cursor_ = first_batch;

@@ -36,7 +36,8 @@ class DataFeed {
   const BatchPlan& plan() const { return plan_; }
   bool on_device() const { return resident_; }
   // The epoch's sample order (plan().sample_count() indices: all of the dataset's, or a
-  // data-parallel rank's slices), from batch `first_batch` on (one copy per epoch on CUDA).
+  // data-parallel rank's slices), from batch `first_batch` on (one copy per epoch on CUDA);
+  // Engine::start_epoch has checked that it is within the epoch.
   void start_epoch(const std::vector<int64_t>& order, int64_t first_batch);
 
   // Before a step, outside any captured graph: a feed that is not resident
