@@ -216,9 +216,14 @@ void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& s
                    "CMAKE_CUDA_ARCHITECTURES (this device is sm_%d); using cuDNN\n", cuda::device_sm());
     });
   }
-  mma_weight_grad_ = tensor_cores && backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_);
-  fused_forward_ = tensor_cores && !input_grad_ && (!backward_ || mma_weight_grad_) &&
-                   cuda::phase_fused_forward_supported(g_);
+  // The argmax weight gradient runs the aligned taps of every phase. Where
+  // shifting drops taps and cuDNN runs the forward anyway, the shifted combined
+  // conv's own filter gradient (anvil's tensor-core GEMM under fp32, by the conv
+  // rule) does kp_aligned / kp_shifted times less work (k4 s2 3-D: 27 / 8).
+  const bool fused_fits = tensor_cores && !input_grad_ && cuda::phase_fused_forward_supported(g_);
+  mma_weight_grad_ = tensor_cores && backward_ && !input_grad_ && cuda::phase_mma_weight_grad_supported(g_) &&
+                     (fused_fits || cuda::phases_aligned(shifted_g_));
+  fused_forward_ = fused_fits && (!backward_ || mma_weight_grad_);
   compensated_ = settings.precision == Precision::FP32;
   if (fused_forward_) return;
   phase_conv_->set_gradient_needs(backward_ && !mma_weight_grad_, input_grad_);
