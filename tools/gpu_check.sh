@@ -44,7 +44,7 @@ fi
 # cuDNN's are left out, docs/reliability.md says why) over the kernel tests, on small shapes.
 sanitizer_rc=0
 if command -v compute-sanitizer >/dev/null; then
-  kernel_tests="CudaPointwise*:CudaKernels*:*PhaseMma*:*ConvWgradMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
+  kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
   for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,

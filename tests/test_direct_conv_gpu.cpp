@@ -1,0 +1,266 @@
+// anvil's direct conv fused with its epilogue (kernels/cuda/direct_conv.hpp)
+// on odd geometries: batch 1, one channel, a channel count that leaves a
+// partial group, strides 1 to 3, padding, dilation, a kernel larger than the
+// input, the largest K (512), several blocks per plane, and each pool: none,
+// a tiled max, overlapping padded max and average windows. Inputs are fresh
+// uniform [-1, 1] floats (never 0) and every output is poisoned (NaN) first.
+// Checked: the conv output it saves for backward against the CPU reference in
+// float64, and everything after the conv against chain_pool.hpp's kernel
+// (itself tested against the CPU reference) run on that same Y: the same ops
+// in the same order, so the same bits.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <ostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gpu_test_util.hpp"
+#include "kernels/cpu/conv.hpp"
+#include "kernels/cuda/chain_pool.hpp"
+#include "kernels/cuda/direct_conv.hpp"
+
+namespace anvil::testing {
+namespace {
+
+namespace gpu = anvil::cuda;
+using Dims = std::array<int64_t, 3>;
+constexpr size_t kSlack = 8;  // poisoned floats past each output, which must stay poisoned
+
+struct Case {
+  std::string label;
+  int64_t n, cin, cout;
+  Dims x, k, stride, pad, dilation;
+  gpu::ChainPool pool;
+  Dims pk{1, 1, 1}, ps{1, 1, 1}, pp{0, 0, 0};
+};
+void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }
+
+gpu::DirectConvGeometry geometry_of(const Case& c) {
+  gpu::DirectConvGeometry g;
+  g.cin = c.cin, g.x = c.x, g.k = c.k, g.stride = c.stride, g.pad = c.pad, g.dilation = c.dilation;
+  g.out.n = c.n;
+  g.out.c = c.cout;
+  for (int a = 0; a < 3; ++a)
+    g.out.y[a] = (c.x[a] + 2 * c.pad[a] - c.dilation[a] * (c.k[a] - 1) - 1) / c.stride[a] + 1;
+  g.out.pool = c.pool;
+  g.out.k = c.pk, g.out.stride = c.ps, g.out.pad = c.pp;
+  return g;
+}
+
+const Case kCases[] = {
+    // label, n, cin, cout, x, k, stride, pad, dilation, pool, window, stride, padding
+    {"gray_k3_s3_tiled_max", 2, 1, 9, {1, 14, 20}, {1, 3, 3}, {1, 3, 3}, {0, 0, 0}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}, {1, 2, 2}},
+    {"rgb_k4_s2_p1_avg3_s2_p1", 2, 3, 13, {1, 10, 14}, {1, 4, 4}, {1, 2, 2}, {0, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::Avg, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}},
+    {"batch1_channel1_3d_no_pool", 1, 1, 1, {5, 6, 7}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::None},
+    {"dilated_3d_max3_s2_p1", 2, 2, 5, {6, 7, 9}, {2, 3, 2}, {1, 1, 2}, {1, 2, 0}, {2, 2, 1}, gpu::ChainPool::Max,
+     {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+    {"cout20_avg2_s1_overlap", 1, 4, 20, {1, 9, 11}, {1, 3, 2}, {1, 1, 2}, {0, 2, 0}, {1, 2, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}, {1, 1, 1}},
+    {"k512_kernel_beyond_input", 2, 32, 8, {1, 3, 3}, {1, 4, 4}, {1, 1, 1}, {0, 2, 2}, {1, 1, 1},
+     gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}},
+    {"several_blocks_per_plane", 1, 2, 3, {1, 70, 90}, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::Avg, {1, 2, 2}, {1, 2, 2}},
+};
+
+struct Step {
+  bool scale;
+  PointwiseOp op;
+  float param;
+};
+struct Chain {
+  std::string label;
+  std::vector<Step> steps;
+};
+const Step kScale{true, PointwiseOp::LeakyRelu, 0.f};
+Step leaky(float slope) { return {false, PointwiseOp::LeakyRelu, slope}; }
+const Chain kChains[] = {
+    {"relu", {leaky(0.f)}},
+    {"leaky.2,scale,leaky.05", {leaky(0.2f), kScale, leaky(0.05f)}},
+    {"empty", {}},
+    {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), kScale, leaky(1.7f), kScale}},
+    {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, kScale, {false, PointwiseOp::Tanh, 0.f}}},
+};
+
+template <class T>
+void expect_poisoned_after(const DeviceBuffer<T>& buf, size_t n, const std::string& what) {
+  const std::vector<T> tail = buf.download(n, buf.size() - n);
+  std::vector<unsigned char> poison(sizeof(T), 0xFF);
+  for (const T& v : tail)
+    if (std::memcmp(&v, poison.data(), sizeof(T)) != 0) {
+      ADD_FAILURE() << what << ": written past its end";
+      return;
+    }
+}
+
+template <class T>
+void expect_bitwise(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && ++bad <= 3)
+      ADD_FAILURE() << what << " differs at " << i << ": " << double(got[i]) << " vs " << double(want[i]);
+  EXPECT_EQ(bad, 0) << what;
+}
+
+class DirectConv : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override { ANVIL_REQUIRE_GPU_OR_SKIP(); }
+};
+
+TEST_P(DirectConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
+  const Case& c = GetParam();
+  const gpu::DirectConvGeometry g = geometry_of(c);
+  const char* why = nullptr;
+  ASSERT_TRUE(gpu::direct_conv_supported(g, &why)) << why;
+  const Dims out = gpu::chain_pool_output(g.out);
+  const int64_t y_plane = g.out.y[0] * g.out.y[1] * g.out.y[2], p_plane = out[0] * out[1] * out[2];
+  const size_t x_count = size_t(c.n * c.cin * c.x[0] * c.x[1] * c.x[2]), y_count = size_t(c.n * c.cout * y_plane),
+               p_count = size_t(c.n * c.cout * p_plane), w_count = size_t(c.cout * c.cin * c.k[0] * c.k[1] * c.k[2]);
+  const bool max = c.pool == gpu::ChainPool::Max;
+  std::mt19937 rng(2027);
+  const std::vector<float> x = random_floats(x_count, rng), w = random_floats(w_count, rng);
+
+  // The conv in float64 on the CPU.
+  cpu::ConvGeometry cg;
+  cg.n = c.n, cg.ca = c.cin, cg.cb = c.cout, cg.a = c.x, cg.b = g.out.y, cg.k = c.k, cg.stride = c.stride,
+  cg.pad = c.pad, cg.dilation = c.dilation;
+  std::vector<double> y_ref(y_count);
+  const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end());
+  cpu::conv_forward<double>(xd.data(), wd.data(), y_ref.data(), cg);
+
+  DeviceBuffer<float> dx(x_count), dw(w_count), bias(size_t(c.cout));
+  dx.upload(x);
+  dw.upload(w);
+  for (const Chain& chain : kChains) {
+    for (bool with_bias : {true, false}) {
+      const std::string what = chain.label + (with_bias ? " with bias" : " without bias");
+      SCOPED_TRACE(what);
+      bias.upload(random_floats(size_t(c.cout), rng));
+      std::vector<std::unique_ptr<DeviceBuffer<float>>> scales;
+      gpu::EpilogueChain ec;
+      ec.ops = int(chain.steps.size());
+      for (int i = 0; i < ec.ops; ++i) {
+        ec.is_scale[i] = chain.steps[i].scale;
+        ec.activation[i] = chain.steps[i].op;
+        ec.param[i] = chain.steps[i].param;
+        if (ec.is_scale[i]) {
+          scales.push_back(std::make_unique<DeviceBuffer<float>>(size_t(c.cout)));
+          scales.back()->upload(random_floats(size_t(c.cout), rng));
+          ec.scale[i] = scales.back()->get();
+        }
+      }
+      const float* b = with_bias ? bias.get() : nullptr;
+
+      // Training: P, the argmax and y there, and Y whole.
+      DeviceBuffer<float> p(p_count + kSlack), y_at_max(p_count + kSlack), y(y_count + kSlack);
+      DeviceBuffer<uint8_t> argmax(p_count + kSlack);
+      for (DeviceBuffer<float>* out_buf : {&p, &y_at_max, &y}) out_buf->poison();
+      argmax.poison();
+      gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p.get(), max ? argmax.get() : nullptr,
+                               max ? y_at_max.get() : nullptr, y.get(), g, nullptr);
+      const std::vector<float> y_got = y.download(0, y_count), p_got = p.download(0, p_count);
+      expect_poisoned_after(y, y_count, "y");
+      expect_poisoned_after(p, p_count, "p");
+      EXPECT_LE(rel_l2(y_got, y_ref), 1e-6);
+      int64_t far = 0;
+      for (size_t i = 0; i < y_count; ++i) far += !(std::abs(y_got[i] - y_ref[i]) <= 1e-5 * (1 + std::abs(y_ref[i])));
+      EXPECT_EQ(far, 0) << "conv outputs off the float64 reference, of " << y_count;
+
+      // chain_pool's kernel on that Y gives the same bits.
+      DeviceBuffer<float> p_ref(p_count);
+      DeviceBuffer<uint8_t> argmax_ref(p_count);
+      gpu::chain_pool_forward(y.get(), b, ec, p_ref.get(), max ? argmax_ref.get() : nullptr, g.out, nullptr);
+      expect_bitwise(p_got, p_ref.download_all(), "p");
+      if (max) {
+        const std::vector<uint8_t> a_got = argmax.download(0, p_count);
+        expect_bitwise(a_got, argmax_ref.download_all(), "argmax");
+        expect_poisoned_after(argmax, p_count, "argmax");
+        // y_at_max: Y + bias at the argmax.
+        const std::vector<float> v_got = y_at_max.download(0, p_count);
+        const std::vector<float> bias_host = bias.download_all();
+        std::vector<float> v_want(p_count);
+        for (size_t o = 0; o < p_count; ++o) {
+          const int64_t plane = int64_t(o) / p_plane, e = int64_t(o) % p_plane, ch = plane % c.cout;
+          const int64_t q[3] = {e / (out[1] * out[2]), e / out[2] % out[1], e % out[2]};
+          int64_t wi = a_got[o], at = 0;
+          const int64_t wk[3] = {wi / (c.pk[1] * c.pk[2]), wi / c.pk[2] % c.pk[1], wi % c.pk[2]};
+          for (int a = 0; a < 3; ++a) at = at * g.out.y[a] + q[a] * c.ps[a] - c.pp[a] + wk[a];
+          v_want[o] = y_got[size_t(plane * y_plane + at)] + (with_bias ? bias_host[size_t(ch)] : 0.f);
+        }
+        expect_bitwise(v_got, v_want, "y_at_max");
+      }
+
+      // Inference: nothing saved, the same P.
+      DeviceBuffer<float> p_inference(p_count);
+      p_inference.poison();
+      gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p_inference.get(), nullptr, nullptr, nullptr, g, nullptr);
+      expect_bitwise(p_inference.download_all(), p_got, "inference p");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(OddGeometries, DirectConv, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return info.param.label; });
+
+TEST(DirectConvLimits, RefusesWhatItCannotRun) {
+  gpu::DirectConvGeometry ok = geometry_of(kCases[0]);
+  ASSERT_TRUE(gpu::direct_conv_supported(ok));
+  const char* why = nullptr;
+  gpu::DirectConvGeometry wide = geometry_of(kCases[5]);  // K = 512, the most
+  ASSERT_TRUE(gpu::direct_conv_supported(wide));
+  wide.cin = 33;
+  EXPECT_FALSE(gpu::direct_conv_supported(wide, &why));
+  EXPECT_STREQ(why, "more than 512 input channels x kernel taps");
+  gpu::DirectConvGeometry gaps = ok;
+  gaps.out.stride = {1, 3, 3};  // windows of 2 every 3: conv outputs outside every window
+  EXPECT_FALSE(gpu::direct_conv_supported(gaps, &why));
+  EXPECT_STREQ(why, "a pool that leaves conv outputs outside its windows");
+  gpu::DirectConvGeometry short_tail = ok;
+  short_tail.out.y = {1, 5, 6};
+  EXPECT_FALSE(gpu::direct_conv_supported(short_tail, &why));
+  EXPECT_STREQ(why, "the output dims are not the conv's");
+  gpu::DirectConvGeometry odd = ok;
+  odd.x = {1, 15, 20};  // y = 5 rows: the 2-row windows leave the last out
+  odd.out.y = {1, 5, 6};
+  EXPECT_FALSE(gpu::direct_conv_supported(odd, &why));
+  EXPECT_STREQ(why, "a pool that leaves conv outputs outside its windows");
+  gpu::DirectConvGeometry negative = ok;
+  negative.pad = {0, -1, 0};
+  EXPECT_FALSE(gpu::direct_conv_supported(negative, &why));
+}
+
+TEST(DirectConvLimits, ForwardThrowsOnBadArguments) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const gpu::DirectConvGeometry g = geometry_of(kCases[1]);  // an average pool
+  DeviceBuffer<float> buf(4096);
+  DeviceBuffer<uint8_t> bytes(4096);
+  gpu::EpilogueChain chain;
+  EXPECT_THROW(gpu::direct_conv_forward(nullptr, buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
+                                        nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), bytes.get(), nullptr,
+                                        nullptr, g, nullptr),
+               anvil::Error);  // an argmax without a max pool
+  gpu::DirectConvGeometry wide = geometry_of(kCases[5]);
+  wide.cin = 33;
+  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr,
+                                        wide, nullptr),
+               anvil::Error);
+  chain.ops = 1;
+  chain.is_scale[0] = true;  // a multiplier without its pointer
+  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
+                                        nullptr),
+               anvil::Error);
+}
+
+}  // namespace
+}  // namespace anvil::testing
