@@ -272,7 +272,7 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     throw Error(path() + ": this geometry (output_padding " + join(spec_.output_padding) +
                 ") is not supported by the CUDA backend; use --device cpu");
 
-  c.used[spec_.transposed ? kBackwardData : kForward] = true;
+  c.used[spec_.transposed ? kBackwardData : kForward] = runs_forward_;
   if (needs_backward_) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;

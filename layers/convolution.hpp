@@ -51,6 +51,8 @@ class Convolution : public Layer {
 #if ANVIL_WITH_CUDA
  public:
   ~Convolution() override;
+  // false: a fused layer computes the forward itself, so cuDNN's forward is neither planned nor searched.
+  void set_runs_forward(bool runs) { runs_forward_ = runs; }
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;
@@ -85,6 +87,7 @@ class Convolution : public Layer {
   void weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws);
 
   std::unique_ptr<Cudnn> cudnn_;
+  bool runs_forward_ = true;
 #endif
 };
 

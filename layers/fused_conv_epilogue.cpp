@@ -77,10 +77,11 @@ void fused_layer_has_no_cpu_path(const Layer& layer) {
   throw Error("internal error: fused layer '" + layer.name() + "' has no CPU path; the CPU backend runs unfused");
 }
 
-FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs)
-    : Layer("fused_conv_epilogue", specs.name, specs.conv->path),
+FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward)
+    : Layer(forward == Forward::Direct ? "fused_direct_conv" : "fused_conv_epilogue", specs.name, specs.conv->path),
       conv_(fused_chain_conv(specs)),
-      chain_(*fused_chain(specs.pointwise)) {
+      chain_(*fused_chain(specs.pointwise)),
+      forward_(forward) {
   if (specs.pool) {
     pool_ = std::get<PoolSpec>(specs.pool->params);
     tiled_ = pool_tiles_output(*pool_, conv_->output_shape());
@@ -125,6 +126,38 @@ cuda::ChainPoolGeometry FusedConvEpilogue::general_geometry() const {
   return g;
 }
 
+cuda::DirectConvGeometry FusedConvEpilogue::direct_geometry() const {
+  const ConvSpec& spec = conv_->spec();
+  const Shape& x = conv_->input_shapes()[0];
+  cuda::DirectConvGeometry g;
+  g.cin = x[1];
+  g.x = cpu::lift_dims({x.begin() + 2, x.end()}, 1);
+  g.k = cpu::lift_dims(spec.kernel, 1);
+  g.stride = cpu::lift_dims(spec.stride, 1);
+  g.pad = cpu::lift_dims(spec.padding, 0);
+  g.dilation = cpu::lift_dims(spec.dilation, 1);
+  g.out = general_geometry();
+  return g;
+}
+
+bool FusedConvEpilogue::direct_applies(std::string& why_not) const {
+  if (conv_->transposed()) {
+    why_not = "a transposed conv";
+    return false;
+  }
+  const char* why = nullptr;
+  if (cuda::direct_conv_supported(direct_geometry(), &why)) return true;
+  why_not = why;
+  return false;
+}
+
+int64_t FusedConvEpilogue::taps_per_output() const {
+  const ConvSpec& spec = conv_->spec();
+  int64_t taps = spec.transposed ? spec.out_channels : spec.in_channels;
+  for (int64_t k : spec.kernel) taps *= k;
+  return taps;
+}
+
 size_t FusedConvEpilogue::y_bytes() const { return numel(conv_->output_shape()) * sizeof(float); }
 
 size_t FusedConvEpilogue::reduce_scratch_bytes() const {
@@ -133,19 +166,21 @@ size_t FusedConvEpilogue::reduce_scratch_bytes() const {
 }
 
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
+  conv_->set_runs_forward(forward_ == Forward::Cudnn);
   conv_->build_cuda(ctx, settings);
 }
 
 // Saved for backward: with a tiled max pool, per pooled element the argmax
 // inside its window (a byte) and y there; otherwise Y itself, and a max
-// pool's argmax.
+// pool's argmax. The direct forward needs no Y of its own.
 std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
   const size_t pooled = static_cast<size_t>(numel(output_shape()));
   const bool keep_y = backward && !tiled_;
   const bool argmax = backward && pool_ && pool_->max;
-  return {{"y", y_bytes(), keep_y ? BufferLife::Saved : BufferLife::Forward},
+  const bool y = keep_y || forward_ == Forward::Cudnn;
+  return {{"y", y ? y_bytes() : 0, keep_y ? BufferLife::Saved : BufferLife::Forward},
           {"conv_forward", conv_->forward_workspace(), BufferLife::Forward},
           {"argmax", argmax ? pooled : 0, BufferLife::Saved},
           {"y_at_max", backward && tiled_ ? pooled * sizeof(float) : 0, BufferLife::Saved},
@@ -155,24 +190,34 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
-  // The conv searches with Y (our buffer) as its output.
-  conv_->search_algorithms(ctx, forward.in[0].data, forward.buffer<float>(kY), forward.params[0],
+  // The conv searches with Y (or, where the direct forward has none, dY) as its output.
+  float* y = forward_ == Forward::Cudnn ? forward.buffer<float>(kY) : backward.buffer<float>(kDy);
+  conv_->search_algorithms(ctx, forward.in[0].data, y, forward.params[0],
                            backward.dparams.empty() ? nullptr : backward.dparams[0], forward.buffers[kConvForward],
                            backward.buffers[kConvBackward]);
 }
 
 std::string FusedConvEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : tiled_ ? "a max pool that tiles Y" : pool_->max ? "a max pool" : "an average pool";
-  return conv_->describe_cuda() + "; one epilogue kernel: bias, " + std::to_string(chain_.ops.ops) +
-         "-op chain and " + pool;
+  const std::string epilogue = "bias, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool;
+  if (forward_ == Forward::Cudnn) return conv_->describe_cuda() + "; one epilogue kernel: " + epilogue;
+  const std::string backward = conv_->describe_cuda();
+  return "anvil's direct conv (float32 FMA), " + epilogue + " in one kernel" +
+         (backward.empty() ? "" : "; " + backward);
 }
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* y = args.buffer<float>(kY);
-  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
   const float* bias = conv_->has_bias() ? args.params[1] : nullptr;
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_param_count());
-  // argmax and y_at_max are null when nothing runs backward (inference).
+  // argmax and y_at_max are null when nothing runs backward (inference), as is the direct forward's y.
+  if (forward_ == Forward::Direct) {
+    cuda::direct_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
+                              args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y, direct_geometry(),
+                              ctx.stream());
+    return;
+  }
+  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
   if (tiled_)
     cuda::fused_epilogue_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
                                  args.buffer<float>(kYAtMax), tiled_geometry(), ctx.stream());

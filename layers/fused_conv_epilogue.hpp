@@ -1,7 +1,10 @@
 // The fused conv epilogue, made by a fusion rule (lower/fusion_rules.cpp), never named in JSON:
 //   conv / conv_transpose (+bias) -> a chain of activations and channel_scales -> a pool, or none
-// cuDNN computes the bias-free convolution into a buffer Y; one kernel then
-// adds the bias, runs the chain and pools. For a max pool that tiles Y it
+// Its forward has two formulations. cuDNN's: cuDNN computes the bias-free
+// convolution into a buffer Y; one kernel then adds the bias, runs the chain
+// and pools. Direct (a conv with few taps per output, direct_conv.hpp):
+// anvil's kernel computes all of it, writing Y only where backward reads it.
+// Both save the same tensors, so backward is one. For a max pool that tiles Y it
 // saves, per pooled element, only the argmax and y there (epilogue.hpp);
 // every other pool, and no pool, keeps Y for backward (chain_pool.hpp).
 // Backward rebuilds dY in one kernel, which also reduces dbias and the
@@ -14,6 +17,7 @@
 
 #include "engine/src/lower/fusion_rules.hpp"
 #include "kernels/cuda/chain_pool.hpp"
+#include "kernels/cuda/direct_conv.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "layers/convolution.hpp"
 
@@ -47,8 +51,14 @@ std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs);
 
 class FusedConvEpilogue : public Layer {
  public:
-  explicit FusedConvEpilogue(const FusedChainSpecs& specs);
+  enum class Forward { Cudnn, Direct };
+  FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward);
   OpKind kind() const override { return OpKind::Fused; }
+
+  // Whether anvil's direct kernel can compute this chain's forward; why_not otherwise.
+  bool direct_applies(std::string& why_not) const;
+  // in_channels x kernel taps: the multiply-adds per conv output.
+  int64_t taps_per_output() const;
 
   std::vector<ParamSpec> param_specs() const override;
   void set_gradient_needs(bool backward, bool input_grad) override { conv_->set_gradient_needs(backward, input_grad); }
@@ -67,6 +77,7 @@ class FusedConvEpilogue : public Layer {
  private:
   cuda::EpilogueGeometry tiled_geometry() const;
   cuda::ChainPoolGeometry general_geometry() const;
+  cuda::DirectConvGeometry direct_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
   size_t conv_param_count() const { return conv_->param_count(); }
   size_t reduce_scratch_bytes() const;
@@ -75,6 +86,7 @@ class FusedConvEpilogue : public Layer {
   FusedChain chain_;
   std::optional<PoolSpec> pool_;
   bool tiled_ = false;  // a max pool that tiles Y: epilogue.hpp's kernels; else chain_pool.hpp's
+  Forward forward_;
 };
 
 }  // namespace anvil

@@ -16,15 +16,17 @@ Options cuda_options() {
   return o;
 }
 
-// The ways a CUDA engine runs the headline pattern. All compute the input
-// gradient except "phase_split_no_dx", which (like a network's first layer)
-// does not and so takes the tensor-core weight-gradient kernel over the sparse dY.
+// The ways a CUDA engine runs a fused chain. All compute the input gradient
+// except "phase_split_no_dx", which (like a network's first layer) does not
+// and so takes the tensor-core weight-gradient kernel over the sparse dY.
+// "dgrad" fuses with cuDNN's conv only: no phase split, no direct conv.
 const std::vector<std::string> kModes = {"phase_split", "phase_split_no_dx", "dgrad", "unfused"};
 
 Options cuda_options(const std::string& mode) {
   Options o = cuda_options();
   o.fuse = mode != "unfused";
   o.phase_split = mode.rfind("phase_split", 0) == 0;
+  o.direct_conv = o.phase_split;
   o.input_grad = mode != "phase_split_no_dx";
   return o;
 }
@@ -216,6 +218,21 @@ std::vector<SmallNet> small_nets() {
         {"type": "add", "name": "s", "inputs": ["a", "p"]},
         {"type": "avg_pool2d", "name": "q", "kernel_size": [2, 3], "stride": [2, 1], "padding": [1, 1],
          "inputs": ["s"]})")},
+      // anvil's direct conv (few taps per output): a k4 s2 stem whose 13
+      // channels leave a partial group, overlapping padded average windows; a
+      // gray stride-3 stem with a tiled max pool (y at the argmax saved); a
+      // dilated, padded, strided conv with a smooth chain and no pool.
+      {"direct_gray_k4_stem_avg_overlap", net_json("s", "[2, 1, 10, 14]", R"(
+        {"type": "conv2d", "in_channels": 1, "out_channels": 13, "kernel_size": 4, "stride": 2, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})")},
+      {"direct_gray_stride3_tiled_max_3d",
+       net_json("t", "[1, 1, 7, 9, 12]", R"(
+        {"type": "conv3d", "in_channels": 1, "out_channels": 9, "kernel_size": [1, 3, 3], "stride": [1, 3, 3]},)" +
+                                             tail3 + R"({"type": "max_pool3d", "kernel_size": [1, 1, 2]})")},
+      {"direct_dilated_sigmoid_no_pool", net_json("u", "[2, 2, 9, 11]", R"(
+        {"type": "conv2d", "in_channels": 2, "out_channels": 20, "kernel_size": [3, 2], "stride": [1, 2],
+         "padding": [2, 0], "dilation": [2, 1]},
+        {"type": "sigmoid"}, {"type": "channel_scale"})")},
       // Nine ops: longer than a fused chain may be; runs unfused.
       {"chain_of_nine_unfused", net_json("p", "[1, 2, 5, 6]", R"(
         {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3},
@@ -298,9 +315,27 @@ TEST(GpuFusion, GeneralChainsAreFused) {
     } else if (net.label == "relu_avgpool_batch1_channel1") {
       EXPECT_NE(text.find("[fused_conv_epilogue]"), std::string::npos) << text;
       EXPECT_NE(text.find("an average pool"), std::string::npos) << text;
-      EXPECT_NE(text.find("formulation: rule: cuDNN's conv, as the phase split does not apply (not a transposed conv)"),
+      // Its 2-wide windows leave the last of 5, 7 and 9 conv outputs out.
+      EXPECT_NE(text.find("formulation: rule: cuDNN's conv, as the phase split does not apply (not a transposed "
+                          "conv), and the direct conv does not (a pool that leaves conv outputs outside its windows)"),
                 std::string::npos)
           << text;
+      const std::string cudnn = Engine(Network::parse(net.json, net.label), cuda_options("dgrad")).describe();
+      EXPECT_NE(cudnn.find("[fused_conv_epilogue]"), std::string::npos) << cudnn;
+      EXPECT_NE(cudnn.find("formulation: rule: cuDNN's conv, as the phase split does not apply (turned off), and the "
+                           "direct conv does not (turned off)"),
+                std::string::npos)
+          << cudnn;
+    } else if (net.label.rfind("direct_", 0) == 0) {
+      EXPECT_NE(text.find("[fused_direct_conv]"), std::string::npos) << text;
+      EXPECT_TRUE(std::regex_search(text, std::regex("formulation: rule: anvil's direct conv, as [0-9]+ input "
+                                                     "channels x taps per output \\(at most 16\\)")))
+          << text;
+      if (net.label == "direct_gray_k4_stem_avg_overlap") {
+        EXPECT_NE(text.find("anvil's direct conv (float32 FMA), bias, 1-op chain and an average pool in one kernel"),
+                  std::string::npos)
+            << text;
+      }
     } else if (net.label == "patchify_no_pool_3d") {
       EXPECT_NE(text.find("3-op chain and no pool"), std::string::npos) << text;
     } else if (net.label == "standalone_pools_fan_out") {
@@ -341,6 +376,48 @@ TEST(GpuFusion, Tf32TakesCudnnWhereTheTensorCoreForwardDoesNotFit) {
   const auto grads_ref = reference.gradients();
   for (const auto& [pname, grad] : engine.gradients())
     EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 5e-3));
+}
+
+// A conv with more than 16 input channels x taps per output takes cuDNN's
+// conv by rule, and so does one whose pool leaves conv outputs outside its
+// windows (backward reads Y whole); --autotune times the direct conv against
+// cuDNN's, and whichever it keeps matches the CPU reference.
+TEST(GpuFusion, DirectConvRuleAndAutotune) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network wide = Network::parse(net_json("w", "[2, 8, 10, 12]", R"(
+        {"type": "conv2d", "in_channels": 8, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})"),
+                                      "wide");
+  const std::string rule = Engine(wide, cuda_options("phase_split")).describe();
+  EXPECT_NE(rule.find("[fused_conv_epilogue]"), std::string::npos) << rule;
+  EXPECT_NE(rule.find("72 input channels x taps per output exceed the direct conv's rule of 16"), std::string::npos)
+      << rule;
+  const Network gaps = Network::parse(net_json("g", "[2, 3, 9, 10]", R"(
+        {"type": "conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2})"),
+                                      "gaps");
+  const std::string uncovered = Engine(gaps, cuda_options("phase_split")).describe();
+  EXPECT_NE(uncovered.find("the direct conv does not (a pool that leaves conv outputs outside its windows)"),
+            std::string::npos)
+      << uncovered;
+
+  Options tuned = cuda_options("phase_split");
+  tuned.autotune = true;
+  tuned.input_grad = true;
+  Engine engine(wide, tuned);
+  const std::string text = engine.describe();
+  const std::regex both(R"(fused_conv_epilogue [0-9]+\.[0-9]{3} ms, fused_direct_conv [0-9]+\.[0-9]{3} ms)");
+  EXPECT_TRUE(std::regex_search(text, both)) << text;
+  Options cpu;
+  cpu.device = Device::Cpu;
+  cpu.input_grad = true;
+  Engine reference(wide, cpu);
+  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 1e-5));
+  const float loss = engine.train_step();
+  EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
+  for (const auto& [pname, grad] : engine.gradients())
+    EXPECT_TRUE(close("grad." + pname, grad, reference.gradients().at(pname), 1e-5));
+  EXPECT_TRUE(close("grad.input", engine.input_gradient(), reference.input_gradient(), 1e-5));
 }
 
 // --autotune times both formulations of a phase-split chain and keeps the

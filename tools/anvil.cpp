@@ -61,6 +61,7 @@ struct CommonFlags {
   std::string device;  // "", "cpu" or "cuda"
   bool no_fuse = false;
   bool no_phase_split = false;
+  bool no_direct_conv = false;
   bool no_graph = false;
   bool nondeterministic = false;
   bool autotune = false;
@@ -73,6 +74,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
+  cmd->add_flag("--no-direct-conv", f.no_direct_conv,
+                "fused convs with few taps per output use cuDNN's conv, not anvil's direct kernel (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
   cmd->add_flag("--force", f.force, "replace an output that is a symlink, device or FIFO");
@@ -169,6 +172,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   o.mode = mode;
   o.fuse = !f.no_fuse;
   o.phase_split = !f.no_phase_split;
+  o.direct_conv = !f.no_direct_conv;
   o.cuda_graph = !f.no_graph;
   o.deterministic = !f.nondeterministic;
   o.autotune = f.autotune;

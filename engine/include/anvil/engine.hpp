@@ -41,10 +41,11 @@ struct Options {
   Mode mode = Mode::Train;
   bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
   bool phase_split = true;      // fused conv_transpose as one stride-1 conv over its output phases, where exact
+  bool direct_conv = true;      // fused convs with few taps per output as anvil's direct kernel, where it applies
   bool cuda_graph = true;       // capture the train step once and replay it
   bool deterministic = true;    // only deterministic cuDNN algorithms
   // Time the candidates once at build and keep the fastest: each fused
-  // chain's formulation (phase split or cuDNN's), each pool's kernels and
+  // chain's formulation (phase split, direct conv or cuDNN's), each pool's kernels and
   // each conv's engines of cuDNN's graph API (deterministic ones still,
   // unless deterministic is off). Off: fixed rules pick
   // (docs/performance.md), the same choice every build.

@@ -35,9 +35,17 @@ struct FusionRule {
 // pool that tiles its output runs phase-split (its tensor-core kernel never
 // writes Y), except under tf32 where that kernel cannot take the chain: there
 // cuDNN's tensor-op transposed conv measured 1.9x to 2.7x faster (layer forward
-// + backward, docs/performance.md). Every other chain runs cuDNN's conv and the
-// epilogue kernel. The fused ops are CUDA-only, so a build without CUDA has no
-// rules.
+// + backward, docs/performance.md). A conv with at most kDirectRuleMaxTaps
+// input channels x taps per output runs anvil's direct kernel (conv, chain and
+// pool in one). Every other chain runs cuDNN's conv and the epilogue kernel.
+// The fused ops are CUDA-only, so a build without CUDA has no rules.
+#if ANVIL_WITH_CUDA
+// Up to it, the direct conv's FMAs cost less than cuDNN's thin GEMM with its
+// layout conversions and Y's round trip: measured faster at 9 (a gray k3 s3
+// stem), slower at 48 (an RGB k4 s2 stem; docs/performance.md).
+constexpr int64_t kDirectRuleMaxTaps = 16;
+#endif
+
 const std::vector<FusionRule>& rules() {
   static const std::vector<FusionRule> table = {
 #if ANVIL_WITH_CUDA
@@ -52,10 +60,26 @@ const std::vector<FusionRule>& rules() {
          std::string why_not = "turned off";
          std::unique_ptr<FusedPhaseConvEpilogue> phase_split;
          if (settings.phase_split) phase_split = FusedPhaseConvEpilogue::create(s, why_not);
-         auto cudnn = std::make_unique<FusedConvEpilogue>(s);
+         auto cudnn = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn);
          if (!phase_split) {
-           c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + ")";
-           c.layers.push_back(std::move(cudnn));
+           std::string why_not_direct = "turned off";
+           std::unique_ptr<FusedConvEpilogue> direct;
+           if (settings.direct_conv && cudnn->direct_applies(why_not_direct))
+             direct = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Direct);
+           const std::string taps = std::to_string(cudnn->taps_per_output());
+           if (direct && cudnn->taps_per_output() <= kDirectRuleMaxTaps) {
+             c.why = "rule: anvil's direct conv, as " + taps + " input channels x taps per output (at most " +
+                     std::to_string(kDirectRuleMaxTaps) + ") make too thin a GEMM for cuDNN";
+             c.layers.push_back(std::move(direct));
+             c.layers.push_back(std::move(cudnn));
+           } else {
+             c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + "), and " +
+                     (direct ? taps + " input channels x taps per output exceed the direct conv's rule of " +
+                                   std::to_string(kDirectRuleMaxTaps)
+                             : "the direct conv does not (" + why_not_direct + ")");
+             c.layers.push_back(std::move(cudnn));
+             if (direct) c.layers.push_back(std::move(direct));
+           }
          } else if (settings.precision == Precision::TF32 && !phase_split->tensor_core_forward_fits()) {
            c.why = "rule: cuDNN's conv, as under tf32 the phase split pays only where anvil's tensor-core "
                    "forward takes the whole chain, and this one's channels or taps do not fit it";
