@@ -35,6 +35,9 @@ class OpScratch {
       total += (s + 255) / 256 * 256;
     }
     base_ = static_cast<char*>(ctx.allocate(std::max<size_t>(total, 256)));
+    // Zeros where nothing below writes: a search or a timed run may read a buffer first (a filter
+    // gradient timed over the dY buffer), and must read defined values.
+    ANVIL_CUDA_CHECK(cudaMemset(base_, 0, std::max<size_t>(total, 256)));
     auto at = [&](size_t k) -> char* { return sizes[k] ? base_ + offsets[k] : nullptr; };
     // Random inputs, parameters and output gradient: maxima and signs as in training.
     std::mt19937 rng(7);

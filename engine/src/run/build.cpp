@@ -112,7 +112,13 @@ char* Engine::Impl::allocate_arena(size_t bytes) {
 #if ANVIL_WITH_CUDA
   if (cuda()) {
     require_memory(bytes, ctx->free_memory(), "device");
-    return static_cast<char*>(ctx->allocate(bytes));
+    char* arena = static_cast<char*>(ctx->allocate(bytes));
+    // Zeroed once: the build's algorithm searches and --autotune's timed runs read tensors nothing
+    // has written yet (a filter gradient timed over dY), and must read defined values.
+    // On the engine's (non-blocking) stream, waited for: nothing later may overtake it.
+    ANVIL_CUDA_CHECK(cudaMemsetAsync(arena, 0, bytes, ctx->stream()));
+    ANVIL_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+    return arena;
   }
 #endif
   require_memory(bytes, host_available_memory(), "host");
