@@ -153,7 +153,7 @@ bool FusedConvEpilogue::direct_applies(std::string& why_not) const {
 
 int64_t FusedConvEpilogue::taps_per_output() const {
   const ConvSpec& spec = conv_->spec();
-  int64_t taps = spec.transposed ? spec.out_channels : spec.in_channels;
+  int64_t taps = spec.in_channels;
   for (int64_t k : spec.kernel) taps *= k;
   return taps;
 }

@@ -57,7 +57,7 @@ class FusedConvEpilogue : public Layer {
 
   // Whether anvil's direct kernel can compute this chain's forward; why_not otherwise.
   bool direct_applies(std::string& why_not) const;
-  // in_channels x kernel taps: the multiply-adds per conv output.
+  // in_channels x kernel taps: the multiply-adds per output of a conv (not transposed).
   int64_t taps_per_output() const;
 
   std::vector<ParamSpec> param_specs() const override;
