@@ -233,6 +233,16 @@ TEST(DirectConvLimits, RefusesWhatItCannotRun) {
   odd.out.y = {1, 5, 6};
   EXPECT_FALSE(gpu::direct_conv_supported(odd, &why));
   EXPECT_STREQ(why, "a pool that leaves conv outputs outside its windows");
+  // The first output row's window starts 40000 rows into the padding: -40000 x 60000 overflows 31 bits.
+  gpu::DirectConvGeometry padded = ok;
+  padded.x = {1, 1, 60000};
+  padded.pad = {0, 40000, 0};
+  padded.stride = {1, 40000, 1};
+  padded.out.y = {1, 2, 59998};
+  padded.out.k = {1, 2, 2};
+  padded.out.stride = {1, 2, 2};
+  EXPECT_FALSE(gpu::direct_conv_supported(padded, &why));
+  EXPECT_STREQ(why, "sizes beyond 31 bits");
   gpu::DirectConvGeometry negative = ok;
   negative.pad = {0, -1, 0};
   EXPECT_FALSE(gpu::direct_conv_supported(negative, &why));

@@ -156,7 +156,7 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
   const ChainPoolGeometry& pg = g.out;
   const std::array<int64_t, 3> out = chain_pool_output(pg);
   if (g.cin < 1 || pg.c < 1 || pg.n < 1) return "empty channels or batch";
-  int64_t taps = 1, x_plane = 1, y_plane = 1, p_plane = 1, window = 1;
+  int64_t taps = 1, x_plane = 1, padded_plane = 1, y_plane = 1, p_plane = 1, window = 1;
   for (int a = 0; a < 3; ++a) {
     if (g.x[a] < 1 || g.k[a] < 1 || g.stride[a] < 1 || g.dilation[a] < 1 || g.pad[a] < 0)
       return "non-positive sizes or negative padding";
@@ -173,10 +173,11 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
       return "a pool that leaves conv outputs outside its windows";
     taps *= g.k[a];
     x_plane *= g.x[a];
+    padded_plane *= g.x[a] + 2 * g.pad[a];  // bounds a window's x offset, which may start in the padding
     y_plane *= pg.y[a];
     p_plane *= out[a];
     window *= pg.k[a];
-    if (taps > kDirectConvMaxK || x_plane * g.cin + ext > kMax31 || y_plane > kMax31) return "sizes beyond 31 bits";
+    if (taps > kDirectConvMaxK || padded_plane * g.cin > kMax31 || y_plane > kMax31) return "sizes beyond 31 bits";
     d.x[a] = int32_t(g.x[a]);
     d.y[a] = int32_t(pg.y[a]);
     d.out[a] = int32_t(out[a]);
