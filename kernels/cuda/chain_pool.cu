@@ -21,7 +21,6 @@ namespace {
 using detail::kThreads;
 
 constexpr uint32_t kChunk = 2048;  // elements per block: 8 per thread
-constexpr int kMaxWindow = 255;    // argmax is a byte; 255 marks a window of padding only
 
 // The geometry as the kernels need it: the in-plane sizes of Y and P, plus a
 // window and a stride, fit 31 bits (checked on the host), so FastDiv is exact
@@ -152,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int a = 0; a < 3; ++a) start[u][a] = int32_t(o[a]) * d.s[a] - d.pad[a];
       best[u] = -INFINITY;
-      best_i[u] = kMaxWindow;  // stays for a window of padding only
+      best_i[u] = kMaxPoolWindow;  // stays for a window of padding only
       sum[u] = 0.0;
     }
     int w = 0;  // the offset's index in the window
@@ -172,7 +171,7 @@ __global__ void __launch_bounds__(kThreads)
             if (!inside[u]) continue;
             const float z = Chain::forward(chain, cm, v[u] + b);
             if constexpr (kMax) {
-              if (best_i[u] == kMaxWindow || epi_better(z, best[u])) {
+              if (best_i[u] == kMaxPoolWindow || epi_better(z, best[u])) {
                 best[u] = z;
                 best_i[u] = w;
               }
@@ -304,31 +303,21 @@ __global__ void __launch_bounds__(kThreads)
 
 PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
   constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
-  detail::require(g.n > 0 && g.c > 0 && g.n <= kMax31 && g.c <= kMax31 && g.n * g.c <= kMax31, op,
-                  "n and c must be positive, n * c < 2^31");
+  if (const char* why = chain_pool_geometry_error(g)) detail::require(false, op, why);
   const std::array<int64_t, 3> out = chain_pool_output(g);
   PoolDims d;
   d.c = g.c;
   int64_t plane_in = 1, plane_out = 1, window = 1;
   for (int a = 0; a < 3; ++a) {
-    detail::require(g.y[a] > 0 && g.k[a] > 0 && g.stride[a] > 0 && g.pad[a] >= 0, op,
-                    "y dims, window and stride must be positive, padding non-negative");
-    detail::require(g.pad[a] * 2 <= g.k[a] && out[a] > 0, op, "the window must fit the padded input, pad <= k / 2");
-    detail::require(g.k[a] <= 256 && g.stride[a] <= 256 && g.y[a] <= kMax31 - 512, op,
-                    "window, stride or dims too large");
     plane_in *= g.y[a];
     plane_out *= out[a];
     window *= g.k[a];
-    detail::require(plane_in <= kMax31 && plane_out <= kMax31, op, "a plane of y or p must have < 2^31 elements");
     d.in[a] = uint32_t(g.y[a]);
     d.out[a] = uint32_t(out[a]);
     d.k[a] = int32_t(g.k[a]);
     d.s[a] = int32_t(g.stride[a]);
     d.pad[a] = int32_t(g.pad[a]);
   }
-  detail::require(g.pool != ChainPool::Max || window <= kMaxWindow, op,
-                  "max pool window larger than 255 elements (argmax is a byte)");
-  detail::require(g.pool != ChainPool::None || window == 1, op, "no pool: the window must be 1");
   d.in_h = FastDiv(d.in[1]);
   d.in_w = FastDiv(d.in[2]);
   d.out_h = FastDiv(d.out[1]);
@@ -365,6 +354,28 @@ bool vec4_ok(const PoolDims& d, std::initializer_list<const void*> buffers) {
 }
 
 }  // namespace
+
+const char* chain_pool_geometry_error(const ChainPoolGeometry& g) {
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  if (!(g.n > 0 && g.c > 0 && g.n <= kMax31 && g.c <= kMax31 && g.n * g.c <= kMax31))
+    return "n and c must be positive, n * c < 2^31";
+  const std::array<int64_t, 3> out = chain_pool_output(g);
+  int64_t plane_in = 1, plane_out = 1, window = 1;
+  for (int a = 0; a < 3; ++a) {
+    if (!(g.y[a] > 0 && g.k[a] > 0 && g.stride[a] > 0 && g.pad[a] >= 0))
+      return "y dims, window and stride must be positive, padding non-negative";
+    if (!(g.pad[a] * 2 <= g.k[a] && out[a] > 0)) return "the window must fit the padded input, pad <= k / 2";
+    if (!(g.k[a] <= 256 && g.stride[a] <= 256 && g.y[a] <= kMax31 - 512)) return "window, stride or dims too large";
+    plane_in *= g.y[a];
+    plane_out *= out[a];
+    window *= g.k[a];
+    if (!(plane_in <= kMax31 && plane_out <= kMax31)) return "a plane of y or p must have < 2^31 elements";
+  }
+  if (g.pool == ChainPool::Max && window > kMaxPoolWindow)
+    return "max pool window larger than 255 elements (argmax is a byte)";
+  if (g.pool == ChainPool::None && window != 1) return "no pool: the window must be 1";
+  return nullptr;
+}
 
 std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g) {
   std::array<int64_t, 3> out{};

@@ -23,6 +23,9 @@ namespace anvil::cuda {
 
 enum class ChainPool { None, Max, Avg };
 
+// A max pool's argmax is a byte; this value marks a window of padding only.
+constexpr int kMaxPoolWindow = 255;
+
 struct ChainPoolGeometry {
   int64_t n = 1, c = 1;
   std::array<int64_t, 3> y{1, 1, 1};  // conv output spatial dims (D, H, W); D = 1 in 2-D
@@ -33,6 +36,8 @@ struct ChainPoolGeometry {
 
 // P's spatial dims: (y + 2 pad - k) / stride + 1 (Y's own without a pool).
 std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g);
+// Why the pool kernels cannot run this geometry, or null where they can.
+const char* chain_pool_geometry_error(const ChainPoolGeometry& g);
 
 // bias may be null; argmax (one byte per output element) only with a max
 // pool, and null in inference.

@@ -24,8 +24,6 @@ namespace {
 
 using detail::kThreads;
 
-constexpr int kMaxWindow = 255;  // argmax is a byte; 255 marks a window of padding only
-
 struct DirectDims {
   int32_t cin, cout, taps, k_total;
   int32_t x[3], y[3], out[3];
@@ -76,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int c = 0; c < kCo; ++c) {
     best[c] = -INFINITY;
     best_v[c] = 0.f;
-    best_i[c] = kMaxWindow;  // stays for a window of padding only
+    best_i[c] = kMaxPoolWindow;  // stays for a window of padding only
     sum[c] = 0.0;
   }
   int wi = 0;  // the window offset's index, row-major
@@ -129,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
           const float z = Chain::forward(chain, Chain::at(chain, co), v);
           if constexpr (kPool == ChainPool::Avg) {
             sum[c] += double(z);
-          } else if (best_i[c] == kMaxWindow || epi_better(z, best[c])) {
+          } else if (best_i[c] == kMaxPoolWindow || epi_better(z, best[c])) {
             best[c] = z;
             best_v[c] = v;
             best_i[c] = wi;
@@ -154,8 +152,9 @@ __global__ void __launch_bounds__(kThreads)
 const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
   constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
   const ChainPoolGeometry& pg = g.out;
+  if (const char* why = chain_pool_geometry_error(pg)) return why;  // the pool's own limits, as chain_pool's
   const std::array<int64_t, 3> out = chain_pool_output(pg);
-  if (g.cin < 1 || pg.c < 1 || pg.n < 1) return "empty channels or batch";
+  if (g.cin < 1) return "no input channels";
   int64_t taps = 1, x_plane = 1, padded_plane = 1, y_plane = 1, p_plane = 1, window = 1;
   for (int a = 0; a < 3; ++a) {
     if (g.x[a] < 1 || g.k[a] < 1 || g.stride[a] < 1 || g.dilation[a] < 1 || g.pad[a] < 0)
@@ -165,9 +164,6 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
     const int64_t ext = (g.k[a] - 1) * g.dilation[a];
     if (pg.y[a] != (g.x[a] + 2 * g.pad[a] - ext - 1) / g.stride[a] + 1 || pg.y[a] < 1)
       return "the output dims are not the conv's";
-    if (pg.k[a] < 1 || pg.stride[a] < 1 || pg.pad[a] < 0 || pg.pad[a] * 2 > pg.k[a] || out[a] < 1 ||
-        pg.k[a] > 256 || pg.stride[a] > 256)
-      return "a pool window that does not fit the conv output";
     // Every conv output in some window: windows without gaps that reach the end.
     if (pg.stride[a] > pg.k[a] || (out[a] - 1) * pg.stride[a] - pg.pad[a] + pg.k[a] < pg.y[a])
       return "a pool that leaves conv outputs outside its windows";
@@ -177,7 +173,7 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
     y_plane *= pg.y[a];
     p_plane *= out[a];
     window *= pg.k[a];
-    if (taps > kDirectConvMaxK || padded_plane * g.cin > kMax31 || y_plane > kMax31) return "sizes beyond 31 bits";
+    if (taps > kDirectConvMaxK || padded_plane * g.cin > kMax31) return "sizes beyond 31 bits";
     d.x[a] = int32_t(g.x[a]);
     d.y[a] = int32_t(pg.y[a]);
     d.out[a] = int32_t(out[a]);
@@ -190,9 +186,6 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
     d.ppad[a] = int32_t(pg.pad[a]);
   }
   if (g.cin * taps > kDirectConvMaxK) return "more than 512 input channels x kernel taps";
-  if (pg.pool == ChainPool::None && window != 1) return "no pool: the window must be 1";
-  if (pg.pool == ChainPool::Max && window > kMaxWindow) return "a max pool window of more than 255 elements";
-  if (pg.c > kMax31 || pg.n > kMax31) return "sizes beyond 31 bits";
   d.cin = int32_t(g.cin);
   d.cout = int32_t(pg.c);
   d.taps = int32_t(taps);
