@@ -345,6 +345,25 @@ TEST(GpuFusion, GeneralChainsAreFused) {
   }
 }
 
+// One forward and one train step of engine against the CPU reference: the
+// output, the loss, every parameter gradient and, where the engine computes
+// it, the input gradient, within tol.
+void expect_step_matches_cpu(Engine& engine, const Network& net, double tol) {
+  Options cpu;
+  cpu.device = Device::Cpu;
+  cpu.input_grad = engine.options().input_grad;
+  Engine reference(net, cpu);
+  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), tol));
+  const float loss_ref = reference.train_step();
+  EXPECT_NEAR(engine.train_step(), loss_ref, tol * loss_ref);
+  const auto grads_ref = reference.gradients();
+  for (const auto& [pname, grad] : engine.gradients())
+    EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), tol));
+  if (cpu.input_grad) {
+    EXPECT_TRUE(close("grad.input", engine.input_gradient(), reference.input_gradient(), tol));
+  }
+}
+
 // Under tf32 a phase split whose tensor-core forward cannot take the chain
 // gives way to cuDNN's conv (the phase split stays the alternative autotune
 // times); strict fp32 keeps it. The k4 s2 net's 6 channels x 27 aligned taps
@@ -367,15 +386,7 @@ TEST(GpuFusion, Tf32TakesCudnnWhereTheTensorCoreForwardDoesNotFit) {
       << text;
   const std::string fp32 = Engine(Network::parse(net.json, net.label), cuda_options("phase_split_no_dx")).describe();
   EXPECT_NE(fp32.find("[fused_phase_conv_epilogue]"), std::string::npos) << fp32;
-  Options cpu;
-  cpu.device = Device::Cpu;
-  Engine reference(tf32, cpu);
-  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 5e-3));
-  const float loss_ref = reference.train_step();
-  EXPECT_NEAR(engine.train_step(), loss_ref, 5e-3 * loss_ref);
-  const auto grads_ref = reference.gradients();
-  for (const auto& [pname, grad] : engine.gradients())
-    EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 5e-3));
+  expect_step_matches_cpu(engine, tf32, 5e-3);
 }
 
 // A conv with more than 16 input channels x taps per output takes cuDNN's
@@ -408,16 +419,7 @@ TEST(GpuFusion, DirectConvRuleAndAutotune) {
   const std::string text = engine.describe();
   const std::regex both(R"(fused_conv_epilogue [0-9]+\.[0-9]{3} ms, fused_direct_conv [0-9]+\.[0-9]{3} ms)");
   EXPECT_TRUE(std::regex_search(text, both)) << text;
-  Options cpu;
-  cpu.device = Device::Cpu;
-  cpu.input_grad = true;
-  Engine reference(wide, cpu);
-  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 1e-5));
-  const float loss = engine.train_step();
-  EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
-  for (const auto& [pname, grad] : engine.gradients())
-    EXPECT_TRUE(close("grad." + pname, grad, reference.gradients().at(pname), 1e-5));
-  EXPECT_TRUE(close("grad.input", engine.input_gradient(), reference.input_gradient(), 1e-5));
+  expect_step_matches_cpu(engine, wide, 1e-5);
 }
 
 // --autotune times both formulations of a phase-split chain and keeps the
@@ -434,14 +436,7 @@ TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {
   // Both were timed (any time: this runs under compute-sanitizer too).
   EXPECT_TRUE(std::regex_search(text, std::regex(R"(fused_phase_conv_epilogue [0-9]+\.[0-9]{3} ms)"))) << text;
   EXPECT_TRUE(std::regex_search(text, std::regex(R"( fused_conv_epilogue [0-9]+\.[0-9]{3} ms)"))) << text;
-  Options cpu;
-  cpu.device = Device::Cpu;
-  Engine reference(network, cpu);
-  EXPECT_TRUE(close("output", engine.forward(), reference.forward(), 1e-5));
-  const float loss = engine.train_step();
-  EXPECT_NEAR(loss, reference.train_step(), 1e-5 * loss);
-  for (const auto& [pname, grad] : engine.gradients())
-    EXPECT_TRUE(close("grad." + pname, grad, reference.gradients().at(pname), 1e-5));
+  expect_step_matches_cpu(engine, network, 1e-5);
 }
 
 // --autotune times anvil's pool kernels against cuDNN's pooling; either way
