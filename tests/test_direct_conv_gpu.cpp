@@ -1,8 +1,9 @@
 // anvil's direct conv fused with its epilogue (kernels/cuda/direct_conv.hpp)
 // on odd geometries: batch 1, one channel, a channel count that leaves a
 // partial group, strides 1 to 3, padding, dilation, a kernel larger than the
-// input, the largest K (512), several blocks per plane, and each pool: none,
-// a tiled max, overlapping padded max and average windows. Inputs are fresh
+// input, the largest K (512), several blocks per plane and of channels, a
+// tile narrowed to fit shared memory, and each pool: none, a tiled max,
+// overlapping padded max and average windows. Inputs are fresh
 // uniform [-1, 1] floats (never 0) and every output is poisoned (NaN) first.
 // Checked: the conv output it saves for backward against the CPU reference in
 // float64, and everything after the conv against chain_pool.hpp's kernel
@@ -69,6 +70,12 @@ const Case kCases[] = {
      gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}},
     {"several_blocks_per_plane", 1, 2, 3, {1, 70, 90}, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1},
      gpu::ChainPool::Avg, {1, 2, 2}, {1, 2, 2}},
+    // 70 channels: 9 groups of 8, two blocks of channels per tile, the second with one group of 6.
+    {"cout70_two_channel_blocks", 2, 3, 70, {1, 21, 76}, {1, 4, 4}, {1, 2, 2}, {0, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}},
+    // K = 512 and 24 channels: their weights alone leave room for one group a block.
+    {"k512_cout24_one_group_a_block", 1, 32, 24, {1, 5, 6}, {1, 4, 4}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}},
 };
 
 struct Step {
@@ -243,6 +250,13 @@ TEST(DirectConvLimits, RefusesWhatItCannotRun) {
   padded.out.stride = {1, 2, 2};
   EXPECT_FALSE(gpu::direct_conv_supported(padded, &why));
   EXPECT_STREQ(why, "sizes beyond 31 bits");
+  // Lanes 200 x 2 columns apart: their windows' x is more than a block's shared memory.
+  gpu::DirectConvGeometry strided = ok;
+  strided.x = {1, 14, 4000};
+  strided.stride = {1, 3, 200};
+  strided.out.y = {1, 4, 20};
+  EXPECT_FALSE(gpu::direct_conv_supported(strided, &why));
+  EXPECT_STREQ(why, "the input its windows read does not fit in shared memory");
   gpu::DirectConvGeometry negative = ok;
   negative.pad = {0, -1, 0};
   EXPECT_FALSE(gpu::direct_conv_supported(negative, &why));

@@ -2,9 +2,9 @@
 // kDirectConvMaxK) fused with its epilogue in one kernel (direct_conv.cu):
 //   x -> conv (float32 FMA on the CUDA cores) -> + bias -> the chain
 //   (epilogue_chain.hpp) -> a pool, or none
-// with chain_pool.hpp's pool semantics. Each thread computes its pooled
-// outputs' windows of the conv output in registers, so Y is written only where
-// backward asks for it. Such convs (an RGB or gray stem: 3 or 1 input channels)
+// with chain_pool.hpp's pool semantics. A block stages the x its windows read
+// in shared memory and each thread computes its pooled outputs' windows of the
+// conv output in registers, so Y is written only where backward asks for it. Such convs (an RGB or gray stem: 3 or 1 input channels)
 // are a bad GEMM: cuDNN converts them to NHWC and back and writes Y, which the
 // epilogue reads again, several times the cost of the FMA work.
 #pragma once
@@ -29,8 +29,11 @@ struct DirectConvGeometry {
 };
 
 // Whether the kernel runs this geometry: in_channels x kernel volume <=
-// kDirectConvMaxK, 31-bit sizes, and a pool whose windows leave no conv output
-// outside them (backward reads Y whole). Sets why_not otherwise.
+// kDirectConvMaxK, 31-bit sizes, a pool whose windows leave no conv output
+// outside them (backward reads Y whole), and a block's x tile and weights
+// within 48 KiB of shared memory (96 KiB where the current device lets a
+// block opt in to that much; only then is the device asked). Sets why_not
+// otherwise.
 bool direct_conv_supported(const DirectConvGeometry& g, const char** why_not = nullptr);
 
 // w is PyTorch's (out, in, k...); bias may be null. p: the pooled output.
