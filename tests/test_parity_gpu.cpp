@@ -329,7 +329,7 @@ TEST(GpuFusion, GeneralChainsAreFused) {
     } else if (net.label.rfind("direct_", 0) == 0) {
       EXPECT_NE(text.find("[fused_direct_conv]"), std::string::npos) << text;
       EXPECT_TRUE(std::regex_search(text, std::regex("formulation: rule: anvil's direct conv, as [0-9]+ input "
-                                                     "channels x taps per output \\(at most 16\\)")))
+                                                     "channels x taps per output \\(at most 64\\)")))
           << text;
       if (net.label == "direct_gray_k4_stem_avg_overlap") {
         EXPECT_NE(text.find("anvil's direct conv (float32 FMA), bias, 1-op chain and an average pool in one kernel"),
@@ -401,7 +401,7 @@ TEST(GpuFusion, DirectConvRuleAndAutotune) {
                                       "wide");
   const std::string rule = Engine(wide, cuda_options("phase_split")).describe();
   EXPECT_NE(rule.find("[fused_conv_epilogue]"), std::string::npos) << rule;
-  EXPECT_NE(rule.find("72 input channels x taps per output exceed the direct conv's rule of 16"), std::string::npos)
+  EXPECT_NE(rule.find("72 input channels x taps per output exceed the direct conv's rule of 64"), std::string::npos)
       << rule;
   const Network gaps = Network::parse(net_json("g", "[2, 3, 9, 10]", R"(
         {"type": "conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},

@@ -42,8 +42,9 @@ struct FusionRule {
 #if ANVIL_WITH_CUDA
 // Up to it, the direct conv's FMAs cost less than cuDNN's thin GEMM with its
 // layout conversions and Y's round trip: measured faster at 9 (a gray k3 s3
-// stem), slower at 48 (an RGB k4 s2 stem; docs/performance.md).
-constexpr int64_t kDirectRuleMaxTaps = 16;
+// stem) and 48 (an RGB k4 s2 stem), slower at 147 (an RGB k7 s2 stem whose
+// overlapping 3x3 pool computes each conv output 2.25 times; docs/performance.md).
+constexpr int64_t kDirectRuleMaxTaps = 64;
 #endif
 
 const std::vector<FusionRule>& rules() {
