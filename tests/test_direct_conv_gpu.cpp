@@ -73,6 +73,10 @@ const Case kCases[] = {
     // 70 channels: 9 groups of 8, two blocks of channels per tile, the second with one group of 6.
     {"cout70_two_channel_blocks", 2, 3, 70, {1, 21, 76}, {1, 4, 4}, {1, 2, 2}, {0, 1, 1}, {1, 1, 1},
      gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}},
+    // A ResNet-style k7 s2 RGB stem under an overlapping max pool: its tile takes 53 KiB, past the
+    // 48 KiB every device gives, so the kernel runs with opted-in shared memory.
+    {"rgb_k7_s2_max3_s2_p1_opt_in_smem", 1, 3, 20, {1, 20, 130}, {1, 7, 7}, {1, 2, 2}, {0, 3, 3}, {1, 1, 1},
+     gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}},
     // K = 512 and 24 channels: their weights alone leave room for one group a block.
     {"k512_cout24_one_group_a_block", 1, 32, 24, {1, 5, 6}, {1, 4, 4}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1},
      gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}},
