@@ -61,8 +61,7 @@ struct DirectDims {
   __host__ __device__ int32_t channels() const { return group_warps * kco; }
   __host__ __device__ int32_t row_pitch() const { return lane_stride * phase_width; }
   __host__ __device__ int32_t x_rows() const { return cin * tile[0] * tile[1]; }
-  // Shared memory in words: weights [k_total][channels], bias [channels],
-  // offsets [pk2][k_total], x.
+  // Shared memory in words: weights [k_total][channels], bias [channels], offsets [pk2][k_total], x.
   __host__ __device__ int64_t smem_words() const {
     return int64_t(k_total) * channels() + channels() + int64_t(pk[2]) * k_total + int64_t(x_rows()) * row_pitch();
   }
@@ -91,8 +90,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   int* koff = reinterpret_cast<int*>(bs + cols);
   float* xs = reinterpret_cast<float*>(koff + d.pk[2] * d.k_total);
 
-  // The tile: b = (((image * out0 + od) * row_chunks + row_chunk) * col_chunks
-  // + col_chunk) * group_chunks + chunk.
+  // The tile: b = (((image * out0 + od) * row_chunks + row_chunk) * col_chunks + col_chunk) * group_chunks + chunk.
   uint32_t b = blockIdx.x, q = d.group_chunks.div(b);
   const int chunk = int(b - q * d.group_chunks.divisor());
   b = d.col_chunks.div(q);
@@ -244,8 +242,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   }
 }
 
-// Output channels per thread: 8 where there are that many (2 weight loads feed
-// 8 FMAs a row).
+// Output channels per thread: 8 where there are that many (2 weight loads feed 8 FMAs a row).
 int channels_per_thread(int64_t cout) { return cout >= 8 ? 8 : 4; }
 
 // The block's tile: as many channel groups (a warp each, up to kMaxWarps), then
@@ -255,8 +252,7 @@ bool plan_tile(const std::array<int64_t, 3>& kext, DirectDims& d) {
   d.kco = channels_per_thread(d.cout);
   d.groups = int32_t(detail::ceil_div(d.cout, d.kco));
   d.tile_lanes = std::min(kLanes, d.out[2]);
-  // In double: strides and dilations of 31 bits overflow int64 here, and such a
-  // tile never fits.
+  // In double: strides and dilations of 31 bits overflow int64 here, and such a tile never fits.
   const double lane_stride = double(d.ps[2]) * d.cs[2];
   const double tile0 = double(d.pk[0] - 1) * d.cs[0] + double(kext[0]) + 1;
   const double tile2 = (double(d.tile_lanes - 1) * d.ps[2] + d.pk[2] - 1) * d.cs[2] + double(kext[2]) + 1;
@@ -300,14 +296,12 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
     kext[a] = (g.k[a] - 1) * g.dilation[a];
     if (pg.y[a] != (g.x[a] + 2 * g.pad[a] - kext[a] - 1) / g.stride[a] + 1 || pg.y[a] < 1)
       return "the output dims are not the conv's";
-    // Every conv output in some window: windows without gaps that reach the
-    // end.
+    // Every conv output in some window: windows without gaps that reach the end.
     if (pg.stride[a] > pg.k[a] || (out[a] - 1) * pg.stride[a] - pg.pad[a] + pg.k[a] < pg.y[a])
       return "a pool that leaves conv outputs outside its windows";
     taps *= g.k[a];
     x_plane *= g.x[a];
-    padded_plane *= g.x[a] + 2 * g.pad[a];  // bounds a window's x offset, which
-                                            // may start in the padding
+    padded_plane *= g.x[a] + 2 * g.pad[a];  // bounds a window's x offset, which may start in the padding
     y_plane *= pg.y[a];
     p_plane *= out[a];
     window *= pg.k[a];
