@@ -44,13 +44,13 @@ fi
 # cuDNN's are left out, docs/reliability.md says why) over the kernel tests, on small shapes.
 sanitizer_rc=0
 if command -v compute-sanitizer >/dev/null; then
-  kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
+  kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
   for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
       # synccheck below do run it, on anvil's kernels).
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*ConvWgradMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"
