@@ -9,10 +9,13 @@
 
 #if ANVIL_WITH_CUDA
 #include <algorithm>
+#include <cstdio>
+#include <functional>
 #include <iostream>
 
 #include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/bias.hpp"
+#include "kernels/cuda/conv_fprop_mma.hpp"
 #include "kernels/cuda/conv_wgrad_mma.hpp"
 #include "kernels/cuda/tensor_cores.hpp"
 #include "layers/cudnn_graph_conv.hpp"
@@ -219,11 +222,15 @@ struct Convolution::Cudnn {
   // The heuristics' ranking (algorithm, math type) per op: a function of the shapes alone.
   std::vector<std::pair<int, cudnnMathType_t>> ranking[kOpCount];
   cudnnMathType_t math[kOpCount] = {CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH, CUDNN_DEFAULT_MATH};
-  // The filter gradient on anvil's tensor-core kernel (conv_wgrad_mma.hpp)
-  // instead of cuDNN: whether it can, whether it does, and how that was decided.
-  bool mma_candidate = false, mma = false;
-  std::string mma_choice;
-  size_t mma_scratch = 0;  // its partials
+  // An op on one of anvil's tensor-core kernels instead of cuDNN: whether it
+  // can, whether it does, and how that was decided. The forward relation
+  // (conv_fprop_mma.hpp) and the filter gradient (conv_wgrad_mma.hpp).
+  struct AnvilKernel {
+    bool candidate = false, used = false;
+    std::string choice;
+  };
+  AnvilKernel fprop_mma, wgrad_mma;
+  size_t wgrad_scratch = 0;  // the filter gradient's partials
   bool chosen = false;
   BuildSettings settings;
 
@@ -284,14 +291,21 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // against cuDNN's TF32 algorithms (docs/performance.md). Autotuned, cuDNN's
   // is planned as well and the faster kept (search_algorithms).
   const cpu::ConvGeometry g = geometry();
-  c.mma_candidate = c.used[kBackwardFilter] && cuda::tensor_core_kernels_available() &&
-                    cuda::conv_mma_weight_grad_supported(g);
-  if (c.mma_candidate && !settings.autotune) {
-    c.mma = settings.precision == Precision::FP32 || g.ca * cpu::volume(g.k) <= 128;
-    c.used[kBackwardFilter] = !c.mma;
-    c.mma_choice = "rule";
+  const bool tensor_cores = cuda::tensor_core_kernels_available();
+  c.wgrad_mma.candidate = c.used[kBackwardFilter] && tensor_cores && cuda::conv_mma_weight_grad_supported(g);
+  if (c.wgrad_mma.candidate && !settings.autotune) {
+    c.wgrad_mma.used = settings.precision == Precision::FP32 || g.ca * cpu::volume(g.k) <= 128;
+    c.used[kBackwardFilter] = !c.wgrad_mma.used;
+    c.wgrad_mma.choice = "rule";
   }
-  if (c.mma || (c.mma_candidate && settings.autotune)) c.mma_scratch = cuda::conv_mma_weight_grad_scratch_bytes(g);
+  if (c.wgrad_mma.used || (c.wgrad_mma.candidate && settings.autotune))
+    c.wgrad_scratch = cuda::conv_mma_weight_grad_scratch_bytes(g);
+  // The forward relation (a conv's forward, a transposed conv's input
+  // gradient) on anvil's TF32 kernel: a candidate of --autotune under tf32
+  // only. The rule keeps cuDNN's, faster on most layers measured
+  // (docs/performance.md).
+  c.fprop_mma.candidate = settings.autotune && c.used[kForward] && settings.precision == Precision::TF32 &&
+                          tensor_cores && cuda::conv_mma_forward_supported(g);
   // Autotuned: the graph API's engines first. By default the legacy API,
   // whose rule measured as fast or faster on the suite (docs/performance.md).
   // Each op on the legacy API plans its workspace from the heuristics' list
@@ -343,7 +357,7 @@ size_t Convolution::forward_workspace() const {
 
 size_t Convolution::backward_workspace() const {
   if (!cudnn_ || !needs_backward_) return 0;
-  size_t ws = std::max(cudnn_->workspace[kBackwardFilter], cudnn_->mma_scratch);
+  size_t ws = std::max(cudnn_->workspace[kBackwardFilter], cudnn_->wgrad_scratch);
   if (needs_input_grad_) ws = std::max(ws, cudnn_->workspace[spec_.transposed ? kForward : kBackwardData]);
   return ws;
 }
@@ -407,17 +421,22 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   }
   for (int op = 0; op < kOpCount; ++op)
     if (c.used[op]) ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv[op], c.math[op]));
-  if (c.mma_candidate && c.settings.autotune) {  // each once after a warm-up; the faster stays
-    auto time = [&](bool mma) {
-      c.mma = mma;
-      weight_grad(ctx, a, b, dw, backward_ws);
-      return ctx.time_ms([&] { weight_grad(ctx, a, b, dw, backward_ws); });
+  // Autotuned: each of anvil's kernels against cuDNN's pick, each once after a warm-up; the faster stays.
+  auto tune = [&](Cudnn::AnvilKernel& kernel, const std::function<void()>& op) {
+    auto time = [&](bool anvil) {
+      kernel.used = anvil;
+      op();
+      return ctx.time_ms(op);
     };
-    const double mma_ms = time(true), cudnn_ms = time(false);
-    c.mma = mma_ms <= cudnn_ms;
+    const double anvil_ms = time(true), cudnn_ms = time(false);
+    kernel.used = anvil_ms <= cudnn_ms;
     char text[96];
-    std::snprintf(text, sizeof text, "autotuned: anvil %.3f ms, cuDNN %.3f ms", mma_ms, cudnn_ms);
-    c.mma_choice = text;
+    std::snprintf(text, sizeof text, "autotuned: anvil %.3f ms, cuDNN %.3f ms", anvil_ms, cudnn_ms);
+    kernel.choice = text;
+  };
+  if (c.settings.autotune) {
+    if (c.wgrad_mma.candidate) tune(c.wgrad_mma, [&] { weight_grad(ctx, a, b, dw, backward_ws); });
+    if (c.fprop_mma.candidate) tune(c.fprop_mma, [&] { forward_relation(ctx, a, w, b, false, ws_for(kForward)); });
   }
   c.chosen = true;
 }
@@ -426,8 +445,10 @@ std::string Convolution::describe_cuda() const {
   if (!cudnn_ || !cudnn_->chosen) return "";
   std::string s;
   for (int op = 0; op < kOpCount; ++op) {
-    const std::string choice = op == kBackwardFilter && !cudnn_->mma_choice.empty() ? ", " + cudnn_->mma_choice : "";
-    if (op == kBackwardFilter && cudnn_->mma) {
+    const Cudnn::AnvilKernel* anvil =
+        op == kForward ? &cudnn_->fprop_mma : op == kBackwardFilter ? &cudnn_->wgrad_mma : nullptr;
+    const std::string choice = anvil && !anvil->choice.empty() ? ", " + anvil->choice : "";
+    if (anvil && anvil->used) {
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " anvil tensor cores (" +
            (cudnn_->settings.precision == Precision::FP32 ? "3xTF32" : "TF32") + choice + ")";
       continue;
@@ -467,6 +488,10 @@ void Convolution::run_backward(CudaContext& ctx, const float* x, const float* dy
 void Convolution::forward_relation(CudaContext& ctx, const float* a, const float* w, float* b, bool accumulate,
                                    void* ws) {
   Cudnn& c = *cudnn_;
+  if (c.fprop_mma.used) {
+    cuda::conv_mma_forward(a, w, b, accumulate, geometry(), ctx.stream());
+    return;
+  }
   if (c.graph[kForward]) {
     (accumulate ? *c.graph_accumulate : *c.graph[kForward]).run(ctx, a, b, w, ws);
     return;
@@ -492,7 +517,7 @@ void Convolution::backward_data_relation(CudaContext& ctx, const float* b, const
 
 void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws) {
   Cudnn& c = *cudnn_;
-  if (c.mma) {
+  if (c.wgrad_mma.used) {
     cuda::conv_mma_weight_grad(a, b, dw, ws, c.settings.precision == Precision::FP32, geometry(), ctx.stream());
     return;
   }

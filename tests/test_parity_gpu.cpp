@@ -2,6 +2,7 @@
 // Every test skips visibly without a GPU and fails instead when ANVIL_REQUIRE_GPU=1.
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <regex>
 
 #include "tests/gpu_test_util.hpp"
@@ -437,6 +438,28 @@ TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {
   EXPECT_TRUE(std::regex_search(text, std::regex(R"(fused_phase_conv_epilogue [0-9]+\.[0-9]{3} ms)"))) << text;
   EXPECT_TRUE(std::regex_search(text, std::regex(R"( fused_conv_epilogue [0-9]+\.[0-9]{3} ms)"))) << text;
   expect_step_matches_cpu(engine, network, 1e-5);
+}
+
+// Under tf32 --autotune times anvil's TF32 forward-relation kernel against
+// cuDNN's for each conv op that computes that relation (a conv's forward, a
+// transposed conv's input gradient); whichever it keeps, the step matches the CPU.
+TEST(GpuConv, AutotuneTimesAnvilsForwardKernel) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::string json = net_json("f", "[2, 5, 11, 13]", R"(
+        {"type": "conv2d", "in_channels": 5, "out_channels": 7, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "relu"},
+        {"type": "conv_transpose2d", "in_channels": 7, "out_channels": 3, "kernel_size": 3, "stride": 2})");
+  const std::string fp32_field = R"("precision": "fp32")";
+  ASSERT_NE(json.find(fp32_field), std::string::npos);
+  json.replace(json.find(fp32_field), fp32_field.size(), R"("precision": "tf32")");
+  const Network network = Network::parse(json, "forward_relations");
+  Options tuned = cuda_options("unfused");
+  tuned.autotune = true;
+  Engine engine(network, tuned);
+  const std::string text = engine.describe();
+  const std::regex timed(R"(ConvolutionForward[^;\n]*autotuned: anvil [0-9]+\.[0-9]{3} ms, cuDNN [0-9]+\.[0-9]{3} ms)");
+  EXPECT_EQ(std::distance(std::sregex_iterator(text.begin(), text.end(), timed), std::sregex_iterator()), 2) << text;
+  expect_step_matches_cpu(engine, network, 5e-3);
 }
 
 // --autotune times anvil's pool kernels against cuDNN's pooling; either way
