@@ -168,4 +168,35 @@ TEST(MalformedNetworks, EveryOneIsRefusedWithItsPathInOneLine) {
   }
 }
 
+// A long value from the file is echoed only in part: the message stays one
+// line of at most Error::kMaxMessageBytes and still starts with the file,
+// the place and the problem.
+TEST(MalformedNetworks, LongEchoedValuesAreCut) {
+  try {
+    anvil::Network::parse(one(R"({"type": ")" + std::string(5000, 'r') + R"("})"), "bad.json");
+    ADD_FAILURE() << "accepted";
+  } catch (const anvil::InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_LE(msg.size(), anvil::Error::kMaxMessageBytes);
+    EXPECT_EQ(msg.rfind("bad.json: layers[0].type: unknown layer type 'rrr", 0), 0u) << msg;
+    EXPECT_NE(msg.find("more bytes)"), std::string::npos) << msg;
+  }
+}
+
+// The cut keeps whole UTF-8 characters and says how many bytes it left out; a
+// message within the limit is kept whole, and cutting again changes nothing.
+TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
+  std::string text = "x";
+  for (int i = 0; i < 1000; ++i) text += "\xc3\xa9";  // e acute, 2 bytes
+  const std::string cut = anvil::Error::one_line(text);
+  EXPECT_LE(cut.size(), anvil::Error::kMaxMessageBytes);
+  const std::string kept = cut.substr(0, cut.find("... ("));
+  EXPECT_EQ(kept.size() % 2, 1u) << "x, then whole 2-byte characters";
+  EXPECT_EQ(text.compare(0, kept.size(), kept), 0);
+  EXPECT_EQ(cut.substr(kept.size()), "... (" + std::to_string(text.size() - kept.size()) + " more bytes)");
+  EXPECT_EQ(anvil::Error::one_line(cut), cut);
+  const std::string at_limit(anvil::Error::kMaxMessageBytes, 'a');
+  EXPECT_EQ(anvil::Error::one_line(at_limit), at_limit);
+}
+
 }  // namespace

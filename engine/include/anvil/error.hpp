@@ -4,6 +4,7 @@
 // All are exceptions, never exit(), so tests and embedding programs can catch them.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -11,10 +12,15 @@ namespace anvil {
 
 // A runtime failure: a library call failed or the device ran out of memory.
 // Every message is one line: control bytes (a newline or a tab in a key or a
-// name from the user's file) are written as escapes.
+// name from the user's file) are written as escapes, and a message longer
+// than kMaxMessageBytes (a long value from the user's file, echoed) is cut
+// there, saying how many bytes were left out. Messages name the file, the
+// place and the problem first.
 class Error : public std::runtime_error {
  public:
   explicit Error(const std::string& what) : std::runtime_error(one_line(what)) {}
+
+  static constexpr size_t kMaxMessageBytes = 1024;
 
   static std::string one_line(const std::string& text) {
     static const char* const kHex = "0123456789abcdef";
@@ -32,6 +38,13 @@ class Error : public std::runtime_error {
       } else {
         out += c;
       }
+    }
+    if (out.size() > kMaxMessageBytes) {
+      size_t keep = kMaxMessageBytes - 40;  // room for the note
+      while (keep > 0 && (static_cast<unsigned char>(out[keep]) & 0xc0) == 0x80) --keep;  // a whole UTF-8 character
+      const std::string note = "... (" + std::to_string(out.size() - keep) + " more bytes)";
+      out.resize(keep);
+      out += note;
     }
     return out;
   }
