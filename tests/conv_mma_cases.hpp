@@ -44,6 +44,15 @@ inline const std::vector<ConvMmaCase> kConvMmaCases = {
     {"m64_n64_3d_dilated", 2, 4, 64, {7, 6, 8}, {2, 2, 4}, {1, 2, 1}, {1, 0, 3}, {3, 1, 2}},
 };
 
+// A geometry whose indices would pass int: the kernels refuse it (the layer then runs cuDNN's).
+inline cpu::ConvGeometry geometry_beyond_int() {
+  cpu::ConvGeometry g;
+  g.n = 1 << 16, g.ca = 1 << 8, g.cb = 1;
+  g.a = {1, 1 << 8, 1 << 8};
+  g.b = g.a;
+  return g;
+}
+
 // The operands as the kernels multiply them: rounded to TF32 unless compensated.
 inline std::vector<double> mma_operand(const std::vector<float>& v, bool compensated) {
   std::vector<double> out(v.size());

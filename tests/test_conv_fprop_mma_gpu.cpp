@@ -99,13 +99,8 @@ TEST_P(ConvFpropMma, AccumulateAddsToB) {
 INSTANTIATE_TEST_SUITE_P(Geometries, ConvFpropMma, ::testing::ValuesIn(fprop_cases()),
                          [](const auto& info) { return info.param.label; });
 
-// A geometry whose indices would pass int is refused (the layer then runs cuDNN's).
 TEST(ConvFpropMma, RefusesIndicesBeyondInt) {
-  cpu::ConvGeometry g;
-  g.n = 1 << 16, g.ca = 1 << 8, g.cb = 1;
-  g.a = {1, 1 << 8, 1 << 8};
-  g.b = g.a;
-  EXPECT_FALSE(cuda::conv_mma_forward_supported(g));
+  EXPECT_FALSE(cuda::conv_mma_forward_supported(geometry_beyond_int()));
 }
 
 }  // namespace

@@ -65,13 +65,8 @@ INSTANTIATE_TEST_SUITE_P(Geometries, ConvWgradMma, ::testing::Combine(::testing:
                            return std::get<0>(info.param).label + (std::get<1>(info.param) ? "_3xtf32" : "_tf32");
                          });
 
-// A geometry whose indices would pass int is refused (the layer then runs cuDNN's).
 TEST(ConvWgradMma, RefusesIndicesBeyondInt) {
-  cpu::ConvGeometry g;
-  g.n = 1 << 16, g.ca = 1 << 8, g.cb = 1;
-  g.a = {1, 1 << 8, 1 << 8};
-  g.b = g.a;
-  EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(g));
+  EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(geometry_beyond_int()));
 }
 
 }  // namespace
