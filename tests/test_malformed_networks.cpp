@@ -197,6 +197,10 @@ TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
   EXPECT_EQ(anvil::Error::one_line(cut), cut);
   const std::string at_limit(anvil::Error::kMaxMessageBytes, 'a');
   EXPECT_EQ(anvil::Error::one_line(at_limit), at_limit);
+  // Bytes that are not UTF-8 (continuation bytes only) still keep the message's first part.
+  const std::string stray = anvil::Error::one_line(std::string(2000, '\x80'));
+  EXPECT_LE(stray.size(), anvil::Error::kMaxMessageBytes);
+  EXPECT_GE(stray.find("... ("), anvil::Error::kMaxMessageBytes - 43);
 }
 
 }  // namespace

@@ -41,7 +41,8 @@ class Error : public std::runtime_error {
     }
     if (out.size() > kMaxMessageBytes) {
       size_t keep = kMaxMessageBytes - 40;  // room for the note
-      while (keep > 0 && (static_cast<unsigned char>(out[keep]) & 0xc0) == 0x80) --keep;  // a whole UTF-8 character
+      // Back to the start of a UTF-8 character: at most 3 continuation bytes (more is not UTF-8 anyway).
+      for (int back = 0; back < 3 && (static_cast<unsigned char>(out[keep]) & 0xc0) == 0x80; ++back) --keep;
       const std::string note = "... (" + std::to_string(out.size() - keep) + " more bytes)";
       out.resize(keep);
       out += note;
