@@ -15,7 +15,9 @@
 // ldmatrix), and store B straight from their accumulators: each store is 8
 // consecutive positions of 4 channels, whole 32-byte sectors. The MMAs take
 // the staged floats as they are: the tensor cores read TF32's 19 bits of each
-// and drop the rest (truncation). The kernel is bound by its instructions
+// and drop the rest (truncation; PTX does not promise it, so the kernel's test
+// holds the result to a truncating reference at float32 accuracy, which
+// rounding would miss by about 50 times). The kernel is bound by its instructions
 // (ncu: issue slots 62% busy, the ALU pipe the busiest); its first version,
 // which rounded each fragment (cvt.rna), found each column by division and
 // copied and loaded W 4 bytes at a time, took 1.4x as long.
@@ -254,8 +256,8 @@ void launch(const Plan& p, const float* a, const float* w, float* b, bool accumu
 }  // namespace
 
 bool conv_mma_forward_supported(const cpu::ConvGeometry& g) {
-  if (g.n < 1 || g.ca < 1 || g.cb < 1 || cpu::volume(g.b) < 1 || cpu::volume(g.k) > kMaxTaps ||
-      !conv_indices_fit(g))
+  if (g.n < 1 || g.ca < 1 || g.cb < 1 || cpu::volume(g.b) < 1 || cpu::volume(g.k) < 1 ||
+      cpu::volume(g.k) > kMaxTaps || !conv_indices_fit(g))
     return false;
   const Plan p = plan_for(g);
   return p.col_blocks <= 65535 && smem_bytes(p.tile, p.d.taps) <= detail::max_block_smem();
