@@ -61,17 +61,22 @@ struct ColumnCursor {
   }
 };
 
-// A block tile of MmaTile's shape. G is staged [k][position]: a pitch of
-// BM + 8 (= 8 mod 32) puts an A fragment's 4 columns x 8 positions in 32
-// distinct banks. W is staged [channel][k], as the weight gradient stages G.
+// A stage of a tile of BM rows and BN columns, in words. G is staged
+// [k][position]: a pitch of BM + 8 (= 8 mod 32) puts an A fragment's 4 columns
+// x 8 positions in 32 distinct banks. W follows, staged [channel][k], as the
+// weight gradient stages G.
+constexpr int g_pitch(int rows) { return rows + 8; }
+constexpr int stage_words(int rows, int cols) { return kStep * g_pitch(rows) + cols * kWPitch; }
+
+// A block tile of MmaTile's shape.
 template <int kWarpsM, int kFragsN>
 struct FpropTile {
   static constexpr int kRows = 32 * kWarpsM;
   static constexpr int kCols = 8 * kFragsN * (kWarps / kWarpsM);
   static constexpr int kPerLane = kRows / 32;  // positions each lane gathers
-  static constexpr int kGPitch = kRows + 8;
+  static constexpr int kGPitch = g_pitch(kRows);
   static constexpr int kGWords = kStep * kGPitch;
-  static constexpr int kStageWords = kGWords + kCols * kWPitch;
+  static constexpr int kStageWords = stage_words(kRows, kCols);
 };
 
 // Issues the copies of K step `step` into `stage` and moves the cursors on
@@ -220,8 +225,7 @@ MmaTile tile_for(int64_t cb) {
 
 // The stages, then the tap table.
 size_t smem_bytes(const MmaTile& t, int taps) {
-  return size_t(kStages) * (size_t(kStep) * (t.rows() + 8) + size_t(t.cols()) * kWPitch) * sizeof(uint32_t) +
-         size_t(taps) * sizeof(Column);
+  return size_t(kStages) * stage_words(t.rows(), t.cols()) * sizeof(uint32_t) + size_t(taps) * sizeof(Column);
 }
 
 struct Plan {
