@@ -4,9 +4,10 @@
 //   (epilogue_chain.hpp) -> a pool, or none
 // with chain_pool.hpp's pool semantics. A block stages the x its windows read
 // in shared memory and each thread computes its pooled outputs' windows of the
-// conv output in registers, so Y is written only where backward asks for it. Such convs (an RGB or gray stem: 3 or 1 input channels)
-// are a bad GEMM: cuDNN converts them to NHWC and back and writes Y, which the
-// epilogue reads again, several times the cost of the FMA work.
+// conv output in registers, so Y is written only where backward asks for it.
+// Such convs (an RGB or gray stem: 3 or 1 input channels) are a bad GEMM:
+// cuDNN converts them to NHWC and back and writes Y, which the epilogue reads
+// again, several times the cost of the FMA work.
 #pragma once
 
 #include <cuda_runtime.h>
