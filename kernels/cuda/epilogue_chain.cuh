@@ -187,6 +187,25 @@ struct LeakyChain {
   __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
 };
 
+// No op: a bias alone, or a plain pool (the pooling layer's kernels). The
+// program would cost those kernels its registers: twice the ones they need.
+struct EmptyChain {
+  struct Channel {};
+
+  __device__ static Channel at(const EpilogueChain&, int64_t) { return {}; }
+  __device__ static float forward(const EpilogueChain&, const Channel&, float v) { return v; }
+
+  __device__ static float backward(const EpilogueChain&, const Channel&, float, float dz, ChainSums& sums) {
+    sums.bias += double(dz);
+    return dz;
+  }
+
+  __device__ static bool multiplier(const EpilogueChain&, int) { return false; }
+  __device__ static bool monotone(const EpilogueChain&) { return true; }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel&) { return true; }
+  __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
+};
+
 // Runs launch(policy) with the policy that fits the chain.
 template <class Launch>
 void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
@@ -194,6 +213,8 @@ void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
     launch(LeakyScaleLeakyChain{});
   else if (is_leaky(c))
     launch(LeakyChain{});
+  else if (c.ops == 0)
+    launch(EmptyChain{});
   else
     launch(ProgramChain{});
 }
