@@ -835,6 +835,9 @@ TEST(CudaKernels, FusedEpilogue) {
 struct PoolCase {
   std::string label;
   gpu::ChainPoolGeometry g;
+  // Whether a pool's backward stages a tile's windows in shared memory
+  // (chain_pool_backward_tiled); else it gathers them from global memory.
+  bool backward_tiled = true;
 };
 
 PoolCase pool_case(std::string label, int64_t n, int64_t c, std::array<int64_t, 3> y, gpu::ChainPool pool,
@@ -848,6 +851,11 @@ PoolCase pool_case(std::string label, int64_t n, int64_t c, std::array<int64_t, 
   p.g.k = k;
   p.g.stride = stride;
   p.g.pad = pad;
+  return p;
+}
+
+PoolCase gathered(PoolCase p) {
+  p.backward_tiled = false;
   return p;
 }
 
@@ -868,6 +876,15 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("max 3 s2 p1, rows of 12", 2, 3, {3, 6, 12}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
     pool_case("avg 2-D k2x4 s1x2, rows of 16 (overlap)", 2, 3, {1, 9, 16}, gpu::ChainPool::Avg, {1, 2, 4}, {1, 1, 2}),
     pool_case("max rows of 64, several chunks", 1, 2, {1, 70, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}),
+    // The backward's tiles: several along a row (rows over 256), along depth,
+    // and windows too many for shared memory (gathered from global memory).
+    pool_case("max 3 s2 p1, rows of 600", 1, 2, {1, 5, 600}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}),
+    pool_case("avg k2x3 s1x2, rows of 517", 1, 2, {1, 4, 517}, gpu::ChainPool::Avg, {1, 2, 3}, {1, 1, 2}),
+    pool_case("avg 3 s2 p1, tiles along depth", 1, 2, {19, 16, 16}, gpu::ChainPool::Avg, {3, 3, 3}, {2, 2, 2},
+              {1, 1, 1}),
+    gathered(pool_case("max 5 s1, backward gathers", 1, 2, {34, 34, 34}, gpu::ChainPool::Max, {5, 5, 5})),
+    gathered(pool_case("max 5 s1, rows of 36, backward gathers", 1, 1, {20, 36, 36}, gpu::ChainPool::Max, {5, 5, 5})),
+    gathered(pool_case("avg 12 s1, backward gathers", 1, 1, {30, 30, 30}, gpu::ChainPool::Avg, {12, 12, 12})),
 };
 
 cpu::PoolGeometry pool_geometry(const gpu::ChainPoolGeometry& g) {
@@ -894,6 +911,18 @@ ChainResult run_chain_pool(const ChainInputs& in, const gpu::ChainPoolGeometry& 
   gpu::chain_pool_backward(b.dp.get() + off, b.y.get() + off, b.bias_ptr(), argmax, b.chain, b.dy.get() + off,
                            false, b.grads, b.scratch.get(), g, nullptr);
   return b.result(max, false);
+}
+
+// Host-side: which cases stage their windows (the kernels' bits must not
+// depend on it; ChainPool checks both paths against the reference).
+TEST(CudaKernels, PoolTilesWhatFitsSharedMemory) {
+  for (const PoolCase& pc : kPoolCases) {
+    if (pc.g.pool == gpu::ChainPool::None) continue;
+    EXPECT_EQ(gpu::chain_pool_backward_tiled(pc.g), pc.backward_tiled) << pc.label;
+  }
+  // residual_add_2d's pool (3x3 s2 p1 over 64 x 64).
+  const PoolCase stem = pool_case("", 32, 64, {1, 64, 64}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1});
+  EXPECT_TRUE(gpu::chain_pool_backward_tiled(stem.g));
 }
 
 TEST(CudaKernels, ChainPool) {

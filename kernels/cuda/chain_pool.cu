@@ -2,11 +2,13 @@
 //
 // Work split: block b covers chunk b % cpp of plane b / cpp (plane = n * C +
 // channel), so a block never mixes channels; forward chunks are output
-// elements, backward chunks are Y elements. Without a pool and with planes of
-// a multiple of 4 floats and aligned buffers, a thread takes 4 neighbours as
-// one float4. Backward sums dbias and the multipliers' terms per thread in
-// double in a fixed order, a shuffle tree per block, then a fixed-order pass
-// over the blocks (epilogue_chain.cu): bitwise deterministic.
+// elements, backward chunks are Y elements. A pool's backward chunk is a tile
+// of the Y plane where the windows over it fit shared memory, else a run of
+// consecutive elements. Without a pool and with planes of a multiple of 4
+// floats and aligned buffers, a thread takes 4 neighbours as one float4.
+// Backward sums dbias and the multipliers' terms per thread in double in a
+// fixed order, a shuffle tree per block, then a fixed-order pass over the
+// blocks (epilogue_chain.cu): bitwise deterministic.
 #include "kernels/cuda/chain_pool.hpp"
 
 #include <limits>
@@ -35,6 +37,12 @@ struct PoolDims {
   FastDiv in_h, in_w, out_h, out_w, stride[3];  // by in[1], in[2], out[1], out[2], s[a]
   FastDiv chunks, channels;                      // by cpp and c
   uint32_t plane_in = 1, plane_out = 1;
+  // A tiled backward: a chunk is a tile[0] x tile[1] x tile[2] box of the Y
+  // plane, tiles[a] of them along axis a; its block stages a box[0] x box[1]
+  // x box[2] box of P's plane, enough for the windows over any tile.
+  bool tiled = false;
+  uint32_t tile[3] = {1, 1, 1}, tiles[3] = {1, 1, 1}, box[3] = {1, 1, 1};
+  FastDiv tile_h, tile_w, box_h, box_w;  // by tile[1], tile[2], box[1], box[2]
   float divisor = 1.f;          // the window's volume (average)
   float inverse_divisor = 1.f;  // exact where the volume is a power of two
 };
@@ -194,7 +202,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The outputs whose windows hold input i along axis a: [lo, hi].
+// The outputs whose windows hold input i along axis a: [lo, hi] (empty where
+// i lies between windows).
 __device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, int32_t& lo, int32_t& hi) {
   const int32_t first = i + d.pad[a] - d.k[a] + 1;  // the lowest window start that still holds i
   lo = first <= 0 ? 0 : int32_t(d.stride[a].div(uint32_t(first + d.s[a] - 1)));
@@ -208,98 +217,248 @@ __device__ __forceinline__ void covering(const PoolDims& d, int a, int32_t i, in
 // spilled (ptxas kept it to 32 registers), so that variant's loops stay rolled.
 enum class WindowMath { Max, AvgByScale, AvgByDivision };
 
+// Where the backward reads the windows' dP and argmax: a box of P's plane
+// that starts at output index lo and holds n1 x n2 elements per slice. Either
+// the whole plane in global memory, or the part a tile's windows cover,
+// staged in shared memory.
+struct WindowSource {
+  const float* dp;
+  const uint8_t* argmax;
+  int32_t lo[3];
+  uint32_t n1, n2;
+};
+
+template <bool kShared, class T>
+__device__ __forceinline__ T read_window(const T* p) {
+  if constexpr (kShared)
+    return *p;
+  else
+    return __ldg(p);
+}
+
 // The pool's gradient at kN neighbours e .. e + kN - 1 along a row of a Y
-// plane: dP summed over the windows that hold each, in ascending output order
-// as the CPU reference adds them (max: only where the element is the window's
-// argmax). The neighbours share the row's divisions and windows along axes 0 and 1.
-template <WindowMath kMath, int kN>
-__device__ __forceinline__ void window_gradients(const PoolDims& d, const float* __restrict__ dp,
-                                                 const uint8_t* __restrict__ argmax, int64_t out_base, uint32_t e,
+// plane: dP summed over the windows that hold each (max: only where the
+// element is the window's argmax). The windows over any of the neighbours
+// are visited once each in ascending output order, each adding to the
+// neighbours it reaches: every element's sum in the CPU reference's order.
+template <WindowMath kMath, bool kShared, int kN>
+__device__ __forceinline__ void window_gradients(const PoolDims& d, const WindowSource& src, uint32_t e,
                                                  float (&dz)[kN]) {
   const uint32_t row = d.in_w.div(e), plane_row = d.in_h.div(row);
   const int32_t i2 = int32_t(e - row * d.in[2]), i1 = int32_t(row - plane_row * d.in[1]), i0 = int32_t(plane_row);
-  int32_t lo0, hi0, lo1, hi1, lo2[kN], hi2[kN];
+  int32_t lo0, hi0, lo1, hi1, lo2, hi2, unused;
   covering(d, 0, i0, lo0, hi0);
   covering(d, 1, i1, lo1, hi1);
+  covering(d, 2, i2, lo2, unused);
+  covering(d, 2, i2 + kN - 1, unused, hi2);
 #pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    covering(d, 2, i2 + j, lo2[j], hi2[j]);
-    dz[j] = 0.f;
-  }
+  for (int j = 0; j < kN; ++j) dz[j] = 0.f;
   for (int32_t o0 = lo0; o0 <= hi0; ++o0)
     for (int32_t o1 = lo1; o1 <= hi1; ++o1) {
-      const int64_t out_row = out_base + (uint32_t(o0) * d.out[1] + uint32_t(o1)) * d.out[2];
+      const uint32_t src_row = (uint32_t(o0 - src.lo[0]) * src.n1 + uint32_t(o1 - src.lo[1])) * src.n2;
+      // The window offset (argmax's numbering) of the row's first element.
+      const int32_t row_w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2];
+      for (int32_t o2 = lo2; o2 <= hi2; ++o2) {
+        const uint32_t o = src_row + uint32_t(o2 - src.lo[2]);
+        const int32_t x = i2 - (o2 * d.s[2] - d.pad[2]);  // e's offset in the window along axis 2
+        const float g = read_window<kShared>(src.dp + o);
+        if constexpr (kMath == WindowMath::Max) {
+          // The argmax lies in e's row at offset x + j: neighbour j.
+          const int32_t w = int32_t(read_window<kShared>(src.argmax + o)) - row_w;
+          const bool in_row = uint32_t(w) < uint32_t(d.k[2]);
 #pragma unroll
-      for (int j = 0; j < kN; ++j)
-        for (int32_t o2 = lo2[j]; o2 <= hi2[j]; ++o2) {
-          const int64_t o = out_row + uint32_t(o2);
-          if constexpr (kMath == WindowMath::Max) {
-            const int w = ((i0 - (o0 * d.s[0] - d.pad[0])) * d.k[1] + (i1 - (o1 * d.s[1] - d.pad[1]))) * d.k[2] +
-                          (i2 + j - (o2 * d.s[2] - d.pad[2]));
-            if (__ldg(argmax + o) == w) dz[j] += __ldg(dp + o);
-          } else if constexpr (kMath == WindowMath::AvgByScale) {
-            dz[j] += __fmul_rn(__ldg(dp + o), d.inverse_divisor);  // never fused: an FMA would skip a subnormal's rounding
-          } else {
-            dz[j] += __ldg(dp + o) / d.divisor;
-          }
+          for (int j = 0; j < kN; ++j)
+            if (in_row && w - x == j) dz[j] += g;
+        } else {
+          // never fused: an FMA would skip a subnormal's rounding
+          const float share = kMath == WindowMath::AvgByScale ? __fmul_rn(g, d.inverse_divisor) : g / d.divisor;
+#pragma unroll
+          for (int j = 0; j < kN; ++j)
+            if (uint32_t(x + j) < uint32_t(d.k[2])) dz[j] += share;
         }
+      }
     }
 }
 
+// A tiled chunk: its first element and its extent along each axis of the Y
+// plane (edge tiles are cut by the plane).
+struct Tile {
+  uint32_t first[3], extent[3];
+};
+
+__device__ __forceinline__ Tile tile_of(const PoolDims& d, uint32_t chunk) {
+  Tile t;
+#pragma unroll
+  for (int a = 2; a >= 0; --a) {
+    const uint32_t index = chunk % d.tiles[a];
+    chunk /= d.tiles[a];
+    t.first[a] = index * d.tile[a];
+    t.extent[a] = min(d.tile[a], d.in[a] - t.first[a]);
+  }
+  return t;
+}
+
+// Element q of a tile in row-major order, as an index into the Y plane; past
+// the tile's extent (stored false), its first element instead.
+__device__ __forceinline__ uint32_t tile_element(const PoolDims& d, const Tile& t, uint32_t q, bool& stored) {
+  const uint32_t row = d.tile_w.div(q), j2 = q - row * d.tile[2];
+  const uint32_t j0 = d.tile_h.div(row), j1 = row - j0 * d.tile[1];
+  stored = j0 < t.extent[0] && j1 < t.extent[1] && j2 < t.extent[2];
+  const uint32_t i0 = t.first[0] + (stored ? j0 : 0), i1 = t.first[1] + (stored ? j1 : 0),
+                 i2 = t.first[2] + (stored ? j2 : 0);
+  return (i0 * d.in[1] + i1) * d.in[2] + i2;
+}
+
+// What a tiled backward stages: 16 KiB of dP (and 4 KiB of argmax).
+constexpr uint32_t kStagedWindows = 4096;
+
+// Copies d.box's elements of P's plane, from element lo on, into shared
+// memory in row-major order; what lies outside the plane is left unwritten
+// (no window reads it). Each thread has kBatch loads in flight: one at a
+// time left the copy latency-bound.
+template <class T>
+__device__ __forceinline__ void stage_box(const PoolDims& d, const uint32_t (&lo)[3], const T* __restrict__ plane,
+                                          T* staged) {
+  const uint32_t(&dims)[3] = d.out;
+  constexpr int kBatch = 4;
+  const uint32_t volume = d.box[0] * d.box[1] * d.box[2];
+  for (uint32_t i0 = threadIdx.x; i0 < volume; i0 += kThreads * kBatch) {
+    T v[kBatch];
+    bool inside[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const uint32_t i = i0 + k * kThreads, row = d.box_w.div(i), b0 = d.box_h.div(row);
+      const uint32_t c0 = lo[0] + b0, c1 = lo[1] + row - b0 * d.box[1], c2 = lo[2] + i - row * d.box[2];
+      inside[k] = i < volume && c0 < dims[0] && c1 < dims[1] && c2 < dims[2];
+      v[k] = inside[k] ? __ldg(plane + (c0 * dims[1] + c1) * dims[2] + c2) : T{};
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k)
+      if (inside[k]) staged[i0 + k * kThreads] = v[k];
+  }
+}
+
 // Y elements kVec at a time (kVec 4: rows of a multiple of 4 floats, 16-byte
-// aligned y and dy), kSlots groups per thread, kThreads * kVec apart, their
-// loads issued together.
-template <class Chain, WindowMath kMath, int kVec>
+// aligned y and dy), kSlots groups per thread, kThreads groups apart, their
+// loads issued together. kTiled: the block's chunk is a tile, whose windows
+// it reads from shared memory; else a run of elements, whose windows it
+// gathers from global memory.
+template <class Chain, WindowMath kMath, int kVec, bool kTiled>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
   constexpr int kSlots = kVec == 1 ? kUnroll : 2;  // groups of 4: 2 per thread cover a 2048-element chunk
-  constexpr uint32_t kStride = kThreads * kVec;
+  constexpr uint32_t kStaged = kTiled ? kStagedWindows : 1;
+  __shared__ float staged_dp[kStaged];
+  __shared__ uint8_t staged_argmax[kMath == WindowMath::Max ? kStaged : 1];
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in), out_base = r.plane * int64_t(d.plane_out);
+  const uint8_t* argmax_plane = argmax != nullptr ? argmax + out_base : nullptr;
+  WindowSource src{dp + out_base, argmax_plane, {0, 0, 0}, d.out[1], d.out[2]};
+  Tile t{};
+  uint32_t groups = (r.e1 - r.e0) / kVec;  // a run: kVec divides the plane and the chunk
+  if constexpr (kTiled) {
+    t = tile_of(d, uint32_t(r.chunk));
+    src = {staged_dp, staged_argmax, {}, d.box[1], d.box[2]};
+    uint32_t lo[3];
+    for (int a = 0; a < 3; ++a) {
+      int32_t unused;
+      covering(d, a, int32_t(t.first[a]), src.lo[a], unused);  // the first window over the tile
+      lo[a] = uint32_t(src.lo[a]);
+    }
+    stage_box(d, lo, dp + out_base, staged_dp);
+    if constexpr (kMath == WindowMath::Max) stage_box(d, lo, argmax_plane, staged_argmax);
+    __syncthreads();
+    groups = d.tile[0] * d.tile[1] * d.tile[2] / kVec;  // kVec divides tile[2]
+  }
   ChainSums sums;
-  for (uint32_t e0 = r.e0 + threadIdx.x * kVec; e0 < r.e1; e0 += kStride * kSlots) {
+  for (uint32_t q0 = threadIdx.x; q0 < groups; q0 += kThreads * kSlots) {
+    uint32_t e[kSlots];
+    bool stored[kSlots];
     float v[kSlots][kVec], dz[kSlots][kVec];
 #pragma unroll
     for (int u = 0; u < kSlots; ++u) {
-      const uint32_t e = e0 + u * kStride;
-      if (y == nullptr || e >= r.e1) {
+      const uint32_t q = q0 + u * kThreads;
+      if constexpr (kTiled) {
+        e[u] = tile_element(d, t, q * kVec, stored[u]);
+        stored[u] = stored[u] && q < groups;
+      } else {
+        stored[u] = q < groups;
+        e[u] = stored[u] ? r.e0 + q * kVec : r.e1 - kVec;  // past the run: a copy of its last group, not stored
+      }
+      if (y == nullptr || !stored[u]) {
         for (int j = 0; j < kVec; ++j) v[u][j] = 0.f;
       } else if constexpr (kVec == 4) {
-        const float4 q = __ldg(reinterpret_cast<const float4*>(y + in_base + e));
-        v[u][0] = q.x, v[u][1] = q.y, v[u][2] = q.z, v[u][3] = q.w;
+        const float4 g4 = __ldg(reinterpret_cast<const float4*>(y + in_base + e[u]));
+        v[u][0] = g4.x, v[u][1] = g4.y, v[u][2] = g4.z, v[u][3] = g4.w;
       } else {
-        v[u][0] = __ldg(y + in_base + e);
+        v[u][0] = __ldg(y + in_base + e[u]);
       }
     }
     constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kSlots;
 #pragma unroll kUnrolled
-    for (int u = 0; u < kSlots; ++u)  // past the chunk: computed, not stored
-      window_gradients<kMath>(d, dp, argmax, out_base, min(e0 + u * kStride, r.e1 - kVec), dz[u]);
+    for (int u = 0; u < kSlots; ++u) window_gradients<kMath, kTiled>(d, src, e[u], dz[u]);
 #pragma unroll kUnrolled
     for (int u = 0; u < kSlots; ++u) {
-      const uint32_t e = e0 + u * kStride;
-      if (e >= r.e1) break;
+      if (!stored[u]) continue;
       float dv[kVec];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) dv[j] = Chain::backward(chain, cm, v[u][j] + b, dz[u][j], sums);
+      float* out = dy + in_base + e[u];
       if constexpr (kVec == 4) {
         float4 o = make_float4(dv[0], dv[1], dv[2], dv[3]);
         if (accumulate) {
-          const float4 old = detail::load4(dy + in_base + e);
+          const float4 old = detail::load4(out);
           o = make_float4(old.x + o.x, old.y + o.y, old.z + o.z, old.w + o.w);
         }
-        detail::store4(dy + in_base + e, o);
+        detail::store4(out, o);
       } else {
-        dy[in_base + e] = accumulate ? dy[in_base + e] + dv[0] : dv[0];
+        *out = accumulate ? *out + dv[0] : dv[0];
       }
     }
   }
   write_chain_partials<Chain>(sums, chain, partials, d.c, d.per, ch, r.slot);
 }
 
+template <class Chain, WindowMath kMath, int kVec>
+void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* bias,
+                          const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate,
+                          double* partials, const PoolDims& d) {
+  const auto kernel =
+      d.tiled ? pool_backward_kernel<Chain, kMath, kVec, true> : pool_backward_kernel<Chain, kMath, kVec, false>;
+  kernel<<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy, accumulate, partials, d);
+}
+
 // ---- host side ----
+
+// Tiles a pool's backward where the windows over a tile of about d.chunk Y
+// elements fit shared memory: along an axis, t inputs lie in at most
+// (t + k - 2) / s + 1 windows, and never more than P has.
+void plan_tiles(PoolDims& d) {
+  constexpr uint32_t kRow = 256;  // a multiple of 4: rows of 4-float groups stay whole
+  d.tile[2] = std::min(d.in[2], kRow);
+  d.tile[1] = std::min(d.in[1], std::max(1u, d.chunk / d.tile[2]));
+  d.tile[0] = std::min(d.in[0], std::max(1u, d.chunk / (d.tile[2] * d.tile[1])));
+  uint64_t staged = 1;
+  uint64_t box[3];
+  for (int a = 0; a < 3; ++a) {
+    box[a] = std::min<uint64_t>(d.out[a], (uint64_t(d.tile[a]) + uint64_t(d.k[a]) - 2) / uint64_t(d.s[a]) + 1);
+    staged *= box[a];
+  }
+  if (staged > kStagedWindows) return;
+  d.tiled = true;
+  d.cpp = 1;
+  for (int a = 0; a < 3; ++a) {
+    d.box[a] = uint32_t(box[a]);
+    d.tiles[a] = uint32_t(detail::ceil_div(d.in[a], d.tile[a]));
+    d.cpp *= d.tiles[a];
+  }
+  d.tile_h = FastDiv(d.tile[1]);
+  d.tile_w = FastDiv(d.tile[2]);
+  d.box_h = FastDiv(d.box[1]);
+  d.box_w = FastDiv(d.box[2]);
+}
 
 PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
   constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
@@ -331,6 +490,7 @@ PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
   const uint32_t per_element = by_input ? 1 : uint32_t(detail::ceil_div(window, 8));
   d.chunk = std::max<uint32_t>(256, kChunk / per_element / 4 * 4);
   d.cpp = detail::ceil_div(by_input ? plane_in : plane_out, d.chunk);
+  if (backward && g.pool != ChainPool::None) plan_tiles(d);
   d.per = g.n * d.cpp;
   detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
   d.chunks = FastDiv(uint32_t(d.cpp));
@@ -412,6 +572,10 @@ void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& 
   ANVIL_CHECK_LAUNCH();
 }
 
+bool chain_pool_backward_tiled(const ChainPoolGeometry& g) {
+  return pool_dims("chain_pool_backward_tiled", g, true).tiled;
+}
+
 size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const EpilogueChain& chain) {
   const PoolDims d = pool_dims("chain_pool_backward_scratch_bytes", g, true);
   return chain_partials_bytes(chain, g.c, d.per);
@@ -445,22 +609,22 @@ void chain_pool_backward(const float* dp, const float* y, const float* bias, con
         break;
       case ChainPool::Max:
         if (rows4)
-          pool_backward_kernel<Chain, WindowMath::Max, 4><<<blocks, kThreads, 0, stream>>>(
-              dp, y, bias, argmax, chain, dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::Max, 4>(blocks, stream, dp, y, bias, argmax, chain, dy, accumulate,
+                                                          partials, d);
         else
-          pool_backward_kernel<Chain, WindowMath::Max, 1><<<blocks, kThreads, 0, stream>>>(
-              dp, y, bias, argmax, chain, dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::Max, 1>(blocks, stream, dp, y, bias, argmax, chain, dy, accumulate,
+                                                          partials, d);
         break;
       case ChainPool::Avg:
         if (power_of_two(d.divisor) && rows4)
-          pool_backward_kernel<Chain, WindowMath::AvgByScale, 4><<<blocks, kThreads, 0, stream>>>(
-              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 4>(blocks, stream, dp, y, bias, nullptr, chain, dy,
+                                                                 accumulate, partials, d);
         else if (power_of_two(d.divisor))
-          pool_backward_kernel<Chain, WindowMath::AvgByScale, 1><<<blocks, kThreads, 0, stream>>>(
-              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 1>(blocks, stream, dp, y, bias, nullptr, chain, dy,
+                                                                 accumulate, partials, d);
         else
-          pool_backward_kernel<Chain, WindowMath::AvgByDivision, 1><<<blocks, kThreads, 0, stream>>>(
-              dp, y, bias, nullptr, chain, dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByDivision, 1>(blocks, stream, dp, y, bias, nullptr, chain, dy,
+                                                                    accumulate, partials, d);
         break;
     }
   });

@@ -8,7 +8,8 @@
 // a max pool in training, each window's argmax. Backward reads Y again (the
 // caller keeps it), computes dY in one pass (each element gathers from the
 // windows that hold it) and reduces dbias and the multipliers' gradients per
-// channel, deterministically.
+// channel, deterministically; it stages the windows over a tile of Y in
+// shared memory where they fit, so overlapping windows read global memory once.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,6 +39,11 @@ struct ChainPoolGeometry {
 std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g);
 // Why the pool kernels cannot run this geometry, or null where they can.
 const char* chain_pool_geometry_error(const ChainPoolGeometry& g);
+
+// Whether the backward works by tiles of Y, staging the windows' dP and
+// argmax over a tile in shared memory, or gathers them from global memory
+// (where a tile's would not fit). The same bits either way.
+bool chain_pool_backward_tiled(const ChainPoolGeometry& g);
 
 // bias may be null; argmax (one byte per output element) only with a max
 // pool, and null in inference.
