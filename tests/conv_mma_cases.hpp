@@ -53,6 +53,19 @@ inline cpu::ConvGeometry geometry_beyond_int() {
   return g;
 }
 
+// The library is called directly too: geometries without taps, channels,
+// images or positions, each from the first case with one size set to 0.
+inline std::vector<cpu::ConvGeometry> empty_geometries() {
+  std::vector<cpu::ConvGeometry> out;
+  for (int which = 0; which < 5; ++which) {
+    cpu::ConvGeometry g = geometry_of(kConvMmaCases[0]);
+    int64_t* size[] = {&g.k[1], &g.ca, &g.cb, &g.n, &g.b[2]};
+    *size[which] = 0;
+    out.push_back(g);
+  }
+  return out;
+}
+
 // The operands as the kernels multiply them: rounded to TF32 unless compensated.
 inline std::vector<double> mma_operand(const std::vector<float>& v, bool compensated) {
   std::vector<double> out(v.size());

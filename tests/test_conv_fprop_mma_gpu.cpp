@@ -105,13 +105,7 @@ TEST(ConvFpropMma, RefusesIndicesBeyondInt) {
 
 // The library is called directly too: a geometry without taps, channels or positions is refused, not divided by.
 TEST(ConvFpropMma, RefusesEmptyGeometries) {
-  cpu::ConvGeometry g = geometry_of(kConvMmaCases[0]);
-  for (int64_t* size : {&g.k[1], &g.ca, &g.cb, &g.n, &g.b[2]}) {
-    const int64_t kept = *size;
-    *size = 0;
-    EXPECT_FALSE(cuda::conv_mma_forward_supported(g));
-    *size = kept;
-  }
+  for (const cpu::ConvGeometry& g : empty_geometries()) EXPECT_FALSE(cuda::conv_mma_forward_supported(g));
 }
 
 }  // namespace

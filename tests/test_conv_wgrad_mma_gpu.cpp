@@ -69,5 +69,10 @@ TEST(ConvWgradMma, RefusesIndicesBeyondInt) {
   EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(geometry_beyond_int()));
 }
 
+// As the forward kernel's: a geometry without taps, channels or positions is refused, not launched.
+TEST(ConvWgradMma, RefusesEmptyGeometries) {
+  for (const cpu::ConvGeometry& g : empty_geometries()) EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(g));
+}
+
 }  // namespace
 }  // namespace anvil::testing

@@ -260,9 +260,7 @@ void launch(const Plan& p, const float* a, const float* w, float* b, bool accumu
 }  // namespace
 
 bool conv_mma_forward_supported(const cpu::ConvGeometry& g) {
-  if (g.n < 1 || g.ca < 1 || g.cb < 1 || cpu::volume(g.b) < 1 || cpu::volume(g.k) < 1 ||
-      cpu::volume(g.k) > kMaxTaps || !conv_indices_fit(g))
-    return false;
+  if (!conv_geometry_nonempty(g) || cpu::volume(g.k) > kMaxTaps || !conv_indices_fit(g)) return false;
   const Plan p = plan_for(g);
   return p.col_blocks <= 65535 && smem_bytes(p.tile, p.d.taps) <= detail::max_block_smem();
 }

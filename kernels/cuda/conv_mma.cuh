@@ -47,6 +47,12 @@ inline ConvDims conv_dims(const cpu::ConvGeometry& g) {
   return d;
 }
 
+// Whether the geometry has images, channels, taps and output positions: the
+// plans divide by them.
+inline bool conv_geometry_nonempty(const cpu::ConvGeometry& g) {
+  return g.n >= 1 && g.ca >= 1 && g.cb >= 1 && cpu::volume(g.b) >= 1 && cpu::volume(g.k) >= 1;
+}
+
 // Whether every index the kernels form fits an int, with room for
 // kOutsideColumn and the bounds' sums: the tensors, W, and the furthest a
 // gathered offset reaches from an image's start, before or past it.

@@ -219,7 +219,7 @@ void launch(const Plan& p, bool compensated, const float* a, const float* db, fl
 }  // namespace
 
 bool conv_mma_weight_grad_supported(const cpu::ConvGeometry& g) {
-  if (!conv_indices_fit(g)) return false;
+  if (!conv_geometry_nonempty(g) || !conv_indices_fit(g)) return false;
   const Plan p = plan_for(g);
   return p.row_blocks <= 65535 && p.col_blocks <= 65535 && smem_bytes(p.tile) <= detail::max_block_smem();
 }
