@@ -357,8 +357,10 @@ __global__ void __launch_bounds__(kThreads)
   const uint8_t* argmax_plane = argmax != nullptr ? argmax + out_base : nullptr;
   WindowSource src{dp + out_base, argmax_plane, {0, 0, 0}, d.out[1], d.out[2]};
   Tile t{};
-  uint32_t groups = (r.e1 - r.e0) / kVec;  // a run: kVec divides the plane and the chunk
-  if constexpr (kTiled) {
+  uint32_t groups;
+  if constexpr (!kTiled) {
+    groups = (r.e1 - r.e0) / kVec;  // a run: kVec divides the plane and the chunk
+  } else {
     t = tile_of(d, uint32_t(r.chunk));
     src = {staged_dp, staged_argmax, {}, d.box[1], d.box[2]};
     uint32_t lo[3];
