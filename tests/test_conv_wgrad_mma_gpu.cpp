@@ -69,7 +69,8 @@ TEST(ConvWgradMma, RefusesIndicesBeyondInt) {
   EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(geometry_beyond_int()));
 }
 
-// As the forward kernel's: a geometry without taps, channels or positions is refused, not launched.
+// As the forward kernel's: a geometry without taps, channels or positions is refused, not planned
+// (its plan divided by zero on the host).
 TEST(ConvWgradMma, RefusesEmptyGeometries) {
   for (const cpu::ConvGeometry& g : empty_geometries()) EXPECT_FALSE(cuda::conv_mma_weight_grad_supported(g));
 }

