@@ -135,6 +135,8 @@ namespace {
 enum Op { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kOpCount = 3 };
 const char* const kOpNames[kOpCount] = {"ConvolutionForward", "ConvolutionBackwardData",
                                         "ConvolutionBackwardFilter"};
+// The rule's bound for the graph API's tensor-core engines under tf32 (products summed per output).
+constexpr int64_t kTensorCoreRuleProducts = 128;
 
 std::string join(const std::vector<int64_t>& v) {
   std::string s;
@@ -306,28 +308,44 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // (docs/performance.md).
   c.fprop_mma.candidate = settings.autotune && c.used[kForward] && settings.precision == Precision::TF32 &&
                           tensor_cores && cuda::conv_mma_forward_supported(g);
-  // Autotuned: the graph API's engines first. By default the legacy API,
-  // whose rule measured as fast or faster on the suite (docs/performance.md).
-  // Each op on the legacy API plans its workspace from the heuristics' list
-  // (no memory needed yet).
+  // Autotuned: the graph API's engines, timed. By rule: under tf32, a 3-D
+  // conv's op that sums at least 128 products per output runs the graph
+  // API's first tensor-core engine, as the legacy API's pick ran FMA kernels
+  // on such layers; the rest the legacy API, as fast or faster on the 2-D
+  // layers measured (docs/performance.md). Each op on the legacy API plans
+  // its workspace from the heuristics' list (no memory needed yet).
   ConvGraphGeometry geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
                              spec_.padding, spec_.stride, spec_.dilation};
   const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
                                                 CudnnGraphConv::Kind::BackwardFilter};
+  const int64_t taps = cpu::volume(g.k);
+  const int64_t products[kOpCount] = {g.ca * taps, g.cb * taps, g.n * cpu::volume(g.b)};
   const int dx_op = spec_.transposed ? kForward : kBackwardData;
   for (int op = 0; op < kOpCount; ++op) {
-    if (!c.used[op] || !settings.autotune) continue;
+    const bool by_rule = !settings.autotune && settings.precision == Precision::TF32 && spec_.dims == 3 &&
+                         products[op] >= kTensorCoreRuleProducts;
+    if (!c.used[op] || !(settings.autotune || by_rule)) continue;
+    // The graph op, or null where the rule finds no tensor-core engine for it.
+    auto make = [&](float beta) {
+      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, beta, settings);
+      if (by_rule && !conv->keep_first_tensor_core_engine()) conv.reset();
+      return conv;
+    };
     try {
-      c.graph[op] = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, 0.f, settings);
-      c.workspace[op] = c.graph[op]->workspace();
-      if (op == dx_op) {
-        c.graph_accumulate = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, 1.f, settings);
-        c.workspace[op] = std::max(c.workspace[op], c.graph_accumulate->workspace());
+      c.graph[op] = make(0.f);
+      if (c.graph[op] && op == dx_op) {
+        c.graph_accumulate = make(1.f);
+        if (!c.graph_accumulate) c.graph[op].reset();
       }
     } catch (const Error& e) {
-      std::cerr << "anvil: " << path() << " " << kOpNames[op] << ": " << e.what() << "; using the legacy API\n";
+      if (settings.autotune)
+        std::cerr << "anvil: " << path() << " " << kOpNames[op] << ": " << e.what() << "; using the legacy API\n";
       c.graph[op].reset();
       if (op == dx_op) c.graph_accumulate.reset();
+    }
+    if (c.graph[op]) {
+      c.workspace[op] = c.graph[op]->workspace();
+      if (c.graph_accumulate && op == dx_op) c.workspace[op] = std::max(c.workspace[op], c.graph_accumulate->workspace());
     }
   }
   int n = 0;

@@ -187,6 +187,7 @@ struct CudnnGraphConv::Plans {
   Backend graph{CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR};
   std::vector<Plan> candidates;  // heuristics order; after choose_fastest the fastest first
   bool timed = false;
+  bool first_tensor_core = false;  // keep_first_tensor_core_engine kept one
 };
 
 CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& g, float beta,
@@ -277,11 +278,23 @@ void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w,
   p.timed = true;
 }
 
+bool CudnnGraphConv::keep_first_tensor_core_engine() {
+  Plans& p = *plans_;
+  const auto first = std::find_if(p.candidates.begin(), p.candidates.end(), [](const Plan& plan) { return plan.tensor_cores; });
+  if (first == p.candidates.end()) return false;
+  Plan kept = std::move(*first);
+  p.candidates.clear();
+  p.candidates.push_back(std::move(kept));
+  p.first_tensor_core = true;
+  return true;
+}
+
 std::string CudnnGraphConv::describe() const {
   const Plan& plan = plans_->candidates.front();
+  const std::string how = plans_->first_tensor_core ? "the heuristics' first tensor-core engine"
+                                                    : "fastest of " + std::to_string(plans_->candidates.size());
   return "graph engine " + std::to_string(plan.engine) + " (" + (plan.tensor_cores ? "tensor ops" : "fma") +
-         ", ws " + std::to_string(plan.workspace >> 10) + " KiB, fastest of " +
-         std::to_string(plans_->candidates.size()) + ")";
+         ", ws " + std::to_string(plan.workspace >> 10) + " KiB, " + how + ")";
 }
 
 }  // namespace anvil

@@ -11,7 +11,8 @@
 // refuses non-deterministic ones, and none may down-convert its inputs.
 // Candidates are every eligible engine that the heuristics (mode A) or the
 // fallback list name, whose plan builds and whose workspace fits;
-// choose_fastest times them all and keeps the fastest.
+// choose_fastest times them all and keeps the fastest (--autotune), or
+// keep_first_tensor_core_engine keeps one without timing (the rule).
 #pragma once
 
 #include <cudnn.h>
@@ -48,6 +49,10 @@ class CudnnGraphConv {
   size_t workspace() const;
   // Runs every candidate on these buffers and keeps the fastest (once).
   void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace);
+  // Keeps only the first candidate in the heuristics' order (mode A, then
+  // the fallback list) that runs on the tensor cores; false, and nothing
+  // dropped, where none does.
+  bool keep_first_tensor_core_engine();
   // Runs the chosen plan on the context's stream.
   void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const;
   std::string describe() const;  // the chosen engine and its notes

@@ -440,25 +440,63 @@ TEST(GpuFusion, AutotuneTimesEachFormulationAndKeepsOne) {
   expect_step_matches_cpu(engine, network, 1e-5);
 }
 
+std::string with_tf32(std::string json) {
+  const std::string fp32_field = R"("precision": "fp32")";
+  const size_t at = json.find(fp32_field);
+  if (at != std::string::npos) json.replace(at, fp32_field.size(), R"("precision": "tf32")");
+  return json;
+}
+
+size_t count_matches(const std::string& text, const std::regex& pattern) {
+  return static_cast<size_t>(std::distance(std::sregex_iterator(text.begin(), text.end(), pattern), std::sregex_iterator()));
+}
+
+// The rule under tf32: a 3-D conv's ops that sum at least 128 products per
+// output run the graph API's first tensor-core engine, the others the legacy
+// API; both match the CPU.
+TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const std::string json = net_json("r", "[2, 8, 5, 7, 6]", R"(
+        {"type": "conv3d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "conv3d", "in_channels": 8, "out_channels": 3, "kernel_size": 2})");
+  const Network network = Network::parse(with_tf32(json), "wide_and_thin_3d");
+  Engine engine(network, cuda_options("unfused"));
+  const std::string text = engine.describe();
+  const std::string first_tc = R"( graph engine [0-9]+ \(tensor ops, ws [0-9]+ KiB, the heuristics' first tensor-core engine\))";
+  // 8 x 27 products: the first conv's forward, input gradient and filter gradient.
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionForward" + first_tc)), 1u) << text;
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardData" + first_tc)), 1u) << text;
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardFilter" + first_tc)), 1u) << text;
+  // 8 x 8 and 3 x 8: the second conv's forward and input gradient stay on the legacy API.
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionForward algo [0-9]+")), 1u) << text;
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardData algo [0-9]+")), 1u) << text;
+  expect_step_matches_cpu(engine, network, 5e-3);
+  // Under fp32, and for a 2-D conv as wide, the legacy API runs every cuDNN op.
+  const std::string fp32 = Engine(Network::parse(json, "fp32_3d"), cuda_options("unfused")).describe();
+  EXPECT_EQ(fp32.find("graph engine"), std::string::npos) << fp32;
+  const std::string wide_2d = with_tf32(net_json("w", "[2, 8, 9, 11]", R"(
+        {"type": "conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 5, "padding": 2})"));
+  const std::string text_2d = Engine(Network::parse(wide_2d, "wide_2d"), cuda_options("unfused")).describe();
+  EXPECT_EQ(text_2d.find("graph engine"), std::string::npos) << text_2d;
+}
+
 // Under tf32 --autotune times anvil's TF32 forward-relation kernel against
 // cuDNN's for each conv op that computes that relation (a conv's forward, a
 // transposed conv's input gradient); whichever it keeps, the step matches the CPU.
 TEST(GpuConv, AutotuneTimesAnvilsForwardKernel) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::string json = net_json("f", "[2, 5, 11, 13]", R"(
+  const std::string json = net_json("f", "[2, 5, 11, 13]", R"(
         {"type": "conv2d", "in_channels": 5, "out_channels": 7, "kernel_size": 3, "stride": 2, "padding": 1},
         {"type": "relu"},
         {"type": "conv_transpose2d", "in_channels": 7, "out_channels": 3, "kernel_size": 3, "stride": 2})");
-  const std::string fp32_field = R"("precision": "fp32")";
-  ASSERT_NE(json.find(fp32_field), std::string::npos);
-  json.replace(json.find(fp32_field), fp32_field.size(), R"("precision": "tf32")");
-  const Network network = Network::parse(json, "forward_relations");
+  const Network network = Network::parse(with_tf32(json), "forward_relations");
   Options tuned = cuda_options("unfused");
   tuned.autotune = true;
   Engine engine(network, tuned);
   const std::string text = engine.describe();
   const std::regex timed(R"(ConvolutionForward[^;\n]*autotuned: anvil [0-9]+\.[0-9]{3} ms, cuDNN [0-9]+\.[0-9]{3} ms)");
-  EXPECT_EQ(std::distance(std::sregex_iterator(text.begin(), text.end(), timed), std::sregex_iterator()), 2) << text;
+  EXPECT_EQ(count_matches(text, timed), 2u) << text;
   expect_step_matches_cpu(engine, network, 5e-3);
 }
 
