@@ -345,7 +345,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     }
     if (c.graph[op]) {
       c.workspace[op] = c.graph[op]->workspace();
-      if (c.graph_accumulate && op == dx_op) c.workspace[op] = std::max(c.workspace[op], c.graph_accumulate->workspace());
+      if (c.graph_accumulate && op == dx_op)
+        c.workspace[op] = std::max(c.workspace[op], c.graph_accumulate->workspace());
     }
   }
   int n = 0;

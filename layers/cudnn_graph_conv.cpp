@@ -280,7 +280,8 @@ void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w,
 
 bool CudnnGraphConv::keep_first_tensor_core_engine() {
   Plans& p = *plans_;
-  const auto first = std::find_if(p.candidates.begin(), p.candidates.end(), [](const Plan& plan) { return plan.tensor_cores; });
+  const auto first =
+      std::find_if(p.candidates.begin(), p.candidates.end(), [](const Plan& plan) { return plan.tensor_cores; });
   if (first == p.candidates.end()) return false;
   Plan kept = std::move(*first);
   p.candidates.clear();

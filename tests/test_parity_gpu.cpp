@@ -448,7 +448,8 @@ std::string with_tf32(std::string json) {
 }
 
 size_t count_matches(const std::string& text, const std::regex& pattern) {
-  return static_cast<size_t>(std::distance(std::sregex_iterator(text.begin(), text.end(), pattern), std::sregex_iterator()));
+  return static_cast<size_t>(
+      std::distance(std::sregex_iterator(text.begin(), text.end(), pattern), std::sregex_iterator()));
 }
 
 // The rule under tf32: a 3-D conv's ops that sum at least 128 products per
@@ -463,7 +464,8 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   const Network network = Network::parse(with_tf32(json), "wide_and_thin_3d");
   Engine engine(network, cuda_options("unfused"));
   const std::string text = engine.describe();
-  const std::string first_tc = R"( graph engine [0-9]+ \(tensor ops, ws [0-9]+ KiB, the heuristics' first tensor-core engine\))";
+  const std::string first_tc =
+      R"( graph engine [0-9]+ \(tensor ops, ws [0-9]+ KiB, the heuristics' first tensor-core engine\))";
   // 8 x 27 products: the first conv's forward, input gradient and filter gradient.
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionForward" + first_tc)), 1u) << text;
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardData" + first_tc)), 1u) << text;
