@@ -203,4 +203,20 @@ TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
   EXPECT_GE(stray.find("... ("), anvil::Error::kMaxMessageBytes - 43);
 }
 
+// Control bytes near the cut: no escape is split, and the note counts the
+// text's own bytes, not those of their escapes.
+TEST(MalformedNetworks, TheCutKeepsWholeEscapes) {
+  for (size_t lead = 0; lead < 4; ++lead) {
+    const std::string text = std::string(lead, 'a') + std::string(600, '\x1f');  // each written as \x1f
+    const std::string cut = anvil::Error::one_line(text);
+    SCOPED_TRACE(lead);
+    EXPECT_LE(cut.size(), anvil::Error::kMaxMessageBytes);
+    const std::string kept = cut.substr(0, cut.find("... ("));
+    ASSERT_GE(kept.size(), lead);
+    EXPECT_EQ((kept.size() - lead) % 4, 0u) << "whole escapes only: " << kept.substr(kept.size() - 8);
+    const size_t written = lead + (kept.size() - lead) / 4;  // bytes of the text that the message keeps
+    EXPECT_EQ(cut.substr(kept.size()), "... (" + std::to_string(text.size() - written) + " more bytes)");
+  }
+}
+
 }  // namespace

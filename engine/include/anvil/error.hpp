@@ -23,31 +23,41 @@ class Error : public std::runtime_error {
   static constexpr size_t kMaxMessageBytes = 1024;
 
   static std::string one_line(const std::string& text) {
-    static const char* const kHex = "0123456789abcdef";
+    std::string whole;
+    for (const char c : text) append_escaped(whole, c);
+    if (whole.size() <= kMaxMessageBytes) return whole;
+    // Cut the text itself, so that no escape is split and the note counts the text's bytes.
+    const size_t room = kMaxMessageBytes - 40;  // room for the note
     std::string out;
-    for (const char c : text) {
-      const auto byte = static_cast<unsigned char>(c);
-      if (byte == '\n') {
-        out += "\\n";
-      } else if (byte == '\t') {
-        out += "\\t";
-      } else if (byte < 0x20 || byte == 0x7f) {
-        out += "\\x";
-        out += kHex[byte >> 4];
-        out += kHex[byte & 15];
-      } else {
-        out += c;
-      }
+    size_t used = 0;
+    for (; used < text.size(); ++used) {  // stops at the first byte that does not fit
+      append_escaped(out, text[used]);
+      if (out.size() > room) break;
     }
-    if (out.size() > kMaxMessageBytes) {
-      size_t keep = kMaxMessageBytes - 40;  // room for the note
-      // Back to the start of a UTF-8 character: at most 3 continuation bytes (more is not UTF-8 anyway).
-      for (int back = 0; back < 3 && (static_cast<unsigned char>(out[keep]) & 0xc0) == 0x80; ++back) --keep;
-      const std::string note = "... (" + std::to_string(out.size() - keep) + " more bytes)";
-      out.resize(keep);
-      out += note;
+    // Back to the start of a UTF-8 character: at most 3 continuation bytes (more is not UTF-8 anyway).
+    for (int back = 0; back < 3 && used > 0 && (static_cast<unsigned char>(text[used]) & 0xc0) == 0x80; ++back)
+      --used;
+    out.clear();
+    for (size_t i = 0; i < used; ++i) append_escaped(out, text[i]);
+    return out + "... (" + std::to_string(text.size() - used) + " more bytes)";
+  }
+
+ private:
+  // A control byte as an escape (\n, \t, \xHH); any other byte as it is.
+  static void append_escaped(std::string& out, char c) {
+    static const char* const kHex = "0123456789abcdef";
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte == '\n') {
+      out += "\\n";
+    } else if (byte == '\t') {
+      out += "\\t";
+    } else if (byte < 0x20 || byte == 0x7f) {
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 15];
+    } else {
+      out += c;
     }
-    return out;
   }
 };
 
