@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,8 +17,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -24,6 +28,7 @@
 
 #include "tests/cli_run.hpp"
 #include "tests/contains.hpp"
+#include "tests/fifo_reader.hpp"
 #include "tests/temp_dir_test.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/network.hpp"
@@ -429,22 +434,35 @@ TEST_F(Cli, BenchRejectsBadCounts) {
   EXPECT_PRED_FORMAT2(Contains, r.out, "FAILED");
 }
 
-// Outputs are checked before any work: nothing an output names may be
-// destroyed by accident (a symlink, a FIFO, a device, an input, another output).
-TEST_F(Cli, OutputsThatWouldDestroySomethingAreRefusedFirst) {
+// Outputs are checked before any work: nothing an output names may be reached
+// by accident (a symlink, a FIFO, a device, an input, another output), and
+// what no output can be (a directory, a socket) is refused even with --force.
+TEST_F(Cli, OutputsThatCouldReachSomethingAreRefusedFirst) {
   const std::string dir = path("outs");
-  fs::create_directories(dir);
+  fs::create_directories(dir + "/sub");
   const std::string link = dir + "/link.safetensors", fifo = dir + "/fifo", copy = dir + "/net.json";
-  fs::create_symlink(dir + "/target.safetensors", link);
+  fs::create_symlink("target.safetensors", link);
+  const std::string to_dir = dir + "/to_dir", sock = dir + "/sock";
+  fs::create_symlink("sub", to_dir);
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  const int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(sock.size(), sizeof addr.sun_path);
+  std::strcpy(addr.sun_path, sock.c_str());
+  ASSERT_EQ(::bind(s, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
   fs::copy_file(kSmall, copy);
   const std::string hard = dir + "/hard.json";  // another name of the same file
   fs::create_hard_link(copy, hard);
+  const std::string run_small = "run " + quote(kSmall) + " --device cpu ";
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"run " + quote(kSmall) + " --device cpu --output " + quote(link),
-       "anvil: error: --output " + link + ": will not replace it: it is a symlink (--force replaces it)\n"},
-      {"run " + quote(kSmall) + " --device cpu --output " + quote(fifo),
-       "anvil: error: --output " + fifo + ": will not replace it: it is not a regular file (--force replaces it)\n"},
+      {run_small + "--output " + quote(link),
+       "anvil: error: --output " + link + ": will not write: it is a symlink (--force writes through it)\n"},
+      {run_small + "--output " + quote(fifo),
+       "anvil: error: --output " + fifo + ": will not write: it is not a regular file (--force writes through it)\n"},
+      {run_small + "--force --output " + quote(to_dir),
+       "anvil: error: --output " + to_dir + ": cannot write: it is a directory\n"},
+      {run_small + "--force --output " + quote(sock), "anvil: error: --output " + sock + ": cannot write: it is a socket\n"},
       {"run " + quote(copy) + " --device cpu --output " + quote(dir + "/../outs/net.json"),
        "anvil: error: --output " + dir + "/../outs/net.json: would overwrite the network file " + copy + "\n"},
       {"train " + quote(copy) + " --device cpu --steps 1 --metrics " + quote(hard),
@@ -459,13 +477,44 @@ TEST_F(Cli, OutputsThatWouldDestroySomethingAreRefusedFirst) {
     EXPECT_EQ(r.err, err) << args;
     EXPECT_EQ(step_lines(r.out).size(), 0u) << args;
   }
+  ::close(s);
   EXPECT_TRUE(fs::is_symlink(link));
   EXPECT_EQ(fs::status(fifo).type(), fs::file_type::fifo);
-  // --force replaces the symlink itself (not its target) with the file.
-  const CliResult forced = run("run " + quote(kSmall) + " --device cpu --force --output " + quote(link));
+  EXPECT_EQ(fs::symlink_status(sock).type(), fs::file_type::socket);
+  EXPECT_TRUE(fs::is_empty(dir + "/sub"));
+  // --force writes through the symlink: the link stays, its target gets the tensors.
+  const CliResult forced = run(run_small + "--force --output " + quote(link));
   EXPECT_EQ(forced.status, 0) << describe(forced);
-  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(link)));
-  EXPECT_FALSE(fs::exists(dir + "/target.safetensors"));
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(dir + "/target.safetensors")));
+  EXPECT_EQ(anvil::read_safetensors(link).tensors.count("output"), 1u);
+}
+
+// --force writes into a FIFO or character device as a shell redirection would:
+// the bytes of a file, the FIFO or device left as it was; a device that takes
+// no bytes is an error naming it.
+TEST_F(Cli, ForceWritesIntoAFifoOrDevice) {
+  const std::string file = path("out.safetensors"), fifo = path("fifo");
+  const std::string run_small = "run " + quote(kSmall) + " --device cpu --force --output ";
+  ASSERT_EQ(run(run_small + quote(file)).status, 0);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  anvil::testing::FifoReader reader(fifo);
+  ASSERT_TRUE(reader.opened());
+  const CliResult r = run(run_small + quote(fifo));
+  const std::string piped = reader.finish();
+  EXPECT_EQ(r.status, 0) << describe(r);
+  std::ifstream in(file, std::ios::binary);
+  EXPECT_EQ(piped, std::string(std::istreambuf_iterator<char>(in), {}));
+  EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+  ASSERT_EQ(fs::symlink_status("/dev/null").type(), fs::file_type::character);
+  ASSERT_EQ(fs::symlink_status("/dev/full").type(), fs::file_type::character);
+  const CliResult null = run(run_small + "/dev/null");
+  EXPECT_EQ(null.status, 0) << describe(null);
+  const CliResult full = run(run_small + "/dev/full");
+  EXPECT_EQ(full.status, 1) << describe(full);
+  EXPECT_EQ(full.err, "anvil: error: /dev/full: cannot write: No space left on device\n");
+  EXPECT_EQ(fs::symlink_status("/dev/null").type(), fs::file_type::character);
+  EXPECT_EQ(fs::symlink_status("/dev/full").type(), fs::file_type::character);
 }
 
 TEST_F(Cli, StepsMustBePositive) {

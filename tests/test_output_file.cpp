@@ -18,6 +18,7 @@
 
 #include "anvil/error.hpp"
 #include "anvil/output_file.hpp"
+#include "tests/fifo_reader.hpp"
 #include "tests/temp_dir_test.hpp"
 
 namespace {
@@ -59,6 +60,60 @@ TEST_F(OutputFile, ReplacesTheFileAndLeavesNothingElse) {
   anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new\n"); });
   EXPECT_EQ(read_bytes(target_), "new\n");
   EXPECT_EQ(names(), std::vector<std::string>{"out.txt"});
+}
+
+// A symlink is written through: the link stays, its target (made where it
+// dangles) gets the contents, and the temporary goes next to the target.
+TEST_F(OutputFile, WritesThroughASymlink) {
+  fs::create_directories(path("sub"));
+  const std::string link = path("sub/link");
+  fs::create_symlink("../out.txt", link);  // relative to the link's own directory
+  anvil::write_output_file(link, [](std::FILE* f) { return put(f, "through\n"); });
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(read_bytes(target_), "through\n");
+  const std::string dangling = path("dangling");
+  fs::create_symlink("made.txt", dangling);
+  anvil::write_output_file(dangling, [](std::FILE* f) { return put(f, "made\n"); });
+  EXPECT_TRUE(fs::is_symlink(dangling));
+  EXPECT_EQ(read_bytes(path("made.txt")), "made\n");
+  EXPECT_EQ(std::distance(fs::directory_iterator(path("sub")), fs::directory_iterator()), 1);  // the link alone
+}
+
+// A FIFO is written into, never replaced by a file.
+TEST_F(OutputFile, WritesIntoAFifo) {
+  const std::string fifo = path("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  anvil::testing::FifoReader reader(fifo);
+  ASSERT_TRUE(reader.opened());
+  anvil::write_output_file(fifo, [](std::FILE* f) { return put(f, "piped\n"); });
+  EXPECT_EQ(reader.finish(), "piped\n");
+  EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+}
+
+// A device that takes no bytes fails with its reason and stays a device.
+TEST_F(OutputFile, AFullDeviceIsAnErrorAndStaysADevice) {
+  ASSERT_EQ(fs::status("/dev/full").type(), fs::file_type::character);
+  try {
+    anvil::write_output_file("/dev/full", [](std::FILE* f) { return put(f, std::string(1 << 16, 'x')); });
+    FAIL() << "no error";
+  } catch (const anvil::Error& e) {
+    EXPECT_EQ(std::string(e.what()), "/dev/full: cannot write: No space left on device");
+  }
+  EXPECT_EQ(fs::status("/dev/full").type(), fs::file_type::character);
+}
+
+TEST_F(OutputFile, ADirectoryOrALinkToOneIsRefused) {
+  fs::create_directories(path("dir"));
+  fs::create_symlink("dir", path("to_dir"));
+  for (const std::string& p : {path("dir"), path("to_dir")}) {
+    try {
+      anvil::write_output_file(p, [](std::FILE* f) { return put(f, "x"); });
+      ADD_FAILURE() << p << ": no error";
+    } catch (const anvil::Error& e) {
+      EXPECT_EQ(std::string(e.what()), p + ": cannot write: it is a directory");
+    }
+  }
+  EXPECT_TRUE(fs::is_empty(path("dir")));
 }
 
 // A writer that fails partway (a full disk) is an error naming the file and the reason.

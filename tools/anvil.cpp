@@ -78,7 +78,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
                 "fused convs with few taps per output use cuDNN's conv, not anvil's direct kernel (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
-  cmd->add_flag("--force", f.force, "replace an output that is a symlink, device or FIFO");
+  cmd->add_flag("--force", f.force, "write through an output that is a symlink, character device or FIFO");
   cmd->add_flag("--autotune", f.autotune,
                 "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
 }
@@ -131,28 +131,32 @@ std::string same_file_key(const std::string& path) {
 }
 
 // Fails before any work when an output could not be written at the end, or
-// would destroy something: every output must be a new name or a regular file
-// (a directory never; a symlink, device, FIFO or socket only with --force), no
-// two outputs may share a file, and no output may be an input (a checkpoint
-// may be resumed from and written again).
+// could reach something by accident: every output must be a new name or a
+// regular file (a symlink, character device or FIFO only with --force, which
+// writes through it; a directory, block device or socket never), no two
+// outputs may share a file, and no output may be an input (a checkpoint may be
+// resumed from and written again).
 void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool force) {
   std::map<std::string, std::pair<std::string, std::string>> written;  // file -> (flag, path)
   for (const auto& [flag, path] : outputs) {
     if (path.empty()) continue;
-    const size_t slash = path.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
     struct stat st {};
-    if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-      throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
-    if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
-      throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(errno));
-    if (lstat(path.c_str(), &st) == 0) {
-      if (S_ISDIR(st.st_mode)) throw anvil::InputError(flag + " " + path + ": cannot write: it is a directory");
-      const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : S_ISREG(st.st_mode) ? nullptr : "not a regular file";
-      if (kind != nullptr && !force)
-        throw anvil::InputError(flag + " " + path + ": will not replace it: it is " + kind + " (--force replaces it)");
-    } else if (errno == ENAMETOOLONG) {  // the final rename would fail, after all the work
-      throw anvil::InputError(flag + " " + path + ": cannot write: " + std::strerror(ENAMETOOLONG));
+    if (lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !force) {
+      const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : "not a regular file";
+      throw anvil::InputError(flag + " " + path + ": will not write: it is " + kind + " (--force writes through it)");
+    }
+    const std::string target = anvil::output_target(path);
+    if (const char* kind = anvil::unwritable_kind(target))
+      throw anvil::InputError(flag + " " + path + ": cannot write: it is " + kind);
+    if (!anvil::is_written_into(target)) {  // a file renamed into its directory at the end
+      const size_t slash = target.find_last_of('/');
+      const std::string dir = slash == std::string::npos ? "." : target.substr(0, std::max<size_t>(slash, 1));
+      if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
+      if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
+        throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(errno));
+      if (lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
+        throw anvil::InputError(flag + " " + path + ": cannot write: " + std::strerror(ENAMETOOLONG));
     }
     const auto [it, fresh] = written.emplace(same_file_key(path), std::make_pair(flag, path));
     if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <mutex>
 
 #include "anvil/error.hpp"
@@ -87,10 +88,67 @@ class SignalCleanup {
   bool installed_[2] = {false, false};
 };
 
+// Writes straight into a character device or FIFO (/dev/null, a pipe): there
+// is no file to replace, and renaming over one would destroy it.
+void write_into(const std::string& path, const std::string& target,
+                const std::function<bool(std::FILE*)>& write) {
+  const int fd = ::open(target.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
+  std::FILE* f = ::fdopen(fd, "wb");
+  if (f == nullptr) {
+    const int err = errno;
+    ::close(fd);
+    throw Error(path + ": cannot write: " + std::strerror(err));
+  }
+  errno = 0;
+  bool ok = false;
+  try {
+    ok = write(f) && std::fflush(f) == 0;
+  } catch (...) {
+    std::fclose(f);
+    throw;
+  }
+  int err = errno;
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
+}
+
 }  // namespace
 
+std::string output_target(const std::string& path) {
+  namespace fs = std::filesystem;
+  fs::path p = path;
+  for (int hops = 0; hops < 40; ++hops) {  // Linux's own limit on a chain of symlinks
+    std::error_code ec;
+    if (!fs::is_symlink(fs::symlink_status(p, ec))) return p.string();
+    const fs::path link = fs::read_symlink(p, ec);
+    if (ec) throw Error(path + ": cannot write: " + ec.message());
+    p = link.is_absolute() ? link : p.parent_path() / link;
+  }
+  throw Error(path + ": cannot write: " + std::strerror(ELOOP));
+}
+
+const char* unwritable_kind(const std::string& target) {
+  struct stat st {};
+  if (::stat(target.c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))
+    return nullptr;
+  if (S_ISDIR(st.st_mode)) return "a directory";
+  return S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+}
+
+bool is_written_into(const std::string& target) {
+  struct stat st {};
+  return ::stat(target.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode));
+}
+
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {
-  const std::string dir = directory_of(path);
+  const std::string target = output_target(path);
+  if (const char* kind = unwritable_kind(target)) throw Error(path + ": cannot write: it is " + std::string(kind));
+  if (is_written_into(target)) return write_into(path, target, write);
+  const std::string dir = directory_of(target);
   const std::string pattern = dir + "/.anvil-XXXXXX";
   const std::lock_guard<std::mutex> lock(write_mutex);
   if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
@@ -109,7 +167,7 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // a signal that came meanwhile is handled now
   if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(mkstemp_errno));
   struct stat old {};
-  const mode_t mode = ::stat(path.c_str(), &old) == 0 ? (old.st_mode & 07777) : new_file_mode();
+  const mode_t mode = ::stat(target.c_str(), &old) == 0 ? (old.st_mode & 07777) : new_file_mode();
   std::FILE* f = ::fdopen(fd, "wb");
   bool ok = f != nullptr && ::fchmod(fd, mode) == 0;
   int err = ok ? 0 : errno;
@@ -128,7 +186,7 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
     if (ok) err = errno;
     ok = false;
   }
-  if (ok && std::rename(live_temp, path.c_str()) != 0) {
+  if (ok && std::rename(live_temp, target.c_str()) != 0) {
     ok = false;
     err = errno;
   }

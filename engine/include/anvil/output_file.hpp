@@ -7,6 +7,11 @@
 // temporary is removed, the destination is untouched, and anvil::Error names
 // the path and the reason (a full disk: "No space left on device").
 //
+// A symlink is followed to its target (a dangling one names the file to
+// create), so the link stays. A character device or FIFO (/dev/null, a pipe)
+// is written into, never replaced; a directory, a block device or a socket is
+// refused.
+//
 // SIGINT or SIGTERM during a write, in a program that leaves them at their
 // default action, removes the temporary file and then ends the process as the
 // signal would (128 + the signal, to a shell): the handlers are installed for
@@ -25,5 +30,15 @@ namespace anvil {
 // write(file) writes the contents and returns false on a failed write; an
 // exception it throws comes out of write_output_file, the temporary removed.
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write);
+
+// Where a write to `path` lands: the end of its chain of symlinks.
+std::string output_target(const std::string& path);
+
+// Why a target cannot be written ("a directory", "a block device", "a
+// socket"), or nullptr.
+const char* unwritable_kind(const std::string& target);
+
+// Whether a target is a character device or FIFO, written into in place.
+bool is_written_into(const std::string& target);
 
 }  // namespace anvil
