@@ -186,9 +186,12 @@ TEST_F(CliFullDisk, StdoutOnAFullDeviceFails) {
     const int fd = ::open("/dev/full", O_WRONLY);
     if (fd >= 0) ::dup2(fd, STDOUT_FILENO);
   };
-  const Finished r = run({"info", net_, "--device", "cpu"}, stdout_to_dev_full);
-  EXPECT_EQ(r.status, 1) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: No space left on device\n") << describe(r);
+  const std::vector<std::vector<std::string>> commands = {{"info", net_, "--device", "cpu"}, {"--version"}, {"--help"}};
+  for (const auto& args : commands) {
+    const Finished r = run(args, stdout_to_dev_full);
+    EXPECT_EQ(r.status, 1) << args[0] << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: No space left on device\n") << describe(r);
+  }
   const Finished ok = run({"info", net_, "--device", "cpu"});
   EXPECT_EQ(ok.status, 0) << describe(ok);
   EXPECT_PRED_FORMAT2(Contains, ok.out, "total parameters");

@@ -783,7 +783,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    if (e.get_exit_code() == 0) {  // --help, --version: through stdio, where a failed write is seen
+      std::ostringstream text;
+      const int rc = app.exit(e, text, std::cerr);
+      std::fputs(text.str().c_str(), stdout);
+      return with_stdout_checked(rc);
+    }
     std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";  // one line, as every error
     return 2;
   }
