@@ -568,4 +568,22 @@ TEST_F(Cli, DefaultDeviceIsAnnouncedOnStderr) {
   EXPECT_EQ(r.err, want);
 }
 
+// The notice comes once the inputs are checked: an error before then is the only line.
+TEST_F(Cli, AnErrorWithTheDeviceLeftOutIsOneLine) {
+  const std::string no_gpu = "CUDA_VISIBLE_DEVICES=";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train " + quote(kSmall) + " --steps 1 --gpus 1",
+       "anvil: error: --gpus: no CUDA device is available on this machine (--ranks K runs ranks on the CPU)\n"},
+      {"run " + quote(kSmall) + " --input " + quote(path("missing.safetensors")),
+       "anvil: error: " + path("missing.safetensors") + ": cannot open: No such file or directory\n"},
+      {"train " + quote(kSmall) + " --steps 1 --weights " + quote(path("missing.safetensors")),
+       "anvil: error: " + path("missing.safetensors") + ": cannot open: No such file or directory\n"},
+  };
+  for (const auto& [args, err] : cases) {
+    const CliResult r = run(args, no_gpu);
+    EXPECT_NE(r.status, 0) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, err) << args;
+  }
+}
+
 }  // namespace

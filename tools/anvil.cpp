@@ -171,6 +171,15 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
   }
 }
 
+// Which device anvil chose where --device was left out, for stderr once the
+// inputs are checked and the work starts: an error before then stays one line.
+std::string device_notice;
+
+void print_device_notice() {
+  if (!device_notice.empty()) std::cerr << device_notice << "\n";
+  device_notice.clear();
+}
+
 anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   anvil::Options o;
   o.mode = mode;
@@ -183,8 +192,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   if (f.device.empty()) {
     const bool gpu = anvil::cuda_available();
     o.device = gpu ? Device::Cuda : Device::Cpu;
-    std::cerr << "device: " << anvil::to_string(o.device) << (gpu ? " (a GPU is present)" : " (no GPU found)")
-              << "\n";
+    device_notice = std::string("device: ") + anvil::to_string(o.device) + (gpu ? " (a GPU is present)" : " (no GPU found)");
   } else {
     o.device = f.device == "cuda" ? Device::Cuda : Device::Cpu;
     // A build without CUDA leaves the refusal, and its reason, to the Engine.
@@ -236,6 +244,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
   o.plan_only = o.device == Device::Cpu;
   const anvil::Engine engine(net, o);
+  print_device_notice();
 
   std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", net.name().c_str(),
               net.source().c_str(), anvil::to_string(net.input_shape()).c_str(),
@@ -288,6 +297,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
     const anvil::TensorFile file = anvil::read_safetensors(input);
     engine.set_input(anvil::require_tensor(file, input, "input", net.input_shape()));
   }
+  print_device_notice();
   const auto t0 = std::chrono::steady_clock::now();
   const anvil::HostTensor y = engine.forward();
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -410,6 +420,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
                std::optional<anvil::cli::MetricsWriter>& metrics, StopOnSignals& stop_on_signals) {
   const bool writer = rank == 0;
   if (!t.weights.empty()) load_weights(engine, t.weights, t.strict, writer);
+  if (writer) print_device_notice();
   anvil::TrainOptions to;
   to.steps = t.steps;
   to.epochs = t.epochs;
@@ -524,7 +535,10 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     ranks = processes;
   }
   if (!t.gpus.empty()) {
-    if (o.device != Device::Cuda) throw anvil::InputError("--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
+    if (o.device != Device::Cuda)
+      throw anvil::InputError(std::string(f.device.empty() ? "--gpus: no CUDA device is available on this machine"
+                                                           : "--gpus needs --device cuda") +
+                              " (--ranks K runs ranks on the CPU)");
     if (t.ranks_given) throw anvil::InputError("give --gpus or --ranks, not both");
     gpus = parse_gpus(t.gpus);
     ranks = static_cast<int>(gpus.size());
@@ -571,6 +585,7 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
   if (!weights.empty()) load_weights(engine, weights, strict);
   const anvil::Dataset dataset = load_dataset(data, net);
+  print_device_notice();
   const float loss = engine.evaluate(dataset);
   std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()), data.c_str());
   return 0;
@@ -619,6 +634,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
     std::printf("data: %s, %lld samples, %s\n", b.data.c_str(), static_cast<long long>(data->size()),
                 where_the_data_is(engine));
   }
+  print_device_notice();
   const size_t used = cuda ? anvil::device_memory_used() - used_before : engine.device_bytes();
 
   int64_t epoch = 0, batch_in_epoch = 0;
