@@ -548,7 +548,12 @@ TEST(NetworkParse, BadOptimizer) {
   // Adam and AdamW.
   EXPECT_EQ(opt(R"({"type": "adam", "betas": [0.9]})"),
             "bad.json: optimizer.betas: must be a list of two numbers, got a list");
-  EXPECT_EQ(opt(R"({"type": "adamw", "betas": [0.9, 1.0]})"), "bad.json: optimizer.betas[1]: must be in [0, 1), got 1.0");
+  EXPECT_EQ(opt(R"({"type": "adamw", "betas": [0.9, 1.0]})"),
+            "bad.json: optimizer.betas[1]: must be in [0, 1) as a float, got 1.0");
+  EXPECT_EQ(opt(R"({"type": "adam", "betas": [0.99999999999, 0.9]})"),  // below 1, but 1.0f
+            "bad.json: optimizer.betas[0]: must be in [0, 1) as a float, got 0.99999999999");
+  EXPECT_EQ(opt(R"({"type": "adam", "betas": [0.9, 1e300]})"),
+            "bad.json: optimizer.betas[1]: must be in [0, 1) as a float, got 1e+300");
   EXPECT_EQ(opt(R"({"type": "adam", "eps": -1e-8})"), "bad.json: optimizer.eps: must be >= 0, got -1e-08");
   EXPECT_EQ(opt(R"({"type": "adam", "amsgrad": true})"),
             "bad.json: optimizer.amsgrad: is not supported (only amsgrad: false)");

@@ -100,9 +100,10 @@ OptimizerSpec parse_optimizer(JsonReader& top) {
       if (!betas.is_array() || betas.size() != 2 || !betas[0].is_number() || !betas[1].is_number())
         opt.fail("betas", "must be a list of two numbers, got " + describe_json_value(betas));
       for (int i = 0; i < 2; ++i) {
+        // As the update uses it, a float: 0.99999999999 would be 1.0, and NaN at step 1.
         const double b = betas[i].get<double>();
-        if (!(b >= 0 && b < 1))
-          throw InputError(opt.key_path("betas") + "[" + std::to_string(i) + "]: must be in [0, 1), got " +
+        if (!(b >= 0 && b < 1 && static_cast<float>(b) < 1))
+          throw InputError(opt.key_path("betas") + "[" + std::to_string(i) + "]: must be in [0, 1) as a float, got " +
                            describe_json_value(betas[i]));
       }
       h.beta1 = betas[0].get<float>();
