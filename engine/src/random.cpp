@@ -48,9 +48,9 @@ float uniform01(uint64_t stream, uint64_t index) {
   return static_cast<float>(random_bits(stream, index) >> 40) * (1.0f / 16777216.0f);
 }
 
-void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi) {
+void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, int64_t first) {
   for (int64_t i = 0; i < n; ++i) {
-    const double u = uniform01(stream, static_cast<uint64_t>(i));
+    const double u = uniform01(stream, static_cast<uint64_t>(first + i));
     out[i] = static_cast<float>(lo + (hi - lo) * u);
   }
 }

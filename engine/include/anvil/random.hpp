@@ -19,7 +19,8 @@ uint64_t random_stream(uint64_t seed, const std::string& name);
 uint64_t random_bits(uint64_t stream, uint64_t index);  // bits(stream, i) above
 
 float uniform01(uint64_t stream, uint64_t index);
-void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi);
+// Values first .. first + n - 1 of the stream (a rank's rows of a seeded global batch).
+void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, int64_t first = 0);
 void fill_normal(float* out, int64_t n, uint64_t stream);
 
 }  // namespace anvil

@@ -4,9 +4,11 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <cstring>
+#include <fstream>
+#include <functional>
 #include <set>
+#include <vector>
 
 #include "anvil/error.hpp"
 #include "anvil/random.hpp"
@@ -214,23 +216,31 @@ void Engine::Impl::initialise() {
     if (slab != kNoBuffer) fill(address(slab), 0, schedule.slab_bytes);
   if (schedule.step_state != kNoBuffer) fill(address(schedule.step_state), 0, sizeof(StepState));  // step 0
 
-  std::vector<float> host(slab_floats(), 0.f);
+  // Straight into the arena on the host; on a GPU through a buffer of one tensor, so
+  // the host never holds a second copy of the slab (the memory check counts the arena).
+  std::vector<float> staging;
+  auto fill_tensor = [&](float* tensor, int64_t count, const std::function<void(float*)>& fill) {
+    if (!cuda()) return fill(tensor);
+    staging.resize(size_t(count));
+    fill(staging.data());
+    upload(tensor, staging.data(), size_t(count));
+  };
   for (const auto& slot : schedule.params) {
-    float* dst = host.data() + slot.offset / sizeof(float);
+    const int64_t count = numel(slot.spec.shape);
     const uint64_t stream = random_stream(network.seed(), slot.spec.name);
-    if (slot.spec.init == ParamSpec::Init::Normal)
-      fill_normal(dst, numel(slot.spec.shape), stream);
-    else
-      fill_uniform(dst, numel(slot.spec.shape), stream, -slot.spec.bound, slot.spec.bound);
+    fill_tensor(params + slot.offset / sizeof(float), count, [&](float* dst) {
+      if (slot.spec.init == ParamSpec::Init::Normal)
+        fill_normal(dst, count, stream);
+      else
+        fill_uniform(dst, count, stream, -slot.spec.bound, slot.spec.bound);
+    });
   }
-  upload(params, host.data(), host.size());
   // The seeded batch: a rank of a data-parallel run takes its rows of the global batch's.
-  auto seeded = [&](float* dst, Shape shape, const char* name) {
-    const size_t count = size_t(numel(shape));
-    shape[0] *= ranks();
-    HostTensor global(shape);
-    fill_uniform(global.data.data(), global.size(), random_stream(network.seed(), name), 0.0, 1.0);
-    upload(dst, global.data.data() + count * size_t(rank()), count);
+  auto seeded = [&](float* tensor, const Shape& shape, const char* name) {
+    const int64_t count = numel(shape);
+    fill_tensor(tensor, count, [&](float* dst) {
+      fill_uniform(dst, count, random_stream(network.seed(), name), 0.0, 1.0, count * rank());
+    });
   };
   seeded(input, graph->tensors[0].shape, "input");
   if (training()) seeded(target, graph->tensors[graph->output].shape, "target");
