@@ -196,6 +196,9 @@ TEST(NetworkParse, UnknownTopLevelKey) {
 
 TEST(NetworkParse, LayersMustBeANonEmptyListOfObjects) {
   EXPECT_EQ(error_of(with_layers(kInput4d, "[]")), "bad.json: layers: must be a non-empty list of layers, got a list");
+  std::string many = "[";
+  for (int i = 0; i <= 100'000; ++i) many += std::string(i ? "," : "") + R"({"type": "relu"})";
+  EXPECT_EQ(error_of(with_layers(kInput4d, many + "]")), "bad.json: layers: at most 100000 layers, got 100001");
   EXPECT_EQ(error_of(with_layers(kInput4d, R"({"type": "relu"})")),
             "bad.json: layers: must be a non-empty list of layers, got an object");
   EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}, 3])")), "bad.json: layers[1]: must be an object, got 3");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <vector>
 
 #include "anvil/error.hpp"
 
@@ -21,6 +22,59 @@ const PlannedTensor& MemoryPlan::find(const std::string& name) const {
     if (t.name == name) return t;
   throw Error("internal error: no planned tensor named '" + name + "'");
 }
+
+namespace {
+
+// The placed tensors by lifetime, for finding those alive during a step range
+// without visiting all of them: a segment tree over the steps, each tensor
+// stored at the O(log steps) nodes that tile its lifetime. A query visits the
+// nodes that meet its range, so its cost follows the range and the answer, not
+// the tensor count (a chain of 300k layers plans in linear-log time).
+class LifetimeIndex {
+ public:
+  explicit LifetimeIndex(int step_count) : steps_(std::max(step_count, 1)), nodes_(4 * size_t(steps_)) {}
+
+  void insert(int first, int last, size_t id) { insert(1, 0, steps_ - 1, first, last, id); }
+
+  // Every tensor alive at some step of [first, last], each once.
+  std::vector<size_t> alive(int first, int last) {
+    ++query_;
+    std::vector<size_t> found;
+    collect(1, 0, steps_ - 1, first, last, found);
+    return found;
+  }
+
+ private:
+  void insert(size_t node, int lo, int hi, int first, int last, size_t id) {
+    if (last < lo || hi < first) return;
+    if (first <= lo && hi <= last) {
+      nodes_[node].push_back(id);
+      return;
+    }
+    const int mid = lo + (hi - lo) / 2;
+    insert(2 * node, lo, mid, first, last, id);
+    insert(2 * node + 1, mid + 1, hi, first, last, id);
+  }
+
+  void collect(size_t node, int lo, int hi, int first, int last, std::vector<size_t>& found) {
+    if (last < lo || hi < first) return;
+    for (size_t id : nodes_[node]) {
+      if (id >= seen_.size()) seen_.resize(id + 1, 0);
+      if (seen_[id] != query_) seen_[id] = query_, found.push_back(id);
+    }
+    if (lo == hi) return;
+    const int mid = lo + (hi - lo) / 2;
+    collect(2 * node, lo, mid, first, last, found);
+    collect(2 * node + 1, mid + 1, hi, first, last, found);
+  }
+
+  int steps_;
+  std::vector<std::vector<size_t>> nodes_;
+  std::vector<uint64_t> seen_;  // the last query that found each tensor
+  uint64_t query_ = 0;
+};
+
+}  // namespace
 
 MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
   MemoryPlan plan;
@@ -42,11 +96,12 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
 
   std::vector<PlannedTensor> placed;   // in placement order
   std::vector<size_t> placed_at(requests.size());
+  LifetimeIndex index(step_count);
   for (size_t idx : order) {
     const TensorLifetime& r = requests[idx];
     std::vector<std::pair<size_t, size_t>> busy;  // [offset, end) of tensors alive at the same time
-    for (const auto& p : placed)
-      if (p.first <= r.last && r.first <= p.last) busy.push_back({p.offset, p.offset + p.bytes});
+    for (size_t other : index.alive(r.first, r.last))
+      busy.push_back({placed[other].offset, placed[other].offset + placed[other].bytes});
     std::sort(busy.begin(), busy.end());
     // Best fit: the smallest gap that holds the tensor; else after the last busy block.
     size_t best = SIZE_MAX, best_gap = SIZE_MAX, cursor = 0;
@@ -62,12 +117,19 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     t.offset = best != SIZE_MAX ? best : cursor;
     plan.dynamic_bytes = std::max(plan.dynamic_bytes, t.offset + t.bytes);
     placed_at[idx] = placed.size();
+    index.insert(r.first, r.last, placed.size());
     placed.push_back(t);
   }
+  // The most bytes live at one step: each tensor adds at its first step and leaves after its last.
+  // (Unsigned wrap-around: each running sum is exact.)
+  std::vector<size_t> change(size_t(step_count) + 1, 0);
+  for (const auto& r : requests) {
+    change[size_t(r.first)] += r.bytes;
+    change[size_t(r.last) + 1] -= r.bytes;
+  }
+  size_t live = 0;
   for (int step = 0; step < step_count; ++step) {
-    size_t live = 0;
-    for (const auto& r : requests)
-      if (r.first <= step && step <= r.last) live += r.bytes;
+    live += change[size_t(step)];
     plan.live_peak_bytes = std::max(plan.live_peak_bytes, live);
   }
   // Report in request order, which follows the schedule.

@@ -1,7 +1,6 @@
 #include "engine/src/spec/json_reader.hpp"
 
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <set>
 #include <vector>
@@ -18,37 +17,51 @@ namespace {
 // a frame here and a value in the document per byte (gigabytes for a 100 MB header).
 constexpr size_t kMaxNesting = 128;
 
-// Where the parser is, as a JSON path ("layers[2].stride"): one frame per open
-// object (with its keys so far and the current one) or list (the current index).
-class JsonPathTracker {
+// nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ...".
+std::string without_prefix(const std::string& what) {
+  const size_t cut = what.find("] ");
+  return cut == std::string::npos ? what : what.substr(cut + 2);
+}
+
+// A first pass over the document that builds nothing: it follows where the
+// parser is, as a JSON path ("layers[2].stride"), with one frame per open
+// object (its keys so far and the current one) or list (the current index),
+// and refuses a key an object already has, nesting beyond kMaxNesting, and a
+// number beyond double's range, naming where. (nlohmann's parser callback
+// could do this in the same pass, but it rescans a list at each object's end:
+// quadratic in a list of many layers.)
+class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
  public:
-  // nlohmann's parser callback: follows the document and refuses a key an object already has.
-  bool operator()(int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-    using Event = nlohmann::json::parse_event_t;
-    switch (event) {
-      case Event::object_start:
-      case Event::array_start:
-        if (frames_.size() == kMaxNesting)
-          throw InputError("invalid JSON: nested more than " + std::to_string(kMaxNesting) + " levels deep");
-        next_element();
-        frames_.push_back({event == Event::object_start, {}, {}, -1});
-        break;
-      case Event::object_end:
-      case Event::array_end:
-        frames_.pop_back();
-        break;
-      case Event::key: {
-        Frame& f = frames_.back();
-        f.key = parsed.get<std::string>();
-        if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
-        break;
-      }
-      case Event::value:
-        next_element();
-        break;
-    }
+  bool null() override { return next_element(); }
+  bool boolean(bool) override { return next_element(); }
+  bool number_integer(number_integer_t) override { return next_element(); }
+  bool number_unsigned(number_unsigned_t) override { return next_element(); }
+  bool number_float(number_float_t, const string_t&) override { return next_element(); }
+  bool string(string_t&) override { return next_element(); }
+  bool binary(binary_t&) override { return next_element(); }
+  bool start_object(std::size_t) override { return open(true); }
+  bool start_array(std::size_t) override { return open(false); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+  bool key(string_t& key) override {
+    Frame& f = frames_.back();
+    f.key = key;
+    if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
     return true;
   }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    if (dynamic_cast<const nlohmann::json::out_of_range*>(&e) != nullptr)  // "1e400": beyond double
+      throw InputError(path(true) + ": number out of range");
+    throw InputError("invalid JSON: " + without_prefix(e.what()));
+  }
+
+ private:
+  struct Frame {
+    bool object;
+    std::set<std::string> keys;
+    std::string key;
+    int64_t index;
+  };
 
   // The path of the current key or element; `unread`: the innermost list's
   // next element, which the parser has not reached the end of.
@@ -63,37 +76,36 @@ class JsonPathTracker {
     }
     return p.empty() ? "(top level)" : p;
   }
-
- private:
-  struct Frame {
-    bool object;
-    std::set<std::string> keys;
-    std::string key;
-    int64_t index;
-  };
-  void next_element() {
-    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+  bool open(bool object) {
+    if (frames_.size() == kMaxNesting)
+      throw InputError("invalid JSON: nested more than " + std::to_string(kMaxNesting) + " levels deep");
+    next_element();
+    frames_.push_back({object, {}, {}, -1});
+    return true;
   }
+  bool close() {
+    frames_.pop_back();
+    return true;
+  }
+  bool next_element() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+    return true;
+  }
+
   std::vector<Frame> frames_;
 };
 
 }  // namespace
 
 nlohmann::json parse_json_document(const std::string& text) {
-  JsonPathTracker where;
+  JsonChecker checker;
+  nlohmann::json::sax_parse(text, &checker);
   try {
-    return nlohmann::json::parse(text, std::ref(where));
-  } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ..."
-    std::string what = e.what();
-    const size_t cut = what.find("] ");
-    throw InputError("invalid JSON: " + (cut == std::string::npos ? what : what.substr(cut + 2)));
-  } catch (const nlohmann::json::out_of_range&) {
-    // A number beyond double's range ("1e400"): the parser stops at it.
-    throw InputError(where.path(true) + ": number out of range");
+    return nlohmann::json::parse(text);  // checked: this pass does not fail
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("invalid JSON: " + without_prefix(e.what()));
   }
 }
-
 
 JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
   if (!object_.is_object()) throw InputError(path_ + ": must be an object, got " + describe_json_value(object_));

@@ -123,6 +123,11 @@ OptimizerSpec parse_optimizer(JsonReader& top) {
 std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
   if (!layers.is_array() || layers.empty())
     throw InputError("layers: must be a non-empty list of layers, got " + describe_json_value(layers));
+  // Far beyond any network; the 100 MB file limit alone would admit millions of layers and
+  // gigabytes of plan. (Planning a training run grows with layers x tensors alive at once.)
+  constexpr size_t kMaxLayers = 100'000;
+  if (layers.size() > kMaxLayers)
+    throw InputError("layers: at most " + std::to_string(kMaxLayers) + " layers, got " + std::to_string(layers.size()));
   std::vector<LayerSpec> specs;
   std::map<std::string, size_t> index_of;  // layer name -> list index
   for (size_t i = 0; i < layers.size(); ++i) {
