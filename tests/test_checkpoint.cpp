@@ -124,8 +124,9 @@ TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   std::remove(weights_path.c_str());
 }
 
-// Forged metadata: counters past 2^53 (whose increments would overflow) and another network's
-// hash without a name are InputErrors that say so.
+// Forged metadata: counters past 2^53 (whose increments would overflow) or not
+// as anvil writes them, a future format, a position that does not add up, and
+// another network's hash without a name are InputErrors that say so.
 TEST(Checkpoint, RefusesForgedCountersAndNamesAnUnnamedNetwork) {
   const Network net = Network::load(data_path("adam_step.json"));
   Engine engine(net, cpu_options());
@@ -147,6 +148,14 @@ TEST(Checkpoint, RefusesForgedCountersAndNamesAnUnnamedNetwork) {
   for (const char* key : {"step", "epoch", "optimizer.step"})
     EXPECT_EQ(error_with(key, "9223372036854775807"),
               path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '9223372036854775807'");
+  for (const char* text : {" 1", "+1", "1.0", "", "-0", "1 "})  // only the digits anvil writes
+    EXPECT_EQ(error_with("step", text),
+              path + ": metadata 'step' is not an integer from 0 to 2^53: '" + text + "'");
+  EXPECT_EQ(error_with("anvil.checkpoint", "2"), path + ": checkpoint format '2'; this anvil reads format 1");
+  EXPECT_EQ(error_with("epoch", "2"),
+            path + ": the checkpoint's position does not add up: epoch 2, batch 1 at step 1");
+  EXPECT_EQ(error_with("batch_in_epoch", "5"),
+            path + ": the checkpoint's position does not add up: epoch 0, batch 5 at step 1");
   TensorFile unnamed = good;
   unnamed.metadata.erase("network.name");
   unnamed.metadata["network.hash"] = "0123456789abcdef";

@@ -2,7 +2,9 @@
 // safetensors file, with the position of the run and the network's identity
 // in its metadata. Everything a step depends on is in it, so training N steps,
 // saving, loading and training N more gives the bits of 2N straight steps.
+#include <charconv>
 #include <cstdio>
+#include <string>
 
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
@@ -15,6 +17,8 @@ namespace anvil {
 
 namespace {
 
+constexpr const char* kCheckpointFormat = "1";  // what the metadata and tensors hold; raised on any change
+
 std::string hex(uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
@@ -24,12 +28,11 @@ std::string hex(uint64_t v) {
 int64_t metadata_integer(const TensorFile& file, const std::string& path, const std::string& key) {
   const auto it = file.metadata.find(key);
   if (it == file.metadata.end()) throw InputError(path + ": not an anvil checkpoint (no metadata '" + key + "')");
-  try {
-    size_t used = 0;
-    const long long v = std::stoll(it->second, &used);
-    if (used == it->second.size() && v >= 0 && v <= kMaxSteps) return v;
-  } catch (const std::exception&) {
-  }
+  const std::string& text = it->second;  // digits only, as written: no sign, space or fraction
+  int64_t v = -1;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec == std::errc() && end == text.data() + text.size() && !text.empty() && text[0] != '-' && v <= kMaxSteps)
+    return v;
   throw InputError(path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '" + it->second + "'");
 }
 
@@ -48,7 +51,7 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   StepState state;
   m.download_bytes(&state, m.optimizer_args.step, sizeof state);
   const NetworkSpec& spec = m.network.spec();
-  file.metadata = {{"anvil.checkpoint", "1"},
+  file.metadata = {{"anvil.checkpoint", kCheckpointFormat},
                    {"anvil.version", version()},
                    {"network.name", spec.name},
                    {"network.hash", hex(spec.hash)},
@@ -69,8 +72,12 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   const TensorFile file = read_safetensors(path);
   const NetworkSpec& spec = m.network.spec();
   const auto hash = file.metadata.find("network.hash");
-  if (file.metadata.count("anvil.checkpoint") == 0 || hash == file.metadata.end())
+  const auto format = file.metadata.find("anvil.checkpoint");
+  if (format == file.metadata.end() || hash == file.metadata.end())
     throw InputError(path + ": not an anvil checkpoint (use --weights for a file of parameters)");
+  if (format->second != kCheckpointFormat)
+    throw InputError(path + ": checkpoint format '" + format->second + "'; this anvil reads format " +
+                     kCheckpointFormat);
   if (hash->second != hex(spec.hash)) {
     const auto name = file.metadata.find("network.name");
     throw InputError(path + ": the checkpoint is of another network ('" +
@@ -87,6 +94,11 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   position.step = metadata_integer(file, path, "step");
   position.epoch = metadata_integer(file, path, "epoch");
   position.batch_in_epoch = metadata_integer(file, path, "batch_in_epoch");
+  // Each epoch and each batch of one took a step.
+  if (position.epoch > position.step || position.batch_in_epoch > position.step)
+    throw InputError(path + ": the checkpoint's position does not add up: epoch " + std::to_string(position.epoch) +
+                     ", batch " + std::to_string(position.batch_in_epoch) + " at step " +
+                     std::to_string(position.step));
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
