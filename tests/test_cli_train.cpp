@@ -667,6 +667,11 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
                    "--val-every: must be >= 0, got -1");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--val-every", "2", "--save", save}),
                    "--val-every needs --val");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--strict", "--save", save}), "--strict needs --weights");
+  expect_bad_input(eval({"--data", kTrain, "--strict"}), "--strict needs --weights");
+  // A file where the output's directory should be.
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--save", kTrain + "/model.safetensors"}),
+                   "--save " + kTrain + "/model.safetensors: cannot write in '" + kTrain + "': Not a directory");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "-5", "--save", save}),
                    "--data-budget: must be a number of MiB from 0 to 1e12, got -5.000000");
   // Epochs within the flag's limit whose steps are not (8 per epoch): refused, not wrapped.

@@ -151,8 +151,11 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
     if (!anvil::is_written_into(target)) {  // a file renamed into its directory at the end
       const size_t slash = target.find_last_of('/');
       const std::string dir = slash == std::string::npos ? "." : target.substr(0, std::max<size_t>(slash, 1));
-      if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      const int dir_error = stat(dir.c_str(), &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+      if (dir_error == ENOENT)
         throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
+      if (dir_error != 0)  // a file where a directory should be, a loop of links, ...
+        throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(dir_error));
       if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
         throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(errno));
       if (lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
@@ -517,6 +520,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
       (t.epochs > 0 || !t.val.empty() || !t.resume.empty() || !t.checkpoint.empty() || t.keep_last || t.no_shuffle))
     throw anvil::InputError("--epochs, --val, --resume, --checkpoint, --keep-last and --no-shuffle need --data");
   if (t.val.empty() && t.val_every > 0) throw anvil::InputError("--val-every needs --val");
+  if (t.strict && t.weights.empty()) throw anvil::InputError("--strict needs --weights");
   check_outputs({{"--save", t.save}, {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
                  {"--metrics", t.metrics}},
                 {{"the network file", f.network}, {"--weights", t.weights}, {"--data", t.data}, {"--val", t.val},
@@ -581,6 +585,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
 int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch,
              bool batch_given, bool strict) {
   if (batch_given) check_positive("--batch", batch);
+  if (strict && weights.empty()) throw anvil::InputError("--strict needs --weights");
   const anvil::Network net = load_network(f.network, batch);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
   if (!weights.empty()) load_weights(engine, weights, strict);
