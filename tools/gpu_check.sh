@@ -5,10 +5,12 @@
 # precision's error against PyTorch float64 (tools/precision_report.py), then
 # the dataset benchmark (tools/bench_data.sh). tools/bench_vs_torch.py is the
 # separate comparison with PyTorch.
-# Knobs: CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
+# Knobs: STAGES (default "tests sanitizers precision data"; the build always
+# runs: a session whose calls each have 10 minutes runs the stages across warm
+# calls), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
 # SANITIZER_TIMEOUT (s per tool, default 240), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
-# --cases), SKIP_BENCH_DATA=1. Prints a short summary last. Logs go to $OUT
+# --cases). Prints a short summary last. Logs go to $OUT
 # (or /tmp/anvil-gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,15 +29,21 @@ fi
 grep -iE "warning" "$out/build.log" | head -5
 summary+=("build: ok ($(grep -ciE 'warning' "$out/build.log") warning lines)")
 
-ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-1}" >"$out/ctest.log" 2>&1
-ctest_rc=$?
-grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|Not Run" "$out/ctest.log" | tail -15
-summary+=("tests: $(grep -E 'tests passed' "$out/ctest.log" | tail -1)")
-# Tests that failed beside others get one serial rerun (GPU memory and timing are shared).
-if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-1}" != 1 ]; then
-  ctest --test-dir build --rerun-failed --output-on-failure -j 1 >"$out/ctest_rerun.log" 2>&1
+stages=" ${STAGES:-tests sanitizers precision data} "
+stage() { [[ "$stages" == *" $1 "* ]] || { summary+=("$1: not in STAGES"); false; }; }
+
+ctest_rc=0
+if stage tests; then
+  ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-1}" >"$out/ctest.log" 2>&1
   ctest_rc=$?
-  summary+=("tests rerun serially: $(grep -E 'tests passed' "$out/ctest_rerun.log" | tail -1)")
+  grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|Not Run" "$out/ctest.log" | tail -15
+  summary+=("tests: $(grep -E 'tests passed' "$out/ctest.log" | tail -1)")
+  # Tests that failed beside others get one serial rerun (GPU memory and timing are shared).
+  if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-1}" != 1 ]; then
+    ctest --test-dir build --rerun-failed --output-on-failure -j 1 >"$out/ctest_rerun.log" 2>&1
+    ctest_rc=$?
+    summary+=("tests rerun serially: $(grep -E 'tests passed' "$out/ctest_rerun.log" | tail -1)")
+  fi
 fi
 
 # compute-sanitizer. memcheck runs over the GPU tests, cuDNN's kernels included (the full-size
@@ -43,7 +51,9 @@ fi
 # check anvil's own kernels only (--kernel-name kns=5anvil: every kernel of anvil's namespace;
 # cuDNN's are left out, docs/reliability.md says why) over the kernel tests, on small shapes.
 sanitizer_rc=0
-if command -v compute-sanitizer >/dev/null; then
+if ! stage sanitizers; then
+  :
+elif command -v compute-sanitizer >/dev/null; then
   kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
   for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
     if [ "$tool" = memcheck ]; then
@@ -69,7 +79,9 @@ else
 fi
 
 # How far each precision is from PyTorch's float64 (docs/network-format.md quotes it).
-if python3 tools/precision_report.py ${PRECISION_CASES:+--cases "$PRECISION_CASES"} >"$out/precision.md" 2>&1; then
+if ! stage precision; then
+  :
+elif python3 tools/precision_report.py ${PRECISION_CASES:+--cases "$PRECISION_CASES"} >"$out/precision.md" 2>&1; then
   tail -2 "$out/precision.md"
   summary+=("precision: $(tail -2 "$out/precision.md" | sed 's/worst relative L2 error against float64, //' | paste -sd ';')")
 else
@@ -78,8 +90,8 @@ else
 fi
 
 # What training from a dataset costs: resident on the device against host memory (tools/bench_data.sh).
-if [ "${SKIP_BENCH_DATA:-0}" = 1 ]; then
-  summary+=("data: skipped (SKIP_BENCH_DATA=1)")
+if ! stage data; then
+  :
 elif tools/bench_data.sh "$out" >"$out/bench_data.out" 2>&1; then
   tail -3 "$out/bench_data.out"
   summary+=("data: $(tail -2 "$out/bench_data.out" | tr -s ' ' | paste -sd ';')")
