@@ -205,6 +205,19 @@ void resume_across_epochs(Device device) {
   EXPECT_EQ(end.step, 16);
   EXPECT_EQ(end.epoch, 2);
   expect_same_parameters(straight, resumed);
+  // A batch beyond the epoch (another dataset, another batch size) is refused
+  // before anything is written: the engine keeps its parameters.
+  TensorFile forged = read_safetensors(path);
+  forged.metadata["batch_in_epoch"] = "8";  // the epoch has 8 batches, 0 to 7
+  write_safetensors(path, forged);
+  const auto before = resumed.parameters();
+  try {
+    run(resumed, 16, path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": batch 8 of an epoch of 8 (another dataset or batch size?)");
+  }
+  for (const auto& [name, value] : resumed.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
   std::remove(path.c_str());
 }
 

@@ -99,6 +99,10 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
     throw InputError(path + ": the checkpoint's position does not add up: epoch " + std::to_string(position.epoch) +
                      ", batch " + std::to_string(position.batch_in_epoch) + " at step " +
                      std::to_string(position.step));
+  // With a dataset attached, the batch must lie in its epochs.
+  if (m.train_feed && position.batch_in_epoch >= m.train_feed->plan().batches_per_epoch())
+    throw InputError(path + ": batch " + std::to_string(position.batch_in_epoch) + " of an epoch of " +
+                     std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 

@@ -45,13 +45,8 @@ Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine),
 }
 
 void Trainer::resume(const std::string& checkpoint) {
-  const TrainPosition at = engine_.load_checkpoint(checkpoint);
-  if (steps_per_epoch_ > 0) {
-    if (at.batch_in_epoch >= steps_per_epoch_)
-      throw InputError(checkpoint + ": batch " + std::to_string(at.batch_in_epoch) + " of an epoch of " +
-                       std::to_string(steps_per_epoch_) + " (another dataset or batch size?)");
-    engine_.start_epoch(at.epoch, at.batch_in_epoch);
-  }
+  const TrainPosition at = engine_.load_checkpoint(checkpoint);  // checks the batch against the epoch
+  if (steps_per_epoch_ > 0) engine_.start_epoch(at.epoch, at.batch_in_epoch);
   position_ = at;
 }
 
