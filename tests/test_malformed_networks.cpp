@@ -35,6 +35,8 @@ const std::vector<Malformed> kMalformed = {
     {"a list at the top", "[]", "bad.json: the network must be a JSON object"},
     {"a number at the top", "7", "bad.json: the network must be a JSON object"},
     {"a NUL byte", std::string("{\"name\": \"t\0\"}", 14), "bad.json: invalid JSON"},
+    {"a NUL byte after a whole network", net("[1, 1, 4, 4]", R"([{"type": "relu"}])") + std::string("\0 {{{", 5),
+     "bad.json: invalid JSON: a NUL byte at offset"},
     {"nesting 200 deep", R"({"name": "t", "seed": )" + std::string(200, '[') + std::string(200, ']') + "}",
      "bad.json: invalid JSON: nested more than 128 levels deep"},
     {"a duplicate top-level key", R"({"name": "t", "name": "u"})", "bad.json: name: duplicate key"},

@@ -101,7 +101,7 @@ nlohmann::json parse_json_document(const std::string& text) {
   JsonChecker checker;
   nlohmann::json::sax_parse(text, &checker);
   try {
-    return nlohmann::json::parse(text);  // checked: this pass does not fail
+    return nlohmann::json::parse(text);  // the checker has refused whatever this parse would
   } catch (const nlohmann::json::exception& e) {
     throw InputError("invalid JSON: " + without_prefix(e.what()));
   }
