@@ -482,6 +482,24 @@ TEST_F(Cli, OutputsThatCouldReachSomethingAreRefusedFirst) {
   EXPECT_EQ(fs::status(fifo).type(), fs::file_type::fifo);
   EXPECT_EQ(fs::symlink_status(sock).type(), fs::file_type::socket);
   EXPECT_TRUE(fs::is_empty(dir + "/sub"));
+  // Two links to one file that does not exist yet are one output, as are a link and its target.
+  const std::string a = dir + "/a", b = dir + "/b";
+  fs::create_symlink("new.safetensors", a);
+  fs::create_symlink("new.safetensors", b);
+  const CliResult both = run("train " + quote(kSmall) + " --device cpu --steps 1 --force --save " + quote(a) +
+                             " --dump-grads " + quote(b));
+  EXPECT_EQ(both.status, 2) << describe(both);
+  EXPECT_EQ(both.err, "anvil: error: --dump-grads " + b + ": the same file as --save\n");
+  const CliResult to_target = run("train " + quote(kSmall) + " --device cpu --steps 1 --force --save " + quote(a) +
+                                  " --dump-grads " + quote(dir + "/new.safetensors"));
+  EXPECT_EQ(to_target.status, 2) << describe(to_target);
+  EXPECT_FALSE(fs::exists(dir + "/new.safetensors"));
+  // A loop of links is bad input naming the flag.
+  fs::create_symlink("loop_b", dir + "/loop_a");
+  fs::create_symlink("loop_a", dir + "/loop_b");
+  const CliResult loop = run(run_small + "--force --output " + quote(dir + "/loop_a"));
+  EXPECT_EQ(loop.status, 2) << describe(loop);
+  EXPECT_EQ(loop.err, "anvil: error: --output " + dir + "/loop_a: cannot write: Too many levels of symbolic links\n");
   // --force writes through the symlink: the link stays, its target gets the tensors.
   const CliResult forced = run(run_small + "--force --output " + quote(link));
   EXPECT_EQ(forced.status, 0) << describe(forced);

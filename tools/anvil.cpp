@@ -145,12 +145,16 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
       const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : "not a regular file";
       throw anvil::InputError(flag + " " + path + ": will not write: it is " + kind + " (--force writes through it)");
     }
-    const std::string target = anvil::output_target(path);
-    if (const char* kind = anvil::unwritable_kind(target))
-      throw anvil::InputError(flag + " " + path + ": cannot write: it is " + kind);
-    if (!anvil::is_written_into(target)) {  // a file renamed into its directory at the end
-      const size_t slash = target.find_last_of('/');
-      const std::string dir = slash == std::string::npos ? "." : target.substr(0, std::max<size_t>(slash, 1));
+    std::string target;
+    try {
+      target = anvil::output_target(path);
+    } catch (const anvil::Error& e) {  // a loop of links
+      throw anvil::InputError(flag + " " + e.what());
+    }
+    const anvil::OutputKind kind = anvil::output_kind(target);
+    if (kind.refused != nullptr) throw anvil::InputError(flag + " " + path + ": cannot write: it is " + kind.refused);
+    if (!kind.in_place) {  // a file renamed into its directory at the end
+      const std::string dir = anvil::output_directory(target);
       const int dir_error = stat(dir.c_str(), &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
       if (dir_error == ENOENT)
         throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
@@ -161,7 +165,7 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
       if (lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
         throw anvil::InputError(flag + " " + path + ": cannot write: " + std::strerror(ENAMETOOLONG));
     }
-    const auto [it, fresh] = written.emplace(same_file_key(path), std::make_pair(flag, path));
+    const auto [it, fresh] = written.emplace(same_file_key(target), std::make_pair(flag, path));
     if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);
   }
   for (const auto& [flag, path] : inputs) {
@@ -423,7 +427,6 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
                std::optional<anvil::cli::MetricsWriter>& metrics, StopOnSignals& stop_on_signals) {
   const bool writer = rank == 0;
   if (!t.weights.empty()) load_weights(engine, t.weights, t.strict, writer);
-  if (writer) print_device_notice();
   anvil::TrainOptions to;
   to.steps = t.steps;
   to.epochs = t.epochs;
@@ -454,6 +457,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   const bool epochs = trainer->steps_per_epoch() > 0;
   const anvil::Communicator* ranks = engine.options().communicator;
   if (writer) {
+    print_device_notice();  // the data, the weights and the checkpoint are all checked
     std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),

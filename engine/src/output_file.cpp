@@ -21,12 +21,6 @@ namespace anvil {
 
 namespace {
 
-std::string directory_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 // The permissions a new file gets: 0666 less the umask (read without changing it for long).
 mode_t new_file_mode() {
   const mode_t mask = ::umask(0);
@@ -131,24 +125,26 @@ std::string output_target(const std::string& path) {
   throw Error(path + ": cannot write: " + std::strerror(ELOOP));
 }
 
-const char* unwritable_kind(const std::string& target) {
+OutputKind output_kind(const std::string& target) {
   struct stat st {};
-  if (::stat(target.c_str(), &st) != 0 || S_ISREG(st.st_mode) || S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))
-    return nullptr;
-  if (S_ISDIR(st.st_mode)) return "a directory";
-  return S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+  if (::stat(target.c_str(), &st) != 0 || S_ISREG(st.st_mode)) return {};
+  if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode)) return {true, nullptr};
+  if (S_ISDIR(st.st_mode)) return {false, "a directory"};
+  return {false, S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file"};
 }
 
-bool is_written_into(const std::string& target) {
-  struct stat st {};
-  return ::stat(target.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode));
+std::string output_directory(const std::string& target) {
+  const size_t slash = target.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : target.substr(0, slash);
 }
 
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {
   const std::string target = output_target(path);
-  if (const char* kind = unwritable_kind(target)) throw Error(path + ": cannot write: it is " + std::string(kind));
-  if (is_written_into(target)) return write_into(path, target, write);
-  const std::string dir = directory_of(target);
+  const OutputKind kind = output_kind(target);
+  if (kind.refused != nullptr) throw Error(path + ": cannot write: it is " + std::string(kind.refused));
+  if (kind.in_place) return write_into(path, target, write);
+  const std::string dir = output_directory(target);
   const std::string pattern = dir + "/.anvil-XXXXXX";
   const std::lock_guard<std::mutex> lock(write_mutex);
   if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));

@@ -34,11 +34,16 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
 // Where a write to `path` lands: the end of its chain of symlinks.
 std::string output_target(const std::string& path);
 
-// Why a target cannot be written ("a directory", "a block device", "a
-// socket"), or nullptr.
-const char* unwritable_kind(const std::string& target);
+// What a write does to a target: replaces a file (new or regular) by rename,
+// writes into a character device or FIFO in place, or is refused, and why ("a
+// directory", "a block device", "a socket").
+struct OutputKind {
+  bool in_place = false;
+  const char* refused = nullptr;
+};
+OutputKind output_kind(const std::string& target);
 
-// Whether a target is a character device or FIFO, written into in place.
-bool is_written_into(const std::string& target);
+// The directory of a target: where its temporary file goes.
+std::string output_directory(const std::string& target);
 
 }  // namespace anvil
