@@ -215,6 +215,8 @@ struct Convolution::Cudnn {
   // into it (gradient fan-out).
   std::unique_ptr<CudnnGraphConv> graph[kOpCount];
   std::unique_ptr<CudnnGraphConv> graph_accumulate;
+  // The forward op writing Y channels-last (request_channels_last_output), in place of its packed op.
+  std::unique_ptr<CudnnGraphConv> channels_last;
   TensorDescriptor a, b;
   FilterDescriptor w;
   ConvolutionDescriptor conv[kOpCount];
@@ -286,13 +288,42 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.used[kBackwardFilter] = true;
     if (needs_input_grad_) c.used[spec_.transposed ? kForward : kBackwardData] = true;
   }
+  const cpu::ConvGeometry g = geometry();
+  const int64_t taps = cpu::volume(g.k);
+  // Products summed per output by each op: the forward relation's, the backward data's, the filter gradient's.
+  const int64_t products[kOpCount] = {g.ca * taps, g.cb * taps, g.n * cpu::volume(g.b)};
+  const ConvGraphGeometry graph_geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
+                                         spec_.padding, spec_.stride, spec_.dilation};
+  const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
+                                                CudnnGraphConv::Kind::BackwardFilter};
+  // A channels-last Y where asked, under tf32 (cuDNN's tensor-core kernels
+  // work channels-last and, given a packed Y, transpose it in a pass of their
+  // own), for an op that sums at least as many products per output as the
+  // 3-D rule below asks (on thinner ones FMA engines measured faster): the
+  // forward op moves to the graph API, with its first tensor-core engine
+  // (autotuned: its fastest eligible one); packed where it has none.
+  const int forward_op = spec_.transposed ? kBackwardData : kForward;
+  if (channels_last_wanted_ && c.used[forward_op] && settings.precision == Precision::TF32 &&
+      products[forward_op] >= kTensorCoreRuleProducts) {
+    ConvGraphGeometry last = graph_geometry;
+    (spec_.transposed ? last.a_channels_last : last.b_channels_last) = true;
+    try {
+      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], last, 0.f, settings);
+      if (settings.autotune || op->keep_first_tensor_core_engine()) {
+        c.workspace[forward_op] = op->workspace();
+        c.channels_last = std::move(op);
+        c.used[forward_op] = false;
+      }
+    } catch (const Error&) {
+      // no eligible engine within the workspace limit: the packed op as before
+    }
+  }
   // The filter gradient on anvil's tensor-core kernel where it applies, by
   // rule: always under fp32 (cuDNN's deterministic FMA algorithms measured 3x
   // to 11x slower), and under tf32 when W's rows (in_channels x taps of the A
   // side) fit one 128-column tile of the kernel; wider ones went either way
   // against cuDNN's TF32 algorithms (docs/performance.md). Autotuned, cuDNN's
   // is planned as well and the faster kept (search_algorithms).
-  const cpu::ConvGeometry g = geometry();
   const bool tensor_cores = cuda::tensor_core_kernels_available();
   c.wgrad_mma.candidate = c.used[kBackwardFilter] && tensor_cores && cuda::conv_mma_weight_grad_supported(g);
   if (c.wgrad_mma.candidate && !settings.autotune) {
@@ -314,12 +345,6 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // on such layers; the rest the legacy API, as fast or faster on the 2-D
   // layers measured (docs/performance.md). Each op on the legacy API plans
   // its workspace from the heuristics' list (no memory needed yet).
-  ConvGraphGeometry geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
-                             spec_.padding, spec_.stride, spec_.dilation};
-  const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
-                                                CudnnGraphConv::Kind::BackwardFilter};
-  const int64_t taps = cpu::volume(g.k);
-  const int64_t products[kOpCount] = {g.ca * taps, g.cb * taps, g.n * cpu::volume(g.b)};
   const int dx_op = spec_.transposed ? kForward : kBackwardData;
   for (int op = 0; op < kOpCount; ++op) {
     const bool by_rule = !settings.autotune && settings.precision == Precision::TF32 && spec_.dims == 3 &&
@@ -327,7 +352,7 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     if (!c.used[op] || !(settings.autotune || by_rule)) continue;
     // The graph op, or null where the rule finds no tensor-core engine for it.
     auto make = [&](float beta) {
-      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], geometry, beta, settings);
+      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], graph_geometry, beta, settings);
       if (by_rule && !conv->keep_first_tensor_core_engine()) conv.reset();
       return conv;
     };
@@ -413,6 +438,7 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   void* const graph_w[kOpCount] = {const_cast<float*>(w), const_cast<float*>(w), dw};
   for (int op = 0; op < kOpCount; ++op)
     if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));
+  if (c.channels_last) c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws);
   if (c.graph_accumulate) {
     const int dx_op = spec_.transposed ? kForward : kBackwardData;
     c.graph_accumulate->choose_fastest(ctx, a, b, graph_w[dx_op], ws_for(static_cast<Op>(dx_op)));
@@ -460,9 +486,14 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   c.chosen = true;
 }
 
+bool Convolution::channels_last_output() const { return cudnn_ && cudnn_->channels_last; }
+
 std::string Convolution::describe_cuda() const {
   if (!cudnn_ || !cudnn_->chosen) return "";
   std::string s;
+  if (cudnn_->channels_last)
+    s = std::string(kOpNames[spec_.transposed ? kBackwardData : kForward]) + " " + cudnn_->channels_last->describe() +
+        ", Y channels-last";
   for (int op = 0; op < kOpCount; ++op) {
     const Cudnn::AnvilKernel* anvil =
         op == kForward ? &cudnn_->fprop_mma : op == kBackwardFilter ? &cudnn_->wgrad_mma : nullptr;
@@ -486,7 +517,9 @@ std::string Convolution::describe_cuda() const {
 }
 
 void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws) {
-  if (spec_.transposed)
+  if (cudnn_->channels_last)
+    cudnn_->channels_last->run(ctx, spec_.transposed ? y : x, spec_.transposed ? x : y, w, ws);
+  else if (spec_.transposed)
     backward_data_relation(ctx, x, w, y, false, ws);  // y is A, x is B
   else
     forward_relation(ctx, x, w, y, false, ws);

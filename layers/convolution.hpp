@@ -53,6 +53,12 @@ class Convolution : public Layer {
   ~Convolution() override;
   // false: a fused layer computes the forward itself, so cuDNN's forward is neither planned nor searched.
   void set_runs_forward(bool runs) { runs_forward_ = runs; }
+  // Asks for run_forward to write y channels-last, (N, spatial..., C), for a
+  // fused epilogue that reads it so. Granted under tf32 where cuDNN's graph API
+  // has a tensor-core engine for it (the rule) or any eligible one (autotune);
+  // channels_last_output() says, once built.
+  void request_channels_last_output(bool wanted) { channels_last_wanted_ = wanted; }
+  bool channels_last_output() const;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;
@@ -88,6 +94,7 @@ class Convolution : public Layer {
 
   std::unique_ptr<Cudnn> cudnn_;
   bool runs_forward_ = true;
+  bool channels_last_wanted_ = false;
 #endif
 };
 

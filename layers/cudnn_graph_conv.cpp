@@ -57,12 +57,23 @@ constexpr cudnnBackendAttributeName_t kGraphHandle = CUDNN_ATTR_OPERATIONGRAPH_H
 constexpr cudnnBackendAttributeName_t kPlanHandle = CUDNN_ATTR_EXECUTION_PLAN_HANDLE;
 #pragma GCC diagnostic pop
 
-Backend tensor(int64_t uid, const std::vector<int64_t>& dims) {
+// Packed: (N, C, spatial...) row-major. Channels-last: C is the innermost axis, then the spatial axes, then N.
+Backend tensor(int64_t uid, const std::vector<int64_t>& dims, bool channels_last = false) {
   std::vector<int64_t> strides(dims.size());
   int64_t stride = 1;
-  for (size_t i = dims.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= dims[i];
+  if (channels_last) {
+    strides[1] = stride;
+    stride *= dims[1];
+    for (size_t i = dims.size(); i-- > 2;) {
+      strides[i] = stride;
+      stride *= dims[i];
+    }
+    strides[0] = stride;
+  } else {
+    for (size_t i = dims.size(); i-- > 0;) {
+      strides[i] = stride;
+      stride *= dims[i];
+    }
   }
   Backend t(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
   const cudnnDataType_t type = CUDNN_DATA_FLOAT;
@@ -194,7 +205,7 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
                                const BuildSettings& settings)
     : plans_(std::make_unique<Plans>()) {
   const OpAttributes at = attributes_of(kind);
-  const Backend a = tensor(kA, g.a), b = tensor(kB, g.b), w = tensor(kW, g.w);
+  const Backend a = tensor(kA, g.a, g.a_channels_last), b = tensor(kB, g.b, g.b_channels_last), w = tensor(kW, g.w);
   const Backend conv = convolution(g);
   Backend op(at.type);
   const float alpha = 1.f;

@@ -1,12 +1,13 @@
 // One convolution op (forward, backward data or backward filter) through
 // cuDNN's graph (backend) API, the API PyTorch runs its convolutions through,
-// for --autotune. Its engines include runtime-compiled ones that the legacy
-// cudnnFind*Algorithm API never offers. Where the graph API has no eligible
-// engine, Convolution falls back to the legacy API for that op.
+// for --autotune and the tf32 rules of convolution.cpp. Its engines include
+// runtime-compiled ones that the legacy cudnnFind*Algorithm API never offers.
+// Where the graph API has no eligible engine, Convolution falls back to the
+// legacy API for that op.
 //
-// The op is over three packed float tensors by role: A (the conv's input
-// side), B (its output side) and W, as the legacy descriptors in
-// convolution.cpp. Engines are filtered as the precision and determinism
+// The op is over three float tensors by role: A (the conv's input side), B
+// (its output side) and W, as the legacy descriptors in convolution.cpp;
+// packed, except that A or B may be channels-last. Engines are filtered as the precision and determinism
 // ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
 // refuses non-deterministic ones, and none may down-convert its inputs.
 // Candidates are every eligible engine that the heuristics (mode A) or the
@@ -30,6 +31,7 @@ class CudaContext;
 struct ConvGraphGeometry {
   std::vector<int64_t> a, b, w;  // dims of A, B and W
   std::vector<int64_t> padding, stride, dilation;
+  bool a_channels_last = false, b_channels_last = false;  // stored (N, spatial..., C) instead of packed
 };
 
 class CudnnGraphConv {

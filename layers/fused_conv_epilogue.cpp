@@ -165,8 +165,13 @@ size_t FusedConvEpilogue::reduce_scratch_bytes() const {
                 : cuda::chain_pool_backward_scratch_bytes(general_geometry(), chain_.ops);
 }
 
+bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_; }
+
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->set_runs_forward(forward_ == Forward::Cudnn);
+  // Y channels-last where only the epilogue reads it (Convolution grants it under tf32).
+  conv_->request_channels_last_output(forward_ == Forward::Cudnn && !keeps_y() &&
+                                      cuda::channels_last_pool_geometry_error(general_geometry()) == nullptr);
   conv_->build_cuda(ctx, settings);
 }
 
@@ -177,7 +182,7 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
   const size_t pooled = static_cast<size_t>(numel(output_shape()));
-  const bool keep_y = backward && !tiled_;
+  const bool keep_y = keeps_y();
   const bool argmax = backward && pool_ && pool_->max;
   const bool y = keep_y || forward_ == Forward::Cudnn;
   return {{"y", y ? y_bytes() : 0, keep_y ? BufferLife::Saved : BufferLife::Forward},
@@ -200,7 +205,9 @@ void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& for
 std::string FusedConvEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : tiled_ ? "a max pool that tiles Y" : pool_->max ? "a max pool" : "an average pool";
   const std::string epilogue = "bias, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool;
-  if (forward_ == Forward::Cudnn) return conv_->describe_cuda() + "; one epilogue kernel: " + epilogue;
+  if (forward_ == Forward::Cudnn)
+    return conv_->describe_cuda() + "; one epilogue kernel" +
+           (conv_->channels_last_output() ? " (reading Y channels-last)" : "") + ": " + epilogue;
   const std::string backward = conv_->describe_cuda();
   return "anvil's direct conv (float32 FMA), " + epilogue + " in one kernel" +
          (backward.empty() ? "" : "; " + backward);
@@ -218,7 +225,10 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
     return;
   }
   conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
-  if (tiled_)
+  if (conv_->channels_last_output())
+    cuda::channels_last_pool_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
+                                     tiled_ ? args.buffer<float>(kYAtMax) : nullptr, general_geometry(), ctx.stream());
+  else if (tiled_)
     cuda::fused_epilogue_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
                                  args.buffer<float>(kYAtMax), tiled_geometry(), ctx.stream());
   else

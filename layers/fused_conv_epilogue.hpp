@@ -4,7 +4,9 @@
 // convolution into a buffer Y; one kernel then adds the bias, runs the chain
 // and pools. Direct (a conv with few taps per output, direct_conv.hpp):
 // anvil's kernel computes all of it, writing Y only where backward reads it.
-// Both save the same tensors, so backward is one. For a max pool that tiles Y it
+// Under tf32, where only the epilogue reads Y, cuDNN writes Y channels-last
+// (its tensor-core kernels' own layout) and the epilogue reads it so
+// (channels_last_pool.hpp). Both save the same tensors, so backward is one. For a max pool that tiles Y it
 // saves, per pooled element, only the argmax and y there (epilogue.hpp);
 // every other pool, and no pool, keeps Y for backward (chain_pool.hpp).
 // Backward rebuilds dY in one kernel, which also reduces dbias and the
@@ -17,6 +19,7 @@
 
 #include "engine/src/lower/fusion_rules.hpp"
 #include "kernels/cuda/chain_pool.hpp"
+#include "kernels/cuda/channels_last_pool.hpp"
 #include "kernels/cuda/direct_conv.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "layers/convolution.hpp"
@@ -79,6 +82,7 @@ class FusedConvEpilogue : public Layer {
   cuda::ChainPoolGeometry general_geometry() const;
   cuda::DirectConvGeometry direct_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
+  bool keeps_y() const;    // whether backward reads Y (every pool but a tiled max, in training)
   size_t conv_param_count() const { return conv_->param_count(); }
   size_t reduce_scratch_bytes() const;
 

@@ -39,6 +39,7 @@
 #include "kernels/cuda/bias.hpp"
 #include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/channel_scale.hpp"
+#include "kernels/cuda/channels_last_pool.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "kernels/cuda/finite.hpp"
 #include "kernels/cuda/pointwise.hpp"
@@ -987,6 +988,102 @@ TEST(CudaKernels, PlainPoolAccumulatesWithoutY) {
   }
 }
 
+// ---- the same forward over a channels-last Y (channels_last_pool.hpp) ----
+
+// y (n, c, s) as (n, s, c).
+std::vector<float> to_channels_last(const std::vector<float>& y, int64_t n, int64_t c, int64_t s) {
+  std::vector<float> last(y.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t e = 0; e < s; ++e) last[(i * s + e) * c + ch] = y[(i * c + ch) * s + e];
+  return last;
+}
+
+// Flat NCDHW index of window element w of pooled element e of plane, or -1 in the padding.
+int64_t pool_window_index(const gpu::ChainPoolGeometry& g, int64_t plane, int64_t e, int64_t w) {
+  const auto out = gpu::chain_pool_output(g);
+  const int64_t o[3] = {e / (out[1] * out[2]), e / out[2] % out[1], e % out[2]};
+  const int64_t k[3] = {w / (g.k[1] * g.k[2]), w / g.k[2] % g.k[1], w % g.k[2]};
+  int64_t at = plane;
+  for (int a = 0; a < 3; ++a) {
+    const int64_t i = o[a] * g.stride[a] - g.pad[a] + k[a];
+    if (i < 0 || i >= g.y[a]) return -1;
+    at = at * g.y[a] + i;
+  }
+  return at;
+}
+
+// The general cases, the tiled max pools' (their windows of at most 255), and
+// channel counts around the 32-channel tiles, by 4 (16-byte loads where the
+// buffers are aligned) and not.
+std::vector<PoolCase> channels_last_cases() {
+  std::vector<PoolCase> cases = kPoolCases;
+  for (const EpilogueGeometry& e : kEpilogueGeometries) {
+    if (window_of(e) > gpu::kMaxPoolWindow) continue;
+    cases.push_back(pool_case("tiled " + describe(e), e.n, e.c, e.y, gpu::ChainPool::Max, e.k, e.k));
+  }
+  cases.push_back(pool_case("37 channels, max 2x2", 2, 37, {1, 10, 14}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}));
+  cases.push_back(pool_case("72 channels, avg 2x2x2", 1, 72, {4, 6, 10}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}));
+  cases.push_back(pool_case("12 channels, avg 3 s2 p1", 2, 12, {1, 9, 13}, gpu::ChainPool::Avg, {1, 3, 3},
+                            {1, 2, 2}, {0, 1, 1}));
+  cases.push_back(pool_case("44 channels, no pool", 1, 44, {2, 3, 11}, gpu::ChainPool::None));
+  cases.push_back(pool_case("33 channels, no pool", 3, 33, {1, 5, 7}, gpu::ChainPool::None));
+  cases.push_back(pool_case("64 channels, max 3 s2 p1", 2, 64, {1, 11, 9}, gpu::ChainPool::Max, {1, 3, 3},
+                            {1, 2, 2}, {0, 1, 1}));
+  return cases;
+}
+
+// P and a max pool's argmax as chain_pool_forward gives them from the packed
+// Y (bit for bit), P against the CPU reference, and y_at_max = v at the argmax.
+TEST(CudaKernels, ChannelsLastPool) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(317);
+  for (const PoolCase& pc : channels_last_cases()) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    ASSERT_EQ(gpu::channels_last_pool_geometry_error(g), nullptr) << pc.label;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    const auto out = gpu::chain_pool_output(g);
+    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
+    const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
+    const cpu::PoolGeometry pg = pool_geometry(g);
+    for (bool with_bias : {true, false}) {
+      for (const ChainCase& chain : kChains) {
+        if (max && !chain.exact) continue;  // see FusedEpilogue
+        const ChainInputs in = chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
+        const ChainReference ref =
+            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
+        ChainInputs last = in;
+        last.y = to_channels_last(in.y, g.n, g.c, s);
+        for (size_t off : {size_t(0), size_t(1)}) {
+          const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + " off " +
+                                   std::to_string(off) + ": ";
+          ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
+          gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
+                                  max ? packed.argmax.get() + off : nullptr, g, nullptr);
+          gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
+                                          max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
+                                          g, nullptr);
+          const ChainResult want = packed.result(max, false), got = b.result(max, max);
+          expect_same(got.p, want.p, what + "p");
+          expect_same(got.argmax, want.argmax, what + "argmax");
+          if (chain.exact)
+            expect_ulp(got.p, ref.p, 0, what + "p vs reference");
+          else
+            expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
+          if (!max) continue;
+          int64_t bad = 0;
+          for (int64_t o = 0; o < all_pooled; ++o) {
+            const int64_t at = pool_window_index(g, o / pooled, o % pooled, got.argmax[o]);
+            if ((at < 0 || bits(ref.v[at]) != bits(got.y_at_max[o])) && ++bad <= 3)
+              ADD_FAILURE() << what << "y_at_max wrong at pooled element " << o;
+          }
+          EXPECT_EQ(bad, 0) << what;
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Large tensors: the vector paths over many blocks, 64-bit counts of blocks
 // ---------------------------------------------------------------------------
@@ -1146,6 +1243,15 @@ TEST(CudaKernels, RejectsBadArguments) {
     avg.pool = gpu::ChainPool::Avg;
     return avg;
   }(), nullptr), anvil::Error);  // argmax only with a max pool
+  EXPECT_THROW(gpu::channels_last_pool_forward(nullptr, nullptr, chain, x, u.get(), x, pool, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, nullptr, x, pool, nullptr),
+               anvil::Error);  // y_at_max only with argmax
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, no_multiplier, x, nullptr, nullptr, pool, nullptr),
+               anvil::Error);
+  bad = pool;
+  bad.c = int64_t(65536) * 32;  // more channel tiles than a grid's y
+  EXPECT_NE(gpu::channels_last_pool_geometry_error(bad), nullptr);
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, nullptr, nullptr, bad, nullptr), anvil::Error);
   device_sync();  // nothing was launched, nothing failed
 }
 

@@ -452,6 +452,70 @@ size_t count_matches(const std::string& text, const std::regex& pattern) {
       std::distance(std::sregex_iterator(text.begin(), text.end(), pattern), std::sregex_iterator()));
 }
 
+// Under tf32, where only the epilogue reads the conv's Y (a forward-only
+// engine, or a max pool that tiles Y) and the conv sums at least 128
+// products per output, cuDNN writes Y channels-last and the epilogue reads
+// it so; where backward reads Y, or the conv is thinner, Y stays packed. Odd
+// batches and spatial sizes, channels that leave partial 32-channel tiles;
+// every formulation matches the CPU reference.
+TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  struct Case {
+    std::string label, json;
+    bool channels_last_in_training;
+  };
+  const std::vector<Case> cases = {
+      {"conv_tiled_max_2d", net_json("a", "[3, 16, 10, 14]", R"(
+        {"type": "conv2d", "in_channels": 16, "out_channels": 40, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "channel_scale"},
+        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "max_pool2d", "kernel_size": 2})"), true},
+      {"conv_transpose_k4s2_tiled_max_2d", net_json("b", "[3, 20, 5, 7]", R"(
+        {"type": "conv_transpose2d", "in_channels": 20, "out_channels": 36, "kernel_size": 4, "stride": 2,
+         "padding": 1},
+        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2})"), true},
+      {"conv_avg_3d", net_json("c", "[1, 8, 5, 6, 7]", R"(
+        {"type": "conv3d", "in_channels": 8, "out_channels": 44, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool3d", "kernel_size": 2})"), false},
+      {"conv_overlapping_max_no_bias_2d", net_json("d", "[2, 16, 9, 11]", R"(
+        {"type": "conv2d", "in_channels": 16, "out_channels": 24, "kernel_size": 3, "bias": false},
+        {"type": "sigmoid"}, {"type": "channel_scale"},
+        {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"), false},
+      {"conv_no_pool_2d", net_json("e", "[2, 16, 7, 9]", R"(
+        {"type": "conv2d", "in_channels": 16, "out_channels": 32, "kernel_size": 3, "padding": 1},
+        {"type": "tanh"})"), false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    const Network network = Network::parse(with_tf32(c.json), c.label);
+    Options cpu;
+    cpu.device = Device::Cpu;
+    const HostTensor want = Engine(network, cpu).forward();
+    Options forward_only = cuda_options("dgrad");
+    forward_only.mode = Mode::Forward;
+    Engine inference(network, forward_only);
+    const std::string text = inference.describe();
+    EXPECT_NE(text.find("Y channels-last"), std::string::npos) << text;
+    EXPECT_NE(text.find("one epilogue kernel (reading Y channels-last)"), std::string::npos) << text;
+    EXPECT_TRUE(close("output", inference.forward(), want, 5e-3));
+    Options train = cuda_options("dgrad");
+    train.input_grad = false;  // under TF32 the input gradient's error is the backward conv's, not this path's
+    Engine training(network, train);
+    const std::string trained = training.describe();
+    EXPECT_EQ(trained.find("Y channels-last") != std::string::npos, c.channels_last_in_training) << trained;
+    expect_step_matches_cpu(training, network, 5e-3);
+  }
+  // Strict fp32 keeps Y packed, and so does a conv of 12 x 9 products per output.
+  const std::string fp32 = Engine(Network::parse(cases[0].json, "fp32"), cuda_options("dgrad")).describe();
+  EXPECT_EQ(fp32.find("channels-last"), std::string::npos) << fp32;
+  Options forward_only = cuda_options("dgrad");
+  forward_only.mode = Mode::Forward;
+  const std::string thin = Engine(Network::parse(with_tf32(net_json("t", "[2, 12, 9, 11]", R"(
+        {"type": "conv2d", "in_channels": 12, "out_channels": 40, "kernel_size": 3},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")), "thin"), forward_only).describe();
+  EXPECT_NE(thin.find("[fused_conv_epilogue]"), std::string::npos) << thin;
+  EXPECT_EQ(thin.find("channels-last"), std::string::npos) << thin;
+}
+
 // The rule under tf32: a 3-D conv's ops that sum at least 128 products per
 // output run the graph API's first tensor-core engine, the others the legacy
 // API; both match the CPU.
