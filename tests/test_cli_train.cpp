@@ -386,10 +386,11 @@ TEST_F(CliTrain, ResumeRefusesACheckpointOfAnotherNetworkBatchOrAWeightsFile) {
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--batch", "16", "--resume", mine}),
                    mine + ": the checkpoint was written at batch 32, this run's batch is 16");
 
-  // A file of parameters is not a checkpoint.
-  const std::string params = trained_weights("params.safetensors", 1);
-  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--resume", params}),
+  // A file of parameters is not a checkpoint; the refused run creates no metrics file.
+  const std::string params = trained_weights("params.safetensors", 1), metrics = path("refused.jsonl");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--resume", params, "--metrics", metrics}),
                    params + ": not an anvil checkpoint (use --weights for a file of parameters)");
+  EXPECT_FALSE(std::filesystem::exists(metrics));
 }
 
 // A run that diverges to NaN or Inf (--check-finite, on by default) names the step and where it
@@ -822,6 +823,10 @@ TEST_F(CliTrain, BatchZeroIsBadInput) {
   expect_bad_input(train({"--data", kTrain, "--batch", "0", "--epochs", "1"}),
                    "--batch: must be a positive integer, got 0");
   expect_bad_input(eval({"--data", kTrain, "--batch", "0"}), "--batch: must be a positive integer, got 0");
+  // Beyond a dimension's range (it once passed, to fail later as out of memory, exit 1).
+  expect_bad_input(train({"--batch", "4294967296", "--steps", "1"}), "--batch: 4294967296 is out of range (at most 2147483647)");
+  expect_bad_input(eval({"--data", kTrain, "--batch", "2147483648"}),
+                   "--batch: 2147483648 is out of range (at most 2147483647)");
 }
 
 // The display counts epochs from 1 ("step 1/16  epoch 1/2" ... "step 16/16  epoch 2/2"), as the

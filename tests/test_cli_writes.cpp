@@ -197,6 +197,30 @@ TEST_F(CliFullDisk, StdoutOnAFullDeviceFails) {
   EXPECT_PRED_FORMAT2(Contains, ok.out, "total parameters");
 }
 
+// A closed standard descriptor: the next file opened would take its number
+// (and the progress text). Closed stdout: refused before any work; closed
+// stderr or stdin: the run goes on, its files get only their own content.
+TEST_F(CliWrites, ClosedStandardDescriptorsTakeNoFile) {
+  const std::string metrics = path("metrics.jsonl");
+  const std::vector<std::string> args = {"train", net_, "--device", "cpu", "--steps", "3", "--log-every", "1",
+                                         "--metrics", metrics};
+  const Finished no_stdout = run(args, [] { ::close(STDOUT_FILENO); });
+  EXPECT_EQ(no_stdout.status, 1) << describe(no_stdout);
+  EXPECT_EQ(no_stdout.err, "anvil: error: the standard output is closed\n") << describe(no_stdout);
+  EXPECT_FALSE(fs::exists(metrics));
+  for (int fd : {STDIN_FILENO, STDERR_FILENO}) {
+    const Finished r = run(args, [fd] { ::close(fd); });
+    EXPECT_EQ(r.status, 0) << fd << "\n" << describe(r);
+    EXPECT_PRED_FORMAT2(Contains, r.out, "step 3/3");
+    std::ifstream in(metrics);
+    int lines = 0;
+    for (std::string line; std::getline(in, line); ++lines)
+      EXPECT_TRUE(nlohmann::json::accept(line)) << fd << ": not a metrics record: " << line;
+    EXPECT_EQ(lines, 3) << fd;
+    fs::remove(metrics);
+  }
+}
+
 // ------------------------------------------------------------------ kills
 
 unsigned kill_seed(unsigned fallback) {

@@ -661,6 +661,20 @@ TEST(NetworkParse, ABatchThatTakesTheInputPastTheLimitIsRefused) {
   }
 }
 
+// A batch beyond a dimension's limit (2^31 - 1, as the JSON's input) is refused by value.
+TEST(NetworkParse, ABatchOutsideADimensionsRangeIsRefused) {
+  const Network net = Network::parse(with_layers("[1, 2, 3, 4]", R"([{"type": "relu"}])"), "small.json");
+  for (int64_t batch : {int64_t(0), int64_t(-3), anvil::kMaxDimension + 1, int64_t(1) << 32}) {
+    try {
+      net.with_batch(batch);
+      ADD_FAILURE() << "batch " << batch << " was accepted";
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), "batch size must be an integer from 1 to 2147483647, got " + std::to_string(batch));
+    }
+  }
+  EXPECT_EQ(net.with_batch(anvil::kMaxDimension).input_shape()[0], anvil::kMaxDimension);
+}
+
 TEST(NetworkParse, LoadPrefixesErrorsWithThePath) {
   const std::string path = ::testing::TempDir() + "anvil_network_test_bad.json";
   {

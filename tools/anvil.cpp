@@ -8,6 +8,7 @@
 // Exit codes: 0 success, 2 bad input, 1 runtime failure, 3 training reached NaN or Inf,
 // 128 + the signal for SIGINT or SIGTERM.
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,7 +87,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
 // A whole number that fits `limit`, checked on the text before CLI11 converts
 // it (CLI11 turns "99999999999999999999" into INT64_MAX without a word).
 // Signs and the value's own bounds are the command's to check.
-constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps, epochs, batch: far beyond any run, exact in a double
+constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps and epochs: far beyond any run, exact in a double
 constexpr int64_t kMaxInt = INT32_MAX;              // iterations, stored as int
 
 CLI::Validator whole_number(int64_t limit) {
@@ -424,7 +425,7 @@ std::vector<int> parse_gpus(const std::string& text) {
 // rank 0 the progress display, the metrics and the files. Returns the exit code.
 int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const TrainFlags& t,
                const anvil::Dataset* train_data, const anvil::Dataset* val_data,
-               std::optional<anvil::cli::MetricsWriter>& metrics, StopOnSignals& stop_on_signals) {
+               StopOnSignals& stop_on_signals) {
   const bool writer = rank == 0;
   if (!t.weights.empty()) load_weights(engine, t.weights, t.strict, writer);
   anvil::TrainOptions to;
@@ -456,8 +457,11 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   const int64_t total = trainer->total_steps();
   const bool epochs = trainer->steps_per_epoch() > 0;
   const anvil::Communicator* ranks = engine.options().communicator;
+  // Opened once the data, the weights and the checkpoint are checked: a refused run leaves no file.
+  std::optional<anvil::cli::MetricsWriter> metrics;
+  if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
   if (writer) {
-    print_device_notice();  // the data, the weights and the checkpoint are all checked
+    print_device_notice();
     std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
@@ -561,26 +565,23 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   std::optional<anvil::Dataset> train_data, val_data;
   if (!t.data.empty()) train_data.emplace(load_dataset(t.data, net));
   if (!t.val.empty()) val_data.emplace(load_dataset(t.val, net));
-  std::optional<anvil::cli::MetricsWriter> metrics;
-  const bool rank0 = processes == 1 || anvil::mpi_process().rank == 0;
-  if (!t.metrics.empty() && rank0) metrics.emplace(t.metrics);
   StopOnSignals stop_on_signals;
   const anvil::Dataset* train = train_data ? &*train_data : nullptr;
   const anvil::Dataset* val = val_data ? &*val_data : nullptr;
   int code = 0;
   if (processes > 1) {
     anvil::run_mpi_rank(net, o, [&](anvil::Engine& engine, int rank) {
-      code = train_rank(engine, rank, net, t, train, val, metrics, stop_on_signals);
+      code = train_rank(engine, rank, net, t, train, val, stop_on_signals);
     });
     anvil::mpi_finalize();
     return code;
   }
   if (gpus.empty() && !t.ranks_given) {
     anvil::Engine engine(net, o);
-    return train_rank(engine, 0, net, t, train, val, metrics, stop_on_signals);
+    return train_rank(engine, 0, net, t, train, val, stop_on_signals);
   }
   anvil::run_data_parallel(net, o, ranks, gpus, [&](anvil::Engine& engine, int rank) {
-    const int rank_code = train_rank(engine, rank, net, t, train, val, metrics, stop_on_signals);
+    const int rank_code = train_rank(engine, rank, net, t, train, val, stop_on_signals);
     if (rank == 0) code = rank_code;
   });
   return code;
@@ -708,9 +709,27 @@ int with_stdout_checked(int rc) {
   return rc == 0 ? 1 : rc;
 }
 
+// A closed standard descriptor would go to the next file anvil opens (a
+// --metrics file would take the progress text), so each is reopened on
+// /dev/null first. A closed stdout is then an error before any work, as a
+// failed write to it is after. False: stdout was closed.
+bool open_standard_descriptors() {
+  bool closed[3];
+  for (int fd = 0; fd < 3; ++fd) closed[fd] = ::fcntl(fd, F_GETFD) == -1 && errno == EBADF;
+  for (int fd = 0; fd < 3; ++fd)
+    if (closed[fd] && ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) {  // the lowest free fd
+      std::cerr << "anvil: error: a standard descriptor is closed and /dev/null cannot take its place\n";
+      return false;
+    }
+  if (!closed[STDOUT_FILENO]) return true;
+  std::cerr << "anvil: error: the standard output is closed\n";
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!open_standard_descriptors()) return 1;
   CLI::App app{"anvil: train and run neural networks described in JSON, on cuDNN or the CPU reference"};
   app.require_subcommand(1);
   app.set_version_flag("--version", anvil::build_info);  // handled before the subcommand is required
@@ -741,7 +760,7 @@ int main(int argc, char** argv) {
   train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)")
       ->check(whole_number(kMaxCount));
   train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)")
-      ->check(whole_number(kMaxCount));
+      ->check(whole_number(anvil::kMaxDimension));
   train->add_flag("--no-shuffle", train_opts.no_shuffle, "take each epoch in file order (default: a seeded shuffle)");
   train->add_flag("--keep-last", train_opts.keep_last,
                   "also train on the last partial batch of each epoch (default: it is dropped)");
@@ -752,7 +771,7 @@ int main(int argc, char** argv) {
   train->add_flag("--strict", train_opts.strict, "refuse weights files with tensors the network does not use");
   train->add_option("--checkpoint", train_opts.checkpoint,
                     "checkpoint file, written at the end, every --checkpoint-every steps and on SIGINT/SIGTERM");
-  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps")
+  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps (default 0: only at the end)")
       ->check(whole_number(kMaxCount));
   train->add_option("--resume", train_opts.resume, "continue from a checkpoint of this network");
   train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)")
@@ -779,7 +798,8 @@ int main(int argc, char** argv) {
   add_common(eval, eval_flags);
   eval->add_option("--data", eval_data, "dataset (safetensors with 'input' and 'target')")->required();
   eval->add_option("--weights", eval_weights, "parameters (safetensors, PyTorch names)");
-  eval->add_option("--batch", eval_batch, "batch size (default: the network's)")->check(whole_number(kMaxCount));
+  eval->add_option("--batch", eval_batch, "batch size (default: the network's)")
+      ->check(whole_number(anvil::kMaxDimension));
   eval->add_flag("--strict", eval_strict, "refuse weights files with tensors the network does not use");
 
   CommonFlags bench_flags;

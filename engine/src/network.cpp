@@ -44,7 +44,9 @@ Network Network::parse(const std::string& json_text, const std::string& source) 
 }
 
 Network Network::with_batch(int64_t batch) const {
-  if (batch < 1) throw InputError("batch size must be a positive integer, got " + std::to_string(batch));
+  if (batch < 1 || batch > kMaxDimension)
+    throw InputError("batch size must be an integer from 1 to " + std::to_string(kMaxDimension) + ", got " +
+                     std::to_string(batch));
   auto spec = std::make_shared<NetworkSpec>(*spec_);
   spec->input[0] = batch;
   Network net;
