@@ -186,10 +186,10 @@ void resume_across_epochs(Device device) {
   const Dataset data = Dataset::load(data_path("dataset_epochs_train.safetensors"), sample, target);
   Options options;
   options.device = device;
-  auto run = [&](Engine& engine, int64_t steps, const std::string& resume_from) {
+  auto run = [&](Engine& engine, int64_t steps, const std::string& resume_from, DataOptions data_options = {}) {
     TrainOptions o;
     o.steps = steps;
-    Trainer trainer(engine, data, nullptr, o, DataOptions{});
+    Trainer trainer(engine, data, nullptr, o, data_options);
     if (!resume_from.empty()) trainer.resume(resume_from);
     trainer.run({});
     return trainer.position();
@@ -205,12 +205,32 @@ void resume_across_epochs(Device device) {
   EXPECT_EQ(end.step, 16);
   EXPECT_EQ(end.epoch, 2);
   expect_same_parameters(straight, resumed);
-  // A batch beyond the epoch (another dataset, another batch size) is refused
+  EXPECT_EQ(read_safetensors(path).metadata.at("data"), "samples 256, shuffle on, keep_last off");
+  // Another order, or other data (the record of another dataset), is refused
   // before anything is written: the engine keeps its parameters.
+  const auto before = resumed.parameters();
+  auto refusal = [&](const DataOptions& options) -> std::string {
+    try {
+      run(resumed, 16, path, options);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  DataOptions unshuffled;
+  unshuffled.shuffle = false;
+  EXPECT_EQ(refusal(unshuffled), path + ": the checkpoint was written over other data or another order (samples 256, "
+                                        "shuffle on, keep_last off); this run's: samples 256, shuffle off, keep_last off");
+  TensorFile other = read_safetensors(path);
+  other.metadata["data"] = "samples 65, shuffle on, keep_last off";
+  write_safetensors(path, other);
+  EXPECT_EQ(refusal({}), path + ": the checkpoint was written over other data or another order (samples 65, "
+                                "shuffle on, keep_last off); this run's: samples 256, shuffle on, keep_last off");
+  // A batch beyond the epoch (another dataset, another batch size) likewise.
   TensorFile forged = read_safetensors(path);
+  forged.metadata.erase("data");  // as a checkpoint written before the record
   forged.metadata["batch_in_epoch"] = "8";  // the epoch has 8 batches, 0 to 7
   write_safetensors(path, forged);
-  const auto before = resumed.parameters();
   try {
     run(resumed, 16, path);
     ADD_FAILURE() << "no error";

@@ -36,6 +36,14 @@ int64_t metadata_integer(const TensorFile& file, const std::string& path, const 
   throw InputError(path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '" + it->second + "'");
 }
 
+// The attached dataset as a checkpoint records it (empty without one): a
+// resume over other data, or with the order changed, would not continue the run.
+std::string data_description(const DataFeed* feed, const DataOptions& options) {
+  if (feed == nullptr) return "";
+  return "samples " + std::to_string(feed->data().size()) + ", shuffle " + (options.shuffle ? "on" : "off") +
+         ", keep_last " + (options.keep_last ? "on" : "off");
+}
+
 }  // namespace
 
 void Engine::save_checkpoint(const std::string& path, const TrainPosition& position) const {
@@ -62,6 +70,8 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
                    {"epoch", std::to_string(position.epoch)},
                    {"batch_in_epoch", std::to_string(position.batch_in_epoch)},
                    {"shuffle", "random_stream(seed " + std::to_string(spec.seed) + ", \"shuffle.<epoch>\")"}};
+  const std::string data = data_description(m.train_feed.get(), m.data_options);
+  if (!data.empty()) file.metadata["data"] = data;
   write_safetensors(path, file);
 }
 
@@ -103,6 +113,11 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (m.train_feed && position.batch_in_epoch >= m.train_feed->plan().batches_per_epoch())
     throw InputError(path + ": batch " + std::to_string(position.batch_in_epoch) + " of an epoch of " +
                      std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
+  // The data it was written over (checkpoints written without a dataset, or before this key, have none).
+  const auto data = file.metadata.find("data");
+  if (m.train_feed && data != file.metadata.end() && data->second != data_description(m.train_feed.get(), m.data_options))
+    throw InputError(path + ": the checkpoint was written over other data or another order (" + data->second +
+                     "); this run's: " + data_description(m.train_feed.get(), m.data_options));
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
