@@ -29,50 +29,76 @@ namespace {
 // without visiting all of them: a segment tree over the steps, each tensor
 // stored at the O(log steps) nodes that tile its lifetime. A query visits the
 // nodes that meet its range, so its cost follows the range and the answer, not
-// the tensor count (a chain of 300k layers plans in linear-log time).
+// the tensor count (a chain of 300k layers plans in linear-log time). Each
+// node also keeps the highest end offset stored in its subtree, so the top of
+// the tensors alive over a range takes O(log steps) however many they are.
 class LifetimeIndex {
  public:
-  explicit LifetimeIndex(int step_count) : steps_(std::max(step_count, 1)), nodes_(4 * size_t(steps_)) {}
+  explicit LifetimeIndex(int step_count)
+      : steps_(std::max(step_count, 1)), nodes_(4 * size_t(steps_)), own_top_(nodes_.size()), subtree_top_(nodes_.size()) {}
 
-  void insert(int first, int last, size_t id) { insert(1, 0, steps_ - 1, first, last, id); }
+  void insert(int first, int last, size_t id, size_t end) { insert(1, 0, steps_ - 1, first, last, id, end); }
 
-  // Every tensor alive at some step of [first, last], each once.
-  std::vector<size_t> alive(int first, int last) {
+  // Every tensor alive at some step of [first, last], each once; stops past
+  // `limit` of them (crowded = true).
+  std::vector<size_t> alive(int first, int last, size_t limit, bool& crowded) {
     ++query_;
     std::vector<size_t> found;
-    collect(1, 0, steps_ - 1, first, last, found);
+    collect(1, 0, steps_ - 1, first, last, limit, found);
+    crowded = found.size() > limit;
     return found;
   }
 
+  // The highest end offset of the tensors alive at some step of [first, last] (0: none).
+  size_t top(int first, int last) const { return top(1, 0, steps_ - 1, first, last); }
+
  private:
-  void insert(size_t node, int lo, int hi, int first, int last, size_t id) {
+  void insert(size_t node, int lo, int hi, int first, int last, size_t id, size_t end) {
     if (last < lo || hi < first) return;
+    subtree_top_[node] = std::max(subtree_top_[node], end);
     if (first <= lo && hi <= last) {
       nodes_[node].push_back(id);
+      own_top_[node] = std::max(own_top_[node], end);
       return;
     }
     const int mid = lo + (hi - lo) / 2;
-    insert(2 * node, lo, mid, first, last, id);
-    insert(2 * node + 1, mid + 1, hi, first, last, id);
+    insert(2 * node, lo, mid, first, last, id, end);
+    insert(2 * node + 1, mid + 1, hi, first, last, id, end);
   }
 
-  void collect(size_t node, int lo, int hi, int first, int last, std::vector<size_t>& found) {
-    if (last < lo || hi < first) return;
+  void collect(size_t node, int lo, int hi, int first, int last, size_t limit, std::vector<size_t>& found) {
+    if (last < lo || hi < first || found.size() > limit) return;
     for (size_t id : nodes_[node]) {
       if (id >= seen_.size()) seen_.resize(id + 1, 0);
       if (seen_[id] != query_) seen_[id] = query_, found.push_back(id);
+      if (found.size() > limit) return;
     }
     if (lo == hi) return;
     const int mid = lo + (hi - lo) / 2;
-    collect(2 * node, lo, mid, first, last, found);
-    collect(2 * node + 1, mid + 1, hi, first, last, found);
+    collect(2 * node, lo, mid, first, last, limit, found);
+    collect(2 * node + 1, mid + 1, hi, first, last, limit, found);
+  }
+
+  // A node inside the range: everything under it is alive there. A node that
+  // only meets it: its own tensors are, and its children are asked.
+  size_t top(size_t node, int lo, int hi, int first, int last) const {
+    if (last < lo || hi < first) return 0;
+    if (first <= lo && hi <= last) return subtree_top_[node];
+    const int mid = lo + (hi - lo) / 2;
+    return std::max({own_top_[node], top(2 * node, lo, mid, first, last), top(2 * node + 1, mid + 1, hi, first, last)});
   }
 
   int steps_;
   std::vector<std::vector<size_t>> nodes_;
+  std::vector<size_t> own_top_, subtree_top_;  // per node: the highest end stored at it, and under it
   std::vector<uint64_t> seen_;  // the last query that found each tensor
   uint64_t query_ = 0;
 };
+
+// Tensors alive together beyond which a tensor goes on top of them instead of
+// into the best gap among them: the gap search sorts them all, quadratic in a
+// graph that keeps tens of thousands alive (a 20k-wide fan-in planned in 15 s).
+constexpr size_t kMaxBestFitNeighbours = 1024;
 
 }  // namespace
 
@@ -99,25 +125,30 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
   LifetimeIndex index(step_count);
   for (size_t idx : order) {
     const TensorLifetime& r = requests[idx];
-    std::vector<std::pair<size_t, size_t>> busy;  // [offset, end) of tensors alive at the same time
-    for (size_t other : index.alive(r.first, r.last))
-      busy.push_back({placed[other].offset, placed[other].offset + placed[other].bytes});
-    std::sort(busy.begin(), busy.end());
-    // Best fit: the smallest gap that holds the tensor; else after the last busy block.
-    size_t best = SIZE_MAX, best_gap = SIZE_MAX, cursor = 0;
-    for (const auto& [begin, end] : busy) {
-      if (begin > cursor && begin - cursor >= r.bytes && begin - cursor < best_gap) {
-        best = cursor;
-        best_gap = begin - cursor;
-      }
-      cursor = std::max(cursor, end);
-    }
+    bool crowded = false;
+    const std::vector<size_t> others = index.alive(r.first, r.last, kMaxBestFitNeighbours, crowded);
     PlannedTensor t;
     static_cast<TensorLifetime&>(t) = r;
-    t.offset = best != SIZE_MAX ? best : cursor;
+    if (crowded) {
+      t.offset = index.top(r.first, r.last);
+    } else {
+      std::vector<std::pair<size_t, size_t>> busy;  // [offset, end) of tensors alive at the same time
+      for (size_t other : others) busy.push_back({placed[other].offset, placed[other].offset + placed[other].bytes});
+      std::sort(busy.begin(), busy.end());
+      // Best fit: the smallest gap that holds the tensor; else after the last busy block.
+      size_t best = SIZE_MAX, best_gap = SIZE_MAX, cursor = 0;
+      for (const auto& [begin, end] : busy) {
+        if (begin > cursor && begin - cursor >= r.bytes && begin - cursor < best_gap) {
+          best = cursor;
+          best_gap = begin - cursor;
+        }
+        cursor = std::max(cursor, end);
+      }
+      t.offset = best != SIZE_MAX ? best : cursor;
+    }
     plan.dynamic_bytes = std::max(plan.dynamic_bytes, t.offset + t.bytes);
     placed_at[idx] = placed.size();
-    index.insert(r.first, r.last, placed.size());
+    index.insert(r.first, r.last, placed.size(), t.offset + t.bytes);
     placed.push_back(t);
   }
   // The most bytes live at one step: each tensor adds at its first step and leaves after its last.
