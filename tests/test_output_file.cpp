@@ -6,7 +6,9 @@
 
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
@@ -88,6 +90,27 @@ TEST_F(OutputFile, WritesIntoAFifo) {
   anvil::write_output_file(fifo, [](std::FILE* f) { return put(f, "piped\n"); });
   EXPECT_EQ(reader.finish(), "piped\n");
   EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+}
+
+// A link to a pipe through /proc (as /dev/stdout is when stdout is a pipe):
+// readlink gives "pipe:[...]", which names nothing; the write goes into the pipe.
+TEST_F(OutputFile, WritesThroughAMagicLinkToAPipe) {
+  int ends[2];
+  ASSERT_EQ(::pipe(ends), 0);
+  const std::string link = path("stdout_like");
+  fs::create_symlink("/proc/self/fd/" + std::to_string(ends[1]), link);
+  EXPECT_EQ(anvil::output_target(link), link);
+  anvil::write_output_file(link, [](std::FILE* f) { return put(f, "through the pipe\n"); });
+  ::close(ends[1]);
+  std::string got;
+  char buf[64];
+  for (ssize_t n; (n = ::read(ends[0], buf, sizeof buf)) > 0;) got.append(buf, size_t(n));
+  ::close(ends[0]);
+  EXPECT_EQ(got, "through the pipe\n");
+  EXPECT_TRUE(fs::is_symlink(fs::symlink_status(link)));
+  std::vector<std::string> left = names();
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"out.txt", "stdout_like"}));
 }
 
 // A device that takes no bytes fails with its reason and stays a device.

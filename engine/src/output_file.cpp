@@ -114,6 +114,11 @@ void write_into(const std::string& path, const std::string& target,
 
 std::string output_target(const std::string& path) {
   namespace fs = std::filesystem;
+  // A device or FIFO at the end of the chain is written into through the path
+  // itself: a magic link (/dev/stdout -> /proc/self/fd/1 -> "pipe:[...]") names
+  // nothing readlink can follow, but opening it reaches the object.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))) return path;
   fs::path p = path;
   for (int hops = 0; hops < 40; ++hops) {  // Linux's own limit on a chain of symlinks
     std::error_code ec;

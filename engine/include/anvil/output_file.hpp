@@ -31,7 +31,8 @@ namespace anvil {
 // exception it throws comes out of write_output_file, the temporary removed.
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write);
 
-// Where a write to `path` lands: the end of its chain of symlinks.
+// Where a write to `path` lands: the end of its chain of symlinks (`path`
+// itself where that end is a character device or a FIFO).
 std::string output_target(const std::string& path);
 
 // What a write does to a target: replaces a file (new or regular) by rename,
