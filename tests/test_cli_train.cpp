@@ -447,6 +447,9 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
   EXPECT_PRED_FORMAT2(Contains, resumed.out, "resumed from " + ck + " at step 3 (epoch 0, batch 3)\n");
 
   expect_bad_input(train({"--steps", "2", "--ranks", "0"}), "--ranks: must be a positive integer, got 0");
+  expect_bad_input(train({"--data", kTrain, "--steps", "2", "--ranks", "2", "--keep-last"}),
+                   "--keep-last: a partial last batch cannot be split evenly across 2 ranks; leave it out to train "
+                   "data-parallel");
   expect_bad_input(train({"--steps", "2", "--ranks", "3"}),
                    "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
   expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");

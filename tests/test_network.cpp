@@ -101,6 +101,14 @@ TEST(NetworkParse, NumbersOutOfRangeNameTheirPath) {
   EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "relu"}, {"type": "leaky_relu",
                                                "negative_slope": 1e309}])")),
             "bad.json: layers[1].negative_slope: number out of range");
+  // Below double's range: it would read as 0, which the file does not say (0 itself, in any spelling, is fine).
+  EXPECT_EQ(error_of(R"({"name": "t", "input": [1, 1, 4, 4], "layers": [{"type": "relu"}],
+                         "optimizer": {"type": "sgd", "lr": 1e-400}})"),
+            "bad.json: optimizer.lr: number out of range (1e-400 reads as 0)");
+  EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "leaky_relu", "negative_slope": -2.5E-999}])")),
+            "bad.json: layers[0].negative_slope: number out of range (-2.5E-999 reads as 0)");
+  EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "leaky_relu", "negative_slope": -0.0e-999}])")),
+            "<no error>");
   // Integers beyond int64 are refused where they are read.
   EXPECT_EQ(error_of(R"({"name": "t", "input": [1, 1, 4, 99999999999999999999], "layers": [{"type": "relu"}]})"),
             "bad.json: input[3]: must be a positive integer, got 1e+20");
@@ -557,6 +565,13 @@ TEST(NetworkParse, BadOptimizer) {
             "bad.json: optimizer.betas[0]: must be in [0, 1) as a float, got 0.99999999999");
   EXPECT_EQ(opt(R"({"type": "adam", "betas": [0.9, 1e300]})"),
             "bad.json: optimizer.betas[1]: must be in [0, 1) as a float, got 1e+300");
+  EXPECT_EQ(opt(R"({"type": "adam", "betas": ["x", 0.9]})"),  // the element is named, not the list
+            "bad.json: optimizer.betas[0]: must be in [0, 1) as a float, got \"x\"");
+  // Positive values that the optimizer's float would make 0.
+  EXPECT_EQ(opt(R"({"lr": 1e-320})"), "bad.json: optimizer.lr: is below float's range and would be 0, got 1e-320");
+  EXPECT_EQ(opt(R"({"type": "adam", "eps": 1e-46})"),
+            "bad.json: optimizer.eps: is below float's range and would be 0, got 1e-46");
+  EXPECT_EQ(opt(R"({"lr": 1e-45, "weight_decay": 0.0})"), "<no error>");  // float's smallest subnormal
   EXPECT_EQ(opt(R"({"type": "adam", "eps": -1e-8})"), "bad.json: optimizer.eps: must be >= 0, got -1e-08");
   EXPECT_EQ(opt(R"({"type": "adam", "amsgrad": true})"),
             "bad.json: optimizer.amsgrad: is not supported (only amsgrad: false)");

@@ -557,6 +557,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   } else if (t.ranks_given && o.device != Device::Cpu) {
     throw anvil::InputError("--ranks runs in-process ranks on the CPU (--device cpu); on GPUs use --gpus");
   }
+  if (t.keep_last && ranks > 1)  // the library says so too, by its own name (keep_last)
+    throw anvil::InputError("--keep-last: a partial last batch cannot be split evenly across " +
+                            std::to_string(ranks) + " ranks; leave it out to train data-parallel");
   const anvil::Network net = load_network(f.network, t.batch);
   if (net.input_shape()[0] % ranks != 0)
     throw anvil::InputError("the batch of " + std::to_string(net.input_shape()[0]) + " does not split evenly across " +

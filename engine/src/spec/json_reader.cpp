@@ -27,7 +27,7 @@ std::string without_prefix(const std::string& what) {
 // parser is, as a JSON path ("layers[2].stride"), with one frame per open
 // object (its keys so far and the current one) or list (the current index),
 // and refuses a key an object already has, nesting beyond kMaxNesting, and a
-// number beyond double's range, naming where. (nlohmann's parser callback
+// number beyond double's range (or so small it would read as 0), naming where. (nlohmann's parser callback
 // could do this in the same pass, but it rescans a list at each object's end:
 // quadratic in a list of many layers.)
 class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
@@ -36,7 +36,12 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
   bool boolean(bool) override { return next_element(); }
   bool number_integer(number_integer_t) override { return next_element(); }
   bool number_unsigned(number_unsigned_t) override { return next_element(); }
-  bool number_float(number_float_t, const string_t&) override { return next_element(); }
+  bool number_float(number_float_t value, const string_t& text) override {
+    // "1e-400": below double's range, strtod gives 0; a value the file did not say.
+    if (value == 0 && text.find_first_of("123456789") < text.find_first_of("eE"))
+      throw InputError(path(true) + ": number out of range (" + text + " reads as 0)");
+    return next_element();
+  }
   bool string(string_t&) override { return next_element(); }
   bool binary(binary_t&) override { return next_element(); }
   bool start_object(std::size_t) override { return open(true); }

@@ -79,6 +79,9 @@ OptimizerSpec parse_optimizer(JsonReader& top) {
   auto non_negative = [&](const std::string& key, double fallback) {
     const double v = opt.number_or(key, fallback);
     if (!(v >= 0)) opt.fail(key, "must be >= 0, got " + describe_json_value(opt.raw(key)));
+    // The optimizer computes in float: a positive value that float rounds to 0 is not what the file says.
+    if (v > 0 && static_cast<float>(v) == 0)
+      opt.fail(key, "is below float's range and would be 0, got " + describe_json_value(opt.raw(key)));
     return v;
   };
   if (spec.type == "sgd") {
@@ -97,11 +100,11 @@ OptimizerSpec parse_optimizer(JsonReader& top) {
     spec.schedule = parse_schedule(opt, non_negative("lr", 0.001));
     if (opt.has("betas")) {
       const nlohmann::json& betas = opt.raw("betas");
-      if (!betas.is_array() || betas.size() != 2 || !betas[0].is_number() || !betas[1].is_number())
+      if (!betas.is_array() || betas.size() != 2)
         opt.fail("betas", "must be a list of two numbers, got " + describe_json_value(betas));
       for (int i = 0; i < 2; ++i) {
         // As the update uses it, a float: 0.99999999999 would be 1.0, and NaN at step 1.
-        const double b = betas[i].get<double>();
+        const double b = betas[i].is_number() ? betas[i].get<double>() : -1;
         if (!(b >= 0 && b < 1 && static_cast<float>(b) < 1))
           throw InputError(opt.key_path("betas") + "[" + std::to_string(i) + "]: must be in [0, 1) as a float, got " +
                            describe_json_value(betas[i]));
