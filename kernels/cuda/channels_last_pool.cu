@@ -6,7 +6,9 @@
 // loads are whole runs of Y's channels; writing, lanes span the tile's
 // elements, so the NCDHW stores coalesce too. The tile passes through shared
 // memory between. Windows are walked as chain_pool.cu's forward walks them
-// (row-major, skipping padding, the same comparisons and sums): the same bits.
+// (row-major, skipping padding, the same comparisons and sums): the same bits,
+// but for the sign of a zero without a bias, which is added only where there
+// is one, as epilogue.cu and the CPU reference do (chain_pool.cu adds a 0).
 #include "kernels/cuda/channels_last_pool.hpp"
 
 #include <limits>

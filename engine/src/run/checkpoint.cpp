@@ -37,7 +37,8 @@ int64_t metadata_integer(const TensorFile& file, const std::string& path, const 
 }
 
 // The attached dataset as a checkpoint records it (empty without one): a
-// resume over other data, or with the order changed, would not continue the run.
+// resume over a dataset of another size, or with the order changed, would not
+// continue the run. (Its contents are not fingerprinted.)
 std::string data_description(const DataFeed* feed, const DataOptions& options) {
   if (feed == nullptr) return "";
   return "samples " + std::to_string(feed->data().size()) + ", shuffle " + (options.shuffle ? "on" : "off") +
