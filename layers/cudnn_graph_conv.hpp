@@ -7,13 +7,14 @@
 //
 // The op is over three float tensors by role: A (the conv's input side), B
 // (its output side) and W, as the legacy descriptors in convolution.cpp;
-// packed, except that A or B may be channels-last. Engines are filtered as the precision and determinism
-// ask: strict fp32 refuses tensor-core engines (TF32), deterministic mode
-// refuses non-deterministic ones, and none may down-convert its inputs.
-// Candidates are every eligible engine that the heuristics (mode A) or the
-// fallback list name, whose plan builds and whose workspace fits;
-// choose_fastest times them all and keeps the fastest (--autotune), or
-// keep_first_tensor_core_engine keeps one without timing (the rule).
+// packed, except that A or B may be channels-last. Engines are filtered as
+// the precision and determinism ask: strict fp32 refuses tensor-core engines
+// (TF32), deterministic mode refuses non-deterministic ones, and none may
+// down-convert its inputs. Candidates are every eligible engine that the
+// heuristics (mode A) or the fallback list name, whose plan builds and whose
+// workspace fits; choose_fastest times them all and keeps the fastest
+// (--autotune), or keep_first_tensor_core_engine keeps one without timing
+// (the rule).
 #pragma once
 
 #include <cudnn.h>

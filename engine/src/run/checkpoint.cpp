@@ -116,9 +116,10 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
                      std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
   // The data it was written over (checkpoints written without a dataset, or before this key, have none).
   const auto data = file.metadata.find("data");
-  if (m.train_feed && data != file.metadata.end() && data->second != data_description(m.train_feed.get(), m.data_options))
+  const std::string this_data = data_description(m.train_feed.get(), m.data_options);
+  if (!this_data.empty() && data != file.metadata.end() && data->second != this_data)
     throw InputError(path + ": the checkpoint was written over other data or another order (" + data->second +
-                     "); this run's: " + data_description(m.train_feed.get(), m.data_options));
+                     "); this run's: " + this_data);
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
