@@ -27,9 +27,9 @@ std::string without_prefix(const std::string& what) {
 // parser is, as a JSON path ("layers[2].stride"), with one frame per open
 // object (its keys so far and the current one) or list (the current index),
 // and refuses a key an object already has, nesting beyond kMaxNesting, and a
-// number beyond double's range (or so small it would read as 0), naming where. (nlohmann's parser callback
-// could do this in the same pass, but it rescans a list at each object's end:
-// quadratic in a list of many layers.)
+// number beyond double's range (or so small it would read as 0), naming
+// where. (nlohmann's parser callback could do this in the same pass, but it
+// rescans a list at each object's end: quadratic in a list of many layers.)
 class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
  public:
   bool null() override { return next_element(); }
