@@ -96,6 +96,17 @@ void expect_ulp(const std::vector<float>& got, const std::vector<float>& want, i
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.size() << " elements off";
 }
 
+// got[i] == want[i] exactly, the sign of a zero included.
+void expect_exact(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  expect_ulp(got, want, 0, what);
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i)
+    if (got[i] == 0.f && want[i] == 0.f && std::signbit(got[i]) != std::signbit(want[i]) && ++bad <= 5)
+      ADD_FAILURE() << what << ": [" << i << "] got " << (std::signbit(got[i]) ? "-0" : "+0") << " want "
+                    << (std::signbit(want[i]) ? "-0" : "+0");
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " zeros of the wrong sign";
+}
+
 // |got - want| <= rel * |want| (+ a tiny absolute floor for exact zeros).
 void expect_rel(const std::vector<float>& got, const std::vector<double>& want, double rel, const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
@@ -594,6 +605,8 @@ ChainInputs chain_inputs(const std::vector<ChainStep>& steps, bool with_bias, in
   ChainInputs in;
   in.steps = steps;
   in.y = random_floats(n * c * s, rng);
+  // Zeros of both signs: without a bias, a -0 must stay -0 through the chain and a max pool.
+  for (size_t i = 3; i < in.y.size(); i += 7) in.y[i] = i % 2 == 0 ? 0.f : -0.f;
   if (with_bias) in.bias = random_floats(c, rng);
   for (const ChainStep& step : steps)
     if (step.scale) in.scales.push_back(random_floats(c, rng));
@@ -683,7 +696,7 @@ struct ChainBuffers {
 void check_chain(const ChainInputs& in, const ChainReference& ref, const ChainResult& r, bool exact,
                  const std::string& what) {
   if (exact) {
-    expect_ulp(r.p, ref.p, 0, what + "p");
+    expect_exact(r.p, ref.p, what + "p");
     expect_ulp(r.dy, ref.dy, 0, what + "dy");
   } else {
     expect_rel(r.p, to_double(ref.p), 1e-5, what + "p");
@@ -978,7 +991,7 @@ TEST(CudaKernels, PlainPoolAccumulatesWithoutY) {
       gpu::chain_pool_backward(b.dp.get() + off, nullptr, nullptr, argmax, b.chain, b.dy.get() + off, true, {},
                                nullptr, g, nullptr);
       const std::string what = pc.label + " off " + std::to_string(off) + ": ";
-      expect_ulp(b.p.download(off, b.pooled), ref.p, 0, what + "p");
+      expect_exact(b.p.download(off, b.pooled), ref.p, what + "p");
       // The gradient is summed in the reference's order, then added once: exact.
       std::vector<float> want(count);
       for (int64_t i = 0; i < count; ++i) want[i] = dx0[i] + ref.dy[i];
@@ -1067,7 +1080,7 @@ TEST(CudaKernels, ChannelsLastPool) {
           expect_same(got.p, want.p, what + "p");
           expect_same(got.argmax, want.argmax, what + "argmax");
           if (chain.exact)
-            expect_ulp(got.p, ref.p, 0, what + "p vs reference");
+            expect_exact(got.p, ref.p, what + "p vs reference");
           else
             expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
           if (!max) continue;

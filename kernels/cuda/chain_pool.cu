@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
+#include "kernels/cuda/pool_window.cuh"
 #include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
@@ -79,7 +80,7 @@ __device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, 
                                                              const float* bias, const EpilogueChain& chain) {
   const Chunk r = chunk_of(d, plane_size);
   const int64_t ch = d.channels.mod(uint32_t(r.plane));
-  return {r, ch, bias != nullptr ? __ldg(bias + ch) : 0.f, Chain::at(chain, ch)};
+  return {r, ch, bias_at(bias, ch), Chain::at(chain, ch)};
 }
 
 // ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
@@ -139,7 +140,7 @@ constexpr int kUnroll = 4;
 // Forward: the kUnroll outputs walk their windows in lockstep, offset by
 // offset in row-major order, skipping what lies in the padding: the order,
 // and so the bits, of a plain loop over each window.
-template <class Chain, bool kMax>
+template <class Chain, ChainPool kPool>
 __global__ void __launch_bounds__(kThreads)
     pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
                         float* __restrict__ p, uint8_t* __restrict__ argmax, PoolDims d) {
@@ -148,9 +149,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t out = r.plane * int64_t(d.plane_out);
   for (uint32_t e0 = r.e0 + threadIdx.x; e0 < r.e1; e0 += kThreads * kUnroll) {
     int32_t start[kUnroll][3];  // each window's first element, maybe in the padding
-    float best[kUnroll];
-    int best_i[kUnroll];
-    double sum[kUnroll];
+    PoolWindow<kPool> window[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const uint32_t e = min(e0 + u * kThreads, r.e1 - 1);  // past the chunk: a copy of its last, not stored
@@ -158,9 +157,6 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t o[3] = {od, row - od * d.out[1], e - row * d.out[2]};
 #pragma unroll
       for (int a = 0; a < 3; ++a) start[u][a] = int32_t(o[a]) * d.s[a] - d.pad[a];
-      best[u] = -INFINITY;
-      best_i[u] = kMaxPoolWindow;  // stays for a window of padding only
-      sum[u] = 0.0;
     }
     int w = 0;  // the offset's index in the window
     for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
@@ -177,27 +173,16 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
             if (!inside[u]) continue;
-            const float z = Chain::forward(chain, cm, v[u] + b);
-            if constexpr (kMax) {
-              if (best_i[u] == kMaxPoolWindow || epi_better(z, best[u])) {
-                best[u] = z;
-                best_i[u] = w;
-              }
-            } else {
-              sum[u] += double(z);
-            }
+            const float vb = v[u] + b;
+            window[u].take(Chain::forward(chain, cm, vb), vb, w);
           }
         }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const uint32_t e = e0 + u * kThreads;
       if (e >= r.e1) break;
-      if constexpr (kMax) {
-        p[out + e] = best[u];
-        if (argmax != nullptr) argmax[out + e] = uint8_t(best_i[u]);
-      } else {
-        p[out + e] = float(sum[u] / double(d.divisor));
-      }
+      p[out + e] = window[u].result(d.divisor);
+      if (kPool == ChainPool::Max && argmax != nullptr) argmax[out + e] = uint8_t(window[u].best_i);
     }
   }
 }
@@ -564,10 +549,10 @@ void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& 
           chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, d);
         break;
       case ChainPool::Max:
-        pool_forward_kernel<Chain, true><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, d);
+        pool_forward_kernel<Chain, ChainPool::Max><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, d);
         break;
       case ChainPool::Avg:
-        pool_forward_kernel<Chain, false><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, nullptr, d);
+        pool_forward_kernel<Chain, ChainPool::Avg><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, nullptr, d);
         break;
     }
   });

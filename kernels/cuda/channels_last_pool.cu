@@ -6,15 +6,14 @@
 // loads are whole runs of Y's channels; writing, lanes span the tile's
 // elements, so the NCDHW stores coalesce too. The tile passes through shared
 // memory between. Windows are walked as chain_pool.cu's forward walks them
-// (row-major, skipping padding, the same comparisons and sums): the same bits,
-// but for the sign of a zero without a bias, which is added only where there
-// is one, as epilogue.cu and the CPU reference do (chain_pool.cu adds a 0).
+// (row-major, skipping padding, the same PoolWindow): the same bits.
 #include "kernels/cuda/channels_last_pool.hpp"
 
 #include <limits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
+#include "kernels/cuda/pool_window.cuh"
 #include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
@@ -64,19 +63,16 @@ __global__ void __launch_bounds__(kThreads)
 
   // Channels c0 + kVec group + j of elements e0 + row + kRows u.
   const uint32_t ch0 = min(c0 + group * kVec, d.c - kVec);  // past the last channel: a copy, not stored
-  const bool has_bias = bias != nullptr;
   float b[kVec];
   typename Chain::Channel cm[kVec];
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
-    b[j] = has_bias ? __ldg(bias + ch0 + j) : 0.f;
+    b[j] = bias_at(bias, ch0 + j);
     cm[j] = Chain::at(chain, ch0 + j);
   }
   const float* yc = y + int64_t(image) * d.image_in + ch0;
   int32_t start[kPerThread][3];  // each window's first element, maybe in the padding
-  float best[kPerThread][kVec], best_v[kPerThread][kVec];
-  int best_i[kPerThread][kVec];
-  double sum[kPerThread][kVec];
+  PoolWindow<kPool> window[kPerThread][kVec];
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u) {
     const uint32_t e = min(e0 + row + u * kRows, d.plane_out - 1);  // past the plane: not stored
@@ -84,13 +80,6 @@ __global__ void __launch_bounds__(kThreads)
     const uint32_t o[3] = {od, r - od * d.out[1], e - r * d.out[2]};
 #pragma unroll
     for (int a = 0; a < 3; ++a) start[u][a] = int32_t(o[a]) * d.s[a] - d.pad[a];
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      best[u][j] = -INFINITY;
-      best_v[u][j] = 0.f;
-      best_i[u][j] = kMaxPoolWindow;  // stays for a window of padding only
-      sum[u][j] = 0.0;
-    }
   }
   int w = 0;  // the offset's index in the window (the argmax's numbering)
   for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
@@ -110,19 +99,8 @@ __global__ void __launch_bounds__(kThreads)
           if (!inside[u]) continue;
 #pragma unroll
           for (int j = 0; j < kVec; ++j) {
-            const float vb = has_bias ? v[u][j] + b[j] : v[u][j];
-            const float z = Chain::forward(chain, cm[j], vb);
-            if constexpr (kMax) {
-              if (best_i[u][j] == kMaxPoolWindow || epi_better(z, best[u][j])) {
-                best[u][j] = z;
-                best_v[u][j] = vb;
-                best_i[u][j] = w;
-              }
-            } else if constexpr (kPool == ChainPool::Avg) {
-              sum[u][j] += double(z);
-            } else {
-              best[u][j] = z;  // no pool: the one element
-            }
+            const float vb = v[u][j] + b[j];
+            window[u][j].take(Chain::forward(chain, cm[j], vb), vb, w);
           }
         }
       }
@@ -131,10 +109,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const int e = row + u * kRows, c = group * kVec + j;
-      tile_p[e][c] = kPool == ChainPool::Avg ? float(sum[u][j] / d.divisor) : best[u][j];
+      tile_p[e][c] = window[u][j].result(d.divisor);
       if (kMax) {
-        tile_v[e][c] = best_v[u][j];
-        tile_i[e][c] = uint8_t(best_i[u][j]);
+        tile_v[e][c] = window[u][j].best_v;
+        tile_i[e][c] = uint8_t(window[u][j].best_i);
       }
     }
   __syncthreads();

@@ -5,8 +5,7 @@
 // P, and a max pool's argmax and y there, come out in the packed NCDHW
 // layout, with the bits of chain_pool_forward (P, argmax) and
 // fused_epilogue_forward (y_at_max; a tiled max pool), so either backward
-// takes them. (Without a bias, a -0 in Y stays -0, as in the tiled kernels;
-// chain_pool_forward adds a zero bias, making it +0.) Forward only: a backward that reads Y gets the packed Y.
+// takes them. Forward only: a backward that reads Y gets the packed Y.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -27,6 +27,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/pool_window.cuh"
 #include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     stage(ws + i, w + int64_t(co) * d.k_total + k, co < d.cout, w);
   }
   for (int c = threadIdx.x; c < cols; c += blockDim.x)
-    bs[c] = bias != nullptr && co_first + c < d.cout ? __ldg(bias + co_first + c) : 0.f;
+    bs[c] = bias_at(bias, min(co_first + c, d.cout - 1));  // past the last channel: computed, not stored
   for (int i = threadIdx.x; i < d.pk[2] * d.k_total; i += blockDim.x) {
     const int w2 = i / d.k_total, k = i - w2 * d.k_total, ci = k / d.taps, t = k - ci * d.taps;
     const int td = t / (d.k1 * d.k2) * d.dil[0], th = t / d.k2 % d.k1 * d.dil[1], tw = t % d.k2 * d.dil[2];
@@ -151,18 +152,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   const int ow = ow0 + lane, row0 = rw * kRows;  // row0: the thread's first pooled row in the tile
   const int tile_lane = min(lane, d.tile_lanes - 1);
 
-  float best[kRows][kCo], best_v[kRows][kCo];
-  int best_i[kRows][kCo];
-  double sum[kRows][kCo];
-#pragma unroll
-  for (int m = 0; m < kRows; ++m)
-#pragma unroll
-    for (int c = 0; c < kCo; ++c) {
-      best[m][c] = -INFINITY;
-      best_v[m][c] = 0.f;
-      best_i[m][c] = kMaxPoolWindow;  // stays for a window of padding only
-      sum[m][c] = 0.0;
-    }
+  PoolWindow<kPool> window[kRows][kCo];
   const float4* wq = reinterpret_cast<const float4*>(ws + gl * kCo);
   const int wq_step = cols / 4;
   int wi = 0;  // the window offset's index, row-major
@@ -208,14 +198,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
             const int co = min(co0 + c, d.cout - 1);  // a channel past the last: computed, not stored
             if (y != nullptr && co0 + c < d.cout) y[(int64_t(image) * d.cout + co) * d.y_plane + y_at] = acc[m][c];
             const float v = acc[m][c] + bs[gl * kCo + c];
-            const float z = Chain::forward(chain, Chain::at(chain, co), v);
-            if constexpr (kPool == ChainPool::Avg) {
-              sum[m][c] += double(z);
-            } else if (best_i[m][c] == kMaxPoolWindow || epi_better(z, best[m][c])) {
-              best[m][c] = z;
-              best_v[m][c] = v;
-              best_i[m][c] = wi;
-            }
+            window[m][c].take(Chain::forward(chain, Chain::at(chain, co), v), v, wi);
           }
         }
       }
@@ -229,14 +212,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     for (int c = 0; c < kCo; ++c) {
       if (co0 + c >= d.cout) break;
       const int64_t at = (int64_t(image) * d.cout + co0 + c) * d.p_plane + e;
-      if constexpr (kPool == ChainPool::Avg) {
-        p[at] = float(sum[m][c] / double(d.divisor));
-      } else {
-        p[at] = best[m][c];
-        if constexpr (kSaveMax) {
-          if (argmax != nullptr) argmax[at] = uint8_t(best_i[m][c]);
-          if (y_at_max != nullptr) y_at_max[at] = best_v[m][c];
-        }
+      p[at] = window[m][c].result(d.divisor);
+      if constexpr (kSaveMax) {
+        if (argmax != nullptr) argmax[at] = uint8_t(window[m][c].best_i);
+        if (y_at_max != nullptr) y_at_max[at] = window[m][c].best_v;
       }
     }
   }

@@ -84,8 +84,7 @@ __global__ void __launch_bounds__(kThreads)
                         EpiDims g) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
-  const bool has_bias = bias != nullptr;
-  const float b = has_bias ? __ldg(bias + ch) : 0.f;
+  const float b = bias_at(bias, ch);
   const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* yp = y + r.plane * g.plane_in;
   const int64_t out = r.plane * int64_t(g.p);
@@ -99,8 +98,7 @@ __global__ void __launch_bounds__(kThreads)
       for (uint32_t kh = 0; kh < g.k1; ++kh) {
         const float* src = win + (kd * g.h + kh) * g.w;
         for (uint32_t kw = 0; kw < g.k2; ++kw, ++idx) {
-          float v = __ldg(src + kw);
-          if (has_bias) v = v + b;
+          const float v = __ldg(src + kw) + b;
           const float z = Chain::forward(chain, cm, v);
           if (idx == 0 || epi_better(z, best)) {
             best = z;
@@ -125,8 +123,7 @@ __global__ void __launch_bounds__(kThreads)
                     float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
-  const bool has_bias = bias != nullptr;
-  const float b = has_bias ? __ldg(bias + ch) : 0.f;
+  const float b = bias_at(bias, ch);
   const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* yp = y + r.plane * g.plane_in;
   const int64_t out = r.plane * int64_t(g.p);
@@ -149,8 +146,7 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t i0 = 0, i1 = 0;
 #pragma unroll
     for (int j = 0; j < K0 * 2; ++j) {
-      float4 v = rows[j];
-      if (has_bias) v = make_float4(v.x + b, v.y + b, v.z + b, v.w + b);
+      const float4 v = make_float4(rows[j].x + b, rows[j].y + b, rows[j].z + b, rows[j].w + b);
       const float za = Chain::forward(chain, cm, v.x), zb = Chain::forward(chain, cm, v.y);
       const float zc = Chain::forward(chain, cm, v.z), zd = Chain::forward(chain, cm, v.w);
       if (j == 0 || epi_better(za, best0)) {
@@ -349,7 +345,7 @@ __global__ void __launch_bounds__(kThreads)
                   const __grid_constant__ Layout l) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
-  const float b = bias != nullptr ? __ldg(bias + ch) : 0.f;
+  const float b = bias_at(bias, ch);
   const typename Chain::Channel cm = Chain::at(chain, ch);
   const float* base = yp + phase_base(r, g, l);
   const int64_t wstride = g.c * int64_t(l.zp);

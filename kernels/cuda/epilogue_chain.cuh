@@ -31,6 +31,12 @@ __device__ __forceinline__ float activation_backward(PointwiseOp op, float x, fl
   return dy;
 }
 
+// A channel's bias, or -0 where there is none: x + -0 is x for every x, -0
+// included, so adding it keeps Y's bits (a +0 would turn a -0 into +0).
+__device__ __forceinline__ float bias_at(const float* bias, int64_t ch) {
+  return bias != nullptr ? __ldg(bias + ch) : -0.f;
+}
+
 // Strictly greater keeps the first of tied maxima; a NaN always takes over,
 // as in PyTorch's max pooling and the CPU reference (so with several NaNs in a
 // window the argmax is the last of them).

@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kBlock, 1)
       for (int r = 0; r < 4; ++r) {
         const int pos = pos0 + grp + 8 * (r / 2), co = g * 8 + 2 * tig + r % 2;
         if (!valid || at.w0 + pos >= d.q2 || co >= d.cout) continue;
-        const float b0 = bias != nullptr ? __ldg(bias + co) : 0.f;
+        const float b0 = bias_at(bias, co);
         const typename Chain::Channel cm = Chain::at(chain, co);
         float best = 0.f, best_v = 0.f;
         uint32_t best_i = 0;
