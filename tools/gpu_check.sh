@@ -8,7 +8,7 @@
 # Knobs: STAGES (default "tests sanitizers precision data"; the build always
 # runs: a session whose calls each have 10 minutes runs the stages across warm
 # calls), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
-# SANITIZER_TIMEOUT (s per tool, default 240), MEMCHECK_FILTER and
+# SANITIZER_TIMEOUT (s per tool, default 240; the tools run side by side), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to $OUT
 # (or /tmp/anvil-gpu-check).
@@ -55,7 +55,10 @@ if ! stage sanitizers; then
   :
 elif command -v compute-sanitizer >/dev/null; then
   kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
-  for tool in ${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}; do
+  tools="${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}"
+  rcs=$(mktemp -d)
+  # The tools run side by side: each is bound by the host's instrumentation, not the GPU.
+  for tool in $tools; do
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
@@ -66,14 +69,19 @@ elif command -v compute-sanitizer >/dev/null; then
       filter="${KERNEL_FILTER:-$kernel_tests}"
       only=(--kernel-name kns=5anvil)
     fi
-    timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${only[@]}" \
-      --error-exitcode 9 build/tests/anvil_tests --gtest_filter="$filter" >"$out/$tool.log" 2>&1
-    rc=$?
-    [ $rc -eq 124 ] && note="TIMED OUT" || note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)"
+    ( timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${only[@]}" \
+        --error-exitcode 9 build/tests/anvil_tests --gtest_filter="$filter" >"$out/$tool.log" 2>&1
+      echo $? >"$rcs/$tool" ) &
+  done
+  wait
+  for tool in $tools; do
+    rc=$(cat "$rcs/$tool")
+    [ "$rc" -eq 124 ] && note="TIMED OUT" || note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)"
     summary+=("$tool: rc $rc, $note; $(grep -cE '^\[       OK \]' "$out/$tool.log") tests passed")
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED  \]" "$out/$tool.log" | tail -3
-    [ $rc -ne 0 ] && sanitizer_rc=$rc
+    [ "$rc" -ne 0 ] && sanitizer_rc=$rc
   done
+  rm -rf "$rcs"
 else
   summary+=("compute-sanitizer: not found")
 fi
