@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "anvil/error.hpp"
 #include "engine/src/cuda/check.hpp"
@@ -131,6 +134,7 @@ OpAttributes attributes_of(CudnnGraphConv::Kind kind) {
 struct Plan {
   Backend plan;
   int64_t engine = -1;
+  std::string config{};  // where the heuristics list it: "A3" (mode A's fourth) or "F0" (the fallback list's first)
   size_t workspace = 0;
   bool tensor_cores = false;
 };
@@ -166,6 +170,34 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
     }
   }
   return true;
+}
+
+// A config's identity: its engine and its knob choices. The heuristics list
+// one engine several times with other knobs (tile sizes, for one), and those
+// can differ by a quarter in time (relu_avgpool_3d's forward, H200).
+std::string config_key(cudnnBackendDescriptor_t config, int64_t engine) {
+  std::vector<Backend> choices;
+  std::vector<cudnnBackendDescriptor_t> raw;
+  for (int i = 0; i < CUDNN_KNOB_TYPE_COUNTS; ++i) {
+    choices.emplace_back(CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR);
+    raw.push_back(choices.back().get());
+  }
+  int64_t count = 0, n = 0;
+  if (cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                               CUDNN_KNOB_TYPE_COUNTS, &count, raw.data()) != CUDNN_STATUS_SUCCESS)
+    count = 0;
+  std::vector<std::pair<int64_t, int64_t>> knobs;
+  for (int64_t i = 0; i < std::min<int64_t>(count, CUDNN_KNOB_TYPE_COUNTS); ++i) {
+    cudnnBackendKnobType_t type{};
+    int64_t value = 0;
+    cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type);
+    cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value);
+    knobs.emplace_back(static_cast<int64_t>(type), value);
+  }
+  std::sort(knobs.begin(), knobs.end());
+  std::string key = std::to_string(engine);
+  for (const auto& [type, value] : knobs) key += " " + std::to_string(type) + "=" + std::to_string(value);
+  return key;
 }
 
 // The engine configs the heuristics of this mode list for a finalized graph,
@@ -223,16 +255,20 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
   p.graph.finalize();
 
-  // Every eligible engine of the two lists PyTorch's benchmark mode times too: the heuristics'
-  // ranking (mode A) and the fallback engines, each engine once (its first config that builds).
-  std::vector<Backend> configs = engine_configs(p.graph, CUDNN_HEUR_MODE_A);
-  for (Backend& config : engine_configs(p.graph, CUDNN_HEUR_MODE_FALLBACK)) configs.push_back(std::move(config));
-  std::vector<int64_t> seen;
-  for (Backend& config : configs) {
+  // Every eligible config of the two lists PyTorch's benchmark mode times too: the heuristics'
+  // ranking (mode A) and the fallback list, each engine with each of its listed knob settings once.
+  std::vector<std::pair<std::string, Backend>> configs;
+  for (const auto& [mode, letter] : {std::pair{CUDNN_HEUR_MODE_A, "A"}, std::pair{CUDNN_HEUR_MODE_FALLBACK, "F"}}) {
+    std::vector<Backend> listed = engine_configs(p.graph, mode);
+    for (size_t i = 0; i < listed.size(); ++i) configs.emplace_back(letter + std::to_string(i), std::move(listed[i]));
+  }
+  std::vector<std::string> seen;
+  for (auto& [where, config] : configs) {
     Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     cudnnBackendDescriptor_t raw = config.get();
     if (!eligible(raw, settings, plan.engine, plan.tensor_cores)) continue;
-    if (std::find(seen.begin(), seen.end(), plan.engine) != seen.end()) continue;
+    std::string key = config_key(raw, plan.engine);
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
     plan.plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &raw);
     if (cudnnBackendFinalize(plan.plan.get()) != CUDNN_STATUS_SUCCESS) continue;  // not for these shapes
@@ -241,7 +277,8 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
                                                CUDNN_TYPE_INT64, 1, &n, &bytes));
     if (bytes < 0 || static_cast<size_t>(bytes) > settings.workspace_limit) continue;
     plan.workspace = static_cast<size_t>(bytes);
-    seen.push_back(plan.engine);
+    plan.config = where;
+    seen.push_back(std::move(key));
     p.candidates.push_back(std::move(plan));
   }
   if (p.candidates.empty())
@@ -303,10 +340,12 @@ bool CudnnGraphConv::keep_first_tensor_core_engine() {
 
 std::string CudnnGraphConv::describe() const {
   const Plan& plan = plans_->candidates.front();
-  const std::string how = plans_->first_tensor_core ? "the heuristics' first tensor-core engine"
-                                                    : "fastest of " + std::to_string(plans_->candidates.size());
-  return "graph engine " + std::to_string(plan.engine) + " (" + (plan.tensor_cores ? "tensor ops" : "fma") +
-         ", ws " + std::to_string(plan.workspace >> 10) + " KiB, " + how + ")";
+  if (plans_->first_tensor_core)
+    return "graph engine " + std::to_string(plan.engine) + " (tensor ops, ws " + std::to_string(plan.workspace >> 10) +
+           " KiB, the heuristics' first tensor-core engine)";
+  return "graph engine " + std::to_string(plan.engine) + " config " + plan.config + " (" +
+         (plan.tensor_cores ? "tensor ops" : "fma") + ", ws " + std::to_string(plan.workspace >> 10) +
+         " KiB, fastest of " + std::to_string(plans_->candidates.size()) + " configs)";
 }
 
 }  // namespace anvil

@@ -545,6 +545,16 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
         {"type": "conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 5, "padding": 2})"));
   const std::string text_2d = Engine(Network::parse(wide_2d, "wide_2d"), cuda_options("unfused")).describe();
   EXPECT_EQ(text_2d.find("graph engine"), std::string::npos) << text_2d;
+  // --autotune times each config the heuristics list (one engine may be listed with several knob
+  // settings) and names the one it keeps.
+  Options tuned = cuda_options("unfused");
+  tuned.autotune = true;
+  Engine autotuned(network, tuned);
+  const std::string tuned_text = autotuned.describe();
+  const std::regex config(
+      R"(graph engine [0-9]+ config [AF][0-9]+ \((tensor ops|fma), ws [0-9]+ KiB, fastest of [0-9]+ configs\))");
+  EXPECT_GE(count_matches(tuned_text, config), 3u) << tuned_text;
+  expect_step_matches_cpu(autotuned, network, 5e-3);
 }
 
 // Under tf32 --autotune times anvil's TF32 forward-relation kernel against
