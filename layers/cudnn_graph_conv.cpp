@@ -174,7 +174,9 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
 
 // A config's identity: its engine and its knob choices. The heuristics list
 // one engine several times with other knobs (tile sizes, for one), and those
-// can differ by a quarter in time (relu_avgpool_3d's forward, H200).
+// can differ by a quarter in time (relu_avgpool_3d's forward, H200). Empty
+// where cuDNN does not answer: the config then counts as unlike any other
+// (timed, never merged away).
 std::string config_key(cudnnBackendDescriptor_t config, int64_t engine) {
   std::vector<Backend> choices;
   std::vector<cudnnBackendDescriptor_t> raw;
@@ -185,13 +187,16 @@ std::string config_key(cudnnBackendDescriptor_t config, int64_t engine) {
   int64_t count = 0, n = 0;
   if (cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                CUDNN_KNOB_TYPE_COUNTS, &count, raw.data()) != CUDNN_STATUS_SUCCESS)
-    count = 0;
+    return {};
   std::vector<std::pair<int64_t, int64_t>> knobs;
   for (int64_t i = 0; i < std::min<int64_t>(count, CUDNN_KNOB_TYPE_COUNTS); ++i) {
     cudnnBackendKnobType_t type{};
     int64_t value = 0;
-    cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type);
-    cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value);
+    if (cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, CUDNN_TYPE_KNOB_TYPE, 1, &n, &type) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(raw[i], CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, CUDNN_TYPE_INT64, 1, &n, &value) !=
+            CUDNN_STATUS_SUCCESS)
+      return {};
     knobs.emplace_back(static_cast<int64_t>(type), value);
   }
   std::sort(knobs.begin(), knobs.end());
@@ -268,7 +273,7 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
     cudnnBackendDescriptor_t raw = config.get();
     if (!eligible(raw, settings, plan.engine, plan.tensor_cores)) continue;
     std::string key = config_key(raw, plan.engine);
-    if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+    if (!key.empty() && std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
     plan.plan.set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &raw);
     if (cudnnBackendFinalize(plan.plan.get()) != CUDNN_STATUS_SUCCESS) continue;  // not for these shapes
@@ -279,7 +284,9 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
     plan.workspace = static_cast<size_t>(bytes);
     plan.config = where;
     seen.push_back(std::move(key));
+    const bool rule_has_its_pick = !settings.autotune && plan.tensor_cores;
     p.candidates.push_back(std::move(plan));
+    if (rule_has_its_pick) break;  // the rule keeps this one (keep_first_tensor_core_engine): build no more plans
   }
   if (p.candidates.empty())
     throw Error("cuDNN's graph API offers no eligible engine for this convolution within " +

@@ -10,11 +10,12 @@
 // packed, except that A or B may be channels-last. Engines are filtered as
 // the precision and determinism ask: strict fp32 refuses tensor-core engines
 // (TF32), deterministic mode refuses non-deterministic ones, and none may
-// down-convert its inputs. Candidates are every eligible engine that the
-// heuristics (mode A) or the fallback list name, whose plan builds and whose
-// workspace fits; choose_fastest times them all and keeps the fastest
-// (--autotune), or keep_first_tensor_core_engine keeps one without timing
-// (the rule).
+// down-convert its inputs. Candidates are every eligible engine config (an
+// engine with its knob settings) that the heuristics (mode A) or the
+// fallback list name, whose plan builds and whose workspace fits;
+// choose_fastest times them all and keeps the fastest (--autotune), or
+// keep_first_tensor_core_engine keeps one without timing (the rule, which
+// builds no plan past that one).
 #pragma once
 
 #include <cudnn.h>
@@ -39,7 +40,7 @@ class CudnnGraphConv {
  public:
   enum class Kind { Forward, BackwardData, BackwardFilter };
 
-  // Builds the op and the execution plans of its eligible engines whose
+  // Builds the op and the execution plans of its eligible engine configs whose
   // workspace fits settings.workspace_limit; throws Error when there is none.
   // beta 1 accumulates into the output.
   CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& geometry, float beta,

@@ -205,7 +205,7 @@ TEST_P(DirectConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
           int64_t wi = a_got[o], at = 0;
           const int64_t wk[3] = {wi / (c.pk[1] * c.pk[2]), wi / c.pk[2] % c.pk[1], wi % c.pk[2]};
           for (int a = 0; a < 3; ++a) at = at * g.out.y[a] + q[a] * c.ps[a] - c.pp[a] + wk[a];
-          v_want[o] = y_got[size_t(plane * y_plane + at)] + (with_bias ? bias_host[size_t(ch)] : 0.f);
+          v_want[o] = y_got[size_t(plane * y_plane + at)] + (with_bias ? bias_host[size_t(ch)] : -0.f);
         }
         expect_bitwise(v_got, v_want, "y_at_max");
       }

@@ -8,7 +8,7 @@
 # Knobs: STAGES (default "tests sanitizers precision data"; the build always
 # runs: a session whose calls each have 10 minutes runs the stages across warm
 # calls), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
-# SANITIZER_TIMEOUT (s per tool, default 240; the tools run side by side), MEMCHECK_FILTER and
+# SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to $OUT
 # (or /tmp/anvil-gpu-check).
@@ -69,13 +69,14 @@ elif command -v compute-sanitizer >/dev/null; then
       filter="${KERNEL_FILTER:-$kernel_tests}"
       only=(--kernel-name kns=5anvil)
     fi
-    ( timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${only[@]}" \
+    ( timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool "$tool" "${only[@]}" \
         --error-exitcode 9 build/tests/anvil_tests --gtest_filter="$filter" >"$out/$tool.log" 2>&1
       echo $? >"$rcs/$tool" ) &
   done
   wait
   for tool in $tools; do
-    rc=$(cat "$rcs/$tool")
+    rc=$(cat "$rcs/$tool" 2>/dev/null)
+    [[ "$rc" =~ ^[0-9]+$ ]] || rc=255  # the tool's shell died before writing its status: a failure
     [ "$rc" -eq 124 ] && note="TIMED OUT" || note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)"
     summary+=("$tool: rc $rc, $note; $(grep -cE '^\[       OK \]' "$out/$tool.log") tests passed")
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED  \]" "$out/$tool.log" | tail -3

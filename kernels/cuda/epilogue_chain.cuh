@@ -32,7 +32,8 @@ __device__ __forceinline__ float activation_backward(PointwiseOp op, float x, fl
 }
 
 // A channel's bias, or -0 where there is none: x + -0 is x for every x, -0
-// included, so adding it keeps Y's bits (a +0 would turn a -0 into +0).
+// included, so adding it keeps Y's bits (a +0 would turn a -0 into +0); only
+// a NaN comes out as the GPU's canonical NaN, its payload dropped.
 __device__ __forceinline__ float bias_at(const float* bias, int64_t ch) {
   return bias != nullptr ? __ldg(bias + ch) : -0.f;
 }
