@@ -347,12 +347,11 @@ bool CudnnGraphConv::keep_first_tensor_core_engine() {
 
 std::string CudnnGraphConv::describe() const {
   const Plan& plan = plans_->candidates.front();
-  if (plans_->first_tensor_core)
-    return "graph engine " + std::to_string(plan.engine) + " (tensor ops, ws " + std::to_string(plan.workspace >> 10) +
-           " KiB, the heuristics' first tensor-core engine)";
-  return "graph engine " + std::to_string(plan.engine) + " config " + plan.config + " (" +
-         (plan.tensor_cores ? "tensor ops" : "fma") + ", ws " + std::to_string(plan.workspace >> 10) +
-         " KiB, fastest of " + std::to_string(plans_->candidates.size()) + " configs)";
+  const std::string engine = "graph engine " + std::to_string(plan.engine);
+  const std::string ws = "ws " + std::to_string(plan.workspace >> 10) + " KiB, ";
+  if (plans_->first_tensor_core) return engine + " (tensor ops, " + ws + "the heuristics' first tensor-core engine)";
+  return engine + " config " + plan.config + " (" + (plan.tensor_cores ? "tensor ops, " : "fma, ") + ws +
+         "fastest of " + std::to_string(plans_->candidates.size()) + " configs)";
 }
 
 }  // namespace anvil
