@@ -54,7 +54,7 @@ sanitizer_rc=0
 if ! stage sanitizers; then
   :
 elif command -v compute-sanitizer >/dev/null; then
-  kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
+  kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*"
   tools="${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}"
   rcs=$(mktemp -d)
   # The tools run side by side: each is bound by the host's instrumentation, not the GPU.
@@ -63,7 +63,7 @@ elif command -v compute-sanitizer >/dev/null; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
       # synccheck below do run it, on anvil's kernels).
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"

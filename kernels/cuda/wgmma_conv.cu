@@ -1,0 +1,457 @@
+// The stride-1 conv and its epilogue on Hopper's warpgroup MMAs (see wgmma_conv.hpp).
+//
+// As an implicit GEMM: Y[r, n] = sum over k of X[r, k] W[n, k], with r one of
+// the kRows conv outputs of a tile (t0 x t1 x t2 of them, each t a multiple of
+// the pool's window, so a tile holds whole windows), n an output channel of
+// the block's group (N of them) and k = tap * cin8 + ci (cin8: in_channels
+// rounded up to 8; the extra channels are zeros in both operands).
+//
+// Shared memory: W as B's core matrices, [k / 4][n / 8][8][4]; the group's
+// bias; each K step's offset in the box; a table of the box's rows; one or two
+// boxes of x, [cin8][b0][b1][b2] (b = t + the kernel's dilated extent - 1,
+// b2 widened to whole 16-byte chunks where x's rows allow 16-byte copies) with
+// a channel pitch of 8 mod 32 words, so an A fragment's 4 channels x 8 rows
+// hit 32 banks. With two, the next tile's box is copied (cp.async) while this
+// one computes; a block stays resident (the weight fills most of its shared
+// memory) and takes tiles in turn.
+// Warpgroup w takes rows 64 w to 64 w + 63. Per K step of 8, each thread
+// loads its 4 A elements from the box at its row's offset + the step's tap
+// offset + its channel, and one m64nNk8 wgmma runs; the warpgroup issues 4
+// steps, then loads the next 4 steps' fragments while they run.
+// The epilogue puts the accumulators in shared memory as Ytile[n][r] over the
+// box just read; each thread then takes one pooled position of every tile
+// (and one conv output, for Y) for a fixed share of the channels: bias, chain
+// and window in PoolWindow's order, as chain_pool.cu does, so P has
+// chain_pool's bits for the Y saved.
+#include "kernels/cuda/wgmma_conv.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/epilogue_chain.cuh"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/pool_window.cuh"
+#include "kernels/cuda/tensor_cores.hpp"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace anvil::cuda {
+namespace {
+
+constexpr int kThreads = 256;       // two warpgroups
+constexpr int kRows = 128;          // conv outputs of a tile: 64 a warpgroup
+constexpr int kYPitch = kRows + 4;  // Ytile's words a channel, 4 mod 32: a warp's stores of D hit 32 banks
+constexpr int kMaxN = 128;          // output channels of a group
+constexpr int kGroup = 4;           // K steps a warpgroup issues between two waits
+
+struct WgDims {
+  int32_t cin, cin8, cout, taps, ksteps, kgroups;
+  int32_t k1, k2, dil[3];
+  int32_t x[3], y[3], out[3], pad[3], pk[3];
+  int32_t t[3], b[3], tn[3];  // the tile (conv outputs), its box (x it reads), tiles along each axis
+  int32_t rows_used, pooled_used, box_rows;
+  int32_t cs;  // the box's words a channel
+  // The box's rows are copied in chunks of vec floats (4: 16-byte copies, where
+  // x's rows and the tiles' columns keep them aligned; else 1), starting shift
+  // floats before the tile's first x column, so a row is b2 = chunks x vec.
+  int32_t vec, shift, chunks;
+  int32_t buf_words, stages, tiles;
+  uint32_t x_plane, y_plane, p_plane;
+  double divisor;
+  bool transposed;
+
+  // Shared memory in words: W, bias, each K step's offset in the box (whole
+  // groups of steps), the box rows' (channel, depth << 16 | row), the boxes.
+  __host__ __device__ int64_t smem_words(int n) const {
+    return int64_t(n) * ksteps * 8 + n + int64_t(kgroups) * kGroup + 2 * int64_t(box_rows) +
+           int64_t(stages) * buf_words;
+  }
+};
+
+// A tile's image and first conv output along each axis.
+__device__ __forceinline__ int tile_origin(int t, const WgDims& d, int (&o)[3]) {
+  o[2] = t % d.tn[2] * d.t[2];
+  t /= d.tn[2];
+  o[1] = t % d.tn[1] * d.t[1];
+  t /= d.tn[1];
+  o[0] = t % d.tn[0] * d.t[0];
+  return t / d.tn[0];
+}
+
+template <class Chain, ChainPool kPool, bool kSaveMax, int N>
+__global__ void __launch_bounds__(kThreads, 1)
+    wgmma_conv_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                      const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
+                      float* __restrict__ y_at_max, float* __restrict__ y, WgDims d) {
+#if ANVIL_HAS_WGMMA
+  extern __shared__ float4 smem4[];
+  const int k_pad = d.ksteps * 8;
+  float* ws = reinterpret_cast<float*>(smem4);
+  float* bs = ws + N * k_pad;
+  int* koff = reinterpret_cast<int*>(bs + N);  // 16-byte aligned: N * (k_pad + 1) is a multiple of 4
+  int2* rowtab = reinterpret_cast<int2*>(koff + d.kgroups * kGroup);
+  float* xs = reinterpret_cast<float*>(rowtab + d.box_rows);
+  const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, tig = lane % 4;
+  const int co_first = blockIdx.y * N;
+
+  // The group's weight, rounded to TF32, as B's core matrices: zeros first
+  // (padded channels), then w read in its own order, so a warp's loads are
+  // consecutive and independent of each other.
+  auto w_at = [&](int n, int k) -> float& { return ws[(k / 4 * (N / 8) + n / 8) * 32 + n % 8 * 4 + k % 4]; };
+  for (int i = tid; i < N * k_pad; i += kThreads) ws[i] = 0.f;
+  __syncthreads();
+  const int group = min(N, d.cout - co_first), per_channel = d.cin * d.taps;
+#pragma unroll 4
+  for (int i = tid; i < group * per_channel; i += kThreads) {
+    int n, ci, tap;
+    if (d.transposed) {  // w (cin, cout, taps): this group's channels of each input channel, taps reversed
+      ci = i / (group * d.taps);
+      const int rest = i - ci * group * d.taps;
+      n = rest / d.taps;
+      tap = d.taps - 1 - (rest - n * d.taps);
+    } else {  // w (cout, cin, taps)
+      n = i / per_channel;
+      const int rest = i - n * per_channel;
+      ci = rest / d.taps;
+      tap = rest - ci * d.taps;
+    }
+    const int64_t src = d.transposed ? (int64_t(ci) * d.cout + co_first + n) * d.taps + (d.taps - 1 - tap)
+                                     : int64_t(co_first) * per_channel + i;
+    w_at(n, tap * d.cin8 + ci) = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
+  }
+  for (int c = tid; c < N; c += kThreads) bs[c] = bias_at(bias, min(co_first + c, d.cout - 1));
+  for (int ks = tid; ks < d.kgroups * kGroup; ks += kThreads) {  // steps past the last: offset 0, never issued
+    const int tap = ks * 8 / d.cin8, block = ks - tap * (d.cin8 / 8);
+    const int u0 = tap / (d.k1 * d.k2), u1 = tap / d.k2 % d.k1, u2 = tap % d.k2;
+    koff[ks] = ks < d.ksteps ? (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.b[2] + u2 * d.dil[2] + block * 8 * d.cs
+                             : 0;
+  }
+  for (int r = tid; r < d.box_rows; r += kThreads) {
+    const int ci = r / (d.b[0] * d.b[1]), rest = r - ci * d.b[0] * d.b[1];
+    rowtab[r] = make_int2(ci, rest / d.b[1] << 16 | rest % d.b[1]);
+  }
+  wgmma_smem_fence();
+  __syncthreads();
+
+  // Copies tile t's box into dst, a chunk of a row per thread at a time: a
+  // chunk is all in x's row or all out of it (zeros), as the 16-byte chunks
+  // are aligned with x's rows.
+  const int chunk_rows = kThreads / d.chunks, chunk_cols = kThreads % d.chunks;
+  auto stage = [&](int t, float* dst) {
+    int o[3];
+    const int image = tile_origin(t, d, o);
+    const float* xi = x + int64_t(image) * d.cin * d.x_plane;
+    const int xd0 = o[0] - d.pad[0], xh0 = o[1] - d.pad[1], xw0 = o[2] - d.pad[2] - d.shift;
+    int r = tid / d.chunks, c = tid % d.chunks;
+    for (; r < d.box_rows; r += chunk_rows) {
+      const int2 row = rowtab[r];
+      const int bz = row.y >> 16, by = row.y & 0xFFFF, xd = xd0 + bz, xh = xh0 + by, xw = xw0 + c * d.vec;
+      const bool in = row.x < d.cin && uint32_t(xd) < uint32_t(d.x[0]) && uint32_t(xh) < uint32_t(d.x[1]) &&
+                      uint32_t(xw) < uint32_t(d.x[2]);
+      const float* src = in ? xi + row.x * int(d.x_plane) + (xd * d.x[1] + xh) * d.x[2] + xw : x;
+      float* out = dst + row.x * d.cs + (bz * d.b[1] + by) * d.b[2] + c * d.vec;
+      if (d.vec == 4)
+        copy_async16(out, src, in);
+      else
+        copy_async(out, src, in);
+      if ((c += chunk_cols) >= d.chunks) {
+        c -= d.chunks;
+        ++r;
+      }
+    }
+  };
+
+  // This thread's two rows of A (g and g + 8 of its warp's 16), as offsets in a box; a row past the tile reads
+  // the box's first word and is never stored.
+  auto box_offset = [&](int r) {
+    if (r >= d.rows_used) return 0;
+    const int rz = r / (d.t[1] * d.t[2]), ry = r / d.t[2] % d.t[1], rx = r % d.t[2];
+    return (rz * d.b[1] + ry) * d.b[2] + d.shift + rx;
+  };
+  const int r0 = tid / 128 * 64 + tid / 32 % 4 * 16 + g;
+  const int xo0 = box_offset(r0) + tig * d.cs, xo1 = box_offset(r0 + 8) + tig * d.cs, cs4 = 4 * d.cs;
+  const uint64_t desc0 = wgmma_descriptor(ws, N * 16, 128);  // core matrices: N / 8 x 128 bytes along K, 128 along n
+
+  // The epilogue's fixed share of every tile: conv output y_r (Y) and pooled position p_r (P) of the tile, for
+  // the channels y_c0, y_c0 + y_cstep, ... (p_c0, ...); a thread past the last full share has none.
+  const int y_cstep = kThreads / d.rows_used, y_r = tid % d.rows_used, y_c0 = tid / d.rows_used;
+  const int yz = y_r / (d.t[1] * d.t[2]), yy = y_r / d.t[2] % d.t[1], yx = y_r % d.t[2];
+  const int p_cstep = kThreads / d.pooled_used, p_r = tid % d.pooled_used, p_c0 = tid / d.pooled_used;
+  const int pt1 = d.t[1] / d.pk[1], pt2 = d.t[2] / d.pk[2];
+  const int pz = p_r / (pt1 * pt2), py = p_r / pt2 % pt1, px = p_r % pt2;
+  const int window0 = (pz * d.pk[0] * d.t[1] + py * d.pk[1]) * d.t[2] + px * d.pk[2];
+
+  float acc[N / 2];
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) acc[i] = 0.f;
+
+  int buf = 0;
+  if (d.stages == 2 && int(blockIdx.x) < d.tiles) stage(blockIdx.x, xs);
+  copy_async_commit();
+  for (int t = blockIdx.x; t < d.tiles; t += gridDim.x) {
+    if (d.stages == 2) {
+      if (t + int(gridDim.x) < d.tiles) stage(t + gridDim.x, xs + (buf ^ 1) * d.buf_words);
+      copy_async_commit();
+      copy_async_wait<1>();
+    } else {
+      stage(t, xs);
+      copy_async_commit();
+      copy_async_wait<0>();
+    }
+    __syncthreads();  // this tile's box in
+    const float* xb = xs + buf * d.buf_words;
+    const float *a_row0 = xb + xo0, *a_row1 = xb + xo1, *a_row2 = xb + xo0 + cs4, *a_row3 = xb + xo1 + cs4;
+    // kGroup steps' fragments at a time, in two register sets: one group's
+    // are loaded while the other's wgmmas run, and rewritten only after those
+    // have completed.
+    uint32_t a0[kGroup][4], a1[kGroup][4];
+    auto load_group = [&](uint32_t(&a)[kGroup][4], int gi) {
+      const int4 o4 = reinterpret_cast<const int4*>(koff)[gi];
+      const int off[kGroup] = {o4.x, o4.y, o4.z, o4.w};
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        a[j][0] = __float_as_uint(a_row0[off[j]]);
+        a[j][1] = __float_as_uint(a_row1[off[j]]);
+        a[j][2] = __float_as_uint(a_row2[off[j]]);
+        a[j][3] = __float_as_uint(a_row3[off[j]]);
+      }
+    };
+    auto issue_group = [&](const uint32_t(&a)[kGroup][4], int gi) {
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const int ks = gi * kGroup + j;
+        if (ks < d.ksteps) Wgmma<N>::mma(acc, a[j], desc0 + uint64_t(ks) * (2 * N), ks > 0);
+      }
+      wgmma_commit();
+    };
+    load_group(a0, 0);
+    for (int gi = 0; gi < d.kgroups; gi += 2) {
+      issue_group(a0, gi);
+      wgmma_wait<1>();  // group gi - 1 has completed: a1 is free
+      if (gi + 1 < d.kgroups) {
+        load_group(a1, gi + 1);
+        issue_group(a1, gi + 1);
+      }
+      wgmma_wait<1>();  // group gi has completed: a0 is free
+      if (gi + 2 < d.kgroups) load_group(a0, gi + 2);
+    }
+    wgmma_wait<0>();
+    __syncthreads();  // both warpgroups are done with the box: Ytile goes over it
+
+    float* yt = xs + buf * d.buf_words;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+      const int col = 8 * j + 2 * tig;
+      yt[col * kYPitch + r0] = acc[4 * j];
+      yt[(col + 1) * kYPitch + r0] = acc[4 * j + 1];
+      yt[col * kYPitch + r0 + 8] = acc[4 * j + 2];
+      yt[(col + 1) * kYPitch + r0 + 8] = acc[4 * j + 3];
+    }
+    __syncthreads();
+
+    int o[3];
+    const int image = tile_origin(t, d, o);
+    const int yd = o[0] + yz, yh = o[1] + yy, yw = o[2] + yx;
+    if (y != nullptr && y_c0 < y_cstep && yd < d.y[0] && yh < d.y[1] && yw < d.y[2]) {
+      float* yo = y + (int64_t(image) * d.cout + co_first) * d.y_plane + (uint32_t(yd) * d.y[1] + yh) * d.y[2] + yw;
+      for (int c = y_c0; c < N && co_first + c < d.cout; c += y_cstep) yo[int64_t(c) * d.y_plane] = yt[c * kYPitch + y_r];
+    }
+    const int q0 = o[0] / d.pk[0] + pz, q1 = o[1] / d.pk[1] + py, q2 = o[2] / d.pk[2] + px;
+    if (p_c0 < p_cstep && q0 < d.out[0] && q1 < d.out[1] && q2 < d.out[2]) {
+      const int64_t at0 =
+          (int64_t(image) * d.cout + co_first) * d.p_plane + (uint32_t(q0) * d.out[1] + q1) * d.out[2] + q2;
+      for (int c = p_c0; c < N && co_first + c < d.cout; c += p_cstep) {
+        const typename Chain::Channel cm = Chain::at(chain, co_first + c);
+        const float* yc = yt + c * kYPitch + window0;
+        PoolWindow<kPool> window;
+        int wi = 0;
+        for (int w0 = 0; w0 < d.pk[0]; ++w0)
+          for (int w1 = 0; w1 < d.pk[1]; ++w1)
+            for (int w2 = 0; w2 < d.pk[2]; ++w2, ++wi) {
+              const float v = yc[(w0 * d.t[1] + w1) * d.t[2] + w2] + bs[c];
+              window.take(Chain::forward(chain, cm, v), v, wi);
+            }
+        const int64_t at = at0 + int64_t(c) * d.p_plane;
+        p[at] = window.result(d.divisor);
+        if constexpr (kSaveMax) {
+          if (argmax != nullptr) argmax[at] = uint8_t(window.best_i);
+          if (y_at_max != nullptr) y_at_max[at] = window.best_v;
+        }
+      }
+    }
+    __syncthreads();  // Ytile read before its box is refilled
+    if (d.stages == 2) buf ^= 1;
+  }
+  copy_async_wait<0>();
+#else
+  __trap();  // built for a target without wgmma: wgmma_conv_available() is false there
+#endif
+}
+
+// Output channels of a group: the wgmma's N.
+int group_columns(int64_t cout) { return cout <= 32 ? 32 : cout <= 64 ? 64 : kMaxN; }
+
+// The checks of wgmma_conv_supported but the device's, and the dims the kernel
+// takes; vec_aligned: x is 16-byte aligned.
+const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  const DirectConvGeometry& g = wg.conv;
+  const ChainPoolGeometry& pg = g.out;
+  if (const char* why = chain_pool_geometry_error(pg)) return why;
+  if (g.cin < 1 || pg.c < 1) return "no input or output channels";
+  const std::array<int64_t, 3> out = chain_pool_output(pg);
+  int64_t taps = 1, x_plane = 1, y_plane = 1, p_plane = 1, window = 1;
+  for (int a = 0; a < 3; ++a) {
+    if (g.x[a] < 1 || g.k[a] < 1 || g.stride[a] < 1 || g.dilation[a] < 1 || g.pad[a] < 0)
+      return "non-positive sizes or negative padding";
+    if (g.stride[a] != 1) return "a strided conv";
+    if (g.x[a] > kMax31 || g.k[a] > kMax31 || g.dilation[a] > kMax31 || g.pad[a] > kMax31)
+      return "sizes beyond 31 bits";
+    if (pg.y[a] != g.x[a] + 2 * g.pad[a] - (g.k[a] - 1) * g.dilation[a] || pg.y[a] < 1)
+      return "the output dims are not the conv's";
+    const int64_t pk = pg.pool == ChainPool::None ? 1 : pg.k[a];
+    if (pg.pool != ChainPool::None && (pg.stride[a] != pg.k[a] || pg.pad[a] != 0))
+      return "a pool whose windows overlap, leave gaps or take padding";
+    taps *= g.k[a];
+    window *= pk;
+    x_plane *= g.x[a];
+    y_plane *= pg.y[a];
+    p_plane *= out[a];
+    if (taps * g.cin > kMax31 || x_plane * g.cin > kMax31 || y_plane > kMax31) return "sizes beyond 31 bits";
+    d.x[a] = int32_t(g.x[a]);
+    d.y[a] = int32_t(pg.y[a]);
+    d.out[a] = int32_t(out[a]);
+    d.pad[a] = int32_t(g.pad[a]);
+    d.dil[a] = int32_t(g.dilation[a]);
+    d.pk[a] = int32_t(pk);
+  }
+  if (window > kRows) return "a pool window of more than 128 conv outputs";
+  d.cin = int32_t(g.cin);
+  d.cin8 = int32_t(detail::ceil_div(g.cin, 8) * 8);
+  d.cout = int32_t(pg.c);
+  d.taps = int32_t(taps);
+  d.k1 = int32_t(g.k[1]);
+  d.k2 = int32_t(g.k[2]);
+  d.x_plane = uint32_t(x_plane);
+  d.y_plane = uint32_t(y_plane);
+  d.p_plane = uint32_t(p_plane);
+  d.divisor = double(window);
+  d.transposed = wg.transposed_weight;
+
+  // The tile: whole windows, widened along W, then H, then D while kRows hold them and the output has more.
+  for (int a = 0; a < 3; ++a) d.t[a] = d.pk[a];
+  for (int a = 2; a >= 0; --a) {
+    const int64_t extent = detail::ceil_div(d.y[a], d.pk[a]) * d.pk[a];
+    while (d.t[a] + d.pk[a] <= extent &&
+           int64_t(d.t[0]) * d.t[1] * d.t[2] / d.t[a] * (d.t[a] + d.pk[a]) <= kRows)
+      d.t[a] += d.pk[a];
+  }
+  d.rows_used = d.t[0] * d.t[1] * d.t[2];
+  d.pooled_used = d.rows_used / int32_t(window);
+  // 16-byte chunks where every tile's box starts at the same offset from a
+  // 16-byte boundary of x's rows (then shift floats before it).
+  d.vec = d.x[2] % 4 == 0 && d.t[2] % 4 == 0 && vec_aligned ? 4 : 1;
+  d.shift = d.vec == 4 ? (4 - d.pad[2] % 4) % 4 : 0;
+  double box = 1;
+  for (int a = 0; a < 3; ++a) {
+    double extent = double(d.t[a]) + double(g.k[a] - 1) * double(g.dilation[a]);
+    if (a == 2) extent = std::ceil((extent + d.shift) / d.vec) * d.vec;
+    box *= extent;
+    if (extent > kMax31) return "the weights and an input tile exceed shared memory";
+    d.b[a] = int32_t(extent);
+    d.tn[a] = int32_t(detail::ceil_div(d.y[a], d.t[a]));
+  }
+  d.chunks = d.b[2] / d.vec;
+  const int n = group_columns(d.cout);
+  const double k_pad = double(taps) * double(d.cin8);
+  const double budget = double(detail::max_block_smem()) / sizeof(float);
+  if (box * d.cin8 > budget || k_pad * n > budget) return "the weights and an input tile exceed shared memory";
+  if (d.b[0] > 0x7FFF || d.b[1] > 0xFFFF) return "the weights and an input tile exceed shared memory";
+  const int vol = int(box);
+  d.cs = vol + (40 - vol % 32) % 32;  // 8 mod 32
+  d.ksteps = int32_t(k_pad / 8);
+  d.kgroups = int32_t(detail::ceil_div(d.ksteps, kGroup));
+  d.box_rows = d.cin8 * d.b[0] * d.b[1];
+  d.buf_words = std::max(d.cin8 * d.cs, n * kYPitch);
+  d.stages = 2;
+  if (double(d.smem_words(n)) > budget) d.stages = 1;
+  if (double(d.smem_words(n)) > budget) return "the weights and an input tile exceed shared memory";
+  const int64_t tiles = pg.n * int64_t(d.tn[0]) * d.tn[1] * d.tn[2];
+  if (tiles > kMax31) return "sizes beyond 31 bits";
+  d.tiles = int32_t(tiles);
+  return nullptr;
+}
+
+template <class Chain, ChainPool kPool, bool kSaveMax, int N>
+void launch(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+            float* y_at_max, float* y, const WgDims& d, cudaStream_t stream) {
+  const size_t smem = size_t(d.smem_words(N)) * sizeof(float);
+  const auto kernel = wgmma_conv_kernel<Chain, kPool, kSaveMax, N>;
+  ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(unsigned(std::min<int64_t>(d.tiles, detail::sm_count())),
+                  unsigned(detail::ceil_div(d.cout, N)));
+  kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, y, d);
+}
+
+}  // namespace
+
+bool wgmma_conv_available() {
+  if (device_sm() != 90) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, wgmma_conv_kernel<EmptyChain, ChainPool::Max, false, 64>) != cudaSuccess) {
+    (void)cudaGetLastError();  // no code for this device: an answer, not an error to report later
+    return false;
+  }
+  return true;
+}
+
+bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not) {
+  const char* why = wgmma_conv_available() ? nullptr : "needs an sm_90 GPU (Hopper's wgmma)";
+  WgDims d;
+  if (why == nullptr) why = wg_dims(g, true, d);  // the wider box of 16-byte copies: the scalar one fits where it does
+  if (why_not != nullptr) *why_not = why;
+  return why == nullptr;
+}
+
+bool wgmma_conv_preferred(const WgmmaConvGeometry& g) {
+  WgDims d;
+  return wgmma_conv_supported(g) && wg_dims(g, true, d) == nullptr && d.stages == 2 && group_columns(d.cout) >= 64;
+}
+
+void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
+                        uint8_t* argmax, float* y_at_max, float* y, const WgmmaConvGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "wgmma_conv_forward";
+  detail::require(x != nullptr && w != nullptr && p != nullptr, op, "null x, w or p");
+  detail::require((argmax == nullptr && y_at_max == nullptr) || g.conv.out.pool == ChainPool::Max, op,
+                  "argmax and y_at_max only with a max pool");
+  require_chain(op, chain);
+  const char* why = nullptr;
+  const bool supported = wgmma_conv_supported(g, &why);  // apart: an argument list may read why before the call sets it
+  detail::require(supported, op, why);
+  WgDims d;
+  wg_dims(g, detail::aligned_to(x, 16), d);
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    auto by_pool = [&](auto columns) {
+      constexpr int N = decltype(columns)::value;
+      if (g.conv.out.pool == ChainPool::Avg)
+        launch<Chain, ChainPool::Avg, false, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+      else if (argmax != nullptr || y_at_max != nullptr)
+        launch<Chain, ChainPool::Max, true, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+      else  // no pool: a window of one, whose "max" is the value
+        launch<Chain, ChainPool::Max, false, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+    };
+    const int n = group_columns(d.cout);
+    if (n == 32)
+      by_pool(std::integral_constant<int, 32>{});
+    else if (n == 64)
+      by_pool(std::integral_constant<int, 64>{});
+    else
+      by_pool(std::integral_constant<int, kMaxN>{});
+  });
+  ANVIL_CHECK_LAUNCH();
+}
+
+}  // namespace anvil::cuda

@@ -1,0 +1,55 @@
+// A stride-1 convolution fused with its epilogue on Hopper's warpgroup MMAs
+// (wgmma_conv.cu), for tf32:
+//   x -> conv (TF32 tensor cores) -> + bias -> the chain (epilogue_chain.hpp)
+//   -> a pool whose windows tile the conv output, or none
+// with direct_conv.hpp's outputs: the pooled output, and what backward reads
+// (the argmax and y there, or Y whole) only where asked. An implicit GEMM:
+// a block stages the x its tile of conv outputs reads in shared memory, keeps
+// the whole weight there, and its two warpgroups form their A fragments from
+// the staged x by per-tap offsets; Y stays in registers and shared memory.
+// Built for sm_90a alone (CMakeLists.txt): it runs on sm_90 devices only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/direct_conv.hpp"
+#include "kernels/cuda/epilogue_chain.hpp"
+
+namespace anvil::cuda {
+
+struct WgmmaConvGeometry {
+  DirectConvGeometry conv;  // stride 1; a stride-1 transposed conv as its equivalent conv (below)
+  // w is a stride-1 conv_transpose's (in, out, k...): the equivalent conv reads
+  // it with in and out swapped and the taps reversed (its padding is
+  // dilation x (k - 1) - the transposed conv's).
+  bool transposed_weight = false;
+};
+
+// Whether the current device runs the kernel: an sm_90 GPU, and this build's
+// sm_90a code for it.
+bool wgmma_conv_available();
+
+// Whether the kernel runs this geometry on the current device. It needs
+// wgmma_conv_available(), a conv of stride 1, a pool (if any) whose window is
+// its stride and has no padding, 31-bit sizes, and the weight (out_channels in
+// groups of at most 128) with one input tile within a block's shared memory.
+// Sets why_not otherwise.
+bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not = nullptr);
+
+// Whether the formulation rule should take the kernel over cuDNN's conv for a
+// supported geometry: a block holds two input tiles (one is copied while the
+// other computes) and out_channels is above 32 (the wgmma's N is 64 or 128).
+// Measured on the H200 (docs/performance.md): faster than cuDNN's conv with
+// its epilogue at 64 channels double-buffered, slower at 32 channels with one
+// buffer.
+bool wgmma_conv_preferred(const WgmmaConvGeometry& g);
+
+// As direct_conv_forward, with the conv's products in TF32: x truncated, w
+// rounded to nearest. p: the pooled output; argmax and y_at_max (a max pool
+// only) and y (the bias-free conv output, whole) may be null.
+void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
+                        uint8_t* argmax, float* y_at_max, float* y, const WgmmaConvGeometry& g, cudaStream_t stream);
+
+}  // namespace anvil::cuda

@@ -1,0 +1,317 @@
+// anvil's stride-1 conv fused with its epilogue on Hopper's wgmma
+// (kernels/cuda/wgmma_conv.hpp) on odd geometries: batch 1, one channel (7
+// zero channels of padding in K), out_channels of 1 to 200 (two groups, the
+// second partial), even and dilated kernels, padding per axis, outputs that
+// leave rows and columns outside every window, tiles that do not fill their
+// 128 rows, ragged last tiles, a transposed conv's weight, x copied 4 and 16
+// bytes at a time, and each pool: none, max and average. Inputs are fresh uniform [-1, 1] floats
+// (never 0), and every output is poisoned (NaN) first.
+// Checked: the conv output it saves for backward against the CPU reference in
+// float64, with the operands as the tensor cores read them (x truncated to
+// TF32, w rounded to nearest), to float32 accuracy; and everything after the
+// conv against chain_pool.hpp's kernel run on that same Y, bitwise.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "conv_mma_cases.hpp"
+#include "gpu_test_util.hpp"
+#include "kernels/cpu/conv.hpp"
+#include "kernels/cuda/chain_pool.hpp"
+#include "kernels/cuda/wgmma_conv.hpp"
+#include "kernels/tf32.hpp"
+
+namespace anvil::testing {
+namespace {
+
+namespace gpu = anvil::cuda;
+using Dims = std::array<int64_t, 3>;
+constexpr size_t kSlack = 8;  // poisoned floats past each output, which must stay poisoned
+
+struct Case {
+  std::string label;
+  int64_t n, cin, cout;
+  Dims x, k, pad, dilation;
+  gpu::ChainPool pool;
+  Dims pk{1, 1, 1};
+  bool transposed = false;  // w is a conv_transpose's (cin, cout, k...) and pad the transposed conv's
+};
+void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }
+
+Dims conv_output(const Case& c) {
+  Dims y{};
+  for (int a = 0; a < 3; ++a) {
+    const int64_t extent = c.dilation[a] * (c.k[a] - 1);
+    y[a] = c.transposed ? c.x[a] + extent - 2 * c.pad[a] : c.x[a] + 2 * c.pad[a] - extent;
+  }
+  return y;
+}
+
+gpu::WgmmaConvGeometry geometry_of(const Case& c) {
+  gpu::WgmmaConvGeometry g;
+  g.conv.cin = c.cin, g.conv.x = c.x, g.conv.k = c.k, g.conv.dilation = c.dilation;
+  for (int a = 0; a < 3; ++a) g.conv.pad[a] = c.transposed ? c.dilation[a] * (c.k[a] - 1) - c.pad[a] : c.pad[a];
+  g.conv.out.n = c.n;
+  g.conv.out.c = c.cout;
+  g.conv.out.y = conv_output(c);
+  g.conv.out.pool = c.pool;
+  if (c.pool != gpu::ChainPool::None) g.conv.out.k = g.conv.out.stride = c.pk;
+  g.transposed_weight = c.transposed;
+  return g;
+}
+
+const Case kCases[] = {
+    // label, n, cin, cout, x, k, pad, dilation, pool, window
+    {"relu_avgpool_3d_like_odd", 2, 16, 64, {5, 9, 67}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {2, 2, 2}},
+    {"transposed_3d_max2", 1, 32, 32, {4, 6, 10}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max, {2, 2, 2},
+     true},
+    {"batch1_channel1_2d_no_pool", 1, 1, 1, {1, 7, 9}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::None},
+    {"cout200_two_groups_k4_max2", 1, 3, 200, {1, 11, 13}, {1, 4, 4}, {0, 2, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}},
+    {"dilated_3d_avg_1x2x2", 2, 5, 20, {4, 8, 9}, {2, 3, 3}, {1, 2, 0}, {2, 1, 2}, gpu::ChainPool::Avg, {1, 2, 2}},
+    {"cout48_ragged_tiles_max2", 3, 24, 48, {1, 33, 70}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}},
+    {"window3_126_rows_avg", 1, 8, 16, {1, 13, 50}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg, {1, 3, 3}},
+    {"transposed_2d_k2_no_pool", 2, 9, 40, {1, 10, 12}, {1, 2, 2}, {0, 0, 1}, {1, 1, 1}, gpu::ChainPool::None, {1, 1, 1},
+     true},
+    // Rows of x a multiple of 4 floats and tiles of whole 16-byte chunks: the box is copied 16 bytes at a
+    // time, starting 3, 2 or 0 floats before the tile's first column (padding 1, 2, 0).
+    {"vec4_shift3_cout70_max2", 2, 12, 70, {3, 10, 40}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}},
+    {"vec4_shift2_k5_no_pool", 1, 4, 33, {1, 9, 24}, {1, 5, 5}, {0, 2, 2}, {1, 1, 1}, gpu::ChainPool::None},
+    {"vec4_shift0_ragged_rows_avg", 2, 8, 16, {2, 6, 32}, {2, 3, 1}, {0, 1, 0}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}},
+};
+
+struct Step {
+  bool scale;
+  PointwiseOp op;
+  float param;
+};
+struct Chain {
+  std::string label;
+  std::vector<Step> steps;
+};
+const Step kScale{true, PointwiseOp::LeakyRelu, 0.f};
+Step leaky(float slope) { return {false, PointwiseOp::LeakyRelu, slope}; }
+const Chain kChains[] = {
+    {"relu", {leaky(0.f)}},
+    {"leaky.2,scale,leaky.2", {leaky(0.2f), kScale, leaky(0.2f)}},
+    {"empty", {}},
+    {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, kScale, {false, PointwiseOp::Tanh, 0.f}}},
+};
+
+std::vector<double> tf32_operand(const std::vector<float>& v, bool round) {
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &v[i], sizeof bits);
+    bits = round ? tf32_round_bits(bits) : bits & ~kTf32DroppedBits;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    out[i] = f;
+  }
+  return out;
+}
+
+template <class T>
+void expect_poisoned_after(const DeviceBuffer<T>& buf, size_t n, const std::string& what) {
+  const std::vector<T> tail = buf.download(n, buf.size() - n);
+  std::vector<unsigned char> poison(sizeof(T), 0xFF);
+  for (const T& v : tail)
+    if (std::memcmp(&v, poison.data(), sizeof(T)) != 0) {
+      ADD_FAILURE() << what << ": written past its end";
+      return;
+    }
+}
+
+template <class T>
+void expect_bitwise(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && ++bad <= 3)
+      ADD_FAILURE() << what << " differs at " << i << ": " << double(got[i]) << " vs " << double(want[i]);
+  EXPECT_EQ(bad, 0) << what;
+}
+
+class WgmmaConv : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    ANVIL_REQUIRE_GPU_OR_SKIP();
+    if (!gpu::wgmma_conv_available()) GTEST_SKIP() << "needs an sm_90 GPU";
+  }
+};
+
+TEST_P(WgmmaConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
+  const Case& c = GetParam();
+  const gpu::WgmmaConvGeometry g = geometry_of(c);
+  const char* why = nullptr;
+  ASSERT_TRUE(gpu::wgmma_conv_supported(g, &why)) << why;
+  const Dims y_dims = conv_output(c), out = gpu::chain_pool_output(g.conv.out);
+  const int64_t y_plane = y_dims[0] * y_dims[1] * y_dims[2], p_plane = out[0] * out[1] * out[2];
+  const size_t x_count = size_t(c.n * c.cin * c.x[0] * c.x[1] * c.x[2]), y_count = size_t(c.n * c.cout * y_plane),
+               p_count = size_t(c.n * c.cout * p_plane), w_count = size_t(c.cout * c.cin * c.k[0] * c.k[1] * c.k[2]);
+  const bool max = c.pool == gpu::ChainPool::Max;
+  std::mt19937 rng(2029);
+  const std::vector<float> x = random_floats(x_count, rng), w = random_floats(w_count, rng);
+
+  // The conv in float64 on the CPU, on the operands as the MMAs read them; a
+  // transposed conv as the adjoint of the conv from its output to its input.
+  const std::vector<double> xd = tf32_operand(x, false), wd = tf32_operand(w, true);
+  std::vector<double> y_ref(y_count);
+  cpu::ConvGeometry cg;
+  cg.n = c.n, cg.k = c.k, cg.stride = {1, 1, 1}, cg.pad = c.pad, cg.dilation = c.dilation;
+  if (c.transposed) {
+    cg.ca = c.cout, cg.cb = c.cin, cg.a = y_dims, cg.b = c.x;
+    cpu::conv_backward_data<double>(xd.data(), wd.data(), y_ref.data(), cg, false);
+  } else {
+    cg.ca = c.cin, cg.cb = c.cout, cg.a = c.x, cg.b = y_dims;
+    cpu::conv_forward<double>(xd.data(), wd.data(), y_ref.data(), cg);
+  }
+
+  DeviceBuffer<float> dx(x_count), dw(w_count), bias(size_t(c.cout));
+  dx.upload(x);
+  dw.upload(w);
+  for (const Chain& chain : kChains) {
+    for (bool with_bias : {true, false}) {
+      const std::string what = chain.label + (with_bias ? " with bias" : " without bias");
+      SCOPED_TRACE(what);
+      bias.upload(random_floats(size_t(c.cout), rng));
+      std::vector<std::unique_ptr<DeviceBuffer<float>>> scales;
+      gpu::EpilogueChain ec;
+      ec.ops = int(chain.steps.size());
+      for (int i = 0; i < ec.ops; ++i) {
+        ec.is_scale[i] = chain.steps[i].scale;
+        ec.activation[i] = chain.steps[i].op;
+        ec.param[i] = chain.steps[i].param;
+        if (ec.is_scale[i]) {
+          scales.push_back(std::make_unique<DeviceBuffer<float>>(size_t(c.cout)));
+          scales.back()->upload(random_floats(size_t(c.cout), rng));
+          ec.scale[i] = scales.back()->get();
+        }
+      }
+      const float* b = with_bias ? bias.get() : nullptr;
+
+      // Training: P, the argmax and y there, and Y whole.
+      DeviceBuffer<float> p(p_count + kSlack), y_at_max(p_count + kSlack), y(y_count + kSlack);
+      DeviceBuffer<uint8_t> argmax(p_count + kSlack);
+      for (DeviceBuffer<float>* out_buf : {&p, &y_at_max, &y}) out_buf->poison();
+      argmax.poison();
+      gpu::wgmma_conv_forward(dx.get(), dw.get(), b, ec, p.get(), max ? argmax.get() : nullptr,
+                              max ? y_at_max.get() : nullptr, y.get(), g, nullptr);
+      const std::vector<float> y_got = y.download(0, y_count), p_got = p.download(0, p_count);
+      expect_poisoned_after(y, y_count, "y");
+      expect_poisoned_after(p, p_count, "p");
+      expect_float32_close(y_got, y_ref, "the conv output");
+
+      // chain_pool's kernel on that Y gives the same bits.
+      DeviceBuffer<float> p_ref(p_count);
+      DeviceBuffer<uint8_t> argmax_ref(p_count);
+      gpu::chain_pool_forward(y.get(), b, ec, p_ref.get(), max ? argmax_ref.get() : nullptr, g.conv.out, nullptr);
+      expect_bitwise(p_got, p_ref.download_all(), "p");
+      if (max) {
+        const std::vector<uint8_t> a_got = argmax.download(0, p_count);
+        expect_bitwise(a_got, argmax_ref.download_all(), "argmax");
+        expect_poisoned_after(argmax, p_count, "argmax");
+        // y_at_max: Y + bias at the argmax.
+        const std::vector<float> v_got = y_at_max.download(0, p_count);
+        const std::vector<float> bias_host = bias.download_all();
+        std::vector<float> v_want(p_count);
+        for (size_t o = 0; o < p_count; ++o) {
+          const int64_t plane = int64_t(o) / p_plane, e = int64_t(o) % p_plane, ch = plane % c.cout;
+          const int64_t q[3] = {e / (out[1] * out[2]), e / out[2] % out[1], e % out[2]};
+          const int64_t wi = a_got[o];
+          const int64_t wk[3] = {wi / (c.pk[1] * c.pk[2]), wi / c.pk[2] % c.pk[1], wi % c.pk[2]};
+          int64_t at = 0;
+          for (int a = 0; a < 3; ++a) at = at * y_dims[a] + q[a] * c.pk[a] + wk[a];
+          v_want[o] = y_got[size_t(plane * y_plane + at)] + (with_bias ? bias_host[size_t(ch)] : -0.f);
+        }
+        expect_bitwise(v_got, v_want, "y_at_max");
+      }
+
+      // Inference: nothing saved, the same P.
+      DeviceBuffer<float> p_inference(p_count);
+      p_inference.poison();
+      gpu::wgmma_conv_forward(dx.get(), dw.get(), b, ec, p_inference.get(), nullptr, nullptr, nullptr, g, nullptr);
+      expect_bitwise(p_inference.download_all(), p_got, "inference p");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(OddGeometries, WgmmaConv, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return info.param.label; });
+
+TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const char* why = nullptr;
+  const gpu::WgmmaConvGeometry ok = geometry_of(kCases[0]);
+  if (!gpu::wgmma_conv_available()) {
+    EXPECT_FALSE(gpu::wgmma_conv_supported(ok, &why));
+    EXPECT_STREQ(why, "needs an sm_90 GPU (Hopper's wgmma)");
+    GTEST_SKIP() << "needs an sm_90 GPU for the rest";
+  }
+  ASSERT_TRUE(gpu::wgmma_conv_supported(ok));
+  gpu::WgmmaConvGeometry strided = ok;
+  strided.conv.stride = {1, 2, 2};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(strided, &why));
+  EXPECT_STREQ(why, "a strided conv");
+  gpu::WgmmaConvGeometry overlap = ok;
+  overlap.conv.out.stride = {1, 1, 1};  // windows of 2 every 1
+  EXPECT_FALSE(gpu::wgmma_conv_supported(overlap, &why));
+  EXPECT_STREQ(why, "a pool whose windows overlap, leave gaps or take padding");
+  gpu::WgmmaConvGeometry wrong = ok;
+  wrong.conv.out.y = {5, 9, 66};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(wrong, &why));
+  EXPECT_STREQ(why, "the output dims are not the conv's");
+  gpu::WgmmaConvGeometry huge = ok;  // 4096 input channels x 27 taps: the weight alone is 7 MiB
+  huge.conv.cin = 4096;
+  EXPECT_FALSE(gpu::wgmma_conv_supported(huge, &why));
+  EXPECT_STREQ(why, "the weights and an input tile exceed shared memory");
+  gpu::WgmmaConvGeometry wide = ok;
+  wide.conv.x = {5, 9, int64_t(1) << 31};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(wide, &why));
+  EXPECT_STREQ(why, "sizes beyond 31 bits");
+  gpu::WgmmaConvGeometry negative = ok;
+  negative.conv.pad = {0, -1, 0};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(negative, &why));
+  gpu::WgmmaConvGeometry empty = ok;
+  empty.conv.cin = 0;
+  EXPECT_FALSE(gpu::wgmma_conv_supported(empty, &why));
+}
+
+TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const gpu::WgmmaConvGeometry g = geometry_of(kCases[0]);  // an average pool
+  DeviceBuffer<float> buf(4096);
+  DeviceBuffer<uint8_t> bytes(4096);
+  gpu::EpilogueChain chain;
+  EXPECT_THROW(gpu::wgmma_conv_forward(nullptr, buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
+                                       nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), bytes.get(), nullptr, nullptr,
+                                       g, nullptr),
+               anvil::Error);  // an argmax without a max pool
+  gpu::WgmmaConvGeometry strided = g;
+  strided.conv.stride = {2, 2, 2};
+  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr,
+                                       strided, nullptr),
+               anvil::Error);
+  chain.ops = 1;
+  chain.is_scale[0] = true;  // a multiplier without its pointer
+  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
+                                       nullptr),
+               anvil::Error);
+}
+
+}  // namespace
+}  // namespace anvil::testing
