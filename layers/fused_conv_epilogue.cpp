@@ -78,7 +78,10 @@ void fused_layer_has_no_cpu_path(const Layer& layer) {
 }
 
 FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward)
-    : Layer(forward == Forward::Direct ? "fused_direct_conv" : "fused_conv_epilogue", specs.name, specs.conv->path),
+    : Layer(forward == Forward::Direct  ? "fused_direct_conv"
+            : forward == Forward::Wgmma ? "fused_wgmma_conv"
+                                        : "fused_conv_epilogue",
+            specs.name, specs.conv->path),
       conv_(fused_chain_conv(specs)),
       chain_(*fused_chain(specs.pointwise)),
       forward_(forward) {
@@ -151,6 +154,37 @@ bool FusedConvEpilogue::direct_applies(std::string& why_not) const {
   return false;
 }
 
+// A stride-1 transposed conv is the conv of its input with the weight's taps
+// reversed, padded by dilation x (kernel - 1) - its padding.
+cuda::WgmmaConvGeometry FusedConvEpilogue::wgmma_geometry() const {
+  cuda::WgmmaConvGeometry g;
+  g.conv = direct_geometry();
+  g.transposed_weight = conv_->transposed();
+  if (g.transposed_weight)
+    for (int a = 0; a < 3; ++a) g.conv.pad[a] = g.conv.dilation[a] * (g.conv.k[a] - 1) - g.conv.pad[a];
+  return g;
+}
+
+bool FusedConvEpilogue::wgmma_applies(std::string& why_not) const {
+  const cuda::WgmmaConvGeometry g = wgmma_geometry();
+  if (g.transposed_weight) {
+    for (int a = 0; a < 3; ++a) {
+      if (g.conv.stride[a] != 1) {
+        why_not = "a strided transposed conv";
+        return false;
+      }
+      if (g.conv.pad[a] < 0) {
+        why_not = "a transposed conv padded beyond its kernel";
+        return false;
+      }
+    }
+  }
+  const char* why = nullptr;
+  if (cuda::wgmma_conv_supported(g, &why)) return true;
+  why_not = why;
+  return false;
+}
+
 int64_t FusedConvEpilogue::taps_per_output() const {
   const ConvSpec& spec = conv_->spec();
   int64_t taps = spec.in_channels;
@@ -177,7 +211,7 @@ void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settin
 
 // Saved for backward: with a tiled max pool, per pooled element the argmax
 // inside its window (a byte) and y there; otherwise Y itself, and a max
-// pool's argmax. The direct forward needs no Y of its own.
+// pool's argmax. The direct and wgmma forwards need no Y of their own.
 std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
@@ -209,8 +243,9 @@ std::string FusedConvEpilogue::describe_cuda() const {
     return conv_->describe_cuda() + "; one epilogue kernel" +
            (conv_->channels_last_output() ? " (reading Y channels-last)" : "") + ": " + epilogue;
   const std::string backward = conv_->describe_cuda();
-  return "anvil's direct conv (float32 FMA), " + epilogue + " in one kernel" +
-         (backward.empty() ? "" : "; " + backward);
+  const std::string kernel = forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), "
+                                                         : "anvil's wgmma conv (TF32 tensor cores), ";
+  return kernel + epilogue + " in one kernel" + (backward.empty() ? "" : "; " + backward);
 }
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
@@ -222,6 +257,12 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
     cuda::direct_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
                               args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y, direct_geometry(),
                               ctx.stream());
+    return;
+  }
+  if (forward_ == Forward::Wgmma) {
+    cuda::wgmma_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
+                             args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y, wgmma_geometry(),
+                             ctx.stream());
     return;
   }
   conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);

@@ -1,9 +1,10 @@
 // The fused conv epilogue, made by a fusion rule (lower/fusion_rules.cpp), never named in JSON:
 //   conv / conv_transpose (+bias) -> a chain of activations and channel_scales -> a pool, or none
-// Its forward has two formulations. cuDNN's: cuDNN computes the bias-free
+// Its forward has three formulations. cuDNN's: cuDNN computes the bias-free
 // convolution into a buffer Y; one kernel then adds the bias, runs the chain
-// and pools. Direct (a conv with few taps per output, direct_conv.hpp):
-// anvil's kernel computes all of it, writing Y only where backward reads it.
+// and pools. Direct (a conv with few taps per output, direct_conv.hpp) and
+// wgmma (a stride-1 conv under tf32 on Hopper, wgmma_conv.hpp): anvil's kernel
+// computes all of it, writing Y only where backward reads it.
 // Under tf32, where only the epilogue reads Y, cuDNN writes Y channels-last
 // (its tensor-core kernels' own layout) and the epilogue reads it so
 // (channels_last_pool.hpp). Both save the same tensors, so backward is one. For a max pool that tiles Y it
@@ -22,6 +23,7 @@
 #include "kernels/cuda/channels_last_pool.hpp"
 #include "kernels/cuda/direct_conv.hpp"
 #include "kernels/cuda/epilogue.hpp"
+#include "kernels/cuda/wgmma_conv.hpp"
 #include "layers/convolution.hpp"
 
 namespace anvil {
@@ -54,12 +56,16 @@ std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs);
 
 class FusedConvEpilogue : public Layer {
  public:
-  enum class Forward { Cudnn, Direct };
+  enum class Forward { Cudnn, Direct, Wgmma };
   FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward);
   OpKind kind() const override { return OpKind::Fused; }
 
   // Whether anvil's direct kernel can compute this chain's forward; why_not otherwise.
   bool direct_applies(std::string& why_not) const;
+  // Whether anvil's wgmma kernel can compute it on this device; why_not otherwise.
+  bool wgmma_applies(std::string& why_not) const;
+  // Whether the formulation rule takes anvil's wgmma kernel where it applies (cuda::wgmma_conv_preferred).
+  bool wgmma_preferred() const { return cuda::wgmma_conv_preferred(wgmma_geometry()); }
   // in_channels x kernel taps: the multiply-adds per output of a conv (not transposed).
   int64_t taps_per_output() const;
 
@@ -81,6 +87,7 @@ class FusedConvEpilogue : public Layer {
   cuda::EpilogueGeometry tiled_geometry() const;
   cuda::ChainPoolGeometry general_geometry() const;
   cuda::DirectConvGeometry direct_geometry() const;
+  cuda::WgmmaConvGeometry wgmma_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
   bool keeps_y() const;    // whether backward reads Y (every pool but a tiled max, in training)
   size_t conv_param_count() const { return conv_->param_count(); }

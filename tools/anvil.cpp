@@ -63,6 +63,7 @@ struct CommonFlags {
   bool no_fuse = false;
   bool no_phase_split = false;
   bool no_direct_conv = false;
+  bool no_wgmma_conv = false;
   bool no_graph = false;
   bool nondeterministic = false;
   bool autotune = false;
@@ -77,6 +78,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
   cmd->add_flag("--no-direct-conv", f.no_direct_conv,
                 "fused convs with few taps per output use cuDNN's conv, not anvil's direct kernel (A/B checks)");
+  cmd->add_flag("--no-wgmma-conv", f.no_wgmma_conv,
+                "fused stride-1 convs under tf32 use cuDNN's conv, not anvil's wgmma kernel (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
   cmd->add_flag("--force", f.force, "write through an output that is a symlink, character device or FIFO");
@@ -194,6 +197,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   o.fuse = !f.no_fuse;
   o.phase_split = !f.no_phase_split;
   o.direct_conv = !f.no_direct_conv;
+  o.wgmma_conv = !f.no_wgmma_conv;
   o.cuda_graph = !f.no_graph;
   o.deterministic = !f.nondeterministic;
   o.autotune = f.autotune;

@@ -42,10 +42,11 @@ struct Options {
   bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
   bool phase_split = true;      // fused conv_transpose as one stride-1 conv over its output phases, where exact
   bool direct_conv = true;      // fused convs with few taps per output as anvil's direct kernel, where it applies
+  bool wgmma_conv = true;       // fused stride-1 convs under tf32 as anvil's wgmma kernel (sm_90), where it applies
   bool cuda_graph = true;       // capture the train step once and replay it
   bool deterministic = true;    // only deterministic cuDNN algorithms
   // Time the candidates once at build and keep the fastest: each fused
-  // chain's formulation (phase split, direct conv or cuDNN's), each pool's kernels and
+  // chain's formulation (phase split, direct conv, wgmma conv or cuDNN's), each pool's kernels and
   // each conv's engines of cuDNN's graph API (deterministic ones still,
   // unless deterministic is off). Off: fixed rules pick
   // (docs/performance.md), the same choice every build.

@@ -37,7 +37,12 @@ struct FusionRule {
 // cuDNN's tensor-op transposed conv measured 1.9x to 2.7x faster (layer forward
 // + backward, docs/performance.md). A conv with at most kDirectRuleMaxTaps
 // input channels x taps per output runs anvil's direct kernel (conv, chain and
-// pool in one). Every other chain runs cuDNN's conv and the epilogue kernel.
+// pool in one). Under tf32, a stride-1 conv (or transposed conv) that the
+// phase split and the direct conv leave runs anvil's wgmma kernel where it
+// applies (sm_90; conv, chain and pool in one, Y never written for inference)
+// and its rule holds: more than 32 out_channels and two input tiles a block
+// (measured faster there, slower at 32 channels with one; docs/performance.md).
+// Every other chain runs cuDNN's conv and the epilogue kernel.
 // The fused ops are CUDA-only, so a build without CUDA has no rules.
 #if ANVIL_WITH_CUDA
 // Up to it, the direct conv's FMAs cost less than cuDNN's thin GEMM with its
@@ -62,30 +67,58 @@ const std::vector<FusionRule>& rules() {
          std::unique_ptr<FusedPhaseConvEpilogue> phase_split;
          if (settings.phase_split) phase_split = FusedPhaseConvEpilogue::create(s, why_not);
          auto cudnn = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn);
+         // anvil's wgmma conv computes in TF32: a candidate under tf32 only.
+         const bool tf32 = settings.precision == Precision::TF32;
+         std::string why_not_wgmma = "turned off";
+         std::unique_ptr<FusedConvEpilogue> wgmma;
+         if (tf32 && settings.wgmma_conv && cudnn->wgmma_applies(why_not_wgmma))
+           wgmma = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Wgmma);
+         const std::string wgmma_why = "anvil's wgmma conv, as under tf32 its tensor-core kernel computes the conv, "
+                                       "the chain and the pool in one, where cuDNN's conv writes Y for the epilogue";
+         // It applies but the rule leaves it to --autotune: too few channels or one input tile a block.
+         const bool wgmma_rule = wgmma && wgmma->wgmma_preferred();
+         const std::string wgmma_not_rule = "the wgmma conv applies, but its rule wants more than 32 out_channels "
+                                            "and room for two input tiles a block";
          if (!phase_split) {
            std::string why_not_direct = "turned off";
            std::unique_ptr<FusedConvEpilogue> direct;
            if (settings.direct_conv && cudnn->direct_applies(why_not_direct))
              direct = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Direct);
            const std::string taps = std::to_string(cudnn->taps_per_output());
+           const std::string not_direct =
+               direct ? taps + " input channels x taps per output exceed the direct conv's rule of " +
+                            std::to_string(kDirectRuleMaxTaps)
+                      : "the direct conv does not (" + why_not_direct + ")";
            if (direct && cudnn->taps_per_output() <= kDirectRuleMaxTaps) {
              c.why = "rule: anvil's direct conv, as " + taps + " input channels x taps per output (at most " +
                      std::to_string(kDirectRuleMaxTaps) + ") make too thin a GEMM for cuDNN";
              c.layers.push_back(std::move(direct));
              c.layers.push_back(std::move(cudnn));
-           } else {
-             c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + "), and " +
-                     (direct ? taps + " input channels x taps per output exceed the direct conv's rule of " +
-                                   std::to_string(kDirectRuleMaxTaps)
-                             : "the direct conv does not (" + why_not_direct + ")");
+           } else if (wgmma_rule) {
+             c.why = "rule: " + wgmma_why + " (the phase split does not apply: " + why_not + "; " + not_direct + ")";
+             c.layers.push_back(std::move(wgmma));
              c.layers.push_back(std::move(cudnn));
              if (direct) c.layers.push_back(std::move(direct));
+           } else {
+             c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + "), and " + not_direct +
+                     (!tf32 ? "" : wgmma ? "; " + wgmma_not_rule : ", nor the wgmma conv (" + why_not_wgmma + ")");
+             c.layers.push_back(std::move(cudnn));
+             if (direct) c.layers.push_back(std::move(direct));
+             if (wgmma) c.layers.push_back(std::move(wgmma));
            }
-         } else if (settings.precision == Precision::TF32 && !phase_split->tensor_core_forward_fits()) {
-           c.why = "rule: cuDNN's conv, as under tf32 the phase split pays only where anvil's tensor-core "
-                   "forward takes the whole chain, and this one's channels or taps do not fit it";
+         } else if (tf32 && !phase_split->tensor_core_forward_fits()) {
+           const std::string phase_why = "under tf32 the phase split pays only where anvil's tensor-core "
+                                         "forward takes the whole chain, and this one's channels or taps do not fit it";
+           if (wgmma_rule) {
+             c.why = "rule: " + wgmma_why + " (" + phase_why + ")";
+             c.layers.push_back(std::move(wgmma));
+           } else {
+             c.why = "rule: cuDNN's conv, as " + phase_why + ", and " +
+                     (wgmma ? wgmma_not_rule : "the wgmma conv does not apply (" + why_not_wgmma + ")");
+           }
            c.layers.push_back(std::move(cudnn));
            c.layers.push_back(std::move(phase_split));
+           if (wgmma) c.layers.push_back(std::move(wgmma));
          } else {
            c.why = "rule: the phase split, which applies";
            c.layers.push_back(std::move(phase_split));

@@ -43,7 +43,7 @@ void Engine::Impl::build() {
   graph = network.build_graph();
   if (cuda() && options.fuse && network.fuse())
     apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune, network.precision(),
-                                         options.direct_conv});
+                                         options.direct_conv, options.wgmma_conv});
 #if ANVIL_WITH_CUDA
   if (cuda() && options.autotune) add_pool_alternatives(*graph);
 #endif
