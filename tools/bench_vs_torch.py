@@ -396,6 +396,28 @@ def cuda_time(step, iters, warmup):
     return {"ms": summarize(ms), "peak_bytes": torch.cuda.max_memory_allocated(), "first_call_s": first_s}
 
 
+GPU_TIME_ITERS = 20
+
+
+def gpu_busy_ms(step, iters=GPU_TIME_ITERS):
+    """The GPU's own time per iteration: the sum of the step's kernel, copy and memset times under
+    torch.profiler, without the gaps where the GPU waits for the host to launch the next one. torch.compile's
+    default mode launches its kernels from Python on every call, so its wall time moves with the host's
+    speed between runs while this does not (bench/SUITE.md). None where the profiler gives nothing."""
+    try:
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                step()
+            torch.cuda.synchronize()
+        total_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+                       for e in prof.key_averages())
+    except Exception as e:  # noqa: BLE001 -- a missing profiler is a missing column, not a failed run
+        log(f"  torch.profiler failed ({type(e).__name__}: {e}); no GPU time")
+        return None
+    return total_us / 1000.0 / iters if total_us > 0 else None
+
+
 def make_step(measure, model, x, target, opt, compiled, loss_of):
     """One iteration of a measure as a closure (loss_of(output, target) is the loss); compiled wraps the
     forward (and loss) in torch.compile."""
@@ -432,6 +454,8 @@ def time_torch(args, case, precision, measure, compiled):
         step = make_step(measure, model, x, target, opt, compiled, case.loss)
         result = cuda_time(step, args.iters, args.warmup)
         result["peak_bytes"] -= baseline
+        if compiled:
+            result["gpu_ms"] = gpu_busy_ms(step)
     except Exception as e:  # noqa: BLE001 -- torch.compile can fail in many ways; eager re-raises
         if not compiled:
             raise
@@ -804,11 +828,12 @@ def suite_table(entries):
                for runs in by_m.values())
     rule_head = " anvil (rule) ms | rule vs compile |" if rule else ""
     rows = ["| network | precision | measure | eager ms | compile ms | anvil ms | anvil vs eager "
-            "| anvil vs compile | below compile |" + rule_head,
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: | ---: |" if rule else "")]
+            "| anvil vs compile | below compile | compile GPU ms | anvil vs compile GPU |" + rule_head,
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+            + (" ---: | ---: |" if rule else "")]
     for entry in entries:
         if "timings" not in entry:
-            rows.append(f"| {entry['name']} | | | | | | | | not timed: parity failed |" + (" | |" if rule else ""))
+            rows.append(f"| {entry['name']} | | | | | | | | not timed: parity failed | | |" + (" | |" if rule else ""))
             continue
         for precision in PRECISIONS:
             for measure in SUITE_MEASURES:
@@ -817,8 +842,10 @@ def suite_table(entries):
                 vs_compile = ratio(comp, anvil)
                 below = ("**BELOW 1.0x**" if vs_compile is not None and vs_compile < 1.0
                          else "" if vs_compile is not None else "n/a")
+                comp_gpu = runs["compile"].get("gpu_ms")
                 cells = [entry["name"], precision, MEASURE_LABEL[measure], fmt(eager, ".3f"), fmt(comp, ".3f"),
-                         fmt(anvil, ".3f"), fmt(ratio(eager, anvil), ".2f", "x"), fmt(vs_compile, ".2f", "x"), below]
+                         fmt(anvil, ".3f"), fmt(ratio(eager, anvil), ".2f", "x"), fmt(vs_compile, ".2f", "x"), below,
+                         fmt(comp_gpu, ".3f"), fmt(ratio(comp_gpu, anvil), ".2f", "x")]
                 if rule:
                     rule_ms = median_ms(runs["anvil_rule"]) if "anvil_rule" in runs else None
                     cells += [fmt(rule_ms, ".3f"), fmt(ratio(comp, rule_ms), ".2f", "x")]
@@ -867,7 +894,10 @@ def suite_report(env, args, entries):
         "",
         "forward = inference (PyTorch under torch.no_grad); train step = zero_grad + forward + loss + backward "
         "+ optimizer step. torch.compile is mode \"default\". Ratios are PyTorch median / anvil median; "
-        "**BELOW 1.0x** marks a row where anvil is slower than torch.compile."
+        "**BELOW 1.0x** marks a row where anvil is slower than torch.compile. compile GPU ms is the GPU's busy "
+        f"time per torch.compile step (the sum of its kernels under torch.profiler, {GPU_TIME_ITERS} steps): "
+        "its wall time also holds gaps where the GPU waits for Python to launch the next kernel, which move "
+        "between runs; anvil replays a CUDA graph, so its wall time is the GPU's."
         + (" anvil ran with `" + " ".join(args.anvil_flags) + "` (PyTorch runs with cudnn.benchmark); the last "
            "two columns time anvil's default rule in the same run." if args.anvil_flags else ""),
         "",
