@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fused_conv_checks.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cpu/conv.hpp"
 #include "kernels/cuda/chain_pool.hpp"
@@ -31,7 +32,6 @@ namespace {
 
 namespace gpu = anvil::cuda;
 using Dims = std::array<int64_t, 3>;
-constexpr size_t kSlack = 8;  // poisoned floats past each output, which must stay poisoned
 
 struct Case {
   std::string label;
@@ -82,46 +82,6 @@ const Case kCases[] = {
      gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}},
 };
 
-struct Step {
-  bool scale;
-  PointwiseOp op;
-  float param;
-};
-struct Chain {
-  std::string label;
-  std::vector<Step> steps;
-};
-const Step kScale{true, PointwiseOp::LeakyRelu, 0.f};
-Step leaky(float slope) { return {false, PointwiseOp::LeakyRelu, slope}; }
-const Chain kChains[] = {
-    {"relu", {leaky(0.f)}},
-    {"leaky.2,scale,leaky.05", {leaky(0.2f), kScale, leaky(0.05f)}},
-    {"empty", {}},
-    {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), kScale, leaky(1.7f), kScale}},
-    {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, kScale, {false, PointwiseOp::Tanh, 0.f}}},
-};
-
-template <class T>
-void expect_poisoned_after(const DeviceBuffer<T>& buf, size_t n, const std::string& what) {
-  const std::vector<T> tail = buf.download(n, buf.size() - n);
-  std::vector<unsigned char> poison(sizeof(T), 0xFF);
-  for (const T& v : tail)
-    if (std::memcmp(&v, poison.data(), sizeof(T)) != 0) {
-      ADD_FAILURE() << what << ": written past its end";
-      return;
-    }
-}
-
-template <class T>
-void expect_bitwise(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int64_t bad = 0;
-  for (size_t i = 0; i < got.size(); ++i)
-    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && ++bad <= 3)
-      ADD_FAILURE() << what << " differs at " << i << ": " << double(got[i]) << " vs " << double(want[i]);
-  EXPECT_EQ(bad, 0) << what;
-}
-
 class DirectConv : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override { ANVIL_REQUIRE_GPU_OR_SKIP(); }
@@ -132,11 +92,9 @@ TEST_P(DirectConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   const gpu::DirectConvGeometry g = geometry_of(c);
   const char* why = nullptr;
   ASSERT_TRUE(gpu::direct_conv_supported(g, &why)) << why;
-  const Dims out = gpu::chain_pool_output(g.out);
-  const int64_t y_plane = g.out.y[0] * g.out.y[1] * g.out.y[2], p_plane = out[0] * out[1] * out[2];
-  const size_t x_count = size_t(c.n * c.cin * c.x[0] * c.x[1] * c.x[2]), y_count = size_t(c.n * c.cout * y_plane),
-               p_count = size_t(c.n * c.cout * p_plane), w_count = size_t(c.cout * c.cin * c.k[0] * c.k[1] * c.k[2]);
-  const bool max = c.pool == gpu::ChainPool::Max;
+  const size_t x_count = size_t(c.n * c.cin * c.x[0] * c.x[1] * c.x[2]),
+               y_count = size_t(c.n * c.cout * g.out.y[0] * g.out.y[1] * g.out.y[2]),
+               w_count = size_t(c.cout * c.cin * c.k[0] * c.k[1] * c.k[2]);
   std::mt19937 rng(2027);
   const std::vector<float> x = random_floats(x_count, rng), w = random_floats(w_count, rng);
 
@@ -148,75 +106,22 @@ TEST_P(DirectConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end());
   cpu::conv_forward<double>(xd.data(), wd.data(), y_ref.data(), cg);
 
-  DeviceBuffer<float> dx(x_count), dw(w_count), bias(size_t(c.cout));
+  DeviceBuffer<float> dx(x_count), dw(w_count);
   dx.upload(x);
   dw.upload(w);
-  for (const Chain& chain : kChains) {
-    for (bool with_bias : {true, false}) {
-      const std::string what = chain.label + (with_bias ? " with bias" : " without bias");
-      SCOPED_TRACE(what);
-      bias.upload(random_floats(size_t(c.cout), rng));
-      std::vector<std::unique_ptr<DeviceBuffer<float>>> scales;
-      gpu::EpilogueChain ec;
-      ec.ops = int(chain.steps.size());
-      for (int i = 0; i < ec.ops; ++i) {
-        ec.is_scale[i] = chain.steps[i].scale;
-        ec.activation[i] = chain.steps[i].op;
-        ec.param[i] = chain.steps[i].param;
-        if (ec.is_scale[i]) {
-          scales.push_back(std::make_unique<DeviceBuffer<float>>(size_t(c.cout)));
-          scales.back()->upload(random_floats(size_t(c.cout), rng));
-          ec.scale[i] = scales.back()->get();
-        }
-      }
-      const float* b = with_bias ? bias.get() : nullptr;
-
-      // Training: P, the argmax and y there, and Y whole.
-      DeviceBuffer<float> p(p_count + kSlack), y_at_max(p_count + kSlack), y(y_count + kSlack);
-      DeviceBuffer<uint8_t> argmax(p_count + kSlack);
-      for (DeviceBuffer<float>* out_buf : {&p, &y_at_max, &y}) out_buf->poison();
-      argmax.poison();
-      gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p.get(), max ? argmax.get() : nullptr,
-                               max ? y_at_max.get() : nullptr, y.get(), g, nullptr);
-      const std::vector<float> y_got = y.download(0, y_count), p_got = p.download(0, p_count);
-      expect_poisoned_after(y, y_count, "y");
-      expect_poisoned_after(p, p_count, "p");
-      EXPECT_LE(rel_l2(y_got, y_ref), 1e-6);
-      int64_t far = 0;
-      for (size_t i = 0; i < y_count; ++i) far += !(std::abs(y_got[i] - y_ref[i]) <= 1e-5 * (1 + std::abs(y_ref[i])));
-      EXPECT_EQ(far, 0) << "conv outputs off the float64 reference, of " << y_count;
-
-      // chain_pool's kernel on that Y gives the same bits.
-      DeviceBuffer<float> p_ref(p_count);
-      DeviceBuffer<uint8_t> argmax_ref(p_count);
-      gpu::chain_pool_forward(y.get(), b, ec, p_ref.get(), max ? argmax_ref.get() : nullptr, g.out, nullptr);
-      expect_bitwise(p_got, p_ref.download_all(), "p");
-      if (max) {
-        const std::vector<uint8_t> a_got = argmax.download(0, p_count);
-        expect_bitwise(a_got, argmax_ref.download_all(), "argmax");
-        expect_poisoned_after(argmax, p_count, "argmax");
-        // y_at_max: Y + bias at the argmax.
-        const std::vector<float> v_got = y_at_max.download(0, p_count);
-        const std::vector<float> bias_host = bias.download_all();
-        std::vector<float> v_want(p_count);
-        for (size_t o = 0; o < p_count; ++o) {
-          const int64_t plane = int64_t(o) / p_plane, e = int64_t(o) % p_plane, ch = plane % c.cout;
-          const int64_t q[3] = {e / (out[1] * out[2]), e / out[2] % out[1], e % out[2]};
-          int64_t wi = a_got[o], at = 0;
-          const int64_t wk[3] = {wi / (c.pk[1] * c.pk[2]), wi / c.pk[2] % c.pk[1], wi % c.pk[2]};
-          for (int a = 0; a < 3; ++a) at = at * g.out.y[a] + q[a] * c.ps[a] - c.pp[a] + wk[a];
-          v_want[o] = y_got[size_t(plane * y_plane + at)] + (with_bias ? bias_host[size_t(ch)] : -0.f);
-        }
-        expect_bitwise(v_got, v_want, "y_at_max");
-      }
-
-      // Inference: nothing saved, the same P.
-      DeviceBuffer<float> p_inference(p_count);
-      p_inference.poison();
-      gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p_inference.get(), nullptr, nullptr, nullptr, g, nullptr);
-      expect_bitwise(p_inference.download_all(), p_got, "inference p");
-    }
-  }
+  check_fused_forward(
+      g.out,
+      [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y) {
+        gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p, argmax, y_at_max, y, g, nullptr);
+      },
+      [&](const std::vector<float>& y_got) {
+        EXPECT_LE(rel_l2(y_got, y_ref), 1e-6);
+        int64_t far = 0;
+        for (size_t i = 0; i < y_got.size(); ++i)
+          far += !(std::abs(y_got[i] - y_ref[i]) <= 1e-5 * (1 + std::abs(y_ref[i])));
+        EXPECT_EQ(far, 0) << "conv outputs off the float64 reference, of " << y_got.size();
+      },
+      rng);
 }
 
 INSTANTIATE_TEST_SUITE_P(OddGeometries, DirectConv, ::testing::ValuesIn(kCases),

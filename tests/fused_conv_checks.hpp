@@ -1,0 +1,181 @@
+// What the tests of anvil's fused conv kernels (direct_conv, wgmma_conv) share:
+// the chains they run, and the checks of a forward's outputs for each of them
+// (check_fused_forward).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_util.hpp"
+#include "kernels/cuda/chain_pool.hpp"
+#include "kernels/cuda/epilogue_chain.hpp"
+
+namespace anvil::testing {
+
+constexpr size_t kFusedSlack = 8;  // poisoned elements past each output, which must stay poisoned
+
+struct ChainStep {
+  bool scale;  // a channel_scale, else the activation below
+  PointwiseOp op;
+  float param;
+};
+struct TestChain {
+  std::string label;
+  std::vector<ChainStep> steps;
+};
+
+// Each kind of chain: one activation, the headline's, none, slopes negative
+// and above 1 with two multipliers, and the smooth activations.
+inline std::vector<TestChain> fused_test_chains() {
+  const ChainStep scale{true, PointwiseOp::LeakyRelu, 0.f};
+  auto leaky = [](float slope) { return ChainStep{false, PointwiseOp::LeakyRelu, slope}; };
+  return {
+      {"relu", {leaky(0.f)}},
+      {"leaky.2,scale,leaky.05", {leaky(0.2f), scale, leaky(0.05f)}},
+      {"empty", {}},
+      {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), scale, leaky(1.7f), scale}},
+      {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, scale, {false, PointwiseOp::Tanh, 0.f}}},
+  };
+}
+
+// A chain with its multipliers: fresh uniform [-1, 1] values per channel on the device.
+struct BoundChain {
+  cuda::EpilogueChain chain;
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> scales;
+};
+inline std::unique_ptr<BoundChain> bind_test_chain(const TestChain& c, int64_t channels, std::mt19937& rng) {
+  auto bound = std::make_unique<BoundChain>();
+  cuda::EpilogueChain& ec = bound->chain;
+  ec.ops = int(c.steps.size());
+  for (int i = 0; i < ec.ops; ++i) {
+    ec.is_scale[i] = c.steps[i].scale;
+    ec.activation[i] = c.steps[i].op;
+    ec.param[i] = c.steps[i].param;
+    if (ec.is_scale[i]) {
+      bound->scales.push_back(std::make_unique<DeviceBuffer<float>>(size_t(channels)));
+      bound->scales.back()->upload(random_floats(size_t(channels), rng));
+      ec.scale[i] = bound->scales.back()->get();
+    }
+  }
+  return bound;
+}
+
+// Everything past the first n elements of buf still holds the poison (all bits set).
+template <class T>
+void expect_poisoned_after(const DeviceBuffer<T>& buf, size_t n, const std::string& what) {
+  const std::vector<T> tail = buf.download(n, buf.size() - n);
+  std::vector<unsigned char> poison(sizeof(T), 0xFF);
+  for (const T& v : tail)
+    if (std::memcmp(&v, poison.data(), sizeof(T)) != 0) {
+      ADD_FAILURE() << what << ": written past its end";
+      return;
+    }
+}
+
+template <class T>
+void expect_bitwise(const std::vector<T>& got, const std::vector<T>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(T)) != 0 && ++bad <= 3)
+      ADD_FAILURE() << what << " differs at " << i << ": " << double(got[i]) << " vs " << double(want[i]);
+  EXPECT_EQ(bad, 0) << what;
+}
+
+// What a max pool's y_at_max must hold: Y + bias (-0 without one) at each
+// pooled element's argmax. y: (n, channels, y dims); the pool's window k,
+// stride s and padding pad; out: the pooled dims.
+inline std::vector<float> expected_y_at_max(const std::vector<uint8_t>& argmax, const std::vector<float>& y,
+                                            const std::vector<float>& bias, bool with_bias, int64_t channels,
+                                            const std::array<int64_t, 3>& y_dims, const std::array<int64_t, 3>& out,
+                                            const std::array<int64_t, 3>& k, const std::array<int64_t, 3>& s,
+                                            const std::array<int64_t, 3>& pad) {
+  const int64_t y_plane = y_dims[0] * y_dims[1] * y_dims[2], p_plane = out[0] * out[1] * out[2];
+  std::vector<float> want(argmax.size());
+  for (size_t o = 0; o < argmax.size(); ++o) {
+    const int64_t plane = int64_t(o) / p_plane, e = int64_t(o) % p_plane, ch = plane % channels;
+    const int64_t q[3] = {e / (out[1] * out[2]), e / out[2] % out[1], e % out[2]};
+    const int64_t wi = argmax[o];
+    const int64_t wk[3] = {wi / (k[1] * k[2]), wi / k[2] % k[1], wi % k[2]};
+    int64_t at = 0;
+    bool inside = wi < k[0] * k[1] * k[2];
+    for (int a = 0; a < 3; ++a) {
+      const int64_t yi = q[a] * s[a] - pad[a] + wk[a];
+      inside = inside && yi >= 0 && yi < y_dims[a];
+      at = at * y_dims[a] + yi;
+    }
+    // An argmax outside the window or Y: no value to expect (the argmax check reports it).
+    want[o] = !inside ? std::nanf("") : y[size_t(plane * y_plane + at)] + (with_bias ? bias[size_t(ch)] : -0.f);
+  }
+  return want;
+}
+
+// The fused forward under test: (bias or null, chain, p, argmax, y_at_max, y),
+// each output but p null when not wanted.
+using FusedForward = std::function<void(const float*, const cuda::EpilogueChain&, float*, uint8_t*, float*, float*)>;
+
+// Runs forward for every test chain, with and without a fresh bias, into
+// poisoned outputs, and checks: nothing written past an output's end; Y (the
+// bias-free conv output) by check_y; P, and for a max pool the argmax and y
+// there, against chain_pool's kernel run on that Y, bitwise; and P again,
+// bitwise, from a forward that saves nothing (inference). g: the conv output
+// and the pool, whose window, stride and padding are g.k, g.stride, g.pad.
+inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedForward& forward,
+                                const std::function<void(const std::vector<float>&)>& check_y, std::mt19937& rng) {
+  const std::array<int64_t, 3> out = cuda::chain_pool_output(g);
+  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]), p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+  const bool max = g.pool == cuda::ChainPool::Max;
+  DeviceBuffer<float> bias(size_t(g.c));
+  for (const TestChain& chain : fused_test_chains()) {
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(chain.label + (with_bias ? " with bias" : " without bias"));
+      bias.upload(random_floats(size_t(g.c), rng));
+      const std::unique_ptr<BoundChain> bound = bind_test_chain(chain, g.c, rng);
+      const cuda::EpilogueChain& ec = bound->chain;
+      const float* b = with_bias ? bias.get() : nullptr;
+
+      // Training: P, the argmax and y there, and Y whole.
+      DeviceBuffer<float> p(p_count + kFusedSlack), y_at_max(p_count + kFusedSlack), y(y_count + kFusedSlack);
+      DeviceBuffer<uint8_t> argmax(p_count + kFusedSlack);
+      for (DeviceBuffer<float>* out_buf : {&p, &y_at_max, &y}) out_buf->poison();
+      argmax.poison();
+      forward(b, ec, p.get(), max ? argmax.get() : nullptr, max ? y_at_max.get() : nullptr, y.get());
+      const std::vector<float> y_got = y.download(0, y_count), p_got = p.download(0, p_count);
+      expect_poisoned_after(y, y_count, "y");
+      expect_poisoned_after(p, p_count, "p");
+      check_y(y_got);
+
+      // chain_pool's kernel on that Y gives the same bits.
+      DeviceBuffer<float> p_ref(p_count);
+      DeviceBuffer<uint8_t> argmax_ref(p_count);
+      cuda::chain_pool_forward(y.get(), b, ec, p_ref.get(), max ? argmax_ref.get() : nullptr, g, nullptr);
+      expect_bitwise(p_got, p_ref.download_all(), "p");
+      if (max) {
+        const std::vector<uint8_t> a_got = argmax.download(0, p_count);
+        expect_bitwise(a_got, argmax_ref.download_all(), "argmax");
+        expect_poisoned_after(argmax, p_count, "argmax");
+        expect_bitwise(y_at_max.download(0, p_count),
+                       expected_y_at_max(a_got, y_got, bias.download_all(), with_bias, g.c, g.y, out, g.k, g.stride,
+                                         g.pad),
+                       "y_at_max");
+      }
+
+      // Inference: nothing saved, the same P.
+      DeviceBuffer<float> p_inference(p_count);
+      p_inference.poison();
+      forward(b, ec, p_inference.get(), nullptr, nullptr, nullptr);
+      expect_bitwise(p_inference.download_all(), p_got, "inference p");
+    }
+  }
+}
+
+}  // namespace anvil::testing
