@@ -301,6 +301,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   const ChainPoolGeometry& pg = g.out;
   if (const char* why = chain_pool_geometry_error(pg)) return why;
   if (g.cin < 1 || pg.c < 1) return "no input or output channels";
+  if (g.cin > kMax31) return "sizes beyond 31 bits";  // so that each product below stays within 62 bits
   const std::array<int64_t, 3> out = chain_pool_output(pg);
   int64_t taps = 1, x_plane = 1, y_plane = 1, p_plane = 1, window = 1;
   for (int a = 0; a < 3; ++a) {
@@ -312,8 +313,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
     if (pg.y[a] != g.x[a] + 2 * g.pad[a] - (g.k[a] - 1) * g.dilation[a] || pg.y[a] < 1)
       return "the output dims are not the conv's";
     const int64_t pk = pg.pool == ChainPool::None ? 1 : pg.k[a];
-    if (pg.pool != ChainPool::None && (pg.stride[a] != pg.k[a] || pg.pad[a] != 0))
-      return "a pool whose windows overlap, leave gaps or take padding";
+    if (pg.stride[a] != pk || pg.pad[a] != 0) return "a pool whose windows overlap, leave gaps or take padding";
     taps *= g.k[a];
     window *= pk;
     x_plane *= g.x[a];
@@ -365,6 +365,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   }
   d.chunks = d.b[2] / d.vec;
   const int n = group_columns(d.cout);
+  if (detail::ceil_div(d.cout, n) > 65535) return "more than 65535 groups of output channels (a grid's y)";
   const double k_pad = double(taps) * double(d.cin8);
   const double budget = double(detail::max_block_smem()) / sizeof(float);
   if (box * d.cin8 > budget || k_pad * n > budget) return "the weights and an input tile exceed shared memory";
@@ -378,8 +379,9 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   d.stages = 2;
   if (double(d.smem_words(n)) > budget) d.stages = 1;
   if (double(d.smem_words(n)) > budget) return "the weights and an input tile exceed shared memory";
+  // The tile loop adds the grid (at most 65535 blocks) to a tile index in int.
   const int64_t tiles = pg.n * int64_t(d.tn[0]) * d.tn[1] * d.tn[2];
-  if (tiles > kMax31) return "sizes beyond 31 bits";
+  if (tiles > kMax31 - 65536) return "sizes beyond 31 bits";
   d.tiles = int32_t(tiles);
   return nullptr;
 }
@@ -390,7 +392,7 @@ void launch(const float* x, const float* w, const float* bias, const EpilogueCha
   const size_t smem = size_t(d.smem_words(N)) * sizeof(float);
   const auto kernel = wgmma_conv_kernel<Chain, kPool, kSaveMax, N>;
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(unsigned(std::min<int64_t>(d.tiles, detail::sm_count())),
+  const dim3 grid(unsigned(std::min<int64_t>({d.tiles, detail::sm_count(), 65535})),
                   unsigned(detail::ceil_div(d.cout, N)));
   kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, y, d);
 }

@@ -94,6 +94,7 @@ const std::vector<FusionRule>& rules() {
                      std::to_string(kDirectRuleMaxTaps) + ") make too thin a GEMM for cuDNN";
              c.layers.push_back(std::move(direct));
              c.layers.push_back(std::move(cudnn));
+             if (wgmma) c.layers.push_back(std::move(wgmma));
            } else if (wgmma_rule) {
              c.why = "rule: " + wgmma_why + " (the phase split does not apply: " + why_not + "; " + not_direct + ")";
              c.layers.push_back(std::move(wgmma));
@@ -123,6 +124,7 @@ const std::vector<FusionRule>& rules() {
            c.why = "rule: the phase split, which applies";
            c.layers.push_back(std::move(phase_split));
            c.layers.push_back(std::move(cudnn));
+           if (wgmma) c.layers.push_back(std::move(wgmma));
          }
          return c;
        }},
