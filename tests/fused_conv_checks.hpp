@@ -126,8 +126,9 @@ using FusedForward = std::function<void(const float*, const cuda::EpilogueChain&
 // Runs forward for every test chain, with and without a fresh bias, into
 // poisoned outputs, and checks: nothing written past an output's end; Y (the
 // bias-free conv output) by check_y; P, and for a max pool the argmax and y
-// there, against chain_pool's kernel run on that Y, bitwise; and P again,
-// bitwise, from a forward that saves nothing (inference). g: the conv output
+// there, against chain_pool's kernel run on that Y, bitwise; P and the argmax
+// again from a forward that saves the argmax alone (a max pool that does not
+// tile Y, in training); and P from a forward that saves nothing (inference). g: the conv output
 // and the pool, whose window, stride and padding are g.k, g.stride, g.pad.
 inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedForward& forward,
                                 const std::function<void(const std::vector<float>&)>& check_y, std::mt19937& rng) {
@@ -167,6 +168,18 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
                        expected_y_at_max(a_got, y_got, bias.download_all(), with_bias, g.c, g.y, out, g.k, g.stride,
                                          g.pad),
                        "y_at_max");
+      }
+
+      // A max pool that does not tile Y saves the argmax and Y, not y at the max: the same P and argmax.
+      if (max) {
+        DeviceBuffer<float> p_argmax_only(p_count);
+        DeviceBuffer<uint8_t> argmax_only(p_count + kFusedSlack);
+        p_argmax_only.poison();
+        argmax_only.poison();
+        forward(b, ec, p_argmax_only.get(), argmax_only.get(), nullptr, nullptr);
+        expect_bitwise(p_argmax_only.download_all(), p_got, "p, argmax alone");
+        expect_bitwise(argmax_only.download(0, p_count), argmax.download(0, p_count), "argmax alone");
+        expect_poisoned_after(argmax_only, p_count, "argmax alone");
       }
 
       // Inference: nothing saved, the same P.

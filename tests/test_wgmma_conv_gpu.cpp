@@ -43,6 +43,7 @@ struct Case {
   gpu::ChainPool pool;
   Dims pk{1, 1, 1};
   bool transposed = false;  // w is a conv_transpose's (cin, cout, k...) and pad the transposed conv's
+  int x_offset = 0;         // floats between a 256-byte boundary and x: 1 keeps the kernel off 16-byte copies
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }
 
@@ -90,6 +91,17 @@ const Case kCases[] = {
     {"vec4_shift2_k5_no_pool", 1, 4, 33, {1, 9, 24}, {1, 5, 5}, {0, 2, 2}, {1, 1, 1}, gpu::ChainPool::None},
     {"vec4_shift0_ragged_rows_avg", 2, 8, 16, {2, 6, 32}, {2, 3, 1}, {0, 1, 0}, {1, 1, 1}, gpu::ChainPool::Avg,
      {1, 2, 2}},
+    // More tiles than an H200 has SMs (132), so blocks take several in turn: 192 tiles with two input tiles a
+    // block (the next one copied while this one computes), the same read 4 bytes at a time, 192 tiles with one
+    // input tile a block (a 147 KiB weight), and 135 3-D tiles of 128 channels with one.
+    {"multi_tile_two_buffers_max2", 6, 16, 64, {1, 64, 60}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}},
+    {"multi_tile_two_buffers_4_byte_copies", 6, 16, 64, {1, 64, 60}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::Max, {1, 2, 2}, false, 1},
+    {"multi_tile_one_buffer_cin64_avg2", 6, 64, 64, {1, 64, 60}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}},
+    {"multi_tile_3d_cout96_one_buffer_no_pool", 3, 8, 96, {9, 20, 28}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1},
+     gpu::ChainPool::None},
 };
 
 std::vector<double> tf32_operand(const std::vector<float>& v, bool round) {
@@ -139,13 +151,13 @@ TEST_P(WgmmaConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
     cpu::conv_forward<double>(xd.data(), wd.data(), y_ref.data(), cg);
   }
 
-  DeviceBuffer<float> dx(x_count), dw(w_count);
-  dx.upload(x);
+  DeviceBuffer<float> dx(x_count + size_t(c.x_offset)), dw(w_count);
+  dx.upload(x, size_t(c.x_offset));
   dw.upload(w);
   check_fused_forward(
       g.conv.out,
       [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y) {
-        gpu::wgmma_conv_forward(dx.get(), dw.get(), b, ec, p, argmax, y_at_max, y, g, nullptr);
+        gpu::wgmma_conv_forward(dx.get() + c.x_offset, dw.get(), b, ec, p, argmax, y_at_max, y, g, nullptr);
       },
       [&](const std::vector<float>& y_got) { expect_float32_close(y_got, y_ref, "the conv output"); },
       rng);
@@ -187,9 +199,25 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
   gpu::WgmmaConvGeometry negative = ok;
   negative.conv.pad = {0, -1, 0};
   EXPECT_FALSE(gpu::wgmma_conv_supported(negative, &why));
+  EXPECT_STREQ(why, "non-positive sizes or negative padding");
   gpu::WgmmaConvGeometry empty = ok;
   empty.conv.cin = 0;
   EXPECT_FALSE(gpu::wgmma_conv_supported(empty, &why));
+  EXPECT_STREQ(why, "no input or output channels");
+  gpu::WgmmaConvGeometry channels = ok;  // taps x in_channels and x's plane x in_channels would pass 62 bits
+  channels.conv.cin = int64_t(1) << 40;
+  EXPECT_FALSE(gpu::wgmma_conv_supported(channels, &why));
+  EXPECT_STREQ(why, "sizes beyond 31 bits");
+  gpu::WgmmaConvGeometry groups = ok;  // 65537 groups of 128 output channels: past a grid's y
+  groups.conv.out.n = 1;
+  groups.conv.out.c = 65536 * 128 + 1;
+  EXPECT_FALSE(gpu::wgmma_conv_supported(groups, &why));
+  EXPECT_STREQ(why, "more than 65535 groups of output channels (a grid's y)");
+  gpu::WgmmaConvGeometry strided_none = geometry_of(kCases[2]);  // no pool, but a stride of 2
+  ASSERT_TRUE(gpu::wgmma_conv_supported(strided_none));
+  strided_none.conv.out.stride = {1, 2, 2};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(strided_none, &why));
+  EXPECT_STREQ(why, "a pool whose windows overlap, leave gaps or take padding");
 }
 
 TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
