@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/error.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/epilogue_chain.hpp"
@@ -189,6 +190,24 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
       expect_bitwise(p_inference.download_all(), p_got, "inference p");
     }
   }
+}
+
+// The argument checks of a fused forward whose geometry has an average pool:
+// forward(x, chain, argmax, good) with good false for a geometry it cannot
+// run must throw anvil::Error for a null x, an argmax without a max pool,
+// that geometry, and a multiplier without its pointer. Buffers are small:
+// every call is refused before anything runs.
+using FusedCall = std::function<void(const float* x, const cuda::EpilogueChain&, uint8_t* argmax, bool good)>;
+inline void expect_fused_forward_refuses_bad_arguments(const FusedCall& forward) {
+  DeviceBuffer<float> buf(4096);
+  DeviceBuffer<uint8_t> bytes(4096);
+  cuda::EpilogueChain chain;
+  EXPECT_THROW(forward(nullptr, chain, nullptr, true), anvil::Error);
+  EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true), anvil::Error);  // an argmax without a max pool
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, false), anvil::Error);
+  chain.ops = 1;
+  chain.is_scale[0] = true;  // a multiplier without its pointer
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true), anvil::Error);
 }
 
 }  // namespace anvil::testing

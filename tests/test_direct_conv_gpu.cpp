@@ -173,26 +173,15 @@ TEST(DirectConvLimits, RefusesWhatItCannotRun) {
 
 TEST(DirectConvLimits, ForwardThrowsOnBadArguments) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  const gpu::DirectConvGeometry g = geometry_of(kCases[1]);  // an average pool
-  DeviceBuffer<float> buf(4096);
-  DeviceBuffer<uint8_t> bytes(4096);
-  gpu::EpilogueChain chain;
-  EXPECT_THROW(gpu::direct_conv_forward(nullptr, buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
-                                        nullptr),
-               anvil::Error);
-  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), bytes.get(), nullptr,
-                                        nullptr, g, nullptr),
-               anvil::Error);  // an argmax without a max pool
+  const gpu::DirectConvGeometry avg = geometry_of(kCases[1]);  // an average pool
   gpu::DirectConvGeometry wide = geometry_of(kCases[5]);
-  wide.cin = 33;
-  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr,
-                                        wide, nullptr),
-               anvil::Error);
-  chain.ops = 1;
-  chain.is_scale[0] = true;  // a multiplier without its pointer
-  EXPECT_THROW(gpu::direct_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
-                                        nullptr),
-               anvil::Error);
+  wide.cin = 33;  // more than 512 input channels x taps
+  DeviceBuffer<float> buf(4096);
+  expect_fused_forward_refuses_bad_arguments(
+      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good) {
+        gpu::direct_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, nullptr, good ? avg : wide,
+                                 nullptr);
+      });
 }
 
 }  // namespace

@@ -222,26 +222,15 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
 
 TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  const gpu::WgmmaConvGeometry g = geometry_of(kCases[0]);  // an average pool
-  DeviceBuffer<float> buf(4096);
-  DeviceBuffer<uint8_t> bytes(4096);
-  gpu::EpilogueChain chain;
-  EXPECT_THROW(gpu::wgmma_conv_forward(nullptr, buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
-                                       nullptr),
-               anvil::Error);
-  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), bytes.get(), nullptr, nullptr,
-                                       g, nullptr),
-               anvil::Error);  // an argmax without a max pool
-  gpu::WgmmaConvGeometry strided = g;
+  const gpu::WgmmaConvGeometry avg = geometry_of(kCases[0]);  // an average pool
+  gpu::WgmmaConvGeometry strided = avg;
   strided.conv.stride = {2, 2, 2};
-  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr,
-                                       strided, nullptr),
-               anvil::Error);
-  chain.ops = 1;
-  chain.is_scale[0] = true;  // a multiplier without its pointer
-  EXPECT_THROW(gpu::wgmma_conv_forward(buf.get(), buf.get(), nullptr, chain, buf.get(), nullptr, nullptr, nullptr, g,
-                                       nullptr),
-               anvil::Error);
+  DeviceBuffer<float> buf(4096);
+  expect_fused_forward_refuses_bad_arguments(
+      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good) {
+        gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, nullptr,
+                                good ? avg : strided, nullptr);
+      });
 }
 
 }  // namespace
