@@ -409,8 +409,10 @@ bool wgmma_conv_available() {
   return true;
 }
 
+constexpr const char* kNeedsSm90 = "needs an sm_90 GPU (Hopper's wgmma)";
+
 bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not) {
-  const char* why = wgmma_conv_available() ? nullptr : "needs an sm_90 GPU (Hopper's wgmma)";
+  const char* why = wgmma_conv_available() ? nullptr : kNeedsSm90;
   WgDims d;
   if (why == nullptr) why = wg_dims(g, true, d);  // the wider box of 16-byte copies: the scalar one fits where it does
   if (why_not != nullptr) *why_not = why;
@@ -419,7 +421,7 @@ bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not) {
 
 bool wgmma_conv_preferred(const WgmmaConvGeometry& g) {
   WgDims d;
-  return wgmma_conv_supported(g) && wg_dims(g, true, d) == nullptr && d.stages == 2 && group_columns(d.cout) >= 64;
+  return wgmma_conv_available() && wg_dims(g, true, d) == nullptr && d.stages == 2 && group_columns(d.cout) >= 64;
 }
 
 void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
@@ -429,11 +431,9 @@ void wgmma_conv_forward(const float* x, const float* w, const float* bias, const
   detail::require((argmax == nullptr && y_at_max == nullptr) || g.conv.out.pool == ChainPool::Max, op,
                   "argmax and y_at_max only with a max pool");
   require_chain(op, chain);
-  const char* why = nullptr;
-  const bool supported = wgmma_conv_supported(g, &why);  // apart: an argument list may read why before the call sets it
-  detail::require(supported, op, why);
-  WgDims d;
-  wg_dims(g, detail::aligned_to(x, 16), d);
+  detail::require(wgmma_conv_available(), op, kNeedsSm90);
+  WgDims d;  // planned once, for the copies x's alignment allows
+  if (const char* why = wg_dims(g, detail::aligned_to(x, 16), d)) detail::require(false, op, why);
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     auto by_pool = [&](auto columns) {
