@@ -197,7 +197,7 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
   EXPECT_FALSE(gpu::wgmma_conv_supported(wide, &why));
   EXPECT_STREQ(why, "sizes beyond 31 bits");
   gpu::WgmmaConvGeometry negative = ok;
-  negative.conv.pad = {0, -1, 0};
+  negative.conv.pad[1] = -1;  // the other axes keep the conv's dims
   EXPECT_FALSE(gpu::wgmma_conv_supported(negative, &why));
   EXPECT_STREQ(why, "non-positive sizes or negative padding");
   gpu::WgmmaConvGeometry empty = ok;
