@@ -899,6 +899,9 @@ const std::vector<PoolCase> kPoolCases = {
     gathered(pool_case("max 5 s1, backward gathers", 1, 2, {34, 34, 34}, gpu::ChainPool::Max, {5, 5, 5})),
     gathered(pool_case("max 5 s1, rows of 36, backward gathers", 1, 1, {20, 36, 36}, gpu::ChainPool::Max, {5, 5, 5})),
     gathered(pool_case("avg 12 s1, backward gathers", 1, 1, {30, 30, 30}, gpu::ChainPool::Avg, {12, 12, 12})),
+    // A window of 10240 elements (40 x 256), padded; overlapping padded windows along rows of 2100.
+    pool_case("avg 40x256 s3 p1x2", 2, 1, {1, 44, 262}, gpu::ChainPool::Avg, {1, 40, 256}, {1, 3, 3}, {0, 1, 2}),
+    pool_case("max 3 s2 p1, rows of 2100", 1, 2, {9, 10, 2100}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
 };
 
 cpu::PoolGeometry pool_geometry(const gpu::ChainPoolGeometry& g) {
@@ -963,6 +966,48 @@ TEST(CudaKernels, ChainPool) {
         expect_same_chain(aligned, run_chain_pool(in, g, 0), what + "second run: ");
         // Each element's gradient is summed in one order on every path (float4 rows, scalar).
         expect_same(aligned.dy, offset.dy, what + "aligned vs offset: dy");
+      }
+    }
+  }
+}
+
+// The add forms (a residual join): P, argmax, dy and the multipliers'
+// gradients from (y, addend) bitwise as chain_pool's from the sum y + addend,
+// which ChainPool checks against the CPU reference. Offset 1 takes the
+// scalar paths; some sums are exactly zero.
+TEST(CudaKernels, AddChainPoolIsChainPoolOfTheSum) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(317);
+  for (const PoolCase& pc : kPoolCases) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    const auto out = gpu::chain_pool_output(g);
+    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = g.n * g.c * out[0] * out[1] * out[2], count = g.n * g.c * s;
+    for (const ChainCase& chain : kChains) {
+      const ChainInputs in = chain_inputs(chain.steps, false, g.n, g.c, s, pooled / (g.n * g.c), rng);
+      std::vector<float> addend = random_floats(count, rng);
+      for (int64_t i = 5; i < count; i += 11) addend[i] = -in.y[i];
+      ChainInputs sum = in;
+      for (int64_t i = 0; i < count; ++i) sum.y[i] = in.y[i] + addend[i];
+      gpu::EpilogueChain shape;
+      shape.ops = int(in.steps.size());
+      const size_t scratch = gpu::chain_pool_backward_scratch_bytes(g, shape);
+      for (size_t off : {size_t(0), size_t(1)}) {
+        const std::string what = pc.label + " " + chain.label + " off " + std::to_string(off) + ": ";
+        ChainBuffers want(sum, g.c, count, pooled, scratch, off);
+        uint8_t* want_argmax = max ? want.argmax.get() + off : nullptr;
+        gpu::chain_pool_forward(want.y.get() + off, nullptr, want.chain, want.p.get() + off, want_argmax, g, nullptr);
+        gpu::chain_pool_backward(want.dp.get() + off, want.y.get() + off, nullptr, want_argmax, want.chain,
+                                 want.dy.get() + off, false, want.grads, want.scratch.get(), g, nullptr);
+        ChainBuffers got(in, g.c, count, pooled, scratch, off);
+        DeviceBuffer<float> z(count + kSlack);
+        z.upload(addend, off);
+        uint8_t* got_argmax = max ? got.argmax.get() + off : nullptr;
+        gpu::add_chain_pool_forward(got.y.get() + off, z.get() + off, got.chain, got.p.get() + off, got_argmax, g,
+                                    nullptr);
+        gpu::add_chain_pool_backward(got.dp.get() + off, got.y.get() + off, z.get() + off, got_argmax, got.chain,
+                                     got.dy.get() + off, false, got.grads, got.scratch.get(), g, nullptr);
+        expect_same_chain(want.result(max, false), got.result(max, false), what);
       }
     }
   }
@@ -1235,6 +1280,10 @@ TEST(CudaKernels, RejectsBadArguments) {
                anvil::Error);  // y is needed for a chain
   EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, nullptr, pool, nullptr),
                anvil::Error);  // no scratch for the sums
+  EXPECT_THROW(gpu::add_chain_pool_forward(x, nullptr, chain, x, u.get(), pool, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, scratch.get(), pool,
+                                            nullptr),
+               anvil::Error);  // y without its addend
   gpu::ChainPoolGeometry bad = pool;
   bad.pad = {0, 2, 0};  // more than half the window
   EXPECT_THROW(gpu::chain_pool_backward_scratch_bytes(bad, chain), anvil::Error);

@@ -83,36 +83,53 @@ __device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, 
   return {r, ch, bias_at(bias, ch), Chain::at(chain, ch)};
 }
 
+// Y's element i, plus the addend's where there is one (a fused residual join).
+__device__ __forceinline__ float sum_at(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
+  const float v = __ldg(y + i);
+  return z != nullptr ? v + __ldg(z + i) : v;
+}
+
+// The same for 4 elements from i, 16-byte aligned, read once (streaming).
+__device__ __forceinline__ float4 sum4_streamed(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
+  float4 v = __ldcs(reinterpret_cast<const float4*>(y + i));
+  if (z != nullptr) {
+    const float4 w = __ldcs(reinterpret_cast<const float4*>(z + i));
+    v = make_float4(v.x + w.x, v.y + w.y, v.z + w.z, v.w + w.w);
+  }
+  return v;
+}
+
 // ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
 
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    chain_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
-                         float* __restrict__ p, PoolDims d) {
+    chain_forward_kernel(const float* __restrict__ y, const float* __restrict__ z, const float* __restrict__ bias,
+                         const EpilogueChain chain, float* __restrict__ p, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = __ldcs(reinterpret_cast<const float4*>(y + base + e));
+      const float4 v = sum4_streamed(y, z, base + e);
       detail::store4(p + base + e, make_float4(Chain::forward(chain, cm, v.x + b), Chain::forward(chain, cm, v.y + b),
                                                Chain::forward(chain, cm, v.z + b), Chain::forward(chain, cm, v.w + b)));
     } else {
-      p[base + e] = Chain::forward(chain, cm, __ldcs(y + base + e) + b);
+      const float v = __ldcs(y + base + e);
+      p[base + e] = Chain::forward(chain, cm, (z != nullptr ? v + __ldcs(z + base + e) : v) + b);
     }
   }
 }
 
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
-    chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
-                          const EpilogueChain chain, float* __restrict__ dy, bool accumulate,
-                          double* __restrict__ partials, PoolDims d) {
+    chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
+                          const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ dy,
+                          bool accumulate, double* __restrict__ partials, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = y != nullptr ? __ldcs(reinterpret_cast<const float4*>(y + base + e)) : float4{};
+      const float4 v = y != nullptr ? sum4_streamed(y, z, base + e) : float4{};
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
       float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
                              Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
@@ -122,7 +139,8 @@ __global__ void __launch_bounds__(kThreads)
       }
       detail::store4(dy + base + e, o);
     } else {
-      const float v = y != nullptr ? __ldcs(y + base + e) : 0.f;
+      float v = y != nullptr ? __ldcs(y + base + e) : 0.f;
+      if (z != nullptr) v += __ldcs(z + base + e);
       const float dv = Chain::backward(chain, cm, v + b, __ldcs(dp + base + e), sums);
       dy[base + e] = accumulate ? dy[base + e] + dv : dv;
     }
@@ -142,10 +160,10 @@ constexpr int kUnroll = 4;
 // and so the bits, of a plain loop over each window.
 template <class Chain, ChainPool kPool>
 __global__ void __launch_bounds__(kThreads)
-    pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
-                        float* __restrict__ p, uint8_t* __restrict__ argmax, PoolDims d) {
+    pool_forward_kernel(const float* __restrict__ y, const float* __restrict__ z, const float* __restrict__ bias,
+                        const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out, bias, chain);
-  const float* yp = y + r.plane * int64_t(d.plane_in);
+  const int64_t in_base = r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
   for (uint32_t e0 = r.e0 + threadIdx.x; e0 < r.e1; e0 += kThreads * kUnroll) {
     int32_t start[kUnroll][3];  // each window's first element, maybe in the padding
@@ -168,7 +186,8 @@ __global__ void __launch_bounds__(kThreads)
           for (int u = 0; u < kUnroll; ++u) {
             const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1, i2 = start[u][2] + w2;
             inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1] && uint32_t(i2) < d.in[2];
-            v[u] = inside[u] ? __ldg(yp + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + uint32_t(i2)) : 0.f;
+            v[u] = inside[u] ? sum_at(y, z, in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + uint32_t(i2))
+                             : 0.f;
           }
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
@@ -330,7 +349,8 @@ __device__ __forceinline__ void stage_box(const PoolDims& d, const uint32_t (&lo
 // gathers from global memory.
 template <class Chain, WindowMath kMath, int kVec, bool kTiled>
 __global__ void __launch_bounds__(kThreads)
-    pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ bias,
+    pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
+                         const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
   constexpr int kSlots = kVec == 1 ? kUnroll : 2;  // groups of 4: 2 per thread cover a 2048-element chunk
@@ -377,10 +397,14 @@ __global__ void __launch_bounds__(kThreads)
       if (y == nullptr || !stored[u]) {
         for (int j = 0; j < kVec; ++j) v[u][j] = 0.f;
       } else if constexpr (kVec == 4) {
-        const float4 g4 = __ldg(reinterpret_cast<const float4*>(y + in_base + e[u]));
+        float4 g4 = __ldg(reinterpret_cast<const float4*>(y + in_base + e[u]));
+        if (z != nullptr) {
+          const float4 w4 = __ldg(reinterpret_cast<const float4*>(z + in_base + e[u]));
+          g4 = make_float4(g4.x + w4.x, g4.y + w4.y, g4.z + w4.z, g4.w + w4.w);
+        }
         v[u][0] = g4.x, v[u][1] = g4.y, v[u][2] = g4.z, v[u][3] = g4.w;
       } else {
-        v[u][0] = __ldg(y + in_base + e[u]);
+        v[u][0] = sum_at(y, z, in_base + e[u]);
       }
     }
     constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kSlots;
@@ -409,12 +433,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <class Chain, WindowMath kMath, int kVec>
-void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* bias,
-                          const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate,
-                          double* partials, const PoolDims& d) {
+void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* z,
+                          const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy,
+                          bool accumulate, double* partials, const PoolDims& d) {
   const auto kernel =
       d.tiled ? pool_backward_kernel<Chain, kMath, kVec, true> : pool_backward_kernel<Chain, kMath, kVec, false>;
-  kernel<<<blocks, kThreads, 0, stream>>>(dp, y, bias, argmax, chain, dy, accumulate, partials, d);
+  kernel<<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, argmax, chain, dy, accumulate, partials, d);
 }
 
 // ---- host side ----
@@ -531,9 +555,11 @@ std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g) {
   return out;
 }
 
-void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
-                        const ChainPoolGeometry& g, cudaStream_t stream) {
-  constexpr const char* op = "chain_pool_forward";
+namespace {
+
+// Both forwards: z is the addend, or null.
+void forward(const char* op, const float* y, const float* z, const float* bias, const EpilogueChain& chain, float* p,
+             uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream) {
   detail::require(y != nullptr && p != nullptr, op, "null y or p");
   detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
   require_chain(op, chain);
@@ -543,20 +569,85 @@ void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& 
     using Chain = decltype(policy);
     switch (g.pool) {
       case ChainPool::None:
-        if (vec4_ok(d, {y, p}))
-          chain_forward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, d);
+        if (vec4_ok(d, {y, z, p}))
+          chain_forward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, d);
         else
-          chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, d);
+          chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, d);
         break;
       case ChainPool::Max:
-        pool_forward_kernel<Chain, ChainPool::Max><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, d);
+        pool_forward_kernel<Chain, ChainPool::Max><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, argmax, d);
         break;
       case ChainPool::Avg:
-        pool_forward_kernel<Chain, ChainPool::Avg><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, nullptr, d);
+        pool_forward_kernel<Chain, ChainPool::Avg><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, nullptr, d);
         break;
     }
   });
   ANVIL_CHECK_LAUNCH();
+}
+
+// Both backwards: z is the addend, or null.
+void backward(const char* op, const float* dp, const float* y, const float* z, const float* bias,
+              const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+              void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+  detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
+  detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
+  detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
+  require_chain(op, chain);
+  const bool reduce = chain_grads_wanted(chain, grads);
+  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
+                  "scratch must be given (chain_pool_backward_scratch_bytes) and 8-byte aligned");
+  const PoolDims d = pool_dims(op, g, true);
+  const unsigned blocks = blocks_of(g, d);
+  auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
+  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, z, dy});  // groups of 4 never cross a row
+  with_chain_policy(chain, [&](auto policy) {
+    using Chain = decltype(policy);
+    switch (g.pool) {
+      case ChainPool::None:
+        if (vec4_ok(d, {dp, y, z, dy}))
+          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, chain, dy, accumulate,
+                                                                           partials, d);
+        else
+          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, chain, dy, accumulate,
+                                                                           partials, d);
+        break;
+      case ChainPool::Max:
+        if (rows4)
+          launch_pool_backward<Chain, WindowMath::Max, 4>(blocks, stream, dp, y, z, bias, argmax, chain, dy,
+                                                          accumulate, partials, d);
+        else
+          launch_pool_backward<Chain, WindowMath::Max, 1>(blocks, stream, dp, y, z, bias, argmax, chain, dy,
+                                                          accumulate, partials, d);
+        break;
+      case ChainPool::Avg:
+        if (power_of_two(d.divisor) && rows4)
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 4>(blocks, stream, dp, y, z, bias, nullptr, chain, dy,
+                                                                 accumulate, partials, d);
+        else if (power_of_two(d.divisor))
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 1>(blocks, stream, dp, y, z, bias, nullptr, chain, dy,
+                                                                 accumulate, partials, d);
+        else
+          launch_pool_backward<Chain, WindowMath::AvgByDivision, 1>(blocks, stream, dp, y, z, bias, nullptr, chain,
+                                                                    dy, accumulate, partials, d);
+        break;
+    }
+  });
+  ANVIL_CHECK_LAUNCH();
+  if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);
+}
+
+}  // namespace
+
+void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                        const ChainPoolGeometry& g, cudaStream_t stream) {
+  forward("chain_pool_forward", y, nullptr, bias, chain, p, argmax, g, stream);
+}
+
+void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
+                            uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "add_chain_pool_forward";
+  detail::require(addend != nullptr, op, "null addend");
+  forward(op, y, addend, nullptr, chain, p, argmax, g, stream);
 }
 
 bool chain_pool_backward_tiled(const ChainPoolGeometry& g) {
@@ -571,52 +662,15 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
                          const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
                          void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
-  constexpr const char* op = "chain_pool_backward";
-  detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
-  detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
-  detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
-  require_chain(op, chain);
-  const bool reduce = chain_grads_wanted(chain, grads);
-  detail::require(!reduce || (scratch != nullptr && detail::aligned_to(scratch, alignof(double))), op,
-                  "scratch must be given (chain_pool_backward_scratch_bytes) and 8-byte aligned");
-  const PoolDims d = pool_dims(op, g, true);
-  const unsigned blocks = blocks_of(g, d);
-  auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, dy});  // groups of 4 never cross a row
-  with_chain_policy(chain, [&](auto policy) {
-    using Chain = decltype(policy);
-    switch (g.pool) {
-      case ChainPool::None:
-        if (vec4_ok(d, {dp, y, dy}))
-          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, accumulate,
-                                                                           partials, d);
-        else
-          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, bias, chain, dy, accumulate,
-                                                                           partials, d);
-        break;
-      case ChainPool::Max:
-        if (rows4)
-          launch_pool_backward<Chain, WindowMath::Max, 4>(blocks, stream, dp, y, bias, argmax, chain, dy, accumulate,
-                                                          partials, d);
-        else
-          launch_pool_backward<Chain, WindowMath::Max, 1>(blocks, stream, dp, y, bias, argmax, chain, dy, accumulate,
-                                                          partials, d);
-        break;
-      case ChainPool::Avg:
-        if (power_of_two(d.divisor) && rows4)
-          launch_pool_backward<Chain, WindowMath::AvgByScale, 4>(blocks, stream, dp, y, bias, nullptr, chain, dy,
-                                                                 accumulate, partials, d);
-        else if (power_of_two(d.divisor))
-          launch_pool_backward<Chain, WindowMath::AvgByScale, 1>(blocks, stream, dp, y, bias, nullptr, chain, dy,
-                                                                 accumulate, partials, d);
-        else
-          launch_pool_backward<Chain, WindowMath::AvgByDivision, 1>(blocks, stream, dp, y, bias, nullptr, chain, dy,
-                                                                    accumulate, partials, d);
-        break;
-    }
-  });
-  ANVIL_CHECK_LAUNCH();
-  if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);
+  backward("chain_pool_backward", dp, y, nullptr, bias, argmax, chain, dy, accumulate, grads, scratch, g, stream);
+}
+
+void add_chain_pool_backward(const float* dp, const float* y, const float* addend, const uint8_t* argmax,
+                             const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                             void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "add_chain_pool_backward";
+  detail::require((y == nullptr) == (addend == nullptr), op, "y and the addend come together");
+  backward(op, dp, y, addend, nullptr, argmax, chain, dy, accumulate, grads, scratch, g, stream);
 }
 
 }  // namespace anvil::cuda

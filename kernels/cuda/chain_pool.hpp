@@ -10,6 +10,8 @@
 // windows that hold it) and reduces dbias and the multipliers' gradients per
 // channel, deterministically; it stages the windows over a tile of Y in
 // shared memory where they fit, so overlapping windows read global memory once.
+// The add_ forms take Y as the sum of two tensors (a residual join, fused by
+// the add rule) and read both where the others read Y.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -56,5 +58,14 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
                          const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
                          void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
+
+// The same with Y = y + addend (no bias): P = pool(chain(y + addend)). dy is
+// the sum's gradient, which is each addend's. The backward takes y and the
+// addend together, or neither for an empty chain.
+void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
+                            uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream);
+void add_chain_pool_backward(const float* dp, const float* y, const float* addend, const uint8_t* argmax,
+                             const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                             void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda
