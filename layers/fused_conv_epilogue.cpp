@@ -58,17 +58,36 @@ bool fusable_pool(const PoolSpec& pool, const Shape& conv_output) {
   return pool_tiles_output(pool, conv_output) || Pooling::anvil_kernel_takes(pool);
 }
 
-std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
-  std::vector<ParamSpec> specs = conv.param_specs();
-  const Shape& y = conv.output_shape();
+cuda::ChainPoolGeometry chain_pool_geometry(const Shape& y, const std::optional<PoolSpec>& pool) {
+  cuda::ChainPoolGeometry g;
+  g.n = y[0];
+  g.c = y[1];
+  g.y = cpu::lift_dims({y.begin() + 2, y.end()}, 1);
+  if (pool) {
+    g.pool = pool->max ? cuda::ChainPool::Max : cuda::ChainPool::Avg;
+    g.k = cpu::lift_dims(pool->kernel, 1);
+    g.stride = cpu::lift_dims(pool->stride, 1);
+    g.pad = cpu::lift_dims(pool->padding, 0);
+  }
+  return g;
+}
+
+std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names) {
+  std::vector<ParamSpec> specs;
   Shape m(y.size() - 1, 1);
   m[0] = y[1];
   for (const std::string& name : scale_names) specs.push_back({name, m, ParamSpec::Init::Normal, 0});
   return specs;
 }
 
+std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
+  std::vector<ParamSpec> specs = conv.param_specs();
+  for (ParamSpec& spec : chain_param_specs(conv.output_shape(), scale_names)) specs.push_back(std::move(spec));
+  return specs;
+}
+
 std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs) {
-  auto conv = std::make_unique<Convolution>(*specs.conv, std::get<ConvSpec>(specs.conv->params));
+  auto conv = std::make_unique<Convolution>(*specs.head, std::get<ConvSpec>(specs.head->params));
   conv->setup({specs.input});
   return conv;
 }
@@ -81,7 +100,7 @@ FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs, Forward forwa
     : Layer(forward == Forward::Direct  ? "fused_direct_conv"
             : forward == Forward::Wgmma ? "fused_wgmma_conv"
                                         : "fused_conv_epilogue",
-            specs.name, specs.conv->path),
+            specs.name, specs.head->path),
       conv_(fused_chain_conv(specs)),
       chain_(*fused_chain(specs.pointwise)),
       forward_(forward) {
@@ -115,18 +134,7 @@ cuda::EpilogueGeometry FusedConvEpilogue::tiled_geometry() const {
 }
 
 cuda::ChainPoolGeometry FusedConvEpilogue::general_geometry() const {
-  const Shape& y = conv_->output_shape();
-  cuda::ChainPoolGeometry g;
-  g.n = y[0];
-  g.c = y[1];
-  g.y = cpu::lift_dims({y.begin() + 2, y.end()}, 1);
-  if (pool_) {
-    g.pool = pool_->max ? cuda::ChainPool::Max : cuda::ChainPool::Avg;
-    g.k = cpu::lift_dims(pool_->kernel, 1);
-    g.stride = cpu::lift_dims(pool_->stride, 1);
-    g.pad = cpu::lift_dims(pool_->padding, 0);
-  }
-  return g;
+  return chain_pool_geometry(conv_->output_shape(), pool_);
 }
 
 cuda::DirectConvGeometry FusedConvEpilogue::direct_geometry() const {

@@ -45,9 +45,12 @@ cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>&
 bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output);
 // Whether the fused kernels can run this pool after a conv with this output.
 bool fusable_pool(const PoolSpec& pool, const Shape& conv_output);
+// chain_pool.hpp's geometry of a chain over y and then the pool, if any.
+cuda::ChainPoolGeometry chain_pool_geometry(const Shape& y, const std::optional<PoolSpec>& pool);
 
-// Shared by both fused layers: the conv's parameters, then one multiplier of
-// shape (C, 1, 1[, 1]) per channel_scale, named after it.
+// One multiplier of shape (C, 1, 1[, 1]) per channel_scale of a chain over y, named after it.
+std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names);
+// Shared by both fused conv layers: the conv's parameters, then the chain's.
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names);
 // The conv of a fused chain, set up on its input.
 std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs);

@@ -981,6 +981,7 @@ TEST_F(NetworkFusion, ChainsLongerThanEightOpsAreNotFused) {
 
 TEST_F(NetworkFusion, IntermediateTensorUsedTwiceEndsTheChain) {
   // a1's output feeds both m and sum(a1, m): a1 no longer has a sole consumer, so the group ends at a1.
+  // The add starts a group of its own (the add rule).
   const std::string text = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
     {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
      "padding": 1, "output_padding": 1},
@@ -989,8 +990,8 @@ TEST_F(NetworkFusion, IntermediateTensorUsedTwiceEndsTheChain) {
     {"type": "add", "name": "sum", "inputs": ["a1", "m"]},
     {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
     {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
-  EXPECT_EQ(groups_of(text), (Groups{{"up", "a1"}}));
-  // The conv output read twice (by a1 and by a later add): nothing to fuse.
+  EXPECT_EQ(groups_of(text), (Groups{{"up", "a1"}, {"sum", "a2", "p"}}));
+  // The conv output read twice (by a1 and by a later add): no conv group; the add takes the pool.
   const std::string twice = R"({"name": "f", "input": [2, 4, 4, 8, 8], "layers": [
     {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
      "padding": 1, "output_padding": 1},
@@ -999,7 +1000,32 @@ TEST_F(NetworkFusion, IntermediateTensorUsedTwiceEndsTheChain) {
     {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
     {"type": "add", "name": "sum", "inputs": ["a2", "up"]},
     {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
-  EXPECT_TRUE(groups_of(twice).empty());
+  EXPECT_EQ(groups_of(twice), (Groups{{"sum", "p"}}));
+}
+
+// The add rule: a two-input add, then a chain and a pool the kernels take
+// (one of them at least). An add of three, an add that nothing fusable
+// follows, and a pool the kernels cannot run stay apart.
+TEST_F(NetworkFusion, TwoInputAddTakesTheChainAfterIt) {
+  auto net = [](const std::string& add_inputs, const std::string& after) {
+    return R"({"name": "f", "input": [2, 4, 8, 8, 8], "layers": [
+      {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": 1},
+      {"type": "tanh", "name": "t", "inputs": ["input"]},
+      {"type": "add", "name": "sum", "inputs": )" + add_inputs + "}, " + after + "]}";
+  };
+  const std::string relu_pool = R"({"type": "relu", "name": "r"}, {"type": "channel_scale", "name": "m"},
+                                   {"type": "avg_pool3d", "name": "p", "kernel_size": 3, "stride": 2, "padding": 1})";
+  EXPECT_EQ(groups_of(net(R"(["c", "t"])", relu_pool)), (Groups{{"sum", "r", "m", "p"}}));
+  EXPECT_EQ(groups_of(net(R"(["c", "t"])", R"({"type": "max_pool3d", "name": "p", "kernel_size": 2})")),
+            (Groups{{"sum", "p"}}));
+  EXPECT_TRUE(groups_of(net(R"(["c", "t", "c"])", relu_pool)).empty());
+  EXPECT_TRUE(groups_of(net(R"(["c", "t"])", R"({"type": "conv3d", "name": "d", "in_channels": 4,
+                                                  "out_channels": 2, "kernel_size": 1})"))
+                  .empty());
+  // An 8^3 max window: more than the byte-wide argmax holds; the relu still joins the add.
+  EXPECT_EQ(groups_of(net(R"(["c", "t"])", R"({"type": "relu", "name": "r"},
+                                               {"type": "max_pool3d", "name": "p", "kernel_size": 8})")),
+            (Groups{{"sum", "r"}}));
 }
 
 TEST_F(NetworkFusion, ChainOpsInAnyOrder) {

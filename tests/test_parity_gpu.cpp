@@ -249,8 +249,9 @@ std::vector<SmallNet> small_nets() {
       {"phase_split_shifted_k4_3d", net_json("r", "[1, 6, 3, 4, 5]", R"(
         {"type": "conv_transpose3d", "in_channels": 6, "out_channels": 3, "kernel_size": 4, "stride": 2,
          "padding": 1},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
-      // Pools outside a chain: anvil's kernels, their input gradient added to
-      // the add's (fan-out); an average and an overlapping padded max pool.
+      // A pool outside a chain: anvil's kernel, its input gradient added to
+      // the add's (fan-out); an overlapping padded max pool. The average pool
+      // after the add fuses with it (the add rule).
       {"standalone_pools_fan_out", net_json("q", "[2, 3, 7, 9]", R"(
         {"type": "conv2d", "name": "c", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "leaky_relu", "name": "a", "negative_slope": 0.1, "inputs": ["c"]},
@@ -273,6 +274,32 @@ std::vector<SmallNet> small_nets() {
         {"type": "conv2d", "in_channels": 2, "out_channels": 20, "kernel_size": [3, 2], "stride": [1, 2],
          "padding": [2, 0], "dilation": [2, 1]},
         {"type": "sigmoid"}, {"type": "channel_scale"})")},
+      // The add rule: a two-input add, the chain and the pool after it as one
+      // kernel. A residual block (relu after the join, no pool); a join
+      // followed by a scale, a negative slope and an overlapping padded max
+      // pool; the network input added to itself (both gradients in one
+      // buffer, and without dx only the multiplier's gradient) before a sigmoid
+      // and an average pool.
+      {"residual_add_relu_no_pool_2d", net_json("v", "[2, 3, 7, 9]", R"(
+        {"type": "conv2d", "name": "stem", "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "name": "act", "negative_slope": 0.1},
+        {"type": "conv2d", "name": "branch", "in_channels": 5, "out_channels": 5, "kernel_size": 3, "padding": 1},
+        {"type": "channel_scale", "name": "gain"},
+        {"type": "add", "name": "sum", "inputs": ["act", "gain"]},
+        {"type": "relu"})")},
+      {"residual_add_scale_overlap_max_3d", net_json("w", "[2, 2, 5, 6, 7]", R"(
+        {"type": "conv3d", "name": "stem", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"type": "tanh", "name": "act"},
+        {"type": "conv3d", "name": "branch", "in_channels": 3, "out_channels": 3, "kernel_size": [1, 3, 3],
+         "padding": [0, 1, 1], "bias": false},
+        {"type": "add", "name": "sum", "inputs": ["branch", "act"]},
+        {"type": "channel_scale"}, {"type": "leaky_relu", "negative_slope": -0.4},
+        {"type": "max_pool3d", "kernel_size": 3, "stride": 2, "padding": 1})")},
+      {"add_input_to_itself_scale_avg", net_json("x", "[2, 3, 6, 5]", R"(
+        {"type": "add", "name": "twice", "inputs": ["input", "input"]},
+        {"type": "channel_scale"}, {"type": "sigmoid"},
+        {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "conv2d", "in_channels": 3, "out_channels": 2, "kernel_size": 2})")},
       // Nine ops: longer than a fused chain may be; runs unfused.
       {"chain_of_nine_unfused", net_json("p", "[1, 2, 5, 6]", R"(
         {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3},
@@ -381,6 +408,18 @@ TEST(GpuFusion, GeneralChainsAreFused) {
     } else if (net.label == "standalone_pools_fan_out") {
       EXPECT_NE(text.find("p [max_pool2d]"), std::string::npos) << text;
       EXPECT_NE(text.find("runs: anvil's pool kernel"), std::string::npos) << text;
+      EXPECT_NE(text.find("s+q [fused_add_epilogue]"), std::string::npos) << text;
+      EXPECT_NE(text.find("0-op chain and an average pool in one kernel"), std::string::npos) << text;
+    } else if (net.label.rfind("residual_add", 0) == 0 || net.label == "add_input_to_itself_scale_avg") {
+      EXPECT_NE(text.find("[fused_add_epilogue]"), std::string::npos) << text;
+      EXPECT_NE(text.find("formulation: rule: the one formulation, anvil's pool kernel over both addends"),
+                std::string::npos)
+          << text;
+      if (net.label == "residual_add_relu_no_pool_2d") {
+        EXPECT_NE(text.find("sum+relu_5 [fused_add_epilogue]"), std::string::npos) << text;
+      }
+    } else if (net.label == "residual_2d") {
+      EXPECT_EQ(text.find("fused_add_epilogue"), std::string::npos) << text;  // an add of three inputs
     }
   }
 }

@@ -281,7 +281,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   for (const auto& g : groups) {
     std::string chain;
     for (const auto& n : g) chain += (chain.empty() ? "" : " + ") + n;
-    std::printf("  merge %s -> one conv + fused epilogue kernel\n", chain.c_str());
+    std::printf("  merge %s -> one fused op\n", chain.c_str());
   }
 
   const anvil::MemoryPlan& plan = engine.plan();

@@ -6,6 +6,7 @@
 #include "anvil/error.hpp"
 
 #if ANVIL_WITH_CUDA
+#include "layers/fused_add_epilogue.hpp"
 #include "layers/fused_conv_epilogue.hpp"
 #include "layers/fused_phase_conv_epilogue.hpp"
 #endif
@@ -29,7 +30,7 @@ struct FusionRule {
   std::function<FusionCandidates(const FusedChainSpecs&, const FusionSettings&)> create;
 };
 
-// The table. One rule: a convolution, its bias, any chain of activations and
+// The table. The first rule: a convolution, its bias, any chain of activations and
 // channel_scales, and optionally a pool, as one conv plus one epilogue kernel.
 // The formulation rule: a transposed conv whose stride is the kernel of a max
 // pool that tiles its output runs phase-split (its tensor-core kernel never
@@ -43,6 +44,9 @@ struct FusionRule {
 // and its rule holds: more than 32 out_channels and two input tiles a block
 // (measured faster there, slower at 32 channels with one; docs/performance.md).
 // Every other chain runs cuDNN's conv and the epilogue kernel.
+// The second rule: a two-input add (a residual join), any such chain and
+// optionally a pool, as one kernel that reads both addends: the sum is never
+// written, and the next op never reads it back.
 // The fused ops are CUDA-only, so a build without CUDA has no rules.
 #if ANVIL_WITH_CUDA
 // Up to it, the direct conv's FMAs cost less than cuDNN's thin GEMM with its
@@ -128,6 +132,15 @@ const std::vector<FusionRule>& rules() {
          }
          return c;
        }},
+      {"add_chain_pool",
+       {OpKind::Add, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
+       [](const FusedChainSpecs& s, const Shape& sum) { return FusedAddEpilogue::applies(s, sum); },
+       [](const FusedChainSpecs& s, const FusionSettings&) {
+         FusionCandidates c;
+         c.why = "rule: the one formulation, anvil's pool kernel over both addends (the sum is never written)";
+         c.layers.push_back(std::make_unique<FusedAddEpilogue>(s));
+         return c;
+       }},
 #endif
   };
   return table;
@@ -151,7 +164,7 @@ std::vector<int> match_pattern(const Graph& g, const FusionPattern& p, int head)
 
 FusedChainSpecs chain_specs(const Graph& g, const std::vector<int>& nodes) {
   FusedChainSpecs s;
-  s.conv = g.nodes[nodes[0]].spec;
+  s.head = g.nodes[nodes[0]].spec;
   for (size_t k = 1; k < nodes.size(); ++k) {
     const GraphNode& node = g.nodes[nodes[k]];
     if (node.layer->kind() == OpKind::Pool)
@@ -199,8 +212,10 @@ void apply_fusions(Graph& g, const FusionSettings& settings) {
     std::vector<std::unique_ptr<Layer>>& candidates = made.layers;
     GraphNode& first = g.nodes[match.nodes.front()];
     const GraphNode& last = g.nodes[match.nodes.back()];
+    std::vector<Shape> inputs;
+    for (int t : first.inputs) inputs.push_back(g.tensors[t].shape);
     for (auto& candidate : candidates) {
-      candidate->setup({g.tensors[first.inputs[0]].shape});
+      candidate->setup(inputs);
       if (candidate->output_shape() != g.tensors[last.output].shape)
         throw Error("internal error: fused op '" + candidate->name() + "' changes the chain's output shape");
     }

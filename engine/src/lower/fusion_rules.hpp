@@ -22,10 +22,10 @@ struct FusionSettings {
 
 // What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.
 struct FusedChainSpecs {
-  const LayerSpec* conv = nullptr;
-  std::vector<const LayerSpec*> pointwise;  // pointwise and channel_scale layers after the conv
+  const LayerSpec* head = nullptr;          // the conv, or the add, that the chain follows
+  std::vector<const LayerSpec*> pointwise;  // pointwise and channel_scale layers after the head
   const LayerSpec* pool = nullptr;          // may be null
-  Shape input;                              // the conv's input shape
+  Shape input;                              // the head's (first) input shape
   std::string name;                         // the merged names, joined by '+'
 };
 
