@@ -43,7 +43,7 @@ class FusedAddEpilogue : public Layer {
   FusedChain chain_;
   std::optional<PoolSpec> pool_;
   bool backward_ = false;
-  bool input_grad_ = false;  // the first input's gradient is wanted
+  bool input_grad_ = false;  // an input's gradient is wanted
 };
 
 }  // namespace anvil

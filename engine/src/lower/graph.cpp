@@ -1,5 +1,6 @@
 #include "engine/src/lower/graph.hpp"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -158,11 +159,15 @@ void Graph::mark_gradients(bool input_grad) {
     tensors[node.output].requires_grad = needs;
   }
   for (const auto& node : nodes) {
-    bool backward = tensors[node.output].requires_grad;
-    const bool input_grad = backward && tensors[node.inputs[0]].requires_grad;
+    const bool backward = backward_runs(node), input_grad = input_grad_wanted(node);
     node.layer->set_gradient_needs(backward, input_grad);
     for (const auto& alternative : node.alternatives) alternative->set_gradient_needs(backward, input_grad);
   }
+}
+
+bool Graph::input_grad_wanted(const GraphNode& node) const {
+  return backward_runs(node) &&
+         std::any_of(node.inputs.begin(), node.inputs.end(), [&](int t) { return tensors[t].requires_grad; });
 }
 
 std::vector<ParamSpec> Graph::params() const {

@@ -56,6 +56,10 @@ class Graph {
   // Marks tensors that need a gradient (everything downstream of a parameter;
   // the network input only when asked).
   void mark_gradients(bool input_grad);
+  // Once marked: whether node's backward runs, and whether it runs for an
+  // input's gradient (any of its inputs'), as Layer::set_gradient_needs takes them.
+  bool backward_runs(const GraphNode& node) const { return tensors[node.output].requires_grad; }
+  bool input_grad_wanted(const GraphNode& node) const;
   std::vector<ParamSpec> params() const;
 };
 

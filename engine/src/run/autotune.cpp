@@ -113,8 +113,8 @@ void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& 
   for (GraphNode& node : graph.nodes) {
     if (node.alternatives.empty()) continue;
     // The gradient needs, as Graph::mark_gradients set them (none without training).
-    const bool backward = training && graph.tensors[node.output].requires_grad;
-    const bool input_grad = backward && graph.tensors[node.inputs[0]].requires_grad;
+    const bool backward = training && graph.backward_runs(node);
+    const bool input_grad = backward && graph.input_grad_wanted(node);
     std::vector<std::unique_ptr<Layer>> candidates;
     candidates.push_back(std::move(node.layer));
     for (auto& alternative : node.alternatives) candidates.push_back(std::move(alternative));
