@@ -57,7 +57,7 @@ Usage (from the repository root, on the GPU machine):
   python3 tools/bench_vs_torch.py [--anvil build/anvil] [--network examples/kernelbench74.json]
                                   [--iters 50] [--warmup 10] [--skip-compile] [--out bench/RESULTS.md]
   python3 tools/bench_vs_torch.py --suite [bench/suite] [--iters 50] [--warmup 10] [--skip-compile]
-                                  [--out bench/SUITE.md]
+                                  [--out bench/SUITE.md] [--only NAME,... --out FILE]
 """
 
 import argparse
@@ -787,10 +787,18 @@ def environment():
 # The suite: every network of a directory, parity then forward and train step
 # ---------------------------------------------------------------------------
 
-def suite_paths(directory):
+def suite_paths(directory, only=None):
+    """The network files of directory, sorted; only: the file names (without .json) to keep."""
     paths = sorted(os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".json"))
     if not paths:
         raise SystemExit(f"{shown(directory)}: no network JSON files")
+    if only:
+        stems = {os.path.basename(p)[:-len(".json")]: p for p in paths}
+        missing = [name for name in only if name not in stems]
+        if missing:
+            raise SystemExit(f"--only: {', '.join(missing)} not in {shown(directory)} "
+                             f"(it has {', '.join(sorted(stems))})")
+        paths = [stems[name] for name in only]
     return paths
 
 
@@ -913,7 +921,7 @@ def suite_report(env, args, entries):
 def main_suite(args, env):
     entries = []
     with tempfile.TemporaryDirectory(prefix="anvil_suite_") as workdir:
-        for index, path in enumerate(suite_paths(args.suite)):
+        for index, path in enumerate(suite_paths(args.suite, args.only)):
             case_dir = os.path.join(workdir, str(index))
             os.makedirs(case_dir)
             entries.append(run_suite_case(args, path, case_dir))
@@ -953,6 +961,9 @@ def parse_args(argv):
     parser.add_argument("--suite", nargs="?", const=SUITE_DIR, default=None, metavar="DIR",
                         help=f"run every network JSON in DIR (default {shown(SUITE_DIR)}) instead of the "
                              "headline network, and write bench/SUITE.md")
+    parser.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                        help="with --suite: only these networks (file names without .json); needs --out, so "
+                             "that a partial run does not replace the whole report")
     parser.add_argument("--out", default=None,
                         help="the Markdown report (default bench/RESULTS.md, with results.json next to it; "
                              "with --suite bench/SUITE.md, with suite_results.json next to it)")
@@ -962,6 +973,14 @@ def parse_args(argv):
     args.anvil_flags = ["--autotune"] if args.autotune else []
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
+    if args.only is not None:
+        if not args.suite:
+            parser.error("--only selects networks of --suite")
+        if args.out is None:
+            parser.error("--only writes a partial report: give --out (bench/SUITE.md holds the whole suite)")
+        args.only = [name for name in args.only.split(",") if name]
+        if not args.only:
+            parser.error("--only needs at least one network name")
     if args.out is None:
         args.out = os.path.join(REPO_ROOT, "bench", "SUITE.md" if args.suite else "RESULTS.md")
     return args
