@@ -186,6 +186,12 @@ bool FusedConvEpilogue::wgmma_applies(std::string& why_not) const {
         return false;
       }
     }
+    // output_padding widens one side only; the kernel pads both sides alike.
+    for (int64_t extra : conv_->spec().output_padding)
+      if (extra != 0) {
+        why_not = "a transposed conv with output_padding";
+        return false;
+      }
   }
   const char* why = nullptr;
   if (cuda::wgmma_conv_supported(g, &why)) return true;

@@ -21,6 +21,9 @@
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
 #include "engine/src/lower/graph.hpp"
+#if ANVIL_WITH_CUDA
+#include "layers/fused_conv_epilogue.hpp"
+#endif
 
 namespace {
 
@@ -1050,6 +1053,32 @@ TEST_F(NetworkFusion, AnyConvolutionStartsTheChain) {
     {"type": "max_pool3d", "name": "p", "kernel_size": 2}]})";
   EXPECT_EQ(groups_of(text), kFused);
 }
+
+#if ANVIL_WITH_CUDA
+// Why the wgmma conv does not take a stride-1 transposed conv with
+// output_padding (one side padded more): said before any device check, so
+// this runs without a GPU.
+TEST_F(NetworkFusion, WgmmaConvNamesOutputPaddingAsTheReason) {
+  anvil::ConvSpec spec;
+  spec.transposed = true;
+  spec.in_channels = 4;
+  spec.out_channels = 64;
+  spec.kernel = {3, 3};
+  spec.stride = {1, 1};
+  spec.padding = {1, 1};
+  spec.output_padding = {0, 1};  // allowed: below the dilation
+  spec.dilation = {2, 2};
+  const anvil::LayerSpec conv{"conv_transpose2d", "up", "layers[0]", {}, spec};
+  anvil::FusedChainSpecs chain;
+  chain.head = &conv;
+  chain.input = {2, 4, 9, 11};
+  chain.name = "up";
+  const anvil::FusedConvEpilogue fused(chain, anvil::FusedConvEpilogue::Forward::Cudnn);
+  std::string why;
+  EXPECT_FALSE(fused.wgmma_applies(why));
+  EXPECT_EQ(why, "a transposed conv with output_padding");
+}
+#endif
 
 TEST_F(NetworkFusion, ChainInsideALargerNetworkIsFoundOnce) {
   const std::string head = R"(, {"type": "conv3d", "name": "head", "in_channels": 8, "out_channels": 2,
