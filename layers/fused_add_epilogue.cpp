@@ -30,11 +30,7 @@ FusedAddEpilogue::FusedAddEpilogue(const FusedChainSpecs& specs)
 
 Shape FusedAddEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != inputs[1]) throw Error("internal error: fused add of two shapes");
-  Shape p = inputs[0];
-  const std::array<int64_t, 3> out = cuda::chain_pool_output(chain_pool_geometry(p, pool_));
-  const size_t dims = p.size() - 2;
-  for (size_t i = 0; i < dims; ++i) p[2 + i] = out[3 - dims + i];
-  return p;
+  return chain_pool_output_shape(inputs[0], pool_);
 }
 
 cuda::ChainPoolGeometry FusedAddEpilogue::geometry() const { return chain_pool_geometry(input_shapes()[0], pool_); }

@@ -72,6 +72,14 @@ cuda::ChainPoolGeometry chain_pool_geometry(const Shape& y, const std::optional<
   return g;
 }
 
+Shape chain_pool_output_shape(const Shape& y, const std::optional<PoolSpec>& pool) {
+  Shape p = y;
+  const std::array<int64_t, 3> out = cuda::chain_pool_output(chain_pool_geometry(y, pool));
+  const size_t dims = p.size() - 2;
+  for (size_t i = 0; i < dims; ++i) p[2 + i] = out[3 - dims + i];
+  return p;
+}
+
 std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names) {
   std::vector<ParamSpec> specs;
   Shape m(y.size() - 1, 1);
@@ -116,11 +124,7 @@ std::vector<ParamSpec> FusedConvEpilogue::param_specs() const {
 
 Shape FusedConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
-  Shape p = conv_->output_shape();
-  const std::array<int64_t, 3> out = cuda::chain_pool_output(general_geometry());
-  const size_t dims = p.size() - 2;
-  for (size_t i = 0; i < dims; ++i) p[2 + i] = out[3 - dims + i];
-  return p;
+  return chain_pool_output_shape(conv_->output_shape(), pool_);
 }
 
 cuda::EpilogueGeometry FusedConvEpilogue::tiled_geometry() const {

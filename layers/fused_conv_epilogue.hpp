@@ -47,6 +47,8 @@ bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output);
 bool fusable_pool(const PoolSpec& pool, const Shape& conv_output);
 // chain_pool.hpp's geometry of a chain over y and then the pool, if any.
 cuda::ChainPoolGeometry chain_pool_geometry(const Shape& y, const std::optional<PoolSpec>& pool);
+// The shape that chain and pool give y.
+Shape chain_pool_output_shape(const Shape& y, const std::optional<PoolSpec>& pool);
 
 // One multiplier of shape (C, 1, 1[, 1]) per channel_scale of a chain over y, named after it.
 std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names);
