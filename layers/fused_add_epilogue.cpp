@@ -24,7 +24,7 @@ bool FusedAddEpilogue::applies(const FusedChainSpecs& specs, const Shape& sum) {
 }
 
 FusedAddEpilogue::FusedAddEpilogue(const FusedChainSpecs& specs)
-    : Layer("fused_add_epilogue", specs.name, specs.head->path),
+    : FusedLayer("fused_add_epilogue", specs.name, specs.head->path),
       chain_(*fused_chain(specs.pointwise)),
       pool_(pool_of(specs)) {}
 
@@ -100,7 +100,5 @@ void FusedAddEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (!reduced) pass(args.buffer<float>(kDy), false, grads);  // the multipliers' gradients alone
 }
 
-void FusedAddEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
-void FusedAddEpilogue::backward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
 
 }  // namespace anvil

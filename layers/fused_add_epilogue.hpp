@@ -11,18 +11,17 @@
 #include <optional>
 
 #include "engine/src/lower/fusion_rules.hpp"
-#include "layers/fused_conv_epilogue.hpp"
+#include "layers/fused_chain.hpp"
 
 namespace anvil {
 
-class FusedAddEpilogue : public Layer {
+class FusedAddEpilogue : public FusedLayer {
  public:
   explicit FusedAddEpilogue(const FusedChainSpecs& specs);
   // Whether the kernels can run this chain after the add: two inputs, at most
   // 8 ops, a pool anvil's pool kernel takes, sizes chain_pool takes for sum (the add's output).
   static bool applies(const FusedChainSpecs& specs, const Shape& sum);
 
-  OpKind kind() const override { return OpKind::Fused; }
   int num_inputs() const override { return 2; }
   bool backward_needs_inputs() const override { return chain_.ops.ops > 0; }
   std::vector<ParamSpec> param_specs() const override;
@@ -32,8 +31,6 @@ class FusedAddEpilogue : public Layer {
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
-  void forward_cpu(const LayerArgs& args) override;
-  void backward_cpu(const LayerArgs& args) override;
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 

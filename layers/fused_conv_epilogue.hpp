@@ -19,51 +19,24 @@
 #include <optional>
 
 #include "engine/src/lower/fusion_rules.hpp"
-#include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/channels_last_pool.hpp"
 #include "kernels/cuda/direct_conv.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "kernels/cuda/wgmma_conv.hpp"
 #include "layers/convolution.hpp"
+#include "layers/fused_chain.hpp"
 
 namespace anvil {
 
-// The pointwise chain of a fused layer, as the fusion rule found it.
-struct FusedChain {
-  cuda::EpilogueChain ops;               // multiplier pointers are bound per call (bind_chain)
-  std::vector<std::string> scale_names;  // one per multiplier op, in chain order: its parameter's name
-};
-// The chain of these activation and channel_scale layers, if the kernels can run it (at most 8 ops).
-std::optional<FusedChain> fused_chain(const std::vector<const LayerSpec*>& pointwise);
-// The chain with its multipliers: params[first + j] is the j-th multiplier.
-cuda::EpilogueChain bind_chain(const FusedChain& chain, const std::vector<float*>& params, size_t first);
-// Where its backward writes: dparams[first + j] is the j-th multiplier's gradient (none when dparams is short).
-cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first,
-                             float* dbias);
-
-// A max pool that tiles the conv output exactly, windows of at most 256 elements.
-bool pool_tiles_output(const PoolSpec& pool, const Shape& conv_output);
-// Whether the fused kernels can run this pool after a conv with this output.
-bool fusable_pool(const PoolSpec& pool, const Shape& conv_output);
-// chain_pool.hpp's geometry of a chain over y and then the pool, if any.
-cuda::ChainPoolGeometry chain_pool_geometry(const Shape& y, const std::optional<PoolSpec>& pool);
-// The shape that chain and pool give y.
-Shape chain_pool_output_shape(const Shape& y, const std::optional<PoolSpec>& pool);
-
-// One multiplier of shape (C, 1, 1[, 1]) per channel_scale of a chain over y, named after it.
-std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names);
 // Shared by both fused conv layers: the conv's parameters, then the chain's.
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names);
 // The conv of a fused chain, set up on its input.
 std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs);
-// The fusion rules run only for CUDA engines; a fused layer on the CPU is an engine bug.
-[[noreturn]] void fused_layer_has_no_cpu_path(const Layer& layer);
 
-class FusedConvEpilogue : public Layer {
+class FusedConvEpilogue : public FusedLayer {
  public:
   enum class Forward { Cudnn, Direct, Wgmma };
   FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward);
-  OpKind kind() const override { return OpKind::Fused; }
 
   // Whether anvil's direct kernel can compute this chain's forward; why_not otherwise.
   bool direct_applies(std::string& why_not) const;
@@ -83,8 +56,6 @@ class FusedConvEpilogue : public Layer {
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
-  void forward_cpu(const LayerArgs& args) override;
-  void backward_cpu(const LayerArgs& args) override;
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 

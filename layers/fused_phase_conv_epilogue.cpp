@@ -117,7 +117,7 @@ std::unique_ptr<FusedPhaseConvEpilogue> FusedPhaseConvEpilogue::create(const Fus
 FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv, const FusedChain& chain,
                                                const cuda::PhaseSplitGeometry& aligned,
                                                const cuda::PhaseSplitGeometry& shifted, std::string name)
-    : Layer("fused_phase_conv_epilogue", std::move(name), conv->path()),
+    : FusedLayer("fused_phase_conv_epilogue", std::move(name), conv->path()),
       conv_(std::move(conv)),
       chain_(chain),
       g_(aligned),
@@ -318,7 +318,5 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }
 
-void FusedPhaseConvEpilogue::forward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
-void FusedPhaseConvEpilogue::backward_cpu(const LayerArgs&) { fused_layer_has_no_cpu_path(*this); }
 
 }  // namespace anvil

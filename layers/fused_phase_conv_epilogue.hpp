@@ -20,7 +20,7 @@
 
 namespace anvil {
 
-class FusedPhaseConvEpilogue : public Layer {
+class FusedPhaseConvEpilogue : public FusedLayer {
  public:
   // Fills g where the phase split applies to this conv_transpose + pool; else
   // returns why not. shift_phases: each phase at its own offset in the
@@ -38,7 +38,6 @@ class FusedPhaseConvEpilogue : public Layer {
                          const cuda::PhaseSplitGeometry& aligned, const cuda::PhaseSplitGeometry& shifted,
                          std::string name);
   ~FusedPhaseConvEpilogue() override;
-  OpKind kind() const override { return OpKind::Fused; }
 
   std::vector<ParamSpec> param_specs() const override;
   void set_gradient_needs(bool backward, bool input_grad) override;
@@ -49,8 +48,6 @@ class FusedPhaseConvEpilogue : public Layer {
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
-  void forward_cpu(const LayerArgs& args) override;
-  void backward_cpu(const LayerArgs& args) override;
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
