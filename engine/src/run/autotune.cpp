@@ -17,17 +17,26 @@ namespace {
 
 constexpr int kTimedRuns = 3;
 
-// The scratch memory one op runs over: its input, output, parameters, their
+// The scratch memory one op runs over: its inputs, output, parameters, their
 // gradients and its buffers, in one allocation, freed on scope exit.
 class OpScratch {
  public:
   OpScratch(CudaContext& ctx, const Layer& op, bool backward, bool input_grad) : ctx_(ctx) {
-    const Shape& x = op.input_shapes()[0];
+    const std::vector<Shape>& inputs = op.input_shapes();
     const Shape& y = op.output_shape();
-    std::vector<size_t> sizes = {bytes_of(x), bytes_of(y), backward ? bytes_of(y) : 0, input_grad ? bytes_of(x) : 0};
-    for (const ParamSpec& p : op.param_specs()) sizes.push_back(bytes_of(p.shape));
-    for (const ParamSpec& p : op.param_specs()) sizes.push_back(backward ? bytes_of(p.shape) : 0);
-    for (const BufferRequest& b : op.buffers(Device::Cuda)) sizes.push_back(b.bytes);
+    const std::vector<ParamSpec> params = op.param_specs();
+    std::vector<size_t> sizes;  // bytes of each piece; 0: none
+    auto piece = [&](size_t bytes) {
+      sizes.push_back(bytes);
+      return sizes.size() - 1;
+    };
+    std::vector<size_t> in, din, param, dparam, buffers;
+    for (const Shape& x : inputs) in.push_back(piece(bytes_of(x)));
+    const size_t out = piece(bytes_of(y)), dout = piece(backward ? bytes_of(y) : 0);
+    for (const Shape& x : inputs) din.push_back(piece(input_grad ? bytes_of(x) : 0));
+    for (const ParamSpec& p : params) param.push_back(piece(bytes_of(p.shape)));
+    for (const ParamSpec& p : params) dparam.push_back(piece(backward ? bytes_of(p.shape) : 0));
+    for (const BufferRequest& b : op.buffers(Device::Cuda)) buffers.push_back(piece(b.bytes));
     std::vector<size_t> offsets;
     size_t total = 0;
     for (size_t s : sizes) {
@@ -38,7 +47,7 @@ class OpScratch {
     // Zeros where nothing below writes: a search or a timed run may read a buffer first (a filter
     // gradient timed over the dY buffer), and must read defined values.
     ANVIL_CUDA_CHECK(cudaMemset(base_, 0, std::max<size_t>(total, 256)));
-    auto at = [&](size_t k) -> char* { return sizes[k] ? base_ + offsets[k] : nullptr; };
+    auto at = [&](size_t k) -> float* { return sizes[k] ? reinterpret_cast<float*>(base_ + offsets[k]) : nullptr; };
     // Random inputs, parameters and output gradient: maxima and signs as in training.
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -47,21 +56,19 @@ class OpScratch {
       for (float& v : host) v = uniform(rng);
       ANVIL_CUDA_CHECK(cudaMemcpy(at(k), host.data(), sizes[k], cudaMemcpyHostToDevice));
     };
-    const size_t params = op.param_specs().size();
-    fill(0);
-    if (backward) fill(2);
-    for (size_t k = 0; k < params; ++k) fill(4 + k);
-    auto view = [&](size_t k, const Shape& s) { return TensorView{reinterpret_cast<float*>(at(k)), s}; };
-    forward.in = {view(0, x)};
-    forward.out = view(1, y);
-    for (size_t k = 0; k < params; ++k) forward.params.push_back(reinterpret_cast<float*>(at(4 + k)));
-    for (size_t k = 4 + 2 * params; k < sizes.size(); ++k) forward.buffers.push_back(at(k));
+    for (size_t k : in) fill(k);
+    if (backward) fill(dout);
+    for (size_t k : param) fill(k);
+    for (size_t i = 0; i < inputs.size(); ++i) forward.in.push_back({at(in[i]), inputs[i]});
+    forward.out = {at(out), y};
+    for (size_t k : param) forward.params.push_back(at(k));
+    for (size_t k : buffers) forward.buffers.push_back(at(k));
     this->backward = forward;
-    this->backward.dout = view(2, y);
-    this->backward.din = {view(3, x)};
-    this->backward.din_accumulate = {false};
+    this->backward.dout = {at(dout), y};
+    for (size_t i = 0; i < inputs.size(); ++i) this->backward.din.push_back({at(din[i]), inputs[i]});
+    this->backward.din_accumulate.assign(inputs.size(), false);
     if (backward)
-      for (size_t k = 0; k < params; ++k) this->backward.dparams.push_back(reinterpret_cast<float*>(at(4 + params + k)));
+      for (size_t k : dparam) this->backward.dparams.push_back(at(k));
   }
   ~OpScratch() { ctx_.release(base_); }
   OpScratch(const OpScratch&) = delete;
