@@ -14,7 +14,8 @@
 #include "fuzz_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string path = fuzz_input_file("dataset", data, size);
+  const FuzzInputFile file("dataset", data, size);
+  const std::string path = file.path();
   if (path.empty()) return 0;
   try {
     const anvil::Dataset dataset = anvil::Dataset::load(path, {2, 6, 6}, {3, 3, 3});

@@ -11,7 +11,8 @@
 #include "fuzz_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const std::string path = fuzz_input_file("safetensors", data, size);
+  const FuzzInputFile file("safetensors", data, size);
+  const std::string path = file.path();
   if (path.empty()) return 0;
   try {
     (void)anvil::read_safetensors(path);
