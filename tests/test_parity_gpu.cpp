@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/wgmma_conv.hpp"
 #include "kernels/tf32.hpp"
+#include "tests/generated_networks.hpp"
 #include "tests/gpu_test_util.hpp"
 #include "tests/parity.hpp"
 
@@ -339,6 +340,18 @@ TEST_P(GpuVsCpu, ForwardGradientsAndStepsMatchTheCpuReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(OddShapes, GpuVsCpu, ::testing::ValuesIn(small_nets()),
+                         [](const auto& info) { return info.param.label; });
+
+// Networks no one wrote: random blocks of convs and transposed convs, chains,
+// joins and pools (generated_networks.hpp; test_generated_networks.cpp checks
+// the same seeds on the host).
+std::vector<SmallNet> generated_small_nets() {
+  std::vector<SmallNet> nets;
+  for (const GeneratedNetwork& g : generated_networks(1, 48)) nets.push_back({g.label, g.json});
+  return nets;
+}
+
+INSTANTIATE_TEST_SUITE_P(Generated, GpuVsCpu, ::testing::ValuesIn(generated_small_nets()),
                          [](const auto& info) { return info.param.label; });
 
 // The fusion pass actually fires on the patterns meant for it.

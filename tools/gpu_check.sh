@@ -65,7 +65,7 @@ elif command -v compute-sanitizer >/dev/null; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
       # synccheck below do run it, on anvil's kernels).
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*}"
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*:Generated/GpuVsCpu*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"
