@@ -1006,6 +1006,18 @@ TEST_F(NetworkFusion, IntermediateTensorUsedTwiceEndsTheChain) {
   EXPECT_EQ(groups_of(twice), (Groups{{"sum", "p"}}));
 }
 
+// The fusion bench/suite/README.md states for the suite's joins: residual_add_2d
+// is all fused (the add rule takes its join and pool); pyramid_join_2d is the
+// suite's chain that no rule covers (its input's pool, a conv without a chain,
+// the three-input add and the pool after it run as layers).
+TEST_F(NetworkFusion, TheSuiteHoldsAChainNoRuleCovers) {
+  auto suite_groups = [](const std::string& file) {
+    return Network::load(std::string(ANVIL_SOURCE_DIR) + "/bench/suite/" + file).fusion_groups();
+  };
+  EXPECT_EQ(suite_groups("residual_add_2d.json"), (Groups{{"stem", "act"}, {"branch", "gain"}, {"sum", "pool"}}));
+  EXPECT_EQ(suite_groups("pyramid_join_2d.json"), (Groups{{"conv1", "act1"}}));
+}
+
 // The add rule: a two-input add, then a chain and a pool the kernels take
 // (one of them at least). An add of three, an add that nothing fusable
 // follows, and a pool the kernels cannot run stay apart.
