@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Tests of tools/random_suite.py: every network it writes loads in anvil
+(`anvil info`, which checks the whole file and plans it), the same seed writes
+the same files, and a bad count is refused. Run by CTest (random_suite) with
+the anvil binary as its argument."""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "random_suite.py")
+ANVIL = None
+
+
+def write_suite(out, *args):
+    return subprocess.run([sys.executable, SCRIPT, "--out", out, *args], capture_output=True, text=True, timeout=120)
+
+
+class RandomSuite(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+
+    def test_every_network_loads_in_anvil(self):
+        out = os.path.join(self.dir.name, "a")
+        run = write_suite(out, "--count", "24", "--seed", "1")
+        self.assertEqual(run.returncode, 0, run.stderr)
+        files = sorted(os.listdir(out))
+        self.assertEqual(len(files), 24)
+        for name in files:
+            info = subprocess.run([ANVIL, "info", os.path.join(out, name), "--device", "cpu"], capture_output=True,
+                                  text=True, timeout=120)
+            self.assertEqual(info.returncode, 0, f"{name}: {info.stderr}")
+
+    def test_the_same_seed_writes_the_same_files(self):
+        a, b = os.path.join(self.dir.name, "a"), os.path.join(self.dir.name, "b")
+        for out in (a, b):
+            self.assertEqual(write_suite(out, "--count", "4", "--seed", "7").returncode, 0)
+        for name in os.listdir(a):
+            with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+                self.assertEqual(fa.read(), fb.read(), name)
+
+    def test_a_count_below_one_is_refused(self):
+        run = write_suite(os.path.join(self.dir.name, "c"), "--count", "0")
+        self.assertEqual(run.returncode, 2)
+        self.assertIn("--count must be at least 1", run.stderr)
+
+
+if __name__ == "__main__":
+    ANVIL = sys.argv.pop(1)
+    unittest.main()
