@@ -11,6 +11,7 @@
 #include <iterator>
 #include <map>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -355,6 +356,79 @@ TEST(DatasetTraining, StartEpochRefusesPositionsOutsideTheData) {
   for (const auto& [name, value] : engine.parameters()) EXPECT_EQ(value.data, before.at(name).data) << name;
   EXPECT_EQ(message(1, 0), "<no error>");
   EXPECT_TRUE(std::isfinite(engine.train_step()));
+}
+
+// --- evaluate() -----------------------------------------------------------------
+
+// The validation set of dataset_epochs with every target replaced (another dataset of the same
+// size), written to a file in the test's temporary directory.
+Dataset val_with_targets(const Network& net, float target, const std::string& name) {
+  TensorFile file = read_safetensors(data_path("dataset_epochs_val.safetensors"));
+  for (float& v : file.tensors.at("target").data) v = target;
+  const std::string path = ::testing::TempDir() + "/anvil_eval_" + std::to_string(::getpid()) + "_" + name;
+  write_safetensors(path, file);
+  Dataset data = Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
+  std::remove(path.c_str());
+  return data;
+}
+
+// evaluate() gathers its batches where the engine's own input, target and last loss are, and puts
+// those back: an engine that evaluates trains and infers on its own batch exactly as one that does
+// not, and a non-finite validation loss is not the training loss (find_non_finite, the checkpoint
+// check). A dataset object loaded anew at the same address is another dataset: its own loss, never
+// the previous one's upload or its plan.
+void evaluate_leaves_the_engine_as_it_was(Device device) {
+  const Network net = network_with(data_path("dataset_epochs.json"), {{"precision", "fp32"}});
+  Options options;
+  options.device = device;
+  options.check_finite = true;
+  Engine evaluating(net, options), plain(net, options);
+  // The loss a new engine with evaluating's parameters gives: one that has never evaluated anything.
+  auto fresh_loss = [&](const Dataset& data) {
+    Engine fresh(net, options);
+    fresh.load_parameters(evaluating.parameters());
+    return fresh.evaluate(data);
+  };
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  HostTensor x(net.input_shape()), t(net.output_shape());
+  for (HostTensor* tensor : {&x, &t})
+    for (float& v : tensor->data) v = uniform(rng);
+  for (Engine* e : {&evaluating, &plain}) {
+    e->set_input(x);
+    e->set_target(t);
+    e->train_step();
+  }
+  Dataset val = Dataset::load(data_path("dataset_epochs_val.safetensors"), without_batch(net.input_shape()),
+                              without_batch(net.output_shape()));
+  const float val_loss = evaluating.evaluate(val);
+  EXPECT_EQ(val_loss, fresh_loss(val));
+  EXPECT_EQ(evaluating.last_loss(), plain.last_loss());
+  EXPECT_TRUE(bitwise_equal(evaluating.forward(), plain.forward()));
+  EXPECT_EQ(evaluating.train_step(), plain.train_step());
+  for (const auto& [name, value] : plain.parameters())
+    EXPECT_TRUE(bitwise_equal(evaluating.parameters().at(name), value)) << name;
+
+  // Targets of 1e20: every batch's mean square overflows float. The loss is inf; the step's is not.
+  EXPECT_TRUE(std::isinf(evaluating.evaluate(val_with_targets(net, 1e20f, "huge"))));
+  EXPECT_FALSE(evaluating.find_non_finite().has_value());
+  EXPECT_TRUE(std::isfinite(evaluating.last_loss()));
+
+  // The same variable reassigned: another size, then the same size with other targets.
+  val = Dataset::load(data_path("dataset_epochs_train.safetensors"), without_batch(net.input_shape()),
+                      without_batch(net.output_shape()));
+  EXPECT_EQ(evaluating.evaluate(val), fresh_loss(val));
+  for (const float target : {0.25f, 0.75f}) {
+    val = val_with_targets(net, target, "same_size");
+    EXPECT_EQ(evaluating.evaluate(val), fresh_loss(val)) << "targets " << target;
+  }
+}
+
+TEST(Evaluate, LeavesTheEngineAsItWasOnTheCpu) { evaluate_leaves_the_engine_as_it_was(Device::Cpu); }
+
+TEST(Evaluate, LeavesTheEngineAsItWasOnTheGpu) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  evaluate_leaves_the_engine_as_it_was(Device::Cuda);
 }
 
 }  // namespace

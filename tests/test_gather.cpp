@@ -71,5 +71,29 @@ TEST(GatherCuda, MatchesCpuWithTheCursorOnTheDevice) {
   }
 }
 
+// More rows than a grid has y blocks (65535): the kernel strides over them. 70001 samples of 5
+// floats in batches of 70000: a full batch, then a partial one of one row.
+TEST(GatherCuda, BatchesOfMoreRowsThanAGridHasBlocks) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(7);
+  const GatherCase c{70001, 5, 70000};
+  const std::vector<float> src = random_floats(size_t(c.count * c.row), rng);
+  const std::vector<int64_t> order = shuffled_order(c.count, rng);
+  DeviceBuffer<float> d_src(src.size()), d_dst(size_t(c.batch * c.row));
+  DeviceBuffer<int64_t> d_order(order.size()), d_cursor(1), d_valid(1);
+  d_src.upload(src);
+  d_order.upload(order);
+  d_cursor.upload({0});
+  for (int64_t cursor = 0; cursor < 2; ++cursor) {
+    d_dst.poison();
+    cuda::gather_batch(d_src.get(), c.row, d_order.get(), c.count, d_cursor.get(), c.batch, d_dst.get(), nullptr);
+    cuda::finish_batch(d_cursor.get(), c.count, c.batch, 1, d_valid.get(), nullptr);
+    std::vector<float> want(size_t(c.batch * c.row));
+    cpu::gather_batch(src.data(), c.row, order.data(), c.count, cursor, c.batch, want.data());
+    EXPECT_EQ(d_dst.download_all(), want) << "batch " << cursor;
+    EXPECT_EQ(d_valid.download_all()[0], cursor == 0 ? 70000 : 1);
+  }
+}
+
 }  // namespace
 }  // namespace anvil::testing

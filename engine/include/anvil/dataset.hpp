@@ -78,6 +78,9 @@ class Dataset {
   static Dataset load(const std::string& path, const Shape& sample_shape, const Shape& target_sample_shape);
 
   const std::string& path() const { return path_; }
+  // A number no other load gives (copies share it): an engine holding a dataset
+  // tells a new one at the same address from it by this.
+  uint64_t identity() const { return identity_; }
   int64_t size() const { return inputs_.shape.empty() ? 0 : inputs_.shape[0]; }  // the sample count S
   Shape sample_shape() const;
   Shape target_sample_shape() const;
@@ -99,6 +102,7 @@ class Dataset {
 
  private:
   std::string path_;
+  uint64_t identity_ = 0;  // 0: not loaded
   HostTensor inputs_, targets_;
   int64_t floats_per_sample_ = 0, floats_per_target_ = 0;
 };

@@ -134,12 +134,14 @@ class Engine {
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   bool data_on_device() const;  // the attached dataset lives on the device
   // The mean loss over every element of a dataset (forward and loss only; all
-  // samples, the last partial batch included). Parameters are not changed. The
-  // dataset stays uploaded for the next call, so it must outlive the engine or
-  // the next evaluate() of another dataset.
+  // samples, the last partial batch included). Nothing else changes: the
+  // parameters, and the engine's own input, target and last_loss(), are as
+  // before. The dataset stays uploaded for the next call with the same object,
+  // so it must outlive the engine or the next evaluate() of another dataset (an
+  // object reassigned or loaded anew at the same address is another dataset).
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
-  float last_loss() const;      // of the last train step or evaluated batch (a host sync on CUDA)
+  float last_loss() const;      // of the last train step (a host sync on CUDA)
   float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
 
   // Non-finite values. find_non_finite looks at the last step's loss, then every gradient (once a

@@ -1,6 +1,7 @@
 #include "anvil/dataset.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 #include <utility>
@@ -123,8 +124,10 @@ std::vector<int64_t> BatchPlan::samples(const std::vector<int64_t>& order, int64
 
 Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const Shape& target_sample_shape) {
   TensorFile file = read_safetensors(path);  // reports dtypes and truncation, naming the tensor
+  static std::atomic<uint64_t> loads{0};
   Dataset data;
   data.path_ = path;
+  data.identity_ = ++loads;
   data.inputs_ = take_samples(file, path, "input", sample_shape, "takes");
   data.targets_ = take_samples(file, path, "target", target_sample_shape, "outputs");
   const int64_t inputs = data.inputs_.shape[0], targets = data.targets_.shape[0];

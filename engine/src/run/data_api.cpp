@@ -1,4 +1,6 @@
 // The engine's dataset API: attaching training data, epochs, evaluation.
+#include <cstring>
+
 #include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
 
@@ -85,10 +87,8 @@ float Engine::evaluate(const Dataset& data) {
   Impl& m = *impl_;
   if (!m.training()) throw Error("evaluate needs an engine built for training (Mode::Train): it runs the loss");
   check_shapes(data, m.network);
-  // The last evaluated dataset stays uploaded; another one (by address and contents' address) replaces it.
-  const bool same = m.eval_feed && &m.eval_feed->data() == &data &&
-                    m.eval_feed->data().inputs().data.data() == data.inputs().data.data();
-  if (!same) {
+  // The last evaluated dataset stays uploaded; another one (another object, or one loaded anew) replaces it.
+  if (!m.eval_feed || !m.eval_feed->serves(data)) {
     m.eval_feed.reset();
     m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
                                              m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda_context()));
@@ -96,6 +96,9 @@ float Engine::evaluate(const Dataset& data) {
   }
   DataFeed& feed = *m.eval_feed;
   feed.start_epoch(epoch_order(data.size(), 0, 0, false), 0);
+  // The batches go where the caller's own batch and the last step's loss are: those are put back
+  // after, so set_input, set_target, last_loss() and find_non_finite see the engine as it was.
+  Impl::BatchAside aside = m.set_batch_aside();
   // Each batch's mean, weighted by its real elements: the mean over all of them.
   double sum = 0;
   const int64_t per_sample = data.floats_per_target();
@@ -105,7 +108,43 @@ float Engine::evaluate(const Dataset& data) {
     m.download(&batch_loss, m.loss_value, 1);
     sum += double(batch_loss) * double(feed.plan().samples_in_batch(b) * per_sample);
   }
+  m.restore_batch(aside);
   return static_cast<float>(sum / double(data.size() * per_sample));
+}
+
+Engine::Impl::BatchAside Engine::Impl::set_batch_aside() {
+  BatchAside aside;
+  aside.input_bytes = size_t(numel(network.input_shape())) * sizeof(float);
+  aside.target_bytes = size_t(output_count()) * sizeof(float);
+  download(&aside.loss, loss_value, 1);
+#if ANVIL_WITH_CUDA
+  if (cuda()) {
+    aside.device = {ctx->allocate(aside.input_bytes + aside.target_bytes), ReleaseOn{ctx.get()}};
+    char* copy = static_cast<char*>(aside.device.get());
+    ctx->copy_on_device(copy, input, aside.input_bytes);
+    ctx->copy_on_device(copy + aside.input_bytes, target, aside.target_bytes);
+    return aside;
+  }
+#endif
+  aside.host.resize(aside.input_bytes + aside.target_bytes);
+  std::memcpy(aside.host.data(), input, aside.input_bytes);
+  std::memcpy(aside.host.data() + aside.input_bytes, target, aside.target_bytes);
+  return aside;
+}
+
+void Engine::Impl::restore_batch(const BatchAside& aside) {
+  upload(loss_value, &aside.loss, 1);
+#if ANVIL_WITH_CUDA
+  if (cuda()) {
+    const char* copy = static_cast<const char*>(aside.device.get());
+    ctx->copy_on_device(input, copy, aside.input_bytes);
+    ctx->copy_on_device(target, copy + aside.input_bytes, aside.target_bytes);
+    ctx->synchronize();  // before the copy is released
+    return;
+  }
+#endif
+  std::memcpy(input, aside.host.data(), aside.input_bytes);
+  std::memcpy(target, aside.host.data() + aside.input_bytes, aside.target_bytes);
 }
 
 }  // namespace anvil

@@ -15,7 +15,7 @@ namespace anvil {
 
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
                    [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
-    : data_(data), plan_(plan) {
+    : data_(&data), identity_(data.identity()), plan_(plan) {
   host_order_.resize(static_cast<size_t>(plan.sample_count()));
 #if ANVIL_WITH_CUDA
   device_ = device;
@@ -74,16 +74,16 @@ void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
   if (device_ == Device::Cuda && !resident_) {
     // The previous batch's copy must be done before its staging is reused.
     ctx_->synchronize();
-    const int64_t rows = plan_.batch_size(), in_floats = rows * data_.floats_per_sample();
-    const int64_t target_floats = rows * data_.floats_per_target();
-    float* in = pinned_batch_;
-    float* target = pinned_batch_ + in_floats;
-    auto* valid = reinterpret_cast<int64_t*>(target + target_floats);
-    cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), plan_.sample_count(),
+    const int64_t rows = plan_.batch_size(), in_floats = rows * data_->floats_per_sample();
+    const int64_t target_floats = rows * data_->floats_per_target();
+    auto* valid = reinterpret_cast<int64_t*>(pinned_batch_);  // first: 8-byte aligned whatever the row sizes
+    float* in = pinned_batch_ + sizeof(int64_t) / sizeof(float);
+    float* target = in + in_floats;
+    cpu::gather_batch(data_->inputs().data.data(), data_->floats_per_sample(), host_order_.data(), plan_.sample_count(),
                       next_batch_, rows, in);
-    cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), plan_.sample_count(),
+    cpu::gather_batch(data_->targets().data.data(), data_->floats_per_target(), host_order_.data(), plan_.sample_count(),
                       next_batch_, rows, target);
-    *valid = cpu::valid_rows(plan_.sample_count(), next_batch_, rows) * data_.floats_per_target();
+    *valid = cpu::valid_rows(plan_.sample_count(), next_batch_, rows) * data_->floats_per_target();
     ctx_->copy_to_device(to.input, in, size_t(in_floats) * sizeof(float));
     ctx_->copy_to_device(to.target, target, size_t(target_floats) * sizeof(float));
     ctx_->copy_to_device(to.valid_elements, valid, sizeof(int64_t));
@@ -97,20 +97,20 @@ void DataFeed::in_step(const FeedTargets& to) {
 #if ANVIL_WITH_CUDA
   if (device_ == Device::Cuda) {
     if (!resident_) return;
-    cuda::gather_batch(device_inputs_, data_.floats_per_sample(), device_order_, plan_.sample_count(), device_cursor_, rows,
+    cuda::gather_batch(device_inputs_, data_->floats_per_sample(), device_order_, plan_.sample_count(), device_cursor_, rows,
                        to.input, ctx_->stream());
-    cuda::gather_batch(device_targets_, data_.floats_per_target(), device_order_, plan_.sample_count(), device_cursor_, rows,
+    cuda::gather_batch(device_targets_, data_->floats_per_target(), device_order_, plan_.sample_count(), device_cursor_, rows,
                        to.target, ctx_->stream());
-    cuda::finish_batch(device_cursor_, plan_.sample_count(), rows, data_.floats_per_target(), to.valid_elements,
+    cuda::finish_batch(device_cursor_, plan_.sample_count(), rows, data_->floats_per_target(), to.valid_elements,
                        ctx_->stream());
     return;
   }
 #endif
-  cpu::gather_batch(data_.inputs().data.data(), data_.floats_per_sample(), host_order_.data(), plan_.sample_count(),
+  cpu::gather_batch(data_->inputs().data.data(), data_->floats_per_sample(), host_order_.data(), plan_.sample_count(),
                     host_cursor_, rows, to.input);
-  cpu::gather_batch(data_.targets().data.data(), data_.floats_per_target(), host_order_.data(), plan_.sample_count(),
+  cpu::gather_batch(data_->targets().data.data(), data_->floats_per_target(), host_order_.data(), plan_.sample_count(),
                     host_cursor_, rows, to.target);
-  *to.valid_elements = cpu::valid_rows(plan_.sample_count(), host_cursor_, rows) * data_.floats_per_target();
+  *to.valid_elements = cpu::valid_rows(plan_.sample_count(), host_cursor_, rows) * data_->floats_per_target();
   ++host_cursor_;
 }
 

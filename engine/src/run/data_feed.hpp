@@ -32,7 +32,10 @@ class DataFeed {
   DataFeed(const DataFeed&) = delete;
   DataFeed& operator=(const DataFeed&) = delete;
 
-  const Dataset& data() const { return data_; }
+  const Dataset& data() const { return *data_; }
+  // Whether this feed serves `data`: the same object, holding what it held when the feed was made
+  // (an object at the same address, reassigned or loaded anew, is another dataset).
+  bool serves(const Dataset& data) const { return data_ == &data && identity_ == data.identity(); }
   const BatchPlan& plan() const { return plan_; }
   bool on_device() const { return resident_; }
   // The epoch's sample order (plan().sample_count() indices: all of the dataset's, or a
@@ -47,7 +50,8 @@ class DataFeed {
   void in_step(const FeedTargets& to);
 
  private:
-  const Dataset& data_;
+  const Dataset* data_;
+  uint64_t identity_;  // data_->identity() when the feed was made
   BatchPlan plan_;
   bool resident_ = false;
   int64_t next_batch_ = 0;  // within the epoch, as the host counts
@@ -62,7 +66,7 @@ class DataFeed {
   float* device_targets_ = nullptr;
   int64_t* device_order_ = nullptr;
   int64_t* device_cursor_ = nullptr;
-  float* pinned_batch_ = nullptr;  // input rows, then target rows, then the valid count
+  float* pinned_batch_ = nullptr;  // the valid count (8 bytes, aligned), then input rows, then target rows
   size_t pinned_bytes_ = 0;
 #endif
 };

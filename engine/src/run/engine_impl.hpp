@@ -118,6 +118,24 @@ struct Engine::Impl {
   void enqueue(Work work);
   DataFeed* feed_of(Work work) const;  // the dataset a work takes its batch from, if any
   void forget_graph(Work work);        // after what a captured graph reads has changed
+  // data_api.cpp: the engine's own batch (input, target) and last loss, kept aside while
+  // evaluate() gathers its batches there, and put back.
+#if ANVIL_WITH_CUDA
+  struct ReleaseOn {
+    CudaContext* ctx;
+    void operator()(void* ptr) const { ctx->release(ptr); }
+  };
+#endif
+  struct BatchAside {
+    size_t input_bytes = 0, target_bytes = 0;
+    float loss = 0;
+    std::vector<char> host;  // CPU engines
+#if ANVIL_WITH_CUDA
+    std::unique_ptr<void, ReleaseOn> device{nullptr, ReleaseOn{nullptr}};  // CUDA engines
+#endif
+  };
+  BatchAside set_batch_aside();
+  void restore_batch(const BatchAside& aside);
   // finite_check.cpp
   bool finite(const float* data, int64_t count);  // a host sync on CUDA
   std::optional<NonFinite> first_non_finite_parameter(const float* slab, const char* kind, const std::string& stage);

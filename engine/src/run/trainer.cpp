@@ -112,8 +112,7 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
     advance();
     const bool last = position_.step == total_steps_;
     const bool logged = position_.step == 1 || position_.step % options_.log_every == 0 || last;
-    // The loss is read before a validation overwrites it; the validation is reported first, so the
-    // step's log line carries it.
+    // The validation is reported before the step's log line, so that the line carries it.
     TrainProgress progress{position_.step, total_steps_, epoch, 0.f, 0.f};
     if (logged) {
       check_finite();
