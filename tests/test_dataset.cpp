@@ -100,8 +100,11 @@ TEST(BatchPlan, DropsTheLastPartialBatch) {
     EXPECT_EQ(plan.samples_in_batch(b), 48);
     EXPECT_EQ(plan.samples(order, b), std::vector<int64_t>(order.begin() + 48 * b, order.begin() + 48 * (b + 1)));
   }
-  EXPECT_THROW(plan.samples_in_batch(5), std::out_of_range);
-  EXPECT_THROW(plan.first_position(-1), std::out_of_range);
+  EXPECT_THROW(plan.samples_in_batch(5), InputError);
+  EXPECT_THROW(plan.first_position(-1), InputError);
+  EXPECT_THROW(plan.samples(std::vector<int64_t>(255), 0), InputError);  // an order of another dataset
+  EXPECT_THROW(BatchPlan(-5, 2, true), InputError);
+  EXPECT_THROW(epoch_order(int64_t(1) << 62, 0, 0, true), InputError);
 }
 
 TEST(BatchPlan, KeepsTheLastPartialBatch) {
@@ -174,7 +177,7 @@ class DatasetFile : public ::testing::Test {
 };
 
 TEST_F(DatasetFile, HoldsEachTensorContiguouslyAndGathersBatches) {
-  const Dataset data = Dataset::load(write({5, 2, 3}, {5, 4}), {2, 3}, {4});
+  Dataset data = Dataset::load(write({5, 2, 3}, {5, 4}), {2, 3}, {4});
   EXPECT_EQ(data.size(), 5);
   EXPECT_EQ(data.sample_shape(), (Shape{2, 3}));
   EXPECT_EQ(data.target_sample_shape(), (Shape{4}));
@@ -188,7 +191,22 @@ TEST_F(DatasetFile, HoldsEachTensorContiguouslyAndGathersBatches) {
   EXPECT_EQ(x.shape, (Shape{2, 2, 3}));
   EXPECT_EQ(x.data, (std::vector<float>{24, 25, 26, 27, 28, 29, 0, 1, 2, 3, 4, 5}));
   EXPECT_EQ(data.target_batch({1}).data, (std::vector<float>{4, 5, 6, 7}));
-  EXPECT_THROW(data.input_batch({5}), std::out_of_range);
+  EXPECT_THROW(data.input_batch({5}), InputError);
+  EXPECT_THROW(data.input_sample(-1), InputError);
+  // A moved-from dataset has no samples: its accessors and the engine say so, and read nothing.
+  const Dataset moved = std::move(data);
+  EXPECT_EQ(data.size(), 0);
+  EXPECT_EQ(data.sample_shape(), Shape{});
+  expect_input_error([&] { data.input_batch({}); }, "an empty anvil::Dataset (moved from): make one with Dataset::load");
+  EXPECT_THROW(data.input_sample(0), InputError);
+  const Network net = Network::parse(R"({"name": "n", "input": [1, 2, 3, 1], "layers": [{"type": "channel_scale"}]})", "n.json");
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  expect_input_error([&] { engine.attach_data(data, {}); },
+                     "an empty anvil::Dataset (moved from): make one with Dataset::load");
+  expect_input_error([&] { engine.evaluate(data); }, "an empty anvil::Dataset (moved from): make one with Dataset::load");
+  EXPECT_EQ(moved.size(), 5);
 }
 
 TEST_F(DatasetFile, RefusesASampleShapeThatIsNotTheNetworks) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <regex>
 #include <string>
@@ -79,6 +80,31 @@ TEST(HostTensor, HoldsShapeCountsWithoutOverflow) {
   EXPECT_TRUE(holds_shape(HostTensor({int64_t(1) << 40, int64_t(1) << 40, 0}, {})));  // empty, however large
   EXPECT_FALSE(holds_shape(HostTensor({int64_t(1) << 40, int64_t(1) << 40, 4}, std::vector<float>(4))));
   EXPECT_EQ(numel({int64_t(1) << 40, int64_t(1) << 40, 0}), 0);
+  // A count beyond int64, or a negative dimension, is an error, not a wrapped number (nor a huge allocation).
+  EXPECT_THROW(numel({int64_t(1) << 40, int64_t(1) << 40}), InputError);
+  EXPECT_THROW(numel({2, -3}), InputError);
+  EXPECT_THROW(HostTensor(Shape{-1}), InputError);
+  EXPECT_EQ(numel({int64_t(1) << 31, int64_t(1) << 31}), int64_t(1) << 62);
+}
+
+// A moved-from Network is empty: every use says so in one line, and nothing reads a null description.
+TEST(EngineBuffers, AMovedFromNetworkRefusesEveryUse) {
+  Network net = Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "channel_scale"}]})",
+                               "scale.json");
+  const Network kept = std::move(net);
+  const std::string empty = "an empty anvil::Network (moved from): make one with Network::load or Network::parse";
+  for (const auto& use : std::vector<std::function<void()>>{
+           [&] { net.name(); }, [&] { net.input_shape(); }, [&] { net.output_shape(); }, [&] { net.layers(); },
+           [&] { net.fusion_groups(); }, [&] { net.parameter_count(); }, [&] { net.with_batch(4); },
+           [&] { Engine engine(net, on(Device::Cpu)); }}) {
+    try {
+      use();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), empty);
+    }
+  }
+  EXPECT_EQ(kept.name(), "t");
 }
 
 TEST(EngineBuffers, ANetworkWithoutParametersIsRefusedForTrainingWithOneLine) {

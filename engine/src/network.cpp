@@ -47,7 +47,7 @@ Network Network::with_batch(int64_t batch) const {
   if (batch < 1 || batch > kMaxDimension)
     throw InputError("batch size must be an integer from 1 to " + std::to_string(kMaxDimension) + ", got " +
                      std::to_string(batch));
-  auto spec = std::make_shared<NetworkSpec>(*spec_);
+  auto spec = std::make_shared<NetworkSpec>(this->spec());
   spec->input[0] = batch;
   Network net;
   try {
@@ -59,23 +59,42 @@ Network Network::with_batch(int64_t batch) const {
   return net;
 }
 
-std::unique_ptr<Graph> Network::build_graph() const { return Graph::build(spec_); }
+namespace {
+[[noreturn]] void empty_network() {
+  throw Error("an empty anvil::Network (moved from): make one with Network::load or Network::parse");
+}
+}  // namespace
 
-const std::string& Network::name() const { return spec_->name; }
-const std::string& Network::source() const { return spec_->source; }
-uint64_t Network::seed() const { return spec_->seed; }
-Precision Network::precision() const { return spec_->precision; }
-bool Network::fuse() const { return spec_->fuse; }
-const Shape& Network::input_shape() const { return graph_->tensors[0].shape; }
-const Shape& Network::output_shape() const { return graph_->tensors[graph_->output].shape; }
+const NetworkSpec& Network::spec() const {
+  if (!spec_) empty_network();
+  return *spec_;
+}
+
+const Graph& Network::graph() const {
+  if (!graph_) empty_network();
+  return *graph_;
+}
+
+std::unique_ptr<Graph> Network::build_graph() const {
+  spec();
+  return Graph::build(spec_);
+}
+
+const std::string& Network::name() const { return spec().name; }
+const std::string& Network::source() const { return spec().source; }
+uint64_t Network::seed() const { return spec().seed; }
+Precision Network::precision() const { return spec().precision; }
+bool Network::fuse() const { return spec().fuse; }
+const Shape& Network::input_shape() const { return graph().tensors[0].shape; }
+const Shape& Network::output_shape() const { return graph().tensors[graph().output].shape; }
 
 std::vector<LayerSummary> Network::layers() const {
   std::vector<LayerSummary> out;
-  for (const auto& node : graph_->nodes) {
+  for (const auto& node : graph().nodes) {
     LayerSummary s;
     s.name = node.layer->name();
     s.type = node.layer->type();
-    for (int t : node.inputs) s.inputs.push_back(graph_->tensors[t].name);
+    for (int t : node.inputs) s.inputs.push_back(graph().tensors[t].name);
     s.output_shape = node.layer->output_shape();
     for (const auto& p : node.layer->param_specs()) s.param_count += numel(p.shape);
     out.push_back(s);
@@ -85,9 +104,9 @@ std::vector<LayerSummary> Network::layers() const {
 
 std::vector<std::vector<std::string>> Network::fusion_groups() const {
   std::vector<std::vector<std::string>> out;
-  for (const auto& match : find_fusions(*graph_)) {
+  for (const auto& match : find_fusions(graph())) {
     std::vector<std::string> names;
-    for (int n : match.nodes) names.push_back(graph_->nodes[n].layer->name());
+    for (int n : match.nodes) names.push_back(graph().nodes[n].layer->name());
     out.push_back(names);
   }
   return out;
@@ -95,7 +114,7 @@ std::vector<std::vector<std::string>> Network::fusion_groups() const {
 
 int64_t Network::parameter_count() const {
   int64_t n = 0;
-  for (const auto& p : graph_->params()) n += numel(p.shape);
+  for (const auto& p : graph().params()) n += numel(p.shape);
   return n;
 }
 

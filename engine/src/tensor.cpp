@@ -2,13 +2,18 @@
 
 #include <algorithm>
 
+#include "anvil/error.hpp"
+
 namespace anvil {
 
 int64_t numel(const Shape& shape) {
+  if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
+    throw InputError("shape " + to_string(shape) + " has a negative dimension");
   // A zero makes the count zero, whatever the other sizes (whose product may not fit 64 bits).
   if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n)) throw InputError("shape " + to_string(shape) + " has more than 2^63 elements");
   return n;
 }
 

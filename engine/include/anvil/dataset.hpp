@@ -90,6 +90,7 @@ class Dataset {
   // The whole tensors, [S, ...]: for uploading once.
   const HostTensor& inputs() const { return inputs_; }
   const HostTensor& targets() const { return targets_; }
+  // Sample i (InputError outside 0..size()-1).
   const float* input_sample(int64_t i) const;
   const float* target_sample(int64_t i) const;
 
@@ -101,6 +102,8 @@ class Dataset {
   BatchPlan batch_plan(int64_t batch_size, bool keep_last) const;
 
  private:
+  Dataset() = default;  // a Dataset is made by load: never empty (a moved-from one has no samples)
+
   std::string path_;
   uint64_t identity_ = 0;  // 0: not loaded
   HostTensor inputs_, targets_;

@@ -45,10 +45,13 @@ class Network {
   int64_t parameter_count() const;
 
   // Engine-internal: the parsed description, and a new graph of fresh ops built from it.
-  const NetworkSpec& spec() const { return *spec_; }
+  const NetworkSpec& spec() const;
   std::unique_ptr<Graph> build_graph() const;
 
  private:
+  Network() = default;  // a Network is made by load, parse or with_batch: never empty
+  const Graph& graph() const;
+  // Every accessor goes through spec() or graph(), which refuse a moved-from (empty) Network.
   std::shared_ptr<const NetworkSpec> spec_;
   std::shared_ptr<const Graph> graph_;  // validated at parse; read by the accessors
 };

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <stdexcept>
 #include <utility>
 
 #include "anvil/error.hpp"
@@ -48,15 +47,17 @@ void require_finite(const std::string& path, const std::string& name, const Host
                  "); a dataset must hold finite values");
 }
 
-// Sample `row` of a [S, ...] tensor.
+// Sample `row` of a [S, ...] tensor (none in a moved-from dataset's).
 const float* row_pointer(const HostTensor& all, int64_t floats_per_row, int64_t row) {
-  if (row < 0 || row >= all.shape[0]) {
-    throw std::out_of_range("sample " + std::to_string(row) + " of a dataset of " + std::to_string(all.shape[0]));
-  }
+  const int64_t samples = all.shape.empty() ? 0 : all.shape[0];
+  if (row < 0 || row >= samples)
+    throw InputError("sample " + std::to_string(row) + " of a dataset of " + std::to_string(samples));
   return all.data.data() + row * floats_per_row;
 }
 
 HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vector<int64_t>& rows) {
+  if (all.shape.empty()) throw InputError("an empty anvil::Dataset (moved from): make one with Dataset::load");
+  for (int64_t row : rows) row_pointer(all, floats_per_row, row);  // every index checked before the batch is made
   Shape shape = all.shape;
   shape[0] = static_cast<int64_t>(rows.size());
   HostTensor batch(std::move(shape));
@@ -71,7 +72,9 @@ HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vect
 }  // namespace
 
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle) {
-  std::vector<int64_t> order(static_cast<size_t>(std::max<int64_t>(sample_count, 0)));
+  if (sample_count < 0 || sample_count > kMaxTensorElements)
+    throw InputError("epoch_order: the sample count must be from 0 to 2^40, got " + std::to_string(sample_count));
+  std::vector<int64_t> order(static_cast<size_t>(sample_count));
   for (int64_t i = 0; i < sample_count; ++i) order[i] = i;
   if (!shuffle) return order;
   const uint64_t stream = random_stream(seed, "shuffle." + std::to_string(epoch));
@@ -84,6 +87,7 @@ std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t ep
 
 BatchPlan::BatchPlan(int64_t sample_count, int64_t batch_size, bool keep_last)
     : sample_count_(sample_count), batch_size_(batch_size), keep_last_(keep_last) {
+  if (sample_count < 0) throw InputError("the sample count must be >= 0, got " + std::to_string(sample_count));
   if (batch_size < 1) throw InputError("the batch size must be at least 1, got " + std::to_string(batch_size));
   if (batch_size > sample_count && !keep_last) {
     throw InputError("fewer samples (" + std::to_string(sample_count) + ") than one batch (" +
@@ -98,8 +102,8 @@ int64_t BatchPlan::batches_per_epoch() const {
 
 void BatchPlan::check_index(int64_t index) const {
   if (index < 0 || index >= batches_per_epoch()) {
-    throw std::out_of_range("batch " + std::to_string(index) + " of an epoch of " +
-                            std::to_string(batches_per_epoch()) + " batches");
+    throw InputError("batch " + std::to_string(index) + " of an epoch of " + std::to_string(batches_per_epoch()) +
+                     " batches");
   }
 }
 
@@ -115,8 +119,8 @@ int64_t BatchPlan::samples_in_batch(int64_t index) const {
 
 std::vector<int64_t> BatchPlan::samples(const std::vector<int64_t>& order, int64_t index) const {
   if (static_cast<int64_t>(order.size()) != sample_count_) {
-    throw std::invalid_argument("an order of " + std::to_string(static_cast<int64_t>(order.size())) +
-                                " samples for a plan of " + std::to_string(sample_count_));
+    throw InputError("an order of " + std::to_string(static_cast<int64_t>(order.size())) +
+                     " samples for a plan of " + std::to_string(sample_count_));
   }
   const auto first = order.begin() + first_position(index);
   return std::vector<int64_t>(first, first + samples_in_batch(index));
@@ -142,8 +146,12 @@ Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const 
   return data;
 }
 
-Shape Dataset::sample_shape() const { return Shape(inputs_.shape.begin() + 1, inputs_.shape.end()); }
-Shape Dataset::target_sample_shape() const { return Shape(targets_.shape.begin() + 1, targets_.shape.end()); }
+namespace {
+Shape without_samples(const Shape& shape) { return shape.empty() ? Shape{} : Shape(shape.begin() + 1, shape.end()); }
+}  // namespace
+
+Shape Dataset::sample_shape() const { return without_samples(inputs_.shape); }
+Shape Dataset::target_sample_shape() const { return without_samples(targets_.shape); }
 
 const float* Dataset::input_sample(int64_t i) const { return row_pointer(inputs_, floats_per_sample_, i); }
 const float* Dataset::target_sample(int64_t i) const { return row_pointer(targets_, floats_per_target_, i); }

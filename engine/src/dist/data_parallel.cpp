@@ -3,6 +3,7 @@
 #include "anvil/data_parallel.hpp"
 
 #include <exception>
+#include <system_error>
 #include <thread>
 
 #include "anvil/communicator.hpp"
@@ -84,7 +85,14 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
     }
   };
   std::vector<std::thread> threads;
-  for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
+  try {
+    for (int rank = 1; rank < ranks; ++rank) threads.emplace_back(run_rank, rank);
+  } catch (const std::system_error& e) {  // a thread limit: the ranks started stop, and say why
+    for (const auto& comm : comms) comm->abort();
+    for (auto& t : threads) t.join();
+    throw Error("cannot start the thread of rank " + std::to_string(threads.size() + 1) + " of " +
+                std::to_string(ranks) + ": " + e.what());
+  }
   run_rank(0);  // on the calling thread, which keeps rank 0's device current afterwards
   for (auto& t : threads) t.join();
   if (const std::exception_ptr failure = first_cause(failures)) std::rethrow_exception(failure);

@@ -13,6 +13,7 @@ namespace anvil {
 namespace {
 
 void check_shapes(const Dataset& data, const Network& net) {
+  if (data.size() == 0) throw InputError("an empty anvil::Dataset (moved from): make one with Dataset::load");
   const Shape sample(net.input_shape().begin() + 1, net.input_shape().end());
   const Shape target(net.output_shape().begin() + 1, net.output_shape().end());
   if (data.sample_shape() != sample || data.target_sample_shape() != target)
