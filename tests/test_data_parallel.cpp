@@ -171,6 +171,24 @@ TEST(DataParallelCpu, AFailingRankStopsTheOthers) {
   }
 }
 
+// A rank whose work returns while another still averages (ranks running different steps): the
+// waiting rank fails with one line instead of waiting for ever. No work at all is refused.
+TEST(DataParallelCpu, ARankThatReturnsEarlyDoesNotLeaveAnotherWaiting) {
+  for (const int extra_rank : {0, 1}) {
+    try {
+      run_data_parallel(network(), on(Device::Cpu), 2, {}, [&](Engine& engine, int rank) {
+        engine.train_step();
+        if (rank == extra_rank) engine.train_step();
+      });
+      ADD_FAILURE() << "no exception";
+    } catch (const Error& e) {
+      EXPECT_STREQ(e.what(), "in-process communicator: another rank's work returned while this rank averages "
+                             "(every rank must run the same steps)");
+    }
+  }
+  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {}, RankWork{}), InputError);
+}
+
 // A divergence is replayed by the ranks together and named as on one engine; only rank 0 writes
 // checkpoints.
 TEST(DataParallelCpu, ANonFiniteStepIsFoundByTheRanksTogether) {

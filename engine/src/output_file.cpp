@@ -145,6 +145,7 @@ std::string output_directory(const std::string& target) {
 }
 
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {
+  if (!write) throw InputError(path + ": write_output_file: no writer given");
   const std::string target = output_target(path);
   const OutputKind kind = output_kind(target);
   if (kind.refused != nullptr) throw Error(path + ": cannot write: it is " + std::string(kind.refused));

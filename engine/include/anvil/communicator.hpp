@@ -42,6 +42,11 @@ class Communicator {
   // After a failure on one rank: the others, blocked in average(), fail too (PeerFailure or Error)
   // instead of waiting for ever.
   virtual void abort() = 0;
+
+  // This rank takes part in no more collectives (run_data_parallel calls it when a rank's work
+  // returns). In-process, a peer that waits for it in average() then fails with an Error instead of
+  // waiting for ever; NCCL and MPI cannot tell, so there every rank must run the same collectives.
+  virtual void leave() {}
 };
 
 // K ranks in one process, for engines on the CPU backend, each rank on its own thread. The mean

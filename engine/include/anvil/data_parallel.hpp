@@ -27,7 +27,9 @@ using RankWork = std::function<void(Engine& engine, int rank)>;
 // on the CPU through the in-process communicator (gpus must be empty). InputError before any work
 // when the batch does not split evenly, a GPU does not exist or is given twice, or NCCL is missing.
 // An exception on one rank stops the others and is rethrown here (the first rank's, preferring a
-// rank's own failure to the PeerFailure it caused elsewhere).
+// rank's own failure to the PeerFailure it caused elsewhere). Every rank must run the same steps:
+// on the CPU a rank whose work returns while another still averages makes that one fail with an
+// Error; NCCL cannot tell, and the waiting rank would wait for ever.
 // Rank 0 runs on the calling thread, which keeps rank 0's CUDA device current afterwards.
 void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
                        const RankWork& work);

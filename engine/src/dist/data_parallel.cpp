@@ -67,6 +67,7 @@ Network rank_network(const Network& network, int ranks) {
 
 void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
                        const RankWork& work) {
+  if (!work) throw InputError("run_data_parallel: no work given for the ranks");
   const Network local = rank_network(network, ranks);
   std::vector<int> devices = gpus;
   const std::vector<std::unique_ptr<Communicator>> comms = communicators(options, ranks, devices);
@@ -79,6 +80,7 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
       mine.communicator = comms[size_t(rank)].get();
       Engine engine(local, mine);
       work(engine, rank);
+      comms[size_t(rank)]->leave();  // a peer still waiting for this rank fails instead of hanging
     } catch (...) {
       failures[size_t(rank)] = std::current_exception();
       for (const auto& comm : comms) comm->abort();  // the others must not wait for this rank
@@ -99,6 +101,7 @@ void run_data_parallel(const Network& network, const Options& options, int ranks
 }
 
 void run_mpi_rank(const Network& network, const Options& options, const RankWork& work) {
+  if (!work) throw InputError("run_mpi_rank: no work given for the rank");
   if (options.device == Device::Cuda && !nccl_available()) nccl_communicators({});  // says NCCL is missing
   const MpiProcess p = mpi_process();
   const Network local = rank_network(network, p.size);

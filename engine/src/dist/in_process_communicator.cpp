@@ -15,7 +15,7 @@ namespace {
 struct Group {
   explicit Group(int ranks) : size(ranks), buffers(size_t(ranks)), counts(size_t(ranks)) {}
 
-  // Blocks until every rank has arrived (or one aborted: then throws).
+  // Blocks until every rank has arrived (or one aborted, or one left: then throws).
   void arrive_and_wait(std::unique_lock<std::mutex>& lock) {
     const uint64_t generation_now = generation;
     if (++arrived == size) {
@@ -23,9 +23,15 @@ struct Group {
       ++generation;
       changed.notify_all();
     } else {
-      changed.wait(lock, [&] { return generation != generation_now || aborted; });
+      changed.wait(lock, [&] { return generation != generation_now || aborted || left > 0; });
     }
     if (aborted) throw PeerFailure("in-process communicator: another rank failed");
+    if (generation == generation_now) refuse_after_leave();
+  }
+
+  [[noreturn]] static void refuse_after_leave() {
+    throw Error("in-process communicator: another rank's work returned while this rank averages "
+                "(every rank must run the same steps)");
   }
 
   const int size;
@@ -34,6 +40,7 @@ struct Group {
   int arrived = 0;
   uint64_t generation = 0;
   bool aborted = false;
+  int left = 0;  // ranks whose work returned: no collective can complete any more
   std::vector<float*> buffers;
   std::vector<int64_t> counts;
 };
@@ -50,6 +57,7 @@ class InProcessCommunicator : public Communicator {
     Group& g = *group_;
     std::unique_lock<std::mutex> lock(g.mutex);
     if (g.aborted) throw PeerFailure("in-process communicator: another rank failed");
+    if (g.left > 0) Group::refuse_after_leave();
     g.buffers[size_t(rank_)] = data;
     g.counts[size_t(rank_)] = count;
     g.arrive_and_wait(lock);
@@ -70,6 +78,12 @@ class InProcessCommunicator : public Communicator {
   void abort() override {
     std::lock_guard<std::mutex> lock(group_->mutex);
     group_->aborted = true;
+    group_->changed.notify_all();
+  }
+
+  void leave() override {
+    std::lock_guard<std::mutex> lock(group_->mutex);
+    ++group_->left;
     group_->changed.notify_all();
   }
 

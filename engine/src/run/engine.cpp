@@ -102,6 +102,7 @@ std::string Engine::describe() const {
 }
 
 double Engine::time_ms(const std::function<void()>& work) {
+  if (!work) throw InputError("time_ms: no work given to time");
 #if ANVIL_WITH_CUDA
   if (impl_->cuda()) return impl_->ctx->time_ms(work);
 #endif
