@@ -450,6 +450,9 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
   expect_bad_input(train({"--data", kTrain, "--steps", "2", "--ranks", "2", "--keep-last"}),
                    "--keep-last: a partial last batch cannot be split evenly across 2 ranks; leave it out to train "
                    "data-parallel");
+  expect_bad_input(train({"--steps", "2", "--ranks", "2", "--input-grad", "--dump-grads", ck}),
+                   "--input-grad: each of the 2 ranks holds only its slice of the input gradient, of its own loss; "
+                   "train on one rank to dump it");
   expect_bad_input(train({"--steps", "2", "--ranks", "3"}),
                    "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
   expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");

@@ -561,6 +561,10 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   } else if (t.ranks_given && o.device != Device::Cpu) {
     throw anvil::InputError("--ranks runs in-process ranks on the CPU (--device cpu); on GPUs use --gpus");
   }
+  if (t.input_grad && ranks > 1)
+    throw anvil::InputError("--input-grad: each of the " + std::to_string(ranks) +
+                            " ranks holds only its slice of the input gradient, of its own loss; train on one "
+                            "rank to dump it");
   if (t.keep_last && ranks > 1)  // the library says so too, by its own name (keep_last)
     throw anvil::InputError("--keep-last: a partial last batch cannot be split evenly across " +
                             std::to_string(ranks) + " ranks; leave it out to train data-parallel");

@@ -166,7 +166,9 @@ class Engine {
   std::map<std::string, HostTensor> parameters() const;
   std::map<std::string, HostTensor> gradients() const;  // of the last train step
   void load_parameters(const std::map<std::string, HostTensor>& params);
-  HostTensor input_gradient() const;  // needs Options::input_grad
+  // Needs Options::input_grad. Data parallel: this rank's slice of the input, and the gradient of
+  // this rank's loss (the mean over its slice), not of the global one.
+  HostTensor input_gradient() const;
 
   // Checkpoints: one safetensors file with the parameters (PyTorch names), the
   // optimizer state ("optimizer.<state>.<parameter>"), the step count and the
