@@ -542,8 +542,8 @@ class CliSignals : public CliTrain {
   }
 
   // SIGINT or SIGTERM once it has logged step 1 (the handlers are installed by then): it
-  // finishes the step (data-parallel ranks: the next logged step, together), writes the
-  // checkpoint and exits 128 + the signal.
+  // finishes the step (data-parallel ranks: together, within 10 steps), writes the
+  // checkpoint and exits 128 + the signal; the summary counts the steps to the checkpoint's.
   void stop_with(int sig, const std::vector<std::string>& extra = {}) {
     const std::string sub = path("run" + std::to_string(sig));
     fs::create_directories(sub);
@@ -565,8 +565,8 @@ class CliSignals : public CliTrain {
     EXPECT_PRED_FORMAT2(Contains, r.out, "written to " + c + "\n");
     const int64_t step = std::stoll(m[1]);
     EXPECT_GE(step, 1);  // step 1 was logged before the signal
-    // The summary was printed before it stopped.
-    EXPECT_PRED_FORMAT2(Contains, r.out, "\ntrained ");
+    // The summary was printed before it stopped, counting every step trained (not only the logged ones).
+    EXPECT_PRED_FORMAT2(Contains, r.out, "\ntrained " + std::to_string(step) + " steps in ");
 
     TensorFile file;
     ASSERT_NO_THROW(file = anvil::read_safetensors(c));

@@ -214,6 +214,23 @@ TEST(TrainReport, SummaryHasTheTimeLossesBestValidationAndThroughput) {
   EXPECT_EQ(lines[5], "throughput: 10.00 steps/s, 40.0 samples/s");
 }
 
+// Stopped past the last logged step (a signal): the summary counts the steps to where it stopped;
+// the throughput still covers the timed steps, to the last log.
+TEST(TrainReport, SummaryCountsTheStepsToWhereTrainingStopped) {
+  Capture out;
+  FakeClock t;
+  TrainReporter report(out.file(), false, nullptr, t.clock());
+  report.begin(100, 0, 2, 3);  // resumed at step 3
+  t.now = 1;
+  report.log(13, 0, 1.0, 0.01);
+  t.now = 2;
+  report.end(17);
+  const std::vector<std::string> lines = split(out.text(), '\n');
+  ASSERT_EQ(lines.size(), 4u) << out.text();
+  EXPECT_EQ(lines[1], "trained 14 steps in 2.0s");
+  EXPECT_EQ(lines[3], "throughput: 10.00 steps/s, 20.0 samples/s");
+}
+
 TEST(TrainReport, SummaryWithoutValidationOrLogs) {
   Capture out;
   FakeClock t;

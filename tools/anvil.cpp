@@ -493,10 +493,10 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   }
   trainer->run(callbacks, &stop_requested);
   if (writer) {
-    report->end();
+    report->end(trainer->position().step);
     stop_on_signals.restore();
   }
-  if (stop_requested.load()) {
+  if (!trainer->finished()) {  // a signal stopped it (one that came after the last step changes nothing)
     const int code = 128 + static_cast<int>(stop_signal);
     if (!t.checkpoint.empty()) {
       trainer->save_checkpoint(t.checkpoint);

@@ -205,10 +205,10 @@ int TrainReporter::terminal_width() const {
   return 80;
 }
 
-void TrainReporter::end() {
+void TrainReporter::end(std::optional<int64_t> last_step) {
   end_line();
   const double wall = clock_() - start_;
-  std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step_ - first_step_),
+  std::fprintf(out_, "trained %lld steps in %s\n", static_cast<long long>(last_step.value_or(last_step_) - first_step_),
                format_duration(wall).c_str());
   if (logs_ > 0)
     std::fprintf(out_, "loss: first %.6g, last %.6g (smoothed %.6g)\n", first_loss_, last_loss_, smoothed_);

@@ -102,9 +102,11 @@ class TrainReporter {
   void validation(int64_t step, double val_loss);
   // A logged step; val_loss, when given, is validation(step, *val_loss) first.
   void log(int64_t step, int64_t epoch, double loss, double lr, std::optional<double> val_loss = std::nullopt);
-  // Ends the progress line and prints the summary: wall time, first and last
-  // loss, best validation loss and its step, mean steps/s and samples/s.
-  void end();
+  // Ends the progress line and prints the summary: wall time, the steps trained
+  // (to last_step, where training stopped; the last logged step when not given),
+  // first and last loss, best validation loss and its step, mean steps/s and
+  // samples/s (up to the last logged step: the steps after it were not timed).
+  void end(std::optional<int64_t> last_step = std::nullopt);
 
   double smoothed_loss() const { return smoothed_; }
 

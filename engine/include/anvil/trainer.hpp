@@ -64,7 +64,7 @@ class Trainer {
   // Continues from a checkpoint: parameters, optimizer state, step and position.
   void resume(const std::string& checkpoint);
   // Runs to the end, or until *stop is set (the step in progress completes first; data-parallel
-  // ranks stop together at the next logged step).
+  // ranks stop together at the next logged step, within 10 steps).
   // Throws NonFiniteError (check_finite) or Error when a logged loss is not finite.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
   // Checks for non-finite values first (check_finite). Data parallel: every rank calls it, rank 0 writes.

@@ -97,8 +97,11 @@ std::string Trainer::locate_non_finite(const NonFinite& found) {
          std::to_string(good_.step) + " op by op did not make it again)";
 }
 
-// Data-parallel ranks agree to stop, on a logged step (a sync point already), so none is left
-// waiting in the next step's all-reduce; a single engine stops before any step.
+// Data-parallel ranks agree to stop on a logged step (a sync point already) and at least every
+// kStopAgreementSteps steps, so none is left waiting in the next step's all-reduce and a stop is
+// honoured within that many steps whatever log_every is; a single engine stops before any step.
+constexpr int64_t kStopAgreementSteps = 10;
+
 void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
   const bool ranks = engine_.options().communicator != nullptr;
   if (options_.check_finite) {  // the starting state is the first good one (no loss yet to check)
@@ -129,7 +132,8 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       save_checkpoint(options_.checkpoint);
       if (callbacks.on_checkpoint) callbacks.on_checkpoint(position_.step);
     }
-    if (ranks && logged && engine_.any_rank(stop && stop->load())) return;
+    const bool agree = logged || position_.step % kStopAgreementSteps == 0;
+    if (ranks && agree && engine_.any_rank(stop && stop->load())) return;
   }
 }
 
