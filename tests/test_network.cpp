@@ -180,6 +180,8 @@ TEST(NetworkParse, MissingRequiredTopLevelKeys) {
 TEST(NetworkParse, NameMustBeAString) {
   EXPECT_EQ(error_of(R"({"name": 5, "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
             "bad.json: name: must be a string, got 5");
+  EXPECT_EQ(error_of(R"({"name": ")" + std::string(1025, 'n') + R"(", "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
+            "bad.json: name: must be at most 1024 bytes, got 1025");
 }
 
 TEST(NetworkParse, InputMustBeFourOrFiveDimensional) {
@@ -445,8 +447,12 @@ TEST(NetworkParse, DuplicateLayerNames) {
 TEST(NetworkParse, ReservedAndMalformedLayerNames) {
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "input"})")),
             "bad.json: layers[0].name: 'input' is reserved; choose another name");
-  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")),
-            "bad.json: layers[0].name: '' is reserved; choose another name");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")), "bad.json: layers[0].name: must not be empty");
+  // Names go into the headers of checkpoints and weights files: a layer's at most 256 characters, the network's
+  // at most 1024 bytes.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(257, 'a') + "\"}")),
+            "bad.json: layers[0].name: must be at most 256 characters, got 257");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(256, 'a') + "\"}")), "<no error>");
   const std::string charset = "bad.json: layers[0].name: must use only letters, digits, '_', '-' and '.', got ";
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a b"})")), charset + "'a b'");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a+b"})")), charset + "'a+b'");

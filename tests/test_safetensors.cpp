@@ -121,6 +121,24 @@ TEST_F(Safetensors, RoundTripsOddShapesBitExactly) {
   EXPECT_FALSE(has_temp_files());
 }
 
+// A header no reader would take (over the 100 MB limit) is refused before anything is written: an
+// existing file stays as it was, and no temporary is left.
+TEST_F(Safetensors, AHeaderBeyondTheReadersLimitIsNotWritten) {
+  const std::string p = write_raw("kept.safetensors", "old bytes");
+  anvil::TensorFile file;
+  file.metadata["note"] = std::string(100'000'000, 'a');
+  try {
+    anvil::write_safetensors(p, file);
+    ADD_FAILURE() << "written";
+  } catch (const anvil::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("beyond the 100000000-byte limit of safetensors readers"), std::string::npos)
+        << e.what();
+  }
+  std::ifstream in(p, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "old bytes");
+  EXPECT_FALSE(has_temp_files());
+}
+
 TEST_F(Safetensors, RoundTripsMetadata) {
   TensorFile file;
   file.tensors["w"] = HostTensor({2}, {1.0f, 2.0f});

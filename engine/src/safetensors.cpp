@@ -369,6 +369,10 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     throw Error(path + ": cannot encode the header: " + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // pad as the reference implementation does
+  if (text.size() > kMaxHeaderBytes)  // no reader, anvil's included, would take the file
+    throw Error(path + ": cannot write: the header (tensor names and metadata) would take " +
+                std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
+                "-byte limit of safetensors readers");
   unsigned char len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
 

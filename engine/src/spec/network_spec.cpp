@@ -11,6 +11,8 @@ namespace anvil {
 namespace {
 
 const char* const kNameCharacters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.";
+// Names go into the headers of the files anvil writes, which readers cap at 100 MB.
+constexpr size_t kMaxNetworkName = 1024, kMaxLayerName = 256;
 
 // "loss": a name, or an object with "type" (and smooth_l1's "beta", as F.smooth_l1_loss).
 LossSpec parse_loss(JsonReader& top) {
@@ -139,8 +141,11 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     JsonReader cfg(layers[i], spec.path);
     spec.type = cfg.string("type");
     spec.name = cfg.string_or("name", spec.type + "_" + std::to_string(i));
-    if (spec.name.empty() || spec.name == "input")
-      cfg.fail("name", "'" + spec.name + "' is reserved; choose another name");
+    if (spec.name.empty()) cfg.fail("name", "must not be empty");
+    if (spec.name == "input") cfg.fail("name", "'input' is reserved; choose another name");
+    if (cfg.has("name") && spec.name.size() > kMaxLayerName)  // (a default name's type is checked later)
+      cfg.fail("name", "must be at most " + std::to_string(kMaxLayerName) + " characters, got " +
+                           std::to_string(spec.name.size()));
     // Names become tensor names in files and words in messages: letters, digits,
     // '_', '-' and '.' only ('+' joins the names of fused layers).
     if (spec.name.find_first_not_of(kNameCharacters) != std::string::npos)
@@ -176,6 +181,9 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   if (!doc.is_object()) throw InputError("the network must be a JSON object, got " + describe_json_value(doc));
   JsonReader top(doc, "");
   spec.name = top.string("name");
+  if (spec.name.size() > kMaxNetworkName)  // a label, written into every file's metadata
+    top.fail("name", "must be at most " + std::to_string(kMaxNetworkName) + " bytes, got " +
+                         std::to_string(spec.name.size()));
   spec.input = top.shape("input");
   if (spec.input.size() != 4 && spec.input.size() != 5)
     top.fail("input", "must be (N, C, H, W) or (N, C, D, H, W), got " + to_string(spec.input));
