@@ -1,17 +1,22 @@
 // The engine's buffer API: inputs and targets from a caller's host or device
 // buffer, the forward pass into a caller's buffer, and what it refuses.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "engine/src/run/host_memory.hpp"
 #include "tests/require_gpu.hpp"
 #include "tests/test_support.hpp"
 
@@ -177,6 +182,32 @@ TEST(EngineMemory, AnArenaBeyondTheFreeMemoryIsRefusedWithBothFigures) {
       EXPECT_GT(std::stod(m[1]), std::stod(m[2])) << e.what();
     }
   }
+}
+
+// Inside a container the memory cgroup's limit binds, less what the cgroup uses beyond its
+// reclaimable page cache (what docker stats and the kubelet count), in both cgroup layouts.
+TEST(EngineMemory, ACgroupLimitBindsLessItsUseBeyondThePageCache) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(::testing::TempDir()) / ("anvil_cgroup_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "memory");
+  auto write = [&](const fs::path& file, const std::string& text) { std::ofstream(root / file) << text; };
+  EXPECT_EQ(cgroup_available_memory(root.string()), std::nullopt);  // no files: no cgroup limit
+  write("memory/memory.limit_in_bytes", "9223372036854771712\n");  // v1 without a limit: a huge number
+  write("memory/memory.usage_in_bytes", "3000\n");
+  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(9223372036854771712ull - 3000));
+  write("memory/memory.limit_in_bytes", "10000\n");
+  write("memory/memory.stat", "cache 5\ntotal_inactive_file 1000\n");
+  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(10000 - (3000 - 1000)));
+  write("memory.max", "max\n");  // v2, first: no limit there
+  write("memory.current", "500\n");
+  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(8000));  // so v1's is read
+  write("memory.max", "4000\n");
+  write("memory.stat", "anon 400\ninactive_file 200\n");
+  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(4000 - 300));
+  write("memory.current", "9000\n");  // beyond the limit: nothing left
+  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(0));
+  fs::remove_all(root);
 }
 
 }  // namespace

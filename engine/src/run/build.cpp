@@ -1,12 +1,10 @@
 // Build: lower the network to ops (fusion rules on CUDA), build their
 // descriptors, schedule and plan every buffer, make the one allocation, bind
 // each op's arguments, choose cuDNN algorithms and initialise the parameters.
-#include <unistd.h>
-
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <functional>
+#include <mutex>
 #include <set>
 #include <vector>
 
@@ -14,6 +12,7 @@
 #include "anvil/random.hpp"
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/run/engine_impl.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 #if ANVIL_WITH_CUDA
 #include "engine/src/cuda/check.hpp"
@@ -89,17 +88,6 @@ void Engine::Impl::build() {
 
 namespace {
 
-// Memory the host can give without swapping: MemAvailable (Linux), else the free pages.
-size_t host_available_memory() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  unsigned long long kib = 0;
-  while (meminfo >> key >> kib)
-    if (key == "MemAvailable:") return size_t(kib) << 10;
-    else meminfo.ignore(64, '\n');
-  return size_t(::sysconf(_SC_AVPHYS_PAGES)) * size_t(::sysconf(_SC_PAGESIZE));
-}
-
 // Refused before anything is allocated: on the host, an allocation beyond the memory there may
 // succeed and then get the process killed when the arena is first written.
 void require_memory(size_t bytes, size_t available, const std::string& where) {
@@ -123,9 +111,14 @@ char* Engine::Impl::allocate_arena(size_t bytes) {
     return arena;
   }
 #endif
+  // One check, allocation and first write at a time: the arenas of data-parallel ranks, built
+  // together, each see the memory the ones before them took (written, it is no longer available).
+  static std::mutex one_at_a_time;
+  const std::lock_guard<std::mutex> lock(one_at_a_time);
   require_memory(bytes, host_available_memory(), "host");
   char* host = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
   if (!host) throw Error("out of host memory: the arena needs " + gib(bytes));
+  std::memset(host, 0, bytes);  // zeroed as on the device: every page taken now, not at the first step
   return host;
 }
 
