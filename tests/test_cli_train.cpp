@@ -326,6 +326,34 @@ TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) 
     EXPECT_TRUE(j.at("val_loss").is_null()) << added[i];  // no --val
     EXPECT_TRUE(close_rel(j.at("lr").get<double>(), 0.1, 1e-6)) << added[i];
   }
+
+  // A file whose last line is not ended (cut short by another writer) gets its newline first.
+  const std::string cut = path("cut.jsonl");
+  write_bytes(cut, "an unended line");
+  ASSERT_EQ(train({"--steps", "1", "--metrics", cut}, net).status, 0);
+  const std::vector<std::string> cut_lines = lines_of(read_bytes(cut));
+  ASSERT_EQ(cut_lines.size(), 2u) << read_bytes(cut);
+  EXPECT_EQ(cut_lines[0], "an unended line");
+  EXPECT_EQ(nlohmann::json::parse(cut_lines[1]).at("step"), 1) << cut_lines[1];
+}
+
+// Flags that would be silently wrong: an output path that is the next flag, a budget without data,
+// weights a resumed run would ignore; and a network name with control bytes is escaped on stdout.
+TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {
+  expect_bad_input(train({"--steps", "1", "--save", "--data"}),
+                   "--save --data: looks like a flag, not a file name (write ./--data for a file named so)");
+  expect_bad_input(train({"--steps", "1", "--data-budget", "5"}), "--data-budget needs --data");
+  const Finished bench = run({"bench", kNet, "--device", "cpu", "--data-budget", "5"});
+  EXPECT_EQ(bench.status, 2) << describe(bench);
+  EXPECT_EQ(bench.err, "anvil: error: --data-budget needs --data\n") << describe(bench);  // (stdout says FAILED)
+  const std::string ck = path("resume.safetensors"), w = trained_weights("w.safetensors", 1);
+  ASSERT_EQ(train({"--data", kTrain, "--steps", "1", "--checkpoint", ck}).status, 0);
+  expect_bad_input(train({"--data", kTrain, "--steps", "2", "--resume", ck, "--weights", w}),
+                   "--weights: a resumed run takes its parameters from the checkpoint (--resume); give one");
+  const std::string named = network_with("named.json", [](nlohmann::json& j) { j["name"] = "two\nlines\x1b[31m"; });
+  const Finished r = train({"--steps", "1"}, named);
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, "training two\\nlines\\x1b[31m on cpu: ");
 }
 
 // ------------------------------------------------------------------ 3. checkpoints and resume

@@ -144,6 +144,9 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
   std::map<std::string, std::pair<std::string, std::string>> written;  // file -> (flag, path)
   for (const auto& [flag, path] : outputs) {
     if (path.empty()) continue;
+    if (path[0] == '-')  // "--save --data": the flag parser took the next flag as the value
+      throw anvil::InputError(flag + " " + path + ": looks like a flag, not a file name (write ./" + path +
+                              " for a file named so)");
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !force) {
       const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : "not a regular file";
@@ -226,6 +229,9 @@ void load_weights(anvil::Engine& engine, const std::string& path, bool strict, b
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
 
+// The network's name as the terminal should show it: control bytes escaped, as in messages.
+std::string shown_name(const anvil::Network& net) { return anvil::Error::one_line(net.name()); }
+
 // --data-budget in MiB when given; otherwise the engine's default, half the free device memory.
 std::optional<size_t> data_budget(double mib, bool given) {
   if (!given) return std::nullopt;
@@ -258,7 +264,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   const anvil::Engine engine(net, o);
   print_device_notice();
 
-  std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", net.name().c_str(),
+  std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", shown_name(net).c_str(),
               net.source().c_str(), anvil::to_string(net.input_shape()).c_str(),
               anvil::to_string(net.output_shape()).c_str(), anvil::to_string(net.precision()),
               static_cast<unsigned long long>(net.seed()));
@@ -466,7 +472,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
   if (writer) {
     print_device_notice();
-    std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", net.name().c_str(),
+    std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown_name(net).c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
                 epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
@@ -533,6 +539,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     throw anvil::InputError("--epochs, --val, --resume, --checkpoint, --keep-last and --no-shuffle need --data");
   if (t.val.empty() && t.val_every > 0) throw anvil::InputError("--val-every needs --val");
   if (t.strict && t.weights.empty()) throw anvil::InputError("--strict needs --weights");
+  if (t.budget_given && t.data.empty()) throw anvil::InputError("--data-budget needs --data");
+  if (!t.resume.empty() && !t.weights.empty())
+    throw anvil::InputError("--weights: a resumed run takes its parameters from the checkpoint (--resume); give one");
   check_outputs({{"--save", t.save}, {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
                  {"--metrics", t.metrics}},
                 {{"the network file", f.network}, {"--weights", t.weights}, {"--data", t.data}, {"--val", t.val},
@@ -631,6 +640,7 @@ double percentile(std::vector<double> sorted, double q) {
 int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& command_line) {
   if (b.iters < 1) throw anvil::InputError("--iters: must be a positive integer, got " + std::to_string(b.iters));
   if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
+  if (b.budget_given && b.data.empty()) throw anvil::InputError("--data-budget needs --data");
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = anvil::Network::load(f.network);
   const bool forward = b.mode == "forward";
@@ -701,7 +711,8 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
                         {"data_on_device", engine.data_on_device()}, {"result", "PASSED"}};
     for (const auto& l : layers)
       j["layers"].push_back({{"name", l.layer}, {"forward_ms", l.forward_ms}, {"backward_ms", l.backward_ms}});
-    const std::string text = j.dump(2) + "\n";
+    // Bytes that are not UTF-8 (a path, a name) become U+FFFD rather than fail the run's end.
+    const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     anvil::write_output_file(b.json, [&](std::FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
     std::printf("wrote %s\n", b.json.c_str());
   }

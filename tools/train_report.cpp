@@ -58,7 +58,8 @@ std::string format_duration(double seconds) {
 }
 
 MetricsWriter::MetricsWriter(const std::string& path)
-    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
+    : path_(path), fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
+  if (fd_ < 0 && errno == EACCES) fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);  // write-only
   if (fd_ < 0) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
 }
 
@@ -78,9 +79,13 @@ void MetricsWriter::write(const MetricsRecord& r) {
   j["val_step"] = r.val_step ? nlohmann::ordered_json(*r.val_step) : nullptr;
   j["lr"] = r.lr;
   j["elapsed_s"] = r.elapsed_s;
-  const std::string line = j.dump() + '\n';
+  std::string line = j.dump() + '\n';
   struct stat before {};
   const bool sized = ::fstat(fd_, &before) == 0;
+  char last = '\n';  // (unread in a write-only file)
+  if (!end_checked_ && sized && before.st_size > 0 && ::pread(fd_, &last, 1, before.st_size - 1) == 1 && last != '\n')
+    line.insert(0, 1, '\n');
+  end_checked_ = true;
   for (size_t done = 0; done < line.size();) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);  // one call, unless the disk fills
     if (n < 0 && errno == EINTR) continue;

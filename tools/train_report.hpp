@@ -54,7 +54,9 @@ struct MetricsRecord {
 // (or "val_loss_nonfinite": true), since JSON has no NaN or Infinity.
 class MetricsWriter {
  public:
-  // Throws anvil::InputError naming the file when it cannot be opened.
+  // Throws anvil::InputError naming the file when it cannot be opened. A file
+  // whose last line is not ended (cut short) gets its newline before the first
+  // record, so every record is a line of its own.
   explicit MetricsWriter(const std::string& path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
@@ -64,6 +66,7 @@ class MetricsWriter {
  private:
   std::string path_;
   int fd_ = -1;
+  bool end_checked_ = false;  // whether the file's last byte was looked at (before the first record)
 };
 
 // The progress display and the summary. Interactive output (a terminal)
