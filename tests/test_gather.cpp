@@ -43,6 +43,28 @@ TEST(GatherCpu, CopiesTheRowsOfEachBatchAndZeroesThePadding) {
   }
 }
 
+// The CUDA gather of a case: the dataset, the order, the cursor and the valid count on the device.
+struct DeviceGather {
+  DeviceGather(const GatherCase& c, const std::vector<float>& src, const std::vector<int64_t>& order)
+      : c(c), d_src(src.size()), d_dst(size_t(c.batch * c.row)), d_order(order.size()), d_cursor(1), d_valid(1) {
+    d_src.upload(src);
+    d_order.upload(order);
+    d_cursor.upload({0});
+  }
+  // The batch at the cursor, into a poisoned destination; the cursor moves on.
+  std::vector<float> next_batch(int64_t elements_per_row) {
+    d_dst.poison();
+    d_valid.poison();
+    cuda::gather_batch(d_src.get(), c.row, d_order.get(), c.count, d_cursor.get(), c.batch, d_dst.get(), nullptr);
+    cuda::finish_batch(d_cursor.get(), c.count, c.batch, elements_per_row, d_valid.get(), nullptr);
+    return d_dst.download_all();
+  }
+
+  GatherCase c;
+  DeviceBuffer<float> d_src, d_dst;
+  DeviceBuffer<int64_t> d_order, d_cursor, d_valid;
+};
+
 TEST(GatherCuda, MatchesCpuWithTheCursorOnTheDevice) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(6);
@@ -51,22 +73,14 @@ TEST(GatherCuda, MatchesCpuWithTheCursorOnTheDevice) {
     c.row = row;
     const std::vector<float> src = random_floats(size_t(c.count * c.row), rng);
     const std::vector<int64_t> order = shuffled_order(c.count, rng);
-    DeviceBuffer<float> d_src(src.size()), d_dst(size_t(c.batch * c.row));
-    DeviceBuffer<int64_t> d_order(order.size()), d_cursor(1), d_valid(1);
-    d_src.upload(src);
-    d_order.upload(order);
-    d_cursor.upload({0});
+    DeviceGather device(c, src, order);
     for (int64_t cursor = 0; cursor < 4; ++cursor) {
-      d_dst.poison();
-      d_valid.poison();
-      cuda::gather_batch(d_src.get(), c.row, d_order.get(), c.count, d_cursor.get(), c.batch, d_dst.get(), nullptr);
-      cuda::finish_batch(d_cursor.get(), c.count, c.batch, 3, d_valid.get(), nullptr);
+      const std::vector<float> got = device.next_batch(3);
       std::vector<float> want(size_t(c.batch * c.row));
       cpu::gather_batch(src.data(), c.row, order.data(), c.count, cursor, c.batch, want.data());
-      const std::vector<float> got = d_dst.download_all();
       for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << "row " << row << " batch " << cursor;
-      EXPECT_EQ(d_valid.download_all()[0], 3 * cpu::valid_rows(c.count, cursor, c.batch));
-      EXPECT_EQ(d_cursor.download_all()[0], cursor + 1);
+      EXPECT_EQ(device.d_valid.download_all()[0], 3 * cpu::valid_rows(c.count, cursor, c.batch));
+      EXPECT_EQ(device.d_cursor.download_all()[0], cursor + 1);
     }
   }
 }
@@ -79,19 +93,12 @@ TEST(GatherCuda, BatchesOfMoreRowsThanAGridHasBlocks) {
   const GatherCase c{70001, 5, 70000};
   const std::vector<float> src = random_floats(size_t(c.count * c.row), rng);
   const std::vector<int64_t> order = shuffled_order(c.count, rng);
-  DeviceBuffer<float> d_src(src.size()), d_dst(size_t(c.batch * c.row));
-  DeviceBuffer<int64_t> d_order(order.size()), d_cursor(1), d_valid(1);
-  d_src.upload(src);
-  d_order.upload(order);
-  d_cursor.upload({0});
+  DeviceGather device(c, src, order);
   for (int64_t cursor = 0; cursor < 2; ++cursor) {
-    d_dst.poison();
-    cuda::gather_batch(d_src.get(), c.row, d_order.get(), c.count, d_cursor.get(), c.batch, d_dst.get(), nullptr);
-    cuda::finish_batch(d_cursor.get(), c.count, c.batch, 1, d_valid.get(), nullptr);
     std::vector<float> want(size_t(c.batch * c.row));
     cpu::gather_batch(src.data(), c.row, order.data(), c.count, cursor, c.batch, want.data());
-    EXPECT_EQ(d_dst.download_all(), want) << "batch " << cursor;
-    EXPECT_EQ(d_valid.download_all()[0], cursor == 0 ? 70000 : 1);
+    EXPECT_EQ(device.next_batch(1), want) << "batch " << cursor;
+    EXPECT_EQ(device.d_valid.download_all()[0], cursor == 0 ? 70000 : 1);
   }
 }
 
