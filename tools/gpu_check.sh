@@ -7,7 +7,9 @@
 # separate comparison with PyTorch.
 # Knobs: STAGES (default "tests sanitizers precision data"; the build always
 # runs: a session whose calls each have 10 minutes runs the stages across warm
-# calls), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
+# calls; "suite" adds tools/bench_vs_torch.py --suite into $out/SUITE.md and
+# "random" the same over RANDOM_COUNT (default 8) networks of
+# tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
 # SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to $OUT
@@ -111,7 +113,26 @@ else
   summary+=("data: tools/bench_data.sh FAILED")
 fi
 
+# anvil against PyTorch on the suite, and on random networks nobody tuned it for (bench/SUITE.md
+# holds the analysis; these reports are copied there by hand).
+bench_rc=0
+bench_suite() {  # NAME DIR
+  if python3 tools/bench_vs_torch.py --suite "$2" --out "$out/$1.md" >"$out/$1.log" 2>&1; then
+    summary+=("$1: $(grep -c 'BELOW 1.0x' "$out/$1.md") rows below torch.compile; $out/$1.md")
+  else
+    tail -5 "$out/$1.log"
+    summary+=("$1: tools/bench_vs_torch.py FAILED ($out/$1.log)")
+    bench_rc=1
+  fi
+}
+if stage suite; then bench_suite SUITE bench/suite; fi
+if stage random; then
+  python3 tools/random_suite.py --count "${RANDOM_COUNT:-8}" --seed "${RANDOM_SEED:-1}" \
+    --out "$out/random_suite" >"$out/random_suite.log" 2>&1 && bench_suite RANDOM_SUITE "$out/random_suite" ||
+    { summary+=("random: tools/random_suite.py FAILED"); bench_rc=1; }
+fi
+
 echo
 echo "SUMMARY"
 for line in "${summary[@]}"; do echo "  $line"; done
-[ $ctest_rc -eq 0 ] && [ $sanitizer_rc -eq 0 ]
+[ $ctest_rc -eq 0 ] && [ $sanitizer_rc -eq 0 ] && [ $bench_rc -eq 0 ]
