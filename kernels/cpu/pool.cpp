@@ -24,30 +24,24 @@ Window window(const PoolGeometry& g, int axis, int64_t o) {
   return {std::max<int64_t>(start, 0), std::min<int64_t>(start + g.k[axis], g.in[axis])};
 }
 
-// Calls element(i) for the flat in-plane index i of every input element of
-// output o's window, in window order (padding is skipped).
-template <class Element> void for_each_in_window(const PoolGeometry& g, int64_t o, Element&& element) {
-  const int64_t ow = o % g.out[2], oh = o / g.out[2] % g.out[1], od = o / g.out[2] / g.out[1];
+// Flat in-plane index of the first maximum of output (od, oh, ow), or -1 when
+// the window holds no input element (only padding).
+template <class T> int64_t argmax(const T* xp, const PoolGeometry& g, int64_t od, int64_t oh, int64_t ow) {
   const Window wd = window(g, 0, od), wh = window(g, 1, oh), ww = window(g, 2, ow);
-  for (int64_t d = wd.lo; d < wd.hi; ++d)
-    for (int64_t h = wh.lo; h < wh.hi; ++h)
-      for (int64_t w = ww.lo; w < ww.hi; ++w) element((d * g.in[1] + h) * g.in[2] + w);
-}
-
-// Flat in-plane index of the first maximum of output o, or -1 when the window
-// holds no input element (only padding).
-template <class T> int64_t argmax(const T* xp, const PoolGeometry& g, int64_t o) {
   int64_t best_i = -1;
   T best = -std::numeric_limits<T>::infinity();
-  for_each_in_window(g, o, [&](int64_t i) {
-    const T v = xp[i];
-    // Strictly greater keeps the first of tied maxima; the first element
-    // seeds the index so an all -inf window still routes its gradient.
-    if (best_i < 0 || v > best || std::isnan(v)) {
-      best = v;
-      best_i = i;
-    }
-  });
+  for (int64_t d = wd.lo; d < wd.hi; ++d)
+    for (int64_t h = wh.lo; h < wh.hi; ++h)
+      for (int64_t w = ww.lo; w < ww.hi; ++w) {
+        const int64_t i = (d * g.in[1] + h) * g.in[2] + w;
+        const T v = xp[i];
+        // Strictly greater keeps the first of tied maxima; the first element
+        // seeds the index so an all -inf window still routes its gradient.
+        if (best_i < 0 || v > best || std::isnan(v)) {
+          best = v;
+          best_i = i;
+        }
+      }
   return best_i;
 }
 
@@ -59,10 +53,12 @@ template <class T> void max_pool_forward(const T* x, T* y, const PoolGeometry& g
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * iv;
     T* yp = y + p * ov;
-    for (int64_t o = 0; o < ov; ++o) {
-      const int64_t i = argmax(xp, g, o);
-      yp[o] = i < 0 ? -std::numeric_limits<T>::infinity() : xp[i];
-    }
+    for (int64_t od = 0; od < g.out[0]; ++od)
+      for (int64_t oh = 0; oh < g.out[1]; ++oh)
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+          const int64_t i = argmax(xp, g, od, oh, ow);
+          yp[(od * g.out[1] + oh) * g.out[2] + ow] = i < 0 ? -std::numeric_limits<T>::infinity() : xp[i];
+        }
   }
 }
 
@@ -76,10 +72,12 @@ template <class T> void max_pool_backward(const T* x, const T* dy, T* dx, const 
     const T* dyp = dy + p * ov;
     T* dxp = dx + p * iv;
     if (!accumulate) std::fill(dxp, dxp + iv, T(0));
-    for (int64_t o = 0; o < ov; ++o) {
-      const int64_t i = argmax(xp, g, o);
-      if (i >= 0) dxp[i] += dyp[o];
-    }
+    for (int64_t od = 0; od < g.out[0]; ++od)
+      for (int64_t oh = 0; oh < g.out[1]; ++oh)
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+          const int64_t i = argmax(xp, g, od, oh, ow);
+          if (i >= 0) dxp[i] += dyp[(od * g.out[1] + oh) * g.out[2] + ow];
+        }
   }
 }
 
@@ -90,11 +88,16 @@ template <class T> void avg_pool_forward(const T* x, T* y, const PoolGeometry& g
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * iv;
     T* yp = y + p * ov;
-    for (int64_t o = 0; o < ov; ++o) {
-      double sum = 0.0;
-      for_each_in_window(g, o, [&](int64_t i) { sum += xp[i]; });
-      yp[o] = static_cast<T>(sum / divisor);
-    }
+    for (int64_t od = 0; od < g.out[0]; ++od)
+      for (int64_t oh = 0; oh < g.out[1]; ++oh)
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+          const Window wd = window(g, 0, od), wh = window(g, 1, oh), ww = window(g, 2, ow);
+          double sum = 0.0;
+          for (int64_t d = wd.lo; d < wd.hi; ++d)
+            for (int64_t h = wh.lo; h < wh.hi; ++h)
+              for (int64_t w = ww.lo; w < ww.hi; ++w) sum += xp[(d * g.in[1] + h) * g.in[2] + w];
+          yp[(od * g.out[1] + oh) * g.out[2] + ow] = static_cast<T>(sum / divisor);
+        }
   }
 }
 
@@ -106,10 +109,15 @@ template <class T> void avg_pool_backward(const T* dy, T* dx, const PoolGeometry
     const T* dyp = dy + p * ov;
     T* dxp = dx + p * iv;
     if (!accumulate) std::fill(dxp, dxp + iv, T(0));
-    for (int64_t o = 0; o < ov; ++o) {
-      const T gv = dyp[o] / divisor;
-      for_each_in_window(g, o, [&](int64_t i) { dxp[i] += gv; });
-    }
+    for (int64_t od = 0; od < g.out[0]; ++od)
+      for (int64_t oh = 0; oh < g.out[1]; ++oh)
+        for (int64_t ow = 0; ow < g.out[2]; ++ow) {
+          const Window wd = window(g, 0, od), wh = window(g, 1, oh), ww = window(g, 2, ow);
+          const T gv = dyp[(od * g.out[1] + oh) * g.out[2] + ow] / divisor;
+          for (int64_t d = wd.lo; d < wd.hi; ++d)
+            for (int64_t h = wh.lo; h < wh.hi; ++h)
+              for (int64_t w = ww.lo; w < ww.hi; ++w) dxp[(d * g.in[1] + h) * g.in[2] + w] += gv;
+        }
   }
 }
 
