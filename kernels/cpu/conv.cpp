@@ -27,35 +27,27 @@ Range valid_range(int64_t in_size, int64_t out_size, int64_t stride, int64_t off
   return {lo, std::max(lo, hi)};
 }
 
-// Calls row(t, a_row, b_row, lo, hi) for every kernel tap t (its index in a
-// W plane) and every row of B positions that read A through it: B position
-// b_row + ow pairs with A position a_row + ow * stride[2], for ow in [lo, hi)
-// (offsets within one plane; A positions outside A are skipped). The order is
-// fixed: taps, then B's rows in order, shared by the three passes.
-template <class Row> void for_each_tap_row(const ConvGeometry& g, Row&& row) {
-  const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
-  for (int64_t td = 0; td < g.k[0]; ++td)
-    for (int64_t th = 0; th < g.k[1]; ++th)
-      for (int64_t tw = 0; tw < g.k[2]; ++tw) {
-        const int64_t t[3] = {td, th, tw};
-        Range r[3];
-        int64_t off[3];
-        for (int i = 0; i < 3; ++i) {
-          off[i] = t[i] * g.dilation[i] - g.pad[i];
-          r[i] = valid_range(g.a[i], g.b[i], g.stride[i], off[i]);
-        }
-        const int64_t tap = (td * g.k[1] + th) * g.k[2] + tw;
-        for (int64_t od = r[0].lo; od < r[0].hi; ++od)
-          for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh)
-            row(tap, ((od * g.stride[0] + off[0]) * aH + oh * g.stride[1] + off[1]) * aW + off[2],
-                (od * bH + oh) * bW, r[2].lo, r[2].hi);
-      }
+// Per-kernel-tap ranges along D, H, W, shared by the three passes.
+struct Tap {
+  Range r[3];
+  int64_t off[3];
+};
+Tap make_tap(const ConvGeometry& g, int64_t td, int64_t th, int64_t tw) {
+  Tap tap{};
+  const int64_t t[3] = {td, th, tw};
+  for (int i = 0; i < 3; ++i) {
+    tap.off[i] = t[i] * g.dilation[i] - g.pad[i];
+    tap.r[i] = valid_range(g.a[i], g.b[i], g.stride[i], tap.off[i]);
+  }
+  return tap;
 }
 
 }  // namespace
 
 template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
-  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k), sW = g.stride[2];
+  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
+  const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
+  const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t planes = g.n * g.cb;
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(bv));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
@@ -68,17 +60,27 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
     for (int64_t ca = 0; ca < g.ca; ++ca) {
       const T* ap = a + (n * g.ca + ca) * av;
       const T* wp = w + (cb * g.ca + ca) * kv;
-      for_each_tap_row(g, [&](int64_t tap, int64_t a_row, int64_t b_row, int64_t lo, int64_t hi) {
-        const double wv = wp[tap];
-        for (int64_t ow = lo; ow < hi; ++ow) acc[b_row + ow] += wv * ap[a_row + ow * sW];
-      });
+      for (int64_t td = 0; td < g.k[0]; ++td)
+        for (int64_t th = 0; th < g.k[1]; ++th)
+          for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+            const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
+            const Tap tap = make_tap(g, td, th, tw);
+            for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
+              for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
+                const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
+                double* brow = acc + (od * bH + oh) * bW;
+                for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) brow[ow] += wv * arow[ow * sW + tap.off[2]];
+              }
+          }
     }
     for (int64_t i = 0; i < bv; ++i) bp[i] = static_cast<T>(acc[i]);
   }
 }
 
 template <class T> void conv_backward_data(const T* db, const T* w, T* da, const ConvGeometry& g, bool accumulate) {
-  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k), sW = g.stride[2];
+  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
+  const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
+  const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t planes = g.n * g.ca;
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(av));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
@@ -92,36 +94,50 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
     for (int64_t cb = 0; cb < g.cb; ++cb) {
       const T* bp = db + (n * g.cb + cb) * bv;
       const T* wp = w + (cb * g.ca + ca) * kv;
-      for_each_tap_row(g, [&](int64_t tap, int64_t a_row, int64_t b_row, int64_t lo, int64_t hi) {
-        const double wv = wp[tap];
-        for (int64_t ow = lo; ow < hi; ++ow) acc[a_row + ow * sW] += wv * bp[b_row + ow];
-      });
+      for (int64_t td = 0; td < g.k[0]; ++td)
+        for (int64_t th = 0; th < g.k[1]; ++th)
+          for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+            const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
+            const Tap tap = make_tap(g, td, th, tw);
+            for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
+              for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
+                double* arow = acc + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
+                const T* brow = bp + (od * bH + oh) * bW;
+                for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) arow[ow * sW + tap.off[2]] += wv * brow[ow];
+              }
+          }
     }
     for (int64_t i = 0; i < av; ++i) dap[i] = static_cast<T>(acc[i]);
   }
 }
 
 template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, const ConvGeometry& g) {
-  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k), sW = g.stride[2];
+  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
+  const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
+  const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t pairs = g.cb * g.ca;
-  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(kv));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t cb = p / g.ca, ca = p % g.ca;
-    // One sum per tap, each over the images in order and then B's rows in order.
-    double* const sums = scratch.data() + thread_slot() * kv;
-    std::fill(sums, sums + kv, 0.0);
-    for (int64_t n = 0; n < g.n; ++n) {
-      const T* ap = a + (n * g.ca + ca) * av;
-      const T* bp = db + (n * g.cb + cb) * bv;
-      for_each_tap_row(g, [&](int64_t tap, int64_t a_row, int64_t b_row, int64_t lo, int64_t hi) {
-        double sum = sums[tap];
-        for (int64_t ow = lo; ow < hi; ++ow) sum += static_cast<double>(bp[b_row + ow]) * ap[a_row + ow * sW];
-        sums[tap] = sum;
-      });
-    }
     T* wp = dw + p * kv;
-    for (int64_t t = 0; t < kv; ++t) wp[t] = static_cast<T>(sums[t]);
+    for (int64_t td = 0; td < g.k[0]; ++td)
+      for (int64_t th = 0; th < g.k[1]; ++th)
+        for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+          const Tap tap = make_tap(g, td, th, tw);
+          double sum = 0.0;
+          for (int64_t n = 0; n < g.n; ++n) {
+            const T* ap = a + (n * g.ca + ca) * av;
+            const T* bp = db + (n * g.cb + cb) * bv;
+            for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
+              for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
+                const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
+                const T* brow = bp + (od * bH + oh) * bW;
+                for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow)
+                  sum += static_cast<double>(brow[ow]) * arow[ow * sW + tap.off[2]];
+              }
+          }
+          wp[(td * g.k[1] + th) * g.k[2] + tw] = static_cast<T>(sum);
+        }
   }
 }
 
