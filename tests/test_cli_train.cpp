@@ -8,7 +8,9 @@
 // and 64 validation samples, or small files written here.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -335,6 +337,23 @@ TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) 
   ASSERT_EQ(cut_lines.size(), 2u) << read_bytes(cut);
   EXPECT_EQ(cut_lines[0], "an unended line");
   EXPECT_EQ(nlohmann::json::parse(cut_lines[1]).at("step"), 1) << cut_lines[1];
+}
+
+// --metrics into a FIFO whose reader goes away ends the run (SIGPIPE, or exit 1 naming the file):
+// the writer holds no read end of its own that would keep the pipe open and block it for ever.
+TEST_F(CliTrain, MetricsIntoAFifoWhoseReaderLeavesEndTheRun) {
+  const std::string fifo = path("metrics.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // the writer's open does not wait
+  ASSERT_GE(reader, 0);
+  Child child({kCli, "train", kNet, "--device", "cpu", "--data", kTrain, "--steps", "1000000", "--log-every", "1",
+               "--metrics", fifo, "--force"});
+  ASSERT_TRUE(child.started());
+  EXPECT_TRUE(child.wait_for_output("\nstep 2/1000000  ", 30)) << child.out();
+  ::close(reader);
+  const Finished r = child.finish(30);
+  EXPECT_FALSE(r.timed_out) << describe(r);
+  EXPECT_TRUE(r.signal == SIGPIPE || r.status == 1) << describe(r);
 }
 
 // Flags that would be silently wrong: an output path that is the next flag, a budget without data,

@@ -58,10 +58,25 @@ std::string format_duration(double seconds) {
 }
 
 MetricsWriter::MetricsWriter(const std::string& path)
-    : path_(path), fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
-  if (fd_ < 0 && errno == EACCES) fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);  // write-only
+    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
   if (fd_ < 0) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
 }
+
+namespace {
+
+// Whether a regular file's last byte is not a newline (a line cut short). Read through a descriptor of
+// its own: the writer's stays write-only, so a pipe or FIFO keeps the reader it had, and no other.
+bool ends_mid_line(const std::string& path, const struct stat& st) {
+  if (!S_ISREG(st.st_mode) || st.st_size == 0) return false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // unreadable (write-only): left as it is
+  char last = '\n';
+  const bool read = ::pread(fd, &last, 1, st.st_size - 1) == 1;
+  ::close(fd);
+  return read && last != '\n';
+}
+
+}  // namespace
 
 MetricsWriter::~MetricsWriter() { ::close(fd_); }
 
@@ -82,9 +97,7 @@ void MetricsWriter::write(const MetricsRecord& r) {
   std::string line = j.dump() + '\n';
   struct stat before {};
   const bool sized = ::fstat(fd_, &before) == 0;
-  char last = '\n';  // (unread in a write-only file)
-  if (!end_checked_ && sized && before.st_size > 0 && ::pread(fd_, &last, 1, before.st_size - 1) == 1 && last != '\n')
-    line.insert(0, 1, '\n');
+  if (!end_checked_ && sized && ends_mid_line(path_, before)) line.insert(0, 1, '\n');
   end_checked_ = true;
   for (size_t done = 0; done < line.size();) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);  // one call, unless the disk fills
