@@ -41,10 +41,19 @@ class RandomSuite(unittest.TestCase):
             with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
                 self.assertEqual(fa.read(), fb.read(), name)
 
-    def test_a_count_below_one_is_refused(self):
-        run = write_suite(os.path.join(self.dir.name, "c"), "--count", "0")
-        self.assertEqual(run.returncode, 2)
-        self.assertIn("--count must be at least 1", run.stderr)
+    def test_bad_arguments_and_an_unwritable_directory_are_one_line(self):
+        for args, message in ((["--count", "0"], "--count must be from 1 to 10000, got 0"),
+                              (["--seed", "-1"], "--seed must be from 0 to 2^63 - 1 - count, got -1"),
+                              (["--seed", str(2**64)], "--seed must be from 0 to 2^63 - 1 - count")):
+            run = write_suite(os.path.join(self.dir.name, "c"), *args)
+            self.assertEqual(run.returncode, 2, args)
+            self.assertIn(message, run.stderr)
+        a_file = os.path.join(self.dir.name, "file")
+        open(a_file, "w").close()
+        run = write_suite(a_file, "--count", "1")
+        self.assertEqual(run.returncode, 1)
+        self.assertEqual(run.stderr.count("\n"), 1, run.stderr)
+        self.assertIn("random_suite: cannot write " + a_file, run.stderr)
 
 
 if __name__ == "__main__":

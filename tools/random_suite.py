@@ -143,19 +143,23 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1, help="the first network's seed; the others follow (default 1)")
     parser.add_argument("--out", required=True, help="the directory to write random_<seed>.json into")
     args = parser.parse_args(argv)
-    if args.count < 1:
-        parser.error("--count must be at least 1")
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
-    os.makedirs(args.out, exist_ok=True)
-    for seed in range(args.seed, args.seed + args.count):
-        net = draw(seed)
-        path = os.path.join(args.out, f"random_{seed}.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(net, f, indent=1)
-            f.write("\n")
-        kinds = " ".join(layer["type"] for layer in net["layers"])
-        print(f"{path}: input {net['input']}: {kinds}")
+    if not 1 <= args.count <= 10000:
+        parser.error(f"--count must be from 1 to 10000, got {args.count}")
+    if not 0 <= args.seed <= 2**63 - 1 - args.count:  # each network's seed is a JSON seed anvil takes
+        parser.error(f"--seed must be from 0 to 2^63 - 1 - count, got {args.seed}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        for seed in range(args.seed, args.seed + args.count):
+            net = draw(seed)
+            path = os.path.join(args.out, f"random_{seed}.json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(net, f, indent=1)
+                f.write("\n")
+            kinds = " ".join(layer["type"] for layer in net["layers"])
+            print(f"{path}: input {net['input']}: {kinds}")
+    except OSError as e:
+        print(f"random_suite: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 
