@@ -124,6 +124,44 @@ TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   std::remove(weights_path.c_str());
 }
 
+// A network whose checkpoint header would pass the readers' 100 MB limit (many
+// long parameter names, three copies of each under Adam) is refused when the
+// trainer is made, before any step, not after the run; a fitting one is not.
+TEST(Checkpoint, AHeaderBeyondTheReadersLimitIsRefusedBeforeTraining) {
+  constexpr int kLayers = 60000;  // 3 copies of 2 x 60000 names of ~300 bytes: ~115 MB of header
+  nlohmann::json layers = nlohmann::json::array();
+  for (int i = 0; i < kLayers; ++i) {
+    const std::string id = std::to_string(i);
+    layers.push_back({{"type", "conv2d"}, {"name", id + std::string(256 - id.size(), 'x')}, {"in_channels", 1},
+                      {"out_channels", 1}, {"kernel_size", 1}});
+  }
+  const nlohmann::json wide = {{"name", "wide"}, {"input", {1, 1, 1, 1}}, {"layers", layers}, {"loss", "mse"},
+                     {"optimizer", {{"type", "adam"}, {"lr", 0.001}}}};
+  const std::string path = temp_path("wide.safetensors");
+  Engine engine(Network::parse(wide.dump(), "wide.json"), cpu_options());
+  TrainOptions options;
+  options.steps = 1;
+  options.checkpoint = path;
+  try {
+    Trainer trainer(engine, options);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("beyond the 100000000-byte limit of safetensors readers"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(engine.steps_done(), 0);
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+
+  // A fitting one is checked, and written at the end.
+  Engine small(Network::load(data_path("adam_step.json")), cpu_options());
+  options.checkpoint = temp_path("small.safetensors");
+  Trainer fits(small, options);
+  fits.run({});
+  fits.save_checkpoint(options.checkpoint);
+  EXPECT_EQ(read_safetensors(options.checkpoint).metadata.at("step"), "1");
+  std::remove(options.checkpoint.c_str());
+}
+
 // Forged metadata: counters past 2^53 (whose increments would overflow) or not
 // as anvil writes them, a future format, a position that does not add up, and
 // another network's hash without a name are InputErrors that say so.

@@ -139,6 +139,36 @@ TEST_F(Safetensors, AHeaderBeyondTheReadersLimitIsNotWritten) {
   EXPECT_FALSE(has_temp_files());
 }
 
+// The check a writer makes at its start refuses what write_safetensors would, by the same message,
+// from names and shapes alone, and takes what it writes.
+TEST_F(Safetensors, TheHeaderCheckRefusesWhatTheWriterWould) {
+  const std::map<std::string, std::string> huge = {{"note", std::string(100'000'000, 'a')}};
+  const std::map<std::string, anvil::Shape> shapes = {{"w", {2, 3}}, {"b", {3}}};
+  const std::string p = path("checked.safetensors");
+  auto message = [&](auto&& write) {
+    try {
+      write();
+    } catch (const anvil::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  TensorFile file;
+  file.tensors = {{"w", HostTensor({2, 3}, {1, 2, 3, 4, 5, 6})}, {"b", HostTensor({3}, {7, 8, 9})}};
+  file.metadata = huge;
+  const std::string refused = message([&] { anvil::check_safetensors_header(p, shapes, huge); });
+  EXPECT_NE(refused.find("beyond the 100000000-byte limit"), std::string::npos) << refused;
+  EXPECT_EQ(message([&] { anvil::write_safetensors(p, file); }), refused);
+
+  file.metadata = {{"note", "fits"}};
+  EXPECT_EQ(message([&] { anvil::check_safetensors_header(p, shapes, file.metadata); }), "no error");
+  EXPECT_EQ(message([&] { anvil::write_safetensors(p, file); }), "no error");
+  const std::map<std::string, anvil::Shape> bad_name = {{"\xff", {1}}};  // not UTF-8
+  EXPECT_NE(message([&] { anvil::check_safetensors_header(p, bad_name, {}); }).find("cannot encode the header"),
+            std::string::npos);
+  EXPECT_FALSE(has_temp_files());
+}
+
 TEST_F(Safetensors, RoundTripsMetadata) {
   TensorFile file;
   file.tensors["w"] = HostTensor({2}, {1.0f, 2.0f});

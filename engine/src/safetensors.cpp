@@ -347,20 +347,22 @@ TensorFile read_safetensors(const std::string& path) {
   return result;
 }
 
-void write_safetensors(const std::string& path, const TensorFile& file) {
-  // Build the header first: a bad tensor must not create any file.
+namespace {
+
+// The padded header of a file holding tensors of these names and element
+// counts (in name order: the data follows in it) and this metadata. Throws
+// where it cannot be encoded, or would exceed what readers take.
+std::string encode_header(const std::string& path, const std::map<std::string, Shape>& shapes,
+                          const std::map<std::string, std::string>& metadata) {
   json header = json::object();  // std::map-backed, so keys come out sorted
   uint64_t offset = 0;
-  for (const auto& [name, t] : file.tensors) {  // sorted, so data follows the same order
+  for (const auto& [name, shape] : shapes) {
     if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
-    if (!holds_shape(t))
-      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) + " values but shape " +
-                  to_string(t.shape));
-    const uint64_t bytes = t.data.size() * sizeof(float);
-    header[name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    const uint64_t bytes = static_cast<uint64_t>(numel(shape)) * sizeof(float);
+    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
-  if (!file.metadata.empty()) header[kMetadataKey] = file.metadata;
+  if (!metadata.empty()) header[kMetadataKey] = metadata;
 
   std::string text;
   try {
@@ -373,6 +375,26 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     throw Error(path + ": cannot write: the header (tensor names and metadata) would take " +
                 std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
                 "-byte limit of safetensors readers");
+  return text;
+}
+
+}  // namespace
+
+void check_safetensors_header(const std::string& path, const std::map<std::string, Shape>& shapes,
+                              const std::map<std::string, std::string>& metadata) {
+  encode_header(path, shapes, metadata);
+}
+
+void write_safetensors(const std::string& path, const TensorFile& file) {
+  // Build the header first: a bad tensor must not create any file.
+  std::map<std::string, Shape> shapes;
+  for (const auto& [name, t] : file.tensors) {
+    if (!holds_shape(t))
+      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) + " values but shape " +
+                  to_string(t.shape));
+    shapes.emplace(name, t.shape);
+  }
+  const std::string text = encode_header(path, shapes, file.metadata);
   unsigned char len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
 

@@ -175,6 +175,9 @@ class Engine {
   // position, the network's hash and the anvil version, written atomically.
   // Loading refuses a checkpoint of another network, or of another optimizer.
   void save_checkpoint(const std::string& path, const TrainPosition& position) const;
+  // Throws the Error save_checkpoint(path, any position) would give because the file's header (the
+  // tensor names and metadata) is beyond what safetensors readers take: a run checks at its start.
+  void check_checkpoint_fits(const std::string& path) const;
   TrainPosition load_checkpoint(const std::string& path);
 
   // Benchmark hooks: run without reading anything back, and time each layer once.

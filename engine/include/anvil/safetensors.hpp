@@ -29,6 +29,11 @@ struct TensorFile {
 TensorFile read_safetensors(const std::string& path);
 // Writes F32 tensors (`skipped` is not written). Throws Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
+// Throws the Error write_safetensors would give for a file of tensors of these names and shapes and
+// this metadata whose header cannot be written (over the readers' 100 MB limit, or not valid UTF-8),
+// before the data exists: a writer at the end of a long run checks at its start.
+void check_safetensors_header(const std::string& path, const std::map<std::string, Shape>& shapes,
+                              const std::map<std::string, std::string>& metadata);
 
 // Looks up a tensor and checks its shape; throws InputError naming file, tensor and shapes (or the
 // dtype, for a tensor that was skipped).

@@ -4,6 +4,8 @@
 // saving, loading and training N more gives the bits of 2N straight steps.
 #include <charconv>
 #include <cstdio>
+#include <limits>
+#include <map>
 #include <string>
 
 #include "anvil/error.hpp"
@@ -45,6 +47,26 @@ std::string data_description(const DataFeed* feed, const DataOptions& options) {
          ", keep_last " + (options.keep_last ? "on" : "off");
 }
 
+// The metadata of a checkpoint: what the run was, and where it stands.
+std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, int64_t batch,
+                                                       const std::string& optimizer, int64_t optimizer_step,
+                                                       const TrainPosition& position, const std::string& data) {
+  std::map<std::string, std::string> metadata = {
+      {"anvil.checkpoint", kCheckpointFormat},
+      {"anvil.version", version()},
+      {"network.name", spec.name},
+      {"network.hash", hex(spec.hash)},
+      {"batch", std::to_string(batch)},
+      {"optimizer", optimizer},
+      {"optimizer.step", std::to_string(optimizer_step)},
+      {"step", std::to_string(position.step)},
+      {"epoch", std::to_string(position.epoch)},
+      {"batch_in_epoch", std::to_string(position.batch_in_epoch)},
+      {"shuffle", "random_stream(seed " + std::to_string(spec.seed) + ", \"shuffle.<epoch>\")"}};
+  if (!data.empty()) metadata["data"] = data;
+  return metadata;
+}
+
 }  // namespace
 
 void Engine::save_checkpoint(const std::string& path, const TrainPosition& position) const {
@@ -59,21 +81,27 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
       file.tensors["optimizer." + states[k] + "." + name] = std::move(tensor);
   StepState state;
   m.download_bytes(&state, m.optimizer_args.step, sizeof state);
-  const NetworkSpec& spec = m.network.spec();
-  file.metadata = {{"anvil.checkpoint", kCheckpointFormat},
-                   {"anvil.version", version()},
-                   {"network.name", spec.name},
-                   {"network.hash", hex(spec.hash)},
-                   {"batch", std::to_string(m.global_batch())},
-                   {"optimizer", m.optimizer->describe()},
-                   {"optimizer.step", std::to_string(state.step)},
-                   {"step", std::to_string(position.step)},
-                   {"epoch", std::to_string(position.epoch)},
-                   {"batch_in_epoch", std::to_string(position.batch_in_epoch)},
-                   {"shuffle", "random_stream(seed " + std::to_string(spec.seed) + ", \"shuffle.<epoch>\")"}};
-  const std::string data = data_description(m.train_feed.get(), m.data_options);
-  if (!data.empty()) file.metadata["data"] = data;
+  file.metadata = checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(), state.step,
+                                      position, data_description(m.train_feed.get(), m.data_options));
   write_safetensors(path, file);
+}
+
+void Engine::check_checkpoint_fits(const std::string& path) const {
+  require_arena();
+  const Impl& m = *impl_;
+  if (!m.training()) throw Error("check_checkpoint_fits needs an engine built for training (Mode::Train)");
+  std::map<std::string, Shape> shapes;
+  const std::vector<std::string> states = m.optimizer->state_names();
+  for (const auto& slot : m.schedule.params) {
+    shapes.emplace(slot.spec.name, slot.spec.shape);
+    for (const std::string& state : states) shapes.emplace("optimizer." + state + "." + slot.spec.name, slot.spec.shape);
+  }
+  // The widest numbers a run can reach.
+  const TrainPosition last{kMaxSteps, kMaxSteps, kMaxSteps};
+  check_safetensors_header(path, shapes,
+                           checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(),
+                                               std::numeric_limits<int64_t>::max(), last,
+                                               data_description(m.train_feed.get(), m.data_options)));
 }
 
 TrainPosition Engine::load_checkpoint(const std::string& path) {

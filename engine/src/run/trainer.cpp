@@ -35,6 +35,7 @@ Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation
     throw InputError(std::to_string(options.epochs) + " epochs of " + std::to_string(steps_per_epoch_) +
                      " steps are more than 2^53 steps");
   total_steps_ = options.epochs > 0 ? options.epochs * steps_per_epoch_ : options.steps;
+  if (!options.checkpoint.empty()) engine_.check_checkpoint_fits(options.checkpoint);  // the data is attached
 }
 
 Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine), options_(options) {
@@ -42,6 +43,7 @@ Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine),
     throw InputError("training on the engine's own batch needs a positive step count and no epochs");
   check_options(options, engine);
   total_steps_ = options.steps;
+  if (!options.checkpoint.empty()) engine_.check_checkpoint_fits(options.checkpoint);
 }
 
 void Trainer::resume(const std::string& checkpoint) {
