@@ -357,7 +357,7 @@ TEST_F(CliTrain, MetricsIntoAFifoWhoseReaderLeavesEndTheRun) {
 }
 
 // Flags that would be silently wrong: an output path that is the next flag, a budget without data,
-// weights a resumed run would ignore; and a network name with control bytes is escaped on stdout.
+// weights a resumed run would ignore; and a network name or file name with control bytes is escaped on stdout.
 TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {
   expect_bad_input(train({"--steps", "1", "--save", "--data"}),
                    "--save --data: looks like a flag, not a file name (write ./--data for a file named so)");
@@ -373,6 +373,12 @@ TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {
   const Finished r = train({"--steps", "1"}, named);
   ASSERT_EQ(r.status, 0) << describe(r);
   EXPECT_PRED_FORMAT2(Contains, r.out, "training two\\nlines\\x1b[31m on cpu: ");
+  // So is a file name: each report stays one line.
+  const std::string odd = path("saved\nfake line.safetensors");
+  const Finished saved = train({"--steps", "1", "--save", odd});
+  ASSERT_EQ(saved.status, 0) << describe(saved);
+  EXPECT_PRED_FORMAT2(Contains, saved.out, "saved parameters to " + path("saved\\nfake line.safetensors") + "\n");
+  EXPECT_EQ(anvil::read_safetensors(odd).tensors.size(), anvil::read_safetensors(w).tensors.size());
 }
 
 // ------------------------------------------------------------------ 3. checkpoints and resume

@@ -229,8 +229,9 @@ void load_weights(anvil::Engine& engine, const std::string& path, bool strict, b
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
 
-// The network's name as the terminal should show it: control bytes escaped, as in messages.
-std::string shown_name(const anvil::Network& net) { return anvil::Error::one_line(net.name()); }
+// A name or path from the user as the terminal should show it: control bytes escaped, as in messages,
+// so that a file name holding a newline cannot start a line of its own.
+std::string shown(const std::string& text) { return anvil::Error::one_line(text); }
 
 // --data-budget in MiB when given; otherwise the engine's default, half the free device memory.
 std::optional<size_t> data_budget(double mib, bool given) {
@@ -264,7 +265,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name) {
   const anvil::Engine engine(net, o);
   print_device_notice();
 
-  std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", shown_name(net).c_str(),
+  std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", shown(net.name()).c_str(),
               net.source().c_str(), anvil::to_string(net.input_shape()).c_str(),
               anvil::to_string(net.output_shape()).c_str(), anvil::to_string(net.precision()),
               static_cast<unsigned long long>(net.seed()));
@@ -328,7 +329,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
     out.tensors["output"] = y;
     out.metadata["network"] = net.name();
     anvil::write_safetensors(output, out);
-    std::printf("wrote %s\n", output.c_str());
+    std::printf("wrote %s\n", shown(output).c_str());
   }
   return 0;
 }
@@ -388,7 +389,7 @@ void write_parameters(const std::string& path, anvil::Engine& engine, const anvi
   out.metadata["network"] = net.name();
   out.metadata["steps"] = std::to_string(engine.steps_done());
   anvil::write_safetensors(path, out);
-  std::printf("saved parameters to %s\n", path.c_str());
+  std::printf("saved parameters to %s\n", shown(path).c_str());
 }
 
 void write_gradients(const std::string& path, anvil::Engine& engine, const anvil::Network& net, bool input_grad) {
@@ -398,7 +399,7 @@ void write_gradients(const std::string& path, anvil::Engine& engine, const anvil
   out.metadata["network"] = net.name();
   out.metadata["step"] = std::to_string(engine.steps_done());
   anvil::write_safetensors(path, out);
-  std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()), path.c_str());
+  std::printf("wrote gradients of step %lld to %s\n", static_cast<long long>(engine.steps_done()), shown(path).c_str());
 }
 
 // --gpus K (the first K GPUs) or --gpus 0,2 (those), checked before any work; --ranks K on the CPU.
@@ -472,17 +473,17 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
   if (writer) {
     print_device_notice();
-    std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown_name(net).c_str(),
+    std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown(net.name()).c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
                 epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
                 static_cast<long long>(net.input_shape()[0]),
                 mib(engine.device_bytes()).c_str(), ranks ? " per rank" : "");
     if (epochs)
-      std::printf("data: %s, %lld samples, %s\n", t.data.c_str(), static_cast<long long>(train_data->size()),
+      std::printf("data: %s, %lld samples, %s\n", shown(t.data).c_str(), static_cast<long long>(train_data->size()),
                   where_the_data_is(engine));
     if (trainer->position().step > 0)
-      std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", t.resume.c_str(),
+      std::printf("resumed from %s at step %lld (epoch %lld, batch %lld)\n", shown(t.resume).c_str(),
                   static_cast<long long>(trainer->position().step), static_cast<long long>(trainer->position().epoch),
                   static_cast<long long>(trainer->position().batch_in_epoch));
     std::fflush(stdout);
@@ -508,7 +509,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
       trainer->save_checkpoint(t.checkpoint);
       if (writer)
         std::printf("stopped by signal %d: checkpoint of step %lld written to %s\n", static_cast<int>(stop_signal),
-                    static_cast<long long>(trainer->position().step), t.checkpoint.c_str());
+                    static_cast<long long>(trainer->position().step), shown(t.checkpoint).c_str());
     } else if (writer) {
       std::printf("stopped by signal %d at step %lld\n", static_cast<int>(stop_signal),
                   static_cast<long long>(engine.steps_done()));
@@ -617,7 +618,8 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   const anvil::Dataset dataset = load_dataset(data, net);
   print_device_notice();
   const float loss = engine.evaluate(dataset);
-  std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()), data.c_str());
+  std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()),
+              shown(data).c_str());
   return 0;
 }
 
@@ -648,7 +650,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   const bool cuda = o.device == Device::Cuda;
   const std::string gpu = cuda ? anvil::cuda_device_name() : "none";
   const std::string cudnn = cuda ? anvil::cudnn_version() : "none";
-  std::printf("command: %s\n", command_line.c_str());
+  std::printf("command: %s\n", shown(command_line).c_str());
   std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
               anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
               b.mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
@@ -662,7 +664,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
     anvil::DataOptions options;
     options.device_budget = data_budget(b.data_budget_mib, b.budget_given);
     engine.attach_data(*data, options);
-    std::printf("data: %s, %lld samples, %s\n", b.data.c_str(), static_cast<long long>(data->size()),
+    std::printf("data: %s, %lld samples, %s\n", shown(b.data).c_str(), static_cast<long long>(data->size()),
                 where_the_data_is(engine));
   }
   print_device_notice();
@@ -714,7 +716,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
     // Bytes that are not UTF-8 (a path, a name) become U+FFFD rather than fail the run's end.
     const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     anvil::write_output_file(b.json, [&](std::FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
-    std::printf("wrote %s\n", b.json.c_str());
+    std::printf("wrote %s\n", shown(b.json).c_str());
   }
   std::printf("PASSED\n");
   return 0;
