@@ -331,6 +331,36 @@ TEST(DatasetTraining, KeepLastWithAPartialBatchMatchesPyTorch) {
                           nullptr);
 }
 
+// A validation set of another network's shapes is refused when the trainer is made, naming its file,
+// not at the first validation after some training.
+TEST(DatasetTraining, AValidationSetOfOtherShapesIsRefusedBeforeTraining) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"), without_batch(net.input_shape()),
+                                      without_batch(net.output_shape()));
+  TensorFile other;
+  other.tensors["input"] = HostTensor({3, 2}, {0.5f, -1, 2, 0.25f, 3, -4});
+  other.tensors["target"] = HostTensor({3, 1}, {1, 2, 3});
+  const std::string path = ::testing::TempDir() + "/anvil_other_val_" + std::to_string(::getpid()) + ".safetensors";
+  write_safetensors(path, other);
+  const Dataset val = Dataset::load(path, {2}, {1});
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  TrainOptions o;
+  o.epochs = 2;
+  o.val_every = 1;
+  try {
+    Trainer trainer(engine, train, &val, o, DataOptions{});
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": samples (2) -> (1), the network takes " +
+                                         to_string(without_batch(net.input_shape())) + " -> " +
+                                         to_string(without_batch(net.output_shape())));
+  }
+  EXPECT_EQ(engine.steps_done(), 0);
+  std::remove(path.c_str());
+}
+
 // The library's start_epoch refuses an epoch or a first batch outside the dataset's, in one line.
 TEST(DatasetTraining, StartEpochRefusesPositionsOutsideTheData) {
   const Network net = Network::load(data_path("dataset_epochs.json"));

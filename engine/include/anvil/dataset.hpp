@@ -37,6 +37,10 @@
 #include "anvil/tensor.hpp"
 
 namespace anvil {
+class Network;
+}
+
+namespace anvil {
 
 // The epoch's sample order: a permutation of [0, S) (the identity without shuffle).
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle);
@@ -100,6 +104,10 @@ class Dataset {
 
   // BatchPlan(size(), batch_size, keep_last) whose errors name this file and 'input'.
   BatchPlan batch_plan(int64_t batch_size, bool keep_last) const;
+
+  // Throws an InputError naming this file where its samples are not net's input or its targets
+  // not net's output (per sample), as training and evaluate() would.
+  void check_fits(const Network& net) const;
 
  private:
   Dataset() = default;  // a Dataset is made by load: never empty (a moved-from one has no samples)

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "anvil/error.hpp"
+#include "anvil/network.hpp"
 #include "anvil/random.hpp"
 #include "anvil/safetensors.hpp"
 
@@ -47,6 +48,8 @@ void require_finite(const std::string& path, const std::string& name, const Host
                  "); a dataset must hold finite values");
 }
 
+constexpr const char* kMovedFrom = "an empty anvil::Dataset (moved from): make one with Dataset::load";
+
 // Sample `row` of a [S, ...] tensor (none in a moved-from dataset's).
 const float* row_pointer(const HostTensor& all, int64_t floats_per_row, int64_t row) {
   const int64_t samples = all.shape.empty() ? 0 : all.shape[0];
@@ -56,7 +59,7 @@ const float* row_pointer(const HostTensor& all, int64_t floats_per_row, int64_t 
 }
 
 HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vector<int64_t>& rows) {
-  if (all.shape.empty()) throw InputError("an empty anvil::Dataset (moved from): make one with Dataset::load");
+  if (all.shape.empty()) throw InputError(kMovedFrom);
   for (int64_t row : rows) row_pointer(all, floats_per_row, row);  // every index checked before the batch is made
   Shape shape = all.shape;
   shape[0] = static_cast<int64_t>(rows.size());
@@ -152,6 +155,15 @@ Shape without_samples(const Shape& shape) { return shape.empty() ? Shape{} : Sha
 
 Shape Dataset::sample_shape() const { return without_samples(inputs_.shape); }
 Shape Dataset::target_sample_shape() const { return without_samples(targets_.shape); }
+
+void Dataset::check_fits(const Network& net) const {
+  if (size() == 0) throw InputError(kMovedFrom);
+  const Shape sample(net.input_shape().begin() + 1, net.input_shape().end());
+  const Shape target(net.output_shape().begin() + 1, net.output_shape().end());
+  if (sample_shape() != sample || target_sample_shape() != target)
+    throw InputError(path_ + ": samples " + to_string(sample_shape()) + " -> " + to_string(target_sample_shape()) +
+                     ", the network takes " + to_string(sample) + " -> " + to_string(target));
+}
 
 const float* Dataset::input_sample(int64_t i) const { return row_pointer(inputs_, floats_per_sample_, i); }
 const float* Dataset::target_sample(int64_t i) const { return row_pointer(targets_, floats_per_target_, i); }

@@ -12,16 +12,6 @@ namespace anvil {
 
 namespace {
 
-void check_shapes(const Dataset& data, const Network& net) {
-  if (data.size() == 0) throw InputError("an empty anvil::Dataset (moved from): make one with Dataset::load");
-  const Shape sample(net.input_shape().begin() + 1, net.input_shape().end());
-  const Shape target(net.output_shape().begin() + 1, net.output_shape().end());
-  if (data.sample_shape() != sample || data.target_sample_shape() != target)
-    throw InputError(data.path() + ": samples " + to_string(data.sample_shape()) + " -> " +
-                     to_string(data.target_sample_shape()) + ", the network takes " + to_string(sample) + " -> " +
-                     to_string(target));
-}
-
 size_t device_budget(const DataOptions& options, [[maybe_unused]] CudaContext* ctx) {
   if (options.device_budget) return *options.device_budget;
 #if ANVIL_WITH_CUDA
@@ -36,7 +26,7 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
   require_arena();
   Impl& m = *impl_;
   if (!m.training()) throw Error("attach_data needs an engine built for training (Mode::Train)");
-  check_shapes(data, m.network);
+  data.check_fits(m.network);
   // Data parallel: batches of the global size, of which this rank takes its slice; its feed sees
   // only its slices, as an epoch of batches of its own size.
   const int64_t local = m.network.input_shape()[0];
@@ -87,7 +77,7 @@ float Engine::evaluate(const Dataset& data) {
   require_arena();
   Impl& m = *impl_;
   if (!m.training()) throw Error("evaluate needs an engine built for training (Mode::Train): it runs the loss");
-  check_shapes(data, m.network);
+  data.check_fits(m.network);
   // The last evaluated dataset stays uploaded; another one (another object, or one loaded anew) replaces it.
   if (!m.eval_feed || !m.eval_feed->serves(data)) {
     m.eval_feed.reset();

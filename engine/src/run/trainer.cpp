@@ -29,6 +29,7 @@ Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation
   if ((options.epochs > 0) == (options.steps > 0))
     throw InputError("give the length of training as epochs or as steps (one of them, positive)");
   check_options(options, engine);
+  if (validation) validation->check_fits(engine.network());  // now, not at the first validation
   engine_.attach_data(train, data);
   steps_per_epoch_ = engine_.batches_per_epoch();
   if (steps_per_epoch_ > 0 && options.epochs > kMaxSteps / steps_per_epoch_)
