@@ -47,9 +47,7 @@ std::vector<ParamSpec> Convolution::param_specs() const {
 
 Shape Convolution::infer_shape(const std::vector<Shape>& inputs) {
   const Shape& x = inputs[0];
-  if (static_cast<int>(x.size()) != spec_.dims + 2)
-    fail("", "'" + type() + "' needs a " + std::to_string(spec_.dims + 2) + "-d input (N, C, " +
-                 (spec_.dims == 3 ? "D, " : "") + "H, W), got " + to_string(x));
+  require_spatial_input(x, spec_.dims);
   if (x[1] != spec_.in_channels)
     fail("in_channels", std::to_string(spec_.in_channels) + " does not match the input's " + std::to_string(x[1]) +
                             " channels " + to_string(x));

@@ -12,6 +12,12 @@ void Layer::fail(const std::string& key, const std::string& message) const {
   throw InputError(path_ + (key.empty() ? "" : "." + key) + ": " + message);
 }
 
+void Layer::require_spatial_input(const Shape& x, int dims) const {
+  if (static_cast<int>(x.size()) != dims + 2)
+    fail("", "'" + type_ + "' needs a " + std::to_string(dims + 2) + "-d input (N, C, " + (dims == 3 ? "D, " : "") +
+                 "H, W), got " + to_string(x));
+}
+
 const Shape& Layer::setup(const std::vector<Shape>& inputs) {
   const int want = num_inputs();
   const int got = static_cast<int>(inputs.size());

@@ -128,6 +128,8 @@ class Layer {
   virtual void backward_cpu(const LayerArgs& args) = 0;
 
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+  // Fails unless x is (N, C) and `dims` spatial dims, as a 2-D or 3-D layer takes.
+  void require_spatial_input(const Shape& x, int dims) const;
   std::string param_name(const std::string& suffix) const { return suffix.empty() ? name_ : name_ + "." + suffix; }
 
  private:

@@ -24,8 +24,7 @@ bool Pooling::anvil_kernel_takes(const PoolSpec& pool) {
 
 Shape Pooling::infer_shape(const std::vector<Shape>& inputs) {
   const Shape& x = inputs[0];
-  if (static_cast<int>(x.size()) != spec_.dims + 2)
-    fail("", "'" + type() + "' needs a " + std::to_string(spec_.dims + 2) + "-d input, got " + to_string(x));
+  require_spatial_input(x, spec_.dims);
   Shape y = {x[0], x[1]};
   for (int i = 0; i < spec_.dims; ++i) {
     const int64_t padded = x[2 + i] + 2 * spec_.padding[i];

@@ -407,7 +407,7 @@ TEST(NetworkParse, LayerRankMustMatchTheInputRank) {
                                    "kernel_size": 1})")),
             "bad.json: layers[0]: 'conv_transpose2d' needs a 4-d input (N, C, H, W), got (2, 4, 8, 8, 8)");
   EXPECT_EQ(error_of(one_layer(R"({"type": "max_pool2d", "kernel_size": 2})")),
-            "bad.json: layers[0]: 'max_pool2d' needs a 4-d input, got (2, 4, 8, 8, 8)");
+            "bad.json: layers[0]: 'max_pool2d' needs a 4-d input (N, C, H, W), got (2, 4, 8, 8, 8)");
 }
 
 // ---------------------------------------------------------------- the DAG
