@@ -174,6 +174,23 @@ TEST_F(Cli, InfoForwardPlanIsSmallerThanTrainPlan) {
   EXPECT_NEAR(t, static_cast<double>(engine.plan().arena_bytes()) / (1 << 20), 0.051);  // printed with one decimal
 }
 
+// A network without parameters has nothing to train, but the input's gradient: info plans that
+// with --input-grad, as train computes it, and says how when it is left out.
+TEST_F(Cli, InfoPlansTheInputGradientOfANetworkWithoutParameters) {
+  const std::string p = write_file("pool.json", R"({"name": "pool", "input": [2, 3, 5, 5], "layers": [
+    {"type": "max_pool2d", "kernel_size": 3, "stride": 1, "padding": 1}, {"type": "relu"}]})");
+  const CliResult plain = run("info " + quote(p) + " --device cpu");
+  EXPECT_EQ(plain.status, 2) << describe(plain);
+  EXPECT_EQ(plain.err, "anvil: error: " + p + ": the network has no parameters, so there is nothing to train (with "
+                       "the input's gradient, --input-grad, there is)\n");
+  const CliResult planned = run("info " + quote(p) + " --device cpu --input-grad");
+  ASSERT_EQ(planned.status, 0) << describe(planned);
+  EXPECT_PRED_FORMAT2(Contains, planned.out, "grad.input");
+  const CliResult forward = run("info " + quote(p) + " --device cpu --mode forward --input-grad");
+  EXPECT_EQ(forward.status, 2) << describe(forward);
+  EXPECT_EQ(forward.err, "anvil: error: --input-grad needs --mode train\n");
+}
+
 TEST_F(Cli, InfoWithFuseFalseSaysTheFusionIsOff) {
   std::string text = read_text(kSmall);
   const size_t brace = text.rfind('}');

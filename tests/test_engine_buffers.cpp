@@ -119,7 +119,8 @@ TEST(EngineBuffers, ANetworkWithoutParametersIsRefusedForTrainingWithOneLine) {
     Engine engine(net, on(Device::Cpu));
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
-    EXPECT_EQ(std::string(e.what()), "relu.json: the network has no parameters, so there is nothing to train");
+    EXPECT_EQ(std::string(e.what()), "relu.json: the network has no parameters, so there is nothing to train "
+                                    "(with the input's gradient, --input-grad, there is)");
   }
   Options forward = on(Device::Cpu);
   forward.mode = Mode::Forward;

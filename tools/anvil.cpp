@@ -257,9 +257,11 @@ anvil::Network load_network(const std::string& path, int64_t batch) {
   return batch > 0 ? net.with_batch(batch) : net;
 }
 
-int cmd_info(const CommonFlags& f, const std::string& mode_name) {
+int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad) {
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
+  if (input_grad && o.mode == anvil::Mode::Forward) throw anvil::InputError("--input-grad needs --mode train");
+  o.input_grad = input_grad;
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
   o.plan_only = o.device == Device::Cpu;
   const anvil::Engine engine(net, o);
@@ -763,6 +765,8 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "print layers, shapes, parameters, fusion groups and the memory plan");
   add_common(info, info_flags);
   info->add_option("--mode", info_mode, "plan for train (default) or forward")->check(CLI::IsMember({"train", "forward"}));
+  bool info_input_grad = false;
+  info->add_flag("--input-grad", info_input_grad, "plan training with d(loss)/d(input) too, as train --input-grad");
 
   std::string weights, input, output;
   auto* run = app.add_subcommand("run", "run the forward pass");
@@ -811,7 +815,7 @@ int main(int argc, char** argv) {
       ->check(whole_number(1024));
   train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
-                  "where it starts, exit 3 (default on)");
+                  "where it starts, exit 3 (default on; off, a non-finite logged loss still ends the run with exit 3)");
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags eval_flags;
@@ -863,7 +867,7 @@ int main(int argc, char** argv) {
   }
   const int rc = [&]() -> int {
     try {
-      if (*info) return cmd_info(info_flags, info_mode);
+      if (*info) return cmd_info(info_flags, info_mode, info_input_grad);
       if (*run) return cmd_run(run_flags, weights, input, output);
       train_opts.steps_given = train->count("--steps") > 0;
       train_opts.epochs_given = train->count("--epochs") > 0;

@@ -49,7 +49,8 @@ void Engine::Impl::build() {
   graph->mark_gradients(training() && options.input_grad);
   if (training()) {
     if (!graph->tensors[graph->output].requires_grad)
-      throw InputError(network.source() + ": the network has no parameters, so there is nothing to train");
+      throw InputError(network.source() + ": the network has no parameters, so there is nothing to train "
+                       "(with the input's gradient, --input-grad, there is)");
     loss = create_loss(network.spec());
     optimizer = create_optimizer(network.spec());
   } else {
