@@ -13,7 +13,7 @@ inline const std::vector<std::string>& reference_cases() {
                                                  "residual_dag", "adam_step", "adamw_cosine", "sgd_step_schedule",
                                                  "activations", "relu_avgpool", "dcgan_2d", "stride1_block",
                                                  "transposed_fan_out", "direct_stems",
-                                                 "generated_31", "generated_53"};
+                                                 "generated_31", "generated_53", "dag_fanout"};
   return cases;
 }
 

@@ -67,7 +67,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CASES = ["kb74_small", "odd_sizes", "stride1_nopad", "variant_2d", "residual_dag",
                  "adam_step", "adamw_cosine", "sgd_step_schedule", "activations", "dataset_epochs",
                  "relu_avgpool", "dcgan_2d", "stride1_block", "transposed_fan_out", "direct_stems",
-                 "generated_31", "generated_53"]
+                 "generated_31", "generated_53", "dag_fanout"]
 FULL_SOURCE = "examples/kernelbench74.json"
 FULL_CASE = "kb74_full"
 STEPS = 3  # optimizer steps of a case not listed in CASE_STEPS
