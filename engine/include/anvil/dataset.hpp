@@ -37,10 +37,8 @@
 #include "anvil/tensor.hpp"
 
 namespace anvil {
-class Network;
-}
 
-namespace anvil {
+class Network;
 
 // The epoch's sample order: a permutation of [0, S) (the identity without shuffle).
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle);
