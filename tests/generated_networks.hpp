@@ -9,7 +9,9 @@
 // output_padding below the stride, with or without bias; 1 to 7 channels),
 // then a chain of up to four activations and channel_scales, sometimes a
 // residual join (a stride-1 "same" conv and chain on a branch, added to the
-// block's output), and a max pool, an average pool (kernel 1 to 3, stride 1
+// block's output; half the joins take a third input, the branch conv's own
+// output or the block's output again, so that a tensor read twice or by a
+// fusable chain and another layer is covered), and a max pool, an average pool (kernel 1 to 3, stride 1
 // to 3, padding) or none. Sizes stay small (at most 4096 elements a sample
 // per tensor) so the CPU reference runs them in milliseconds.
 #pragma once
@@ -144,8 +146,8 @@ class Builder {
     return from;
   }
 
-  std::string add(const std::string& a, const std::string& b) {
-    layers_.push_back({{"type", "add"}, {"name", next_name("sum")}, {"inputs", {a, b}}});
+  std::string add(const std::vector<std::string>& inputs) {
+    layers_.push_back({{"type", "add"}, {"name", next_name("sum")}, {"inputs", inputs}});
     return layers_.back()["name"];
   }
 
@@ -174,7 +176,10 @@ inline GeneratedNetwork generate(uint32_t seed) {
     at = b.chain(b.layers().back()["name"], 4);
     if (draw.chance(0.3)) {  // a residual join: a "same" branch added to the block's output
       b.conv(at, x, true, x[1]);
-      at = b.add(at, b.chain(b.layers().back()["name"], 2));
+      const std::string branch_conv = b.layers().back()["name"];
+      std::vector<std::string> joined = {at, b.chain(branch_conv, 2)};
+      if (draw.chance(0.5)) joined.push_back(draw.chance(0.5) ? branch_conv : at);
+      at = b.add(joined);
       at = b.chain(at, 2);
     }
     if (draw.chance(0.7)) at = b.pool(at, x);

@@ -28,7 +28,7 @@ bool all_finite(const HostTensor& t) {
 }
 
 TEST(GeneratedNetworks, LoadWithTheirShapesPlanAndTrainOnTheCpu) {
-  int fused_convs = 0, fused_adds = 0, pools = 0, joins = 0;
+  int fused_convs = 0, fused_adds = 0, pools = 0, joins = 0, three_way_joins = 0;
   for (const GeneratedNetwork& g : generated_networks(1, 64)) {
     SCOPED_TRACE(g.label + ": " + g.json);
     const Network net = Network::parse(g.json, g.label);
@@ -36,6 +36,8 @@ TEST(GeneratedNetworks, LoadWithTheirShapesPlanAndTrainOnTheCpu) {
     for (const auto& group : net.fusion_groups()) (group.front().rfind("sum", 0) == 0 ? fused_adds : fused_convs)++;
     pools += g.json.find("pool") != std::string::npos;
     joins += g.json.find("\"add\"") != std::string::npos;
+    const nlohmann::json doc = nlohmann::json::parse(g.json);
+    for (const auto& layer : doc["layers"]) three_way_joins += layer["type"] == "add" && layer["inputs"].size() == 3;
     Options cpu;
     cpu.device = Device::Cpu;
     cpu.input_grad = true;
@@ -44,9 +46,11 @@ TEST(GeneratedNetworks, LoadWithTheirShapesPlanAndTrainOnTheCpu) {
     for (const auto& [name, grad] : engine.gradients()) EXPECT_TRUE(all_finite(grad)) << name;
     EXPECT_TRUE(all_finite(engine.input_gradient()));
   }
-  // The set covers what it is for: pools, joins, and (with the rules) both kinds of fused op.
+  // The set covers what it is for: pools, joins (some reading a tensor twice, or one a chain also
+  // reads), and (with the rules) both kinds of fused op.
   EXPECT_GE(pools, 16);
   EXPECT_GE(joins, 8);
+  EXPECT_GE(three_way_joins, 4);
   if (ANVIL_WITH_CUDA) {
     EXPECT_GE(fused_convs, 16);
     EXPECT_GE(fused_adds, 4);
