@@ -47,6 +47,11 @@ std::string data_description(const DataFeed* feed, const DataOptions& options) {
          ", keep_last " + (options.keep_last ? "on" : "off");
 }
 
+// The tensor that holds optimizer state `state` (e.g. exp_avg) of a parameter.
+std::string state_tensor_name(const std::string& state, const std::string& parameter) {
+  return "optimizer." + state + "." + parameter;
+}
+
 // The metadata of a checkpoint: what the run was, and where it stands.
 std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, int64_t batch,
                                                        const std::string& optimizer, int64_t optimizer_step,
@@ -78,7 +83,7 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   const std::vector<std::string> states = m.optimizer->state_names();
   for (size_t k = 0; k < states.size(); ++k)
     for (auto& [name, tensor] : m.read_slab(m.optimizer_args.state[k]))
-      file.tensors["optimizer." + states[k] + "." + name] = std::move(tensor);
+      file.tensors[state_tensor_name(states[k], name)] = std::move(tensor);
   StepState state;
   m.download_bytes(&state, m.optimizer_args.step, sizeof state);
   file.metadata = checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(), state.step,
@@ -94,7 +99,7 @@ void Engine::check_checkpoint_fits(const std::string& path) const {
   const std::vector<std::string> states = m.optimizer->state_names();
   for (const auto& slot : m.schedule.params) {
     shapes.emplace(slot.spec.name, slot.spec.shape);
-    for (const std::string& state : states) shapes.emplace("optimizer." + state + "." + slot.spec.name, slot.spec.shape);
+    for (const std::string& state : states) shapes.emplace(state_tensor_name(state, slot.spec.name), slot.spec.shape);
   }
   // The widest numbers a run can reach.
   const TrainPosition last{kMaxSteps, kMaxSteps, kMaxSteps};
@@ -158,8 +163,8 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   std::vector<std::map<std::string, HostTensor>> state_slabs(states.size());
   for (size_t k = 0; k < states.size(); ++k)
     for (const auto& slot : m.schedule.params) {
-      const std::string name = "optimizer." + states[k] + "." + slot.spec.name;
-      state_slabs[k][slot.spec.name] = require_tensor(file, path, name, slot.spec.shape);
+      state_slabs[k][slot.spec.name] =
+          require_tensor(file, path, state_tensor_name(states[k], slot.spec.name), slot.spec.shape);
     }
   // Everything is checked: now write.
   m.write_slab(m.params, params);
