@@ -10,6 +10,7 @@
 # calls; "suite" adds tools/bench_vs_torch.py --suite into $out/SUITE.md and
 # "random" the same over RANDOM_COUNT (default 8) networks of
 # tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
+# CTEST_RANGE (ctest -I: "611,768" runs tests 611 to 768, for a run split across calls),
 # SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to $OUT
@@ -23,22 +24,24 @@ export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (docs/distributed.md)
 summary=()
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1 | sed 's/^/gpu: /'
+build_start=$(date +%s)
 if ! tools/setup.sh >"$out/build.log" 2>&1; then
   tail -30 "$out/build.log"
   echo "SUMMARY: build FAILED"
   exit 1
 fi
 grep -iE "warning" "$out/build.log" | head -5
-summary+=("build: ok ($(grep -ciE 'warning' "$out/build.log") warning lines)")
+summary+=("build: ok in $(( $(date +%s) - build_start )) s ($(grep -ciE 'warning' "$out/build.log") warning lines)")
 
 stages=" ${STAGES:-tests sanitizers precision data} "
 stage() { [[ "$stages" == *" $1 "* ]] || { summary+=("$1: not in STAGES"); false; }; }
 
 ctest_rc=0
 if stage tests; then
-  ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-1}" >"$out/ctest.log" 2>&1
+  ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-1}" \
+    ${CTEST_RANGE:+-I "$CTEST_RANGE"} >"$out/ctest.log" 2>&1
   ctest_rc=$?
-  grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|Not Run" "$out/ctest.log" | tail -15
+  grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|\*\*\*Timeout|Not Run" "$out/ctest.log" | tail -15
   summary+=("tests: $(grep -E 'tests passed' "$out/ctest.log" | tail -1)")
   # Tests that failed beside others get one serial rerun (GPU memory and timing are shared).
   if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-1}" != 1 ]; then
