@@ -834,7 +834,7 @@ int main(int argc, char** argv) {
   BenchFlags bench_opts;
   auto* bench = app.add_subcommand("bench", "time forward, fwd+bwd or train steps; per-layer breakdown; JSON export");
   add_common(bench, bench_flags);
-  bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + SGD)")
+  bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + the network's optimizer)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
   bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->check(whole_number(kMaxInt));
   bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)")
