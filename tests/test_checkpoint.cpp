@@ -89,13 +89,25 @@ TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   engine.save_checkpoint(path, {1, 0, 1});
 
   // The same layers with another learning rate is another network: its hash differs.
-  const Network other = network_with(data_path("adam_step.json"), {{"optimizer", {{"type", "adam"}, {"lr", 0.5}}}});
+  const nlohmann::json schedule = {{"type", "step"}, {"step_size", 2}, {"gamma", 0.5}};
+  const Network other = network_with(data_path("adam_step.json"),
+                                     {{"optimizer", {{"type", "adam"}, {"lr", 0.5}, {"lr_schedule", schedule}}}});
   Engine different(other, cpu_options());
   try {
     different.load_checkpoint(path);
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("the checkpoint is of another network"), std::string::npos) << e.what();
+  }
+  // Another optimizer type (also part of the hash) is named as the difference, both sides given.
+  const Network sgd = network_with(data_path("adam_step.json"), {{"optimizer", {{"type", "sgd"}, {"lr", 0.1}}}});
+  Engine with_sgd(sgd, cpu_options());
+  try {
+    with_sgd.load_checkpoint(path);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              path + ": the checkpoint's optimizer (adam, step schedule) differs from this network's (sgd)");
   }
   // A weights file (no checkpoint metadata) is not a checkpoint.
   TensorFile weights;

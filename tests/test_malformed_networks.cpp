@@ -5,6 +5,7 @@
 // beside the rule in test_network.cpp.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -181,28 +182,69 @@ TEST(MalformedNetworks, LongEchoedValuesAreCut) {
     const std::string msg = e.what();
     EXPECT_LE(msg.size(), anvil::Error::kMaxMessageBytes);
     EXPECT_EQ(msg.rfind("bad.json: layers[0].type: unknown layer type 'rrr", 0), 0u) << msg;
-    EXPECT_NE(msg.find("more bytes)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("bytes left out) ..."), std::string::npos) << msg;
+    EXPECT_NE(msg.find("rrr' (known: add, "), std::string::npos) << "the value's end, then the known types: " << msg;
   }
 }
 
-// The cut keeps whole UTF-8 characters and says how many bytes it left out; a
-// message within the limit is kept whole, and cutting again changes nothing.
+// Bytes of the file that are not UTF-8, echoed by the JSON parser, are written as \xHH: the
+// message is valid UTF-8 (and ASCII where the file was).
+TEST(MalformedNetworks, BytesThatAreNotUtf8AreEscapedInTheMessage) {
+  try {
+    anvil::Network::parse("{\"\xff\xfe", "bad.json");
+    ADD_FAILURE() << "accepted";
+  } catch (const anvil::InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(std::all_of(msg.begin(), msg.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+        << msg;
+    EXPECT_NE(msg.find("\\xff"), std::string::npos) << msg;
+    EXPECT_EQ(msg.rfind("bad.json: invalid JSON: ", 0), 0u) << msg;
+  }
+}
+
+// The message loses its middle, not its end: a reason that follows a long name stays.
+TEST(MalformedNetworks, ACutKeepsTheReasonAfterALongName) {
+  const std::string path = "/tmp/" + std::string(5000, 'd') + "/c.safetensors";
+  const std::string msg = anvil::Error(path + ": cannot write: File name too long").what();
+  EXPECT_LE(msg.size(), anvil::Error::kMaxMessageBytes);
+  EXPECT_EQ(msg.rfind("/tmp/ddd", 0), 0u) << msg;
+  const std::string end = "ddd/c.safetensors: cannot write: File name too long";
+  EXPECT_EQ(msg.substr(msg.size() - end.size()), end) << msg;
+}
+
+// Splits a cut message into the start it kept, the count its note gives and the end it kept.
+struct Cut {
+  std::string head, tail;
+  size_t left_out = 0;
+};
+Cut split(const std::string& cut) {
+  const size_t open = cut.find("... (");
+  const size_t close = cut.find(" bytes left out) ...", open);
+  EXPECT_NE(close, std::string::npos) << cut;
+  return {cut.substr(0, open), cut.substr(close + 20), size_t(std::stoull(cut.substr(open + 5, close - open - 5)))};
+}
+
+// The cut keeps whole UTF-8 characters at both sides and says how many bytes it
+// left out; a message within the limit is kept whole, and cutting again changes nothing.
 TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
   std::string text = "x";
   for (int i = 0; i < 1000; ++i) text += "\xc3\xa9";  // e acute, 2 bytes
   const std::string cut = anvil::Error::one_line(text);
   EXPECT_LE(cut.size(), anvil::Error::kMaxMessageBytes);
-  const std::string kept = cut.substr(0, cut.find("... ("));
-  EXPECT_EQ(kept.size() % 2, 1u) << "x, then whole 2-byte characters";
-  EXPECT_EQ(text.compare(0, kept.size(), kept), 0);
-  EXPECT_EQ(cut.substr(kept.size()), "... (" + std::to_string(text.size() - kept.size()) + " more bytes)");
+  const Cut parts = split(cut);
+  EXPECT_EQ(parts.head.size() % 2, 1u) << "x, then whole 2-byte characters";
+  EXPECT_EQ(parts.tail.size() % 2, 0u) << "whole 2-byte characters";
+  EXPECT_GT(parts.tail.size(), 0u);
+  EXPECT_EQ(text.compare(0, parts.head.size(), parts.head), 0);
+  EXPECT_EQ(text.compare(text.size() - parts.tail.size(), parts.tail.size(), parts.tail), 0);
+  EXPECT_EQ(parts.left_out, text.size() - parts.head.size() - parts.tail.size());
   EXPECT_EQ(anvil::Error::one_line(cut), cut);
   const std::string at_limit(anvil::Error::kMaxMessageBytes, 'a');
   EXPECT_EQ(anvil::Error::one_line(at_limit), at_limit);
-  // Bytes that are not UTF-8 (continuation bytes only) still keep the message's first part.
+  // Bytes that are not UTF-8 (continuation bytes only) still keep most of the message's first part.
   const std::string stray = anvil::Error::one_line(std::string(2000, '\x80'));
   EXPECT_LE(stray.size(), anvil::Error::kMaxMessageBytes);
-  EXPECT_GE(stray.find("... ("), anvil::Error::kMaxMessageBytes - 43);
+  EXPECT_GE(stray.find("... ("), (anvil::Error::kMaxMessageBytes - 48) * 2 / 3 - 3);
 }
 
 // Control bytes near the cut: no escape is split, and the note counts the
@@ -213,11 +255,13 @@ TEST(MalformedNetworks, TheCutKeepsWholeEscapes) {
     const std::string cut = anvil::Error::one_line(text);
     SCOPED_TRACE(lead);
     EXPECT_LE(cut.size(), anvil::Error::kMaxMessageBytes);
-    const std::string kept = cut.substr(0, cut.find("... ("));
-    ASSERT_GE(kept.size(), lead);
-    EXPECT_EQ((kept.size() - lead) % 4, 0u) << "whole escapes only: " << kept.substr(kept.size() - 8);
-    const size_t written = lead + (kept.size() - lead) / 4;  // bytes of the text that the message keeps
-    EXPECT_EQ(cut.substr(kept.size()), "... (" + std::to_string(text.size() - written) + " more bytes)");
+    const Cut parts = split(cut);
+    ASSERT_GE(parts.head.size(), lead);
+    EXPECT_EQ((parts.head.size() - lead) % 4, 0u) << "whole escapes only: " << parts.head.substr(parts.head.size() - 8);
+    EXPECT_EQ(parts.tail.size() % 4, 0u) << "whole escapes only: " << parts.tail.substr(0, 8);
+    // The bytes of the text that the message keeps.
+    const size_t written = lead + (parts.head.size() - lead) / 4 + parts.tail.size() / 4;
+    EXPECT_EQ(parts.left_out, text.size() - written);
   }
 }
 

@@ -13,9 +13,10 @@ namespace anvil {
 // A runtime failure: a library call failed or the device ran out of memory.
 // Every message is one line: control bytes (a newline or a tab in a key or a
 // name from the user's file) are written as escapes, and a message longer
-// than kMaxMessageBytes (a long value from the user's file, echoed) is cut
-// there, saying how many bytes were left out. Messages name the file, the
-// place and the problem first.
+// than kMaxMessageBytes (a long value from the user's file, echoed) loses
+// its middle, saying how many bytes were left out: its start names the file,
+// the place and the problem, and its end keeps a reason that follows a long
+// name ("...: cannot write: File name too long").
 class Error : public std::runtime_error {
  public:
   explicit Error(const std::string& what) : std::runtime_error(one_line(what)) {}
@@ -26,23 +27,33 @@ class Error : public std::runtime_error {
     std::string whole;
     for (const char c : text) append_escaped(whole, c);
     if (whole.size() <= kMaxMessageBytes) return whole;
-    // Cut the text itself, so that no escape is split and the note counts the text's bytes.
-    const size_t room = kMaxMessageBytes - 40;  // room for the note
+    // Cut the text itself, so that no escape is split and the note counts the text's bytes: the
+    // start gets two thirds of the room, the end the rest.
+    const size_t room = kMaxMessageBytes - 48;  // room for the note
+    const size_t head_room = room * 2 / 3;
+    size_t head = 0, head_bytes = 0;  // the text's bytes kept at the start, and their escaped size
+    for (; head < text.size() && head_bytes + escaped_size(text[head]) <= head_room; ++head)
+      head_bytes += escaped_size(text[head]);
+    size_t tail = text.size(), tail_bytes = 0;  // the kept end starts at text[tail]
+    for (; tail > head && tail_bytes + escaped_size(text[tail - 1]) <= room - head_bytes; --tail)
+      tail_bytes += escaped_size(text[tail - 1]);
+    // Each side at whole UTF-8 characters: at most 3 continuation bytes (more is not UTF-8 anyway).
+    for (int back = 0; back < 3 && head > 0 && is_continuation(text[head]); ++back) --head;
+    for (int on = 0; on < 3 && tail < text.size() && is_continuation(text[tail]); ++on) ++tail;
     std::string out;
-    size_t used = 0;
-    for (; used < text.size(); ++used) {  // stops at the first byte that does not fit
-      append_escaped(out, text[used]);
-      if (out.size() > room) break;
-    }
-    // Back to the start of a UTF-8 character: at most 3 continuation bytes (more is not UTF-8 anyway).
-    for (int back = 0; back < 3 && used > 0 && (static_cast<unsigned char>(text[used]) & 0xc0) == 0x80; ++back)
-      --used;
-    out.clear();
-    for (size_t i = 0; i < used; ++i) append_escaped(out, text[i]);
-    return out + "... (" + std::to_string(text.size() - used) + " more bytes)";
+    for (size_t i = 0; i < head; ++i) append_escaped(out, text[i]);
+    out += "... (" + std::to_string(tail - head) + " bytes left out) ...";
+    for (size_t i = tail; i < text.size(); ++i) append_escaped(out, text[i]);
+    return out;
   }
 
  private:
+  static bool is_continuation(char c) { return (static_cast<unsigned char>(c) & 0xc0) == 0x80; }
+  static size_t escaped_size(char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte == '\n' || byte == '\t' ? 2 : byte < 0x20 || byte == 0x7f ? 4 : 1;
+  }
+
   // A control byte as an escape (\n, \t, \xHH); any other byte as it is.
   static void append_escaped(std::string& out, char c) {
     static const char* const kHex = "0123456789abcdef";

@@ -122,6 +122,12 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (format->second != kCheckpointFormat)
     throw InputError(path + ": checkpoint format '" + format->second + "'; this anvil reads format " +
                      kCheckpointFormat);
+  // The optimizer is part of the network's hash: named first, it is the difference the message gives.
+  const auto optimizer = file.metadata.find("optimizer");
+  if (optimizer == file.metadata.end() || optimizer->second != m.optimizer->describe())
+    throw InputError(path + ": the checkpoint's optimizer (" +
+                     (optimizer == file.metadata.end() ? std::string("none recorded") : optimizer->second) +
+                     ") differs from this network's (" + m.optimizer->describe() + ")");
   if (hash->second != hex(spec.hash)) {
     const auto name = file.metadata.find("network.name");
     throw InputError(path + ": the checkpoint is of another network ('" +
@@ -131,9 +137,6 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (metadata_integer(file, path, "batch") != m.global_batch())
     throw InputError(path + ": the checkpoint was written at batch " + file.metadata.at("batch") +
                      ", this run's batch is " + std::to_string(m.global_batch()));
-  const auto optimizer = file.metadata.find("optimizer");
-  if (optimizer == file.metadata.end() || optimizer->second != m.optimizer->describe())
-    throw InputError(path + ": the checkpoint's optimizer differs from this network's");
   TrainPosition position;
   position.step = metadata_integer(file, path, "step");
   position.epoch = metadata_integer(file, path, "epoch");

@@ -17,10 +17,24 @@ namespace {
 // a frame here and a value in the document per byte (gigabytes for a 100 MB header).
 constexpr size_t kMaxNesting = 128;
 
-// nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ...".
-std::string without_prefix(const std::string& what) {
+// nlohmann's message is "[json.exception.parse_error.101] parse error at line 3, column 5: ...",
+// and it echoes the bytes it last read ("last read: '\"\xff'"): those beyond ASCII are written as
+// \xHH, so that the message is valid UTF-8 whatever the file held.
+std::string parse_message(const std::string& what) {
   const size_t cut = what.find("] ");
-  return cut == std::string::npos ? what : what.substr(cut + 2);
+  static const char* const kHex = "0123456789abcdef";
+  std::string message;
+  for (size_t i = cut == std::string::npos ? 0 : cut + 2; i < what.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(what[i]);
+    if (byte < 0x80) {
+      message += what[i];
+    } else {
+      message += "\\x";
+      message += kHex[byte >> 4];
+      message += kHex[byte & 15];
+    }
+  }
+  return message;
 }
 
 // A first pass over the document that builds nothing: it follows where the
@@ -57,7 +71,7 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
     if (dynamic_cast<const nlohmann::json::out_of_range*>(&e) != nullptr)  // "1e400": beyond double
       throw InputError(path(true) + ": number out of range");
-    throw InputError("invalid JSON: " + without_prefix(e.what()));
+    throw InputError("invalid JSON: " + parse_message(e.what()));
   }
 
  private:
@@ -108,7 +122,7 @@ nlohmann::json parse_json_document(const std::string& text) {
   try {
     return nlohmann::json::parse(text);  // the checker has refused whatever this parse would
   } catch (const nlohmann::json::exception& e) {
-    throw InputError("invalid JSON: " + without_prefix(e.what()));
+    throw InputError("invalid JSON: " + parse_message(e.what()));
   }
 }
 
