@@ -233,6 +233,16 @@ TEST(DataParallelCpu, InProcessCommunicatorAveragesInRankOrder) {
   }
 }
 
+// A null buffer or a negative count is refused before the rank joins the collective.
+TEST(DataParallelCpu, AverageRefusesANullBufferOrANegativeCount) {
+  auto comms = in_process_communicators(1);
+  EXPECT_THROW(comms[0]->average(nullptr, 5, nullptr), InputError);
+  std::vector<float> data = {1.f, 2.f};
+  EXPECT_THROW(comms[0]->average(data.data(), -1, nullptr), InputError);
+  comms[0]->average(data.data(), 2, nullptr);  // one rank: its own values
+  EXPECT_EQ(data, (std::vector<float>{1.f, 2.f}));
+}
+
 // One rank through NCCL is the plain engine, bit for bit, and the step, the all-reduce included,
 // is still one captured CUDA graph.
 TEST(DataParallelGpu, OneRankThroughNcclIsThePlainEngineBitwise) {

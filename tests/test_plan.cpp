@@ -88,6 +88,9 @@ TEST(PlanMemory, AlignUp) {
   EXPECT_EQ(anvil::align_up(256), 256u);
   EXPECT_EQ(anvil::align_up(257), 512u);
   EXPECT_EQ(anvil::align_up(10, 8), 16u);
+  EXPECT_THROW(anvil::align_up(10, 0), anvil::InputError);                  // no division by zero
+  EXPECT_THROW(anvil::align_up(SIZE_MAX - 10, 256), anvil::InputError);     // no wrap to a small size
+  EXPECT_EQ(anvil::align_up(SIZE_MAX - 255, 256), SIZE_MAX - 255);
 }
 
 TEST(PlanMemory, EmptyRequestList) {
@@ -134,11 +137,30 @@ TEST(PlanMemory, FindThrowsForAnUnknownName) {
   EXPECT_THROW(plan.find("b"), anvil::Error);
 }
 
-TEST(PlanMemory, LifetimeOutsideTheScheduleIsAnInternalError) {
-  EXPECT_THROW(anvil::plan_memory({{"a", 8, 2, 1, false}}, 4), anvil::Error);   // first > last
-  EXPECT_THROW(anvil::plan_memory({{"a", 8, 0, 4, false}}, 4), anvil::Error);   // last past the end
-  EXPECT_THROW(anvil::plan_memory({{"a", 8, -1, 0, false}}, 4), anvil::Error);  // before the start
+TEST(PlanMemory, LifetimeOutsideTheScheduleIsRefused) {
+  EXPECT_THROW(anvil::plan_memory({{"a", 8, 2, 1, false}}, 4), anvil::InputError);   // first > last
+  EXPECT_THROW(anvil::plan_memory({{"a", 8, 0, 4, false}}, 4), anvil::InputError);   // last past the end
+  EXPECT_THROW(anvil::plan_memory({{"a", 8, -1, 0, false}}, 4), anvil::InputError);  // before the start
+  EXPECT_THROW(anvil::plan_memory({}, -5), anvil::InputError);                       // a negative schedule
   EXPECT_NO_THROW(anvil::plan_memory({{"a", 8, 0, 3, false}}, 4));
+  try {
+    anvil::plan_memory({{"a", 8, 0, 4, false}}, 4);
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "plan_memory: tensor 'a' has lifetime [0, 4] outside the schedule of 4 steps");
+  }
+}
+
+// Sizes whose sum (or one, aligned) would wrap around size_t are refused: a wrapped plan put
+// two live tensors on the same bytes, or one at 0 bytes.
+TEST(PlanMemory, SizesBeyondTheAddressSpaceAreRefused) {
+  EXPECT_THROW(anvil::plan_memory({{"a", SIZE_MAX, 0, 1, false}, {"b", 1000, 0, 1, false}}, 2), anvil::InputError);
+  const size_t half = size_t(1) << 63;
+  EXPECT_THROW(anvil::plan_memory({{"a", half, 0, 1, false}, {"b", half, 0, 1, false}, {"c", 4096, 0, 1, false}}, 2),
+               anvil::InputError);
+  const size_t large = size_t(1) << 60;  // in range: planned, and apart
+  const MemoryPlan plan = anvil::plan_memory({{"a", large, 0, 1, false}, {"b", large, 0, 1, false}}, 2);
+  check_plan_invariants(plan, 2);
+  EXPECT_EQ(plan.dynamic_bytes, 2 * large);
 }
 
 // The checker itself must catch a plan that puts two live tensors on the same bytes.

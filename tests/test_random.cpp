@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "anvil/error.hpp"
 #include "anvil/random.hpp"
 
 namespace {
@@ -141,6 +142,16 @@ TEST(Random, FillUniformStaysInRange) {
     sum += v;
   }
   EXPECT_NEAR(sum / n, 1.0, 0.04);  // standard error 0.0073
+}
+
+// A null buffer or a negative count is an error, not a store through null.
+TEST(Random, FillRefusesANullBufferOrANegativeCount) {
+  EXPECT_THROW(anvil::fill_uniform(nullptr, 4, 1, 0.0, 1.0), anvil::InputError);
+  EXPECT_THROW(anvil::fill_normal(nullptr, 4, 1), anvil::InputError);
+  std::vector<float> out(4, 5.f);
+  EXPECT_THROW(anvil::fill_uniform(out.data(), -1, 1, 0.0, 1.0), anvil::InputError);
+  EXPECT_NO_THROW(anvil::fill_uniform(nullptr, 0, 1, 0.0, 1.0));  // nothing to write
+  EXPECT_EQ(out, std::vector<float>(4, 5.f));
 }
 
 }  // namespace

@@ -16,11 +16,18 @@
 
 #include <cmath>
 
+#include "anvil/error.hpp"
+
 namespace anvil {
 
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 constexpr double kPi = 3.141592653589793;  // == Python's math.pi
+
+void require_buffer(const char* function, const float* out, int64_t n) {
+  if (n < 0) throw InputError(std::string(function) + ": a negative count, " + std::to_string(n));
+  if (n > 0 && out == nullptr) throw InputError(std::string(function) + ": a null buffer");
+}
 }  // namespace
 
 uint64_t splitmix64(uint64_t x) {
@@ -49,6 +56,7 @@ float uniform01(uint64_t stream, uint64_t index) {
 }
 
 void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, int64_t first) {
+  require_buffer("fill_uniform", out, n);
   for (int64_t i = 0; i < n; ++i) {
     const double u = uniform01(stream, static_cast<uint64_t>(first + i));
     out[i] = static_cast<float>(lo + (hi - lo) * u);
@@ -56,6 +64,7 @@ void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, 
 }
 
 void fill_normal(float* out, int64_t n, uint64_t stream) {
+  require_buffer("fill_normal", out, n);
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t k = 2 * static_cast<uint64_t>(i);
     const double u1 = uniform01(stream, k);

@@ -47,6 +47,13 @@ class Communicator {
   // returns). In-process, a peer that waits for it in average() then fails with an Error instead of
   // waiting for ever; NCCL and MPI cannot tell, so there every rank must run the same collectives.
   virtual void leave() {}
+
+ protected:
+  // What every average() checks first: a count >= 0, and a buffer where it is positive.
+  static void check_average_args(const float* data, int64_t count) {
+    if (count < 0) throw InputError("Communicator::average: a negative count, " + std::to_string(count));
+    if (count > 0 && data == nullptr) throw InputError("Communicator::average: a null buffer");
+  }
 };
 
 // K ranks in one process, for engines on the CPU backend, each rank on its own thread. The mean

@@ -54,6 +54,7 @@ class InProcessCommunicator : public Communicator {
   std::string describe() const override { return "in-process, " + std::to_string(group_->size) + " ranks"; }
 
   void average(float* data, int64_t count, void* /*stream: the CPU backend has none*/) override {
+    check_average_args(data, count);
     Group& g = *group_;
     std::unique_lock<std::mutex> lock(g.mutex);
     if (g.aborted) throw PeerFailure("in-process communicator: another rank failed");

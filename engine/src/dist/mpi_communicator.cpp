@@ -47,6 +47,7 @@ class MpiCommunicator : public Communicator {
   std::string describe() const override { return "MPI, " + std::to_string(size_) + " processes"; }
 
   void average(float* data, int64_t count, void* /*stream: the CPU backend has none*/) override {
+    check_average_args(data, count);
     wide_.assign(data, data + count);
     // MPI counts are int: large buffers go in pieces.
     constexpr int64_t kPiece = int64_t(1) << 30;

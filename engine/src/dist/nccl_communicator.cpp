@@ -38,6 +38,7 @@ class NcclCommunicator : public Communicator {
   std::string describe() const override { return "nccl " + nccl_version() + ", " + std::to_string(size_) + " ranks"; }
 
   void average(float* data, int64_t count, void* stream) override {
+    check_average_args(data, count);
     check_nccl(ncclAllReduce(data, data, size_t(count), ncclFloat, ncclAvg, comm_, static_cast<cudaStream_t>(stream)),
                "ncclAllReduce");
   }

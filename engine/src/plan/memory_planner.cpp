@@ -3,13 +3,19 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <vector>
 
 #include "anvil/error.hpp"
 
 namespace anvil {
 
-size_t align_up(size_t bytes, size_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
+size_t align_up(size_t bytes, size_t alignment) {
+  if (alignment == 0) throw InputError("align_up: the alignment must be positive");
+  if (bytes > std::numeric_limits<size_t>::max() - (alignment - 1))
+    throw InputError("align_up: " + std::to_string(bytes) + " bytes cannot be aligned to " + std::to_string(alignment));
+  return (bytes + alignment - 1) / alignment * alignment;
+}
 
 std::string gib(size_t bytes) {
   char text[32];
@@ -20,7 +26,7 @@ std::string gib(size_t bytes) {
 const PlannedTensor& MemoryPlan::find(const std::string& name) const {
   for (const auto& t : tensors)
     if (t.name == name) return t;
-  throw Error("internal error: no planned tensor named '" + name + "'");
+  throw InputError("MemoryPlan::find: no planned tensor named '" + name + "'");
 }
 
 namespace {
@@ -103,12 +109,17 @@ constexpr size_t kMaxBestFitNeighbours = 1024;
 }  // namespace
 
 MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
+  if (step_count < 0) throw InputError("plan_memory: a negative step count, " + std::to_string(step_count));
+  // Every offset + size is at most the sum of all sizes: bounding the sum keeps the arithmetic exact.
+  constexpr size_t kMostBytes = size_t(1) << 62;
   MemoryPlan plan;
   for (auto& r : requests) {
     if (r.pinned) r.first = 0, r.last = step_count - 1;
     if (r.first > r.last || r.first < 0 || r.last >= step_count)
-      throw Error("internal error: tensor '" + r.name + "' has lifetime [" + std::to_string(r.first) + ", " +
-                  std::to_string(r.last) + "] outside the schedule");
+      throw InputError("plan_memory: tensor '" + r.name + "' has lifetime [" + std::to_string(r.first) + ", " +
+                       std::to_string(r.last) + "] outside the schedule of " + std::to_string(step_count) + " steps");
+    if (r.bytes > kMostBytes - plan.naive_bytes)
+      throw InputError("plan_memory: the tensors take more than 2^62 bytes in all (tensor '" + r.name + "')");
     r.bytes = align_up(std::max<size_t>(r.bytes, 1));
     plan.naive_bytes += r.bytes;
   }
