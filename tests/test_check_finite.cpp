@@ -11,6 +11,7 @@
 #include <regex>
 #include <string>
 
+#include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
@@ -204,6 +205,22 @@ TEST(CheckFiniteApi, MisuseIsAnError) {
   EXPECT_THROW(engine.restore_good_state(), Error);  // nothing kept yet
   o.epochs = 2;
   EXPECT_THROW(Trainer(engine, o), InputError);  // epochs need a dataset
+}
+
+// A traced step past the epoch's end takes no batch and counts no step, as train_step.
+TEST(CheckFiniteApi, ATracedStepWithNoBatchLeftCountsNoStep) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  const Shape input(net.input_shape().begin() + 1, net.input_shape().end());
+  const Shape output(net.output_shape().begin() + 1, net.output_shape().end());
+  const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"), input, output);
+  Engine engine(net, checked(Device::Cpu));
+  engine.attach_data(train, DataOptions{});
+  const int64_t batches = engine.batches_per_epoch();
+  for (int64_t b = 0; b < batches; ++b) EXPECT_FALSE(engine.traced_train_step());
+  EXPECT_EQ(engine.steps_done(), batches);
+  EXPECT_THROW(engine.traced_train_step(), Error);
+  EXPECT_THROW(engine.train_step(), Error);
+  EXPECT_EQ(engine.steps_done(), batches);
 }
 
 }  // namespace

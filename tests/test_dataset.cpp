@@ -406,6 +406,137 @@ TEST(DatasetTraining, StartEpochRefusesPositionsOutsideTheData) {
   EXPECT_TRUE(std::isfinite(engine.train_step()));
 }
 
+// The object given to attach_data must outlive the engine; what it holds may still change under
+// it. Moved from, or assigned another dataset, it is refused at the next step and nothing runs
+// (a step used to gather from the moved-from one's null rows, or read past a smaller one's end).
+TEST(DatasetTraining, AnAttachedDatasetMovedFromOrReassignedIsRefused) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  auto load = [&](const std::string& name) {
+    return Dataset::load(data_path(name), without_batch(net.input_shape()), without_batch(net.output_shape()));
+  };
+  const std::string refused =
+      "the dataset given to attach_data was moved from or assigned another since: attach the one to train on again";
+  Options options;
+  options.device = Device::Cpu;
+  for (const bool move : {true, false}) {
+    SCOPED_TRACE(move ? "moved from" : "assigned another");
+    Engine engine(net, options);
+    Dataset train = load("dataset_epochs_train.safetensors");
+    engine.attach_data(train, DataOptions{});
+    EXPECT_TRUE(std::isfinite(engine.train_step()));
+    Dataset elsewhere = load("dataset_epochs_val.safetensors");  // fewer samples than train
+    if (move)
+      elsewhere = std::move(train);
+    else
+      train = std::move(elsewhere);
+    EXPECT_EQ(train.identity() == 0, move);
+    const auto before = engine.parameters();
+    for (const std::function<void()>& step : {std::function<void()>([&] { engine.train_step(); }),
+                                             std::function<void()>([&] { engine.start_epoch(1); })}) {
+      try {
+        step();
+        ADD_FAILURE() << "no error";
+      } catch (const InputError& e) {
+        EXPECT_EQ(std::string(e.what()), refused);
+      }
+    }
+    EXPECT_EQ(engine.steps_done(), 1);
+    for (const auto& [name, value] : engine.parameters()) EXPECT_EQ(value.data, before.at(name).data) << name;
+    engine.attach_data(move ? elsewhere : train, DataOptions{});  // attached again, where the samples are now
+    EXPECT_TRUE(std::isfinite(engine.train_step()));
+  }
+}
+
+// One Trainer at a time trains an engine: a second one's attach_data, or a dataset attached under
+// a Trainer of the engine's own batch, is refused where it would train on the wrong data.
+TEST(DatasetTraining, ATrainerRefusesAnEngineFeedingFromAnotherDataset) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  auto load = [&](const std::string& name) {
+    return Dataset::load(data_path(name), without_batch(net.input_shape()), without_batch(net.output_shape()));
+  };
+  const Dataset train = load("dataset_epochs_train.safetensors"), val = load("dataset_epochs_val.safetensors");
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  TrainOptions o;
+  o.epochs = 1;
+  Trainer first(engine, train, nullptr, o, DataOptions{});
+  Trainer second(engine, val, nullptr, o, DataOptions{});
+  auto error_of = [](const std::function<void()>& action) -> std::string {
+    try {
+      action();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  EXPECT_EQ(error_of([&] { first.run({}); }),
+            "another dataset was attached to the engine since this Trainer was made (attach_data, or a second "
+            "Trainer): one Trainer at a time trains an engine");
+  EXPECT_EQ(engine.steps_done(), 0);
+  EXPECT_EQ(error_of([&] { second.run({}); }), "<no error>");
+  EXPECT_EQ(engine.steps_done(), second.position().step);
+  EXPECT_GT(engine.steps_done(), 0);
+
+  TrainOptions own;
+  own.steps = 2;
+  const std::string attached = "the engine has a dataset attached (attach_data): this Trainer trains on the "
+                               "engine's own batch; give the dataset to the Trainer instead";
+  EXPECT_EQ(error_of([&] { Trainer(engine, own); }), attached);
+  Engine plain(net, options);
+  Trainer on_own_batch(plain, own);
+  plain.attach_data(train, DataOptions{});
+  EXPECT_EQ(error_of([&] { on_own_batch.run({}); }), attached);
+  EXPECT_EQ(plain.steps_done(), 0);
+}
+
+// The checkpoint path is checked when the Trainer is made, as the CLI checks --checkpoint: one
+// that cannot be written, or that names a dataset the run reads, is refused before any step.
+TEST(DatasetTraining, ATrainerRefusesACheckpointItCouldNotWriteOrThatIsItsData) {
+  const Network net = Network::load(data_path("dataset_epochs.json"));
+  const std::string dir = ::testing::TempDir() + "/anvil_trainer_ckpt_" + std::to_string(::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string train_path = dir + "/train.safetensors", val_path = dir + "/val.safetensors";
+  fs::copy_file(data_path("dataset_epochs_train.safetensors"), train_path);
+  fs::copy_file(data_path("dataset_epochs_val.safetensors"), val_path);
+  fs::create_symlink(train_path, dir + "/link.safetensors");
+  auto load = [&](const std::string& path) {
+    return Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
+  };
+  const Dataset train = load(train_path), val = load(val_path);
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  auto error_of = [&](const std::string& checkpoint) -> std::string {
+    TrainOptions o;
+    o.epochs = 1;
+    o.checkpoint = checkpoint;
+    try {
+      Trainer trainer(engine, train, &val, o, DataOptions{});
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  EXPECT_EQ(error_of(train_path), train_path + ": the checkpoint would overwrite the dataset " + train_path);
+  EXPECT_EQ(error_of(dir + "/link.safetensors"),
+            dir + "/link.safetensors: the checkpoint would overwrite the dataset " + train_path);
+  EXPECT_EQ(error_of(dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors"),
+            dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors: the checkpoint would overwrite the dataset " +
+                val_path);
+  EXPECT_EQ(error_of(dir + "/missing/c.safetensors"),
+            dir + "/missing/c.safetensors: cannot write: directory '" + dir + "/missing' does not exist");
+  EXPECT_EQ(error_of(dir), dir + ": cannot write: it is a directory");
+  EXPECT_EQ(error_of(train_path + "/c.safetensors"),
+            train_path + "/c.safetensors: cannot write in '" + train_path + "': Not a directory");
+  EXPECT_EQ(error_of(dir + "/" + std::string(300, 'c')), dir + "/" + std::string(300, 'c') + ": cannot write: File name too long");
+  EXPECT_EQ(error_of(dir + "/c.safetensors"), "<no error>");
+  EXPECT_EQ(engine.steps_done(), 0);
+  EXPECT_FALSE(fs::exists(dir + "/c.safetensors"));  // checked, not written
+  fs::remove_all(dir);
+}
+
 // --- evaluate() -----------------------------------------------------------------
 
 // The validation set of dataset_epochs with every target replaced (another dataset of the same

@@ -167,6 +167,26 @@ TEST_F(OutputFile, AnExceptionFromTheWriterComesOutAndKeepsTheOldFile) {
   EXPECT_EQ(read_bytes(target_), "new\n");
 }
 
+// A writer that starts another write would wait on itself (writes take turns):
+// the inner write is refused, its Error comes out of the outer one, and
+// neither file is touched.
+TEST_F(OutputFile, AWriteFromInsideAWriterIsRefusedNotADeadlock) {
+  const std::string inner = path("inner.txt");
+  try {
+    anvil::write_output_file(target_, [&](std::FILE* f) {
+      anvil::write_output_file(inner, [](std::FILE* g) { return put(g, "inner\n"); });
+      return put(f, "new\n");
+    });
+    ADD_FAILURE() << "no error";
+  } catch (const anvil::Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              inner + ": cannot write: write_output_file was called from inside another write's writer");
+  }
+  expect_untouched();
+  anvil::write_output_file(inner, [](std::FILE* g) { return put(g, "inner\n"); });  // usable again
+  EXPECT_EQ(read_bytes(inner), "inner\n");
+}
+
 // SIGINT or SIGTERM in the middle of a write, with the default action: the
 // process ends by that signal (128 + it, to a shell), the temporary file removed.
 TEST_F(OutputFile, SigintOrSigtermDuringAWriteRemovesTheTemporaryAndEndsTheProcess) {

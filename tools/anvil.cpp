@@ -24,7 +24,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -124,16 +123,6 @@ CLI::Validator finite_number() {
 
 using NamedPaths = std::vector<std::pair<std::string, std::string>>;  // (flag, path); empty paths are skipped
 
-// The file a path names, for comparing two paths: an existing file by device and inode (hard
-// links and symlinks alike), a new name by its path with symlinks and '..' resolved.
-std::string same_file_key(const std::string& path) {
-  struct stat st {};
-  if (stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
-  std::error_code ec;
-  const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
-  return ec ? path : p.lexically_normal().string();
-}
-
 // Fails before any work when an output could not be written at the end, or
 // could reach something by accident: every output must be a new name or a
 // regular file (a symlink, character device or FIFO only with --force, which
@@ -152,32 +141,17 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
       const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : "not a regular file";
       throw anvil::InputError(flag + " " + path + ": will not write: it is " + kind + " (--force writes through it)");
     }
-    std::string target;
     try {
-      target = anvil::output_target(path);
-    } catch (const anvil::Error& e) {  // a loop of links
+      anvil::check_output_path(path);
+    } catch (const anvil::Error& e) {
       throw anvil::InputError(flag + " " + e.what());
     }
-    const anvil::OutputKind kind = anvil::output_kind(target);
-    if (kind.refused != nullptr) throw anvil::InputError(flag + " " + path + ": cannot write: it is " + kind.refused);
-    if (!kind.in_place) {  // a file renamed into its directory at the end
-      const std::string dir = anvil::output_directory(target);
-      const int dir_error = stat(dir.c_str(), &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
-      if (dir_error == ENOENT)
-        throw anvil::InputError(flag + " " + path + ": cannot write: directory '" + dir + "' does not exist");
-      if (dir_error != 0)  // a file where a directory should be, a loop of links, ...
-        throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(dir_error));
-      if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
-        throw anvil::InputError(flag + " " + path + ": cannot write in '" + dir + "': " + std::strerror(errno));
-      if (lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
-        throw anvil::InputError(flag + " " + path + ": cannot write: " + std::strerror(ENAMETOOLONG));
-    }
-    const auto [it, fresh] = written.emplace(same_file_key(target), std::make_pair(flag, path));
+    const auto [it, fresh] = written.emplace(anvil::same_file_key(anvil::output_target(path)), std::make_pair(flag, path));
     if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);
   }
   for (const auto& [flag, path] : inputs) {
     if (path.empty()) continue;
-    const auto it = written.find(same_file_key(path));
+    const auto it = written.find(anvil::same_file_key(path));
     if (it == written.end()) continue;
     const auto& [out_flag, out_path] = it->second;
     if (!(flag == "--resume" && out_flag == "--checkpoint"))

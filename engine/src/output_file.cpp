@@ -37,6 +37,7 @@ mode_t new_file_mode() {
 // block them) waits for the writer to publish the name.
 enum TempState : int { kIdle, kCreating, kLive };
 std::mutex write_mutex;
+thread_local bool writing = false;  // this thread holds write_mutex
 char live_temp[PATH_MAX];
 std::atomic<int> temp_state{kIdle};
 static_assert(std::atomic<int>::is_always_lock_free, "read in a signal handler");
@@ -144,6 +145,37 @@ std::string output_directory(const std::string& target) {
   return slash == 0 ? "/" : target.substr(0, slash);
 }
 
+void check_output_path(const std::string& path) {
+  if (path.empty()) throw InputError("an empty file name");
+  std::string target;
+  try {
+    target = output_target(path);
+  } catch (const Error& e) {  // a loop of links
+    throw InputError(e.what());
+  }
+  const OutputKind kind = output_kind(target);
+  if (kind.refused != nullptr) throw InputError(path + ": cannot write: it is " + kind.refused);
+  if (kind.in_place) return;
+  const std::string dir = output_directory(target);
+  struct stat st {};
+  const int dir_error = ::stat(dir.c_str(), &st) != 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+  if (dir_error == ENOENT) throw InputError(path + ": cannot write: directory '" + dir + "' does not exist");
+  if (dir_error != 0)  // a file where a directory should be, a loop of links, ...
+    throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(dir_error));
+  if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
+    throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(errno));
+  if (::lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
+    throw InputError(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
+}
+
+std::string same_file_key(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {
   if (!write) throw InputError(path + ": write_output_file: no writer given");
   const std::string target = output_target(path);
@@ -152,7 +184,12 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   if (kind.in_place) return write_into(path, target, write);
   const std::string dir = output_directory(target);
   const std::string pattern = dir + "/.anvil-XXXXXX";
+  if (writing) throw Error(path + ": cannot write: write_output_file was called from inside another write's writer");
   const std::lock_guard<std::mutex> lock(write_mutex);
+  struct Writing {
+    Writing() { writing = true; }
+    ~Writing() { writing = false; }
+  } const this_thread_writes;
   if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
   std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
   const SignalCleanup cleanup;

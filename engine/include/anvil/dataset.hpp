@@ -79,9 +79,15 @@ class Dataset {
   // infinity (naming its index and sample).
   static Dataset load(const std::string& path, const Shape& sample_shape, const Shape& target_sample_shape);
 
+  // Copies share the identity; a moved-from dataset has none (an engine it was attached to refuses it).
+  Dataset(const Dataset&) = default;
+  Dataset& operator=(const Dataset&) = default;
+  Dataset(Dataset&& other) noexcept;
+  Dataset& operator=(Dataset&& other) noexcept;
+
   const std::string& path() const { return path_; }
-  // A number no other load gives (copies share it): an engine holding a dataset
-  // tells a new one at the same address from it by this.
+  // A number no other load gives (copies share it; 0 once moved from): an engine
+  // holding a dataset tells a new one at the same address from it by this.
   uint64_t identity() const { return identity_; }
   int64_t size() const { return inputs_.shape.empty() ? 0 : inputs_.shape[0]; }  // the sample count S
   Shape sample_shape() const;

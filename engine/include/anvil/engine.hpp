@@ -127,12 +127,14 @@ class Engine {
   // after attach_data and start_epoch, each train step takes the epoch's next
   // batch itself (on CUDA, gathered on the device inside the captured step when
   // the dataset fits the budget). The dataset's sample shapes must be the network's.
+  // Moved from or assigned another while attached, it is refused at the next step.
   void attach_data(const Dataset& data, const DataOptions& options);
   int64_t batches_per_epoch() const;  // of the attached dataset
   // Epoch >= 0 (its shuffle), first_batch in 0..batches_per_epoch() (a resumed position); once
   // the epoch's batches are taken, a train step throws until the next start_epoch.
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   bool data_on_device() const;  // the attached dataset lives on the device
+  const Dataset* attached_data() const;  // the object last given to attach_data, or null
   // The mean loss over every element of a dataset (forward and loss only; all
   // samples, the last partial batch included). Nothing else changes: the
   // parameters, and the engine's own input, target and last_loss(), are as

@@ -18,7 +18,8 @@
 // the write only and the default restored after. A program with its own
 // handlers (or that ignores them) keeps them, and the write completes. Writes
 // in one process take turns. SIGKILL cannot be caught: it leaves the temporary
-// file (.anvil-XXXXXX), never a part of the destination.
+// file (.anvil-XXXXXX), never a part of the destination. A writer that starts
+// another write_output_file is refused with an Error (it would wait on itself).
 #pragma once
 
 #include <cstdio>
@@ -46,5 +47,16 @@ OutputKind output_kind(const std::string& target);
 
 // The directory of a target: where its temporary file goes.
 std::string output_directory(const std::string& target);
+
+// Throws InputError naming `path` where a write there would fail for a reason
+// known before any work: it is a directory, block device or socket, its links
+// loop, its directory does not exist or cannot be written, or its name is too
+// long. Whether to write through a symlink or a device is the caller's call.
+void check_output_path(const std::string& path);
+
+// Equal for two paths that name one file: an existing file by device and inode
+// (hard links and symlinks alike), a new name by its path with symlinks and
+// '..' resolved.
+std::string same_file_key(const std::string& path);
 
 }  // namespace anvil

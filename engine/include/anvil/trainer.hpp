@@ -29,7 +29,9 @@ struct TrainOptions {
   int64_t steps = 0;      // this many steps (one of the two, > 0)
   int64_t log_every = 10;  // the loss is read back (one host sync) every N steps, on the first and on the last
   int64_t val_every = 0;   // with a validation set: every N steps (0: never) and at the end
-  std::string checkpoint;  // written every checkpoint_every steps (0: never) and by save_checkpoint()
+  // Written every checkpoint_every steps (0: never) and by save_checkpoint(). The Trainer refuses
+  // at construction a path it could not write (check_output_path) or one naming a dataset it reads.
+  std::string checkpoint;
   int64_t checkpoint_every = 0;
   // Look for NaN and Inf in the loss, the gradients and the parameters on every logged step and
   // before every checkpoint. On a finding, go back to the last state that passed, replay the steps
@@ -54,11 +56,12 @@ class Trainer {
     std::function<void(int64_t step)> on_checkpoint;                 // after each checkpoint written
   };
 
-  // The engine must be a training engine; the datasets must outlive the trainer.
+  // The engine must be a training engine; the datasets must outlive the trainer. It attaches
+  // train to the engine; another attach_data (or Trainer) on it since is refused by run().
   Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
           const DataOptions& data);
   // Trains on the engine's own input and target (set_input and set_target, or the seeded
-  // generator's) at every step: options.steps steps, no epochs.
+  // generator's) at every step: options.steps steps, no epochs. Refused where a dataset is attached.
   Trainer(Engine& engine, const TrainOptions& options);
 
   // Continues from a checkpoint: parameters, optimizer state, step and position.
@@ -82,7 +85,10 @@ class Trainer {
   void advance();  // the position after a step
   std::string locate_non_finite(const NonFinite& found);  // the replay from the good state
 
+  void check_engine_data() const;  // the engine still feeds from this Trainer's dataset (or none)
+
   Engine& engine_;
+  const Dataset* train_ = nullptr;  // null: the engine's own batch
   const Dataset* validation_ = nullptr;
   TrainOptions options_;
   TrainPosition position_;

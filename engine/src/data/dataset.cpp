@@ -129,6 +129,19 @@ std::vector<int64_t> BatchPlan::samples(const std::vector<int64_t>& order, int64
   return std::vector<int64_t>(first, first + samples_in_batch(index));
 }
 
+Dataset::Dataset(Dataset&& other) noexcept { *this = std::move(other); }
+
+Dataset& Dataset::operator=(Dataset&& other) noexcept {
+  if (this == &other) return *this;
+  path_ = std::move(other.path_);
+  identity_ = std::exchange(other.identity_, 0);
+  inputs_ = std::exchange(other.inputs_, HostTensor{});
+  targets_ = std::exchange(other.targets_, HostTensor{});
+  floats_per_sample_ = std::exchange(other.floats_per_sample_, 0);
+  floats_per_target_ = std::exchange(other.floats_per_target_, 0);
+  return *this;
+}
+
 Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const Shape& target_sample_shape) {
   TensorFile file = read_safetensors(path);  // reports dtypes and truncation, naming the tensor
   static std::atomic<uint64_t> loads{0};

@@ -71,6 +71,10 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
   m.train_feed->start_epoch(order, first_batch);
 }
 
+const Dataset* Engine::attached_data() const {
+  return impl_->train_feed ? impl_->train_feed->attached() : nullptr;
+}
+
 bool Engine::data_on_device() const { return impl_->train_feed && impl_->train_feed->on_device(); }
 
 float Engine::evaluate(const Dataset& data) {

@@ -52,6 +52,14 @@ DataFeed::~DataFeed() {
 #endif
 }
 
+const Dataset& DataFeed::data() const {
+  // The object must outlive the engine (engine.hpp); what it holds may still change under it.
+  if (data_->identity() != identity_)
+    throw InputError("the dataset given to attach_data was moved from or assigned another since: attach the one "
+                     "to train on again");
+  return *data_;
+}
+
 void DataFeed::start_epoch(const std::vector<int64_t>& order, int64_t first_batch) {
   if (order.size() != host_order_.size()) throw Error("internal error: an epoch order of the wrong length");
   host_order_ = order;
@@ -67,6 +75,7 @@ void DataFeed::start_epoch(const std::vector<int64_t>& order, int64_t first_batc
 }
 
 void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
+  data();  // still the dataset attached: the gathers below and in_step read it
   if (next_batch_ >= plan_.batches_per_epoch())  // nothing has run yet: the engine is as it was
     throw Error("every batch of this epoch (" + std::to_string(plan_.batches_per_epoch()) +
                 ") has been taken; call start_epoch for the next epoch");

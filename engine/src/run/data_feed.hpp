@@ -32,7 +32,9 @@ class DataFeed {
   DataFeed(const DataFeed&) = delete;
   DataFeed& operator=(const DataFeed&) = delete;
 
-  const Dataset& data() const { return *data_; }
+  // The dataset fed (InputError where it was moved from or assigned another since the feed was made).
+  const Dataset& data() const;
+  const Dataset* attached() const { return data_; }  // the object given, unchecked
   // Whether this feed serves `data`: the same object, holding what it held when the feed was made
   // (an object at the same address, reassigned or loaded anew, is another dataset).
   bool serves(const Dataset& data) const { return data_ == &data && identity_ == data.identity(); }

@@ -163,8 +163,8 @@ std::optional<NonFinite> Engine::traced_train_step() {
   require_arena();
   Impl& m = *impl_;
   require_check_finite(*this, "traced_train_step");
-  ++m.steps;
   std::optional<NonFinite> found = m.traced_gradients(m.feed_of(Impl::kTrainStep));
+  ++m.steps;  // once the step has taken its batch (an exhausted epoch throws first, as train_step does)
   m.gradients_made = true;
   m.average_loss_across_ranks();
   m.run_optimizer();

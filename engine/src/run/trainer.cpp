@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
 
 namespace anvil {
 
@@ -21,14 +22,26 @@ void check_options(const TrainOptions& options, const Engine& engine) {
     throw Error("TrainOptions::check_finite needs an engine built with Options::check_finite");
 }
 
+// The checkpoint is written during the run: where it cannot be, or would replace a dataset the
+// run reads, say so now, not after the first checkpoint_every steps.
+void check_checkpoint_path(const TrainOptions& options, std::initializer_list<const Dataset*> read) {
+  if (options.checkpoint.empty()) return;
+  check_output_path(options.checkpoint);
+  const std::string key = same_file_key(output_target(options.checkpoint));
+  for (const Dataset* data : read)
+    if (data && same_file_key(data->path()) == key)
+      throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->path());
+}
+
 }  // namespace
 
 Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
                  const DataOptions& data)
-    : engine_(engine), validation_(validation), options_(options) {
+    : engine_(engine), train_(&train), validation_(validation), options_(options) {
   if ((options.epochs > 0) == (options.steps > 0))
     throw InputError("give the length of training as epochs or as steps (one of them, positive)");
   check_options(options, engine);
+  check_checkpoint_path(options, {&train, validation});
   if (validation) validation->check_fits(engine.network());  // now, not at the first validation
   engine_.attach_data(train, data);
   steps_per_epoch_ = engine_.batches_per_epoch();
@@ -43,11 +56,24 @@ Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine),
   if (options.steps < 1 || options.epochs != 0)
     throw InputError("training on the engine's own batch needs a positive step count and no epochs");
   check_options(options, engine);
+  check_checkpoint_path(options, {});
+  check_engine_data();
   total_steps_ = options.steps;
   if (!options.checkpoint.empty()) engine_.check_checkpoint_fits(options.checkpoint);
 }
 
+void Trainer::check_engine_data() const {
+  const Dataset* attached = engine_.attached_data();
+  if (!train_ && attached)
+    throw Error("the engine has a dataset attached (attach_data): this Trainer trains on the engine's own batch; "
+                "give the dataset to the Trainer instead");
+  if (train_ && attached != train_)
+    throw Error("another dataset was attached to the engine since this Trainer was made (attach_data, or a "
+                "second Trainer): one Trainer at a time trains an engine");
+}
+
 void Trainer::resume(const std::string& checkpoint) {
+  check_engine_data();
   const TrainPosition at = engine_.load_checkpoint(checkpoint);  // checks the batch against the epoch
   if (steps_per_epoch_ > 0) engine_.start_epoch(at.epoch, at.batch_in_epoch);
   position_ = at;
@@ -106,6 +132,7 @@ std::string Trainer::locate_non_finite(const NonFinite& found) {
 constexpr int64_t kStopAgreementSteps = 10;
 
 void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
+  check_engine_data();
   const bool ranks = engine_.options().communicator != nullptr;
   if (options_.check_finite) {  // the starting state is the first good one (no loss yet to check)
     engine_.keep_good_state();
