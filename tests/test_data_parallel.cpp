@@ -8,6 +8,7 @@
 // reaches every process.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -241,6 +242,27 @@ TEST(DataParallelCpu, AverageRefusesANullBufferOrANegativeCount) {
   EXPECT_THROW(comms[0]->average(data.data(), -1, nullptr), InputError);
   comms[0]->average(data.data(), 2, nullptr);  // one rank: its own values
   EXPECT_EQ(data, (std::vector<float>{1.f, 2.f}));
+}
+
+// Two threads averaging on one rank's communicator (one engine per rank, misused): the second is
+// refused and the first stops with it, instead of a round that waits for ever on the missing rank.
+TEST(DataParallelCpu, OneRankAveragingOnTwoThreadsIsRefused) {
+  auto comms = in_process_communicators(2);
+  std::vector<std::vector<float>> buffers(2, std::vector<float>(3, 1.f));
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        comms[0]->average(buffers[size_t(t)].data(), 3, nullptr);
+      } catch (const Error& e) {
+        errors[size_t(t)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  std::sort(errors.begin(), errors.end());  // whichever thread came second is refused
+  EXPECT_EQ(errors[0], "in-process communicator: another rank failed");
+  EXPECT_EQ(errors[1], "in-process communicator: rank 0 is averaging on two threads at once (one engine per rank)");
 }
 
 // One rank through NCCL is the plain engine, bit for bit, and the step, the all-reduce included,

@@ -13,7 +13,7 @@ namespace anvil {
 namespace {
 
 struct Group {
-  explicit Group(int ranks) : size(ranks), buffers(size_t(ranks)), counts(size_t(ranks)) {}
+  explicit Group(int ranks) : size(ranks), buffers(size_t(ranks)), counts(size_t(ranks)), waiting(size_t(ranks)) {}
 
   // Blocks until every rank has arrived (or one aborted, or one left: then throws).
   void arrive_and_wait(std::unique_lock<std::mutex>& lock) {
@@ -43,6 +43,7 @@ struct Group {
   int left = 0;  // ranks whose work returned: no collective can complete any more
   std::vector<float*> buffers;
   std::vector<int64_t> counts;
+  std::vector<bool> waiting;  // per rank: arrived at this average()'s first barrier
 };
 
 class InProcessCommunicator : public Communicator {
@@ -59,9 +60,17 @@ class InProcessCommunicator : public Communicator {
     std::unique_lock<std::mutex> lock(g.mutex);
     if (g.aborted) throw PeerFailure("in-process communicator: another rank failed");
     if (g.left > 0) Group::refuse_after_leave();
+    if (g.waiting[size_t(rank_)]) {  // two engines on one rank: the round would miss a rank and hang
+      g.aborted = true;
+      g.changed.notify_all();
+      throw Error("in-process communicator: rank " + std::to_string(rank_) +
+                  " is averaging on two threads at once (one engine per rank)");
+    }
+    g.waiting[size_t(rank_)] = true;
     g.buffers[size_t(rank_)] = data;
     g.counts[size_t(rank_)] = count;
     g.arrive_and_wait(lock);
+    g.waiting[size_t(rank_)] = false;
     for (const int64_t c : g.counts)
       if (c != count) throw Error("in-process communicator: the ranks passed different counts to average()");
     lock.unlock();
