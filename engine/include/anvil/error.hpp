@@ -47,6 +47,14 @@ class Error : public std::runtime_error {
     return out;
   }
 
+  // A byte as \xHH (the escape messages use for bytes that cannot be shown as they are).
+  static void append_hex(std::string& out, unsigned char byte) {
+    static const char* const kHex = "0123456789abcdef";
+    out += "\\x";
+    out += kHex[byte >> 4];
+    out += kHex[byte & 15];
+  }
+
  private:
   static bool is_continuation(char c) { return (static_cast<unsigned char>(c) & 0xc0) == 0x80; }
   static size_t escaped_size(char c) {
@@ -56,16 +64,13 @@ class Error : public std::runtime_error {
 
   // A control byte as an escape (\n, \t, \xHH); any other byte as it is.
   static void append_escaped(std::string& out, char c) {
-    static const char* const kHex = "0123456789abcdef";
     const auto byte = static_cast<unsigned char>(c);
     if (byte == '\n') {
       out += "\\n";
     } else if (byte == '\t') {
       out += "\\t";
     } else if (byte < 0x20 || byte == 0x7f) {
-      out += "\\x";
-      out += kHex[byte >> 4];
-      out += kHex[byte & 15];
+      append_hex(out, byte);
     } else {
       out += c;
     }

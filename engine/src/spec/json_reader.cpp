@@ -22,17 +22,13 @@ constexpr size_t kMaxNesting = 128;
 // \xHH, so that the message is valid UTF-8 whatever the file held.
 std::string parse_message(const std::string& what) {
   const size_t cut = what.find("] ");
-  static const char* const kHex = "0123456789abcdef";
   std::string message;
   for (size_t i = cut == std::string::npos ? 0 : cut + 2; i < what.size(); ++i) {
     const auto byte = static_cast<unsigned char>(what[i]);
-    if (byte < 0x80) {
+    if (byte < 0x80)
       message += what[i];
-    } else {
-      message += "\\x";
-      message += kHex[byte >> 4];
-      message += kHex[byte & 15];
-    }
+    else
+      Error::append_hex(message, byte);
   }
   return message;
 }
