@@ -560,6 +560,21 @@ TEST_F(Cli, StepsMustBePositive) {
   }
 }
 
+// A flag given a value it cannot mean is refused, not read as "on"; the
+// on/off pair --check-finite takes true and false.
+TEST_F(Cli, AFlagGivenAValueIsRefused) {
+  for (const char* flag : {"--input-grad=5", "--keep-last=1", "--no-graph=no", "--check-finite=maybe"}) {
+    const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
+    EXPECT_EQ(r.status, 2) << flag << "\n" << describe(r);
+    EXPECT_EQ(lines_of(r.err).size(), 1u) << flag << "\n" << describe(r);
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << flag;
+  }
+  for (const char* flag : {"--check-finite=false", "--check-finite=true", "--input-grad"}) {
+    const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
+    EXPECT_EQ(r.status, 0) << flag << "\n" << describe(r);
+  }
+}
+
 // Numbers the conversion would clamp (CLI11 reads 2^64-ish as INT64_MAX, 1e999 as
 // infinity) are refused in one line naming the flag, before any work.
 TEST_F(Cli, NumbersOutOfRangeAreRefusedInOneLine) {

@@ -9,7 +9,8 @@
 // moment from a seeded generator (ANVIL_KILL_SEED replaces the seed); the
 // moment decides only which outcome a run reaches, every outcome is checked.
 // A full disk is simulated with RLIMIT_FSIZE: a write past the limit fails
-// with EFBIG ("File too large"), as one on a full disk fails with ENOSPC.
+// with EFBIG ("File too large"), as one on a full disk fails with ENOSPC,
+// since anvil ignores SIGXFSZ rather than be ended by it.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -110,13 +111,14 @@ class CliWrites : public anvil::testing::TempDirTest {
 
 // ------------------------------------------------------------------ a full disk
 
-// The child may write files of at most `bytes` bytes; a write beyond fails with
-// EFBIG instead of raising SIGXFSZ.
+// The child may write files of at most `bytes` bytes, with SIGXFSZ at its
+// default action (ending the process): anvil itself turns a write beyond the
+// limit into EFBIG, as `ulimit -f` in a shell would leave it.
 std::function<void()> file_size_limit(rlim_t bytes) {
   return [bytes] {
     const rlimit limit{bytes, bytes};
     ::setrlimit(RLIMIT_FSIZE, &limit);
-    ::signal(SIGXFSZ, SIG_IGN);
+    ::signal(SIGXFSZ, SIG_DFL);
   };
 }
 

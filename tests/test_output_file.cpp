@@ -1,10 +1,11 @@
 // Tests of write_output_file (anvil/output_file.hpp), the one writer of whole
 // files: whatever goes wrong during a write (a failed write, an exception from
-// the caller's writer, SIGINT or SIGTERM), the destination keeps its old
+// the caller's writer, SIGINT or SIGTERM, the file size limit), the destination keeps its old
 // contents and no temporary file remains.
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -233,6 +234,32 @@ TEST_F(OutputFile, AProgramsOwnSignalHandlingIsKept) {
   ASSERT_EQ(sigaction(SIGINT, nullptr, &after), 0);
   EXPECT_EQ(after.sa_handler, SIG_DFL);
   EXPECT_EQ(names(), std::vector<std::string>{"out.txt"});
+}
+
+// A write past the file size limit (ulimit -f) with SIGXFSZ at its default
+// action: an Error naming the reason, not the end of the process; the old
+// file stays, and SIGXFSZ is at its default again afterwards.
+TEST_F(OutputFile, AWritePastTheFileSizeLimitIsAnError) {
+  struct sigaction saved {};
+  ASSERT_EQ(sigaction(SIGXFSZ, nullptr, &saved), 0);
+  ASSERT_EQ(saved.sa_handler, SIG_DFL) << "the test runner must leave SIGXFSZ at its default";
+  rlimit before{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &before), 0);
+  rlimit small = before;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string message;
+  try {
+    anvil::write_output_file(target_, [](std::FILE* f) { return put(f, std::string(1 << 16, 'x')); });
+  } catch (const anvil::Error& e) {
+    message = e.what();
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &before), 0);
+  EXPECT_EQ(message, target_ + ": cannot write: File too large");
+  expect_untouched();
+  struct sigaction after {};
+  ASSERT_EQ(sigaction(SIGXFSZ, nullptr, &after), 0);
+  EXPECT_EQ(after.sa_handler, SIG_DFL);
 }
 
 }  // namespace

@@ -730,7 +730,11 @@ bool open_standard_descriptors() {
 
 int main(int argc, char** argv) {
   if (!open_standard_descriptors()) return 1;
+  // A write past the file size limit (ulimit -f) then fails with EFBIG and is
+  // reported like a full disk, rather than ending the process by SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"anvil: train and run neural networks described in JSON, on cuDNN or the CPU reference"};
+  app.option_defaults()->disable_flag_override();  // --input-grad=5 is an error, not a quiet "true"
   app.require_subcommand(1);
   app.set_version_flag("--version", anvil::build_info);  // handled before the subcommand is required
 
@@ -789,7 +793,8 @@ int main(int argc, char** argv) {
       ->check(whole_number(1024));
   train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
-                  "where it starts, exit 3 (default on; off, a non-finite logged loss still ends the run with exit 3)");
+                  "where it starts, exit 3 (default on; off, a non-finite logged loss still ends the run with exit 3)")
+      ->disable_flag_override(false);  // --check-finite=false reads as meant
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags eval_flags;

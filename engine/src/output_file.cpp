@@ -83,6 +83,28 @@ class SignalCleanup {
   bool installed_[2] = {false, false};
 };
 
+// For the duration of one write, SIGXFSZ at its default action (ending the
+// process, which would leave the temporary file) is ignored: a write past the
+// file size limit (ulimit -f) then fails with EFBIG, and the write's error
+// path removes the temporary file and names the reason. A program that
+// handles or ignores SIGXFSZ keeps its own handling.
+class FileSizeLimitFails {
+ public:
+  FileSizeLimitFails() {
+    struct sigaction old {};
+    ignored_ = ::sigaction(SIGXFSZ, nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+               old.sa_handler == SIG_DFL && ::signal(SIGXFSZ, SIG_IGN) != SIG_ERR;
+  }
+  ~FileSizeLimitFails() {
+    if (ignored_) ::signal(SIGXFSZ, SIG_DFL);
+  }
+  FileSizeLimitFails(const FileSizeLimitFails&) = delete;
+  FileSizeLimitFails& operator=(const FileSizeLimitFails&) = delete;
+
+ private:
+  bool ignored_ = false;
+};
+
 // Writes straight into a character device or FIFO (/dev/null, a pipe): there
 // is no file to replace, and renaming over one would destroy it.
 void write_into(const std::string& path, const std::string& target,
@@ -193,6 +215,7 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
   std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
   const SignalCleanup cleanup;
+  const FileSizeLimitFails file_size_limit;
   // The file and its registration as one step: a signal between the two would leave the file.
   sigset_t signals, before;
   ::sigemptyset(&signals);

@@ -18,7 +18,9 @@
 // the write only and the default restored after. A program with its own
 // handlers (or that ignores them) keeps them, and the write completes. Writes
 // in one process take turns. SIGKILL cannot be caught: it leaves the temporary
-// file (.anvil-XXXXXX), never a part of the destination. A writer that starts
+// file (.anvil-XXXXXX), never a part of the destination. A write past the
+// file size limit (ulimit -f) is an Error ("File too large") rather than the
+// end of the process by SIGXFSZ, unless the program handles that signal itself. A writer that starts
 // another write_output_file is refused with an Error (it would wait on itself).
 #pragma once
 
