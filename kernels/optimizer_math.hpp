@@ -94,7 +94,9 @@ ANVIL_HD inline void adam_element(T& p, T g, T& m, T& v, const AdamHyper& h, con
       g = g + T(h.weight_decay) * p;
   }
   const T m_old = s.step == 1 ? T(0) : m, v_old = s.step == 1 ? T(0) : v;
-  m = m_old + (g - m_old) * T(1.0 - double(h.beta1));  // torch's lerp (weight 1 - beta1 < 0.5)
+  // torch's lerp_(g, w): from the nearer end, so that beta1 = 0 gives m = g exactly.
+  const T w = T(1.0 - double(h.beta1));
+  m = w < T(0.5) ? m_old + w * (g - m_old) : g - (g - m_old) * (T(1) - w);
   v = T(h.beta2) * v_old + T(1.0 - double(h.beta2)) * g * g;
   const T denom = std::sqrt(v) / T(s.bias_correction2_sqrt) + T(h.eps);
   const T step_size = T(double(s.lr) / double(s.bias_correction1));

@@ -238,12 +238,14 @@ std::vector<SgdHyper> sgd_configs() {
 }
 
 std::vector<AdamHyper> adam_configs() {
-  std::vector<AdamHyper> configs(3);
+  std::vector<AdamHyper> configs(4);
   configs[1].weight_decay = 1e-2f;  // Adam's coupled decay
   configs[2].weight_decay = 1e-2f;
   configs[2].decoupled_weight_decay = true;  // AdamW
   configs[2].beta1 = 0.8f;
   configs[2].eps = 1e-6f;
+  configs[3].beta1 = 0.f;  // as GANs use it: betas (0, 0.99)
+  configs[3].beta2 = 0.99f;
   return configs;
 }
 
@@ -364,6 +366,40 @@ TEST(OptimizerCpu, AdamMatchesPlainDoubleLoop) {
       // The double kernels differ from the plain loop only by StepState's float lr and bias corrections.
       expect_close(run_adam_cpu<double>(p0, grads, h, sched), want, 1e-8, describe(h) + "double ");
       expect_close(run_adam_cpu<float>(p0, grads, h, sched), want, 1e-6, describe(h) + "float ");
+    }
+  }
+}
+
+// A gradient that shrinks a millionfold between steps, with beta1 <= 0.5:
+// torch's lerp takes the first moment from the gradient's end, so with
+// beta1 = 0 it is the gradient exactly. From the other end it kept the old
+// moment's rounding (1.22e-4 for a gradient of 1e-4 after one of 1000) and
+// moved the parameter by 0.11 where torch moves it by 5e-5.
+TEST(OptimizerCpu, AdamWithASmallBeta1TakesTheMomentFromTheGradient) {
+  std::mt19937 rng(23);
+  const size_t n = 5;
+  const std::vector<float> p0 = random_floats(n, rng);
+  std::vector<std::vector<float>> grads = gradients(n, rng);
+  for (int s = 0; s < kSteps; ++s)
+    for (size_t i = 0; i < n; ++i) grads[s][i] *= (s + i) % 2 ? 1e-4f : 1e3f;
+  LrSchedule sched;
+  sched.base_lr = 0.5;
+  for (float beta1 : {0.f, 0.25f, 0.5f}) {
+    for (float beta2 : {0.f, 0.99f}) {
+      AdamHyper h;
+      h.beta1 = beta1;
+      h.beta2 = beta2;
+      const std::string what = "beta1=" + std::to_string(beta1) + " beta2=" + std::to_string(beta2) + " ";
+      std::vector<float> p = p0, m(n, NAN), v(n, NAN);
+      StepState state;
+      for (const auto& g : grads) {
+        anvil::begin_step(state, sched, h.beta1, h.beta2);
+        cpu::adam_update<float>(p.data(), g.data(), m.data(), v.data(), int64_t(n), h, state);
+        if (beta1 == 0.f) {
+          EXPECT_EQ(m, g) << what << "step " << state.step;
+        }
+      }
+      expect_close(p, plain_adam(p0, grads, h, sched), 1e-6, what);
     }
   }
 }
