@@ -641,7 +641,35 @@ TEST_F(CliSignals, SigintWritesTheCheckpointAndExits130) { stop_with(SIGINT); }
 
 TEST_F(CliSignals, SigtermWritesTheCheckpointAndExits143) { stop_with(SIGTERM); }
 
+TEST_F(CliSignals, SighupWritesTheCheckpointAndExits129) { stop_with(SIGHUP); }
+
 TEST_F(CliSignals, DataParallelRanksStopTogether) { stop_with(SIGINT, {"--ranks", "2"}); }
+
+// A standard output whose reader is gone (a `| head` that has exited): no death by SIGPIPE, but
+// the stop a signal makes, after the first logged step, with the checkpoint and one line, exit 1.
+TEST_F(CliSignals, AClosedPipeOnStdoutStopsTrainingWithTheCheckpoint) {
+  const std::string sub = path("pipe");
+  fs::create_directories(sub);
+  const std::string c = sub + "/c.safetensors";
+  const auto stdout_to_a_pipe_without_reader = [] {
+    int p[2];
+    if (::pipe(p) != 0) ::_exit(126);
+    ::dup2(p[1], STDOUT_FILENO);
+    ::close(p[0]);
+    ::close(p[1]);
+  };
+  Child child(long_run(c, {}), stdout_to_a_pipe_without_reader);
+  ASSERT_TRUE(child.started());
+  const Finished r = child.finish(60);
+  ASSERT_FALSE(r.timed_out) << describe(r);
+  EXPECT_EQ(r.signal, 0) << describe(r);
+  EXPECT_EQ(r.status, 1) << describe(r);
+  EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: Broken pipe; training stopped at step 1, "
+                   "checkpoint written to " + c + "\n");
+  TensorFile file;
+  ASSERT_NO_THROW(file = anvil::read_safetensors(c));
+  EXPECT_EQ(file.metadata.at("step"), "1");
+}
 
 // SIGKILL and SIGINT at random moments of runs writing checkpoints: tests/test_cli_writes.cpp.
 

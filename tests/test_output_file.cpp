@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <stdexcept>
 #include <string>
@@ -188,23 +190,102 @@ TEST_F(OutputFile, AWriteFromInsideAWriterIsRefusedNotADeadlock) {
   EXPECT_EQ(read_bytes(inner), "inner\n");
 }
 
-// SIGINT or SIGTERM in the middle of a write, with the default action: the
-// process ends by that signal (128 + it, to a shell), the temporary file removed.
-TEST_F(OutputFile, SigintOrSigtermDuringAWriteRemovesTheTemporaryAndEndsTheProcess) {
+// A signal from outside whose default action ends the process, in the middle
+// of a write: the process ends by that signal (128 + it, to a shell), the
+// temporary file removed.
+TEST_F(OutputFile, AnEndingSignalDuringAWriteRemovesTheTemporaryAndEndsTheProcess) {
   // The "fast" death test style: the child is a fork, writing into this test's directory.
   GTEST_FLAG_SET(death_test_style, "fast");
-  for (int sig : {SIGINT, SIGTERM}) {
-    EXPECT_EXIT(anvil::write_output_file(target_,
-                                         [sig](std::FILE* f) {
-                                           put(f, "half of the new ");
-                                           std::fflush(f);
-                                           ::raise(sig);
-                                           return put(f, "contents\n");
-                                         }),
-                ::testing::KilledBySignal(sig), "")
-        << "signal " << sig;
+  const auto write_raising = [this](int sig) {
+    const rlimit no_core{0, 0};  // SIGQUIT's default dumps core
+    ::setrlimit(RLIMIT_CORE, &no_core);
+    anvil::write_output_file(target_, [sig](std::FILE* f) {
+      put(f, "half of the new ");
+      std::fflush(f);
+      ::raise(sig);
+      return put(f, "contents\n");
+    });
+  };
+  for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU, SIGVTALRM, SIGPROF}) {
+    EXPECT_EXIT(write_raising(sig), ::testing::KilledBySignal(sig), "") << "signal " << sig;
     expect_untouched();
   }
+}
+
+// Runs `check` in a forked child (so that what it changes of the process
+// stays there), with as_nobody as user nobody where this is root (who may
+// write anything); true when it returned true.
+bool in_a_child(const std::function<bool()>& check, bool as_nobody = false) {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (as_nobody && ::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) ::_exit(2);
+    ::_exit(check() ? 0 : 1);
+  }
+  int status = 0;
+  return pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// What check_output_path and write_output_file say of `file`, or "" where they let it be written.
+std::string refusals(const std::string& file) {
+  std::string said;
+  try {
+    anvil::check_output_path(file);
+  } catch (const anvil::InputError& e) {
+    said = e.what();
+  }
+  try {
+    anvil::write_output_file(file, [](std::FILE* f) { return put(f, "replaced\n"); });
+  } catch (const anvil::Error& e) {
+    said += std::string(" | ") + e.what();
+  }
+  return said;
+}
+
+// An existing file that cannot be written is refused up front and by the
+// writer, not replaced by the rename (which the directory alone would allow):
+// a read-only one, and (as root only: it needs a file of another user's) one
+// of another user in a sticky directory such as /tmp.
+TEST_F(OutputFile, AReadOnlyOrAnotherUsersFileIsRefusedNotReplaced) {
+  const bool root = ::geteuid() == 0;
+  fs::permissions(dir_, fs::perms::all);  // nobody may reach the subdirectories
+  const std::string ro_dir = path("ro"), ro = ro_dir + "/f";
+  fs::create_directory(ro_dir);
+  fs::permissions(ro_dir, fs::perms::all);
+  std::ofstream(ro) << kOld;
+  fs::permissions(ro, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  if (root) {
+    ASSERT_EQ(::chown(ro.c_str(), 65534, 65534), 0);
+  }
+  const std::string want_ro = ro + ": cannot write: it is read-only";
+  EXPECT_TRUE(in_a_child([&] { return refusals(ro) == want_ro + " | " + want_ro; }, true));
+  EXPECT_EQ(read_bytes(ro), kOld);
+
+  if (!root) return;
+  const std::string sticky_dir = path("sticky"), sticky = sticky_dir + "/f";
+  fs::create_directory(sticky_dir);
+  fs::permissions(sticky_dir, fs::perms::all | fs::perms::sticky_bit);
+  std::ofstream(sticky) << kOld;
+  fs::permissions(sticky, fs::perms::all & ~(fs::perms::owner_exec | fs::perms::group_exec | fs::perms::others_exec));
+  const std::string want_sticky = sticky + ": cannot write: it belongs to another user, in a sticky directory";
+  EXPECT_TRUE(in_a_child([&] { return refusals(sticky) == want_sticky + " | " + want_sticky; }, true));
+  EXPECT_EQ(read_bytes(sticky), kOld);
+}
+
+// The current directory removed: its mode still reads writable, but no file
+// can be made in it; check_output_path finds that before any work.
+TEST_F(OutputFile, ADeletedCurrentDirectoryIsRefusedUpFront) {
+  const std::string gone = path("gone");
+  fs::create_directory(gone);
+  EXPECT_TRUE(in_a_child([&] {
+    if (::chdir(gone.c_str()) != 0 || ::rmdir(gone.c_str()) != 0) return false;
+    try {
+      anvil::check_output_path("out.bin");
+    } catch (const anvil::InputError& e) {
+      return std::string(e.what()) == "out.bin: cannot write in '.': No such file or directory";
+    }
+    return false;
+  }));
 }
 
 // A program that handles or ignores SIGINT keeps its handling: the write

@@ -5,8 +5,9 @@
 //   anvil eval  NET.json --data D [--weights W]  the mean loss over a dataset
 //   anvil bench NET.json [--mode ...]           timings, per-layer breakdown, JSON export
 //   anvil --version                             version, git commit, CUDA and cuDNN versions
-// Exit codes: 0 success, 2 bad input, 1 runtime failure, 3 training reached NaN or Inf,
-// 128 + the signal for SIGINT or SIGTERM.
+// Exit codes: 0 success, 2 bad input, 1 runtime failure (a standard output that
+// fails, a pipe closed by its reader, included), 3 training reached NaN or Inf,
+// 128 + the signal for SIGHUP, SIGINT or SIGTERM.
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <signal.h>
@@ -321,7 +322,24 @@ struct TrainFlags {
   bool steps_given = false, epochs_given = false, batch_given = false, budget_given = false;  // set after parsing
 };
 
-// SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when asked for).
+// The message of a failed standard output, with the errno of the write where it is known.
+std::string stdout_failure_message(int error) {
+  return std::string("writing the standard output failed") +
+         (error != 0 ? std::string(": ") + std::strerror(error) : std::string());
+}
+
+// Why the standard output failed, or empty where every write so far went through.
+std::string stdout_failure() {
+  errno = 0;
+  const bool flushed = std::fflush(stdout) == 0;
+  const int error = errno;
+  if (flushed && !std::ferror(stdout)) return "";
+  return stdout_failure_message(flushed ? 0 : error);
+}
+bool stdout_failure_reported = false;  // by a training run that it stopped
+
+// SIGHUP, SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when
+// asked for), as does a standard output that fails.
 std::atomic<bool> stop_requested{false};
 volatile std::sig_atomic_t stop_signal = 0;
 
@@ -330,7 +348,7 @@ extern "C" void request_stop(int signal) {
   stop_requested.store(true);
 }
 
-// request_stop for SIGINT and SIGTERM while training runs, unless they are
+// request_stop for SIGHUP, SIGINT and SIGTERM while training runs, unless they are
 // ignored (a background job of a script: Ctrl-C is not meant for it). The
 // previous handling comes back with restore(): a signal during the final
 // writes then ends the run at once, and the writer removes its temporary file.
@@ -341,18 +359,19 @@ class StopOnSignals {
     stop.sa_handler = request_stop;
     stop.sa_flags = SA_RESTART;
     sigemptyset(&stop.sa_mask);
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < kCount; ++i) {
       sigaction(kSignals[i], nullptr, &previous_[i]);
       if (previous_[i].sa_handler != SIG_IGN) sigaction(kSignals[i], &stop, nullptr);
     }
   }
   void restore() {
-    for (int i = 0; i < 2; ++i) sigaction(kSignals[i], &previous_[i], nullptr);
+    for (int i = 0; i < kCount; ++i) sigaction(kSignals[i], &previous_[i], nullptr);
   }
 
  private:
-  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
-  struct sigaction previous_[2] = {};
+  static constexpr int kCount = 3;
+  static constexpr int kSignals[kCount] = {SIGHUP, SIGINT, SIGTERM};
+  struct sigaction previous_[kCount] = {};
 };
 
 void check_positive(const char* flag, int64_t value) {
@@ -466,18 +485,35 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   }
 
   std::optional<anvil::cli::TrainReporter> report;
+  std::string stdout_failed;
   anvil::Trainer::Callbacks callbacks;
   if (writer) {
     report.emplace(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
     report->begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
     // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
-    callbacks.on_log = [&](const anvil::TrainProgress& p) { report->log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr); };
+    callbacks.on_log = [&](const anvil::TrainProgress& p) {
+      report->log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr);
+      // A reader that went away (| head) or a full disk under stdout: stop as a signal would.
+      if (stdout_failed.empty() && std::ferror(stdout)) {
+        stdout_failed = stdout_failure_message(report->write_error());
+        stop_requested.store(true);
+      }
+    };
     callbacks.on_validation = [&](int64_t step, float val) { report->validation(step, val); };
   }
   trainer->run(callbacks, &stop_requested);
   if (writer) {
     report->end(trainer->position().step);
     stop_on_signals.restore();
+  }
+  if (!trainer->finished() && stop_signal == 0) {  // rank 0's standard output failed
+    if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
+    if (writer) {
+      std::cerr << "anvil: error: " << stdout_failed << "; training stopped at step " << trainer->position().step
+                << (t.checkpoint.empty() ? "" : ", checkpoint written to " + shown(t.checkpoint)) << "\n";
+      stdout_failure_reported = true;
+    }
+    return 1;
   }
   if (!trainer->finished()) {  // a signal stopped it (one that came after the last step changes nothing)
     const int code = 128 + static_cast<int>(stop_signal);
@@ -700,12 +736,10 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
 
 // A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1.
 int with_stdout_checked(int rc) {
-  errno = 0;
-  const bool flushed = std::fflush(stdout) == 0;
-  const int error = errno;
-  if (flushed && !std::ferror(stdout)) return rc;
-  std::cerr << "anvil: error: writing the standard output failed"
-            << (!flushed && error != 0 ? std::string(": ") + std::strerror(error) : std::string()) << "\n";
+  if (stdout_failure_reported) return rc;
+  const std::string failure = stdout_failure();
+  if (failure.empty()) return rc;
+  std::cerr << "anvil: error: " << failure << "\n";
   return rc == 0 ? 1 : rc;
 }
 
@@ -730,9 +764,11 @@ bool open_standard_descriptors() {
 
 int main(int argc, char** argv) {
   if (!open_standard_descriptors()) return 1;
-  // A write past the file size limit (ulimit -f) then fails with EFBIG and is
+  // A write past the file size limit (ulimit -f) fails with EFBIG and is
   // reported like a full disk, rather than ending the process by SIGXFSZ.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Likewise a write to a pipe whose reader went away: an error (training stops and checkpoints).
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"anvil: train and run neural networks described in JSON, on cuDNN or the CPU reference"};
   app.option_defaults()->disable_flag_override();  // --input-grad=5 is an error, not a quiet "true"
   app.require_subcommand(1);

@@ -121,7 +121,7 @@ TrainReporter::~TrainReporter() { end_line(); }
 void TrainReporter::end_line() {
   if (!line_open_) return;
   std::fputc('\n', out_);
-  std::fflush(out_);
+  flush();
   line_open_ = false;
 }
 
@@ -140,6 +140,11 @@ void TrainReporter::validation(int64_t step, double val_loss) {
     best_val_ = val_loss;
     best_val_step_ = step;
   }
+}
+
+void TrainReporter::flush() {
+  errno = 0;
+  if (std::fflush(out_) != 0 && write_error_ == 0) write_error_ = errno != 0 ? errno : EIO;
 }
 
 void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std::optional<double> val_loss) {
@@ -164,7 +169,7 @@ void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std
   } else {
     std::fprintf(out_, "%s\n", progress_line(step, epoch, loss, steps_per_s, std::string::npos).c_str());
   }
-  std::fflush(out_);
+  flush();
 
   if (metrics_) {
     MetricsRecord r;
@@ -236,7 +241,7 @@ void TrainReporter::end(std::optional<int64_t> last_step) {
   const std::optional<double> steps_per_s = ratio(static_cast<double>(last_step_ - first_step_), last_time_ - start_);
   std::fprintf(out_, "throughput: %s steps/s, %s samples/s\n", format_or_dash("%.2f", steps_per_s).c_str(),
                format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))).c_str());
-  std::fflush(out_);
+  flush();
 }
 
 }  // namespace anvil::cli

@@ -112,6 +112,8 @@ class TrainReporter {
   void end(std::optional<int64_t> last_step = std::nullopt);
 
   double smoothed_loss() const { return smoothed_; }
+  // The errno of the first write to `out` that failed (stdio keeps only a flag), or 0.
+  int write_error() const { return write_error_; }
 
  private:
   // At most `width` characters: parts of a line too wide are left out (samples/s,
@@ -121,12 +123,14 @@ class TrainReporter {
                             size_t width) const;
   int terminal_width() const;
   void end_line();
+  void flush();  // out, noting the first failure
 
   std::FILE* out_;
   bool interactive_;
   MetricsWriter* metrics_;
   Clock clock_;
   int width_;
+  int write_error_ = 0;
 
   int64_t total_steps_ = 0, steps_per_epoch_ = 0, batch_ = 1;
   double start_ = 0, last_time_ = 0;

@@ -42,7 +42,20 @@ char live_temp[PATH_MAX];
 std::atomic<int> temp_state{kIdle};
 static_assert(std::atomic<int>::is_always_lock_free, "read in a signal handler");
 
-// SIGINT or SIGTERM during a write: remove the temporary file, then end the
+// The signals whose default action ends the process and that come from
+// outside (a fault, such as SIGSEGV, is a bug and is left alone).
+constexpr int kEndingSignals[] = {SIGHUP, SIGINT,    SIGQUIT, SIGTERM, SIGPIPE, SIGALRM,
+                                  SIGUSR1, SIGUSR2, SIGXCPU, SIGVTALRM, SIGPROF};
+constexpr int kEndingSignalCount = sizeof kEndingSignals / sizeof kEndingSignals[0];
+
+sigset_t ending_signals() {
+  sigset_t set;
+  ::sigemptyset(&set);
+  for (int sig : kEndingSignals) ::sigaddset(&set, sig);
+  return set;
+}
+
+// One of them during a write: remove the temporary file, then end the
 // process as the signal's default action would (128 + the signal, to a shell).
 // Only async-signal-safe calls.
 extern "C" void remove_temporary_and_reraise(int sig) {
@@ -54,33 +67,31 @@ extern "C" void remove_temporary_and_reraise(int sig) {
   ::raise(sig);  // blocked until this handler returns, then ends the process
 }
 
-// For the duration of one write, SIGINT and SIGTERM whose action is the
-// default (ending the process, which would leave the temporary file) go
-// through remove_temporary_and_reraise. A program that handles or ignores
-// them keeps its own handling: the write then completes, or fails, as usual.
+// For the duration of one write, the ending signals whose action is the
+// default (which would leave the temporary file) go through
+// remove_temporary_and_reraise. A program that handles or ignores one keeps
+// its own handling: the write then completes, or fails, as usual.
 class SignalCleanup {
  public:
   SignalCleanup() {
     struct sigaction cleanup {};
     cleanup.sa_handler = remove_temporary_and_reraise;
-    ::sigemptyset(&cleanup.sa_mask);
-    for (int sig : kSignals) ::sigaddset(&cleanup.sa_mask, sig);
-    for (int i = 0; i < 2; ++i) {
+    cleanup.sa_mask = ending_signals();
+    for (int i = 0; i < kEndingSignalCount; ++i) {
       struct sigaction old {};
-      installed_[i] = ::sigaction(kSignals[i], nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-                      old.sa_handler == SIG_DFL && ::sigaction(kSignals[i], &cleanup, nullptr) == 0;
+      installed_[i] = ::sigaction(kEndingSignals[i], nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+                      old.sa_handler == SIG_DFL && ::sigaction(kEndingSignals[i], &cleanup, nullptr) == 0;
     }
   }
   ~SignalCleanup() {
-    for (int i = 0; i < 2; ++i)
-      if (installed_[i]) ::signal(kSignals[i], SIG_DFL);
+    for (int i = 0; i < kEndingSignalCount; ++i)
+      if (installed_[i]) ::signal(kEndingSignals[i], SIG_DFL);
   }
   SignalCleanup(const SignalCleanup&) = delete;
   SignalCleanup& operator=(const SignalCleanup&) = delete;
 
  private:
-  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
-  bool installed_[2] = {false, false};
+  bool installed_[kEndingSignalCount] = {};
 };
 
 // For the duration of one write, SIGXFSZ at its default action (ending the
@@ -131,6 +142,39 @@ void write_into(const std::string& path, const std::string& target,
     err = errno;
   }
   if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
+}
+
+// Why the existing file `target` in `dir` cannot be replaced by a rename
+// (empty where it can, or does not exist): read-only, or someone else's in a
+// sticky directory (such as /tmp), where only owners may replace files.
+std::string why_not_replaceable(const std::string& target, const std::string& dir) {
+  struct stat file {}, folder {};
+  if (::stat(target.c_str(), &file) != 0) return "";
+  if (::access(target.c_str(), W_OK) != 0) return "it is read-only";
+  const uid_t me = ::geteuid();
+  if (me != 0 && ::stat(dir.c_str(), &folder) == 0 && (folder.st_mode & S_ISVTX) && file.st_uid != me &&
+      folder.st_uid != me)
+    return "it belongs to another user, in a sticky directory";
+  return "";
+}
+
+// The errno of creating a file in `dir` (0 where one can be), found by making
+// one and removing it, with the ending signals blocked meanwhile so that none
+// is left. It catches what the directory's mode does not show: a directory
+// deleted while it is the current one, or a place such as /proc or /sys.
+int creation_error(const std::string& dir) {
+  std::string name = dir + "/.anvil-XXXXXX";
+  const sigset_t signals = ending_signals();
+  sigset_t before;
+  ::pthread_sigmask(SIG_BLOCK, &signals, &before);
+  const int fd = ::mkstemp(name.data());
+  const int err = fd < 0 ? errno : 0;
+  if (fd >= 0) {
+    ::unlink(name.c_str());
+    ::close(fd);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
+  return err;
 }
 
 }  // namespace
@@ -188,6 +232,9 @@ void check_output_path(const std::string& path) {
     throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(errno));
   if (::lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
     throw InputError(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
+  const std::string why_not = why_not_replaceable(target, dir);
+  if (!why_not.empty()) throw InputError(path + ": cannot write: " + why_not);
+  if (const int err = creation_error(dir)) throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(err));
 }
 
 std::string same_file_key(const std::string& path) {
@@ -205,6 +252,8 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   if (kind.refused != nullptr) throw Error(path + ": cannot write: it is " + std::string(kind.refused));
   if (kind.in_place) return write_into(path, target, write);
   const std::string dir = output_directory(target);
+  const std::string why_not = why_not_replaceable(target, dir);
+  if (!why_not.empty()) throw Error(path + ": cannot write: " + why_not);
   const std::string pattern = dir + "/.anvil-XXXXXX";
   if (writing) throw Error(path + ": cannot write: write_output_file was called from inside another write's writer");
   const std::lock_guard<std::mutex> lock(write_mutex);
@@ -217,10 +266,8 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   const SignalCleanup cleanup;
   const FileSizeLimitFails file_size_limit;
   // The file and its registration as one step: a signal between the two would leave the file.
-  sigset_t signals, before;
-  ::sigemptyset(&signals);
-  ::sigaddset(&signals, SIGINT);
-  ::sigaddset(&signals, SIGTERM);
+  const sigset_t signals = ending_signals();
+  sigset_t before;
   ::pthread_sigmask(SIG_BLOCK, &signals, &before);
   temp_state.store(kCreating);
   const int fd = ::mkstemp(live_temp);

@@ -12,12 +12,15 @@
 // is written into, never replaced; a directory, a block device or a socket is
 // refused.
 //
-// SIGINT or SIGTERM during a write, in a program that leaves them at their
-// default action, removes the temporary file and then ends the process as the
-// signal would (128 + the signal, to a shell): the handlers are installed for
-// the write only and the default restored after. A program with its own
-// handlers (or that ignores them) keeps them, and the write completes. Writes
-// in one process take turns. SIGKILL cannot be caught: it leaves the temporary
+// A signal from outside whose default action ends the process (SIGHUP,
+// SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU,
+// SIGVTALRM, SIGPROF) during a write, in a program that leaves it at its
+// default, removes the temporary file and then ends the process as the signal
+// would (128 + the signal, to a shell): the handlers are installed for the
+// write only and the default restored after. A program with its own handlers
+// (or that ignores them) keeps them, and the write completes. Writes in one
+// process take turns. An existing destination that is read-only (to this
+// process), or someone else's in a sticky directory, is refused, not replaced. SIGKILL cannot be caught: it leaves the temporary
 // file (.anvil-XXXXXX), never a part of the destination. A write past the
 // file size limit (ulimit -f) is an Error ("File too large") rather than the
 // end of the process by SIGXFSZ, unless the program handles that signal itself. A writer that starts
@@ -52,8 +55,11 @@ std::string output_directory(const std::string& target);
 
 // Throws InputError naming `path` where a write there would fail for a reason
 // known before any work: it is a directory, block device or socket, its links
-// loop, its directory does not exist or cannot be written, or its name is too
-// long. Whether to write through a symlink or a device is the caller's call.
+// loop, its directory does not exist or cannot be written, its name is too
+// long, it is read-only or someone else's in a sticky directory, or no file
+// can be made in its directory (one deleted while current, /proc: it makes
+// and removes a .anvil-XXXXXX file to know). Whether to write through a
+// symlink or a device is the caller's call.
 void check_output_path(const std::string& path);
 
 // Equal for two paths that name one file: an existing file by device and inode
