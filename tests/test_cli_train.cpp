@@ -863,6 +863,28 @@ TEST_F(CliTrain, EvalPrintsTheMeanSquaredErrorOverTheWholeDataset) {
   EXPECT_TRUE(close_rel(lib, train_mse, 1e-6)) << lib << " vs " << train_mse;
 }
 
+// A network without parameters (an average pool) has a loss to evaluate though nothing to train:
+// 5 samples at batch 2, the last batch partial, against the mean computed here.
+TEST_F(CliTrain, EvalOfANetworkWithoutParameters) {
+  const std::string net = path("pool.json"), data = write_dataset("pool_data.safetensors", {5, 1, 4, 4}, {5, 1, 2, 2});
+  write_bytes(net, R"({"name": "pool", "input": [2, 1, 4, 4], "layers": [{"type": "avg_pool2d", "kernel_size": 2}]})");
+  const TensorFile file = anvil::read_safetensors(data);
+  const HostTensor& x = file.tensors.at("input");
+  const HostTensor& t = file.tensors.at("target");
+  double sum = 0;
+  for (int64_t i = 0; i < t.size(); ++i) {  // target (s, 0, r, c) pools input (s, 0, 2r..2r+1, 2c..2c+1)
+    const int64_t s = i / 4, r = i / 2 % 2, c = i % 2;
+    double mean = 0;
+    for (int64_t dr = 0; dr < 2; ++dr)
+      for (int64_t dc = 0; dc < 2; ++dc) mean += x.data[s * 16 + (2 * r + dr) * 4 + 2 * c + dc] / 4.0;
+    sum += (mean - t.data[i]) * (mean - t.data[i]);
+  }
+  const Finished r = eval({"--data", data}, net);
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const double got = eval_loss(r, 5, data);
+  EXPECT_TRUE(close_rel(got, sum / double(t.size()), 1e-6)) << got << " vs " << sum / double(t.size());
+}
+
 TEST_F(CliTrain, EvalNeedsData) {
   const Finished r = eval({});
   EXPECT_EQ(r.status, 2) << describe(r);

@@ -625,7 +625,11 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   if (batch_given) check_positive("--batch", batch);
   if (strict && weights.empty()) throw anvil::InputError("--strict needs --weights");
   const anvil::Network net = load_network(f.network, batch);
-  anvil::Engine engine(net, options_for(f, anvil::Mode::Train));
+  anvil::Options o = options_for(f, anvil::Mode::Train);
+  // evaluate() runs the forward and the loss of a training engine, and one needs something to
+  // differentiate: a network without parameters has only its input (its gradient is never run).
+  o.input_grad = net.parameter_count() == 0;
+  anvil::Engine engine(net, o);
   if (!weights.empty()) load_weights(engine, weights, strict);
   const anvil::Dataset dataset = load_dataset(data, net);
   print_device_notice();

@@ -141,6 +141,8 @@ class Engine {
   // before. The dataset stays uploaded for the next call with the same object,
   // so it must outlive the engine or the next evaluate() of another dataset (an
   // object reassigned or loaded anew at the same address is another dataset).
+  // A network without parameters builds for training only with Options::input_grad,
+  // which `anvil eval` sets for it (the input's gradient is never run here).
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
   float last_loss() const;      // of the last train step (a host sync on CUDA)
