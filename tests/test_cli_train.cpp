@@ -601,7 +601,7 @@ class CliSignals : public CliTrain {
     const std::string sub = path("run" + std::to_string(sig));
     fs::create_directories(sub);
     const std::string c = sub + "/c.safetensors";
-    Child child(long_run(c, extra));
+    Child child(long_run(c, extra), [sig] { ::signal(sig, SIG_DFL); });  // as under nohup, it may be ignored
     ASSERT_TRUE(child.started());
     ASSERT_TRUE(child.wait_for_output("\nstep 1/800000  ", 30)) << child.out();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));  // some steps past the first

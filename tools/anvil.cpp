@@ -506,12 +506,13 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
     report->end(trainer->position().step);
     stop_on_signals.restore();
   }
-  if (!trainer->finished() && stop_signal == 0) {  // rank 0's standard output failed
+  if (!trainer->finished() && stop_signal == 0) {  // rank 0's standard output failed, or (MPI) another's signal
     if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
     if (writer) {
-      std::cerr << "anvil: error: " << stdout_failed << "; training stopped at step " << trainer->position().step
+      std::cerr << "anvil: error: " << (stdout_failed.empty() ? "another rank was stopped" : stdout_failed)
+                << "; training stopped at step " << trainer->position().step
                 << (t.checkpoint.empty() ? "" : ", checkpoint written to " + shown(t.checkpoint)) << "\n";
-      stdout_failure_reported = true;
+      stdout_failure_reported = !stdout_failed.empty();
     }
     return 1;
   }

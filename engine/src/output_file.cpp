@@ -144,37 +144,84 @@ void write_into(const std::string& path, const std::string& target,
   if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
 }
 
-// Why the existing file `target` in `dir` cannot be replaced by a rename
-// (empty where it can, or does not exist): read-only, or someone else's in a
-// sticky directory (such as /tmp), where only owners may replace files.
+// Why the existing file `target` in `dir` is not to be replaced by a rename
+// (which the directory alone allows), or empty: another user's file this
+// process may not write, or someone else's in a sticky directory (such as
+// /tmp, where only owners may replace files); or our own made read-only by
+// hand. Our own without write permission because the umask gives none (as
+// this writer made it) is replaced.
 std::string why_not_replaceable(const std::string& target, const std::string& dir) {
   struct stat file {}, folder {};
   if (::stat(target.c_str(), &file) != 0) return "";
-  if (::access(target.c_str(), W_OK) != 0) return "it is read-only";
   const uid_t me = ::geteuid();
-  if (me != 0 && ::stat(dir.c_str(), &folder) == 0 && (folder.st_mode & S_ISVTX) && file.st_uid != me &&
-      folder.st_uid != me)
+  if (file.st_uid == me)
+    return !(file.st_mode & S_IWUSR) && (new_file_mode() & S_IWUSR) ? "it is read-only" : "";
+  if (::access(target.c_str(), W_OK) != 0) return errno == EACCES ? "it is read-only" : std::strerror(errno);
+  if (me != 0 && ::stat(dir.c_str(), &folder) == 0 && (folder.st_mode & S_ISVTX) && folder.st_uid != me)
     return "it belongs to another user, in a sticky directory";
   return "";
 }
 
-// The errno of creating a file in `dir` (0 where one can be), found by making
-// one and removing it, with the ending signals blocked meanwhile so that none
-// is left. It catches what the directory's mode does not show: a directory
-// deleted while it is the current one, or a place such as /proc or /sys.
-int creation_error(const std::string& dir) {
-  std::string name = dir + "/.anvil-XXXXXX";
-  const sigset_t signals = ending_signals();
-  sigset_t before;
-  ::pthread_sigmask(SIG_BLOCK, &signals, &before);
-  const int fd = ::mkstemp(name.data());
-  const int err = fd < 0 ? errno : 0;
-  if (fd >= 0) {
-    ::unlink(name.c_str());
-    ::close(fd);
+// One write's turn: the process's one temporary file at a time (write_mutex),
+// the signal handling for it, and the file's creation in `dir`, published to
+// the handler as one step. path names the destination in errors.
+class Turn {
+ public:
+  Turn(const std::string& path, const std::string& dir) : lock_(lock_for(path)) {
+    const std::string pattern = dir + "/.anvil-XXXXXX";
+    if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
+    writing = true;
+    std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
   }
-  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);
-  return err;
+  ~Turn() {
+    remove();
+    writing = false;
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+
+  // Makes the temporary file: its descriptor, or -1 with errno set. The
+  // writer's thread blocks the signals meanwhile, so that none comes between
+  // the file and its registration.
+  int create() {
+    const sigset_t signals = ending_signals();
+    sigset_t before;
+    ::pthread_sigmask(SIG_BLOCK, &signals, &before);
+    temp_state.store(kCreating);
+    const int fd = ::mkstemp(live_temp);
+    const int err = errno;
+    temp_state.store(fd >= 0 ? kLive : kIdle);
+    ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // a signal that came meanwhile is handled now
+    errno = err;
+    return fd;
+  }
+  const char* name() const { return live_temp; }
+  // The temporary file is the destination now: nothing to remove.
+  void renamed() { temp_state.store(kIdle); }
+  // Removes the temporary file, unless a signal handler took it first: 0, or unlink's errno.
+  int remove() { return temp_state.exchange(kIdle) == kLive && ::unlink(live_temp) != 0 ? errno : 0; }
+
+ private:
+  // The lock, taken before the handlers below are installed (members in order).
+  static std::unique_lock<std::mutex> lock_for(const std::string& path) {
+    if (writing) throw Error(path + ": cannot write: write_output_file was called from inside another write's writer");
+    return std::unique_lock<std::mutex>(write_mutex);
+  }
+
+  std::unique_lock<std::mutex> lock_;
+  const SignalCleanup cleanup_;
+  const FileSizeLimitFails file_size_limit_;
+};
+
+// The errno of making a file in `dir` (0 where one can be), found by making
+// one and removing it. It catches what the directory's mode does not show: a
+// directory deleted while it is the current one, or a place such as /proc.
+int creation_error(const std::string& path, const std::string& dir) {
+  Turn turn(path, dir);
+  const int fd = turn.create();
+  if (fd < 0) return errno;
+  ::close(fd);  // before the unlink: NFS renames a file removed while open
+  return turn.remove();
 }
 
 }  // namespace
@@ -234,7 +281,8 @@ void check_output_path(const std::string& path) {
     throw InputError(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
   const std::string why_not = why_not_replaceable(target, dir);
   if (!why_not.empty()) throw InputError(path + ": cannot write: " + why_not);
-  if (const int err = creation_error(dir)) throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(err));
+  if (const int err = creation_error(path, dir))
+    throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(err));
 }
 
 std::string same_file_key(const std::string& path) {
@@ -254,27 +302,9 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   const std::string dir = output_directory(target);
   const std::string why_not = why_not_replaceable(target, dir);
   if (!why_not.empty()) throw Error(path + ": cannot write: " + why_not);
-  const std::string pattern = dir + "/.anvil-XXXXXX";
-  if (writing) throw Error(path + ": cannot write: write_output_file was called from inside another write's writer");
-  const std::lock_guard<std::mutex> lock(write_mutex);
-  struct Writing {
-    Writing() { writing = true; }
-    ~Writing() { writing = false; }
-  } const this_thread_writes;
-  if (pattern.size() >= sizeof live_temp) throw Error(path + ": cannot write: " + std::strerror(ENAMETOOLONG));
-  std::memcpy(live_temp, pattern.c_str(), pattern.size() + 1);
-  const SignalCleanup cleanup;
-  const FileSizeLimitFails file_size_limit;
-  // The file and its registration as one step: a signal between the two would leave the file.
-  const sigset_t signals = ending_signals();
-  sigset_t before;
-  ::pthread_sigmask(SIG_BLOCK, &signals, &before);
-  temp_state.store(kCreating);
-  const int fd = ::mkstemp(live_temp);
-  const int mkstemp_errno = errno;
-  temp_state.store(fd >= 0 ? kLive : kIdle);  // from here on nothing throws before the temporary file is dealt with
-  ::pthread_sigmask(SIG_SETMASK, &before, nullptr);  // a signal that came meanwhile is handled now
-  if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(mkstemp_errno));
+  Turn turn(path, dir);
+  const int fd = turn.create();
+  if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
   struct stat old {};
   const mode_t mode = ::stat(target.c_str(), &old) == 0 ? (old.st_mode & 07777) : new_file_mode();
   std::FILE* f = ::fdopen(fd, "wb");
@@ -295,12 +325,15 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
     if (ok) err = errno;
     ok = false;
   }
-  if (ok && std::rename(live_temp, target.c_str()) != 0) {
+  if (ok && std::rename(turn.name(), target.c_str()) != 0) {
     ok = false;
     err = errno;
   }
   // A signal from here on finds the name gone (renamed) or not live (removed here).
-  if (temp_state.exchange(kIdle) == kLive && !ok) ::unlink(live_temp);
+  if (ok)
+    turn.renamed();
+  else
+    turn.remove();
   if (thrown) std::rethrow_exception(thrown);
   if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
   // The rename itself on disk: flush the directory (best effort: some file systems refuse).

@@ -18,13 +18,18 @@
 // default, removes the temporary file and then ends the process as the signal
 // would (128 + the signal, to a shell): the handlers are installed for the
 // write only and the default restored after. A program with its own handlers
-// (or that ignores them) keeps them, and the write completes. Writes in one
-// process take turns. An existing destination that is read-only (to this
-// process), or someone else's in a sticky directory, is refused, not replaced. SIGKILL cannot be caught: it leaves the temporary
-// file (.anvil-XXXXXX), never a part of the destination. A write past the
-// file size limit (ulimit -f) is an Error ("File too large") rather than the
-// end of the process by SIGXFSZ, unless the program handles that signal itself. A writer that starts
-// another write_output_file is refused with an Error (it would wait on itself).
+// (or that ignores them) keeps them, and the write completes. SIGKILL cannot
+// be caught: it leaves the temporary file (.anvil-XXXXXX), never a part of
+// the destination. A write past the file size limit (ulimit -f) is an Error
+// ("File too large") rather than the end of the process by SIGXFSZ, unless
+// the program handles that signal itself.
+//
+// Writes in one process take turns; a writer that starts another
+// write_output_file is refused with an Error (it would wait on itself). An
+// existing destination is refused, not replaced, where it is another user's
+// that this process may not write, someone else's in a sticky directory, or
+// our own made read-only by hand (without the owner's write permission that
+// the umask would give a new file).
 #pragma once
 
 #include <cstdio>
@@ -56,9 +61,9 @@ std::string output_directory(const std::string& target);
 // Throws InputError naming `path` where a write there would fail for a reason
 // known before any work: it is a directory, block device or socket, its links
 // loop, its directory does not exist or cannot be written, its name is too
-// long, it is read-only or someone else's in a sticky directory, or no file
-// can be made in its directory (one deleted while current, /proc: it makes
-// and removes a .anvil-XXXXXX file to know). Whether to write through a
+// long, it is refused as above (read-only, another user's), or no file can
+// be made in its directory (one deleted while current, /proc: it makes and
+// removes a .anvil-XXXXXX file to know, in a write's turn). Whether to write through a
 // symlink or a device is the caller's call.
 void check_output_path(const std::string& path);
 
