@@ -336,7 +336,16 @@ std::string stdout_failure() {
   if (flushed && !std::ferror(stdout)) return "";
   return stdout_failure_message(flushed ? 0 : error);
 }
-bool stdout_failure_reported = false;  // by a training run that it stopped
+bool stdout_failure_reported = false;  // by a training run that it stopped, or stop_if_stdout_failed
+
+// A standard output that has failed already (a `| head` that has exited) ends a long command
+// before its work rather than after.
+void stop_if_stdout_failed() {
+  const std::string failure = stdout_failure();
+  if (failure.empty()) return;
+  stdout_failure_reported = true;
+  throw anvil::Error(failure);
+}
 
 // SIGHUP, SIGINT and SIGTERM end training after the step in progress (and a checkpoint, when
 // asked for), as does a standard output that fails.
@@ -685,6 +694,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
                 where_the_data_is(engine));
   }
   print_device_notice();
+  stop_if_stdout_failed();
   const size_t used = cuda ? anvil::device_memory_used() - used_before : engine.device_bytes();
 
   int64_t epoch = 0, batch_in_epoch = 0;
