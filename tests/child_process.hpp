@@ -163,4 +163,14 @@ inline std::vector<std::string> mpirun_argv(int processes) {
   return {};
 }
 
+// For Child's in_child: stdout becomes a pipe whose reader is gone (a `| head` that has
+// exited), so every write to it fails with EPIPE.
+inline void stdout_to_a_pipe_without_reader() {
+  int p[2];
+  if (::pipe(p) != 0) ::_exit(126);
+  ::dup2(p[1], STDOUT_FILENO);
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
 }  // namespace anvil::testing

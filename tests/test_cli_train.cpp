@@ -651,14 +651,7 @@ TEST_F(CliSignals, AClosedPipeOnStdoutStopsTrainingWithTheCheckpoint) {
   const std::string sub = path("pipe");
   fs::create_directories(sub);
   const std::string c = sub + "/c.safetensors";
-  const auto stdout_to_a_pipe_without_reader = [] {
-    int p[2];
-    if (::pipe(p) != 0) ::_exit(126);
-    ::dup2(p[1], STDOUT_FILENO);
-    ::close(p[0]);
-    ::close(p[1]);
-  };
-  Child child(long_run(c, {}), stdout_to_a_pipe_without_reader);
+  Child child(long_run(c, {}), anvil::testing::stdout_to_a_pipe_without_reader);
   ASSERT_TRUE(child.started());
   const Finished r = child.finish(60);
   ASSERT_FALSE(r.timed_out) << describe(r);

@@ -202,15 +202,9 @@ TEST_F(CliFullDisk, StdoutOnAFullDeviceFails) {
 // A pipe on stdout whose reader has gone (`| head -1` that has exited): bench stops before its
 // timing loop with one line and exit 1, rather than time every iteration into the void.
 TEST_F(CliFullDisk, BenchIntoAPipeWithoutReaderStopsBeforeTiming) {
-  const auto stdout_to_a_pipe_without_reader = [] {
-    int p[2];
-    if (::pipe(p) != 0) ::_exit(126);
-    ::dup2(p[1], STDOUT_FILENO);
-    ::close(p[0]);
-    ::close(p[1]);
-  };
   const auto started = clock_type::now();
-  const Finished r = run({"bench", net_, "--device", "cpu", "--iters", "100000"}, stdout_to_a_pipe_without_reader);
+  const Finished r = run({"bench", net_, "--device", "cpu", "--iters", "100000"},
+                         anvil::testing::stdout_to_a_pipe_without_reader);
   EXPECT_EQ(r.status, 1) << describe(r);
   EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: Broken pipe\n") << describe(r);
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(30)) << "it ran the iterations";
