@@ -67,54 +67,51 @@ extern "C" void remove_temporary_and_reraise(int sig) {
   ::raise(sig);  // blocked until this handler returns, then ends the process
 }
 
-// For the duration of one write, the ending signals whose action is the
-// default (which would leave the temporary file) go through
-// remove_temporary_and_reraise. A program that handles or ignores one keeps
-// its own handling: the write then completes, or fails, as usual.
-class SignalCleanup {
+// For its lifetime, each of a set of signals whose action is the default
+// takes another; a program that handles or ignores one keeps its own handling.
+template <size_t kCount>
+class WhileDefault {
  public:
-  SignalCleanup() {
-    struct sigaction cleanup {};
-    cleanup.sa_handler = remove_temporary_and_reraise;
-    cleanup.sa_mask = ending_signals();
-    for (int i = 0; i < kEndingSignalCount; ++i) {
+  WhileDefault(const int (&signals)[kCount], const struct sigaction& action) : signals_(signals) {
+    for (size_t i = 0; i < kCount; ++i) {
       struct sigaction old {};
-      installed_[i] = ::sigaction(kEndingSignals[i], nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-                      old.sa_handler == SIG_DFL && ::sigaction(kEndingSignals[i], &cleanup, nullptr) == 0;
+      replaced_[i] = ::sigaction(signals[i], nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+                     old.sa_handler == SIG_DFL && ::sigaction(signals[i], &action, nullptr) == 0;
     }
   }
-  ~SignalCleanup() {
-    for (int i = 0; i < kEndingSignalCount; ++i)
-      if (installed_[i]) ::signal(kEndingSignals[i], SIG_DFL);
+  ~WhileDefault() {
+    for (size_t i = 0; i < kCount; ++i)
+      if (replaced_[i]) ::signal(signals_[i], SIG_DFL);
   }
-  SignalCleanup(const SignalCleanup&) = delete;
-  SignalCleanup& operator=(const SignalCleanup&) = delete;
+  WhileDefault(const WhileDefault&) = delete;
+  WhileDefault& operator=(const WhileDefault&) = delete;
 
  private:
-  bool installed_[kEndingSignalCount] = {};
+  const int (&signals_)[kCount];
+  bool replaced_[kCount] = {};
 };
 
-// For the duration of one write, SIGXFSZ at its default action (ending the
-// process, which would leave the temporary file) is ignored: a write past the
-// file size limit (ulimit -f) then fails with EFBIG, and the write's error
-// path removes the temporary file and names the reason. A program that
-// handles or ignores SIGXFSZ keeps its own handling.
-class FileSizeLimitFails {
- public:
-  FileSizeLimitFails() {
-    struct sigaction old {};
-    ignored_ = ::sigaction(SIGXFSZ, nullptr, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-               old.sa_handler == SIG_DFL && ::signal(SIGXFSZ, SIG_IGN) != SIG_ERR;
-  }
-  ~FileSizeLimitFails() {
-    if (ignored_) ::signal(SIGXFSZ, SIG_DFL);
-  }
-  FileSizeLimitFails(const FileSizeLimitFails&) = delete;
-  FileSizeLimitFails& operator=(const FileSizeLimitFails&) = delete;
+// For the duration of one write, the ending signals at their default (which
+// would leave the temporary file) go through remove_temporary_and_reraise: the
+// write then completes, or fails, as usual where a program handles them.
+struct sigaction cleanup_action() {
+  struct sigaction cleanup {};
+  cleanup.sa_handler = remove_temporary_and_reraise;
+  cleanup.sa_mask = ending_signals();
+  return cleanup;
+}
 
- private:
-  bool ignored_ = false;
-};
+// And SIGXFSZ at its default (ending the process, which would leave the
+// temporary file) is ignored: a write past the file size limit (ulimit -f)
+// then fails with EFBIG, and the write's error path removes the temporary
+// file and names the reason.
+constexpr int kFileSizeSignal[] = {SIGXFSZ};
+struct sigaction ignore_action() {
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  ::sigemptyset(&ignore.sa_mask);
+  return ignore;
+}
 
 // Writes straight into a character device or FIFO (/dev/null, a pipe): there
 // is no file to replace, and renaming over one would destroy it.
@@ -209,8 +206,8 @@ class Turn {
   }
 
   std::unique_lock<std::mutex> lock_;
-  const SignalCleanup cleanup_;
-  const FileSizeLimitFails file_size_limit_;
+  const WhileDefault<kEndingSignalCount> cleanup_{kEndingSignals, cleanup_action()};
+  const WhileDefault<1> file_size_limit_{kFileSizeSignal, ignore_action()};
 };
 
 // The errno of making a file in `dir` (0 where one can be), found by making
