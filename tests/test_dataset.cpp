@@ -610,6 +610,24 @@ TEST(Evaluate, LeavesTheEngineAsItWasOnTheGpu) {
   evaluate_leaves_the_engine_as_it_was(Device::Cuda);
 }
 
+// The dataset and the room for the engine's own batch stay after the first evaluate(): a second
+// of the same dataset allocates and frees nothing, and agrees bitwise.
+TEST(Evaluate, AgainOnTheGpuAllocatesNothing) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const Network net = network_with(data_path("dataset_epochs.json"), {{"precision", "fp32"}});
+  Options options;
+  options.device = Device::Cuda;
+  Engine engine(net, options);
+  const Dataset val = Dataset::load(data_path("dataset_epochs_val.safetensors"), without_batch(net.input_shape()),
+                                    without_batch(net.output_shape()));
+  const float first = engine.evaluate(val);
+  const auto before = engine.device_counters();
+  EXPECT_EQ(engine.evaluate(val), first);
+  const auto after = engine.device_counters();
+  EXPECT_EQ(after.allocations, before.allocations);
+  EXPECT_EQ(after.frees, before.frees);
+}
+
 }  // namespace
 }  // namespace anvil::testing
 

@@ -22,8 +22,9 @@
 namespace anvil {
 
 Engine::Impl::~Impl() {
-  train_feed.reset();  // the feeds free through the context
+  train_feed.reset();  // the feeds and the batch kept aside free through the context
   eval_feed.reset();
+  batch_aside = {};
 #if ANVIL_WITH_CUDA
   for (auto g : graphs)
     if (g) cudaGraphExecDestroy(g);

@@ -93,7 +93,7 @@ float Engine::evaluate(const Dataset& data) {
   feed.start_epoch(epoch_order(data.size(), 0, 0, false), 0);
   // The batches go where the caller's own batch and the last step's loss are: those are put back
   // after, so set_input, set_target, last_loss() and find_non_finite see the engine as it was.
-  Impl::BatchAside aside = m.set_batch_aside();
+  m.set_batch_aside();
   // Each batch's mean, weighted by its real elements: the mean over all of them.
   double sum = 0;
   const int64_t per_sample = data.floats_per_target();
@@ -103,38 +103,37 @@ float Engine::evaluate(const Dataset& data) {
     m.download(&batch_loss, m.loss_value, 1);
     sum += double(batch_loss) * double(feed.plan().samples_in_batch(b) * per_sample);
   }
-  m.restore_batch(aside);
+  m.restore_batch();
   return static_cast<float>(sum / double(data.size() * per_sample));
 }
 
-Engine::Impl::BatchAside Engine::Impl::set_batch_aside() {
-  BatchAside aside;
+void Engine::Impl::set_batch_aside() {
+  BatchAside& aside = batch_aside;
   aside.input_bytes = size_t(numel(network.input_shape())) * sizeof(float);
   aside.target_bytes = size_t(output_count()) * sizeof(float);
   download(&aside.loss, loss_value, 1);
 #if ANVIL_WITH_CUDA
   if (cuda()) {
-    aside.device = {ctx->allocate(aside.input_bytes + aside.target_bytes), ReleaseOn{ctx.get()}};
+    if (!aside.device) aside.device = {ctx->allocate(aside.input_bytes + aside.target_bytes), ReleaseOn{ctx.get()}};
     char* copy = static_cast<char*>(aside.device.get());
     ctx->copy_on_device(copy, input, aside.input_bytes);
     ctx->copy_on_device(copy + aside.input_bytes, target, aside.target_bytes);
-    return aside;
+    return;
   }
 #endif
   aside.host.resize(aside.input_bytes + aside.target_bytes);
   std::memcpy(aside.host.data(), input, aside.input_bytes);
   std::memcpy(aside.host.data() + aside.input_bytes, target, aside.target_bytes);
-  return aside;
 }
 
-void Engine::Impl::restore_batch(const BatchAside& aside) {
+void Engine::Impl::restore_batch() {
+  const BatchAside& aside = batch_aside;
   upload(loss_value, &aside.loss, 1);
 #if ANVIL_WITH_CUDA
   if (cuda()) {
     const char* copy = static_cast<const char*>(aside.device.get());
     ctx->copy_on_device(input, copy, aside.input_bytes);
     ctx->copy_on_device(target, copy + aside.input_bytes, aside.target_bytes);
-    ctx->synchronize();  // before the copy is released
     return;
   }
 #endif

@@ -119,7 +119,8 @@ struct Engine::Impl {
   DataFeed* feed_of(Work work) const;  // the dataset a work takes its batch from, if any
   void forget_graph(Work work);        // after what a captured graph reads has changed
   // data_api.cpp: the engine's own batch (input, target) and last loss, kept aside while
-  // evaluate() gathers its batches there, and put back.
+  // evaluate() gathers its batches there, and put back. The room for them is taken at the
+  // first evaluate() and kept, so later calls allocate nothing.
 #if ANVIL_WITH_CUDA
   struct ReleaseOn {
     CudaContext* ctx;
@@ -134,8 +135,9 @@ struct Engine::Impl {
     std::unique_ptr<void, ReleaseOn> device{nullptr, ReleaseOn{nullptr}};  // CUDA engines
 #endif
   };
-  BatchAside set_batch_aside();
-  void restore_batch(const BatchAside& aside);
+  BatchAside batch_aside;
+  void set_batch_aside();
+  void restore_batch();
   // finite_check.cpp
   bool finite(const float* data, int64_t count);  // a host sync on CUDA
   std::optional<NonFinite> first_non_finite_parameter(const float* slab, const char* kind, const std::string& stage);
