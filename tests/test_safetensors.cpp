@@ -497,6 +497,28 @@ TEST_F(Safetensors, LargeFilesAreMappedNotRead) {
   EXPECT_EQ(back.tensors.at("small").data, (std::vector<float>{1.0f, 2.0f, 3.0f}));
 }
 
+// A sparse file whose F32 tensor is 1 TiB (no disk taken) is refused before any allocation: its
+// tensors would not fit the host's memory, and converting them would end with the OOM killer.
+TEST_F(Safetensors, TensorsBeyondTheHostsMemoryAreRefusedFirst) {
+  const uint64_t elements = uint64_t(1) << 38;
+  const std::string header =
+      R"({"huge":{"dtype":"F32","shape":[)" + std::to_string(elements) + R"(],"data_offsets":[0,)" +
+      std::to_string(elements * 4) + "]}}";
+  const std::string p = write_raw("bad.safetensors", make_file(header, ""));
+  std::error_code ec;
+  fs::resize_file(p, 8 + header.size() + elements * 4, ec);
+  if (ec) GTEST_SKIP() << "this file system refuses a sparse 1 TiB file: " << ec.message();
+  try {
+    anvil::read_safetensors(p);
+    ADD_FAILURE() << "a 1 TiB tensor was read";
+  } catch (const anvil::InputError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("bad.safetensors: its tensors take 1024.0 GiB as float32, more than the "), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find(" GiB of host memory available"), std::string::npos) << msg;
+  }
+}
+
 TEST_F(Safetensors, MissingFileIsInputError) {
   const std::string p = path("absent.safetensors");
   try {

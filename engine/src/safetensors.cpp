@@ -16,6 +16,8 @@
 
 #include "anvil/error.hpp"
 #include "anvil/output_file.hpp"
+#include "anvil/plan.hpp"
+#include "engine/src/run/host_memory.hpp"
 #include "engine/src/spec/json_reader.hpp"
 
 // The file format stores little-endian IEEE floats; we copy bytes straight in and out, and memcpy
@@ -329,6 +331,14 @@ TensorFile read_safetensors(const std::string& path) {
   }
 
   require_contiguous(path, entries, data_bytes);
+  // The tensors become float32 in host memory: refuse a file (a sparse one costs no disk) whose
+  // tensors would not fit, rather than be ended by the kernel's out-of-memory killer.
+  size_t float_bytes = 0;
+  for (const Entry& e : entries)
+    if (e.dtype->conversion != Conversion::Skip) float_bytes += static_cast<size_t>(numel(e.shape)) * sizeof(float);
+  if (const size_t available = host_available_memory(); float_bytes > available)
+    fail(path, "its tensors take " + gib(float_bytes) + " as float32, more than the " + gib(available) +
+                   " of host memory available");
   for (const Entry& e : entries) {
     if (e.dtype->conversion == Conversion::Skip) {
       result.skipped.emplace(e.name, e.dtype->name);
