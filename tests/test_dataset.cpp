@@ -537,6 +537,57 @@ TEST(DatasetTraining, ATrainerRefusesACheckpointItCouldNotWriteOrThatIsItsData) 
   fs::remove_all(dir);
 }
 
+// The library refuses what the CLI refuses: a checkpoint saved (Engine or Trainer, or planned by a
+// Trainer) onto the network's file, the attached dataset or the last evaluated one, by any name;
+// the files stay as they were.
+TEST(DatasetTraining, ACheckpointNeverReplacesTheNetworkOrADatasetTheEngineReads) {
+  const std::string dir = ::testing::TempDir() + "/anvil_own_inputs_" + std::to_string(::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string net_path = dir + "/net.json", train_path = dir + "/train.safetensors",
+                    val_path = dir + "/val.safetensors";
+  fs::copy_file(data_path("dataset_epochs.json"), net_path);
+  fs::copy_file(data_path("dataset_epochs_train.safetensors"), train_path);
+  fs::copy_file(data_path("dataset_epochs_val.safetensors"), val_path);
+  fs::create_hard_link(val_path, dir + "/val_link.safetensors");
+  const Network net = Network::load(net_path);
+  auto load = [&](const std::string& path) {
+    return Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
+  };
+  const Dataset train = load(train_path), val = load(val_path);
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  TrainOptions o;
+  o.epochs = 1;
+  Trainer trainer(engine, train, &val, o, DataOptions{});
+  engine.evaluate(val);
+  const std::map<std::string, std::string> before = {
+      {net_path, read_text(net_path)}, {train_path, read_text(train_path)}, {val_path, read_text(val_path)}};
+  auto error_of = [&](const std::function<void()>& save) -> std::string {
+    try {
+      save();
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  EXPECT_EQ(error_of([&] { engine.save_checkpoint(net_path, {}); }),
+            net_path + ": the checkpoint would overwrite the network file " + net_path);
+  EXPECT_EQ(error_of([&] { trainer.save_checkpoint(train_path); }),
+            train_path + ": the checkpoint would overwrite the dataset " + train_path);
+  EXPECT_EQ(error_of([&] { trainer.save_checkpoint(dir + "/val_link.safetensors"); }),
+            dir + "/val_link.safetensors: the checkpoint would overwrite the dataset " + val_path);
+  EXPECT_EQ(error_of([&] { engine.check_checkpoint_fits(net_path); }),
+            net_path + ": the checkpoint would overwrite the network file " + net_path);
+  o.checkpoint = net_path;
+  EXPECT_EQ(error_of([&] { Trainer another(engine, train, &val, o, DataOptions{}); }),
+            net_path + ": the checkpoint would overwrite the network file " + net_path);
+  for (const auto& [path, bytes] : before) EXPECT_EQ(read_text(path), bytes) << path;
+  EXPECT_EQ(error_of([&] { trainer.save_checkpoint(dir + "/c.safetensors"); }), "<no error>");
+  fs::remove_all(dir);
+}
+
 // --- evaluate() -----------------------------------------------------------------
 
 // The validation set of dataset_epochs with every target replaced (another dataset of the same

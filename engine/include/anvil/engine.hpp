@@ -178,9 +178,12 @@ class Engine {
   // optimizer state ("optimizer.<state>.<parameter>"), the step count and the
   // position, the network's hash and the anvil version, written atomically.
   // Loading refuses a checkpoint of another network, or of another optimizer.
+  // Saving refuses (InputError) a path that names the network's file, the
+  // attached dataset's or the last evaluated one's.
   void save_checkpoint(const std::string& path, const TrainPosition& position) const;
-  // Throws the Error save_checkpoint(path, any position) would give because the file's header (the
-  // tensor names and metadata) is beyond what safetensors readers take: a run checks at its start.
+  // Throws the Error save_checkpoint(path, any position) would give because the path names one of
+  // those inputs, or the file's header (the tensor names and metadata) is beyond what safetensors
+  // readers take: a run checks at its start.
   void check_checkpoint_fits(const std::string& path) const;
   TrainPosition load_checkpoint(const std::string& path);
 

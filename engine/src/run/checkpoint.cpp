@@ -9,6 +9,7 @@
 #include <string>
 
 #include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
 #include "anvil/safetensors.hpp"
 #include "anvil/trainer.hpp"
 #include "anvil/version.hpp"
@@ -74,10 +75,20 @@ std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, 
 
 }  // namespace
 
+void Engine::Impl::refuse_own_inputs(const std::string& path) const {
+  const std::string key = same_file_key(output_target(path));
+  if (same_file_key(network.source()) == key)
+    throw InputError(path + ": the checkpoint would overwrite the network file " + network.source());
+  for (const DataFeed* feed : {train_feed.get(), eval_feed.get()})
+    if (feed && same_file_key(feed->path()) == key)
+      throw InputError(path + ": the checkpoint would overwrite the dataset " + feed->path());
+}
+
 void Engine::save_checkpoint(const std::string& path, const TrainPosition& position) const {
   require_arena();
   const Impl& m = *impl_;
   if (!m.training()) throw Error("save_checkpoint needs an engine built for training (Mode::Train)");
+  m.refuse_own_inputs(path);
   TensorFile file;
   file.tensors = m.read_slab(m.params);
   const std::vector<std::string> states = m.optimizer->state_names();
@@ -95,6 +106,7 @@ void Engine::check_checkpoint_fits(const std::string& path) const {
   require_arena();
   const Impl& m = *impl_;
   if (!m.training()) throw Error("check_checkpoint_fits needs an engine built for training (Mode::Train)");
+  m.refuse_own_inputs(path);
   std::map<std::string, Shape> shapes;
   const std::vector<std::string> states = m.optimizer->state_names();
   for (const auto& slot : m.schedule.params) {

@@ -136,6 +136,9 @@ struct Engine::Impl {
 #endif
   };
   BatchAside batch_aside;
+  // checkpoint.cpp: a checkpoint never replaces what the engine reads (InputError): its
+  // network's file, the dataset it trains on or the one it last evaluated.
+  void refuse_own_inputs(const std::string& path) const;
   void set_batch_aside();
   void restore_batch();
   // finite_check.cpp
