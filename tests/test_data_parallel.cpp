@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -232,6 +233,32 @@ TEST(DataParallelCpu, InProcessCommunicatorAveragesInRankOrder) {
     EXPECT_EQ(b[1], 1.f / 3.f);  // summed in double: 1e8 + 1 - 1e8 keeps the 1
     EXPECT_EQ(b[2], 4.5f / 3.f);
   }
+}
+
+// A rank whose communicator is destroyed, before or while another averages, has left: the other's
+// average throws instead of waiting for ever. An absurd rank count is refused up front.
+TEST(DataParallelCpu, ADestroyedRanksPeersStopWaitingForIt) {
+  std::vector<float> data = {1.f, 2.f};
+  auto comms = in_process_communicators(2);
+  comms[1].reset();
+  EXPECT_THROW(comms[0]->average(data.data(), 2, nullptr), Error);
+
+  comms = in_process_communicators(2);
+  std::string error;
+  std::thread waiting([&] {
+    try {
+      comms[0]->average(data.data(), 2, nullptr);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  comms[1].reset();
+  waiting.join();
+  EXPECT_NE(error.find("another rank's work returned while this rank averages"), std::string::npos) << error;
+
+  EXPECT_THROW(in_process_communicators(kMaxInProcessRanks + 1), InputError);
+  EXPECT_THROW(in_process_communicators(0), InputError);
 }
 
 // A null buffer or a negative count is refused before the rank joins the collective.

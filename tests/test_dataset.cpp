@@ -105,6 +105,15 @@ TEST(BatchPlan, DropsTheLastPartialBatch) {
   EXPECT_THROW(plan.samples(std::vector<int64_t>(255), 0), InputError);  // an order of another dataset
   EXPECT_THROW(BatchPlan(-5, 2, true), InputError);
   EXPECT_THROW(epoch_order(int64_t(1) << 62, 0, 0, true), InputError);
+  // Within the 2^40 limit, but 8 TiB of indices: refused by the host's memory, not by bad_alloc.
+  try {
+    epoch_order(int64_t(1) << 40, 0, 0, true);
+    ADD_FAILURE() << "an order of 2^40 samples was made";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("epoch_order: the order of 1099511627776 samples takes 8192.0 GiB, more than"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(BatchPlan, KeepsTheLastPartialBatch) {

@@ -56,8 +56,11 @@ class Communicator {
   }
 };
 
-// K ranks in one process, for engines on the CPU backend, each rank on its own thread. The mean
-// is summed in rank order, so it is the same bits from run to run.
+// K ranks (1 to kMaxInProcessRanks) in one process, for engines on the CPU backend, each rank on
+// its own thread. The mean is summed in rank order, so it is the same bits from run to run. A rank
+// whose communicator is destroyed has left (leave()); one that is kept but never averages makes
+// the others wait for it, as a rank missing from an MPI or NCCL job does.
+constexpr int kMaxInProcessRanks = 65536;
 std::vector<std::unique_ptr<Communicator>> in_process_communicators(int ranks);
 
 // Whether this build has NCCL (CMake found nccl.h and libnccl), and its version.

@@ -7,8 +7,10 @@
 
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
+#include "anvil/plan.hpp"
 #include "anvil/random.hpp"
 #include "anvil/safetensors.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 namespace anvil {
 
@@ -77,6 +79,9 @@ HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vect
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle) {
   if (sample_count < 0 || sample_count > kMaxTensorElements)
     throw InputError("epoch_order: the sample count must be from 0 to 2^40, got " + std::to_string(sample_count));
+  if (const size_t bytes = size_t(sample_count) * sizeof(int64_t), available = host_available_memory(); bytes > available)
+    throw Error("epoch_order: the order of " + std::to_string(sample_count) + " samples takes " + gib(bytes) +
+                ", more than the " + gib(available) + " of host memory available");
   std::vector<int64_t> order(static_cast<size_t>(sample_count));
   for (int64_t i = 0; i < sample_count; ++i) order[i] = i;
   if (!shuffle) return order;

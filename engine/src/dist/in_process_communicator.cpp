@@ -49,6 +49,10 @@ struct Group {
 class InProcessCommunicator : public Communicator {
  public:
   InProcessCommunicator(std::shared_ptr<Group> group, int rank) : group_(std::move(group)), rank_(rank) {}
+  // A rank gone can never arrive: the others' averages throw rather than wait for it.
+  ~InProcessCommunicator() override {
+    if (!left_) leave();
+  }
 
   int rank() const override { return rank_; }
   int size() const override { return group_->size; }
@@ -93,6 +97,7 @@ class InProcessCommunicator : public Communicator {
 
   void leave() override {
     std::lock_guard<std::mutex> lock(group_->mutex);
+    left_ = true;
     ++group_->left;
     group_->changed.notify_all();
   }
@@ -100,12 +105,15 @@ class InProcessCommunicator : public Communicator {
  private:
   std::shared_ptr<Group> group_;
   int rank_;
+  bool left_ = false;
 };
 
 }  // namespace
 
 std::vector<std::unique_ptr<Communicator>> in_process_communicators(int ranks) {
-  if (ranks < 1) throw InputError("in-process communicator: ranks must be at least 1, got " + std::to_string(ranks));
+  if (ranks < 1 || ranks > kMaxInProcessRanks)
+    throw InputError("in-process communicator: ranks must be from 1 to " + std::to_string(kMaxInProcessRanks) +
+                     ", got " + std::to_string(ranks));
   auto group = std::make_shared<Group>(ranks);
   std::vector<std::unique_ptr<Communicator>> out;
   for (int r = 0; r < ranks; ++r) out.push_back(std::make_unique<InProcessCommunicator>(group, r));
