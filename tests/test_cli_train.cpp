@@ -878,6 +878,29 @@ TEST_F(CliTrain, EvalOfANetworkWithoutParameters) {
   EXPECT_TRUE(close_rel(got, sum / double(t.size()), 1e-6)) << got << " vs " << sum / double(t.size());
 }
 
+// bench times a network without parameters where the build's message points: with --input-grad.
+TEST_F(CliTrain, BenchOfANetworkWithoutParametersTakesTheInputGradient) {
+  const std::string net = path("pool.json");
+  write_bytes(net, R"({"name": "pool", "input": [2, 1, 4, 4], "layers": [{"type": "avg_pool2d", "kernel_size": 2}]})");
+  const std::vector<std::string> bench = {"bench", net, "--device", "cpu", "--iters", "2", "--warmup", "0"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = bench;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args);
+  };
+  const Finished refused = with({"--mode", "fwdbwd"});
+  EXPECT_EQ(refused.status, 2) << describe(refused);
+  EXPECT_PRED_FORMAT2(Contains, refused.err, "nothing to train (with the input's gradient, --input-grad, there is)");
+  for (const char* mode : {"fwdbwd", "train"}) {
+    const Finished r = with({"--mode", mode, "--input-grad"});
+    EXPECT_EQ(r.status, 0) << describe(r);
+    EXPECT_PRED_FORMAT2(Contains, r.out, "2 iterations after 0 warm-up");
+  }
+  const Finished forward = with({"--mode", "forward", "--input-grad"});
+  EXPECT_EQ(forward.status, 2) << describe(forward);
+  EXPECT_EQ(forward.err, "anvil: error: --input-grad needs --mode fwdbwd or train\n") << describe(forward);
+}
+
 TEST_F(CliTrain, EvalNeedsData) {
   const Finished r = eval({});
   EXPECT_EQ(r.status, 2) << describe(r);

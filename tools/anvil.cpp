@@ -653,6 +653,7 @@ struct BenchFlags {
   std::string mode = "train", json, data;
   int iters = 50, warmup = 10;
   double data_budget_mib = 0;
+  bool input_grad = false;
   bool budget_given = false;  // set after parsing
 };
 
@@ -672,7 +673,9 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = anvil::Network::load(f.network);
   const bool forward = b.mode == "forward";
+  if (b.input_grad && forward) throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
+  o.input_grad = b.input_grad;
   const bool cuda = o.device == Device::Cuda;
   const std::string gpu = cuda ? anvil::cuda_device_name() : "none";
   const std::string cudnn = cuda ? anvil::cudnn_version() : "none";
@@ -871,6 +874,9 @@ int main(int argc, char** argv) {
       ->check(whole_number(kMaxInt));
   bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
   bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
+  bench->add_flag("--input-grad", bench_opts.input_grad,
+                  "fwdbwd and train steps also compute d(loss)/d(input), as train --input-grad (what a network "
+                  "without parameters trains)");
   bench->add_option("--data", bench_opts.data, "train steps take their batches from this dataset (--mode train)");
   bench->add_option("--data-budget", bench_opts.data_budget_mib,
                     "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
