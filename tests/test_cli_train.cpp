@@ -501,8 +501,8 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
 
   expect_bad_input(train({"--steps", "2", "--ranks", "0"}), "--ranks: must be a positive integer, got 0");
   expect_bad_input(train({"--data", kTrain, "--steps", "2", "--ranks", "2", "--keep-last"}),
-                   "--keep-last: a partial last batch cannot be split evenly across 2 ranks; leave it out to train "
-                   "data-parallel");
+                   "--keep-last is refused with 2 ranks, whatever the dataset's size (a partial last batch would not "
+                   "split evenly across them); leave it out to train data-parallel");
   expect_bad_input(train({"--steps", "2", "--ranks", "2", "--input-grad", "--dump-grads", ck}),
                    "--input-grad: each of the 2 ranks holds only its slice of the input gradient, of its own loss; "
                    "train on one rank to dump it");

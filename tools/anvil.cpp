@@ -598,8 +598,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
                             " ranks holds only its slice of the input gradient, of its own loss; train on one "
                             "rank to dump it");
   if (t.keep_last && ranks > 1)  // the library says so too, by its own name (keep_last)
-    throw anvil::InputError("--keep-last: a partial last batch cannot be split evenly across " +
-                            std::to_string(ranks) + " ranks; leave it out to train data-parallel");
+    throw anvil::InputError("--keep-last is refused with " + std::to_string(ranks) +
+                            " ranks, whatever the dataset's size (a partial last batch would not split evenly "
+                            "across them); leave it out to train data-parallel");
   const anvil::Network net = load_network(f.network, t.batch);
   if (net.input_shape()[0] % ranks != 0)
     throw anvil::InputError("the batch of " + std::to_string(net.input_shape()[0]) + " does not split evenly across " +

@@ -31,8 +31,9 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
   // only its slices, as an epoch of batches of its own size.
   const int64_t local = m.network.input_shape()[0];
   if (m.ranks() > 1 && options.keep_last)
-    throw InputError("keep_last: a partial last batch cannot be split evenly across " + std::to_string(m.ranks()) +
-                     " ranks; leave it out (the default) to train data-parallel");
+    throw InputError("keep_last is refused with " + std::to_string(m.ranks()) +
+                     " ranks, whatever the dataset's size (a partial last batch would not split evenly across "
+                     "them); leave it out (the default) to train data-parallel");
   const BatchPlan global = data.batch_plan(m.global_batch(), options.keep_last);
   const BatchPlan plan = m.ranks() == 1 ? global : BatchPlan(global.batches_per_epoch() * local, local, false);
   m.train_feed.reset();
