@@ -16,7 +16,6 @@
 
 #include "anvil/error.hpp"
 #include "anvil/output_file.hpp"
-#include "anvil/plan.hpp"
 #include "engine/src/run/host_memory.hpp"
 #include "engine/src/spec/json_reader.hpp"
 
@@ -336,9 +335,7 @@ TensorFile read_safetensors(const std::string& path) {
   size_t float_bytes = 0;
   for (const Entry& e : entries)
     if (e.dtype->conversion != Conversion::Skip) float_bytes += static_cast<size_t>(numel(e.shape)) * sizeof(float);
-  if (const size_t available = host_available_memory(); float_bytes > available)
-    fail(path, "its tensors take " + gib(float_bytes) + " as float32, more than the " + gib(available) +
-                   " of host memory available");
+  if (const auto why = beyond_host_memory(float_bytes)) fail(path, "its tensors take " + *why + " as float32");
   for (const Entry& e : entries) {
     if (e.dtype->conversion == Conversion::Skip) {
       result.skipped.emplace(e.name, e.dtype->name);

@@ -7,7 +7,6 @@
 
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
-#include "anvil/plan.hpp"
 #include "anvil/random.hpp"
 #include "anvil/safetensors.hpp"
 #include "engine/src/run/host_memory.hpp"
@@ -79,9 +78,8 @@ HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vect
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle) {
   if (sample_count < 0 || sample_count > kMaxTensorElements)
     throw InputError("epoch_order: the sample count must be from 0 to 2^40, got " + std::to_string(sample_count));
-  if (const size_t bytes = size_t(sample_count) * sizeof(int64_t), available = host_available_memory(); bytes > available)
-    throw Error("epoch_order: the order of " + std::to_string(sample_count) + " samples takes " + gib(bytes) +
-                ", more than the " + gib(available) + " of host memory available");
+  if (const auto why = beyond_host_memory(size_t(sample_count) * sizeof(int64_t)))
+    throw Error("epoch_order: the order of " + std::to_string(sample_count) + " samples takes " + *why);
   std::vector<int64_t> order(static_cast<size_t>(sample_count));
   for (int64_t i = 0; i < sample_count; ++i) order[i] = i;
   if (!shuffle) return order;

@@ -1,5 +1,7 @@
 #include "engine/src/run/host_memory.hpp"
 
+#include "anvil/plan.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -56,6 +58,12 @@ size_t host_available_memory() {
   size_t available = kib ? size_t(*kib) << 10 : size_t(::sysconf(_SC_AVPHYS_PAGES)) * size_t(::sysconf(_SC_PAGESIZE));
   if (const auto cgroup = cgroup_available_memory("/sys/fs/cgroup")) available = std::min(available, *cgroup);
   return available;
+}
+
+std::optional<std::string> beyond_host_memory(size_t bytes) {
+  const size_t available = host_available_memory();
+  if (bytes <= available) return std::nullopt;
+  return gib(bytes) + ", more than the " + gib(available) + " of host memory available";
 }
 
 }  // namespace anvil

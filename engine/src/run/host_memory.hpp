@@ -12,6 +12,10 @@ namespace anvil {
 // and cgroup_available_memory("/sys/fs/cgroup").
 size_t host_available_memory();
 
+// Where `bytes` exceed host_available_memory(), why, for a message about what
+// needs them: "X GiB, more than the Y GiB of host memory available".
+std::optional<std::string> beyond_host_memory(size_t bytes);
+
 // In a memory cgroup with a limit (a container): the limit less what the
 // cgroup uses beyond its reclaimable page cache, read below `root` (v2:
 // memory.max, memory.current and memory.stat's inactive_file; v1:
