@@ -82,6 +82,14 @@ const Case kCases[] = {
     {"cout48_ragged_tiles_max2", 3, 24, 48, {1, 33, 70}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
      {1, 2, 2}},
     {"window3_126_rows_avg", 1, 8, 16, {1, 13, 50}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg, {1, 3, 3}},
+    // Windows 8 wide (a tile of 4 windows, 4 x 32), rows of 8 + 3 conv outputs (ragged tiles along W), and a
+    // dilated 3-D kernel over 5 input channels (3 zero channels of padding in K).
+    {"wide_windows_1x4x8_max", 2, 6, 40, {1, 17, 35}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 4, 8}},
+    {"rows_of_8_plus_3_avg2", 1, 11, 64, {1, 20, 19}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}},
+    {"dilated_3d_cin5_avg2", 1, 5, 40, {6, 12, 14}, {2, 3, 3}, {1, 2, 0}, {2, 1, 2}, gpu::ChainPool::Avg,
+     {2, 2, 2}},
     {"transposed_2d_k2_no_pool", 2, 9, 40, {1, 10, 12}, {1, 2, 2}, {0, 0, 1}, {1, 1, 1}, gpu::ChainPool::None, {1, 1, 1},
      true},
     // Rows of x a multiple of 4 floats and tiles of whole 16-byte chunks: the box is copied 16 bytes at a
