@@ -231,7 +231,7 @@ TEST_F(Cli, MissingNetworkFile) {
   const std::string p = path("does_not_exist.json");
   const CliResult r = run("info " + quote(p) + " --device cpu");
   EXPECT_EQ(r.status, 2) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: " + p + ": cannot open the network file\n");
+  EXPECT_EQ(r.err, "anvil: error: " + p + ": cannot open the network file: No such file or directory\n");
 }
 
 // ---------------------------------------------------------------- run

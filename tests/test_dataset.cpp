@@ -575,6 +575,55 @@ TEST(DatasetTraining, ACheckpointIsRefusedWhereItCouldNotBeWrittenOrWouldReplace
   fs::remove_all(dir);
 }
 
+// The inputs are told by which file they are when loaded, not by their names: loaded by relative
+// paths, they stay refused after the process changes directory, under their new relative names.
+TEST(DatasetTraining, InputsLoadedByRelativePathsStayRefusedAfterTheCurrentDirectoryMoves) {
+  const std::string dir = ::testing::TempDir() + "/anvil_ckpt_cwd_" + std::to_string(::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/a");
+  fs::create_directories(dir + "/b");
+  fs::copy_file(data_path("dataset_epochs.json"), dir + "/a/net.json");
+  fs::copy_file(data_path("dataset_epochs_train.safetensors"), dir + "/a/train.safetensors");
+  fs::copy_file(data_path("dataset_epochs_val.safetensors"), dir + "/a/val.safetensors");
+  struct CurrentDirectory {
+    fs::path saved = fs::current_path();
+    ~CurrentDirectory() { fs::current_path(saved); }
+  } restore;
+  fs::current_path(dir + "/a");
+  const Network net = Network::load("net.json");
+  auto load = [&](const std::string& path) {
+    return Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
+  };
+  const Dataset train = load("train.safetensors"), val = load("val.safetensors");
+  Options options;
+  options.device = Device::Cpu;
+  Engine engine(net, options);
+  engine.attach_data(train, DataOptions{});
+  engine.evaluate(val);
+  fs::current_path(dir + "/b");
+  const std::map<std::string, std::string> before = {{"../a/net.json", read_text("../a/net.json")},
+                                                     {"../a/train.safetensors", read_text("../a/train.safetensors")},
+                                                     {"../a/val.safetensors", read_text("../a/val.safetensors")}};
+  auto save_error = [&](const std::string& path) -> std::string {
+    try {
+      engine.save_checkpoint(path, {});
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file net.json");
+  EXPECT_EQ(save_error("../a/train.safetensors"),
+            "../a/train.safetensors: the checkpoint would overwrite the dataset train.safetensors");
+  EXPECT_EQ(save_error("../a/val.safetensors"),
+            "../a/val.safetensors: the checkpoint would overwrite the dataset val.safetensors");
+  for (const auto& [path, bytes] : before) EXPECT_EQ(read_text(path), bytes) << path;
+  EXPECT_EQ(save_error("net.json"), "<no error>");  // b/net.json is another file of the same name
+  EXPECT_TRUE(fs::exists("net.json"));
+  fs::current_path(restore.saved);
+  fs::remove_all(dir);
+}
+
 // --- evaluate() -----------------------------------------------------------------
 
 // The validation set of dataset_epochs with every target replaced (another dataset of the same

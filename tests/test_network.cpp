@@ -645,7 +645,7 @@ TEST(NetworkParse, LoadNamesTheFileWhenItCannotBeOpened) {
     Network::load(path);
     FAIL() << "loaded a missing file";
   } catch (const anvil::InputError& e) {
-    EXPECT_EQ(std::string(e.what()), path + ": cannot open the network file");
+    EXPECT_EQ(std::string(e.what()), path + ": cannot open the network file: No such file or directory");
   }
 }
 

@@ -1,10 +1,13 @@
 #include "anvil/network.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "anvil/error.hpp"
+#include "anvil/output_file.hpp"
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/lower/graph.hpp"
 #include "engine/src/spec/network_spec.hpp"
@@ -23,8 +26,10 @@ Network Network::load(const std::string& path) {
     throw InputError(path + ": cannot read the network file: not a regular file");
   if (std::filesystem::is_regular_file(status) && std::filesystem::file_size(path, ec) > kMaxNetworkFileBytes)
     throw InputError(path + ": the network file is larger than 100 MB");
+  errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path + ": cannot open the network file");
+  if (!in)
+    throw InputError(path + ": cannot open the network file" + (errno != 0 ? std::string(": ") + std::strerror(errno) : ""));
   std::stringstream text;
   text << in.rdbuf();
   if (in.bad()) throw InputError(path + ": cannot read the network file");
@@ -35,7 +40,9 @@ Network Network::load(const std::string& path) {
 Network Network::parse(const std::string& json_text, const std::string& source) {
   Network net;
   try {
-    net.spec_ = std::make_shared<const NetworkSpec>(parse_network_spec(json_text, source));
+    NetworkSpec spec = parse_network_spec(json_text, source);
+    spec.source_key = same_file_key(source);
+    net.spec_ = std::make_shared<const NetworkSpec>(std::move(spec));
     net.graph_ = Graph::build(net.spec_);
   } catch (const InputError& e) {
     throw InputError(source + ": " + e.what());

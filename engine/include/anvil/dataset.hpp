@@ -86,6 +86,9 @@ class Dataset {
   Dataset& operator=(Dataset&& other) noexcept;
 
   const std::string& path() const { return path_; }
+  // same_file_key(path()) when loaded: which file it is, wherever the current directory moves later
+  // (an engine refuses to write a checkpoint over it).
+  const std::string& file_key() const { return file_key_; }
   // A number no other load gives (copies share it; 0 once moved from): an engine
   // holding a dataset tells a new one at the same address from it by this.
   uint64_t identity() const { return identity_; }
@@ -116,7 +119,7 @@ class Dataset {
  private:
   Dataset() = default;  // a Dataset is made by load: never empty (a moved-from one has no samples)
 
-  std::string path_;
+  std::string path_, file_key_;
   uint64_t identity_ = 0;  // 0: not loaded
   HostTensor inputs_, targets_;
   int64_t floats_per_sample_ = 0, floats_per_target_ = 0;

@@ -7,6 +7,7 @@
 
 #include "anvil/error.hpp"
 #include "anvil/network.hpp"
+#include "anvil/output_file.hpp"
 #include "anvil/random.hpp"
 #include "anvil/safetensors.hpp"
 #include "engine/src/run/host_memory.hpp"
@@ -137,6 +138,7 @@ Dataset::Dataset(Dataset&& other) noexcept { *this = std::move(other); }
 Dataset& Dataset::operator=(Dataset&& other) noexcept {
   if (this == &other) return *this;
   path_ = std::move(other.path_);
+  file_key_ = std::move(other.file_key_);
   identity_ = std::exchange(other.identity_, 0);
   inputs_ = std::exchange(other.inputs_, HostTensor{});
   targets_ = std::exchange(other.targets_, HostTensor{});
@@ -150,6 +152,7 @@ Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const 
   static std::atomic<uint64_t> loads{0};
   Dataset data;
   data.path_ = path;
+  data.file_key_ = same_file_key(path);
   data.identity_ = ++loads;
   data.inputs_ = take_samples(file, path, "input", sample_shape, "takes");
   data.targets_ = take_samples(file, path, "target", target_sample_shape, "outputs");

@@ -77,10 +77,10 @@ std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, 
 
 void Engine::Impl::refuse_own_inputs(const std::string& path) const {
   const std::string key = same_file_key(output_target(path));
-  if (same_file_key(network.source()) == key)
+  if (network.spec().source_key == key)
     throw InputError(path + ": the checkpoint would overwrite the network file " + network.source());
   for (const DataFeed* feed : {train_feed.get(), eval_feed.get()})
-    if (feed && same_file_key(feed->path()) == key)
+    if (feed && feed->file_key() == key)
       throw InputError(path + ": the checkpoint would overwrite the dataset " + feed->path());
 }
 

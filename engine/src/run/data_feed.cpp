@@ -15,7 +15,7 @@ namespace anvil {
 
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
                    [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
-    : data_(&data), identity_(data.identity()), path_(data.path()), plan_(plan) {
+    : data_(&data), identity_(data.identity()), path_(data.path()), file_key_(data.file_key()), plan_(plan) {
   host_order_.resize(static_cast<size_t>(plan.sample_count()));
 #if ANVIL_WITH_CUDA
   device_ = device;

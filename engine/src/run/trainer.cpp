@@ -29,7 +29,7 @@ void check_checkpoint_path(const TrainOptions& options, std::initializer_list<co
   check_output_path(options.checkpoint);
   const std::string key = same_file_key(output_target(options.checkpoint));
   for (const Dataset* data : read)
-    if (data && same_file_key(data->path()) == key)
+    if (data && data->file_key() == key)
       throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->path());
 }
 

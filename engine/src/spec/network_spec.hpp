@@ -31,6 +31,8 @@ struct OptimizerSpec {
 struct NetworkSpec {
   std::string name;
   std::string source;  // the file (or label) the text came from, for messages
+  // same_file_key(source) when parsed: which file it is, wherever the current directory moves later
+  std::string source_key;
   Shape input;
   std::vector<LayerSpec> layers;  // in file order; the last one feeds the loss
   LossSpec loss;
