@@ -193,21 +193,50 @@ TEST(EngineMemory, ACgroupLimitBindsLessItsUseBeyondThePageCache) {
   fs::remove_all(root);
   fs::create_directories(root / "memory");
   auto write = [&](const fs::path& file, const std::string& text) { std::ofstream(root / file) << text; };
-  EXPECT_EQ(cgroup_available_memory(root.string()), std::nullopt);  // no files: no cgroup limit
+  const std::string none = (root / "no_self_cgroup").string();  // the root cgroup alone
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), std::nullopt);  // no files: no cgroup limit
   write("memory/memory.limit_in_bytes", "9223372036854771712\n");  // v1 without a limit: a huge number
   write("memory/memory.usage_in_bytes", "3000\n");
-  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(9223372036854771712ull - 3000));
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(9223372036854771712ull - 3000));
   write("memory/memory.limit_in_bytes", "10000\n");
   write("memory/memory.stat", "cache 5\ntotal_inactive_file 1000\n");
-  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(10000 - (3000 - 1000)));
-  write("memory.max", "max\n");  // v2, first: no limit there
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(10000 - (3000 - 1000)));
+  write("memory.max", "max\n");  // v2: no limit there
   write("memory.current", "500\n");
-  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(8000));  // so v1's is read
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(8000));  // so v1's binds
   write("memory.max", "4000\n");
   write("memory.stat", "anon 400\ninactive_file 200\n");
-  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(4000 - 300));
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(4000 - 300));  // the least of the two
   write("memory.current", "9000\n");  // beyond the limit: nothing left
-  EXPECT_EQ(cgroup_available_memory(root.string()), size_t(0));
+  EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(0));
+  fs::remove_all(root);
+}
+
+// A process in a nested cgroup (systemd-run, a batch job, a container without a cgroup namespace)
+// is bound by its own cgroup's limit and by each ancestor's, whichever leaves least; cgroups that
+// /proc/self/cgroup names but the files do not show are skipped.
+TEST(EngineMemory, EveryAncestorOfTheProcesssCgroupBinds) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(::testing::TempDir()) / ("anvil_cgroup_nested_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "jobs/job7/step0");
+  fs::create_directories(root / "memory/slurm/uid_0");
+  auto write = [&](const fs::path& file, const std::string& text) { std::ofstream(root / file) << text; };
+  const std::string self = (root / "self_cgroup").string();
+  write("self_cgroup", "12:cpu,cpuacct:/elsewhere\n4:memory:/slurm/uid_0/job_3\n0::/jobs/job7/step0\n");
+  write("memory.max", "max\n");  // v2: the root has no limit,
+  write("memory.current", "100000\n");
+  write("jobs/job7/memory.max", "6000\n");  // the job's binds,
+  write("jobs/job7/memory.current", "2500\n");
+  write("jobs/job7/step0/memory.max", "max\n");  // its step has none of its own
+  write("jobs/job7/step0/memory.current", "2000\n");
+  EXPECT_EQ(cgroup_available_memory(root.string(), self), size_t(6000 - 2500));
+  write("jobs/job7/step0/memory.max", "3000\n");  // now the step binds
+  EXPECT_EQ(cgroup_available_memory(root.string(), self), size_t(3000 - 2000));
+  write("memory/slurm/uid_0/memory.limit_in_bytes", "1500\n");  // v1's memory controller: job_3 is not
+  write("memory/slurm/uid_0/memory.usage_in_bytes", "900\n");   // there, its parent binds
+  EXPECT_EQ(cgroup_available_memory(root.string(), self), size_t(1500 - 900));
+  EXPECT_EQ(cgroup_available_memory(root.string(), (root / "no_self_cgroup").string()), std::nullopt);
   fs::remove_all(root);
 }
 

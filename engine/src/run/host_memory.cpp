@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <utility>
 
 namespace anvil {
 
@@ -35,28 +36,61 @@ std::optional<unsigned long long> read_key(const std::string& path, const std::s
   return std::nullopt;
 }
 
+// A cgroup layout's files in one cgroup's directory.
+struct Layout {
+  std::string limit, usage, stat, inactive;
+};
+const Layout kV2{"/memory.max", "/memory.current", "/memory.stat", "inactive_file"};
+const Layout kV1{"/memory.limit_in_bytes", "/memory.usage_in_bytes", "/memory.stat", "total_inactive_file"};
+
+// What one cgroup's directory allows: its limit less its use beyond the reclaimable page cache.
+std::optional<size_t> cgroup_level_available(const std::string& dir, const Layout& l) {
+  const auto limit = read_number(dir + l.limit), usage = read_number(dir + l.usage);
+  if (!limit || !usage) return std::nullopt;
+  const unsigned long long reclaimable = std::min(*usage, read_key(dir + l.stat, l.inactive).value_or(0));
+  const unsigned long long used = *usage - reclaimable;
+  return size_t(*limit > used ? *limit - used : 0);
+}
+
+// The process's cgroup in each hierarchy, from self_cgroup's "id:controllers:path" lines:
+// v2's ("0::path") and v1's memory controller's; "/" where the file names none.
+std::pair<std::string, std::string> own_cgroups(const std::string& self_cgroup) {
+  std::string v2 = "/", v1 = "/", line;
+  std::ifstream in(self_cgroup);
+  while (std::getline(in, line)) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos || line.compare(b + 1, 1, "/") != 0) continue;
+    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",", path = line.substr(b + 1);
+    if (line.compare(0, a, "0") == 0 && controllers == ",,") v2 = path;
+    if (controllers.find(",memory,") != std::string::npos) v1 = path;
+  }
+  return {v2, v1};
+}
+
 }  // namespace
 
-std::optional<size_t> cgroup_available_memory(const std::string& root) {
-  struct Layout {
-    std::string limit, usage, stat, inactive;
+std::optional<size_t> cgroup_available_memory(const std::string& root, const std::string& self_cgroup) {
+  const auto [v2, v1] = own_cgroups(self_cgroup);
+  std::optional<size_t> least;
+  // Each ancestor's limit binds too (a container without a cgroup namespace, systemd-run, Slurm).
+  auto walk_up = [&](const std::string& base, std::string path, const Layout& layout) {
+    while (true) {
+      if (const auto level = cgroup_level_available(base + (path == "/" ? "" : path), layout))
+        least = std::min(least.value_or(*level), *level);
+      if (path == "/") return;
+      path = path.substr(0, std::max<size_t>(path.rfind('/'), 1));
+    }
   };
-  for (const Layout& l : {Layout{"/memory.max", "/memory.current", "/memory.stat", "inactive_file"},
-                          Layout{"/memory/memory.limit_in_bytes", "/memory/memory.usage_in_bytes",
-                                 "/memory/memory.stat", "total_inactive_file"}}) {
-    const auto limit = read_number(root + l.limit), usage = read_number(root + l.usage);
-    if (!limit || !usage) continue;
-    const unsigned long long reclaimable = std::min(*usage, read_key(root + l.stat, l.inactive).value_or(0));
-    const unsigned long long used = *usage - reclaimable;
-    return size_t(*limit > used ? *limit - used : 0);
-  }
-  return std::nullopt;
+  walk_up(root, v2, kV2);
+  walk_up(root + "/memory", v1, kV1);
+  return least;
 }
 
 size_t host_available_memory() {
   const auto kib = read_key("/proc/meminfo", "MemAvailable:");
   size_t available = kib ? size_t(*kib) << 10 : size_t(::sysconf(_SC_AVPHYS_PAGES)) * size_t(::sysconf(_SC_PAGESIZE));
-  if (const auto cgroup = cgroup_available_memory("/sys/fs/cgroup")) available = std::min(available, *cgroup);
+  if (const auto cgroup = cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup"))
+    available = std::min(available, *cgroup);
   return available;
 }
 

@@ -9,18 +9,21 @@
 namespace anvil {
 
 // The least of the host's MemAvailable (/proc/meminfo; else the free pages)
-// and cgroup_available_memory("/sys/fs/cgroup").
+// and cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup").
 size_t host_available_memory();
 
 // Where `bytes` exceed host_available_memory(), why, for a message about what
 // needs them: "X GiB, more than the Y GiB of host memory available".
 std::optional<std::string> beyond_host_memory(size_t bytes);
 
-// In a memory cgroup with a limit (a container): the limit less what the
-// cgroup uses beyond its reclaimable page cache, read below `root` (v2:
-// memory.max, memory.current and memory.stat's inactive_file; v1:
-// memory/memory.limit_in_bytes, memory/memory.usage_in_bytes and
-// memory/memory.stat's total_inactive_file). None without a limit or the files.
-std::optional<size_t> cgroup_available_memory(const std::string& root);
+// In memory cgroups with limits (a container, systemd-run, a batch job): the
+// least, over the process's cgroup and each of its ancestors (self_cgroup,
+// /proc/self/cgroup's format, names them; "/" alone without it), of the
+// limit less what that cgroup uses beyond its reclaimable page cache. Read
+// below `root`: v2's memory.max, memory.current and memory.stat's
+// inactive_file in root/<path>; v1's memory.limit_in_bytes,
+// memory.usage_in_bytes and memory.stat's total_inactive_file in
+// root/memory/<path>. None without a limit or the files.
+std::optional<size_t> cgroup_available_memory(const std::string& root, const std::string& self_cgroup);
 
 }  // namespace anvil
