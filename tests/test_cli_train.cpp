@@ -379,6 +379,10 @@ TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {
   ASSERT_EQ(saved.status, 0) << describe(saved);
   EXPECT_PRED_FORMAT2(Contains, saved.out, "saved parameters to " + path("saved\\nfake line.safetensors") + "\n");
   EXPECT_EQ(anvil::read_safetensors(odd).tensors.size(), anvil::read_safetensors(w).tensors.size());
+  const std::string odd_net = network_with("odd\nnet.json", [](nlohmann::json&) {});
+  const Finished info = run({"info", odd_net, "--device", "cpu"});
+  ASSERT_EQ(info.status, 0) << describe(info);
+  EXPECT_PRED_FORMAT2(Contains, info.out, " (" + path("odd\\nnet.json") + "): input ");
 }
 
 // ------------------------------------------------------------------ 3. checkpoints and resume

@@ -243,7 +243,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad
   print_device_notice();
 
   std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", shown(net.name()).c_str(),
-              net.source().c_str(), anvil::to_string(net.input_shape()).c_str(),
+              shown(net.source()).c_str(), anvil::to_string(net.input_shape()).c_str(),
               anvil::to_string(net.output_shape()).c_str(), anvil::to_string(net.precision()),
               static_cast<unsigned long long>(net.seed()));
   std::printf("\n%-22s %-18s %-22s %-24s %10s\n", "layer", "type", "inputs", "output shape", "params");
