@@ -880,6 +880,18 @@ TEST_F(CliTrain, EvalOfANetworkWithoutParameters) {
   ASSERT_EQ(r.status, 0) << describe(r);
   const double got = eval_loss(r, 5, data);
   EXPECT_TRUE(close_rel(got, sum / double(t.size()), 1e-6)) << got << " vs " << sum / double(t.size());
+
+  // Finite data whose squared error overflows float: the mean loss is inf, reported as train reports
+  // a non-finite loss (exit code 3), not printed as a result.
+  TensorFile huge;
+  huge.tensors["input"] = HostTensor{{5, 1, 4, 4}, std::vector<float>(80, 3e38f)};
+  huge.tensors["target"] = HostTensor{{5, 1, 2, 2}, std::vector<float>(20, -3e38f)};
+  const std::string huge_path = path("huge.safetensors");
+  anvil::write_safetensors(huge_path, huge);
+  const Finished inf = eval({"--data", huge_path}, net);
+  EXPECT_EQ(inf.status, 3) << describe(inf);
+  EXPECT_EQ(inf.out, "");
+  EXPECT_EQ(inf.err, "anvil: error: the mean loss over " + huge_path + " is inf\n") << describe(inf);
 }
 
 // bench times a network without parameters where the build's message points: with --input-grad.
