@@ -1,5 +1,6 @@
 // The engine's dataset API: attaching training data, epochs, evaluation.
 #include <cstring>
+#include <mutex>
 
 #include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
@@ -59,17 +60,23 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
     throw InputError("start_epoch: the first batch must be in 0.." + std::to_string(batches) +
                      " (the batches of an epoch), got " + std::to_string(first_batch));
   const Dataset& data = m.train_feed->data();
-  std::vector<int64_t> order = epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle);
-  if (m.ranks() > 1) {  // this rank's slice of each global batch, in batch order
-    const int64_t local = m.network.input_shape()[0];
-    std::vector<int64_t> slices;
-    for (int64_t b = 0; b < batches; ++b) {
-      const auto first = order.begin() + b * m.global_batch() + m.rank() * local;
-      slices.insert(slices.end(), first, first + local);
-    }
-    order = std::move(slices);
+  if (m.ranks() == 1) {
+    m.train_feed->start_epoch(epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle), first_batch);
+    return;
   }
-  m.train_feed->start_epoch(order, first_batch);
+  // Each rank takes its slice of each global batch, in batch order, from the whole epoch's order. In-process
+  // ranks make theirs one at a time: one whole order exists at once, and each host-memory check sees the others'.
+  static std::mutex one_order_at_a_time;
+  std::lock_guard<std::mutex> lock(one_order_at_a_time);
+  const std::vector<int64_t> order = epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle);
+  const int64_t local = m.network.input_shape()[0];
+  std::vector<int64_t> slices;
+  slices.reserve(size_t(batches * local));
+  for (int64_t b = 0; b < batches; ++b) {
+    const auto first = order.begin() + b * m.global_batch() + m.rank() * local;
+    slices.insert(slices.end(), first, first + local);
+  }
+  m.train_feed->start_epoch(slices, first_batch);
 }
 
 const Dataset* Engine::attached_data() const {

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "anvil/error.hpp"
+#include "engine/src/run/host_memory.hpp"
 #include "kernels/cpu/gather.hpp"
 
 #if ANVIL_WITH_CUDA
@@ -16,7 +17,10 @@ namespace anvil {
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
                    [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
     : data_(&data), identity_(data.identity()), path_(data.path()), file_key_(data.file_key()), plan_(plan) {
-  host_order_.resize(static_cast<size_t>(plan.sample_count()));
+  const size_t samples = static_cast<size_t>(plan.sample_count());
+  if (const auto why = beyond_host_memory(samples * sizeof(int64_t)))
+    throw Error(data.path() + ": the sample order of " + std::to_string(samples) + " samples takes " + *why);
+  host_order_.resize(samples);
 #if ANVIL_WITH_CUDA
   device_ = device;
   ctx_ = ctx;
