@@ -60,7 +60,9 @@ struct Options {
   // Data parallel (anvil/communicator.hpp, anvil/data_parallel.hpp): this engine is rank
   // communicator->rank() of communicator->size(). Its network's batch is its share of the global
   // batch; after backward it averages the gradients and the loss with the other ranks, and it
-  // takes its slice of each global batch (of a dataset, or of the seeded generator's).
+  // takes its slice of each global batch (of a dataset, or of the seeded generator's). Not owned:
+  // the communicator must outlive the engine, as an attached dataset must (the engine keeps the
+  // pointer and cannot tell a destroyed communicator from a live one).
   Communicator* communicator = nullptr;
 };
 
