@@ -372,4 +372,25 @@ TEST_F(OutputFile, AWritePastTheFileSizeLimitIsAnError) {
   expect_untouched();
 }
 
+// Two names of one new file give one key even where the current directory is deeper than PATH_MAX
+// (getcwd fails there, so the names cannot be made absolute): the CLI tells --save ./c from
+// --checkpoint c by it.
+TEST_F(OutputFile, SameFileKeyJoinsANewFilesNamesBeyondPathMax) {
+  const std::string level(200, 'd');
+  constexpr int kLevels = 25;  // 5000 bytes of path below dir_
+  struct BackWhereItWas {
+    fs::path saved = fs::current_path();
+    ~BackWhereItWas() { fs::current_path(saved); }
+  } back;
+  ASSERT_EQ(::chdir(dir_.c_str()), 0);
+  for (int i = 0; i < kLevels; ++i) ASSERT_TRUE(::mkdir(level.c_str(), 0700) == 0 && ::chdir(level.c_str()) == 0);
+  EXPECT_EQ(anvil::same_file_key("c.st"), anvil::same_file_key("./c.st"));
+  EXPECT_EQ(anvil::same_file_key("c.st"), anvil::same_file_key("x/../c.st"));
+  EXPECT_NE(anvil::same_file_key("c.st"), anvil::same_file_key("e.st"));
+  std::ofstream("e.st") << "an existing file";  // by inode, whatever its name
+  EXPECT_EQ(anvil::same_file_key("e.st"), anvil::same_file_key("./e.st"));
+  EXPECT_EQ(::unlink("e.st"), 0);
+  for (int i = 0; i < kLevels; ++i) ASSERT_TRUE(::chdir("..") == 0 && ::rmdir(level.c_str()) == 0);
+}
+
 }  // namespace

@@ -287,7 +287,8 @@ std::string same_file_key(const std::string& path) {
   if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
   std::error_code ec;
   const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
-  return ec ? path : p.lexically_normal().string();
+  // Unresolvable (a current directory deeper than PATH_MAX): "./a" and "a" at least stay one name.
+  return (ec ? std::filesystem::path(path) : p).lexically_normal().string();
 }
 
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {

@@ -69,7 +69,8 @@ void check_output_path(const std::string& path);
 
 // Equal for two paths that name one file: an existing file by device and inode
 // (hard links and symlinks alike), a new name by its path with symlinks and
-// '..' resolved.
+// '..' resolved (where the current directory cannot be named, beyond
+// PATH_MAX: by the path as given, '.' and '..' resolved lexically).
 std::string same_file_key(const std::string& path);
 
 }  // namespace anvil
