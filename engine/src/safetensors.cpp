@@ -430,12 +430,13 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
   return it->second;
 }
 
-ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+ParameterSelection select_parameters(TensorFile file, const std::string& path,
                                      const std::map<std::string, Shape>& parameter_shapes, bool strict) {
   ParameterSelection selection;
   for (const auto& [name, shape] : parameter_shapes) {
-    selection.parameters.emplace(name, require_tensor(file, path, name, shape));
-  }
+    require_tensor(file, path, name, shape);
+    selection.parameters.emplace(name, std::move(file.tensors.at(name)));  // moved, not copied: a second copy
+  }                                                                       // of the weights may not fit
   for (const auto& entry : file.tensors)
     if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
   for (const auto& entry : file.skipped)

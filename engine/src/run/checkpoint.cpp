@@ -125,7 +125,7 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   require_arena();
   Impl& m = *impl_;
   if (!m.training()) throw Error("load_checkpoint needs an engine built for training (Mode::Train)");
-  const TensorFile file = read_safetensors(path);
+  TensorFile file = read_safetensors(path);
   const NetworkSpec& spec = m.network.spec();
   const auto hash = file.metadata.find("network.hash");
   const auto format = file.metadata.find("anvil.checkpoint");
@@ -171,16 +171,18 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
+  // Moved out of the file, not copied: a second copy of the parameters and state may not fit.
+  auto take = [&](const std::string& name, const Shape& shape) {
+    require_tensor(file, path, name, shape);
+    return std::move(file.tensors.at(name));
+  };
   std::map<std::string, HostTensor> params;
-  for (const auto& slot : m.schedule.params)
-    params[slot.spec.name] = require_tensor(file, path, slot.spec.name, slot.spec.shape);
+  for (const auto& slot : m.schedule.params) params[slot.spec.name] = take(slot.spec.name, slot.spec.shape);
   const std::vector<std::string> states = m.optimizer->state_names();
   std::vector<std::map<std::string, HostTensor>> state_slabs(states.size());
   for (size_t k = 0; k < states.size(); ++k)
-    for (const auto& slot : m.schedule.params) {
-      state_slabs[k][slot.spec.name] =
-          require_tensor(file, path, state_tensor_name(states[k], slot.spec.name), slot.spec.shape);
-    }
+    for (const auto& slot : m.schedule.params)
+      state_slabs[k][slot.spec.name] = take(state_tensor_name(states[k], slot.spec.name), slot.spec.shape);
   // Everything is checked: now write.
   m.write_slab(m.params, params);
   for (size_t k = 0; k < states.size(); ++k) m.write_slab(m.optimizer_args.state[k], state_slabs[k]);
