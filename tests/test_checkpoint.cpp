@@ -276,6 +276,13 @@ void resume_across_epochs(Device device) {
   write_safetensors(path, other);
   EXPECT_EQ(refusal({}), path + ": the checkpoint was written over other data or another order (samples 65, "
                                 "shuffle on, keep_last off); this run's: samples 256, shuffle on, keep_last off");
+  // A position beyond this run's epoch that the recorded data explains: the data is named, not the batch.
+  TensorFile kept = read_safetensors(path);
+  kept.metadata["data"] = "samples 256, shuffle on, keep_last on";
+  kept.metadata["batch_in_epoch"] = "8";
+  write_safetensors(path, kept);
+  EXPECT_EQ(refusal({}), path + ": the checkpoint was written over other data or another order (samples 256, "
+                                "shuffle on, keep_last on); this run's: samples 256, shuffle on, keep_last off");
   // A batch beyond the epoch (another dataset, another batch size) likewise.
   TensorFile forged = read_safetensors(path);
   forged.metadata.erase("data");  // as a checkpoint written before the record

@@ -158,16 +158,17 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
     throw InputError(path + ": the checkpoint's position does not add up: epoch " + std::to_string(position.epoch) +
                      ", batch " + std::to_string(position.batch_in_epoch) + " at step " +
                      std::to_string(position.step));
-  // With a dataset attached, the batch must lie in its epochs.
-  if (m.train_feed && position.batch_in_epoch >= m.train_feed->plan().batches_per_epoch())
-    throw InputError(path + ": batch " + std::to_string(position.batch_in_epoch) + " of an epoch of " +
-                     std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
-  // The data it was written over (checkpoints written without a dataset, or before this key, have none).
+  // The data it was written over (checkpoints written without a dataset, or before this key, have none),
+  // first: where it differs, that names why the position below may not fit.
   const auto data = file.metadata.find("data");
   const std::string this_data = data_description(m.train_feed.get(), m.data_options);
   if (!this_data.empty() && data != file.metadata.end() && data->second != this_data)
     throw InputError(path + ": the checkpoint was written over other data or another order (" + data->second +
                      "); this run's: " + this_data);
+  // With a dataset attached, the batch must lie in its epochs.
+  if (m.train_feed && position.batch_in_epoch >= m.train_feed->plan().batches_per_epoch())
+    throw InputError(path + ": batch " + std::to_string(position.batch_in_epoch) + " of an epoch of " +
+                     std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
