@@ -28,8 +28,10 @@ Network Network::load(const std::string& path) {
     throw InputError(path + ": the network file is larger than 100 MB");
   errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw InputError(path + ": cannot open the network file" + (errno != 0 ? std::string(": ") + std::strerror(errno) : ""));
+  if (!in) {
+    const std::string why = errno != 0 ? std::string(": ") + std::strerror(errno) : "";
+    throw InputError(path + ": cannot open the network file" + why);
+  }
   std::stringstream text;
   text << in.rdbuf();
   if (in.bad()) throw InputError(path + ": cannot read the network file");
