@@ -12,6 +12,8 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "anvil/error.hpp"
@@ -430,13 +432,20 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
   return it->second;
 }
 
-ParameterSelection select_parameters(TensorFile file, const std::string& path,
-                                     const std::map<std::string, Shape>& parameter_shapes, bool strict) {
+namespace {
+
+// select_parameters of a file that is copied from (const) or moved from.
+template <class File>
+ParameterSelection select_from(File&& file, const std::string& path,
+                               const std::map<std::string, Shape>& parameter_shapes, bool strict) {
   ParameterSelection selection;
   for (const auto& [name, shape] : parameter_shapes) {
     require_tensor(file, path, name, shape);
-    selection.parameters.emplace(name, std::move(file.tensors.at(name)));  // moved, not copied: a second copy
-  }                                                                       // of the weights may not fit
+    if constexpr (std::is_const_v<std::remove_reference_t<File>>)
+      selection.parameters.emplace(name, file.tensors.at(name));
+    else
+      selection.parameters.emplace(name, std::move(file.tensors.at(name)));
+  }
   for (const auto& entry : file.tensors)
     if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
   for (const auto& entry : file.skipped)
@@ -444,6 +453,18 @@ ParameterSelection select_parameters(TensorFile file, const std::string& path,
   std::sort(selection.unused.begin(), selection.unused.end());
   if (strict && !selection.unused.empty()) throw InputError(unused_tensors_message(path, selection.unused) + " (--strict)");
   return selection;
+}
+
+}  // namespace
+
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict) {
+  return select_from(file, path, parameter_shapes, strict);
+}
+
+ParameterSelection select_parameters(TensorFile&& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict) {
+  return select_from(std::move(file), path, parameter_shapes, strict);
 }
 
 // A warning as well as an error: one line, as anvil::Error makes its messages.

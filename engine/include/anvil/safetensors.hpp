@@ -46,11 +46,13 @@ struct ParameterSelection {
   std::vector<std::string> unused;               // the file's other tensors, skipped ones included, sorted
 };
 
-// Picks the tensors named in `parameter_shapes` out of `file` (read from `path`; give it as an
-// rvalue, and the tensors are moved, not copied). Throws InputError naming the file and the tensor
-// for a missing parameter, a wrong shape or a non-float dtype, and, when `strict`, for unused
-// tensors (unused_tensors_message + " (--strict)").
-ParameterSelection select_parameters(TensorFile file, const std::string& path,
+// Picks the tensors named in `parameter_shapes` out of `file` (read from `path`): copies of them,
+// or, from a file given as an rvalue, the tensors themselves (a second copy of a model's weights may
+// not fit). Throws InputError naming the file and the tensor for a missing parameter, a wrong shape
+// or a non-float dtype, and, when `strict`, for unused tensors (unused_tensors_message + " (--strict)").
+ParameterSelection select_parameters(const TensorFile& file, const std::string& path,
+                                     const std::map<std::string, Shape>& parameter_shapes, bool strict);
+ParameterSelection select_parameters(TensorFile&& file, const std::string& path,
                                      const std::map<std::string, Shape>& parameter_shapes, bool strict);
 
 // One line: "w.safetensors: 2 tensors are not parameters of this network: bn.num_batches_tracked, head.extra".
