@@ -514,6 +514,8 @@ TEST(DatasetTraining, ACheckpointIsRefusedWhereItCouldNotBeWrittenOrWouldReplace
   fs::copy_file(data_path("dataset_epochs_val.safetensors"), val_path);
   fs::create_symlink(train_path, dir + "/link.safetensors");
   fs::create_hard_link(val_path, dir + "/val_link.safetensors");
+  // Messages name an input by its absolute path when it was loaded.
+  auto named = [](const std::string& path) { return fs::path(path).lexically_normal().string(); };
   const Network net = Network::load(net_path);
   auto load = [&](const std::string& path) {
     return Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
@@ -533,19 +535,19 @@ TEST(DatasetTraining, ACheckpointIsRefusedWhereItCouldNotBeWrittenOrWouldReplace
     }
     return "<no error>";
   };
-  EXPECT_EQ(error_of(train_path), train_path + ": the checkpoint would overwrite the dataset " + train_path);
+  EXPECT_EQ(error_of(train_path), train_path + ": the checkpoint would overwrite the dataset " + named(train_path));
   EXPECT_EQ(error_of(dir + "/link.safetensors"),
-            dir + "/link.safetensors: the checkpoint would overwrite the dataset " + train_path);
+            dir + "/link.safetensors: the checkpoint would overwrite the dataset " + named(train_path));
   EXPECT_EQ(error_of(dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors"),
             dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors: the checkpoint would overwrite the dataset " +
-                val_path);
+                named(val_path));
   EXPECT_EQ(error_of(dir + "/missing/c.safetensors"),
             dir + "/missing/c.safetensors: cannot write: directory '" + dir + "/missing' does not exist");
   EXPECT_EQ(error_of(dir), dir + ": cannot write: it is a directory");
   EXPECT_EQ(error_of(train_path + "/c.safetensors"),
             train_path + "/c.safetensors: cannot write in '" + train_path + "': Not a directory");
   EXPECT_EQ(error_of(dir + "/" + std::string(300, 'c')), dir + "/" + std::string(300, 'c') + ": cannot write: File name too long");
-  EXPECT_EQ(error_of(net_path), net_path + ": the checkpoint would overwrite the network file " + net_path);
+  EXPECT_EQ(error_of(net_path), net_path + ": the checkpoint would overwrite the network file " + named(net_path));
   EXPECT_EQ(error_of(dir + "/c.safetensors"), "<no error>");
   EXPECT_EQ(engine.steps_done(), 0);
   EXPECT_FALSE(fs::exists(dir + "/c.safetensors"));  // checked, not written
@@ -565,18 +567,19 @@ TEST(DatasetTraining, ACheckpointIsRefusedWhereItCouldNotBeWrittenOrWouldReplace
     return "<no error>";
   };
   EXPECT_EQ(save_error([&] { engine.save_checkpoint(net_path, {}); }),
-            net_path + ": the checkpoint would overwrite the network file " + net_path);
+            net_path + ": the checkpoint would overwrite the network file " + named(net_path));
   EXPECT_EQ(save_error([&] { trainer.save_checkpoint(train_path); }),
-            train_path + ": the checkpoint would overwrite the dataset " + train_path);
+            train_path + ": the checkpoint would overwrite the dataset " + named(train_path));
   EXPECT_EQ(save_error([&] { trainer.save_checkpoint(dir + "/val_link.safetensors"); }),
-            dir + "/val_link.safetensors: the checkpoint would overwrite the dataset " + val_path);
+            dir + "/val_link.safetensors: the checkpoint would overwrite the dataset " + named(val_path));
   for (const auto& [path, bytes] : before) EXPECT_EQ(read_text(path), bytes) << path;
   EXPECT_EQ(save_error([&] { trainer.save_checkpoint(dir + "/c.safetensors"); }), "<no error>");
   fs::remove_all(dir);
 }
 
-// The inputs are told by which file they are when loaded, not by their names: loaded by relative
-// paths, they stay refused after the process changes directory, under their new relative names.
+// The inputs are told by which file they were when loaded and by their absolute names then: loaded
+// by relative paths, they stay refused after the process changes directory, under their new
+// relative names, and after one is replaced by rename.
 TEST(DatasetTraining, InputsLoadedByRelativePathsStayRefusedAfterTheCurrentDirectoryMoves) {
   const std::string dir = ::testing::TempDir() + "/anvil_ckpt_cwd_" + std::to_string(::getpid());
   fs::remove_all(dir);
@@ -612,14 +615,19 @@ TEST(DatasetTraining, InputsLoadedByRelativePathsStayRefusedAfterTheCurrentDirec
     }
     return "<no error>";
   };
-  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file net.json");
+  const std::string a = fs::path(dir + "/a").lexically_normal().string();  // messages name the files absolutely
+  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
   EXPECT_EQ(save_error("../a/train.safetensors"),
-            "../a/train.safetensors: the checkpoint would overwrite the dataset train.safetensors");
+            "../a/train.safetensors: the checkpoint would overwrite the dataset " + a + "/train.safetensors");
   EXPECT_EQ(save_error("../a/val.safetensors"),
-            "../a/val.safetensors: the checkpoint would overwrite the dataset val.safetensors");
+            "../a/val.safetensors: the checkpoint would overwrite the dataset " + a + "/val.safetensors");
   for (const auto& [path, bytes] : before) EXPECT_EQ(read_text(path), bytes) << path;
   EXPECT_EQ(save_error("net.json"), "<no error>");  // b/net.json is another file of the same name
   EXPECT_TRUE(fs::exists("net.json"));
+  // Replaced by rename since (an editor's save): another inode, still the file the name gave.
+  fs::copy_file("../a/net.json", "../a/net.json.new");
+  fs::rename("../a/net.json.new", "../a/net.json");
+  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
   fs::current_path(restore.saved);
   fs::remove_all(dir);
 }

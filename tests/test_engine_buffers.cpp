@@ -237,6 +237,15 @@ TEST(EngineMemory, EveryAncestorOfTheProcesssCgroupBinds) {
   write("memory/slurm/uid_0/memory.usage_in_bytes", "900\n");   // there, its parent binds
   EXPECT_EQ(cgroup_available_memory(root.string(), self), size_t(1500 - 900));
   EXPECT_EQ(cgroup_available_memory(root.string(), (root / "no_self_cgroup").string()), std::nullopt);
+  // A cgroup outside this cgroup namespace's root shows as a path with "..": nothing below the root
+  // describes it, so the root's own files count (here none), not what the path reaches beside it.
+  const fs::path beside = root.string() + "_beside";
+  fs::create_directories(beside);
+  std::ofstream(beside / "memory.max") << "1000\n";
+  std::ofstream(beside / "memory.current") << "0\n";
+  write("outside_cgroup", "0::/../" + beside.filename().string() + "\n");
+  EXPECT_EQ(cgroup_available_memory(root.string(), (root / "outside_cgroup").string()), std::nullopt);
+  fs::remove_all(beside);
   fs::remove_all(root);
 }
 

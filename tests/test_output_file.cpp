@@ -372,25 +372,36 @@ TEST_F(OutputFile, AWritePastTheFileSizeLimitIsAnError) {
   expect_untouched();
 }
 
-// Two names of one new file give one key even where the current directory is deeper than PATH_MAX
-// (getcwd fails there, so the names cannot be made absolute): the CLI tells --save ./c from
+// Two names of one new file give one key, from any directory and even where the current directory is
+// deeper than PATH_MAX (no path to it can be resolved there): the CLI tells --save ./c from
 // --checkpoint c by it.
 TEST_F(OutputFile, SameFileKeyJoinsANewFilesNamesBeyondPathMax) {
   const std::string level(200, 'd');
-  constexpr int kLevels = 25;  // 5000 bytes of path below dir_
-  struct BackWhereItWas {
+  // Back out of the levels made, then to where the test started, whatever failed in between.
+  struct Levels {
     fs::path saved = fs::current_path();
-    ~BackWhereItWas() { fs::current_path(saved); }
-  } back;
+    std::string name;
+    int made = 0;
+    ~Levels() {
+      for (; made > 0; --made)
+        if (::chdir("..") != 0 || ::rmdir(name.c_str()) != 0) break;
+      fs::current_path(saved);
+    }
+  } levels{fs::current_path(), level};
   ASSERT_EQ(::chdir(dir_.c_str()), 0);
-  for (int i = 0; i < kLevels; ++i) ASSERT_TRUE(::mkdir(level.c_str(), 0700) == 0 && ::chdir(level.c_str()) == 0);
+  EXPECT_EQ(anvil::same_file_key(path("c.st")), anvil::same_file_key("c.st"));  // absolute and relative
+  for (; levels.made < 25; ++levels.made)  // 5000 bytes of path below dir_
+    ASSERT_TRUE(::mkdir(level.c_str(), 0700) == 0 && ::chdir(level.c_str()) == 0);
+  ASSERT_EQ(::mkdir("x", 0700), 0);
   EXPECT_EQ(anvil::same_file_key("c.st"), anvil::same_file_key("./c.st"));
   EXPECT_EQ(anvil::same_file_key("c.st"), anvil::same_file_key("x/../c.st"));
+  EXPECT_EQ(anvil::same_file_key("x/c.st"), anvil::same_file_key("./x/c.st"));
   EXPECT_NE(anvil::same_file_key("c.st"), anvil::same_file_key("e.st"));
+  EXPECT_NE(anvil::same_file_key("c.st"), anvil::same_file_key("x/c.st"));
   std::ofstream("e.st") << "an existing file";  // by inode, whatever its name
-  EXPECT_EQ(anvil::same_file_key("e.st"), anvil::same_file_key("./e.st"));
+  EXPECT_EQ(anvil::same_file_key("e.st"), anvil::same_file_key("./x/../e.st"));
   EXPECT_EQ(::unlink("e.st"), 0);
-  for (int i = 0; i < kLevels; ++i) ASSERT_TRUE(::chdir("..") == 0 && ::rmdir(level.c_str()) == 0);
+  EXPECT_EQ(::rmdir("x"), 0);
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ Network Network::parse(const std::string& json_text, const std::string& source) 
   Network net;
   try {
     NetworkSpec spec = parse_network_spec(json_text, source);
-    spec.source_key = same_file_key(source);
+    spec.source_file = InputFile::read_now(source);
     net.spec_ = std::make_shared<const NetworkSpec>(std::move(spec));
     net.graph_ = Graph::build(net.spec_);
   } catch (const InputError& e) {

@@ -283,12 +283,26 @@ void check_output_path(const std::string& path) {
 }
 
 std::string same_file_key(const std::string& path) {
+  namespace fs = std::filesystem;
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+  const fs::path p(path), name = p.filename();
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!name.empty() && name != "." && name != ".." && ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return "in directory " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + " " + name.string();
+  std::error_code absolute_error;
+  const fs::path absolute = fs::absolute(p, absolute_error);
+  return (absolute_error ? p : absolute).lexically_normal().string();
+}
+
+InputFile InputFile::read_now(const std::string& path) {
   std::error_code ec;
-  const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
-  // Unresolvable (a current directory deeper than PATH_MAX): "./a" and "a" at least stay one name.
-  return (ec ? std::filesystem::path(path) : p).lexically_normal().string();
+  const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  return InputFile{path, ec ? path : absolute.lexically_normal().string(), same_file_key(path)};
+}
+
+bool InputFile::is(const std::string& output_key) const {
+  return output_key == key || output_key == same_file_key(absolute);
 }
 
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write) {

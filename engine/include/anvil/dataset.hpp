@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/output_file.hpp"
 #include "anvil/tensor.hpp"
 
 namespace anvil {
@@ -86,9 +87,8 @@ class Dataset {
   Dataset& operator=(Dataset&& other) noexcept;
 
   const std::string& path() const { return path_; }
-  // same_file_key(path()) when loaded: which file it is, wherever the current directory moves later
-  // (an engine refuses to write a checkpoint over it).
-  const std::string& file_key() const { return file_key_; }
+  // Which file it was loaded from (an engine refuses to write a checkpoint over it).
+  const InputFile& file() const { return file_; }
   // A number no other load gives (copies share it; 0 once moved from): an engine
   // holding a dataset tells a new one at the same address from it by this.
   uint64_t identity() const { return identity_; }
@@ -119,7 +119,8 @@ class Dataset {
  private:
   Dataset() = default;  // a Dataset is made by load: never empty (a moved-from one has no samples)
 
-  std::string path_, file_key_;
+  std::string path_;
+  InputFile file_;
   uint64_t identity_ = 0;  // 0: not loaded
   HostTensor inputs_, targets_;
   int64_t floats_per_sample_ = 0, floats_per_target_ = 0;

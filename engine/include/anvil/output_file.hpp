@@ -68,9 +68,22 @@ std::string output_directory(const std::string& target);
 void check_output_path(const std::string& path);
 
 // Equal for two paths that name one file: an existing file by device and inode
-// (hard links and symlinks alike), a new name by its path with symlinks and
-// '..' resolved (where the current directory cannot be named, beyond
-// PATH_MAX: by the path as given, '.' and '..' resolved lexically).
+// (hard links and symlinks alike), a new name by its directory's device and
+// inode and its name (whatever the current directory, symlinks and '..'
+// included); where even the directory does not exist, by its absolute path.
 std::string same_file_key(const std::string& path);
+
+// A file an engine read (a network, a dataset), as it was then: an output is
+// that file if it is the same inode as then, or if it is what the path named
+// then (absolute, so a later chdir does not move it) names now (a file
+// replaced by rename since).
+struct InputFile {
+  std::string path;      // as given, for messages
+  std::string absolute;  // when read (as given where it cannot be made absolute)
+  std::string key;       // same_file_key when read
+  static InputFile read_now(const std::string& path);
+  // Whether the output of this same_file_key is this file.
+  bool is(const std::string& output_key) const;
+};
 
 }  // namespace anvil

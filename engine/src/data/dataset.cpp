@@ -138,7 +138,7 @@ Dataset::Dataset(Dataset&& other) noexcept { *this = std::move(other); }
 Dataset& Dataset::operator=(Dataset&& other) noexcept {
   if (this == &other) return *this;
   path_ = std::move(other.path_);
-  file_key_ = std::move(other.file_key_);
+  file_ = std::move(other.file_);
   identity_ = std::exchange(other.identity_, 0);
   inputs_ = std::exchange(other.inputs_, HostTensor{});
   targets_ = std::exchange(other.targets_, HostTensor{});
@@ -152,7 +152,7 @@ Dataset Dataset::load(const std::string& path, const Shape& sample_shape, const 
   static std::atomic<uint64_t> loads{0};
   Dataset data;
   data.path_ = path;
-  data.file_key_ = same_file_key(path);
+  data.file_ = InputFile::read_now(path);
   data.identity_ = ++loads;
   data.inputs_ = take_samples(file, path, "input", sample_shape, "takes");
   data.targets_ = take_samples(file, path, "target", target_sample_shape, "outputs");

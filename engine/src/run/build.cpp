@@ -113,10 +113,7 @@ char* Engine::Impl::allocate_arena(size_t bytes) {
     return arena;
   }
 #endif
-  // One check, allocation and first write at a time: the arenas of data-parallel ranks, built
-  // together, each see the memory the ones before them took (written, it is no longer available).
-  static std::mutex one_at_a_time;
-  const std::lock_guard<std::mutex> lock(one_at_a_time);
+  const std::lock_guard<std::mutex> lock(host_memory_turn());
   require_memory(bytes, host_available_memory(), "host");
   char* host = static_cast<char*>(std::aligned_alloc(kArenaAlignment, align_up(bytes)));
   if (!host) throw Error("out of host memory: the arena needs " + gib(bytes));

@@ -77,11 +77,11 @@ std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, 
 
 void Engine::Impl::refuse_own_inputs(const std::string& path) const {
   const std::string key = same_file_key(output_target(path));
-  if (network.spec().source_key == key)
-    throw InputError(path + ": the checkpoint would overwrite the network file " + network.source());
+  const InputFile& source = network.spec().source_file;
+  if (source.is(key)) throw InputError(path + ": the checkpoint would overwrite the network file " + source.absolute);
   for (const DataFeed* feed : {train_feed.get(), eval_feed.get()})
-    if (feed && feed->file_key() == key)
-      throw InputError(path + ": the checkpoint would overwrite the dataset " + feed->path());
+    if (feed && feed->file().is(key))
+      throw InputError(path + ": the checkpoint would overwrite the dataset " + feed->file().absolute);
 }
 
 void Engine::save_checkpoint(const std::string& path, const TrainPosition& position) const {

@@ -4,6 +4,7 @@
 
 #include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 #if ANVIL_WITH_CUDA
 #include "engine/src/cuda/check.hpp"
@@ -37,12 +38,14 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
                      "them); leave it out (the default) to train data-parallel");
   const BatchPlan global = data.batch_plan(m.global_batch(), options.keep_last);
   const BatchPlan plan = m.ranks() == 1 ? global : BatchPlan(global.batches_per_epoch() * local, local, false);
+  // The captured steps gather from the old feed (or did not gather): forgotten before it goes, so that
+  // no graph reads its freed buffers if the new feed cannot be made.
+  m.forget_graph(Impl::kTrainStep);
+  m.forget_graph(Impl::kGradients);
   m.train_feed.reset();
   m.train_feed = std::make_unique<DataFeed>(data, plan, m.options.device, m.cuda_context(),
                                             device_budget(options, m.cuda_context()));
   m.data_options = options;
-  m.forget_graph(Impl::kTrainStep);  // the captured steps did not gather
-  m.forget_graph(Impl::kGradients);
   start_epoch(0);
 }
 
@@ -66,8 +69,7 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
   }
   // Each rank takes its slice of each global batch, in batch order, from the whole epoch's order. In-process
   // ranks make theirs one at a time: one whole order exists at once, and each host-memory check sees the others'.
-  static std::mutex one_order_at_a_time;
-  std::lock_guard<std::mutex> lock(one_order_at_a_time);
+  const std::lock_guard<std::mutex> lock(host_memory_turn());
   const std::vector<int64_t> order = epoch_order(data.size(), m.network.seed(), epoch, m.data_options.shuffle);
   const int64_t local = m.network.input_shape()[0];
   std::vector<int64_t> slices;
@@ -92,10 +94,10 @@ float Engine::evaluate(const Dataset& data) {
   data.check_fits(m.network);
   // The last evaluated dataset stays uploaded; another one (another object, or one loaded anew) replaces it.
   if (!m.eval_feed || !m.eval_feed->serves(data)) {
+    m.forget_graph(Impl::kEvaluate);  // before the feed it gathers from goes (as in attach_data)
     m.eval_feed.reset();
     m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
                                              m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda_context()));
-    m.forget_graph(Impl::kEvaluate);
   }
   DataFeed& feed = *m.eval_feed;
   feed.start_epoch(epoch_order(data.size(), 0, 0, false), 0);

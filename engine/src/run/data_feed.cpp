@@ -16,11 +16,14 @@ namespace anvil {
 
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
                    [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
-    : data_(&data), identity_(data.identity()), path_(data.path()), file_key_(data.file_key()), plan_(plan) {
+    : data_(&data), identity_(data.identity()), path_(data.path()), file_(data.file()), plan_(plan) {
   const size_t samples = static_cast<size_t>(plan.sample_count());
-  if (const auto why = beyond_host_memory(samples * sizeof(int64_t)))
-    throw Error(data.path() + ": the sample order of " + std::to_string(samples) + " samples takes " + *why);
-  host_order_.resize(samples);
+  {
+    const std::lock_guard<std::mutex> lock(host_memory_turn());
+    if (const auto why = beyond_host_memory(samples * sizeof(int64_t)))
+      throw Error(data.path() + ": the sample order of " + std::to_string(samples) + " samples takes " + *why);
+    host_order_.resize(samples);
+  }
 #if ANVIL_WITH_CUDA
   device_ = device;
   ctx_ = ctx;

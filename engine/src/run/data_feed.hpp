@@ -36,7 +36,7 @@ class DataFeed {
   const Dataset& data() const;
   const Dataset* attached() const { return data_; }  // the object given, unchecked
   const std::string& path() const { return path_; }  // its file, as it was when the feed was made
-  const std::string& file_key() const { return file_key_; }  // and which file that is (Dataset::file_key)
+  const InputFile& file() const { return file_; }  // and which file that is (Dataset::file)
   // Whether this feed serves `data`: the same object, holding what it held when the feed was made
   // (an object at the same address, reassigned or loaded anew, is another dataset).
   bool serves(const Dataset& data) const { return data_ == &data && identity_ == data.identity(); }
@@ -56,7 +56,8 @@ class DataFeed {
  private:
   const Dataset* data_;
   uint64_t identity_;  // data_->identity() when the feed was made
-  std::string path_, file_key_;
+  std::string path_;
+  InputFile file_;
   BatchPlan plan_;
   bool resident_ = false;
   int64_t next_batch_ = 0;  // within the epoch, as the host counts

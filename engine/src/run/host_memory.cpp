@@ -53,14 +53,17 @@ std::optional<size_t> cgroup_level_available(const std::string& dir, const Layou
 }
 
 // The process's cgroup in each hierarchy, from self_cgroup's "id:controllers:path" lines:
-// v2's ("0::path") and v1's memory controller's; "/" where the file names none.
+// v2's ("0::path") and v1's memory controller's; "/" where the file names none, or a path with
+// ".." (a cgroup outside this cgroup namespace's root: nothing below `root` describes it).
 std::pair<std::string, std::string> own_cgroups(const std::string& self_cgroup) {
   std::string v2 = "/", v1 = "/", line;
   std::ifstream in(self_cgroup);
   while (std::getline(in, line)) {
     const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
     if (b == std::string::npos || line.compare(b + 1, 1, "/") != 0) continue;
-    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",", path = line.substr(b + 1);
+    const std::string controllers = "," + line.substr(a + 1, b - a - 1) + ",";
+    std::string path = line.substr(b + 1);
+    if ((path + "/").find("/../") != std::string::npos) path = "/";
     if (line.compare(0, a, "0") == 0 && controllers == ",,") v2 = path;
     if (controllers.find(",memory,") != std::string::npos) v1 = path;
   }
@@ -92,6 +95,11 @@ size_t host_available_memory() {
   if (const auto cgroup = cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup"))
     available = std::min(available, *cgroup);
   return available;
+}
+
+std::mutex& host_memory_turn() {
+  static std::mutex turn;
+  return turn;
 }
 
 std::optional<std::string> beyond_host_memory(size_t bytes) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -15,6 +16,11 @@ size_t host_available_memory();
 // Where `bytes` exceed host_available_memory(), why, for a message about what
 // needs them: "X GiB, more than the Y GiB of host memory available".
 std::optional<std::string> beyond_host_memory(size_t bytes);
+
+// Held around a check of host memory and the allocation and first write it
+// allows, so that the data-parallel ranks of one process, built and fed
+// together, each see what the others took (written, it is no longer available).
+std::mutex& host_memory_turn();
 
 // In memory cgroups with limits (a container, systemd-run, a batch job): the
 // least, over the process's cgroup and each of its ancestors (self_cgroup,

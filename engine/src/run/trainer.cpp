@@ -29,8 +29,8 @@ void check_checkpoint_path(const TrainOptions& options, std::initializer_list<co
   check_output_path(options.checkpoint);
   const std::string key = same_file_key(output_target(options.checkpoint));
   for (const Dataset* data : read)
-    if (data && data->file_key() == key)
-      throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->path());
+    if (data && data->file().is(key))
+      throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->file().absolute);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "anvil/output_file.hpp"
 #include "anvil/network.hpp"
 #include "anvil/tensor.hpp"
 #include "engine/src/spec/layer_spec.hpp"
@@ -31,8 +32,7 @@ struct OptimizerSpec {
 struct NetworkSpec {
   std::string name;
   std::string source;  // the file (or label) the text came from, for messages
-  // same_file_key(source) when parsed: which file it is, wherever the current directory moves later
-  std::string source_key;
+  InputFile source_file;  // source as a file, when parsed: a checkpoint is never written over it
   Shape input;
   std::vector<LayerSpec> layers;  // in file order; the last one feeds the loss
   LossSpec loss;
