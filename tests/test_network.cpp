@@ -462,6 +462,11 @@ TEST(NetworkParse, ReservedAndMalformedLayerNames) {
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a\tb"})")), charset + "'a\\tb'");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "conv\nX"})")), charset + "'conv\\nX'");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "a\u0001b"})")), charset + "'a\\x01b'");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "conv2d", "name": "optimizer.momentum.fc", "in_channels": 3, )"
+                               R"("out_channels": 3, "kernel_size": 1})")),
+            "bad.json: layers[0].name: must not start with 'optimizer.' (a checkpoint's optimizer state is named so), "
+            "got 'optimizer.momentum.fc'");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "optimizer"})")), "<no error>");
   for (const char* name : {".a", "a.", "a..b", "."})
     EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(name) + "\"}")),
               "bad.json: layers[0].name: must not start or end with '.' or contain '..', got '" + std::string(name) +

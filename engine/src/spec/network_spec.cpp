@@ -153,6 +153,10 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     // Dots nest names as PyTorch's module paths do ("block.conv"), so each part between them is non-empty.
     if (spec.name.front() == '.' || spec.name.back() == '.' || spec.name.find("..") != std::string::npos)
       cfg.fail("name", "must not start or end with '.' or contain '..', got '" + spec.name + "'");
+    // A checkpoint names the optimizer's state "optimizer.<state>.<parameter>": a parameter must not look like one.
+    if (spec.name.rfind("optimizer.", 0) == 0)
+      cfg.fail("name", "must not start with 'optimizer.' (a checkpoint's optimizer state is named so), got '" +
+                           spec.name + "'");
     if (index_of.count(spec.name))
       cfg.fail("name", "duplicate name '" + spec.name + "' (also layers[" + std::to_string(index_of[spec.name]) + "])");
     if (cfg.has("inputs")) {
