@@ -298,10 +298,11 @@ std::string same_file_key(const std::string& path) {
 InputFile InputFile::read_now(const std::string& path) {
   std::error_code ec;
   const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
-  return InputFile{path, ec ? path : absolute.lexically_normal().string(), same_file_key(path)};
+  return InputFile{ec ? path : absolute.lexically_normal().string(), same_file_key(path)};
 }
 
-bool InputFile::is(const std::string& output_key) const {
+bool InputFile::replaced_by(const std::string& output_path) const {
+  const std::string output_key = same_file_key(output_target(output_path));
   return output_key == key || output_key == same_file_key(absolute);
 }
 

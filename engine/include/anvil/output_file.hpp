@@ -73,17 +73,16 @@ void check_output_path(const std::string& path);
 // included); where even the directory does not exist, by its absolute path.
 std::string same_file_key(const std::string& path);
 
-// A file an engine read (a network, a dataset), as it was then: an output is
-// that file if it is the same inode as then, or if it is what the path named
-// then (absolute, so a later chdir does not move it) names now (a file
-// replaced by rename since).
+// A file an engine read (a network, a dataset), as it was then: an output
+// replaces it if the output is the same inode as then, or what the path named
+// then (absolute, so a later chdir does not move it) names now (a file put in
+// its place by rename since).
 struct InputFile {
-  std::string path;      // as given, for messages
-  std::string absolute;  // when read (as given where it cannot be made absolute)
+  std::string absolute;  // when read (as given where it cannot be made absolute), for messages
   std::string key;       // same_file_key when read
   static InputFile read_now(const std::string& path);
-  // Whether the output of this same_file_key is this file.
-  bool is(const std::string& output_key) const;
+  // Whether writing output_path (through output_target) would replace this file.
+  bool replaced_by(const std::string& output_path) const;
 };
 
 }  // namespace anvil

@@ -76,11 +76,11 @@ std::map<std::string, std::string> checkpoint_metadata(const NetworkSpec& spec, 
 }  // namespace
 
 void Engine::Impl::refuse_own_inputs(const std::string& path) const {
-  const std::string key = same_file_key(output_target(path));
   const InputFile& source = network.spec().source_file;
-  if (source.is(key)) throw InputError(path + ": the checkpoint would overwrite the network file " + source.absolute);
+  if (source.replaced_by(path))
+    throw InputError(path + ": the checkpoint would overwrite the network file " + source.absolute);
   for (const DataFeed* feed : {train_feed.get(), eval_feed.get()})
-    if (feed && feed->file().is(key))
+    if (feed && feed->file().replaced_by(path))
       throw InputError(path + ": the checkpoint would overwrite the dataset " + feed->file().absolute);
 }
 

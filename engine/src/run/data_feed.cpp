@@ -16,7 +16,7 @@ namespace anvil {
 
 DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] Device device,
                    [[maybe_unused]] CudaContext* ctx, [[maybe_unused]] size_t device_budget)
-    : data_(&data), identity_(data.identity()), path_(data.path()), file_(data.file()), plan_(plan) {
+    : data_(&data), identity_(data.identity()), file_(data.file()), plan_(plan) {
   const size_t samples = static_cast<size_t>(plan.sample_count());
   {
     const std::lock_guard<std::mutex> lock(host_memory_turn());

@@ -27,9 +27,8 @@ void check_options(const TrainOptions& options, const Engine& engine) {
 void check_checkpoint_path(const TrainOptions& options, std::initializer_list<const Dataset*> read) {
   if (options.checkpoint.empty()) return;
   check_output_path(options.checkpoint);
-  const std::string key = same_file_key(output_target(options.checkpoint));
   for (const Dataset* data : read)
-    if (data && data->file().is(key))
+    if (data && data->file().replaced_by(options.checkpoint))
       throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->file().absolute);
 }
 
