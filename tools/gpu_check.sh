@@ -9,8 +9,9 @@
 # runs: a session whose calls each have 10 minutes runs the stages across warm
 # calls; "suite" adds tools/bench_vs_torch.py --suite into $out/SUITE.md and
 # "random" the same over RANDOM_COUNT (default 8) networks of
-# tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md), CTEST_JOBS (default 1), SANITIZER_TOOLS (default all four),
+# tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md), CTEST_JOBS (default 4: one at a time, 638 of the tests took 298 s on an H200 and all do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
 # CTEST_RANGE (ctest -I: "611,768" runs tests 611 to 768, for a run split across calls),
+# TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
 # SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to $OUT
@@ -38,14 +39,14 @@ stage() { [[ "$stages" == *" $1 "* ]] || { summary+=("$1: not in STAGES"); false
 
 ctest_rc=0
 if stage tests; then
-  ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-1}" \
+  ctest --test-dir build --output-on-failure -j "${CTEST_JOBS:-4}" --timeout "${TEST_TIMEOUT:-120}" \
     ${CTEST_RANGE:+-I "$CTEST_RANGE"} >"$out/ctest.log" 2>&1
   ctest_rc=$?
   grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|\*\*\*Timeout|Not Run" "$out/ctest.log" | tail -15
   summary+=("tests: $(grep -E 'tests passed' "$out/ctest.log" | tail -1)")
   # Tests that failed beside others get one serial rerun (GPU memory and timing are shared).
-  if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-1}" != 1 ]; then
-    ctest --test-dir build --rerun-failed --output-on-failure -j 1 >"$out/ctest_rerun.log" 2>&1
+  if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-4}" != 1 ]; then
+    ctest --test-dir build --rerun-failed --output-on-failure -j 1 --timeout "${TEST_TIMEOUT:-120}" >"$out/ctest_rerun.log" 2>&1
     ctest_rc=$?
     summary+=("tests rerun serially: $(grep -E 'tests passed' "$out/ctest_rerun.log" | tail -1)")
   fi
