@@ -2,6 +2,8 @@
 // `anvil train` (tools/train_report.cpp), with an injected clock, and of what a
 // program using them shows on a pseudo-terminal against a pipe.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
 
@@ -353,6 +355,61 @@ TEST_F(MetricsFile, AFileThatCannotBeOpenedIsBadInputNamingIt) {
   } catch (const anvil::InputError& e) {
     EXPECT_PRED_FORMAT2(Contains, e.what(), file);
   }
+}
+
+// Writes past `bytes` fail with EFBIG, as on a full disk, while `f` runs (SIGXFSZ ignored, as anvil does).
+template <class F>
+void with_file_size_limit(rlim_t bytes, F f) {
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  const rlimit small{bytes, old.rlim_max};
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  f();
+  ::signal(SIGXFSZ, old_handler);
+  ::setrlimit(RLIMIT_FSIZE, &old);
+}
+
+TEST_F(MetricsFile, AFileItCreatedIsRemovedWhenTheFirstLineCannotBeWritten) {
+  const std::string file = path("run.jsonl");
+  {
+    MetricsWriter metrics(file);
+    ASSERT_TRUE(std::filesystem::exists(file));
+    with_file_size_limit(10, [&] {
+      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
+    });
+  }
+  EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+TEST_F(MetricsFile, AFileItDidNotCreateIsKeptWhenTheFirstLineCannotBeWritten) {
+  const std::string file = path("run.jsonl");
+  std::ofstream(file).close();  // empty, made by someone else
+  {
+    MetricsWriter metrics(file);
+    with_file_size_limit(10, [&] {
+      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
+    });
+  }
+  ASSERT_TRUE(std::filesystem::exists(file));
+  EXPECT_EQ(std::filesystem::file_size(file), 0u);
+}
+
+TEST_F(MetricsFile, AFileWithRecordsIsKeptWhenALaterLineCannotBeWritten) {
+  const std::string file = path("run.jsonl");
+  {
+    MetricsWriter metrics(file);
+    anvil::cli::MetricsRecord first;
+    first.step = 1;
+    metrics.write(first);
+    const auto size = std::filesystem::file_size(file);
+    with_file_size_limit(size + 10, [&] {
+      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
+    });
+  }
+  const std::vector<nlohmann::json> rows = read_jsonl(file);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["step"], 1);
 }
 
 TEST_F(MetricsFile, AFullDiskIsAnErrorNamingTheFileAndTheReason) {

@@ -57,8 +57,11 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path)
-    : path_(path), fd_(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666)) {
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+  // Created here (O_EXCL), or a name that exists appended to (through a symlink, as before).
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0666);
+  created_ = fd_ >= 0;
+  if (!created_ && errno == EEXIST) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
   if (fd_ < 0) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
 }
 
@@ -106,11 +109,21 @@ void MetricsWriter::write(const MetricsRecord& r) {
       const int err = n < 0 ? errno : EIO;
       // No part of a line may stay behind for a resumed run to append to.
       const bool torn = done > 0 && !(sized && ::ftruncate(fd_, before.st_size) == 0);
+      if (created_ && !written_ && !torn) remove_if_still_ours();
       throw Error(path_ + ": cannot write the metrics file: " + std::strerror(err) +
                   (torn ? " (its last line is incomplete)" : ""));
     }
     done += static_cast<size_t>(n);
   }
+  written_ = true;
+}
+
+// The empty file this writer created, unless something else has taken its name since.
+void MetricsWriter::remove_if_still_ours() const {
+  struct stat mine {}, named {};
+  if (::fstat(fd_, &mine) == 0 && ::stat(path_.c_str(), &named) == 0 && mine.st_dev == named.st_dev &&
+      mine.st_ino == named.st_ino && mine.st_size == 0)
+    ::unlink(path_.c_str());
 }
 
 TrainReporter::TrainReporter(std::FILE* out, bool interactive, MetricsWriter* metrics, Clock clock, int width)

@@ -56,7 +56,9 @@ class MetricsWriter {
  public:
   // Throws anvil::InputError naming the file when it cannot be opened. A file
   // whose last line is not ended (cut short) gets its newline before the first
-  // record, so every record is a line of its own.
+  // record, so every record is a line of its own. A file this writer created
+  // is removed again if its first record cannot be written: no empty log is
+  // left behind.
   explicit MetricsWriter(const std::string& path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
@@ -64,8 +66,12 @@ class MetricsWriter {
   void write(const MetricsRecord& record);
 
  private:
+  void remove_if_still_ours() const;
+
   std::string path_;
   int fd_ = -1;
+  bool created_ = false;      // the file did not exist before this writer
+  bool written_ = false;      // a record has been written whole
   bool end_checked_ = false;  // whether the file's last byte was looked at (before the first record)
 };
 
