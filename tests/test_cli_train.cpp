@@ -51,6 +51,8 @@ namespace {
 using anvil::testing::Contains;
 
 namespace fs = std::filesystem;
+using anvil::testing::read_bytes;
+using anvil::testing::write_bytes;
 using anvil::HostTensor;
 using anvil::Shape;
 using anvil::TensorFile;
@@ -94,15 +96,6 @@ double field(const std::string& line, const std::string& key) {
   std::smatch m;
   if (!std::regex_search(line, m, std::regex("(^|  )" + key + " ([^ ]+)"))) return std::nan("");
   return std::strtod(m[2].str().c_str(), nullptr);
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
 }
 
 bool close_rel(double got, double want, double rtol) {

@@ -46,16 +46,11 @@ using anvil::testing::Contains;
 using anvil::testing::describe;
 using anvil::testing::Finished;
 namespace fs = std::filesystem;
+using anvil::testing::read_bytes;
+using anvil::testing::write_bytes;
 using clock_type = std::chrono::steady_clock;
 
 const std::string kCli = ANVIL_CLI_PATH;
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 // The temporary files of anvil's writer in `dir`.
 std::vector<std::string> temporaries(const std::string& dir) {

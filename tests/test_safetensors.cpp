@@ -18,10 +18,12 @@
 
 #include "anvil/error.hpp"
 #include "anvil/safetensors.hpp"
+#include "tests/temp_dir_test.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using anvil::testing::read_bytes;
 using anvil::HostTensor;
 using anvil::TensorFile;
 
@@ -35,11 +37,6 @@ std::string le_bytes(uint64_t v, int n) {
 // A file in the exact format: 8-byte LE header length, the JSON header, the data.
 std::string make_file(const std::string& header, const std::string& data) {
   return le_bytes(header.size(), 8) + header + data;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
