@@ -323,6 +323,39 @@ TEST(CpuReferenceConv, OutputsAreOverwrittenAndForwardAndBackwardDataAccumulate)
   }
 }
 
+// The forward and the adjoint in A sum an output plane a box of at most 2^14
+// elements at a time (kernels/cpu/conv.cpp): planes of several boxes of whole
+// slabs, of whole rows, and of pieces of rows, each with a short last box.
+TEST(CpuReferenceConv, PlanesOfSeveralBoxesMatchTheNaiveFormulaAdjointAndAccumulate) {
+  const std::vector<ConvCase> cases = {
+      conv_case("boxes_of_slabs", 2, 2, 2, {61, 23, 29}, {3, 2, 3}, {2, 1, 1}, {1, 0, 2}, {1, 2, 1}),
+      conv_case("boxes_of_rows", 1, 2, 1, {2, 150, 131}, {1, 3, 2}, {1, 1, 1}, {0, 1, 0}, {1, 1, 2}),
+      conv_case("pieces_of_rows", 1, 1, 2, {1, 3, 40001}, {1, 2, 3}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1}),
+      conv_case("pieces_of_rows_strided", 1, 1, 1, {1, 2, 50000}, {1, 1, 4}, {1, 1, 3}, {0, 0, 2}, {1, 1, 2}),
+  };
+  uint32_t seed = 700;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    ASSERT_GT(vol(c.g.b), int64_t{1} << 14);
+    ASSERT_GT(vol(c.g.a), int64_t{1} << 14);
+    const ConvData d = conv_data(c.g, seed += 10);
+    const VecD want = naive_conv(d.a, d.w, c.g);
+    expect_all_near(conv_fwd(d.a, d.w, c.g), want, 1e-12, "conv_forward vs naive");
+    const double lhs = dot(want, d.b), rhs = dot(d.a, conv_bwd_data(d.b, d.w, c.g));
+    EXPECT_NEAR(lhs, rhs, 1e-10 * std::max(1.0, std::abs(lhs)));
+    // Accumulating: onto the random b, then onto the random a.
+    VecD b = d.b, a = d.a;
+    cpu::conv_forward(d.a.data(), d.w.data(), b.data(), c.g, true);
+    VecD b_want = d.b;
+    for (size_t i = 0; i < b_want.size(); ++i) b_want[i] += want[i];
+    expect_all_near(b, b_want, 1e-12, "conv_forward accumulating");
+    cpu::conv_backward_data(d.b.data(), d.w.data(), a.data(), c.g, true);
+    VecD a_want = conv_bwd_data(d.b, d.w, c.g);
+    for (size_t i = 0; i < a_want.size(); ++i) a_want[i] += d.a[i];
+    expect_all_near(a, a_want, 1e-12, "conv_backward_data accumulating");
+  }
+}
+
 TEST(CpuReferenceConv, BackwardDataWritesZeroWhereNoTapReaches) {
   // Stride 3 with kernel 2: A positions w = 2, 5, 6 feed no output.
   const ConvCase c = conv_cases()[3];

@@ -1,8 +1,11 @@
 // CPU reference convolution: the relation
 //   B[n, cb, o] = sum_{ca, t} A[n, ca, o * stride - pad + t * dilation] * W[cb, ca, t]
 // evaluated three ways (forward, adjoint in A, adjoint in W). Every output
-// plane is owned by one thread and summed in a fixed order, so results are
-// deterministic whatever the thread count. Sums run in double.
+// element is summed by one thread in a fixed order (channels, then taps), so
+// results are deterministic whatever the thread count. Sums run in double.
+// The forward and the adjoint in A sum their output planes a box of at most
+// kChunk elements at a time: the double accumulators a thread needs stay that
+// size (and in its cache) however large a plane is.
 #include "kernels/cpu/conv.hpp"
 
 #include <algorithm>
@@ -42,21 +45,70 @@ Tap make_tap(const ConvGeometry& g, int64_t td, int64_t th, int64_t tw) {
   return tap;
 }
 
+// Elements of an output plane a thread sums at once (128 KiB of doubles).
+constexpr int64_t kChunk = int64_t{1} << 14;
+
+// floor(a / b) for b > 0 and any a.
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The o in r with lo <= o * stride + offset < hi.
+Range preimage(Range r, int64_t stride, int64_t offset, int64_t lo, int64_t hi) {
+  const int64_t first = std::max(r.lo, floor_div(lo - offset + stride - 1, stride));
+  const int64_t end = std::min(r.hi, floor_div(hi - offset + stride - 1, stride));
+  return {first, std::max(first, end)};
+}
+
+// A plane of dims t cut into boxes of at most kChunk elements, each a
+// contiguous run of the plane: whole (H, W) slabs, else whole rows of one
+// slab, else pieces of one row. Box c spans lo[i] <= index < hi[i] along each
+// axis and the elements [first, end) of the plane.
+struct Chunks {
+  Dims3 t, box, count;
+  explicit Chunks(const Dims3& dims) : t(dims) {
+    const int64_t slab = t[1] * t[2];
+    box = slab <= kChunk   ? Dims3{kChunk / slab, t[1], t[2]}
+          : t[2] <= kChunk ? Dims3{1, kChunk / t[2], t[2]}
+                           : Dims3{1, 1, kChunk};
+    for (int i = 0; i < 3; ++i) {
+      box[i] = std::min(box[i], t[i]);
+      count[i] = (t[i] + box[i] - 1) / box[i];
+    }
+  }
+  int64_t total() const { return count[0] * count[1] * count[2]; }
+  int64_t elements() const { return box[0] * box[1] * box[2]; }
+  struct Box {
+    int64_t lo[3], hi[3], first, end;
+  };
+  Box at(int64_t c) const {
+    Box b{};
+    const int64_t index[3] = {c / (count[1] * count[2]), c / count[2] % count[1], c % count[2]};
+    for (int i = 0; i < 3; ++i) {
+      b.lo[i] = index[i] * box[i];
+      b.hi[i] = std::min(t[i], b.lo[i] + box[i]);
+    }
+    b.first = (b.lo[0] * t[1] + b.lo[1]) * t[2] + b.lo[2];
+    b.end = ((b.hi[0] - 1) * t[1] + b.hi[1] - 1) * t[2] + b.hi[2];
+    return b;
+  }
+};
+
 }  // namespace
 
 template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
-  const int64_t planes = g.n * g.cb;
-  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(bv));
+  const Chunks chunks(g.b);
+  const int64_t items = g.n * g.cb * chunks.total();
+  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
-  for (int64_t p = 0; p < planes; ++p) {
-    const int64_t n = p / g.cb, cb = p % g.cb;
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t p = item / chunks.total(), n = p / g.cb, cb = p % g.cb;
+    const Chunks::Box box = chunks.at(item % chunks.total());
     T* bp = b + p * bv;
     // Start from the existing output so accumulation rounds once.
-    double* const acc = scratch.data() + thread_slot() * bv;
-    for (int64_t i = 0; i < bv; ++i) acc[i] = accumulate ? double(bp[i]) : 0.0;
+    double* const acc = scratch.data() + thread_slot() * chunks.elements();
+    for (int64_t i = box.first; i < box.end; ++i) acc[i - box.first] = accumulate ? double(bp[i]) : 0.0;
     for (int64_t ca = 0; ca < g.ca; ++ca) {
       const T* ap = a + (n * g.ca + ca) * av;
       const T* wp = w + (cb * g.ca + ca) * kv;
@@ -65,15 +117,17 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
           for (int64_t tw = 0; tw < g.k[2]; ++tw) {
             const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
             const Tap tap = make_tap(g, td, th, tw);
-            for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
-              for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
-                const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
-                double* brow = acc + (od * bH + oh) * bW;
-                for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) brow[ow] += wv * arow[ow * sW + tap.off[2]];
+            Range r[3];
+            for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
+            for (int64_t od = r[0].lo; od < r[0].hi; ++od)
+              for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
+                const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + tap.off[2];
+                double* brow = acc + ((od * bH + oh) * bW + r[2].lo - box.first);
+                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) brow[ow - r[2].lo] += wv * arow[ow * sW];
               }
           }
     }
-    for (int64_t i = 0; i < bv; ++i) bp[i] = static_cast<T>(acc[i]);
+    for (int64_t i = box.first; i < box.end; ++i) bp[i] = static_cast<T>(acc[i - box.first]);
   }
 }
 
@@ -81,16 +135,18 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
-  const int64_t planes = g.n * g.ca;
-  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(av));
+  const Chunks chunks(g.a);
+  const int64_t items = g.n * g.ca * chunks.total();
+  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
   ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
-  for (int64_t p = 0; p < planes; ++p) {
-    const int64_t n = p / g.ca, ca = p % g.ca;
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t p = item / chunks.total(), n = p / g.ca, ca = p % g.ca;
+    const Chunks::Box box = chunks.at(item % chunks.total());
     T* dap = da + p * av;
     // Start from the existing gradient so accumulation rounds once.
-    double* const acc = scratch.data() + thread_slot() * av;
-    for (int64_t i = 0; i < av; ++i) acc[i] = accumulate ? double(dap[i]) : 0.0;
-    // Scatter each dB plane through each tap; this thread owns the whole dA plane.
+    double* const acc = scratch.data() + thread_slot() * chunks.elements();
+    for (int64_t i = box.first; i < box.end; ++i) acc[i - box.first] = accumulate ? double(dap[i]) : 0.0;
+    // Scatter each dB plane through each tap into this thread's box of the dA plane.
     for (int64_t cb = 0; cb < g.cb; ++cb) {
       const T* bp = db + (n * g.cb + cb) * bv;
       const T* wp = w + (cb * g.ca + ca) * kv;
@@ -99,15 +155,18 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
           for (int64_t tw = 0; tw < g.k[2]; ++tw) {
             const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
             const Tap tap = make_tap(g, td, th, tw);
-            for (int64_t od = tap.r[0].lo; od < tap.r[0].hi; ++od)
-              for (int64_t oh = tap.r[1].lo; oh < tap.r[1].hi; ++oh) {
-                double* arow = acc + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW;
+            Range r[3];  // the B indices whose A index falls in the box
+            for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i]);
+            for (int64_t od = r[0].lo; od < r[0].hi; ++od)
+              for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
+                double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + r[2].lo * sW +
+                                      tap.off[2] - box.first);
                 const T* brow = bp + (od * bH + oh) * bW;
-                for (int64_t ow = tap.r[2].lo; ow < tap.r[2].hi; ++ow) arow[ow * sW + tap.off[2]] += wv * brow[ow];
+                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) arow[(ow - r[2].lo) * sW] += wv * brow[ow];
               }
           }
     }
-    for (int64_t i = 0; i < av; ++i) dap[i] = static_cast<T>(acc[i]);
+    for (int64_t i = box.first; i < box.end; ++i) dap[i] = static_cast<T>(acc[i - box.first]);
   }
 }
 
