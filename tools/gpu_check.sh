@@ -44,11 +44,25 @@ if stage tests; then
   ctest_rc=$?
   grep -E "tests passed|tests failed|Skipped|\*\*\*Failed|\*\*\*Timeout|Not Run" "$out/ctest.log" | tail -15
   summary+=("tests: $(grep -E 'tests passed' "$out/ctest.log" | tail -1)")
-  # Tests that failed beside others get one serial rerun (GPU memory and timing are shared).
-  if [ $ctest_rc -ne 0 ] && [ "${CTEST_JOBS:-4}" != 1 ]; then
-    ctest --test-dir build --rerun-failed --output-on-failure -j 1 --timeout "${TEST_TIMEOUT:-120}" >"$out/ctest_rerun.log" 2>&1
+  # Tests that failed beside others get one serial rerun (GPU memory and timing are shared);
+  # one that timed out is a failure as it stands: a hang would only take its limit again.
+  # (By name: ctest's --rerun-failed goes by test number, which -E renumbers.)
+  failed() {  # the names ctest lists as failed for a reason that is (=) or is not (!=) a timeout
+    sed -n '/The following tests FAILED:/,$p' "$out/ctest.log" |
+      awk -v want="$1" '/^\t *[0-9]+ - / { timeout = ($NF == "(Timeout)"); if ((want == "=") == timeout) print $3 }' |
+      paste -sd '|'
+  }
+  timed_out=$(failed =)
+  others=$(failed !=)
+  if [ -n "$others" ] && [ "${CTEST_JOBS:-4}" != 1 ]; then
+    ctest --test-dir build --output-on-failure -j 1 --timeout "${TEST_TIMEOUT:-120}" -R "^($others)\$" \
+      >"$out/ctest_rerun.log" 2>&1
     ctest_rc=$?
     summary+=("tests rerun serially: $(grep -E 'tests passed' "$out/ctest_rerun.log" | tail -1)")
+  fi
+  if [ -n "$timed_out" ]; then
+    ctest_rc=1
+    summary+=("tests timed out (${TEST_TIMEOUT:-120} s), not rerun: ${timed_out//|/, }")
   fi
 fi
 
@@ -70,8 +84,9 @@ elif command -v compute-sanitizer >/dev/null; then
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
-      # synccheck below do run it, on anvil's kernels).
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*:Generated/GpuVsCpu*}"
+      # synccheck below do run it, on anvil's kernels). generated_53's tf32 cases hang at build
+      # (docs/reliability.md, "Not covered yet"): under memcheck they would take its whole limit.
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*:Generated/GpuVsCpu*:*generated_53_tf32*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
+ctest --test-dir build --output-on-failure -j "$(nproc)"

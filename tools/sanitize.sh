@@ -14,4 +14,4 @@ command -v ninja >/dev/null && generator=(-G Ninja)
   "${generator[@]}" -DANVIL_WITH_CUDA=OFF -DANVIL_WITH_MPI=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" >/dev/null
 cmake --build build-asan -j "$(nproc)"
-ctest --test-dir build-asan --output-on-failure -j "$(nproc)" --timeout 600 -E '^embed_example$'
+ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -E '^embed_example$'
