@@ -356,6 +356,20 @@ TEST(CpuReferenceConv, PlanesOfSeveralBoxesMatchTheNaiveFormulaAdjointAndAccumul
   }
 }
 
+// A plane with no elements has nothing to sum: the kernels return (they once divided by its size).
+TEST(CpuReferenceConv, EmptyPlanesAreNoWork) {
+  for (const Dims3& empty : {Dims3{0, 3, 4}, Dims3{2, 0, 4}, Dims3{2, 3, 0}}) {
+    ConvGeometry g;
+    g.n = 1, g.ca = 2, g.cb = 2, g.a = empty, g.b = empty;
+    const std::vector<float> w(static_cast<size_t>(g.ca * g.cb), 1.f);
+    float a = 1.f, b = 2.f;  // one element each, never touched
+    cpu::conv_forward(&a, w.data(), &b, g);
+    cpu::conv_backward_data(&b, w.data(), &a, g, false);
+    EXPECT_EQ(a, 1.f);
+    EXPECT_EQ(b, 2.f);
+  }
+}
+
 TEST(CpuReferenceConv, BackwardDataWritesZeroWhereNoTapReaches) {
   // Stride 3 with kernel 2: A positions w = 2, 5, 6 feed no output.
   const ConvCase c = conv_cases()[3];

@@ -58,6 +58,8 @@ Range preimage(Range r, int64_t stride, int64_t offset, int64_t lo, int64_t hi) 
   return {first, std::max(first, end)};
 }
 
+bool empty(const Range (&r)[3]) { return r[0].lo == r[0].hi || r[1].lo == r[1].hi || r[2].lo == r[2].hi; }
+
 // A plane of dims t cut into boxes of at most kChunk elements, each a
 // contiguous run of the plane: whole (H, W) slabs, else whole rows of one
 // slab, else pieces of one row. Box c spans lo[i] <= index < hi[i] along each
@@ -98,6 +100,7 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
+  if (bv == 0) return;  // nothing to write (and no box to cut)
   const Chunks chunks(g.b);
   const int64_t items = g.n * g.cb * chunks.total();
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
@@ -119,11 +122,13 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
             const Tap tap = make_tap(g, td, th, tw);
             Range r[3];
             for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
+            if (empty(r)) continue;  // (and no pointer is formed outside the arrays)
             for (int64_t od = r[0].lo; od < r[0].hi; ++od)
               for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
-                const T* arow = ap + ((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + tap.off[2];
+                const T* arow =
+                    ap + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + r[2].lo * sW + tap.off[2]);
                 double* brow = acc + ((od * bH + oh) * bW + r[2].lo - box.first);
-                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) brow[ow - r[2].lo] += wv * arow[ow * sW];
+                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) brow[ow - r[2].lo] += wv * arow[(ow - r[2].lo) * sW];
               }
           }
     }
@@ -135,6 +140,7 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
+  if (av == 0) return;
   const Chunks chunks(g.a);
   const int64_t items = g.n * g.ca * chunks.total();
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
@@ -157,6 +163,7 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
             const Tap tap = make_tap(g, td, th, tw);
             Range r[3];  // the B indices whose A index falls in the box
             for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i]);
+            if (empty(r)) continue;
             for (int64_t od = r[0].lo; od < r[0].hi; ++od)
               for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
                 double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + r[2].lo * sW +
