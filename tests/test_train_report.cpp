@@ -357,17 +357,42 @@ TEST_F(MetricsFile, AFileThatCannotBeOpenedIsBadInputNamingIt) {
   }
 }
 
-// Writes past `bytes` fail with EFBIG, as on a full disk, while `f` runs (SIGXFSZ ignored, as anvil does).
+// Writes past `bytes` fail with EFBIG, as on a full disk, while `f` runs (SIGXFSZ ignored, as anvil
+// does); the limit and the handler are restored however `f` ends.
 template <class F>
 void with_file_size_limit(rlim_t bytes, F f) {
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-  const rlimit small{bytes, old.rlim_max};
+  struct Restore {
+    rlimit limit{};
+    struct sigaction action {};
+    ~Restore() {
+      ::sigaction(SIGXFSZ, &action, nullptr);
+      ::setrlimit(RLIMIT_FSIZE, &limit);
+    }
+  } restore;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &restore.limit), 0);
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &restore.action), 0);
+  const rlimit small{bytes, restore.limit.rlim_max};
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
   f();
-  ::signal(SIGXFSZ, old_handler);
-  ::setrlimit(RLIMIT_FSIZE, &old);
+}
+
+TEST_F(MetricsFile, AFileItCreatedIsRemovedWhenTheRunEndsBeforeItsFirstRecord) {
+  const std::string file = path("run.jsonl");
+  { MetricsWriter metrics(file); }
+  EXPECT_FALSE(std::filesystem::exists(file));
+}
+
+TEST_F(MetricsFile, AFileThatTookItsNameAfterwardsIsNotRemoved) {
+  const std::string file = path("run.jsonl");
+  {
+    MetricsWriter metrics(file);
+    std::filesystem::rename(file, path("moved.jsonl"));
+    std::ofstream(file).close();  // another file, empty, under the name
+  }
+  EXPECT_TRUE(std::filesystem::exists(file));
+  EXPECT_TRUE(std::filesystem::exists(path("moved.jsonl")));
 }
 
 TEST_F(MetricsFile, AFileItCreatedIsRemovedWhenTheFirstLineCannotBeWritten) {

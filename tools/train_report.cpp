@@ -81,7 +81,10 @@ bool ends_mid_line(const std::string& path, const struct stat& st) {
 
 }  // namespace
 
-MetricsWriter::~MetricsWriter() { ::close(fd_); }
+MetricsWriter::~MetricsWriter() {
+  if (created_ && !written_) remove_if_still_ours();  // a run that ended before its first record
+  ::close(fd_);
+}
 
 void MetricsWriter::write(const MetricsRecord& r) {
   nlohmann::ordered_json j;  // ordered: the keys read in the order documented
@@ -109,7 +112,6 @@ void MetricsWriter::write(const MetricsRecord& r) {
       const int err = n < 0 ? errno : EIO;
       // No part of a line may stay behind for a resumed run to append to.
       const bool torn = done > 0 && !(sized && ::ftruncate(fd_, before.st_size) == 0);
-      if (created_ && !written_ && !torn) remove_if_still_ours();
       throw Error(path_ + ": cannot write the metrics file: " + std::strerror(err) +
                   (torn ? " (its last line is incomplete)" : ""));
     }
@@ -118,10 +120,11 @@ void MetricsWriter::write(const MetricsRecord& r) {
   written_ = true;
 }
 
-// The empty file this writer created, unless something else has taken its name since.
+// The empty file this writer created, unless something else has taken its name since (lstat: a
+// symlink put there is not ours).
 void MetricsWriter::remove_if_still_ours() const {
   struct stat mine {}, named {};
-  if (::fstat(fd_, &mine) == 0 && ::stat(path_.c_str(), &named) == 0 && mine.st_dev == named.st_dev &&
+  if (::fstat(fd_, &mine) == 0 && ::lstat(path_.c_str(), &named) == 0 && mine.st_dev == named.st_dev &&
       mine.st_ino == named.st_ino && mine.st_size == 0)
     ::unlink(path_.c_str());
 }

@@ -57,8 +57,8 @@ class MetricsWriter {
   // Throws anvil::InputError naming the file when it cannot be opened. A file
   // whose last line is not ended (cut short) gets its newline before the first
   // record, so every record is a line of its own. A file this writer created
-  // is removed again if its first record cannot be written: no empty log is
-  // left behind.
+  // is removed again, when the writer goes, if no record was written to it (the
+  // first one failed, or the run ended before it): no empty log is left behind.
   explicit MetricsWriter(const std::string& path);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
