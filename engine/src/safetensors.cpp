@@ -305,7 +305,7 @@ TensorFile read_safetensors(const std::string& path) {
   const uint64_t data_start = 8 + header_bytes;
   const uint64_t data_bytes = file_bytes - data_start;
 
-  const std::string header(reinterpret_cast<const char*>(file.data()) + 8, static_cast<size_t>(header_bytes));
+  const std::string_view header(reinterpret_cast<const char*>(file.data()) + 8, static_cast<size_t>(header_bytes));
   // As the reference implementation: UTF-8 JSON without a byte-order mark,
   // followed by JSON whitespace at most (writers pad with spaces), each key once.
   if (header.compare(0, 3, "\xEF\xBB\xBF") == 0) fail(path, "header starts with a byte-order mark");

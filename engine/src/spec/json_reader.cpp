@@ -7,6 +7,8 @@
 
 #include "anvil/error.hpp"
 #include "anvil/tensor.hpp"
+#include "anvil/plan.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 namespace anvil {
 
@@ -33,27 +35,41 @@ std::string parse_message(const std::string& what) {
   return message;
 }
 
+// What holding the document as nlohmann::json takes, counted from above: a
+// value is 16 bytes in its container, and an array's buffer may hold twice its
+// elements while it grows and is copied at each growth (3 slots an element);
+// an object is a std::map (64 bytes with the allocator's) and each member a
+// tree node (96); a string value, or an array, a heap object of its own (48);
+// a string or key beyond the 15 bytes kept inline a buffer of its own. The
+// checker's own copies of the keys count as much again as the members.
+constexpr size_t kValueSlot = 16, kArraySlots = 3 * kValueSlot, kObjectBytes = 64, kMemberBytes = 96,
+                 kHeapObjectBytes = 48;
+size_t buffer_bytes(size_t length) { return length > 15 ? length + 1 + 16 : 0; }
+
 // A first pass over the document that builds nothing: it follows where the
 // parser is, as a JSON path ("layers[2].stride"), with one frame per open
 // object (its keys so far and the current one) or list (the current index),
-// and refuses a key an object already has, nesting beyond kMaxNesting, and a
+// and refuses a key an object already has, nesting beyond kMaxNesting, a
 // number beyond double's range (or so small it would read as 0), naming
-// where. (nlohmann's parser callback could do this in the same pass, but it
+// where, and a document that would take more than memory_budget bytes to
+// hold. (nlohmann's parser callback could do this in the same pass, but it
 // rescans a list at each object's end: quadratic in a list of many layers.)
 class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
  public:
-  bool null() override { return next_element(); }
-  bool boolean(bool) override { return next_element(); }
-  bool number_integer(number_integer_t) override { return next_element(); }
-  bool number_unsigned(number_unsigned_t) override { return next_element(); }
+  explicit JsonChecker(size_t memory_budget) : budget_(memory_budget) {}
+
+  bool null() override { return next_element(0); }
+  bool boolean(bool) override { return next_element(0); }
+  bool number_integer(number_integer_t) override { return next_element(0); }
+  bool number_unsigned(number_unsigned_t) override { return next_element(0); }
   bool number_float(number_float_t value, const string_t& text) override {
     // "1e-400": below double's range, strtod gives 0; a value the file did not say.
     if (value == 0 && text.find_first_of("123456789") < text.find_first_of("eE"))
       throw InputError(path(true) + ": number out of range (" + text + " reads as 0)");
-    return next_element();
+    return next_element(0);
   }
-  bool string(string_t&) override { return next_element(); }
-  bool binary(binary_t&) override { return next_element(); }
+  bool string(string_t& value) override { return next_element(kHeapObjectBytes + buffer_bytes(value.size())); }
+  bool binary(binary_t&) override { return next_element(0); }
   bool start_object(std::size_t) override { return open(true); }
   bool start_array(std::size_t) override { return open(false); }
   bool end_object() override { return close(); }
@@ -62,6 +78,7 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
     Frame& f = frames_.back();
     f.key = key;
     if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
+    take(2 * (kMemberBytes + buffer_bytes(key.size())));
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
@@ -94,7 +111,7 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
   bool open(bool object) {
     if (frames_.size() == kMaxNesting)
       throw InputError("invalid JSON: nested more than " + std::to_string(kMaxNesting) + " levels deep");
-    next_element();
+    next_element(object ? kObjectBytes : kHeapObjectBytes);
     frames_.push_back({object, {}, {}, -1});
     return true;
   }
@@ -102,24 +119,37 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
     frames_.pop_back();
     return true;
   }
-  bool next_element() {
-    if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+  // A value begins: its slot (a member's is in the member's bytes) and `bytes` of its own.
+  bool next_element(size_t bytes) {
+    const bool in_array = !frames_.empty() && !frames_.back().object;
+    if (in_array) ++frames_.back().index;
+    take(bytes + (in_array ? kArraySlots : frames_.empty() ? kValueSlot : 0));
     return true;
+  }
+  void take(size_t bytes) {
+    taken_ += bytes;
+    if (taken_ > budget_)
+      throw InputError("the JSON document would take more memory to hold than the " + gib(budget_) + " available");
   }
 
   std::vector<Frame> frames_;
+  size_t budget_, taken_ = 0;
 };
 
 }  // namespace
 
-nlohmann::json parse_json_document(const std::string& text) {
-  JsonChecker checker;
-  nlohmann::json::sax_parse(text, &checker);
+nlohmann::json parse_json_document(std::string_view text, size_t memory_budget) {
+  JsonChecker checker(memory_budget);
+  nlohmann::json::sax_parse(text.begin(), text.end(), &checker);
   try {
-    return nlohmann::json::parse(text);  // the checker has refused whatever this parse would
+    return nlohmann::json::parse(text.begin(), text.end());  // the checker has refused whatever this parse would
   } catch (const nlohmann::json::exception& e) {
     throw InputError("invalid JSON: " + parse_message(e.what()));
   }
+}
+
+nlohmann::json parse_json_document(std::string_view text) {
+  return parse_json_document(text, host_available_memory());
 }
 
 JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {

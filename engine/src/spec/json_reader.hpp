@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "anvil/tensor.hpp"
@@ -54,7 +55,12 @@ std::string describe_json_value(const nlohmann::json& v);  // "-1", "\"abc\"", "
 // Parses a whole JSON document. InputError: "invalid JSON: <where and why>"
 // (nesting deeper than 128 levels included), "<path>: duplicate key" for a key
 // an object already has, "<path>: number out of range" for a number beyond
-// double's range.
-nlohmann::json parse_json_document(const std::string& text);
+// double's range, and "the JSON document would take more memory to hold than
+// the X GiB available" where the parse would need more than memory_budget
+// bytes (by default the host's available memory): counted as it is read,
+// before anything is built, since a document can take 40 times its size as a
+// JSON tree.
+nlohmann::json parse_json_document(std::string_view text, size_t memory_budget);
+nlohmann::json parse_json_document(std::string_view text);
 
 }  // namespace anvil
