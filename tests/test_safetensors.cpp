@@ -447,6 +447,9 @@ TEST_F(Safetensors, RejectsWhatTheSpecForbids) {
   expect_input_error(make_file("\xEF\xBB\xBF" + ok, eight), "header starts with a byte-order mark");
   expect_input_error(make_file(ok + std::string(1, '\0'), eight), "header has bytes after its JSON object");
   expect_input_error(make_file(ok + std::string(3, '\0'), eight), "header has bytes after its JSON object");
+  // A NUL ends the JSON for the reader: a closing brace after it must not make the rest pass.
+  expect_input_error(make_file(ok + std::string(1, '\0') + " junk }", eight),
+                     "header has bytes after its JSON object: a NUL byte at offset " + std::to_string(ok.size()));
   expect_input_error(make_file(ok + " x", eight), "header is not valid JSON");
   // Whitespace padding (the writers' alignment) is allowed.
   const TensorFile f = anvil::read_safetensors(write_raw("padded.safetensors", make_file(ok + "   \n", eight)));

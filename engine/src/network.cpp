@@ -10,6 +10,8 @@
 #include "anvil/output_file.hpp"
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/lower/graph.hpp"
+#include "engine/src/run/host_memory.hpp"
+#include "engine/src/run/host_memory.hpp"
 #include "engine/src/spec/network_spec.hpp"
 
 namespace anvil {
@@ -42,7 +44,7 @@ Network Network::load(const std::string& path) {
 Network Network::parse(const std::string& json_text, const std::string& source) {
   Network net;
   try {
-    NetworkSpec spec = parse_network_spec(json_text, source);
+    NetworkSpec spec = parse_network_spec(json_text, source, parse_memory_budget());
     spec.source_file = InputFile::read_now(source);
     net.spec_ = std::make_shared<const NetworkSpec>(std::move(spec));
     net.graph_ = Graph::build(net.spec_);

@@ -309,9 +309,13 @@ TensorFile read_safetensors(const std::string& path) {
   // As the reference implementation: UTF-8 JSON without a byte-order mark,
   // followed by JSON whitespace at most (writers pad with spaces), each key once.
   if (header.compare(0, 3, "\xEF\xBB\xBF") == 0) fail(path, "header starts with a byte-order mark");
+  // nlohmann's lexer reads a NUL byte as the end of the input: what follows would go unchecked.
+  if (const size_t nul = header.find('\0'); nul != std::string_view::npos)
+    fail(path, "header has bytes after its JSON object: a NUL byte at offset " + std::to_string(nul) +
+                   ", where a JSON reader stops");
   json root;
   try {
-    root = parse_json_document(header);
+    root = parse_json_document(header, parse_memory_budget());
   } catch (const InputError& e) {
     const std::string why = e.what();
     fail(path, why.rfind("invalid JSON: ", 0) == 0 ? "header is not valid JSON: " + why.substr(14) : "header: " + why);

@@ -102,6 +102,8 @@ std::mutex& host_memory_turn() {
   return turn;
 }
 
+size_t parse_memory_budget() { return std::max(host_available_memory(), size_t(64) << 20); }
+
 std::optional<std::string> beyond_host_memory(size_t bytes) {
   const size_t available = host_available_memory();
   if (bytes <= available) return std::nullopt;

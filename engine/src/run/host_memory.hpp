@@ -13,6 +13,11 @@ namespace anvil {
 // and cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup").
 size_t host_available_memory();
 
+// What a document being parsed (a network, a tensor header) may take:
+// host_available_memory(), but never below 64 MiB, so that a small document is
+// not refused for a reading of next to no memory free.
+size_t parse_memory_budget();
+
 // Where `bytes` exceed host_available_memory(), why, for a message about what
 // needs them: "X GiB, more than the Y GiB of host memory available".
 std::optional<std::string> beyond_host_memory(size_t bytes);

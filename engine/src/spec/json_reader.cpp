@@ -1,5 +1,6 @@
 #include "engine/src/spec/json_reader.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -8,7 +9,6 @@
 #include "anvil/error.hpp"
 #include "anvil/tensor.hpp"
 #include "anvil/plan.hpp"
-#include "engine/src/run/host_memory.hpp"
 
 namespace anvil {
 
@@ -35,16 +35,28 @@ std::string parse_message(const std::string& what) {
   return message;
 }
 
-// What holding the document as nlohmann::json takes, counted from above: a
-// value is 16 bytes in its container, and an array's buffer may hold twice its
-// elements while it grows and is copied at each growth (3 slots an element);
-// an object is a std::map (64 bytes with the allocator's) and each member a
-// tree node (96); a string value, or an array, a heap object of its own (48);
-// a string or key beyond the 15 bytes kept inline a buffer of its own. The
-// checker's own copies of the keys count as much again as the members.
-constexpr size_t kValueSlot = 16, kArraySlots = 3 * kValueSlot, kObjectBytes = 64, kMemberBytes = 96,
-                 kHeapObjectBytes = 48;
-size_t buffer_bytes(size_t length) { return length > 15 ? length + 1 + 16 : 0; }
+// What parsing the document into nlohmann::json takes, counted from above
+// with libstdc++'s and glibc's sizes: a value is one slot in its container,
+// and an array's buffer may hold twice its elements while it grows and is
+// copied at each growth (3 slots an element); an object is a std::map and each
+// member a tree node (its header, key and value); a string value or an array
+// a heap object of its own; a string or key beyond the 15 bytes kept inline a
+// buffer of its own. The checker's own copies of the keys count as much again
+// as the members. Besides, the lexer keeps two buffers as long as the longest
+// token yet (its text and its decoded value, each grown by doubling).
+constexpr size_t kMallocOverhead = 16;
+constexpr size_t kValueSlot = sizeof(nlohmann::json), kArraySlots = 3 * kValueSlot;
+constexpr size_t kObjectBytes = sizeof(nlohmann::json::object_t) + kMallocOverhead;
+constexpr size_t kMemberBytes = 32 + sizeof(nlohmann::json::object_t::value_type) + kMallocOverhead;
+constexpr size_t kHeapObjectBytes =
+    std::max(sizeof(nlohmann::json::string_t), sizeof(nlohmann::json::array_t)) + kMallocOverhead;
+// glibc's chunk for a string's buffer of length + 1 bytes: its 8-byte header, rounded to 16, at least 32.
+size_t buffer_bytes(size_t length) { return length > 15 ? std::max<size_t>(32, (length + 1 + 8 + 15) / 16 * 16) : 0; }
+size_t doubled_capacity(size_t n) {
+  size_t c = 16;
+  while (c < n) c *= 2;
+  return c;
+}
 
 // A first pass over the document that builds nothing: it follows where the
 // parser is, as a JSON path ("layers[2].stride"), with one frame per open
@@ -56,7 +68,7 @@ size_t buffer_bytes(size_t length) { return length > 15 ? length + 1 + 16 : 0; }
 // rescans a list at each object's end: quadratic in a list of many layers.)
 class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
  public:
-  explicit JsonChecker(size_t memory_budget) : budget_(memory_budget) {}
+  JsonChecker(std::string_view text, size_t memory_budget) : text_bytes_(text.size()), budget_(memory_budget) {}
 
   bool null() override { return next_element(0); }
   bool boolean(bool) override { return next_element(0); }
@@ -66,9 +78,13 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
     // "1e-400": below double's range, strtod gives 0; a value the file did not say.
     if (value == 0 && text.find_first_of("123456789") < text.find_first_of("eE"))
       throw InputError(path(true) + ": number out of range (" + text + " reads as 0)");
+    token(text.size(), text.size());
     return next_element(0);
   }
-  bool string(string_t& value) override { return next_element(kHeapObjectBytes + buffer_bytes(value.size())); }
+  bool string(string_t& value) override {
+    token(quoted(value.size()), value.size());
+    return next_element(kHeapObjectBytes + buffer_bytes(value.size()));
+  }
   bool binary(binary_t&) override { return next_element(0); }
   bool start_object(std::size_t) override { return open(true); }
   bool start_array(std::size_t) override { return open(false); }
@@ -78,6 +94,7 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
     Frame& f = frames_.back();
     f.key = key;
     if (!f.keys.insert(f.key).second) throw InputError(path(false) + ": duplicate key");
+    token(quoted(key.size()), key.size());
     take(2 * (kMemberBytes + buffer_bytes(key.size())));
     return true;
   }
@@ -126,6 +143,17 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
     take(bytes + (in_array ? kArraySlots : frames_.empty() ? kValueSlot : 0));
     return true;
   }
+  // The most text a string of `decoded` bytes can have been: 6 bytes (\uXXXX) a byte, and its quotes.
+  size_t quoted(size_t decoded) const { return std::min(text_bytes_, 6 * decoded + 2); }
+  // A token of `raw` bytes of text, `decoded` of value: the lexer's buffers grow to the longest.
+  void token(size_t raw, size_t decoded) {
+    const size_t bytes = 2 * (doubled_capacity(raw) + doubled_capacity(decoded));
+    if (bytes > token_bytes_) {
+      const size_t growth = bytes - token_bytes_;
+      token_bytes_ = bytes;
+      take(growth);
+    }
+  }
   void take(size_t bytes) {
     taken_ += bytes;
     if (taken_ > budget_)
@@ -133,13 +161,13 @@ class JsonChecker : public nlohmann::json_sax<nlohmann::json> {
   }
 
   std::vector<Frame> frames_;
-  size_t budget_, taken_ = 0;
+  size_t text_bytes_, budget_, taken_ = 0, token_bytes_ = 0;
 };
 
 }  // namespace
 
 nlohmann::json parse_json_document(std::string_view text, size_t memory_budget) {
-  JsonChecker checker(memory_budget);
+  JsonChecker checker(text, memory_budget);
   nlohmann::json::sax_parse(text.begin(), text.end(), &checker);
   try {
     return nlohmann::json::parse(text.begin(), text.end());  // the checker has refused whatever this parse would
@@ -148,9 +176,6 @@ nlohmann::json parse_json_document(std::string_view text, size_t memory_budget) 
   }
 }
 
-nlohmann::json parse_json_document(std::string_view text) {
-  return parse_json_document(text, host_available_memory());
-}
 
 JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
   if (!object_.is_object()) throw InputError(path_ + ": must be an object, got " + describe_json_value(object_));

@@ -57,10 +57,9 @@ std::string describe_json_value(const nlohmann::json& v);  // "-1", "\"abc\"", "
 // an object already has, "<path>: number out of range" for a number beyond
 // double's range, and "the JSON document would take more memory to hold than
 // the X GiB available" where the parse would need more than memory_budget
-// bytes (by default the host's available memory): counted as it is read,
-// before anything is built, since a document can take 40 times its size as a
-// JSON tree.
+// bytes (the callers pass parse_memory_budget(), the host's available memory):
+// counted as it is read, before anything is built, since a document can take
+// some 30 times its size as a JSON tree.
 nlohmann::json parse_json_document(std::string_view text, size_t memory_budget);
-nlohmann::json parse_json_document(std::string_view text);
 
 }  // namespace anvil

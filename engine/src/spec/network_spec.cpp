@@ -174,14 +174,14 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
 
 }  // namespace
 
-NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source) {
+NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source, size_t memory_budget) {
   NetworkSpec spec;
   spec.source = source;
   // nlohmann's lexer reads a NUL byte as the end of the input, so what follows would go
   // unread (a tensor header has its own check: only whitespace may follow its object).
   if (const size_t nul = json_text.find('\0'); nul != std::string::npos)
     throw InputError("invalid JSON: a NUL byte at offset " + std::to_string(nul));
-  const nlohmann::json doc = parse_json_document(json_text);
+  const nlohmann::json doc = parse_json_document(json_text, memory_budget);
   if (!doc.is_object()) throw InputError("the network must be a JSON object, got " + describe_json_value(doc));
   JsonReader top(doc, "");
   spec.name = top.string("name");

@@ -43,7 +43,7 @@ struct NetworkSpec {
   uint64_t hash = 0;  // of the parsed document, batch size, key order and whitespace aside: a network's identity
 };
 
-// Throws InputError "<source>: <json path>: <problem>".
-NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source);
+// Throws InputError "<source>: <json path>: <problem>". memory_budget: as parse_json_document.
+NetworkSpec parse_network_spec(const std::string& json_text, const std::string& source, size_t memory_budget);
 
 }  // namespace anvil
