@@ -142,6 +142,17 @@ std::string join(const std::vector<int64_t>& v) {
   return s;
 }
 
+// cuDNN 9.14's tensor-core engines for backward data never return on a
+// geometry with a stride and a dilation above 1 (Find*Ex hung in engine 76 on
+// H100 and H200; tests/data/generated_53.json's up7 under tf32). Such an op
+// runs cuDNN's FMA algorithms, as under strict fp32.
+bool tensor_cores_hang(Op op, const ConvSpec& spec) {
+  auto above_one = [](const std::vector<int64_t>& v) {
+    return std::any_of(v.begin(), v.end(), [](int64_t x) { return x > 1; });
+  };
+  return op == kBackwardData && above_one(spec.stride) && above_one(spec.dilation);
+}
+
 // A cuDNN algorithm result is usable when it ran, fits the workspace, is
 // deterministic where asked and uses no TF32 under strict fp32.
 template <class Perf>
@@ -235,17 +246,19 @@ struct Convolution::Cudnn {
   size_t wgrad_scratch = 0;  // the filter gradient's partials
   bool chosen = false;
   BuildSettings settings;
+  // Each op's: the network's, with strict fp32 math where tensor_cores_hang.
+  BuildSettings op_settings[kOpCount];
 
   // From the heuristics' list: the workspace to plan and the ranking to choose by.
   template <class Perf>
   void plan(Op op, const Perf* perfs, int count, const std::string& where) {
-    workspace[op] = workspace_for(perfs, count, settings, where + " " + kOpNames[op]);
+    workspace[op] = workspace_for(perfs, count, op_settings[op], where + " " + kOpNames[op]);
     ranking[op] = ranking_of(perfs, count);
   }
   // From the Find...Ex results: the algorithm and math type to run.
   template <class Perf>
   void pick(Op op, const Perf* perfs, int count, const std::string& where) {
-    const Perf best = choose(perfs, count, workspace[op], settings, ranking[op], where + " " + kOpNames[op]);
+    const Perf best = choose(perfs, count, workspace[op], op_settings[op], ranking[op], where + " " + kOpNames[op]);
     algo[op] = static_cast<int>(best.algo);
     math[op] = best.mathType;
   }
@@ -257,6 +270,10 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   cudnn_ = std::make_unique<Cudnn>();
   Cudnn& c = *cudnn_;
   c.settings = settings;
+  for (int op = 0; op < kOpCount; ++op) {
+    c.op_settings[op] = settings;
+    if (tensor_cores_hang(static_cast<Op>(op), spec_)) c.op_settings[op].precision = Precision::FP32;
+  }
   const Shape& x = input_shapes()[0];
   const Shape& y = output_shape();
   set_tensor_descriptor(c.a, spec_.transposed ? y : x);
@@ -267,11 +284,11 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
                                                static_cast<int>(w_dims.size()), w_dims.data()));
   const std::vector<int> pad(spec_.padding.begin(), spec_.padding.end()), stride(spec_.stride.begin(), spec_.stride.end()),
       dil(spec_.dilation.begin(), spec_.dilation.end());
-  for (auto& conv : c.conv) {
-    ANVIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(conv, spec_.dims, pad.data(), stride.data(), dil.data(),
+  for (int op = 0; op < kOpCount; ++op) {
+    ANVIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(c.conv[op], spec_.dims, pad.data(), stride.data(), dil.data(),
                                                       CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(
-        conv, settings.precision == Precision::FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH));
+        c.conv[op], c.op_settings[op].precision == Precision::FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH));
   }
   // cuDNN must agree that conv(A) has B's shape (output_padding >= stride cannot be expressed).
   std::vector<int> b_dims(spec_.dims + 2);
@@ -301,12 +318,12 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // forward op moves to the graph API, with its first tensor-core engine
   // (autotuned: its fastest eligible one); packed where it has none.
   const int forward_op = spec_.transposed ? kBackwardData : kForward;
-  if (channels_last_wanted_ && c.used[forward_op] && settings.precision == Precision::TF32 &&
+  if (channels_last_wanted_ && c.used[forward_op] && c.op_settings[forward_op].precision == Precision::TF32 &&
       products[forward_op] >= kTensorCoreRuleProducts) {
     ConvGraphGeometry last = graph_geometry;
     (spec_.transposed ? last.a_channels_last : last.b_channels_last) = true;
     try {
-      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], last, 0.f, settings);
+      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], last, 0.f, c.op_settings[forward_op]);
       if (settings.autotune || op->keep_first_tensor_core_engine()) {
         c.workspace[forward_op] = op->workspace();
         c.channels_last = std::move(op);
@@ -345,12 +362,12 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // its workspace from the heuristics' list (no memory needed yet).
   const int dx_op = spec_.transposed ? kForward : kBackwardData;
   for (int op = 0; op < kOpCount; ++op) {
-    const bool by_rule = !settings.autotune && settings.precision == Precision::TF32 && spec_.dims == 3 &&
+    const bool by_rule = !settings.autotune && c.op_settings[op].precision == Precision::TF32 && spec_.dims == 3 &&
                          products[op] >= kTensorCoreRuleProducts;
     if (!c.used[op] || !(settings.autotune || by_rule)) continue;
     // The graph op, or null where the rule finds no tensor-core engine for it.
     auto make = [&](float beta) {
-      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], graph_geometry, beta, settings);
+      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], graph_geometry, beta, c.op_settings[op]);
       if (by_rule && !conv->keep_first_tensor_core_engine()) conv.reset();
       return conv;
     };
@@ -502,14 +519,17 @@ std::string Convolution::describe_cuda() const {
       continue;
     }
     if (!cudnn_->used[op]) continue;
+    const std::string why_fma = cudnn_->op_settings[op].precision != cudnn_->settings.precision
+                                    ? ", fma as cuDNN's tensor-core engines hang at this stride and dilation"
+                                    : "";
     if (cudnn_->graph[op]) {
-      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe() + choice;
+      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe() + choice + why_fma;
       continue;
     }
     const cudnnMathType_t m = cudnn_->math[op];
     s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " algo " + std::to_string(cudnn_->algo[op]) + " (" +
          (m == CUDNN_TENSOR_OP_MATH ? "tensor ops" : m == CUDNN_FMA_MATH ? "fma" : "default math") + ", ws " +
-         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + ")";
+         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + why_fma + ")";
   }
   return s;
 }

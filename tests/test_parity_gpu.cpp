@@ -718,6 +718,29 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   expect_step_matches_cpu(autotuned, network, 5e-3);
 }
 
+// cuDNN 9.14's tensor-core backward-data engines hang on a stride and a
+// dilation above 1 (a timeout here): under tf32 those ops run cuDNN's FMA
+// algorithms, by rule and autotuned, and say why; the step matches the CPU.
+TEST(GpuConv, StridedDilatedBackwardDataRunsFmaUnderTf32) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  // The transposed conv's forward and the conv's input gradient are cuDNN's backward data.
+  const Network network = Network::parse(with_tf32(net_json("sd", "[2, 5, 5, 1, 3]", R"(
+        {"type": "conv_transpose3d", "in_channels": 5, "out_channels": 2, "kernel_size": [2, 4, 2],
+         "stride": [2, 3, 3], "padding": [0, 0, 1], "output_padding": [0, 1, 1], "dilation": [2, 1, 1]},
+        {"type": "relu"},
+        {"type": "conv3d", "in_channels": 2, "out_channels": 3, "kernel_size": 2, "stride": 2, "dilation": 2})")),
+                                         "strided_dilated");
+  const std::regex fma(R"(ConvolutionBackwardData [^;\n]*fma as cuDNN's tensor-core engines hang)");
+  for (const bool autotune : {false, true}) {
+    Options options = cuda_options("unfused");
+    options.autotune = autotune;
+    Engine engine(network, options);
+    const std::string text = engine.describe();
+    EXPECT_EQ(count_matches(text, fma), 2u) << text;
+    expect_step_matches_cpu(engine, network, 5e-3);
+  }
+}
+
 // Under tf32 --autotune times anvil's TF32 forward-relation kernel against
 // cuDNN's for each conv op that computes that relation (a conv's forward, a
 // transposed conv's input gradient); whichever it keeps, the step matches the CPU.

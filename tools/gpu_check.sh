@@ -84,9 +84,8 @@ elif command -v compute-sanitizer >/dev/null; then
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
       # and memcheck reports the 4 "no kernel image" answers as API errors (racecheck, initcheck and
-      # synccheck below do run it, on anvil's kernels). generated_53's tf32 cases hang at build
-      # (docs/reliability.md, "Not covered yet"): under memcheck they would take its whole limit.
-      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*:Generated/GpuVsCpu*:*generated_53_tf32*}"
+      # synccheck below do run it, on anvil's kernels).
+      filter="${MEMCHECK_FILTER:-*Gpu*:*Cuda*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:*cuda:-*GpuFullSize*:DataParallelGpu*:Generated/GpuVsCpu*}"
       only=()
     else
       filter="${KERNEL_FILTER:-$kernel_tests}"
