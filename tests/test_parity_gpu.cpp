@@ -707,14 +707,18 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   const std::string text_2d = Engine(Network::parse(wide_2d, "wide_2d"), cuda_options("unfused")).describe();
   EXPECT_EQ(text_2d.find("graph engine"), std::string::npos) << text_2d;
   // --autotune times each config the heuristics list (one engine may be listed with several knob
-  // settings) and names the one it keeps.
+  // settings) and names the one it keeps; each of the two convs' three ops runs the fastest graph
+  // config or, where that was faster, anvil's tensor-core kernel (which wins depends on the timings:
+  // under compute-sanitizer anvil's won the forward and filter-gradient ops).
   Options tuned = cuda_options("unfused");
   tuned.autotune = true;
   Engine autotuned(network, tuned);
   const std::string tuned_text = autotuned.describe();
   const std::regex config(
       R"(graph engine [0-9]+ config [AF][0-9]+ \((tensor ops|fma), ws [0-9]+ KiB, fastest of [0-9]+ configs\))");
-  EXPECT_GE(count_matches(tuned_text, config), 3u) << tuned_text;
+  const std::regex anvil_won(R"(anvil tensor cores \(TF32, autotuned: anvil [0-9.]+ ms, cuDNN [0-9.]+ ms\))");
+  EXPECT_GE(count_matches(tuned_text, config), 1u) << tuned_text;  // backward data has no anvil kernel
+  EXPECT_EQ(count_matches(tuned_text, config) + count_matches(tuned_text, anvil_won), 6u) << tuned_text;
   expect_step_matches_cpu(autotuned, network, 5e-3);
 }
 
@@ -773,8 +777,9 @@ TEST(GpuFusion, AutotuneTimesBothPoolKernels) {
   tuned.input_grad = true;
   Engine engine(network, tuned);
   const std::string text = engine.describe();
-  EXPECT_NE(text.find("anvil's pool kernel 0."), std::string::npos) << text;
-  EXPECT_NE(text.find("cuDNN's pooling 0."), std::string::npos) << text;
+  // Any time: under compute-sanitizer each takes milliseconds.
+  EXPECT_EQ(count_matches(text, std::regex(R"(anvil's pool kernel [0-9]+\.[0-9]{3} ms, cuDNN's pooling [0-9]+\.[0-9]{3} ms)")),
+            1u) << text;
   Options cpu;
   cpu.device = Device::Cpu;
   cpu.input_grad = true;
