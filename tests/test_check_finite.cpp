@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <optional>
 #include <regex>
@@ -187,6 +188,28 @@ TEST(CheckFiniteApi, ACheckBeforeTheFirstStepLooksAtTheParametersOnly) {
   o.check_finite = true;
   Trainer trainer(engine, o);
   EXPECT_NO_THROW(trainer.check_finite());
+}
+
+// Before run() there is no good state to replay from: Trainer::check_finite (and save_checkpoint,
+// which calls it) still names what it found.
+TEST_F(CheckFiniteCheckpoint, ACheckBeforeRunNamesWhatItFinds) {
+  Engine engine(Network::load(data_path("dataset_epochs.json")), checked(Device::Cpu));
+  auto params = engine.parameters();
+  params.at("conv.weight").data[3] = -std::numeric_limits<float>::infinity();
+  engine.load_parameters(params);
+  TrainOptions o;
+  o.steps = 1;
+  o.check_finite = true;
+  Trainer trainer(engine, o);
+  for (int call = 0; call < 2; ++call) {
+    try {
+      call == 0 ? trainer.check_finite() : trainer.save_checkpoint(path("never_written.ckpt"));
+      ADD_FAILURE() << "no NonFiniteError";
+    } catch (const NonFiniteError& e) {
+      EXPECT_EQ(std::string(e.what()), "step 0: non-finite parameter first appears in conv.weight") << call;
+    }
+  }
+  EXPECT_FALSE(std::filesystem::exists(path("never_written.ckpt")));
 }
 
 TEST(CheckFiniteApi, MisuseIsAnError) {

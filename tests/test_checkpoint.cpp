@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <unistd.h>
 
@@ -218,6 +219,39 @@ TEST(Checkpoint, RefusesForgedCountersAndNamesAnUnnamedNetwork) {
               std::string::npos)
         << e.what();
   }
+  std::remove(path.c_str());
+}
+
+// save_checkpoint writes only a position load_checkpoint reads back: the same rules, checked before
+// anything is written, so an old checkpoint at the path stays.
+TEST(Checkpoint, APositionThatCouldNotBeReadBackIsNotWritten) {
+  const Network net = Network::load(data_path("adam_step.json"));
+  Engine engine(net, cpu_options());
+  engine.train_step();
+  const std::string path = temp_path("position.safetensors");
+  engine.save_checkpoint(path, {1, 0, 1});
+  const std::string old = read_text(path);
+  auto error_with = [&](const TrainPosition& position) -> std::string {
+    try {
+      engine.save_checkpoint(path, position);
+    } catch (const InputError& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(error_with({-5, -3, -1}),
+            path + ": the checkpoint's position (step -5, epoch -3, batch -1) is not made of integers from 0 to 2^53");
+  EXPECT_EQ(error_with({huge, 0, 0}), path + ": the checkpoint's position (step " + std::to_string(huge) +
+                                          ", epoch 0, batch 0) is not made of integers from 0 to 2^53");
+  EXPECT_EQ(error_with({kMaxSteps, kMaxSteps + 1, 0}),
+            path + ": the checkpoint's position (step " + std::to_string(kMaxSteps) + ", epoch " +
+                std::to_string(kMaxSteps + 1) + ", batch 0) is not made of integers from 0 to 2^53");
+  EXPECT_EQ(error_with({3, 4, 0}), path + ": the checkpoint's position does not add up: epoch 4, batch 0 at step 3");
+  EXPECT_EQ(error_with({3, 0, 4}), path + ": the checkpoint's position does not add up: epoch 0, batch 4 at step 3");
+  EXPECT_EQ(read_text(path), old);
+  engine.save_checkpoint(path, {kMaxSteps, kMaxSteps, kMaxSteps});  // the widest a run reaches
+  EXPECT_EQ(engine.load_checkpoint(path).step, kMaxSteps);
   std::remove(path.c_str());
 }
 

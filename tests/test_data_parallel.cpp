@@ -262,6 +262,39 @@ TEST(DataParallelCpu, ADestroyedRanksPeersStopWaitingForIt) {
 }
 
 // A null buffer or a negative count is refused before the rank joins the collective.
+// A communicator of the caller's whose rank is not one of its ranks: each rank takes the slice of
+// every batch at its rank, so the engine refuses it before it reads past the epoch's order.
+TEST(DataParallelCpu, ACommunicatorsRankOutsideItsSizeIsRefused) {
+  struct Fixed : Communicator {
+    int rank_, size_;
+    Fixed(int rank, int size) : rank_(rank), size_(size) {}
+    int rank() const override { return rank_; }
+    int size() const override { return size_; }
+    std::string describe() const override { return "fixed"; }
+    void average(float*, int64_t, void*) override { ADD_FAILURE() << "averaged"; }
+    void abort() override {}
+  };
+  const std::pair<Fixed, std::string> cases[] = {
+      {{2, 2}, "Options::communicator: rank 2 is not from 0 to 1"},
+      {{-1, 2}, "Options::communicator: rank -1 is not from 0 to 1"},
+      {{0, 0}, "Options::communicator: its size is 0, not at least 1"},
+      {{0, -3}, "Options::communicator: its size is -3, not at least 1"}};
+  for (auto [comm, want] : cases) {
+    Options o = on(Device::Cpu);
+    o.communicator = &comm;
+    try {
+      Engine engine(network(), o);
+      ADD_FAILURE() << want;
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+  }
+  Fixed last(1, 2);  // the same engine at a rank that is one builds
+  Options o = on(Device::Cpu);
+  o.communicator = &last;
+  EXPECT_NO_THROW(Engine(network(), o));
+}
+
 TEST(DataParallelCpu, AverageRefusesANullBufferOrANegativeCount) {
   auto comms = in_process_communicators(1);
   EXPECT_THROW(comms[0]->average(nullptr, 5, nullptr), InputError);

@@ -33,6 +33,17 @@ Options on(Device device) {
   return o;
 }
 
+// The message of the E that f throws, or "no E".
+template <class E = Error>
+std::string message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "no E";
+}
+
 TEST(EngineBuffers, HostBuffersGiveWhatHostTensorsGive) {
   const Network net = Network::load(data_path("odd_sizes.json"));
   const TensorFile ref = read_safetensors(data_path("odd_sizes.safetensors"));
@@ -59,6 +70,40 @@ TEST(EngineBuffers, RefusesWrongShapesSizesAndDeviceBuffersOnTheCpu) {
   EXPECT_THROW(engine.set_input(nullptr, net.input_shape()), InputError);
   EXPECT_THROW(engine.set_input(buffer.data(), net.input_shape(), Memory::Device), InputError);
   EXPECT_THROW(engine.forward_into(buffer.data(), buffer.size()), InputError);  // not the output's size
+}
+
+// Enum values made by a cast are refused by name, not taken for another value.
+TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  Options device = on(Device::Cpu);
+  device.device = static_cast<Device>(5);
+  EXPECT_EQ(message<InputError>([&] { Engine{net, device}; }), "Options::device: 5 is not a Device");
+  Options mode = on(Device::Cpu);
+  mode.mode = static_cast<Mode>(9);
+  EXPECT_EQ(message<InputError>([&] { Engine{net, mode}; }), "Options::mode: 9 is not a Mode");
+  Engine engine(net, on(Device::Cpu));
+  std::vector<float> x(static_cast<size_t>(numel(net.input_shape())), 0.5f);
+  std::vector<float> y(static_cast<size_t>(numel(net.output_shape())), 0.5f);
+  EXPECT_EQ(message<InputError>([&] { engine.set_input(x.data(), net.input_shape(), static_cast<Memory>(7)); }),
+            "input: 7 is not a Memory");
+  EXPECT_EQ(message<InputError>([&] { engine.set_target(y.data(), net.output_shape(), static_cast<Memory>(7)); }),
+            "target: 7 is not a Memory");
+  EXPECT_EQ(message<InputError>([&] { engine.forward_into(y.data(), y.size(), static_cast<Memory>(7)); }),
+            "forward_into: 7 is not a Memory");
+}
+
+// Before the first step the loss and the input's gradient hold nothing: asking is an Error, not
+// the arena's poison read back as NaN.
+TEST(EngineBuffers, TheLossAndTheInputGradientBeforeAnyStepAreErrors) {
+  const Network net = Network::load(data_path("odd_sizes.json"));
+  Options o = on(Device::Cpu);
+  o.input_grad = true;
+  Engine engine(net, o);
+  EXPECT_EQ(message([&] { engine.last_loss(); }), "last_loss: no train step has run yet");
+  EXPECT_EQ(message([&] { engine.input_gradient(); }), "input_gradient: no train step has run yet");
+  engine.enqueue_gradients();  // forward, loss and backward: both exist now
+  EXPECT_TRUE(std::isfinite(engine.last_loss()));
+  for (float v : engine.input_gradient().data) ASSERT_TRUE(std::isfinite(v));
 }
 
 // A HostTensor whose values do not fill its shape is refused, not read or written past its end.

@@ -23,7 +23,9 @@
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "anvil/network.hpp"
 #include "anvil/output_file.hpp"
+#include "anvil/safetensors.hpp"
 #include "tests/fifo_reader.hpp"
 #include "tests/temp_dir_test.hpp"
 
@@ -57,6 +59,32 @@ class OutputFile : public anvil::testing::TempDirTest {
   static constexpr const char* kOld = "the old contents\n";
   std::string target_;
 };
+
+// A path with a NUL byte would name the file before it to the system calls (here out.txt): every
+// writer and reader refuses it by that reason instead, and out.txt stays as it was.
+TEST_F(OutputFile, APathWithANulByteIsRefusedByEveryWriterAndReader) {
+  const std::string nul_path = target_ + std::string("\0.safetensors", 13);
+  const std::string want = target_ + ": the path has a NUL byte at offset " + std::to_string(target_.size()) +
+                           " (a file name cannot hold one)";
+  const std::vector<std::pair<std::string, std::function<void()>>> calls = {
+      {"write_output_file", [&] { anvil::write_output_file(nul_path, [](std::FILE* f) { return put(f, "x"); }); }},
+      {"check_output_path", [&] { anvil::check_output_path(nul_path); }},
+      {"output_target", [&] { anvil::output_target(nul_path); }},
+      {"same_file_key", [&] { anvil::same_file_key(nul_path); }},
+      {"InputFile::read_now", [&] { anvil::InputFile::read_now(nul_path); }},
+      {"write_safetensors", [&] { anvil::write_safetensors(nul_path, anvil::TensorFile{}); }},
+      {"read_safetensors", [&] { anvil::read_safetensors(nul_path); }},
+      {"Network::load", [&] { anvil::Network::load(nul_path); }}};
+  for (const auto& [name, call] : calls) {
+    try {
+      call();
+      ADD_FAILURE() << name << ": no error";
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want) << name;
+    }
+  }
+  expect_untouched();
+}
 
 TEST_F(OutputFile, ReplacesTheFileAndLeavesNothingElse) {
   anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new\n"); });

@@ -674,6 +674,16 @@ TEST_F(Safetensors, RequireTensorChecksNameAndShape) {
   } catch (const anvil::InputError& e) {
     EXPECT_STREQ(e.what(), "data.safetensors: no tensor named 'label'");
   }
+  // A TensorFile built in memory whose values do not fill the shape (a file read never is).
+  file.tensors["short"] = HostTensor({2, 2}, {1.f});
+  try {
+    anvil::require_tensor(file, "data.safetensors", "short", {2, 2});
+    FAIL() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_STREQ(e.what(), "data.safetensors: tensor 'short' has 1 values for shape (2, 2)");
+  }
+  EXPECT_EQ(selection_error(file, {{"short", {2, 2}}}, false),
+            "w.safetensors: tensor 'short' has 1 values for shape (2, 2)");
 }
 
 }  // namespace

@@ -11,7 +11,6 @@
 #include "engine/src/lower/fusion_rules.hpp"
 #include "engine/src/lower/graph.hpp"
 #include "engine/src/run/host_memory.hpp"
-#include "engine/src/run/host_memory.hpp"
 #include "engine/src/spec/network_spec.hpp"
 
 namespace anvil {
@@ -21,6 +20,7 @@ const char* to_string(Precision p) { return p == Precision::FP32 ? "fp32" : "tf3
 Network Network::load(const std::string& path) {
   // Checked before opening: a FIFO would block the open, and /dev/zero never ends.
   constexpr std::uintmax_t kMaxNetworkFileBytes = 100'000'000;
+  check_path_text(path);
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
   if (std::filesystem::is_directory(status)) throw InputError(path + ": cannot read the network file: it is a directory");

@@ -224,6 +224,7 @@ int creation_error(const std::string& path, const std::string& dir) {
 }  // namespace
 
 std::string output_target(const std::string& path) {
+  check_path_text(path);
   namespace fs = std::filesystem;
   // A device or FIFO at the end of the chain is written into through the path
   // itself: a magic link (/dev/stdout -> /proc/self/fd/1 -> "pipe:[...]") names
@@ -247,6 +248,13 @@ OutputKind output_kind(const std::string& target) {
   if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode)) return {true, nullptr};
   if (S_ISDIR(st.st_mode)) return {false, "a directory"};
   return {false, S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file"};
+}
+
+void check_path_text(const std::string& path) {
+  const size_t nul = path.find('\0');
+  if (nul != std::string::npos)
+    throw InputError(path.substr(0, nul) + ": the path has a NUL byte at offset " + std::to_string(nul) +
+                     " (a file name cannot hold one)");
 }
 
 std::string output_directory(const std::string& target) {
@@ -283,6 +291,7 @@ void check_output_path(const std::string& path) {
 }
 
 std::string same_file_key(const std::string& path) {
+  check_path_text(path);
   namespace fs = std::filesystem;
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) return "inode " + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
@@ -296,6 +305,7 @@ std::string same_file_key(const std::string& path) {
 }
 
 InputFile InputFile::read_now(const std::string& path) {
+  check_path_text(path);
   std::error_code ec;
   const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
   return InputFile{ec ? path : absolute.lexically_normal().string(), same_file_key(path)};

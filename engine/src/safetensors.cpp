@@ -238,6 +238,7 @@ void convert_to_float(const std::string& path, const Entry& e, const unsigned ch
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) {
+    check_path_text(path);
     // O_NONBLOCK: opening a FIFO must not wait for a writer (map() refuses it).
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
@@ -433,6 +434,9 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
     fail(path, "tensor '" + name + "' has shape " + to_string(it->second.shape) + ", expected " +
                    to_string(expected));
   }
+  if (!holds_shape(it->second))  // only a TensorFile built in memory can differ
+    fail(path, "tensor '" + name + "' has " + std::to_string(it->second.data.size()) + " values for shape " +
+                   to_string(it->second.shape));
   return it->second;
 }
 

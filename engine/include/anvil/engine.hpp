@@ -147,7 +147,7 @@ class Engine {
   // which `anvil eval` sets for it (the input's gradient is never run here).
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
-  float last_loss() const;      // of the last train step (a host sync on CUDA)
+  float last_loss() const;      // of the last train step (a host sync on CUDA); an Error before the first
   float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
 
   // Non-finite values. find_non_finite looks at the last step's loss, then every gradient (once a
@@ -172,8 +172,9 @@ class Engine {
   std::map<std::string, HostTensor> parameters() const;
   std::map<std::string, HostTensor> gradients() const;  // of the last train step
   void load_parameters(const std::map<std::string, HostTensor>& params);
-  // Needs Options::input_grad. Data parallel: this rank's slice of the input, and the gradient of
-  // this rank's loss (the mean over its slice), not of the global one.
+  // Needs Options::input_grad and a train step run (else an Error). Data parallel: this rank's
+  // slice of the input, and the gradient of this rank's loss (the mean over its slice), not of the
+  // global one.
   HostTensor input_gradient() const;
 
   // Checkpoints: one safetensors file with the parameters (PyTorch names), the

@@ -38,6 +38,11 @@
 
 namespace anvil {
 
+// Throws InputError where `path` holds a NUL byte: the system calls would take
+// the text before it, another file. Each function here, and each reader of a
+// file (networks, tensor files), checks its path with it.
+void check_path_text(const std::string& path);
+
 // write(file) writes the contents and returns false on a failed write; an
 // exception it throws comes out of write_output_file, the temporary removed.
 void write_output_file(const std::string& path, const std::function<bool(std::FILE*)>& write);

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "anvil/dataset.hpp"
@@ -92,7 +93,7 @@ class Trainer {
   const Dataset* validation_ = nullptr;
   TrainOptions options_;
   TrainPosition position_;
-  TrainPosition good_;  // where the last check that passed was made
+  std::optional<TrainPosition> good_;  // where the last check that passed was made (none yet: no replay)
   int64_t steps_per_epoch_ = 0, total_steps_ = 0;
 };
 

@@ -39,6 +39,19 @@ int64_t metadata_integer(const TensorFile& file, const std::string& path, const 
   throw InputError(path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '" + it->second + "'");
 }
 
+// A position a run can reach: each number from 0 to 2^53, and each epoch and
+// each batch of one took a step. Checked as written and as read.
+void check_position(const TrainPosition& p, const std::string& path) {
+  for (const int64_t v : {p.step, p.epoch, p.batch_in_epoch})
+    if (v < 0 || v > kMaxSteps)
+      throw InputError(path + ": the checkpoint's position (step " + std::to_string(p.step) + ", epoch " +
+                       std::to_string(p.epoch) + ", batch " + std::to_string(p.batch_in_epoch) +
+                       ") is not made of integers from 0 to 2^53");
+  if (p.epoch > p.step || p.batch_in_epoch > p.step)
+    throw InputError(path + ": the checkpoint's position does not add up: epoch " + std::to_string(p.epoch) +
+                     ", batch " + std::to_string(p.batch_in_epoch) + " at step " + std::to_string(p.step));
+}
+
 // The attached dataset as a checkpoint records it (empty without one): a
 // resume over a dataset of another size, or with the order changed, would not
 // continue the run. (Its contents are not fingerprinted.)
@@ -88,6 +101,7 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   require_arena();
   const Impl& m = *impl_;
   if (!m.training()) throw Error("save_checkpoint needs an engine built for training (Mode::Train)");
+  check_position(position, path);
   m.refuse_own_inputs(path);
   TensorFile file;
   file.tensors = m.read_slab(m.params);
@@ -153,11 +167,7 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   position.step = metadata_integer(file, path, "step");
   position.epoch = metadata_integer(file, path, "epoch");
   position.batch_in_epoch = metadata_integer(file, path, "batch_in_epoch");
-  // Each epoch and each batch of one took a step.
-  if (position.epoch > position.step || position.batch_in_epoch > position.step)
-    throw InputError(path + ": the checkpoint's position does not add up: epoch " + std::to_string(position.epoch) +
-                     ", batch " + std::to_string(position.batch_in_epoch) + " at step " +
-                     std::to_string(position.step));
+  check_position(position, path);
   // The data it was written over (checkpoints written without a dataset, or before this key, have none),
   // first: where it differs, that names why the position below may not fit.
   const auto data = file.metadata.find("data");

@@ -31,7 +31,28 @@ std::string cudnn_version() { refuse_cuda(); }
 size_t device_memory_used() { refuse_cuda(); }
 #endif
 
-Engine::Engine(const Network& network, const Options& options) : impl_(std::make_unique<Impl>(network, options)) {
+namespace {
+// What a caller can get wrong that the engine would not notice later: an enum
+// value made by a cast, and a communicator whose rank is not one of its ranks
+// (each rank takes the slice of every batch at its rank).
+const Options& checked(const Options& o) {
+  if (o.device != Device::Cpu && o.device != Device::Cuda)
+    throw InputError("Options::device: " + std::to_string(static_cast<int>(o.device)) + " is not a Device");
+  if (o.mode != Mode::Forward && o.mode != Mode::Train)
+    throw InputError("Options::mode: " + std::to_string(static_cast<int>(o.mode)) + " is not a Mode");
+  if (o.communicator) {
+    const int size = o.communicator->size(), rank = o.communicator->rank();
+    if (size < 1) throw InputError("Options::communicator: its size is " + std::to_string(size) + ", not at least 1");
+    if (rank < 0 || rank >= size)
+      throw InputError("Options::communicator: rank " + std::to_string(rank) + " is not from 0 to " +
+                       std::to_string(size - 1));
+  }
+  return o;
+}
+}  // namespace
+
+Engine::Engine(const Network& network, const Options& options)
+    : impl_(std::make_unique<Impl>(network, checked(options))) {
 #if !ANVIL_WITH_CUDA
   if (options.device == Device::Cuda) refuse_cuda();
 #endif

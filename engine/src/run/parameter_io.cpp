@@ -52,13 +52,19 @@ void Engine::Impl::write_slab(float* slab, const std::map<std::string, HostTenso
 
 namespace {
 
+void check_memory(const char* what, Memory where, bool cuda) {
+  if (where != Memory::Host && where != Memory::Device)
+    throw InputError(std::string(what) + ": " + std::to_string(static_cast<int>(where)) + " is not a Memory");
+  if (where == Memory::Device && !cuda) throw InputError(std::string(what) + ": a device buffer needs a CUDA engine");
+}
+
 void check_buffer(const char* what, const float* data, const Shape& shape, const Shape& want, Memory where,
                   bool cuda) {
   if (shape != want)
     throw InputError(std::string(what) + " has shape " + to_string(shape) + ", the network " +
                      (std::string(what) == "target" ? "outputs " : "expects ") + to_string(want));
   if (data == nullptr) throw InputError(std::string(what) + ": null buffer");
-  if (where == Memory::Device && !cuda) throw InputError(std::string(what) + ": a device buffer needs a CUDA engine");
+  check_memory(what, where, cuda);
 }
 
 void check_holds_shape(const std::string& what, const HostTensor& t) {
@@ -105,7 +111,7 @@ void Engine::forward_into(float* out, size_t count, Memory where) {
     throw InputError("forward_into: the buffer holds " + std::to_string(count) + " floats, the output has " +
                      std::to_string(want));
   if (out == nullptr) throw InputError("forward_into: null buffer");
-  if (where == Memory::Device && !impl_->cuda()) throw InputError("forward_into: a device buffer needs a CUDA engine");
+  check_memory("forward_into", where, impl_->cuda());
   enqueue_forward();
 #if ANVIL_WITH_CUDA
   if (where == Memory::Device) return impl_->ctx->copy_on_device(out, impl_->output, count * sizeof(float));
@@ -127,6 +133,7 @@ float Engine::train_step() {
 float Engine::last_loss() const {
   require_arena();
   if (!impl_->training()) throw Error("last_loss needs an engine built for training (Mode::Train)");
+  if (!impl_->gradients_made) throw Error("last_loss: no train step has run yet");
   float value = 0;
   impl_->download(&value, impl_->loss_value, 1);
   return value;
@@ -174,6 +181,7 @@ void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
 HostTensor Engine::input_gradient() const {
   require_arena();
   if (!impl_->input_grad) throw Error("input_gradient needs Options::input_grad and a training engine");
+  if (!impl_->gradients_made) throw Error("input_gradient: no train step has run yet");
   HostTensor t(impl_->graph->tensors[0].shape);
   impl_->download(t.data.data(), impl_->input_grad, t.data.size());
   return t;

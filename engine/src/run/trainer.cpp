@@ -110,8 +110,9 @@ void Trainer::check_finite() {
 // Back to the good state, then the same steps again, op by op, until one shows where it starts.
 std::string Trainer::locate_non_finite(const NonFinite& found) {
   const int64_t found_at = position_.step;
+  if (!good_) return "step " + std::to_string(found_at) + ": " + found.describe();  // before run(): none to replay
   engine_.restore_good_state();
-  position_ = good_;
+  position_ = *good_;
   if (steps_per_epoch_ > 0) engine_.start_epoch(position_.epoch, position_.batch_in_epoch);
   while (position_.step < found_at) {
     const auto traced = engine_.traced_train_step();
@@ -122,7 +123,7 @@ std::string Trainer::locate_non_finite(const NonFinite& found) {
     return at + traced->describe();
   }
   return "step " + std::to_string(found_at) + ": " + found.describe() + " (replaying from step " +
-         std::to_string(good_.step) + " op by op did not make it again)";
+         std::to_string(good_->step) + " op by op did not make it again)";
 }
 
 // Data-parallel ranks agree to stop on a logged step (a sync point already) and at least every
