@@ -205,6 +205,21 @@ TEST_F(CliFullDisk, BenchIntoAPipeWithoutReaderStopsBeforeTiming) {
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(30)) << "it ran the iterations";
 }
 
+// An output written through stdout into a pipe without reader: the write's failure is the one
+// line, not followed by the standard output's own.
+TEST_F(CliFullDisk, AnOutputThroughStdoutIntoAClosedPipeSaysOneLine) {
+  const std::vector<std::vector<std::string>> commands = {
+      {"run", net_, "--device", "cpu", "--output", "/dev/stdout", "--force"},
+      {"train", net_, "--device", "cpu", "--steps", "2", "--log-every", "1", "--metrics", "/dev/stdout", "--force"}};
+  for (const auto& args : commands) {
+    const Finished r = run(args, anvil::testing::stdout_to_a_pipe_without_reader);
+    EXPECT_EQ(r.status, 1) << args[0] << "\n" << describe(r);
+    EXPECT_EQ(r.err.rfind("anvil: error: ", 0), 0u) << describe(r);
+    EXPECT_PRED_FORMAT2(Contains, r.err, "Broken pipe");
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << describe(r);
+  }
+}
+
 // A closed standard descriptor: the next file opened would take its number
 // (and the progress text). Closed stdout: refused before any work; closed
 // stderr or stdin: the run goes on, its files get only their own content.

@@ -756,9 +756,10 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   return 0;
 }
 
-// A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1.
+// A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1. A failed
+// command has said its one line already (an output through /dev/stdout says the same failure).
 int with_stdout_checked(int rc) {
-  if (stdout_failure_reported) return rc;
+  if (stdout_failure_reported || rc != 0) return rc;
   const std::string failure = stdout_failure();
   if (failure.empty()) return rc;
   std::cerr << "anvil: error: " << failure << "\n";
