@@ -166,12 +166,36 @@ TEST_F(Cli, InfoForwardPlanIsSmallerThanTrainPlan) {
   ASSERT_GT(f, 0) << forward.out;
   EXPECT_LT(f, t);
   EXPECT_EQ(forward.out.find("grad."), std::string::npos) << "a forward plan has no gradients";
-  // The numbers agree with the library's plan.
+  // The numbers agree with the library's plan: training as `anvil train` plans it by default, with
+  // room for --check-finite; without it (--no-check-finite), smaller.
+  const CliResult unchecked = run("info " + quote(kHeadline) + " --device cpu --no-check-finite");
+  ASSERT_EQ(unchecked.status, 0) << describe(unchecked);
   anvil::Options o;
   o.device = anvil::Device::Cpu;
   o.plan_only = true;
-  const anvil::Engine engine(anvil::Network::load(kHeadline), o);
-  EXPECT_NEAR(t, static_cast<double>(engine.plan().arena_bytes()) / (1 << 20), 0.051);  // printed with one decimal
+  for (const bool check_finite : {true, false}) {
+    o.check_finite = check_finite;
+    const anvil::Engine engine(anvil::Network::load(kHeadline), o);
+    EXPECT_NEAR(check_finite ? t : arena_mib(unchecked.out), static_cast<double>(engine.plan().arena_bytes()) / (1 << 20),
+                0.051);  // printed with one decimal
+  }
+  EXPECT_LT(arena_mib(unchecked.out), t);
+  EXPECT_EQ(unchecked.out.find("good copy"), std::string::npos);
+  EXPECT_PRED_FORMAT2(Contains, train.out, "and for --check-finite a good copy of the params and the state");
+}
+
+// The arena `anvil info` plans is the one `anvil train` allocates, with and without --check-finite.
+TEST_F(Cli, InfoPlansTheArenaTrainAllocates) {
+  const std::string net = quote(anvil::testing::data_path("dataset_epochs.json"));
+  for (const std::string flag : {"", " --no-check-finite"}) {
+    const CliResult info = run("info " + net + " --device cpu" + flag);
+    const CliResult train = run("train " + net + " --device cpu --steps 1" + flag);
+    ASSERT_EQ(info.status, 0) << describe(info);
+    ASSERT_EQ(train.status, 0) << describe(train);
+    char planned[32];
+    std::snprintf(planned, sizeof planned, ", %.1f MiB arena", arena_mib(info.out));
+    EXPECT_PRED_FORMAT2(Contains, train.out, planned) << flag;
+  }
 }
 
 // A network without parameters has nothing to train, but the input's gradient: info plans that

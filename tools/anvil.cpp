@@ -232,11 +232,12 @@ anvil::Network load_network(const std::string& path, int64_t batch) {
   return batch > 0 ? net.with_batch(batch) : net;
 }
 
-int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad) {
+int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad, bool check_finite) {
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
   if (input_grad && o.mode == anvil::Mode::Forward) throw anvil::InputError("--input-grad needs --mode train");
   o.input_grad = input_grad;
+  o.check_finite = check_finite && o.mode == anvil::Mode::Train;  // as `anvil train` plans it
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
   o.plan_only = o.device == Device::Cpu;
   const anvil::Engine engine(net, o);
@@ -271,7 +272,8 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad
   const anvil::MemoryPlan& plan = engine.plan();
   std::printf("\nmemory plan (%s, %s): %zu tensors over %zu steps\n", anvil::to_string(o.device),
               mode_name.c_str(), plan.tensors.size(), plan.steps.size());
-  std::printf("  slabs (params, and in training grads and the optimizer state): %s each\n",
+  std::printf("  slabs (params, and in training grads and the optimizer state%s): %s each\n",
+              o.check_finite ? ", and for --check-finite a good copy of the params and the state" : "",
               mib(plan.slab_bytes).c_str());
   std::printf("  arena (one allocation): %s (most live at one step: %s; one buffer per tensor: %s)\n",
               mib(plan.arena_bytes()).c_str(), mib(plan.live_peak_bytes).c_str(), mib(plan.naive_bytes).c_str());
@@ -802,8 +804,11 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "print layers, shapes, parameters, fusion groups and the memory plan");
   add_common(info, info_flags);
   info->add_option("--mode", info_mode, "plan for train (default) or forward")->check(CLI::IsMember({"train", "forward"}));
-  bool info_input_grad = false;
+  bool info_input_grad = false, info_check_finite = true;
   info->add_flag("--input-grad", info_input_grad, "plan training with d(loss)/d(input) too, as train --input-grad");
+  info->add_flag("--check-finite,!--no-check-finite", info_check_finite,
+                 "plan training with room for train's --check-finite (default on, as train's; --mode train only)")
+      ->disable_flag_override(false);
 
   std::string weights, input, output;
   auto* run = app.add_subcommand("run", "run the forward pass");
@@ -908,7 +913,7 @@ int main(int argc, char** argv) {
   }
   const int rc = [&]() -> int {
     try {
-      if (*info) return cmd_info(info_flags, info_mode, info_input_grad);
+      if (*info) return cmd_info(info_flags, info_mode, info_input_grad, info_check_finite);
       if (*run) return cmd_run(run_flags, weights, input, output);
       train_opts.steps_given = train->count("--steps") > 0;
       train_opts.epochs_given = train->count("--epochs") > 0;
