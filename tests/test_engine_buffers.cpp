@@ -72,6 +72,15 @@ TEST(EngineBuffers, RefusesWrongShapesSizesAndDeviceBuffersOnTheCpu) {
   EXPECT_THROW(engine.forward_into(buffer.data(), buffer.size()), InputError);  // not the output's size
 }
 
+// parameter_shapes() names what parameters() holds, without the copy.
+TEST(EngineBuffers, ParameterShapesAreTheParametersNamesAndShapes) {
+  const Engine engine(Network::load(data_path("odd_sizes.json")), on(Device::Cpu));
+  std::map<std::string, Shape> want;
+  for (const auto& [name, t] : engine.parameters()) want.emplace(name, t.shape);
+  EXPECT_FALSE(want.empty());
+  EXPECT_EQ(engine.parameter_shapes(), want);
+}
+
 // Enum values made by a cast are refused by name, not taken for another value.
 TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
   const Network net = Network::load(data_path("odd_sizes.json"));

@@ -195,9 +195,8 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
 // Parameters by name from a safetensors file (a PyTorch state_dict or an anvil checkpoint).
 // Tensors the network does not use are listed and ignored, or refused with --strict.
 void load_weights(anvil::Engine& engine, const std::string& path, bool strict, bool report_unused = true) {
-  std::map<std::string, anvil::Shape> shapes;
-  for (const auto& [name, t] : engine.parameters()) shapes[name] = t.shape;
-  const anvil::ParameterSelection w = anvil::select_parameters(anvil::read_safetensors(path), path, shapes, strict);
+  const anvil::ParameterSelection w =
+      anvil::select_parameters(anvil::read_safetensors(path), path, engine.parameter_shapes(), strict);
   engine.load_parameters(w.parameters);
   if (report_unused && !w.unused.empty()) std::cerr << "weights: " << anvil::unused_tensors_message(path, w.unused) << " (ignored)\n";
 }
@@ -297,7 +296,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
   }
   print_device_notice();
   const auto t0 = std::chrono::steady_clock::now();
-  const anvil::HostTensor y = engine.forward();
+  anvil::HostTensor y = engine.forward();
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   double sum = 0, sq = 0;
   for (float v : y.data) sum += v, sq += double(v) * v;
@@ -305,7 +304,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
               sum / y.size(), std::sqrt(sq), ms);
   if (!output.empty()) {
     anvil::TensorFile out;
-    out.tensors["output"] = y;
+    out.tensors["output"] = std::move(y);  // one host copy of the output, not two
     out.metadata["network"] = net.name();
     anvil::write_safetensors(output, out);
     std::printf("wrote %s\n", shown(output).c_str());

@@ -168,8 +168,10 @@ class Engine {
   // point) and a host sync; without a communicator it returns `mine`.
   bool any_rank(bool mine);
 
-  // Parameters by PyTorch state_dict name; load checks names and shapes.
+  // Parameters by PyTorch state_dict name; load checks names and shapes. A copy on the host:
+  // refused (Error) where it would not fit the host memory available.
   std::map<std::string, HostTensor> parameters() const;
+  std::map<std::string, Shape> parameter_shapes() const;  // the names and shapes alone, no copy
   std::map<std::string, HostTensor> gradients() const;  // of the last train step
   void load_parameters(const std::map<std::string, HostTensor>& params);
   // Needs Options::input_grad and a train step run (else an Error). Data parallel: this rank's

@@ -4,6 +4,7 @@
 
 #include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 namespace anvil {
 
@@ -33,7 +34,18 @@ void Engine::Impl::synchronize() {
 #endif
 }
 
+namespace {
+// A host copy of `bytes` that the caller asked for, as `what`: refused where it would not fit,
+// rather than left to the OOM killer once the pages are touched.
+void check_host_copy(size_t bytes, const std::string& what) {
+  if (const auto why = beyond_host_memory(bytes)) throw Error("out of host memory: " + what + " takes " + *why);
+}
+}  // namespace
+
 std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
+  size_t bytes = 0;
+  for (const auto& slot : schedule.params) bytes += size_t(numel(slot.spec.shape)) * sizeof(float);
+  check_host_copy(bytes, "a copy of the parameters (or their gradients or optimizer state)");
   std::map<std::string, HostTensor> out;
   for (const auto& slot : schedule.params) {
     HostTensor t(slot.spec.shape);
@@ -120,7 +132,9 @@ void Engine::forward_into(float* out, size_t count, Memory where) {
 }
 
 HostTensor Engine::forward() {
-  HostTensor y(impl_->graph->tensors[impl_->graph->output].shape);
+  const Shape& shape = impl_->graph->tensors[impl_->graph->output].shape;
+  check_host_copy(size_t(numel(shape)) * sizeof(float), "a copy of the output");
+  HostTensor y(shape);
   forward_into(y.data.data(), y.data.size());
   return y;
 }
@@ -150,6 +164,12 @@ float Engine::learning_rate() const {
 std::map<std::string, HostTensor> Engine::parameters() const {
   require_arena();
   return impl_->read_slab(impl_->params);
+}
+
+std::map<std::string, Shape> Engine::parameter_shapes() const {
+  std::map<std::string, Shape> shapes;
+  for (const auto& slot : impl_->schedule.params) shapes.emplace(slot.spec.name, slot.spec.shape);
+  return shapes;
 }
 
 std::map<std::string, HostTensor> Engine::gradients() const {
@@ -182,6 +202,7 @@ HostTensor Engine::input_gradient() const {
   require_arena();
   if (!impl_->input_grad) throw Error("input_gradient needs Options::input_grad and a training engine");
   if (!impl_->gradients_made) throw Error("input_gradient: no train step has run yet");
+  check_host_copy(size_t(numel(impl_->graph->tensors[0].shape)) * sizeof(float), "a copy of the input's gradient");
   HostTensor t(impl_->graph->tensors[0].shape);
   impl_->download(t.data.data(), impl_->input_grad, t.data.size());
   return t;
