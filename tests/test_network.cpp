@@ -207,6 +207,21 @@ TEST(NetworkParse, UnknownTopLevelKey) {
             "bad.json: epochs: unknown key");
 }
 
+// The inputs the layers list are bounded in all (twice the most layers), counted before copied:
+// one add may list them all, and the next name past the bound is refused by its path.
+TEST(NetworkParse, TheLayersInputsAreBoundedInAll) {
+  std::string names = "[";
+  for (int i = 0; i < 200'000; ++i) names += std::string(i ? "," : "") + R"("c")";
+  const std::string conv = R"({"type": "conv2d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 1})";
+  const std::string add = R"(, {"type": "add", "inputs": )";
+  const Network all = Network::parse(with_layers(kInput4d, "[" + conv + add + names + "]}]"), "bad.json");
+  EXPECT_EQ(all.layers().back().inputs.size(), 200'000u);
+  EXPECT_EQ(error_of(with_layers(kInput4d, "[" + conv + add + names + R"(, "c"]}])")),
+            "bad.json: layers[1].inputs: the layers may name at most 200000 inputs in all, these 200001 make 200001");
+  EXPECT_EQ(error_of(with_layers(kInput4d, "[" + conv + add + names + R"(]}, {"type": "relu", "inputs": ["c"]}])")),
+            "bad.json: layers[2].inputs: the layers may name at most 200000 inputs in all, these 1 make 200001");
+}
+
 TEST(NetworkParse, LayersMustBeANonEmptyListOfObjects) {
   EXPECT_EQ(error_of(with_layers(kInput4d, "[]")), "bad.json: layers: must be a non-empty list of layers, got a list");
   std::string many = "[";

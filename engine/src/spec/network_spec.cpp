@@ -133,6 +133,10 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
   constexpr size_t kMaxLayers = 100'000;
   if (layers.size() > kMaxLayers)
     throw InputError("layers: at most " + std::to_string(kMaxLayers) + " layers, got " + std::to_string(layers.size()));
+  // Likewise the named inputs: the file limit would admit 20 million names in one add's list, and
+  // the graph and plan built from them take some 90 times the file (gigabytes).
+  constexpr size_t kMaxInputs = 2 * kMaxLayers;
+  size_t inputs_so_far = 0;
   std::vector<LayerSpec> specs;
   std::map<std::string, size_t> index_of;  // layer name -> list index
   for (size_t i = 0; i < layers.size(); ++i) {
@@ -160,9 +164,14 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     if (index_of.count(spec.name))
       cfg.fail("name", "duplicate name '" + spec.name + "' (also layers[" + std::to_string(index_of[spec.name]) + "])");
     if (cfg.has("inputs")) {
+      const nlohmann::json& listed = layers[i]["inputs"];  // counted before any is copied
+      if (listed.is_array() && listed.size() > kMaxInputs - inputs_so_far)
+        cfg.fail("inputs", "the layers may name at most " + std::to_string(kMaxInputs) + " inputs in all, these " +
+                               std::to_string(listed.size()) + " make " + std::to_string(inputs_so_far + listed.size()));
       spec.inputs = cfg.string_list("inputs");
       if (spec.inputs.empty()) cfg.fail("inputs", "must name at least one tensor");
-    } else {
+      inputs_so_far += spec.inputs.size();
+    } else {  // one implicit input a layer: bounded by the layers
       spec.inputs = {i == 0 ? std::string("input") : specs.back().name};
     }
     index_of[spec.name] = i;
