@@ -751,7 +751,9 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--save", kTrain + "/model.safetensors"}),
                    "--save " + kTrain + "/model.safetensors: cannot write in '" + kTrain + "': Not a directory");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "-5", "--save", save}),
-                   "--data-budget: must be a number of MiB from 0 to 1e12, got -5.000000");
+                   "--data-budget: must be a number of MiB from 0 to 1e12, got -5");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "1e308", "--save", save}),
+                   "--data-budget: must be a number of MiB from 0 to 1e12, got 1e+308");
   // Epochs within the flag's limit whose steps are not (8 per epoch): refused, not wrapped.
   expect_bad_input(train({"--data", kTrain, "--epochs", "9007199254740992", "--save", save}),
                    "9007199254740992 epochs of 8 steps are more than 2^53 steps");

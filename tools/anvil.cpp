@@ -210,8 +210,11 @@ std::string shown(const std::string& text) { return anvil::Error::one_line(text)
 // --data-budget in MiB when given; otherwise the engine's default, half the free device memory.
 std::optional<size_t> data_budget(double mib, bool given) {
   if (!given) return std::nullopt;
-  if (!(mib >= 0 && mib <= 1e12))
-    throw anvil::InputError("--data-budget: must be a number of MiB from 0 to 1e12, got " + std::to_string(mib));
+  if (!(mib >= 0 && mib <= 1e12)) {
+    char text[32];  // %g: 1e308 reads as such, not as 309 digits
+    std::snprintf(text, sizeof text, "%g", mib);
+    throw anvil::InputError(std::string("--data-budget: must be a number of MiB from 0 to 1e12, got ") + text);
+  }
   return static_cast<size_t>(mib * (1 << 20));
 }
 
