@@ -519,9 +519,10 @@ std::string Convolution::describe_cuda() const {
       continue;
     }
     if (!cudnn_->used[op]) continue;
-    const std::string why_fma = cudnn_->op_settings[op].precision != cudnn_->settings.precision
-                                    ? ", fma as cuDNN's tensor-core engines hang at this stride and dilation"
-                                    : "";
+    const std::string why_fma =
+        cudnn_->settings.precision == Precision::TF32 && tensor_cores_hang(static_cast<Op>(op), spec_)
+            ? " (no tensor cores: cuDNN's tensor-core engines hang at this stride and dilation)"
+            : "";
     if (cudnn_->graph[op]) {
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " " + cudnn_->graph[op]->describe() + choice + why_fma;
       continue;
@@ -529,7 +530,7 @@ std::string Convolution::describe_cuda() const {
     const cudnnMathType_t m = cudnn_->math[op];
     s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " algo " + std::to_string(cudnn_->algo[op]) + " (" +
          (m == CUDNN_TENSOR_OP_MATH ? "tensor ops" : m == CUDNN_FMA_MATH ? "fma" : "default math") + ", ws " +
-         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + why_fma + ")";
+         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + ")" + why_fma;
   }
   return s;
 }

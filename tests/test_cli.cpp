@@ -180,6 +180,9 @@ TEST_F(Cli, InfoForwardPlanIsSmallerThanTrainPlan) {
                 0.051);  // printed with one decimal
   }
   EXPECT_LT(arena_mib(unchecked.out), t);
+  const CliResult forward_checked = run("info " + quote(kHeadline) + " --device cpu --mode forward --check-finite");
+  EXPECT_EQ(forward_checked.status, 2) << describe(forward_checked);
+  EXPECT_EQ(forward_checked.err, "anvil: error: --check-finite needs --mode train\n");
   EXPECT_EQ(unchecked.out.find("good copy"), std::string::npos);
   EXPECT_PRED_FORMAT2(Contains, train.out, "and for --check-finite a good copy of the params and the state");
 }

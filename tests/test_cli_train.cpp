@@ -754,6 +754,8 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
                    "--data-budget: must be a number of MiB from 0 to 1e12, got -5");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "1e308", "--save", save}),
                    "--data-budget: must be a number of MiB from 0 to 1e12, got 1e+308");
+  expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--data-budget", "1000000000001", "--save", save}),
+                   "--data-budget: must be a number of MiB from 0 to 1e12, got 1000000000001");
   // Epochs within the flag's limit whose steps are not (8 per epoch): refused, not wrapped.
   expect_bad_input(train({"--data", kTrain, "--epochs", "9007199254740992", "--save", save}),
                    "9007199254740992 epochs of 8 steps are more than 2^53 steps");

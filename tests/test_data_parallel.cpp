@@ -261,7 +261,6 @@ TEST(DataParallelCpu, ADestroyedRanksPeersStopWaitingForIt) {
   EXPECT_THROW(in_process_communicators(0), InputError);
 }
 
-// A null buffer or a negative count is refused before the rank joins the collective.
 // A communicator of the caller's whose rank is not one of its ranks: each rank takes the slice of
 // every batch at its rank, so the engine refuses it before it reads past the epoch's order.
 TEST(DataParallelCpu, ACommunicatorsRankOutsideItsSizeIsRefused) {
@@ -295,6 +294,7 @@ TEST(DataParallelCpu, ACommunicatorsRankOutsideItsSizeIsRefused) {
   EXPECT_NO_THROW(Engine(network(), o));
 }
 
+// A null buffer or a negative count is refused before the rank joins the collective.
 TEST(DataParallelCpu, AverageRefusesANullBufferOrANegativeCount) {
   auto comms = in_process_communicators(1);
   EXPECT_THROW(comms[0]->average(nullptr, 5, nullptr), InputError);

@@ -211,8 +211,8 @@ std::string shown(const std::string& text) { return anvil::Error::one_line(text)
 std::optional<size_t> data_budget(double mib, bool given) {
   if (!given) return std::nullopt;
   if (!(mib >= 0 && mib <= 1e12)) {
-    char text[32];  // %g: 1e308 reads as such, not as 309 digits
-    std::snprintf(text, sizeof text, "%g", mib);
+    char text[32];  // 1e308 reads as 1e+308, not as 309 digits; 1e12 + 1 keeps its last digit
+    std::snprintf(text, sizeof text, "%.15g", mib);
     throw anvil::InputError(std::string("--data-budget: must be a number of MiB from 0 to 1e12, got ") + text);
   }
   return static_cast<size_t>(mib * (1 << 20));
@@ -234,10 +234,14 @@ anvil::Network load_network(const std::string& path, int64_t batch) {
   return batch > 0 ? net.with_batch(batch) : net;
 }
 
-int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad, bool check_finite) {
+// check_finite_asked: --check-finite given (it is on by default).
+int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad, bool check_finite,
+             bool check_finite_asked) {
   const anvil::Network net = anvil::Network::load(f.network);
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
   if (input_grad && o.mode == anvil::Mode::Forward) throw anvil::InputError("--input-grad needs --mode train");
+  if (check_finite_asked && o.mode == anvil::Mode::Forward)
+    throw anvil::InputError("--check-finite needs --mode train");
   o.input_grad = input_grad;
   o.check_finite = check_finite && o.mode == anvil::Mode::Train;  // as `anvil train` plans it
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
@@ -340,14 +344,18 @@ std::string stdout_failure() {
   if (flushed && !std::ferror(stdout)) return "";
   return stdout_failure_message(flushed ? 0 : error);
 }
-bool stdout_failure_reported = false;  // by a training run that it stopped, or stop_if_stdout_failed
+bool error_said = false;  // the run's one "anvil: error:" line has been printed (say_error)
+
+void say_error(const std::string& message) {
+  std::cerr << "anvil: error: " << message << "\n";
+  error_said = true;
+}
 
 // A standard output that has failed already (a `| head` that has exited) ends a long command
 // before its work rather than after.
 void stop_if_stdout_failed() {
   const std::string failure = stdout_failure();
   if (failure.empty()) return;
-  stdout_failure_reported = true;
   throw anvil::Error(failure);
 }
 
@@ -522,10 +530,9 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   if (!trainer->finished() && stop_signal == 0) {  // rank 0's standard output failed, or (MPI) another's signal
     if (!t.checkpoint.empty()) trainer->save_checkpoint(t.checkpoint);
     if (writer) {
-      std::cerr << "anvil: error: " << (stdout_failed.empty() ? "another rank was stopped" : stdout_failed)
-                << "; training stopped at step " << trainer->position().step
-                << (t.checkpoint.empty() ? "" : ", checkpoint written to " + shown(t.checkpoint)) << "\n";
-      stdout_failure_reported = !stdout_failed.empty();
+      say_error((stdout_failed.empty() ? "another rank was stopped" : stdout_failed) + "; training stopped at step " +
+                std::to_string(trainer->position().step) +
+                (t.checkpoint.empty() ? "" : ", checkpoint written to " + shown(t.checkpoint)));
     }
     return 1;
   }
@@ -760,13 +767,13 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   return 0;
 }
 
-// A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1. A failed
-// command has said its one line already (an output through /dev/stdout says the same failure).
+// A full disk or a closed file under stdout must not pass for success: rc 0 becomes 1. A run that
+// said its error line already (an output through /dev/stdout says the same failure) says no other.
 int with_stdout_checked(int rc) {
-  if (stdout_failure_reported || rc != 0) return rc;
+  if (error_said) return rc;
   const std::string failure = stdout_failure();
   if (failure.empty()) return rc;
-  std::cerr << "anvil: error: " << failure << "\n";
+  say_error(failure);
   return rc == 0 ? 1 : rc;
 }
 
@@ -779,11 +786,11 @@ bool open_standard_descriptors() {
   for (int fd = 0; fd < 3; ++fd) closed[fd] = ::fcntl(fd, F_GETFD) == -1 && errno == EBADF;
   for (int fd = 0; fd < 3; ++fd)
     if (closed[fd] && ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) {  // the lowest free fd
-      std::cerr << "anvil: error: a standard descriptor is closed and /dev/null cannot take its place\n";
+      say_error("a standard descriptor is closed and /dev/null cannot take its place");
       return false;
     }
   if (!closed[STDOUT_FILENO]) return true;
-  std::cerr << "anvil: error: the standard output is closed\n";
+  say_error("the standard output is closed");
   return false;
 }
 
@@ -910,12 +917,14 @@ int main(int argc, char** argv) {
       std::fputs(text.str().c_str(), stdout);
       return with_stdout_checked(rc);
     }
-    std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";  // one line, as every error
+    say_error(anvil::Error::one_line(e.what()));  // one line, as every error
     return 2;
   }
   const int rc = [&]() -> int {
     try {
-      if (*info) return cmd_info(info_flags, info_mode, info_input_grad, info_check_finite);
+      if (*info)
+        return cmd_info(info_flags, info_mode, info_input_grad, info_check_finite,
+                        info_check_finite && info->count("--check-finite") > 0);
       if (*run) return cmd_run(run_flags, weights, input, output);
       train_opts.steps_given = train->count("--steps") > 0;
       train_opts.epochs_given = train->count("--epochs") > 0;
@@ -928,22 +937,22 @@ int main(int argc, char** argv) {
         return cmd_eval(eval_flags, eval_weights, eval_data, eval_batch, eval->count("--batch") > 0, eval_strict);
       if (*bench) return cmd_bench(bench_flags, bench_opts, command_line);
     } catch (const anvil::InputError& e) {
-      std::cerr << "anvil: error: " << e.what() << "\n";
+      say_error(e.what());
       if (*bench) std::printf("FAILED\n");
       return 2;
     } catch (const anvil::NonFiniteError& e) {
-      std::cerr << "anvil: error: " << e.what() << "\n";
+      say_error(e.what());
       return 3;
     } catch (const std::bad_alloc&) {
-      std::cerr << "anvil: error: out of host memory\n";
+      say_error("out of host memory");
       if (*bench) std::printf("FAILED\n");
       return 1;
     } catch (const std::exception& e) {
-      std::cerr << "anvil: error: " << anvil::Error::one_line(e.what()) << "\n";
+      say_error(anvil::Error::one_line(e.what()));
       if (*bench) std::printf("FAILED\n");
       return 1;
     } catch (...) {  // nothing may end the process without a message
-      std::cerr << "anvil: error: an unknown exception\n";
+      say_error("an unknown exception");
       if (*bench) std::printf("FAILED\n");
       return 1;
     }

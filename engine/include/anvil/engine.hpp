@@ -172,7 +172,7 @@ class Engine {
   // refused (Error) where it would not fit the host memory available.
   std::map<std::string, HostTensor> parameters() const;
   std::map<std::string, Shape> parameter_shapes() const;  // the names and shapes alone, no copy
-  std::map<std::string, HostTensor> gradients() const;  // of the last train step
+  std::map<std::string, HostTensor> gradients() const;  // of the last train step (zeros before the first)
   void load_parameters(const std::map<std::string, HostTensor>& params);
   // Needs Options::input_grad and a train step run (else an Error). Data parallel: this rank's
   // slice of the input, and the gradient of this rank's loss (the mean over its slice), not of the
@@ -184,7 +184,8 @@ class Engine {
   // position, the network's hash and the anvil version, written atomically.
   // Loading refuses a checkpoint of another network, or of another optimizer.
   // Saving refuses (InputError) a path that names the network's file, the
-  // attached dataset's or the last evaluated one's.
+  // attached dataset's or the last evaluated one's, and a position loading
+  // would refuse (a number outside 0 to 2^53, an epoch or batch past the step).
   void save_checkpoint(const std::string& path, const TrainPosition& position) const;
   // Throws the Error save_checkpoint(path, any position) would give because the path names one of
   // those inputs, or the file's header (the tensor names and metadata) is beyond what safetensors

@@ -104,10 +104,10 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   check_position(position, path);
   m.refuse_own_inputs(path);
   TensorFile file;
-  file.tensors = m.read_slab(m.params);
+  file.tensors = m.read_slab(m.params, "the checkpoint's parameters");
   const std::vector<std::string> states = m.optimizer->state_names();
   for (size_t k = 0; k < states.size(); ++k)
-    for (auto& [name, tensor] : m.read_slab(m.optimizer_args.state[k]))
+    for (auto& [name, tensor] : m.read_slab(m.optimizer_args.state[k], "the checkpoint's optimizer state"))
       file.tensors[state_tensor_name(states[k], name)] = std::move(tensor);
   StepState state;
   m.download_bytes(&state, m.optimizer_args.step, sizeof state);

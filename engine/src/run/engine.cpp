@@ -35,7 +35,7 @@ namespace {
 // What a caller can get wrong that the engine would not notice later: an enum
 // value made by a cast, and a communicator whose rank is not one of its ranks
 // (each rank takes the slice of every batch at its rank).
-const Options& checked(const Options& o) {
+const Options& validated(const Options& o) {
   if (o.device != Device::Cpu && o.device != Device::Cuda)
     throw InputError("Options::device: " + std::to_string(static_cast<int>(o.device)) + " is not a Device");
   if (o.mode != Mode::Forward && o.mode != Mode::Train)
@@ -52,7 +52,7 @@ const Options& checked(const Options& o) {
 }  // namespace
 
 Engine::Engine(const Network& network, const Options& options)
-    : impl_(std::make_unique<Impl>(network, checked(options))) {
+    : impl_(std::make_unique<Impl>(network, validated(options))) {
 #if !ANVIL_WITH_CUDA
   if (options.device == Device::Cuda) refuse_cuda();
 #endif

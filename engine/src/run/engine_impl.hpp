@@ -107,7 +107,8 @@ struct Engine::Impl {
   void download(float* dst, const float* src, size_t count) const;
   void synchronize();  // waits for the CUDA stream; nothing on the CPU
   void copy_in(float* dst, const float* src, size_t count, Memory where);  // a caller's buffer into the arena
-  std::map<std::string, HostTensor> read_slab(const float* slab) const;  // by parameter name
+  // By parameter name; `what` names the copy where host memory refuses it.
+  std::map<std::string, HostTensor> read_slab(const float* slab, const std::string& what) const;
   void write_slab(float* slab, const std::map<std::string, HostTensor>& tensors);  // every parameter, shapes checked
   // execute.cpp
   void run_forward();

@@ -1,6 +1,8 @@
 // Parameter I/O: inputs and targets in; outputs, parameters and gradients out,
 // by PyTorch state_dict name. Shapes are checked before anything is copied.
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "anvil/error.hpp"
 #include "engine/src/run/engine_impl.hpp"
@@ -35,22 +37,30 @@ void Engine::Impl::synchronize() {
 }
 
 namespace {
-// A host copy of `bytes` that the caller asked for, as `what`: refused where it would not fit,
-// rather than left to the OOM killer once the pages are touched.
-void check_host_copy(size_t bytes, const std::string& what) {
+// Host tensors of these shapes for a copy the caller asked for (`what`): refused where they would
+// not fit, rather than left to the OOM killer once their pages are touched; made (zeroed, so
+// written) in the host-memory turn, so that another rank's check sees them.
+std::vector<HostTensor> host_tensors(const std::vector<Shape>& shapes, const std::string& what) {
+  const std::lock_guard<std::mutex> lock(host_memory_turn());
+  size_t bytes = 0;
+  for (const Shape& shape : shapes) bytes += size_t(numel(shape)) * sizeof(float);
   if (const auto why = beyond_host_memory(bytes)) throw Error("out of host memory: " + what + " takes " + *why);
+  std::vector<HostTensor> tensors;
+  tensors.reserve(shapes.size());
+  for (const Shape& shape : shapes) tensors.emplace_back(shape);
+  return tensors;
 }
 }  // namespace
 
-std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab) const {
-  size_t bytes = 0;
-  for (const auto& slot : schedule.params) bytes += size_t(numel(slot.spec.shape)) * sizeof(float);
-  check_host_copy(bytes, "a copy of the parameters (or their gradients or optimizer state)");
+std::map<std::string, HostTensor> Engine::Impl::read_slab(const float* slab, const std::string& what) const {
+  std::vector<Shape> shapes;
+  for (const auto& slot : schedule.params) shapes.push_back(slot.spec.shape);
+  std::vector<HostTensor> copies = host_tensors(shapes, what);
   std::map<std::string, HostTensor> out;
-  for (const auto& slot : schedule.params) {
-    HostTensor t(slot.spec.shape);
-    download(t.data.data(), slab + slot.offset / sizeof(float), t.data.size());
-    out[slot.spec.name] = std::move(t);
+  for (size_t k = 0; k < copies.size(); ++k) {
+    const auto& slot = schedule.params[k];
+    download(copies[k].data.data(), slab + slot.offset / sizeof(float), copies[k].data.size());
+    out[slot.spec.name] = std::move(copies[k]);
   }
   return out;
 }
@@ -133,8 +143,7 @@ void Engine::forward_into(float* out, size_t count, Memory where) {
 
 HostTensor Engine::forward() {
   const Shape& shape = impl_->graph->tensors[impl_->graph->output].shape;
-  check_host_copy(size_t(numel(shape)) * sizeof(float), "a copy of the output");
-  HostTensor y(shape);
+  HostTensor y = std::move(host_tensors({shape}, "a copy of the output")[0]);
   forward_into(y.data.data(), y.data.size());
   return y;
 }
@@ -163,7 +172,7 @@ float Engine::learning_rate() const {
 
 std::map<std::string, HostTensor> Engine::parameters() const {
   require_arena();
-  return impl_->read_slab(impl_->params);
+  return impl_->read_slab(impl_->params, "a copy of the parameters");
 }
 
 std::map<std::string, Shape> Engine::parameter_shapes() const {
@@ -175,7 +184,7 @@ std::map<std::string, Shape> Engine::parameter_shapes() const {
 std::map<std::string, HostTensor> Engine::gradients() const {
   require_arena();
   if (!impl_->training()) throw Error("gradients need an engine built for training (Mode::Train)");
-  return impl_->read_slab(impl_->grads);
+  return impl_->read_slab(impl_->grads, "a copy of the gradients");
 }
 
 void Engine::load_parameters(const std::map<std::string, HostTensor>& given) {
@@ -202,8 +211,7 @@ HostTensor Engine::input_gradient() const {
   require_arena();
   if (!impl_->input_grad) throw Error("input_gradient needs Options::input_grad and a training engine");
   if (!impl_->gradients_made) throw Error("input_gradient: no train step has run yet");
-  check_host_copy(size_t(numel(impl_->graph->tensors[0].shape)) * sizeof(float), "a copy of the input's gradient");
-  HostTensor t(impl_->graph->tensors[0].shape);
+  HostTensor t = std::move(host_tensors({impl_->graph->tensors[0].shape}, "a copy of the input's gradient")[0]);
   impl_->download(t.data.data(), impl_->input_grad, t.data.size());
   return t;
 }

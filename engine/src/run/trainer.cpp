@@ -76,6 +76,7 @@ void Trainer::resume(const std::string& checkpoint) {
   const TrainPosition at = engine_.load_checkpoint(checkpoint);  // checks the batch against the epoch
   if (steps_per_epoch_ > 0) engine_.start_epoch(at.epoch, at.batch_in_epoch);
   position_ = at;
+  good_.reset();  // a state kept before is not this run's: run() keeps the checkpoint's
 }
 
 void Trainer::save_checkpoint(const std::string& path) {
