@@ -212,6 +212,28 @@ TEST_F(CheckFiniteCheckpoint, ACheckBeforeRunNamesWhatItFinds) {
   EXPECT_FALSE(std::filesystem::exists(path("never_written.ckpt")));
 }
 
+// After resume() the state kept by an earlier run() is not this run's: a finding names what it
+// found, with no replay from a state before the checkpoint.
+TEST_F(CheckFiniteCheckpoint, AResumeForgetsTheGoodStateKeptBefore) {
+  Engine engine(Network::load(data_path("dataset_epochs.json")), checked(Device::Cpu));
+  TrainOptions o;
+  o.steps = 3;
+  o.check_finite = true;
+  Trainer trainer(engine, o);
+  trainer.run({});
+  trainer.save_checkpoint(path("at3.ckpt"));
+  trainer.resume(path("at3.ckpt"));
+  auto params = engine.parameters();
+  params.at("conv.weight").data[1] = std::numeric_limits<float>::quiet_NaN();
+  engine.load_parameters(params);
+  try {
+    trainer.check_finite();
+    ADD_FAILURE() << "no NonFiniteError";
+  } catch (const NonFiniteError& e) {
+    EXPECT_EQ(std::string(e.what()), "step 3: non-finite parameter first appears in conv.weight");
+  }
+}
+
 TEST(CheckFiniteApi, MisuseIsAnError) {
   const Network net = Network::load(data_path("dataset_epochs.json"));
   Options unchecked;
