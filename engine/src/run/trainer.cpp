@@ -154,7 +154,7 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       progress.lr = engine_.learning_rate();
       if (!std::isfinite(progress.loss))
         throw NonFiniteError("step " + std::to_string(position_.step) + ": the loss became " +
-                             std::to_string(progress.loss));
+                             (std::isnan(progress.loss) ? "nan" : std::to_string(progress.loss)));  // not "-nan"
     }
     if (validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
       validate(callbacks);
