@@ -91,7 +91,41 @@ class PlotMetrics(unittest.TestCase):
         no_step = self.write("no_step.jsonl", good + "\n" + json.dumps({"loss": 1.0}) + "\n")
         self.check_bad_input([no_step, "-o", out], no_step + ":2:", "step")
         self.check_bad_input([self.sample_run(), "-o", out, "--width", "0"], "--width")
+        self.check_bad_input([self.sample_run(), "-o", out, "--height", "100000"], "--height")
         self.assertFalse(os.path.exists(out))
+
+    def test_hostile_files_are_bad_input_in_one_line(self):
+        out = self.path("loss.png")
+        good = json.dumps({"step": 1, "loss": 1.0, "lr": 0.1}) + "\n"
+        with open(self.path("latin1.jsonl"), "wb") as f:
+            f.write(b'\xff\xfe{"step": 1}\n')
+        self.check_bad_input([self.path("latin1.jsonl"), "-o", out], "latin1.jsonl", "not UTF-8")
+        deep = self.write("deep.jsonl", "[" * 200000 + "]" * 200000 + "\n")
+        self.check_bad_input([deep, "-o", out], deep + ":1:", "not JSON")
+        digits = self.write("digits.jsonl", '{"step": 1' + "0" * 5000 + ', "loss": 1}\n')
+        self.check_bad_input([digits, "-o", out], digits + ":1:", "not JSON")
+        cases = [({"step": 2, "loss": 1, "val_loss": "abc"}, "'val_loss'"), ({"step": 2, "loss": 1, "val_loss": {}}, "'val_loss'"),
+                 ({"step": True, "loss": 1}, "integer 'step'"), ({"step": 2, "loss": "x"}, "'loss'"),
+                 ({"step": 2, "loss": 1, "lr": [1]}, "'lr'"), ({"step": 2, "loss": 1, "val_step": 1.5}, "'val_step'")]
+        for record, part in cases:
+            bad = self.write("bad.jsonl", good + json.dumps(record) + "\n")
+            self.check_bad_input([bad, "-o", out], bad + ":2:", part)
+        self.assertFalse(os.path.exists(out))
+
+    def test_outputs_that_cannot_be_written_leave_what_was_there(self):
+        run = self.sample_run()
+        with open(run) as f:
+            metrics = f.read()
+        self.check_bad_input([run, "-o", run], "would overwrite the metrics file")
+        os.mkdir(self.path("dir.png"))
+        self.check_bad_input([run, "-o", self.path("dir.png")], "it is a directory")
+        with open(run) as f:
+            self.assertEqual(f.read(), metrics)
+        r = plot(run, "-o", self.path("missing/loss.png"))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        self.assertIn("cannot write", r.stderr)
+        self.assertEqual(sorted(os.listdir(self.dir.name)), ["dir.png", "run.jsonl"])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ logarithmic when its values are positive and span more than 10x. The PNG is
 exactly WIDTH x HEIGHT pixels. A non-finite loss (null in the file) leaves a gap.
 A file with several runs appended is drawn as it is, one run after the other.
 
-Exit codes: 0 success, 2 bad input (one line naming the file and the line),
-1 matplotlib missing.
+Exit codes: 0 success, 2 bad input (one line naming the file and the line,
+or the option), 1 matplotlib missing or the PNG cannot be written (one line;
+an existing PNG stays as it was).
 """
 import argparse
 import json
@@ -21,19 +22,43 @@ import sys
 
 DPI = 100
 SMOOTHING = 0.1  # TrainReporter::kSmoothing in tools/train_report.hpp
+MAX_PIXELS = 20000  # a side; matplotlib refuses images of 2^16 pixels or more
 
 
 class BadInput(Exception):
     pass
 
 
+class CannotWrite(Exception):
+    pass
+
+
+def check_output(path, metrics):
+    """The PNG's path: not a directory, and not the metrics file itself."""
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: cannot write: it is a directory")
+    if os.path.exists(path) and os.path.exists(metrics) and os.path.samefile(path, metrics):
+        raise BadInput(f"{path}: the PNG would overwrite the metrics file {metrics}")
+
+
+def is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number_or_null(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def read_metrics(path):
-    """The records of a .jsonl file, checked: a step and a loss key on every line."""
+    """The records of a .jsonl file, checked: an integer step and a loss on every line, and
+    each value the plot reads a number or null."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except OSError as e:
         raise BadInput(f"{path}: cannot read: {e.strerror}")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 text (byte {e.start})")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -42,8 +67,15 @@ def read_metrics(path):
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise BadInput(f"{path}:{number}: not JSON: {e.msg}")
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "loss" not in record:
+        except (RecursionError, ValueError) as e:  # nested too deep; an integer of thousands of digits
+            raise BadInput(f"{path}:{number}: not JSON that can be read: {type(e).__name__}")
+        if not isinstance(record, dict) or not is_integer(record.get("step")) or "loss" not in record:
             raise BadInput(f"{path}:{number}: not a metrics record (needs an integer 'step' and a 'loss')")
+        for key in ("loss", "lr", "val_loss"):
+            if not is_number_or_null(record.get(key)):
+                raise BadInput(f"{path}:{number}: '{key}' must be a number or null")
+        if not (record.get("val_step") is None or is_integer(record["val_step"])):
+            raise BadInput(f"{path}:{number}: 'val_step' must be an integer or null")
         records.append(record)
     if not records:
         raise BadInput(f"{path}: no metrics records (the file is empty)")
@@ -111,11 +143,18 @@ def plot(records, title, out, width, height):
     bottom.grid(True, alpha=0.3)
 
     fig.tight_layout()
-    # Written next to its destination, then renamed: a reader never sees half a PNG.
+    # Written next to its destination, then renamed: a reader never sees half a PNG, and a
+    # failed write leaves the old one.
     partial = out + ".partial"
-    fig.savefig(partial, dpi=DPI, format="png")
-    plt.close(fig)
-    os.replace(partial, out)
+    try:
+        fig.savefig(partial, dpi=DPI, format="png")
+        os.replace(partial, out)
+    except OSError as e:
+        if os.path.isfile(partial):
+            os.remove(partial)
+        raise CannotWrite(f"{out}: cannot write: {e.strerror}")
+    finally:
+        plt.close(fig)
 
 
 def have_matplotlib():
@@ -139,8 +178,9 @@ def main():
     parser.add_argument("--height", type=int, default=600, help="pixels (default 600)")
     args = parser.parse_args()
     try:
-        if args.width < 200 or args.height < 200:
-            raise BadInput(f"--width and --height: at least 200 pixels, got {args.width}x{args.height}")
+        if not (200 <= args.width <= MAX_PIXELS and 200 <= args.height <= MAX_PIXELS):
+            raise BadInput(f"--width and --height: from 200 to {MAX_PIXELS} pixels, got {args.width}x{args.height}")
+        check_output(args.output, args.metrics)
         records = read_metrics(args.metrics)
     except BadInput as e:
         print(f"plot_metrics: {e}", file=sys.stderr)
@@ -149,7 +189,11 @@ def main():
         print("plot_metrics: matplotlib is missing: run tools/setup.sh (Debian: apt-get install python3-matplotlib)",
               file=sys.stderr)
         return 1
-    plot(records, os.path.basename(args.metrics), args.output, args.width, args.height)
+    try:
+        plot(records, os.path.basename(args.metrics), args.output, args.width, args.height)
+    except CannotWrite as e:
+        print(f"plot_metrics: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.output}")
     return 0
 
