@@ -54,6 +54,25 @@ class RandomSuite(unittest.TestCase):
         self.assertEqual(run.returncode, 1)
         self.assertEqual(run.stderr.count("\n"), 1, run.stderr)
         self.assertIn("random_suite: cannot write " + a_file, run.stderr)
+        run = write_suite(os.path.join(self.dir.name, "d"), "--count", "x")
+        self.assertEqual(run.returncode, 2)
+        self.assertEqual(run.stderr.count("\n"), 1, run.stderr)
+
+    def test_a_symlink_or_directory_in_the_way_stops_the_run_before_any_write(self):
+        out = os.path.join(self.dir.name, "out")
+        os.makedirs(os.path.join(out, "random_2.json"))
+        kept = os.path.join(self.dir.name, "kept.txt")
+        with open(kept, "w") as f:
+            f.write("keep\n")
+        os.symlink("../kept.txt", os.path.join(out, "random_1.json"))
+        for args, blocker in ((["--count", "3"], "random_1.json"), (["--count", "2", "--seed", "2"], "random_2.json")):
+            run = write_suite(out, *args)
+            self.assertEqual(run.returncode, 1, run.stderr)
+            self.assertEqual(run.stderr.count("\n"), 1, run.stderr)
+            self.assertIn(os.path.join(out, blocker) + ": not a regular file", run.stderr)
+        with open(kept) as f:
+            self.assertEqual(f.read(), "keep\n")
+        self.assertEqual(sorted(os.listdir(out)), ["random_1.json", "random_2.json"])
 
 
 if __name__ == "__main__":

@@ -137,8 +137,29 @@ def draw(seed):
             "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9}, "precision": "tf32", "seed": seed}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line (exit 2), as anvil's own."""
+
+    def error(self, message):
+        print(f"random_suite: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_file(path, text):
+    """Written to a temporary file beside it, then renamed over it: a failure leaves no part."""
+    temporary = f"{path}.partial"
+    try:
+        with open(temporary, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except OSError:
+        if os.path.isfile(temporary) and not os.path.islink(temporary):
+            os.remove(temporary)
+        raise
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=8, help="networks to write (default 8)")
     parser.add_argument("--seed", type=int, default=1, help="the first network's seed; the others follow (default 1)")
     parser.add_argument("--out", required=True, help="the directory to write random_<seed>.json into")
@@ -147,18 +168,24 @@ def main(argv=None):
         parser.error(f"--count must be from 1 to 10000, got {args.count}")
     if not 0 <= args.seed <= 2**63 - 1 - args.count:  # each network's seed is a JSON seed anvil takes
         parser.error(f"--seed must be from 0 to 2^63 - 1 - count, got {args.seed}")
+    path = args.out
     try:
         os.makedirs(args.out, exist_ok=True)
-        for seed in range(args.seed, args.seed + args.count):
+        paths = [os.path.join(args.out, f"random_{seed}.json") for seed in range(args.seed, args.seed + args.count)]
+        # Every destination checked before any is written: a new name or a regular file, never
+        # through a symlink (it would write outside --out) or over a directory.
+        for path in paths:
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+                print(f"random_suite: {path}: not a regular file (a symlink or a directory): not replaced",
+                      file=sys.stderr)
+                return 1
+        for seed, path in zip(range(args.seed, args.seed + args.count), paths):
             net = draw(seed)
-            path = os.path.join(args.out, f"random_{seed}.json")
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(net, f, indent=1)
-                f.write("\n")
+            write_file(path, json.dumps(net, indent=1) + "\n")
             kinds = " ".join(layer["type"] for layer in net["layers"])
             print(f"{path}: input {net['input']}: {kinds}")
     except OSError as e:
-        print(f"random_suite: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        print(f"random_suite: cannot write {path}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 
