@@ -966,6 +966,11 @@ TEST_F(CliTrain, BatchZeroIsBadInput) {
   expect_bad_input(train({"--batch", "4294967296", "--steps", "1"}), "--batch: 4294967296 is out of range (at most 2147483647)");
   expect_bad_input(eval({"--data", kTrain, "--batch", "2147483648"}),
                    "--batch: 2147483648 is out of range (at most 2147483647)");
+  // Beyond the data: refused by that reason before an arena is planned (it was "out of host memory").
+  expect_bad_input(eval({"--data", kTrain, "--batch", "100000000"}),
+                   "--batch 100000000 is more than the 256 samples of " + kTrain + " (the rest of a batch would be padding)");
+  const Finished all = eval({"--data", kTrain, "--batch", "256"});
+  EXPECT_EQ(all.status, 0) << describe(all);
 }
 
 // The display counts epochs from 1 ("step 1/16  epoch 1/2" ... "step 16/16  epoch 2/2"), as the

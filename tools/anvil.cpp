@@ -647,13 +647,18 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   if (batch_given) check_positive("--batch", batch);
   if (strict && weights.empty()) throw anvil::InputError("--strict needs --weights");
   const anvil::Network net = load_network(f.network, batch);
+  // Before the engine: a batch beyond the data would only be padding, and its arena could be
+  // refused for memory, which would not name the reason.
+  const anvil::Dataset dataset = load_dataset(data, net);
+  if (batch_given && batch > dataset.size())
+    throw anvil::InputError("--batch " + std::to_string(batch) + " is more than the " + std::to_string(dataset.size()) +
+                            " samples of " + shown(data) + " (the rest of a batch would be padding)");
   anvil::Options o = options_for(f, anvil::Mode::Train);
   // evaluate() runs the forward and the loss of a training engine, and one needs something to
   // differentiate: a network without parameters has only its input (its gradient is never run).
   o.input_grad = net.parameter_count() == 0;
   anvil::Engine engine(net, o);
   if (!weights.empty()) load_weights(engine, weights, strict);
-  const anvil::Dataset dataset = load_dataset(data, net);
   print_device_notice();
   const float loss = engine.evaluate(dataset);
   // Finite data can still overflow float on the way (as train stops, eval fails: exit 3).
