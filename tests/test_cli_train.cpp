@@ -466,10 +466,20 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   std::ifstream old(saved);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(old), {}), "an older file");
 
-  const Finished unchecked = train({"--steps", "40", "--log-every", "10", "--no-check-finite"}, net);
+  const std::string metrics = path("unchecked.jsonl");
+  const Finished unchecked =
+      train({"--steps", "40", "--log-every", "10", "--no-check-finite", "--metrics", metrics}, net);
   EXPECT_EQ(unchecked.status, 3) << describe(unchecked);  // a non-finite loss, found without the replay
   EXPECT_TRUE(std::regex_match(unchecked.err, std::regex("anvil: error: step 10: the loss became (nan|inf|-inf)\n")))
       << describe(unchecked);  // never "-nan"
+  // The step's record is written, its loss null and flagged (plot_metrics draws a gap there).
+  std::vector<nlohmann::json> records;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(records.size(), 2u) << describe(unchecked);  // steps 1 and 10
+  EXPECT_EQ(records.back()["step"], 10);
+  EXPECT_TRUE(records.back()["loss"].is_null()) << records.back().dump();
+  EXPECT_EQ(records.back()["loss_nonfinite"], true) << records.back().dump();
 }
 
 // Data parallel from the CLI: --ranks K on the CPU trains as one engine at the global batch (rank 0

@@ -69,7 +69,8 @@ class Trainer {
   void resume(const std::string& checkpoint);
   // Runs to the end, or until *stop is set (the step in progress completes first; data-parallel
   // ranks stop together at the next logged step, within 10 steps).
-  // Throws NonFiniteError (check_finite) or Error when a logged loss is not finite.
+  // Throws NonFiniteError (check_finite), or when a logged loss is not finite: after that step's
+  // on_log, which carries the loss, and before any validation or checkpoint of it.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
   // Checks for non-finite values first (check_finite). Data parallel: every rank calls it, rank 0 writes.
   void save_checkpoint(const std::string& path);

@@ -152,13 +152,14 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       check_finite();
       progress.loss = engine_.last_loss();
       progress.lr = engine_.learning_rate();
-      if (!std::isfinite(progress.loss))
-        throw NonFiniteError("step " + std::to_string(position_.step) + ": the loss became " +
-                             (std::isnan(progress.loss) ? "nan" : std::to_string(progress.loss)));  // not "-nan"
     }
-    if (validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
+    const bool finite = !logged || std::isfinite(progress.loss);
+    if (finite && validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
       validate(callbacks);
-    if (logged && callbacks.on_log) callbacks.on_log(progress);
+    if (logged && callbacks.on_log) callbacks.on_log(progress);  // a non-finite loss too: its record says so
+    if (!finite)
+      throw NonFiniteError("step " + std::to_string(position_.step) + ": the loss became " +
+                           (std::isnan(progress.loss) ? "nan" : std::to_string(progress.loss)));  // not "-nan"
     if (options_.checkpoint_every > 0 && position_.step % options_.checkpoint_every == 0) {
       save_checkpoint(options_.checkpoint);
       if (callbacks.on_checkpoint) callbacks.on_checkpoint(position_.step);
