@@ -305,7 +305,7 @@ std::string same_file_key(const std::string& path) {
 }
 
 InputFile InputFile::read_now(const std::string& path) {
-  check_path_text(path);
+  // same_file_key checks the path's text (check_path_text) before anything reads the file.
   std::error_code ec;
   const std::filesystem::path absolute = std::filesystem::absolute(path, ec);
   return InputFile{ec ? path : absolute.lexically_normal().string(), same_file_key(path)};

@@ -39,12 +39,18 @@ void Engine::Impl::synchronize() {
 namespace {
 // Host tensors of these shapes for a copy the caller asked for (`what`): refused where they would
 // not fit, rather than left to the OOM killer once their pages are touched; made (zeroed, so
-// written) in the host-memory turn, so that another rank's check sees them.
+// written) in the host-memory turn, so that another rank's check sees them. A copy under 64 MiB
+// is made unchecked: reading the host's memory figures on every forward() would cost more than
+// such a copy risks.
 std::vector<HostTensor> host_tensors(const std::vector<Shape>& shapes, const std::string& what) {
-  const std::lock_guard<std::mutex> lock(host_memory_turn());
+  constexpr size_t kUncheckedBytes = size_t(64) << 20;
   size_t bytes = 0;
   for (const Shape& shape : shapes) bytes += size_t(numel(shape)) * sizeof(float);
-  if (const auto why = beyond_host_memory(bytes)) throw Error("out of host memory: " + what + " takes " + *why);
+  std::unique_lock<std::mutex> lock(host_memory_turn(), std::defer_lock);
+  if (bytes >= kUncheckedBytes) {
+    lock.lock();
+    if (const auto why = beyond_host_memory(bytes)) throw Error("out of host memory: " + what + " takes " + *why);
+  }
   std::vector<HostTensor> tensors;
   tensors.reserve(shapes.size());
   for (const Shape& shape : shapes) tensors.emplace_back(shape);

@@ -164,7 +164,7 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     if (index_of.count(spec.name))
       cfg.fail("name", "duplicate name '" + spec.name + "' (also layers[" + std::to_string(index_of[spec.name]) + "])");
     if (cfg.has("inputs")) {
-      const nlohmann::json& listed = layers[i]["inputs"];  // counted before any is copied
+      const nlohmann::json& listed = layers[i].at("inputs");  // counted before any is copied
       if (listed.is_array() && listed.size() > kMaxInputs - inputs_so_far)
         cfg.fail("inputs", "the layers may name at most " + std::to_string(kMaxInputs) + " inputs in all, these " +
                                std::to_string(listed.size()) + " make " + std::to_string(inputs_so_far + listed.size()));
