@@ -40,10 +40,9 @@ class Add : public Layer {
   }
 #if ANVIL_WITH_CUDA
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override {
-    const int64_t n = numel(args.out.shape);
-    cuda::add_forward(args.in[0].data, args.in[1].data, args.out.data, n, ctx.stream());
-    for (size_t i = 2; i < args.in.size(); ++i)
-      cuda::copy_or_accumulate(args.in[i].data, args.out.data, n, true, ctx.stream());
+    std::vector<const float*> inputs;
+    for (const auto& in : args.in) inputs.push_back(in.data);
+    cuda::add_forward(inputs, args.out.data, numel(args.out.shape), ctx.stream());
   }
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override {
     for (size_t i = 0; i < args.din.size(); ++i)
