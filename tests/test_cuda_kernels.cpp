@@ -351,6 +351,48 @@ TEST(CudaKernels, AddInPlace) {
   }
 }
 
+// The add layer's sum of 2 to 9 inputs (one to three passes of up to four terms) against the CPU's
+// left-to-right sum, bit for bit; inputs at their own offsets, so some passes run as scalars; y in
+// place over the first input; y over a fifth input refused.
+TEST(CudaKernels, AddManyInputsMatchesTheCpuBitForBit) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(106);
+  for (size_t n = 2; n <= 9; ++n) {
+    for (int64_t count : {int64_t(1), int64_t(7), int64_t(1001), int64_t(65539)}) {
+      for (bool in_place : {false, true}) {
+        const std::string what =
+            describe({{"inputs", double(n)}, {"count", double(count)}, {"in_place", in_place}});
+        std::vector<std::vector<float>> x;
+        std::vector<std::unique_ptr<DeviceBuffer<float>>> bx;
+        std::vector<const float*> inputs;
+        for (size_t i = 0; i < n; ++i) {
+          x.push_back(random_floats(count, rng));
+          bx.push_back(std::make_unique<DeviceBuffer<float>>(count + kSlack));
+          bx.back()->upload(x.back(), i % 3);
+          inputs.push_back(bx.back()->get() + i % 3);
+        }
+        std::vector<float> want(count);
+        cpu::add_forward<float>(x[0].data(), x[1].data(), want.data(), count);
+        for (size_t i = 2; i < n; ++i) cpu::copy_or_accumulate<float>(x[i].data(), want.data(), count, true);
+        DeviceBuffer<float> by(count + kSlack);
+        by.poison();
+        float* y = in_place ? bx[0]->get() : by.get() + 1;
+        gpu::add_forward(inputs, y, count, nullptr);
+        if (in_place) {
+          expect_exact(bx[0]->download(0, count), want, what);
+        } else {
+          expect_exact(by.download(1, count), want, what);
+          expect_untouched(by, 1, count, what);
+        }
+      }
+    }
+  }
+  DeviceBuffer<float> b(8);
+  const std::vector<const float*> five = {b.get(), b.get(), b.get(), b.get(), b.get() + 4};
+  EXPECT_THROW(gpu::add_forward(five, b.get() + 4, 4, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_forward(std::vector<const float*>{b.get()}, b.get() + 4, 4, nullptr), anvil::Error);
+}
+
 // ---------------------------------------------------------------------------
 // Per-channel
 // ---------------------------------------------------------------------------
@@ -521,12 +563,15 @@ struct ChainCase {
   bool exact = true;  // piecewise linear: the GPU's float arithmetic is the reference's, bit for bit
 };
 
-// The headline's chain in three slope pairs, and the general chains: empty,
-// negative and > 1 slopes with two multipliers, and the smooth activations.
+// The headline's chain in three slope pairs, the other inline chains (one
+// leaky_relu, one multiplier, empty), and the general chains: negative and > 1
+// slopes with two multipliers, and the smooth activations.
 const std::vector<ChainCase> kChains = {
     {"leaky.01,scale,leaky.01", {leaky(0.01f), kScale, leaky(0.01f)}},
     {"leaky.2,scale,leaky.05", {leaky(0.2f), kScale, leaky(0.05f)}},
     {"relu,scale,relu", {leaky(0.f), kScale, leaky(0.f)}},
+    {"leaky.1", {leaky(0.1f)}},
+    {"scale", {kScale}},
     {"empty", {}},
     {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), kScale, leaky(1.7f), kScale}},
     {"sigmoid,scale,tanh", {activation(PointwiseOp::Sigmoid), kScale, activation(PointwiseOp::Tanh)}, false},
