@@ -9,7 +9,9 @@
 # runs: a session whose calls each have 10 minutes runs the stages across warm
 # calls; "suite" adds tools/bench_vs_torch.py --suite into $out/SUITE.md and
 # "random" the same over RANDOM_COUNT (default 8) networks of
-# tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md), CTEST_JOBS (default 4: all 808 tests took 127 s so on an H100, 2026-12-05, after a 188 s build; one at a time they do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
+# tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md,
+# "bandwidth" tools/kernel_bandwidth.py's train-step table for each of
+# BANDWIDTH_NETWORKS (suite names, default pyramid_join_2d residual_add_2d)), CTEST_JOBS (default 4: all 808 tests took 127 s so on an H100, 2026-12-05, after a 188 s build; one at a time they do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
 # CTEST_RANGE (ctest -I: "611,768" runs tests 611 to 768, for a run split across calls),
 # TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
 # SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side: all four took 350 s on an H100, 2026-12-05), MEMCHECK_FILTER and
@@ -148,6 +150,20 @@ if stage random; then
   python3 tools/random_suite.py --count "${RANDOM_COUNT:-8}" --seed "${RANDOM_SEED:-1}" \
     --out "$out/random_suite" >"$out/random_suite.log" 2>&1 && bench_suite RANDOM_SUITE "$out/random_suite" ||
     { summary+=("random: tools/random_suite.py FAILED"); bench_rc=1; }
+fi
+# Each kernel of a train step against the copy bandwidth (ncu), for the suite networks whose
+# layers run outside the fusion rules (bench/RESULTS.md's per-layer tables).
+if stage bandwidth; then
+  for net in ${BANDWIDTH_NETWORKS:-pyramid_join_2d residual_add_2d}; do
+    if python3 tools/kernel_bandwidth.py "bench/suite/$net.json" --mode train --out "$out/bandwidth_$net.md" \
+      >"$out/bandwidth_$net.log" 2>&1; then
+      summary+=("bandwidth: $out/bandwidth_$net.md")
+    else
+      tail -5 "$out/bandwidth_$net.log"
+      summary+=("bandwidth: tools/kernel_bandwidth.py FAILED on $net")
+      bench_rc=1
+    fi
+  done
 fi
 
 echo
