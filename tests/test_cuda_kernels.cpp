@@ -935,6 +935,14 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("max 3 s2 p1, rows of 12", 2, 3, {3, 6, 12}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
     pool_case("avg 2-D k2x4 s1x2, rows of 16 (overlap)", 2, 3, {1, 9, 16}, gpu::ChainPool::Avg, {1, 2, 4}, {1, 1, 2}),
     pool_case("max rows of 64, several chunks", 1, 2, {1, 70, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}),
+    // Windows 2 wide at stride 2 along rows of a multiple of 4: the forward takes two outputs
+    // from one float4 a window row (aligned; offset 1 runs the scalar kernel), with padding
+    // along height and depth, overlapping rows, and pairs over several chunks.
+    pool_case("max 2 s2 p1x1x0, rows of 12", 2, 3, {5, 7, 12}, gpu::ChainPool::Max, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
+    pool_case("max 2-D k3x2 s1x2, rows of 8 (overlap)", 2, 3, {1, 9, 8}, gpu::ChainPool::Max, {1, 3, 2}, {1, 1, 2}),
+    pool_case("avg 2-D k2, rows of 96, several chunks", 1, 2, {1, 130, 96}, gpu::ChainPool::Avg, {1, 2, 2},
+              {1, 2, 2}),
+    pool_case("avg 2 s2 p1x1x0, rows of 4", 2, 2, {3, 5, 4}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
     // The backward's tiles: several along a row (rows over 256), along depth,
     // and windows too many for shared memory (gathered from global memory).
     pool_case("max 3 s2 p1, rows of 600", 1, 2, {1, 5, 600}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}),
