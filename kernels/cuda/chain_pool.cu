@@ -89,21 +89,18 @@ __device__ __forceinline__ float sum_at(const float* __restrict__ y, const float
   return z != nullptr ? v + __ldg(z + i) : v;
 }
 
-// The same for 4 elements from i, 16-byte aligned, read once (streaming).
-__device__ __forceinline__ float4 sum4_streamed(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
-  float4 v = __ldcs(reinterpret_cast<const float4*>(y + i));
-  if (z != nullptr) {
-    const float4 w = __ldcs(reinterpret_cast<const float4*>(z + i));
-    v = make_float4(v.x + w.x, v.y + w.y, v.z + w.z, v.w + w.w);
-  }
-  return v;
-}
-
-// The same through the read-only cache (a pool's windows may share rows).
+// The same for 4 elements from i, 16-byte aligned: streamed where each is read
+// once (evict first), else through the read-only cache (a pool's windows may
+// share rows).
+template <bool kStreamed>
 __device__ __forceinline__ float4 sum4_at(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
-  float4 v = __ldg(reinterpret_cast<const float4*>(y + i));
+  auto load = [](const float* p) {
+    const auto* v = reinterpret_cast<const float4*>(p);
+    return kStreamed ? __ldcs(v) : __ldg(v);
+  };
+  float4 v = load(y + i);
   if (z != nullptr) {
-    const float4 w = __ldg(reinterpret_cast<const float4*>(z + i));
+    const float4 w = load(z + i);
     v = make_float4(v.x + w.x, v.y + w.y, v.z + w.z, v.w + w.w);
   }
   return v;
@@ -119,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t base = r.plane * int64_t(d.plane_in);
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = sum4_streamed(y, z, base + e);
+      const float4 v = sum4_at<true>(y, z, base + e);
       detail::store4(p + base + e, make_float4(Chain::forward(chain, cm, v.x + b), Chain::forward(chain, cm, v.y + b),
                                                Chain::forward(chain, cm, v.z + b), Chain::forward(chain, cm, v.w + b)));
     } else {
@@ -139,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = y != nullptr ? sum4_streamed(y, z, base + e) : float4{};
+      const float4 v = y != nullptr ? sum4_at<true>(y, z, base + e) : float4{};
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
       float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
                              Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
@@ -253,8 +250,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int u = 0; u < kUnroll; ++u) {
           const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1;
           inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1];
-          v[u] = inside[u] ? sum4_at(y, z, in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + column[u])
-                           : make_float4(0.f, 0.f, 0.f, 0.f);
+          const int64_t i = in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + column[u];
+          v[u] = inside[u] ? sum4_at<false>(y, z, i) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {

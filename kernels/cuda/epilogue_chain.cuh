@@ -214,7 +214,9 @@ struct ScaleChain {
 
   __device__ static bool multiplier(const EpilogueChain&, int i) { return i == 0; }
   __device__ static bool monotone(const EpilogueChain&) { return true; }
-  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) { return (m.m != 0.f) & bool(isfinite(m.m)); }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) {
+    return (m.m != 0.f) & bool(isfinite(m.m));
+  }
   __device__ static float monotone_sign(const EpilogueChain&, const Channel& m) { return m.m > 0.f ? 1.f : -1.f; }
 };
 
