@@ -352,44 +352,46 @@ TEST(CudaKernels, AddInPlace) {
 }
 
 // The add layer's sum of 2 to 9 inputs (one to three passes of up to four terms) against the CPU's
-// left-to-right sum, bit for bit; inputs at their own offsets, so some passes run as scalars; y in
-// place over the first input; y over a fifth input refused.
+// left-to-right sum, bit for bit: all inputs aligned (float4 passes), or at their own offsets
+// (scalar passes); y in place over the first input; y over a third input refused.
 TEST(CudaKernels, AddManyInputsMatchesTheCpuBitForBit) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(106);
   for (size_t n = 2; n <= 9; ++n) {
     for (int64_t count : {int64_t(1), int64_t(7), int64_t(1001), int64_t(65539)}) {
-      for (bool in_place : {false, true}) {
-        const std::string what =
-            describe({{"inputs", double(n)}, {"count", double(count)}, {"in_place", in_place}});
+      const std::vector<std::pair<bool, bool>> layouts = {{false, false}, {false, true}, {true, false}, {true, true}};
+      for (const auto& [in_place, mixed] : layouts) {
+        const std::string what = describe(
+            {{"inputs", double(n)}, {"count", double(count)}, {"in_place", in_place}, {"mixed offsets", mixed}});
         std::vector<std::vector<float>> x;
         std::vector<std::unique_ptr<DeviceBuffer<float>>> bx;
         std::vector<const float*> inputs;
         for (size_t i = 0; i < n; ++i) {
           x.push_back(random_floats(count, rng));
           bx.push_back(std::make_unique<DeviceBuffer<float>>(count + kSlack));
-          bx.back()->upload(x.back(), i % 3);
-          inputs.push_back(bx.back()->get() + i % 3);
+          const size_t off = mixed ? i % 3 : 0;
+          bx.back()->upload(x.back(), off);
+          inputs.push_back(bx.back()->get() + off);
         }
         std::vector<float> want(count);
         cpu::add_forward<float>(x[0].data(), x[1].data(), want.data(), count);
         for (size_t i = 2; i < n; ++i) cpu::copy_or_accumulate<float>(x[i].data(), want.data(), count, true);
         DeviceBuffer<float> by(count + kSlack);
         by.poison();
-        float* y = in_place ? bx[0]->get() : by.get() + 1;
+        float* y = in_place ? bx[0]->get() : by.get() + (mixed ? 1 : 0);
         gpu::add_forward(inputs, y, count, nullptr);
         if (in_place) {
           expect_exact(bx[0]->download(0, count), want, what);
         } else {
-          expect_exact(by.download(1, count), want, what);
-          expect_untouched(by, 1, count, what);
+          expect_exact(by.download(mixed ? 1 : 0, count), want, what);
+          expect_untouched(by, mixed ? 1 : 0, count, what);
         }
       }
     }
   }
   DeviceBuffer<float> b(8);
-  const std::vector<const float*> five = {b.get(), b.get(), b.get(), b.get(), b.get() + 4};
-  EXPECT_THROW(gpu::add_forward(five, b.get() + 4, 4, nullptr), anvil::Error);
+  const std::vector<const float*> three = {b.get(), b.get(), b.get() + 4};
+  EXPECT_THROW(gpu::add_forward(three, b.get() + 4, 4, nullptr), anvil::Error);
   EXPECT_THROW(gpu::add_forward(std::vector<const float*>{b.get()}, b.get() + 4, 4, nullptr), anvil::Error);
 }
 
@@ -943,6 +945,8 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("avg 2-D k2, rows of 96, several chunks", 1, 2, {1, 130, 96}, gpu::ChainPool::Avg, {1, 2, 2},
               {1, 2, 2}),
     pool_case("avg 2 s2 p1x1x0, rows of 4", 2, 2, {3, 5, 4}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
+    pool_case("max 2-D k2, rows of 64, several chunks", 1, 2, {1, 300, 64}, gpu::ChainPool::Max, {1, 2, 2},
+              {1, 2, 2}),
     // The backward's tiles: several along a row (rows over 256), along depth,
     // and windows too many for shared memory (gathered from global memory).
     pool_case("max 3 s2 p1, rows of 600", 1, 2, {1, 5, 600}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}),

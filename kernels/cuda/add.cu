@@ -32,8 +32,8 @@ void add_forward(const std::vector<const float*>& inputs, float* y, int64_t coun
   detail::require(y != nullptr && std::find(inputs.begin(), inputs.end(), nullptr) == inputs.end(), op,
                   "null pointer");
   detail::require(count > 0, op, "count must be positive");
-  detail::require(std::find(inputs.begin() + std::min(inputs.size(), kTermsPerPass), inputs.end(), y) == inputs.end(),
-                  op, "y may alias only the first four inputs");
+  detail::require(std::find(inputs.begin() + 2, inputs.end(), y) == inputs.end(), op,
+                  "y may alias only the first two inputs");
   std::vector<const float*> terms;
   for (size_t next = 0; next < inputs.size();) {
     terms.clear();

@@ -599,10 +599,12 @@ bool pairs_apply(const PoolDims& d, const float* y, const float* z) {
   return d.k[2] == 2 && d.s[2] == 2 && d.pad[2] == 0 && d.in[2] % 4 == 0 && vec4_ok(d, {y, z});
 }
 
-// The forward's chunks as pairs: as many outputs a block as pool_dims gave.
-void count_pairs(PoolDims& d) {
+// The forward's chunks as pairs: as many outputs a block as pool_dims gave,
+// or 512 where it gave 256.
+void count_pairs(PoolDims& d, const ChainPoolGeometry& g) {
   d.chunk = std::max<uint32_t>(kThreads, d.chunk / 2);
   d.cpp = detail::ceil_div(d.plane_out / 2, d.chunk);
+  d.per = g.n * d.cpp;
   d.chunks = FastDiv(uint32_t(d.cpp));
 }
 
@@ -647,7 +649,7 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
   require_chain(op, chain);
   PoolDims d = pool_dims(op, g, false);
   const bool pairs = pairs_apply(d, y, z);
-  if (pairs) count_pairs(d);
+  if (pairs) count_pairs(d, g);
   const unsigned blocks = blocks_of(g, d);
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);

@@ -203,11 +203,12 @@ struct ScaleChain {
   };
 
   __device__ static Channel at(const EpilogueChain& c, int64_t ch) { return {__ldg(c.scale[0] + ch)}; }
-  __device__ static float forward(const EpilogueChain&, const Channel& m, float v) { return v * m.m; }
+  // __fmul_rn: never contracted into a caller's add, as the reference rounds the product.
+  __device__ static float forward(const EpilogueChain&, const Channel& m, float v) { return __fmul_rn(v, m.m); }
 
   __device__ static float backward(const EpilogueChain&, const Channel& m, float v, float dz, ChainSums& sums) {
     sums.scale[0] = fma(double(dz), double(v), sums.scale[0]);
-    const float dv = dz * m.m;
+    const float dv = __fmul_rn(dz, m.m);
     sums.bias += double(dv);
     return dv;
   }
