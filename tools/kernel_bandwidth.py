@@ -12,11 +12,13 @@ machine has both); ncu runs with --clock-control none (the device notes say to
 leave the clocks alone).
 
 Usage: python3 tools/kernel_bandwidth.py NETWORK [--mode forward|train] [--anvil build/anvil] [--out FILE]
+       [--ncu PATH] [--bandwidth TB/s (skips the copy, and PyTorch)]
 """
 
 import argparse
 import csv
 import io
+import math
 import os
 import subprocess
 import sys
@@ -30,30 +32,35 @@ UNIT_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "nsecond": 1e-9, "us
               "Gbyte": 1e9}
 
 
-def ncu_rows(anvil, network, mode, rename):
+def ncu_rows(ncu, anvil, network, mode, rename):
     """ncu's rows for the kernels of one step, in launch order; rename: kernel names become NVTX ranges."""
-    cmd = ["ncu", "--clock-control", "none", "--csv", "--page", "raw", "--print-units", "base", "--metrics", ",".join(METRICS),
+    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "--print-units", "base", "--metrics", ",".join(METRICS),
            "--nvtx", "--nvtx-include", STEP_RANGE[mode] + "/"]
     if rename:
         cmd += ["--print-nvtx-rename", "kernel"]
     cmd += [anvil, "bench", network, "--mode", mode, "--iters", "1", "--warmup", "0", "--no-graph"]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        sys.exit("kernel_bandwidth: ncu (Nsight Compute) is not on the PATH")
+    except OSError as e:
+        sys.exit(f"kernel_bandwidth: cannot run {ncu} (Nsight Compute): {e.strerror}")
     if run.returncode != 0:
         sys.exit(f"kernel_bandwidth: ncu exited {run.returncode}: {run.stderr.strip()[-2000:]}")
     text = run.stdout[run.stdout.find('"ID"'):] if '"ID"' in run.stdout else ""
     table = list(csv.DictReader(io.StringIO(text)))
     units = next((r for r in table if not r.get("ID", "").isdigit()), {})  # the row under the header
     rows = [r for r in table if r.get("ID", "").isdigit()]
+    if rows and "Kernel Name" not in rows[0]:
+        sys.exit("kernel_bandwidth: ncu's table has no Kernel Name column")
     if not rows:
         sys.exit("kernel_bandwidth: ncu profiled no kernel in the step's NVTX range:\n" + run.stdout[-2000:])
     for metric in METRICS:
         if units.get(metric) not in UNIT_SCALE:
             sys.exit(f"kernel_bandwidth: ncu gave {metric} in unknown units {units.get(metric)!r}")
         for r in rows:
-            r[metric] = float(r[metric].replace(",", "")) * UNIT_SCALE[units[metric]]
+            try:
+                r[metric] = float(r[metric].replace(",", "")) * UNIT_SCALE[units[metric]]
+            except (AttributeError, ValueError):
+                sys.exit(f"kernel_bandwidth: ncu gave {metric} = {r[metric]!r} for kernel {r['ID']}, not a number")
     return rows
 
 
@@ -63,18 +70,26 @@ def main():
     parser.add_argument("--mode", choices=sorted(STEP_RANGE), default="train")
     parser.add_argument("--anvil", default=os.path.join(REPO_ROOT, "build", "anvil"))
     parser.add_argument("--out", default=None, help="also write the table to this file")
+    parser.add_argument("--ncu", default="ncu", help="the Nsight Compute binary (default: ncu on the PATH)")
+    parser.add_argument("--bandwidth", type=float, default=None, metavar="TB/s",
+                        help="the copy bandwidth to compare with (default: measured with PyTorch)")
     args = parser.parse_args()
+    if args.bandwidth is not None and not (math.isfinite(args.bandwidth) and args.bandwidth > 0):
+        parser.error(f"--bandwidth must be a positive number of TB/s, got {args.bandwidth}")
 
-    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-    from bench_vs_torch import copy_bandwidth  # imports torch: GPU machine only
-
-    bandwidth = copy_bandwidth()
-    kernels = ncu_rows(args.anvil, args.network, args.mode, rename=False)
-    layers = ncu_rows(args.anvil, args.network, args.mode, rename=True)
+    if args.bandwidth is None:
+        sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+        from bench_vs_torch import copy_bandwidth  # imports torch: GPU machine only
+        bandwidth = copy_bandwidth()
+        source = "1 GiB device-to-device copy, bytes read + written"
+    else:
+        bandwidth = args.bandwidth * 1e12
+        source = "given"
+    kernels = ncu_rows(args.ncu, args.anvil, args.network, args.mode, rename=False)
+    layers = ncu_rows(args.ncu, args.anvil, args.network, args.mode, rename=True)
     same_launches = len(layers) == len(kernels)
     lines = [f"`{os.path.relpath(args.network, REPO_ROOT)}`, {args.mode}: every kernel of one step (ncu, "
-             f"--clock-control none); copy bandwidth {bandwidth / 1e12:.2f} TB/s (1 GiB device-to-device copy, "
-             "bytes read + written).", "",
+             f"--clock-control none); copy bandwidth {bandwidth / 1e12:.2f} TB/s ({source}).", "",
              "| layer (NVTX range) | kernel | us | MB read + written | TB/s | of copy bandwidth |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     total_us = total_mb = 0.0
@@ -92,8 +107,12 @@ def main():
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(table)
+        try:  # whole or not at all: a temporary file renamed over the output
+            with open(args.out + ".tmp", "w") as f:
+                f.write(table)
+            os.replace(args.out + ".tmp", args.out)
+        except OSError as e:
+            sys.exit(f"kernel_bandwidth: cannot write {args.out}: {e.strerror}")
 
 
 if __name__ == "__main__":
