@@ -519,8 +519,8 @@ std::string Convolution::describe_cuda() const {
       continue;
     }
     if (!cudnn_->used[op]) continue;
-    const std::string why_fma =
-        cudnn_->settings.precision == Precision::TF32 && tensor_cores_hang(static_cast<Op>(op), spec_)
+    const std::string why_fma =  // op_settings differ from the network's only by tensor_cores_hang
+        cudnn_->op_settings[op].precision != cudnn_->settings.precision
             ? " (no tensor cores: cuDNN's tensor-core engines hang at this stride and dilation)"
             : "";
     if (cudnn_->graph[op]) {

@@ -326,7 +326,7 @@ TEST(CudaKernels, AddForward) {
       ba.upload(a, o[0]);
       bb.upload(b, o[1]);
       by.poison();
-      gpu::add_forward(ba.get() + o[0], bb.get() + o[1], by.get() + o[2], count, nullptr);
+      gpu::add_forward({ba.get() + o[0], bb.get() + o[1]}, by.get() + o[2], count, nullptr);
       expect_ulp(by.download(o[2], count), want, 1, what);
       expect_untouched(by, o[2], count, what);
     }
@@ -345,7 +345,7 @@ TEST(CudaKernels, AddInPlace) {
       DeviceBuffer<float> ba(count + kSlack), bb(count + kSlack);
       ba.upload(a, off);
       bb.upload(b, off);
-      gpu::add_forward(ba.get() + off, bb.get() + off, ba.get() + off, count, nullptr);
+      gpu::add_forward({ba.get() + off, bb.get() + off}, ba.get() + off, count, nullptr);
       expect_ulp(ba.download(off, count), want, 1, what + "add in place");
     }
   }
@@ -392,7 +392,7 @@ TEST(CudaKernels, AddManyInputsMatchesTheCpuBitForBit) {
   DeviceBuffer<float> b(8);
   const std::vector<const float*> three = {b.get(), b.get(), b.get() + 4};
   EXPECT_THROW(gpu::add_forward(three, b.get() + 4, 4, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::add_forward(std::vector<const float*>{b.get()}, b.get() + 4, 4, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_forward({b.get()}, b.get() + 4, 4, nullptr), anvil::Error);
 }
 
 // ---------------------------------------------------------------------------
@@ -1235,7 +1235,7 @@ TEST(CudaKernels, LargeTensors) {
 
     cpu::add_forward<float>(a.data(), b.data(), want.data(), count);
     by.poison();
-    gpu::add_forward(ba.get() + off, bb.get() + off, by.get() + off, count, nullptr);
+    gpu::add_forward({ba.get() + off, bb.get() + off}, by.get() + off, count, nullptr);
     expect_ulp(by.download(off, count), want, 1, what + "add_forward");
 
     // Per-channel: one channel of 2^24 + 3, and 3 x 7 x 798915 (not a multiple of 4).
@@ -1288,7 +1288,7 @@ TEST(CudaKernels, RejectsBadArguments) {
   }
   EXPECT_THROW(gpu::pointwise_forward(static_cast<PointwiseOp>(-1), 0.1f, x, x, 8, nullptr), std::invalid_argument);
   EXPECT_THROW(gpu::copy_or_accumulate(x, nullptr, 8, true, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::add_forward(x, x, x, -1, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_forward({x, x}, x, -1, nullptr), anvil::Error);
   EXPECT_THROW(gpu::bias_forward(x, x, 0, 1, 8, nullptr), anvil::Error);
   EXPECT_THROW(gpu::bias_backward(x, x, 1, 1, 8, nullptr, nullptr), anvil::Error);
   EXPECT_THROW(gpu::bias_backward_scratch_bytes(1, 0, 8), anvil::Error);

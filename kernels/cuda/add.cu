@@ -21,10 +21,6 @@ struct SumOp {
 
 }  // namespace
 
-void add_forward(const float* a, const float* b, float* y, int64_t count, cudaStream_t stream) {
-  add_forward(std::vector<const float*>{a, b}, y, count, stream);
-}
-
 void add_forward(const std::vector<const float*>& inputs, float* y, int64_t count, cudaStream_t stream) {
   constexpr const char* op = "add_forward";
   constexpr size_t kTermsPerPass = 4;

@@ -9,7 +9,6 @@
 
 namespace anvil::cuda {
 
-void add_forward(const float* a, const float* b, float* y, int64_t count, cudaStream_t stream);
 // y = inputs[0] + inputs[1] + ..., added left to right as the CPU reference
 // does (so the two agree bit for bit), up to four inputs a pass: one pass
 // moves n + 1 tensors where pairwise adds would move 3 (n - 1). At least two
