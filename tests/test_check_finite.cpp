@@ -11,6 +11,7 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <vector>
 
 #include "anvil/dataset.hpp"
 #include "anvil/engine.hpp"
@@ -176,6 +177,40 @@ TEST_F(CheckFiniteCheckpoint, TheLastGoodCheckpointIsKept) {
   EXPECT_EQ(kept.metadata.at("step"), std::to_string(bad - 1));
   for (const auto& [name, tensor] : kept.tensors)
     for (const float v : tensor.data) ASSERT_TRUE(std::isfinite(v)) << name;
+}
+
+// A validation loss that overflows float (finite targets near the float maximum) ends the run
+// whatever check_finite, on a step that is not logged too: on_validation has it, no checkpoint of it.
+TEST_F(CheckFiniteCheckpoint, ANonFiniteValidationLossEndsTheRun) {
+  const Dataset data = Dataset::load(data_path("dataset_epochs_train.safetensors"), {2, 6, 6}, {3, 3, 3});
+  TensorFile huge = read_safetensors(data_path("dataset_epochs_val.safetensors"));
+  for (float& v : huge.tensors.at("target").data) v = 3e38f;
+  write_safetensors(path("huge.safetensors"), huge);
+  const Dataset val = Dataset::load(path("huge.safetensors"), {2, 6, 6}, {3, 3, 3});
+  for (const bool check : {true, false}) {
+    SCOPED_TRACE(check);
+    Engine engine(Network::load(data_path("dataset_epochs.json")), checked(Device::Cpu));
+    TrainOptions o;
+    o.steps = 8;
+    o.log_every = 100;  // steps 1 and 8 only: the validation at step 3 is not logged
+    o.val_every = 3;
+    o.checkpoint = path("ck.safetensors");
+    o.checkpoint_every = 1;
+    o.check_finite = check;
+    Trainer trainer(engine, data, &val, o, DataOptions{});
+    std::vector<float> reported;
+    Trainer::Callbacks callbacks;
+    callbacks.on_validation = [&](int64_t, float v) { reported.push_back(v); };
+    try {
+      trainer.run(callbacks);
+      ADD_FAILURE() << "no NonFiniteError";
+    } catch (const NonFiniteError& e) {
+      EXPECT_EQ(std::string(e.what()), "step 3: the validation loss is inf");
+    }
+    ASSERT_EQ(reported.size(), 1u);
+    EXPECT_TRUE(std::isinf(reported[0]));
+    EXPECT_EQ(read_safetensors(o.checkpoint).metadata.at("step"), "2");
+  }
 }
 
 // Before the first step the loss and the gradient slab hold nothing (the arena is poisoned with

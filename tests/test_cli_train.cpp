@@ -445,7 +445,7 @@ TEST_F(CliTrain, ResumeRefusesACheckpointOfAnotherNetworkBatchOrAWeightsFile) {
 
 // A run that diverges to NaN or Inf (--check-finite, on by default) names the step and where it
 // starts, exits 3, leaves the checkpoint of the last good step and writes no --save. With
-// --no-check-finite, the logged loss still stops it (exit 1).
+// --no-check-finite, the logged loss still stops it (exit 3).
 TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   nlohmann::json doc = nlohmann::json::parse(std::ifstream(kNet));
   doc["optimizer"] = {{"type", "sgd"}, {"lr", 1e9}};
@@ -480,6 +480,37 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   EXPECT_EQ(records.back()["step"], 10);
   EXPECT_TRUE(records.back()["loss"].is_null()) << records.back().dump();
   EXPECT_EQ(records.back()["loss_nonfinite"], true) << records.back().dump();
+}
+
+// A validation loss that is not finite (finite targets whose squared error overflows float) stops
+// the run as a non-finite training loss does, with or without --check-finite: exit 3, one line,
+// the step's metrics record flagged, the checkpoints before it kept, none of it and no --save.
+TEST_F(CliTrain, ANonFiniteValidationLossExits3AndKeepsTheCheckpointBeforeIt) {
+  const std::string huge = write_dataset("huge.safetensors", {64, 2, 6, 6}, {64, 3, 3, 3});
+  TensorFile file = anvil::read_safetensors(huge);
+  std::fill(file.tensors.at("target").data.begin(), file.tensors.at("target").data.end(), 3e38f);
+  anvil::write_safetensors(huge, file);
+  for (const char* check : {"--check-finite", "--no-check-finite"}) {
+    SCOPED_TRACE(check);
+    const std::string ck = path("ck.safetensors"), saved = path("saved.safetensors"), metrics = path("m.jsonl");
+    fs::remove(ck);
+    fs::remove(metrics);
+    std::ofstream(saved) << "an older file";
+    const Finished r = train({"--data", kTrain, "--val", huge, "--val-every", "2", "--steps", "6", "--log-every", "2",
+                              "--checkpoint", ck, "--checkpoint-every", "1", "--save", saved, "--metrics", metrics,
+                              check});
+    EXPECT_EQ(r.status, 3) << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: step 2: the validation loss is inf\n") << describe(r);
+    EXPECT_EQ(anvil::read_safetensors(ck).metadata.at("step"), "1");
+    EXPECT_EQ(read_bytes(saved), "an older file");
+    std::vector<nlohmann::json> records;
+    for (const std::string& line : lines_of(read_bytes(metrics))) records.push_back(nlohmann::json::parse(line));
+    ASSERT_EQ(records.size(), 2u) << describe(r);  // steps 1 and 2
+    EXPECT_EQ(records.back()["step"], 2);
+    EXPECT_TRUE(records.back()["loss"].is_number()) << records.back().dump();  // the training loss is fine
+    EXPECT_TRUE(records.back()["val_loss"].is_null()) << records.back().dump();
+    EXPECT_EQ(records.back()["val_loss_nonfinite"], true) << records.back().dump();
+  }
 }
 
 // Data parallel from the CLI: --ranks K on the CPU trains as one engine at the global batch (rank 0

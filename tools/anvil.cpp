@@ -841,7 +841,8 @@ int main(int argc, char** argv) {
   train->add_option("--data", train_opts.data,
                     "dataset: safetensors with 'input' [S, sample...] and 'target' [S, output...] (default: one "
                     "generated batch)");
-  train->add_option("--val", train_opts.val, "validation dataset: its mean loss every --val-every steps and at the end");
+  train->add_option("--val", train_opts.val,
+                    "validation dataset: its mean loss every --val-every steps and at the end (not finite: exit 3)");
   train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)")
       ->check(whole_number(kMaxCount));
   train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)")
@@ -872,7 +873,8 @@ int main(int argc, char** argv) {
       ->check(whole_number(1024));
   train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
-                  "where it starts, exit 3 (default on; off, a non-finite logged loss still ends the run with exit 3)")
+                  "where it starts, exit 3 (default on; off, a non-finite logged or validation loss still ends the run "
+                  "with exit 3)")
       ->disable_flag_override(false);  // --check-finite=false reads as meant
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 

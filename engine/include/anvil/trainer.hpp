@@ -70,7 +70,9 @@ class Trainer {
   // Runs to the end, or until *stop is set (the step in progress completes first; data-parallel
   // ranks stop together at the next logged step, within 10 steps).
   // Throws NonFiniteError (check_finite), or when a logged loss is not finite: after that step's
-  // on_log, which carries the loss, and before any validation or checkpoint of it.
+  // on_log, which carries the loss, and before any validation or checkpoint of it; or when a
+  // validation loss is not finite (whatever check_finite): after its on_validation and that step's
+  // on_log, if logged, and before any checkpoint of it.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
   // Checks for non-finite values first (check_finite). Data parallel: every rank calls it, rank 0 writes.
   void save_checkpoint(const std::string& path);
@@ -83,7 +85,7 @@ class Trainer {
   bool finished() const { return position_.step >= total_steps_; }
 
  private:
-  void validate(const Callbacks& callbacks);
+  float validate(const Callbacks& callbacks);  // the validation loss, reported
   void advance();  // the position after a step
   std::string locate_non_finite(const NonFinite& found);  // the replay from the good state
 

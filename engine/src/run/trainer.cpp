@@ -32,6 +32,12 @@ void check_checkpoint_path(const TrainOptions& options, std::initializer_list<co
       throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->file().absolute);
 }
 
+// "step 3: the loss became nan": the value as it is, "nan" never "-nan".
+NonFiniteError non_finite(int64_t step, const std::string& what, float value) {
+  return NonFiniteError("step " + std::to_string(step) + ": " + what + " " +
+                        (std::isnan(value) ? "nan" : std::to_string(value)));
+}
+
 }  // namespace
 
 Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation, const TrainOptions& options,
@@ -86,9 +92,10 @@ void Trainer::save_checkpoint(const std::string& path) {
   engine_.save_checkpoint(path, position_);
 }
 
-void Trainer::validate(const Callbacks& callbacks) {
+float Trainer::validate(const Callbacks& callbacks) {
   const float val = engine_.evaluate(*validation_);
   if (callbacks.on_validation) callbacks.on_validation(position_.step, val);
+  return val;
 }
 
 void Trainer::advance() {
@@ -154,12 +161,13 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
       progress.lr = engine_.learning_rate();
     }
     const bool finite = !logged || std::isfinite(progress.loss);
-    if (finite && validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0)))
-      validate(callbacks);
+    const bool validating =
+        finite && validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0));
+    const float val = validating ? validate(callbacks) : 0.f;  // 0: no validation this step
     if (logged && callbacks.on_log) callbacks.on_log(progress);  // a non-finite loss too: its record says so
-    if (!finite)
-      throw NonFiniteError("step " + std::to_string(position_.step) + ": the loss became " +
-                           (std::isnan(progress.loss) ? "nan" : std::to_string(progress.loss)));  // not "-nan"
+    if (!finite) throw non_finite(position_.step, "the loss became", progress.loss);
+    // As the training loss: a validation loss that overflowed or went NaN ends the run before its checkpoint.
+    if (!std::isfinite(val)) throw non_finite(position_.step, "the validation loss is", val);
     if (options_.checkpoint_every > 0 && position_.step % options_.checkpoint_every == 0) {
       save_checkpoint(options_.checkpoint);
       if (callbacks.on_checkpoint) callbacks.on_checkpoint(position_.step);
