@@ -993,6 +993,38 @@ TEST_F(CliTrain, AnExtraTensorInTheWeightsIsListedOrWithStrictRefused) {
   EXPECT_EQ(eval({"--data", kVal, "--weights", w, "--strict"}).status, 0);
 }
 
+// The line listing unused tensors is held until the run's work starts (eval: until its result),
+// so a run that fails after loading such weights still ends with its one error line. The line
+// once came first, and the error after it.
+TEST_F(CliTrain, UnusedWeightsAndAFailureAreOneLine) {
+  TensorFile file = anvil::read_safetensors(trained_weights("w.safetensors", 2));
+  file.tensors["head.extra"] = HostTensor({2, 2}, {1, 2, 3, 4});
+  const std::string listed = "1 tensor is not a parameter of this network: head.extra";
+  const std::string extra = path("extra.safetensors");
+  anvil::write_safetensors(extra, file);
+
+  // eval: a non-finite loss (here from a NaN weight) is the error line, and it keeps the list.
+  file.tensors.at("conv.weight").data[0] = std::nanf("");
+  const std::string nan_weights = path("nan.safetensors");
+  anvil::write_safetensors(nan_weights, file);
+  const Finished e = eval({"--data", kVal, "--weights", nan_weights});
+  EXPECT_EQ(e.status, 3) << describe(e);
+  EXPECT_EQ(e.out, "");
+  EXPECT_EQ(e.err, "anvil: error: the mean loss over " + kVal + " is nan; weights: " + nan_weights + ": " + listed +
+                       " (ignored)\n")
+      << describe(e);
+
+  // run and train: bad input checked after the weights load.
+  TensorFile input;
+  input.tensors["input"] = HostTensor({1, 2}, {1, 2});
+  const std::string bad_input = path("input.safetensors");
+  anvil::write_safetensors(bad_input, input);
+  expect_bad_input(run({"run", kNet, "--device", "cpu", "--weights", extra, "--input", bad_input}),
+                   bad_input + ": tensor 'input' has shape (1, 2), expected (32, 2, 6, 6)");
+  expect_bad_input(train({"--data", kTrain, "--steps", "1", "--weights", extra, "--data-budget", "1e13"}),
+                   "--data-budget: must be a number of MiB from 0 to 1e12, got 10000000000000");
+}
+
 // ------------------------------------------------------------------ known CLI bugs
 // Each reproduces a bug found while writing these tests (tools/anvil.cpp is not changed
 // here); enable it with the fix.

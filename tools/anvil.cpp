@@ -160,13 +160,16 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
   }
 }
 
-// Which device anvil chose where --device was left out, for stderr once the
-// inputs are checked and the work starts: an error before then stays one line.
-std::string device_notice;
+// Lines for stderr held until the inputs are checked and the work starts, so that an error before
+// then stays one line: which device anvil chose where --device was left out, and the tensors of
+// --weights the network does not use.
+std::string device_notice, weights_notice;
 
-void print_device_notice() {
-  if (!device_notice.empty()) std::cerr << device_notice << "\n";
-  device_notice.clear();
+void print_notices() {
+  for (std::string* notice : {&device_notice, &weights_notice}) {
+    if (!notice->empty()) std::cerr << *notice << "\n";
+    notice->clear();
+  }
 }
 
 anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
@@ -193,12 +196,13 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
 }
 
 // Parameters by name from a safetensors file (a PyTorch state_dict or an anvil checkpoint).
-// Tensors the network does not use are listed and ignored, or refused with --strict.
+// Tensors the network does not use are listed (in weights_notice) and ignored, or refused with --strict.
 void load_weights(anvil::Engine& engine, const std::string& path, bool strict, bool report_unused = true) {
   const anvil::ParameterSelection w =
       anvil::select_parameters(anvil::read_safetensors(path), path, engine.parameter_shapes(), strict);
   engine.load_parameters(w.parameters);
-  if (report_unused && !w.unused.empty()) std::cerr << "weights: " << anvil::unused_tensors_message(path, w.unused) << " (ignored)\n";
+  if (report_unused && !w.unused.empty())
+    weights_notice = "weights: " + anvil::unused_tensors_message(path, w.unused) + " (ignored)";
 }
 
 anvil::Shape without_batch(const anvil::Shape& s) { return {s.begin() + 1, s.end()}; }
@@ -247,7 +251,7 @@ int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
   o.plan_only = o.device == Device::Cpu;
   const anvil::Engine engine(net, o);
-  print_device_notice();
+  print_notices();
 
   std::printf("network %s (%s): input %s, output %s, precision %s, seed %llu\n", shown(net.name()).c_str(),
               shown(net.source()).c_str(), anvil::to_string(net.input_shape()).c_str(),
@@ -301,7 +305,7 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
     const anvil::TensorFile file = anvil::read_safetensors(input);
     engine.set_input(anvil::require_tensor(file, input, "input", net.input_shape()));
   }
-  print_device_notice();
+  print_notices();
   const auto t0 = std::chrono::steady_clock::now();
   anvil::HostTensor y = engine.forward();
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -488,7 +492,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   std::optional<anvil::cli::MetricsWriter> metrics;
   if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
   if (writer) {
-    print_device_notice();
+    print_notices();
     std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown(net.name()).c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
@@ -659,12 +663,15 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   o.input_grad = net.parameter_count() == 0;
   anvil::Engine engine(net, o);
   if (!weights.empty()) load_weights(engine, weights, strict);
-  print_device_notice();
+  // The notices wait for the result: a failed evaluation is its one error line, which carries
+  // the weights' notice (non-finite weights are one reason for a non-finite loss).
   const float loss = engine.evaluate(dataset);
   // Finite data can still overflow float on the way (as train stops, eval fails: exit 3).
   if (!std::isfinite(loss))
     throw anvil::NonFiniteError("the mean loss over " + shown(data) + " is " +
-                                (std::isnan(loss) ? "nan" : std::to_string(loss)));  // not "-nan"
+                                (std::isnan(loss) ? "nan" : std::to_string(loss)) +  // not "-nan"
+                                (weights_notice.empty() ? "" : "; " + weights_notice));
+  print_notices();
   std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()),
               shown(data).c_str());
   return 0;
@@ -717,7 +724,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
     std::printf("data: %s, %lld samples, %s\n", shown(b.data).c_str(), static_cast<long long>(data->size()),
                 where_the_data_is(engine));
   }
-  print_device_notice();
+  print_notices();
   stop_if_stdout_failed();
   const size_t used = cuda ? anvil::device_memory_used() - used_before : engine.device_bytes();
 
