@@ -201,15 +201,24 @@ TEST_F(Cli, InfoPlansTheArenaTrainAllocates) {
   }
 }
 
-// A network without parameters has nothing to train, but the input's gradient: info plans that
-// with --input-grad, as train computes it, and says how when it is left out.
-TEST_F(Cli, InfoPlansTheInputGradientOfANetworkWithoutParameters) {
+// A network without parameters has nothing to train, but the input's gradient: info describes
+// its forward pass without being asked (it once refused, wanting --mode forward), plans training
+// with --input-grad, as train computes it, and says how when --mode train leaves that out.
+TEST_F(Cli, InfoOfANetworkWithoutParametersPlansForwardOrTheInputGradient) {
   const std::string p = write_file("pool.json", R"({"name": "pool", "input": [2, 3, 5, 5], "layers": [
     {"type": "max_pool2d", "kernel_size": 3, "stride": 1, "padding": 1}, {"type": "relu"}]})");
   const CliResult plain = run("info " + quote(p) + " --device cpu");
-  EXPECT_EQ(plain.status, 2) << describe(plain);
-  EXPECT_EQ(plain.err, "anvil: error: " + p + ": the network has no parameters, so there is nothing to train (with "
-                       "the input's gradient, --input-grad, there is)\n");
+  ASSERT_EQ(plain.status, 0) << describe(plain);
+  EXPECT_EQ(plain.err, "");
+  EXPECT_PRED_FORMAT2(Contains, plain.out, "total parameters: 0");
+  EXPECT_PRED_FORMAT2(Contains, plain.out, "memory plan (cpu, forward)");
+  const std::string nothing_to_train = "anvil: error: " + p + ": the network has no parameters, so there is nothing "
+                                       "to train (with the input's gradient, --input-grad, there is)\n";
+  for (const std::string& args : {"info " + quote(p) + " --mode train", "train " + quote(p) + " --steps 1"}) {
+    const CliResult trained = run(args + " --device cpu");
+    EXPECT_EQ(trained.status, 2) << describe(trained);
+    EXPECT_EQ(trained.err, nothing_to_train) << args;
+  }
   const CliResult planned = run("info " + quote(p) + " --device cpu --input-grad");
   ASSERT_EQ(planned.status, 0) << describe(planned);
   EXPECT_PRED_FORMAT2(Contains, planned.out, "grad.input");

@@ -238,10 +238,14 @@ anvil::Network load_network(const std::string& path, int64_t batch) {
   return batch > 0 ? net.with_batch(batch) : net;
 }
 
-// check_finite_asked: --check-finite given (it is on by default).
-int cmd_info(const CommonFlags& f, const std::string& mode_name, bool input_grad, bool check_finite,
+// mode_name: --mode, empty where not given; check_finite_asked: --check-finite given (it is on by default).
+int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite,
              bool check_finite_asked) {
   const anvil::Network net = anvil::Network::load(f.network);
+  // By default the training plan, as `anvil train` builds it; but a network without parameters has
+  // nothing to train, so info describes its forward pass unless a training flag asks otherwise.
+  if (mode_name.empty())
+    mode_name = net.parameter_count() == 0 && !input_grad && !check_finite_asked ? "forward" : "train";
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
   if (input_grad && o.mode == anvil::Mode::Forward) throw anvil::InputError("--input-grad needs --mode train");
   if (check_finite_asked && o.mode == anvil::Mode::Forward)
@@ -822,10 +826,12 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", anvil::build_info);  // handled before the subcommand is required
 
   CommonFlags info_flags, run_flags, train_flags;
-  std::string info_mode = "train";
+  std::string info_mode;  // empty: not given (cmd_info picks)
   auto* info = app.add_subcommand("info", "print layers, shapes, parameters, fusion groups and the memory plan");
   add_common(info, info_flags);
-  info->add_option("--mode", info_mode, "plan for train (default) or forward")->check(CLI::IsMember({"train", "forward"}));
+  info->add_option("--mode", info_mode,
+                   "plan for train or forward (default: train; forward for a network without parameters)")
+      ->check(CLI::IsMember({"train", "forward"}));
   bool info_input_grad = false, info_check_finite = true;
   info->add_flag("--input-grad", info_input_grad, "plan training with d(loss)/d(input) too, as train --input-grad");
   info->add_flag("--check-finite,!--no-check-finite", info_check_finite,
