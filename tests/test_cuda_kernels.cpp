@@ -565,9 +565,9 @@ struct ChainCase {
   bool exact = true;  // piecewise linear: the GPU's float arithmetic is the reference's, bit for bit
 };
 
-// The headline's chain in three slope pairs, one leaky_relu and the empty
-// chain (inline), one multiplier alone, and the general chains: negative and
-// > 1 slopes with two multipliers, and the smooth activations.
+// The headline's chain in three slope pairs, the other inline chains (one
+// leaky_relu, one multiplier, empty), and the general chains: negative and > 1
+// slopes with two multipliers, and the smooth activations.
 const std::vector<ChainCase> kChains = {
     {"leaky.01,scale,leaky.01", {leaky(0.01f), kScale, leaky(0.01f)}},
     {"leaky.2,scale,leaky.05", {leaky(0.2f), kScale, leaky(0.05f)}},
@@ -937,8 +937,9 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("max 3 s2 p1, rows of 12", 2, 3, {3, 6, 12}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
     pool_case("avg 2-D k2x4 s1x2, rows of 16 (overlap)", 2, 3, {1, 9, 16}, gpu::ChainPool::Avg, {1, 2, 4}, {1, 1, 2}),
     pool_case("max rows of 64, several chunks", 1, 2, {1, 70, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}),
-    // Windows 2 wide at stride 2 along rows of a multiple of 4 (2 x 2 pools, the commonest),
-    // with padding along height and depth, overlapping rows, and outputs over several chunks.
+    // Windows 2 wide at stride 2 along rows of a multiple of 4: the forward takes two outputs
+    // from one float4 a window row (aligned; offset 1 runs the scalar kernel), with padding
+    // along height and depth, overlapping rows, and pairs over several chunks.
     pool_case("max 2 s2 p1x1x0, rows of 12", 2, 3, {5, 7, 12}, gpu::ChainPool::Max, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
     pool_case("max 2-D k3x2 s1x2, rows of 8 (overlap)", 2, 3, {1, 9, 8}, gpu::ChainPool::Max, {1, 3, 2}, {1, 1, 2}),
     pool_case("avg 2-D k2, rows of 96, several chunks", 1, 2, {1, 130, 96}, gpu::ChainPool::Avg, {1, 2, 2},

@@ -89,11 +89,18 @@ __device__ __forceinline__ float sum_at(const float* __restrict__ y, const float
   return z != nullptr ? v + __ldg(z + i) : v;
 }
 
-// The same for 4 elements from i, 16-byte aligned, read once (streaming).
-__device__ __forceinline__ float4 sum4_streamed(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
-  float4 v = __ldcs(reinterpret_cast<const float4*>(y + i));
+// The same for 4 elements from i, 16-byte aligned: streamed where each is read
+// once (evict first), else through the read-only cache (a pool's windows may
+// share rows).
+template <bool kStreamed>
+__device__ __forceinline__ float4 sum4_at(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
+  auto load = [](const float* p) {
+    const auto* v = reinterpret_cast<const float4*>(p);
+    return kStreamed ? __ldcs(v) : __ldg(v);
+  };
+  float4 v = load(y + i);
   if (z != nullptr) {
-    const float4 w = __ldcs(reinterpret_cast<const float4*>(z + i));
+    const float4 w = load(z + i);
     v = make_float4(v.x + w.x, v.y + w.y, v.z + w.z, v.w + w.w);
   }
   return v;
@@ -109,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t base = r.plane * int64_t(d.plane_in);
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = sum4_streamed(y, z, base + e);
+      const float4 v = sum4_at<true>(y, z, base + e);
       detail::store4(p + base + e, make_float4(Chain::forward(chain, cm, v.x + b), Chain::forward(chain, cm, v.y + b),
                                                Chain::forward(chain, cm, v.z + b), Chain::forward(chain, cm, v.w + b)));
     } else {
@@ -129,7 +136,7 @@ __global__ void __launch_bounds__(kThreads)
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = y != nullptr ? sum4_streamed(y, z, base + e) : float4{};
+      const float4 v = y != nullptr ? sum4_at<true>(y, z, base + e) : float4{};
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
       float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
                              Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
@@ -202,6 +209,67 @@ __global__ void __launch_bounds__(kThreads)
       if (e >= r.e1) break;
       p[out + e] = window[u].result(d.divisor);
       if (kPool == ChainPool::Max && argmax != nullptr) argmax[out + e] = uint8_t(window[u].best_i);
+    }
+  }
+}
+
+// Forward where windows are 2 wide along rows at stride 2 with no row padding,
+// over rows of a multiple of 4 floats (pairs_apply): a thread takes two
+// neighbouring outputs of a row, whose windows' rows are one aligned float4 of
+// Y each, kUnroll such pairs kThreads apart; chunks count pairs. With 16
+// bytes a load in place of 4, each thread keeps 4 times the bytes in flight:
+// the scalar kernel ran standalone 2 x 2 pools at 34 to 46% of the copy
+// bandwidth (bench/SUITE.md). Each output takes its window's elements in
+// row-major order, as pool_forward_kernel does: the same bits.
+template <class Chain, ChainPool kPool>
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_pairs_kernel(const float* __restrict__ y, const float* __restrict__ z,
+                              const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p,
+                              uint8_t* __restrict__ argmax, PoolDims d) {
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out / 2, bias, chain);
+  const int64_t in_base = r.plane * int64_t(d.plane_in);
+  const int64_t out = r.plane * int64_t(d.plane_out);
+  for (uint32_t q0 = r.e0 + threadIdx.x; q0 < r.e1; q0 += kThreads * kUnroll) {
+    int32_t start[kUnroll][2];  // each pair's windows' first element along axes 0 and 1, maybe in the padding
+    uint32_t column[kUnroll];   // and along rows: a multiple of 4
+    PoolWindow<kPool> window[kUnroll][2];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = 2 * min(q0 + u * kThreads, r.e1 - 1);  // past the chunk: a copy of its last, not stored
+      const uint32_t row = d.out_w.div(e), od = d.out_h.div(row);
+      start[u][0] = int32_t(od) * d.s[0] - d.pad[0];
+      start[u][1] = int32_t(row - od * d.out[1]) * d.s[1] - d.pad[1];
+      column[u] = 2 * (e - row * d.out[2]);
+    }
+    int w = 0;  // the window offset of the row's first element
+    for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
+      for (int32_t w1 = 0; w1 < d.k[1]; ++w1, w += 2) {
+        float4 v[kUnroll];
+        bool inside[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1;
+          inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1];
+          const int64_t i = in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + column[u];
+          v[u] = inside[u] ? sum4_at<false>(y, z, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (!inside[u]) continue;
+          const float x[4] = {v[u].x + b, v[u].y + b, v[u].z + b, v[u].w + b};
+#pragma unroll
+          for (int j = 0; j < 4; ++j) window[u][j / 2].take(Chain::forward(chain, cm, x[j]), x[j], w + j % 2);
+        }
+      }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t q = q0 + u * kThreads;
+      if (q >= r.e1) break;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        p[out + 2 * q + h] = window[u][h].result(d.divisor);
+        if (kPool == ChainPool::Max && argmax != nullptr) argmax[out + 2 * q + h] = uint8_t(window[u][h].best_i);
+      }
     }
   }
 }
@@ -524,6 +592,22 @@ bool vec4_ok(const PoolDims& d, std::initializer_list<const void*> buffers) {
   return true;
 }
 
+// pool_forward_pairs_kernel's case: a pool 2 wide along rows at stride 2, no
+// row padding, rows of a multiple of 4 floats (so a row's outputs pair up and
+// a pair's windows' rows are aligned float4s), y and z 16-byte aligned.
+bool pairs_apply(const PoolDims& d, const float* y, const float* z) {
+  return d.k[2] == 2 && d.s[2] == 2 && d.pad[2] == 0 && d.in[2] % 4 == 0 && vec4_ok(d, {y, z});
+}
+
+// The forward's chunks as pairs: as many outputs a block as pool_dims gave,
+// or 512 where it gave 256.
+void count_pairs(PoolDims& d, const ChainPoolGeometry& g) {
+  d.chunk = std::max<uint32_t>(kThreads, d.chunk / 2);
+  d.cpp = detail::ceil_div(d.plane_out / 2, d.chunk);
+  d.per = g.n * d.cpp;
+  d.chunks = FastDiv(uint32_t(d.cpp));
+}
+
 }  // namespace
 
 const char* chain_pool_geometry_error(const ChainPoolGeometry& g) {
@@ -563,7 +647,9 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
   detail::require(y != nullptr && p != nullptr, op, "null y or p");
   detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
   require_chain(op, chain);
-  const PoolDims d = pool_dims(op, g, false);
+  PoolDims d = pool_dims(op, g, false);
+  const bool pairs = pairs_apply(d, y, z);
+  if (pairs) count_pairs(d, g);
   const unsigned blocks = blocks_of(g, d);
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
@@ -574,12 +660,18 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
         else
           chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, d);
         break;
-      case ChainPool::Max:
-        pool_forward_kernel<Chain, ChainPool::Max><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, argmax, d);
+      case ChainPool::Max: {
+        const auto kernel =
+            pairs ? pool_forward_pairs_kernel<Chain, ChainPool::Max> : pool_forward_kernel<Chain, ChainPool::Max>;
+        kernel<<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, argmax, d);
         break;
-      case ChainPool::Avg:
-        pool_forward_kernel<Chain, ChainPool::Avg><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, nullptr, d);
+      }
+      case ChainPool::Avg: {
+        const auto kernel =
+            pairs ? pool_forward_pairs_kernel<Chain, ChainPool::Avg> : pool_forward_kernel<Chain, ChainPool::Avg>;
+        kernel<<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, nullptr, d);
         break;
+      }
     }
   });
   ANVIL_CHECK_LAUNCH();

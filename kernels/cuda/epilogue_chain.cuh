@@ -194,6 +194,33 @@ struct LeakyChain {
   __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
 };
 
+// One multiplier: conv -> channel_scale, inline. Through the program, the
+// channels-last epilogue read all 8 slots' pointers per element and ran at
+// half the copy bandwidth (bench/RESULTS.md, v37).
+struct ScaleChain {
+  struct Channel {
+    float m;
+  };
+
+  __device__ static Channel at(const EpilogueChain& c, int64_t ch) { return {__ldg(c.scale[0] + ch)}; }
+  // __fmul_rn: never contracted into a caller's add, as the reference rounds the product.
+  __device__ static float forward(const EpilogueChain&, const Channel& m, float v) { return __fmul_rn(v, m.m); }
+
+  __device__ static float backward(const EpilogueChain&, const Channel& m, float v, float dz, ChainSums& sums) {
+    sums.scale[0] = fma(double(dz), double(v), sums.scale[0]);
+    const float dv = __fmul_rn(dz, m.m);
+    sums.bias += double(dv);
+    return dv;
+  }
+
+  __device__ static bool multiplier(const EpilogueChain&, int i) { return i == 0; }
+  __device__ static bool monotone(const EpilogueChain&) { return true; }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) {
+    return (m.m != 0.f) & bool(isfinite(m.m));
+  }
+  __device__ static float monotone_sign(const EpilogueChain&, const Channel& m) { return m.m > 0.f ? 1.f : -1.f; }
+};
+
 // No op: a bias alone, or a plain pool (the pooling layer's kernels). Through
 // the program, the tiled pool backward took 122 registers; with this, 47.
 struct EmptyChain {
@@ -220,6 +247,8 @@ void with_chain_policy(const EpilogueChain& c, Launch&& launch) {
     launch(LeakyScaleLeakyChain{});
   else if (is_leaky(c))
     launch(LeakyChain{});
+  else if (is_scale_alone(c))
+    launch(ScaleChain{});
   else if (c.ops == 0)
     launch(EmptyChain{});
   else

@@ -46,6 +46,9 @@ inline bool is_leaky(const EpilogueChain& c) {
   return c.ops == 1 && !c.is_scale[0] && c.activation[0] == PointwiseOp::LeakyRelu;
 }
 
+// One multiplier (a conv's gain): a third chain the kernels run inline.
+inline bool is_scale_alone(const EpilogueChain& c) { return c.ops == 1 && c.is_scale[0]; }
+
 // The partial sums a chain backward leaves for the final reduction: arrays
 // of (channels, per) doubles, one for dbias and one per op.
 size_t chain_partials_bytes(const EpilogueChain& c, int64_t channels, int64_t per);
