@@ -956,8 +956,9 @@ const std::vector<PoolCase> kPoolCases = {
     gathered(pool_case("max 5 s1, backward gathers", 1, 2, {34, 34, 34}, gpu::ChainPool::Max, {5, 5, 5})),
     gathered(pool_case("max 5 s1, rows of 36, backward gathers", 1, 1, {20, 36, 36}, gpu::ChainPool::Max, {5, 5, 5})),
     gathered(pool_case("avg 12 s1, backward gathers", 1, 1, {30, 30, 30}, gpu::ChainPool::Avg, {12, 12, 12})),
-    // A window of 10240 elements (40 x 256), padded; overlapping padded windows along rows of 2100.
+    // Windows of 10240 elements (40 x 256) and 21^3, padded; overlapping padded windows along rows of 2100.
     pool_case("avg 40x256 s3 p1x2", 2, 1, {1, 44, 262}, gpu::ChainPool::Avg, {1, 40, 256}, {1, 3, 3}, {0, 1, 2}),
+    pool_case("avg 21 s2 p10", 1, 2, {22, 23, 24}, gpu::ChainPool::Avg, {21, 21, 21}, {2, 2, 2}, {10, 10, 10}),
     pool_case("max 3 s2 p1, rows of 2100", 1, 2, {9, 10, 2100}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
 };
 
