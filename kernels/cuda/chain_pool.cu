@@ -218,8 +218,8 @@ __global__ void __launch_bounds__(kThreads)
 // neighbouring outputs of a row, whose windows' rows are one aligned float4 of
 // Y each, kUnroll such pairs kThreads apart; chunks count pairs. With 16
 // bytes a load in place of 4, each thread keeps 4 times the bytes in flight:
-// the scalar kernel ran standalone 2 x 2 pools at 34 to 46% of the copy
-// bandwidth (bench/SUITE.md). Each output takes its window's elements in
+// standalone 2 x 2 pools went from 34 and 46% of the copy bandwidth to 46 and
+// 58% (bench/RESULTS.md v38). Each output takes its window's elements in
 // row-major order, as pool_forward_kernel does: the same bits.
 template <class Chain, ChainPool kPool>
 __global__ void __launch_bounds__(kThreads)
