@@ -869,6 +869,17 @@ TEST(CpuReferencePool, AvgDivisorCountsPadding) {
       EXPECT_DOUBLE_EQ(dx[i], x[i] / 8.0);
     }
   }
+  {
+    // The largest window a network may have (1290^3 < 2^31), nearly all padding, over one
+    // value: each of the 8 windows holds it, and the divisor is the whole volume.
+    PoolGeometry g;
+    g.in = {1, 1, 1}, g.k = {1290, 1290, 1290}, g.pad = {645, 645, 645}, g.out = {2, 2, 2};
+    const double volume = 1290.0 * 1290.0 * 1290.0;
+    const VecD y = pool_fwd(false, {3.5}, g);
+    for (double v : y) EXPECT_DOUBLE_EQ(v, 3.5 / volume);
+    const VecD dx = pool_bwd(false, {3.5}, {1, 2, 3, 4, 5, 6, 7, 8}, g);
+    EXPECT_DOUBLE_EQ(dx[0], 36.0 / volume);
+  }
 }
 
 }  // namespace

@@ -121,6 +121,13 @@ const std::vector<Malformed> kMalformed = {
      "bad.json: layers[0]"},
     {"a pool kernel larger than the input", one(R"({"type": "max_pool3d", "kernel_size": 20})"), "bad.json: layers[0]"},
     {"a pool without a kernel", one(R"({"type": "max_pool3d"})"), "bad.json: layers[0].kernel_size"},
+    // Found by a hostile probe: the volume overflowed int64, and an average pool divided by it.
+    {"a pool window beyond 2^31 elements",
+     one(R"({"type": "avg_pool3d", "kernel_size": [1291, 1290, 1290], "padding": 645})"),
+     "bad.json: layers[0].kernel_size: the window holds more than 2^31 - 1 elements"},
+    {"a pool window beyond 2^63 elements",
+     one(R"({"type": "max_pool3d", "kernel_size": 2097153, "padding": 1048576})"),
+     "bad.json: layers[0].kernel_size: the window holds more than 2^31 - 1 elements"},
     {"leaky_relu slope as a string", one(R"({"type": "leaky_relu", "negative_slope": "0.1"})"),
      "bad.json: layers[0].negative_slope"},
     {"a slope beyond double", one(R"({"type": "leaky_relu", "negative_slope": -1e999})"),

@@ -104,7 +104,7 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
   const Chunks chunks(g.b);
   const int64_t items = g.n * g.cb * chunks.total();
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
-  ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.n, g.ca, g.cb, bv, kv}))
   for (int64_t item = 0; item < items; ++item) {
     const int64_t p = item / chunks.total(), n = p / g.cb, cb = p % g.cb;
     const Chunks::Box box = chunks.at(item % chunks.total());
@@ -144,7 +144,7 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
   const Chunks chunks(g.a);
   const int64_t items = g.n * g.ca * chunks.total();
   std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
-  ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.n, g.ca, g.cb, bv, kv}))
   for (int64_t item = 0; item < items; ++item) {
     const int64_t p = item / chunks.total(), n = p / g.ca, ca = p % g.ca;
     const Chunks::Box box = chunks.at(item % chunks.total());
@@ -182,7 +182,7 @@ template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, con
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
   const int64_t pairs = g.cb * g.ca;
-  ANVIL_OMP_PARALLEL_FOR_IF(g.n * g.ca * g.cb * bv * kv)
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.n, g.ca, g.cb, bv, kv}))
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t cb = p / g.ca, ca = p % g.ca;
     T* wp = dw + p * kv;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -15,6 +17,16 @@
 #endif
 
 namespace anvil::cpu {
+
+// A loop's work for ANVIL_OMP_PARALLEL_FOR_IF: the product of its extents,
+// held at int64's largest where it would overflow (a huge pool window over a
+// large output is valid, and only needs to count as "enough").
+inline int64_t work_of(std::initializer_list<int64_t> extents) {
+  int64_t work = 1;
+  for (int64_t e : extents)
+    if (__builtin_mul_overflow(work, e, &work)) return std::numeric_limits<int64_t>::max();
+  return work;
+}
 
 // No exception may leave an OpenMP region (it would end the process), so the
 // per-thread scratch a loop needs is allocated before it: thread_slot()

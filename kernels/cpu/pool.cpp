@@ -49,7 +49,7 @@ template <class T> int64_t argmax(const T* xp, const PoolGeometry& g, int64_t od
 
 template <class T> void max_pool_forward(const T* x, T* y, const PoolGeometry& g) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
-  ANVIL_OMP_PARALLEL_FOR_IF(g.planes * ov * volume(g.k))
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * iv;
     T* yp = y + p * ov;
@@ -66,7 +66,7 @@ template <class T> void max_pool_backward(const T* x, const T* dy, T* dx, const 
   const int64_t iv = volume(g.in), ov = volume(g.out);
   // One thread per plane: overlapping windows add into the same dx element in
   // a fixed order.
-  ANVIL_OMP_PARALLEL_FOR_IF(g.planes * ov * volume(g.k))
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * iv;
     const T* dyp = dy + p * ov;
@@ -84,7 +84,7 @@ template <class T> void max_pool_backward(const T* x, const T* dy, T* dx, const 
 template <class T> void avg_pool_forward(const T* x, T* y, const PoolGeometry& g) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   const double divisor = static_cast<double>(volume(g.k));
-  ANVIL_OMP_PARALLEL_FOR_IF(g.planes * ov * volume(g.k))
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * iv;
     T* yp = y + p * ov;
@@ -104,7 +104,7 @@ template <class T> void avg_pool_forward(const T* x, T* y, const PoolGeometry& g
 template <class T> void avg_pool_backward(const T* dy, T* dx, const PoolGeometry& g, bool accumulate) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   const T divisor = static_cast<T>(volume(g.k));
-  ANVIL_OMP_PARALLEL_FOR_IF(g.planes * ov * volume(g.k))
+  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
   for (int64_t p = 0; p < g.planes; ++p) {
     const T* dyp = dy + p * ov;
     T* dxp = dx + p * iv;

@@ -42,10 +42,15 @@ PoolSpec parse_pool(JsonReader& cfg, int dims, bool max) {
   s.kernel = cfg.per_dim("kernel_size", dims, 1);
   s.stride = cfg.per_dim_or("stride", dims, 1, s.kernel);  // PyTorch: stride defaults to the kernel
   s.padding = cfg.per_dim_or("padding", dims, 0, std::vector<int64_t>(dims, 0));
-  for (int i = 0; i < dims; ++i)
+  int64_t window = 1;  // each kernel < 2^31: the product is bounded before it could overflow
+  for (int i = 0; i < dims; ++i) {
     if (2 * s.padding[i] > s.kernel[i])
       cfg.fail("padding", "must be at most half the kernel size, got " + std::to_string(s.padding[i]) +
                               " with kernel " + std::to_string(s.kernel[i]));
+    if (s.kernel[i] > kMaxDimension / window)
+      cfg.fail("kernel_size", "the window holds more than 2^31 - 1 elements");
+    window *= s.kernel[i];
+  }
   return s;
 }
 
