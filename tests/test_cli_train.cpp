@@ -247,6 +247,30 @@ TEST_F(CliTrain, OnAPipePrintsOnePlainLinePerLoggedStepThenTheSummary) {
   EXPECT_TRUE(std::regex_match(lines[9], std::regex("throughput: [0-9.]+ steps/s, [0-9.]+ samples/s"))) << lines[9];
 }
 
+// --keep-last over 40 samples, batch 32: each epoch is a full batch, then one of 8 samples padded to
+// 32 rows. Each line's samples/s over its steps/s is the samples of its one step (--log-every 1),
+// and the summary's is the mean, 20: the padding rows are not samples.
+TEST_F(CliTrain, SamplesPerSecondCountsOnlyTheRealSamplesOfAKeptPartialBatch) {
+  const std::string d = write_dataset("forty.safetensors", {40, 2, 6, 6}, {40, 3, 3, 3});
+  const Finished r = train({"--data", d, "--epochs", "2", "--keep-last", "--log-every", "1"});
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const std::vector<std::string> lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 2u + 4u + 3u) << r.out;
+  const auto samples_per_step = [](const std::string& line, const std::string& pattern) {
+    std::smatch m;
+    if (!std::regex_search(line, m, std::regex(pattern))) return std::nan("");
+    return std::stod(m[2]) / std::stod(m[1]);
+  };
+  const double want[] = {32, 8, 32, 8};
+  for (int i = 0; i < 4; ++i) {
+    const std::string& line = lines[2 + i];
+    EXPECT_TRUE(close_rel(samples_per_step(line, "  ([0-9.]+) steps/s  ([0-9.]+) samples/s  "), want[i], 0.05))
+        << line;
+  }
+  EXPECT_TRUE(close_rel(samples_per_step(lines[8], "^throughput: ([0-9.]+) steps/s, ([0-9.]+) samples/s$"), 20, 0.05))
+      << lines[8];
+}
+
 // ------------------------------------------------------------------ 2. metrics
 
 TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) {

@@ -233,6 +233,35 @@ TEST(TrainReport, SummaryCountsTheStepsToWhereTrainingStopped) {
   EXPECT_EQ(lines[3], "throughput: 10.00 steps/s, 20.0 samples/s");
 }
 
+// --keep-last: each epoch of 10 samples is batches of 4, 4 and 2, the last padded to 4 rows. samples/s
+// counts the 2 real samples of that batch, not its 4 rows, in the progress lines and in the summary.
+TEST(TrainReport, SamplesPerSecondCountsOnlyTheRealSamplesOfAPartialLastBatch) {
+  Capture out;
+  FakeClock t;
+  TrainReporter report(out.file(), false, nullptr, t.clock());
+  report.begin(6, 3, 4, 0, 10);
+  for (int64_t step = 2; step <= 6; step += 2) {
+    t.now += 1;
+    report.log(step, (step - 1) / 3 + 1, 1.0, 0.01);
+  }
+  report.end();
+  const std::vector<std::string> lines = split(out.text(), '\n');
+  ASSERT_EQ(lines.size(), 6u) << out.text();
+  EXPECT_PRED_FORMAT2(Contains, lines[0], "  2.00 steps/s  8.0 samples/s  ");  // steps 1, 2: 4 + 4
+  EXPECT_PRED_FORMAT2(Contains, lines[1], "  2.00 steps/s  6.0 samples/s  ");  // steps 3, 4: 2 + 4
+  EXPECT_PRED_FORMAT2(Contains, lines[2], "  2.00 steps/s  6.0 samples/s  ");  // steps 5, 6: 4 + 2
+  EXPECT_EQ(lines[5], "throughput: 2.00 steps/s, 6.7 samples/s");  // 20 samples in 3 s
+
+  // Resumed at step 2: step 3 still ends the first epoch (its batch is the partial one).
+  Capture resumed;
+  TrainReporter again(resumed.file(), false, nullptr, t.clock());
+  t.now = 0;
+  again.begin(6, 3, 4, 2, 10);
+  t.now = 1;
+  again.log(3, 1, 1.0, 0.01);
+  EXPECT_PRED_FORMAT2(Contains, resumed.text(), "  1.00 steps/s  2.0 samples/s  ");
+}
+
 TEST(TrainReport, SummaryWithoutValidationOrLogs) {
   Capture out;
   FakeClock t;

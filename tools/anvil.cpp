@@ -518,7 +518,9 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   anvil::Trainer::Callbacks callbacks;
   if (writer) {
     report.emplace(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
-    report->begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step);
+    // With --keep-last an epoch's last batch is padded to the batch: samples/s counts its real samples only.
+    report->begin(total, trainer->steps_per_epoch(), net.input_shape()[0], trainer->position().step,
+                  t.keep_last ? train_data->size() : 0);
     // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
     callbacks.on_log = [&](const anvil::TrainProgress& p) {
       report->log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr);

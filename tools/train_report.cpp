@@ -34,11 +34,6 @@ std::optional<double> ratio(double a, double b) {
 // The value, or "-" when it is not known.
 std::string format_or_dash(const char* fmt, std::optional<double> value) { return value ? format(fmt, *value) : "-"; }
 
-std::optional<double> times(std::optional<double> value, double factor) {
-  if (!value) return std::nullopt;
-  return *value * factor;
-}
-
 }  // namespace
 
 double steady_seconds() {
@@ -141,12 +136,24 @@ void TrainReporter::end_line() {
   line_open_ = false;
 }
 
-void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step) {
+void TrainReporter::begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step,
+                          int64_t samples_per_epoch) {
   first_step_ = last_step_ = first_step;
   total_steps_ = total_steps;
   steps_per_epoch_ = steps_per_epoch;
   batch_ = batch;
+  epoch_shortfall_ = steps_per_epoch > 0 && samples_per_epoch > 0 ? steps_per_epoch * batch - samples_per_epoch : 0;
   start_ = last_time_ = clock_();
+}
+
+// Whole batches, less the padding of each epoch's last batch among them: only the last batch of an
+// epoch can be partial, so each epoch that ended in the range lacks the same shortfall.
+double TrainReporter::samples_between(int64_t from_step, int64_t to_step) const {
+  double samples = static_cast<double>(to_step - from_step) * static_cast<double>(batch_);
+  if (steps_per_epoch_ > 0)
+    samples -= static_cast<double>(to_step / steps_per_epoch_ - from_step / steps_per_epoch_) *
+               static_cast<double>(epoch_shortfall_);
+  return samples;
 }
 
 void TrainReporter::validation(int64_t step, double val_loss) {
@@ -167,6 +174,7 @@ void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std
   if (val_loss) validation(step, *val_loss);
   const double now = clock_();
   const std::optional<double> steps_per_s = ratio(static_cast<double>(step - last_step_), now - last_time_);
+  const std::optional<double> samples_per_s = ratio(samples_between(last_step_, step), now - last_time_);
   last_step_ = step;
   last_time_ = now;
 
@@ -180,10 +188,10 @@ void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std
     // One column short of the width: writing the last column makes some
     // terminals wrap, and the next "\r" would then redraw one line down.
     const size_t cols = static_cast<size_t>(terminal_width() - 1);
-    std::fprintf(out_, "\r\x1b[2K%s", progress_line(step, epoch, loss, steps_per_s, cols).c_str());
+    std::fprintf(out_, "\r\x1b[2K%s", progress_line(step, epoch, loss, steps_per_s, samples_per_s, cols).c_str());
     line_open_ = true;
   } else {
-    std::fprintf(out_, "%s\n", progress_line(step, epoch, loss, steps_per_s, std::string::npos).c_str());
+    std::fprintf(out_, "%s\n", progress_line(step, epoch, loss, steps_per_s, samples_per_s, std::string::npos).c_str());
   }
   flush();
 
@@ -202,8 +210,8 @@ void TrainReporter::log(int64_t step, int64_t epoch, double loss, double lr, std
   }
 }
 
-std::string TrainReporter::progress_line(int64_t step, int64_t epoch, double loss,
-                                         std::optional<double> steps_per_s, size_t width) const {
+std::string TrainReporter::progress_line(int64_t step, int64_t epoch, double loss, std::optional<double> steps_per_s,
+                                         std::optional<double> samples_per_s, size_t width) const {
   struct Part {
     std::string text;
     int rank;  // the order in which parts are left out of a line too wide; 0: never
@@ -217,7 +225,7 @@ std::string TrainReporter::progress_line(int64_t step, int64_t epoch, double los
   parts.push_back({"smoothed " + format("%.6g", smoothed_), 0});
   if (val_loss_) parts.push_back({"val " + format("%.6g", *val_loss_), 5});
   parts.push_back({format_or_dash("%.2f", steps_per_s) + " steps/s", 3});
-  parts.push_back({format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))) + " samples/s", 1});
+  parts.push_back({format_or_dash("%.1f", samples_per_s) + " samples/s", 1});
   const std::optional<double> eta =
       step >= total_steps_ ? 0.0 : ratio(static_cast<double>(total_steps_ - step), steps_per_s.value_or(0));
   parts.push_back({"ETA " + (eta ? format_duration(*eta) : "-"), 0});
@@ -255,8 +263,9 @@ void TrainReporter::end(std::optional<int64_t> last_step) {
     std::fprintf(out_, "best validation loss: %.6g at step %lld\n", *best_val_, static_cast<long long>(best_val_step_));
   // Up to the last logged step: the steps after it were not timed.
   const std::optional<double> steps_per_s = ratio(static_cast<double>(last_step_ - first_step_), last_time_ - start_);
+  const std::optional<double> samples_per_s = ratio(samples_between(first_step_, last_step_), last_time_ - start_);
   std::fprintf(out_, "throughput: %s steps/s, %s samples/s\n", format_or_dash("%.2f", steps_per_s).c_str(),
-               format_or_dash("%.1f", times(steps_per_s, static_cast<double>(batch_))).c_str());
+               format_or_dash("%.1f", samples_per_s).c_str());
   flush();
 }
 

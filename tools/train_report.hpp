@@ -106,7 +106,11 @@ class TrainReporter {
   // steps_per_epoch <= 0 when the data has no epochs (the seeded generator):
   // the display then leaves the epoch out. batch: samples per step.
   // first_step: the steps a resumed run had already taken (its rates count only its own).
-  void begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step = 0);
+  // samples_per_epoch: the real samples of an epoch, fewer than steps_per_epoch * batch where
+  // its last batch is a keep-last partial one (padded to the batch, but only its real samples
+  // count in samples/s); 0: steps_per_epoch full batches.
+  void begin(int64_t total_steps, int64_t steps_per_epoch, int64_t batch, int64_t first_step = 0,
+             int64_t samples_per_epoch = 0);
   // A validation loss measured after `step`; shown from the next log() on.
   void validation(int64_t step, double val_loss);
   // A logged step; val_loss, when given, is validation(step, *val_loss) first.
@@ -126,8 +130,9 @@ class TrainReporter {
   // the raw loss, steps/s, the epoch, the validation loss, in that order) before
   // it is cut; the step, the smoothed loss and the ETA stay.
   std::string progress_line(int64_t step, int64_t epoch, double loss, std::optional<double> steps_per_s,
-                            size_t width) const;
+                            std::optional<double> samples_per_s, size_t width) const;
   int terminal_width() const;
+  double samples_between(int64_t from_step, int64_t to_step) const;  // trained by steps from_step+1..to_step
   void end_line();
   void flush();  // out, noting the first failure
 
@@ -139,6 +144,7 @@ class TrainReporter {
   int write_error_ = 0;
 
   int64_t total_steps_ = 0, steps_per_epoch_ = 0, batch_ = 1;
+  int64_t epoch_shortfall_ = 0;  // the padding rows of each epoch's last batch (keep-last), not samples
   double start_ = 0, last_time_ = 0;
   int64_t first_step_ = 0;
   int64_t last_step_ = 0, logs_ = 0;
