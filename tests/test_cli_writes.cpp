@@ -110,11 +110,7 @@ class CliWrites : public anvil::testing::TempDirTest {
 // default action (ending the process): anvil itself turns a write beyond the
 // limit into EFBIG, as `ulimit -f` in a shell would leave it.
 std::function<void()> file_size_limit(rlim_t bytes) {
-  return [bytes] {
-    const rlimit limit{bytes, bytes};
-    ::setrlimit(RLIMIT_FSIZE, &limit);
-    ::signal(SIGXFSZ, SIG_DFL);
-  };
+  return [bytes] { anvil::testing::limit_file_size(bytes, SIG_DFL); };
 }
 
 class CliFullDisk : public CliWrites {

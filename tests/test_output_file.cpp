@@ -380,9 +380,7 @@ TEST_F(OutputFile, AProgramsOwnSignalHandlingIsKept) {
 // a regression the signal would end the whole test program.
 TEST_F(OutputFile, AWritePastTheFileSizeLimitIsAnError) {
   EXPECT_TRUE(in_a_child([&] {
-    ::signal(SIGXFSZ, SIG_DFL);
-    const rlimit small{4096, 4096};
-    if (::setrlimit(RLIMIT_FSIZE, &small) != 0) return false;
+    if (!anvil::testing::limit_file_size(4096, SIG_DFL)) return false;
     std::string said;
     try {
       anvil::write_output_file(target_, [](std::FILE* f) { return put(f, std::string(1 << 16, 'x')); });

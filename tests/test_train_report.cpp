@@ -2,8 +2,6 @@
 // `anvil train` (tools/train_report.cpp), with an injected clock, and of what a
 // program using them shows on a pseudo-terminal against a pipe.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +28,7 @@ using anvil::testing::Contains;
 namespace fs = std::filesystem;
 using anvil::cli::MetricsWriter;
 using anvil::cli::TrainReporter;
+using anvil::testing::with_file_size_limit;
 
 // A file the reporter writes to, read back as text.
 class Capture {
@@ -384,27 +383,6 @@ TEST_F(MetricsFile, AFileThatCannotBeOpenedIsBadInputNamingIt) {
   } catch (const anvil::InputError& e) {
     EXPECT_PRED_FORMAT2(Contains, e.what(), file);
   }
-}
-
-// Writes past `bytes` fail with EFBIG, as on a full disk, while `f` runs (SIGXFSZ ignored, as anvil
-// does); the limit and the handler are restored however `f` ends.
-template <class F>
-void with_file_size_limit(rlim_t bytes, F f) {
-  struct Restore {
-    rlimit limit{};
-    struct sigaction action {};
-    ~Restore() {
-      ::sigaction(SIGXFSZ, &action, nullptr);
-      ::setrlimit(RLIMIT_FSIZE, &limit);
-    }
-  } restore;
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &restore.limit), 0);
-  struct sigaction ignore {};
-  ignore.sa_handler = SIG_IGN;
-  ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &restore.action), 0);
-  const rlimit small{bytes, restore.limit.rlim_max};
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  f();
 }
 
 TEST_F(MetricsFile, AFileItCreatedIsRemovedWhenTheRunEndsBeforeItsFirstRecord) {
