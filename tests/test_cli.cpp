@@ -487,6 +487,76 @@ TEST_F(Cli, BenchRejectsBadCounts) {
   EXPECT_PRED_FORMAT2(Contains, r.out, "FAILED");
 }
 
+// --batch and --precision time the network at another input batch and precision than its JSON's
+// (kb74_small: batch 2, tf32 by default), and the header, the throughput line and the JSON say so.
+TEST_F(Cli, BenchBatchAndPrecisionOverrideTheNetwork) {
+  const std::string bench = "bench " + quote(kSmall) + " --device cpu --mode forward --iters 2 --warmup 0 ";
+  const std::string plain_json = path("plain.json"), json_path = path("bench.json");
+  const CliResult plain = run(bench + "--json " + quote(plain_json));
+  ASSERT_EQ(plain.status, 0) << describe(plain);
+  EXPECT_PRED_FORMAT2(Contains, plain.out, ", precision tf32, mode forward, ");
+  EXPECT_PRED_FORMAT2(Contains, plain.out, " samples/s (batch 2)\n");
+
+  const CliResult r = run(bench + "--batch 3 --precision fp32 --json " + quote(json_path));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, ", precision fp32, mode forward, ");
+  EXPECT_PRED_FORMAT2(Contains, r.out, " samples/s (batch 3)\n");
+  const nlohmann::json j = nlohmann::json::parse(read_text(json_path));
+  const nlohmann::json p = nlohmann::json::parse(read_text(plain_json));
+  EXPECT_EQ(j.at("batch"), 3);
+  EXPECT_EQ(j.at("precision"), "fp32");
+  EXPECT_EQ(p.at("batch"), 2);
+  EXPECT_EQ(p.at("precision"), "tf32");
+  // The engine itself was built at batch 3, not only the numbers printed: its activations are larger.
+  EXPECT_GT(j.at("arena_bytes").get<size_t>(), p.at("arena_bytes").get<size_t>());
+
+  // And the other way: tf32 over a network whose JSON says fp32, in a train step.
+  nlohmann::json fp32_net = nlohmann::json::parse(read_text(kSmall));
+  fp32_net["precision"] = "fp32";
+  const std::string net = write_file("fp32.json", fp32_net.dump());
+  const CliResult t = run("bench " + quote(net) + " --device cpu --iters 2 --warmup 0 --precision tf32 --batch 1");
+  ASSERT_EQ(t.status, 0) << describe(t);
+  EXPECT_PRED_FORMAT2(Contains, t.out, ", precision tf32, mode train, ");
+  EXPECT_PRED_FORMAT2(Contains, t.out, " samples/s (batch 1)\n");
+}
+
+// Bad values are one line naming the flag, exit 2, before any timing (as train's --batch).
+TEST_F(Cli, BenchRefusesABadBatchOrPrecisionInOneLine) {
+  const std::string bench = "bench " + quote(kSmall) + " --device cpu --iters 2 --warmup 0 ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--batch 0", "anvil: error: --batch: must be a positive integer, got 0\n"},
+      {"--batch=-2", "anvil: error: --batch: must be a positive integer, got -2\n"},
+      {"--batch 2x", "anvil: error: --batch: 2x is not a whole number\n"},
+      {"--batch 2147483648", "anvil: error: --batch: 2147483648 is out of range (at most 2147483647)\n"},
+      {"--precision fp16", "anvil: error: --precision: fp16 not in {fp32,tf32}\n"},
+      {"--precision ''", "anvil: error: --precision:  not in {fp32,tf32}\n"},  // as --device ''
+  };
+  for (const auto& [args, err] : cases) {
+    const CliResult r = run(bench + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, err) << args;
+    EXPECT_EQ(r.out.find("PASSED"), std::string::npos) << args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("throughput"), std::string::npos) << args << "\n" << r.out;
+  }
+}
+
+// --precision is a common flag: info prints the one in effect, and every command refuses a bad one.
+TEST_F(Cli, EveryCommandTakesPrecision) {
+  const CliResult info = run("info " + quote(kSmall) + " --device cpu --precision fp32");
+  ASSERT_EQ(info.status, 0) << describe(info);
+  EXPECT_PRED_FORMAT2(Contains, info.out, ", precision fp32, seed 1\n");
+  const std::string data = path("data.safetensors");
+  const std::vector<std::string> commands = {"info", "run", "train --steps 1", "eval --data " + quote(data), "bench"};
+  for (const std::string& command : commands) {
+    const std::string args = command + " " + quote(kSmall) + " --device cpu --precision bf16";
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: --precision: bf16 not in {fp32,tf32}\n") << args;
+  }
+  const CliResult ok = run("run " + quote(kSmall) + " --device cpu --precision tf32");
+  EXPECT_EQ(ok.status, 0) << describe(ok);
+}
+
 // Outputs are checked before any work: nothing an output names may be reached
 // by accident (a symlink, a FIFO, a device, an input, another output), and
 // what no output can be (a directory, a socket) is refused even with --force.

@@ -460,6 +460,10 @@ TEST_F(CliTrain, ResumeRefusesACheckpointOfAnotherNetworkBatchOrAWeightsFile) {
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--batch", "16", "--resume", mine}),
                    mine + ": the checkpoint was written at batch 32, this run's batch is 16");
 
+  // --precision is how a run computes, as --no-fuse is, not another network: the checkpoint resumes.
+  const Finished fp32 = train({"--data", kTrain, "--steps", "2", "--precision", "fp32", "--resume", mine});
+  EXPECT_EQ(fp32.status, 0) << describe(fp32);
+
   // A file of parameters is not a checkpoint; the refused run creates no metrics file.
   const std::string params = trained_weights("params.safetensors", 1), metrics = path("refused.jsonl");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--resume", params, "--metrics", metrics}),

@@ -719,6 +719,20 @@ TEST(NetworkParse, ABatchOutsideADimensionsRangeIsRefused) {
   EXPECT_EQ(net.with_batch(anvil::kMaxDimension).input_shape()[0], anvil::kMaxDimension);
 }
 
+// The CLI's --precision: only the precision changes, and a later batch (--batch, data-parallel
+// slicing) keeps it. The hash, a checkpoint's identity of the network, stays the file's.
+TEST(NetworkParse, WithPrecisionChangesOnlyThePrecision) {
+  const Network tf32 = Network::parse(with_layers("[2, 3, 4, 4]", R"([{"type": "relu"}])"), "p.json");
+  ASSERT_EQ(tf32.precision(), anvil::Precision::TF32);
+  const Network fp32 = tf32.with_precision(anvil::Precision::FP32);
+  EXPECT_EQ(fp32.precision(), anvil::Precision::FP32);
+  EXPECT_EQ(fp32.input_shape(), tf32.input_shape());
+  EXPECT_EQ(fp32.spec().hash, tf32.spec().hash);
+  EXPECT_EQ(fp32.with_batch(5).precision(), anvil::Precision::FP32);
+  EXPECT_EQ(fp32.with_precision(anvil::Precision::TF32).precision(), anvil::Precision::TF32);
+  EXPECT_EQ(tf32.precision(), anvil::Precision::TF32);  // the original is untouched
+}
+
 TEST(NetworkParse, LoadPrefixesErrorsWithThePath) {
   const std::string path = ::testing::TempDir() + "anvil_network_test_bad.json";
   {

@@ -59,7 +59,8 @@ std::string mib(size_t bytes) {
 
 struct CommonFlags {
   std::string network;
-  std::string device;  // "", "cpu" or "cuda"
+  std::string device;     // "", "cpu" or "cuda"
+  std::string precision;  // "", "fp32" or "tf32" ("": the network's)
   bool no_fuse = false;
   bool no_phase_split = false;
   bool no_direct_conv = false;
@@ -74,6 +75,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_option("network", f.network, "network description (JSON)")->required();
   cmd->add_option("--device", f.device, "cpu or cuda (default: cuda when a GPU is present)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--precision", f.precision, "fp32 or tf32: overrides the network's \"precision\" (conv math on CUDA)")
+      ->check(CLI::IsMember({"fp32", "tf32"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
   cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
   cmd->add_flag("--no-direct-conv", f.no_direct_conv,
@@ -232,16 +235,20 @@ anvil::Dataset load_dataset(const std::string& path, const anvil::Network& net) 
   return anvil::Dataset::load(path, without_batch(net.input_shape()), without_batch(net.output_shape()));
 }
 
-// The network at --batch, when given (0: not given; the flags are checked before).
-anvil::Network load_network(const std::string& path, int64_t batch) {
-  const anvil::Network net = anvil::Network::load(path);
-  return batch > 0 ? net.with_batch(batch) : net;
+// The network file with the command's overrides: --batch when given (0: not given; the flags are
+// checked before) and --precision. Every command loads its network here.
+anvil::Network load_network(const CommonFlags& f, int64_t batch = 0) {
+  anvil::Network net = anvil::Network::load(f.network);
+  if (batch > 0) net = net.with_batch(batch);
+  if (!f.precision.empty())
+    net = net.with_precision(f.precision == "fp32" ? anvil::Precision::FP32 : anvil::Precision::TF32);
+  return net;
 }
 
 // mode_name: --mode, empty where not given; check_finite_asked: --check-finite given (it is on by default).
 int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite,
              bool check_finite_asked) {
-  const anvil::Network net = anvil::Network::load(f.network);
+  const anvil::Network net = load_network(f);
   // By default the training plan, as `anvil train` builds it; but a network without parameters has
   // nothing to train, so info describes its forward pass unless a training flag asks otherwise.
   if (mode_name.empty())
@@ -302,7 +309,7 @@ int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool 
 int cmd_run(const CommonFlags& f, const std::string& weights, const std::string& input, const std::string& output) {
   check_outputs({{"--output", output}}, {{"the network file", f.network}, {"--weights", weights}, {"--input", input}},
                 f.force);
-  const anvil::Network net = anvil::Network::load(f.network);
+  const anvil::Network net = load_network(f);
   anvil::Engine engine(net, options_for(f, anvil::Mode::Forward));
   if (!weights.empty()) load_weights(engine, weights, false);
   if (!input.empty()) {
@@ -622,7 +629,7 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
     throw anvil::InputError("--keep-last is refused with " + std::to_string(ranks) +
                             " ranks, whatever the dataset's size (a partial last batch would not split evenly "
                             "across them); leave it out to train data-parallel");
-  const anvil::Network net = load_network(f.network, t.batch);
+  const anvil::Network net = load_network(f, t.batch);
   if (net.input_shape()[0] % ranks != 0)
     throw anvil::InputError("the batch of " + std::to_string(net.input_shape()[0]) + " does not split evenly across " +
                             std::to_string(ranks) + " ranks (--batch sets the global batch)");
@@ -656,7 +663,7 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
              bool batch_given, bool strict) {
   if (batch_given) check_positive("--batch", batch);
   if (strict && weights.empty()) throw anvil::InputError("--strict needs --weights");
-  const anvil::Network net = load_network(f.network, batch);
+  const anvil::Network net = load_network(f, batch);
   // Before the engine: a batch beyond the data would only be padding, and its arena could be
   // refused for memory, which would not name the reason.
   const anvil::Dataset dataset = load_dataset(data, net);
@@ -686,9 +693,10 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
 struct BenchFlags {
   std::string mode = "train", json, data;
   int iters = 50, warmup = 10;
+  int64_t batch = 0;
   double data_budget_mib = 0;
   bool input_grad = false;
-  bool budget_given = false;  // set after parsing
+  bool batch_given = false, budget_given = false;  // set after parsing
 };
 
 double percentile(std::vector<double> sorted, double q) {
@@ -703,9 +711,10 @@ double percentile(std::vector<double> sorted, double q) {
 int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& command_line) {
   if (b.iters < 1) throw anvil::InputError("--iters: must be a positive integer, got " + std::to_string(b.iters));
   if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
+  if (b.batch_given) check_positive("--batch", b.batch);
   if (b.budget_given && b.data.empty()) throw anvil::InputError("--data-budget needs --data");
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
-  const anvil::Network net = anvil::Network::load(f.network);
+  const anvil::Network net = load_network(f, b.batch);
   const bool forward = b.mode == "forward";
   if (b.input_grad && forward) throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
@@ -914,6 +923,8 @@ int main(int argc, char** argv) {
   bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->check(whole_number(kMaxInt));
   bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)")
       ->check(whole_number(kMaxInt));
+  bench->add_option("--batch", bench_opts.batch, "batch size of the timed engine (default: the network's input batch)")
+      ->check(whole_number(anvil::kMaxDimension));
   bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
   bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
   bench->add_flag("--input-grad", bench_opts.input_grad,
@@ -954,6 +965,7 @@ int main(int argc, char** argv) {
       train_opts.batch_given = train->count("--batch") > 0;
       train_opts.budget_given = train->count("--data-budget") > 0;
       train_opts.ranks_given = train->count("--ranks") > 0;
+      bench_opts.batch_given = bench->count("--batch") > 0;
       bench_opts.budget_given = bench->count("--data-budget") > 0;
       if (*train) return cmd_train(train_flags, train_opts);
       if (*eval)

@@ -70,6 +70,15 @@ Network Network::with_batch(int64_t batch) const {
   return net;
 }
 
+Network Network::with_precision(Precision precision) const {
+  auto spec = std::make_shared<NetworkSpec>(this->spec());
+  spec->precision = precision;
+  Network net;
+  net.graph_ = Graph::build(spec);  // a graph keeps its own spec: one built from this copy
+  net.spec_ = std::move(spec);
+  return net;
+}
+
 namespace {
 [[noreturn]] void empty_network() {
   throw Error("an empty anvil::Network (moved from): make one with Network::load or Network::parse");

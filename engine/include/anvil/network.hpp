@@ -31,6 +31,9 @@ class Network {
   static Network parse(const std::string& json_text, const std::string& source);
   // The same network at another batch size (InputError if its shapes do not allow it).
   Network with_batch(int64_t batch) const;
+  // The same network under another precision (the CLI's --precision). Its hash, the identity a
+  // checkpoint records, stays the file's: like --no-fuse, precision is how a run computes.
+  Network with_precision(Precision precision) const;
 
   const std::string& name() const;
   const std::string& source() const;
@@ -49,7 +52,7 @@ class Network {
   std::unique_ptr<Graph> build_graph() const;
 
  private:
-  Network() = default;  // a Network is made by load, parse or with_batch: never empty
+  Network() = default;  // a Network is made by load, parse, with_batch or with_precision: never empty
   const Graph& graph() const;
   // Every accessor goes through spec() or graph(), which refuse a moved-from (empty) Network.
   std::shared_ptr<const NetworkSpec> spec_;
