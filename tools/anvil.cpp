@@ -682,7 +682,7 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   // Finite data can still overflow float on the way (as train stops, eval fails: exit 3).
   if (!std::isfinite(loss))
     throw anvil::NonFiniteError("the mean loss over " + shown(data) + " is " +
-                                (std::isnan(loss) ? "nan" : std::to_string(loss)) +  // not "-nan"
+                                anvil::NonFiniteError::shown(loss) +
                                 (weights_notice.empty() ? "" : "; " + weights_notice));
   print_notices();
   std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()),

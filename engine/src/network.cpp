@@ -42,15 +42,19 @@ Network Network::load(const std::string& path) {
 
 // The text is parsed once into a spec; building the graph here checks inputs, cycles and shapes.
 Network Network::parse(const std::string& json_text, const std::string& source) {
-  Network net;
   try {
     NetworkSpec spec = parse_network_spec(json_text, source, parse_memory_budget());
     spec.source_file = InputFile::read_now(source);
-    net.spec_ = std::make_shared<const NetworkSpec>(std::move(spec));
-    net.graph_ = Graph::build(net.spec_);
+    return built(std::make_shared<const NetworkSpec>(std::move(spec)));
   } catch (const InputError& e) {
     throw InputError(source + ": " + e.what());
   }
+}
+
+Network Network::built(std::shared_ptr<const NetworkSpec> spec) {
+  Network net;
+  net.graph_ = Graph::build(spec);  // a graph keeps its own spec: the one it was built from
+  net.spec_ = std::move(spec);
   return net;
 }
 
@@ -60,23 +64,17 @@ Network Network::with_batch(int64_t batch) const {
                      std::to_string(batch));
   auto spec = std::make_shared<NetworkSpec>(this->spec());
   spec->input[0] = batch;
-  Network net;
   try {
-    net.graph_ = Graph::build(spec);
+    return built(spec);
   } catch (const InputError& e) {
     throw InputError(spec->source + ": at batch " + std::to_string(batch) + ": " + e.what());
   }
-  net.spec_ = std::move(spec);
-  return net;
 }
 
 Network Network::with_precision(Precision precision) const {
   auto spec = std::make_shared<NetworkSpec>(this->spec());
   spec->precision = precision;
-  Network net;
-  net.graph_ = Graph::build(spec);  // a graph keeps its own spec: one built from this copy
-  net.spec_ = std::move(spec);
-  return net;
+  return built(std::move(spec));
 }
 
 namespace {

@@ -4,6 +4,7 @@
 // All are exceptions, never exit(), so tests and embedding programs can catch them.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -88,6 +89,9 @@ class InputError : public Error {
 class NonFiniteError : public Error {
  public:
   using Error::Error;
+
+  // A non-finite value as messages show it: "inf", "-inf" or "nan" (never "-nan").
+  static std::string shown(float value) { return std::isnan(value) ? "nan" : std::to_string(value); }
 };
 
 }  // namespace anvil

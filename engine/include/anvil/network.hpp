@@ -53,6 +53,8 @@ class Network {
 
  private:
   Network() = default;  // a Network is made by load, parse, with_batch or with_precision: never empty
+  // The network of spec, its graph built (and so the spec validated) from it.
+  static Network built(std::shared_ptr<const NetworkSpec> spec);
   const Graph& graph() const;
   // Every accessor goes through spec() or graph(), which refuse a moved-from (empty) Network.
   std::shared_ptr<const NetworkSpec> spec_;

@@ -32,10 +32,9 @@ void check_checkpoint_path(const TrainOptions& options, std::initializer_list<co
       throw InputError(options.checkpoint + ": the checkpoint would overwrite the dataset " + data->file().absolute);
 }
 
-// "step 3: the loss became nan": the value as it is, "nan" never "-nan".
+// "step 3: the loss became nan".
 NonFiniteError non_finite(int64_t step, const std::string& what, float value) {
-  return NonFiniteError("step " + std::to_string(step) + ": " + what + " " +
-                        (std::isnan(value) ? "nan" : std::to_string(value)));
+  return NonFiniteError("step " + std::to_string(step) + ": " + what + " " + NonFiniteError::shown(value));
 }
 
 }  // namespace
