@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 
@@ -35,11 +36,18 @@ ANVIL_HD inline double exp_of(double x) { return ::exp(x); }
 ANVIL_HD inline float tanh_of(float x) { return ::tanhf(x); }
 ANVIL_HD inline double tanh_of(double x) { return ::tanh(x); }
 
-// y = x > 0 ? x : slope * x. relu is slope 0.
+// y = x > 0 ? x : slope * x, but for 0 * -inf (NaN): relu (slope 0) maps -inf
+// to zero as torch.relu does, to -slope, the zero slope * x is for every finite
+// x < 0. A NaN x stays NaN; other slopes' results are slope * x, bit for bit.
+// The CPU reference and every CUDA path (the pointwise kernels, each epilogue
+// chain policy) compute it here.
 struct LeakyRelu {
   static constexpr const char* kName = "leaky_relu";
   static constexpr bool kBackwardUsesOutput = false;
-  template <class T> ANVIL_HD static T forward(T x, T slope) { return x > T(0) ? x : slope * x; }
+  template <class T> ANVIL_HD static T forward(T x, T slope) {
+    if (x > T(0)) return x;
+    return slope == T(0) && x == -std::numeric_limits<T>::infinity() ? -slope : slope * x;
+  }
   // Strictly x > 0: at x == 0 the gradient is slope * dy, as in PyTorch.
   template <class T> ANVIL_HD static T backward(T x, T, T dy, T slope) { return x > T(0) ? dy : slope * dy; }
 };

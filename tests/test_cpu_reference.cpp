@@ -601,6 +601,47 @@ TEST(CpuReferenceLeakyRelu, ZeroInputTakesSlopeBranchAsInPyTorch) {
   EXPECT_EQ(dx0[2], 3.0);
 }
 
+// relu (slope 0) of -inf is zero, not 0 * -inf = NaN (torch.relu(-inf) is 0),
+// and the same zero as relu of a finite x < 0; a non-zero slope keeps -inf;
+// NaN stays NaN. The gradient at -inf is slope * dy.
+template <class T> void expect_leaky_relu_infinities_and_nan() {
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const std::vector<T> x{-inf, T(-1), inf, nan};
+  const std::vector<T> dy(x.size(), T(3));
+  const std::vector<T> relu = pointwise_fwd(PointwiseOp::LeakyRelu, T(0), x);
+  EXPECT_EQ(relu[0], T(0));
+  EXPECT_EQ(std::signbit(relu[0]), std::signbit(relu[1]));  // the -0 of 0 * -1
+  EXPECT_EQ(relu[2], inf);
+  EXPECT_TRUE(std::isnan(relu[3]));
+  const std::vector<T> relu_dx = pointwise_bwd(PointwiseOp::LeakyRelu, T(0), x, relu, dy);
+  EXPECT_EQ(relu_dx[0], T(0));
+  EXPECT_EQ(relu_dx[2], T(3));
+  const T slope = T(0.2);
+  const std::vector<T> leaky = pointwise_fwd(PointwiseOp::LeakyRelu, slope, x);
+  EXPECT_EQ(leaky[0], -inf);
+  EXPECT_EQ(leaky[1], slope * T(-1));
+  EXPECT_EQ(leaky[2], inf);
+  EXPECT_TRUE(std::isnan(leaky[3]));
+  const std::vector<T> leaky_dx = pointwise_bwd(PointwiseOp::LeakyRelu, slope, x, leaky, dy);
+  EXPECT_EQ(leaky_dx[0], slope * T(3));
+  // A slope of -0 (negative_slope: -0.0) is a relu too.
+  const std::vector<T> neg_zero = pointwise_fwd(PointwiseOp::LeakyRelu, T(-0.0), x);
+  EXPECT_EQ(neg_zero[0], T(0));
+  EXPECT_EQ(std::signbit(neg_zero[0]), std::signbit(neg_zero[1]));
+  EXPECT_TRUE(std::isnan(neg_zero[3]));
+}
+
+TEST(CpuReferenceLeakyRelu, ReluOfMinusInfIsZeroAndNaNStaysNaN) {
+  {
+    SCOPED_TRACE("float");
+    expect_leaky_relu_infinities_and_nan<float>();
+  }
+  {
+    SCOPED_TRACE("double");
+    expect_leaky_relu_infinities_and_nan<double>();
+  }
+}
+
 TEST(CpuReferenceSigmoid, SaturatesWithoutOverflow) {
   const VecF y = pointwise_fwd(PointwiseOp::Sigmoid, 0.f, VecF{-100.f, 100.f});
   EXPECT_EQ(y[1], 1.f);
