@@ -264,6 +264,52 @@ INSTANTIATE_TEST_SUITE_P(AllOps, CudaPointwise, ::testing::ValuesIn(anvil::kAllP
                            return std::string(anvil::pointwise_op_name(info.param));
                          });
 
+// leaky_relu over -inf, +inf, NaN and zeros of both signs among random values,
+// on the vector and scalar paths: forward and backward the CPU's bits (a NaN
+// for a NaN). relu (slope 0, and -0) maps -inf to zero, never 0 * -inf = NaN;
+// a non-zero slope keeps -inf.
+TEST(CudaPointwiseLeakyRelu, InfinitiesAndNaNMatchTheCpu) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float specials[] = {-inf, inf, nan, 0.f, -0.f};
+  std::mt19937 rng(107);
+  for (int64_t count : kCounts) {
+    for (auto [oi, oo] : kOffsetPairs) {
+      for (float slope : {0.f, -0.f, 0.01f, 0.2f, -0.3f}) {
+        const std::string what = describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)},
+                                           {"slope", slope}, {"-0 slope", std::signbit(slope)}});
+        std::vector<float> x = pointwise_inputs(count, rng);
+        for (size_t i = 0; i < x.size(); i += 2) x[i] = specials[(i / 2) % 5];
+        const std::vector<float> dyv = random_floats(count, rng);
+        std::vector<float> y(count), dx(count);
+        cpu::pointwise_forward<float>(PointwiseOp::LeakyRelu, slope, x.data(), y.data(), count);
+        cpu::pointwise_backward<float>(PointwiseOp::LeakyRelu, slope, x.data(), y.data(), dyv.data(), dx.data(),
+                                       count, false);
+        DeviceBuffer<float> bx(count + kSlack), by(count + kSlack), bdy(count + kSlack), bdx(count + kSlack);
+        bx.upload(x, oi);
+        bdy.upload(dyv, oi);
+        by.poison();
+        bdx.poison();
+        gpu::pointwise_forward(PointwiseOp::LeakyRelu, slope, bx.get() + oi, by.get() + oo, count, nullptr);
+        gpu::pointwise_backward(PointwiseOp::LeakyRelu, slope, bx.get() + oi, nullptr, bdy.get() + oi,
+                                bdx.get() + oo, count, false, nullptr);
+        const std::vector<float> got_y = by.download(oo, count), got_dx = bdx.download(oo, count);
+        expect_untouched(by, oo, count, what + "forward");
+        expect_untouched(bdx, oo, count, what + "backward");
+        int64_t bad = 0;
+        for (int64_t i = 0; i < count; ++i) {
+          const bool y_ok = std::isnan(x[i]) ? std::isnan(got_y[i]) : bits(got_y[i]) == bits(y[i]);
+          const bool relu_ok = !(slope == 0.f && x[i] == -inf) || got_y[i] == 0.f;
+          if ((!y_ok || !relu_ok || bits(got_dx[i]) != bits(dx[i])) && ++bad <= 5)
+            ADD_FAILURE() << what << "[" << i << "] x " << x[i] << ": y " << got_y[i] << " want " << y[i] << ", dx "
+                          << got_dx[i] << " want " << dx[i];
+        }
+        EXPECT_EQ(bad, 0) << what;
+      }
+    }
+  }
+}
+
 TEST(CudaKernels, CopyOrAccumulate) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(103);
@@ -1195,6 +1241,109 @@ TEST(CudaKernels, ChannelsLastPool) {
           }
           EXPECT_EQ(bad, 0) << what;
         }
+      }
+    }
+  }
+}
+
+// ---- -inf through the chains ----
+
+// Chains over a Y with -inf in it (every 5th element): relu (slope 0) maps it
+// to zero, never 0 * -inf = NaN, in each policy of epilogue_chain.cuh that
+// runs a leaky_relu: alone (LeakyChain), the headline's (LeakyScaleLeakyChain)
+// and the program (ProgramChain). All exact. With a bias the buffers are
+// aligned (the vector paths), without one offset (the scalar paths): half the
+// runs of the tests above, for the sanitizers' time (tools/gpu_check.sh).
+const std::vector<ChainCase> kMinusInfChains = {
+    {"relu", {leaky(0.f)}},
+    {"relu,scale,relu", {leaky(0.f), kScale, leaky(0.f)}},
+    {"relu,scale,leaky.1,scale", {leaky(0.f), kScale, leaky(0.1f), kScale}},
+};
+
+ChainInputs minus_inf_chain_inputs(const std::vector<ChainStep>& steps, bool with_bias, int64_t n, int64_t c,
+                                   int64_t s, int64_t pooled, std::mt19937& rng) {
+  ChainInputs in = chain_inputs(steps, with_bias, n, c, s, pooled, rng);
+  for (size_t i = 1; i < in.y.size(); i += 5) in.y[i] = -std::numeric_limits<float>::infinity();
+  return in;
+}
+
+void expect_no_nan(const std::vector<float>& v, const std::string& what) {
+  const auto nans = std::count_if(v.begin(), v.end(), [](float f) { return std::isnan(f); });
+  EXPECT_EQ(nans, 0) << what << ": NaN from a -inf";
+}
+
+TEST(CudaKernels, FusedEpilogueReluOfMinusInfIsZero) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(321);
+  for (const EpilogueGeometry& g : kEpilogueGeometries) {
+    for (bool with_bias : {true, false}) {
+      for (const ChainCase& chain : kMinusInfChains) {
+        const ChainInputs in =
+            minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
+        const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
+        const cpu::PoolGeometry pg = pool_geometry(g);
+        const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
+        const ChainResult r = run_tiled(in, g, with_bias ? 0 : 1);
+        expect_no_nan(r.p, what + "p");
+        expect_no_nan(r.dy, what + "dy");
+        check_chain(in, ref, r, true, what);
+        check_tiled_argmax(ref, g, r, what);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, ChainPoolReluOfMinusInfIsZero) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(323);
+  for (const PoolCase& pc : kPoolCases) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    const auto out = gpu::chain_pool_output(g);
+    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
+    const cpu::PoolGeometry pg = pool_geometry(g);
+    for (bool with_bias : {true, false}) {
+      for (const ChainCase& chain : kMinusInfChains) {
+        const ChainInputs in = minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
+        const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + ": ";
+        const ChainReference ref =
+            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
+        const ChainResult r = run_chain_pool(in, g, with_bias ? 0 : 1);
+        expect_no_nan(r.p, what + "p");
+        expect_no_nan(r.dy, what + "dy");
+        check_chain(in, ref, r, true, what);
+      }
+    }
+  }
+}
+
+TEST(CudaKernels, ChannelsLastPoolReluOfMinusInfIsZero) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(325);
+  for (const PoolCase& pc : channels_last_cases()) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    const auto out = gpu::chain_pool_output(g);
+    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
+    const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
+    const cpu::PoolGeometry pg = pool_geometry(g);
+    for (bool with_bias : {true, false}) {
+      for (const ChainCase& chain : kMinusInfChains) {
+        const ChainInputs in = minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
+        const ChainReference ref =
+            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
+        ChainInputs last = in;
+        last.y = to_channels_last(in.y, g.n, g.c, s);
+        const size_t off = with_bias ? 0 : 1;
+        const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + ": ";
+        ChainBuffers b(last, g.c, count, all_pooled, 0, off);
+        gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
+                                        max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
+                                        g, nullptr);
+        const std::vector<float> p = b.p.download(off, all_pooled);
+        expect_untouched(b.p, off, all_pooled, what + "p");
+        expect_no_nan(p, what + "p");
+        expect_exact(p, ref.p, what + "p vs reference");
       }
     }
   }
