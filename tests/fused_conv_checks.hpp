@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -120,11 +121,21 @@ inline std::vector<float> expected_y_at_max(const std::vector<uint8_t>& argmax, 
   return want;
 }
 
+// The biases a fused forward runs with. One of -inf in every third channel
+// (0, 3, ...), for the chains with a relu (slope 0), makes v = -inf there:
+// relu maps it to zero, not 0 * -inf = NaN, so P holds no NaN.
+struct BiasKind {
+  const char* label;
+  bool with_bias, minus_inf;
+};
+constexpr BiasKind kBiasKinds[] = {
+    {"with bias", true, false}, {"with bias -inf in every third channel", true, true}, {"without bias", false, false}};
+
 // The fused forward under test: (bias or null, chain, p, argmax, y_at_max, y),
 // each output but p null when not wanted.
 using FusedForward = std::function<void(const float*, const cuda::EpilogueChain&, float*, uint8_t*, float*, float*)>;
 
-// Runs forward for every test chain, with and without a fresh bias, into
+// Runs forward for every test chain with each of kBiasKinds (a fresh bias) into
 // poisoned outputs, and checks: nothing written past an output's end; Y (the
 // bias-free conv output) by check_y; P, and for a max pool the argmax and y
 // there, against chain_pool's kernel run on that Y, bitwise; P and the argmax
@@ -138,9 +149,17 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
   const bool max = g.pool == cuda::ChainPool::Max;
   DeviceBuffer<float> bias(size_t(g.c));
   for (const TestChain& chain : fused_test_chains()) {
-    for (bool with_bias : {true, false}) {
-      SCOPED_TRACE(chain.label + (with_bias ? " with bias" : " without bias"));
-      bias.upload(random_floats(size_t(g.c), rng));
+    bool has_relu = false;
+    for (const ChainStep& step : chain.steps)
+      has_relu |= !step.scale && step.op == PointwiseOp::LeakyRelu && step.param == 0.f;
+    for (const BiasKind& kind : kBiasKinds) {
+      if (kind.minus_inf && !has_relu) continue;
+      const bool with_bias = kind.with_bias;
+      SCOPED_TRACE(chain.label + " " + kind.label);
+      std::vector<float> bias_values = random_floats(size_t(g.c), rng);
+      if (kind.minus_inf)
+        for (size_t ch = 0; ch < bias_values.size(); ch += 3) bias_values[ch] = -std::numeric_limits<float>::infinity();
+      bias.upload(bias_values);
       const std::unique_ptr<BoundChain> bound = bind_test_chain(chain, g.c, rng);
       const cuda::EpilogueChain& ec = bound->chain;
       const float* b = with_bias ? bias.get() : nullptr;
@@ -155,6 +174,12 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
       expect_poisoned_after(y, y_count, "y");
       expect_poisoned_after(p, p_count, "p");
       check_y(y_got);
+      if (kind.minus_inf)
+        for (size_t i = 0; i < p_got.size(); ++i)
+          if (std::isnan(p_got[i])) {
+            ADD_FAILURE() << "p[" << i << "] is NaN from a bias of -inf";
+            break;
+          }
 
       // chain_pool's kernel on that Y gives the same bits.
       DeviceBuffer<float> p_ref(p_count);
