@@ -161,8 +161,12 @@ void PhaseMmaForward::check(float s1, float s2, bool sigmoid_tail, bool minus_in
   std::vector<float> bias = random_floats(g_.cout, rng);
   std::vector<float> m = random_floats(g_.cout, rng);  // both signs
   m[0] = 0.f;  // every phase ties in channel 0
-  if (minus_inf_bias)
+  if (minus_inf_bias) {
     for (int64_t co = 0; co < g_.cout; co += 3) bias[co] = -INFINITY;
+    // A channel where relu -> scale -> relu is not zero throughout: two_d's 3 channels
+    // drew negative multipliers, and an all-zero reference made rel_l2 0 / 0.
+    if (g_.cout > 1) m[1] = std::fabs(m[1]);
+  }
   const int64_t nx_pad = g_.n * g_.cin * xp_[0] * xp_[1] * xp_[2], nwp = phases_ * g_.cout * g_.cin * kpv_;
   const int64_t pooled = g_.n * g_.cout * q_count_;
   DeviceBuffer<float> d_x(x.size()), d_w(w.size()), d_b(bias.size()), d_m(m.size()), d_x_pad(nx_pad), d_wp(nwp);
