@@ -16,12 +16,16 @@
 # TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
 # SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side: all four took 300 to 350 s on an H100, 2026-12-05), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
-# --cases). Prints a short summary last. Logs go to $OUT
-# (or /tmp/anvil-gpu-check).
+# --cases). Prints a short summary last. Logs go to /tmp/anvil-gpu-check; with
+# OUT set (the device tool's folder, which brings back at most 8 files) they
+# also come back packed as $OUT/gpu_check_logs.tar.gz, written on exit (so
+# give the script its own time, not an outer timeout that kills it first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/anvil-gpu-check}"
+out=/tmp/anvil-gpu-check
 mkdir -p "$out"
+pack_logs() { [ -n "${OUT:-}" ] && tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$out" .; }
+trap pack_logs EXIT
 export ANVIL_REQUIRE_GPU=1
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (docs/distributed.md)
 summary=()
