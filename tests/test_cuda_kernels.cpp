@@ -1046,33 +1046,48 @@ TEST(CudaKernels, PoolTilesWhatFitsSharedMemory) {
   EXPECT_TRUE(gpu::chain_pool_backward_tiled(stem.g));
 }
 
-TEST(CudaKernels, ChainPool) {
-  ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(311);
-  for (const PoolCase& pc : kPoolCases) {
+using MakeChainInputs = ChainInputs (*)(const std::vector<ChainStep>&, bool with_bias, int64_t n, int64_t c,
+                                         int64_t s, int64_t pooled, std::mt19937&);
+
+// Each geometry, with a bias and without, through each chain: body(pc, chain, with_bias, in, ref,
+// what) with the chain's inputs from make_inputs and their CPU reference.
+template <class Body>
+void for_each_pool_chain(const std::vector<PoolCase>& cases, const std::vector<ChainCase>& chains,
+                         MakeChainInputs make_inputs, std::mt19937& rng, Body&& body) {
+  for (const PoolCase& pc : cases) {
     const gpu::ChainPoolGeometry& g = pc.g;
     const bool max = g.pool == gpu::ChainPool::Max;
     const auto out = gpu::chain_pool_output(g);
     const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
     const cpu::PoolGeometry pg = pool_geometry(g);
     for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kChains) {
+      for (const ChainCase& chain : chains) {
         // See FusedEpilogue: the smooth chain's argmax may differ at near ties.
         if (max && !chain.exact) continue;
-        const ChainInputs in = chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
+        const ChainInputs in = make_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
         const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + ": ";
         const ChainReference ref =
             chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
-        const ChainResult aligned = run_chain_pool(in, g, 0);
-        check_chain(in, ref, aligned, chain.exact, what + "aligned: ");
-        const ChainResult offset = run_chain_pool(in, g, 1);
-        check_chain(in, ref, offset, chain.exact, what + "offset: ");
-        expect_same_chain(aligned, run_chain_pool(in, g, 0), what + "second run: ");
-        // Each element's gradient is summed in one order on every path (float4 rows, scalar).
-        expect_same(aligned.dy, offset.dy, what + "aligned vs offset: dy");
+        body(pc, chain, with_bias, in, ref, what);
       }
     }
   }
+}
+
+TEST(CudaKernels, ChainPool) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(311);
+  for_each_pool_chain(kPoolCases, kChains, chain_inputs, rng,
+                      [](const PoolCase& pc, const ChainCase& chain, bool, const ChainInputs& in,
+                         const ChainReference& ref, const std::string& what) {
+                        const ChainResult aligned = run_chain_pool(in, pc.g, 0);
+                        check_chain(in, ref, aligned, chain.exact, what + "aligned: ");
+                        const ChainResult offset = run_chain_pool(in, pc.g, 1);
+                        check_chain(in, ref, offset, chain.exact, what + "offset: ");
+                        expect_same_chain(aligned, run_chain_pool(in, pc.g, 0), what + "second run: ");
+                        // Each element's gradient is summed in one order on every path (float4 rows, scalar).
+                        expect_same(aligned.dy, offset.dy, what + "aligned vs offset: dy");
+                      });
 }
 
 // The add forms (a residual join): P, argmax, dy and the multipliers'
@@ -1200,50 +1215,43 @@ std::vector<PoolCase> channels_last_cases() {
 TEST(CudaKernels, ChannelsLastPool) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(317);
-  for (const PoolCase& pc : channels_last_cases()) {
+  const std::vector<PoolCase> cases = channels_last_cases();
+  for (const PoolCase& pc : cases) ASSERT_EQ(gpu::channels_last_pool_geometry_error(pc.g), nullptr) << pc.label;
+  for_each_pool_chain(cases, kChains, chain_inputs, rng, [](const PoolCase& pc, const ChainCase& chain, bool,
+                                                            const ChainInputs& in, const ChainReference& ref,
+                                                            const std::string& chain_what) {
     const gpu::ChainPoolGeometry& g = pc.g;
-    ASSERT_EQ(gpu::channels_last_pool_geometry_error(g), nullptr) << pc.label;
     const bool max = g.pool == gpu::ChainPool::Max;
     const auto out = gpu::chain_pool_output(g);
     const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
     const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
-    const cpu::PoolGeometry pg = pool_geometry(g);
-    for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kChains) {
-        if (max && !chain.exact) continue;  // see FusedEpilogue
-        const ChainInputs in = chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
-        const ChainReference ref =
-            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
-        ChainInputs last = in;
-        last.y = to_channels_last(in.y, g.n, g.c, s);
-        for (size_t off : {size_t(0), size_t(1)}) {
-          const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + " off " +
-                                   std::to_string(off) + ": ";
-          ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
-          gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
-                                  max ? packed.argmax.get() + off : nullptr, g, nullptr);
-          gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
-                                          max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
-                                          g, nullptr);
-          const ChainResult want = packed.result(max, false), got = b.result(max, max);
-          expect_same(got.p, want.p, what + "p");
-          expect_same(got.argmax, want.argmax, what + "argmax");
-          if (chain.exact)
-            expect_exact(got.p, ref.p, what + "p vs reference");
-          else
-            expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
-          if (!max) continue;
-          int64_t bad = 0;
-          for (int64_t o = 0; o < all_pooled; ++o) {
-            const int64_t at = pool_window_index(g, o / pooled, o % pooled, got.argmax[o]);
-            if ((at < 0 || bits(ref.v[at]) != bits(got.y_at_max[o])) && ++bad <= 3)
-              ADD_FAILURE() << what << "y_at_max wrong at pooled element " << o;
-          }
-          EXPECT_EQ(bad, 0) << what;
-        }
+    ChainInputs last = in;
+    last.y = to_channels_last(in.y, g.n, g.c, s);
+    for (size_t off : {size_t(0), size_t(1)}) {
+      const std::string what = chain_what + "off " + std::to_string(off) + ": ";
+      ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
+      gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
+                              max ? packed.argmax.get() + off : nullptr, g, nullptr);
+      gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
+                                      max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
+                                      g, nullptr);
+      const ChainResult want = packed.result(max, false), got = b.result(max, max);
+      expect_same(got.p, want.p, what + "p");
+      expect_same(got.argmax, want.argmax, what + "argmax");
+      if (chain.exact)
+        expect_exact(got.p, ref.p, what + "p vs reference");
+      else
+        expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
+      if (!max) continue;
+      int64_t bad = 0;
+      for (int64_t o = 0; o < all_pooled; ++o) {
+        const int64_t at = pool_window_index(g, o / pooled, o % pooled, got.argmax[o]);
+        if ((at < 0 || bits(ref.v[at]) != bits(got.y_at_max[o])) && ++bad <= 3)
+          ADD_FAILURE() << what << "y_at_max wrong at pooled element " << o;
       }
+      EXPECT_EQ(bad, 0) << what;
     }
-  }
+  });
 }
 
 // ---- -inf through the chains ----
@@ -1296,57 +1304,39 @@ TEST(CudaKernels, FusedEpilogueReluOfMinusInfIsZero) {
 TEST(CudaKernels, ChainPoolReluOfMinusInfIsZero) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(323);
-  for (const PoolCase& pc : kPoolCases) {
-    const gpu::ChainPoolGeometry& g = pc.g;
-    const bool max = g.pool == gpu::ChainPool::Max;
-    const auto out = gpu::chain_pool_output(g);
-    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
-    const cpu::PoolGeometry pg = pool_geometry(g);
-    for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kMinusInfChains) {
-        const ChainInputs in = minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
-        const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + ": ";
-        const ChainReference ref =
-            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
-        const ChainResult r = run_chain_pool(in, g, with_bias ? 0 : 1);
-        expect_no_nan(r.p, what + "p");
-        expect_no_nan(r.dy, what + "dy");
-        check_chain(in, ref, r, true, what);
-      }
-    }
-  }
+  for_each_pool_chain(kPoolCases, kMinusInfChains, minus_inf_chain_inputs, rng,
+                      [](const PoolCase& pc, const ChainCase&, bool with_bias, const ChainInputs& in,
+                         const ChainReference& ref, const std::string& what) {
+                        const ChainResult r = run_chain_pool(in, pc.g, with_bias ? 0 : 1);
+                        expect_no_nan(r.p, what + "p");
+                        expect_no_nan(r.dy, what + "dy");
+                        check_chain(in, ref, r, true, what);
+                      });
 }
 
 TEST(CudaKernels, ChannelsLastPoolReluOfMinusInfIsZero) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(325);
-  for (const PoolCase& pc : channels_last_cases()) {
-    const gpu::ChainPoolGeometry& g = pc.g;
-    const bool max = g.pool == gpu::ChainPool::Max;
-    const auto out = gpu::chain_pool_output(g);
-    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
-    const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
-    const cpu::PoolGeometry pg = pool_geometry(g);
-    for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kMinusInfChains) {
-        const ChainInputs in = minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, s, pooled, rng);
-        const ChainReference ref =
-            chain_reference(in, g.n, g.c, s, g.pool == gpu::ChainPool::None ? nullptr : &pg, max);
-        ChainInputs last = in;
-        last.y = to_channels_last(in.y, g.n, g.c, s);
-        const size_t off = with_bias ? 0 : 1;
-        const std::string what = pc.label + " bias " + std::to_string(with_bias) + " " + chain.label + ": ";
-        ChainBuffers b(last, g.c, count, all_pooled, 0, off);
-        gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
-                                        max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
-                                        g, nullptr);
-        const std::vector<float> p = b.p.download(off, all_pooled);
-        expect_untouched(b.p, off, all_pooled, what + "p");
-        expect_no_nan(p, what + "p");
-        expect_exact(p, ref.p, what + "p vs reference");
-      }
-    }
-  }
+  for_each_pool_chain(channels_last_cases(), kMinusInfChains, minus_inf_chain_inputs, rng,
+                      [](const PoolCase& pc, const ChainCase&, bool with_bias, const ChainInputs& in,
+                         const ChainReference& ref, const std::string& what) {
+                        const gpu::ChainPoolGeometry& g = pc.g;
+                        const bool max = g.pool == gpu::ChainPool::Max;
+                        const auto out = gpu::chain_pool_output(g);
+                        const int64_t s = g.y[0] * g.y[1] * g.y[2];
+                        const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * out[0] * out[1] * out[2];
+                        ChainInputs last = in;
+                        last.y = to_channels_last(in.y, g.n, g.c, s);
+                        const size_t off = with_bias ? 0 : 1;
+                        ChainBuffers b(last, g.c, count, all_pooled, 0, off);
+                        gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
+                                                        max ? b.argmax.get() + off : nullptr,
+                                                        max ? b.y_at_max.get() + off : nullptr, g, nullptr);
+                        const std::vector<float> p = b.p.download(off, all_pooled);
+                        expect_untouched(b.p, off, all_pooled, what + "p");
+                        expect_no_nan(p, what + "p");
+                        expect_exact(p, ref.p, what + "p vs reference");
+                      });
 }
 
 // ---------------------------------------------------------------------------
