@@ -101,6 +101,34 @@ TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
             "forward_into: 7 is not a Memory");
 }
 
+// A forward-only engine computes no gradient: asking it for the input's is refused when it is
+// built (plan_only too, as `anvil info` builds it), by name, not ignored until input_gradient()
+// says "needs Options::input_grad" of an engine given it. A network without parameters is no
+// exception: its forward pass builds, its input's gradient does not.
+TEST(EngineBuffers, InputGradIsRefusedByAForwardOnlyEngine) {
+  const std::string refused = "Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) "
+                              "computes no gradient, of the input or of anything else";
+  const Network with_params = Network::load(data_path("odd_sizes.json"));
+  const Network without_params =
+      Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "relu"}]})", "relu.json");
+  for (const Network* net : {&with_params, &without_params}) {
+    for (const bool plan_only : {false, true}) {
+      SCOPED_TRACE(net->name() + (plan_only ? ", plan_only" : ""));
+      Options o = on(Device::Cpu);
+      o.mode = Mode::Forward;
+      o.plan_only = plan_only;
+      o.input_grad = true;
+      EXPECT_EQ(message<InputError>([&] { Engine{*net, o}; }), refused);
+      o.input_grad = false;
+      EXPECT_EQ(message<InputError>([&] { Engine{*net, o}; }), "no E");
+    }
+  }
+  // The training engine takes it, as before.
+  Options train = on(Device::Cpu);
+  train.input_grad = true;
+  EXPECT_EQ(message<InputError>([&] { Engine{without_params, train}; }), "no E");
+}
+
 // Before the first step the loss and the input's gradient hold nothing: asking is an Error, not
 // the arena's poison read back as NaN.
 TEST(EngineBuffers, TheLossAndTheInputGradientBeforeAnyStepAreErrors) {

@@ -653,6 +653,7 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
     const HostTensor want = Engine(network, cpu).forward();
     Options forward_only = cuda_options("dgrad");
     forward_only.mode = Mode::Forward;
+    forward_only.input_grad = false;  // a forward-only engine refuses it
     Engine inference(network, forward_only);
     const std::string text = inference.describe();
     EXPECT_NE(text.find("Y channels-last"), std::string::npos) << text;
@@ -670,6 +671,7 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
   EXPECT_EQ(fp32.find("channels-last"), std::string::npos) << fp32;
   Options forward_only = cuda_options("dgrad");
   forward_only.mode = Mode::Forward;
+  forward_only.input_grad = false;
   const std::string thin = Engine(Network::parse(with_tf32(net_json("t", "[2, 12, 9, 11]", R"(
         {"type": "conv2d", "in_channels": 12, "out_channels": 40, "kernel_size": 3},
         {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")), "thin"), forward_only).describe();

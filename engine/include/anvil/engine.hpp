@@ -51,7 +51,10 @@ struct Options {
   // unless deterministic is off). Off: fixed rules pick
   // (docs/performance.md), the same choice every build.
   bool autotune = false;
-  bool input_grad = false;      // also compute d(loss)/d(input), which nothing upstream needs
+  // Also compute d(loss)/d(input), which nothing upstream needs (input_gradient()). Training
+  // engines only: a forward-only engine (Mode::Forward) computes no gradient and refuses it
+  // (InputError naming Options::input_grad), rather than ignore it.
+  bool input_grad = false;
   size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
   bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
   // Room to find where a non-finite value starts (keep_good_state, restore_good_state): a copy of

@@ -33,13 +33,17 @@ size_t device_memory_used() { refuse_cuda(); }
 
 namespace {
 // What a caller can get wrong that the engine would not notice later: an enum
-// value made by a cast, and a communicator whose rank is not one of its ranks
+// value made by a cast, a training option given to a forward-only engine (which
+// would ignore it), and a communicator whose rank is not one of its ranks
 // (each rank takes the slice of every batch at its rank).
 const Options& validated(const Options& o) {
   if (o.device != Device::Cpu && o.device != Device::Cuda)
     throw InputError("Options::device: " + std::to_string(static_cast<int>(o.device)) + " is not a Device");
   if (o.mode != Mode::Forward && o.mode != Mode::Train)
     throw InputError("Options::mode: " + std::to_string(static_cast<int>(o.mode)) + " is not a Mode");
+  if (o.mode == Mode::Forward && o.input_grad)
+    throw InputError("Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) computes no "
+                     "gradient, of the input or of anything else");
   if (o.communicator) {
     const int size = o.communicator->size(), rank = o.communicator->rank();
     if (size < 1) throw InputError("Options::communicator: its size is " + std::to_string(size) + ", not at least 1");
