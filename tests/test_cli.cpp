@@ -227,6 +227,31 @@ TEST_F(Cli, InfoOfANetworkWithoutParametersPlansForwardOrTheInputGradient) {
   EXPECT_EQ(forward.err, "anvil: error: --input-grad needs --mode train\n");
 }
 
+// A forward-only engine computes no gradient (the library refuses Options::input_grad there): each
+// command that builds one refuses the training flags in one line, before it reads the network or
+// prints anything (a network that does not exist is never looked at). run and eval have no such flag.
+TEST_F(Cli, TrainingFlagsForAForwardOnlyEngineAreRefusedBeforeAnyWork) {
+  const std::string missing = quote(path("missing.json"));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"info " + missing + " --device cpu --mode forward --input-grad", "--input-grad needs --mode train"},
+      {"info " + missing + " --device cpu --mode forward --check-finite", "--check-finite needs --mode train"},
+      {"bench " + missing + " --device cpu --mode forward --input-grad", "--input-grad needs --mode fwdbwd or train"},
+      {"bench " + missing + " --device cpu --mode forward --data " + quote(kSmallRef), "--data needs --mode train"},
+      {"bench " + quote(kSmall) + " --device cpu --mode fwdbwd --data " + quote(kSmallRef),
+       "--data needs --mode train"},
+      {"run " + quote(kSmall) + " --device cpu --input-grad", "The following argument was not expected: --input-grad"},
+      {"eval " + quote(kSmall) + " --device cpu --data " + quote(kSmallRef) + " --input-grad",
+       "The following argument was not expected: --input-grad"},
+  };
+  for (const auto& [args, message] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << args;
+    // bench says FAILED on stdout after any error, and nothing before it.
+    EXPECT_EQ(r.out, args.rfind("bench", 0) == 0 ? "FAILED\n" : "") << args;
+  }
+}
+
 TEST_F(Cli, InfoWithFuseFalseSaysTheFusionIsOff) {
   std::string text = read_text(kSmall);
   const size_t brace = text.rfind('}');

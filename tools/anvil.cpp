@@ -248,15 +248,16 @@ anvil::Network load_network(const CommonFlags& f, int64_t batch = 0) {
 // mode_name: --mode, empty where not given; check_finite_asked: --check-finite given (it is on by default).
 int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite,
              bool check_finite_asked) {
+  // A forward plan computes no gradient and takes no step: the training flags are refused, before
+  // the network is read (a default mode is forward only where neither is given).
+  if (input_grad && mode_name == "forward") throw anvil::InputError("--input-grad needs --mode train");
+  if (check_finite_asked && mode_name == "forward") throw anvil::InputError("--check-finite needs --mode train");
   const anvil::Network net = load_network(f);
   // By default the training plan, as `anvil train` builds it; but a network without parameters has
   // nothing to train, so info describes its forward pass unless a training flag asks otherwise.
   if (mode_name.empty())
     mode_name = net.parameter_count() == 0 && !input_grad && !check_finite_asked ? "forward" : "train";
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
-  if (input_grad && o.mode == anvil::Mode::Forward) throw anvil::InputError("--input-grad needs --mode train");
-  if (check_finite_asked && o.mode == anvil::Mode::Forward)
-    throw anvil::InputError("--check-finite needs --mode train");
   o.input_grad = input_grad;
   o.check_finite = check_finite && o.mode == anvil::Mode::Train;  // as `anvil train` plans it
   // CUDA builds fully so the chosen cuDNN algorithms show; the CPU plan needs no arena.
@@ -713,10 +714,12 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
   if (b.batch_given) check_positive("--batch", b.batch);
   if (b.budget_given && b.data.empty()) throw anvil::InputError("--data-budget needs --data");
+  const bool forward = b.mode == "forward";
+  // A forward pass computes no gradient (the engine would refuse it too) and takes no batch from a dataset.
+  if (b.input_grad && forward) throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
+  if (!b.data.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = load_network(f, b.batch);
-  const bool forward = b.mode == "forward";
-  if (b.input_grad && forward) throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
   o.input_grad = b.input_grad;
   const bool cuda = o.device == Device::Cuda;
@@ -726,7 +729,6 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
               anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
               b.mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
-  if (!b.data.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
   const size_t used_before = cuda ? anvil::device_memory_used() : 0;
   anvil::Engine engine(net, o);
   // With --data, each step takes its minibatch from the dataset, as `anvil train --data` does.
