@@ -104,10 +104,13 @@ TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
 // A forward-only engine computes no gradient: asking it for the input's is refused when it is
 // built (plan_only too, as `anvil info` builds it), by name, not ignored until input_gradient()
 // says "needs Options::input_grad" of an engine given it. A network without parameters is no
-// exception: its forward pass builds, its input's gradient does not.
-TEST(EngineBuffers, InputGradIsRefusedByAForwardOnlyEngine) {
+// exception: its forward pass builds, its input's gradient does not. So is check_finite, which
+// would plan nothing and leave keep_good_state() to fail.
+TEST(EngineBuffers, TrainingOptionsAreRefusedByAForwardOnlyEngine) {
   const std::string refused = "Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) "
                               "computes no gradient, of the input or of anything else";
+  const std::string refused_check = "Options::check_finite needs Mode::Train: a forward-only engine "
+                                    "(Mode::Forward) takes no training step to check";
   const Network with_params = Network::load(data_path("odd_sizes.json"));
   const Network without_params =
       Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "relu"}]})", "relu.json");
@@ -120,12 +123,16 @@ TEST(EngineBuffers, InputGradIsRefusedByAForwardOnlyEngine) {
       o.input_grad = true;
       EXPECT_EQ(message<InputError>([&] { Engine{*net, o}; }), refused);
       o.input_grad = false;
+      o.check_finite = true;
+      EXPECT_EQ(message<InputError>([&] { Engine{*net, o}; }), refused_check);
+      o.check_finite = false;
       EXPECT_EQ(message<InputError>([&] { Engine{*net, o}; }), "no E");
     }
   }
-  // The training engine takes it, as before.
+  // The training engine takes them, as before.
   Options train = on(Device::Cpu);
   train.input_grad = true;
+  train.check_finite = true;
   EXPECT_EQ(message<InputError>([&] { Engine{without_params, train}; }), "no E");
 }
 

@@ -58,7 +58,8 @@ struct Options {
   size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
   bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
   // Room to find where a non-finite value starts (keep_good_state, restore_good_state): a copy of
-  // the parameters and the optimizer state in the arena, one more slab each. Training engines only.
+  // the parameters and the optimizer state in the arena, one more slab each. Training engines only:
+  // a forward-only engine (Mode::Forward) refuses it (InputError naming Options::check_finite).
   bool check_finite = false;
   // Data parallel (anvil/communicator.hpp, anvil/data_parallel.hpp): this engine is rank
   // communicator->rank() of communicator->size(). Its network's batch is its share of the global

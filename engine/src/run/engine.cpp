@@ -44,6 +44,9 @@ const Options& validated(const Options& o) {
   if (o.mode == Mode::Forward && o.input_grad)
     throw InputError("Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) computes no "
                      "gradient, of the input or of anything else");
+  if (o.mode == Mode::Forward && o.check_finite)
+    throw InputError("Options::check_finite needs Mode::Train: a forward-only engine (Mode::Forward) takes no "
+                     "training step to check");
   if (o.communicator) {
     const int size = o.communicator->size(), rank = o.communicator->rank();
     if (size < 1) throw InputError("Options::communicator: its size is " + std::to_string(size) + ", not at least 1");
