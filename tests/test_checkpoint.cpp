@@ -3,13 +3,16 @@
 // of another network or optimizer, or a plain weights file, is refused.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <limits>
 #include <string>
-#include <unistd.h>
 
 #include "anvil/error.hpp"
 #include "anvil/trainer.hpp"
+#include "tests/fifo_reader.hpp"
 #include "tests/require_gpu.hpp"
 #include "tests/test_support.hpp"
 
@@ -173,6 +176,59 @@ TEST(Checkpoint, AHeaderBeyondTheReadersLimitIsRefusedBeforeTraining) {
   fits.save_checkpoint(options.checkpoint);
   EXPECT_EQ(read_safetensors(options.checkpoint).metadata.at("step"), "1");
   std::remove(options.checkpoint.c_str());
+}
+
+// A checkpoint is a regular file, replaced by rename: a path to a character device or a pipe is
+// refused by the Trainer when it is made, before any step (it took the steps, then wrote into
+// /dev/null, failed on /dev/full, or blocked on a FIFO without reader), and by save_checkpoint
+// and check_checkpoint_fits themselves.
+TEST(Checkpoint, ADeviceOrAPipeIsRefusedBeforeTraining) {
+  const std::string fifo = temp_path("checkpoint.fifo");
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  FifoReader reader(fifo);  // so that a write into it would not wait for a reader: it would show
+  ASSERT_TRUE(reader.opened());
+  const std::string tail = ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
+                           "then renamed)";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"/dev/null", "/dev/null: cannot write: it is a character device" + tail},
+      {"/dev/full", "/dev/full: cannot write: it is a character device" + tail},
+      {fifo, fifo + ": cannot write: it is a pipe or FIFO" + tail}};
+  Engine engine(Network::load(data_path("adam_step.json")), cpu_options());
+  for (const auto& [path, want] : cases) {
+    SCOPED_TRACE(path);
+    TrainOptions options;
+    options.steps = 2;
+    options.checkpoint = path;
+    options.checkpoint_every = 1;
+    try {
+      Trainer trainer(engine, options);
+      ADD_FAILURE() << "no error";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+    EXPECT_EQ(engine.steps_done(), 0);
+    try {
+      engine.check_checkpoint_fits(path);
+      ADD_FAILURE() << "check_checkpoint_fits: no error";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+  }
+  engine.train_step();
+  for (const auto& [path, want] : cases) {
+    try {
+      engine.save_checkpoint(path, {1, 0, 1});
+      ADD_FAILURE() << path << ": save_checkpoint: no error";
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+  }
+  EXPECT_EQ(reader.finish().size(), 0u);
+  struct stat st {};
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  std::remove(fifo.c_str());
 }
 
 // Forged metadata: counters past 2^53 (whose increments would overflow) or not

@@ -402,6 +402,49 @@ TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {
   EXPECT_PRED_FORMAT2(Contains, info.out, " (" + path("odd\\nnet.json") + "): input ");
 }
 
+// --checkpoint and --save are files, written by rename: a character device or a pipe is refused
+// before any step, with or without --force (which once let the run train, then fail at its end on
+// /dev/tty without a terminal, write nothing to keep into /dev/null, or wait at the first
+// checkpoint for a FIFO's reader), also through a symlink (not refused as a link that --force
+// would write through). The outputs that may stream still take a device with --force.
+TEST_F(CliTrain, CheckpointAndSaveIntoADeviceOrAPipeAreRefusedBeforeAnyStep) {
+  const std::string fifo = path("out.fifo"), link = path("to_tty");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  fs::create_symlink("/dev/tty", link);
+  const std::string tail = " must be a regular file or a new name (written to a temporary file, then renamed)";
+  for (const char* flag : {"--save", "--checkpoint"}) {
+    for (const std::vector<std::string>& force : {std::vector<std::string>{}, {"--force"}}) {
+      const std::vector<std::pair<std::string, std::string>> cases = {
+          {"/dev/tty", "it is a character device"},
+          {"/dev/null", "it is a character device"},
+          {fifo, "it is a pipe or FIFO"},
+          {link, "it leads to a character device"}};
+      for (const auto& [out, kind] : cases) {
+        std::vector<std::string> args = {"--data", kTrain, "--steps", "3", "--checkpoint-every", "1", flag, out};
+        if (std::string(flag) == "--save") args.erase(args.begin() + 4, args.begin() + 6);  // no --checkpoint-every
+        args.insert(args.end(), force.begin(), force.end());
+        SCOPED_TRACE(std::string(flag) + " " + out + (force.empty() ? "" : " --force"));
+        expect_bad_input(train(args), std::string(flag) + " " + out + ": cannot write: " + kind + ", and " + flag + tail);
+      }
+    }
+  }
+  EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+  EXPECT_TRUE(fs::is_symlink(link));
+  // A symlink to a file is still written through with --force (and refused as a link without).
+  const std::string to_file = path("to_file");
+  fs::create_symlink("saved.safetensors", to_file);
+  expect_bad_input(train({"--steps", "1", "--save", to_file}),
+                   "--save " + to_file + ": will not write: it is a symlink (--force writes through it)");
+  const Finished through = train({"--steps", "1", "--save", to_file, "--force"});
+  ASSERT_EQ(through.status, 0) << describe(through);
+  EXPECT_TRUE(fs::is_symlink(to_file));
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(path("saved.safetensors"))));
+  // --dump-grads may stream: into /dev/null with --force, as before.
+  const Finished dumped = train({"--steps", "1", "--dump-grads", "/dev/null", "--force"});
+  EXPECT_EQ(dumped.status, 0) << describe(dumped);
+  EXPECT_PRED_FORMAT2(Contains, dumped.out, "wrote gradients of step 1 to /dev/null\n");
+}
+
 // ------------------------------------------------------------------ 3. checkpoints and resume
 
 TEST_F(CliTrain, ACheckpointAndAResumeGiveTheBitsOfStraightTraining) {

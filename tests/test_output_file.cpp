@@ -153,6 +153,43 @@ TEST_F(OutputFile, AFullDeviceIsAnErrorAndStaysADevice) {
   EXPECT_EQ(fs::status("/dev/full").type(), fs::file_type::character);
 }
 
+// An output that must be a file (a checkpoint) is refused where write_output_file would write into a
+// device or a pipe in place: the path itself, a symlink to one, or a magic link to a pipe (as
+// /dev/stdout is). A file, a new name and a link to either are taken.
+TEST_F(OutputFile, AnOutputThatMustBeAFileRefusesADeviceOrAPipe) {
+  const std::string fifo = path("fifo"), to_null = path("to_null"), to_file = path("to_file");
+  const std::string dangling = path("dangling"), to_pipe = path("stdout_like");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  fs::create_symlink("/dev/null", to_null);
+  fs::create_symlink("out.txt", to_file);
+  fs::create_symlink("new.txt", dangling);
+  int ends[2];
+  ASSERT_EQ(::pipe(ends), 0);
+  fs::create_symlink("/proc/self/fd/" + std::to_string(ends[1]), to_pipe);
+  const std::string tail = ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
+                           "then renamed)";
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"/dev/null", "/dev/null: cannot write: it is a character device" + tail},
+      {fifo, fifo + ": cannot write: it is a pipe or FIFO" + tail},
+      {to_null, to_null + ": cannot write: it leads to a character device" + tail},
+      {to_pipe, to_pipe + ": cannot write: it leads to a pipe or FIFO" + tail}};
+  for (const auto& [p, want] : refused) {
+    try {
+      anvil::check_output_is_a_file(p, "a checkpoint");
+      ADD_FAILURE() << p << ": no error";
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), want);
+    }
+  }
+  ::close(ends[0]);
+  ::close(ends[1]);
+  for (const std::string& p : {target_, path("new.txt"), to_file, dangling})
+    EXPECT_NO_THROW(anvil::check_output_is_a_file(p, "a checkpoint")) << p;
+  EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+  EXPECT_EQ(fs::symlink_status("/dev/null").type(), fs::file_type::character);
+  EXPECT_EQ(read_bytes(target_), kOld);
+}
+
 TEST_F(OutputFile, ADirectoryOrALinkToOneIsRefused) {
   fs::create_directories(path("dir"));
   fs::create_symlink("dir", path("to_dir"));

@@ -85,7 +85,9 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
                 "fused stride-1 convs under tf32 use cuDNN's conv, not anvil's wgmma kernel (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
-  cmd->add_flag("--force", f.force, "write through an output that is a symlink, character device or FIFO");
+  cmd->add_flag("--force", f.force,
+                "write through an output that is a symlink, character device or FIFO (--checkpoint and --save: "
+                "a symlink to a file only)");
   cmd->add_flag("--autotune", f.autotune,
                 "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
 }
@@ -127,12 +129,20 @@ CLI::Validator finite_number() {
 
 using NamedPaths = std::vector<std::pair<std::string, std::string>>;  // (flag, path); empty paths are skipped
 
+// The outputs that must be files whatever --force says: a checkpoint is rewritten during the run
+// and read back by --resume, and --save holds the run's result; written into a device or a pipe
+// (/dev/tty, /dev/null, /dev/stdout, a FIFO) neither would be a file to find afterwards, and a
+// FIFO without a reader would stall training at its first checkpoint. The other outputs (run
+// --output, --dump-grads, bench --json, --metrics) may stream into one with --force.
+bool must_be_a_file(const std::string& flag) { return flag == "--checkpoint" || flag == "--save"; }
+
 // Fails before any work when an output could not be written at the end, or
 // could reach something by accident: every output must be a new name or a
 // regular file (a symlink, character device or FIFO only with --force, which
-// writes through it; a directory, block device or socket never), no two
-// outputs may share a file, and no output may be an input (a checkpoint may be
-// resumed from and written again).
+// writes through it, and for --checkpoint and --save a symlink to a file only;
+// a directory, block device or socket never), no two outputs may share a
+// file, and no output may be an input (a checkpoint may be resumed from and
+// written again).
 void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool force) {
   std::map<std::string, std::pair<std::string, std::string>> written;  // file -> (flag, path)
   for (const auto& [flag, path] : outputs) {
@@ -140,6 +150,13 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
     if (path[0] == '-')  // "--save --data": the flag parser took the next flag as the value
       throw anvil::InputError(flag + " " + path + ": looks like a flag, not a file name (write ./" + path +
                               " for a file named so)");
+    if (must_be_a_file(flag)) {  // before the --force refusal below, which would point to --force
+      try {
+        anvil::check_output_is_a_file(path, flag);
+      } catch (const anvil::Error& e) {
+        throw anvil::InputError(flag + " " + e.what());
+      }
+    }
     struct stat st {};
     if (lstat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode) && !force) {
       const char* kind = S_ISLNK(st.st_mode) ? "a symlink" : "not a regular file";

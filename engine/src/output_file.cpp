@@ -290,6 +290,21 @@ void check_output_path(const std::string& path) {
     throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(err));
 }
 
+void check_output_is_a_file(const std::string& path, const std::string& what) {
+  std::string target;
+  try {
+    target = output_target(path);
+  } catch (const Error& e) {  // a loop of links
+    throw InputError(e.what());
+  }
+  if (!output_kind(target).in_place) return;
+  struct stat st {};
+  const bool link = ::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+  const char* kind = ::stat(target.c_str(), &st) == 0 && S_ISCHR(st.st_mode) ? "a character device" : "a pipe or FIFO";
+  throw InputError(path + ": cannot write: it " + (link ? "leads to " : "is ") + kind + ", and " + what +
+                   " must be a regular file or a new name (written to a temporary file, then renamed)");
+}
+
 std::string same_file_key(const std::string& path) {
   check_path_text(path);
   namespace fs = std::filesystem;

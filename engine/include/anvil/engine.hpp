@@ -188,12 +188,15 @@ class Engine {
   // position, the network's hash and the anvil version, written atomically.
   // Loading refuses a checkpoint of another network, or of another optimizer.
   // Saving refuses (InputError) a path that names the network's file, the
-  // attached dataset's or the last evaluated one's, and a position loading
-  // would refuse (a number outside 0 to 2^53, an epoch or batch past the step).
+  // attached dataset's or the last evaluated one's, one that leads to a
+  // character device or a pipe (/dev/null, /dev/stdout: a checkpoint is a
+  // regular file, replaced by rename; check_output_is_a_file), and a position
+  // loading would refuse (a number outside 0 to 2^53, an epoch or batch past
+  // the step).
   void save_checkpoint(const std::string& path, const TrainPosition& position) const;
   // Throws the Error save_checkpoint(path, any position) would give because the path names one of
-  // those inputs, or the file's header (the tensor names and metadata) is beyond what safetensors
-  // readers take: a run checks at its start.
+  // those inputs or a device or pipe, or the file's header (the tensor names and metadata) is beyond
+  // what safetensors readers take: a run checks at its start.
   void check_checkpoint_fits(const std::string& path) const;
   TrainPosition load_checkpoint(const std::string& path);
 

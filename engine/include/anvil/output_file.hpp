@@ -10,7 +10,8 @@
 // A symlink is followed to its target (a dangling one names the file to
 // create), so the link stays. A character device or FIFO (/dev/null, a pipe)
 // is written into, never replaced; a directory, a block device or a socket is
-// refused.
+// refused. An output that must be a file (a checkpoint) is checked with
+// check_output_is_a_file, which refuses a device or FIFO too.
 //
 // A signal from outside whose default action ends the process (SIGHUP,
 // SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGALRM, SIGUSR1, SIGUSR2, SIGXCPU,
@@ -71,6 +72,14 @@ std::string output_directory(const std::string& target);
 // removes a .anvil-XXXXXX file to know, in a write's turn). Whether to write through a
 // symlink or a device is the caller's call.
 void check_output_path(const std::string& path);
+
+// For an output that must be a regular file, written whole to a temporary file and renamed over
+// the destination: a checkpoint, which a run rewrites and --resume reads back, or `anvil train
+// --save`. Throws InputError naming `path` where it leads (itself or through symlinks) to a
+// character device or a pipe or FIFO (/dev/null, /dev/tty, /dev/stdout), which write_output_file
+// would write into in place, never atomically; `what` names the output in the message ("a
+// checkpoint"). It looks at the path alone: check_output_path checks the rest.
+void check_output_is_a_file(const std::string& path, const std::string& what);
 
 // Equal for two paths that name one file: an existing file by device and inode
 // (hard links and symlinks alike), a new name by its directory's device and

@@ -31,7 +31,8 @@ struct TrainOptions {
   int64_t log_every = 10;  // the loss is read back (one host sync) every N steps, on the first and on the last
   int64_t val_every = 0;   // with a validation set: every N steps (0: never) and at the end
   // Written every checkpoint_every steps (0: never) and by save_checkpoint(). The Trainer refuses
-  // at construction a path it could not write (check_output_path) or one naming a dataset it reads.
+  // at construction a path it could not write (check_output_path), one that leads to a character
+  // device or a pipe rather than a file (check_output_is_a_file), or one naming a dataset it reads.
   std::string checkpoint;
   int64_t checkpoint_every = 0;
   // Look for NaN and Inf in the loss, the gradients and the parameters on every logged step and

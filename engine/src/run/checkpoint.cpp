@@ -102,6 +102,7 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   const Impl& m = *impl_;
   if (!m.training()) throw Error("save_checkpoint needs an engine built for training (Mode::Train)");
   check_position(position, path);
+  check_output_is_a_file(path, "a checkpoint");  // never written into a device or a pipe
   m.refuse_own_inputs(path);
   TensorFile file;
   file.tensors = m.read_slab(m.params, "the checkpoint's parameters");
@@ -120,6 +121,7 @@ void Engine::check_checkpoint_fits(const std::string& path) const {
   require_arena();
   const Impl& m = *impl_;
   if (!m.training()) throw Error("check_checkpoint_fits needs an engine built for training (Mode::Train)");
+  check_output_is_a_file(path, "a checkpoint");
   m.refuse_own_inputs(path);
   std::map<std::string, Shape> shapes;
   const std::vector<std::string> states = m.optimizer->state_names();

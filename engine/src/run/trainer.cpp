@@ -22,10 +22,12 @@ void check_options(const TrainOptions& options, const Engine& engine) {
     throw Error("TrainOptions::check_finite needs an engine built with Options::check_finite");
 }
 
-// The checkpoint is written during the run: where it cannot be, or would replace a dataset the
-// run reads, say so now, not after the first checkpoint_every steps.
+// The checkpoint is written during the run: where it cannot be, is no file to replace (a device,
+// a pipe), or would replace a dataset the run reads, say so now, not after the first
+// checkpoint_every steps.
 void check_checkpoint_path(const TrainOptions& options, std::initializer_list<const Dataset*> read) {
   if (options.checkpoint.empty()) return;
+  check_output_is_a_file(options.checkpoint, "a checkpoint");
   check_output_path(options.checkpoint);
   for (const Dataset* data : read)
     if (data && data->file().replaced_by(options.checkpoint))
