@@ -942,15 +942,17 @@ TEST(CudaKernels, FusedEpilogue) {
 struct PoolCase {
   std::string label;
   gpu::ChainPoolGeometry g;
-  // Whether a pool's backward stages a tile's windows in shared memory
-  // (chain_pool_backward_tiled); else it gathers them from global memory.
-  bool backward_tiled = true;
+  // How a pool's backward finds an element's windows (chain_pool_backward_path):
+  // directly where they do not overlap; else staged by tiles in shared
+  // memory, or gathered from global memory.
+  gpu::PoolBackwardPath backward = gpu::PoolBackwardPath::Tiled;
 };
 
 PoolCase pool_case(std::string label, int64_t n, int64_t c, std::array<int64_t, 3> y, gpu::ChainPool pool,
                    std::array<int64_t, 3> k = {1, 1, 1}, std::array<int64_t, 3> stride = {1, 1, 1},
                    std::array<int64_t, 3> pad = {0, 0, 0}) {
   PoolCase p{std::move(label), {}};
+  if (k[0] <= stride[0] && k[1] <= stride[1] && k[2] <= stride[2]) p.backward = gpu::PoolBackwardPath::Disjoint;
   p.g.n = n;
   p.g.c = c;
   p.g.y = y;
@@ -962,7 +964,7 @@ PoolCase pool_case(std::string label, int64_t n, int64_t c, std::array<int64_t, 
 }
 
 PoolCase gathered(PoolCase p) {
-  p.backward_tiled = false;
+  p.backward = gpu::PoolBackwardPath::Gathered;
   return p;
 }
 
@@ -970,10 +972,20 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("none 3-D batch 1, one channel, odd", 1, 1, {3, 5, 7}, gpu::ChainPool::None),
     pool_case("none 2-D, float4 planes", 3, 5, {1, 8, 12}, gpu::ChainPool::None),
     pool_case("none, several chunks", 2, 3, {1, 61, 97}, gpu::ChainPool::None),
-    pool_case("avg tiled 2x2x2", 2, 3, {4, 6, 8}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}),
+    pool_case("avg 2x2x2", 2, 3, {4, 6, 8}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}),
     pool_case("avg 3 s2 p1, odd", 1, 1, {5, 7, 9}, gpu::ChainPool::Avg, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
     pool_case("avg 2-D k3 s1 (overlap)", 2, 3, {1, 9, 11}, gpu::ChainPool::Avg, {1, 3, 3}, {1, 1, 1}),
     pool_case("avg stride above kernel (gaps)", 3, 2, {1, 13, 10}, gpu::ChainPool::Avg, {1, 2, 3}, {1, 3, 4}),
+    // Windows apart (the backward's one window an element, or none), padded or with elements past
+    // the last window, over rows of a multiple of 4 (4 neighbours a thread) and not.
+    pool_case("max k2 s3 p1, rows of 16 (gaps)", 2, 3, {4, 7, 16}, gpu::ChainPool::Max, {2, 2, 2}, {3, 3, 3},
+              {1, 1, 1}),
+    pool_case("max k2 s3, rows of 16 (gaps, past the last window)", 1, 2, {7, 8, 16}, gpu::ChainPool::Max,
+              {2, 2, 2}, {3, 3, 3}),
+    pool_case("avg k2x1x2 s3x2x3 p1x0x1, rows of 12 (gaps)", 1, 2, {5, 6, 12}, gpu::ChainPool::Avg, {2, 1, 2},
+              {3, 2, 3}, {1, 0, 1}),
+    pool_case("avg k3x1x2 s3x2x3 p1x0x1, rows of 11 (volume 6)", 1, 2, {5, 6, 11}, gpu::ChainPool::Avg, {3, 1, 2},
+              {3, 2, 3}, {1, 0, 1}),
     pool_case("max 3 s2 p1 (overlap, padding)", 2, 3, {5, 7, 9}, gpu::ChainPool::Max, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
     pool_case("max 2-D k3 s1 p1", 1, 1, {1, 9, 10}, gpu::ChainPool::Max, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}),
     pool_case("max not tiling (odd y, k2)", 2, 3, {3, 7, 9}, gpu::ChainPool::Max, {2, 2, 2}, {2, 2, 2}),
@@ -1034,16 +1046,21 @@ ChainResult run_chain_pool(const ChainInputs& in, const gpu::ChainPoolGeometry& 
   return b.result(max, false);
 }
 
-// Host-side: which cases stage their windows (the kernels' bits must not
-// depend on it; ChainPool checks both paths against the reference).
-TEST(CudaKernels, PoolTilesWhatFitsSharedMemory) {
+// Host-side: how each case's backward finds its windows (the kernels' bits
+// must not depend on it; ChainPool checks every path against the reference).
+TEST(CudaKernels, PoolBackwardPathByOverlap) {
+  int disjoint = 0;
   for (const PoolCase& pc : kPoolCases) {
     if (pc.g.pool == gpu::ChainPool::None) continue;
-    EXPECT_EQ(gpu::chain_pool_backward_tiled(pc.g), pc.backward_tiled) << pc.label;
+    EXPECT_EQ(gpu::chain_pool_backward_path(pc.g), pc.backward) << pc.label;
+    disjoint += pc.backward == gpu::PoolBackwardPath::Disjoint;
   }
-  // residual_add_2d's pool (3x3 s2 p1 over 64 x 64).
+  EXPECT_GE(disjoint, 8);  // max and avg, padded, with gaps, rows of 4 floats and not
+  // residual_add_2d's pool (3x3 s2 p1 over 64 x 64) and pyramid_join_2d's (2x2 over 64 x 64).
   const PoolCase stem = pool_case("", 32, 64, {1, 64, 64}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1});
-  EXPECT_TRUE(gpu::chain_pool_backward_tiled(stem.g));
+  EXPECT_EQ(gpu::chain_pool_backward_path(stem.g), gpu::PoolBackwardPath::Tiled);
+  const PoolCase join = pool_case("", 32, 32, {1, 64, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2});
+  EXPECT_EQ(gpu::chain_pool_backward_path(join.g), gpu::PoolBackwardPath::Disjoint);
 }
 
 using MakeChainInputs = ChainInputs (*)(const std::vector<ChainStep>&, bool with_bias, int64_t n, int64_t c,

@@ -2,9 +2,10 @@
 //
 // Work split: block b covers chunk b % cpp of plane b / cpp (plane = n * C +
 // channel), so a block never mixes channels; forward chunks are output
-// elements, backward chunks are Y elements. A pool's backward chunk is a tile
-// of the Y plane where the windows over it fit shared memory, else a run of
-// consecutive elements. Without a pool and with planes of a multiple of 4
+// elements, backward chunks are Y elements. A pool's backward chunk is a run
+// of consecutive elements where windows do not overlap (each element finds its
+// one window directly), else a tile of the Y plane where the windows over it
+// fit shared memory, else a run again. Without a pool and with planes of a multiple of 4
 // floats and aligned buffers, a thread takes 4 neighbours as one float4.
 // Backward sums dbias and the multipliers' terms per thread in double in a
 // fixed order, a shuffle tree per block, then a fixed-order pass over the
@@ -38,10 +39,11 @@ struct PoolDims {
   FastDiv in_h, in_w, out_h, out_w, stride[3];  // by in[1], in[2], out[1], out[2], s[a]
   FastDiv chunks, channels;                      // by cpp and c
   uint32_t plane_in = 1, plane_out = 1;
-  // A tiled backward: a chunk is a tile[0] x tile[1] x tile[2] box of the Y
-  // plane, tiles[a] of them along axis a; its block stages a box[0] x box[1]
-  // x box[2] box of P's plane, enough for the windows over any tile.
-  bool tiled = false;
+  // How a pool's backward finds an element's windows. Tiled: a chunk is a
+  // tile[0] x tile[1] x tile[2] box of the Y plane, tiles[a] of them along
+  // axis a; its block stages a box[0] x box[1] x box[2] box of P's plane,
+  // enough for the windows over any tile.
+  PoolBackwardPath path = PoolBackwardPath::Gathered;
   uint32_t tile[3] = {1, 1, 1}, tiles[3] = {1, 1, 1}, box[3] = {1, 1, 1};
   FastDiv tile_h, tile_w, box_h, box_w;  // by tile[1], tile[2], box[1], box[2]
   float divisor = 1.f;          // the window's volume (average)
@@ -213,11 +215,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The pair kernel's round: kPairUnroll pairs, kRowBatch window rows with their loads in flight.
+constexpr int kPairUnroll = 2, kRowBatch = 2;
+
 // Forward where windows are 2 wide along rows at stride 2 with no row padding,
 // over rows of a multiple of 4 floats (pairs_apply): a thread takes two
 // neighbouring outputs of a row, whose windows' rows are one aligned float4 of
-// Y each, kUnroll such pairs kThreads apart; chunks count pairs. With 16
-// bytes a load in place of 4, each thread keeps 4 times the bytes in flight:
+// Y each, kPairUnroll such pairs kThreads apart, kRowBatch window rows a
+// round with their loads issued together; chunks count pairs. With 16 bytes a
+// load in place of 4, each thread keeps 4 times the bytes in flight:
 // standalone 2 x 2 pools went from 34 and 46% of the copy bandwidth to 46 and
 // 58% (bench/RESULTS.md v38). Each output takes its window's elements in
 // row-major order, as pool_forward_kernel does: the same bits.
@@ -229,40 +235,49 @@ __global__ void __launch_bounds__(kThreads)
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out / 2, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
-  for (uint32_t q0 = r.e0 + threadIdx.x; q0 < r.e1; q0 += kThreads * kUnroll) {
-    int32_t start[kUnroll][2];  // each pair's windows' first element along axes 0 and 1, maybe in the padding
-    uint32_t column[kUnroll];   // and along rows: a multiple of 4
-    PoolWindow<kPool> window[kUnroll][2];
+  for (uint32_t q0 = r.e0 + threadIdx.x; q0 < r.e1; q0 += kThreads * kPairUnroll) {
+    int32_t start[kPairUnroll][2];  // each pair's windows' first element along axes 0 and 1, maybe in the padding
+    uint32_t column[kPairUnroll];   // and along rows: a multiple of 4
+    PoolWindow<kPool> window[kPairUnroll][2];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kPairUnroll; ++u) {
       const uint32_t e = 2 * min(q0 + u * kThreads, r.e1 - 1);  // past the chunk: a copy of its last, not stored
       const uint32_t row = d.out_w.div(e), od = d.out_h.div(row);
       start[u][0] = int32_t(od) * d.s[0] - d.pad[0];
       start[u][1] = int32_t(row - od * d.out[1]) * d.s[1] - d.pad[1];
       column[u] = 2 * (e - row * d.out[2]);
     }
-    int w = 0;  // the window offset of the row's first element
-    for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
-      for (int32_t w1 = 0; w1 < d.k[1]; ++w1, w += 2) {
-        float4 v[kUnroll];
-        bool inside[kUnroll];
+    // The windows' rows (w0, w1), kRowBatch at a time with all their loads in flight.
+    const int32_t rows = d.k[0] * d.k[1];
+    int32_t w0 = 0, w1 = 0;
+    for (int32_t r0 = 0; r0 < rows; r0 += kRowBatch) {
+      float4 v[kRowBatch][kPairUnroll];
+      bool inside[kRowBatch][kPairUnroll];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+      for (int rb = 0; rb < kRowBatch; ++rb) {
+#pragma unroll
+        for (int u = 0; u < kPairUnroll; ++u) {
           const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1;
-          inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1];
+          inside[rb][u] = r0 + rb < rows && uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1];
           const int64_t i = in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + column[u];
-          v[u] = inside[u] ? sum4_at<false>(y, z, i) : make_float4(0.f, 0.f, 0.f, 0.f);
+          v[rb][u] = inside[rb][u] ? sum4_at<false>(y, z, i) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
+        if (++w1 == d.k[1]) w1 = 0, ++w0;
+      }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          if (!inside[u]) continue;
-          const float x[4] = {v[u].x + b, v[u].y + b, v[u].z + b, v[u].w + b};
+      for (int rb = 0; rb < kRowBatch; ++rb) {
+        const int w = 2 * (r0 + rb);  // the window offset of the row's first element
+#pragma unroll
+        for (int u = 0; u < kPairUnroll; ++u) {
+          if (!inside[rb][u]) continue;
+          const float x[4] = {v[rb][u].x + b, v[rb][u].y + b, v[rb][u].z + b, v[rb][u].w + b};
 #pragma unroll
           for (int j = 0; j < 4; ++j) window[u][j / 2].take(Chain::forward(chain, cm, x[j]), x[j], w + j % 2);
         }
       }
+    }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kPairUnroll; ++u) {
       const uint32_t q = q0 + u * kThreads;
       if (q >= r.e1) break;
 #pragma unroll
@@ -352,6 +367,39 @@ __device__ __forceinline__ void window_gradients(const PoolDims& d, const Window
     }
 }
 
+// window_gradients where windows never overlap (k <= s along every axis): an
+// element lies in at most one window, found by one division per axis. Its
+// sum starts from zero as the reference's does (0 + -0 is +0).
+template <WindowMath kMath, int kN>
+__device__ __forceinline__ void disjoint_gradients(const PoolDims& d, const WindowSource& src, uint32_t e,
+                                                   float (&dz)[kN]) {
+  const uint32_t row = d.in_w.div(e), plane_row = d.in_h.div(row);
+  const uint32_t i[3] = {plane_row, row - plane_row * d.in[1], e - row * d.in[2]};
+  uint32_t o01 = 0, w01 = 0;  // the window's index in P's plane and e's offset in it, along axes 0 and 1
+  bool inside = true;
+#pragma unroll
+  for (int a = 0; a < 2; ++a) {
+    const uint32_t shifted = i[a] + uint32_t(d.pad[a]), o = d.stride[a].div(shifted), x = shifted - o * d.s[a];
+    inside = inside && x < uint32_t(d.k[a]) && o < d.out[a];
+    o01 = o01 * d.out[a] + o;
+    w01 = w01 * d.k[a] + x;
+  }
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    dz[j] = 0.f;
+    const uint32_t shifted = i[2] + j + uint32_t(d.pad[2]), o2 = d.stride[2].div(shifted), x = shifted - o2 * d.s[2];
+    if (!inside || x >= uint32_t(d.k[2]) || o2 >= d.out[2]) continue;
+    const uint32_t o = o01 * d.out[2] + o2;
+    const float g = __ldg(src.dp + o);
+    if constexpr (kMath == WindowMath::Max) {
+      if (__ldg(src.argmax + o) == w01 * d.k[2] + x) dz[j] += g;
+    } else {
+      // never fused: an FMA would skip a subnormal's rounding
+      dz[j] += kMath == WindowMath::AvgByScale ? __fmul_rn(g, d.inverse_divisor) : g / d.divisor;
+    }
+  }
+}
+
 // A tiled chunk: its first element and its extent along each axis of the Y
 // plane (edge tiles are cut by the plane).
 struct Tile {
@@ -412,16 +460,17 @@ __device__ __forceinline__ void stage_box(const PoolDims& d, const uint32_t (&lo
 
 // Y elements kVec at a time (kVec 4: rows of a multiple of 4 floats, 16-byte
 // aligned y and dy), kSlots groups per thread, kThreads groups apart, their
-// loads issued together. kTiled: the block's chunk is a tile, whose windows
+// loads issued together. Tiled: the block's chunk is a tile, whose windows
 // it reads from shared memory; else a run of elements, whose windows it
-// gathers from global memory.
-template <class Chain, WindowMath kMath, int kVec, bool kTiled>
+// reads from global memory.
+template <class Chain, WindowMath kMath, int kVec, PoolBackwardPath kPath>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
                          const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
   constexpr int kSlots = kVec == 1 ? kUnroll : 2;  // groups of 4: 2 per thread cover a 2048-element chunk
+  constexpr bool kTiled = kPath == PoolBackwardPath::Tiled;
   constexpr uint32_t kStaged = kTiled ? kStagedWindows : 1;
   __shared__ float staged_dp[kStaged];
   __shared__ uint8_t staged_argmax[kMath == WindowMath::Max ? kStaged : 1];
@@ -477,7 +526,12 @@ __global__ void __launch_bounds__(kThreads)
     }
     constexpr int kUnrolled = kMath == WindowMath::AvgByDivision ? 1 : kSlots;
 #pragma unroll kUnrolled
-    for (int u = 0; u < kSlots; ++u) window_gradients<kMath, kTiled>(d, src, e[u], dz[u]);
+    for (int u = 0; u < kSlots; ++u) {
+      if constexpr (kPath == PoolBackwardPath::Disjoint)
+        disjoint_gradients<kMath>(d, src, e[u], dz[u]);
+      else
+        window_gradients<kMath, kTiled>(d, src, e[u], dz[u]);
+    }
 #pragma unroll kUnrolled
     for (int u = 0; u < kSlots; ++u) {
       if (!stored[u]) continue;
@@ -504,8 +558,10 @@ template <class Chain, WindowMath kMath, int kVec>
 void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* z,
                           const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy,
                           bool accumulate, double* partials, const PoolDims& d) {
-  const auto kernel =
-      d.tiled ? pool_backward_kernel<Chain, kMath, kVec, true> : pool_backward_kernel<Chain, kMath, kVec, false>;
+  using Path = PoolBackwardPath;
+  const auto kernel = d.path == Path::Disjoint ? pool_backward_kernel<Chain, kMath, kVec, Path::Disjoint>
+                      : d.path == Path::Tiled  ? pool_backward_kernel<Chain, kMath, kVec, Path::Tiled>
+                                               : pool_backward_kernel<Chain, kMath, kVec, Path::Gathered>;
   kernel<<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, argmax, chain, dy, accumulate, partials, d);
 }
 
@@ -526,7 +582,7 @@ void plan_tiles(PoolDims& d) {
     staged *= box[a];
   }
   if (staged > kStagedWindows) return;
-  d.tiled = true;
+  d.path = PoolBackwardPath::Tiled;
   d.cpp = 1;
   for (int a = 0; a < 3; ++a) {
     d.box[a] = uint32_t(box[a]);
@@ -569,7 +625,12 @@ PoolDims pool_dims(const char* op, const ChainPoolGeometry& g, bool backward) {
   const uint32_t per_element = by_input ? 1 : uint32_t(detail::ceil_div(window, 8));
   d.chunk = std::max<uint32_t>(256, kChunk / per_element / 4 * 4);
   d.cpp = detail::ceil_div(by_input ? plane_in : plane_out, d.chunk);
-  if (backward && g.pool != ChainPool::None) plan_tiles(d);
+  if (backward && g.pool != ChainPool::None) {
+    if (g.k[0] <= g.stride[0] && g.k[1] <= g.stride[1] && g.k[2] <= g.stride[2])
+      d.path = PoolBackwardPath::Disjoint;
+    else
+      plan_tiles(d);
+  }
   d.per = g.n * d.cpp;
   detail::require(g.n * g.c * d.cpp <= kMax31, op, "too many blocks");
   d.chunks = FastDiv(uint32_t(d.cpp));
@@ -742,8 +803,8 @@ void add_chain_pool_forward(const float* y, const float* addend, const EpilogueC
   forward(op, y, addend, nullptr, chain, p, argmax, g, stream);
 }
 
-bool chain_pool_backward_tiled(const ChainPoolGeometry& g) {
-  return pool_dims("chain_pool_backward_tiled", g, true).tiled;
+PoolBackwardPath chain_pool_backward_path(const ChainPoolGeometry& g) {
+  return pool_dims("chain_pool_backward_path", g, true).path;
 }
 
 size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const EpilogueChain& chain) {

@@ -8,8 +8,9 @@
 // a max pool in training, each window's argmax. Backward reads Y again (the
 // caller keeps it), computes dY in one pass (each element gathers from the
 // windows that hold it) and reduces dbias and the multipliers' gradients per
-// channel, deterministically; it stages the windows over a tile of Y in
-// shared memory where they fit, so overlapping windows read global memory once.
+// channel, deterministically; where windows overlap, it stages the windows
+// over a tile of Y in shared memory if they fit, so that they read global
+// memory once.
 // The add_ forms take Y as the sum of two tensors (a residual join, fused by
 // the add rule) and read both where the others read Y.
 #pragma once
@@ -42,10 +43,13 @@ std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g);
 // Why the pool kernels cannot run this geometry, or null where they can.
 const char* chain_pool_geometry_error(const ChainPoolGeometry& g);
 
-// Whether the backward works by tiles of Y, staging the windows' dP and
-// argmax over a tile in shared memory, or gathers them from global memory
-// (where a tile's would not fit). The same bits either way.
-bool chain_pool_backward_tiled(const ChainPoolGeometry& g);
+// How a pool's backward finds each Y element's windows: where they do not
+// overlap (k <= stride along every axis), its one window by a division per
+// axis; else by tiles of Y, staging the windows' dP and argmax over a tile in
+// shared memory, or, where a tile's would not fit, gathered from global
+// memory. The same bits every way.
+enum class PoolBackwardPath { Disjoint, Tiled, Gathered };
+PoolBackwardPath chain_pool_backward_path(const ChainPoolGeometry& g);  // Gathered without a pool
 
 // bias may be null; argmax (one byte per output element) only with a max
 // pool, and null in inference.
