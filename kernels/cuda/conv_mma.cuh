@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/geometry.hpp"
 #include "kernels/cuda/common.cuh"
+#include "kernels/fast_div.hpp"
 
 namespace anvil::cuda {
 
@@ -18,11 +19,13 @@ constexpr int kMmaStep = 32;   // K per pipeline step
 constexpr int kMmaStages = 3;  // steps in flight
 constexpr int kRowWords = 36;  // = 4 mod 32: a fragment's (row grp, word tig) reads hit 32 distinct banks
 
-// A block tile of 8 warps, each on 32 rows x 8 frags_n columns (m16n8k8 MMA tiles).
+// A block tile of 8 warps, warps_m x warps_n x warps_k: each on 32 rows x 8
+// frags_n columns (m16n8k8 MMA tiles) and on one in warps_k of each step's
+// k-slices of 8, so that warps of a thin tile do not all load the same rows.
 struct MmaTile {
-  int warps_m, frags_n;
+  int warps_m, frags_n, warps_k = 1;
   int rows() const { return 32 * warps_m; }
-  int cols() const { return 8 * frags_n * (kWarps / warps_m); }
+  int cols() const { return 8 * frags_n * (kWarps / (warps_m * warps_k)); }
 };
 
 struct ConvDims {
@@ -32,6 +35,7 @@ struct ConvDims {
   int k1, k2;
   int s0, s1, s2, p0, p1, p2, d0, d1, d2;
   int positions;  // images * b_volume
+  FastDiv by_b_volume, by_b1, by_b2;  // origin_of's divisions (positions < 2^30: exact)
 };
 
 inline ConvDims conv_dims(const cpu::ConvGeometry& g) {
@@ -44,6 +48,7 @@ inline ConvDims conv_dims(const cpu::ConvGeometry& g) {
   d.p0 = int(g.pad[0]), d.p1 = int(g.pad[1]), d.p2 = int(g.pad[2]);
   d.d0 = int(g.dilation[0]), d.d1 = int(g.dilation[1]), d.d2 = int(g.dilation[2]);
   d.positions = int(g.n * cpu::volume(g.b));
+  d.by_b_volume = FastDiv(uint32_t(d.b_volume)), d.by_b1 = FastDiv(uint32_t(d.b1)), d.by_b2 = FastDiv(uint32_t(d.b2));
   return d;
 }
 
@@ -89,8 +94,9 @@ struct Origin {
 };
 
 __device__ __forceinline__ Origin origin_of(int k, const ConvDims& d) {
-  const int image = k / d.b_volume, o = k % d.b_volume;
-  const int od = o / (d.b1 * d.b2), oh = o / d.b2 % d.b1, ow = o % d.b2;
+  const int image = int(d.by_b_volume.div(uint32_t(k))), o = k - image * d.b_volume;
+  const int row = int(d.by_b2.div(uint32_t(o))), ow = o - row * d.b2;  // row: od * b1 + oh
+  const int od = int(d.by_b1.div(uint32_t(row))), oh = row - od * d.b1;
   Origin r;
   r.d = od * d.s0 - d.p0, r.h = oh * d.s1 - d.p1, r.w = ow * d.s2 - d.p2;
   r.offset = image * d.ca * d.a_volume + (r.d * d.a1 + r.h) * d.a2 + r.w;

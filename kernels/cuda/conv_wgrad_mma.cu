@@ -9,8 +9,14 @@
 // A block owns a BM x BN tile of dW and a fixed run of K steps of 32
 // positions. cp.async gathers each step's G rows and F columns into shared
 // memory kStages steps ahead, zero-filled outside the tensors; 8 warps run
-// m16n8k8 TF32 MMAs, each on a 32 x (8 kFragsN) sub-tile. Block partials are
-// summed in a fixed order by a second kernel: the result is deterministic.
+// m16n8k8 TF32 MMAs, each on a 32 x (8 kFragsN) sub-tile and on every
+// kWarpsK-th k-slice of a step. In a thin tile (32 or 64 rows) warps split
+// along k rather than all loading the same rows of G: with 8 warps along N,
+// relu_avgpool_2d's 32 x 48 filter gradient issued 8 copies of every G
+// fragment and was bound by issuing instructions (bench/RESULTS.md v41). The
+// block's kWarpsK partial tiles are summed in a fixed order through shared
+// memory, and block partials in a fixed order by a second kernel: the result
+// is deterministic.
 //
 // Compensated: each operand is a TF32 value plus a TF32 residual, and
 // big*small + small*big + big*big gives float32-accurate products. The tensor
@@ -57,20 +63,24 @@ __device__ __forceinline__ void stage_step(int step, uint32_t* stage, const Colu
   }
 }
 
-template <int kWarpsM, int kFragsN, bool kCompensated>
+template <int kWarpsM, int kFragsN, int kWarpsK, bool kCompensated>
 __global__ void __launch_bounds__(detail::kThreads)
     conv_wgrad_kernel(const float* __restrict__ a, const float* __restrict__ db, float* __restrict__ partials,
                       WgradDims d) {
 #if ANVIL_HAS_TENSOR_CORES
-  constexpr int BM = 32 * kWarpsM, BN = 8 * kFragsN * (kWarps / kWarpsM);
+  constexpr int kWarpsN = kWarps / (kWarpsM * kWarpsK);
+  constexpr int BM = 32 * kWarpsM, BN = 8 * kFragsN * kWarpsN;
   constexpr int kStageWords = (BM + BN) * kPitch;
+  static_assert(kWarpsM * kWarpsN * kWarpsK == kWarps && (kStep / 8) % kWarpsK == 0, "the warps tile the block");
+  static_assert(kWarpsK == 1 || kWarpsK * BM * BN <= kStages * kStageWords, "the k-partials fit the stages");
   extern __shared__ __align__(16) uint32_t smem[];
   Column* cols = reinterpret_cast<Column*>(smem + kStages * kStageWords);
   const int m0 = blockIdx.y * BM, n0 = blockIdx.z * BN;
   for (int c = threadIdx.x; c < BN; c += detail::kThreads) cols[c] = column_of(n0 + c, d);
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane / 4, tig = lane % 4;
-  const int wm = warp % kWarpsM * 32, wn = warp / kWarpsM * 8 * kFragsN;  // the warp's sub-tile in the block's
+  // The warp's sub-tile in the block's, and its k-slices of each step: kq, kq + kWarpsK, ...
+  const int wm = warp % kWarpsM * 32, wn = warp / kWarpsM % kWarpsN * 8 * kFragsN, kq = warp / (kWarpsM * kWarpsN);
 
   float acc[2][kFragsN][4] = {};
   const int first = blockIdx.x * d.steps_per_split;
@@ -92,8 +102,8 @@ __global__ void __launch_bounds__(detail::kThreads)
     const float* fs = gs + BM * kPitch;
     float part[2][kFragsN][4] = {};  // this step's 3xTF32 products (compensated)
 #pragma unroll
-    for (int ks = 0; ks < kStep / 8; ++ks) {
-      const int k = ks * 8 + tig;
+    for (int slice = 0; slice < kStep / 8 / kWarpsK; ++slice) {
+      const int k = (slice * kWarpsK + kq) * 8 + tig;
       // Fragments (mma.cuh): a = G(grp, k), G(grp+8, k), G(grp, k+4), G(grp+8, k+4); b = F(k, grp), F(k+4, grp).
       uint32_t ab[2][4], as[2][4], bb[kFragsN][2], bs[kFragsN][2];
 #pragma unroll
@@ -130,15 +140,38 @@ __global__ void __launch_bounds__(detail::kThreads)
 
   // Accumulator (i, j, r) sits at row grp + 8 (r / 2), column 2 tig + r % 2 of MMA tile (i, j).
   float* out = partials + int64_t(blockIdx.x) * d.cb * d.columns;
+  if constexpr (kWarpsK == 1) {
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < kFragsN; ++j)
+      for (int j = 0; j < kFragsN; ++j)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int m = m0 + wm + i * 16 + grp + 8 * (r / 2), n = n0 + wn + j * 8 + 2 * tig + r % 2;
-        if (m < d.cb && n < d.columns) out[int64_t(m) * d.columns + n] = acc[i][j][r];
-      }
+        for (int r = 0; r < 4; ++r) {
+          const int m = m0 + wm + i * 16 + grp + 8 * (r / 2), n = n0 + wn + j * 8 + 2 * tig + r % 2;
+          if (m < d.cb && n < d.columns) out[int64_t(m) * d.columns + n] = acc[i][j][r];
+        }
+  } else {
+    // The kWarpsK partial tiles through the stages' memory (every copy is in,
+    // every warp done with them), then summed in the order of kq.
+    copy_async_wait<0>();
+    __syncthreads();
+    float* tiles = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          tiles[(kq * BM + wm + i * 16 + grp + 8 * (r / 2)) * BN + wn + j * 8 + 2 * tig + r % 2] = acc[i][j][r];
+    __syncthreads();
+    for (int e = threadIdx.x; e < BM * BN; e += detail::kThreads) {
+      const int m = m0 + e / BN, n = n0 + e % BN;
+      float sum = tiles[e];
+#pragma unroll
+      for (int q = 1; q < kWarpsK; ++q) sum += tiles[q * BM * BN + e];
+      if (m < d.cb && n < d.columns) out[int64_t(m) * d.columns + n] = sum;
+    }
+  }
 #else
   __trap();  // built for a target before sm_80: tensor_core_kernels_available() is false there
 #endif
@@ -146,11 +179,14 @@ __global__ void __launch_bounds__(detail::kThreads)
 
 // dw[i] = the sum of the splits' partials of output i in double, in a fixed
 // order: a block takes 32 outputs, one per lane, so every load is one
-// coalesced row of partials; warp w adds splits w, w + 8, ..., and lane l of
-// warp 0 then adds the 8 warps' sums in order. (One thread per output
-// summing every split itself took 63 us for relu_avgpool_2d's 1536 outputs
-// of 1024 splits; one warp per output, 34 us for relu_avgpool_3d's 27648 of 256.)
-constexpr int kGroups = detail::kThreads / 32;
+// coalesced row of partials; warp w adds splits w, w + 8, ... in kChains
+// running sums (split w + 8 j into sum j % kChains, so that kChains loads are
+// in flight, not one), and lane l of warp 0 then adds the 8 warps' sums in
+// order. (One thread per output summing every split itself took 63 us for
+// relu_avgpool_2d's 1536 outputs of 1024 splits; one warp per output, 34 us
+// for relu_avgpool_3d's 27648 of 256; one running sum a warp, 14.5 us for the
+// first, bench/RESULTS.md v41.)
+constexpr int kGroups = detail::kThreads / 32, kChains = 4;
 
 __global__ void __launch_bounds__(detail::kThreads)
     sum_splits_kernel(const float* __restrict__ partials, float* __restrict__ dw, int64_t outputs, int splits) {
@@ -158,9 +194,19 @@ __global__ void __launch_bounds__(detail::kThreads)
   const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
   for (int64_t first = blockIdx.x * int64_t(32); first < outputs; first += int64_t(gridDim.x) * 32) {
     const int64_t i = first + lane;
-    double sum = 0.0;
-    if (i < outputs)
-      for (int s = group; s < splits; s += kGroups) sum += partials[int64_t(s) * outputs + i];
+    double sums[kChains] = {};
+    if (i < outputs) {
+      int s = group;
+      for (; s + (kChains - 1) * kGroups < splits; s += kChains * kGroups)
+#pragma unroll
+        for (int c = 0; c < kChains; ++c) sums[c] += partials[int64_t(s + c * kGroups) * outputs + i];
+#pragma unroll
+      for (int c = 0; c < kChains - 1; ++c)  // fewer than kChains splits are left
+        if (s + c * kGroups < splits) sums[c] += partials[int64_t(s + c * kGroups) * outputs + i];
+    }
+    double sum = sums[0];
+#pragma unroll
+    for (int c = 1; c < kChains; ++c) sum += sums[c];
     group_sums[group][lane] = sum;
     __syncthreads();
     if (group == 0 && i < outputs) {
@@ -172,11 +218,12 @@ __global__ void __launch_bounds__(detail::kThreads)
   }
 }
 
-// 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns.
+// 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns; warps
+// split k where fewer than 4 of them would share a G fragment otherwise.
 MmaTile tile_for(int64_t m, int64_t n) {
-  if (m <= 32) return {1, n <= 64 ? 1 : 2};
-  if (m <= 64) return {2, n <= 64 ? 2 : 4};
-  return {4, 4};
+  if (m <= 32) return {1, 4, n <= 64 ? 4 : 2};
+  if (m <= 64) return n <= 64 ? MmaTile{2, 4, 2} : MmaTile{2, 4, 1};
+  return {4, 4, 1};
 }
 
 size_t smem_bytes(const MmaTile& t) {
@@ -206,9 +253,10 @@ Plan plan_for(const cpu::ConvGeometry& g) {
   return p;
 }
 
-template <int kWarpsM, int kFragsN>
+template <int kWarpsM, int kFragsN, int kWarpsK>
 void launch(const Plan& p, bool compensated, const float* a, const float* db, float* partials, cudaStream_t stream) {
-  const auto kernel = compensated ? conv_wgrad_kernel<kWarpsM, kFragsN, true> : conv_wgrad_kernel<kWarpsM, kFragsN, false>;
+  const auto kernel = compensated ? conv_wgrad_kernel<kWarpsM, kFragsN, kWarpsK, true>
+                                  : conv_wgrad_kernel<kWarpsM, kFragsN, kWarpsK, false>;
   const size_t smem = smem_bytes(p.tile);
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned(p.splits), unsigned(p.row_blocks), unsigned(p.col_blocks));
@@ -236,12 +284,12 @@ void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scra
   detail::require(a && db && dw && scratch, op, "null pointer");
   const Plan p = plan_for(g);
   auto* partials = static_cast<float*>(scratch);
-  switch (p.tile.warps_m * 10 + p.tile.frags_n) {
-    case 11: launch<1, 1>(p, compensated, a, db, partials, stream); break;
-    case 12: launch<1, 2>(p, compensated, a, db, partials, stream); break;
-    case 22: launch<2, 2>(p, compensated, a, db, partials, stream); break;
-    case 24: launch<2, 4>(p, compensated, a, db, partials, stream); break;
-    default: launch<4, 4>(p, compensated, a, db, partials, stream); break;
+  switch (p.tile.warps_m * 10 + p.tile.warps_k) {  // tile_for's tiles, all with frags_n 4
+    case 14: launch<1, 4, 4>(p, compensated, a, db, partials, stream); break;
+    case 12: launch<1, 4, 2>(p, compensated, a, db, partials, stream); break;
+    case 22: launch<2, 4, 2>(p, compensated, a, db, partials, stream); break;
+    case 21: launch<2, 4, 1>(p, compensated, a, db, partials, stream); break;
+    default: launch<4, 4, 1>(p, compensated, a, db, partials, stream); break;
   }
   const int64_t outputs = int64_t(p.d.cb) * p.d.columns;
   const unsigned blocks = detail::grid_stride_blocks(outputs * kGroups);  // 32 outputs per block
