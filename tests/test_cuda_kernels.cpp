@@ -1005,6 +1005,14 @@ const std::vector<PoolCase> kPoolCases = {
     pool_case("avg 2 s2 p1x1x0, rows of 4", 2, 2, {3, 5, 4}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
     pool_case("max 2-D k2, rows of 64, several chunks", 1, 2, {1, 300, 64}, gpu::ChainPool::Max, {1, 2, 2},
               {1, 2, 2}),
+    // Windows 3 wide at stride 2 with padding 1 along rows of an even length: the forward takes
+    // a float2 a window row and the window's left column from the neighbouring lane (lane 0
+    // loads it), with rows that start mid-warp (5 outputs a row), rows of 2 (1 output), and
+    // several chunks (offset 1 runs the scalar kernel).
+    pool_case("max 2-D 3 s2 p1, rows of 10", 2, 3, {1, 11, 10}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}),
+    pool_case("avg 3 s2 p1, rows of 2", 2, 2, {5, 4, 2}, gpu::ChainPool::Avg, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}),
+    pool_case("max 2-D 3 s2 p1, rows of 66, several chunks", 1, 2, {1, 130, 66}, gpu::ChainPool::Max, {1, 3, 3},
+              {1, 2, 2}, {0, 1, 1}),
     // The backward's tiles: several along a row (rows over 256), along depth,
     // and windows too many for shared memory (gathered from global memory).
     pool_case("max 3 s2 p1, rows of 600", 1, 2, {1, 5, 600}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}),
@@ -1102,8 +1110,11 @@ TEST(CudaKernels, ChainPool) {
                         const ChainResult offset = run_chain_pool(in, pc.g, 1);
                         check_chain(in, ref, offset, chain.exact, what + "offset: ");
                         expect_same_chain(aligned, run_chain_pool(in, pc.g, 0), what + "second run: ");
-                        // Each element's gradient is summed in one order on every path (float4 rows, scalar).
+                        // Each element's gradient is summed in one order on every path (float4 rows, scalar),
+                        // and each window taken in one order by every forward (pairs, rows of 3, scalar).
                         expect_same(aligned.dy, offset.dy, what + "aligned vs offset: dy");
+                        expect_same(aligned.p, offset.p, what + "aligned vs offset: p");
+                        expect_same(aligned.argmax, offset.argmax, what + "aligned vs offset: argmax");
                       });
 }
 

@@ -108,6 +108,16 @@ __device__ __forceinline__ float4 sum4_at(const float* __restrict__ y, const flo
   return v;
 }
 
+// The same for the 2 elements from i, 8-byte aligned, through the read-only cache.
+__device__ __forceinline__ float2 sum2_at(const float* __restrict__ y, const float* __restrict__ z, int64_t i) {
+  float2 v = __ldg(reinterpret_cast<const float2*>(y + i));
+  if (z != nullptr) {
+    const float2 w = __ldg(reinterpret_cast<const float2*>(z + i));
+    v = make_float2(v.x + w.x, v.y + w.y);
+  }
+  return v;
+}
+
 // ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
 
 template <class Chain, int kVec>
@@ -285,6 +295,71 @@ __global__ void __launch_bounds__(kThreads)
         p[out + 2 * q + h] = window[u][h].result(d.divisor);
         if (kPool == ChainPool::Max && argmax != nullptr) argmax[out + 2 * q + h] = uint8_t(window[u][h].best_i);
       }
+    }
+  }
+}
+
+// Forward where windows are 3 wide along rows at stride 2 with padding 1 (the
+// ResNet stem's max pool), over rows of an even length (rows3_apply): output
+// column x reads columns 2x - 1, 2x and 2x + 1. A thread loads 2x and 2x + 1
+// as one float2 a window row and takes 2x - 1 from its left lane's float2,
+// which holds output x - 1 of the same row (lanes hold consecutive outputs);
+// lane 0 loads it itself. So a window row is one coalesced 8-byte load a
+// thread where pool_forward_kernel issues three strided 4-byte ones. Each
+// output takes its window in row-major order, as pool_forward_kernel does:
+// the same bits.
+template <class Chain, ChainPool kPool>
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_rows3_kernel(const float* __restrict__ y, const float* __restrict__ z,
+                              const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p,
+                              uint8_t* __restrict__ argmax, PoolDims d) {
+  const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out, bias, chain);
+  const int64_t in_base = r.plane * int64_t(d.plane_in);
+  const int64_t out = r.plane * int64_t(d.plane_out);
+  const bool lane0 = threadIdx.x % 32 == 0;
+  // Uniform across a warp (shuffles below): every lane runs every round.
+  for (uint32_t first = r.e0; first < r.e1; first += kThreads * kUnroll) {
+    int32_t start[kUnroll][2];  // each window's first element along axes 0 and 1, maybe in the padding
+    uint32_t column[kUnroll];   // 2x: even, so the float2 at it is aligned
+    PoolWindow<kPool> window[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = min(first + u * kThreads + threadIdx.x, r.e1 - 1);  // past the chunk: not stored
+      const uint32_t row = d.out_w.div(e), od = d.out_h.div(row);
+      start[u][0] = int32_t(od) * d.s[0] - d.pad[0];
+      start[u][1] = int32_t(row - od * d.out[1]) * d.s[1] - d.pad[1];
+      column[u] = 2 * (e - row * d.out[2]);
+    }
+    int w = 0;  // the window offset of the row's first element
+    for (int32_t w0 = 0; w0 < d.k[0]; ++w0)
+      for (int32_t w1 = 0; w1 < d.k[1]; ++w1, w += 3) {
+        float2 v[kUnroll];
+        float left[kUnroll];
+        bool inside[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int32_t i0 = start[u][0] + w0, i1 = start[u][1] + w1;
+          inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1];
+          const int64_t i = in_base + (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + column[u];
+          v[u] = inside[u] ? sum2_at(y, z, i) : make_float2(0.f, 0.f);
+          left[u] = __shfl_up_sync(0xffffffffu, v[u].y, 1);
+          if (lane0 && inside[u] && column[u] > 0) left[u] = sum_at(y, z, i - 1);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (!inside[u]) continue;
+          const float x[3] = {left[u] + b, v[u].x + b, v[u].y + b};
+#pragma unroll
+          for (int j = 0; j < 3; ++j)
+            if (j > 0 || column[u] > 0) window[u].take(Chain::forward(chain, cm, x[j]), x[j], w + j);
+        }
+      }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t e = first + u * kThreads + threadIdx.x;
+      if (e >= r.e1) break;
+      p[out + e] = window[u].result(d.divisor);
+      if (kPool == ChainPool::Max && argmax != nullptr) argmax[out + e] = uint8_t(window[u].best_i);
     }
   }
 }
@@ -660,6 +735,16 @@ bool pairs_apply(const PoolDims& d, const float* y, const float* z) {
   return d.k[2] == 2 && d.s[2] == 2 && d.pad[2] == 0 && d.in[2] % 4 == 0 && vec4_ok(d, {y, z});
 }
 
+// pool_forward_rows3_kernel's case: a pool 3 wide along rows at stride 2
+// with padding 1, rows of an even length (so each output's 2x and 2x + 1 are
+// an aligned float2 inside the row), y and z 8-byte aligned.
+bool rows3_apply(const PoolDims& d, const float* y, const float* z) {
+  if (!(d.k[2] == 3 && d.s[2] == 2 && d.pad[2] == 1 && d.in[2] % 2 == 0)) return false;
+  for (const void* b : {y, z})
+    if (b != nullptr && !detail::aligned_to(b, 8)) return false;
+  return true;
+}
+
 // The forward's chunks as pairs: as many outputs a block as pool_dims gave,
 // or 512 where it gave 256.
 void count_pairs(PoolDims& d, const ChainPoolGeometry& g) {
@@ -709,7 +794,7 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
   detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
   require_chain(op, chain);
   PoolDims d = pool_dims(op, g, false);
-  const bool pairs = pairs_apply(d, y, z);
+  const bool pairs = pairs_apply(d, y, z), rows3 = !pairs && rows3_apply(d, y, z);
   if (pairs) count_pairs(d, g);
   const unsigned blocks = blocks_of(g, d);
   with_chain_policy(chain, [&](auto policy) {
@@ -722,14 +807,16 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
           chain_forward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, d);
         break;
       case ChainPool::Max: {
-        const auto kernel =
-            pairs ? pool_forward_pairs_kernel<Chain, ChainPool::Max> : pool_forward_kernel<Chain, ChainPool::Max>;
+        const auto kernel = pairs   ? pool_forward_pairs_kernel<Chain, ChainPool::Max>
+                            : rows3 ? pool_forward_rows3_kernel<Chain, ChainPool::Max>
+                                    : pool_forward_kernel<Chain, ChainPool::Max>;
         kernel<<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, argmax, d);
         break;
       }
       case ChainPool::Avg: {
-        const auto kernel =
-            pairs ? pool_forward_pairs_kernel<Chain, ChainPool::Avg> : pool_forward_kernel<Chain, ChainPool::Avg>;
+        const auto kernel = pairs   ? pool_forward_pairs_kernel<Chain, ChainPool::Avg>
+                            : rows3 ? pool_forward_rows3_kernel<Chain, ChainPool::Avg>
+                                    : pool_forward_kernel<Chain, ChainPool::Avg>;
         kernel<<<blocks, kThreads, 0, stream>>>(y, z, bias, chain, p, nullptr, d);
         break;
       }
