@@ -179,14 +179,11 @@ __global__ void __launch_bounds__(detail::kThreads)
 
 // dw[i] = the sum of the splits' partials of output i in double, in a fixed
 // order: a block takes 32 outputs, one per lane, so every load is one
-// coalesced row of partials; warp w adds splits w, w + 8, ... in kChains
-// running sums (split w + 8 j into sum j % kChains, so that kChains loads are
-// in flight, not one), and lane l of warp 0 then adds the 8 warps' sums in
-// order. (One thread per output summing every split itself took 63 us for
-// relu_avgpool_2d's 1536 outputs of 1024 splits; one warp per output, 34 us
-// for relu_avgpool_3d's 27648 of 256; one running sum a warp, 14.5 us for the
-// first, bench/RESULTS.md v41.)
-constexpr int kGroups = detail::kThreads / 32, kChains = 4;
+// coalesced row of partials; warp w adds splits w, w + 8, ..., and lane l of
+// warp 0 then adds the 8 warps' sums in order. (One thread per output
+// summing every split itself took 63 us for relu_avgpool_2d's 1536 outputs
+// of 1024 splits; one warp per output, 34 us for relu_avgpool_3d's 27648 of 256.)
+constexpr int kGroups = detail::kThreads / 32;
 
 __global__ void __launch_bounds__(detail::kThreads)
     sum_splits_kernel(const float* __restrict__ partials, float* __restrict__ dw, int64_t outputs, int splits) {
@@ -194,19 +191,9 @@ __global__ void __launch_bounds__(detail::kThreads)
   const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
   for (int64_t first = blockIdx.x * int64_t(32); first < outputs; first += int64_t(gridDim.x) * 32) {
     const int64_t i = first + lane;
-    double sums[kChains] = {};
-    if (i < outputs) {
-      int s = group;
-      for (; s + (kChains - 1) * kGroups < splits; s += kChains * kGroups)
-#pragma unroll
-        for (int c = 0; c < kChains; ++c) sums[c] += partials[int64_t(s + c * kGroups) * outputs + i];
-#pragma unroll
-      for (int c = 0; c < kChains - 1; ++c)  // fewer than kChains splits are left
-        if (s + c * kGroups < splits) sums[c] += partials[int64_t(s + c * kGroups) * outputs + i];
-    }
-    double sum = sums[0];
-#pragma unroll
-    for (int c = 1; c < kChains; ++c) sum += sums[c];
+    double sum = 0.0;
+    if (i < outputs)
+      for (int s = group; s < splits; s += kGroups) sum += partials[int64_t(s) * outputs + i];
     group_sums[group][lane] = sum;
     __syncthreads();
     if (group == 0 && i < outputs) {
