@@ -96,85 +96,90 @@ struct Chunks {
 
 }  // namespace
 
+// Each of out's planes (dims each) summed a box at a time into one thread's
+// double accumulators, which start from out where accumulating (so the sum
+// rounds once) and are stored back: add(plane, box, acc) adds plane's sums
+// over the box's elements i into acc[i - box.first].
+template <class T, class Add>
+void sum_by_boxes(T* out, int64_t planes, const Dims3& dims, bool accumulate, int64_t work, const Add& add) {
+  const int64_t plane_size = volume(dims);
+  if (plane_size == 0) return;  // nothing to write (and no box to cut)
+  const Chunks chunks(dims);
+  const int64_t items = planes * chunks.total();
+  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
+  ANVIL_OMP_PARALLEL_FOR_IF(work)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t plane = item / chunks.total();
+    const Chunks::Box box = chunks.at(item % chunks.total());
+    T* op = out + plane * plane_size;
+    double* const acc = scratch.data() + thread_slot() * chunks.elements();
+    for (int64_t i = box.first; i < box.end; ++i) acc[i - box.first] = accumulate ? double(op[i]) : 0.0;
+    add(plane, box, acc);
+    for (int64_t i = box.first; i < box.end; ++i) op[i] = static_cast<T>(acc[i - box.first]);
+  }
+}
+
 template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
-  if (bv == 0) return;  // nothing to write (and no box to cut)
-  const Chunks chunks(g.b);
-  const int64_t items = g.n * g.cb * chunks.total();
-  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
-  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.n, g.ca, g.cb, bv, kv}))
-  for (int64_t item = 0; item < items; ++item) {
-    const int64_t p = item / chunks.total(), n = p / g.cb, cb = p % g.cb;
-    const Chunks::Box box = chunks.at(item % chunks.total());
-    T* bp = b + p * bv;
-    // Start from the existing output so accumulation rounds once.
-    double* const acc = scratch.data() + thread_slot() * chunks.elements();
-    for (int64_t i = box.first; i < box.end; ++i) acc[i - box.first] = accumulate ? double(bp[i]) : 0.0;
-    for (int64_t ca = 0; ca < g.ca; ++ca) {
-      const T* ap = a + (n * g.ca + ca) * av;
-      const T* wp = w + (cb * g.ca + ca) * kv;
-      for (int64_t td = 0; td < g.k[0]; ++td)
-        for (int64_t th = 0; th < g.k[1]; ++th)
-          for (int64_t tw = 0; tw < g.k[2]; ++tw) {
-            const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
-            const Tap tap = make_tap(g, td, th, tw);
-            Range r[3];
-            for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
-            if (empty(r)) continue;  // (and no pointer is formed outside the arrays)
-            for (int64_t od = r[0].lo; od < r[0].hi; ++od)
-              for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
-                const T* arow =
-                    ap + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + r[2].lo * sW + tap.off[2]);
-                double* brow = acc + ((od * bH + oh) * bW + r[2].lo - box.first);
-                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) brow[ow - r[2].lo] += wv * arow[(ow - r[2].lo) * sW];
-              }
-          }
-    }
-    for (int64_t i = box.first; i < box.end; ++i) bp[i] = static_cast<T>(acc[i - box.first]);
-  }
+  sum_by_boxes(b, g.n * g.cb, g.b, accumulate, work_of({g.n, g.ca, g.cb, bv, kv}),
+               [&](int64_t p, const Chunks::Box& box, double* acc) {
+                 const int64_t n = p / g.cb, cb = p % g.cb;
+                 for (int64_t ca = 0; ca < g.ca; ++ca) {
+                   const T* ap = a + (n * g.ca + ca) * av;
+                   const T* wp = w + (cb * g.ca + ca) * kv;
+                   for (int64_t td = 0; td < g.k[0]; ++td)
+                     for (int64_t th = 0; th < g.k[1]; ++th)
+                       for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+                         const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
+                         const Tap tap = make_tap(g, td, th, tw);
+                         Range r[3];
+                         for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
+                         if (empty(r)) continue;  // (and no pointer is formed outside the arrays)
+                         for (int64_t od = r[0].lo; od < r[0].hi; ++od)
+                           for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
+                             const T* arow = ap + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
+                                                   r[2].lo * sW + tap.off[2]);
+                             double* brow = acc + ((od * bH + oh) * bW + r[2].lo - box.first);
+                             for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow)
+                               brow[ow - r[2].lo] += wv * arow[(ow - r[2].lo) * sW];
+                           }
+                       }
+                 }
+               });
 }
 
 template <class T> void conv_backward_data(const T* db, const T* w, T* da, const ConvGeometry& g, bool accumulate) {
-  const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
+  const int64_t bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
-  if (av == 0) return;
-  const Chunks chunks(g.a);
-  const int64_t items = g.n * g.ca * chunks.total();
-  std::vector<double> scratch(static_cast<size_t>(max_threads()) * static_cast<size_t>(chunks.elements()));
-  ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.n, g.ca, g.cb, bv, kv}))
-  for (int64_t item = 0; item < items; ++item) {
-    const int64_t p = item / chunks.total(), n = p / g.ca, ca = p % g.ca;
-    const Chunks::Box box = chunks.at(item % chunks.total());
-    T* dap = da + p * av;
-    // Start from the existing gradient so accumulation rounds once.
-    double* const acc = scratch.data() + thread_slot() * chunks.elements();
-    for (int64_t i = box.first; i < box.end; ++i) acc[i - box.first] = accumulate ? double(dap[i]) : 0.0;
-    // Scatter each dB plane through each tap into this thread's box of the dA plane.
-    for (int64_t cb = 0; cb < g.cb; ++cb) {
-      const T* bp = db + (n * g.cb + cb) * bv;
-      const T* wp = w + (cb * g.ca + ca) * kv;
-      for (int64_t td = 0; td < g.k[0]; ++td)
-        for (int64_t th = 0; th < g.k[1]; ++th)
-          for (int64_t tw = 0; tw < g.k[2]; ++tw) {
-            const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
-            const Tap tap = make_tap(g, td, th, tw);
-            Range r[3];  // the B indices whose A index falls in the box
-            for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i]);
-            if (empty(r)) continue;
-            for (int64_t od = r[0].lo; od < r[0].hi; ++od)
-              for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
-                double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW + r[2].lo * sW +
-                                      tap.off[2] - box.first);
-                const T* brow = bp + (od * bH + oh) * bW;
-                for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) arow[(ow - r[2].lo) * sW] += wv * brow[ow];
-              }
-          }
-    }
-    for (int64_t i = box.first; i < box.end; ++i) dap[i] = static_cast<T>(acc[i - box.first]);
-  }
+  sum_by_boxes(da, g.n * g.ca, g.a, accumulate, work_of({g.n, g.ca, g.cb, bv, kv}),
+               [&](int64_t p, const Chunks::Box& box, double* acc) {
+                 const int64_t n = p / g.ca, ca = p % g.ca;
+                 // Scatter each dB plane through each tap into this box of the dA plane.
+                 for (int64_t cb = 0; cb < g.cb; ++cb) {
+                   const T* bp = db + (n * g.cb + cb) * bv;
+                   const T* wp = w + (cb * g.ca + ca) * kv;
+                   for (int64_t td = 0; td < g.k[0]; ++td)
+                     for (int64_t th = 0; th < g.k[1]; ++th)
+                       for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+                         const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
+                         const Tap tap = make_tap(g, td, th, tw);
+                         Range r[3];  // the B indices whose A index falls in the box
+                         for (int i = 0; i < 3; ++i)
+                           r[i] = preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i]);
+                         if (empty(r)) continue;
+                         for (int64_t od = r[0].lo; od < r[0].hi; ++od)
+                           for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
+                             double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
+                                                   r[2].lo * sW + tap.off[2] - box.first);
+                             const T* brow = bp + (od * bH + oh) * bW;
+                             for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) arow[(ow - r[2].lo) * sW] += wv * brow[ow];
+                           }
+                       }
+                 }
+               });
 }
 
 template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, const ConvGeometry& g) {
