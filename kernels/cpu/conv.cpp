@@ -119,6 +119,27 @@ void sum_by_boxes(T* out, int64_t planes, const Dims3& dims, bool accumulate, in
   }
 }
 
+// For each tap of W's slice wp (one cb, one ca), in order, the rows (od, oh)
+// of B and the range of ow whose elements lie in the box: B's own elements
+// (the box is in B: the forward), or those whose A element does (the box is
+// in A: the adjoint). row(od, oh, ow_range, tap, weight) sums one row.
+template <class T, class Row>
+void for_each_tap_row(const ConvGeometry& g, const T* wp, const Chunks::Box& box, bool box_in_a, const Row& row) {
+  for (int64_t td = 0; td < g.k[0]; ++td)
+    for (int64_t th = 0; th < g.k[1]; ++th)
+      for (int64_t tw = 0; tw < g.k[2]; ++tw) {
+        const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
+        const Tap tap = make_tap(g, td, th, tw);
+        Range r[3];
+        for (int i = 0; i < 3; ++i)
+          r[i] = box_in_a ? preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i])
+                          : preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
+        if (empty(r)) continue;  // (and no pointer is formed outside the arrays)
+        for (int64_t od = r[0].lo; od < r[0].hi; ++od)
+          for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) row(od, oh, r[2], tap, wv);
+      }
+}
+
 template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
@@ -128,24 +149,13 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
                  const int64_t n = p / g.cb, cb = p % g.cb;
                  for (int64_t ca = 0; ca < g.ca; ++ca) {
                    const T* ap = a + (n * g.ca + ca) * av;
-                   const T* wp = w + (cb * g.ca + ca) * kv;
-                   for (int64_t td = 0; td < g.k[0]; ++td)
-                     for (int64_t th = 0; th < g.k[1]; ++th)
-                       for (int64_t tw = 0; tw < g.k[2]; ++tw) {
-                         const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
-                         const Tap tap = make_tap(g, td, th, tw);
-                         Range r[3];
-                         for (int i = 0; i < 3; ++i) r[i] = preimage(tap.r[i], 1, 0, box.lo[i], box.hi[i]);
-                         if (empty(r)) continue;  // (and no pointer is formed outside the arrays)
-                         for (int64_t od = r[0].lo; od < r[0].hi; ++od)
-                           for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
-                             const T* arow = ap + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
-                                                   r[2].lo * sW + tap.off[2]);
-                             double* brow = acc + ((od * bH + oh) * bW + r[2].lo - box.first);
-                             for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow)
-                               brow[ow - r[2].lo] += wv * arow[(ow - r[2].lo) * sW];
-                           }
-                       }
+                   for_each_tap_row(g, w + (cb * g.ca + ca) * kv, box, false,
+                                    [&](int64_t od, int64_t oh, const Range& ow, const Tap& tap, double wv) {
+                                      const T* arow = ap + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
+                                                            ow.lo * sW + tap.off[2]);
+                                      double* brow = acc + ((od * bH + oh) * bW + ow.lo - box.first);
+                                      for (int64_t i = 0; i < ow.hi - ow.lo; ++i) brow[i] += wv * arow[i * sW];
+                                    });
                  }
                });
 }
@@ -160,24 +170,13 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
                  // Scatter each dB plane through each tap into this box of the dA plane.
                  for (int64_t cb = 0; cb < g.cb; ++cb) {
                    const T* bp = db + (n * g.cb + cb) * bv;
-                   const T* wp = w + (cb * g.ca + ca) * kv;
-                   for (int64_t td = 0; td < g.k[0]; ++td)
-                     for (int64_t th = 0; th < g.k[1]; ++th)
-                       for (int64_t tw = 0; tw < g.k[2]; ++tw) {
-                         const double wv = wp[(td * g.k[1] + th) * g.k[2] + tw];
-                         const Tap tap = make_tap(g, td, th, tw);
-                         Range r[3];  // the B indices whose A index falls in the box
-                         for (int i = 0; i < 3; ++i)
-                           r[i] = preimage(tap.r[i], g.stride[i], tap.off[i], box.lo[i], box.hi[i]);
-                         if (empty(r)) continue;
-                         for (int64_t od = r[0].lo; od < r[0].hi; ++od)
-                           for (int64_t oh = r[1].lo; oh < r[1].hi; ++oh) {
-                             double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
-                                                   r[2].lo * sW + tap.off[2] - box.first);
-                             const T* brow = bp + (od * bH + oh) * bW;
-                             for (int64_t ow = r[2].lo; ow < r[2].hi; ++ow) arow[(ow - r[2].lo) * sW] += wv * brow[ow];
-                           }
-                       }
+                   for_each_tap_row(g, w + (cb * g.ca + ca) * kv, box, true,
+                                    [&](int64_t od, int64_t oh, const Range& ow, const Tap& tap, double wv) {
+                                      double* arow = acc + (((od * sD + tap.off[0]) * aH + oh * sH + tap.off[1]) * aW +
+                                                            ow.lo * sW + tap.off[2] - box.first);
+                                      const T* brow = bp + (od * bH + oh) * bW + ow.lo;
+                                      for (int64_t i = 0; i < ow.hi - ow.lo; ++i) arow[i * sW] += wv * brow[i];
+                                    });
                  }
                });
 }
