@@ -374,27 +374,33 @@ TEST(GpuFusion, HeadlinePatternIsFusedAndPhaseSplit) {
   EXPECT_EQ(unfused.find("fused"), std::string::npos) << unfused;
 }
 
-// Under tf32 the filter gradient runs anvil's kernel by rule where W's rows
-// (the A side's channels x taps) fit one 128-column tile or W has at most 32
-// rows, else cuDNN's (docs/performance.md, "Filter gradients").
+// Under tf32 the filter gradient runs anvil's kernel by rule where W's row
+// length (the A side's channels x taps) fits one 128-column tile or W has at
+// most 32 rows, else cuDNN's (docs/performance.md, "Filter gradients").
 TEST(GpuFusion, Tf32FilterGradientRule) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   if (!cuda::tensor_core_kernels_available()) GTEST_SKIP() << "needs sm_80 or newer";
-  auto describe = [](const std::string& conv) {
-    std::string json = net_json("w", "[2, 8, 9, 9]", conv + R"(, {"type": "relu"})");
+  // The engine's description of conv -> relu on an input of `channels` channels.
+  auto describe = [](int channels, const std::string& conv) {
+    std::string json = net_json("w", "[2, " + std::to_string(channels) + ", 9, 9]", conv + R"(, {"type": "relu"})");
     json.replace(json.find(R"("fp32")"), 6, R"("tf32")");
     return Engine(Network::parse(json, "w"), cuda_options("dgrad")).describe();
   };
   const std::string anvil = "ConvolutionBackwardFilter anvil tensor cores (TF32, rule)";
   // W 64 x (8 x 9): one tile wide.
-  const std::string narrow = describe(R"({"type": "conv2d", "in_channels": 8, "out_channels": 64, "kernel_size": 3})");
+  const std::string narrow =
+      describe(8, R"({"type": "conv2d", "in_channels": 8, "out_channels": 64, "kernel_size": 3})");
   EXPECT_NE(narrow.find(anvil), std::string::npos) << narrow;
-  // A transposed conv's W is in_channels x (out_channels x taps): 8 x 144, thin.
-  const std::string thin =
-      describe(R"({"type": "conv_transpose2d", "in_channels": 8, "out_channels": 16, "kernel_size": 3, "stride": 2})");
-  EXPECT_NE(thin.find(anvil), std::string::npos) << thin;
+  // A transposed conv's W is in_channels x (out_channels x taps): rows of 144, anvil's up to 32
+  // of them (thin), cuDNN's from 33.
+  for (const int rows : {8, 32, 33}) {
+    const std::string thin = describe(rows, R"({"type": "conv_transpose2d", "in_channels": )" + std::to_string(rows) +
+                                                R"(, "out_channels": 16, "kernel_size": 3, "stride": 2})");
+    EXPECT_EQ(thin.find(anvil) != std::string::npos, rows <= 32) << thin;
+    EXPECT_NE(thin.find("ConvolutionBackwardFilter"), std::string::npos) << thin;
+  }
   // W 64 x (8 x 25): cuDNN's.
-  const std::string wide = describe(R"({"type": "conv2d", "in_channels": 8, "out_channels": 64, "kernel_size": 5})");
+  const std::string wide = describe(8, R"({"type": "conv2d", "in_channels": 8, "out_channels": 64, "kernel_size": 5})");
   EXPECT_EQ(wide.find("ConvolutionBackwardFilter anvil"), std::string::npos) << wide;
   EXPECT_NE(wide.find("ConvolutionBackwardFilter"), std::string::npos) << wide;
 }

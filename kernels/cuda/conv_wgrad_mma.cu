@@ -10,8 +10,8 @@
 // positions. cp.async gathers each step's G rows and F columns into shared
 // memory kStages steps ahead, zero-filled outside the tensors; 8 warps run
 // m16n8k8 TF32 MMAs, each on a 32 x (8 kFragsN) sub-tile and on every
-// kWarpsK-th k-slice of a step. In a thin tile (32 or 64 rows) warps split
-// along k rather than all loading the same rows of G: with 8 warps along N,
+// kWarpsK-th k-slice of a step. In a thin tile (32 rows, or 64 rows and 64
+// columns) warps split along k rather than all loading the same rows of G: with 8 warps along N,
 // relu_avgpool_2d's 32 x 48 filter gradient issued 8 copies of every G
 // fragment and was bound by issuing instructions (bench/RESULTS.md v41). The
 // block's kWarpsK partial tiles are summed in a fixed order through shared
@@ -205,8 +205,9 @@ __global__ void __launch_bounds__(detail::kThreads)
   }
 }
 
-// 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns; warps
-// split k where fewer than 4 of them would share a G fragment otherwise.
+// 32, 64 or 128 rows (as many as M needs) and 64 or 128 columns. Warps split
+// k in tiles of 32 rows (4 ways up to 64 columns, else 2) and of 64 rows and
+// 64 columns (2 ways), so that at most 2 warps share a G fragment.
 MmaTile tile_for(int64_t m, int64_t n) {
   if (m <= 32) return {1, 4, n <= 64 ? 4 : 2};
   if (m <= 64) return n <= 64 ? MmaTile{2, 4, 2} : MmaTile{2, 4, 1};
@@ -271,12 +272,15 @@ void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scra
   detail::require(a && db && dw && scratch, op, "null pointer");
   const Plan p = plan_for(g);
   auto* partials = static_cast<float*>(scratch);
-  switch (p.tile.warps_m * 10 + p.tile.warps_k) {  // tile_for's tiles, all with frags_n 4
+  // tile_for's tiles: a kernel of another shape would not match the plan's blocks and shared memory.
+  detail::require(p.tile.frags_n == 4, op, "no kernel for the planned tile");
+  switch (p.tile.warps_m * 10 + p.tile.warps_k) {
     case 14: launch<1, 4, 4>(p, compensated, a, db, partials, stream); break;
     case 12: launch<1, 4, 2>(p, compensated, a, db, partials, stream); break;
     case 22: launch<2, 4, 2>(p, compensated, a, db, partials, stream); break;
     case 21: launch<2, 4, 1>(p, compensated, a, db, partials, stream); break;
-    default: launch<4, 4, 1>(p, compensated, a, db, partials, stream); break;
+    case 41: launch<4, 4, 1>(p, compensated, a, db, partials, stream); break;
+    default: detail::require(false, op, "no kernel for the planned tile");
   }
   const int64_t outputs = int64_t(p.d.cb) * p.d.columns;
   const unsigned blocks = detail::grid_stride_blocks(outputs * kGroups);  // 32 outputs per block
