@@ -733,6 +733,18 @@ TEST(NetworkParse, WithPrecisionChangesOnlyThePrecision) {
   EXPECT_EQ(tf32.precision(), anvil::Precision::TF32);  // the original is untouched
 }
 
+// A Precision made by a cast is refused by name, as Options' enums are, not read as tf32 by some
+// layers and fp32 by others.
+TEST(NetworkParse, WithPrecisionRefusesAValueThatIsNotAPrecision) {
+  const Network net = Network::parse(with_layers("[2, 3, 4, 4]", R"([{"type": "relu"}])"), "p.json");
+  try {
+    net.with_precision(static_cast<anvil::Precision>(7));
+    FAIL() << "a Precision of 7 was taken";
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), "with_precision: 7 is not a Precision");
+  }
+}
+
 TEST(NetworkParse, LoadPrefixesErrorsWithThePath) {
   const std::string path = ::testing::TempDir() + "anvil_network_test_bad.json";
   {

@@ -72,6 +72,9 @@ Network Network::with_batch(int64_t batch) const {
 }
 
 Network Network::with_precision(Precision precision) const {
+  // A value made by a cast would be read as tf32 by some layers and as fp32 by others.
+  if (precision != Precision::TF32 && precision != Precision::FP32)
+    throw InputError("with_precision: " + std::to_string(static_cast<int>(precision)) + " is not a Precision");
   auto spec = std::make_shared<NetworkSpec>(this->spec());
   spec->precision = precision;
   return built(std::move(spec));

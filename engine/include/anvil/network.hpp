@@ -33,6 +33,7 @@ class Network {
   Network with_batch(int64_t batch) const;
   // The same network under another precision (the CLI's --precision). Its hash, the identity a
   // checkpoint records, stays the file's: like --no-fuse, precision is how a run computes.
+  // InputError for a value that is not a Precision (made by a cast).
   Network with_precision(Precision precision) const;
 
   const std::string& name() const;
