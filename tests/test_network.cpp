@@ -462,6 +462,11 @@ TEST(NetworkParse, DuplicateLayerNames) {
 TEST(NetworkParse, ReservedAndMalformedLayerNames) {
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "input"})")),
             "bad.json: layers[0].name: 'input' is reserved; choose another name");
+  // A channel_scale "grad.input" had its gradient replaced by the input's in a --dump-grads file.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "channel_scale", "name": "grad.input"})")),
+            "bad.json: layers[0].name: 'grad.input' is reserved (--dump-grads names the input's gradient so); "
+            "choose another name");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "channel_scale", "name": "grad.input.x"})")), "<no error>");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")), "bad.json: layers[0].name: must not be empty");
   // Names go into the headers of checkpoints and weights files: a layer's at most 256 characters, the network's
   // at most 1024 bytes.

@@ -147,6 +147,9 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     spec.name = cfg.string_or("name", spec.type + "_" + std::to_string(i));
     if (spec.name.empty()) cfg.fail("name", "must not be empty");
     if (spec.name == "input") cfg.fail("name", "'input' is reserved; choose another name");
+    // --dump-grads writes the input's gradient as "grad.input": a channel_scale so named would lose its own.
+    if (spec.name == "grad.input")
+      cfg.fail("name", "'grad.input' is reserved (--dump-grads names the input's gradient so); choose another name");
     if (cfg.has("name") && spec.name.size() > kMaxLayerName)  // (a default name's type is checked later)
       cfg.fail("name", "must be at most " + std::to_string(kMaxLayerName) + " characters, got " +
                            std::to_string(spec.name.size()));
