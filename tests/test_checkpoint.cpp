@@ -311,6 +311,32 @@ TEST(Checkpoint, APositionThatCouldNotBeReadBackIsNotWritten) {
   std::remove(path.c_str());
 }
 
+// The optimizer's step is not cross-checked against the position, so a checkpoint may hold 2^53;
+// a step after loading it took the count past what load_checkpoint reads, and save_checkpoint
+// wrote a checkpoint that could not be resumed. Now it refuses, and the old file stays.
+TEST(Checkpoint, AnOptimizerStepPast2To53IsNotWritten) {
+  const Network net = Network::load(data_path("adam_step.json"));
+  Engine engine(net, cpu_options());
+  engine.train_step();
+  const std::string path = temp_path("optimizer_step.safetensors");
+  engine.save_checkpoint(path, {1, 0, 1});
+  TensorFile forged = read_safetensors(path);
+  forged.metadata["optimizer.step"] = std::to_string(kMaxSteps);
+  write_safetensors(path, forged);
+  engine.load_checkpoint(path);
+  engine.train_step();
+  const std::string old = read_text(path);
+  try {
+    engine.save_checkpoint(path, {2, 0, 2});
+    ADD_FAILURE() << "a checkpoint with optimizer.step past 2^53 was written";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": the optimizer's step count " + std::to_string(kMaxSteps + 1) +
+                                         " is past 2^53: a checkpoint of it could not be loaded");
+  }
+  EXPECT_EQ(read_text(path), old);
+  std::remove(path.c_str());
+}
+
 }  // namespace
 }  // namespace anvil::testing
 

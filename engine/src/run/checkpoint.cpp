@@ -112,6 +112,10 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
       file.tensors[state_tensor_name(states[k], name)] = std::move(tensor);
   StepState state;
   m.download_bytes(&state, m.optimizer_args.step, sizeof state);
+  // A loaded optimizer step of 2^53 (a forged checkpoint) grows past what load_checkpoint reads.
+  if (state.step > kMaxSteps)
+    throw InputError(path + ": the optimizer's step count " + std::to_string(state.step) +
+                     " is past 2^53: a checkpoint of it could not be loaded");
   file.metadata = checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(), state.step,
                                       position, data_description(m.train_feed.get(), m.data_options));
   write_safetensors(path, file);
