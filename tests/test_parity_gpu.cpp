@@ -713,25 +713,30 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
 
 // The rule under tf32: a 3-D conv's ops that sum at least 128 products per
 // output run the graph API's first tensor-core engine, the others the legacy
-// API; both match the CPU.
+// API (a filter gradient of at most 32 rows runs anvil's kernel); all match
+// the CPU.
 TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const std::string json = net_json("r", "[2, 8, 5, 7, 6]", R"(
-        {"type": "conv3d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "conv3d", "in_channels": 8, "out_channels": 40, "kernel_size": 3, "padding": 1},
         {"type": "relu"},
-        {"type": "conv3d", "in_channels": 8, "out_channels": 3, "kernel_size": 2})");
+        {"type": "conv3d", "in_channels": 40, "out_channels": 3, "kernel_size": 1})");
   const Network network = Network::parse(with_tf32(json), "wide_and_thin_3d");
   Engine engine(network, cuda_options("unfused"));
   const std::string text = engine.describe();
   const std::string first_tc =
       R"( graph engine [0-9]+ \(tensor ops, ws [0-9]+ KiB, the heuristics' first tensor-core engine\))";
-  // 8 x 27 products: the first conv's forward, input gradient and filter gradient.
+  // 8 x 27, 40 x 27 and 8 x 27 products (W's 40 rows): the first conv's forward, input gradient
+  // and filter gradient.
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionForward" + first_tc)), 1u) << text;
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardData" + first_tc)), 1u) << text;
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardFilter" + first_tc)), 1u) << text;
-  // 8 x 8 and 3 x 8: the second conv's forward and input gradient stay on the legacy API.
+  // 40 x 1 and 3 x 1: the second conv's forward and input gradient stay on the legacy API; its
+  // filter gradient (W's 3 rows) runs anvil's kernel.
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionForward algo [0-9]+")), 1u) << text;
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardData algo [0-9]+")), 1u) << text;
+  EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardFilter anvil tensor cores \\(TF32, rule\\)")), 1u)
+      << text;
   expect_step_matches_cpu(engine, network, 5e-3);
   // Under fp32, and for a 2-D conv as wide, the legacy API runs every cuDNN op.
   const std::string fp32 = Engine(Network::parse(json, "fp32_3d"), cuda_options("unfused")).describe();
