@@ -6,7 +6,7 @@
 namespace anvil {
 
 namespace {
-enum Buffer { kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch };
+enum Buffer { kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes };
 }  // namespace
 
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
@@ -134,7 +134,11 @@ size_t FusedConvEpilogue::reduce_scratch_bytes() const {
                 : cuda::chain_pool_backward_scratch_bytes(general_geometry(), chain_.ops);
 }
 
-bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_; }
+bool FusedConvEpilogue::saves_codes() const {
+  return conv_->needs_backward() && !tiled_ && forward_ != Forward::Cudnn && cuda::chain_codes_supported(chain_.ops);
+}
+
+bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_ && !saves_codes(); }
 
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->set_runs_forward(forward_ == Forward::Cudnn);
@@ -145,8 +149,9 @@ void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settin
 }
 
 // Saved for backward: with a tiled max pool, per pooled element the argmax
-// inside its window (a byte) and y there; otherwise Y itself, and a max
-// pool's argmax. The direct and wgmma forwards need no Y of their own.
+// inside its window (a byte) and y there; otherwise Y itself or the chain's
+// codes, and a max pool's argmax. The direct and wgmma forwards need no Y of
+// their own.
 std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
@@ -160,7 +165,8 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
           {"y_at_max", backward && tiled_ ? pooled * sizeof(float) : 0, BufferLife::Saved},
           {"dy", backward ? y_bytes() : 0, BufferLife::Backward},
           {"conv_backward", conv_->backward_workspace(), BufferLife::Backward},
-          {"reduce_scratch", backward ? reduce_scratch_bytes() : 0, BufferLife::Backward}};
+          {"reduce_scratch", backward ? reduce_scratch_bytes() : 0, BufferLife::Backward},
+          {"codes", saves_codes() ? y_bytes() / sizeof(float) : 0, BufferLife::Saved}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
@@ -180,7 +186,8 @@ std::string FusedConvEpilogue::describe_cuda() const {
   const std::string backward = conv_->describe_cuda();
   const std::string kernel = forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), "
                                                          : "anvil's wgmma conv (TF32 tensor cores), ";
-  return kernel + epilogue + " in one kernel" + (backward.empty() ? "" : "; " + backward);
+  const std::string saved = saves_codes() ? ", saving the chain's codes for backward (a byte an element), not Y" : "";
+  return kernel + epilogue + " in one kernel" + saved + (backward.empty() ? "" : "; " + backward);
 }
 
 void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
@@ -190,14 +197,14 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   // argmax and y_at_max are null when nothing runs backward (inference), as is the direct forward's y.
   if (forward_ == Forward::Direct) {
     cuda::direct_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
-                              args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y, direct_geometry(),
-                              ctx.stream());
+                              args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y,
+                              args.buffer<uint8_t>(kCodes), direct_geometry(), ctx.stream());
     return;
   }
   if (forward_ == Forward::Wgmma) {
     cuda::wgmma_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
-                             args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y, wgmma_geometry(),
-                             ctx.stream());
+                             args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y,
+                             args.buffer<uint8_t>(kCodes), wgmma_geometry(), ctx.stream());
     return;
   }
   conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
@@ -220,6 +227,10 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (tiled_)
     cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), chain,
                                   dy, grads, args.buffers[kReduceScratch], tiled_geometry(), ctx.stream());
+  else if (saves_codes())
+    cuda::chain_pool_backward_from_codes(args.dout.data, args.buffer<uint8_t>(kCodes), args.buffer<uint8_t>(kArgmax),
+                                         chain, dy, false, grads, args.buffers[kReduceScratch], general_geometry(),
+                                         ctx.stream());
   else
     cuda::chain_pool_backward(args.dout.data, args.buffer<float>(kY), conv_->has_bias() ? args.params[1] : nullptr,
                               args.buffer<uint8_t>(kArgmax), chain, dy, false, grads, args.buffers[kReduceScratch],

@@ -9,7 +9,9 @@
 // (its tensor-core kernels' own layout) and the epilogue reads it so
 // (channels_last_pool.hpp). Both save the same tensors, so backward is one. For a max pool that tiles Y it
 // saves, per pooled element, only the argmax and y there (epilogue.hpp);
-// every other pool, and no pool, keeps Y for backward (chain_pool.hpp).
+// every other pool, and no pool, keeps Y for backward (chain_pool.hpp), but
+// where anvil's kernel runs a chain of leaky_relus (relu included) it saves
+// their codes instead: a byte an element, not Y's 4 (epilogue_chain.hpp).
 // Backward rebuilds dY in one kernel, which also reduces dbias and the
 // multipliers' gradients, then cuDNN computes dW (and dx).
 // CUDA only: the CPU backend runs the layers unfused.
@@ -65,7 +67,8 @@ class FusedConvEpilogue : public FusedLayer {
   cuda::DirectConvGeometry direct_geometry() const;
   cuda::WgmmaConvGeometry wgmma_geometry() const;
   size_t y_bytes() const;  // the full-resolution conv output
-  bool keeps_y() const;    // whether backward reads Y (every pool but a tiled max, in training)
+  bool keeps_y() const;      // whether backward reads Y (every pool but a tiled max, in training, but...
+  bool saves_codes() const;  // ...where anvil's forward saves the chain's codes in its place)
   size_t conv_param_count() const { return conv_->param_count(); }
   size_t reduce_scratch_bytes() const;
 

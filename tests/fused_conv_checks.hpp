@@ -20,6 +20,7 @@
 #include "gpu_test_util.hpp"
 #include "kernels/cuda/chain_pool.hpp"
 #include "kernels/cuda/epilogue_chain.hpp"
+#include "kernels/pointwise_ops.hpp"
 
 namespace anvil::testing {
 
@@ -36,7 +37,8 @@ struct TestChain {
 };
 
 // Each kind of chain: one activation, the headline's, none, slopes negative
-// and above 1 with two multipliers, and the smooth activations.
+// and above 1 with two multipliers, the smooth activations, and leaky_relus
+// alone of slopes negative, above 1 and 0 (saved as codes: 3 bits).
 inline std::vector<TestChain> fused_test_chains() {
   const ChainStep scale{true, PointwiseOp::LeakyRelu, 0.f};
   auto leaky = [](float slope) { return ChainStep{false, PointwiseOp::LeakyRelu, slope}; };
@@ -46,6 +48,7 @@ inline std::vector<TestChain> fused_test_chains() {
       {"empty", {}},
       {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), scale, leaky(1.7f), scale}},
       {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, scale, {false, PointwiseOp::Tanh, 0.f}}},
+      {"leaky-0.3,leaky1.7,relu", {leaky(-0.3f), leaky(1.7f), leaky(0.f)}},
   };
 }
 
@@ -131,16 +134,63 @@ struct BiasKind {
 constexpr BiasKind kBiasKinds[] = {
     {"with bias", true, false}, {"with bias -inf in every third channel", true, true}, {"without bias", false, false}};
 
-// The fused forward under test: (bias or null, chain, p, argmax, y_at_max, y),
-// each output but p null when not wanted.
-using FusedForward = std::function<void(const float*, const cuda::EpilogueChain&, float*, uint8_t*, float*, float*)>;
+// What the codes of a chain of leaky_relus must be: bit i of element e's is
+// whether op i's input was above 0, for v = y[e] + bias (-0 without one).
+inline std::vector<uint8_t> expected_codes(const std::vector<float>& y, const std::vector<float>& bias, bool with_bias,
+                                           const cuda::EpilogueChain& chain, const cuda::ChainPoolGeometry& g) {
+  const int64_t plane = g.y[0] * g.y[1] * g.y[2];
+  std::vector<uint8_t> codes(y.size());
+  for (size_t e = 0; e < y.size(); ++e) {
+    float v = y[e] + (with_bias ? bias[size_t(int64_t(e) / plane % g.c)] : -0.f);
+    for (int i = 0; i < chain.ops; ++i) {
+      codes[e] |= uint8_t(uint8_t(v > 0.f) << i);
+      v = pointwise::LeakyRelu::forward(v, chain.param[i]);
+    }
+  }
+  return codes;
+}
+
+// chain_pool's backward from the codes gives the bits it gives from Y (y, the
+// bias b or null, argmax for a max pool), for a fresh dP: dY, accumulated into
+// too, and dbias.
+inline void expect_backward_from_codes_matches(const cuda::ChainPoolGeometry& g, const cuda::EpilogueChain& chain,
+                                               const float* b, const float* y, const uint8_t* codes,
+                                               const uint8_t* argmax, std::mt19937& rng) {
+  const std::array<int64_t, 3> out = cuda::chain_pool_output(g);
+  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]), p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+  DeviceBuffer<float> dp(p_count), dy_y(y_count), dy_codes(y_count), dbias_y(size_t(g.c)), dbias_codes(size_t(g.c));
+  dp.upload(random_floats(p_count, rng));
+  for (DeviceBuffer<float>* buf : {&dy_y, &dy_codes, &dbias_y, &dbias_codes}) buf->poison();
+  const size_t scratch_bytes = cuda::chain_pool_backward_scratch_bytes(g, chain);
+  DeviceBuffer<unsigned char> scratch_y(scratch_bytes), scratch_codes(scratch_bytes);
+  cuda::ChainGrads from_y, from_codes;
+  from_y.dbias = dbias_y.get();
+  from_codes.dbias = dbias_codes.get();
+  cuda::chain_pool_backward(dp.get(), y, b, argmax, chain, dy_y.get(), false, from_y, scratch_y.get(), g, nullptr);
+  cuda::chain_pool_backward_from_codes(dp.get(), codes, argmax, chain, dy_codes.get(), false, from_codes,
+                                       scratch_codes.get(), g, nullptr);
+  const std::vector<float> want = dy_y.download_all();
+  expect_bitwise(dy_codes.download_all(), want, "dy from codes");
+  expect_bitwise(dbias_codes.download_all(), dbias_y.download_all(), "dbias from codes");
+  cuda::chain_pool_backward_from_codes(dp.get(), codes, argmax, chain, dy_codes.get(), true, {}, nullptr, g, nullptr);
+  std::vector<float> twice = want;
+  for (float& v : twice) v += v;
+  expect_bitwise(dy_codes.download_all(), twice, "dy from codes, accumulated");
+}
+
+// The fused forward under test: (bias or null, chain, p, argmax, y_at_max, y,
+// codes), each output but p null when not wanted.
+using FusedForward =
+    std::function<void(const float*, const cuda::EpilogueChain&, float*, uint8_t*, float*, float*, uint8_t*)>;
 
 // Runs forward for every test chain with each of kBiasKinds (a fresh bias) into
 // poisoned outputs, and checks: nothing written past an output's end; Y (the
 // bias-free conv output) by check_y; P, and for a max pool the argmax and y
 // there, against chain_pool's kernel run on that Y, bitwise; P and the argmax
 // again from a forward that saves the argmax alone (a max pool that does not
-// tile Y, in training); and P from a forward that saves nothing (inference). g: the conv output
+// tile Y, in training); for a chain of leaky_relus, P, the argmax and the
+// codes from a forward that saves codes in Y's place, and the backward from
+// them against the backward from Y; and P from a forward that saves nothing (inference). g: the conv output
 // and the pool, whose window, stride and padding are g.k, g.stride, g.pad.
 inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedForward& forward,
                                 const std::function<void(const std::vector<float>&)>& check_y, std::mt19937& rng) {
@@ -169,7 +219,7 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
       DeviceBuffer<uint8_t> argmax(p_count + kFusedSlack);
       for (DeviceBuffer<float>* out_buf : {&p, &y_at_max, &y}) out_buf->poison();
       argmax.poison();
-      forward(b, ec, p.get(), max ? argmax.get() : nullptr, max ? y_at_max.get() : nullptr, y.get());
+      forward(b, ec, p.get(), max ? argmax.get() : nullptr, max ? y_at_max.get() : nullptr, y.get(), nullptr);
       const std::vector<float> y_got = y.download(0, y_count), p_got = p.download(0, p_count);
       expect_poisoned_after(y, y_count, "y");
       expect_poisoned_after(p, p_count, "p");
@@ -202,16 +252,31 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
         DeviceBuffer<uint8_t> argmax_only(p_count + kFusedSlack);
         p_argmax_only.poison();
         argmax_only.poison();
-        forward(b, ec, p_argmax_only.get(), argmax_only.get(), nullptr, nullptr);
+        forward(b, ec, p_argmax_only.get(), argmax_only.get(), nullptr, nullptr, nullptr);
         expect_bitwise(p_argmax_only.download_all(), p_got, "p, argmax alone");
         expect_bitwise(argmax_only.download(0, p_count), argmax.download(0, p_count), "argmax alone");
         expect_poisoned_after(argmax_only, p_count, "argmax alone");
       }
 
+      // A chain of leaky_relus saves its codes in Y's place: the same P and argmax.
+      if (cuda::chain_codes_supported(ec)) {
+        DeviceBuffer<float> p_codes(p_count);
+        DeviceBuffer<uint8_t> codes(y_count + kFusedSlack), argmax_codes(p_count);
+        p_codes.poison();
+        codes.poison();
+        argmax_codes.poison();
+        forward(b, ec, p_codes.get(), max ? argmax_codes.get() : nullptr, nullptr, nullptr, codes.get());
+        expect_bitwise(p_codes.download_all(), p_got, "p, saving codes");
+        if (max) expect_bitwise(argmax_codes.download_all(), argmax.download(0, p_count), "argmax, saving codes");
+        expect_poisoned_after(codes, y_count, "codes");
+        expect_bitwise(codes.download(0, y_count), expected_codes(y_got, bias_values, with_bias, ec, g), "codes");
+        expect_backward_from_codes_matches(g, ec, b, y.get(), codes.get(), max ? argmax.get() : nullptr, rng);
+      }
+
       // Inference: nothing saved, the same P.
       DeviceBuffer<float> p_inference(p_count);
       p_inference.poison();
-      forward(b, ec, p_inference.get(), nullptr, nullptr, nullptr);
+      forward(b, ec, p_inference.get(), nullptr, nullptr, nullptr, nullptr);
       expect_bitwise(p_inference.download_all(), p_got, "inference p");
     }
   }
@@ -220,19 +285,25 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
 // The argument checks of a fused forward whose geometry has an average pool:
 // forward(x, chain, argmax, good) with good false for a geometry it cannot
 // run must throw anvil::Error for a null x, an argmax without a max pool,
-// that geometry, and a multiplier without its pointer. Buffers are small:
-// every call is refused before anything runs.
-using FusedCall = std::function<void(const float* x, const cuda::EpilogueChain&, uint8_t* argmax, bool good)>;
+// that geometry, a multiplier without its pointer, codes of a chain that
+// has a multiplier, and both Y and the codes (forward(x, chain, argmax, good,
+// y, codes)). Buffers are small: every call is refused before anything runs.
+using FusedCall = std::function<void(const float* x, const cuda::EpilogueChain&, uint8_t* argmax, bool good, float* y,
+                                     uint8_t* codes)>;
 inline void expect_fused_forward_refuses_bad_arguments(const FusedCall& forward) {
   DeviceBuffer<float> buf(4096);
   DeviceBuffer<uint8_t> bytes(4096);
   cuda::EpilogueChain chain;
-  EXPECT_THROW(forward(nullptr, chain, nullptr, true), anvil::Error);
-  EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true), anvil::Error);  // an argmax without a max pool
-  EXPECT_THROW(forward(buf.get(), chain, nullptr, false), anvil::Error);
-  chain.ops = 1;
+  EXPECT_THROW(forward(nullptr, chain, nullptr, true, nullptr, nullptr), anvil::Error);
+  EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true, nullptr, nullptr), anvil::Error);  // an argmax without a max pool
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, false, nullptr, nullptr), anvil::Error);
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, bytes.get()), anvil::Error);  // no op: no codes
+  chain.ops = 1;  // a relu
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, buf.get(), bytes.get()), anvil::Error);  // Y and codes
   chain.is_scale[0] = true;  // a multiplier without its pointer
-  EXPECT_THROW(forward(buf.get(), chain, nullptr, true), anvil::Error);
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, nullptr), anvil::Error);
+  chain.scale[0] = buf.get();  // with it: no codes
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, bytes.get()), anvil::Error);
 }
 
 }  // namespace anvil::testing

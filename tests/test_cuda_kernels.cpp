@@ -1505,6 +1505,18 @@ TEST(CudaKernels, RejectsBadArguments) {
                anvil::Error);  // y is needed for a chain
   EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, nullptr, pool, nullptr),
                anvil::Error);  // no scratch for the sums
+  // Codes stand in for Y only for a chain of leaky_relus (this one has a multiplier), and must be given.
+  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, u.get(), u.get(), chain, x, false, grads, scratch.get(), pool,
+                                                   nullptr),
+               anvil::Error);
+  gpu::EpilogueChain relu;
+  relu.ops = 1;  // leaky_relu of slope 0
+  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, nullptr, u.get(), relu, x, false, grads, scratch.get(), pool,
+                                                   nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, u.get(), nullptr, relu, x, false, grads, scratch.get(), pool,
+                                                   nullptr),
+               anvil::Error);  // a max pool needs its argmax
   EXPECT_THROW(gpu::add_chain_pool_forward(x, nullptr, chain, x, u.get(), pool, nullptr), anvil::Error);
   EXPECT_THROW(gpu::add_chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, scratch.get(), pool,
                                             nullptr),

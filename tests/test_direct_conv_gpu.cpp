@@ -8,7 +8,8 @@
 // Checked: the conv output it saves for backward against the CPU reference in
 // float64, and everything after the conv against chain_pool.hpp's kernel
 // (itself tested against the CPU reference) run on that same Y: the same ops
-// in the same order, so the same bits.
+// in the same order, so the same bits; for a chain of leaky_relus, the codes
+// saved in Y's place and the backward from them against the backward from Y.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -111,8 +112,9 @@ TEST_P(DirectConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   dw.upload(w);
   check_fused_forward(
       g.out,
-      [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y) {
-        gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p, argmax, y_at_max, y, g, nullptr);
+      [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y,
+          uint8_t* codes) {
+        gpu::direct_conv_forward(dx.get(), dw.get(), b, ec, p, argmax, y_at_max, y, codes, g, nullptr);
       },
       [&](const std::vector<float>& y_got) {
         EXPECT_LE(rel_l2(y_got, y_ref), 1e-6);
@@ -178,9 +180,9 @@ TEST(DirectConvLimits, ForwardThrowsOnBadArguments) {
   wide.cin = 33;  // more than 512 input channels x taps
   DeviceBuffer<float> buf(4096);
   expect_fused_forward_refuses_bad_arguments(
-      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good) {
-        gpu::direct_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, nullptr, good ? avg : wide,
-                                 nullptr);
+      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good, float* y, uint8_t* codes) {
+        gpu::direct_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, y, codes,
+                                 good ? avg : wide, nullptr);
       });
 }
 

@@ -268,6 +268,11 @@ std::vector<SmallNet> small_nets() {
       {"direct_gray_k4_stem_avg_overlap", net_json("s", "[2, 1, 10, 14]", R"(
         {"type": "conv2d", "in_channels": 1, "out_channels": 13, "kernel_size": 4, "stride": 2, "padding": 1},
         {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})")},
+      // leaky_relus of slopes negative, above 1 and 0: codes of 3 bits saved for backward.
+      {"direct_leaky_chain_avg_3x2", net_json("c", "[2, 2, 9, 12]", R"(
+        {"type": "conv2d", "in_channels": 2, "out_channels": 5, "kernel_size": 3},
+        {"type": "leaky_relu", "negative_slope": -0.5}, {"type": "leaky_relu", "negative_slope": 1.5},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": [3, 2], "stride": 2})")},
       {"direct_gray_stride3_tiled_max_3d",
        net_json("t", "[1, 1, 7, 9, 12]", R"(
         {"type": "conv3d", "in_channels": 1, "out_channels": 9, "kernel_size": [1, 3, 3], "stride": [1, 3, 3]},)" +
@@ -444,7 +449,8 @@ TEST(GpuFusion, GeneralChainsAreFused) {
                                                      "channels x taps per output \\(at most 64\\)")))
           << text;
       if (net.label == "direct_gray_k4_stem_avg_overlap") {
-        EXPECT_NE(text.find("anvil's direct conv (float32 FMA), bias, 1-op chain and an average pool in one kernel"),
+        EXPECT_NE(text.find("anvil's direct conv (float32 FMA), bias, 1-op chain and an average pool in one kernel, "
+                            "saving the chain's codes for backward (a byte an element), not Y"),
                   std::string::npos)
             << text;
       }
@@ -581,6 +587,11 @@ TEST(GpuFusion, Tf32StrideOneConvsRunTheWgmmaKernel) {
       {"conv2d_sigmoid_no_pool_40_channels", tf32(net_json("s", "[3, 9, 11, 13]", R"(
         {"type": "conv2d", "in_channels": 9, "out_channels": 40, "kernel_size": 3, "padding": 1},
         {"type": "sigmoid"})"))},
+      // leaky_relus alone: their codes are saved for backward, not Y (as conv3d_relu_avg_odd's relu).
+      {"conv2d_leaky_chain_no_pool_48_channels", tf32(net_json("l", "[2, 8, 9, 7]", R"(
+        {"type": "conv2d", "in_channels": 8, "out_channels": 48, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "negative_slope": -0.5}, {"type": "leaky_relu", "negative_slope": 1.5},
+        {"type": "relu"})"))},
   };
   for (const SmallNet& net : nets) {
     SCOPED_TRACE(net.label);
@@ -590,6 +601,8 @@ TEST(GpuFusion, Tf32StrideOneConvsRunTheWgmmaKernel) {
     EXPECT_NE(text.find("[fused_wgmma_conv]"), std::string::npos) << text;
     EXPECT_NE(text.find("formulation: rule: anvil's wgmma conv, as under tf32"), std::string::npos) << text;
     EXPECT_NE(text.find("anvil's wgmma conv (TF32 tensor cores), bias, "), std::string::npos) << text;
+    const bool codes = net.label == "conv3d_relu_avg_odd" || net.label == "conv2d_leaky_chain_no_pool_48_channels";
+    EXPECT_EQ(text.find("saving the chain's codes for backward") != std::string::npos, codes) << text;
     expect_step_matches_cpu(engine, network, 5e-3, kTf32InputGradTol, tf32_exact_values(engine, network.input_shape()));
 
     Options off = cuda_options("phase_split");

@@ -164,8 +164,9 @@ TEST_P(WgmmaConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   dw.upload(w);
   check_fused_forward(
       g.conv.out,
-      [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y) {
-        gpu::wgmma_conv_forward(dx.get() + c.x_offset, dw.get(), b, ec, p, argmax, y_at_max, y, g, nullptr);
+      [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y,
+          uint8_t* codes) {
+        gpu::wgmma_conv_forward(dx.get() + c.x_offset, dw.get(), b, ec, p, argmax, y_at_max, y, codes, g, nullptr);
       },
       [&](const std::vector<float>& y_got) { expect_float32_close(y_got, y_ref, "the conv output"); },
       rng);
@@ -235,8 +236,8 @@ TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
   strided.conv.stride = {2, 2, 2};
   DeviceBuffer<float> buf(4096);
   expect_fused_forward_refuses_bad_arguments(
-      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good) {
-        gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, nullptr,
+      [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good, float* y, uint8_t* codes) {
+        gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, y, codes,
                                 good ? avg : strided, nullptr);
       });
 }

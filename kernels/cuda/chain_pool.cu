@@ -13,6 +13,7 @@
 #include "kernels/cuda/chain_pool.hpp"
 
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.cuh"
@@ -118,6 +119,18 @@ __device__ __forceinline__ float2 sum2_at(const float* __restrict__ y, const flo
   return v;
 }
 
+// The codes (CodeChain) of the 4 elements from i, 4-byte aligned, as floats.
+template <bool kStreamed>
+__device__ __forceinline__ float4 codes4_at(const uint8_t* __restrict__ codes, int64_t i) {
+  const auto* p = reinterpret_cast<const uchar4*>(codes + i);
+  const uchar4 c = kStreamed ? __ldcs(p) : __ldg(p);
+  return make_float4(c.x, c.y, c.z, c.w);
+}
+
+// Whether a backward reads the chain's codes, not Y.
+template <class Chain>
+constexpr bool kReadsCodes = std::is_same_v<Chain, CodeChain>;
+
 // ---- no pool: P = chain(Y + bias), elementwise; kVec floats per thread step ----
 
 template <class Chain, int kVec>
@@ -141,14 +154,19 @@ __global__ void __launch_bounds__(kThreads)
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
     chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
-                          const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ dy,
+                          const uint8_t* __restrict__ codes, const float* __restrict__ bias,
+                          const EpilogueChain chain, float* __restrict__ dy,
                           bool accumulate, double* __restrict__ partials, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   ChainSums sums;
   for (uint32_t e = r.e0 + threadIdx.x * kVec; e < r.e1; e += kThreads * kVec) {
     if constexpr (kVec == 4) {
-      const float4 v = y != nullptr ? sum4_at<true>(y, z, base + e) : float4{};
+      float4 v{};
+      if constexpr (kReadsCodes<Chain>)
+        v = codes4_at<true>(codes, base + e);
+      else if (y != nullptr)
+        v = sum4_at<true>(y, z, base + e);
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
       float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
                              Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
@@ -158,8 +176,13 @@ __global__ void __launch_bounds__(kThreads)
       }
       detail::store4(dy + base + e, o);
     } else {
-      float v = y != nullptr ? __ldcs(y + base + e) : 0.f;
-      if (z != nullptr) v += __ldcs(z + base + e);
+      float v = 0.f;
+      if constexpr (kReadsCodes<Chain>) {
+        v = __ldcs(codes + base + e);
+      } else {
+        if (y != nullptr) v = __ldcs(y + base + e);
+        if (z != nullptr) v += __ldcs(z + base + e);
+      }
       const float dv = Chain::backward(chain, cm, v + b, __ldcs(dp + base + e), sums);
       dy[base + e] = accumulate ? dy[base + e] + dv : dv;
     }
@@ -541,7 +564,7 @@ __device__ __forceinline__ void stage_box(const PoolDims& d, const uint32_t (&lo
 template <class Chain, WindowMath kMath, int kVec, PoolBackwardPath kPath>
 __global__ void __launch_bounds__(kThreads)
     pool_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
-                         const float* __restrict__ bias,
+                         const uint8_t* __restrict__ codes, const float* __restrict__ bias,
                          const uint8_t* __restrict__ argmax, const EpilogueChain chain, float* __restrict__ dy,
                          bool accumulate, double* __restrict__ partials, PoolDims d) {
   constexpr int kSlots = kVec == 1 ? kUnroll : 2;  // groups of 4: 2 per thread cover a 2048-element chunk
@@ -586,8 +609,13 @@ __global__ void __launch_bounds__(kThreads)
         stored[u] = q < groups;
         e[u] = stored[u] ? r.e0 + q * kVec : r.e1 - kVec;  // past the run: a copy of its last group, not stored
       }
-      if (y == nullptr || !stored[u]) {
+      if (!stored[u] || (!kReadsCodes<Chain> && y == nullptr)) {
         for (int j = 0; j < kVec; ++j) v[u][j] = 0.f;
+      } else if constexpr (kReadsCodes<Chain> && kVec == 4) {
+        const float4 c4 = codes4_at<false>(codes, in_base + e[u]);
+        v[u][0] = c4.x, v[u][1] = c4.y, v[u][2] = c4.z, v[u][3] = c4.w;
+      } else if constexpr (kReadsCodes<Chain>) {
+        v[u][0] = __ldg(codes + in_base + e[u]);
       } else if constexpr (kVec == 4) {
         float4 g4 = __ldg(reinterpret_cast<const float4*>(y + in_base + e[u]));
         if (z != nullptr) {
@@ -631,13 +659,13 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class Chain, WindowMath kMath, int kVec>
 void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* z,
-                          const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy,
+                          const uint8_t* codes, const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy,
                           bool accumulate, double* partials, const PoolDims& d) {
   using Path = PoolBackwardPath;
   const auto kernel = d.path == Path::Disjoint ? pool_backward_kernel<Chain, kMath, kVec, Path::Disjoint>
                       : d.path == Path::Tiled  ? pool_backward_kernel<Chain, kMath, kVec, Path::Tiled>
                                                : pool_backward_kernel<Chain, kMath, kVec, Path::Gathered>;
-  kernel<<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, argmax, chain, dy, accumulate, partials, d);
+  kernel<<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, argmax, chain, dy, accumulate, partials, d);
 }
 
 // ---- host side ----
@@ -825,12 +853,16 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
   ANVIL_CHECK_LAUNCH();
 }
 
-// Both backwards: z is the addend, or null.
-void backward(const char* op, const float* dp, const float* y, const float* z, const float* bias,
-              const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
-              void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+// Every backward: z is the addend, or null; codes, where given, stand in for
+// y and the bias (both null then).
+void backward(const char* op, const float* dp, const float* y, const float* z, const uint8_t* codes,
+              const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate,
+              const ChainGrads& grads, void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
   detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
-  detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
+  if (codes != nullptr)
+    detail::require(chain_codes_supported(chain), op, "codes stand for a chain of 1 to 8 leaky_relus only");
+  else
+    detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
   detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
   require_chain(op, chain);
   const bool reduce = chain_grads_wanted(chain, grads);
@@ -839,39 +871,43 @@ void backward(const char* op, const float* dp, const float* y, const float* z, c
   const PoolDims d = pool_dims(op, g, true);
   const unsigned blocks = blocks_of(g, d);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, z, dy});  // groups of 4 never cross a row
-  with_chain_policy(chain, [&](auto policy) {
+  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, z, codes, dy});  // groups of 4 never cross a row
+  auto run = [&](auto policy) {
     using Chain = decltype(policy);
     switch (g.pool) {
       case ChainPool::None:
-        if (vec4_ok(d, {dp, y, z, dy}))
-          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, chain, dy, accumulate,
-                                                                           partials, d);
+        if (vec4_ok(d, {dp, y, z, codes, dy}))
+          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy,
+                                                                           accumulate, partials, d);
         else
-          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, z, bias, chain, dy, accumulate,
-                                                                           partials, d);
+          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy,
+                                                                           accumulate, partials, d);
         break;
       case ChainPool::Max:
         if (rows4)
-          launch_pool_backward<Chain, WindowMath::Max, 4>(blocks, stream, dp, y, z, bias, argmax, chain, dy,
+          launch_pool_backward<Chain, WindowMath::Max, 4>(blocks, stream, dp, y, z, codes, bias, argmax, chain, dy,
                                                           accumulate, partials, d);
         else
-          launch_pool_backward<Chain, WindowMath::Max, 1>(blocks, stream, dp, y, z, bias, argmax, chain, dy,
+          launch_pool_backward<Chain, WindowMath::Max, 1>(blocks, stream, dp, y, z, codes, bias, argmax, chain, dy,
                                                           accumulate, partials, d);
         break;
       case ChainPool::Avg:
         if (power_of_two(d.divisor) && rows4)
-          launch_pool_backward<Chain, WindowMath::AvgByScale, 4>(blocks, stream, dp, y, z, bias, nullptr, chain, dy,
-                                                                 accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 4>(blocks, stream, dp, y, z, codes, bias, nullptr, chain,
+                                                                 dy, accumulate, partials, d);
         else if (power_of_two(d.divisor))
-          launch_pool_backward<Chain, WindowMath::AvgByScale, 1>(blocks, stream, dp, y, z, bias, nullptr, chain, dy,
-                                                                 accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByScale, 1>(blocks, stream, dp, y, z, codes, bias, nullptr, chain,
+                                                                 dy, accumulate, partials, d);
         else
-          launch_pool_backward<Chain, WindowMath::AvgByDivision, 1>(blocks, stream, dp, y, z, bias, nullptr, chain,
-                                                                    dy, accumulate, partials, d);
+          launch_pool_backward<Chain, WindowMath::AvgByDivision, 1>(blocks, stream, dp, y, z, codes, bias, nullptr,
+                                                                    chain, dy, accumulate, partials, d);
         break;
     }
-  });
+  };
+  if (codes != nullptr)
+    run(CodeChain{});
+  else
+    with_chain_policy(chain, run);
   ANVIL_CHECK_LAUNCH();
   if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);
 }
@@ -902,7 +938,16 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
                          const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
                          void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
-  backward("chain_pool_backward", dp, y, nullptr, bias, argmax, chain, dy, accumulate, grads, scratch, g, stream);
+  backward("chain_pool_backward", dp, y, nullptr, nullptr, bias, argmax, chain, dy, accumulate, grads, scratch, g,
+           stream);
+}
+
+void chain_pool_backward_from_codes(const float* dp, const uint8_t* codes, const uint8_t* argmax,
+                                    const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                                    void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+  constexpr const char* op = "chain_pool_backward_from_codes";
+  detail::require(codes != nullptr, op, "null codes");
+  backward(op, dp, nullptr, nullptr, codes, nullptr, argmax, chain, dy, accumulate, grads, scratch, g, stream);
 }
 
 void add_chain_pool_backward(const float* dp, const float* y, const float* addend, const uint8_t* argmax,
@@ -910,7 +955,7 @@ void add_chain_pool_backward(const float* dp, const float* y, const float* adden
                              void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "add_chain_pool_backward";
   detail::require((y == nullptr) == (addend == nullptr), op, "y and the addend come together");
-  backward(op, dp, y, addend, nullptr, argmax, chain, dy, accumulate, grads, scratch, g, stream);
+  backward(op, dp, y, addend, nullptr, nullptr, argmax, chain, dy, accumulate, grads, scratch, g, stream);
 }
 
 }  // namespace anvil::cuda

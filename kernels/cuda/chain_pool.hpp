@@ -6,7 +6,8 @@
 // the gradient to the first maximum; average divides by the whole window,
 // count_include_pad). Forward reads Y once and writes the output P and, for
 // a max pool in training, each window's argmax. Backward reads Y again (the
-// caller keeps it), computes dY in one pass (each element gathers from the
+// caller keeps it), or, for a chain of leaky_relus, the one-byte codes a conv
+// forward wrote in its place (epilogue_chain.hpp), computes dY in one pass (each element gathers from the
 // windows that hold it) and reduces dbias and the multipliers' gradients per
 // channel, deterministically; where windows overlap, it stages the windows
 // over a tile of Y in shared memory if they fit, so that they read global
@@ -62,6 +63,13 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
                          const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
                          void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
+
+// The same from the chain's codes (chain_codes_supported), one byte per Y
+// element as a conv forward wrote them in place of Y: neither Y nor the bias
+// is read.
+void chain_pool_backward_from_codes(const float* dp, const uint8_t* codes, const uint8_t* argmax,
+                                    const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+                                    void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
 
 // The same with Y = y + addend (no bias): P = pool(chain(y + addend)). dy is
 // the sum's gradient, which is each addend's. The backward takes y and the

@@ -50,6 +50,7 @@ struct DirectDims {
   int32_t pk[3], ps[3], ppad[3];  // the pool's window, stride and padding
   uint32_t x_plane, y_plane, p_plane;
   float divisor;
+  bool saves_codes;  // the kernel's `saved` is the chain's codes, else Y (when not null)
   // The block's tile.
   int32_t kco, groups, group_warps, row_warps;
   int32_t tile_rows_out, tile_lanes;  // the pooled rows and columns whose windows a tile's x covers
@@ -83,7 +84,7 @@ template <class Chain, ChainPool kPool, bool kSaveMax, int kCo>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     direct_conv_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                        const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
-                       float* __restrict__ y_at_max, float* __restrict__ y, DirectDims d) {
+                       float* __restrict__ y_at_max, void* __restrict__ saved, DirectDims d) {
   extern __shared__ float4 smem4[];
   const int cols = d.channels(), pitch = d.row_pitch();
   float* ws = reinterpret_cast<float*>(smem4);
@@ -196,8 +197,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
 #pragma unroll
           for (int c = 0; c < kCo; ++c) {
             const int co = min(co0 + c, d.cout - 1);  // a channel past the last: computed, not stored
-            if (y != nullptr && co0 + c < d.cout) y[(int64_t(image) * d.cout + co) * d.y_plane + y_at] = acc[m][c];
             const float v = acc[m][c] + bs[gl * kCo + c];
+            if (saved != nullptr && co0 + c < d.cout)
+              save_for_backward<Chain>(saved, d.saves_codes, (int64_t(image) * d.cout + co) * d.y_plane + y_at,
+                                       acc[m][c], v, chain);
             window[m][c].take(Chain::forward(chain, Chain::at(chain, co), v), v, wi);
           }
         }
@@ -321,13 +324,13 @@ const char* direct_dims(const DirectConvGeometry& g, DirectDims& d) {
 
 template <class Chain, ChainPool kPool, bool kSaveMax, int kCo>
 void launch(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
-            float* y_at_max, float* y, const DirectDims& d, cudaStream_t stream) {
+            float* y_at_max, void* saved, const DirectDims& d, cudaStream_t stream) {
   const size_t smem = size_t(d.smem_words()) * sizeof(float);
   const unsigned threads = unsigned(d.group_warps * d.row_warps * 32);
   const auto kernel = direct_conv_kernel<Chain, kPool, kSaveMax, kCo>;
   if (smem > size_t(kSmemDefault))
     ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<unsigned(d.blocks), threads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, y, d);
+  kernel<<<unsigned(d.blocks), threads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, saved, d);
 }
 
 }  // namespace
@@ -340,24 +343,28 @@ bool direct_conv_supported(const DirectConvGeometry& g, const char** why_not) {
 }
 
 void direct_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
-                         uint8_t* argmax, float* y_at_max, float* y, const DirectConvGeometry& g, cudaStream_t stream) {
+                         uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, const DirectConvGeometry& g,
+                         cudaStream_t stream) {
   constexpr const char* op = "direct_conv_forward";
   detail::require(x != nullptr && w != nullptr && p != nullptr, op, "null x, w or p");
+  require_codes_or_y(op, chain, y, codes);
   detail::require((argmax == nullptr && y_at_max == nullptr) || g.out.pool == ChainPool::Max, op,
                   "argmax and y_at_max only with a max pool");
   require_chain(op, chain);
   DirectDims d;
   if (const char* why = direct_dims(g, d)) detail::require(false, op, why);
+  d.saves_codes = codes != nullptr;
+  void* saved = codes != nullptr ? static_cast<void*>(codes) : static_cast<void*>(y);
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     auto by_pool = [&](auto kco) {
       constexpr int kCo = decltype(kco)::value;
       if (g.out.pool == ChainPool::Avg)
-        launch<Chain, ChainPool::Avg, false, kCo>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Avg, false, kCo>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
       else if (argmax != nullptr || y_at_max != nullptr)
-        launch<Chain, ChainPool::Max, true, kCo>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Max, true, kCo>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
       else  // no pool: a window of one, whose "max" is the value
-        launch<Chain, ChainPool::Max, false, kCo>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Max, false, kCo>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
     };
     if (d.kco == 8)
       by_pool(std::integral_constant<int, 8>{});

@@ -40,9 +40,11 @@ bool direct_conv_supported(const DirectConvGeometry& g, const char** why_not = n
 // w is PyTorch's (out, in, k...); bias may be null. p: the pooled output.
 // Saved for backward, each null when not wanted: argmax (a max pool's window
 // index, a byte), y_at_max (y + bias at the argmax: epilogue.hpp's backward)
-// and y (the bias-free conv output, whole: chain_pool.hpp's backward).
+// and y (the bias-free conv output, whole: chain_pool.hpp's backward), or,
+// for a chain of leaky_relus (chain_codes_supported), in y's place its codes
+// (a byte an element: chain_pool_backward_from_codes).
 void direct_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
-                         uint8_t* argmax, float* y_at_max, float* y, const DirectConvGeometry& g,
+                         uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, const DirectConvGeometry& g,
                          cudaStream_t stream);
 
 }  // namespace anvil::cuda

@@ -29,6 +29,18 @@ bool chain_grads_wanted(const EpilogueChain& c, const ChainGrads& grads) {
   return any;
 }
 
+bool chain_codes_supported(const EpilogueChain& c) {
+  if (c.ops < 1 || c.ops > kMaxChainOps) return false;
+  for (int i = 0; i < c.ops; ++i)
+    if (c.is_scale[i] || c.activation[i] != PointwiseOp::LeakyRelu) return false;
+  return true;
+}
+
+void require_codes_or_y(const char* op, const EpilogueChain& c, const float* y, const uint8_t* codes) {
+  detail::require(y == nullptr || codes == nullptr, op, "Y or the codes, not both");
+  detail::require(codes == nullptr || chain_codes_supported(c), op, "codes only for a chain of 1 to 8 leaky_relus");
+}
+
 size_t chain_partials_bytes(const EpilogueChain& c, int64_t channels, int64_t per) {
   return size_t(1 + c.ops) * size_t(channels) * size_t(per) * sizeof(double);
 }

@@ -3,6 +3,8 @@
 // and back, with the per-channel sums of dbias and each multiplier's gradient.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/epilogue_chain.hpp"
 
@@ -239,6 +241,63 @@ struct EmptyChain {
   __device__ static bool monotone_at(const EpilogueChain&, const Channel&) { return true; }
   __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
 };
+
+// A chain of leaky_relus run backward from its codes (chain_codes_supported),
+// which the conv forwards write in training in place of Y: a byte an element,
+// not 4. The code arrives as the float that backward's v is elsewhere (a byte
+// is exact in a float); op i's backward gets bit i as its input, so each op
+// computes x > 0 ? dz : slope * dz on the same predicate as from Y: the same bits.
+struct CodeChain {
+  struct Channel {};
+
+  __device__ static Channel at(const EpilogueChain&, int64_t) { return {}; }
+
+  // The code of v = y + bias, as a forward kernel running policy Forward
+  // writes it: one compare for the one leaky_relu of LeakyChain (the general
+  // loop cost the direct conv a fifth of its speed), the chain's ops else.
+  template <class Forward>
+  __device__ static uint8_t code(const EpilogueChain& c, float v) {
+    if constexpr (std::is_same_v<Forward, LeakyChain>) return uint8_t(v > 0.f);
+    uint32_t bits = 0;
+#pragma unroll
+    for (int i = 0; i < kMaxChainOps; ++i) {
+      if (i >= c.ops) break;
+      bits |= uint32_t(v > 0.f) << i;
+      v = pointwise::LeakyRelu::forward(v, c.param[i]);
+    }
+    return uint8_t(bits);
+  }
+
+  __device__ static float backward(const EpilogueChain& c, const Channel&, float code, float dz, ChainSums& sums) {
+    const uint32_t bits = uint32_t(code);
+#pragma unroll
+    for (int i = kMaxChainOps - 1; i >= 0; --i) {
+      if (i >= c.ops) continue;
+      dz = pointwise::LeakyRelu::backward(float(bits >> i & 1u), 0.f, dz, c.param[i]);
+    }
+    sums.bias += double(dz);
+    return dz;
+  }
+
+  __device__ static bool multiplier(const EpilogueChain&, int) { return false; }
+};
+
+// Stores what backward reads of one conv output y (v = y + bias) at `at` of
+// `saved`: its code where codes is set (a forward running a chain of
+// leaky_relus, LeakyChain or ProgramChain), else y. One pointer for both: a
+// second cost the direct conv spills. The other policies never save codes,
+// and compile no code path.
+template <class Chain>
+__device__ __forceinline__ void save_for_backward(void* saved, bool codes, int64_t at, float y, float v,
+                                                  const EpilogueChain& c) {
+  if constexpr (std::is_same_v<Chain, LeakyChain> || std::is_same_v<Chain, ProgramChain>) {
+    if (codes) {
+      static_cast<uint8_t*>(saved)[at] = CodeChain::code<Chain>(c, v);
+      return;
+    }
+  }
+  static_cast<float*>(saved)[at] = y;
+}
 
 // Runs launch(policy) with the policy that fits the chain.
 template <class Launch>

@@ -49,6 +49,16 @@ inline bool is_leaky(const EpilogueChain& c) {
 // One multiplier (a conv's gain): a third chain the kernels run inline.
 inline bool is_scale_alone(const EpilogueChain& c) { return c.ops == 1 && c.is_scale[0]; }
 
+// Whether the chain's backward can run from codes in place of Y: it is 1 to
+// kMaxChainOps leaky_relus (relu is slope 0), and nothing else. Bit i of an
+// element's code is whether op i's input was above 0, which is all op i's
+// backward reads; a multiplier's gradient would need the values themselves.
+bool chain_codes_supported(const EpilogueChain& c);
+
+// Throws anvil::Error naming `op` where a conv forward is asked for both Y and
+// the codes, or for codes of a chain that has none.
+void require_codes_or_y(const char* op, const EpilogueChain& c, const float* y, const uint8_t* codes);
+
 // The partial sums a chain backward leaves for the final reduction: arrays
 // of (channels, per) doubles, one for dbias and one per op.
 size_t chain_partials_bytes(const EpilogueChain& c, int64_t channels, int64_t per);

@@ -52,6 +52,7 @@ struct WgDims {
   int32_t t[3], b[3], tn[3];  // the tile (conv outputs), its box (x it reads), tiles along each axis
   int32_t rows_used, pooled_used, box_rows;
   int32_t cs;  // the box's words a channel
+  bool saves_codes;  // the kernel's `saved` is the chain's codes, else Y (when not null)
   // The box's rows are copied in chunks of vec floats (4: 16-byte copies, where
   // x's rows and the tiles' columns keep them aligned; else 1), starting shift
   // floats before the tile's first x column, so a row is b2 = chunks x vec.
@@ -83,7 +84,7 @@ template <class Chain, ChainPool kPool, bool kSaveMax, int N>
 __global__ void __launch_bounds__(kThreads, 1)
     wgmma_conv_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                       const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
-                      float* __restrict__ y_at_max, float* __restrict__ y, WgDims d) {
+                      float* __restrict__ y_at_max, void* __restrict__ saved, WgDims d) {
 #if ANVIL_HAS_WGMMA
   extern __shared__ float4 smem4[];
   const int k_pad = d.ksteps * 8;
@@ -254,9 +255,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     int o[3];
     const int image = tile_origin(t, d, o);
     const int yd = o[0] + yz, yh = o[1] + yy, yw = o[2] + yx;
-    if (y != nullptr && y_c0 < y_cstep && yd < d.y[0] && yh < d.y[1] && yw < d.y[2]) {
-      float* yo = y + (int64_t(image) * d.cout + co_first) * d.y_plane + (uint32_t(yd) * d.y[1] + yh) * d.y[2] + yw;
-      for (int c = y_c0; c < N && co_first + c < d.cout; c += y_cstep) yo[int64_t(c) * d.y_plane] = yt[c * kYPitch + y_r];
+    if (saved != nullptr && y_c0 < y_cstep && yd < d.y[0] && yh < d.y[1] && yw < d.y[2]) {
+      const int64_t at = (int64_t(image) * d.cout + co_first) * d.y_plane + (uint32_t(yd) * d.y[1] + yh) * d.y[2] + yw;
+      for (int c = y_c0; c < N && co_first + c < d.cout; c += y_cstep) {
+        const float yc = yt[c * kYPitch + y_r];
+        save_for_backward<Chain>(saved, d.saves_codes, at + int64_t(c) * d.y_plane, yc, yc + bs[c], chain);
+      }
     }
     const int q0 = o[0] / d.pk[0] + pz, q1 = o[1] / d.pk[1] + py, q2 = o[2] / d.pk[2] + px;
     if (p_c0 < p_cstep && q0 < d.out[0] && q1 < d.out[1] && q2 < d.out[2]) {
@@ -388,13 +392,13 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
 
 template <class Chain, ChainPool kPool, bool kSaveMax, int N>
 void launch(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
-            float* y_at_max, float* y, const WgDims& d, cudaStream_t stream) {
+            float* y_at_max, void* saved, const WgDims& d, cudaStream_t stream) {
   const size_t smem = size_t(d.smem_words(N)) * sizeof(float);
   const auto kernel = wgmma_conv_kernel<Chain, kPool, kSaveMax, N>;
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned(std::min<int64_t>({d.tiles, detail::sm_count(), 65535})),
                   unsigned(detail::ceil_div(d.cout, N)));
-  kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, y, d);
+  kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, saved, d);
 }
 
 }  // namespace
@@ -425,25 +429,29 @@ bool wgmma_conv_preferred(const WgmmaConvGeometry& g) {
 }
 
 void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
-                        uint8_t* argmax, float* y_at_max, float* y, const WgmmaConvGeometry& g, cudaStream_t stream) {
+                        uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, const WgmmaConvGeometry& g,
+                        cudaStream_t stream) {
   constexpr const char* op = "wgmma_conv_forward";
   detail::require(x != nullptr && w != nullptr && p != nullptr, op, "null x, w or p");
+  require_codes_or_y(op, chain, y, codes);
   detail::require((argmax == nullptr && y_at_max == nullptr) || g.conv.out.pool == ChainPool::Max, op,
                   "argmax and y_at_max only with a max pool");
   require_chain(op, chain);
   detail::require(wgmma_conv_available(), op, kNeedsSm90);
   WgDims d;  // planned once, for the copies x's alignment allows
   if (const char* why = wg_dims(g, detail::aligned_to(x, 16), d)) detail::require(false, op, why);
+  d.saves_codes = codes != nullptr;
+  void* saved = codes != nullptr ? static_cast<void*>(codes) : static_cast<void*>(y);
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     auto by_pool = [&](auto columns) {
       constexpr int N = decltype(columns)::value;
       if (g.conv.out.pool == ChainPool::Avg)
-        launch<Chain, ChainPool::Avg, false, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Avg, false, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
       else if (argmax != nullptr || y_at_max != nullptr)
-        launch<Chain, ChainPool::Max, true, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Max, true, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
       else  // no pool: a window of one, whose "max" is the value
-        launch<Chain, ChainPool::Max, false, N>(x, w, bias, chain, p, argmax, y_at_max, y, d, stream);
+        launch<Chain, ChainPool::Max, false, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
     };
     const int n = group_columns(d.cout);
     if (n == 32)

@@ -48,8 +48,10 @@ bool wgmma_conv_preferred(const WgmmaConvGeometry& g);
 
 // As direct_conv_forward, with the conv's products in TF32: x truncated, w
 // rounded to nearest. p: the pooled output; argmax and y_at_max (a max pool
-// only) and y (the bias-free conv output, whole) may be null.
+// only) and y (the bias-free conv output, whole) or in its place the chain's
+// codes may be null.
 void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
-                        uint8_t* argmax, float* y_at_max, float* y, const WgmmaConvGeometry& g, cudaStream_t stream);
+                        uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, const WgmmaConvGeometry& g,
+                        cudaStream_t stream);
 
 }  // namespace anvil::cuda
