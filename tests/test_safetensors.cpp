@@ -166,6 +166,39 @@ TEST_F(Safetensors, TheHeaderCheckRefusesWhatTheWriterWould) {
   EXPECT_FALSE(has_temp_files());
 }
 
+// A shape whose float32 bytes pass 2^63 is refused by name, not wrapped around 64 bits: 2^62
+// elements times 4 bytes is 2^64, which wrapped to 0 and passed as an empty tensor. Shapes are
+// checked alone and as the running end of the data; no file is written.
+TEST_F(Safetensors, TheHeaderCheckRefusesShapesTooLargeToWrite) {
+  const std::string p = path("huge.safetensors");
+  auto message = [&](const std::map<std::string, anvil::Shape>& shapes) {
+    try {
+      anvil::check_safetensors_header(p, shapes, {});
+    } catch (const anvil::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const int64_t two_62 = int64_t(1) << 62;
+  EXPECT_EQ(message({{"w", {two_62}}}),
+            p + ": cannot write tensor 'w': shape (4611686018427387904) is too large: its float32 data would take "
+                "2^63 bytes or more");
+  // 2^31 x 2^31 elements, and 2^61 elements (2^63 bytes, one past int64_t).
+  EXPECT_NE(message({{"w", {int64_t(1) << 31, int64_t(1) << 31}}}).find("'w': shape (2147483648, 2147483648) is too large"),
+            std::string::npos);
+  EXPECT_NE(message({{"w", {int64_t(1) << 61}}}).find("is too large"), std::string::npos);
+  // Two tensors of 2^62 bytes each: each fits, together they end at 2^63.
+  const std::string together = message({{"a", {int64_t(1) << 60}}, {"b", {int64_t(1) << 60}}});
+  EXPECT_NE(together.find("tensor 'b': shape (1152921504606846976) is too large: with the tensors before it"),
+            std::string::npos)
+      << together;
+  EXPECT_NE(message({{"w", {2, -3}}}).find("tensor 'w': shape (2, -3) has a negative dimension"), std::string::npos);
+  // The largest data that fits, and an empty tensor whatever its other dimensions, are taken.
+  EXPECT_EQ(message({{"a", {(int64_t(1) << 61) - 1}}}), "no error");
+  EXPECT_EQ(message({{"w", {two_62, two_62, 0}}}), "no error");
+  EXPECT_FALSE(fs::exists(p));
+}
+
 TEST_F(Safetensors, RoundTripsMetadata) {
   TensorFile file;
   file.tensors["w"] = HostTensor({2}, {1.0f, 2.0f});

@@ -363,18 +363,38 @@ TensorFile read_safetensors(const std::string& path) {
 
 namespace {
 
+// The bytes of a float32 tensor of this shape (no dimension negative), or -1 where they pass
+// int64_t: a plain product would wrap around 64 bits to a small size (2^62 elements, 0 bytes).
+int64_t float32_bytes(const Shape& shape) {
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;  // empty, however large the rest
+  int64_t bytes = sizeof(float);
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(bytes, d, &bytes)) return -1;
+  return bytes;
+}
+
 // The padded header of a file holding tensors of these names and element
 // counts (in name order: the data follows in it) and this metadata. Throws
-// where it cannot be encoded, or would exceed what readers take.
+// where it cannot be encoded, or would exceed what readers take: data_offsets
+// past int64_t, which no reader (anvil's included) accepts.
 std::string encode_header(const std::string& path, const std::map<std::string, Shape>& shapes,
                           const std::map<std::string, std::string>& metadata) {
   json header = json::object();  // std::map-backed, so keys come out sorted
-  uint64_t offset = 0;
+  int64_t offset = 0;
   for (const auto& [name, shape] : shapes) {
     if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
-    const uint64_t bytes = static_cast<uint64_t>(numel(shape)) * sizeof(float);
-    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
+    auto refuse = [&](const std::string& why) {
+      return Error(path + ": cannot write tensor '" + name + "': shape " + to_string(shape) + why);
+    };
+    if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
+      throw refuse(" has a negative dimension");
+    const int64_t bytes = float32_bytes(shape);
+    if (bytes < 0) throw refuse(" is too large: its float32 data would take 2^63 bytes or more");
+    int64_t end = 0;
+    if (__builtin_add_overflow(offset, bytes, &end))
+      throw refuse(" is too large: with the tensors before it, the data would take 2^63 bytes or more");
+    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {offset, end}}};
+    offset = end;
   }
   if (!metadata.empty()) header[kMetadataKey] = metadata;
 

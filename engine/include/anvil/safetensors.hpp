@@ -30,7 +30,8 @@ TensorFile read_safetensors(const std::string& path);
 // Writes F32 tensors (`skipped` is not written). Throws Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
 // Throws the Error write_safetensors would give for a file of tensors of these names and shapes and
-// this metadata whose header cannot be written (over the readers' 100 MB limit, or not valid UTF-8),
+// this metadata whose header cannot be written (over the readers' 100 MB limit, not valid UTF-8, or a
+// negative dimension or data of 2^63 bytes or more, which no reader takes),
 // before the data exists: a writer at the end of a long run checks at its start.
 void check_safetensors_header(const std::string& path, const std::map<std::string, Shape>& shapes,
                               const std::map<std::string, std::string>& metadata);
