@@ -15,10 +15,10 @@ import argparse
 import os
 import sys
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# First: without PyTorch it exits with one line naming this script, before `import torch` would fail.
 from bench_vs_torch import JsonModel, load_case, make_step, set_precision  # noqa: E402
+import torch  # noqa: E402
 
 NAME_WIDTH = 110  # kernel names are long C++ signatures; the table keeps their start
 
