@@ -310,6 +310,38 @@ TEST(CudaPointwiseLeakyRelu, InfinitiesAndNaNMatchTheCpu) {
   }
 }
 
+// Which chains the forwards may save as codes in Y's place (host code: runs
+// without a GPU too): 1 to 8 leaky_relus, any slopes, nothing else; and
+// a forward asked for both Y and codes, or codes of another chain, is refused.
+TEST(EpilogueChainCodes, StandForChainsOfLeakyRelusAlone) {
+  gpu::EpilogueChain chain;
+  EXPECT_FALSE(gpu::chain_codes_supported(chain));  // no op: nothing to code
+  chain.ops = 1;                                    // relu: leaky_relu of slope 0
+  EXPECT_TRUE(gpu::chain_codes_supported(chain));
+  chain.ops = gpu::kMaxChainOps;
+  for (int i = 0; i < chain.ops; ++i) chain.param[i] = i % 2 == 0 ? -0.5f : 1.5f;
+  EXPECT_TRUE(gpu::chain_codes_supported(chain));
+  gpu::EpilogueChain smooth = chain;
+  smooth.activation[3] = PointwiseOp::Tanh;
+  EXPECT_FALSE(gpu::chain_codes_supported(smooth));
+  gpu::EpilogueChain scaled = chain;
+  float multiplier = 2.f;
+  scaled.is_scale[5] = true;
+  scaled.scale[5] = &multiplier;
+  EXPECT_FALSE(gpu::chain_codes_supported(scaled));
+  gpu::EpilogueChain too_long = chain;
+  too_long.ops = gpu::kMaxChainOps + 1;
+  EXPECT_FALSE(gpu::chain_codes_supported(too_long));
+
+  float y = 0.f;
+  uint8_t codes = 0;
+  EXPECT_NO_THROW(gpu::require_codes_or_y("op", chain, &y, nullptr));
+  EXPECT_NO_THROW(gpu::require_codes_or_y("op", chain, nullptr, &codes));
+  EXPECT_THROW(gpu::require_codes_or_y("op", chain, &y, &codes), anvil::Error);
+  EXPECT_THROW(gpu::require_codes_or_y("op", scaled, nullptr, &codes), anvil::Error);
+  EXPECT_NO_THROW(gpu::require_codes_or_y("op", scaled, &y, nullptr));
+}
+
 TEST(CudaKernels, CopyOrAccumulate) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   std::mt19937 rng(103);
