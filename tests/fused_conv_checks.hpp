@@ -38,7 +38,9 @@ struct TestChain {
 
 // Each kind of chain: one activation, the headline's, none, slopes negative
 // and above 1 with two multipliers, the smooth activations, and leaky_relus
-// alone of slopes negative, above 1 and 0 (saved as codes: 3 bits).
+// alone, saved as codes: slopes negative, above 1 and 0 (3 bits; a negative
+// input turns positive, so the bits differ), and 8 of them with a relu that
+// blocks a negative input (the longest code).
 inline std::vector<TestChain> fused_test_chains() {
   const ChainStep scale{true, PointwiseOp::LeakyRelu, 0.f};
   auto leaky = [](float slope) { return ChainStep{false, PointwiseOp::LeakyRelu, slope}; };
@@ -49,6 +51,8 @@ inline std::vector<TestChain> fused_test_chains() {
       {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), scale, leaky(1.7f), scale}},
       {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, scale, {false, PointwiseOp::Tanh, 0.f}}},
       {"leaky-0.3,leaky1.7,relu", {leaky(-0.3f), leaky(1.7f), leaky(0.f)}},
+      {"8 leaky,relu second", {leaky(0.5f), leaky(0.f), leaky(-0.3f), leaky(1.7f), leaky(2.f), leaky(-1.f),
+                               leaky(0.25f), leaky(0.9f)}},
   };
 }
 
@@ -157,7 +161,8 @@ inline void expect_backward_from_codes_matches(const cuda::ChainPoolGeometry& g,
                                                const float* b, const float* y, const uint8_t* codes,
                                                const uint8_t* argmax, std::mt19937& rng) {
   const std::array<int64_t, 3> out = cuda::chain_pool_output(g);
-  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]), p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]),
+               p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
   DeviceBuffer<float> dp(p_count), dy_y(y_count), dy_codes(y_count), dbias_y(size_t(g.c)), dbias_codes(size_t(g.c));
   dp.upload(random_floats(p_count, rng));
   for (DeviceBuffer<float>* buf : {&dy_y, &dy_codes, &dbias_y, &dbias_codes}) buf->poison();
@@ -261,13 +266,16 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
       // A chain of leaky_relus saves its codes in Y's place: the same P and argmax.
       if (cuda::chain_codes_supported(ec)) {
         DeviceBuffer<float> p_codes(p_count);
-        DeviceBuffer<uint8_t> codes(y_count + kFusedSlack), argmax_codes(p_count);
+        DeviceBuffer<uint8_t> codes(y_count + kFusedSlack), argmax_codes(p_count + kFusedSlack);
         p_codes.poison();
         codes.poison();
         argmax_codes.poison();
         forward(b, ec, p_codes.get(), max ? argmax_codes.get() : nullptr, nullptr, nullptr, codes.get());
         expect_bitwise(p_codes.download_all(), p_got, "p, saving codes");
-        if (max) expect_bitwise(argmax_codes.download_all(), argmax.download(0, p_count), "argmax, saving codes");
+        if (max) {
+          expect_bitwise(argmax_codes.download(0, p_count), argmax.download(0, p_count), "argmax, saving codes");
+          expect_poisoned_after(argmax_codes, p_count, "argmax, saving codes");
+        }
         expect_poisoned_after(codes, y_count, "codes");
         expect_bitwise(codes.download(0, y_count), expected_codes(y_got, bias_values, with_bias, ec, g), "codes");
         expect_backward_from_codes_matches(g, ec, b, y.get(), codes.get(), max ? argmax.get() : nullptr, rng);
@@ -295,7 +303,8 @@ inline void expect_fused_forward_refuses_bad_arguments(const FusedCall& forward)
   DeviceBuffer<uint8_t> bytes(4096);
   cuda::EpilogueChain chain;
   EXPECT_THROW(forward(nullptr, chain, nullptr, true, nullptr, nullptr), anvil::Error);
-  EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true, nullptr, nullptr), anvil::Error);  // an argmax without a max pool
+  // an argmax without a max pool
+  EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true, nullptr, nullptr), anvil::Error);
   EXPECT_THROW(forward(buf.get(), chain, nullptr, false, nullptr, nullptr), anvil::Error);
   EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, bytes.get()), anvil::Error);  // no op: no codes
   chain.ops = 1;  // a relu

@@ -659,7 +659,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class Chain, WindowMath kMath, int kVec>
 void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* z,
-                          const uint8_t* codes, const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy,
+                          const uint8_t* codes, const float* bias, const uint8_t* argmax, const EpilogueChain& chain,
+                          float* dy,
                           bool accumulate, double* partials, const PoolDims& d) {
   using Path = PoolBackwardPath;
   const auto kernel = d.path == Path::Disjoint ? pool_backward_kernel<Chain, kMath, kVec, Path::Disjoint>
@@ -859,10 +860,13 @@ void backward(const char* op, const float* dp, const float* y, const float* z, c
               const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate,
               const ChainGrads& grads, void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
   detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
-  if (codes != nullptr)
+  if (codes != nullptr) {
     detail::require(chain_codes_supported(chain), op, "codes stand for a chain of 1 to 8 leaky_relus only");
-  else
+    // The codes hold y + bias's signs: a bias (or y) beside them would shift the code the kernels read.
+    detail::require(y == nullptr && z == nullptr && bias == nullptr, op, "codes stand in for y and the bias");
+  } else {
     detail::require(y != nullptr || (chain.ops == 0 && bias == nullptr), op, "y is needed unless the chain is empty");
+  }
   detail::require((argmax != nullptr) == (g.pool == ChainPool::Max), op, "a max pool needs its argmax");
   require_chain(op, chain);
   const bool reduce = chain_grads_wanted(chain, grads);
@@ -871,7 +875,8 @@ void backward(const char* op, const float* dp, const float* y, const float* z, c
   const PoolDims d = pool_dims(op, g, true);
   const unsigned blocks = blocks_of(g, d);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, z, codes, dy});  // groups of 4 never cross a row
+  // Groups of 4 never cross a row; y, z, the codes and dy (whichever are read) 16-byte aligned.
+  const bool rows4 = d.in[2] % 4 == 0 && vec4_ok(d, {y, z, codes, dy});
   auto run = [&](auto policy) {
     using Chain = decltype(policy);
     switch (g.pool) {
