@@ -383,9 +383,9 @@ std::string encode_header(const std::string& path, const std::map<std::string, S
   int64_t offset = 0;
   for (const auto& [name, shape] : shapes) {
     if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
-    auto refuse = [&](const std::string& why) {
-      return Error(path + ": cannot write tensor '" + name + "': shape " + to_string(shape) + why);
-    };
+    // The message's start, outside the lambda: C++17 does not let a lambda capture structured bindings.
+    const std::string what = path + ": cannot write tensor '" + name + "': shape " + to_string(shape);
+    auto refuse = [&what](const std::string& why) { return Error(what + why); };
     if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
       throw refuse(" has a negative dimension");
     const int64_t bytes = float32_bytes(shape);
