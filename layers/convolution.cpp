@@ -338,8 +338,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // to 11x slower), and under tf32 when W's row length (the A side's channels
   // x taps) fits one 128-column tile of the kernel, or W has at most 32 rows
   // (the B side's channels: a tile whose warps split k); longer rows of more
-  // rows went to cuDNN's TF32 algorithms (docs/performance.md). Autotuned, cuDNN's is planned as well
-  // and the faster kept (search_algorithms).
+  // rows went to cuDNN's TF32 algorithms (docs/performance.md). Autotuned,
+  // cuDNN's is planned as well and the faster kept (search_algorithms).
   const bool tensor_cores = cuda::tensor_core_kernels_available();
   c.wgrad_mma.candidate = c.used[kBackwardFilter] && tensor_cores && cuda::conv_mma_weight_grad_supported(g);
   if (c.wgrad_mma.candidate && !settings.autotune) {

@@ -155,8 +155,8 @@ template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
     chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
                           const uint8_t* __restrict__ codes, const float* __restrict__ bias,
-                          const EpilogueChain chain, float* __restrict__ dy,
-                          bool accumulate, double* __restrict__ partials, PoolDims d) {
+                          const EpilogueChain chain, float* __restrict__ dy, bool accumulate,
+                          double* __restrict__ partials, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   ChainSums sums;
@@ -660,8 +660,7 @@ __global__ void __launch_bounds__(kThreads)
 template <class Chain, WindowMath kMath, int kVec>
 void launch_pool_backward(unsigned blocks, cudaStream_t stream, const float* dp, const float* y, const float* z,
                           const uint8_t* codes, const float* bias, const uint8_t* argmax, const EpilogueChain& chain,
-                          float* dy,
-                          bool accumulate, double* partials, const PoolDims& d) {
+                          float* dy, bool accumulate, double* partials, const PoolDims& d) {
   using Path = PoolBackwardPath;
   const auto kernel = d.path == Path::Disjoint ? pool_backward_kernel<Chain, kMath, kVec, Path::Disjoint>
                       : d.path == Path::Tiled  ? pool_backward_kernel<Chain, kMath, kVec, Path::Tiled>

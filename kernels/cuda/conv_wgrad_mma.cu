@@ -11,12 +11,12 @@
 // memory kStages steps ahead, zero-filled outside the tensors; 8 warps run
 // m16n8k8 TF32 MMAs, each on a 32 x (8 kFragsN) sub-tile and on every
 // kWarpsK-th k-slice of a step. In a thin tile (32 rows, or 64 rows and 64
-// columns) warps split along k rather than all loading the same rows of G: with 8 warps along N,
-// relu_avgpool_2d's 32 x 48 filter gradient issued 8 copies of every G
-// fragment and was bound by issuing instructions (bench/RESULTS.md v41). The
-// block's kWarpsK partial tiles are summed in a fixed order through shared
-// memory, and block partials in a fixed order by a second kernel: the result
-// is deterministic.
+// columns) warps split along k rather than all loading the same rows of G:
+// with 8 warps along N, relu_avgpool_2d's 32 x 48 filter gradient issued 8
+// copies of every G fragment and was bound by issuing instructions
+// (bench/RESULTS.md v41). The block's kWarpsK partial tiles are summed in a
+// fixed order through shared memory, and block partials in a fixed order by a
+// second kernel: the result is deterministic.
 //
 // Compensated: each operand is a TF32 value plus a TF32 residual, and
 // big*small + small*big + big*big gives float32-accurate products. The tensor
