@@ -73,18 +73,17 @@ import sys
 import tempfile
 import time
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from needs import needs  # noqa: E402
+
 # Without PyTorch: one line naming the script that was run and exit 1, not a traceback
 # (torch_kernels.py and kernel_bandwidth.py import this module, and so get the same line).
-try:
+with needs("PyTorch", "torch"):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-except (ImportError, OSError) as e:  # OSError: a shared library of torch's that does not load
-    sys.exit(f"{os.path.basename(sys.argv[0])}: needs PyTorch (import torch failed: {' '.join(str(e).split())})")
-from safetensors.torch import load_file
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from safetensors.torch import load_file  # noqa: E402
 from make_reference import OPTIMIZERS, compute_loss, load_network, uniform_tensor  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32")

@@ -58,9 +58,14 @@ import struct
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from needs import needs
+
+# Without PyTorch or numpy: one line and exit 1, not a traceback. PyTorch first, the larger of the two.
+with needs("PyTorch", "torch"):
+    import torch
+    import torch.nn.functional as F
+with needs("numpy", "numpy"):
+    import numpy as np
 
 SCRIPT_NAME = "tools/make_reference.py"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
