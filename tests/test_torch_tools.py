@@ -16,6 +16,7 @@ SCRIPTS = {"bench_vs_torch.py": [], "torch_kernels.py": ["net.json"], "kernel_ba
 BLOCKED = 'raise ImportError("{} blocked by the test")\n'
 # Imports, as the scripts' `import torch.nn.functional as F` needs; nothing else is used before the checks.
 TORCH = {"torch/__init__.py": "", "torch/nn/__init__.py": "", "torch/nn/functional.py": ""}
+SAFETENSORS = {"safetensors/__init__.py": "", "safetensors/torch.py": "load_file = None\n"}
 
 
 def run_with(script, args, stubs):
@@ -49,12 +50,30 @@ class WithoutTorch(unittest.TestCase):
                                    "libcudnn.so.9: cannot open shared object file: No such file)\n")
 
 
-class WithoutNumpy(unittest.TestCase):
-    def test_make_reference(self):
-        r = run_with("make_reference.py", ["--no-full"], {**TORCH, "numpy.py": BLOCKED.format("numpy")})
+class WithoutOtherPackages(unittest.TestCase):
+    def assert_needs(self, script, args, stubs, package, module, blocked):
+        r = run_with(script, args, stubs)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertEqual(r.stdout, "")
-        self.assertEqual(r.stderr, "make_reference.py: needs numpy (import numpy failed: numpy blocked by the test)\n")
+        self.assertEqual(r.stderr,
+                         f"{script}: needs {package} (import {module} failed: {blocked} blocked by the test)\n")
+
+    def test_numpy(self):
+        # bench_vs_torch.py and torch_kernels.py get numpy through make_reference.py's check.
+        for script, args in {"make_reference.py": ["--no-full"], "bench_vs_torch.py": [],
+                             "torch_kernels.py": ["net.json"], "precision_report.py": [],
+                             "multiplier_grad_tf32.py": []}.items():
+            with self.subTest(script=script):
+                self.assert_needs(script, args, {**TORCH, **SAFETENSORS, "numpy.py": BLOCKED.format("numpy")},
+                                  "numpy", "numpy", "numpy")
+
+    def test_safetensors(self):
+        for script, args, module, stubs in (("bench_vs_torch.py", [], "safetensors.torch", TORCH),
+                                            ("torch_kernels.py", ["net.json"], "safetensors.torch", TORCH),
+                                            ("precision_report.py", [], "safetensors.numpy", {"numpy.py": ""})):
+            with self.subTest(script=script):
+                self.assert_needs(script, args, {**stubs, "safetensors.py": BLOCKED.format("safetensors")},
+                                  "safetensors", module, "safetensors")
 
 
 if __name__ == "__main__":

@@ -77,13 +77,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 from needs import needs  # noqa: E402
 
-# Without PyTorch: one line naming the script that was run and exit 1, not a traceback
-# (torch_kernels.py and kernel_bandwidth.py import this module, and so get the same line).
+# Without PyTorch or safetensors (or numpy: make_reference's check): one line naming the script that was
+# run and exit 1, not a traceback (torch_kernels.py and kernel_bandwidth.py import this module, and so
+# get the same line).
 with needs("PyTorch", "torch"):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-from safetensors.torch import load_file  # noqa: E402
+with needs("safetensors", "safetensors.torch"):
+    from safetensors.torch import load_file
 from make_reference import OPTIMIZERS, compute_loss, load_network, uniform_tensor  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32")

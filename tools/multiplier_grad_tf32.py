@@ -20,7 +20,10 @@ accumulation; the tensor cores' accumulation order is not modelled.
 
 import argparse
 
-import numpy as np
+from needs import needs
+
+with needs("numpy", "numpy"):
+    import numpy as np
 
 # name: (batch, in channels, out channels, output size a side, kernel = stride, weight std, bias std)
 CASES = {

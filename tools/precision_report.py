@@ -19,8 +19,12 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-from safetensors.numpy import load_file
+from needs import needs
+
+with needs("numpy", "numpy"):
+    import numpy as np
+with needs("safetensors", "safetensors.numpy"):
+    from safetensors.numpy import load_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO_ROOT, "tests", "data")
