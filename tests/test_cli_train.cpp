@@ -1064,9 +1064,9 @@ TEST_F(CliTrain, AnExtraTensorInTheWeightsIsListedOrWithStrictRefused) {
   EXPECT_EQ(eval({"--data", kVal, "--weights", w, "--strict"}).status, 0);
 }
 
-// The line listing unused tensors is held until the run's work starts (eval: until its result),
-// so a run that fails after loading such weights still ends with its one error line. The line
-// once came first, and the error after it.
+// The line listing unused tensors is held until the run's work starts (train: until its first logged
+// step went through; eval: until its result), so a run that fails after loading such weights still
+// ends with its one error line. The line once came first, and the error after it.
 TEST_F(CliTrain, UnusedWeightsAndAFailureAreOneLine) {
   TensorFile file = anvil::read_safetensors(trained_weights("w.safetensors", 2));
   file.tensors["head.extra"] = HostTensor({2, 2}, {1, 2, 3, 4});
@@ -1084,6 +1084,32 @@ TEST_F(CliTrain, UnusedWeightsAndAFailureAreOneLine) {
   EXPECT_EQ(e.err, "anvil: error: the mean loss over " + kVal + " is nan; weights: " + nan_weights + ": " + listed +
                        " (ignored)\n")
       << describe(e);
+
+  // train: the NaN weight fails the first step, found by the check (or, without it, as the loss);
+  // the same line carries the list. Where the device was left out, its line waits too.
+  const std::string found = "step 1: non-finite parameter first appears in conv.weight (the parameters the step "
+                            "starts from)";
+  const std::string weights_line = "; weights: " + nan_weights + ": " + listed + " (ignored)\n";
+  for (const auto& [check, error] : {std::pair<std::string, std::string>{"--check-finite", found},
+                                     {"--no-check-finite", "step 1: the loss became nan"}}) {
+    const Finished t = train({"--data", kTrain, "--steps", "2", "--weights", nan_weights, check});
+    EXPECT_EQ(t.status, 3) << describe(t);
+    EXPECT_EQ(t.err, "anvil: error: " + error + weights_line) << describe(t);
+  }
+  const Finished any_device = run({"train", kNet, "--data", kTrain, "--steps", "2", "--weights", nan_weights});
+  EXPECT_EQ(any_device.status, 3) << describe(any_device);
+  EXPECT_EQ(std::count(any_device.err.begin(), any_device.err.end(), '\n'), 1) << describe(any_device);
+  EXPECT_PRED_FORMAT2(Contains, any_device.err, weights_line);  // on that one line, at its end
+  // A first step whose validation loss overflows (finite weights) is one line too.
+  const std::string huge = write_dataset("huge.safetensors", {64, 2, 6, 6}, {64, 3, 3, 3});
+  TensorFile huge_file = anvil::read_safetensors(huge);
+  std::fill(huge_file.tensors.at("target").data.begin(), huge_file.tensors.at("target").data.end(), 3e38f);
+  anvil::write_safetensors(huge, huge_file);
+  const Finished v = train({"--data", kTrain, "--val", huge, "--val-every", "1", "--steps", "2", "--weights", extra});
+  EXPECT_EQ(v.status, 3) << describe(v);
+  EXPECT_EQ(v.err, "anvil: error: step 1: the validation loss is inf; weights: " + extra + ": " + listed +
+                       " (ignored)\n")
+      << describe(v);
 
   // run and train: bad input checked after the weights load.
   TensorFile input;

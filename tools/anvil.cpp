@@ -180,9 +180,11 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
   }
 }
 
-// Lines for stderr held until the inputs are checked and the work starts, so that an error before
-// then stays one line: which device anvil chose where --device was left out, and the tensors of
-// --weights the network does not use.
+// Lines for stderr held until the inputs are checked and the work starts (train: until its first
+// logged step went through; eval: until its result), so that an error before then stays one line:
+// which device anvil chose where --device was left out, and the tensors of --weights the network
+// does not use. A non-finite error before then carries the weights' line on its own (main):
+// non-finite weights are one reason for it.
 std::string device_notice, weights_notice;
 
 void print_notices() {
@@ -521,7 +523,6 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   std::optional<anvil::cli::MetricsWriter> metrics;
   if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
   if (writer) {
-    print_notices();
     std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown(net.name()).c_str(),
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
@@ -540,6 +541,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
 
   std::optional<anvil::cli::TrainReporter> report;
   std::string stdout_failed;
+  bool validation_failed = false;  // not finite: run() throws after this step's on_log
   anvil::Trainer::Callbacks callbacks;
   if (writer) {
     report.emplace(stdout, isatty(fileno(stdout)) != 0, metrics ? &*metrics : nullptr);
@@ -548,6 +550,7 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
                   t.keep_last ? train_data->size() : 0);
     // Epochs are shown and logged counting from 1 (0: training on one batch, no epochs).
     callbacks.on_log = [&](const anvil::TrainProgress& p) {
+      if (std::isfinite(p.loss) && !validation_failed) print_notices();  // the first logged step went through
       report->log(p.step, epochs ? p.epoch + 1 : 0, p.loss, p.lr);
       // A reader that went away (| head) or a full disk under stdout: stop as a signal would.
       if (stdout_failed.empty() && std::ferror(stdout)) {
@@ -555,10 +558,14 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
         stop_requested.store(true);
       }
     };
-    callbacks.on_validation = [&](int64_t step, float val) { report->validation(step, val); };
+    callbacks.on_validation = [&](int64_t step, float val) {
+      validation_failed = !std::isfinite(val);
+      report->validation(step, val);
+    };
   }
   trainer->run(callbacks, &stop_requested);
   if (writer) {
+    print_notices();  // a run stopped before its first step
     report->end(trainer->position().step);
     stop_on_signals.restore();
   }
@@ -694,14 +701,11 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
   o.input_grad = net.parameter_count() == 0;
   anvil::Engine engine(net, o);
   if (!weights.empty()) load_weights(engine, weights, strict);
-  // The notices wait for the result: a failed evaluation is its one error line, which carries
-  // the weights' notice (non-finite weights are one reason for a non-finite loss).
+  // The notices wait for the result: a failed evaluation is its one error line.
   const float loss = engine.evaluate(dataset);
   // Finite data can still overflow float on the way (as train stops, eval fails: exit 3).
   if (!std::isfinite(loss))
-    throw anvil::NonFiniteError("the mean loss over " + shown(data) + " is " +
-                                anvil::NonFiniteError::shown(loss) +
-                                (weights_notice.empty() ? "" : "; " + weights_notice));
+    throw anvil::NonFiniteError("the mean loss over " + shown(data) + " is " + anvil::NonFiniteError::shown(loss));
   print_notices();
   std::printf("mean loss %.9g over %lld samples of %s\n", loss, static_cast<long long>(dataset.size()),
               shown(data).c_str());
@@ -995,7 +999,7 @@ int main(int argc, char** argv) {
       if (*bench) std::printf("FAILED\n");
       return 2;
     } catch (const anvil::NonFiniteError& e) {
-      say_error(e.what());
+      say_error(e.what() + (weights_notice.empty() ? "" : "; " + weights_notice));  // not printed yet
       return 3;
     } catch (const std::bad_alloc&) {
       say_error("out of host memory");
