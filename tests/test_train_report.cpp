@@ -1,13 +1,19 @@
 // Tests of the progress display, the summary and the metrics file of
 // `anvil train` (tools/train_report.cpp), with an injected clock, and of what a
 // program using them shows on a pseudo-terminal against a pipe.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -28,6 +34,7 @@ using anvil::testing::Contains;
 namespace fs = std::filesystem;
 using anvil::cli::MetricsWriter;
 using anvil::cli::TrainReporter;
+using anvil::testing::read_bytes;
 using anvil::testing::with_file_size_limit;
 
 // A file the reporter writes to, read back as text.
@@ -442,6 +449,57 @@ TEST_F(MetricsFile, AFileWithRecordsIsKeptWhenALaterLineCannotBeWritten) {
   const std::vector<nlohmann::json> rows = read_jsonl(file);
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(rows[0]["step"], 1);
+}
+
+// A file marked append-only (chattr +a) while this lives: it can be appended to, not truncated.
+// Marking needs CAP_LINUX_IMMUTABLE and a file system that keeps the flag; error() says why not.
+class AppendOnly {
+ public:
+  explicit AppendOnly(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    int flags = 0;
+    if (fd_ < 0 || ::ioctl(fd_, FS_IOC_GETFLAGS, &flags) != 0) {
+      error_ = errno;
+      return;
+    }
+    flags_ = flags;
+    flags |= FS_APPEND_FL;
+    if (::ioctl(fd_, FS_IOC_SETFLAGS, &flags) != 0) error_ = errno;
+  }
+  ~AppendOnly() {
+    if (error_ == 0) ::ioctl(fd_, FS_IOC_SETFLAGS, &flags_);  // else the directory could not be removed
+    if (fd_ >= 0) ::close(fd_);
+  }
+  AppendOnly(const AppendOnly&) = delete;
+  AppendOnly& operator=(const AppendOnly&) = delete;
+  int error() const { return error_; }
+
+ private:
+  int fd_;
+  int flags_ = 0;
+  int error_ = 0;
+};
+
+// A line that does not fit (the file size limit here, as a full disk) is refused before any of it
+// is written: a part written would have to be truncated away, which a file marked append-only
+// refuses. Such a part once stayed ("(its last line is incomplete)") for the next run to follow.
+TEST_F(MetricsFile, ALineThatDoesNotFitLeavesNoPartWhereTheFileCannotBeTruncated) {
+  const std::string file = path("run.jsonl");
+  MetricsWriter metrics(file);
+  metrics.write(anvil::cli::MetricsRecord{});
+  const std::string before = read_bytes(file);
+  const AppendOnly append_only(file);
+  if (append_only.error() != 0)
+    GTEST_SKIP() << "cannot mark a file append-only here (needs CAP_LINUX_IMMUTABLE): "
+                 << std::strerror(append_only.error());
+  with_file_size_limit(before.size() + 20, [&] {
+    try {
+      metrics.write(anvil::cli::MetricsRecord{});
+      ADD_FAILURE() << "no error";
+    } catch (const anvil::Error& e) {
+      EXPECT_EQ(std::string(e.what()), file + ": cannot write the metrics file: File too large");
+    }
+  });
+  EXPECT_EQ(read_bytes(file), before);
 }
 
 TEST_F(MetricsFile, AFullDiskIsAnErrorNamingTheFileAndTheReason) {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,6 +75,22 @@ bool ends_mid_line(const std::string& path, const struct stat& st) {
   return read && last != '\n';
 }
 
+// Why `bytes` more cannot be appended to the file `st` describes, known before writing any of them:
+// past the file size limit, or no disk space (or quota) to reserve for them. 0 where they fit, or
+// where that cannot be known beforehand (not a regular file, a file system without fallocate).
+int no_room_to_append(int fd, const struct stat& st, size_t bytes) {
+  if (!S_ISREG(st.st_mode)) return 0;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+      static_cast<rlim_t>(st.st_size) + bytes > limit.rlim_cur)
+    return EFBIG;
+  // KEEP_SIZE: the blocks are reserved past the end, and the size stays until the write.
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, static_cast<off_t>(bytes)) != 0 &&
+      (errno == ENOSPC || errno == EDQUOT))
+    return errno;
+  return 0;
+}
+
 }  // namespace
 
 MetricsWriter::~MetricsWriter() {
@@ -100,6 +117,14 @@ void MetricsWriter::write(const MetricsRecord& r) {
   const bool sized = ::fstat(fd_, &before) == 0;
   if (!end_checked_ && sized && ends_mid_line(path_, before)) line.insert(0, 1, '\n');
   end_checked_ = true;
+  const auto cannot_write = [this](int err, bool torn) {
+    return Error(path_ + ": cannot write the metrics file: " + std::strerror(err) +
+                 (torn ? " (its last line is incomplete)" : ""));
+  };
+  // A line that cannot fit is refused whole, before any of it is written: taking back a part
+  // afterwards needs ftruncate, which a file marked append-only (or a full copy-on-write file
+  // system, or one remounted read-only) refuses.
+  if (const int err = sized ? no_room_to_append(fd_, before, line.size()) : 0) throw cannot_write(err, false);
   for (size_t done = 0; done < line.size();) {
     const ssize_t n = ::write(fd_, line.data() + done, line.size() - done);  // one call, unless the disk fills
     if (n < 0 && errno == EINTR) continue;
@@ -107,8 +132,7 @@ void MetricsWriter::write(const MetricsRecord& r) {
       const int err = n < 0 ? errno : EIO;
       // No part of a line may stay behind for a resumed run to append to.
       const bool torn = done > 0 && !(sized && ::ftruncate(fd_, before.st_size) == 0);
-      throw Error(path_ + ": cannot write the metrics file: " + std::strerror(err) +
-                  (torn ? " (its last line is incomplete)" : ""));
+      throw cannot_write(err, torn);
     }
     done += static_cast<size_t>(n);
   }

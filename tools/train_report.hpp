@@ -45,9 +45,12 @@ struct MetricsRecord {
 
 // Appends one JSON object per record to a .jsonl file, opened in append mode
 // so a resumed run adds to the same file. Each line is one write(2) of the
-// whole line, so a run that dies keeps what it logged, in whole lines; a write
-// that fails (a full disk) takes back the part of its line that got written
-// and throws anvil::Error naming the file and the reason. Lines are not
+// whole line, so a run that dies keeps what it logged, in whole lines. A line
+// that does not fit (a full disk or quota, the file size limit) is refused
+// before any of it is written, where that can be known beforehand (a regular
+// file; its space reserved with fallocate); a write that fails midway all the
+// same takes back the part of its line that got written. Either throws
+// anvil::Error naming the file and the reason. Lines are not
 // fsynced: a power failure may lose the last ones. Keys: step, epoch, loss, val_loss, val_step, lr,
 // elapsed_s. val_loss and val_step are null before the first validation. A
 // non-finite loss (or val_loss) is written as null with "loss_nonfinite": true
