@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "anvil/error.hpp"
+#include "fused_conv_checks.hpp"
 #include "gpu_test_util.hpp"
 #include "kernels/cpu/add.hpp"
 #include "kernels/cpu/finite.hpp"
@@ -1357,6 +1358,42 @@ TEST(CudaKernels, FusedEpilogueReluOfMinusInfIsZero) {
         check_chain(in, ref, r, true, what);
         check_tiled_argmax(ref, g, r, what);
       }
+    }
+  }
+}
+
+// The backward from a chain's codes (chain_pool_backward_from_codes) runs the
+// chain's ops by its length: every length from 1 to 8, on every pool case
+// (each backward path, rows of 4 and not, no pool), gives the bits of the
+// backward from Y.
+TEST(CudaKernels, BackwardFromCodesMatchesYForEveryChainLength) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(331);
+  constexpr float kSlopes[gpu::kMaxChainOps] = {0.5f, 0.f, -0.3f, 1.7f, 2.f, -1.f, 0.25f, 0.9f};
+  for (const PoolCase& pc : kPoolCases) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    const auto out = gpu::chain_pool_output(g);
+    const size_t count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]),
+                 pooled = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+    const std::vector<float> y = random_floats(count, rng), bias = random_floats(size_t(g.c), rng);
+    DeviceBuffer<float> y_dev(count), bias_dev(size_t(g.c)), p(pooled);
+    DeviceBuffer<uint8_t> codes(count), argmax(pooled);
+    y_dev.upload(y);
+    bias_dev.upload(bias);
+    const bool max = g.pool == gpu::ChainPool::Max;
+    for (int ops = 1; ops <= gpu::kMaxChainOps; ++ops) {
+      gpu::EpilogueChain chain;
+      chain.ops = ops;
+      for (int i = 0; i < ops; ++i) {
+        chain.activation[i] = PointwiseOp::LeakyRelu;
+        chain.param[i] = kSlopes[i];
+      }
+      SCOPED_TRACE(pc.label + ", " + std::to_string(ops) + " ops");
+      ASSERT_TRUE(gpu::chain_codes_supported(chain));
+      codes.upload(anvil::testing::expected_codes(y, bias, true, chain, g));
+      if (max) gpu::chain_pool_forward(y_dev.get(), bias_dev.get(), chain, p.get(), argmax.get(), g, nullptr);
+      anvil::testing::expect_backward_from_codes_matches(g, chain, bias_dev.get(), y_dev.get(), codes.get(),
+                                                         max ? argmax.get() : nullptr, rng);
     }
   }
 }
