@@ -20,6 +20,24 @@ struct Malformed {
   std::string prefix;  // the message's start: "bad.json: <path>"
 };
 
+// Whether text is well-formed UTF-8 (no stray or missing continuation byte; overlong forms are not
+// looked for): what a message echoing a file of valid UTF-8 must be.
+bool valid_utf8(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const size_t length = lead < 0x80                ? 1
+                          : (lead & 0xe0) == 0xc0 ? 2
+                          : (lead & 0xf0) == 0xe0 ? 3
+                          : (lead & 0xf8) == 0xf0 ? 4
+                                                  : 0;
+    if (length == 0 || i + length > text.size()) return false;
+    for (size_t k = 1; k < length; ++k)
+      if (!anvil::Error::is_continuation(text[i + k])) return false;
+    i += length;
+  }
+  return true;
+}
+
 std::string net(const std::string& input, const std::string& layers, const std::string& extra = "") {
   return R"({"name": "t", "input": )" + input + R"(, "layers": )" + layers + extra + "}";
 }
@@ -66,6 +84,10 @@ const std::vector<Malformed> kMalformed = {
      "bad.json: precision"},
     {"fuse as a string", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "fuse": "yes")"), "bad.json: fuse"},
     {"a negative seed", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "seed": -1)"), "bad.json: seed"},
+    // The echoed value is cut after 37 bytes of its dump, here inside the first e acute (2 bytes).
+    {"a long non-ASCII string for a seed",
+     net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "seed": ")" + std::string(35, 'a') + "\xc3\xa9\xc3\xa9\""),
+     "bad.json: seed"},
     // Loss and optimizer
     {"an unknown loss", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "loss": "hinge")"), "bad.json: loss"},
     {"a loss of the wrong type", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "loss": 3)"), "bad.json: loss"},
@@ -172,6 +194,7 @@ TEST(MalformedNetworks, EveryOneIsRefusedWithItsPathInOneLine) {
       const std::string msg = e.what();
       EXPECT_EQ(msg.rfind(m.prefix, 0), 0u) << msg;
       EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+      EXPECT_TRUE(valid_utf8(msg)) << "a file of valid UTF-8 gives a message of valid UTF-8: " << msg;
     } catch (const std::exception& e) {
       ADD_FAILURE() << "not an InputError: " << e.what();
     }

@@ -56,8 +56,10 @@ class Error : public std::runtime_error {
     out += kHex[byte & 15];
   }
 
- private:
+  // A UTF-8 continuation byte (10xxxxxx): a cut before it would split a character.
   static bool is_continuation(char c) { return (static_cast<unsigned char>(c) & 0xc0) == 0x80; }
+
+ private:
   static size_t escaped_size(char c) {
     const auto byte = static_cast<unsigned char>(c);
     return byte == '\n' || byte == '\t' ? 2 : byte < 0x20 || byte == 0x7f ? 4 : 1;

@@ -294,8 +294,13 @@ std::string describe_json_value(const nlohmann::json& v) {
   if (v.is_array()) return "a list";
   if (v.is_object()) return "an object";
   if (v.is_null()) return "null";
-  std::string s = v.dump();
-  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+  const std::string s = v.dump();
+  if (s.size() <= 40) return s;
+  // A string's dump holds its characters raw: the cut goes before a whole one, so that a file
+  // of valid UTF-8 gives a message of valid UTF-8.
+  size_t cut = 37;
+  while (cut > 0 && Error::is_continuation(s[cut])) --cut;
+  return s.substr(0, cut) + "...";
 }
 
 }  // namespace anvil
