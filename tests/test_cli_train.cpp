@@ -373,6 +373,47 @@ TEST_F(CliTrain, MetricsIntoAFifoWhoseReaderLeavesEndTheRun) {
   EXPECT_TRUE(r.signal == SIGPIPE || r.status == 1) << describe(r);
 }
 
+// Whether the process catches `sig` (its handler is installed), from /proc/PID/status.
+bool catches(pid_t pid, int sig) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("SigCgt:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> (sig - 1)) & 1;
+  return false;
+}
+
+// Whether the process sleeps in the open of a FIFO, waiting for the other end (Linux's
+// wait_for_partner, shown in /proc/PID/wchan where the kernel shows it).
+bool waits_in_fifo_open(pid_t pid) {
+  std::ifstream wchan("/proc/" + std::to_string(pid) + "/wchan");
+  std::string where;
+  return std::getline(wchan, where) && where == "wait_for_partner";
+}
+
+// --metrics into a FIFO that no reader opens waits for one (as a shell redirection would), but a
+// signal still ends the run: it once only noted the signal for after the step in progress, and the
+// open waited on for ever (`timeout` could not stop it; only SIGKILL did).
+TEST_F(CliTrain, MetricsIntoAFifoWithoutAReaderStillStopsOnASignal) {
+  const std::string fifo = path("unread.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  Child child({kCli, "train", kNet, "--device", "cpu", "--data", kTrain, "--steps", "5", "--metrics", fifo, "--force"});
+  ASSERT_TRUE(child.started());
+  // Once the run catches SIGTERM (training's handlers are in place) or waits in the open.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  bool ready = false;
+  while (!ready && std::chrono::steady_clock::now() < deadline) {
+    ready = catches(child.pid(), SIGTERM) || waits_in_fifo_open(child.pid());
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (!ready) GTEST_SKIP() << "neither the run's handlers nor its wait in the open show in /proc";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  child.send(SIGTERM);
+  const Finished r = child.finish(20);
+  EXPECT_FALSE(r.timed_out) << describe(r);
+  EXPECT_TRUE(r.signal == SIGTERM || r.status == 128 + SIGTERM) << describe(r);
+  EXPECT_EQ(r.err, "") << describe(r);
+  EXPECT_EQ(fs::symlink_status(fifo).type(), fs::file_type::fifo);
+}
+
 // Flags that would be silently wrong: an output path that is the next flag, a budget without data,
 // weights a resumed run would ignore; and a network name or file name with control bytes is escaped on stdout.
 TEST_F(CliTrain, FlagsThatWouldBeSilentlyWrongAreRefused) {

@@ -410,7 +410,8 @@ extern "C" void request_stop(int signal) {
 // writes then ends the run at once, and the writer removes its temporary file.
 class StopOnSignals {
  public:
-  StopOnSignals() {
+  StopOnSignals() { install(); }
+  void install() {
     struct sigaction stop {};
     stop.sa_handler = request_stop;
     stop.sa_flags = SA_RESTART;
@@ -521,7 +522,16 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
   const anvil::Communicator* ranks = engine.options().communicator;
   // Opened once the data, the weights and the checkpoint are checked: a refused run leaves no file.
   std::optional<anvil::cli::MetricsWriter> metrics;
-  if (writer && !t.metrics.empty()) metrics.emplace(t.metrics);
+  if (writer && !t.metrics.empty()) {
+    // Opening what is not a regular file (a FIFO, with --force) can wait for ever for a reader.
+    // Meanwhile a signal ends the run at once, as before training: caught, it would only be noted
+    // for after a step, and the open would wait on. One noted already ends the run before the open.
+    struct stat st {};
+    const bool may_wait = ::stat(t.metrics.c_str(), &st) == 0 && !S_ISREG(st.st_mode);
+    if (may_wait) stop_on_signals.restore();
+    if (!may_wait || !stop_requested.load()) metrics.emplace(t.metrics);
+    if (may_wait) stop_on_signals.install();
+  }
   if (writer) {
     std::printf("training %s on %s%s: %lld steps%s, batch %lld, %s arena%s\n", shown(net.name()).c_str(),
                 anvil::to_string(engine.options().device),
