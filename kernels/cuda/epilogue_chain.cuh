@@ -242,6 +242,28 @@ struct EmptyChain {
   __device__ static float monotone_sign(const EpilogueChain&, const Channel&) { return 1.f; }
 };
 
+// Runs op(std::integral_constant<int, i>{}) for i = ops - 1 down to 0, a
+// chain's backward order: a jump into straight-line code, so each i is a
+// compile-time constant (arrays indexed by it stay in registers) and no slot
+// past ops is issued. A loop to kMaxChainOps issued all eight slots,
+// predicated off: the pool's backward from codes was bound by issuing them.
+// (ProgramChain keeps its loop: this switch made its pool backwards spill.)
+template <class Op>
+__device__ __forceinline__ void for_ops_backward(int ops, Op&& op) {
+  static_assert(kMaxChainOps == 8, "one case an op");
+  using std::integral_constant;
+  switch (ops) {
+    case 8: op(integral_constant<int, 7>{}); [[fallthrough]];
+    case 7: op(integral_constant<int, 6>{}); [[fallthrough]];
+    case 6: op(integral_constant<int, 5>{}); [[fallthrough]];
+    case 5: op(integral_constant<int, 4>{}); [[fallthrough]];
+    case 4: op(integral_constant<int, 3>{}); [[fallthrough]];
+    case 3: op(integral_constant<int, 2>{}); [[fallthrough]];
+    case 2: op(integral_constant<int, 1>{}); [[fallthrough]];
+    case 1: op(integral_constant<int, 0>{});
+  }
+}
+
 // A chain of leaky_relus run backward from its codes (chain_codes_supported),
 // which the conv forwards write in training in place of Y: a byte an element,
 // not 4. The code arrives as the float that backward's v is elsewhere (a byte
@@ -270,11 +292,10 @@ struct CodeChain {
 
   __device__ static float backward(const EpilogueChain& c, const Channel&, float code, float dz, ChainSums& sums) {
     const uint32_t bits = uint32_t(code);
-#pragma unroll
-    for (int i = kMaxChainOps - 1; i >= 0; --i) {
-      if (i >= c.ops) continue;
+    for_ops_backward(c.ops, [&](auto op) {
+      constexpr int i = decltype(op)::value;
       dz = pointwise::LeakyRelu::backward(float(bits >> i & 1u), 0.f, dz, c.param[i]);
-    }
+    });
     sums.bias += double(dz);
     return dz;
   }
