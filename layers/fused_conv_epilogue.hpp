@@ -3,7 +3,7 @@
 // Its forward has three formulations. cuDNN's: cuDNN computes the bias-free
 // convolution into a buffer Y; one kernel then adds the bias, runs the chain
 // and pools. Direct (a conv with few taps per output, direct_conv.hpp) and
-// wgmma (a stride-1 conv under tf32 on Hopper, wgmma_conv.hpp): anvil's kernel
+// wgmma (a conv, or a stride-1 transposed conv, under tf32 on Hopper, wgmma_conv.hpp): anvil's kernel
 // computes all of it, writing Y only where backward reads it.
 // Under tf32, where only the epilogue reads Y, cuDNN writes Y channels-last
 // (its tensor-core kernels' own layout) and the epilogue reads it so

@@ -1,7 +1,9 @@
-// anvil's stride-1 conv fused with its epilogue on Hopper's wgmma
+// anvil's conv fused with its epilogue on Hopper's wgmma
 // (kernels/cuda/wgmma_conv.hpp) on odd geometries: batch 1, one channel (7
 // zero channels of padding in K), out_channels of 1 to 200 (two groups, the
-// second partial), even and dilated kernels, padding per axis, outputs that
+// second partial), even and dilated kernels, strides of 2 and 3 (along W: the
+// de-interleaved box; along D or H only: strided box rows, 16-byte copies
+// kept), padding per axis, outputs that
 // leave rows and columns outside every window, tiles that do not fill their
 // 128 rows, ragged last tiles, a transposed conv's weight, x copied 4 and 16
 // bytes at a time, and each pool: none, max and average. Inputs are fresh uniform [-1, 1] floats
@@ -44,6 +46,7 @@ struct Case {
   Dims pk{1, 1, 1};
   bool transposed = false;  // w is a conv_transpose's (cin, cout, k...) and pad the transposed conv's
   int x_offset = 0;         // floats between a 256-byte boundary and x: 1 keeps the kernel off 16-byte copies
+  Dims stride{1, 1, 1};     // the conv's (a transposed conv's stays 1)
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }
 
@@ -51,14 +54,14 @@ Dims conv_output(const Case& c) {
   Dims y{};
   for (int a = 0; a < 3; ++a) {
     const int64_t extent = c.dilation[a] * (c.k[a] - 1);
-    y[a] = c.transposed ? c.x[a] + extent - 2 * c.pad[a] : c.x[a] + 2 * c.pad[a] - extent;
+    y[a] = c.transposed ? c.x[a] + extent - 2 * c.pad[a] : (c.x[a] + 2 * c.pad[a] - extent - 1) / c.stride[a] + 1;
   }
   return y;
 }
 
 gpu::WgmmaConvGeometry geometry_of(const Case& c) {
   gpu::WgmmaConvGeometry g;
-  g.conv.cin = c.cin, g.conv.x = c.x, g.conv.k = c.k, g.conv.dilation = c.dilation;
+  g.conv.cin = c.cin, g.conv.x = c.x, g.conv.k = c.k, g.conv.dilation = c.dilation, g.conv.stride = c.stride;
   for (int a = 0; a < 3; ++a) g.conv.pad[a] = c.transposed ? c.dilation[a] * (c.k[a] - 1) - c.pad[a] : c.pad[a];
   g.conv.out.n = c.n;
   g.conv.out.c = c.cout;
@@ -110,6 +113,21 @@ const Case kCases[] = {
      {1, 2, 2}},
     {"multi_tile_3d_cout96_one_buffer_no_pool", 3, 8, 96, {9, 20, 28}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1},
      gpu::ChainPool::None},
+    // Strided convs. relu_avgpool_2d's stem (k4 s2 p1, 3 -> 32, average 2) on an odd image whose last conv
+    // row and column lie outside every window, over 162 tiles; a gray k3 s3 stem with a max pool 2 and x off
+    // 16-byte alignment; stride 3 along W with a dilated kernel (phases of unequal length) and no pool; a
+    // 3-D k3 s2 conv, padding 2 along H only, with an average pool over 2 groups of channels; stride 2 along
+    // H only, whose box rows are strided but still copied 16 bytes at a time.
+    {"stem_k4_s2_avg2_odd", 3, 3, 32, {1, 67, 81}, {1, 4, 4}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Avg, {1, 2, 2},
+     false, 0, {1, 2, 2}},
+    {"gray_k3_s3_max2_unaligned", 2, 1, 24, {1, 40, 37}, {1, 3, 3}, {0, 0, 0}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}, false, 1, {1, 3, 3}},
+    {"stride3_w_dilated_no_pool", 1, 7, 33, {1, 9, 50}, {1, 2, 3}, {0, 1, 2}, {1, 1, 2}, gpu::ChainPool::None,
+     {1, 1, 1}, false, 0, {1, 1, 3}},
+    {"3d_k3_s2_avg_1x2x2_cout72", 2, 6, 72, {7, 15, 17}, {3, 3, 3}, {1, 2, 0}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}, false, 0, {2, 2, 2}},
+    {"stride2_h_only_vec4_max2", 2, 5, 40, {1, 21, 32}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
+     {1, 2, 2}, false, 0, {1, 2, 1}},
 };
 
 std::vector<double> tf32_operand(const std::vector<float>& v, bool round) {
@@ -150,7 +168,7 @@ TEST_P(WgmmaConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   const std::vector<double> xd = tf32_operand(x, false), wd = tf32_operand(w, true);
   std::vector<double> y_ref(y_count);
   cpu::ConvGeometry cg;
-  cg.n = c.n, cg.k = c.k, cg.stride = {1, 1, 1}, cg.pad = c.pad, cg.dilation = c.dilation;
+  cg.n = c.n, cg.k = c.k, cg.stride = c.stride, cg.pad = c.pad, cg.dilation = c.dilation;
   if (c.transposed) {
     cg.ca = c.cout, cg.cb = c.cin, cg.a = y_dims, cg.b = c.x;
     cpu::conv_backward_data<double>(xd.data(), wd.data(), y_ref.data(), cg, false);
@@ -185,10 +203,10 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
     GTEST_SKIP() << "needs an sm_90 GPU for the rest";
   }
   ASSERT_TRUE(gpu::wgmma_conv_supported(ok));
-  gpu::WgmmaConvGeometry strided = ok;
+  gpu::WgmmaConvGeometry strided = ok;  // a stride the output dims do not follow
   strided.conv.stride = {1, 2, 2};
   EXPECT_FALSE(gpu::wgmma_conv_supported(strided, &why));
-  EXPECT_STREQ(why, "a strided conv");
+  EXPECT_STREQ(why, "the output dims are not the conv's");
   gpu::WgmmaConvGeometry overlap = ok;
   overlap.conv.out.stride = {1, 1, 1};  // windows of 2 every 1
   EXPECT_FALSE(gpu::wgmma_conv_supported(overlap, &why));
@@ -232,13 +250,13 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
 TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const gpu::WgmmaConvGeometry avg = geometry_of(kCases[0]);  // an average pool
-  gpu::WgmmaConvGeometry strided = avg;
-  strided.conv.stride = {2, 2, 2};
+  gpu::WgmmaConvGeometry overlapping = avg;
+  overlapping.conv.out.stride = {1, 1, 1};
   DeviceBuffer<float> buf(4096);
   expect_fused_forward_refuses_bad_arguments(
       [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good, float* y, uint8_t* codes) {
         gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, y, codes,
-                                good ? avg : strided, nullptr);
+                                good ? avg : overlapping, nullptr);
       });
 }
 

@@ -1,4 +1,4 @@
-// The stride-1 conv and its epilogue on Hopper's warpgroup MMAs (see wgmma_conv.hpp).
+// A conv and its epilogue on Hopper's warpgroup MMAs (see wgmma_conv.hpp).
 //
 // As an implicit GEMM: Y[r, n] = sum over k of X[r, k] W[n, k], with r one of
 // the kRows conv outputs of a tile (t0 x t1 x t2 of them, each t a multiple of
@@ -8,12 +8,16 @@
 //
 // Shared memory: W as B's core matrices, [k / 4][n / 8][8][4]; the group's
 // bias; each K step's offset in the box; a table of the box's rows; one or two
-// boxes of x, [cin8][b0][b1][b2] (b = t + the kernel's dilated extent - 1,
-// b2 widened to whole 16-byte chunks where x's rows allow 16-byte copies) with
-// a channel pitch of 8 mod 32 words, so an A fragment's 4 channels x 8 rows
-// hit 32 banks. With two, the next tile's box is copied (cp.async) while this
-// one computes; a block stays resident (the weight fills most of its shared
-// memory) and takes tiles in turn.
+// boxes of x, [cin8][b0][b1][bw] (b = (t - 1) x stride + the kernel's dilated
+// extent, b2 widened to whole 16-byte chunks where x's rows allow 16-byte
+// copies) with a channel pitch of 8 mod 32 words, so an A fragment's 4
+// channels x 8 rows hit 32 banks. Under a stride s along W a box row is stored
+// de-interleaved, its s phases one after another (bw = s x ceil(b2 / s)): a
+// tap's x for consecutive conv outputs is then consecutive words, not s apart
+// (which would put two of a fragment's rows in one bank). With two boxes, the
+// next tile's is copied (cp.async) while this one computes. Blocks stay
+// resident (as many as fit an SM; the weight often fills most of its shared
+// memory) and take tiles in turn.
 // Warpgroup w takes rows 64 w to 64 w + 63. Per K step of 8, each thread
 // loads its 4 A elements from the box at its row's offset + the step's tap
 // offset + its channel, and one m64nNk8 wgmma runs; the warpgroup issues 4
@@ -47,7 +51,7 @@ constexpr int kGroup = 4;           // K steps a warpgroup issues between two wa
 
 struct WgDims {
   int32_t cin, cin8, cout, taps, ksteps, kgroups;
-  int32_t k1, k2, dil[3];
+  int32_t k1, k2, dil[3], s[3];  // kernel, dilation, stride
   int32_t x[3], y[3], out[3], pad[3], pk[3];
   int32_t t[3], b[3], tn[3];  // the tile (conv outputs), its box (x it reads), tiles along each axis
   int32_t rows_used, pooled_used, box_rows;
@@ -57,6 +61,7 @@ struct WgDims {
   // x's rows and the tiles' columns keep them aligned; else 1), starting shift
   // floats before the tile's first x column, so a row is b2 = chunks x vec.
   int32_t vec, shift, chunks;
+  int32_t bw, phase;  // a box row's words, and its phases' (b2 when the stride along W is 1)
   int32_t buf_words, stages, tiles;
   uint32_t x_plane, y_plane, p_plane;
   double divisor;
@@ -78,6 +83,11 @@ __device__ __forceinline__ int tile_origin(int t, const WgDims& d, int (&o)[3]) 
   t /= d.tn[1];
   o[0] = t % d.tn[0] * d.t[0];
   return t / d.tn[0];
+}
+
+// Where column j of a box row is stored: its phase's run, then its place in it.
+__device__ __forceinline__ int box_column(int j, const WgDims& d) {
+  return d.s[2] == 1 ? j : j % d.s[2] * d.phase + j / d.s[2];
 }
 
 template <class Chain, ChainPool kPool, bool kSaveMax, int N>
@@ -125,7 +135,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int ks = tid; ks < d.kgroups * kGroup; ks += kThreads) {  // steps past the last: offset 0, never issued
     const int tap = ks * 8 / d.cin8, block = ks - tap * (d.cin8 / 8);
     const int u0 = tap / (d.k1 * d.k2), u1 = tap / d.k2 % d.k1, u2 = tap % d.k2;
-    koff[ks] = ks < d.ksteps ? (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.b[2] + u2 * d.dil[2] + block * 8 * d.cs
+    koff[ks] = ks < d.ksteps ? (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.bw + box_column(u2 * d.dil[2], d) +
+                                   block * 8 * d.cs
                              : 0;
   }
   for (int r = tid; r < d.box_rows; r += kThreads) {
@@ -143,7 +154,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     int o[3];
     const int image = tile_origin(t, d, o);
     const float* xi = x + int64_t(image) * d.cin * d.x_plane;
-    const int xd0 = o[0] - d.pad[0], xh0 = o[1] - d.pad[1], xw0 = o[2] - d.pad[2] - d.shift;
+    const int xd0 = o[0] * d.s[0] - d.pad[0], xh0 = o[1] * d.s[1] - d.pad[1],
+              xw0 = o[2] * d.s[2] - d.pad[2] - d.shift;
     int r = tid / d.chunks, c = tid % d.chunks;
     for (; r < d.box_rows; r += chunk_rows) {
       const int2 row = rowtab[r];
@@ -151,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool in = row.x < d.cin && uint32_t(xd) < uint32_t(d.x[0]) && uint32_t(xh) < uint32_t(d.x[1]) &&
                       uint32_t(xw) < uint32_t(d.x[2]);
       const float* src = in ? xi + row.x * int(d.x_plane) + (xd * d.x[1] + xh) * d.x[2] + xw : x;
-      float* out = dst + row.x * d.cs + (bz * d.b[1] + by) * d.b[2] + c * d.vec;
+      float* out = dst + row.x * d.cs + (bz * d.b[1] + by) * d.bw + box_column(c * d.vec, d);
       if (d.vec == 4)
         copy_async16(out, src, in);
       else
@@ -168,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto box_offset = [&](int r) {
     if (r >= d.rows_used) return 0;
     const int rz = r / (d.t[1] * d.t[2]), ry = r / d.t[2] % d.t[1], rx = r % d.t[2];
-    return (rz * d.b[1] + ry) * d.b[2] + d.shift + rx;
+    return (rz * d.s[0] * d.b[1] + ry * d.s[1]) * d.bw + d.shift + rx;
   };
   const int r0 = tid / 128 * 64 + tid / 32 % 4 * 16 + g;
   const int xo0 = box_offset(r0) + tig * d.cs, xo1 = box_offset(r0 + 8) + tig * d.cs, cs4 = 4 * d.cs;
@@ -311,11 +323,10 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   for (int a = 0; a < 3; ++a) {
     if (g.x[a] < 1 || g.k[a] < 1 || g.stride[a] < 1 || g.dilation[a] < 1 || g.pad[a] < 0)
       return "non-positive sizes or negative padding";
-    if (g.stride[a] != 1) return "a strided conv";
-    if (g.x[a] > kMax31 || g.k[a] > kMax31 || g.dilation[a] > kMax31 || g.pad[a] > kMax31)
+    if (g.x[a] > kMax31 || g.k[a] > kMax31 || g.dilation[a] > kMax31 || g.pad[a] > kMax31 || g.stride[a] > kMax31)
       return "sizes beyond 31 bits";
-    if (pg.y[a] != g.x[a] + 2 * g.pad[a] - (g.k[a] - 1) * g.dilation[a] || pg.y[a] < 1)
-      return "the output dims are not the conv's";
+    const int64_t span = g.x[a] + 2 * g.pad[a] - (g.k[a] - 1) * g.dilation[a];  // x's extent the taps sweep
+    if (span < 1 || pg.y[a] != (span - 1) / g.stride[a] + 1) return "the output dims are not the conv's";
     const int64_t pk = pg.pool == ChainPool::None ? 1 : pg.k[a];
     if (pg.stride[a] != pk || pg.pad[a] != 0) return "a pool whose windows overlap, leave gaps or take padding";
     taps *= g.k[a];
@@ -329,6 +340,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
     d.out[a] = int32_t(out[a]);
     d.pad[a] = int32_t(g.pad[a]);
     d.dil[a] = int32_t(g.dilation[a]);
+    d.s[a] = int32_t(g.stride[a]);
     d.pk[a] = int32_t(pk);
   }
   if (window > kRows) return "a pool window of more than 128 conv outputs";
@@ -355,17 +367,24 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   d.rows_used = d.t[0] * d.t[1] * d.t[2];
   d.pooled_used = d.rows_used / int32_t(window);
   // 16-byte chunks where every tile's box starts at the same offset from a
-  // 16-byte boundary of x's rows (then shift floats before it).
-  d.vec = d.x[2] % 4 == 0 && d.t[2] % 4 == 0 && vec_aligned ? 4 : 1;
+  // 16-byte boundary of x's rows (then shift floats before it), and a box row
+  // is stored as it is read (stride 1 along W).
+  d.vec = d.x[2] % 4 == 0 && d.t[2] % 4 == 0 && d.s[2] == 1 && vec_aligned ? 4 : 1;
   d.shift = d.vec == 4 ? (4 - d.pad[2] % 4) % 4 : 0;
   double box = 1;
   for (int a = 0; a < 3; ++a) {
-    double extent = double(d.t[a]) + double(g.k[a] - 1) * double(g.dilation[a]);
+    double extent = double(d.t[a] - 1) * double(d.s[a]) + double(g.k[a] - 1) * double(g.dilation[a]) + 1;
     if (a == 2) extent = std::ceil((extent + d.shift) / d.vec) * d.vec;
-    box *= extent;
     if (extent > kMax31) return "the weights and an input tile exceed shared memory";
     d.b[a] = int32_t(extent);
     d.tn[a] = int32_t(detail::ceil_div(d.y[a], d.t[a]));
+    if (a == 2) {
+      d.phase = int32_t(detail::ceil_div(d.b[2], d.s[2]));
+      extent = double(d.phase) * d.s[2];
+      if (extent > kMax31) return "the weights and an input tile exceed shared memory";
+      d.bw = int32_t(extent);
+    }
+    box *= extent;
   }
   d.chunks = d.b[2] / d.vec;
   const int n = group_columns(d.cout);
@@ -396,8 +415,12 @@ void launch(const float* x, const float* w, const float* bias, const EpilogueCha
   const size_t smem = size_t(d.smem_words(N)) * sizeof(float);
   const auto kernel = wgmma_conv_kernel<Chain, kPool, kSaveMax, N>;
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const dim3 grid(unsigned(std::min<int64_t>({d.tiles, detail::sm_count(), 65535})),
-                  unsigned(detail::ceil_div(d.cout, N)));
+  // As many blocks as are resident at once: a small weight and box leave room for several an SM, each
+  // block's copies and epilogue then overlapping another's MMAs.
+  int per_sm = 0;
+  ANVIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  const int64_t resident = int64_t(detail::sm_count()) * std::max(per_sm, 1);
+  const dim3 grid(unsigned(std::min<int64_t>({d.tiles, resident, 65535})), unsigned(detail::ceil_div(d.cout, N)));
   kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, saved, d);
 }
 

@@ -1,4 +1,4 @@
-// A stride-1 convolution fused with its epilogue on Hopper's warpgroup MMAs
+// A convolution fused with its epilogue on Hopper's warpgroup MMAs
 // (wgmma_conv.cu), for tf32:
 //   x -> conv (TF32 tensor cores) -> + bias -> the chain (epilogue_chain.hpp)
 //   -> a pool whose windows tile the conv output, or none
@@ -20,7 +20,7 @@
 namespace anvil::cuda {
 
 struct WgmmaConvGeometry {
-  DirectConvGeometry conv;  // stride 1; a stride-1 transposed conv as its equivalent conv (below)
+  DirectConvGeometry conv;  // any stride; a stride-1 transposed conv as its equivalent conv (below)
   // w is a stride-1 conv_transpose's (in, out, k...): the equivalent conv reads
   // it with in and out swapped and the taps reversed (its padding is
   // dilation x (k - 1) - the transposed conv's).
@@ -32,7 +32,7 @@ struct WgmmaConvGeometry {
 bool wgmma_conv_available();
 
 // Whether the kernel runs this geometry on the current device. It needs
-// wgmma_conv_available(), a conv of stride 1, a pool (if any) whose window is
+// wgmma_conv_available(), a pool (if any) whose window is
 // its stride and has no padding, 31-bit sizes, and the weight (out_channels in
 // groups of at most 128) with one input tile within a block's shared memory.
 // Sets why_not otherwise.
