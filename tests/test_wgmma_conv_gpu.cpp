@@ -1,6 +1,7 @@
 // anvil's conv fused with its epilogue on Hopper's wgmma
-// (kernels/cuda/wgmma_conv.hpp) on odd geometries: batch 1, one channel (7
-// zero channels of padding in K), out_channels of 1 to 200 (two groups, the
+// (kernels/cuda/wgmma_conv.hpp) on odd geometries: batch 1, 1 to 4 channels
+// (two taps a K step, with and without an odd last tap), 5 to 7 (zero
+// channels of padding in K), out_channels of 1 to 200 (two groups, the
 // second partial), even and dilated kernels, strides of 2 and 3 (along W: the
 // de-interleaved box; along D or H only: strided box rows, 16-byte copies
 // kept), padding per axis, outputs that
@@ -128,6 +129,9 @@ const Case kCases[] = {
      {1, 2, 2}, false, 0, {2, 2, 2}},
     {"stride2_h_only_vec4_max2", 2, 5, 40, {1, 21, 32}, {1, 3, 3}, {0, 1, 1}, {1, 1, 1}, gpu::ChainPool::Max,
      {1, 2, 2}, false, 0, {1, 2, 1}},
+    // Two input channels, 8 taps: two taps a K step with no zero half (a box of 4 channels).
+    {"cin2_k2x2x2_s2_avg2", 2, 2, 17, {6, 14, 18}, {2, 2, 2}, {1, 0, 1}, {1, 1, 1}, gpu::ChainPool::Avg,
+     {1, 2, 2}, false, 0, {2, 1, 2}},
 };
 
 std::vector<double> tf32_operand(const std::vector<float>& v, bool round) {

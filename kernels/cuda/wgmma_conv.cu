@@ -3,15 +3,18 @@
 // As an implicit GEMM: Y[r, n] = sum over k of X[r, k] W[n, k], with r one of
 // the kRows conv outputs of a tile (t0 x t1 x t2 of them, each t a multiple of
 // the pool's window, so a tile holds whole windows), n an output channel of
-// the block's group (N of them) and k = tap * cin8 + ci (cin8: in_channels
-// rounded up to 8; the extra channels are zeros in both operands).
+// the block's group (N of them) and k = tap * kc + ci (kc: in_channels
+// rounded up to 8, or to 4 for at most 4, when a K step of 8 takes two taps;
+// the extra channels are zeros in both operands).
 //
 // Shared memory: W as B's core matrices, [k / 4][n / 8][8][4]; the group's
-// bias; each K step's offset in the box; a table of the box's rows; one or two
-// boxes of x, [cin8][b0][b1][bw] (b = (t - 1) x stride + the kernel's dilated
-// extent, b2 widened to whole 16-byte chunks where x's rows allow 16-byte
-// copies) with a channel pitch of 8 mod 32 words, so an A fragment's 4
-// channels x 8 rows hit 32 banks. Under a stride s along W a box row is stored
+// bias; each K step's offsets in the box (its first and second 4 k); a table
+// of the box's rows; one or two boxes of x, [cb][b0][b1][bw] (cb: kc
+// channels, or 8 where an odd last tap leaves half a K step, which reads zero
+// channels 4 to 7; b = (t - 1) x stride + the kernel's dilated extent, b2
+// widened to whole 16-byte chunks where x's rows allow 16-byte copies) with a
+// channel pitch of 8 mod 32 words, so an A fragment's 4 channels x 8 rows hit
+// 32 banks. Under a stride s along W a box row is stored
 // de-interleaved, its s phases one after another (bw = s x ceil(b2 / s)): a
 // tap's x for consecutive conv outputs is then consecutive words, not s apart
 // (which would put two of a fragment's rows in one bank). With two boxes, the
@@ -19,8 +22,8 @@
 // resident (as many as fit an SM; the weight often fills most of its shared
 // memory) and take tiles in turn.
 // Warpgroup w takes rows 64 w to 64 w + 63. Per K step of 8, each thread
-// loads its 4 A elements from the box at its row's offset + the step's tap
-// offset + its channel, and one m64nNk8 wgmma runs; the warpgroup issues 4
+// loads its 4 A elements from the box at its row's offset + the step's two
+// offsets + its channel, and one m64nNk8 wgmma runs; the warpgroup issues 4
 // steps, then loads the next 4 steps' fragments while they run.
 // The epilogue puts the accumulators in shared memory as Ytile[n][r] over the
 // box just read; each thread then takes one pooled position of every tile
@@ -50,7 +53,7 @@ constexpr int kMaxN = 128;          // output channels of a group
 constexpr int kGroup = 4;           // K steps a warpgroup issues between two waits
 
 struct WgDims {
-  int32_t cin, cin8, cout, taps, ksteps, kgroups;
+  int32_t cin, kc, cb, cout, taps, ksteps, kgroups;  // kc: K's channels a tap; cb: the box's channels
   int32_t k1, k2, dil[3], s[3];  // kernel, dilation, stride
   int32_t x[3], y[3], out[3], pad[3], pk[3];
   int32_t t[3], b[3], tn[3];  // the tile (conv outputs), its box (x it reads), tiles along each axis
@@ -67,10 +70,10 @@ struct WgDims {
   double divisor;
   bool transposed;
 
-  // Shared memory in words: W, bias, each K step's offset in the box (whole
-  // groups of steps), the box rows' (channel, depth << 16 | row), the boxes.
+  // Shared memory in words: W, bias, each K step's two offsets in the box
+  // (whole groups of steps), the box rows' (channel, depth << 16 | row), the boxes.
   __host__ __device__ int64_t smem_words(int n) const {
-    return int64_t(n) * ksteps * 8 + n + int64_t(kgroups) * kGroup + 2 * int64_t(box_rows) +
+    return int64_t(n) * ksteps * 8 + n + 2 * int64_t(kgroups) * kGroup + 2 * int64_t(box_rows) +
            int64_t(stages) * buf_words;
   }
 };
@@ -100,8 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int k_pad = d.ksteps * 8;
   float* ws = reinterpret_cast<float*>(smem4);
   float* bs = ws + N * k_pad;
-  int* koff = reinterpret_cast<int*>(bs + N);  // 16-byte aligned: N * (k_pad + 1) is a multiple of 4
-  int2* rowtab = reinterpret_cast<int2*>(koff + d.kgroups * kGroup);
+  int2* koff = reinterpret_cast<int2*>(bs + N);  // 16-byte aligned: N * (k_pad + 1) is a multiple of 4
+  int2* rowtab = koff + d.kgroups * kGroup;
   float* xs = reinterpret_cast<float*>(rowtab + d.box_rows);
   const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, tig = lane % 4;
   const int co_first = blockIdx.y * N;
@@ -129,15 +132,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const int64_t src = d.transposed ? (int64_t(ci) * d.cout + co_first + n) * d.taps + (d.taps - 1 - tap)
                                      : int64_t(co_first) * per_channel + i;
-    w_at(n, tap * d.cin8 + ci) = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
+    w_at(n, tap * d.kc + ci) = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
   }
   for (int c = tid; c < N; c += kThreads) bs[c] = bias_at(bias, min(co_first + c, d.cout - 1));
+  // Step ks's k = 8 ks + tig (x) and 8 ks + 4 + tig (y): the offsets of their tap and channel 0 or 4 in the
+  // box, with tig's channel added per thread. A second half past the last tap reads zero channels 4 to 7.
+  auto k_offset = [&](int k) {
+    const int tap = k / d.kc, u0 = tap / (d.k1 * d.k2), u1 = tap / d.k2 % d.k1, u2 = tap % d.k2;
+    return (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.bw + box_column(u2 * d.dil[2], d) + k % d.kc * d.cs;
+  };
   for (int ks = tid; ks < d.kgroups * kGroup; ks += kThreads) {  // steps past the last: offset 0, never issued
-    const int tap = ks * 8 / d.cin8, block = ks - tap * (d.cin8 / 8);
-    const int u0 = tap / (d.k1 * d.k2), u1 = tap / d.k2 % d.k1, u2 = tap % d.k2;
-    koff[ks] = ks < d.ksteps ? (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.bw + box_column(u2 * d.dil[2], d) +
-                                   block * 8 * d.cs
-                             : 0;
+    const int lo = ks < d.ksteps ? k_offset(8 * ks) : 0;
+    koff[ks] = make_int2(lo, ks >= d.ksteps ? 0 : (8 * ks + 4) / d.kc < d.taps ? k_offset(8 * ks + 4) : lo + 4 * d.cs);
   }
   for (int r = tid; r < d.box_rows; r += kThreads) {
     const int ci = r / (d.b[0] * d.b[1]), rest = r - ci * d.b[0] * d.b[1];
@@ -183,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return (rz * d.s[0] * d.b[1] + ry * d.s[1]) * d.bw + d.shift + rx;
   };
   const int r0 = tid / 128 * 64 + tid / 32 % 4 * 16 + g;
-  const int xo0 = box_offset(r0) + tig * d.cs, xo1 = box_offset(r0 + 8) + tig * d.cs, cs4 = 4 * d.cs;
+  const int xo0 = box_offset(r0) + tig * d.cs, xo1 = box_offset(r0 + 8) + tig * d.cs;
   const uint64_t desc0 = wgmma_descriptor(ws, N * 16, 128);  // core matrices: N / 8 x 128 bytes along K, 128 along n
 
   // The epilogue's fixed share of every tile: conv output y_r (Y) and pooled position p_r (P) of the tile, for
@@ -214,20 +220,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();  // this tile's box in
     const float* xb = xs + buf * d.buf_words;
-    const float *a_row0 = xb + xo0, *a_row1 = xb + xo1, *a_row2 = xb + xo0 + cs4, *a_row3 = xb + xo1 + cs4;
+    const float *a_row0 = xb + xo0, *a_row1 = xb + xo1;
     // kGroup steps' fragments at a time, in two register sets: one group's
     // are loaded while the other's wgmmas run, and rewritten only after those
     // have completed.
     uint32_t a0[kGroup][4], a1[kGroup][4];
     auto load_group = [&](uint32_t(&a)[kGroup][4], int gi) {
-      const int4 o4 = reinterpret_cast<const int4*>(koff)[gi];
-      const int off[kGroup] = {o4.x, o4.y, o4.z, o4.w};
+      const int4 o01 = reinterpret_cast<const int4*>(koff)[2 * gi], o23 = reinterpret_cast<const int4*>(koff)[2 * gi + 1];
+      const int lo[kGroup] = {o01.x, o01.z, o23.x, o23.z}, hi[kGroup] = {o01.y, o01.w, o23.y, o23.w};
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
-        a[j][0] = __float_as_uint(a_row0[off[j]]);
-        a[j][1] = __float_as_uint(a_row1[off[j]]);
-        a[j][2] = __float_as_uint(a_row2[off[j]]);
-        a[j][3] = __float_as_uint(a_row3[off[j]]);
+        a[j][0] = __float_as_uint(a_row0[lo[j]]);
+        a[j][1] = __float_as_uint(a_row1[lo[j]]);
+        a[j][2] = __float_as_uint(a_row0[hi[j]]);
+        a[j][3] = __float_as_uint(a_row1[hi[j]]);
       }
     };
     auto issue_group = [&](const uint32_t(&a)[kGroup][4], int gi) {
@@ -345,7 +351,9 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   }
   if (window > kRows) return "a pool window of more than 128 conv outputs";
   d.cin = int32_t(g.cin);
-  d.cin8 = int32_t(detail::ceil_div(g.cin, 8) * 8);
+  // At most 4 channels: a K step takes two taps of 4 (half the MMAs of a tap a step for a 1 to 3 channel stem).
+  d.kc = int32_t(g.cin <= 4 ? 4 : detail::ceil_div(g.cin, 8) * 8);
+  d.cb = d.kc == 4 && taps % 2 == 0 ? 4 : 8 * int32_t(detail::ceil_div(d.kc, 8));
   d.cout = int32_t(pg.c);
   d.taps = int32_t(taps);
   d.k1 = int32_t(g.k[1]);
@@ -389,16 +397,16 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   d.chunks = d.b[2] / d.vec;
   const int n = group_columns(d.cout);
   if (detail::ceil_div(d.cout, n) > 65535) return "more than 65535 groups of output channels (a grid's y)";
-  const double k_pad = double(taps) * double(d.cin8);
+  const double k_pad = std::ceil(double(taps) * double(d.kc) / 8) * 8;
   const double budget = double(detail::max_block_smem()) / sizeof(float);
-  if (box * d.cin8 > budget || k_pad * n > budget) return "the weights and an input tile exceed shared memory";
+  if (box * d.cb > budget || k_pad * n > budget) return "the weights and an input tile exceed shared memory";
   if (d.b[0] > 0x7FFF || d.b[1] > 0xFFFF) return "the weights and an input tile exceed shared memory";
   const int vol = int(box);
   d.cs = vol + (40 - vol % 32) % 32;  // 8 mod 32
   d.ksteps = int32_t(k_pad / 8);
   d.kgroups = int32_t(detail::ceil_div(d.ksteps, kGroup));
-  d.box_rows = d.cin8 * d.b[0] * d.b[1];
-  d.buf_words = std::max(d.cin8 * d.cs, n * kYPitch);
+  d.box_rows = d.cb * d.b[0] * d.b[1];
+  d.buf_words = std::max(d.cb * d.cs, n * kYPitch);
   d.stages = 2;
   if (double(d.smem_words(n)) > budget) d.stages = 1;
   if (double(d.smem_words(n)) > budget) return "the weights and an input tile exceed shared memory";
