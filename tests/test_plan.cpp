@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -238,6 +239,35 @@ TEST(PlanMemory, CrowdedStepsNeverOverlap) {
   const MemoryPlan packed = anvil::plan_memory(together, 20);
   check_plan_invariants(packed, 20);
   EXPECT_EQ(packed.dynamic_bytes, wide_bytes);
+}
+
+// The planner works on the steps where lifetimes start and end, so a long schedule costs
+// nothing of itself: 2^31 - 1 steps took a segment tree of four nodes a step (over 300 GB:
+// std::bad_alloc, not an anvil::Error). Stretched that far, lifetimes plan as they do in a
+// short schedule.
+TEST(PlanMemory, ALongScheduleTakesNoMemoryOfItsOwn) {
+  constexpr int kSteps = std::numeric_limits<int>::max();
+  const MemoryPlan empty = anvil::plan_memory({}, kSteps);
+  EXPECT_TRUE(empty.tensors.empty());
+  EXPECT_EQ(empty.dynamic_bytes, 0u);
+  EXPECT_EQ(empty.live_peak_bytes, 0u);
+
+  // a and c never live together (they share bytes); b lives with each; w is pinned.
+  const std::vector<TensorLifetime> req = {
+      {"w", 1000, 0, 0, true}, {"a", 4 * kMiB, 0, 1, false}, {"b", kMiB, 1, 2, false}, {"c", 4 * kMiB, 2, 3, false}};
+  const MemoryPlan plan = anvil::plan_memory(req, 4);
+  check_plan_invariants(plan, 4);
+  EXPECT_EQ(plan.dynamic_bytes, anvil::align_up(1000) + 5 * kMiB);
+  EXPECT_EQ(plan.live_peak_bytes, anvil::align_up(1000) + 5 * kMiB);
+  std::vector<TensorLifetime> stretched = req;
+  for (auto& t : stretched) t.first *= 500000000, t.last *= 500000000;
+  const MemoryPlan long_plan = anvil::plan_memory(stretched, kSteps);
+  ASSERT_EQ(long_plan.tensors.size(), req.size());
+  for (size_t i = 0; i < req.size(); ++i) EXPECT_EQ(long_plan.tensors[i].offset, plan.tensors[i].offset) << req[i].name;
+  EXPECT_EQ(long_plan.find("w").last, kSteps - 1);
+  EXPECT_EQ(long_plan.find("c").last, 1500000000);
+  EXPECT_EQ(long_plan.dynamic_bytes, plan.dynamic_bytes);
+  EXPECT_EQ(long_plan.live_peak_bytes, plan.live_peak_bytes);
 }
 
 TEST(PlanMemory, ChainOfShortLifetimesReusesMemory) {

@@ -32,8 +32,9 @@ const PlannedTensor& MemoryPlan::find(const std::string& name) const {
 namespace {
 
 // The placed tensors by lifetime, for finding those alive during a step range
-// without visiting all of them: a segment tree over the steps, each tensor
-// stored at the O(log steps) nodes that tile its lifetime. A query visits the
+// without visiting all of them: a segment tree over the steps (the ranks of
+// the lifetimes' ends, in plan_memory), each tensor stored at the
+// O(log steps) nodes that tile its lifetime. A query visits the
 // nodes that meet its range, so its cost follows the range and the answer, not
 // the tensor count (a chain of 300k layers plans in linear-log time). Each
 // node also keeps the highest end offset stored in its subtree, so the top of
@@ -131,17 +132,31 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     return requests[a].first < requests[b].first;
   });
 
+  // The planner sees only the steps where a lifetime starts or ends, by rank: two lifetimes overlap
+  // exactly when their ranks do, so its memory follows the tensors, not step_count (a caller's
+  // 1e9 steps would take 160 GB of segment tree for nothing).
+  std::vector<int> bounds;
+  for (const auto& r : requests) bounds.insert(bounds.end(), {r.first, r.last});
+  std::sort(bounds.begin(), bounds.end());
+  bounds.erase(std::unique(bounds.begin(), bounds.end()), bounds.end());
+  const auto rank = [&](int step) {
+    return int(std::lower_bound(bounds.begin(), bounds.end(), step) - bounds.begin());
+  };
+  std::vector<std::pair<int, int>> spans;  // each request's [first, last] as ranks
+  for (const auto& r : requests) spans.push_back({rank(r.first), rank(r.last)});
+
   std::vector<PlannedTensor> placed;   // in placement order
   std::vector<size_t> placed_at(requests.size());
-  LifetimeIndex index(step_count);
+  LifetimeIndex index(int(bounds.size()));
   for (size_t idx : order) {
     const TensorLifetime& r = requests[idx];
+    const auto [first, last] = spans[idx];
     bool crowded = false;
-    const std::vector<size_t> others = index.alive(r.first, r.last, kMaxBestFitNeighbours, crowded);
+    const std::vector<size_t> others = index.alive(first, last, kMaxBestFitNeighbours, crowded);
     PlannedTensor t;
     static_cast<TensorLifetime&>(t) = r;
     if (crowded) {
-      t.offset = index.top(r.first, r.last);
+      t.offset = index.top(first, last);
     } else {
       std::vector<std::pair<size_t, size_t>> busy;  // [offset, end) of tensors alive at the same time
       for (size_t other : others) busy.push_back({placed[other].offset, placed[other].offset + placed[other].bytes});
@@ -159,19 +174,20 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
     }
     plan.dynamic_bytes = std::max(plan.dynamic_bytes, t.offset + t.bytes);
     placed_at[idx] = placed.size();
-    index.insert(r.first, r.last, placed.size(), t.offset + t.bytes);
+    index.insert(first, last, placed.size(), t.offset + t.bytes);
     placed.push_back(t);
   }
   // The most bytes live at one step: each tensor adds at its first step and leaves after its last.
-  // (Unsigned wrap-around: each running sum is exact.)
-  std::vector<size_t> change(size_t(step_count) + 1, 0);
-  for (const auto& r : requests) {
-    change[size_t(r.first)] += r.bytes;
-    change[size_t(r.last) + 1] -= r.bytes;
+  // The peak is at some tensor's first step, so the ranks see it. (Unsigned wrap-around: each
+  // running sum is exact.)
+  std::vector<size_t> change(bounds.size() + 1, 0);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    change[size_t(spans[i].first)] += requests[i].bytes;
+    change[size_t(spans[i].second) + 1] -= requests[i].bytes;
   }
   size_t live = 0;
-  for (int step = 0; step < step_count; ++step) {
-    live += change[size_t(step)];
+  for (size_t b = 0; b < bounds.size(); ++b) {
+    live += change[b];
     plan.live_peak_bytes = std::max(plan.live_peak_bytes, live);
   }
   // Report in request order, which follows the schedule.
