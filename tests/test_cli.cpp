@@ -728,6 +728,42 @@ TEST_F(Cli, NumbersOutOfRangeAreRefusedInOneLine) {
   }
 }
 
+// Every numeric flag takes decimal text only, checked before CLI11 converts it:
+// CLI11 alone reads "0x10" as 16, " 5" as 5 and "010" as octal 8.
+TEST_F(Cli, NumbersAreDecimalInEveryFlag) {
+  const std::string train = "train " + quote(kSmall) + " --device cpu ";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {train + "--steps 0x10", "--steps: 0x10 is not a whole number"},
+      {train + "--steps ' 5'", "--steps:  5 is not a whole number"},
+      {train + "--steps +5", "--steps: +5 is not a whole number"},
+      {train + "--steps 1 --data-budget 0x10", "--data-budget: 0x10 is not a decimal number"},
+      {train + "--steps 1 --data-budget 0x1p4", "--data-budget: 0x1p4 is not a decimal number"},
+      {train + "--steps 1 --data-budget ' 5'", "--data-budget:  5 is not a decimal number"},
+      {train + "--steps 1 --data-budget +5", "--data-budget: +5 is not a decimal number"},
+      {train + "--steps 1 --data-budget inf", "--data-budget: inf is not a decimal number"},
+      {train + "--steps 1 --data-budget nan", "--data-budget: nan is not a decimal number"},
+      {train + "--steps 1 --ranks 0x2", "--ranks: 0x2 is not a whole number"},
+      {"bench " + quote(kSmall) + " --device cpu --iters 0x10", "--iters: 0x10 is not a whole number"},
+      {"bench " + quote(kSmall) + " --device cpu --data-budget 0x10", "--data-budget: 0x10 is not a decimal number"},
+  };
+  for (const auto& [args, message] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << args;
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << args;
+  }
+  // Leading zeros are decimal: 010 steps are ten.
+  const CliResult ten = run(train + "--steps 010 --log-every 1");
+  ASSERT_EQ(ten.status, 0) << describe(ten);
+  const auto steps = step_lines(ten.out);
+  ASSERT_EQ(steps.size(), 10u) << ten.out;
+  EXPECT_EQ(steps.back().total, 10);
+  // A budget with a fraction and an exponent is a decimal number.
+  const CliResult budget = run("train " + quote(kData + "/dataset_epochs.json") + " --device cpu --steps 1 --data " +
+                               quote(kData + "/dataset_epochs_train.safetensors") + " --data-budget 2.5e-1");
+  EXPECT_EQ(budget.status, 0) << describe(budget);
+}
+
 // The child sees no GPU (CUDA_VISIBLE_DEVICES empty), so this runs on the GPU machine too.
 TEST_F(Cli, CudaWithoutAGpuIsBadInput) {
   const std::string no_gpu = "CUDA_VISIBLE_DEVICES=";

@@ -92,9 +92,13 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
                 "time each fused op's formulations and cuDNN's algorithms once at build, keep the fastest");
 }
 
-// A whole number that fits `limit`, checked on the text before CLI11 converts
-// it (CLI11 turns "99999999999999999999" into INT64_MAX without a word).
-// Signs and the value's own bounds are the command's to check.
+// Every numeric flag is decimal, checked on the text before CLI11 converts it:
+// CLI11 reads "0x10" as 16, "010" as 8, " 5" as 5, "1e999" as infinity and
+// "99999999999999999999" as INT64_MAX, without a word.
+
+// A whole number that fits `limit`, handed on in canonical form (a transform:
+// CLI11's check() may not change the text). Signs and the value's own bounds
+// are the command's to check.
 constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps and epochs: far beyond any run, exact in a double
 constexpr int64_t kMaxInt = INT32_MAX;              // iterations, stored as int
 
@@ -108,20 +112,21 @@ CLI::Validator whole_number(int64_t limit) {
         if (ec == std::errc::result_out_of_range || (parsed && (value > limit || value < -limit)))
           return text + " is out of range (at most " + std::to_string(limit) + ")";
         if (!parsed) return text + " is not a whole number";
+        text = std::to_string(value);  // leading zeros gone: CLI11 would read them as octal
         return "";
       },
       "INT");
 }
 
-// A finite number (CLI11 reads "1e999" as infinity).
-CLI::Validator finite_number() {
+// A finite number: digits, a point, an exponent.
+CLI::Validator decimal_number() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
-        char* end = nullptr;
-        errno = 0;
-        const double value = std::strtod(text.c_str(), &end);
-        if (end == text.c_str() || *end != '\0') return text + " is not a number";
-        if (errno == ERANGE || !std::isfinite(value)) return text + " is out of range";
+        double value = 0;
+        const char* end = text.data() + text.size();
+        const auto [last, ec] = std::from_chars(text.data(), end, value);
+        if (ec == std::errc::result_out_of_range) return text + " is out of range";
+        if (ec != std::errc() || last != end || !std::isfinite(value)) return text + " is not a decimal number";
         return "";
       },
       "NUMBER");
@@ -893,32 +898,33 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "train over a dataset or a generated batch, with a progress display");
   add_common(train, train_flags);
   train->add_option("--steps", train_opts.steps, "number of optimizer steps (or --epochs)")
-      ->check(whole_number(kMaxCount));
-  train->add_option("--epochs", train_opts.epochs, "passes over --data (or --steps)")->check(whole_number(kMaxCount));
+      ->transform(whole_number(kMaxCount));
+  train->add_option("--epochs", train_opts.epochs, "passes over --data (or --steps)")
+      ->transform(whole_number(kMaxCount));
   train->add_option("--data", train_opts.data,
                     "dataset: safetensors with 'input' [S, sample...] and 'target' [S, output...] (default: one "
                     "generated batch)");
   train->add_option("--val", train_opts.val,
                     "validation dataset: its mean loss every --val-every steps and at the end (not finite: exit 3)");
   train->add_option("--val-every", train_opts.val_every, "validate every N steps (default: only at the end)")
-      ->check(whole_number(kMaxCount));
+      ->transform(whole_number(kMaxCount));
   train->add_option("--batch", train_opts.batch, "batch size (default: the network's input batch)")
-      ->check(whole_number(anvil::kMaxDimension));
+      ->transform(whole_number(anvil::kMaxDimension));
   train->add_flag("--no-shuffle", train_opts.no_shuffle, "take each epoch in file order (default: a seeded shuffle)");
   train->add_flag("--keep-last", train_opts.keep_last,
                   "also train on the last partial batch of each epoch (default: it is dropped)");
   train->add_option("--data-budget", train_opts.data_budget_mib,
                     "MiB of device memory the dataset may take (default: half the free memory)")
-      ->check(finite_number());
+      ->check(decimal_number());
   train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
   train->add_flag("--strict", train_opts.strict, "refuse weights files with tensors the network does not use");
   train->add_option("--checkpoint", train_opts.checkpoint,
                     "checkpoint file, written at the end, every --checkpoint-every steps and on SIGINT/SIGTERM");
   train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps (default 0: only at the end)")
-      ->check(whole_number(kMaxCount));
+      ->transform(whole_number(kMaxCount));
   train->add_option("--resume", train_opts.resume, "continue from a checkpoint of this network");
   train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)")
-      ->check(whole_number(kMaxCount));
+      ->transform(whole_number(kMaxCount));
   train->add_option("--metrics", train_opts.metrics, "append one JSON line per logged step to this file");
   train->add_option("--save", train_opts.save, "write the parameters after training (safetensors)");
   train->add_option("--dump-grads", train_opts.dump_grads, "write the gradients of the last step (safetensors)");
@@ -927,7 +933,7 @@ int main(int argc, char** argv) {
                     "data parallel over GPUs through NCCL: a count (the first K) or ids such as 0,2; the batch is "
                     "the global one");
   train->add_option("--ranks", train_opts.ranks, "data parallel on the CPU: K in-process ranks (--device cpu)")
-      ->check(whole_number(1024));
+      ->transform(whole_number(1024));
   train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
                   "where it starts, exit 3 (default on; off, a non-finite logged or validation loss still ends the run "
@@ -944,7 +950,7 @@ int main(int argc, char** argv) {
   eval->add_option("--data", eval_data, "dataset (safetensors with 'input' and 'target')")->required();
   eval->add_option("--weights", eval_weights, "parameters (safetensors, PyTorch names)");
   eval->add_option("--batch", eval_batch, "batch size (default: the network's)")
-      ->check(whole_number(anvil::kMaxDimension));
+      ->transform(whole_number(anvil::kMaxDimension));
   eval->add_flag("--strict", eval_strict, "refuse weights files with tensors the network does not use");
 
   CommonFlags bench_flags;
@@ -953,11 +959,11 @@ int main(int argc, char** argv) {
   add_common(bench, bench_flags);
   bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + the network's optimizer)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
-  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->check(whole_number(kMaxInt));
+  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->transform(whole_number(kMaxInt));
   bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)")
-      ->check(whole_number(kMaxInt));
+      ->transform(whole_number(kMaxInt));
   bench->add_option("--batch", bench_opts.batch, "batch size of the timed engine (default: the network's input batch)")
-      ->check(whole_number(anvil::kMaxDimension));
+      ->transform(whole_number(anvil::kMaxDimension));
   bench->add_option("--json", bench_opts.json, "write every timing to this JSON file");
   bench->add_flag("--no-graph", bench_flags.no_graph, "do not replay CUDA graphs");
   bench->add_flag("--input-grad", bench_opts.input_grad,
@@ -966,7 +972,7 @@ int main(int argc, char** argv) {
   bench->add_option("--data", bench_opts.data, "train steps take their batches from this dataset (--mode train)");
   bench->add_option("--data-budget", bench_opts.data_budget_mib,
                     "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
-      ->check(finite_number());
+      ->check(decimal_number());
 
   // An empty value ("--save ''") would read as not given: refuse it where a value is taken.
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
