@@ -128,6 +128,23 @@ TEST_F(Cli, VersionNamesTheVersionAndTheCommit) {
 #endif
 }
 
+// --version stands alone: another word beside it is refused in one line, as a
+// stray word is elsewhere, not ignored.
+TEST_F(Cli, VersionWithAnotherArgumentIsRefused) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--version extra", "extra"},
+      {"extra --version", "extra"},
+      {"--version info " + quote(kSmall), "info"},
+      {"--version --device cpu", "--device"},
+  };
+  for (const auto& [args, word] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: --version takes no other arguments, got '" + word + "'\n") << args;
+    EXPECT_EQ(r.out, "") << args;
+  }
+}
+
 // ---------------------------------------------------------------- info
 
 TEST_F(Cli, InfoDescribesTheHeadlineNetwork) {

@@ -984,6 +984,13 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // CLI11 answers --version before it looks at the other words: any other is stray.
+    if (e.get_name() == "CallForVersion")
+      for (int i = 1; i < argc; ++i)
+        if (std::string(argv[i]) != "--version") {
+          say_error("--version takes no other arguments, got '" + shown(argv[i]) + "'");
+          return 2;
+        }
     if (e.get_exit_code() == 0) {  // --help, --version: through stdio, where a failed write is seen
       std::ostringstream text;
       const int rc = app.exit(e, text, std::cerr);
