@@ -108,6 +108,24 @@ TEST_F(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("train " + quote(kSmall) + " --device cpu").status, 2);  // --steps is required
 }
 
+// A word where the subcommand goes is named, with the subcommands, in one line
+// (CLI11 alone said only "A subcommand is required").
+TEST_F(Cli, AnUnknownSubcommandIsNamed) {
+  const std::string list = " (give info, run, train, eval or bench)";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"frobnicate", "'frobnicate' is not a subcommand" + list},
+      {"frobnicate " + quote(kSmall) + " --device cpu", "'frobnicate' is not a subcommand" + list},
+      {"--bogus", "'--bogus' is not a subcommand" + list},
+      {"", "a subcommand is required" + list},
+  };
+  for (const auto& [args, message] : cases) {
+    const CliResult r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << args;
+    EXPECT_EQ(r.out, "") << args;
+  }
+}
+
 TEST_F(Cli, VersionNamesTheVersionAndTheCommit) {
   const CliResult r = run("--version");  // no subcommand needed
   ASSERT_EQ(r.status, 0) << describe(r);

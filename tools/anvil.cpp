@@ -991,6 +991,18 @@ int main(int argc, char** argv) {
           say_error("--version takes no other arguments, got '" + shown(argv[i]) + "'");
           return 2;
         }
+    // CLI11 says only "A subcommand is required", even where a word was given in its place.
+    if (e.get_name() == "RequiredError" && app.get_subcommands().empty()) {
+      const std::vector<CLI::App*> subs = app.get_subcommands([](CLI::App*) { return true; });
+      std::string names;
+      for (size_t i = 0; i < subs.size(); ++i)
+        names += (i == 0 ? "" : i + 1 == subs.size() ? " or " : ", ") + subs[i]->get_name();
+      const std::vector<std::string> stray = app.remaining();
+      say_error((stray.empty() ? std::string("a subcommand is required")
+                               : "'" + shown(stray[0]) + "' is not a subcommand") +
+                " (give " + names + ")");
+      return 2;
+    }
     if (e.get_exit_code() == 0) {  // --help, --version: through stdio, where a failed write is seen
       std::ostringstream text;
       const int rc = app.exit(e, text, std::cerr);
