@@ -621,7 +621,8 @@ TEST(GpuFusion, Tf32StrideOneConvsRunTheWgmmaKernel) {
                                         "narrow");
   const std::string rule = Engine(narrow, cuda_options("phase_split")).describe();
   EXPECT_NE(rule.find("[fused_conv_epilogue]"), std::string::npos) << rule;
-  EXPECT_NE(rule.find("the wgmma conv applies, but its rule wants more than 32 out_channels"), std::string::npos)
+  EXPECT_NE(rule.find("the wgmma conv applies, but its rule wants a stride of 1, more than 32 out_channels"),
+            std::string::npos)
       << rule;
   Options tuned = cuda_options("phase_split");
   tuned.autotune = true;
@@ -630,6 +631,20 @@ TEST(GpuFusion, Tf32StrideOneConvsRunTheWgmmaKernel) {
   EXPECT_TRUE(std::regex_search(text, std::regex(R"(fused_wgmma_conv [0-9]+\.[0-9]{3} ms)"))) << text;
   EXPECT_TRUE(std::regex_search(text, std::regex(R"(fused_conv_epilogue [0-9]+\.[0-9]{3} ms)"))) << text;
   expect_step_matches_cpu(engine, narrow, 5e-3, kTf32InputGradTol);
+
+  // A strided conv: the wgmma conv applies (64 channels, two tiles a block), its rule does not; --autotune times it.
+  const Network strided = Network::parse(tf32(net_json("s", "[2, 16, 13, 15]", R"(
+        {"type": "conv2d", "in_channels": 16, "out_channels": 64, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")),
+                                         "strided");
+  const std::string strided_rule = Engine(strided, cuda_options("phase_split")).describe();
+  EXPECT_NE(strided_rule.find("[fused_conv_epilogue]"), std::string::npos) << strided_rule;
+  EXPECT_NE(strided_rule.find("the wgmma conv applies, but its rule wants a stride of 1"), std::string::npos)
+      << strided_rule;
+  Engine strided_tuned(strided, tuned);
+  const std::string strided_text = strided_tuned.describe();
+  EXPECT_TRUE(std::regex_search(strided_text, std::regex(R"(fused_wgmma_conv [0-9]+\.[0-9]{3} ms)"))) << strided_text;
+  expect_step_matches_cpu(strided_tuned, strided, 5e-3, kTf32InputGradTol);
 }
 
 // --autotune times both formulations of a phase-split chain and keeps the

@@ -456,7 +456,9 @@ bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not) {
 
 bool wgmma_conv_preferred(const WgmmaConvGeometry& g) {
   WgDims d;
-  return wgmma_conv_available() && wg_dims(g, true, d) == nullptr && d.stages == 2 && group_columns(d.cout) >= 64;
+  const bool stride1 = g.conv.stride == std::array<int64_t, 3>{1, 1, 1};
+  return stride1 && wgmma_conv_available() && wg_dims(g, true, d) == nullptr && d.stages == 2 &&
+         group_columns(d.cout) >= 64;
 }
 
 void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,

@@ -39,11 +39,11 @@ bool wgmma_conv_available();
 bool wgmma_conv_supported(const WgmmaConvGeometry& g, const char** why_not = nullptr);
 
 // Whether the formulation rule should take the kernel over cuDNN's conv for a
-// supported geometry: a block holds two input tiles (one is copied while the
-// other computes) and out_channels is above 32 (the wgmma's N is 64 or 128).
-// Measured on the H200 (docs/performance.md): faster than cuDNN's conv with
-// its epilogue at 64 channels double-buffered, slower at 32 channels with one
-// buffer.
+// supported geometry: a stride of 1, a block holds two input tiles (one is
+// copied while the other computes) and out_channels is above 32 (the wgmma's
+// N is 64 or 128). Measured (docs/performance.md): faster than cuDNN's conv
+// with its epilogue at 64 channels double-buffered, slower at 32 channels with
+// one buffer; strided, slower than the direct conv on relu_avgpool_2d's stem.
 bool wgmma_conv_preferred(const WgmmaConvGeometry& g);
 
 // As direct_conv_forward, with the conv's products in TF32: x truncated, w

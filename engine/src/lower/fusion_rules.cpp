@@ -79,10 +79,10 @@ const std::vector<FusionRule>& rules() {
            wgmma = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Wgmma);
          const std::string wgmma_why = "anvil's wgmma conv, as under tf32 its tensor-core kernel computes the conv, "
                                        "the chain and the pool in one, where cuDNN's conv writes Y for the epilogue";
-         // It applies but the rule leaves it to --autotune: too few channels or one input tile a block.
+         // It applies but the rule leaves it to --autotune: a stride, too few channels or one input tile a block.
          const bool wgmma_rule = wgmma && wgmma->wgmma_preferred();
-         const std::string wgmma_not_rule = "the wgmma conv applies, but its rule wants more than 32 out_channels "
-                                            "and room for two input tiles a block";
+         const std::string wgmma_not_rule = "the wgmma conv applies, but its rule wants a stride of 1, more than 32 "
+                                            "out_channels and room for two input tiles a block";
          if (!phase_split) {
            std::string why_not_direct = "turned off";
            std::unique_ptr<FusedConvEpilogue> direct;
