@@ -95,7 +95,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
 // Every numeric flag is decimal, checked on the text before CLI11 converts it:
 // CLI11 reads "0x10" as 16, "010" as 8, " 5" as 5, "1e999" as infinity and
 // "99999999999999999999" as INT64_MAX, without a word.
-
+//
 // A whole number that fits `limit`, handed on in canonical form (a transform:
 // CLI11's check() may not change the text). Signs and the value's own bounds
 // are the command's to check.

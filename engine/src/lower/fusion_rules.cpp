@@ -43,6 +43,8 @@ struct FusionRule {
 // applies (sm_90; conv, chain and pool in one, Y never written for inference)
 // and its rule holds: more than 32 out_channels and two input tiles a block
 // (measured faster there, slower at 32 channels with one; docs/performance.md).
+// A strided conv, which it supports too, is left to --autotune (slower than
+// the direct conv on an RGB k4 s2 stem).
 // Every other chain runs cuDNN's conv and the epilogue kernel.
 // The second rule: a two-input add (a residual join), any such chain and
 // optionally a pool, as one kernel that reads both addends: the sum is never
