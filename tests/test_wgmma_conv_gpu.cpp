@@ -227,6 +227,11 @@ TEST(WgmmaConvLimits, RefusesWhatItCannotRun) {
   wide.conv.x = {5, 9, int64_t(1) << 31};
   EXPECT_FALSE(gpu::wgmma_conv_supported(wide, &why));
   EXPECT_STREQ(why, "sizes beyond 31 bits");
+  gpu::WgmmaConvGeometry far = ok;  // padding and stride of 2^30: the last tile's first x is 2^31 along W
+  far.conv.pad[2] = far.conv.stride[2] = int64_t(1) << 30;
+  far.conv.out.y = {5, 9, 3};
+  EXPECT_FALSE(gpu::wgmma_conv_supported(far, &why));
+  EXPECT_STREQ(why, "sizes beyond 31 bits");
   gpu::WgmmaConvGeometry negative = ok;
   negative.conv.pad[1] = -1;  // the other axes keep the conv's dims
   EXPECT_FALSE(gpu::wgmma_conv_supported(negative, &why));

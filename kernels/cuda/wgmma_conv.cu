@@ -332,6 +332,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
     if (g.x[a] > kMax31 || g.k[a] > kMax31 || g.dilation[a] > kMax31 || g.pad[a] > kMax31 || g.stride[a] > kMax31)
       return "sizes beyond 31 bits";
     const int64_t span = g.x[a] + 2 * g.pad[a] - (g.k[a] - 1) * g.dilation[a];  // x's extent the taps sweep
+    if (span > kMax31) return "sizes beyond 31 bits";  // a tile's first x, output x stride, stays an int
     if (span < 1 || pg.y[a] != (span - 1) / g.stride[a] + 1) return "the output dims are not the conv's";
     const int64_t pk = pg.pool == ChainPool::None ? 1 : pg.k[a];
     if (pg.stride[a] != pk || pg.pad[a] != 0) return "a pool whose windows overlap, leave gaps or take padding";
