@@ -14,10 +14,10 @@
 // channels 4 to 7; b = (t - 1) x stride + the kernel's dilated extent, b2
 // widened to whole 16-byte chunks where x's rows allow 16-byte copies) with a
 // channel pitch of 8 mod 32 words, so an A fragment's 4 channels x 8 rows hit
-// 32 banks. Under a stride s along W a box row is stored
-// de-interleaved, its s phases one after another (bw = s x ceil(b2 / s)): a
-// tap's x for consecutive conv outputs is then consecutive words, not s apart
-// (which would put two of a fragment's rows in one bank). With two boxes, the
+// 32 banks. Under a stride s along W a box row is stored de-interleaved, its
+// s phases one after another (bw = s x ceil(b2 / s)): a tap's x for
+// consecutive conv outputs is then consecutive words, not s apart (which
+// would put two of a fragment's rows in one bank). With two boxes, the
 // next tile's is copied (cp.async) while this one computes. Blocks stay
 // resident (as many as fit an SM; the weight often fills most of its shared
 // memory) and take tiles in turn.
@@ -135,8 +135,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     w_at(n, tap * d.kc + ci) = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
   }
   for (int c = tid; c < N; c += kThreads) bs[c] = bias_at(bias, min(co_first + c, d.cout - 1));
-  // Step ks's k = 8 ks + tig (x) and 8 ks + 4 + tig (y): the offsets of their tap and channel 0 or 4 in the
-  // box, with tig's channel added per thread. A second half past the last tap reads zero channels 4 to 7.
+  // Step ks's k = 8 ks + tig (.x) and 8 ks + 4 + tig (.y): the offsets of their tap and channel 0 or 4 in
+  // the box, with tig's channel added per thread. A second half past the last tap reads zero channels 4 to 7.
   auto k_offset = [&](int k) {
     const int tap = k / d.kc, u0 = tap / (d.k1 * d.k2), u1 = tap / d.k2 % d.k1, u2 = tap % d.k2;
     return (u0 * d.dil[0] * d.b[1] + u1 * d.dil[1]) * d.bw + box_column(u2 * d.dil[2], d) + k % d.kc * d.cs;
@@ -226,7 +226,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // have completed.
     uint32_t a0[kGroup][4], a1[kGroup][4];
     auto load_group = [&](uint32_t(&a)[kGroup][4], int gi) {
-      const int4 o01 = reinterpret_cast<const int4*>(koff)[2 * gi], o23 = reinterpret_cast<const int4*>(koff)[2 * gi + 1];
+      const int4* steps = reinterpret_cast<const int4*>(koff) + 2 * gi;  // two steps' offsets an int4
+      const int4 o01 = steps[0], o23 = steps[1];
       const int lo[kGroup] = {o01.x, o01.z, o23.x, o23.z}, hi[kGroup] = {o01.y, o01.w, o23.y, o23.w};
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
