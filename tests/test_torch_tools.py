@@ -2,8 +2,10 @@
 """Tests that the tools needing PyTorch (or numpy, or safetensors) say so in one line and exit 1
 where it does not import, instead of ending in a traceback. A module that raises, first on
 PYTHONPATH, stands in for a missing or broken package, and an empty one for a present package, so
-the test runs the same whether they are installed or not. Run by CTest (torch_tools)."""
+the test runs the same whether they are installed or not. Also that precision_report.py names a
+failing anvil command on one line. Run by CTest (torch_tools)."""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,6 +76,30 @@ class WithoutOtherPackages(unittest.TestCase):
             with self.subTest(script=script):
                 self.assert_needs(script, args, {**stubs, "safetensors.py": BLOCKED.format("safetensors")},
                                   "safetensors", module, "safetensors")
+
+
+class PrecisionReportFailures(unittest.TestCase):
+    # Present numpy and safetensors; nothing is loaded before the first anvil command.
+    STUBS = {"numpy.py": "", "safetensors/__init__.py": "", "safetensors/numpy.py": "load_file = lambda path: {}\n"}
+
+    def test_a_failing_command_is_one_line_with_its_exit_status(self):
+        with tempfile.TemporaryDirectory() as d:
+            anvil = os.path.join(d, "fake anvil")  # the space shows the command is shell-quoted
+            with open(anvil, "w") as f:
+                f.write("#!/bin/sh\necho 'some warning' >&2\necho 'anvil: bad weights' >&2\nexit 3\n")
+            os.chmod(anvil, 0o755)
+            r = run_with("precision_report.py", ["--anvil", anvil, "--cases", "kb74_small", "--device", "cpu"],
+                         self.STUBS)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, "^precision_report.py: " + re.escape(f"'{anvil}' run ") + r"\S+kb74_small_fp32\.json "
+                         r"--device cpu .* failed with exit status 3: anvil: bad weights\n$")
+
+    def test_a_command_that_does_not_start_is_one_line(self):
+        anvil = os.path.join(tempfile.gettempdir(), "no such anvil")
+        r = run_with("precision_report.py", ["--anvil", anvil, "--cases", "kb74_small"], self.STUBS)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, "^precision_report.py: cannot run " + re.escape(f"'{anvil}' run ")
+                         + r".*: No such file or directory\n$")
 
 
 if __name__ == "__main__":

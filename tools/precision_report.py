@@ -15,6 +15,7 @@ Needs numpy and safetensors (no PyTorch).
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,9 +39,15 @@ def rel_l2(got, want):
 
 
 def run(cmd):
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise SystemExit(f"precision_report.py: cannot run {shlex.join(cmd)}: {e.strerror}")
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+        # The last line of stderr is anvil's one-line error.
+        last = done.stderr.strip().splitlines()[-1:]
+        raise SystemExit(f"precision_report.py: {shlex.join(cmd)} failed with exit status {done.returncode}"
+                         + "".join(": " + line for line in last))
 
 
 def case_errors(anvil, device, case, precision, workdir):
