@@ -355,7 +355,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   d.cin = int32_t(g.cin);
   // At most 4 channels: a K step takes two taps of 4 (half the MMAs of a tap a step for a 1 to 3 channel stem).
   d.kc = int32_t(g.cin <= 4 ? 4 : detail::ceil_div(g.cin, 8) * 8);
-  d.cb = d.kc == 4 && taps % 2 == 0 ? 4 : 8 * int32_t(detail::ceil_div(d.kc, 8));
+  d.cb = d.kc == 4 && taps % 2 == 1 ? 8 : d.kc;  // an odd last tap's second half reads channels 4 to 7
   d.cout = int32_t(pg.c);
   d.taps = int32_t(taps);
   d.k1 = int32_t(g.k[1]);
