@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "anvil/error.hpp"
@@ -152,6 +153,18 @@ TEST(Random, FillRefusesANullBufferOrANegativeCount) {
   EXPECT_THROW(anvil::fill_uniform(out.data(), -1, 1, 0.0, 1.0), anvil::InputError);
   EXPECT_NO_THROW(anvil::fill_uniform(nullptr, 0, 1, 0.0, 1.0));  // nothing to write
   EXPECT_EQ(out, std::vector<float>(4, 5.f));
+}
+
+// A start index outside the stream (negative, or a run past int64's last index) is an error,
+// not a signed overflow; the last values of the stream are still reachable.
+TEST(Random, FillUniformRefusesAStartOutsideTheStream) {
+  constexpr int64_t kLast = std::numeric_limits<int64_t>::max();
+  std::vector<float> out(4, 5.f);
+  EXPECT_THROW(anvil::fill_uniform(out.data(), 4, 1, 0.0, 1.0, -1), anvil::InputError);
+  EXPECT_THROW(anvil::fill_uniform(out.data(), 4, 1, 0.0, 1.0, kLast - 2), anvil::InputError);
+  EXPECT_EQ(out, std::vector<float>(4, 5.f));
+  anvil::fill_uniform(out.data(), 4, 1, 0.0, 1.0, kLast - 3);
+  EXPECT_EQ(out[3], anvil::uniform01(1, static_cast<uint64_t>(kLast)));  // lo 0, hi 1: the value itself
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "anvil/random.hpp"
 
 #include <cmath>
+#include <limits>
 
 #include "anvil/error.hpp"
 
@@ -57,6 +58,10 @@ float uniform01(uint64_t stream, uint64_t index) {
 
 void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, int64_t first) {
   require_buffer("fill_uniform", out, n);
+  // The indices first .. first + n - 1 must exist: no negative start, no sum past int64.
+  if (first < 0 || (n > 0 && n - 1 > std::numeric_limits<int64_t>::max() - first))
+    throw InputError("fill_uniform: values " + std::to_string(first) + " .. " + std::to_string(first) + " + " +
+                     std::to_string(n) + " - 1 reach outside 0 .. 2^63 - 1");
   for (int64_t i = 0; i < n; ++i) {
     const double u = uniform01(stream, static_cast<uint64_t>(first + i));
     out[i] = static_cast<float>(lo + (hi - lo) * u);
