@@ -155,8 +155,8 @@ TEST(Random, FillRefusesANullBufferOrANegativeCount) {
   EXPECT_EQ(out, std::vector<float>(4, 5.f));
 }
 
-// A start index outside the stream (negative, or a run past int64's last index) is an error,
-// not a signed overflow; the last values of the stream are still reachable.
+// A start index fill_uniform cannot reach (negative, or a run past index 2^63 - 1) is an error,
+// not a signed overflow; the run that ends on index 2^63 - 1 still fills.
 TEST(Random, FillUniformRefusesAStartOutsideTheStream) {
   constexpr int64_t kLast = std::numeric_limits<int64_t>::max();
   std::vector<float> out(4, 5.f);

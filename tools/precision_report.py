@@ -44,10 +44,9 @@ def run(cmd):
     except OSError as e:
         raise SystemExit(f"precision_report.py: cannot run {shlex.join(cmd)}: {e.strerror}")
     if done.returncode != 0:
-        # The last line of stderr is anvil's one-line error.
-        last = done.stderr.strip().splitlines()[-1:]
+        lines = done.stderr.strip().splitlines()  # the last is anvil's one-line error
         raise SystemExit(f"precision_report.py: {shlex.join(cmd)} failed with exit status {done.returncode}"
-                         + "".join(": " + line for line in last))
+                         + (f": {lines[-1]}" if lines else ""))
 
 
 def case_errors(anvil, device, case, precision, workdir):
