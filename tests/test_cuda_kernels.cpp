@@ -1151,6 +1151,25 @@ TEST(CudaKernels, ChainPool) {
                       });
 }
 
+// A pool case's sizes, and a chain's inputs with an addend that cancels y at every 11th element.
+struct AddCase {
+  int64_t s = 0, pooled = 0, count = 0;  // Y's plane, every pooled element, every Y element
+  ChainInputs in;
+  std::vector<float> addend;
+};
+
+AddCase add_case(const gpu::ChainPoolGeometry& g, const ChainCase& chain, std::mt19937& rng) {
+  AddCase a;
+  const auto out = gpu::chain_pool_output(g);
+  a.s = g.y[0] * g.y[1] * g.y[2];
+  a.pooled = g.n * g.c * out[0] * out[1] * out[2];
+  a.count = g.n * g.c * a.s;
+  a.in = chain_inputs(chain.steps, false, g.n, g.c, a.s, a.pooled / (g.n * g.c), rng);
+  a.addend = random_floats(a.count, rng);
+  for (int64_t i = 5; i < a.count; i += 11) a.addend[i] = -a.in.y[i];
+  return a;
+}
+
 // The add forms (a residual join): P, argmax, dy and the multipliers'
 // gradients from (y, addend) bitwise as chain_pool's from the sum y + addend,
 // which ChainPool checks against the CPU reference. Offset 1 takes the
@@ -1161,12 +1180,11 @@ TEST(CudaKernels, AddChainPoolIsChainPoolOfTheSum) {
   for (const PoolCase& pc : kPoolCases) {
     const gpu::ChainPoolGeometry& g = pc.g;
     const bool max = g.pool == gpu::ChainPool::Max;
-    const auto out = gpu::chain_pool_output(g);
-    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = g.n * g.c * out[0] * out[1] * out[2], count = g.n * g.c * s;
     for (const ChainCase& chain : kChains) {
-      const ChainInputs in = chain_inputs(chain.steps, false, g.n, g.c, s, pooled / (g.n * g.c), rng);
-      std::vector<float> addend = random_floats(count, rng);
-      for (int64_t i = 5; i < count; i += 11) addend[i] = -in.y[i];
+      const AddCase a = add_case(g, chain, rng);
+      const int64_t count = a.count, pooled = a.pooled;
+      const ChainInputs& in = a.in;
+      const std::vector<float>& addend = a.addend;
       ChainInputs sum = in;
       for (int64_t i = 0; i < count; ++i) sum.y[i] = in.y[i] + addend[i];
       gpu::EpilogueChain shape;
@@ -1313,6 +1331,39 @@ TEST(CudaKernels, ChannelsLastPool) {
       EXPECT_EQ(bad, 0) << what;
     }
   });
+}
+
+// The add_ form over two channels-last addends: P and a max pool's argmax as
+// add_chain_pool_forward gives them from the packed addends, bit for bit (a
+// residual join between channels-last activations).
+TEST(CudaKernels, AddChannelsLastPoolIsAddChainPool) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  std::mt19937 rng(331);
+  for (const PoolCase& pc : channels_last_cases()) {
+    const gpu::ChainPoolGeometry& g = pc.g;
+    const bool max = g.pool == gpu::ChainPool::Max;
+    for (const ChainCase& chain : kChains) {
+      const AddCase a = add_case(g, chain, rng);
+      const int64_t count = a.count, pooled = a.pooled;
+      ChainInputs last = a.in;
+      last.y = to_channels_last(a.in.y, g.n, g.c, a.s);
+      const std::vector<float> addend_last = to_channels_last(a.addend, g.n, g.c, a.s);
+      for (size_t off : {size_t(0), size_t(1)}) {
+        const std::string what = pc.label + " " + chain.label + " off " + std::to_string(off) + ": ";
+        ChainBuffers want(a.in, g.c, count, pooled, 0, off), got(last, g.c, count, pooled, 0, off);
+        DeviceBuffer<float> z(count + kSlack), z_last(count + kSlack);
+        z.upload(a.addend, off);
+        z_last.upload(addend_last, off);
+        gpu::add_chain_pool_forward(want.y.get() + off, z.get() + off, want.chain, want.p.get() + off,
+                                    max ? want.argmax.get() + off : nullptr, g, nullptr);
+        gpu::add_channels_last_pool_forward(got.y.get() + off, z_last.get() + off, got.chain, got.p.get() + off,
+                                            max ? got.argmax.get() + off : nullptr, g, nullptr);
+        const ChainResult w = want.result(max, false), r = got.result(max, false);
+        expect_same(r.p, w.p, what + "p");
+        expect_same(r.argmax, w.argmax, what + "argmax");
+      }
+    }
+  }
 }
 
 // ---- -inf through the chains ----
@@ -1620,6 +1671,8 @@ TEST(CudaKernels, RejectsBadArguments) {
   bad.c = int64_t(65536) * 32;  // more channel tiles than a grid's y
   EXPECT_NE(gpu::channels_last_pool_geometry_error(bad), nullptr);
   EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, nullptr, nullptr, bad, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, nullptr, chain, x, nullptr, pool, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, x, chain, x, nullptr, bad, nullptr), anvil::Error);
   device_sync();  // nothing was launched, nothing failed
 }
 

@@ -45,10 +45,12 @@ __device__ __forceinline__ void load_channels(const float* p, float (&v)[kVec]) 
   }
 }
 
-// kVec: channels per thread (4: C % 4 == 0 and y 16-byte aligned).
-template <class Chain, ChainPool kPool, int kVec>
+// kVec: channels per thread (4: C % 4 == 0 and y and the addend 16-byte aligned).
+// kAdd: Y is y + addend (bias null), as chain_pool's add_ forms.
+template <class Chain, ChainPool kPool, int kVec, bool kAdd>
 __global__ void __launch_bounds__(kThreads)
-    channels_last_pool_kernel(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
+    channels_last_pool_kernel(const float* __restrict__ y, const float* __restrict__ addend,
+                              const float* __restrict__ bias, const EpilogueChain chain,
                               float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
                               Dims d) {
   constexpr int kGroups = kTile / kVec;                   // channel groups per tile
@@ -71,6 +73,7 @@ __global__ void __launch_bounds__(kThreads)
     cm[j] = Chain::at(chain, ch0 + j);
   }
   const float* yc = y + int64_t(image) * d.image_in + ch0;
+  const float* ac = kAdd ? addend + int64_t(image) * d.image_in + ch0 : nullptr;
   int32_t start[kPerThread][3];  // each window's first element, maybe in the padding
   PoolWindow<kPool> window[kPerThread][kVec];
 #pragma unroll
@@ -93,6 +96,12 @@ __global__ void __launch_bounds__(kThreads)
           inside[u] = uint32_t(i0) < d.in[0] && uint32_t(i1) < d.in[1] && uint32_t(i2) < d.in[2];
           const uint32_t at = inside[u] ? (uint32_t(i0) * d.in[1] + uint32_t(i1)) * d.in[2] + uint32_t(i2) : 0;
           load_channels<kVec>(yc + int64_t(at) * d.c, v[u]);
+          if constexpr (kAdd) {
+            float a[kVec];
+            load_channels<kVec>(ac + int64_t(at) * d.c, a);
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) v[u][j] += a[j];
+          }
         }
 #pragma unroll
         for (int u = 0; u < kPerThread; ++u) {
@@ -136,30 +145,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <class Chain, ChainPool kPool>
-void launch(dim3 blocks, bool vec4, const float* y, const float* bias, const EpilogueChain& chain, float* p,
-            uint8_t* argmax, float* y_at_max, const Dims& d, cudaStream_t stream) {
+template <class Chain, ChainPool kPool, bool kAdd>
+void launch(dim3 blocks, bool vec4, const float* y, const float* addend, const float* bias, const EpilogueChain& chain,
+            float* p, uint8_t* argmax, float* y_at_max, const Dims& d, cudaStream_t stream) {
   if (vec4)
-    channels_last_pool_kernel<Chain, kPool, 4><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
+    channels_last_pool_kernel<Chain, kPool, 4, kAdd>
+        <<<blocks, kThreads, 0, stream>>>(y, addend, bias, chain, p, argmax, y_at_max, d);
   else
-    channels_last_pool_kernel<Chain, kPool, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
+    channels_last_pool_kernel<Chain, kPool, 1, kAdd>
+        <<<blocks, kThreads, 0, stream>>>(y, addend, bias, chain, p, argmax, y_at_max, d);
 }
 
-}  // namespace
-
-const char* channels_last_pool_geometry_error(const ChainPoolGeometry& g) {
-  if (const char* why = chain_pool_geometry_error(g)) return why;
-  const std::array<int64_t, 3> out = chain_pool_output(g);
-  const int64_t tiles = detail::ceil_div(out[0] * out[1] * out[2], kElems);
-  if (g.n * tiles > std::numeric_limits<int32_t>::max()) return "n * (P's plane / 64) must be < 2^31";
-  if (detail::ceil_div(g.c, kTile) > kMaxChannelTiles) return "at most 65535 * 32 channels";
-  return nullptr;
-}
-
-void channels_last_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p,
-                                uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream) {
-  constexpr const char* op = "channels_last_pool_forward";
-  detail::require(y != nullptr && p != nullptr, op, "null y or p");
+template <bool kAdd>
+void forward(const char* op, const float* y, const float* addend, const float* bias, const EpilogueChain& chain,
+             float* p, uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream) {
+  detail::require(y != nullptr && p != nullptr && (addend != nullptr) == kAdd, op, "null y, p or addend");
   detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
   detail::require(y_at_max == nullptr || argmax != nullptr, op, "y_at_max only with argmax");
   if (const char* why = channels_last_pool_geometry_error(g)) detail::require(false, op, why);
@@ -185,22 +185,43 @@ void channels_last_pool_forward(const float* y, const float* bias, const Epilogu
   d.tiles = FastDiv(uint32_t(tiles));
   d.divisor = double(window);
   const dim3 blocks(unsigned(g.n * tiles), unsigned(detail::ceil_div(g.c, kTile)));
-  const bool vec4 = g.c % 4 == 0 && detail::aligned_to(y, 16);
+  const bool vec4 = g.c % 4 == 0 && detail::aligned_to(y, 16) && (!kAdd || detail::aligned_to(addend, 16));
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     switch (g.pool) {
       case ChainPool::Max:
-        launch<Chain, ChainPool::Max>(blocks, vec4, y, bias, chain, p, argmax, y_at_max, d, stream);
+        launch<Chain, ChainPool::Max, kAdd>(blocks, vec4, y, addend, bias, chain, p, argmax, y_at_max, d, stream);
         break;
       case ChainPool::Avg:
-        launch<Chain, ChainPool::Avg>(blocks, vec4, y, bias, chain, p, nullptr, nullptr, d, stream);
+        launch<Chain, ChainPool::Avg, kAdd>(blocks, vec4, y, addend, bias, chain, p, nullptr, nullptr, d, stream);
         break;
       case ChainPool::None:
-        launch<Chain, ChainPool::None>(blocks, vec4, y, bias, chain, p, nullptr, nullptr, d, stream);
+        launch<Chain, ChainPool::None, kAdd>(blocks, vec4, y, addend, bias, chain, p, nullptr, nullptr, d, stream);
         break;
     }
   });
   ANVIL_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+const char* channels_last_pool_geometry_error(const ChainPoolGeometry& g) {
+  if (const char* why = chain_pool_geometry_error(g)) return why;
+  const std::array<int64_t, 3> out = chain_pool_output(g);
+  const int64_t tiles = detail::ceil_div(out[0] * out[1] * out[2], kElems);
+  if (g.n * tiles > std::numeric_limits<int32_t>::max()) return "n * (P's plane / 64) must be < 2^31";
+  if (detail::ceil_div(g.c, kTile) > kMaxChannelTiles) return "at most 65535 * 32 channels";
+  return nullptr;
+}
+
+void channels_last_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p,
+                                uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream) {
+  forward<false>("channels_last_pool_forward", y, nullptr, bias, chain, p, argmax, y_at_max, g, stream);
+}
+
+void add_channels_last_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
+                                    uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream) {
+  forward<true>("add_channels_last_pool_forward", y, addend, nullptr, chain, p, argmax, nullptr, g, stream);
 }
 
 }  // namespace anvil::cuda

@@ -6,6 +6,8 @@
 // layout, with the bits of chain_pool_forward (P, argmax) and
 // fused_epilogue_forward (y_at_max; a tiled max pool), so either backward
 // takes them. Forward only: a backward that reads Y gets the packed Y.
+// The add_ form reads two channels-last addends (a residual join between
+// channels-last activations, lower/channels_last.cpp).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,5 +24,8 @@ const char* channels_last_pool_geometry_error(const ChainPoolGeometry& g);
 // argmax (both null in inference).
 void channels_last_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p,
                                 uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream);
+// The same with Y = y + addend, both channels-last (no bias), as chain_pool's add_ forms.
+void add_channels_last_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
+                                    uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda
