@@ -224,7 +224,7 @@ struct Convolution::Cudnn {
   // into it (gradient fan-out).
   std::unique_ptr<CudnnGraphConv> graph[kOpCount];
   std::unique_ptr<CudnnGraphConv> graph_accumulate;
-  // The forward op writing Y channels-last (request_channels_last_output), in place of its packed op.
+  // The forward op as request_forward asked for it, in place of its packed op.
   std::unique_ptr<CudnnGraphConv> channels_last;
   TensorDescriptor a, b;
   FilterDescriptor w;
@@ -311,19 +311,23 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
                                          spec_.padding, spec_.stride, spec_.dilation};
   const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
                                                 CudnnGraphConv::Kind::BackwardFilter};
-  // A channels-last Y where asked, under tf32 (cuDNN's tensor-core kernels
-  // work channels-last and, given a packed Y, transpose it in a pass of their
-  // own), for an op that sums at least as many products per output as the
-  // 3-D rule below asks (on thinner ones FMA engines measured faster): the
-  // forward op moves to the graph API, with its first tensor-core engine
-  // (autotuned: its fastest eligible one); packed where it has none.
+  // The forward op as a fused layer asks (request_forward), under tf32:
+  // cuDNN's tensor-core kernels work channels-last and, given a packed tensor,
+  // transpose it in a pass of their own. The op moves to the graph API, with
+  // its first tensor-core engine (autotuned: its fastest eligible one);
+  // packed, without the epilogue, where it has none.
   const int forward_op = spec_.transposed ? kBackwardData : kForward;
-  if (channels_last_wanted_ && c.used[forward_op] && c.op_settings[forward_op].precision == Precision::TF32 &&
-      products[forward_op] >= kTensorCoreRuleProducts) {
-    ConvGraphGeometry last = graph_geometry;
-    (spec_.transposed ? last.a_channels_last : last.b_channels_last) = true;
+  const ForwardRequest& r = forward_request_;
+  const bool y_alone = !r.x_channels_last && r.epilogue.empty();
+  if (r.any() && c.used[forward_op] && c.op_settings[forward_op].precision == Precision::TF32 &&
+      (r.epilogue.empty() || !spec_.transposed) && (!y_alone || products[forward_op] >= kTensorCoreRuleProducts)) {
+    ConvGraphGeometry asked = graph_geometry;
+    (spec_.transposed ? asked.b_channels_last : asked.a_channels_last) = r.x_channels_last;
+    (spec_.transposed ? asked.a_channels_last : asked.b_channels_last) = r.y_channels_last;
+    asked.w_channels_last = r.x_channels_last;
     try {
-      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], last, 0.f, c.op_settings[forward_op]);
+      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], asked, 0.f, c.op_settings[forward_op],
+                                                 r.epilogue);
       if (settings.autotune || op->keep_first_tensor_core_engine()) {
         c.workspace[forward_op] = op->workspace();
         c.channels_last = std::move(op);
@@ -442,7 +446,8 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
 }
 
 void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw,
-                                    void* forward_ws, void* backward_ws) {
+                                    void* forward_ws, void* backward_ws,
+                                    const std::vector<const float*>& epilogue_operands) {
   Cudnn& c = *cudnn_;
   float* a = spec_.transposed ? y : x;
   float* b = spec_.transposed ? x : y;
@@ -454,7 +459,8 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   void* const graph_w[kOpCount] = {const_cast<float*>(w), const_cast<float*>(w), dw};
   for (int op = 0; op < kOpCount; ++op)
     if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));
-  if (c.channels_last) c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws);
+  if (c.channels_last)
+    c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws, epilogue_operands);
   if (c.graph_accumulate) {
     const int dx_op = spec_.transposed ? kForward : kBackwardData;
     c.graph_accumulate->choose_fastest(ctx, a, b, graph_w[dx_op], ws_for(static_cast<Op>(dx_op)));
@@ -502,14 +508,16 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   c.chosen = true;
 }
 
-bool Convolution::channels_last_output() const { return cudnn_ && cudnn_->channels_last; }
+bool Convolution::forward_request_granted() const { return cudnn_ && cudnn_->channels_last; }
 
 std::string Convolution::describe_cuda() const {
   if (!cudnn_ || !cudnn_->chosen) return "";
   std::string s;
   if (cudnn_->channels_last)
     s = std::string(kOpNames[spec_.transposed ? kBackwardData : kForward]) + " " + cudnn_->channels_last->describe() +
-        ", Y channels-last";
+        (forward_request_.x_channels_last ? ", x channels-last" : "") +
+        (forward_request_.y_channels_last ? ", Y channels-last" : "") +
+        (forward_request_.epilogue.empty() ? "" : ", the epilogue in the conv's kernel");
   for (int op = 0; op < kOpCount; ++op) {
     const Cudnn::AnvilKernel* anvil =
         op == kForward ? &cudnn_->fprop_mma : op == kBackwardFilter ? &cudnn_->wgrad_mma : nullptr;
@@ -536,9 +544,10 @@ std::string Convolution::describe_cuda() const {
   return s;
 }
 
-void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws) {
+void Convolution::run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws,
+                              const std::vector<const float*>& epilogue_operands) {
   if (cudnn_->channels_last)
-    cudnn_->channels_last->run(ctx, spec_.transposed ? y : x, spec_.transposed ? x : y, w, ws);
+    cudnn_->channels_last->run(ctx, spec_.transposed ? y : x, spec_.transposed ? x : y, w, ws, epilogue_operands);
   else if (spec_.transposed)
     backward_data_relation(ctx, x, w, y, false, ws);  // y is A, x is B
   else

@@ -18,6 +18,9 @@
 #include "engine/src/spec/layer_spec.hpp"
 #include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
+#if ANVIL_WITH_CUDA
+#include "layers/cudnn_graph_conv.hpp"
+#endif
 
 namespace anvil {
 
@@ -53,12 +56,23 @@ class Convolution : public Layer {
   ~Convolution() override;
   // false: a fused layer computes the forward itself, so cuDNN's forward is neither planned nor searched.
   void set_runs_forward(bool runs) { runs_forward_ = runs; }
-  // Asks for run_forward to write y channels-last, (N, spatial..., C), for a
-  // fused epilogue that reads it so. Granted under tf32 where cuDNN's graph API
-  // has a tensor-core engine for it (the rule) or any eligible one (autotune);
-  // channels_last_output() says, once built.
-  void request_channels_last_output(bool wanted) { channels_last_wanted_ = wanted; }
-  bool channels_last_output() const;
+  // What a fused layer asks of run_forward, under tf32, through cuDNN's graph
+  // API: y written channels-last, (N, spatial..., C), for an epilogue that
+  // reads it so; x read channels-last, and with it w (the caller's copy,
+  // (out, k..., in)); and an epilogue computed in the conv's kernel (a
+  // forward conv only; it writes y channels-last). Granted whole
+  // where the graph API has a tensor-core engine for it (the rule) or any
+  // eligible one (autotune), or not at all: forward_request_granted() says,
+  // once built. A request for y alone is tried only on ops summing at least
+  // kTensorCoreRuleProducts products per output (on thinner ones FMA engines measured faster).
+  struct ForwardRequest {
+    bool x_channels_last = false, y_channels_last = false;
+    ConvGraphEpilogue epilogue;
+    bool any() const { return x_channels_last || y_channels_last || !epilogue.empty(); }
+  };
+  void request_forward(const ForwardRequest& request) { forward_request_ = request; }
+  const ForwardRequest& forward_request() const { return forward_request_; }
+  bool forward_request_granted() const;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;
@@ -73,10 +87,12 @@ class Convolution : public Layer {
   // engines and of anvil's kernels), with these tensors and workspaces as its
   // scratch (x and y as the layer's input and output; dw may be null without backward).
   void search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
-                         void* backward_ws);
+                         void* backward_ws, const std::vector<const float*>& epilogue_operands = {});
   // ws: forward_workspace() bytes for run_forward, backward_workspace() for
   // run_backward. dx may be null (no input gradient); dw is overwritten.
-  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws);
+  // epilogue_operands: the granted epilogue's (ConvGraphEpilogue), none otherwise.
+  void run_forward(CudaContext& ctx, const float* x, const float* w, float* y, void* ws,
+                   const std::vector<const float*>& epilogue_operands = {});
   void run_backward(CudaContext& ctx, const float* x, const float* dy, const float* w, float* dx, bool accumulate,
                     float* dw, void* ws);
 
@@ -94,7 +110,7 @@ class Convolution : public Layer {
 
   std::unique_ptr<Cudnn> cudnn_;
   bool runs_forward_ = true;
-  bool channels_last_wanted_ = false;
+  ForwardRequest forward_request_;
 #endif
 };
 

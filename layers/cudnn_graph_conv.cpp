@@ -9,14 +9,21 @@
 #include "anvil/error.hpp"
 #include "engine/src/cuda/check.hpp"
 #include "engine/src/cuda/context.hpp"
+#include "layers/cudnn_util.hpp"
 
 namespace anvil {
+
+size_t ConvGraphEpilogue::operands() const {
+  size_t n = bias ? 1 : 0;
+  for (const Op& op : ops) n += op.scale ? 1 : 0;
+  return n;
+}
 
 namespace {
 
 constexpr int kTimedRuns = 2;          // per candidate, after one untimed run
 constexpr int64_t kAlignment = 16;     // every anvil buffer starts on at least 16 bytes
-enum Uid : int64_t { kA = 1, kB = 2, kW = 3 };
+enum Uid : int64_t { kA = 1, kB = 2, kW = 3, kFirstOperand = 100, kFirstVirtual = 200 };
 
 // An owned backend descriptor.
 class Backend {
@@ -45,6 +52,11 @@ class Backend {
   void set(cudnnBackendAttributeName_t name, const std::vector<int64_t>& values) {
     set(name, CUDNN_TYPE_INT64, static_cast<int64_t>(values.size()), values.data());
   }
+  void set(cudnnBackendAttributeName_t name, const std::vector<Backend>& others) {
+    std::vector<cudnnBackendDescriptor_t> raw;
+    for (const Backend& other : others) raw.push_back(other.get());
+    set(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(raw.size()), raw.data());
+  }
   void finalize() { ANVIL_CUDNN_CHECK(cudnnBackendFinalize(d_)); }
 
  private:
@@ -61,23 +73,9 @@ constexpr cudnnBackendAttributeName_t kPlanHandle = CUDNN_ATTR_EXECUTION_PLAN_HA
 #pragma GCC diagnostic pop
 
 // Packed: (N, C, spatial...) row-major. Channels-last: C is the innermost axis, then the spatial axes, then N.
-Backend tensor(int64_t uid, const std::vector<int64_t>& dims, bool channels_last = false) {
-  std::vector<int64_t> strides(dims.size());
-  int64_t stride = 1;
-  if (channels_last) {
-    strides[1] = stride;
-    stride *= dims[1];
-    for (size_t i = dims.size(); i-- > 2;) {
-      strides[i] = stride;
-      stride *= dims[i];
-    }
-    strides[0] = stride;
-  } else {
-    for (size_t i = dims.size(); i-- > 0;) {
-      strides[i] = stride;
-      stride *= dims[i];
-    }
-  }
+// A virtual tensor passes between a graph's ops and never reaches memory.
+Backend tensor(int64_t uid, const std::vector<int64_t>& dims, bool channels_last = false, bool is_virtual = false) {
+  const std::vector<int64_t> strides = layout_strides(dims, channels_last);
   Backend t(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
   const cudnnDataType_t type = CUDNN_DATA_FLOAT;
   t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
@@ -85,8 +83,40 @@ Backend tensor(int64_t uid, const std::vector<int64_t>& dims, bool channels_last
   t.set(CUDNN_ATTR_TENSOR_STRIDES, strides);
   t.set(CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
   t.set(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &kAlignment);
+  t.set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
   t.finalize();
   return t;
+}
+
+// y = x <mode> b (b null: a unary mode), computed in float.
+Backend pointwise_op(cudnnPointwiseMode_t mode, const Backend& x, const Backend* b, const Backend& y,
+                  double relu_slope = 0) {
+  Backend pw(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+  const cudnnDataType_t type = CUDNN_DATA_FLOAT;
+  pw.set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+  pw.set(CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &type);
+  // relu is RELU_FWD as it stands (max(x, 0)); a leaky_relu sets the slope below 0.
+  if (relu_slope != 0) pw.set(CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE, CUDNN_TYPE_DOUBLE, 1, &relu_slope);
+  pw.finalize();
+  Backend op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+  op.set(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw);
+  op.set(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x);
+  if (b) op.set(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b);
+  op.set(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y);
+  op.finalize();
+  return op;
+}
+
+cudnnPointwiseMode_t activation_mode(PointwiseOp op) {
+  switch (op) {
+    case PointwiseOp::Sigmoid:
+      return CUDNN_POINTWISE_SIGMOID_FWD;
+    case PointwiseOp::Tanh:
+      return CUDNN_POINTWISE_TANH_FWD;
+    case PointwiseOp::LeakyRelu:
+      break;
+  }
+  return CUDNN_POINTWISE_RELU_FWD;
 }
 
 Backend convolution(const ConvGraphGeometry& g) {
@@ -239,24 +269,51 @@ struct CudnnGraphConv::Plans {
 };
 
 CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& g, float beta,
-                               const BuildSettings& settings)
-    : plans_(std::make_unique<Plans>()) {
+                               const BuildSettings& settings, const ConvGraphEpilogue& epilogue)
+    : plans_(std::make_unique<Plans>()), operand_count_(epilogue.operands()) {
+  if (!epilogue.empty() && (kind != Kind::Forward || beta != 0.f))
+    throw Error("internal error: an epilogue is fused only into a forward conv that overwrites its output");
   const OpAttributes at = attributes_of(kind);
-  const Backend a = tensor(kA, g.a, g.a_channels_last), b = tensor(kB, g.b, g.b_channels_last), w = tensor(kW, g.w);
+  const Backend a = tensor(kA, g.a, g.a_channels_last), w = tensor(kW, g.w, g.w_channels_last);
+  // With an epilogue, the conv's output and each op's but the last are virtual: the last writes B.
+  const size_t steps = (epilogue.bias ? 1 : 0) + epilogue.ops.size();
+  size_t step = 0;
+  int64_t next_virtual = kFirstVirtual, next_operand = kFirstOperand;
+  auto output = [&] { return ++step > steps ? tensor(kB, g.b, g.b_channels_last)
+                                            : tensor(next_virtual++, g.b, g.b_channels_last, true); };
+  Backend current = output();
   const Backend conv = convolution(g);
   Backend op(at.type);
   const float alpha = 1.f;
   op.set(at.a, a);
-  op.set(at.b, b);
+  op.set(at.b, current);
   op.set(at.w, w);
   op.set(at.conv, conv);
   op.set(at.alpha, CUDNN_TYPE_FLOAT, 1, &alpha);
   op.set(at.beta, CUDNN_TYPE_FLOAT, 1, &beta);
   op.finalize();
+  std::vector<Backend> ops;
+  ops.push_back(std::move(op));
+  std::vector<int64_t> channel_dims(g.b.size(), 1);  // (1, C, 1...): one value a channel, broadcast
+  channel_dims[1] = g.b[1];
+  auto append = [&](cudnnPointwiseMode_t mode, bool binary, double slope) {
+    Backend next = output();
+    if (binary) {
+      const Backend operand = tensor(next_operand++, channel_dims, g.b_channels_last);
+      ops.push_back(pointwise_op(mode, current, &operand, next, slope));
+    } else {
+      ops.push_back(pointwise_op(mode, current, nullptr, next, slope));
+    }
+    current = std::move(next);
+  };
+  if (epilogue.bias) append(CUDNN_POINTWISE_ADD, true, 0);
+  for (const ConvGraphEpilogue::Op& e : epilogue.ops)
+    append(e.scale ? CUDNN_POINTWISE_MUL : activation_mode(e.activation), e.scale,
+           e.scale || e.activation != PointwiseOp::LeakyRelu ? 0 : e.param);
 
   cudnnHandle_t handle = ctx.cudnn();
   Plans& p = *plans_;
-  p.graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, op);
+  p.graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, ops);
   p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
   p.graph.finalize();
 
@@ -301,27 +358,37 @@ size_t CudnnGraphConv::workspace() const {
   return most;
 }
 
-void CudnnGraphConv::run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const {
+void CudnnGraphConv::run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace,
+                         const std::vector<const float*>& operands) const {
+  if (operands.size() != operand_count_)
+    throw Error("internal error: a graph conv run with " + std::to_string(operands.size()) + " operands, not " +
+                std::to_string(operand_count_));
+  std::vector<void*> pointers = {const_cast<void*>(a), const_cast<void*>(b), const_cast<void*>(w)};
+  std::vector<int64_t> uids = {kA, kB, kW};
+  for (size_t i = 0; i < operands.size(); ++i) {
+    pointers.push_back(const_cast<float*>(operands[i]));
+    uids.push_back(kFirstOperand + static_cast<int64_t>(i));
+  }
   Backend pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-  void* pointers[3] = {const_cast<void*>(a), const_cast<void*>(b), const_cast<void*>(w)};
-  const int64_t uids[3] = {kA, kB, kW};
-  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
-  pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
+  pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, static_cast<int64_t>(pointers.size()),
+           pointers.data());
+  pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()), uids.data());
   pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
   pack.finalize();
   ANVIL_CUDNN_CHECK(cudnnBackendExecute(ctx.cudnn(), plans_->candidates.front().plan.get(), pack.get()));
 }
 
-void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace) {
+void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace,
+                                    const std::vector<const float*>& operands) {
   Plans& p = *plans_;
   if (p.timed || p.candidates.size() < 2) return;
   size_t best = 0;
   double best_ms = 0;
   for (size_t k = 0; k < p.candidates.size(); ++k) {
     std::swap(p.candidates.front(), p.candidates[k]);  // run() runs the front one
-    run(ctx, a, b, w, workspace);
+    run(ctx, a, b, w, workspace, operands);
     const double ms = ctx.time_ms([&] {
-      for (int i = 0; i < kTimedRuns; ++i) run(ctx, a, b, w, workspace);
+      for (int i = 0; i < kTimedRuns; ++i) run(ctx, a, b, w, workspace, operands);
     });
     std::swap(p.candidates.front(), p.candidates[k]);
     if (k == 0 || ms < best_ms) {

@@ -7,7 +7,7 @@
 //
 // The op is over three float tensors by role: A (the conv's input side), B
 // (its output side) and W, as the legacy descriptors in convolution.cpp;
-// packed, except that A or B may be channels-last. Engines are filtered as
+// packed, except that A, B or W may be channels-last. Engines are filtered as
 // the precision and determinism ask: strict fp32 refuses tensor-core engines
 // (TF32), deterministic mode refuses non-deterministic ones, and none may
 // down-convert its inputs. Candidates are every eligible engine config (an
@@ -16,6 +16,11 @@
 // choose_fastest times them all and keeps the fastest (--autotune), or
 // keep_first_tensor_core_engine keeps one without timing (the rule, which
 // builds no plan past that one).
+//
+// A forward op may carry an epilogue: a bias and pointwise ops after the
+// conv, in one graph that cuDNN's runtime-fusion engines compile into the
+// conv's kernel, so B is written once, after them (channels-last: those
+// engines write no other layout).
 #pragma once
 
 #include <cudnn.h>
@@ -24,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/pointwise_ops.hpp"
 #include "layers/layer.hpp"
 
 namespace anvil {
@@ -34,6 +40,22 @@ struct ConvGraphGeometry {
   std::vector<int64_t> a, b, w;  // dims of A, B and W
   std::vector<int64_t> padding, stride, dilation;
   bool a_channels_last = false, b_channels_last = false;  // stored (N, spatial..., C) instead of packed
+  bool w_channels_last = false;                           // stored (W's first axis, spatial..., its second)
+};
+
+// What a forward op computes after the conv, in order: + a per-channel bias
+// (if any), then each op, an activation (leaky_relu's slope as param) or a
+// per-channel multiplier. Their (C) vectors are run()'s operands, the bias first.
+struct ConvGraphEpilogue {
+  struct Op {
+    bool scale = false;
+    PointwiseOp activation = PointwiseOp::LeakyRelu;
+    float param = 0;
+  };
+  bool bias = false;
+  std::vector<Op> ops;
+  bool empty() const { return !bias && ops.empty(); }
+  size_t operands() const;
 };
 
 class CudnnGraphConv {
@@ -44,7 +66,7 @@ class CudnnGraphConv {
   // workspace fits settings.workspace_limit; throws Error when there is none.
   // beta 1 accumulates into the output.
   CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& geometry, float beta,
-                 const BuildSettings& settings);
+                 const BuildSettings& settings, const ConvGraphEpilogue& epilogue = {});
   ~CudnnGraphConv();
   CudnnGraphConv(const CudnnGraphConv&) = delete;
   CudnnGraphConv& operator=(const CudnnGraphConv&) = delete;
@@ -52,18 +74,21 @@ class CudnnGraphConv {
   // The workspace to plan: the most any candidate needs.
   size_t workspace() const;
   // Runs every candidate on these buffers and keeps the fastest (once).
-  void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace);
+  void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace,
+                      const std::vector<const float*>& operands = {});
   // Keeps only the first candidate in the heuristics' order (mode A, then
   // the fallback list) that runs on the tensor cores; false, and nothing
   // dropped, where none does.
   bool keep_first_tensor_core_engine();
-  // Runs the chosen plan on the context's stream.
-  void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace) const;
+  // Runs the chosen plan on the context's stream; operands: the epilogue's, in its order.
+  void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace,
+           const std::vector<const float*>& operands = {}) const;
   std::string describe() const;  // the chosen engine and its notes
 
  private:
   struct Plans;
   std::unique_ptr<Plans> plans_;
+  size_t operand_count_ = 0;
 };
 
 }  // namespace anvil

@@ -36,19 +36,47 @@ using ConvolutionDescriptor =
 using PoolingDescriptor =
     CudnnDescriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor>;
 
-// A packed NC(D)HW float tensor. cuDNN's descriptors count in int: larger tensors are refused here.
-inline void set_tensor_descriptor(cudnnTensorDescriptor_t desc, const Shape& shape) {
+// Each axis's stride of a tensor of these dims: packed, (N, C, spatial...)
+// row-major; channels-last, C innermost, then the spatial axes, then N.
+inline std::vector<int64_t> layout_strides(const std::vector<int64_t>& dims, bool channels_last) {
+  std::vector<int64_t> strides(dims.size());
+  int64_t stride = 1;
+  if (channels_last) {
+    strides[1] = stride;
+    stride *= dims[1];
+    for (size_t i = dims.size(); i-- > 2;) {
+      strides[i] = stride;
+      stride *= dims[i];
+    }
+    strides[0] = stride;
+  } else {
+    for (size_t i = dims.size(); i-- > 0;) {
+      strides[i] = stride;
+      stride *= dims[i];
+    }
+  }
+  return strides;
+}
+
+// A float tensor, packed NC(D)HW or channels-last. cuDNN's descriptors count in int: larger tensors are refused here.
+inline void set_tensor_descriptor(cudnnTensorDescriptor_t desc, const Shape& shape, bool channels_last = false) {
   if (numel(shape) > std::numeric_limits<int>::max())
     throw Error("cuDNN takes tensors of at most 2^31 - 1 elements; " + to_string(shape) + " has " +
                 std::to_string(numel(shape)) + " (the CPU backend has no such limit)");
-  std::vector<int> dims(shape.begin(), shape.end()), strides(shape.size());
-  int stride = 1;
-  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
-    strides[i] = stride;
-    stride *= dims[i];
-  }
+  const std::vector<int64_t> strides64 = layout_strides(shape, channels_last);
+  std::vector<int> dims(shape.begin(), shape.end()), strides(strides64.begin(), strides64.end());
   ANVIL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc, CUDNN_DATA_FLOAT, static_cast<int>(dims.size()), dims.data(),
                                                strides.data()));
+}
+
+// dst = src in the other layout (cuDNN's transform, on the handle's stream).
+inline void copy_to_layout(cudnnHandle_t handle, const Shape& shape, const float* src, bool src_channels_last,
+                           float* dst) {
+  TensorDescriptor from, to;
+  set_tensor_descriptor(from, shape, src_channels_last);
+  set_tensor_descriptor(to, shape, !src_channels_last);
+  const float one = 1.f, zero = 0.f;
+  ANVIL_CUDNN_CHECK(cudnnTransformTensor(handle, &one, from, src, &zero, to, dst));
 }
 
 }  // namespace anvil

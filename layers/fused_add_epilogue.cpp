@@ -3,6 +3,7 @@
 #include "anvil/error.hpp"
 #include "engine/src/cuda/context.hpp"
 #include "kernels/cuda/add.hpp"
+#include "kernels/cuda/channels_last_pool.hpp"
 #include "layers/pooling.hpp"
 
 namespace anvil {
@@ -59,12 +60,29 @@ std::vector<BufferRequest> FusedAddEpilogue::buffers(Device device) const {
 std::string FusedAddEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : pool_->max ? "a max pool" : "an average pool";
   return "anvil's pool kernel: the sum, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool +
-         " in one kernel (the sum never written)";
+         " in one kernel (the sum never written)" + (channels_last_ ? ", reading both addends channels-last" : "");
+}
+
+// Both addends alike, in inference, where the channels-last kernel takes the geometry.
+bool FusedAddEpilogue::reads_channels_last(const std::vector<bool>& inputs) const {
+  if (!inputs[0] && !inputs[1]) return true;
+  return inputs[0] && inputs[1] && !backward_ && cuda::channels_last_pool_geometry_error(geometry()) == nullptr;
+}
+
+void FusedAddEpilogue::set_channels_last(const std::vector<bool>& inputs, bool output) {
+  if (output || !reads_channels_last(inputs))
+    throw Error("internal error: " + name() + " asked for channels-last tensors it cannot take");
+  channels_last_ = inputs[0];
 }
 
 void FusedAddEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
-  cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, bind_chain(chain_, args.params, 0), args.out.data,
-                               args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
+  const cuda::EpilogueChain chain = bind_chain(chain_, args.params, 0);
+  if (channels_last_)
+    cuda::add_channels_last_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
+                                         args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
+  else
+    cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
+                                 args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
 }
 
 // The sum's gradient is each input's. It is computed once, into an input

@@ -5,7 +5,9 @@
 // reaches memory. Training saves a max pool's argmax and keeps a and b where
 // the chain's derivative needs the sum (a non-empty chain). Backward computes
 // the sum's gradient once, into one input's gradient, and hands it to the
-// other. CUDA only: the CPU backend runs the layers unfused.
+// other. In inference its addends may both be channels-last
+// (lower/channels_last.cpp; channels_last_pool.hpp's add_ form); its output
+// stays packed. CUDA only: the CPU backend runs the layers unfused.
 #pragma once
 
 #include <optional>
@@ -28,6 +30,8 @@ class FusedAddEpilogue : public FusedLayer {
   void set_gradient_needs(bool backward, bool input_grad) override;
   std::vector<BufferRequest> buffers(Device device) const override;
   std::string describe_cuda() const override;
+  bool reads_channels_last(const std::vector<bool>& inputs) const override;
+  void set_channels_last(const std::vector<bool>& inputs, bool output) override;
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -41,6 +45,7 @@ class FusedAddEpilogue : public FusedLayer {
   std::optional<PoolSpec> pool_;
   bool backward_ = false;
   bool input_grad_ = false;  // an input's gradient is wanted
+  bool channels_last_ = false;  // both addends channels-last
 };
 
 }  // namespace anvil

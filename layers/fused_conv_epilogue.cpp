@@ -2,11 +2,14 @@
 
 #include "anvil/error.hpp"
 #include "engine/src/cuda/context.hpp"
+#include "layers/cudnn_util.hpp"
 
 namespace anvil {
 
 namespace {
-enum Buffer { kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes };
+enum Buffer {
+  kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes, kPackedX, kPackedOut, kLastX, kLastW
+};
 }  // namespace
 
 std::vector<ParamSpec> fused_param_specs(const Convolution& conv, const std::vector<std::string>& scale_names) {
@@ -129,6 +132,8 @@ int64_t FusedConvEpilogue::taps_per_output() const {
 
 size_t FusedConvEpilogue::y_bytes() const { return numel(conv_->output_shape()) * sizeof(float); }
 
+size_t FusedConvEpilogue::w_bytes() const { return numel(conv_->param_specs()[0].shape) * sizeof(float); }
+
 size_t FusedConvEpilogue::reduce_scratch_bytes() const {
   return tiled_ ? cuda::fused_epilogue_backward_scratch_bytes(tiled_geometry(), chain_.ops)
                 : cuda::chain_pool_backward_scratch_bytes(general_geometry(), chain_.ops);
@@ -140,11 +145,66 @@ bool FusedConvEpilogue::saves_codes() const {
 
 bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_ && !saves_codes(); }
 
+bool FusedConvEpilogue::writes_channels_last() const {
+  return forward_ == Forward::Cudnn && !pool_ && !conv_->needs_backward();
+}
+
+bool FusedConvEpilogue::reads_channels_last(const std::vector<bool>&) const {
+  return forward_ == Forward::Cudnn && !conv_->needs_backward();
+}
+
+void FusedConvEpilogue::set_channels_last(const std::vector<bool>& inputs, bool output) {
+  if ((inputs[0] && !reads_channels_last(inputs)) || (output && !writes_channels_last()))
+    throw Error("internal error: " + name() + " asked for channels-last tensors it cannot take");
+  input_channels_last_ = inputs[0];
+  output_channels_last_ = output;
+}
+
+// cuDNN's fused relu is relied on for slopes in [0, 1] only, where its documented clip formula
+// and the max(x, slope x) that fused kernels commonly compute agree with leaky_relu.
+std::optional<ConvGraphEpilogue> FusedConvEpilogue::graph_epilogue() const {
+  ConvGraphEpilogue e;
+  e.bias = conv_->has_bias();
+  for (int i = 0; i < chain_.ops.ops; ++i) {
+    const float slope = chain_.ops.param[i];
+    if (!chain_.ops.is_scale[i] && chain_.ops.activation[i] == PointwiseOp::LeakyRelu && !(slope >= 0 && slope <= 1))
+      return std::nullopt;
+    e.ops.push_back({chain_.ops.is_scale[i], chain_.ops.activation[i], slope});
+  }
+  return e;
+}
+
+std::vector<const float*> FusedConvEpilogue::graph_operands(const std::vector<float*>& params) const {
+  std::vector<const float*> operands;
+  if (conv_->has_bias()) operands.push_back(params[1]);
+  const cuda::EpilogueChain chain = bind_chain(chain_, params, conv_param_count());
+  for (int i = 0; i < chain.ops; ++i)
+    if (chain.is_scale[i]) operands.push_back(chain.scale[i]);
+  return operands;
+}
+
+bool FusedConvEpilogue::y_channels_last() const {
+  return conv_->forward_request_granted() && conv_->forward_request().y_channels_last && !fused_output();
+}
+
+bool FusedConvEpilogue::fused_output() const {
+  return output_channels_last_ && !conv_->forward_request().epilogue.empty() && conv_->forward_request_granted();
+}
+
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->set_runs_forward(forward_ == Forward::Cudnn);
-  // Y channels-last where only the epilogue reads it (Convolution grants it under tf32).
-  conv_->request_channels_last_output(forward_ == Forward::Cudnn && !keeps_y() &&
-                                      cuda::channels_last_pool_geometry_error(general_geometry()) == nullptr);
+  Convolution::ForwardRequest request;
+  if (forward_ == Forward::Cudnn) {
+    const std::optional<ConvGraphEpilogue> epilogue = output_channels_last_ ? graph_epilogue() : std::nullopt;
+    // cuDNN's graph reads x and W channels-last where it takes any tensor so: its kernels' own layouts,
+    // which the layer copies x (when packed) and W into.
+    request.x_channels_last = input_channels_last_ || epilogue.has_value();
+    // Y channels-last where only the epilogue reads it; a channels-last output is the graph's own.
+    request.y_channels_last = epilogue.has_value() || (!keeps_y() && cuda::channels_last_pool_geometry_error(
+                                                                         general_geometry()) == nullptr);
+    if (epilogue) request.epilogue = *epilogue;
+  }
+  conv_->request_forward(request);
   conv_->build_cuda(ctx, settings);
 }
 
@@ -158,7 +218,9 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   const size_t pooled = static_cast<size_t>(numel(output_shape()));
   const bool keep_y = keeps_y();
   const bool argmax = backward && pool_ && pool_->max;
-  const bool y = keep_y || forward_ == Forward::Cudnn;
+  const bool y = keep_y || (forward_ == Forward::Cudnn && !fused_output());
+  const size_t x_bytes = static_cast<size_t>(numel(input_shapes()[0])) * sizeof(float);
+  const size_t out_bytes = static_cast<size_t>(numel(output_shape())) * sizeof(float);
   return {{"y", y ? y_bytes() : 0, keep_y ? BufferLife::Saved : BufferLife::Forward},
           {"conv_forward", conv_->forward_workspace(), BufferLife::Forward},
           {"argmax", argmax ? pooled : 0, BufferLife::Saved},
@@ -166,23 +228,40 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
           {"dy", backward ? y_bytes() : 0, BufferLife::Backward},
           {"conv_backward", conv_->backward_workspace(), BufferLife::Backward},
           {"reduce_scratch", backward ? reduce_scratch_bytes() : 0, BufferLife::Backward},
-          {"codes", saves_codes() ? y_bytes() / sizeof(float) : 0, BufferLife::Saved}};
+          {"codes", saves_codes() ? y_bytes() / sizeof(float) : 0, BufferLife::Saved},
+          {"packed_x", copies_input() ? x_bytes : 0, BufferLife::Forward},
+          {"packed_out", copies_output() ? out_bytes : 0, BufferLife::Forward},
+          {"channels_last_x", copies_x_to_channels_last() ? x_bytes : 0, BufferLife::Forward},
+          {"channels_last_w", reads_channels_last_w() ? w_bytes() : 0, BufferLife::Forward}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
-  // The conv searches with Y (or, where the direct forward has none, dY) as its output.
-  float* y = forward_ == Forward::Cudnn ? forward.buffer<float>(kY) : backward.buffer<float>(kDy);
-  conv_->search_algorithms(ctx, forward.in[0].data, y, forward.params[0],
-                           backward.dparams.empty() ? nullptr : backward.dparams[0], forward.buffers[kConvForward],
-                           backward.buffers[kConvBackward]);
+  // The conv searches with Y (or, where the direct forward has none, dY; where cuDNN's graph writes the
+  // output, the output) as its output.
+  float* y = fused_output()               ? forward.out.data
+             : forward_ == Forward::Cudnn ? forward.buffer<float>(kY)
+                                          : backward.buffer<float>(kDy);
+  float* x = copies_input()                ? forward.buffer<float>(kPackedX)
+             : copies_x_to_channels_last() ? forward.buffer<float>(kLastX)
+                                           : forward.in[0].data;
+  const float* w = reads_channels_last_w() ? forward.buffer<float>(kLastW) : forward.params[0];
+  conv_->search_algorithms(ctx, x, y, w, backward.dparams.empty() ? nullptr : backward.dparams[0],
+                           forward.buffers[kConvForward], backward.buffers[kConvBackward],
+                           fused_output() ? graph_operands(forward.params) : std::vector<const float*>{});
 }
 
 std::string FusedConvEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : tiled_ ? "a max pool that tiles Y" : pool_->max ? "a max pool" : "an average pool";
   const std::string epilogue = "bias, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool;
+  const std::string copies = std::string(copies_input() ? "; its channels-last input copied to packed first" : "") +
+                             (copies_output() ? "; its output copied to channels-last after" : "") +
+                             (copies_input() || copies_output() ? " (no cuDNN graph engine, or op, for them)" : "");
+  if (fused_output())
+    return conv_->describe_cuda() + ": the conv, " + epilogue + " in cuDNN's kernel, the output channels-last" +
+           (copies_x_to_channels_last() ? "; its packed input copied to channels-last first" : "");
   if (forward_ == Forward::Cudnn)
-    return conv_->describe_cuda() + "; one epilogue kernel" +
-           (conv_->channels_last_output() ? " (reading Y channels-last)" : "") + ": " + epilogue;
+    return conv_->describe_cuda() + "; one epilogue kernel" + (y_channels_last() ? " (reading Y channels-last)" : "") +
+           ": " + epilogue + copies;
   const std::string backward = conv_->describe_cuda();
   const std::string kernel = forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), "
                                                          : "anvil's wgmma conv (TF32 tensor cores), ";
@@ -207,16 +286,32 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
                              args.buffer<uint8_t>(kCodes), wgmma_geometry(), ctx.stream());
     return;
   }
-  conv_->run_forward(ctx, args.in[0].data, args.params[0], y, args.buffers[kConvForward]);
-  if (conv_->channels_last_output())
-    cuda::channels_last_pool_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
+  const float* x = args.in[0].data;
+  const float* w = args.params[0];
+  if (copies_input() || copies_x_to_channels_last()) {
+    float* copy = args.buffer<float>(copies_input() ? kPackedX : kLastX);
+    copy_to_layout(ctx.cudnn(), input_shapes()[0], x, copies_input(), copy);
+    x = copy;
+  }
+  if (reads_channels_last_w()) {
+    copy_to_layout(ctx.cudnn(), conv_->param_specs()[0].shape, w, false, args.buffer<float>(kLastW));
+    w = args.buffer<float>(kLastW);
+  }
+  if (fused_output()) {
+    conv_->run_forward(ctx, x, w, args.out.data, args.buffers[kConvForward], graph_operands(args.params));
+    return;
+  }
+  float* out = copies_output() ? args.buffer<float>(kPackedOut) : args.out.data;
+  conv_->run_forward(ctx, x, w, y, args.buffers[kConvForward]);
+  if (y_channels_last())
+    cuda::channels_last_pool_forward(y, bias, chain, out, args.buffer<uint8_t>(kArgmax),
                                      tiled_ ? args.buffer<float>(kYAtMax) : nullptr, general_geometry(), ctx.stream());
   else if (tiled_)
-    cuda::fused_epilogue_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
-                                 args.buffer<float>(kYAtMax), tiled_geometry(), ctx.stream());
+    cuda::fused_epilogue_forward(y, bias, chain, out, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax),
+                                 tiled_geometry(), ctx.stream());
   else
-    cuda::chain_pool_forward(y, bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax), general_geometry(),
-                             ctx.stream());
+    cuda::chain_pool_forward(y, bias, chain, out, args.buffer<uint8_t>(kArgmax), general_geometry(), ctx.stream());
+  if (copies_output()) copy_to_layout(ctx.cudnn(), output_shape(), out, false, args.out.data);
 }
 
 void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {

@@ -14,6 +14,15 @@
 // their codes instead: a byte an element, not Y's 4 (epilogue_chain.hpp).
 // Backward rebuilds dY in one kernel, which also reduces dbias and the
 // multipliers' gradients, then cuDNN computes dW (and dx).
+// In inference under tf32, cuDNN's formulation can take its input and give
+// its output channels-last (lower/channels_last.cpp): the input read so by
+// cuDNN's graph API, and an output without a pool computed by one graph of
+// the conv, the bias and the chain, which cuDNN's runtime-fusion engines
+// compile into one kernel. That graph reads x and W channels-last, the
+// layouts of cuDNN's kernels: the layer copies W (small) each forward, and x
+// where its input is packed. Where cuDNN has no engine for that, or the
+// chain has a leaky_relu slope outside [0, 1], the layer runs packed between
+// layout copies (cuDNN's transform).
 // CUDA only: the CPU backend runs the layers unfused.
 #pragma once
 
@@ -55,6 +64,9 @@ class FusedConvEpilogue : public FusedLayer {
   std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
   std::string describe_cuda() const override;
+  bool writes_channels_last() const override;
+  bool reads_channels_last(const std::vector<bool>& inputs) const override;
+  void set_channels_last(const std::vector<bool>& inputs, bool output) override;
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -71,12 +83,28 @@ class FusedConvEpilogue : public FusedLayer {
   bool saves_codes() const;  // ...where anvil's forward saves the chain's codes in its place)
   size_t conv_param_count() const { return conv_->param_count(); }
   size_t reduce_scratch_bytes() const;
+  // The bias and the chain as cuDNN's graph computes them (none where it cannot), and their operands there.
+  std::optional<ConvGraphEpilogue> graph_epilogue() const;
+  std::vector<const float*> graph_operands(const std::vector<float*>& params) const;
+  bool y_channels_last() const;  // cuDNN writes Y channels-last for the epilogue kernel
+  bool fused_output() const;     // cuDNN's graph writes the output, the epilogue in its kernel
+  // Channels-last where cuDNN's graph API does not take it: the layer's
+  // input copied to packed, or its output computed packed and copied.
+  bool copies_input() const { return input_channels_last_ && !conv_->forward_request_granted(); }
+  bool copies_output() const { return output_channels_last_ && !fused_output(); }
+  // Where cuDNN's graph reads x channels-last, W is read so too, from a copy; and a packed input is copied.
+  bool reads_channels_last_w() const {
+    return conv_->forward_request_granted() && conv_->forward_request().x_channels_last;
+  }
+  bool copies_x_to_channels_last() const { return reads_channels_last_w() && !input_channels_last_; }
+  size_t w_bytes() const;
 
   std::unique_ptr<Convolution> conv_;
   FusedChain chain_;
   std::optional<PoolSpec> pool_;
   bool tiled_ = false;  // a max pool that tiles Y: epilogue.hpp's kernels; else chain_pool.hpp's
   Forward forward_;
+  bool input_channels_last_ = false, output_channels_last_ = false;
 };
 
 }  // namespace anvil

@@ -1,5 +1,7 @@
 #include "layers/layer.hpp"
 
+#include <algorithm>
+
 #include "anvil/error.hpp"
 #include "engine/src/cuda/nvtx.hpp"
 
@@ -50,6 +52,12 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
     fail_internal("wrong input-gradient count");
   if (args.dparams.size() != args.params.size()) fail_internal("wrong parameter-gradient count");
 }
+
+#if ANVIL_WITH_CUDA
+bool Layer::reads_channels_last(const std::vector<bool>& inputs) const {
+  return std::none_of(inputs.begin(), inputs.end(), [](bool channels_last) { return channels_last; });
+}
+#endif
 
 // Without CUDA every engine is a CPU engine (Engine refuses Device::Cuda).
 void Layer::forward([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, const LayerArgs& args) {

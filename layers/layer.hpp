@@ -116,6 +116,13 @@ class Layer {
   virtual void choose_algorithms(CudaContext&, const LayerArgs& forward, const LayerArgs& backward) {
     (void)forward, (void)backward;
   }
+  // Channels-last activations between layers (inference under tf32,
+  // lower/channels_last.cpp): whether the op can write its output as (N,
+  // spatial..., C), whether it can run with its inputs in these layouts
+  // (true: channels-last), and the layouts chosen, set before build_cuda.
+  virtual bool writes_channels_last() const { return false; }
+  virtual bool reads_channels_last(const std::vector<bool>& inputs) const;
+  virtual void set_channels_last(const std::vector<bool>& inputs, bool output) { (void)inputs, (void)output; }
 
  protected:
   virtual void forward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;

@@ -22,6 +22,8 @@
 #include "anvil/network.hpp"
 #include "engine/src/lower/graph.hpp"
 #if ANVIL_WITH_CUDA
+#include "engine/src/lower/channels_last.hpp"
+#include "engine/src/lower/fusion_rules.hpp"
 #include "layers/fused_conv_epilogue.hpp"
 #endif
 
@@ -1146,6 +1148,50 @@ TEST_F(NetworkFusion, WgmmaConvNamesOutputPaddingAsTheReason) {
   std::string why;
   EXPECT_FALSE(fused.wgmma_applies(why));
   EXPECT_EQ(why, "a transposed conv with output_padding");
+}
+#endif
+
+#if ANVIL_WITH_CUDA
+// The channels-last tensors the layout pass picks (lower/channels_last.cpp),
+// on the fused graph as a CUDA engine builds it, before anything runs (so
+// without a GPU): those a fused conv without a pool writes, where every
+// reader can read them so, in inference only.
+std::vector<std::string> channels_last_tensors(const std::string& layers, bool inference = true) {
+  const anvil::Network net = anvil::Network::parse(R"({"name": "l", "input": [2, 12, 9, 11], "precision": "tf32",
+    "layers": [)" + layers + "]}", "layout.json");
+  std::unique_ptr<anvil::Graph> graph = net.build_graph();
+  anvil::FusionSettings cudnn_only;  // the other formulations ask the device whether they apply
+  cudnn_only.phase_split = cudnn_only.direct_conv = cudnn_only.wgmma_conv = false;
+  anvil::apply_fusions(*graph, cudnn_only);
+  graph->mark_gradients(false);
+  for (auto& node : graph->nodes)
+    if (inference) node.layer->set_gradient_needs(false, false);
+  return anvil::choose_channels_last(*graph);
+}
+
+const char* const kStem = R"({"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 12,
+  "kernel_size": 3, "padding": 1}, {"type": "relu", "name": "act"})";
+const char* const kBranch = R"(, {"type": "conv2d", "name": "branch", "in_channels": 12, "out_channels": 12,
+  "kernel_size": 3, "padding": 1}, {"type": "channel_scale", "name": "gain"})";
+
+TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
+  using Names = std::vector<std::string>;
+  const std::string pool = R"(, {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})";
+  // A residual block: act feeds the branch conv and the add, gain the add; the pooled sum is the output.
+  const std::string residual =
+      std::string(kStem) + kBranch + R"(, {"type": "add", "name": "sum", "inputs": ["act", "gain"]})" + pool;
+  EXPECT_EQ(channels_last_tensors(residual), (Names{"act", "gain"}));
+  EXPECT_EQ(channels_last_tensors(residual, false), Names{}) << "training keeps every tensor packed";
+  // An add of gain and the network's (packed) input takes neither channels-last; act still feeds a conv.
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + kBranch +
+                                  R"(, {"type": "add", "name": "sum", "inputs": ["input", "gain"]})" + pool),
+            Names{"act"});
+  // The network's output stays packed, and so does a conv's output that a pool follows (the pool is fused).
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + kBranch), Names{"act"});
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + pool + R"(, {"type": "sigmoid", "name": "s"})"), Names{});
+  // A layer that is not a fused conv or add reads its input packed.
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "tanh", "name": "t"}, {"type": "add",
+    "name": "sum", "inputs": ["act", "t"]})"), Names{});
 }
 #endif
 

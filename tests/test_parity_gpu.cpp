@@ -744,6 +744,94 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
   EXPECT_EQ(thin.find("channels-last"), std::string::npos) << thin;
 }
 
+// Inference under tf32 keeps the activations between fused convs
+// channels-last (lower/channels_last.cpp): cuDNN's graph computes a conv, its
+// bias and its chain in one kernel and writes them so, the next conv reads
+// them so, and a residual add reads both addends so. Odd batches, spatial
+// sizes and channels (5: not a multiple of 4), 2-D and 3-D, sigmoid, tanh,
+// multipliers, a conv without bias; the network's output stays packed. Where
+// cuDNN's graph cannot take a layer, it copies between layouts: a chain with
+// leaky_relu slopes outside [0, 1] (computed packed, copied out), and a
+// transposed conv of stride and dilation 2, whose backward-data runs cuDNN's
+// FMA algorithms (its channels-last input copied to packed). Each matches the
+// CPU reference and the same engine with every activation packed. Training,
+// strict fp32 and Options::channels_last = false keep every activation packed.
+TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  struct Case {
+    std::string label, json;
+    std::vector<std::string> described;  // in the channels-last engine's description
+  };
+  const std::string fused = "in cuDNN's kernel, the output channels-last";
+  const std::vector<Case> cases = {
+      {"residual_2d", net_json("r", "[3, 12, 9, 11]", R"(
+        {"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "relu", "name": "act"},
+        {"type": "conv2d", "name": "branch", "in_channels": 16, "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "channel_scale", "name": "gain"},
+        {"type": "add", "name": "sum", "inputs": ["act", "gain"]},
+        {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"),
+       {fused, "its packed input copied to channels-last first", "x channels-last",
+        "reading both addends channels-last"}},
+      {"chain_3d", net_json("c", "[2, 8, 5, 6, 7]", R"(
+        {"type": "conv3d", "in_channels": 8, "out_channels": 12, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "negative_slope": 0.3}, {"type": "channel_scale"},
+        {"type": "conv3d", "in_channels": 12, "out_channels": 8, "kernel_size": 2, "bias": false},
+        {"type": "tanh"},
+        {"type": "conv3d", "in_channels": 8, "out_channels": 12, "kernel_size": 1},
+        {"type": "leaky_relu", "negative_slope": 1.5}, {"type": "leaky_relu", "negative_slope": -0.3},
+        {"type": "conv3d", "in_channels": 12, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "sigmoid"}, {"type": "max_pool3d", "kernel_size": 2})"),
+       {fused, "x channels-last", "its output copied to channels-last after"}},
+      {"transposed_reader_2d", net_json("t", "[2, 4, 7, 6]", R"(
+        {"type": "conv2d", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "conv_transpose2d", "in_channels": 8, "out_channels": 6, "kernel_size": 3, "stride": 2,
+         "dilation": 2},
+        {"type": "sigmoid"}, {"type": "avg_pool2d", "kernel_size": 2})"),
+       {fused, "its channels-last input copied to packed first"}},
+      {"odd_channels_2d", net_json("o", "[1, 3, 13, 7]", R"(
+        {"type": "conv2d", "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1},
+        {"type": "relu"},
+        {"type": "conv2d", "in_channels": 5, "out_channels": 7, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})"),
+       {}},
+  };
+  Options forward_only = cuda_options("dgrad");
+  forward_only.mode = Mode::Forward;
+  forward_only.input_grad = false;  // a forward-only engine refuses it
+  Options packed = forward_only;
+  packed.channels_last = false;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    const Network network = Network::parse(with_tf32(c.json), c.label);
+    Options cpu;
+    cpu.device = Device::Cpu;
+    Engine reference(network, cpu);
+    const std::function<void(Engine&)> load = tf32_exact_values(reference, network.input_shape());
+    load(reference);
+    const HostTensor want = reference.forward();
+    Engine last(network, forward_only), all_packed(network, packed);
+    const std::string text = last.describe(), packed_text = all_packed.describe();
+    for (const std::string& part : c.described) EXPECT_NE(text.find(part), std::string::npos) << part << "\n" << text;
+    EXPECT_EQ(packed_text.find("x channels-last"), std::string::npos) << packed_text;
+    EXPECT_EQ(packed_text.find("output channels-last"), std::string::npos) << packed_text;
+    for (const auto& [label, e] : {std::pair{"channels-last", &last}, std::pair{"packed", &all_packed}}) {
+      load(*e);
+      EXPECT_TRUE(close(label, e->forward(), want, 5e-3)) << e->describe();
+    }
+  }
+  // Training and strict fp32 keep every activation packed.
+  const Network residual = Network::parse(with_tf32(cases[0].json), "train");
+  Options train = cuda_options("dgrad");
+  train.input_grad = false;
+  const std::string trained = Engine(residual, train).describe();
+  EXPECT_EQ(trained.find(fused), std::string::npos) << trained;
+  EXPECT_EQ(trained.find("addends channels-last"), std::string::npos) << trained;
+  const std::string fp32 = Engine(Network::parse(cases[0].json, "fp32"), forward_only).describe();
+  EXPECT_EQ(fp32.find("channels-last"), std::string::npos) << fp32;
+}
+
 // The rule under tf32: a 3-D conv's ops that sum at least 128 products per
 // output run the graph API's first tensor-core engine, the others the legacy
 // API (a filter gradient of at most 32 rows runs anvil's kernel); all match

@@ -65,6 +65,7 @@ struct CommonFlags {
   bool no_phase_split = false;
   bool no_direct_conv = false;
   bool no_wgmma_conv = false;
+  bool no_channels_last = false;
   bool no_graph = false;
   bool nondeterministic = false;
   bool autotune = false;
@@ -83,6 +84,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
                 "fused convs with few taps per output use cuDNN's conv, not anvil's direct kernel (A/B checks)");
   cmd->add_flag("--no-wgmma-conv", f.no_wgmma_conv,
                 "fused stride-1 convs under tf32 use cuDNN's conv, not anvil's wgmma kernel (A/B checks)");
+  cmd->add_flag("--no-channels-last", f.no_channels_last,
+                "inference under tf32 keeps every activation packed (NCHW), none channels-last (A/B checks)");
   cmd->add_flag("--nondeterministic", f.nondeterministic,
                 "allow non-deterministic cuDNN algorithms and take the fastest measured");
   cmd->add_flag("--force", f.force,
@@ -206,6 +209,7 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   o.phase_split = !f.no_phase_split;
   o.direct_conv = !f.no_direct_conv;
   o.wgmma_conv = !f.no_wgmma_conv;
+  o.channels_last = !f.no_channels_last;
   o.cuda_graph = !f.no_graph;
   o.deterministic = !f.nondeterministic;
   o.autotune = f.autotune;

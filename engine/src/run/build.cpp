@@ -16,6 +16,7 @@
 
 #if ANVIL_WITH_CUDA
 #include "engine/src/cuda/check.hpp"
+#include "engine/src/lower/channels_last.hpp"
 #include "engine/src/run/autotune.hpp"
 #endif
 
@@ -69,6 +70,7 @@ void Engine::Impl::build() {
     settings.workspace_limit = options.workspace_limit;
     settings.autotune = options.autotune;
     if (options.autotune) autotune_formulations(*graph, *ctx, settings, training());
+    if (!training() && options.channels_last && settings.precision == Precision::TF32) choose_channels_last(*graph);
     for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
   }
 #endif
