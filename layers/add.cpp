@@ -1,6 +1,7 @@
 // add: the element-wise sum of two or more inputs of one shape (a residual join).
 // Its backward hands dy to every input, accumulating where an input already
-// holds a gradient from another consumer.
+// holds a gradient from another consumer. Element-wise, it runs in either
+// layout where its inputs and output share it (lower/channels_last.cpp).
 #include "kernels/cpu/add.hpp"
 #include "layers/registry.hpp"
 
@@ -39,6 +40,13 @@ class Add : public Layer {
         cpu::copy_or_accumulate(args.dout.data, args.din[i].data, numel(args.out.shape), args.din_accumulate[i]);
   }
 #if ANVIL_WITH_CUDA
+ public:
+  bool takes_layouts(const std::vector<bool>& inputs, bool output) const override {
+    return elementwise_layouts(inputs, output);
+  }
+  std::string describe_cuda() const override { return output_channels_last() ? "channels-last in and out" : ""; }
+
+ protected:
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override {
     std::vector<const float*> inputs;
     for (const auto& in : args.in) inputs.push_back(in.data);

@@ -60,24 +60,18 @@ std::vector<BufferRequest> FusedAddEpilogue::buffers(Device device) const {
 std::string FusedAddEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : pool_->max ? "a max pool" : "an average pool";
   return "anvil's pool kernel: the sum, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool +
-         " in one kernel (the sum never written)" + (channels_last_ ? ", reading both addends channels-last" : "");
+         " in one kernel (the sum never written)" + (input_channels_last(0) ? ", reading both addends channels-last" : "");
 }
 
-// Both addends alike, in inference, where the channels-last kernel takes the geometry.
-bool FusedAddEpilogue::reads_channels_last(const std::vector<bool>& inputs) const {
-  if (!inputs[0] && !inputs[1]) return true;
-  return inputs[0] && inputs[1] && !backward_ && cuda::channels_last_pool_geometry_error(geometry()) == nullptr;
-}
-
-void FusedAddEpilogue::set_channels_last(const std::vector<bool>& inputs, bool output) {
-  if (output || !reads_channels_last(inputs))
-    throw Error("internal error: " + name() + " asked for channels-last tensors it cannot take");
-  channels_last_ = inputs[0];
+// Both addends alike, in inference, where the channels-last kernel takes the geometry; the output packed.
+bool FusedAddEpilogue::takes_layouts(const std::vector<bool>& inputs, bool output) const {
+  if (output || inputs[0] != inputs[1]) return false;
+  return !inputs[0] || (!backward_ && cuda::channels_last_pool_geometry_error(geometry()) == nullptr);
 }
 
 void FusedAddEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, 0);
-  if (channels_last_)
+  if (input_channels_last(0))
     cuda::add_channels_last_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
                                          args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
   else

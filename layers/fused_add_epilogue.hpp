@@ -30,8 +30,7 @@ class FusedAddEpilogue : public FusedLayer {
   void set_gradient_needs(bool backward, bool input_grad) override;
   std::vector<BufferRequest> buffers(Device device) const override;
   std::string describe_cuda() const override;
-  bool reads_channels_last(const std::vector<bool>& inputs) const override;
-  void set_channels_last(const std::vector<bool>& inputs, bool output) override;
+  bool takes_layouts(const std::vector<bool>& inputs, bool output) const override;
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -45,7 +44,6 @@ class FusedAddEpilogue : public FusedLayer {
   std::optional<PoolSpec> pool_;
   bool backward_ = false;
   bool input_grad_ = false;  // an input's gradient is wanted
-  bool channels_last_ = false;  // both addends channels-last
 };
 
 }  // namespace anvil

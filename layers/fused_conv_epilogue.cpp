@@ -145,19 +145,10 @@ bool FusedConvEpilogue::saves_codes() const {
 
 bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_ && !saves_codes(); }
 
-bool FusedConvEpilogue::writes_channels_last() const {
-  return forward_ == Forward::Cudnn && !pool_ && !conv_->needs_backward();
-}
-
-bool FusedConvEpilogue::reads_channels_last(const std::vector<bool>&) const {
-  return forward_ == Forward::Cudnn && !conv_->needs_backward();
-}
-
-void FusedConvEpilogue::set_channels_last(const std::vector<bool>& inputs, bool output) {
-  if ((inputs[0] && !reads_channels_last(inputs)) || (output && !writes_channels_last()))
-    throw Error("internal error: " + name() + " asked for channels-last tensors it cannot take");
-  input_channels_last_ = inputs[0];
-  output_channels_last_ = output;
+// Either layout, in inference on cuDNN's formulation; the output channels-last without a pool.
+bool FusedConvEpilogue::takes_layouts(const std::vector<bool>& inputs, bool output) const {
+  const bool inference_cudnn = forward_ == Forward::Cudnn && !conv_->needs_backward();
+  return (!inputs[0] || inference_cudnn) && (!output || (inference_cudnn && !pool_));
 }
 
 // cuDNN's fused relu is relied on for slopes in [0, 1] only, where its documented clip formula
@@ -187,18 +178,17 @@ bool FusedConvEpilogue::y_channels_last() const {
   return conv_->forward_request_granted() && conv_->forward_request().y_channels_last && !fused_output();
 }
 
-bool FusedConvEpilogue::fused_output() const {
-  return output_channels_last_ && !conv_->forward_request().epilogue.empty() && conv_->forward_request_granted();
-}
+bool FusedConvEpilogue::fused_output() const { return graph_epilogue_asked_ && conv_->forward_request_granted(); }
 
 void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   conv_->set_runs_forward(forward_ == Forward::Cudnn);
   Convolution::ForwardRequest request;
   if (forward_ == Forward::Cudnn) {
-    const std::optional<ConvGraphEpilogue> epilogue = output_channels_last_ ? graph_epilogue() : std::nullopt;
+    const std::optional<ConvGraphEpilogue> epilogue = output_channels_last() ? graph_epilogue() : std::nullopt;
+    graph_epilogue_asked_ = epilogue.has_value();
     // cuDNN's graph reads x and W channels-last where it takes any tensor so: its kernels' own layouts,
     // which the layer copies x (when packed) and W into.
-    request.x_channels_last = input_channels_last_ || epilogue.has_value();
+    request.x_channels_last = input_channels_last(0) || epilogue.has_value();
     // Y channels-last where only the epilogue reads it; a channels-last output is the graph's own.
     request.y_channels_last = epilogue.has_value() || (!keeps_y() && cuda::channels_last_pool_geometry_error(
                                                                          general_geometry()) == nullptr);

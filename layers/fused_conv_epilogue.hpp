@@ -64,9 +64,8 @@ class FusedConvEpilogue : public FusedLayer {
   std::vector<BufferRequest> buffers(Device device) const override;
   void choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) override;
   std::string describe_cuda() const override;
-  bool writes_channels_last() const override;
-  bool reads_channels_last(const std::vector<bool>& inputs) const override;
-  void set_channels_last(const std::vector<bool>& inputs, bool output) override;
+  bool takes_layouts(const std::vector<bool>& inputs, bool output) const override;
+  bool computes_channels_last() const override { return forward_ == Forward::Cudnn; }
 
  protected:
   Shape infer_shape(const std::vector<Shape>& inputs) override;
@@ -90,13 +89,13 @@ class FusedConvEpilogue : public FusedLayer {
   bool fused_output() const;     // cuDNN's graph writes the output, the epilogue in its kernel
   // Channels-last where cuDNN's graph API does not take it: the layer's
   // input copied to packed, or its output computed packed and copied.
-  bool copies_input() const { return input_channels_last_ && !conv_->forward_request_granted(); }
-  bool copies_output() const { return output_channels_last_ && !fused_output(); }
+  bool copies_input() const { return input_channels_last(0) && !conv_->forward_request_granted(); }
+  bool copies_output() const { return output_channels_last() && !fused_output(); }
   // Where cuDNN's graph reads x channels-last, W is read so too, from a copy; and a packed input is copied.
   bool reads_channels_last_w() const {
     return conv_->forward_request_granted() && conv_->forward_request().x_channels_last;
   }
-  bool copies_x_to_channels_last() const { return reads_channels_last_w() && !input_channels_last_; }
+  bool copies_x_to_channels_last() const { return reads_channels_last_w() && !input_channels_last(0); }
   size_t w_bytes() const;
 
   std::unique_ptr<Convolution> conv_;
@@ -104,7 +103,7 @@ class FusedConvEpilogue : public FusedLayer {
   std::optional<PoolSpec> pool_;
   bool tiled_ = false;  // a max pool that tiles Y: epilogue.hpp's kernels; else chain_pool.hpp's
   Forward forward_;
-  bool input_channels_last_ = false, output_channels_last_ = false;
+  bool graph_epilogue_asked_ = false;  // cuDNN's graph asked to write the output, the epilogue in its kernel
 };
 
 }  // namespace anvil

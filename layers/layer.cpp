@@ -54,8 +54,19 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
 }
 
 #if ANVIL_WITH_CUDA
-bool Layer::reads_channels_last(const std::vector<bool>& inputs) const {
-  return std::none_of(inputs.begin(), inputs.end(), [](bool channels_last) { return channels_last; });
+bool Layer::elementwise_layouts(const std::vector<bool>& inputs, bool output) {
+  return std::all_of(inputs.begin(), inputs.end(), [&](bool channels_last) { return channels_last == output; });
+}
+
+bool Layer::takes_layouts(const std::vector<bool>& inputs, bool output) const {
+  return elementwise_layouts(inputs, false) && !output;
+}
+
+void Layer::set_channels_last(const std::vector<bool>& inputs, bool output) {
+  if (inputs.size() != input_shapes_.size() || !takes_layouts(inputs, output))
+    throw Error("internal error: " + name_ + " asked for channels-last tensors it cannot take");
+  input_channels_last_ = inputs;
+  output_channels_last_ = output;
 }
 #endif
 

@@ -117,12 +117,16 @@ class Layer {
     (void)forward, (void)backward;
   }
   // Channels-last activations between layers (inference under tf32,
-  // lower/channels_last.cpp): whether the op can write its output as (N,
-  // spatial..., C), whether it can run with its inputs in these layouts
-  // (true: channels-last), and the layouts chosen, set before build_cuda.
-  virtual bool writes_channels_last() const { return false; }
-  virtual bool reads_channels_last(const std::vector<bool>& inputs) const;
-  virtual void set_channels_last(const std::vector<bool>& inputs, bool output) { (void)inputs, (void)output; }
+  // lower/channels_last.cpp): whether the op can run with its inputs and
+  // output in these layouts (true: (N, spatial..., C)); every op runs all
+  // packed. The layouts chosen are set before build_cuda.
+  virtual bool takes_layouts(const std::vector<bool>& inputs, bool output) const;
+  // Whether the op's own kernels compute channels-last (cuDNN's tensor-core
+  // convs), so that passing its tensors so saves work rather than adds copies.
+  virtual bool computes_channels_last() const { return false; }
+  void set_channels_last(const std::vector<bool>& inputs, bool output);
+  bool input_channels_last(size_t i) const { return i < input_channels_last_.size() && input_channels_last_[i]; }
+  bool output_channels_last() const { return output_channels_last_; }
 
  protected:
   virtual void forward_cuda(CudaContext& ctx, const LayerArgs& args) = 0;
@@ -135,6 +139,10 @@ class Layer {
   virtual void backward_cpu(const LayerArgs& args) = 0;
 
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+#if ANVIL_WITH_CUDA
+  // takes_layouts of an element-wise op: every input in the output's layout.
+  static bool elementwise_layouts(const std::vector<bool>& inputs, bool output);
+#endif
   // Fails unless x is (N, C) and `dims` spatial dims, as a 2-D or 3-D layer takes.
   void require_spatial_input(const Shape& x, int dims) const;
   std::string param_name(const std::string& suffix) const { return suffix.empty() ? name_ : name_ + "." + suffix; }
@@ -147,6 +155,10 @@ class Layer {
   Shape output_shape_;
   size_t param_count_ = 0;
   std::string forward_range_, backward_range_;  // profiler range names, made once
+#if ANVIL_WITH_CUDA
+  std::vector<bool> input_channels_last_;
+  bool output_channels_last_ = false;
+#endif
 };
 
 }  // namespace anvil

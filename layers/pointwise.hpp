@@ -1,6 +1,8 @@
 // The pointwise activations (leaky_relu, relu, sigmoid, tanh and whatever
 // kernels/pointwise_ops.hpp lists): one layer class over the functor family.
 // Backward reads the op's input or its output, whichever the functor needs.
+// Element-wise, it runs in either layout where its input and output share it
+// (lower/channels_last.cpp).
 #pragma once
 
 #include "engine/src/spec/layer_spec.hpp"
@@ -20,6 +22,13 @@ class Pointwise : public Layer {
   void forward_cpu(const LayerArgs& args) override;
   void backward_cpu(const LayerArgs& args) override;
 #if ANVIL_WITH_CUDA
+ public:
+  bool takes_layouts(const std::vector<bool>& inputs, bool output) const override {
+    return elementwise_layouts(inputs, output);
+  }
+  std::string describe_cuda() const override { return output_channels_last() ? "channels-last in and out" : ""; }
+
+ protected:
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 #endif

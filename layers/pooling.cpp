@@ -5,6 +5,7 @@
 
 #if ANVIL_WITH_CUDA
 #include "engine/src/cuda/context.hpp"
+#include "kernels/cuda/channels_last_pool.hpp"
 #include "layers/cudnn_util.hpp"
 #endif
 
@@ -78,7 +79,7 @@ struct Pooling::Descriptors {
 Pooling::~Pooling() = default;
 
 namespace {
-enum Buffer { kArgmax };
+enum Buffer { kArgmax, kPackedOut };
 }  // namespace
 
 cuda::ChainPoolGeometry Pooling::cuda_geometry() const {
@@ -99,11 +100,22 @@ cuda::ChainPoolGeometry Pooling::cuda_geometry() const {
 std::vector<BufferRequest> Pooling::buffers(Device device) const {
   if (device != Device::Cuda || kernel_ == Kernel::Cudnn) return {};
   const bool argmax = spec_.max && input_grad_;
-  return {{"argmax", argmax ? static_cast<size_t>(numel(output_shape())) : 0, BufferLife::Saved}};
+  const size_t out_bytes = static_cast<size_t>(numel(output_shape())) * sizeof(float);
+  return {{"argmax", argmax ? static_cast<size_t>(numel(output_shape())) : 0, BufferLife::Saved},
+          {"packed_out", output_channels_last() ? out_bytes : 0, BufferLife::Forward}};
 }
 
 std::string Pooling::describe_cuda() const {
-  return kernel_ == Kernel::Anvil ? "anvil's pool kernel" : "cuDNN's pooling";
+  if (kernel_ == Kernel::Cudnn) return "cuDNN's pooling";
+  return std::string("anvil's pool kernel") + (input_channels_last(0) ? ", reading its input channels-last" : "") +
+         (output_channels_last() ? "; its output copied to channels-last after" : "");
+}
+
+// Either layout in inference on anvil's kernel, where the channels-last kernel takes the window.
+bool Pooling::takes_layouts(const std::vector<bool>& inputs, bool output) const {
+  if (!inputs[0] && !output) return true;
+  if (kernel_ != Kernel::Anvil || input_grad_) return false;
+  return !inputs[0] || cuda::channels_last_pool_geometry_error(cuda_geometry()) == nullptr;
 }
 
 void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
@@ -120,8 +132,14 @@ void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
 
 void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (kernel_ == Kernel::Anvil) {
-    cuda::chain_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, args.out.data,
-                             args.buffer<uint8_t>(kArgmax), cuda_geometry(), ctx.stream());
+    float* out = output_channels_last() ? args.buffer<float>(kPackedOut) : args.out.data;
+    if (input_channels_last(0))
+      cuda::channels_last_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out, nullptr, nullptr,
+                                       cuda_geometry(), ctx.stream());
+    else
+      cuda::chain_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out, args.buffer<uint8_t>(kArgmax),
+                               cuda_geometry(), ctx.stream());
+    if (output_channels_last()) copy_to_layout(ctx.cudnn(), output_shape(), out, false, args.out.data);
     return;
   }
   const float one = 1.f, zero = 0.f;

@@ -6,6 +6,9 @@
 // deterministic max mode) rereads x and y in its backward, at a tenth of the
 // copy bandwidth on the H200 (bench/RESULTS.md). cuDNN runs the windows
 // anvil's kernels do not take, and is the alternative --autotune times.
+// In inference anvil's kernel reads a channels-last input
+// (channels_last_pool.hpp) and writes a channels-last output through a copy
+// (cuDNN's transform), for lower/channels_last.cpp.
 #pragma once
 
 #include <memory>
@@ -54,6 +57,7 @@ class Pooling : public Layer {
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   std::vector<BufferRequest> buffers(Device device) const override;
   std::string describe_cuda() const override;
+  bool takes_layouts(const std::vector<bool>& inputs, bool output) const override;
 
  protected:
   void forward_cuda(CudaContext& ctx, const LayerArgs& args) override;

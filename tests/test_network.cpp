@@ -1154,14 +1154,15 @@ TEST_F(NetworkFusion, WgmmaConvNamesOutputPaddingAsTheReason) {
 #if ANVIL_WITH_CUDA
 // The channels-last tensors the layout pass picks (lower/channels_last.cpp),
 // on the fused graph as a CUDA engine builds it, before anything runs (so
-// without a GPU): those a fused conv without a pool writes, where every
-// reader can read them so, in inference only.
+// without a GPU): those every writer and reader can take so, in groups that a
+// conv on cuDNN's formulation writes or reads, in inference only.
 std::vector<std::string> channels_last_tensors(const std::string& layers, bool inference = true) {
   const anvil::Network net = anvil::Network::parse(R"({"name": "l", "input": [2, 12, 9, 11], "precision": "tf32",
     "layers": [)" + layers + "]}", "layout.json");
   std::unique_ptr<anvil::Graph> graph = net.build_graph();
   anvil::FusionSettings cudnn_only;  // the other formulations ask the device whether they apply
   cudnn_only.phase_split = cudnn_only.direct_conv = cudnn_only.wgmma_conv = false;
+  cudnn_only.lone_convs = inference;  // as the engine sets it where the pass runs
   anvil::apply_fusions(*graph, cudnn_only);
   graph->mark_gradients(false);
   for (auto& node : graph->nodes)
@@ -1189,9 +1190,31 @@ TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
   // The network's output stays packed, and so does a conv's output that a pool follows (the pool is fused).
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + kBranch), Names{"act"});
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + pool + R"(, {"type": "sigmoid", "name": "s"})"), Names{});
-  // A layer that is not a fused conv or add reads its input packed.
-  EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "tanh", "name": "t"}, {"type": "add",
-    "name": "sum", "inputs": ["act", "t"]})"), Names{});
+  // A transposed conv that no chain follows stays a conv of its own, which reads its input packed.
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
+    "in_channels": 12, "out_channels": 4, "kernel_size": 2, "stride": 2})"), Names{});
+}
+
+// A pyramid join: a pool of the input (written channels-last through a copy), a
+// conv and its chain, a conv with nothing after it (fused alone, in
+// inference), the three-input add element-wise in either layout, and a pool
+// reading the sum channels-last.
+TEST_F(NetworkFusion, InferencePassesPoolsAddsAndLoneConvsChannelsLast) {
+  using Names = std::vector<std::string>;
+  const std::string pyramid = R"({"type": "avg_pool2d", "name": "down", "kernel_size": 2},
+    {"type": "conv2d", "name": "conv1", "in_channels": 12, "out_channels": 12, "kernel_size": 3, "padding": 1},
+    {"type": "leaky_relu", "name": "act1", "negative_slope": 0.1},
+    {"type": "conv2d", "name": "conv2", "in_channels": 12, "out_channels": 12, "kernel_size": 3, "padding": 1},
+    {"type": "add", "name": "join", "inputs": ["down", "act1", "conv2"]})";
+  const std::string pool = R"(, {"type": "max_pool2d", "name": "pool", "kernel_size": 2})";
+  EXPECT_EQ(channels_last_tensors(pyramid + pool), (Names{"down", "act1", "conv2", "join"}));
+  EXPECT_EQ(channels_last_tensors(pyramid + pool, false), Names{});
+  // An activation after the add passes the layout on.
+  EXPECT_EQ(channels_last_tensors(pyramid + R"(, {"type": "relu", "name": "r"})" + pool),
+            (Names{"down", "act1", "conv2", "join", "r"}));
+  // Without a conv on cuDNN's formulation in the group, pools would only add copies: all packed.
+  EXPECT_EQ(channels_last_tensors(R"({"type": "avg_pool2d", "name": "a", "kernel_size": 2},
+    {"type": "relu", "name": "r"}, {"type": "max_pool2d", "name": "m", "kernel_size": 2})"), Names{});
 }
 #endif
 

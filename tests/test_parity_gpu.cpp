@@ -753,14 +753,20 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
 // cuDNN's graph cannot take a layer, it copies between layouts: a chain with
 // leaky_relu slopes outside [0, 1] (computed packed, copied out), and a
 // transposed conv of stride and dilation 2, whose backward-data runs cuDNN's
-// FMA algorithms (its channels-last input copied to packed). Each matches the
-// CPU reference and the same engine with every activation packed. Training,
-// strict fp32 and Options::channels_last = false keep every activation packed.
+// FMA algorithms (its channels-last input copied to packed). A pyramid join
+// passes a pool's output (copied to channels-last), a conv that nothing
+// follows (fused alone, its epilogue the bias), a three-input add and the
+// pool after it channels-last. Lone convs on anvil's direct and wgmma
+// kernels, and one without bias on cuDNN's, run with every formulation on.
+// Each matches the CPU reference and the same engine with every activation
+// packed. Training, strict fp32 and Options::channels_last = false keep
+// every activation packed.
 TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   struct Case {
     std::string label, json;
     std::vector<std::string> described;  // in the channels-last engine's description
+    bool every_formulation = false;      // else cuDNN's conv alone ("dgrad")
   };
   const std::string fused = "in cuDNN's kernel, the output channels-last";
   const std::vector<Case> cases = {
@@ -796,14 +802,29 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "conv2d", "in_channels": 5, "out_channels": 7, "kernel_size": 3, "padding": 1},
         {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})"),
        {}},
+      {"pyramid_2d", net_json("p", "[3, 8, 13, 10]", R"(
+        {"type": "avg_pool2d", "name": "down", "kernel_size": 2},
+        {"type": "conv2d", "name": "conv1", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "name": "act1", "negative_slope": 0.1},
+        {"type": "conv2d", "name": "conv2", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "add", "name": "join", "inputs": ["down", "act1", "conv2"]},
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"),
+       {fused, "its output copied to channels-last after", "channels-last in and out",
+        "reading its input channels-last"}},
+      {"lone_convs_2d", net_json("l", "[2, 3, 11, 9]", R"(
+        {"type": "conv2d", "name": "rgb", "in_channels": 3, "out_channels": 40, "kernel_size": 3, "padding": 1},
+        {"type": "conv2d", "name": "wide", "in_channels": 40, "out_channels": 64, "kernel_size": 3, "padding": 1},
+        {"type": "conv2d", "name": "plain", "in_channels": 64, "out_channels": 8, "kernel_size": 3, "bias": false},
+        {"type": "conv2d", "name": "last", "in_channels": 8, "out_channels": 5, "kernel_size": 3, "padding": 1})"),
+       {"anvil's direct conv", fused, "x channels-last"}, true},
   };
-  Options forward_only = cuda_options("dgrad");
-  forward_only.mode = Mode::Forward;
-  forward_only.input_grad = false;  // a forward-only engine refuses it
-  Options packed = forward_only;
-  packed.channels_last = false;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
+    Options forward_only = cuda_options(c.every_formulation ? "phase_split" : "dgrad");
+    forward_only.mode = Mode::Forward;
+    forward_only.input_grad = false;  // a forward-only engine refuses it
+    Options packed = forward_only;
+    packed.channels_last = false;
     const Network network = Network::parse(with_tf32(c.json), c.label);
     Options cpu;
     cpu.device = Device::Cpu;
@@ -816,12 +837,16 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
     for (const std::string& part : c.described) EXPECT_NE(text.find(part), std::string::npos) << part << "\n" << text;
     EXPECT_EQ(packed_text.find("x channels-last"), std::string::npos) << packed_text;
     EXPECT_EQ(packed_text.find("output channels-last"), std::string::npos) << packed_text;
+    EXPECT_EQ(packed_text.find("channels-last in and out"), std::string::npos) << packed_text;
     for (const auto& [label, e] : {std::pair{"channels-last", &last}, std::pair{"packed", &all_packed}}) {
       load(*e);
       EXPECT_TRUE(close(label, e->forward(), want, 5e-3)) << e->describe();
     }
   }
   // Training and strict fp32 keep every activation packed.
+  Options forward_only = cuda_options("dgrad");
+  forward_only.mode = Mode::Forward;
+  forward_only.input_grad = false;
   const Network residual = Network::parse(with_tf32(cases[0].json), "train");
   Options train = cuda_options("dgrad");
   train.input_grad = false;

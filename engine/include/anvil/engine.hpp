@@ -43,7 +43,7 @@ struct Options {
   bool phase_split = true;      // fused conv_transpose as one stride-1 conv over its output phases, where exact
   bool direct_conv = true;      // fused convs with few taps per output as anvil's direct kernel, where it applies
   bool wgmma_conv = true;       // fused stride-1 convs under tf32 as anvil's wgmma kernel (sm_90), where it applies
-  bool channels_last = true;    // inference under tf32: activations between fused convs channels-last, where they take it
+  bool channels_last = true;    // inference under tf32: activations around cuDNN's convs channels-last, where ops take it
   bool cuda_graph = true;       // capture the train step once and replay it
   bool deterministic = true;    // only deterministic cuDNN algorithms
   // Time the candidates once at build and keep the fastest: each fused

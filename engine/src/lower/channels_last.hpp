@@ -1,11 +1,13 @@
 // Channels-last activations between layers, for inference under tf32 on
 // CUDA. cuDNN's tensor-core convs work channels-last, (N, spatial..., C): a
 // packed input costs them a transpose pass, and a packed output one more. So
-// a tensor that a fused conv can write channels-last (cuDNN's formulation,
-// no pool: the bias and the chain computed in the conv's kernel) stays so
-// where every op that reads it can read it so: another such conv, or the
-// fused add with both addends channels-last. The network's input and output
-// stay packed, as the API has them; training keeps every tensor packed.
+// a tensor stays channels-last where its producer and every reader can run
+// so (Layer::takes_layouts): a fused conv on cuDNN's formulation (without a
+// pool it writes channels-last, the bias and the chain in the conv's kernel),
+// the fused add reading both addends so, an add or activation with every
+// tensor in one layout, and a pool (it reads channels-last, and writes so
+// through a copy). The network's input and output stay packed, as the API
+// has them; training keeps every tensor packed.
 #pragma once
 
 #include "engine/src/lower/graph.hpp"

@@ -179,9 +179,16 @@ FusedChainSpecs chain_specs(const Graph& g, const std::vector<int>& nodes) {
   return s;
 }
 
+// A conv, not transposed, that no chain or pool follows.
+bool lone_conv(const Graph& g, const std::vector<int>& nodes) {
+  if (nodes.size() != 1) return false;
+  const Layer& head = *g.nodes[nodes[0]].layer;
+  return head.kind() == OpKind::Conv && !static_cast<const Convolution&>(head).transposed();
+}
+
 }  // namespace
 
-std::vector<FusionMatch> find_fusions(const Graph& g) {
+std::vector<FusionMatch> find_fusions(const Graph& g, bool lone_convs) {
   std::vector<FusionMatch> matches;
   std::vector<bool> taken(g.nodes.size(), false);
   for (size_t head = 0; head < g.nodes.size(); ++head) {
@@ -193,7 +200,7 @@ std::vector<FusionMatch> find_fusions(const Graph& g) {
       if (rule.pattern.pool == PoolTail::Optional && nodes.size() > 1 &&
           g.nodes[nodes.back()].layer->kind() == OpKind::Pool && !rule.applies(chain_specs(g, nodes), head_output))
         nodes.pop_back();
-      if (nodes.size() < 2) continue;
+      if (nodes.size() < 2 && !(lone_convs && lone_conv(g, nodes))) continue;
       if (std::any_of(nodes.begin(), nodes.end(), [&](int n) { return taken[n]; })) continue;
       if (!rule.applies(chain_specs(g, nodes), head_output)) continue;
       for (int n : nodes) taken[n] = true;
@@ -205,7 +212,7 @@ std::vector<FusionMatch> find_fusions(const Graph& g) {
 }
 
 void apply_fusions(Graph& g, const FusionSettings& settings) {
-  for (const FusionMatch& match : find_fusions(g)) {
+  for (const FusionMatch& match : find_fusions(g, settings.lone_convs)) {
     const FusionRule& rule = *std::find_if(rules().begin(), rules().end(), [&](const FusionRule& r) {
       return r.name == match.rule;
     });

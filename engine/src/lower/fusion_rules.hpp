@@ -18,6 +18,9 @@ struct FusionSettings {
   Precision precision = Precision::TF32;  // the network's: the formulation rule depends on it
   bool direct_conv = true;  // let a conv with few taps per output run anvil's direct kernel (conv, chain and pool)
   bool wgmma_conv = true;   // let a stride-1 conv under tf32 run anvil's wgmma kernel (conv, chain and pool; sm_90)
+  // A conv (not transposed) with no chain or pool is fused too, its epilogue the bias alone: set
+  // where activations may pass channels-last (lower/channels_last.cpp), which a fused conv can write.
+  bool lone_convs = false;
 };
 
 // What a fusion rule hands a fused op: the specs of the layers it replaces, in chain order.
@@ -40,8 +43,8 @@ struct FusionMatch {
   std::vector<int> nodes;  // graph node indices in chain order: the head first
 };
 
-// The chains the rules would fuse, in graph order; no node is in two.
-std::vector<FusionMatch> find_fusions(const Graph& graph);
+// The chains the rules would fuse, in graph order; no node is in two. lone_convs: FusionSettings'.
+std::vector<FusionMatch> find_fusions(const Graph& graph, bool lone_convs = false);
 // Replaces every matched chain by its fused op (CUDA engines only: the CPU backend runs unfused).
 void apply_fusions(Graph& graph, const FusionSettings& settings);
 

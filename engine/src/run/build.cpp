@@ -44,7 +44,7 @@ void Engine::Impl::build() {
   graph = network.build_graph();
   if (cuda() && options.fuse && network.fuse())
     apply_fusions(*graph, FusionSettings{options.phase_split, options.autotune, network.precision(),
-                                         options.direct_conv, options.wgmma_conv});
+                                         options.direct_conv, options.wgmma_conv, channels_last()});
 #if ANVIL_WITH_CUDA
   if (cuda() && options.autotune) add_pool_alternatives(*graph);
 #endif
@@ -70,7 +70,7 @@ void Engine::Impl::build() {
     settings.workspace_limit = options.workspace_limit;
     settings.autotune = options.autotune;
     if (options.autotune) autotune_formulations(*graph, *ctx, settings, training());
-    if (!training() && options.channels_last && settings.precision == Precision::TF32) choose_channels_last(*graph);
+    if (channels_last()) choose_channels_last(*graph);
     for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
   }
 #endif

@@ -86,6 +86,10 @@ struct Engine::Impl {
 
   bool cuda() const { return options.device == Device::Cuda; }
   bool training() const { return options.mode == Mode::Train; }
+  // Activations may pass channels-last between ops (lower/channels_last.cpp): inference under tf32 on CUDA.
+  bool channels_last() const {
+    return cuda() && !training() && options.channels_last && network.precision() == Precision::TF32;
+  }
   int64_t output_count() const { return numel(graph->tensors[graph->output].shape); }
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
