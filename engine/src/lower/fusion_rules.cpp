@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "anvil/error.hpp"
+#include "layers/convolution.hpp"
 
 #if ANVIL_WITH_CUDA
 #include "layers/fused_add_epilogue.hpp"
