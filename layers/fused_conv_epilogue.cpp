@@ -145,10 +145,11 @@ bool FusedConvEpilogue::saves_codes() const {
 
 bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_ && !saves_codes(); }
 
-// Either layout, in inference on cuDNN's formulation; the output channels-last without a pool.
+// Either layout, in inference on cuDNN's formulation; the output channels-last without a pool, from
+// a conv (cuDNN's graph fuses an epilogue into a forward conv only: a transposed conv would copy).
 bool FusedConvEpilogue::takes_layouts(const std::vector<bool>& inputs, bool output) const {
   const bool inference_cudnn = forward_ == Forward::Cudnn && !conv_->needs_backward();
-  return (!inputs[0] || inference_cudnn) && (!output || (inference_cudnn && !pool_));
+  return (!inputs[0] || inference_cudnn) && (!output || (inference_cudnn && !pool_ && !conv_->transposed()));
 }
 
 // cuDNN's fused relu is relied on for slopes in [0, 1] only, where its documented clip formula

@@ -1156,7 +1156,9 @@ TEST_F(NetworkFusion, WgmmaConvNamesOutputPaddingAsTheReason) {
 // on the fused graph as a CUDA engine builds it, before anything runs (so
 // without a GPU): those every writer and reader can take so, in groups that a
 // conv on cuDNN's formulation writes or reads, in inference only.
-std::vector<std::string> channels_last_tensors(const std::string& layers, bool inference = true) {
+// types: each op's type after the pass, in graph order.
+std::vector<std::string> channels_last_tensors(const std::string& layers, bool inference = true,
+                                               std::vector<std::string>* types = nullptr) {
   const anvil::Network net = anvil::Network::parse(R"({"name": "l", "input": [2, 12, 9, 11], "precision": "tf32",
     "layers": [)" + layers + "]}", "layout.json");
   std::unique_ptr<anvil::Graph> graph = net.build_graph();
@@ -1166,8 +1168,14 @@ std::vector<std::string> channels_last_tensors(const std::string& layers, bool i
   anvil::apply_fusions(*graph, cudnn_only);
   graph->mark_gradients(false);
   for (auto& node : graph->nodes)
-    if (inference) node.layer->set_gradient_needs(false, false);
-  return anvil::choose_channels_last(*graph);
+    if (inference) {
+      node.layer->set_gradient_needs(false, false);
+      if (node.unfused) node.unfused->set_gradient_needs(false, false);
+    }
+  std::vector<std::string> names = anvil::choose_channels_last(*graph);
+  if (types)
+    for (const auto& node : graph->nodes) types->push_back(node.layer->type());
+  return names;
 }
 
 const char* const kStem = R"({"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 12,
@@ -1212,6 +1220,16 @@ TEST_F(NetworkFusion, InferencePassesPoolsAddsAndLoneConvsChannelsLast) {
   // An activation after the add passes the layout on.
   EXPECT_EQ(channels_last_tensors(pyramid + R"(, {"type": "relu", "name": "r"})" + pool),
             (Names{"down", "act1", "conv2", "join", "r"}));
+  // A conv fused alone stays so where it reads or writes a tensor channels-last, and is the plain
+  // conv again where it does neither.
+  Names types;
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv2d", "name": "head", "in_channels": 12,
+    "out_channels": 4, "kernel_size": 1})", true, &types), Names{"act"});
+  EXPECT_EQ(types, (Names{"fused_conv_epilogue", "fused_conv_epilogue"}));
+  types.clear();
+  EXPECT_EQ(channels_last_tensors(R"({"type": "conv2d", "name": "alone", "in_channels": 12, "out_channels": 4,
+    "kernel_size": 1}, {"type": "add", "name": "sum", "inputs": ["alone", "alone"]})", true, &types), Names{});
+  EXPECT_EQ(types, (Names{"conv2d", "add"}));
   // Without a conv on cuDNN's formulation in the group, pools would only add copies: all packed.
   EXPECT_EQ(channels_last_tensors(R"({"type": "avg_pool2d", "name": "a", "kernel_size": 2},
     {"type": "relu", "name": "r"}, {"type": "max_pool2d", "name": "m", "kernel_size": 2})"), Names{});

@@ -756,11 +756,12 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
 // FMA algorithms (its channels-last input copied to packed). A pyramid join
 // passes a pool's output (copied to channels-last), a conv that nothing
 // follows (fused alone, its epilogue the bias), a three-input add and the
-// pool after it channels-last. Lone convs on anvil's direct and wgmma
-// kernels, and one without bias on cuDNN's, run with every formulation on.
-// Each matches the CPU reference and the same engine with every activation
-// packed. Training, strict fp32 and Options::channels_last = false keep
-// every activation packed.
+// pool after it channels-last. A chain of lone convs (an RGB one, one
+// without bias) runs on cuDNN's formulation even with anvil's kernels
+// allowed. Each matches the CPU reference and the same engine with
+// every activation packed. Training, strict fp32 and
+// Options::channels_last = false keep every activation packed, and a lone
+// conv that passes nothing channels-last stays a plain conv.
 TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   struct Case {
@@ -816,7 +817,7 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "conv2d", "name": "wide", "in_channels": 40, "out_channels": 64, "kernel_size": 3, "padding": 1},
         {"type": "conv2d", "name": "plain", "in_channels": 64, "out_channels": 8, "kernel_size": 3, "bias": false},
         {"type": "conv2d", "name": "last", "in_channels": 8, "out_channels": 5, "kernel_size": 3, "padding": 1})"),
-       {"anvil's direct conv", fused, "x channels-last"}, true},
+       {fused, "x channels-last"}, true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
@@ -855,6 +856,10 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
   EXPECT_EQ(trained.find("addends channels-last"), std::string::npos) << trained;
   const std::string fp32 = Engine(Network::parse(cases[0].json, "fp32"), forward_only).describe();
   EXPECT_EQ(fp32.find("channels-last"), std::string::npos) << fp32;
+  const std::string lone = Engine(Network::parse(with_tf32(net_json("p", "[2, 8, 9, 11]", R"(
+        {"type": "conv2d", "name": "alone", "in_channels": 8, "out_channels": 16, "kernel_size": 3})")), "lone"),
+                                  forward_only).describe();
+  EXPECT_NE(lone.find("alone [conv2d]"), std::string::npos) << lone;
 }
 
 // The rule under tf32: a 3-D conv's ops that sum at least 128 products per

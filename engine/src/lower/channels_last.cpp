@@ -64,7 +64,17 @@ std::vector<std::string> choose_channels_last(Graph& graph) {
 
   std::vector<std::string> names;
   for (GraphNode& node : graph.nodes) {
-    node.layer->set_channels_last(layouts(node), channels_last[node.output]);
+    const std::vector<bool> inputs = layouts(node);
+    const bool packed = std::none_of(inputs.begin(), inputs.end(), [](bool last) { return last; }) &&
+                        !channels_last[node.output];
+    if (node.unfused && packed) {  // a lone conv fused for a layout it does not pass: the conv again
+      node.layer = std::move(node.unfused);
+      node.merged.clear();
+      node.choice.clear();
+      node.alternatives.clear();
+    }
+    node.unfused.reset();
+    node.layer->set_channels_last(inputs, channels_last[node.output]);
     if (channels_last[node.output]) names.push_back(graph.tensors[node.output].name);
   }
   return names;

@@ -70,6 +70,12 @@ const std::vector<FusionRule>& rules() {
        },
        [](const FusedChainSpecs& s, const FusionSettings& settings) {
          FusionCandidates c;
+         if (s.pointwise.empty() && !s.pool) {  // a lone conv (FusionSettings::lone_convs)
+           c.why = "rule: cuDNN's conv, fused alone (nothing follows it to fuse) so that it can write its output "
+                   "channels-last";
+           c.layers.push_back(std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn));
+           return c;
+         }
          std::string why_not = "turned off";
          std::unique_ptr<FusedPhaseConvEpilogue> phase_split;
          if (settings.phase_split) phase_split = FusedPhaseConvEpilogue::create(s, why_not);
@@ -243,6 +249,7 @@ void apply_fusions(Graph& g, const FusionSettings& settings) {
     for (int n : match.nodes) merged.push_back(g.nodes[n].layer->name());
     const int out = last.output;
     g.tensors[out].producer = match.nodes.front();
+    if (match.nodes.size() == 1) first.unfused = std::move(first.layer);
     first.layer = std::move(fused);
     first.spec = nullptr;
     first.output = out;

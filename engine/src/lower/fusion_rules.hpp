@@ -18,8 +18,9 @@ struct FusionSettings {
   Precision precision = Precision::TF32;  // the network's: the formulation rule depends on it
   bool direct_conv = true;  // let a conv with few taps per output run anvil's direct kernel (conv, chain and pool)
   bool wgmma_conv = true;   // let a stride-1 conv under tf32 run anvil's wgmma kernel (conv, chain and pool; sm_90)
-  // A conv (not transposed) with no chain or pool is fused too, its epilogue the bias alone: set
-  // where activations may pass channels-last (lower/channels_last.cpp), which a fused conv can write.
+  // A conv (not transposed) with no chain or pool is fused too, on cuDNN's formulation with the
+  // bias alone as its epilogue (GraphNode::unfused keeps the conv): set where activations may pass
+  // channels-last (lower/channels_last.cpp), which a fused conv can write.
   bool lone_convs = false;
 };
 

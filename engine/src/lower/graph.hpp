@@ -38,6 +38,9 @@ struct GraphNode {
   // Other formulations of a fused op, kept for autotuning (run/autotune.cpp).
   std::vector<std::unique_ptr<Layer>> alternatives;
   std::string choice;  // how the op's formulation was chosen, when there was a choice
+  // A conv fused alone (FusionSettings::lone_convs): the conv layer it replaced, put back by
+  // lower/channels_last.cpp where its tensors stay packed.
+  std::unique_ptr<Layer> unfused;
 };
 
 class Graph {

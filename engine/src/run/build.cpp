@@ -59,6 +59,7 @@ void Engine::Impl::build() {
     for (auto& node : graph->nodes) {
       node.layer->set_gradient_needs(false, false);
       for (auto& alternative : node.alternatives) alternative->set_gradient_needs(false, false);
+      if (node.unfused) node.unfused->set_gradient_needs(false, false);
     }
   }
 
