@@ -44,7 +44,8 @@ class Network {
   Precision precision() const;
   bool fuse() const;
   std::vector<LayerSummary> layers() const;
-  // Groups of layer names that the fusion pass merges into one kernel.
+  // Groups of layer names that the fusion pass merges into one kernel. A forward-only tf32 CUDA
+  // engine may also fuse a conv alone, for its layouts (Engine::describe shows the ops as built).
   std::vector<std::vector<std::string>> fusion_groups() const;
   int64_t parameter_count() const;
 
