@@ -1198,6 +1198,11 @@ TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
   // The network's output stays packed, and so does a conv's output that a pool follows (the pool is fused).
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + kBranch), Names{"act"});
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + pool + R"(, {"type": "sigmoid", "name": "s"})"), Names{});
+  // A fused transposed conv reads channels-last but writes packed: cuDNN's graph fuses an epilogue
+  // into a forward conv only, so a channels-last output could only be copied.
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
+    "in_channels": 12, "out_channels": 12, "kernel_size": 2, "stride": 2}, {"type": "relu", "name": "r"},
+    {"type": "conv2d", "name": "head", "in_channels": 12, "out_channels": 4, "kernel_size": 1})"), Names{"act"});
   // A transposed conv that no chain follows stays a conv of its own, which reads its input packed.
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
     "in_channels": 12, "out_channels": 4, "kernel_size": 2, "stride": 2})"), Names{});
