@@ -20,6 +20,10 @@ std::vector<std::string> choose_channels_last(Graph& graph) {
     for (int t : node.inputs) inputs.push_back(channels_last[t]);
     return inputs;
   };
+  auto all_packed = [&](const GraphNode& node) {
+    const std::vector<bool> inputs = layouts(node);
+    return std::none_of(inputs.begin(), inputs.end(), [](bool last) { return last; }) && !channels_last[node.output];
+  };
   // Every tensor starts channels-last. An op that cannot run with its layouts
   // sends its output back to packed, or, where that is not enough, its inputs
   // too; repeated until every op runs. It ends: each round unmarks a tensor or
@@ -29,7 +33,7 @@ std::vector<std::string> choose_channels_last(Graph& graph) {
     for (const GraphNode& node : graph.nodes) {
       const std::vector<bool> inputs = layouts(node);
       if (node.layer->takes_layouts(inputs, channels_last[node.output])) continue;
-      if (std::none_of(inputs.begin(), inputs.end(), [](bool last) { return last; }) && !channels_last[node.output])
+      if (all_packed(node))
         throw Error("internal error: " + node.layer->name() + " does not run with every tensor packed");
       if (!channels_last[node.output] || !node.layer->takes_layouts(inputs, false))
         for (int t : node.inputs) channels_last[t] = false;
@@ -64,17 +68,14 @@ std::vector<std::string> choose_channels_last(Graph& graph) {
 
   std::vector<std::string> names;
   for (GraphNode& node : graph.nodes) {
-    const std::vector<bool> inputs = layouts(node);
-    const bool packed = std::none_of(inputs.begin(), inputs.end(), [](bool last) { return last; }) &&
-                        !channels_last[node.output];
-    if (node.unfused && packed) {  // a lone conv fused for a layout it does not pass: the conv again
+    if (node.unfused && all_packed(node)) {  // a lone conv fused for a layout it does not pass: the conv again
       node.layer = std::move(node.unfused);
       node.merged.clear();
       node.choice.clear();
       node.alternatives.clear();
     }
     node.unfused.reset();
-    node.layer->set_channels_last(inputs, channels_last[node.output]);
+    node.layer->set_channels_last(layouts(node), channels_last[node.output]);
     if (channels_last[node.output]) names.push_back(graph.tensors[node.output].name);
   }
   return names;
