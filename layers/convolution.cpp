@@ -320,7 +320,7 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   const ForwardRequest& r = forward_request_;
   const bool y_alone = !r.x_channels_last && r.epilogue.empty();
   if (r.any() && c.used[forward_op] && c.op_settings[forward_op].precision == Precision::TF32 &&
-      (r.epilogue.empty() || !spec_.transposed) && (!y_alone || products[forward_op] >= kTensorCoreRuleProducts)) {
+      (r.epilogue.empty() || !spec_.transposed) && (!y_alone || tries_y_alone())) {
     ConvGraphGeometry asked = graph_geometry;
     (spec_.transposed ? asked.b_channels_last : asked.a_channels_last) = r.x_channels_last;
     (spec_.transposed ? asked.a_channels_last : asked.b_channels_last) = r.y_channels_last;
@@ -506,6 +506,11 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
     if (c.fprop_mma.candidate) tune(c.fprop_mma, [&] { forward_relation(ctx, a, w, b, false, ws_for(kForward)); });
   }
   c.chosen = true;
+}
+
+bool Convolution::tries_y_alone() const {
+  const cpu::ConvGeometry g = geometry();
+  return (spec_.transposed ? g.cb : g.ca) * cpu::volume(g.k) >= kTensorCoreRuleProducts;
 }
 
 bool Convolution::forward_request_granted() const { return cudnn_ && cudnn_->channels_last; }

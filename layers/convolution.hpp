@@ -73,6 +73,7 @@ class Convolution : public Layer {
   void request_forward(const ForwardRequest& request) { forward_request_ = request; }
   const ForwardRequest& forward_request() const { return forward_request_; }
   bool forward_request_granted() const;
+  bool tries_y_alone() const;  // whether a request for y alone is tried (its products per output)
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;

@@ -60,20 +60,27 @@ std::vector<BufferRequest> FusedAddEpilogue::buffers(Device device) const {
 std::string FusedAddEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : pool_->max ? "a max pool" : "an average pool";
   return "anvil's pool kernel: the sum, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool +
-         " in one kernel (the sum never written)" + (input_channels_last(0) ? ", reading both addends channels-last" : "");
+         " in one kernel (the sum never written)" +
+         (output_channels_last()    ? ", reading both addends and writing its output channels-last"
+          : input_channels_last(0) ? ", reading both addends channels-last"
+                                   : "");
 }
 
-// Both addends alike, in inference, where the channels-last kernel takes the geometry; the output packed.
+// Both addends alike, in inference, where the channels-last kernel takes the geometry; the output
+// channels-last only from channels-last addends (the packed kernel writes packed).
 bool FusedAddEpilogue::takes_layouts(const std::vector<bool>& inputs, bool output) const {
-  if (output || inputs[0] != inputs[1]) return false;
-  return !inputs[0] || (!backward_ && cuda::channels_last_pool_geometry_error(geometry()) == nullptr);
+  if (inputs[0] != inputs[1]) return false;
+  if (!inputs[0]) return !output;
+  return !backward_ && cuda::channels_last_pool_geometry_error(geometry()) == nullptr;
 }
 
 void FusedAddEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, 0);
   if (input_channels_last(0))
-    cuda::add_channels_last_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
-                                         args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
+    cuda::add_channels_last_pool_forward(
+        args.in[0].data, args.in[1].data, chain, args.out.data,
+        output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed, args.buffer<uint8_t>(kArgmax),
+        geometry(), ctx.stream());
   else
     cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
                                  args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());

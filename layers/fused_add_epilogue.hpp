@@ -6,8 +6,8 @@
 // the chain's derivative needs the sum (a non-empty chain). Backward computes
 // the sum's gradient once, into one input's gradient, and hands it to the
 // other. In inference its addends may both be channels-last
-// (lower/channels_last.cpp; channels_last_pool.hpp's add_ form); its output
-// stays packed. CUDA only: the CPU backend runs the layers unfused.
+// (lower/channels_last.cpp; channels_last_pool.hpp's add_ form), and then its
+// output too. CUDA only: the CPU backend runs the layers unfused.
 #pragma once
 
 #include <optional>

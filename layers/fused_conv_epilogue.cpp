@@ -145,11 +145,21 @@ bool FusedConvEpilogue::saves_codes() const {
 
 bool FusedConvEpilogue::keeps_y() const { return conv_->needs_backward() && !tiled_ && !saves_codes(); }
 
-// Either layout, in inference on cuDNN's formulation; the output channels-last without a pool, from
-// a conv (cuDNN's graph fuses an epilogue into a forward conv only: a transposed conv would copy).
+// Either layout, in inference on cuDNN's formulation. A channels-last output comes from cuDNN's graph
+// (the epilogue in its kernel: a forward conv without a pool) or from the epilogue kernel reading a
+// channels-last Y, where the conv would write one (with a packed x: a request for Y alone).
 bool FusedConvEpilogue::takes_layouts(const std::vector<bool>& inputs, bool output) const {
   const bool inference_cudnn = forward_ == Forward::Cudnn && !conv_->needs_backward();
-  return (!inputs[0] || inference_cudnn) && (!output || (inference_cudnn && !pool_ && !conv_->transposed()));
+  const bool graph_output = graph_may_fuse_epilogue() && graph_epilogue().has_value();
+  const bool kernel_output = epilogue_may_read_channels_last_y() && (inputs[0] || conv_->tries_y_alone());
+  return (!inputs[0] || inference_cudnn) && (!output || (inference_cudnn && (graph_output || kernel_output)));
+}
+
+// cuDNN's graph fuses a pointwise epilogue into a forward conv only, and has no pool op.
+bool FusedConvEpilogue::graph_may_fuse_epilogue() const { return !pool_ && !conv_->transposed(); }
+
+bool FusedConvEpilogue::epilogue_may_read_channels_last_y() const {
+  return !keeps_y() && cuda::channels_last_pool_geometry_error(general_geometry()) == nullptr;
 }
 
 // cuDNN's fused relu is relied on for slopes in [0, 1] only, where its documented clip formula
@@ -185,14 +195,14 @@ void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settin
   conv_->set_runs_forward(forward_ == Forward::Cudnn);
   Convolution::ForwardRequest request;
   if (forward_ == Forward::Cudnn) {
-    const std::optional<ConvGraphEpilogue> epilogue = output_channels_last() ? graph_epilogue() : std::nullopt;
+    const std::optional<ConvGraphEpilogue> epilogue =
+        output_channels_last() && graph_may_fuse_epilogue() ? graph_epilogue() : std::nullopt;
     graph_epilogue_asked_ = epilogue.has_value();
     // cuDNN's graph reads x and W channels-last where it takes any tensor so: its kernels' own layouts,
     // which the layer copies x (when packed) and W into.
     request.x_channels_last = input_channels_last(0) || epilogue.has_value();
     // Y channels-last where only the epilogue reads it; a channels-last output is the graph's own.
-    request.y_channels_last = epilogue.has_value() || (!keeps_y() && cuda::channels_last_pool_geometry_error(
-                                                                         general_geometry()) == nullptr);
+    request.y_channels_last = epilogue.has_value() || epilogue_may_read_channels_last_y();
     if (epilogue) request.epilogue = *epilogue;
   }
   conv_->request_forward(request);
@@ -251,7 +261,10 @@ std::string FusedConvEpilogue::describe_cuda() const {
     return conv_->describe_cuda() + ": the conv, " + epilogue + " in cuDNN's kernel, the output channels-last" +
            (copies_x_to_channels_last() ? "; its packed input copied to channels-last first" : "");
   if (forward_ == Forward::Cudnn)
-    return conv_->describe_cuda() + "; one epilogue kernel" + (y_channels_last() ? " (reading Y channels-last)" : "") +
+    return conv_->describe_cuda() + "; one epilogue kernel" +
+           (!y_channels_last()         ? ""
+            : output_channels_last() ? " (reading Y and writing its output channels-last)"
+                                     : " (reading Y channels-last)") +
            ": " + epilogue + copies;
   const std::string backward = conv_->describe_cuda();
   const std::string kernel = forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), "
@@ -295,8 +308,10 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* out = copies_output() ? args.buffer<float>(kPackedOut) : args.out.data;
   conv_->run_forward(ctx, x, w, y, args.buffers[kConvForward]);
   if (y_channels_last())
-    cuda::channels_last_pool_forward(y, bias, chain, out, args.buffer<uint8_t>(kArgmax),
-                                     tiled_ ? args.buffer<float>(kYAtMax) : nullptr, general_geometry(), ctx.stream());
+    cuda::channels_last_pool_forward(y, bias, chain, out,
+                                     output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed,
+                                     args.buffer<uint8_t>(kArgmax), tiled_ ? args.buffer<float>(kYAtMax) : nullptr,
+                                     general_geometry(), ctx.stream());
   else if (tiled_)
     cuda::fused_epilogue_forward(y, bias, chain, out, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax),
                                  tiled_geometry(), ctx.stream());

@@ -20,9 +20,10 @@
 // the conv, the bias and the chain, which cuDNN's runtime-fusion engines
 // compile into one kernel. That graph reads x and W channels-last, the
 // layouts of cuDNN's kernels: the layer copies W (small) each forward, and x
-// where its input is packed. Where cuDNN has no engine for that, or the
-// chain has a leaky_relu slope outside [0, 1], the layer runs packed between
-// layout copies (cuDNN's transform).
+// where its input is packed. With a pool, a transposed conv, or a leaky_relu
+// slope outside [0, 1], the epilogue kernel reads a channels-last Y and
+// writes the output channels-last. Where cuDNN grants neither, the layer runs
+// packed between layout copies (cuDNN's transform).
 // CUDA only: the CPU backend runs the layers unfused.
 #pragma once
 
@@ -90,7 +91,9 @@ class FusedConvEpilogue : public FusedLayer {
   // Channels-last where cuDNN's graph API does not take it: the layer's
   // input copied to packed, or its output computed packed and copied.
   bool copies_input() const { return input_channels_last(0) && !conv_->forward_request_granted(); }
-  bool copies_output() const { return output_channels_last() && !fused_output(); }
+  bool copies_output() const { return output_channels_last() && !fused_output() && !y_channels_last(); }
+  bool graph_may_fuse_epilogue() const;
+  bool epilogue_may_read_channels_last_y() const;  // asks cuDNN for a channels-last Y
   // Where cuDNN's graph reads x channels-last, W is read so too, from a copy; and a packed input is copied.
   bool reads_channels_last_w() const {
     return conv_->forward_request_granted() && conv_->forward_request().x_channels_last;

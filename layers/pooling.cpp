@@ -96,19 +96,25 @@ cuda::ChainPoolGeometry Pooling::cuda_geometry() const {
   return g;
 }
 
+// The kernel that reads a packed input writes packed: a channels-last output is copied from a packed one.
+bool Pooling::copies_output() const { return output_channels_last() && !input_channels_last(0); }
+
 // anvil's max pool saves each window's argmax (a byte) for its backward.
 std::vector<BufferRequest> Pooling::buffers(Device device) const {
   if (device != Device::Cuda || kernel_ == Kernel::Cudnn) return {};
   const bool argmax = spec_.max && input_grad_;
   const size_t out_bytes = static_cast<size_t>(numel(output_shape())) * sizeof(float);
   return {{"argmax", argmax ? static_cast<size_t>(numel(output_shape())) : 0, BufferLife::Saved},
-          {"packed_out", output_channels_last() ? out_bytes : 0, BufferLife::Forward}};
+          {"packed_out", copies_output() ? out_bytes : 0, BufferLife::Forward}};
 }
 
 std::string Pooling::describe_cuda() const {
   if (kernel_ == Kernel::Cudnn) return "cuDNN's pooling";
+  const std::string output = copies_output()           ? "; its output copied to channels-last after"
+                             : output_channels_last() ? ", writing its output channels-last"
+                                                      : "";
   return std::string("anvil's pool kernel") + (input_channels_last(0) ? ", reading its input channels-last" : "") +
-         (output_channels_last() ? "; its output copied to channels-last after" : "");
+         output;
 }
 
 // Either layout in inference on anvil's kernel, where the channels-last kernel takes the window.
@@ -132,14 +138,15 @@ void Pooling::build_cuda(CudaContext&, const BuildSettings&) {
 
 void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (kernel_ == Kernel::Anvil) {
-    float* out = output_channels_last() ? args.buffer<float>(kPackedOut) : args.out.data;
+    float* out = copies_output() ? args.buffer<float>(kPackedOut) : args.out.data;
     if (input_channels_last(0))
-      cuda::channels_last_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out, nullptr, nullptr,
-                                       cuda_geometry(), ctx.stream());
+      cuda::channels_last_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out,
+                                       output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed,
+                                       nullptr, nullptr, cuda_geometry(), ctx.stream());
     else
       cuda::chain_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out, args.buffer<uint8_t>(kArgmax),
                                cuda_geometry(), ctx.stream());
-    if (output_channels_last()) copy_to_layout(ctx.cudnn(), output_shape(), out, false, args.out.data);
+    if (copies_output()) copy_to_layout(ctx.cudnn(), output_shape(), out, false, args.out.data);
     return;
   }
   const float one = 1.f, zero = 0.f;

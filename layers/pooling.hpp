@@ -7,8 +7,9 @@
 // copy bandwidth on the H200 (bench/RESULTS.md). cuDNN runs the windows
 // anvil's kernels do not take, and is the alternative --autotune times.
 // In inference anvil's kernel reads a channels-last input
-// (channels_last_pool.hpp) and writes a channels-last output through a copy
-// (cuDNN's transform), for lower/channels_last.cpp.
+// (channels_last_pool.hpp), and writes a channels-last output: itself from a
+// channels-last input, through a copy (cuDNN's transform) from a packed one;
+// for lower/channels_last.cpp.
 #pragma once
 
 #include <memory>
@@ -64,6 +65,7 @@ class Pooling : public Layer {
   void backward_cuda(CudaContext& ctx, const LayerArgs& args) override;
 
  private:
+  bool copies_output() const;  // a channels-last output computed packed, then copied
   struct Descriptors;  // created in build_cuda: a CPU engine never touches cuDNN
   std::unique_ptr<Descriptors> d_;
   bool input_grad_ = true;

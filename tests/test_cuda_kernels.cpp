@@ -1311,11 +1311,18 @@ TEST(CudaKernels, ChannelsLastPool) {
       ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
       gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
                               max ? packed.argmax.get() + off : nullptr, g, nullptr);
-      gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
+      gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off, gpu::PLayout::Packed,
                                       max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
                                       g, nullptr);
       const ChainResult want = packed.result(max, false), got = b.result(max, max);
       expect_same(got.p, want.p, what + "p");
+      // P written channels-last: the same bits, transposed, and nothing past it touched.
+      ChainBuffers b_last(last, g.c, count, all_pooled, 0, off);
+      gpu::channels_last_pool_forward(b_last.y.get() + off, b_last.bias_ptr(), b_last.chain, b_last.p.get() + off,
+                                      gpu::PLayout::ChannelsLast, nullptr, nullptr, g, nullptr);
+      expect_same(b_last.p.download(off, all_pooled), to_channels_last(want.p, g.n, g.c, pooled),
+                  what + "channels-last p");
+      expect_untouched(b_last.p, off, all_pooled, what + "channels-last p");
       expect_same(got.argmax, want.argmax, what + "argmax");
       if (chain.exact)
         expect_exact(got.p, ref.p, what + "p vs reference");
@@ -1357,10 +1364,16 @@ TEST(CudaKernels, AddChannelsLastPoolIsAddChainPool) {
         gpu::add_chain_pool_forward(want.y.get() + off, z.get() + off, want.chain, want.p.get() + off,
                                     max ? want.argmax.get() + off : nullptr, g, nullptr);
         gpu::add_channels_last_pool_forward(got.y.get() + off, z_last.get() + off, got.chain, got.p.get() + off,
-                                            max ? got.argmax.get() + off : nullptr, g, nullptr);
+                                            gpu::PLayout::Packed, max ? got.argmax.get() + off : nullptr, g, nullptr);
         const ChainResult w = want.result(max, false), r = got.result(max, false);
         expect_same(r.p, w.p, what + "p");
         expect_same(r.argmax, w.argmax, what + "argmax");
+        ChainBuffers got_last(last, g.c, count, pooled, 0, off);
+        gpu::add_channels_last_pool_forward(got_last.y.get() + off, z_last.get() + off, got_last.chain,
+                                            got_last.p.get() + off, gpu::PLayout::ChannelsLast, nullptr, g, nullptr);
+        expect_same(got_last.p.download(off, pooled), to_channels_last(w.p, g.n, g.c, pooled / g.n / g.c),
+                    what + "channels-last p");
+        expect_untouched(got_last.p, off, pooled, what + "channels-last p");
       }
     }
   }
@@ -1478,7 +1491,7 @@ TEST(CudaKernels, ChannelsLastPoolReluOfMinusInfIsZero) {
                         const size_t off = with_bias ? 0 : 1;
                         ChainBuffers b(last, g.c, count, all_pooled, 0, off);
                         gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off,
-                                                        max ? b.argmax.get() + off : nullptr,
+                                                        gpu::PLayout::Packed, max ? b.argmax.get() + off : nullptr,
                                                         max ? b.y_at_max.get() + off : nullptr, g, nullptr);
                         const std::vector<float> p = b.p.download(off, all_pooled);
                         expect_untouched(b.p, off, all_pooled, what + "p");
@@ -1662,17 +1675,23 @@ TEST(CudaKernels, RejectsBadArguments) {
     avg.pool = gpu::ChainPool::Avg;
     return avg;
   }(), nullptr), anvil::Error);  // argmax only with a max pool
-  EXPECT_THROW(gpu::channels_last_pool_forward(nullptr, nullptr, chain, x, u.get(), x, pool, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, nullptr, x, pool, nullptr),
+  const gpu::PLayout packed = gpu::PLayout::Packed;
+  EXPECT_THROW(gpu::channels_last_pool_forward(nullptr, nullptr, chain, x, packed, u.get(), x, pool, nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, packed, nullptr, x, pool, nullptr),
                anvil::Error);  // y_at_max only with argmax
-  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, no_multiplier, x, nullptr, nullptr, pool, nullptr),
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, gpu::PLayout::ChannelsLast, u.get(), nullptr,
+                                               pool, nullptr),
+               anvil::Error);  // argmax only with a packed P
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, no_multiplier, x, packed, nullptr, nullptr, pool, nullptr),
                anvil::Error);
   bad = pool;
   bad.c = int64_t(65536) * 32;  // more channel tiles than a grid's y
   EXPECT_NE(gpu::channels_last_pool_geometry_error(bad), nullptr);
-  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, nullptr, nullptr, bad, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, nullptr, chain, x, nullptr, pool, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, x, chain, x, nullptr, bad, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, packed, nullptr, nullptr, bad, nullptr),
+               anvil::Error);
+  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, nullptr, chain, x, packed, nullptr, pool, nullptr), anvil::Error);
+  EXPECT_THROW(gpu::add_channels_last_pool_forward(x, x, chain, x, packed, nullptr, bad, nullptr), anvil::Error);
   device_sync();  // nothing was launched, nothing failed
 }
 

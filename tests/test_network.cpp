@@ -1198,11 +1198,21 @@ TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
   // The network's output stays packed, and so does a conv's output that a pool follows (the pool is fused).
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + kBranch), Names{"act"});
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + pool + R"(, {"type": "sigmoid", "name": "s"})"), Names{});
-  // A fused transposed conv reads channels-last but writes packed: cuDNN's graph fuses an epilogue
-  // into a forward conv only, so a channels-last output could only be copied.
+  const std::string head = R"(, {"type": "conv2d", "name": "head", "in_channels": 12, "out_channels": 4,
+    "kernel_size": 1})";
+  // A fused transposed conv writes channels-last through its epilogue kernel, which reads Y so (cuDNN's
+  // graph fuses an epilogue into a forward conv only).
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
-    "in_channels": 12, "out_channels": 12, "kernel_size": 2, "stride": 2}, {"type": "relu", "name": "r"},
-    {"type": "conv2d", "name": "head", "in_channels": 12, "out_channels": 4, "kernel_size": 1})"), Names{"act"});
+    "in_channels": 12, "out_channels": 12, "kernel_size": 2, "stride": 2}, {"type": "relu", "name": "r"})" + head),
+            (Names{"act", "r"}));
+  // So does a conv fused with its pool, where a conv reads the pooled output (conv, relu, pool, conv),
+  // where cuDNN would write its Y channels-last: from a channels-last x, or a packed one with at least
+  // 128 products per output (not the stem's 12 x 9); and the pooled residual join that a conv reads.
+  const std::string pooled = R"(, {"type": "conv2d", "name": "c", "in_channels": 12, "out_channels": 12,
+    "kernel_size": 3, "padding": 1}, {"type": "relu"}, {"type": "max_pool2d", "name": "p", "kernel_size": 2})";
+  EXPECT_EQ(channels_last_tensors(std::string(kStem) + pooled + head), (Names{"act", "p"}));
+  EXPECT_EQ(channels_last_tensors(pooled.substr(1) + head), Names{});
+  EXPECT_EQ(channels_last_tensors(residual + head), (Names{"act", "gain", "max_pool2d_5"}));
   // A transposed conv that no chain follows stays a conv of its own, which reads its input packed.
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
     "in_channels": 12, "out_channels": 4, "kernel_size": 2, "stride": 2})"), Names{});
@@ -1222,6 +1232,10 @@ TEST_F(NetworkFusion, InferencePassesPoolsAddsAndLoneConvsChannelsLast) {
   const std::string pool = R"(, {"type": "max_pool2d", "name": "pool", "kernel_size": 2})";
   EXPECT_EQ(channels_last_tensors(pyramid + pool), (Names{"down", "act1", "conv2", "join"}));
   EXPECT_EQ(channels_last_tensors(pyramid + pool, false), Names{});
+  // A pool between channels-last tensors reads and writes them so.
+  EXPECT_EQ(channels_last_tensors(pyramid + pool + R"(, {"type": "conv2d", "name": "head", "in_channels": 12,
+    "out_channels": 4, "kernel_size": 1})"),
+            (Names{"down", "act1", "conv2", "join", "pool"}));
   // An activation after the add passes the layout on.
   EXPECT_EQ(channels_last_tensors(pyramid + R"(, {"type": "relu", "name": "r"})" + pool),
             (Names{"down", "act1", "conv2", "join", "r"}));

@@ -750,13 +750,16 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
 // them so, and a residual add reads both addends so. Odd batches, spatial
 // sizes and channels (5: not a multiple of 4), 2-D and 3-D, sigmoid, tanh,
 // multipliers, a conv without bias; the network's output stays packed. Where
-// cuDNN's graph cannot take a layer, it copies between layouts: a chain with
-// leaky_relu slopes outside [0, 1] (computed packed, copied out), and a
-// transposed conv of stride and dilation 2, whose backward-data runs cuDNN's
-// FMA algorithms (its channels-last input copied to packed). A pyramid join
+// cuDNN's graph cannot take a layer, it copies between layouts: a transposed
+// conv of stride and dilation 2, whose backward-data runs cuDNN's FMA
+// algorithms (its channels-last input copied to packed). A pyramid join
 // passes a pool's output (copied to channels-last), a conv that nothing
 // follows (fused alone, its epilogue the bias), a three-input add and the
-// pool after it channels-last. A chain of lone convs (an RGB one, one
+// pool after it channels-last, which writes channels-last for a conv after
+// it. Epilogue kernels that read Y channels-last write it so too where a
+// conv reads their output: after a pool, a transposed conv and a pooled
+// residual join (and a chain cuDNN's graph cannot take, where cuDNN gives
+// the channels-last Y). A chain of lone convs (an RGB one, one
 // without bias) runs on cuDNN's formulation even with anvil's kernels
 // allowed. Each matches the CPU reference and the same engine with
 // every activation packed. Training, strict fp32 and
@@ -789,7 +792,7 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "leaky_relu", "negative_slope": 1.5}, {"type": "leaky_relu", "negative_slope": -0.3},
         {"type": "conv3d", "in_channels": 12, "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "sigmoid"}, {"type": "max_pool3d", "kernel_size": 2})"),
-       {fused, "x channels-last", "its output copied to channels-last after"}},
+       {fused, "x channels-last"}},
       {"transposed_reader_2d", net_json("t", "[2, 4, 7, 6]", R"(
         {"type": "conv2d", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "padding": 1},
         {"type": "relu"},
@@ -809,9 +812,27 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "leaky_relu", "name": "act1", "negative_slope": 0.1},
         {"type": "conv2d", "name": "conv2", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
         {"type": "add", "name": "join", "inputs": ["down", "act1", "conv2"]},
-        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"),
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "conv2d", "in_channels": 8, "out_channels": 5, "kernel_size": 1})"),
        {fused, "its output copied to channels-last after", "channels-last in and out",
-        "reading its input channels-last"}},
+        "reading its input channels-last, writing its output channels-last"}},
+      {"pooled_blocks_2d", net_json("v", "[3, 16, 13, 10]", R"(
+        {"type": "conv2d", "in_channels": 16, "out_channels": 12, "kernel_size": 3, "padding": 1},
+        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2},
+        {"type": "conv_transpose2d", "in_channels": 12, "out_channels": 8, "kernel_size": 2, "stride": 2},
+        {"type": "leaky_relu", "negative_slope": 0.2},
+        {"type": "conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"type": "tanh"}, {"type": "avg_pool2d", "kernel_size": 2},
+        {"type": "conv2d", "in_channels": 8, "out_channels": 4, "kernel_size": 1})"),
+       {"(reading Y and writing its output channels-last)", "x channels-last"}},
+      {"residual_head_2d", net_json("h", "[2, 12, 9, 11]", R"(
+        {"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "relu", "name": "act"},
+        {"type": "conv2d", "name": "branch", "in_channels": 16, "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "add", "name": "sum", "inputs": ["act", "branch"]},
+        {"type": "max_pool2d", "kernel_size": 2},
+        {"type": "conv2d", "in_channels": 16, "out_channels": 6, "kernel_size": 1})"),
+       {fused, "reading both addends and writing its output channels-last"}},
       {"lone_convs_2d", net_json("l", "[2, 3, 11, 9]", R"(
         {"type": "conv2d", "name": "rgb", "in_channels": 3, "out_channels": 40, "kernel_size": 3, "padding": 1},
         {"type": "conv2d", "name": "wide", "in_channels": 40, "out_channels": 64, "kernel_size": 3, "padding": 1},

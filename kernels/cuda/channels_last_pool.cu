@@ -6,7 +6,8 @@
 // loads are whole runs of Y's channels; writing, lanes span the tile's
 // elements, so the NCDHW stores coalesce too. The tile passes through shared
 // memory between. Windows are walked as chain_pool.cu's forward walks them
-// (row-major, skipping padding, the same PoolWindow): the same bits.
+// (row-major, skipping padding, the same PoolWindow): the same bits. A
+// channels-last P needs no transpose: each thread stores its kVec channels.
 #include "kernels/cuda/channels_last_pool.hpp"
 
 #include <limits>
@@ -33,6 +34,7 @@ struct Dims {
   int64_t image_in = 1;         // Y's floats per image: D * H * W * C
   FastDiv out_h, out_w, tiles;  // by out[1], out[2] and the tiles per P plane
   double divisor = 1.0;         // the window's volume (average; count_include_pad)
+  bool p_channels_last = false;
 };
 
 template <int kVec>
@@ -45,7 +47,7 @@ __device__ __forceinline__ void load_channels(const float* p, float (&v)[kVec]) 
   }
 }
 
-// kVec: channels per thread (4: C % 4 == 0 and y and the addend 16-byte aligned).
+// kVec: channels per thread (4: C % 4 == 0 and y, the addend and a channels-last p 16-byte aligned).
 // kAdd: Y is y + addend (bias null), as chain_pool's add_ forms.
 template <class Chain, ChainPool kPool, int kVec, bool kAdd>
 __global__ void __launch_bounds__(kThreads)
@@ -113,6 +115,23 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
       }
+  if (d.p_channels_last) {  // kVec divides C (or is 1): a thread's channels are all in P or all past it
+    const uint32_t first = c0 + group * kVec;
+    if (first >= d.c) return;
+#pragma unroll
+    for (int u = 0; u < kPerThread; ++u) {
+      const uint32_t e = e0 + row + u * kRows;
+      if (e >= d.plane_out) break;
+      float* out = p + (int64_t(image) * d.plane_out + e) * d.c + first;
+      if constexpr (kVec == 4)
+        *reinterpret_cast<float4*>(out) =
+            make_float4(window[u][0].result(d.divisor), window[u][1].result(d.divisor),
+                        window[u][2].result(d.divisor), window[u][3].result(d.divisor));
+      else
+        *out = window[u][0].result(d.divisor);
+    }
+    return;
+  }
 #pragma unroll
   for (int u = 0; u < kPerThread; ++u)
 #pragma unroll
@@ -158,10 +177,13 @@ void launch(dim3 blocks, bool vec4, const float* y, const float* addend, const f
 
 template <bool kAdd>
 void forward(const char* op, const float* y, const float* addend, const float* bias, const EpilogueChain& chain,
-             float* p, uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream) {
+             float* p, PLayout p_layout, uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g,
+             cudaStream_t stream) {
   detail::require(y != nullptr && p != nullptr && (addend != nullptr) == kAdd, op, "null y, p or addend");
   detail::require(argmax == nullptr || g.pool == ChainPool::Max, op, "argmax only with a max pool");
   detail::require(y_at_max == nullptr || argmax != nullptr, op, "y_at_max only with argmax");
+  const bool p_last = p_layout == PLayout::ChannelsLast;
+  detail::require(!p_last || argmax == nullptr, op, "argmax only with a packed P");
   if (const char* why = channels_last_pool_geometry_error(g)) detail::require(false, op, why);
   require_chain(op, chain);
   const std::array<int64_t, 3> out = chain_pool_output(g);
@@ -184,8 +206,10 @@ void forward(const char* op, const float* y, const float* addend, const float* b
   const int64_t tiles = detail::ceil_div(d.plane_out, kElems);
   d.tiles = FastDiv(uint32_t(tiles));
   d.divisor = double(window);
+  d.p_channels_last = p_last;
   const dim3 blocks(unsigned(g.n * tiles), unsigned(detail::ceil_div(g.c, kTile)));
-  const bool vec4 = g.c % 4 == 0 && detail::aligned_to(y, 16) && (!kAdd || detail::aligned_to(addend, 16));
+  const bool vec4 = g.c % 4 == 0 && detail::aligned_to(y, 16) && (!kAdd || detail::aligned_to(addend, 16)) &&
+                    (!p_last || detail::aligned_to(p, 16));
   with_chain_policy(chain, [&](auto policy) {
     using Chain = decltype(policy);
     switch (g.pool) {
@@ -215,13 +239,15 @@ const char* channels_last_pool_geometry_error(const ChainPoolGeometry& g) {
 }
 
 void channels_last_pool_forward(const float* y, const float* bias, const EpilogueChain& chain, float* p,
-                                uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g, cudaStream_t stream) {
-  forward<false>("channels_last_pool_forward", y, nullptr, bias, chain, p, argmax, y_at_max, g, stream);
+                                PLayout p_layout, uint8_t* argmax, float* y_at_max, const ChainPoolGeometry& g,
+                                cudaStream_t stream) {
+  forward<false>("channels_last_pool_forward", y, nullptr, bias, chain, p, p_layout, argmax, y_at_max, g, stream);
 }
 
 void add_channels_last_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
-                                    uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream) {
-  forward<true>("add_channels_last_pool_forward", y, addend, nullptr, chain, p, argmax, nullptr, g, stream);
+                                    PLayout p_layout, uint8_t* argmax, const ChainPoolGeometry& g,
+                                    cudaStream_t stream) {
+  forward<true>("add_channels_last_pool_forward", y, addend, nullptr, chain, p, p_layout, argmax, nullptr, g, stream);
 }
 
 }  // namespace anvil::cuda

@@ -3,10 +3,11 @@
 // packed input costs them a transpose pass, and a packed output one more. So
 // a tensor stays channels-last where its producer and every reader can run
 // so (Layer::takes_layouts): a fused conv on cuDNN's formulation (without a
-// pool it writes channels-last, the bias and the chain in the conv's kernel),
-// the fused add reading both addends so, an add or activation with every
-// tensor in one layout, and a pool (it reads channels-last, and writes so
-// through a copy). The network's input and output stay packed, as the API
+// pool it writes channels-last, the bias and the chain in the conv's kernel;
+// with one, its epilogue kernel reads Y and writes P so), the fused add
+// reading both addends so, an add or activation with every tensor in one
+// layout, and a pool (it reads channels-last, and writes so; through a copy
+// from a packed input). The network's input and output stay packed, as the API
 // has them; training keeps every tensor packed.
 #pragma once
 
