@@ -77,10 +77,9 @@ bool FusedAddEpilogue::takes_layouts(const std::vector<bool>& inputs, bool outpu
 void FusedAddEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, 0);
   if (input_channels_last(0))
-    cuda::add_channels_last_pool_forward(
-        args.in[0].data, args.in[1].data, chain, args.out.data,
-        output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed, args.buffer<uint8_t>(kArgmax),
-        geometry(), ctx.stream());
+    cuda::add_channels_last_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
+                                         cuda::p_layout(output_channels_last()), args.buffer<uint8_t>(kArgmax),
+                                         geometry(), ctx.stream());
   else
     cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
                                  args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());

@@ -308,8 +308,7 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   float* out = copies_output() ? args.buffer<float>(kPackedOut) : args.out.data;
   conv_->run_forward(ctx, x, w, y, args.buffers[kConvForward]);
   if (y_channels_last())
-    cuda::channels_last_pool_forward(y, bias, chain, out,
-                                     output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed,
+    cuda::channels_last_pool_forward(y, bias, chain, out, cuda::p_layout(output_channels_last()),
                                      args.buffer<uint8_t>(kArgmax), tiled_ ? args.buffer<float>(kYAtMax) : nullptr,
                                      general_geometry(), ctx.stream());
   else if (tiled_)

@@ -141,8 +141,8 @@ void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
     float* out = copies_output() ? args.buffer<float>(kPackedOut) : args.out.data;
     if (input_channels_last(0))
       cuda::channels_last_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out,
-                                       output_channels_last() ? cuda::PLayout::ChannelsLast : cuda::PLayout::Packed,
-                                       nullptr, nullptr, cuda_geometry(), ctx.stream());
+                                       cuda::p_layout(output_channels_last()), nullptr, nullptr, cuda_geometry(),
+                                       ctx.stream());
     else
       cuda::chain_pool_forward(args.in[0].data, nullptr, cuda::EpilogueChain{}, out, args.buffer<uint8_t>(kArgmax),
                                cuda_geometry(), ctx.stream());

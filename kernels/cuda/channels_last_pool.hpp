@@ -20,6 +20,7 @@
 namespace anvil::cuda {
 
 enum class PLayout { Packed, ChannelsLast };
+inline PLayout p_layout(bool channels_last) { return channels_last ? PLayout::ChannelsLast : PLayout::Packed; }
 
 // Why the kernel cannot run this geometry, or null where it can.
 const char* channels_last_pool_geometry_error(const ChainPoolGeometry& g);
