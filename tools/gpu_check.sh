@@ -14,7 +14,10 @@
 # BANDWIDTH_NETWORKS (suite names, default pyramid_join_2d residual_add_2d)), CTEST_JOBS (default 4: all 819 tests took 97 s so on an H100, 2026-12-05, after a 109 s build; one at a time they do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
 # CTEST_RANGE (ctest -I: "611,768" runs tests 611 to 768, for a run split across calls),
 # TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
-# SANITIZER_TIMEOUT (s per tool, default 420; the tools run side by side: all four took 300 to 350 s on an H100, 2026-12-05), MEMCHECK_FILTER and
+# SANITIZER_TIMEOUT (s per tool's shard, default 420), SANITIZER_SHARDS (gtest shards a tool runs
+# in, side by side, default 4: the tools are bound by the host's instrumentation, and one process
+# a tool no longer fitted 420 s on an H100, 2026-12-07, with CudaKernels.ChannelsLastPool alone
+# at 150 to 200 s), MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to /tmp/anvil-gpu-check; with
 # OUT set (the device tool's folder, which brings back at most 8 files) they
@@ -85,7 +88,9 @@ elif command -v compute-sanitizer >/dev/null; then
   kernel_tests="CudaPointwise*:CudaKernels*:*DirectConv*:*WgmmaConv*:*PhaseMma*:*ConvWgradMma*:*ConvFpropMma*:GatherCuda*:LossOptimizerCuda*:*CheckFinite*cuda:DataParallelGpu*:-*LargeTensors*:CudaKernels.AddChainPool*"
   tools="${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}"
   rcs=$(mktemp -d)
-  # The tools run side by side: each is bound by the host's instrumentation, not the GPU.
+  shards=${SANITIZER_SHARDS:-4}
+  # The tools, and each tool's gtest shards, run side by side: each is bound by the host's
+  # instrumentation, not the GPU.
   for tool in $tools; do
     if [ "$tool" = memcheck ]; then
       # DataParallelGpu is left out: ncclCommInitAll probes its own kernels with cudaFuncGetAttributes,
@@ -97,17 +102,27 @@ elif command -v compute-sanitizer >/dev/null; then
       filter="${KERNEL_FILTER:-$kernel_tests}"
       only=(--kernel-name kns=5anvil)
     fi
-    ( timeout "${SANITIZER_TIMEOUT:-420}" compute-sanitizer --tool "$tool" "${only[@]}" \
-        --error-exitcode 9 build/tests/anvil_tests --gtest_filter="$filter" >"$out/$tool.log" 2>&1
-      echo $? >"$rcs/$tool" ) &
+    for ((shard = 0; shard < shards; ++shard)); do
+      ( GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$shard timeout "${SANITIZER_TIMEOUT:-420}" \
+          compute-sanitizer --tool "$tool" "${only[@]}" --error-exitcode 9 build/tests/anvil_tests \
+          --gtest_filter="$filter" >"$out/$tool.$shard.log" 2>&1
+        echo $? >"$rcs/$tool.$shard" ) &
+    done
   done
   wait
   for tool in $tools; do
-    rc=$(cat "$rcs/$tool" 2>/dev/null)
-    [[ "$rc" =~ ^[0-9]+$ ]] || rc=255  # the tool's shell died before writing its status: a failure
-    [ "$rc" -eq 124 ] && note="TIMED OUT" || note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.log" | tail -1)"
-    summary+=("$tool: rc $rc, $note; $(grep -cE '^\[       OK \]' "$out/$tool.log") tests passed")
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED  \]" "$out/$tool.log" | tail -3
+    rc=0 note="" passed=0
+    for ((shard = 0; shard < shards; ++shard)); do
+      shard_rc=$(cat "$rcs/$tool.$shard" 2>/dev/null)
+      [[ "$shard_rc" =~ ^[0-9]+$ ]] || shard_rc=255  # the tool's shell died before writing its status: a failure
+      log="$out/$tool.$shard.log"
+      [ "$shard_rc" -eq 124 ] && shard_note="TIMED OUT" || shard_note="$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)"
+      note+="${note:+; }shard $shard: ${shard_note#========= }"
+      passed=$((passed + $(grep -cE '^\[       OK \]' "$log")))
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|FAILED  \]" "$log" | tail -3
+      [ "$shard_rc" -ne 0 ] && rc=$shard_rc
+    done
+    summary+=("$tool: rc $rc, $note; $passed tests passed")
     [ "$rc" -ne 0 ] && sanitizer_rc=$rc
   done
   rm -rf "$rcs"
