@@ -89,6 +89,8 @@ elif command -v compute-sanitizer >/dev/null; then
   tools="${SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}"
   rcs=$(mktemp -d)
   shards=${SANITIZER_SHARDS:-4}
+  # None would run nothing and report it clean.
+  [[ "$shards" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: SANITIZER_SHARDS must be a whole number above 0, not '$shards'" >&2; exit 2; }
   # The tools, and each tool's gtest shards, run side by side: each is bound by the host's
   # instrumentation, not the GPU.
   for tool in $tools; do
