@@ -469,6 +469,11 @@ TEST(NetworkParse, ReservedAndMalformedLayerNames) {
             "bad.json: layers[0].name: 'grad.input' is reserved (--dump-grads names the input's gradient so); "
             "choose another name");
   EXPECT_EQ(error_of(one_layer(R"({"type": "channel_scale", "name": "grad.input.x"})")), "<no error>");
+  // Its parameter would be "__metadata__", which no safetensors file can hold: refused before any training.
+  EXPECT_EQ(error_of(one_layer(R"({"type": "channel_scale", "name": "__metadata__"})")),
+            "bad.json: layers[0].name: '__metadata__' is reserved (tensor files keep it for their metadata); "
+            "choose another name");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "channel_scale", "name": "__metadata__.x"})")), "<no error>");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ""})")), "bad.json: layers[0].name: must not be empty");
   // Names go into the headers of checkpoints and weights files: a layer's at most 256 characters, the network's
   // at most 1024 bytes.

@@ -150,6 +150,10 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
     // --dump-grads writes the input's gradient as "grad.input": a channel_scale so named would lose its own.
     if (spec.name == "grad.input")
       cfg.fail("name", "'grad.input' is reserved (--dump-grads names the input's gradient so); choose another name");
+    // A channel_scale's parameter takes its layer's name, and safetensors keeps "__metadata__" for the header's
+    // metadata: such a network would train, then fail to write its weights or checkpoint.
+    if (spec.name == "__metadata__")
+      cfg.fail("name", "'__metadata__' is reserved (tensor files keep it for their metadata); choose another name");
     if (cfg.has("name") && spec.name.size() > kMaxLayerName)  // (a default name's type is checked later)
       cfg.fail("name", "must be at most " + std::to_string(kMaxLayerName) + " characters, got " +
                            std::to_string(spec.name.size()));
