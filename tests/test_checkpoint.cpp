@@ -410,6 +410,15 @@ void resume_across_epochs(Device device) {
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()), path + ": batch 8 of an epoch of 8 (another dataset or batch size?)");
   }
+  // Saving refuses that position too, before writing: the file at the path stays as it was.
+  const std::string forged_text = read_text(path);
+  try {
+    first.save_checkpoint(path, {16, 1, 8});
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": batch 8 of an epoch of 8 (the attached dataset's)");
+  }
+  EXPECT_EQ(read_text(path), forged_text);
   for (const auto& [name, value] : resumed.parameters()) EXPECT_TRUE(bitwise_equal(value, before.at(name))) << name;
   std::remove(path.c_str());
 }

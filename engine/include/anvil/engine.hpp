@@ -193,7 +193,7 @@ class Engine {
   // character device or a pipe (/dev/null, /dev/stdout: a checkpoint is a
   // regular file, replaced by rename; check_output_is_a_file), and a position
   // loading would refuse (a number outside 0 to 2^53, an epoch or batch past
-  // the step).
+  // the step, a batch past the attached dataset's epoch).
   void save_checkpoint(const std::string& path, const TrainPosition& position) const;
   // Throws the Error save_checkpoint(path, any position) would give because the path names one of
   // those inputs or a device or pipe, or the file's header (the tensor names and metadata) is beyond

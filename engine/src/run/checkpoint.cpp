@@ -61,6 +61,13 @@ std::string data_description(const DataFeed* feed, const DataOptions& options) {
          ", keep_last " + (options.keep_last ? "on" : "off");
 }
 
+// With a dataset attached, a position's next batch must lie in its epochs: why it does not, or "".
+std::string batch_outside_epochs(const DataFeed* feed, const TrainPosition& p) {
+  if (feed == nullptr || p.batch_in_epoch < feed->plan().batches_per_epoch()) return "";
+  return "batch " + std::to_string(p.batch_in_epoch) + " of an epoch of " +
+         std::to_string(feed->plan().batches_per_epoch());
+}
+
 // The tensor that holds optimizer state `state` (e.g. exp_avg) of a parameter.
 std::string state_tensor_name(const std::string& state, const std::string& parameter) {
   return "optimizer." + state + "." + parameter;
@@ -102,6 +109,8 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   const Impl& m = *impl_;
   if (!m.training()) throw Error("save_checkpoint needs an engine built for training (Mode::Train)");
   check_position(position, path);
+  if (const std::string why = batch_outside_epochs(m.train_feed.get(), position); !why.empty())
+    throw InputError(path + ": " + why + " (the attached dataset's)");
   check_output_is_a_file(path, "a checkpoint");  // never written into a device or a pipe
   m.refuse_own_inputs(path);
   TensorFile file;
@@ -181,10 +190,8 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (!this_data.empty() && data != file.metadata.end() && data->second != this_data)
     throw InputError(path + ": the checkpoint was written over other data or another order (" + data->second +
                      "); this run's: " + this_data);
-  // With a dataset attached, the batch must lie in its epochs.
-  if (m.train_feed && position.batch_in_epoch >= m.train_feed->plan().batches_per_epoch())
-    throw InputError(path + ": batch " + std::to_string(position.batch_in_epoch) + " of an epoch of " +
-                     std::to_string(m.train_feed->plan().batches_per_epoch()) + " (another dataset or batch size?)");
+  if (const std::string why = batch_outside_epochs(m.train_feed.get(), position); !why.empty())
+    throw InputError(path + ": " + why + " (another dataset or batch size?)");
   StepState state;
   state.step = metadata_integer(file, path, "optimizer.step");
 
