@@ -235,6 +235,27 @@ TEST(DataParallelCpu, InProcessCommunicatorAveragesInRankOrder) {
   }
 }
 
+// any_rank is a vote among training ranks: a forward-only engine with a communicator, which has
+// no device word for the vote, refuses it instead of writing through a null pointer.
+TEST(DataParallelCpu, AnyRankNeedsATrainingEngine) {
+  auto comms = in_process_communicators(1);
+  Options forward = on(Device::Cpu);
+  forward.mode = Mode::Forward;
+  forward.communicator = comms[0].get();
+  Engine inference(network(), forward);
+  try {
+    inference.any_rank(true);
+    ADD_FAILURE() << "no exception";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "any_rank needs an engine built for training (Mode::Train)");
+  }
+  Options train = on(Device::Cpu);
+  train.communicator = comms[0].get();
+  Engine trainer(network(), train);
+  EXPECT_TRUE(trainer.any_rank(true));
+  EXPECT_FALSE(trainer.any_rank(false));
+}
+
 // A rank whose communicator is destroyed, before or while another averages, has left: the other's
 // average throws instead of waiting for ever. An absurd rank count is refused up front.
 TEST(DataParallelCpu, ADestroyedRanksPeersStopWaitingForIt) {

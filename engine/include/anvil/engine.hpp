@@ -170,7 +170,7 @@ class Engine {
   // when another's was not.
   std::optional<NonFinite> traced_train_step();
   // Data parallel: whether any rank passed true. A collective (every rank calls it at the same
-  // point) and a host sync; without a communicator it returns `mine`.
+  // point) and a host sync; without a communicator it returns `mine`. Needs Mode::Train (Error).
   bool any_rank(bool mine);
 
   // Parameters by PyTorch state_dict name; load checks names and shapes. A copy on the host:

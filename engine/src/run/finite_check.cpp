@@ -156,6 +156,8 @@ bool Engine::Impl::any_rank(bool mine) {
 
 bool Engine::any_rank(bool mine) {
   require_arena();
+  // The vote's device word is bound with the training buffers: a forward-only engine has none.
+  if (!impl_->training()) throw Error("any_rank needs an engine built for training (Mode::Train)");
   return impl_->any_rank(mine);
 }
 
