@@ -492,6 +492,17 @@ TEST(DatasetTraining, ATrainerRefusesAnEngineFeedingFromAnotherDataset) {
   const std::string attached = "the engine has a dataset attached (attach_data): this Trainer trains on the "
                                "engine's own batch; give the dataset to the Trainer instead";
   EXPECT_EQ(error_of([&] { Trainer(engine, own); }), attached);
+  engine.detach_data();  // back to the engine's own batch
+  EXPECT_EQ(engine.attached_data(), nullptr);
+  EXPECT_EQ(error_of([&] { Trainer(engine, own).run({}); }), "<no error>");
+  // A Trainer whose constructor throws after attaching its dataset leaves none attached.
+  Engine refused(net, options);
+  TrainOptions too_long;
+  too_long.epochs = kMaxSteps;
+  EXPECT_EQ(error_of([&] { Trainer(refused, train, nullptr, too_long, DataOptions{}); }),
+            std::to_string(kMaxSteps) + " epochs of 8 steps are more than 2^53 steps");
+  EXPECT_EQ(refused.attached_data(), nullptr);
+  EXPECT_EQ(error_of([&] { Trainer(refused, own); }), "<no error>");
   Engine plain(net, options);
   Trainer on_own_batch(plain, own);
   plain.attach_data(train, DataOptions{});

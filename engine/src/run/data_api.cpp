@@ -38,15 +38,20 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
                      "them); leave it out (the default) to train data-parallel");
   const BatchPlan global = data.batch_plan(m.global_batch(), options.keep_last);
   const BatchPlan plan = m.ranks() == 1 ? global : BatchPlan(global.batches_per_epoch() * local, local, false);
-  // The captured steps gather from the old feed (or did not gather): forgotten before it goes, so that
-  // no graph reads its freed buffers if the new feed cannot be made.
-  m.forget_graph(Impl::kTrainStep);
-  m.forget_graph(Impl::kGradients);
-  m.train_feed.reset();
+  // Before the new feed is made: no captured step reads the old one's freed buffers if it cannot be.
+  detach_data();
   m.train_feed = std::make_unique<DataFeed>(data, plan, m.options.device, m.cuda_context(),
                                             device_budget(options, m.cuda_context()));
   m.data_options = options;
   start_epoch(0);
+}
+
+// The captured steps gather from the feed, or take the engine's own batch: either way they change.
+void Engine::detach_data() {
+  Impl& m = *impl_;
+  m.forget_graph(Impl::kTrainStep);
+  m.forget_graph(Impl::kGradients);
+  m.train_feed.reset();
 }
 
 int64_t Engine::batches_per_epoch() const {

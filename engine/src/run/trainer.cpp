@@ -50,12 +50,17 @@ Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation
   check_checkpoint_path(options, {&train, validation});
   if (validation) validation->check_fits(engine.network());  // now, not at the first validation
   engine_.attach_data(train, data);
-  steps_per_epoch_ = engine_.batches_per_epoch();
-  if (steps_per_epoch_ > 0 && options.epochs > kMaxSteps / steps_per_epoch_)
-    throw InputError(std::to_string(options.epochs) + " epochs of " + std::to_string(steps_per_epoch_) +
-                     " steps are more than 2^53 steps");
-  total_steps_ = options.epochs > 0 ? options.epochs * steps_per_epoch_ : options.steps;
-  if (!options.checkpoint.empty()) engine_.check_checkpoint_fits(options.checkpoint);  // the data is attached
+  try {
+    steps_per_epoch_ = engine_.batches_per_epoch();
+    if (steps_per_epoch_ > 0 && options.epochs > kMaxSteps / steps_per_epoch_)
+      throw InputError(std::to_string(options.epochs) + " epochs of " + std::to_string(steps_per_epoch_) +
+                       " steps are more than 2^53 steps");
+    total_steps_ = options.epochs > 0 ? options.epochs * steps_per_epoch_ : options.steps;
+    if (!options.checkpoint.empty()) engine_.check_checkpoint_fits(options.checkpoint);  // the data is attached
+  } catch (...) {
+    engine_.detach_data();  // a Trainer that was not made leaves no dataset on the engine
+    throw;
+  }
 }
 
 Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine), options_(options) {
