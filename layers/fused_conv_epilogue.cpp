@@ -8,7 +8,8 @@ namespace anvil {
 
 namespace {
 enum Buffer {
-  kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes, kPackedX, kPackedOut, kLastX, kLastW
+  kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes, kPackedX, kPackedOut, kLastX, kLastW,
+  kWgmmaWeights
 };
 }  // namespace
 
@@ -212,7 +213,10 @@ void FusedConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& settin
 // Saved for backward: with a tiled max pool, per pooled element the argmax
 // inside its window (a byte) and y there; otherwise Y itself or the chain's
 // codes, and a max pool's argmax. The direct and wgmma forwards need no Y of
-// their own.
+// their own; the wgmma forward's weight images (wgmma_conv_workspace_bytes)
+// are scratch of its call, 16-byte aligned as it requires: the memory plan
+// (and autotune's scratch) puts every buffer at a multiple of 256 bytes
+// (kArenaAlignment) from a cudaMalloc'd base.
 std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
   if (device != Device::Cuda) return {};
   const bool backward = conv_->needs_backward();
@@ -233,7 +237,9 @@ std::vector<BufferRequest> FusedConvEpilogue::buffers(Device device) const {
           {"packed_x", copies_input() ? x_bytes : 0, BufferLife::Forward},
           {"packed_out", copies_output() ? out_bytes : 0, BufferLife::Forward},
           {"channels_last_x", copies_x_to_channels_last() ? x_bytes : 0, BufferLife::Forward},
-          {"channels_last_w", reads_channels_last_w() ? w_bytes() : 0, BufferLife::Forward}};
+          {"channels_last_w", reads_channels_last_w() ? w_bytes() : 0, BufferLife::Forward},
+          {"wgmma_weights", forward_ == Forward::Wgmma ? cuda::wgmma_conv_workspace_bytes(wgmma_geometry()) : 0,
+           BufferLife::Forward}};
 }
 
 void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& forward, const LayerArgs& backward) {
@@ -287,7 +293,8 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
   if (forward_ == Forward::Wgmma) {
     cuda::wgmma_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
                              args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y,
-                             args.buffer<uint8_t>(kCodes), wgmma_geometry(), ctx.stream());
+                             args.buffer<uint8_t>(kCodes), args.buffers[kWgmmaWeights], wgmma_geometry(),
+                             ctx.stream());
     return;
   }
   const float* x = args.in[0].data;

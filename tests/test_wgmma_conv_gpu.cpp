@@ -8,7 +8,7 @@
 // leave rows and columns outside every window, tiles that do not fill their
 // 128 rows, ragged last tiles, a transposed conv's weight, x copied 4 and 16
 // bytes at a time, and each pool: none, max and average. Inputs are fresh uniform [-1, 1] floats
-// (never 0), and every output is poisoned (NaN) first.
+// (never 0), and every output and the workspace (the weight images) are poisoned (NaN) first.
 // Checked: the conv output it saves for backward against the CPU reference in
 // float64, with the operands as the tensor cores read them (x truncated to
 // TF32, w rounded to nearest), to float32 accuracy; and everything after the
@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "anvil/error.hpp"
+#include "contains.hpp"
 #include "conv_mma_cases.hpp"
 #include "fused_conv_checks.hpp"
 #include "gpu_test_util.hpp"
@@ -184,11 +186,17 @@ TEST_P(WgmmaConv, MatchesTheCpuConvAndTheChainPoolKernelBitwise) {
   DeviceBuffer<float> dx(x_count + size_t(c.x_offset)), dw(w_count);
   dx.upload(x, size_t(c.x_offset));
   dw.upload(w);
+  const size_t image_floats = gpu::wgmma_conv_workspace_bytes(g) / sizeof(float);
+  DeviceBuffer<float> workspace(image_floats + kFusedSlack);
   check_fused_forward(
       g.conv.out,
       [&](const float* b, const gpu::EpilogueChain& ec, float* p, uint8_t* argmax, float* y_at_max, float* y,
           uint8_t* codes) {
-        gpu::wgmma_conv_forward(dx.get() + c.x_offset, dw.get(), b, ec, p, argmax, y_at_max, y, codes, g, nullptr);
+        // NaN: a word of the weight images the kernel reads but the call left unwritten turns outputs to NaN.
+        workspace.poison();
+        gpu::wgmma_conv_forward(dx.get() + c.x_offset, dw.get(), b, ec, p, argmax, y_at_max, y, codes,
+                                workspace.get(), g, nullptr);
+        expect_poisoned_after(workspace, image_floats, "the weight images");
       },
       [&](const std::vector<float>& y_got) { expect_float32_close(y_got, y_ref, "the conv output"); },
       rng);
@@ -261,12 +269,78 @@ TEST(WgmmaConvLimits, ForwardThrowsOnBadArguments) {
   const gpu::WgmmaConvGeometry avg = geometry_of(kCases[0]);  // an average pool
   gpu::WgmmaConvGeometry overlapping = avg;
   overlapping.conv.out.stride = {1, 1, 1};
-  DeviceBuffer<float> buf(4096);
+  DeviceBuffer<float> buf(4096), workspace(gpu::wgmma_conv_workspace_bytes(avg) / sizeof(float));
   expect_fused_forward_refuses_bad_arguments(
       [&](const float* x, const gpu::EpilogueChain& chain, uint8_t* argmax, bool good, float* y, uint8_t* codes) {
-        gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, y, codes,
+        gpu::wgmma_conv_forward(x, buf.get(), nullptr, chain, buf.get(), argmax, nullptr, y, codes, workspace.get(),
                                 good ? avg : overlapping, nullptr);
       });
+}
+
+// The blocks copy the weight images 16 bytes at a time: a null or misaligned workspace is refused, after the
+// geometry.
+TEST(WgmmaConvLimits, ForwardRefusesANullOrMisalignedWorkspace) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  if (!gpu::wgmma_conv_available()) GTEST_SKIP() << "needs an sm_90 GPU";
+  const Case& c = kCases[0];
+  const gpu::WgmmaConvGeometry g = geometry_of(c);
+  const Dims y_dims = conv_output(c);
+  DeviceBuffer<float> x(size_t(c.n * c.cin * c.x[0] * c.x[1] * c.x[2])),
+      w(size_t(c.cout * c.cin * c.k[0] * c.k[1] * c.k[2])), p(size_t(c.n * c.cout * y_dims[0] * y_dims[1] * y_dims[2])),
+      workspace(gpu::wgmma_conv_workspace_bytes(g) / sizeof(float) + 4);
+  auto refusal = [&](void* ws, const gpu::WgmmaConvGeometry& geometry) -> std::string {
+    try {
+      gpu::wgmma_conv_forward(x.get(), w.get(), nullptr, gpu::EpilogueChain{}, p.get(), nullptr, nullptr, nullptr,
+                              nullptr, ws, geometry, nullptr);
+    } catch (const anvil::Error& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_PRED_FORMAT2(Contains, refusal(nullptr, g), "wgmma_conv_forward: null workspace");
+  void* misaligned = reinterpret_cast<char*>(workspace.get()) + 4;
+  EXPECT_PRED_FORMAT2(Contains, refusal(misaligned, g), "wgmma_conv_forward: the workspace");
+  EXPECT_PRED_FORMAT2(Contains, refusal(misaligned, g), "must be 16-byte aligned");
+  gpu::WgmmaConvGeometry overlapping = g;
+  overlapping.conv.out.stride = {1, 1, 1};
+  EXPECT_PRED_FORMAT2(Contains, refusal(nullptr, overlapping), "a pool whose windows overlap");
+}
+
+// The weight images' bytes, which need no GPU: for each group of N output channels (32, 64 or 128 as there
+// are at most 32, 64 or more), N x (k_pad + 1) floats, k_pad = taps x kc rounded up to 8 and kc = in_channels
+// rounded up to 8 (to 4 for at most 4).
+size_t expected_workspace_bytes(int64_t cin, int64_t cout, int64_t taps) {
+  const int64_t kc = cin <= 4 ? 4 : (cin + 7) / 8 * 8, k_pad = (taps * kc + 7) / 8 * 8;
+  const int64_t n = cout <= 32 ? 32 : cout <= 64 ? 64 : 128, groups = (cout + n - 1) / n;
+  return size_t(groups * n * (k_pad + 1)) * sizeof(float);
+}
+
+TEST(WgmmaConvWorkspace, HoldsEveryGroupsWeightImage) {
+  for (const Case& c : kCases)
+    EXPECT_EQ(gpu::wgmma_conv_workspace_bytes(geometry_of(c)),
+              expected_workspace_bytes(c.cin, c.cout, c.k[0] * c.k[1] * c.k[2]))
+        << c.label;
+  // 16 -> 64 channels, 3x3x3: one group of 64 x (27 x 16 + 1) floats.
+  EXPECT_EQ(gpu::wgmma_conv_workspace_bytes(geometry_of(kCases[0])), size_t(64 * 433 * 4));
+  // 3 -> 200 channels, 1x4x4: two groups of 128 x (16 x 4 + 1).
+  EXPECT_EQ(gpu::wgmma_conv_workspace_bytes(geometry_of(kCases[3])), size_t(2 * 128 * 65 * 4));
+  // 1 -> 1 channel, 1x3x3: 9 taps of 4 channels padded to 40.
+  EXPECT_EQ(gpu::wgmma_conv_workspace_bytes(geometry_of(kCases[2])), size_t(32 * 41 * 4));
+}
+
+TEST(WgmmaConvWorkspace, ThrowsWhereTheImagesCannotBeCounted) {
+  gpu::WgmmaConvGeometry empty = geometry_of(kCases[0]);
+  empty.conv.cin = 0;
+  EXPECT_THROW(gpu::wgmma_conv_workspace_bytes(empty), anvil::Error);
+  gpu::WgmmaConvGeometry flat = geometry_of(kCases[0]);
+  flat.conv.k[1] = 0;
+  EXPECT_THROW(gpu::wgmma_conv_workspace_bytes(flat), anvil::Error);
+  gpu::WgmmaConvGeometry channels = geometry_of(kCases[0]);  // in_channels x taps past 31 bits
+  channels.conv.cin = int64_t(1) << 30;
+  EXPECT_THROW(gpu::wgmma_conv_workspace_bytes(channels), anvil::Error);
+  gpu::WgmmaConvGeometry groups = geometry_of(kCases[0]);  // 65536 groups of 128 output channels
+  groups.conv.out.c = 65535 * 128 + 1;
+  EXPECT_THROW(gpu::wgmma_conv_workspace_bytes(groups), anvil::Error);
 }
 
 }  // namespace

@@ -444,6 +444,21 @@ int fast_k0(const EpilogueGeometry& g) {
   return 0;
 }
 
+// Calls launch(policy, k0) with the chain's policy and k0 a compile-time 2 or 1 where the 2 x 2 kernels
+// take the geometry and the pointers are aligned for them, else 0: the general kernel.
+template <class Launch>
+void with_epilogue_kernel(const EpilogueGeometry& g, const EpilogueChain& chain, bool aligned, Launch&& launch) {
+  const int k0 = aligned ? fast_k0(g) : 0;
+  with_chain_policy(chain, [&](auto policy) {
+    if (k0 == 2)
+      launch(policy, std::integral_constant<int, 2>{});
+    else if (k0 == 1)
+      launch(policy, std::integral_constant<int, 1>{});
+    else
+      launch(policy, std::integral_constant<int, 0>{});
+  });
+}
+
 unsigned epi_blocks(const EpilogueGeometry& g, const EpiDims& d) { return unsigned(g.n * g.c * d.cpp); }
 
 // Argument checks shared by both layouts' launchers.
@@ -556,18 +571,15 @@ void fused_epilogue_forward(const float* y, const float* bias, const EpilogueCha
   require_forward_args(op, y, chain, p, argmax, y_at_max);
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
-  const int k0 = fast_k0(g);
   const bool aligned = detail::aligned_to(y, 16) && detail::aligned_to(p, 8) && detail::aligned_to(y_at_max, 8) &&
                        detail::aligned_to(argmax, 2);
-  with_chain_policy(chain, [&](auto policy) {
+  with_epilogue_kernel(g, chain, aligned, [&](auto policy, auto k0_constant) {
     using Chain = decltype(policy);
-    if (k0 == 2 && aligned) {
-      epi_forward_k22<Chain, 2><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
-    } else if (k0 == 1 && aligned) {
-      epi_forward_k22<Chain, 1><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
-    } else {
+    constexpr int k0 = decltype(k0_constant)::value;
+    if constexpr (k0 == 0)
       epi_forward_general<Chain><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
-    }
+    else
+      epi_forward_k22<Chain, k0><<<blocks, kThreads, 0, stream>>>(y, bias, chain, p, argmax, y_at_max, d);
   });
   ANVIL_CHECK_LAUNCH();
 }
@@ -589,18 +601,15 @@ void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float
   const EpiDims d = epi_dims(op, g);
   const unsigned blocks = epi_blocks(g, d);
   auto* partials = reduce ? static_cast<double*>(scratch) : nullptr;
-  const int k0 = fast_k0(g);
   const bool aligned = detail::aligned_to(dy, 16) && detail::aligned_to(dp, 8) && detail::aligned_to(y_at_max, 8) &&
                        detail::aligned_to(argmax, 2);
-  with_chain_policy(chain, [&](auto policy) {
+  with_epilogue_kernel(g, chain, aligned, [&](auto policy, auto k0_constant) {
     using Chain = decltype(policy);
-    if (k0 == 2 && aligned) {
-      epi_backward_k22<Chain, 2><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
-    } else if (k0 == 1 && aligned) {
-      epi_backward_k22<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
-    } else {
+    constexpr int k0 = decltype(k0_constant)::value;
+    if constexpr (k0 == 0)
       epi_backward_general<Chain><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
-    }
+    else
+      epi_backward_k22<Chain, k0><<<blocks, kThreads, 0, stream>>>(dp, argmax, y_at_max, chain, dy, partials, d);
   });
   ANVIL_CHECK_LAUNCH();
   if (reduce) finalize_chain_grads(partials, chain, g.c, d.per, grads, stream);

@@ -70,9 +70,10 @@ __device__ __forceinline__ void copy_async16(void* dst, const void* src, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// The "memory" clobber keeps the compiler from moving shared-memory reads of the copies above the wait.
 template <int kPending>
 __device__ __forceinline__ void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // A count of steps as digits of the grid's mixed radix, for StepCursor::advance.

@@ -21,6 +21,14 @@
 // next tile's is copied (cp.async) while this one computes. Blocks stay
 // resident (as many as fit an SM; the weight often fills most of its shared
 // memory) and take tiles in turn.
+// The weight image: wgmma_weight_image_kernel writes, once per call, each
+// group's W (rounded to TF32; zeros for the padded k and for the channels
+// past out_channels) then bias (past out_channels, the last channel's) as a
+// block keeps them in shared memory: N x k_pad + N floats (k_pad: K rounded
+// up to whole steps of 8), a whole number of 16-byte chunks, one group after
+// another in the workspace. A block copies its group's (cp.async, 16 bytes a
+// thread at a time) while it computes its tables: every resident block used
+// to read and scatter w itself, a quarter of the kernel's stalls (ncu).
 // Warpgroup w takes rows 64 w to 64 w + 63. Per K step of 8, each thread
 // loads its 4 A elements from the box at its row's offset + the step's two
 // offsets + its channel, and one m64nNk8 wgmma runs; the warpgroup issues 4
@@ -51,6 +59,7 @@ constexpr int kRows = 128;          // conv outputs of a tile: 64 a warpgroup
 constexpr int kYPitch = kRows + 4;  // Ytile's words a channel, 4 mod 32: a warp's stores of D hit 32 banks
 constexpr int kMaxN = 128;          // output channels of a group
 constexpr int kGroup = 4;           // K steps a warpgroup issues between two waits
+constexpr int kWays = 4;            // channels the epilogue pools at once
 
 struct WgDims {
   int32_t cin, kc, cb, cout, taps, ksteps, kgroups;  // kc: K's channels a tap; cb: the box's channels
@@ -70,11 +79,12 @@ struct WgDims {
   double divisor;
   bool transposed;
 
-  // Shared memory in words: W, bias, each K step's two offsets in the box
+  // A group's weight image in words: W and bias.
+  __host__ __device__ int64_t image_words(int n) const { return int64_t(n) * ksteps * 8 + n; }
+  // Shared memory in words: the weight image, each K step's two offsets in the box
   // (whole groups of steps), the box rows' (channel, depth << 16 | row), the boxes.
   __host__ __device__ int64_t smem_words(int n) const {
-    return int64_t(n) * ksteps * 8 + n + 2 * int64_t(kgroups) * kGroup + 2 * int64_t(box_rows) +
-           int64_t(stages) * buf_words;
+    return image_words(n) + 2 * int64_t(kgroups) * kGroup + 2 * int64_t(box_rows) + int64_t(stages) * buf_words;
   }
 };
 
@@ -93,11 +103,39 @@ __device__ __forceinline__ int box_column(int j, const WgDims& d) {
   return d.s[2] == 1 ? j : j % d.s[2] * d.phase + j / d.s[2];
 }
 
+// Writes every group's weight image (the top of this file), a float a thread at a time: the k and n of a W
+// word from its place among B's core matrices, [k / 4][n / 8][8][4]; a transposed conv's w (in, out, taps)
+// read with in and out swapped and the taps reversed.
+template <int N>
+__global__ void __launch_bounds__(kThreads)
+    wgmma_weight_image_kernel(const float* __restrict__ w, const float* __restrict__ bias, float* __restrict__ image,
+                              WgDims d) {
+  const int w_words = N * d.ksteps * 8, group_words = int(d.image_words(N));
+  const int64_t words = int64_t(group_words) * ((d.cout + N - 1) / N);
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < words; i += int64_t(gridDim.x) * kThreads) {
+    const int group = int(i / group_words), e = int(i - int64_t(group) * group_words), co_first = group * N;
+    float v;
+    if (e >= w_words) {
+      v = bias_at(bias, min(co_first + e - w_words, d.cout - 1));  // past the last channel: computed, never stored
+    } else {
+      const int core = e / 32, n = core % (N / 8) * 8 + e % 32 / 4, k = core / (N / 8) * 4 + e % 4;
+      const int tap = k / d.kc, ci = k - tap * d.kc, co = co_first + n;
+      v = 0.f;  // padded k (channels past in_channels, taps past the last) and channels past out_channels
+      if (ci < d.cin && tap < d.taps && co < d.cout) {
+        const int64_t src = d.transposed ? (int64_t(ci) * d.cout + co) * d.taps + (d.taps - 1 - tap)
+                                         : (int64_t(co) * d.cin + ci) * d.taps + tap;
+        v = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
+      }
+    }
+    image[i] = v;
+  }
+}
+
 template <class Chain, ChainPool kPool, bool kSaveMax, int N>
 __global__ void __launch_bounds__(kThreads, 1)
-    wgmma_conv_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                      const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
-                      float* __restrict__ y_at_max, void* __restrict__ saved, WgDims d) {
+    wgmma_conv_kernel(const float* __restrict__ x, const float* __restrict__ weight_image, const EpilogueChain chain,
+                      float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
+                      void* __restrict__ saved, WgDims d) {
 #if ANVIL_HAS_WGMMA
   extern __shared__ float4 smem4[];
   const int k_pad = d.ksteps * 8;
@@ -109,32 +147,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, tig = lane % 4;
   const int co_first = blockIdx.y * N;
 
-  // The group's weight, rounded to TF32, as B's core matrices: zeros first
-  // (padded channels), then w read in its own order, so a warp's loads are
-  // consecutive and independent of each other.
-  auto w_at = [&](int n, int k) -> float& { return ws[(k / 4 * (N / 8) + n / 8) * 32 + n % 8 * 4 + k % 4]; };
-  for (int i = tid; i < N * k_pad; i += kThreads) ws[i] = 0.f;
-  __syncthreads();
-  const int group = min(N, d.cout - co_first), per_channel = d.cin * d.taps;
-#pragma unroll 4
-  for (int i = tid; i < group * per_channel; i += kThreads) {
-    int n, ci, tap;
-    if (d.transposed) {  // w (cin, cout, taps): this group's channels of each input channel, taps reversed
-      ci = i / (group * d.taps);
-      const int rest = i - ci * group * d.taps;
-      n = rest / d.taps;
-      tap = d.taps - 1 - (rest - n * d.taps);
-    } else {  // w (cout, cin, taps)
-      n = i / per_channel;
-      const int rest = i - n * per_channel;
-      ci = rest / d.taps;
-      tap = rest - ci * d.taps;
-    }
-    const int64_t src = d.transposed ? (int64_t(ci) * d.cout + co_first + n) * d.taps + (d.taps - 1 - tap)
-                                     : int64_t(co_first) * per_channel + i;
-    w_at(n, tap * d.kc + ci) = __uint_as_float(detail::tf32_bits(__ldg(w + src)));
-  }
-  for (int c = tid; c < N; c += kThreads) bs[c] = bias_at(bias, min(co_first + c, d.cout - 1));
+  // The group's weight image, W and bias (ws and bs, one after the other), copied while the tables below are
+  // computed. Its commit group is waited for before the first box's copies, which count their own.
+  const int group_words = int(d.image_words(N));
+  const float* group_image = weight_image + int64_t(blockIdx.y) * group_words;
+  for (int i = 4 * tid; i < group_words; i += 4 * kThreads) copy_async16(ws + i, group_image + i, true);
+  copy_async_commit();
   // Step ks's k = 8 ks + tig (.x) and 8 ks + 4 + tig (.y): the offsets of their tap and channel 0 or 4 in
   // the box, with tig's channel added per thread. A second half past the last tap reads zero channels 4 to 7.
   auto k_offset = [&](int k) {
@@ -149,7 +167,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int ci = r / (d.b[0] * d.b[1]), rest = r - ci * d.b[0] * d.b[1];
     rowtab[r] = make_int2(ci, rest / d.b[1] << 16 | rest % d.b[1]);
   }
-  wgmma_smem_fence();
+  copy_async_wait<0>();  // this thread's chunks of the image in
+  wgmma_smem_fence();    // ws as written by this thread, to the wgmmas that read it through the async proxy
   __syncthreads();
 
   // Copies tile t's box into dst, a chunk of a row per thread at a time: a
@@ -269,6 +288,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       yt[col * kYPitch + r0 + 8] = acc[4 * j + 2];
       yt[(col + 1) * kYPitch + r0 + 8] = acc[4 * j + 3];
     }
+    // The next tile's first wgmma ignores acc's values, but its asm reads them: zeros let the epilogue below
+    // have acc's registers rather than keep these values live across it.
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) acc[i] = 0.f;
     __syncthreads();
 
     int o[3];
@@ -285,22 +308,41 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (p_c0 < p_cstep && q0 < d.out[0] && q1 < d.out[1] && q2 < d.out[2]) {
       const int64_t at0 =
           (int64_t(image) * d.cout + co_first) * d.p_plane + (uint32_t(q0) * d.out[1] + q1) * d.out[2] + q2;
-      for (int c = p_c0; c < N && co_first + c < d.cout; c += p_cstep) {
-        const typename Chain::Channel cm = Chain::at(chain, co_first + c);
-        const float* yc = yt + c * kYPitch + window0;
-        PoolWindow<kPool> window;
+      // kWays of this thread's channels at a time: their windows are independent chains of compares or
+      // (double) adds, which one channel at a time left waiting on each other's latency.
+      const int channels = min(N, d.cout - co_first);
+      for (int c = p_c0; c < channels; c += kWays * p_cstep) {
+        typename Chain::Channel cm[kWays];
+        const float* yc[kWays];
+        float b[kWays];
+#pragma unroll
+        for (int u = 0; u < kWays; ++u) {
+          const int cu = min(c + u * p_cstep, channels - 1);  // past the last channel: a copy of it, not stored
+          cm[u] = Chain::at(chain, co_first + cu);
+          yc[u] = yt + cu * kYPitch + window0;
+          b[u] = bs[cu];
+        }
+        PoolWindow<kPool> window[kWays];
         int wi = 0;
         for (int w0 = 0; w0 < d.pk[0]; ++w0)
           for (int w1 = 0; w1 < d.pk[1]; ++w1)
             for (int w2 = 0; w2 < d.pk[2]; ++w2, ++wi) {
-              const float v = yc[(w0 * d.t[1] + w1) * d.t[2] + w2] + bs[c];
-              window.take(Chain::forward(chain, cm, v), v, wi);
+              const int offset = (w0 * d.t[1] + w1) * d.t[2] + w2;
+#pragma unroll
+              for (int u = 0; u < kWays; ++u) {
+                const float v = yc[u][offset] + b[u];
+                window[u].take(Chain::forward(chain, cm[u], v), v, wi);
+              }
             }
-        const int64_t at = at0 + int64_t(c) * d.p_plane;
-        p[at] = window.result(d.divisor);
-        if constexpr (kSaveMax) {
-          if (argmax != nullptr) argmax[at] = uint8_t(window.best_i);
-          if (y_at_max != nullptr) y_at_max[at] = window.best_v;
+#pragma unroll
+        for (int u = 0; u < kWays; ++u) {
+          if (c + u * p_cstep >= channels) break;
+          const int64_t at = at0 + int64_t(c + u * p_cstep) * d.p_plane;
+          p[at] = window[u].result(d.divisor);
+          if constexpr (kSaveMax) {
+            if (argmax != nullptr) argmax[at] = uint8_t(window[u].best_i);
+            if (y_at_max != nullptr) y_at_max[at] = window[u].best_v;
+          }
         }
       }
     }
@@ -315,6 +357,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // Output channels of a group: the wgmma's N.
 int group_columns(int64_t cout) { return cout <= 32 ? 32 : cout <= 64 ? 64 : kMaxN; }
+
+// K's channels a tap: in_channels rounded up to 8, or to 4 for at most 4, where a K step takes two taps of 4
+// (half the MMAs of a tap a step for a 1 to 3 channel stem).
+int64_t k_channels(int64_t cin) { return cin <= 4 ? 4 : detail::ceil_div(cin, 8) * 8; }
 
 // The checks of wgmma_conv_supported but the device's, and the dims the kernel
 // takes; vec_aligned: x is 16-byte aligned.
@@ -353,8 +399,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   }
   if (window > kRows) return "a pool window of more than 128 conv outputs";
   d.cin = int32_t(g.cin);
-  // At most 4 channels: a K step takes two taps of 4 (half the MMAs of a tap a step for a 1 to 3 channel stem).
-  d.kc = int32_t(g.cin <= 4 ? 4 : detail::ceil_div(g.cin, 8) * 8);
+  d.kc = int32_t(k_channels(g.cin));
   d.cb = d.kc == 4 && taps % 2 == 1 ? 8 : d.kc;  // an odd last tap's second half reads channels 4 to 7
   d.cout = int32_t(pg.c);
   d.taps = int32_t(taps);
@@ -420,8 +465,11 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
 }
 
 template <class Chain, ChainPool kPool, bool kSaveMax, int N>
-void launch(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
-            float* y_at_max, void* saved, const WgDims& d, cudaStream_t stream) {
+void launch(const float* x, const float* w, const float* bias, float* weight_image, const EpilogueChain& chain,
+            float* p, uint8_t* argmax, float* y_at_max, void* saved, const WgDims& d, cudaStream_t stream) {
+  const int64_t image_words = d.image_words(N) * detail::ceil_div(d.cout, N);
+  wgmma_weight_image_kernel<N>
+      <<<detail::grid_stride_blocks(image_words), kThreads, 0, stream>>>(w, bias, weight_image, d);
   const size_t smem = size_t(d.smem_words(N)) * sizeof(float);
   const auto kernel = wgmma_conv_kernel<Chain, kPool, kSaveMax, N>;
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -431,7 +479,7 @@ void launch(const float* x, const float* w, const float* bias, const EpilogueCha
   ANVIL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   const int64_t resident = int64_t(detail::sm_count()) * std::max(per_sm, 1);
   const dim3 grid(unsigned(std::min<int64_t>({d.tiles, resident, 65535})), unsigned(detail::ceil_div(d.cout, N)));
-  kernel<<<grid, kThreads, smem, stream>>>(x, w, bias, chain, p, argmax, y_at_max, saved, d);
+  kernel<<<grid, kThreads, smem, stream>>>(x, weight_image, chain, p, argmax, y_at_max, saved, d);
 }
 
 }  // namespace
@@ -463,9 +511,27 @@ bool wgmma_conv_preferred(const WgmmaConvGeometry& g) {
          group_columns(d.cout) >= 64;
 }
 
+size_t wgmma_conv_workspace_bytes(const WgmmaConvGeometry& g) {
+  constexpr const char* op = "wgmma_conv_workspace_bytes";
+  constexpr int64_t kMax31 = std::numeric_limits<int32_t>::max();
+  const int64_t cin = g.conv.cin, cout = g.conv.out.c;
+  detail::require(cin >= 1 && cout >= 1, op, "no input or output channels");
+  detail::require(cin <= kMax31, op, "sizes beyond 31 bits");
+  int64_t taps = 1;
+  for (const int64_t k : g.conv.k) {
+    detail::require(k >= 1, op, "non-positive sizes or negative padding");
+    detail::require(k <= kMax31 && taps * cin * k <= kMax31, op, "sizes beyond 31 bits");  // as wg_dims checks
+    taps *= k;
+  }
+  detail::require(cout <= int64_t(65535) * kMaxN, op, "more than 65535 groups of output channels (a grid's y)");
+  // As the kernel's: k_pad = ksteps x 8 and image_words (WgDims); at most 2^23 channels x 2^33 words.
+  const int64_t n = group_columns(cout), k_pad = detail::ceil_div(taps * k_channels(cin), 8) * 8;
+  return size_t(detail::ceil_div(cout, n) * (n * k_pad + n)) * sizeof(float);
+}
+
 void wgmma_conv_forward(const float* x, const float* w, const float* bias, const EpilogueChain& chain, float* p,
-                        uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, const WgmmaConvGeometry& g,
-                        cudaStream_t stream) {
+                        uint8_t* argmax, float* y_at_max, float* y, uint8_t* codes, void* workspace,
+                        const WgmmaConvGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "wgmma_conv_forward";
   detail::require(x != nullptr && w != nullptr && p != nullptr, op, "null x, w or p");
   require_codes_or_y(op, chain, y, codes);
@@ -475,6 +541,10 @@ void wgmma_conv_forward(const float* x, const float* w, const float* bias, const
   detail::require(wgmma_conv_available(), op, kNeedsSm90);
   WgDims d;  // planned once, for the copies x's alignment allows
   if (const char* why = wg_dims(g, detail::aligned_to(x, 16), d)) detail::require(false, op, why);
+  // The blocks copy their group's weight image 16 bytes at a time.
+  detail::require(workspace != nullptr, op, "null workspace (the weight images)");
+  detail::require(detail::aligned_to(workspace, 16), op, "the workspace (the weight images) must be 16-byte aligned");
+  float* weight_image = static_cast<float*>(workspace);
   d.saves_codes = codes != nullptr;
   void* saved = codes != nullptr ? static_cast<void*>(codes) : static_cast<void*>(y);
   with_chain_policy(chain, [&](auto policy) {
@@ -482,11 +552,11 @@ void wgmma_conv_forward(const float* x, const float* w, const float* bias, const
     auto by_pool = [&](auto columns) {
       constexpr int N = decltype(columns)::value;
       if (g.conv.out.pool == ChainPool::Avg)
-        launch<Chain, ChainPool::Avg, false, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
+        launch<Chain, ChainPool::Avg, false, N>(x, w, bias, weight_image, chain, p, argmax, y_at_max, saved, d, stream);
       else if (argmax != nullptr || y_at_max != nullptr)
-        launch<Chain, ChainPool::Max, true, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
+        launch<Chain, ChainPool::Max, true, N>(x, w, bias, weight_image, chain, p, argmax, y_at_max, saved, d, stream);
       else  // no pool: a window of one, whose "max" is the value
-        launch<Chain, ChainPool::Max, false, N>(x, w, bias, chain, p, argmax, y_at_max, saved, d, stream);
+        launch<Chain, ChainPool::Max, false, N>(x, w, bias, weight_image, chain, p, argmax, y_at_max, saved, d, stream);
     };
     const int n = group_columns(d.cout);
     if (n == 32)
