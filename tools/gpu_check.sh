@@ -17,7 +17,9 @@
 # SANITIZER_TIMEOUT (s per tool's shard, default 420), SANITIZER_SHARDS (gtest shards a tool runs
 # in, side by side, default 4: the tools are bound by the host's instrumentation, and one process
 # a tool no longer fitted 420 s on an H100, 2026-12-07, with CudaKernels.ChannelsLastPool alone
-# at 150 to 200 s), MEMCHECK_FILTER and
+# at 150 to 200 s; all four tools at once, 4 shards each, did not fit 450 s on an H100,
+# 2026-12-07: run one tool a call, e.g. SANITIZER_TOOLS=memcheck SANITIZER_SHARDS=8, 120 s),
+# MEMCHECK_FILTER and
 # KERNEL_FILTER (gtest filters), PRECISION_CASES (tools/precision_report.py
 # --cases). Prints a short summary last. Logs go to /tmp/anvil-gpu-check; with
 # OUT set (the device tool's folder, which brings back at most 8 files) they
@@ -159,7 +161,7 @@ fi
 bench_rc=0
 bench_suite() {  # NAME DIR
   if python3 tools/bench_vs_torch.py --suite "$2" --out "$out/$1.md" >"$out/$1.log" 2>&1; then
-    summary+=("$1: $(grep -c 'BELOW 1.0x' "$out/$1.md") rows below torch.compile; $out/$1.md")
+    summary+=("$1: $(grep -c '^|.*BELOW 1.0x' "$out/$1.md") rows below torch.compile; $out/$1.md")
   else
     tail -5 "$out/$1.log"
     summary+=("$1: tools/bench_vs_torch.py FAILED ($out/$1.log)")
