@@ -729,13 +729,15 @@ TEST_F(Cli, StepsMustBePositive) {
 // A flag given a value it cannot mean is refused, not read as "on"; the
 // on/off pair --check-finite takes true and false.
 TEST_F(Cli, AFlagGivenAValueIsRefused) {
-  for (const char* flag : {"--input-grad=5", "--keep-last=1", "--no-graph=no", "--check-finite=maybe"}) {
+  for (const char* flag : {"--input-grad=5", "--keep-last=1", "--no-graph=no", "--check-finite=maybe",
+                           "--check-finite=2", "--no-check-finite=2", "--check-finite=-1"}) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
     EXPECT_EQ(r.status, 2) << flag << "\n" << describe(r);
     EXPECT_EQ(lines_of(r.err).size(), 1u) << flag << "\n" << describe(r);
     EXPECT_EQ(step_lines(r.out).size(), 0u) << flag;
   }
-  for (const char* flag : {"--check-finite=false", "--check-finite=true", "--input-grad"}) {
+  for (const char* flag : {"--check-finite=false", "--check-finite=true", "--check-finite=0", "--no-check-finite",
+                           "--no-check-finite=false", "--input-grad"}) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
     EXPECT_EQ(r.status, 0) << flag << "\n" << describe(r);
   }

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <cmath>
 #include <cstdio>
@@ -119,6 +120,17 @@ CLI::Validator whole_number(int64_t limit) {
         return "";
       },
       "INT");
+}
+
+// The value of an on/off flag (--check-finite=false): a yes or a no, not any
+// number (CLI11 alone reads --check-finite=2 as on).
+CLI::Validator on_or_off() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        static const std::set<std::string> words{"true", "false", "yes", "no", "on", "off", "1", "0"};
+        return words.count(text) ? "" : text + " is not true or false";
+      },
+      "BOOL");
 }
 
 // A finite number: digits, a point, an exponent.
@@ -889,7 +901,8 @@ int main(int argc, char** argv) {
   info->add_flag("--input-grad", info_input_grad, "plan training with d(loss)/d(input) too, as train --input-grad");
   info->add_flag("--check-finite,!--no-check-finite", info_check_finite,
                  "plan training with room for train's --check-finite (default on, as train's; --mode train only)")
-      ->disable_flag_override(false);
+      ->disable_flag_override(false)
+      ->check(on_or_off());
 
   std::string weights, input, output;
   auto* run = app.add_subcommand("run", "run the forward pass");
@@ -942,7 +955,8 @@ int main(int argc, char** argv) {
                   "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
                   "where it starts, exit 3 (default on; off, a non-finite logged or validation loss still ends the run "
                   "with exit 3)")
-      ->disable_flag_override(false);  // --check-finite=false reads as meant
+      ->disable_flag_override(false)  // --check-finite=false reads as meant
+      ->check(on_or_off());
   train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags eval_flags;
