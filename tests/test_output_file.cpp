@@ -4,8 +4,11 @@
 // contents and no temporary file remains.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <grp.h>
+#include <linux/fs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -344,6 +347,59 @@ TEST_F(OutputFile, AReadOnlyOrAnotherUsersFileIsRefusedNotReplaced) {
   const std::string want_sticky = sticky + ": cannot write: it belongs to another user, in a sticky directory";
   EXPECT_TRUE(in_a_child([&] { return said_as_wanted(refusals(sticky), want_sticky + " | " + want_sticky); }, true));
   EXPECT_EQ(read_bytes(sticky), kOld);
+}
+
+// Sets chattr's attribute `flag` on `file` for the guard's life: set() is
+// false where this process may not (CAP_LINUX_IMMUTABLE) or its file system keeps none.
+class Attribute {
+ public:
+  Attribute(std::string file, int flag) : file_(std::move(file)), flag_(flag) { set_ = change(true); }
+  ~Attribute() {
+    if (set_) change(false);
+  }
+  Attribute(const Attribute&) = delete;
+  Attribute& operator=(const Attribute&) = delete;
+  bool set() const { return set_; }
+
+ private:
+  bool change(bool on) const {
+    const int fd = ::open(file_.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int flags = 0;
+    bool ok = fd >= 0 && ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+    flags = on ? flags | flag_ : flags & ~flag_;
+    ok = ok && ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+    if (fd >= 0) ::close(fd);
+    return ok;
+  }
+  std::string file_;
+  int flag_;
+  bool set_ = false;
+};
+
+// A destination or its directory made immutable or append-only (chattr) is
+// refused up front and by the writer, by name, not found at the rename: the
+// destination keeps its contents and no temporary file is left (in an
+// append-only directory one could be made but never removed).
+TEST_F(OutputFile, AnImmutableOrAppendOnlyFileOrDirectoryIsRefusedUpFront) {
+  for (const int flag : {FS_IMMUTABLE_FL, FS_APPEND_FL}) {
+    const std::string attribute = flag == FS_IMMUTABLE_FL ? "immutable (chattr +i)" : "append-only (chattr +a)";
+    {
+      const Attribute on_file(target_, flag);
+      if (!on_file.set()) GTEST_SKIP() << "cannot set " << attribute << " here (needs CAP_LINUX_IMMUTABLE)";
+      const std::string want = target_ + ": cannot write: it is " + attribute;
+      EXPECT_EQ(refusals(target_), want + " | " + want);
+    }
+    expect_untouched();
+    {
+      const Attribute on_dir(dir_, flag);
+      ASSERT_TRUE(on_dir.set()) << attribute;
+      for (const std::string& file : {target_, path("new.bin")}) {
+        const std::string want = file + ": cannot write: directory '" + dir_ + "' is " + attribute;
+        EXPECT_EQ(refusals(file), want + " | " + want);
+      }
+    }
+    expect_untouched();
+  }
 }
 
 // The current directory removed: its mode still reads writable, but no file

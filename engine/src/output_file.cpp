@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -141,15 +143,44 @@ void write_into(const std::string& path, const std::string& target,
   if (!ok) throw Error(path + ": cannot write: " + std::strerror(err ? err : EIO));
 }
 
+// The attributes chattr sets on a file or directory (FS_IMMUTABLE_FL,
+// FS_APPEND_FL, ...), or 0 where it cannot be opened or its file system keeps none.
+int inode_flags(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  int flags = 0;  // the kernel reads and writes an int, whatever the ioctl's declared type
+  const bool known = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  ::close(fd);
+  return known ? flags : 0;
+}
+
+// Why chattr's attributes keep `path` (the destination, or the directory it
+// is written in) from being written by a rename, or empty. In an append-only
+// directory a file can be made but neither renamed nor removed: the write
+// would fail at its end and leave its temporary file.
+std::string why_attributes_forbid(const std::string& path, const std::string& what) {
+  const int flags = inode_flags(path);
+  if (flags & FS_IMMUTABLE_FL) return what + " is immutable (chattr +i)";
+  if (flags & FS_APPEND_FL) return what + " is append-only (chattr +a)";
+  return "";
+}
+
+// Why no file can be written into `dir` by a rename, where its mode allows it, or empty.
+std::string why_directory_forbids(const std::string& dir) {
+  return why_attributes_forbid(dir, "directory '" + dir + "'");
+}
+
 // Why the existing file `target` in `dir` is not to be replaced by a rename
-// (which the directory alone allows), or empty: another user's file this
-// process may not write, or someone else's in a sticky directory (such as
-// /tmp, where only owners may replace files); or our own made read-only by
-// hand. Our own without write permission because the umask gives none (as
-// this writer made it) is replaced.
+// (which the directory alone allows), or empty: a file made immutable or
+// append-only; another user's file this process may not write, or someone
+// else's in a sticky directory (such as /tmp, where only owners may replace
+// files); or our own made read-only by hand. Our own without write permission
+// because the umask gives none (as this writer made it) is replaced.
 std::string why_not_replaceable(const std::string& target, const std::string& dir) {
   struct stat file {}, folder {};
   if (::stat(target.c_str(), &file) != 0) return "";
+  const std::string file_forbids = why_attributes_forbid(target, "it");
+  if (!file_forbids.empty()) return file_forbids;
   const uid_t me = ::geteuid();
   if (file.st_uid == me)
     return !(file.st_mode & S_IWUSR) && (new_file_mode() & S_IWUSR) ? "it is read-only" : "";
@@ -280,6 +311,8 @@ void check_output_path(const std::string& path) {
   if (dir_error == ENOENT) throw InputError(path + ": cannot write: directory '" + dir + "' does not exist");
   if (dir_error != 0)  // a file where a directory should be, a loop of links, ...
     throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(dir_error));
+  const std::string dir_forbids = why_directory_forbids(dir);
+  if (!dir_forbids.empty()) throw InputError(path + ": cannot write: " + dir_forbids);
   if (::access(dir.c_str(), W_OK) != 0)  // read-only, or not ours (root passes)
     throw InputError(path + ": cannot write in '" + dir + "': " + std::strerror(errno));
   if (::lstat(target.c_str(), &st) != 0 && errno == ENAMETOOLONG)  // the final rename would fail
@@ -338,7 +371,8 @@ void write_output_file(const std::string& path, const std::function<bool(std::FI
   if (kind.refused != nullptr) throw Error(path + ": cannot write: it is " + std::string(kind.refused));
   if (kind.in_place) return write_into(path, target, write);
   const std::string dir = output_directory(target);
-  const std::string why_not = why_not_replaceable(target, dir);
+  std::string why_not = why_directory_forbids(dir);
+  if (why_not.empty()) why_not = why_not_replaceable(target, dir);
   if (!why_not.empty()) throw Error(path + ": cannot write: " + why_not);
   Turn turn(path, dir);
   const int fd = turn.create();
