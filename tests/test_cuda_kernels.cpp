@@ -1132,10 +1132,16 @@ void for_each_pool_chain(const std::vector<PoolCase>& cases, const std::vector<C
   }
 }
 
-TEST(CudaKernels, ChainPool) {
+// One pool case a test, so that the sanitizers' gtest shards (tools/gpu_check.sh) share
+// the cases out: one test over every case took up to 200 s under one tool. Each case
+// seeds its own inputs.
+class ChainPoolCases : public ::testing::TestWithParam<size_t> {};
+INSTANTIATE_TEST_SUITE_P(CudaKernels, ChainPoolCases, ::testing::Range(size_t(0), kPoolCases.size()));
+
+TEST_P(ChainPoolCases, ChainPool) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(311);
-  for_each_pool_chain(kPoolCases, kChains, chain_inputs, rng,
+  std::mt19937 rng(311 + GetParam());
+  for_each_pool_chain({kPoolCases[GetParam()]}, kChains, chain_inputs, rng,
                       [](const PoolCase& pc, const ChainCase& chain, bool, const ChainInputs& in,
                          const ChainReference& ref, const std::string& what) {
                         const ChainResult aligned = run_chain_pool(in, pc.g, 0);
@@ -1289,14 +1295,19 @@ std::vector<PoolCase> channels_last_cases() {
   return cases;
 }
 
+// channels_last_cases(), one a test (as ChainPoolCases).
+class ChannelsLastPoolCases : public ::testing::TestWithParam<size_t> {};
+INSTANTIATE_TEST_SUITE_P(CudaKernels, ChannelsLastPoolCases,
+                         ::testing::Range(size_t(0), channels_last_cases().size()));
+
 // P and a max pool's argmax as chain_pool_forward gives them from the packed
 // Y (bit for bit), P against the CPU reference, and y_at_max = v at the argmax.
-TEST(CudaKernels, ChannelsLastPool) {
+TEST_P(ChannelsLastPoolCases, ChannelsLastPool) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(317);
-  const std::vector<PoolCase> cases = channels_last_cases();
-  for (const PoolCase& pc : cases) ASSERT_EQ(gpu::channels_last_pool_geometry_error(pc.g), nullptr) << pc.label;
-  for_each_pool_chain(cases, kChains, chain_inputs, rng, [](const PoolCase& pc, const ChainCase& chain, bool,
+  std::mt19937 rng(317 + GetParam());
+  const PoolCase pc = channels_last_cases()[GetParam()];
+  ASSERT_EQ(gpu::channels_last_pool_geometry_error(pc.g), nullptr) << pc.label;
+  for_each_pool_chain({pc}, kChains, chain_inputs, rng, [](const PoolCase& pc, const ChainCase& chain, bool,
                                                             const ChainInputs& in, const ChainReference& ref,
                                                             const std::string& chain_what) {
     const gpu::ChainPoolGeometry& g = pc.g;
@@ -1343,38 +1354,37 @@ TEST(CudaKernels, ChannelsLastPool) {
 // The add_ form over two channels-last addends: P and a max pool's argmax as
 // add_chain_pool_forward gives them from the packed addends, bit for bit (a
 // residual join between channels-last activations).
-TEST(CudaKernels, AddChannelsLastPoolIsAddChainPool) {
+TEST_P(ChannelsLastPoolCases, AddChannelsLastPoolIsAddChainPool) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(331);
-  for (const PoolCase& pc : channels_last_cases()) {
-    const gpu::ChainPoolGeometry& g = pc.g;
-    const bool max = g.pool == gpu::ChainPool::Max;
-    for (const ChainCase& chain : kChains) {
-      const AddCase a = add_case(g, chain, rng);
-      const int64_t count = a.count, pooled = a.pooled;
-      ChainInputs last = a.in;
-      last.y = to_channels_last(a.in.y, g.n, g.c, a.s);
-      const std::vector<float> addend_last = to_channels_last(a.addend, g.n, g.c, a.s);
-      for (size_t off : {size_t(0), size_t(1)}) {
-        const std::string what = pc.label + " " + chain.label + " off " + std::to_string(off) + ": ";
-        ChainBuffers want(a.in, g.c, count, pooled, 0, off), got(last, g.c, count, pooled, 0, off);
-        DeviceBuffer<float> z(count + kSlack), z_last(count + kSlack);
-        z.upload(a.addend, off);
-        z_last.upload(addend_last, off);
-        gpu::add_chain_pool_forward(want.y.get() + off, z.get() + off, want.chain, want.p.get() + off,
-                                    max ? want.argmax.get() + off : nullptr, g, nullptr);
-        gpu::add_channels_last_pool_forward(got.y.get() + off, z_last.get() + off, got.chain, got.p.get() + off,
-                                            gpu::PLayout::Packed, max ? got.argmax.get() + off : nullptr, g, nullptr);
-        const ChainResult w = want.result(max, false), r = got.result(max, false);
-        expect_same(r.p, w.p, what + "p");
-        expect_same(r.argmax, w.argmax, what + "argmax");
-        ChainBuffers got_last(last, g.c, count, pooled, 0, off);
-        gpu::add_channels_last_pool_forward(got_last.y.get() + off, z_last.get() + off, got_last.chain,
-                                            got_last.p.get() + off, gpu::PLayout::ChannelsLast, nullptr, g, nullptr);
-        expect_same(got_last.p.download(off, pooled), to_channels_last(w.p, g.n, g.c, pooled / g.n / g.c),
-                    what + "channels-last p");
-        expect_untouched(got_last.p, off, pooled, what + "channels-last p");
-      }
+  std::mt19937 rng(331 + GetParam());
+  const PoolCase pc = channels_last_cases()[GetParam()];
+  const gpu::ChainPoolGeometry& g = pc.g;
+  const bool max = g.pool == gpu::ChainPool::Max;
+  for (const ChainCase& chain : kChains) {
+    const AddCase a = add_case(g, chain, rng);
+    const int64_t count = a.count, pooled = a.pooled;
+    ChainInputs last = a.in;
+    last.y = to_channels_last(a.in.y, g.n, g.c, a.s);
+    const std::vector<float> addend_last = to_channels_last(a.addend, g.n, g.c, a.s);
+    for (size_t off : {size_t(0), size_t(1)}) {
+      const std::string what = pc.label + " " + chain.label + " off " + std::to_string(off) + ": ";
+      ChainBuffers want(a.in, g.c, count, pooled, 0, off), got(last, g.c, count, pooled, 0, off);
+      DeviceBuffer<float> z(count + kSlack), z_last(count + kSlack);
+      z.upload(a.addend, off);
+      z_last.upload(addend_last, off);
+      gpu::add_chain_pool_forward(want.y.get() + off, z.get() + off, want.chain, want.p.get() + off,
+                                  max ? want.argmax.get() + off : nullptr, g, nullptr);
+      gpu::add_channels_last_pool_forward(got.y.get() + off, z_last.get() + off, got.chain, got.p.get() + off,
+                                          gpu::PLayout::Packed, max ? got.argmax.get() + off : nullptr, g, nullptr);
+      const ChainResult w = want.result(max, false), r = got.result(max, false);
+      expect_same(r.p, w.p, what + "p");
+      expect_same(r.argmax, w.argmax, what + "argmax");
+      ChainBuffers got_last(last, g.c, count, pooled, 0, off);
+      gpu::add_channels_last_pool_forward(got_last.y.get() + off, z_last.get() + off, got_last.chain,
+                                          got_last.p.get() + off, gpu::PLayout::ChannelsLast, nullptr, g, nullptr);
+      expect_same(got_last.p.download(off, pooled), to_channels_last(w.p, g.n, g.c, pooled / g.n / g.c),
+                  what + "channels-last p");
+      expect_untouched(got_last.p, off, pooled, what + "channels-last p");
     }
   }
 }
@@ -1430,42 +1440,41 @@ TEST(CudaKernels, FusedEpilogueReluOfMinusInfIsZero) {
 // chain's ops by its length: every length from 1 to 8, on every pool case
 // (each backward path, rows of 4 and not, no pool), gives the bits of the
 // backward from Y.
-TEST(CudaKernels, BackwardFromCodesMatchesYForEveryChainLength) {
+TEST_P(ChainPoolCases, BackwardFromCodesMatchesYForEveryChainLength) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(331);
+  std::mt19937 rng(331 + GetParam());
   constexpr float kSlopes[gpu::kMaxChainOps] = {0.5f, 0.f, -0.3f, 1.7f, 2.f, -1.f, 0.25f, 0.9f};
-  for (const PoolCase& pc : kPoolCases) {
-    const gpu::ChainPoolGeometry& g = pc.g;
-    const auto out = gpu::chain_pool_output(g);
-    const size_t count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]),
-                 pooled = size_t(g.n * g.c * out[0] * out[1] * out[2]);
-    const std::vector<float> y = random_floats(count, rng), bias = random_floats(size_t(g.c), rng);
-    DeviceBuffer<float> y_dev(count), bias_dev(size_t(g.c)), p(pooled);
-    DeviceBuffer<uint8_t> codes(count), argmax(pooled);
-    y_dev.upload(y);
-    bias_dev.upload(bias);
-    const bool max = g.pool == gpu::ChainPool::Max;
-    for (int ops = 1; ops <= gpu::kMaxChainOps; ++ops) {
-      gpu::EpilogueChain chain;
-      chain.ops = ops;
-      for (int i = 0; i < ops; ++i) {
-        chain.activation[i] = PointwiseOp::LeakyRelu;
-        chain.param[i] = kSlopes[i];
-      }
-      SCOPED_TRACE(pc.label + ", " + std::to_string(ops) + " ops");
-      ASSERT_TRUE(gpu::chain_codes_supported(chain));
-      codes.upload(anvil::testing::expected_codes(y, bias, true, chain, g));
-      if (max) gpu::chain_pool_forward(y_dev.get(), bias_dev.get(), chain, p.get(), argmax.get(), g, nullptr);
-      anvil::testing::expect_backward_from_codes_matches(g, chain, bias_dev.get(), y_dev.get(), codes.get(),
-                                                         max ? argmax.get() : nullptr, rng);
+  const PoolCase& pc = kPoolCases[GetParam()];
+  const gpu::ChainPoolGeometry& g = pc.g;
+  const auto out = gpu::chain_pool_output(g);
+  const size_t count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]),
+               pooled = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+  const std::vector<float> y = random_floats(count, rng), bias = random_floats(size_t(g.c), rng);
+  DeviceBuffer<float> y_dev(count), bias_dev(size_t(g.c)), p(pooled);
+  DeviceBuffer<uint8_t> codes(count), argmax(pooled);
+  y_dev.upload(y);
+  bias_dev.upload(bias);
+  const bool max = g.pool == gpu::ChainPool::Max;
+  for (int ops = 1; ops <= gpu::kMaxChainOps; ++ops) {
+    gpu::EpilogueChain chain;
+    chain.ops = ops;
+    for (int i = 0; i < ops; ++i) {
+      chain.activation[i] = PointwiseOp::LeakyRelu;
+      chain.param[i] = kSlopes[i];
     }
+    SCOPED_TRACE(pc.label + ", " + std::to_string(ops) + " ops");
+    ASSERT_TRUE(gpu::chain_codes_supported(chain));
+    codes.upload(anvil::testing::expected_codes(y, bias, true, chain, g));
+    if (max) gpu::chain_pool_forward(y_dev.get(), bias_dev.get(), chain, p.get(), argmax.get(), g, nullptr);
+    anvil::testing::expect_backward_from_codes_matches(g, chain, bias_dev.get(), y_dev.get(), codes.get(),
+                                                       max ? argmax.get() : nullptr, rng);
   }
 }
 
-TEST(CudaKernels, ChainPoolReluOfMinusInfIsZero) {
+TEST_P(ChainPoolCases, ChainPoolReluOfMinusInfIsZero) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(323);
-  for_each_pool_chain(kPoolCases, kMinusInfChains, minus_inf_chain_inputs, rng,
+  std::mt19937 rng(323 + GetParam());
+  for_each_pool_chain({kPoolCases[GetParam()]}, kMinusInfChains, minus_inf_chain_inputs, rng,
                       [](const PoolCase& pc, const ChainCase&, bool with_bias, const ChainInputs& in,
                          const ChainReference& ref, const std::string& what) {
                         const ChainResult r = run_chain_pool(in, pc.g, with_bias ? 0 : 1);
@@ -1475,10 +1484,10 @@ TEST(CudaKernels, ChainPoolReluOfMinusInfIsZero) {
                       });
 }
 
-TEST(CudaKernels, ChannelsLastPoolReluOfMinusInfIsZero) {
+TEST_P(ChannelsLastPoolCases, ChannelsLastPoolReluOfMinusInfIsZero) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(325);
-  for_each_pool_chain(channels_last_cases(), kMinusInfChains, minus_inf_chain_inputs, rng,
+  std::mt19937 rng(325 + GetParam());
+  for_each_pool_chain({channels_last_cases()[GetParam()]}, kMinusInfChains, minus_inf_chain_inputs, rng,
                       [](const PoolCase& pc, const ChainCase&, bool with_bias, const ChainInputs& in,
                          const ChainReference& ref, const std::string& what) {
                         const gpu::ChainPoolGeometry& g = pc.g;

@@ -16,7 +16,7 @@
 # TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
 # SANITIZER_TIMEOUT (s per tool's shard, default 420), SANITIZER_SHARDS (gtest shards a tool runs
 # in, side by side, default 4: the tools are bound by the host's instrumentation, and one process
-# a tool no longer fitted 420 s on an H100, 2026-12-07, with CudaKernels.ChannelsLastPool alone
+# a tool no longer fitted 420 s on an H100, 2026-12-07, with CudaKernels.ChannelsLastPool (now one test a pool case) alone
 # at 150 to 200 s; all four tools at once, 4 shards each, did not fit 450 s on an H100,
 # 2026-12-07: run one tool a call, e.g. SANITIZER_TOOLS=memcheck SANITIZER_SHARDS=8, 120 s),
 # MEMCHECK_FILTER and
