@@ -942,30 +942,35 @@ const std::vector<EpilogueGeometry> kEpilogueGeometries = {
     epi_geometry(1, 2, {6, 96, 96}, {3, 3, 3}),      // general, smaller chunks for the larger window
 };
 
+// One geometry a test, so that the sanitizers' gtest shards (tools/gpu_check.sh)
+// share the geometries out. Each seeds its own inputs.
+class FusedEpilogueGeometries : public ::testing::TestWithParam<size_t> {};
+INSTANTIATE_TEST_SUITE_P(CudaKernels, FusedEpilogueGeometries,
+                         ::testing::Range(size_t(0), kEpilogueGeometries.size()));
+
 // Exact chains only: with the smooth activations (whose float results differ
 // between the libraries by an ulp or two) a near tie could legitimately pick
 // another argmax than the reference; the chain_pool test and the engine
 // tests cover them.
-TEST(CudaKernels, FusedEpilogue) {
+TEST_P(FusedEpilogueGeometries, FusedEpilogue) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(301);
-  for (const EpilogueGeometry& g : kEpilogueGeometries) {
-    for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kChains) {
-        if (!chain.exact) continue;
-        const ChainInputs in = chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
-        const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
-        const cpu::PoolGeometry pg = pool_geometry(g);
-        const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
-        const ChainResult aligned = run_tiled(in, g, 0);
-        check_chain(in, ref, aligned, true, what + "aligned: ");
-        check_tiled_argmax(ref, g, aligned, what + "aligned: ");
-        const ChainResult offset = run_tiled(in, g, 1);
-        check_chain(in, ref, offset, true, what + "offset: ");
-        // Deterministic, and the fast and general paths give the same bits.
-        expect_same_chain(aligned, run_tiled(in, g, 0), what + "second run: ");
-        expect_same_chain(aligned, offset, what + "aligned vs offset: ");
-      }
+  std::mt19937 rng(301 + GetParam());
+  const EpilogueGeometry& g = kEpilogueGeometries[GetParam()];
+  for (bool with_bias : {true, false}) {
+    for (const ChainCase& chain : kChains) {
+      if (!chain.exact) continue;
+      const ChainInputs in = chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
+      const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
+      const cpu::PoolGeometry pg = pool_geometry(g);
+      const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
+      const ChainResult aligned = run_tiled(in, g, 0);
+      check_chain(in, ref, aligned, true, what + "aligned: ");
+      check_tiled_argmax(ref, g, aligned, what + "aligned: ");
+      const ChainResult offset = run_tiled(in, g, 1);
+      check_chain(in, ref, offset, true, what + "offset: ");
+      // Deterministic, and the fast and general paths give the same bits.
+      expect_same_chain(aligned, run_tiled(in, g, 0), what + "second run: ");
+      expect_same_chain(aligned, offset, what + "aligned vs offset: ");
     }
   }
 }
@@ -1415,23 +1420,22 @@ void expect_no_nan(const std::vector<float>& v, const std::string& what) {
   EXPECT_EQ(nans, 0) << what << ": NaN from a -inf";
 }
 
-TEST(CudaKernels, FusedEpilogueReluOfMinusInfIsZero) {
+TEST_P(FusedEpilogueGeometries, FusedEpilogueReluOfMinusInfIsZero) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
-  std::mt19937 rng(321);
-  for (const EpilogueGeometry& g : kEpilogueGeometries) {
-    for (bool with_bias : {true, false}) {
-      for (const ChainCase& chain : kMinusInfChains) {
-        const ChainInputs in =
-            minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
-        const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
-        const cpu::PoolGeometry pg = pool_geometry(g);
-        const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
-        const ChainResult r = run_tiled(in, g, with_bias ? 0 : 1);
-        expect_no_nan(r.p, what + "p");
-        expect_no_nan(r.dy, what + "dy");
-        check_chain(in, ref, r, true, what);
-        check_tiled_argmax(ref, g, r, what);
-      }
+  std::mt19937 rng(321 + GetParam());
+  const EpilogueGeometry& g = kEpilogueGeometries[GetParam()];
+  for (bool with_bias : {true, false}) {
+    for (const ChainCase& chain : kMinusInfChains) {
+      const ChainInputs in =
+          minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
+      const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
+      const cpu::PoolGeometry pg = pool_geometry(g);
+      const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
+      const ChainResult r = run_tiled(in, g, with_bias ? 0 : 1);
+      expect_no_nan(r.p, what + "p");
+      expect_no_nan(r.dy, what + "dy");
+      check_chain(in, ref, r, true, what);
+      check_tiled_argmax(ref, g, r, what);
     }
   }
 }
