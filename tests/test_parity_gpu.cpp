@@ -613,6 +613,28 @@ TEST(GpuFusion, Tf32StrideOneConvsRunTheWgmmaKernel) {
     const std::string cudnn = Engine(network, off).describe();
     EXPECT_NE(cudnn.find("[fused_conv_epilogue]"), std::string::npos) << cudnn;
     EXPECT_NE(cudnn.find("nor the wgmma conv (turned off)"), std::string::npos) << cudnn;
+
+    // Inference: a conv without a pool goes to cuDNN, whose runtime-fusion kernel takes the chain
+    // (channels-last; measured faster on random_3's layers); a pool keeps the wgmma conv.
+    Options forward_only = cuda_options("phase_split");
+    forward_only.mode = Mode::Forward;
+    forward_only.input_grad = false;
+    Engine inference(network, forward_only);
+    const std::string inference_text = inference.describe();
+    const bool pooled = net.label.find("_no_pool_") == std::string::npos;
+    EXPECT_EQ(inference_text.find("[fused_wgmma_conv]") != std::string::npos, pooled) << inference_text;
+    EXPECT_EQ(inference_text.find("without a pool in an inference engine under tf32 cuDNN's conv takes the chain") !=
+                  std::string::npos,
+              !pooled)
+        << inference_text;
+    Options cpu;
+    cpu.device = Device::Cpu;
+    cpu.mode = Mode::Forward;
+    Engine reference(network, cpu);
+    const auto exact = tf32_exact_values(inference, network.input_shape());
+    exact(inference);
+    exact(reference);
+    EXPECT_TRUE(close("inference output", inference.forward(), reference.forward(), 5e-3));
   }
 
   const Network narrow = Network::parse(tf32(net_json("n", "[2, 16, 5, 7, 9]", R"(

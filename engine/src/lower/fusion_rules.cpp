@@ -88,10 +88,17 @@ const std::vector<FusionRule>& rules() {
            wgmma = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Wgmma);
          const std::string wgmma_why = "anvil's wgmma conv, as under tf32 its tensor-core kernel computes the conv, "
                                        "the chain and the pool in one, where cuDNN's conv writes Y for the epilogue";
-         // It applies but the rule leaves it to --autotune: a stride, too few channels or one input tile a block.
-         const bool wgmma_rule = wgmma && wgmma->wgmma_preferred();
-         const std::string wgmma_not_rule = "the wgmma conv applies, but its rule wants a stride of 1, more than 32 "
-                                            "out_channels and room for two input tiles a block";
+         // It applies but the rule leaves it to --autotune: a stride, too few channels or one input tile a
+         // block; or a conv (not transposed) without a pool where activations pass channels-last, which
+         // cuDNN's runtime-fusion kernel computes with its chain in one kernel too, writing only the output.
+         const bool transposed = std::get<ConvSpec>(s.head->params).transposed;
+         const bool cudnn_fuses_chain = settings.lone_convs && !s.pool && !transposed;
+         const bool wgmma_rule = wgmma && wgmma->wgmma_preferred() && !cudnn_fuses_chain;
+         const std::string wgmma_not_rule =
+             cudnn_fuses_chain ? "the wgmma conv applies, but without a pool in an inference engine under tf32 "
+                                 "cuDNN's conv takes the chain into its kernel too"
+                               : "the wgmma conv applies, but its rule wants a stride of 1, more than 32 "
+                                 "out_channels and room for two input tiles a block";
          if (!phase_split) {
            std::string why_not_direct = "turned off";
            std::unique_ptr<FusedConvEpilogue> direct;
