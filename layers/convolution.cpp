@@ -9,6 +9,7 @@
 
 #if ANVIL_WITH_CUDA
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <functional>
 #include <iostream>
@@ -244,6 +245,14 @@ struct Convolution::Cudnn {
   };
   AnvilKernel fprop_mma, wgrad_mma;
   size_t wgrad_scratch = 0;  // the filter gradient's partials
+  // The backward-data relation phase-split: B padded, the combined weight and
+  // the combined output in the op's workspace, then the stride-1 conv's own.
+  struct PhaseSplit : AnvilKernel {
+    cuda::PhaseSplitGeometry g;
+    std::unique_ptr<Convolution> conv;  // the stride-1 combined conv
+    size_t b_pad = 0, wp = 0, yp = 0;   // bytes, each rounded up to 256
+    size_t workspace() const { return b_pad + wp + yp + conv->forward_workspace(); }
+  } phase;
   bool chosen = false;
   BuildSettings settings;
   // Each op's: the network's, with strict fp32 math where tensor_cores_hang.
@@ -353,6 +362,31 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   }
   if (c.wgrad_mma.used || (c.wgrad_mma.candidate && settings.autotune))
     c.wgrad_scratch = cuda::conv_mma_weight_grad_scratch_bytes(g);
+  // The backward-data relation with a stride (a transposed conv's forward, a
+  // conv's input gradient) phase-split: one stride-1 forward conv over s^d x
+  // A's channels, then its phases interleaved into A. By rule under
+  // deterministic strict fp32, where cuDNN's deterministic backward-data
+  // algorithms are slow FMA kernels (docs/performance.md); --autotune times
+  // both. Its buffers count against the workspace limit.
+  const bool strided = std::any_of(spec_.stride.begin(), spec_.stride.end(), [](int64_t s) { return s > 1; });
+  if (c.used[kBackwardData] && strided && settings.phase_split && !phase_split(c.phase.g, true)) {
+    const cuda::PhaseSplitGeometry& pg = c.phase.g;
+    auto bytes = [](int64_t count) { return (size_t(count) * sizeof(float) + 255) / 256 * 256; };
+    c.phase.conv = phase_split_conv(pg, name() + ".phase");
+    c.phase.conv->set_gradient_needs(false, false);
+    c.phase.conv->build_cuda(ctx, c.op_settings[kBackwardData]);
+    c.phase.b_pad = bytes(numel(c.phase.conv->input_shapes()[0]));
+    c.phase.yp = bytes(numel(c.phase.conv->output_shape()));
+    c.phase.wp = bytes(numel(c.phase.conv->param_specs()[0].shape));
+    const size_t elements = std::max(c.phase.b_pad, c.phase.yp) / sizeof(float);  // its kernels index in int
+    c.phase.candidate = c.phase.workspace() <= settings.workspace_limit && elements < (size_t(1) << 31);
+    if (!c.phase.candidate) c.phase.conv.reset();
+  }
+  if (c.phase.candidate && !settings.autotune) {
+    c.phase.used = c.op_settings[kBackwardData].precision == Precision::FP32 && settings.deterministic;
+    c.used[kBackwardData] = !c.phase.used;
+    c.phase.choice = "rule";
+  }
   // The forward relation (a conv's forward, a transposed conv's input
   // gradient) on anvil's TF32 kernel: a candidate of --autotune under tf32
   // only. The rule keeps cuDNN's, faster on most layers measured
@@ -415,14 +449,20 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   }
 }
 
+// An op's workspace: cuDNN's, and for backward data the phase split's where it is a candidate.
+size_t Convolution::op_workspace(int op) const {
+  const Cudnn& c = *cudnn_;
+  return std::max(c.workspace[op], op == kBackwardData && c.phase.candidate ? c.phase.workspace() : size_t{0});
+}
+
 size_t Convolution::forward_workspace() const {
-  return cudnn_ ? cudnn_->workspace[spec_.transposed ? kBackwardData : kForward] : 0;
+  return cudnn_ ? op_workspace(spec_.transposed ? kBackwardData : kForward) : 0;
 }
 
 size_t Convolution::backward_workspace() const {
   if (!cudnn_ || !needs_backward_) return 0;
   size_t ws = std::max(cudnn_->workspace[kBackwardFilter], cudnn_->wgrad_scratch);
-  if (needs_input_grad_) ws = std::max(ws, cudnn_->workspace[spec_.transposed ? kForward : kBackwardData]);
+  if (needs_input_grad_) ws = std::max(ws, op_workspace(spec_.transposed ? kForward : kBackwardData));
   return ws;
 }
 
@@ -461,6 +501,10 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
     if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));
   if (c.channels_last)
     c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws, epilogue_operands);
+  if (c.phase.conv) {
+    const PhaseBuffers p = phase_buffers(ws_for(kBackwardData));
+    c.phase.conv->search_algorithms(ctx, p.b_pad, p.yp, p.wp, nullptr, p.conv_ws, nullptr);
+  }
   if (c.graph_accumulate) {
     const int dx_op = spec_.transposed ? kForward : kBackwardData;
     c.graph_accumulate->choose_fastest(ctx, a, b, graph_w[dx_op], ws_for(static_cast<Op>(dx_op)));
@@ -489,7 +533,7 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   for (int op = 0; op < kOpCount; ++op)
     if (c.used[op]) ANVIL_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv[op], c.math[op]));
   // Autotuned: each of anvil's kernels against cuDNN's pick, each once after a warm-up; the faster stays.
-  auto tune = [&](Cudnn::AnvilKernel& kernel, const std::function<void()>& op) {
+  auto tune = [&](Cudnn::AnvilKernel& kernel, const char* label, const std::function<void()>& op) {
     auto time = [&](bool anvil) {
       kernel.used = anvil;
       op();
@@ -498,14 +542,101 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
     const double anvil_ms = time(true), cudnn_ms = time(false);
     kernel.used = anvil_ms <= cudnn_ms;
     char text[96];
-    std::snprintf(text, sizeof text, "autotuned: anvil %.3f ms, cuDNN %.3f ms", anvil_ms, cudnn_ms);
+    std::snprintf(text, sizeof text, "autotuned: %s %.3f ms, cuDNN %.3f ms", label, anvil_ms, cudnn_ms);
     kernel.choice = text;
   };
   if (c.settings.autotune) {
-    if (c.wgrad_mma.candidate) tune(c.wgrad_mma, [&] { weight_grad(ctx, a, b, dw, backward_ws); });
-    if (c.fprop_mma.candidate) tune(c.fprop_mma, [&] { forward_relation(ctx, a, w, b, false, ws_for(kForward)); });
+    if (c.wgrad_mma.candidate) tune(c.wgrad_mma, "anvil", [&] { weight_grad(ctx, a, b, dw, backward_ws); });
+    if (c.fprop_mma.candidate)
+      tune(c.fprop_mma, "anvil", [&] { forward_relation(ctx, a, w, b, false, ws_for(kForward)); });
+    if (c.phase.candidate)
+      tune(c.phase, "phase split", [&] { backward_data_relation(ctx, b, w, a, false, ws_for(kBackwardData)); });
   }
   c.chosen = true;
+}
+
+// Along one dim, output o = q * s + r (phase r) of A receives B[i] * w[t]
+// where o = i * s - p + t. With c = r + p = a * s + b, the taps of phase r
+// are t = b + j * s (t < k), reading B[q + a - j]: offsets lo_r = a - taps_r
+// + 1 .. a. Aligned phases share one window: the offsets over all phases span
+// [m0, m1], a stride-1 kernel of kp = m1 - m0 + 1 taps over B padded by -m0 in
+// front. Shifted phases each read the combined output at q + lo_r - m0, so kp
+// is only the most taps of a phase (k4 s2: 2 instead of 3; where it saves
+// none, the dim stays aligned). Each phase has q = ceil(out / s) outputs (the
+// last may fall past A: computed, never read); the end padding covers them in
+// both forms, so one padded B serves both.
+std::optional<std::string> Convolution::phase_split(cuda::PhaseSplitGeometry& g, bool shift_phases) const {
+  const cpu::ConvGeometry c = geometry();  // lifted to 3 dims: a lifted dim is one phase of one tap
+  g = cuda::PhaseSplitGeometry{};
+  g.n = c.n;
+  g.cin = c.cb;
+  g.cout = c.ca;
+  for (int d = 0; d < 3; ++d) {
+    const int64_t k = c.k[d], s = c.stride[d], p = c.pad[d], in = c.b[d], out = c.a[d];
+    if (c.dilation[d] != 1) return "dilated";
+    if (k > cuda::kMaxKernel) return "kernel larger than " + std::to_string(cuda::kMaxKernel);
+    std::vector<int64_t> a(s), b(s), taps(s);
+    int64_t m0 = INT64_MAX, m1 = INT64_MIN, most_taps = 0;
+    for (int64_t r = 0; r < s; ++r) {
+      a[r] = (r + p) / s;
+      b[r] = (r + p) % s;
+      taps[r] = b[r] < k ? (k - b[r] + s - 1) / s : 0;
+      if (taps[r] == 0) continue;
+      m0 = std::min(m0, a[r] - (taps[r] - 1));
+      m1 = std::max(m1, a[r]);
+      most_taps = std::max(most_taps, taps[r]);
+    }
+    if (m0 == INT64_MAX || m0 > 0) return "a phase without taps";
+    const int64_t aligned_kp = m1 - m0 + 1, q = (out + s - 1) / s;
+    if (s * aligned_kp > cuda::kMaxPhaseTaps) return "too many taps per phase";
+    const bool shifting_pays = most_taps < aligned_kp;
+    const bool shifted = shift_phases && shifting_pays;
+    int64_t reach = aligned_kp - 1;  // B_pad positions read past q, in either form
+    for (int64_t r = 0; r < s; ++r)
+      if (taps[r] > 0 && shifting_pays) reach = std::max(reach, a[r] - (taps[r] - 1) - m0 + most_taps - 1);
+    g.in[d] = in;
+    g.front[d] = -m0;
+    g.end[d] = q + reach - g.front[d] - in;
+    if (g.end[d] < 0) return "the padding crops more than a phase";
+    g.k[d] = k;
+    g.kp[d] = shifted ? most_taps : aligned_kp;
+    g.s[d] = s;
+    g.q[d] = q;
+    g.out[d] = out;
+    for (int64_t u = 0; u < s * g.kp[d]; ++u) g.tap[d][u] = -1;
+    for (int64_t r = 0; r < s; ++r) {
+      const int64_t first = shifted ? a[r] - (taps[r] - 1) : m0;  // the B offset of combined tap 0
+      if (taps[r] > 0) g.shift[d][r] = static_cast<int8_t>(first - m0);
+      for (int64_t j = 0; j < taps[r]; ++j) {
+        const int64_t t = b[r] + j * s, u = a[r] - j - first;
+        g.tap[d][r * g.kp[d] + u] = static_cast<int8_t>(t);
+        g.phase_of[d][t] = static_cast<int8_t>(r);
+        g.combined_of[d][t] = static_cast<int8_t>(u);
+      }
+    }
+  }
+  if (g.s[0] * g.s[1] * g.s[2] > 256) return "more than 256 phases";
+  return std::nullopt;
+}
+
+std::unique_ptr<Convolution> Convolution::phase_split_conv(const cuda::PhaseSplitGeometry& g,
+                                                           const std::string& name) const {
+  const int dims = spec_.dims;
+  ConvSpec combined;
+  combined.dims = dims;
+  combined.in_channels = g.cin;
+  combined.out_channels = g.s[0] * g.s[1] * g.s[2] * g.cout;
+  combined.kernel.assign(g.kp.end() - dims, g.kp.end());
+  combined.stride.assign(dims, 1);
+  combined.padding.assign(dims, 0);
+  combined.output_padding.assign(dims, 0);
+  combined.dilation.assign(dims, 1);
+  combined.bias = false;
+  auto conv = std::make_unique<Convolution>(LayerSpec{type(), name, path(), {}, combined}, combined);
+  Shape b_pad = {g.n, g.cin};
+  for (int d = 3 - dims; d < 3; ++d) b_pad.push_back(g.in[d] + g.front[d] + g.end[d]);
+  conv->setup({b_pad});
+  return conv;
 }
 
 bool Convolution::tries_y_alone() const {
@@ -524,10 +655,18 @@ std::string Convolution::describe_cuda() const {
         (forward_request_.y_channels_last ? ", Y channels-last" : "") +
         (forward_request_.epilogue.empty() ? "" : ", the epilogue in the conv's kernel");
   for (int op = 0; op < kOpCount; ++op) {
-    const Cudnn::AnvilKernel* anvil =
-        op == kForward ? &cudnn_->fprop_mma : op == kBackwardFilter ? &cudnn_->wgrad_mma : nullptr;
-    const std::string choice = anvil && !anvil->choice.empty() ? ", " + anvil->choice : "";
-    if (anvil && anvil->used) {
+    const Cudnn::AnvilKernel* anvil = op == kForward          ? &cudnn_->fprop_mma
+                                      : op == kBackwardFilter ? &cudnn_->wgrad_mma
+                                                              : &cudnn_->phase;
+    const std::string choice = !anvil->choice.empty() ? ", " + anvil->choice : "";
+    if (anvil->used && op == kBackwardData) {
+      const Cudnn::PhaseSplit& p = cudnn_->phase;
+      s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " phase-split (" +
+           std::to_string(p.g.s[0] * p.g.s[1] * p.g.s[2]) + " phases, one stride-1 " + p.conv->describe_cuda() +
+           choice + ")";
+      continue;
+    }
+    if (anvil->used) {
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " anvil tensor cores (" +
            (cudnn_->settings.precision == Precision::FP32 ? "3xTF32" : "TF32") + choice + ")";
       continue;
@@ -588,9 +727,24 @@ void Convolution::forward_relation(CudaContext& ctx, const float* a, const float
                                             c.workspace[kForward], accumulate ? &one : &zero, c.b, b));
 }
 
+Convolution::PhaseBuffers Convolution::phase_buffers(void* ws) const {
+  const Cudnn::PhaseSplit& p = cudnn_->phase;
+  char* at = static_cast<char*>(ws);
+  return {reinterpret_cast<float*>(at), reinterpret_cast<float*>(at + p.b_pad),
+          reinterpret_cast<float*>(at + p.b_pad + p.wp), at + p.b_pad + p.wp + p.yp};
+}
+
 void Convolution::backward_data_relation(CudaContext& ctx, const float* b, const float* w, float* a, bool accumulate,
                                          void* ws) {
   Cudnn& c = *cudnn_;
+  if (c.phase.used) {
+    const PhaseBuffers p = phase_buffers(ws);
+    cuda::phase_pad_input(b, p.b_pad, false, c.phase.g, ctx.stream());
+    cuda::phase_build_weight(w, p.wp, c.phase.g, ctx.stream());
+    c.phase.conv->run_forward(ctx, p.b_pad, p.wp, p.yp, p.conv_ws);
+    cuda::phase_interleave_output(p.yp, a, accumulate, c.phase.g, ctx.stream());
+    return;
+  }
   if (c.graph[kBackwardData]) {
     (accumulate ? *c.graph_accumulate : *c.graph[kBackwardData]).run(ctx, a, b, w, ws);
     return;

@@ -19,6 +19,10 @@
 #include "kernels/cpu/geometry.hpp"
 #include "layers/layer.hpp"
 #if ANVIL_WITH_CUDA
+#include <optional>
+#include <string>
+
+#include "kernels/cuda/phase_split.hpp"
 #include "layers/cudnn_graph_conv.hpp"
 #endif
 
@@ -74,6 +78,15 @@ class Convolution : public Layer {
   const ForwardRequest& forward_request() const { return forward_request_; }
   bool forward_request_granted() const;
   bool tries_y_alone() const;  // whether a request for y alone is tried (its products per output)
+  // The backward-data relation (A from B: a transposed conv's forward, a
+  // conv's input gradient) as a phase split (kernels/cuda/phase_split.hpp):
+  // fills g and returns nullopt where it is exact, else says why not.
+  // shift_phases: each phase at its own offset in the combined output where
+  // that drops combined taps (cuDNN's path); otherwise all aligned (anvil's
+  // tensor-core kernels). Both forms pad B alike.
+  std::optional<std::string> phase_split(cuda::PhaseSplitGeometry& g, bool shift_phases) const;
+  // The stride-1 conv of a phase split: s^d x A's channels over B padded, no bias, set up.
+  std::unique_ptr<Convolution> phase_split_conv(const cuda::PhaseSplitGeometry& g, const std::string& name) const;
   void build_cuda(CudaContext& ctx, const BuildSettings& settings) override;
   // conv_forward (Forward), conv_backward and bias_scratch (Backward).
   std::vector<BufferRequest> buffers(Device device) const override;
@@ -104,6 +117,13 @@ class Convolution : public Layer {
  private:
   struct Cudnn;
   size_t bias_scratch_bytes() const;
+  size_t op_workspace(int op) const;
+  // The phase split's pieces of its op's workspace.
+  struct PhaseBuffers {
+    float *b_pad, *wp, *yp;
+    void* conv_ws;
+  };
+  PhaseBuffers phase_buffers(void* ws) const;
   // The three relations of the table above, in its A and B; accumulate adds to the result's tensor.
   void forward_relation(CudaContext& ctx, const float* a, const float* w, float* b, bool accumulate, void* ws);
   void backward_data_relation(CudaContext& ctx, const float* b, const float* w, float* a, bool accumulate, void* ws);

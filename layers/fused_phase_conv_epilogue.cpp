@@ -1,6 +1,5 @@
 #include "layers/fused_phase_conv_epilogue.hpp"
 
-#include <climits>
 #include <cstdio>
 #include <mutex>
 
@@ -19,77 +18,18 @@ enum Buffer {
 };
 }  // namespace
 
-// Along one dim, output o = q * s + r (phase r) receives x[i] * w[t] where
-// o = i * s - p + t. With c = r + p = a * s + b, the taps of phase r are
-// t = b + j * s (t < k), reading x[q + a - j]: offsets lo_r = a - taps_r + 1
-// .. a. Aligned phases share one window: the offsets over all phases span
-// [m0, m1], a stride-1 kernel of kp = m1 - m0 + 1 taps over x padded by -m0 in
-// front. Shifted phases each read the combined output at q + lo_r - m0, so kp
-// is only the most taps of a phase (k4 s2: 2 instead of 3; where it saves
-// none, the dim stays aligned). The end padding covers q = 0 .. out / s - 1
-// in both forms, so one padded input serves both.
+// Each pool window is the s^d phases at one point of the phase grid.
 std::optional<std::string> FusedPhaseConvEpilogue::derive(const Convolution& conv,
                                                           const std::vector<int64_t>& pool_kernel,
                                                           cuda::PhaseSplitGeometry& g, bool shift_phases) {
   if (!conv.transposed()) return "not a transposed conv";
   const ConvSpec& spec = conv.spec();
-  const Shape& x = conv.input_shapes()[0];
   const Shape& y = conv.output_shape();
-  const int dims = spec.dims;
-  g = cuda::PhaseSplitGeometry{};
-  g.n = x[0];
-  g.cin = spec.in_channels;
-  g.cout = spec.out_channels;
-  for (int d = 0; d < 3 - dims; ++d) g.tap[d][0] = 0;  // lifted dims: one phase, one tap
-  for (int i = 0; i < dims; ++i) {
-    const int d = 3 - dims + i;
-    const int64_t k = spec.kernel[i], s = spec.stride[i], p = spec.padding[i];
-    const int64_t in = x[2 + i], out = y[2 + i];
-    if (spec.dilation[i] != 1) return "dilated";
-    if (pool_kernel[i] != s) return "the pool kernel differs from the stride";
-    if (k > cuda::kMaxKernel) return "kernel larger than " + std::to_string(cuda::kMaxKernel);
-    if (out % s != 0) return "the output is not a multiple of the stride";
-    std::vector<int64_t> a(s), b(s), taps(s);
-    int64_t m0 = INT64_MAX, m1 = INT64_MIN, most_taps = 0;
-    for (int64_t r = 0; r < s; ++r) {
-      a[r] = (r + p) / s;
-      b[r] = (r + p) % s;
-      taps[r] = b[r] < k ? (k - b[r] + s - 1) / s : 0;
-      if (taps[r] == 0) continue;
-      m0 = std::min(m0, a[r] - (taps[r] - 1));
-      m1 = std::max(m1, a[r]);
-      most_taps = std::max(most_taps, taps[r]);
-    }
-    if (m0 == INT64_MAX || m0 > 0) return "a phase without taps";
-    const int64_t aligned_kp = m1 - m0 + 1, q = out / s;
-    if (s * aligned_kp > cuda::kMaxPhaseTaps) return "too many taps per phase";
-    const bool shifting_pays = most_taps < aligned_kp;
-    const bool shifted = shift_phases && shifting_pays;
-    int64_t reach = aligned_kp - 1;  // x_pad positions read past q, in either form
-    for (int64_t r = 0; r < s; ++r)
-      if (taps[r] > 0 && shifting_pays) reach = std::max(reach, a[r] - (taps[r] - 1) - m0 + most_taps - 1);
-    g.in[d] = in;
-    g.front[d] = -m0;
-    g.end[d] = q + reach - g.front[d] - in;
-    if (g.end[d] < 0) return "the padding crops more than a phase";
-    g.k[d] = k;
-    g.kp[d] = shifted ? most_taps : aligned_kp;
-    g.s[d] = s;
-    g.q[d] = q;
-    for (int64_t u = 0; u < s * g.kp[d]; ++u) g.tap[d][u] = -1;
-    for (int64_t r = 0; r < s; ++r) {
-      const int64_t first = shifted ? a[r] - (taps[r] - 1) : m0;  // the x offset of combined tap 0
-      if (taps[r] > 0) g.shift[d][r] = static_cast<int8_t>(first - m0);
-      for (int64_t j = 0; j < taps[r]; ++j) {
-        const int64_t t = b[r] + j * s, u = a[r] - j - first;
-        g.tap[d][r * g.kp[d] + u] = static_cast<int8_t>(t);
-        g.phase_of[d][t] = static_cast<int8_t>(r);
-        g.combined_of[d][t] = static_cast<int8_t>(u);
-      }
-    }
+  for (int i = 0; i < spec.dims; ++i) {
+    if (pool_kernel[i] != spec.stride[i]) return "the pool kernel differs from the stride";
+    if (y[2 + i] % spec.stride[i] != 0) return "the output is not a multiple of the stride";
   }
-  if (g.s[0] * g.s[1] * g.s[2] > 256) return "more than 256 phases";
-  return std::nullopt;
+  return conv.phase_split(g, shift_phases);
 }
 
 std::unique_ptr<FusedPhaseConvEpilogue> FusedPhaseConvEpilogue::create(const FusedChainSpecs& specs,
@@ -123,22 +63,7 @@ FusedPhaseConvEpilogue::FusedPhaseConvEpilogue(std::unique_ptr<Convolution> conv
       g_(aligned),
       shifted_g_(shifted) {
   // cuDNN's combined convolution is an ordinary stride-1 conv layer over the padded input.
-  const int dims = conv_->spec().dims;
-  ConvSpec combined;
-  combined.dims = dims;
-  combined.in_channels = g_.cin;
-  combined.out_channels = phases() * g_.cout;
-  combined.kernel.assign(shifted_g_.kp.end() - dims, shifted_g_.kp.end());
-  combined.stride.assign(dims, 1);
-  combined.padding.assign(dims, 0);
-  combined.output_padding.assign(dims, 0);
-  combined.dilation.assign(dims, 1);
-  combined.bias = false;
-  phase_conv_ = std::make_unique<Convolution>(LayerSpec{conv_->type(), this->name() + ".phase", path(), {}, combined},
-                                              combined);
-  Shape x_pad = {g_.n, g_.cin};
-  for (int d = 3 - dims; d < 3; ++d) x_pad.push_back(g_.in[d] + g_.front[d] + g_.end[d]);
-  phase_conv_->setup({x_pad});
+  phase_conv_ = conv_->phase_split_conv(shifted_g_, this->name() + ".phase");
 }
 
 FusedPhaseConvEpilogue::~FusedPhaseConvEpilogue() = default;

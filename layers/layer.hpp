@@ -72,6 +72,7 @@ struct BuildSettings {
   Precision precision = Precision::TF32;
   bool deterministic = true;
   bool autotune = false;  // cuDNN: the fastest measured algorithm instead of the heuristics' first
+  bool phase_split = true;  // a strided backward-data relation may run phase-split (Convolution)
   size_t workspace_limit = size_t(256) << 20;
 };
 

@@ -43,7 +43,9 @@
 #include "kernels/cuda/channels_last_pool.hpp"
 #include "kernels/cuda/epilogue.hpp"
 #include "kernels/cuda/finite.hpp"
+#include "kernels/cuda/phase_split.hpp"
 #include "kernels/cuda/pointwise.hpp"
+#include "tests/conv_transpose_fixture.hpp"
 
 namespace {
 
@@ -362,6 +364,56 @@ TEST(CudaKernels, CopyOrAccumulate) {
         expect_ulp(bd.download(oo, count), want, 1, what);
         expect_untouched(bd, oo, count, what);
       }
+    }
+  }
+}
+
+// phase_interleave_output: every element of y from its phase's plane of the
+// combined output at its shift, exactly (a copy, or one float add), on
+// geometries the derivation gives: shifted phases, outputs that are not a
+// multiple of the stride, a strided conv's input gradient, a 2-D conv
+// (lifted dims). Nothing outside y is written.
+TEST(CudaKernels, PhaseInterleaveOutput) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  struct Case {
+    bool transposed;
+    std::vector<int64_t> k, s, p, op, in;
+  };
+  const std::vector<Case> cases = {{true, {4, 2, 4}, {2, 2, 2}, {1, 0, 0}, {1, 0, 0}, {3, 4, 5}},
+                                   {true, {5, 3}, {3, 2}, {2, 1}, {2, 0}, {4, 7}},
+                                   {false, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {5, 6, 7}},
+                                   {false, {2, 4}, {3, 2}, {0, 1}, {0, 0}, {8, 9}}};
+  std::mt19937 rng(107);
+  for (const Case& c : cases) {
+    auto conv = anvil::testing::make_convolution(c.transposed, c.k, c.s, c.p, c.op, c.in, 3, 5, 2);
+    gpu::PhaseSplitGeometry g;
+    ASSERT_EQ(conv->phase_split(g, true), std::nullopt);
+    const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+    std::array<int64_t, 3> z;
+    for (int d = 0; d < 3; ++d) z[d] = g.in[d] + g.front[d] + g.end[d] - g.kp[d] + 1;
+    const int64_t zvol = z[0] * z[1] * z[2], count = g.n * g.cout * g.out[0] * g.out[1] * g.out[2];
+    const std::vector<float> yp = random_floats(size_t(g.n * phases * g.cout * zvol), rng);
+    const std::vector<float> y0 = random_floats(size_t(count), rng);
+    for (bool accumulate : {false, true}) {
+      const std::string what = std::string(c.transposed ? "transposed" : "conv") + " k" + std::to_string(c.k[0]) +
+                               (accumulate ? " accumulate" : " overwrite");
+      std::vector<float> want(static_cast<size_t>(count));
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t o2 = i % g.out[2], o1 = i / g.out[2] % g.out[1], o0 = i / (g.out[2] * g.out[1]) % g.out[0];
+        const int64_t plane = i / (g.out[2] * g.out[1] * g.out[0]), n = plane / g.cout, ch = plane % g.cout;
+        const int64_t r0 = o0 % g.s[0], r1 = o1 % g.s[1], r2 = o2 % g.s[2], r = (r0 * g.s[1] + r1) * g.s[2] + r2;
+        const int64_t at = ((n * phases + r) * g.cout + ch) * zvol +
+                           ((o0 / g.s[0] + g.shift[0][r0]) * z[1] + o1 / g.s[1] + g.shift[1][r1]) * z[2] +
+                           o2 / g.s[2] + g.shift[2][r2];
+        want[i] = accumulate ? y0[i] + yp[at] : yp[at];
+      }
+      DeviceBuffer<float> byp(yp.size()), by(size_t(count) + kSlack);
+      byp.upload(yp, 0);
+      by.poison();
+      if (accumulate) by.upload(y0, 0);
+      gpu::phase_interleave_output(byp.get(), by.get(), accumulate, g, nullptr);
+      expect_exact(by.download(0, size_t(count)), want, what);
+      expect_untouched(by, 0, size_t(count), what);
     }
   }
 }

@@ -307,6 +307,18 @@ std::vector<SmallNet> small_nets() {
         {"type": "channel_scale"}, {"type": "sigmoid"},
         {"type": "avg_pool2d", "kernel_size": 3, "stride": 2, "padding": 1},
         {"type": "conv2d", "in_channels": 3, "out_channels": 2, "kernel_size": 2})")},
+      // Strided backward-data relations (phase-split under strict fp32): the
+      // transposed conv's output (7 x 8) is not a multiple of its stride, and
+      // the strided conv's input gradient adds to the add's (fan-out).
+      {"strided_dgrad_fan_out_ragged_2d", net_json("y", "[2, 3, 7, 8]", R"(
+        {"type": "conv2d", "name": "stem", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"type": "leaky_relu", "name": "act", "negative_slope": 0.1},
+        {"type": "conv2d", "name": "down", "in_channels": 4, "out_channels": 5, "kernel_size": 3, "stride": 2,
+         "padding": 1},
+        {"type": "conv_transpose2d", "name": "up", "in_channels": 5, "out_channels": 4, "kernel_size": 3,
+         "stride": 2, "padding": 1, "output_padding": [0, 1]},
+        {"type": "add", "inputs": ["act", "up"]},
+        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2})")},
       // Nine ops: longer than a fused chain may be; runs unfused.
       {"chain_of_nine_unfused", net_json("p", "[1, 2, 5, 6]", R"(
         {"type": "conv2d", "in_channels": 2, "out_channels": 3, "kernel_size": 3},
@@ -980,6 +992,48 @@ TEST(GpuConv, StridedDilatedBackwardDataRunsFmaUnderTf32) {
     EXPECT_EQ(count_matches(text, fma), 2u) << text;
     expect_step_matches_cpu(engine, network, 5e-3);
   }
+}
+
+// Under deterministic strict fp32 a strided backward-data relation (a
+// transposed conv's forward, a strided conv's input gradient) runs as the
+// phase split: one stride-1 forward conv over s^d x the output's channels,
+// then the phases interleaved (cuDNN's deterministic FMA backward data
+// measured 5x slower, docs/performance.md). Not under tf32, --no-phase-split
+// or --nondeterministic; --autotune times both. Each matches the CPU.
+TEST(GpuConv, StrictFp32RunsStridedBackwardDataPhaseSplit) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  const auto nets = small_nets();
+  const auto it = std::find_if(nets.begin(), nets.end(),
+                               [](const SmallNet& n) { return n.label == "strided_dgrad_fan_out_ragged_2d"; });
+  ASSERT_NE(it, nets.end());
+  const Network network = Network::parse(it->json, it->label);
+  const std::string split = "ConvolutionBackwardData phase-split (4 phases, one stride-1 ConvolutionForward";
+  // up's forward and down's input gradient.
+  const std::regex by_rule(R"(ConvolutionBackwardData phase-split \(4 phases, one stride-1 ConvolutionForward [^;\n]*, rule\))");
+  Engine engine(network, cuda_options("phase_split"));
+  const std::string text = engine.describe();
+  EXPECT_EQ(count_matches(text, by_rule), 2u) << text;
+  expect_step_matches_cpu(engine, network, 1e-5);
+
+  Options off = cuda_options("phase_split");
+  off.phase_split = false;
+  const std::string off_text = Engine(network, off).describe();
+  EXPECT_EQ(off_text.find(split), std::string::npos) << off_text;
+  Options nondeterministic = cuda_options("phase_split");
+  nondeterministic.deterministic = false;
+  const std::string nondeterministic_text = Engine(network, nondeterministic).describe();
+  EXPECT_EQ(nondeterministic_text.find(split), std::string::npos) << nondeterministic_text;
+  const std::string tf32_text = Engine(Network::parse(with_tf32(it->json), "tf32"), cuda_options("phase_split")).describe();
+  EXPECT_EQ(tf32_text.find(split), std::string::npos) << tf32_text;
+
+  Options tuned = cuda_options("phase_split");
+  tuned.autotune = true;
+  Engine autotuned(network, tuned);
+  const std::string tuned_text = autotuned.describe();
+  EXPECT_EQ(count_matches(tuned_text, std::regex(R"(autotuned: phase split [0-9]+\.[0-9]{3} ms, cuDNN [0-9]+\.[0-9]{3} ms)")),
+            2u)
+      << tuned_text;
+  expect_step_matches_cpu(autotuned, network, 1e-5);
 }
 
 // Under tf32 --autotune times anvil's TF32 forward-relation kernel against

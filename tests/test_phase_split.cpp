@@ -41,32 +41,22 @@ std::vector<float> random_vector(int64_t count, std::mt19937& rng) {
   return v;
 }
 
-// Both forms: phases aligned (anvil's tensor-core kernels) and shifted (cuDNN's path).
-class PhaseSplitDerivation : public ::testing::TestWithParam<std::tuple<Geometry, bool>> {};
-
-TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvolution) {
-  const auto& [geo, shifted] = GetParam();
-  const int64_t n = 2, cin = 3, cout = 2;
-  auto conv = conv_transpose(geo, cin, cout, n);
-  cuda::PhaseSplitGeometry g, aligned;
-  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, g, shifted), std::nullopt);
-  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, aligned, false), std::nullopt);
-  for (int d = 0; d < 3; ++d) {  // one padded input serves both forms
-    EXPECT_EQ(g.front[d], aligned.front[d]) << "dim " << d;
-    EXPECT_EQ(g.end[d], aligned.end[d]) << "dim " << d;
-    EXPECT_LE(g.kp[d], aligned.kp[d]) << "dim " << d;
-  }
-  if (!shifted) {
-    EXPECT_TRUE(cuda::phases_aligned(g));
-  }
-
+// The one stride-1 convolution g describes (B padded, the combined weight,
+// s^d * A's channels), computed here from the tables, with its phases read
+// back at their shifts: it must give the backward-data relation A from B (a
+// transposed conv's output, a conv's input gradient), every element of A.
+void expect_combined_conv_reproduces_the_relation(const Convolution& conv, const cuda::PhaseSplitGeometry& g) {
   std::mt19937 rng(42);
-  const Shape& xs = conv->input_shapes()[0];
-  const Shape& ys = conv->output_shape();
-  const std::vector<float> x = random_vector(numel(xs), rng);
-  const std::vector<float> w = random_vector(numel(conv->param_specs()[0].shape), rng);
-  std::vector<float> y(numel(ys), NAN);
-  cpu::conv_backward_data(x.data(), w.data(), y.data(), conv->geometry(), false);
+  const bool transposed = conv.transposed();
+  const Shape& bs = transposed ? conv.input_shapes()[0] : conv.output_shape();
+  const Shape& as = transposed ? conv.output_shape() : conv.input_shapes()[0];
+  const int64_t n = bs[0], cin = g.cin, cout = g.cout;
+  ASSERT_EQ(cin, bs[1]);
+  ASSERT_EQ(cout, as[1]);
+  const std::vector<float> x = random_vector(numel(bs), rng);
+  const std::vector<float> w = random_vector(numel(conv.param_specs()[0].shape), rng);
+  std::vector<float> y(numel(as), NAN);
+  cpu::conv_backward_data(x.data(), w.data(), y.data(), conv.geometry(), false);
 
   // Every original tap serves exactly one (phase, combined tap).
   for (int d = 0; d < 3; ++d)
@@ -106,9 +96,10 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
   pg.a = pad;
   pg.b = {pad[0] - g.kp[0] + 1, pad[1] - g.kp[1] + 1, pad[2] - g.kp[2] + 1};
   pg.k = {g.kp[0], g.kp[1], g.kp[2]};
-  const cpu::Dims3 y3 = cpu::lift_dims({ys.begin() + 2, ys.end()}, 1);
+  const cpu::Dims3 y3 = cpu::lift_dims({as.begin() + 2, as.end()}, 1);
   for (int d = 0; d < 3; ++d) {
-    ASSERT_EQ(g.q[d] * g.s[d], y3[d]) << "phase grid of dim " << d;
+    ASSERT_EQ(g.out[d], y3[d]) << "dim " << d;
+    ASSERT_EQ(g.q[d], (y3[d] + g.s[d] - 1) / g.s[d]) << "phase grid of dim " << d;
     for (int64_t r = 0; r < g.s[d]; ++r)
       ASSERT_LE(g.q[d] + g.shift[d][r], pg.b[d]) << "dim " << d << " phase " << r << " reads past the combined output";
   }
@@ -132,7 +123,29 @@ TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvoluti
             max_err = std::max(max_err, std::fabs(double(got) - want));
             max_ref = std::max(max_ref, std::fabs(double(want)));
           }
+  ASSERT_GT(max_ref, 0.0);
   EXPECT_LE(max_err, 1e-5 * max_ref) << "max |diff| " << max_err;
+}
+
+// Both forms: phases aligned (anvil's tensor-core kernels) and shifted (cuDNN's path).
+class PhaseSplitDerivation : public ::testing::TestWithParam<std::tuple<Geometry, bool>> {};
+
+TEST_P(PhaseSplitDerivation, CombinedConvolutionReproducesTheTransposedConvolution) {
+  const auto& [geo, shifted] = GetParam();
+  const int64_t n = 2, cin = 3, cout = 2;
+  auto conv = conv_transpose(geo, cin, cout, n);
+  cuda::PhaseSplitGeometry g, aligned;
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, g, shifted), std::nullopt);
+  ASSERT_EQ(FusedPhaseConvEpilogue::derive(*conv, geo.s, aligned, false), std::nullopt);
+  for (int d = 0; d < 3; ++d) {  // one padded input serves both forms
+    EXPECT_EQ(g.front[d], aligned.front[d]) << "dim " << d;
+    EXPECT_EQ(g.end[d], aligned.end[d]) << "dim " << d;
+    EXPECT_LE(g.kp[d], aligned.kp[d]) << "dim " << d;
+  }
+  if (!shifted) {
+    EXPECT_TRUE(cuda::phases_aligned(g));
+  }
+  expect_combined_conv_reproduces_the_relation(*conv, g);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -150,6 +163,53 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       return label(std::get<0>(info.param)) + (std::get<1>(info.param) ? "_shifted" : "_aligned");
     });
+
+// The relation alone (Convolution::phase_split, no pool): outputs that are
+// not a multiple of the stride (the last phases one output short) and a
+// strided conv's input gradient, whose input may have positions no window
+// reads (they get zeros). Transposed or not, each form.
+class PhaseSplitRelation : public ::testing::TestWithParam<std::tuple<Geometry, bool, bool>> {};
+
+TEST_P(PhaseSplitRelation, CombinedConvolutionReproducesTheBackwardDataRelation) {
+  const auto& [geo, transposed, shifted] = GetParam();
+  auto conv = testing::make_convolution(transposed, geo.k, geo.s, geo.p, transposed ? geo.op : std::vector<int64_t>(geo.k.size(), 0),
+                                        geo.in, 3, 2, 2);
+  cuda::PhaseSplitGeometry g;
+  ASSERT_EQ(conv->phase_split(g, shifted), std::nullopt);
+  expect_combined_conv_reproduces_the_relation(*conv, g);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Geometries, PhaseSplitRelation,
+    ::testing::Combine(
+        ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {5, 6, 7}},  // ragged
+                          Geometry{{4, 2, 4}, {2, 2, 2}, {1, 0, 0}, {1, 0, 0}, {4, 5, 6}},  // random_6's kind
+                          Geometry{{3, 4}, {2, 2}, {1, 1}, {1, 0}, {6, 7}},                 // 2-D, odd sizes
+                          Geometry{{5, 3, 2}, {3, 2, 2}, {2, 1, 0}, {2, 1, 1}, {7, 5, 6}},  // stride 3, ragged
+                          Geometry{{2, 3}, {3, 3}, {0, 1}, {1, 0}, {8, 10}},                 // kernel < stride
+                          Geometry{{1, 3, 3}, {1, 2, 1}, {0, 1, 1}, {0, 1, 0}, {3, 9, 4}}),  // one strided dim
+        ::testing::Bool(), ::testing::Bool()),
+    [](const auto& info) {
+      return label(std::get<0>(info.param)) + (std::get<1>(info.param) ? "_transposed" : "_conv") +
+             (std::get<2>(info.param) ? "_shifted" : "_aligned");
+    });
+
+// A dilated relation has no phase split.
+TEST(PhaseSplitRelation, RefusesADilatedConv) {
+  ConvSpec spec;
+  spec.dims = 2;
+  spec.in_channels = 2;
+  spec.out_channels = 3;
+  spec.kernel = {3, 3};
+  spec.stride = {2, 2};
+  spec.padding = {1, 1};
+  spec.output_padding = {0, 0};
+  spec.dilation = {2, 1};
+  Convolution conv(LayerSpec{"conv2d", "c", "layers[0]", {}, spec}, spec);
+  conv.setup({{1, 2, 9, 9}});
+  cuda::PhaseSplitGeometry g;
+  EXPECT_EQ(conv.phase_split(g, true), "dilated");
+}
 
 TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
   cuda::PhaseSplitGeometry g;

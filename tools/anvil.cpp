@@ -80,7 +80,9 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
   cmd->add_option("--precision", f.precision, "fp32 or tf32: overrides the network's \"precision\" (conv math on CUDA)")
       ->check(CLI::IsMember({"fp32", "tf32"}));
   cmd->add_flag("--no-fuse", f.no_fuse, "turn the fusion pass off (A/B checks)");
-  cmd->add_flag("--no-phase-split", f.no_phase_split, "fused transposed convs use cuDNN's backward-data (A/B checks)");
+  cmd->add_flag("--no-phase-split", f.no_phase_split,
+                "transposed convs (and under strict fp32 strided convs' input gradients) use cuDNN's backward-data, "
+                "not the phase split (A/B checks)");
   cmd->add_flag("--no-direct-conv", f.no_direct_conv,
                 "fused convs with few taps per output use cuDNN's conv, not anvil's direct kernel (A/B checks)");
   cmd->add_flag("--no-wgmma-conv", f.no_wgmma_conv,

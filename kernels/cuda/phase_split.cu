@@ -82,6 +82,40 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One block per (plane, o0) slab of y, threads along its (o1, o2) elements,
+// kInFlight loads before their stores (as pad_kernel). Each element reads its
+// phase's plane of yp at its shift: neighbours in o2 alternate among s2
+// planes, each read at consecutive positions.
+__global__ void __launch_bounds__(kThreads)
+    interleave_kernel(const float* __restrict__ yp, float* __restrict__ y, bool accumulate, PhaseSplitGeometry g) {
+  constexpr int kInFlight = 4;
+  const int out1 = int(g.out[1]), out2 = int(g.out[2]), slab = out1 * out2;
+  const int s1 = int(g.s[1]), s2 = int(g.s[2]);
+  const int64_t z1 = g.in[1] + g.front[1] + g.end[1] - g.kp[1] + 1, z2 = g.in[2] + g.front[2] + g.end[2] - g.kp[2] + 1;
+  const int64_t zvol = (g.in[0] + g.front[0] + g.end[0] - g.kp[0] + 1) * z1 * z2;
+  const int64_t plane = blockIdx.x / g.out[0], o0 = blockIdx.x % g.out[0];
+  const int64_t n = plane / g.cout, c = plane % g.cout;
+  const int64_t r0 = o0 % g.s[0], row0 = o0 / g.s[0] + g.shift[0][r0];
+  // The first element of phase (r0, 0, 0)'s plane at row0; the phase (r1, r2) adds r1 * s2 + r2 planes.
+  const float* base = yp + ((n * g.s[0] * s1 * s2 + r0 * s1 * s2) * g.cout + c) * zvol + row0 * z1 * z2;
+  float* dst = y + int64_t(blockIdx.x) * slab;
+  for (int first = threadIdx.x; first < slab; first += kInFlight * kThreads) {
+    float v[kInFlight];
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j) {
+      const int e = first + j * kThreads, o1 = e / out2, o2 = e % out2;
+      const int r1 = o1 % s1, r2 = o2 % s2;
+      const int64_t at = int64_t(r1 * s2 + r2) * g.cout * zvol + (o1 / s1 + g.shift[1][r1]) * z2 + o2 / s2 +
+                         g.shift[2][r2];
+      v[j] = e < slab ? __ldg(base + at) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kInFlight; ++j) {
+      const int e = first + j * kThreads;
+      if (e < slab) dst[e] = accumulate ? dst[e] + v[j] : v[j];
+    }
+  }
+}
 
 // ===========================================================================
 // Launchers
@@ -132,6 +166,20 @@ void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, cons
   detail::require(dx_pad != nullptr && dx != nullptr, "phase_crop_input_grad", "null pointer");
   const int64_t total = g.n * g.cin * g.in[0] * g.in[1] * g.in[2];
   crop_kernel<<<detail::grid_stride_blocks(total), kThreads, 0, stream>>>(dx_pad, dx, accumulate, g, total);
+  ANVIL_CHECK_LAUNCH();
+}
+
+void phase_interleave_output(const float* yp, float* y, bool accumulate, const PhaseSplitGeometry& g,
+                             cudaStream_t stream) {
+  check(g, "phase_interleave_output");
+  detail::require(yp != nullptr && y != nullptr, "phase_interleave_output", "null pointer");
+  for (int d = 0; d < 3; ++d)
+    detail::require(g.out[d] > 0 && g.q[d] * g.s[d] >= g.out[d], "phase_interleave_output",
+                    "the phase grid does not cover the output");
+  const int64_t slabs = g.n * g.cout * g.out[0], slab = g.out[1] * g.out[2];
+  detail::require(slabs < (int64_t(1) << 31) && slab < (int64_t(1) << 30), "phase_interleave_output",
+                  "output too large for the interleave kernel's indices");
+  interleave_kernel<<<unsigned(slabs), kThreads, 0, stream>>>(yp, y, accumulate, g);
   ANVIL_CHECK_LAUNCH();
 }
 

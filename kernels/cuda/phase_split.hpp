@@ -1,10 +1,12 @@
 // Helpers of the phase-split transposed convolution. A stride-s transposed
-// conv is s^d stride-1 sub-convolutions, one per output phase; they run as ONE
-// cuDNN forward convolution with s^d times the output channels over the input
+// conv (or a strided conv's input gradient, the same relation) is s^d
+// stride-1 sub-convolutions, one per output phase; they run as ONE cuDNN
+// forward convolution with s^d times the output channels over the input
 // padded by (front, end), each phase reading the combined output at its
 // shift. These kernels pad the input, build the combined weight from
 // PyTorch's (Cin, Cout, k...) weight, fold the combined weight's gradient
-// back, and crop the padded input gradient.
+// back, crop the padded input gradient, and interleave the phases of the
+// combined output into the transposed conv's output.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -25,7 +27,8 @@ struct PhaseSplitGeometry {
   std::array<int64_t, 3> k{1, 1, 1};   // original kernel
   std::array<int64_t, 3> kp{1, 1, 1};  // combined kernel
   std::array<int64_t, 3> s{1, 1, 1};   // stride = phases per dim
-  std::array<int64_t, 3> q{1, 1, 1};   // the phase grid: outputs per phase (the pooled dims)
+  std::array<int64_t, 3> q{1, 1, 1};   // the phase grid: outputs per phase, ceil(out / s) (the pooled dims)
+  std::array<int64_t, 3> out{1, 1, 1};  // the transposed conv's output: o = q * s + r < out
   // shift[d][r]: phase r's output q sits at q + shift in the combined output, which spans
   // in + front + end - kp + 1 >= q + max shift. All 0 where the phases are aligned, as anvil's
   // tensor-core kernels need; shifted phases need fewer combined taps (cuDNN's path).
@@ -55,5 +58,9 @@ void phase_fold_weight_grad(const float* dwp, float* dw, const PhaseSplitGeometr
 // dx_pad -> dx (the unpadded window), overwriting or accumulating.
 void phase_crop_input_grad(const float* dx_pad, float* dx, bool accumulate, const PhaseSplitGeometry& g,
                            cudaStream_t stream);
+// The combined output of the stride-1 conv, yp (n, phases * cout, in + front + end - kp + 1),
+// -> y (n, cout, out): y[.., q * s + r] = yp[.., r * cout + c, q + shift of r], overwriting or accumulating.
+void phase_interleave_output(const float* yp, float* y, bool accumulate, const PhaseSplitGeometry& g,
+                             cudaStream_t stream);
 
 }  // namespace anvil::cuda

@@ -40,7 +40,10 @@ struct Options {
   Device device = cuda_available() ? Device::Cuda : Device::Cpu;
   Mode mode = Mode::Train;
   bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
-  bool phase_split = true;      // fused conv_transpose as one stride-1 conv over its output phases, where exact
+  // A fused conv_transpose, and under deterministic strict fp32 every strided backward-data
+  // relation (a conv_transpose's forward, a strided conv's input gradient), as one stride-1
+  // conv over the output's phases, where exact (docs/performance.md).
+  bool phase_split = true;
   bool direct_conv = true;      // fused convs with few taps per output as anvil's direct kernel, where it applies
   bool wgmma_conv = true;       // fused stride-1 convs under tf32 as anvil's wgmma kernel (sm_90), where it applies
   bool channels_last = true;    // inference under tf32: activations around cuDNN's convs channels-last, where ops take it

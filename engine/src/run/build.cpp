@@ -70,6 +70,7 @@ void Engine::Impl::build() {
     settings.deterministic = options.deterministic;
     settings.workspace_limit = options.workspace_limit;
     settings.autotune = options.autotune;
+    settings.phase_split = options.phase_split;
     if (options.autotune) autotune_formulations(*graph, *ctx, settings, training());
     if (channels_last()) choose_channels_last(*graph);
     for (auto& node : graph->nodes) node.layer->build_cuda(*ctx, settings);
