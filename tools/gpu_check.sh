@@ -11,7 +11,7 @@
 # "random" the same over RANDOM_COUNT (default 8) networks of
 # tools/random_suite.py from RANDOM_SEED (default 1) into $out/RANDOM_SUITE.md,
 # "bandwidth" tools/kernel_bandwidth.py's train-step table for each of
-# BANDWIDTH_NETWORKS (suite names, default pyramid_join_2d residual_add_2d)), CTEST_JOBS (default 4: all 819 tests took 97 s so on an H100, 2026-12-05, after a 109 s build; one at a time they do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
+# BANDWIDTH_NETWORKS (suite names, default pyramid_join_2d residual_add_2d)), CTEST_JOBS (default 4: all 1191 tests took 181 s so on an H100, 2026-12-07, and 1219 took 170 s at 8; one at a time they do not fit a 10-minute call with the build; a failure is rerun alone), SANITIZER_TOOLS (default all four),
 # CTEST_RANGE (ctest -I: "611,768" runs tests 611 to 768, for a run split across calls),
 # TEST_TIMEOUT (s each test may run before it fails, default 120: the slowest take about 15 s),
 # SANITIZER_TIMEOUT (s per tool's shard, default 420), SANITIZER_SHARDS (gtest shards a tool runs
