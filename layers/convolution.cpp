@@ -373,13 +373,16 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     const cuda::PhaseSplitGeometry& pg = c.phase.g;
     auto bytes = [](int64_t count) { return (size_t(count) * sizeof(float) + 255) / 256 * 256; };
     c.phase.conv = phase_split_conv(pg, name() + ".phase");
-    c.phase.conv->set_gradient_needs(false, false);
-    c.phase.conv->build_cuda(ctx, c.op_settings[kBackwardData]);
     c.phase.b_pad = bytes(numel(c.phase.conv->input_shapes()[0]));
     c.phase.yp = bytes(numel(c.phase.conv->output_shape()));
     c.phase.wp = bytes(numel(c.phase.conv->param_specs()[0].shape));
-    const size_t elements = std::max(c.phase.b_pad, c.phase.yp) / sizeof(float);  // its kernels index in int
-    c.phase.candidate = c.phase.workspace() <= settings.workspace_limit && elements < (size_t(1) << 31);
+    // Within the limit (cuDNN's plans only for a combined conv that may run) and int indexing (its kernels').
+    const size_t elements = std::max(c.phase.b_pad, c.phase.yp) / sizeof(float);
+    if (elements < (size_t(1) << 31) && c.phase.b_pad + c.phase.wp + c.phase.yp <= settings.workspace_limit) {
+      c.phase.conv->set_gradient_needs(false, false);
+      c.phase.conv->build_cuda(ctx, c.op_settings[kBackwardData]);
+      c.phase.candidate = c.phase.workspace() <= settings.workspace_limit;
+    }
     if (!c.phase.candidate) c.phase.conv.reset();
   }
   if (c.phase.candidate && !settings.autotune) {
@@ -575,6 +578,8 @@ std::optional<std::string> Convolution::phase_split(cuda::PhaseSplitGeometry& g,
     const int64_t k = c.k[d], s = c.stride[d], p = c.pad[d], in = c.b[d], out = c.a[d];
     if (c.dilation[d] != 1) return "dilated";
     if (k > cuda::kMaxKernel) return "kernel larger than " + std::to_string(cuda::kMaxKernel);
+    // s phases of at least one tap each: a larger stride never fits (and is checked before the tables).
+    if (s > cuda::kMaxPhaseTaps) return "too many taps per phase";
     std::vector<int64_t> a(s), b(s), taps(s);
     int64_t m0 = INT64_MAX, m1 = INT64_MIN, most_taps = 0;
     for (int64_t r = 0; r < s; ++r) {

@@ -194,21 +194,27 @@ INSTANTIATE_TEST_SUITE_P(
              (std::get<2>(info.param) ? "_shifted" : "_aligned");
     });
 
-// A dilated relation has no phase split.
-TEST(PhaseSplitRelation, RefusesADilatedConv) {
-  ConvSpec spec;
-  spec.dims = 2;
-  spec.in_channels = 2;
-  spec.out_channels = 3;
-  spec.kernel = {3, 3};
-  spec.stride = {2, 2};
-  spec.padding = {1, 1};
-  spec.output_padding = {0, 0};
-  spec.dilation = {2, 1};
-  Convolution conv(LayerSpec{"conv2d", "c", "layers[0]", {}, spec}, spec);
-  conv.setup({{1, 2, 9, 9}});
-  cuda::PhaseSplitGeometry g;
-  EXPECT_EQ(conv.phase_split(g, true), "dilated");
+// A dilated relation has no phase split, nor one of a stride past the phase
+// tables (the largest a network may give: refused at once, not tabled).
+TEST(PhaseSplitRelation, RefusesWhatItCannotExpress) {
+  auto refusal = [](const std::vector<int64_t>& stride, const std::vector<int64_t>& dilation) {
+    ConvSpec spec;
+    spec.dims = 2;
+    spec.in_channels = 2;
+    spec.out_channels = 3;
+    spec.kernel = {3, 3};
+    spec.stride = stride;
+    spec.padding = {1, 1};
+    spec.output_padding = {0, 0};
+    spec.dilation = dilation;
+    Convolution conv(LayerSpec{"conv2d", "c", "layers[0]", {}, spec}, spec);
+    conv.setup({{1, 2, 9, 9}});
+    cuda::PhaseSplitGeometry g;
+    return conv.phase_split(g, true);
+  };
+  EXPECT_EQ(refusal({2, 2}, {2, 1}), "dilated");
+  EXPECT_EQ(refusal({2, kMaxDimension}, {1, 1}), "too many taps per phase");
+  EXPECT_EQ(refusal({65, 1}, {1, 1}), "too many taps per phase");
 }
 
 TEST(PhaseSplitDerivation, RefusesWhereItDoesNotApply) {
