@@ -370,9 +370,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // both. Its buffers count against the workspace limit.
   const bool strided = std::any_of(spec_.stride.begin(), spec_.stride.end(), [](int64_t s) { return s > 1; });
   if (c.used[kBackwardData] && strided && settings.phase_split && !phase_split(c.phase.g, true)) {
-    const cuda::PhaseSplitGeometry& pg = c.phase.g;
     auto bytes = [](int64_t count) { return (size_t(count) * sizeof(float) + 255) / 256 * 256; };
-    c.phase.conv = phase_split_conv(pg, name() + ".phase");
+    c.phase.conv = phase_split_conv(c.phase.g, name() + ".phase");
     c.phase.b_pad = bytes(numel(c.phase.conv->input_shapes()[0]));
     c.phase.yp = bytes(numel(c.phase.conv->output_shape()));
     c.phase.wp = bytes(numel(c.phase.conv->param_specs()[0].shape));
@@ -620,7 +619,7 @@ std::optional<std::string> Convolution::phase_split(cuda::PhaseSplitGeometry& g,
       }
     }
   }
-  if (g.s[0] * g.s[1] * g.s[2] > 256) return "more than 256 phases";
+  if (cuda::phase_count(g) > 256) return "more than 256 phases";
   return std::nullopt;
 }
 
@@ -630,7 +629,7 @@ std::unique_ptr<Convolution> Convolution::phase_split_conv(const cuda::PhaseSpli
   ConvSpec combined;
   combined.dims = dims;
   combined.in_channels = g.cin;
-  combined.out_channels = g.s[0] * g.s[1] * g.s[2] * g.cout;
+  combined.out_channels = cuda::phase_count(g) * g.cout;
   combined.kernel.assign(g.kp.end() - dims, g.kp.end());
   combined.stride.assign(dims, 1);
   combined.padding.assign(dims, 0);
@@ -667,7 +666,7 @@ std::string Convolution::describe_cuda() const {
     if (anvil->used && op == kBackwardData) {
       const Cudnn::PhaseSplit& p = cudnn_->phase;
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " phase-split (" +
-           std::to_string(p.g.s[0] * p.g.s[1] * p.g.s[2]) + " phases, one stride-1 " + p.conv->describe_cuda() +
+           std::to_string(cuda::phase_count(p.g)) + " phases, one stride-1 " + p.conv->describe_cuda() +
            choice + ")";
       continue;
     }

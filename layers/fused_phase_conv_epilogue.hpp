@@ -53,7 +53,7 @@ class FusedPhaseConvEpilogue : public FusedLayer {
 
  private:
   cuda::PhaseEpilogueGeometry epilogue_geometry() const;
-  int64_t phases() const { return g_.s[0] * g_.s[1] * g_.s[2]; }
+  int64_t phases() const { return cuda::phase_count(g_); }
   size_t pooled_bytes() const { return numel(output_shape()) * sizeof(float); }
   size_t yp_bytes() const { return numel(phase_conv_->output_shape()) * sizeof(float); }
   size_t x_pad_bytes() const { return numel(phase_conv_->input_shapes()[0]) * sizeof(float); }

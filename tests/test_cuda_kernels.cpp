@@ -388,7 +388,7 @@ TEST(CudaKernels, PhaseInterleaveOutput) {
     auto conv = anvil::testing::make_convolution(c.transposed, c.k, c.s, c.p, c.op, c.in, 3, 5, 2);
     gpu::PhaseSplitGeometry g;
     ASSERT_EQ(conv->phase_split(g, true), std::nullopt);
-    const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+    const int64_t phases = gpu::phase_count(g);
     std::array<int64_t, 3> z;
     for (int d = 0; d < 3; ++d) z[d] = g.in[d] + g.front[d] + g.end[d] - g.kp[d] + 1;
     const int64_t zvol = z[0] * z[1] * z[2], count = g.n * g.cout * g.out[0] * g.out[1] * g.out[2];

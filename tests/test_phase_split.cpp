@@ -64,7 +64,7 @@ void expect_combined_conv_reproduces_the_relation(const Convolution& conv, const
       EXPECT_EQ(g.tap[d][g.phase_of[d][t] * g.kp[d] + g.combined_of[d][t]], t) << "dim " << d << " tap " << t;
 
   // The padded input and the combined weight, built here from the tables.
-  const int64_t phases = g.s[0] * g.s[1] * g.s[2];
+  const int64_t phases = cuda::phase_count(g);
   const cpu::Dims3 pad = {g.in[0] + g.front[0] + g.end[0], g.in[1] + g.front[1] + g.end[1],
                           g.in[2] + g.front[2] + g.end[2]};
   std::vector<float> x_pad(n * cin * pad[0] * pad[1] * pad[2], 0.f);

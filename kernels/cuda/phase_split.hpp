@@ -39,6 +39,9 @@ struct PhaseSplitGeometry {
   int8_t phase_of[3][kMaxKernel] = {}, combined_of[3][kMaxKernel] = {};
 };
 
+// The phases: stride^d.
+inline int64_t phase_count(const PhaseSplitGeometry& g) { return g.s[0] * g.s[1] * g.s[2]; }
+
 // Whether every phase reads the combined output at the same point (no shifts).
 inline bool phases_aligned(const PhaseSplitGeometry& g) {
   for (int d = 0; d < 3; ++d)
