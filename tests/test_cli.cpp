@@ -741,6 +741,23 @@ TEST_F(Cli, AFlagGivenAValueIsRefused) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
     EXPECT_EQ(r.status, 0) << flag << "\n" << describe(r);
   }
+  // The message names the flag: an empty value (which CLI11 reads as the flag given) and one a
+  // flag without a value cannot take (which CLI11 says in its own words).
+  const std::vector<std::pair<std::string, std::string>> named = {
+      {"--no-shuffle=false", "--no-shuffle takes no value, got '--no-shuffle=false'"},
+      {"--no-shuffle=", "--no-shuffle takes no value, got '--no-shuffle='"},
+      {"--force=", "--force takes no value, got '--force='"},
+      {"--keep-last=true", "--keep-last takes no value, got '--keep-last=true'"},
+      {"--check-finite=", "--check-finite: an empty value (give true or false)"},
+      {"--no-check-finite=", "--no-check-finite: an empty value (give true or false)"},
+      {"--help=", "--help takes no value, got '--help='"},
+  };
+  for (const auto& [flag, message] : named) {
+    const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
+    EXPECT_EQ(r.status, 2) << flag << "\n" << describe(r);
+    EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << flag;
+    EXPECT_EQ(step_lines(r.out).size(), 0u) << flag;
+  }
 }
 
 // Numbers the conversion would clamp (CLI11 reads 2^64-ish as INT64_MAX, 1e999 as
@@ -754,7 +771,12 @@ TEST_F(Cli, NumbersOutOfRangeAreRefusedInOneLine) {
       {"train " + quote(kSmall) + " --device cpu --steps 1 --data-budget 1e999",
        "anvil: error: --data-budget: 1e999 is out of range\n"},
       {"bench " + quote(kSmall) + " --device cpu --iters 4294967296",
-       "anvil: error: --iters: 4294967296 is out of range (at most 2147483647)\n"},
+       "anvil: error: --iters: 4294967296 is out of range (at most 10000000)\n"},
+      // Each timed iteration's time is kept: 2^31 - 1 of them would outgrow the host's memory.
+      {"bench " + quote(kSmall) + " --device cpu --iters 10000001",
+       "anvil: error: --iters: 10000001 is out of range (at most 10000000)\n"},
+      {"bench " + quote(kSmall) + " --device cpu --warmup 4294967296",
+       "anvil: error: --warmup: 4294967296 is out of range (at most 2147483647)\n"},
       {"eval " + quote(kSmall) + " --device cpu --data x --batch 2x", "anvil: error: --batch: 2x is not a whole number\n"},
   };
   for (const auto& [args, err] : cases) {

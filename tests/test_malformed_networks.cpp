@@ -159,6 +159,12 @@ const std::vector<Malformed> kMalformed = {
     {"a smooth_l1 beta beyond float",
      net("[2, 4, 8, 8, 8]", R"([{"type": "relu"}])", R"(, "loss": {"type": "smooth_l1", "beta": 1e39})"),
      "bad.json: loss.beta: must be within float's range"},
+    // Every number is computed with in float: a non-zero one that float makes 0 is not what the file says.
+    {"a smooth_l1 beta below float",
+     net("[2, 4, 8, 8, 8]", R"([{"type": "relu"}])", R"(, "loss": {"type": "smooth_l1", "beta": 1e-310})"),
+     "bad.json: loss.beta: is below float's range and would be 0, got 1e-310"},
+    {"a slope below float", one(R"({"type": "leaky_relu", "negative_slope": -1e-320})"),
+     "bad.json: layers[0].negative_slope: is below float's range and would be 0"},
     {"add of one input", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "add", "inputs": ["a"]}])"),
      "bad.json: layers[1]"},
     {"add of two shapes",
@@ -168,6 +174,8 @@ const std::vector<Malformed> kMalformed = {
     // Names and inputs
     {"a layer named input", one(R"({"type": "relu", "name": "input"})"), "bad.json: layers[0].name"},
     {"an empty name", one(R"({"type": "relu", "name": ""})"), "bad.json: layers[0].name"},
+    {"an empty network name", R"({"name": "", "input": [2, 4, 8, 8, 8], "layers": [{"type": "relu"}]})",
+     "bad.json: name: must not be empty"},
     {"a name with a newline", one(R"({"type": "relu", "name": "a\nb"})"), "bad.json: layers[0].name"},
     {"a name with a plus", one(R"({"type": "relu", "name": "a+b"})"), "bad.json: layers[0].name"},
     {"a name ending in a dot", one(R"({"type": "relu", "name": "a."})"), "bad.json: layers[0].name"},

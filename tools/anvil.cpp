@@ -107,6 +107,7 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
 // are the command's to check.
 constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps and epochs: far beyond any run, exact in a double
 constexpr int64_t kMaxInt = INT32_MAX;              // iterations, stored as int
+constexpr int64_t kMaxBenchIters = 10'000'000;      // each timed iteration's time is kept: 80 MB at most
 
 CLI::Validator whole_number(int64_t limit) {
   return CLI::Validator(
@@ -754,7 +755,7 @@ struct BenchFlags {
   bool batch_given = false, budget_given = false;  // set after parsing
 };
 
-double percentile(std::vector<double> sorted, double q) {
+double percentile(const std::vector<double>& sorted, double q) {
   const double pos = q * (sorted.size() - 1);
   const size_t lo = static_cast<size_t>(pos);
   const size_t hi = std::min(lo + 1, sorted.size() - 1);
@@ -810,15 +811,15 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   };
   for (int i = 0; i < b.warmup; ++i) next_epoch_if_done(), work();
   engine.synchronize();
-  std::vector<double> ms;
+  std::vector<double> sorted;
+  sorted.reserve(static_cast<size_t>(b.iters));  // before the timed work: no reallocation inside it
   for (int i = 0; i < b.iters; ++i) {
     next_epoch_if_done();
-    ms.push_back(engine.time_ms(work));
+    sorted.push_back(engine.time_ms(work));
   }
-  std::vector<double> sorted = ms;
-  std::sort(sorted.begin(), sorted.end());
   double mean = 0;
-  for (double v : ms) mean += v / ms.size();
+  for (double v : sorted) mean += v / sorted.size();
+  std::sort(sorted.begin(), sorted.end());
   const double median = percentile(sorted, 0.5), p99 = percentile(sorted, 0.99);
   const double batch = static_cast<double>(net.input_shape()[0]);
   std::printf("%d iterations after %d warm-up: min %.4f  median %.4f  mean %.4f  p99 %.4f  max %.4f ms\n", b.iters,
@@ -876,6 +877,31 @@ bool open_standard_descriptors() {
   if (!closed[STDOUT_FILENO]) return true;
   say_error("the standard output is closed");
   return false;
+}
+
+// A flag written with a value (--no-shuffle=false, --force=): CLI11 reads an empty value as the
+// flag given, and refuses another value in its own words. Either is refused here, naming the
+// flag; the on/off flags (--check-finite) take true or false through on_or_off.
+std::optional<std::string> flag_value_error(CLI::App& app, int argc, char** argv) {
+  std::vector<CLI::App*> apps = app.get_subcommands([](CLI::App*) { return true; });
+  apps.push_back(&app);
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;  // positional words follow
+    const size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) != 0 || eq == std::string::npos) continue;
+    const std::string name = arg.substr(0, eq);
+    for (CLI::App* a : apps) {
+      const CLI::Option* opt = a->get_option_no_throw(name);
+      if (opt == nullptr || opt->get_expected_max() > 0) continue;  // not a flag: its value is checked after
+      if (!opt->get_disable_flag_override() && opt != a->get_help_ptr()) {
+        if (eq + 1 < arg.size()) break;
+        return name + ": an empty value (give true or false)";
+      }
+      return name + " takes no value, got '" + shown(arg) + "'";
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -979,7 +1005,8 @@ int main(int argc, char** argv) {
   add_common(bench, bench_flags);
   bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + the network's optimizer)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
-  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50)")->transform(whole_number(kMaxInt));
+  bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50, at most 10000000: each time is kept)")
+      ->transform(whole_number(kMaxBenchIters));
   bench->add_option("--warmup", bench_opts.warmup, "untimed warm-up iterations (default 10)")
       ->transform(whole_number(kMaxInt));
   bench->add_option("--batch", bench_opts.batch, "batch size of the timed engine (default: the network's input batch)")
@@ -1001,6 +1028,10 @@ int main(int argc, char** argv) {
 
   std::string command_line = "anvil";
   for (int i = 1; i < argc; ++i) command_line += std::string(" ") + argv[i];
+  if (const auto error = flag_value_error(app, argc, argv)) {
+    say_error(*error);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -219,10 +219,13 @@ double JsonReader::number_or(const std::string& key, double fallback) {
   if (!has(key)) return fallback;
   const auto& v = get(key);
   if (!v.is_number()) fail(key, "must be a number, got " + describe_json_value(v));
-  // Every number of the format is computed with in float: a larger one would become inf.
+  // Every number of the format is computed with in float: a larger one would become inf, and a
+  // non-zero one that float rounds to 0 is not what the file says.
   const double x = v.get<double>();
   if (!(std::fabs(x) <= std::numeric_limits<float>::max()))
     fail(key, "must be within float's range (magnitude at most 3.4e38), got " + describe_json_value(v));
+  if (x != 0 && static_cast<float>(x) == 0)
+    fail(key, "is below float's range and would be 0, got " + describe_json_value(v));
   return x;
 }
 

@@ -81,9 +81,6 @@ OptimizerSpec parse_optimizer(JsonReader& top) {
   auto non_negative = [&](const std::string& key, double fallback) {
     const double v = opt.number_or(key, fallback);
     if (!(v >= 0)) opt.fail(key, "must be >= 0, got " + describe_json_value(opt.raw(key)));
-    // The optimizer computes in float: a positive value that float rounds to 0 is not what the file says.
-    if (v > 0 && static_cast<float>(v) == 0)
-      opt.fail(key, "is below float's range and would be 0, got " + describe_json_value(opt.raw(key)));
     return v;
   };
   if (spec.type == "sgd") {
@@ -201,6 +198,7 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   if (!doc.is_object()) throw InputError("the network must be a JSON object, got " + describe_json_value(doc));
   JsonReader top(doc, "");
   spec.name = top.string("name");
+  if (spec.name.empty()) top.fail("name", "must not be empty");
   if (spec.name.size() > kMaxNetworkName)  // a label, written into every file's metadata
     top.fail("name", "must be at most " + std::to_string(kMaxNetworkName) + " bytes, got " +
                          std::to_string(spec.name.size()));
