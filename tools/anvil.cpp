@@ -811,19 +811,19 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   };
   for (int i = 0; i < b.warmup; ++i) next_epoch_if_done(), work();
   engine.synchronize();
-  std::vector<double> sorted;
-  sorted.reserve(static_cast<size_t>(b.iters));  // before the timed work: no reallocation inside it
+  std::vector<double> times;
+  times.reserve(static_cast<size_t>(b.iters));  // before the timed work: no reallocation inside it
   for (int i = 0; i < b.iters; ++i) {
     next_epoch_if_done();
-    sorted.push_back(engine.time_ms(work));
+    times.push_back(engine.time_ms(work));
   }
   double mean = 0;
-  for (double v : sorted) mean += v / sorted.size();
-  std::sort(sorted.begin(), sorted.end());
-  const double median = percentile(sorted, 0.5), p99 = percentile(sorted, 0.99);
+  for (double v : times) mean += v / times.size();
+  std::sort(times.begin(), times.end());  // for the percentiles, min and max
+  const double median = percentile(times, 0.5), p99 = percentile(times, 0.99);
   const double batch = static_cast<double>(net.input_shape()[0]);
   std::printf("%d iterations after %d warm-up: min %.4f  median %.4f  mean %.4f  p99 %.4f  max %.4f ms\n", b.iters,
-              b.warmup, sorted.front(), median, mean, p99, sorted.back());
+              b.warmup, times.front(), median, mean, p99, times.back());
   std::printf("throughput: %.1f samples/s (batch %.0f)\n", batch / (median / 1e3), batch);
   std::printf("arena %s; device memory used by the engine %s\n", mib(engine.device_bytes()).c_str(), mib(used).c_str());
 
@@ -836,8 +836,8 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
                         {"precision", anvil::to_string(net.precision())}, {"device", anvil::to_string(o.device)},
                         {"mode", b.mode}, {"iters", b.iters}, {"warmup", b.warmup}, {"cuda_graph", o.cuda_graph && cuda},
                         {"fuse", o.fuse && net.fuse() && cuda}, {"batch", net.input_shape()[0]},
-                        {"ms", {{"min", sorted.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
-                                {"max", sorted.back()}}},
+                        {"ms", {{"min", times.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
+                                {"max", times.back()}}},
                         {"samples_per_s", batch / (median / 1e3)}, {"arena_bytes", engine.device_bytes()},
                         {"device_bytes_used", used}, {"data", b.data},
                         {"data_on_device", engine.data_on_device()}, {"result", "PASSED"}};
