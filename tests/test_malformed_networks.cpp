@@ -285,6 +285,24 @@ TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
   EXPECT_GE(stray.find("... ("), (anvil::Error::kMaxMessageBytes - 48) * 2 / 3 - 3);
 }
 
+// Unicode's line separators (U+0085, U+2028, U+2029) are escaped byte by byte, as control
+// bytes are; other characters, U+2027 beside them included, stay as they are. A cut among them
+// keeps whole characters and counts the text's own bytes.
+TEST(MalformedNetworks, LineSeparatorsAreEscaped) {
+  const std::string text = "a\xc2\x85" "b\xe2\x80\xa8" "c\xe2\x80\xa9" "d\xc3\xa9\xe2\x80\xa7\xc2\x84";
+  EXPECT_EQ(anvil::Error::one_line(text),
+            "a\\xc2\\x85b\\xe2\\x80\\xa8c\\xe2\\x80\\xa9d\xc3\xa9\xe2\x80\xa7\xc2\x84");
+  std::string many = "x";
+  for (int i = 0; i < 300; ++i) many += "\xe2\x80\xa8";  // each written as 12 characters
+  const std::string cut = anvil::Error::one_line(many);
+  EXPECT_LE(cut.size(), anvil::Error::kMaxMessageBytes);
+  const Cut parts = split(cut);
+  EXPECT_EQ((parts.head.size() - 1) % 12, 0u) << parts.head.substr(parts.head.size() - 12);
+  EXPECT_EQ(parts.tail.size() % 12, 0u) << parts.tail.substr(0, 12);
+  EXPECT_EQ(parts.left_out, many.size() - 1 - (parts.head.size() - 1) / 4 - parts.tail.size() / 4);
+  EXPECT_EQ(cut.find('\xe2'), std::string::npos) << "no separator is left raw";
+}
+
 // Control bytes near the cut: no escape is split, and the note counts the
 // text's own bytes, not those of their escapes.
 TEST(MalformedNetworks, TheCutKeepsWholeEscapes) {
