@@ -64,7 +64,9 @@ class Error : public std::runtime_error {
   // Whether text[i] is a byte of U+0085, U+2028 or U+2029 (C2 85, E2 80 A8, E2 80 A9): line
   // breaks to Unicode, which some terminals and log readers honour.
   static bool in_line_separator(const std::string& text, size_t i) {
-    auto is = [&](size_t j, unsigned char byte) { return j < text.size() && static_cast<unsigned char>(text[j]) == byte; };
+    auto is = [&](size_t j, unsigned char byte) {
+      return j < text.size() && static_cast<unsigned char>(text[j]) == byte;
+    };
     for (size_t start = i >= 2 ? i - 2 : 0; start <= i; ++start) {
       if (i <= start + 1 && is(start, 0xc2) && is(start + 1, 0x85)) return true;
       if (is(start, 0xe2) && is(start + 1, 0x80) && (is(start + 2, 0xa8) || is(start + 2, 0xa9))) return true;
