@@ -737,7 +737,8 @@ TEST_F(Cli, AFlagGivenAValueIsRefused) {
     EXPECT_EQ(step_lines(r.out).size(), 0u) << flag;
   }
   for (const char* flag : {"--check-finite=false", "--check-finite=true", "--check-finite=0", "--no-check-finite",
-                           "--no-check-finite=false", "--input-grad"}) {
+                           "--no-check-finite=false", "--input-grad", "--check-finite --check-finite=yes",
+                           "--no-check-finite --check-finite=off"}) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);
     EXPECT_EQ(r.status, 0) << flag << "\n" << describe(r);
   }
@@ -751,6 +752,10 @@ TEST_F(Cli, AFlagGivenAValueIsRefused) {
       {"--check-finite=", "--check-finite: an empty value (give true or false)"},
       {"--no-check-finite=", "--no-check-finite: an empty value (give true or false)"},
       {"--help=", "--help takes no value, got '--help='"},
+      // Given both ways, which CLI11 alone settles by the last.
+      {"--check-finite --no-check-finite", "--check-finite: given both on and off (give it once)"},
+      {"--no-check-finite --check-finite=1", "--check-finite: given both on and off (give it once)"},
+      {"--check-finite=off --no-check-finite=off", "--check-finite: given both on and off (give it once)"},
   };
   for (const auto& [flag, message] : named) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);

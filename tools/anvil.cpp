@@ -125,14 +125,19 @@ CLI::Validator whole_number(int64_t limit) {
       "INT");
 }
 
-// The value of an on/off flag (--check-finite=false): a yes or a no, not any
-// number (CLI11 alone reads --check-finite=2 as on).
+// An on/off flag's value (--check-finite=false) as on (true) or off, or none
+// for a word that is neither.
+std::optional<bool> on_or_off_word(const std::string& text) {
+  static const std::set<std::string> on{"true", "yes", "on", "1"}, off{"false", "no", "off", "0"};
+  if (on.count(text)) return true;
+  if (off.count(text)) return false;
+  return std::nullopt;
+}
+
+// The value of an on/off flag: a yes or a no, not any number (CLI11 alone reads --check-finite=2 as on).
 CLI::Validator on_or_off() {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
-        static const std::set<std::string> words{"true", "false", "yes", "no", "on", "off", "1", "0"};
-        return words.count(text) ? "" : text + " is not true or false";
-      },
+      [](std::string& text) -> std::string { return on_or_off_word(text) ? "" : text + " is not true or false"; },
       "BOOL");
 }
 
@@ -904,6 +909,19 @@ std::optional<std::string> flag_value_error(CLI::App& app, int argc, char** argv
   return std::nullopt;
 }
 
+// An on/off flag given both ways (--check-finite --no-check-finite), which CLI11 settles quietly by
+// the last. CLI11 hands a negated name's value already turned over, so the words say which way.
+std::optional<std::string> contradicting_flag_error(const CLI::App& app) {
+  for (const CLI::App* sub : app.get_subcommands())
+    for (const CLI::Option* opt : sub->get_options()) {
+      if (opt->get_expected_max() > 0 || opt->get_disable_flag_override()) continue;  // not an on/off flag
+      bool on = false, off = false;
+      for (const std::string& value : opt->results()) (on_or_off_word(value).value_or(true) ? on : off) = true;
+      if (on && off) return opt->get_name() + ": given both on and off (give it once)";
+    }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1061,6 +1079,10 @@ int main(int argc, char** argv) {
       return with_stdout_checked(rc);
     }
     say_error(anvil::Error::one_line(e.what()));  // one line, as every error
+    return 2;
+  }
+  if (const auto error = contradicting_flag_error(app)) {
+    say_error(*error);
     return 2;
   }
   const int rc = [&]() -> int {
