@@ -1046,6 +1046,7 @@ TEST_F(CliTrain, EvalOfANetworkWithoutParameters) {
 }
 
 // bench times a network without parameters where the build's message points: with --input-grad.
+// Without --mode it times the forward pass, as info plans it, where a train step would be refused.
 TEST_F(CliTrain, BenchOfANetworkWithoutParametersTakesTheInputGradient) {
   const std::string net = path("pool.json");
   write_bytes(net, R"({"name": "pool", "input": [2, 1, 4, 4], "layers": [{"type": "avg_pool2d", "kernel_size": 2}]})");
@@ -1063,6 +1064,13 @@ TEST_F(CliTrain, BenchOfANetworkWithoutParametersTakesTheInputGradient) {
     EXPECT_EQ(r.status, 0) << describe(r);
     EXPECT_PRED_FORMAT2(Contains, r.out, "2 iterations after 0 warm-up");
   }
+  const Finished plain = with({});
+  EXPECT_EQ(plain.status, 0) << describe(plain);
+  EXPECT_PRED_FORMAT2(Contains, plain.out, ", mode forward, ");
+  EXPECT_PRED_FORMAT2(Contains, plain.out, "2 iterations after 0 warm-up");
+  const Finished input_grad = with({"--input-grad"});
+  EXPECT_EQ(input_grad.status, 0) << describe(input_grad);
+  EXPECT_PRED_FORMAT2(Contains, input_grad.out, ", mode train, ");
   const Finished forward = with({"--mode", "forward", "--input-grad"});
   EXPECT_EQ(forward.status, 2) << describe(forward);
   EXPECT_EQ(forward.err, "anvil: error: --input-grad needs --mode fwdbwd or train\n") << describe(forward);

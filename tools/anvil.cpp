@@ -752,7 +752,7 @@ int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string
 }
 
 struct BenchFlags {
-  std::string mode = "train", json, data;
+  std::string mode, json, data;  // mode empty: not given (cmd_bench picks, as info does)
   int iters = 50, warmup = 10;
   int64_t batch = 0;
   double data_budget_mib = 0;
@@ -774,12 +774,16 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   if (b.warmup < 0) throw anvil::InputError("--warmup: must be >= 0, got " + std::to_string(b.warmup));
   if (b.batch_given) check_positive("--batch", b.batch);
   if (b.budget_given && b.data.empty()) throw anvil::InputError("--data-budget needs --data");
-  const bool forward = b.mode == "forward";
   // A forward pass computes no gradient (the engine would refuse it too) and takes no batch from a dataset.
-  if (b.input_grad && forward) throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
-  if (!b.data.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
+  if (b.input_grad && b.mode == "forward") throw anvil::InputError("--input-grad needs --mode fwdbwd or train");
+  if (!b.data.empty() && !b.mode.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = load_network(f, b.batch);
+  // By default train steps; but a network without parameters has nothing to train, so its forward
+  // pass is timed unless a flag asks for training.
+  std::string mode = b.mode;
+  if (mode.empty()) mode = net.parameter_count() == 0 && !b.input_grad && b.data.empty() ? "forward" : "train";
+  const bool forward = mode == "forward";
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
   o.input_grad = b.input_grad;
   const bool cuda = o.device == Device::Cuda;
@@ -788,7 +792,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   std::printf("command: %s\n", shown(command_line).c_str());
   std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
               anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
-              b.mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
+              mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
   const size_t used_before = cuda ? anvil::device_memory_used() : 0;
   anvil::Engine engine(net, o);
   // With --data, each step takes its minibatch from the dataset, as `anvil train --data` does.
@@ -811,7 +815,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   };
   auto work = [&] {
     if (forward) engine.enqueue_forward();
-    else if (b.mode == "fwdbwd") engine.enqueue_gradients();
+    else if (mode == "fwdbwd") engine.enqueue_gradients();
     else engine.enqueue_train_step(), ++batch_in_epoch;
   };
   for (int i = 0; i < b.warmup; ++i) next_epoch_if_done(), work();
@@ -839,7 +843,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   if (!b.json.empty()) {
     nlohmann::json j = {{"command", command_line}, {"gpu", gpu}, {"cudnn_version", cudnn},
                         {"precision", anvil::to_string(net.precision())}, {"device", anvil::to_string(o.device)},
-                        {"mode", b.mode}, {"iters", b.iters}, {"warmup", b.warmup}, {"cuda_graph", o.cuda_graph && cuda},
+                        {"mode", mode}, {"iters", b.iters}, {"warmup", b.warmup}, {"cuda_graph", o.cuda_graph && cuda},
                         {"fuse", o.fuse && net.fuse() && cuda}, {"batch", net.input_shape()[0]},
                         {"ms", {{"min", times.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
                                 {"max", times.back()}}},
@@ -1021,7 +1025,9 @@ int main(int argc, char** argv) {
   BenchFlags bench_opts;
   auto* bench = app.add_subcommand("bench", "time forward, fwd+bwd or train steps; per-layer breakdown; JSON export");
   add_common(bench, bench_flags);
-  bench->add_option("--mode", bench_opts.mode, "forward, fwdbwd or train (forward + loss + backward + the network's optimizer)")
+  bench->add_option("--mode", bench_opts.mode,
+                    "forward, fwdbwd or train (forward + loss + backward + the network's optimizer; the default, "
+                    "but forward for a network without parameters)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
   bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50, at most 10000000: each time is kept)")
       ->transform(whole_number(kMaxBenchIters));
