@@ -127,7 +127,7 @@ TEST_F(Safetensors, AHeaderBeyondTheReadersLimitIsNotWritten) {
   try {
     anvil::write_safetensors(p, file);
     ADD_FAILURE() << "written";
-  } catch (const anvil::Error& e) {
+  } catch (const anvil::InputError& e) {
     EXPECT_NE(std::string(e.what()).find("beyond the 100000000-byte limit of safetensors readers"), std::string::npos)
         << e.what();
   }

@@ -405,8 +405,10 @@ std::string encode_header(const std::string& path, const std::map<std::string, S
     throw Error(path + ": cannot encode the header: " + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // pad as the reference implementation does
-  if (text.size() > kMaxHeaderBytes)  // no reader, anvil's included, would take the file
-    throw Error(path + ": cannot write: the header (tensor names and metadata) would take " +
+  // No reader, anvil's included, would take the file. The names and metadata come from the
+  // caller (a network's layer names): an input error, exit 2 in the CLI.
+  if (text.size() > kMaxHeaderBytes)
+    throw InputError(path + ": cannot write: the header (tensor names and metadata) would take " +
                 std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
                 "-byte limit of safetensors readers");
   return text;
