@@ -1047,7 +1047,7 @@ int main(int argc, char** argv) {
 
   // An empty value ("--save ''") would read as not given: refuse it where a value is taken.
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
-    for (CLI::Option* opt : sub->get_options([](CLI::Option* o) { return o->get_type_size_max() > 0; }))
+    for (CLI::Option* opt : sub->get_options([](CLI::Option* o) { return o->get_expected_max() > 0; }))
       opt->check(CLI::Validator([](std::string& text) { return text.empty() ? "an empty value" : ""; }, ""));
 
   std::string command_line = "anvil";
