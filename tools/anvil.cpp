@@ -293,6 +293,12 @@ anvil::Network load_network(const CommonFlags& f, int64_t batch = 0) {
   return net;
 }
 
+// The mode info and bench take without --mode: training, as `anvil train` does, unless the network
+// has no parameters (nothing to train) and no flag asks for training.
+std::string default_mode(const anvil::Network& net, bool training_asked) {
+  return net.parameter_count() == 0 && !training_asked ? "forward" : "train";
+}
+
 // mode_name: --mode, empty where not given; check_finite_asked: --check-finite given (it is on by default).
 int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite,
              bool check_finite_asked) {
@@ -301,10 +307,7 @@ int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool 
   if (input_grad && mode_name == "forward") throw anvil::InputError("--input-grad needs --mode train");
   if (check_finite_asked && mode_name == "forward") throw anvil::InputError("--check-finite needs --mode train");
   const anvil::Network net = load_network(f);
-  // By default the training plan, as `anvil train` builds it; but a network without parameters has
-  // nothing to train, so info describes its forward pass unless a training flag asks otherwise.
-  if (mode_name.empty())
-    mode_name = net.parameter_count() == 0 && !input_grad && !check_finite_asked ? "forward" : "train";
+  if (mode_name.empty()) mode_name = default_mode(net, input_grad || check_finite_asked);
   anvil::Options o = options_for(f, mode_name == "forward" ? anvil::Mode::Forward : anvil::Mode::Train);
   o.input_grad = input_grad;
   o.check_finite = check_finite && o.mode == anvil::Mode::Train;  // as `anvil train` plans it
@@ -779,10 +782,7 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   if (!b.data.empty() && !b.mode.empty() && b.mode != "train") throw anvil::InputError("--data needs --mode train");
   check_outputs({{"--json", b.json}}, {{"the network file", f.network}, {"--data", b.data}}, f.force);
   const anvil::Network net = load_network(f, b.batch);
-  // By default train steps; but a network without parameters has nothing to train, so its forward
-  // pass is timed unless a flag asks for training.
-  std::string mode = b.mode;
-  if (mode.empty()) mode = net.parameter_count() == 0 && !b.input_grad && b.data.empty() ? "forward" : "train";
+  const std::string mode = b.mode.empty() ? default_mode(net, b.input_grad || !b.data.empty()) : b.mode;
   const bool forward = mode == "forward";
   anvil::Options o = options_for(f, forward ? anvil::Mode::Forward : anvil::Mode::Train);
   o.input_grad = b.input_grad;
@@ -888,6 +888,12 @@ bool open_standard_descriptors() {
   return false;
 }
 
+// Whether opt is an on/off flag (--check-finite), which takes true or false: a flag (no value
+// expected) whose value may be given. --help is CLI11's own, made before the defaults.
+bool on_off_flag(const CLI::App& app, const CLI::Option& opt) {
+  return opt.get_expected_max() == 0 && !opt.get_disable_flag_override() && &opt != app.get_help_ptr();
+}
+
 // A flag written with a value (--no-shuffle=false, --force=): CLI11 reads an empty value as the
 // flag given, and refuses another value in its own words. Either is refused here, naming the
 // flag; the on/off flags (--check-finite) take true or false through on_or_off.
@@ -903,7 +909,7 @@ std::optional<std::string> flag_value_error(CLI::App& app, int argc, char** argv
     for (CLI::App* a : apps) {
       const CLI::Option* opt = a->get_option_no_throw(name);
       if (opt == nullptr || opt->get_expected_max() > 0) continue;  // not a flag: its value is checked after
-      if (!opt->get_disable_flag_override() && opt != a->get_help_ptr()) {
+      if (on_off_flag(*a, *opt)) {
         if (eq + 1 < arg.size()) break;
         return name + ": an empty value (give true or false)";
       }
@@ -918,7 +924,7 @@ std::optional<std::string> flag_value_error(CLI::App& app, int argc, char** argv
 std::optional<std::string> contradicting_flag_error(const CLI::App& app) {
   for (const CLI::App* sub : app.get_subcommands())
     for (const CLI::Option* opt : sub->get_options()) {
-      if (opt->get_expected_max() > 0 || opt->get_disable_flag_override()) continue;  // not an on/off flag
+      if (!on_off_flag(*sub, *opt)) continue;
       bool on = false, off = false;
       for (const std::string& value : opt->results()) (on_or_off_word(value).value_or(true) ? on : off) = true;
       if (on && off) return opt->get_name() + ": given both on and off (give it once)";

@@ -409,8 +409,8 @@ std::string encode_header(const std::string& path, const std::map<std::string, S
   // caller (a network's layer names): an input error, exit 2 in the CLI.
   if (text.size() > kMaxHeaderBytes)
     throw InputError(path + ": cannot write: the header (tensor names and metadata) would take " +
-                std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
-                "-byte limit of safetensors readers");
+                     std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
+                     "-byte limit of safetensors readers");
   return text;
 }
 
