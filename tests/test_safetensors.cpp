@@ -145,7 +145,7 @@ TEST_F(Safetensors, TheHeaderCheckRefusesWhatTheWriterWould) {
   auto message = [&](auto&& write) {
     try {
       write();
-    } catch (const anvil::Error& e) {
+    } catch (const anvil::InputError& e) {  // the caller's names and metadata: an input error
       return std::string(e.what());
     }
     return std::string("no error");
@@ -174,7 +174,7 @@ TEST_F(Safetensors, TheHeaderCheckRefusesShapesTooLargeToWrite) {
   auto message = [&](const std::map<std::string, anvil::Shape>& shapes) {
     try {
       anvil::check_safetensors_header(p, shapes, {});
-    } catch (const anvil::Error& e) {
+    } catch (const anvil::InputError& e) {  // the caller's shapes: an input error
       return std::string(e.what());
     }
     return std::string("no error");
@@ -627,13 +627,13 @@ TEST_F(Safetensors, WriteRejectsInconsistentTensors) {
   const std::string p = path("inconsistent.safetensors");
   TensorFile file;
   file.tensors["w"] = HostTensor({2, 3}, std::vector<float>(5));
-  EXPECT_THROW(anvil::write_safetensors(p, file), anvil::Error);
+  EXPECT_THROW(anvil::write_safetensors(p, file), anvil::InputError);
   EXPECT_FALSE(fs::exists(p));
   EXPECT_FALSE(has_temp_files());
 
   TensorFile clash;
   clash.tensors["__metadata__"] = HostTensor({1}, {1.0f});
-  EXPECT_THROW(anvil::write_safetensors(p, clash), anvil::Error);
+  EXPECT_THROW(anvil::write_safetensors(p, clash), anvil::InputError);
   EXPECT_FALSE(fs::exists(p));
 }
 

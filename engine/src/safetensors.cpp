@@ -376,16 +376,18 @@ int64_t float32_bytes(const Shape& shape) {
 // The padded header of a file holding tensors of these names and element
 // counts (in name order: the data follows in it) and this metadata. Throws
 // where it cannot be encoded, or would exceed what readers take: data_offsets
-// past int64_t, which no reader (anvil's included) accepts.
+// past int64_t, which no reader (anvil's included) accepts. The names, shapes
+// and metadata are the caller's (in the CLI, a network's), so each refusal is
+// an input error, exit 2 in the CLI.
 std::string encode_header(const std::string& path, const std::map<std::string, Shape>& shapes,
                           const std::map<std::string, std::string>& metadata) {
   json header = json::object();  // std::map-backed, so keys come out sorted
   int64_t offset = 0;
   for (const auto& [name, shape] : shapes) {
-    if (name == kMetadataKey) throw Error(path + ": cannot write a tensor named '__metadata__'");
+    if (name == kMetadataKey) throw InputError(path + ": cannot write a tensor named '__metadata__'");
     // The message's start, outside the lambda: C++17 does not let a lambda capture structured bindings.
     const std::string what = path + ": cannot write tensor '" + name + "': shape " + to_string(shape);
-    auto refuse = [&what](const std::string& why) { return Error(what + why); };
+    auto refuse = [&what](const std::string& why) { return InputError(what + why); };
     if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))
       throw refuse(" has a negative dimension");
     const int64_t bytes = float32_bytes(shape);
@@ -402,11 +404,10 @@ std::string encode_header(const std::string& path, const std::map<std::string, S
   try {
     text = header.dump();
   } catch (const json::exception& e) {  // e.g. a name that is not valid UTF-8
-    throw Error(path + ": cannot encode the header: " + e.what());
+    throw InputError(path + ": cannot encode the header: " + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // pad as the reference implementation does
-  // No reader, anvil's included, would take the file. The names and metadata come from the
-  // caller (a network's layer names): an input error, exit 2 in the CLI.
+  // No reader, anvil's included, would take the file.
   if (text.size() > kMaxHeaderBytes)
     throw InputError(path + ": cannot write: the header (tensor names and metadata) would take " +
                      std::to_string(text.size()) + " bytes, beyond the " + std::to_string(kMaxHeaderBytes) +
@@ -426,8 +427,8 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
   std::map<std::string, Shape> shapes;
   for (const auto& [name, t] : file.tensors) {
     if (!holds_shape(t))
-      throw Error(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) + " values but shape " +
-                  to_string(t.shape));
+      throw InputError(path + ": tensor '" + name + "' has " + std::to_string(t.data.size()) + " values but shape " +
+                       to_string(t.shape));
     shapes.emplace(name, t.shape);
   }
   const std::string text = encode_header(path, shapes, file.metadata);

@@ -27,10 +27,11 @@ struct TensorFile {
 // and the problem, and naming the tensor for a dtype other than the float and integer ones, and for
 // an F64 value beyond float32's range (it would become Inf); Error if the file cannot be mapped.
 TensorFile read_safetensors(const std::string& path);
-// Writes F32 tensors (`skipped` is not written). Throws InputError for a header over the readers'
-// 100 MB limit (the caller's names and metadata), Error if the file cannot be written.
+// Writes F32 tensors (`skipped` is not written). Throws InputError for tensors or metadata it cannot
+// write (a tensor whose data does not fill its shape, and the header refusals below: the caller's
+// names, shapes and metadata), Error if the file cannot be written.
 void write_safetensors(const std::string& path, const TensorFile& file);
-// Throws the error write_safetensors would give for a file of tensors of these names and shapes and
+// Throws the InputError write_safetensors would give for a file of tensors of these names and shapes and
 // this metadata whose header cannot be written (over the readers' 100 MB limit, not valid UTF-8, or a
 // negative dimension or data of 2^63 bytes or more, which no reader takes),
 // before the data exists: a writer at the end of a long run checks at its start.
