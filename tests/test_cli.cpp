@@ -744,6 +744,7 @@ TEST_F(Cli, AFlagGivenAValueIsRefused) {
   }
   // The message names the flag: an empty value (which CLI11 reads as the flag given) and one a
   // flag without a value cannot take (which CLI11 says in its own words).
+  const std::string both = "--check-finite/--no-check-finite: given both on and off (give it once)";
   const std::vector<std::pair<std::string, std::string>> named = {
       {"--no-shuffle=false", "--no-shuffle takes no value, got '--no-shuffle=false'"},
       {"--no-shuffle=", "--no-shuffle takes no value, got '--no-shuffle='"},
@@ -752,10 +753,11 @@ TEST_F(Cli, AFlagGivenAValueIsRefused) {
       {"--check-finite=", "--check-finite: an empty value (give true or false)"},
       {"--no-check-finite=", "--no-check-finite: an empty value (give true or false)"},
       {"--help=", "--help takes no value, got '--help='"},
-      // Given both ways, which CLI11 alone settles by the last.
-      {"--check-finite --no-check-finite", "--check-finite: given both on and off (give it once)"},
-      {"--no-check-finite --check-finite=1", "--check-finite: given both on and off (give it once)"},
-      {"--check-finite=off --no-check-finite=off", "--check-finite: given both on and off (give it once)"},
+      // Given both ways, which CLI11 alone settles by the last: named by both forms, as either may be typed.
+      {"--check-finite --no-check-finite", both},
+      {"--no-check-finite --check-finite=1", both},
+      {"--check-finite=off --no-check-finite=off", both},
+      {"--no-check-finite=off --no-check-finite", both},
   };
   for (const auto& [flag, message] : named) {
     const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 " + flag);

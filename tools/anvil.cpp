@@ -927,7 +927,10 @@ std::optional<std::string> contradicting_flag_error(const CLI::App& app) {
       if (!on_off_flag(*sub, *opt)) continue;
       bool on = false, off = false;
       for (const std::string& value : opt->results()) (on_or_off_word(value).value_or(true) ? on : off) = true;
-      if (on && off) return opt->get_name() + ": given both on and off (give it once)";
+      if (!(on && off)) continue;
+      std::string names;  // both forms, as either may have been typed: --check-finite/--no-check-finite
+      for (const std::string& name : opt->get_lnames()) names += (names.empty() ? "--" : "/--") + name;
+      return names + ": given both on and off (give it once)";
     }
   return std::nullopt;
 }
