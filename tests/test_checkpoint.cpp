@@ -63,6 +63,12 @@ TEST_P(CheckpointResume, IsBitwiseEqualToStraightTraining) {
   EXPECT_EQ(position.batch_in_epoch, kHalf);
   EXPECT_EQ(resumed.steps_done(), kHalf);
   float last_straight = 0, last_resumed = 0;
+  // The learning rate reads as the saved run's last step left it (it was 0, as before any step).
+  ASSERT_GT(first.learning_rate(), 0.f);
+  if (c.device == Device::Cpu)
+    EXPECT_EQ(resumed.learning_rate(), first.learning_rate());
+  else  // the saved run's from the device's pow and cos, the resumed one's from the host's
+    EXPECT_FLOAT_EQ(resumed.learning_rate(), first.learning_rate());
   for (int i = 0; i < kHalf; ++i) last_resumed = resumed.train_step();
   last_straight = straight.train_step();  // one more for both, comparing the losses too
   last_resumed = resumed.train_step();

@@ -157,7 +157,8 @@ class Engine {
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
   float last_loss() const;      // of the last train step (a host sync on CUDA); an Error before the first
-  float learning_rate() const;  // the last optimizer step's (0 before the first; a host sync on CUDA)
+  // The last optimizer step's, a loaded checkpoint's included (0 before the first; a host sync on CUDA).
+  float learning_rate() const;
 
   // Non-finite values. find_non_finite looks at the last step's loss, then every gradient (once a
   // step has run), then every parameter, and says where the first one is (no stage: it does not

@@ -192,8 +192,8 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
                      "); this run's: " + this_data);
   if (const std::string why = batch_outside_epochs(m.train_feed.get(), position); !why.empty())
     throw InputError(path + ": " + why + " (another dataset or batch size?)");
-  StepState state;
-  state.step = metadata_integer(file, path, "optimizer.step");
+  // The learning rate and Adam's corrections are recomputed from the step: learning_rate() reads them.
+  const StepState state = m.optimizer->state_after(metadata_integer(file, path, "optimizer.step"));
 
   // Moved out of the file, not copied: a second copy of the parameters and state may not fit.
   auto take = [&](const std::string& name, const Shape& shape) {

@@ -24,6 +24,14 @@ void begin([[maybe_unused]] Device device, [[maybe_unused]] CudaContext* ctx, St
   begin_step(*state, schedule, beta1, beta2);
 }
 
+StepState state_after(int64_t steps, const LrSchedule& schedule, float beta1, float beta2) {
+  StepState state;
+  if (steps == 0) return state;
+  state.step = steps - 1;
+  begin_step(state, schedule, beta1, beta2);
+  return state;
+}
+
 std::string schedule_name(const LrSchedule& s) {
   switch (s.kind) {
     case LrSchedule::Kind::Step: return ", step schedule";
@@ -48,6 +56,7 @@ class Sgd : public Optimizer {
 #endif
     cpu::sgd_update(a.params, a.grads, momentum, a.count, h_, *a.step);
   }
+  StepState state_after(int64_t steps) const override { return anvil::state_after(steps, schedule_, 0.f, 0.f); }
 
  private:
   LrSchedule schedule_;
@@ -67,6 +76,9 @@ class Adam : public Optimizer {
       return cuda::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, a.step, ctx->stream());
 #endif
     cpu::adam_update(a.params, a.grads, a.state[0], a.state[1], a.count, h_, *a.step);
+  }
+  StepState state_after(int64_t steps) const override {
+    return anvil::state_after(steps, schedule_, h_.beta1, h_.beta2);
   }
 
  private:

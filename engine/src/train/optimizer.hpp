@@ -35,6 +35,8 @@ class Optimizer {
   virtual std::vector<std::string> state_names() const = 0;
   // Advances the StepState, then updates the parameters.
   virtual void step(Device device, CudaContext* ctx, const OptimizerArgs& args) const = 0;
+  // The StepState as `steps` steps left it (a resumed run's; the default state for 0).
+  virtual StepState state_after(int64_t steps) const = 0;
 };
 
 std::unique_ptr<Optimizer> create_optimizer(const NetworkSpec& spec);
