@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -24,6 +25,7 @@
 #include "anvil/communicator.hpp"
 #include "anvil/data_parallel.hpp"
 #include "anvil/error.hpp"
+#include "anvil/random.hpp"
 #include "anvil/safetensors.hpp"
 #include "anvil/trainer.hpp"
 #include "tests/child_process.hpp"
@@ -216,6 +218,45 @@ TEST(DataParallelCpu, ANonFiniteStepIsFoundByTheRanksTogether) {
     ADD_FAILURE() << "no exception";
   } catch (const NonFiniteError& e) {
     EXPECT_EQ(alone.substr(0, alone.find(':')), std::string(e.what()).substr(0, alone.find(':'))) << e.what();
+  }
+}
+
+// A NaN in one rank's batch is that rank's alone: the averaged gradient carries it into every
+// rank's parameters, but only the rank whose batch held it names it; the others are told it was
+// another rank's, and the caller of a data-parallel run sees the rank's own finding.
+TEST(DataParallelCpu, ANonFiniteBatchOnOneRankIsNamedByThatRank) {
+  Options checked = on(Device::Cpu);
+  checked.check_finite = true;
+  auto poison_batch = [](Engine& engine) {
+    Shape shape = network().input_shape();
+    shape[0] /= 2;  // the rank's share of the batch
+    HostTensor x(shape);
+    fill_uniform(x.data.data(), x.size(), 7, -1.0, 1.0);
+    x.data[5] = std::nanf("");
+    engine.set_input(x);
+  };
+  for (const int bad_rank : {0, 1}) {
+    std::vector<std::optional<NonFinite>> found(2);
+    run_data_parallel(network(), checked, 2, {}, [&](Engine& engine, int rank) {
+      if (rank == bad_rank) poison_batch(engine);
+      found[size_t(rank)] = engine.traced_train_step();
+    });
+    ASSERT_TRUE(found[0] && found[1]) << "bad rank " << bad_rank;
+    const NonFinite& own = *found[size_t(bad_rank)];
+    EXPECT_EQ(own.describe(), "non-finite input first appears in the batch (the data)");
+    EXPECT_FALSE(own.on_another_rank);
+    EXPECT_TRUE(found[size_t(1 - bad_rank)]->on_another_rank) << found[size_t(1 - bad_rank)]->describe();
+  }
+  TrainOptions o = steps(3);
+  o.check_finite = true;
+  try {
+    run_data_parallel(network(), checked, 2, {}, [&](Engine& engine, int rank) {
+      if (rank == 1) poison_batch(engine);
+      Trainer(engine, o).run({});
+    });
+    ADD_FAILURE() << "no exception";
+  } catch (const NonFiniteError& e) {
+    EXPECT_STREQ(e.what(), "step 1: non-finite input first appears in the batch (the data)");
   }
 }
 

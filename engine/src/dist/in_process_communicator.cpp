@@ -15,7 +15,9 @@ namespace {
 struct Group {
   explicit Group(int ranks) : size(ranks), buffers(size_t(ranks)), counts(size_t(ranks)), waiting(size_t(ranks)) {}
 
-  // Blocks until every rank has arrived (or one aborted, or one left: then throws).
+  // Blocks until every rank has arrived (or one aborted, or one left: then throws). A barrier
+  // that completed stands even where a rank aborted before this one woke: that rank had left the
+  // collective, and failing here would hide its own failure behind a PeerFailure.
   void arrive_and_wait(std::unique_lock<std::mutex>& lock) {
     const uint64_t generation_now = generation;
     if (++arrived == size) {
@@ -25,8 +27,9 @@ struct Group {
     } else {
       changed.wait(lock, [&] { return generation != generation_now || aborted || left > 0; });
     }
+    if (generation != generation_now) return;
     if (aborted) throw PeerFailure("in-process communicator: another rank failed");
-    if (generation == generation_now) refuse_after_leave();
+    refuse_after_leave();
   }
 
   [[noreturn]] static void refuse_after_leave() {

@@ -168,11 +168,15 @@ std::optional<NonFinite> Engine::traced_train_step() {
   std::optional<NonFinite> found = m.traced_gradients(m.feed_of(Impl::kTrainStep));
   ++m.steps;  // once the step has taken its batch (an exhausted epoch throws first, as train_step does)
   m.gradients_made = true;
+  // The vote comes before the optimizer: its update takes the gradients averaged over the ranks, so
+  // a rank's NaN reaches every rank's parameters, and only this rank's own checks are its own.
+  const bool any_rank_found = m.any_rank(found.has_value());
   m.average_loss_across_ranks();
   m.run_optimizer();
-  if (!found) found = m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");
-  if (m.any_rank(found.has_value()) && !found) found = NonFinite{"value", "another rank's step", "", true};
-  return found;
+  if (any_rank_found && !found) found = NonFinite{"value", "another rank's step", "", true};
+  if (any_rank_found) return found;
+  // Every rank's step was finite until the update, which is the same on every rank.
+  return m.first_non_finite_parameter(m.params, "parameter", "the optimizer step");
 }
 
 }  // namespace anvil
