@@ -479,13 +479,22 @@ TEST(DatasetTraining, ATrainerRefusesAnEngineFeedingFromAnotherDataset) {
     }
     return "<no error>";
   };
-  EXPECT_EQ(error_of([&] { first.run({}); }),
-            "another dataset was attached to the engine since this Trainer was made (attach_data, or a second "
-            "Trainer): one Trainer at a time trains an engine");
+  const std::string another = "a dataset was attached to the engine since this Trainer was made (attach_data, or a "
+                              "second Trainer): one Trainer at a time trains an engine";
+  EXPECT_EQ(error_of([&] { first.run({}); }), another);
   EXPECT_EQ(engine.steps_done(), 0);
   EXPECT_EQ(error_of([&] { second.run({}); }), "<no error>");
   EXPECT_EQ(engine.steps_done(), second.position().step);
   EXPECT_GT(engine.steps_done(), 0);
+  // The same dataset attached again counts too: its batch plan and order may differ from the ones
+  // the Trainer counts its position in (keep_last here adds a batch to each epoch).
+  DataOptions keep_last;
+  keep_last.keep_last = true;
+  engine.attach_data(val, keep_last);
+  EXPECT_EQ(error_of([&] { second.run({}); }), another);
+  Trainer third(engine, val, nullptr, o, DataOptions{});
+  Trainer fourth(engine, val, nullptr, o, keep_last);
+  EXPECT_EQ(error_of([&] { third.run({}); }), another);
 
   TrainOptions own;
   own.steps = 2;

@@ -145,6 +145,7 @@ class Engine {
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   bool data_on_device() const;  // the attached dataset lives on the device
   const Dataset* attached_data() const;  // the object last given to attach_data, or null
+  int64_t data_attachments() const;      // how many attach_data calls have succeeded: each one's own number
   void detach_data();  // train steps take the engine's own batch again (set_input)
   // The mean loss over every element of a dataset (forward and loss only; all
   // samples, the last partial batch included). Nothing else changes: the

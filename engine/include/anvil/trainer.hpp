@@ -94,6 +94,7 @@ class Trainer {
 
   Engine& engine_;
   const Dataset* train_ = nullptr;  // null: the engine's own batch
+  int64_t attachment_ = 0;          // the engine's data_attachments() once this Trainer attached train_
   const Dataset* validation_ = nullptr;
   TrainOptions options_;
   TrainPosition position_;

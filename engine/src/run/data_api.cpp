@@ -44,6 +44,7 @@ void Engine::attach_data(const Dataset& data, const DataOptions& options) {
                                             device_budget(options, m.cuda_context()));
   m.data_options = options;
   start_epoch(0);
+  ++m.data_attachments;
 }
 
 // The captured steps gather from the feed, or take the engine's own batch: either way they change.
@@ -89,6 +90,8 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
 const Dataset* Engine::attached_data() const {
   return impl_->train_feed ? impl_->train_feed->attached() : nullptr;
 }
+
+int64_t Engine::data_attachments() const { return impl_->data_attachments; }
 
 bool Engine::data_on_device() const { return impl_->train_feed && impl_->train_feed->on_device(); }
 

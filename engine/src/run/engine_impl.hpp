@@ -65,6 +65,7 @@ struct Engine::Impl {
   std::optional<int64_t> good_steps;  // the step count keep_good_state saw
   // Where train steps and evaluations take their batches from, when a dataset is attached.
   DataOptions data_options;
+  int64_t data_attachments = 0;  // attach_data calls that succeeded (a Trainer knows its own by it)
   std::unique_ptr<DataFeed> train_feed, eval_feed;
   std::unique_ptr<GradientBuckets> buckets;  // data parallel: the gradient all-reduces
 

@@ -50,6 +50,7 @@ Trainer::Trainer(Engine& engine, const Dataset& train, const Dataset* validation
   check_checkpoint_path(options, {&train, validation});
   if (validation) validation->check_fits(engine.network());  // now, not at the first validation
   engine_.attach_data(train, data);
+  attachment_ = engine_.data_attachments();
   try {
     steps_per_epoch_ = engine_.batches_per_epoch();
     if (steps_per_epoch_ > 0 && options.epochs > kMaxSteps / steps_per_epoch_)
@@ -78,8 +79,10 @@ void Trainer::check_engine_data() const {
   if (!train_ && attached)
     throw Error("the engine has a dataset attached (attach_data): this Trainer trains on the engine's own batch; "
                 "give the dataset to the Trainer instead");
-  if (train_ && attached != train_)
-    throw Error("another dataset was attached to the engine since this Trainer was made (attach_data, or a "
+  // The attachment, not only the object: the same dataset attached again (other DataOptions, or a
+  // second Trainer) has another batch plan and order than the one this Trainer counts positions in.
+  if (train_ && (attached != train_ || engine_.data_attachments() != attachment_))
+    throw Error("a dataset was attached to the engine since this Trainer was made (attach_data, or a "
                 "second Trainer): one Trainer at a time trains an engine");
 }
 
