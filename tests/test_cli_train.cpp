@@ -348,12 +348,26 @@ TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) 
 
   // A file whose last line is not ended (cut short by another writer) gets its newline first.
   const std::string cut = path("cut.jsonl");
-  write_bytes(cut, "an unended line");
+  write_bytes(cut, R"({"step":1,"epoch":0,"lo)");
   ASSERT_EQ(train({"--steps", "1", "--metrics", cut}, net).status, 0);
   const std::vector<std::string> cut_lines = lines_of(read_bytes(cut));
   ASSERT_EQ(cut_lines.size(), 2u) << read_bytes(cut);
-  EXPECT_EQ(cut_lines[0], "an unended line");
+  EXPECT_EQ(cut_lines[0], R"({"step":1,"epoch":0,"lo)");
   EXPECT_EQ(nlohmann::json::parse(cut_lines[1]).at("step"), 1) << cut_lines[1];
+
+  // A file that is not empty and does not start as metrics lines do (a file of parameters, notes
+  // given by mistake) is refused before any step and left as it was.
+  const std::string notes = path("notes.txt");
+  write_bytes(notes, " { \"stepping\": 1}\n");
+  for (const std::string& victim : {params, notes}) {
+    const std::string before = read_bytes(victim);
+    const Finished refused = train({"--steps", "1", "--metrics", victim}, net);
+    EXPECT_EQ(refused.status, 2) << describe(refused);
+    EXPECT_EQ(refused.err, "anvil: error: " + victim + R"(: not a metrics file (it does not start with {"step"): )"
+                                                       "anvil appends only to its own JSON lines; give a new name, "
+                                                       "or remove it\n");
+    EXPECT_EQ(read_bytes(victim), before);
+  }
 }
 
 // --metrics into a FIFO whose reader goes away ends the run (SIGPIPE, or exit 1 naming the file):
@@ -563,8 +577,14 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   doc["optimizer"] = {{"type", "sgd"}, {"lr", 1e9}};
   const std::string net = path("diverging.json");
   std::ofstream(net) << doc.dump();
-  const std::string ck = path("ck.safetensors"), saved = path("saved.safetensors");
+  const std::string ck = path("ck.safetensors"), saved = path("saved.safetensors"), checked = path("checked.jsonl");
   std::ofstream(saved) << "an older file";
+  auto records_of = [](const std::string& file) {
+    std::vector<nlohmann::json> records;
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+    return records;
+  };
 
   const Finished r = train({"--data", kTrain, "--steps", "40", "--log-every", "10", "--checkpoint", ck,
                             "--checkpoint-every", "1", "--save", saved}, net);
@@ -577,6 +597,14 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   EXPECT_EQ(anvil::read_safetensors(ck).metadata.at("step"), std::to_string(bad - 1));
   std::ifstream old(saved);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(old), {}), "an older file");
+  // Without a checkpoint each step, the logged step whose check finds it has its record, as without
+  // the check (flagged where its loss is not finite: the NaN may be in a gradient or a parameter yet).
+  const Finished logged = train({"--steps", "40", "--log-every", "10", "--metrics", checked}, net);
+  ASSERT_EQ(logged.status, 3) << describe(logged);
+  const std::vector<nlohmann::json> checked_records = records_of(checked);
+  ASSERT_EQ(checked_records.size(), 2u) << describe(logged);  // steps 1 and 10
+  EXPECT_EQ(checked_records.back()["step"], 10);
+  EXPECT_EQ(checked_records.back()["loss"].is_null(), checked_records.back().value("loss_nonfinite", false));
 
   const std::string metrics = path("unchecked.jsonl");
   const Finished unchecked =
@@ -585,9 +613,7 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   EXPECT_TRUE(std::regex_match(unchecked.err, std::regex("anvil: error: step 10: the loss became (nan|inf|-inf)\n")))
       << describe(unchecked);  // never "-nan"
   // The step's record is written, its loss null and flagged (plot_metrics draws a gap there).
-  std::vector<nlohmann::json> records;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> records = records_of(metrics);
   ASSERT_EQ(records.size(), 2u) << describe(unchecked);  // steps 1 and 10
   EXPECT_EQ(records.back()["step"], 10);
   EXPECT_TRUE(records.back()["loss"].is_null()) << records.back().dump();

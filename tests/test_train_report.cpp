@@ -326,7 +326,7 @@ TEST_F(MetricsFile, EveryLoggedStepIsOneJsonLineWithEveryKey) {
   EXPECT_EQ(rows[2]["elapsed_s"], 4.0);
 }
 
-TEST_F(MetricsFile, NonFiniteLossesAreNullWithAFlag) {
+TEST_F(MetricsFile, NonFiniteValuesAreNullWithAFlag) {
   const std::string file = path("run.jsonl");
   {
     MetricsWriter metrics(file);
@@ -338,10 +338,12 @@ TEST_F(MetricsFile, NonFiniteLossesAreNullWithAFlag) {
     r.loss = std::numeric_limits<double>::infinity();
     r.val_loss = -std::numeric_limits<double>::infinity();
     r.val_step = 2;
+    r.lr = std::numeric_limits<double>::infinity();  // a schedule's factor that overflowed
     metrics.write(r);
     r.step = 3;
     r.loss = 1;
     r.val_loss = 1;
+    r.lr = 0.5;
     metrics.write(r);
   }
   const std::vector<nlohmann::json> rows = read_jsonl(file);
@@ -353,9 +355,15 @@ TEST_F(MetricsFile, NonFiniteLossesAreNullWithAFlag) {
   EXPECT_EQ(rows[1]["loss_nonfinite"], true);
   EXPECT_TRUE(rows[1]["val_loss"].is_null());
   EXPECT_EQ(rows[1]["val_loss_nonfinite"], true);
+  EXPECT_TRUE(rows[1]["lr"].is_null());
+  EXPECT_EQ(rows[1]["lr_nonfinite"], true);
+  EXPECT_EQ(rows[0]["lr"], 0.0);
+  EXPECT_FALSE(rows[0].contains("lr_nonfinite"));
   EXPECT_EQ(rows[2]["loss"], 1.0);
+  EXPECT_EQ(rows[2]["lr"], 0.5);
   EXPECT_FALSE(rows[2].contains("loss_nonfinite"));
   EXPECT_FALSE(rows[2].contains("val_loss_nonfinite"));
+  EXPECT_FALSE(rows[2].contains("lr_nonfinite"));
 }
 
 TEST_F(MetricsFile, AppendsToWhatIsThere) {
@@ -380,6 +388,33 @@ TEST_F(MetricsFile, AppendsToWhatIsThere) {
   EXPECT_EQ(rows[0]["step"], 7);
   EXPECT_EQ(rows[1]["step"], 8);
   EXPECT_EQ(rows[2]["step"], 9);
+}
+
+// Only a file that starts as metrics lines do, or is empty, is appended to: an append would spoil
+// anything else given by mistake, which is refused and left as it was.
+TEST_F(MetricsFile, AFileThatIsNotMetricsIsRefusedAndKept) {
+  const std::string file = path("existing");
+  auto opens = [&](const std::string& content) {
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << content;
+    try {
+      MetricsWriter metrics(file);
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), file + R"(: not a metrics file (it does not start with {"step"): anvil )"
+                                              "appends only to its own JSON lines; give a new name, or remove it");
+      std::ifstream in(file, std::ios::binary);
+      EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), content);
+      return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(opens(""));
+  EXPECT_TRUE(opens(R"({"step":1,"loss":2})" "\n"));
+  EXPECT_TRUE(opens(" \n{ \t\"step\" : 1}\n"));  // JSON's whitespace
+  EXPECT_TRUE(opens(R"({"st)"));                  // a first line cut short
+  EXPECT_FALSE(opens(R"({"loss":2,"step":1})"));
+  EXPECT_FALSE(opens(R"({"stepping":1})"));
+  EXPECT_FALSE(opens(std::string("\x10\0\0\0\0\0\0\0{\"w\":{}}", 17)));  // a tensor file's start
+  EXPECT_FALSE(opens("s"));
 }
 
 TEST_F(MetricsFile, AFileThatCannotBeOpenedIsBadInputNamingIt) {

@@ -53,12 +53,42 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+namespace {
+
+// Whether a file starts as metrics lines do, with {"step" (JSON whitespace allowed; a first line cut
+// short, a start of it), or cannot be read to tell. An append to anything else (a checkpoint or a
+// picture given by mistake) would spoil it. Read through a descriptor of its own, as ends_mid_line.
+bool starts_as_metrics(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  char head[64];
+  const ssize_t n = ::pread(fd, head, sizeof head, 0);
+  ::close(fd);
+  const std::string start = "{\"step\"";
+  size_t matched = 0;
+  for (ssize_t i = 0; i < n && matched < start.size(); ++i) {
+    const bool space = head[i] == ' ' || head[i] == '\t' || head[i] == '\n' || head[i] == '\r';
+    if (space && matched < 2) continue;  // before the brace, or between it and the key
+    if (head[i] != start[matched]) return false;
+    ++matched;
+  }
+  return true;
+}
+
+}  // namespace
+
 MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   // Created here (O_EXCL), or a name that exists appended to (through a symlink, as before).
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0666);
   created_ = fd_ >= 0;
   if (!created_ && errno == EEXIST) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
   if (fd_ < 0) throw InputError(path + ": cannot open the metrics file for appending: " + std::strerror(errno));
+  struct stat st {};
+  if (!created_ && ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && !starts_as_metrics(path)) {
+    ::close(fd_);
+    throw InputError(path + ": not a metrics file (it does not start with {\"step\"): anvil appends only to its own "
+                            "JSON lines; give a new name, or remove it");
+  }
 }
 
 namespace {
@@ -110,7 +140,9 @@ void MetricsWriter::write(const MetricsRecord& r) {
   j["val_loss"] = val_ok ? nlohmann::ordered_json(*r.val_loss) : nullptr;
   if (r.val_loss && !val_ok) j["val_loss_nonfinite"] = true;
   j["val_step"] = r.val_step ? nlohmann::ordered_json(*r.val_step) : nullptr;
-  j["lr"] = r.lr;
+  const bool lr_ok = std::isfinite(r.lr);  // a schedule's factor can overflow float
+  j["lr"] = lr_ok ? nlohmann::ordered_json(r.lr) : nullptr;
+  if (!lr_ok) j["lr_nonfinite"] = true;
   j["elapsed_s"] = r.elapsed_s;
   std::string line = j.dump() + '\n';
   struct stat before {};

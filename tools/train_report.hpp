@@ -57,7 +57,9 @@ struct MetricsRecord {
 // (or "val_loss_nonfinite": true), since JSON has no NaN or Infinity.
 class MetricsWriter {
  public:
-  // Throws anvil::InputError naming the file when it cannot be opened. A file
+  // Throws anvil::InputError naming the file when it cannot be opened, or where it
+  // exists, is not empty and does not start as metrics lines do ({"step"): an
+  // append would spoil a checkpoint or picture given by mistake. A file
   // whose last line is not ended (cut short) gets its newline before the first
   // record, so every record is a line of its own. A file this writer created
   // is removed again, when the writer goes, if no record was written to it (the

@@ -70,8 +70,9 @@ class Trainer {
   void resume(const std::string& checkpoint);
   // Runs to the end, or until *stop is set (the step in progress completes first; data-parallel
   // ranks stop together at the next logged step, within 10 steps).
-  // Throws NonFiniteError (check_finite), or when a logged loss is not finite: after that step's
-  // on_log, which carries the loss, and before any validation or checkpoint of it; or when a
+  // Throws NonFiniteError when check_finite finds a NaN or an infinity, or a logged loss is not
+  // finite: after that step's on_log, which carries the loss, and before any validation or
+  // checkpoint of it (check_finite's message names the step where it first appears); or when a
   // validation loss is not finite (whatever check_finite): after its on_validation and that step's
   // on_log, if logged, and before any checkpoint of it.
   void run(const Callbacks& callbacks, const std::atomic<bool>* stop = nullptr);
@@ -89,6 +90,8 @@ class Trainer {
   float validate(const Callbacks& callbacks);  // the validation loss, reported
   void advance();  // the position after a step
   std::string locate_non_finite(const NonFinite& found);  // the replay from the good state
+  // With check_finite: the located finding's message, or none (the state is then kept as good).
+  std::optional<std::string> non_finite_failure();
 
   void check_engine_data() const;  // the engine still feeds from this Trainer's dataset (or none)
 

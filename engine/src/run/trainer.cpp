@@ -118,10 +118,15 @@ void Trainer::advance() {
 }
 
 void Trainer::check_finite() {
-  if (!options_.check_finite) return;
-  if (const auto found = engine_.find_non_finite()) throw NonFiniteError(locate_non_finite(*found));
+  if (const auto failure = non_finite_failure()) throw NonFiniteError(*failure);
+}
+
+std::optional<std::string> Trainer::non_finite_failure() {
+  if (!options_.check_finite) return std::nullopt;
+  if (const auto found = engine_.find_non_finite()) return locate_non_finite(*found);
   engine_.keep_good_state();
   good_ = position_;
+  return std::nullopt;
 }
 
 // Back to the good state, then the same steps again, op by op, until one shows where it starts.
@@ -164,16 +169,18 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
     const bool logged = position_.step == 1 || position_.step % options_.log_every == 0 || last;
     // The validation is reported before the step's log line, so that the line carries it.
     TrainProgress progress{position_.step, total_steps_, epoch, 0.f, 0.f};
+    std::optional<std::string> failure;  // the check's finding, thrown once the step is logged
     if (logged) {
-      check_finite();
       progress.loss = engine_.last_loss();
       progress.lr = engine_.learning_rate();
+      failure = non_finite_failure();  // read first: a finding is located by replaying steps
     }
-    const bool finite = !logged || std::isfinite(progress.loss);
+    const bool finite = !failure && (!logged || std::isfinite(progress.loss));
     const bool validating =
         finite && validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0));
     const float val = validating ? validate(callbacks) : 0.f;  // 0: no validation this step
-    if (logged && callbacks.on_log) callbacks.on_log(progress);  // a non-finite loss too: its record says so
+    if (logged && callbacks.on_log) callbacks.on_log(progress);  // a non-finite step too: its record says so
+    if (failure) throw NonFiniteError(*failure);
     if (!finite) throw non_finite(position_.step, "the loss became", progress.loss);
     // As the training loss: a validation loss that overflowed or went NaN ends the run before its checkpoint.
     if (!std::isfinite(val)) throw non_finite(position_.step, "the validation loss is", val);
