@@ -181,6 +181,27 @@ TEST(HostTensor, HoldsShapeCountsWithoutOverflow) {
   EXPECT_EQ(numel({int64_t(1) << 31, int64_t(1) << 31}), int64_t(1) << 62);
 }
 
+// Zeros of a shape the host cannot hold are an anvil::Error naming it, before any allocation (not
+// std::bad_alloc or std::length_error, nor pages left for the OOM killer to find).
+TEST(HostTensor, AShapeBeyondHostMemoryIsRefusedByName) {
+  const std::vector<std::pair<Shape, std::string>> refused = {
+      {{int64_t(1) << 62}, "out of host memory: a tensor of shape (4611686018427387904) takes 2^64 bytes or more"},
+      {{int64_t(1) << 20, int64_t(1) << 20},
+       "out of host memory: a tensor of shape (1048576, 1048576) takes 4096.0 GiB, more than"}};
+  for (const auto& [shape, start] : refused) {
+    try {
+      HostTensor t(shape);
+      ADD_FAILURE() << "made " << to_string(shape);
+    } catch (const InputError& e) {
+      ADD_FAILURE() << "an input error: " << e.what();
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind(start, 0), 0u) << e.what();
+    }
+  }
+  const HostTensor small(Shape{3, 5});
+  EXPECT_EQ(small.data, std::vector<float>(15, 0.f));
+}
+
 // A moved-from Network is empty: every use says so in one line, and nothing reads a null description.
 TEST(EngineBuffers, AMovedFromNetworkRefusesEveryUse) {
   Network net = Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "channel_scale"}]})",

@@ -1,10 +1,27 @@
 #include "anvil/tensor.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <string>
 
 #include "anvil/error.hpp"
+#include "engine/src/run/host_memory.hpp"
 
 namespace anvil {
+
+HostTensor::HostTensor(Shape s) : shape(std::move(s)) {
+  const int64_t count = numel(shape);
+  const std::string what = "out of host memory: a tensor of shape " + to_string(shape);
+  if (uint64_t(count) > SIZE_MAX / sizeof(float)) throw Error(what + " takes 2^64 bytes or more");
+  const size_t bytes = size_t(count) * sizeof(float);
+  if (bytes >= kUncheckedHostBytes)
+    if (const auto why = beyond_host_memory(bytes)) throw Error(what + " takes " + *why);
+  try {
+    data.resize(size_t(count));
+  } catch (const std::exception&) {  // bad_alloc, or length_error past the vector's max_size
+    throw Error(what + " (" + std::to_string(bytes) + " bytes) could not be allocated");
+  }
+}
 
 int64_t numel(const Shape& shape) {
   if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; }))

@@ -27,7 +27,9 @@ struct HostTensor {
   std::vector<float> data;
 
   HostTensor() = default;
-  explicit HostTensor(Shape s) : shape(std::move(s)), data(static_cast<size_t>(numel(shape))) {}
+  // Zeros of shape s: InputError as numel for a shape that has no count, Error where the host
+  // memory available cannot hold it (refused before any page is touched, not left to the OOM killer).
+  explicit HostTensor(Shape s);
   HostTensor(Shape s, std::vector<float> d) : shape(std::move(s)), data(std::move(d)) {}
   int64_t size() const { return static_cast<int64_t>(data.size()); }
 };

@@ -21,6 +21,9 @@ size_t parse_memory_budget();
 // Where `bytes` exceed host_available_memory(), why, for a message about what
 // needs them: "X GiB, more than the Y GiB of host memory available".
 std::optional<std::string> beyond_host_memory(size_t bytes);
+// Below this, host copies are made unchecked: reading the host's memory figures
+// for each would cost more than such a copy risks.
+constexpr size_t kUncheckedHostBytes = size_t(64) << 20;
 
 // Held around a check of host memory and the allocation and first write it
 // allows, so that the data-parallel ranks of one process, built and fed

@@ -39,15 +39,13 @@ void Engine::Impl::synchronize() {
 namespace {
 // Host tensors of these shapes for a copy the caller asked for (`what`): refused where they would
 // not fit, rather than left to the OOM killer once their pages are touched; made (zeroed, so
-// written) in the host-memory turn, so that another rank's check sees them. A copy under 64 MiB
-// is made unchecked: reading the host's memory figures on every forward() would cost more than
-// such a copy risks.
+// written) in the host-memory turn, so that another rank's check sees them. A copy under
+// kUncheckedHostBytes is made unchecked (every forward() makes one).
 std::vector<HostTensor> host_tensors(const std::vector<Shape>& shapes, const std::string& what) {
-  constexpr size_t kUncheckedBytes = size_t(64) << 20;
   size_t bytes = 0;
   for (const Shape& shape : shapes) bytes += size_t(numel(shape)) * sizeof(float);
   std::unique_lock<std::mutex> lock(host_memory_turn(), std::defer_lock);
-  if (bytes >= kUncheckedBytes) {
+  if (bytes >= kUncheckedHostBytes) {
     lock.lock();
     if (const auto why = beyond_host_memory(bytes)) throw Error("out of host memory: " + what + " takes " + *why);
   }
