@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <limits>
 #include <string>
 
@@ -62,13 +63,13 @@ TEST_P(CheckpointResume, IsBitwiseEqualToStraightTraining) {
   EXPECT_EQ(position.step, kHalf);
   EXPECT_EQ(position.batch_in_epoch, kHalf);
   EXPECT_EQ(resumed.steps_done(), kHalf);
-  float last_straight = 0, last_resumed = 0;
   // The learning rate reads as the saved run's last step left it (it was 0, as before any step).
   ASSERT_GT(first.learning_rate(), 0.f);
   if (c.device == Device::Cpu)
     EXPECT_EQ(resumed.learning_rate(), first.learning_rate());
   else  // the saved run's from the device's pow and cos, the resumed one's from the host's
     EXPECT_FLOAT_EQ(resumed.learning_rate(), first.learning_rate());
+  float last_straight = 0, last_resumed = 0;
   for (int i = 0; i < kHalf; ++i) last_resumed = resumed.train_step();
   last_straight = straight.train_step();  // one more for both, comparing the losses too
   last_resumed = resumed.train_step();
@@ -90,6 +91,25 @@ std::vector<ResumeCase> resume_cases() {
 INSTANTIATE_TEST_SUITE_P(Optimizers, CheckpointResume, ::testing::ValuesIn(resume_cases()), [](const auto& info) {
   return info.param.network + (info.param.device == Device::Cuda ? "_gpu" : "_cpu");
 });
+
+// Only a loaded network knows its file: one parsed from text under a label that names a file is
+// not refused a checkpoint there, as the label is not read as a path.
+TEST(Checkpoint, AParsedNetworksLabelIsNotItsFile) {
+  const std::string path = temp_path("labelled.json");
+  const std::string text = read_text(data_path("sgd_step_schedule.json"));
+  { std::ofstream(path) << text; }
+  Engine loaded(Network::load(path), cpu_options()), parsed(Network::parse(text, path), cpu_options());
+  try {
+    loaded.save_checkpoint(path, {});
+    ADD_FAILURE() << "the network file was overwritten";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("would overwrite the network file"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_text(path), text);
+  parsed.save_checkpoint(path, {});
+  EXPECT_EQ(parsed.load_checkpoint(path).step, 0);
+  std::remove(path.c_str());
+}
 
 TEST(Checkpoint, RefusesAnotherNetworkOrOptimizerOrAPlainWeightsFile) {
   const Network net = Network::load(data_path("adam_step.json"));

@@ -71,6 +71,21 @@ std::string one_layer(const std::string& layer, const std::string& input = kInpu
 
 // ---------------------------------------------------------------- the document
 
+// parse's source is a label for messages, never read as a path: any text is taken, and the
+// message names it once.
+TEST(NetworkParse, TheSourceIsALabelNotAPath) {
+  const std::string text = with_layers(kInput4d, R"([{"type": "relu"}])");
+  for (const std::string& label : {std::string("a\0b", 3), std::string(), std::string("/no/such/dir/net.json")})
+    EXPECT_EQ(Network::parse(text, label).source(), label);
+  try {
+    Network::parse(R"({"name": 3})", "my label");
+    ADD_FAILURE() << "no error";
+  } catch (const anvil::InputError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("my label: name", 0), 0u) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("my label", 1), std::string::npos) << e.what();
+  }
+}
+
 TEST(NetworkParse, InvalidJsonSyntaxGivesLineAndColumn) {
   const std::string text = "{\n  \"name\": \"t\",\n  \"input\": [1, 2, 3, 4],,\n  \"layers\": []\n}\n";
   const std::string msg = error_of(text);

@@ -37,14 +37,18 @@ Network Network::load(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   if (in.bad()) throw InputError(path + ": cannot read the network file");
-  return parse(text.str(), path);
+  return parsed(text.str(), path, InputFile::read_now(path));
+}
+
+Network Network::parse(const std::string& json_text, const std::string& source) {
+  return parsed(json_text, source, InputFile{});
 }
 
 // The text is parsed once into a spec; building the graph here checks inputs, cycles and shapes.
-Network Network::parse(const std::string& json_text, const std::string& source) {
+Network Network::parsed(const std::string& json_text, const std::string& source, const InputFile& file) {
   try {
     NetworkSpec spec = parse_network_spec(json_text, source, parse_memory_budget());
-    spec.source_file = InputFile::read_now(source);
+    spec.source_file = file;
     return built(std::make_shared<const NetworkSpec>(std::move(spec)));
   } catch (const InputError& e) {
     throw InputError(source + ": " + e.what());

@@ -360,6 +360,7 @@ InputFile InputFile::read_now(const std::string& path) {
 }
 
 bool InputFile::replaced_by(const std::string& output_path) const {
+  if (key.empty()) return false;
   const std::string output_key = same_file_key(output_target(output_path));
   return output_key == key || output_key == same_file_key(absolute);
 }

@@ -12,6 +12,7 @@
 
 namespace anvil {
 
+struct InputFile;    // output_file.hpp: a file an engine read
 struct NetworkSpec;  // engine-internal: the parsed description
 class Graph;         // engine-internal: ops, tensors, topological order
 
@@ -28,6 +29,8 @@ struct LayerSummary {
 class Network {
  public:
   static Network load(const std::string& path);
+  // source names the text in messages (and source()); it is a label, never read as a path: only a
+  // network made by load knows its file, which its engine's checkpoints refuse to overwrite.
   static Network parse(const std::string& json_text, const std::string& source);
   // The same network at another batch size (InputError if its shapes do not allow it).
   Network with_batch(int64_t batch) const;
@@ -57,6 +60,8 @@ class Network {
   Network() = default;  // a Network is made by load, parse, with_batch or with_precision: never empty
   // The network of spec, its graph built (and so the spec validated) from it.
   static Network built(std::shared_ptr<const NetworkSpec> spec);
+  // parse, for the text of `file` where it was read from one (load).
+  static Network parsed(const std::string& json_text, const std::string& source, const InputFile& file);
   const Graph& graph() const;
   // Every accessor goes through spec() or graph(), which refuse a moved-from (empty) Network.
   std::shared_ptr<const NetworkSpec> spec_;

@@ -95,7 +95,8 @@ struct InputFile {
   std::string absolute;  // when read (as given where it cannot be made absolute), for messages
   std::string key;       // same_file_key when read
   static InputFile read_now(const std::string& path);
-  // Whether writing output_path (through output_target) would replace this file.
+  // Whether writing output_path (through output_target) would replace this file; never for
+  // InputFile{}, no file (a network parsed from text).
   bool replaced_by(const std::string& output_path) const;
 };
 
