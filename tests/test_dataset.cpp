@@ -63,6 +63,16 @@ TEST(EpochOrder, IsReproducibleAndDiffersBetweenEpochsAndSeeds) {
   EXPECT_NE(epoch_order(256, 6, 0, true), first);
 }
 
+// An epoch before the first has no order, as Engine::start_epoch refuses one.
+TEST(EpochOrder, RefusesANegativeEpoch) {
+  try {
+    epoch_order(10, 5, -1, true);
+    ADD_FAILURE() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "epoch_order: the epoch must be >= 0, got -1");
+  }
+}
+
 // The values tools/make_reference.py's check_epoch_order pins its twin to.
 TEST(EpochOrder, MatchesPinnedValues) {
   EXPECT_EQ(epoch_order(10, 5, 0, true), (std::vector<int64_t>{2, 1, 9, 7, 6, 8, 0, 4, 3, 5}));

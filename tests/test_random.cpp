@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "anvil/error.hpp"
@@ -165,6 +167,30 @@ TEST(Random, FillUniformRefusesAStartOutsideTheStream) {
   EXPECT_EQ(out, std::vector<float>(4, 5.f));
   anvil::fill_uniform(out.data(), 4, 1, 0.0, 1.0, kLast - 3);
   EXPECT_EQ(out[3], anvil::uniform01(1, static_cast<uint64_t>(kLast)));  // lo 0, hi 1: the value itself
+}
+
+// Bounds that are not finite, or reversed, would fill NaN, infinities or values outside [lo, hi):
+// refused, naming them, with nothing written. Equal bounds fill that value.
+TEST(Random, FillUniformRefusesBoundsThatAreNotARange) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  std::vector<float> out(4, 5.f);
+  const std::vector<std::pair<std::pair<double, double>, std::string>> refused = {
+      {{std::nan(""), 1.0}, "lo nan, hi 1"},
+      {{-std::nan(""), 1.0}, "lo nan, hi 1"},
+      {{0.0, kInf}, "lo 0, hi inf"},
+      {{-kInf, 0.0}, "lo -inf, hi 0"},
+      {{1.0, -1e-09}, "lo 1, hi -1e-09"}};
+  for (const auto& [bounds, text] : refused) {
+    try {
+      anvil::fill_uniform(out.data(), 4, 1, bounds.first, bounds.second);
+      ADD_FAILURE() << text;
+    } catch (const anvil::InputError& e) {
+      EXPECT_EQ(std::string(e.what()), "fill_uniform: the bounds must be finite with lo <= hi, got " + text);
+    }
+  }
+  EXPECT_EQ(out, std::vector<float>(4, 5.f));
+  anvil::fill_uniform(out.data(), 4, 1, 0.25, 0.25);
+  EXPECT_EQ(out, std::vector<float>(4, 0.25f));
 }
 
 }  // namespace

@@ -15,7 +15,9 @@
 #include "anvil/random.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
+#include <string>
 
 #include "anvil/error.hpp"
 
@@ -62,6 +64,11 @@ void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, 
   if (first < 0 || (n > 0 && n - 1 > std::numeric_limits<int64_t>::max() - first))
     throw InputError("fill_uniform: values " + std::to_string(first) + " .. " + std::to_string(first) + " + " +
                      std::to_string(n) + " - 1 reach outside 0 .. 2^63 - 1");
+  if (!(std::isfinite(lo) && std::isfinite(hi) && lo <= hi)) {
+    char text[96];  // %g: 1e-09 stays readable; nan without a sign
+    std::snprintf(text, sizeof text, "lo %g, hi %g", std::isnan(lo) ? NAN : lo, std::isnan(hi) ? NAN : hi);
+    throw InputError(std::string("fill_uniform: the bounds must be finite with lo <= hi, got ") + text);
+  }
   for (int64_t i = 0; i < n; ++i) {
     const double u = uniform01(stream, static_cast<uint64_t>(first + i));
     out[i] = static_cast<float>(lo + (hi - lo) * u);

@@ -29,7 +29,9 @@ using RankWork = std::function<void(Engine& engine, int rank)>;
 // An exception on one rank stops the others and is rethrown here (the first rank's, preferring a
 // rank's own failure to the PeerFailure it caused elsewhere). Every rank must run the same steps:
 // on the CPU a rank whose work returns while another still averages makes that one fail with an
-// Error; NCCL cannot tell, and the waiting rank would wait for ever.
+// Error; NCCL cannot tell, and the waiting rank would wait for ever. Likewise every rank must load
+// the same parameters or checkpoint (load_parameters, load_checkpoint, restore_good_state, a
+// Trainer's resume): one rank alone leaves the ranks' parameters apart, which is not detected.
 // Rank 0 runs on the calling thread, which keeps rank 0's CUDA device current afterwards.
 void run_data_parallel(const Network& network, const Options& options, int ranks, const std::vector<int>& gpus,
                        const RankWork& work);

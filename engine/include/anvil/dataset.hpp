@@ -41,7 +41,8 @@ namespace anvil {
 
 class Network;
 
-// The epoch's sample order: a permutation of [0, S) (the identity without shuffle).
+// The epoch's sample order: a permutation of [0, S) (the identity without shuffle). InputError for
+// S beyond 0 .. 2^40 or an epoch below 0.
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle);
 
 // How an epoch of S samples splits into batches of B: floor(S / B) full batches,

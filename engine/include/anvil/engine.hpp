@@ -106,6 +106,9 @@ struct LayerTiming {
   double forward_ms = 0, backward_ms = 0;
 };
 
+// Not thread-safe: one thread at a time uses an Engine (two threads stepping one engine lose steps
+// and mix their buffers). Separate engines run on separate threads; data parallel gives each rank
+// its own (run_data_parallel).
 class Engine {
  public:
   Engine(const Network& network, const Options& options);
@@ -161,9 +164,10 @@ class Engine {
   // The last optimizer step's, a loaded checkpoint's included (0 before the first; a host sync on CUDA).
   float learning_rate() const;
 
-  // Non-finite values. find_non_finite looks at the last step's loss, then every gradient (once a
-  // step has run), then every parameter, and says where the first one is (no stage: it does not
-  // know which op made it).
+  // Non-finite values; these four need an engine built for training with Options::check_finite
+  // (Error). find_non_finite looks at the last step's loss, then every gradient (once a step has
+  // run), then every parameter, and says where the first one is (no stage: it does not know which
+  // op made it).
   std::optional<NonFinite> find_non_finite();
   // With Options::check_finite: copy the parameters, the optimizer state and the step count aside,
   // and go back to that copy. (Where the next batch comes from is the caller's: see start_epoch.)

@@ -20,7 +20,8 @@ uint64_t random_bits(uint64_t stream, uint64_t index);  // bits(stream, i) above
 
 float uniform01(uint64_t stream, uint64_t index);
 // Values first .. first + n - 1 of the stream (a rank's rows of a seeded global batch); InputError
-// where first is negative or the last index would pass 2^63 - 1.
+// where first is negative or the last index would pass 2^63 - 1, or lo and hi are not finite with
+// lo <= hi.
 void fill_uniform(float* out, int64_t n, uint64_t stream, double lo, double hi, int64_t first = 0);
 void fill_normal(float* out, int64_t n, uint64_t stream);
 

@@ -79,6 +79,7 @@ HostTensor gather(const HostTensor& all, int64_t floats_per_row, const std::vect
 std::vector<int64_t> epoch_order(int64_t sample_count, uint64_t seed, int64_t epoch, bool shuffle) {
   if (sample_count < 0 || sample_count > kMaxTensorElements)
     throw InputError("epoch_order: the sample count must be from 0 to 2^40, got " + std::to_string(sample_count));
+  if (epoch < 0) throw InputError("epoch_order: the epoch must be >= 0, got " + std::to_string(epoch));
   if (const auto why = beyond_host_memory(size_t(sample_count) * sizeof(int64_t)))
     throw Error("epoch_order: the order of " + std::to_string(sample_count) + " samples takes " + *why);
   std::vector<int64_t> order(static_cast<size_t>(sample_count));
