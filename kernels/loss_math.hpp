@@ -16,12 +16,19 @@ struct LossParams {
 };
 
 // -1, 0 or 1: torch's sign, so the l1 gradient is 0 at d == 0.
-template <class T> ANVIL_HD inline T sign_of(T x) { return T((x > T(0)) - (x < T(0))); }
+template <class T>
+ANVIL_HD inline T sign_of(T x) {
+  return T((x > T(0)) - (x < T(0)));
+}
 
-template <class T> ANVIL_HD inline T magnitude(T x) { return x < T(0) ? -x : x; }
+template <class T>
+ANVIL_HD inline T magnitude(T x) {
+  return x < T(0) ? -x : x;
+}
 
 // The loss of one element before the mean; d = pred - target.
-template <class T> ANVIL_HD inline T loss_element(const LossParams& p, T d) {
+template <class T>
+ANVIL_HD inline T loss_element(const LossParams& p, T d) {
   if (p.kind == LossKind::Mse) return d * d;
   const T a = magnitude(d);
   if (p.kind == LossKind::L1) return a;
@@ -31,7 +38,8 @@ template <class T> ANVIL_HD inline T loss_element(const LossParams& p, T d) {
 }
 
 // d loss_element / d pred.
-template <class T> ANVIL_HD inline T loss_element_derivative(const LossParams& p, T d) {
+template <class T>
+ANVIL_HD inline T loss_element_derivative(const LossParams& p, T d) {
   if (p.kind == LossKind::Mse) return T(2) * d;
   if (p.kind == LossKind::SmoothL1 && magnitude(d) < T(p.beta)) return d / T(p.beta);
   return sign_of(d);
@@ -39,7 +47,8 @@ template <class T> ANVIL_HD inline T loss_element_derivative(const LossParams& p
 
 // One element of the gradient of the mean over count elements; inv_count = T(1.0 / count).
 // (For mse this rounds as float(2 / count) * d: scaling by 2 is exact.)
-template <class T> ANVIL_HD inline T loss_element_gradient(const LossParams& p, T d, T inv_count) {
+template <class T>
+ANVIL_HD inline T loss_element_gradient(const LossParams& p, T d, T inv_count) {
   return loss_element_derivative(p, d) * inv_count;
 }
 

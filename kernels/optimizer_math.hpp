@@ -17,8 +17,8 @@ namespace anvil {
 struct LrSchedule {
   enum class Kind { Constant, Step, Cosine } kind = Kind::Constant;
   double base_lr = 0.01;
-  int64_t step_size = 1;  // Step: steps between decays (>= 1)
-  double gamma = 0.1;     // Step: the decay factor
+  int64_t step_size = 1;                      // Step: steps between decays (>= 1)
+  double gamma = 0.1;                         // Step: the decay factor
   int64_t warmup_steps = 0, total_steps = 1;  // Cosine: total_steps - warmup_steps >= 1
   double min_lr = 0;                          // Cosine: the floor
 };

@@ -44,12 +44,16 @@ ANVIL_HD inline double tanh_of(double x) { return ::tanh(x); }
 struct LeakyRelu {
   static constexpr const char* kName = "leaky_relu";
   static constexpr bool kBackwardUsesOutput = false;
-  template <class T> ANVIL_HD static T forward(T x, T slope) {
+  template <class T>
+  ANVIL_HD static T forward(T x, T slope) {
     if (x > T(0)) return x;
     return slope == T(0) && x == -std::numeric_limits<T>::infinity() ? -slope : slope * x;
   }
   // Strictly x > 0: at x == 0 the gradient is slope * dy, as in PyTorch.
-  template <class T> ANVIL_HD static T backward(T x, T, T dy, T slope) { return x > T(0) ? dy : slope * dy; }
+  template <class T>
+  ANVIL_HD static T backward(T x, T, T dy, T slope) {
+    return x > T(0) ? dy : slope * dy;
+  }
 };
 
 // torch.sigmoid. exp only ever of -|x|: it cannot overflow, and the result
@@ -57,24 +61,35 @@ struct LeakyRelu {
 struct Sigmoid {
   static constexpr const char* kName = "sigmoid";
   static constexpr bool kBackwardUsesOutput = true;
-  template <class T> ANVIL_HD static T forward(T x, T) {
+  template <class T>
+  ANVIL_HD static T forward(T x, T) {
     if (x >= T(0)) return T(1) / (T(1) + exp_of(-x));
     const T e = exp_of(x);
     return e / (T(1) + e);
   }
-  template <class T> ANVIL_HD static T backward(T, T y, T dy, T) { return dy * y * (T(1) - y); }
+  template <class T>
+  ANVIL_HD static T backward(T, T y, T dy, T) {
+    return dy * y * (T(1) - y);
+  }
 };
 
 // torch.tanh.
 struct Tanh {
   static constexpr const char* kName = "tanh";
   static constexpr bool kBackwardUsesOutput = true;
-  template <class T> ANVIL_HD static T forward(T x, T) { return tanh_of(x); }
-  template <class T> ANVIL_HD static T backward(T, T y, T dy, T) { return dy * (T(1) - y * y); }
+  template <class T>
+  ANVIL_HD static T forward(T x, T) {
+    return tanh_of(x);
+  }
+  template <class T>
+  ANVIL_HD static T backward(T, T y, T dy, T) {
+    return dy * (T(1) - y * y);
+  }
 };
 
 // Op's backward from the one saved tensor it reads (x or y, per kBackwardUsesOutput).
-template <class Op, class T> ANVIL_HD T backward_from_saved(T saved, T dy, T param) {
+template <class Op, class T>
+ANVIL_HD T backward_from_saved(T saved, T dy, T param) {
   if constexpr (Op::kBackwardUsesOutput) {
     return Op::backward(T(0), saved, dy, param);
   } else {
@@ -98,7 +113,8 @@ constexpr PointwiseOp kAllPointwiseOps[] = {
 };
 
 // Calls f(pointwise::Name{}) for op's functor and returns what it returns.
-template <class F> decltype(auto) visit_pointwise_op(PointwiseOp op, F&& f) {
+template <class F>
+decltype(auto) visit_pointwise_op(PointwiseOp op, F&& f) {
   switch (op) {
 #define ANVIL_POINTWISE_CASE(Name) \
   case PointwiseOp::Name:          \

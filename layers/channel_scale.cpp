@@ -52,7 +52,8 @@ class ChannelScale : public Layer {
   std::vector<BufferRequest> buffers(Device device) const override {
     if (device != Device::Cuda) return {};
     const Shape& x = input_shapes()[0];
-    return {{"reduce_scratch", cuda::channel_scale_backward_scratch_bytes(x[0], x[1], spatial()), BufferLife::Backward}};
+    return {
+        {"reduce_scratch", cuda::channel_scale_backward_scratch_bytes(x[0], x[1], spatial()), BufferLife::Backward}};
   }
 
  protected:

@@ -37,7 +37,8 @@ std::vector<ParamSpec> Convolution::param_specs() const {
   // double: the shape is checked against the size limits only once it is declared here.
   double fan_in = 1;
   for (int64_t k : spec_.kernel) fan_in *= static_cast<double>(k);
-  Shape w_shape = spec_.transposed ? Shape{spec_.in_channels, spec_.out_channels} : Shape{spec_.out_channels, spec_.in_channels};
+  Shape w_shape =
+      spec_.transposed ? Shape{spec_.in_channels, spec_.out_channels} : Shape{spec_.out_channels, spec_.in_channels};
   fan_in *= static_cast<double>(w_shape[1]);
   const double bound = 1.0 / std::sqrt(fan_in);
   w_shape.insert(w_shape.end(), spec_.kernel.begin(), spec_.kernel.end());
@@ -62,8 +63,9 @@ Shape Convolution::infer_shape(const std::vector<Shape>& inputs) {
         fail("stride", "gives an output longer than 2^40 along spatial dim " + std::to_string(i) + " (input " +
                            std::to_string(in) + ", stride " + std::to_string(spec_.stride[i]) + ")");
       out = (in - 1) * spec_.stride[i] - 2 * spec_.padding[i] + effective_k + spec_.output_padding[i];
-      if (out < 1) fail("padding", "leaves no output along spatial dim " + std::to_string(i) + " (size " +
-                                       std::to_string(out) + ")");
+      if (out < 1)
+        fail("padding",
+             "leaves no output along spatial dim " + std::to_string(i) + " (size " + std::to_string(out) + ")");
     } else {
       const int64_t padded = in + 2 * spec_.padding[i];
       if (effective_k > padded)
@@ -132,8 +134,7 @@ std::unique_ptr<Layer> create_convolution(const LayerSpec& spec, const ConvSpec&
 
 namespace {
 enum Op { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kOpCount = 3 };
-const char* const kOpNames[kOpCount] = {"ConvolutionForward", "ConvolutionBackwardData",
-                                        "ConvolutionBackwardFilter"};
+const char* const kOpNames[kOpCount] = {"ConvolutionForward", "ConvolutionBackwardData", "ConvolutionBackwardFilter"};
 // The rule's bound for the graph API's tensor-core engines under tf32 (products summed per output).
 constexpr int64_t kTensorCoreRuleProducts = 128;
 
@@ -291,8 +292,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   const std::vector<int> w_dims(w.begin(), w.end());
   ANVIL_CUDNN_CHECK(cudnnSetFilterNdDescriptor(c.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
                                                static_cast<int>(w_dims.size()), w_dims.data()));
-  const std::vector<int> pad(spec_.padding.begin(), spec_.padding.end()), stride(spec_.stride.begin(), spec_.stride.end()),
-      dil(spec_.dilation.begin(), spec_.dilation.end());
+  const std::vector<int> pad(spec_.padding.begin(), spec_.padding.end()),
+      stride(spec_.stride.begin(), spec_.stride.end()), dil(spec_.dilation.begin(), spec_.dilation.end());
   for (int op = 0; op < kOpCount; ++op) {
     ANVIL_CUDNN_CHECK(cudnnSetConvolutionNdDescriptor(c.conv[op], spec_.dims, pad.data(), stride.data(), dil.data(),
                                                       CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
@@ -316,8 +317,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   const int64_t taps = cpu::volume(g.k);
   // Products summed per output by each op: the forward relation's, the backward data's, the filter gradient's.
   const int64_t products[kOpCount] = {g.ca * taps, g.cb * taps, g.n * cpu::volume(g.b)};
-  const ConvGraphGeometry graph_geometry{spec_.transposed ? y : x, spec_.transposed ? x : y, w,
-                                         spec_.padding, spec_.stride, spec_.dilation};
+  const ConvGraphGeometry graph_geometry{
+      spec_.transposed ? y : x, spec_.transposed ? x : y, w, spec_.padding, spec_.stride, spec_.dilation};
   const CudnnGraphConv::Kind kinds[kOpCount] = {CudnnGraphConv::Kind::Forward, CudnnGraphConv::Kind::BackwardData,
                                                 CudnnGraphConv::Kind::BackwardFilter};
   // The forward op as a fused layer asks (request_forward), under tf32:
@@ -335,8 +336,8 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     (spec_.transposed ? asked.a_channels_last : asked.b_channels_last) = r.y_channels_last;
     asked.w_channels_last = r.x_channels_last;
     try {
-      auto op = std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], asked, 0.f, c.op_settings[forward_op],
-                                                 r.epilogue);
+      auto op =
+          std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], asked, 0.f, c.op_settings[forward_op], r.epilogue);
       if (settings.autotune || op->keep_first_tensor_core_engine()) {
         c.workspace[forward_op] = op->workspace();
         c.channels_last = std::move(op);
@@ -439,14 +440,14 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   }
   if (c.used[kBackwardData] && !c.graph[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-        ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
+    ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(ctx.cudnn(), c.w, c.b, c.conv[kBackwardData], c.a,
+                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p));
     c.plan(kBackwardData, p, n, path());
   }
   if (c.used[kBackwardFilter] && !c.graph[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-        ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
+    ANVIL_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(ctx.cudnn(), c.a, c.b, c.conv[kBackwardFilter], c.w,
+                                                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p));
     c.plan(kBackwardFilter, p, n, path());
   }
 }
@@ -487,9 +488,8 @@ void Convolution::choose_algorithms(CudaContext& ctx, const LayerArgs& fwd, cons
                     fwd.buffers[kForwardWorkspace], bwd.buffers[kBackwardWorkspace]);
 }
 
-void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw,
-                                    void* forward_ws, void* backward_ws,
-                                    const std::vector<const float*>& epilogue_operands) {
+void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const float* w, float* dw, void* forward_ws,
+                                    void* backward_ws, const std::vector<const float*>& epilogue_operands) {
   Cudnn& c = *cudnn_;
   float* a = spec_.transposed ? y : x;
   float* b = spec_.transposed ? x : y;
@@ -501,8 +501,7 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   void* const graph_w[kOpCount] = {const_cast<float*>(w), const_cast<float*>(w), dw};
   for (int op = 0; op < kOpCount; ++op)
     if (c.graph[op]) c.graph[op]->choose_fastest(ctx, a, b, graph_w[op], ws_for(static_cast<Op>(op)));
-  if (c.channels_last)
-    c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws, epilogue_operands);
+  if (c.channels_last) c.channels_last->choose_fastest(ctx, a, b, const_cast<float*>(w), forward_ws, epilogue_operands);
   if (c.phase.conv) {
     const PhaseBuffers p = phase_buffers(ws_for(kBackwardData));
     c.phase.conv->search_algorithms(ctx, p.b_pad, p.yp, p.wp, nullptr, p.conv_ws, nullptr);
@@ -514,22 +513,22 @@ void Convolution::search_algorithms(CudaContext& ctx, float* x, float* y, const 
   if (c.used[kForward] && !c.graph[kForward]) {
     cudnnConvolutionFwdAlgoPerf_t p[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(ctx.cudnn(), c.a, a, c.w, w, c.conv[kForward], c.b, b,
-                                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p,
-                                                             ws_for(kForward), c.workspace[kForward]));
+                                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, p, ws_for(kForward),
+                                                             c.workspace[kForward]));
     c.pick(kForward, p, n, where);
   }
   if (c.used[kBackwardData] && !c.graph[kBackwardData]) {
     cudnnConvolutionBwdDataAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-        ctx.cudnn(), c.w, w, c.b, b, c.conv[kBackwardData], c.a, a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p,
-        ws_for(kBackwardData), c.workspace[kBackwardData]));
+    ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(ctx.cudnn(), c.w, w, c.b, b, c.conv[kBackwardData],
+                                                                  c.a, a, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, p,
+                                                                  ws_for(kBackwardData), c.workspace[kBackwardData]));
     c.pick(kBackwardData, p, n, where);
   }
   if (c.used[kBackwardFilter] && !c.graph[kBackwardFilter]) {
     cudnnConvolutionBwdFilterAlgoPerf_t p[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     ANVIL_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-        ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, dw,
-        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p, ws_for(kBackwardFilter), c.workspace[kBackwardFilter]));
+        ctx.cudnn(), c.a, a, c.b, b, c.conv[kBackwardFilter], c.w, dw, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, p,
+        ws_for(kBackwardFilter), c.workspace[kBackwardFilter]));
     c.pick(kBackwardFilter, p, n, where);
   }
   for (int op = 0; op < kOpCount; ++op)
@@ -666,8 +665,7 @@ std::string Convolution::describe_cuda() const {
     if (anvil->used && op == kBackwardData) {
       const Cudnn::PhaseSplit& p = cudnn_->phase;
       s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " phase-split (" +
-           std::to_string(cuda::phase_count(p.g)) + " phases, one stride-1 " + p.conv->describe_cuda() +
-           choice + ")";
+           std::to_string(cuda::phase_count(p.g)) + " phases, one stride-1 " + p.conv->describe_cuda() + choice + ")";
       continue;
     }
     if (anvil->used) {
@@ -686,8 +684,10 @@ std::string Convolution::describe_cuda() const {
     }
     const cudnnMathType_t m = cudnn_->math[op];
     s += std::string(s.empty() ? "" : "; ") + kOpNames[op] + " algo " + std::to_string(cudnn_->algo[op]) + " (" +
-         (m == CUDNN_TENSOR_OP_MATH ? "tensor ops" : m == CUDNN_FMA_MATH ? "fma" : "default math") + ", ws " +
-         std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + ")" + why_fma;
+         (m == CUDNN_TENSOR_OP_MATH ? "tensor ops"
+          : m == CUDNN_FMA_MATH     ? "fma"
+                                    : "default math") +
+         ", ws " + std::to_string(cudnn_->workspace[op] >> 10) + " KiB" + choice + ")" + why_fma;
   }
   return s;
 }
@@ -755,8 +755,8 @@ void Convolution::backward_data_relation(CudaContext& ctx, const float* b, const
   }
   const float one = 1.f, zero = 0.f;
   ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardData(ctx.cudnn(), &one, c.w, w, c.b, b, c.conv[kBackwardData],
-                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]),
-                                                 ws, c.workspace[kBackwardData], accumulate ? &one : &zero, c.a, a));
+                                                 static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo[kBackwardData]), ws,
+                                                 c.workspace[kBackwardData], accumulate ? &one : &zero, c.a, a));
 }
 
 void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, float* dw, void* ws) {
@@ -770,10 +770,10 @@ void Convolution::weight_grad(CudaContext& ctx, const float* a, const float* b, 
     return;
   }
   const float one = 1.f, zero = 0.f;
-  ANVIL_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-      ctx.cudnn(), &one, c.a, a, c.b, b, c.conv[kBackwardFilter],
-      static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]), ws, c.workspace[kBackwardFilter], &zero,
-      c.w, dw));
+  ANVIL_CUDNN_CHECK(
+      cudnnConvolutionBackwardFilter(ctx.cudnn(), &one, c.a, a, c.b, b, c.conv[kBackwardFilter],
+                                     static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo[kBackwardFilter]), ws,
+                                     c.workspace[kBackwardFilter], &zero, c.w, dw));
 }
 
 void Convolution::forward_cuda(CudaContext& ctx, const LayerArgs& args) {

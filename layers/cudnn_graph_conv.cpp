@@ -21,8 +21,8 @@ size_t ConvGraphEpilogue::operands() const {
 
 namespace {
 
-constexpr int kTimedRuns = 2;          // per candidate, after one untimed run
-constexpr int64_t kAlignment = 16;     // every anvil buffer starts on at least 16 bytes
+constexpr int kTimedRuns = 2;       // per candidate, after one untimed run
+constexpr int64_t kAlignment = 16;  // every anvil buffer starts on at least 16 bytes
 enum Uid : int64_t { kA = 1, kB = 2, kW = 3, kFirstOperand = 100, kFirstVirtual = 200 };
 
 // An owned backend descriptor.
@@ -90,7 +90,7 @@ Backend tensor(int64_t uid, const std::vector<int64_t>& dims, bool channels_last
 
 // y = x <mode> b (b null: a unary mode), computed in float.
 Backend pointwise_op(cudnnPointwiseMode_t mode, const Backend& x, const Backend* b, const Backend& y,
-                  double relu_slope = 0) {
+                     double relu_slope = 0) {
   Backend pw(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
   const cudnnDataType_t type = CUDNN_DATA_FLOAT;
   pw.set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
@@ -143,22 +143,31 @@ struct OpAttributes {
 OpAttributes attributes_of(CudnnGraphConv::Kind kind) {
   switch (kind) {
     case CudnnGraphConv::Kind::Forward:
-      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
-              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
-              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+      return {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
               CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA};
     case CudnnGraphConv::Kind::BackwardData:
       return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
-              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
-              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
-              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+              CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
     case CudnnGraphConv::Kind::BackwardFilter:
       break;
   }
   return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
-          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
-          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
-          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+          CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA};
 }
 
 struct Plan {
@@ -252,8 +261,8 @@ std::vector<Backend> engine_configs(const Backend& graph, cudnnBackendHeurMode_t
     configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
     raw.push_back(configs.back().get());
   }
-  if (cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                               count, &count, raw.data()) != CUDNN_STATUS_SUCCESS)
+  if (cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                               &count, raw.data()) != CUDNN_STATUS_SUCCESS)
     return {};
   configs.erase(configs.begin() + std::clamp<int64_t>(count, 0, static_cast<int64_t>(configs.size())), configs.end());
   return configs;
@@ -279,8 +288,9 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
   const size_t steps = (epilogue.bias ? 1 : 0) + epilogue.ops.size();
   size_t step = 0;
   int64_t next_virtual = kFirstVirtual, next_operand = kFirstOperand;
-  auto output = [&] { return ++step > steps ? tensor(kB, g.b, g.b_channels_last)
-                                            : tensor(next_virtual++, g.b, g.b_channels_last, true); };
+  auto output = [&] {
+    return ++step > steps ? tensor(kB, g.b, g.b_channels_last) : tensor(next_virtual++, g.b, g.b_channels_last, true);
+  };
   Backend current = output();
   const Backend conv = convolution(g);
   Backend op(at.type);

@@ -65,8 +65,8 @@ inline void set_tensor_descriptor(cudnnTensorDescriptor_t desc, const Shape& sha
                 std::to_string(numel(shape)) + " (the CPU backend has no such limit)");
   const std::vector<int64_t> strides64 = layout_strides(shape, channels_last);
   std::vector<int> dims(shape.begin(), shape.end()), strides(strides64.begin(), strides64.end());
-  ANVIL_CUDNN_CHECK(cudnnSetTensorNdDescriptor(desc, CUDNN_DATA_FLOAT, static_cast<int>(dims.size()), dims.data(),
-                                               strides.data()));
+  ANVIL_CUDNN_CHECK(
+      cudnnSetTensorNdDescriptor(desc, CUDNN_DATA_FLOAT, static_cast<int>(dims.size()), dims.data(), strides.data()));
 }
 
 // dst = src in the other layout (cuDNN's transform, on the handle's stream).

@@ -61,7 +61,7 @@ std::string FusedAddEpilogue::describe_cuda() const {
   const std::string pool = !pool_ ? "no pool" : pool_->max ? "a max pool" : "an average pool";
   return "anvil's pool kernel: the sum, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool +
          " in one kernel (the sum never written)" +
-         (output_channels_last()    ? ", reading both addends and writing its output channels-last"
+         (output_channels_last()   ? ", reading both addends and writing its output channels-last"
           : input_channels_last(0) ? ", reading both addends channels-last"
                                    : "");
 }
@@ -81,8 +81,8 @@ void FusedAddEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
                                          cuda::p_layout(output_channels_last()), args.buffer<uint8_t>(kArgmax),
                                          geometry(), ctx.stream());
   else
-    cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data,
-                                 args.buffer<uint8_t>(kArgmax), geometry(), ctx.stream());
+    cuda::add_chain_pool_forward(args.in[0].data, args.in[1].data, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
+                                 geometry(), ctx.stream());
 }
 
 // The sum's gradient is each input's. It is computed once, into an input
@@ -117,6 +117,5 @@ void FusedAddEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   }
   if (!reduced) pass(args.buffer<float>(kDy), false, grads);  // the multipliers' gradients alone
 }
-
 
 }  // namespace anvil

@@ -32,8 +32,7 @@ cuda::EpilogueChain bind_chain(const FusedChain& chain, const std::vector<float*
   return bound;
 }
 
-cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first,
-                             float* dbias) {
+cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first, float* dbias) {
   cuda::ChainGrads grads;
   grads.dbias = dbias;
   for (int i = 0; i < chain.ops.ops; ++i)

@@ -24,8 +24,7 @@ std::optional<FusedChain> fused_chain(const std::vector<const LayerSpec*>& point
 // The chain with its multipliers: params[first + j] is the j-th multiplier.
 cuda::EpilogueChain bind_chain(const FusedChain& chain, const std::vector<float*>& params, size_t first);
 // Where its backward writes: dparams[first + j] is the j-th multiplier's gradient (none when dparams is short).
-cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first,
-                             float* dbias);
+cuda::ChainGrads chain_grads(const FusedChain& chain, const std::vector<float*>& dparams, size_t first, float* dbias);
 // One multiplier of shape (C, 1, 1[, 1]) per channel_scale of a chain over y, named after it.
 std::vector<ParamSpec> chain_param_specs(const Shape& y, const std::vector<std::string>& scale_names);
 

@@ -8,7 +8,18 @@ namespace anvil {
 
 namespace {
 enum Buffer {
-  kY, kConvForward, kArgmax, kYAtMax, kDy, kConvBackward, kReduceScratch, kCodes, kPackedX, kPackedOut, kLastX, kLastW,
+  kY,
+  kConvForward,
+  kArgmax,
+  kYAtMax,
+  kDy,
+  kConvBackward,
+  kReduceScratch,
+  kCodes,
+  kPackedX,
+  kPackedOut,
+  kLastX,
+  kLastW,
   kWgmmaWeights
 };
 }  // namespace
@@ -27,9 +38,9 @@ std::unique_ptr<Convolution> fused_chain_conv(const FusedChainSpecs& specs) {
 
 FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs, Forward forward)
     : FusedLayer(forward == Forward::Direct  ? "fused_direct_conv"
-            : forward == Forward::Wgmma ? "fused_wgmma_conv"
-                                        : "fused_conv_epilogue",
-            specs.name, specs.head->path),
+                 : forward == Forward::Wgmma ? "fused_wgmma_conv"
+                                             : "fused_conv_epilogue",
+                 specs.name, specs.head->path),
       conv_(fused_chain_conv(specs)),
       chain_(*fused_chain(specs.pointwise)),
       forward_(forward) {
@@ -39,9 +50,7 @@ FusedConvEpilogue::FusedConvEpilogue(const FusedChainSpecs& specs, Forward forwa
   }
 }
 
-std::vector<ParamSpec> FusedConvEpilogue::param_specs() const {
-  return fused_param_specs(*conv_, chain_.scale_names);
-}
+std::vector<ParamSpec> FusedConvEpilogue::param_specs() const { return fused_param_specs(*conv_, chain_.scale_names); }
 
 Shape FusedConvEpilogue::infer_shape(const std::vector<Shape>& inputs) {
   if (inputs[0] != conv_->input_shapes()[0]) throw Error("internal error: fused layer input differs from its conv's");
@@ -258,7 +267,10 @@ void FusedConvEpilogue::choose_algorithms(CudaContext& ctx, const LayerArgs& for
 }
 
 std::string FusedConvEpilogue::describe_cuda() const {
-  const std::string pool = !pool_ ? "no pool" : tiled_ ? "a max pool that tiles Y" : pool_->max ? "a max pool" : "an average pool";
+  const std::string pool = !pool_       ? "no pool"
+                           : tiled_     ? "a max pool that tiles Y"
+                           : pool_->max ? "a max pool"
+                                        : "an average pool";
   const std::string epilogue = "bias, " + std::to_string(chain_.ops.ops) + "-op chain and " + pool;
   const std::string copies = std::string(copies_input() ? "; its channels-last input copied to packed first" : "") +
                              (copies_output() ? "; its output copied to channels-last after" : "") +
@@ -268,13 +280,13 @@ std::string FusedConvEpilogue::describe_cuda() const {
            (copies_x_to_channels_last() ? "; its packed input copied to channels-last first" : "");
   if (forward_ == Forward::Cudnn)
     return conv_->describe_cuda() + "; one epilogue kernel" +
-           (!y_channels_last()         ? ""
+           (!y_channels_last()       ? ""
             : output_channels_last() ? " (reading Y and writing its output channels-last)"
                                      : " (reading Y channels-last)") +
            ": " + epilogue + copies;
   const std::string backward = conv_->describe_cuda();
-  const std::string kernel = forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), "
-                                                         : "anvil's wgmma conv (TF32 tensor cores), ";
+  const std::string kernel =
+      forward_ == Forward::Direct ? "anvil's direct conv (float32 FMA), " : "anvil's wgmma conv (TF32 tensor cores), ";
   const std::string saved = saves_codes() ? ", saving the chain's codes for backward (a byte an element), not Y" : "";
   return kernel + epilogue + " in one kernel" + saved + (backward.empty() ? "" : "; " + backward);
 }
@@ -291,10 +303,9 @@ void FusedConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
     return;
   }
   if (forward_ == Forward::Wgmma) {
-    cuda::wgmma_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data,
-                             args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), y,
-                             args.buffer<uint8_t>(kCodes), args.buffers[kWgmmaWeights], wgmma_geometry(),
-                             ctx.stream());
+    cuda::wgmma_conv_forward(args.in[0].data, args.params[0], bias, chain, args.out.data, args.buffer<uint8_t>(kArgmax),
+                             args.buffer<float>(kYAtMax), y, args.buffer<uint8_t>(kCodes), args.buffers[kWgmmaWeights],
+                             wgmma_geometry(), ctx.stream());
     return;
   }
   const float* x = args.in[0].data;
@@ -332,8 +343,8 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   const cuda::ChainGrads grads =
       chain_grads(chain_, args.dparams, conv_param_count(), conv_->has_bias() ? args.dparams[1] : nullptr);
   if (tiled_)
-    cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), chain,
-                                  dy, grads, args.buffers[kReduceScratch], tiled_geometry(), ctx.stream());
+    cuda::fused_epilogue_backward(args.dout.data, args.buffer<uint8_t>(kArgmax), args.buffer<float>(kYAtMax), chain, dy,
+                                  grads, args.buffers[kReduceScratch], tiled_geometry(), ctx.stream());
   else if (saves_codes())
     cuda::chain_pool_backward_from_codes(args.dout.data, args.buffer<uint8_t>(kCodes), args.buffer<uint8_t>(kArgmax),
                                          chain, dy, false, grads, args.buffers[kReduceScratch], general_geometry(),
@@ -345,6 +356,5 @@ void FusedConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& args) {
   conv_->run_backward(ctx, args.in[0].data, dy, args.params[0], args.din[0].data, args.din_accumulate[0],
                       args.dparams[0], args.buffers[kConvBackward]);
 }
-
 
 }  // namespace anvil

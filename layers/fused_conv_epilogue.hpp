@@ -78,7 +78,7 @@ class FusedConvEpilogue : public FusedLayer {
   cuda::ChainPoolGeometry general_geometry() const;
   cuda::DirectConvGeometry direct_geometry() const;
   cuda::WgmmaConvGeometry wgmma_geometry() const;
-  size_t y_bytes() const;  // the full-resolution conv output
+  size_t y_bytes() const;    // the full-resolution conv output
   bool keeps_y() const;      // whether backward reads Y (every pool but a tiled max, in training, but...
   bool saves_codes() const;  // ...where anvil's forward saves the chain's codes in its place)
   size_t conv_param_count() const { return conv_->param_count(); }

@@ -13,8 +13,20 @@ namespace anvil {
 
 namespace {
 enum Buffer {
-  kArgmax, kYAtMax, kXPad, kWp, kYp, kConvForward,                                      // forward
-  kEpilogueScratch, kDyTf32, kDyResidual, kWgradScratch, kDyp, kDwp, kDxPad, kConvBackward  // backward
+  kArgmax,
+  kYAtMax,
+  kXPad,
+  kWp,
+  kYp,
+  kConvForward,  // forward
+  kEpilogueScratch,
+  kDyTf32,
+  kDyResidual,
+  kWgradScratch,
+  kDyp,
+  kDwp,
+  kDxPad,
+  kConvBackward  // backward
 };
 }  // namespace
 
@@ -122,7 +134,6 @@ size_t FusedPhaseConvEpilogue::wp_bytes() const {
   return size_t(phases() * g.cout * g.cin * g.kp[0] * g.kp[1] * g.kp[2]) * sizeof(float);
 }
 
-
 // Without an input gradient dY is never needed whole, and anvil's own
 // tensor-core kernels replace cuDNN where the shapes fit them: the weight
 // gradient over dY at the argmax (no dY, no cuDNN filter workspace) and the
@@ -137,8 +148,10 @@ void FusedPhaseConvEpilogue::build_cuda(CudaContext& ctx, const BuildSettings& s
   if (!tensor_cores) {
     static std::once_flag told;
     std::call_once(told, [] {
-      std::fprintf(stderr, "anvil: the tensor-core kernels need sm_80 or newer, in the device and in the build's "
-                   "CMAKE_CUDA_ARCHITECTURES (this device is sm_%d); using cuDNN\n", cuda::device_sm());
+      std::fprintf(stderr,
+                   "anvil: the tensor-core kernels need sm_80 or newer, in the device and in the build's "
+                   "CMAKE_CUDA_ARCHITECTURES (this device is sm_%d); using cuDNN\n",
+                   cuda::device_sm());
     });
   }
   // The argmax weight gradient runs the aligned taps of every phase. Where
@@ -174,7 +187,8 @@ std::vector<BufferRequest> FusedPhaseConvEpilogue::buffers(Device device) const 
       {"wp", wp_bytes(), kept},
       {"yp", when(!fused_forward_, yp_bytes()), BufferLife::Forward},
       {"conv_forward", when(!fused_forward_, phase_conv_->forward_workspace()), BufferLife::Forward},
-      {"epilogue_scratch", when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry(), chain_.ops)),
+      {"epilogue_scratch",
+       when(backward_, cuda::phase_epilogue_backward_scratch_bytes(epilogue_geometry(), chain_.ops)),
        BufferLife::Backward},
       {"dy_tf32", when(mma_weight_grad_, pooled_bytes()), BufferLife::Backward},
       {"dy_residual", when(mma_weight_grad_ && compensated_, pooled_bytes()), BufferLife::Backward},
@@ -205,8 +219,7 @@ void FusedPhaseConvEpilogue::forward_cuda(CudaContext& ctx, const LayerArgs& arg
   auto* y_at_max = args.buffer<float>(kYAtMax);
   const cuda::EpilogueChain chain = bind_chain(chain_, args.params, conv_->param_count());
   if (fused_forward_) {
-    cuda::phase_fused_forward(x_pad, wp, bias, chain, args.out.data, argmax, y_at_max, compensated_, g_,
-                              ctx.stream());
+    cuda::phase_fused_forward(x_pad, wp, bias, chain, args.out.data, argmax, y_at_max, compensated_, g_, ctx.stream());
     return;
   }
   float* yp = args.buffer<float>(kYp);
@@ -242,6 +255,5 @@ void FusedPhaseConvEpilogue::backward_cuda(CudaContext& ctx, const LayerArgs& ar
   cuda::phase_fold_weight_grad(dwp, args.dparams[0], shifted_g_, ctx.stream());
   if (dx_pad) cuda::phase_crop_input_grad(dx_pad, args.din[0].data, args.din_accumulate[0], g_, ctx.stream());
 }
-
 
 }  // namespace anvil

@@ -41,9 +41,9 @@ void Layer::check_args(const LayerArgs& args, bool backward) const {
   };
   if (args.in.size() != input_shapes_.size()) fail_internal("wrong input count");
   for (size_t i = 0; i < args.in.size(); ++i)
-    if (args.in[i].shape != input_shapes_[i]) fail_internal("input " + std::to_string(i) + " has shape " +
-                                                            to_string(args.in[i].shape) + ", expected " +
-                                                            to_string(input_shapes_[i]));
+    if (args.in[i].shape != input_shapes_[i])
+      fail_internal("input " + std::to_string(i) + " has shape " + to_string(args.in[i].shape) + ", expected " +
+                    to_string(input_shapes_[i]));
   if (args.out.shape != output_shape_) fail_internal("output shape " + to_string(args.out.shape));
   if (args.params.size() != param_count_) fail_internal("wrong parameter count");
   if (!backward) return;

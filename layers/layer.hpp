@@ -65,13 +65,15 @@ struct LayerArgs {
   // buffer has no bytes or its lifetime is not scheduled (Backward in inference).
   std::vector<void*> buffers;
   template <class T>
-  T* buffer(size_t index) const { return static_cast<T*>(buffers[index]); }
+  T* buffer(size_t index) const {
+    return static_cast<T*>(buffers[index]);
+  }
 };
 
 struct BuildSettings {
   Precision precision = Precision::TF32;
   bool deterministic = true;
-  bool autotune = false;  // cuDNN: the fastest measured algorithm instead of the heuristics' first
+  bool autotune = false;    // cuDNN: the fastest measured algorithm instead of the heuristics' first
   bool phase_split = true;  // a strided backward-data relation may run phase-split (Convolution)
   size_t workspace_limit = size_t(256) << 20;
 };

@@ -11,7 +11,9 @@
 namespace anvil {
 
 Pointwise::Pointwise(const LayerSpec& spec, const PointwiseSpec& pointwise)
-    : Layer(spec.type, spec.name, spec.path), spec_(pointwise), uses_output_(pointwise_backward_uses_output(pointwise.op)) {}
+    : Layer(spec.type, spec.name, spec.path),
+      spec_(pointwise),
+      uses_output_(pointwise_backward_uses_output(pointwise.op)) {}
 
 void Pointwise::forward_cpu(const LayerArgs& args) {
   cpu::pointwise_forward(spec_.op, spec_.param, args.in[0].data, args.out.data, numel(args.out.shape));

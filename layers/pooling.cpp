@@ -110,7 +110,7 @@ std::vector<BufferRequest> Pooling::buffers(Device device) const {
 
 std::string Pooling::describe_cuda() const {
   if (kernel_ == Kernel::Cudnn) return "cuDNN's pooling";
-  const std::string output = copies_output()           ? "; its output copied to channels-last after"
+  const std::string output = copies_output()          ? "; its output copied to channels-last after"
                              : output_channels_last() ? ", writing its output channels-last"
                                                       : "";
   return std::string("anvil's pool kernel") + (input_channels_last(0) ? ", reading its input channels-last" : "") +
@@ -150,8 +150,8 @@ void Pooling::forward_cuda(CudaContext& ctx, const LayerArgs& args) {
     return;
   }
   const float one = 1.f, zero = 0.f;
-  ANVIL_CUDNN_CHECK(cudnnPoolingForward(ctx.cudnn(), d_->pool, &one, d_->x, args.in[0].data, &zero, d_->y,
-                                        args.out.data));
+  ANVIL_CUDNN_CHECK(
+      cudnnPoolingForward(ctx.cudnn(), d_->pool, &one, d_->x, args.in[0].data, &zero, d_->y, args.out.data));
 }
 
 void Pooling::backward_cuda(CudaContext& ctx, const LayerArgs& args) {

@@ -66,7 +66,7 @@ class Pooling : public Layer {
 
  private:
   bool copies_output() const;  // a channels-last output computed packed, then copied
-  struct Descriptors;  // created in build_cuda: a CPU engine never touches cuDNN
+  struct Descriptors;          // created in build_cuda: a CPU engine never touches cuDNN
   std::unique_ptr<Descriptors> d_;
   bool input_grad_ = true;
 #endif

@@ -69,7 +69,8 @@ class Child {
 
   // Reads until stdout contains `part` (true), or the pipes close or the time is up (false).
   bool wait_for_output(const std::string& part, double timeout_s) {
-    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
+    const auto deadline =
+        clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
     while (out_.find(part) == std::string::npos) {
       if (!pump(deadline)) return out_.find(part) != std::string::npos;
     }
@@ -81,7 +82,8 @@ class Child {
   // Reads to the end and reaps the child; SIGKILLs it when it runs past the time.
   Finished finish(double timeout_s) {
     Finished r;
-    const auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
+    const auto deadline =
+        clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
     while (pump(deadline)) {
     }
     if (out_fd_ >= 0 || err_fd_ >= 0) {  // the time is up

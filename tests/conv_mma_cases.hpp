@@ -27,7 +27,8 @@ inline void PrintTo(const ConvMmaCase& c, std::ostream* os) { *os << c.label; }
 
 inline cpu::ConvGeometry geometry_of(const ConvMmaCase& c) {
   cpu::ConvGeometry g;
-  g.n = c.n, g.ca = c.ca, g.cb = c.cb, g.a = c.a, g.k = c.k, g.stride = c.stride, g.pad = c.pad, g.dilation = c.dilation;
+  g.n = c.n, g.ca = c.ca, g.cb = c.cb, g.a = c.a, g.k = c.k, g.stride = c.stride, g.pad = c.pad,
+  g.dilation = c.dilation;
   for (int i = 0; i < 3; ++i) g.b[i] = (c.a[i] + 2 * c.pad[i] - c.dilation[i] * (c.k[i] - 1) - 1) / c.stride[i] + 1;
   return g;
 }

@@ -32,12 +32,9 @@ inline std::unique_ptr<Convolution> make_convolution(bool transposed, const std:
   return conv;
 }
 
-inline std::unique_ptr<Convolution> make_conv_transpose(const std::vector<int64_t>& kernel,
-                                                        const std::vector<int64_t>& stride,
-                                                        const std::vector<int64_t>& padding,
-                                                        const std::vector<int64_t>& output_padding,
-                                                        const std::vector<int64_t>& in, int64_t cin, int64_t cout,
-                                                        int64_t n) {
+inline std::unique_ptr<Convolution> make_conv_transpose(
+    const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& output_padding, const std::vector<int64_t>& in, int64_t cin, int64_t cout, int64_t n) {
   return make_convolution(true, kernel, stride, padding, output_padding, in, cin, cout, n);
 }
 

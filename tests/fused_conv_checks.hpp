@@ -51,8 +51,8 @@ inline std::vector<TestChain> fused_test_chains() {
       {"leaky-0.3,scale,leaky1.7,scale", {leaky(-0.3f), scale, leaky(1.7f), scale}},
       {"sigmoid,scale,tanh", {{false, PointwiseOp::Sigmoid, 0.f}, scale, {false, PointwiseOp::Tanh, 0.f}}},
       {"leaky-0.3,leaky1.7,relu", {leaky(-0.3f), leaky(1.7f), leaky(0.f)}},
-      {"8 leaky,relu second", {leaky(0.5f), leaky(0.f), leaky(-0.3f), leaky(1.7f), leaky(2.f), leaky(-1.f),
-                               leaky(0.25f), leaky(0.9f)}},
+      {"8 leaky,relu second",
+       {leaky(0.5f), leaky(0.f), leaky(-0.3f), leaky(1.7f), leaky(2.f), leaky(-1.f), leaky(0.25f), leaky(0.9f)}},
   };
 }
 
@@ -200,7 +200,8 @@ using FusedForward =
 inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedForward& forward,
                                 const std::function<void(const std::vector<float>&)>& check_y, std::mt19937& rng) {
   const std::array<int64_t, 3> out = cuda::chain_pool_output(g);
-  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]), p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
+  const size_t y_count = size_t(g.n * g.c * g.y[0] * g.y[1] * g.y[2]),
+               p_count = size_t(g.n * g.c * out[0] * out[1] * out[2]);
   const bool max = g.pool == cuda::ChainPool::Max;
   DeviceBuffer<float> bias(size_t(g.c));
   for (const TestChain& chain : fused_test_chains()) {
@@ -245,10 +246,10 @@ inline void check_fused_forward(const cuda::ChainPoolGeometry& g, const FusedFor
         const std::vector<uint8_t> a_got = argmax.download(0, p_count);
         expect_bitwise(a_got, argmax_ref.download_all(), "argmax");
         expect_poisoned_after(argmax, p_count, "argmax");
-        expect_bitwise(y_at_max.download(0, p_count),
-                       expected_y_at_max(a_got, y_got, bias.download_all(), with_bias, g.c, g.y, out, g.k, g.stride,
-                                         g.pad),
-                       "y_at_max");
+        expect_bitwise(
+            y_at_max.download(0, p_count),
+            expected_y_at_max(a_got, y_got, bias.download_all(), with_bias, g.c, g.y, out, g.k, g.stride, g.pad),
+            "y_at_max");
       }
 
       // A max pool that does not tile Y saves the argmax and Y, not y at the max: the same P and argmax.
@@ -306,8 +307,8 @@ inline void expect_fused_forward_refuses_bad_arguments(const FusedCall& forward)
   // an argmax without a max pool
   EXPECT_THROW(forward(buf.get(), chain, bytes.get(), true, nullptr, nullptr), anvil::Error);
   EXPECT_THROW(forward(buf.get(), chain, nullptr, false, nullptr, nullptr), anvil::Error);
-  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, bytes.get()), anvil::Error);  // no op: no codes
-  chain.ops = 1;  // a relu
+  EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, bytes.get()), anvil::Error);    // no op: no codes
+  chain.ops = 1;                                                                                 // a relu
   EXPECT_THROW(forward(buf.get(), chain, nullptr, true, buf.get(), bytes.get()), anvil::Error);  // Y and codes
   chain.is_scale[0] = true;  // a multiplier without its pointer
   EXPECT_THROW(forward(buf.get(), chain, nullptr, true, nullptr, nullptr), anvil::Error);

@@ -39,7 +39,10 @@ class Draw {
   explicit Draw(uint32_t seed) : rng_(seed) {}
   int64_t in(int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng_); }
   bool chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
-  template <class T> const T& pick(const std::vector<T>& options) { return options[size_t(in(0, int64_t(options.size()) - 1))]; }
+  template <class T>
+  const T& pick(const std::vector<T>& options) {
+    return options[size_t(in(0, int64_t(options.size()) - 1))];
+  }
 
  private:
   std::mt19937 rng_;
@@ -89,15 +92,16 @@ class Builder {
         y.push_back(out);
       }
       if (!fits || numel_of(y) / y[0] > kMaxSample) continue;
-      nlohmann::json layer = {{"type", std::string(transposed ? "conv_transpose" : "conv") + std::to_string(dims_) + "d"},
-                              {"name", next_name(transposed ? "up" : "conv")},
-                              {"inputs", {from}},
-                              {"in_channels", x[1]},
-                              {"out_channels", out_channels},
-                              {"kernel_size", per_dim(k)},
-                              {"stride", per_dim(s)},
-                              {"padding", per_dim(p)},
-                              {"dilation", per_dim(d)}};
+      nlohmann::json layer = {
+          {"type", std::string(transposed ? "conv_transpose" : "conv") + std::to_string(dims_) + "d"},
+          {"name", next_name(transposed ? "up" : "conv")},
+          {"inputs", {from}},
+          {"in_channels", x[1]},
+          {"out_channels", out_channels},
+          {"kernel_size", per_dim(k)},
+          {"stride", per_dim(s)},
+          {"padding", per_dim(p)},
+          {"dilation", per_dim(d)}};
       if (transposed) layer["output_padding"] = per_dim(op);
       if (draw_.chance(0.25)) layer["bias"] = false;
       layers_.push_back(layer);

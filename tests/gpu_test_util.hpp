@@ -20,7 +20,6 @@
 #include "kernels/tf32.hpp"
 #include "tests/require_gpu.hpp"
 
-
 namespace anvil::testing {
 
 inline void device_sync() {

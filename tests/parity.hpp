@@ -9,11 +9,10 @@
 namespace anvil::testing {
 
 inline const std::vector<std::string>& reference_cases() {
-  static const std::vector<std::string> cases = {"kb74_small", "odd_sizes", "stride1_nopad", "variant_2d",
-                                                 "residual_dag", "adam_step", "adamw_cosine", "sgd_step_schedule",
-                                                 "activations", "relu_avgpool", "dcgan_2d", "stride1_block",
-                                                 "transposed_fan_out", "direct_stems",
-                                                 "generated_31", "generated_53", "dag_fanout"};
+  static const std::vector<std::string> cases = {
+      "kb74_small",         "odd_sizes",         "stride1_nopad", "variant_2d",   "residual_dag", "adam_step",
+      "adamw_cosine",       "sgd_step_schedule", "activations",   "relu_avgpool", "dcgan_2d",     "stride1_block",
+      "transposed_fan_out", "direct_stems",      "generated_31",  "generated_53", "dag_fanout"};
   return cases;
 }
 

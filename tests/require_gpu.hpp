@@ -11,11 +11,11 @@
 
 #include "anvil/engine.hpp"
 
-#define ANVIL_REQUIRE_GPU_OR_SKIP()                                                           \
-  do {                                                                                        \
-    if (!::anvil::cuda_available()) {                                                         \
-      const char* require_ = std::getenv("ANVIL_REQUIRE_GPU");                                \
+#define ANVIL_REQUIRE_GPU_OR_SKIP()                                                                        \
+  do {                                                                                                     \
+    if (!::anvil::cuda_available()) {                                                                      \
+      const char* require_ = std::getenv("ANVIL_REQUIRE_GPU");                                             \
       if (require_ && std::strcmp(require_, "1") == 0) FAIL() << "ANVIL_REQUIRE_GPU=1 but no CUDA device"; \
-      GTEST_SKIP() << "no CUDA device: GPU test skipped";                                     \
-    }                                                                                         \
+      GTEST_SKIP() << "no CUDA device: GPU test skipped";                                                  \
+    }                                                                                                      \
   } while (0)

@@ -62,7 +62,8 @@ class TempDirTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string pattern = ::testing::TempDir() + "anvil_test_XXXXXX";
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << "cannot create a temporary directory under " << ::testing::TempDir();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr)
+        << "cannot create a temporary directory under " << ::testing::TempDir();
     dir_ = pattern;
   }
   void TearDown() override {

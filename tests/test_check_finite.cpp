@@ -85,8 +85,9 @@ TEST_P(CheckFinite, TheReplayNamesTheStepWhereItStarts) {
     o.check_finite = true;
     const std::string message = run_message(engine, o);
     std::smatch m;
-    ASSERT_TRUE(std::regex_match(message, m, std::regex(R"(step (\d+): non-finite (output|value|gradient|parameter) )"
-                                                       R"(first appears in .+ \(.+\))")))
+    ASSERT_TRUE(std::regex_match(message, m,
+                                 std::regex(R"(step (\d+): non-finite (output|value|gradient|parameter) )"
+                                            R"(first appears in .+ \(.+\))")))
         << "lr " << lr << ": " << message;
     EXPECT_EQ(std::stoll(m[1]), want) << message;
   }
@@ -130,7 +131,8 @@ TEST_P(CheckFinite, ANaNInTheBatchIsNamed) {
     TrainOptions o;
     o.steps = 2;
     o.check_finite = true;
-    EXPECT_EQ(run_message(engine, o), std::string("step 1: non-finite ") + which + " first appears in the batch (the data)");
+    EXPECT_EQ(run_message(engine, o),
+              std::string("step 1: non-finite ") + which + " first appears in the batch (the data)");
   }
 }
 

@@ -174,11 +174,17 @@ TEST(Checkpoint, AHeaderBeyondTheReadersLimitIsRefusedBeforeTraining) {
   nlohmann::json layers = nlohmann::json::array();
   for (int i = 0; i < kLayers; ++i) {
     const std::string id = std::to_string(i);
-    layers.push_back({{"type", "conv2d"}, {"name", id + std::string(256 - id.size(), 'x')}, {"in_channels", 1},
-                      {"out_channels", 1}, {"kernel_size", 1}});
+    layers.push_back({{"type", "conv2d"},
+                      {"name", id + std::string(256 - id.size(), 'x')},
+                      {"in_channels", 1},
+                      {"out_channels", 1},
+                      {"kernel_size", 1}});
   }
-  const nlohmann::json wide = {{"name", "wide"}, {"input", {1, 1, 1, 1}}, {"layers", layers}, {"loss", "mse"},
-                     {"optimizer", {{"type", "adam"}, {"lr", 0.001}}}};
+  const nlohmann::json wide = {{"name", "wide"},
+                               {"input", {1, 1, 1, 1}},
+                               {"layers", layers},
+                               {"loss", "mse"},
+                               {"optimizer", {{"type", "adam"}, {"lr", 0.001}}}};
   const std::string path = temp_path("wide.safetensors");
   Engine engine(Network::parse(wide.dump(), "wide.json"), cpu_options());
   TrainOptions options;
@@ -214,8 +220,9 @@ TEST(Checkpoint, ADeviceOrAPipeIsRefusedBeforeTraining) {
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
   FifoReader reader(fifo);  // so that a write into it would not wait for a reader: it would show
   ASSERT_TRUE(reader.opened());
-  const std::string tail = ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
-                           "then renamed)";
+  const std::string tail =
+      ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
+      "then renamed)";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"/dev/null", "/dev/null: cannot write: it is a character device" + tail},
       {"/dev/full", "/dev/full: cannot write: it is a character device" + tail},
@@ -282,11 +289,9 @@ TEST(Checkpoint, RefusesForgedCountersAndNamesAnUnnamedNetwork) {
     EXPECT_EQ(error_with(key, "9223372036854775807"),
               path + ": metadata '" + key + "' is not an integer from 0 to 2^53: '9223372036854775807'");
   for (const char* text : {" 1", "+1", "1.0", "", "-0", "1 "})  // only the digits anvil writes
-    EXPECT_EQ(error_with("step", text),
-              path + ": metadata 'step' is not an integer from 0 to 2^53: '" + text + "'");
+    EXPECT_EQ(error_with("step", text), path + ": metadata 'step' is not an integer from 0 to 2^53: '" + text + "'");
   EXPECT_EQ(error_with("anvil.checkpoint", "2"), path + ": checkpoint format '2'; this anvil reads format 1");
-  EXPECT_EQ(error_with("epoch", "2"),
-            path + ": the checkpoint's position does not add up: epoch 2, batch 1 at step 1");
+  EXPECT_EQ(error_with("epoch", "2"), path + ": the checkpoint's position does not add up: epoch 2, batch 1 at step 1");
   EXPECT_EQ(error_with("batch_in_epoch", "5"),
             path + ": the checkpoint's position does not add up: epoch 0, batch 5 at step 1");
   TensorFile unnamed = good;
@@ -411,23 +416,26 @@ void resume_across_epochs(Device device) {
   };
   DataOptions unshuffled;
   unshuffled.shuffle = false;
-  EXPECT_EQ(refusal(unshuffled), path + ": the checkpoint was written over other data or another order (samples 256, "
-                                        "shuffle on, keep_last off); this run's: samples 256, shuffle off, keep_last off");
+  EXPECT_EQ(refusal(unshuffled), path +
+                                     ": the checkpoint was written over other data or another order (samples 256, "
+                                     "shuffle on, keep_last off); this run's: samples 256, shuffle off, keep_last off");
   TensorFile other = read_safetensors(path);
   other.metadata["data"] = "samples 65, shuffle on, keep_last off";
   write_safetensors(path, other);
-  EXPECT_EQ(refusal({}), path + ": the checkpoint was written over other data or another order (samples 65, "
-                                "shuffle on, keep_last off); this run's: samples 256, shuffle on, keep_last off");
+  EXPECT_EQ(refusal({}), path +
+                             ": the checkpoint was written over other data or another order (samples 65, "
+                             "shuffle on, keep_last off); this run's: samples 256, shuffle on, keep_last off");
   // A position beyond this run's epoch that the recorded data explains: the data is named, not the batch.
   TensorFile kept = read_safetensors(path);
   kept.metadata["data"] = "samples 256, shuffle on, keep_last on";
   kept.metadata["batch_in_epoch"] = "8";
   write_safetensors(path, kept);
-  EXPECT_EQ(refusal({}), path + ": the checkpoint was written over other data or another order (samples 256, "
-                                "shuffle on, keep_last on); this run's: samples 256, shuffle on, keep_last off");
+  EXPECT_EQ(refusal({}), path +
+                             ": the checkpoint was written over other data or another order (samples 256, "
+                             "shuffle on, keep_last on); this run's: samples 256, shuffle on, keep_last off");
   // A batch beyond the epoch (another dataset, another batch size) likewise.
   TensorFile forged = read_safetensors(path);
-  forged.metadata.erase("data");  // as a checkpoint written before the record
+  forged.metadata.erase("data");            // as a checkpoint written before the record
   forged.metadata["batch_in_epoch"] = "8";  // the epoch has 8 batches, 0 to 7
   write_safetensors(path, forged);
   try {

@@ -77,7 +77,6 @@ class Cli : public anvil::testing::TempDirTest {
     out << text;
     return p;
   }
-
 };
 
 // ---------------------------------------------------------------- usage
@@ -174,7 +173,8 @@ TEST_F(Cli, InfoDescribesTheHeadlineNetwork) {
   for (const char* word : {"fusion", "arena", "conv_transpose3d", "channel_scale"})
     EXPECT_PRED_FORMAT2(Contains, r.out, word);
   if (ANVIL_WITH_CUDA)
-    EXPECT_PRED_FORMAT2(Contains, r.out, "merge conv_transpose + leaky_relu_1 + multiplier + leaky_relu_3 + max_pool3d_4");
+    EXPECT_PRED_FORMAT2(Contains, r.out,
+                        "merge conv_transpose + leaky_relu_1 + multiplier + leaky_relu_3 + max_pool3d_4");
   else
     EXPECT_PRED_FORMAT2(Contains, r.out, "fusion (CUDA backend): none, anvil was built without CUDA");
   EXPECT_PRED_FORMAT2(Contains, r.out, "output (16, 32, 16, 32, 32)");
@@ -211,7 +211,8 @@ TEST_F(Cli, InfoForwardPlanIsSmallerThanTrainPlan) {
   for (const bool check_finite : {true, false}) {
     o.check_finite = check_finite;
     const anvil::Engine engine(anvil::Network::load(kHeadline), o);
-    EXPECT_NEAR(check_finite ? t : arena_mib(unchecked.out), static_cast<double>(engine.plan().arena_bytes()) / (1 << 20),
+    EXPECT_NEAR(check_finite ? t : arena_mib(unchecked.out),
+                static_cast<double>(engine.plan().arena_bytes()) / (1 << 20),
                 0.051);  // printed with one decimal
   }
   EXPECT_LT(arena_mib(unchecked.out), t);
@@ -247,7 +248,8 @@ TEST_F(Cli, InfoOfANetworkWithoutParametersPlansForwardOrTheInputGradient) {
   EXPECT_EQ(plain.err, "");
   EXPECT_PRED_FORMAT2(Contains, plain.out, "total parameters: 0");
   EXPECT_PRED_FORMAT2(Contains, plain.out, "memory plan (cpu, forward)");
-  const std::string nothing_to_train = "anvil: error: " + p + ": the network has no parameters, so there is nothing "
+  const std::string nothing_to_train = "anvil: error: " + p +
+                                       ": the network has no parameters, so there is nothing "
                                        "to train (with the input's gradient, --input-grad, there is)\n";
   for (const std::string& args : {"info " + quote(p) + " --mode train", "train " + quote(p) + " --steps 1"}) {
     const CliResult trained = run(args + " --device cpu");
@@ -315,7 +317,8 @@ TEST_F(Cli, InvalidNetworkIsOneLineNamingFileAndJsonPath) {
 }
 
 TEST_F(Cli, JsonSyntaxErrorIsOneLineWithLineAndColumn) {
-  const std::string p = write_file("syntax.json", "{\n  \"name\": \"x\",\n  \"input\": [1, 2, 3, 4]\n  \"layers\": []\n}\n");
+  const std::string p =
+      write_file("syntax.json", "{\n  \"name\": \"x\",\n  \"input\": [1, 2, 3, 4]\n  \"layers\": []\n}\n");
   const CliResult r = run("run " + quote(p) + " --device cpu");
   EXPECT_EQ(r.status, 2) << describe(r);
   ASSERT_EQ(lines_of(r.err).size(), 1u) << r.err;
@@ -379,8 +382,8 @@ TEST_F(Cli, RunInputOfTheWrongShapeNamesTensorAndShapes) {
   anvil::write_safetensors(input, in);
   const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(input));
   EXPECT_EQ(r.status, 2) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: " + input +
-                       ": tensor 'input' has shape (2, 16, 4, 8, 7), expected (2, 16, 4, 8, 8)\n");
+  EXPECT_EQ(r.err,
+            "anvil: error: " + input + ": tensor 'input' has shape (2, 16, 4, 8, 7), expected (2, 16, 4, 8, 8)\n");
 }
 
 TEST_F(Cli, RunInputFileWithoutAnInputTensor) {
@@ -504,7 +507,8 @@ TEST_F(Cli, TrainDataWithTheWrongTargetShape) {
   anvil::write_safetensors(p, data);
   const CliResult r = run("train " + quote(kSmall) + " --device cpu --steps 1 --data " + quote(p));
   EXPECT_EQ(r.status, 2) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: " + p + ": tensor 'target' has sample shape (32, 4, 8), the network outputs (32, 4, 8, 8)\n");
+  EXPECT_EQ(r.err, "anvil: error: " + p +
+                       ": tensor 'target' has sample shape (32, 4, 8), the network outputs (32, 4, 8, 8)\n");
 }
 
 TEST_F(Cli, SaveIntoAMissingDirectoryFailsWithoutCreatingAnything) {
@@ -645,7 +649,8 @@ TEST_F(Cli, OutputsThatCouldReachSomethingAreRefusedFirst) {
        "anvil: error: --output " + fifo + ": will not write: it is not a regular file (--force writes through it)\n"},
       {run_small + "--force --output " + quote(to_dir),
        "anvil: error: --output " + to_dir + ": cannot write: it is a directory\n"},
-      {run_small + "--force --output " + quote(sock), "anvil: error: --output " + sock + ": cannot write: it is a socket\n"},
+      {run_small + "--force --output " + quote(sock),
+       "anvil: error: --output " + sock + ": cannot write: it is a socket\n"},
       {"run " + quote(copy) + " --device cpu --output " + quote(dir + "/../outs/net.json"),
        "anvil: error: --output " + dir + "/../outs/net.json: would overwrite the network file " + copy + "\n"},
       {"train " + quote(copy) + " --device cpu --steps 1 --metrics " + quote(hard),
@@ -784,7 +789,8 @@ TEST_F(Cli, NumbersOutOfRangeAreRefusedInOneLine) {
        "anvil: error: --iters: 10000001 is out of range (at most 10000000)\n"},
       {"bench " + quote(kSmall) + " --device cpu --warmup 4294967296",
        "anvil: error: --warmup: 4294967296 is out of range (at most 2147483647)\n"},
-      {"eval " + quote(kSmall) + " --device cpu --data x --batch 2x", "anvil: error: --batch: 2x is not a whole number\n"},
+      {"eval " + quote(kSmall) + " --device cpu --data x --batch 2x",
+       "anvil: error: --batch: 2x is not a whole number\n"},
   };
   for (const auto& [args, err] : cases) {
     const CliResult r = run(args);
@@ -836,8 +842,9 @@ TEST_F(Cli, CudaWithoutAGpuIsBadInput) {
   for (const char* sub : {"info", "run"}) {
     const CliResult r = run(std::string(sub) + " " + quote(kSmall) + " --device cuda", no_gpu);
     EXPECT_EQ(r.status, 2) << describe(r);
-    EXPECT_EQ(r.err, ANVIL_WITH_CUDA ? "anvil: error: --device cuda: no CUDA device is available on this machine\n"
-                                     : "anvil: error: anvil was built without CUDA (ANVIL_WITH_CUDA=OFF); use --device cpu\n");
+    EXPECT_EQ(r.err, ANVIL_WITH_CUDA
+                         ? "anvil: error: --device cuda: no CUDA device is available on this machine\n"
+                         : "anvil: error: anvil was built without CUDA (ANVIL_WITH_CUDA=OFF); use --device cpu\n");
   }
   const CliResult t = run("train " + quote(kSmall) + " --device cuda --steps 1", no_gpu);
   EXPECT_EQ(t.status, 2) << describe(t);
@@ -847,7 +854,8 @@ TEST_F(Cli, CudaWithoutAGpuIsBadInput) {
 TEST_F(Cli, DefaultDeviceIsAnnouncedOnStderr) {
   const CliResult r = run("run " + quote(kSmall));
   ASSERT_EQ(r.status, 0) << describe(r);
-  const std::string want = anvil::cuda_available() ? "device: cuda (a GPU is present)\n" : "device: cpu (no GPU found)\n";
+  const std::string want =
+      anvil::cuda_available() ? "device: cuda (a GPU is present)\n" : "device: cpu (no GPU found)\n";
   EXPECT_EQ(r.err, want);
 }
 

@@ -51,11 +51,11 @@ namespace {
 using anvil::testing::Contains;
 
 namespace fs = std::filesystem;
-using anvil::testing::read_bytes;
-using anvil::testing::write_bytes;
 using anvil::HostTensor;
 using anvil::Shape;
 using anvil::TensorFile;
+using anvil::testing::read_bytes;
+using anvil::testing::write_bytes;
 
 const std::string kCli = ANVIL_CLI_PATH;
 const std::string kData = ANVIL_TEST_DATA_DIR;
@@ -64,8 +64,8 @@ const std::string kTrain = kData + "/dataset_epochs_train.safetensors";
 const std::string kVal = kData + "/dataset_epochs_val.safetensors";
 
 using anvil::testing::Child;
-using anvil::testing::Finished;
 using anvil::testing::describe;
+using anvil::testing::Finished;
 using anvil::testing::mpirun_argv;
 
 // ------------------------------------------------------------------ text
@@ -85,7 +85,8 @@ std::vector<std::string> split(const std::string& text, char sep) {
 }
 
 std::string replace_all(std::string text, const std::string& from, const std::string& to) {
-  for (size_t at = 0; (at = text.find(from, at)) != std::string::npos; at += to.size()) text.replace(at, from.size(), to);
+  for (size_t at = 0; (at = text.find(from, at)) != std::string::npos; at += to.size())
+    text.replace(at, from.size(), to);
   return text;
 }
 
@@ -169,7 +170,6 @@ class CliTrain : public anvil::testing::TempDirTest {
     EXPECT_EQ(r.err, "anvil: error: " + message + "\n") << describe(r);
     EXPECT_EQ(r.out, "") << describe(r);
   }
-
 };
 
 // ------------------------------------------------------------------ 1. terminal and pipe
@@ -264,8 +264,7 @@ TEST_F(CliTrain, SamplesPerSecondCountsOnlyTheRealSamplesOfAKeptPartialBatch) {
   const double want[] = {32, 8, 32, 8};
   for (int i = 0; i < 4; ++i) {
     const std::string& line = lines[2 + i];
-    EXPECT_TRUE(close_rel(samples_per_step(line, "  ([0-9.]+) steps/s  ([0-9.]+) samples/s  "), want[i], 0.05))
-        << line;
+    EXPECT_TRUE(close_rel(samples_per_step(line, "  ([0-9.]+) steps/s  ([0-9.]+) samples/s  "), want[i], 0.05)) << line;
   }
   EXPECT_TRUE(close_rel(samples_per_step(lines[8], "^throughput: ([0-9.]+) steps/s, ([0-9.]+) samples/s$"), 20, 0.05))
       << lines[8];
@@ -328,8 +327,7 @@ TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) 
   ASSERT_EQ(e.status, 0) << describe(e);
   std::smatch m;
   ASSERT_TRUE(std::regex_search(e.out, m, std::regex("^mean loss ([^ ]+) over 64 samples of "))) << e.out;
-  EXPECT_TRUE(close_rel(std::stod(m[1]), records[6].at("val_loss").get<double>(), 1e-6))
-      << e.out << lines.back();
+  EXPECT_TRUE(close_rel(std::stod(m[1]), records[6].at("val_loss").get<double>(), 1e-6)) << e.out << lines.back();
 
   // A second run appends to the same file and leaves the first run's lines as they were.
   const std::string before = read_bytes(metrics);
@@ -363,9 +361,10 @@ TEST_F(CliTrain, MetricsAreOneJsonLinePerLoggedStepWithTheScheduledLrAndAppend) 
     const std::string before = read_bytes(victim);
     const Finished refused = train({"--steps", "1", "--metrics", victim}, net);
     EXPECT_EQ(refused.status, 2) << describe(refused);
-    EXPECT_EQ(refused.err, "anvil: error: " + victim + R"(: not a metrics file (it does not start with {"step"): )"
-                                                       "anvil appends only to its own JSON lines; give a new name, "
-                                                       "or remove it\n");
+    EXPECT_EQ(refused.err, "anvil: error: " + victim +
+                               R"(: not a metrics file (it does not start with {"step"): )"
+                               "anvil appends only to its own JSON lines; give a new name, "
+                               "or remove it\n");
     EXPECT_EQ(read_bytes(victim), before);
   }
 }
@@ -469,17 +468,17 @@ TEST_F(CliTrain, CheckpointAndSaveIntoADeviceOrAPipeAreRefusedBeforeAnyStep) {
   const std::string tail = " must be a regular file or a new name (written to a temporary file, then renamed)";
   for (const char* flag : {"--save", "--checkpoint"}) {
     for (const std::vector<std::string>& force : {std::vector<std::string>{}, {"--force"}}) {
-      const std::vector<std::pair<std::string, std::string>> cases = {
-          {"/dev/tty", "it is a character device"},
-          {"/dev/null", "it is a character device"},
-          {fifo, "it is a pipe or FIFO"},
-          {link, "it leads to a character device"}};
+      const std::vector<std::pair<std::string, std::string>> cases = {{"/dev/tty", "it is a character device"},
+                                                                      {"/dev/null", "it is a character device"},
+                                                                      {fifo, "it is a pipe or FIFO"},
+                                                                      {link, "it leads to a character device"}};
       for (const auto& [out, kind] : cases) {
         std::vector<std::string> args = {"--data", kTrain, "--steps", "3", "--checkpoint-every", "1", flag, out};
         if (std::string(flag) == "--save") args.erase(args.begin() + 4, args.begin() + 6);  // no --checkpoint-every
         args.insert(args.end(), force.begin(), force.end());
         SCOPED_TRACE(std::string(flag) + " " + out + (force.empty() ? "" : " --force"));
-        expect_bad_input(train(args), std::string(flag) + " " + out + ": cannot write: " + kind + ", and " + flag + tail);
+        expect_bad_input(train(args),
+                         std::string(flag) + " " + out + ": cannot write: " + kind + ", and " + flag + tail);
       }
     }
   }
@@ -587,10 +586,12 @@ TEST_F(CliTrain, ADivergingRunNamesTheStepExits3AndKeepsTheLastGoodCheckpoint) {
   };
 
   const Finished r = train({"--data", kTrain, "--steps", "40", "--log-every", "10", "--checkpoint", ck,
-                            "--checkpoint-every", "1", "--save", saved}, net);
+                            "--checkpoint-every", "1", "--save", saved},
+                           net);
   EXPECT_EQ(r.status, 3) << describe(r);
   std::smatch m;
-  ASSERT_TRUE(std::regex_match(r.err, m, std::regex(R"(anvil: error: step (\d+): non-finite \w+ first appears in .+ \(.+\)\n)")))
+  ASSERT_TRUE(std::regex_match(r.err, m,
+                               std::regex(R"(anvil: error: step (\d+): non-finite \w+ first appears in .+ \(.+\)\n)")))
       << describe(r);
   const int64_t bad = std::stoll(m[1]);
   EXPECT_GT(bad, 1);
@@ -634,9 +635,9 @@ TEST_F(CliTrain, ANonFiniteValidationLossExits3AndKeepsTheCheckpointBeforeIt) {
     fs::remove(ck);
     fs::remove(metrics);
     std::ofstream(saved) << "an older file";
-    const Finished r = train({"--data", kTrain, "--val", huge, "--val-every", "2", "--steps", "6", "--log-every", "2",
-                              "--checkpoint", ck, "--checkpoint-every", "1", "--save", saved, "--metrics", metrics,
-                              check});
+    const Finished r =
+        train({"--data", kTrain, "--val", huge, "--val-every", "2", "--steps", "6", "--log-every", "2", "--checkpoint",
+               ck, "--checkpoint-every", "1", "--save", saved, "--metrics", metrics, check});
     EXPECT_EQ(r.status, 3) << describe(r);
     EXPECT_EQ(r.err, "anvil: error: step 2: the validation loss is inf\n") << describe(r);
     EXPECT_EQ(anvil::read_safetensors(ck).metadata.at("step"), "1");
@@ -659,7 +660,8 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
   ASSERT_EQ(train({"--data", kTrain, "--steps", "6", "--save", one}).status, 0);
   const Finished r = train({"--data", kTrain, "--steps", "6", "--save", two, "--ranks", "2"});
   ASSERT_EQ(r.status, 0) << describe(r);
-  EXPECT_PRED_FORMAT2(Contains, r.out, "on cpu, data parallel (in-process, 2 ranks): 6 steps (8 per epoch), batch 32, ");
+  EXPECT_PRED_FORMAT2(Contains, r.out,
+                      "on cpu, data parallel (in-process, 2 ranks): 6 steps (8 per epoch), batch 32, ");
   EXPECT_EQ(lines_of(r.out).size(), lines_of(train({"--data", kTrain, "--steps", "6", "--save", one}).out).size())
       << describe(r);
   const TensorFile a = anvil::read_safetensors(one), b = anvil::read_safetensors(two);
@@ -685,13 +687,15 @@ TEST_F(CliTrain, RanksTrainAsOneEngineAndOnlyRankZeroWrites) {
                    "train on one rank to dump it");
   expect_bad_input(train({"--steps", "2", "--ranks", "3"}),
                    "the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)");
-  expect_bad_input(train({"--steps", "2", "--gpus", "2"}), "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
+  expect_bad_input(train({"--steps", "2", "--gpus", "2"}),
+                   "--gpus needs --device cuda (--ranks K runs ranks on the CPU)");
   // With a GPU, --gpus itself is refused; without one (or without CUDA) --device cuda is, first.
   for (const char* gpus : {"4096", "0,x"}) {
     const Finished g = run({"train", kNet, "--device", "cuda", "--steps", "2", "--gpus", gpus});
     EXPECT_EQ(g.status, 2) << describe(g);
     EXPECT_EQ(std::count(g.err.begin(), g.err.end(), '\n'), 1) << g.err;
-    EXPECT_TRUE(starts_with(g.err, anvil::cuda_available() ? "anvil: error: --gpus: " : "anvil: error: ")) << describe(g);
+    EXPECT_TRUE(starts_with(g.err, anvil::cuda_available() ? "anvil: error: --gpus: " : "anvil: error: "))
+        << describe(g);
   }
 }
 
@@ -715,8 +719,8 @@ TEST_F(CliTrain, MpiProcessesTrainAsInProcessRanks) {
                                       "--checkpoint", ck, "--metrics", metrics});
   ASSERT_EQ(r.status, 0) << describe(r);
   EXPECT_PRED_FORMAT2(Contains, r.out, "on cpu, data parallel (MPI, 2 processes): 6 steps (8 per epoch), batch 32, ");
-  const Finished in_process = train({"--data", kTrain, "--steps", "6", "--log-every", "2", "--save", ranks,
-                                     "--ranks", "2", "--metrics", single_metrics});
+  const Finished in_process = train({"--data", kTrain, "--steps", "6", "--log-every", "2", "--save", ranks, "--ranks",
+                                     "2", "--metrics", single_metrics});
   ASSERT_EQ(in_process.status, 0) << describe(in_process);
   // Rank 0 alone prints (mpirun gives the ranks a terminal, so the display differs from a pipe's).
   for (const std::string once : {"training dataset_epochs on cpu", "\ntrained 6 steps in ", "saved parameters to "}) {
@@ -732,8 +736,9 @@ TEST_F(CliTrain, MpiProcessesTrainAsInProcessRanks) {
 
   const Finished uneven = under_mpirun(3, {"--steps", "2"});
   EXPECT_EQ(uneven.status, 2) << describe(uneven);
-  EXPECT_PRED_FORMAT2(Contains, uneven.err,
-                      "anvil: error: the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)\n");
+  EXPECT_PRED_FORMAT2(
+      Contains, uneven.err,
+      "anvil: error: the batch of 32 does not split evenly across 3 ranks (--batch sets the global batch)\n");
   const Finished both = under_mpirun(2, {"--steps", "2", "--ranks", "2"});
   EXPECT_EQ(both.status, 2) << describe(both);
   EXPECT_PRED_FORMAT2(Contains, both.err, "anvil: error: under mpirun every process is one rank");
@@ -749,7 +754,8 @@ TEST_F(CliTrain, MpiProcessesBeyondTheHostsGpusAreRefused) {
     GTEST_SKIP() << "needs MPI and NCCL at build and mpirun on PATH (Debian: libopenmpi-dev, openmpi-bin)";
   const int gpus = anvil::cuda_device_count();
   std::vector<std::string> a = mpirun_argv(gpus + 1);
-  a.insert(a.end(), {kCli, "train", kNet, "--device", "cuda", "--steps", "2", "--batch", std::to_string(4 * (gpus + 1))});
+  a.insert(a.end(),
+           {kCli, "train", kNet, "--device", "cuda", "--steps", "2", "--batch", std::to_string(4 * (gpus + 1))});
   Child child(a);
   ASSERT_TRUE(child.started()) << "cannot start " << a[0];
   const Finished r = child.finish(120);
@@ -765,8 +771,8 @@ class CliSignals : public CliTrain {
  protected:
   // A long run (800000 steps) with a checkpoint, started in the background.
   std::vector<std::string> long_run(const std::string& checkpoint, const std::vector<std::string>& extra) const {
-    std::vector<std::string> args = {kCli,       "train", kNet,   "--device",    "cpu", "--data", kTrain, "--epochs", "100000",
-                                     "--log-every", "1000", "--checkpoint", checkpoint};
+    std::vector<std::string> args = {kCli,       "train",  kNet,          "--device", "cpu",          "--data",  kTrain,
+                                     "--epochs", "100000", "--log-every", "1000",     "--checkpoint", checkpoint};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -788,9 +794,8 @@ class CliSignals : public CliTrain {
     EXPECT_EQ(r.status, 128 + sig) << describe(r);
     EXPECT_EQ(r.signal, 0) << describe(r);
     std::smatch m;
-    ASSERT_TRUE(std::regex_search(r.out, m,
-                                  std::regex("stopped by signal " + std::to_string(sig) +
-                                             ": checkpoint of step ([0-9]+) written to ")))
+    ASSERT_TRUE(std::regex_search(
+        r.out, m, std::regex("stopped by signal " + std::to_string(sig) + ": checkpoint of step ([0-9]+) written to ")))
         << describe(r);
     EXPECT_PRED_FORMAT2(Contains, r.out, "written to " + c + "\n");
     const int64_t step = std::stoll(m[1]);
@@ -834,8 +839,10 @@ TEST_F(CliSignals, AClosedPipeOnStdoutStopsTrainingWithTheCheckpoint) {
   ASSERT_FALSE(r.timed_out) << describe(r);
   EXPECT_EQ(r.signal, 0) << describe(r);
   EXPECT_EQ(r.status, 1) << describe(r);
-  EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: Broken pipe; training stopped at step 1, "
-                   "checkpoint written to " + c + "\n");
+  EXPECT_EQ(r.err,
+            "anvil: error: writing the standard output failed: Broken pipe; training stopped at step 1, "
+            "checkpoint written to " +
+                c + "\n");
   TensorFile file;
   ASSERT_NO_THROW(file = anvil::read_safetensors(c));
   EXPECT_EQ(file.metadata.at("step"), "1");
@@ -868,7 +875,8 @@ TEST_F(CliTrain, ADatasetWithDifferentSampleCountsIsBadInput) {
 
 TEST_F(CliTrain, ADatasetSmallerThanOneBatchIsBadInputUnlessTheLastBatchIsKept) {
   const std::string d = write_dataset("small.safetensors", {20, 2, 6, 6}, {20, 3, 3, 3});
-  expect_bad_input(train({"--data", d, "--epochs", "1"}), d + ": tensor 'input': fewer samples (20) than one batch (32)");
+  expect_bad_input(train({"--data", d, "--epochs", "1"}),
+                   d + ": tensor 'input': fewer samples (20) than one batch (32)");
   expect_bad_input(train({"--data", kTrain, "--epochs", "1", "--batch", "257"}),
                    kTrain + ": tensor 'input': fewer samples (256) than one batch (257)");
   const Finished kept = train({"--data", d, "--epochs", "2", "--keep-last"});
@@ -888,7 +896,8 @@ TEST_F(CliTrain, ADatasetWithAnIntegerInputIsBadInputNamingTheDtype) {
   write_bytes(d, bytes);
   expect_bad_input(train({"--data", d, "--epochs", "1"}),
                    d + ": tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
-  expect_bad_input(eval({"--data", d}), d + ": tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
+  expect_bad_input(eval({"--data", d}),
+                   d + ": tensor 'input' has dtype I32; a dataset holds F16, BF16, F32 or F64 floats");
 }
 
 TEST_F(CliTrain, ATruncatedDatasetIsBadInputNamingTheTensor) {
@@ -940,8 +949,8 @@ TEST_F(CliTrain, InconsistentFlagsAreOneLineAndNothingRuns) {
   expect_bad_input(train({"--data", kTrain, "--epochs", "9007199254740992", "--save", save}),
                    "9007199254740992 epochs of 8 steps are more than 2^53 steps");
   // An empty value would read as not given (no save, no checkpoint): every flag that takes one refuses it.
-  for (const char* flag : {"--save", "--checkpoint", "--metrics", "--dump-grads", "--weights", "--resume", "--val",
-                           "--gpus"})
+  for (const char* flag :
+       {"--save", "--checkpoint", "--metrics", "--dump-grads", "--weights", "--resume", "--val", "--gpus"})
     expect_bad_input(train({"--data", kTrain, "--epochs", "1", flag, ""}), std::string(flag) + ": an empty value");
   expect_bad_input(eval({"--data", ""}), "--data: an empty value");
   // A file name longer than the file system takes: refused before any work, not at the final rename.
@@ -1162,8 +1171,9 @@ TEST_F(CliTrain, UnusedWeightsAndAFailureAreOneLine) {
 
   // train: the NaN weight fails the first step, found by the check (or, without it, as the loss);
   // the same line carries the list. Where the device was left out, its line waits too.
-  const std::string found = "step 1: non-finite parameter first appears in conv.weight (the parameters the step "
-                            "starts from)";
+  const std::string found =
+      "step 1: non-finite parameter first appears in conv.weight (the parameters the step "
+      "starts from)";
   const std::string weights_line = "; weights: " + nan_weights + ": " + listed + " (ignored)\n";
   for (const auto& [check, error] : {std::pair<std::string, std::string>{"--check-finite", found},
                                      {"--no-check-finite", "step 1: the loss became nan"}}) {
@@ -1182,8 +1192,8 @@ TEST_F(CliTrain, UnusedWeightsAndAFailureAreOneLine) {
   anvil::write_safetensors(huge, huge_file);
   const Finished v = train({"--data", kTrain, "--val", huge, "--val-every", "1", "--steps", "2", "--weights", extra});
   EXPECT_EQ(v.status, 3) << describe(v);
-  EXPECT_EQ(v.err, "anvil: error: step 1: the validation loss is inf; weights: " + extra + ": " + listed +
-                       " (ignored)\n")
+  EXPECT_EQ(v.err,
+            "anvil: error: step 1: the validation loss is inf; weights: " + extra + ": " + listed + " (ignored)\n")
       << describe(v);
 
   // run and train: bad input checked after the weights load.
@@ -1208,12 +1218,14 @@ TEST_F(CliTrain, BatchZeroIsBadInput) {
                    "--batch: must be a positive integer, got 0");
   expect_bad_input(eval({"--data", kTrain, "--batch", "0"}), "--batch: must be a positive integer, got 0");
   // Beyond a dimension's range (it once passed, to fail later as out of memory, exit 1).
-  expect_bad_input(train({"--batch", "4294967296", "--steps", "1"}), "--batch: 4294967296 is out of range (at most 2147483647)");
+  expect_bad_input(train({"--batch", "4294967296", "--steps", "1"}),
+                   "--batch: 4294967296 is out of range (at most 2147483647)");
   expect_bad_input(eval({"--data", kTrain, "--batch", "2147483648"}),
                    "--batch: 2147483648 is out of range (at most 2147483647)");
   // Beyond the data: refused by that reason before an arena is planned (it was "out of host memory").
-  expect_bad_input(eval({"--data", kTrain, "--batch", "100000000"}),
-                   "--batch 100000000 is more than the 256 samples of " + kTrain + " (the rest of a batch would be padding)");
+  expect_bad_input(
+      eval({"--data", kTrain, "--batch", "100000000"}),
+      "--batch 100000000 is more than the 256 samples of " + kTrain + " (the rest of a batch would be padding)");
   const Finished all = eval({"--data", kTrain, "--batch", "256"});
   EXPECT_EQ(all.status, 0) << describe(all);
 }

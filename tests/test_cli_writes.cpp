@@ -169,8 +169,9 @@ TEST_F(CliFullDisk, BenchJsonKeepsTheOldFileAndFails) {
 // The metrics file is appended to: a line that does not fit is taken back whole.
 TEST_F(CliFullDisk, MetricsKeepOnlyWholeLines) {
   const std::string out = path("metrics.jsonl");
-  expect_old_file_kept({"train", net_, "--device", "cpu", "--steps", "20", "--log-every", "1", "--metrics", out}, out,
-                       [](rlim_t size) { return size + 20; }, "cannot write the metrics file");
+  expect_old_file_kept(
+      {"train", net_, "--device", "cpu", "--steps", "20", "--log-every", "1", "--metrics", out}, out,
+      [](rlim_t size) { return size + 20; }, "cannot write the metrics file");
 }
 
 // stdout on a full device: exit 1 and one line, not exit 0 with the report lost.
@@ -194,8 +195,8 @@ TEST_F(CliFullDisk, StdoutOnAFullDeviceFails) {
 // timing loop with one line and exit 1, rather than time every iteration into the void.
 TEST_F(CliFullDisk, BenchIntoAPipeWithoutReaderStopsBeforeTiming) {
   const auto started = clock_type::now();
-  const Finished r = run({"bench", net_, "--device", "cpu", "--iters", "100000"},
-                         anvil::testing::stdout_to_a_pipe_without_reader);
+  const Finished r =
+      run({"bench", net_, "--device", "cpu", "--iters", "100000"}, anvil::testing::stdout_to_a_pipe_without_reader);
   EXPECT_EQ(r.status, 1) << describe(r);
   EXPECT_EQ(r.err, "anvil: error: writing the standard output failed: Broken pipe\n") << describe(r);
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(30)) << "it ran the iterations";
@@ -221,8 +222,8 @@ TEST_F(CliFullDisk, AnOutputThroughStdoutIntoAClosedPipeSaysOneLine) {
 // stderr or stdin: the run goes on, its files get only their own content.
 TEST_F(CliWrites, ClosedStandardDescriptorsTakeNoFile) {
   const std::string metrics = path("metrics.jsonl");
-  const std::vector<std::string> args = {"train", net_, "--device", "cpu", "--steps", "3", "--log-every", "1",
-                                         "--metrics", metrics};
+  const std::vector<std::string> args = {"train", net_,          "--device", "cpu",       "--steps",
+                                         "3",     "--log-every", "1",        "--metrics", metrics};
   const Finished no_stdout = run(args, [] { ::close(STDOUT_FILENO); });
   EXPECT_EQ(no_stdout.status, 1) << describe(no_stdout);
   EXPECT_EQ(no_stdout.err, "anvil: error: the standard output is closed\n") << describe(no_stdout);
@@ -337,10 +338,11 @@ class CliKills : public CliWrites {
         write_bytes(out, old);
       }
     }
-    std::printf("[ info     ] signal %d (seed %u), %d runs in %.1f s: %d kept the old file, %d left a new one "
-                "(%d had finished first); a temporary file was there at %d signals; %d were left\n",
-                sig, seed, kRuns, seconds_since(start), kept_old, wrote_new, finished_first, temporary_at_signal,
-                temporary_left);
+    std::printf(
+        "[ info     ] signal %d (seed %u), %d runs in %.1f s: %d kept the old file, %d left a new one "
+        "(%d had finished first); a temporary file was there at %d signals; %d were left\n",
+        sig, seed, kRuns, seconds_since(start), kept_old, wrote_new, finished_first, temporary_at_signal,
+        temporary_left);
     RecordProperty("signalled_during_a_write", temporary_at_signal);
   }
 

@@ -99,9 +99,7 @@ TEST_P(ConvFpropMma, AccumulateAddsToB) {
 INSTANTIATE_TEST_SUITE_P(Geometries, ConvFpropMma, ::testing::ValuesIn(fprop_cases()),
                          [](const auto& info) { return info.param.label; });
 
-TEST(ConvFpropMma, RefusesIndicesBeyondInt) {
-  EXPECT_FALSE(cuda::conv_mma_forward_supported(geometry_beyond_int()));
-}
+TEST(ConvFpropMma, RefusesIndicesBeyondInt) { EXPECT_FALSE(cuda::conv_mma_forward_supported(geometry_beyond_int())); }
 
 // The library is called directly too: a geometry without taps, channels or positions is refused, not divided by.
 TEST(ConvFpropMma, RefusesEmptyGeometries) {

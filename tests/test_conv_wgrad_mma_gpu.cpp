@@ -60,7 +60,8 @@ TEST_P(ConvWgradMma, MatchesFloat64AndRepeatsBitwise) {
   EXPECT_EQ(std::memcmp(d_dw.download_all().data(), dw.data(), dw.size() * sizeof(float)), 0) << "a rerun differs";
 }
 
-INSTANTIATE_TEST_SUITE_P(Geometries, ConvWgradMma, ::testing::Combine(::testing::ValuesIn(kConvMmaCases), ::testing::Bool()),
+INSTANTIATE_TEST_SUITE_P(Geometries, ConvWgradMma,
+                         ::testing::Combine(::testing::ValuesIn(kConvMmaCases), ::testing::Bool()),
                          [](const auto& info) {
                            return std::get<0>(info.param).label + (std::get<1>(info.param) ? "_3xtf32" : "_tf32");
                          });

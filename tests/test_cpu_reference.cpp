@@ -95,7 +95,8 @@ void expect_all_near(const std::vector<A>& got, const std::vector<B>& want, doub
 
 // Checks that write(out) overwrites every element: identical, finite results
 // whether out starts as NaN or as a large poison value.
-template <class T> void expect_overwrites(size_t n, const std::function<void(T*)>& write, const std::string& what) {
+template <class T>
+void expect_overwrites(size_t n, const std::function<void(T*)>& write, const std::string& what) {
   std::vector<T> from_nan(n, std::numeric_limits<T>::quiet_NaN()), from_poison(n, static_cast<T>(kPoison));
   write(from_nan.data());
   write(from_poison.data());
@@ -114,7 +115,8 @@ template <class T> void expect_overwrites(size_t n, const std::function<void(T*)
 // write(out, true) on a non-zero buffer P gives P + (the overwritten result).
 template <class T>
 void expect_accumulates(size_t n, const std::function<void(T*, bool)>& write, double rtol, const std::string& what) {
-  expect_overwrites<T>(n, [&](T* out) { write(out, false); }, what + " (accumulate=false)");
+  expect_overwrites<T>(
+      n, [&](T* out) { write(out, false); }, what + " (accumulate=false)");
   std::vector<T> fresh(n, std::numeric_limits<T>::quiet_NaN());
   write(fresh.data(), false);
   const VecD base = random_vec(static_cast<int64_t>(n), 999);
@@ -169,18 +171,16 @@ std::vector<ConvCase> conv_cases() {
       conv_case("3d_stride3_leaves_gaps", 2, 3, 3, {4, 5, 7}, {2, 2, 2}, {3, 3, 3}, {0, 0, 0}, {1, 1, 1}),
       conv_case("2d_lifted", 2, 5, 3, {1, 7, 6}, {1, 4, 3}, {1, 2, 2}, {0, 2, 1}, {1, 1, 2}),
       conv_case("2d_lifted_1x1", 3, 5, 1, {1, 3, 5}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {1, 1, 1}),
-      transposed_case("transposed_3d_k3_s2_outpad1", 2, 3, 5, {2, 3, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1},
-                      {1, 1, 1}, {1, 1, 1}),
-      transposed_case("transposed_2d_lifted_dilated", 3, 1, 3, {1, 3, 4}, {1, 3, 2}, {1, 2, 3}, {0, 1, 0},
-                      {1, 2, 1}, {0, 1, 2}),
+      transposed_case("transposed_3d_k3_s2_outpad1", 2, 3, 5, {2, 3, 3}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1},
+                      {1, 1, 1}),
+      transposed_case("transposed_2d_lifted_dilated", 3, 1, 3, {1, 3, 4}, {1, 3, 2}, {1, 2, 3}, {0, 1, 0}, {1, 2, 1},
+                      {0, 1, 2}),
   };
 }
 
 // The reduced-size network's 3-D transposed conv: (2,16,4,8,8) -> (2,32,8,16,16).
 ConvGeometry reduced_transposed_geometry() {
-  return transposed_case("reduced_net", 2, 32, 16, {4, 8, 8}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1},
-                         {1, 1, 1})
-      .g;
+  return transposed_case("reduced_net", 2, 32, 16, {4, 8, 8}, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}).g;
 }
 
 struct ConvData {
@@ -290,7 +290,7 @@ TEST(CpuReferenceConv, TransposedConvGradientsMatchFiniteDifferences) {
   for (const ConvCase& c : conv_cases()) {
     SCOPED_TRACE(c.name);
     ConvData d = conv_data(c.g, seed += 10);
-    VecD x = d.b;        // transposed-conv input, shaped like B
+    VecD x = d.b;         // transposed-conv input, shaped like B
     const VecD& r = d.a;  // L = sum(convT(x, w) * r), r shaped like A
     auto loss = [&] { return dot(conv_bwd_data(x, d.w, c.g), r); };
     const VecD dx = conv_fwd(r, d.w, c.g);
@@ -307,10 +307,10 @@ TEST(CpuReferenceConv, OutputsAreOverwrittenAndForwardAndBackwardDataAccumulate)
     const ConvData d = conv_data(c.g, seed += 10);
     const VecF a = to_float(d.a), w = to_float(d.w), b = to_float(d.b);
     const ConvGeometry& g = c.g;
-    expect_overwrites<float>(b.size(), [&](float* out) { cpu::conv_forward(a.data(), w.data(), out, g); },
-                             "conv_forward");
-    expect_overwrites<float>(w.size(), [&](float* out) { cpu::conv_backward_filter(a.data(), b.data(), out, g); },
-                             "conv_backward_filter");
+    expect_overwrites<float>(
+        b.size(), [&](float* out) { cpu::conv_forward(a.data(), w.data(), out, g); }, "conv_forward");
+    expect_overwrites<float>(
+        w.size(), [&](float* out) { cpu::conv_backward_filter(a.data(), b.data(), out, g); }, "conv_backward_filter");
     expect_accumulates<float>(
         a.size(), [&](float* out, bool acc) { cpu::conv_backward_data(b.data(), w.data(), out, g, acc); }, 1e-6,
         "conv_backward_data");
@@ -318,8 +318,8 @@ TEST(CpuReferenceConv, OutputsAreOverwrittenAndForwardAndBackwardDataAccumulate)
         b.size(), [&](float* out, bool acc) { cpu::conv_forward(a.data(), w.data(), out, g, acc); }, 1e-6,
         "conv_forward");
     expect_accumulates<double>(
-        d.a.size(), [&](double* out, bool acc) { cpu::conv_backward_data(d.b.data(), d.w.data(), out, g, acc); },
-        1e-14, "conv_backward_data<double>");
+        d.a.size(), [&](double* out, bool acc) { cpu::conv_backward_data(d.b.data(), d.w.data(), out, g, acc); }, 1e-14,
+        "conv_backward_data<double>");
   }
 }
 
@@ -439,8 +439,8 @@ TEST(CpuReferenceBias, BackwardMatchesFiniteDifferences) {
     expect_all_near(db, numeric_grad(bias, loss), kFdRtol, "dL/dbias");
 
     const VecF rf = to_float(rounded(r));
-    expect_overwrites<float>(bias.size(), [&](float* out) { cpu::bias_backward(rf.data(), out, sh.n, sh.c, sh.s); },
-                             "bias_backward");
+    expect_overwrites<float>(
+        bias.size(), [&](float* out) { cpu::bias_backward(rf.data(), out, sh.n, sh.c, sh.s); }, "bias_backward");
     VecF dbf(bias.size());
     cpu::bias_backward(rf.data(), dbf.data(), sh.n, sh.c, sh.s);
     VecD dbd(bias.size());
@@ -478,7 +478,8 @@ VecD pointwise_inputs(int64_t n, uint32_t seed, double scale = 4.0) {
   return x;
 }
 
-template <class T> std::vector<T> pointwise_fwd(PointwiseOp op, T param, const std::vector<T>& x) {
+template <class T>
+std::vector<T> pointwise_fwd(PointwiseOp op, T param, const std::vector<T>& x) {
   std::vector<T> y(x.size());
   cpu::pointwise_forward(op, param, x.data(), y.data(), static_cast<int64_t>(x.size()));
   return y;
@@ -544,8 +545,8 @@ TEST_P(CpuReferencePointwise, OverwriteAccumulateAndInPlace) {
   const int64_t count = 37;
   const VecF x = to_float(pointwise_inputs(count, 35)), dy = to_float(random_vec(count, 36));
   const VecF y = pointwise_fwd(op, 0.1f, x);
-  expect_overwrites<float>(count, [&](float* out) { cpu::pointwise_forward(op, 0.1f, x.data(), out, count); },
-                           "pointwise_forward");
+  expect_overwrites<float>(
+      count, [&](float* out) { cpu::pointwise_forward(op, 0.1f, x.data(), out, count); }, "pointwise_forward");
   expect_accumulates<float>(
       count,
       [&](float* out, bool acc) { cpu::pointwise_backward(op, 0.1f, x.data(), y.data(), dy.data(), out, count, acc); },
@@ -604,7 +605,8 @@ TEST(CpuReferenceLeakyRelu, ZeroInputTakesSlopeBranchAsInPyTorch) {
 // relu (slope 0) of -inf is zero, not 0 * -inf = NaN (torch.relu(-inf) is 0),
 // and the same zero as relu of a finite x < 0; a non-zero slope keeps -inf;
 // NaN stays NaN. The gradient at -inf is slope * dy.
-template <class T> void expect_leaky_relu_infinities_and_nan() {
+template <class T>
+void expect_leaky_relu_infinities_and_nan() {
   const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
   const std::vector<T> x{-inf, T(-1), inf, nan};
   const std::vector<T> dy(x.size(), T(3));
@@ -677,8 +679,8 @@ TEST(CpuReferenceChannelScale, BackwardMatchesFiniteDifferences) {
 
     // Without dx only dm is produced, and it is the same.
     VecD dm_only(m.size());
-    cpu::channel_scale_backward(x.data(), m.data(), r.data(), static_cast<double*>(nullptr), dm_only.data(), sh.n,
-                                sh.c, sh.s, false);
+    cpu::channel_scale_backward(x.data(), m.data(), r.data(), static_cast<double*>(nullptr), dm_only.data(), sh.n, sh.c,
+                                sh.s, false);
     EXPECT_EQ(dm_only, dm);
   }
 }
@@ -687,8 +689,9 @@ TEST(CpuReferenceChannelScale, OverwriteAndAccumulateDxWhileDmIsOverwritten) {
   const int64_t n = 2, c = 3, s = 11, count = n * c * s;
   const VecD xd = rounded(random_vec(count, 60)), md = rounded(random_vec(c, 61)), dyd = rounded(random_vec(count, 62));
   const VecF x = to_float(xd), m = to_float(md), dy = to_float(dyd);
-  expect_overwrites<float>(count, [&](float* out) { cpu::channel_scale_forward(x.data(), m.data(), out, n, c, s); },
-                           "channel_scale_forward");
+  expect_overwrites<float>(
+      count, [&](float* out) { cpu::channel_scale_forward(x.data(), m.data(), out, n, c, s); },
+      "channel_scale_forward");
   VecF dm_scratch(c);
   expect_accumulates<float>(
       count,
@@ -742,8 +745,8 @@ TEST(CpuReferenceAdd, GradientsViaCopyOrAccumulateMatchFiniteDifferences) {
 TEST(CpuReferenceAdd, ForwardAndCopyOverwriteAndAccumulate) {
   const int64_t count = 29;
   const VecF a = to_float(random_vec(count, 80)), b = to_float(random_vec(count, 81));
-  expect_overwrites<float>(count, [&](float* out) { cpu::add_forward(a.data(), b.data(), out, count); },
-                           "add_forward");
+  expect_overwrites<float>(
+      count, [&](float* out) { cpu::add_forward(a.data(), b.data(), out, count); }, "add_forward");
   VecF y(count);
   cpu::add_forward(a.data(), b.data(), y.data(), count);
   for (int64_t i = 0; i < count; ++i) EXPECT_EQ(y[i], a[i] + b[i]);
@@ -815,10 +818,10 @@ TEST(CpuReferencePool, OverwriteAndAccumulateAndFloatMatchesDouble) {
     const VecD xd = rounded(random_vec(g.planes * vol(g.in), seed++));
     const VecD dyd = rounded(random_vec(g.planes * vol(g.out), seed++));
     const VecF x = to_float(xd), dy = to_float(dyd);
-    expect_overwrites<float>(dy.size(), [&](float* out) { cpu::max_pool_forward(x.data(), out, g); },
-                             "max_pool_forward");
-    expect_overwrites<float>(dy.size(), [&](float* out) { cpu::avg_pool_forward(x.data(), out, g); },
-                             "avg_pool_forward");
+    expect_overwrites<float>(
+        dy.size(), [&](float* out) { cpu::max_pool_forward(x.data(), out, g); }, "max_pool_forward");
+    expect_overwrites<float>(
+        dy.size(), [&](float* out) { cpu::avg_pool_forward(x.data(), out, g); }, "avg_pool_forward");
     expect_accumulates<float>(
         x.size(), [&](float* out, bool acc) { cpu::max_pool_backward(x.data(), dy.data(), out, g, acc); }, 1e-6,
         "max_pool_backward");

@@ -65,7 +65,6 @@ using anvil::testing::random_floats;
 // Slack allocated around every range, so that offsets and stray writes fit.
 constexpr size_t kSlack = 8;
 
-
 std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
 uint32_t bits(float f) {
@@ -87,8 +86,8 @@ int64_t ulp_distance(float a, float b) {
 }
 
 // got[i] within max_ulp of want[i] (or within abs_tol); reports the first few misses.
-void expect_ulp(const std::vector<float>& got, const std::vector<float>& want, int64_t max_ulp,
-                const std::string& what, float abs_tol = 0.f) {
+void expect_ulp(const std::vector<float>& got, const std::vector<float>& want, int64_t max_ulp, const std::string& what,
+                float abs_tol = 0.f) {
   ASSERT_EQ(got.size(), want.size()) << what;
   size_t bad = 0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -115,9 +114,8 @@ void expect_rel(const std::vector<float>& got, const std::vector<double>& want, 
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i) {
     const double err = std::fabs(double(got[i]) - want[i]);
-    EXPECT_TRUE(err <= rel * std::fabs(want[i]) + 1e-12)
-        << what << ": [" << i << "] got " << got[i] << " want " << want[i] << " (rel err " << err / std::fabs(want[i])
-        << ")";
+    EXPECT_TRUE(err <= rel * std::fabs(want[i]) + 1e-12) << what << ": [" << i << "] got " << got[i] << " want "
+                                                         << want[i] << " (rel err " << err / std::fabs(want[i]) << ")";
   }
 }
 
@@ -158,8 +156,8 @@ struct ChannelDims {
   int64_t n, c, spatial;
 };
 // spatial: small (one element per thread), odd, 5x9x11, 1x7x13, many planes per block, multiple of 4.
-const std::vector<ChannelDims> kChannelDims = {{1, 1, 1},   {1, 5, 3},   {3, 7, 7},     {3, 5, 63},
-                                               {1, 5, 495}, {3, 7, 91},  {3, 1, 64},    {1, 7, 1001},
+const std::vector<ChannelDims> kChannelDims = {{1, 1, 1},    {1, 5, 3},     {3, 7, 7},    {3, 5, 63},
+                                               {1, 5, 495},  {3, 7, 91},    {3, 1, 64},   {1, 7, 1001},
                                                {3, 5, 4096}, {2, 3, 12288}, {7, 1, 4099}, {1, 1, 100003}};
 
 // ---------------------------------------------------------------------------
@@ -187,8 +185,8 @@ TEST_P(CudaPointwise, Forward) {
   for (int64_t count : kCounts) {
     for (auto [ox, oy] : kOffsetPairs) {
       for (float param : {0.01f, 0.f, 0.2f}) {
-        const std::string what = describe({{"count", double(count)}, {"ox", double(ox)}, {"oy", double(oy)},
-                                           {"param", param}});
+        const std::string what =
+            describe({{"count", double(count)}, {"ox", double(ox)}, {"oy", double(oy)}, {"param", param}});
         const std::vector<float> x = pointwise_inputs(count, rng);
         std::vector<float> want(count);
         cpu::pointwise_forward<float>(op, param, x.data(), want.data(), count);
@@ -211,8 +209,11 @@ TEST_P(CudaPointwise, Backward) {
     for (auto [oi, oo] : kOffsetPairs) {
       for (bool accumulate : {false, true}) {
         for (float param : {0.01f, 0.f}) {
-          const std::string what = describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)},
-                                             {"accumulate", accumulate}, {"param", param}});
+          const std::string what = describe({{"count", double(count)},
+                                             {"oin", double(oi)},
+                                             {"oout", double(oo)},
+                                             {"accumulate", accumulate},
+                                             {"param", param}});
           const std::vector<float> x = pointwise_inputs(count, rng), dyv = random_floats(count, rng);
           const std::vector<float> dx0 = random_floats(count, rng);
           std::vector<float> y(count), want = dx0;
@@ -279,23 +280,26 @@ TEST(CudaPointwiseLeakyRelu, InfinitiesAndNaNMatchTheCpu) {
   for (int64_t count : kCounts) {
     for (auto [oi, oo] : kOffsetPairs) {
       for (float slope : {0.f, -0.f, 0.01f, 0.2f, -0.3f}) {
-        const std::string what = describe({{"count", double(count)}, {"oin", double(oi)}, {"oout", double(oo)},
-                                           {"slope", slope}, {"-0 slope", std::signbit(slope)}});
+        const std::string what = describe({{"count", double(count)},
+                                           {"oin", double(oi)},
+                                           {"oout", double(oo)},
+                                           {"slope", slope},
+                                           {"-0 slope", std::signbit(slope)}});
         std::vector<float> x = pointwise_inputs(count, rng);
         for (size_t i = 0; i < x.size(); i += 2) x[i] = specials[(i / 2) % 5];
         const std::vector<float> dyv = random_floats(count, rng);
         std::vector<float> y(count), dx(count);
         cpu::pointwise_forward<float>(PointwiseOp::LeakyRelu, slope, x.data(), y.data(), count);
-        cpu::pointwise_backward<float>(PointwiseOp::LeakyRelu, slope, x.data(), y.data(), dyv.data(), dx.data(),
-                                       count, false);
+        cpu::pointwise_backward<float>(PointwiseOp::LeakyRelu, slope, x.data(), y.data(), dyv.data(), dx.data(), count,
+                                       false);
         DeviceBuffer<float> bx(count + kSlack), by(count + kSlack), bdy(count + kSlack), bdx(count + kSlack);
         bx.upload(x, oi);
         bdy.upload(dyv, oi);
         by.poison();
         bdx.poison();
         gpu::pointwise_forward(PointwiseOp::LeakyRelu, slope, bx.get() + oi, by.get() + oo, count, nullptr);
-        gpu::pointwise_backward(PointwiseOp::LeakyRelu, slope, bx.get() + oi, nullptr, bdy.get() + oi,
-                                bdx.get() + oo, count, false, nullptr);
+        gpu::pointwise_backward(PointwiseOp::LeakyRelu, slope, bx.get() + oi, nullptr, bdy.get() + oi, bdx.get() + oo,
+                                count, false, nullptr);
         const std::vector<float> got_y = by.download(oo, count), got_dx = bdx.download(oo, count);
         expect_untouched(by, oo, count, what + "forward");
         expect_untouched(bdx, oo, count, what + "backward");
@@ -403,8 +407,8 @@ TEST(CudaKernels, PhaseInterleaveOutput) {
         const int64_t plane = i / (g.out[2] * g.out[1] * g.out[0]), n = plane / g.cout, ch = plane % g.cout;
         const int64_t r0 = o0 % g.s[0], r1 = o1 % g.s[1], r2 = o2 % g.s[2], r = (r0 * g.s[1] + r1) * g.s[2] + r2;
         const int64_t at = ((n * phases + r) * g.cout + ch) * zvol +
-                           ((o0 / g.s[0] + g.shift[0][r0]) * z[1] + o1 / g.s[1] + g.shift[1][r1]) * z[2] +
-                           o2 / g.s[2] + g.shift[2][r2];
+                           ((o0 / g.s[0] + g.shift[0][r0]) * z[1] + o1 / g.s[1] + g.shift[1][r1]) * z[2] + o2 / g.s[2] +
+                           g.shift[2][r2];
         want[i] = accumulate ? y0[i] + yp[at] : yp[at];
       }
       DeviceBuffer<float> byp(yp.size()), by(size_t(count) + kSlack);
@@ -558,8 +562,11 @@ TEST(CudaKernels, ChannelScaleForward) {
   for (const ChannelDims& d : kChannelDims) {
     const int64_t count = d.n * d.c * d.spatial;
     for (auto [ox, oy] : kOffsetPairs) {
-      const std::string what = describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)},
-                                         {"ox", double(ox)}, {"oy", double(oy)}});
+      const std::string what = describe({{"n", double(d.n)},
+                                         {"c", double(d.c)},
+                                         {"spatial", double(d.spatial)},
+                                         {"ox", double(ox)},
+                                         {"oy", double(oy)}});
       const std::vector<float> x = random_floats(count, rng), m = random_floats(d.c, rng);
       std::vector<float> want(count);
       cpu::channel_scale_forward<float>(x.data(), m.data(), want.data(), d.n, d.c, d.spatial);
@@ -651,9 +658,13 @@ TEST(CudaKernels, ChannelScaleBackward) {
       for (bool accumulate : {false, true}) {
         if (!with_dx && accumulate) continue;
         for (auto [oi, odx] : kOffsetPairs) {
-          const std::string what =
-              describe({{"n", double(d.n)}, {"c", double(d.c)}, {"spatial", double(d.spatial)}, {"dx", with_dx},
-                        {"accumulate", accumulate}, {"oin", double(oi)}, {"odx", double(odx)}});
+          const std::string what = describe({{"n", double(d.n)},
+                                             {"c", double(d.c)},
+                                             {"spatial", double(d.spatial)},
+                                             {"dx", with_dx},
+                                             {"accumulate", accumulate},
+                                             {"oin", double(oi)},
+                                             {"odx", double(odx)}});
           const ScaleBackwardResult r = run_channel_scale_backward(x, m, dy, dx0, d, oi, odx, with_dx, accumulate);
           expect_rel(r.dm, want_dm, 1e-5, what + "dm");
           // Bitwise the same dm whatever the offsets and whether dx is written.
@@ -767,8 +778,8 @@ ChainReference chain_reference(const ChainInputs& in, int64_t n, int64_t c, int6
                                           r.dscale[scale].data(), n, c, s, false);
       cpu::channel_scale_backward<float>(zs[i].data(), m.data(), dz.data(), prev.data(), dm_f.data(), n, c, s, false);
     } else {
-      cpu::pointwise_backward<float>(step.op, step.param, zs[i].data(), zs[i + 1].data(), dz.data(), prev.data(),
-                                     count, false);
+      cpu::pointwise_backward<float>(step.op, step.param, zs[i].data(), zs[i + 1].data(), dz.data(), prev.data(), count,
+                                     false);
     }
     dz = std::move(prev);
   }
@@ -802,9 +813,19 @@ struct ChainResult {
 // floats (off > 0 forces the scalar paths) and every output poisoned first.
 struct ChainBuffers {
   ChainBuffers(const ChainInputs& in, int64_t c, int64_t count, int64_t pooled, size_t scratch_bytes, size_t off)
-      : off(off), c(c), count(count), pooled(pooled), y(count + kSlack), bias(c + kSlack), p(pooled + kSlack),
-        y_at_max(pooled + kSlack), dp(pooled + kSlack), dy(count + kSlack), dbias(c + kSlack),
-        argmax(pooled + kSlack), scratch(scratch_bytes) {
+      : off(off),
+        c(c),
+        count(count),
+        pooled(pooled),
+        y(count + kSlack),
+        bias(c + kSlack),
+        p(pooled + kSlack),
+        y_at_max(pooled + kSlack),
+        dp(pooled + kSlack),
+        dy(count + kSlack),
+        dbias(c + kSlack),
+        argmax(pooled + kSlack),
+        scratch(scratch_bytes) {
     y.upload(in.y, off);
     if (!in.bias.empty()) bias.upload(in.bias, off);
     dp.upload(in.dp, off);
@@ -974,31 +995,30 @@ std::string describe(const EpilogueGeometry& g) {
 }
 
 const std::vector<EpilogueGeometry> kEpilogueGeometries = {
-    epi_geometry(1, 1, {2, 4, 8}, {2, 2, 2}),        // fast path (2, 2, 2)
-    epi_geometry(3, 5, {4, 6, 12}, {2, 2, 2}),       // fast path, odd pooled H
-    epi_geometry(3, 7, {2, 10, 10}, {2, 2, 2}),      // W % 4 != 0: general path
-    epi_geometry(1, 5, {1, 8, 16}, {1, 2, 2}),       // fast path (1, 2, 2), 2-D
-    epi_geometry(3, 1, {1, 14, 6}, {1, 2, 2}),       // general (1, 2, 2)
-    epi_geometry(1, 5, {4, 9, 12}, {2, 1, 3}),       //
-    epi_geometry(3, 5, {3, 9, 9}, {3, 3, 3}),        // odd pooled count per plane
-    epi_geometry(1, 7, {4, 8, 8}, {4, 4, 4}),        //
-    epi_geometry(3, 5, {5, 9, 11}, {5, 1, 11}),      // 5x9x11
-    epi_geometry(3, 5, {1, 7, 13}, {1, 7, 13}),      // 1x7x13, one pooled element per plane
-    epi_geometry(1, 1, {1, 1, 1}, {1, 1, 1}),        //
-    epi_geometry(3, 5, {4, 8, 11}, {2, 2, 1}),       // k2 = 1
-    epi_geometry(1, 3, {2, 3, 80}, {1, 3, 40}),      // k2 > 32 (a warp row shorter than a window row)
-    epi_geometry(1, 3, {4, 16, 16}, {4, 4, 16}),     // window of 256 (argmax up to 255)
-    epi_geometry(1, 3, {1, 45, 91}, {1, 1, 1}),      // odd P over two chunks
-    epi_geometry(2, 4, {16, 64, 64}, {2, 2, 2}),     // fast, several chunks per plane
-    epi_geometry(1, 2, {8, 64, 58}, {2, 2, 2}),      // general, several chunks per plane
-    epi_geometry(1, 2, {6, 96, 96}, {3, 3, 3}),      // general, smaller chunks for the larger window
+    epi_geometry(1, 1, {2, 4, 8}, {2, 2, 2}),     // fast path (2, 2, 2)
+    epi_geometry(3, 5, {4, 6, 12}, {2, 2, 2}),    // fast path, odd pooled H
+    epi_geometry(3, 7, {2, 10, 10}, {2, 2, 2}),   // W % 4 != 0: general path
+    epi_geometry(1, 5, {1, 8, 16}, {1, 2, 2}),    // fast path (1, 2, 2), 2-D
+    epi_geometry(3, 1, {1, 14, 6}, {1, 2, 2}),    // general (1, 2, 2)
+    epi_geometry(1, 5, {4, 9, 12}, {2, 1, 3}),    //
+    epi_geometry(3, 5, {3, 9, 9}, {3, 3, 3}),     // odd pooled count per plane
+    epi_geometry(1, 7, {4, 8, 8}, {4, 4, 4}),     //
+    epi_geometry(3, 5, {5, 9, 11}, {5, 1, 11}),   // 5x9x11
+    epi_geometry(3, 5, {1, 7, 13}, {1, 7, 13}),   // 1x7x13, one pooled element per plane
+    epi_geometry(1, 1, {1, 1, 1}, {1, 1, 1}),     //
+    epi_geometry(3, 5, {4, 8, 11}, {2, 2, 1}),    // k2 = 1
+    epi_geometry(1, 3, {2, 3, 80}, {1, 3, 40}),   // k2 > 32 (a warp row shorter than a window row)
+    epi_geometry(1, 3, {4, 16, 16}, {4, 4, 16}),  // window of 256 (argmax up to 255)
+    epi_geometry(1, 3, {1, 45, 91}, {1, 1, 1}),   // odd P over two chunks
+    epi_geometry(2, 4, {16, 64, 64}, {2, 2, 2}),  // fast, several chunks per plane
+    epi_geometry(1, 2, {8, 64, 58}, {2, 2, 2}),   // general, several chunks per plane
+    epi_geometry(1, 2, {6, 96, 96}, {3, 3, 3}),   // general, smaller chunks for the larger window
 };
 
 // One geometry a test, so that the sanitizers' gtest shards (tools/gpu_check.sh)
 // share the geometries out. Each seeds its own inputs.
 class FusedEpilogueGeometries : public ::testing::TestWithParam<size_t> {};
-INSTANTIATE_TEST_SUITE_P(CudaKernels, FusedEpilogueGeometries,
-                         ::testing::Range(size_t(0), kEpilogueGeometries.size()));
+INSTANTIATE_TEST_SUITE_P(CudaKernels, FusedEpilogueGeometries, ::testing::Range(size_t(0), kEpilogueGeometries.size()));
 
 // Exact chains only: with the smooth activations (whose float results differ
 // between the libraries by an ulp or two) a near tie could legitimately pick
@@ -1070,8 +1090,8 @@ const std::vector<PoolCase> kPoolCases = {
     // the last window, over rows of a multiple of 4 (4 neighbours a thread) and not.
     pool_case("max k2 s3 p1, rows of 16 (gaps)", 2, 3, {4, 7, 16}, gpu::ChainPool::Max, {2, 2, 2}, {3, 3, 3},
               {1, 1, 1}),
-    pool_case("max k2 s3, rows of 16 (gaps, past the last window)", 1, 2, {7, 8, 16}, gpu::ChainPool::Max,
-              {2, 2, 2}, {3, 3, 3}),
+    pool_case("max k2 s3, rows of 16 (gaps, past the last window)", 1, 2, {7, 8, 16}, gpu::ChainPool::Max, {2, 2, 2},
+              {3, 3, 3}),
     pool_case("avg k2x1x2 s3x2x3 p1x0x1, rows of 12 (gaps)", 1, 2, {5, 6, 12}, gpu::ChainPool::Avg, {2, 1, 2},
               {3, 2, 3}, {1, 0, 1}),
     pool_case("avg k3x1x2 s3x2x3 p1x0x1, rows of 11 (volume 6)", 1, 2, {5, 6, 11}, gpu::ChainPool::Avg, {3, 1, 2},
@@ -1090,11 +1110,9 @@ const std::vector<PoolCase> kPoolCases = {
     // along height and depth, overlapping rows, and pairs over several chunks.
     pool_case("max 2 s2 p1x1x0, rows of 12", 2, 3, {5, 7, 12}, gpu::ChainPool::Max, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
     pool_case("max 2-D k3x2 s1x2, rows of 8 (overlap)", 2, 3, {1, 9, 8}, gpu::ChainPool::Max, {1, 3, 2}, {1, 1, 2}),
-    pool_case("avg 2-D k2, rows of 96, several chunks", 1, 2, {1, 130, 96}, gpu::ChainPool::Avg, {1, 2, 2},
-              {1, 2, 2}),
+    pool_case("avg 2-D k2, rows of 96, several chunks", 1, 2, {1, 130, 96}, gpu::ChainPool::Avg, {1, 2, 2}, {1, 2, 2}),
     pool_case("avg 2 s2 p1x1x0, rows of 4", 2, 2, {3, 5, 4}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}, {1, 1, 0}),
-    pool_case("max 2-D k2, rows of 64, several chunks", 1, 2, {1, 300, 64}, gpu::ChainPool::Max, {1, 2, 2},
-              {1, 2, 2}),
+    pool_case("max 2-D k2, rows of 64, several chunks", 1, 2, {1, 300, 64}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}),
     // Windows 3 wide at stride 2 with padding 1 along rows of an even length: the forward takes
     // a float2 a window row and the window's left column from the neighbouring lane (lane 0
     // loads it), with rows that start mid-warp (5 outputs a row), rows of 2 (1 output), and
@@ -1139,8 +1157,8 @@ ChainResult run_chain_pool(const ChainInputs& in, const gpu::ChainPoolGeometry& 
   const bool max = g.pool == gpu::ChainPool::Max;
   uint8_t* argmax = max ? b.argmax.get() + off : nullptr;
   gpu::chain_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off, argmax, g, nullptr);
-  gpu::chain_pool_backward(b.dp.get() + off, b.y.get() + off, b.bias_ptr(), argmax, b.chain, b.dy.get() + off,
-                           false, b.grads, b.scratch.get(), g, nullptr);
+  gpu::chain_pool_backward(b.dp.get() + off, b.y.get() + off, b.bias_ptr(), argmax, b.chain, b.dy.get() + off, false,
+                           b.grads, b.scratch.get(), g, nullptr);
   return b.result(max, false);
 }
 
@@ -1161,8 +1179,8 @@ TEST(CudaKernels, PoolBackwardPathByOverlap) {
   EXPECT_EQ(gpu::chain_pool_backward_path(join.g), gpu::PoolBackwardPath::Disjoint);
 }
 
-using MakeChainInputs = ChainInputs (*)(const std::vector<ChainStep>&, bool with_bias, int64_t n, int64_t c,
-                                         int64_t s, int64_t pooled, std::mt19937&);
+using MakeChainInputs = ChainInputs (*)(const std::vector<ChainStep>&, bool with_bias, int64_t n, int64_t c, int64_t s,
+                                        int64_t pooled, std::mt19937&);
 
 // Each geometry, with a bias and without, through each chain: body(pc, chain, with_bias, in, ref,
 // what) with the chain's inputs from make_inputs and their CPU reference.
@@ -1294,8 +1312,8 @@ TEST(CudaKernels, PlainPoolAccumulatesWithoutY) {
       b.dy.upload(dx0, off);
       uint8_t* argmax = max ? b.argmax.get() + off : nullptr;
       gpu::chain_pool_forward(b.y.get() + off, nullptr, b.chain, b.p.get() + off, argmax, g, nullptr);
-      gpu::chain_pool_backward(b.dp.get() + off, nullptr, nullptr, argmax, b.chain, b.dy.get() + off, true, {},
-                               nullptr, g, nullptr);
+      gpu::chain_pool_backward(b.dp.get() + off, nullptr, nullptr, argmax, b.chain, b.dy.get() + off, true, {}, nullptr,
+                               g, nullptr);
       const std::string what = pc.label + " off " + std::to_string(off) + ": ";
       expect_exact(b.p.download(off, b.pooled), ref.p, what + "p");
       // The gradient is summed in the reference's order, then added once: exact.
@@ -1343,19 +1361,18 @@ std::vector<PoolCase> channels_last_cases() {
   }
   cases.push_back(pool_case("37 channels, max 2x2", 2, 37, {1, 10, 14}, gpu::ChainPool::Max, {1, 2, 2}, {1, 2, 2}));
   cases.push_back(pool_case("72 channels, avg 2x2x2", 1, 72, {4, 6, 10}, gpu::ChainPool::Avg, {2, 2, 2}, {2, 2, 2}));
-  cases.push_back(pool_case("12 channels, avg 3 s2 p1", 2, 12, {1, 9, 13}, gpu::ChainPool::Avg, {1, 3, 3},
-                            {1, 2, 2}, {0, 1, 1}));
+  cases.push_back(
+      pool_case("12 channels, avg 3 s2 p1", 2, 12, {1, 9, 13}, gpu::ChainPool::Avg, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}));
   cases.push_back(pool_case("44 channels, no pool", 1, 44, {2, 3, 11}, gpu::ChainPool::None));
   cases.push_back(pool_case("33 channels, no pool", 3, 33, {1, 5, 7}, gpu::ChainPool::None));
-  cases.push_back(pool_case("64 channels, max 3 s2 p1", 2, 64, {1, 11, 9}, gpu::ChainPool::Max, {1, 3, 3},
-                            {1, 2, 2}, {0, 1, 1}));
+  cases.push_back(
+      pool_case("64 channels, max 3 s2 p1", 2, 64, {1, 11, 9}, gpu::ChainPool::Max, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}));
   return cases;
 }
 
 // channels_last_cases(), one a test (as ChainPoolCases).
 class ChannelsLastPoolCases : public ::testing::TestWithParam<size_t> {};
-INSTANTIATE_TEST_SUITE_P(CudaKernels, ChannelsLastPoolCases,
-                         ::testing::Range(size_t(0), channels_last_cases().size()));
+INSTANTIATE_TEST_SUITE_P(CudaKernels, ChannelsLastPoolCases, ::testing::Range(size_t(0), channels_last_cases().size()));
 
 // P and a max pool's argmax as chain_pool_forward gives them from the packed
 // Y (bit for bit), P against the CPU reference, and y_at_max = v at the argmax.
@@ -1364,48 +1381,49 @@ TEST_P(ChannelsLastPoolCases, ChannelsLastPool) {
   std::mt19937 rng(317 + GetParam());
   const PoolCase pc = channels_last_cases()[GetParam()];
   ASSERT_EQ(gpu::channels_last_pool_geometry_error(pc.g), nullptr) << pc.label;
-  for_each_pool_chain({pc}, kChains, chain_inputs, rng, [](const PoolCase& pc, const ChainCase& chain, bool,
-                                                            const ChainInputs& in, const ChainReference& ref,
-                                                            const std::string& chain_what) {
-    const gpu::ChainPoolGeometry& g = pc.g;
-    const bool max = g.pool == gpu::ChainPool::Max;
-    const auto out = gpu::chain_pool_output(g);
-    const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
-    const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
-    ChainInputs last = in;
-    last.y = to_channels_last(in.y, g.n, g.c, s);
-    for (size_t off : {size_t(0), size_t(1)}) {
-      const std::string what = chain_what + "off " + std::to_string(off) + ": ";
-      ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
-      gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
-                              max ? packed.argmax.get() + off : nullptr, g, nullptr);
-      gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off, gpu::PLayout::Packed,
-                                      max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
-                                      g, nullptr);
-      const ChainResult want = packed.result(max, false), got = b.result(max, max);
-      expect_same(got.p, want.p, what + "p");
-      // P written channels-last: the same bits, transposed, and nothing past it touched.
-      ChainBuffers b_last(last, g.c, count, all_pooled, 0, off);
-      gpu::channels_last_pool_forward(b_last.y.get() + off, b_last.bias_ptr(), b_last.chain, b_last.p.get() + off,
-                                      gpu::PLayout::ChannelsLast, nullptr, nullptr, g, nullptr);
-      expect_same(b_last.p.download(off, all_pooled), to_channels_last(want.p, g.n, g.c, pooled),
-                  what + "channels-last p");
-      expect_untouched(b_last.p, off, all_pooled, what + "channels-last p");
-      expect_same(got.argmax, want.argmax, what + "argmax");
-      if (chain.exact)
-        expect_exact(got.p, ref.p, what + "p vs reference");
-      else
-        expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
-      if (!max) continue;
-      int64_t bad = 0;
-      for (int64_t o = 0; o < all_pooled; ++o) {
-        const int64_t at = pool_window_index(g, o / pooled, o % pooled, got.argmax[o]);
-        if ((at < 0 || bits(ref.v[at]) != bits(got.y_at_max[o])) && ++bad <= 3)
-          ADD_FAILURE() << what << "y_at_max wrong at pooled element " << o;
-      }
-      EXPECT_EQ(bad, 0) << what;
-    }
-  });
+  for_each_pool_chain(
+      {pc}, kChains, chain_inputs, rng,
+      [](const PoolCase& pc, const ChainCase& chain, bool, const ChainInputs& in, const ChainReference& ref,
+         const std::string& chain_what) {
+        const gpu::ChainPoolGeometry& g = pc.g;
+        const bool max = g.pool == gpu::ChainPool::Max;
+        const auto out = gpu::chain_pool_output(g);
+        const int64_t s = g.y[0] * g.y[1] * g.y[2], pooled = out[0] * out[1] * out[2];
+        const int64_t count = g.n * g.c * s, all_pooled = g.n * g.c * pooled;
+        ChainInputs last = in;
+        last.y = to_channels_last(in.y, g.n, g.c, s);
+        for (size_t off : {size_t(0), size_t(1)}) {
+          const std::string what = chain_what + "off " + std::to_string(off) + ": ";
+          ChainBuffers packed(in, g.c, count, all_pooled, 0, off), b(last, g.c, count, all_pooled, 0, off);
+          gpu::chain_pool_forward(packed.y.get() + off, packed.bias_ptr(), packed.chain, packed.p.get() + off,
+                                  max ? packed.argmax.get() + off : nullptr, g, nullptr);
+          gpu::channels_last_pool_forward(b.y.get() + off, b.bias_ptr(), b.chain, b.p.get() + off, gpu::PLayout::Packed,
+                                          max ? b.argmax.get() + off : nullptr, max ? b.y_at_max.get() + off : nullptr,
+                                          g, nullptr);
+          const ChainResult want = packed.result(max, false), got = b.result(max, max);
+          expect_same(got.p, want.p, what + "p");
+          // P written channels-last: the same bits, transposed, and nothing past it touched.
+          ChainBuffers b_last(last, g.c, count, all_pooled, 0, off);
+          gpu::channels_last_pool_forward(b_last.y.get() + off, b_last.bias_ptr(), b_last.chain, b_last.p.get() + off,
+                                          gpu::PLayout::ChannelsLast, nullptr, nullptr, g, nullptr);
+          expect_same(b_last.p.download(off, all_pooled), to_channels_last(want.p, g.n, g.c, pooled),
+                      what + "channels-last p");
+          expect_untouched(b_last.p, off, all_pooled, what + "channels-last p");
+          expect_same(got.argmax, want.argmax, what + "argmax");
+          if (chain.exact)
+            expect_exact(got.p, ref.p, what + "p vs reference");
+          else
+            expect_rel(got.p, to_double(ref.p), 1e-5, what + "p vs reference");
+          if (!max) continue;
+          int64_t bad = 0;
+          for (int64_t o = 0; o < all_pooled; ++o) {
+            const int64_t at = pool_window_index(g, o / pooled, o % pooled, got.argmax[o]);
+            if ((at < 0 || bits(ref.v[at]) != bits(got.y_at_max[o])) && ++bad <= 3)
+              ADD_FAILURE() << what << "y_at_max wrong at pooled element " << o;
+          }
+          EXPECT_EQ(bad, 0) << what;
+        }
+      });
 }
 
 // The add_ form over two channels-last addends: P and a max pool's argmax as
@@ -1460,8 +1478,8 @@ const std::vector<ChainCase> kMinusInfChains = {
     {"relu,scale,leaky.1,scale", {leaky(0.f), kScale, leaky(0.1f), kScale}},
 };
 
-ChainInputs minus_inf_chain_inputs(const std::vector<ChainStep>& steps, bool with_bias, int64_t n, int64_t c,
-                                   int64_t s, int64_t pooled, std::mt19937& rng) {
+ChainInputs minus_inf_chain_inputs(const std::vector<ChainStep>& steps, bool with_bias, int64_t n, int64_t c, int64_t s,
+                                   int64_t pooled, std::mt19937& rng) {
   ChainInputs in = chain_inputs(steps, with_bias, n, c, s, pooled, rng);
   for (size_t i = 1; i < in.y.size(); i += 5) in.y[i] = -std::numeric_limits<float>::infinity();
   return in;
@@ -1478,8 +1496,7 @@ TEST_P(FusedEpilogueGeometries, FusedEpilogueReluOfMinusInfIsZero) {
   const EpilogueGeometry& g = kEpilogueGeometries[GetParam()];
   for (bool with_bias : {true, false}) {
     for (const ChainCase& chain : kMinusInfChains) {
-      const ChainInputs in =
-          minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
+      const ChainInputs in = minus_inf_chain_inputs(chain.steps, with_bias, g.n, g.c, spatial_of(g), pooled_of(g), rng);
       const std::string what = describe(g) + "bias " + std::to_string(with_bias) + " " + chain.label + ": ";
       const cpu::PoolGeometry pg = pool_geometry(g);
       const ChainReference ref = chain_reference(in, g.n, g.c, spatial_of(g), &pg, true);
@@ -1661,8 +1678,7 @@ TEST(CudaKernels, RejectsBadArguments) {
   EXPECT_THROW(gpu::bias_backward_scratch_bytes(1, 0, 8), anvil::Error);
   EXPECT_THROW(gpu::channel_scale_backward_scratch_bytes(1, 0, 8), anvil::Error);
   EXPECT_THROW(gpu::channel_scale_forward(x, nullptr, x, 1, 1, 8, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::channel_scale_backward(x, x, x, x, nullptr, 1, 1, 8, false, scratch.get(), nullptr),
-               anvil::Error);
+  EXPECT_THROW(gpu::channel_scale_backward(x, x, x, x, nullptr, 1, 1, 8, false, scratch.get(), nullptr), anvil::Error);
 
   gpu::EpilogueChain chain;  // leaky -> scale
   chain.ops = 2;
@@ -1704,21 +1720,21 @@ TEST(CudaKernels, RejectsBadArguments) {
   EXPECT_THROW(gpu::chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, nullptr, pool, nullptr),
                anvil::Error);  // no scratch for the sums
   // Codes stand in for Y only for a chain of leaky_relus (this one has a multiplier), and must be given.
-  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, u.get(), u.get(), chain, x, false, grads, scratch.get(), pool,
-                                                   nullptr),
-               anvil::Error);
+  EXPECT_THROW(
+      gpu::chain_pool_backward_from_codes(x, u.get(), u.get(), chain, x, false, grads, scratch.get(), pool, nullptr),
+      anvil::Error);
   gpu::EpilogueChain relu;
   relu.ops = 1;  // leaky_relu of slope 0
-  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, nullptr, u.get(), relu, x, false, grads, scratch.get(), pool,
-                                                   nullptr),
-               anvil::Error);
-  EXPECT_THROW(gpu::chain_pool_backward_from_codes(x, u.get(), nullptr, relu, x, false, grads, scratch.get(), pool,
-                                                   nullptr),
-               anvil::Error);  // a max pool needs its argmax
+  EXPECT_THROW(
+      gpu::chain_pool_backward_from_codes(x, nullptr, u.get(), relu, x, false, grads, scratch.get(), pool, nullptr),
+      anvil::Error);
+  EXPECT_THROW(
+      gpu::chain_pool_backward_from_codes(x, u.get(), nullptr, relu, x, false, grads, scratch.get(), pool, nullptr),
+      anvil::Error);  // a max pool needs its argmax
   EXPECT_THROW(gpu::add_chain_pool_forward(x, nullptr, chain, x, u.get(), pool, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::add_chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, scratch.get(), pool,
-                                            nullptr),
-               anvil::Error);  // y without its addend
+  EXPECT_THROW(
+      gpu::add_chain_pool_backward(x, x, nullptr, u.get(), chain, x, false, grads, scratch.get(), pool, nullptr),
+      anvil::Error);  // y without its addend
   gpu::ChainPoolGeometry bad = pool;
   bad.pad = {0, 2, 0};  // more than half the window
   EXPECT_THROW(gpu::chain_pool_backward_scratch_bytes(bad, chain), anvil::Error);
@@ -1735,18 +1751,22 @@ TEST(CudaKernels, RejectsBadArguments) {
   bad = pool;
   bad.pool = gpu::ChainPool::None;  // no pool with a window
   EXPECT_THROW(gpu::chain_pool_forward(x, nullptr, chain, x, nullptr, bad, nullptr), anvil::Error);
-  EXPECT_THROW(gpu::chain_pool_forward(x, nullptr, chain, x, u.get(), [] {
-    gpu::ChainPoolGeometry avg;
-    avg.pool = gpu::ChainPool::Avg;
-    return avg;
-  }(), nullptr), anvil::Error);  // argmax only with a max pool
+  EXPECT_THROW(gpu::chain_pool_forward(
+                   x, nullptr, chain, x, u.get(),
+                   [] {
+                     gpu::ChainPoolGeometry avg;
+                     avg.pool = gpu::ChainPool::Avg;
+                     return avg;
+                   }(),
+                   nullptr),
+               anvil::Error);  // argmax only with a max pool
   const gpu::PLayout packed = gpu::PLayout::Packed;
   EXPECT_THROW(gpu::channels_last_pool_forward(nullptr, nullptr, chain, x, packed, u.get(), x, pool, nullptr),
                anvil::Error);
   EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, packed, nullptr, x, pool, nullptr),
                anvil::Error);  // y_at_max only with argmax
-  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, gpu::PLayout::ChannelsLast, u.get(), nullptr,
-                                               pool, nullptr),
+  EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, chain, x, gpu::PLayout::ChannelsLast, u.get(), nullptr, pool,
+                                               nullptr),
                anvil::Error);  // argmax only with a packed P
   EXPECT_THROW(gpu::channels_last_pool_forward(x, nullptr, no_multiplier, x, packed, nullptr, nullptr, pool, nullptr),
                anvil::Error);

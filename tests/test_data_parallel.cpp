@@ -99,7 +99,8 @@ void expect_close(const Parameters& got, const Parameters& want, double tol) {
 
 void expect_identical_ranks(const std::vector<Parameters>& ranks) {
   for (size_t r = 1; r < ranks.size(); ++r)
-    for (const auto& [name, value] : ranks[0]) EXPECT_TRUE(bitwise_equal(ranks[r].at(name), value)) << name << " rank " << r;
+    for (const auto& [name, value] : ranks[0])
+      EXPECT_TRUE(bitwise_equal(ranks[r].at(name), value)) << name << " rank " << r;
 }
 
 TEST(DataParallelCpu, TwoAndFourRanksTrainAsOneEngineAtTheGlobalBatch) {
@@ -154,9 +155,10 @@ TEST(DataParallelCpu, BadSetupsAreRefusedBeforeAnyWork) {
   EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {0, 1}, nothing), InputError);  // GPUs on the CPU
   DataOptions keep_last;
   keep_last.keep_last = true;
-  EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {},
-                                 [&](Engine& engine, int) { Trainer(engine, dataset(), nullptr, steps(1), keep_last); }),
-               InputError);
+  EXPECT_THROW(
+      run_data_parallel(network(), on(Device::Cpu), 2, {},
+                        [&](Engine& engine, int) { Trainer(engine, dataset(), nullptr, steps(1), keep_last); }),
+      InputError);
 }
 
 // A rank that fails stops the others (which would wait in the all-reduce for ever), and its own
@@ -186,8 +188,9 @@ TEST(DataParallelCpu, ARankThatReturnsEarlyDoesNotLeaveAnotherWaiting) {
       });
       ADD_FAILURE() << "no exception";
     } catch (const Error& e) {
-      EXPECT_STREQ(e.what(), "in-process communicator: another rank's work returned while this rank averages "
-                             "(every rank must run the same steps)");
+      EXPECT_STREQ(e.what(),
+                   "in-process communicator: another rank's work returned while this rank averages "
+                   "(every rank must run the same steps)");
     }
   }
   EXPECT_THROW(run_data_parallel(network(), on(Device::Cpu), 2, {}, RankWork{}), InputError);
@@ -196,8 +199,8 @@ TEST(DataParallelCpu, ARankThatReturnsEarlyDoesNotLeaveAnotherWaiting) {
 // A divergence is replayed by the ranks together and named as on one engine; only rank 0 writes
 // checkpoints.
 TEST(DataParallelCpu, ANonFiniteStepIsFoundByTheRanksTogether) {
-  const Network diverging = testing::network_with(data_path("dataset_epochs.json"),
-                                                  {{"optimizer", {{"type", "sgd"}, {"lr", 1e12}}}});
+  const Network diverging =
+      testing::network_with(data_path("dataset_epochs.json"), {{"optimizer", {{"type", "sgd"}, {"lr", 1e12}}}});
   Options checked = on(Device::Cpu);
   checked.check_finite = true;
   TrainOptions o = steps(20);
@@ -212,9 +215,8 @@ TEST(DataParallelCpu, ANonFiniteStepIsFoundByTheRanksTogether) {
   }
   ASSERT_TRUE(std::regex_match(alone, std::regex("step [0-9]+: non-finite .*"))) << alone;
   try {
-    run_data_parallel(diverging, checked, 2, {}, [&](Engine& engine, int) {
-      Trainer(engine, dataset(), nullptr, o, DataOptions{}).run({});
-    });
+    run_data_parallel(diverging, checked, 2, {},
+                      [&](Engine& engine, int) { Trainer(engine, dataset(), nullptr, o, DataOptions{}).run({}); });
     ADD_FAILURE() << "no exception";
   } catch (const NonFiniteError& e) {
     EXPECT_EQ(alone.substr(0, alone.find(':')), std::string(e.what()).substr(0, alone.find(':'))) << e.what();
@@ -335,11 +337,10 @@ TEST(DataParallelCpu, ACommunicatorsRankOutsideItsSizeIsRefused) {
     void average(float*, int64_t, void*) override { ADD_FAILURE() << "averaged"; }
     void abort() override {}
   };
-  const std::pair<Fixed, std::string> cases[] = {
-      {{2, 2}, "Options::communicator: rank 2 is not from 0 to 1"},
-      {{-1, 2}, "Options::communicator: rank -1 is not from 0 to 1"},
-      {{0, 0}, "Options::communicator: its size is 0, not at least 1"},
-      {{0, -3}, "Options::communicator: its size is -3, not at least 1"}};
+  const std::pair<Fixed, std::string> cases[] = {{{2, 2}, "Options::communicator: rank 2 is not from 0 to 1"},
+                                                 {{-1, 2}, "Options::communicator: rank -1 is not from 0 to 1"},
+                                                 {{0, 0}, "Options::communicator: its size is 0, not at least 1"},
+                                                 {{0, -3}, "Options::communicator: its size is -3, not at least 1"}};
   for (auto [comm, want] : cases) {
     Options o = on(Device::Cpu);
     o.communicator = &comm;

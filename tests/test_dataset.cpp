@@ -140,7 +140,7 @@ TEST(BatchPlan, CountsWholeEpochsAndSmallDatasets) {
   EXPECT_EQ(BatchPlan(256, 32, false).batches_per_epoch(), 8);
   EXPECT_EQ(BatchPlan(256, 32, true).batches_per_epoch(), 8);  // nothing is left over
   EXPECT_EQ(BatchPlan(32, 32, false).batches_per_epoch(), 1);  // a single-batch file
-  const BatchPlan small(10, 32, true);  // keep-last allows one batch smaller than the batch size
+  const BatchPlan small(10, 32, true);                         // keep-last allows one batch smaller than the batch size
   ASSERT_EQ(small.batches_per_epoch(), 1);
   EXPECT_EQ(small.samples_in_batch(0), 10);
 }
@@ -216,15 +216,18 @@ TEST_F(DatasetFile, HoldsEachTensorContiguouslyAndGathersBatches) {
   const Dataset moved = std::move(data);
   EXPECT_EQ(data.size(), 0);
   EXPECT_EQ(data.sample_shape(), Shape{});
-  expect_input_error([&] { data.input_batch({}); }, "an empty anvil::Dataset (moved from): make one with Dataset::load");
+  expect_input_error([&] { data.input_batch({}); },
+                     "an empty anvil::Dataset (moved from): make one with Dataset::load");
   EXPECT_THROW(data.input_sample(0), InputError);
-  const Network net = Network::parse(R"({"name": "n", "input": [1, 2, 3, 1], "layers": [{"type": "channel_scale"}]})", "n.json");
+  const Network net =
+      Network::parse(R"({"name": "n", "input": [1, 2, 3, 1], "layers": [{"type": "channel_scale"}]})", "n.json");
   Options options;
   options.device = Device::Cpu;
   Engine engine(net, options);
   expect_input_error([&] { engine.attach_data(data, {}); },
                      "an empty anvil::Dataset (moved from): make one with Dataset::load");
-  expect_input_error([&] { engine.evaluate(data); }, "an empty anvil::Dataset (moved from): make one with Dataset::load");
+  expect_input_error([&] { engine.evaluate(data); },
+                     "an empty anvil::Dataset (moved from): make one with Dataset::load");
   EXPECT_EQ(moved.size(), 5);
 }
 
@@ -298,8 +301,8 @@ struct ReferenceRun {
 // epoch (when `val` is given) and the final parameters.
 void train_against_reference(const Network& net, const ReferenceRun& run, const Dataset* val,
                              Device device = Device::Cpu) {
-  const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"),
-                                      without_batch(net.input_shape()), without_batch(net.output_shape()));
+  const Dataset train = Dataset::load(data_path("dataset_epochs_train.safetensors"), without_batch(net.input_shape()),
+                                      without_batch(net.output_shape()));
   Options options;
   options.device = device;
   Engine engine(net, options);
@@ -402,8 +405,8 @@ TEST(DatasetTraining, StartEpochRefusesPositionsOutsideTheData) {
   engine.attach_data(train, DataOptions{});
   const int64_t batches = engine.batches_per_epoch();
   ASSERT_GT(batches, 1);
-  const std::string range = "start_epoch: the first batch must be in 0.." + std::to_string(batches) +
-                            " (the batches of an epoch), got ";
+  const std::string range =
+      "start_epoch: the first batch must be in 0.." + std::to_string(batches) + " (the batches of an epoch), got ";
   EXPECT_EQ(message(0, -1), range + "-1");
   EXPECT_EQ(message(3, batches + 1), range + std::to_string(batches + 1));
   EXPECT_EQ(message(-1, 0), "start_epoch: the epoch must be >= 0, got -1");
@@ -450,8 +453,8 @@ TEST(DatasetTraining, AnAttachedDatasetMovedFromOrReassignedIsRefused) {
       train = std::move(elsewhere);
     EXPECT_EQ(train.identity() == 0, move);
     const auto before = engine.parameters();
-    for (const std::function<void()>& step : {std::function<void()>([&] { engine.train_step(); }),
-                                             std::function<void()>([&] { engine.start_epoch(1); })}) {
+    for (const std::function<void()>& step :
+         {std::function<void()>([&] { engine.train_step(); }), std::function<void()>([&] { engine.start_epoch(1); })}) {
       try {
         step();
         ADD_FAILURE() << "no error";
@@ -489,8 +492,9 @@ TEST(DatasetTraining, ATrainerRefusesAnEngineFeedingFromAnotherDataset) {
     }
     return "<no error>";
   };
-  const std::string another = "a dataset was attached to the engine since this Trainer was made (attach_data, or a "
-                              "second Trainer): one Trainer at a time trains an engine";
+  const std::string another =
+      "a dataset was attached to the engine since this Trainer was made (attach_data, or a "
+      "second Trainer): one Trainer at a time trains an engine";
   EXPECT_EQ(error_of([&] { first.run({}); }), another);
   EXPECT_EQ(engine.steps_done(), 0);
   EXPECT_EQ(error_of([&] { second.run({}); }), "<no error>");
@@ -508,8 +512,9 @@ TEST(DatasetTraining, ATrainerRefusesAnEngineFeedingFromAnotherDataset) {
 
   TrainOptions own;
   own.steps = 2;
-  const std::string attached = "the engine has a dataset attached (attach_data): this Trainer trains on the "
-                               "engine's own batch; give the dataset to the Trainer instead";
+  const std::string attached =
+      "the engine has a dataset attached (attach_data): this Trainer trains on the "
+      "engine's own batch; give the dataset to the Trainer instead";
   EXPECT_EQ(error_of([&] { Trainer(engine, own); }), attached);
   engine.detach_data();  // back to the engine's own batch
   EXPECT_EQ(engine.attached_data(), nullptr);
@@ -569,14 +574,15 @@ TEST(DatasetTraining, ACheckpointIsRefusedWhereItCouldNotBeWrittenOrWouldReplace
   EXPECT_EQ(error_of(dir + "/link.safetensors"),
             dir + "/link.safetensors: the checkpoint would overwrite the dataset " + named(train_path));
   EXPECT_EQ(error_of(dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors"),
-            dir + "/../" + fs::path(dir).filename().string() + "/val.safetensors: the checkpoint would overwrite the dataset " +
-                named(val_path));
+            dir + "/../" + fs::path(dir).filename().string() +
+                "/val.safetensors: the checkpoint would overwrite the dataset " + named(val_path));
   EXPECT_EQ(error_of(dir + "/missing/c.safetensors"),
             dir + "/missing/c.safetensors: cannot write: directory '" + dir + "/missing' does not exist");
   EXPECT_EQ(error_of(dir), dir + ": cannot write: it is a directory");
   EXPECT_EQ(error_of(train_path + "/c.safetensors"),
             train_path + "/c.safetensors: cannot write in '" + train_path + "': Not a directory");
-  EXPECT_EQ(error_of(dir + "/" + std::string(300, 'c')), dir + "/" + std::string(300, 'c') + ": cannot write: File name too long");
+  EXPECT_EQ(error_of(dir + "/" + std::string(300, 'c')),
+            dir + "/" + std::string(300, 'c') + ": cannot write: File name too long");
   EXPECT_EQ(error_of(net_path), net_path + ": the checkpoint would overwrite the network file " + named(net_path));
   EXPECT_EQ(error_of(dir + "/c.safetensors"), "<no error>");
   EXPECT_EQ(engine.steps_done(), 0);
@@ -646,7 +652,8 @@ TEST(DatasetTraining, InputsLoadedByRelativePathsStayRefusedAfterTheCurrentDirec
     return "<no error>";
   };
   const std::string a = fs::path(dir + "/a").lexically_normal().string();  // messages name the files absolutely
-  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
+  EXPECT_EQ(save_error("../a/net.json"),
+            "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
   EXPECT_EQ(save_error("../a/train.safetensors"),
             "../a/train.safetensors: the checkpoint would overwrite the dataset " + a + "/train.safetensors");
   EXPECT_EQ(save_error("../a/val.safetensors"),
@@ -657,7 +664,8 @@ TEST(DatasetTraining, InputsLoadedByRelativePathsStayRefusedAfterTheCurrentDirec
   // Replaced by rename since (an editor's save): another inode, still the file the name gave.
   fs::copy_file("../a/net.json", "../a/net.json.new");
   fs::rename("../a/net.json.new", "../a/net.json");
-  EXPECT_EQ(save_error("../a/net.json"), "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
+  EXPECT_EQ(save_error("../a/net.json"),
+            "../a/net.json: the checkpoint would overwrite the network file " + a + "/net.json");
   fs::current_path(restore.saved);
   fs::remove_all(dir);
 }
@@ -772,8 +780,7 @@ TEST(DatasetTrainingGpu, EpochsWithValidationAndAPartialBatchMatchPyTorch) {
   const int64_t batch = std::stoll(ref.metadata.at("keep_last.batch"));
   Shape input = net.input_shape();
   input[0] = batch;
-  const Network partial =
-      network_with(data_path("dataset_epochs.json"), {{"input", input}, {"precision", "fp32"}});
+  const Network partial = network_with(data_path("dataset_epochs.json"), {{"input", input}, {"precision", "fp32"}});
   train_against_reference(partial, {ref, "keep_last.", batch, std::stoll(ref.metadata.at("keep_last.epochs")), true},
                           nullptr, Device::Cuda);
 }

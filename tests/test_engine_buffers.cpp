@@ -107,10 +107,12 @@ TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
 // exception: its forward pass builds, its input's gradient does not. So is check_finite, which
 // would plan nothing and leave keep_good_state() to fail.
 TEST(EngineBuffers, TrainingOptionsAreRefusedByAForwardOnlyEngine) {
-  const std::string refused = "Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) "
-                              "computes no gradient, of the input or of anything else";
-  const std::string refused_check = "Options::check_finite needs Mode::Train: a forward-only engine "
-                                    "(Mode::Forward) takes no training step to check";
+  const std::string refused =
+      "Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) "
+      "computes no gradient, of the input or of anything else";
+  const std::string refused_check =
+      "Options::check_finite needs Mode::Train: a forward-only engine "
+      "(Mode::Forward) takes no training step to check";
   const Network with_params = Network::load(data_path("odd_sizes.json"));
   const Network without_params =
       Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "relu"}]})", "relu.json");
@@ -204,8 +206,8 @@ TEST(HostTensor, AShapeBeyondHostMemoryIsRefusedByName) {
 
 // A moved-from Network is empty: every use says so in one line, and nothing reads a null description.
 TEST(EngineBuffers, AMovedFromNetworkRefusesEveryUse) {
-  Network net = Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "channel_scale"}]})",
-                               "scale.json");
+  Network net =
+      Network::parse(R"({"name": "t", "input": [2, 3, 4, 4], "layers": [{"type": "channel_scale"}]})", "scale.json");
   const Network kept = std::move(net);
   const std::string empty = "an empty anvil::Network (moved from): make one with Network::load or Network::parse";
   for (const auto& use : std::vector<std::function<void()>>{
@@ -229,8 +231,9 @@ TEST(EngineBuffers, ANetworkWithoutParametersIsRefusedForTrainingWithOneLine) {
     Engine engine(net, on(Device::Cpu));
     ADD_FAILURE() << "no error";
   } catch (const InputError& e) {
-    EXPECT_EQ(std::string(e.what()), "relu.json: the network has no parameters, so there is nothing to train "
-                                    "(with the input's gradient, --input-grad, there is)");
+    EXPECT_EQ(std::string(e.what()),
+              "relu.json: the network has no parameters, so there is nothing to train "
+              "(with the input's gradient, --input-grad, there is)");
   }
   Options forward = on(Device::Cpu);
   forward.mode = Mode::Forward;
@@ -271,7 +274,9 @@ namespace {
 // (on the host an allocation may succeed and the first write get the process killed). Forty 1x1x1
 // convs over 2^30-element tensors keep about 160 GiB of activations for backward.
 TEST(EngineMemory, AnArenaBeyondTheFreeMemoryIsRefusedWithBothFigures) {
-  nlohmann::json doc = {{"name", "huge"}, {"input", {1, 1, 1024, 1024, 1024}}, {"loss", "mse"},
+  nlohmann::json doc = {{"name", "huge"},
+                        {"input", {1, 1, 1024, 1024, 1024}},
+                        {"loss", "mse"},
                         {"optimizer", {{"type", "sgd"}, {"lr", 0.1}}}};
   for (int i = 0; i < 40; ++i)
     doc["layers"].push_back({{"type", "conv3d"}, {"in_channels", 1}, {"out_channels", 1}, {"kernel_size", 1}});
@@ -286,8 +291,9 @@ TEST(EngineMemory, AnArenaBeyondTheFreeMemoryIsRefusedWithBothFigures) {
       ADD_FAILURE() << "a " << gib(engine.device_bytes()) << " arena was allocated on the " << where;
     } catch (const Error& e) {
       std::cmatch m;
-      ASSERT_TRUE(std::regex_match(e.what(), m, std::regex("out of " + where + " memory: the arena needs ([0-9.]+) GiB, the " +
-                                                           where + " has ([0-9.]+) GiB free")))
+      ASSERT_TRUE(std::regex_match(e.what(), m,
+                                   std::regex("out of " + where + " memory: the arena needs ([0-9.]+) GiB, the " +
+                                              where + " has ([0-9.]+) GiB free")))
           << e.what();
       EXPECT_GT(std::stod(m[1]), 150.0) << e.what();
       EXPECT_GT(std::stod(m[1]), std::stod(m[2])) << e.what();
@@ -303,9 +309,9 @@ TEST(EngineMemory, ACgroupLimitBindsLessItsUseBeyondThePageCache) {
   fs::remove_all(root);
   fs::create_directories(root / "memory");
   auto write = [&](const fs::path& file, const std::string& text) { std::ofstream(root / file) << text; };
-  const std::string none = (root / "no_self_cgroup").string();  // the root cgroup alone
+  const std::string none = (root / "no_self_cgroup").string();            // the root cgroup alone
   EXPECT_EQ(cgroup_available_memory(root.string(), none), std::nullopt);  // no files: no cgroup limit
-  write("memory/memory.limit_in_bytes", "9223372036854771712\n");  // v1 without a limit: a huge number
+  write("memory/memory.limit_in_bytes", "9223372036854771712\n");         // v1 without a limit: a huge number
   write("memory/memory.usage_in_bytes", "3000\n");
   EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(9223372036854771712ull - 3000));
   write("memory/memory.limit_in_bytes", "10000\n");
@@ -317,7 +323,7 @@ TEST(EngineMemory, ACgroupLimitBindsLessItsUseBeyondThePageCache) {
   write("memory.max", "4000\n");
   write("memory.stat", "anon 400\ninactive_file 200\n");
   EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(4000 - 300));  // the least of the two
-  write("memory.current", "9000\n");  // beyond the limit: nothing left
+  write("memory.current", "9000\n");                                            // beyond the limit: nothing left
   EXPECT_EQ(cgroup_available_memory(root.string(), none), size_t(0));
   fs::remove_all(root);
 }

@@ -60,16 +60,27 @@ std::vector<Shape> shapes() {
   for (size_t i = 0; i < big / 4; ++i) escaped += "\\u0041";
   escaped += "\"";
   return {
-      {"integers", repeated("[", [](int) { return "0"; }, n, "]")},
-      {"empty objects", repeated("[", [](int) { return "{}"; }, n, "]")},
-      {"empty arrays", repeated("[", [](int) { return "[]"; }, n, "]")},
-      {"short keys", repeated("{", [](int i) { return "\"" + std::to_string(i) + "\":0"; }, n, "}")},
-      {"long keys", repeated("{", [&](int i) { return "\"" + long_text + std::to_string(i) + "\":1"; }, n, "}")},
-      {"long strings", repeated("[", [&](int) { return "\"" + long_text + "\""; }, n, "]")},
-      {"strings of 27 bytes", repeated("[", [&](int) { return "\"" + mid_text + "\""; }, n, "]")},
-      {"tensor header", repeated("{", [](int i) {
-         return "\"layer" + std::to_string(i) + ".weight\":{\"dtype\":\"F32\",\"shape\":[3,4],\"data_offsets\":[0,48]}";
-       }, n / 4, "}")},
+      {"integers", repeated(
+                       "[", [](int) { return "0"; }, n, "]")},
+      {"empty objects", repeated(
+                            "[", [](int) { return "{}"; }, n, "]")},
+      {"empty arrays", repeated(
+                           "[", [](int) { return "[]"; }, n, "]")},
+      {"short keys", repeated(
+                         "{", [](int i) { return "\"" + std::to_string(i) + "\":0"; }, n, "}")},
+      {"long keys", repeated(
+                        "{", [&](int i) { return "\"" + long_text + std::to_string(i) + "\":1"; }, n, "}")},
+      {"long strings", repeated(
+                           "[", [&](int) { return "\"" + long_text + "\""; }, n, "]")},
+      {"strings of 27 bytes", repeated(
+                                  "[", [&](int) { return "\"" + mid_text + "\""; }, n, "]")},
+      {"tensor header", repeated(
+                            "{",
+                            [](int i) {
+                              return "\"layer" + std::to_string(i) +
+                                     ".weight\":{\"dtype\":\"F32\",\"shape\":[3,4],\"data_offsets\":[0,48]}";
+                            },
+                            n / 4, "}")},
       {"one long string", "[\"" + std::string(big, 'z') + "\"]", 2 * big + 2},
       {"one long escaped string", "[" + escaped + "]", escaped.size() + big / 4},
       {"one long number", "[0." + std::string(big, '1') + "]", 2 * (big + 2)},

@@ -168,8 +168,8 @@ TEST(LrSchedule, CosineWithWarmup) {
   s.min_lr = 1e-4;
   // Warmup 1/2, 2/2 of base; then cosine over T = 3 steps: cos(0), cos(pi/3),
   // cos(2pi/3), cos(pi) (the floor), and on, periodically: cos(4pi/3), cos(2pi).
-  const double want[] = {5e-4, 1e-3, 1e-3, 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.25, 1e-4, 1e-4 + 9e-4 * 0.25,
-                         1e-4 + 9e-4 * 0.75, 1e-3};
+  const double want[] = {
+      5e-4, 1e-3, 1e-3, 1e-4 + 9e-4 * 0.75, 1e-4 + 9e-4 * 0.25, 1e-4, 1e-4 + 9e-4 * 0.25, 1e-4 + 9e-4 * 0.75, 1e-3};
   for (int64_t t = 0; t < 9; ++t) EXPECT_NEAR(anvil::scheduled_lr(s, t), want[t], 1e-15) << "t " << t;
 }
 
@@ -266,7 +266,10 @@ std::vector<std::vector<float>> gradients(size_t n, std::mt19937& rng) {
   return g;
 }
 
-template <class T> std::vector<T> convert(const std::vector<float>& v) { return std::vector<T>(v.begin(), v.end()); }
+template <class T>
+std::vector<T> convert(const std::vector<float>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
 
 // kSteps SGD steps with the kernels of precision T; the buffer starts as NaN (step 1 must not read it).
 template <class T>
@@ -276,8 +279,8 @@ std::vector<T> run_sgd_cpu(const std::vector<float>& p0, const std::vector<std::
   StepState state;
   for (const auto& g : grads) {
     anvil::begin_step(state, sched, 0.f, 0.f);
-    cpu::sgd_update<T>(p.data(), convert<T>(g).data(), h.momentum != 0.f ? buf.data() : nullptr, int64_t(p.size()),
-                       h, state);
+    cpu::sgd_update<T>(p.data(), convert<T>(g).data(), h.momentum != 0.f ? buf.data() : nullptr, int64_t(p.size()), h,
+                       state);
   }
   return p;
 }
@@ -463,8 +466,8 @@ TEST(LossOptimizerCuda, LossMatchesCpu) {
       const float want = cpu::loss_forward_backward<float>(p, pred.data(), target.data(), want_d.data(), count);
       float first = NAN;
       for (const auto& o : kGpuOffsets) {
-        const std::string what = describe(p) + "count " + std::to_string(count) + " offsets " +
-                                 std::to_string(o[0]) + std::to_string(o[1]) + std::to_string(o[2]) + ": ";
+        const std::string what = describe(p) + "count " + std::to_string(count) + " offsets " + std::to_string(o[0]) +
+                                 std::to_string(o[1]) + std::to_string(o[2]) + ": ";
         DeviceBuffer<float> bp(count + kSlack), bt(count + kSlack), bd(count + kSlack), bl(1);
         DeviceBuffer<unsigned char> scratch(gpu::loss_scratch_bytes(count));
         bp.upload(pred, o[0]);
@@ -472,8 +475,8 @@ TEST(LossOptimizerCuda, LossMatchesCpu) {
         bd.poison();
         bl.poison();
         scratch.poison();
-        gpu::loss_forward_backward(p, bp.get() + o[0], bt.get() + o[1], bd.get() + o[2], bl.get(), count,
-                                   scratch.get(), nullptr);
+        gpu::loss_forward_backward(p, bp.get() + o[0], bt.get() + o[1], bd.get() + o[2], bl.get(), count, scratch.get(),
+                                   nullptr);
         expect_bitwise(bd.download(o[2], count), want_d, what + "dpred ");
         const float loss = bl.download(0, 1)[0];
         EXPECT_NEAR(loss, want, 1e-6 * std::fabs(want)) << what << "loss";
@@ -496,8 +499,7 @@ TEST(LossOptimizerCuda, ValidCountMatchesCpu) {
       const int64_t valid = std::max<int64_t>(1, count / 3);
       const std::vector<float> pred = random_floats(count, rng), target = random_floats(count, rng);
       std::vector<float> want_d(count);
-      const float want =
-          cpu::loss_forward_backward<float>(p, pred.data(), target.data(), want_d.data(), count, valid);
+      const float want = cpu::loss_forward_backward<float>(p, pred.data(), target.data(), want_d.data(), count, valid);
       const std::string what = describe(p) + "count " + std::to_string(count) + " valid " + std::to_string(valid);
       DeviceBuffer<float> bp(count), bt(count), bd(count), bl(1);
       DeviceBuffer<int64_t> bv(1);
@@ -530,8 +532,8 @@ TEST(LossOptimizerCuda, SgdMatchesCpu) {
       const std::vector<float> p0 = random_floats(count, rng);
       const auto grads = gradients(count, rng);
       for (const auto& o : kGpuOffsets) {
-        const std::string what = describe(h) + "count " + std::to_string(count) + " offsets " +
-                                 std::to_string(o[0]) + std::to_string(o[1]) + std::to_string(o[2]) + ": ";
+        const std::string what = describe(h) + "count " + std::to_string(count) + " offsets " + std::to_string(o[0]) +
+                                 std::to_string(o[1]) + std::to_string(o[2]) + ": ";
         const bool momentum = h.momentum != 0.f;
         std::vector<float> p = p0, buf(count, NAN);
         StepState cpu_state;
@@ -547,8 +549,8 @@ TEST(LossOptimizerCuda, SgdMatchesCpu) {
           bg.poison();
           bg.upload(grads[s], o[1]);
           gpu::begin_step(state.get(), step_schedule(), 0.f, 0.f, nullptr);
-          gpu::sgd_update(bp.get() + o[0], bg.get() + o[1], momentum ? bb.get() + o[2] : nullptr, count, h,
-                          state.get(), nullptr);
+          gpu::sgd_update(bp.get() + o[0], bg.get() + o[1], momentum ? bb.get() + o[2] : nullptr, count, h, state.get(),
+                          nullptr);
           const std::string at = what + "step " + std::to_string(s + 1) + " ";
           expect_same_state(download_state(state), cpu_state, at + "state ");
           expect_bitwise(bp.download(o[0], count), p, at + "param ");
@@ -567,9 +569,8 @@ TEST(LossOptimizerCuda, AdamMatchesCpu) {
       const std::vector<float> p0 = random_floats(count, rng);
       const auto grads = gradients(count, rng);
       for (const auto& o : kGpuOffsets) {
-        const std::string what = describe(h) + "count " + std::to_string(count) + " offsets " +
-                                 std::to_string(o[0]) + std::to_string(o[1]) + std::to_string(o[2]) +
-                                 std::to_string(o[3]) + ": ";
+        const std::string what = describe(h) + "count " + std::to_string(count) + " offsets " + std::to_string(o[0]) +
+                                 std::to_string(o[1]) + std::to_string(o[2]) + std::to_string(o[3]) + ": ";
         std::vector<float> p = p0, m(count, NAN), v(count, NAN);
         StepState cpu_state;
         DeviceBuffer<float> bp(count + kSlack), bg(count + kSlack), bm(count + kSlack), bv(count + kSlack);

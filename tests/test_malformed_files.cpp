@@ -92,8 +92,8 @@ std::string header_of(const std::vector<Tensor>& tensors, const std::string& mor
         t.offsets.empty() ? "[" + std::to_string(offset) + ", " + std::to_string(offset + t.bytes.size()) + "]"
                           : t.offsets;
     offset += t.bytes.size();
-    entries += (entries.empty() ? "" : ", ") + ("\"" + t.key + "\": {\"dtype\": " + t.dtype + ", \"shape\": " +
-                                                t.shape + ", \"data_offsets\": " + offsets + "}");
+    entries += (entries.empty() ? "" : ", ") + ("\"" + t.key + "\": {\"dtype\": " + t.dtype +
+                                                ", \"shape\": " + t.shape + ", \"data_offsets\": " + offsets + "}");
   }
   if (!more.empty()) entries += (entries.empty() ? "" : ", ") + more;
   return "{" + entries + "}";
@@ -104,7 +104,9 @@ std::string data_of(const std::vector<Tensor>& tensors) {
   return data;
 }
 // A whole file: the 8-byte header length, the header, the data.
-std::string file_of(const std::string& header, const std::string& data) { return le_bytes(header.size(), 8) + header + data; }
+std::string file_of(const std::string& header, const std::string& data) {
+  return le_bytes(header.size(), 8) + header + data;
+}
 std::string file_of(const std::vector<Tensor>& tensors, const std::string& more = "") {
   return file_of(header_of(tensors, more), data_of(tensors));
 }
@@ -117,8 +119,8 @@ const std::string kGoodData = data_of(kGood);
 enum class Level { File, Dataset };
 
 struct Malformed {
-  std::string what;     // the mistake
-  std::string bytes;    // the whole file
+  std::string what;   // the mistake
+  std::string bytes;  // the whole file
   Level level;
   std::string tensor;   // the tensor the message must name ('' quoted, or as a JSON path); "" for none
   std::string problem;  // a part of the message that says what is wrong
@@ -168,11 +170,11 @@ const std::vector<Malformed> kMalformed = {
      Level::File, "", "header is not valid JSON: nested more than 128 levels deep", true},
     {"a number beyond double", file_of({with(input(), R"("F32")", "[2, 1e400, 6, 6]", f32(kInputFloats)), target()}),
      Level::File, "input.shape", "number out of range", false},
-    {"a tensor given twice", file_of({input(), input(), target()}), Level::File, "input", "header: input: duplicate key",
-     true},
-    {"a field given twice", file_of({with(input(), R"("F32", "dtype": "F16")", "[2, 2, 6, 6]", f32(kInputFloats)),
-                                     target()}),
-     Level::File, "input", "header: input.dtype: duplicate key", false},
+    {"a tensor given twice", file_of({input(), input(), target()}), Level::File, "input",
+     "header: input: duplicate key", true},
+    {"a field given twice",
+     file_of({with(input(), R"("F32", "dtype": "F16")", "[2, 2, 6, 6]", f32(kInputFloats)), target()}), Level::File,
+     "input", "header: input.dtype: duplicate key", false},
     {"__metadata__ given twice", file_of(kGood, R"("__metadata__": {}, "__metadata__": {})"), Level::File, "",
      "header: __metadata__: duplicate key", false},
     // __metadata__
@@ -198,42 +200,42 @@ const std::vector<Malformed> kMalformed = {
     // An entry's shape
     {"no shape", file_of(R"({"input": {"dtype": "F32", "data_offsets": [0, 576]}})", f32(kInputFloats)), Level::File,
      "'input'", "shape is missing or not an array", false},
-    {"a shape that is a number", file_of({with(input(), R"("F32")", "144", f32(kInputFloats)), target()}),
-     Level::File, "'input'", "shape is missing or not an array", false},
+    {"a shape that is a number", file_of({with(input(), R"("F32")", "144", f32(kInputFloats)), target()}), Level::File,
+     "'input'", "shape is missing or not an array", false},
     {"a negative dimension", file_of({with(input(), R"("F32")", "[2, -2, 6, 6]", f32(kInputFloats)), target()}),
      Level::File, "'input'", "shape has a negative dimension -2", true},
     {"a fractional dimension", file_of({with(input(), R"("F32")", "[2, 2.5, 6, 6]", f32(kInputFloats)), target()}),
      Level::File, "'input'", "shape has a non-integer or too large dimension 2.5", false},
-    {"a dimension that is a string", file_of({with(input(), R"("F32")", R"([2, "2", 6, 6])", f32(kInputFloats)),
-                                              target()}),
-     Level::File, "'input'", "shape has a non-integer or too large dimension \"2\"", false},
-    {"a dimension of 2^63", file_of({with(input(), R"("F32")", "[2, 9223372036854775808, 6, 6]", f32(kInputFloats)),
-                                     target()}),
-     Level::File, "'input'", "shape has a non-integer or too large dimension 9223372036854775808", false},
-    {"an element count beyond 2^64", file_of({with(input(), R"("F32")", "[4294967296, 4294967296, 6, 6]",
-                                                   f32(kInputFloats)),
-                                              target()}),
-     Level::File, "'input'", "shape (4294967296, 4294967296, 6, 6) has too many elements", true},
-    {"a byte count beyond 2^63", file_of({with(input(), R"("F32")", "[2305843009213693952]", f32(kInputFloats)),
-                                          target()}),
-     Level::File, "'input'", "shape (2305843009213693952) has too many elements", false},
+    {"a dimension that is a string",
+     file_of({with(input(), R"("F32")", R"([2, "2", 6, 6])", f32(kInputFloats)), target()}), Level::File, "'input'",
+     "shape has a non-integer or too large dimension \"2\"", false},
+    {"a dimension of 2^63",
+     file_of({with(input(), R"("F32")", "[2, 9223372036854775808, 6, 6]", f32(kInputFloats)), target()}), Level::File,
+     "'input'", "shape has a non-integer or too large dimension 9223372036854775808", false},
+    {"an element count beyond 2^64",
+     file_of({with(input(), R"("F32")", "[4294967296, 4294967296, 6, 6]", f32(kInputFloats)), target()}), Level::File,
+     "'input'", "shape (4294967296, 4294967296, 6, 6) has too many elements", true},
+    {"a byte count beyond 2^63",
+     file_of({with(input(), R"("F32")", "[2305843009213693952]", f32(kInputFloats)), target()}), Level::File, "'input'",
+     "shape (2305843009213693952) has too many elements", false},
     // An entry's data_offsets
     {"no data_offsets", file_of(R"({"input": {"dtype": "F32", "shape": [2, 2, 6, 6]}})", f32(kInputFloats)),
      Level::File, "'input'", "data_offsets must be an array of two non-negative integers", false},
     {"data_offsets of one number", file_of({at_offsets(input(), "[0]"), target()}), Level::File, "'input'",
      "data_offsets must be an array of two non-negative integers", false},
-    {"data_offsets of three numbers", file_of({at_offsets(input(), "[0, 576, 792]"), target()}), Level::File,
-     "'input'", "data_offsets must be an array of two non-negative integers", false},
+    {"data_offsets of three numbers", file_of({at_offsets(input(), "[0, 576, 792]"), target()}), Level::File, "'input'",
+     "data_offsets must be an array of two non-negative integers", false},
     {"negative data_offsets", file_of({input(), at_offsets(target(), "[-216, 0]")}), Level::File, "'target'",
      "data_offsets must be an array of two non-negative integers", false},
     {"fractional data_offsets", file_of({at_offsets(input(), "[0.0, 576.0]"), target()}), Level::File, "'input'",
      "data_offsets must be an array of two non-negative integers", false},
-    {"data_offsets beyond 2^63", file_of({input(), at_offsets(target(), "[18446744073709551000, 18446744073709551216]")}),
-     Level::File, "'target'", "data_offsets must be an array of two non-negative integers", false},
+    {"data_offsets beyond 2^63",
+     file_of({input(), at_offsets(target(), "[18446744073709551000, 18446744073709551216]")}), Level::File, "'target'",
+     "data_offsets must be an array of two non-negative integers", false},
     {"reversed data_offsets", file_of({at_offsets(input(), "[576, 0]"), target()}), Level::File, "'input'",
      "data_offsets [576, 0]: begin is after end", true},
-    {"data_offsets beyond the file", file_of({input(), at_offsets(target(), "[576, 1000]")}), Level::File,
-     "'target'", "data_offsets [576, 1000] are out of range: the data region has 792 bytes", true},
+    {"data_offsets beyond the file", file_of({input(), at_offsets(target(), "[576, 1000]")}), Level::File, "'target'",
+     "data_offsets [576, 1000] are out of range: the data region has 792 bytes", true},
     {"overlapping data_offsets", file_of({input(), at_offsets(target(), "[572, 788]")}) + "0123", Level::File,
      "'target'", "data_offsets overlap another tensor's bytes", true},
     {"a gap between the tensors", file_of({input(), at_offsets(target(), "[580, 796]")}) + "0123", Level::File,
@@ -255,13 +257,13 @@ const std::vector<Malformed> kMalformed = {
     {"a name with an escaped newline", file_of({named(at_offsets(input(), "[576, 0]"), "in\\nput"), target()}),
      Level::File, "'in\\nput'", "begin is after end", true},
     // Values out of float32's range
-    {"an F64 value beyond float32", file_of({with(input(), R"("F64")", "[2, 2, 6, 6]",
-                                                 elements(kInputFloats, 8, kHalfF64, 3, bits_of(1e300))),
-                                            target()}),
+    {"an F64 value beyond float32",
+     file_of(
+         {with(input(), R"("F64")", "[2, 2, 6, 6]", elements(kInputFloats, 8, kHalfF64, 3, bits_of(1e300))), target()}),
      Level::File, "'input'", "F64 value 1.0000000000000001e+300 at index 3 is beyond float32's range", true},
-    {"a negative F64 value beyond float32", file_of({input(), with(target(), R"("F64")", "[2, 3, 3, 3]",
-                                                                   elements(kTargetFloats, 8, kHalfF64, 53,
-                                                                            bits_of(-1e39)))}),
+    {"a negative F64 value beyond float32",
+     file_of({input(),
+              with(target(), R"("F64")", "[2, 3, 3, 3]", elements(kTargetFloats, 8, kHalfF64, 53, bits_of(-1e39)))}),
      Level::File, "'target'", "F64 value -9.9999999999999994e+38 at index 53 is beyond float32's range", false},
     // Files that are fine as tensor files but not as datasets
     {"no tensors at all", file_of("{}", ""), Level::Dataset, "'input'", "no tensor named 'input'", true},
@@ -277,7 +279,8 @@ const std::vector<Malformed> kMalformed = {
      Level::Dataset, "'target'", "has dtype BOOL; a dataset holds F16, BF16, F32 or F64 floats", false},
     {"no sample dimension", file_of({with(input(), R"("F32")", "[]", f32(1)), target()}), Level::Dataset, "'input'",
      "is a scalar; its first dimension must count the samples", true},
-    {"zero samples", file_of({with(input(), R"("F32")", "[0, 2, 6, 6]", ""), with(target(), R"("F32")", "[0, 3, 3, 3]", "")}),
+    {"zero samples",
+     file_of({with(input(), R"("F32")", "[0, 2, 6, 6]", ""), with(target(), R"("F32")", "[0, 3, 3, 3]", "")}),
      Level::Dataset, "'input'", "holds no samples", true},
     {"sample counts that differ", file_of({input(), with(target(), R"("F32")", "[3, 3, 3, 3]", f32(81))}),
      Level::Dataset, "'input'", "tensor 'input' holds 2 samples and 'target' 3", true},
@@ -294,16 +297,17 @@ const std::vector<Malformed> kMalformed = {
      "holds NaN at index 77 (sample 1); a dataset must hold finite values", true},
     {"an Inf in the target", file_of({input(), target(f32(kTargetFloats, 26, kInfF32))}), Level::Dataset, "'target'",
      "holds Inf at index 26 (sample 0)", true},
-    {"a -Inf in an F16 input", file_of({with(input(), R"("F16")", "[2, 2, 6, 6]",
-                                            elements(kInputFloats, 2, kHalfF16, 100, kMinusInfF16)),
-                                       target()}),
+    {"a -Inf in an F16 input",
+     file_of(
+         {with(input(), R"("F16")", "[2, 2, 6, 6]", elements(kInputFloats, 2, kHalfF16, 100, kMinusInfF16)), target()}),
      Level::Dataset, "'input'", "holds -Inf at index 100 (sample 1)", false},
-    {"a NaN in a BF16 target", file_of({input(), with(target(), R"("BF16")", "[2, 3, 3, 3]",
-                                                      elements(kTargetFloats, 2, kHalfBF16, 3, kNanBF16))}),
+    {"a NaN in a BF16 target",
+     file_of(
+         {input(), with(target(), R"("BF16")", "[2, 3, 3, 3]", elements(kTargetFloats, 2, kHalfBF16, 3, kNanBF16))}),
      Level::Dataset, "'target'", "holds NaN at index 3 (sample 0)", false},
-    {"an Inf in an F64 input", file_of({with(input(), R"("F64")", "[2, 2, 6, 6]",
-                                            elements(kInputFloats, 8, kHalfF64, 0, bits_of(HUGE_VAL))),
-                                       target()}),
+    {"an Inf in an F64 input",
+     file_of({with(input(), R"("F64")", "[2, 2, 6, 6]", elements(kInputFloats, 8, kHalfF64, 0, bits_of(HUGE_VAL))),
+              target()}),
      Level::Dataset, "'input'", "holds Inf at index 0 (sample 0)", false},
 };
 
@@ -388,8 +392,8 @@ TEST_F(MalformedFiles, TheCliRefusesThemInOneLineWithExitCodeTwo) {
 TEST_F(MalformedFiles, DirectoriesAndFifosAreRefused) {
   const std::string fifo = path("fifo.safetensors");
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-  for (const auto& refused : {std::pair{dir_, "cannot read: it is a directory"},
-                              std::pair{fifo, "cannot read: not a regular file"}}) {
+  for (const auto& refused :
+       {std::pair{dir_, "cannot read: it is a directory"}, std::pair{fifo, "cannot read: not a regular file"}}) {
     const std::string& file = refused.first;  // a lambda cannot capture a structured binding in C++17
     const std::string problem = refused.second;
     SCOPED_TRACE(file);

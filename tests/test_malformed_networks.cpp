@@ -25,7 +25,7 @@ struct Malformed {
 bool valid_utf8(const std::string& text) {
   for (size_t i = 0; i < text.size();) {
     const auto lead = static_cast<unsigned char>(text[i]);
-    const size_t length = lead < 0x80                ? 1
+    const size_t length = lead < 0x80             ? 1
                           : (lead & 0xe0) == 0xc0 ? 2
                           : (lead & 0xf0) == 0xe0 ? 3
                           : (lead & 0xf8) == 0xf0 ? 4
@@ -72,16 +72,14 @@ const std::vector<Malformed> kMalformed = {
     {"a float dimension", net("[2, 4.5, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
     {"a string dimension", net(R"([2, "4", 8, 8])", R"([{"type": "relu"}])"), "bad.json: input[1]"},
     {"a dimension of 2^63 - 1", net("[2, 9223372036854775807, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
-    {"a dimension beyond int64", net("[2, 99999999999999999999, 8, 8]", R"([{"type": "relu"}])"),
-     "bad.json: input[1]"},
+    {"a dimension beyond int64", net("[2, 99999999999999999999, 8, 8]", R"([{"type": "relu"}])"), "bad.json: input[1]"},
     {"a dimension beyond double", net("[2, 4, 8, 1e400]", R"([{"type": "relu"}])"), "bad.json: input[3]"},
     {"an input of 2^41 elements", net("[2048, 1024, 1024, 1024]", R"([{"type": "relu"}])"), "bad.json: input"},
     {"no layers", R"({"name": "t", "input": [1, 1, 4, 4]})", "bad.json: layers"},
     {"layers not a list", net("[1, 1, 4, 4]", R"({"type": "relu"})"), "bad.json: layers"},
     {"empty layers", net("[1, 1, 4, 4]", "[]"), "bad.json: layers"},
     {"a layer that is a string", net("[1, 1, 4, 4]", R"(["relu"])"), "bad.json: layers[0]"},
-    {"precision fp16", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "precision": "fp16")"),
-     "bad.json: precision"},
+    {"precision fp16", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "precision": "fp16")"), "bad.json: precision"},
     {"fuse as a string", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "fuse": "yes")"), "bad.json: fuse"},
     {"a negative seed", net("[1, 1, 4, 4]", R"([{"type": "relu"}])", R"(, "seed": -1)"), "bad.json: seed"},
     // The echoed value is cut after 37 bytes of its dump, here inside the first e acute (2 bytes).
@@ -147,8 +145,7 @@ const std::vector<Malformed> kMalformed = {
     {"a pool window beyond 2^31 elements",
      one(R"({"type": "avg_pool3d", "kernel_size": [1291, 1290, 1290], "padding": 645})"),
      "bad.json: layers[0].kernel_size: the window holds more than 2^31 - 1 elements"},
-    {"a pool window beyond 2^63 elements",
-     one(R"({"type": "max_pool3d", "kernel_size": 2097153, "padding": 1048576})"),
+    {"a pool window beyond 2^63 elements", one(R"({"type": "max_pool3d", "kernel_size": 2097153, "padding": 1048576})"),
      "bad.json: layers[0].kernel_size: the window holds more than 2^31 - 1 elements"},
     {"leaky_relu slope as a string", one(R"({"type": "leaky_relu", "negative_slope": "0.1"})"),
      "bad.json: layers[0].negative_slope"},
@@ -167,8 +164,7 @@ const std::vector<Malformed> kMalformed = {
      "bad.json: layers[0].negative_slope: is below float's range and would be 0"},
     {"add of one input", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "add", "inputs": ["a"]}])"),
      "bad.json: layers[1]"},
-    {"add of two shapes",
-     net("[2, 4, 8, 8, 8]", R"([{"type": "max_pool3d", "name": "p", "kernel_size": 2},
+    {"add of two shapes", net("[2, 4, 8, 8, 8]", R"([{"type": "max_pool3d", "name": "p", "kernel_size": 2},
                                  {"type": "add", "inputs": ["p", "input"]}])"),
      "bad.json: layers[1]"},
     // Names and inputs
@@ -179,7 +175,8 @@ const std::vector<Malformed> kMalformed = {
     {"a name with a newline", one(R"({"type": "relu", "name": "a\nb"})"), "bad.json: layers[0].name"},
     {"a name with a plus", one(R"({"type": "relu", "name": "a+b"})"), "bad.json: layers[0].name"},
     {"a name ending in a dot", one(R"({"type": "relu", "name": "a."})"), "bad.json: layers[0].name"},
-    {"two layers of one name", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "relu", "name": "a"}])"),
+    {"two layers of one name",
+     net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "relu", "name": "a"}])"),
      "bad.json: layers[1].name"},
     {"an input nobody produces", one(R"({"type": "relu", "inputs": ["ghost"]})"), "bad.json: layers[0].inputs[0]"},
     {"inputs as a string", one(R"({"type": "relu", "inputs": "input"})"), "bad.json: layers[0].inputs"},
@@ -187,7 +184,8 @@ const std::vector<Malformed> kMalformed = {
     {"a cycle", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a", "inputs": ["b"]},
                                            {"type": "relu", "name": "b", "inputs": ["a"]}])"),
      "bad.json: layers"},
-    {"a dangling branch", net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "tanh", "inputs": ["input"]}])"),
+    {"a dangling branch",
+     net("[2, 4, 8, 8, 8]", R"([{"type": "relu", "name": "a"}, {"type": "tanh", "inputs": ["input"]}])"),
      "bad.json: layers"},
 };
 
@@ -289,9 +287,12 @@ TEST(MalformedNetworks, MessagesAreCutAtWholeCharacters) {
 // bytes are; other characters, U+2027 beside them included, stay as they are. A cut among them
 // keeps whole characters and counts the text's own bytes.
 TEST(MalformedNetworks, LineSeparatorsAreEscaped) {
-  const std::string text = "a\xc2\x85" "b\xe2\x80\xa8" "c\xe2\x80\xa9" "d\xc3\xa9\xe2\x80\xa7\xc2\x84";
-  EXPECT_EQ(anvil::Error::one_line(text),
-            "a\\xc2\\x85b\\xe2\\x80\\xa8c\\xe2\\x80\\xa9d\xc3\xa9\xe2\x80\xa7\xc2\x84");
+  const std::string text =
+      "a\xc2\x85"
+      "b\xe2\x80\xa8"
+      "c\xe2\x80\xa9"
+      "d\xc3\xa9\xe2\x80\xa7\xc2\x84";
+  EXPECT_EQ(anvil::Error::one_line(text), "a\\xc2\\x85b\\xe2\\x80\\xa8c\\xe2\\x80\\xa9d\xc3\xa9\xe2\x80\xa7\xc2\x84");
   std::string many = "x";
   for (int i = 0; i < 300; ++i) many += "\xe2\x80\xa8";  // each written as 12 characters
   const std::string cut = anvil::Error::one_line(many);

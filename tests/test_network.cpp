@@ -127,8 +127,7 @@ TEST(NetworkParse, NumbersOutOfRangeNameTheirPath) {
             "bad.json: optimizer.lr: number out of range (1e-400 reads as 0)");
   EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "leaky_relu", "negative_slope": -2.5E-999}])")),
             "bad.json: layers[0].negative_slope: number out of range (-2.5E-999 reads as 0)");
-  EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "leaky_relu", "negative_slope": -0.0e-999}])")),
-            "<no error>");
+  EXPECT_EQ(error_of(with_layers(kInput5d, R"([{"type": "leaky_relu", "negative_slope": -0.0e-999}])")), "<no error>");
   // Integers beyond int64 are refused where they are read.
   EXPECT_EQ(error_of(R"({"name": "t", "input": [1, 1, 4, 99999999999999999999], "layers": [{"type": "relu"}]})"),
             "bad.json: input[3]: must be a positive integer, got 1e+20");
@@ -178,9 +177,7 @@ TEST(NetworkParse, SizesBeyondTheLimitsAreRefusedWithTheirPath) {
             "elements, the limit per tensor");
 }
 
-TEST(NetworkParse, EmptyTextIsInvalidJson) {
-  EXPECT_PRED_FORMAT2(Contains, error_of(""), "bad.json: invalid JSON: ");
-}
+TEST(NetworkParse, EmptyTextIsInvalidJson) { EXPECT_PRED_FORMAT2(Contains, error_of(""), "bad.json: invalid JSON: "); }
 
 TEST(NetworkParse, TopLevelMustBeAnObject) {
   EXPECT_EQ(error_of("[1, 2]"), "bad.json: the network must be a JSON object, got a list");
@@ -197,8 +194,9 @@ TEST(NetworkParse, MissingRequiredTopLevelKeys) {
 TEST(NetworkParse, NameMustBeAString) {
   EXPECT_EQ(error_of(R"({"name": 5, "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
             "bad.json: name: must be a string, got 5");
-  EXPECT_EQ(error_of(R"({"name": ")" + std::string(1025, 'n') + R"(", "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
-            "bad.json: name: must be at most 1024 bytes, got 1025");
+  EXPECT_EQ(
+      error_of(R"({"name": ")" + std::string(1025, 'n') + R"(", "input": [1, 1, 4, 4], "layers": [{"type": "relu"}]})"),
+      "bad.json: name: must be at most 1024 bytes, got 1025");
 }
 
 TEST(NetworkParse, InputMustBeFourOrFiveDimensional) {
@@ -246,7 +244,8 @@ TEST(NetworkParse, LayersMustBeANonEmptyListOfObjects) {
   EXPECT_EQ(error_of(with_layers(kInput4d, many + "]")), "bad.json: layers: at most 100000 layers, got 100001");
   EXPECT_EQ(error_of(with_layers(kInput4d, R"({"type": "relu"})")),
             "bad.json: layers: must be a non-empty list of layers, got an object");
-  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}, 3])")), "bad.json: layers[1]: must be an object, got 3");
+  EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"type": "relu"}, 3])")),
+            "bad.json: layers[1]: must be an object, got 3");
   EXPECT_EQ(error_of(with_layers(kInput4d, R"([{"name": "a"}])")), "bad.json: layers[0].type: missing required field");
 }
 
@@ -333,8 +332,10 @@ TEST(NetworkParse, NullAndObjectValuesAreDescribed) {
 
 TEST(NetworkParse, NegativeAndZeroValues) {
   const std::string conv = R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 3)";
-  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": -1})")), "bad.json: layers[0].stride: must be a positive integer, got -1");
-  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": 0})")), "bad.json: layers[0].stride: must be a positive integer, got 0");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": -1})")),
+            "bad.json: layers[0].stride: must be a positive integer, got -1");
+  EXPECT_EQ(error_of(one_layer(conv + R"(, "stride": 0})")),
+            "bad.json: layers[0].stride: must be a positive integer, got 0");
   EXPECT_EQ(error_of(one_layer(conv + R"(, "dilation": 0})")),
             "bad.json: layers[0].dilation: must be a positive integer, got 0");
   EXPECT_EQ(error_of(one_layer(conv + R"(, "padding": -1})")),
@@ -356,7 +357,8 @@ TEST(NetworkParse, ConvolutionRequiresChannelsAndKernel) {
             "bad.json: layers[0].out_channels: missing required field");
   EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4})")),
             "bad.json: layers[0].kernel_size: missing required field");
-  EXPECT_EQ(error_of(one_layer(R"({"type": "avg_pool3d"})")), "bad.json: layers[0].kernel_size: missing required field");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "avg_pool3d"})")),
+            "bad.json: layers[0].kernel_size: missing required field");
 }
 
 // ---------------------------------------------------------------- geometry
@@ -432,9 +434,9 @@ TEST(NetworkParse, InChannelsMustMatchTheIncomingTensor) {
 }
 
 TEST(NetworkParse, LayerRankMustMatchTheInputRank) {
-  EXPECT_EQ(error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1})",
-                               kInput4d)),
-            "bad.json: layers[0]: 'conv3d' needs a 5-d input (N, C, D, H, W), got (2, 4, 8, 8)");
+  EXPECT_EQ(
+      error_of(one_layer(R"({"type": "conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1})", kInput4d)),
+      "bad.json: layers[0]: 'conv3d' needs a 5-d input (N, C, D, H, W), got (2, 4, 8, 8)");
   EXPECT_EQ(error_of(one_layer(R"({"type": "conv_transpose2d", "in_channels": 4, "out_channels": 4,
                                    "kernel_size": 1})")),
             "bad.json: layers[0]: 'conv_transpose2d' needs a 4-d input (N, C, H, W), got (2, 4, 8, 8, 8)");
@@ -445,7 +447,8 @@ TEST(NetworkParse, LayerRankMustMatchTheInputRank) {
 // ---------------------------------------------------------------- the DAG
 
 TEST(NetworkParse, AddNeedsTwoInputsOfOneShape) {
-  EXPECT_EQ(error_of(one_layer(R"({"type": "add"})")), "bad.json: layers[0].inputs: 'add' takes two or more inputs, got 1");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "add"})")),
+            "bad.json: layers[0].inputs: 'add' takes two or more inputs, got 1");
   EXPECT_EQ(error_of(one_layer(R"({"type": "add", "inputs": ["input"]})")),
             "bad.json: layers[0].inputs: 'add' takes two or more inputs, got 1");
   const std::string layers = R"([
@@ -464,7 +467,8 @@ TEST(NetworkParse, SingleInputLayersRefuseSeveralInputs) {
             "bad.json: layers[0].inputs: must name at least one tensor");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": "input"})")),
             "bad.json: layers[0].inputs: must be a list of names, got \"input\"");
-  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": [0]})")), "bad.json: layers[0].inputs[0]: must be a name, got 0");
+  EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "inputs": [0]})")),
+            "bad.json: layers[0].inputs[0]: must be a name, got 0");
 }
 
 TEST(NetworkParse, DuplicateLayerNames) {
@@ -510,9 +514,9 @@ TEST(NetworkParse, ReservedAndMalformedLayerNames) {
             "got 'optimizer.momentum.fc'");
   EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": "optimizer"})")), "<no error>");
   for (const char* name : {".a", "a.", "a..b", "."})
-    EXPECT_EQ(error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(name) + "\"}")),
-              "bad.json: layers[0].name: must not start or end with '.' or contain '..', got '" + std::string(name) +
-                  "'");
+    EXPECT_EQ(
+        error_of(one_layer(R"({"type": "relu", "name": ")" + std::string(name) + "\"}")),
+        "bad.json: layers[0].name: must not start or end with '.' or contain '..', got '" + std::string(name) + "'");
 }
 
 // PyTorch names a nested module's parameters by its path: "block.conv" has "block.conv.weight".
@@ -522,9 +526,9 @@ TEST(NetworkParse, DottedLayerNamesNameTheirParametersAsPyTorchDoes) {
     {"type": "channel_scale", "name": "block.gain"},
     {"type": "relu", "name": "head.act"}])";
   const Network net = Network::parse(with_layers(kInput4d, layers), "dots.json");
-  EXPECT_EQ(param_shapes(net), (std::map<std::string, Shape>{{"block.conv.weight", {3, 4, 1, 1}},
-                                                             {"block.conv.bias", {3}},
-                                                             {"block.gain", {3, 1, 1}}}));
+  EXPECT_EQ(param_shapes(net),
+            (std::map<std::string, Shape>{
+                {"block.conv.weight", {3, 4, 1, 1}}, {"block.conv.bias", {3}}, {"block.gain", {3, 1, 1}}}));
   EXPECT_EQ(net.layers().back().name, "head.act");
 }
 
@@ -572,12 +576,14 @@ TEST(NetworkParse, ParameterNamesMustBeUnique) {
   const std::string layers = R"([
     {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 1},
     {"type": "channel_scale", "name": "c.bias"}])";
-  EXPECT_EQ(error_of(with_layers(kInput5d, layers)), "bad.json: layers[1].name: 'c.bias' is also a parameter of layers[0] ('c')");
+  EXPECT_EQ(error_of(with_layers(kInput5d, layers)),
+            "bad.json: layers[1].name: 'c.bias' is also a parameter of layers[0] ('c')");
 }
 
 // A layer's output tensor and a parameter share one namespace too, whichever is listed first.
 TEST(NetworkParse, LayerNamesMustNotBeParameterNames) {
-  const std::string conv = R"({"type": "conv3d", "name": "conv", "in_channels": 4, "out_channels": 4, "kernel_size": 1})";
+  const std::string conv =
+      R"({"type": "conv3d", "name": "conv", "in_channels": 4, "out_channels": 4, "kernel_size": 1})";
   const std::string relu = R"({"type": "relu", "name": "conv.weight"})";
   EXPECT_EQ(error_of(with_layers(kInput5d, "[" + conv + ", " + relu + "]")),
             "bad.json: layers[1].name: 'conv.weight' is also a parameter of layers[0] ('conv')");
@@ -635,7 +641,8 @@ TEST(NetworkParse, BadOptimizer) {
   // Schedules.
   EXPECT_EQ(opt(R"({"lr_schedule": {"type": "exponential"}})"),
             "bad.json: optimizer.lr_schedule.type: unknown lr_schedule 'exponential' (known: cosine, step)");
-  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "step"}})"), "bad.json: optimizer.lr_schedule.step_size: missing required field");
+  EXPECT_EQ(opt(R"({"lr_schedule": {"type": "step"}})"),
+            "bad.json: optimizer.lr_schedule.step_size: missing required field");
   EXPECT_EQ(opt(R"({"lr_schedule": {"type": "step", "step_size": 2, "gamma": 0}})"),
             "bad.json: optimizer.lr_schedule.gamma: must be > 0, got 0");
   EXPECT_EQ(opt(R"({"lr_schedule": {"type": "cosine", "warmup_steps": 5, "total_steps": 5}})"),
@@ -647,7 +654,9 @@ TEST(NetworkParse, BadOptimizer) {
 TEST(NetworkParse, AdamDefaultsAreTorchs) {
   auto spec_of = [](const std::string& o) {
     return Network::parse(with_layers(kInput4d, R"([{"type": "conv2d", "in_channels": 4, "out_channels": 2,
-                                                    "kernel_size": 1}])", ", \"optimizer\": " + o), "t.json")
+                                                    "kernel_size": 1}])",
+                                      ", \"optimizer\": " + o),
+                          "t.json")
         .spec()
         .optimizer;
   };
@@ -727,8 +736,9 @@ TEST(NetworkParse, ABatchThatTakesTheInputPastTheLimitIsRefused) {
     net.with_batch(16777216);
     ADD_FAILURE() << "a batch of 2^24 inputs of 2^40 elements was accepted";
   } catch (const anvil::InputError& e) {
-    EXPECT_EQ(std::string(e.what()), "big.json: at batch 16777216: input: (16777216, 1, 1048576, 1048576) has more "
-                                     "than 2^40 elements, the limit per tensor");
+    EXPECT_EQ(std::string(e.what()),
+              "big.json: at batch 16777216: input: (16777216, 1, 1048576, 1048576) has more "
+              "than 2^40 elements, the limit per tensor");
   }
 }
 
@@ -740,7 +750,8 @@ TEST(NetworkParse, ABatchOutsideADimensionsRangeIsRefused) {
       net.with_batch(batch);
       ADD_FAILURE() << "batch " << batch << " was accepted";
     } catch (const anvil::InputError& e) {
-      EXPECT_EQ(std::string(e.what()), "batch size must be an integer from 1 to 2147483647, got " + std::to_string(batch));
+      EXPECT_EQ(std::string(e.what()),
+                "batch size must be an integer from 1 to 2147483647, got " + std::to_string(batch));
     }
   }
   EXPECT_EQ(net.with_batch(anvil::kMaxDimension).input_shape()[0], anvil::kMaxDimension);
@@ -825,9 +836,8 @@ TEST(NetworkValid, HeadlineExampleShapesParametersAndFusion) {
   EXPECT_EQ(net.parameter_count(), 16 * 32 * 27 + 32 + 32);
 
   const auto params = param_shapes(net);
-  const std::map<std::string, Shape> expected = {{"conv_transpose.weight", {16, 32, 3, 3, 3}},
-                                                 {"conv_transpose.bias", {32}},
-                                                 {"multiplier", {32, 1, 1, 1}}};
+  const std::map<std::string, Shape> expected = {
+      {"conv_transpose.weight", {16, 32, 3, 3, 3}}, {"conv_transpose.bias", {32}}, {"multiplier", {32, 1, 1, 1}}};
   EXPECT_EQ(params, expected);
 
   EXPECT_EQ(net.fusion_groups(), ANVIL_WITH_CUDA ? Groups{names} : Groups{});  // the fusion rules are CUDA-only
@@ -929,10 +939,13 @@ TEST(NetworkValid, ResidualDagAddTakesTwoInputs) {
   const Groups fused = {{"stem", "act"}, {"branch", "gain"}, {"up", "max_pool3d_6"}};
   EXPECT_EQ(net.fusion_groups(), ANVIL_WITH_CUDA ? fused : Groups{});  // the fusion rules are CUDA-only
   const auto params = param_shapes(net);
-  const std::map<std::string, Shape> expected = {
-      {"stem.weight", {4, 3, 3, 3, 3}}, {"stem.bias", {4}},          {"branch.weight", {4, 4, 3, 3, 3}},
-      {"branch.bias", {4}},             {"gain", {4, 1, 1, 1}},      {"up.weight", {4, 2, 2, 2, 2}},
-      {"up.bias", {2}}};
+  const std::map<std::string, Shape> expected = {{"stem.weight", {4, 3, 3, 3, 3}},
+                                                 {"stem.bias", {4}},
+                                                 {"branch.weight", {4, 4, 3, 3, 3}},
+                                                 {"branch.bias", {4}},
+                                                 {"gain", {4, 1, 1, 1}},
+                                                 {"up.weight", {4, 2, 2, 2, 2}},
+                                                 {"up.bias", {2}}};
   EXPECT_EQ(params, expected);
 }
 
@@ -993,10 +1006,12 @@ std::string chain(const std::string& first_act, const std::string& pool, const s
   return R"({"name": "f", "input": )" + input + R"(, "layers": [
     {"type": "conv_transpose3d", "name": "up", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "stride": 2,
      "padding": 1, "output_padding": 1},
-    )" + first_act + R"(,
+    )" + first_act +
+         R"(,
     {"type": "channel_scale", "name": "m"},
     {"type": "leaky_relu", "name": "a2", "negative_slope": 0.2},
-    )" + pool + extra_layers + "]}";
+    )" + pool +
+         extra_layers + "]}";
 }
 const char* const kLeaky = R"({"type": "leaky_relu", "name": "a1", "negative_slope": 0.2})";
 const Groups kFused = {{"up", "a1", "m", "a2", "p"}};
@@ -1048,9 +1063,8 @@ TEST_F(NetworkFusion, NoPoolFusesTheChainAlone) {
 TEST_F(NetworkFusion, PoolTheKernelsCannotRunStaysApart) {
   // Input (2, 4, 8, 8, 8) -> conv output (16, 16, 16): an 8^3 max window (512
   // elements, more than the byte-wide argmax holds) is left out of the group.
-  EXPECT_EQ(
-      groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 8})", "", "[2, 4, 8, 8, 8]")),
-      (Groups{{"up", "a1", "m", "a2"}}));
+  EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 8})", "", "[2, 4, 8, 8, 8]")),
+            (Groups{{"up", "a1", "m", "a2"}}));
   EXPECT_EQ(groups_of(chain(kLeaky, R"({"type": "max_pool3d", "name": "p", "kernel_size": 4})", "", "[2, 4, 8, 8, 8]")),
             kFused);
 }
@@ -1105,7 +1119,8 @@ TEST_F(NetworkFusion, TwoInputAddTakesTheChainAfterIt) {
     return R"({"name": "f", "input": [2, 4, 8, 8, 8], "layers": [
       {"type": "conv3d", "name": "c", "in_channels": 4, "out_channels": 4, "kernel_size": 3, "padding": 1},
       {"type": "tanh", "name": "t", "inputs": ["input"]},
-      {"type": "add", "name": "sum", "inputs": )" + add_inputs + "}, " + after + "]}";
+      {"type": "add", "name": "sum", "inputs": )" +
+           add_inputs + "}, " + after + "]}";
   };
   const std::string relu_pool = R"({"type": "relu", "name": "r"}, {"type": "channel_scale", "name": "m"},
                                    {"type": "avg_pool3d", "name": "p", "kernel_size": 3, "stride": 2, "padding": 1})";
@@ -1180,7 +1195,8 @@ TEST_F(NetworkFusion, WgmmaConvNamesOutputPaddingAsTheReason) {
 std::vector<std::string> channels_last_tensors(const std::string& layers, bool inference = true,
                                                std::vector<std::string>* types = nullptr) {
   const anvil::Network net = anvil::Network::parse(R"({"name": "l", "input": [2, 12, 9, 11], "precision": "tf32",
-    "layers": [)" + layers + "]}", "layout.json");
+    "layers": [)" + layers + "]}",
+                                                   "layout.json");
   std::unique_ptr<anvil::Graph> graph = net.build_graph();
   anvil::FusionSettings cudnn_only;  // the other formulations ask the device whether they apply
   cudnn_only.phase_split = cudnn_only.direct_conv = cudnn_only.wgmma_conv = false;
@@ -1223,7 +1239,8 @@ TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
   // A fused transposed conv writes channels-last through its epilogue kernel, which reads Y so (cuDNN's
   // graph fuses an epilogue into a forward conv only).
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
-    "in_channels": 12, "out_channels": 12, "kernel_size": 2, "stride": 2}, {"type": "relu", "name": "r"})" + head),
+    "in_channels": 12, "out_channels": 12, "kernel_size": 2, "stride": 2}, {"type": "relu", "name": "r"})" +
+                                  head),
             (Names{"act", "r"}));
   // So does a conv fused with its pool, where a conv reads the pooled output (conv, relu, pool, conv),
   // where cuDNN would write its Y channels-last: from a channels-last x, or a packed one with at least
@@ -1235,7 +1252,8 @@ TEST_F(NetworkFusion, InferenceKeepsActivationsBetweenFusedConvsChannelsLast) {
   EXPECT_EQ(channels_last_tensors(residual + head), (Names{"act", "gain", "max_pool2d_5"}));
   // A transposed conv that no chain follows stays a conv of its own, which reads its input packed.
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv_transpose2d", "name": "up",
-    "in_channels": 12, "out_channels": 4, "kernel_size": 2, "stride": 2})"), Names{});
+    "in_channels": 12, "out_channels": 4, "kernel_size": 2, "stride": 2})"),
+            Names{});
 }
 
 // A pyramid join: a pool of the input (written channels-last through a copy), a
@@ -1263,15 +1281,20 @@ TEST_F(NetworkFusion, InferencePassesPoolsAddsAndLoneConvsChannelsLast) {
   // conv again where it does neither.
   Names types;
   EXPECT_EQ(channels_last_tensors(std::string(kStem) + R"(, {"type": "conv2d", "name": "head", "in_channels": 12,
-    "out_channels": 4, "kernel_size": 1})", true, &types), Names{"act"});
+    "out_channels": 4, "kernel_size": 1})",
+                                  true, &types),
+            Names{"act"});
   EXPECT_EQ(types, (Names{"fused_conv_epilogue", "fused_conv_epilogue"}));
   types.clear();
   EXPECT_EQ(channels_last_tensors(R"({"type": "conv2d", "name": "alone", "in_channels": 12, "out_channels": 4,
-    "kernel_size": 1}, {"type": "add", "name": "sum", "inputs": ["alone", "alone"]})", true, &types), Names{});
+    "kernel_size": 1}, {"type": "add", "name": "sum", "inputs": ["alone", "alone"]})",
+                                  true, &types),
+            Names{});
   EXPECT_EQ(types, (Names{"conv2d", "add"}));
   // Without a conv on cuDNN's formulation in the group, pools would only add copies: all packed.
   EXPECT_EQ(channels_last_tensors(R"({"type": "avg_pool2d", "name": "a", "kernel_size": 2},
-    {"type": "relu", "name": "r"}, {"type": "max_pool2d", "name": "m", "kernel_size": 2})"), Names{});
+    {"type": "relu", "name": "r"}, {"type": "max_pool2d", "name": "m", "kernel_size": 2})"),
+            Names{});
 }
 #endif
 

@@ -169,8 +169,9 @@ TEST_F(OutputFile, AnOutputThatMustBeAFileRefusesADeviceOrAPipe) {
   int ends[2];
   ASSERT_EQ(::pipe(ends), 0);
   fs::create_symlink("/proc/self/fd/" + std::to_string(ends[1]), to_pipe);
-  const std::string tail = ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
-                           "then renamed)";
+  const std::string tail =
+      ", and a checkpoint must be a regular file or a new name (written to a temporary file, "
+      "then renamed)";
   const std::vector<std::pair<std::string, std::string>> refused = {
       {"/dev/null", "/dev/null: cannot write: it is a character device" + tail},
       {fifo, fifo + ": cannot write: it is a pipe or FIFO" + tail},
@@ -262,7 +263,7 @@ TEST_F(OutputFile, AnEndingSignalDuringAWriteRemovesTheTemporaryAndEndsTheProces
   // The "fast" death test style: the child is a fork, writing into this test's directory.
   GTEST_FLAG_SET(death_test_style, "fast");
   const auto write_raising = [this](int sig) {
-    ::signal(sig, SIG_DFL);  // not ignored as under nohup or in a background job
+    ::signal(sig, SIG_DFL);      // not ignored as under nohup or in a background job
     const rlimit no_core{0, 0};  // SIGQUIT's default dumps core
     ::setrlimit(RLIMIT_CORE, &no_core);
     anvil::write_output_file(target_, [sig](std::FILE* f) {
@@ -285,8 +286,7 @@ bool in_a_child(const std::function<bool()>& check, bool as_nobody = false) {
   std::fflush(nullptr);
   const pid_t pid = ::fork();
   if (pid == 0) {
-    if (as_nobody && ::geteuid() == 0 &&
-        (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0))
+    if (as_nobody && ::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0))
       ::_exit(2);
     ::_exit(check() ? 0 : 1);
   }
@@ -443,7 +443,8 @@ TEST_F(OutputFile, AFileReadOnlyByTheUmaskIsReplacedAgain) {
 // leaves the default gets the default back.
 TEST_F(OutputFile, AProgramsOwnSignalHandlingIsKept) {
   static volatile sig_atomic_t handled = 0;
-  struct sigaction own {}, saved {};
+  struct sigaction own {
+  }, saved{};
   own.sa_handler = [](int) { handled = 1; };
   sigemptyset(&own.sa_mask);
   ASSERT_EQ(sigaction(SIGINT, nullptr, &saved), 0);
@@ -452,7 +453,8 @@ TEST_F(OutputFile, AProgramsOwnSignalHandlingIsKept) {
     own.sa_handler = handler;
     ASSERT_EQ(sigaction(SIGINT, &own, nullptr), 0);
     handled = 0;
-    anvil::write_output_file(target_, [](std::FILE* f) { return put(f, "new ") && ::raise(SIGINT) == 0 && put(f, "file\n"); });
+    anvil::write_output_file(target_,
+                             [](std::FILE* f) { return put(f, "new ") && ::raise(SIGINT) == 0 && put(f, "file\n"); });
     EXPECT_EQ(read_bytes(target_), "new file\n");
     EXPECT_EQ(handled, handler == SIG_IGN ? 0 : 1);
     struct sigaction after {};
@@ -505,7 +507,7 @@ TEST_F(OutputFile, SameFileKeyJoinsANewFilesNamesBeyondPathMax) {
   } levels{fs::current_path(), level};
   ASSERT_EQ(::chdir(dir_.c_str()), 0);
   EXPECT_EQ(anvil::same_file_key(path("c.st")), anvil::same_file_key("c.st"));  // absolute and relative
-  for (; levels.made < 25; ++levels.made)  // 5000 bytes of path below dir_
+  for (; levels.made < 25; ++levels.made)                                       // 5000 bytes of path below dir_
     ASSERT_TRUE(::mkdir(level.c_str(), 0700) == 0 && ::chdir(level.c_str()) == 0);
   ASSERT_EQ(::mkdir("x", 0700), 0);
   EXPECT_EQ(anvil::same_file_key("c.st"), anvil::same_file_key("./c.st"));

@@ -111,10 +111,9 @@ TEST(GpuNondeterministic, FastestAlgorithmsMatchPyTorch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()),
-                         [](const auto& info) {
-                           return info.param.name + "_" + info.param.precision + "_" + info.param.mode;
-                         });
+INSTANTIATE_TEST_SUITE_P(ReferenceCases, GpuParity, ::testing::ValuesIn(gpu_cases()), [](const auto& info) {
+  return info.param.name + "_" + info.param.precision + "_" + info.param.mode;
+});
 
 // ---- the full KernelBench size: inputs regenerated, reference subsampled ----
 
@@ -169,16 +168,18 @@ struct SmallNet {
 
 std::string net_json(const std::string& name, const std::string& input, const std::string& layers) {
   return R"({"name": ")" + name + R"(", "input": )" + input + R"(, "precision": "fp32", "seed": 17,
-    "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}, "layers": [)" + layers + "]}";
+    "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}, "layers": [)" +
+         layers + "]}";
 }
 
 std::vector<SmallNet> small_nets() {
   const std::string tail3 = R"({"type": "leaky_relu", "negative_slope": 0.2}, {"type": "channel_scale"},
                               {"type": "leaky_relu", "negative_slope": 0.1},)";
   return {
-      {"batch1_channel1_k2", net_json("a", "[1, 1, 3, 5, 4]", R"(
-        {"type": "conv_transpose3d", "in_channels": 1, "out_channels": 3, "kernel_size": 2, "stride": 2},)" + tail3 +
-                                                                 R"({"type": "max_pool3d", "kernel_size": 2})")},
+      {"batch1_channel1_k2", net_json("a", "[1, 1, 3, 5, 4]",
+                                      R"(
+        {"type": "conv_transpose3d", "in_channels": 1, "out_channels": 3, "kernel_size": 2, "stride": 2},)" +
+                                          tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
       {"k4_s3_op2_mixed_pool", net_json("b", "[2, 3, 3, 4, 5]", R"(
         {"type": "conv_transpose3d", "in_channels": 3, "out_channels": 4, "kernel_size": 4, "stride": 3,
          "padding": 1, "output_padding": 2},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": [2, 1, 2]})")},
@@ -206,9 +207,11 @@ std::vector<SmallNet> small_nets() {
       {"weight_grad_many_tiles", net_json("h", "[2, 19, 3, 2, 37]", R"(
         {"type": "conv_transpose3d", "in_channels": 19, "out_channels": 37, "kernel_size": 3, "stride": 2,
          "padding": 1, "output_padding": 1},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 2})")},
-      {"window_64_no_bias", net_json("g", "[1, 2, 2, 2, 2]", R"(
+      {"window_64_no_bias", net_json("g", "[1, 2, 2, 2, 2]",
+                                     R"(
         {"type": "conv_transpose3d", "in_channels": 2, "out_channels": 5, "kernel_size": 3, "stride": 2,
-         "padding": 1, "output_padding": 1, "bias": false},)" + tail3 + R"({"type": "max_pool3d", "kernel_size": 4})")},
+         "padding": 1, "output_padding": 1, "bias": false},)" +
+                                         tail3 + R"({"type": "max_pool3d", "kernel_size": 4})")},
 
       // The general fusion rule: any chain, any pool or none.
       {"relu_avgpool_batch1_channel1", net_json("i", "[1, 1, 5, 7, 9]", R"(
@@ -273,10 +276,10 @@ std::vector<SmallNet> small_nets() {
         {"type": "conv2d", "in_channels": 2, "out_channels": 5, "kernel_size": 3},
         {"type": "leaky_relu", "negative_slope": -0.5}, {"type": "leaky_relu", "negative_slope": 1.5},
         {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": [3, 2], "stride": 2})")},
-      {"direct_gray_stride3_tiled_max_3d",
-       net_json("t", "[1, 1, 7, 9, 12]", R"(
+      {"direct_gray_stride3_tiled_max_3d", net_json("t", "[1, 1, 7, 9, 12]",
+                                                    R"(
         {"type": "conv3d", "in_channels": 1, "out_channels": 9, "kernel_size": [1, 3, 3], "stride": [1, 3, 3]},)" +
-                                             tail3 + R"({"type": "max_pool3d", "kernel_size": [1, 1, 2]})")},
+                                                        tail3 + R"({"type": "max_pool3d", "kernel_size": [1, 1, 2]})")},
       {"direct_dilated_sigmoid_no_pool", net_json("u", "[2, 2, 9, 11]", R"(
         {"type": "conv2d", "in_channels": 2, "out_channels": 20, "kernel_size": [3, 2], "stride": [1, 2],
          "padding": [2, 0], "dilation": [2, 1]},
@@ -349,7 +352,8 @@ TEST_P(GpuVsCpu, ForwardGradientsAndStepsMatchTheCpuReference) {
     Engine engine(net, cuda_options(mode));
     EXPECT_TRUE(close("output", engine.forward(), y_ref, 1e-5));
     for (int i = 0; i < 2; ++i) EXPECT_NEAR(engine.train_step(), losses_ref[i], 1e-5 * losses_ref[i]) << "step " << i;
-    for (const auto& [pname, grad] : engine.gradients()) EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 1e-5));
+    for (const auto& [pname, grad] : engine.gradients())
+      EXPECT_TRUE(close("grad." + pname, grad, grads_ref.at(pname), 1e-5));
     if (engine.options().input_grad) {
       EXPECT_TRUE(close("grad.input", engine.input_gradient(), dx_ref, 1e-5));
     }
@@ -524,8 +528,8 @@ void expect_step_matches_cpu(Engine& engine, const Network& net, double tol, dou
 TEST(GpuFusion, Tf32TakesCudnnWhereTheTensorCoreForwardDoesNotFit) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const auto nets = small_nets();
-  const SmallNet& net = *std::find_if(nets.begin(), nets.end(),
-                                      [](const SmallNet& n) { return n.label == "phase_split_shifted_k4_3d"; });
+  const SmallNet& net =
+      *std::find_if(nets.begin(), nets.end(), [](const SmallNet& n) { return n.label == "phase_split_shifted_k4_3d"; });
   std::string tf32_json = net.json;
   const std::string fp32_field = R"("precision": "fp32")";
   ASSERT_NE(tf32_json.find(fp32_field), std::string::npos);
@@ -728,21 +732,26 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
       {"conv_tiled_max_2d", net_json("a", "[3, 16, 10, 14]", R"(
         {"type": "conv2d", "in_channels": 16, "out_channels": 40, "kernel_size": 3, "padding": 1},
         {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "channel_scale"},
-        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "max_pool2d", "kernel_size": 2})"), true},
+        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "max_pool2d", "kernel_size": 2})"),
+       true},
       {"conv_transpose_k4s2_tiled_max_2d", net_json("b", "[3, 20, 5, 7]", R"(
         {"type": "conv_transpose2d", "in_channels": 20, "out_channels": 36, "kernel_size": 4, "stride": 2,
          "padding": 1},
-        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2})"), true},
+        {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2})"),
+       true},
       {"conv_avg_3d", net_json("c", "[1, 8, 5, 6, 7]", R"(
         {"type": "conv3d", "in_channels": 8, "out_channels": 44, "kernel_size": 3, "padding": 1},
-        {"type": "relu"}, {"type": "avg_pool3d", "kernel_size": 2})"), false},
+        {"type": "relu"}, {"type": "avg_pool3d", "kernel_size": 2})"),
+       false},
       {"conv_overlapping_max_no_bias_2d", net_json("d", "[2, 16, 9, 11]", R"(
         {"type": "conv2d", "in_channels": 16, "out_channels": 24, "kernel_size": 3, "bias": false},
         {"type": "sigmoid"}, {"type": "channel_scale"},
-        {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"), false},
+        {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"),
+       false},
       {"conv_no_pool_2d", net_json("e", "[2, 16, 7, 9]", R"(
         {"type": "conv2d", "in_channels": 16, "out_channels": 32, "kernel_size": 3, "padding": 1},
-        {"type": "tanh"})"), false},
+        {"type": "tanh"})"),
+       false},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
@@ -773,7 +782,10 @@ TEST(GpuFusion, Tf32EpilogueReadsAChannelsLastY) {
   forward_only.input_grad = false;
   const std::string thin = Engine(Network::parse(with_tf32(net_json("t", "[2, 12, 9, 11]", R"(
         {"type": "conv2d", "in_channels": 12, "out_channels": 40, "kernel_size": 3},
-        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")), "thin"), forward_only).describe();
+        {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})")),
+                                                 "thin"),
+                                  forward_only)
+                               .describe();
   EXPECT_NE(thin.find("[fused_conv_epilogue]"), std::string::npos) << thin;
   EXPECT_EQ(thin.find("channels-last"), std::string::npos) << thin;
 }
@@ -808,7 +820,8 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
   };
   const std::string fused = "in cuDNN's kernel, the output channels-last";
   const std::vector<Case> cases = {
-      {"residual_2d", net_json("r", "[3, 12, 9, 11]", R"(
+      {"residual_2d",
+       net_json("r", "[3, 12, 9, 11]", R"(
         {"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 16, "kernel_size": 3, "padding": 1},
         {"type": "relu", "name": "act"},
         {"type": "conv2d", "name": "branch", "in_channels": 16, "out_channels": 16, "kernel_size": 3, "padding": 1},
@@ -817,7 +830,8 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1})"),
        {fused, "its packed input copied to channels-last first", "x channels-last",
         "reading both addends channels-last"}},
-      {"chain_3d", net_json("c", "[2, 8, 5, 6, 7]", R"(
+      {"chain_3d",
+       net_json("c", "[2, 8, 5, 6, 7]", R"(
         {"type": "conv3d", "in_channels": 8, "out_channels": 12, "kernel_size": 3, "padding": 1},
         {"type": "leaky_relu", "negative_slope": 0.3}, {"type": "channel_scale"},
         {"type": "conv3d", "in_channels": 12, "out_channels": 8, "kernel_size": 2, "bias": false},
@@ -827,20 +841,23 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "conv3d", "in_channels": 12, "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "sigmoid"}, {"type": "max_pool3d", "kernel_size": 2})"),
        {fused, "x channels-last"}},
-      {"transposed_reader_2d", net_json("t", "[2, 4, 7, 6]", R"(
+      {"transposed_reader_2d",
+       net_json("t", "[2, 4, 7, 6]", R"(
         {"type": "conv2d", "in_channels": 4, "out_channels": 8, "kernel_size": 3, "padding": 1},
         {"type": "relu"},
         {"type": "conv_transpose2d", "in_channels": 8, "out_channels": 6, "kernel_size": 3, "stride": 2,
          "dilation": 2},
         {"type": "sigmoid"}, {"type": "avg_pool2d", "kernel_size": 2})"),
        {fused, "its channels-last input copied to packed first"}},
-      {"odd_channels_2d", net_json("o", "[1, 3, 13, 7]", R"(
+      {"odd_channels_2d",
+       net_json("o", "[1, 3, 13, 7]", R"(
         {"type": "conv2d", "in_channels": 3, "out_channels": 5, "kernel_size": 3, "padding": 1},
         {"type": "relu"},
         {"type": "conv2d", "in_channels": 5, "out_channels": 7, "kernel_size": 3, "padding": 1},
         {"type": "relu"}, {"type": "avg_pool2d", "kernel_size": 2})"),
        {}},
-      {"pyramid_2d", net_json("p", "[3, 8, 13, 10]", R"(
+      {"pyramid_2d",
+       net_json("p", "[3, 8, 13, 10]", R"(
         {"type": "avg_pool2d", "name": "down", "kernel_size": 2},
         {"type": "conv2d", "name": "conv1", "in_channels": 8, "out_channels": 8, "kernel_size": 3, "padding": 1},
         {"type": "leaky_relu", "name": "act1", "negative_slope": 0.1},
@@ -850,7 +867,8 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "conv2d", "in_channels": 8, "out_channels": 5, "kernel_size": 1})"),
        {fused, "its output copied to channels-last after", "channels-last in and out",
         "reading its input channels-last, writing its output channels-last"}},
-      {"pooled_blocks_2d", net_json("v", "[3, 16, 13, 10]", R"(
+      {"pooled_blocks_2d",
+       net_json("v", "[3, 16, 13, 10]", R"(
         {"type": "conv2d", "in_channels": 16, "out_channels": 12, "kernel_size": 3, "padding": 1},
         {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2},
         {"type": "conv_transpose2d", "in_channels": 12, "out_channels": 8, "kernel_size": 2, "stride": 2},
@@ -859,7 +877,8 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "tanh"}, {"type": "avg_pool2d", "kernel_size": 2},
         {"type": "conv2d", "in_channels": 8, "out_channels": 4, "kernel_size": 1})"),
        {"(reading Y and writing its output channels-last)", "x channels-last"}},
-      {"residual_head_2d", net_json("h", "[2, 12, 9, 11]", R"(
+      {"residual_head_2d",
+       net_json("h", "[2, 12, 9, 11]", R"(
         {"type": "conv2d", "name": "stem", "in_channels": 12, "out_channels": 16, "kernel_size": 3, "padding": 1},
         {"type": "relu", "name": "act"},
         {"type": "conv2d", "name": "branch", "in_channels": 16, "out_channels": 16, "kernel_size": 3, "padding": 1},
@@ -867,12 +886,14 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
         {"type": "max_pool2d", "kernel_size": 2},
         {"type": "conv2d", "in_channels": 16, "out_channels": 6, "kernel_size": 1})"),
        {fused, "reading both addends and writing its output channels-last"}},
-      {"lone_convs_2d", net_json("l", "[2, 3, 11, 9]", R"(
+      {"lone_convs_2d",
+       net_json("l", "[2, 3, 11, 9]", R"(
         {"type": "conv2d", "name": "rgb", "in_channels": 3, "out_channels": 40, "kernel_size": 3, "padding": 1},
         {"type": "conv2d", "name": "wide", "in_channels": 40, "out_channels": 64, "kernel_size": 3, "padding": 1},
         {"type": "conv2d", "name": "plain", "in_channels": 64, "out_channels": 8, "kernel_size": 3, "bias": false},
         {"type": "conv2d", "name": "last", "in_channels": 8, "out_channels": 5, "kernel_size": 3, "padding": 1})"),
-       {fused, "x channels-last"}, true},
+       {fused, "x channels-last"},
+       true},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.label);
@@ -912,8 +933,10 @@ TEST(GpuFusion, Tf32InferenceKeepsActivationsChannelsLast) {
   const std::string fp32 = Engine(Network::parse(cases[0].json, "fp32"), forward_only).describe();
   EXPECT_EQ(fp32.find("channels-last"), std::string::npos) << fp32;
   const std::string lone = Engine(Network::parse(with_tf32(net_json("p", "[2, 8, 9, 11]", R"(
-        {"type": "conv2d", "name": "alone", "in_channels": 8, "out_channels": 16, "kernel_size": 3})")), "lone"),
-                                  forward_only).describe();
+        {"type": "conv2d", "name": "alone", "in_channels": 8, "out_channels": 16, "kernel_size": 3})")),
+                                                 "lone"),
+                                  forward_only)
+                               .describe();
   EXPECT_NE(lone.find("alone [conv2d]"), std::string::npos) << lone;
 }
 
@@ -1009,7 +1032,8 @@ TEST(GpuConv, StrictFp32RunsStridedBackwardDataPhaseSplit) {
   const Network network = Network::parse(it->json, it->label);
   const std::string split = "ConvolutionBackwardData phase-split (4 phases, one stride-1 ConvolutionForward";
   // up's forward and down's input gradient.
-  const std::regex by_rule(R"(ConvolutionBackwardData phase-split \(4 phases, one stride-1 ConvolutionForward [^;\n]*, rule\))");
+  const std::regex by_rule(
+      R"(ConvolutionBackwardData phase-split \(4 phases, one stride-1 ConvolutionForward [^;\n]*, rule\))");
   Engine engine(network, cuda_options("phase_split"));
   const std::string text = engine.describe();
   EXPECT_EQ(count_matches(text, by_rule), 2u) << text;
@@ -1023,15 +1047,17 @@ TEST(GpuConv, StrictFp32RunsStridedBackwardDataPhaseSplit) {
   nondeterministic.deterministic = false;
   const std::string nondeterministic_text = Engine(network, nondeterministic).describe();
   EXPECT_EQ(nondeterministic_text.find(split), std::string::npos) << nondeterministic_text;
-  const std::string tf32_text = Engine(Network::parse(with_tf32(it->json), "tf32"), cuda_options("phase_split")).describe();
+  const std::string tf32_text =
+      Engine(Network::parse(with_tf32(it->json), "tf32"), cuda_options("phase_split")).describe();
   EXPECT_EQ(tf32_text.find(split), std::string::npos) << tf32_text;
 
   Options tuned = cuda_options("phase_split");
   tuned.autotune = true;
   Engine autotuned(network, tuned);
   const std::string tuned_text = autotuned.describe();
-  EXPECT_EQ(count_matches(tuned_text, std::regex(R"(autotuned: phase split [0-9]+\.[0-9]{3} ms, cuDNN [0-9]+\.[0-9]{3} ms)")),
-            2u)
+  EXPECT_EQ(
+      count_matches(tuned_text, std::regex(R"(autotuned: phase split [0-9]+\.[0-9]{3} ms, cuDNN [0-9]+\.[0-9]{3} ms)")),
+      2u)
       << tuned_text;
   expect_step_matches_cpu(autotuned, network, 1e-5);
 }
@@ -1060,7 +1086,8 @@ TEST(GpuConv, AutotuneTimesAnvilsForwardKernel) {
 TEST(GpuFusion, AutotuneTimesBothPoolKernels) {
   ANVIL_REQUIRE_GPU_OR_SKIP();
   const auto nets = small_nets();
-  const auto it = std::find_if(nets.begin(), nets.end(), [](const SmallNet& n) { return n.label == "standalone_pools_fan_out"; });
+  const auto it =
+      std::find_if(nets.begin(), nets.end(), [](const SmallNet& n) { return n.label == "standalone_pools_fan_out"; });
   ASSERT_NE(it, nets.end());
   const Network network = Network::parse(it->json, it->label);
   Options tuned = cuda_options("phase_split");
@@ -1069,8 +1096,10 @@ TEST(GpuFusion, AutotuneTimesBothPoolKernels) {
   Engine engine(network, tuned);
   const std::string text = engine.describe();
   // Any time: under compute-sanitizer each takes milliseconds.
-  EXPECT_EQ(count_matches(text, std::regex(R"(anvil's pool kernel [0-9]+\.[0-9]{3} ms, cuDNN's pooling [0-9]+\.[0-9]{3} ms)")),
-            1u) << text;
+  EXPECT_EQ(count_matches(
+                text, std::regex(R"(anvil's pool kernel [0-9]+\.[0-9]{3} ms, cuDNN's pooling [0-9]+\.[0-9]{3} ms)")),
+            1u)
+      << text;
   Options cpu;
   cpu.device = Device::Cpu;
   cpu.input_grad = true;
@@ -1093,7 +1122,8 @@ TEST(GpuInference, ForwardOnlyEngineMatchesTrainingEngineBitwise) {
 
 // ---- determinism and execution ----
 
-std::map<std::string, HostTensor> train_three_steps(const Network& net, const Options& options, std::vector<float>* losses) {
+std::map<std::string, HostTensor> train_three_steps(const Network& net, const Options& options,
+                                                    std::vector<float>* losses) {
   Engine engine(net, options);
   for (int i = 0; i < 3; ++i) losses->push_back(engine.train_step());
   return engine.parameters();

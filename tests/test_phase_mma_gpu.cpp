@@ -122,8 +122,8 @@ TEST_P(PhaseMmaWeightGrad, MatchesFloat64) {
   d_dw.poison();
   d_x_pad.poison();
   cuda::phase_pad_input(d_x.get(), d_x_pad.get(), !compensated, g_, nullptr);
-  cuda::phase_mma_weight_grad(d_dy.get(), compensated ? d_res.get() : nullptr, d_x_pad.get(), d_dw.get(),
-                              scratch.get(), g_, nullptr);
+  cuda::phase_mma_weight_grad(d_dy.get(), compensated ? d_res.get() : nullptr, d_x_pad.get(), d_dw.get(), scratch.get(),
+                              g_, nullptr);
   const std::vector<float> x_pad = d_x_pad.download_all(), dw = d_dw.download_all();
   expect_padded(x, x_pad, !compensated);
 
@@ -160,7 +160,7 @@ void PhaseMmaForward::check(float s1, float s2, bool sigmoid_tail, bool minus_in
   const std::vector<float> w = random_floats(numel(conv_->param_specs()[0].shape), rng);
   std::vector<float> bias = random_floats(g_.cout, rng);
   std::vector<float> m = random_floats(g_.cout, rng);  // both signs
-  m[0] = 0.f;  // every phase ties in channel 0
+  m[0] = 0.f;                                          // every phase ties in channel 0
   if (minus_inf_bias) {
     for (int64_t co = 0; co < g_.cout; co += 3) bias[co] = -INFINITY;
     // A channel where relu -> scale -> relu is not zero throughout: two_d's 3 channels
@@ -188,8 +188,8 @@ void PhaseMmaForward::check(float s1, float s2, bool sigmoid_tail, bool minus_in
   chain.scale[1] = d_m.get();
   chain.param[2] = s2;
   chain.activation[3] = PointwiseOp::Sigmoid;
-  cuda::phase_fused_forward(d_x_pad.get(), d_wp.get(), d_b.get(), chain, d_p.get(), d_arg.get(), d_y.get(),
-                            compensated, g_, nullptr);
+  cuda::phase_fused_forward(d_x_pad.get(), d_wp.get(), d_b.get(), chain, d_p.get(), d_arg.get(), d_y.get(), compensated,
+                            g_, nullptr);
   const std::vector<float> x_pad = d_x_pad.download_all(), wp = d_wp.download_all();
   const std::vector<float> p = d_p.download_all(), y_at_max = d_y.download_all();
   const std::vector<uint8_t> arg = d_arg.download_all();

@@ -155,10 +155,10 @@ INSTANTIATE_TEST_SUITE_P(
                           Geometry{{3, 4, 3}, {2, 2, 1}, {1, 1, 0}, {1, 0, 0}, {3, 5, 4}},  // odd_sizes
                           Geometry{{2, 2, 2}, {2, 2, 2}, {0, 0, 0}, {0, 0, 0}, {2, 3, 4}},
                           Geometry{{4, 5, 3}, {2, 3, 3}, {1, 2, 1}, {0, 2, 2}, {3, 3, 4}},
-                          Geometry{{3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}},                  // 2-D
+                          Geometry{{3, 3}, {2, 2}, {1, 1}, {1, 1}, {5, 7}},                 // 2-D
                           Geometry{{1, 2, 3}, {3, 2, 1}, {0, 0, 1}, {2, 0, 0}, {2, 3, 5}},  // kernel < stride
                           Geometry{{4, 6, 5}, {2, 2, 3}, {1, 3, 1}, {0, 0, 0}, {3, 2, 4}},  // shifts save taps
-                          Geometry{{2, 3}, {2, 3}, {1, 2}, {0, 1}, {4, 3}}),                  // one tap per phase
+                          Geometry{{2, 3}, {2, 3}, {1, 2}, {0, 1}, {4, 3}}),                // one tap per phase
         ::testing::Bool()),
     [](const auto& info) {
       return label(std::get<0>(info.param)) + (std::get<1>(info.param) ? "_shifted" : "_aligned");
@@ -172,8 +172,8 @@ class PhaseSplitRelation : public ::testing::TestWithParam<std::tuple<Geometry, 
 
 TEST_P(PhaseSplitRelation, CombinedConvolutionReproducesTheBackwardDataRelation) {
   const auto& [geo, transposed, shifted] = GetParam();
-  auto conv = testing::make_convolution(transposed, geo.k, geo.s, geo.p, transposed ? geo.op : std::vector<int64_t>(geo.k.size(), 0),
-                                        geo.in, 3, 2, 2);
+  auto conv = testing::make_convolution(transposed, geo.k, geo.s, geo.p,
+                                        transposed ? geo.op : std::vector<int64_t>(geo.k.size(), 0), geo.in, 3, 2, 2);
   cuda::PhaseSplitGeometry g;
   ASSERT_EQ(conv->phase_split(g, shifted), std::nullopt);
   expect_combined_conv_reproduces_the_relation(*conv, g);
@@ -182,10 +182,10 @@ TEST_P(PhaseSplitRelation, CombinedConvolutionReproducesTheBackwardDataRelation)
 INSTANTIATE_TEST_SUITE_P(
     Geometries, PhaseSplitRelation,
     ::testing::Combine(
-        ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {5, 6, 7}},  // ragged
-                          Geometry{{4, 2, 4}, {2, 2, 2}, {1, 0, 0}, {1, 0, 0}, {4, 5, 6}},  // random_6's kind
-                          Geometry{{3, 4}, {2, 2}, {1, 1}, {1, 0}, {6, 7}},                 // 2-D, odd sizes
-                          Geometry{{5, 3, 2}, {3, 2, 2}, {2, 1, 0}, {2, 1, 1}, {7, 5, 6}},  // stride 3, ragged
+        ::testing::Values(Geometry{{3, 3, 3}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0}, {5, 6, 7}},   // ragged
+                          Geometry{{4, 2, 4}, {2, 2, 2}, {1, 0, 0}, {1, 0, 0}, {4, 5, 6}},   // random_6's kind
+                          Geometry{{3, 4}, {2, 2}, {1, 1}, {1, 0}, {6, 7}},                  // 2-D, odd sizes
+                          Geometry{{5, 3, 2}, {3, 2, 2}, {2, 1, 0}, {2, 1, 1}, {7, 5, 6}},   // stride 3, ragged
                           Geometry{{2, 3}, {3, 3}, {0, 1}, {1, 0}, {8, 10}},                 // kernel < stride
                           Geometry{{1, 3, 3}, {1, 2, 1}, {0, 1, 1}, {0, 1, 0}, {3, 9, 4}}),  // one strided dim
         ::testing::Bool(), ::testing::Bool()),

@@ -89,8 +89,8 @@ TEST(PlanMemory, AlignUp) {
   EXPECT_EQ(anvil::align_up(256), 256u);
   EXPECT_EQ(anvil::align_up(257), 512u);
   EXPECT_EQ(anvil::align_up(10, 8), 16u);
-  EXPECT_THROW(anvil::align_up(10, 0), anvil::InputError);                  // no division by zero
-  EXPECT_THROW(anvil::align_up(SIZE_MAX - 10, 256), anvil::InputError);     // no wrap to a small size
+  EXPECT_THROW(anvil::align_up(10, 0), anvil::InputError);               // no division by zero
+  EXPECT_THROW(anvil::align_up(SIZE_MAX - 10, 256), anvil::InputError);  // no wrap to a small size
   EXPECT_EQ(anvil::align_up(SIZE_MAX - 255, 256), SIZE_MAX - 255);
 }
 
@@ -103,7 +103,8 @@ TEST(PlanMemory, EmptyRequestList) {
 }
 
 TEST(PlanMemory, SizesAreRoundedUpAndEmptyTensorsStillGetABlock) {
-  const MemoryPlan plan = anvil::plan_memory({{"a", 0, 0, 0, false}, {"b", 1, 0, 0, false}, {"c", 300, 0, 0, false}}, 1);
+  const MemoryPlan plan =
+      anvil::plan_memory({{"a", 0, 0, 0, false}, {"b", 1, 0, 0, false}, {"c", 300, 0, 0, false}}, 1);
   ASSERT_EQ(plan.tensors.size(), 3u);
   EXPECT_EQ(plan.find("a").bytes, 256u);
   EXPECT_EQ(plan.find("b").bytes, 256u);
@@ -177,8 +178,8 @@ TEST(PlanMemory, InvariantCheckerCatchesABadPlan) {
   }
   bool overlap_reported = false;
   for (int i = 0; i < failures.size(); ++i)
-    overlap_reported = overlap_reported || std::string(failures.GetTestPartResult(i).message()).find("share_bytes") !=
-                                               std::string::npos;
+    overlap_reported = overlap_reported ||
+                       std::string(failures.GetTestPartResult(i).message()).find("share_bytes") != std::string::npos;
   EXPECT_TRUE(overlap_reported) << failures.size() << " failure(s), none about the overlap";
 }
 
@@ -193,10 +194,18 @@ TEST(PlanMemory, RandomLifetimesNeverOverlap) {
       t.name = "t" + std::to_string(i);
       // Mostly odd sizes, some equal sizes (ties in the sort), some empty, a few large.
       switch (rng() % 4) {
-        case 0: t.bytes = rng() % 5000; break;
-        case 1: t.bytes = 4096; break;
-        case 2: t.bytes = (rng() % 64) * 256; break;
-        default: t.bytes = (1 + rng() % 8) * kMiB + rng() % 1000; break;
+        case 0:
+          t.bytes = rng() % 5000;
+          break;
+        case 1:
+          t.bytes = 4096;
+          break;
+        case 2:
+          t.bytes = (rng() % 64) * 256;
+          break;
+        default:
+          t.bytes = (1 + rng() % 8) * kMiB + rng() % 1000;
+          break;
       }
       t.first = static_cast<int>(rng() % steps);
       t.last = t.first + static_cast<int>(rng() % (steps - t.first));
@@ -458,8 +467,7 @@ TEST(PlanEngine, HeadlineForwardPlanIsSmallerThanTrain) {
   check_schedule(net, forward, anvil::Mode::Forward);
   ASSERT_EQ(forward.steps.size(), 6u);  // load, 5 forward
   // No gradients and no optimizer state: activations and the parameter slab only.
-  for (const auto& t : forward.tensors)
-    EXPECT_TRUE(t.name.rfind("act.", 0) == 0 || t.name == "params") << t.name;
+  for (const auto& t : forward.tensors) EXPECT_TRUE(t.name.rfind("act.", 0) == 0 || t.name == "params") << t.name;
   EXPECT_LT(forward.arena_bytes(), forward.naive_bytes);
   EXPECT_LT(forward.arena_bytes(), train.arena_bytes());
   EXPECT_LT(forward.dynamic_bytes, train.dynamic_bytes);

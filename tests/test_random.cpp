@@ -49,7 +49,8 @@ TEST(Random, MatchesPythonReferenceValues) {
   const uint64_t stream = anvil::random_stream(42, "conv1.weight");
   EXPECT_EQ(stream, 15135607617691302340ULL);
   const uint32_t mantissas[] = {14161814, 173390, 1010168, 15697140};
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(anvil::uniform01(stream, i), static_cast<float>(mantissas[i]) / 16777216.0f) << i;
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(anvil::uniform01(stream, i), static_cast<float>(mantissas[i]) / 16777216.0f) << i;
 
   float u[4];
   anvil::fill_uniform(u, 4, stream, -1.0, 1.0);

@@ -23,9 +23,9 @@
 namespace {
 
 namespace fs = std::filesystem;
-using anvil::testing::read_bytes;
 using anvil::HostTensor;
 using anvil::TensorFile;
+using anvil::testing::read_bytes;
 
 // Little-endian bytes of an integer, built by shifting so the test does not rely on host byte order.
 std::string le_bytes(uint64_t v, int n) {
@@ -46,9 +46,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 class Safetensors : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("anvil_safetensors_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() / ("anvil_safetensors_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -98,10 +97,9 @@ TEST_F(Safetensors, RoundTripsOddShapesBitExactly) {
     file.tensors["t" + std::to_string(file.tensors.size()) + anvil::to_string(shape)] = t;
   }
   // Values that must survive as bits, not just compare equal.
-  file.tensors["specials"] = HostTensor({6}, {-0.0f, std::numeric_limits<float>::infinity(),
-                                              -std::numeric_limits<float>::infinity(),
-                                              std::numeric_limits<float>::quiet_NaN(),
-                                              std::numeric_limits<float>::denorm_min(), 3.4028235e38f});
+  file.tensors["specials"] = HostTensor(
+      {6}, {-0.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+            std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(), 3.4028235e38f});
 
   const std::string p = path("round.safetensors");
   anvil::write_safetensors(p, file);
@@ -184,8 +182,9 @@ TEST_F(Safetensors, TheHeaderCheckRefusesShapesTooLargeToWrite) {
             p + ": cannot write tensor 'w': shape (4611686018427387904) is too large: its float32 data would take "
                 "2^63 bytes or more");
   // 2^31 x 2^31 elements, and 2^61 elements (2^63 bytes, one past int64_t).
-  EXPECT_NE(message({{"w", {int64_t(1) << 31, int64_t(1) << 31}}}).find("'w': shape (2147483648, 2147483648) is too large"),
-            std::string::npos);
+  EXPECT_NE(
+      message({{"w", {int64_t(1) << 31, int64_t(1) << 31}}}).find("'w': shape (2147483648, 2147483648) is too large"),
+      std::string::npos);
   EXPECT_NE(message({{"w", {int64_t(1) << 61}}}).find("is too large"), std::string::npos);
   // Two tensors of 2^62 bytes each: each fits, together they end at 2^63.
   const std::string together = message({{"a", {int64_t(1) << 60}}, {"b", {int64_t(1) << 60}}});
@@ -247,8 +246,8 @@ TEST_F(Safetensors, WriterFollowsTheFormat) {
   EXPECT_LT(header.find("\"alpha\""), header.find("\"mid\""));
   EXPECT_LT(header.find("\"mid\""), header.find("\"zeta\""));
   // 2.0f, 3.0f, 4.0f, 1.0f as little-endian IEEE bytes.
-  EXPECT_EQ(bytes.substr(8 + n), le_bytes(0x40000000, 4) + le_bytes(0x40400000, 4) + le_bytes(0x40800000, 4) +
-                                      le_bytes(0x3f800000, 4));
+  EXPECT_EQ(bytes.substr(8 + n),
+            le_bytes(0x40000000, 4) + le_bytes(0x40400000, 4) + le_bytes(0x40800000, 4) + le_bytes(0x3f800000, 4));
 }
 
 TEST_F(Safetensors, ReadsHandWrittenF32File) {
@@ -272,7 +271,8 @@ TEST_F(Safetensors, ReadsHandWrittenF32File) {
 
 TEST_F(Safetensors, ReadsF64AsFloat32) {
   const std::string header = R"({"d":{"dtype":"F64","shape":[2,2],"data_offsets":[0,32]}})";
-  const std::string data = le_bytes(0x3FB999999999999AULL, 8) /* 0.1 */ + le_bytes(0xC004000000000000ULL, 8) /* -2.5 */ +
+  const std::string data = le_bytes(0x3FB999999999999AULL, 8) /* 0.1 */ +
+                           le_bytes(0xC004000000000000ULL, 8) /* -2.5 */ +
                            le_bytes(0x4202A05F20000000ULL, 8) /* 1e10 */ + le_bytes(0x3FD5555555555555ULL, 8) /* 1/3 */;
   const TensorFile f = anvil::read_safetensors(write_raw("f64.safetensors", make_file(header, data)));
   const HostTensor& d = f.tensors.at("d");
@@ -329,8 +329,8 @@ TEST_F(Safetensors, ReadsBF16Exactly) {
   const std::vector<uint64_t> bf16 = {0x3f80, 0xc0a0, 0x4049, 0xbc00, 0x7f80, 0xff80, 0x0001, 0x7fc1};
   const TensorFile f = anvil::read_safetensors(write_raw("bf16.safetensors", one_tensor_file("BF16", 2, bf16, 3)));
   const HostTensor& t = f.tensors.at("t");
-  EXPECT_EQ(bits_of(t), (std::vector<uint32_t>{0x3f800000, 0xc0a00000, 0x40490000, 0xbc000000, 0x7f800000,
-                                               0xff800000, 0x00010000, 0x7fc10000}));
+  EXPECT_EQ(bits_of(t), (std::vector<uint32_t>{0x3f800000, 0xc0a00000, 0x40490000, 0xbc000000, 0x7f800000, 0xff800000,
+                                               0x00010000, 0x7fc10000}));
   EXPECT_EQ(t.data[2], 3.140625f);
   EXPECT_EQ(t.data[3], -0.0078125f);
 }
@@ -371,13 +371,12 @@ TEST_F(Safetensors, RefusesF64BeyondFloatRange) {
 
 // Integer and bool tensors (BatchNorm's num_batches_tracked is I64) do not fail the file: they are listed.
 TEST_F(Safetensors, SkipsIntegerAndBoolTensors) {
-  const std::string header =
-      R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[8,16]},)"
-      R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[16,19]},)"
-      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[19,23]}})";
-  const std::string data = le_bytes(0x3f800000, 4) + le_bytes(0x40000000, 4) + le_bytes(7, 8) + std::string("\1\0\1", 3) +
-                           le_bytes(0xc0400000, 4);
+  const std::string header = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[8,16]},)"
+                             R"("mask":{"dtype":"BOOL","shape":[3],"data_offsets":[16,19]},)"
+                             R"("b":{"dtype":"F32","shape":[1],"data_offsets":[19,23]}})";
+  const std::string data = le_bytes(0x3f800000, 4) + le_bytes(0x40000000, 4) + le_bytes(7, 8) +
+                           std::string("\1\0\1", 3) + le_bytes(0xc0400000, 4);
   const std::string p = write_raw("mixed.safetensors", make_file(header, data));
   const TensorFile f = anvil::read_safetensors(p);
   EXPECT_EQ(f.tensors.size(), 2u);
@@ -415,17 +414,21 @@ TEST_F(Safetensors, RejectsBadHeaders) {
   expect_input_error(make_file(R"({"w": {"shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')), "dtype");
   expect_input_error(make_file(R"({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
                      "dtype");
-  expect_input_error(make_file(R"({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}})", std::string(4, '\0')),
-                     "tensor 'w': unsupported dtype 'F8_E4M3'");
+  expect_input_error(
+      make_file(R"({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+      "tensor 'w': unsupported dtype 'F8_E4M3'");
   expect_input_error(make_file(R"({"w": {"dtype": "F32", "data_offsets": [0, 4]}})", std::string(4, '\0')), "shape");
   expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": 1, "data_offsets": [0, 4]}})", std::string(4, '\0')),
                      "shape");
-  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
-                     "negative dimension -1");
-  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, '\0')),
-                     "non-integer");
-  expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}})", std::string(4, '\0')),
-                     "non-integer");
+  expect_input_error(
+      make_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+      "negative dimension -1");
+  expect_input_error(
+      make_file(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+      "non-integer");
+  expect_input_error(
+      make_file(R"({"w": {"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}})", std::string(4, '\0')),
+      "non-integer");
   expect_input_error(make_file(R"({"__metadata__": ["a"]})", ""), "__metadata__");
   expect_input_error(make_file(R"({"__metadata__": {"a": 1}})", ""), "__metadata__ value for 'a'");
 }
@@ -445,18 +448,23 @@ TEST_F(Safetensors, RejectsBadOffsets) {
   expect_input_error(make_file(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", four),
                      "out of range");
   expect_input_error(
-      make_file(R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [18446744073709551612, 18446744073709551615]}})",
-                four),
+      make_file(
+          R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [18446744073709551612, 18446744073709551615]}})",
+          four),
       "data_offsets");
-  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}})", std::string(16, '\0')),
-                     "tensor 'x': data_offsets [0, 12] do not match shape (2, 2) of F32 (16 bytes)");
-  expect_input_error(make_file(R"({"x": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}})", std::string(16, '\0')),
-                     "do not match shape (2) of F64 (16 bytes)");
+  expect_input_error(
+      make_file(R"({"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}})", std::string(16, '\0')),
+      "tensor 'x': data_offsets [0, 12] do not match shape (2, 2) of F32 (16 bytes)");
+  expect_input_error(
+      make_file(R"({"x": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}})", std::string(16, '\0')),
+      "do not match shape (2) of F64 (16 bytes)");
   // Element count overflow must be caught, not wrap around to a small size.
-  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", ""),
-                     "too many elements");
-  expect_input_error(make_file(R"({"x": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", ""),
-                     "too many elements");
+  expect_input_error(
+      make_file(R"({"x": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", ""),
+      "too many elements");
+  expect_input_error(
+      make_file(R"({"x": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}})", ""),
+      "too many elements");
 }
 
 // As the reference implementation: the tensors' bytes tile the data exactly,
@@ -464,18 +472,20 @@ TEST_F(Safetensors, RejectsBadOffsets) {
 TEST_F(Safetensors, RejectsWhatTheSpecForbids) {
   const std::string eight(8, '\0');
   expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-                                   "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})", eight),
+                                   "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}})",
+                               eight),
                      "tensor 'b': data_offsets overlap another tensor's bytes");
   expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", eight),
                      "tensor 'a': data_offsets leave a gap of 4 bytes before it");
   expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", eight),
                      "bad.safetensors: 4 bytes after the last tensor's data");
   expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-                                   "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", eight),
-                     "bad.safetensors: header: a: duplicate key");
-  expect_input_error(make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "dtype": "F16"}})",
+                                   "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
                                eight),
-                     "bad.safetensors: header: a.dtype: duplicate key");
+                     "bad.safetensors: header: a: duplicate key");
+  expect_input_error(
+      make_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "dtype": "F16"}})", eight),
+      "bad.safetensors: header: a.dtype: duplicate key");
   const std::string ok = R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})";
   expect_input_error(make_file("\xEF\xBB\xBF" + ok, eight), "header starts with a byte-order mark");
   expect_input_error(make_file(ok + std::string(1, '\0'), eight), "header has bytes after its JSON object");
@@ -534,9 +544,8 @@ TEST_F(Safetensors, LargeFilesAreMappedNotRead) {
 // tensors would not fit the host's memory, and converting them would end with the OOM killer.
 TEST_F(Safetensors, TensorsBeyondTheHostsMemoryAreRefusedFirst) {
   const uint64_t elements = uint64_t(1) << 38;
-  const std::string header =
-      R"({"huge":{"dtype":"F32","shape":[)" + std::to_string(elements) + R"(],"data_offsets":[0,)" +
-      std::to_string(elements * 4) + "]}}";
+  const std::string header = R"({"huge":{"dtype":"F32","shape":[)" + std::to_string(elements) +
+                             R"(],"data_offsets":[0,)" + std::to_string(elements * 4) + "]}}";
   const std::string p = write_raw("bad.safetensors", make_file(header, ""));
   std::error_code ec;
   fs::resize_file(p, 8 + header.size() + elements * 4, ec);
@@ -546,8 +555,7 @@ TEST_F(Safetensors, TensorsBeyondTheHostsMemoryAreRefusedFirst) {
     ADD_FAILURE() << "a 1 TiB tensor was read";
   } catch (const anvil::InputError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("bad.safetensors: its tensors take 1024.0 GiB, more than the "), std::string::npos)
-        << msg;
+    EXPECT_NE(msg.find("bad.safetensors: its tensors take 1024.0 GiB, more than the "), std::string::npos) << msg;
     EXPECT_NE(msg.find(" GiB of host memory available"), std::string::npos) << msg;
   }
 }

@@ -40,11 +40,11 @@ uint32_t reference_tf32(uint32_t bits) {
 }
 
 TEST(Tf32, RoundsEdgeValuesAsTheReference) {
-  const uint32_t magnitudes[] = {
-      0x00000000u, 0x00000001u, 0x00000fffu, 0x00001000u, 0x00001001u, 0x00002fffu, 0x007ff000u, 0x007fffffu,
-      0x00800000u, 0x00801000u, 0x00802fffu, 0x3f800fffu, 0x3f801000u, 0x3f801001u, 0x3f803000u, 0x3fffefffu,
-      0x3ffff000u, 0x7f7fefffu, 0x7f7ff000u, 0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7f801000u, 0x7fbfffffu,
-      0x7fc00000u, 0x7fffffffu};
+  const uint32_t magnitudes[] = {0x00000000u, 0x00000001u, 0x00000fffu, 0x00001000u, 0x00001001u, 0x00002fffu,
+                                 0x007ff000u, 0x007fffffu, 0x00800000u, 0x00801000u, 0x00802fffu, 0x3f800fffu,
+                                 0x3f801000u, 0x3f801001u, 0x3f803000u, 0x3fffefffu, 0x3ffff000u, 0x7f7fefffu,
+                                 0x7f7ff000u, 0x7f7fffffu, 0x7f800000u, 0x7f800001u, 0x7f801000u, 0x7fbfffffu,
+                                 0x7fc00000u, 0x7fffffffu};
   for (uint32_t m : magnitudes)
     for (uint32_t b : {m, m | 0x80000000u}) EXPECT_EQ(anvil::tf32_round_bits(b), reference_tf32(b)) << std::hex << b;
   EXPECT_EQ(anvil::tf32_round_bits(0x3f801000u), 0x3f802000u);  // a tie rounds away from zero

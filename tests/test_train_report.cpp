@@ -93,7 +93,6 @@ class MetricsFile : public anvil::testing::TempDirTest {
     }
     return records;
   }
-
 };
 
 TEST(TrainReport, PlainOutputIsOneLinePerLogWithEveryField) {
@@ -256,7 +255,7 @@ TEST(TrainReport, SamplesPerSecondCountsOnlyTheRealSamplesOfAPartialLastBatch) {
   EXPECT_PRED_FORMAT2(Contains, lines[0], "  2.00 steps/s  8.0 samples/s  ");  // steps 1, 2: 4 + 4
   EXPECT_PRED_FORMAT2(Contains, lines[1], "  2.00 steps/s  6.0 samples/s  ");  // steps 3, 4: 2 + 4
   EXPECT_PRED_FORMAT2(Contains, lines[2], "  2.00 steps/s  6.0 samples/s  ");  // steps 5, 6: 4 + 2
-  EXPECT_EQ(lines[5], "throughput: 2.00 steps/s, 6.7 samples/s");  // 20 samples in 3 s
+  EXPECT_EQ(lines[5], "throughput: 2.00 steps/s, 6.7 samples/s");              // 20 samples in 3 s
 
   // Resumed at step 2: step 3 still ends the first epoch (its batch is the partial one).
   Capture resumed;
@@ -408,9 +407,10 @@ TEST_F(MetricsFile, AFileThatIsNotMetricsIsRefusedAndKept) {
     return true;
   };
   EXPECT_TRUE(opens(""));
-  EXPECT_TRUE(opens(R"({"step":1,"loss":2})" "\n"));
+  EXPECT_TRUE(opens(R"({"step":1,"loss":2})"
+                    "\n"));
   EXPECT_TRUE(opens(" \n{ \t\"step\" : 1}\n"));  // JSON's whitespace
-  EXPECT_TRUE(opens(R"({"st)"));                  // a first line cut short
+  EXPECT_TRUE(opens(R"({"st)"));                 // a first line cut short
   EXPECT_FALSE(opens(R"({"loss":2,"step":1})"));
   EXPECT_FALSE(opens(R"({"stepping":1})"));
   EXPECT_FALSE(opens(std::string("\x10\0\0\0\0\0\0\0{\"w\":{}}", 17)));  // a tensor file's start
@@ -449,9 +449,7 @@ TEST_F(MetricsFile, AFileItCreatedIsRemovedWhenTheFirstLineCannotBeWritten) {
   {
     MetricsWriter metrics(file);
     ASSERT_TRUE(std::filesystem::exists(file));
-    with_file_size_limit(10, [&] {
-      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
-    });
+    with_file_size_limit(10, [&] { EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error); });
   }
   EXPECT_FALSE(std::filesystem::exists(file));
 }
@@ -461,9 +459,7 @@ TEST_F(MetricsFile, AFileItDidNotCreateIsKeptWhenTheFirstLineCannotBeWritten) {
   std::ofstream(file).close();  // empty, made by someone else
   {
     MetricsWriter metrics(file);
-    with_file_size_limit(10, [&] {
-      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
-    });
+    with_file_size_limit(10, [&] { EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error); });
   }
   ASSERT_TRUE(std::filesystem::exists(file));
   EXPECT_EQ(std::filesystem::file_size(file), 0u);
@@ -477,9 +473,7 @@ TEST_F(MetricsFile, AFileWithRecordsIsKeptWhenALaterLineCannotBeWritten) {
     first.step = 1;
     metrics.write(first);
     const auto size = std::filesystem::file_size(file);
-    with_file_size_limit(size + 10, [&] {
-      EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error);
-    });
+    with_file_size_limit(size + 10, [&] { EXPECT_THROW(metrics.write(anvil::cli::MetricsRecord{}), anvil::Error); });
   }
   const std::vector<nlohmann::json> rows = read_jsonl(file);
   ASSERT_EQ(rows.size(), 1u);

@@ -106,8 +106,8 @@ void add_common(CLI::App* cmd, CommonFlags& f) {
 // CLI11's check() may not change the text). Signs and the value's own bounds
 // are the command's to check.
 constexpr int64_t kMaxCount = int64_t(1) << 53;  // steps and epochs: far beyond any run, exact in a double
-constexpr int64_t kMaxInt = INT32_MAX;              // iterations, stored as int
-constexpr int64_t kMaxBenchIters = 10'000'000;      // each timed iteration's time is kept: 80 MB at most
+constexpr int64_t kMaxInt = INT32_MAX;           // iterations, stored as int
+constexpr int64_t kMaxBenchIters = 10'000'000;   // each timed iteration's time is kept: 80 MB at most
 
 CLI::Validator whole_number(int64_t limit) {
   return CLI::Validator(
@@ -195,7 +195,8 @@ void check_outputs(const NamedPaths& outputs, const NamedPaths& inputs, bool for
     } catch (const anvil::Error& e) {
       throw anvil::InputError(flag + " " + e.what());
     }
-    const auto [it, fresh] = written.emplace(anvil::same_file_key(anvil::output_target(path)), std::make_pair(flag, path));
+    const auto [it, fresh] =
+        written.emplace(anvil::same_file_key(anvil::output_target(path)), std::make_pair(flag, path));
     if (!fresh) throw anvil::InputError(flag + " " + path + ": the same file as " + it->second.first);
   }
   for (const auto& [flag, path] : inputs) {
@@ -236,7 +237,8 @@ anvil::Options options_for(const CommonFlags& f, anvil::Mode mode) {
   if (f.device.empty()) {
     const bool gpu = anvil::cuda_available();
     o.device = gpu ? Device::Cuda : Device::Cpu;
-    device_notice = std::string("device: ") + anvil::to_string(o.device) + (gpu ? " (a GPU is present)" : " (no GPU found)");
+    device_notice =
+        std::string("device: ") + anvil::to_string(o.device) + (gpu ? " (a GPU is present)" : " (no GPU found)");
   } else {
     o.device = f.device == "cuda" ? Device::Cuda : Device::Cpu;
     // A build without CUDA leaves the refusal, and its reason, to the Engine.
@@ -300,8 +302,7 @@ std::string default_mode(const anvil::Network& net, bool training_asked) {
 }
 
 // mode_name: --mode, empty where not given; check_finite_asked: --check-finite given (it is on by default).
-int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite,
-             bool check_finite_asked) {
+int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool check_finite, bool check_finite_asked) {
   // A forward plan computes no gradient and takes no step: the training flags are refused, before
   // the network is read (a default mode is forward only where neither is given).
   if (input_grad && mode_name == "forward") throw anvil::InputError("--input-grad needs --mode train");
@@ -331,7 +332,7 @@ int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool 
 
   const auto groups = net.fuse() ? net.fusion_groups() : std::vector<std::vector<std::string>>{};
   // The fusion rules are CUDA-only: without CUDA, groups is empty.
-  const char* off = !net.fuse() ? ": turned off by \"fuse\": false"
+  const char* off = !net.fuse()        ? ": turned off by \"fuse\": false"
                     : !ANVIL_WITH_CUDA ? ": none, anvil was built without CUDA"
                                        : "";
   std::printf("\nfusion (CUDA backend)%s:\n", off);
@@ -343,8 +344,8 @@ int cmd_info(const CommonFlags& f, std::string mode_name, bool input_grad, bool 
   }
 
   const anvil::MemoryPlan& plan = engine.plan();
-  std::printf("\nmemory plan (%s, %s): %zu tensors over %zu steps\n", anvil::to_string(o.device),
-              mode_name.c_str(), plan.tensors.size(), plan.steps.size());
+  std::printf("\nmemory plan (%s, %s): %zu tensors over %zu steps\n", anvil::to_string(o.device), mode_name.c_str(),
+              plan.tensors.size(), plan.steps.size());
   std::printf("  slabs (params, and in training grads and the optimizer state%s): %s each\n",
               o.check_finite ? ", and for --check-finite a good copy of the params and the state" : "",
               mib(plan.slab_bytes).c_str());
@@ -374,8 +375,8 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   double sum = 0, sq = 0;
   for (float v : y.data) sum += v, sq += double(v) * v;
-  std::printf("output %s: mean %.6g, L2 norm %.6g (%.1f ms)\n", anvil::to_string(y.shape).c_str(),
-              sum / y.size(), std::sqrt(sq), ms);
+  std::printf("output %s: mean %.6g, L2 norm %.6g (%.1f ms)\n", anvil::to_string(y.shape).c_str(), sum / y.size(),
+              std::sqrt(sq), ms);
   if (!output.empty()) {
     anvil::TensorFile out;
     out.tensors["output"] = std::move(y);  // one host copy of the output, not two
@@ -464,7 +465,8 @@ class StopOnSignals {
 };
 
 void check_positive(const char* flag, int64_t value) {
-  if (value < 1) throw anvil::InputError(std::string(flag) + ": must be a positive integer, got " + std::to_string(value));
+  if (value < 1)
+    throw anvil::InputError(std::string(flag) + ": must be a positive integer, got " + std::to_string(value));
 }
 
 void write_parameters(const std::string& path, anvil::Engine& engine, const anvil::Network& net) {
@@ -519,8 +521,7 @@ std::vector<int> parse_gpus(const std::string& text) {
 // One rank's training (the only one without --gpus or --ranks): its engine, its trainer, and for
 // rank 0 the progress display, the metrics and the files. Returns the exit code.
 int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const TrainFlags& t,
-               const anvil::Dataset* train_data, const anvil::Dataset* val_data,
-               StopOnSignals& stop_on_signals) {
+               const anvil::Dataset* train_data, const anvil::Dataset* val_data, StopOnSignals& stop_on_signals) {
   const bool writer = rank == 0;
   if (!t.weights.empty()) load_weights(engine, t.weights, t.strict, writer);
   anvil::TrainOptions to;
@@ -569,8 +570,8 @@ int train_rank(anvil::Engine& engine, int rank, const anvil::Network& net, const
                 anvil::to_string(engine.options().device),
                 ranks ? (", data parallel (" + ranks->describe() + ")").c_str() : "", static_cast<long long>(total),
                 epochs ? (" (" + std::to_string(trainer->steps_per_epoch()) + " per epoch)").c_str() : "",
-                static_cast<long long>(net.input_shape()[0]),
-                mib(engine.device_bytes()).c_str(), ranks ? " per rank" : "");
+                static_cast<long long>(net.input_shape()[0]), mib(engine.device_bytes()).c_str(),
+                ranks ? " per rank" : "");
     if (epochs)
       std::printf("data: %s, %lld samples, %s\n", shown(t.data).c_str(), static_cast<long long>(train_data->size()),
                   where_the_data_is(engine));
@@ -660,11 +661,14 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   if (t.budget_given && t.data.empty()) throw anvil::InputError("--data-budget needs --data");
   if (!t.resume.empty() && !t.weights.empty())
     throw anvil::InputError("--weights: a resumed run takes its parameters from the checkpoint (--resume); give one");
-  check_outputs({{"--save", t.save}, {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint},
-                 {"--metrics", t.metrics}},
-                {{"the network file", f.network}, {"--weights", t.weights}, {"--data", t.data}, {"--val", t.val},
-                 {"--resume", t.resume}},
-                f.force);
+  check_outputs(
+      {{"--save", t.save}, {"--dump-grads", t.dump_grads}, {"--checkpoint", t.checkpoint}, {"--metrics", t.metrics}},
+      {{"the network file", f.network},
+       {"--weights", t.weights},
+       {"--data", t.data},
+       {"--val", t.val},
+       {"--resume", t.resume}},
+      f.force);
   anvil::Options o = options_for(f, anvil::Mode::Train);
   o.input_grad = t.input_grad;
   o.check_finite = t.check_finite;
@@ -673,8 +677,9 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   const int processes = anvil::launched_ranks();  // under mpirun: one rank per process
   if (processes > 1) {
     if (!t.gpus.empty() || t.ranks_given)
-      throw anvil::InputError("under mpirun every process is one rank (on its host's GPU local rank): give no "
-                              "--gpus or --ranks");
+      throw anvil::InputError(
+          "under mpirun every process is one rank (on its host's GPU local rank): give no "
+          "--gpus or --ranks");
     ranks = processes;
   }
   if (!t.gpus.empty()) {
@@ -726,8 +731,8 @@ int cmd_train(const CommonFlags& f, const TrainFlags& t) {
   return code;
 }
 
-int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch,
-             bool batch_given, bool strict) {
+int cmd_eval(const CommonFlags& f, const std::string& weights, const std::string& data, int64_t batch, bool batch_given,
+             bool strict) {
   if (batch_given) check_positive("--batch", batch);
   if (strict && weights.empty()) throw anvil::InputError("--strict needs --weights");
   const anvil::Network net = load_network(f, batch);
@@ -791,8 +796,8 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   const std::string cudnn = cuda ? anvil::cudnn_version() : "none";
   std::printf("command: %s\n", shown(command_line).c_str());
   std::printf("device: %s (%s), cuDNN %s, precision %s, mode %s, CUDA graph %s, fusion %s\n",
-              anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()),
-              mode.c_str(), o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
+              anvil::to_string(o.device), gpu.c_str(), cudnn.c_str(), anvil::to_string(net.precision()), mode.c_str(),
+              o.cuda_graph && cuda ? "on" : "off", o.fuse && net.fuse() && cuda ? "on" : "off");
   const size_t used_before = cuda ? anvil::device_memory_used() : 0;
   anvil::Engine engine(net, o);
   // With --data, each step takes its minibatch from the dataset, as `anvil train --data` does.
@@ -814,9 +819,12 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
     if (data && batch_in_epoch == engine.batches_per_epoch()) engine.start_epoch(++epoch), batch_in_epoch = 0;
   };
   auto work = [&] {
-    if (forward) engine.enqueue_forward();
-    else if (mode == "fwdbwd") engine.enqueue_gradients();
-    else engine.enqueue_train_step(), ++batch_in_epoch;
+    if (forward)
+      engine.enqueue_forward();
+    else if (mode == "fwdbwd")
+      engine.enqueue_gradients();
+    else
+      engine.enqueue_train_step(), ++batch_in_epoch;
   };
   for (int i = 0; i < b.warmup; ++i) next_epoch_if_done(), work();
   engine.synchronize();
@@ -841,20 +849,31 @@ int cmd_bench(const CommonFlags& f, const BenchFlags& b, const std::string& comm
   for (const auto& l : layers) std::printf("%-44s %12.4f %12.4f\n", l.layer.c_str(), l.forward_ms, l.backward_ms);
 
   if (!b.json.empty()) {
-    nlohmann::json j = {{"command", command_line}, {"gpu", gpu}, {"cudnn_version", cudnn},
-                        {"precision", anvil::to_string(net.precision())}, {"device", anvil::to_string(o.device)},
-                        {"mode", mode}, {"iters", b.iters}, {"warmup", b.warmup}, {"cuda_graph", o.cuda_graph && cuda},
-                        {"fuse", o.fuse && net.fuse() && cuda}, {"batch", net.input_shape()[0]},
-                        {"ms", {{"min", times.front()}, {"median", median}, {"mean", mean}, {"p99", p99},
-                                {"max", times.back()}}},
-                        {"samples_per_s", batch / (median / 1e3)}, {"arena_bytes", engine.device_bytes()},
-                        {"device_bytes_used", used}, {"data", b.data},
-                        {"data_on_device", engine.data_on_device()}, {"result", "PASSED"}};
+    nlohmann::json j = {
+        {"command", command_line},
+        {"gpu", gpu},
+        {"cudnn_version", cudnn},
+        {"precision", anvil::to_string(net.precision())},
+        {"device", anvil::to_string(o.device)},
+        {"mode", mode},
+        {"iters", b.iters},
+        {"warmup", b.warmup},
+        {"cuda_graph", o.cuda_graph && cuda},
+        {"fuse", o.fuse && net.fuse() && cuda},
+        {"batch", net.input_shape()[0]},
+        {"ms", {{"min", times.front()}, {"median", median}, {"mean", mean}, {"p99", p99}, {"max", times.back()}}},
+        {"samples_per_s", batch / (median / 1e3)},
+        {"arena_bytes", engine.device_bytes()},
+        {"device_bytes_used", used},
+        {"data", b.data},
+        {"data_on_device", engine.data_on_device()},
+        {"result", "PASSED"}};
     for (const auto& l : layers)
       j["layers"].push_back({{"name", l.layer}, {"forward_ms", l.forward_ms}, {"backward_ms", l.backward_ms}});
     // Bytes that are not UTF-8 (a path, a name) become U+FFFD rather than fail the run's end.
     const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    anvil::write_output_file(b.json, [&](std::FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
+    anvil::write_output_file(b.json,
+                             [&](std::FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
     std::printf("wrote %s\n", shown(b.json).c_str());
   }
   std::printf("PASSED\n");
@@ -989,14 +1008,17 @@ int main(int argc, char** argv) {
   train->add_flag("--no-shuffle", train_opts.no_shuffle, "take each epoch in file order (default: a seeded shuffle)");
   train->add_flag("--keep-last", train_opts.keep_last,
                   "also train on the last partial batch of each epoch (default: it is dropped)");
-  train->add_option("--data-budget", train_opts.data_budget_mib,
-                    "MiB of device memory the dataset may take (default: half the free memory)")
+  train
+      ->add_option("--data-budget", train_opts.data_budget_mib,
+                   "MiB of device memory the dataset may take (default: half the free memory)")
       ->check(decimal_number());
   train->add_option("--weights", train_opts.weights, "initial parameters (safetensors)");
   train->add_flag("--strict", train_opts.strict, "refuse weights files with tensors the network does not use");
   train->add_option("--checkpoint", train_opts.checkpoint,
                     "checkpoint file, written at the end, every --checkpoint-every steps and on SIGINT/SIGTERM");
-  train->add_option("--checkpoint-every", train_opts.checkpoint_every, "write --checkpoint every N steps (default 0: only at the end)")
+  train
+      ->add_option("--checkpoint-every", train_opts.checkpoint_every,
+                   "write --checkpoint every N steps (default 0: only at the end)")
       ->transform(whole_number(kMaxCount));
   train->add_option("--resume", train_opts.resume, "continue from a checkpoint of this network");
   train->add_option("--log-every", train_opts.log_every, "read the loss and report every N steps (default 10)")
@@ -1010,13 +1032,15 @@ int main(int argc, char** argv) {
                     "the global one");
   train->add_option("--ranks", train_opts.ranks, "data parallel on the CPU: K in-process ranks (--device cpu)")
       ->transform(whole_number(1024));
-  train->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
-                  "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
-                  "where it starts, exit 3 (default on; off, a non-finite logged or validation loss still ends the run "
-                  "with exit 3)")
+  train
+      ->add_flag("--check-finite,!--no-check-finite", train_opts.check_finite,
+                 "look for NaN and Inf every --log-every steps and before any write; on one, name the step and "
+                 "where it starts, exit 3 (default on; off, a non-finite logged or validation loss still ends the run "
+                 "with exit 3)")
       ->disable_flag_override(false)  // --check-finite=false reads as meant
       ->check(on_or_off());
-  train->add_flag("--input-grad", train_opts.input_grad, "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
+  train->add_flag("--input-grad", train_opts.input_grad,
+                  "also compute d(loss)/d(input); --dump-grads writes it as grad.input");
 
   CommonFlags eval_flags;
   std::string eval_weights, eval_data;
@@ -1034,9 +1058,10 @@ int main(int argc, char** argv) {
   BenchFlags bench_opts;
   auto* bench = app.add_subcommand("bench", "time forward, fwd+bwd or train steps; per-layer breakdown; JSON export");
   add_common(bench, bench_flags);
-  bench->add_option("--mode", bench_opts.mode,
-                    "forward, fwdbwd or train (forward + loss + backward + the network's optimizer; the default, "
-                    "but forward for a network without parameters)")
+  bench
+      ->add_option("--mode", bench_opts.mode,
+                   "forward, fwdbwd or train (forward + loss + backward + the network's optimizer; the default, "
+                   "but forward for a network without parameters)")
       ->check(CLI::IsMember({"forward", "fwdbwd", "train"}));
   bench->add_option("--iters", bench_opts.iters, "timed iterations (default 50, at most 10000000: each time is kept)")
       ->transform(whole_number(kMaxBenchIters));
@@ -1050,8 +1075,9 @@ int main(int argc, char** argv) {
                   "fwdbwd and train steps also compute d(loss)/d(input), as train --input-grad (what a network "
                   "without parameters trains)");
   bench->add_option("--data", bench_opts.data, "train steps take their batches from this dataset (--mode train)");
-  bench->add_option("--data-budget", bench_opts.data_budget_mib,
-                    "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
+  bench
+      ->add_option("--data-budget", bench_opts.data_budget_mib,
+                   "MiB of device memory the dataset may take (default: half the free memory; 0: host memory)")
       ->check(decimal_number());
 
   // An empty value ("--save ''") would read as not given: refuse it where a value is taken.
@@ -1082,9 +1108,9 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < subs.size(); ++i)
         names += (i == 0 ? "" : i + 1 == subs.size() ? " or " : ", ") + subs[i]->get_name();
       const std::vector<std::string> stray = app.remaining();
-      say_error((stray.empty() ? std::string("a subcommand is required")
-                               : "'" + shown(stray[0]) + "' is not a subcommand") +
-                " (give " + names + ")");
+      say_error(
+          (stray.empty() ? std::string("a subcommand is required") : "'" + shown(stray[0]) + "' is not a subcommand") +
+          " (give " + names + ")");
       return 2;
     }
     if (e.get_exit_code() == 0) {  // --help, --version: through stdio, where a failed write is seen

@@ -86,8 +86,9 @@ MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
   struct stat st {};
   if (!created_ && ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && !starts_as_metrics(path)) {
     ::close(fd_);
-    throw InputError(path + ": not a metrics file (it does not start with {\"step\"): anvil appends only to its own "
-                            "JSON lines; give a new name, or remove it");
+    throw InputError(path +
+                     ": not a metrics file (it does not start with {\"step\"): anvil appends only to its own "
+                     "JSON lines; give a new name, or remove it");
   }
 }
 
@@ -174,7 +175,8 @@ void MetricsWriter::write(const MetricsRecord& r) {
 // The empty file this writer created, unless something else has taken its name since (lstat: a
 // symlink put there is not ours).
 void MetricsWriter::remove_if_still_ours() const {
-  struct stat mine {}, named {};
+  struct stat mine {
+  }, named{};
   if (::fstat(fd_, &mine) == 0 && ::lstat(path_.c_str(), &named) == 0 && mine.st_dev == named.st_dev &&
       mine.st_ino == named.st_ino && mine.st_size == 0)
     ::unlink(path_.c_str());

@@ -37,7 +37,7 @@ struct MetricsRecord {
   int64_t step = 0;
   int64_t epoch = 0;
   double loss = 0;
-  std::optional<double> val_loss;  // the latest validation loss, if any yet
+  std::optional<double> val_loss;   // the latest validation loss, if any yet
   std::optional<int64_t> val_step;  // the step it was measured at
   double lr = 0;
   double elapsed_s = 0;

@@ -23,7 +23,8 @@ Network Network::load(const std::string& path) {
   check_path_text(path);
   std::error_code ec;
   const auto status = std::filesystem::status(path, ec);
-  if (std::filesystem::is_directory(status)) throw InputError(path + ": cannot read the network file: it is a directory");
+  if (std::filesystem::is_directory(status))
+    throw InputError(path + ": cannot read the network file: it is a directory");
   if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status))
     throw InputError(path + ": cannot read the network file: not a regular file");
   if (std::filesystem::is_regular_file(status) && std::filesystem::file_size(path, ec) > kMaxNetworkFileBytes)

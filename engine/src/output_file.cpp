@@ -46,7 +46,7 @@ static_assert(std::atomic<int>::is_always_lock_free, "read in a signal handler")
 
 // The signals whose default action ends the process and that come from
 // outside (a fault, such as SIGSEGV, is a bug and is left alone).
-constexpr int kEndingSignals[] = {SIGHUP, SIGINT,    SIGQUIT, SIGTERM, SIGPIPE, SIGALRM,
+constexpr int kEndingSignals[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGTERM,   SIGPIPE, SIGALRM,
                                   SIGUSR1, SIGUSR2, SIGXCPU, SIGVTALRM, SIGPROF};
 constexpr int kEndingSignalCount = sizeof kEndingSignals / sizeof kEndingSignals[0];
 
@@ -117,8 +117,7 @@ struct sigaction ignore_action() {
 
 // Writes straight into a character device or FIFO (/dev/null, a pipe): there
 // is no file to replace, and renaming over one would destroy it.
-void write_into(const std::string& path, const std::string& target,
-                const std::function<bool(std::FILE*)>& write) {
+void write_into(const std::string& path, const std::string& target, const std::function<bool(std::FILE*)>& write) {
   const int fd = ::open(target.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) throw Error(path + ": cannot write: " + std::strerror(errno));
   std::FILE* f = ::fdopen(fd, "wb");
@@ -177,13 +176,13 @@ std::string why_directory_forbids(const std::string& dir) {
 // files); or our own made read-only by hand. Our own without write permission
 // because the umask gives none (as this writer made it) is replaced.
 std::string why_not_replaceable(const std::string& target, const std::string& dir) {
-  struct stat file {}, folder {};
+  struct stat file {
+  }, folder{};
   if (::stat(target.c_str(), &file) != 0) return "";
   const std::string file_forbids = why_attributes_forbid(target, "it");
   if (!file_forbids.empty()) return file_forbids;
   const uid_t me = ::geteuid();
-  if (file.st_uid == me)
-    return !(file.st_mode & S_IWUSR) && (new_file_mode() & S_IWUSR) ? "it is read-only" : "";
+  if (file.st_uid == me) return !(file.st_mode & S_IWUSR) && (new_file_mode() & S_IWUSR) ? "it is read-only" : "";
   if (::access(target.c_str(), W_OK) != 0) return errno == EACCES ? "it is read-only" : std::strerror(errno);
   if (me != 0 && ::stat(dir.c_str(), &folder) == 0 && (folder.st_mode & S_ISVTX) && folder.st_uid != me)
     return "it belongs to another user, in a sticky directory";

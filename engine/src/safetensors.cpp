@@ -38,9 +38,7 @@ using json = nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 constexpr const char* kMetadataKey = "__metadata__";
 
-[[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw InputError(path + ": " + problem);
-}
+[[noreturn]] void fail(const std::string& path, const std::string& problem) { throw InputError(path + ": " + problem); }
 
 [[noreturn]] void fail_tensor(const std::string& path, const std::string& name, const std::string& problem) {
   fail(path, "tensor '" + name + "': " + problem);
@@ -108,8 +106,9 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   const std::string& dt = dtype->get_ref<const std::string&>();
   e.dtype = find_dtype(dt);
   if (!e.dtype) {
-    fail_tensor(path, name, "unsupported dtype '" + dt +
-                                "' (float tensors must be F16, BF16, F32 or F64; integer and bool tensors are skipped)");
+    fail_tensor(path, name,
+                "unsupported dtype '" + dt +
+                    "' (float tensors must be F16, BF16, F32 or F64; integer and bool tensors are skipped)");
   }
   const uint64_t itemsize = e.dtype->itemsize;
 
@@ -120,7 +119,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
     bool negative = false;
     if (!get_count(d, dim, negative)) {
       const std::string what = negative ? "a negative" : "a non-integer or too large";
-      fail_tensor(path, name, "shape has " + what + " dimension " + d.dump(-1, ' ', false, json::error_handler_t::replace));
+      fail_tensor(path, name,
+                  "shape has " + what + " dimension " + d.dump(-1, ' ', false, json::error_handler_t::replace));
     }
     e.shape.push_back(dim);
   }
@@ -135,7 +135,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   } else {
     const uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / itemsize;
     for (int64_t d : e.shape) {
-      if (n > limit / static_cast<uint64_t>(d)) fail_tensor(path, name, "shape " + to_string(e.shape) + " has too many elements");
+      if (n > limit / static_cast<uint64_t>(d))
+        fail_tensor(path, name, "shape " + to_string(e.shape) + " has too many elements");
       n *= static_cast<uint64_t>(d);
     }
   }
@@ -143,8 +144,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
   const auto offsets = v.find("data_offsets");
   int64_t begin = 0, end = 0;
   bool negative = false;
-  if (offsets == v.end() || !offsets->is_array() || offsets->size() != 2 || !get_count((*offsets)[0], begin, negative) ||
-      !get_count((*offsets)[1], end, negative)) {
+  if (offsets == v.end() || !offsets->is_array() || offsets->size() != 2 ||
+      !get_count((*offsets)[0], begin, negative) || !get_count((*offsets)[1], end, negative)) {
     fail_tensor(path, name, "data_offsets must be an array of two non-negative integers");
   }
   e.begin = static_cast<uint64_t>(begin);
@@ -155,8 +156,9 @@ Entry parse_entry(const std::string& path, const std::string& name, const json& 
     fail_tensor(path, name, range + " are out of range: the data region has " + std::to_string(data_bytes) + " bytes");
   }
   if (e.end - e.begin != n * itemsize) {
-    fail_tensor(path, name, range + " do not match shape " + to_string(e.shape) + " of " + dt + " (" +
-                                std::to_string(n * itemsize) + " bytes)");
+    fail_tensor(path, name,
+                range + " do not match shape " + to_string(e.shape) + " of " + dt + " (" +
+                    std::to_string(n * itemsize) + " bytes)");
   }
   return e;
 }
@@ -170,7 +172,8 @@ void require_contiguous(const std::string& path, std::vector<Entry> entries, uin
   for (const Entry& e : entries) {
     if (e.begin < covered) fail_tensor(path, e.name, "data_offsets overlap another tensor's bytes");
     if (e.begin > covered)
-      fail_tensor(path, e.name, "data_offsets leave a gap of " + std::to_string(e.begin - covered) + " bytes before it");
+      fail_tensor(path, e.name,
+                  "data_offsets leave a gap of " + std::to_string(e.begin - covered) + " bytes before it");
     covered = e.end;
   }
   if (covered != data_bytes) fail(path, std::to_string(data_bytes - covered) + " bytes after the last tensor's data");
@@ -222,8 +225,8 @@ void convert_to_float(const std::string& path, const Entry& e, const unsigned ch
       if (std::isfinite(value) && std::fabs(value) >= kFloatOverflowThreshold) {
         char text[32];
         std::snprintf(text, sizeof text, "%.17g", value);
-        fail_tensor(path, e.name, "F64 value " + std::string(text) + " at index " + std::to_string(i) +
-                                      " is beyond float32's range");
+        fail_tensor(path, e.name,
+                    "F64 value " + std::string(text) + " at index " + std::to_string(i) + " is beyond float32's range");
       }
       out[i] = static_cast<float>(value);  // rounds to nearest
     }
@@ -454,8 +457,7 @@ const HostTensor& require_tensor(const TensorFile& file, const std::string& path
   }
   if (it == file.tensors.end()) fail(path, "no tensor named '" + name + "'");
   if (it->second.shape != expected) {
-    fail(path, "tensor '" + name + "' has shape " + to_string(it->second.shape) + ", expected " +
-                   to_string(expected));
+    fail(path, "tensor '" + name + "' has shape " + to_string(it->second.shape) + ", expected " + to_string(expected));
   }
   if (!holds_shape(it->second))  // only a TensorFile built in memory can differ
     fail(path, "tensor '" + name + "' has " + std::to_string(it->second.data.size()) + " values for shape " +
@@ -482,7 +484,8 @@ ParameterSelection select_from(File&& file, const std::string& path,
   for (const auto& entry : file.skipped)
     if (!parameter_shapes.count(entry.first)) selection.unused.push_back(entry.first);
   std::sort(selection.unused.begin(), selection.unused.end());
-  if (strict && !selection.unused.empty()) throw InputError(unused_tensors_message(path, selection.unused) + " (--strict)");
+  if (strict && !selection.unused.empty())
+    throw InputError(unused_tensors_message(path, selection.unused) + " (--strict)");
   return selection;
 }
 
@@ -504,8 +507,8 @@ std::string unused_tensors_message(const std::string& path, const std::vector<st
   for (const std::string& name : unused) list += (list.empty() ? "" : ", ") + name;
   const bool one = unused.size() == 1;
   return Error::one_line(path + ": " + std::to_string(unused.size()) +
-                         (one ? " tensor is not a parameter" : " tensors are not parameters") + " of this network: " +
-                         list);
+                         (one ? " tensor is not a parameter" : " tensors are not parameters") +
+                         " of this network: " + list);
 }
 
 }  // namespace anvil

@@ -30,7 +30,8 @@ int64_t numel(const Shape& shape) {
   if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t n = 1;
   for (int64_t d : shape)
-    if (__builtin_mul_overflow(n, d, &n)) throw InputError("shape " + to_string(shape) + " has more than 2^63 elements");
+    if (__builtin_mul_overflow(n, d, &n))
+      throw InputError("shape " + to_string(shape) + " has more than 2^63 elements");
   return n;
 }
 

@@ -5,7 +5,8 @@
 
 namespace anvil::cpu {
 
-template <class T> void copy_or_accumulate(const T* src, T* dst, int64_t count, bool accumulate) {
+template <class T>
+void copy_or_accumulate(const T* src, T* dst, int64_t count, bool accumulate) {
   if (accumulate) {
     for (int64_t i = 0; i < count; ++i) dst[i] += src[i];
   } else {
@@ -13,12 +14,13 @@ template <class T> void copy_or_accumulate(const T* src, T* dst, int64_t count, 
   }
 }
 
-template <class T> void add_forward(const T* a, const T* b, T* y, int64_t count) {
+template <class T>
+void add_forward(const T* a, const T* b, T* y, int64_t count) {
   for (int64_t i = 0; i < count; ++i) y[i] = a[i] + b[i];
 }
 
-#define ANVIL_INSTANTIATE_ADD(T)                                                                               \
-  template void copy_or_accumulate<T>(const T*, T*, int64_t, bool);                                            \
+#define ANVIL_INSTANTIATE_ADD(T)                                    \
+  template void copy_or_accumulate<T>(const T*, T*, int64_t, bool); \
   template void add_forward<T>(const T*, const T*, T*, int64_t);
 
 ANVIL_INSTANTIATE_ADD(float)

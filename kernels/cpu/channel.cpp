@@ -10,7 +10,8 @@
 
 namespace anvil::cpu {
 
-template <class T> void bias_forward(T* y, const T* bias, int64_t n, int64_t c, int64_t spatial) {
+template <class T>
+void bias_forward(T* y, const T* bias, int64_t n, int64_t c, int64_t spatial) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t ch = 0; ch < c; ++ch) {
       T* yp = y + (i * c + ch) * spatial;
@@ -19,7 +20,8 @@ template <class T> void bias_forward(T* y, const T* bias, int64_t n, int64_t c, 
     }
 }
 
-template <class T> void bias_backward(const T* dy, T* dbias, int64_t n, int64_t c, int64_t spatial) {
+template <class T>
+void bias_backward(const T* dy, T* dbias, int64_t n, int64_t c, int64_t spatial) {
   ANVIL_OMP_PARALLEL_FOR_IF(n * c * spatial)
   for (int64_t ch = 0; ch < c; ++ch) {
     double sum = 0.0;
@@ -31,7 +33,8 @@ template <class T> void bias_backward(const T* dy, T* dbias, int64_t n, int64_t 
   }
 }
 
-template <class T> void channel_scale_forward(const T* x, const T* m, T* y, int64_t n, int64_t c, int64_t spatial) {
+template <class T>
+void channel_scale_forward(const T* x, const T* m, T* y, int64_t n, int64_t c, int64_t spatial) {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t ch = 0; ch < c; ++ch) {
       const int64_t base = (i * c + ch) * spatial;
@@ -61,12 +64,11 @@ void channel_scale_backward(const T* x, const T* m, const T* dy, T* dx, T* dm, i
   }
 }
 
-#define ANVIL_INSTANTIATE_CHANNEL(T)                                                                           \
-  template void bias_forward<T>(T*, const T*, int64_t, int64_t, int64_t);                                      \
-  template void bias_backward<T>(const T*, T*, int64_t, int64_t, int64_t);                                     \
-  template void channel_scale_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);                   \
-  template void channel_scale_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t,     \
-                                          bool);
+#define ANVIL_INSTANTIATE_CHANNEL(T)                                                         \
+  template void bias_forward<T>(T*, const T*, int64_t, int64_t, int64_t);                    \
+  template void bias_backward<T>(const T*, T*, int64_t, int64_t, int64_t);                   \
+  template void channel_scale_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t); \
+  template void channel_scale_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, bool);
 
 ANVIL_INSTANTIATE_CHANNEL(float)
 ANVIL_INSTANTIATE_CHANNEL(double)

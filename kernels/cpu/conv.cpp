@@ -140,7 +140,8 @@ void for_each_tap_row(const ConvGeometry& g, const T* wp, const Chunks::Box& box
       }
 }
 
-template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
+template <class T>
+void conv_forward(const T* a, const T* w, T* b, const ConvGeometry& g, bool accumulate) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
@@ -160,7 +161,8 @@ template <class T> void conv_forward(const T* a, const T* w, T* b, const ConvGeo
                });
 }
 
-template <class T> void conv_backward_data(const T* db, const T* w, T* da, const ConvGeometry& g, bool accumulate) {
+template <class T>
+void conv_backward_data(const T* db, const T* w, T* da, const ConvGeometry& g, bool accumulate) {
   const int64_t bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
@@ -181,7 +183,8 @@ template <class T> void conv_backward_data(const T* db, const T* w, T* da, const
                });
 }
 
-template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, const ConvGeometry& g) {
+template <class T>
+void conv_backward_filter(const T* a, const T* db, T* dw, const ConvGeometry& g) {
   const int64_t av = volume(g.a), bv = volume(g.b), kv = volume(g.k);
   const int64_t aH = g.a[1], aW = g.a[2], bH = g.b[1], bW = g.b[2];
   const int64_t sD = g.stride[0], sH = g.stride[1], sW = g.stride[2];
@@ -211,9 +214,9 @@ template <class T> void conv_backward_filter(const T* a, const T* db, T* dw, con
   }
 }
 
-#define ANVIL_INSTANTIATE_CONV(T)                                                                              \
-  template void conv_forward<T>(const T*, const T*, T*, const ConvGeometry&, bool);                            \
-  template void conv_backward_data<T>(const T*, const T*, T*, const ConvGeometry&, bool);                      \
+#define ANVIL_INSTANTIATE_CONV(T)                                                         \
+  template void conv_forward<T>(const T*, const T*, T*, const ConvGeometry&, bool);       \
+  template void conv_backward_data<T>(const T*, const T*, T*, const ConvGeometry&, bool); \
   template void conv_backward_filter<T>(const T*, const T*, T*, const ConvGeometry&);
 
 ANVIL_INSTANTIATE_CONV(float)

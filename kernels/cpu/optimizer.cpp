@@ -16,7 +16,7 @@ void adam_update(T* p, const T* g, T* m, T* v, int64_t n, const AdamHyper& hyper
   for (int64_t i = 0; i < n; ++i) adam_element(p[i], g[i], m[i], v[i], hyper, state);
 }
 
-#define ANVIL_INSTANTIATE_OPTIMIZER(T)                                                         \
+#define ANVIL_INSTANTIATE_OPTIMIZER(T)                                                       \
   template void sgd_update<T>(T*, const T*, T*, int64_t, const SgdHyper&, const StepState&); \
   template void adam_update<T>(T*, const T*, T*, T*, int64_t, const AdamHyper&, const StepState&);
 

@@ -7,7 +7,8 @@
 
 namespace anvil::cpu {
 
-template <class T> void pointwise_forward(PointwiseOp op, T param, const T* x, T* y, int64_t n) {
+template <class T>
+void pointwise_forward(PointwiseOp op, T param, const T* x, T* y, int64_t n) {
   visit_pointwise_op(op, [&](auto functor) {
     using Op = decltype(functor);
     ANVIL_OMP_PARALLEL_FOR_IF(n)
@@ -29,8 +30,8 @@ void pointwise_backward(PointwiseOp op, T param, const T* x, const T* y, const T
   });
 }
 
-#define ANVIL_INSTANTIATE_POINTWISE(T)                                                                         \
-  template void pointwise_forward<T>(PointwiseOp, T, const T*, T*, int64_t);                                   \
+#define ANVIL_INSTANTIATE_POINTWISE(T)                                       \
+  template void pointwise_forward<T>(PointwiseOp, T, const T*, T*, int64_t); \
   template void pointwise_backward<T>(PointwiseOp, T, const T*, const T*, const T*, T*, int64_t, bool);
 
 ANVIL_INSTANTIATE_POINTWISE(float)

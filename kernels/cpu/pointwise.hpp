@@ -9,7 +9,8 @@
 namespace anvil::cpu {
 
 // y = op(x). param: leaky_relu's slope, ignored by the others.
-template <class T> void pointwise_forward(PointwiseOp op, T param, const T* x, T* y, int64_t n);
+template <class T>
+void pointwise_forward(PointwiseOp op, T param, const T* x, T* y, int64_t n);
 // dx = op'(x) * dy, or dx += with accumulate. Reads x or y as
 // pointwise_backward_uses_output(op) says; the other may be null.
 template <class T>

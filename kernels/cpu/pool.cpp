@@ -26,7 +26,8 @@ Window window(const PoolGeometry& g, int axis, int64_t o) {
 
 // Flat in-plane index of the first maximum of output (od, oh, ow), or -1 when
 // the window holds no input element (only padding).
-template <class T> int64_t argmax(const T* xp, const PoolGeometry& g, int64_t od, int64_t oh, int64_t ow) {
+template <class T>
+int64_t argmax(const T* xp, const PoolGeometry& g, int64_t od, int64_t oh, int64_t ow) {
   const Window wd = window(g, 0, od), wh = window(g, 1, oh), ww = window(g, 2, ow);
   int64_t best_i = -1;
   T best = -std::numeric_limits<T>::infinity();
@@ -47,7 +48,8 @@ template <class T> int64_t argmax(const T* xp, const PoolGeometry& g, int64_t od
 
 }  // namespace
 
-template <class T> void max_pool_forward(const T* x, T* y, const PoolGeometry& g) {
+template <class T>
+void max_pool_forward(const T* x, T* y, const PoolGeometry& g) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
   for (int64_t p = 0; p < g.planes; ++p) {
@@ -62,7 +64,8 @@ template <class T> void max_pool_forward(const T* x, T* y, const PoolGeometry& g
   }
 }
 
-template <class T> void max_pool_backward(const T* x, const T* dy, T* dx, const PoolGeometry& g, bool accumulate) {
+template <class T>
+void max_pool_backward(const T* x, const T* dy, T* dx, const PoolGeometry& g, bool accumulate) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   // One thread per plane: overlapping windows add into the same dx element in
   // a fixed order.
@@ -81,7 +84,8 @@ template <class T> void max_pool_backward(const T* x, const T* dy, T* dx, const 
   }
 }
 
-template <class T> void avg_pool_forward(const T* x, T* y, const PoolGeometry& g) {
+template <class T>
+void avg_pool_forward(const T* x, T* y, const PoolGeometry& g) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   const double divisor = static_cast<double>(volume(g.k));
   ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
@@ -101,7 +105,8 @@ template <class T> void avg_pool_forward(const T* x, T* y, const PoolGeometry& g
   }
 }
 
-template <class T> void avg_pool_backward(const T* dy, T* dx, const PoolGeometry& g, bool accumulate) {
+template <class T>
+void avg_pool_backward(const T* dy, T* dx, const PoolGeometry& g, bool accumulate) {
   const int64_t iv = volume(g.in), ov = volume(g.out);
   const T divisor = static_cast<T>(volume(g.k));
   ANVIL_OMP_PARALLEL_FOR_IF(work_of({g.planes, ov, g.k[0], g.k[1], g.k[2]}))
@@ -121,10 +126,10 @@ template <class T> void avg_pool_backward(const T* dy, T* dx, const PoolGeometry
   }
 }
 
-#define ANVIL_INSTANTIATE_POOL(T)                                                                              \
-  template void max_pool_forward<T>(const T*, T*, const PoolGeometry&);                                        \
-  template void max_pool_backward<T>(const T*, const T*, T*, const PoolGeometry&, bool);                       \
-  template void avg_pool_forward<T>(const T*, T*, const PoolGeometry&);                                        \
+#define ANVIL_INSTANTIATE_POOL(T)                                                        \
+  template void max_pool_forward<T>(const T*, T*, const PoolGeometry&);                  \
+  template void max_pool_backward<T>(const T*, const T*, T*, const PoolGeometry&, bool); \
+  template void avg_pool_forward<T>(const T*, T*, const PoolGeometry&);                  \
   template void avg_pool_backward<T>(const T*, T*, const PoolGeometry&, bool);
 
 ANVIL_INSTANTIATE_POOL(float)

@@ -16,7 +16,10 @@ struct IdentityOp {
 };
 // Left to right: ((a + b) + c) + d, the CPU reference's order.
 struct SumOp {
-  template <class... T> __device__ float operator()(T... v) const { return (... + v); }
+  template <class... T>
+  __device__ float operator()(T... v) const {
+    return (... + v);
+  }
 };
 
 }  // namespace
@@ -25,8 +28,7 @@ void add_forward(const std::vector<const float*>& inputs, float* y, int64_t coun
   constexpr const char* op = "add_forward";
   constexpr size_t kTermsPerPass = 4;
   detail::require(inputs.size() >= 2, op, "at least two inputs");
-  detail::require(y != nullptr && std::find(inputs.begin(), inputs.end(), nullptr) == inputs.end(), op,
-                  "null pointer");
+  detail::require(y != nullptr && std::find(inputs.begin(), inputs.end(), nullptr) == inputs.end(), op, "null pointer");
   detail::require(count > 0, op, "count must be positive");
   detail::require(std::find(inputs.begin() + 2, inputs.end(), y) == inputs.end(), op,
                   "y may alias only the first two inputs");
@@ -36,9 +38,15 @@ void add_forward(const std::vector<const float*>& inputs, float* y, int64_t coun
     if (next > 0) terms.push_back(y);  // the sum so far, then the next inputs
     while (terms.size() < kTermsPerPass && next < inputs.size()) terms.push_back(inputs[next++]);
     switch (terms.size()) {
-      case 2: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1]); break;
-      case 3: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2]); break;
-      default: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2], terms[3]); break;
+      case 2:
+        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1]);
+        break;
+      case 3:
+        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2]);
+        break;
+      default:
+        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2], terms[3]);
+        break;
     }
   }
 }

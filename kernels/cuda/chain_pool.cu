@@ -38,7 +38,7 @@ struct PoolDims {
   uint32_t in[3] = {1, 1, 1}, out[3] = {1, 1, 1};
   int32_t k[3] = {1, 1, 1}, s[3] = {1, 1, 1}, pad[3] = {0, 0, 0};
   FastDiv in_h, in_w, out_h, out_w, stride[3];  // by in[1], in[2], out[1], out[2], s[a]
-  FastDiv chunks, channels;                      // by cpp and c
+  FastDiv chunks, channels;                     // by cpp and c
   uint32_t plane_in = 1, plane_out = 1;
   // How a pool's backward finds an element's windows. Tiled: a chunk is a
   // tile[0] x tile[1] x tile[2] box of the Y plane, tiles[a] of them along
@@ -47,8 +47,8 @@ struct PoolDims {
   PoolBackwardPath path = PoolBackwardPath::Gathered;
   uint32_t tile[3] = {1, 1, 1}, tiles[3] = {1, 1, 1}, box[3] = {1, 1, 1};
   FastDiv tile_h, tile_w, box_h, box_w;  // by tile[1], tile[2], box[1], box[2]
-  float divisor = 1.f;          // the window's volume (average)
-  float inverse_divisor = 1.f;  // exact where the volume is a power of two
+  float divisor = 1.f;                   // the window's volume (average)
+  float inverse_divisor = 1.f;           // exact where the volume is a power of two
 };
 
 struct Chunk {
@@ -79,8 +79,8 @@ struct BlockChannel {
 };
 
 template <class Chain>
-__device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, uint32_t plane_size,
-                                                             const float* bias, const EpilogueChain& chain) {
+__device__ __forceinline__ BlockChannel<Chain> block_channel(const PoolDims& d, uint32_t plane_size, const float* bias,
+                                                             const EpilogueChain& chain) {
   const Chunk r = chunk_of(d, plane_size);
   const int64_t ch = d.channels.mod(uint32_t(r.plane));
   return {r, ch, bias_at(bias, ch), Chain::at(chain, ch)};
@@ -154,9 +154,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class Chain, int kVec>
 __global__ void __launch_bounds__(kThreads)
     chain_backward_kernel(const float* __restrict__ dp, const float* __restrict__ y, const float* __restrict__ z,
-                          const uint8_t* __restrict__ codes, const float* __restrict__ bias,
-                          const EpilogueChain chain, float* __restrict__ dy, bool accumulate,
-                          double* __restrict__ partials, PoolDims d) {
+                          const uint8_t* __restrict__ codes, const float* __restrict__ bias, const EpilogueChain chain,
+                          float* __restrict__ dy, bool accumulate, double* __restrict__ partials, PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_in, bias, chain);
   const int64_t base = r.plane * int64_t(d.plane_in);
   ChainSums sums;
@@ -168,8 +167,9 @@ __global__ void __launch_bounds__(kThreads)
       else if (y != nullptr)
         v = sum4_at<true>(y, z, base + e);
       const float4 g = __ldcs(reinterpret_cast<const float4*>(dp + base + e));
-      float4 o = make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
-                             Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
+      float4 o =
+          make_float4(Chain::backward(chain, cm, v.x + b, g.x, sums), Chain::backward(chain, cm, v.y + b, g.y, sums),
+                      Chain::backward(chain, cm, v.z + b, g.z, sums), Chain::backward(chain, cm, v.w + b, g.w, sums));
       if (accumulate) {
         const float4 old = detail::load4(dy + base + e);
         o = make_float4(old.x + o.x, old.y + o.y, old.z + o.z, old.w + o.w);
@@ -262,9 +262,9 @@ constexpr int kPairUnroll = 2, kRowBatch = 2;
 // row-major order, as pool_forward_kernel does: the same bits.
 template <class Chain, ChainPool kPool>
 __global__ void __launch_bounds__(kThreads)
-    pool_forward_pairs_kernel(const float* __restrict__ y, const float* __restrict__ z,
-                              const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p,
-                              uint8_t* __restrict__ argmax, PoolDims d) {
+    pool_forward_pairs_kernel(const float* __restrict__ y, const float* __restrict__ z, const float* __restrict__ bias,
+                              const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
+                              PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out / 2, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
@@ -333,9 +333,9 @@ __global__ void __launch_bounds__(kThreads)
 // the same bits.
 template <class Chain, ChainPool kPool>
 __global__ void __launch_bounds__(kThreads)
-    pool_forward_rows3_kernel(const float* __restrict__ y, const float* __restrict__ z,
-                              const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p,
-                              uint8_t* __restrict__ argmax, PoolDims d) {
+    pool_forward_rows3_kernel(const float* __restrict__ y, const float* __restrict__ z, const float* __restrict__ bias,
+                              const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
+                              PoolDims d) {
   const auto [r, ch, b, cm] = block_channel<Chain>(d, d.plane_out, bias, chain);
   const int64_t in_base = r.plane * int64_t(d.plane_in);
   const int64_t out = r.plane * int64_t(d.plane_out);
@@ -808,8 +808,7 @@ const char* chain_pool_geometry_error(const ChainPoolGeometry& g) {
 
 std::array<int64_t, 3> chain_pool_output(const ChainPoolGeometry& g) {
   std::array<int64_t, 3> out{};
-  for (int a = 0; a < 3; ++a)
-    out[a] = g.stride[a] > 0 ? (g.y[a] + 2 * g.pad[a] - g.k[a]) / g.stride[a] + 1 : 0;
+  for (int a = 0; a < 3; ++a) out[a] = g.stride[a] > 0 ? (g.y[a] + 2 * g.pad[a] - g.k[a]) / g.stride[a] + 1 : 0;
   return out;
 }
 
@@ -855,9 +854,9 @@ void forward(const char* op, const float* y, const float* z, const float* bias, 
 
 // Every backward: z is the addend, or null; codes, where given, stand in for
 // y and the bias (both null then).
-void backward(const char* op, const float* dp, const float* y, const float* z, const uint8_t* codes,
-              const float* bias, const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate,
-              const ChainGrads& grads, void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+void backward(const char* op, const float* dp, const float* y, const float* z, const uint8_t* codes, const float* bias,
+              const uint8_t* argmax, const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
+              void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
   detail::require(dp != nullptr && dy != nullptr, op, "null dp or dy");
   if (codes != nullptr) {
     detail::require(chain_codes_supported(chain), op, "codes stand for a chain of 1 to 8 leaky_relus only");
@@ -881,11 +880,11 @@ void backward(const char* op, const float* dp, const float* y, const float* z, c
     switch (g.pool) {
       case ChainPool::None:
         if (vec4_ok(d, {dp, y, z, codes, dy}))
-          chain_backward_kernel<Chain, 4><<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy,
-                                                                           accumulate, partials, d);
+          chain_backward_kernel<Chain, 4>
+              <<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy, accumulate, partials, d);
         else
-          chain_backward_kernel<Chain, 1><<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy,
-                                                                           accumulate, partials, d);
+          chain_backward_kernel<Chain, 1>
+              <<<blocks, kThreads, 0, stream>>>(dp, y, z, codes, bias, chain, dy, accumulate, partials, d);
         break;
       case ChainPool::Max:
         if (rows4)
@@ -923,8 +922,8 @@ void chain_pool_forward(const float* y, const float* bias, const EpilogueChain& 
   forward("chain_pool_forward", y, nullptr, bias, chain, p, argmax, g, stream);
 }
 
-void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
-                            uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream) {
+void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            const ChainPoolGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "add_chain_pool_forward";
   detail::require(addend != nullptr, op, "null addend");
   forward(op, y, addend, nullptr, chain, p, argmax, g, stream);
@@ -940,8 +939,8 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 }
 
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
-                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
-                         void* scratch, const ChainPoolGeometry& g, cudaStream_t stream) {
+                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads, void* scratch,
+                         const ChainPoolGeometry& g, cudaStream_t stream) {
   backward("chain_pool_backward", dp, y, nullptr, nullptr, bias, argmax, chain, dy, accumulate, grads, scratch, g,
            stream);
 }

@@ -61,8 +61,8 @@ size_t chain_pool_backward_scratch_bytes(const ChainPoolGeometry& g, const Epilo
 // dp is P's gradient; y, bias and argmax as forward had them (y may be null
 // for an empty chain without bias: a plain pool). accumulate adds into dy.
 void chain_pool_backward(const float* dp, const float* y, const float* bias, const uint8_t* argmax,
-                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
-                         void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);
+                         const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads, void* scratch,
+                         const ChainPoolGeometry& g, cudaStream_t stream);
 
 // The same from the chain's codes (chain_codes_supported), one byte per Y
 // element as a conv forward wrote them in place of Y: neither Y nor the bias
@@ -74,8 +74,8 @@ void chain_pool_backward_from_codes(const float* dp, const uint8_t* codes, const
 // The same with Y = y + addend (no bias): P = pool(chain(y + addend)). dy is
 // the sum's gradient, which is each addend's. The backward takes y and the
 // addend together, or neither for an empty chain.
-void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
-                            uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream);
+void add_chain_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p, uint8_t* argmax,
+                            const ChainPoolGeometry& g, cudaStream_t stream);
 void add_chain_pool_backward(const float* dp, const float* y, const float* addend, const uint8_t* argmax,
                              const EpilogueChain& chain, float* dy, bool accumulate, const ChainGrads& grads,
                              void* scratch, const ChainPoolGeometry& g, cudaStream_t stream);

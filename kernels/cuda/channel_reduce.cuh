@@ -250,8 +250,7 @@ ReducePlan reduce_plan(const char* op, int64_t n, int64_t c, int64_t spatial) {
   check_dims(op, n, c, spatial);
   ReducePlan p;
   p.per_channel = n * spatial;
-  p.chunks = std::max<int64_t>(
-      1, std::min(ceil_div(kReduceTargetBlocks, c), ceil_div(p.per_channel, kReduceMinChunk)));
+  p.chunks = std::max<int64_t>(1, std::min(ceil_div(kReduceTargetBlocks, c), ceil_div(p.per_channel, kReduceMinChunk)));
   p.chunk_len = ceil_div(p.per_channel, p.chunks);
   p.segments = spatial >= kSegmentMinSpatial;
   require(c * p.chunks <= std::numeric_limits<int32_t>::max(), op, "too many channels");

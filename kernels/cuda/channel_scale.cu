@@ -26,8 +26,8 @@ size_t channel_scale_backward_scratch_bytes(int64_t n, int64_t c, int64_t spatia
   return detail::reduce_scratch_bytes("channel_scale_backward_scratch_bytes", n, c, spatial);
 }
 
-void channel_scale_backward(const float* x, const float* m, const float* dy, float* dx, float* dm, int64_t n,
-                            int64_t c, int64_t spatial, bool accumulate, void* scratch, cudaStream_t stream) {
+void channel_scale_backward(const float* x, const float* m, const float* dy, float* dx, float* dm, int64_t n, int64_t c,
+                            int64_t spatial, bool accumulate, void* scratch, cudaStream_t stream) {
   constexpr const char* op = "channel_scale_backward";
   detail::require(x != nullptr && m != nullptr && dy != nullptr && dm != nullptr, op, "null pointer");
   detail::channel_reduce<true>(op, dy, x, m, dx, accumulate, dm, n, c, spatial, scratch, stream);

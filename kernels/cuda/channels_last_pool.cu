@@ -52,12 +52,11 @@ __device__ __forceinline__ void load_channels(const float* p, float (&v)[kVec]) 
 template <class Chain, ChainPool kPool, int kVec, bool kAdd>
 __global__ void __launch_bounds__(kThreads)
     channels_last_pool_kernel(const float* __restrict__ y, const float* __restrict__ addend,
-                              const float* __restrict__ bias, const EpilogueChain chain,
-                              float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
-                              Dims d) {
-  constexpr int kGroups = kTile / kVec;                   // channel groups per tile
-  constexpr int kRows = kThreads / kGroups;               // elements taken at once
-  constexpr int kPerThread = kElems / kRows;              // elements per thread, their loads issued together
+                              const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p,
+                              uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, Dims d) {
+  constexpr int kGroups = kTile / kVec;       // channel groups per tile
+  constexpr int kRows = kThreads / kGroups;   // elements taken at once
+  constexpr int kPerThread = kElems / kRows;  // elements per thread, their loads issued together
   constexpr bool kMax = kPool == ChainPool::Max;
   __shared__ float tile_p[kElems][kTile + 1], tile_v[kElems][kTile + 1];  // [element][channel]
   __shared__ uint8_t tile_i[kElems][kTile + 1];
@@ -124,9 +123,8 @@ __global__ void __launch_bounds__(kThreads)
       if (e >= d.plane_out) break;
       float* out = p + (int64_t(image) * d.plane_out + e) * d.c + first;
       if constexpr (kVec == 4)
-        *reinterpret_cast<float4*>(out) =
-            make_float4(window[u][0].result(d.divisor), window[u][1].result(d.divisor),
-                        window[u][2].result(d.divisor), window[u][3].result(d.divisor));
+        *reinterpret_cast<float4*>(out) = make_float4(window[u][0].result(d.divisor), window[u][1].result(d.divisor),
+                                                      window[u][2].result(d.divisor), window[u][3].result(d.divisor));
       else
         *out = window[u][0].result(d.divisor);
     }

@@ -31,7 +31,6 @@ void channels_last_pool_forward(const float* y, const float* bias, const Epilogu
                                 cudaStream_t stream);
 // The same with Y = y + addend, both channels-last (no bias), as chain_pool's add_ forms.
 void add_channels_last_pool_forward(const float* y, const float* addend, const EpilogueChain& chain, float* p,
-                                    PLayout p_layout, uint8_t* argmax, const ChainPoolGeometry& g,
-                                    cudaStream_t stream);
+                                    PLayout p_layout, uint8_t* argmax, const ChainPoolGeometry& g, cudaStream_t stream);
 
 }  // namespace anvil::cuda

@@ -85,8 +85,8 @@ struct FpropTile {
 template <class T>
 __device__ __forceinline__ void stage_step(int step, uint32_t* stage, const Origin (&at)[T::kPerLane],
                                            ColumnCursor (&cursors)[kColumnsPerWarp], const Column* taps,
-                                           const float* __restrict__ a, const float* __restrict__ w, bool w_vec,
-                                           int n0, const FpropDims& d) {
+                                           const float* __restrict__ a, const float* __restrict__ w, bool w_vec, int n0,
+                                           const FpropDims& d) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int k = step * kStep + lane;
   // G: warp w gathers columns w, w + 8, ... of the step, lanes along positions.
@@ -119,8 +119,8 @@ __device__ __forceinline__ void stage_step(int step, uint32_t* stage, const Orig
 
 template <int kWarpsM, int kFragsN>
 __global__ void __launch_bounds__(detail::kThreads)
-    conv_fprop_kernel(const float* __restrict__ a, const float* __restrict__ w, float* __restrict__ b,
-                      bool accumulate, bool w_vec, FpropDims d) {
+    conv_fprop_kernel(const float* __restrict__ a, const float* __restrict__ w, float* __restrict__ b, bool accumulate,
+                      bool w_vec, FpropDims d) {
 #if ANVIL_HAS_TENSOR_CORES
   using T = FpropTile<kWarpsM, kFragsN>;
   extern __shared__ __align__(16) uint32_t smem[];
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(detail::kThreads)
     copy_async_wait<kStages - 2>();
     __syncthreads();  // this step's stage is in; every warp is done with the stage refilled next
     if (step + kStages - 1 < d.steps)
-      stage_step<T>(step + kStages - 1, smem + (step + kStages - 1) % kStages * T::kStageWords, at, cursors, taps, a,
-                    w, w_vec, n0, d);
+      stage_step<T>(step + kStages - 1, smem + (step + kStages - 1) % kStages * T::kStageWords, at, cursors, taps, a, w,
+                    w_vec, n0, d);
     copy_async_commit();
 
     const float* gs = reinterpret_cast<const float*>(smem + step % kStages * T::kStageWords);
@@ -272,10 +272,18 @@ void conv_mma_forward(const float* a, const float* w, float* b, bool accumulate,
   detail::require(a && w && b, op, "null pointer");
   const Plan p = plan_for(g);
   switch (p.tile.frags_n) {
-    case 1: launch<4, 1>(p, a, w, b, accumulate, stream); break;
-    case 2: launch<4, 2>(p, a, w, b, accumulate, stream); break;
-    case 4: launch<4, 4>(p, a, w, b, accumulate, stream); break;
-    default: launch<4, 8>(p, a, w, b, accumulate, stream); break;
+    case 1:
+      launch<4, 1>(p, a, w, b, accumulate, stream);
+      break;
+    case 2:
+      launch<4, 2>(p, a, w, b, accumulate, stream);
+      break;
+    case 4:
+      launch<4, 4>(p, a, w, b, accumulate, stream);
+      break;
+    default:
+      launch<4, 8>(p, a, w, b, accumulate, stream);
+      break;
   }
 }
 

@@ -34,7 +34,7 @@ struct ConvDims {
   int b1, b2, b_volume;
   int k1, k2;
   int s0, s1, s2, p0, p1, p2, d0, d1, d2;
-  int positions;  // images * b_volume
+  int positions;                      // images * b_volume
   FastDiv by_b_volume, by_b1, by_b2;  // origin_of's divisions (positions < 2^30: exact)
 };
 

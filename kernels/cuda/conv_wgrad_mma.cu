@@ -94,8 +94,8 @@ __global__ void __launch_bounds__(detail::kThreads)
     copy_async_wait<kStages - 2>();
     __syncthreads();  // this step's stage is in; every warp is done with the stage refilled next
     if (step + kStages - 1 < count)
-      stage_step<BM, BN>(first + step + kStages - 1, smem + (step + kStages - 1) % kStages * kStageWords, cols, a,
-                         db, m0, d);
+      stage_step<BM, BN>(first + step + kStages - 1, smem + (step + kStages - 1) % kStages * kStageWords, cols, a, db,
+                         m0, d);
     copy_async_commit();
 
     const float* gs = reinterpret_cast<const float*>(smem + step % kStages * kStageWords);
@@ -110,11 +110,13 @@ __global__ void __launch_bounds__(detail::kThreads)
       for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
-          split_tf32<kCompensated>(gs[(wm + i * 16 + grp + 8 * (r % 2)) * kPitch + k + 4 * (r / 2)], ab[i][r], as[i][r]);
+          split_tf32<kCompensated>(gs[(wm + i * 16 + grp + 8 * (r % 2)) * kPitch + k + 4 * (r / 2)], ab[i][r],
+                                   as[i][r]);
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) split_tf32<kCompensated>(fs[(wn + j * 8 + grp) * kPitch + k + 4 * h], bb[j][h], bs[j][h]);
+        for (int h = 0; h < 2; ++h)
+          split_tf32<kCompensated>(fs[(wn + j * 8 + grp) * kPitch + k + 4 * h], bb[j][h], bs[j][h]);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -275,12 +277,23 @@ void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scra
   // tile_for's tiles: a kernel of another shape would not match the plan's blocks and shared memory.
   detail::require(p.tile.frags_n == 4, op, "no kernel for the planned tile");
   switch (p.tile.warps_m * 10 + p.tile.warps_k) {
-    case 14: launch<1, 4, 4>(p, compensated, a, db, partials, stream); break;
-    case 12: launch<1, 4, 2>(p, compensated, a, db, partials, stream); break;
-    case 22: launch<2, 4, 2>(p, compensated, a, db, partials, stream); break;
-    case 21: launch<2, 4, 1>(p, compensated, a, db, partials, stream); break;
-    case 41: launch<4, 4, 1>(p, compensated, a, db, partials, stream); break;
-    default: detail::require(false, op, "no kernel for the planned tile");
+    case 14:
+      launch<1, 4, 4>(p, compensated, a, db, partials, stream);
+      break;
+    case 12:
+      launch<1, 4, 2>(p, compensated, a, db, partials, stream);
+      break;
+    case 22:
+      launch<2, 4, 2>(p, compensated, a, db, partials, stream);
+      break;
+    case 21:
+      launch<2, 4, 1>(p, compensated, a, db, partials, stream);
+      break;
+    case 41:
+      launch<4, 4, 1>(p, compensated, a, db, partials, stream);
+      break;
+    default:
+      detail::require(false, op, "no kernel for the planned tile");
   }
   const int64_t outputs = int64_t(p.d.cb) * p.d.columns;
   const unsigned blocks = detail::grid_stride_blocks(outputs * kGroups);  // 32 outputs per block

@@ -33,8 +33,8 @@
 namespace anvil::cuda {
 namespace {
 
-constexpr int kLanes = 32;    // pooled columns of a block
-constexpr int kRows = 4;      // pooled rows of a thread
+constexpr int kLanes = 32;  // pooled columns of a block
+constexpr int kRows = 4;    // pooled rows of a thread
 // A block's warps, group_warps x row_warps: 4 leave registers for two blocks an
 // SM, so one block's copies into shared memory overlap the other's FMAs.
 constexpr int kMaxWarps = 4;

@@ -19,7 +19,8 @@
 namespace anvil::cuda::detail {
 
 // f applied lane by lane to float4s (one per input).
-template <class F, class... V> __device__ __forceinline__ float4 map4(const F& f, const V&... v) {
+template <class F, class... V>
+__device__ __forceinline__ float4 map4(const F& f, const V&... v) {
   return make_float4(f(v.x...), f(v.y...), f(v.z...), f(v.w...));
 }
 

@@ -47,11 +47,11 @@ static_assert(kChunk % 2 == 0 && kMinChunk % 2 == 0, "chunks must be even");
 // The geometry as the kernels need it. Everything inside one plane fits in
 // 31 bits (checked on the host), so in-plane offsets are uint32_t.
 struct EpiDims {
-  int64_t c = 1;         // channels
-  int64_t cpp = 1;       // chunks (blocks) per plane
+  int64_t c = 1;            // channels
+  int64_t cpp = 1;          // chunks (blocks) per plane
   uint32_t chunk = kChunk;  // pooled elements per chunk (even, <= kChunk)
-  int64_t plane_in = 1;  // D * H * W
-  int64_t per = 1;       // partials per channel: n * cpp
+  int64_t plane_in = 1;     // D * H * W
+  int64_t per = 1;          // partials per channel: n * cpp
   uint32_t h = 1, w = 1;
   uint32_t ph = 1, pw = 1, p = 1;  // pooled H, W, and pooled elements per plane
   uint32_t k0 = 1, k1 = 1, k2 = 1;
@@ -80,8 +80,7 @@ __device__ __forceinline__ BlockRange block_range(const EpiDims& g) {
 template <class Chain>
 __global__ void __launch_bounds__(kThreads)
     epi_forward_general(const float* __restrict__ y, const float* __restrict__ bias, const EpilogueChain chain,
-                        float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
-                        EpiDims g) {
+                        float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max, EpiDims g) {
   const BlockRange r = block_range(g);
   const int64_t ch = r.plane % g.c;
   const float b = bias_at(bias, ch);
@@ -239,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t hi = row == row1 ? r.e1 - row * g.pw : g.pw;
       float* dst = dyp + ((pd * g.k0 + kd) * g.h + ph * g.k1 + kh) * g.w;
       const uint32_t wbase = (kd * g.k1 + kh) * g.k2;  // window index of kw = 0
-      const uint32_t local0 = row * g.pw - r.e0;        // chunk-local index of pooled column 0 (mod 2^32)
+      const uint32_t local0 = row * g.pw - r.e0;       // chunk-local index of pooled column 0 (mod 2^32)
       uint32_t pw = lo + lane_pw, kw = lane_kw;
       for (uint32_t f = lo * g.k2 + lane; f < hi * g.k2; f += 32) {
         const uint32_t local = local0 + pw;
@@ -373,10 +372,10 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class Chain, class Layout>
 __global__ void __launch_bounds__(kThreads)
-    phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax,
-                   const float* __restrict__ y_at_max, const EpilogueChain chain, float* __restrict__ dyp,
-                   uint32_t* __restrict__ dy_tf32, uint32_t* __restrict__ dy_residual,
-                   double* __restrict__ partials, EpiDims g, const __grid_constant__ Layout l) {
+    phase_backward(const float* __restrict__ dp, const uint8_t* __restrict__ argmax, const float* __restrict__ y_at_max,
+                   const EpilogueChain chain, float* __restrict__ dyp, uint32_t* __restrict__ dy_tf32,
+                   uint32_t* __restrict__ dy_residual, double* __restrict__ partials, EpiDims g,
+                   const __grid_constant__ Layout l) {
   const BlockRange r = block_range(g);
   const typename Chain::Channel cm = Chain::at(chain, r.plane % g.c);
   float* base = dyp != nullptr ? dyp + phase_base(r, g, l) : nullptr;
@@ -538,9 +537,9 @@ size_t phase_epilogue_backward_scratch_bytes(const PhaseEpilogueGeometry& g, con
   return chain_partials_bytes(chain, g.c, d.per);
 }
 
-void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
-                             const EpilogueChain& chain, const PhaseGradOutputs& out, void* scratch,
-                             const PhaseEpilogueGeometry& g, cudaStream_t stream) {
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const EpilogueChain& chain,
+                             const PhaseGradOutputs& out, void* scratch, const PhaseEpilogueGeometry& g,
+                             cudaStream_t stream) {
   constexpr const char* op = "phase_epilogue_backward";
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr, op,
                   "null pointer (only the outputs may be null)");
@@ -589,9 +588,9 @@ size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g, const Ep
   return chain_partials_bytes(chain, g.c, d.per);
 }
 
-void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
-                             const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
-                             const EpilogueGeometry& g, cudaStream_t stream) {
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const EpilogueChain& chain,
+                             float* dy, const ChainGrads& grads, void* scratch, const EpilogueGeometry& g,
+                             cudaStream_t stream) {
   constexpr const char* op = "fused_epilogue_backward";
   detail::require(dp != nullptr && argmax != nullptr && y_at_max != nullptr && dy != nullptr, op,
                   "null pointer (only the gradients may be null)");

@@ -30,9 +30,9 @@ void fused_epilogue_forward(const float* y, const float* bias, const EpilogueCha
                             float* y_at_max, const EpilogueGeometry& g, cudaStream_t stream);
 
 size_t fused_epilogue_backward_scratch_bytes(const EpilogueGeometry& g, const EpilogueChain& chain);
-void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
-                             const EpilogueChain& chain, float* dy, const ChainGrads& grads, void* scratch,
-                             const EpilogueGeometry& g, cudaStream_t stream);
+void fused_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const EpilogueChain& chain,
+                             float* dy, const ChainGrads& grads, void* scratch, const EpilogueGeometry& g,
+                             cudaStream_t stream);
 
 }  // namespace anvil::cuda
 
@@ -46,10 +46,10 @@ namespace anvil::cuda {
 // elements no phase reads get zero gradient.
 struct PhaseEpilogueGeometry {
   int64_t n = 1, c = 1;
-  int64_t phases = 1;                   // s0 * s1 * s2 <= 256
-  std::array<int64_t, 3> q{1, 1, 1};    // the phase grid: the pooled dims
-  std::array<int64_t, 3> z{1, 1, 1};    // Yp's spatial dims, >= q
-  std::array<int64_t, 256> offset{};    // phase w's element (0, 0, 0) in a Yp plane
+  int64_t phases = 1;                 // s0 * s1 * s2 <= 256
+  std::array<int64_t, 3> q{1, 1, 1};  // the phase grid: the pooled dims
+  std::array<int64_t, 3> z{1, 1, 1};  // Yp's spatial dims, >= q
+  std::array<int64_t, 256> offset{};  // phase w's element (0, 0, 0) in a Yp plane
 };
 
 void phase_epilogue_forward(const float* yp, const float* bias, const EpilogueChain& chain, float* p, uint8_t* argmax,
@@ -65,8 +65,8 @@ struct PhaseGradOutputs {
   uint32_t* dy_residual = nullptr;
   ChainGrads grads;
 };
-void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max,
-                             const EpilogueChain& chain, const PhaseGradOutputs& out, void* scratch,
-                             const PhaseEpilogueGeometry& g, cudaStream_t stream);
+void phase_epilogue_backward(const float* dp, const uint8_t* argmax, const float* y_at_max, const EpilogueChain& chain,
+                             const PhaseGradOutputs& out, void* scratch, const PhaseEpilogueGeometry& g,
+                             cudaStream_t stream);
 
 }  // namespace anvil::cuda

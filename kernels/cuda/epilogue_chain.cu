@@ -51,8 +51,8 @@ void finalize_chain_grads(const double* partials, const EpilogueChain& c, int64_
   ChainGrads used = grads;  // only multipliers' slots are ever written
   for (int i = 0; i < kMaxChainOps; ++i)
     if (i >= c.ops || !c.is_scale[i]) used.dscale[i] = nullptr;
-  chain_finalize<<<dim3(detail::finalize_blocks(channels), 1 + c.ops), detail::kThreads, 0, stream>>>(
-      partials, per, channels, used);
+  chain_finalize<<<dim3(detail::finalize_blocks(channels), 1 + c.ops), detail::kThreads, 0, stream>>>(partials, per,
+                                                                                                      channels, used);
   ANVIL_CHECK_LAUNCH();
 }
 

@@ -170,7 +170,9 @@ struct LeakyScaleLeakyChain {
 
   __device__ static bool multiplier(const EpilogueChain&, int i) { return i == 1; }
   __device__ static bool monotone(const EpilogueChain& c) { return c.param[0] > 0.f && c.param[2] > 0.f; }
-  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) { return (m.m != 0.f) & bool(isfinite(m.m)); }
+  __device__ static bool monotone_at(const EpilogueChain&, const Channel& m) {
+    return (m.m != 0.f) & bool(isfinite(m.m));
+  }
   __device__ static float monotone_sign(const EpilogueChain&, const Channel& m) { return m.m > 0.f ? 1.f : -1.f; }
 };
 
@@ -253,14 +255,29 @@ __device__ __forceinline__ void for_ops_backward(int ops, Op&& op) {
   static_assert(kMaxChainOps == 8, "one case an op");
   using std::integral_constant;
   switch (ops) {
-    case 8: op(integral_constant<int, 7>{}); [[fallthrough]];
-    case 7: op(integral_constant<int, 6>{}); [[fallthrough]];
-    case 6: op(integral_constant<int, 5>{}); [[fallthrough]];
-    case 5: op(integral_constant<int, 4>{}); [[fallthrough]];
-    case 4: op(integral_constant<int, 3>{}); [[fallthrough]];
-    case 3: op(integral_constant<int, 2>{}); [[fallthrough]];
-    case 2: op(integral_constant<int, 1>{}); [[fallthrough]];
-    case 1: op(integral_constant<int, 0>{});
+    case 8:
+      op(integral_constant<int, 7>{});
+      [[fallthrough]];
+    case 7:
+      op(integral_constant<int, 6>{});
+      [[fallthrough]];
+    case 6:
+      op(integral_constant<int, 5>{});
+      [[fallthrough]];
+    case 5:
+      op(integral_constant<int, 4>{});
+      [[fallthrough]];
+    case 4:
+      op(integral_constant<int, 3>{});
+      [[fallthrough]];
+    case 3:
+      op(integral_constant<int, 2>{});
+      [[fallthrough]];
+    case 2:
+      op(integral_constant<int, 1>{});
+      [[fallthrough]];
+    case 1:
+      op(integral_constant<int, 0>{});
   }
 }
 

@@ -17,10 +17,10 @@ constexpr int kMaxChainOps = 8;
 
 struct EpilogueChain {
   int ops = 0;
-  bool is_scale[kMaxChainOps] = {};                          // a multiplier, else an activation
-  PointwiseOp activation[kMaxChainOps] = {};                 // activations only
-  float param[kMaxChainOps] = {};                            // activations only
-  const float* scale[kMaxChainOps] = {};                     // multipliers only: (C) on the device
+  bool is_scale[kMaxChainOps] = {};           // a multiplier, else an activation
+  PointwiseOp activation[kMaxChainOps] = {};  // activations only
+  float param[kMaxChainOps] = {};             // activations only
+  const float* scale[kMaxChainOps] = {};      // multipliers only: (C) on the device
 };
 
 // Where a chain's backward puts its per-channel sums; every pointer may be null.
@@ -37,8 +37,8 @@ bool chain_grads_wanted(const EpilogueChain& c, const ChainGrads& grads);
 
 // leaky_relu -> multiplier -> leaky_relu (any slopes): the chain the kernels run inline.
 inline bool is_leaky_scale_leaky(const EpilogueChain& c) {
-  return c.ops == 3 && !c.is_scale[0] && c.activation[0] == PointwiseOp::LeakyRelu && c.is_scale[1] &&
-         !c.is_scale[2] && c.activation[2] == PointwiseOp::LeakyRelu;
+  return c.ops == 3 && !c.is_scale[0] && c.activation[0] == PointwiseOp::LeakyRelu && c.is_scale[1] && !c.is_scale[2] &&
+         c.activation[2] == PointwiseOp::LeakyRelu;
 }
 
 // One leaky_relu (or relu, slope 0): the other chain the kernels run inline.

@@ -20,7 +20,8 @@ __global__ void gather_batch_kernel(const V* src, int64_t row_items, const int64
     const bool exists = row < valid;
     const V* from = exists ? src + order[first + row] * row_items : nullptr;
     V* to = dst + row * row_items;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < row_items; i += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < row_items;
+         i += int64_t(gridDim.x) * blockDim.x)
       to[i] = exists ? from[i] : V{};
   }
 }

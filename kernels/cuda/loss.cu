@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t v0 = int64_t(blockIdx.x) * chunk_len;
   const int64_t len = min(count, v0 + chunk_len) - v0;  // may be <= 0 for a trailing block
   double acc = 0.0;
-  int64_t i = 0;  // the element grad() is called for
+  int64_t i = 0;              // the element grad() is called for
   auto grad = [&](float d) {  // adds the element's loss, returns its gradient
     if (i++ >= valid) return 0.f;
     acc += loss_element(params, double(d));
@@ -106,9 +106,8 @@ size_t loss_scratch_bytes(int64_t count) {
   return size_t(loss_plan("loss_scratch_bytes", count).blocks) * sizeof(double);
 }
 
-void loss_forward_backward(const LossParams& params, const float* pred, const float* target, float* dpred,
-                           float* loss, int64_t count, void* scratch, cudaStream_t stream,
-                           const int64_t* valid_count) {
+void loss_forward_backward(const LossParams& params, const float* pred, const float* target, float* dpred, float* loss,
+                           int64_t count, void* scratch, cudaStream_t stream, const int64_t* valid_count) {
   constexpr const char* op = "loss_forward_backward";
   detail::require(pred != nullptr && target != nullptr && loss != nullptr, op, "null pointer");
   detail::require(scratch != nullptr, op, "null scratch (size it with loss_scratch_bytes)");
@@ -117,7 +116,7 @@ void loss_forward_backward(const LossParams& params, const float* pred, const fl
   const LossPlan p = loss_plan(op, count);
   auto* partials = static_cast<double*>(scratch);
   loss_partial_kernel<<<unsigned(p.blocks), kThreads, 0, stream>>>(params, pred, target, dpred, partials, count,
-                                                                     valid_count, p.chunk_len);
+                                                                   valid_count, p.chunk_len);
   ANVIL_CHECK_LAUNCH();
   loss_final_kernel<<<1, kThreads, 0, stream>>>(partials, p.blocks, count, valid_count, loss);
   ANVIL_CHECK_LAUNCH();

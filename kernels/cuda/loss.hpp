@@ -19,8 +19,7 @@ size_t loss_scratch_bytes(int64_t count);
 // Bitwise deterministic; no host sync, no allocation.
 // valid_count (device, in [1, count]; null: count): only the first *valid_count
 // elements count; the others get a zero gradient (a partial batch padded to the full batch).
-void loss_forward_backward(const LossParams& params, const float* pred, const float* target, float* dpred,
-                           float* loss, int64_t count, void* scratch, cudaStream_t stream,
-                           const int64_t* valid_count = nullptr);
+void loss_forward_backward(const LossParams& params, const float* pred, const float* target, float* dpred, float* loss,
+                           int64_t count, void* scratch, cudaStream_t stream, const int64_t* valid_count = nullptr);
 
 }  // namespace anvil::cuda

@@ -126,9 +126,13 @@ struct StepCursor {
     image += by.image + carry_i;
   }
   template <class Dims>
-  __device__ int dy_index(const Dims& d) const { return (image * d.cout * d.q0 + qd) * d.q1 * d.q2 + qh * d.q2 + w0; }
+  __device__ int dy_index(const Dims& d) const {
+    return (image * d.cout * d.q0 + qd) * d.q1 * d.q2 + qh * d.q2 + w0;
+  }
   template <class Dims>
-  __device__ int x_index(const Dims& d) const { return ((image * d.cin * d.x0 + qd) * d.x1 + qh) * d.x2 + w0; }
+  __device__ int x_index(const Dims& d) const {
+    return ((image * d.cin * d.x0 + qd) * d.x1 + qh) * d.x2 + w0;
+  }
 };
 
 }  // namespace anvil::cuda

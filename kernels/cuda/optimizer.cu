@@ -53,9 +53,8 @@ __global__ void __launch_bounds__(kThreads)
   for_each_split(split, element4, element);
 }
 
-__global__ void __launch_bounds__(kThreads)
-    adam_kernel(float* param, const float* grad, float* m, float* v, VecSplit split, AdamHyper hyper,
-                const StepState* state) {
+__global__ void __launch_bounds__(kThreads) adam_kernel(float* param, const float* grad, float* m, float* v,
+                                                        VecSplit split, AdamHyper hyper, const StepState* state) {
   const StepState s = *state;
   auto element4 = [&](int64_t i) {
     float4 p = detail::load4(param + i), mm = detail::load4(m + i), vv = detail::load4(v + i);
@@ -106,8 +105,7 @@ void sgd_update(float* p, const float* g, float* buf, int64_t n, const SgdHyper&
 void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& hyper,
                  const StepState* state, cudaStream_t stream) {
   constexpr const char* op = "adam_update";
-  detail::require(p != nullptr && g != nullptr && m != nullptr && v != nullptr && state != nullptr, op,
-                  "null pointer");
+  detail::require(p != nullptr && g != nullptr && m != nullptr && v != nullptr && state != nullptr, op, "null pointer");
   detail::require(n > 0, op, "count must be positive");
   const VecSplit split = detail::vec_split(n, {p, g, m, v});
   adam_kernel<<<update_blocks(split), kThreads, 0, stream>>>(p, g, m, v, split, hyper, state);

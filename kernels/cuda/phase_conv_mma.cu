@@ -31,17 +31,17 @@
 namespace anvil::cuda {
 namespace {
 
-constexpr int kBlock = 512;  // 16 warps: enough to hide latency at one block per SM
-constexpr int kCols = 256;   // every output channel of every phase (phases * cout8)
+constexpr int kBlock = 512;    // 16 warps: enough to hide latency at one block per SM
+constexpr int kCols = 256;     // every output channel of every phase (phases * cout8)
 constexpr int kMaxPhases = 8;  // MMA tiles per warp: one per phase
 constexpr int kMaxK = 128;
-constexpr int kSegs = 2;                   // grid steps per tile
+constexpr int kSegs = 2;     // grid steps per tile
 constexpr int kXPitch = 40;  // = 8 mod 32: an A fragment's 4 channels x 8 positions hit 32 banks
 
 struct FwdDims : PhaseGridDims {
   int phases, cout8, k_total, k_pad, w_pitch;
-  int seg_words;  // one step's x rows and a zero row
-  StepStride tile_stride;  // gridDim.x tiles
+  int seg_words;             // one step's x rows and a zero row
+  StepStride tile_stride;    // gridDim.x tiles
   uint32_t live[kMaxK / 8];  // per K step: bit j set when phase j has a real tap in it
 };
 
@@ -97,9 +97,9 @@ __device__ __forceinline__ void stage_tile(const Tile& tile, float* xs, const in
 
 template <class Chain, bool kCompensated, int kPhases>
 __global__ void __launch_bounds__(kBlock, 1)
-    fused_forward_kernel(const float* __restrict__ x_pad, const float* __restrict__ wp,
-                         const float* __restrict__ bias, const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax, float* __restrict__ y_at_max,
-                         FwdDims d) {
+    fused_forward_kernel(const float* __restrict__ x_pad, const float* __restrict__ wp, const float* __restrict__ bias,
+                         const EpilogueChain chain, float* __restrict__ p, uint8_t* __restrict__ argmax,
+                         float* __restrict__ y_at_max, FwdDims d) {
 #if ANVIL_HAS_TENSOR_CORES
   extern __shared__ float smem_f[];
   float* ws = smem_f;
@@ -148,9 +148,9 @@ __global__ void __launch_bounds__(kBlock, 1)
   const int xw_off = seg * d.seg_words + pos0 + grp;
   const int groups = d.cout8 / 8;
   const int tiles = int((d.steps + kSegs - 1) / kSegs);
-  const int q_count = d.q0 * d.q1 * d.q2;  // int indices: supported() keeps the output below 2^31
+  const int q_count = d.q0 * d.q1 * d.q2;        // int indices: supported() keeps the output below 2^31
   const bool monotone = Chain::monotone(chain);  // every activation strictly rising
-  __syncthreads();  // row_off
+  __syncthreads();                               // row_off
   Tile tile;
   tile.seek(blockIdx.x, d);
   stage_tile(tile, xs, row_off, x_pad, d);

@@ -51,9 +51,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r2 = r % g.s[2], r1 = r / g.s[2] % g.s[1], r0 = r / (g.s[2] * g.s[1]);
     const int64_t u2 = u % g.kp[2], u1 = u / g.kp[2] % g.kp[1], u0 = u / (g.kp[2] * g.kp[1]);
     const int t0 = g.tap[0][r0 * g.kp[0] + u0], t1 = g.tap[1][r1 * g.kp[1] + u1], t2 = g.tap[2][r2 * g.kp[2] + u2];
-    wp[i] = (t0 < 0 || t1 < 0 || t2 < 0)
-                ? 0.f
-                : __ldg(w + (((ci * g.cout + co) * g.k[0] + t0) * g.k[1] + t1) * g.k[2] + t2);
+    wp[i] = (t0 < 0 || t1 < 0 || t2 < 0) ? 0.f
+                                         : __ldg(w + (((ci * g.cout + co) * g.k[0] + t0) * g.k[1] + t1) * g.k[2] + t2);
   }
 }
 
@@ -69,9 +68,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kThreads)
-    crop_kernel(const float* __restrict__ dx_pad, float* __restrict__ dx, bool accumulate, PhaseSplitGeometry g,
-                int64_t total) {
+__global__ void __launch_bounds__(kThreads) crop_kernel(const float* __restrict__ dx_pad, float* __restrict__ dx,
+                                                        bool accumulate, PhaseSplitGeometry g, int64_t total) {
   const int64_t p0 = g.in[0] + g.front[0] + g.end[0], p1 = g.in[1] + g.front[1] + g.end[1],
                 p2 = g.in[2] + g.front[2] + g.end[2];
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
@@ -105,8 +103,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kInFlight; ++j) {
       const int e = first + j * kThreads, o1 = e / out2, o2 = e % out2;
       const int r1 = o1 % s1, r2 = o2 % s2;
-      const int64_t at = int64_t(r1 * s2 + r2) * g.cout * zvol + (o1 / s1 + g.shift[1][r1]) * z2 + o2 / s2 +
-                         g.shift[2][r2];
+      const int64_t at =
+          int64_t(r1 * s2 + r2) * g.cout * zvol + (o1 / s1 + g.shift[1][r1]) * z2 + o2 / s2 + g.shift[2][r2];
       v[j] = e < slab ? __ldg(base + at) : 0.f;
     }
 #pragma unroll
@@ -132,8 +130,7 @@ void check(const PhaseSplitGeometry& g, const char* op) {
 
 }  // namespace
 
-void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g,
-                     cudaStream_t stream) {
+void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g, cudaStream_t stream) {
   check(g, "phase_pad_input");
   detail::require(x != nullptr && x_pad != nullptr, "phase_pad_input", "null pointer");
   const int64_t slabs = g.n * g.cin * (g.in[0] + g.front[0] + g.end[0]);

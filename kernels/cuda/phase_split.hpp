@@ -24,10 +24,10 @@ struct PhaseSplitGeometry {
   std::array<int64_t, 3> in{1, 1, 1};     // x spatial
   std::array<int64_t, 3> front{0, 0, 0};  // x_pad = x shifted by front, then zeros to in + front + end
   std::array<int64_t, 3> end{0, 0, 0};
-  std::array<int64_t, 3> k{1, 1, 1};   // original kernel
-  std::array<int64_t, 3> kp{1, 1, 1};  // combined kernel
-  std::array<int64_t, 3> s{1, 1, 1};   // stride = phases per dim
-  std::array<int64_t, 3> q{1, 1, 1};   // the phase grid: outputs per phase, ceil(out / s) (the pooled dims)
+  std::array<int64_t, 3> k{1, 1, 1};    // original kernel
+  std::array<int64_t, 3> kp{1, 1, 1};   // combined kernel
+  std::array<int64_t, 3> s{1, 1, 1};    // stride = phases per dim
+  std::array<int64_t, 3> q{1, 1, 1};    // the phase grid: outputs per phase, ceil(out / s) (the pooled dims)
   std::array<int64_t, 3> out{1, 1, 1};  // the transposed conv's output: o = q * s + r < out
   // shift[d][r]: phase r's output q sits at q + shift in the combined output, which spans
   // in + front + end - kp + 1 >= q + max shift. All 0 where the phases are aligned, as anvil's
@@ -52,8 +52,7 @@ inline bool phases_aligned(const PhaseSplitGeometry& g) {
 
 // x (n, cin, in) -> x_pad (n, cin, in + front + end); round_tf32 rounds each
 // value to the nearest TF32 (for the TF32 kernels, which then skip it).
-void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g,
-                     cudaStream_t stream);
+void phase_pad_input(const float* x, float* x_pad, bool round_tf32, const PhaseSplitGeometry& g, cudaStream_t stream);
 // w (cin, cout, k) -> wp (phases * cout, cin, kp); phase-major output channels.
 void phase_build_weight(const float* w, float* wp, const PhaseSplitGeometry& g, cudaStream_t stream);
 // dwp (phases * cout, cin, kp) -> dw (cin, cout, k); overwrites dw.

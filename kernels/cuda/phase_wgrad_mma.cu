@@ -299,7 +299,7 @@ void phase_mma_weight_grad(const uint32_t* dy_tf32, const uint32_t* dy_residual,
   const Partials layout{int64_t(g.cout) * d.n_total, d.n_total, int64_t(d.m_total) * d.n_total, splits};
   const int64_t total = g.cin * g.cout * g.k[0] * g.k[1] * g.k[2];
   sum_partials_kernel<<<detail::grid_stride_blocks(total * 32), kBlockThreads, 0, stream>>>(partials, layout, dw, g,
-                                                                                             total);
+                                                                                            total);
   ANVIL_CHECK_LAUNCH();
 }
 

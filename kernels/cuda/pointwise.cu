@@ -12,12 +12,14 @@
 namespace anvil::cuda {
 namespace {
 
-template <class Op> struct Forward {
+template <class Op>
+struct Forward {
   float param;
   __device__ float operator()(float x) const { return Op::forward(x, param); }
 };
 
-template <class Op> struct Backward {
+template <class Op>
+struct Backward {
   float param;
   __device__ float operator()(float saved, float dy) const {
     return pointwise::backward_from_saved<Op>(saved, dy, param);
@@ -29,9 +31,8 @@ template <class Op> struct Backward {
 void pointwise_forward(PointwiseOp op, float param, const float* x, float* y, int64_t n, cudaStream_t stream) {
   detail::require(x != nullptr && y != nullptr, "pointwise_forward", "null pointer");
   detail::require(n > 0, "pointwise_forward", "count must be positive");
-  visit_pointwise_op(op, [&](auto functor) {
-    detail::launch_map<false>(y, n, stream, Forward<decltype(functor)>{param}, x);
-  });
+  visit_pointwise_op(
+      op, [&](auto functor) { detail::launch_map<false>(y, n, stream, Forward<decltype(functor)>{param}, x); });
 }
 
 void pointwise_backward(PointwiseOp op, float param, const float* x, const float* y, const float* dy, float* dx,

@@ -49,6 +49,8 @@ __device__ __forceinline__ uint64_t wgmma_descriptor(const void* smem, uint32_t 
 template <int N>
 struct Wgmma;
 
+// The operand lists keep eight accumulators a line.
+// clang-format off
 template <>
 struct Wgmma<32> {
   __device__ __forceinline__ static void mma(float (&d)[16], const uint32_t (&a)[4], uint64_t b_desc, int accumulate) {
@@ -102,6 +104,7 @@ struct Wgmma<128> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
   }
 };
+// clang-format on
 #endif  // ANVIL_HAS_WGMMA
 
 }  // namespace anvil::cuda

@@ -63,11 +63,11 @@ constexpr int kWays = 4;            // channels the epilogue pools at once
 
 struct WgDims {
   int32_t cin, kc, cb, cout, taps, ksteps, kgroups;  // kc: K's channels a tap; cb: the box's channels
-  int32_t k1, k2, dil[3], s[3];  // kernel, dilation, stride
+  int32_t k1, k2, dil[3], s[3];                      // kernel, dilation, stride
   int32_t x[3], y[3], out[3], pad[3], pk[3];
   int32_t t[3], b[3], tn[3];  // the tile (conv outputs), its box (x it reads), tiles along each axis
   int32_t rows_used, pooled_used, box_rows;
-  int32_t cs;  // the box's words a channel
+  int32_t cs;        // the box's words a channel
   bool saves_codes;  // the kernel's `saved` is the chain's codes, else Y (when not null)
   // The box's rows are copied in chunks of vec floats (4: 16-byte copies, where
   // x's rows and the tiles' columns keep them aligned; else 1), starting shift
@@ -179,8 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     int o[3];
     const int image = tile_origin(t, d, o);
     const float* xi = x + int64_t(image) * d.cin * d.x_plane;
-    const int xd0 = o[0] * d.s[0] - d.pad[0], xh0 = o[1] * d.s[1] - d.pad[1],
-              xw0 = o[2] * d.s[2] - d.pad[2] - d.shift;
+    const int xd0 = o[0] * d.s[0] - d.pad[0], xh0 = o[1] * d.s[1] - d.pad[1], xw0 = o[2] * d.s[2] - d.pad[2] - d.shift;
     int r = tid / d.chunks, c = tid % d.chunks;
     for (; r < d.box_rows; r += chunk_rows) {
       const int2 row = rowtab[r];
@@ -415,8 +414,7 @@ const char* wg_dims(const WgmmaConvGeometry& wg, bool vec_aligned, WgDims& d) {
   for (int a = 0; a < 3; ++a) d.t[a] = d.pk[a];
   for (int a = 2; a >= 0; --a) {
     const int64_t extent = detail::ceil_div(d.y[a], d.pk[a]) * d.pk[a];
-    while (d.t[a] + d.pk[a] <= extent &&
-           int64_t(d.t[0]) * d.t[1] * d.t[2] / d.t[a] * (d.t[a] + d.pk[a]) <= kRows)
+    while (d.t[a] + d.pk[a] <= extent && int64_t(d.t[0]) * d.t[1] * d.t[2] / d.t[a] * (d.t[a] + d.pk[a]) <= kRows)
       d.t[a] += d.pk[a];
   }
   d.rows_used = d.t[0] * d.t[1] * d.t[2];

@@ -10,7 +10,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    const anvil::Network net = anvil::Network::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.json");
+    const anvil::Network net =
+        anvil::Network::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.json");
     (void)net.output_shape();
   } catch (const anvil::InputError&) {
   }

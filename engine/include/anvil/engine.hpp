@@ -27,28 +27,28 @@ namespace anvil {
 
 enum class Device { Cpu, Cuda };
 const char* to_string(Device d);
-bool cuda_available();  // a CUDA device is present and usable
-int cuda_device_count();  // how many (0 without a driver, or in a build without CUDA)
-std::string cuda_device_name();   // of the current device
-std::string cudnn_version();      // of the loaded cuDNN library, e.g. "9.14.0"
-size_t device_memory_used();      // bytes in use on the current device (all processes)
+bool cuda_available();           // a CUDA device is present and usable
+int cuda_device_count();         // how many (0 without a driver, or in a build without CUDA)
+std::string cuda_device_name();  // of the current device
+std::string cudnn_version();     // of the loaded cuDNN library, e.g. "9.14.0"
+size_t device_memory_used();     // bytes in use on the current device (all processes)
 
 enum class Mode { Forward, Train };  // what the memory plan must cover
-enum class Memory { Host, Device };   // where a caller's buffer lives (Device: CUDA engines only)
+enum class Memory { Host, Device };  // where a caller's buffer lives (Device: CUDA engines only)
 
 struct Options {
   Device device = cuda_available() ? Device::Cuda : Device::Cpu;
   Mode mode = Mode::Train;
-  bool fuse = true;             // the fusion pass (CUDA); also off when the network says "fuse": false
+  bool fuse = true;  // the fusion pass (CUDA); also off when the network says "fuse": false
   // A fused conv_transpose, and under deterministic strict fp32 every strided backward-data
   // relation (a conv_transpose's forward, a strided conv's input gradient), as one stride-1
   // conv over the output's phases, where exact (docs/performance.md).
   bool phase_split = true;
-  bool direct_conv = true;      // fused convs with few taps per output as anvil's direct kernel, where it applies
-  bool wgmma_conv = true;       // fused stride-1 convs under tf32 as anvil's wgmma kernel (sm_90), where it applies
-  bool channels_last = true;    // inference under tf32: activations around cuDNN's convs channels-last, where ops take it
-  bool cuda_graph = true;       // capture the train step once and replay it
-  bool deterministic = true;    // only deterministic cuDNN algorithms
+  bool direct_conv = true;    // fused convs with few taps per output as anvil's direct kernel, where it applies
+  bool wgmma_conv = true;     // fused stride-1 convs under tf32 as anvil's wgmma kernel (sm_90), where it applies
+  bool channels_last = true;  // inference under tf32: activations around cuDNN's convs channels-last, where ops take it
+  bool cuda_graph = true;     // capture the train step once and replay it
+  bool deterministic = true;  // only deterministic cuDNN algorithms
   // Time the candidates once at build and keep the fastest: each fused
   // chain's formulation (phase split, direct conv, wgmma conv or cuDNN's), each pool's kernels and
   // each conv's engines of cuDNN's graph API (deterministic ones still,
@@ -60,7 +60,7 @@ struct Options {
   // (InputError naming Options::input_grad), rather than ignore it.
   bool input_grad = false;
   size_t workspace_limit = size_t(256) << 20;  // per cuDNN call
-  bool plan_only = false;       // stop after the memory plan: no arena, nothing runs (for `anvil info`)
+  bool plan_only = false;                      // stop after the memory plan: no arena, nothing runs (for `anvil info`)
   // Room to find where a non-finite value starts (keep_good_state, restore_good_state): a copy of
   // the parameters and the optimizer state in the arena, one more slab each. Training engines only:
   // a forward-only engine (Mode::Forward) refuses it (InputError naming Options::check_finite).
@@ -134,7 +134,7 @@ class Engine {
   // Runs the forward pass into a caller's buffer of `count` floats (the output's size), with no
   // allocation: a host buffer is filled when this returns; a device buffer once synchronize() returns.
   void forward_into(float* out, size_t count, Memory where = Memory::Host);
-  float train_step();    // forward, loss, backward, optimizer; returns the loss of this step
+  float train_step();  // forward, loss, backward, optimizer; returns the loss of this step
 
   // Training from a dataset (anvil/dataset.hpp), which must outlive the engine:
   // after attach_data and start_epoch, each train step takes the epoch's next
@@ -146,10 +146,10 @@ class Engine {
   // Epoch >= 0 (its shuffle), first_batch in 0..batches_per_epoch() (a resumed position); once
   // the epoch's batches are taken, a train step throws until the next start_epoch.
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
-  bool data_on_device() const;  // the attached dataset lives on the device
+  bool data_on_device() const;           // the attached dataset lives on the device
   const Dataset* attached_data() const;  // the object last given to attach_data, or null
   int64_t data_attachments() const;      // how many attach_data calls have succeeded: each one's own number
-  void detach_data();  // train steps take the engine's own batch again (set_input)
+  void detach_data();                    // train steps take the engine's own batch again (set_input)
   // The mean loss over every element of a dataset (forward and loss only; all
   // samples, the last partial batch included). Nothing else changes: the
   // parameters, and the engine's own input, target and last_loss(), are as
@@ -160,7 +160,7 @@ class Engine {
   // which `anvil eval` sets for it (the input's gradient is never run here).
   float evaluate(const Dataset& data);
   int64_t steps_done() const;
-  float last_loss() const;      // of the last train step (a host sync on CUDA); an Error before the first
+  float last_loss() const;  // of the last train step (a host sync on CUDA); an Error before the first
   // The last optimizer step's, a loaded checkpoint's included (0 before the first; a host sync on CUDA).
   float learning_rate() const;
 
@@ -187,7 +187,7 @@ class Engine {
   // refused (Error) where it would not fit the host memory available.
   std::map<std::string, HostTensor> parameters() const;
   std::map<std::string, Shape> parameter_shapes() const;  // the names and shapes alone, no copy
-  std::map<std::string, HostTensor> gradients() const;  // of the last train step (zeros before the first)
+  std::map<std::string, HostTensor> gradients() const;    // of the last train step (zeros before the first)
   void load_parameters(const std::map<std::string, HostTensor>& params);
   // Needs Options::input_grad and a train step run (else an Error). Data parallel: this rank's
   // slice of the input, and the gradient of this rank's loss (the mean over its slice), not of the
@@ -216,9 +216,9 @@ class Engine {
   void enqueue_gradients();  // forward, loss and backward, no update
   void enqueue_train_step();
   void synchronize();
-  std::vector<LayerTiming> profile_layers();  // each layer alone, eagerly: the median of 5 runs after 1
+  std::vector<LayerTiming> profile_layers();          // each layer alone, eagerly: the median of 5 runs after 1
   double time_ms(const std::function<void()>& work);  // CUDA events on the stream, or a host clock
-  size_t device_bytes() const;  // the arena, the only allocation
+  size_t device_bytes() const;                        // the arena, the only allocation
 
   // Device allocations, frees and host synchronisations so far (CUDA engines):
   // a test proves with these that a train step does none of them.

@@ -1,7 +1,7 @@
 // The memory plan: every buffer of the whole schedule (activations,
 // gradients, the parameter, gradient and optimizer-state slabs, and each op's
-// declared saved tensors and workspaces) gets an offset in ONE arena. Tensors whose lifetimes overlap never share bytes; the rest reuse
-// memory (best fit, largest first), as ggml-alloc does.
+// declared saved tensors and workspaces) gets an offset in ONE arena. Tensors whose lifetimes overlap never share
+// bytes; the rest reuse memory (best fit, largest first), as ggml-alloc does.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +24,7 @@ struct PlannedTensor : TensorLifetime {
 };
 
 struct MemoryPlan {
-  std::vector<std::string> steps;     // schedule step names, in order
+  std::vector<std::string> steps;  // schedule step names, in order
   std::vector<PlannedTensor> tensors;
   size_t slab_bytes = 0;       // the parameter slab; the gradient and each optimizer-state slab match it
   size_t dynamic_bytes = 0;    // high-water of the planned region: the arena

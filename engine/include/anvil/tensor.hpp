@@ -9,7 +9,7 @@ namespace anvil {
 
 using Shape = std::vector<int64_t>;
 
-int64_t numel(const Shape& shape);  // InputError for a negative dimension or a count beyond int64
+int64_t numel(const Shape& shape);          // InputError for a negative dimension or a count beyond int64
 std::string to_string(const Shape& shape);  // "(16, 32, 8)"
 
 // The limits a network is validated against, so that no size computed from

@@ -26,8 +26,8 @@ namespace anvil {
 constexpr int64_t kMaxSteps = int64_t(1) << 53;
 
 struct TrainOptions {
-  int64_t epochs = 0;     // train this many epochs, or
-  int64_t steps = 0;      // this many steps (one of the two, > 0)
+  int64_t epochs = 0;      // train this many epochs, or
+  int64_t steps = 0;       // this many steps (one of the two, > 0)
   int64_t log_every = 10;  // the loss is read back (one host sync) every N steps, on the first and on the last
   int64_t val_every = 0;   // with a validation set: every N steps (0: never) and at the end
   // Written every checkpoint_every steps (0: never) and by save_checkpoint(). The Trainer refuses
@@ -53,9 +53,9 @@ struct TrainProgress {
 class Trainer {
  public:
   struct Callbacks {
-    std::function<void(const TrainProgress&)> on_log;               // logged steps
+    std::function<void(const TrainProgress&)> on_log;                 // logged steps
     std::function<void(int64_t step, float val_loss)> on_validation;  // after each validation
-    std::function<void(int64_t step)> on_checkpoint;                 // after each checkpoint written
+    std::function<void(int64_t step)> on_checkpoint;                  // after each checkpoint written
   };
 
   // The engine must be a training engine; the datasets must outlive the trainer. It attaches
@@ -87,8 +87,8 @@ class Trainer {
   bool finished() const { return position_.step >= total_steps_; }
 
  private:
-  float validate(const Callbacks& callbacks);  // the validation loss, reported
-  void advance();  // the position after a step
+  float validate(const Callbacks& callbacks);             // the validation loss, reported
+  void advance();                                         // the position after a step
   std::string locate_non_finite(const NonFinite& found);  // the replay from the good state
   // With check_finite: the located finding's message, or none (the state is then kept as good).
   std::optional<std::string> non_finite_failure();

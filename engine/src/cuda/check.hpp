@@ -12,22 +12,22 @@ namespace anvil::cuda_check {
 void print_cuda_error(int code, const char* call, const char* file, int line);
 }  // namespace anvil::cuda_check
 
-#define ANVIL_CUDA_CHECK(call)                                                                       \
-  do {                                                                                               \
-    const int anvil_status_ = static_cast<int>(call);                                                \
+#define ANVIL_CUDA_CHECK(call)                                                                               \
+  do {                                                                                                       \
+    const int anvil_status_ = static_cast<int>(call);                                                        \
     if (anvil_status_ != 0) ::anvil::cuda_check::throw_cuda_error(anvil_status_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define ANVIL_CUDNN_CHECK(call)                                                                       \
-  do {                                                                                                \
-    const int anvil_status_ = static_cast<int>(call);                                                 \
+#define ANVIL_CUDNN_CHECK(call)                                                                               \
+  do {                                                                                                        \
+    const int anvil_status_ = static_cast<int>(call);                                                         \
     if (anvil_status_ != 0) ::anvil::cuda_check::throw_cudnn_error(anvil_status_, #call, __FILE__, __LINE__); \
   } while (0)
 
 // For destructors, which must not throw: prints the same message to stderr.
-#define ANVIL_CUDA_CHECK_PRINT(call)                                                                 \
-  do {                                                                                               \
-    const int anvil_status_ = static_cast<int>(call);                                                \
+#define ANVIL_CUDA_CHECK_PRINT(call)                                                                         \
+  do {                                                                                                       \
+    const int anvil_status_ = static_cast<int>(call);                                                        \
     if (anvil_status_ != 0) ::anvil::cuda_check::print_cuda_error(anvil_status_, #call, __FILE__, __LINE__); \
   } while (0)
 

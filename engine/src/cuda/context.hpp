@@ -28,9 +28,9 @@ class CudaContext {
   size_t free_memory() const;    // bytes free on the device now
   void release(void* ptr);
   void synchronize();
-  void copy_to_device(void* dst, const void* src, size_t bytes);    // async on the stream
-  void copy_to_host(void* dst, const void* src, size_t bytes);      // synchronises
-  void copy_on_device(void* dst, const void* src, size_t bytes);    // device to device, async on the stream
+  void copy_to_device(void* dst, const void* src, size_t bytes);  // async on the stream
+  void copy_to_host(void* dst, const void* src, size_t bytes);    // synchronises
+  void copy_on_device(void* dst, const void* src, size_t bytes);  // device to device, async on the stream
   double time_ms(const std::function<void()>& work);  // CUDA events on the stream around the work; synchronises
 
   using Counters = Engine::DeviceCounters;

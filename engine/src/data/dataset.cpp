@@ -45,7 +45,10 @@ void require_finite(const std::string& path, const std::string& name, const Host
   const auto bad = std::find_if(tensor.data.begin(), tensor.data.end(), [](float v) { return !std::isfinite(v); });
   if (bad == tensor.data.end()) return;
   const int64_t index = bad - tensor.data.begin();
-  fail(path, "tensor '" + name + "' holds " + (std::isnan(*bad) ? "NaN" : *bad > 0 ? "Inf" : "-Inf") +
+  fail(path, "tensor '" + name + "' holds " +
+                 (std::isnan(*bad) ? "NaN"
+                  : *bad > 0       ? "Inf"
+                                   : "-Inf") +
                  " at index " + std::to_string(index) + " (sample " + std::to_string(index / floats_per_row) +
                  "); a dataset must hold finite values");
 }
@@ -127,8 +130,8 @@ int64_t BatchPlan::samples_in_batch(int64_t index) const {
 
 std::vector<int64_t> BatchPlan::samples(const std::vector<int64_t>& order, int64_t index) const {
   if (static_cast<int64_t>(order.size()) != sample_count_) {
-    throw InputError("an order of " + std::to_string(static_cast<int64_t>(order.size())) +
-                     " samples for a plan of " + std::to_string(sample_count_));
+    throw InputError("an order of " + std::to_string(static_cast<int64_t>(order.size())) + " samples for a plan of " +
+                     std::to_string(sample_count_));
   }
   const auto first = order.begin() + first_position(index);
   return std::vector<int64_t>(first, first + samples_in_batch(index));

@@ -33,8 +33,9 @@ struct Group {
   }
 
   [[noreturn]] static void refuse_after_leave() {
-    throw Error("in-process communicator: another rank's work returned while this rank averages "
-                "(every rank must run the same steps)");
+    throw Error(
+        "in-process communicator: another rank's work returned while this rank averages "
+        "(every rank must run the same steps)");
   }
 
   const int size;

@@ -90,7 +90,8 @@ std::string nccl_unique_id() {
 
 std::unique_ptr<Communicator> nccl_communicator(const std::string& unique_id, int rank, int size) {
   ncclUniqueId id;
-  if (unique_id.size() != sizeof id.internal) throw Error("NCCL: a unique id must be " + std::to_string(sizeof id.internal) + " bytes");
+  if (unique_id.size() != sizeof id.internal)
+    throw Error("NCCL: a unique id must be " + std::to_string(sizeof id.internal) + " bytes");
   std::copy(unique_id.begin(), unique_id.end(), id.internal);
   ::setenv("NCCL_NVLS_ENABLE", "0", 1);  // NVLink multicast stays off (docs/distributed.md)
   ncclComm_t comm = nullptr;
@@ -105,7 +106,8 @@ std::string nccl_version() { return "none"; }
 
 namespace {
 [[noreturn]] void no_nccl() {
-  throw InputError("this anvil was built without NCCL (CMake found no nccl.h and libnccl), so it cannot use several GPUs");
+  throw InputError(
+      "this anvil was built without NCCL (CMake found no nccl.h and libnccl), so it cannot use several GPUs");
 }
 }  // namespace
 

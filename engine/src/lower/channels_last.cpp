@@ -12,8 +12,8 @@ std::vector<std::string> choose_channels_last(Graph& graph) {
   std::vector<bool> channels_last(graph.tensors.size(), false);
   for (size_t t = 0; t < graph.tensors.size(); ++t) {
     const GraphTensor& tensor = graph.tensors[t];
-    channels_last[t] = tensor.source == TensorSource::Node && static_cast<int>(t) != graph.output &&
-                       !tensor.consumers.empty();
+    channels_last[t] =
+        tensor.source == TensorSource::Node && static_cast<int>(t) != graph.output && !tensor.consumers.empty();
   }
   auto layouts = [&](const GraphNode& node) {
     std::vector<bool> inputs;

@@ -62,101 +62,106 @@ constexpr int64_t kDirectRuleMaxTaps = 64;
 const std::vector<FusionRule>& rules() {
   static const std::vector<FusionRule> table = {
 #if ANVIL_WITH_CUDA
-      {"conv_chain_pool",
-       {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
-       [](const FusedChainSpecs& s, const Shape& conv_output) {
-         return fused_chain(s.pointwise).has_value() &&
-                (!s.pool || fusable_pool(std::get<PoolSpec>(s.pool->params), conv_output));
-       },
-       [](const FusedChainSpecs& s, const FusionSettings& settings) {
-         FusionCandidates c;
-         if (s.pointwise.empty() && !s.pool) {  // a lone conv (FusionSettings::lone_convs)
-           c.why = "rule: cuDNN's conv, fused alone (nothing follows it to fuse) so that it can write its output "
-                   "channels-last";
-           c.layers.push_back(std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn));
-           return c;
-         }
-         std::string why_not = "turned off";
-         std::unique_ptr<FusedPhaseConvEpilogue> phase_split;
-         if (settings.phase_split) phase_split = FusedPhaseConvEpilogue::create(s, why_not);
-         auto cudnn = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn);
-         // anvil's wgmma conv computes in TF32: a candidate under tf32 only.
-         const bool tf32 = settings.precision == Precision::TF32;
-         std::string why_not_wgmma = "turned off";
-         std::unique_ptr<FusedConvEpilogue> wgmma;
-         if (tf32 && settings.wgmma_conv && cudnn->wgmma_applies(why_not_wgmma))
-           wgmma = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Wgmma);
-         const std::string wgmma_why = "anvil's wgmma conv, as under tf32 its tensor-core kernel computes the conv, "
-                                       "the chain and the pool in one, where cuDNN's conv writes Y for the epilogue";
-         // It applies but the rule leaves it to --autotune: a stride, too few channels or one input tile a
-         // block; or a conv (not transposed) without a pool where activations pass channels-last, which
-         // cuDNN's runtime-fusion kernel computes with its chain in one kernel too, writing only the output.
-         const bool transposed = std::get<ConvSpec>(s.head->params).transposed;
-         const bool cudnn_fuses_chain = settings.lone_convs && !s.pool && !transposed;
-         const bool wgmma_rule = wgmma && wgmma->wgmma_preferred() && !cudnn_fuses_chain;
-         const std::string wgmma_not_rule =
-             cudnn_fuses_chain ? "the wgmma conv applies, but without a pool in an inference engine under tf32 "
-                                 "cuDNN's conv takes the chain into its kernel too"
-                               : "the wgmma conv applies, but its rule wants a stride of 1, more than 32 "
-                                 "out_channels and room for two input tiles a block";
-         if (!phase_split) {
-           std::string why_not_direct = "turned off";
-           std::unique_ptr<FusedConvEpilogue> direct;
-           if (settings.direct_conv && cudnn->direct_applies(why_not_direct))
-             direct = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Direct);
-           const std::string taps = std::to_string(cudnn->taps_per_output());
-           const std::string not_direct =
-               direct ? taps + " input channels x taps per output exceed the direct conv's rule of " +
-                            std::to_string(kDirectRuleMaxTaps)
-                      : "the direct conv does not (" + why_not_direct + ")";
-           if (direct && cudnn->taps_per_output() <= kDirectRuleMaxTaps) {
-             c.why = "rule: anvil's direct conv, as " + taps + " input channels x taps per output (at most " +
-                     std::to_string(kDirectRuleMaxTaps) + ") make too thin a GEMM for cuDNN";
-             c.layers.push_back(std::move(direct));
-             c.layers.push_back(std::move(cudnn));
-             if (wgmma) c.layers.push_back(std::move(wgmma));
-           } else if (wgmma_rule) {
-             c.why = "rule: " + wgmma_why + " (the phase split does not apply: " + why_not + "; " + not_direct + ")";
-             c.layers.push_back(std::move(wgmma));
-             c.layers.push_back(std::move(cudnn));
-             if (direct) c.layers.push_back(std::move(direct));
-           } else {
-             c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + "), and " + not_direct +
-                     (!tf32 ? "" : wgmma ? "; " + wgmma_not_rule : ", nor the wgmma conv (" + why_not_wgmma + ")");
-             c.layers.push_back(std::move(cudnn));
-             if (direct) c.layers.push_back(std::move(direct));
-             if (wgmma) c.layers.push_back(std::move(wgmma));
-           }
-         } else if (tf32 && !phase_split->tensor_core_forward_fits()) {
-           const std::string phase_why = "under tf32 the phase split pays only where anvil's tensor-core "
-                                         "forward takes the whole chain, and this one's channels or taps do not fit it";
-           if (wgmma_rule) {
-             c.why = "rule: " + wgmma_why + " (" + phase_why + ")";
-             c.layers.push_back(std::move(wgmma));
-           } else {
-             c.why = "rule: cuDNN's conv, as " + phase_why + ", and " +
-                     (wgmma ? wgmma_not_rule : "the wgmma conv does not apply (" + why_not_wgmma + ")");
-           }
+    {"conv_chain_pool",
+     {OpKind::Conv, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
+     [](const FusedChainSpecs& s, const Shape& conv_output) {
+       return fused_chain(s.pointwise).has_value() &&
+              (!s.pool || fusable_pool(std::get<PoolSpec>(s.pool->params), conv_output));
+     },
+     [](const FusedChainSpecs& s, const FusionSettings& settings) {
+       FusionCandidates c;
+       if (s.pointwise.empty() && !s.pool) {  // a lone conv (FusionSettings::lone_convs)
+         c.why =
+             "rule: cuDNN's conv, fused alone (nothing follows it to fuse) so that it can write its output "
+             "channels-last";
+         c.layers.push_back(std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn));
+         return c;
+       }
+       std::string why_not = "turned off";
+       std::unique_ptr<FusedPhaseConvEpilogue> phase_split;
+       if (settings.phase_split) phase_split = FusedPhaseConvEpilogue::create(s, why_not);
+       auto cudnn = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Cudnn);
+       // anvil's wgmma conv computes in TF32: a candidate under tf32 only.
+       const bool tf32 = settings.precision == Precision::TF32;
+       std::string why_not_wgmma = "turned off";
+       std::unique_ptr<FusedConvEpilogue> wgmma;
+       if (tf32 && settings.wgmma_conv && cudnn->wgmma_applies(why_not_wgmma))
+         wgmma = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Wgmma);
+       const std::string wgmma_why =
+           "anvil's wgmma conv, as under tf32 its tensor-core kernel computes the conv, "
+           "the chain and the pool in one, where cuDNN's conv writes Y for the epilogue";
+       // It applies but the rule leaves it to --autotune: a stride, too few channels or one input tile a
+       // block; or a conv (not transposed) without a pool where activations pass channels-last, which
+       // cuDNN's runtime-fusion kernel computes with its chain in one kernel too, writing only the output.
+       const bool transposed = std::get<ConvSpec>(s.head->params).transposed;
+       const bool cudnn_fuses_chain = settings.lone_convs && !s.pool && !transposed;
+       const bool wgmma_rule = wgmma && wgmma->wgmma_preferred() && !cudnn_fuses_chain;
+       const std::string wgmma_not_rule =
+           cudnn_fuses_chain ? "the wgmma conv applies, but without a pool in an inference engine under tf32 "
+                               "cuDNN's conv takes the chain into its kernel too"
+                             : "the wgmma conv applies, but its rule wants a stride of 1, more than 32 "
+                               "out_channels and room for two input tiles a block";
+       if (!phase_split) {
+         std::string why_not_direct = "turned off";
+         std::unique_ptr<FusedConvEpilogue> direct;
+         if (settings.direct_conv && cudnn->direct_applies(why_not_direct))
+           direct = std::make_unique<FusedConvEpilogue>(s, FusedConvEpilogue::Forward::Direct);
+         const std::string taps = std::to_string(cudnn->taps_per_output());
+         const std::string not_direct =
+             direct ? taps + " input channels x taps per output exceed the direct conv's rule of " +
+                          std::to_string(kDirectRuleMaxTaps)
+                    : "the direct conv does not (" + why_not_direct + ")";
+         if (direct && cudnn->taps_per_output() <= kDirectRuleMaxTaps) {
+           c.why = "rule: anvil's direct conv, as " + taps + " input channels x taps per output (at most " +
+                   std::to_string(kDirectRuleMaxTaps) + ") make too thin a GEMM for cuDNN";
+           c.layers.push_back(std::move(direct));
            c.layers.push_back(std::move(cudnn));
-           c.layers.push_back(std::move(phase_split));
            if (wgmma) c.layers.push_back(std::move(wgmma));
+         } else if (wgmma_rule) {
+           c.why = "rule: " + wgmma_why + " (the phase split does not apply: " + why_not + "; " + not_direct + ")";
+           c.layers.push_back(std::move(wgmma));
+           c.layers.push_back(std::move(cudnn));
+           if (direct) c.layers.push_back(std::move(direct));
          } else {
-           c.why = "rule: the phase split, which applies";
-           c.layers.push_back(std::move(phase_split));
+           c.why = "rule: cuDNN's conv, as the phase split does not apply (" + why_not + "), and " + not_direct +
+                   (!tf32   ? ""
+                    : wgmma ? "; " + wgmma_not_rule
+                            : ", nor the wgmma conv (" + why_not_wgmma + ")");
            c.layers.push_back(std::move(cudnn));
+           if (direct) c.layers.push_back(std::move(direct));
            if (wgmma) c.layers.push_back(std::move(wgmma));
          }
-         return c;
-       }},
-      {"add_chain_pool",
-       {OpKind::Add, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
-       [](const FusedChainSpecs& s, const Shape& sum) { return FusedAddEpilogue::applies(s, sum); },
-       [](const FusedChainSpecs& s, const FusionSettings&) {
-         FusionCandidates c;
-         c.why = "rule: the one formulation, anvil's pool kernel over both addends (the sum is never written)";
-         c.layers.push_back(std::make_unique<FusedAddEpilogue>(s));
-         return c;
-       }},
+       } else if (tf32 && !phase_split->tensor_core_forward_fits()) {
+         const std::string phase_why =
+             "under tf32 the phase split pays only where anvil's tensor-core "
+             "forward takes the whole chain, and this one's channels or taps do not fit it";
+         if (wgmma_rule) {
+           c.why = "rule: " + wgmma_why + " (" + phase_why + ")";
+           c.layers.push_back(std::move(wgmma));
+         } else {
+           c.why = "rule: cuDNN's conv, as " + phase_why + ", and " +
+                   (wgmma ? wgmma_not_rule : "the wgmma conv does not apply (" + why_not_wgmma + ")");
+         }
+         c.layers.push_back(std::move(cudnn));
+         c.layers.push_back(std::move(phase_split));
+         if (wgmma) c.layers.push_back(std::move(wgmma));
+       } else {
+         c.why = "rule: the phase split, which applies";
+         c.layers.push_back(std::move(phase_split));
+         c.layers.push_back(std::move(cudnn));
+         if (wgmma) c.layers.push_back(std::move(wgmma));
+       }
+       return c;
+     }},
+    {"add_chain_pool",
+     {OpKind::Add, {OpKind::Pointwise, OpKind::ChannelScale}, PoolTail::Optional},
+     [](const FusedChainSpecs& s, const Shape& sum) { return FusedAddEpilogue::applies(s, sum); },
+     [](const FusedChainSpecs& s, const FusionSettings&) {
+       FusionCandidates c;
+       c.why = "rule: the one formulation, anvil's pool kernel over both addends (the sum is never written)";
+       c.layers.push_back(std::make_unique<FusedAddEpilogue>(s));
+       return c;
+     }},
 #endif
   };
   return table;
@@ -166,7 +171,9 @@ const std::vector<FusionRule>& rules() {
 std::vector<int> match_pattern(const Graph& g, const FusionPattern& p, int head) {
   if (g.nodes[head].layer->kind() != p.head) return {};
   std::vector<int> chain = {head};
-  auto allowed = [&](OpKind k) { return std::find(p.chain_kinds.begin(), p.chain_kinds.end(), k) != p.chain_kinds.end(); };
+  auto allowed = [&](OpKind k) {
+    return std::find(p.chain_kinds.begin(), p.chain_kinds.end(), k) != p.chain_kinds.end();
+  };
   int next = g.sole_consumer(g.nodes[head].output);
   while (next >= 0 && allowed(g.nodes[next].layer->kind())) {
     chain.push_back(next);
@@ -227,9 +234,8 @@ std::vector<FusionMatch> find_fusions(const Graph& g, bool lone_convs) {
 
 void apply_fusions(Graph& g, const FusionSettings& settings) {
   for (const FusionMatch& match : find_fusions(g, settings.lone_convs)) {
-    const FusionRule& rule = *std::find_if(rules().begin(), rules().end(), [&](const FusionRule& r) {
-      return r.name == match.rule;
-    });
+    const FusionRule& rule =
+        *std::find_if(rules().begin(), rules().end(), [&](const FusionRule& r) { return r.name == match.rule; });
     const FusedChainSpecs specs = chain_specs(g, match.nodes);
     FusionCandidates made = rule.create(specs, settings);
     std::vector<std::unique_ptr<Layer>>& candidates = made.layers;

@@ -13,8 +13,8 @@
 namespace anvil {
 
 struct FusionSettings {
-  bool phase_split = true;  // let a transposed conv run as one stride-1 conv over its output phases
-  bool alternatives = false;  // keep the other formulations too (GraphNode::alternatives), for autotuning
+  bool phase_split = true;                // let a transposed conv run as one stride-1 conv over its output phases
+  bool alternatives = false;              // keep the other formulations too (GraphNode::alternatives), for autotuning
   Precision precision = Precision::TF32;  // the network's: the formulation rule depends on it
   bool direct_conv = true;  // let a conv with few taps per output run anvil's direct kernel (conv, chain and pool)
   bool wgmma_conv = true;   // let a stride-1 conv under tf32 run anvil's wgmma kernel (conv, chain and pool; sm_90)

@@ -68,9 +68,9 @@ void check_names_have_one_owner(const std::vector<LayerSpec>& layers, const std:
     if (fresh || it->second.layer == i) return;
     const Owner& other = it->second;
     const LayerSpec& owner = layers[other.layer];
-    throw InputError(layers[i].path + (parameter ? ": parameter '" : ".name: '") + name + "' is also " +
-                     (other.parameter ? "a parameter of " + owner.path + " ('" + owner.name + "')"
-                                      : "the name of " + owner.path));
+    throw InputError(
+        layers[i].path + (parameter ? ": parameter '" : ".name: '") + name + "' is also " +
+        (other.parameter ? "a parameter of " + owner.path + " ('" + owner.name + "')" : "the name of " + owner.path));
   };
   for (size_t i = 0; i < layers.size(); ++i) {
     claim(layers[i].name, i, false);

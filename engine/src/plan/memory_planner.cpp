@@ -42,7 +42,10 @@ namespace {
 class LifetimeIndex {
  public:
   explicit LifetimeIndex(int step_count)
-      : steps_(std::max(step_count, 1)), nodes_(4 * size_t(steps_)), own_top_(nodes_.size()), subtree_top_(nodes_.size()) {}
+      : steps_(std::max(step_count, 1)),
+        nodes_(4 * size_t(steps_)),
+        own_top_(nodes_.size()),
+        subtree_top_(nodes_.size()) {}
 
   void insert(int first, int last, size_t id, size_t end) { insert(1, 0, steps_ - 1, first, last, id, end); }
 
@@ -98,7 +101,7 @@ class LifetimeIndex {
   int steps_;
   std::vector<std::vector<size_t>> nodes_;
   std::vector<size_t> own_top_, subtree_top_;  // per node: the highest end stored at it, and under it
-  std::vector<uint64_t> seen_;  // the last query that found each tensor
+  std::vector<uint64_t> seen_;                 // the last query that found each tensor
   uint64_t query_ = 0;
 };
 
@@ -145,7 +148,7 @@ MemoryPlan plan_memory(std::vector<TensorLifetime> requests, int step_count) {
   std::vector<std::pair<int, int>> spans;  // each request's [first, last] as ranks
   for (const auto& r : requests) spans.push_back({rank(r.first), rank(r.last)});
 
-  std::vector<PlannedTensor> placed;   // in placement order
+  std::vector<PlannedTensor> placed;  // in placement order
   std::vector<size_t> placed_at(requests.size());
   LifetimeIndex index(int(bounds.size()));
   for (size_t idx : order) {

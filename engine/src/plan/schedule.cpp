@@ -112,8 +112,7 @@ void schedule_good_state(Schedule& s) {
 
 }  // namespace
 
-Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Optimizer* optimizer,
-                       bool check_finite) {
+Schedule make_schedule(const Graph& g, Device device, const Loss* loss, const Optimizer* optimizer, bool check_finite) {
   Schedule s;
   const bool training = optimizer != nullptr;
   schedule_steps(g, training, s);

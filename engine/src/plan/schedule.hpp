@@ -27,9 +27,9 @@ struct ParamSlot {
 
 struct NodeSchedule {
   int forward_step = 0;
-  int backward_step = kNoBuffer;        // none when no gradient flows through the op
-  std::vector<int> buffers;             // per declared buffer: a request, or kNoBuffer
-  std::vector<size_t> buffer_bytes;     // as declared
+  int backward_step = kNoBuffer;     // none when no gradient flows through the op
+  std::vector<int> buffers;          // per declared buffer: a request, or kNoBuffer
+  std::vector<size_t> buffer_bytes;  // as declared
 };
 
 struct Schedule {
@@ -47,7 +47,7 @@ struct Schedule {
   int step_state = kNoBuffer;        // the optimizer's StepState
   int target = kNoBuffer, loss = kNoBuffer, loss_scratch = kNoBuffer;
   int valid_elements = kNoBuffer;  // the real target elements of a batch fed from a dataset (int64)
-  int flag = kNoBuffer;  // one word: the finite checks' flag, the ranks' agreement
+  int flag = kNoBuffer;            // one word: the finite checks' flag, the ranks' agreement
   // Options::check_finite: the copy of the training state that keep_good_state makes (the
   // parameter slab, then each optimizer-state slab; the StepState).
   std::vector<int> good_slabs;

@@ -93,9 +93,8 @@ double time_alone(Layer& op, CudaContext& ctx, const BuildSettings& settings, bo
   };
   run();
   return ctx.time_ms([&] {
-           for (int i = 0; i < kTimedRuns; ++i) run();
-         }) /
-         kTimedRuns;
+    for (int i = 0; i < kTimedRuns; ++i) run();
+  }) / kTimedRuns;
 }
 
 std::string format_ms(double ms) {
@@ -134,8 +133,8 @@ void autotune_formulations(Graph& graph, CudaContext& ctx, const BuildSettings& 
                                       [&](const auto& c) { return c->type() == candidates[0]->type(); });
     for (size_t k = 0; k < candidates.size(); ++k) {
       const double ms = time_alone(*candidates[k], ctx, settings, backward, input_grad);
-      times += (k ? ", " : "") + (one_type ? candidates[k]->describe_cuda() : candidates[k]->type()) + " " +
-               format_ms(ms);
+      times +=
+          (k ? ", " : "") + (one_type ? candidates[k]->describe_cuda() : candidates[k]->type()) + " " + format_ms(ms);
       if (k == 0 || ms < best_ms) {
         best = k;
         best_ms = ms;

@@ -51,7 +51,8 @@ void Engine::Impl::build() {
   graph->mark_gradients(training() && options.input_grad);
   if (training()) {
     if (!graph->tensors[graph->output].requires_grad)
-      throw InputError(network.source() + ": the network has no parameters, so there is nothing to train "
+      throw InputError(network.source() +
+                       ": the network has no parameters, so there is nothing to train "
                        "(with the input's gradient, --input-grad, there is)");
     loss = create_loss(network.spec());
     optimizer = create_optimizer(network.spec());
@@ -127,7 +128,9 @@ char* Engine::Impl::allocate_arena(size_t bytes) {
 
 void Engine::Impl::bind() {
   const Schedule& s = schedule;
-  auto view = [&](int request, int t) { return TensorView{reinterpret_cast<float*>(address(request)), graph->tensors[t].shape}; };
+  auto view = [&](int request, int t) {
+    return TensorView{reinterpret_cast<float*>(address(request)), graph->tensors[t].shape};
+  };
   params = reinterpret_cast<float*>(address(s.param_slab));
   grads = reinterpret_cast<float*>(address(s.grad_slab));
   runs.assign(graph->nodes.size(), NodeRun{});

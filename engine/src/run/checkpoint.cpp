@@ -125,8 +125,8 @@ void Engine::save_checkpoint(const std::string& path, const TrainPosition& posit
   if (state.step > kMaxSteps)
     throw InputError(path + ": the optimizer's step count " + std::to_string(state.step) +
                      " is past 2^53: a checkpoint of it could not be loaded");
-  file.metadata = checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(), state.step,
-                                      position, data_description(m.train_feed.get(), m.data_options));
+  file.metadata = checkpoint_metadata(m.network.spec(), m.global_batch(), m.optimizer->describe(), state.step, position,
+                                      data_description(m.train_feed.get(), m.data_options));
   write_safetensors(path, file);
 }
 
@@ -172,8 +172,8 @@ TrainPosition Engine::load_checkpoint(const std::string& path) {
   if (hash->second != hex(spec.hash)) {
     const auto name = file.metadata.find("network.name");
     throw InputError(path + ": the checkpoint is of another network ('" +
-                     (name == file.metadata.end() ? std::string("unnamed") : name->second) + "', hash " +
-                     hash->second + "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
+                     (name == file.metadata.end() ? std::string("unnamed") : name->second) + "', hash " + hash->second +
+                     "; this one is '" + spec.name + "', hash " + hex(spec.hash) + ")");
   }
   if (metadata_integer(file, path, "batch") != m.global_batch())
     throw InputError(path + ": the checkpoint was written at batch " + file.metadata.at("batch") +

@@ -87,9 +87,7 @@ void Engine::start_epoch(int64_t epoch, int64_t first_batch) {
   m.train_feed->start_epoch(slices, first_batch);
 }
 
-const Dataset* Engine::attached_data() const {
-  return impl_->train_feed ? impl_->train_feed->attached() : nullptr;
-}
+const Dataset* Engine::attached_data() const { return impl_->train_feed ? impl_->train_feed->attached() : nullptr; }
 
 int64_t Engine::data_attachments() const { return impl_->data_attachments; }
 
@@ -104,8 +102,8 @@ float Engine::evaluate(const Dataset& data) {
   if (!m.eval_feed || !m.eval_feed->serves(data)) {
     m.forget_graph(Impl::kEvaluate);  // before the feed it gathers from goes (as in attach_data)
     m.eval_feed.reset();
-    m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true),
-                                             m.options.device, m.cuda_context(), device_budget(m.data_options, m.cuda_context()));
+    m.eval_feed = std::make_unique<DataFeed>(data, data.batch_plan(m.network.input_shape()[0], true), m.options.device,
+                                             m.cuda_context(), device_budget(m.data_options, m.cuda_context()));
   }
   DataFeed& feed = *m.eval_feed;
   feed.start_epoch(epoch_order(data.size(), 0, 0, false), 0);

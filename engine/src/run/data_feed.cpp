@@ -42,7 +42,8 @@ DataFeed::DataFeed(const Dataset& data, const BatchPlan& plan, [[maybe_unused]] 
     ctx_->synchronize();  // the host buffers may go before the copies would have run
   } else {
     const int64_t rows = plan_.batch_size();
-    pinned_bytes_ = size_t(rows * (data.floats_per_sample() + data.floats_per_target())) * sizeof(float) + sizeof(int64_t);
+    pinned_bytes_ =
+        size_t(rows * (data.floats_per_sample() + data.floats_per_target())) * sizeof(float) + sizeof(int64_t);
     ANVIL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned_batch_), pinned_bytes_));
   }
 #endif
@@ -62,8 +63,9 @@ DataFeed::~DataFeed() {
 const Dataset& DataFeed::data() const {
   // The object must outlive the engine (engine.hpp); what it holds may still change under it.
   if (data_->identity() != identity_)
-    throw InputError("the dataset given to attach_data was moved from or assigned another since: attach the one "
-                     "to train on again");
+    throw InputError(
+        "the dataset given to attach_data was moved from or assigned another since: attach the one "
+        "to train on again");
   return *data_;
 }
 
@@ -82,7 +84,7 @@ void DataFeed::start_epoch(const std::vector<int64_t>& order, int64_t first_batc
 }
 
 void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
-  data();  // still the dataset attached: the gathers below and in_step read it
+  data();                                        // still the dataset attached: the gathers below and in_step read it
   if (next_batch_ >= plan_.batches_per_epoch())  // nothing has run yet: the engine is as it was
     throw Error("every batch of this epoch (" + std::to_string(plan_.batches_per_epoch()) +
                 ") has been taken; call start_epoch for the next epoch");
@@ -97,8 +99,8 @@ void DataFeed::before_step([[maybe_unused]] const FeedTargets& to) {
     float* target = in + in_floats;
     cpu::gather_batch(data_->inputs().data.data(), data_->floats_per_sample(), host_order_.data(), plan_.sample_count(),
                       next_batch_, rows, in);
-    cpu::gather_batch(data_->targets().data.data(), data_->floats_per_target(), host_order_.data(), plan_.sample_count(),
-                      next_batch_, rows, target);
+    cpu::gather_batch(data_->targets().data.data(), data_->floats_per_target(), host_order_.data(),
+                      plan_.sample_count(), next_batch_, rows, target);
     *valid = cpu::valid_rows(plan_.sample_count(), next_batch_, rows) * data_->floats_per_target();
     ctx_->copy_to_device(to.input, in, size_t(in_floats) * sizeof(float));
     ctx_->copy_to_device(to.target, target, size_t(target_floats) * sizeof(float));
@@ -113,10 +115,10 @@ void DataFeed::in_step(const FeedTargets& to) {
 #if ANVIL_WITH_CUDA
   if (device_ == Device::Cuda) {
     if (!resident_) return;
-    cuda::gather_batch(device_inputs_, data_->floats_per_sample(), device_order_, plan_.sample_count(), device_cursor_, rows,
-                       to.input, ctx_->stream());
-    cuda::gather_batch(device_targets_, data_->floats_per_target(), device_order_, plan_.sample_count(), device_cursor_, rows,
-                       to.target, ctx_->stream());
+    cuda::gather_batch(device_inputs_, data_->floats_per_sample(), device_order_, plan_.sample_count(), device_cursor_,
+                       rows, to.input, ctx_->stream());
+    cuda::gather_batch(device_targets_, data_->floats_per_target(), device_order_, plan_.sample_count(), device_cursor_,
+                       rows, to.target, ctx_->stream());
     cuda::finish_batch(device_cursor_, plan_.sample_count(), rows, data_->floats_per_target(), to.valid_elements,
                        ctx_->stream());
     return;

@@ -35,7 +35,7 @@ class DataFeed {
   // The dataset fed (InputError where it was moved from or assigned another since the feed was made).
   const Dataset& data() const;
   const Dataset* attached() const { return data_; }  // the object given, unchecked
-  const InputFile& file() const { return file_; }  // the dataset's file, as it was when the feed was made
+  const InputFile& file() const { return file_; }    // the dataset's file, as it was when the feed was made
   // Whether this feed serves `data`: the same object, holding what it held when the feed was made
   // (an object at the same address, reassigned or loaded anew, is another dataset).
   bool serves(const Dataset& data) const { return data_ == &data && identity_ == data.identity(); }

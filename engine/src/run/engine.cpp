@@ -42,11 +42,13 @@ const Options& validated(const Options& o) {
   if (o.mode != Mode::Forward && o.mode != Mode::Train)
     throw InputError("Options::mode: " + std::to_string(static_cast<int>(o.mode)) + " is not a Mode");
   if (o.mode == Mode::Forward && o.input_grad)
-    throw InputError("Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) computes no "
-                     "gradient, of the input or of anything else");
+    throw InputError(
+        "Options::input_grad needs Mode::Train: a forward-only engine (Mode::Forward) computes no "
+        "gradient, of the input or of anything else");
   if (o.mode == Mode::Forward && o.check_finite)
-    throw InputError("Options::check_finite needs Mode::Train: a forward-only engine (Mode::Forward) takes no "
-                     "training step to check");
+    throw InputError(
+        "Options::check_finite needs Mode::Train: a forward-only engine (Mode::Forward) takes no "
+        "training step to check");
   if (o.communicator) {
     const int size = o.communicator->size(), rank = o.communicator->rank();
     if (size < 1) throw InputError("Options::communicator: its size is " + std::to_string(size) + ", not at least 1");
@@ -155,7 +157,8 @@ std::vector<LayerTiming> Engine::profile_layers() {
   std::vector<LayerTiming> out;
   for (size_t i = 0; i < m.runs.size(); ++i) {
     Layer& layer = *m.graph->nodes[i].layer;
-    out.push_back({layer.name(), layer_ms([&] { layer.forward(m.options.device, m.cuda_context(), m.runs[i].forward); }), 0});
+    out.push_back(
+        {layer.name(), layer_ms([&] { layer.forward(m.options.device, m.cuda_context(), m.runs[i].forward); }), 0});
   }
   if (m.training())
     for (int n : m.schedule.backward_order) {

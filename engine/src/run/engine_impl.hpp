@@ -61,7 +61,7 @@ struct Engine::Impl {
   int64_t* valid_elements = nullptr;
   void* flag = nullptr;  // one word of the arena: finite checks and rank agreement
   int64_t steps = 0;
-  bool gradients_made = false;  // a train step (or enqueue_gradients) has run since the build
+  bool gradients_made = false;        // a train step (or enqueue_gradients) has run since the build
   std::optional<int64_t> good_steps;  // the step count keep_good_state saw
   // Where train steps and evaluations take their batches from, when a dataset is attached.
   DataOptions data_options;
@@ -96,7 +96,7 @@ struct Engine::Impl {
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
   int64_t global_batch() const { return network.input_shape()[0] * ranks(); }
   void average_across_ranks(float* data, int64_t count);  // execute.cpp, on the engine's stream
-  void average_loss_across_ranks();  // (the gradients go in buckets during backward)
+  void average_loss_across_ranks();                       // (the gradients go in buckets during backward)
   size_t slab_floats() const { return schedule.slab_bytes / sizeof(float); }
   char* address(int request) const { return request == kNoBuffer ? nullptr : arena + plan.tensors[request].offset; }
 

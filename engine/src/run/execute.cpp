@@ -13,7 +13,8 @@
 namespace anvil {
 
 void Engine::Impl::run_forward() {
-  for (size_t i = 0; i < runs.size(); ++i) graph->nodes[i].layer->forward(options.device, cuda_context(), runs[i].forward);
+  for (size_t i = 0; i < runs.size(); ++i)
+    graph->nodes[i].layer->forward(options.device, cuda_context(), runs[i].forward);
 }
 
 void Engine::Impl::run_loss(bool backward, bool fed) {

@@ -41,7 +41,8 @@ std::optional<NonFinite> Engine::Impl::first_non_finite_parameter(const float* s
                                                                   const std::string& stage) {
   if (finite(slab, static_cast<int64_t>(slab_floats()))) return std::nullopt;  // one check for the common case
   for (const auto& slot : schedule.params)
-    if (!finite(slab + slot.offset / sizeof(float), numel(slot.spec.shape))) return NonFinite{kind, slot.spec.name, stage};
+    if (!finite(slab + slot.offset / sizeof(float), numel(slot.spec.shape)))
+      return NonFinite{kind, slot.spec.name, stage};
   return std::nullopt;  // only in the slab's padding, which no step reads
 }
 
@@ -125,14 +126,16 @@ std::optional<NonFinite> Engine::Impl::traced_gradients(DataFeed* feed) {
   check(loss_value, 1, {"value", "the loss", "its outputs and targets are finite"});
   check(output_grad, target_count, {"gradient", "the output", "the loss"});
   std::vector<size_t> first_param(graph->nodes.size() + 1, 0);  // each node's first parameter slot
-  for (size_t i = 0; i < graph->nodes.size(); ++i) first_param[i + 1] = first_param[i] + graph->nodes[i].layer->param_count();
+  for (size_t i = 0; i < graph->nodes.size(); ++i)
+    first_param[i + 1] = first_param[i] + graph->nodes[i].layer->param_count();
   for (int n : schedule.backward_order) {
     Layer& layer = *graph->nodes[n].layer;
     const LayerArgs& args = runs[n].backward;
     layer.backward(options.device, cuda_context(), args);
     const std::string stage = "backward of " + layer.name();
     for (size_t k = 0; k < args.din.size(); ++k)
-      check(args.din[k].data, numel(args.din[k].shape), {"gradient", graph->tensors[graph->nodes[n].inputs[k]].name, stage});
+      check(args.din[k].data, numel(args.din[k].shape),
+            {"gradient", graph->tensors[graph->nodes[n].inputs[k]].name, stage});
     for (size_t k = 0; k < args.dparams.size(); ++k) {
       const ParamSpec& spec = schedule.params[first_param[n] + k].spec;
       check(args.dparams[k], numel(spec.shape), {"gradient", spec.name, stage});

@@ -54,7 +54,7 @@ class GradientBuckets {
   std::vector<Bucket> buckets_;
 #if ANVIL_WITH_CUDA
   CudaContext* ctx_ = nullptr;
-  cudaStream_t stream_ = nullptr;  // the all-reduces'
+  cudaStream_t stream_ = nullptr;   // the all-reduces'
   std::vector<cudaEvent_t> ready_;  // per bucket: its gradients are made
   cudaEvent_t done_ = nullptr;      // the last all-reduce issued has finished
 #endif

@@ -84,8 +84,7 @@ void check_memory(const char* what, Memory where, bool cuda) {
   if (where == Memory::Device && !cuda) throw InputError(std::string(what) + ": a device buffer needs a CUDA engine");
 }
 
-void check_buffer(const char* what, const float* data, const Shape& shape, const Shape& want, Memory where,
-                  bool cuda) {
+void check_buffer(const char* what, const float* data, const Shape& shape, const Shape& want, Memory where, bool cuda) {
   if (shape != want)
     throw InputError(std::string(what) + " has shape " + to_string(shape) + ", the network " +
                      (std::string(what) == "target" ? "outputs " : "expects ") + to_string(want));

@@ -77,13 +77,15 @@ Trainer::Trainer(Engine& engine, const TrainOptions& options) : engine_(engine),
 void Trainer::check_engine_data() const {
   const Dataset* attached = engine_.attached_data();
   if (!train_ && attached)
-    throw Error("the engine has a dataset attached (attach_data): this Trainer trains on the engine's own batch; "
-                "give the dataset to the Trainer instead");
+    throw Error(
+        "the engine has a dataset attached (attach_data): this Trainer trains on the engine's own batch; "
+        "give the dataset to the Trainer instead");
   // The attachment, not only the object: the same dataset attached again (other DataOptions, or a
   // second Trainer) has another batch plan and order than the one this Trainer counts positions in.
   if (train_ && (attached != train_ || engine_.data_attachments() != attachment_))
-    throw Error("a dataset was attached to the engine since this Trainer was made (attach_data, or a "
-                "second Trainer): one Trainer at a time trains an engine");
+    throw Error(
+        "a dataset was attached to the engine since this Trainer was made (attach_data, or a "
+        "second Trainer): one Trainer at a time trains an engine");
 }
 
 void Trainer::resume(const std::string& checkpoint) {
@@ -178,7 +180,7 @@ void Trainer::run(const Callbacks& callbacks, const std::atomic<bool>* stop) {
     const bool finite = !failure && (!logged || std::isfinite(progress.loss));
     const bool validating =
         finite && validation_ && (last || (options_.val_every > 0 && position_.step % options_.val_every == 0));
-    const float val = validating ? validate(callbacks) : 0.f;  // 0: no validation this step
+    const float val = validating ? validate(callbacks) : 0.f;    // 0: no validation this step
     if (logged && callbacks.on_log) callbacks.on_log(progress);  // a non-finite step too: its record says so
     if (failure) throw NonFiniteError(*failure);
     if (!finite) throw non_finite(position_.step, "the loss became", progress.loss);

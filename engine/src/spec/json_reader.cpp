@@ -176,7 +176,6 @@ nlohmann::json parse_json_document(std::string_view text, size_t memory_budget) 
   }
 }
 
-
 JsonReader::JsonReader(const nlohmann::json& object, std::string path) : object_(object), path_(std::move(path)) {
   if (!object_.is_object()) throw InputError(path_ + ": must be an object, got " + describe_json_value(object_));
 }
@@ -239,7 +238,8 @@ int64_t JsonReader::to_integer(const nlohmann::json& v, const std::string& where
     throw InputError(where + ": " + describe_json_value(v) + " is too large");
   const int64_t x = v.get<int64_t>();
   if (x < min_value) throw InputError(where + ": must be " + want + ", got " + describe_json_value(v));
-  if (x > max_value) throw InputError(where + ": must be at most " + std::to_string(max_value) + ", got " + describe_json_value(v));
+  if (x > max_value)
+    throw InputError(where + ": must be at most " + std::to_string(max_value) + ", got " + describe_json_value(v));
   return x;
 }
 
@@ -250,7 +250,8 @@ int64_t JsonReader::integer_or(const std::string& key, int64_t fallback, int64_t
 
 std::vector<int64_t> JsonReader::shape(const std::string& key) {
   const auto& v = get(key);
-  if (!v.is_array() || v.empty()) fail(key, "must be a non-empty list of positive integers, got " + describe_json_value(v));
+  if (!v.is_array() || v.empty())
+    fail(key, "must be a non-empty list of positive integers, got " + describe_json_value(v));
   std::vector<int64_t> out;
   for (size_t i = 0; i < v.size(); ++i)
     out.push_back(to_integer(v[i], key_path(key) + "[" + std::to_string(i) + "]", 1, kMaxDimension));
@@ -272,7 +273,7 @@ std::vector<int64_t> JsonReader::per_dim(const std::string& key, int dims, int64
 }
 
 std::vector<int64_t> JsonReader::per_dim_or(const std::string& key, int dims, int64_t min_value,
-                                              std::vector<int64_t> fallback) {
+                                            std::vector<int64_t> fallback) {
   return has(key) ? per_dim(key, dims, min_value) : fallback;
 }
 

@@ -28,8 +28,7 @@ ConvSpec parse_conv(JsonReader& cfg, int dims, bool transposed) {
       if (s.output_padding[i] >= s.stride[i] && s.output_padding[i] >= s.dilation[i])
         cfg.fail("output_padding", "must be smaller than the stride or the dilation, got " +
                                        std::to_string(s.output_padding[i]) + " with stride " +
-                                       std::to_string(s.stride[i]) + " and dilation " +
-                                       std::to_string(s.dilation[i]));
+                                       std::to_string(s.stride[i]) + " and dilation " + std::to_string(s.dilation[i]));
   }
   s.bias = cfg.boolean_or("bias", true);
   return s;
@@ -47,8 +46,7 @@ PoolSpec parse_pool(JsonReader& cfg, int dims, bool max) {
     if (2 * s.padding[i] > s.kernel[i])
       cfg.fail("padding", "must be at most half the kernel size, got " + std::to_string(s.padding[i]) +
                               " with kernel " + std::to_string(s.kernel[i]));
-    if (s.kernel[i] > kMaxDimension / window)
-      cfg.fail("kernel_size", "the window holds more than 2^31 - 1 elements");
+    if (s.kernel[i] > kMaxDimension / window) cfg.fail("kernel_size", "the window holds more than 2^31 - 1 elements");
     window *= s.kernel[i];
   }
   return s;
@@ -69,16 +67,16 @@ void add_pointwise_parsers(std::map<std::string, Parser>& table) {
 const std::map<std::string, Parser>& parsers() {
   static const std::map<std::string, Parser> table = [] {
     std::map<std::string, Parser> t = {
-      {"conv2d", [](JsonReader& c) { return parse_conv(c, 2, false); }},
-      {"conv3d", [](JsonReader& c) { return parse_conv(c, 3, false); }},
-      {"conv_transpose2d", [](JsonReader& c) { return parse_conv(c, 2, true); }},
-      {"conv_transpose3d", [](JsonReader& c) { return parse_conv(c, 3, true); }},
-      {"max_pool2d", [](JsonReader& c) { return parse_pool(c, 2, true); }},
-      {"max_pool3d", [](JsonReader& c) { return parse_pool(c, 3, true); }},
-      {"avg_pool2d", [](JsonReader& c) { return parse_pool(c, 2, false); }},
-      {"avg_pool3d", [](JsonReader& c) { return parse_pool(c, 3, false); }},
-      {"channel_scale", [](JsonReader&) { return ChannelScaleSpec{}; }},
-      {"add", [](JsonReader&) { return AddSpec{}; }},
+        {"conv2d", [](JsonReader& c) { return parse_conv(c, 2, false); }},
+        {"conv3d", [](JsonReader& c) { return parse_conv(c, 3, false); }},
+        {"conv_transpose2d", [](JsonReader& c) { return parse_conv(c, 2, true); }},
+        {"conv_transpose3d", [](JsonReader& c) { return parse_conv(c, 3, true); }},
+        {"max_pool2d", [](JsonReader& c) { return parse_pool(c, 2, true); }},
+        {"max_pool3d", [](JsonReader& c) { return parse_pool(c, 3, true); }},
+        {"avg_pool2d", [](JsonReader& c) { return parse_pool(c, 2, false); }},
+        {"avg_pool3d", [](JsonReader& c) { return parse_pool(c, 3, false); }},
+        {"channel_scale", [](JsonReader&) { return ChannelScaleSpec{}; }},
+        {"add", [](JsonReader&) { return AddSpec{}; }},
     };
     add_pointwise_parsers(t);
     return t;

@@ -171,7 +171,8 @@ std::vector<LayerSpec> parse_layers(const nlohmann::json& layers) {
       const nlohmann::json& listed = layers[i].at("inputs");  // counted before any is copied
       if (listed.is_array() && listed.size() > kMaxInputs - inputs_so_far)
         cfg.fail("inputs", "the layers may name at most " + std::to_string(kMaxInputs) + " inputs in all, these " +
-                               std::to_string(listed.size()) + " make " + std::to_string(inputs_so_far + listed.size()));
+                               std::to_string(listed.size()) + " make " +
+                               std::to_string(inputs_so_far + listed.size()));
       spec.inputs = cfg.string_list("inputs");
       if (spec.inputs.empty()) cfg.fail("inputs", "must name at least one tensor");
       inputs_so_far += spec.inputs.size();
@@ -200,8 +201,8 @@ NetworkSpec parse_network_spec(const std::string& json_text, const std::string& 
   spec.name = top.string("name");
   if (spec.name.empty()) top.fail("name", "must not be empty");
   if (spec.name.size() > kMaxNetworkName)  // a label, written into every file's metadata
-    top.fail("name", "must be at most " + std::to_string(kMaxNetworkName) + " bytes, got " +
-                         std::to_string(spec.name.size()));
+    top.fail("name",
+             "must be at most " + std::to_string(kMaxNetworkName) + " bytes, got " + std::to_string(spec.name.size()));
   spec.input = top.shape("input");
   if (spec.input.size() != 4 && spec.input.size() != 5)
     top.fail("input", "must be (N, C, H, W) or (N, C, D, H, W), got " + to_string(spec.input));

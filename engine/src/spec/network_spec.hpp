@@ -31,7 +31,7 @@ struct OptimizerSpec {
 
 struct NetworkSpec {
   std::string name;
-  std::string source;  // the file (or label) the text came from, for messages
+  std::string source;     // the file (or label) the text came from, for messages
   InputFile source_file;  // source as a file, when parsed: a checkpoint is never written over it
   Shape input;
   std::vector<LayerSpec> layers;  // in file order; the last one feeds the loss

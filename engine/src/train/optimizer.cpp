@@ -34,9 +34,12 @@ StepState state_after(int64_t steps, const LrSchedule& schedule, float beta1, fl
 
 std::string schedule_name(const LrSchedule& s) {
   switch (s.kind) {
-    case LrSchedule::Kind::Step: return ", step schedule";
-    case LrSchedule::Kind::Cosine: return ", cosine schedule";
-    default: return "";
+    case LrSchedule::Kind::Step:
+      return ", step schedule";
+    case LrSchedule::Kind::Cosine:
+      return ", cosine schedule";
+    default:
+      return "";
   }
 }
 
@@ -52,7 +55,8 @@ class Sgd : public Optimizer {
     begin(device, ctx, a.step, schedule_, 0.f, 0.f);
     float* momentum = a.state.empty() ? nullptr : a.state[0];
 #if ANVIL_WITH_CUDA
-    if (device == Device::Cuda) return cuda::sgd_update(a.params, a.grads, momentum, a.count, h_, a.step, ctx->stream());
+    if (device == Device::Cuda)
+      return cuda::sgd_update(a.params, a.grads, momentum, a.count, h_, a.step, ctx->stream());
 #endif
     cpu::sgd_update(a.params, a.grads, momentum, a.count, h_, *a.step);
   }
