@@ -220,10 +220,9 @@ Perf choose(const Perf* perfs, int count, size_t ws, const BuildSettings& s,
 }  // namespace
 
 struct Convolution::Cudnn {
-  // With autotune, each used op runs through cuDNN's graph API where it
-  // offers an eligible engine (graph[op]); otherwise, and by default, through
-  // the legacy API below. The op that computes dx also has a plan that adds
-  // into it (gradient fan-out).
+  // The ops that --autotune or a rule (build_cuda) puts on cuDNN's graph API
+  // run through it (graph[op]); the rest through the legacy API below. The op
+  // that computes dx also has a plan that adds into it (gradient fan-out).
   std::unique_ptr<CudnnGraphConv> graph[kOpCount];
   std::unique_ptr<CudnnGraphConv> graph_accumulate;
   // The forward op as request_forward asked for it, in place of its packed op.
@@ -336,13 +335,11 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     (spec_.transposed ? asked.a_channels_last : asked.b_channels_last) = r.y_channels_last;
     asked.w_channels_last = r.x_channels_last;
     try {
-      auto op =
-          std::make_unique<CudnnGraphConv>(ctx, kinds[forward_op], asked, 0.f, c.op_settings[forward_op], r.epilogue);
-      if (settings.autotune || op->keep_first_tensor_core_engine()) {
-        c.workspace[forward_op] = op->workspace();
-        c.channels_last = std::move(op);
-        c.used[forward_op] = false;
-      }
+      c.channels_last = std::make_unique<CudnnGraphConv>(
+          ctx, kinds[forward_op], asked, 0.f, c.op_settings[forward_op],
+          settings.autotune ? CudnnGraphConv::Choice::Fastest : CudnnGraphConv::Choice::FirstTensorCore, r.epilogue);
+      c.workspace[forward_op] = c.channels_last->workspace();
+      c.used[forward_op] = false;
     } catch (const Error&) {
       // no eligible engine within the workspace limit: the packed op as before
     }
@@ -400,25 +397,32 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
   // conv's op that sums at least 128 products per output runs the graph
   // API's first tensor-core engine, as the legacy API's pick ran FMA kernels
   // on such layers; the rest the legacy API, as fast or faster on the 2-D
-  // layers measured (docs/performance.md). Each op on the legacy API plans
-  // its workspace from the heuristics' list (no memory needed yet).
+  // layers measured. Under deterministic strict fp32 the forward relation
+  // runs the first eligible (FMA) config of the graph API's heuristics, mode
+  // B for a 3-D conv and mode A for a 2-D one: on the suite's forwards never
+  // slower than the legacy pick beyond noise, and up to 2x faster
+  // (docs/performance.md); --nondeterministic keeps the legacy API's fastest
+  // measured. Where a rule finds no engine, the op stays on the legacy API.
+  // Each op on the legacy API plans its workspace from the heuristics' list
+  // (no memory needed yet).
   const int dx_op = spec_.transposed ? kForward : kBackwardData;
   for (int op = 0; op < kOpCount; ++op) {
-    const bool by_rule = !settings.autotune && c.op_settings[op].precision == Precision::TF32 && spec_.dims == 3 &&
-                         products[op] >= kTensorCoreRuleProducts;
-    if (!c.used[op] || !(settings.autotune || by_rule)) continue;
-    // The graph op, or null where the rule finds no tensor-core engine for it.
+    using Choice = CudnnGraphConv::Choice;
+    const Precision precision = c.op_settings[op].precision;
+    const bool tensor_core_rule =
+        precision == Precision::TF32 && spec_.dims == 3 && products[op] >= kTensorCoreRuleProducts;
+    const bool fp32_forward_rule = precision == Precision::FP32 && settings.deterministic && op == kForward;
+    if (!c.used[op] || !(settings.autotune || tensor_core_rule || fp32_forward_rule)) continue;
+    const Choice choice = settings.autotune  ? Choice::Fastest
+                          : tensor_core_rule ? Choice::FirstTensorCore
+                          : spec_.dims == 3  ? Choice::FirstOfModeB
+                                             : Choice::FirstOfModeA;
     auto make = [&](float beta) {
-      auto conv = std::make_unique<CudnnGraphConv>(ctx, kinds[op], graph_geometry, beta, c.op_settings[op]);
-      if (by_rule && !conv->keep_first_tensor_core_engine()) conv.reset();
-      return conv;
+      return std::make_unique<CudnnGraphConv>(ctx, kinds[op], graph_geometry, beta, c.op_settings[op], choice);
     };
     try {
       c.graph[op] = make(0.f);
-      if (c.graph[op] && op == dx_op) {
-        c.graph_accumulate = make(1.f);
-        if (!c.graph_accumulate) c.graph[op].reset();
-      }
+      if (op == dx_op) c.graph_accumulate = make(1.f);
     } catch (const Error& e) {
       if (settings.autotune)
         std::cerr << "anvil: " << path() << " " << kOpNames[op] << ": " << e.what() << "; using the legacy API\n";

@@ -273,12 +273,12 @@ std::vector<Backend> engine_configs(const Backend& graph, cudnnBackendHeurMode_t
 struct CudnnGraphConv::Plans {
   Backend graph{CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR};
   std::vector<Plan> candidates;  // heuristics order; after choose_fastest the fastest first
+  Choice choice = Choice::Fastest;
   bool timed = false;
-  bool first_tensor_core = false;  // keep_first_tensor_core_engine kept one
 };
 
 CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& g, float beta,
-                               const BuildSettings& settings, const ConvGraphEpilogue& epilogue)
+                               const BuildSettings& settings, Choice choice, const ConvGraphEpilogue& epilogue)
     : plans_(std::make_unique<Plans>()), operand_count_(epilogue.operands()) {
   if (!epilogue.empty() && (kind != Kind::Forward || beta != 0.f))
     throw Error("internal error: an epilogue is fused only into a forward conv that overwrites its output");
@@ -323,14 +323,20 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
 
   cudnnHandle_t handle = ctx.cudnn();
   Plans& p = *plans_;
+  p.choice = choice;
   p.graph.set(CUDNN_ATTR_OPERATIONGRAPH_OPS, ops);
   p.graph.set(kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle);
   p.graph.finalize();
 
   // Every eligible config of the two lists PyTorch's benchmark mode times too: the heuristics'
   // ranking (mode A) and the fallback list, each engine with each of its listed knob settings once.
+  // The FirstOf rules take one heuristics mode alone (mode B ranks other configs first on some layers).
+  std::vector<std::pair<cudnnBackendHeurMode_t, const char*>> lists = {{CUDNN_HEUR_MODE_A, "A"},
+                                                                       {CUDNN_HEUR_MODE_FALLBACK, "F"}};
+  if (choice == Choice::FirstOfModeA) lists = {{CUDNN_HEUR_MODE_A, "A"}};
+  if (choice == Choice::FirstOfModeB) lists = {{CUDNN_HEUR_MODE_B, "B"}};
   std::vector<std::pair<std::string, Backend>> configs;
-  for (const auto& [mode, letter] : {std::pair{CUDNN_HEUR_MODE_A, "A"}, std::pair{CUDNN_HEUR_MODE_FALLBACK, "F"}}) {
+  for (const auto& [mode, letter] : lists) {
     std::vector<Backend> listed = engine_configs(p.graph, mode);
     for (size_t i = 0; i < listed.size(); ++i) configs.emplace_back(letter + std::to_string(i), std::move(listed[i]));
   }
@@ -339,6 +345,7 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
     Plan plan{Backend(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)};
     cudnnBackendDescriptor_t raw = config.get();
     if (!eligible(raw, settings, plan.engine, plan.tensor_cores)) continue;
+    if (choice == Choice::FirstTensorCore && !plan.tensor_cores) continue;
     std::string key = config_key(raw, plan.engine);
     if (!key.empty() && std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
     plan.plan.set(kPlanHandle, CUDNN_TYPE_HANDLE, 1, &handle);
@@ -351,12 +358,12 @@ CudnnGraphConv::CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeome
     plan.workspace = static_cast<size_t>(bytes);
     plan.config = where;
     seen.push_back(std::move(key));
-    const bool rule_has_its_pick = !settings.autotune && plan.tensor_cores;
     p.candidates.push_back(std::move(plan));
-    if (rule_has_its_pick) break;  // the rule keeps this one (keep_first_tensor_core_engine): build no more plans
+    if (choice != Choice::Fastest) break;  // the rule keeps this one: build no more plans
   }
   if (p.candidates.empty())
-    throw Error("cuDNN's graph API offers no eligible engine for this convolution within " +
+    throw Error(std::string("cuDNN's graph API offers no eligible ") +
+                (choice == Choice::FirstTensorCore ? "tensor-core " : "") + "engine for this convolution within " +
                 std::to_string(settings.workspace_limit >> 20) + " MiB of workspace");
 }
 
@@ -410,23 +417,21 @@ void CudnnGraphConv::choose_fastest(CudaContext& ctx, void* a, void* b, void* w,
   p.timed = true;
 }
 
-bool CudnnGraphConv::keep_first_tensor_core_engine() {
-  Plans& p = *plans_;
-  const auto first =
-      std::find_if(p.candidates.begin(), p.candidates.end(), [](const Plan& plan) { return plan.tensor_cores; });
-  if (first == p.candidates.end()) return false;
-  Plan kept = std::move(*first);
-  p.candidates.clear();
-  p.candidates.push_back(std::move(kept));
-  p.first_tensor_core = true;
-  return true;
-}
-
 std::string CudnnGraphConv::describe() const {
   const Plan& plan = plans_->candidates.front();
   const std::string engine = "graph engine " + std::to_string(plan.engine);
   const std::string ws = "ws " + std::to_string(plan.workspace >> 10) + " KiB, ";
-  if (plans_->first_tensor_core) return engine + " (tensor ops, " + ws + "the heuristics' first tensor-core engine)";
+  switch (plans_->choice) {
+    case Choice::FirstTensorCore:
+      return engine + " (tensor ops, " + ws + "the heuristics' first tensor-core engine)";
+    case Choice::FirstOfModeA:
+    case Choice::FirstOfModeB:
+      return engine + " config " + plan.config + " (" + (plan.tensor_cores ? "tensor ops, " : "fma, ") + ws +
+             "the first eligible config of heuristics mode " + (plans_->choice == Choice::FirstOfModeB ? "B" : "A") +
+             ")";
+    case Choice::Fastest:
+      break;
+  }
   return engine + " config " + plan.config + " (" + (plan.tensor_cores ? "tensor ops, " : "fma, ") + ws +
          "fastest of " + std::to_string(plans_->candidates.size()) + " configs)";
 }

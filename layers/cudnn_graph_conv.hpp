@@ -1,6 +1,6 @@
 // One convolution op (forward, backward data or backward filter) through
 // cuDNN's graph (backend) API, the API PyTorch runs its convolutions through,
-// for --autotune and the tf32 rules of convolution.cpp. Its engines include
+// for --autotune and the rules of convolution.cpp. Its engines include
 // runtime-compiled ones that the legacy cudnnFind*Algorithm API never offers.
 // Where the graph API has no eligible engine, Convolution falls back to the
 // legacy API for that op.
@@ -10,12 +10,11 @@
 // packed, except that A, B or W may be channels-last. Engines are filtered as
 // the precision and determinism ask: strict fp32 refuses tensor-core engines
 // (TF32), deterministic mode refuses non-deterministic ones, and none may
-// down-convert its inputs. Candidates are every eligible engine config (an
-// engine with its knob settings) that the heuristics (mode A) or the
-// fallback list name, whose plan builds and whose workspace fits;
-// choose_fastest times them all and keeps the fastest (--autotune), or
-// keep_first_tensor_core_engine keeps one without timing (the rule, which
-// builds no plan past that one).
+// down-convert its inputs. Candidates are the eligible engine configs (an
+// engine with its knob settings) whose plan builds and whose workspace fits,
+// in the order the heuristics list them. Choice::Fastest keeps every one of
+// mode A and the fallback list for choose_fastest to time (--autotune); a
+// rule's choice keeps one without timing and builds no plan past it.
 //
 // A forward op may carry an epilogue: a bias and pointwise ops after the
 // conv, in one graph that cuDNN's runtime-fusion engines compile into the
@@ -61,12 +60,19 @@ struct ConvGraphEpilogue {
 class CudnnGraphConv {
  public:
   enum class Kind { Forward, BackwardData, BackwardFilter };
+  // Which candidates to keep: all, to time (Fastest); or the first that runs
+  // on the tensor cores (mode A, then the fallback list); or the first
+  // eligible one of mode A, or of mode B. The last two leave the fallback
+  // list out: its engines measured slower on every layer tried (engine 0 up
+  // to 8.3 ms where the heuristics' first configs took 0.3 ms or less), and
+  // the legacy API is the better fallback.
+  enum class Choice { Fastest, FirstTensorCore, FirstOfModeA, FirstOfModeB };
 
-  // Builds the op and the execution plans of its eligible engine configs whose
-  // workspace fits settings.workspace_limit; throws Error when there is none.
-  // beta 1 accumulates into the output.
+  // Builds the op and the execution plans of the eligible engine configs the
+  // choice keeps, whose workspace fits settings.workspace_limit; throws Error
+  // when there is none. beta 1 accumulates into the output.
   CudnnGraphConv(CudaContext& ctx, Kind kind, const ConvGraphGeometry& geometry, float beta,
-                 const BuildSettings& settings, const ConvGraphEpilogue& epilogue = {});
+                 const BuildSettings& settings, Choice choice, const ConvGraphEpilogue& epilogue = {});
   ~CudnnGraphConv();
   CudnnGraphConv(const CudnnGraphConv&) = delete;
   CudnnGraphConv& operator=(const CudnnGraphConv&) = delete;
@@ -76,10 +82,6 @@ class CudnnGraphConv {
   // Runs every candidate on these buffers and keeps the fastest (once).
   void choose_fastest(CudaContext& ctx, void* a, void* b, void* w, void* workspace,
                       const std::vector<const float*>& operands = {});
-  // Keeps only the first candidate in the heuristics' order (mode A, then
-  // the fallback list) that runs on the tensor cores; false, and nothing
-  // dropped, where none does.
-  bool keep_first_tensor_core_engine();
   // Runs the chosen plan on the context's stream; operands: the epilogue's, in its order.
   void run(CudaContext& ctx, const void* a, const void* b, const void* w, void* workspace,
            const std::vector<const float*>& operands = {}) const;

@@ -967,9 +967,17 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   EXPECT_EQ(count_matches(text, std::regex("ConvolutionBackwardFilter anvil tensor cores \\(TF32, rule\\)")), 1u)
       << text;
   expect_step_matches_cpu(engine, network, 5e-3);
-  // Under fp32, and for a 2-D conv as wide, the legacy API runs every cuDNN op.
+  // Under fp32 no cuDNN op runs on the tensor cores: both forwards take the strict fp32 rule's FMA
+  // config (StrictFp32ForwardRelationRunsTheGraphApisFirstConfig), both input gradients the legacy
+  // API (Find may label its pick under an FMA descriptor either way).
   const std::string fp32 = Engine(Network::parse(json, "fp32_3d"), cuda_options("unfused")).describe();
-  EXPECT_EQ(fp32.find("graph engine"), std::string::npos) << fp32;
+  EXPECT_EQ(fp32.find("tensor ops"), std::string::npos) << fp32;
+  EXPECT_EQ(count_matches(fp32, std::regex("graph engine")), 2u) << fp32;
+  EXPECT_EQ(count_matches(fp32, std::regex(R"(ConvolutionForward graph engine [0-9]+ config B[0-9]+ \(fma, )")), 2u)
+      << fp32;
+  EXPECT_EQ(count_matches(fp32, std::regex(R"(ConvolutionBackwardData algo [0-9]+ \((fma|default math), )")), 2u)
+      << fp32;
+  // Under tf32 a 2-D conv as wide runs the legacy API.
   const std::string wide_2d = with_tf32(net_json("w", "[2, 8, 9, 11]", R"(
         {"type": "conv2d", "in_channels": 8, "out_channels": 8, "kernel_size": 5, "padding": 2})"));
   const std::string text_2d = Engine(Network::parse(wide_2d, "wide_2d"), cuda_options("unfused")).describe();
@@ -990,6 +998,43 @@ TEST(GpuConv, RuleRunsWide3dConvsOnTensorCoreEngines) {
   EXPECT_EQ(count_matches(tuned_text, std::regex("ConvolutionBackwardData " + config_text)), 2u) << tuned_text;
   EXPECT_EQ(count_matches(tuned_text, config) + count_matches(tuned_text, anvil_won), 6u) << tuned_text;
   expect_step_matches_cpu(autotuned, network, 5e-3);
+}
+
+// Under deterministic strict fp32 (not --autotune) the forward relation runs
+// the first eligible config of the graph API's heuristics: mode B for a 3-D
+// conv, mode A for a 2-D one. Here that
+// is a conv's forward and two transposed convs' input gradients, the second
+// added into the first's (a fan-out: the beta=1 plan). The step matches the
+// CPU, in 2-D and in 3-D.
+TEST(GpuConv, StrictFp32ForwardRelationRunsTheGraphApisFirstConfig) {
+  ANVIL_REQUIRE_GPU_OR_SKIP();
+  for (const int dims : {2, 3}) {
+    const std::string d = std::to_string(dims);
+    const std::string input = dims == 3 ? "[2, 3, 5, 4, 3]" : "[3, 3, 7, 5]";
+    const Network network = Network::parse(net_json("f" + d, input, R"(
+        {"type": "conv)" + d + R"(d", "name": "c", "in_channels": 3, "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"type": "relu", "name": "r"},
+        {"type": "conv_transpose)" + d + R"(d", "name": "t1", "in_channels": 6, "out_channels": 4, "kernel_size": 2,
+         "stride": 2, "inputs": ["r"]},
+        {"type": "conv_transpose)" + d + R"(d", "name": "t2", "in_channels": 6, "out_channels": 4, "kernel_size": 3,
+         "stride": 2, "padding": 1, "output_padding": 1, "inputs": ["r"]},
+        {"type": "add", "inputs": ["t1", "t2"]})"),
+                                           "fp32_forward_rule_" + d + "d");
+    Engine engine(network, cuda_options("unfused"));
+    const std::string text = engine.describe();
+    const std::string mode = dims == 3 ? "B" : "A";
+    const std::regex first("ConvolutionForward graph engine [0-9]+ config " + mode +
+                           R"([0-9]+ \(fma, ws [0-9]+ KiB, the first eligible config of heuristics mode )" + mode +
+                           R"(\))");
+    EXPECT_EQ(count_matches(text, first), 3u) << text;
+    EXPECT_EQ(count_matches(text, std::regex("graph engine")), 3u) << text;
+    expect_step_matches_cpu(engine, network, 1e-4);
+    // --nondeterministic keeps the legacy API's fastest measured algorithm.
+    Options any_algorithm = cuda_options("unfused");
+    any_algorithm.deterministic = false;
+    const std::string legacy = Engine(network, any_algorithm).describe();
+    EXPECT_EQ(legacy.find("graph engine"), std::string::npos) << legacy;
+  }
 }
 
 // cuDNN 9.14's tensor-core backward-data engines hang on a stride and a
