@@ -117,8 +117,7 @@ template <class F>
 decltype(auto) visit_pointwise_op(PointwiseOp op, F&& f) {
   switch (op) {
 #define ANVIL_POINTWISE_CASE(Name) \
-  case PointwiseOp::Name:          \
-    return f(pointwise::Name{});
+  case PointwiseOp::Name: return f(pointwise::Name{});
     ANVIL_POINTWISE_OPS(ANVIL_POINTWISE_CASE)
 #undef ANVIL_POINTWISE_CASE
   }

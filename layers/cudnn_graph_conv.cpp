@@ -109,12 +109,9 @@ Backend pointwise_op(cudnnPointwiseMode_t mode, const Backend& x, const Backend*
 
 cudnnPointwiseMode_t activation_mode(PointwiseOp op) {
   switch (op) {
-    case PointwiseOp::Sigmoid:
-      return CUDNN_POINTWISE_SIGMOID_FWD;
-    case PointwiseOp::Tanh:
-      return CUDNN_POINTWISE_TANH_FWD;
-    case PointwiseOp::LeakyRelu:
-      break;
+    case PointwiseOp::Sigmoid: return CUDNN_POINTWISE_SIGMOID_FWD;
+    case PointwiseOp::Tanh: return CUDNN_POINTWISE_TANH_FWD;
+    case PointwiseOp::LeakyRelu: break;
   }
   return CUDNN_POINTWISE_RELU_FWD;
 }
@@ -158,8 +155,7 @@ OpAttributes attributes_of(CudnnGraphConv::Kind kind) {
               CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
               CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
               CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA};
-    case CudnnGraphConv::Kind::BackwardFilter:
-      break;
+    case CudnnGraphConv::Kind::BackwardFilter: break;
   }
   return {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
           CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
@@ -195,8 +191,7 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
   for (int64_t i = 0; i < count; ++i) {
     switch (notes[i]) {
       case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
-      case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
-        return false;
+      case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return false;
       case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC:
         if (s.deterministic) return false;
         break;
@@ -204,8 +199,7 @@ bool eligible(cudnnBackendDescriptor_t config, const BuildSettings& s, int64_t& 
         if (s.precision == Precision::FP32) return false;  // TF32
         tensor_cores = true;
         break;
-      default:
-        break;
+      default: break;
     }
   }
   return true;
@@ -422,15 +416,13 @@ std::string CudnnGraphConv::describe() const {
   const std::string engine = "graph engine " + std::to_string(plan.engine);
   const std::string ws = "ws " + std::to_string(plan.workspace >> 10) + " KiB, ";
   switch (plans_->choice) {
-    case Choice::FirstTensorCore:
-      return engine + " (tensor ops, " + ws + "the heuristics' first tensor-core engine)";
+    case Choice::FirstTensorCore: return engine + " (tensor ops, " + ws + "the heuristics' first tensor-core engine)";
     case Choice::FirstOfModeA:
     case Choice::FirstOfModeB:
       return engine + " config " + plan.config + " (" + (plan.tensor_cores ? "tensor ops, " : "fma, ") + ws +
              "the first eligible config of heuristics mode " + (plans_->choice == Choice::FirstOfModeB ? "B" : "A") +
              ")";
-    case Choice::Fastest:
-      break;
+    case Choice::Fastest: break;
   }
   return engine + " config " + plan.config + " (" + (plan.tensor_cores ? "tensor ops, " : "fma, ") + ws +
          "fastest of " + std::to_string(plans_->candidates.size()) + " configs)";

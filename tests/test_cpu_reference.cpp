@@ -457,12 +457,9 @@ TEST(CpuReferenceBias, BackwardMatchesFiniteDifferences) {
 // The op's forward written directly with std:: functions, in double.
 double reference_forward(PointwiseOp op, double x, double param) {
   switch (op) {
-    case PointwiseOp::LeakyRelu:
-      return x > 0 ? x : param * x;
-    case PointwiseOp::Sigmoid:
-      return 1.0 / (1.0 + std::exp(-x));
-    case PointwiseOp::Tanh:
-      return std::tanh(x);
+    case PointwiseOp::LeakyRelu: return x > 0 ? x : param * x;
+    case PointwiseOp::Sigmoid: return 1.0 / (1.0 + std::exp(-x));
+    case PointwiseOp::Tanh: return std::tanh(x);
   }
   ADD_FAILURE() << "no reference formula for " << anvil::pointwise_op_name(op);
   return 0;

@@ -194,18 +194,10 @@ TEST(PlanMemory, RandomLifetimesNeverOverlap) {
       t.name = "t" + std::to_string(i);
       // Mostly odd sizes, some equal sizes (ties in the sort), some empty, a few large.
       switch (rng() % 4) {
-        case 0:
-          t.bytes = rng() % 5000;
-          break;
-        case 1:
-          t.bytes = 4096;
-          break;
-        case 2:
-          t.bytes = (rng() % 64) * 256;
-          break;
-        default:
-          t.bytes = (1 + rng() % 8) * kMiB + rng() % 1000;
-          break;
+        case 0: t.bytes = rng() % 5000; break;
+        case 1: t.bytes = 4096; break;
+        case 2: t.bytes = (rng() % 64) * 256; break;
+        default: t.bytes = (1 + rng() % 8) * kMiB + rng() % 1000; break;
       }
       t.first = static_cast<int>(rng() % steps);
       t.last = t.first + static_cast<int>(rng() % (steps - t.first));

@@ -38,15 +38,9 @@ void add_forward(const std::vector<const float*>& inputs, float* y, int64_t coun
     if (next > 0) terms.push_back(y);  // the sum so far, then the next inputs
     while (terms.size() < kTermsPerPass && next < inputs.size()) terms.push_back(inputs[next++]);
     switch (terms.size()) {
-      case 2:
-        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1]);
-        break;
-      case 3:
-        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2]);
-        break;
-      default:
-        detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2], terms[3]);
-        break;
+      case 2: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1]); break;
+      case 3: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2]); break;
+      default: detail::launch_map<false>(y, count, stream, SumOp{}, terms[0], terms[1], terms[2], terms[3]); break;
     }
   }
 }

@@ -272,18 +272,10 @@ void conv_mma_forward(const float* a, const float* w, float* b, bool accumulate,
   detail::require(a && w && b, op, "null pointer");
   const Plan p = plan_for(g);
   switch (p.tile.frags_n) {
-    case 1:
-      launch<4, 1>(p, a, w, b, accumulate, stream);
-      break;
-    case 2:
-      launch<4, 2>(p, a, w, b, accumulate, stream);
-      break;
-    case 4:
-      launch<4, 4>(p, a, w, b, accumulate, stream);
-      break;
-    default:
-      launch<4, 8>(p, a, w, b, accumulate, stream);
-      break;
+    case 1: launch<4, 1>(p, a, w, b, accumulate, stream); break;
+    case 2: launch<4, 2>(p, a, w, b, accumulate, stream); break;
+    case 4: launch<4, 4>(p, a, w, b, accumulate, stream); break;
+    default: launch<4, 8>(p, a, w, b, accumulate, stream); break;
   }
 }
 

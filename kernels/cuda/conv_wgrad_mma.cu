@@ -277,23 +277,12 @@ void conv_mma_weight_grad(const float* a, const float* db, float* dw, void* scra
   // tile_for's tiles: a kernel of another shape would not match the plan's blocks and shared memory.
   detail::require(p.tile.frags_n == 4, op, "no kernel for the planned tile");
   switch (p.tile.warps_m * 10 + p.tile.warps_k) {
-    case 14:
-      launch<1, 4, 4>(p, compensated, a, db, partials, stream);
-      break;
-    case 12:
-      launch<1, 4, 2>(p, compensated, a, db, partials, stream);
-      break;
-    case 22:
-      launch<2, 4, 2>(p, compensated, a, db, partials, stream);
-      break;
-    case 21:
-      launch<2, 4, 1>(p, compensated, a, db, partials, stream);
-      break;
-    case 41:
-      launch<4, 4, 1>(p, compensated, a, db, partials, stream);
-      break;
-    default:
-      detail::require(false, op, "no kernel for the planned tile");
+    case 14: launch<1, 4, 4>(p, compensated, a, db, partials, stream); break;
+    case 12: launch<1, 4, 2>(p, compensated, a, db, partials, stream); break;
+    case 22: launch<2, 4, 2>(p, compensated, a, db, partials, stream); break;
+    case 21: launch<2, 4, 1>(p, compensated, a, db, partials, stream); break;
+    case 41: launch<4, 4, 1>(p, compensated, a, db, partials, stream); break;
+    default: detail::require(false, op, "no kernel for the planned tile");
   }
   const int64_t outputs = int64_t(p.d.cb) * p.d.columns;
   const unsigned blocks = detail::grid_stride_blocks(outputs * kGroups);  // 32 outputs per block

@@ -13,8 +13,7 @@ namespace anvil::cuda {
 __device__ __forceinline__ float activation_forward(PointwiseOp op, float x, float param) {
   switch (op) {
 #define ANVIL_CHAIN_FORWARD(Name) \
-  case PointwiseOp::Name:         \
-    return pointwise::Name::forward(x, param);
+  case PointwiseOp::Name: return pointwise::Name::forward(x, param);
     ANVIL_POINTWISE_OPS(ANVIL_CHAIN_FORWARD)
 #undef ANVIL_CHAIN_FORWARD
   }
@@ -25,8 +24,7 @@ __device__ __forceinline__ float activation_forward(PointwiseOp op, float x, flo
 __device__ __forceinline__ float activation_backward(PointwiseOp op, float x, float y, float dy, float param) {
   switch (op) {
 #define ANVIL_CHAIN_BACKWARD(Name) \
-  case PointwiseOp::Name:          \
-    return pointwise::Name::backward(x, y, dy, param);
+  case PointwiseOp::Name: return pointwise::Name::backward(x, y, dy, param);
     ANVIL_POINTWISE_OPS(ANVIL_CHAIN_BACKWARD)
 #undef ANVIL_CHAIN_BACKWARD
   }
@@ -255,29 +253,14 @@ __device__ __forceinline__ void for_ops_backward(int ops, Op&& op) {
   static_assert(kMaxChainOps == 8, "one case an op");
   using std::integral_constant;
   switch (ops) {
-    case 8:
-      op(integral_constant<int, 7>{});
-      [[fallthrough]];
-    case 7:
-      op(integral_constant<int, 6>{});
-      [[fallthrough]];
-    case 6:
-      op(integral_constant<int, 5>{});
-      [[fallthrough]];
-    case 5:
-      op(integral_constant<int, 4>{});
-      [[fallthrough]];
-    case 4:
-      op(integral_constant<int, 3>{});
-      [[fallthrough]];
-    case 3:
-      op(integral_constant<int, 2>{});
-      [[fallthrough]];
-    case 2:
-      op(integral_constant<int, 1>{});
-      [[fallthrough]];
-    case 1:
-      op(integral_constant<int, 0>{});
+    case 8: op(integral_constant<int, 7>{}); [[fallthrough]];
+    case 7: op(integral_constant<int, 6>{}); [[fallthrough]];
+    case 6: op(integral_constant<int, 5>{}); [[fallthrough]];
+    case 5: op(integral_constant<int, 4>{}); [[fallthrough]];
+    case 4: op(integral_constant<int, 3>{}); [[fallthrough]];
+    case 3: op(integral_constant<int, 2>{}); [[fallthrough]];
+    case 2: op(integral_constant<int, 1>{}); [[fallthrough]];
+    case 1: op(integral_constant<int, 0>{});
   }
 }
 

@@ -34,12 +34,9 @@ StepState state_after(int64_t steps, const LrSchedule& schedule, float beta1, fl
 
 std::string schedule_name(const LrSchedule& s) {
   switch (s.kind) {
-    case LrSchedule::Kind::Step:
-      return ", step schedule";
-    case LrSchedule::Kind::Cosine:
-      return ", cosine schedule";
-    default:
-      return "";
+    case LrSchedule::Kind::Step: return ", step schedule";
+    case LrSchedule::Kind::Cosine: return ", cosine schedule";
+    default: return "";
   }
 }
 
