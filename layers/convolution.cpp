@@ -388,11 +388,10 @@ void Convolution::build_cuda(CudaContext& ctx, const BuildSettings& settings) {
     c.phase.choice = "rule";
   }
   // The forward relation (a conv's forward, a transposed conv's input
-  // gradient) on anvil's TF32 kernel: a candidate of --autotune under tf32
-  // only. The rule keeps cuDNN's, faster on most layers measured
-  // (docs/performance.md).
-  c.fprop_mma.candidate = settings.autotune && c.used[kForward] && settings.precision == Precision::TF32 &&
-                          tensor_cores && cuda::conv_mma_forward_supported(g);
+  // gradient) on anvil's tensor-core kernel (TF32, or 3xTF32 under strict
+  // fp32): a candidate of --autotune only. The rule keeps cuDNN's, faster on
+  // most layers measured (docs/performance.md).
+  c.fprop_mma.candidate = settings.autotune && c.used[kForward] && tensor_cores && cuda::conv_mma_forward_supported(g);
   // Autotuned: the graph API's engines, timed. By rule: under tf32, a 3-D
   // conv's op that sums at least 128 products per output runs the graph
   // API's first tensor-core engine, as the legacy API's pick ran FMA kernels
@@ -722,7 +721,7 @@ void Convolution::forward_relation(CudaContext& ctx, const float* a, const float
                                    void* ws) {
   Cudnn& c = *cudnn_;
   if (c.fprop_mma.used) {
-    cuda::conv_mma_forward(a, w, b, accumulate, geometry(), ctx.stream());
+    cuda::conv_mma_forward(a, w, b, accumulate, c.settings.precision == Precision::FP32, geometry(), ctx.stream());
     return;
   }
   if (c.graph[kForward]) {

@@ -17,7 +17,9 @@
 // the staged floats as they are: the tensor cores read TF32's 19 bits of each
 // and drop the rest (truncation; PTX does not promise it, so the kernel's test
 // holds the result to a truncating reference at float32 accuracy, which
-// rounding would miss by about 50 times). The kernel is bound by its instructions
+// rounding would miss by about 50 times). Compensated (3xTF32), each fragment
+// is split after its load into a rounded TF32 value and the residual's, and
+// the three products go into the one accumulator, the small ones first. The kernel is bound by its instructions
 // (ncu: issue slots 62% busy, the ALU pipe the busiest); its first version,
 // which rounded each fragment (cvt.rna), found each column by division and
 // copied and loaded W 4 bytes at a time, took 1.4x as long.
@@ -117,7 +119,7 @@ __device__ __forceinline__ void stage_step(int step, uint32_t* stage, const Orig
   }
 }
 
-template <int kWarpsM, int kFragsN>
+template <int kWarpsM, int kFragsN, bool kCompensated>
 __global__ void __launch_bounds__(detail::kThreads)
     conv_fprop_kernel(const float* __restrict__ a, const float* __restrict__ w, float* __restrict__ b, bool accumulate,
                       bool w_vec, FpropDims d) {
@@ -184,10 +186,31 @@ __global__ void __launch_bounds__(detail::kThreads)
 #pragma unroll
           for (int h = 0; h < 2; ++h) bf[j][h] = __float_as_uint(ws[(wn + j * 8 + grp) * kWPitch + k + 4 * h]);
       }
+      if constexpr (kCompensated) {
+        // 3xTF32: each operand as a TF32 value and its residual; the small products first.
+        uint32_t as[2][4], bs[kFragsN][2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < kFragsN; ++j) mma_tf32(acc[i][j], af[i], bf[j]);
+          for (int r = 0; r < 4; ++r) split_tf32<true>(__uint_as_float(af[i][r]), af[i][r], as[i][r]);
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) split_tf32<true>(__uint_as_float(bf[j][h]), bf[j][h], bs[j][h]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < kFragsN; ++j) {
+            mma_tf32(acc[i][j], af[i], bs[j]);
+            mma_tf32(acc[i][j], as[i], bf[j]);
+            mma_tf32(acc[i][j], af[i], bf[j]);
+          }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < kFragsN; ++j) mma_tf32(acc[i][j], af[i], bf[j]);
+      }
     }
   }
 
@@ -247,8 +270,10 @@ Plan plan_for(const cpu::ConvGeometry& g) {
 }
 
 template <int kWarpsM, int kFragsN>
-void launch(const Plan& p, const float* a, const float* w, float* b, bool accumulate, cudaStream_t stream) {
-  const auto kernel = conv_fprop_kernel<kWarpsM, kFragsN>;
+void launch(const Plan& p, const float* a, const float* w, float* b, bool accumulate, bool compensated,
+            cudaStream_t stream) {
+  const auto kernel =
+      compensated ? conv_fprop_kernel<kWarpsM, kFragsN, true> : conv_fprop_kernel<kWarpsM, kFragsN, false>;
   const size_t smem = smem_bytes(p.tile, p.d.taps);
   ANVIL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned(p.row_blocks), unsigned(p.col_blocks));
@@ -265,17 +290,17 @@ bool conv_mma_forward_supported(const cpu::ConvGeometry& g) {
   return p.col_blocks <= 65535 && smem_bytes(p.tile, p.d.taps) <= detail::max_block_smem();
 }
 
-void conv_mma_forward(const float* a, const float* w, float* b, bool accumulate, const cpu::ConvGeometry& g,
-                      cudaStream_t stream) {
+void conv_mma_forward(const float* a, const float* w, float* b, bool accumulate, bool compensated,
+                      const cpu::ConvGeometry& g, cudaStream_t stream) {
   constexpr const char* op = "conv_mma_forward";
   detail::require(conv_mma_forward_supported(g), op, "geometry not supported (check supported() first)");
   detail::require(a && w && b, op, "null pointer");
   const Plan p = plan_for(g);
   switch (p.tile.frags_n) {
-    case 1: launch<4, 1>(p, a, w, b, accumulate, stream); break;
-    case 2: launch<4, 2>(p, a, w, b, accumulate, stream); break;
-    case 4: launch<4, 4>(p, a, w, b, accumulate, stream); break;
-    default: launch<4, 8>(p, a, w, b, accumulate, stream); break;
+    case 1: launch<4, 1>(p, a, w, b, accumulate, compensated, stream); break;
+    case 2: launch<4, 2>(p, a, w, b, accumulate, compensated, stream); break;
+    case 4: launch<4, 4>(p, a, w, b, accumulate, compensated, stream); break;
+    default: launch<4, 8>(p, a, w, b, accumulate, compensated, stream); break;
   }
 }
 
