@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -26,7 +27,9 @@
 #include <string>
 #include <vector>
 
+#include "tests/child_process.hpp"
 #include "tests/cli_run.hpp"
+#include "tests/sanitizers.hpp"
 #include "tests/contains.hpp"
 #include "tests/fifo_reader.hpp"
 #include "tests/temp_dir_test.hpp"
@@ -331,6 +334,33 @@ TEST_F(Cli, MissingNetworkFile) {
   const CliResult r = run("info " + quote(p) + " --device cpu");
   EXPECT_EQ(r.status, 2) << describe(r);
   EXPECT_EQ(r.err, "anvil: error: " + p + ": cannot open the network file: No such file or directory\n");
+}
+
+// Under an address-space limit (ulimit -v) a document too large to parse within it is refused in
+// one line, exit 2: the parse's memory budget counts the limit. Before, the parse ran into the
+// limit and std::bad_alloc reached a JSON tree's destructor, which aborted the process.
+TEST_F(Cli, AnAddressSpaceLimitRefusesABigDocumentInOneLine) {
+#if defined(ANVIL_UNDER_ASAN)
+  GTEST_SKIP() << "AddressSanitizer maps terabytes of shadow memory: it cannot start under ulimit -v";
+#endif
+  // 36 MB of JSON: 12 million empty objects, some 1.3 GB as a JSON tree.
+  std::string text = R"({"name": "x", "input": [1, 2, 4, 4], "layers": [{"type": "relu"}], "extra": [)";
+  for (int i = 0; i < 12000000; ++i) text += "{},";
+  text += "{}]}";
+  const std::string net = write_file("big.json", text);
+  text.clear();
+  const auto one_gib = [] {
+    rlimit limit{};
+    ::getrlimit(RLIMIT_AS, &limit);
+    limit.rlim_cur = std::min<rlim_t>(limit.rlim_max, rlim_t(1) << 30);
+    ::setrlimit(RLIMIT_AS, &limit);
+  };
+  anvil::testing::Child child({ANVIL_CLI_PATH, "info", net, "--device", "cpu"}, one_gib);
+  ASSERT_TRUE(child.started());
+  const anvil::testing::Finished r = child.finish(60);
+  EXPECT_EQ(r.status, 2) << "signal " << r.signal << "\n" << r.err;
+  EXPECT_EQ(lines_of(r.err).size(), 1u) << r.err;
+  EXPECT_PRED_FORMAT2(Contains, r.err, "the JSON document would take more memory to hold than the ");
 }
 
 // ---------------------------------------------------------------- run

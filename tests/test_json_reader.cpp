@@ -15,14 +15,9 @@
 #include "engine/src/spec/json_reader.hpp"
 #include "tests/contains.hpp"
 
-// Under AddressSanitizer (GCC says so with a macro, clang with a feature) its allocator counts.
-#if defined(__SANITIZE_ADDRESS__)
-#define ANVIL_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ANVIL_UNDER_ASAN 1
-#endif
-#endif
+#include "tests/sanitizers.hpp"
+
+// Under AddressSanitizer its allocator counts.
 #if defined(ANVIL_UNDER_ASAN)
 #include <sanitizer/allocator_interface.h>
 #endif

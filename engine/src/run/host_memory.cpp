@@ -2,10 +2,12 @@
 
 #include "anvil/plan.hpp"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <utility>
 
 namespace anvil {
@@ -24,16 +26,27 @@ std::optional<unsigned long long> read_number(const std::string& path) {
   }
 }
 
-// The value of `key` in a "key value" per line file (memory.stat, /proc/meminfo); none without it.
+// The value of `key` in a "key value" per line file (memory.stat, /proc/meminfo, /proc/self/status,
+// whose other lines may hold text); none without it.
 std::optional<unsigned long long> read_key(const std::string& path, const std::string& key) {
   std::ifstream in(path);
-  std::string name;
+  std::string line, name;
   unsigned long long value = 0;
-  while (in >> name >> value) {
-    if (name == key) return value;
-    in.ignore(256, '\n');
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    if (fields >> name && name == key && fields >> value) return value;
   }
   return std::nullopt;
+}
+
+// Under an address-space limit (ulimit -v, RLIMIT_AS): the limit less the process's mapped size
+// (/proc/self/status's VmSize), which each new mapping adds to; none without a limit. Allocations
+// past it fail, in places a std::bad_alloc cannot be caught (a JSON tree's destructor).
+std::optional<size_t> address_space_available() {
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_AS, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return std::nullopt;
+  const unsigned long long mapped = read_key("/proc/self/status", "VmSize:").value_or(0) << 10;
+  return size_t(limit.rlim_cur > mapped ? limit.rlim_cur - mapped : 0);
 }
 
 // A cgroup layout's files in one cgroup's directory.
@@ -94,6 +107,7 @@ size_t host_available_memory() {
   size_t available = kib ? size_t(*kib) << 10 : size_t(::sysconf(_SC_AVPHYS_PAGES)) * size_t(::sysconf(_SC_PAGESIZE));
   if (const auto cgroup = cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup"))
     available = std::min(available, *cgroup);
+  if (const auto address_space = address_space_available()) available = std::min(available, *address_space);
   return available;
 }
 

@@ -1,5 +1,6 @@
 // How much host memory an arena may take: what the host has available, and,
-// inside a container, what its memory cgroup allows.
+// inside a container, what its memory cgroup allows, and under ulimit -v what
+// the address-space limit leaves.
 #pragma once
 
 #include <cstddef>
@@ -9,8 +10,9 @@
 
 namespace anvil {
 
-// The least of the host's MemAvailable (/proc/meminfo; else the free pages)
-// and cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup").
+// The least of the host's MemAvailable (/proc/meminfo; else the free pages),
+// cgroup_available_memory("/sys/fs/cgroup", "/proc/self/cgroup") and, under
+// an address-space limit (ulimit -v), that limit less what the process maps.
 size_t host_available_memory();
 
 // What a document being parsed (a network, a tensor header) may take:
