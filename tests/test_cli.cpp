@@ -405,6 +405,20 @@ TEST_F(Cli, RunUsesTheGivenInput) {
   }
 }
 
+// An input of NaNs whose sign bit is set gives an output of such NaNs: its summary says "nan", as
+// the loss messages do, never "-nan".
+TEST_F(Cli, RunSummarisesANanOutputAsNan) {
+  const anvil::Network net = anvil::Network::load(kSmall);
+  anvil::TensorFile in;
+  in.tensors["input"] = anvil::HostTensor(net.input_shape());
+  std::fill(in.tensors["input"].data.begin(), in.tensors["input"].data.end(), std::copysign(NAN, -1.f));
+  const std::string input = path("nans.safetensors");
+  anvil::write_safetensors(input, in);
+  const CliResult r = run("run " + quote(kSmall) + " --device cpu --input " + quote(input));
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_PRED_FORMAT2(Contains, r.out, ": mean nan, L2 norm nan (");
+}
+
 TEST_F(Cli, RunInputOfTheWrongShapeNamesTensorAndShapes) {
   anvil::TensorFile in;
   in.tensors["input"] = anvil::HostTensor({2, 16, 4, 8, 7});

@@ -375,8 +375,9 @@ int cmd_run(const CommonFlags& f, const std::string& weights, const std::string&
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   double sum = 0, sq = 0;
   for (float v : y.data) sum += v, sq += double(v) * v;
-  std::printf("output %s: mean %.6g, L2 norm %.6g (%.1f ms)\n", anvil::to_string(y.shape).c_str(), sum / y.size(),
-              std::sqrt(sq), ms);
+  const double mean = sum / y.size(), norm = std::sqrt(sq);
+  std::printf("output %s: mean %.6g, L2 norm %.6g (%.1f ms)\n", anvil::to_string(y.shape).c_str(),
+              std::isnan(mean) ? NAN : mean, std::isnan(norm) ? NAN : norm, ms);  // "nan", never "-nan"
   if (!output.empty()) {
     anvil::TensorFile out;
     out.tensors["output"] = std::move(y);  // one host copy of the output, not two
