@@ -17,12 +17,13 @@
 // the staged floats as they are: the tensor cores read TF32's 19 bits of each
 // and drop the rest (truncation; PTX does not promise it, so the kernel's test
 // holds the result to a truncating reference at float32 accuracy, which
-// rounding would miss by about 50 times). Compensated (3xTF32), each fragment
-// is split after its load into a rounded TF32 value and the residual's, and
-// the three products go into the one accumulator, the small ones first. The kernel is bound by its instructions
-// (ncu: issue slots 62% busy, the ALU pipe the busiest); its first version,
-// which rounded each fragment (cvt.rna), found each column by division and
-// copied and loaded W 4 bytes at a time, took 1.4x as long.
+// rounding would miss by about 50 times). The TF32 form is bound by its
+// instructions (ncu: issue slots 62% busy, the ALU pipe the busiest); its
+// first version, which rounded each fragment (cvt.rna), found each column by
+// division and copied and loaded W 4 bytes at a time, took 1.4x as long.
+// Compensated (3xTF32), each fragment is split after its load into a rounded
+// TF32 value and the residual's, and the three products go into the one
+// accumulator, the small ones first.
 #include <cstdint>
 
 #include "kernels/cuda/conv_fprop_mma.hpp"
