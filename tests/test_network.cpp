@@ -175,6 +175,14 @@ TEST(NetworkParse, SizesBeyondTheLimitsAreRefusedWithTheirPath) {
                                    "in_channels": 2147483647, "out_channels": 2147483647, "kernel_size": 1}])")),
             "bad.json: layers[0]: the parameter 'c.weight' (2147483647, 2147483647, 1, 1) has more than 2^40 "
             "elements, the limit per tensor");
+  // Nor the parameters together: two 1x1 convs of 2^20 channels have 2^40 weights each.
+  EXPECT_EQ(error_of(with_layers("[1, 1048576, 1, 1]", R"([
+      {"type": "conv2d", "name": "a", "in_channels": 1048576, "out_channels": 1048576, "kernel_size": 1,
+       "bias": false},
+      {"type": "conv2d", "name": "b", "in_channels": 1048576, "out_channels": 1048576, "kernel_size": 1,
+       "bias": false}])")),
+            "bad.json: layers[1]: the parameter 'b.weight' takes the parameters together past 2^40 elements, their "
+            "limit");
 }
 
 TEST(NetworkParse, EmptyTextIsInvalidJson) { EXPECT_PRED_FORMAT2(Contains, error_of(""), "bad.json: invalid JSON: "); }

@@ -111,6 +111,7 @@ std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
   graph->tensors[0].name = "input";
   graph->tensors[0].shape = spec->input;
   for (size_t i = 0; i < layers.size(); ++i) graph->tensors[i + 1].name = layers[i].name;
+  int64_t parameters = 0;  // stops past 2^40, adding at most 2^40: never near int64's end
   for (int i : order) {
     GraphNode node;
     node.layer = create_layer(layers[i]);
@@ -126,10 +127,15 @@ std::unique_ptr<Graph> Graph::build(std::shared_ptr<const NetworkSpec> spec) {
     if (!within_element_limit(out.shape))
       throw InputError(layers[i].path + ": the output " + to_string(out.shape) +
                        " has more than 2^40 elements, the limit per tensor");
-    for (const ParamSpec& p : node.layer->param_specs())
+    for (const ParamSpec& p : node.layer->param_specs()) {
       if (!within_element_limit(p.shape))
         throw InputError(layers[i].path + ": the parameter '" + p.name + "' " + to_string(p.shape) +
                          " has more than 2^40 elements, the limit per tensor");
+      parameters += numel(p.shape);
+      if (parameters > kMaxTensorElements)
+        throw InputError(layers[i].path + ": the parameter '" + p.name + "' takes the parameters together past " +
+                         "2^40 elements, their limit");
+    }
     out.source = TensorSource::Node;
     out.producer = index;
     for (int t : node.inputs) graph->tensors[t].consumers.push_back(index);
