@@ -87,6 +87,9 @@ TEST(EngineBuffers, EnumValuesOutsideTheirTypeAreRefused) {
   Options device = on(Device::Cpu);
   device.device = static_cast<Device>(5);
   EXPECT_EQ(message<InputError>([&] { Engine{net, device}; }), "Options::device: 5 is not a Device");
+  // Named as what it is, not as a Device it is not.
+  EXPECT_STREQ(anvil::to_string(device.device), "not a Device");
+  EXPECT_STREQ(anvil::to_string(static_cast<anvil::Precision>(7)), "not a Precision");
   Options mode = on(Device::Cpu);
   mode.mode = static_cast<Mode>(9);
   EXPECT_EQ(message<InputError>([&] { Engine{net, mode}; }), "Options::mode: 9 is not a Mode");

@@ -15,7 +15,9 @@
 
 namespace anvil {
 
-const char* to_string(Precision p) { return p == Precision::FP32 ? "fp32" : "tf32"; }
+const char* to_string(Precision p) {
+  return p == Precision::FP32 ? "fp32" : p == Precision::TF32 ? "tf32" : "not a Precision";
+}
 
 Network Network::load(const std::string& path) {
   // Checked before opening: a FIFO would block the open, and /dev/zero never ends.

@@ -26,12 +26,12 @@
 namespace anvil {
 
 enum class Device { Cpu, Cuda };
-const char* to_string(Device d);
-bool cuda_available();           // a CUDA device is present and usable
-int cuda_device_count();         // how many (0 without a driver, or in a build without CUDA)
-std::string cuda_device_name();  // of the current device
-std::string cudnn_version();     // of the loaded cuDNN library, e.g. "9.14.0"
-size_t device_memory_used();     // bytes in use on the current device (all processes)
+const char* to_string(Device d);  // "cpu", "cuda"; "not a Device" for a value cast from another
+bool cuda_available();            // a CUDA device is present and usable
+int cuda_device_count();          // how many (0 without a driver, or in a build without CUDA)
+std::string cuda_device_name();   // of the current device
+std::string cudnn_version();      // of the loaded cuDNN library, e.g. "9.14.0"
+size_t device_memory_used();      // bytes in use on the current device (all processes)
 
 enum class Mode { Forward, Train };  // what the memory plan must cover
 enum class Memory { Host, Device };  // where a caller's buffer lives (Device: CUDA engines only)

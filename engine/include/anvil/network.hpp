@@ -17,7 +17,7 @@ struct NetworkSpec;  // engine-internal: the parsed description
 class Graph;         // engine-internal: ops, tensors, topological order
 
 enum class Precision { TF32, FP32 };
-const char* to_string(Precision p);
+const char* to_string(Precision p);  // "fp32", "tf32"; "not a Precision" for a value cast from another
 
 struct LayerSummary {
   std::string name, type;

@@ -12,7 +12,7 @@
 
 namespace anvil {
 
-const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : "cpu"; }
+const char* to_string(Device d) { return d == Device::Cuda ? "cuda" : d == Device::Cpu ? "cpu" : "not a Device"; }
 
 #if ANVIL_WITH_CUDA
 #else
